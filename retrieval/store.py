@@ -1,0 +1,546 @@
+"""The memory: labelled feature vectors in a Qdrant collection, behind one small interface.
+
+Two backends share every behaviour (tests/test_store.py runs one suite over both):
+
+* `EdgeMemoryStore`: the embedded default, Qdrant's own engine in-process (`qdrant-edge-py`):
+  HNSW index, write-ahead log, data on disk at a path. No server.
+* `QdrantServerStore`: `qdrant-client` against a URL, or its local modes (":memory:" or a
+  path) which run the same client code without a server.
+
+`open_store("./memory")`, `open_store("http://host:6333")` and `open_store(":memory:")` pick one.
+
+Each point's id is a UUIDv5 of its source, so adding the same image twice is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from .featurizers import FeaturizerError, FeaturizerSpec
+
+DEFAULT_COLLECTION = "vmem"
+META_FILE = "vmem.json"
+SHARD_DIR = "shard"
+# ef for HNSW search: at least this, and at least 2k (see docs/benchmarks.md for the trade-off).
+DEFAULT_SEARCH_EF = 128
+_ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
+
+
+def point_id_for(source: str) -> str:
+    """The point id of an image source: stable across runs, so re-adding is idempotent."""
+    return str(uuid.uuid5(_ID_NAMESPACE, source))
+
+
+def normalize_source(source: str | Path) -> str:
+    """Absolute path for local files, unchanged for URIs (`scheme://...`) and `upload:` ids."""
+    s = str(source)
+    if "://" in s or s.startswith(("upload:", "mem:")):
+        return s
+    return str(Path(s).expanduser().resolve())
+
+
+class MemoryMeta(BaseModel):
+    """Stored with the collection: which encoder made the vectors, and memory-level settings."""
+
+    featurizer: FeaturizerSpec
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    format_version: int = 1
+    settings: dict[str, Any] = Field(default_factory=dict, description="e.g. tuned vote defaults")
+
+
+class MemoryError(RuntimeError):
+    """The memory could not be opened or used as asked."""
+
+
+class FeaturizerMismatchError(FeaturizerError):
+    """Vectors from one encoder were about to meet a memory built with another."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One memory point returned by a search, best first."""
+
+    id: str
+    label: str
+    source: str
+    similarity: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reliability(self) -> float:
+        return float(self.payload.get("reliability", 1.0))
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    id: str
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return self.payload["label"]
+
+    @property
+    def source(self) -> str:
+        return self.payload["source"]
+
+
+def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise FeaturizerMismatchError(
+            f"vectors of shape {tuple(np.shape(vectors))} do not fit this memory's {dim}-d features"
+        )
+    return v
+
+
+class MemoryStore(ABC):
+    """A Qdrant collection of (vector, label, source) points. Cosine similarity throughout."""
+
+    meta: MemoryMeta
+    location: str
+
+    @property
+    def dim(self) -> int:
+        return self.meta.featurizer.dim
+
+    def check_featurizer(self, spec: FeaturizerSpec) -> None:
+        """Raise unless `spec` is the encoder this memory was built with."""
+        mine = self.meta.featurizer
+        if (spec.name, spec.dim, spec.preprocessing) != (mine.name, mine.dim, mine.preprocessing):
+            raise FeaturizerMismatchError(
+                f"this memory holds {mine.name} features ({mine.dim}-d, crop {mine.preprocessing.crop}); "
+                f"{spec.name} ({spec.dim}-d, crop {spec.preprocessing.crop}) cannot be used with it. "
+                "Use the memory's own featurizer, or build a new memory."
+            )
+
+    def add(
+        self,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        sources: Sequence[str],
+        tags: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Insert (or overwrite) points; returns their ids, which derive from the sources."""
+        v = check_vectors(vectors, self.dim)
+        if not (len(v) == len(labels) == len(sources)):
+            raise ValueError("vectors, labels and sources differ in length")
+        now = datetime.now(UTC).isoformat()
+        per_point = tags if isinstance(tags, Sequence) else [tags or {}] * len(v)
+        ids, payloads = [], []
+        for label, source, t in zip(labels, sources, per_point, strict=True):
+            if not isinstance(label, str) or not label:
+                raise ValueError(f"label must be a non-empty string, got {label!r}")
+            ids.append(point_id_for(source))
+            payloads.append({"label": label, "source": source, "tags": dict(t or {}), "added_at": now})
+        if ids:
+            self._upsert(ids, v, payloads)
+        return ids
+
+    @abstractmethod
+    def _upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None: ...
+
+    @abstractmethod
+    def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete points by id; returns how many existed."""
+
+    @abstractmethod
+    def delete_where(self, label: str | None = None, source_prefix: str | None = None) -> int:
+        """Delete every point with this label and/or whose source starts with the prefix."""
+
+    @abstractmethod
+    def ids_where(self, label: str | None = None, source_prefix: str | None = None) -> list[str]:
+        """Ids of the points with this label and/or source prefix."""
+
+    @abstractmethod
+    def count(self, label: str | None = None) -> int: ...
+
+    @abstractmethod
+    def label_counts(self) -> dict[str, int]:
+        """Points per label, most frequent first."""
+
+    @abstractmethod
+    def query_batch(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        labels: Sequence[str] | None = None,
+        exact: bool = False,
+    ) -> list[list[Neighbor]]:
+        """The k nearest points for each vector, optionally only among these labels."""
+
+    def query(
+        self, vector: np.ndarray, k: int, labels: Sequence[str] | None = None, exact: bool = False
+    ) -> list[Neighbor]:
+        return self.query_batch(check_vectors(vector, self.dim), k, labels, exact)[0]
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for start in range(0, len(ids), 1024):
+            out |= {p.id for p in self.retrieve(ids[start : start + 1024])}
+        return out
+
+    @abstractmethod
+    def scroll(self, batch_size: int = 1024, with_vectors: bool = False) -> Iterator[list[StoredPoint]]:
+        """Every point, in batches (order unspecified)."""
+
+    @abstractmethod
+    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Merge `payload` into these points' payloads (e.g. soft-pruning reliability)."""
+
+    @abstractmethod
+    def save_meta(self) -> None:
+        """Persist `self.meta` (after changing its settings)."""
+
+    def optimize(self) -> None:  # noqa: B027 - a no-op unless the backend has work to do
+        """Build indexes now rather than at the first query."""
+
+    def flush(self) -> None:  # noqa: B027
+        """Make acknowledged writes durable."""
+
+    def close(self) -> None:  # noqa: B027
+        pass
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _str_id(pid: Any) -> str:
+    return str(pid)
+
+
+# ------------------------------------------------------------------- embedded (qdrant-edge)
+
+
+class EdgeMemoryStore(MemoryStore):
+    """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
+
+    def __init__(self, path: str | Path, meta: MemoryMeta | None = None, search_ef: int = DEFAULT_SEARCH_EF):
+        import qdrant_edge as qe
+
+        self._qe = qe
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.search_ef = search_ef
+        self._write_lock = threading.Lock()
+        meta_path = self.path / META_FILE
+        shard_path = self.path / SHARD_DIR
+        if meta_path.exists():
+            stored = MemoryMeta.model_validate_json(meta_path.read_text())
+            if meta is not None:
+                probe = EdgeMemoryStore.__new__(EdgeMemoryStore)
+                probe.meta = stored
+                probe.check_featurizer(meta.featurizer)
+            self.meta = stored
+            self.shard = qe.EdgeShard.load(str(shard_path))
+        else:
+            if meta is None:
+                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+            self.meta = meta
+            self.path.mkdir(parents=True, exist_ok=True)
+            if shard_path.exists():  # a creation that died before vmem.json was written
+                shutil.rmtree(shard_path)
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=meta.featurizer.dim, distance=qe.Distance.Cosine),
+                hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+            )
+            self.shard = qe.EdgeShard.create(str(shard_path), config)
+            self.shard.update(qe.UpdateOperation.create_field_index("label", qe.PayloadSchemaType.Keyword))
+            self.shard.update(qe.UpdateOperation.create_field_index(
+                "source", qe.KeywordIndexParams(prefix=True)))
+            self.shard.flush()
+            self.save_meta()  # written last: a memory without vmem.json was never completed
+
+    def save_meta(self) -> None:
+        tmp = self.path / (META_FILE + ".tmp")
+        tmp.write_text(self.meta.model_dump_json(indent=2))
+        os.replace(tmp, self.path / META_FILE)
+
+    def _filter(self, label: str | None = None, source_prefix: str | None = None,
+                labels: Sequence[str] | None = None):
+        qe = self._qe
+        must = []
+        if label is not None:
+            must.append(qe.FieldCondition(key="label", match=qe.MatchValue(label)))
+        if labels is not None:
+            must.append(qe.FieldCondition(key="label", match=qe.MatchAny(list(labels))))
+        if source_prefix is not None:
+            must.append(qe.FieldCondition(key="source", match=qe.MatchPrefix(source_prefix)))
+        return qe.Filter(must=must) if must else None
+
+    def _upsert(self, ids, vectors, payloads) -> None:
+        qe = self._qe
+        points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
+        with self._write_lock:
+            self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete_ids(self, ids: Sequence[str]) -> int:
+        with self._write_lock:
+            present = [p.id for p in self.retrieve(list(ids))]
+            if present:
+                self.shard.update(self._qe.UpdateOperation.delete_points(present))
+        return len(present)
+
+    def delete_where(self, label: str | None = None, source_prefix: str | None = None) -> int:
+        if label is None and source_prefix is None:
+            raise ValueError("give a label or a source prefix")
+        flt = self._filter(label=label, source_prefix=source_prefix)
+        with self._write_lock:
+            n = self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
+            if n:
+                self.shard.update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+        return n
+
+    def ids_where(self, label: str | None = None, source_prefix: str | None = None) -> list[str]:
+        qe = self._qe
+        flt = self._filter(label=label, source_prefix=source_prefix)
+        ids: list[str] = []
+        offset = None
+        while True:
+            recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=4096, filter=flt,
+                                                              with_payload=False, with_vector=False))
+            ids += [_str_id(r.id) for r in recs]
+            if offset is None or not recs:
+                return ids
+
+    def count(self, label: str | None = None) -> int:
+        return self.shard.count(self._qe.CountRequest(filter=self._filter(label=label), exact=True))
+
+    def label_counts(self) -> dict[str, int]:
+        n_labels = max(1, self.count())
+        resp = self.shard.facet(self._qe.FacetRequest(key="label", limit=n_labels, exact=True))
+        return {str(h.value): int(h.count) for h in sorted(resp, key=lambda h: (-h.count, str(h.value)))}
+
+    def _search_params(self, k: int, exact: bool):
+        return self._qe.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)
+
+    def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
+        qe = self._qe
+        v = check_vectors(vectors, self.dim)
+        flt = self._filter(labels=labels) if labels is not None else None
+        params = self._search_params(k, exact)
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(row.tolist()), filter=flt,
+                                with_payload=True, params=params) for row in v]
+        results = self.shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else \
+            [self.shard.query(reqs[0])] if reqs else []
+        return [[Neighbor(_str_id(p.id), p.payload["label"], p.payload["source"], float(p.score), p.payload)
+                 for p in res] for res in results]
+
+    def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
+        if not ids:
+            return []
+        recs = self.shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        return [StoredPoint(_str_id(r.id), r.payload or {},
+                            np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+
+    def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
+        qe = self._qe
+        offset = None
+        while True:
+            recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=batch_size,
+                                                              with_payload=True, with_vector=with_vectors))
+            if recs:
+                yield [StoredPoint(_str_id(r.id), r.payload or {},
+                                   np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+            if offset is None or not recs:
+                return
+
+    def set_payload(self, ids, payload) -> None:
+        with self._write_lock:
+            self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
+
+    def optimize(self) -> None:
+        with self._write_lock:
+            self.shard.optimize()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            self.shard.flush()
+
+    def close(self) -> None:
+        shard = getattr(self, "shard", None)
+        if shard is not None:
+            shard.flush()
+            shard.close()
+            self.shard = None
+
+
+# ------------------------------------------------------------------- server (qdrant-client)
+
+
+class QdrantServerStore(MemoryStore):
+    """A collection on a Qdrant server (`url`), or in qdrant-client's local mode (":memory:")."""
+
+    def __init__(self, location: str, meta: MemoryMeta | None = None, collection: str = DEFAULT_COLLECTION,
+                 api_key: str | None = None, search_ef: int = DEFAULT_SEARCH_EF):
+        from qdrant_client import QdrantClient
+        from qdrant_client import models as qm
+
+        self._qm = qm
+        self.location = location
+        self.collection = collection
+        self.search_ef = search_ef
+        if location == ":memory:":
+            self.client = QdrantClient(":memory:")
+        elif "://" in location:
+            self.client = QdrantClient(url=location, api_key=api_key)
+        else:
+            self.client = QdrantClient(path=location)
+        if self.client.collection_exists(collection):
+            raw = self.client.get_collection(collection).config.metadata or {}
+            if "vmem" not in raw:
+                raise MemoryError(f"collection {collection!r} at {location} was not made by vmem")
+            stored = MemoryMeta.model_validate(raw["vmem"])
+            self.meta = stored
+            if meta is not None:
+                self.check_featurizer(meta.featurizer)
+        else:
+            if meta is None:
+                raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
+            self.meta = meta
+            self.client.create_collection(
+                collection,
+                vectors_config=qm.VectorParams(size=meta.featurizer.dim, distance=qm.Distance.COSINE),
+                hnsw_config=qm.HnswConfigDiff(m=16, ef_construct=128),
+                metadata={"vmem": json.loads(meta.model_dump_json())},
+            )
+            self.client.create_payload_index(collection, "label", qm.PayloadSchemaType.KEYWORD)
+            self.client.create_payload_index(collection, "source", qm.PayloadSchemaType.KEYWORD)
+
+    def save_meta(self) -> None:
+        self.client.update_collection(self.collection, metadata={"vmem": json.loads(self.meta.model_dump_json())})
+
+    def _filter(self, label=None, source_prefix=None, labels=None):
+        qm = self._qm
+        must: list[Any] = []
+        if label is not None:
+            must.append(qm.FieldCondition(key="label", match=qm.MatchValue(value=label)))
+        if labels is not None:
+            must.append(qm.FieldCondition(key="label", match=qm.MatchAny(any=list(labels))))
+        if source_prefix is not None:
+            must.append(qm.FieldCondition(key="source", match=qm.MatchPrefix(prefix=source_prefix)))
+        return qm.Filter(must=must) if must else None
+
+    def _upsert(self, ids, vectors, payloads) -> None:
+        self.client.upsert(self.collection, wait=True, points=self._qm.Batch(
+            ids=ids, vectors=vectors.tolist(), payloads=payloads))
+
+    def delete_ids(self, ids) -> int:
+        present = [p.id for p in self.retrieve(list(ids))]
+        if present:
+            self.client.delete(self.collection, points_selector=self._qm.PointIdsList(points=present), wait=True)
+        return len(present)
+
+    def delete_where(self, label=None, source_prefix=None) -> int:
+        if label is None and source_prefix is None:
+            raise ValueError("give a label or a source prefix")
+        flt = self._filter(label=label, source_prefix=source_prefix)
+        n = self.client.count(self.collection, count_filter=flt, exact=True).count
+        if n:
+            self.client.delete(self.collection, points_selector=self._qm.FilterSelector(filter=flt), wait=True)
+        return n
+
+    def ids_where(self, label=None, source_prefix=None) -> list[str]:
+        flt = self._filter(label=label, source_prefix=source_prefix)
+        ids: list[str] = []
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=4096, offset=offset,
+                                              with_payload=False, with_vectors=False)
+            ids += [_str_id(r.id) for r in recs]
+            if offset is None or not recs:
+                return ids
+
+    def count(self, label=None) -> int:
+        return self.client.count(self.collection, count_filter=self._filter(label=label), exact=True).count
+
+    def label_counts(self) -> dict[str, int]:
+        resp = self.client.facet(self.collection, key="label", limit=max(1, self.count()), exact=True)
+        return {str(h.value): int(h.count) for h in sorted(resp.hits, key=lambda h: (-h.count, str(h.value)))}
+
+    def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
+        qm = self._qm
+        v = check_vectors(vectors, self.dim)
+        flt = self._filter(labels=labels) if labels is not None else None
+        params = qm.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)
+        reqs = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, params=params, with_payload=True)
+                for row in v]
+        out = []
+        for start in range(0, len(reqs), 256):
+            for res in self.client.query_batch_points(self.collection, reqs[start : start + 256]):
+                out.append([Neighbor(_str_id(p.id), p.payload["label"], p.payload["source"], float(p.score),
+                                     p.payload) for p in res.points])
+        return out
+
+    def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
+        if not ids:
+            return []
+        recs = self.client.retrieve(self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors)
+        return [StoredPoint(_str_id(r.id), r.payload or {},
+                            np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+
+    def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset,
+                                              with_payload=True, with_vectors=with_vectors)
+            if recs:
+                yield [StoredPoint(_str_id(r.id), r.payload or {},
+                                   np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+            if offset is None or not recs:
+                return
+
+    def set_payload(self, ids, payload) -> None:
+        self.client.set_payload(self.collection, payload=payload, points=list(ids), wait=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_store(
+    location: str | Path,
+    featurizer: FeaturizerSpec | None = None,
+    collection: str = DEFAULT_COLLECTION,
+    api_key: str | None = None,
+) -> MemoryStore:
+    """Open the memory at `location`, creating it when `featurizer` is given and none exists.
+
+    Args:
+        location: a directory (embedded Qdrant Edge, the default), `http(s)://host:port`
+            (a Qdrant server), `:memory:` (qdrant-client's in-process mode, for tests), or
+            `qdrant-local:PATH` (qdrant-client's on-disk local mode).
+        featurizer: the spec of the encoder about to be used; creates the memory if missing and
+            raises `FeaturizerMismatchError` if the memory was built with another one.
+
+    Returns:
+        A `MemoryStore`.
+    """
+    meta = MemoryMeta(featurizer=featurizer) if featurizer is not None else None
+    loc = str(location)
+    if loc == ":memory:" or "://" in loc:
+        return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)
+    if loc.startswith("qdrant-local:"):
+        return QdrantServerStore(loc.removeprefix("qdrant-local:"), meta, collection=collection)
+    return EdgeMemoryStore(loc, meta)

@@ -1,0 +1,155 @@
+"""kNN voting rules over ranked neighbours (Geirhos et al. 2025, section 2).
+
+With cosine distance d = 1 - cos and neighbours ranked i = 0, 1, 2, ...:
+
+    plurality  w = 1
+    distance   w = exp(-d)
+    softmax    w = exp((1 - d) / tau)      tau = 0.07
+    rank       w = 1 / (alpha + i)         alpha = 2
+
+Weights are multiplied by optional per-neighbour reliability factors (soft pruning),
+summed per label, and the largest total wins. Ties go to the label whose best-ranked
+neighbour comes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+DEFAULT_ALPHA = 2.0
+DEFAULT_TAU = 0.07
+# Relative tolerance under which two label totals count as tied (summation order noise).
+TIE_RTOL = 1e-9
+
+
+class VoteRule(StrEnum):
+    plurality = "plurality"
+    distance = "distance"
+    softmax = "softmax"
+    rank = "rank"
+
+
+def neighbor_weights(
+    similarities: np.ndarray,
+    rule: VoteRule | str,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    reliability: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weights for neighbours ranked along the last axis of `similarities` (cosine, best first).
+
+    Args:
+        similarities: float array [..., k] of cosine similarities, rank 0 first.
+        rule: one of `VoteRule`.
+        alpha: rank-voting offset.
+        tau: softmax temperature.
+        reliability: optional factors of the same shape that multiply the weights.
+
+    Returns:
+        float64 array of the same shape.
+    """
+    sims = np.asarray(similarities, dtype=np.float64)
+    rule = VoteRule(rule)
+    if rule is VoteRule.plurality:
+        w = np.ones_like(sims)
+    elif rule is VoteRule.distance:
+        w = np.exp(-(1.0 - sims))
+    elif rule is VoteRule.softmax:
+        # exp((1-d)/tau) = exp(cos/tau); subtracting 1/tau keeps it finite and changes no decision.
+        w = np.exp((sims - 1.0) / tau)
+    else:
+        ranks = np.arange(sims.shape[-1], dtype=np.float64)
+        w = np.broadcast_to(1.0 / (alpha + ranks), sims.shape).copy()
+    if reliability is not None:
+        w = w * np.asarray(reliability, dtype=np.float64)
+    return w
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    label: str | None
+    scores: dict[str, float]  # per label, normalised to sum to 1, best first
+    weights: np.ndarray  # per neighbour, float64 [k]
+
+
+def vote(
+    labels: Sequence[str],
+    similarities: Sequence[float] | np.ndarray,
+    rule: VoteRule | str = VoteRule.rank,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    reliability: Sequence[float] | np.ndarray | None = None,
+) -> VoteOutcome:
+    """Vote over one query's neighbours (already cut to k, best first).
+
+    Example:
+        >>> vote(["cat", "dog", "dog"], [0.9, 0.8, 0.7], "plurality").label
+        'dog'
+    """
+    if len(labels) != len(similarities):
+        raise ValueError("labels and similarities differ in length")
+    if not labels:
+        return VoteOutcome(None, {}, np.zeros(0))
+    rel = None if reliability is None else np.asarray(reliability, dtype=np.float64)
+    w = neighbor_weights(np.asarray(similarities), rule, alpha, tau, rel)
+    totals: dict[str, float] = {}
+    first_rank: dict[str, int] = {}
+    for i, (lab, wi) in enumerate(zip(labels, w, strict=True)):
+        totals[lab] = totals.get(lab, 0.0) + float(wi)
+        first_rank.setdefault(lab, i)
+    best = max(totals.values())
+    tied = [lab for lab, t in totals.items() if t >= best - TIE_RTOL * abs(best)]
+    winner = min(tied, key=first_rank.__getitem__)
+    norm = sum(totals.values())
+    scores = {lab: (t / norm if norm > 0 else 0.0) for lab, t in totals.items()}
+    ordered = dict(sorted(scores.items(), key=lambda kv: (-kv[1], first_rank[kv[0]])))
+    # Keep the winner first even when a tie left others with the same score.
+    ordered = {winner: ordered.pop(winner), **ordered}
+    return VoteOutcome(winner, ordered, w)
+
+
+def vote_all_k(
+    label_ids: np.ndarray,
+    similarities: np.ndarray,
+    rule: VoteRule | str,
+    n_classes: int,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    reliability: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predictions at every k = 1..K from one top-K search, for many queries at once.
+
+    Args:
+        label_ids: int array [n, K] of neighbour class ids, rank 0 first (-1 = no neighbour).
+        similarities: float array [n, K] of cosine similarities.
+        rule: the voting rule.
+        n_classes: number of class ids.
+        reliability: optional [n, K] factors multiplying the weights.
+
+    Returns:
+        int64 array [n, K]; column k-1 holds the prediction using the first k neighbours,
+        with the same tie-break as `vote`.
+    """
+    label_ids = np.asarray(label_ids)
+    n, kmax = label_ids.shape
+    w = neighbor_weights(similarities, rule, alpha, tau, reliability)
+    w = np.where(label_ids >= 0, w, 0.0)
+    safe_ids = np.where(label_ids >= 0, label_ids, 0)
+    totals = np.zeros((n, n_classes))
+    first = np.full((n, n_classes), kmax, dtype=np.int64)
+    rows = np.arange(n)
+    preds = np.empty((n, kmax), dtype=np.int64)
+    for k in range(kmax):
+        c = safe_ids[:, k]
+        totals[rows, c] += w[:, k]
+        valid = label_ids[:, k] >= 0
+        first[rows[valid], c[valid]] = np.minimum(first[rows[valid], c[valid]], k)
+        best = totals.max(axis=1, keepdims=True)
+        tied = (totals >= best - TIE_RTOL * np.abs(best)) & (first < kmax)
+        # Among tied labels, the one whose first neighbour ranks best wins.
+        preds[:, k] = np.where(tied, first, kmax + 1).argmin(axis=1)
+    return preds

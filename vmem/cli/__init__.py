@@ -1,0 +1,29 @@
+"""The `vmem` command line: a thin layer over `vmem.VisualMemory`."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from . import memory
+
+app = typer.Typer(
+    name="vmem",
+    help="Visual-memory image classification: build a memory of labelled images, classify, forget.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(memory.build)
+app.command()(memory.classify)
+app.command()(memory.forget)
+app.command()(memory.info)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+__all__ = ["app"]

@@ -1,0 +1,127 @@
+"""Commands that build, query and edit a memory: build, classify, forget, info."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from retrieval import DatasetError, FeaturizerError, ImageDecodeError, VoteRule, read_labelled
+
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
+
+
+def build(
+    dataset: Annotated[Path, typer.Argument(help="ImageFolder root (ROOT/<label>/<image>) or a path,label CSV")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    featurizer: Annotated[str | None, typer.Option(help="encoder for a new memory (default dinov2-small)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int | None, typer.Option(help="decode workers (default: cores - 1)")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE stored on every point; repeatable")] = None,
+) -> None:
+    """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
+    try:
+        items = read_labelled(dataset)
+    except (DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
+    tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
+    mem = open_memory(memory, qdrant_url, featurizer, create=True)
+    with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
+        typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
+                   f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
+        report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update)
+    typer.echo(report.summary())
+
+
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="image files or directories of images")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, max=1000, help="neighbours (default 50)")] = None,
+    vote: Annotated[VoteRule | None, typer.Option(help="voting rule (default rank)")] = None,
+    alpha: Annotated[float | None, typer.Option(help="rank voting offset (default 2)")] = None,
+    tau: Annotated[float | None, typer.Option(help="softmax temperature (default 0.07)")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="only neighbours with this label; repeatable")] = None,
+    rerank: Annotated[bool, typer.Option(help="ask the VLM re-ranker (falls back to voting)")] = False,
+    template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per image")] = False,
+    sample: Annotated[int | None, typer.Option(help="classify a fixed random sample of the images")] = None,
+    seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
+    truth_from_dirs: Annotated[
+        bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Classify images from their nearest labelled neighbours."""
+    paths = expand_images(images, sample, seed)
+    if not paths:
+        raise typer.BadParameter("no images found", param_hint="IMAGES")
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        try:
+            results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote, alpha=alpha,
+                                                tau=tau, labels=label, rerank=rerank, template=template)
+        except (FeaturizerError, ImageDecodeError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    for res in results:
+        if json_out:
+            typer.echo(res.model_dump_json(exclude_none=True))
+        else:
+            top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+            extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
+            typer.echo(f"{res.source}\t{res.label}\t({top}){extra}")
+    for f in failed:
+        typer.echo(f"skipped {f.source}: {f.reason}", err=True)
+    if truth_from_dirs and results:
+        correct = sum(Path(r.source).parent.name == r.label for r in results)
+        s = results[0].vote
+        typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
+                   f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
+                   err=json_out)
+
+
+def forget(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
+    label: Annotated[str | None, typer.Option(help="forget every point with this label")] = None,
+    source: Annotated[str | None, typer.Option(help="forget every point whose source starts with this")] = None,
+) -> None:
+    """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
+    if sum(x is not None for x in (id, label, source)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --label, --source")
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        n = mem.forget(ids=id, label=label, source_prefix=source)
+        typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
+
+
+def info(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show what the memory holds: points, labels, featurizer, settings."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        stats = mem.stats()
+    if json_out:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    f = stats["featurizer"]
+    typer.echo(f"memory     {stats['location']}")
+    typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
+               f"crop {f['preprocessing']['crop']})")
+    typer.echo(f"points     {stats['points']}")
+    typer.echo(f"labels     {stats['labels']}")
+    for lab, n in list(stats["per_label"].items())[:10]:
+        typer.echo(f"  {n:6d}  {lab}")
+    if stats["labels"] > 10:
+        typer.echo(f"  ... {stats['labels'] - 10} more")
+    if stats["settings"]:
+        typer.echo(f"settings   {json.dumps(stats['settings'])}")

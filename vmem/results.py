@@ -1,0 +1,57 @@
+"""The shapes of what vmem returns: one classification per image, each traceable to memory points."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
+
+DEFAULT_K = 50
+DEFAULT_RULE = VoteRule.rank
+
+
+class VoteSettings(BaseModel):
+    """The voting settings a result used, and where they came from."""
+
+    rule: VoteRule = Field(DEFAULT_RULE, description="plurality, distance, softmax or rank")
+    k: int = Field(DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, description="rank voting: w = 1/(alpha + rank)")
+    tau: float = Field(DEFAULT_TAU, gt=0, description="softmax voting temperature")
+    origin: Literal["default", "memory", "explicit"] = Field(
+        "default", description="built-in defaults, the memory's tuned settings, or given by the caller"
+    )
+
+
+class NeighborVote(BaseModel):
+    """A memory point behind a decision, with the weight its vote carried."""
+
+    id: str = Field(description="point id (UUIDv5 of the source)")
+    label: str
+    source: str = Field(description="path or URI of the memory image")
+    similarity: float = Field(description="cosine similarity to the query")
+    weight: float = Field(description="vote weight under the rule used (0 past k)")
+    rank: int = Field(description="0 for the nearest neighbour")
+
+
+class Classification(BaseModel):
+    """The answer for one query image."""
+
+    source: str | None = Field(None, description="the query's path or upload name, when known")
+    label: str | None = Field(description="predicted label; null when the memory had no neighbours")
+    scores: dict[str, float] = Field(description="vote share per label, summing to 1, best first")
+    neighbors: list[NeighborVote]
+    vote: VoteSettings
+    novelty: float | None = Field(None, description="mean cosine distance to the k neighbours")
+    reranked: bool = Field(False, description="true when the VLM's answer is the label")
+    fallback_reason: str | None = Field(None, description="why re-ranking was asked for but not used")
+    template: str | None = None
+    model: str | None = None
+    usage: dict[str, Any] | None = Field(None, description="VLM tokens used")
+    trace: list[dict[str, Any]] | None = Field(None, description="agentic re-ranker tool calls")
+
+
+class FailedImage(BaseModel):
+    source: str
+    reason: str

@@ -1,0 +1,299 @@
+"""`VisualMemory`: the Python API that the CLI, the HTTP service and the evaluation share.
+
+    >>> mem = VisualMemory.open("./memory")
+    >>> [result] = mem.classify(["cat.jpg"], k=50)
+    >>> result.label, result.neighbors[0].source
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval import (
+    BuildReport,
+    Featurizer,
+    LabelledImage,
+    MemoryStore,
+    Neighbor,
+    VoteRule,
+    build_memory,
+    load_featurizer,
+    load_image,
+    normalize_source,
+    open_store,
+    vote,
+)
+from retrieval.images import ImageDecodeError, ImageInput
+
+from .results import Classification, FailedImage, NeighborVote, VoteSettings
+
+DEFAULT_FEATURIZER = "dinov2-small"
+ForgetListener = Callable[[list[str]], None]
+
+
+def upload_source(data: bytes, name: str | None = None) -> str:
+    """The source of an uploaded image: its content hash, so re-uploading is idempotent."""
+    digest = hashlib.sha256(data).hexdigest()
+    return f"upload:sha256:{digest}" + (f":{Path(name).name}" if name else "")
+
+
+class VisualMemory:
+    """A memory of labelled feature vectors plus the encoder that made them."""
+
+    def __init__(self, store: MemoryStore, featurizer: Featurizer | None = None, reranker: Any = None) -> None:
+        self.store = store
+        self._featurizer = featurizer
+        self._featurizer_lock = threading.Lock()
+        if featurizer is not None:
+            store.check_featurizer(featurizer.spec)
+        self.reranker = reranker
+        self._forget_listeners: list[ForgetListener] = []
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        location: str | Path = "./memory",
+        featurizer: str | None = None,
+        create: bool = False,
+        device: str | None = None,
+    ) -> VisualMemory:
+        """Open (or with `create=True`, create) the memory at `location`.
+
+        Args:
+            location: a directory (embedded Qdrant Edge), `http://host:6333` or `:memory:`.
+            featurizer: the encoder's name; for an existing memory it must match the stored one,
+                for a new one it defaults to DINOv2-S.
+            create: make the memory if it does not exist.
+        """
+        try:
+            store = open_store(location)
+        except Exception as exc:
+            if not create or "build one first" not in str(exc):
+                raise
+            store = None
+        if store is None:
+            feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
+            return cls(open_store(location, feat.spec), feat)
+        if featurizer is not None:
+            feat = load_featurizer(featurizer, device)
+            store.check_featurizer(feat.spec)
+            return cls(store, feat)
+        mem = cls(store)
+        mem._device = device
+        return mem
+
+    @property
+    def featurizer(self) -> Featurizer:
+        """The memory's encoder, loaded on first use from the name stored with the memory."""
+        with self._featurizer_lock:
+            if self._featurizer is None:
+                feat = load_featurizer(self.store.meta.featurizer.name, getattr(self, "_device", None))
+                self.store.check_featurizer(feat.spec)
+                self._featurizer = feat
+            return self._featurizer
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> VisualMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ settings
+
+    def vote_settings(
+        self,
+        rule: VoteRule | str | None = None,
+        k: int | None = None,
+        alpha: float | None = None,
+        tau: float | None = None,
+    ) -> VoteSettings:
+        """Explicit arguments win over the memory's tuned settings, which win over defaults."""
+        tuned = self.store.meta.settings.get("vote") or {}
+        base = VoteSettings(**{**tuned, "origin": "memory"}) if tuned else VoteSettings()
+        given = {n: v for n, v in {"rule": rule, "k": k, "alpha": alpha, "tau": tau}.items() if v is not None}
+        if not given:
+            return base
+        return VoteSettings(**{**base.model_dump(exclude={"origin"}), **given, "origin": "explicit"})
+
+    # ------------------------------------------------------------------ classifying
+
+    def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] | None = None,
+               exact: bool = False) -> list[list[Neighbor]]:
+        return self.store.query_batch(vectors, k, labels, exact)
+
+    def classify_vectors(
+        self,
+        vectors: np.ndarray,
+        settings: VoteSettings | None = None,
+        labels: Sequence[str] | None = None,
+        sources: Sequence[str | None] | None = None,
+        exact: bool = False,
+    ) -> list[Classification]:
+        """Vote over the neighbours of already-embedded queries."""
+        settings = settings or self.vote_settings()
+        results = []
+        neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
+        for i, neighbors in enumerate(neighbor_lists):
+            results.append(self._decide(neighbors, settings, sources[i] if sources else None))
+        return results
+
+    def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
+        sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
+        outcome = vote([n.label for n in neighbors], sims, settings.rule, settings.alpha, settings.tau,
+                       reliability=np.array([n.reliability for n in neighbors]))
+        votes = [NeighborVote(id=n.id, label=n.label, source=n.source, similarity=n.similarity,
+                              weight=float(w), rank=i)
+                 for i, (n, w) in enumerate(zip(neighbors, outcome.weights, strict=True))]
+        novelty = float(np.mean(1.0 - sims)) if len(sims) else None
+        return Classification(source=source, label=outcome.label, scores=outcome.scores, neighbors=votes,
+                              vote=settings, novelty=novelty)
+
+    def classify(
+        self,
+        images: Sequence[ImageInput],
+        k: int | None = None,
+        rule: VoteRule | str | None = None,
+        alpha: float | None = None,
+        tau: float | None = None,
+        labels: Sequence[str] | None = None,
+        rerank: bool = False,
+        template: str | None = None,
+        sources: Sequence[str | None] | None = None,
+        exact: bool = False,
+    ) -> list[Classification]:
+        """Classify images (paths, bytes or PIL images) from their nearest labelled neighbours.
+
+        Args:
+            images: the queries; every one must decode (use `classify_many` to skip bad ones).
+            k: neighbours that vote (default: the memory's tuned k, else 50).
+            rule: plurality | distance | softmax | rank (default: tuned, else rank).
+            labels: only neighbours with these labels take part.
+            rerank: ask the VLM re-ranker; falls back to the vote with a reason.
+            template: the re-ranker's prompt template.
+
+        Returns:
+            One `Classification` per image, in order.
+        """
+        settings = self.vote_settings(rule, k, alpha, tau)
+        decoded = [load_image(im) for im in images]
+        vectors = self.featurizer.embed(decoded)
+        if sources is None:
+            sources = [str(im) if isinstance(im, str | Path) else None for im in images]
+        results = self.classify_vectors(vectors, settings, labels, sources, exact)
+        if rerank:
+            results = [self._rerank(img, res, template, labels) for img, res in zip(decoded, results, strict=True)]
+        return results
+
+    def classify_many(
+        self, images: Sequence[str | Path], batch_size: int = 64, **kwargs: Any
+    ) -> tuple[list[Classification], list[FailedImage]]:
+        """Classify files, skipping (and reporting) the ones that do not decode."""
+        paths = [str(p) for p in images]
+        res = self.featurizer.embed_many(paths, batch_size=batch_size)
+        settings = self.vote_settings(kwargs.pop("rule", None), kwargs.pop("k", None),
+                                      kwargs.pop("alpha", None), kwargs.pop("tau", None))
+        rerank = kwargs.pop("rerank", False)
+        template = kwargs.pop("template", None)
+        ok_sources = [paths[i] for i in res.indices]
+        results = self.classify_vectors(res.features, settings, sources=ok_sources, **kwargs)
+        if rerank:
+            results = [self._rerank(load_image(src), r, template, kwargs.get("labels"))
+                       for src, r in zip(ok_sources, results, strict=True)]
+        failed = [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
+        return results, failed
+
+    def _rerank(self, image: Any, result: Classification, template: str | None,
+                labels: Sequence[str] | None) -> Classification:
+        if self.reranker is None:
+            return result.model_copy(update={"fallback_reason": "re-ranking is not configured"})
+        return self.reranker.rerank(memory=self, image=image, result=result, template=template, labels=labels)
+
+    # ------------------------------------------------------------------ editing
+
+    def build(self, items: Sequence[LabelledImage], batch_size: int = 64, num_workers: int | None = None,
+              tags: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None) -> BuildReport:
+        """Embed and insert labelled images; resumable, bad images skipped and reported."""
+        report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress)
+        self.store.optimize()
+        return report
+
+    def add(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        sources: Sequence[str] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> tuple[list[str], list[FailedImage]]:
+        """Add labelled images now. A new label is simply new points.
+
+        Returns:
+            (ids of the added points, images that failed to decode)
+        """
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        if sources is None:
+            sources = [normalize_source(im) if isinstance(im, str | Path)
+                       else upload_source(im) if isinstance(im, bytes | bytearray) else
+                       upload_source(load_image(im).tobytes()) for im in images]
+        ok_imgs, ok_labels, ok_sources, failed = [], [], [], []
+        for im, lab, src in zip(images, labels, sources, strict=True):
+            try:
+                ok_imgs.append(load_image(im))
+                ok_labels.append(lab)
+                ok_sources.append(src)
+            except ImageDecodeError as exc:
+                failed.append(FailedImage(source=src, reason=str(exc)))
+        vectors = self.featurizer.embed(ok_imgs)
+        ids = self.store.add(vectors, ok_labels, ok_sources, tags)
+        return ids, failed
+
+    def on_forget(self, listener: ForgetListener) -> None:
+        """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""
+        self._forget_listeners.append(listener)
+
+    def forget(
+        self,
+        ids: Sequence[str] | None = None,
+        label: str | None = None,
+        source_prefix: str | None = None,
+    ) -> int:
+        """Delete points by id, by label, or by source prefix; returns how many went.
+
+        Once this returns, no search returns them, and listeners have dropped what cited them.
+        """
+        chosen = [x is not None for x in (ids, label, source_prefix)]
+        if sum(chosen) != 1:
+            raise ValueError("forget takes exactly one of: ids, label, source_prefix")
+        if ids is not None:
+            targets = list(ids)
+        else:
+            if source_prefix is not None and "://" not in source_prefix and not source_prefix.startswith(
+                    ("upload:", "mem:")):
+                source_prefix = normalize_source(source_prefix) + ("/" if source_prefix.endswith("/") else "")
+            targets = self.store.ids_where(label=label, source_prefix=source_prefix)
+        n = self.store.delete_ids(targets)
+        for listener in self._forget_listeners:
+            listener(targets)
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.store.label_counts()
+        return {
+            "location": self.store.location,
+            "points": self.store.count(),
+            "labels": len(counts),
+            "per_label": counts,
+            "featurizer": self.store.meta.featurizer.model_dump(),
+            "settings": self.store.meta.settings,
+        }
