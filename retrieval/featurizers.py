@@ -335,7 +335,7 @@ class Dinov2Featurizer(Featurizer):
         self.model_id = model_id
         self.name = name or model_id
         try:
-            self.model = Dinov2Model.from_pretrained(model_id, torch_dtype=self.dtype).to(self.device).eval()
+            self.model = Dinov2Model.from_pretrained(model_id, dtype=self.dtype).to(self.device).eval()
         except OSError as exc:
             raise FeaturizerError(
                 f"could not load DINOv2 weights {model_id!r}: {exc}. On a machine without access to the "

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # A 64-megapixel ceiling: far above any photo a classifier needs, far below a bomb.
 MAX_IMAGE_PIXELS = 64_000_000
+# PIL's own guard (a warning past the limit, an error past twice it) agrees with ours.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 ImageInput = str | Path | bytes | Image.Image
@@ -78,14 +80,16 @@ def load_image(source: ImageInput) -> Image.Image:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(
-                        f"{name}: {w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels"
+                        f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels)"
                     )
                 img.seek(0)
                 img.load()
         except ImageDecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(f"{name}: image too large to decode safely ({exc})") from exc
+            raise ImageDecodeError(
+                f"{name}: image too large to decode safely (the limit is {MAX_IMAGE_PIXELS:,} pixels)"
+            ) from exc
         except UnidentifiedImageError as exc:
             raise ImageDecodeError(f"{name}: not a recognised image format") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

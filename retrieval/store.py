@@ -331,7 +331,9 @@ class EdgeMemoryStore(MemoryStore):
     def label_counts(self) -> dict[str, int]:
         n_labels = max(1, self.count())
         resp = self.shard.facet(self._qe.FacetRequest(key="label", limit=n_labels, exact=True))
-        return {str(h.value): int(h.count) for h in sorted(resp, key=lambda h: (-h.count, str(h.value)))}
+        # The edge engine keeps reporting a label whose points were all deleted, with count 0.
+        hits = [h for h in resp if h.count > 0]
+        return {str(h.value): int(h.count) for h in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
 
     def _search_params(self, k: int, exact: bool):
         return self._qe.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)

@@ -1,0 +1,61 @@
+"""Shared fixtures: isolated state per test, tiny images, the real Tiny-ImageNet data and its cached features."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_IMAGENET = Path(os.environ.get("VMEM_TINY_IMAGENET", REPO.parent / "shared" / "data" / "tiny-imagenet-200"))
+# Real-data features are cached by file content under a gitignored directory.
+FEATURE_CACHE = Path(os.environ.get("VMEM_FEATURE_CACHE", REPO / ".cache" / "features"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test sees a real API key, a user's config or another test's state."""
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "VMEM_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VMEM_HOME", str(tmp_path / "vmem-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def require_tiny_imagenet() -> Path:
+    """The real data, or a skip (a failure in CI, where missing data must not pass silently)."""
+    if not (TINY_IMAGENET / "train").is_dir() or not (TINY_IMAGENET / "val").is_dir():
+        msg = f"real data not found at {TINY_IMAGENET} (set VMEM_TINY_IMAGENET)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return TINY_IMAGENET
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet() -> Path:
+    return require_tiny_imagenet()
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from retrieval import load_featurizer
+
+    return load_featurizer("efficientnet-lite0", device="cpu")
+
+
+def make_image(color=(200, 30, 30), size=(32, 24), fmt="JPEG", mode="RGB") -> bytes:
+    """A small solid-colour image, encoded."""
+    img = Image.new(mode, size, color)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def random_unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)

@@ -1,0 +1,106 @@
+"""Image decoding: hostile input gets a clear error, odd but valid images decode correctly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval import ImageDecodeError, load_image
+from tests.conftest import make_image
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims enormous dimensions: a decompression bomb's calling card."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, I am a text file named photo.jpg\n", "not a recognised image"),
+        (make_image(size=(64, 64))[:300], "corrupt or truncated"),
+        (png_declaring(100_000, 100_000), "too large"),
+    ],
+    ids=["zero-bytes", "text-file", "truncated-jpeg", "decompression-bomb"],
+)
+def test_bad_input_is_a_clear_error(data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(data)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        load_image(tmp_path / "absent.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="empty"):
+        load_image(tmp_path / "empty.jpg")
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    img = load_image(encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"))
+    assert img.mode == "RGB"
+    r, g, b = img.getpixel((4, 4))
+    assert r > 200 and g < 60 and b < 60  # cyan 0, magenta+yellow full: red
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    arr = np.full((6, 6), 30000, dtype=np.uint16)
+    arr[0, 0] = 60000
+    img = load_image(encode(Image.fromarray(arr), "PNG"))
+    assert img.mode == "RGB"
+    assert 100 < img.getpixel((3, 3))[0] < 150  # 30000/60000 of full scale, not saturated white
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.info["transparency"] = 0
+    img = load_image(encode(pal, "PNG", transparency=0))
+    assert img.mode == "RGB" and img.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    r, g, b = load_image(data).getpixel((4, 4))
+    assert r > 200 and b < 50
+
+
+def test_exif_rotated_jpeg_is_turned_upright():
+    img = Image.new("RGB", (40, 20), (0, 255, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    out = load_image(encode(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode_size", [("L", (10, 10)), ("RGB", (1, 1)), ("RGB", (4000, 3)), ("RGBA", (5, 5)),
+                                       ("LA", (5, 5)), ("1", (9, 9))])
+def test_odd_but_valid_images_decode_to_rgb(mode_size):
+    mode, size = mode_size
+    fmt = "PNG"
+    img = load_image(encode(Image.new(mode, size), fmt))
+    assert img.mode == "RGB" and img.size == size
+
+
+def test_pil_images_and_paths_are_accepted(tmp_path):
+    p = tmp_path / "x.webp"
+    Image.new("RGB", (5, 7), (1, 2, 3)).save(p)
+    assert load_image(p).size == (5, 7)
+    assert load_image(str(p)).size == (5, 7)
+    assert load_image(Image.new("L", (3, 3))).mode == "RGB"

@@ -1,0 +1,168 @@
+"""One behavioural suite, run over every memory backend: embedded Qdrant Edge and qdrant-client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval import (
+    FeaturizerMismatchError,
+    FeaturizerSpec,
+    MemoryError,
+    Preprocessing,
+    open_store,
+    point_id_for,
+)
+from tests.conftest import random_unit_vectors
+
+DIM = 16
+SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def location(request, tmp_path):
+    return str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+
+
+@pytest.fixture
+def store(location):
+    s = open_store(location, SPEC)
+    yield s
+    s.close()
+
+
+def fill(store, n_per_label=5, labels=("cat", "dog", "fox"), seed=0):
+    vecs = random_unit_vectors(n_per_label * len(labels), DIM, seed)
+    labs = [lab for lab in labels for _ in range(n_per_label)]
+    sources = [f"/data/{lab}/{i}.jpg" for i, lab in enumerate(labs)]
+    ids = store.add(vecs, labs, sources, tags={"split": "train"})
+    return vecs, labs, sources, ids
+
+
+def test_add_count_and_per_label_counts(store):
+    fill(store, labels=("cat", "dog", "fox"))
+    store.add(random_unit_vectors(2, DIM, 9), ["owl", "owl"], ["/data/owl/a.jpg", "/data/owl/b.jpg"])
+    assert store.count() == 17
+    assert store.count(label="owl") == 2
+    assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5, "owl": 2}
+
+
+def test_ids_derive_from_sources_so_re_adding_is_idempotent(store):
+    vecs, labs, sources, ids = fill(store)
+    assert ids == [point_id_for(s) for s in sources]
+    again = store.add(vecs, labs, sources)
+    assert again == ids
+    assert store.count() == 15
+
+
+def test_query_returns_nearest_first_with_payload(store):
+    vecs, labs, sources, ids = fill(store)
+    hits = store.query(vecs[7], k=4)
+    assert len(hits) == 4
+    assert hits[0].id == ids[7] and hits[0].label == labs[7] and hits[0].source == sources[7]
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+    assert hits[0].payload["tags"] == {"split": "train"} and "added_at" in hits[0].payload
+
+
+def test_search_matches_exact_cosine(store):
+    vecs, _, _, ids = fill(store, n_per_label=20)
+    q = random_unit_vectors(3, DIM, seed=42)
+    expected = np.argsort(-(q @ vecs.T), axis=1)[:, :10]
+    for row, hits in zip(expected, store.query_batch(q, k=10, exact=True), strict=True):
+        assert [h.id for h in hits] == [ids[i] for i in row]
+
+
+def test_label_filter_restricts_neighbours(store):
+    vecs, _, _, _ = fill(store)
+    hits = store.query(vecs[0], k=10, labels=["dog", "fox"])
+    assert hits and {h.label for h in hits} <= {"dog", "fox"}
+
+
+def test_batch_query_answers_each_vector(store):
+    vecs, _, _, ids = fill(store)
+    results = store.query_batch(vecs[[0, 6, 12]], k=1)
+    assert [r[0].id for r in results] == [ids[0], ids[6], ids[12]]
+
+
+def test_delete_by_id_and_never_returned_again(store):
+    vecs, _, _, ids = fill(store)
+    assert store.delete_ids([ids[3], ids[4], "00000000-0000-0000-0000-000000000000"]) == 2
+    assert store.count() == 13
+    returned = {h.id for h in store.query(vecs[3], k=15)}
+    assert ids[3] not in returned and ids[4] not in returned
+
+
+def test_delete_by_label(store):
+    vecs, labs, _, ids = fill(store)
+    assert store.delete_where(label="dog") == 5
+    assert store.count(label="dog") == 0
+    assert all(h.label != "dog" for h in store.query(vecs[5], k=15))
+    assert store.label_counts() == {"cat": 5, "fox": 5}
+
+
+def test_delete_by_source_prefix(store):
+    vecs, _, sources, ids = fill(store)
+    store.add(random_unit_vectors(1, DIM, 3), ["cat"], ["/data/cat-extra/x.jpg"])
+    assert store.delete_where(source_prefix="/data/cat/") == 5
+    assert store.count() == 11  # /data/cat-extra/ survives: a prefix is a prefix of the path
+    assert all(not h.source.startswith("/data/cat/") for h in store.query(vecs[0], k=20))
+
+
+def test_ids_where_and_retrieve(store):
+    _, _, sources, ids = fill(store)
+    assert sorted(store.ids_where(label="fox")) == sorted(ids[10:15])
+    got = store.retrieve(ids[:2], with_vectors=True)
+    assert {p.id for p in got} == set(ids[:2])
+    assert all(p.vector is not None and p.vector.shape == (DIM,) for p in got)
+    assert store.existing_ids([ids[0], point_id_for("/nowhere.jpg")]) == {ids[0]}
+
+
+def test_scroll_visits_every_point(store):
+    _, _, _, ids = fill(store)
+    seen = [p.id for batch in store.scroll(batch_size=4) for p in batch]
+    assert sorted(seen) == sorted(ids)
+
+
+def test_set_payload_sets_reliability(store):
+    vecs, _, _, ids = fill(store)
+    store.set_payload([ids[0]], {"reliability": 0.25})
+    hit = store.query(vecs[0], k=1)[0]
+    assert hit.id == ids[0] and hit.reliability == 0.25
+
+
+def test_vectors_of_the_wrong_dimension_are_refused(store):
+    with pytest.raises(FeaturizerMismatchError):
+        store.add(random_unit_vectors(1, DIM + 1), ["cat"], ["/x.jpg"])
+    with pytest.raises(FeaturizerMismatchError):
+        store.query(random_unit_vectors(1, 8)[0], k=1)
+
+
+def test_embedded_memory_persists_and_checks_its_featurizer(tmp_path):
+    path = tmp_path / "memory"
+    with open_store(path, SPEC) as s:
+        fill(s)
+        s.meta.settings["vote"] = {"rule": "softmax", "k": 20}
+        s.save_meta()
+    with open_store(path) as s:
+        assert s.count() == 15
+        assert s.meta.featurizer == SPEC
+        assert s.meta.settings["vote"] == {"rule": "softmax", "k": 20}
+    other = FeaturizerSpec(name="other-encoder", dim=DIM, preprocessing=SPEC.preprocessing)
+    with pytest.raises(FeaturizerMismatchError, match="test-encoder"):
+        open_store(path, other)
+
+
+def test_qdrant_client_collection_keeps_metadata_and_checks_featurizer(tmp_path):
+    loc = f"qdrant-local:{tmp_path / 'q'}"
+    with open_store(loc, SPEC) as s:
+        fill(s)
+    with open_store(loc) as s:
+        assert s.count() == 15 and s.meta.featurizer == SPEC
+    with pytest.raises(FeaturizerMismatchError):
+        open_store(loc, FeaturizerSpec(name="x", dim=32, preprocessing=SPEC.preprocessing))
+
+
+def test_opening_a_missing_memory_says_how_to_make_one(tmp_path):
+    with pytest.raises(MemoryError, match="vmem build"):
+        open_store(tmp_path / "nothing-here")

@@ -1,0 +1,105 @@
+"""The four voting rules against hand computation, ties included, and the vectorised all-k scorer."""
+
+import math
+
+import numpy as np
+import pytest
+
+from retrieval import VoteRule, neighbor_weights, vote, vote_all_k
+
+LABELS = ["cat", "dog", "dog", "cat", "fox"]
+SIMS = [0.9, 0.8, 0.7, 0.6, 0.5]
+
+
+def test_plurality_counts_neighbours():
+    out = vote(LABELS, SIMS, "plurality")
+    # cat 2, dog 2, fox 1: a tie between cat and dog, and cat's best neighbour ranks first.
+    assert out.label == "cat"
+    assert out.scores == pytest.approx({"cat": 0.4, "dog": 0.4, "fox": 0.2})
+    assert list(out.scores)[0] == "cat"
+
+
+def test_distance_weights_are_exp_minus_distance():
+    out = vote(LABELS, SIMS, "distance")
+    cat = math.exp(-0.1) + math.exp(-0.4)
+    dog = math.exp(-0.2) + math.exp(-0.3)
+    fox = math.exp(-0.5)
+    total = cat + dog + fox
+    assert out.weights == pytest.approx([math.exp(-0.1), math.exp(-0.2), math.exp(-0.3), math.exp(-0.4), fox])
+    assert out.scores == pytest.approx({"cat": cat / total, "dog": dog / total, "fox": fox / total})
+    assert cat > dog and out.label == "cat"  # 1.575 against 1.560
+
+
+def test_softmax_weights_use_temperature():
+    out = vote(LABELS, SIMS, "softmax", tau=0.07)
+    w = [math.exp(s / 0.07) for s in SIMS]  # exp((1 - d)/tau) with d = 1 - s
+    total = sum(w)
+    assert out.scores["cat"] == pytest.approx((w[0] + w[3]) / total)
+    assert out.scores["dog"] == pytest.approx((w[1] + w[2]) / total)
+    assert out.label == "cat"
+
+
+def test_rank_weights_are_one_over_alpha_plus_rank():
+    out = vote(LABELS, SIMS, "rank", alpha=2)
+    assert out.weights == pytest.approx([1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6])
+    cat, dog, fox = 1 / 2 + 1 / 5, 1 / 3 + 1 / 4, 1 / 6
+    assert out.scores == pytest.approx({"cat": cat / (cat + dog + fox), "dog": dog / (cat + dog + fox),
+                                        "fox": fox / (cat + dog + fox)})
+    assert out.label == "cat"
+
+
+def test_rank_voting_beats_a_distant_majority():
+    # Three far "dog" neighbours outvote one near "cat" under plurality, not under rank voting with alpha=0.5.
+    labels, sims = ["cat", "dog", "dog", "dog"], [0.9, 0.2, 0.2, 0.2]
+    assert vote(labels, sims, "plurality").label == "dog"
+    assert vote(labels, sims, "rank", alpha=0.5).label == "cat"  # 2 > 1/1.5 + 1/2.5 + 1/3.5 = 1.35
+
+
+def test_tie_goes_to_the_label_whose_best_neighbour_ranks_first():
+    assert vote(["a", "b", "b", "a"], [0.9, 0.9, 0.9, 0.9], "plurality").label == "a"
+    assert vote(["b", "a", "a", "b"], [0.9, 0.9, 0.9, 0.9], "plurality").label == "b"
+    # distance voting with equal similarities is a tie too
+    assert vote(["x", "y"], [0.5, 0.5], "distance").label == "x"
+
+
+def test_reliability_factors_multiply_weights():
+    # Soft pruning: the first neighbour is unreliable (gamma = 1.75 / (1 + 6) = 0.25).
+    out = vote(["cat", "dog"], [0.9, 0.8], "plurality", reliability=[0.25, 1.0])
+    assert out.weights == pytest.approx([0.25, 1.0])
+    assert out.label == "dog"
+    assert out.scores == pytest.approx({"dog": 0.8, "cat": 0.2})
+
+
+def test_scores_sum_to_one_and_empty_neighbours_give_no_label():
+    for rule in VoteRule:
+        assert sum(vote(LABELS, SIMS, rule).scores.values()) == pytest.approx(1.0)
+    empty = vote([], [], "rank")
+    assert empty.label is None and empty.scores == {}
+
+
+def test_softmax_stays_finite_for_small_temperatures():
+    w = neighbor_weights(np.array([1.0, 0.99, -1.0]), "softmax", tau=0.001)
+    assert np.all(np.isfinite(w)) and w[0] == 1.0
+
+
+@pytest.mark.parametrize("rule", list(VoteRule))
+def test_vote_all_k_matches_vote_at_every_k(rule):
+    rng = np.random.default_rng(7)
+    n, kmax, n_classes = 40, 30, 6
+    label_ids = rng.integers(0, n_classes, size=(n, kmax))
+    sims = np.sort(rng.uniform(0.1, 0.9, size=(n, kmax)), axis=1)[:, ::-1]
+    # Round similarities so that exact ties occur for the distance and softmax rules too.
+    sims = np.round(sims, 1)
+    rel = rng.choice([1.0, 0.5, 1.75 / 3], size=(n, kmax))
+    preds = vote_all_k(label_ids, sims, rule, n_classes, reliability=rel)
+    for q in range(n):
+        for k in (1, 2, 5, 17, kmax):
+            names = [str(c) for c in label_ids[q, :k]]
+            expected = vote(names, sims[q, :k], rule, reliability=rel[q, :k]).label
+            assert str(preds[q, k - 1]) == expected, (q, k)
+
+
+def test_vote_all_k_ignores_missing_neighbours():
+    label_ids = np.array([[2, -1, -1]])
+    sims = np.array([[0.5, 0.0, 0.0]])
+    assert vote_all_k(label_ids, sims, "plurality", 3).tolist() == [[2, 2, 2]]
