@@ -1,0 +1,107 @@
+"""Finding templates by name: the built-ins shipped with the package, plus a user directory.
+
+A user template with a built-in's name replaces it (so a team can pin its own `neighbors-v1`);
+the origin is recorded so `vmem templates list` can show which one is in use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._template import PromptTemplate, TemplateLoadError, UnknownTemplateError, load_template_file
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATES_DIR_ENV = "VMEM_TEMPLATES_DIR"
+DEFAULT_TEMPLATE = "neighbors-v1"
+
+
+@dataclass(frozen=True)
+class TemplateEntry:
+    template: PromptTemplate
+    path: Path
+    origin: str  # "builtin" or "user"
+
+
+class TemplateRegistry:
+    """Templates by name. Rescans the user directory once before declaring a name unknown.
+
+    >>> reg = TemplateRegistry()
+    >>> reg.get("labels-only").version
+    1
+    """
+
+    def __init__(self, user_dir: str | Path | None = None, include_builtin: bool = True) -> None:
+        if user_dir is None and os.environ.get(TEMPLATES_DIR_ENV):
+            user_dir = os.environ[TEMPLATES_DIR_ENV]
+        self.user_dir = Path(user_dir).expanduser() if user_dir is not None else None
+        self.include_builtin = include_builtin
+        self._lock = threading.Lock()
+        self._entries: dict[str, TemplateEntry] = {}
+        self.errors: dict[str, TemplateLoadError] = {}  # by file stem: templates that failed to load
+        self.reload()
+
+    def reload(self) -> None:
+        entries: dict[str, TemplateEntry] = {}
+        errors: dict[str, TemplateLoadError] = {}
+        dirs = ([(BUILTIN_DIR, "builtin")] if self.include_builtin else []) + (
+            [(self.user_dir, "user")] if self.user_dir is not None else [])
+        for directory, origin in dirs:
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+                try:
+                    t = load_template_file(path)
+                except TemplateLoadError as exc:
+                    errors[path.stem] = exc
+                    continue
+                errors.pop(t.name, None)
+                entries[t.name] = TemplateEntry(t, path, origin)
+        with self._lock:
+            self._entries, self.errors = entries, errors
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[TemplateEntry]:
+        return [self._entries[n] for n in self.names()]
+
+    def entry(self, name: str) -> TemplateEntry:
+        if name not in self._entries and name not in self.errors:
+            self.reload()  # a template added to the user directory since start-up
+        if name in self.errors and name not in self._entries:
+            raise self.errors[name]
+        try:
+            return self._entries[name]
+        except KeyError:
+            available = ", ".join(self.names()) or "none"
+            where = f" (user templates are read from {self.user_dir})" if self.user_dir else (
+                f" (add your own in a directory named by ${TEMPLATES_DIR_ENV})")
+            raise UnknownTemplateError(f"unknown template {name!r}; available: {available}{where}") from None
+
+    def get(self, name: str | None = None) -> PromptTemplate:
+        """The template called `name` (default `neighbors-v1`).
+
+        Raises:
+            UnknownTemplateError: no such template; the message lists the available ones.
+            TemplateLoadError: the file with that name exists but is invalid.
+        """
+        return self.entry(name or DEFAULT_TEMPLATE).template
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+_default: TemplateRegistry | None = None
+_default_key: str | None = None
+
+
+def default_registry() -> TemplateRegistry:
+    """The registry for the current `$VMEM_TEMPLATES_DIR` (rebuilt when the variable changes)."""
+    global _default, _default_key
+    key = os.environ.get(TEMPLATES_DIR_ENV, "")
+    if _default is None or key != _default_key:
+        _default, _default_key = TemplateRegistry(), key
+    return _default

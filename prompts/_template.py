@@ -1,0 +1,159 @@
+"""A prompt template: a validated object stored as YAML, chosen by name.
+
+Each text field is a `string.Template` (`$label`, `${rank}`); the variables a field may use are
+fixed below, and a template that uses any other is refused when it is loaded, not when the model
+is about to be called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ToolName = Literal["exemplars", "more_neighbors"]
+
+# Which variables each text field may use. `rank` and `index` are 1-based for the model's benefit.
+FIELD_VARIABLES: dict[str, frozenset[str]] = {
+    "system": frozenset({"n_neighbors", "n_candidates"}),
+    "intro": frozenset({"n_neighbors", "n_candidates"}),
+    "neighbor": frozenset({"rank", "label", "similarity", "weight", "id"}),
+    "neighbor_missing": frozenset({"rank", "label", "similarity", "weight", "id"}),
+    "query": frozenset({"n_neighbors", "n_candidates"}),
+    "candidates": frozenset({"candidate_lines", "candidate_list", "n_candidates"}),
+    "candidate_line": frozenset({"label", "score", "rank"}),
+    "answer": frozenset({"n_candidates"}),
+    "tool_instructions": frozenset({"max_steps", "n_candidates"}),
+    "exemplar_line": frozenset({"index", "label", "similarity", "id"}),
+}
+
+
+class TemplateError(ValueError):
+    """Base of every template problem (unknown name, unreadable file, bad field)."""
+
+
+class TemplateLoadError(TemplateError):
+    """A template file could not be read, parsed or validated."""
+
+
+class UnknownTemplateError(TemplateError, KeyError):
+    """No template has this name; the message lists the ones that exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingVariablesError(TemplateError):
+    """A field was rendered without a value for every variable it uses."""
+
+
+def _identifiers(text: str) -> set[str]:
+    names = set()
+    for _, named, braced, _ in string.Template.pattern.findall(text):
+        if named or braced:
+            names.add(named or braced)
+    return names
+
+
+class PromptTemplate(BaseModel):
+    """How the re-ranker talks to the VLM: instruction, neighbour presentation, candidates, answer.
+
+    The user turn is built in this order: `intro`, then per neighbour its `neighbor` line followed by
+    its image (or `neighbor_missing` when the image cannot be read), then `query` and the query image,
+    then `candidates` and `answer`. With `tools`, the model may call them (agentic mode) for up to
+    `max_steps` rounds before it must answer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
+    version: int = Field(ge=1, description="bump on any change that could change answers")
+    description: str = ""
+    system: str = Field(min_length=1, description="the system instruction")
+    intro: str = ""
+    show_neighbors: bool = Field(True, description="list the neighbours at all (labels-only lists none)")
+    neighbor_images: bool = Field(True, description="send each neighbour's thumbnail after its line")
+    max_neighbors: int | None = Field(None, ge=1, le=1000, description="show at most this many neighbours")
+    neighbor: str = 'Neighbour $rank: "$label" (similarity $similarity)'
+    neighbor_missing: str = 'Neighbour $rank: "$label" (similarity $similarity; image unavailable)'
+    query: str = "The image to classify:"
+    candidates: str = "Candidate labels:\n$candidate_lines"
+    candidate_line: str = "- $label"
+    answer: str = "Answer with exactly one of the candidate labels."
+    tools: list[ToolName] = Field(default_factory=list, description="agentic mode when not empty")
+    max_steps: int = Field(3, ge=0, le=10, description="tool-calling rounds before the answer is forced")
+    tool_instructions: str = ""
+    exemplar_line: str = 'Exemplar $index of "$label" (similarity $similarity)'
+
+    @model_validator(mode="after")
+    def _known_variables(self) -> PromptTemplate:
+        problems = []
+        for field, allowed in FIELD_VARIABLES.items():
+            unknown = _identifiers(getattr(self, field)) - allowed
+            if unknown:
+                problems.append(f"{field} uses {', '.join('$' + u for u in sorted(unknown))} "
+                                f"(allowed: {', '.join('$' + a for a in sorted(allowed))})")
+        if problems:
+            raise ValueError("unknown variables: " + "; ".join(problems))
+        return self
+
+    @property
+    def agentic(self) -> bool:
+        return bool(self.tools)
+
+    @property
+    def ref(self) -> str:
+        """`name@version`, as recorded with every result."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical content: any edit changes it, so cached answers never go stale."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def render(self, field: str, **values: Any) -> str:
+        """Fill one text field; raises `MissingVariablesError` naming what was not given."""
+        text = getattr(self, field)
+        missing = _identifiers(text) - values.keys()
+        if missing:
+            raise MissingVariablesError(
+                f"template {self.ref}: field {field!r} needs {', '.join('$' + m for m in sorted(missing))}")
+        return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False,
+                              allow_unicode=True, width=100)
+
+
+def load_template_file(path: str | Path) -> PromptTemplate:
+    """Read and validate one `<name>.yaml`; every failure becomes one `TemplateLoadError`.
+
+    Args:
+        path: a YAML file whose `name` equals its file stem.
+
+    Raises:
+        TemplateLoadError: unreadable, not YAML, not a mapping, invalid fields, or name != stem.
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TemplateLoadError(f"{p}: cannot read template ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise TemplateLoadError(f"{p}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise TemplateLoadError(f"{p}: a template is a YAML mapping of fields, got {type(data).__name__}")
+    try:
+        template = PromptTemplate.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc']) or 'template'}: {e['msg']}" for e in exc.errors()]
+        raise TemplateLoadError(f"{p}: invalid template:\n  " + "\n  ".join(lines)) from exc
+    if template.name != p.stem:
+        raise TemplateLoadError(f"{p}: the template's name {template.name!r} must match its file name {p.stem!r}")
+    return template

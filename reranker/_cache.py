@@ -1,0 +1,99 @@
+"""A persistent cache of re-ranked answers that forgets what cited a deleted memory point.
+
+SQLite (WAL, so a server and a CLI can share it): `answers(key, outcome)` plus `cites(key, point_id)`,
+indexed by point id, so `invalidate(ids)` drops every answer whose prompt showed one of those points
+(neighbours, exemplars and extra neighbours alike). Unlearning a point therefore reaches the cache.
+Only real answers are cached: a fallback is never stored, so a transient failure is retried next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._types import RerankOutcome
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, outcome TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cites (key TEXT NOT NULL, point_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS cites_point ON cites(point_id);
+CREATE INDEX IF NOT EXISTS cites_key ON cites(key);
+"""
+
+
+def default_cache_dir() -> Path:
+    """`$VMEM_HOME/cache`, else `$XDG_CACHE_HOME/vmem`, else `~/.cache/vmem`."""
+    if os.environ.get("VMEM_HOME"):
+        return Path(os.environ["VMEM_HOME"]).expanduser() / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "vmem"
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of everything that can change the answer."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class AnswerCache:
+    """Re-ranked outcomes by cache key, with the ids of the points each one cited."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_cache_dir() / "rerank.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            self._db.commit()
+
+    def get(self, key: str) -> RerankOutcome | None:
+        with self._lock:
+            row = self._db.execute("SELECT outcome FROM answers WHERE key = ?", (key,)).fetchone()
+        return RerankOutcome.model_validate_json(row[0]) if row else None
+
+    def put(self, key: str, outcome: RerankOutcome, cited_ids: Iterable[str]) -> None:
+        ids = sorted(set(cited_ids))
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM cites WHERE key = ?", (key,))
+            self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                             (key, outcome.model_dump_json(), time.time()))
+            self._db.executemany("INSERT INTO cites VALUES (?, ?)", [(key, i) for i in ids])
+
+    def invalidate(self, point_ids: Sequence[str]) -> int:
+        """Drop every answer that cited one of these points; returns how many went."""
+        ids = list(point_ids)
+        dropped = 0
+        with self._lock, self._db:
+            for start in range(0, len(ids), 500):  # SQLite caps bound parameters per statement
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                keys = [r[0] for r in self._db.execute(
+                    f"SELECT DISTINCT key FROM cites WHERE point_id IN ({marks})", chunk)]
+                for k in range(0, len(keys), 500):
+                    kc = keys[k:k + 500]
+                    km = ",".join("?" * len(kc))
+                    dropped += self._db.execute(f"DELETE FROM answers WHERE key IN ({km})", kc).rowcount
+                    self._db.execute(f"DELETE FROM cites WHERE key IN ({km})", kc)
+        return dropped
+
+    def clear(self) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM answers")
+            self._db.execute("DELETE FROM cites")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,67 @@
+"""Why a re-ranking did not produce an answer. Each message is a complete sentence for a person.
+
+    RerankError
+    ├── NoApiKeyError           no GEMINI_API_KEY / GOOGLE_API_KEY
+    ├── NothingToRerankError    no neighbours, or a single candidate label
+    ├── DeadlineExceededError   the request's total deadline passed
+    ├── QuotaExceededError      429 RESOURCE_EXHAUSTED, retries spent (or retryDelay past the deadline)
+    ├── UpstreamError           5xx, timeouts or connection errors, retries spent
+    │   └── ConnectionFailedError
+    ├── RequestRejectedError    400/401/403/404: retrying cannot help
+    └── InvalidAnswerError      the answer could not be read
+        ├── NonCandidateAnswerError  a label that is not a candidate
+        └── StepBudgetError          agentic mode: no answer within the step budget
+
+The re-ranker turns every one of these into a fallback to the vote, with the message as
+`fallback_reason` and the class name as `error`; a server can map the class to a status code.
+"""
+
+from __future__ import annotations
+
+
+class RerankError(Exception):
+    """Re-ranking failed; `str(exc)` is the human-readable reason."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class NoApiKeyError(RerankError):
+    pass
+
+
+class NothingToRerankError(RerankError):
+    pass
+
+
+class DeadlineExceededError(RerankError, TimeoutError):
+    pass
+
+
+class QuotaExceededError(RerankError):
+    pass
+
+
+class UpstreamError(RerankError):
+    pass
+
+
+class ConnectionFailedError(UpstreamError, ConnectionError):
+    pass
+
+
+class RequestRejectedError(RerankError):
+    pass
+
+
+class InvalidAnswerError(RerankError):
+    pass
+
+
+class NonCandidateAnswerError(InvalidAnswerError):
+    pass
+
+
+class StepBudgetError(InvalidAnswerError):
+    pass

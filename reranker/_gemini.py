@@ -1,0 +1,607 @@
+"""The Gemini re-ranker: show Gemini the query and its labelled neighbours, let it pick the label.
+
+One request per query (or a few, in agentic mode), through the `google-genai` SDK:
+
+* inline JPEG parts (neighbour thumbnails, the query), temperature 0, `media_resolution` as configured;
+* the answer constrained to the candidate labels by an enum schema (`text/x.enum`), or in agentic mode
+  by the enum parameter of the `answer` function, so free text can never pass for a label;
+* retries with tenacity on 429, 5xx, timeouts and connection errors, exponential backoff with jitter,
+  at least the server's `retryDelay`, all inside one total deadline per query;
+* a fallback to the vote, with a reason, on every failure (`RerankError` and subclasses);
+* a persistent answer cache that `invalidate(ids)` empties of every answer citing a deleted point.
+
+All network work runs on one private event loop thread, so the synchronous `rerank_many` can be
+called from any thread (the CLI, a FastAPI worker) and `arerank_many` from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+import tenacity
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from prompts import PromptTemplate, TemplateRegistry, default_registry
+from retrieval import MemoryStore
+
+from ._cache import AnswerCache, cache_key
+from ._errors import (
+    ConnectionFailedError,
+    DeadlineExceededError,
+    InvalidAnswerError,
+    NoApiKeyError,
+    NonCandidateAnswerError,
+    NothingToRerankError,
+    QuotaExceededError,
+    RequestRejectedError,
+    RerankError,
+    StepBudgetError,
+    UpstreamError,
+)
+from ._prompt import BuiltPrompt, QueryImage, build_prompt, candidate_labels, encode_query
+from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE, ThumbnailCache, ThumbnailError
+from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MODEL = "gemini-3.5-flash"
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Bumped when the request layout changes in a way no template or setting captures.
+CACHE_FORMAT = 1
+_MEDIA_RESOLUTION = {
+    "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
+    "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
+    "high": types.MediaResolution.MEDIA_RESOLUTION_HIGH,
+}
+
+
+def api_key_from_env() -> str | None:
+    """`GEMINI_API_KEY`, else `GOOGLE_API_KEY` (empty counts as unset)."""
+    return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or None
+
+
+class GeminiSettings(BaseSettings):
+    """Options of the Gemini re-ranker; each can also be set as `VMEM_GEMINI_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Gemini model id")
+    base_url: str | None = Field(None, description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")
+    thumb_size: int = Field(DEFAULT_THUMB_SIZE, ge=16, le=3072, description="neighbour thumbnails' longest side, px")
+    query_size: int = Field(DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
+    media_resolution: Literal["unspecified", "low", "medium", "high"] = "unspecified"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    deadline_s: float = Field(60.0, gt=0, description="total time per query, retries and tool steps included")
+    attempt_timeout_s: float = Field(30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
+    max_attempts: int = Field(4, ge=1, le=20, description="HTTP attempts per call, first one included")
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(20.0, ge=0)
+    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once in a batch")
+    cache: bool = True
+    cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
+    max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
+    max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
+
+    def key_settings(self) -> dict[str, Any]:
+        """The settings that can change an answer (and so belong in the cache key)."""
+        return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
+                                                     "max_exemplars", "max_neighbors_total"})
+
+
+@dataclass
+class _Ctx:
+    """What one query's calls accumulate, kept even when they end in a fallback."""
+
+    deadline: float
+    deadline_s: float
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 0
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    cited: set[str] = field(default_factory=set)
+    server_delay: float | None = None
+    stopped_for_deadline: bool = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def _retry_delay(exc: BaseException | None) -> float | None:
+    """The server's requested wait: google.rpc.RetryInfo `retryDelay` ("17s"), else `Retry-After`."""
+    if not isinstance(exc, genai_errors.APIError):
+        return None
+    details = exc.details if isinstance(exc.details, dict) else {}
+    for d in (details.get("error", details) or {}).get("details", []) or []:
+        if isinstance(d, dict) and "retryDelay" in d:
+            m = re.fullmatch(r"\s*([0-9.]+)s\s*", str(d["retryDelay"]))
+            if m:
+                return float(m.group(1))
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is not None:
+        try:
+            return float(headers.get("retry-after"))
+        except (TypeError, ValueError):
+            pass
+    return None
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, genai_errors.APIError):
+        return exc.code in RETRYABLE_STATUS
+    return isinstance(exc, httpx.TimeoutException | httpx.TransportError | TimeoutError)
+
+
+def _status(exc: genai_errors.APIError) -> str:
+    return f"{exc.code} {exc.status}" if exc.status else str(exc.code)
+
+
+class _LoopThread:
+    """A private asyncio loop on a daemon thread: every Gemini call runs here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="vmem-rerank-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("rerank_many() called from the re-ranker's own loop; use arerank_many()")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+
+class GeminiReranker:
+    """Re-rank a query's neighbours with Gemini, falling back to the vote with a reason.
+
+    >>> rr = GeminiReranker(model="gemini-3.5-flash", deadline_s=30)
+    >>> batch = rr.rerank_many([RerankRequest(image=img, neighbors=nbrs, scores=scores, vote_label="cat")])
+    >>> batch.outcomes[0].label, batch.outcomes[0].reranked, batch.outcomes[0].fallback_reason
+
+    Args:
+        settings: a `GeminiSettings`; keyword overrides (`model=`, `deadline_s=`, ...) apply on top.
+        api_key: default `$GEMINI_API_KEY`, else `$GOOGLE_API_KEY`, read at each call.
+        registry: where templates are looked up (default: built-ins plus `$VMEM_TEMPLATES_DIR`).
+    """
+
+    id = "gemini"
+    Options = GeminiSettings
+
+    def __init__(self, settings: GeminiSettings | None = None, *, api_key: str | None = None,
+                 registry: TemplateRegistry | None = None, cache: AnswerCache | None = None,
+                 thumbnails: ThumbnailCache | None = None, **overrides: Any) -> None:
+        base = settings or GeminiSettings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        if overrides:  # validate the overrides as the settings class would
+            self.settings = GeminiSettings.model_validate(self.settings.model_dump())
+        self._api_key = api_key
+        self._registry = registry
+        self.thumbnails = thumbnails or ThumbnailCache(self.settings.thumb_size)
+        self.cache = cache if cache is not None else (AnswerCache(self.settings.cache_path)
+                                                      if self.settings.cache else None)
+        self._loop = _LoopThread()
+        self._clients: dict[str, genai.Client] = {}
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def registry(self) -> TemplateRegistry:
+        return self._registry or default_registry()
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    def api_key(self) -> str | None:
+        return self._api_key or api_key_from_env()
+
+    def template(self, name: str | None) -> PromptTemplate:
+        """Raises `prompts.UnknownTemplateError` (listing the available ones) for an unknown name."""
+        return self.registry.get(name)
+
+    def _client(self, key: str) -> genai.Client:
+        # Created on the loop thread; the SDK's own retries are off (attempts=1): tenacity owns them here.
+        client = self._clients.get(key)
+        if client is None:
+            http = types.HttpOptions(base_url=self.settings.base_url,
+                                     retry_options=types.HttpRetryOptions(attempts=1))
+            client = self._clients[key] = genai.Client(api_key=key, http_options=http)
+        return client
+
+    def endpoint(self) -> str:
+        return self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or \
+            "https://generativelanguage.googleapis.com"
+
+    # ------------------------------------------------------------------ public API
+
+    def rerank_many(self, requests: Sequence[RerankRequest], store: MemoryStore | None = None) -> RerankBatch:
+        """Re-rank a batch, at most `settings.concurrency` requests in flight; outcomes in order.
+
+        Args:
+            requests: one per query.
+            store: the memory, for the agentic tools (`exemplars`, `more_neighbors`).
+
+        Raises:
+            prompts.UnknownTemplateError: a request names a template that does not exist
+                (checked before any call is made).
+        """
+        return self._loop.run(self._batch(list(requests), store))
+
+    async def arerank_many(self, requests: Sequence[RerankRequest],
+                           store: MemoryStore | None = None) -> RerankBatch:
+        """`rerank_many` for callers already on an event loop."""
+        return await self._loop.arun(self._batch(list(requests), store))
+
+    def rerank_one(self, request: RerankRequest, store: MemoryStore | None = None) -> RerankOutcome:
+        return self.rerank_many([request], store).outcomes[0]
+
+    def invalidate(self, point_ids: Sequence[str]) -> int:
+        """Drop cached answers citing any of these points (wire to `VisualMemory.on_forget`)."""
+        return self.cache.invalidate(point_ids) if self.cache is not None and point_ids else 0
+
+    def close(self) -> None:
+        async def _close() -> None:
+            for c in self._clients.values():
+                await c.aio.aclose()
+        try:
+            self._loop.run(_close())
+        finally:
+            self._loop.stop()
+            if self.cache is not None:
+                self.cache.close()
+
+    # ------------------------------------------------------------------ one query
+
+    async def _batch(self, requests: list[RerankRequest], store: MemoryStore | None) -> RerankBatch:
+        templates = {r.template: self.template(r.template) for r in requests}  # fail fast on a bad name
+        sem = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(req: RerankRequest) -> RerankOutcome:
+            async with sem:
+                return await self._one(req, templates[req.template], store)
+
+        outcomes = list(await asyncio.gather(*(one(r) for r in requests)))
+        total = Usage()
+        fallbacks: dict[str, int] = {}
+        for o in outcomes:
+            total = total.add(o.usage)
+            if not o.reranked:
+                fallbacks[o.error or "unknown"] = fallbacks.get(o.error or "unknown", 0) + 1
+        return RerankBatch(outcomes=outcomes, usage=total, reranked=sum(o.reranked for o in outcomes),
+                           cached=sum(o.cached for o in outcomes), fallbacks=fallbacks)
+
+    async def _one(self, req: RerankRequest, template: PromptTemplate, store: MemoryStore | None) -> RerankOutcome:
+        t0 = time.monotonic()
+        ctx = _Ctx(deadline=t0 + self.settings.deadline_s, deadline_s=self.settings.deadline_s)
+        candidates = candidate_labels(req)
+        base = {"template": template.ref, "template_hash": template.content_hash, "model": self.model,
+                "candidates": candidates}
+
+        def fallback(exc: RerankError) -> RerankOutcome:
+            log.info("re-ranking fell back to the vote: %s", exc)
+            return RerankOutcome(label=req.vote_label, reranked=False, fallback_reason=exc.reason,
+                                 error=type(exc).__name__, usage=ctx.usage, attempts=ctx.attempts,
+                                 latency_s=time.monotonic() - t0, trace=ctx.trace, **base)
+
+        if not req.neighbors:
+            return fallback(NothingToRerankError("the memory returned no neighbours to re-rank"))
+        if len(candidates) < 2:
+            only = candidates[0] if candidates else "none"
+            return fallback(NothingToRerankError(f"only one candidate label ({only}): nothing to re-rank"))
+
+        query = await asyncio.to_thread(encode_query, req, self.settings.query_size)
+        key = self._key(req, template, query)
+        if self.cache is not None:
+            hit = await asyncio.to_thread(self.cache.get, key)
+            if hit is not None:
+                return hit.model_copy(update={"cached": True, "attempts": 0, "usage": Usage(),
+                                              "latency_s": time.monotonic() - t0})
+        key_value = self.api_key()
+        if key_value is None:
+            return fallback(NoApiKeyError("no Gemini API key (set GEMINI_API_KEY or GOOGLE_API_KEY)"))
+
+        prompt = await asyncio.to_thread(build_prompt, template, req, candidates, query, self.thumbnails)
+        ctx.trace.extend(prompt.notes)
+        ctx.cited.update(n.id for n in req.neighbors)
+        ctx.usage = ctx.usage.model_copy(update={"images": prompt.images})
+        client = self._client(key_value)
+        try:
+            if template.agentic:
+                label = await self._agentic(ctx, client, template, req, prompt, store)
+            else:
+                label = await self._classify(ctx, client, template, prompt)
+        except RerankError as exc:
+            return fallback(exc)
+        outcome = RerankOutcome(label=label, reranked=True, usage=ctx.usage, attempts=ctx.attempts,
+                                latency_s=time.monotonic() - t0, trace=ctx.trace,
+                                **{**base, "candidates": prompt.candidates})
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
+        return outcome
+
+    def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage) -> str:
+        return cache_key({
+            "format": CACHE_FORMAT,
+            "query": query.sha256,
+            "neighbors": [[n.id, n.label] for n in req.neighbors],
+            "labels": sorted(req.labels) if req.labels else None,
+            "template": template.ref,
+            "template_hash": template.content_hash,
+            "model": self.model,
+            "settings": self.settings.key_settings(),
+        })
+
+    def _config(self, template: PromptTemplate, system: str, **extra: Any) -> types.GenerateContentConfig:
+        res = _MEDIA_RESOLUTION.get(self.settings.media_resolution)
+        return types.GenerateContentConfig(system_instruction=system, temperature=self.settings.temperature,
+                                           media_resolution=res, candidate_count=1, **extra)
+
+    # ------------------------------------------------------------------ plain mode
+
+    async def _classify(self, ctx: _Ctx, client: genai.Client, template: PromptTemplate,
+                        prompt: BuiltPrompt) -> str:
+        config = self._config(template, prompt.system, response_mime_type="text/x.enum",
+                              response_schema=types.Schema(type=types.Type.STRING, enum=prompt.candidates))
+        contents = [types.Content(role="user", parts=prompt.parts)]
+        response = await self._generate(ctx, client, contents, config)
+        return self._check_label(self._answer_text(response), prompt.candidates)
+
+    @staticmethod
+    def _answer_text(response: types.GenerateContentResponse) -> str:
+        if not response.candidates:
+            block = response.prompt_feedback.block_reason if response.prompt_feedback else None
+            raise InvalidAnswerError(f"Gemini returned no answer{f' (blocked: {block})' if block else ''}")
+        cand = response.candidates[0]
+        texts = [p.text for p in (cand.content.parts if cand.content and cand.content.parts else [])
+                 if p.text and not p.thought]
+        text = "".join(texts).strip()
+        if not text:
+            reason = cand.finish_reason.value if cand.finish_reason else "unknown"
+            raise InvalidAnswerError(f"Gemini's answer was empty (finish reason {reason})")
+        if text.startswith('"'):  # an enum answer sometimes comes JSON-quoted
+            with contextlib.suppress(json.JSONDecodeError):
+                text = str(json.loads(text)).strip()
+        return text
+
+    @staticmethod
+    def _check_label(label: Any, candidates: list[str]) -> str:
+        if not isinstance(label, str) or label not in candidates:
+            shown = label if not isinstance(label, str) or len(label) < 80 else label[:77] + "..."
+            raise NonCandidateAnswerError(
+                f"Gemini answered {shown!r}, which is not one of the {len(candidates)} candidate labels")
+        return label
+
+    # ------------------------------------------------------------------ HTTP with retries
+
+    async def _generate(self, ctx: _Ctx, client: genai.Client, contents: list[types.Content],
+                        config: types.GenerateContentConfig) -> types.GenerateContentResponse:
+        s = self.settings
+        exp = tenacity.wait_exponential_jitter(initial=s.backoff_initial_s, max=s.backoff_max_s,
+                                               jitter=s.backoff_initial_s)
+
+        def wait(rs: tenacity.RetryCallState) -> float:
+            server = _retry_delay(rs.outcome.exception() if rs.outcome else None)
+            ctx.server_delay = server
+            return max(exp(rs), server or 0.0)
+
+        def stop(rs: tenacity.RetryCallState) -> bool:
+            if rs.attempt_number >= s.max_attempts:
+                return True
+            ctx.stopped_for_deadline = ctx.remaining() <= rs.upcoming_sleep
+            return ctx.stopped_for_deadline
+
+        retrying = tenacity.AsyncRetrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(_transient),
+                                          reraise=True)
+        attempts_before = ctx.attempts
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    remaining = ctx.remaining()
+                    if remaining <= 0:
+                        raise DeadlineExceededError(self._deadline_message(ctx))
+                    timeout = min(s.attempt_timeout_s, remaining)
+                    cfg = config.model_copy(update={"http_options": types.HttpOptions(
+                        timeout=max(1, int(timeout * 1000)), retry_options=types.HttpRetryOptions(attempts=1))})
+                    ctx.attempts += 1
+                    # httpx's timeout is per read; wait_for bounds the whole call, trickling replies included.
+                    response = await asyncio.wait_for(
+                        client.aio.models.generate_content(model=self.model, contents=contents, config=cfg),
+                        timeout=timeout)
+        except DeadlineExceededError:
+            raise
+        except genai_errors.APIError as exc:
+            raise self._api_error(ctx, exc, ctx.attempts - attempts_before) from exc
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            if ctx.remaining() <= 0.05 or ctx.stopped_for_deadline:
+                raise DeadlineExceededError(self._deadline_message(ctx)) from exc
+            raise UpstreamError(f"Gemini timed out on all {ctx.attempts - attempts_before} attempts") from exc
+        except httpx.TransportError as exc:
+            raise ConnectionFailedError(
+                f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "
+                f"({type(exc).__name__}: {exc})") from exc
+        except genai_errors.UnknownApiResponseError as exc:
+            raise InvalidAnswerError("Gemini's reply could not be parsed (not valid JSON)") from exc
+        except (ValueError, TypeError) as exc:  # a 200 whose JSON does not fit the response schema
+            raise InvalidAnswerError(f"Gemini's reply could not be parsed ({exc})") from exc
+        ctx.usage = ctx.usage.add(self._usage(response))
+        return response
+
+    def _deadline_message(self, ctx: _Ctx) -> str:
+        return f"no answer within the {ctx.deadline_s:g} s deadline ({ctx.attempts} attempt(s))"
+
+    def _api_error(self, ctx: _Ctx, exc: genai_errors.APIError, attempts: int) -> RerankError:
+        after = f"after {attempts} attempt(s)"
+        if ctx.stopped_for_deadline and exc.code in RETRYABLE_STATUS:
+            wait = f"the server asked to retry in {ctx.server_delay:g} s, " if ctx.server_delay else ""
+            after += f"; {wait}which would pass the {ctx.deadline_s:g} s deadline"
+        if exc.code == 429:
+            return QuotaExceededError(f"Gemini quota exceeded ({_status(exc)}) {after}")
+        if exc.code in RETRYABLE_STATUS:
+            return UpstreamError(f"Gemini unavailable ({_status(exc)}) {after}")
+        msg = f": {exc.message}" if exc.message else ""
+        return RequestRejectedError(f"Gemini rejected the request ({_status(exc)}){msg}")
+
+    @staticmethod
+    def _usage(response: types.GenerateContentResponse) -> Usage:
+        u = response.usage_metadata
+        if u is None:
+            return Usage(requests=1)
+        return Usage(requests=1, prompt_tokens=u.prompt_token_count or 0, output_tokens=u.candidates_token_count or 0,
+                     thinking_tokens=u.thoughts_token_count or 0, total_tokens=u.total_token_count or 0)
+
+    # ------------------------------------------------------------------ agentic mode
+
+    def _declarations(self, template: PromptTemplate, candidates: list[str], final: bool) -> list[types.Tool]:
+        answer = types.FunctionDeclaration(
+            name="answer", description="Give the final label of the query image.",
+            parameters=types.Schema(type=types.Type.OBJECT, required=["label"], properties={
+                "label": types.Schema(type=types.Type.STRING, enum=candidates)}))
+        decls = [answer]
+        if not final and "exemplars" in template.tools:
+            decls.append(types.FunctionDeclaration(
+                name="exemplars",
+                description="Memory images of one candidate label that are most similar to the query, "
+                            "with their similarity.",
+                parameters=types.Schema(type=types.Type.OBJECT, required=["label"], properties={
+                    "label": types.Schema(type=types.Type.STRING, enum=candidates),
+                    "n": types.Schema(type=types.Type.INTEGER, minimum=1, maximum=self.settings.max_exemplars,
+                                      description="how many images (default 4)")})))
+        if not final and "more_neighbors" in template.tools:
+            decls.append(types.FunctionDeclaration(
+                name="more_neighbors",
+                description="Widen the nearest-neighbour list to the k nearest memory images; returns the ones "
+                            "not shown yet. Their labels become candidates.",
+                parameters=types.Schema(type=types.Type.OBJECT, required=["k"], properties={
+                    "k": types.Schema(type=types.Type.INTEGER, minimum=1,
+                                      maximum=self.settings.max_neighbors_total)})))
+        return [types.Tool(function_declarations=decls)]
+
+    async def _agentic(self, ctx: _Ctx, client: genai.Client, template: PromptTemplate, req: RerankRequest,
+                       prompt: BuiltPrompt, store: MemoryStore | None) -> str:
+        candidates = list(prompt.candidates)
+        seen = {n.id for n in req.neighbors}
+        n_seen = len(req.neighbors)
+        contents = [types.Content(role="user", parts=prompt.parts)]
+        steps = 0
+        while True:
+            final = steps >= template.max_steps
+            config = self._config(
+                template, prompt.system, tools=self._declarations(template, candidates, final),
+                tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+                    mode=types.FunctionCallingConfigMode.ANY, allowed_function_names=["answer"] if final else None)),
+                automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+            response = await self._generate(ctx, client, contents, config)
+            calls = response.function_calls or []
+            if not calls:
+                raise InvalidAnswerError("Gemini replied without calling a function (an answer or a tool)")
+            for call in calls:
+                if call.name == "answer":
+                    label = (call.args or {}).get("label")
+                    ctx.trace.append({"step": steps, "tool": "answer", "args": dict(call.args or {})})
+                    return self._check_label(label, candidates)
+            if final:
+                raise StepBudgetError(f"no answer within the agentic step budget of {template.max_steps} "
+                                      f"(Gemini kept calling {', '.join(sorted({c.name or '?' for c in calls}))})")
+            steps += 1
+            assert response.candidates and response.candidates[0].content is not None
+            contents.append(response.candidates[0].content)  # keeps Gemini 3's thought signatures
+            replies = []
+            for call in calls:
+                reply, entry = await self._run_tool(call, steps, req, store, candidates, seen, n_seen, template)
+                ctx.trace.append(entry)
+                ctx.cited.update(entry.get("ids", []))
+                n_seen = max(n_seen, entry.get("k", 0))
+                ctx.usage = ctx.usage.model_copy(update={"images": ctx.usage.images + entry.get("images", 0)})
+                replies.append(types.Part(function_response=reply))
+            contents.append(types.Content(role="user", parts=replies))
+
+    async def _run_tool(self, call: types.FunctionCall, step: int, req: RerankRequest, store: MemoryStore | None,
+                        candidates: list[str], seen: set[str], n_seen: int,
+                        template: PromptTemplate) -> tuple[types.FunctionResponse, dict[str, Any]]:
+        args = dict(call.args or {})
+        entry: dict[str, Any] = {"step": step, "tool": call.name, "args": args}
+
+        def error(msg: str) -> tuple[types.FunctionResponse, dict[str, Any]]:
+            entry["error"] = msg
+            return types.FunctionResponse(id=call.id, name=call.name, response={"error": msg}), entry
+
+        if call.name not in template.tools:
+            return error(f"unknown tool {call.name!r}")
+        if store is None or req.vector is None:
+            return error("the memory cannot be searched from here")
+        if call.name == "exemplars":
+            label = args.get("label")
+            if label not in candidates:
+                return error(f"{label!r} is not a candidate label")
+            n = min(max(int(args.get("n") or 4), 1), self.settings.max_exemplars)
+            hits = await asyncio.to_thread(store.query, req.vector, n, [label])
+            items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
+                     for i, h in enumerate(hits)]
+            key = "exemplars"
+        else:
+            k = min(max(int(args.get("k") or 0), 1), self.settings.max_neighbors_total)
+            hits = await asyncio.to_thread(store.query, req.vector, k, req.labels)
+            items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
+                     for i, h in enumerate(hits) if h.id not in seen]
+            seen.update(h.id for h in hits)
+            entry["k"] = k
+            allowed = set(req.labels) if req.labels else None
+            for it in items:  # a label first seen here becomes a candidate
+                if it.label not in candidates and (allowed is None or it.label in allowed):
+                    candidates.append(it.label)
+            key = "neighbors"
+        parts, listed, missing = [], [], []
+        for i, it in enumerate(items):
+            row: dict[str, Any] = {"index": i + 1, "label": it.label, "similarity": round(it.similarity, 3),
+                                   "rank": it.rank + 1, "caption": template.render(
+                                       "exemplar_line", index=i + 1, label=it.label,
+                                       similarity=f"{it.similarity:.3f}", id=it.id)}
+            try:
+                jpeg = await asyncio.to_thread(self.thumbnails.get, it.source)
+                row["image"] = len(parts) + 1
+                parts.append(types.FunctionResponsePart.from_bytes(data=jpeg, mime_type="image/jpeg"))
+            except ThumbnailError as exc:
+                row["image"] = None
+                missing.append({"id": it.id, "source": it.source, "reason": str(exc)})
+            listed.append(row)
+        entry.update({"returned": len(items), "ids": [it.id for it in items], "images": len(parts)})
+        if missing:
+            entry["label_only"] = missing
+        body: dict[str, Any] = {key: listed, "note": "row['image'] is the 1-based index of its image part"}
+        if call.name == "more_neighbors":
+            body["candidates"] = candidates
+        return types.FunctionResponse(id=call.id, name=call.name, response=body, parts=parts or None), entry
+
+
+RERANKERS: dict[str, type[GeminiReranker]] = {GeminiReranker.id: GeminiReranker}
+
+
+def make_reranker(name: str = "gemini", **options: Any) -> GeminiReranker:
+    """A re-ranker backend by name (`gemini`), with its options as keywords."""
+    try:
+        cls = RERANKERS[name]
+    except KeyError:
+        raise ValueError(f"unknown re-ranker {name!r}; available: {', '.join(sorted(RERANKERS))}") from None
+    return cls(**options)

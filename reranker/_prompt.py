@@ -1,0 +1,100 @@
+"""Turning a template and a query's neighbours into the parts of a Gemini request.
+
+Kept free of any network code so the benchmark can time it alone, and so tests can check
+exactly what a template sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.genai import types
+
+from prompts import PromptTemplate
+
+from ._thumbs import ThumbnailCache, ThumbnailError, encode_jpeg
+from ._types import RerankNeighbor, RerankRequest
+
+
+def candidate_labels(request: RerankRequest) -> list[str]:
+    """The labels the answer may take: the vote's labels best first, then any other neighbour label,
+    restricted to `request.labels` when the search was."""
+    seen: dict[str, None] = {}
+    for label in list(request.scores) + [n.label for n in request.neighbors]:
+        seen.setdefault(label, None)
+    allowed = set(request.labels) if request.labels else None
+    return [lab for lab in seen if allowed is None or lab in allowed]
+
+
+@dataclass
+class QueryImage:
+    jpeg: bytes
+    sha256: str
+
+
+def encode_query(request: RerankRequest, longest_side: int) -> QueryImage:
+    jpeg = encode_jpeg(request.image, longest_side)
+    return QueryImage(jpeg, hashlib.sha256(jpeg).hexdigest())
+
+
+@dataclass
+class BuiltPrompt:
+    system: str
+    parts: list[types.Part]
+    candidates: list[str]
+    shown: list[RerankNeighbor]
+    images: int
+    notes: list[dict[str, Any]] = field(default_factory=list)  # e.g. neighbours shown label-only
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: list[str],
+                 query: QueryImage, thumbs: ThumbnailCache) -> BuiltPrompt:
+    """The system instruction and the user turn's parts, in the template's order.
+
+    A neighbour whose image cannot be read is shown by its label alone (`neighbor_missing`),
+    and a note says why; the request still goes out.
+    """
+    shown = request.neighbors[: template.max_neighbors] if template.show_neighbors else []
+    counts = {"n_neighbors": len(shown), "n_candidates": len(candidates)}
+    parts: list[types.Part] = []
+    notes: list[dict[str, Any]] = []
+    images = 0
+
+    def text(s: str) -> None:
+        if s.strip():
+            parts.append(types.Part.from_text(text=s))
+
+    text(template.render("intro", **counts))
+    for i, n in enumerate(shown):
+        values = {"rank": i + 1, "label": n.label, "similarity": _fmt(n.similarity), "weight": _fmt(n.weight),
+                  "id": n.id}
+        if not template.neighbor_images:
+            text(template.render("neighbor", **values))
+            continue
+        try:
+            jpeg = thumbs.get(n.source)
+        except ThumbnailError as exc:
+            text(template.render("neighbor_missing", **values))
+            notes.append({"event": "neighbor_label_only", "id": n.id, "source": n.source, "reason": str(exc)})
+            continue
+        text(template.render("neighbor", **values))
+        parts.append(types.Part.from_bytes(data=jpeg, mime_type="image/jpeg"))
+        images += 1
+    text(template.render("query", **counts))
+    parts.append(types.Part.from_bytes(data=query.jpeg, mime_type="image/jpeg"))
+    images += 1
+    lines = [template.render("candidate_line", label=lab, score=_fmt(request.scores.get(lab, 0.0), 2), rank=r + 1)
+             for r, lab in enumerate(candidates)]
+    text(template.render("candidates", candidate_lines="\n".join(lines), candidate_list=", ".join(candidates),
+                         n_candidates=len(candidates)))
+    text(template.render("answer", n_candidates=len(candidates)))
+    if template.agentic and template.tool_instructions:
+        text(template.render("tool_instructions", max_steps=template.max_steps, n_candidates=len(candidates)))
+    return BuiltPrompt(system=template.render("system", **counts), parts=parts, candidates=candidates,
+                       shown=list(shown), images=images, notes=notes)
