@@ -36,6 +36,9 @@ META_FILE = "vmem.json"
 SHARD_DIR = "shard"
 # ef for HNSW search: at least this, and at least 2k (see docs/benchmarks.md for the trade-off).
 DEFAULT_SEARCH_EF = 128
+# Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
+# any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
+EXCLUDED_KEY = "excluded"
 _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
@@ -270,6 +273,8 @@ class EdgeMemoryStore(MemoryStore):
             self.shard.update(qe.UpdateOperation.create_field_index("label", qe.PayloadSchemaType.Keyword))
             self.shard.update(qe.UpdateOperation.create_field_index(
                 "source", qe.KeywordIndexParams(prefix=True)))
+            # Indexed, the "not excluded" condition on every search costs next to nothing.
+            self.shard.update(qe.UpdateOperation.create_field_index(EXCLUDED_KEY, qe.PayloadSchemaType.Keyword))
             self.shard.flush()
             self.save_meta()  # written last: a memory without vmem.json was never completed
 
@@ -279,9 +284,9 @@ class EdgeMemoryStore(MemoryStore):
         os.replace(tmp, self.path / META_FILE)
 
     def _filter(self, label: str | None = None, source_prefix: str | None = None,
-                labels: Sequence[str] | None = None):
+                labels: Sequence[str] | None = None, searchable: bool = False):
         qe = self._qe
-        must = []
+        must = [qe.IsEmptyCondition(key=EXCLUDED_KEY)] if searchable else []
         if label is not None:
             must.append(qe.FieldCondition(key="label", match=qe.MatchValue(label)))
         if labels is not None:
@@ -341,7 +346,7 @@ class EdgeMemoryStore(MemoryStore):
     def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
         qe = self._qe
         v = check_vectors(vectors, self.dim)
-        flt = self._filter(labels=labels) if labels is not None else None
+        flt = self._filter(labels=labels, searchable=True)
         params = self._search_params(k, exact)
         reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(row.tolist()), filter=flt,
                                 with_payload=True, params=params) for row in v]
@@ -430,13 +435,14 @@ class QdrantServerStore(MemoryStore):
             )
             self.client.create_payload_index(collection, "label", qm.PayloadSchemaType.KEYWORD)
             self.client.create_payload_index(collection, "source", qm.PayloadSchemaType.KEYWORD)
+            self.client.create_payload_index(collection, EXCLUDED_KEY, qm.PayloadSchemaType.KEYWORD)
 
     def save_meta(self) -> None:
         self.client.update_collection(self.collection, metadata={"vmem": json.loads(self.meta.model_dump_json())})
 
-    def _filter(self, label=None, source_prefix=None, labels=None):
+    def _filter(self, label=None, source_prefix=None, labels=None, searchable=False):
         qm = self._qm
-        must: list[Any] = []
+        must: list[Any] = [qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXCLUDED_KEY))] if searchable else []
         if label is not None:
             must.append(qm.FieldCondition(key="label", match=qm.MatchValue(value=label)))
         if labels is not None:
@@ -485,7 +491,7 @@ class QdrantServerStore(MemoryStore):
     def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
         qm = self._qm
         v = check_vectors(vectors, self.dim)
-        flt = self._filter(labels=labels) if labels is not None else None
+        flt = self._filter(labels=labels, searchable=True)
         params = qm.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)
         reqs = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, params=params, with_payload=True)
                 for row in v]
