@@ -1,0 +1,157 @@
+"""The `vmem` CLI end to end on a small ImageFolder: build, classify, forget, info."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import point_id_for
+from tests.conftest import make_image
+from vmem.cli import app
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """ROOT/<label>/<image>: 3 labels x 4 shades, one corrupt file, and held-out queries."""
+    root = tmp_path_factory.mktemp("data")
+    for label, (r, g, b) in COLOURS.items():
+        (root / "train" / label).mkdir(parents=True)
+        (root / "query" / label).mkdir(parents=True)
+        for i in range(4):
+            shade = (max(0, r - 12 * i), max(0, g - 12 * i), max(0, b - 12 * i))
+            (root / "train" / label / f"{i}.png").write_bytes(make_image(shade, fmt="PNG"))
+        (root / "query" / label / "q.jpg").write_bytes(make_image((r, g, b), size=(40, 30)))
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(image_folder, tmp_path_factory):
+    memory = tmp_path_factory.mktemp("mem") / "memory"
+    result = CliRunner().invoke(app, ["build", str(image_folder / "train"), "--memory", str(memory),
+                                      "--featurizer", "efficientnet-lite0", "--batch-size", "8", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return memory, result
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})  # no wrapped error boxes
+
+
+def test_build_reports_added_and_skipped_corrupt_images(built):
+    _, result = built
+    assert "12 added, 0 already in memory, 1 failed of 13 images" in result.output
+    assert "broken.jpg" in result.output and "not a recognised image format" in result.output
+
+
+def test_build_is_resumable_and_idempotent(built, image_folder):
+    memory, _ = built
+    again = run("build", image_folder / "train", "--memory", memory, "--workers", "0")
+    assert again.exit_code == 0
+    assert "0 added, 12 already in memory, 1 failed" in again.output
+    assert "memory now holds 12 points" in again.output
+
+
+def test_classify_json_is_attributable_to_memory_points(built, image_folder):
+    memory, _ = built
+    result = run("classify", image_folder / "query", "--memory", memory, "--k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert len(lines) == 3
+    for obj in lines:
+        assert {"source", "label", "scores", "neighbors"} <= obj.keys()
+        assert obj["label"] == obj["source"].split("/")[-2]
+        assert abs(sum(obj["scores"].values()) - 1) < 1e-6
+        assert len(obj["neighbors"]) == 5
+        first = obj["neighbors"][0]
+        assert {"id", "label", "source", "similarity", "weight"} <= first.keys()
+        assert first["id"] == point_id_for(first["source"])
+        assert obj["vote"] == {"rule": "rank", "k": 5, "alpha": 2.0, "tau": 0.07, "origin": "explicit"}
+
+
+def test_classify_reports_accuracy_from_folder_names(built, image_folder):
+    memory, _ = built
+    result = run("classify", image_folder / "query", "--memory", memory, "--k", "3", "--vote", "plurality",
+                 "--truth-from-dirs")
+    assert result.exit_code == 0, result.output
+    assert "accuracy 100.00% (3/3) with plurality voting, k=3" in result.output
+
+
+def test_classify_skips_a_bad_query_and_says_so(built, image_folder, tmp_path):
+    memory, _ = built
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    result = run("classify", image_folder / "query" / "red" / "q.jpg", bad, "--memory", memory)
+    assert result.exit_code == 0
+    assert "red" in result.output and "skipped" in result.output and "empty" in result.output
+
+
+def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
+    memory, _ = built
+    import shutil
+
+    copy = tmp_path / "memory"
+    shutil.copytree(memory, copy)
+    red0 = str((image_folder / "train" / "red" / "0.png").resolve())
+    out = run("forget", "--memory", copy, "--id", point_id_for(red0))
+    assert out.exit_code == 0 and "forgot 1 points; memory now holds 11" in out.output
+    out = run("forget", "--memory", copy, "--source", str(image_folder / "train" / "green") + "/")
+    assert "forgot 4 points; memory now holds 7" in out.output
+    out = run("forget", "--memory", copy, "--label", "blue")
+    assert "forgot 4 points; memory now holds 3" in out.output
+    # The forgotten labels can no longer be predicted: only red points remain.
+    res = run("classify", image_folder / "query" / "blue" / "q.jpg", "--memory", copy, "--json")
+    obj = json.loads(res.output)
+    assert {n["label"] for n in obj["neighbors"]} == {"red"}
+    assert red0 not in {n["source"] for n in obj["neighbors"]}
+
+
+def test_forget_needs_exactly_one_selector(built):
+    memory, _ = built
+    out = run("forget", "--memory", memory)
+    assert out.exit_code != 0 and "exactly one of --id, --label, --source" in out.output
+
+
+def test_info_shows_featurizer_and_label_counts(built):
+    memory, _ = built
+    out = run("info", "--memory", memory, "--json")
+    stats = json.loads(out.output)
+    assert stats["points"] == 12 and stats["labels"] == 3
+    assert stats["per_label"] == {"blue": 4, "green": 4, "red": 4}
+    assert stats["featurizer"]["name"] == "efficientnet-lite0" and stats["featurizer"]["dim"] == 1280
+
+
+def test_a_different_featurizer_is_refused(built, image_folder, tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    memory, _ = built
+    tiny = tmp_path / "dino"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64)).save_pretrained(tiny)
+    out = run("build", image_folder / "train", "--memory", memory, "--featurizer", f"dinov2:{tiny}")
+    assert out.exit_code != 0
+    assert "efficientnet-lite0" in out.output and "cannot be used with it" in out.output
+
+
+def test_build_from_a_csv_manifest(image_folder, tmp_path):
+    manifest = tmp_path / "set.csv"
+    rows = ["path,label"] + [f"{image_folder}/train/{c}/{i}.png,{c}-shade" for c in COLOURS for i in range(2)]
+    manifest.write_text("\n".join(rows) + "\n")
+    out = run("build", manifest, "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0", "--workers", "0")
+    assert out.exit_code == 0, out.output
+    assert "6 added" in out.output
+    info = json.loads(run("info", "--memory", tmp_path / "m2", "--json").output)
+    assert info["per_label"] == {"blue-shade": 2, "green-shade": 2, "red-shade": 2}
+
+
+def test_missing_memory_and_dataset_are_clear_errors(tmp_path):
+    out = run("classify", tmp_path, "--memory", tmp_path / "none")
+    assert out.exit_code != 0
+    out = run("info", "--memory", tmp_path / "none")
+    assert out.exit_code != 0 and "vmem build" in out.output
+    out = run("build", tmp_path / "nodata", "--memory", tmp_path / "m")
+    assert out.exit_code != 0 and "not a directory" in out.output

@@ -1,0 +1,67 @@
+"""Real data end to end: Tiny-ImageNet train as the memory, a fixed sample of val as queries.
+
+Store, search and vote must compose correctly: rank-voting accuracy through the embedded Qdrant
+memory (HNSW index) must agree with an independent numpy computation over the same features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval import open_store, scan_imagefolder
+from tests.conftest import FEATURE_CACHE
+from tests.realdata import cached_features, val_sample
+from vmem import VisualMemory, VoteSettings
+
+N_QUERIES = 1000
+K = 50
+ALPHA = 2.0
+
+
+def numpy_rank_vote_accuracy(memory: np.ndarray, memory_labels: list[str], queries: np.ndarray,
+                             truth: list[str], k: int, alpha: float) -> float:
+    """Exact cosine top-k by matrix product, w = 1/(alpha + rank), highest total wins."""
+    classes = sorted(set(memory_labels))
+    class_of = np.array([classes.index(lab) for lab in memory_labels])
+    sims = queries @ memory.T
+    top = np.argpartition(-sims, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    totals = np.zeros((len(queries), len(classes)))
+    weights = 1.0 / (alpha + np.arange(k))
+    for rank in range(k):
+        np.add.at(totals, (np.arange(len(queries)), class_of[top[:, rank]]), weights[rank])
+    predicted = [classes[c] for c in totals.argmax(axis=1)]
+    return float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_rank_voting_on_tiny_imagenet_agrees_with_numpy(tiny_imagenet, lite0, tmp_path):
+    train = cached_features(FEATURE_CACHE, lite0, scan_imagefolder(tiny_imagenet / "train"))
+    queries = cached_features(FEATURE_CACHE, lite0, val_sample(tiny_imagenet, N_QUERIES, seed=0))
+    assert len(train.items) == 20_200 and len(queries.items) == N_QUERIES
+
+    store = open_store(tmp_path / "memory", lite0.spec)
+    for start in range(0, len(train.items), 2048):
+        chunk = train.items[start : start + 2048]
+        store.add(train.features[start : start + 2048], [it.label for it in chunk], [it.source for it in chunk])
+    store.optimize()  # build the HNSW index, as `vmem build` does
+    assert store.count() == 20_200
+
+    memory = VisualMemory(store, lite0)
+    results = memory.classify_vectors(queries.features, VoteSettings(rule="rank", k=K, alpha=ALPHA))
+    via_store = float(np.mean([r.label == t for r, t in zip(results, queries.labels, strict=True)]))
+    via_numpy = numpy_rank_vote_accuracy(train.features, train.labels, queries.features, queries.labels, K, ALPHA)
+    print(f"\nTiny-ImageNet, EfficientNet-Lite0, memory 20,200 train images, {N_QUERIES} val queries: "
+          f"rank-voting top-1 at k={K} = {100 * via_store:.2f}% through Qdrant Edge, "
+          f"{100 * via_numpy:.2f}% by numpy exact search")
+
+    assert abs(via_store - via_numpy) <= 0.005
+    # Far above chance (0.5%); the full val set measures ~42% for this rule at k = 50.
+    assert via_store > 0.30
+    # Every decision is attributable: each result lists its 50 neighbours, all real training images.
+    assert all(len(r.neighbors) == K for r in results)
+    assert {n.source for n in results[0].neighbors} <= {it.source for it in train.items}
+    store.close()

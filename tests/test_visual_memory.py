@@ -1,0 +1,89 @@
+"""The Python API: classify, add, forget, and where the vote settings come from."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrieval import VoteRule, open_store
+from tests.conftest import make_image
+from vmem import VisualMemory, upload_source
+
+
+@pytest.fixture
+def memory(lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    images, labels = [], []
+    for label, colour in {"red": (220, 20, 20), "blue": (30, 40, 220)}.items():
+        for i in range(3):
+            images.append(make_image(tuple(max(0, c - 15 * i) for c in colour)))
+            labels.append(label)
+    ids, failed = mem.add(images, labels)
+    assert len(ids) == 6 and not failed
+    yield mem
+    mem.close()
+
+
+def test_classify_bytes_and_explain_the_decision(memory):
+    [res] = memory.classify([make_image((200, 30, 30))], k=4)
+    assert res.label == "red"
+    assert res.vote.rule == VoteRule.rank and res.vote.k == 4 and res.vote.origin == "explicit"
+    assert len(res.neighbors) == 4 and res.neighbors[0].label == "red"
+    assert res.neighbors[0].weight == pytest.approx(0.5)  # 1 / (2 + 0)
+    assert 0 <= res.novelty <= 2
+    assert not res.reranked and res.fallback_reason is None
+
+
+def test_adding_the_same_upload_twice_is_idempotent(memory):
+    data = make_image((0, 200, 0))
+    ids1, _ = memory.add([data], ["green"])
+    ids2, _ = memory.add([data], ["green"])
+    assert ids1 == ids2 and memory.store.count() == 7
+    assert memory.store.retrieve(ids1)[0].source == upload_source(data)
+
+
+def test_bad_images_in_add_are_reported_and_the_rest_kept(memory):
+    ids, failed = memory.add([b"", make_image((0, 200, 0))], ["x", "green"])
+    assert len(ids) == 1 and len(failed) == 1 and "empty" in failed[0].reason
+
+
+def test_label_filter_limits_the_candidates(memory):
+    [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue"])
+    assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}
+
+
+def test_forget_tells_listeners_which_points_went(memory):
+    heard: list[list[str]] = []
+    memory.on_forget(heard.append)
+    red_ids = memory.store.ids_where(label="red")
+    assert memory.forget(label="red") == 3
+    assert sorted(heard[0]) == sorted(red_ids)
+    [res] = memory.classify([make_image((200, 30, 30))], k=6)
+    assert res.label == "blue" and not set(red_ids) & {n.id for n in res.neighbors}
+    with pytest.raises(ValueError, match="exactly one"):
+        memory.forget(label="blue", ids=["x"])
+
+
+def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
+    assert memory.vote_settings().origin == "default"
+    assert (memory.vote_settings().rule, memory.vote_settings().k) == (VoteRule.rank, 50)
+    memory.store.meta.settings["vote"] = {"rule": "softmax", "k": 5, "tau": 0.1}
+    tuned = memory.vote_settings()
+    assert (tuned.rule, tuned.k, tuned.tau, tuned.origin) == (VoteRule.softmax, 5, 0.1, "memory")
+    explicit = memory.vote_settings(k=2)
+    assert (explicit.rule, explicit.k, explicit.tau, explicit.origin) == (VoteRule.softmax, 2, 0.1, "explicit")
+    [res] = memory.classify([make_image((200, 30, 30))])
+    assert res.vote.origin == "memory" and len(res.neighbors) == 5
+
+
+def test_rerank_without_a_reranker_falls_back_with_a_reason(memory):
+    memory.reranker = None
+    [res] = memory.classify([make_image((200, 30, 30))], k=3, rerank=True)
+    assert res.label == "red" and res.reranked is False and res.fallback_reason
+
+
+def test_open_creates_and_reopens(tmp_path, lite0):
+    with VisualMemory.open(tmp_path / "m", featurizer="efficientnet-lite0", create=True) as mem:
+        mem.add([make_image()], ["red"])
+    with VisualMemory.open(tmp_path / "m") as mem:
+        assert mem.stats()["points"] == 1
+        assert mem.stats()["featurizer"]["name"] == "efficientnet-lite0"
