@@ -35,6 +35,9 @@ from .results import Classification, FailedImage, NeighborVote, VoteSettings
 
 DEFAULT_FEATURIZER = "dinov2-small"
 ForgetListener = Callable[[list[str]], None]
+# `reranker=AUTO_RERANKER` (the default) builds a Gemini re-ranker on the first `rerank=True`;
+# `reranker=None` turns re-ranking off (results then say "re-ranking is not configured").
+AUTO_RERANKER = "auto"
 
 
 def upload_source(data: bytes, name: str | None = None) -> str:
@@ -46,14 +49,18 @@ def upload_source(data: bytes, name: str | None = None) -> str:
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
-    def __init__(self, store: MemoryStore, featurizer: Featurizer | None = None, reranker: Any = None) -> None:
+    def __init__(self, store: MemoryStore, featurizer: Featurizer | None = None, reranker: Any = AUTO_RERANKER) -> None:
         self.store = store
         self._featurizer = featurizer
         self._featurizer_lock = threading.Lock()
         if featurizer is not None:
             store.check_featurizer(featurizer.spec)
-        self.reranker = reranker
         self._forget_listeners: list[ForgetListener] = []
+        self._reranker_lock = threading.Lock()
+        self._reranker: Any = None
+        self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
+        if not self._auto_reranker:
+            self.reranker = reranker
 
     # ------------------------------------------------------------------ opening
 
@@ -64,6 +71,7 @@ class VisualMemory:
         featurizer: str | None = None,
         create: bool = False,
         device: str | None = None,
+        reranker: Any = AUTO_RERANKER,
     ) -> VisualMemory:
         """Open (or with `create=True`, create) the memory at `location`.
 
@@ -72,6 +80,8 @@ class VisualMemory:
             featurizer: the encoder's name; for an existing memory it must match the stored one,
                 for a new one it defaults to DINOv2-S.
             create: make the memory if it does not exist.
+            reranker: a `reranker.GeminiReranker` (or any object with `rerank_many`); the default
+                builds one from the environment on first use; None disables re-ranking.
         """
         try:
             store = open_store(location)
@@ -81,12 +91,12 @@ class VisualMemory:
             store = None
         if store is None:
             feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
-            return cls(open_store(location, feat.spec), feat)
+            return cls(open_store(location, feat.spec), feat, reranker)
         if featurizer is not None:
             feat = load_featurizer(featurizer, device)
             store.check_featurizer(feat.spec)
-            return cls(store, feat)
-        mem = cls(store)
+            return cls(store, feat, reranker)
+        mem = cls(store, reranker=reranker)
         mem._device = device
         return mem
 
@@ -192,7 +202,7 @@ class VisualMemory:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
         results = self.classify_vectors(vectors, settings, labels, sources, exact)
         if rerank:
-            results = [self._rerank(img, res, template, labels) for img, res in zip(decoded, results, strict=True)]
+            results = self._rerank_all(decoded, vectors, results, template, labels)
         return results
 
     def classify_many(
@@ -208,16 +218,63 @@ class VisualMemory:
         ok_sources = [paths[i] for i in res.indices]
         results = self.classify_vectors(res.features, settings, sources=ok_sources, **kwargs)
         if rerank:
-            results = [self._rerank(load_image(src), r, template, kwargs.get("labels"))
-                       for src, r in zip(ok_sources, results, strict=True)]
+            results = self._rerank_all([load_image(src) for src in ok_sources], res.features, results, template,
+                                       kwargs.get("labels"))
         failed = [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
         return results, failed
 
+    # ------------------------------------------------------------------ re-ranking
+
+    @property
+    def reranker(self) -> Any:
+        """The re-ranker in use (None until the default one is built, or when turned off)."""
+        return self._reranker
+
+    @reranker.setter
+    def reranker(self, reranker: Any) -> None:
+        """Re-rank with this object from now on (None: off); deleting points drops its cached answers."""
+        self._reranker = reranker
+        self._auto_reranker = False
+        if reranker is not None and hasattr(reranker, "invalidate"):
+            self.on_forget(reranker.invalidate)
+
+    def _get_reranker(self) -> Any:
+        with self._reranker_lock:
+            if self._reranker is None and self._auto_reranker:
+                from reranker import make_reranker
+
+                self.reranker = make_reranker("gemini")
+            return self._reranker
+
     def _rerank(self, image: Any, result: Classification, template: str | None,
-                labels: Sequence[str] | None) -> Classification:
-        if self.reranker is None:
-            return result.model_copy(update={"fallback_reason": "re-ranking is not configured"})
-        return self.reranker.rerank(memory=self, image=image, result=result, template=template, labels=labels)
+                labels: Sequence[str] | None, vector: np.ndarray | None = None) -> Classification:
+        return self._rerank_all([image], None if vector is None else vector[None], [result], template, labels)[0]
+
+    def _rerank_all(self, images: Sequence[Any], vectors: np.ndarray | None, results: list[Classification],
+                    template: str | None, labels: Sequence[str] | None) -> list[Classification]:
+        """Ask the re-ranker about every result at once (it bounds its own concurrency)."""
+        reranker = self._get_reranker()
+        if reranker is None:
+            return [r.model_copy(update={"fallback_reason": "re-ranking is not configured"}) for r in results]
+        from reranker import RerankNeighbor, RerankRequest
+
+        requests = [RerankRequest(
+            image=load_image(img),
+            neighbors=[RerankNeighbor(**n.model_dump()) for n in res.neighbors],
+            scores=res.scores, vote_label=res.label,
+            vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
+            labels=list(labels) if labels else None, source=res.source, template=template)
+            for i, (img, res) in enumerate(zip(images, results, strict=True))]
+        batch = reranker.rerank_many(requests, store=self.store)
+        out = []
+        for res, o in zip(results, batch.outcomes, strict=True):
+            usage = {**o.usage.model_dump(), "cached": o.cached, "attempts": o.attempts,
+                     "latency_s": round(o.latency_s, 4)}
+            out.append(res.model_copy(update={
+                "label": o.label if o.reranked else res.label, "reranked": o.reranked,
+                "fallback_reason": o.fallback_reason, "template": o.template, "model": o.model,
+                "usage": usage, "trace": o.trace or None}))
+        return out
 
     # ------------------------------------------------------------------ editing
 
