@@ -1,0 +1,222 @@
+"""The evaluation run: features (cached), one search at k_max, all scores, files on disk.
+
+    >>> queries = query_set(read_dataset("val", "imagefolder"), featurizer, cache_root)
+    >>> report = evaluate(memory_arrays, queries, info)
+    >>> write_report(report, "results/")
+
+Outputs in the run directory:
+
+    results.json             every number below, keyed by variant and rule, plus the run's parameters
+    accuracy.csv             variant,rule,k,accuracy
+    table.md                 accuracy at k = 10, 20, ..., 100 and the best k per rule
+    hit_rate.csv             variant,k,hit_rate
+    neighbor_accuracy.csv    variant,rank,accuracy
+    calibration.csv          variant,votes,queries,accuracy (plurality agreement among the first k)
+    *.png                    accuracy against k, hit rate against k, neighbour reliability by rank
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, Featurizer, MemoryStore
+from retrieval.feature_cache import FeatureCache
+
+from .datasets import EvalDataset
+from .plots import plot_all
+from .scoring import (
+    K_MAX,
+    TABLE_KS,
+    MemoryArrays,
+    NeighborTable,
+    Scores,
+    neighbors_exact,
+    neighbors_from_store,
+    score,
+    truth_arrays,
+)
+
+# Exact search loads the memory's vectors: do so up to this size, else use the Qdrant index.
+MAX_EXACT_BYTES = 8 << 30
+
+
+def default_cache_dir() -> Path:
+    """Where dataset features are cached: $VMEM_FEATURE_CACHE, else $VMEM_HOME/features, else ~/.cache/vmem."""
+    if os.environ.get("VMEM_FEATURE_CACHE"):
+        return Path(os.environ["VMEM_FEATURE_CACHE"])
+    if os.environ.get("VMEM_HOME"):
+        return Path(os.environ["VMEM_HOME"]) / "features"
+    return Path.home() / ".cache" / "vmem" / "features"
+
+
+@dataclass
+class QuerySet:
+    """Embedded queries with what counts as right for each."""
+
+    features: np.ndarray  # float32 [n, dim]
+    sources: list[str]
+    correct_labels: list[tuple[str, ...]]
+    failed: list[str]  # sources that did not decode
+
+    def subset(self, idx: Sequence[int]) -> QuerySet:
+        return QuerySet(self.features[list(idx)], [self.sources[i] for i in idx],
+                        [self.correct_labels[i] for i in idx], self.failed)
+
+
+def cached_features(
+    sources: Sequence[str], featurizer: Featurizer, cache_root: str | Path, desc: str = "features"
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Features for files, computed once per featurizer and file content (resumable: the cache checkpoints).
+
+    Returns:
+        (features [n_ok, dim], indices of the sources they belong to, sources that failed to decode)
+    """
+    cache = FeatureCache(cache_root, featurizer)
+    with tqdm(total=len(sources), desc=f"{desc} ({featurizer.name})", unit="img", file=sys.stderr,
+              mininterval=2, disable=None) as bar:
+        feats, ok, failures = cache.features_for(list(sources), on_batch=bar.update)
+    return feats, ok, [f.source for f in failures]
+
+
+def query_set(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> QuerySet:
+    feats, ok, failed = cached_features([it.source for it in dataset.items], featurizer, cache_root, "queries")
+    items = [dataset.items[i] for i in ok]
+    return QuerySet(feats, [it.source for it in items], [it.correct_labels for it in items], failed)
+
+
+def memory_from_dataset(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> MemoryArrays:
+    """A memory made of a labelled dataset's cached features (dataset-vs-dataset evaluation)."""
+    feats, ok, _ = cached_features([it.source for it in dataset.items], featurizer, cache_root, "memory")
+    return MemoryArrays(feats, [dataset.items[i].label for i in ok], [dataset.items[i].source for i in ok])
+
+
+class RunInfo(BaseModel):
+    """The parameters a run's numbers depend on."""
+
+    dataset: str
+    format: str
+    queries: int
+    failed_queries: int = 0
+    skipped_queries: int = Field(0, description="left out by the dataset's protocol (e.g. ReaL without labels)")
+    memory: str
+    memory_points: int
+    featurizer: str
+    search: str = Field(description="exact (matrix product) or index (Qdrant HNSW)")
+    k_max: int = K_MAX
+    alpha: float = DEFAULT_ALPHA
+    tau: float = DEFAULT_TAU
+    restricted_classes: int | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class EvalReport(BaseModel):
+    run: RunInfo
+    variants: dict[str, Scores] = Field(description="'all': full memory; 'restricted': the dataset's classes only")
+    rerank: dict[str, Any] | None = None
+
+
+def neighbor_table(
+    memory: MemoryArrays | MemoryStore,
+    queries: QuerySet,
+    k_max: int = K_MAX,
+    restrict_to: Sequence[str] | None = None,
+) -> NeighborTable:
+    """One search per query: exact on arrays, the Qdrant index on a store."""
+    query_labels = {lab for labs in queries.correct_labels for lab in labs}
+    if isinstance(memory, MemoryArrays):
+        mem = memory.only_labels(restrict_to) if restrict_to is not None else memory
+        classes = sorted(set(memory.labels) | query_labels)
+        with tqdm(total=len(queries.sources), desc="search (exact)", unit="q", file=sys.stderr,
+                  disable=None) as bar:
+            return neighbors_exact(queries.features, mem, classes, k_max, progress=bar.update)
+    classes = sorted(set(memory.label_counts()) | query_labels)
+    with tqdm(total=len(queries.sources), desc="search (index)", unit="q", file=sys.stderr, disable=None) as bar:
+        return neighbors_from_store(memory, queries.features, classes, k_max, restrict_to, progress=bar.update)
+
+
+def evaluate(
+    memory: MemoryArrays | MemoryStore,
+    queries: QuerySet,
+    run: RunInfo,
+    restrict_to: Sequence[str] | None = None,
+) -> EvalReport:
+    """Score every rule at every k; with `restrict_to`, also with the memory cut to those classes."""
+    variants: dict[str, Scores] = {}
+    for name, restriction in [("all", None), ("restricted", restrict_to)]:
+        if name == "restricted" and restriction is None:
+            continue
+        t0 = time.perf_counter()
+        table = neighbor_table(memory, queries, run.k_max, restriction)
+        t1 = time.perf_counter()
+        truth, accepted = truth_arrays(queries.correct_labels, table.classes)
+        variants[name] = score(table, truth, accepted, alpha=run.alpha, tau=run.tau)
+        run.seconds[f"search_{name}"] = round(t1 - t0, 3)
+        run.seconds[f"scoring_{name}"] = round(time.perf_counter() - t1, 3)
+    if restrict_to is not None:
+        run.restricted_classes = len(restrict_to)
+    return EvalReport(run=run, variants=variants)
+
+
+def markdown_table(scores: Scores, title: str = "") -> str:
+    """Accuracy (%) per rule at k = 10..100, plus the best k."""
+    ks = [k for k in TABLE_KS if k <= scores.k_max]
+    head = "| rule | " + " | ".join(f"k={k}" for k in ks) + " | best (k) |"
+    lines = ([f"**{title}**", ""] if title else []) + [head, "|" + "---|" * (len(ks) + 2)]
+    for name, b in scores.best.items():
+        cells = " | ".join(f"{100 * b.at_k[k]:.2f}" for k in ks)
+        lines.append(f"| {name} | {cells} | {100 * b.best_accuracy:.2f} ({b.best_k}) |")
+    hit = " | ".join(f"{100 * scores.hit_rate[k - 1]:.2f}" for k in ks)
+    lines.append(f"| *hit rate* | {hit} | |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[Any]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json"]
+    written[0].write_text(report.model_dump_json(indent=1))
+    v = report.variants
+    written.append(_write_csv(out / "accuracy.csv", ["variant", "rule", "k", "accuracy"], [
+        (name, rule, k + 1, f"{a:.6f}") for name, s in v.items() for rule, c in s.accuracy.items()
+        for k, a in enumerate(c)]))
+    written.append(_write_csv(out / "hit_rate.csv", ["variant", "k", "hit_rate"], [
+        (name, k + 1, f"{h:.6f}") for name, s in v.items() for k, h in enumerate(s.hit_rate)]))
+    written.append(_write_csv(out / "neighbor_accuracy.csv", ["variant", "rank", "accuracy"], [
+        (name, i, f"{a:.6f}") for name, s in v.items() for i, a in enumerate(s.neighbor_accuracy)]))
+    written.append(_write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
+        (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
+        for name, s in v.items() for b in s.calibration]))
+    r = report.run
+    md = [f"# {r.dataset} ({r.format}) against {r.memory}\n",
+          f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "
+          f"alpha={r.alpha}, tau={r.tau}\n"]
+    md += [markdown_table(s, f"{name} classes" if name == "all" else f"restricted to {r.restricted_classes} classes")
+           for name, s in v.items()]
+    (out / "table.md").write_text("\n".join(md))
+    written.append(out / "table.md")
+    if plots:
+        for name, s in v.items():
+            written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
+                                title=f"{r.dataset} ({name})")
+    return written

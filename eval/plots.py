@@ -1,0 +1,93 @@
+"""PNG plots of a `Scores`: accuracy against k per rule, hit rate against k, neighbour reliability by rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt
+
+from .scoring import Scores
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_k(scores: Scores, path: str | Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ks = range(1, scores.k_max + 1)
+    for name, curve in scores.accuracy.items():
+        ax.plot(ks, [100 * a for a in curve], label=name, linestyle="--" if name.endswith("+soft") else "-")
+    ax.set_xlabel("k (neighbours voting)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or f"accuracy against k ({scores.n_queries} queries)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def plot_hit_rate(scores: Scores, path: str | Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ks = range(1, scores.k_max + 1)
+    ax.plot(ks, [100 * h for h in scores.hit_rate], label="right label among first k")
+    best = max(scores.best.values(), key=lambda b: b.best_accuracy)
+    ax.axhline(100 * best.best_accuracy, color="grey", linestyle=":", label=f"best vote ({best.rule}, k={best.best_k})")
+    ax.set_xlabel("k")
+    ax.set_ylabel("hit rate (%)")
+    ax.set_title(title or "hit rate against k")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def plot_neighbor_reliability(scores: Scores, path: str | Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(range(len(scores.neighbor_accuracy)), [100 * a for a in scores.neighbor_accuracy])
+    ax.set_xlabel("neighbour rank i (0 = nearest)")
+    ax.set_ylabel("accuracy of neighbour i's label alone (%)")
+    ax.set_title(title or "neighbour reliability against rank")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_curves(
+    xs: Sequence[float],
+    curves: dict[str, Sequence[float]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
+    """Generic line plot for experiments (one line per named curve)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, ys in curves.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "") -> list[Path]:
+    out = Path(out_dir)
+    return [
+        plot_accuracy_vs_k(scores, out / f"{prefix}accuracy_vs_k.png", title),
+        plot_hit_rate(scores, out / f"{prefix}hit_rate_vs_k.png", title and f"{title}: hit rate"),
+        plot_neighbor_reliability(scores, out / f"{prefix}neighbor_reliability.png",
+                                  title and f"{title}: neighbour reliability"),
+    ]

@@ -1,0 +1,181 @@
+"""Memory pruning (Geirhos et al. 2025, section 4): find the points that keep causing wrong decisions.
+
+The memory is queried against itself (each point's own hit dropped) with k = 100 and rank voting.
+For every point we count how often it was among the neighbours of a wrong decision. Then:
+
+* hard pruning excludes points with count >= threshold (default 128) from search. They are flagged
+  in their payload (`excluded: "pruned"`) rather than deleted, so `undo_pruning` brings them back;
+  the store leaves flagged points out of every query.
+* soft pruning stores a reliability factor gamma = 1.75 / (1 + count) for points with count >= 1 in
+  their payload (`reliability`); voting multiplies each neighbour's weight by it.
+
+`blame="all"` (the paper's wording) counts every neighbour of a wrong decision; `blame="voters"` only
+those carrying the wrongly predicted label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
+
+from .scoring import K_MAX, NeighborTable, class_index, exact_search, predictions
+
+DEFAULT_THRESHOLD = 128
+SOFT_GAMMA = 1.75
+EXCLUDED_KEY = "excluded"  # payload key the store filters on (any non-empty value excludes a point)
+EXCLUDED_VALUE = "pruned"
+COUNT_KEY = "prune_count"
+RELIABILITY_KEY = "reliability"
+Blame = Literal["all", "voters"]
+
+
+class PruneMode(StrEnum):
+    soft = "soft"
+    hard = "hard"
+
+
+def wrong_decision_counts(
+    features: np.ndarray,
+    labels: list[str],
+    k: int = K_MAX,
+    rule: VoteRule | str = VoteRule.rank,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    blame: Blame = "all",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every memory point, how often it was a neighbour of a wrong leave-one-out decision.
+
+    Returns:
+        (counts int64 [n], wrong bool [n]: whether the point itself was misclassified by the rest)
+    """
+    n = len(labels)
+    classes, pos = class_index(labels)
+    own = np.array([pos[lab] for lab in labels], dtype=np.int64)
+    feats = np.asarray(features, np.float32)
+    # Exact search over the memory's own rows, each query skipping itself.
+    idx, sims = exact_search(feats, feats, k, exclude=np.arange(n), progress=progress)
+    valid = idx >= 0
+    label_ids = np.where(valid, own[np.where(valid, idx, 0)], -1)
+    preds = predictions(NeighborTable(label_ids, sims, classes), rule, alpha, tau)[:, -1]
+    wrong = preds != own
+    blamed = valid & wrong[:, None]
+    if blame == "voters":
+        blamed &= label_ids == preds[:, None]
+    counts = np.bincount(idx[blamed], minlength=n).astype(np.int64)
+    return counts, wrong
+
+
+def soft_factors(counts: np.ndarray, gamma: float = SOFT_GAMMA) -> np.ndarray:
+    """gamma / (1 + count) for points blamed at least once, 1 otherwise."""
+    counts = np.asarray(counts)
+    return np.where(counts >= 1, gamma / (1.0 + counts), 1.0)
+
+
+class PruneReport(BaseModel):
+    mode: PruneMode
+    points: int
+    wrong_decisions: int = Field(description="points misclassified by the rest of the memory")
+    k: int
+    rule: str
+    blame: str
+    threshold: int | None = None
+    excluded: int = 0
+    down_weighted: int = 0
+    count_max: int = 0
+    count_mean: float = 0.0
+    at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def summary(self) -> str:
+        what = (f"{self.excluded} points with count >= {self.threshold} excluded from search"
+                if self.mode is PruneMode.hard else
+                f"{self.down_weighted} points down-weighted by {SOFT_GAMMA}/(1+count)")
+        return (f"{self.mode} pruning of {self.points} points: {self.wrong_decisions} leave-one-out errors "
+                f"({self.rule} voting, k={self.k}); blame count max {self.count_max}, mean {self.count_mean:.2f}; "
+                f"{what}. Undo with `vmem prune --undo`.")
+
+
+def _group_by_value(ids: list[str], values: np.ndarray) -> dict[Any, list[str]]:
+    groups: dict[Any, list[str]] = {}
+    for pid, v in zip(ids, values.tolist(), strict=True):
+        groups.setdefault(v, []).append(pid)
+    return groups
+
+
+def undo_pruning(store: MemoryStore) -> int:
+    """Bring back hard-pruned points and reset soft factors; returns how many points changed."""
+    touched = [p.id for batch in store.scroll(batch_size=4096) for p in batch
+               if p.payload.get(EXCLUDED_KEY) or p.payload.get(COUNT_KEY) is not None
+               or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
+    for start in range(0, len(touched), 4096):
+        # A null `excluded` is empty to the store's filter; reliability 1 is the neutral factor.
+        store.set_payload(touched[start : start + 4096], {EXCLUDED_KEY: None, COUNT_KEY: None, RELIABILITY_KEY: 1.0})
+    if "pruning" in store.meta.settings:
+        store.meta.settings.pop("pruning")
+        store.save_meta()
+    store.flush()
+    return len(touched)
+
+
+def prune_store(
+    store: MemoryStore,
+    mode: PruneMode | str,
+    threshold: int = DEFAULT_THRESHOLD,
+    k: int = K_MAX,
+    rule: VoteRule | str = VoteRule.rank,
+    alpha: float = DEFAULT_ALPHA,
+    blame: Blame = "all",
+    progress: Callable[[int], None] | None = None,
+) -> PruneReport:
+    """Prune a memory in place (any earlier pruning is undone first, so counts see every point).
+
+    Args:
+        store: the memory; its vectors are read into RAM for an exact self-search.
+        mode: "hard" (exclude count >= threshold) or "soft" (reliability 1.75/(1+count)).
+        threshold: hard pruning's count threshold.
+        k: neighbours per leave-one-out decision.
+        blame: "all" neighbours of a wrong decision, or only "voters" for the wrong label.
+
+    Example:
+        >>> prune_store(open_store("./memory"), "soft").summary()
+    """
+    mode = PruneMode(mode)
+    undo_pruning(store)
+    points: list[str] = []
+    labels: list[str] = []
+    feats: list[np.ndarray] = []
+    for batch in store.scroll(batch_size=4096, with_vectors=True):
+        for p in batch:
+            points.append(p.id)
+            labels.append(p.label)
+            feats.append(p.vector)
+    if not points:
+        raise ValueError("the memory is empty: nothing to prune")
+    counts, wrong = wrong_decision_counts(np.stack(feats), labels, min(k, len(points) - 1) or 1, rule, alpha,
+                                          blame=blame, progress=progress)
+    report = PruneReport(mode=mode, points=len(points), wrong_decisions=int(wrong.sum()), k=k, rule=str(rule),
+                         blame=blame, count_max=int(counts.max()), count_mean=float(counts.mean()))
+    blamed = counts >= 1
+    for c, ids in _group_by_value([p for p, b in zip(points, blamed, strict=True) if b], counts[blamed]).items():
+        payload: dict[str, Any] = {COUNT_KEY: int(c)}
+        if mode is PruneMode.soft:
+            payload[RELIABILITY_KEY] = float(soft_factors(np.array([c]))[0])
+        elif c >= threshold:
+            payload[EXCLUDED_KEY] = EXCLUDED_VALUE
+        store.set_payload(ids, payload)
+    if mode is PruneMode.soft:
+        report.down_weighted = int(blamed.sum())
+    else:
+        report.threshold = threshold
+        report.excluded = int((counts >= threshold).sum())
+    store.meta.settings["pruning"] = report.model_dump(mode="json")
+    store.save_meta()
+    store.flush()
+    return report

@@ -1,0 +1,318 @@
+"""Scoring a memory on labelled queries: one search at k_max, then every rule at every k.
+
+The search runs once per query (k_max = 100 neighbours). Exact search is a blocked matrix product
+plus a partial sort (`np.argpartition`), so results do not depend on an index's recall; for memories
+that do not fit in RAM the Qdrant index answers instead (`neighbors_from_store`). From the neighbour
+table, `score` computes, vectorised over queries:
+
+* accuracy of each rule (and its soft-pruned variant when points carry reliability factors) at
+  every k = 1..k_max, the best k per rule, and the table at k = 10, 20, ..., 100;
+* hit rate at k: a right label among the first k neighbours (the ceiling any re-ranker has);
+* accuracy of the i-th neighbour alone (how reliability falls with rank);
+* calibration: accuracy against the plurality count (how many of the k neighbours agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k
+
+K_MAX = 100
+TABLE_KS = tuple(range(10, 101, 10))
+SOFT_SUFFIX = "+soft"
+# Exact search holds one [block, n_memory] float32 similarity block: about this many bytes.
+_BLOCK_BYTES = 1 << 28
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+@dataclass
+class MemoryArrays:
+    """A memory as arrays: what exact search needs (vectors, labels, ids, soft-pruning factors)."""
+
+    features: np.ndarray  # float32 [n, dim], L2-normalised
+    labels: list[str]
+    ids: list[str]
+    reliability: np.ndarray | None = None  # float64 [n]; None = every point 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_store(cls, store: MemoryStore, progress: Callable[[int], None] | None = None) -> MemoryArrays:
+        """Every point the store would search (hard-pruned points left out), with its vector."""
+        feats, labels, ids, rel = [], [], [], []
+        for batch in store.scroll(batch_size=4096, with_vectors=True):
+            for p in batch:
+                if p.payload.get("excluded"):
+                    continue
+                feats.append(p.vector)
+                labels.append(p.label)
+                ids.append(p.id)
+                rel.append(float(p.payload.get("reliability", 1.0)))
+            if progress:
+                progress(len(batch))
+        f = np.stack(feats).astype(np.float32) if feats else np.zeros((0, store.dim), np.float32)
+        r = np.asarray(rel, dtype=np.float64)
+        return cls(f, labels, ids, r if np.any(r != 1.0) else None)
+
+    def subset(self, mask: np.ndarray) -> MemoryArrays:
+        idx = np.flatnonzero(mask)
+        return MemoryArrays(self.features[idx], [self.labels[i] for i in idx], [self.ids[i] for i in idx],
+                            None if self.reliability is None else self.reliability[idx])
+
+    def only_labels(self, labels: Sequence[str]) -> MemoryArrays:
+        keep = set(labels)
+        return self.subset(np.array([lab in keep for lab in self.labels], dtype=bool))
+
+
+# ------------------------------------------------------------------------------------ search
+
+
+def exact_search(
+    queries: np.ndarray,
+    memory: np.ndarray,
+    k: int = K_MAX,
+    exclude: np.ndarray | None = None,
+    block: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar memory rows for each query, by inner product (cosine for unit vectors).
+
+    Args:
+        queries: float32 [n, dim].
+        memory: float32 [m, dim].
+        k: neighbours per query; rows past the memory's size are padded with index -1.
+        exclude: optional int [n]: a memory row each query must not return (its own point, when a
+            memory is queried against itself); -1 = none.
+        block: queries per matrix product (default: about 256 MiB of similarities).
+
+    Returns:
+        (indices int64 [n, k], similarities float32 [n, k]), best first; ties go to the lower row.
+
+    Example:
+        >>> idx, sims = exact_search(q, m, k=100)
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    m = np.ascontiguousarray(memory, dtype=np.float32)
+    n, n_mem = len(q), len(m)
+    kk = min(k, n_mem)
+    idx_out = np.full((n, k), -1, dtype=np.int64)
+    sim_out = np.full((n, k), -np.inf, dtype=np.float32)
+    if n == 0 or kk == 0:
+        return idx_out, sim_out
+    block = block or max(1, min(8192, _BLOCK_BYTES // (4 * n_mem)))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sims = q[start:stop] @ m.T
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[start:stop] >= 0)
+            sims[rows, exclude[start:stop][rows]] = -np.inf
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < n_mem else \
+            np.broadcast_to(np.arange(n_mem), (stop - start, n_mem)).copy()
+        part_sims = np.take_along_axis(sims, part, axis=1)
+        # Sort by similarity, then by row, so equal similarities rank the same on every run.
+        order = np.lexsort((part, -part_sims), axis=1)
+        idx_out[start:stop, :kk] = np.take_along_axis(part, order, axis=1)
+        sim_out[start:stop, :kk] = np.take_along_axis(part_sims, order, axis=1)
+        if progress:
+            progress(stop - start)
+    if exclude is not None:  # an excluded row can only surface when the memory is smaller than k
+        dropped = ~np.isfinite(sim_out)
+        idx_out[dropped] = -1
+    return idx_out, sim_out
+
+
+@dataclass
+class NeighborTable:
+    """Each query's k_max neighbours as arrays, best first (-1 = no neighbour)."""
+
+    label_ids: np.ndarray  # int64 [n, K], into `classes`
+    similarities: np.ndarray  # float32 [n, K]
+    classes: list[str]
+    reliability: np.ndarray | None = None  # float64 [n, K]
+    point_ids: list[list[str]] | None = None
+
+    @property
+    def k_max(self) -> int:
+        return self.label_ids.shape[1]
+
+
+def class_index(labels: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    classes = sorted(set(labels))
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def neighbors_exact(
+    queries: np.ndarray,
+    memory: MemoryArrays,
+    classes: list[str],
+    k: int = K_MAX,
+    exclude: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> NeighborTable:
+    """Exact neighbours from the memory's vectors, labelled with ids into `classes`."""
+    pos = {c: i for i, c in enumerate(classes)}
+    mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
+    idx, sims = exact_search(queries, memory.features, k, exclude, progress=progress)
+    valid = idx >= 0
+    label_ids = np.where(valid, mem_ids[np.where(valid, idx, 0)], -1)
+    rel = None
+    if memory.reliability is not None:
+        rel = np.where(valid, memory.reliability[np.where(valid, idx, 0)], 0.0)
+    return NeighborTable(label_ids, sims, classes, rel)
+
+
+def neighbors_from_store(
+    store: MemoryStore,
+    queries: np.ndarray,
+    classes: list[str],
+    k: int = K_MAX,
+    labels: Sequence[str] | None = None,
+    batch: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> NeighborTable:
+    """Neighbours from the Qdrant index (for memories too large to hold in RAM)."""
+    pos = {c: i for i, c in enumerate(classes)}
+    n = len(queries)
+    label_ids = np.full((n, k), -1, dtype=np.int64)
+    sims = np.full((n, k), -np.inf, dtype=np.float32)
+    rel = np.zeros((n, k))
+    point_ids: list[list[str]] = []
+    for start in range(0, n, batch):
+        for i, neigh in enumerate(store.query_batch(queries[start : start + batch], k, labels), start=start):
+            label_ids[i, : len(neigh)] = [pos[nb.label] for nb in neigh]
+            sims[i, : len(neigh)] = [nb.similarity for nb in neigh]
+            rel[i, : len(neigh)] = [nb.reliability for nb in neigh]
+            point_ids.append([nb.id for nb in neigh])
+        if progress:
+            progress(min(batch, n - start))
+    soft = np.any((rel != 1.0) & (label_ids >= 0))
+    return NeighborTable(label_ids, sims, classes, rel if soft else None, point_ids)
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+class RuleBest(BaseModel):
+    rule: str
+    best_k: int
+    best_accuracy: float
+    at_k: dict[int, float] = Field(description="accuracy at k = 10, 20, ..., 100")
+
+
+class CalibrationBin(BaseModel):
+    votes: int = Field(description="neighbours (of k) agreeing with the plurality winner")
+    queries: int
+    accuracy: float | None
+
+
+class Scores(BaseModel):
+    """Everything measured on one neighbour table (fractions in [0, 1])."""
+
+    n_queries: int
+    k_max: int
+    accuracy: dict[str, list[float]] = Field(description="rule -> accuracy at k = 1..k_max")
+    best: dict[str, RuleBest]
+    hit_rate: list[float] = Field(description="a right label among the first k neighbours, k = 1..k_max")
+    neighbor_accuracy: list[float] = Field(description="the i-th neighbour's label alone, i = 0..k_max-1")
+    calibration_k: int
+    calibration: list[CalibrationBin]
+
+
+def correctness(pred_ids: np.ndarray, truth: np.ndarray, accepted: np.ndarray | None = None) -> np.ndarray:
+    """Boolean [n, K]: is each predicted class id right for its query (row)?
+
+    Args:
+        pred_ids: int [n, K] class ids (-1 = none, always wrong).
+        truth: int [n] true class ids (-1 = a class the memory does not know).
+        accepted: optional bool [n, n_classes] of every right class (ImageNet-ReaL).
+    """
+    if accepted is None:
+        return (pred_ids == truth[:, None]) & (pred_ids >= 0)
+    rows = np.arange(len(pred_ids))[:, None]
+    return accepted[rows, np.maximum(pred_ids, 0)] & (pred_ids >= 0)
+
+
+def predictions(
+    table: NeighborTable,
+    rule: VoteRule | str,
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    soft: bool = False,
+    block: int = 4096,
+) -> np.ndarray:
+    """int64 [n, K]: the rule's prediction with the first k neighbours, for every k (blocked over queries)."""
+    n = len(table.label_ids)
+    out = np.empty_like(table.label_ids)
+    for s in range(0, n, block):
+        rel = table.reliability[s : s + block] if soft and table.reliability is not None else None
+        out[s : s + block] = vote_all_k(table.label_ids[s : s + block], table.similarities[s : s + block], rule,
+                                        len(table.classes), alpha, tau, rel)
+    return out
+
+
+def score(
+    table: NeighborTable,
+    truth: np.ndarray,
+    accepted: np.ndarray | None = None,
+    rules: Sequence[VoteRule | str] = tuple(VoteRule),
+    alpha: float = DEFAULT_ALPHA,
+    tau: float = DEFAULT_TAU,
+    calibration_k: int = 10,
+) -> Scores:
+    """All rules at all k on one neighbour table.
+
+    Example:
+        >>> s = score(table, truth)
+        >>> s.best["rank"].best_k, s.accuracy["softmax"][49]   # accuracy at k = 50
+    """
+    n, kmax = table.label_ids.shape
+    acc: dict[str, list[float]] = {}
+    variants = [(VoteRule(r), False) for r in rules]
+    if table.reliability is not None:
+        variants += [(VoteRule(r), True) for r in rules]
+    for rule, soft in variants:
+        right = correctness(predictions(table, rule, alpha, tau, soft), truth, accepted)
+        acc[rule.value + (SOFT_SUFFIX if soft else "")] = right.mean(axis=0).tolist() if n else [0.0] * kmax
+    best = {}
+    for name, curve in acc.items():
+        b = int(np.argmax(curve))  # the smallest k reaching the best accuracy
+        best[name] = RuleBest(rule=name, best_k=b + 1, best_accuracy=curve[b],
+                              at_k={k: curve[k - 1] for k in TABLE_KS if k <= kmax})
+    neighbor_right = correctness(table.label_ids, truth, accepted)
+    hit = np.maximum.accumulate(neighbor_right, axis=1).mean(axis=0) if n else np.zeros(kmax)
+    cal_k = min(calibration_k, kmax)
+    calib: list[CalibrationBin] = []
+    if n:
+        plur = predictions(table, VoteRule.plurality)[:, cal_k - 1]
+        votes = (table.label_ids[:, :cal_k] == plur[:, None]).sum(axis=1)
+        right = correctness(plur[:, None], truth, accepted)[:, 0]
+        for v in range(1, cal_k + 1):
+            sel = votes == v
+            calib.append(CalibrationBin(votes=v, queries=int(sel.sum()),
+                                        accuracy=float(right[sel].mean()) if sel.any() else None))
+    return Scores(n_queries=n, k_max=kmax, accuracy=acc, best=best, hit_rate=hit.tolist(),
+                  neighbor_accuracy=(neighbor_right.mean(axis=0) if n else np.zeros(kmax)).tolist(),
+                  calibration_k=cal_k, calibration=calib)
+
+
+def truth_arrays(correct_labels: Sequence[Sequence[str]], classes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(true class id per query, accepted matrix when any query has several right labels).
+
+    Labels the memory does not know get id -1: such a query can never be right (but still counts).
+    """
+    pos = {c: i for i, c in enumerate(classes)}
+    truth = np.array([pos.get(labs[0], -1) for labs in correct_labels], dtype=np.int64)
+    if all(len(labs) == 1 for labs in correct_labels):
+        return truth, None
+    accepted = np.zeros((len(correct_labels), len(classes)), dtype=bool)
+    for i, labs in enumerate(correct_labels):
+        accepted[i, [pos[lab] for lab in labs if lab in pos]] = True
+    return truth, accepted
