@@ -25,6 +25,7 @@ from .ingest import (
 from .store import (
     EdgeMemoryStore,
     FeaturizerMismatchError,
+    IndexSettings,
     MemoryError,
     MemoryMeta,
     MemoryStore,
@@ -53,6 +54,7 @@ __all__ = [
     "FeaturizerSpec",
     "ImageDecodeError",
     "ImageInput",
+    "IndexSettings",
     "LabelledImage",
     "MemoryError",
     "MemoryMeta",

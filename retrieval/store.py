@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -34,8 +34,6 @@ from .featurizers import FeaturizerError, FeaturizerSpec
 DEFAULT_COLLECTION = "vmem"
 META_FILE = "vmem.json"
 SHARD_DIR = "shard"
-# ef for HNSW search: at least this, and at least 2k (see docs/benchmarks.md for the trade-off).
-DEFAULT_SEARCH_EF = 128
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
@@ -55,10 +53,26 @@ def normalize_source(source: str | Path) -> str:
     return str(Path(s).expanduser().resolve())
 
 
+class IndexSettings(BaseModel):
+    """How the vectors are indexed and searched; fixed at creation, stored with the memory.
+
+    The defaults come from `vmem bench search` (docs/benchmarks.md has the recall/QPS table).
+    """
+
+    m: int = Field(16, ge=4, le=128, description="HNSW edges per node")
+    ef_construct: int = Field(128, ge=8, description="HNSW candidates while building")
+    hnsw_ef: int = Field(128, ge=8, description="HNSW candidates while searching (at least 2k is used)")
+    quantization: Literal["none", "int8"] = Field("none", description="int8 scalar quantization of the index")
+    oversampling: float = Field(2.0, ge=1.0, description="with int8: fetch this many times k, then rescore")
+    rescore: bool = Field(True, description="with int8: re-rank candidates by the original float vectors")
+    vectors_on_disk: bool = Field(False, description="keep original vectors on disk (mmap) instead of RAM")
+
+
 class MemoryMeta(BaseModel):
     """Stored with the collection: which encoder made the vectors, and memory-level settings."""
 
     featurizer: FeaturizerSpec
+    index: IndexSettings = Field(default_factory=IndexSettings)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     format_version: int = 1
     settings: dict[str, Any] = Field(default_factory=dict, description="e.g. tuned vote defaults")
@@ -240,13 +254,12 @@ def _str_id(pid: Any) -> str:
 class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
 
-    def __init__(self, path: str | Path, meta: MemoryMeta | None = None, search_ef: int = DEFAULT_SEARCH_EF):
+    def __init__(self, path: str | Path, meta: MemoryMeta | None = None):
         import qdrant_edge as qe
 
         self._qe = qe
         self.path = Path(path)
         self.location = str(self.path)
-        self.search_ef = search_ef
         self._write_lock = threading.Lock()
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
@@ -265,9 +278,16 @@ class EdgeMemoryStore(MemoryStore):
             self.path.mkdir(parents=True, exist_ok=True)
             if shard_path.exists():  # a creation that died before vmem.json was written
                 shutil.rmtree(shard_path)
+            ix = meta.index
             config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=meta.featurizer.dim, distance=qe.Distance.Cosine),
-                hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+                vectors=qe.EdgeVectorParams(
+                    size=meta.featurizer.dim, distance=qe.Distance.Cosine,
+                    memory=qe.Memory.Cold if ix.vectors_on_disk else None,
+                ),
+                hnsw_config=qe.HnswIndexConfig(m=ix.m, ef_construct=ix.ef_construct, full_scan_threshold=10_000),
+                quantization_config=(qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                                 memory=qe.Memory.Pinned)
+                                     if ix.quantization == "int8" else None),
             )
             self.shard = qe.EdgeShard.create(str(shard_path), config)
             self.shard.update(qe.UpdateOperation.create_field_index("label", qe.PayloadSchemaType.Keyword))
@@ -341,7 +361,10 @@ class EdgeMemoryStore(MemoryStore):
         return {str(h.value): int(h.count) for h in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
 
     def _search_params(self, k: int, exact: bool):
-        return self._qe.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)
+        qe, ix = self._qe, self.meta.index
+        quant = (qe.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)
+                 if ix.quantization == "int8" else None)
+        return qe.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
 
     def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
         qe = self._qe
@@ -401,14 +424,13 @@ class QdrantServerStore(MemoryStore):
     """A collection on a Qdrant server (`url`), or in qdrant-client's local mode (":memory:")."""
 
     def __init__(self, location: str, meta: MemoryMeta | None = None, collection: str = DEFAULT_COLLECTION,
-                 api_key: str | None = None, search_ef: int = DEFAULT_SEARCH_EF):
+                 api_key: str | None = None):
         from qdrant_client import QdrantClient
         from qdrant_client import models as qm
 
         self._qm = qm
         self.location = location
         self.collection = collection
-        self.search_ef = search_ef
         if location == ":memory:":
             self.client = QdrantClient(":memory:")
         elif "://" in location:
@@ -430,7 +452,11 @@ class QdrantServerStore(MemoryStore):
             self.client.create_collection(
                 collection,
                 vectors_config=qm.VectorParams(size=meta.featurizer.dim, distance=qm.Distance.COSINE),
-                hnsw_config=qm.HnswConfigDiff(m=16, ef_construct=128),
+                hnsw_config=qm.HnswConfigDiff(m=meta.index.m, ef_construct=meta.index.ef_construct),
+                quantization_config=(qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(
+                    type=qm.ScalarType.INT8, quantile=0.99, always_ram=True))
+                    if meta.index.quantization == "int8" else None),
+                on_disk_payload=True,
                 metadata={"vmem": json.loads(meta.model_dump_json())},
             )
             self.client.create_payload_index(collection, "label", qm.PayloadSchemaType.KEYWORD)
@@ -492,7 +518,10 @@ class QdrantServerStore(MemoryStore):
         qm = self._qm
         v = check_vectors(vectors, self.dim)
         flt = self._filter(labels=labels, searchable=True)
-        params = qm.SearchParams(hnsw_ef=max(self.search_ef, 2 * k), exact=exact)
+        ix = self.meta.index
+        quant = (qm.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)
+                 if ix.quantization == "int8" else None)
+        params = qm.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
         reqs = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, params=params, with_payload=True)
                 for row in v]
         out = []
@@ -532,6 +561,7 @@ def open_store(
     featurizer: FeaturizerSpec | None = None,
     collection: str = DEFAULT_COLLECTION,
     api_key: str | None = None,
+    index: IndexSettings | None = None,
 ) -> MemoryStore:
     """Open the memory at `location`, creating it when `featurizer` is given and none exists.
 
@@ -541,11 +571,12 @@ def open_store(
             `qdrant-local:PATH` (qdrant-client's on-disk local mode).
         featurizer: the spec of the encoder about to be used; creates the memory if missing and
             raises `FeaturizerMismatchError` if the memory was built with another one.
+        index: HNSW and quantization settings for a new memory (ignored for an existing one).
 
     Returns:
         A `MemoryStore`.
     """
-    meta = MemoryMeta(featurizer=featurizer) if featurizer is not None else None
+    meta = MemoryMeta(featurizer=featurizer, index=index or IndexSettings()) if featurizer is not None else None
     loc = str(location)
     if loc == ":memory:" or "://" in loc:
         return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)

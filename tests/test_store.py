@@ -8,6 +8,7 @@ import pytest
 from retrieval import (
     FeaturizerMismatchError,
     FeaturizerSpec,
+    IndexSettings,
     MemoryError,
     Preprocessing,
     open_store,
@@ -19,14 +20,15 @@ DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
 
 
-@pytest.fixture(params=["edge", "qdrant-client"])
+@pytest.fixture(params=["edge", "edge-int8", "qdrant-client"])
 def location(request, tmp_path):
-    return str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+    return ":memory:" if request.param == "qdrant-client" else str(tmp_path / request.param)
 
 
 @pytest.fixture
 def store(location):
-    s = open_store(location, SPEC)
+    index = IndexSettings(quantization="int8", m=8) if location.endswith("edge-int8") else None
+    s = open_store(location, SPEC, index=index)
     yield s
     s.close()
 
