@@ -1,0 +1,128 @@
+"""Exact search, every-rule-every-k scoring and the report files, checked against slow obvious versions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import random_unit_vectors
+
+from eval.harness import EvalReport, QuerySet, RunInfo, evaluate, write_report
+from eval.scoring import (
+    MemoryArrays,
+    NeighborTable,
+    correctness,
+    exact_search,
+    neighbors_exact,
+    neighbors_from_store,
+    score,
+    truth_arrays,
+)
+from retrieval import FeaturizerSpec, Preprocessing, VoteRule, open_store, vote
+
+
+def test_exact_search_equals_a_full_sort():
+    q, m = random_unit_vectors(37, 16, seed=1), random_unit_vectors(300, 16, seed=2)
+    idx, sims = exact_search(q, m, k=20, block=8)  # several blocks
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :20]
+    assert np.array_equal(idx, full)
+    assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
+
+
+def test_exact_search_drops_the_excluded_row_and_pads_small_memories():
+    m = random_unit_vectors(5, 8)
+    idx, sims = exact_search(m, m, k=7, exclude=np.arange(5))
+    assert not np.any(idx[:, :4] == np.arange(5)[:, None])  # nobody finds itself
+    assert np.all(idx[:, 4:] == -1) and np.all(np.isneginf(sims[:, 4:]))
+
+
+def slow_accuracy(table: NeighborTable, truth: np.ndarray, rule: str, k: int) -> float:
+    right = 0
+    for lab, sim, t in zip(table.label_ids, table.similarities, truth, strict=True):
+        out = vote([str(x) for x in lab[:k]], sim[:k], rule)
+        right += int(out.label) == t
+    return right / len(truth)
+
+
+@pytest.mark.parametrize("rule", list(VoteRule))
+def test_score_matches_voting_each_query_one_by_one(rule):
+    rng = np.random.default_rng(0)
+    label_ids = rng.integers(0, 4, size=(60, 12))
+    sims = -np.sort(-rng.uniform(0.2, 0.9, size=(60, 12)), axis=1)
+    truth = rng.integers(0, 4, size=60)
+    table = NeighborTable(label_ids, sims.astype(np.float32), ["0", "1", "2", "3"])
+    s = score(table, truth, rules=[rule])
+    for k in (1, 2, 5, 12):
+        assert s.accuracy[rule.value][k - 1] == pytest.approx(slow_accuracy(table, truth, rule.value, k))
+
+
+def test_hit_rate_neighbor_accuracy_and_calibration_on_a_worked_example():
+    # Query 0 (truth 0): neighbours 1,0,0 -> hit from k=2, plurality(3) = 0 with 2 votes, right.
+    # Query 1 (truth 1): neighbours 0,0,2 -> never hit, plurality(3) = 0 with 2 votes, wrong.
+    table = NeighborTable(np.array([[1, 0, 0], [0, 0, 2]]), np.array([[.9, .8, .7], [.9, .8, .7]], np.float32),
+                          ["a", "b", "c"])
+    s = score(table, np.array([0, 1]), calibration_k=3)
+    assert s.hit_rate == [0.0, 0.5, 0.5]
+    assert s.neighbor_accuracy == [0.0, 0.5, 0.5]
+    assert s.accuracy["plurality"] == [0.0, 0.0, 0.5]  # k=2 on query 0 is a 1-1 tie won by rank 0
+    assert [(b.votes, b.queries, b.accuracy) for b in s.calibration] == [(1, 0, None), (2, 2, 0.5), (3, 0, None)]
+    assert s.best["plurality"].best_k == 3
+
+
+def test_soft_variants_appear_when_points_carry_reliability():
+    table = NeighborTable(np.array([[1, 0, 0]]), np.array([[.9, .8, .7]], np.float32), ["a", "b"],
+                          reliability=np.array([[1.0, 0.1, 0.1]]))
+    s = score(table, np.array([0]), rules=["plurality"])
+    assert s.accuracy["plurality"][2] == 1.0  # two votes for a
+    assert s.accuracy["plurality+soft"][2] == 0.0  # 1.0 for b beats 0.2 for a
+
+
+def test_real_style_several_right_labels():
+    truth, accepted = truth_arrays([("a", "b"), ("c",)], ["a", "b", "c"])
+    assert accepted is not None
+    assert correctness(np.array([[1, 2], [2, -1]]), truth, accepted).tolist() == [[True, False], [True, False]]
+
+
+def test_labels_unknown_to_the_memory_are_always_wrong():
+    truth, accepted = truth_arrays([("zebra",)], ["a"])
+    assert truth.tolist() == [-1] and accepted is None
+    assert not correctness(np.array([[-1, 0]]), truth).any()
+
+
+def test_index_search_agrees_with_exact_search_on_a_qdrant_store():
+    spec = FeaturizerSpec(name="test", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
+    m = random_unit_vectors(120, 16, seed=3)
+    labels = [f"c{i % 6}" for i in range(120)]
+    store = open_store(":memory:", spec)
+    store.add(m, labels, [f"mem:{i}" for i in range(120)])
+    q = random_unit_vectors(10, 16, seed=4)
+    classes = sorted(set(labels))
+    exact = neighbors_exact(q, MemoryArrays(m, labels, [str(i) for i in range(120)]), classes, k=15)
+    index = neighbors_from_store(store, q, classes, k=15)
+    assert np.array_equal(exact.label_ids, index.label_ids)
+    assert np.allclose(exact.similarities, index.similarities, atol=1e-5)
+
+
+def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
+    m = random_unit_vectors(200, 8, seed=5)
+    labels = [f"c{i % 4}" for i in range(200)]
+    memory = MemoryArrays(m, labels, [str(i) for i in range(200)])
+    # Like ImageNet-A/-R: queries only from a subset of the memory's classes.
+    rows = [i for i in range(80) if labels[i] in ("c0", "c1")]
+    queries = QuerySet(m[rows] + 0.01, [f"q{i}" for i in rows], [(labels[i],) for i in rows], [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=40, memory="toy", memory_points=200,
+                  featurizer="none", search="exact")
+    report = evaluate(memory, queries, run, restrict_to=["c0", "c1"])
+    assert set(report.variants) == {"all", "restricted"}
+    # Labels are random here, so far neighbours vote at chance: 1 in 2 restricted to c0/c1, 1 in 4 otherwise.
+    assert report.variants["restricted"].accuracy["plurality"][-1] > report.variants["all"].accuracy["plurality"][-1]
+    files = {p.name for p in write_report(report, tmp_path)}
+    assert {"results.json", "accuracy.csv", "table.md", "hit_rate.csv", "neighbor_accuracy.csv", "calibration.csv",
+            "accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png",
+            "restricted_accuracy_vs_k.png"} <= files
+    again = EvalReport.model_validate(json.loads((tmp_path / "results.json").read_text()))
+    assert again.variants["all"].accuracy["rank"][0] == 1.0  # each query's own point is its nearest
+    assert (tmp_path / "accuracy.csv").read_text().splitlines()[1] == "all,plurality,1,1.000000"
+    rank_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| rank |"))
+    assert rank_row.endswith("| 100.00 (1) |") and rank_row.count("|") == 13  # rule, k=10..100, best
