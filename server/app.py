@@ -1,0 +1,110 @@
+"""`create_app`: the FastAPI application, with the memory loaded once in `lifespan`.
+
+    uvicorn --factory server:create_app          # settings from VMEM_* variables / .env
+    create_app(Settings(...), memory=my_memory)  # tests and embedding in another program
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from vmem import VisualMemory
+
+from . import schemas
+from .limits import BodySizeLimitMiddleware
+from .metrics import Metrics, MetricsMiddleware
+from .problems import Problem, install_problem_handlers
+from .routes import classify, ops, page, templates
+from .routes import memory as memory_routes
+from .routes.page import STATIC_DIR
+from .service import ClassifierService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+API_VERSION = "1.0.0"
+# Request bodies declared by hand (a route takes multipart or JSON), so their schemas are added here.
+_BODY_MODELS = (schemas.ClassifyJSON, schemas.ClassifyBatchJSON, schemas.AddJSON, Problem)
+
+
+def open_memory(settings: Settings) -> VisualMemory:
+    return VisualMemory.open(settings.location, featurizer=settings.featurizer, create=settings.create_memory,
+                             device=settings.device)
+
+
+def create_app(settings: Settings | None = None, memory: VisualMemory | None = None) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: validated settings; default `Settings()` reads `VMEM_*` variables and `.env`.
+        memory: an already open memory to serve (the caller keeps ownership); default: open
+            `settings.location` at start-up and close it at shutdown.
+
+    Returns:
+        The FastAPI app; run it with uvicorn, or `TestClient(app)` in tests.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.service is None:
+            log.info("opening memory at %s", settings.location)
+            loaded = await run_in_threadpool(open_memory, settings)
+            app.state.service = ClassifierService(loaded, settings, metrics, owns_memory=True)
+        service: ClassifierService = app.state.service
+        await service.run(service.warm_up)
+        log.info("ready: %s, %d points", service.memory.store.meta.featurizer.name, service.memory.store.count())
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(
+        title="vmem",
+        version=API_VERSION,
+        summary="Visual-memory image classification: kNN voting or VLM re-ranking over an editable memory.",
+        description="Classify images from their nearest labelled neighbours in a Qdrant memory; add and forget "
+                    "memory points; see which neighbours decided. Errors are RFC 9457 problem details.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    # Given a memory, serve it at once: the app also works where the lifespan does not run.
+    app.state.service = ClassifierService(memory, settings, metrics) if memory is not None else None
+
+    install_problem_handlers(app)
+    for router in (classify.router, memory_routes.router, templates.router, ops.router, page.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Outermost last: metrics see every answer, including 413s from the size limit.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:  # closed unless origins are named
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Content-Type", "X-API-Key"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                               description=app.description, routes=app.routes)
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in _BODY_MODELS:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+

@@ -1,0 +1,48 @@
+"""Dependencies the routes declare by type: `service: ServiceDep`, `_: ApiKeyDep`, `settings: SettingsDep`."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from .problems import ProblemError
+from .service import ClassifierService
+from .settings import Settings
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                               description="required by the endpoints that edit the memory")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> ClassifierService:
+    service = request.app.state.service
+    if service is None:
+        raise ProblemError(503, "the memory is still loading; retry shortly", "not-ready",
+                           headers={"Retry-After": "5"})
+    return service
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[ClassifierService, Depends(get_service)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request edit the memory only with the configured key (compared in constant time)."""
+    if settings.auth_disabled:
+        return
+    if not key:
+        raise ProblemError(401, f"this endpoint edits the memory: send the API key in the {API_KEY_HEADER} header",
+                           "missing-api-key", headers={"WWW-Authenticate": API_KEY_HEADER})
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
+    if not hmac.compare_digest(key.encode(), expected):
+        raise ProblemError(403, "the API key is not valid", "invalid-api-key")
+
+
+ApiKeyDep = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,70 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps in one process).
+
+Route labels are the route *templates* (`/v1/memory/points/{point_id}`), never raw paths, so a
+scan of random URLs cannot blow up the number of series.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("vmem_http_requests_total", "HTTP requests answered",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("vmem_http_request_duration_seconds", "Time to answer an HTTP request",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.classified = Counter("vmem_images_classified_total", "Images classified", registry=r)
+        self.out_of_distribution = Counter("vmem_out_of_distribution_total",
+                                           "Classified images flagged out of distribution", registry=r)
+        self.rerank_fallbacks = Counter("vmem_rerank_fallbacks_total",
+                                        "Re-ranking asked for but the vote was used, by reason", ["reason"],
+                                        registry=r)
+        self.cache = Counter("vmem_result_cache_total", "Classify answer cache lookups", ["result"], registry=r)
+        self.memory_points = Gauge("vmem_memory_points", "Points in the memory", registry=r)
+        self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
+        self.edits = Counter("vmem_memory_edits_total", "Points added or forgotten through the API", ["op"],
+                             registry=r)
+
+
+def route_name(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            m = self.metrics
+            route = route_name(scope)
+            m.requests.labels(scope["method"], route, str(status)).inc()
+            m.latency.labels(scope["method"], route).observe(time.perf_counter() - start)

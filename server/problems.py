@@ -1,0 +1,113 @@
+"""Errors as RFC 9457 (formerly 7807) problem details: `application/problem+json` with a stable `type`.
+
+Handlers turn every failure (our `ProblemError`, FastAPI's validation errors, Starlette's HTTP
+errors, an undecodable image, an unknown template, anything unexpected) into the same shape, so a
+client reads one format and the page shows `detail` as is.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retrieval.images import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "urn:vmem:problem:"
+
+
+class ValidationIssue(BaseModel):
+    """One invalid input."""
+
+    loc: list[str | int] = Field(description="where: e.g. [\"query\", \"k\"] or [\"body\", \"image\"]")
+    msg: str = Field(description="what is wrong, for a person")
+    type: str = Field(description="machine-readable kind of error")
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = Field(description="URI naming the kind of problem (`about:blank` for plain HTTP errors)")
+    title: str = Field(description="short summary of the kind of problem")
+    status: int = Field(description="the HTTP status code")
+    detail: str | None = Field(None, description="what went wrong this time, for a person")
+    instance: str | None = Field(None, description="the request path")
+    errors: list[ValidationIssue] | None = Field(None, description="each invalid input, for validation errors")
+
+
+class ProblemError(Exception):
+    """Raise in a handler to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, kind: str | None = None, title: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.kind = kind
+        self.title = title
+        self.headers = headers
+
+
+def problem_response(request: Request, status: int, detail: str | None, kind: str | None = None,
+                     title: str | None = None, headers: dict[str, str] | None = None,
+                     errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body = Problem(
+        type=TYPE_BASE + kind if kind else "about:blank",
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        errors=[ValidationIssue(**e) for e in errors] if errors is not None else None,
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers,
+                        media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _issues(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Only where, what and which kind: echoing `input` back could return a whole base64 image.
+    return [{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+             "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))} for e in exc.errors()]
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, exc.kind, exc.title, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        issues = _issues(exc)
+        summary = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in issues[:5])
+        return problem_response(request, 422, summary or "invalid request", "invalid-parameters",
+                                "Invalid parameters", errors=issues)
+
+    @app.exception_handler(ImageDecodeError)
+    async def _bad_image(request: Request, exc: ImageDecodeError) -> JSONResponse:
+        return problem_response(request, 400, str(exc), "bad-image", "The image could not be decoded")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "an unexpected error occurred; the server log has the details",
+                                "internal")
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses, all documented as problem details."""
+    return {s: {"description": HTTPStatus(s).phrase,
+                "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for s in statuses}

@@ -1,0 +1,52 @@
+"""Helpers shared by the routers: OpenAPI request bodies for image uploads, result conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from ..problems import ProblemError
+from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
+from ..service import Answer, template_registry
+from ..uploads import JSON, MULTIPART
+
+
+def image_body(json_model: str, file_field: str, many: bool, text_fields: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """`openapi_extra` declaring a body that is either multipart (files) or JSON (base64)."""
+    file_schema = {"type": "string", "format": "binary", "description": "an encoded image file"}
+    props: dict[str, Any] = {file_field: {"type": "array", "items": file_schema, "minItems": 1} if many
+                             else file_schema}
+    props.update(text_fields or {})
+    return {"requestBody": {"required": True, "content": {
+        MULTIPART: {"schema": {"type": "object", "properties": props, "required": [file_field, *(text_fields or {})]}},
+        JSON: {"schema": {"$ref": f"#/components/schemas/{json_model}"}},
+    }}}
+
+
+def thumbnail_url(request: Request, point_id: str) -> str:
+    return f"{request.scope.get('root_path', '')}/v1/memory/points/{point_id}/thumbnail"
+
+
+def check_template(q: ClassifyQuery) -> None:
+    """Refuse an unknown template name before any image is embedded."""
+    if q.template is None:
+        return
+    registry = template_registry()
+    names = registry.names() if registry is not None else []
+    if q.template not in names:
+        available = ", ".join(names) or "none are installed"
+        raise ProblemError(422, f"unknown template {q.template!r}; available: {available}", "unknown-template",
+                           "Unknown template")
+
+
+def classification_out(request: Request, answer: Answer) -> ClassificationOut:
+    r = answer.result
+    return ClassificationOut(
+        source=r.source, label=r.label, scores=r.scores, reranked=r.reranked, fallback_reason=r.fallback_reason,
+        template=r.template, model=r.model, usage=r.usage, vote=r.vote, novelty=r.novelty,
+        ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
+        neighbors=[NeighborOut(id=n.id, label=n.label, source=n.source, similarity=n.similarity, weight=n.weight,
+                               rank=n.rank, thumbnail_url=thumbnail_url(request, n.id)) for n in r.neighbors],
+    )

@@ -1,0 +1,74 @@
+"""`POST /v1/classify` and `POST /v1/classify/batch`: images in, labels and the neighbours behind them out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from ..deps import ServiceDep, SettingsDep
+from ..problems import ProblemError, problem_responses
+from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
+from ..service import Upload
+from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type
+from ._common import check_template, classification_out, image_body
+
+router = APIRouter(prefix="/v1/classify", tags=["classify"])
+QueryDep = Annotated[ClassifyQuery, Query()]
+
+
+@router.post(
+    "",
+    summary="Classify one image",
+    response_model=ClassificationOut,
+    responses=problem_responses(400, 413, 415, 422, 503),
+    openapi_extra=image_body("ClassifyJSON", "image", many=False),
+)
+async def classify(request: Request, service: ServiceDep, q: QueryDep) -> ClassificationOut:
+    """Classify one image from its nearest labelled neighbours (or the VLM re-ranker with `rerank=true`).
+
+    Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`.
+    The answer lists the neighbours that voted, each with a thumbnail URL, and a novelty score.
+    """
+    check_template(q)
+    if require_media_type(request, MULTIPART, JSON) == JSON:
+        body = await read_json(request, ClassifyJSON)
+        upload = Upload(body.image, body.filename)
+    else:
+        files, _ = await read_files(request, "image", max_files=1)
+        upload = Upload(*files[0])
+    [answer] = await service.run(service.classify, [upload], q)
+    if isinstance(answer, str):
+        raise ProblemError(400, answer, "bad-image", "The image could not be decoded")
+    return classification_out(request, answer)
+
+
+@router.post(
+    "/batch",
+    summary="Classify several images",
+    response_model=BatchOut,
+    responses=problem_responses(400, 413, 415, 422, 503),
+    openapi_extra=image_body("ClassifyBatchJSON", "images", many=True),
+)
+async def classify_batch(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> BatchOut:
+    """Classify several images with the same options; they are embedded together.
+
+    Upload files in repeated `images` fields, or send JSON `{"images": [{"image": "<base64>"}, ...]}`.
+    An image that does not decode gets an `error` in its place; the others are still answered.
+    """
+    check_template(q)
+    limit = settings.max_batch_images
+    if require_media_type(request, MULTIPART, JSON) == JSON:
+        body = await read_json(request, ClassifyBatchJSON)
+        uploads = [Upload(i.image, i.filename) for i in body.images]
+    else:
+        files, _ = await read_files(request, "images", max_files=limit)
+        uploads = [Upload(data, name) for data, name in files]
+    if len(uploads) > limit:
+        raise ProblemError(413, f"{len(uploads)} images is over the limit of {limit} per request",
+                           "too-many-images", "Too many images")
+    answers = await service.run(service.classify, uploads, q)
+    items = [BatchItemOut(index=i, filename=up.filename, error=a) if isinstance(a, str) else
+             BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))
+             for i, (up, a) in enumerate(zip(uploads, answers, strict=True))]
+    return BatchOut(items=items, failed=sum(1 for a in answers if isinstance(a, str)))

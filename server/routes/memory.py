@@ -1,0 +1,144 @@
+"""`/v1/memory`: add labelled images, forget points, see what the memory holds, and its thumbnails."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from vmem import VoteSettings
+
+from ..deps import ApiKeyDep, ServiceDep, SettingsDep
+from ..problems import ProblemError, problem_responses
+from ..schemas import (
+    AddedPoint,
+    AddFailure,
+    AddJSON,
+    AddOut,
+    FeaturizerOut,
+    ForgetOut,
+    ForgetQuery,
+    StatsOut,
+)
+from ..service import ThumbnailUnavailable, Upload
+from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type
+from ._common import image_body, thumbnail_url
+
+router = APIRouter(prefix="/v1/memory", tags=["memory"])
+PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
+_LABEL_FIELD = {"label": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                          "minItems": 1, "description": "one label per image, in order, or a single label for all"}}
+
+
+@router.post(
+    "",
+    summary="Add labelled images",
+    status_code=201,
+    response_model=AddOut,
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=image_body("AddJSON", "images", many=True, text_fields=_LABEL_FIELD),
+)
+async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: ApiKeyDep) -> AddOut:
+    """Add one or many labelled images; a new label is simply new points. Requires the API key.
+
+    Multipart: files in repeated `images` fields and a `label` field per image (or one for all).
+    JSON: `{"items": [{"image": "<base64>", "label": "cat", "filename": "cat.jpg"}]}`.
+    The same image (same bytes and name) added twice is one point, relabelled.
+    """
+    limit = settings.max_batch_images
+    if require_media_type(request, MULTIPART, JSON) == JSON:
+        body = await read_json(request, AddJSON)
+        uploads = [Upload(i.image, i.filename) for i in body.items]
+        labels = [i.label for i in body.items]
+    else:
+        files, fields = await read_files(request, "images", max_files=limit)
+        uploads = [Upload(data, name) for data, name in files]
+        labels = [lab.strip() for lab in fields.get("label", [])]
+        if len(labels) == 1:
+            labels *= len(uploads)
+        if len(labels) != len(uploads) or not all(0 < len(lab) <= 200 for lab in labels):
+            raise ProblemError(422, f"send one non-blank `label` (at most 200 characters) per image, or one for "
+                               f"all: got {len(labels)} labels for {len(uploads)} images", "invalid-parameters",
+                               "Invalid parameters")
+    if len(uploads) > limit:
+        raise ProblemError(413, f"{len(uploads)} images is over the limit of {limit} per request",
+                           "too-many-images", "Too many images")
+    added, failed = await service.run(service.add, uploads, labels)
+    failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
+    if not added:
+        raise ProblemError(400, "no image could be decoded: " + "; ".join(f.reason for f in failures[:3]),
+                           "bad-image", "The image could not be decoded")
+    points = await run_in_threadpool(service.memory.store.count)
+    return AddOut(added=[AddedPoint(id=pid, label=lab, source=src, thumbnail_url=thumbnail_url(request, pid))
+                         for _, pid, lab, src in added], failed=failures, points=points)
+
+
+@router.delete(
+    "/points/{point_id}",
+    summary="Forget one point",
+    response_model=ForgetOut,
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def forget_point(point_id: PointId, service: ServiceDep, _: ApiKeyDep) -> ForgetOut:
+    """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
+    n = await service.run(service.forget, ids=[str(point_id)])
+    if n == 0:
+        raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count))
+
+
+@router.delete(
+    "",
+    summary="Forget points by label or source",
+    response_model=ForgetOut,
+    responses=problem_responses(401, 403, 422, 503),
+)
+async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> ForgetOut:
+    """Forget every point with a label (`?label=cat`) or a source prefix (`?source_prefix=/data/cats/`).
+
+    Exactly one of the two. Returns how many points went. Requires the API key.
+    """
+    if (q.label is None) == (q.source_prefix is None):
+        raise ProblemError(422, "give exactly one of `label` or `source_prefix`", "invalid-parameters",
+                           "Invalid parameters")
+    n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix)
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count))
+
+
+@router.get("/stats", summary="What the memory holds", response_model=StatsOut,
+            responses=problem_responses(503))
+async def stats(service: ServiceDep) -> StatsOut:
+    """Points, labels, points per label, the encoder, the default vote and the novelty threshold."""
+
+    def collect() -> StatsOut:
+        store = service.memory.store
+        default_vote: VoteSettings = service.memory.vote_settings()
+        spec = store.meta.featurizer
+        per_label = store.label_counts()
+        return StatsOut(
+            backend="embedded" if service.backend == "embedded" else "qdrant",
+            points=store.count(), labels=len(per_label), per_label=per_label,
+            featurizer=FeaturizerOut(name=spec.name, dim=spec.dim, resize=spec.preprocessing.resize,
+                                     crop=spec.preprocessing.crop),
+            default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k),
+        )
+
+    return await service.run(collect)
+
+
+@router.get(
+    "/points/{point_id}/thumbnail",
+    summary="Thumbnail of a point's image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "a JPEG thumbnail"}, **problem_responses(404, 422, 503)},
+)
+async def thumbnail(point_id: PointId, service: ServiceDep) -> Response:
+    """A small JPEG of the point's image, or 404 with the reason (unknown point, file gone, remote URI)."""
+    try:
+        data = await run_in_threadpool(service.thumbnail, str(point_id))
+    except ThumbnailUnavailable as exc:
+        raise ProblemError(404, str(exc), "no-thumbnail", "No thumbnail") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})

@@ -1,0 +1,49 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from ..schemas import HealthOut, ReadyOut
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", summary="Liveness", response_model=HealthOut)
+async def healthz() -> HealthOut:
+    """Answers as long as the event loop runs, even while images are being embedded."""
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", summary="Readiness", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "still loading, or the memory is unreachable"}})
+async def readyz(request: Request) -> ReadyOut | JSONResponse:
+    """Ready once the encoder is loaded and warmed up and the memory answers."""
+    service = request.app.state.service
+    if service is None or not service.ready:
+        body = ReadyOut(status="not ready", detail="the encoder and memory are still loading")
+        return JSONResponse(body.model_dump(), status_code=503)
+    try:
+        points = await run_in_threadpool(service.memory.store.count)
+    except Exception as exc:  # readiness must report, not raise, whatever the backend throws
+        body = ReadyOut(status="not ready", detail=f"the memory does not answer: {type(exc).__name__}")
+        return JSONResponse(body.model_dump(), status_code=503)
+    return ReadyOut(status="ready", points=points, featurizer=service.memory.store.meta.featurizer.name)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                             "description": "metrics in the Prometheus text format"}})
+async def metrics(request: Request) -> Response:
+    """Requests and latency per route, re-rank fallbacks by reason, cache hits, memory size."""
+    service = request.app.state.service
+    if service is not None:
+        # A scrape still reports the request metrics when the memory is down.
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(service.refresh_size_metrics)
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,29 @@
+"""`GET /v1/templates`: the re-ranker's prompt templates, to choose one by name."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from ..schemas import TemplateOut, TemplatesOut
+from ..service import template_registry
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+
+
+def _list() -> TemplatesOut:
+    registry = template_registry()
+    if registry is None:
+        return TemplatesOut(default=None, templates=[])
+    from prompts import DEFAULT_TEMPLATE
+
+    out = [TemplateOut(name=e.template.name, version=e.template.version, ref=e.template.ref,
+                       description=e.template.description, agentic=e.template.agentic, origin=e.origin,
+                       hash=e.template.content_hash) for e in registry.entries()]
+    return TemplatesOut(default=DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in registry else None, templates=out)
+
+
+@router.get("", summary="List re-ranker templates", response_model=TemplatesOut)
+async def list_templates() -> TemplatesOut:
+    """The prompt templates the re-ranker can use (pass one as `template` when classifying)."""
+    return await run_in_threadpool(_list)

@@ -1,0 +1,250 @@
+"""What goes in and out over HTTP: input models and output models, kept apart, every field described."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+
+from retrieval import VoteRule
+from vmem import VoteSettings
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _decode_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("the image must be a base64 string")
+    # Accept a bare base64 string or a data URL (`data:image/png;base64,...`), as browsers produce.
+    if value.startswith("data:"):
+        head, sep, value = value.partition(",")
+        if not sep or ";base64" not in head:
+            raise ValueError("a data URL must be base64-encoded (data:<type>;base64,<data>)")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if not data:
+        raise ValueError("the image is empty (0 bytes)")
+    return data
+
+
+Base64Image = Annotated[
+    bytes,
+    BeforeValidator(_decode_base64),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64",
+                    "description": "the encoded image (JPEG, PNG, WebP, ...) as base64, or a `data:` URL"}),
+]
+Label = Annotated[str, Field(min_length=1, max_length=200, description="the class label, e.g. `tabby cat`")]
+
+
+class ImageIn(BaseModel):
+    """One image sent as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Base64Image
+    filename: str | None = Field(None, max_length=255, description="the image's file name, echoed as `source`")
+
+
+class ClassifyJSON(ImageIn):
+    """`POST /v1/classify` with a JSON body: one base64 image (options go in the query string)."""
+
+
+class ClassifyBatchJSON(BaseModel):
+    """`POST /v1/classify/batch` with a JSON body: several base64 images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ImageIn] = Field(min_length=1, description="the images to classify, answered in order")
+
+
+class LabelledImageIn(ImageIn):
+    """One labelled image to add to the memory."""
+
+    label: Label
+
+    @field_validator("label")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the label is blank")
+        return v.strip()
+
+
+class AddJSON(BaseModel):
+    """`POST /v1/memory` with a JSON body: labelled images to add."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[LabelledImageIn] = Field(min_length=1, description="images with their labels")
+
+
+class ClassifyQuery(BaseModel):
+    """Options of a classification, given in the query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(None, ge=1, le=1000,
+                          description="neighbours that vote (default: the memory's tuned k, else 50)")
+    vote: VoteRule | None = Field(None, description="voting rule (default: the memory's tuned rule, else rank)")
+    alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False,
+                                description="rank voting: weight 1/(alpha + rank)")
+    tau: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False,
+                              description="softmax voting temperature")
+    rerank: bool = Field(False, description="ask the VLM re-ranker; falls back to the vote with a reason")
+    template: str | None = Field(None, min_length=1, max_length=64,
+                                 description="re-ranker prompt template (see GET /v1/templates)")
+    label: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, description="only neighbours with these labels vote; repeat the parameter for several")
+
+
+class ForgetQuery(BaseModel):
+    """Which points to forget: exactly one of `label` or `source_prefix`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, min_length=1, max_length=200, description="forget every point with this label")
+    source_prefix: str | None = Field(None, min_length=1, max_length=4096,
+                                      description="forget every point whose source starts with this")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+class NeighborOut(BaseModel):
+    """A memory point behind a decision."""
+
+    id: str = Field(description="point id; use it to forget the point")
+    label: str = Field(description="the point's label")
+    source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
+    similarity: float = Field(description="cosine similarity to the query")
+    weight: float = Field(description="the weight its vote carried under the rule used")
+    rank: int = Field(description="0 for the nearest neighbour")
+    thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
+
+
+class ClassificationOut(BaseModel):
+    """The answer for one image, with the neighbours that explain it."""
+
+    source: str | None = Field(None, description="the uploaded file's name, or its content id")
+    label: str | None = Field(description="predicted label; null when no memory point could vote")
+    scores: dict[str, float] = Field(description="vote share per label (summing to 1), best first")
+    reranked: bool = Field(description="true when the VLM re-ranker chose the label")
+    fallback_reason: str | None = Field(None, description="why re-ranking was asked for but the vote was used")
+    template: str | None = Field(None, description="the re-ranker template used, when re-ranked")
+    model: str | None = Field(None, description="the re-ranker model, when re-ranked")
+    usage: dict[str, Any] | None = Field(None, description="VLM tokens used, when re-ranked")
+    vote: VoteSettings = Field(description="the voting settings used and where they came from")
+    novelty: float | None = Field(None, description="mean cosine distance to the k neighbours (0 = seen before)")
+    ood_threshold: float | None = Field(
+        None, description="novelty above this is out of distribution (a percentile of the memory's own novelty)")
+    out_of_distribution: bool | None = Field(
+        None, description="novelty is above the threshold; null when the memory is too small to calibrate")
+    cached: bool = Field(False, description="answered from the cache of recent answers")
+    neighbors: list[NeighborOut] = Field(description="the k nearest memory points, nearest first")
+
+
+class BatchItemOut(BaseModel):
+    """One image of a batch: a classification, or the reason it could not be classified."""
+
+    index: int = Field(description="position of the image in the request")
+    filename: str | None = Field(None, description="the uploaded file's name")
+    result: ClassificationOut | None = Field(None, description="the answer, when the image decoded")
+    error: str | None = Field(None, description="why the image could not be classified")
+
+
+class BatchOut(BaseModel):
+    """Answers for a batch, in request order."""
+
+    items: list[BatchItemOut] = Field(description="one entry per image, in order")
+    failed: int = Field(description="how many images could not be classified")
+
+
+class AddedPoint(BaseModel):
+    """A point now in the memory."""
+
+    id: str = Field(description="point id (derived from the image's content, so re-adding is idempotent)")
+    label: str = Field(description="the label stored")
+    source: str = Field(description="`upload:sha256:<hash>[:filename]`")
+    thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
+
+
+class AddFailure(BaseModel):
+    """An image that was not added."""
+
+    index: int = Field(description="position of the image in the request")
+    filename: str | None = Field(None, description="the uploaded file's name")
+    reason: str = Field(description="why it was not added")
+
+
+class AddOut(BaseModel):
+    """The result of adding images."""
+
+    added: list[AddedPoint] = Field(description="the points written, in request order")
+    failed: list[AddFailure] = Field(description="images that did not decode")
+    points: int = Field(description="points in the memory afterwards")
+
+
+class ForgetOut(BaseModel):
+    """How many points were forgotten."""
+
+    deleted: int = Field(description="points removed from the memory")
+    points: int = Field(description="points in the memory afterwards")
+
+
+class FeaturizerOut(BaseModel):
+    """The encoder that made the memory's vectors."""
+
+    name: str = Field(description="encoder name, e.g. `dinov2-small`")
+    dim: int = Field(description="feature dimension")
+    resize: int = Field(description="shorter side resized to this before cropping")
+    crop: int = Field(description="centre crop size fed to the encoder")
+
+
+class StatsOut(BaseModel):
+    """What the memory holds."""
+
+    backend: Literal["embedded", "qdrant"] = Field(description="embedded Qdrant Edge or a Qdrant server")
+    points: int = Field(description="number of points")
+    labels: int = Field(description="number of distinct labels")
+    per_label: dict[str, int] = Field(description="points per label, most frequent first")
+    featurizer: FeaturizerOut = Field(description="the memory's encoder")
+    default_vote: VoteSettings = Field(description="voting settings used when a request gives none")
+    ood_threshold: float | None = Field(None, description="novelty threshold at the default k (null if not calibrated)")
+
+
+class TemplateOut(BaseModel):
+    """A re-ranker prompt template."""
+
+    name: str = Field(description="the name to pass as `template`")
+    version: int = Field(description="bumped on any change that could change answers")
+    ref: str = Field(description="`name@version`, recorded with re-ranked answers")
+    description: str = Field(description="what the template asks the VLM")
+    agentic: bool = Field(description="the VLM may call tools (look at more exemplars) before answering")
+    origin: str = Field(description="`builtin` or `user`")
+    hash: str = Field(description="content hash of the template")
+
+
+class TemplatesOut(BaseModel):
+    """The available templates."""
+
+    default: str | None = Field(description="the template used when none is named")
+    templates: list[TemplateOut] = Field(description="templates by name")
+
+
+class HealthOut(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = Field(description="always `ok` when the process answers")
+
+
+class ReadyOut(BaseModel):
+    """Readiness: the memory and the encoder are loaded."""
+
+    status: Literal["ready", "not ready"] = Field(description="`ready` when requests can be served")
+    points: int | None = Field(None, description="points in the memory")
+    featurizer: str | None = Field(None, description="the loaded encoder")
+    detail: str | None = Field(None, description="why not ready")

@@ -1,0 +1,342 @@
+"""The service's working parts behind the routes: one `VisualMemory`, a thread pool that embeds
+images off the event loop, a cache of recent answers, the out-of-distribution threshold, thumbnails.
+
+Everything that touches the encoder or the memory is synchronous and runs in `executor`, so the
+event loop stays free for health checks and cached answers while images are being embedded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from retrieval import ImageDecodeError, load_image, point_id_for
+from vmem import Classification, VisualMemory, upload_source
+
+from .metrics import Metrics
+from .schemas import ClassifyQuery
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Distinct k values whose OOD threshold is kept; each costs one batch query of the sample to compute.
+_MAX_OOD_ENTRIES = 32
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image as received: its encoded bytes and, when given, its file name."""
+
+    data: bytes
+    filename: str | None = None
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def source(self) -> str:
+        return upload_source(self.data, self.filename)
+
+
+@dataclass(frozen=True)
+class Answer:
+    result: Classification
+    ood_threshold: float | None
+    out_of_distribution: bool | None
+    cached: bool
+
+
+class ThumbnailUnavailable(LookupError):
+    """No thumbnail can be served for a point; the message says why."""
+
+
+class ThumbnailStore:
+    """Small JPEGs by point id: written when an image is added through the API, or made on demand
+    from a memory image file, and deleted when the point is forgotten."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, point_id: str) -> Path:
+        return self.root / f"{point_id}.jpg"
+
+    def encode(self, img: Image.Image) -> bytes:
+        thumb = img.copy()
+        thumb.thumbnail((self.size, self.size), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        thumb.convert("RGB").save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+    def save(self, point_id: str, img: Image.Image) -> bytes:
+        data = self.encode(img)
+        tmp = self.root / f".{point_id}.{threading.get_ident()}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path(point_id))
+        except OSError as exc:  # a read-only memory directory still serves thumbnails, uncached
+            log.warning("could not keep a thumbnail in %s: %s", self.root, exc)
+            tmp.unlink(missing_ok=True)
+        return data
+
+    def load(self, point_id: str) -> bytes | None:
+        try:
+            return self.path(point_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def remove(self, point_ids: Sequence[str]) -> None:
+        for pid in point_ids:
+            self.path(pid).unlink(missing_ok=True)
+
+
+def template_registry() -> Any | None:
+    """The re-ranker's template registry (`prompts`), or None when that package has none."""
+    try:
+        from prompts import default_registry
+    except ImportError:
+        return None
+    return default_registry()
+
+
+class ClassifierService:
+    """One loaded memory and what the routes need around it."""
+
+    def __init__(self, memory: VisualMemory, settings: Settings, metrics: Metrics, owns_memory: bool = False):
+        self.memory = memory
+        self.settings = settings
+        self.metrics = metrics
+        self.owns_memory = owns_memory
+        self.executor = ThreadPoolExecutor(settings.featurize_threads, thread_name_prefix="vmem-embed")
+        self.ready = False
+        # Bumped on every edit: cached answers and OOD thresholds are keyed by it, so none outlives an edit.
+        self._generation = 0
+        self._cache: OrderedDict[tuple[Any, ...], Classification] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._ood: dict[tuple[int, int], float | None] = {}
+        self._ood_lock = threading.Lock()
+        self._tmp_thumbs: str | None = None
+        self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
+        memory.on_forget(self._forgotten)
+
+    def _thumbnail_dir(self) -> Path:
+        if self.settings.thumbnail_dir is not None:
+            return self.settings.thumbnail_dir
+        location = self.memory.store.location
+        if not self.settings.qdrant_url and location != ":memory:" and "://" not in location:
+            return Path(location) / "thumbnails"  # kept with the memory, deleted with it
+        self._tmp_thumbs = tempfile.mkdtemp(prefix="vmem-thumbnails-")
+        log.warning("thumbnails of added images are kept in %s until the server stops; "
+                    "set VMEM_THUMBNAIL_DIR to keep them", self._tmp_thumbs)
+        return Path(self._tmp_thumbs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def warm_up(self) -> None:
+        """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic."""
+        self.memory.featurizer.embed([Image.new("RGB", (32, 32), (127, 127, 127))])
+        self.ood_threshold(self.memory.vote_settings().k)
+        self.ready = True
+        self.refresh_size_metrics()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.owns_memory:
+            self.memory.close()
+        if self._tmp_thumbs:
+            shutil.rmtree(self._tmp_thumbs, ignore_errors=True)
+
+    @property
+    def backend(self) -> str:
+        return "embedded" if type(self.memory.store).__name__ == "EdgeMemoryStore" else "qdrant"
+
+    def refresh_size_metrics(self) -> None:
+        self.metrics.memory_points.set(self.memory.store.count())
+        self.metrics.memory_labels.set(len(self.memory.store.label_counts()))
+
+    # ------------------------------------------------------------------ edits
+
+    def _edited(self) -> None:
+        with self._cache_lock:
+            self._generation += 1
+            self._cache.clear()
+
+    def _forgotten(self, ids: list[str]) -> None:
+        self._edited()
+        self.thumbnails.remove(ids)  # a forgotten upload leaves no copy of itself behind
+
+    def add(self, uploads: Sequence[Upload], labels: Sequence[str]) -> tuple[list[tuple[int, str, str, str]],
+                                                                             list[tuple[int, str]]]:
+        """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)])."""
+        images, kept, failed = [], [], []
+        for i, up in enumerate(uploads):
+            try:
+                images.append(load_image(up.data))
+                kept.append(i)
+            except ImageDecodeError as exc:
+                failed.append((i, str(exc)))
+        if not images:
+            return [], failed
+        sources = [uploads[i].source for i in kept]
+        # Thumbnails first: once a point is searchable, its thumbnail must already be there.
+        for img, src in zip(images, sources, strict=True):
+            self.thumbnails.save(point_id_for(src), img)
+        ids, _ = self.memory.add(images, [labels[i] for i in kept], sources=sources, tags={"added_via": "api"})
+        self._edited()
+        self.metrics.edits.labels("add").inc(len(ids))
+        self.refresh_size_metrics()
+        return [(i, pid, labels[i], src) for i, pid, src in zip(kept, ids, sources, strict=True)], failed
+
+    def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
+               source_prefix: str | None = None) -> int:
+        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
+        self.metrics.edits.labels("forget").inc(n)
+        self.refresh_size_metrics()
+        return n
+
+    def exists(self, point_id: str) -> bool:
+        return bool(self.memory.store.retrieve([point_id]))
+
+    # ------------------------------------------------------------------ classifying
+
+    def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery) -> tuple[Any, ...]:
+        labels = tuple(sorted(set(q.label))) if q.label else None
+        return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, q.template)
+
+    def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
+        """Classify uploads; a string in the output is why that image could not be classified."""
+        size = self.settings.result_cache_size
+        generation = self._generation
+        out: list[Answer | str | None] = [None] * len(uploads)
+        todo: list[tuple[int, tuple[Any, ...], Image.Image, str]] = []
+        threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k)
+        for i, up in enumerate(uploads):
+            key = self._cache_key(generation, up, q)
+            with self._cache_lock:
+                hit = self._cache.get(key) if size else None
+                if hit is not None:
+                    self._cache.move_to_end(key)
+            if hit is not None:
+                self.metrics.cache.labels("hit").inc()
+                out[i] = self._answer(hit, threshold, cached=True)
+                continue
+            self.metrics.cache.labels("miss").inc()
+            try:
+                todo.append((i, key, load_image(up.data), up.filename or up.source))
+            except ImageDecodeError as exc:
+                out[i] = str(exc)
+        if todo:
+            results = self.memory.classify(
+                [img for _, _, img, _ in todo], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
+                rerank=q.rerank, template=q.template, sources=[src for *_, src in todo])
+            for (i, key, _, _), res in zip(todo, results, strict=True):
+                self._count(res)
+                # A fallback may be transient (a timeout): do not pin it in the cache.
+                if size and not (q.rerank and res.fallback_reason):
+                    with self._cache_lock:
+                        if self._generation == generation:
+                            self._cache[key] = res
+                            while len(self._cache) > size:
+                                self._cache.popitem(last=False)
+                out[i] = self._answer(res, threshold, cached=False)
+        return [a for a in out if a is not None]
+
+    def _count(self, res: Classification) -> None:
+        self.metrics.classified.inc()
+        if res.fallback_reason:
+            # Reasons are short fixed phrases; cap the length anyway so one odd message cannot explode series.
+            self.metrics.rerank_fallbacks.labels(res.fallback_reason[:80]).inc()
+
+    def _answer(self, res: Classification, threshold: float | None, cached: bool) -> Answer:
+        ood = None if threshold is None or res.novelty is None else bool(res.novelty > threshold)
+        if ood:
+            self.metrics.out_of_distribution.inc()
+        return Answer(res, threshold, ood, cached)
+
+    # ------------------------------------------------------------------ novelty calibration
+
+    def ood_threshold(self, k: int) -> float | None:
+        """The novelty above which a query is out of distribution, for k neighbours.
+
+        Calibrated on the memory itself: sampled memory points query the memory (their own hit
+        excluded), and the threshold is a high percentile of their novelty. Cached per k until
+        the next edit, then recomputed on first use.
+        """
+        generation = self._generation
+        with self._ood_lock:
+            if (generation, k) in self._ood:
+                return self._ood[(generation, k)]
+            value = self._calibrate(k)
+            if self._generation == generation:
+                self._ood = {key: v for key, v in self._ood.items() if key[0] == generation}
+                if len(self._ood) >= _MAX_OOD_ENTRIES:
+                    self._ood.pop(next(iter(self._ood)))
+                self._ood[(generation, k)] = value
+            return value
+
+    def _calibrate(self, k: int) -> float | None:
+        store = self.memory.store
+        # Point ids are UUIDv5 hashes of sources, and scrolling goes in id order, so the first
+        # batch is a pseudo-random sample of the memory, whatever order it was built in.
+        sample = next(iter(store.scroll(batch_size=self.settings.ood_sample_size, with_vectors=True)), [])
+        sample = [p for p in sample if p.vector is not None]
+        if len(sample) < 2:
+            return None
+        vectors = np.stack([p.vector for p in sample])
+        novelties = []
+        for point, hits in zip(sample, store.query_batch(vectors, k + 1), strict=True):
+            others = [h.similarity for h in hits if h.id != point.id][:k]
+            if others:
+                novelties.append(float(np.mean(1.0 - np.asarray(others))))
+        if not novelties:
+            return None
+        value = float(np.percentile(novelties, self.settings.ood_percentile))
+        log.info("novelty threshold at k=%d: %.4f (p%g of %d memory points)", k, value,
+                 self.settings.ood_percentile, len(novelties))
+        return value
+
+    # ------------------------------------------------------------------ thumbnails
+
+    def thumbnail(self, point_id: str) -> bytes:
+        """A JPEG of the point's image. Raises ThumbnailUnavailable with the reason."""
+        kept = self.thumbnails.load(point_id)
+        points = self.memory.store.retrieve([point_id])
+        if not points:
+            raise ThumbnailUnavailable(f"no point with id {point_id} in the memory")
+        if kept is not None:
+            return kept
+        source = points[0].source
+        if source.startswith("upload:"):
+            raise ThumbnailUnavailable("the point's image was uploaded, and no thumbnail of it was kept here "
+                                       "(it was added through another server or another thumbnail directory)")
+        if "://" in source:
+            raise ThumbnailUnavailable(f"the point's image is at {source}, which this service does not fetch")
+        if not Path(source).is_file():
+            raise ThumbnailUnavailable(f"the point's image file is no longer at {source}")
+        try:
+            return self.thumbnails.save(point_id, load_image(source))
+        except ImageDecodeError as exc:
+            raise ThumbnailUnavailable(f"the point's image file could not be decoded: {exc}") from exc

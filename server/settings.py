@@ -1,0 +1,74 @@
+"""The service's settings: environment variables prefixed `VMEM_`, or an env file, validated at start-up.
+
+    VMEM_MEMORY=./memory VMEM_API_KEY=... uvicorn --factory server:create_app
+
+Unsafe combinations are refused here rather than discovered in production: an editing API with
+auth enabled but no key, a key too short to resist guessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_API_KEY_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Everything `vmem serve` and `create_app` can be told; each field reads `VMEM_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VMEM_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+    )
+
+    memory: str = Field("./memory", description="embedded memory directory, or `:memory:`")
+    qdrant_url: str | None = Field(None, description="a Qdrant server (http://host:6333); replaces `memory`")
+    featurizer: str | None = Field(
+        None, description="encoder name; must match the memory's (only needed with create_memory)")
+    create_memory: bool = Field(False, description="create an empty memory when none exists")
+    device: str | None = Field(None, description="torch device for the encoder (default: cuda if present)")
+
+    api_key: SecretStr | None = Field(None, description="key required in X-API-Key to edit the memory")
+    auth_disabled: bool = Field(False, description="let anyone edit the memory (only for a trusted network)")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_batch_images: int = Field(32, ge=1, le=1024, description="most images in one batch or add request")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma-separated); none by default")
+
+    ood_percentile: float = Field(
+        99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
+    ood_sample_size: int = Field(256, ge=8, le=10_000, description="memory points sampled to calibrate OOD")
+
+    featurize_threads: int = Field(2, ge=1, le=64, description="threads that decode and embed images")
+    result_cache_size: int = Field(1024, ge=0, description="classify answers kept per memory version (0: off)")
+    thumbnail_dir: Path | None = Field(
+        None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
+    thumbnail_size: int = Field(160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.auth_disabled:
+            return self
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ValueError(
+                "no API key: set VMEM_API_KEY (memory-editing endpoints require it), "
+                "or set VMEM_AUTH_DISABLED=true to let anyone edit the memory"
+            )
+        if len(self.api_key.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"VMEM_API_KEY is too short: use at least {MIN_API_KEY_LENGTH} characters")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.qdrant_url or self.memory

@@ -1,0 +1,66 @@
+"""A small real memory for the service tests: colour-texture images embedded once with EfficientNet-Lite0.
+
+Each test gets its own memory (a fresh Qdrant Edge shard, or qdrant-client's in-process mode) filled
+from the vectors computed once per session, so tests can add and forget without seeing each other.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+API_KEY = "test-key-0123456789abcdef"
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+PER_LABEL = 4
+
+
+def texture(color: tuple[int, int, int], seed: int, size: int = 32, fmt: str = "PNG") -> bytes:
+    """A noisy patch of one colour: distinct per seed, close to its siblings."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def checkerboard(size: int = 32, cell: int = 4) -> bytes:
+    """Nothing like the memory's images."""
+    y, x = np.mgrid[:size, :size]
+    arr = (((x // cell + y // cell) % 2) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([arr, 255 - arr, arr // 2], axis=-1), "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class MemoryImages:
+    """The memory's image files and their features (computed once)."""
+
+    paths: list[Path]
+    labels: list[str]
+    vectors: np.ndarray
+
+
+def make_memory_images(root: Path, featurizer) -> MemoryImages:
+    paths, labels = [], []
+    for li, (label, color) in enumerate(COLORS.items()):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for j in range(PER_LABEL):
+            p = root / label / f"{label}{j}.png"
+            p.write_bytes(texture(color, seed=100 * li + j))
+            paths.append(p)
+            labels.append(label)
+    return MemoryImages(paths, labels, featurizer.embed([str(p) for p in paths]))
+
+
+def fill_memory(location: str, featurizer, images: MemoryImages):
+    from retrieval import open_store
+    from vmem import VisualMemory
+
+    store = open_store(location, featurizer.spec)
+    store.add(images.vectors, images.labels, [str(p) for p in images.paths])
+    return VisualMemory(store, featurizer)

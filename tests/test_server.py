@@ -1,0 +1,473 @@
+"""The HTTP service through FastAPI's TestClient: classify, edit the memory, errors, limits, metrics.
+
+Real parts throughout: EfficientNet-Lite0 features of small generated images, a real Qdrant memory
+(embedded Qdrant Edge, and qdrant-client's in-process mode for the backend-agnostic flow).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import ValidationError
+
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, checkerboard, fill_memory, make_memory_images, texture
+
+PROBLEM = "application/problem+json"
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+def settings(tmp_path, **overrides) -> Settings:
+    return Settings(**{"memory": str(tmp_path / "memory"), "api_key": API_KEY,
+                       "thumbnail_dir": tmp_path / "thumbs", **overrides})
+
+
+@pytest.fixture(params=["edge"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def make_client(tmp_path, lite0, memory_images, backend):
+    """make_client(**settings) -> a TestClient over a fresh copy of the test memory."""
+    opened = []
+
+    def make(**overrides) -> TestClient:
+        location = str(tmp_path / f"memory{len(opened)}") if backend == "edge" else ":memory:"
+        mem = fill_memory(location, lite0, memory_images)
+        client = TestClient(create_app(settings(tmp_path, **overrides), memory=mem))
+        client.__enter__()  # runs the lifespan: warm-up and novelty calibration
+        opened.append((client, mem))
+        return client
+
+    yield make
+    for client, mem in opened:
+        client.__exit__(None, None, None)
+        mem.close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def upload(data: bytes, name: str = "query.png") -> dict:
+    return {"image": (name, data, "image/png")}
+
+
+def assert_problem(resp, status: int, kind: str | None = None, says: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == PROBLEM
+    body = resp.json()
+    assert body["status"] == status and body["title"]
+    if kind:
+        assert body["type"] == f"urn:vmem:problem:{kind}"
+    if says:
+        assert says in body["detail"], body["detail"]
+    return body
+
+
+# ------------------------------------------------------------------ classify
+
+
+@pytest.mark.parametrize("label", list(COLORS))
+def test_classify_upload_predicts_the_label_and_shows_the_neighbours(client, label):
+    resp = client.post("/v1/classify?k=5", files=upload(texture(COLORS[label], seed=999)))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["label"] == label
+    assert body["scores"][label] == max(body["scores"].values())
+    assert abs(sum(body["scores"].values()) - 1) < 1e-6
+    assert body["vote"] == {"rule": "rank", "k": 5, "alpha": body["vote"]["alpha"], "tau": body["vote"]["tau"],
+                            "origin": "explicit"}
+    assert len(body["neighbors"]) == 5
+    first = body["neighbors"][0]
+    assert first["label"] == label and first["rank"] == 0 and first["weight"] > 0
+    assert first["thumbnail_url"] == f"/v1/memory/points/{first['id']}/thumbnail"
+    sims = [n["similarity"] for n in body["neighbors"]]
+    assert sims == sorted(sims, reverse=True)
+    assert body["novelty"] == pytest.approx(sum(1 - s for s in sims) / 5, abs=1e-5)
+    assert body["reranked"] is False and body["fallback_reason"] is None
+    assert body["source"] == "query.png"
+
+
+def test_default_k_comes_from_the_memory(client):
+    body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 1))).json()
+    assert body["vote"]["k"] == 50 and body["vote"]["origin"] == "default"
+    assert len(body["neighbors"]) == 12  # the whole memory: fewer points than k
+
+
+def test_json_base64_and_data_url_answer_like_an_upload(client):
+    data = texture(COLORS["green"], seed=5)
+    by_upload = client.post("/v1/classify?k=4", files=upload(data, "g.png")).json()
+    for image in (base64.b64encode(data).decode(), "data:image/png;base64," + base64.b64encode(data).decode()):
+        by_json = client.post("/v1/classify?k=4", json={"image": image, "filename": "g.png"}).json()
+        assert by_json["label"] == "green"
+        assert [n["id"] for n in by_json["neighbors"]] == [n["id"] for n in by_upload["neighbors"]]
+        assert by_json["scores"] == pytest.approx(by_upload["scores"])
+
+
+def test_label_filter_keeps_only_those_labels(client):
+    resp = client.post("/v1/classify?k=6&label=blue&label=green", files=upload(texture(COLORS["red"], 3)))
+    labels = {n["label"] for n in resp.json()["neighbors"]}
+    assert labels <= {"blue", "green"} and resp.json()["label"] in {"blue", "green"}
+
+
+@pytest.mark.parametrize("rule", ["plurality", "distance", "softmax", "rank"])
+def test_every_vote_rule(client, rule):
+    body = client.post(f"/v1/classify?k=4&vote={rule}", files=upload(texture(COLORS["blue"], 7))).json()
+    assert body["label"] == "blue" and body["vote"]["rule"] == rule
+
+
+def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
+    body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
+    assert body["label"] == "red" and body["reranked"] is False
+    assert body["fallback_reason"]
+    metrics = client.get("/metrics").text
+    assert "vmem_rerank_fallbacks_total{reason=" in metrics
+
+
+def test_out_of_distribution_flag_is_calibrated_on_the_memory(client, memory_images):
+    seen = client.post("/v1/classify?k=3", files=upload(memory_images.paths[0].read_bytes())).json()
+    novel = client.post("/v1/classify?k=3", files=upload(checkerboard())).json()
+    assert seen["ood_threshold"] == novel["ood_threshold"] > 0
+    assert seen["out_of_distribution"] is False and seen["novelty"] < seen["ood_threshold"]
+    assert novel["out_of_distribution"] is True and novel["novelty"] > novel["ood_threshold"]
+
+
+def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(client):
+    data = texture(COLORS["green"], 11)
+    first = client.post("/v1/classify?k=3", files=upload(data)).json()
+    again = client.post("/v1/classify?k=3", files=upload(data)).json()
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["neighbors"] == first["neighbors"]
+    assert 'vmem_result_cache_total{result="hit"} 1.0' in client.get("/metrics").text
+    client.post("/v1/memory", headers=AUTH, files={"images": ("x.png", texture((9, 9, 9), 1))}, data={"label": "x"})
+    assert client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] is False
+
+
+def test_batch_answers_each_image_and_reports_the_bad_one(client):
+    files = [("images", ("r.png", texture(COLORS["red"], 21), "image/png")),
+             ("images", ("bad.png", b"not an image", "image/png")),
+             ("images", ("b.png", texture(COLORS["blue"], 22), "image/png"))]
+    body = client.post("/v1/classify/batch?k=4", files=files).json()
+    assert body["failed"] == 1
+    assert [i["index"] for i in body["items"]] == [0, 1, 2]
+    assert body["items"][0]["result"]["label"] == "red" and body["items"][2]["result"]["label"] == "blue"
+    assert body["items"][1]["result"] is None and "not a recognised image" in body["items"][1]["error"]
+
+    as_json = client.post("/v1/classify/batch?k=4", json={"images": [
+        {"image": base64.b64encode(texture(COLORS["green"], 23)).decode()}]}).json()
+    assert as_json["items"][0]["result"]["label"] == "green"
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(("query", "says"), [
+    ("k=0", "query.k"),
+    ("k=1001", "query.k"),
+    ("k=ten", "query.k"),
+    ("vote=majority", "query.vote"),
+    ("tau=-1", "query.tau"),
+    ("rerank=maybe", "query.rerank"),
+    ("colour=red", "query.colour"),  # a typo is an error, not silently ignored
+])
+def test_out_of_range_parameters_are_422_problems(client, query, says):
+    resp = client.post(f"/v1/classify?{query}", files=upload(texture(COLORS["red"], 1)))
+    body = assert_problem(resp, 422, "invalid-parameters", says)
+    assert body["errors"][0]["loc"][0] == "query"
+
+
+def test_unknown_template_is_a_422_listing_the_available_ones(client):
+    from prompts import default_registry
+
+    resp = client.post("/v1/classify?rerank=true&template=no-such", files=upload(texture(COLORS["red"], 1)))
+    body = assert_problem(resp, 422, "unknown-template", "'no-such'")
+    for name in default_registry().names():
+        assert name in body["detail"]
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (b"", "empty"),
+    (b"GIF89a-but-not-really", "not a recognised image format"),
+    (texture((1, 2, 3), 0)[:80], "corrupt or truncated"),
+], ids=["empty", "not-an-image", "truncated"])
+def test_an_image_that_does_not_decode_is_a_400(client, data, says):
+    assert_problem(client.post("/v1/classify", files=upload(data)), 400, "bad-image", says)
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"image": "%%%not base64%%%"}, "not valid base64"),
+    ({"image": ""}, "empty"),
+    ({"img": "AAAA"}, "body.image"),
+    ({"image": "data:image/png,raw"}, "base64-encoded"),
+])
+def test_bad_json_bodies_are_422(client, body, says):
+    assert_problem(client.post("/v1/classify", json=body), 422, "invalid-parameters", says)
+
+
+def test_a_decompression_bomb_is_refused(client):
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, format="PNG")  # 81 Mpx of zeros compress to a few KB
+    assert_problem(client.post("/v1/classify", files=upload(buf.getvalue())), 400, "bad-image", "64,000,000 pixels")
+
+
+@pytest.mark.parametrize(("content_type", "data"), [
+    ("text/plain", b"hello"),
+    ("image/png", texture(COLORS["red"], 1)),
+    (None, b""),
+])
+def test_other_content_types_are_415(client, content_type, data):
+    headers = {"content-type": content_type} if content_type else {}
+    assert_problem(client.post("/v1/classify", content=data, headers=headers), 415, "unsupported-media-type")
+
+
+def test_multipart_without_the_image_field_is_422(client):
+    assert_problem(client.post("/v1/classify", data={"image": "text"}, files={"x": ("a", b"b")}), 422,
+                   "invalid-parameters")
+
+
+def test_uploads_over_the_size_limit_are_413(make_client):
+    client = make_client(max_upload_bytes=4096)
+    big = texture(COLORS["red"], 1, size=96)
+    assert len(big) > 4096
+    assert_problem(client.post("/v1/classify", files=upload(big)), 413, "upload-too-large", "4,096 bytes")
+
+    def chunks():  # no Content-Length: the limit is enforced as the body streams in
+        yield b'{"image": "'
+        for _ in range(100):
+            yield b"A" * 100
+
+    resp = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(resp, 413, "upload-too-large")
+
+
+def test_too_many_images_in_a_batch_is_413(make_client):
+    client = make_client(max_batch_images=2)
+    imgs = [{"image": base64.b64encode(texture(COLORS["red"], i)).decode()} for i in range(3)]
+    assert_problem(client.post("/v1/classify/batch", json={"images": imgs}), 413, "too-many-images")
+
+
+def test_unknown_routes_and_methods_are_problems_too(client):
+    assert_problem(client.get("/v1/nothing"), 404)
+    assert_problem(client.get("/v1/classify"), 405)
+
+
+# ------------------------------------------------------------------ editing the memory
+
+
+@pytest.mark.parametrize(("headers", "status", "kind"), [
+    ({}, 401, "missing-api-key"),
+    ({"X-API-Key": "wrong-key-0123456789"}, 403, "invalid-api-key"),
+])
+def test_editing_needs_the_api_key(client, headers, status, kind):
+    calls = [
+        lambda: client.post("/v1/memory", headers=headers, files={"images": ("a.png", texture((1, 1, 1), 1))},
+                            data={"label": "x"}),
+        lambda: client.delete("/v1/memory?label=red", headers=headers),
+        lambda: client.delete("/v1/memory/points/00000000-0000-0000-0000-000000000000", headers=headers),
+    ]
+    for call in calls:
+        assert_problem(call(), status, kind)
+    assert client.get("/v1/memory/stats").json()["points"] == 12
+
+
+def test_auth_disabled_is_explicit(make_client):
+    client = make_client(auth_disabled=True, api_key=None)
+    resp = client.post("/v1/memory", files={"images": ("a.png", texture((250, 250, 0), 1))}, data={"label": "yellow"})
+    assert resp.status_code == 201
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"api_key": None}, "no API key"),
+    ({"api_key": "short"}, "too short"),
+    ({"ood_percentile": 100}, "ood_percentile"),
+])
+def test_unsafe_or_invalid_settings_refuse_to_start(tmp_path, overrides, says):
+    with pytest.raises(ValidationError, match=says):
+        settings(tmp_path, **overrides)
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VMEM_API_KEY", API_KEY)
+    monkeypatch.setenv("VMEM_CORS_ORIGINS", "http://a.example, http://b.example")
+    monkeypatch.setenv("VMEM_QDRANT_URL", "http://127.0.0.1:6333")
+    s = Settings(_env_file=None)
+    assert s.api_key.get_secret_value() == API_KEY and API_KEY not in repr(s)
+    assert s.cors_origins == ["http://a.example", "http://b.example"]
+    assert s.location == "http://127.0.0.1:6333"
+    env_file = tmp_path / "vmem.env"
+    env_file.write_text("VMEM_MEMORY=/srv/memory\nVMEM_AUTH_DISABLED=true\n")
+    monkeypatch.delenv("VMEM_QDRANT_URL")
+    assert Settings(_env_file=env_file).location == "/srv/memory"
+
+
+def test_add_a_new_label_then_classify_it(client):
+    files = [("images", (f"y{i}.png", texture((240, 230, 20), 50 + i), "image/png")) for i in range(3)]
+    files.append(("images", ("junk.png", b"junk", "image/png")))
+    resp = client.post("/v1/memory", headers=AUTH, files=files, data={"label": "yellow"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert [a["label"] for a in body["added"]] == ["yellow"] * 3 and body["points"] == 15
+    assert body["failed"] == [{"index": 3, "filename": "junk.png", "reason": body["failed"][0]["reason"]}]
+    assert body["added"][0]["source"].startswith("upload:sha256:") and body["added"][0]["source"].endswith("y0.png")
+
+    answer = client.post("/v1/classify?k=3", files=upload(texture((240, 230, 20), 99))).json()
+    assert answer["label"] == "yellow"
+    assert {n["id"] for n in answer["neighbors"]} <= {a["id"] for a in body["added"]}
+
+    thumb = client.get(body["added"][0]["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
+
+    stats = client.get("/v1/memory/stats").json()
+    assert stats["per_label"]["yellow"] == 3 and stats["labels"] == 4 and stats["points"] == 15
+
+
+def test_add_with_json_and_one_label_per_image(client):
+    items = [{"image": base64.b64encode(texture(COLORS["red"], 70 + i)).decode(), "label": lab}
+             for i, lab in enumerate(["red", "crimson"])]
+    body = client.post("/v1/memory", headers=AUTH, json={"items": items}).json()
+    assert [a["label"] for a in body["added"]] == ["red", "crimson"] and body["failed"] == []
+    again = client.post("/v1/memory", headers=AUTH, json={"items": items}).json()
+    assert again["points"] == body["points"]  # the same upload is the same point
+
+
+@pytest.mark.parametrize(("labels", "says"), [([], "0 labels for 2 images"), (["a", "b", "c"], "3 labels"),
+                                              (["  "], "non-blank")])
+def test_add_multipart_needs_one_label_per_image_or_one_for_all(client, labels, says):
+    files = [("images", (f"{i}.png", texture((5, 5, 5), i), "image/png")) for i in range(2)]
+    resp = client.post("/v1/memory", headers=AUTH, files=files, data={"label": labels})
+    assert_problem(resp, 422, "invalid-parameters", says)
+
+
+def test_add_where_nothing_decodes_is_400(client):
+    resp = client.post("/v1/memory", headers=AUTH, files={"images": ("a.png", b"nope")}, data={"label": "x"})
+    assert_problem(resp, 400, "bad-image", "no image could be decoded")
+
+
+def test_forget_a_neighbour_and_it_is_never_cited_again(client):
+    data = texture(COLORS["blue"], 31)
+    before = client.post("/v1/classify?k=3", files=upload(data)).json()
+    victim = before["neighbors"][0]["id"]
+    assert client.get(f"/v1/memory/points/{victim}/thumbnail").status_code == 200
+
+    resp = client.delete(f"/v1/memory/points/{victim}", headers=AUTH)
+    assert resp.json() == {"deleted": 1, "points": 11}
+
+    after = client.post("/v1/classify?k=3", files=upload(data)).json()  # same query: must not come from cache
+    assert after["cached"] is False and victim not in {n["id"] for n in after["neighbors"]}
+    assert_problem(client.get(f"/v1/memory/points/{victim}/thumbnail"), 404, "no-thumbnail", "no point")
+    assert_problem(client.delete(f"/v1/memory/points/{victim}", headers=AUTH), 404, "unknown-point")
+    assert_problem(client.delete("/v1/memory/points/not-a-uuid", headers=AUTH), 422)
+
+
+def test_forget_by_label_and_by_source_prefix(client, memory_images):
+    resp = client.delete("/v1/memory?label=red", headers=AUTH)
+    assert resp.json() == {"deleted": 4, "points": 8}
+    body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 41))).json()
+    assert "red" not in {n["label"] for n in body["neighbors"]} and "red" not in body["scores"]
+
+    green_dir = str(memory_images.paths[0].parent.parent / "green") + "/"
+    resp = client.delete("/v1/memory", params={"source_prefix": green_dir}, headers=AUTH)
+    assert resp.json() == {"deleted": 4, "points": 4}
+    assert client.get("/v1/memory/stats").json()["per_label"] == {"blue": 4}
+
+
+@pytest.mark.parametrize("query", ["", "?label=red&source_prefix=/x"])
+def test_forget_needs_exactly_one_selector(client, query):
+    assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
+
+
+def test_thumbnail_404_says_why(client, memory_images, tmp_path):
+    ok = client.post("/v1/classify?k=1", files=upload(memory_images.paths[5].read_bytes())).json()["neighbors"][0]
+    resp = client.get(ok["thumbnail_url"])
+    assert resp.status_code == 200 and Image.open(io.BytesIO(resp.content)).format == "JPEG"
+    assert_problem(client.get("/v1/memory/points/00000000-0000-0000-0000-000000000000/thumbnail"), 404,
+                   "no-thumbnail", "no point with id")
+
+
+# ------------------------------------------------------------------ ops
+
+
+def test_stats_describe_the_memory(client):
+    body = client.get("/v1/memory/stats").json()
+    assert body["backend"] == "embedded" and body["points"] == 12 and body["labels"] == 3
+    assert body["per_label"] == {"blue": 4, "green": 4, "red": 4}
+    assert body["featurizer"]["name"] == "efficientnet-lite0" and body["featurizer"]["dim"] == 1280
+    assert body["default_vote"]["k"] == 50 and body["ood_threshold"] > 0
+
+
+def test_templates_list_the_registry(client):
+    from prompts import default_registry
+
+    body = client.get("/v1/templates").json()
+    assert [t["name"] for t in body["templates"]] == default_registry().names()
+    assert body["default"] in default_registry().names()
+    assert all(t["description"] and t["ref"].startswith(t["name"] + "@") for t in body["templates"])
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["points"] == 12 and ready["featurizer"] == "efficientnet-lite0"
+    client.post("/v1/classify", files=upload(texture(COLORS["red"], 1)))
+    text = client.get("/metrics").text
+    assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="200"} 1.0' in text
+    assert 'vmem_http_request_duration_seconds_count{method="POST",route="/v1/classify"} 1.0' in text
+    assert "vmem_memory_points 12.0" in text and "vmem_images_classified_total 1.0" in text
+
+
+def test_health_stays_fast_while_every_embedding_thread_is_busy(client):
+    service = client.app.state.service
+    release = threading.Event()
+    busy = [service.executor.submit(release.wait, 30) for _ in range(service.settings.featurize_threads)]
+    try:
+        start = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        assert time.perf_counter() - start < 1.0
+    finally:
+        release.set()
+    assert all(f.result(timeout=5) for f in busy)
+
+
+def test_cors_is_closed_unless_origins_are_named(make_client):
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    closed = make_client()
+    assert "access-control-allow-origin" not in closed.options("/v1/classify", headers=preflight).headers
+    opened = make_client(cors_origins=["http://ui.example"])
+    resp = opened.options("/v1/classify", headers={**preflight, "Origin": "http://ui.example"})
+    assert resp.headers["access-control-allow-origin"] == "http://ui.example"
+    resp = opened.options("/v1/classify", headers=preflight)
+    assert "access-control-allow-origin" not in resp.headers
+
+
+def test_openapi_describes_every_field(client):
+    spec = client.get("/openapi.json").json()
+    undocumented = [f"{name}.{field}" for name, schema in spec["components"]["schemas"].items()
+                    for field, prop in schema.get("properties", {}).items()
+                    if not prop.get("description") and "$ref" not in prop]
+    assert undocumented == []
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    for path in spec["paths"].values():
+        for op in path.values():
+            assert op.get("summary") and op.get("description"), op.get("operationId")
+
+
+def test_the_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>vmem" in page.text
+    assert client.get("/static/app.js").status_code == 200
