@@ -1,0 +1,107 @@
+"""Memory pruning: leave-one-out blame counts, hard exclusion through the store, soft reliability, undo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_unit_vectors
+
+from eval.pruning import prune_store, soft_factors, undo_pruning, wrong_decision_counts
+from eval.scoring import MemoryArrays
+from retrieval import FeaturizerSpec, Preprocessing, open_store, vote
+from vmem import VisualMemory
+
+SPEC = FeaturizerSpec(name="test", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
+
+
+def slow_counts(feats: np.ndarray, labels: list[str], k: int, blame: str) -> np.ndarray:
+    counts = np.zeros(len(labels), dtype=int)
+    sims = feats @ feats.T
+    for i in range(len(labels)):
+        order = [j for j in np.argsort(-sims[i], kind="stable") if j != i][:k]
+        out = vote([labels[j] for j in order], sims[i, order], "rank")
+        if out.label != labels[i]:
+            for j in order:
+                if blame == "all" or labels[j] == out.label:
+                    counts[j] += 1
+    return counts
+
+
+@pytest.mark.parametrize("blame", ["all", "voters"])
+def test_counts_match_a_query_by_query_leave_one_out(blame):
+    feats = random_unit_vectors(80, 16, seed=7)
+    labels = [f"c{i % 3}" for i in range(80)]
+    counts, wrong = wrong_decision_counts(feats, labels, k=9, blame=blame)
+    assert counts.tolist() == slow_counts(feats, labels, 9, blame).tolist()
+    assert wrong.sum() > 0  # random labels: plenty of errors to blame
+
+
+def test_soft_factor_is_1_75_over_one_plus_count_once_blamed():
+    assert soft_factors(np.array([0, 1, 6])).tolist() == [1.0, 0.875, 0.25]
+
+
+def clustered_memory(store_location: str):
+    """Two tight clusters a and b, plus one point labelled b sitting inside cluster a."""
+    rng = np.random.default_rng(0)
+    centre_a, centre_b = np.eye(16)[0], np.eye(16)[1]
+    pts = [centre_a + 0.05 * rng.standard_normal(16) for _ in range(10)]
+    pts += [centre_b + 0.05 * rng.standard_normal(16) for _ in range(10)]
+    pts.append(centre_a + 0.01 * rng.standard_normal(16))
+    v = np.array(pts, np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    labels = ["a"] * 10 + ["b"] * 10 + ["b"]
+    store = open_store(store_location, SPEC)
+    ids = store.add(v, labels, [f"mem:{i}" for i in range(21)])
+    return store, v, ids
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def location(request, tmp_path):
+    return str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+
+
+def test_hard_pruning_excludes_blamed_points_from_search_and_undo_restores_them(location):
+    store, v, ids = clustered_memory(location)
+    # k=10: the mislabelled point's own decision is wrong (its neighbours are a), so all 10 a's are blamed once;
+    # each a-query's neighbours include the intruder but a still wins. Threshold 1 excludes the blamed a's.
+    report = prune_store(store, "hard", threshold=1, k=10)
+    assert report.wrong_decisions >= 1
+    assert store.count() == 21  # excluded, not deleted
+    excluded = {p.id for batch in store.scroll() for p in batch if p.payload.get("excluded")}
+    assert len(excluded) == report.excluded > 0
+    hits = store.query_batch(v, k=21)
+    assert all(n.id not in excluded for row in hits for n in row)
+    assert store.meta.settings["pruning"]["mode"] == "hard"
+    assert len(MemoryArrays.from_store(store)) == 21 - len(excluded)  # exact evaluation skips them too
+
+    assert undo_pruning(store) >= len(excluded)
+    assert len(store.query_batch(v[:1], k=21)[0]) == 21
+    assert "pruning" not in store.meta.settings
+    store.close()
+
+
+def test_soft_pruning_stores_reliability_that_voting_multiplies(location):
+    store, v, ids = clustered_memory(location)
+    report = prune_store(store, "soft", k=10)
+    assert report.down_weighted > 0
+    mem = VisualMemory(store)
+    [res] = mem.classify_vectors(v[:1], mem.vote_settings("plurality", k=5))
+    got = {p.id: p.payload for batch in store.scroll() for p in batch}
+    for nb in res.neighbors:
+        count = got[nb.id].get("prune_count", 0)
+        assert nb.weight == pytest.approx(1.75 / (1 + count) if count else 1.0)
+    arrays = MemoryArrays.from_store(store)
+    assert arrays.reliability is not None and arrays.reliability.min() < 1.0
+
+    undo_pruning(store)
+    [res] = mem.classify_vectors(v[:1], mem.vote_settings("plurality", k=5))
+    assert all(nb.weight == 1.0 for nb in res.neighbors)
+    assert MemoryArrays.from_store(store).reliability is None
+    store.close()
+
+
+def test_pruning_again_starts_from_an_unpruned_memory():
+    store, v, ids = clustered_memory(":memory:")
+    first = prune_store(store, "hard", threshold=1, k=10)
+    second = prune_store(store, "hard", threshold=1, k=10)  # counts still see the excluded points
+    assert (second.excluded, second.wrong_decisions) == (first.excluded, first.wrong_decisions)
