@@ -7,6 +7,7 @@ import logging
 import typer
 
 from . import memory
+from .bench import bench_app
 
 app = typer.Typer(
     name="vmem",
@@ -19,6 +20,7 @@ app.command()(memory.build)
 app.command()(memory.classify)
 app.command()(memory.forget)
 app.command()(memory.info)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

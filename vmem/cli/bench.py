@@ -1,0 +1,14 @@
+"""`vmem bench`: benchmarks are scripts that print figures, never timed assertions in tests.
+
+Each command prints the machine, its settings, and one JSON object of results.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import bench_search
+
+bench_app = typer.Typer(help="Benchmarks: search, featurisation, classify latency, forget, re-ranking, load.",
+                        no_args_is_help=True)
+bench_app.command("search")(bench_search.search)

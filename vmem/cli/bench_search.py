@@ -1,0 +1,244 @@
+"""`vmem bench search`: the embedded memory against exact BLAS search and faiss, in one run.
+
+Synthetic class-clustered unit vectors stand in for image features (same-class cosine about
+0.6, other-class about 0; fixed seed). Reports build time, RAM and disk, single and batched
+QPS, and recall@50 against exact search.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_kb / 2**20, 1),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def synthetic_features(n: int, dim: int, n_classes: int, seed: int, same_class_cos: float = 0.6,
+                       chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors v = sqrt(c)·centre + sqrt(1-c)·noise: same-class cosine ≈ c, other-class ≈ 0."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, n_classes, size=n)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        noise = rng.standard_normal((e - s, dim)).astype(np.float32)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        v = np.sqrt(same_class_cos) * centres[labels[s:e]] + np.sqrt(1 - same_class_cos) * noise
+        out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out, labels, centres
+
+
+def exact_topk(memory: np.ndarray, queries: np.ndarray, k: int, block: int = 131_072) -> np.ndarray:
+    """Exact top-k by inner product: blocked BLAS matrix product and a running partial sort."""
+    best_idx = np.zeros((len(queries), 0), np.int64)
+    best_sim = np.zeros((len(queries), 0), np.float32)
+    for s in range(0, len(memory), block):
+        sims = queries @ memory[s : s + block].T
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        cand_sim = np.concatenate([best_sim, np.take_along_axis(sims, part, axis=1)], axis=1)
+        cand_idx = np.concatenate([best_idx, part + s], axis=1)
+        keep = np.argpartition(-cand_sim, min(k, cand_sim.shape[1]) - 1, axis=1)[:, :k]
+        best_sim = np.take_along_axis(cand_sim, keep, axis=1)
+        best_idx = np.take_along_axis(cand_idx, keep, axis=1)
+    order = np.argsort(-best_sim, axis=1)
+    return np.take_along_axis(best_idx, order, axis=1)
+
+
+def recall_at(found: list[list[int]] | np.ndarray, truth: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(list(f)[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matrix-multiply throughput (median of repeats)."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings, seed: int, repeats: int,
+                     batch: int, faiss_baseline: bool, workdir: Path, echo=print) -> dict[str, Any]:
+    n_classes = max(2, n // 1000)
+    echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
+    vecs, labels, _ = synthetic_features(n, dim, n_classes, seed)
+    qv, _, _ = synthetic_features(queries, dim, n_classes, seed + 1)
+    res: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k, "index": settings.model_dump(),
+                           "raw_vector_mb": round(vecs.nbytes / 2**20, 1)}
+
+    echo("exact search (blocked BLAS) for ground truth")
+    truth = exact_topk(vecs, qv, k)
+    t_exact = timed(lambda: exact_topk(vecs, qv, k), repeats)
+    res["exact_qps_batch"] = round(queries / t_exact, 1)
+    gflops = sgemm_gflops()
+    res["sgemm_gflops"] = round(gflops, 1)
+    res["exact_matmul_efficiency"] = round(2 * n * dim * queries / t_exact / 1e9 / gflops, 3)
+
+    spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
+    path = workdir / "memory"
+    gc.collect()
+    rss0 = rss_mb()
+    echo("inserting into the embedded memory")
+    t0 = time.perf_counter()
+    store = open_store(path, spec, index=settings)
+    step = 20_000
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+    t_insert = time.perf_counter() - t0
+    echo("building the index")
+    store.optimize()
+    res["insert_s"] = round(t_insert, 1)
+    res["build_s"] = round(time.perf_counter() - t0, 1)
+    store.flush()
+    gc.collect()
+    res["rss_mb"] = round(rss_mb(), 1)
+    res["store_rss_mb"] = round(rss_mb() - rss0, 1)
+    res["disk_mb"] = round(dir_mb(path), 1)
+
+    def ids(hits) -> list[int]:
+        return [int(h.source.split(":")[1]) for h in hits]
+
+    echo("single queries")
+    n_single = min(queries, 500)
+    singles = [ids(store.query(q, k)) for q in qv[:n_single]]  # warm-up and recall
+    t_single = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
+    res["qps_single"] = round(n_single / t_single, 1)
+    res["recall_at_50_single"] = round(recall_at(singles, truth[:n_single], min(50, k)), 4)
+
+    echo("batched queries")
+    def run_batches():
+        return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
+    batched = [ids(h) for h in run_batches()]
+    t_batch = timed(run_batches, repeats)
+    res["qps_batch"] = round(queries / t_batch, 1)
+    res["recall_at_50"] = round(recall_at(batched, truth, min(50, k)), 4)
+
+    echo("exact search through the store (exact=True)")
+    n_ex = min(queries, 100)
+    t_store_exact = timed(lambda: store.query_batch(qv[:n_ex], k, exact=True), 1)
+    res["store_exact_qps_batch"] = round(n_ex / t_store_exact, 1)
+
+    echo("forget: delete latency, then whether the point can still be returned")
+    lat, returned_after_delete = [], 0
+    for i in range(min(n, 200)):
+        pid = point_id_for(f"synthetic:{i}")
+        t = time.perf_counter()
+        store.delete_ids([pid])
+        lat.append(time.perf_counter() - t)
+        # The very next query, issued the moment delete returned, must not see it.
+        returned_after_delete += any(h.id == pid for h in store.query(vecs[i], 5))
+    res["delete_ms_p50"] = round(1000 * float(np.percentile(lat, 50)), 2)
+    res["delete_ms_p99"] = round(1000 * float(np.percentile(lat, 99)), 2)
+    res["returned_after_delete"] = returned_after_delete
+    store.close()
+
+    if faiss_baseline:
+        import faiss
+
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        echo("faiss baselines")
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(vecs)
+        t = timed(lambda: flat.search(qv, k), repeats)
+        res["faiss_flat_qps_batch"] = round(queries / t, 1)
+        t0 = time.perf_counter()
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 128
+        hnsw.add(vecs)
+        res["faiss_hnsw_build_s"] = round(time.perf_counter() - t0, 1)
+        hnsw.hnsw.efSearch = max(128, 2 * k)
+        _, found = hnsw.search(qv, k)
+        t = timed(lambda: hnsw.search(qv, k), repeats)
+        res["faiss_hnsw_qps_batch"] = round(queries / t, 1)
+        res["faiss_hnsw_recall_at_50"] = round(recall_at(found, truth, min(50, k)), 4)
+    return res
+
+
+def search(
+    n: Annotated[int, typer.Option(help="memory size")] = 100_000,
+    dim: Annotated[int, typer.Option(help="vector dimension")] = 384,
+    queries: Annotated[int, typer.Option(help="query vectors")] = 1000,
+    k: Annotated[int, typer.Option(help="neighbours per query")] = 50,
+    m: Annotated[int, typer.Option(help="HNSW m")] = IndexSettings().m,
+    ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct")] = IndexSettings().ef_construct,
+    hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
+    quantization: Annotated[str, typer.Option(help="none or int8")] = IndexSettings().quantization,
+    oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
+    batch: Annotated[int, typer.Option(help="queries per query_batch call")] = 100,
+    repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+    faiss: Annotated[bool, typer.Option(help="include faiss flat and HNSW baselines")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="where to build the memory (default: a temp dir)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
+) -> None:
+    """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
+    settings = IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=quantization,
+                             oversampling=oversampling)
+    machine = machine_info()
+    def say(msg: str) -> None:
+        typer.echo(msg, err=True)
+    if not json_out:
+        say(f"machine: {json.dumps(machine)}")
+        say(f"settings: n={n} dim={dim} queries={queries} k={k} batch={batch} {settings.model_dump()}")
+    tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="vmem-bench-"))
+    try:
+        res = run_search_bench(n, dim, queries, k, settings, seed, repeats, batch, faiss, tmp, say)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    typer.echo(json.dumps({"machine": machine, **res}))
