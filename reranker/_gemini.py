@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -141,10 +142,22 @@ def _retry_delay(exc: BaseException | None) -> float | None:
     return None
 
 
+def _http_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """The class `name` from httpx and from httpx2 (the fork the SDK prefers when installed)."""
+    mods = [httpx]
+    with contextlib.suppress(ImportError):
+        mods.append(importlib.import_module("httpx2"))
+    return tuple(getattr(m, name) for m in mods if hasattr(m, name))
+
+
+_TIMEOUTS = (*_http_exceptions("TimeoutException"), TimeoutError)
+_TRANSPORT = _http_exceptions("TransportError")
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, genai_errors.APIError):
         return exc.code in RETRYABLE_STATUS
-    return isinstance(exc, httpx.TimeoutException | httpx.TransportError | TimeoutError)
+    return isinstance(exc, _TIMEOUTS + _TRANSPORT)
 
 
 def _status(exc: genai_errors.APIError) -> str:
@@ -190,7 +203,7 @@ class GeminiReranker:
     Options = GeminiSettings
 
     def __init__(self, settings: GeminiSettings | None = None, *, api_key: str | None = None,
-                 registry: TemplateRegistry | None = None, cache: AnswerCache | None = None,
+                 registry: TemplateRegistry | None = None, answer_cache: AnswerCache | None = None,
                  thumbnails: ThumbnailCache | None = None, **overrides: Any) -> None:
         base = settings or GeminiSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
@@ -199,8 +212,8 @@ class GeminiReranker:
         self._api_key = api_key
         self._registry = registry
         self.thumbnails = thumbnails or ThumbnailCache(self.settings.thumb_size)
-        self.cache = cache if cache is not None else (AnswerCache(self.settings.cache_path)
-                                                      if self.settings.cache else None)
+        self.cache = answer_cache if answer_cache is not None else (
+            AnswerCache(self.settings.cache_path) if self.settings.cache else None)
         self._loop = _LoopThread()
         self._clients: dict[str, genai.Client] = {}
 
@@ -433,11 +446,11 @@ class GeminiReranker:
             raise
         except genai_errors.APIError as exc:
             raise self._api_error(ctx, exc, ctx.attempts - attempts_before) from exc
-        except (httpx.TimeoutException, TimeoutError) as exc:
+        except _TIMEOUTS as exc:
             if ctx.remaining() <= 0.05 or ctx.stopped_for_deadline:
                 raise DeadlineExceededError(self._deadline_message(ctx)) from exc
             raise UpstreamError(f"Gemini timed out on all {ctx.attempts - attempts_before} attempts") from exc
-        except httpx.TransportError as exc:
+        except _TRANSPORT as exc:
             raise ConnectionFailedError(
                 f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "
                 f"({type(exc).__name__}: {exc})") from exc
@@ -500,7 +513,7 @@ class GeminiReranker:
 
     async def _agentic(self, ctx: _Ctx, client: genai.Client, template: PromptTemplate, req: RerankRequest,
                        prompt: BuiltPrompt, store: MemoryStore | None) -> str:
-        candidates = list(prompt.candidates)
+        candidates = prompt.candidates  # more_neighbors extends it in place: the outcome lists them all
         seen = {n.id for n in req.neighbors}
         n_seen = len(req.neighbors)
         contents = [types.Content(role="user", parts=prompt.parts)]

@@ -1,0 +1,493 @@
+"""The Gemini re-ranker against a fake Gemini server on loopback: the real google-genai client over real HTTP.
+
+Each fault ends in the vote with the right reason; retries are counted at the server; the cache,
+its invalidation, templates and the agentic loop are checked by what the server received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image, random_unit_vectors
+from fake_gemini import FakeGemini
+from PIL import Image
+
+from prompts import TemplateRegistry, UnknownTemplateError
+from reranker import GeminiReranker, RerankNeighbor, RerankRequest
+from retrieval import Featurizer, FeaturizerSpec, Preprocessing, open_store
+from vmem import VisualMemory
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    """One small solid-colour JPEG per colour label, on disk (the neighbours' sources)."""
+    out = {}
+    for name, rgb in COLOURS.items():
+        p = tmp_path / f"{name}.jpg"
+        p.write_bytes(make_image(rgb, size=(64, 48)))
+        out[name] = p
+    return out
+
+
+@pytest.fixture
+def make_rr(fake, tmp_path):
+    made = []
+
+    def make(**overrides) -> GeminiReranker:
+        opts = {"api_key": "test-key", "base_url": fake.url, "cache_path": tmp_path / "rerank.sqlite",
+                "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "deadline_s": 5.0, "attempt_timeout_s": 3.0,
+                "max_attempts": 3, **overrides}
+        rr = GeminiReranker(**opts)
+        made.append(rr)
+        return rr
+
+    yield make
+    for rr in made:
+        rr.close()
+
+
+def request(images, labels=("cat", "dog", "cat"), colours=("red", "green", "blue"), template=None,
+            vote="cat", query_rgb=(200, 30, 30), **kw) -> RerankRequest:
+    """A query whose vote says `vote`, with neighbours labelled `labels` and imaged in `colours`."""
+    neighbors = [RerankNeighbor(id=f"p{i}", label=lab, source=str(images[col]), similarity=0.9 - 0.05 * i,
+                                weight=1 / (2 + i), rank=i)
+                 for i, (lab, col) in enumerate(zip(labels, colours, strict=True))]
+    counts: dict[str, float] = {}
+    for n in neighbors:
+        counts[n.label] = counts.get(n.label, 0.0) + n.weight
+    total = sum(counts.values())
+    scores = {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return RerankRequest(image=Image.new("RGB", (80, 60), query_rgb), neighbors=neighbors, scores=scores,
+                         vote_label=vote, template=template, **kw)
+
+
+def decoded_images(body: dict) -> list[Image.Image]:
+    out = []
+    for content in body["contents"]:
+        for part in content["parts"]:
+            if "inlineData" in part:
+                out.append(Image.open(io.BytesIO(base64.urlsafe_b64decode(part["inlineData"]["data"]))))
+    return out
+
+
+# ------------------------------------------------------------------ the answer
+
+
+def test_a_candidate_answer_becomes_the_label_not_the_vote(fake, make_rr, images):
+    fake.enqueue(fake.answer("dog"))
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked, out.fallback_reason) == ("dog", True, None)
+    assert out.template == "neighbors-v1@1" and out.model == "gemini-3.5-flash"
+    assert fake.count == 1 and out.attempts == 1
+
+
+def test_the_request_constrains_the_answer_to_the_candidates(fake, make_rr, images):
+    make_rr(media_resolution="low", thumb_size=32).rerank_one(request(images))
+    [req] = fake.requests
+    gen = req.body["generationConfig"]
+    assert gen["responseMimeType"] == "text/x.enum"
+    assert gen["responseSchema"] == {"type": "STRING", "enum": ["cat", "dog"]}
+    assert gen["temperature"] == 0.0 and gen["mediaResolution"] == "MEDIA_RESOLUTION_LOW"
+    assert req.model == "gemini-3.5-flash" and req.headers["x-goog-api-key"] == "test-key"
+    thumbs = decoded_images(req.body)
+    assert len(thumbs) == 4  # three neighbours, then the query
+    assert all(max(im.size) == 32 for im in thumbs[:3]) and thumbs[0].format == "JPEG"
+
+
+def test_token_usage_is_reported_per_request_and_summed_per_batch(fake, make_rr, images):
+    batch = make_rr(cache=False).rerank_many([request(images), request(images, query_rgb=(1, 2, 3))])
+    per = [o.usage for o in batch.outcomes]
+    assert all(u.requests == 1 and u.prompt_tokens >= 4 * 258 and u.images == 4 for u in per)
+    assert batch.usage.total_tokens == sum(u.total_tokens for u in per) > 0
+    assert batch.reranked == 2 and batch.fallbacks == {}
+
+
+def test_the_endpoint_comes_from_GOOGLE_GEMINI_BASE_URL(fake, make_rr, images, monkeypatch):
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+    monkeypatch.setenv("GEMINI_API_KEY", "env-key")
+    out = make_rr(base_url=None, api_key=None).rerank_one(request(images))
+    assert out.reranked and fake.requests[0].headers["x-goog-api-key"] == "env-key"
+
+
+# ------------------------------------------------------------------ faults end in the vote, with a reason
+
+
+def test_without_a_key_it_falls_back_without_calling(fake, make_rr, images):
+    out = make_rr(api_key=None).rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked, out.error) == ("cat", False, "NoApiKeyError")
+    assert "GEMINI_API_KEY" in out.fallback_reason
+    assert fake.count == 0
+
+
+def test_429_with_retry_delay_is_retried_after_that_delay(fake, make_rr, images):
+    fake.enqueue(fake.status(429, retry_delay="0.3s"), fake.answer("dog"))
+    out = make_rr().rerank_one(request(images))
+    assert out.label == "dog" and out.reranked and out.attempts == 2 and fake.count == 2
+    gap = fake.requests[1].at - fake.requests[0].at
+    assert gap >= 0.3  # the server's retryDelay, not the 0.01 s backoff
+
+
+def test_429_until_retries_run_out_is_a_quota_fallback(fake, make_rr, images):
+    fake.enqueue(*[fake.status(429)] * 3)
+    out = make_rr(max_attempts=3).rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked, out.error) == ("cat", False, "QuotaExceededError")
+    assert "429" in out.fallback_reason and "3 attempt" in out.fallback_reason
+    assert fake.count == 3
+
+
+def test_a_retry_delay_past_the_deadline_gives_up_at_once(fake, make_rr, images):
+    fake.enqueue(fake.status(429, retry_delay="30s"))
+    t0 = time.monotonic()
+    out = make_rr(deadline_s=2.0).rerank_one(request(images))
+    assert out.error == "QuotaExceededError" and "deadline" in out.fallback_reason and "30 s" in out.fallback_reason
+    assert fake.count == 1 and time.monotonic() - t0 < 1.5
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_server_errors_are_retried(fake, make_rr, images, code):
+    fake.enqueue(fake.status(code), fake.answer("dog"))
+    out = make_rr().rerank_one(request(images))
+    assert out.label == "dog" and out.attempts == 2 and fake.count == 2
+
+
+def test_server_errors_until_retries_run_out_fall_back(fake, make_rr, images):
+    fake.enqueue(*[fake.status(503)] * 3)
+    out = make_rr(max_attempts=3).rerank_one(request(images))
+    assert out.error == "UpstreamError" and "503" in out.fallback_reason and fake.count == 3
+
+
+def test_a_client_error_is_not_retried(fake, make_rr, images):
+    fake.enqueue(fake.status(400))
+    out = make_rr().rerank_one(request(images))
+    assert out.error == "RequestRejectedError" and "400" in out.fallback_reason and fake.count == 1
+
+
+def test_a_hang_past_the_deadline_falls_back_in_time(fake, make_rr, images):
+    fake.enqueue(fake.hang(10))
+    t0 = time.monotonic()
+    out = make_rr(deadline_s=0.6).rerank_one(request(images, vote="cat"))
+    elapsed = time.monotonic() - t0
+    assert (out.label, out.reranked, out.error) == ("cat", False, "DeadlineExceededError")
+    assert "0.6 s deadline" in out.fallback_reason
+    assert 0.5 < elapsed < 2.0
+    assert fake.count == 1  # no time left for a second attempt
+
+
+def test_a_slow_attempt_is_retried_within_the_deadline(fake, make_rr, images):
+    fake.enqueue(fake.hang(10), fake.answer("dog"))
+    out = make_rr(deadline_s=5.0, attempt_timeout_s=0.3).rerank_one(request(images))
+    assert out.label == "dog" and out.attempts == 2 and fake.count == 2
+
+
+def test_malformed_json_is_an_unparseable_answer(fake, make_rr, images):
+    fake.enqueue(fake.malformed())
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert (out.label, out.error) == ("cat", "InvalidAnswerError") and "parsed" in out.fallback_reason
+    assert fake.count == 1
+
+
+def test_no_candidates_in_the_reply_is_an_unparseable_answer(fake, make_rr, images):
+    fake.enqueue(fake.empty())
+    out = make_rr().rerank_one(request(images))
+    assert out.error == "InvalidAnswerError" and "no answer" in out.fallback_reason
+
+
+def test_a_label_that_is_not_a_candidate_is_refused(fake, make_rr, images):
+    fake.enqueue(fake.text("giraffe"))
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked, out.error) == ("cat", False, "NonCandidateAnswerError")
+    assert "'giraffe'" in out.fallback_reason
+
+
+def test_free_text_is_not_mistaken_for_a_label(fake, make_rr, images):
+    fake.enqueue(fake.text("I think it is a dog"))
+    out = make_rr().rerank_one(request(images))
+    assert out.label == "cat" and out.error == "NonCandidateAnswerError"
+
+
+def test_an_unreachable_endpoint_is_a_connection_fallback(make_rr, images):
+    closed = FakeGemini()  # bound, never started, then closed: the port refuses connections
+    url = closed.url
+    closed._server.server_close()
+    out = make_rr(base_url=url, max_attempts=2).rerank_one(request(images))
+    assert out.error == "ConnectionFailedError" and url in out.fallback_reason and out.attempts == 2
+
+
+def test_a_single_candidate_needs_no_call(fake, make_rr, images):
+    out = make_rr().rerank_one(request(images, labels=("cat", "cat", "cat")))
+    assert out.error == "NothingToRerankError" and "only one candidate" in out.fallback_reason
+    assert fake.count == 0
+
+
+# ------------------------------------------------------------------ cache
+
+
+def test_a_cache_hit_makes_no_http_call(fake, make_rr, images):
+    fake.enqueue(fake.answer("dog"))
+    rr = make_rr()
+    first = rr.rerank_one(request(images))
+    again = rr.rerank_one(request(images))
+    assert fake.count == 1
+    assert (again.label, again.reranked, again.cached, again.attempts) == ("dog", True, True, 0)
+    assert again.usage.total_tokens == 0 and first.usage.total_tokens > 0
+
+
+def test_the_cache_survives_a_restart(fake, make_rr, images):
+    fake.enqueue(fake.answer("dog"))
+    make_rr().rerank_one(request(images))
+    out = make_rr().rerank_one(request(images))  # a new re-ranker on the same cache file
+    assert out.cached and out.label == "dog" and fake.count == 1
+
+
+@pytest.mark.parametrize("change", [
+    {"query_rgb": (0, 0, 0)},
+    {"labels": ("cat", "dog", "dog")},
+    {"colours": ("red", "blue", "green")},  # same ids, same labels, other images: same key (ids decide)
+])
+def test_the_cache_key_follows_the_query_and_neighbours(fake, make_rr, images, change):
+    rr = make_rr()
+    rr.rerank_one(request(images))
+    rr.rerank_one(request(images, **change))
+    expect_new_call = "colours" not in change
+    assert fake.count == (2 if expect_new_call else 1)
+
+
+def test_settings_and_model_are_part_of_the_cache_key(fake, make_rr, images):
+    make_rr().rerank_one(request(images))
+    make_rr(thumb_size=64).rerank_one(request(images))
+    make_rr(model="gemini-3.8-flash").rerank_one(request(images))
+    assert fake.count == 3 and fake.requests[2].model == "gemini-3.8-flash"
+
+
+def test_fallbacks_are_not_cached(fake, make_rr, images):
+    fake.enqueue(fake.status(400), fake.answer("dog"))
+    rr = make_rr()
+    assert not rr.rerank_one(request(images)).reranked
+    assert rr.rerank_one(request(images)).label == "dog" and fake.count == 2
+
+
+def test_invalidating_a_cited_point_drops_the_answer(fake, make_rr, images):
+    rr = make_rr()
+    rr.rerank_one(request(images))
+    assert rr.invalidate(["not-cited"]) == 0
+    assert rr.invalidate(["p2"]) == 1
+    rr.rerank_one(request(images))
+    assert fake.count == 2
+
+
+# ------------------------------------------------------------------ templates
+
+
+def test_swapping_the_template_changes_the_request(fake, make_rr, images):
+    rr = make_rr()
+    rr.rerank_one(request(images, template="neighbors-v1"))
+    rr.rerank_one(request(images, template="labels-only"))
+    full, cheap = fake.requests
+    assert full.images == 4 and cheap.images == 1  # labels-only sends the query alone
+    assert full.body["systemInstruction"] != cheap.body["systemInstruction"]
+    assert any("vote 0.6" in t for t in cheap.texts) and not any("Example 1" in t for t in cheap.texts)
+
+
+def test_a_user_template_is_chosen_by_name(fake, make_rr, images, tmp_path):
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "terse.yaml").write_text(
+        "name: terse\nversion: 2\nsystem: Classify.\nneighbor: '#$rank $label'\nneighbor_images: false\n")
+    rr = make_rr()
+    rr._registry = TemplateRegistry(tmp_path / "tpl")
+    out = rr.rerank_one(request(images, template="terse"))
+    assert out.template == "terse@2" and fake.requests[0].images == 1
+    assert "#1 cat" in fake.requests[0].texts
+
+
+def test_an_unknown_template_is_an_error_listing_the_available_ones(fake, make_rr, images):
+    with pytest.raises(UnknownTemplateError, match="available: agentic-v1, labels-only, neighbors-v1"):
+        make_rr().rerank_one(request(images, template="nope"))
+    assert fake.count == 0
+
+
+# ------------------------------------------------------------------ thumbnails
+
+
+def test_a_missing_neighbour_image_is_shown_by_label_and_noted(fake, make_rr, images):
+    images["blue"].unlink()
+    out = make_rr().rerank_one(request(images))
+    assert out.reranked and fake.requests[0].images == 3
+    [note] = out.trace
+    assert note["event"] == "neighbor_label_only" and note["id"] == "p2" and "missing" in note["reason"]
+    assert any("image unavailable" in t for t in fake.requests[0].texts)
+
+
+def test_shared_neighbours_are_decoded_once(fake, make_rr, images):
+    rr = make_rr(cache=False)
+    rr.rerank_many([request(images, query_rgb=(i, i, i)) for i in range(4)])
+    assert rr.thumbnails.stats.decodes == 3 and rr.thumbnails.stats.hits == 9
+
+
+def test_a_batch_keeps_at_most_concurrency_requests_in_flight(fake, make_rr, images):
+    fake.latency_s = 0.1
+    rr = make_rr(cache=False, concurrency=2)
+    batch = rr.rerank_many([request(images, query_rgb=(i, 0, 0)) for i in range(6)])
+    assert batch.reranked == 6 and fake.count == 6 and fake.max_in_flight == 2
+
+
+def test_the_async_api_runs_from_any_event_loop(fake, make_rr, images):
+    rr = make_rr()
+
+    async def caller():
+        return await rr.arerank_many([request(images)])
+
+    assert asyncio.run(caller()).outcomes[0].reranked
+
+
+# ------------------------------------------------------------------ agentic mode
+
+
+@pytest.fixture
+def store(images):
+    """A real Qdrant (local mode) memory of 8 points, two per colour label, sources on disk."""
+    spec = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
+    s = open_store(":memory:", spec)
+    vecs = random_unit_vectors(8, 8, seed=1)
+    labels = [lab for lab in COLOURS for _ in range(2)]
+    sources = [str(images[lab]) if i % 2 == 0 else f"{images[lab]}.missing" for i, lab in enumerate(labels)]
+    ids = s.add(vecs, labels, sources)
+    yield s, vecs, ids, labels
+    s.close()
+
+
+def agentic_request(images, store, **kw) -> RerankRequest:
+    s, vecs, ids, labels = store
+    nbrs = s.query(vecs[0], 3)
+    req = request(images, labels=tuple(n.label for n in nbrs), colours=("red", "green", "blue"),
+                  template="agentic-v1", vector=vecs[0], vote=nbrs[0].label, **kw)
+    for r, n in zip(req.neighbors, nbrs, strict=True):
+        r.id = n.id
+    return req
+
+
+def test_agentic_mode_runs_the_tools_then_answers(fake, make_rr, images, store):
+    s, vecs, ids, labels = store
+    req = agentic_request(images, store)
+    other = next(c for c in req.scores if c != req.vote_label)
+    unseen = next(c for c in COLOURS if c not in req.scores)
+    fake.enqueue(fake.call("exemplars", label=other, n=2), fake.call("more_neighbors", k=8), fake.answer(unseen))
+    out = make_rr().rerank_one(req, store=s)
+    tools = [t["tool"] for t in out.trace]
+    assert tools == ["exemplars", "more_neighbors", "answer"]
+    ex, more, _ = out.trace
+    assert ex["returned"] == 2 and set(ex["ids"]) == {i for i, lab in zip(ids, labels, strict=True) if lab == other}
+    assert more["returned"] == 5  # 8 nearest minus the 3 already shown
+    # `unseen` was no neighbour's label: more_neighbors made it a candidate, so the answer stands
+    assert (out.label, out.reranked) == (unseen, True) and unseen in out.candidates
+    # the tool results went back to Gemini as function responses carrying the images that exist
+    second = fake.requests[1].body["contents"]
+    reply = second[-1]["parts"][0]["functionResponse"]
+    assert reply["name"] == "exemplars" and len(reply["parts"]) == ex["images"] == 1
+    assert second[-2]["role"] == "model" and "functionCall" in second[-2]["parts"][0]
+    assert fake.requests[0].function_names == ["answer", "exemplars", "more_neighbors"]
+    # every point a tool showed is cited: forgetting any of them drops the cached answer
+    rr = make_rr()
+    assert rr.invalidate([more["ids"][-1]]) == 1
+
+
+def test_the_agentic_step_budget_is_enforced(fake, make_rr, images, store):
+    s, *_ = store
+    req = agentic_request(images, store)
+    fake.enqueue(*[fake.call("more_neighbors", k=4)] * 5)
+    out = make_rr().rerank_one(req, store=s)
+    assert out.error == "StepBudgetError" and "budget of 3" in out.fallback_reason
+    assert out.label == req.vote_label and not out.reranked
+    assert fake.count == 4  # three tool rounds, then one request that may only answer
+    assert fake.requests[3].function_names == ["answer"]
+    assert fake.requests[3].body["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == ["answer"]
+    assert [t["tool"] for t in out.trace] == ["more_neighbors"] * 3
+
+
+def test_an_agentic_answer_outside_the_candidates_is_refused(fake, make_rr, images, store):
+    s, *_ = store
+    fake.enqueue(fake.call("answer", label="giraffe"))
+    out = make_rr().rerank_one(agentic_request(images, store), store=s)
+    assert out.error == "NonCandidateAnswerError"
+
+
+def test_an_exemplars_call_for_a_non_candidate_gets_an_error_reply(fake, make_rr, images, store):
+    s, *_ = store
+    fake.enqueue(fake.call("exemplars", label="giraffe"), fake.answer("red"))
+    out = make_rr().rerank_one(agentic_request(images, store), store=s)
+    assert "not a candidate" in out.trace[0]["error"]
+    assert fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]["response"]["error"]
+
+
+# ------------------------------------------------------------------ through VisualMemory
+
+
+class MeanColour(Featurizer):
+    """A stand-in encoder: the image's mean colour (enough to make colours neighbours)."""
+
+    name, dim, preprocessing = "mean-colour", 3, Preprocessing(resize=16, crop=16)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.mean(dim=(2, 3)) + 3.0  # shift off zero so cosine separates the colours
+
+
+@pytest.fixture
+def memory(images):
+    feat = MeanColour(device="cpu")
+    mem = VisualMemory(open_store(":memory:", feat.spec), feat)
+    paths = [images[c] for c in ("red", "red", "green", "blue")]
+    mem.add(paths, ["red", "red", "green", "blue"])
+    yield mem
+    mem.close()
+
+
+def test_classify_with_rerank_and_no_key_falls_back_to_the_vote(memory):
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert res.label == "red" and not res.reranked
+    assert res.fallback_reason == "no Gemini API key (set GEMINI_API_KEY or GOOGLE_API_KEY)"
+
+
+def test_classify_with_reranking_turned_off(memory):
+    memory.reranker = None
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert res.fallback_reason == "re-ranking is not configured"
+
+
+def test_classify_with_rerank_takes_gemini_label_and_forget_reaches_the_cache(fake, make_rr, memory):
+    memory.reranker = make_rr()
+    fake.enqueue(fake.answer("green"))
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True, template="neighbors-v1")
+    assert (res.label, res.reranked, res.template, res.model) == ("green", True, "neighbors-v1@1", "gemini-3.5-flash")
+    assert res.scores and next(iter(res.scores)) == "red"  # the vote is still reported
+    assert res.usage["requests"] == 1 and res.usage["images"] == 4
+    [again] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert again.usage["cached"] and fake.count == 1
+    cache = memory.reranker.cache
+    assert len(cache) == 1
+    memory.forget(ids=[res.neighbors[-1].id])
+    assert len(cache) == 0  # unlearning reached the cache
+
+
+def test_the_agentic_trace_comes_back_through_classify(fake, make_rr, memory):
+    memory.reranker = make_rr()
+    fake.enqueue(fake.call("exemplars", label="green", n=1), fake.answer("green"))
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True, template="agentic-v1")
+    assert res.label == "green" and [t["tool"] for t in res.trace] == ["exemplars", "answer"]
+    assert res.trace[0]["returned"] == 1
+
