@@ -11,10 +11,12 @@ file is embedded again. Files that fail to decode are reported, never cached.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,24 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index_path = self.dir / "index.json"
         self._feats_path = self.dir / "features.npy"
+        self._lock_path = self.dir / ".lock"
+        with self._locked():
+            self._load()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Several processes may fill one cache (a test run beside a warm-up job): one writer at a time."""
+        with open(self._lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _load(self) -> None:
         self.index: dict[str, int] = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
         self.features = (np.load(self._feats_path) if self._feats_path.exists()
-                         else np.zeros((0, featurizer.dim), np.float32))
+                         else np.zeros((0, self.featurizer.dim), np.float32))
         if len(self.features) < len(self.index):  # a torn write: keep only rows that exist
             self.index = {h: r for h, r in self.index.items() if r < len(self.features)}
 
@@ -94,8 +111,12 @@ class FeatureCache:
     def _append(self, rows: list[np.ndarray], hashes: list[str]) -> None:
         if not hashes:
             return
-        start = len(self.features)
-        self.features = np.concatenate([self.features, *rows]).astype(np.float32, copy=False)
-        for j, h in enumerate(hashes):
-            self.index.setdefault(h, start + j)
-        self._save()
+        new = np.concatenate(rows).astype(np.float32, copy=False)
+        with self._locked():
+            self._load()  # another process may have appended since we last looked
+            fresh = [j for j, h in enumerate(hashes) if h not in self.index]
+            start = len(self.features)
+            self.features = np.concatenate([self.features, new[fresh]])
+            for n, j in enumerate(fresh):
+                self.index.setdefault(hashes[j], start + n)
+            self._save()

@@ -1,0 +1,75 @@
+"""Features are computed once per file content and reused; a changed file is embedded again."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from retrieval import Featurizer, Preprocessing
+from retrieval.feature_cache import FeatureCache
+from tests.conftest import make_image
+
+
+class MeanColour(Featurizer):
+    """A 3-d 'encoder' (mean RGB) that counts how many images it embedded."""
+
+    name = "mean-colour"
+    dim = 3
+    preprocessing = Preprocessing(resize=8, crop=8, mean=(0, 0, 0), std=(1, 1, 1))
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.embedded = 0
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.embedded += len(batch)
+        return batch.mean(dim=(2, 3)) + 1e-3
+
+
+def test_cache_reuses_features_and_re_embeds_changed_files(tmp_path):
+    files = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        f = tmp_path / f"{i}.png"
+        f.write_bytes(make_image(colour, fmt="PNG"))
+        files.append(f)
+    enc = MeanColour()
+    cache_root = tmp_path / "cache"
+
+    feats, ok, failures = FeatureCache(cache_root, enc).features_for(files, num_workers=0)
+    assert ok == [0, 1, 2] and not failures and enc.embedded == 3
+    assert np.argmax(feats, axis=1).tolist() == [0, 1, 2]
+
+    # A new process (a new cache object) finds everything on disk: nothing is embedded again.
+    again, ok2, _ = FeatureCache(cache_root, enc).features_for(files, num_workers=0)
+    assert enc.embedded == 3 and ok2 == ok and np.array_equal(again, feats)
+
+    # A moved file is still a hit (keyed by content); a changed file is embedded again.
+    moved = tmp_path / "moved.png"
+    files[0].rename(moved)
+    files[1].write_bytes(make_image((255, 255, 0), fmt="PNG"))
+    after, _, _ = FeatureCache(cache_root, enc).features_for([moved, files[1]], num_workers=0)
+    assert enc.embedded == 4
+    assert np.array_equal(after[0], feats[0]) and not np.array_equal(after[1], feats[1])
+
+
+def test_failures_are_reported_and_never_cached(tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    good.write_bytes(make_image(fmt="PNG"))
+    bad.write_bytes(b"garbage")
+    enc = MeanColour()
+    feats, ok, failures = FeatureCache(tmp_path / "c", enc).features_for([bad, good], num_workers=0)
+    assert ok == [1] and feats.shape == (1, 3)
+    assert [f.index for f in failures] == [0] and "not a recognised image" in failures[0].reason
+    bad.write_bytes(make_image(fmt="PNG", color=(1, 2, 3)))  # fixed on disk: now it embeds
+    _, ok, failures = FeatureCache(tmp_path / "c", enc).features_for([bad, good], num_workers=0)
+    assert ok == [0, 1] and not failures
+
+
+def test_caches_of_different_featurizers_do_not_mix(tmp_path):
+    f = tmp_path / "x.png"
+    f.write_bytes(make_image(fmt="PNG"))
+    a, b = MeanColour(), MeanColour()
+    b.name = "mean-colour-v2"
+    FeatureCache(tmp_path / "c", a).features_for([f], num_workers=0)
+    FeatureCache(tmp_path / "c", b).features_for([f], num_workers=0)
+    assert a.embedded == 1 and b.embedded == 1
