@@ -8,6 +8,7 @@ import typer
 
 from . import memory
 from .bench import bench_app
+from .serve import serve
 
 app = typer.Typer(
     name="vmem",
@@ -20,6 +21,7 @@ app.command()(memory.build)
 app.command()(memory.classify)
 app.command()(memory.forget)
 app.command()(memory.info)
+app.command()(serve)
 app.add_typer(bench_app, name="bench")
 
 

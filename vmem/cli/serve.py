@@ -1,0 +1,56 @@
+"""`vmem serve`: the classify service (FastAPI on uvicorn) over the embedded memory or a Qdrant server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from retrieval import FeaturizerError, MemoryError
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
+                                                "[default: $VMEM_MEMORY or ./memory]")] = None,
+    qdrant_url: Annotated[str | None, typer.Option("--qdrant-url", help="serve a memory on a Qdrant server "
+                                                   "(http://host:6333) instead")] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="let anyone edit the memory (trusted networks "
+                                          "only); otherwise $VMEM_API_KEY is required")] = False,
+    env_file: Annotated[Path | None, typer.Option(help="read VMEM_* settings from this file "
+                                                  "[default: ./.env when present]")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
+    import uvicorn
+
+    from server import Settings, create_app
+    from server.app import open_memory
+
+    overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
+                                 "featurize_threads": threads, "auth_disabled": True if no_auth else None}
+    try:
+        settings = Settings(_env_file=env_file or ".env", **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise typer.BadParameter(problems) from exc
+    if settings.auth_disabled:
+        typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
+                   err=True)
+    try:
+        mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
+    except (MemoryError, FeaturizerError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        app = create_app(settings, memory=mem)
+        typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        mem.close()
