@@ -1,0 +1,194 @@
+// The vmem page: upload an image, show the prediction and the neighbours that voted, forget one.
+// Plain JS against the JSON API; every URL is relative so the page also works under a path prefix.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let currentFile = null;
+
+async function problemText(resp) {
+  // Errors are RFC 9457 problem details: show `detail`, else the title, else the status.
+  try {
+    const body = await resp.json();
+    return body.detail || body.title || `HTTP ${resp.status}`;
+  } catch {
+    return `HTTP ${resp.status}`;
+  }
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+async function loadStats() {
+  const resp = await fetch("v1/memory/stats");
+  if (!resp.ok) {
+    $("stats").textContent = `memory unavailable: ${await problemText(resp)}`;
+    return;
+  }
+  const s = await resp.json();
+  $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
+}
+
+async function loadTemplates() {
+  const resp = await fetch("v1/templates");
+  if (!resp.ok) return;
+  const body = await resp.json();
+  const select = $("template");
+  for (const t of body.templates) {
+    const opt = document.createElement("option");
+    opt.value = t.name;
+    opt.textContent = t.name + (t.name === body.default ? " (default)" : "");
+    opt.title = t.description;
+    select.appendChild(opt);
+  }
+}
+
+function queryString() {
+  const params = new URLSearchParams();
+  if ($("k").value) params.set("k", $("k").value);
+  if ($("vote").value) params.set("vote", $("vote").value);
+  if ($("rerank").checked) params.set("rerank", "true");
+  if ($("template").value) params.set("template", $("template").value);
+  return params.toString();
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  currentFile = file;
+  const preview = $("preview");
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("drop-hint").hidden = true;
+  $("classify-btn").disabled = false;
+  classify();
+}
+
+async function classify() {
+  if (!currentFile) return;
+  showError("");
+  $("classify-btn").disabled = true;
+  $("classify-btn").textContent = "Classifying…";
+  try {
+    const form = new FormData();
+    form.append("image", currentFile, currentFile.name);
+    const resp = await fetch(`v1/classify?${queryString()}`, { method: "POST", body: form });
+    if (!resp.ok) {
+      showError(await problemText(resp));
+      return;
+    }
+    render(await resp.json());
+  } catch (err) {
+    showError(`the service did not answer: ${err}`);
+  } finally {
+    $("classify-btn").disabled = false;
+    $("classify-btn").textContent = "Classify";
+  }
+}
+
+function badge(text, kind, title) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  if (kind) span.className = kind;
+  if (title) span.title = title;
+  $("badges").appendChild(span);
+}
+
+function render(result) {
+  $("answer").hidden = false;
+  $("neighbors-section").hidden = false;
+  $("prediction").textContent = result.label ?? "— (no neighbours)";
+  $("badges").replaceChildren();
+  if (result.reranked) badge(`re-ranked by ${result.model || "the VLM"}`, "good", result.template || "");
+  if (result.fallback_reason) badge(`vote used: ${result.fallback_reason}`, "warn");
+  if (result.novelty !== null) {
+    const threshold = result.ood_threshold !== null ? ` (threshold ${result.ood_threshold.toFixed(3)})` : "";
+    badge(`novelty ${result.novelty.toFixed(3)}${threshold}`, result.out_of_distribution ? "warn" : "",
+          "mean cosine distance to the k neighbours");
+  }
+  if (result.out_of_distribution) badge("out of distribution", "warn", "unlike anything the memory holds");
+  badge(`${result.vote.rule} vote, k=${result.vote.k}`, "", `settings from: ${result.vote.origin}`);
+  if (result.cached) badge("cached", "");
+
+  const scores = $("scores");
+  scores.replaceChildren();
+  for (const [label, share] of Object.entries(result.scores).slice(0, 5)) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = label;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${Math.max(1, share * 100)}%`;
+    const pct = document.createElement("span");
+    pct.textContent = `${(share * 100).toFixed(1)}%`;
+    li.append(name, bar, pct);
+    scores.appendChild(li);
+  }
+
+  const grid = $("neighbors");
+  grid.replaceChildren();
+  $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = share of the vote`;
+  for (const n of result.neighbors) grid.appendChild(card(n, result.label));
+}
+
+function card(n, predicted) {
+  const node = $("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.pointId = n.id;
+  if (n.label === predicted) node.classList.add("same");
+  const img = node.querySelector("img");
+  const missing = node.querySelector(".no-thumb");
+  img.alt = n.label;
+  img.title = n.source;
+  img.addEventListener("error", async () => {
+    img.hidden = true;
+    missing.hidden = false;
+    const resp = await fetch(n.thumbnail_url.replace(/^\//, ""));
+    missing.textContent = resp.ok ? "no thumbnail" : await problemText(resp);
+  });
+  img.src = n.thumbnail_url.replace(/^\//, "");
+  node.querySelector(".label").textContent = n.label;
+  node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
+  node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
+  node.querySelector(".forget").addEventListener("click", () => forget(n, node));
+  return node;
+}
+
+async function forget(n, node) {
+  const key = $("api-key").value.trim();
+  if (!key) {
+    $("key-box").open = true;
+    $("api-key").focus();
+    showError("enter the API key to forget a memory point");
+    return;
+  }
+  sessionStorage.setItem("vmem-api-key", key);
+  const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}`, {
+    method: "DELETE", headers: { "X-API-Key": key },
+  });
+  if (!resp.ok) {
+    showError(`could not forget ${n.label}: ${await problemText(resp)}`);
+    return;
+  }
+  node.remove();
+  await loadStats();
+  await classify(); // the answer without that point
+}
+
+function init() {
+  $("api-key").value = sessionStorage.getItem("vmem-api-key") || "";
+  $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    chooseFile(e.dataTransfer.files[0]);
+  });
+  $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
+  for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
+  loadStats();
+  loadTemplates();
+}
+
+document.addEventListener("DOMContentLoaded", init);
