@@ -66,6 +66,7 @@ class ThumbnailCache:
         self._items: OrderedDict[tuple, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._decoding: dict[tuple, threading.Lock] = {}  # one decoder per key; concurrent askers wait for it
         self.stats = ThumbStats()
 
     def get(self, source: str) -> bytes:
@@ -82,27 +83,39 @@ class ThumbnailCache:
                 self.stats.failures += 1
             raise ThumbnailError(f"image file missing ({exc.strerror or 'not found'})") from exc
         key = (str(path), st.st_mtime_ns, st.st_size, self.longest_side, self.quality)
+        data = self._lookup(key)
+        if data is not None:
+            return data
+        with self._lock:
+            key_lock = self._decoding.setdefault(key, threading.Lock())
+        with key_lock:
+            data = self._lookup(key)  # decoded by another thread while this one waited
+            if data is not None:
+                return data
+            try:
+                data = encode_jpeg(load_image(path), self.longest_side, self.quality)
+            except ImageDecodeError as exc:
+                with self._lock:
+                    self.stats.failures += 1
+                    self._decoding.pop(key, None)
+                raise ThumbnailError(f"image not decodable ({exc})") from exc
+            with self._lock:  # stored before the key's lock is dropped, so no one decodes it twice
+                self.stats.decodes += 1
+                self._items[key] = data
+                self._bytes += len(data)
+                while self._bytes > self.max_bytes and self._items:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= len(old)
+                self._decoding.pop(key, None)
+        return data
+
+    def _lookup(self, key: tuple) -> bytes | None:
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
                 self.stats.hits += 1
-                return data
-        try:
-            data = encode_jpeg(load_image(path), self.longest_side, self.quality)
-        except ImageDecodeError as exc:
-            with self._lock:
-                self.stats.failures += 1
-            raise ThumbnailError(f"image not decodable ({exc})") from exc
-        with self._lock:
-            self.stats.decodes += 1
-            if key not in self._items:
-                self._items[key] = data
-                self._bytes += len(data)
-            while self._bytes > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= len(old)
-        return data
+            return data
 
     def clear(self) -> None:
         with self._lock:
