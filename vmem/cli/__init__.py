@@ -6,7 +6,8 @@ import logging
 
 import typer
 
-from . import memory
+from . import eval as eval_cmd
+from . import experiment, memory, prune
 from .bench import bench_app
 from .serve import serve
 
@@ -23,6 +24,9 @@ app.command()(memory.forget)
 app.command()(memory.info)
 app.command()(serve)
 app.add_typer(bench_app, name="bench")
+app.command(name="eval")(eval_cmd.eval)
+app.command()(prune.prune)
+app.command()(experiment.experiment)
 
 
 @app.callback()

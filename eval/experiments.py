@@ -1,0 +1,428 @@
+"""The reference paper's analyses, runnable on your own data (Geirhos et al. 2025, sections 3-4).
+
+Each experiment takes a memory and queries as arrays (cached features + labels) and uses exact search,
+so it runs in seconds to minutes and does not depend on index recall. `unlearning` alone goes through
+a real Qdrant memory, because what it shows is that deleted points never come back from a search.
+
+    scaling         accuracy as the memory grows (1, 2, 5, 10, ... exemplars per class); log-log fit of error
+    corruption      x% of memory labels replaced by random ones
+    ood-classes     add classes the memory never had: old-class accuracy before/after, new-class accuracy
+    granularity     leave classes out, then add their exemplars back one by one (k = 1)
+    pruning         hard and soft pruning against none (counts from the memory queried against itself)
+    unlearning      forget a class and a random sample of points; no result cites them afterwards
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval import DEFAULT_ALPHA, VoteRule
+
+from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
+from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, truth_arrays
+
+RULES = tuple(r.value for r in VoteRule)
+
+
+@dataclass
+class LabelledArrays:
+    """Features with one label each (a memory, or queries)."""
+
+    features: np.ndarray
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> LabelledArrays:
+        idx = np.asarray(idx, dtype=np.int64)
+        return LabelledArrays(self.features[idx], [self.labels[i] for i in idx])
+
+    def where(self, keep: Callable[[str], bool]) -> LabelledArrays:
+        return self.take([i for i, lab in enumerate(self.labels) if keep(lab)])
+
+
+class ExperimentResult(BaseModel):
+    name: str
+    params: dict[str, Any]
+    rows: list[dict[str, Any]] = Field(description="one row per setting, accuracies as fractions")
+    fit: dict[str, Any] | None = None
+    summary: str = ""
+    seconds: float = 0.0
+
+
+def _classes(*sets: LabelledArrays) -> list[str]:
+    return sorted({lab for s in sets for lab in s.labels})
+
+
+def _table(memory: LabelledArrays, queries: LabelledArrays, classes: list[str], k: int,
+           reliability: np.ndarray | None = None) -> tuple[NeighborTable, np.ndarray]:
+    pos = {c: i for i, c in enumerate(classes)}
+    idx, sims = exact_search(queries.features, memory.features, k)
+    mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
+    valid = idx >= 0
+    label_ids = np.where(valid, mem_ids[np.where(valid, idx, 0)], -1)
+    rel = None if reliability is None else np.where(valid, reliability[np.where(valid, idx, 0)], 0.0)
+    return NeighborTable(label_ids, sims, classes, rel), idx
+
+
+def _score(memory: LabelledArrays, queries: LabelledArrays, k: int = K_MAX, alpha: float = DEFAULT_ALPHA,
+           reliability: np.ndarray | None = None) -> Scores:
+    classes = _classes(memory, queries)
+    table, _ = _table(memory, queries, classes, min(k, len(memory)), reliability)
+    truth, _ = truth_arrays([(lab,) for lab in queries.labels], classes)
+    return score(table, truth, alpha=alpha)
+
+
+def _row(s: Scores, ks: Sequence[int]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for rule, curve in s.accuracy.items():
+        for k in ks:
+            if k <= len(curve):
+                row[f"{rule}@{k}"] = curve[k - 1]
+        row[f"{rule}_best"] = s.best[rule].best_accuracy
+        row[f"{rule}_best_k"] = s.best[rule].best_k
+    return row
+
+
+def _per_class_order(labels: list[str], seed: int) -> dict[str, list[int]]:
+    """Each class's rows in a seeded random order (prefixes give nested subsets)."""
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by.setdefault(lab, []).append(i)
+    return {lab: [rows[j] for j in rng.permutation(len(rows))] for lab, rows in sorted(by.items())}
+
+
+# ---------------------------------------------------------------------------------------------- scaling
+
+
+def scaling(memory: LabelledArrays, queries: LabelledArrays, per_class: Sequence[int] = (1, 2, 5, 10, 20, 50, 100),
+            ks: Sequence[int] = (1, 10, 50, 100), seed: int = 0) -> ExperimentResult:
+    """Accuracy against memory size (n exemplars per class, nested subsets), with a log-log fit of error."""
+    t0 = time.perf_counter()
+    order = _per_class_order(memory.labels, seed)
+    most = max(len(v) for v in order.values())
+    rows = []
+    for n in sorted({min(n, most) for n in per_class}):
+        idx = [i for rows_ in order.values() for i in rows_[:n]]
+        s = _score(memory.take(idx), queries)
+        rows.append({"per_class": n, "memory_size": len(idx), **_row(s, ks)})
+    fit: dict[str, Any] = {}
+    for rule in RULES:
+        sizes = np.array([r["memory_size"] for r in rows], dtype=np.float64)
+        err = np.array([1.0 - r[f"{rule}_best"] for r in rows])
+        ok = err > 0
+        if ok.sum() >= 2:
+            slope, icpt = np.polyfit(np.log10(sizes[ok]), np.log10(100 * err[ok]), 1)
+            fit[rule] = {"form": "log10(err%) = a*log10(n) + b", "a": float(slope), "b": float(icpt)}
+            big = ok & (sizes > 10)
+            if big.sum() >= 2:  # the paper's form, in log10(log10(n))
+                a2, b2 = np.polyfit(np.log10(np.log10(sizes[big])), np.log10(100 * err[big]), 1)
+                fit[rule]["paper_form"] = {"form": "log10(err%) = a*log10(log10(n)) + b",
+                                           "a": float(a2), "b": float(b2)}
+    r = fit.get("rank", {})
+    summary = (f"rank voting: error falls as memory^{r['a']:.3f} (log-log slope) from {rows[0]['memory_size']} "
+               f"to {rows[-1]['memory_size']} points" if r else "")
+    return ExperimentResult(name="scaling", params={"per_class": list(per_class), "ks": list(ks), "seed": seed},
+                            rows=rows, fit=fit, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- corruption
+
+
+def corruption(memory: LabelledArrays, queries: LabelledArrays,
+               fractions: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+               ks: Sequence[int] = (1, 10, 50, 100), seed: int = 0) -> ExperimentResult:
+    """Replace a fraction of memory labels by labels drawn uniformly from all classes (some stay right by chance).
+
+    The neighbours do not depend on labels, so one search serves every fraction.
+    """
+    t0 = time.perf_counter()
+    classes = _classes(memory, queries)
+    pos = {c: i for i, c in enumerate(classes)}
+    table, idx = _table(memory, queries, classes, min(K_MAX, len(memory)))
+    truth, _ = truth_arrays([(lab,) for lab in queries.labels], classes)
+    clean = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
+    mem_classes = np.unique(clean)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(memory))  # nested: the first x% of this order are corrupted
+    random_labels = rng.choice(mem_classes, size=len(memory))
+    rows = []
+    for frac in fractions:
+        noisy = clean.copy()
+        chosen = perm[: round(frac * len(memory))]
+        noisy[chosen] = random_labels[chosen]
+        label_ids = np.where(idx >= 0, noisy[np.maximum(idx, 0)], -1)
+        s = score(NeighborTable(label_ids, table.similarities, classes), truth)
+        rows.append({"fraction": frac, "wrong_labels": float(np.mean(noisy != clean)), **_row(s, ks)})
+    best = max(rows, key=lambda r: r["rank_best"] if r["fraction"] >= 0.6 else -1)
+    summary = (f"rank voting, best k: {100 * rows[0]['rank_best']:.1f}% clean, "
+               f"{100 * best['rank_best']:.1f}% with {100 * best['fraction']:.0f}% random labels; "
+               f"1-NN: {100 * rows[0]['rank@1']:.1f}% -> {100 * best['rank@1']:.1f}%")
+    return ExperimentResult(name="corruption", params={"fractions": list(fractions), "ks": list(ks), "seed": seed},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- new classes
+
+
+def _split_classes(labels: list[str], n: int, seed: int) -> tuple[set[str], set[str]]:
+    classes = sorted(set(labels))
+    if not 0 < n < len(classes):
+        raise ValueError(f"choose between 1 and {len(classes) - 1} classes to hold out (got {n})")
+    chosen = set(np.random.default_rng(seed).choice(classes, size=n, replace=False).tolist())
+    return set(classes) - chosen, chosen
+
+
+def ood_classes(memory: LabelledArrays, queries: LabelledArrays, new_classes: int = 20, k: int = 50,
+                seed: int = 0) -> ExperimentResult:
+    """Add `new_classes` classes the memory never had: do the old classes suffer, are the new ones learnt?"""
+    t0 = time.perf_counter()
+    old, new = _split_classes(memory.labels, new_classes, seed)
+    mem_old = memory.where(lambda lab: lab in old)
+    q_old, q_new = queries.where(lambda lab: lab in old), queries.where(lambda lab: lab in new)
+    before = _score(mem_old, q_old)
+    after_old = _score(memory, q_old)
+    after_new = _score(memory, q_new)
+    rows = []
+    for rule in RULES:
+        rows.append({"rule": rule, "k": k, "old_before": before.accuracy[rule][k - 1],
+                     "old_after": after_old.accuracy[rule][k - 1], "new_after": after_new.accuracy[rule][k - 1],
+                     "old_change": after_old.accuracy[rule][k - 1] - before.accuracy[rule][k - 1]})
+    r = next(x for x in rows if x["rule"] == "rank")
+    summary = (f"{len(new)} new classes added to {len(old)}: old-class accuracy {100 * r['old_before']:.2f}% -> "
+               f"{100 * r['old_after']:.2f}% (rank, k={k}); new classes {100 * r['new_after']:.2f}%")
+    return ExperimentResult(name="ood-classes", params={"new_classes": sorted(new), "k": k, "seed": seed},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- granularity
+
+
+def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int = 20,
+                exemplars: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100), seed: int = 0,
+                names: dict[str, str] | None = None) -> ExperimentResult:
+    """Leave classes out, then add n exemplars of each back; 1-NN accuracy on them and on the rest.
+
+    With zero exemplars a held-out class cannot be named; `confused_with` shows where its queries go
+    (the paper reads this at genus level on iNaturalist).
+    """
+    t0 = time.perf_counter()
+    kept, out = _split_classes(memory.labels, held_out, seed)
+    base = memory.where(lambda lab: lab in kept)
+    order = _per_class_order(memory.labels, seed)
+    q_lab = np.array(queries.labels)
+    is_out = np.isin(q_lab, sorted(out))
+    # 1-NN among the kept classes, once.
+    b_idx, b_sim = exact_search(queries.features, base.features, 1)
+    base_label = np.array(base.labels)[b_idx[:, 0]]
+    base_sim = b_sim[:, 0]
+    # Similarity to every held-out exemplar, columns in each class's exemplar order.
+    cols = {c: order[c] for c in sorted(out)}
+    rows = []
+    zero_confusion: dict[str, int] = {}
+    for n in exemplars:
+        idx = [i for c in sorted(out) for i in cols[c][:n]]
+        if idx:
+            sims = queries.features @ memory.features[idx].T
+            j = sims.argmax(axis=1)
+            best_new = sims[np.arange(len(q_lab)), j]
+            new_label = np.array([memory.labels[i] for i in idx])[j]
+            pred = np.where(best_new > base_sim, new_label, base_label)
+        else:
+            pred = base_label
+        rows.append({"exemplars": n, "held_out_accuracy": float(np.mean(pred[is_out] == q_lab[is_out])),
+                     "kept_accuracy": float(np.mean(pred[~is_out] == q_lab[~is_out])),
+                     "kept_taken_by_new": float(np.mean(np.isin(pred[~is_out], sorted(out))))})
+        if n == 0:
+            for lab in pred[is_out]:
+                zero_confusion[str(lab)] = zero_confusion.get(str(lab), 0) + 1
+    top = sorted(zero_confusion.items(), key=lambda kv: -kv[1])[:10]
+    confused = [{"label": lab, "name": (names or {}).get(lab), "queries": c} for lab, c in top]
+    first = next((r for r in rows if r["exemplars"] > 0), rows[0])
+    summary = (f"{len(out)} held-out classes, 1-NN: {100 * first['held_out_accuracy']:.1f}% with "
+               f"{first['exemplars']} exemplar(s), {100 * rows[-1]['held_out_accuracy']:.1f}% with "
+               f"{rows[-1]['exemplars']}; kept classes {100 * rows[0]['kept_accuracy']:.1f}% -> "
+               f"{100 * rows[-1]['kept_accuracy']:.1f}%")
+    return ExperimentResult(name="granularity", params={"held_out": sorted(out), "k": 1, "seed": seed,
+                                                        "confused_with_at_zero": confused},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- pruning
+
+
+def pruning(memory: LabelledArrays, queries: LabelledArrays, thresholds: Sequence[int] = (128, 64, 32, 16),
+            k: int = K_MAX, ks: Sequence[int] = (10, 50, 100), blame: str = "all") -> ExperimentResult:
+    """No pruning, hard pruning at each threshold, soft pruning: all rules, on the same queries."""
+    t0 = time.perf_counter()
+    counts, wrong = wrong_decision_counts(memory.features, memory.labels, k, blame=blame)  # type: ignore[arg-type]
+    rows = [{"variant": "none", "points": len(memory), **_row(_score(memory, queries), ks)}]
+    for t in thresholds:
+        keep = counts < t
+        rows.append({"variant": f"hard>={t}", "points": int(keep.sum()),
+                     **_row(_score(memory.take(np.flatnonzero(keep)), queries), ks)})
+    soft = _score(memory, queries, reliability=soft_factors(counts))
+    soft_row = {key: v for key, v in _row(soft, ks).items() if "+soft" in key}
+    rows.append({"variant": f"soft {SOFT_GAMMA}/(1+count)", "points": len(memory),
+                 **{key.replace("+soft", ""): v for key, v in soft_row.items()}})
+    none, s = rows[0], rows[-1]
+    summary = (f"{int(wrong.sum())} of {len(memory)} points misclassified leave-one-out; count max {counts.max()}; "
+               f"rank best: none {100 * none['rank_best']:.2f}%, soft {100 * s['rank_best']:.2f}%, "
+               + ", ".join(f"{r['variant']} ({len(memory) - r['points']} out) {100 * r['rank_best']:.2f}%"
+                           for r in rows[1:-1]))
+    hist = np.bincount(np.minimum(counts, 256))
+    return ExperimentResult(name="pruning", params={"k": k, "thresholds": list(thresholds), "blame": blame,
+                                                    "count_histogram_capped_256": hist.tolist()},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- unlearning
+
+
+def unlearning(memory: LabelledArrays, queries: LabelledArrays, forget_fraction: float = 0.01, k: int = 50,
+               query_limit: int = 1000, seed: int = 0) -> ExperimentResult:
+    """Build a real memory, forget one class and a random sample of points, and check every result.
+
+    Through `VisualMemory` on an embedded Qdrant Edge store: accuracy before/after on the remaining
+    classes, that no neighbour of any result is a forgotten point, and the time per deletion.
+    """
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+    from vmem import VisualMemory
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(memory.labels))
+    gone_class = classes[int(rng.integers(len(classes)))]
+    spec = FeaturizerSpec(name="precomputed", dim=memory.features.shape[1],
+                          preprocessing=Preprocessing(resize=0, crop=0))
+    q_idx = np.sort(rng.choice(len(queries), size=min(query_limit, len(queries)), replace=False))
+    q = queries.take(q_idx)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"{tmp}/memory", spec)
+        ids = []
+        for s in range(0, len(memory), 2048):
+            ids += store.add(memory.features[s : s + 2048], memory.labels[s : s + 2048],
+                             [f"mem:{i}" for i in range(s, min(s + 2048, len(memory)))])
+        store.optimize()
+        mem = VisualMemory(store, reranker=None)
+        settings = mem.vote_settings("rank", k)
+        before = mem.classify_vectors(q.features, settings)
+        sample = [ids[i] for i in rng.choice(len(ids), size=max(1, round(forget_fraction * len(ids))), replace=False)
+                  if memory.labels[i] != gone_class]
+        t_del = time.perf_counter()
+        n_class = mem.forget(label=gone_class)
+        t_mid = time.perf_counter()
+        n_sample = mem.forget(ids=sample)
+        t_end = time.perf_counter()
+        forgotten = set(sample) | {ids[i] for i, lab in enumerate(memory.labels) if lab == gone_class}
+        after = mem.classify_vectors(q.features, settings)
+        remaining_points = store.count()
+        mem.close()
+    cited = sum(nb.id in forgotten for r in after for nb in r.neighbors)
+    cited_before = sum(nb.id in forgotten for r in before for nb in r.neighbors)
+    rest = [i for i, lab in enumerate(q.labels) if lab != gone_class]
+    of_class = [i for i, lab in enumerate(q.labels) if lab == gone_class]
+
+    def acc(results: list, rows: list[int]) -> float | None:
+        return float(np.mean([results[i].label == q.labels[i] for i in rows])) if rows else None
+
+    rows = [{"forgot_class": gone_class, "class_points": n_class, "sample_points": n_sample,
+             "remaining_points": remaining_points, "queries": len(q),
+             "citations_of_forgotten_before": cited_before, "citations_of_forgotten_after": cited,
+             "rest_accuracy_before": acc(before, rest), "rest_accuracy_after": acc(after, rest),
+             "class_accuracy_before": acc(before, of_class), "class_accuracy_after": acc(after, of_class),
+             "forget_class_ms": round(1000 * (t_mid - t_del), 2),
+             "forget_sample_ms_per_point": round(1000 * (t_end - t_mid) / max(1, n_sample), 3)}]
+    r = rows[0]
+    summary = (f"forgot class {gone_class} ({n_class} points) and {n_sample} random points: "
+               f"{cited} citations of forgotten points in {len(q)} results (was {cited_before}); "
+               f"other classes {100 * (r['rest_accuracy_before'] or 0):.2f}% -> "
+               f"{100 * (r['rest_accuracy_after'] or 0):.2f}% (rank, k={k}); "
+               f"{r['forget_sample_ms_per_point']} ms per forgotten point")
+    return ExperimentResult(name="unlearning", params={"forget_fraction": forget_fraction, "k": k,
+                                                       "query_limit": query_limit, "seed": seed},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
+EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
+    "scaling": scaling,
+    "corruption": corruption,
+    "ood-classes": ood_classes,
+    "granularity": granularity,
+    "pruning": pruning,
+    "unlearning": unlearning,
+}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+_PERCENT_MARKS = ("@", "accuracy", "_best", "old_", "new_", "wrong_labels", "taken_by")
+
+
+def _fmt(key: str, v: Any) -> str:
+    if isinstance(v, float) and any(m in key for m in _PERCENT_MARKS) and not key.endswith("_best_k"):
+        return f"{100 * v:.2f}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def markdown(result: ExperimentResult, columns: Sequence[str] | None = None) -> str:
+    """The result's rows as a Markdown table (accuracies in %), with its summary and fit."""
+    cols = list(columns or [c for c in result.rows[0] if not c.endswith("_best_k")])
+    lines = [f"## {result.name}", "", result.summary, "", "| " + " | ".join(cols) + " |",
+             "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for r in result.rows]
+    if result.fit:
+        lines += ["", "Fits of error against memory size n:", ""]
+        for rule, f in result.fit.items():
+            lines.append(f"- {rule}: {f['form']}, a = {f['a']:.4f}, b = {f['b']:.4f}"
+                         + (f"; {f['paper_form']['form']}, a = {f['paper_form']['a']:.4f}, "
+                            f"b = {f['paper_form']['b']:.4f}" if "paper_form" in f else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """`<name>.json`, `<name>.csv`, `<name>.md` and, where it has one, `<name>.png`."""
+    from .plots import plot_curves
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / result.name
+    written = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    written[0].write_text(result.model_dump_json(indent=1))
+    with written[1].open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(result.rows[0]))
+        w.writeheader()
+        w.writerows(result.rows)
+    written[2].write_text(markdown(result))
+    rows = result.rows
+    png = stem.with_suffix(".png")
+    if plots and result.name == "scaling":
+        written.append(plot_curves([r["memory_size"] for r in rows],
+                                   {rule: [100 * (1 - r[f"{rule}_best"]) for r in rows] for rule in RULES},
+                                   png, "memory size (points)", "top-1 error (%), best k", "error against memory size",
+                                   logx=True, logy=True))
+    elif plots and result.name == "corruption":
+        curves = {f"{rule} (best k)": [100 * r[f"{rule}_best"] for r in rows] for rule in RULES}
+        curves["1-NN"] = [100 * r["rank@1"] for r in rows]
+        written.append(plot_curves([100 * r["fraction"] for r in rows], curves, png,
+                                   "memory labels replaced at random (%)", "top-1 accuracy (%)", "label corruption"))
+    elif plots and result.name == "granularity":
+        written.append(plot_curves([r["exemplars"] for r in rows],
+                                   {"held-out classes": [100 * r["held_out_accuracy"] for r in rows],
+                                    "kept classes": [100 * r["kept_accuracy"] for r in rows]},
+                                   png, "exemplars per held-out class in memory", "1-NN accuracy (%)",
+                                   "leave-class-out granularity"))
+    return written

@@ -1,0 +1,126 @@
+"""Re-rank evaluation: the VLM re-ranker against rank voting on the same fixed sample of queries.
+
+Goes through the public path (`VisualMemory.classify(..., rerank=True)`), in chunks; the re-ranker runs
+each chunk's requests concurrently (its own `concurrency` setting). Reports re-rank accuracy, the
+fallback rate and its reasons, tokens, and a cost estimate when prices are given.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from retrieval import VoteRule
+
+from .datasets import EvalImage
+
+TOKEN_KEYS = ("requests", "prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens", "images")
+
+
+class RerankReport(BaseModel):
+    queries: int
+    seed: int
+    k: int
+    template: str | None
+    model: str | None = None
+    rank_accuracy: float = Field(description="rank voting at k on the same sample")
+    rerank_accuracy: float = Field(description="final answers with re-ranking (fallbacks answer with the vote)")
+    reranked: int = Field(description="answers that came from the re-ranker")
+    reranked_accuracy: float | None = Field(None, description="accuracy on the re-ranked answers only")
+    fallback_rate: float
+    fallback_reasons: dict[str, int]
+    changed: int = Field(description="answers that differ from the vote")
+    fixed: int = Field(description="vote wrong, re-ranker right")
+    broken: int = Field(description="vote right, re-ranker wrong")
+    usage: dict[str, int]
+    cached: int = 0
+    estimated_cost_usd: float | None = Field(None, description="from --price-in/--price-out (USD per 1M tokens)")
+    seconds: float
+    failed: list[str] = Field(default_factory=list)
+
+
+def fixed_sample(items: Sequence[EvalImage], limit: int | None, seed: int = 0) -> list[EvalImage]:
+    """The same `limit` queries on every run (sorted, then seeded)."""
+    items = sorted(items, key=lambda it: it.source)
+    if limit is None or limit >= len(items):
+        return items
+    return sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
+
+
+def evaluate_rerank(
+    memory: Any,
+    items: Sequence[EvalImage],
+    k: int = 50,
+    template: str | None = None,
+    labels: Sequence[str] | None = None,
+    chunk: int = 32,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    seed: int = 0,
+) -> RerankReport:
+    """Classify `items` with and without re-ranking and compare.
+
+    Args:
+        memory: a `vmem.VisualMemory`.
+        items: the (already sampled) queries.
+        k: neighbours voting and shown to the re-ranker.
+        template: prompt template name.
+        labels: restrict neighbours to these labels (ImageNet-A/-R protocol).
+        price_in, price_out: USD per million prompt / output tokens (thinking billed as output).
+    """
+    t0 = time.perf_counter()
+    votes, finals, failed = [], [], []
+    with tqdm(total=len(items), desc="rerank", unit="q", file=sys.stderr, disable=None) as bar:
+        for start in range(0, len(items), chunk):
+            part = list(items[start : start + chunk])
+            res, bad = memory.classify_many([it.source for it in part], k=k, rule=VoteRule.rank, labels=labels,
+                                            rerank=True, template=template)
+            failed += [f.source for f in bad]
+            by_src = {r.source: r for r in res}
+            for it in part:
+                r = by_src.get(it.source)
+                if r is None:
+                    continue
+                # The vote is the first label of the vote scores; the final label may be the re-ranker's.
+                vote_label = next(iter(r.scores), None)
+                votes.append((it, vote_label))
+                finals.append((it, r))
+            bar.update(len(part))
+    n = len(finals)
+    right_vote = [v in it.correct_labels for it, v in votes]
+    right_final = [r.label in it.correct_labels for it, r in finals]
+    reranked = [r.reranked for _, r in finals]
+    reasons = Counter(r.fallback_reason or "unknown" for _, r in finals if not r.reranked)
+    usage: Counter[str] = Counter()
+    cached = 0
+    for _, r in finals:
+        u = r.usage or {}
+        usage.update({key: int(u.get(key, 0) or 0) for key in TOKEN_KEYS})
+        cached += bool(u.get("cached"))
+    cost = None
+    if price_in is not None and price_out is not None:
+        cost = (usage["prompt_tokens"] * price_in
+                + (usage["output_tokens"] + usage["thinking_tokens"]) * price_out) / 1e6
+    n_rr = sum(reranked)
+    model = next((r.model for _, r in finals if r.model), None)
+    return RerankReport(
+        queries=n, seed=seed, k=k, template=template, model=model,
+        rank_accuracy=sum(right_vote) / n if n else 0.0,
+        rerank_accuracy=sum(right_final) / n if n else 0.0,
+        reranked=n_rr,
+        reranked_accuracy=(sum(f for f, rr in zip(right_final, reranked, strict=True) if rr) / n_rr) if n_rr else None,
+        fallback_rate=(n - n_rr) / n if n else 0.0,
+        fallback_reasons=dict(reasons.most_common()),
+        changed=sum(r.label != v for (_, r), (_, v) in zip(finals, votes, strict=True)),
+        fixed=sum(f and not v for f, v in zip(right_final, right_vote, strict=True)),
+        broken=sum(v and not f for f, v in zip(right_final, right_vote, strict=True)),
+        usage=dict(usage), cached=cached, estimated_cost_usd=cost,
+        seconds=round(time.perf_counter() - t0, 2), failed=failed,
+    )

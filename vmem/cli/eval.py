@@ -1,0 +1,154 @@
+"""`vmem eval`: score a memory on a labelled dataset, every voting rule at every k (optionally with re-ranking)."""
+
+from __future__ import annotations
+
+import random
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, DatasetError, FeaturizerError, MemoryStore, load_featurizer
+
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+
+
+class SearchMode(StrEnum):
+    auto = "auto"
+    exact = "exact"
+    index = "index"
+
+
+def _fail(exc: Exception, hint: str | None = None) -> typer.BadParameter:
+    return typer.BadParameter(str(exc), param_hint=hint)
+
+
+def eval(
+    dataset: Annotated[Path, typer.Option("--dataset", "-d", help="the evaluation set (folder, or .csv)")],
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="imagefolder | imagenet-val | imagenet-v2 | imagenet-a | imagenet-r | "
+        "imagenet-sketch | real | csv")] = "imagefolder",
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for results.json, CSVs, table.md, plots")] = Path(
+        "eval-results"),
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    memory_dataset: Annotated[Path | None, typer.Option(
+        help="use a labelled dataset's cached features as the memory instead of a built one")] = None,
+    memory_format: Annotated[str, typer.Option(help="layout of --memory-dataset")] = "imagefolder",
+    featurizer: Annotated[str | None, typer.Option(help="encoder for --memory-dataset")] = None,
+    classes: Annotated[Path | None, typer.Option(
+        help="wnid-to-name file (classes.tsv, LOC_synset_mapping.txt)")] = None,
+    labels_file: Annotated[Path | None, typer.Option(
+        help="imagenet-val: LOC_val_solution.csv or the devkit ground truth; real: real.json")] = None,
+    devkit_synsets: Annotated[Path | None, typer.Option(help="imagenet-val devkit meta.mat (or wnid per line)")] = None,
+    k_max: Annotated[int, typer.Option(
+        min=1, max=1000, help="neighbours searched; every k up to this is scored")] = 100,
+    alpha: Annotated[float, typer.Option(help="rank voting offset")] = DEFAULT_ALPHA,
+    tau: Annotated[float, typer.Option(help="softmax temperature")] = DEFAULT_TAU,
+    search: Annotated[SearchMode, typer.Option(
+        help="exact (vectors in RAM), index (Qdrant), or auto (exact when the memory fits)")] = SearchMode.auto,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="evaluate a fixed random sample of this many queries")] = None,
+    seed: Annotated[int, typer.Option(help="seed of --limit's sample")] = 0,
+    rerank: Annotated[bool, typer.Option(
+        help="also re-rank the sample with the VLM and compare with rank voting")] = False,
+    template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
+    rerank_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours shown to the re-ranker")] = 50,
+    price_in: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens, for the cost estimate")] = None,
+    price_out: Annotated[float | None, typer.Option(help="USD per 1M output tokens, for the cost estimate")] = None,
+    cache: Annotated[Path | None, typer.Option(help="feature cache (default $VMEM_FEATURE_CACHE or "
+                                                    "$VMEM_HOME/features)")] = None,
+    plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
+) -> None:
+    """Score a memory on a dataset: all voting rules at every k, hit rate, calibration (resumable)."""
+    from eval.datasets import RESTRICTED_FORMATS, DatasetFormat, align_labels, read_classes_file, read_dataset
+    from eval.harness import (
+        MAX_EXACT_BYTES,
+        MemoryArrays,
+        RunInfo,
+        default_cache_dir,
+        evaluate,
+        memory_from_dataset,
+        query_set,
+        write_report,
+    )
+    from eval.rerank_eval import evaluate_rerank
+
+    try:
+        fmt = DatasetFormat(format)
+    except ValueError as exc:
+        raise _fail(exc, "--format") from exc
+    cache_root = cache or default_cache_dir()
+    try:
+        ds = read_dataset(dataset, fmt, labels_file, devkit_synsets)
+        names = read_classes_file(classes) if classes else None
+    except (DatasetError, OSError) as exc:
+        raise _fail(exc, "--dataset") from exc
+    t_start = time.perf_counter()
+    mem = None
+    if memory_dataset is not None:
+        if rerank:
+            raise typer.BadParameter("--rerank needs a built memory (--memory), not --memory-dataset")
+        if featurizer is None:
+            raise typer.BadParameter("--memory-dataset needs --featurizer")
+        try:
+            feat = load_featurizer(featurizer)
+            mem_ds = read_dataset(memory_dataset, memory_format)
+        except (FeaturizerError, DatasetError, OSError) as exc:
+            raise _fail(exc) from exc
+        memory_obj: MemoryArrays | MemoryStore = memory_from_dataset(mem_ds, feat, cache_root)
+        memory_name, memory_labels = str(memory_dataset), memory_obj.labels
+        search_used = "exact"
+    else:
+        mem = open_memory(memory, qdrant_url)
+        feat = mem.featurizer
+        store = mem.store
+        memory_name = store.location
+        fits = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
+        if search is SearchMode.exact or (search is SearchMode.auto and fits):
+            memory_obj = MemoryArrays.from_store(store)
+            memory_labels = memory_obj.labels
+            search_used = "exact"
+        else:
+            memory_obj = store
+            memory_labels = list(store.label_counts())
+            search_used = "index"
+    ds = align_labels(ds, memory_labels, names)
+    items = ds.items
+    if limit is not None and limit < len(items):
+        items = sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
+        ds.items = items
+    t_feat = time.perf_counter()
+    queries = query_set(ds, feat, cache_root)
+    t_search = time.perf_counter()
+    restrict = ds.classes if fmt in RESTRICTED_FORMATS else None
+    run = RunInfo(dataset=str(dataset), format=fmt.value, queries=len(queries.sources),
+                  failed_queries=len(queries.failed), skipped_queries=len(ds.skipped), memory=memory_name,
+                  memory_points=len(memory_labels), featurizer=feat.name, search=search_used, k_max=k_max,
+                  alpha=alpha, tau=tau)
+    run.seconds["features"] = round(t_search - t_feat, 3)
+    report = evaluate(memory_obj, queries, run, restrict_to=restrict)
+    if rerank:
+        assert mem is not None
+        embedded = set(queries.sources)
+        sample = [it for it in ds.items if it.source in embedded]
+        rr = evaluate_rerank(mem, sample, k=rerank_k, template=template, labels=restrict,
+                             price_in=price_in, price_out=price_out, seed=seed)
+        report.rerank = rr.model_dump(mode="json")
+    run.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    written = write_report(report, out, plots=plots)
+    if mem is not None:
+        mem.close()
+    typer.echo((out / "table.md").read_text())
+    if report.rerank:
+        r = report.rerank
+        typer.echo(f"re-rank on {r['queries']} queries (k={r['k']}, template {r['template']}): "
+                   f"{100 * r['rerank_accuracy']:.2f}% vs rank voting {100 * r['rank_accuracy']:.2f}%; "
+                   f"fallback rate {100 * r['fallback_rate']:.1f}% {r['fallback_reasons']}; "
+                   f"tokens {r['usage'].get('total_tokens', 0)}"
+                   + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
+    for f in queries.failed[:20]:
+        typer.echo(f"skipped {f}: does not decode", err=True)
+    typer.echo(f"wrote {len(written)} files to {out}", err=True)

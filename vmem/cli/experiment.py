@@ -1,0 +1,97 @@
+"""`vmem experiment NAME`: the reference paper's analyses on your own memory and queries."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrieval import DatasetError, FeaturizerError, load_featurizer
+
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+
+NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def experiment(
+    name: Annotated[str, typer.Argument(help=NAMES)],
+    queries: Annotated[Path, typer.Option("--queries", "-q", help="labelled query set (e.g. a val folder)")],
+    queries_format: Annotated[str, typer.Option(help="layout of --queries (see vmem eval --format)")] = "imagefolder",
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    memory_dataset: Annotated[Path | None, typer.Option(
+        help="use a labelled dataset's cached features as the memory instead of a built one")] = None,
+    featurizer: Annotated[str | None, typer.Option(help="encoder for --memory-dataset")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for NAME.json/.csv/.md/.png")] = Path(
+        "experiments"),
+    classes: Annotated[Path | None, typer.Option(help="wnid-to-name file, to name classes in reports")] = None,
+    cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
+    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="a fixed random sample of this many queries")] = None,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and pruning counts")] = 50,
+    per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
+    fractions: Annotated[str, typer.Option(help="corruption: fractions of random labels")] = (
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"),
+    new_classes: Annotated[int, typer.Option(min=1, help="ood-classes: classes held out, then added")] = 20,
+    held_out: Annotated[int, typer.Option(min=1, help="granularity: classes left out")] = 20,
+    exemplars: Annotated[str, typer.Option(help="granularity: exemplars added back per class")] = (
+        "0,1,2,5,10,20,50,100"),
+    thresholds: Annotated[str, typer.Option(help="pruning: hard-pruning thresholds")] = "128,64,32,16",
+    blame: Annotated[str, typer.Option(help="pruning: all | voters")] = "all",
+    forget_fraction: Annotated[float, typer.Option(help="unlearning: fraction of points forgotten at random")] = 0.01,
+    plots: Annotated[bool, typer.Option(help="write a PNG where the experiment has one")] = True,
+) -> None:
+    """Run one of the paper's experiments (exact search on cached features; seconds to minutes)."""
+    from eval.datasets import align_labels, read_classes_file, read_dataset
+    from eval.experiments import EXPERIMENTS, LabelledArrays, write_experiment
+    from eval.harness import MemoryArrays, default_cache_dir, memory_from_dataset, query_set
+
+    if name not in EXPERIMENTS:
+        raise typer.BadParameter(f"unknown experiment {name!r}; choose {NAMES}", param_hint="NAME")
+    cache_root = cache or default_cache_dir()
+    names = read_classes_file(classes) if classes else None
+    try:
+        if memory_dataset is not None:
+            if featurizer is None:
+                raise typer.BadParameter("--memory-dataset needs --featurizer")
+            feat = load_featurizer(featurizer)
+            arrays = memory_from_dataset(read_dataset(memory_dataset, "imagefolder"), feat, cache_root)
+        else:
+            with open_memory(memory, qdrant_url) as mem:
+                feat = mem.featurizer
+                arrays = MemoryArrays.from_store(mem.store)
+        ds = align_labels(read_dataset(queries, queries_format), arrays.labels, names)
+    except (DatasetError, FeaturizerError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if limit is not None and limit < len(ds.items):
+        ds.items = sorted(random.Random(seed).sample(ds.items, limit), key=lambda it: it.source)
+    qs = query_set(ds, feat, cache_root)
+    mem_arrays = LabelledArrays(arrays.features, arrays.labels)
+    q_arrays = LabelledArrays(qs.features, [labs[0] for labs in qs.correct_labels])
+    options = {
+        "scaling": lambda: {"per_class": [int(x) for x in _floats(per_class)], "seed": seed},
+        "corruption": lambda: {"fractions": _floats(fractions), "seed": seed},
+        "ood-classes": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
+        "granularity": lambda: {"held_out": held_out, "exemplars": [int(x) for x in _floats(exemplars)],
+                                "seed": seed, "names": names},
+        "pruning": lambda: {"thresholds": [int(x) for x in _floats(thresholds)], "blame": blame},
+        "unlearning": lambda: {"forget_fraction": forget_fraction, "k": k, "seed": seed},
+    }[name]()
+    try:
+        result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result.params.update({"memory": str(memory_dataset or memory), "queries": str(queries),
+                          "featurizer": feat.name, "memory_points": len(mem_arrays), "n_queries": len(q_arrays)})
+    written = write_experiment(result, out, plots=plots)
+    typer.echo((out / f"{result.name}.md").read_text())
+    typer.echo(f"{result.seconds:.1f}s; wrote {', '.join(p.name for p in written)} to {out}", err=True)
