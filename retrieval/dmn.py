@@ -1,0 +1,321 @@
+"""Dual Memory Networks (Zhang et al., CVPR 2024) as pure numpy: memory readouts, the dynamic memory, fusion.
+
+A readout turns a set of memory entries k_j with class labels into class probabilities for a query q
+(all vectors L2-normalised):
+
+    w_j = exp(-beta * (1 - cos(q, k_j)))          beta = 5.5
+    m_c = normalise(sum_{j in c} w_j k_j)         one prototype per class that has entries
+    P   = softmax(scale * <m_c, q>)               scale = 100
+
+A class without entries gets probability 0 (the original code's all-zero prototype gives logit 0
+against logits near 100 * cos, i.e. the same thing up to ~exp(-50)).
+
+Two memories are read out this way:
+    static   the labelled memory, per class only its entries nearest the query (`static_entries`);
+    dynamic  per class up to L = 50 past *query* features with pseudo-labels (`DynamicMemory`).
+
+and fused with an optional text classifier: P = a1 P_text + a2 P_dynamic + a3 P_static.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BETA = 5.5
+DEFAULT_SCALE = 100.0
+DEFAULT_SLOTS = 50
+DEFAULT_STATIC_CAP = 16
+# Classification templates for CLIP prompt ensembles: the 7 that CLIP's authors selected for ImageNet
+# ("Prompt_Engineering_for_ImageNet.ipynb"), which DMN-style methods also use.
+DEFAULT_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax that treats -inf as probability 0 (and an all -inf row as all zeros)."""
+    z = np.asarray(logits, dtype=np.float64)
+    top = np.max(z, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    e = np.exp(z - top)
+    total = e.sum(axis=axis, keepdims=True)
+    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+
+
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats of probability rows (0 log 0 = 0)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    return terms.sum(axis=axis)
+
+
+def readout(
+    query: np.ndarray,
+    keys: np.ndarray,
+    class_ids: np.ndarray,
+    n_classes: int,
+    beta: float = DEFAULT_BETA,
+    scale: float = DEFAULT_SCALE,
+) -> np.ndarray:
+    """Class probabilities of one query from memory entries (the DMN readout; values = keys).
+
+    Args:
+        query: float [d], L2-normalised.
+        keys: float [n, d], L2-normalised memory entries (n may be 0).
+        class_ids: int [n], each entry's class in 0..n_classes-1.
+        n_classes: length of the output.
+
+    Returns:
+        float64 [n_classes] summing to 1 over the classes with entries (all zeros when n = 0).
+
+    Example:
+        >>> q = np.array([1.0, 0.0]); keys = np.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> readout(q, keys, np.array([0, 1]), 2).round(3)
+        array([1., 0.])
+    """
+    keys = np.asarray(keys, dtype=np.float64).reshape(-1, len(query))
+    class_ids = np.asarray(class_ids, dtype=np.int64)
+    logits = np.full(n_classes, -np.inf)
+    if len(keys) == 0:
+        return softmax(logits)
+    q = np.asarray(query, dtype=np.float64)
+    w = np.exp(-beta * (1.0 - keys @ q))
+    protos = np.zeros((n_classes, len(q)))
+    np.add.at(protos, class_ids, w[:, None] * keys)
+    norms = np.linalg.norm(protos, axis=1)
+    has = norms > 0
+    logits[has] = scale * (protos[has] @ q) / norms[has]
+    return softmax(logits)
+
+
+@dataclass(frozen=True)
+class StaticEntries:
+    """The labelled entries one query reads out: at most `cap` nearest per class."""
+
+    keys: np.ndarray  # float32 [n, d]
+    class_ids: np.ndarray  # int64 [n]
+
+
+def static_entries(
+    neighbor_keys: np.ndarray,
+    neighbor_class_ids: np.ndarray,
+    cap: int = DEFAULT_STATIC_CAP,
+) -> StaticEntries:
+    """Keep, per class, the first `cap` of a query's neighbours (given nearest first).
+
+    One wide search followed by this grouping replaces a filtered search per class: a class
+    with no entry among the wide neighbours then gets no static probability, which is what makes
+    the static memory scale to many labels (its probability would be ~exp(-scale * gap) anyway).
+    Neighbours with class id -1 (labels outside the class list) are dropped.
+    """
+    ids = np.asarray(neighbor_class_ids, dtype=np.int64)
+    keep = np.zeros(len(ids), dtype=bool)
+    seen: dict[int, int] = {}
+    for i, c in enumerate(ids.tolist()):
+        if c < 0 or seen.get(c, 0) >= cap:
+            continue
+        seen[c] = seen.get(c, 0) + 1
+        keep[i] = True
+    return StaticEntries(np.asarray(neighbor_keys, dtype=np.float32)[keep], ids[keep])
+
+
+def fuse(
+    parts: Sequence[tuple[float, np.ndarray | None]],
+) -> np.ndarray:
+    """P = sum_i alpha_i P_i over the parts that are present, renormalised to sum to 1.
+
+    Args:
+        parts: (alpha, probabilities [..., C] or None for a memory that is off).
+    """
+    used = [(a, np.asarray(p, dtype=np.float64)) for a, p in parts if p is not None and a != 0]
+    if not used:
+        raise ValueError("DMN fusion needs at least one memory with a non-zero weight")
+    total = sum(a * p for a, p in used)
+    norm = total.sum(axis=-1, keepdims=True)
+    return np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
+
+
+# ---------------------------------------------------------------- text classifier
+
+
+def text_classifier(
+    encode_text: Callable[[list[str]], np.ndarray],
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> np.ndarray:
+    """Prompt-ensemble class weights W [C, d]: per class the mean of its normalised prompt embeddings, normalised.
+
+    `encode_text` maps strings to text features [n, d] (e.g. `ClipFeaturizer.embed_text`).
+    P_text = softmax(100 * f @ W.T) for an image feature f.
+    """
+    prompts = [t.format(name) for name in class_names for t in templates]
+    emb = np.asarray(encode_text(prompts), dtype=np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    w = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
+    return (w / np.linalg.norm(w, axis=1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- dynamic memory
+
+
+class DynamicMemory:
+    """Per class up to `slots` past query features with pseudo-labels and prediction entropies.
+
+    Update rule (DMN): a query goes to its pseudo-label's queue; while the queue has a free slot it
+    is appended; when full, it replaces the highest-entropy entry if its own entropy is lower,
+    otherwise it is dropped. Classes are labels (strings), so the label set may grow.
+
+    Held densely ([classes, slots, dim]) so that one readout is two matrix products; persisted as
+    one `.npz` per stream (`save`/`load`); a process-local lock guards updates.
+    """
+
+    def __init__(self, dim: int, slots: int = DEFAULT_SLOTS, featurizer: str = "") -> None:
+        if slots < 1:
+            raise ValueError("a dynamic memory needs at least one slot per class")
+        self.dim = dim
+        self.slots = slots
+        self.featurizer = featurizer
+        self.updates = 0  # queries offered (stored or dropped)
+        self.labels: list[str] = []
+        self._index: dict[str, int] = {}
+        self._feats = np.zeros((0, slots, dim), np.float32)
+        self._ents = np.zeros((0, slots))
+        self._n = np.zeros(0, np.int64)  # used slots per class
+        self.lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return int(self._n.sum())
+
+    def counts(self) -> dict[str, int]:
+        return {lab: int(self._n[i]) for i, lab in enumerate(self.labels) if self._n[i]}
+
+    def entries(self, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, dim], entropies [n]) held for a label, in slot order."""
+        i = self._index.get(label)
+        if i is None:
+            return np.zeros((0, self.dim), np.float32), np.zeros(0)
+        n = self._n[i]
+        return self._feats[i, :n].copy(), self._ents[i, :n].copy()
+
+    def _row(self, label: str) -> int:
+        i = self._index.get(label)
+        if i is not None:
+            return i
+        i = len(self.labels)
+        if i == len(self._feats):  # grow by doubling
+            grow = max(8, i)
+            self._feats = np.concatenate([self._feats, np.zeros((grow, self.slots, self.dim), np.float32)])
+            self._ents = np.concatenate([self._ents, np.zeros((grow, self.slots))])
+            self._n = np.concatenate([self._n, np.zeros(grow, np.int64)])
+        self.labels.append(label)
+        self._index[label] = i
+        return i
+
+    def write(self, feature: np.ndarray, label: str, ent: float) -> bool:
+        """Offer one query feature with its pseudo-label; True when it was stored."""
+        f = np.asarray(feature, dtype=np.float32).reshape(self.dim)
+        with self.lock:
+            self.updates += 1
+            i = self._row(label)
+            n = int(self._n[i])
+            if n < self.slots:
+                slot = n
+                self._n[i] = n + 1
+            else:
+                slot = int(np.argmax(self._ents[i]))
+                if not ent < self._ents[i, slot]:
+                    return False
+            self._feats[i, slot] = f
+            self._ents[i, slot] = float(ent)
+            return True
+
+    def probabilities(self, query: np.ndarray, classes: Sequence[str], beta: float = DEFAULT_BETA,
+                      scale: float = DEFAULT_SCALE) -> np.ndarray:
+        """The readout over `classes` (labels the memory does not hold, or not listed, get 0)."""
+        q = np.asarray(query, dtype=np.float32)
+        with self.lock:
+            held = len(self.labels)
+            logits = np.full(len(classes), -np.inf)
+            if not held:
+                return np.zeros(len(classes))
+            feats = self._feats[:held]
+            used = np.arange(self.slots)[None, :] < self._n[:held, None]
+            sims = (feats.reshape(-1, self.dim) @ q).reshape(held, self.slots).astype(np.float64)
+            w = np.where(used, np.exp(-beta * (1.0 - sims)), 0.0)
+            protos = (w[:, None, :].astype(np.float32) @ feats)[:, 0, :].astype(np.float64)
+            pos = [(j, self._index[c]) for j, c in enumerate(classes) if c in self._index]
+        norms = np.linalg.norm(protos, axis=1)
+        for j, i in pos:
+            if norms[i] > 0:
+                logits[j] = scale * float(protos[i] @ q) / norms[i]
+        return softmax(logits)
+
+    def drop_labels_except(self, keep: set[str]) -> int:
+        """Empty the queues of labels no longer in the labelled memory; returns entries removed."""
+        with self.lock:
+            n = 0
+            for lab, i in self._index.items():
+                if lab not in keep:
+                    n += int(self._n[i])
+                    self._n[i] = 0
+            return n
+
+    def reset(self) -> None:
+        with self.lock:
+            self._n[:] = 0
+            self.updates = 0
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename), so a crash never leaves a torn stream."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            rows = [(lab, i) for i, lab in enumerate(self.labels) if self._n[i]]
+            owner = np.array([lab for lab, i in rows for _ in range(self._n[i])], dtype=str)
+            feats = np.concatenate([self._feats[i, : self._n[i]] for _, i in rows]) if rows else \
+                np.zeros((0, self.dim), np.float32)
+            ents = np.concatenate([self._ents[i, : self._n[i]] for _, i in rows]) if rows else np.zeros(0)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+            np.savez(tmp, labels=owner, features=feats, entropies=ents,
+                     meta=np.array([self.featurizer, str(self.dim), str(self.slots), str(self.updates)]))
+            os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DynamicMemory:
+        """Read a stream written by `save` (slot order within a class is kept)."""
+        with np.load(Path(path), allow_pickle=False) as z:
+            featurizer, dim, slots, updates = (str(x) for x in z["meta"])
+            labels, feats, ents = z["labels"], z["features"], z["entropies"]
+        mem = cls(int(dim), int(slots), featurizer)
+        for lab in dict.fromkeys(labels.tolist()):
+            rows = np.flatnonzero(labels == lab)
+            i = mem._row(lab)
+            mem._feats[i, : len(rows)] = feats[rows]
+            mem._ents[i, : len(rows)] = ents[rows]
+            mem._n[i] = len(rows)
+        mem.updates = int(updates)
+        return mem
+
+
+def check_stream_name(name: str) -> str:
+    """Stream names become file names: letters, digits, `_.-`, at most 64 characters."""
+    if not _STREAM_NAME.match(name):
+        raise ValueError(f"invalid DMN stream name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
+    return name
