@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .featurizers import EmbedFailure, Featurizer
+from .feature_cache import FeatureCache
+from .featurizers import EmbedFailure, EmbedResult, Featurizer
 from .images import is_image_path
 from .store import MemoryStore, normalize_source, point_id_for
 
@@ -99,6 +100,7 @@ def build_memory(
     num_workers: int | None = None,
     tags: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> BuildReport:
     """Embed and insert `items`, skipping sources already in memory.
 
@@ -108,6 +110,7 @@ def build_memory(
         items: labelled image sources.
         tags: stored on every point (e.g. {"dataset": "tiny-imagenet", "split": "train"}).
         progress: called with the number of images done after each batch.
+        feature_cache: reuse features computed before for the same file contents (and keep new ones).
     """
     store.check_featurizer(featurizer.spec)
     t0 = time.perf_counter()
@@ -118,7 +121,7 @@ def build_memory(
     if progress and report.skipped_existing:
         progress(report.skipped_existing)
     # Insert after every batch: an interrupted build keeps what it finished, and resumes.
-    for res in featurizer.iter_embed([it.source for it in todo], batch_size, num_workers):
+    for res in _embed_batches(featurizer, [it.source for it in todo], batch_size, num_workers, feature_cache):
         done = [todo[i] for i in res.indices]
         if done:
             store.add(res.features, [d.label for d in done], [d.source for d in done], tags)
@@ -130,3 +133,15 @@ def build_memory(
     report.seconds = time.perf_counter() - t0
     report.memory_points = store.count()
     return report
+
+
+def _embed_batches(featurizer: Featurizer, sources: list[str], batch_size: int, num_workers: int | None,
+                   cache: FeatureCache | None) -> Iterator[EmbedResult]:
+    if cache is None:
+        yield from featurizer.iter_embed(sources, batch_size, num_workers)
+        return
+    chunk = 32 * batch_size  # a cache round-trip per chunk, a store insert per chunk
+    for start in range(0, len(sources), chunk):
+        feats, ok, failures = cache.features_for(sources[start : start + chunk], batch_size, num_workers)
+        yield EmbedResult(feats, [start + i for i in ok],
+                          [EmbedFailure(start + f.index, f.source, f.reason) for f in failures])

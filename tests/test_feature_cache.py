@@ -73,3 +73,25 @@ def test_caches_of_different_featurizers_do_not_mix(tmp_path):
     FeatureCache(tmp_path / "c", a).features_for([f], num_workers=0)
     FeatureCache(tmp_path / "c", b).features_for([f], num_workers=0)
     assert a.embedded == 1 and b.embedded == 1
+
+
+def test_a_second_memory_builds_from_cached_features(tmp_path):
+    from retrieval import open_store, scan_imagefolder
+    from vmem import VisualMemory
+
+    for label, colour in {"red": (250, 0, 0), "blue": (0, 0, 250)}.items():
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            shade = (colour[0] - i, 0, colour[2] - i)
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(make_image(shade, fmt="PNG"))
+    (tmp_path / "data" / "red" / "broken.png").write_bytes(b"nope")
+    items = scan_imagefolder(tmp_path / "data")
+    enc = MeanColour()
+    for name in ("first", "second"):
+        mem = VisualMemory(open_store(tmp_path / name, enc.spec), enc, reranker=None)
+        report = mem.build(items, num_workers=0, feature_cache=tmp_path / "cache")
+        assert report.added == 6 and len(report.failed) == 1
+        assert mem.classify([make_image((240, 0, 0), fmt="PNG")], k=3)[0].label == "red"
+        mem.close()
+    # 6 images embedded by the first build, none by the second, plus one query per classify call.
+    assert enc.embedded == 6 + 2

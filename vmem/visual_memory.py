@@ -29,6 +29,7 @@ from retrieval import (
     open_store,
     vote,
 )
+from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
 
 from .results import Classification, FailedImage, NeighborVote, VoteSettings
@@ -279,9 +280,11 @@ class VisualMemory:
     # ------------------------------------------------------------------ editing
 
     def build(self, items: Sequence[LabelledImage], batch_size: int = 64, num_workers: int | None = None,
-              tags: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None) -> BuildReport:
+              tags: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None,
+              feature_cache: str | Path | None = None) -> BuildReport:
         """Embed and insert labelled images; resumable, bad images skipped and reported."""
-        report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress)
+        cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
+        report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
         self.store.optimize()
         return report
 

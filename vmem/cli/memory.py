@@ -23,6 +23,9 @@ def build(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int | None, typer.Option(help="decode workers (default: cores - 1)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE stored on every point; repeatable")] = None,
+    feature_cache: Annotated[
+        Path | None, typer.Option(help="reuse features cached by file content in this directory (and add new ones)")
+    ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -34,7 +37,8 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
-        report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update)
+        report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
+                           feature_cache=feature_cache)
     typer.echo(report.summary())
 
 
