@@ -7,6 +7,11 @@ from the vectors computed once per session, so tests can add and forget without 
 from __future__ import annotations
 
 import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +69,27 @@ def fill_memory(location: str, featurizer, images: MemoryImages):
     store = open_store(location, featurizer.spec)
     store.add(images.vectors, images.labels, [str(p) for p in images.paths])
     return VisualMemory(store, featurizer)
+
+
+@contextmanager
+def live_server(app, timeout: float = 60.0) -> Iterator[str]:
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

@@ -127,7 +127,7 @@ function render(result) {
 
   const grid = $("neighbors");
   grid.replaceChildren();
-  $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = share of the vote`;
+  $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = the vote each one cast`;
   for (const n of result.neighbors) grid.appendChild(card(n, result.label));
 }
 

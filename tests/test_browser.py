@@ -1,0 +1,112 @@
+"""The page in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium).
+
+Uploads an image, reads the prediction and the neighbour cards, forgets a neighbour with the API key,
+and saves screenshots to test-artifacts/. Skips locally without Chromium; FAILS in CI, where it must run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from tests.conftest import IN_CI, REPO
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def _require(what: str, found: object) -> None:
+    if not found:
+        msg = f"{what} is needed for the browser test (scripts/install.sh installs it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    _require("Debian's chromium package", chromium)
+    _require("Debian's chromium-driver package", driver_path)
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _require("selenium (pip install -e '.[dev]')", None)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1100", "--disable-extensions"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page_url(tmp_path, lite0):
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as url:
+        yield url
+    mem.close()
+
+
+def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4242))
+
+    browser.get(page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "k").send_keys("5")
+    browser.find_element(By.ID, "file").send_keys(str(query))  # choosing the file classifies it
+
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+    assert browser.find_element(By.ID, "prediction").text == "red"
+    cards = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
+    assert len(cards) == 5
+    first = cards[0]
+    assert first.find_element(By.CLASS_NAME, "label").text == "red"
+    assert first.find_element(By.CLASS_NAME, "weight").text.startswith("weight ")
+    assert "novelty" in browser.find_element(By.ID, "badges").text
+    wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('.neighbor-card img')].every(i => i.complete && i.naturalWidth > 0)"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-classified.png"))
+
+    # Forget the nearest neighbour: the key goes in the key box, then one click on the card.
+    victim = first.get_attribute("data-point-id")
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    first.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+
+    def card_ids(d) -> list[str]:
+        cards = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
+        return [c.get_attribute("data-point-id") for c in cards]
+
+    wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
+    assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
+
+
+def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    browser.get(page_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert "not a recognised image format" in browser.find_element(By.ID, "error").text

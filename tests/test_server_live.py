@@ -1,0 +1,117 @@
+"""The service under a real uvicorn on loopback: HTTP end to end, concurrency, and `vmem serve` itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture
+def base_url(tmp_path, lite0, memory_images):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
+    with live_server(app) as url:
+        yield url
+    mem.close()
+
+
+def test_classify_add_and_forget_over_http(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        assert http.get("/readyz").json()["status"] == "ready"
+        query = texture((240, 230, 20), 1)
+        before = http.post("/v1/classify", params={"k": 3}, files={"image": ("q.png", query)}).json()
+        assert before["label"] != "yellow"
+
+        added = http.post("/v1/memory", headers=AUTH, data={"label": "yellow"},
+                          files=[("images", (f"y{i}.png", texture((240, 230, 20), 10 + i))) for i in range(3)])
+        assert added.status_code == 201
+        after = http.post("/v1/classify", params={"k": 3}, files={"image": ("q.png", query)}).json()
+        assert after["label"] == "yellow"
+        assert http.get(after["neighbors"][0]["thumbnail_url"]).headers["content-type"] == "image/jpeg"
+
+        gone = http.delete("/v1/memory", params={"label": "yellow"}, headers=AUTH).json()
+        assert gone == {"deleted": 3, "points": 12}
+        again = http.post("/v1/classify", params={"k": 3}, files={"image": ("q.png", query)}).json()
+        assert "yellow" not in {n["label"] for n in again["neighbors"]}
+
+        metrics = http.get("/metrics").text
+        assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="200"} 3.0' in metrics
+        assert 'vmem_memory_edits_total{op="forget"} 3.0' in metrics
+
+
+def test_concurrent_clients_all_get_answers_while_health_stays_fast(base_url):
+    def classify(i: int) -> str:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            label = list(COLORS)[i % 3]
+            resp = http.post("/v1/classify", params={"k": 4}, files={"image": ("q.png", texture(COLORS[label], i))})
+            resp.raise_for_status()
+            return resp.json()["label"] == label
+
+    with ThreadPoolExecutor(8) as pool, httpx.Client(base_url=base_url, timeout=10) as http:
+        answers = pool.map(classify, range(16))
+        time.sleep(0.05)
+        health = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert http.get("/healthz").status_code == 200
+            health.append(time.perf_counter() - start)
+        assert all(answers)
+    assert max(health) < 1.0, health
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    port = _free_port()
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(tmp_path / "memory"),
+           "--port", str(port), "--threads", "1", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "vmem serve did not become ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        body = httpx.post(f"{url}/v1/classify", params={"k": 3}, timeout=30,
+                          files={"image": ("q.png", texture(COLORS["blue"], 5))}).json()
+        assert body["label"] == "blue"
+        assert httpx.get(f"{url}/v1/memory/stats").json()["points"] == 12
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    assert API_KEY not in out  # the key is never logged
