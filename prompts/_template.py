@@ -127,8 +127,21 @@ class PromptTemplate(BaseModel):
         return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False,
-                              allow_unicode=True, width=100)
+        """The template as YAML that `load_template_file` reads back (multi-line text as `|` blocks)."""
+        return yaml.dump(self.model_dump(mode="json"), Dumper=_BlockDumper, sort_keys=False, allow_unicode=True,
+                         width=100)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_representer)
 
 
 def load_template_file(path: str | Path) -> PromptTemplate:

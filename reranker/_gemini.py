@@ -211,7 +211,7 @@ class GeminiReranker:
             self.settings = GeminiSettings.model_validate(self.settings.model_dump())
         self._api_key = api_key
         self._registry = registry
-        self.thumbnails = thumbnails or ThumbnailCache(self.settings.thumb_size)
+        self.thumbnails = thumbnails if thumbnails is not None else ThumbnailCache(self.settings.thumb_size)
         self.cache = answer_cache if answer_cache is not None else (
             AnswerCache(self.settings.cache_path) if self.settings.cache else None)
         self._loop = _LoopThread()

@@ -1,0 +1,204 @@
+"""Prompt templates: YAML files validated on load, found by name, hashed; what each one puts in a request."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from prompts import (
+    MissingVariablesError,
+    PromptTemplate,
+    TemplateLoadError,
+    TemplateRegistry,
+    UnknownTemplateError,
+    default_registry,
+    load_template_file,
+)
+from reranker import RerankNeighbor, RerankRequest, ThumbnailCache, build_prompt, candidate_labels, encode_query
+from vmem.cli import app
+
+MINIMAL = "name: mine\nversion: 1\nsystem: Classify the image.\n"
+
+
+def write(tmp_path, name: str, text: str):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    return p
+
+
+# ------------------------------------------------------------------ the built-ins
+
+
+@pytest.mark.parametrize("name, images, agentic", [
+    ("neighbors-v1", True, False),
+    ("labels-only", False, False),
+    ("agentic-v1", True, True),
+])
+def test_builtin_templates_load(name, images, agentic):
+    t = TemplateRegistry().get(name)
+    assert (t.name, t.version, t.neighbor_images, t.agentic) == (name, 1, images, agentic)
+    assert len(t.content_hash) == 16 and t.ref == f"{name}@1"
+
+
+def test_the_default_template_is_the_papers_setup():
+    assert TemplateRegistry().get(None).name == "neighbors-v1"
+
+
+def test_the_hash_changes_with_any_edit_and_only_then():
+    t = TemplateRegistry().get("neighbors-v1")
+    assert t.model_copy().content_hash == t.content_hash
+    edited = PromptTemplate.model_validate({**t.model_dump(), "answer": "Reply with the label."})
+    assert edited.content_hash != t.content_hash
+
+
+def test_a_template_round_trips_through_yaml(tmp_path):
+    t = TemplateRegistry().get("agentic-v1")
+    assert load_template_file(write(tmp_path, "agentic-v1", t.to_yaml())) == t
+
+
+# ------------------------------------------------------------------ loading and validation
+
+
+@pytest.mark.parametrize("text, message", [
+    (MINIMAL + "colour: red\n", "colour: Extra inputs are not permitted"),
+    ("name: mine\nversion: 1\n", "system: Field required"),
+    (MINIMAL + "neighbor: 'Neighbour $rank is $labl'\n", "neighbor uses $labl"),
+    (MINIMAL + "answer: 'one of $candidate_lines'\n", "answer uses $candidate_lines"),
+    (MINIMAL + "tools: [web_search]\n", "tools.0: Input should be 'exemplars' or 'more_neighbors'"),
+    ("name: mine\nversion: 0\nsystem: x\n", "version: Input should be greater than or equal to 1"),
+    ("name: [unclosed\n", "not valid YAML"),
+    ("- a list\n", "a template is a YAML mapping"),
+    ("name: other\nversion: 1\nsystem: x\n", "must match its file name 'mine'"),
+])
+def test_invalid_templates_are_refused_on_load_with_a_clear_message(tmp_path, text, message):
+    with pytest.raises(TemplateLoadError, match=r"mine\.yaml") as err:
+        load_template_file(write(tmp_path, "mine", text))
+    assert message in str(err.value)
+
+
+def test_rendering_without_a_variable_names_it():
+    t = TemplateRegistry().get("neighbors-v1")
+    with pytest.raises(MissingVariablesError, match=r"needs \$rank, \$similarity"):
+        t.render("neighbor", label="cat")
+    assert t.render("neighbor", rank=1, label="cat", similarity="0.900") == \
+        'Example 1, labelled "cat" (similarity 0.900):'
+
+
+# ------------------------------------------------------------------ the registry
+
+
+def test_an_unknown_name_lists_the_available_templates():
+    with pytest.raises(UnknownTemplateError) as err:
+        TemplateRegistry().get("neighbours-v1")
+    assert str(err.value).startswith(
+        "unknown template 'neighbours-v1'; available: agentic-v1, labels-only, neighbors-v1")
+
+
+def test_user_templates_come_from_VMEM_TEMPLATES_DIR_and_override_builtins(tmp_path, monkeypatch):
+    write(tmp_path, "mine", MINIMAL)
+    write(tmp_path, "labels-only", "name: labels-only\nversion: 7\nsystem: Ours.\nneighbor_images: false\n")
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path))
+    reg = default_registry()
+    assert reg.names() == ["agentic-v1", "labels-only", "mine", "neighbors-v1"]
+    assert reg.entry("labels-only").origin == "user" and reg.get("labels-only").version == 7
+    assert reg.entry("neighbors-v1").origin == "builtin"
+
+
+def test_a_template_added_after_start_is_found(tmp_path):
+    reg = TemplateRegistry(tmp_path)
+    write(tmp_path, "late", MINIMAL.replace("mine", "late"))
+    assert reg.get("late").name == "late"
+
+
+def test_a_broken_user_template_does_not_hide_the_others(tmp_path):
+    write(tmp_path, "broken", "name: broken\nversion: 1\n")
+    reg = TemplateRegistry(tmp_path)
+    assert "neighbors-v1" in reg and "broken" in reg.errors
+    with pytest.raises(TemplateLoadError, match="system: Field required"):
+        reg.get("broken")
+
+
+# ------------------------------------------------------------------ what a template sends
+
+
+@pytest.fixture
+def neighbour_request(tmp_path):
+    paths = []
+    for i in range(30):
+        p = tmp_path / f"n{i}.png"
+        Image.new("RGB", (300, 200), (i * 8, 100, 200 - i * 6)).save(p)
+        paths.append(p)
+    neighbors = [RerankNeighbor(id=f"id{i}", label=["cat", "dog", "fox"][i % 3], source=str(p),
+                                similarity=0.9 - i / 100, weight=1 / (2 + i), rank=i) for i, p in enumerate(paths)]
+    return RerankRequest(image=Image.new("RGB", (640, 480), (5, 5, 5)), neighbors=neighbors,
+                         scores={"cat": 0.5, "dog": 0.3, "fox": 0.2}, vote_label="cat")
+
+
+def built(name, req, thumbs=None):
+    t = TemplateRegistry().get(name)
+    thumbs = thumbs if thumbs is not None else ThumbnailCache(64)
+    return build_prompt(t, req, candidate_labels(req), encode_query(req, 512), thumbs)
+
+
+def test_neighbors_v1_sends_every_neighbour_image_then_the_query(neighbour_request):
+    p = built("neighbors-v1", neighbour_request)
+    assert p.images == 31 and len(p.shown) == 30
+    texts = [part.text for part in p.parts if part.text]
+    assert texts[1] == 'Example 1, labelled "cat" (similarity 0.900):'
+    assert "This is the query image to classify:" in texts
+    # the image after the query line is the query itself (not a neighbour thumbnail)
+    q = next(i for i, part in enumerate(p.parts) if part.text == "This is the query image to classify:")
+    assert p.parts[q + 1].inline_data.data == encode_query(neighbour_request, 512).jpeg
+
+
+def test_labels_only_sends_the_candidates_with_vote_scores_and_one_image(neighbour_request):
+    p = built("labels-only", neighbour_request)
+    assert p.images == 1 and p.shown == []
+    assert any("- cat (vote 0.50)\n- dog (vote 0.30)\n- fox (vote 0.20)" in (part.text or "") for part in p.parts)
+
+
+def test_agentic_v1_shows_at_most_20_neighbours_and_its_tool_budget(neighbour_request):
+    p = built("agentic-v1", neighbour_request)
+    assert len(p.shown) == 20 and p.images == 21
+    assert any("at most 3 rounds" in (part.text or "") for part in p.parts)
+
+
+def test_candidates_follow_the_vote_and_the_label_filter(neighbour_request):
+    assert candidate_labels(neighbour_request) == ["cat", "dog", "fox"]
+    neighbour_request.labels = ["fox", "dog"]
+    assert candidate_labels(neighbour_request) == ["dog", "fox"]
+
+
+def test_thumbnails_are_resized_to_the_longest_side(neighbour_request):
+    import io
+
+    p = built("neighbors-v1", neighbour_request, ThumbnailCache(96))
+    sizes = [Image.open(io.BytesIO(part.inline_data.data)).size for part in p.parts if part.inline_data]
+    assert sizes[0] == (96, 64) and sizes[-1] == (512, 384)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_lists_and_shows_templates(tmp_path, monkeypatch):
+    write(tmp_path, "mine", MINIMAL)
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path))
+    runner = CliRunner()
+    res = runner.invoke(app, ["templates", "list"])
+    assert res.exit_code == 0
+    names = [line.split()[0] for line in res.output.splitlines()]
+    assert names == ["agentic-v1", "labels-only", "mine", "neighbors-v1"]
+    assert "user" in res.output.splitlines()[2]
+    res = runner.invoke(app, ["templates", "show", "mine"])
+    assert res.exit_code == 0 and res.output.splitlines()[0].startswith("# mine@1 (user)")
+    assert yaml.safe_load(res.output)["system"] == "Classify the image."
+    res = runner.invoke(app, ["templates", "path"])
+    assert res.exit_code == 0 and res.output.strip() == str(tmp_path)
+
+
+def test_cli_show_of_an_unknown_template_is_a_usage_error():
+    res = CliRunner().invoke(app, ["templates", "show", "nope"])
+    flat = " ".join(res.output.replace("│", " ").split())  # the error box wraps lines
+    assert res.exit_code == 2 and "available: agentic-v1, labels-only, neighbors-v1" in flat
