@@ -7,7 +7,7 @@ import logging
 import typer
 
 from . import eval as eval_cmd
-from . import experiment, memory, prune
+from . import experiment, memory, prune, templates
 from .bench import bench_app
 from .serve import serve
 
@@ -22,6 +22,7 @@ app.command()(memory.build)
 app.command()(memory.classify)
 app.command()(memory.forget)
 app.command()(memory.info)
+app.add_typer(templates.app, name="templates")
 app.command()(serve)
 app.add_typer(bench_app, name="bench")
 app.command(name="eval")(eval_cmd.eval)
