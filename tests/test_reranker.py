@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import time
 from pathlib import Path
 
@@ -491,3 +492,38 @@ def test_the_agentic_trace_comes_back_through_classify(fake, make_rr, memory):
     assert res.label == "green" and [t["tool"] for t in res.trace] == ["exemplars", "answer"]
     assert res.trace[0]["returned"] == 1
 
+
+
+# ------------------------------------------------------------------ CLI
+
+
+@pytest.fixture
+def disk_memory(tmp_path, lite0, images):
+    """An embedded (Qdrant Edge) memory on disk built with the real EfficientNet-Lite0."""
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.add([images[c] for c in ("red", "green", "blue", "yellow")], ["red", "green", "blue", "yellow"])
+    mem.close()
+    return tmp_path / "memory"
+
+
+@pytest.mark.slow
+def test_cli_classify_rerank_json(fake, disk_memory, images, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    monkeypatch.setenv("GEMINI_API_KEY", "cli-key")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+    fake.enqueue(fake.answer("green"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["classify", str(images["red"]), "-m", str(disk_memory), "--k", "3", "--rerank",
+                              "--template", "labels-only", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.splitlines()[0])
+    assert (out["label"], out["reranked"], out["template"], out["model"]) == \
+        ("green", True, "labels-only@1", "gemini-3.5-flash")
+    assert out["usage"]["requests"] == 1 and fake.requests[0].headers["x-goog-api-key"] == "cli-key"
+    res = runner.invoke(app, ["classify", str(images["red"]), "-m", str(disk_memory), "--rerank",
+                              "--template", "nope"])
+    flat = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and "unknown template 'nope'; available: agentic-v1" in flat

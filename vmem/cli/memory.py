@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from prompts import TemplateError
 from retrieval import DatasetError, FeaturizerError, ImageDecodeError, VoteRule, read_labelled
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
@@ -70,7 +71,7 @@ def classify(
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote, alpha=alpha,
                                                 tau=tau, labels=label, rerank=rerank, template=template)
-        except (FeaturizerError, ImageDecodeError) as exc:
+        except (FeaturizerError, ImageDecodeError, TemplateError) as exc:
             raise typer.BadParameter(str(exc)) from exc
     for res in results:
         if json_out:
