@@ -1,0 +1,126 @@
+"""`vmem eval`, `vmem prune` and `vmem experiment` end to end on tiny images with the real EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vmem.cli import app
+
+CLASSES = ("n00000001", "n00000002", "n00000003")
+
+
+def pattern(cls: int, variant: int) -> Image.Image:
+    """Class 0: horizontal stripes, 1: vertical stripes, 2: checkerboard; the variant shifts colour and phase."""
+    y, x = np.mgrid[0:64, 0:64]
+    period = 8 + variant % 3
+    mask = [(y // period) % 2, (x // period) % 2, ((x // period) + (y // period)) % 2][cls].astype(bool)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[mask] = (200 - 9 * variant, 180, 40 + 9 * variant)
+    img[~mask] = (20, 30 + 5 * variant, 60)
+    return Image.fromarray(img)
+
+
+def image_folder(root: Path, per_class: int, offset: int = 0) -> Path:
+    for c, label in enumerate(CLASSES):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pattern(c, i + offset).save(root / label / f"{i}.png")
+    return root
+
+
+def run(*args: str) -> str:
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A memory of 3 colour classes x 4 images, and a val set of 3 x 2 other shades."""
+    root = tmp_path_factory.mktemp("data")
+    train, val = image_folder(root / "train", 4), image_folder(root / "val", 2, offset=4)
+    run("build", train, "--memory", root / "memory", "--featurizer", "efficientnet-lite0")
+    return root, val
+
+
+def test_eval_scores_every_rule_at_every_k_and_reuses_cached_features(built, tmp_path):
+    root, val = built
+    args = ["eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out",
+            "--cache", tmp_path / "cache", "--k-max", "5"]
+    out = run(*args)
+    assert "| rank |" in out
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["run"]["queries"] == 6 and res["run"]["memory_points"] == 12 and res["run"]["search"] == "exact"
+    scores = res["variants"]["all"]
+    assert set(scores["accuracy"]) == {"plurality", "distance", "softmax", "rank"}
+    assert all(len(c) == 5 for c in scores["accuracy"].values())
+    assert scores["accuracy"]["rank"][0] == 1.0  # stripes and checks are trivially told apart
+    assert (tmp_path / "out" / "accuracy_vs_k.png").stat().st_size > 1000
+    cached = list((tmp_path / "cache").rglob("index.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == 6
+    # Same run through the Qdrant index: same numbers (12 points, exact either way).
+    run(*args[:-2], "--k-max", "5", "--search", "index", "--out", tmp_path / "index")
+    again = json.loads((tmp_path / "index" / "results.json").read_text())
+    assert again["run"]["search"] == "index"
+    assert again["variants"]["all"]["accuracy"] == scores["accuracy"]
+
+
+def test_eval_against_a_dataset_memory_from_cached_features(built, tmp_path):
+    root, val = built
+    run("eval", "--memory-dataset", root / "train", "--featurizer", "efficientnet-lite0", "--dataset", val,
+        "--out", tmp_path / "out", "--cache", tmp_path / "cache", "--k-max", "12", "--no-plots")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["run"]["memory_points"] == 12
+    assert res["variants"]["all"]["hit_rate"][-1] == 1.0
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):
+    root, val = built
+    out = run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out",
+              "--cache", tmp_path / "cache", "--k-max", "5", "--rerank", "--rerank-k", "5", "--limit", "3")
+    rr = json.loads((tmp_path / "out" / "results.json").read_text())["rerank"]
+    assert rr["queries"] == 3 and rr["reranked"] == 0 and rr["fallback_rate"] == 1.0
+    assert rr["rerank_accuracy"] == rr["rank_accuracy"]  # every answer is the vote's
+    assert any("API key" in reason for reason in rr["fallback_reasons"])
+    assert "fallback rate 100.0%" in out
+
+
+def test_eval_rejects_an_unknown_format(built, tmp_path):
+    root, val = built
+    res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val),
+                                   "--format", "imagenet-z"])
+    assert res.exit_code == 2 and "imagenet-z" in res.output
+
+
+def test_prune_hard_then_undo(built, tmp_path):
+    root, _ = built
+    out = run("prune", "--memory", root / "memory", "--mode", "hard", "--threshold", "1", "--k", "11")
+    assert "hard pruning of 12 points" in out and "Undo with" in out
+    assert "pruning" in json.loads(run("info", "--memory", root / "memory", "--json"))["settings"]
+    out = run("prune", "--memory", root / "memory", "--undo")
+    assert out.startswith("pruning undone")
+    assert "pruning" not in json.loads(run("info", "--memory", root / "memory", "--json"))["settings"]
+
+
+def test_experiment_corruption_writes_its_table_and_plot(built, tmp_path):
+    root, val = built
+    out = run("experiment", "corruption", "--memory", root / "memory", "--queries", val, "--out", tmp_path / "x",
+              "--cache", tmp_path / "cache", "--fractions", "0,0.5,1")
+    assert "## corruption" in out
+    rows = json.loads((tmp_path / "x" / "corruption.json").read_text())["rows"]
+    assert [r["fraction"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[0]["rank@1"] == 1.0 and rows[0]["wrong_labels"] == 0.0
+    assert (tmp_path / "x" / "corruption.png").exists()
+
+
+def test_experiment_rejects_unknown_names(built, tmp_path):
+    root, val = built
+    res = CliRunner().invoke(app, ["experiment", "nope", "--memory", str(root / "memory"), "--queries", str(val)])
+    assert res.exit_code == 2 and "unknown experiment" in res.output
