@@ -109,6 +109,7 @@ class StaticEntries:
 
     keys: np.ndarray  # float32 [n, d]
     class_ids: np.ndarray  # int64 [n]
+    index: np.ndarray  # int64 [n]: positions of the kept entries among the neighbours
 
 
 def static_entries(
@@ -131,7 +132,7 @@ def static_entries(
             continue
         seen[c] = seen.get(c, 0) + 1
         keep[i] = True
-    return StaticEntries(np.asarray(neighbor_keys, dtype=np.float32)[keep], ids[keep])
+    return StaticEntries(np.asarray(neighbor_keys, dtype=np.float32)[keep], ids[keep], np.flatnonzero(keep))
 
 
 def fuse(

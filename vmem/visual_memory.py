@@ -182,26 +182,33 @@ class VisualMemory:
         template: str | None = None,
         sources: Sequence[str | None] | None = None,
         exact: bool = False,
+        dmn_stream: str | None = None,
+        dmn: Any = None,
     ) -> list[Classification]:
         """Classify images (paths, bytes or PIL images) from their nearest labelled neighbours.
 
         Args:
             images: the queries; every one must decode (use `classify_many` to skip bad ones).
             k: neighbours that vote (default: the memory's tuned k, else 50).
-            rule: plurality | distance | softmax | rank (default: tuned, else rank).
+            rule: plurality | distance | softmax | rank (default: tuned, else rank) | dmn (Dual Memory
+                Networks, see `vmem.dmn_classifier`; k, alpha and tau do not apply).
             labels: only neighbours with these labels take part.
             rerank: ask the VLM re-ranker; falls back to the vote with a reason.
             template: the re-ranker's prompt template.
+            dmn_stream: rule dmn: the named dynamic memory to write to and read (None: off).
+            dmn: rule dmn: `DmnOptions` or a dict of them.
 
         Returns:
             One `Classification` per image, in order.
         """
-        settings = self.vote_settings(rule, k, alpha, tau)
+        use_dmn = rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None))
+        settings = None if use_dmn else self.vote_settings(rule, k, alpha, tau)
         decoded = [load_image(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
-        results = self.classify_vectors(vectors, settings, labels, sources, exact)
+        results = (self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact) if settings is None
+                   else self.classify_vectors(vectors, settings, labels, sources, exact))
         if rerank:
             results = self._rerank_all(decoded, vectors, results, template, labels)
         return results
@@ -212,17 +219,40 @@ class VisualMemory:
         """Classify files, skipping (and reporting) the ones that do not decode."""
         paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
-        settings = self.vote_settings(kwargs.pop("rule", None), kwargs.pop("k", None),
+        rule, dmn_stream, dmn = kwargs.pop("rule", None), kwargs.pop("dmn_stream", None), kwargs.pop("dmn", None)
+        use_dmn = rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None))
+        settings = self.vote_settings(None if use_dmn else rule, kwargs.pop("k", None),
                                       kwargs.pop("alpha", None), kwargs.pop("tau", None))
         rerank = kwargs.pop("rerank", False)
         template = kwargs.pop("template", None)
         ok_sources = [paths[i] for i in res.indices]
-        results = self.classify_vectors(res.features, settings, sources=ok_sources, **kwargs)
+        results = (self.classify_dmn(res.features, dmn_stream, dmn, kwargs.get("labels"), ok_sources,
+                                     kwargs.get("exact", False)) if use_dmn
+                   else self.classify_vectors(res.features, settings, sources=ok_sources, **kwargs))
         if rerank:
             results = self._rerank_all([load_image(src) for src in ok_sources], res.features, results, template,
                                        kwargs.get("labels"))
         failed = [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
         return results, failed
+
+    @property
+    def dmn(self) -> Any:
+        """The `dmn` rule's classifier (`vmem.dmn_classifier.DmnClassifier`): streams, reset, classify."""
+        from .dmn_classifier import DmnClassifier
+
+        with self._featurizer_lock:  # one classifier per memory, so a stream has one in-process state
+            if getattr(self, "_dmn", None) is None:
+                self._dmn = DmnClassifier(self.store, lambda: self.featurizer)  # encoder loaded on use
+            return self._dmn
+
+    def classify_dmn(self, vectors: np.ndarray, stream: str | None = None, options: Any = None,
+                     labels: Sequence[str] | None = None, sources: Sequence[str | None] | None = None,
+                     exact: bool = False) -> list[Classification]:
+        """Rule `dmn` over already-embedded queries, in order (see `vmem.dmn_classifier`)."""
+        from .dmn_classifier import DmnOptions
+
+        opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
+        return self.dmn.classify(vectors, stream, opts, labels, sources, exact)
 
     # ------------------------------------------------------------------ re-ranking
 

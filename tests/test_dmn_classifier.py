@@ -1,0 +1,180 @@
+"""The `dmn` rule over a real Qdrant memory (both backends), memory-only mode, with synthetic vectors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.dmn import DynamicMemory, fuse, readout
+from vmem import VisualMemory
+from vmem.dmn_classifier import DmnOptions, dmn_home, memory_key, read_class_names
+
+DIM = 16
+CLASSES = ["ant", "bee", "cat"]
+
+
+def cluster_data(per_class: int = 10, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(CLASSES), DIM))
+    vecs = np.repeat(centres, per_class, axis=0) + 0.6 * rng.standard_normal((len(CLASSES) * per_class, DIM))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    labels = [c for c in CLASSES for _ in range(per_class)]
+    return vecs.astype(np.float32), labels, centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def memory(request, tmp_path) -> VisualMemory:
+    """A labelled memory of 3 noisy clusters, in each backend; the featurizer is never loaded."""
+    spec = FeaturizerSpec(name="synthetic", dim=DIM, preprocessing=Preprocessing(resize=8, crop=8))
+    location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+    store = open_store(location, spec)
+    vecs, labels, _ = cluster_data()
+    store.add(vecs, labels, [f"mem://{i}" for i in range(len(labels))])
+    mem = VisualMemory(store, reranker=None)
+    yield mem
+    mem.close()
+
+
+def queries(n: int, seed: int = 1) -> tuple[np.ndarray, list[str]]:
+    _, _, centres = cluster_data()
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, len(CLASSES), n)
+    q = centres[truth] + 0.5 * rng.standard_normal((n, DIM))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32), [CLASSES[t] for t in truth]
+
+
+def test_static_readout_uses_the_nearest_entries_per_class(memory):
+    vecs, labels, _ = cluster_data()
+    q, truth = queries(4)
+    results = memory.classify_dmn(q, options={"static_cap": 3})
+    for qi, res in enumerate(results):
+        # By hand: per class its 3 most similar memory vectors, then the DMN readout.
+        sims = vecs @ q[qi]
+        keys, ids = [], []
+        for c, name in enumerate(CLASSES):
+            rows = [i for i in np.argsort(-sims) if labels[i] == name][:3]
+            keys += [vecs[i] for i in rows]
+            ids += [c] * 3
+        expected = readout(q[qi], np.array(keys), np.array(ids), 3)
+        assert res.label == CLASSES[int(np.argmax(expected))] == truth[qi]
+        assert res.scores[res.label] == pytest.approx(expected.max(), abs=1e-5)
+        assert res.vote.rule == "dmn"
+        assert res.dmn.mode == "memory-only" and res.dmn.stream is None and res.dmn.written is None
+        # 3 per class carried weight; the other neighbours none.
+        assert sum(n.weight > 0 for n in res.neighbors) == 9
+
+
+def test_a_stream_writes_each_query_before_reading_it_out(memory):
+    q, _ = queries(1)
+    [res] = memory.classify_dmn(q, stream="cam1")
+    static = res.dmn.parts["static"]
+    # First query of a fresh stream: the dynamic memory holds only the query itself, under its
+    # pseudo-label, so P_dynamic is one-hot and the fusion is (P_static + onehot) / 2.
+    assert res.dmn.written is True and res.dmn.pseudo_label == res.label
+    assert res.dmn.parts["dynamic"] == {res.label: 1.0}
+    assert res.scores[res.label] == pytest.approx((static[res.label] + 1.0) / 2, abs=1e-6)
+    assert res.dmn.alpha == {"dynamic": 1.0, "static": 1.0}
+
+
+def test_streams_persist_per_memory_and_name_and_reset(memory):
+    q, _ = queries(12)
+    memory.classify_dmn(q[:6], stream="cam1")
+    memory.classify_dmn(q[6:], stream="cam1")
+    memory.classify_dmn(q[:2], stream="cam2")
+    path = dmn_home() / memory_key(memory.store.location) / "cam1.npz"
+    assert str(path).startswith(os.environ["VMEM_HOME"])
+    stored = DynamicMemory.load(path)
+    assert len(stored) == 12 and stored.updates == 12 and stored.featurizer == "synthetic"
+    assert memory.dmn.streams() == ["cam1", "cam2"]
+    # A fresh facade over the same store picks the stream up from disk.
+    again = VisualMemory(memory.store, reranker=None)
+    assert len(again.dmn.stream("cam1")) == 12
+    assert again.dmn.reset("cam1") is True
+    assert again.dmn.streams() == ["cam2"]
+    assert again.dmn.reset("cam1") is False
+
+
+def test_a_read_only_stream_is_not_written(memory):
+    q, _ = queries(3)
+    memory.classify_dmn(q[:2], stream="s")
+    res = memory.classify_dmn(q[2:], stream="s", options=DmnOptions(update=False))
+    assert res[0].dmn.written is None
+    assert len(DynamicMemory.load(memory.dmn.stream_path("s"))) == 2
+
+
+def test_without_a_stream_the_dynamic_memory_is_off(memory):
+    q, _ = queries(3)
+    off = memory.classify_dmn(q)
+    assert all("dynamic" not in r.dmn.parts for r in off)
+    assert memory.dmn.streams() == []
+
+
+def test_dynamic_memory_from_a_stream_shifts_the_decision(memory):
+    """A query between two classes follows the class its stream has been seeing (test-time adaptation)."""
+    _, _, centres = cluster_data()
+    # Half-way between ant and bee, slightly nearer ant by the static memory.
+    mid = centres[0] + centres[1]
+    mid /= np.linalg.norm(mid)
+    base = memory.classify_dmn(mid[None])[0]
+    # The stream has seen many queries on the bee side of the midpoint (static already says bee).
+    rng = np.random.default_rng(3)
+    drift = centres[1] + 0.9 * mid + 0.05 * rng.standard_normal((30, DIM))
+    drift /= np.linalg.norm(drift, axis=1, keepdims=True)
+    seen = memory.classify_dmn(drift.astype(np.float32), stream="s")
+    assert {r.label for r in seen} == {"bee"}
+    opts = {"alpha_dynamic": 3.0}
+    adapted = memory.classify_dmn(mid[None], stream="s", options=opts)[0]
+    p_static = np.array([adapted.dmn.parts["static"].get(c, 0.0) for c in CLASSES])
+    assert adapted.dmn.parts["dynamic"]["bee"] > adapted.dmn.parts["static"].get("bee", 0.0)
+    if base.label != "bee":  # the seeded geometry may already favour bee; the probability still moves
+        assert adapted.label == "bee"
+    assert adapted.scores.get("bee", 0.0) > p_static[1]
+
+
+def test_forgetting_a_label_removes_it_from_streams_too(memory):
+    q, _ = queries(20)
+    memory.classify_dmn(q, stream="s")
+    assert "cat" in memory.dmn.stream("s").counts()
+    memory.forget(label="cat")
+    res = memory.classify_dmn(q[:3], stream="s")
+    assert "cat" not in memory.dmn.stream("s").counts()
+    assert all(r.label != "cat" and "cat" not in r.scores for r in res)
+
+
+def test_labels_restrict_the_competing_classes(memory):
+    q, _ = queries(5)
+    res = memory.classify_dmn(q, stream="s", labels=["ant", "cat"])
+    assert {r.label for r in res} <= {"ant", "cat"}
+    assert all(set(r.scores) <= {"ant", "cat"} for r in res)
+
+
+def test_fusion_weights_follow_the_options(memory):
+    q, _ = queries(2)
+    memory.classify_dmn(q[:1], stream="s")
+    res = memory.classify_dmn(q[1:], stream="s", options={"alpha_dynamic": 0.5, "alpha_static": 2.0})[0]
+    p_s = np.array([res.dmn.parts["static"].get(c, 0.0) for c in CLASSES])
+    p_d = np.array([res.dmn.parts["dynamic"].get(c, 0.0) for c in CLASSES])
+    # parts are the top-3 of 3 classes, so these are the full vectors (rounded to 1e-6).
+    expected = fuse([(0.5, p_d), (2.0, p_s)])
+    for c, p in zip(CLASSES, expected, strict=True):
+        assert res.scores.get(c, 0.0) == pytest.approx(p, abs=1e-5)
+
+
+def test_text_modes_need_a_clip_memory(memory):
+    q, _ = queries(1)
+    with pytest.raises(ValueError, match="needs a CLIP featurizer"):
+        memory.classify_dmn(q, options={"mode": "zero-shot"})
+    with pytest.raises(ValueError):
+        DmnOptions(alpha_static=-1)
+    with pytest.raises(ValueError, match="invalid DMN stream name"):
+        memory.classify_dmn(q, stream="../escape")
+
+
+def test_class_names_file_takes_the_first_synonym(tmp_path: Path):
+    f = tmp_path / "classes.tsv"
+    f.write_text("n02124075\tEgyptian cat\nn04067472\treel, spool\n")
+    assert read_class_names(f) == {"n02124075": "Egyptian cat", "n04067472": "reel"}

@@ -1,0 +1,290 @@
+"""The `dmn` classification rule: Dual Memory Networks (Zhang et al., CVPR 2024) over a vmem memory.
+
+    >>> mem = VisualMemory.open("./memory")
+    >>> [r] = mem.classify(["cat.jpg"], rule="dmn", dmn_stream="camera-1")
+    >>> r.label, r.dmn.parts["dynamic"]
+
+Three class-probability vectors are fused, P = a_text P_text + a_dynamic P_dynamic + a_static P_static:
+
+    static   the labelled memory: one wide search (`static_k` neighbours), then per class its
+             `static_cap` nearest entries, read out with the DMN readout (`retrieval.dmn.readout`);
+    dynamic  past queries of a named stream, pseudo-labelled by the static/text prediction
+             (`retrieval.dmn.DynamicMemory`), kept apart from the labelled memory, persisted as
+             `<dmn home>/<memory key>/<stream>.npz`; off unless a stream is named;
+    text     CLIP's prompt-ensemble classifier, when the memory's featurizer is CLIP.
+
+Modes: zero-shot (text + dynamic), few-shot (text + dynamic + static, training-free) and memory-only
+(static + dynamic; any featurizer). `auto` picks few-shot for CLIP memories, memory-only otherwise.
+
+As in the original code, each query is written into the dynamic memory *before* it is read out,
+so within a batch the queries are processed in order, and a stream is a sequence.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval import MemoryStore, Neighbor
+from retrieval.dmn import (
+    DEFAULT_BETA,
+    DEFAULT_SCALE,
+    DEFAULT_SLOTS,
+    DEFAULT_STATIC_CAP,
+    DEFAULT_TEMPLATES,
+    DynamicMemory,
+    check_stream_name,
+    entropy,
+    fuse,
+    readout,
+    softmax,
+    static_entries,
+    text_classifier,
+)
+
+from .results import Classification, DmnDetails, NeighborVote, VoteSettings
+
+DMN_RULE = "dmn"
+Mode = Literal["auto", "zero-shot", "few-shot", "memory-only"]
+# Scores below this are left out of `Classification.scores` (200 classes would otherwise all be listed).
+MIN_SCORE = 1e-4
+
+
+class DmnOptions(BaseModel):
+    """Settings of the `dmn` rule (defaults follow the paper)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = Field("auto", description="zero-shot, few-shot, memory-only; auto: few-shot if CLIP")
+    alpha_text: float = Field(1.0, ge=0, description="weight of P_text")
+    alpha_dynamic: float = Field(1.0, ge=0, description="weight of P_dynamic")
+    alpha_static: float = Field(1.0, ge=0, description="weight of P_static")
+    beta: float = Field(DEFAULT_BETA, ge=0, description="readout sharpness: w = exp(-beta (1 - cos))")
+    scale: float = Field(DEFAULT_SCALE, gt=0, description="logit scale of every readout")
+    slots: int = Field(DEFAULT_SLOTS, ge=1, le=10_000, description="dynamic memory slots per class (L)")
+    static_cap: int = Field(DEFAULT_STATIC_CAP, ge=1, description="static entries read out per class")
+    static_k: int = Field(256, ge=1, le=1000, description="neighbours fetched by the one wide search")
+    update: bool = Field(True, description="write queries into the stream (false: read it only)")
+    classes_file: str | None = Field(None, description="label<TAB>class name lines for the text prompts")
+    templates: tuple[str, ...] = Field(DEFAULT_TEMPLATES, description="prompt templates with one {}")
+
+
+def dmn_home() -> Path:
+    """Where dynamic memories live: $VMEM_HOME/dmn, else $XDG_DATA_HOME/vmem/dmn, else ~/.local/share/vmem/dmn."""
+    if os.environ.get("VMEM_HOME"):
+        return Path(os.environ["VMEM_HOME"]).expanduser() / "dmn"
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data).expanduser() / "vmem" / "dmn"
+
+
+def memory_key(location: str) -> str:
+    """A directory name per labelled memory, so equal stream names of two memories never mix."""
+    loc = location if "://" in location or location.startswith(":") else str(Path(location).resolve())
+    slug = "".join(c if c.isalnum() else "-" for c in Path(loc.rstrip("/")).name)[-32:] or "memory"
+    return f"{slug}-{hashlib.sha256(loc.encode()).hexdigest()[:12]}"
+
+
+def read_class_names(path: str | Path) -> dict[str, str]:
+    """`label<TAB>name` (or `label,name`) lines -> {label: name}; the first name of a synonym list."""
+    names: dict[str, str] = {}
+    text = Path(path).read_text(encoding="utf-8")
+    dialect = "excel-tab" if "\t" in text else "excel"
+    for row in csv.reader(text.splitlines(), dialect=dialect):
+        if len(row) >= 2 and row[0].strip():
+            names[row[0].strip()] = row[1].split(",")[0].strip()
+    return names
+
+
+class DmnClassifier:
+    """The `dmn` rule over one memory; streams are loaded on first use and saved after each batch."""
+
+    def __init__(self, store: MemoryStore, featurizer: Callable[[], Any], root: str | Path | None = None) -> None:
+        """`featurizer` returns the memory's encoder, so listing or resetting streams never loads it."""
+        self.store = store
+        self._featurizer = featurizer
+        self.dir = Path(root) if root is not None else dmn_home() / memory_key(store.location)
+        self._streams: dict[str, DynamicMemory] = {}
+        self._lock = threading.Lock()
+        self._text_cache: dict[tuple, np.ndarray] = {}
+
+    @property
+    def featurizer(self) -> Any:
+        return self._featurizer()
+
+    # ---------------------------------------------------------------- streams
+
+    def stream_path(self, name: str) -> Path:
+        return self.dir / f"{check_stream_name(name)}.npz"
+
+    def stream(self, name: str, slots: int = DEFAULT_SLOTS) -> DynamicMemory:
+        """The named stream's dynamic memory (created empty when new)."""
+        with self._lock:
+            if name not in self._streams:
+                path = self.stream_path(name)
+                spec = self.store.meta.featurizer
+                if path.exists():
+                    mem = DynamicMemory.load(path)
+                    if (mem.featurizer, mem.dim) != (spec.name, spec.dim):
+                        raise ValueError(f"DMN stream {name!r} holds {mem.featurizer} features ({mem.dim}-d), "
+                                         f"this memory uses {spec.name} ({spec.dim}-d); reset the stream")
+                else:
+                    mem = DynamicMemory(spec.dim, slots, spec.name)
+                self._streams[name] = mem
+            return self._streams[name]
+
+    def streams(self) -> list[str]:
+        return sorted(p.stem for p in self.dir.glob("*.npz")) if self.dir.is_dir() else []
+
+    def reset(self, name: str) -> bool:
+        """Empty a stream and delete its file; True when there was one."""
+        path = self.stream_path(name)
+        with self._lock:
+            mem = self._streams.pop(name, None)
+            if mem is not None:
+                mem.reset()
+            existed = path.exists()
+            path.unlink(missing_ok=True)
+        return existed or mem is not None
+
+    # ---------------------------------------------------------------- parts
+
+    def resolve_mode(self, mode: Mode) -> Literal["zero-shot", "few-shot", "memory-only"]:
+        if mode == "memory-only":
+            return mode
+        if mode == "auto":  # decided from the stored name, so memory-only never loads the encoder
+            return "few-shot" if self.store.meta.featurizer.name.startswith("clip") else "memory-only"
+        if not self.store.meta.featurizer.name.startswith("clip") or not hasattr(self.featurizer, "embed_text"):
+            raise ValueError(f"DMN {mode} mode needs a CLIP featurizer (text encoder); this memory uses "
+                             f"{self.store.meta.featurizer.name}: use mode memory-only")
+        return mode
+
+    def text_probs(self, vectors: np.ndarray, classes: Sequence[str], names: dict[str, str],
+                   opts: DmnOptions) -> np.ndarray:
+        """P_text = softmax(scale * f W^T) with a prompt-ensemble W for these classes (cached)."""
+        prompts = tuple(names.get(c, c.replace("_", " ")) for c in classes)
+        key = (prompts, opts.templates)
+        if key not in self._text_cache:
+            self._text_cache[key] = text_classifier(self.featurizer.embed_text, prompts, opts.templates)
+        w = self._text_cache[key]
+        return softmax(opts.scale * (np.asarray(vectors, np.float64) @ w.T.astype(np.float64)))
+
+    def static_probs(self, vectors: np.ndarray, classes: Sequence[str], opts: DmnOptions,
+                     labels: Sequence[str] | None, exact: bool) -> tuple[np.ndarray, list[list[Neighbor]],
+                                                                         list[np.ndarray]]:
+        """P_static from one wide search per query; also the neighbours and their readout weights."""
+        neighbor_lists = self.store.query_batch(vectors, opts.static_k, labels, exact)
+        ids = list(dict.fromkeys(n.id for ns in neighbor_lists for n in ns))
+        # Searches return no vectors; one retrieve of the union fetches the keys the readout needs.
+        keys = {p.id: p.vector for p in self.store.retrieve(ids, with_vectors=True)} if ids else {}
+        index = {c: i for i, c in enumerate(classes)}
+        probs = np.zeros((len(vectors), len(classes)))
+        weights = []
+        for qi, (q, ns) in enumerate(zip(vectors, neighbor_lists, strict=True)):
+            ns_ok = [n for n in ns if keys.get(n.id) is not None]
+            cls = np.array([index.get(n.label, -1) for n in ns_ok], dtype=np.int64)
+            kv = np.array([keys[n.id] for n in ns_ok], dtype=np.float32).reshape(-1, len(q))
+            chosen = static_entries(kv, cls, opts.static_cap)
+            probs[qi] = readout(q, chosen.keys, chosen.class_ids, len(classes), opts.beta, opts.scale)
+            # Per neighbour, the readout weight it carried (0 past the per-class cap).
+            w = np.zeros(len(ns_ok))
+            w[chosen.index] = np.exp(-opts.beta * (1.0 - np.array([ns_ok[j].similarity for j in chosen.index])))
+            weights.append(w)
+            neighbor_lists[qi] = ns_ok
+        return probs, neighbor_lists, weights
+
+    # ---------------------------------------------------------------- classify
+
+    def classify(
+        self,
+        vectors: np.ndarray,
+        stream: str | None = None,
+        options: DmnOptions | None = None,
+        labels: Sequence[str] | None = None,
+        sources: Sequence[str | None] | None = None,
+        exact: bool = False,
+    ) -> list[Classification]:
+        """Classify embedded queries in order; with a stream, each is written to it, then read out.
+
+        Args:
+            vectors: float32 [n, dim], L2-normalised, from the memory's featurizer.
+            stream: the dynamic memory's name; None leaves the dynamic memory off.
+            options: `DmnOptions` (None: defaults).
+            labels: only these classes compete.
+        """
+        opts = options or DmnOptions()
+        mode = self.resolve_mode(opts.mode)
+        names = read_class_names(opts.classes_file) if opts.classes_file else {}
+        stored = list(self.store.label_counts())
+        classes = list(dict.fromkeys(labels)) if labels else (stored or list(names))
+        if not classes:
+            raise ValueError("the memory holds no labels: give labels (or a classes file) to classify with DMN")
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.store.meta.featurizer.dim)
+        n = len(vectors)
+        alpha_text = opts.alpha_text if mode != "memory-only" else 0.0
+        alpha_static = opts.alpha_static if mode != "zero-shot" else 0.0
+        p_text = self.text_probs(vectors, classes, names, opts) if alpha_text or mode == "zero-shot" else None
+        p_static, neighbor_lists, weights = (self.static_probs(vectors, classes, opts, labels, exact)
+                                             if mode != "zero-shot" else (None, [[] for _ in range(n)],
+                                                                          [np.zeros(0)] * n))
+        dyn = self.stream(stream, opts.slots) if stream is not None else None
+        if dyn is not None and labels is None and stored:
+            dyn.drop_labels_except(set(stored))  # forgotten labels leave the dynamic memory too
+        # Pseudo-labels come from the parts that do not read the dynamic memory (text and/or static).
+        base_parts = [(alpha_text, p_text), (alpha_static, p_static)]
+        if not any(a and p is not None for a, p in base_parts):
+            base_parts = [(1.0, p_text), (1.0, p_static)]
+        results = []
+        lock = dyn.lock if dyn is not None else threading.RLock()
+        with lock:
+            for i in range(n):
+                base = fuse([(a, None if p is None else p[i]) for a, p in base_parts])
+                has_base = base.sum() > 0
+                written = None
+                ent = float(entropy(base)) if has_base else None
+                pseudo = classes[int(np.argmax(base))] if has_base else None
+                p_dyn = None
+                if dyn is not None:
+                    if opts.update and pseudo is not None and ent is not None:
+                        written = dyn.write(vectors[i], pseudo, ent)
+                    p_dyn = dyn.probabilities(vectors[i], classes, opts.beta, opts.scale)
+                parts = {"text": (alpha_text, None if p_text is None else p_text[i]),
+                         "dynamic": (opts.alpha_dynamic, p_dyn),
+                         "static": (alpha_static, None if p_static is None else p_static[i])}
+                results.append(self._result(parts, classes, neighbor_lists[i], weights[i], mode, stream,
+                                            pseudo, ent, written, sources[i] if sources else None, opts))
+            if dyn is not None and opts.update and stream is not None:
+                dyn.save(self.stream_path(stream))
+        return results
+
+    def _result(self, parts: dict[str, tuple[float, np.ndarray | None]], classes: Sequence[str],
+                neighbors: list[Neighbor], weights: np.ndarray, mode: str, stream: str | None,
+                pseudo: str | None, ent: float | None, written: bool | None, source: str | None,
+                opts: DmnOptions) -> Classification:
+        live = [(a, p) for a, p in parts.values() if p is not None and a and p.sum() > 0]
+        p = fuse(live) if live else np.zeros(len(classes))
+        order = np.argsort(-p, kind="stable")
+        label = classes[int(order[0])] if p.sum() > 0 else None
+        scores = {classes[j]: float(p[j]) for j in order if p[j] >= MIN_SCORE or j == order[0]} if label else {}
+        top = {name: {classes[j]: round(float(q[j]), 6) for j in np.argsort(-q, kind="stable")[:3] if q[j] > 0}
+               for name, (a, q) in parts.items() if q is not None}
+        votes = [NeighborVote(id=nb.id, label=nb.label, source=nb.source, similarity=nb.similarity,
+                              weight=float(w), rank=r) for r, (nb, w) in enumerate(zip(neighbors, weights,
+                                                                                       strict=True))]
+        sims = np.array([nb.similarity for nb in neighbors])
+        details = DmnDetails(mode=mode, stream=stream,
+                             alpha={name: float(a) for name, (a, q) in parts.items() if q is not None},
+                             parts=top, pseudo_label=pseudo, entropy=ent, written=written)
+        return Classification(source=source, label=label, scores=scores, neighbors=votes,
+                              vote=VoteSettings(rule=DMN_RULE, k=opts.static_k, origin="explicit"),
+                              novelty=float(np.mean(1.0 - sims)) if len(sims) else None, dmn=details)
+
+
+__all__ = ["DMN_RULE", "DmnClassifier", "DmnOptions", "dmn_home", "memory_key", "read_class_names"]
