@@ -1,0 +1,270 @@
+"""A fake Gemini REST server on loopback, for tests and benchmarks of code that uses `google-genai`.
+
+The real SDK talks to it over real HTTP (`HttpOptions(base_url=fake.url)` or `GOOGLE_GEMINI_BASE_URL`);
+nothing is mocked. It speaks `POST /v1beta/models/{model}:generateContent` and answers from a script:
+
+    >>> with FakeGemini() as fake:
+    ...     fake.enqueue(fake.status(429, retry_delay="0.05s"), fake.answer("cat"))
+    ...     client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.url))
+    ...     ...
+    ...     fake.count            # requests received
+    ...     fake.requests[-1].body
+
+With the script empty it answers the first candidate label of each request (from the enum schema,
+or from the `answer` function's enum in agentic mode). Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^:/]+):generateContent$")
+TOKENS_PER_IMAGE = 258  # what Gemini counts for a small image at the default media resolution
+
+
+@dataclass
+class Action:
+    kind: str
+    label: str | None = None
+    status: int = 200
+    retry_delay: str | None = None
+    seconds: float = 0.0
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    text: str | None = None
+
+
+@dataclass
+class Recorded:
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+    @property
+    def images(self) -> int:
+        """Inline images in the whole request, function-response parts included."""
+        return json.dumps(self.body).count('"inlineData"')
+
+    @property
+    def texts(self) -> list[str]:
+        return [p["text"] for c in self.body.get("contents", []) for p in c.get("parts", []) if "text" in p]
+
+    @property
+    def function_names(self) -> list[str]:
+        return [d["name"] for t in self.body.get("tools", []) for d in t.get("functionDeclarations", [])]
+
+
+def candidates_of(body: dict[str, Any]) -> list[str]:
+    """The labels the request allows: the enum of the response schema or of the `answer` function."""
+    gen = body.get("generationConfig", {})
+    for key in ("responseSchema", "responseJsonSchema"):
+        if gen.get(key, {}).get("enum"):
+            return list(gen[key]["enum"])
+    for tool in body.get("tools", []):
+        for decl in tool.get("functionDeclarations", []):
+            if decl.get("name") == "answer":
+                props = (decl.get("parameters") or decl.get("parametersJsonSchema") or {}).get("properties", {})
+                return list(props.get("label", {}).get("enum", []))
+    return []
+
+
+def _agentic(body: dict[str, Any]) -> bool:
+    return any(d.get("name") == "answer" for t in body.get("tools", []) for d in t.get("functionDeclarations", []))
+
+
+class FakeGemini:
+    """The server, on 127.0.0.1 and a free port, in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.script: deque[Action] = deque()
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.latency_s = 0.0  # added to every answer (throughput benchmarks)
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at once
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                with fake._lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    fake._handle(self)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-gemini", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeGemini:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # releases hanging handlers
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ script
+
+    @staticmethod
+    def answer(label: str) -> Action:
+        """200 with this label (a text answer, or an `answer(label)` call in agentic mode)."""
+        return Action("answer", label=label)
+
+    @staticmethod
+    def text(text: str) -> Action:
+        """200 with this text as the answer, whatever the schema allowed (e.g. a non-candidate)."""
+        return Action("text", text=text)
+
+    @staticmethod
+    def status(code: int, retry_delay: str | None = None) -> Action:
+        """An error status with Google's error body; 429 can carry a RetryInfo `retryDelay` like "2s"."""
+        return Action("status", status=code, retry_delay=retry_delay)
+
+    @staticmethod
+    def hang(seconds: float) -> Action:
+        """Say nothing for this long (released early when the server stops), then answer."""
+        return Action("hang", seconds=seconds)
+
+    @staticmethod
+    def malformed() -> Action:
+        """200 whose body is not JSON."""
+        return Action("malformed")
+
+    @staticmethod
+    def empty() -> Action:
+        """200 with no candidates at all."""
+        return Action("empty")
+
+    @staticmethod
+    def call(name: str, **args: Any) -> Action:
+        """200 with a function call (agentic mode)."""
+        return Action("call", calls=[{"name": name, "args": args}])
+
+    @staticmethod
+    def calls(*calls: tuple[str, dict[str, Any]]) -> Action:
+        """200 with several function calls in one turn."""
+        return Action("call", calls=[{"name": n, "args": a} for n, a in calls])
+
+    def enqueue(self, *actions: Action) -> None:
+        with self._lock:
+            self.script.extend(actions)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.script.clear()
+
+    # ------------------------------------------------------------------ serving
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        m = PATH.match(h.path.split("?")[0])
+        length = int(h.headers.get("content-length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        if not m:
+            return self._send(h, 404, {"error": {"code": 404, "message": f"no route {h.path}", "status": "NOT_FOUND"}})
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return self._send(h, 400, {"error": {"code": 400, "message": "bad JSON", "status": "INVALID_ARGUMENT"}})
+        with self._lock:
+            self.requests.append(Recorded(m["model"], body, {k.lower(): v for k, v in h.headers.items()},
+                                          time.monotonic()))
+            action = self.script.popleft() if self.script else Action("answer")
+        if not (h.headers.get("x-goog-api-key") or "key=" in h.path):
+            return self._send(h, 401, {"error": {"code": 401, "message": "API key missing",
+                                                 "status": "UNAUTHENTICATED"}})
+        if self.latency_s:
+            self._stop.wait(self.latency_s)
+        if action.kind == "hang":
+            self._stop.wait(action.seconds)
+            action = Action("answer")
+        if action.kind == "status":
+            return self._send(h, action.status, self._error_body(action))
+        if action.kind == "malformed":
+            return self._send_raw(h, 200, b'{"candidates": [{"content": {"parts": [{"text": "cat"')
+        if action.kind == "empty":
+            return self._send(h, 200, {"candidates": [], "usageMetadata": self._usage(body, 0)})
+        if action.kind == "call":
+            parts = [{"functionCall": {"name": c["name"], "args": c["args"], "id": f"call-{i}"}}
+                     for i, c in enumerate(action.calls)]
+            return self._send(h, 200, self._reply(body, parts))
+        if action.kind == "text":
+            return self._send(h, 200, self._reply(body, [{"text": action.text or ""}]))
+        label = action.label if action.label is not None else (candidates_of(body) or ["unknown"])[0]
+        if _agentic(body):
+            parts = [{"functionCall": {"name": "answer", "args": {"label": label}, "id": "call-answer"}}]
+        else:
+            parts = [{"text": label}]
+        return self._send(h, 200, self._reply(body, parts))
+
+    @staticmethod
+    def _error_body(action: Action) -> dict[str, Any]:
+        names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+                 400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED"}
+        err: dict[str, Any] = {"code": action.status, "message": f"fake error {action.status}",
+                               "status": names.get(action.status, "UNKNOWN")}
+        if action.retry_delay:
+            err["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": action.retry_delay}]
+        return {"error": err}
+
+    @staticmethod
+    def _usage(body: dict[str, Any], out_tokens: int) -> dict[str, int]:
+        images = json.dumps(body).count('"inlineData"')
+        chars = sum(len(t) for t in re.findall(r'"text": "((?:[^"\\]|\\.)*)"', json.dumps(body)))
+        prompt = images * TOKENS_PER_IMAGE + chars // 4
+        return {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
+
+    def _reply(self, body: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": self._usage(body, 3), "modelVersion": "fake-gemini"}
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, code: int, payload: dict[str, Any]) -> None:
+        FakeGemini._send_raw(h, code, json.dumps(payload).encode())
+
+    @staticmethod
+    def _send_raw(h: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
+        try:
+            h.send_response(code)
+            h.send_header("content-type", "application/json; charset=UTF-8")
+            h.send_header("content-length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (deadline): nothing to do
+            pass
