@@ -70,7 +70,8 @@ def test_classify_json_is_attributable_to_memory_points(built, image_folder):
         first = obj["neighbors"][0]
         assert {"id", "label", "source", "similarity", "weight"} <= first.keys()
         assert first["id"] == point_id_for(first["source"])
-        assert obj["vote"] == {"rule": "rank", "k": 5, "alpha": 2.0, "tau": 0.07, "origin": "explicit"}
+        assert obj["vote"] == {"rule": "rank", "k": 5, "alpha": 2.0, "tau": 0.07, "soft_pruning": True,
+                               "origin": "explicit"}
 
 
 def test_classify_reports_accuracy_from_folder_names(built, image_folder):

@@ -162,7 +162,7 @@ class VisualMemory:
     def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
         sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
         outcome = vote([n.label for n in neighbors], sims, settings.rule, settings.alpha, settings.tau,
-                       reliability=np.array([n.reliability for n in neighbors]))
+                       reliability=np.array([n.reliability for n in neighbors]) if settings.soft_pruning else None)
         votes = [NeighborVote(id=n.id, label=n.label, source=n.source, similarity=n.similarity,
                               weight=float(w), rank=i)
                  for i, (n, w) in enumerate(zip(neighbors, outcome.weights, strict=True))]

@@ -10,6 +10,7 @@ from . import eval as eval_cmd
 from . import experiment, memory, prune, templates
 from .bench import bench_app
 from .serve import serve
+from .tune import tune
 
 app = typer.Typer(
     name="vmem",
@@ -28,6 +29,7 @@ app.add_typer(bench_app, name="bench")
 app.command(name="eval")(eval_cmd.eval)
 app.command()(prune.prune)
 app.command()(experiment.experiment)
+app.command()(tune)
 
 
 @app.callback()

@@ -1,0 +1,93 @@
+"""`vmem tune`: the search over rule × parameter × k, the split, and the precedence of the stored defaults."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eval.scoring import NeighborTable
+from eval.tuning import split_indices, tune
+from retrieval import vote
+from tests.test_cli import COLOURS, built, image_folder  # noqa: F401 - fixtures reused
+from vmem.cli import app
+
+
+def random_table(n=60, k=12, n_classes=4, seed=3):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, n_classes, n)
+    # Neighbours are right more often near the top, as with real features.
+    right = rng.random((n, k)) < np.linspace(0.7, 0.3, k)
+    label_ids = np.where(right, truth[:, None], rng.integers(0, n_classes, (n, k)))
+    sims = np.sort(rng.uniform(0.2, 0.9, (n, k)), axis=1)[:, ::-1]
+    return NeighborTable(label_ids, sims.astype(np.float32), [str(c) for c in range(n_classes)]), truth
+
+
+def brute_force_accuracy(table, truth, rows, rule, k, alpha, tau):
+    hits = [vote([str(c) for c in table.label_ids[r, :k]], table.similarities[r, :k], rule, alpha, tau).label
+            == str(truth[r]) for r in rows]
+    return float(np.mean(hits))
+
+
+def test_tune_picks_the_best_candidate_on_the_validation_rows_only():
+    table, truth = random_table()
+    val, held = split_indices(len(truth), 0.5, seed=1)
+    report = tune(table, truth, val, held, alphas=(0.5, 2.0, 8.0), taus=(0.05, 0.5))
+    assert len(report.candidates) == 2 + 2 + 3  # plurality, distance, softmax×2, rank×3
+    best_seen = 0.0
+    for c in report.candidates:
+        curve = [brute_force_accuracy(table, truth, val, c.rule, k, c.alpha, c.tau) for k in range(1, 13)]
+        assert c.val_accuracy == pytest.approx(max(curve))
+        assert c.best_k == 1 + int(np.argmax(curve))
+        assert c.heldout_accuracy == pytest.approx(
+            brute_force_accuracy(table, truth, held, c.rule, c.best_k, c.alpha, c.tau))
+        best_seen = max(best_seen, c.val_accuracy)
+    assert report.chosen.val_accuracy == pytest.approx(best_seen)
+    assert report.gap == pytest.approx(report.chosen.val_accuracy - report.chosen.heldout_accuracy)
+    assert report.n_val == 30 and report.n_heldout == 30
+
+
+def test_held_out_labels_never_change_the_choice():
+    table, truth = random_table()
+    val, held = split_indices(len(truth), 0.5, seed=1)
+    scrambled = truth.copy()
+    scrambled[held] = (scrambled[held] + 1) % 4
+    a = tune(table, truth, val, held)
+    b = tune(table, scrambled, val, held)
+    assert a.vote_settings() == b.vote_settings()
+    assert a.chosen.heldout_accuracy != b.chosen.heldout_accuracy
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    v1, h1 = split_indices(101, 0.5, seed=0)
+    v2, h2 = split_indices(101, 0.5, seed=0)
+    assert np.array_equal(v1, v2) and np.array_equal(h1, h2)
+    assert not set(v1) & set(h1) and sorted([*v1, *h1]) == list(range(101))
+    assert not np.array_equal(v1, split_indices(101, 0.5, seed=1)[0])
+
+
+def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(built, image_folder, tmp_path):  # noqa: F811
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    runner = CliRunner()
+    out = runner.invoke(app, ["tune", "--memory", str(memory), "--dataset", str(image_folder / "train"),
+                              "--val-fraction", "0.5", "--k-max", "6", "--out", str(tmp_path / "report")],
+                        env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "chosen:" in out.output and "held-out" in out.output
+    stored = json.loads(runner.invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
+    assert set(stored["vote"]) == {"rule", "k", "alpha", "tau", "soft_pruning"} and 1 <= stored["vote"]["k"] <= 6
+    assert (tmp_path / "report" / "tune.md").exists()
+
+    query = str(image_folder / "query" / "red" / "q.jpg")
+    res = json.loads(runner.invoke(app, ["classify", query, "--memory", str(memory), "--json"]).output)
+    assert res["vote"]["origin"] == "memory"
+    assert res["vote"]["rule"] == stored["vote"]["rule"] and res["vote"]["k"] == stored["vote"]["k"]
+    assert len(res["neighbors"]) == stored["vote"]["k"]
+    res = json.loads(runner.invoke(app, ["classify", query, "--memory", str(memory), "--json", "--k", "2"]).output)
+    assert res["vote"]["origin"] == "explicit" and res["vote"]["k"] == 2 and len(res["neighbors"]) == 2
+    assert res["vote"]["rule"] == stored["vote"]["rule"]  # only k was given: the rule is still the tuned one

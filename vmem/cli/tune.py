@@ -1,0 +1,100 @@
+"""`vmem tune`: choose rule, k, α and τ on a validation split and store them with the memory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from retrieval import DatasetError
+
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def tune(
+    dataset: Annotated[Path, typer.Option("--dataset", "-d", help="labelled queries (folder, or .csv)")],
+    format: Annotated[str, typer.Option("--format", "-f", help="any layout `vmem eval` reads")] = "imagefolder",
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    val_fraction: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="share of --dataset to tune on; the rest is held out and only reported")] = 0.5,
+    val_dataset: Annotated[Path | None, typer.Option(
+        help="tune on this dataset instead, and report on all of --dataset")] = None,
+    val_format: Annotated[str, typer.Option(help="layout of --val-dataset")] = "imagefolder",
+    seed: Annotated[int, typer.Option(help="seed of the validation split")] = 0,
+    alphas: Annotated[str, typer.Option(help="rank-voting α grid")] = "0.5,1,2,4,8,16",
+    taus: Annotated[str, typer.Option(help="softmax τ grid")] = "0.01,0.02,0.03,0.05,0.07,0.1,0.2",
+    k_max: Annotated[int, typer.Option(min=1, max=1000, help="k is searched in 1..k_max")] = 100,
+    classes: Annotated[Path | None, typer.Option(
+        help="wnid-to-name file, when memory and dataset name classes differently")] = None,
+    cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write tune.md and tune.json here")] = None,
+    dry_run: Annotated[bool, typer.Option(help="report only; leave the memory's settings as they are")] = False,
+) -> None:
+    """Pick the voting rule, k, α and τ on a validation split; store them as the memory's defaults."""
+    from eval.datasets import align_labels, read_classes_file, read_dataset
+    from eval.harness import MAX_EXACT_BYTES, MemoryArrays, default_cache_dir, query_set
+    from eval.scoring import neighbors_exact, neighbors_from_store, truth_arrays
+    from eval.tuning import split_indices
+    from eval.tuning import tune as run_tune
+
+    t0 = time.perf_counter()
+    cache_root = cache or default_cache_dir()
+    names = read_classes_file(classes) if classes else None
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        store = mem.store
+        fits = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
+        arrays = MemoryArrays.from_store(store) if fits else None
+        memory_labels = arrays.labels if arrays is not None else list(store.label_counts())
+        try:
+            test_ds = align_labels(read_dataset(dataset, format), memory_labels, names)
+            val_ds = align_labels(read_dataset(val_dataset, val_format), memory_labels, names) if val_dataset else None
+        except (DatasetError, OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+        test_q = query_set(test_ds, mem.featurizer, cache_root)
+        if val_ds is not None:
+            val_q = query_set(val_ds, mem.featurizer, cache_root)
+            feats = np.concatenate([val_q.features, test_q.features])
+            correct = val_q.correct_labels + test_q.correct_labels
+            val_rows = np.arange(len(val_q.sources))
+            held_rows = np.arange(len(val_q.sources), len(feats))
+        else:
+            feats, correct = test_q.features, test_q.correct_labels
+            val_rows, held_rows = split_indices(len(feats), val_fraction, seed)
+        query_labels = {lab for labs in correct for lab in labs}
+        classes_list = sorted(set(memory_labels) | query_labels)
+        if arrays is not None:
+            table = neighbors_exact(feats, arrays, classes_list, k_max)
+        else:
+            table = neighbors_from_store(store, feats, classes_list, k_max)
+        truth, accepted = truth_arrays(correct, classes_list)
+        report = run_tune(table, truth, val_rows, held_rows, accepted, _floats(alphas), _floats(taus))
+        typer.echo(report.markdown())
+        if not dry_run:
+            store.meta.settings["vote"] = report.vote_settings()
+            store.meta.settings["tuning"] = {
+                "dataset": str(val_dataset or dataset), "val_queries": report.n_val,
+                "heldout_queries": report.n_heldout, "val_accuracy": report.chosen.val_accuracy,
+                "heldout_accuracy": report.chosen.heldout_accuracy, "seed": seed,
+                "val_fraction": None if val_dataset else val_fraction,
+                "search": "exact" if arrays is not None else "index",
+            }
+            store.save_meta()
+            typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tune.md").write_text(report.markdown() + "\n")
+        (out / "tune.json").write_text(report.model_dump_json(indent=2))
+    typer.echo(f"({time.perf_counter() - t0:.1f}s)", err=True)
