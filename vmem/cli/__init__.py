@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from . import dmn as dmn_cmd
 from . import eval as eval_cmd
 from . import experiment, memory, prune, templates
 from .bench import bench_app
@@ -30,6 +31,7 @@ app.command(name="eval")(eval_cmd.eval)
 app.command()(prune.prune)
 app.command()(experiment.experiment)
 app.command()(tune)
+app.add_typer(dmn_cmd.app, name="dmn")
 
 
 @app.callback()

@@ -1,0 +1,57 @@
+"""`vmem dmn classify/streams/show/reset` end to end on a tiny random CLIP memory of coloured squares."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.conftest import make_image
+from tests.test_clip import COLOURS, tiny_clip_dir  # noqa: F401  (the session fixture)
+from vmem.cli import app
+
+runner = CliRunner()
+
+
+def write_folder(root, shades):
+    for name, (r, g, b) in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for s in shades:
+            (root / name / f"{s + 20}.jpg").write_bytes(make_image((r + s, g, b - s), size=(36, 32)))
+
+
+def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
+    write_folder(tmp_path / "train", (-20, 0, 20))
+    write_folder(tmp_path / "query", (-10, 10))
+    mem = str(tmp_path / "memory")
+    built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
+                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
+    assert built.exit_code == 0, built.output
+
+    out = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--stream", "cam",
+                              "--mode", "memory-only", "--truth-from-dirs"])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 7  # 6 images + the accuracy line
+    assert lines[-1].startswith("accuracy 100.00% (6/6) with dmn (memory-only, stream cam)")
+
+    listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
+    assert listed.exit_code == 0
+    assert listed.stdout == "cam\t6 entries in 3 labels\t6 queries seen\n"
+
+    shown = runner.invoke(app, ["dmn", "show", "cam", "--memory", mem, "--json"])
+    info = json.loads(shown.stdout)
+    assert info["entries"] == 6 and info["slots"] == 50
+    assert {lab: v["entries"] for lab, v in info["labels"].items()} == {"blue": 2, "green": 2, "red": 2}
+
+    as_json = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query" / "red"), "--memory", mem,
+                                  "--dmn-stream", "cam", "--json", "--no-update"])
+    first = json.loads(as_json.stdout.splitlines()[0])
+    assert first["vote"]["rule"] == "dmn" and first["dmn"]["stream"] == "cam"
+    assert set(first["dmn"]["parts"]) == {"text", "dynamic", "static"}  # auto: a CLIP memory is few-shot
+
+    assert runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem]).stdout == "reset stream cam\n"
+    again = runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem])
+    assert again.exit_code == 1
+    bad = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--mode", "psychic"])
+    assert bad.exit_code == 2 and "mode" in bad.output

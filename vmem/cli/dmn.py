@@ -1,0 +1,130 @@
+"""`vmem dmn`: classify with Dual Memory Networks, and list, show or reset the dynamic-memory streams."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrieval import FeaturizerError, ImageDecodeError
+
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
+
+app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
+                  no_args_is_help=True)
+
+StreamArg = Annotated[str, typer.Argument(help="stream name")]
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="image files or directories, classified in this order")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    stream: Annotated[str | None, typer.Option("--stream", "--dmn-stream",
+                                               help="dynamic memory to write and read (default: off)")] = None,
+    mode: Annotated[str, typer.Option(help="auto | zero-shot | few-shot | memory-only")] = "auto",
+    alpha_text: Annotated[float, typer.Option(min=0, help="weight of the CLIP text classifier")] = 1.0,
+    alpha_dynamic: Annotated[float, typer.Option(min=0, help="weight of the dynamic memory")] = 1.0,
+    alpha_static: Annotated[float, typer.Option(min=0, help="weight of the labelled (static) memory")] = 1.0,
+    static_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours of the one wide search")] = 256,
+    static_cap: Annotated[int, typer.Option(min=1, help="static entries read out per class")] = 16,
+    classes_file: Annotated[Path | None, typer.Option(help="label<TAB>class name, for the text prompts")] = None,
+    update: Annotated[bool, typer.Option(help="write the queries into the stream")] = True,
+    label: Annotated[list[str] | None, typer.Option(help="only these labels compete; repeatable")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per image")] = False,
+    sample: Annotated[int | None, typer.Option(help="classify a fixed random sample of the images")] = None,
+    seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
+    truth_from_dirs: Annotated[
+        bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """Classify images with the dmn rule (a stream is a sequence: images are processed in order)."""
+    from vmem.dmn_classifier import DmnOptions
+
+    paths = expand_images(images, sample, seed)
+    if not paths:
+        raise typer.BadParameter("no images found", param_hint="IMAGES")
+    try:
+        opts = DmnOptions(mode=mode, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic, alpha_static=alpha_static,
+                          static_k=static_k, static_cap=static_cap, update=update,
+                          classes_file=str(classes_file) if classes_file else None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        try:
+            results, failed = mem.classify_many(paths, batch_size=batch_size, rule="dmn", dmn_stream=stream,
+                                                dmn=opts, labels=label)
+        except (FeaturizerError, ImageDecodeError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    for res in results:
+        if json_out:
+            typer.echo(res.model_dump_json(exclude_none=True))
+        else:
+            top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+            typer.echo(f"{res.source}\t{res.label}\t({top})")
+    for f in failed:
+        typer.echo(f"skipped {f.source}: {f.reason}", err=True)
+    if truth_from_dirs and results:
+        correct = sum(Path(r.source or "").parent.name == r.label for r in results)
+        d = results[0].dmn
+        typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
+                   f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",
+                   err=json_out)
+
+
+@app.command()
+def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None) -> None:
+    """List this memory's dynamic-memory streams (name, entries, queries seen)."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        names = mem.dmn.streams()
+        for name in names:
+            s = mem.dmn.stream(name)
+            typer.echo(f"{name}\t{len(s)} entries in {len(s.counts())} labels\t{s.updates} queries seen")
+        if not names:
+            typer.echo(f"no streams (they live under {mem.dmn.dir})", err=True)
+
+
+@app.command()
+def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None,
+         json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a stream: entries per pseudo-label and their mean prediction entropy."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        if stream not in mem.dmn.streams():
+            raise typer.BadParameter(f"no stream {stream!r}; have {mem.dmn.streams()}", param_hint="STREAM")
+        s = mem.dmn.stream(stream)
+        per_label = {lab: {"entries": n, "mean_entropy": round(float(s.entries(lab)[1].mean()), 4)}
+                     for lab, n in s.counts().items()}
+        info = {"stream": stream, "path": str(mem.dmn.stream_path(stream)), "featurizer": s.featurizer,
+                "slots": s.slots, "entries": len(s), "queries_seen": s.updates, "labels": per_label}
+    if json_out:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"stream   {stream} ({info['path']})")
+    typer.echo(f"entries  {len(s)} in {len(per_label)} labels, {s.slots} slots each; {s.updates} queries seen")
+    for lab, v in list(per_label.items())[:20]:
+        typer.echo(f"  {v['entries']:4d}  {lab}  (mean entropy {v['mean_entropy']:.3f})")
+    if len(per_label) > 20:
+        typer.echo(f"  ... {len(per_label) - 20} more")
+
+
+@app.command()
+def reset(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None) -> None:
+    """Empty a stream's dynamic memory (the labelled memory is untouched)."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        try:
+            existed = mem.dmn.reset(stream)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="STREAM") from exc
+    typer.echo(f"reset stream {stream}" if existed else f"no stream {stream!r}; nothing to reset",
+               err=not existed)
+    if not existed:
+        sys.exit(1)
