@@ -206,9 +206,8 @@ class GeminiReranker:
                  registry: TemplateRegistry | None = None, answer_cache: AnswerCache | None = None,
                  thumbnails: ThumbnailCache | None = None, **overrides: Any) -> None:
         base = settings or GeminiSettings()
-        self.settings = base.model_copy(update=overrides) if overrides else base
-        if overrides:  # validate the overrides as the settings class would
-            self.settings = GeminiSettings.model_validate(self.settings.model_dump())
+        # Keywords win over the given settings (and, being init arguments, over the environment).
+        self.settings = GeminiSettings(**{**base.model_dump(), **overrides}) if overrides else base
         self._api_key = api_key
         self._registry = registry
         self.thumbnails = thumbnails if thumbnails is not None else ThumbnailCache(self.settings.thumb_size)

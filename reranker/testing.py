@@ -50,7 +50,7 @@ class Recorded:
     @property
     def images(self) -> int:
         """Inline images in the whole request, function-response parts included."""
-        return json.dumps(self.body).count('"inlineData"')
+        return _count(self.body)[0]
 
     @property
     def texts(self) -> list[str]:
@@ -59,6 +59,19 @@ class Recorded:
     @property
     def function_names(self) -> list[str]:
         return [d["name"] for t in self.body.get("tools", []) for d in t.get("functionDeclarations", [])]
+
+
+def _count(body: dict[str, Any]) -> tuple[int, int]:
+    """(inline images, text characters) in a request: contents, function responses and system instruction."""
+    images = chars = 0
+    contents = [*body.get("contents", []), body.get("systemInstruction") or {}]
+    for content in contents:
+        for part in content.get("parts", []):
+            if "inlineData" in part:
+                images += 1
+            chars += len(part.get("text", ""))
+            images += sum("inlineData" in p for p in part.get("functionResponse", {}).get("parts", []))
+    return images, chars
 
 
 def candidates_of(body: dict[str, Any]) -> list[str]:
@@ -245,8 +258,7 @@ class FakeGemini:
 
     @staticmethod
     def _usage(body: dict[str, Any], out_tokens: int) -> dict[str, int]:
-        images = json.dumps(body).count('"inlineData"')
-        chars = sum(len(t) for t in re.findall(r'"text": "((?:[^"\\]|\\.)*)"', json.dumps(body)))
+        images, chars = _count(body)
         prompt = images * TOKENS_PER_IMAGE + chars // 4
         return {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
 
