@@ -120,6 +120,18 @@ def test_token_usage_is_reported_per_request_and_summed_per_batch(fake, make_rr,
     assert batch.reranked == 2 and batch.fallbacks == {}
 
 
+def test_settings_can_come_from_the_environment(fake, images, monkeypatch, tmp_path):
+    monkeypatch.setenv("VMEM_GEMINI_MODEL", "gemini-3.8-flash")
+    monkeypatch.setenv("VMEM_GEMINI_MEDIA_RESOLUTION", "high")
+    rr = GeminiReranker(api_key="k", base_url=fake.url, cache_path=tmp_path / "c.sqlite")
+    try:
+        assert rr.rerank_one(request(images)).model == "gemini-3.8-flash"
+    finally:
+        rr.close()
+    assert fake.requests[0].model == "gemini-3.8-flash"
+    assert fake.requests[0].body["generationConfig"]["mediaResolution"] == "MEDIA_RESOLUTION_HIGH"
+
+
 def test_the_endpoint_comes_from_GOOGLE_GEMINI_BASE_URL(fake, make_rr, images, monkeypatch):
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
     monkeypatch.setenv("GEMINI_API_KEY", "env-key")
@@ -215,6 +227,7 @@ def test_a_label_that_is_not_a_candidate_is_refused(fake, make_rr, images):
     out = make_rr().rerank_one(request(images, vote="cat"))
     assert (out.label, out.reranked, out.error) == ("cat", False, "NonCandidateAnswerError")
     assert "'giraffe'" in out.fallback_reason
+    assert out.usage.requests == 1 and out.usage.total_tokens > 0  # the tokens were spent all the same
 
 
 def test_free_text_is_not_mistaken_for_a_label(fake, make_rr, images):
