@@ -99,11 +99,13 @@ class GeminiSettings(BaseSettings):
     cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
     max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
     max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
+    max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that can change an answer (and so belong in the cache key)."""
         return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
-                                                     "max_exemplars", "max_neighbors_total"})
+                                                     "max_exemplars", "max_neighbors_total",
+                                                     "max_tool_images"})
 
 
 @dataclass
@@ -590,6 +592,10 @@ class GeminiReranker:
                                    "rank": it.rank + 1, "caption": template.render(
                                        "exemplar_line", index=i + 1, label=it.label,
                                        similarity=f"{it.similarity:.3f}", id=it.id)}
+            if len(parts) >= self.settings.max_tool_images:  # bound the tokens one tool call can add
+                row["image"] = None
+                listed.append(row)
+                continue
             try:
                 jpeg = await asyncio.to_thread(self.thumbnails.get, it.source)
                 row["image"] = len(parts) + 1

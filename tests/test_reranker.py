@@ -540,3 +540,13 @@ def test_cli_classify_rerank_json(fake, disk_memory, images, monkeypatch):
                               "--template", "nope"])
     flat = " ".join(res.output.replace("│", " ").split())
     assert res.exit_code == 2 and "unknown template 'nope'; available: agentic-v1" in flat
+
+
+def test_one_tool_call_sends_at_most_max_tool_images(fake, make_rr, images, store):
+    s, *_ = store
+    fake.enqueue(fake.call("more_neighbors", k=8), fake.answer("red"))
+    out = make_rr(max_tool_images=1).rerank_one(agentic_request(images, store), store=s)
+    more = out.trace[0]
+    assert more["returned"] == 5 and more["images"] == 1
+    reply = fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]
+    assert len(reply["parts"]) == 1 and sum(r["image"] is not None for r in reply["response"]["neighbors"]) == 1
