@@ -151,6 +151,44 @@ def fuse(
     return np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
 
 
+def pick_alpha(
+    parts: dict[str, np.ndarray],
+    truth: np.ndarray,
+    grid: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    fixed: str | None = None,
+) -> tuple[dict[str, float], float]:
+    """Fusion weights with the best accuracy on a *validation* split (never on the reported images).
+
+    Only ratios matter to the argmax, so the `fixed` part (default: the first) keeps weight 1 and every
+    other part takes each value of `grid`. Ties go to the weights closest to all ones (the default).
+
+    Args:
+        parts: name -> class probabilities [n, C] of the validation queries.
+        truth: int [n] true class ids.
+
+    Returns:
+        ({name: alpha}, validation accuracy in [0, 1]).
+    """
+    import itertools
+
+    names = list(parts)
+    fixed = fixed or names[0]
+    free = [n for n in names if n != fixed]
+    best: tuple[float, float, dict[str, float]] | None = None
+    for combo in itertools.product(grid, repeat=len(free)):
+        alpha = {fixed: 1.0, **dict(zip(free, combo, strict=True))}
+        try:
+            pred = fuse([(alpha[n], parts[n]) for n in names]).argmax(axis=1)
+        except ValueError:
+            continue
+        acc = float(np.mean(pred == truth))
+        distance = sum(abs(np.log(max(a, 1e-3))) for a in alpha.values())
+        if best is None or (acc, -distance) > (best[0], -best[1]):
+            best = (acc, distance, alpha)
+    assert best is not None
+    return best[2], best[0]
+
+
 # ---------------------------------------------------------------- text classifier
 
 

@@ -40,6 +40,7 @@ from retrieval.dmn import (
     DynamicMemory,
     entropy,
     fuse,
+    pick_alpha,
     readout,
     static_entries,
 )
@@ -142,7 +143,8 @@ def main() -> None:
         return fuse([(a_dyn, dyn_probs), (a_static, p_static)]).argmax(axis=1)
 
     grid = {a: acc(dmn_pred(a), tune) for a in ALPHA_GRID}
-    best = max(grid, key=lambda a: (grid[a], -abs(np.log(a + 1e-9))))  # ties: closest to the default 1
+    picked, _ = pick_alpha({"static": p_static[tune], "dynamic": p_dyn[tune]}, yva[tune], ALPHA_GRID)
+    best = picked["dynamic"]
     rows = {
         "rank voting, k=50": rank,
         "softmax voting, k=50 (tau 0.07)": soft,

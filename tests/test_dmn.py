@@ -12,6 +12,7 @@ from retrieval.dmn import (
     check_stream_name,
     entropy,
     fuse,
+    pick_alpha,
     readout,
     softmax,
     static_entries,
@@ -155,3 +156,16 @@ def test_stream_names_are_safe_file_names(name, ok):
     else:
         with pytest.raises(ValueError):
             check_stream_name(name)
+
+
+def test_pick_alpha_finds_the_weight_that_fixes_the_validation_errors():
+    # Static always says class 0 (0.6 : 0.4); dynamic is right everywhere. Queries 1 and 2 need
+    # 0.4 + a_dyn > 0.6, i.e. a_dyn > 0.2.
+    p_static = np.array([[0.6, 0.4]] * 3)
+    p_dyn = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    truth = np.array([0, 1, 1])
+    alpha, acc = pick_alpha({"static": p_static, "dynamic": p_dyn}, truth, grid=(0.0, 0.1, 0.5, 4.0))
+    # 0.5 and 4 both reach 100%; 0.5 is closer to the default weight 1.
+    assert (alpha, acc) == ({"static": 1.0, "dynamic": 0.5}, 1.0)
+    alpha, acc = pick_alpha({"static": p_static, "dynamic": p_dyn}, truth, grid=(0.0, 0.1))
+    assert acc == pytest.approx(1 / 3) and alpha == {"static": 1.0, "dynamic": 0.1}
