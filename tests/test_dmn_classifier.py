@@ -85,6 +85,7 @@ def test_streams_persist_per_memory_and_name_and_reset(memory):
     memory.classify_dmn(q[:6], stream="cam1")
     memory.classify_dmn(q[6:], stream="cam1")
     memory.classify_dmn(q[:2], stream="cam2")
+    memory.dmn.flush()  # saves are throttled (a full stream is tens of MB); flush writes the rest
     path = dmn_home() / memory_key(memory.store.location) / "cam1.npz"
     assert str(path).startswith(os.environ["VMEM_HOME"])
     stored = DynamicMemory.load(path)
@@ -103,6 +104,7 @@ def test_a_read_only_stream_is_not_written(memory):
     memory.classify_dmn(q[:2], stream="s")
     res = memory.classify_dmn(q[2:], stream="s", options=DmnOptions(update=False))
     assert res[0].dmn.written is None
+    memory.dmn.flush()
     assert len(DynamicMemory.load(memory.dmn.stream_path("s"))) == 2
 
 
@@ -180,3 +182,14 @@ def test_class_names_file_takes_the_first_synonym(tmp_path: Path):
     f = tmp_path / "classes.tsv"
     f.write_text("n02124075\tEgyptian cat\nn04067472\treel, spool\n")
     assert read_class_names(f) == {"n02124075": "Egyptian cat", "n04067472": "reel"}
+
+
+def test_saves_are_throttled_and_flushed(memory):
+    q, _ = queries(3)
+    memory.dmn.save_interval_s = 3600.0
+    memory.classify_dmn(q[:1], stream="s")  # the first save of a stream happens at once
+    memory.classify_dmn(q[1:], stream="s")  # within the interval: kept in memory only
+    path = memory.dmn.stream_path("s")
+    assert len(DynamicMemory.load(path)) == 1
+    memory.dmn.flush()
+    assert len(DynamicMemory.load(path)) == 3

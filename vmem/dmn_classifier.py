@@ -22,10 +22,12 @@ so within a batch the queries are processed in order, and a stream is a sequence
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -106,14 +108,23 @@ def read_class_names(path: str | Path) -> dict[str, str]:
 class DmnClassifier:
     """The `dmn` rule over one memory; streams are loaded on first use and saved after each batch."""
 
-    def __init__(self, store: MemoryStore, featurizer: Callable[[], Any], root: str | Path | None = None) -> None:
-        """`featurizer` returns the memory's encoder, so listing or resetting streams never loads it."""
+    def __init__(self, store: MemoryStore, featurizer: Callable[[], Any], root: str | Path | None = None,
+                 save_interval_s: float = 1.0) -> None:
+        """`featurizer` returns the memory's encoder, so listing or resetting streams never loads it.
+
+        A full stream is ~50 MB (200 classes x 50 slots x 1280-d), so a stream is saved after a batch
+        only when the last save is `save_interval_s` old; `flush()` (also run at exit) saves the rest.
+        """
         self.store = store
         self._featurizer = featurizer
         self.dir = Path(root) if root is not None else dmn_home() / memory_key(store.location)
         self._streams: dict[str, DynamicMemory] = {}
         self._lock = threading.Lock()
         self._text_cache: dict[tuple, np.ndarray] = {}
+        self.save_interval_s = save_interval_s
+        self._last_save: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        atexit.register(self.flush)
 
     @property
     def featurizer(self) -> Any:
@@ -143,10 +154,31 @@ class DmnClassifier:
     def streams(self) -> list[str]:
         return sorted(p.stem for p in self.dir.glob("*.npz")) if self.dir.is_dir() else []
 
+    def save(self, name: str, force: bool = False) -> None:
+        """Persist a stream now (force) or when its last save is older than `save_interval_s`."""
+        with self._lock:
+            mem = self._streams.get(name)
+            now = time.monotonic()
+            if mem is None:
+                return
+            if not force and now - self._last_save.get(name, -np.inf) < self.save_interval_s:
+                self._dirty.add(name)
+                return
+            mem.save(self.stream_path(name))
+            self._last_save[name] = now
+            self._dirty.discard(name)
+
+    def flush(self) -> None:
+        """Save every stream with unsaved updates."""
+        for name in sorted(self._dirty):
+            self.save(name, force=True)
+
     def reset(self, name: str) -> bool:
         """Empty a stream and delete its file; True when there was one."""
         path = self.stream_path(name)
         with self._lock:
+            self._dirty.discard(name)
+            self._last_save.pop(name, None)
             mem = self._streams.pop(name, None)
             if mem is not None:
                 mem.reset()
@@ -261,7 +293,7 @@ class DmnClassifier:
                 results.append(self._result(parts, classes, neighbor_lists[i], weights[i], mode, stream,
                                             pseudo, ent, written, sources[i] if sources else None, opts))
             if dyn is not None and opts.update and stream is not None:
-                dyn.save(self.stream_path(stream))
+                self.save(stream)
         return results
 
     def _result(self, parts: dict[str, tuple[float, np.ndarray | None]], classes: Sequence[str],
