@@ -550,3 +550,12 @@ def test_one_tool_call_sends_at_most_max_tool_images(fake, make_rr, images, stor
     assert more["returned"] == 5 and more["images"] == 1
     reply = fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]
     assert len(reply["parts"]) == 1 and sum(r["image"] is not None for r in reply["response"]["neighbors"]) == 1
+
+
+def test_many_threads_can_share_one_reranker(fake, make_rr, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rr = make_rr(cache=False)
+    with ThreadPoolExecutor(4) as pool:  # e.g. a FastAPI threadpool serving four requests at once
+        outs = list(pool.map(lambda i: rr.rerank_one(request(images, query_rgb=(i, 9, 9))), range(8)))
+    assert all(o.reranked for o in outs) and fake.count == 8
