@@ -90,9 +90,10 @@ class ClassifyQuery(BaseModel):
     k: int | None = Field(None, ge=1, le=1000,
                           description="neighbours that vote (default: the memory's tuned k, else 50)")
     vote: VoteRule | None = Field(None, description="voting rule (default: the memory's tuned rule, else rank)")
-    alpha: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False,
+    # Bounded away from 0: a denormal alpha or tau overflows the vote weights.
+    alpha: float | None = Field(None, ge=1e-3, le=1e6, allow_inf_nan=False,
                                 description="rank voting: weight 1/(alpha + rank)")
-    tau: float | None = Field(None, gt=0, le=1e3, allow_inf_nan=False,
+    tau: float | None = Field(None, ge=1e-3, le=1e3, allow_inf_nan=False,
                               description="softmax voting temperature")
     rerank: bool = Field(False, description="ask the VLM re-ranker; falls back to the vote with a reason")
     template: str | None = Field(None, min_length=1, max_length=64,

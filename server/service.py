@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +126,8 @@ class ClassifierService:
         self.settings = settings
         self.metrics = metrics
         self.owns_memory = owns_memory
-        self.executor = ThreadPoolExecutor(settings.featurize_threads, thread_name_prefix="vmem-embed")
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self.ready = False
         # Bumped on every edit: cached answers and OOD thresholds are keyed by it, so none outlives an edit.
         self._generation = 0
@@ -144,11 +146,20 @@ class ClassifierService:
         if not self.settings.qdrant_url and location != ":memory:" and "://" not in location:
             return Path(location) / "thumbnails"  # kept with the memory, deleted with it
         self._tmp_thumbs = tempfile.mkdtemp(prefix="vmem-thumbnails-")
+        weakref.finalize(self, shutil.rmtree, self._tmp_thumbs, True)  # also at interpreter exit
         log.warning("thumbnails of added images are kept in %s until the server stops; "
                     "set VMEM_THUMBNAIL_DIR to keep them", self._tmp_thumbs)
         return Path(self._tmp_thumbs)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The embedding threads; made on first use, so a service outlives an app restart (tests)."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.settings.featurize_threads, thread_name_prefix="vmem-embed")
+            return self._executor
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
@@ -163,11 +174,12 @@ class ClassifierService:
         self.refresh_size_metrics()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
         if self.owns_memory:
             self.memory.close()
-        if self._tmp_thumbs:
-            shutil.rmtree(self._tmp_thumbs, ignore_errors=True)
 
     @property
     def backend(self) -> str:

@@ -28,8 +28,10 @@ from ._common import image_body, thumbnail_url
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
-_LABEL_FIELD = {"label": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200},
-                          "minItems": 1, "description": "one label per image, in order, or a single label for all"}}
+# Untyped on purpose: every multipart text field arrives as a string, so a type in the schema would
+# promise a rejection ("label must be an array") that no server can make.
+_LABEL_FIELD = {"label": {"description": "text fields: one `label` per image, in order, or a single one for all "
+                                         "(1 to 200 characters each)"}}
 
 
 @router.post(
