@@ -219,8 +219,9 @@ class DynamicMemory:
     is appended; when full, it replaces the highest-entropy entry if its own entropy is lower,
     otherwise it is dropped. Classes are labels (strings), so the label set may grow.
 
-    Held densely ([classes, slots, dim]) so that one readout is two matrix products; persisted as
-    one `.npz` per stream (`save`/`load`); a process-local lock guards updates.
+    Held densely ([classes, slots, dim]) with each class's Gram matrix of its entries, so that a
+    readout is one matrix-vector product: <m_c, q> = w.s / sqrt(w^T G_c w) with s_j = cos(q, k_j).
+    Persisted as one `.npz` per stream (`save`/`load`); a process-local lock guards updates.
     """
 
     def __init__(self, dim: int, slots: int = DEFAULT_SLOTS, featurizer: str = "") -> None:
@@ -234,6 +235,7 @@ class DynamicMemory:
         self._index: dict[str, int] = {}
         self._feats = np.zeros((0, slots, dim), np.float32)
         self._ents = np.zeros((0, slots))
+        self._gram = np.zeros((0, slots, slots))  # per class, dot products of its entries
         self._n = np.zeros(0, np.int64)  # used slots per class
         self.lock = threading.RLock()
 
@@ -260,6 +262,7 @@ class DynamicMemory:
             grow = max(8, i)
             self._feats = np.concatenate([self._feats, np.zeros((grow, self.slots, self.dim), np.float32)])
             self._ents = np.concatenate([self._ents, np.zeros((grow, self.slots))])
+            self._gram = np.concatenate([self._gram, np.zeros((grow, self.slots, self.slots))])
             self._n = np.concatenate([self._n, np.zeros(grow, np.int64)])
         self.labels.append(label)
         self._index[label] = i
@@ -281,7 +284,13 @@ class DynamicMemory:
                     return False
             self._feats[i, slot] = f
             self._ents[i, slot] = float(ent)
+            self._update_gram(i, slot)
             return True
+
+    def _update_gram(self, i: int, slot: int) -> None:
+        row = self._feats[i].astype(np.float64) @ self._feats[i, slot].astype(np.float64)
+        self._gram[i, slot, :] = row
+        self._gram[i, :, slot] = row
 
     def probabilities(self, query: np.ndarray, classes: Sequence[str], beta: float = DEFAULT_BETA,
                       scale: float = DEFAULT_SCALE) -> np.ndarray:
@@ -296,12 +305,13 @@ class DynamicMemory:
             used = np.arange(self.slots)[None, :] < self._n[:held, None]
             sims = (feats.reshape(-1, self.dim) @ q).reshape(held, self.slots).astype(np.float64)
             w = np.where(used, np.exp(-beta * (1.0 - sims)), 0.0)
-            protos = (w[:, None, :].astype(np.float32) @ feats)[:, 0, :].astype(np.float64)
+            # <normalise(sum_j w_j k_j), q> = (w . s) / sqrt(w^T G w), without forming the prototypes.
+            norm2 = np.einsum("cs,cst,ct->c", w, self._gram[:held], w)
+            dots = (w * sims).sum(axis=1)
             pos = [(j, self._index[c]) for j, c in enumerate(classes) if c in self._index]
-        norms = np.linalg.norm(protos, axis=1)
         for j, i in pos:
-            if norms[i] > 0:
-                logits[j] = scale * float(protos[i] @ q) / norms[i]
+            if norm2[i] > 0:
+                logits[j] = scale * dots[i] / np.sqrt(norm2[i])
         return softmax(logits)
 
     def drop_labels_except(self, keep: set[str]) -> int:
@@ -349,6 +359,8 @@ class DynamicMemory:
             mem._feats[i, : len(rows)] = feats[rows]
             mem._ents[i, : len(rows)] = ents[rows]
             mem._n[i] = len(rows)
+            for slot in range(len(rows)):
+                mem._update_gram(i, slot)
         mem.updates = int(updates)
         return mem
 

@@ -169,3 +169,19 @@ def test_pick_alpha_finds_the_weight_that_fixes_the_validation_errors():
     assert (alpha, acc) == ({"static": 1.0, "dynamic": 0.5}, 1.0)
     alpha, acc = pick_alpha({"static": p_static, "dynamic": p_dyn}, truth, grid=(0.0, 0.1))
     assert acc == pytest.approx(1 / 3) and alpha == {"static": 1.0, "dynamic": 0.1}
+
+
+def test_dynamic_readout_stays_exact_after_replacements_and_reloading(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((40, 6))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    mem = DynamicMemory(dim=6, slots=4)
+    for i, f in enumerate(feats):  # 3 classes, many replacements
+        mem.write(f, "abc"[i % 3], float(rng.random()))
+    mem.save(tmp_path / "s.npz")
+    back = DynamicMemory.load(tmp_path / "s.npz")
+    q = feats[7]
+    held = [mem.entries(c)[0] for c in "abc"]
+    expected = readout(q, np.concatenate(held), np.repeat([0, 1, 2], [len(h) for h in held]), 3, scale=30.0)
+    np.testing.assert_allclose(mem.probabilities(q, list("abc"), scale=30.0), expected, rtol=1e-5)
+    np.testing.assert_allclose(back.probabilities(q, list("abc"), scale=30.0), expected, rtol=1e-5)
