@@ -112,6 +112,9 @@ class VisualMemory:
             return self._featurizer
 
     def close(self) -> None:
+        reranker = self._reranker
+        if reranker is not None and hasattr(reranker, "close"):
+            reranker.close()
         self.store.close()
 
     def __enter__(self) -> VisualMemory:

@@ -1,0 +1,95 @@
+"""`vmem bench featurize`: images/s from JPEG files through the whole pipeline against the raw forward.
+
+The pipeline is decode + preprocess in DataLoader workers overlapped with the model's forward
+pass; the raw forward runs on tensors already prepared. Their ratio says whether decoding ever
+starves the model. DINOv2-S runs with random weights (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from retrieval import Dinov2Featurizer, Featurizer, load_featurizer, load_image, scan_imagefolder
+
+from .bench_search import machine_info
+
+
+def random_dinov2_small(workdir: Path) -> Featurizer:
+    """DINOv2 ViT-S/14's architecture with random weights, saved and loaded like a checkpoint."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = workdir / "dinov2-small-random"
+    if not path.exists():
+        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                              patch_size=14, image_size=518)
+        Dinov2Model(config).save_pretrained(path)
+    return Dinov2Featurizer(str(path), name="dinov2-small (random weights)")
+
+
+def _images(dataset: Path | None, n: int, workdir: Path) -> list[str]:
+    if dataset is not None:
+        return [it.source for it in scan_imagefolder(dataset)][:n]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        p = workdir / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(p, quality=90)
+        out.append(str(p))
+    return out
+
+
+def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
+    x = torch.stack([feat.preprocessing(load_image(p)) for p in paths[:batch_size]])
+    feat.embed_tensors(x)  # warm-up (and, on CPU, tracing)
+    raw = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        feat.embed_tensors(x)
+        raw.append(time.perf_counter() - t)
+    raw_ips = batch_size / statistics.median(raw)
+    pipe = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = feat.embed_many(paths, batch_size=batch_size, num_workers=workers)
+        pipe.append(time.perf_counter() - t)
+        assert len(res.indices) == len(paths), res.failures[:2]
+    pipe_ips = len(paths) / statistics.median(pipe)
+    return {"featurizer": feat.name, "batch_size": batch_size, "raw_forward_img_s": round(raw_ips, 1),
+            "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3)}
+
+
+def featurize(
+    dataset: Annotated[Path | None, typer.Option(
+        help="ImageFolder of JPEGs (default: synthetic 500x375 JPEGs)")] = None,
+    images: Annotated[int, typer.Option(help="images per pipeline run")] = 256,
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "16,64",
+    models: Annotated[str, typer.Option(help="comma-separated: efficientnet-lite0, dinov2-small")] = (
+        "efficientnet-lite0,dinov2-small"),
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: cores - 1)")] = None,
+    repeats: Annotated[int, typer.Option(help="timed repeats; medians are reported")] = 3,
+) -> None:
+    """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
+    machine = machine_info()
+    typer.echo(f"machine: {json.dumps(machine)}", err=True)
+    with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
+        paths = _images(dataset, images, Path(tmp))
+        typer.echo(f"settings: {len(paths)} images from {dataset or 'synthetic JPEGs'}, workers={workers}", err=True)
+        rows = []
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
+            for bs in [int(b) for b in batch_sizes.split(",")]:
+                row = measure(feat, paths, bs, workers, repeats)
+                typer.echo(f"  {row}", err=True)
+                rows.append(row)
+    typer.echo(json.dumps({"machine": machine, "images": len(paths), "results": rows}))
