@@ -282,7 +282,8 @@ def pruning(memory: LabelledArrays, queries: LabelledArrays, thresholds: Sequenc
                + ", ".join(f"{r['variant']} ({len(memory) - r['points']} out) {100 * r['rank_best']:.2f}%"
                            for r in rows[1:-1]))
     hist = np.bincount(np.minimum(counts, 256))
-    return ExperimentResult(name="pruning", params={"k": k, "thresholds": list(thresholds), "blame": blame,
+    name = "pruning" if blame == "all" else f"pruning-{blame}"
+    return ExperimentResult(name=name, params={"k": k, "thresholds": list(thresholds), "blame": blame,
                                                     "count_histogram_capped_256": hist.tolist()},
                             rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
 

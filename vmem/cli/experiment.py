@@ -37,7 +37,7 @@ def experiment(
     cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="a fixed random sample of this many queries")] = None,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and pruning counts")] = 50,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes and unlearning")] = 50,
     per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
     fractions: Annotated[str, typer.Option(help="corruption: fractions of random labels")] = (
         "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"),
