@@ -1,0 +1,113 @@
+"""Helpers shared by the reliability tests: a tiny random encoder, distinct images, `vmem serve` as a process.
+
+A tiny random DINOv2 (saved like a downloaded checkpoint) embeds hundreds of images a second on a
+busy 2-core machine, so crash and load tests spend their time on what they test, not on the encoder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+VMEM = [sys.executable, "-c", "from vmem.cli import app; app()"]
+
+
+def save_tiny_dinov2(path: Path) -> str:
+    """A random 1-layer DINOv2 at `path`; returns its featurizer name (`dinov2:PATH`)."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          patch_size=14, image_size=224)
+    Dinov2Model(config).save_pretrained(path)
+    return f"dinov2:{path}"
+
+
+def noise_png(seed: int, size: int = 16, fmt: str = "PNG") -> bytes:
+    """A random image, distinct per seed (so its content id, and its point id, are distinct too)."""
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image_folder(root: Path, labels: list[str], per_label: int) -> list[Path]:
+    """`root/<label>/<i>.png` of random images; returns the files."""
+    files = []
+    for li, label in enumerate(labels):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_label):
+            p = root / label / f"{i:04d}.png"
+            p.write_bytes(noise_png(10_000 * li + i))
+            files.append(p)
+    return files
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": repo, "OMP_NUM_THREADS": "1", **extra}
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def vmem_serve(memory: Path, workdir: Path, *args: str, env: dict[str, str] | None = None,
+               ready_timeout: float = 120.0) -> Iterator[Served]:
+    """`vmem serve` as a child process on a free loopback port, ready when this yields; stopped after."""
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*VMEM, "serve", "--memory", str(memory), "--port", str(port), *args],
+                                env=env or subprocess_env(), cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    served = Served(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vmem serve exited with {proc.returncode}:\n{served.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vmem serve not ready in {ready_timeout:g} s:\n{served.output()}")
+            try:
+                if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -1,0 +1,167 @@
+"""Crash safety: `kill -9` in the middle of `vmem build` and of the server's memory writes.
+
+What a user of a database-backed tool relies on, checked on the embedded Qdrant Edge memory:
+the memory reopens; its counts agree with its points; every write that was acknowledged (a build
+batch reported done, an HTTP 201) is there; a resumed build ends with every image exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retrieval import MemoryError, load_featurizer, normalize_source, open_store, point_id_for
+from tests._reliability_fixtures import (
+    VMEM,
+    image_folder,
+    noise_png,
+    save_tiny_dinov2,
+    subprocess_env,
+    vmem_serve,
+)
+
+LABELS = ["ant", "bee", "cat"]
+PER_LABEL = 200  # 600 images: a few seconds of building, so a kill lands mid-run
+BATCH = 16
+KILL_AFTER = 4 * BATCH
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> str:
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+def check_consistent(memory: Path) -> list:
+    """Reopen the memory and check it agrees with itself; returns its points."""
+    with open_store(memory) as store:
+        points = [p for batch in store.scroll() for p in batch]
+        ids = [p.id for p in points]
+        assert len(ids) == len(set(ids)) == store.count(), "a point is counted twice or not at all"
+        assert sum(store.label_counts().values()) == store.count()
+        for p in points:
+            assert p.id == point_id_for(p.source), "a point's id no longer derives from its source"
+        return points
+
+
+class Progress:
+    """Follows tqdm's `done/total` on a child's stderr."""
+
+    def __init__(self, proc: subprocess.Popen, total: int) -> None:
+        self.done = 0
+        self.text = ""
+        self._pattern = re.compile(rf"(\d+)/{total}\b")
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        fd = proc.stderr.fileno()
+        while chunk := os.read(fd, 4096):
+            self.text += chunk.decode(errors="replace")
+            found = self._pattern.findall(self.text[-400:])
+            if found:
+                self.done = max(self.done, int(found[-1]))
+
+
+def build_cmd(dataset: Path, memory: Path, encoder: str) -> list[str]:
+    return [*VMEM, "build", str(dataset), "--memory", str(memory), "--featurizer", encoder,
+            "--batch-size", str(BATCH), "--workers", "0"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path, tiny_encoder):
+    files = image_folder(tmp_path / "dataset", LABELS, PER_LABEL)
+    total = len(files)
+    memory = tmp_path / "memory"
+    proc = subprocess.Popen(build_cmd(tmp_path / "dataset", memory, tiny_encoder), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress = Progress(proc, total)
+    deadline = time.monotonic() + 120
+    while progress.done < KILL_AFTER and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    acknowledged = progress.done  # reported after each batch is in the memory
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the build ended before the kill:\n{progress.text[-2000:]}"
+    assert acknowledged >= KILL_AFTER, progress.text[-2000:]
+
+    points = check_consistent(memory)
+    assert acknowledged <= len(points) < total, (acknowledged, len(points))
+    for p in points:
+        assert p.label == Path(p.source).parent.name
+
+    resumed = subprocess.run(build_cmd(tmp_path / "dataset", memory, tiny_encoder), env=subprocess_env(),
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{total - len(points)} added, {len(points)} already in memory, 0 failed" in resumed.stdout
+
+    points = check_consistent(memory)
+    assert len(points) == total
+    assert {p.id for p in points} == {point_id_for(normalize_source(f)) for f in files}
+
+
+def test_a_memory_whose_creation_died_before_its_metadata_is_recreated(tmp_path, tiny_encoder):
+    feat = load_featurizer(tiny_encoder, device="cpu")
+    memory = tmp_path / "memory"
+    open_store(memory, feat.spec).close()
+    (memory / "vmem.json").unlink()  # what a kill between creating the shard and writing vmem.json leaves
+    with pytest.raises(MemoryError, match="build one first"):
+        open_store(memory)
+    with open_store(memory, feat.spec) as store:
+        store.add(feat.embed([noise_png(1)]), ["ant"], ["/x/1.png"])
+    assert len(check_consistent(memory)) == 1
+
+
+@pytest.mark.slow
+def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, tiny_encoder):
+    feat = load_featurizer(tiny_encoder, device="cpu")
+    memory = tmp_path / "memory"
+    with open_store(memory, feat.spec) as store:
+        seed_images = [noise_png(i) for i in range(6)]
+        store.add(feat.embed(seed_images), ["ant", "bee", "cat"] * 2, [f"/seed/{i}.png" for i in range(6)])
+
+    acked: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def writer(worker: int, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                seed = 1_000_000 * (worker + 1) + n
+                try:
+                    resp = http.post("/v1/memory", data={"label": LABELS[n % 3]},
+                                     files={"images": (f"{seed}.png", noise_png(seed))})
+                except httpx.TransportError:
+                    return  # the server is gone
+                assert resp.status_code == 201, resp.text
+                with lock:
+                    acked.extend(p["id"] for p in resp.json()["added"])
+
+    with vmem_serve(memory, tmp_path, "--no-auth", "--threads", "2", "--log-level", "warning") as served:
+        threads = [threading.Thread(target=writer, args=(w, served.url), daemon=True) for w in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        served.proc.send_signal(signal.SIGKILL)  # while the writers are still sending
+        served.proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert len(acked) >= 40, served.output()[-2000:]
+
+    points = check_consistent(memory)
+    ids = {p.id for p in points}
+    missing = set(acked) - ids
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged adds were lost"
+    assert len(points) >= 6 + len(set(acked))
