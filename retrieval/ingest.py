@@ -77,6 +77,7 @@ class BuildReport:
     skipped_existing: int = 0
     failed: list[EmbedFailure] = field(default_factory=list)
     seconds: float = 0.0
+    index_seconds: float = 0.0  # building the HNSW index after inserting
     memory_points: int = 0
 
     def summary(self) -> str:
@@ -84,7 +85,7 @@ class BuildReport:
         lines = [
             f"{self.added} added, {self.skipped_existing} already in memory, {len(self.failed)} failed "
             f"of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
-            f"memory now holds {self.memory_points} points"
+            f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
         ]
         lines += [f"  skipped {f.source}: {f.reason}" for f in self.failed[:50]]
         if len(self.failed) > 50:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -318,7 +319,9 @@ class VisualMemory:
         """Embed and insert labelled images; resumable, bad images skipped and reported."""
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
+        t0 = time.perf_counter()
         self.store.optimize()
+        report.index_seconds = time.perf_counter() - t0
         return report
 
     def add(
