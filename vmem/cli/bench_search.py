@@ -137,8 +137,9 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
                      batch: int, faiss_baseline: bool, workdir: Path, echo=print) -> dict[str, Any]:
     n_classes = max(2, n // 1000)
     echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
-    vecs, labels, _ = synthetic_features(n, dim, n_classes, seed)
-    qv, _, _ = synthetic_features(queries, dim, n_classes, seed + 1)
+    # Queries come from the same classes as the memory (fresh samples around the same centres).
+    allv, all_labels, _ = synthetic_features(n + queries, dim, n_classes, seed)
+    vecs, labels, qv = allv[:n], all_labels[:n], allv[n:]
     res: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k, "index": settings.model_dump(),
                            "raw_vector_mb": round(vecs.nbytes / 2**20, 1)}
 
