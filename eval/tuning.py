@@ -56,12 +56,15 @@ class TuneReport(BaseModel):
     n_val: int
     n_heldout: int
     k_max: int
+    reliability_present: bool = Field(False, description="the memory had soft-pruning factors when tuned")
     gap: float | None = Field(None, description="val accuracy minus held-out accuracy of the chosen settings")
 
     def vote_settings(self) -> dict:
         """What goes into the memory's metadata (`settings["vote"]`)."""
         c = self.chosen
-        return {"rule": c.rule.value, "k": c.best_k, "alpha": c.alpha, "tau": c.tau, "soft_pruning": c.soft_pruning}
+        # Without factors, with or without is the same choice: leave it on so a later `vmem prune --mode soft` counts.
+        soft = c.soft_pruning or not self.reliability_present
+        return {"rule": c.rule.value, "k": c.best_k, "alpha": c.alpha, "tau": c.tau, "soft_pruning": soft}
 
     def markdown(self) -> str:
         pct = lambda x: "—" if x is None else f"{100 * x:.2f}"  # noqa: E731
@@ -134,4 +137,5 @@ def tune(
     chosen = max(cands, key=lambda c: c.val_accuracy)  # max keeps the first of equals
     gap = None if chosen.heldout_accuracy is None else chosen.val_accuracy - chosen.heldout_accuracy
     return TuneReport(chosen=chosen, candidates=cands, fixed=fixed, n_val=len(val_rows),
-                      n_heldout=0 if held is None else len(held), k_max=table.k_max, gap=gap)
+                      n_heldout=0 if held is None else len(held), k_max=table.k_max, gap=gap,
+                      reliability_present=table.reliability is not None)

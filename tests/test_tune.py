@@ -47,6 +47,21 @@ def test_tune_picks_the_best_candidate_on_the_validation_rows_only():
     assert report.chosen.val_accuracy == pytest.approx(best_seen)
     assert report.gap == pytest.approx(report.chosen.val_accuracy - report.chosen.heldout_accuracy)
     assert report.n_val == 30 and report.n_heldout == 30
+    assert report.vote_settings()["soft_pruning"] is True  # no factors yet: a later soft prune still applies
+
+
+def test_soft_pruned_variants_are_searched_when_points_carry_reliability():
+    table, truth = random_table()
+    rng = np.random.default_rng(0)
+    table.reliability = rng.choice([1.0, 0.25], size=table.label_ids.shape)
+    val, held = split_indices(len(truth), 0.5, seed=1)
+    report = tune(table, truth, val, held, alphas=(2.0,), taus=(0.07,))
+    assert sum(c.soft_pruning for c in report.candidates) == 4 and len(report.candidates) == 8
+    soft_rank = next(c for c in report.candidates if c.soft_pruning and c.rule == "rank")
+    hits = [vote([str(x) for x in table.label_ids[r, :soft_rank.best_k]], table.similarities[r, :soft_rank.best_k],
+                 "rank", reliability=table.reliability[r, :soft_rank.best_k]).label == str(truth[r]) for r in val]
+    assert soft_rank.val_accuracy == pytest.approx(np.mean(hits))
+    assert report.vote_settings()["soft_pruning"] == report.chosen.soft_pruning
 
 
 def test_held_out_labels_never_change_the_choice():
