@@ -156,6 +156,17 @@ def main() -> None:
     }
     table = {name: {"all": acc(p), "tuning half": acc(p, tune), "reported half": acc(p, report)}
              for name, p in rows.items()}
+    # Why the dynamic memory moves so little: how often it just repeats the pseudo-label (P_static's argmax).
+    off, on = p_static.argmax(axis=1), rows["dmn memory-only, dynamic on, alpha 1:1 (default)"]
+    changed = off != on
+    diagnostics = {
+        "dynamic_argmax_equals_pseudo_label_pct": float(100 * np.mean(p_dyn.argmax(axis=1) == off)),
+        "dynamic_argmax_equals_pseudo_label_read_first_pct": float(
+            100 * np.mean(p_dyn_first.argmax(axis=1) == off)),
+        "predictions_changed_by_dynamic_1to1": int(changed.sum()),
+        "changed_and_now_right": int((changed & (on == yva)).sum()),
+        "changed_and_now_wrong": int((changed & (off == yva)).sum()),
+    }
     chunks = np.array_split(np.arange(n), 5)
     over_time = {name: [acc(rows[name], np.isin(np.arange(n), ch)) for ch in chunks]
                  for name in ("dmn memory-only, dynamic off (P_static)",
@@ -171,6 +182,7 @@ def main() -> None:
     print("\naccuracy over the stream, 5 consecutive fifths: ")
     for name, accs in over_time.items():
         print(f"  {name}: " + " / ".join(f"{a:.2f}" for a in accs))
+    print(f"\ndiagnostics: {json.dumps(diagnostics)}")
     print(f"\ndynamic memory at the end: {len(dyn)} entries in {len(dyn.counts())} classes "
           f"(cap {args.slots}); {time.time() - t0:.0f}s", flush=True)
 
@@ -184,7 +196,8 @@ def main() -> None:
             "n_stream": n, "n_memory": len(train), "seed": args.seed, "k": args.k, "static_k": args.static_k,
             "static_cap": args.static_cap, "slots": args.slots, "beta": DEFAULT_BETA, "scale": DEFAULT_SCALE,
             "alpha_grid_tuning_half": grid, "alpha_dyn_picked": best, "table": table,
-            "over_time_fifths": over_time, "check_store": check}, indent=2))
+            "over_time_fifths": over_time, "diagnostics": diagnostics,
+            "check_store": check}, indent=2))
 
 
 def check_store(args, train, classes, xtr, xq, names, p_static, p_dyn) -> dict:
