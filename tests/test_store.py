@@ -64,7 +64,8 @@ def test_query_returns_nearest_first_with_payload(store):
     assert hits[0].id == ids[7] and hits[0].label == labs[7] and hits[0].source == sources[7]
     assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
     assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
-    assert hits[0].payload["tags"] == {"split": "train"} and "added_at" in hits[0].payload
+    stored = store.retrieve([ids[7]])[0].payload  # searches carry label and source; the store has the rest
+    assert stored["tags"] == {"split": "train"} and "added_at" in stored
 
 
 def test_search_matches_exact_cosine(store):
