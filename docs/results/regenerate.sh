@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerates every figure and table in docs/results/ from Tiny-ImageNet with EfficientNet-Lite0.
+# Features are computed once and cached by file content (VMEM_FEATURE_CACHE); re-runs take seconds to minutes.
+set -euo pipefail
+D=${VMEM_TINY_IMAGENET:-../shared/data/tiny-imagenet-200}
+OUT=docs/results
+COMMON=(--memory-dataset "$D/train" --featurizer efficientnet-lite0)
+
+# Accuracy against k for the four rules, hit rate, neighbour reliability, calibration (+ timing in results.json).
+vmem eval "${COMMON[@]}" --dataset "$D/val" --classes "$D/classes.tsv" --out "$OUT/tiny-imagenet-lite0"
+
+# The paper's experiments, on the same cached features.
+for name in pruning corruption scaling ood-classes granularity unlearning; do
+  vmem experiment "$name" "${COMMON[@]}" --queries "$D/val" --classes "$D/classes.tsv" --out "$OUT/experiments"
+done
+vmem experiment pruning "${COMMON[@]}" --queries "$D/val" --blame voters --out "$OUT/experiments"
