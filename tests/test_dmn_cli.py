@@ -50,6 +50,16 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
     assert first["vote"]["rule"] == "dmn" and first["dmn"]["stream"] == "cam"
     assert set(first["dmn"]["parts"]) == {"text", "dynamic", "static"}  # auto: a CLIP memory is few-shot
 
+    # The main classify command takes the rule too.
+    main = runner.invoke(app, ["classify", str(tmp_path / "query"), "--memory", mem, "--vote", "dmn",
+                               "--dmn-stream", "cam2", "--truth-from-dirs"])
+    assert main.exit_code == 0, main.output
+    assert main.stdout.strip().splitlines()[-1].startswith("accuracy 100.00% (6/6) with dmn voting")
+    assert "cam2" in runner.invoke(app, ["dmn", "streams", "--memory", mem]).stdout
+    ranked = runner.invoke(app, ["classify", str(tmp_path / "query"), "--memory", mem, "--vote", "rank",
+                                 "--k", "3", "--truth-from-dirs"])
+    assert ranked.stdout.strip().splitlines()[-1].startswith("accuracy 100.00% (6/6) with rank voting, k=3")
+
     assert runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem]).stdout == "reset stream cam\n"
     again = runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem])
     assert again.exit_code == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,9 @@ from prompts import TemplateError
 from retrieval import DatasetError, FeaturizerError, ImageDecodeError, VoteRule, read_labelled
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
+
+# The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
+VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
 
 
 def build(
@@ -48,7 +52,8 @@ def classify(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
     k: Annotated[int | None, typer.Option("--k", min=1, max=1000, help="neighbours (default 50)")] = None,
-    vote: Annotated[VoteRule | None, typer.Option(help="voting rule (default rank)")] = None,
+    vote: Annotated[VoteChoice | None, typer.Option(help="voting rule (default rank)")] = None,
+    dmn_stream: Annotated[str | None, typer.Option(help="--vote dmn: the dynamic memory stream (default off)")] = None,
     alpha: Annotated[float | None, typer.Option(help="rank voting offset (default 2)")] = None,
     tau: Annotated[float | None, typer.Option(help="softmax temperature (default 0.07)")] = None,
     label: Annotated[list[str] | None, typer.Option(help="only neighbours with this label; repeatable")] = None,
@@ -69,9 +74,10 @@ def classify(
     mem = open_memory(memory, qdrant_url)
     with mem:
         try:
-            results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote, alpha=alpha,
-                                                tau=tau, labels=label, rerank=rerank, template=template)
-        except (FeaturizerError, ImageDecodeError, TemplateError) as exc:
+            results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
+                                                alpha=alpha, tau=tau, labels=label, rerank=rerank,
+                                                template=template, dmn_stream=dmn_stream)
+        except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from exc
     for res in results:
         if json_out:
