@@ -214,6 +214,7 @@ def check_store(args, train, classes, xtr, xq, names, p_static, p_dyn) -> dict:
         opts = {"static_k": args.static_k, "static_cap": args.static_cap, "slots": args.slots}
         off = mem.classify_dmn(xq, None, opts, exact=True)
         on = mem.classify_dmn(xq, "check", opts, exact=True)
+        mem.dmn.flush()
         mem.close()
     m = len(xq)
     want_off = [classes[j] for j in p_static[:m].argmax(axis=1)]

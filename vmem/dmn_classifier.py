@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import csv
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -55,6 +56,7 @@ from retrieval.dmn import (
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
 
 DMN_RULE = "dmn"
+log = logging.getLogger(__name__)
 Mode = Literal["auto", "zero-shot", "few-shot", "memory-only"]
 # Scores below this are left out of `Classification.scores` (200 classes would otherwise all be listed).
 MIN_SCORE = 1e-4
@@ -124,7 +126,7 @@ class DmnClassifier:
         self.save_interval_s = save_interval_s
         self._last_save: dict[str, float] = {}
         self._dirty: set[str] = set()
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
 
     @property
     def featurizer(self) -> Any:
@@ -172,6 +174,12 @@ class DmnClassifier:
         """Save every stream with unsaved updates."""
         for name in sorted(self._dirty):
             self.save(name, force=True)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except OSError as exc:  # e.g. the directory went away with a temporary memory
+            log.warning("could not save DMN streams %s: %s", sorted(self._dirty), exc)
 
     def reset(self, name: str) -> bool:
         """Empty a stream and delete its file; True when there was one."""
