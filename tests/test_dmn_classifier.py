@@ -193,3 +193,15 @@ def test_saves_are_throttled_and_flushed(memory):
     assert len(DynamicMemory.load(path)) == 1
     memory.dmn.flush()
     assert len(DynamicMemory.load(path)) == 3
+
+
+def test_concurrent_requests_on_one_stream_lose_no_update(memory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    q, _ = queries(16)
+    memory.dmn.save_interval_s = 0.0
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: memory.classify_dmn(q[i : i + 4], stream="s"), range(0, 16, 4)))
+        pool.submit(memory.dmn.flush).result(timeout=30)
+    assert memory.dmn.stream("s").updates == 16
+    assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 16

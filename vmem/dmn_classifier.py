@@ -158,17 +158,19 @@ class DmnClassifier:
 
     def save(self, name: str, force: bool = False) -> None:
         """Persist a stream now (force) or when its last save is older than `save_interval_s`."""
+        # Lock order is stream lock -> self._lock (classify saves while holding its stream), so the
+        # stream's own lock is taken by `mem.save` only after self._lock is released.
         with self._lock:
             mem = self._streams.get(name)
-            now = time.monotonic()
             if mem is None:
                 return
+            now = time.monotonic()
             if not force and now - self._last_save.get(name, -np.inf) < self.save_interval_s:
                 self._dirty.add(name)
                 return
-            mem.save(self.stream_path(name))
             self._last_save[name] = now
             self._dirty.discard(name)
+        mem.save(self.stream_path(name))
 
     def flush(self) -> None:
         """Save every stream with unsaved updates."""
@@ -188,10 +190,10 @@ class DmnClassifier:
             self._dirty.discard(name)
             self._last_save.pop(name, None)
             mem = self._streams.pop(name, None)
-            if mem is not None:
-                mem.reset()
             existed = path.exists()
             path.unlink(missing_ok=True)
+        if mem is not None:  # outside self._lock: see `save`
+            mem.reset()
         return existed or mem is not None
 
     # ---------------------------------------------------------------- parts
