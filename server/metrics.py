@@ -29,6 +29,8 @@ class Metrics:
                                         "Re-ranking asked for but the vote was used, by reason", ["reason"],
                                         registry=r)
         self.cache = Counter("vmem_result_cache_total", "Classify answer cache lookups", ["result"], registry=r)
+        self.rerank_cache = Counter("vmem_rerank_cache_total", "Re-ranker answer cache lookups", ["result"],
+                                    registry=r)
         self.memory_points = Gauge("vmem_memory_points", "Points in the memory", registry=r)
         self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
         self.edits = Counter("vmem_memory_edits_total", "Points added or forgotten through the API", ["op"],

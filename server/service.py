@@ -278,6 +278,8 @@ class ClassifierService:
 
     def _count(self, res: Classification) -> None:
         self.metrics.classified.inc()
+        if res.usage is not None and "cached" in res.usage:  # the re-ranker's own answer cache
+            self.metrics.rerank_cache.labels("hit" if res.usage["cached"] else "miss").inc()
         if res.fallback_reason:
             # Reasons are short fixed phrases; cap the length anyway so one odd message cannot explode series.
             self.metrics.rerank_fallbacks.labels(res.fallback_reason[:80]).inc()

@@ -62,13 +62,14 @@ def make_memory_images(root: Path, featurizer) -> MemoryImages:
     return MemoryImages(paths, labels, featurizer.embed([str(p) for p in paths]))
 
 
-def fill_memory(location: str, featurizer, images: MemoryImages):
+def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
+    """A memory holding `images`; re-ranking off unless a re-ranker is given (tests never reach Google)."""
     from retrieval import open_store
     from vmem import VisualMemory
 
     store = open_store(location, featurizer.spec)
     store.add(images.vectors, images.labels, [str(p) for p in images.paths])
-    return VisualMemory(store, featurizer)
+    return VisualMemory(store, featurizer, reranker=reranker)
 
 
 @contextmanager

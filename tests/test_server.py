@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
+from reranker import GeminiReranker
+from reranker.testing import FakeGemini
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, checkerboard, fill_memory, make_memory_images, texture
 
@@ -127,6 +129,39 @@ def test_label_filter_keeps_only_those_labels(client):
 def test_every_vote_rule(client, rule):
     body = client.post(f"/v1/classify?k=4&vote={rule}", files=upload(texture(COLORS["blue"], 7))).json()
     assert body["label"] == "blue" and body["vote"]["rule"] == rule
+
+
+def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, lite0, memory_images):
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=tmp_path / "rerank.sqlite",
+                            backoff_initial_s=0.01, backoff_max_s=0.05, deadline_s=10, attempt_timeout_s=5)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        query = texture(COLORS["red"], 61)
+        try:
+            with TestClient(create_app(settings(tmp_path), memory=mem)) as client:
+                fake.enqueue(fake.answer("green"))  # the VLM disagrees with the vote
+                url = "/v1/classify?k=12&rerank=true&template=neighbors-v1"
+                first = client.post(url, files=upload(query, "a.png")).json()
+                assert (first["label"], first["reranked"], first["fallback_reason"]) == ("green", True, None)
+                assert first["template"].startswith("neighbors-v1") and first["model"]
+                assert first["scores"]["red"] == max(first["scores"].values())  # the vote is still shown
+
+                # Another upload name misses the service's cache but hits the re-ranker's.
+                second = client.post(url, files=upload(query, "b.png")).json()
+                assert second["label"] == "green" and second["usage"]["cached"] is True and fake.count == 1
+
+                victim = first["neighbors"][0]["id"]
+                assert client.delete(f"/v1/memory/points/{victim}", headers=AUTH).status_code == 200
+                fake.enqueue(fake.answer("red"))
+                third = client.post(url, files=upload(query, "c.png")).json()
+                assert victim not in {n["id"] for n in third["neighbors"]}
+                assert third["label"] == "red" and third["usage"]["cached"] is False and fake.count == 2
+
+                metrics = client.get("/metrics").text
+                assert 'vmem_rerank_cache_total{result="hit"} 1.0' in metrics
+                assert 'vmem_rerank_cache_total{result="miss"} 2.0' in metrics
+        finally:
+            mem.close()  # closes its re-ranker too
 
 
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -115,3 +116,30 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert API_KEY not in out  # the key is never logged
+
+
+def test_bench_load_reports_latency_throughput_and_no_errors(tmp_path, lite0, memory_images):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    result = CliRunner().invoke(app, [
+        "bench", "load", "--memory", str(tmp_path / "memory"), "--images", str(memory_images.paths[0].parent),
+        "--clients", "4", "--duration", "2", "--max-requests", "40", "--threads", "1", "--k", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    res = report["results"]
+    assert res["errors"] == 0 and 0 < res["ok"] <= 40 + 4
+    assert res["latency_ms"]["p50"] <= res["latency_ms"]["p99"] <= res["latency_ms"]["max"]
+    assert res["memory"] == {"points": 12, "labels": 3, "featurizer": "efficientnet-lite0", "backend": "embedded"}
+    assert report["settings"]["clients"] == 4 and report["settings"]["answer_cache"] is False
+
+
+def test_bench_load_refuses_a_remote_url(tmp_path):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "load", "--url", "http://example.com:8000", "--images", str(tmp_path)])
+    assert result.exit_code == 2 and "not loopback" in result.output
