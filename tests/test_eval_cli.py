@@ -67,7 +67,7 @@ def test_eval_scores_every_rule_at_every_k_and_reuses_cached_features(built, tmp
     # Same run through the Qdrant index: same numbers (12 points, exact either way).
     run(*args[:-2], "--k-max", "5", "--search", "index", "--out", tmp_path / "index")
     again = json.loads((tmp_path / "index" / "results.json").read_text())
-    assert again["run"]["search"] == "index"
+    assert again["run"]["search"] == "index" and again["run"]["memory_points"] == 12
     assert again["variants"]["all"]["accuracy"] == scores["accuracy"]
 
 
@@ -99,14 +99,25 @@ def test_eval_rejects_an_unknown_format(built, tmp_path):
     assert res.exit_code == 2 and "imagenet-z" in res.output
 
 
-def test_prune_hard_then_undo(built, tmp_path):
-    root, _ = built
-    out = run("prune", "--memory", root / "memory", "--mode", "hard", "--threshold", "1", "--k", "11")
-    assert "hard pruning of 12 points" in out and "Undo with" in out
-    assert "pruning" in json.loads(run("info", "--memory", root / "memory", "--json"))["settings"]
-    out = run("prune", "--memory", root / "memory", "--undo")
+def test_prune_hard_excludes_from_exact_and_index_search_then_undo(built, tmp_path):
+    _, val = built
+    train = image_folder(tmp_path / "train", 4)
+    pattern(0, 9).save(train / CLASSES[1] / "mislabelled.png")  # stripes filed under the checks' class
+    mem = tmp_path / "memory"
+    run("build", train, "--memory", mem, "--featurizer", "efficientnet-lite0")
+    out = run("prune", "--memory", mem, "--mode", "hard", "--threshold", "1", "--k", "3")
+    assert "hard pruning of 13 points" in out and "Undo with" in out
+    assert json.loads(run("info", "--memory", mem, "--json"))["settings"]["pruning"]["excluded"] > 0
+    points = {}
+    for mode in ("exact", "index"):
+        run("eval", "--memory", mem, "--dataset", val, "--out", tmp_path / mode, "--search", mode,
+            "--cache", tmp_path / "cache", "--k-max", "5", "--no-plots")
+        res = json.loads((tmp_path / mode / "results.json").read_text())
+        points[mode] = (res["run"]["memory_points"], res["variants"]["all"]["accuracy"])
+    assert points["exact"] == points["index"] and 0 < points["exact"][0] < 13  # same points, same answers
+    out = run("prune", "--memory", mem, "--undo")
     assert out.startswith("pruning undone")
-    assert "pruning" not in json.loads(run("info", "--memory", root / "memory", "--json"))["settings"]
+    assert "pruning" not in json.loads(run("info", "--memory", mem, "--json"))["settings"]
 
 
 def test_experiment_corruption_writes_its_table_and_plot(built, tmp_path):

@@ -88,6 +88,7 @@ def eval(
         raise _fail(exc, "--dataset") from exc
     t_start = time.perf_counter()
     mem = None
+    n_points: int | None = None
     if memory_dataset is not None:
         if rerank:
             raise typer.BadParameter("--rerank needs a built memory (--memory), not --memory-dataset")
@@ -115,6 +116,8 @@ def eval(
             memory_obj = store
             memory_labels = list(store.label_counts())
             search_used = "index"
+            # Hard-pruned points stay stored but are never returned.
+            n_points = store.count() - int(store.meta.settings.get("pruning", {}).get("excluded", 0))
     ds = align_labels(ds, memory_labels, names)
     items = ds.items
     if limit is not None and limit < len(items):
@@ -126,8 +129,8 @@ def eval(
     restrict = ds.classes if fmt in RESTRICTED_FORMATS else None
     run = RunInfo(dataset=str(dataset), format=fmt.value, queries=len(queries.sources),
                   failed_queries=len(queries.failed), skipped_queries=len(ds.skipped), memory=memory_name,
-                  memory_points=len(memory_labels), featurizer=feat.name, search=search_used, k_max=k_max,
-                  alpha=alpha, tau=tau)
+                  memory_points=n_points if n_points is not None else len(memory_labels),
+                  featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau)
     run.seconds["features"] = round(t_search - t_feat, 3)
     report = evaluate(memory_obj, queries, run, restrict_to=restrict)
     if rerank:
