@@ -37,7 +37,11 @@ def settings(tmp_path, **overrides) -> Settings:
 
 @pytest.fixture(params=["edge"])
 def backend(request):
+    """The memory backend: embedded Qdrant Edge by default; the editing tests also run on qdrant-client."""
     return request.param
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["edge", "qdrant"], indirect=True)
 
 
 @pytest.fixture
@@ -180,6 +184,7 @@ def test_out_of_distribution_flag_is_calibrated_on_the_memory(client, memory_ima
     assert novel["out_of_distribution"] is True and novel["novelty"] > novel["ood_threshold"]
 
 
+@BOTH_BACKENDS
 def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(client):
     data = texture(COLORS["green"], 11)
     first = client.post("/v1/classify?k=3", files=upload(data)).json()
@@ -348,6 +353,7 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert Settings(_env_file=env_file).location == "/srv/memory"
 
 
+@BOTH_BACKENDS
 def test_add_a_new_label_then_classify_it(client):
     files = [("images", (f"y{i}.png", texture((240, 230, 20), 50 + i), "image/png")) for i in range(3)]
     files.append(("images", ("junk.png", b"junk", "image/png")))
@@ -392,6 +398,7 @@ def test_add_where_nothing_decodes_is_400(client):
     assert_problem(resp, 400, "bad-image", "no image could be decoded")
 
 
+@BOTH_BACKENDS
 def test_forget_a_neighbour_and_it_is_never_cited_again(client):
     data = texture(COLORS["blue"], 31)
     before = client.post("/v1/classify?k=3", files=upload(data)).json()
@@ -408,6 +415,7 @@ def test_forget_a_neighbour_and_it_is_never_cited_again(client):
     assert_problem(client.delete("/v1/memory/points/not-a-uuid", headers=AUTH), 422)
 
 
+@BOTH_BACKENDS
 def test_forget_by_label_and_by_source_prefix(client, memory_images):
     resp = client.delete("/v1/memory?label=red", headers=AUTH)
     assert resp.json() == {"deleted": 4, "points": 8}
@@ -436,9 +444,11 @@ def test_thumbnail_404_says_why(client, memory_images, tmp_path):
 # ------------------------------------------------------------------ ops
 
 
-def test_stats_describe_the_memory(client):
+@BOTH_BACKENDS
+def test_stats_describe_the_memory(client, backend):
     body = client.get("/v1/memory/stats").json()
-    assert body["backend"] == "embedded" and body["points"] == 12 and body["labels"] == 3
+    assert body["backend"] == {"edge": "embedded", "qdrant": "qdrant"}[backend]
+    assert body["points"] == 12 and body["labels"] == 3
     assert body["per_label"] == {"blue": 4, "green": 4, "red": 4}
     assert body["featurizer"]["name"] == "efficientnet-lite0" and body["featurizer"]["dim"] == 1280
     assert body["default_vote"]["k"] == 50 and body["ood_threshold"] > 0
