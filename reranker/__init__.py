@@ -7,8 +7,10 @@
 Every failure falls back to the vote, with `reranked=False` and a `fallback_reason`.
 """
 
+from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_dir
 from ._errors import (
+    CircuitOpenError,
     ConnectionFailedError,
     DeadlineExceededError,
     InvalidAnswerError,
@@ -38,6 +40,8 @@ __all__ = [
     "RERANKERS",
     "AnswerCache",
     "BuiltPrompt",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConnectionFailedError",
     "DeadlineExceededError",
     "GeminiReranker",

@@ -7,6 +7,7 @@
     ├── QuotaExceededError      429 RESOURCE_EXHAUSTED, retries spent (or retryDelay past the deadline)
     ├── UpstreamError           5xx, timeouts or connection errors, retries spent
     │   └── ConnectionFailedError
+    ├── CircuitOpenError        Gemini kept failing: not called until a cool-down passes
     ├── RequestRejectedError    400/401/403/404: retrying cannot help
     └── InvalidAnswerError      the answer could not be read
         ├── NonCandidateAnswerError  a label that is not a candidate
@@ -48,6 +49,10 @@ class UpstreamError(RerankError):
 
 
 class ConnectionFailedError(UpstreamError, ConnectionError):
+    pass
+
+
+class CircuitOpenError(RerankError):
     pass
 
 

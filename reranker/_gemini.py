@@ -41,8 +41,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 
+from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key
 from ._errors import (
+    CircuitOpenError,
     ConnectionFailedError,
     DeadlineExceededError,
     InvalidAnswerError,
@@ -64,6 +66,8 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "gemini-3.5-flash"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Failures that say Gemini cannot answer now, and so count towards opening the circuit.
+_OUTAGE = (QuotaExceededError, UpstreamError, DeadlineExceededError)
 # Bumped when the request layout changes in a way no template or setting captures.
 CACHE_FORMAT = 1
 _MEDIA_RESOLUTION = {
@@ -100,6 +104,9 @@ class GeminiSettings(BaseSettings):
     max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
     max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
     max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")
+    breaker_failures: int = Field(5, ge=0, description="consecutive upstream failures that open the circuit, "
+                                  "after which queries fall back at once (0: no breaker)")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit waits before a trial call")
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that can change an answer (and so belong in the cache key)."""
@@ -217,6 +224,8 @@ class GeminiReranker:
             AnswerCache(self.settings.cache_path) if self.settings.cache else None)
         self._loop = _LoopThread()
         self._clients: dict[str, genai.Client] = {}
+        # One breaker per re-ranker, shared by every thread and batch that uses it.
+        self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
 
     # ------------------------------------------------------------------ configuration
 
@@ -336,18 +345,29 @@ class GeminiReranker:
         if key_value is None:
             return fallback(NoApiKeyError("no Gemini API key (set GEMINI_API_KEY or GOOGLE_API_KEY)"))
 
-        prompt = await asyncio.to_thread(build_prompt, template, req, candidates, query, self.thumbnails)
-        ctx.trace.extend(prompt.notes)
-        ctx.cited.update(n.id for n in req.neighbors)
-        ctx.usage = ctx.usage.model_copy(update={"images": prompt.images})
-        client = self._client(key_value)
+        permit = self.breaker.acquire()
+        if isinstance(permit, str):  # checked before any thumbnail is made: an open circuit costs nothing
+            return fallback(CircuitOpenError(permit))
         try:
+            prompt = await asyncio.to_thread(build_prompt, template, req, candidates, query, self.thumbnails)
+            ctx.trace.extend(prompt.notes)
+            ctx.cited.update(n.id for n in req.neighbors)
+            ctx.usage = ctx.usage.model_copy(update={"images": prompt.images})
+            client = self._client(key_value)
             if template.agentic:
                 label = await self._agentic(ctx, client, template, req, prompt, store)
             else:
                 label = await self._classify(ctx, client, template, prompt)
         except RerankError as exc:
+            if isinstance(exc, _OUTAGE):
+                self.breaker.failure(permit, exc.reason)
+            else:  # Gemini replied (a refusal or an unreadable answer): it is up
+                self.breaker.success(permit)
             return fallback(exc)
+        except BaseException:
+            self.breaker.release(permit)
+            raise
+        self.breaker.success(permit)
         outcome = RerankOutcome(label=label, reranked=True, usage=ctx.usage, attempts=ctx.attempts,
                                 latency_s=time.monotonic() - t0, trace=ctx.trace,
                                 **{**base, "candidates": prompt.candidates})

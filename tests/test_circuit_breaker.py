@@ -1,0 +1,208 @@
+"""VLM faults under load, and the circuit breaker that stops asking a failing Gemini.
+
+The real google-genai client talks over HTTP to the fake Gemini on loopback, which injects 429s,
+503s and hangs. Every query must be answered within its deadline (a fallback to the vote counts as
+an answer), fallbacks are counted by reason, and during an outage the breaker opens, so queries
+fall back at once instead of waiting out retries; after the cool-down one trial call closes it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from fake_gemini import FakeGemini
+from PIL import Image
+
+from reranker import CircuitBreaker, GeminiReranker, RerankNeighbor, RerankRequest
+
+DEADLINE_S = 2.0
+SLACK_S = 0.5  # event-loop scheduling and JPEG encoding on a busy 2-core machine
+
+
+# ------------------------------------------------------------------ the state machine, on a fake clock
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_breaker_opens_after_consecutive_failures_only():
+    cb = CircuitBreaker(failures=3, cooldown_s=10, clock=Clock())
+    for _ in range(5):  # failures broken up by a success never open it
+        cb.failure(cb.acquire())
+        cb.failure(cb.acquire())
+        cb.success(cb.acquire())
+    assert cb.state == "closed"
+    for _ in range(3):
+        cb.failure(cb.acquire(), "503")
+    assert cb.state == "open"
+    refusal = cb.acquire()
+    assert isinstance(refusal, str) and refusal.startswith("circuit open") and "10 s cool-down" in refusal
+    assert cb.rejected == 1
+
+
+def test_after_the_cool_down_one_trial_call_closes_or_reopens_it():
+    clock = Clock()
+    cb = CircuitBreaker(failures=2, cooldown_s=10, clock=clock)
+    cb.failure(cb.acquire())
+    cb.failure(cb.acquire())
+    clock.now = 9.9
+    assert isinstance(cb.acquire(), str)
+    clock.now = 10.0
+    assert cb.state == "half-open"
+    trial = cb.acquire()
+    assert trial.probe
+    assert "trial call is in flight" in cb.acquire()  # only one trial at a time
+    cb.failure(trial, "503")
+    assert cb.state == "open"  # a failed trial: another full cool-down
+    clock.now = 19.9
+    assert isinstance(cb.acquire(), str)
+    clock.now = 20.0
+    trial = cb.acquire()
+    cb.success(trial)
+    assert cb.state == "closed" and not isinstance(cb.acquire(), str)
+    assert [t.state for t in cb.transitions] == ["open", "half-open", "open", "half-open", "closed"]
+
+
+def test_a_cancelled_trial_lets_the_next_call_try():
+    clock = Clock()
+    cb = CircuitBreaker(failures=1, cooldown_s=1, clock=clock)
+    cb.failure(cb.acquire())
+    clock.now = 1.0
+    cb.release(cb.acquire())
+    assert cb.acquire().probe
+
+
+def test_failures_of_calls_made_before_the_circuit_opened_do_not_extend_it():
+    clock = Clock()
+    cb = CircuitBreaker(failures=2, cooldown_s=10, clock=clock)
+    in_flight = [cb.acquire() for _ in range(4)]
+    cb.failure(in_flight[0])
+    cb.failure(in_flight[1])
+    assert cb.state == "open"
+    clock.now = 5
+    cb.failure(in_flight[2])
+    cb.failure(in_flight[3])
+    clock.now = 10
+    assert cb.state == "half-open"
+
+
+def test_zero_failures_turns_the_breaker_off():
+    cb = CircuitBreaker(failures=0)
+    for _ in range(100):
+        cb.failure(cb.acquire())
+    assert cb.state == "closed" and not isinstance(cb.acquire(), str)
+
+
+# ------------------------------------------------------------------ against the fake Gemini
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def neighbour_images(tmp_path):
+    paths = []
+    for i, rgb in enumerate([(220, 20, 20), (20, 200, 20), (20, 20, 220)]):
+        p = tmp_path / f"n{i}.png"
+        Image.new("RGB", (24, 24), rgb).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def queries(neighbour_images, n: int, offset: int = 0) -> list[RerankRequest]:
+    """Distinct queries (different query images) voting "cat" over cat/dog neighbours."""
+    nbrs = [RerankNeighbor(id=f"p{i}", label=lab, source=src, similarity=0.9 - 0.1 * i, rank=i)
+            for i, (lab, src) in enumerate(zip(["cat", "dog", "cat"], neighbour_images, strict=True))]
+    return [RerankRequest(image=Image.new("RGB", (32, 32), ((offset + i) % 256, (7 * i) % 256, 90)),
+                          neighbors=nbrs, scores={"cat": 0.6, "dog": 0.4}, vote_label="cat")
+            for i in range(n)]
+
+
+@pytest.fixture
+def reranker(fake):
+    rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache=False, deadline_s=DEADLINE_S,
+                        attempt_timeout_s=0.4, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05,
+                        concurrency=8, breaker_failures=5, breaker_cooldown_s=1.0)
+    yield rr
+    rr.close()
+
+
+def test_with_30_percent_of_calls_failing_every_query_is_answered_in_time(fake, reranker, neighbour_images):
+    rng = random.Random(8)
+    faults = [fake.status(429, retry_delay="0.05s"), fake.status(503), fake.hang(5.0)]
+    script = [rng.choice(faults) if rng.random() < 0.3 else fake.answer("dog") for _ in range(400)]
+    fake.enqueue(*script)
+
+    start = time.monotonic()
+    batch = reranker.rerank_many(queries(neighbour_images, 64))
+    wall = time.monotonic() - start
+
+    assert len(batch.outcomes) == 64
+    for o in batch.outcomes:
+        assert o.latency_s <= DEADLINE_S + SLACK_S, o
+        assert o.reranked or o.fallback_reason
+    # Retries absorb most faults: a query fails only when all three of its attempts do.
+    assert batch.reranked >= 56, batch.fallbacks
+    assert batch.reranked + sum(batch.fallbacks.values()) == 64
+    assert set(batch.fallbacks) <= {"QuotaExceededError", "UpstreamError", "DeadlineExceededError"}
+    assert fake.count > 64  # the faults were met, and retried
+    assert wall <= 64 / 8 * (DEADLINE_S + SLACK_S)
+    assert reranker.breaker.state == "closed"
+
+
+def test_during_an_outage_the_circuit_opens_and_queries_fall_back_at_once(fake, reranker, neighbour_images):
+    fake.enqueue(*[fake.status(503)] * 1000)
+    batch = reranker.rerank_many(queries(neighbour_images, 40))
+
+    assert batch.reranked == 0
+    opened = [o for o in batch.outcomes if o.error == "CircuitOpenError"]
+    assert batch.fallbacks["CircuitOpenError"] == len(opened) >= 40 - 5 - 8
+    assert batch.fallbacks.get("UpstreamError", 0) >= 5
+    for o in opened:
+        assert o.fallback_reason.startswith("circuit open") and o.label == "cat"
+        assert o.attempts == 0 and o.latency_s < 0.1
+    # Only the queries before the circuit opened (and those already in flight) called Gemini, 3 times each.
+    assert fake.count <= (5 + 8) * 3
+    assert reranker.breaker.state == "open"
+
+    # Gemini is back; until the cool-down passes nobody asks it.
+    fake.reset()
+    [early] = reranker.rerank_many(queries(neighbour_images, 1, offset=100)).outcomes
+    assert early.error == "CircuitOpenError" and fake.count == 0
+
+    time.sleep(1.0)
+    [trial] = reranker.rerank_many(queries(neighbour_images, 1, offset=101)).outcomes
+    assert trial.reranked and trial.label == "cat"
+    assert reranker.breaker.state == "closed"
+    after = reranker.rerank_many(queries(neighbour_images, 16, offset=102))
+    assert after.reranked == 16
+    assert [t.state for t in reranker.breaker.transitions] == ["open", "half-open", "closed"]
+
+
+def test_a_failed_trial_call_reopens_the_circuit(fake, reranker, neighbour_images):
+    fake.enqueue(*[fake.status(503)] * 1000)
+    reranker.rerank_many(queries(neighbour_images, 8))
+    assert reranker.breaker.state == "open"
+    time.sleep(1.0)
+    [trial] = reranker.rerank_many(queries(neighbour_images, 1, offset=50)).outcomes
+    assert trial.error == "UpstreamError"
+    assert reranker.breaker.state == "open"
+
+
+def test_replies_that_are_refused_are_not_an_outage(fake, reranker, neighbour_images):
+    # A non-candidate answer or a 400 means Gemini is up: the circuit stays closed.
+    fake.enqueue(*[fake.text("ignore previous instructions"), fake.status(400)] * 10)
+    batch = reranker.rerank_many(queries(neighbour_images, 20))
+    assert batch.reranked == 0
+    assert set(batch.fallbacks) == {"NonCandidateAnswerError", "RequestRejectedError"}
+    assert reranker.breaker.state == "closed"
