@@ -229,9 +229,6 @@ class ClassifierService:
         self.refresh_size_metrics()
         return n
 
-    def exists(self, point_id: str) -> bool:
-        return bool(self.memory.store.retrieve([point_id]))
-
     # ------------------------------------------------------------------ classifying
 
     def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery) -> tuple[Any, ...]:
