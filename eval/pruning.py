@@ -109,6 +109,13 @@ def _group_by_value(ids: list[str], values: np.ndarray) -> dict[Any, list[str]]:
     return groups
 
 
+def _reindex(store: MemoryStore) -> None:
+    # Qdrant moves a point whose payload changes out of its indexed segment into an unindexed one; after
+    # touching most points, searches scan them all (6x slower on Tiny-ImageNet) until the segments are rebuilt.
+    store.flush()
+    store.optimize()
+
+
 def undo_pruning(store: MemoryStore) -> int:
     """Bring back hard-pruned points and reset soft factors; returns how many points changed."""
     touched = [p.id for batch in store.scroll(batch_size=4096) for p in batch
@@ -120,7 +127,8 @@ def undo_pruning(store: MemoryStore) -> int:
     if "pruning" in store.meta.settings:
         store.meta.settings.pop("pruning")
         store.save_meta()
-    store.flush()
+    if touched:
+        _reindex(store)
     return len(touched)
 
 
@@ -177,5 +185,5 @@ def prune_store(
         report.excluded = int((counts >= threshold).sum())
     store.meta.settings["pruning"] = report.model_dump(mode="json")
     store.save_meta()
-    store.flush()
+    _reindex(store)
     return report
