@@ -285,6 +285,11 @@ class GeminiReranker:
         return self.cache.invalidate(point_ids) if self.cache is not None and point_ids else 0
 
     def close(self) -> None:
+        """Release the HTTP clients, the background loop and the cache; safe to call more than once."""
+        if getattr(self, "_closed", False):
+            return  # the loop is stopped: running on it again would wait forever
+        self._closed = True
+
         async def _close() -> None:
             for c in self._clients.values():
                 await c.aio.aclose()

@@ -14,6 +14,7 @@ neighbour comes first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -102,7 +103,9 @@ def vote(
         totals[lab] = totals.get(lab, 0.0) + float(wi)
         first_rank.setdefault(lab, i)
     best = max(totals.values())
-    tied = [lab for lab, t in totals.items() if t >= best - TIE_RTOL * abs(best)]
+    # An infinite total (a denormal alpha or tau overflows a weight) must not turn the tolerance into NaN.
+    tol = TIE_RTOL * abs(best) if math.isfinite(best) else 0.0
+    tied = [lab for lab, t in totals.items() if t >= best - tol]
     winner = min(tied, key=first_rank.__getitem__)
     norm = sum(totals.values())
     scores = {lab: (t / norm if norm > 0 else 0.0) for lab, t in totals.items()}
@@ -149,7 +152,8 @@ def vote_all_k(
         valid = label_ids[:, k] >= 0
         first[rows[valid], c[valid]] = np.minimum(first[rows[valid], c[valid]], k)
         best = totals.max(axis=1, keepdims=True)
-        tied = (totals >= best - TIE_RTOL * np.abs(best)) & (first < kmax)
+        tol = np.where(np.isfinite(best), TIE_RTOL * np.abs(best), 0.0)
+        tied = (totals >= best - tol) & (first < kmax)
         # Among tied labels, the one whose first neighbour ranks best wins.
         preds[:, k] = np.where(tied, first, kmax + 1).argmin(axis=1)
     return preds

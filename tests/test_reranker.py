@@ -559,3 +559,12 @@ def test_many_threads_can_share_one_reranker(fake, make_rr, images):
     with ThreadPoolExecutor(4) as pool:  # e.g. a FastAPI threadpool serving four requests at once
         outs = list(pool.map(lambda i: rr.rerank_one(request(images, query_rgb=(i, 9, 9))), range(8)))
     assert all(o.reranked for o in outs) and fake.count == 8
+
+
+def test_closing_a_reranker_twice_returns_at_once(tmp_path):
+    # VisualMemory.close() closes its re-ranker, and so may the code that built it: both must return.
+    from reranker import GeminiReranker
+
+    r = GeminiReranker(api_key="test-key-not-real", cache_path=tmp_path / "rerank.sqlite")
+    r.close()
+    r.close()

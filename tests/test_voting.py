@@ -103,3 +103,12 @@ def test_vote_all_k_ignores_missing_neighbours():
     label_ids = np.array([[2, -1, -1]])
     sims = np.array([[0.5, 0.0, 0.0]])
     assert vote_all_k(label_ids, sims, "plurality", 3).tolist() == [[2, 2, 2]]
+
+
+@pytest.mark.parametrize("rule,kw", [("rank", {"alpha": 5e-324}), ("softmax", {"tau": 5e-324})])
+def test_degenerate_parameters_still_give_an_answer(rule, kw):
+    # Found by schemathesis through the service: an overflowing weight made the tie set empty.
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        out = vote(["a", "b", "a"], [0.9, 0.8, 0.7], rule, **kw)
+        preds = vote_all_k(np.array([[0, 1, 0]]), np.array([[0.9, 0.8, 0.7]]), rule, 2, **kw)
+    assert out.label == "a" and preds[0, 0] == 0

@@ -17,8 +17,8 @@ class VoteSettings(BaseModel):
 
     rule: VoteRule | Literal["dmn"] = Field(DEFAULT_RULE, description="plurality, distance, softmax, rank or dmn")
     k: int = Field(DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
-    alpha: float = Field(DEFAULT_ALPHA, gt=0, description="rank voting: w = 1/(alpha + rank)")
-    tau: float = Field(DEFAULT_TAU, gt=0, description="softmax voting temperature")
+    alpha: float = Field(DEFAULT_ALPHA, ge=1e-3, description="rank voting: w = 1/(alpha + rank)")
+    tau: float = Field(DEFAULT_TAU, ge=1e-3, description="softmax voting temperature")
     soft_pruning: bool = Field(True, description="multiply weights by the points' reliability factors, if any")
     origin: Literal["default", "memory", "explicit"] = Field(
         "default", description="built-in defaults, the memory's tuned settings, or given by the caller"
