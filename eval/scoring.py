@@ -91,7 +91,7 @@ def exact_search(
         k: neighbours per query; rows past the memory's size are padded with index -1.
         exclude: optional int [n]: a memory row each query must not return (its own point, when a
             memory is queried against itself); -1 = none.
-        block: queries per matrix product (default: about 256 MiB of similarities).
+        block: queries per matrix product (default: about 256 MiB of similarities, at most 512).
 
     Returns:
         (indices int64 [n, k], similarities float32 [n, k]), best first; ties go to the lower row.
@@ -99,30 +99,34 @@ def exact_search(
     Example:
         >>> idx, sims = exact_search(q, m, k=100)
     """
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    m = np.ascontiguousarray(memory, dtype=np.float32)
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    m = torch.from_numpy(np.ascontiguousarray(memory, dtype=np.float32))
     n, n_mem = len(q), len(m)
     kk = min(k, n_mem)
     idx_out = np.full((n, k), -1, dtype=np.int64)
     sim_out = np.full((n, k), -np.inf, dtype=np.float32)
     if n == 0 or kk == 0:
         return idx_out, sim_out
-    block = block or max(1, min(8192, _BLOCK_BYTES // (4 * n_mem)))
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        sims = q[start:stop] @ m.T
-        if exclude is not None:
-            rows = np.flatnonzero(exclude[start:stop] >= 0)
-            sims[rows, exclude[start:stop][rows]] = -np.inf
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < n_mem else \
-            np.broadcast_to(np.arange(n_mem), (stop - start, n_mem)).copy()
-        part_sims = np.take_along_axis(sims, part, axis=1)
-        # Sort by similarity, then by row, so equal similarities rank the same on every run.
-        order = np.lexsort((part, -part_sims), axis=1)
-        idx_out[start:stop, :kk] = np.take_along_axis(part, order, axis=1)
-        sim_out[start:stop, :kk] = np.take_along_axis(part_sims, order, axis=1)
-        if progress:
-            progress(stop - start)
+    # torch's matmul + topk runs both on every core; numpy's argpartition is single-threaded and
+    # cost more than the matrix product itself (docs/benchmarks.md).
+    block = block or max(1, min(512, _BLOCK_BYTES // (4 * n_mem)))
+    with torch.inference_mode():
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            sims = q[start:stop] @ m.T
+            if exclude is not None:
+                rows = np.flatnonzero(exclude[start:stop] >= 0)
+                sims[torch.from_numpy(rows), torch.from_numpy(exclude[start:stop][rows])] = -torch.inf
+            top_sims, top_idx = torch.topk(sims, kk, dim=1, sorted=True)
+            part, part_sims = top_idx.numpy(), top_sims.numpy()
+            # Sort by similarity, then by row, so equal similarities rank the same on every run.
+            order = np.lexsort((part, -part_sims), axis=1)
+            idx_out[start:stop, :kk] = np.take_along_axis(part, order, axis=1)
+            sim_out[start:stop, :kk] = np.take_along_axis(part_sims, order, axis=1)
+            if progress:
+                progress(stop - start)
     if exclude is not None:  # an excluded row can only surface when the memory is smaller than k
         dropped = ~np.isfinite(sim_out)
         idx_out[dropped] = -1

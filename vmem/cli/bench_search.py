@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 
@@ -66,23 +67,6 @@ def synthetic_features(n: int, dim: int, n_classes: int, seed: int, same_class_c
         v = np.sqrt(same_class_cos) * centres[labels[s:e]] + np.sqrt(1 - same_class_cos) * noise
         out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out, labels, centres
-
-
-def exact_topk(memory: np.ndarray, queries: np.ndarray, k: int, block: int = 131_072) -> np.ndarray:
-    """Exact top-k by inner product: blocked BLAS matrix product and a running partial sort."""
-    best_idx = np.zeros((len(queries), 0), np.int64)
-    best_sim = np.zeros((len(queries), 0), np.float32)
-    for s in range(0, len(memory), block):
-        sims = queries @ memory[s : s + block].T
-        kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        cand_sim = np.concatenate([best_sim, np.take_along_axis(sims, part, axis=1)], axis=1)
-        cand_idx = np.concatenate([best_idx, part + s], axis=1)
-        keep = np.argpartition(-cand_sim, min(k, cand_sim.shape[1]) - 1, axis=1)[:, :k]
-        best_sim = np.take_along_axis(cand_sim, keep, axis=1)
-        best_idx = np.take_along_axis(cand_idx, keep, axis=1)
-    order = np.argsort(-best_sim, axis=1)
-    return np.take_along_axis(best_idx, order, axis=1)
 
 
 def recall_at(found: list[list[int]] | np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -144,8 +128,8 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
                            "raw_vector_mb": round(vecs.nbytes / 2**20, 1)}
 
     echo("exact search (blocked BLAS) for ground truth")
-    truth = exact_topk(vecs, qv, k)
-    t_exact = timed(lambda: exact_topk(vecs, qv, k), repeats)
+    truth = exact_search(qv, vecs, k)[0]
+    t_exact = timed(lambda: exact_search(qv, vecs, k), repeats)
     res["exact_qps_batch"] = round(queries / t_exact, 1)
     gflops = sgemm_gflops()
     res["sgemm_gflops"] = round(gflops, 1)
