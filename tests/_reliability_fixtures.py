@@ -111,3 +111,29 @@ def vmem_serve(memory: Path, workdir: Path, *args: str, env: dict[str, str] | No
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+LABELS = ("ant", "bee", "cat")
+
+
+def tiny_memory(encoder: str, location: str = ":memory:", per_label: int = 4, reranker=None):
+    """A `VisualMemory` of random images under three labels, embedded by the tiny encoder."""
+    from retrieval import load_featurizer, open_store
+    from vmem import VisualMemory
+
+    feat = load_featurizer(encoder, device="cpu")
+    store = open_store(location, feat.spec)
+    images = [noise_png(i) for i in range(per_label * len(LABELS))]
+    labels = [LABELS[i % len(LABELS)] for i in range(len(images))]
+    store.add(feat.embed(images), labels, [f"mem:seed/{i}.png" for i in range(len(images))])
+    return VisualMemory(store, feat, reranker=reranker)
+
+
+def tiny_app(encoder: str, tmp_path: Path, memory=None, **settings):
+    """The FastAPI app over a tiny memory (auth off unless an `api_key` is given)."""
+    from server import Settings, create_app
+
+    opts = {"memory": ":memory:", "thumbnail_dir": tmp_path / "thumbs", "featurize_threads": 2, **settings}
+    if "api_key" not in opts:
+        opts["auth_disabled"] = True
+    return create_app(Settings(**opts), memory=memory if memory is not None else tiny_memory(encoder))

@@ -1,0 +1,184 @@
+"""Hostile and odd input over HTTP: each bad request is a clear 4xx problem, odd but valid images work,
+and the server is still up (and has answered no 5xx) at the end.
+
+tests/test_server.py already covers: empty, not-an-image and truncated PNG uploads, a 9000x9000
+decompression bomb, bad base64 bodies, wrong content types, the size limit on /v1/classify, k=0,
+k=1001, an unknown vote rule and an unknown template. This file adds the rest of the table, and
+runs the memory-editing endpoint through the same inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests._reliability_fixtures import LABELS, noise_png, save_tiny_dinov2, tiny_app
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> str:
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+@pytest.fixture(scope="module")
+def client(encoder, tmp_path_factory):
+    with TestClient(tiny_app(encoder, tmp_path_factory.mktemp("svc"), max_upload_bytes=256 * 1024)) as c:
+        yield c
+
+
+def encode(img: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header claiming `width` x `height` pixels, followed by a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    w, h = size
+    arr = np.random.default_rng(w * 7 + h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+PHOTO = encode(noise((64, 48)), "JPEG")
+
+
+# ------------------------------------------------------------------ bad input: a clear 4xx, nothing else
+
+BAD_UPLOADS = {
+    # name: (file name, bytes, status, problem type, words in the detail)
+    "truncated-jpeg": ("cut.jpg", PHOTO[: len(PHOTO) // 2], 400, "bad-image", "truncated"),
+    "jpeg-header-only": ("head.jpg", PHOTO[:200], 400, "bad-image", "truncated"),
+    "zero-bytes": ("empty.jpg", b"", 400, "bad-image", "empty"),
+    "text-named-jpg": ("notes.jpg", b"shopping list: eggs, milk\n" * 20, 400, "bad-image", "not a recognised image"),
+    "png-declaring-10^10-pixels": ("bomb.png", png_declaring(100_000, 100_000), 400, "bad-image",
+                                   "64,000,000 pixels"),
+    "png-declaring-one-huge-row": ("row.png", png_declaring(2**31 - 1, 1), 400, "bad-image", "too large"),
+    "over-the-size-limit": ("big.png", encode(noise((400, 400)), "PNG"), 413, "upload-too-large", "262,144 bytes"),
+}
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/memory"])
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_are_clear_4xx_problems(client, endpoint, case):
+    name, data, status, kind, says = BAD_UPLOADS[case]
+    field = "image" if endpoint == "/v1/classify" else "images"
+    extra = {} if endpoint == "/v1/classify" else {"data": {"label": "ant"}}
+    resp = client.post(endpoint, files={field: (name, data, "image/jpeg")}, **extra)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == PROBLEM
+    body = resp.json()
+    assert body["type"] == f"urn:vmem:problem:{kind}" and body["status"] == status
+    assert says in body["detail"], body["detail"]
+
+
+BAD_REQUESTS = {
+    # name: (query string, content type, body, status, words in the detail)
+    "k=-1": ("k=-1", None, None, 422, "query.k"),
+    "k=10^9": ("k=1000000000", None, None, 422, "query.k"),
+    "k=huge-integer": ("k=" + "9" * 400, None, None, 422, "query.k"),
+    "k=NaN": ("k=nan", None, None, 422, "query.k"),
+    "alpha=inf": ("alpha=inf", None, None, 422, "query.alpha"),
+    "unknown-vote-rule": ("vote=borda", None, None, 422, "query.vote"),
+    "unknown-template": ("rerank=true&template=../../etc/passwd", None, None, 422, "unknown template"),
+    "xml-body": ("", "application/xml", b"<image/>", 415, "not 'application/xml'"),
+    "form-urlencoded": ("", "application/x-www-form-urlencoded", b"image=abc", 415, "x-www-form-urlencoded"),
+    "json-not-an-object": ("", "application/json", b"[1, 2, 3]", 422, "body"),
+    "json-truncated": ("", "application/json", b'{"image": "iVBORw0', 422, "body"),
+    "json-image-is-text": ("", "application/json", b'{"image": "' + base64.b64encode(b"hello") + b'"}', 400,
+                           "not a recognised image"),
+    "multipart-without-boundary": ("", "multipart/form-data", b"--x\r\n\r\n", 400, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_are_clear_4xx_problems(client, case):
+    query, content_type, body, status, says = BAD_REQUESTS[case]
+    if content_type is None:
+        resp = client.post(f"/v1/classify?{query}", files={"image": ("q.png", noise_png(1))})
+    else:
+        resp = client.post(f"/v1/classify?{query}", content=body, headers={"content-type": content_type})
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == PROBLEM
+    if says:
+        assert says in resp.json()["detail"], resp.json()["detail"]
+
+
+# ------------------------------------------------------------------ odd but valid images: answered
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    return encode(noise((40, 20)), "JPEG", exif=exif.tobytes())
+
+
+def _animated_gif() -> bytes:
+    frames = [noise((24, 24)).convert("P"), Image.new("P", (24, 24), 3)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+def _palette_with_transparency() -> bytes:
+    img = noise((24, 24)).convert("P")
+    return encode(img, "PNG", transparency=0)
+
+
+ODD_IMAGES = {
+    "cmyk-jpeg": lambda: encode(noise((32, 32), "CMYK"), "JPEG"),
+    "16-bit-png": lambda: encode(Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)), "PNG"),
+    "palette-with-transparency": _palette_with_transparency,
+    "animated-gif": _animated_gif,
+    "exif-rotated-jpeg": _exif_rotated,
+    "grayscale": lambda: encode(noise((32, 32), "L"), "PNG"),
+    "grayscale-with-alpha": lambda: encode(noise((32, 32), "LA"), "PNG"),
+    "rgba": lambda: encode(noise((32, 32), "RGBA"), "PNG"),
+    "1x1": lambda: encode(noise((1, 1)), "PNG"),
+    "very-wide-4000x2": lambda: encode(noise((4000, 2)), "PNG"),
+    "very-tall-2x4000": lambda: encode(noise((2, 4000)), "PNG"),
+    "webp": lambda: encode(noise((32, 32)), "WEBP"),
+    "bmp": lambda: encode(noise((32, 32)), "BMP"),
+    "tiff": lambda: encode(noise((32, 32)), "TIFF"),
+    "progressive-jpeg": lambda: encode(noise((64, 64)), "JPEG", progressive=True),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_IMAGES))
+def test_odd_but_valid_images_are_classified_and_added(client, case):
+    data = ODD_IMAGES[case]()
+    labels = "&".join(f"label={lab}" for lab in LABELS)  # the odd images added below do not vote
+    resp = client.post(f"/v1/classify?k=3&{labels}",
+                       files={"image": (f"{case}.img", data, "application/octet-stream")})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["label"] in LABELS and len(resp.json()["neighbors"]) == 3
+    added = client.post("/v1/memory", data={"label": f"odd {case}"}, files={"images": (f"{case}.img", data)})
+    assert added.status_code == 201, added.text
+    thumb = client.get(added.json()["added"][0]["thumbnail_url"])
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).mode == "RGB"
+
+
+def test_after_all_that_the_server_is_up_and_answered_no_5xx(client):
+    # Runs last in this module (pytest keeps file order): every request above went to this one server.
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert client.post("/v1/classify", files={"image": ("q.png", noise_png(3))}).status_code == 200
+    metrics = client.get("/metrics").text
+    statuses = [line.split('status="')[1][:3] for line in metrics.splitlines()
+                if line.startswith("vmem_http_requests_total{")]
+    assert "400" in statuses and "413" in statuses and "415" in statuses and "422" in statuses
+    assert not [s for s in statuses if s.startswith("5")], metrics
