@@ -120,6 +120,8 @@ class RunInfo(BaseModel):
     restricted_classes: int | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: dict[str, float] = Field(default_factory=dict)
+    tuned: dict[str, Any] | None = Field(
+        None, description="the memory's tuned vote settings (vmem tune) and their accuracy here, if it has them")
 
 
 class EvalReport(BaseModel):

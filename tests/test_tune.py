@@ -106,3 +106,12 @@ def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(
     res = json.loads(runner.invoke(app, ["classify", query, "--memory", str(memory), "--json", "--k", "2"]).output)
     assert res["vote"]["origin"] == "explicit" and res["vote"]["k"] == 2 and len(res["neighbors"]) == 2
     assert res["vote"]["rule"] == stored["vote"]["rule"]  # only k was given: the rule is still the tuned one
+
+    # vmem eval scores with the tuned alpha/tau and reports the tuned settings' accuracy.
+    out = runner.invoke(app, ["eval", "--memory", str(memory), "--dataset", str(image_folder / "query"),
+                              "--out", str(tmp_path / "eval"), "--no-plots", "--cache", str(tmp_path / "cache")],
+                        env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert f"the memory's tuned settings ({stored['vote']['rule']}, k={stored['vote']['k']}" in out.output
+    run = json.loads((tmp_path / "eval" / "results.json").read_text())["run"]
+    assert run["tuned"]["k"] == stored["vote"]["k"] and run["tau"] == stored["vote"]["tau"]

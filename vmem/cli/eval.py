@@ -45,8 +45,10 @@ def eval(
     devkit_synsets: Annotated[Path | None, typer.Option(help="imagenet-val devkit meta.mat (or wnid per line)")] = None,
     k_max: Annotated[int, typer.Option(
         min=1, max=1000, help="neighbours searched; every k up to this is scored")] = 100,
-    alpha: Annotated[float, typer.Option(help="rank voting offset")] = DEFAULT_ALPHA,
-    tau: Annotated[float, typer.Option(help="softmax temperature")] = DEFAULT_TAU,
+    alpha: Annotated[float | None, typer.Option(
+        help=f"rank voting offset (default: the memory's tuned α, else {DEFAULT_ALPHA:g})")] = None,
+    tau: Annotated[float | None, typer.Option(
+        help=f"softmax temperature (default: the memory's tuned τ, else {DEFAULT_TAU:g})")] = None,
     search: Annotated[SearchMode, typer.Option(
         help="exact (vectors in RAM), index (Qdrant), or auto (exact when the memory fits)")] = SearchMode.auto,
     limit: Annotated[int | None, typer.Option(
@@ -118,6 +120,10 @@ def eval(
             search_used = "index"
             # Hard-pruned points stay stored but are never returned.
             n_points = store.count() - int(store.meta.settings.get("pruning", {}).get("excluded", 0))
+    # The memory's tuned settings (vmem tune) are the defaults; explicit --alpha/--tau win.
+    tuned = dict(mem.store.meta.settings.get("vote") or {}) if mem is not None else {}
+    alpha = alpha if alpha is not None else tuned.get("alpha", DEFAULT_ALPHA)
+    tau = tau if tau is not None else tuned.get("tau", DEFAULT_TAU)
     ds = align_labels(ds, memory_labels, names)
     items = ds.items
     if limit is not None and limit < len(items):
@@ -133,6 +139,12 @@ def eval(
                   featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau)
     run.seconds["features"] = round(t_search - t_feat, 3)
     report = evaluate(memory_obj, queries, run, restrict_to=restrict)
+    if tuned.get("rule") in {"plurality", "distance", "softmax", "rank"} and tuned.get("k", 0) <= k_max:
+        curves = report.variants["all"].accuracy
+        soft = tuned.get("soft_pruning", True) and f"{tuned['rule']}+soft" in curves
+        name = tuned["rule"] + ("+soft" if soft else "")
+        run.tuned = {**tuned, "accuracy": curves[name][tuned["k"] - 1],
+                     "scored_with": {"alpha": alpha, "tau": tau}}
     if rerank:
         assert mem is not None
         embedded = set(queries.sources)
@@ -145,6 +157,10 @@ def eval(
     if mem is not None:
         mem.close()
     typer.echo((out / "table.md").read_text())
+    if run.tuned:
+        t = run.tuned
+        typer.echo(f"the memory's tuned settings ({t['rule']}, k={t['k']}, α={t['alpha']:g}, τ={t['tau']:g}): "
+                   f"{100 * t['accuracy']:.2f}% top-1 here")
     if report.rerank:
         r = report.rerank
         typer.echo(f"re-rank on {r['queries']} queries (k={r['k']}, template {r['template']}): "
