@@ -1,0 +1,104 @@
+"""The service's API key and the Gemini key never show up in logs, errors, problem responses or metrics.
+
+Both keys are set to recognisable fakes; the service is driven through successes and every kind of
+failure (bad keys, Gemini refusing, Gemini down, the circuit opening, an unreachable endpoint, bad
+input); then every response body and header, every log record (all loggers at DEBUG), the metrics
+and the settings' printable forms are searched for any 12-character piece of either key.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fake_gemini import FakeGemini
+from fastapi.testclient import TestClient
+
+from server import Settings
+from tests._reliability_fixtures import noise_png, save_tiny_dinov2, tiny_app, tiny_memory
+
+API_KEY = "vmem-SECRET-apikey-7f3a9c1e5b"
+GEMINI_KEY = "AIzaFAKE-gemini-SECRET-4d2b8e6f0a"
+
+
+def pieces(secret: str, n: int = 12) -> list[str]:
+    return [secret[i : i + n] for i in range(len(secret) - n + 1)]
+
+
+def assert_no_secret(where: str, text: str) -> None:
+    for secret in (API_KEY, GEMINI_KEY):
+        leaked = [p for p in pieces(secret) if p in text]
+        assert not leaked, f"{where} contains part of a key: {leaked[0]!r}"
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> str:
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini() as server:
+        yield server
+
+
+def test_no_key_leaks_anywhere(encoder, fake, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+    for name, value in {"MAX_ATTEMPTS": "1", "CACHE": "false", "DEADLINE_S": "3", "BREAKER_FAILURES": "2",
+                        "BREAKER_COOLDOWN_S": "60"}.items():
+        monkeypatch.setenv(f"VMEM_GEMINI_{name}", value)
+    mem = tiny_memory(encoder, reranker="auto")  # the re-ranker is built from the environment, as in production
+    seen: list[tuple[str, str]] = []
+
+    with TestClient(tiny_app(encoder, tmp_path, memory=mem, api_key=API_KEY)) as client:
+        def record(resp, what: str):
+            seen.append((what, resp.text + repr(dict(resp.headers))))
+            return resp
+
+        def classify(seed: int, query: str = "rerank=true"):
+            return record(client.post(f"/v1/classify?{query}", files={"image": ("q.png", noise_png(seed))}),
+                          f"classify {query}")
+
+        assert classify(1).json()["reranked"]
+        assert fake.requests[-1].headers["x-goog-api-key"] == GEMINI_KEY  # the key did go where it belongs
+        fake.enqueue(fake.status(403))
+        assert "403" in classify(2).json()["fallback_reason"]
+        fake.enqueue(fake.status(400))
+        classify(3)
+        fake.enqueue(*[fake.status(503)] * 4)
+        reasons = [classify(4 + i).json()["fallback_reason"] for i in range(3)]
+        assert reasons[-1].startswith("circuit open")
+        classify(9, "rerank=true&template=nope")
+        classify(10, "k=0")
+        record(client.post("/v1/classify", files={"image": ("x.jpg", b"not an image")}), "bad image")
+
+        good = {"X-API-Key": API_KEY}
+        for headers in ({}, {"X-API-Key": "wrong-key-but-long-enough"}, {"X-API-Key": API_KEY[:-1]},
+                        {"X-API-Key": API_KEY + "x"}, {"Authorization": f"Bearer {API_KEY[:-2]}"}):
+            resp = record(client.post("/v1/memory", headers=headers, data={"label": "ant"},
+                                      files={"images": ("a.png", noise_png(50))}), f"add with {list(headers)}")
+            assert resp.status_code in (401, 403)
+        assert record(client.post("/v1/memory", headers=good, data={"label": "ant"},
+                                  files={"images": ("a.png", noise_png(50))}), "add").status_code == 201
+        record(client.delete("/v1/memory/points/00000000-0000-0000-0000-000000000000", headers=good), "404")
+        metrics = record(client.get("/metrics"), "metrics").text
+        assert 'reason="circuit open' in metrics  # fallbacks are counted by reason, the circuit's included
+
+    # An unreachable Gemini: the error names the endpoint, never the key.
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")
+    mem2 = tiny_memory(encoder, reranker="auto")
+    try:
+        [res] = mem2.classify([noise_png(60)], rerank=True)
+        assert "127.0.0.1:9" in res.fallback_reason
+        seen.append(("unreachable", res.model_dump_json()))
+    finally:
+        mem2.close()
+    mem.close()
+
+    for what, text in seen:
+        assert_no_secret(what, text)
+    assert_no_secret("the log", caplog.text + "\n".join(repr(r.args) for r in caplog.records))
+    settings = Settings(memory=":memory:", api_key=API_KEY)
+    assert_no_secret("the settings", repr(settings) + str(settings) + settings.model_dump_json())
