@@ -205,39 +205,51 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
-        use_dmn = rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None))
-        settings = None if use_dmn else self.vote_settings(rule, k, alpha, tau)
         decoded = [load_image(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
-        results = (self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact) if settings is None
-                   else self.classify_vectors(vectors, settings, labels, sources, exact))
-        if rerank:
-            results = self._rerank_all(decoded, vectors, results, template, labels)
-        return results
+        return self._classify_embedded(vectors, lambda: decoded, sources, k=k, rule=rule, alpha=alpha, tau=tau,
+                                       labels=labels, rerank=rerank, template=template, exact=exact,
+                                       dmn_stream=dmn_stream, dmn=dmn)
 
     def classify_many(
-        self, images: Sequence[str | Path], batch_size: int = 64, **kwargs: Any
+        self,
+        images: Sequence[str | Path],
+        batch_size: int = 64,
+        k: int | None = None,
+        rule: VoteRule | str | None = None,
+        alpha: float | None = None,
+        tau: float | None = None,
+        labels: Sequence[str] | None = None,
+        rerank: bool = False,
+        template: str | None = None,
+        exact: bool = False,
+        dmn_stream: str | None = None,
+        dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
-        """Classify files, skipping (and reporting) the ones that do not decode."""
+        """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
         paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
-        rule, dmn_stream, dmn = kwargs.pop("rule", None), kwargs.pop("dmn_stream", None), kwargs.pop("dmn", None)
-        use_dmn = rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None))
-        settings = self.vote_settings(None if use_dmn else rule, kwargs.pop("k", None),
-                                      kwargs.pop("alpha", None), kwargs.pop("tau", None))
-        rerank = kwargs.pop("rerank", False)
-        template = kwargs.pop("template", None)
         ok_sources = [paths[i] for i in res.indices]
-        results = (self.classify_dmn(res.features, dmn_stream, dmn, kwargs.get("labels"), ok_sources,
-                                     kwargs.get("exact", False)) if use_dmn
-                   else self.classify_vectors(res.features, settings, sources=ok_sources, **kwargs))
-        if rerank:
-            results = self._rerank_all([load_image(src) for src in ok_sources], res.features, results, template,
-                                       kwargs.get("labels"))
-        failed = [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
-        return results, failed
+        results = self._classify_embedded(
+            res.features, lambda: [load_image(src) for src in ok_sources], ok_sources, k=k, rule=rule, alpha=alpha,
+            tau=tau, labels=labels, rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
+        return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
+
+    def _classify_embedded(self, vectors: np.ndarray, images: Callable[[], list[Any]],
+                           sources: Sequence[str | None], *, k: int | None, rule: VoteRule | str | None,
+                           alpha: float | None, tau: float | None, labels: Sequence[str] | None, rerank: bool,
+                           template: str | None, exact: bool, dmn_stream: str | None,
+                           dmn: Any) -> list[Classification]:
+        """The one decision path after embedding: a vote rule or dmn, then the optional re-ranker."""
+        if rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None)):
+            results = self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact)
+        else:
+            results = self.classify_vectors(vectors, self.vote_settings(rule, k, alpha, tau), labels, sources, exact)
+        if rerank:  # decoded images are only needed (and only loaded) for the re-ranker
+            results = self._rerank_all(images(), vectors, results, template, labels)
+        return results
 
     @property
     def dmn(self) -> Any:
