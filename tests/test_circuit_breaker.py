@@ -158,6 +158,8 @@ def test_with_30_percent_of_calls_failing_every_query_is_answered_in_time(fake, 
     assert fake.count > 64  # the faults were met, and retried
     assert wall <= 64 / 8 * (DEADLINE_S + SLACK_S)
     assert reranker.breaker.state == "closed"
+    print(f"64 queries, {fake.count} calls: {batch.reranked} re-ranked, fallbacks {batch.fallbacks}, "
+          f"slowest {max(o.latency_s for o in batch.outcomes):.2f} s, batch {wall:.2f} s")
 
 
 def test_during_an_outage_the_circuit_opens_and_queries_fall_back_at_once(fake, reranker, neighbour_images):
@@ -174,6 +176,9 @@ def test_during_an_outage_the_circuit_opens_and_queries_fall_back_at_once(fake, 
     # Only the queries before the circuit opened (and those already in flight) called Gemini, 3 times each.
     assert fake.count <= (5 + 8) * 3
     assert reranker.breaker.state == "open"
+    print(f"outage: 40 queries, {fake.count} calls, fallbacks {batch.fallbacks}, circuit-open answers in at most "
+          f"{max(o.latency_s for o in opened) * 1000:.1f} ms, others in at most "
+          f"{max(o.latency_s for o in batch.outcomes if o not in opened):.2f} s")
 
     # Gemini is back; until the cool-down passes nobody asks it.
     fake.reset()

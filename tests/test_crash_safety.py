@@ -101,7 +101,10 @@ def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{total - len(points)} added, {len(points)} already in memory, 0 failed" in resumed.stdout
+    points_after_kill = points
 
+    print(f"killed with {acknowledged} images reported done; reopened with {len(points_after_kill)} points; "
+          f"resumed: {resumed.stdout.strip()}")
     points = check_consistent(memory)
     assert len(points) == total
     assert {p.id for p in points} == {point_id_for(normalize_source(f)) for f in files}
@@ -165,3 +168,5 @@ def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, tiny
     missing = set(acked) - ids
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged adds were lost"
     assert len(points) >= 6 + len(set(acked))
+    print(f"{len(acked)} adds acknowledged before the kill, all present; {len(points) - 6 - len(set(acked))} "
+          "more were written but not acknowledged")
