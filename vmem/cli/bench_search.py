@@ -118,7 +118,8 @@ def forget_latency(store, vecs: np.ndarray, n: int) -> dict[str, Any]:
 
 
 def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings, seed: int, repeats: int,
-                     batch: int, faiss_baseline: bool, workdir: Path, echo=print) -> dict[str, Any]:
+                     batch: int, faiss_baseline: bool, workdir: Path, echo=print,
+                     ef_sweep: tuple[int, ...] = ()) -> dict[str, Any]:
     n_classes = max(2, n // 1000)
     echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
     # Queries come from the same classes as the memory (fresh samples around the same centres).
@@ -166,6 +167,16 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     t_single = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
     res["qps_single"] = round(n_single / t_single, 1)
     res["recall_at_50_single"] = round(recall_at(singles, truth[:n_single], min(50, k)), 4)
+
+    for ef in ef_sweep:
+        # hnsw_ef is a search-time setting: one built index answers the whole sweep.
+        store.meta.index = settings.model_copy(update={"hnsw_ef": ef})
+        found = [ids(store.query(q, k)) for q in qv[:n_single]]
+        t_ef = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
+        recall = recall_at(found, truth[:n_single], min(50, k))
+        res.setdefault("ef_sweep", []).append({"hnsw_ef": max(ef, 2 * k), "qps_single": round(n_single / t_ef, 1),
+                                               "recall_at_50": round(recall, 4)})
+    store.meta.index = settings
 
     echo("batched queries")
     def run_batches():
@@ -220,6 +231,7 @@ def search(
     repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
     faiss: Annotated[bool, typer.Option(help="include faiss flat and HNSW baselines")] = True,
+    ef_sweep: Annotated[str, typer.Option(help="also measure these search ef values on the same index")] = "",
     workdir: Annotated[Path | None, typer.Option(help="where to build the memory (default: a temp dir)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
 ) -> None:
@@ -234,7 +246,8 @@ def search(
         say(f"settings: n={n} dim={dim} queries={queries} k={k} batch={batch} {settings.model_dump()}")
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="vmem-bench-"))
     try:
-        res = run_search_bench(n, dim, queries, k, settings, seed, repeats, batch, faiss, tmp, say)
+        sweep = tuple(int(x) for x in ef_sweep.split(",") if x.strip())
+        res = run_search_bench(n, dim, queries, k, settings, seed, repeats, batch, faiss, tmp, say, sweep)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(json.dumps({"machine": machine, **res}))
