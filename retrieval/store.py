@@ -272,7 +272,16 @@ class EdgeMemoryStore(MemoryStore):
                 probe.meta = stored
                 probe.check_featurizer(meta.featurizer)
             self.meta = stored
-            self.shard = qe.EdgeShard.load(str(shard_path))
+            try:
+                self.shard = qe.EdgeShard.load(str(shard_path))
+            except Exception as exc:
+                # The engine locks its write-ahead log: a second process gets an opaque "WouldBlock".
+                if "WouldBlock" in str(exc):
+                    raise MemoryError(
+                        f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
+                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it"
+                    ) from exc
+                raise
         else:
             if meta is None:
                 raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")

@@ -170,3 +170,15 @@ def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, tiny
     assert len(points) >= 6 + len(set(acked))
     print(f"{len(acked)} adds acknowledged before the kill, all present; {len(points) - 6 - len(set(acked))} "
           "more were written but not acknowledged")
+
+
+def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_path, tiny_encoder):
+    # The engine locks its write-ahead log; two writers on one directory would otherwise interleave.
+    feat = load_featurizer(tiny_encoder, device="cpu")
+    memory = tmp_path / "memory"
+    with open_store(memory, feat.spec) as holder:
+        holder.add(feat.embed([noise_png(1)]), ["ant"], ["/x/1.png"])
+        with pytest.raises(MemoryError, match="open in another process"):
+            open_store(memory)
+        holder.add(feat.embed([noise_png(2)]), ["bee"], ["/x/2.png"])
+    assert len(check_consistent(memory)) == 2
