@@ -211,3 +211,62 @@ def test_replies_that_are_refused_are_not_an_outage(fake, reranker, neighbour_im
     assert batch.reranked == 0
     assert set(batch.fallbacks) == {"NonCandidateAnswerError", "RequestRejectedError"}
     assert reranker.breaker.state == "closed"
+
+
+# ------------------------------------------------------------------ through the HTTP service
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> str:
+    from tests._reliability_fixtures import save_tiny_dinov2
+
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+def test_the_service_answers_every_rerank_request_in_time_and_counts_fallbacks_by_reason(fake, encoder, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests._reliability_fixtures import noise_png, tiny_app, tiny_memory
+    from tests._server_fixtures import live_server
+
+    rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache=False, deadline_s=DEADLINE_S,
+                        attempt_timeout_s=0.4, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05,
+                        breaker_failures=5, breaker_cooldown_s=60)
+    mem = tiny_memory(encoder, reranker=rr)
+    rng = random.Random(3)
+    faults = [fake.status(429, retry_delay="0.05s"), fake.status(503), fake.hang(5.0)]
+    fake.enqueue(*[rng.choice(faults) if rng.random() < 0.3 else fake.answer("bee") for _ in range(200)])
+
+    def classify(url: str, seed: int) -> tuple[int, float, dict]:
+        start = time.monotonic()
+        resp = httpx.post(f"{url}/v1/classify", params={"rerank": "true", "k": 6}, timeout=30,
+                          files={"image": ("q.png", noise_png(seed))})
+        return resp.status_code, time.monotonic() - start, resp.json()
+
+    try:
+        with live_server(tiny_app(encoder, tmp_path, memory=mem)) as url, ThreadPoolExecutor(8) as pool:
+            under_faults = list(pool.map(lambda s: classify(url, s), range(1000, 1032)))
+            fake.reset()
+            fake.enqueue(*[fake.status(503)] * 1000)
+            outage = list(pool.map(lambda s: classify(url, s), range(2000, 2032)))
+            metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        mem.close()
+
+    for status, seconds, body in under_faults + outage:
+        assert status == 200, body
+        # The deadline, plus embedding and queueing behind 8 clients on a busy machine.
+        assert seconds <= DEADLINE_S + 3.0, (seconds, body.get("fallback_reason"))
+    assert sum(b["reranked"] for _, _, b in under_faults) >= 26
+    reasons = [b["fallback_reason"] for _, _, b in under_faults + outage if not b["reranked"]]
+    opened = [r for r in reasons if r.startswith("circuit open")]
+    assert len(opened) >= 32 - 5 - 8
+    counted = {line.split('reason="')[1].rsplit('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in metrics.splitlines() if line.startswith("vmem_rerank_fallbacks_total{")}
+    assert sum(counted.values()) == len(reasons)
+    assert sum(n for r, n in counted.items() if r.startswith("circuit open")) == len(opened)
+    print(f"HTTP, 30% faults: {sum(b['reranked'] for _, _, b in under_faults)}/32 re-ranked, slowest "
+          f"{max(t for _, t, _ in under_faults):.2f} s; outage: {len(opened)}/32 circuit open, "
+          f"slowest {max(t for _, t, _ in outage):.2f} s; metrics count {sum(counted.values()):g} fallbacks")
