@@ -278,8 +278,11 @@ class ClassifierService:
         if res.usage is not None and "cached" in res.usage:  # the re-ranker's own answer cache
             self.metrics.rerank_cache.labels("hit" if res.usage["cached"] else "miss").inc()
         if res.fallback_reason:
-            # Reasons are short fixed phrases; cap the length anyway so one odd message cannot explode series.
-            self.metrics.rerank_fallbacks.labels(res.fallback_reason[:80]).inc()
+            # Label by the error class, never the reason text: that holds attempt counts and endpoints,
+            # and every distinct text would be a new time series.
+            error = (res.usage or {}).get("error") or (
+                "NotConfigured" if res.fallback_reason.startswith("re-ranking is not configured") else "Other")
+            self.metrics.rerank_fallbacks.labels(error).inc()
 
     def _answer(self, res: Classification, threshold: float | None, cached: bool) -> Answer:
         ood = None if threshold is None or res.novelty is None else bool(res.novelty > threshold)
@@ -331,6 +334,12 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ thumbnails
 
+    def _servable(self, path: Path) -> bool:
+        """Only files under an allowed root: a point's source is data, and may name any file on the host."""
+        roots = self.settings.source_roots or [Path(r) for r in self.memory.store.meta.settings.get("source_roots", [])]
+        resolved = path.resolve()
+        return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+
     def thumbnail(self, point_id: str) -> bytes:
         """A JPEG of the point's image. Raises ThumbnailUnavailable with the reason."""
         kept = self.thumbnails.load(point_id)
@@ -345,6 +354,9 @@ class ClassifierService:
                                        "(it was added through another server or another thumbnail directory)")
         if "://" in source:
             raise ThumbnailUnavailable(f"the point's image is at {source}, which this service does not fetch")
+        if not self._servable(Path(source)):
+            raise ThumbnailUnavailable("the point's image is outside the directories this service serves images "
+                                       "from (the memory's build roots, or VMEM_SOURCE_ROOTS)")
         if not Path(source).is_file():
             raise ThumbnailUnavailable(f"the point's image file is no longer at {source}")
         try:

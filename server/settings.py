@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     thumbnail_dir: Path | None = Field(
         None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
     thumbnail_size: int = Field(160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
+    source_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
+        "default: the roots `vmem build` recorded in the memory")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "source_roots", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

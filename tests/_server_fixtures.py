@@ -7,6 +7,7 @@ from the vectors computed once per session, so tests can add and forget without 
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -69,6 +70,9 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
 
     store = open_store(location, featurizer.spec)
     store.add(images.vectors, images.labels, [str(p) for p in images.paths])
+    # As `vmem build` does: the images' root is where the service may serve thumbnails from.
+    store.meta.settings["source_roots"] = [os.path.commonpath([str(p.parent) for p in images.paths])]
+    store.save_meta()
     return VisualMemory(store, featurizer, reranker=reranker)
 
 

@@ -84,7 +84,7 @@ def test_no_key_leaks_anywhere(encoder, fake, tmp_path, monkeypatch, caplog):
                                   files={"images": ("a.png", noise_png(50))}), "add").status_code == 201
         record(client.delete("/v1/memory/points/00000000-0000-0000-0000-000000000000", headers=good), "404")
         metrics = record(client.get("/metrics"), "metrics").text
-        assert 'reason="circuit open' in metrics  # fallbacks are counted by reason, the circuit's included
+        assert 'reason="CircuitOpenError"' in metrics  # fallbacks are counted by error class, the circuit's included
 
     # An unreachable Gemini: the error names the endpoint, never the key.
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")

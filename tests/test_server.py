@@ -441,6 +441,21 @@ def test_thumbnail_404_says_why(client, memory_images, tmp_path):
                    "no-thumbnail", "no point with id")
 
 
+def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite0, tmp_path):
+    # A point's source is data: one written straight into the store must not make any host file servable.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = elsewhere / "private.png"
+    secret.write_bytes(texture(COLORS["red"], 9))
+    client = make_client()
+    store = client.app.state.service.memory.store
+    [pid] = store.add(lite0.embed([secret]), ["red"], [str(secret)])
+    assert_problem(client.get(f"/v1/memory/points/{pid}/thumbnail"), 404, "no-thumbnail", "outside the directories")
+    allowed = make_client(source_roots=str(elsewhere))
+    [pid] = allowed.app.state.service.memory.store.add(lite0.embed([secret]), ["red"], [str(secret)])
+    assert allowed.get(f"/v1/memory/points/{pid}/thumbnail").status_code == 200
+
+
 # ------------------------------------------------------------------ ops
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -316,7 +317,7 @@ class VisualMemory:
         out = []
         for res, o in zip(results, batch.outcomes, strict=True):
             usage = {**o.usage.model_dump(), "cached": o.cached, "attempts": o.attempts,
-                     "latency_s": round(o.latency_s, 4)}
+                     "latency_s": round(o.latency_s, 4), "error": o.error}
             out.append(res.model_copy(update={
                 "label": o.label if o.reranked else res.label, "reranked": o.reranked,
                 "fallback_reason": o.fallback_reason, "template": o.template, "model": o.model,
@@ -330,11 +331,24 @@ class VisualMemory:
               feature_cache: str | Path | None = None) -> BuildReport:
         """Embed and insert labelled images; resumable, bad images skipped and reported."""
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
+        self._record_source_roots([it.source for it in items])
         report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
         t0 = time.perf_counter()
         self.store.optimize()
         report.index_seconds = time.perf_counter() - t0
         return report
+
+    def _record_source_roots(self, sources: Sequence[str]) -> None:
+        """Remember the directory a build read from: the service serves thumbnails only from such roots."""
+        local = [src for src in sources if "://" not in src and not src.startswith(("upload:", "mem:"))]
+        if not local:
+            return
+        root = os.path.commonpath(local)
+        root = root if Path(root).is_dir() else str(Path(root).parent)
+        roots = self.store.meta.settings.setdefault("source_roots", [])
+        if root not in roots:
+            roots.append(root)
+            self.store.save_meta()
 
     def add(
         self,
@@ -363,6 +377,7 @@ class VisualMemory:
             except ImageDecodeError as exc:
                 failed.append(FailedImage(source=src, reason=str(exc)))
         vectors = self.featurizer.embed(ok_imgs)
+        self._record_source_roots(ok_sources)
         ids = self.store.add(vectors, ok_labels, ok_sources, tags)
         return ids, failed
 
