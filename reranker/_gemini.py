@@ -622,7 +622,7 @@ class GeminiReranker:
                 listed.append(row)
                 continue
             try:
-                jpeg = await asyncio.to_thread(self.thumbnails.get, it.source)
+                jpeg = await asyncio.to_thread(self.thumbnails.get, it.source, req.source_roots)
                 row["image"] = len(parts) + 1
                 parts.append(types.FunctionResponsePart.from_bytes(data=jpeg, mime_type="image/jpeg"))
             except ThumbnailError as exc:

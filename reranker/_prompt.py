@@ -78,7 +78,7 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
             text(template.render("neighbor", **values))
             continue
         try:
-            jpeg = thumbs.get(n.source)
+            jpeg = thumbs.get(n.source, request.source_roots)
         except ThumbnailError as exc:
             text(template.render("neighbor_missing", **values))
             notes.append({"event": "neighbor_label_only", "id": n.id, "source": n.source, "reason": str(exc)})

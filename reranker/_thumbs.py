@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +38,19 @@ def encode_jpeg(img: Image.Image, longest_side: int, quality: int = JPEG_QUALITY
     return buf.getvalue()
 
 
-def local_path(source: str) -> Path:
-    """The file behind a memory point's source, or `ThumbnailError` when it has none."""
+def local_path(source: str, roots: Sequence[str] | None = None) -> Path:
+    """The file behind a memory point's source, or `ThumbnailError` when it has none (or is outside `roots`)."""
     if source.startswith("file://"):
-        return Path(source[len("file://"):])
-    if source.startswith(("upload:", "mem:")):
+        path = Path(source[len("file://"):])
+    elif source.startswith(("upload:", "mem:")):
         raise ThumbnailError("uploaded image: only its features were kept")
-    if "://" in source:
+    elif "://" in source:
         raise ThumbnailError("remote source is not fetched")
-    return Path(source)
+    else:
+        path = Path(source)
+    if roots is not None and not any(path.resolve().is_relative_to(Path(r).resolve()) for r in roots):
+        raise ThumbnailError("image outside the memory's source roots")
+    return path
 
 
 @dataclass
@@ -69,13 +74,13 @@ class ThumbnailCache:
         self._decoding: dict[tuple, threading.Lock] = {}  # one decoder per key; concurrent askers wait for it
         self.stats = ThumbStats()
 
-    def get(self, source: str) -> bytes:
-        """JPEG bytes of the thumbnail of `source`.
+    def get(self, source: str, roots: Sequence[str] | None = None) -> bytes:
+        """JPEG bytes of the thumbnail of `source`, read only from under `roots` when given.
 
         Raises:
-            ThumbnailError: no local file, file missing, or not decodable.
+            ThumbnailError: no local file, outside the roots, file missing, or not decodable.
         """
-        path = local_path(source)
+        path = local_path(source, roots)
         try:
             st = path.stat()
         except OSError as exc:

@@ -38,6 +38,9 @@ class RerankRequest:
     source: str | None = None
     template: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Directories neighbour images may be read from (None: anywhere). A source is data: without this,
+    # anyone able to write the memory could have any image on the host sent to the VLM.
+    source_roots: list[str] | None = None
 
 
 class Usage(BaseModel):

@@ -161,3 +161,28 @@ def test_thumbnail_ids_are_uuids_not_paths(client, point_id):
     resp = client.get(f"/v1/memory/points/{point_id}/thumbnail")
     assert resp.status_code in (404, 422), resp.text
     assert resp.headers["content-type"] == "application/problem+json"
+
+
+def test_reranker_never_reads_neighbour_images_outside_the_memorys_roots(tmp_path):
+    """A point's source is data: outside the memory's recorded roots it becomes a label-only neighbour."""
+    from PIL import Image
+
+    from prompts import default_registry
+    from reranker import RerankNeighbor, RerankRequest
+    from reranker._prompt import build_prompt, encode_query
+    from reranker._thumbs import ThumbnailCache
+
+    inside, outside = tmp_path / "memory-images", tmp_path / "private"
+    inside.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8), "red").save(inside / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(outside / "secret.png")
+    neighbors = [RerankNeighbor(id="1", label="cat", source=str(inside / "a.png"), similarity=0.9, weight=0.5, rank=0),
+                 RerankNeighbor(id="2", label="dog", source=str(inside / ".." / "private" / "secret.png"),
+                                similarity=0.8, weight=0.3, rank=1)]
+    req = RerankRequest(image=Image.new("RGB", (8, 8)), neighbors=neighbors, scores={"cat": 0.6, "dog": 0.4},
+                        vote_label="cat", source_roots=[str(inside)])
+    template = default_registry().get("neighbors-v1")
+    prompt = build_prompt(template, req, ["cat", "dog"], encode_query(req, 64), ThumbnailCache())
+    label_only = [n for n in prompt.notes if n.get("event") == "neighbor_label_only"]
+    assert [n["id"] for n in label_only] == ["2"] and "outside" in label_only[0]["reason"]

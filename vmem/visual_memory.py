@@ -311,7 +311,8 @@ class VisualMemory:
             neighbors=[RerankNeighbor(**n.model_dump()) for n in res.neighbors],
             scores=res.scores, vote_label=res.label,
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
-            labels=list(labels) if labels else None, source=res.source, template=template)
+            labels=list(labels) if labels else None, source=res.source, template=template,
+            source_roots=list(self.store.meta.settings.get("source_roots", [])))
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
