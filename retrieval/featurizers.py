@@ -13,8 +13,12 @@ Names understood by `load_featurizer`:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import importlib
 import logging
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +125,25 @@ def _describe(item: ImageInput) -> str:
     return "<image>"
 
 
+@functools.cache
+def keep_large_allocations_in_heap() -> bool:
+    """Stop glibc from returning every large freed block to the OS (once per process).
+
+    A CPU forward allocates activations of 25-100 MB per batch. Above glibc's mmap threshold (at most
+    32 MB by default) each one is a fresh mmap that the kernel must zero page by page, and that
+    page-faulting was half of all CPU time in featurisation. Keeping such blocks in the heap for reuse
+    makes the same forward 2x faster; the cost is that the peak activation memory stays resident.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
 class Featurizer(ABC):
     """A frozen encoder. Subclasses build `self.model` (input tensor -> [n, dim] features)."""
 
@@ -132,6 +155,8 @@ class Featurizer(ABC):
         self.device = torch.device(device) if device is not None else default_device()
         # Half precision only where it is fast and safe: CUDA.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        if self.device.type == "cpu":
+            keep_large_allocations_in_heap()
 
     @property
     def spec(self) -> FeaturizerSpec:
