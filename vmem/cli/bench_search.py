@@ -227,6 +227,8 @@ def search(
     hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
     quantization: Annotated[str, typer.Option(help="none or int8")] = IndexSettings().quantization,
     oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
+    vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
+        IndexSettings().vectors_on_disk),
     batch: Annotated[int, typer.Option(help="queries per query_batch call")] = 100,
     repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
@@ -237,7 +239,7 @@ def search(
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
     settings = IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=quantization,
-                             oversampling=oversampling)
+                             oversampling=oversampling, vectors_on_disk=vectors_on_disk)
     machine = machine_info()
     def say(msg: str) -> None:
         typer.echo(msg, err=True)
