@@ -50,6 +50,11 @@ class Preprocessing(BaseModel):
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        """The model input for one image: float32 [3, crop, crop], normalised."""
+        return self.normalize(self.resize_crop(img).unsqueeze(0))[0]
+
+    def resize_crop(self, img: Image.Image) -> torch.Tensor:
+        """Resize and centre-crop: uint8 [3, crop, crop], not yet normalised."""
         w, h = img.size
         scale = self.resize / min(w, h)
         size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
@@ -57,10 +62,15 @@ class Preprocessing(BaseModel):
         img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
         left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
         img = img.crop((left, top, left + self.crop, top + self.crop))
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return x.sub_(mean).div_(std)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, 3, crop, crop] to the normalised float32 model input (float input passes through)."""
+        if batch.is_floating_point():
+            return batch
+        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        return batch.float().div_(255.0).sub_(mean).div_(std)
 
 
 class FeaturizerSpec(BaseModel):
@@ -103,7 +113,8 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform(load_image(self.items[i])), ""
+            # uint8 crops: a quarter of the bytes a float tensor would move between processes.
+            return i, self.transform.resize_crop(load_image(self.items[i])), ""
         except ImageDecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # any decoder bug must cost one image, not the run
@@ -168,6 +179,8 @@ class Featurizer(ABC):
 
     @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Features of a batch: normalised float [n, 3, H, W], or uint8 crops from `resize_crop`."""
+        batch = self.preprocessing.normalize(batch.to(self.device, non_blocking=True))
         x = batch.to(self.device, dtype=self.dtype, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
         feats = self.forward(x).float()
@@ -186,7 +199,7 @@ class Featurizer(ABC):
             return np.zeros((0, self.dim), np.float32)
         out = []
         for start in range(0, len(images), batch_size):
-            chunk = [self.preprocessing(load_image(im)) for im in images[start : start + batch_size]]
+            chunk = [self.preprocessing.resize_crop(load_image(im)) for im in images[start : start + batch_size]]
             out.append(self.embed_tensors(torch.stack(chunk)))
         return np.concatenate(out)
 
