@@ -112,10 +112,14 @@ def exact_search(
     # torch's matmul + topk runs both on every core; numpy's argpartition is single-threaded and
     # cost more than the matrix product itself (docs/benchmarks.md).
     block = block or max(1, min(512, _BLOCK_BYTES // (4 * n_mem)))
+    m_t = m.T
     with torch.inference_mode():
+        # One similarity buffer for every block: a fresh 100+ MB tensor per block is a fresh mmap the
+        # kernel must zero page by page, which cost as much as the matrix product itself.
+        buffer = torch.empty((min(block, n), n_mem), dtype=torch.float32)
         for start in range(0, n, block):
             stop = min(n, start + block)
-            sims = q[start:stop] @ m.T
+            sims = torch.matmul(q[start:stop], m_t, out=buffer[: stop - start])
             if exclude is not None:
                 rows = np.flatnonzero(exclude[start:stop] >= 0)
                 sims[torch.from_numpy(rows), torch.from_numpy(exclude[start:stop][rows])] = -torch.inf
