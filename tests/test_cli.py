@@ -156,3 +156,24 @@ def test_missing_memory_and_dataset_are_clear_errors(tmp_path):
     assert out.exit_code != 0 and "vmem build" in out.output
     out = run("build", tmp_path / "nodata", "--memory", tmp_path / "m")
     assert out.exit_code != 0 and "not a directory" in out.output
+
+
+def test_build_with_an_int8_index_on_disk_stores_the_choice_and_classifies(image_folder, tmp_path):
+    memory = tmp_path / "int8"
+    result = run("build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+                 "--workers", "0", "--quantization", "int8", "--vectors-on-disk")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(run("info", "--memory", memory, "--json").output)
+    assert meta["index"]["quantization"] == "int8" and meta["index"]["vectors_on_disk"] is True
+    out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+    assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+
+    # Settings are fixed at creation: asking again says so and keeps the memory as it is.
+    again = run("build", image_folder / "train", "--memory", memory, "--workers", "0", "--quantization", "none",
+                "--vectors-on-disk")
+    assert again.exit_code == 0 and "12 already in memory" in again.output
+
+
+def test_build_rejects_an_unknown_quantization(image_folder, tmp_path):
+    result = run("build", image_folder / "train", "--memory", tmp_path / "m", "--quantization", "int4")
+    assert result.exit_code == 2 and "int4" in result.output

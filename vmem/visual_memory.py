@@ -20,6 +20,7 @@ import numpy as np
 from retrieval import (
     BuildReport,
     Featurizer,
+    IndexSettings,
     LabelledImage,
     MemoryStore,
     Neighbor,
@@ -75,6 +76,7 @@ class VisualMemory:
         create: bool = False,
         device: str | None = None,
         reranker: Any = AUTO_RERANKER,
+        index: IndexSettings | None = None,
     ) -> VisualMemory:
         """Open (or with `create=True`, create) the memory at `location`.
 
@@ -85,6 +87,7 @@ class VisualMemory:
             create: make the memory if it does not exist.
             reranker: a `reranker.GeminiReranker` (or any object with `rerank_many`); the default
                 builds one from the environment on first use; None disables re-ranking.
+            index: HNSW and quantization settings for a new memory (fixed once it exists).
         """
         try:
             store = open_store(location)
@@ -94,7 +97,7 @@ class VisualMemory:
             store = None
         if store is None:
             feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
-            return cls(open_store(location, feat.spec), feat, reranker)
+            return cls(open_store(location, feat.spec, index=index), feat, reranker)
         if featurizer is not None:
             feat = load_featurizer(featurizer, device)
             store.check_featurizer(feat.spec)
@@ -419,5 +422,6 @@ class VisualMemory:
             "labels": len(counts),
             "per_label": counts,
             "featurizer": self.store.meta.featurizer.model_dump(),
+            "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }

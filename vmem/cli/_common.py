@@ -22,11 +22,13 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
     return qdrant_url or str(memory)
 
 
-def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False):
+def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
+                index=None):
     from vmem import VisualMemory
 
     try:
-        return VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create)
+        return VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
+                                 index=index)
     except (MemoryError, FeaturizerError) as exc:
         raise typer.BadParameter(str(exc)) from exc
 

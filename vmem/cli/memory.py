@@ -12,12 +12,13 @@ import typer
 from tqdm import tqdm
 
 from prompts import TemplateError
-from retrieval import DatasetError, FeaturizerError, ImageDecodeError, VoteRule, read_labelled
+from retrieval import DatasetError, FeaturizerError, ImageDecodeError, IndexSettings, VoteRule, read_labelled
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
+Quantization = StrEnum("Quantization", {"none": "none", "int8": "int8"})
 
 
 def build(
@@ -31,6 +32,12 @@ def build(
     feature_cache: Annotated[
         Path | None, typer.Option(help="reuse features cached by file content in this directory (and add new ones)")
     ] = None,
+    quantization: Annotated[
+        Quantization, typer.Option(help="new memory: int8 scalar quantization with rescoring (docs/benchmarks.md)")
+    ] = Quantization.none,
+    vectors_on_disk: Annotated[
+        bool, typer.Option(help="new memory: keep the original vectors on disk (mmap) rather than in RAM")
+    ] = False,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -38,7 +45,12 @@ def build(
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    mem = open_memory(memory, qdrant_url, featurizer, create=True)
+    index = IndexSettings(quantization=quantization.value, vectors_on_disk=vectors_on_disk)
+    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index)
+    if (mem.store.meta.index.quantization, mem.store.meta.index.vectors_on_disk) != (
+            index.quantization, index.vectors_on_disk) and (quantization.value != "none" or vectors_on_disk):
+        typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
+                   f"{mem.store.meta.index.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
@@ -128,6 +140,7 @@ def info(
     typer.echo(f"memory     {stats['location']}")
     typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
                f"crop {f['preprocessing']['crop']})")
+    typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
     typer.echo(f"points     {stats['points']}")
     typer.echo(f"labels     {stats['labels']}")
     for lab, n in list(stats["per_label"].items())[:10]:
