@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
+# stderr and one JSON object on stdout; the JSON is kept here, next to this script.
+# Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
+#   bash docs/benchmarks/run.sh [search|search-int8|search-1m|featurize|classify|forget|eval]...
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=docs/benchmarks
+D=${VMEM_TINY_IMAGENET:-../shared/data/tiny-imagenet-200}
+CACHE=${VMEM_FEATURE_CACHE:-.cache/features}
+MEMORY=${VMEM_BENCH_MEMORY:-.cache/bench-memory-lite0}
+export PATH="$PWD/.venv/bin:$PATH"
+
+run() {  # name, command...: JSON to $OUT/name.json, log to $OUT/name.log
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  "$@" > "$OUT/$name.json" 2> >(tee "$OUT/$name.log" >&2)
+}
+
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(search search-int8 featurize forget classify eval)
+for step in "${steps[@]}"; do
+  case $step in
+    # HNSW at the defaults (m 16, ef_construct 128, hnsw_ef 128) with a search-ef sweep on the same index,
+    # exact BLAS search and faiss flat/HNSW in the same run.
+    search) run search vmem bench search --n 200000 --dim 384 --queries 1000 --ef-sweep 100,256,512 ;;
+    search-int8-disk) run search-int8-disk vmem bench search --n 200000 --dim 384 --queries 1000 --quantization int8 \
+                   --vectors-on-disk --no-faiss ;;
+    search-int8) run search-int8 vmem bench search --n 200000 --dim 384 --queries 1000 --quantization int8 \
+                   --oversampling 2 --ef-sweep 256 --no-faiss ;;
+    # ImageNet scale: 1.28M x 384. Slow to build on 2 cores; see docs/benchmarks.md.
+    search-1m) run search-1m vmem bench search --n 1280000 --dim 384 --queries 1000 --quantization int8 \
+                 --ef-sweep 256 --no-faiss ;;
+    featurize) run featurize vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 16,64 ;;
+    forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
+    classify)
+      # A real memory: Tiny-ImageNet train (20,200 images) embedded with EfficientNet-Lite0.
+      [ -d "$MEMORY" ] || vmem build "$D/train" --memory "$MEMORY" --featurizer efficientnet-lite0 \
+                              --feature-cache "$CACHE" >&2
+      run classify vmem bench classify "$D/val" --memory "$MEMORY" --requests 300 ;;
+    eval)
+      # The whole evaluation (10,100 queries x 20,200 memory, four rules, every k up to 100) from cached
+      # features, three times: median wall time.
+      for i in 1 2 3; do
+        /usr/bin/time -f "%e s wall, %M KB max RSS" vmem eval --memory-dataset "$D/train" \
+          --featurizer efficientnet-lite0 --dataset "$D/val" --cache "$CACHE" --no-plots \
+          --out "$(mktemp -d)" 2>&1 >/dev/null | tail -1
+      done | tee "$OUT/eval-timing.txt" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
