@@ -101,3 +101,25 @@ def test_efficientnet_lite0_real_weights_recognise_real_imagenet_images(tiny_ima
     # Chance is 0.001 and 0.005; random weights score ~0. Upscaled 64x64 crops cost accuracy against the 78%
     # this model gets on full-size ImageNet: measured here 0.2-0.3 top-1.
     assert top1_acc >= 0.15 and top5_acc >= 0.35
+
+
+def test_uint8_crops_and_normalised_floats_give_the_same_features(lite0):
+    """Decode workers ship uint8 crops; the features must be exactly those of the float path."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48 + i, 64, 3), dtype=np.uint8)) for i in range(20)]
+    crops = torch.stack([lite0.preprocessing.resize_crop(im) for im in images])
+    floats = torch.stack([lite0.preprocessing(im) for im in images])
+    assert crops.dtype == torch.uint8
+    assert np.array_equal(lite0.embed_tensors(crops), lite0.embed_tensors(floats))
+
+
+def test_the_cpu_forward_in_chunks_matches_the_whole_batch(lite0):
+    x = torch.rand(20, 3, 224, 224)
+    assert lite0.forward_chunk == 16  # on CPU
+    chunked = lite0.embed_tensors(x)
+    try:
+        lite0.forward_chunk = None
+        whole = lite0.embed_tensors(x)
+    finally:
+        lite0.forward_chunk = 16
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
