@@ -184,9 +184,8 @@ class Featurizer(ABC):
     @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """Features of a batch: normalised float [n, 3, H, W], or uint8 crops from `resize_crop`."""
-        batch = self.preprocessing.normalize(batch.to(self.device, non_blocking=True))
-        x = batch.to(self.device, dtype=self.dtype, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.preprocessing.normalize(batch.to(self.device, non_blocking=True))
+        x = x.to(dtype=self.dtype).contiguous(memory_format=torch.channels_last)
         chunk = self.forward_chunk or len(x)
         feats = torch.cat([self.forward(x[i : i + chunk]) for i in range(0, len(x), chunk)]).float()
         feats = torch.nn.functional.normalize(feats, dim=1)
