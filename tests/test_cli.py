@@ -172,6 +172,9 @@ def test_build_with_an_int8_index_on_disk_stores_the_choice_and_classifies(image
     again = run("build", image_folder / "train", "--memory", memory, "--workers", "0", "--quantization", "none",
                 "--vectors-on-disk")
     assert again.exit_code == 0 and "12 already in memory" in again.output
+    assert "index settings are fixed" in again.output
+    meta = json.loads(run("info", "--memory", memory, "--json").output)
+    assert meta["index"]["quantization"] == "int8"
 
 
 def test_build_rejects_an_unknown_quantization(image_folder, tmp_path):

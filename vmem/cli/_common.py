@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from retrieval import FeaturizerError, MemoryError
+from retrieval import FeaturizerError, IndexSettings, MemoryError
 from retrieval.images import is_image_path
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
@@ -23,7 +23,7 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
 
 
 def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
-                index=None):
+                index: IndexSettings | None = None):
     from vmem import VisualMemory
 
     try:

@@ -6,7 +6,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from tqdm import tqdm
@@ -18,7 +18,8 @@ from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, ope
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
-Quantization = StrEnum("Quantization", {"none": "none", "int8": "int8"})
+# Derived from IndexSettings so the CLI offers exactly what the store accepts.
+Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
 
 
 def build(
@@ -45,12 +46,14 @@ def build(
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    index = IndexSettings(quantization=quantization.value, vectors_on_disk=vectors_on_disk)
-    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index)
-    if (mem.store.meta.index.quantization, mem.store.meta.index.vectors_on_disk) != (
-            index.quantization, index.vectors_on_disk) and (quantization.value != "none" or vectors_on_disk):
+    asked = IndexSettings(quantization=quantization.value, vectors_on_disk=vectors_on_disk)
+    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=asked)
+    stored = mem.store.meta.index
+    # An existing memory keeps its settings; say so when the user asked for others.
+    asked_any = asked.model_dump(exclude_defaults=True) != {}
+    if asked_any and (stored.quantization, stored.vectors_on_disk) != (asked.quantization, asked.vectors_on_disk):
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
-                   f"{mem.store.meta.index.model_dump()}", err=True)
+                   f"{stored.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
