@@ -2,7 +2,8 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-int8|search-1m|featurize|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-int8|search-int8-disk|search-1m|featurize|classify|forget|eval]...
+# With no step: all but search-int8-disk and search-1m (the 1.28M build takes ~20 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=docs/benchmarks
