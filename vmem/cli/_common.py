@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -16,6 +17,8 @@ QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="use a Qdrant server (http://host:6333) instead")
 ]
 DEFAULT_MEMORY = Path("memory")
+# Derived from IndexSettings so the CLI offers exactly what the store accepts.
+Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
 
 
 def memory_location(memory: Path, qdrant_url: str | None) -> str:

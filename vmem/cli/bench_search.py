@@ -24,6 +24,8 @@ import typer
 from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
+from ._common import Quantization
+
 
 def machine_info() -> dict[str, Any]:
     import torch
@@ -225,7 +227,8 @@ def search(
     m: Annotated[int, typer.Option(help="HNSW m")] = IndexSettings().m,
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct")] = IndexSettings().ef_construct,
     hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
-    quantization: Annotated[str, typer.Option(help="none or int8")] = IndexSettings().quantization,
+    quantization: Annotated[Quantization, typer.Option(help="int8: scalar quantization with rescoring")] = (
+        Quantization(IndexSettings().quantization)),
     oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
@@ -238,7 +241,7 @@ def search(
     json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
-    settings = IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=quantization,
+    settings = IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=quantization.value,
                              oversampling=oversampling, vectors_on_disk=vectors_on_disk)
     machine = machine_info()
     def say(msg: str) -> None:

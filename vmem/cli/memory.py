@@ -6,7 +6,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 from tqdm import tqdm
@@ -14,12 +14,10 @@ from tqdm import tqdm
 from prompts import TemplateError
 from retrieval import DatasetError, FeaturizerError, ImageDecodeError, IndexSettings, VoteRule, read_labelled
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, Quantization, expand_images, open_memory
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
-# Derived from IndexSettings so the CLI offers exactly what the store accepts.
-Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
 
 
 def build(
