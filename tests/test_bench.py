@@ -1,0 +1,38 @@
+"""`vmem bench search` and `vmem bench forget` on a small memory: the JSON a benchmark run is read from."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from vmem.cli import app
+
+
+def bench(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["bench", *args], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
+    res = bench("search", "--n", "3000", "--queries", "50", "--repeats", "1", "--quantization", "int8",
+                "--ef-sweep", "256")
+    for key in ("n", "dim", "build_s", "qps_single", "qps_batch", "recall_at_50", "exact_qps_batch",
+                "faiss_hnsw_qps_batch", "faiss_hnsw_recall_at_50", "rss_mb", "exact_matmul_efficiency"):
+        assert key in res, key
+    assert res["index"]["quantization"] == "int8" and res["n"] == 3000
+    assert res["recall_at_50"] >= 0.95 and res["faiss_hnsw_recall_at_50"] >= 0.95
+    assert res["ef_sweep"][0]["hnsw_ef"] == 256
+    assert res["returned_after_delete"] == 0
+
+
+def test_bench_search_refuses_an_unknown_quantization():
+    result = CliRunner().invoke(app, ["bench", "search", "--quantization", "int4"], env={"COLUMNS": "250"})
+    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_bench_forget_never_returns_a_deleted_point():
+    res = bench("forget", "--n", "3000", "--forgets", "50")
+    assert res["forgets"] == 50 and res["returned_after_delete"] == 0
+    assert res["delete_ms_p50"] > 0
