@@ -30,6 +30,39 @@ def test_exact_search_equals_a_full_sort():
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
+def test_exact_search_over_memory_chunks_and_column_groups_equals_a_full_sort():
+    # 5,000 rows in chunks of 2,900 (each wide enough for the group-maxima top-k, with a ragged tail)
+    q, m = random_unit_vectors(50, 8, seed=3), random_unit_vectors(5_000, 8, seed=4)
+    idx, sims = exact_search(q, m, k=5, block=16, chunk=2_900)
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :5]
+    assert np.array_equal(idx, full)
+    assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
+
+
+def test_exact_search_finds_every_copy_of_a_duplicated_vector():
+    # Many equal similarities straddle group boundaries: the top-k must still be the true top-k.
+    base = random_unit_vectors(400, 8, seed=5)
+    m = np.tile(base, (10, 1))  # each vector 10 times, 64-column groups mix the copies
+    q = random_unit_vectors(20, 8, seed=6)
+    idx, sims = exact_search(q, m, k=8)
+    expected = -np.sort(-(q @ m.T), axis=1)[:, :8]
+    assert np.allclose(sims, expected, atol=1e-6)
+    assert np.allclose(np.take_along_axis(q @ m.T, idx, axis=1), sims, atol=1e-6)
+    # Equal similarities come in row order.
+    for row_idx, row_sims in zip(idx, sims, strict=True):
+        for a, b, sa, sb in zip(row_idx, row_idx[1:], row_sims, row_sims[1:], strict=False):
+            assert sa > sb or (sa == sb and a < b)
+
+
+def test_exact_search_excludes_rows_in_any_chunk():
+    m = random_unit_vectors(3_000, 8, seed=7)
+    own = np.array([0, 1_599, 1_600, 2_999])
+    idx, _ = exact_search(m[own], m, k=5, exclude=own, chunk=1_600)
+    assert not np.any(idx == own[:, None])
+    full = np.argsort(-(m[own] @ m.T), axis=1, kind="stable")[:, 1:6]  # the best is the row itself
+    assert np.array_equal(idx, full)
+
+
 def test_exact_search_drops_the_excluded_row_and_pads_small_memories():
     m = random_unit_vectors(5, 8)
     idx, sims = exact_search(m, m, k=7, exclude=np.arange(5))
