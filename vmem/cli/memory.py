@@ -33,10 +33,10 @@ def build(
     ] = None,
     quantization: Annotated[
         Quantization, typer.Option(help="new memory: int8 scalar quantization with rescoring (docs/benchmarks.md)")
-    ] = Quantization.none,
+    ] = Quantization(IndexSettings().quantization),
     vectors_on_disk: Annotated[
         bool, typer.Option(help="new memory: keep the original vectors on disk (mmap) rather than in RAM")
-    ] = False,
+    ] = IndexSettings().vectors_on_disk,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
