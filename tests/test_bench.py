@@ -27,6 +27,15 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
     assert res["returned_after_delete"] == 0
 
 
+def test_bench_search_compares_float_and_int8_indexes_on_the_same_vectors():
+    res = bench("search", "--n", "2000", "--queries", "30", "--repeats", "1", "--no-faiss",
+                "--quantization", "none", "--quantization", "int8")
+    assert [ix["index"]["quantization"] for ix in res["indexes"]] == ["none", "int8"]
+    for ix in res["indexes"]:
+        assert ix["recall_at_50"] >= 0.95 and ix["build_s"] > 0 and ix["store_rss_anon_mb"] is not None
+    assert res["qps_single"] == res["indexes"][0]["qps_single"]  # the top level is the first index
+
+
 def test_bench_search_refuses_an_unknown_quantization():
     result = CliRunner().invoke(app, ["bench", "search", "--quantization", "int4"], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "int4" in result.output

@@ -43,9 +43,10 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory in MB: VmRSS (all), RssAnon (the process's own) or RssFile (mapped file pages)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -119,15 +120,20 @@ def forget_latency(store, vecs: np.ndarray, n: int) -> dict[str, Any]:
             "invisible_within_ms_p99": round(1000 * float(np.percentile(after, 99)), 3)}
 
 
-def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings, seed: int, repeats: int,
-                     batch: int, faiss_baseline: bool, workdir: Path, echo=print,
+def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings | list[IndexSettings],
+                     seed: int, repeats: int, batch: int, faiss_baseline: bool, workdir: Path, echo=print,
                      ef_sweep: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Exact search, then each index in turn on the same vectors, then faiss: one run, one machine state.
+
+    With several index settings, the top-level keys describe the first and `indexes` lists every one.
+    """
+    all_settings = settings if isinstance(settings, list) else [settings]
     n_classes = max(2, n // 1000)
     echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
     # Queries come from the same classes as the memory (fresh samples around the same centres).
     allv, all_labels, _ = synthetic_features(n + queries, dim, n_classes, seed)
     vecs, labels, qv = allv[:n], all_labels[:n], allv[n:]
-    res: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k, "index": settings.model_dump(),
+    res: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k,
                            "raw_vector_mb": round(vecs.nbytes / 2**20, 1)}
 
     echo("exact search (blocked BLAS) for ground truth")
@@ -138,64 +144,14 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     res["sgemm_gflops"] = round(gflops, 1)
     res["exact_matmul_efficiency"] = round(2 * n * dim * queries / t_exact / 1e9 / gflops, 3)
 
-    spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
-    path = workdir / "memory"
-    gc.collect()
-    rss0 = rss_mb()
-    echo("inserting into the embedded memory")
-    t0 = time.perf_counter()
-    store = open_store(path, spec, index=settings)
-    step = 20_000
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
-    t_insert = time.perf_counter() - t0
-    echo("building the index")
-    store.optimize()
-    res["insert_s"] = round(t_insert, 1)
-    res["build_s"] = round(time.perf_counter() - t0, 1)
-    store.flush()
-    gc.collect()
-    res["rss_mb"] = round(rss_mb(), 1)
-    res["store_rss_mb"] = round(rss_mb() - rss0, 1)
-    res["disk_mb"] = round(dir_mb(path), 1)
-
-    def ids(hits) -> list[int]:
-        return [int(h.source.split(":")[1]) for h in hits]
-
-    echo("single queries")
-    n_single = min(queries, 500)
-    singles = [ids(store.query(q, k)) for q in qv[:n_single]]  # warm-up and recall
-    t_single = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
-    res["qps_single"] = round(n_single / t_single, 1)
-    res["recall_at_50_single"] = round(recall_at(singles, truth[:n_single], min(50, k)), 4)
-
-    for ef in ef_sweep:
-        # hnsw_ef is a search-time setting: one built index answers the whole sweep.
-        store.meta.index = settings.model_copy(update={"hnsw_ef": ef})
-        found = [ids(store.query(q, k)) for q in qv[:n_single]]
-        t_ef = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
-        recall = recall_at(found, truth[:n_single], min(50, k))
-        res.setdefault("ef_sweep", []).append({"hnsw_ef": max(ef, 2 * k), "qps_single": round(n_single / t_ef, 1),
-                                               "recall_at_50": round(recall, 4)})
-    store.meta.index = settings
-
-    echo("batched queries")
-    def run_batches():
-        return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
-    batched = [ids(h) for h in run_batches()]
-    t_batch = timed(run_batches, repeats)
-    res["qps_batch"] = round(queries / t_batch, 1)
-    res["recall_at_50"] = round(recall_at(batched, truth, min(50, k)), 4)
-
-    echo("exact search through the store (exact=True)")
-    n_ex = min(queries, 100)
-    t_store_exact = timed(lambda: store.query_batch(qv[:n_ex], k, exact=True), 1)
-    res["store_exact_qps_batch"] = round(n_ex / t_store_exact, 1)
-
-    echo("forget: delete latency, then whether the point can still be returned")
-    res.update(forget_latency(store, vecs, min(n, 200)))
-    store.close()
+    per_index = []
+    for i, index in enumerate(all_settings):
+        echo(f"index {i + 1} of {len(all_settings)}: {index.model_dump()}")
+        per_index.append(_bench_store(vecs, labels, qv, truth, k, index, repeats, batch, workdir / f"memory-{i}",
+                                      echo, ef_sweep))
+    res.update(per_index[0])
+    if len(per_index) > 1:
+        res["indexes"] = per_index
 
     if faiss_baseline:
         import faiss
@@ -219,6 +175,78 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     return res
 
 
+def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np.ndarray, k: int,
+                 settings: IndexSettings, repeats: int, batch: int, path: Path, echo,
+                 ef_sweep: tuple[int, ...]) -> dict[str, Any]:
+    """Build one embedded memory with `settings`, then time its queries and deletes."""
+    n, dim, queries = len(vecs), vecs.shape[1], len(qv)
+    res: dict[str, Any] = {"index": settings.model_dump()}
+    spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
+    gc.collect()
+    rss0, anon0, file0 = rss_mb(), rss_mb("RssAnon"), rss_mb("RssFile")
+    echo("inserting into the embedded memory")
+    t0 = time.perf_counter()
+    store = open_store(path, spec, index=settings)
+    step = 20_000
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+    t_insert = time.perf_counter() - t0
+    echo("building the index")
+    store.optimize()
+    res["insert_s"] = round(t_insert, 1)
+    res["build_s"] = round(time.perf_counter() - t0, 1)
+    store.flush()
+    gc.collect()
+    res["rss_mb"] = round(rss_mb(), 1)
+    res["store_rss_mb"] = round(rss_mb() - rss0, 1)
+    # Mapped file pages (on-disk vectors, the graph) count in RSS but are page cache the kernel can
+    # reclaim; anonymous memory cannot be.
+    res["store_rss_anon_mb"] = round(rss_mb("RssAnon") - anon0, 1)
+    res["store_rss_file_mb"] = round(rss_mb("RssFile") - file0, 1)
+    res["disk_mb"] = round(dir_mb(path), 1)
+
+    def ids(hits) -> list[int]:
+        return [int(h.source.split(":")[1]) for h in hits]
+
+    echo("single queries")
+    n_single = min(queries, 500)
+    singles = [ids(store.query(q, k)) for q in qv[:n_single]]  # warm-up and recall
+    t_single = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
+    res["qps_single"] = round(n_single / t_single, 1)
+    res["recall_at_50_single"] = round(recall_at(singles, truth[:n_single], min(50, k)), 4)
+
+    for ef in ef_sweep:
+        # hnsw_ef is a search-time setting: one built index answers the whole sweep.
+        store.meta.index = settings.model_copy(update={"hnsw_ef": ef})
+        found = [ids(store.query(q, k)) for q in qv[:n_single]]
+        t_ef = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
+        recall = recall_at(found, truth[:n_single], min(50, k))
+        res.setdefault("ef_sweep", []).append({"hnsw_ef": max(ef, 2 * k), "qps_single": round(n_single / t_ef, 1),
+                                               "recall_at_50": round(recall, 4)})
+        t_ef_batch = timed(lambda: store.query_batch(qv, k), repeats)
+        res["ef_sweep"][-1]["qps_batch"] = round(queries / t_ef_batch, 1)
+    store.meta.index = settings
+
+    echo("batched queries")
+    def run_batches():
+        return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
+    batched = [ids(h) for h in run_batches()]
+    t_batch = timed(run_batches, repeats)
+    res["qps_batch"] = round(queries / t_batch, 1)
+    res["recall_at_50"] = round(recall_at(batched, truth, min(50, k)), 4)
+
+    echo("exact search through the store (exact=True)")
+    n_ex = min(queries, 100)
+    t_store_exact = timed(lambda: store.query_batch(qv[:n_ex], k, exact=True), 1)
+    res["store_exact_qps_batch"] = round(n_ex / t_store_exact, 1)
+
+    echo("forget: delete latency, then whether the point can still be returned")
+    res.update(forget_latency(store, vecs, min(n, 200)))
+    store.close()
+    return res
+
+
 def search(
     n: Annotated[int, typer.Option(help="memory size")] = 100_000,
     dim: Annotated[int, typer.Option(help="vector dimension")] = 384,
@@ -227,8 +255,8 @@ def search(
     m: Annotated[int, typer.Option(help="HNSW m")] = IndexSettings().m,
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct")] = IndexSettings().ef_construct,
     hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
-    quantization: Annotated[Quantization, typer.Option(help="int8: scalar quantization with rescoring")] = (
-        Quantization(IndexSettings().quantization)),
+    quantization: Annotated[list[Quantization] | None, typer.Option(
+        help="int8: scalar quantization with rescoring; give it twice (none, int8) to compare both in one run")] = None,
     oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
@@ -241,14 +269,16 @@ def search(
     json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
-    settings = IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=quantization.value,
-                             oversampling=oversampling, vectors_on_disk=vectors_on_disk)
+    settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
+                              oversampling=oversampling, vectors_on_disk=vectors_on_disk)
+                for q in quantization or [Quantization(IndexSettings().quantization)]]
     machine = machine_info()
     def say(msg: str) -> None:
         typer.echo(msg, err=True)
     if not json_out:
         say(f"machine: {json.dumps(machine)}")
-        say(f"settings: n={n} dim={dim} queries={queries} k={k} batch={batch} {settings.model_dump()}")
+        say(f"settings: n={n} dim={dim} queries={queries} k={k} batch={batch} "
+            f"{[index.model_dump() for index in settings]}")
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="vmem-bench-"))
     try:
         sweep = tuple(int(x) for x in ef_sweep.split(",") if x.strip())
