@@ -109,8 +109,6 @@ def exact_search(
     """
     import torch
 
-    from retrieval.featurizers import keep_large_allocations_in_heap
-
     q = np.ascontiguousarray(queries, dtype=np.float32)
     m = np.ascontiguousarray(memory, dtype=np.float32)
     n, n_mem = len(q), len(m)
@@ -119,9 +117,9 @@ def exact_search(
     sim_out = np.full((n, k), -np.inf, dtype=np.float32)
     if n == 0 or kk == 0:
         return idx_out, sim_out
-    # The similarity block is reused across calls only if glibc keeps it in the heap; a fresh mmap
-    # is zeroed page by page by the kernel, which cost as much as a tenth of the search.
-    keep_large_allocations_in_heap()
+    # One similarity buffer per call, reused for every block. (A fresh buffer per call is still zeroed by
+    # the kernel, a few % of a 1,000-query search; keeping it in the heap would need mallopt, a
+    # process-wide setting that also holds on to the vector engine's freed memory.)
     block = min(n, block or _QUERY_BLOCK)
     chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (4 * block)))
     buffer = np.empty(block * chunk, dtype=np.float32)
