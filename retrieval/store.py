@@ -65,8 +65,10 @@ class IndexSettings(BaseModel):
 
     m: int = Field(16, ge=4, le=128, description="HNSW edges per node")
     ef_construct: int = Field(128, ge=8, description="HNSW candidates while building")
-    # 256: recall@50 0.994 at 1.28M x 384, where 200 gave 0.990; at 200k points it costs 7 % of QPS against 128.
-    hnsw_ef: int = Field(256, ge=8, description="HNSW candidates while searching (at least 2k is used)")
+    # 384: at 1.28M x 384 the HNSW build itself varies: ef 256 gave recall@50 0.988, 0.992 and 0.994 in three
+    # builds, 384 gave 0.996 (743 queries/s against 851 at 256, same build). Larger ef or oversampling
+    # gained nothing more there (docs/benchmarks.md).
+    hnsw_ef: int = Field(384, ge=8, description="HNSW candidates while searching (at least 2k is used)")
     # int8 against float32, same run, 200k x 384 (docs/benchmarks.md): build 41 s vs 65, single queries
     # 1,115/s vs 788, batched 1,054/s vs 710, recall@50 0.9996 for both (rescored by the originals).
     quantization: Literal["none", "int8"] = Field("int8", description="int8 scalar quantization of the index")
