@@ -25,6 +25,7 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
     assert res["recall_at_50"] >= 0.95 and res["faiss_hnsw_recall_at_50"] >= 0.95
     assert res["ef_sweep"][0]["hnsw_ef"] == 256
     assert res["returned_after_delete"] == 0
+    assert res["serving_rss_mb"] > 0  # a fresh process opened the built memory and answered queries
 
 
 def test_bench_search_compares_float_and_int8_indexes_on_the_same_vectors():

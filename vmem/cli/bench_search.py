@@ -13,6 +13,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -244,7 +246,38 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     echo("forget: delete latency, then whether the point can still be returned")
     res.update(forget_latency(store, vecs, min(n, 200)))
     store.close()
+    echo("memory of a fresh process serving the built memory")
+    res.update(serving_rss(path, qv[:n_single], k))
     return res
+
+
+_SERVING_PROBE = """
+import json, sys
+import numpy as np
+import qdrant_edge  # noqa: F401 - its library's pages are not the memory's
+from retrieval import open_store
+from vmem.cli.bench_search import rss_mb
+before = {f: rss_mb(f) for f in ("VmRSS", "RssAnon", "RssFile")}
+store = open_store(sys.argv[1])
+for _ in range(2):
+    store.query_batch(np.load(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps({f: rss_mb(f) - before[f] for f in before}))
+"""
+
+
+def serving_rss(path: Path, queries: np.ndarray, k: int) -> dict[str, float]:
+    """Resident memory a fresh process adds by opening the memory and answering `queries`.
+
+    The building process's RSS also holds what the build left behind (the engine's merge buffers peak
+    at several GB at 1.28M points); a server that opens a built memory does not pay for that.
+    """
+    query_file = path.parent / f"{path.name}-queries.npy"
+    np.save(query_file, queries)
+    out = subprocess.run([sys.executable, "-c", _SERVING_PROBE, str(path), str(query_file), str(k)],
+                         capture_output=True, text=True, check=True)
+    grown = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"serving_rss_mb": round(grown["VmRSS"], 1), "serving_rss_anon_mb": round(grown["RssAnon"], 1),
+            "serving_rss_file_mb": round(grown["RssFile"], 1)}
 
 
 def search(
