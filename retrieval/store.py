@@ -69,8 +69,8 @@ class IndexSettings(BaseModel):
     # builds, 384 gave 0.996 (743 queries/s against 851 at 256, same build). Larger ef or oversampling
     # gained nothing more there (docs/benchmarks.md).
     hnsw_ef: int = Field(384, ge=8, description="HNSW candidates while searching (at least 2k is used)")
-    # int8 against float32, same run, 200k x 384 (docs/benchmarks.md): build 41 s vs 65, single queries
-    # 1,115/s vs 788, batched 1,054/s vs 710, recall@50 0.9996 for both (rescored by the originals).
+    # int8 against float32, same run, 200k x 384 (docs/benchmarks.md): build 48 s vs 85, single queries
+    # 870/s vs 519, batched 824/s vs 567, recall@50 0.9999 vs 0.9998 (rescored by the originals).
     quantization: Literal["none", "int8"] = Field("int8", description="int8 scalar quantization of the index")
     oversampling: float = Field(2.0, ge=1.0, description="with int8: fetch this many times k, then rescore")
     rescore: bool = Field(True, description="with int8: re-rank candidates by the original float vectors")

@@ -1,0 +1,66 @@
+"""Same run: the embedded store's graph with payload-aware links (before) against payload_m=0 (now).
+
+    python docs/benchmarks/payload_links.py [N]
+
+Builds two int8 memories on the same synthetic vectors, the first with the engine's default payload_m
+(extra links per indexed payload value), then sweeps the search ef on both. docs/benchmarks.md quotes it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+
+import qdrant_edge as qe
+
+from eval.scoring import exact_search
+from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
+from vmem.cli.bench_search import recall_at, synthetic_features
+
+n, n_queries, k = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000, 500, 50
+allv, labels, _ = synthetic_features(n + n_queries, 384, max(2, n // 1000), 0)
+vecs, queries = allv[:n], allv[n:]
+truth = exact_search(queries, vecs, k)[0]
+spec = FeaturizerSpec(name="synthetic", dim=384, preprocessing=Preprocessing(resize=1, crop=1))
+engine_config = qe.HnswIndexConfig
+stores = {}
+for name, payload_m in (("payload links (before)", None), ("payload_m=0 (now)", 0)):
+    # The store passes payload_m=0; swap in the engine default for the "before" memory only.
+    def with_payload_m(*args, _payload_m=payload_m, **kw):
+        return engine_config(*args, **{**kw, "payload_m": _payload_m})
+    qe.HnswIndexConfig = with_payload_m
+    t = time.perf_counter()
+    store = open_store(tempfile.mkdtemp() + "/memory", spec, index=IndexSettings(quantization="int8"))
+    for s in range(0, n, 20_000):
+        e = min(n, s + 20_000)
+        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+    store.optimize()
+    print(f"{name}: build {time.perf_counter() - t:.1f} s", flush=True)
+    stores[name] = store
+qe.HnswIndexConfig = engine_config
+
+
+def ids(hits) -> list[int]:
+    return [int(h.source.split(":")[1]) for h in hits]
+
+
+rows: dict = {}
+for _ in range(3):  # alternate the two memories, medians of 3
+    for name, store in stores.items():
+        for ef in (100, 128, 192, 256):
+            store.meta.index = IndexSettings(quantization="int8", hnsw_ef=ef)
+            t = time.perf_counter()
+            found = [ids(store.query(q, k)) for q in queries]
+            t_single = time.perf_counter() - t
+            t = time.perf_counter()
+            store.query_batch(queries, k)
+            t_batch = time.perf_counter() - t
+            row = rows.setdefault((name, ef), {"single": [], "batch": []})
+            row["single"].append(n_queries / t_single)
+            row["batch"].append(n_queries / t_batch)
+            row["recall"] = recall_at(found, truth, k)
+for (name, ef), row in rows.items():
+    print(f"{name:24s} ef {ef:3d}  single {statistics.median(row['single']):6.0f} QPS  "
+          f"batched {statistics.median(row['batch']):6.0f} QPS  recall@50 {row['recall']:.4f}")
