@@ -177,6 +177,19 @@ def test_build_with_an_int8_index_on_disk_stores_the_choice_and_classifies(image
     assert meta["index"]["quantization"] == "int8"
 
 
+def test_asking_for_the_default_index_on_a_float_memory_says_it_stays_float(image_folder, tmp_path):
+    memory = tmp_path / "float"
+    first = run("build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+                "--workers", "0", "--quantization", "none")
+    assert first.exit_code == 0 and "index settings are fixed" not in first.output
+    # int8 is the default, but asked for by name it is still a request the memory cannot honour.
+    again = run("build", image_folder / "train", "--memory", memory, "--workers", "0", "--quantization", "int8")
+    assert again.exit_code == 0 and "index settings are fixed" in again.output
+    quiet = run("build", image_folder / "train", "--memory", memory, "--workers", "0")
+    assert quiet.exit_code == 0 and "index settings are fixed" not in quiet.output
+    assert json.loads(run("info", "--memory", memory, "--json").output)["index"]["quantization"] == "none"
+
+
 def test_build_rejects_an_unknown_quantization(image_folder, tmp_path):
     result = run("build", image_folder / "train", "--memory", tmp_path / "m", "--quantization", "int4")
     assert result.exit_code == 2 and "int4" in result.output

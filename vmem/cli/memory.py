@@ -32,11 +32,13 @@ def build(
         Path | None, typer.Option(help="reuse features cached by file content in this directory (and add new ones)")
     ] = None,
     quantization: Annotated[
-        Quantization, typer.Option(help="new memory: int8 scalar quantization with rescoring (docs/benchmarks.md)")
-    ] = Quantization(IndexSettings().quantization),
+        Quantization | None,
+        typer.Option(help=f"new memory: int8 = scalar quantization with rescoring (default "
+                          f"{IndexSettings().quantization}; docs/benchmarks.md)"),
+    ] = None,
     vectors_on_disk: Annotated[
         bool, typer.Option(help="new memory: keep the original vectors on disk (mmap) rather than in RAM")
-    ] = IndexSettings().vectors_on_disk,
+    ] = False,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -44,12 +46,14 @@ def build(
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    asked = IndexSettings(quantization=quantization.value, vectors_on_disk=vectors_on_disk)
-    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=asked)
+    # Only what the user gave: asking for the default explicitly must still be compared with the memory.
+    asked = {"quantization": quantization.value} if quantization is not None else {}
+    if vectors_on_disk:
+        asked["vectors_on_disk"] = True
+    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=IndexSettings(**asked))
     stored = mem.store.meta.index
     # An existing memory keeps its settings; say so when the user asked for others.
-    asked_any = asked.model_dump(exclude_defaults=True) != {}
-    if asked_any and (stored.quantization, stored.vectors_on_disk) != (asked.quantization, asked.vectors_on_disk):
+    if any(getattr(stored, name) != value for name, value in asked.items()):
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
