@@ -405,7 +405,7 @@ class EdgeMemoryStore(MemoryStore):
             results = [res for s in range(0, len(requests), EDGE_QUERY_BATCH)
                        for res in self.shard.query_batch(qe.QueryBatchRequest(requests[s : s + EDGE_QUERY_BATCH]))]
         # Each `.payload` access converts the engine's payload to a new dict: read it once per point.
-        return [[Neighbor(str(p.id), (payload := p.payload)["label"], payload["source"], p.score, payload)
+        return [[Neighbor(_str_id(p.id), (payload := p.payload)["label"], payload["source"], p.score, payload)
                  for p in res] for res in results]
 
     def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
