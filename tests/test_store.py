@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,40 @@ def test_qdrant_client_collection_keeps_metadata_and_checks_featurizer(tmp_path)
 def test_opening_a_missing_memory_says_how_to_make_one(tmp_path):
     with pytest.raises(MemoryError, match="vmem build"):
         open_store(tmp_path / "nothing-here")
+
+
+def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_path):
+    # Every `segment_points` new points become a segment of their own, which the engine searches in parallel;
+    # answers are the same as over one segment.
+    index = IndexSettings(segment_points=10_000)
+    spec = SPEC.model_copy(update={"dim": 384})  # small vectors stay below the engine's indexing threshold
+    vecs = random_unit_vectors(25_000, 384, seed=3)
+    with open_store(tmp_path / "memory", spec, index=index) as s:
+        for start in range(0, len(vecs), 1_000):
+            part = range(start, start + 1_000)
+            s.add(vecs[start : start + 1_000], [f"c{i % 7}" for i in part], [f"/data/{i}.jpg" for i in part])
+        s.optimize()
+        assert s.count() == 25_000
+        info = s.shard.info()
+        assert info.segments_count >= 3 and info.indexed_vectors_count == 20_000  # two full segments, the rest
+        q = random_unit_vectors(5, 384, seed=4)
+        expected = np.argsort(-(q @ vecs.T), axis=1)[:, :10]
+        for row, hits in zip(expected, s.query_batch(q, k=10, exact=True), strict=True):
+            assert [h.source for h in hits] == [f"/data/{i}.jpg" for i in row]
+        found = s.query_batch(q, k=10)
+        assert np.mean([len({h.source for h in hits} & {f"/data/{i}.jpg" for i in row}) / 10
+                        for row, hits in zip(expected, found, strict=True)]) >= 0.9
+    with open_store(tmp_path / "memory") as s:
+        assert s.meta.index.segment_points == 10_000
+
+
+def test_a_memory_stored_before_segments_keeps_one_growing_segment(tmp_path):
+    path = tmp_path / "memory"
+    with open_store(path, SPEC) as s:
+        fill(s)
+    meta = json.loads((path / "vmem.json").read_text())
+    del meta["index"]["segment_points"]  # as written by versions before the setting
+    (path / "vmem.json").write_text(json.dumps(meta))
+    with open_store(path) as s:
+        assert s.meta.index.segment_points is None
+        assert s.count() == 15
