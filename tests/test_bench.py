@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from vmem.cli import app
@@ -26,6 +27,10 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
     assert res["ef_sweep"][0]["hnsw_ef"] == 256
     assert res["returned_after_delete"] == 0
     assert res["serving_rss_mb"] > 0  # a fresh process opened the built memory and answered queries
+    # ... and says how much of that is page cache of the original vectors (read only to rescore)
+    assert 0 <= res["serving_rss_originals_mb"] <= res["serving_rss_file_mb"]
+    assert res["serving_rss_without_originals_mb"] == pytest.approx(
+        res["serving_rss_mb"] - res["serving_rss_originals_mb"], abs=0.2)
 
 
 def test_bench_search_compares_float_and_int8_indexes_on_the_same_vectors():

@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-int8-disk|search-1m|search-1m-disk|featurize|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-int8-disk|search-1m|search-1m-disk|cold-originals|featurize|classify|forget|eval]...
 # With no step: all but search-int8-disk and the 1.28M steps (each builds for ~7 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +22,7 @@ steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(search featurize forget classify eval)
 for step in "${steps[@]}"; do
   case $step in
-    # HNSW at the defaults (m 16, ef_construct 128, hnsw_ef 384), float32 and int8 indexes on the same
+    # HNSW at the defaults (m 16, ef_construct 128, hnsw_ef 128, segments of 640k points), float32 and int8 indexes on the same
     # vectors, each with a search-ef sweep, exact BLAS search and faiss flat/HNSW: all in one run.
     search) run search vmem bench search --n 200000 --dim 384 --queries 1000 --quantization none \
               --quantization int8 --ef-sweep 100,256 ;;
@@ -30,10 +30,16 @@ for step in "${steps[@]}"; do
                    --vectors-on-disk --no-faiss ;;
     # ImageNet scale: 1.28M x 384. Slow to build on 2 cores; see docs/benchmarks.md.
     search-1m) run search-1m vmem bench search --n 1280000 --dim 384 --queries 1000 --quantization int8 \
-                 --ef-sweep 100,256,512 --no-faiss ;;
+                 --ef-sweep 100,192,384 --no-faiss ;;
     # The same with the original vectors on disk (mmap): what RAM the memory needs at ImageNet scale.
-    search-1m-disk) run search-1m-disk vmem bench search --n 1280000 --dim 384 --queries 1000 --vectors-on-disk \
+    # --keep: docs/benchmarks/cold_originals.py then opens the kept memory (its path is in the log).
+    search-1m-disk) run search-1m-disk vmem bench search --n 1280000 --dim 384 --queries 1000 --vectors-on-disk --keep \
                       --no-faiss ;;
+    # Then the kept memory with its original vectors evicted from RAM: queries that read them back from disk.
+    cold-originals)
+      kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-disk.log" | awk '{print $NF}')
+      python docs/benchmarks/cold_originals.py "$kept/memory-0" --queries 1000 > "$OUT/cold-originals.json"
+      rm -rf "$kept" ;;
     featurize) run featurize vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 16,64 ;;
     forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
     classify)
