@@ -2,8 +2,8 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-int8-disk|search-1m|search-1m-disk|cold-originals|featurize|classify|forget|eval]...
-# With no step: all but search-int8-disk and the 1.28M steps (each builds for ~7 minutes on 2 cores).
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|featurize|classify|forget|eval]...
+# With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=docs/benchmarks
@@ -26,8 +26,6 @@ for step in "${steps[@]}"; do
     # vectors, each with a search-ef sweep, exact BLAS search and faiss flat/HNSW: all in one run.
     search) run search vmem bench search --n 200000 --dim 384 --queries 1000 --quantization none \
               --quantization int8 --ef-sweep 100,256 ;;
-    search-int8-disk) run search-int8-disk vmem bench search --n 200000 --dim 384 --queries 1000 --quantization int8 \
-                   --vectors-on-disk --no-faiss ;;
     # ImageNet scale: 1.28M x 384. Slow to build on 2 cores; see docs/benchmarks.md.
     search-1m) run search-1m vmem bench search --n 1280000 --dim 384 --queries 1000 --quantization int8 \
                  --ef-sweep 100,192,384 --no-faiss ;;

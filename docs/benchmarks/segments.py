@@ -1,0 +1,70 @@
+"""Same run: one unbounded segment (before) against segments of `segment_points` (now), originals on disk.
+
+    python docs/benchmarks/segments.py [N] [SEGMENT_POINTS]      # defaults: 1280000 640000
+
+Builds two int8 memories on the same synthetic vectors, one growing a single segment (segment_points=None,
+as memories made before the setting) and one cut into segments, then times batched (100 per call) and single
+queries at several search ef, alternating the two over 4 rounds; prints a markdown table of medians.
+At 1.28M each build takes 8-9 minutes on 2 cores. docs/benchmarks.md quotes it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eval.scoring import exact_search
+from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
+from vmem.cli.bench_search import recall_at, sgemm_gflops, synthetic_features
+
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_280_000
+segment_points = int(sys.argv[2]) if len(sys.argv) > 2 else 640_000
+n_queries, k = 1000, 50
+allv, labels, _ = synthetic_features(n + n_queries, 384, max(2, n // 1000), 0)
+vecs, queries = allv[:n], allv[n:]
+truth = exact_search(queries, vecs, k)[0]
+spec = FeaturizerSpec(name="synthetic", dim=384, preprocessing=Preprocessing(resize=1, crop=1))
+layouts = {"one segment (before)": (None, (256, 384)), "segments (now)": (segment_points, (100, 128, 192))}
+
+with tempfile.TemporaryDirectory(prefix="vmem-segments-") as tmp:
+    stores = {}
+    for name, (points, _) in layouts.items():
+        t0 = time.perf_counter()
+        store = open_store(Path(tmp) / str(points), spec, index=IndexSettings(segment_points=points,
+                                                                               vectors_on_disk=True))
+        for s in range(0, n, 20_000):
+            e = min(n, s + 20_000)
+            store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+        store.optimize()
+        print(f"{name}: built in {time.perf_counter() - t0:.0f} s, {store.shard.info().segments_count} segments",
+              file=sys.stderr, flush=True)
+        stores[name] = store
+
+    def sources(hits) -> list[list[int]]:
+        return [[int(h.source.split(":")[1]) for h in row] for row in hits]
+
+    rows: dict[tuple[str, int], dict] = {}
+    print(f"sgemm {sgemm_gflops():.0f} GFLOP/s", file=sys.stderr)
+    for _ in range(4):
+        for name, (_, efs) in layouts.items():
+            store = stores[name]
+            for ef in efs:
+                store.meta.index = store.meta.index.model_copy(update={"hnsw_ef": ef})
+                row = rows.setdefault((name, ef), {"batch": [], "single": []})
+                t = time.perf_counter()
+                found = [h for s in range(0, n_queries, 100) for h in store.query_batch(queries[s : s + 100], k)]
+                row["batch"].append(n_queries / (time.perf_counter() - t))
+                t = time.perf_counter()
+                for q in queries[:500]:
+                    store.query(q, k)
+                row["single"].append(500 / (time.perf_counter() - t))
+                row["recall"] = recall_at(sources(found), truth, k)
+    print("| layout | search ef | single QPS | batched QPS | recall@50 |\n|---|---|---|---|---|")
+    for (name, ef), row in rows.items():
+        print(f"| {name} | {ef} | {statistics.median(row['single']):,.0f} | {statistics.median(row['batch']):,.0f} "
+              f"| {row['recall']:.4f} |")
+    for store in stores.values():
+        store.close()
