@@ -78,9 +78,9 @@ class IndexSettings(BaseModel):
     rescore: bool = Field(True, description="with int8: re-rank candidates by the original float vectors")
     vectors_on_disk: bool = Field(False, description="keep original vectors on disk (mmap) instead of RAM")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
-    # on one thread (and holds the GIL, so Python threads cannot help). Indexing every SEGMENT_POINTS new points
-    # as a segment of their own splits an ImageNet-size memory (1.28M) into two, one per core of the 2-core
-    # machines. None: one growing segment (memories made before this setting).
+    # on one thread (and holds the GIL, so Python threads cannot help). Indexing every `segment_points` new
+    # points as a segment of their own splits an ImageNet-size memory (1.28M) into two, one per core of the
+    # 2-core machines. None: one growing segment (memories made before this setting).
     segment_points: int | None = Field(
         640_000, ge=10_000, description="embedded memory: index every this many new points as a segment of its own")
 
@@ -371,10 +371,11 @@ class EdgeMemoryStore(MemoryStore):
         points = meta.index.segment_points
         if points is None:
             return None
-        # The engine measures a segment by its float32 vectors, in KB; 5% over leaves room for the last add
-        # batch that crossed the threshold, and lets small leftovers merge with each other but not into a
-        # full segment (which would re-index it: minutes at 640k points).
-        return self._qe.EdgeOptimizersConfig(max_segment_size=int(points * meta.featurizer.dim * 4 * 1.05 / 1024))
+        # The engine measures a segment by its float32 vectors, in KB. At exactly `segment_points`, small
+        # leftovers still merge with each other, but nothing merges into a full segment: that would re-index
+        # it (minutes at 640k points) for a few added points. A full segment over the bound (the add batch
+        # that crossed it) is still indexed whole.
+        return self._qe.EdgeOptimizersConfig(max_segment_size=points * meta.featurizer.dim * 4 // 1024)
 
     def save_meta(self) -> None:
         tmp = self.path / (META_FILE + ".tmp")
