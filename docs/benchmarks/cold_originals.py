@@ -7,7 +7,7 @@ their candidates' originals back from disk.
 
     python docs/benchmarks/cold_originals.py MEMORY_DIR [--queries 200]
 
-MEMORY_DIR is an embedded memory of 384-d vectors (e.g. one kept from `vmem bench search --workdir`); the
+MEMORY_DIR is an embedded memory of 384-d vectors (e.g. one kept by `vmem bench search --keep`); the
 queries are random unit vectors, so only speed and resident memory are reported, not recall.
 """
 
@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 from retrieval import open_store
+from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE as ORIGINALS
 from vmem.cli.bench_search import mapped_rss_mb, rss_mb
 
 MADV_PAGEOUT = 21
-ORIGINALS = "/vector_storage/matrix.dat"
 
 
 def evict_originals() -> float:

@@ -17,7 +17,7 @@ import qdrant_edge as qe
 
 from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
-from vmem.cli.bench_search import recall_at, synthetic_features
+from vmem.cli.bench_search import add_synthetic, recall_at, synthetic_features, synthetic_indices
 
 n, n_queries, k = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000, 500, 50
 allv, labels, _ = synthetic_features(n + n_queries, 384, max(2, n // 1000), 0)
@@ -33,17 +33,11 @@ for name, payload_m in (("payload links (before)", None), ("payload_m=0 (now)", 
     qe.HnswIndexConfig = with_payload_m
     t = time.perf_counter()
     store = open_store(tempfile.mkdtemp() + "/memory", spec, index=IndexSettings(quantization="int8"))
-    for s in range(0, n, 20_000):
-        e = min(n, s + 20_000)
-        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+    add_synthetic(store, vecs, labels)
     store.optimize()
     print(f"{name}: build {time.perf_counter() - t:.1f} s", flush=True)
     stores[name] = store
 qe.HnswIndexConfig = engine_config
-
-
-def ids(hits) -> list[int]:
-    return [int(h.source.split(":")[1]) for h in hits]
 
 
 rows: dict = {}
@@ -52,7 +46,7 @@ for _ in range(3):  # alternate the two memories, medians of 3
         for ef in (100, 128, 192, 256):
             store.meta.index = IndexSettings(quantization="int8", hnsw_ef=ef)
             t = time.perf_counter()
-            found = [ids(store.query(q, k)) for q in queries]
+            found = [synthetic_indices(store.query(q, k)) for q in queries]
             t_single = time.perf_counter() - t
             t = time.perf_counter()
             store.query_batch(queries, k)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
-from vmem.cli.bench_search import recall_at, sgemm_gflops, synthetic_features
+from vmem.cli.bench_search import add_synthetic, recall_at, sgemm_gflops, synthetic_features, synthetic_indices
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_280_000
 segment_points = int(sys.argv[2]) if len(sys.argv) > 2 else 640_000
@@ -35,16 +35,11 @@ with tempfile.TemporaryDirectory(prefix="vmem-segments-") as tmp:
         t0 = time.perf_counter()
         store = open_store(Path(tmp) / str(points), spec, index=IndexSettings(segment_points=points,
                                                                                vectors_on_disk=True))
-        for s in range(0, n, 20_000):
-            e = min(n, s + 20_000)
-            store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+        add_synthetic(store, vecs, labels)
         store.optimize()
         print(f"{name}: built in {time.perf_counter() - t0:.0f} s, {store.shard.info().segments_count} segments",
               file=sys.stderr, flush=True)
         stores[name] = store
-
-    def sources(hits) -> list[list[int]]:
-        return [[int(h.source.split(":")[1]) for h in row] for row in hits]
 
     rows: dict[tuple[str, int], dict] = {}
     print(f"sgemm {sgemm_gflops():.0f} GFLOP/s", file=sys.stderr)
@@ -61,7 +56,7 @@ with tempfile.TemporaryDirectory(prefix="vmem-segments-") as tmp:
                 for q in queries[:500]:
                     store.query(q, k)
                 row["single"].append(500 / (time.perf_counter() - t))
-                row["recall"] = recall_at(sources(found), truth, k)
+                row["recall"] = recall_at([synthetic_indices(hits) for hits in found], truth, k)
     print("| layout | search ef | single QPS | batched QPS | recall@50 |\n|---|---|---|---|---|")
     for (name, ef), row in rows.items():
         print(f"| {name} | {ef} | {statistics.median(row['single']):,.0f} | {statistics.median(row['batch']):,.0f} "

@@ -74,6 +74,22 @@ def synthetic_features(n: int, dim: int, n_classes: int, seed: int, same_class_c
     return out, labels, centres
 
 
+# The engine's file of original float32 vectors (with int8 they are read only to rescore candidates).
+ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
+
+
+def add_synthetic(store, vecs: np.ndarray, labels: np.ndarray, step: int = 20_000) -> None:
+    """Insert vector i as the point `synthetic:i` labelled `c<class>`, `step` points per call."""
+    for s in range(0, len(vecs), step):
+        e = min(len(vecs), s + step)
+        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+
+
+def synthetic_indices(hits) -> list[int]:
+    """The vector indices behind the hits of one query on a memory filled by `add_synthetic`."""
+    return [int(h.source.split(":")[1]) for h in hits]
+
+
 def recall_at(found: list[list[int]] | np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(list(f)[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth, strict=True)]))
 
@@ -189,10 +205,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     echo("inserting into the embedded memory")
     t0 = time.perf_counter()
     store = open_store(path, spec, index=settings)
-    step = 20_000
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+    add_synthetic(store, vecs, labels)
     t_insert = time.perf_counter() - t0
     echo("building the index")
     store.optimize()
@@ -208,12 +221,9 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     res["store_rss_file_mb"] = round(rss_mb("RssFile") - file0, 1)
     res["disk_mb"] = round(dir_mb(path), 1)
 
-    def ids(hits) -> list[int]:
-        return [int(h.source.split(":")[1]) for h in hits]
-
     echo("single queries")
     n_single = min(queries, 500)
-    singles = [ids(store.query(q, k)) for q in qv[:n_single]]  # warm-up and recall
+    singles = [synthetic_indices(store.query(q, k)) for q in qv[:n_single]]  # warm-up and recall
     t_single = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
     res["qps_single"] = round(n_single / t_single, 1)
     res["recall_at_50_single"] = round(recall_at(singles, truth[:n_single], min(50, k)), 4)
@@ -221,7 +231,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     for ef in ef_sweep:
         # hnsw_ef is a search-time setting: one built index answers the whole sweep.
         store.meta.index = settings.model_copy(update={"hnsw_ef": ef})
-        found = [ids(store.query(q, k)) for q in qv[:n_single]]
+        found = [synthetic_indices(store.query(q, k)) for q in qv[:n_single]]
         t_ef = timed(lambda: [store.query(q, k) for q in qv[:n_single]], repeats)
         recall = recall_at(found, truth[:n_single], min(50, k))
         res.setdefault("ef_sweep", []).append({"hnsw_ef": max(ef, 2 * k), "qps_single": round(n_single / t_ef, 1),
@@ -233,7 +243,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     echo("batched queries")
     def run_batches():
         return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
-    batched = [ids(h) for h in run_batches()]
+    batched = [synthetic_indices(h) for h in run_batches()]
     t_batch = timed(run_batches, repeats)
     res["qps_batch"] = round(queries / t_batch, 1)
     res["recall_at_50"] = round(recall_at(batched, truth, min(50, k)), 4)
@@ -256,14 +266,13 @@ import json, sys
 import numpy as np
 import qdrant_edge  # noqa: F401 - its library's pages are not the memory's
 from retrieval import open_store
-from vmem.cli.bench_search import mapped_rss_mb, rss_mb
+from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE, mapped_rss_mb, rss_mb
 before = {f: rss_mb(f) for f in ("VmRSS", "RssAnon", "RssFile")}
 store = open_store(sys.argv[1])
 for _ in range(2):
     store.query_batch(np.load(sys.argv[2]), int(sys.argv[3]))
 grown = {f: rss_mb(f) - before[f] for f in before}
-# The original float32 vectors' file pages: with int8 they are read only to rescore candidates.
-grown["originals"] = mapped_rss_mb("/vector_storage/matrix.dat")
+grown["originals"] = mapped_rss_mb(ORIGINAL_VECTORS_FILE)
 print(json.dumps(grown))
 """
 
@@ -356,9 +365,7 @@ def forget(
     spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
         store = open_store(Path(tmp) / "memory", spec)
-        for s in range(0, n, 20_000):
-            e = min(n, s + 20_000)
-            store.add(vecs[s:e], [f"c{c}" for c in labels[s:e]], [f"synthetic:{i}" for i in range(s, e)])
+        add_synthetic(store, vecs, labels)
         store.optimize()
         res = forget_latency(store, vecs, min(forgets, n))
         store.close()
