@@ -147,6 +147,24 @@ def test_set_payload_sets_reliability(store):
     assert hit.id == ids[0] and hit.reliability == 0.25
 
 
+def test_excluded_points_are_never_returned_and_come_back_when_included(store):
+    vecs, _, _, ids = fill(store)
+    store.set_payload([ids[0]], {"excluded": "pruned"})
+    assert ids[0] not in [h.id for h in store.query(vecs[0], k=15)]
+    assert ids[0] not in [h.id for hits in store.query_batch(vecs[:3], k=15) for h in hits]
+    store.set_payload([ids[0]], {"excluded": None})
+    assert store.query(vecs[0], k=1)[0].id == ids[0]
+
+
+def test_an_embedded_memory_reopened_keeps_its_excluded_points_out(tmp_path):
+    path = tmp_path / "memory"
+    with open_store(path, SPEC) as s:
+        vecs, _, _, ids = fill(s)
+        s.set_payload(ids[:2], {"excluded": "pruned"})
+    with open_store(path) as s:
+        assert not {ids[0], ids[1]} & {h.id for h in s.query(vecs[0], k=15)}
+
+
 def test_vectors_of_the_wrong_dimension_are_refused(store):
     with pytest.raises(FeaturizerMismatchError):
         store.add(random_unit_vectors(1, DIM + 1), ["cat"], ["/x.jpg"])
