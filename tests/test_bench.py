@@ -1,10 +1,11 @@
-"""`vmem bench search` and `vmem bench forget` on a small memory: the JSON a benchmark run is read from."""
+"""`vmem bench search`, `forget` and `featurize`, small: the JSON a benchmark run is read from."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vmem.cli import app
@@ -51,3 +52,15 @@ def test_bench_forget_never_returns_a_deleted_point():
     res = bench("forget", "--n", "3000", "--forgets", "50")
     assert res["forgets"] == 50 and res["returned_after_delete"] == 0
     assert res["delete_ms_p50"] > 0
+
+
+def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run():
+    from retrieval.featurizers import decode_workers
+
+    res = bench("featurize", "--images", "8", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+                "--workers", "auto,1", "--repeats", "1")
+    rows = res["results"]
+    assert [r["decode_workers"] for r in rows] == [decode_workers(torch.device("cpu")), 1]
+    for r in rows:
+        assert r["raw_forward_img_s"] > 0 and r["pipeline_img_s"] > 0
+        assert r["pipeline_vs_raw"] == pytest.approx(r["pipeline_img_s"] / r["raw_forward_img_s"], abs=0.01)

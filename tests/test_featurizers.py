@@ -123,3 +123,15 @@ def test_the_cpu_forward_in_chunks_matches_the_whole_batch(lite0):
     finally:
         lite0.forward_chunk = 16
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_decoding_runs_in_worker_processes_only_on_cores_the_forward_leaves_free(monkeypatch):
+    from retrieval.featurizers import decode_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decode_workers(torch.device("cpu")) == 0  # the forward uses both cores: decode between forwards
+    assert decode_workers(torch.device("cuda")) == 1  # the GPU computes: the spare core decodes
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert decode_workers(torch.device("cpu")) == 4

@@ -38,7 +38,8 @@ for step in "${steps[@]}"; do
       kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-disk.log" | awk '{print $NF}')
       python docs/benchmarks/cold_originals.py "$kept/memory-0" --queries 1000 > "$OUT/cold-originals.json"
       rm -rf "$kept" ;;
-    featurize) run featurize vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 16,64 ;;
+    # Decoding in-process between forwards (the default on 2 cores) against one worker process, same run.
+    featurize) run featurize vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 16,64 --workers auto,1 ;;
     forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
     classify)
       # A real memory: Tiny-ImageNet train (20,200 images) embedded with EfficientNet-Lite0.

@@ -1,8 +1,10 @@
 """`vmem bench featurize`: images/s from JPEG files through the whole pipeline against the raw forward.
 
-The pipeline is decode + preprocess in DataLoader workers overlapped with the model's forward
-pass; the raw forward runs on tensors already prepared. Their ratio says whether decoding ever
-starves the model. DINOv2-S runs with random weights (speed does not depend on the weights).
+The pipeline is decode + preprocess (in DataLoader worker processes, overlapped with the forward, where
+the forward leaves cores free; otherwise in-process between forwards) and the model's forward pass; the
+raw forward runs on tensors already prepared. Their ratio says whether decoding ever starves the model;
+`--workers auto,1` compares the two ways of decoding in one run. DINOv2-S runs with random weights
+(speed does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import typer
 
 from retrieval import Dinov2Featurizer, Featurizer, load_featurizer, load_image, scan_imagefolder
+from retrieval.featurizers import decode_workers
 
 from .bench_search import machine_info
 
@@ -65,7 +68,9 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
         pipe.append(time.perf_counter() - t)
         assert len(res.indices) == len(paths), res.failures[:2]
     pipe_ips = len(paths) / statistics.median(pipe)
-    return {"featurizer": feat.name, "batch_size": batch_size, "raw_forward_img_s": round(raw_ips, 1),
+    return {"featurizer": feat.name, "batch_size": batch_size,
+            "decode_workers": decode_workers(feat.device) if workers is None else workers,
+            "raw_forward_img_s": round(raw_ips, 1),
             "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3)}
 
 
@@ -76,7 +81,8 @@ def featurize(
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "16,64",
     models: Annotated[str, typer.Option(help="comma-separated: efficientnet-lite0, dinov2-small")] = (
         "efficientnet-lite0,dinov2-small"),
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: cores - 1)")] = None,
+    workers: Annotated[str, typer.Option(
+        help="comma-separated DataLoader worker counts to compare; auto: the featurizer's default")] = "auto",
     repeats: Annotated[int, typer.Option(help="timed repeats; medians are reported")] = 3,
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
@@ -89,7 +95,8 @@ def featurize(
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
             for bs in [int(b) for b in batch_sizes.split(",")]:
-                row = measure(feat, paths, bs, workers, repeats)
-                typer.echo(f"  {row}", err=True)
-                rows.append(row)
+                for w in [w.strip() for w in workers.split(",") if w.strip()]:
+                    row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
+                    typer.echo(f"  {row}", err=True)
+                    rows.append(row)
     typer.echo(json.dumps({"machine": machine, "images": len(paths), "results": rows}))
