@@ -59,10 +59,18 @@ class Preprocessing(BaseModel):
         w, h = img.size
         scale = self.resize / min(w, h)
         size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
-        # PIL's bicubic resize filters over the source footprint when shrinking (antialias).
-        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
         left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        img = img.crop((left, top, left + self.crop, top + self.crop))
+        right, bottom = left + self.crop, top + self.crop
+        # PIL's bicubic resize filters over the source footprint when shrinking (antialias).
+        if all(v * n % m == 0 for v, n, m in ((left, w, size[0]), (right, w, size[0]),
+                                               (top, h, size[1]), (bottom, h, size[1]))):
+            # The crop falls on whole source pixels (Tiny-ImageNet's 64 px to 256, for one): resizing only
+            # that box gives the same bytes (checked in tests) for a fifth less work, the costliest step of
+            # decoding when the forward is fast.
+            box = (left * w // size[0], top * h // size[1], right * w // size[0], bottom * h // size[1])
+            img = img.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
+        else:
+            img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None).crop((left, top, right, bottom))
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:

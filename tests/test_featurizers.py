@@ -64,6 +64,20 @@ def test_preprocessing_resizes_shorter_side_then_centre_crops():
         assert x.shape == (3, 224, 224)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (128, 128), (512, 512), (64, 80), (500, 375), (57, 61)])
+@pytest.mark.parametrize(("resize", "crop"), [(256, 224), (274, 240)])
+def test_a_crop_is_the_same_bytes_as_resizing_the_whole_image_then_cropping(size, resize, crop):
+    # Where the crop falls on whole source pixels only its box is resized; the bytes must not change.
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    w, h = size
+    scale = resize / min(w, h)
+    big = (max(crop, round(w * scale)), max(crop, round(h * scale)))
+    left, top = (big[0] - crop) // 2, (big[1] - crop) // 2
+    whole = img.resize(big, Image.Resampling.BICUBIC, reducing_gap=None).crop((left, top, left + crop, top + crop))
+    got = Preprocessing(resize=resize, crop=crop).resize_crop(img)
+    assert torch.equal(got, torch.from_numpy(np.asarray(whole).copy()).permute(2, 0, 1))
+
+
 @pytest.mark.parametrize("variant", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
 def test_efficientnet_lite_weights_load_strictly(variant):
     # strict=True inside: any key or shape mismatch would raise here.
