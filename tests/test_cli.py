@@ -177,6 +177,18 @@ def test_build_with_an_int8_index_on_disk_stores_the_choice_and_classifies(image
     assert meta["index"]["quantization"] == "int8"
 
 
+def test_original_vectors_stay_on_disk_unless_asked_to_load_them_into_ram(image_folder, tmp_path):
+    for flag, on_disk in (None, True), ("--vectors-in-ram", False):
+        memory = tmp_path / str(flag)
+        args = ["build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+                "--workers", "0"]
+        assert run(*args, *([flag] if flag else [])).exit_code == 0
+        meta = json.loads(run("info", "--memory", memory, "--json").output)
+        assert meta["index"]["vectors_on_disk"] is on_disk
+        out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+        assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+
+
 def test_asking_for_the_default_index_on_a_float_memory_says_it_stays_float(image_folder, tmp_path):
     memory = tmp_path / "float"
     first = run("build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",

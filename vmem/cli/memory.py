@@ -37,8 +37,10 @@ def build(
                           f"{IndexSettings().quantization}; docs/benchmarks.md)"),
     ] = None,
     vectors_on_disk: Annotated[
-        bool, typer.Option(help="new memory: keep the original vectors on disk (mmap) rather than in RAM")
-    ] = False,
+        bool | None, typer.Option("--vectors-on-disk/--vectors-in-ram",
+                                  help="new memory: original vectors on disk, mapped and read as needed (the "
+                                       "default), or loaded into RAM")
+    ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -48,8 +50,8 @@ def build(
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
     # Only what the user gave: asking for the default explicitly must still be compared with the memory.
     asked = {"quantization": quantization.value} if quantization is not None else {}
-    if vectors_on_disk:
-        asked["vectors_on_disk"] = True
+    if vectors_on_disk is not None:
+        asked["vectors_on_disk"] = vectors_on_disk
     mem = open_memory(memory, qdrant_url, featurizer, create=True, index=IndexSettings(**asked))
     stored = mem.store.meta.index
     # An existing memory keeps its settings; say so when the user asked for others.
