@@ -10,4 +10,5 @@ SAMPLE=${VMEM_SAMPLE:-1000}
 bash scripts/install.sh
 .venv/bin/vmem build "$DATA/train" --memory "$MEMORY" --featurizer efficientnet-lite0 --tag dataset=tiny-imagenet --tag split=train
 .venv/bin/vmem info --memory "$MEMORY"
-.venv/bin/vmem classify "$DATA/val" --memory "$MEMORY" --sample "$SAMPLE" --seed 0 --truth-from-dirs > /dev/null
+# One line per image on stdout, the accuracy last: show only that.
+.venv/bin/vmem classify "$DATA/val" --memory "$MEMORY" --sample "$SAMPLE" --seed 0 --truth-from-dirs | tail -n 1
