@@ -21,7 +21,7 @@ import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,6 +161,10 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 class MemoryStore(ABC):
     """A Qdrant collection of (vector, label, source) points. Cosine similarity throughout."""
+
+    # Called with the number of points about to be indexed as a segment, before an `add` stops for it
+    # (minutes at 640k points), so a progress display can say why it paused.
+    on_segment_indexing: Callable[[int], None] | None = None
 
     meta: MemoryMeta
     location: str
@@ -418,7 +422,10 @@ class EdgeMemoryStore(MemoryStore):
             segment_points = self.meta.index.segment_points
             if segment_points is not None:
                 info = self.shard.info()
-                if info.points_count - info.indexed_vectors_count - self._left_unindexed >= segment_points:
+                unindexed = info.points_count - info.indexed_vectors_count
+                if unindexed - self._left_unindexed >= segment_points:
+                    if self.on_segment_indexing is not None:
+                        self.on_segment_indexing(unindexed)
                     self.shard.optimize()  # index these points now, as a segment of their own
                     # The engine leaves segments below its indexing threshold (small vectors) as they are:
                     # wait for another segment's worth before asking again.

@@ -211,6 +211,8 @@ def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_pa
     spec = SPEC.model_copy(update={"dim": 384})  # small vectors stay below the engine's indexing threshold
     vecs = random_unit_vectors(25_000, 384, seed=3)
     with open_store(tmp_path / "memory", spec, index=index) as s:
+        announced: list[int] = []  # `vmem build` writes a line above its progress bar for each
+        s.on_segment_indexing = announced.append
         for start in range(0, len(vecs), 1_000):
             part = range(start, start + 1_000)
             s.add(vecs[start : start + 1_000], [f"c{i % 7}" for i in part], [f"/data/{i}.jpg" for i in part])
@@ -218,6 +220,7 @@ def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_pa
         assert s.count() == 25_000
         info = s.shard.info()
         assert info.segments_count >= 3 and info.indexed_vectors_count == 20_000  # two full segments, the rest
+        assert announced == [10_000, 10_000]
         q = random_unit_vectors(5, 384, seed=4)
         expected = np.argsort(-(q @ vecs.T), axis=1)[:, :10]
         for row, hits in zip(expected, s.query_batch(q, k=10, exact=True), strict=True):

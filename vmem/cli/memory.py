@@ -61,6 +61,9 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
+        mem.store.on_segment_indexing = lambda n: bar.write(
+            f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
+            file=sys.stderr)
         report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
                            feature_cache=feature_cache)
     typer.echo(report.summary())
