@@ -229,6 +229,12 @@ class Featurizer(ABC):
             out.append(self.embed_tensors(torch.stack(chunk)))
         return np.concatenate(out)
 
+    def loader_workers(self, n_items: int, batch_size: int, num_workers: int | None = None) -> int:
+        """The decode worker processes `iter_embed` starts for `n_items` images (`num_workers` if given)."""
+        if n_items < 2 * batch_size:
+            return 0  # worker start-up costs more than it saves on a handful of images
+        return decode_workers(self.device) if num_workers is None else num_workers
+
     def iter_embed(
         self,
         items: Sequence[ImageInput],
@@ -239,10 +245,7 @@ class Featurizer(ABC):
 
         Corrupt images are reported in `failures` and never stop the run.
         """
-        if num_workers is None:
-            num_workers = decode_workers(self.device)
-        if len(items) < 2 * batch_size:
-            num_workers = 0  # worker start-up costs more than it saves on a handful of images
+        num_workers = self.loader_workers(len(items), batch_size, num_workers)
         # With no workers the loader decodes each batch in this process, between forwards.
         loader = torch.utils.data.DataLoader(
             _DecodeDataset(items, self.preprocessing),

@@ -395,6 +395,15 @@ class EdgeMemoryStore(MemoryStore):
         flt = qe.Filter(must_not=[qe.IsEmptyCondition(key=EXCLUDED_KEY)])
         return self.shard.count(qe.CountRequest(filter=flt, exact=True))
 
+    @contextmanager
+    def _excluded_may_change(self, touches_excluded: bool) -> Iterator[None]:
+        """Around a write that may exclude points or bring them back (under the write lock): searches
+        filter from before the write until the excluded points are counted again."""
+        self._any_excluded |= touches_excluded
+        yield
+        if touches_excluded:
+            self._any_excluded = self._count_excluded() > 0
+
     def _filter(self, label: str | None = None, source_prefix: str | None = None,
                 labels: Sequence[str] | None = None, searchable: bool = False):
         qe = self._qe
@@ -414,11 +423,8 @@ class EdgeMemoryStore(MemoryStore):
         qe = self._qe
         points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
         with self._write_lock:
-            touches_excluded = any(EXCLUDED_KEY in p for p in payloads)
-            self._any_excluded |= touches_excluded  # filter from before the write until it is counted
-            self.shard.update(qe.UpdateOperation.upsert_points(points))
-            if touches_excluded:
-                self._any_excluded = self._count_excluded() > 0
+            with self._excluded_may_change(any(EXCLUDED_KEY in p for p in payloads)):
+                self.shard.update(qe.UpdateOperation.upsert_points(points))
             segment_points = self.meta.index.segment_points
             if segment_points is not None:
                 info = self.shard.info()
@@ -516,13 +522,8 @@ class EdgeMemoryStore(MemoryStore):
                 return
 
     def set_payload(self, ids, payload) -> None:
-        with self._write_lock:
-            # Excluded or brought back: searches filter from before the write until the excluded are counted.
-            touches_excluded = EXCLUDED_KEY in payload
-            self._any_excluded |= touches_excluded
+        with self._write_lock, self._excluded_may_change(EXCLUDED_KEY in payload):
             self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
-            if touches_excluded:
-                self._any_excluded = self._count_excluded() > 0
 
     def optimize(self) -> None:
         with self._write_lock:

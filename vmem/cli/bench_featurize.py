@@ -21,7 +21,6 @@ import torch
 import typer
 
 from retrieval import Dinov2Featurizer, Featurizer, load_featurizer, load_image, scan_imagefolder
-from retrieval.featurizers import decode_workers
 
 from .bench_search import machine_info
 
@@ -69,7 +68,7 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
         assert len(res.indices) == len(paths), res.failures[:2]
     pipe_ips = len(paths) / statistics.median(pipe)
     return {"featurizer": feat.name, "batch_size": batch_size,
-            "decode_workers": decode_workers(feat.device) if workers is None else workers,
+            "decode_workers": feat.loader_workers(len(paths), batch_size, workers),
             "raw_forward_img_s": round(raw_ips, 1),
             "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3)}
 
