@@ -64,3 +64,27 @@ def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run(
     for r in rows:
         assert r["raw_forward_img_s"] > 0 and r["pipeline_img_s"] > 0
         assert r["pipeline_vs_raw"] == pytest.approx(r["pipeline_img_s"] / r["raw_forward_img_s"], abs=0.01)
+
+
+def _memory_cgroups_available() -> bool:
+    from vmem.cli.bench_ram_limit import CgroupUnavailable, MemoryCgroup
+
+    try:
+        MemoryCgroup.create(2**30).remove()
+    except CgroupUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _memory_cgroups_available(), reason="creating a memory cgroup needs root on Linux")
+def test_bench_search_serves_the_memory_within_a_hard_ram_limit_and_says_when_it_does_not_fit():
+    res = bench("search", "--n", "3000", "--queries", "50", "--repeats", "1", "--no-faiss",
+                "--ram-limit", "40", "--ram-limit", "0.05")
+    roomy, tight = res["ram_limits"]
+    # 40 x the raw vectors (18 MB) is room enough: the same answers, and the kernel kept it under the limit.
+    assert roomy["ram_limit_x"] == 40 and roomy["oom_killed"] is False
+    assert roomy["recall_at_50"] == pytest.approx(res["recall_at_50"], abs=0.02)
+    assert roomy["qps_batch"] > 0 and roomy["qps_single"] > 0
+    assert roomy["peak_mb"] <= roomy["limit_mb"]
+    # 0.05 x (under 1 MB) is not: the run reports the kill instead of failing or inventing figures.
+    assert tight["oom_killed"] is True and "qps_batch" not in tight

@@ -27,6 +27,7 @@ from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 from ._common import Quantization
+from .bench_ram_limit import serve_within_limit
 
 
 def machine_info() -> dict[str, Any]:
@@ -72,6 +73,16 @@ def synthetic_features(n: int, dim: int, n_classes: int, seed: int, same_class_c
         v = np.sqrt(same_class_cos) * centres[labels[s:e]] + np.sqrt(1 - same_class_cos) * noise
         out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out, labels, centres
+
+
+def fresh_queries(centres: np.ndarray, count: int, seed: int, same_class_cos: float = 0.6) -> np.ndarray:
+    """More unit vectors around the same centres as `synthetic_features`: queries never asked before."""
+    rng = np.random.default_rng([seed, 1])
+    noise = rng.standard_normal((count, centres.shape[1])).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    labels = rng.integers(0, len(centres), size=count)
+    v = np.sqrt(same_class_cos) * centres[labels] + np.sqrt(1 - same_class_cos) * noise
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 # The engine's file of original float32 vectors (with int8 they are read only to rescore candidates).
@@ -140,7 +151,7 @@ def forget_latency(store, vecs: np.ndarray, n: int) -> dict[str, Any]:
 
 def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings | list[IndexSettings],
                      seed: int, repeats: int, batch: int, faiss_baseline: bool, workdir: Path, echo=print,
-                     ef_sweep: tuple[int, ...] = ()) -> dict[str, Any]:
+                     ef_sweep: tuple[int, ...] = (), ram_limits: tuple[float, ...] = ()) -> dict[str, Any]:
     """Exact search, then each index in turn on the same vectors, then faiss: one run, one machine state.
 
     With several index settings, the top-level keys describe the first and `indexes` lists every one.
@@ -149,7 +160,7 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     n_classes = max(2, n // 1000)
     echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
     # Queries come from the same classes as the memory (fresh samples around the same centres).
-    allv, all_labels, _ = synthetic_features(n + queries, dim, n_classes, seed)
+    allv, all_labels, centres = synthetic_features(n + queries, dim, n_classes, seed)
     vecs, labels, qv = allv[:n], all_labels[:n], allv[n:]
     res: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k,
                            "raw_vector_mb": round(vecs.nbytes / 2**20, 1)}
@@ -162,11 +173,13 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     res["sgemm_gflops"] = round(gflops, 1)
     res["exact_matmul_efficiency"] = round(2 * n * dim * queries / t_exact / 1e9 / gflops, 3)
 
+    # Queries never asked before, for serving within RAM limits: three batched rounds, then single queries.
+    fresh = fresh_queries(centres, 3 * queries + min(queries, 500), seed) if ram_limits else None
     per_index = []
     for i, index in enumerate(all_settings):
         echo(f"index {i + 1} of {len(all_settings)}: {index.model_dump()}")
         per_index.append(_bench_store(vecs, labels, qv, truth, k, index, repeats, batch, workdir / f"memory-{i}",
-                                      echo, ef_sweep))
+                                      echo, ef_sweep, ram_limits, fresh))
     res.update(per_index[0])
     if len(per_index) > 1:
         res["indexes"] = per_index
@@ -195,7 +208,8 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
 
 def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np.ndarray, k: int,
                  settings: IndexSettings, repeats: int, batch: int, path: Path, echo,
-                 ef_sweep: tuple[int, ...]) -> dict[str, Any]:
+                 ef_sweep: tuple[int, ...], ram_limits: tuple[float, ...] = (),
+                 fresh: np.ndarray | None = None) -> dict[str, Any]:
     """Build one embedded memory with `settings`, then time its queries and deletes."""
     n, dim, queries = len(vecs), vecs.shape[1], len(qv)
     res: dict[str, Any] = {"index": settings.model_dump()}
@@ -253,11 +267,19 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     t_store_exact = timed(lambda: store.query_batch(qv[:n_ex], k, exact=True), 1)
     res["store_exact_qps_batch"] = round(n_ex / t_store_exact, 1)
 
-    echo("forget: delete latency, then whether the point can still be returned")
-    res.update(forget_latency(store, vecs, min(n, 200)))
+    # Fresh processes open the memory while it is still whole (the engine locks it: closed here first).
     store.close()
     echo("memory of a fresh process serving the built memory")
     res.update(serving_rss(path, qv[:n_single], k))
+    for factor in ram_limits:
+        echo(f"a fresh process serving the built memory within {factor} x the raw vector bytes of RAM")
+        limited = serve_within_limit(path, qv, truth, fresh, k, int(factor * vecs.nbytes))
+        res.setdefault("ram_limits", []).append({"ram_limit_x": factor, **limited})
+
+    echo("forget: delete latency, then whether the point can still be returned")
+    store = open_store(path)
+    res.update(forget_latency(store, vecs, min(n, 200)))
+    store.close()
     return res
 
 
@@ -326,6 +348,9 @@ def search(
     ef_sweep: Annotated[str, typer.Option(help="also measure these search ef values on the same index")] = "",
     workdir: Annotated[Path | None, typer.Option(help="where to build the memory (default: a temp dir)")] = None,
     keep: Annotated[bool, typer.Option(help="keep the built memories (their path is printed)")] = False,
+    ram_limit: Annotated[list[float] | None, typer.Option(
+        help="also serve each built memory in a fresh process limited (memory cgroup; needs root) to this many "
+             "times the raw vector bytes of RAM, e.g. 0.5; repeatable")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
@@ -342,7 +367,8 @@ def search(
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix="vmem-bench-"))
     try:
         sweep = tuple(int(x) for x in ef_sweep.split(",") if x.strip())
-        res = run_search_bench(n, dim, queries, k, settings, seed, repeats, batch, faiss, tmp, say, sweep)
+        res = run_search_bench(n, dim, queries, k, settings, seed, repeats, batch, faiss, tmp, say, sweep,
+                               tuple(ram_limit or ()))
     finally:
         if keep:
             say(f"kept the built memories under {tmp}")
