@@ -314,6 +314,7 @@ class EdgeMemoryStore(MemoryStore):
         self.location = str(self.path)
         self._write_lock = threading.Lock()
         self._left_unindexed = 0
+        self._last_upserted: tuple[str, str] | None = None  # (id, label) of the last point written by an add
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
         if meta_path.exists():
@@ -425,6 +426,7 @@ class EdgeMemoryStore(MemoryStore):
         with self._write_lock:
             with self._excluded_may_change(any(EXCLUDED_KEY in p for p in payloads)):
                 self.shard.update(qe.UpdateOperation.upsert_points(points))
+            self._last_upserted = (ids[-1], payloads[-1]["label"])
             segment_points = self.meta.index.segment_points
             if segment_points is not None:
                 info = self.shard.info()
@@ -536,9 +538,28 @@ class EdgeMemoryStore(MemoryStore):
     def close(self) -> None:
         shard = getattr(self, "shard", None)
         if shard is not None:
+            self._acknowledge_last_add()
             shard.flush()
             shard.close()
             self.shard = None
+
+    def _acknowledge_last_add(self) -> None:
+        """End the write-ahead log with a one-point write, so that opening the memory replays next to nothing.
+
+        The engine replays the log from its last acknowledged operation on every open, and acknowledges only
+        when a flush writes a changed segment. After an add and then indexing (which writes its segments
+        itself) the flush at close finds nothing changed: every later open re-applied that last add. For an
+        add of 20,000 points that cost 540 MB of heap in each serving process (1.28M memory: 1,350 against
+        761 MB) and 0.2-1 s. Rewriting one point's label with itself changes a segment, so the flush
+        acknowledges everything up to it.
+        """
+        if self._last_upserted is None:
+            return
+        point_id, label = self._last_upserted
+        self._last_upserted = None
+        with self._write_lock:
+            if self.shard.retrieve([point_id], with_payload=False, with_vector=False):
+                self.shard.update(self._qe.UpdateOperation.set_payload([point_id], {"label": label}))
 
 
 # ------------------------------------------------------------------- server (qdrant-client)

@@ -242,3 +242,37 @@ def test_a_memory_stored_before_segments_keeps_one_growing_segment(tmp_path):
     with open_store(path) as s:
         assert s.meta.index.segment_points is None
         assert s.count() == 15
+
+
+_OPEN_HEAP_PROBE = """
+import sys
+import qdrant_edge  # noqa: F401
+from retrieval import open_store
+from vmem.cli.bench_search import rss_mb
+before = rss_mb("RssAnon")
+store = open_store(sys.argv[1])
+print(rss_mb("RssAnon") - before, store.count())
+"""
+
+
+def test_a_memory_opens_without_re_applying_its_last_add(tmp_path):
+    # The engine replays its write-ahead log from the last acknowledged write on every open. Left with a
+    # 20,000-point add there (add, index, close), each opening process re-applied it: ~540 MB of heap.
+    import subprocess
+    import sys
+
+    vecs = random_unit_vectors(20_000, 384, seed=3)
+    store = open_store(tmp_path / "m", SPEC.model_copy(update={"dim": 384}))
+    ids = store.add(vecs, ["a", "b"] * 10_000, [f"/v/{i}" for i in range(20_000)], tags={"split": "train"})
+    store.optimize()
+    store.close()
+    out = subprocess.run([sys.executable, "-c", _OPEN_HEAP_PROBE, str(tmp_path / "m")], capture_output=True,
+                         text=True, check=True).stdout.split()
+    heap_mb, count = float(out[0]), int(out[1])
+    assert count == 20_000 and heap_mb < 200
+    # The write that closes the log rewrote the last point's label with itself: nothing else changed.
+    store = open_store(tmp_path / "m")
+    last = store.retrieve([ids[-1]])[0]
+    assert last.label == "b" and last.payload["tags"] == {"split": "train"}
+    assert store.query(vecs[-1], 1)[0].id == ids[-1]
+    store.close()
