@@ -80,6 +80,10 @@ class IndexSettings(BaseModel):
     # query's candidates. 1.28M x 384, two runs in one machine state (docs/benchmarks.md): serving RAM 0.65x
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
     vectors_on_disk: bool = Field(True, description="keep original vectors on disk (mmap) instead of loading them")
+    # float16 halves the originals' disk and the page cache a server needs to rescore at full speed; their
+    # values are rounded to 11 significant bits (docs/benchmarks.md: recall and RAM limits).
+    vectors_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage type of the original vectors (float16: half the bytes, rounded values)")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
     # on one thread (and holds the GIL, so Python threads cannot help). Indexing every `segment_points` new
     # points as a segment of their own splits an ImageNet-size memory (1.28M) into two, one per core of the
@@ -346,6 +350,7 @@ class EdgeMemoryStore(MemoryStore):
                 vectors=qe.EdgeVectorParams(
                     size=meta.featurizer.dim, distance=qe.Distance.Cosine,
                     memory=qe.Memory.Cold if ix.vectors_on_disk else None,
+                    datatype=qe.VectorStorageDatatype.Float16 if ix.vectors_dtype == "float16" else None,
                 ),
                 # payload_m=0: no extra graph links per indexed payload value. With the source-prefix index
                 # the engine added a second set of links over nearly every point. Same run, 200k x 384,
@@ -596,7 +601,9 @@ class QdrantServerStore(MemoryStore):
             self.meta = meta
             self.client.create_collection(
                 collection,
-                vectors_config=qm.VectorParams(size=meta.featurizer.dim, distance=qm.Distance.COSINE),
+                vectors_config=qm.VectorParams(
+                    size=meta.featurizer.dim, distance=qm.Distance.COSINE,
+                    datatype=qm.Datatype.FLOAT16 if meta.index.vectors_dtype == "float16" else None),
                 hnsw_config=qm.HnswConfigDiff(m=meta.index.m, ef_construct=meta.index.ef_construct),
                 quantization_config=(qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(
                     type=qm.ScalarType.INT8, quantile=0.99, always_ram=True))

@@ -205,3 +205,15 @@ def test_asking_for_the_default_index_on_a_float_memory_says_it_stays_float(imag
 def test_build_rejects_an_unknown_quantization(image_folder, tmp_path):
     result = run("build", image_folder / "train", "--memory", tmp_path / "m", "--quantization", "int4")
     assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_original_vectors_can_be_stored_as_float16(image_folder, tmp_path):
+    memory = tmp_path / "f16"
+    args = ["build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0"]
+    assert run(*args, "--vectors-dtype", "float16").exit_code == 0
+    meta = json.loads(run("info", "--memory", memory, "--json").output)
+    assert meta["index"]["vectors_dtype"] == "float16"
+    out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+    assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+    bad = run(*args, "--vectors-dtype", "int4")
+    assert bad.exit_code == 2 and "int4" in bad.output

@@ -17,21 +17,26 @@ from retrieval import (
     point_id_for,
 )
 from tests.conftest import random_unit_vectors
+from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
 
 
-@pytest.fixture(params=["edge", "edge-float", "qdrant-client"])
+@pytest.fixture(params=["edge", "edge-float", "edge-float16", "qdrant-client"])
 def location(request, tmp_path):
     return ":memory:" if request.param == "qdrant-client" else str(tmp_path / request.param)
 
 
+# "edge": the defaults (int8 with rescoring); "edge-float": float32 vectors in the graph, a sparser one;
+# "edge-float16": the defaults with the original vectors stored as float16.
+INDEXES = {"edge-float": IndexSettings(quantization="none", m=8),
+           "edge-float16": IndexSettings(vectors_dtype="float16")}
+
+
 @pytest.fixture
 def store(location):
-    # "edge": the defaults (int8 with rescoring); "edge-float": float32 vectors in the graph, a sparser one.
-    index = IndexSettings(quantization="none", m=8) if location.endswith("edge-float") else None
-    s = open_store(location, SPEC, index=index)
+    s = open_store(location, SPEC, index=INDEXES.get(location.rsplit("/", 1)[-1]))
     yield s
     s.close()
 
@@ -65,7 +70,9 @@ def test_query_returns_nearest_first_with_payload(store):
     hits = store.query(vecs[7], k=4)
     assert len(hits) == 4
     assert hits[0].id == ids[7] and hits[0].label == labs[7] and hits[0].source == sources[7]
-    assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    # float16 originals are rounded to 11 significant bits, so a vector's similarity to itself is near 1.
+    tolerance = 1e-3 if store.meta.index.vectors_dtype == "float16" else 1e-5
+    assert hits[0].similarity == pytest.approx(1.0, abs=tolerance)
     assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
     stored = store.retrieve([ids[7]])[0].payload  # searches carry label and source; the store has the rest
     assert stored["tags"] == {"split": "train"} and "added_at" in stored
@@ -242,6 +249,32 @@ def test_a_memory_stored_before_segments_keeps_one_growing_segment(tmp_path):
     with open_store(path) as s:
         assert s.meta.index.segment_points is None
         assert s.count() == 15
+
+
+def test_float16_originals_take_half_the_bytes_and_keep_nearly_all_answers(tmp_path):
+    vecs = random_unit_vectors(3000, 384, seed=5)
+    queries = random_unit_vectors(20, 384, seed=6)
+    answers, originals_bytes = {}, {}
+    for dtype in ("float32", "float16"):
+        store = open_store(tmp_path / dtype, SPEC.model_copy(update={"dim": 384}),
+                           index=IndexSettings(vectors_dtype=dtype))
+        ids = store.add(vecs, ["a"] * len(vecs), [f"/v/{i}" for i in range(len(vecs))])
+        store.optimize()
+        answers[dtype] = [[h.id for h in hits] for hits in store.query_batch(queries, 10)]
+        stored = store.retrieve(ids[:5], with_vectors=True)
+        if dtype == "float16":  # the stored values are what was added, rounded to float16
+            by_id = {p.id: p.vector for p in stored}
+            for i in range(5):
+                v = by_id[ids[i]]
+                assert np.array_equal(v, v.astype(np.float16).astype(np.float32))
+                assert np.allclose(v, vecs[i], atol=2e-4)
+        store.close()
+        originals_bytes[dtype] = sum(f.stat().st_size for f in (tmp_path / dtype).rglob("*")
+                                     if str(f).endswith(ORIGINAL_VECTORS_FILE))
+    # Random vectors are the hard case (neighbours within ~0.01 of each other); rounding reorders few.
+    overlap = [len(set(a) & set(b)) / 10 for a, b in zip(answers["float16"], answers["float32"], strict=True)]
+    assert np.mean(overlap) >= 0.95
+    assert originals_bytes["float16"] * 2 == pytest.approx(originals_bytes["float32"], rel=0.05)
 
 
 _OPEN_HEAP_PROBE = """

@@ -19,6 +19,7 @@ QdrantUrlOpt = Annotated[
 DEFAULT_MEMORY = Path("memory")
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
 Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
+VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})
 
 
 def memory_location(memory: Path, qdrant_url: str | None) -> str:

@@ -26,7 +26,7 @@ import typer
 from eval.scoring import exact_search
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
-from ._common import Quantization
+from ._common import Quantization, VectorsDtype
 from .bench_ram_limit import serve_within_limit
 
 
@@ -341,6 +341,8 @@ def search(
     oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
+    vectors_dtype: Annotated[VectorsDtype, typer.Option(help="storage type of the original vectors")] = (
+        VectorsDtype(IndexSettings().vectors_dtype)),
     batch: Annotated[int, typer.Option(help="queries per query_batch call")] = 100,
     repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
@@ -355,7 +357,8 @@ def search(
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
-                              oversampling=oversampling, vectors_on_disk=vectors_on_disk)
+                              oversampling=oversampling, vectors_on_disk=vectors_on_disk,
+                              vectors_dtype=vectors_dtype.value)
                 for q in quantization or [Quantization(IndexSettings().quantization)]]
     machine = machine_info()
     def say(msg: str) -> None:

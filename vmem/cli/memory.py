@@ -14,7 +14,15 @@ from tqdm import tqdm
 from prompts import TemplateError
 from retrieval import DatasetError, FeaturizerError, ImageDecodeError, IndexSettings, VoteRule, read_labelled
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, Quantization, expand_images, open_memory
+from ._common import (
+    DEFAULT_MEMORY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    Quantization,
+    VectorsDtype,
+    expand_images,
+    open_memory,
+)
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
@@ -41,6 +49,11 @@ def build(
                                   help="new memory: original vectors on disk, mapped and read as needed (the "
                                        "default), or loaded into RAM")
     ] = None,
+    vectors_dtype: Annotated[
+        VectorsDtype | None,
+        typer.Option(help="new memory: storage type of the original vectors; float16 halves their disk and the "
+                          "RAM to rescore at full speed (default float32)"),
+    ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -52,6 +65,8 @@ def build(
     asked = {"quantization": quantization.value} if quantization is not None else {}
     if vectors_on_disk is not None:
         asked["vectors_on_disk"] = vectors_on_disk
+    if vectors_dtype is not None:
+        asked["vectors_dtype"] = vectors_dtype.value
     mem = open_memory(memory, qdrant_url, featurizer, create=True, index=IndexSettings(**asked))
     stored = mem.store.meta.index
     # An existing memory keeps its settings; say so when the user asked for others.
