@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|featurize|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|featurize|classify|forget|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +34,11 @@ for step in "${steps[@]}"; do
     # --keep: docs/benchmarks/cold_originals.py then opens the kept memory (its path is in the log).
     search-1m-disk) run search-1m-disk vmem bench search --n 1280000 --dim 384 --queries 1000 --vectors-on-disk --keep \
                       --no-faiss ;;
+    # Float32 and float16 originals on the same vectors, each also served by a fresh process inside a memory
+    # cgroup of 0.5-1.5x the raw vector bytes (needs root): what a server with that much RAM gets.
+    search-1m-limits) run search-1m-limits vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
+                        --vectors-dtype float32 --vectors-dtype float16 \
+                        --ram-limit 0.5 --ram-limit 0.75 --ram-limit 1.0 --ram-limit 1.5 ;;
     # Then the kept memory with its original vectors evicted from RAM: queries that read them back from disk.
     cold-originals)
       kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-disk.log" | awk '{print $NF}')

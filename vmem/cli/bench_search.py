@@ -341,8 +341,9 @@ def search(
     oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
-    vectors_dtype: Annotated[VectorsDtype, typer.Option(help="storage type of the original vectors")] = (
-        VectorsDtype(IndexSettings().vectors_dtype)),
+    vectors_dtype: Annotated[list[VectorsDtype] | None, typer.Option(
+        help="storage type of the original vectors; give it twice (float32, float16) to compare both in one run"),
+    ] = None,
     batch: Annotated[int, typer.Option(help="queries per query_batch call")] = 100,
     repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
@@ -357,9 +358,9 @@ def search(
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
-                              oversampling=oversampling, vectors_on_disk=vectors_on_disk,
-                              vectors_dtype=vectors_dtype.value)
-                for q in quantization or [Quantization(IndexSettings().quantization)]]
+                              oversampling=oversampling, vectors_on_disk=vectors_on_disk, vectors_dtype=t.value)
+                for q in quantization or [Quantization(IndexSettings().quantization)]
+                for t in vectors_dtype or [VectorsDtype(IndexSettings().vectors_dtype)]]
     machine = machine_info()
     def say(msg: str) -> None:
         typer.echo(msg, err=True)
