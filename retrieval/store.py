@@ -81,9 +81,10 @@ class IndexSettings(BaseModel):
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
     vectors_on_disk: bool = Field(True, description="keep original vectors on disk (mmap) instead of loading them")
     # float16 halves the originals' disk and the page cache a server needs to rescore at full speed; their
-    # values are rounded to 11 significant bits (docs/benchmarks.md: recall and RAM limits).
+    # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9978
+    # either way; inside a hard limit of 1.5x the raw float32 bytes 1,759 batched queries/s against 671.
     vectors_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="storage type of the original vectors (float16: half the bytes, rounded values)")
+        "float16", description="storage type of the original vectors (float16: half the bytes, rounded values)")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
     # on one thread (and holds the GIL, so Python threads cannot help). Indexing every `segment_points` new
     # points as a segment of their own splits an ImageNet-size memory (1.28M) into two, one per core of the
@@ -103,11 +104,13 @@ class MemoryMeta(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _stored_before_segments(cls, data: Any) -> Any:
+    def _stored_before_later_settings(cls, data: Any) -> Any:
         # A memory stored before `segment_points` existed has one segment whose size the engine never bounded;
         # cutting new points into segments there would let the engine merge them into it (a full re-index).
-        if isinstance(data, dict) and isinstance(data.get("index"), dict) and "segment_points" not in data["index"]:
-            data = {**data, "index": {**data["index"], "segment_points": None}}
+        # One stored before `vectors_dtype` existed holds float32 originals.
+        if isinstance(data, dict) and isinstance(data.get("index"), dict):
+            before = {"segment_points": None, "vectors_dtype": "float32"}
+            data = {**data, "index": {**{k: v for k, v in before.items() if k not in data["index"]}, **data["index"]}}
         return data
 
 
@@ -385,11 +388,12 @@ class EdgeMemoryStore(MemoryStore):
         points = meta.index.segment_points
         if points is None:
             return None
-        # The engine measures a segment by its float32 vectors, in KB. At exactly `segment_points`, small
-        # leftovers still merge with each other, but nothing merges into a full segment: that would re-index
-        # it (minutes at 640k points) for a few added points. A full segment over the bound (the add batch
-        # that crossed it) is still indexed whole.
-        return self._qe.EdgeOptimizersConfig(max_segment_size=points * meta.featurizer.dim * 4 // 1024)
+        # The engine measures a segment by its stored vectors, in KB (2 bytes a value for float16). At exactly
+        # `segment_points`, small leftovers still merge with each other, but nothing merges into a full segment:
+        # that would re-index it (minutes at 640k points) for a few added points. A full segment over the bound
+        # (the add batch that crossed it) is still indexed whole.
+        value_bytes = 2 if meta.index.vectors_dtype == "float16" else 4
+        return self._qe.EdgeOptimizersConfig(max_segment_size=points * meta.featurizer.dim * value_bytes // 1024)
 
     def save_meta(self) -> None:
         tmp = self.path / (META_FILE + ".tmp")

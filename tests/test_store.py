@@ -23,15 +23,15 @@ DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
 
 
-@pytest.fixture(params=["edge", "edge-float", "edge-float16", "qdrant-client"])
+@pytest.fixture(params=["edge", "edge-float", "edge-float32", "qdrant-client"])
 def location(request, tmp_path):
     return ":memory:" if request.param == "qdrant-client" else str(tmp_path / request.param)
 
 
-# "edge": the defaults (int8 with rescoring); "edge-float": float32 vectors in the graph, a sparser one;
-# "edge-float16": the defaults with the original vectors stored as float16.
-INDEXES = {"edge-float": IndexSettings(quantization="none", m=8),
-           "edge-float16": IndexSettings(vectors_dtype="float16")}
+# "edge": the defaults (int8 with rescoring, float16 originals); "edge-float": float32 vectors in the graph, a
+# sparser one; "edge-float32": the defaults with the original vectors stored as float32.
+INDEXES = {"edge-float": IndexSettings(quantization="none", m=8, vectors_dtype="float32"),
+           "edge-float32": IndexSettings(vectors_dtype="float32")}
 
 
 @pytest.fixture
@@ -214,7 +214,8 @@ def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_pa
     # answers are the same as over one segment.
     # Uniform random 384-d vectors are nearly equidistant, HNSW's hardest case: a wide search ef keeps this
     # test about segments rather than about the graph's approximation.
-    index = IndexSettings(segment_points=10_000, hnsw_ef=512)
+    # float32: the engine indexes a segment only above 10 MB of vectors, which 10,000 float16 ones are not.
+    index = IndexSettings(segment_points=10_000, hnsw_ef=512, vectors_dtype="float32")
     spec = SPEC.model_copy(update={"dim": 384})  # small vectors stay below the engine's indexing threshold
     vecs = random_unit_vectors(25_000, 384, seed=3)
     with open_store(tmp_path / "memory", spec, index=index) as s:
@@ -239,15 +240,16 @@ def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_pa
         assert s.meta.index.segment_points == 10_000
 
 
-def test_a_memory_stored_before_segments_keeps_one_growing_segment(tmp_path):
+def test_a_memory_stored_before_later_settings_keeps_what_it_was_built_with(tmp_path):
     path = tmp_path / "memory"
-    with open_store(path, SPEC) as s:
+    with open_store(path, SPEC, index=IndexSettings(vectors_dtype="float32")) as s:
         fill(s)
     meta = json.loads((path / "vmem.json").read_text())
-    del meta["index"]["segment_points"]  # as written by versions before the setting
+    del meta["index"]["segment_points"], meta["index"]["vectors_dtype"]  # as written before these settings
     (path / "vmem.json").write_text(json.dumps(meta))
     with open_store(path) as s:
-        assert s.meta.index.segment_points is None
+        assert s.meta.index.segment_points is None  # one growing segment, as it was
+        assert s.meta.index.vectors_dtype == "float32"  # not today's default
         assert s.count() == 15
 
 

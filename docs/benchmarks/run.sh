@@ -38,7 +38,7 @@ for step in "${steps[@]}"; do
     # cgroup of 0.5-1.5x the raw vector bytes (needs root): what a server with that much RAM gets.
     search-1m-limits) run search-1m-limits vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
                         --vectors-dtype float32 --vectors-dtype float16 \
-                        --ram-limit 0.5 --ram-limit 0.75 --ram-limit 1.0 --ram-limit 1.5 ;;
+                        --ram-limit 0.5 --ram-limit 1.0 --ram-limit 1.3 --ram-limit 1.5 ;;
     # Then the kept memory with its original vectors evicted from RAM: queries that read them back from disk.
     cold-originals)
       kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-disk.log" | awk '{print $NF}')

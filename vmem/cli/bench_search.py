@@ -225,6 +225,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     store.optimize()
     res["insert_s"] = round(t_insert, 1)
     res["build_s"] = round(time.perf_counter() - t0, 1)
+    res["segments"] = store.shard.info().segments_count
     store.flush()
     gc.collect()
     res["rss_mb"] = round(rss_mb(), 1)

@@ -51,8 +51,8 @@ def build(
     ] = None,
     vectors_dtype: Annotated[
         VectorsDtype | None,
-        typer.Option(help="new memory: storage type of the original vectors; float16 halves their disk and the "
-                          "RAM to rescore at full speed (default float32)"),
+        typer.Option(help="new memory: storage type of the original vectors; float16 (the default) halves their "
+                          "disk and the RAM to rescore at full speed, float32 keeps every bit"),
     ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
