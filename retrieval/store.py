@@ -81,8 +81,8 @@ class IndexSettings(BaseModel):
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
     vectors_on_disk: bool = Field(True, description="keep original vectors on disk (mmap) instead of loading them")
     # float16 halves the originals' disk and the page cache a server needs to rescore at full speed; their
-    # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9978
-    # either way; inside a hard limit of 1.5x the raw float32 bytes 1,759 batched queries/s against 671.
+    # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9976
+    # against 0.9974; inside a hard RAM limit of 1.3x the raw float32 bytes 1,431 batched queries/s against 463.
     vectors_dtype: Literal["float32", "float16"] = Field(
         "float16", description="storage type of the original vectors (float16: half the bytes, rounded values)")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
