@@ -110,7 +110,7 @@ class MemoryMeta(BaseModel):
         # One stored before `vectors_dtype` existed holds float32 originals.
         if isinstance(data, dict) and isinstance(data.get("index"), dict):
             before = {"segment_points": None, "vectors_dtype": "float32"}
-            data = {**data, "index": {**{k: v for k, v in before.items() if k not in data["index"]}, **data["index"]}}
+            data = {**data, "index": {**before, **data["index"]}}  # what was stored wins
         return data
 
 
