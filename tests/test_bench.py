@@ -27,6 +27,10 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
     assert res["recall_at_50"] >= 0.95 and res["faiss_hnsw_recall_at_50"] >= 0.95
     assert res["ef_sweep"][0]["hnsw_ef"] == 256
     assert res["returned_after_delete"] == 0
+    # exact search through each product library, against the better library's sgemm in the same repeat
+    assert res["exact_product"] in ("numpy", "torch")
+    assert res["exact_qps_batch"] == res[f"exact_qps_batch_{res['exact_product']}"]
+    assert res["sgemm_gflops"] >= min(res["sgemm_gflops_numpy"], res["sgemm_gflops_torch"]) > 0
     assert res["serving_rss_mb"] > 0  # a fresh process opened the built memory and answered queries
     # ... and says how much of that is page cache of the original vectors (read only to rescore)
     assert 0 <= res["serving_rss_originals_mb"] <= res["serving_rss_file_mb"]

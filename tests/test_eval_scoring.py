@@ -22,29 +22,42 @@ from eval.scoring import (
 from retrieval import FeaturizerSpec, Preprocessing, VoteRule, open_store, vote
 
 
-def test_exact_search_equals_a_full_sort():
+@pytest.mark.parametrize("product", ["torch", "numpy"])
+def test_exact_search_equals_a_full_sort(product):
     q, m = random_unit_vectors(37, 16, seed=1), random_unit_vectors(300, 16, seed=2)
-    idx, sims = exact_search(q, m, k=20, block=8)  # several blocks
+    idx, sims = exact_search(q, m, k=20, block=8, product=product)  # several blocks
     full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :20]
     assert np.array_equal(idx, full)
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
-def test_exact_search_over_memory_chunks_and_column_groups_equals_a_full_sort():
+@pytest.mark.parametrize("product", ["torch", "numpy"])
+def test_exact_search_over_memory_chunks_and_column_groups_equals_a_full_sort(product):
     # 5,000 rows in chunks of 2,900 (each wide enough for the group-maxima top-k, with a ragged tail)
     q, m = random_unit_vectors(50, 8, seed=3), random_unit_vectors(5_000, 8, seed=4)
-    idx, sims = exact_search(q, m, k=5, block=16, chunk=2_900)
+    idx, sims = exact_search(q, m, k=5, block=16, chunk=2_900, product=product)
     full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :5]
     assert np.array_equal(idx, full)
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
-def test_exact_search_finds_every_copy_of_a_duplicated_vector():
-    # Many equal similarities straddle group boundaries: the top-k must still be the true top-k.
+def test_exact_search_in_slabs_equals_a_full_sort():
+    # Chunks of 5,000 rows multiplied in slabs of 1,600 (the last one 200 wide, with a part group);
+    # the candidates of one row then come from several slabs.
+    q, m = random_unit_vectors(60, 8, seed=8), random_unit_vectors(7_000, 8, seed=9)
+    idx, sims = exact_search(q, m, k=5, block=32, chunk=5_000, product="torch", slab=1_600)
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :5]
+    assert np.array_equal(idx, full)
+    assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("product", ["torch", "numpy"])
+def test_exact_search_finds_every_copy_of_a_duplicated_vector(product):
+    # Many equal similarities straddle group (and slab) boundaries: the top-k must still be the true top-k.
     base = random_unit_vectors(400, 8, seed=5)
     m = np.tile(base, (10, 1))  # each vector 10 times, 64-column groups mix the copies
     q = random_unit_vectors(20, 8, seed=6)
-    idx, sims = exact_search(q, m, k=8)
+    idx, sims = exact_search(q, m, k=8, product=product, slab=640)
     expected = -np.sort(-(q @ m.T), axis=1)[:, :8]
     assert np.allclose(sims, expected, atol=1e-6)
     assert np.allclose(np.take_along_axis(q @ m.T, idx, axis=1), sims, atol=1e-6)
@@ -54,18 +67,20 @@ def test_exact_search_finds_every_copy_of_a_duplicated_vector():
             assert sa > sb or (sa == sb and a < b)
 
 
-def test_exact_search_excludes_rows_in_any_chunk():
+@pytest.mark.parametrize("product", ["torch", "numpy"])
+def test_exact_search_excludes_rows_in_any_chunk_and_slab(product):
     m = random_unit_vectors(3_000, 8, seed=7)
-    own = np.array([0, 1_599, 1_600, 2_999])
-    idx, _ = exact_search(m[own], m, k=5, exclude=own, chunk=1_600)
+    own = np.array([0, 1_535, 1_536, 1_599, 1_600, 2_999])
+    idx, _ = exact_search(m[own], m, k=5, exclude=own, chunk=1_600, product=product, slab=1_536)
     assert not np.any(idx == own[:, None])
     full = np.argsort(-(m[own] @ m.T), axis=1, kind="stable")[:, 1:6]  # the best is the row itself
     assert np.array_equal(idx, full)
 
 
-def test_exact_search_drops_the_excluded_row_and_pads_small_memories():
+@pytest.mark.parametrize("product", ["torch", "numpy"])
+def test_exact_search_drops_the_excluded_row_and_pads_small_memories(product):
     m = random_unit_vectors(5, 8)
-    idx, sims = exact_search(m, m, k=7, exclude=np.arange(5))
+    idx, sims = exact_search(m, m, k=7, exclude=np.arange(5), product=product)
     assert not np.any(idx[:, :4] == np.arange(5)[:, None])  # nobody finds itself
     assert np.all(idx[:, 4:] == -1) and np.all(np.isneginf(sims[:, 4:]))
 
