@@ -1,7 +1,7 @@
 """Scoring a memory on labelled queries: one search at k_max, then every rule at every k.
 
-The search runs once per query (k_max = 100 neighbours). Exact search is a blocked matrix product
-plus a two-step top-k (group maxima, then candidates), so results do not depend on an index's recall; for memories
+The search runs once per query (k_max = 100 neighbours). Exact search (`eval.exact`) is a blocked matrix
+product plus a two-step top-k, so results do not depend on an index's recall; for memories
 that do not fit in RAM the Qdrant index answers instead (`neighbors_from_store`). From the neighbour
 table, `score` computes, vectorised over queries:
 
@@ -14,51 +14,19 @@ table, `score` computes, vectorised over queries:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k
 
+from .exact import exact_search
+
 K_MAX = 100
 TABLE_KS = tuple(range(10, 101, 10))
 SOFT_SUFFIX = "+soft"
-# Exact search multiplies up to _QUERY_BLOCK queries by a chunk of memory rows into one float32
-# similarity block of about _BLOCK_BYTES. Few queries per product make a skinny matrix product (at
-# 1.28M points 52 queries ran at 46 GFLOP/s, 256 at 68 on 2 cores); chunking the memory instead keeps
-# wide products within the same bytes.
-_QUERY_BLOCK = 1024
-_BLOCK_BYTES = 1 << 30
-# Columns per group in the two-step top-k (group maxima first); see _top_k_columns.
-_GROUP = 64
-# With the torch product, a chunk is multiplied in slabs of this many columns, each taking its group
-# maxima while it is still in cache (a 1,024-query slab is 256 MiB); a separate pass over the whole
-# 1 GiB block from RAM cost ~10 % of the search.
-_SLAB_COLUMNS = 65_536
-
-ProductBackend = Literal["torch", "numpy"]
-
-
-@functools.cache
-def default_product_backend() -> ProductBackend:
-    """The library whose float32 matrix product exact search uses on this CPU.
-
-    Measured on the 2-core machines, 1,000 queries x 268k rows x 384: on Intel Xeon torch's MKL ran
-    the product at 312 GFLOP/s against numpy's OpenBLAS at 283, and kept the whole search in one
-    thread pool (handing the cores between OpenBLAS and torch's OpenMP threads after each product
-    cost more than the group maxima themselves); on AMD EPYC MKL reached 0.61 of sgemm where OpenBLAS
-    reached 0.94.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
-    except OSError:
-        intel = False
-    return "torch" if intel else "numpy"
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -105,152 +73,6 @@ class MemoryArrays:
 
 
 # ------------------------------------------------------------------------------------ search
-
-
-def exact_search(
-    queries: np.ndarray,
-    memory: np.ndarray,
-    k: int = K_MAX,
-    exclude: np.ndarray | None = None,
-    block: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    chunk: int | None = None,
-    product: ProductBackend | None = None,
-    slab: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar memory rows for each query, by inner product (cosine for unit vectors).
-
-    Args:
-        queries: float32 [n, dim].
-        memory: float32 [m, dim].
-        k: neighbours per query; rows past the memory's size are padded with index -1.
-        exclude: optional int [n]: a memory row each query must not return (its own point, when a
-            memory is queried against itself); -1 = none.
-        block: queries per matrix product (default 1024: wide products run closest to peak).
-        chunk: memory rows per similarity block (default: a block of about 1 GiB).
-        product: the library that multiplies, "torch" or "numpy" (default: the faster one on this
-            CPU, `default_product_backend`). Results are the same up to float rounding.
-        slab: memory rows per torch product inside a chunk (default 65,536); numpy multiplies the
-            whole chunk at once.
-
-    Returns:
-        (indices int64 [n, k], similarities float32 [n, k]), best first; equal similarities in row order.
-
-    Example:
-        >>> idx, sims = exact_search(q, m, k=100)
-    """
-    import torch
-
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    m = np.ascontiguousarray(memory, dtype=np.float32)
-    n, n_mem = len(q), len(m)
-    kk = min(k, n_mem)
-    idx_out = np.full((n, k), -1, dtype=np.int64)
-    sim_out = np.full((n, k), -np.inf, dtype=np.float32)
-    if n == 0 or kk == 0:
-        return idx_out, sim_out
-    product = product or default_product_backend()
-    block = min(n, block or _QUERY_BLOCK)
-    chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (4 * block)))
-    # Each slab is wide enough for the group-maxima top-k and holds whole groups. numpy multiplies a
-    # chunk in one product: its threads and torch's take turns on the cores after every product.
-    slab = chunk if product == "numpy" else -(-max(slab or _SLAB_COLUMNS, 4 * (kk + 1) * _GROUP) // _GROUP) * _GROUP
-    # One similarity buffer per call, reused for every block. (A fresh buffer per call is still zeroed by
-    # the kernel, a few % of a 1,000-query search; keeping it in the heap would need mallopt, a
-    # process-wide setting that also holds on to the vector engine's freed memory.)
-    buffer = torch.empty(block * chunk)
-    with torch.inference_mode():
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            best_sims = torch.empty((stop - start, 0))
-            best_idx = torch.empty((stop - start, 0), dtype=torch.int64)
-            for lo in range(0, n_mem, chunk):
-                hi = min(n_mem, lo + chunk)
-                excluded = None
-                if exclude is not None:
-                    ex = np.asarray(exclude[start:stop], dtype=np.int64) - lo
-                    excluded = torch.from_numpy(np.where((ex >= 0) & (ex < hi - lo), ex, -1))
-                top_sims, top_idx = _top_k_columns(q[start:stop], m[lo:hi], min(kk, hi - lo), buffer, slab,
-                                                   product, excluded)
-                best_sims = torch.cat([best_sims, top_sims], dim=1)
-                best_idx = torch.cat([best_idx, top_idx + lo], dim=1)
-                if best_sims.shape[1] > kk:
-                    best_sims, pick = torch.topk(best_sims, kk, dim=1)
-                    best_idx = best_idx.gather(1, pick)
-            part, part_sims = best_idx.numpy(), best_sims.numpy()
-            # Sort by similarity, then by row, so equal similarities rank the same on every run.
-            order = np.lexsort((part, -part_sims), axis=1)
-            idx_out[start:stop, :kk] = np.take_along_axis(part, order, axis=1)
-            sim_out[start:stop, :kk] = np.take_along_axis(part_sims, order, axis=1)
-            if progress:
-                progress(stop - start)
-    if exclude is not None:  # an excluded row can only surface when the memory is smaller than k
-        dropped = ~np.isfinite(sim_out)
-        idx_out[dropped] = -1
-    return idx_out, sim_out
-
-
-def _top_k_columns(q: np.ndarray, m: np.ndarray, k: int, buffer, slab: int, product: ProductBackend,
-                   excluded=None):
-    """torch.topk(q @ m.T, k, dim=1), unsorted, found through the maxima of groups of _GROUP columns.
-
-    The k best columns of a row lie in the k groups with the highest maxima, so a full top-k over
-    every column (a seventh of the whole search's time) becomes a cheap max per group plus a top-k
-    over k·_GROUP candidates. The product is written slab by slab (`slab` columns, stored one after
-    another in `buffer`), and each slab's group maxima are taken while it is in cache. Rows where a
-    group outside the chosen k ties the k-th value (duplicate vectors) take the plain top-k, so the
-    result is the same set either way. `excluded` (int64 [rows], -1 = none): a column a row must not
-    return.
-    """
-    import torch
-
-    rows, width = len(q), len(m)
-    grouped = width // _GROUP >= 4 * (k + 1)  # else too few groups to gain anything (and one slab)
-    slabs, group_max = [], []
-    for a in range(0, width, slab):
-        b = min(width, a + slab)
-        out = buffer[rows * a: rows * b].view(rows, b - a)
-        if product == "numpy":
-            np.matmul(q, m[a:b].T, out=out.numpy())
-        else:
-            torch.mm(torch.from_numpy(q), torch.from_numpy(m[a:b]).T, out=out)
-        if excluded is not None:
-            hit = torch.nonzero((excluded >= a) & (excluded < b)).flatten()
-            out[hit, excluded[hit] - a] = -torch.inf
-        whole = (b - a) // _GROUP * _GROUP
-        if grouped and whole:
-            group_max.append(out[:, :whole].unflatten(1, (whole // _GROUP, _GROUP)).amax(dim=2))
-        slabs.append(out)
-    if not grouped:
-        return torch.topk(slabs[0], k, dim=1, sorted=False)
-    top_groups_max, top_groups = torch.topk(torch.cat(group_max, dim=1), k + 1, dim=1, sorted=True)
-    first = top_groups[:, :k] * _GROUP  # each chosen group's first column
-    if len(slabs) > 1:  # column c of row r sits in slab c // slab, whose rows are as wide as that slab
-        in_slab = first // slab
-        last = len(slabs) - 1
-        slab_width = torch.where(in_slab == last, width - last * slab, slab)
-        first_at = in_slab * (rows * slab - slab) + torch.arange(rows)[:, None] * slab_width + first
-    else:
-        first_at = torch.arange(rows)[:, None] * width + first
-    within = torch.arange(_GROUP)
-    columns = (first[:, :, None] + within).flatten(1)
-    offsets = (first_at[:, :, None] + within).flatten(1)
-    tail = width // _GROUP * _GROUP
-    if tail < width:  # the columns that make no whole group are always candidates (all in the last slab)
-        extra = torch.arange(tail, width).expand(rows, width - tail)
-        columns = torch.cat([columns, extra], dim=1)
-        last_start = (len(slabs) - 1) * slab
-        extra_at = rows * last_start + torch.arange(rows)[:, None] * (width - last_start) + extra - last_start
-        offsets = torch.cat([offsets, extra_at], dim=1)
-    candidates = buffer.take(offsets)
-    top_sims, pick = torch.topk(candidates, k, dim=1, sorted=False)
-    top_idx = columns.gather(1, pick)
-    # Exact unless the best group left out could hold a value >= the k-th one found.
-    unsure = torch.nonzero(top_groups_max[:, k] >= top_sims.amin(dim=1)).flatten()
-    if len(unsure):
-        full_rows = torch.cat([s[unsure] for s in slabs], dim=1)
-        top_sims[unsure], top_idx[unsure] = torch.topk(full_rows, k, dim=1, sorted=False)
-    return top_sims, top_idx
 
 
 @dataclass

@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_unit_vectors
 
+from eval.exact import _BFloat16Memory
 from eval.harness import EvalReport, QuerySet, RunInfo, evaluate, write_report
 from eval.scoring import (
     MemoryArrays,
@@ -22,7 +24,7 @@ from eval.scoring import (
 from retrieval import FeaturizerSpec, Preprocessing, VoteRule, open_store, vote
 
 
-@pytest.mark.parametrize("product", ["torch", "numpy"])
+@pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_equals_a_full_sort(product):
     q, m = random_unit_vectors(37, 16, seed=1), random_unit_vectors(300, 16, seed=2)
     idx, sims = exact_search(q, m, k=20, block=8, product=product)  # several blocks
@@ -31,7 +33,7 @@ def test_exact_search_equals_a_full_sort(product):
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
-@pytest.mark.parametrize("product", ["torch", "numpy"])
+@pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_over_memory_chunks_and_column_groups_equals_a_full_sort(product):
     # 5,000 rows in chunks of 2,900 (each wide enough for the group-maxima top-k, with a ragged tail)
     q, m = random_unit_vectors(50, 8, seed=3), random_unit_vectors(5_000, 8, seed=4)
@@ -41,17 +43,18 @@ def test_exact_search_over_memory_chunks_and_column_groups_equals_a_full_sort(pr
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
-def test_exact_search_in_slabs_equals_a_full_sort():
+@pytest.mark.parametrize("product", ["torch", "bfloat16"])
+def test_exact_search_in_slabs_equals_a_full_sort(product):
     # Chunks of 5,000 rows multiplied in slabs of 1,600 (the last one 200 wide, with a part group);
     # the candidates of one row then come from several slabs.
     q, m = random_unit_vectors(60, 8, seed=8), random_unit_vectors(7_000, 8, seed=9)
-    idx, sims = exact_search(q, m, k=5, block=32, chunk=5_000, product="torch", slab=1_600)
+    idx, sims = exact_search(q, m, k=5, block=32, chunk=5_000, product=product, slab=1_600)
     full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :5]
     assert np.array_equal(idx, full)
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
-@pytest.mark.parametrize("product", ["torch", "numpy"])
+@pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_finds_every_copy_of_a_duplicated_vector(product):
     # Many equal similarities straddle group (and slab) boundaries: the top-k must still be the true top-k.
     base = random_unit_vectors(400, 8, seed=5)
@@ -67,7 +70,7 @@ def test_exact_search_finds_every_copy_of_a_duplicated_vector(product):
             assert sa > sb or (sa == sb and a < b)
 
 
-@pytest.mark.parametrize("product", ["torch", "numpy"])
+@pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_excludes_rows_in_any_chunk_and_slab(product):
     m = random_unit_vectors(3_000, 8, seed=7)
     own = np.array([0, 1_535, 1_536, 1_599, 1_600, 2_999])
@@ -77,12 +80,49 @@ def test_exact_search_excludes_rows_in_any_chunk_and_slab(product):
     assert np.array_equal(idx, full)
 
 
-@pytest.mark.parametrize("product", ["torch", "numpy"])
+@pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_drops_the_excluded_row_and_pads_small_memories(product):
     m = random_unit_vectors(5, 8)
     idx, sims = exact_search(m, m, k=7, exclude=np.arange(5), product=product)
     assert not np.any(idx[:, :4] == np.arange(5)[:, None])  # nobody finds itself
     assert np.all(idx[:, 4:] == -1) and np.all(np.isneginf(sims[:, 4:]))
+
+
+def test_bfloat16_similarities_stay_within_the_bound_its_filter_relies_on():
+    # Near neighbours with all-positive coordinates (the worst case for rounding: nothing cancels),
+    # memory rows of norm up to 3: the bound scales with the norms.
+    rng = np.random.default_rng(10)
+    q = np.abs(random_unit_vectors(64, 384, seed=11)) * rng.uniform(0.5, 2.0, (64, 1)).astype(np.float32)
+    m = np.abs(q[rng.integers(0, 64, 4_000)] + 0.05 * random_unit_vectors(4_000, 384, seed=12))
+    m *= rng.uniform(0.1, 3.0, (4_000, 1)).astype(np.float32)
+    memory16 = _BFloat16Memory(m)
+    approx = (torch.from_numpy(q).bfloat16() @ memory16.vectors.T).double().numpy()
+    error = np.abs(approx - q.astype(np.float64) @ m.T.astype(np.float64))
+    allowed = memory16.eps_per_query_norm * np.linalg.norm(q, axis=1, keepdims=True)
+    assert np.all(error <= allowed)
+    assert error.max() > 0.1 * allowed.max()  # the bound is not vacuous: rounding does get close
+
+
+def test_bfloat16_search_is_exact_among_near_ties_and_falls_back_where_rows_are_crowded():
+    # 100 vectors 40 times over: the first ten queries' best rows tie in almost every group, too
+    # crowded for the filter, so they are answered in float32 throughout; the others are filtered.
+    base = random_unit_vectors(100, 32, seed=13)
+    m = np.concatenate([np.tile(base, (40, 1)), random_unit_vectors(4_000, 32, seed=14)])
+    q = np.concatenate([base[:10] + 0.01 * random_unit_vectors(10, 32, seed=15), random_unit_vectors(10, 32, seed=16)])
+    idx, sims = exact_search(q, m, k=8, product="bfloat16")
+    expected = -np.sort(-(q @ m.T), axis=1)[:, :8]
+    assert np.allclose(sims, expected, atol=1e-6)
+    assert np.allclose(np.take_along_axis(q @ m.T, idx, axis=1), sims, atol=1e-6)
+
+
+def test_bfloat16_search_is_exact_where_the_best_similarities_are_negative():
+    # Group maxima are read from bit patterns, which only order values >= 0: such queries go to float32.
+    m = -np.abs(random_unit_vectors(20_000, 16, seed=17))
+    q = np.concatenate([np.abs(random_unit_vectors(5, 16, seed=18)), random_unit_vectors(5, 16, seed=19)])
+    idx, sims = exact_search(q, m, k=10, product="bfloat16")
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :10]
+    assert np.all(sims[:5] < 0)
+    assert np.array_equal(idx, full)
 
 
 def slow_accuracy(table: NeighborTable, truth: np.ndarray, rule: str, k: int) -> float:
