@@ -40,6 +40,15 @@ _BF16_U = 2.0**-8
 _F32_U = 2.0**-24
 
 ProductBackend = Literal["torch", "numpy", "bfloat16"]
+_BF16_FLAGS = {"amx_bf16", "avx512_bf16"}  # /proc/cpuinfo flags of CPUs that multiply bfloat16 natively
+# When more than this share of a block's queries is too crowded near its k-th similarity for the bfloat16
+# filter (dense clusters), the search goes on in float32 rather than filtering and then redoing them.
+_BF16_MOST_CROWDED = 0.25
+# Below this many memory rows the default is float32: the filter's fixed costs (rescoring a few hundred
+# candidates a query, converting the memory) outweigh its faster products. Same run, 1,000 synthetic
+# queries x 384, k = 50: 100k rows 0.69 s against 0.38 s in float32, 300k 1.11 against 0.99, 640k 1.58
+# against 1.97, 1.28M 2.5 against 3.7.
+_BF16_MIN_ROWS = 500_000
 
 
 def _cpu_flags() -> tuple[str, set[str]]:
@@ -60,22 +69,50 @@ def _cpu_flags() -> tuple[str, set[str]]:
 def default_product_backend() -> ProductBackend:
     """How exact search multiplies on this CPU.
 
-    Measured on the 2-core machines, 1,000 queries x 1.28M x 384: on Intel Xeon with AMX, bfloat16
-    products ran at 1,575 GFLOP/s against 333 for float32; without it, torch's MKL multiplied ~10 %
-    faster than numpy's OpenBLAS and kept the whole search in one thread pool (handing the cores
-    between OpenBLAS and torch's OpenMP threads after each product cost more than the group maxima
-    themselves). On AMD EPYC MKL reached 0.61 of sgemm where OpenBLAS reached 0.94.
+    bfloat16 where the CPU has bfloat16 instructions and a short trial product runs at least twice as
+    fast as float32 (on the Intel Xeon machine with AMX: 1,575 against 333 GFLOP/s, 1,000 x 65,536 x 384;
+    the trial keeps a CPU whose torch build lacks fast bfloat16 kernels on float32). Otherwise float32:
+    through torch on Intel, where MKL multiplied ~10 % faster than numpy's OpenBLAS and kept the whole
+    search in one thread pool (handing the cores between OpenBLAS and torch's OpenMP threads after each
+    product cost more than the group maxima themselves); through numpy elsewhere (on AMD EPYC MKL
+    reached 0.61 of sgemm where OpenBLAS reached 0.94).
     """
     vendor, flags = _cpu_flags()
-    if "amx_bf16" in flags:
+    if flags & _BF16_FLAGS and _bfloat16_speedup() >= 2.0:
         return "bfloat16"
     return "torch" if vendor == "GenuineIntel" else "numpy"
+
+
+def _bfloat16_speedup() -> float:
+    """float32 time over bfloat16 time of a [512 x 384] by [384 x 8,192] product (best of 3 each, ~30 ms)."""
+    import time
+
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(512, 384, generator=gen), torch.randn(8192, 384, generator=gen)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        times = []
+        for _ in range(4):  # the first warms up
+            t = time.perf_counter()
+            x @ y.T
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times[1:])
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def product_for(memory_rows: int) -> ProductBackend:
+    """How `exact_search` multiplies by default over a memory of this many rows."""
+    product = default_product_backend()
+    return "torch" if product == "bfloat16" and memory_rows < _BF16_MIN_ROWS else product
 
 
 def measured_products() -> tuple[ProductBackend, ...]:
     """The ways to multiply worth timing on this CPU: bfloat16 only where it has bfloat16 instructions."""
     _, flags = _cpu_flags()
-    return ("numpy", "torch", "bfloat16") if flags & {"amx_bf16", "avx512_bf16"} else ("numpy", "torch")
+    return ("numpy", "torch", "bfloat16") if flags & _BF16_FLAGS else ("numpy", "torch")
 
 
 def exact_search(
@@ -100,7 +137,8 @@ def exact_search(
         block: queries per matrix product (default 1024: wide products run closest to peak).
         chunk: memory rows per similarity block (default: a block of about 1 GiB).
         product: "numpy", "torch" or "bfloat16" (see the module; default: the fastest on this CPU,
-            `default_product_backend`). Results are the same up to float rounding.
+            `default_product_backend`, in float32 below 500,000 memory rows). Results are the same up
+            to float rounding.
         slab: memory rows per torch product inside a chunk (default 65,536); numpy multiplies the
             whole chunk at once.
 
@@ -121,7 +159,7 @@ def exact_search(
     sim_out = np.full((n, k), -np.inf, dtype=np.float32)
     if n == 0 or kk == 0:
         return idx_out, sim_out
-    product = product or default_product_backend()
+    product = product or product_for(n_mem)
     dtype = torch.bfloat16 if product == "bfloat16" else torch.float32
     block = min(n, block or _QUERY_BLOCK)
     chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (dtype.itemsize * block)))
@@ -139,8 +177,13 @@ def exact_search(
             excluded = None if exclude is None else np.asarray(exclude[start:stop], dtype=np.int64)
             unsure = np.zeros(0, dtype=np.int64)
             if memory16 is not None:
-                best_sims, best_idx, unsure = memory16.block_top_k(q[start:stop], m, kk, chunk, buffer, slab,
-                                                                   excluded)
+                found = memory16.block_top_k(q[start:stop], m, kk, chunk, buffer, slab, excluded)
+                if found is None:  # too crowded to filter: these queries and the rest in float32
+                    rest = None if exclude is None else np.asarray(exclude[start:])
+                    idx_out[start:], sim_out[start:] = exact_search(q[start:], m, k, rest, block, progress,
+                                                                    product="torch")
+                    break
+                best_sims, best_idx, unsure = found
             else:
                 best_sims, best_idx = _block_top_k(q[start:stop], m, kk, chunk, buffer, slab, product, excluded)
             part, part_sims = best_idx.numpy(), best_sims.numpy()
@@ -305,7 +348,8 @@ class _BFloat16Memory:
 
     def block_top_k(self, q: np.ndarray, m: np.ndarray, k: int, chunk: int, buffer, slab: int,
                     excluded: np.ndarray | None):
-        """(similarities, rows) of each query's k best, unsorted, and the queries left to float32."""
+        """(similarities, rows) of each query's k best, unsorted, and the queries left to float32; None when
+        more than _BF16_MOST_CROWDED of the queries are too crowded to filter in the first chunk."""
         import torch
 
         rows = len(q)
@@ -315,20 +359,27 @@ class _BFloat16Memory:
         kept = torch.empty((rows, 0))  # bfloat16 similarities (as float32) of the candidates so far
         kept_idx = torch.empty((rows, 0), dtype=torch.int64)
         unsure = torch.zeros(rows, dtype=torch.bool)
+        # Rescoring a candidate gathers its vector, ~300x the cost of its share of a float32 product: beyond
+        # a three-hundredth of the memory, or 16 k, the filter saves less than it costs, and the row goes to
+        # float32.
+        cap = max(2 * k, min(16 * k, len(m) // 300))
         for lo in range(0, len(m), chunk):
             hi = min(len(m), lo + chunk)
             approx, columns, crowded = self._chunk_candidates(q16, self.vectors[lo:hi], min(k, hi - lo), buffer,
-                                                              slab, _excluded_in(excluded, lo, hi), window)
+                                                              slab, _excluded_in(excluded, lo, hi), window, cap)
             unsure |= crowded
-            kept, picked = _within_window(torch.cat([kept, approx], dim=1), k, window)
+            if lo == 0 and unsure.float().mean() > _BF16_MOST_CROWDED:
+                return None
+            kept, picked, crowded = _within_window(torch.cat([kept, approx], dim=1), k, window, cap)
             kept_idx = torch.cat([kept_idx, columns + lo], dim=1).gather(1, picked)
+            unsure |= crowded
         exact = _rescore(q32, torch.from_numpy(m), kept_idx)
         exact[kept == -torch.inf] = -torch.inf  # excluded rows
         top_sims, pick = torch.topk(exact, k, dim=1, sorted=False)
         return top_sims, kept_idx.gather(1, pick), torch.nonzero(unsure).flatten().numpy()
 
     @staticmethod
-    def _chunk_candidates(q16, m16, k: int, buffer, slab: int, excluded, window):
+    def _chunk_candidates(q16, m16, k: int, buffer, slab: int, excluded, window, cap: int):
         """(bfloat16 similarities, columns) of a chunk's candidates, and the rows too crowded to filter.
 
         The k-th best similarity t of a row is at least the k-th best group maximum g, so every
@@ -336,35 +387,39 @@ class _BFloat16Memory:
         """
         import torch
 
-        rows, width = len(q16), len(m16)
+        width = len(m16)
         grouped = width // _GROUP >= 4 * (k + 1)
         slabs, group_max = _slab_products(q16, m16, buffer, slab, "torch", excluded, grouped)
         if not grouped:
-            approx, picked = _within_window(torch.cat(slabs, dim=1).float(), k, window)
-            return approx, picked, torch.zeros(rows, dtype=torch.bool)
+            return _within_window(torch.cat(slabs, dim=1).float(), k, window, cap)
         group_max = torch.cat(group_max, dim=1).view(torch.bfloat16).float()
         g_k = torch.topk(group_max, k, dim=1).values[:, -1:]
         in_reach = (group_max >= g_k - window).sum(dim=1)
         # A row reaching past a quarter of the groups gains nothing from the filter; one whose reach
         # goes below zero would need the maxima of negative groups, which the bit-pattern maxima get
         # wrong (see _slab_products).
-        cap = max(k + 1, group_max.shape[1] // 4)
-        crowded = (in_reach > cap) | (g_k[:, 0] - window[:, 0] <= 0)
-        _, groups = torch.topk(group_max, int(min(cap, in_reach.max())), dim=1, sorted=False)
-        approx, picked = _within_window(_group_values(buffer, slabs, groups, slab, width).float(), k, window)
-        return approx, _candidate_columns(groups, picked, width), crowded
+        group_cap = max(k + 1, min(cap, group_max.shape[1] // 4))
+        crowded = (in_reach > group_cap) | (g_k[:, 0] - window[:, 0] <= 0)
+        _, groups = torch.topk(group_max, int(min(group_cap, in_reach.max())), dim=1, sorted=False)
+        approx, picked, too_many = _within_window(_group_values(buffer, slabs, groups, slab, width).float(), k,
+                                                  window, cap)
+        return approx, _candidate_columns(groups, picked, width), crowded | too_many
 
 
-def _within_window(sims, k: int, window):
-    """Each row's similarities within `window` of its k-th best (and as many more as the row with the
-    most needs, so the result is rectangular), with their positions: candidates stay few as chunks merge."""
+def _within_window(sims, k: int, window, cap: int):
+    """Each row's similarities within `window` of its k-th best, with their positions, and the rows that
+    have more than `cap` of them. The result is as wide as the row with the most needs, up to the cap
+    (those beyond it are cut short: they go to float32), so candidates stay few as chunks merge."""
     import torch
 
     if sims.shape[1] <= k:
-        return sims, torch.arange(sims.shape[1]).expand(sims.shape)
+        return sims, torch.arange(sims.shape[1]).expand(sims.shape), torch.zeros(len(sims), dtype=torch.bool)
     kth = torch.topk(sims, k, dim=1).values[:, -1:]
-    keep = int((sims >= kth - window).sum(dim=1).max())
-    return torch.topk(sims, keep, dim=1, sorted=False)
+    counts = (sims >= kth - window).sum(dim=1)
+    crowded = counts > cap
+    keep = int(max(k, counts[~crowded].max())) if not crowded.all() else k
+    top, picked = torch.topk(sims, keep, dim=1, sorted=False)
+    return top, picked, crowded
 
 
 def _rescore(q, m, columns, budget_bytes: int = 64 << 20):

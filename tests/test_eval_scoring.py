@@ -103,16 +103,19 @@ def test_bfloat16_similarities_stay_within_the_bound_its_filter_relies_on():
     assert error.max() > 0.1 * allowed.max()  # the bound is not vacuous: rounding does get close
 
 
-def test_bfloat16_search_is_exact_among_near_ties_and_falls_back_where_rows_are_crowded():
-    # 100 vectors 40 times over: the first ten queries' best rows tie in almost every group, too
-    # crowded for the filter, so they are answered in float32 throughout; the others are filtered.
-    base = random_unit_vectors(100, 32, seed=13)
-    m = np.concatenate([np.tile(base, (40, 1)), random_unit_vectors(4_000, 32, seed=14)])
-    q = np.concatenate([base[:10] + 0.01 * random_unit_vectors(10, 32, seed=15), random_unit_vectors(10, 32, seed=16)])
+@pytest.mark.parametrize("crowded_queries", [3, 20])
+def test_bfloat16_search_is_exact_among_near_ties_and_falls_back_where_rows_are_crowded(crowded_queries):
+    # 20 vectors 200 times over: a query near one of them ties with 200 rows, more than the filter
+    # rescores, so it is answered in float32. A few such queries go to float32 one by one (3 of 40);
+    # when most of a block is crowded (20 of 40), the whole search carries on in float32.
+    base = random_unit_vectors(20, 64, seed=13)
+    m = np.concatenate([np.tile(base, (200, 1)), random_unit_vectors(40_000, 64, seed=14)])
+    near = base[np.arange(crowded_queries) % 20] + 0.01 * random_unit_vectors(crowded_queries, 64, seed=15)
+    q = np.concatenate([near, random_unit_vectors(40 - crowded_queries, 64, seed=16)])
     idx, sims = exact_search(q, m, k=8, product="bfloat16")
-    expected = -np.sort(-(q @ m.T), axis=1)[:, :8]
-    assert np.allclose(sims, expected, atol=1e-6)
-    assert np.allclose(np.take_along_axis(q @ m.T, idx, axis=1), sims, atol=1e-6)
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :8]  # equal similarities in row order
+    assert np.array_equal(idx, full)
+    assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
 def test_bfloat16_search_is_exact_where_the_best_similarities_are_negative():

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from eval.exact import ProductBackend, default_product_backend, exact_search, measured_products
+from eval.exact import ProductBackend, exact_search, measured_products, product_for
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 from ._common import Quantization, VectorsDtype
@@ -146,7 +146,7 @@ def exact_search_efficiency(queries: np.ndarray, vecs: np.ndarray, k: int, repea
             t = timed(lambda p=p: exact_search(queries, vecs, k, product=p), 1)
             qps[p].append(len(queries) / t)
             ratio[p].append(flop / t / 1e9 / best)
-    used = default_product_backend()
+    used = product_for(len(vecs))
     res: dict[str, Any] = {
         "exact_product": used,
         "exact_qps_batch": round(statistics.median(qps[used]), 1),
