@@ -245,7 +245,8 @@ def _slab_products(q, m, buffer, slab: int, product: ProductBackend, excluded, g
 
     rows, width = len(q), len(m)
     whole = width // _GROUP * _GROUP
-    bounds = [*range(0, whole, slab), whole] + ([width] if whole < width else [])
+    # Ungrouped, the whole chunk is one slab, so that its top-k reads it in place.
+    bounds = [*range(0, whole, slab), whole] + ([width] if whole < width else []) if grouped else [0, width]
     slabs, group_max = [], []
     for a, b in itertools.pairwise(bounds):
         out = buffer[rows * a: rows * b].view(rows, b - a)
@@ -312,7 +313,7 @@ def _chunk_top_k(q: np.ndarray, m: np.ndarray, k: int, buffer, slab: int, produc
     slabs, group_max = _slab_products(torch.from_numpy(q), torch.from_numpy(m), buffer, slab, product,
                                       excluded, grouped)
     if not grouped:
-        return torch.topk(torch.cat(slabs, dim=1), k, dim=1, sorted=False)
+        return torch.topk(slabs[0], k, dim=1, sorted=False)
     top_groups_max, top_groups = torch.topk(torch.cat(group_max, dim=1), k + 1, dim=1, sorted=True)
     top_sims, picked = torch.topk(_group_values(buffer, slabs, top_groups[:, :k], slab, width), k, dim=1,
                                   sorted=False)
@@ -391,7 +392,7 @@ class _BFloat16Memory:
         grouped = width // _GROUP >= 4 * (k + 1)
         slabs, group_max = _slab_products(q16, m16, buffer, slab, "torch", excluded, grouped)
         if not grouped:
-            return _within_window(torch.cat(slabs, dim=1).float(), k, window, cap)
+            return _within_window(slabs[0].float(), k, window, cap)
         group_max = torch.cat(group_max, dim=1).view(torch.bfloat16).float()
         g_k = torch.topk(group_max, k, dim=1).values[:, -1:]
         in_reach = (group_max >= g_k - window).sum(dim=1)
