@@ -2,13 +2,14 @@
 
 A block of queries is multiplied by a chunk of memory rows at a time; the top-k of each chunk is found
 through the maxima of groups of columns (a cheap pass) and a top-k over the candidates of the best
-groups only, then merged across chunks. Three ways to multiply, chosen per CPU (`default_product_backend`):
+groups only, then merged across chunks. Three ways to multiply, chosen by CPU and memory size (`product_for`):
 
 * "numpy": float32 through numpy's BLAS, one product per chunk;
 * "torch": float32 through torch, in slabs whose group maxima are taken while still in cache;
 * "bfloat16": products in bfloat16 (AMX units multiply it ~4.7x faster than float32 on Intel Xeon),
   which only pick candidates: every memory row whose bfloat16 similarity lies within twice the proven
-  rounding bound of the k-th best is rescored in float32, so the k found are the float32 top-k.
+  rounding bound of the k-th best is rescored in float32, so the k found are the float32 top-k. It
+  holds a bfloat16 copy of the memory (half its bytes) for the call, and pays only on large memories.
 
 All three return the same neighbours up to float rounding (near-ties may order differently).
 """
@@ -51,15 +52,16 @@ _BF16_MOST_CROWDED = 0.25
 _BF16_MIN_ROWS = 500_000
 
 
-def _cpu_flags() -> tuple[str, set[str]]:
-    vendor, flags = "", set()
+@functools.cache
+def _cpu_flags() -> tuple[str, frozenset[str]]:
+    vendor, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("vendor_id") and not vendor:
                     vendor = line.split(":", 1)[1].strip()
                 elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
+                    flags = frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
     return vendor, flags
@@ -77,10 +79,10 @@ def default_product_backend() -> ProductBackend:
     product cost more than the group maxima themselves); through numpy elsewhere (on AMD EPYC MKL
     reached 0.61 of sgemm where OpenBLAS reached 0.94).
     """
-    vendor, flags = _cpu_flags()
+    _, flags = _cpu_flags()
     if flags & _BF16_FLAGS and _bfloat16_speedup() >= 2.0:
         return "bfloat16"
-    return "torch" if vendor == "GenuineIntel" else "numpy"
+    return _float32_product()
 
 
 def _bfloat16_speedup() -> float:
@@ -106,7 +108,13 @@ def _bfloat16_speedup() -> float:
 def product_for(memory_rows: int) -> ProductBackend:
     """How `exact_search` multiplies by default over a memory of this many rows."""
     product = default_product_backend()
-    return "torch" if product == "bfloat16" and memory_rows < _BF16_MIN_ROWS else product
+    return _float32_product() if product == "bfloat16" and memory_rows < _BF16_MIN_ROWS else product
+
+
+def _float32_product() -> ProductBackend:
+    """The faster float32 product on this CPU (see `default_product_backend`)."""
+    vendor, _ = _cpu_flags()
+    return "torch" if vendor == "GenuineIntel" else "numpy"
 
 
 def measured_products() -> tuple[ProductBackend, ...]:
@@ -181,7 +189,7 @@ def exact_search(
                 if found is None:  # too crowded to filter: these queries and the rest in float32
                     rest = None if exclude is None else np.asarray(exclude[start:])
                     idx_out[start:], sim_out[start:] = exact_search(q[start:], m, k, rest, block, progress,
-                                                                    product="torch")
+                                                                    product=_float32_product())
                     break
                 best_sims, best_idx, unsure = found
             else:
@@ -194,7 +202,7 @@ def exact_search(
             if len(unsure):  # rows too crowded near their k-th similarity to filter: float32 throughout
                 rows = start + unsure
                 idx_out[rows], sim_out[rows] = exact_search(
-                    q[rows], m, k, None if excluded is None else excluded[unsure], product="torch")
+                    q[rows], m, k, None if excluded is None else excluded[unsure], product=_float32_product())
             if progress:
                 progress(stop - start)
     if exclude is not None:  # an excluded row can only surface when the memory is smaller than k
