@@ -36,6 +36,8 @@ from .featurizers import FeaturizerError, FeaturizerSpec
 DEFAULT_COLLECTION = "vmem"
 META_FILE = "vmem.json"
 SHARD_DIR = "shard"
+# Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
+ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
@@ -270,6 +272,11 @@ class MemoryStore(ABC):
     @abstractmethod
     def save_meta(self) -> None:
         """Persist `self.meta` (after changing its settings)."""
+
+    def prefetch(self) -> int:
+        """Read what searches use once, so that the OS caches it; returns the bytes read (0 where there is
+        nothing to read: a Qdrant server holds its own files)."""
+        return 0
 
     def optimize(self) -> None:  # noqa: B027 - a no-op unless the backend has work to do
         """Build indexes now rather than at the first query."""
@@ -539,6 +546,36 @@ class EdgeMemoryStore(MemoryStore):
     def optimize(self) -> None:
         with self._write_lock:
             self.shard.optimize()
+
+    def search_files(self) -> list[Path]:
+        """The engine's files that searches read, the original vectors first.
+
+        Not the write-ahead log or the payload indexes: searches never read them (no filter while nothing
+        is excluded).
+        """
+        files = [f for f in (self.path / SHARD_DIR).rglob("*")
+                 if f.is_file() and not {"wal", "payload_index"} & set(f.parts)]
+        return sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
+
+    def prefetch(self) -> int:
+        """Read the search files once, so that the page cache holds them; returns the bytes read.
+
+        A memory opened cold answers its first queries slowly: with int8 each query faults in its candidates'
+        original vectors one page at a time (1.28M points: 343 against 1,455 batched queries a second). Read
+        here, they come in large sequential requests instead (1.28M points: 1.8 GiB in 3.6 s on the benchmark
+        machine). posix_fadvise WILLNEED alone left a fifth of a file unread. `vmem serve` calls this before
+        taking traffic: beside queries it hardly progresses, as the engine holds the GIL while it searches.
+        """
+        done = 0
+        buffer = bytearray(8 << 20)
+        for f in self.search_files():
+            try:
+                with open(f, "rb", buffering=0) as fh:
+                    while n := fh.readinto(buffer):
+                        done += n
+            except FileNotFoundError:  # a segment merged away meanwhile
+                continue
+        return done
 
     def flush(self) -> None:
         with self._write_lock:

@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
             loaded = await run_in_threadpool(open_memory, settings)
             app.state.service = ClassifierService(loaded, settings, metrics, owns_memory=True)
         service: ClassifierService = app.state.service
+        if settings.prefetch_memory:
+            await service.run(service.prefetch_memory)
         await service.run(service.warm_up)
         log.info("ready: %s, %d points", service.memory.store.meta.featurizer.name, service.memory.store.count())
         try:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
     ood_sample_size: int = Field(256, ge=8, le=10_000, description="memory points sampled to calibrate OOD")
 
+    prefetch_memory: bool = Field(
+        True, description="read the memory's search files once at start-up, before taking traffic, so that "
+        "the first queries do not wait on the disk")
     featurize_threads: int = Field(2, ge=1, le=64, description="threads that decode and embed images")
     result_cache_size: int = Field(1024, ge=0, description="classify answers kept per memory version (0: off)")
     thumbnail_dir: Path | None = Field(

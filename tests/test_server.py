@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 
@@ -133,6 +134,16 @@ def test_label_filter_keeps_only_those_labels(client):
 def test_every_vote_rule(client, rule):
     body = client.post(f"/v1/classify?k=4&vote={rule}", files=upload(texture(COLORS["blue"], 7))).json()
     assert body["label"] == "blue" and body["vote"]["rule"] == rule
+
+
+def test_the_service_reads_an_embedded_memory_before_taking_traffic(make_client, caplog):
+    with caplog.at_level(logging.INFO, logger="server.service"):
+        client = make_client()  # start-up returns once the memory has been read
+        assert any("of the memory ahead of queries" in r.getMessage() for r in caplog.records)
+        assert client.get("/healthz").status_code == 200
+        caplog.clear()
+        make_client(prefetch_memory=False)
+        assert not any("ahead of queries" in r.getMessage() for r in caplog.records)
 
 
 def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, lite0, memory_images):

@@ -16,8 +16,8 @@ from retrieval import (
     open_store,
     point_id_for,
 )
+from retrieval.store import ORIGINAL_VECTORS_FILE
 from tests.conftest import random_unit_vectors
-from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
@@ -253,8 +253,13 @@ def test_a_memory_stored_before_later_settings_keeps_what_it_was_built_with(tmp_
         assert s.count() == 15
 
 
+# Enough 384-d points for the engine to index a segment (it indexes past 10,000 KB of stored vectors: 13,334
+# float16 ones); only indexed segments keep their originals in ORIGINAL_VECTORS_FILE.
+INDEXED_POINTS = 14_000
+
+
 def test_float16_originals_take_half_the_bytes_and_keep_nearly_all_answers(tmp_path):
-    vecs = random_unit_vectors(3000, 384, seed=5)
+    vecs = random_unit_vectors(INDEXED_POINTS, 384, seed=5)
     queries = random_unit_vectors(20, 384, seed=6)
     answers, originals_bytes = {}, {}
     for dtype in ("float32", "float16"):
@@ -262,7 +267,8 @@ def test_float16_originals_take_half_the_bytes_and_keep_nearly_all_answers(tmp_p
                            index=IndexSettings(vectors_dtype=dtype))
         ids = store.add(vecs, ["a"] * len(vecs), [f"/v/{i}" for i in range(len(vecs))])
         store.optimize()
-        answers[dtype] = [[h.id for h in hits] for hits in store.query_batch(queries, 10)]
+        # Exact search, so that only the rounding differs (two HNSW builds differ by more than that).
+        answers[dtype] = [[h.id for h in hits] for hits in store.query_batch(queries, 10, exact=True)]
         stored = store.retrieve(ids[:5], with_vectors=True)
         if dtype == "float16":  # the stored values are what was added, rounded to float16
             by_id = {p.id: p.vector for p in stored}
@@ -276,7 +282,60 @@ def test_float16_originals_take_half_the_bytes_and_keep_nearly_all_answers(tmp_p
     # Random vectors are the hard case (neighbours within ~0.01 of each other); rounding reorders few.
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(answers["float16"], answers["float32"], strict=True)]
     assert np.mean(overlap) >= 0.95
+    assert originals_bytes["float32"] >= INDEXED_POINTS * 384 * 4  # indexed: the file is there
     assert originals_bytes["float16"] * 2 == pytest.approx(originals_bytes["float32"], rel=0.05)
+
+
+def resident_fraction(path) -> float:
+    """Share of a file's pages in the page cache (mincore over a fresh read-only mapping, which reads nothing)."""
+    import ctypes
+    import mmap
+    import os
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec) / pages
+
+
+def test_an_embedded_memory_prefetches_what_its_searches_read(tmp_path):
+    import os
+
+    with open_store(tmp_path / "memory", SPEC.model_copy(update={"dim": 384})) as store:
+        store.add(random_unit_vectors(INDEXED_POINTS, 384, seed=7), ["a"] * INDEXED_POINTS,
+                  [f"/d/{i}.jpg" for i in range(INDEXED_POINTS)])
+        store.optimize()
+    with open_store(tmp_path / "memory") as store:
+        files = store.search_files()
+        assert str(files[0]).endswith(ORIGINAL_VECTORS_FILE)  # the originals first: rescoring reads them
+        assert not any({"wal", "payload_index"} & set(f.parts) for f in files)
+        originals = [f for f in files if str(f).endswith(ORIGINAL_VECTORS_FILE)]
+        for f in originals:  # out of the page cache, as after a reboot
+            fd = os.open(f, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        cold = min(resident_fraction(f) for f in originals)
+        assert store.prefetch() == sum(f.stat().st_size for f in files)
+        assert cold < 0.5 and min(resident_fraction(f) for f in originals) >= 0.99
+
+
+def test_a_server_memory_has_nothing_to_prefetch():
+    with open_store(":memory:", SPEC) as store:
+        assert store.prefetch() == 0
 
 
 _OPEN_HEAP_PROBE = """

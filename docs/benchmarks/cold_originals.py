@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from retrieval import open_store
-from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE as ORIGINALS
+from retrieval.store import ORIGINAL_VECTORS_FILE as ORIGINALS
 from vmem.cli.bench_search import mapped_rss_mb, rss_mb
 
 MADV_PAGEOUT = 21

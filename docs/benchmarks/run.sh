@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|random-reads|featurize|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|random-reads|cold-open|featurize|classify|forget|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +43,13 @@ for step in "${steps[@]}"; do
     search-1m-latest) run search-1m-latest vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss --repeats 5 ;;
     # Uncached random 4 KiB reads a second from this disk, 1-64 threads: the ceiling on rescoring from disk.
     random-reads) python docs/benchmarks/random_reads.py > "$OUT/random-reads.json" ;;
+    # A 1.28M memory opened cold (files dropped from the page cache): queries straight away, with the files read
+    # beside them, or read first (what vmem serve does).
+    cold-open)
+      vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss --keep --repeats 1 > /dev/null 2> "$OUT/cold-open.log"
+      kept=$(grep -o 'kept the built memories under .*' "$OUT/cold-open.log" | awk '{print $NF}')
+      python docs/benchmarks/cold_open.py "$kept/memory-0" --queries 1000 --rounds 6 --repeats 2 > "$OUT/cold-open.json"
+      rm -rf "$kept" ;;
     # Then the kept memory with its original vectors evicted from RAM: queries that read them back from disk.
     cold-originals)
       kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-disk.log" | awk '{print $NF}')

@@ -109,7 +109,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge  # noqa: F401 - loaded before joining: the library's pages are not the memory's
 from retrieval import open_store
-from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE, recall_at, rss_mb, synthetic_indices
+from vmem.cli.bench_search import recall_at, rss_mb, synthetic_indices
 memory, query_file, truth_file, fresh_file, k, procs_file = sys.argv[1:7]
 k, queries, truth, fresh = int(k), np.load(query_file), np.load(truth_file), np.load(fresh_file)
 rss0 = rss_mb()
@@ -119,11 +119,8 @@ store = open_store(memory)
 res = {"open_s": round(time.perf_counter() - t, 2)}
 # A long-running server ends up with as much of what its searches read cached as its RAM allows: read those
 # files once (the original vectors first, so that the graph and payload are the most recently used), so that
-# every limit is timed near that steady state rather than while its cache fills. Searches never read the
-# write-ahead log or the payload indexes (no filter while nothing is excluded): left out, as a server's
-# cache would in time drop them.
-files = [f for f in Path(memory).rglob("*") if f.is_file() and not {"wal", "payload_index"} & set(f.parts)]
-for f in sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE)):
+# every limit is timed near that steady state rather than while its cache fills.
+for f in store.search_files():
     with open(f, "rb", buffering=0) as fh:
         while fh.read(16 << 20):
             pass

@@ -86,7 +86,6 @@ def fresh_queries(centres: np.ndarray, count: int, seed: int, same_class_cos: fl
 
 
 # The engine's file of original float32 vectors (with int8 they are read only to rescore candidates).
-ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
 
 
 def add_synthetic(store, vecs: np.ndarray, labels: np.ndarray, step: int = 20_000) -> None:
@@ -328,7 +327,8 @@ import json, sys
 import numpy as np
 import qdrant_edge  # noqa: F401 - its library's pages are not the memory's
 from retrieval import open_store
-from vmem.cli.bench_search import ORIGINAL_VECTORS_FILE, mapped_rss_mb, rss_mb
+from retrieval.store import ORIGINAL_VECTORS_FILE
+from vmem.cli.bench_search import mapped_rss_mb, rss_mb
 before = {f: rss_mb(f) for f in ("VmRSS", "RssAnon", "RssFile")}
 store = open_store(sys.argv[1])
 for _ in range(2):
