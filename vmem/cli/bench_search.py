@@ -18,12 +18,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
 
-from eval.exact import ProductBackend, exact_search, measured_products, product_for
+from eval.exact import exact_search, measured_products, product_for
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 from ._common import Quantization, VectorsDtype
@@ -85,9 +85,6 @@ def fresh_queries(centres: np.ndarray, count: int, seed: int, same_class_cos: fl
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-# The engine's file of original float32 vectors (with int8 they are read only to rescore candidates).
-
-
 def add_synthetic(store, vecs: np.ndarray, labels: np.ndarray, step: int = 20_000) -> None:
     """Insert vector i as the point `synthetic:i` labelled `c<class>`, `step` points per call."""
     for s in range(0, len(vecs), step):
@@ -104,7 +101,7 @@ def recall_at(found: list[list[int]] | np.ndarray, truth: np.ndarray, k: int) ->
     return float(np.mean([len(set(list(f)[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth, strict=True)]))
 
 
-def sgemm_gflops(size: int = 2048, repeats: int = 5, library: ProductBackend = "numpy") -> float:
+def sgemm_gflops(size: int = 2048, repeats: int = 5, library: Literal["numpy", "torch"] = "numpy") -> float:
     """The machine's float32 matrix-multiply throughput through numpy or torch (median of repeats)."""
     import torch
 
@@ -132,7 +129,7 @@ def exact_search_efficiency(queries: np.ndarray, vecs: np.ndarray, k: int, repea
     be. Figures are medians over repeats; the unsuffixed ones are the product `exact_search` uses here.
     """
     flop = 2 * len(vecs) * vecs.shape[1] * len(queries)
-    libraries: tuple[ProductBackend, ...] = ("numpy", "torch")
+    libraries: tuple[Literal["numpy", "torch"], ...] = ("numpy", "torch")
     products = measured_products()
     sgemm: dict[str, list[float]] = {lib: [] for lib in libraries}
     qps: dict[str, list[float]] = {p: [] for p in products}
