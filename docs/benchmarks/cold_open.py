@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,23 +28,16 @@ import numpy as np
 MODES = ("plain", "prefetch", "prefetch-first")
 
 
-def evict(memory: Path) -> None:
-    for f in memory.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-
-
 def child(memory: Path, mode: str, queries: int, rounds: int, classes: int, seed: int) -> dict:
     from retrieval import open_store
+    from vmem.cli.bench_ram_limit import evict_from_page_cache
     from vmem.cli.bench_search import fresh_queries
 
     rng = np.random.default_rng(0)  # synthetic_features draws its class centres first
     centres = rng.standard_normal((classes, 384)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     qs = fresh_queries(centres, queries * rounds, seed)
-    evict(memory)
+    evict_from_page_cache(memory)
     t0 = time.perf_counter()
     store = open_store(memory)
     res: dict = {"mode": mode, "open_s": round(time.perf_counter() - t0, 2)}
