@@ -217,3 +217,18 @@ def test_original_vectors_can_be_stored_as_float16(image_folder, tmp_path):
     assert json.loads(out.output.splitlines()[0])["label"] == "blue"
     bad = run(*args, "--vectors-dtype", "int4")
     assert bad.exit_code == 2 and "int4" in bad.output
+
+
+def test_search_ef_is_set_at_build_and_can_be_changed_on_an_existing_memory(image_folder, tmp_path):
+    memory = tmp_path / "ef"
+    args = ["build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0"]
+    assert run(*args, "--hnsw-ef", "192").exit_code == 0
+    assert json.loads(run("info", "--memory", memory, "--json").output)["index"]["hnsw_ef"] == 192
+    # A search setting, not part of the built index: a later build changes it (and says so) instead of refusing.
+    again = run(*args, "--hnsw-ef", "256")
+    assert again.exit_code == 0 and "search ef of this memory: 192 -> 256" in again.output
+    assert "index settings are fixed" not in again.output
+    assert json.loads(run("info", "--memory", memory, "--json").output)["index"]["hnsw_ef"] == 256
+    out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+    assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+    assert run(*args, "--hnsw-ef", "2").exit_code == 2  # below the minimum
