@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|random-reads|cold-open|featurize|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,6 +57,11 @@ for step in "${steps[@]}"; do
       rm -rf "$kept" ;;
     # Decoding in-process between forwards (the default on 2 cores) against one worker process, same run.
     featurize) run featurize vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 16,64 --workers auto,1 ;;
+    # Choosing a featurizer: throughput of each shipped model in one run, and what the dimension costs the memory.
+    featurizers) run featurizers vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 64 \
+                   --models efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,dinov2-small ;;
+    search-by-dim) python docs/benchmarks/search_by_dim.py 200000 384,768,1280 > "$OUT/search-by-dim.json" \
+                     2> >(tee "$OUT/search-by-dim.log" >&2) ;;
     forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
     classify)
       # A real memory: Tiny-ImageNet train (20,200 images) embedded with EfficientNet-Lite0.

@@ -8,6 +8,11 @@ COMMON=(--memory-dataset "$D/train" --featurizer efficientnet-lite0)
 
 # Accuracy against k for the four rules, hit rate, neighbour reliability, calibration (+ timing in results.json).
 vmem eval "${COMMON[@]}" --dataset "$D/val" --classes "$D/classes.tsv" --out "$OUT/tiny-imagenet-lite0"
+# The same for the larger EfficientNet-Lite variants (choosing a featurizer: docs/benchmarks.md).
+for v in 1 2; do
+  vmem eval --memory-dataset "$D/train" --featurizer efficientnet-lite$v --dataset "$D/val" --classes "$D/classes.tsv" \
+    --out "$OUT/tiny-imagenet-lite$v"
+done
 
 # The paper's experiments, on the same cached features.
 for name in pruning corruption scaling ood-classes granularity unlearning; do

@@ -78,7 +78,8 @@ def featurize(
         help="ImageFolder of JPEGs (default: synthetic 500x375 JPEGs)")] = None,
     images: Annotated[int, typer.Option(help="images per pipeline run")] = 256,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "16,64",
-    models: Annotated[str, typer.Option(help="comma-separated: efficientnet-lite0, dinov2-small")] = (
+    models: Annotated[str, typer.Option(
+        help="comma-separated: efficientnet-lite0/1/2 (real weights), dinov2-small (random weights)")] = (
         "efficientnet-lite0,dinov2-small"),
     workers: Annotated[str, typer.Option(
         help="comma-separated DataLoader worker counts to compare; auto: the featurizer's default")] = "auto",
