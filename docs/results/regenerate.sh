@@ -4,6 +4,8 @@
 set -euo pipefail
 D=${VMEM_TINY_IMAGENET:-../shared/data/tiny-imagenet-200}
 OUT=docs/results
+# The same cache as docs/benchmarks/run.sh and the tests, so Tiny-ImageNet is embedded once for all three.
+export VMEM_FEATURE_CACHE=${VMEM_FEATURE_CACHE:-.cache/features}
 COMMON=(--memory-dataset "$D/train" --featurizer efficientnet-lite0)
 
 # Accuracy against k for the four rules, hit rate, neighbour reliability, calibration (+ timing in results.json).
