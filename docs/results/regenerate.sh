@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates every figure and table in docs/results/ from Tiny-ImageNet with EfficientNet-Lite0.
+# Regenerates every figure and table in docs/results/ from Tiny-ImageNet with EfficientNet-Lite0 (and the
+# accuracy tables of Lite1 and Lite2).
 # Features are computed once and cached by file content (VMEM_FEATURE_CACHE); re-runs take seconds to minutes.
 set -euo pipefail
 D=${VMEM_TINY_IMAGENET:-../shared/data/tiny-imagenet-200}
