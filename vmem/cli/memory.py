@@ -58,7 +58,7 @@ def build(
         int | None,
         typer.Option(min=8, help=f"HNSW candidates while searching (default {IndexSettings().hnsw_ef}); a search "
                                  "setting, so it also changes an existing memory. Higher: better recall, slower; "
-                                 "1280-d features need ~192 for recall@50 0.99 (docs/benchmarks.md)"),
+                                 "1280-d synthetic features needed ~192 for recall@50 0.99 (docs/benchmarks.md)"),
     ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
