@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from eval.exact import exact_search, product_for
@@ -27,6 +28,7 @@ from vmem.cli.bench_search import (
     sgemm_gflops,
     synthetic_features,
     synthetic_indices,
+    timed,
 )
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
@@ -36,6 +38,15 @@ n_queries, n_single, k, batch, rounds = 1000, 500, 50, 100, 3
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def batched(store, queries):
+    """`query_batch` in calls of `batch` queries, as a server batching requests would make them."""
+    return [hits for s in range(0, len(queries), batch) for hits in store.query_batch(queries[s : s + batch], k)]
+
+
+def one_by_one(store, queries):
+    return [store.query(q, k) for q in queries]
 
 
 say(f"machine: {json.dumps(machine_info())}")
@@ -52,12 +63,11 @@ with tempfile.TemporaryDirectory(prefix="vmem-dims-") as tmp:
         store.optimize()
         build_s = time.perf_counter() - t0
         store.flush()
-        batched = [synthetic_indices(h) for s in range(0, n_queries, batch)
-                   for h in store.query_batch(queries[s : s + batch], k)]
-        single = [synthetic_indices(store.query(q, k)) for q in queries[:n_single]]
+        found = [synthetic_indices(hits) for hits in batched(store, queries)]
+        single = [synthetic_indices(hits) for hits in one_by_one(store, queries[:n_single])]
         rows[dim] = {"dim": dim, "build_s": round(build_s, 1), "disk_mb": round(dir_mb(Path(tmp) / str(dim)), 1),
                      "raw_vector_mb": round(vecs.nbytes / 2**20, 1),
-                     "recall_at_50": round(recall_at(batched, truth, k), 4),
+                     "recall_at_50": round(recall_at(found, truth, k), 4),
                      "recall_at_50_single": round(recall_at(single, truth[:n_single], k), 4),
                      "batch_s": [], "single_s": [], "exact_s": []}
         data[dim], stores[dim] = (vecs, queries), store
@@ -67,17 +77,9 @@ with tempfile.TemporaryDirectory(prefix="vmem-dims-") as tmp:
     for _ in range(rounds):
         for dim in dims:
             (vecs, queries), store, row = data[dim], stores[dim], rows[dim]
-            t = time.perf_counter()
-            for s in range(0, n_queries, batch):
-                store.query_batch(queries[s : s + batch], k)
-            row["batch_s"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for q in queries[:n_single]:
-                store.query(q, k)
-            row["single_s"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            exact_search(queries, vecs, k)
-            row["exact_s"].append(time.perf_counter() - t)
+            row["batch_s"].append(timed(partial(batched, store, queries), 1))
+            row["single_s"].append(timed(partial(one_by_one, store, queries[:n_single]), 1))
+            row["exact_s"].append(timed(partial(exact_search, queries, vecs, k), 1))
     for store in stores.values():
         store.close()
 
