@@ -187,6 +187,8 @@ def exact_search(
             if memory16 is not None:
                 found = memory16.block_top_k(q[start:stop], m, kk, chunk, buffer, slab, excluded)
                 if found is None:  # too crowded to filter: these queries and the rest in float32
+                    # Released first: the float32 search makes its own buffer (~1 GiB) and needs no bfloat16 copy.
+                    buffer = memory16 = None
                     rest = None if exclude is None else np.asarray(exclude[start:])
                     idx_out[start:], sim_out[start:] = exact_search(q[start:], m, k, rest, block, progress,
                                                                     product=_float32_product())
