@@ -32,6 +32,8 @@ _QUERY_BLOCK = 1024
 _BLOCK_BYTES = 1 << 30
 # Columns per group in the two-step top-k (group maxima first); see _chunk_top_k.
 _GROUP = 64
+# The two-step top-k pays from this many groups per neighbour sought (k + 1 groups are read back).
+_GROUPS_PER_NEIGHBOUR = 4
 # With torch, a chunk is multiplied in slabs of this many columns, each taking its group maxima while
 # it is still in cache (a 1,024-query float32 slab is 256 MiB); a separate pass over the whole 1 GiB
 # block from RAM cost ~10 % of the search.
@@ -173,7 +175,8 @@ def exact_search(
     chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (dtype.itemsize * block)))
     # Each slab is wide enough for the group-maxima top-k and holds whole groups. numpy multiplies a
     # chunk in one product: its threads and torch's take turns on the cores after every product.
-    slab = chunk if product == "numpy" else -(-max(slab or _SLAB_COLUMNS, 4 * (kk + 1) * _GROUP) // _GROUP) * _GROUP
+    min_slab = _GROUPS_PER_NEIGHBOUR * (kk + 1) * _GROUP
+    slab = chunk if product == "numpy" else -(-max(slab or _SLAB_COLUMNS, min_slab) // _GROUP) * _GROUP
     # One similarity buffer per call, reused for every block. (A fresh buffer per call is still zeroed by
     # the kernel, a few % of a 1,000-query search; keeping it in the heap would need mallopt, a
     # process-wide setting that also holds on to the vector engine's freed memory.)
@@ -307,6 +310,11 @@ def _candidate_columns(groups, picked, width: int):
     return torch.where(grouped, first + picked % _GROUP, width // _GROUP * _GROUP + picked - in_groups)
 
 
+def _groups_pay(width: int, k: int) -> bool:
+    """Whether a chunk this wide has enough groups for the two-step top-k to gain anything."""
+    return width // _GROUP >= _GROUPS_PER_NEIGHBOUR * (k + 1)
+
+
 def _chunk_top_k(q: np.ndarray, m: np.ndarray, k: int, buffer, slab: int, product: ProductBackend, excluded=None):
     """torch.topk(q @ m.T, k, dim=1), unsorted, found through the maxima of groups of _GROUP columns.
 
@@ -319,7 +327,7 @@ def _chunk_top_k(q: np.ndarray, m: np.ndarray, k: int, buffer, slab: int, produc
     import torch
 
     width = len(m)
-    grouped = width // _GROUP >= 4 * (k + 1)  # else too few groups to gain anything
+    grouped = _groups_pay(width, k)
     slabs, group_max = _slab_products(torch.from_numpy(q), torch.from_numpy(m), buffer, slab, product,
                                       excluded, grouped)
     if not grouped:
@@ -399,7 +407,7 @@ class _BFloat16Memory:
         import torch
 
         width = len(m16)
-        grouped = width // _GROUP >= 4 * (k + 1)
+        grouped = _groups_pay(width, k)
         slabs, group_max = _slab_products(q16, m16, buffer, slab, "torch", excluded, grouped)
         if not grouped:
             return _within_window(slabs[0].float(), k, window, cap)
