@@ -23,19 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 MODES = ("plain", "prefetch", "prefetch-first")
 
 
 def child(memory: Path, mode: str, queries: int, rounds: int, classes: int, seed: int) -> dict:
     from retrieval import open_store
     from vmem.cli.bench_ram_limit import evict_from_page_cache
-    from vmem.cli.bench_search import fresh_queries
+    from vmem.cli.bench_search import fresh_queries, synthetic_features
 
-    rng = np.random.default_rng(0)  # synthetic_features draws its class centres first
-    centres = rng.standard_normal((classes, 384)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    _, _, centres = synthetic_features(0, 384, classes, 0)  # the memory's class centres, no vectors
     qs = fresh_queries(centres, queries * rounds, seed)
     evict_from_page_cache(memory)
     t0 = time.perf_counter()
