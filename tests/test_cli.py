@@ -232,3 +232,20 @@ def test_search_ef_is_set_at_build_and_can_be_changed_on_an_existing_memory(imag
     out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
     assert json.loads(out.output.splitlines()[0])["label"] == "blue"
     assert run(*args, "--hnsw-ef", "2").exit_code == 2  # below the minimum
+
+
+def test_a_memory_can_be_told_to_answer_from_its_codes_alone(image_folder, tmp_path):
+    memory = tmp_path / "codes"
+    args = ["build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0"]
+    assert run(*args, "--quantization", "turboquant8").exit_code == 0
+    index = json.loads(run("info", "--memory", memory, "--json").output)["index"]
+    assert index["quantization"] == "turboquant8" and index["rescore"]
+    # Like the search ef, a search setting: an existing memory takes it (for a server short of RAM).
+    again = run(*args, "--no-rescore")
+    assert again.exit_code == 0 and "rescoring of this memory: on -> off" in again.output
+    assert not json.loads(run("info", "--memory", memory, "--json").output)["index"]["rescore"]
+    out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+    assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+    plain = run("build", image_folder / "train", "--memory", tmp_path / "plain", "--featurizer", "efficientnet-lite0",
+                "--workers", "0", "--quantization", "none", "--no-rescore")
+    assert plain.exit_code == 0 and "not quantized" in plain.output

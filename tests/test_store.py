@@ -16,8 +16,9 @@ from retrieval import (
     open_store,
     point_id_for,
 )
-from retrieval.store import ORIGINAL_VECTORS_FILE
+from retrieval.store import ORIGINAL_VECTORS_FILE, server_quantization_config
 from tests.conftest import random_unit_vectors
+from vmem.cli.bench_search import fresh_queries
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
@@ -331,6 +332,57 @@ def test_an_embedded_memory_prefetches_what_its_searches_read(tmp_path):
         cold = min(resident_fraction(f) for f in originals)
         assert store.prefetch() == sum(f.stat().st_size for f in files)
         assert cold < 0.5 and min(resident_fraction(f) for f in originals) >= 0.99
+
+
+def test_a_memory_that_does_not_rescore_answers_from_its_codes_without_reading_the_originals(tmp_path):
+    """Codes only: what a server with too little RAM to cache the originals can serve at full speed.
+
+    TurboQuant's codes take as many bytes as int8's but score closer to the true similarities, so without
+    rescoring they keep more of the true neighbours.
+    """
+    import os
+
+    from vmem.cli.bench_search import synthetic_features
+
+    vecs, _, centres = synthetic_features(INDEXED_POINTS, 384, 14, seed=8)
+    queries = fresh_queries(centres, 50, seed=9)
+    truth = np.argsort(-(queries @ vecs.T), axis=1)[:, :50]
+    spec = SPEC.model_copy(update={"dim": 384})
+    recall = {}
+    for quantization in ("int8", "turboquant8"):
+        path = tmp_path / quantization
+        with open_store(path, spec, index=IndexSettings(quantization=quantization, rescore=False)) as store:
+            store.add(vecs, ["a"] * len(vecs), [f"/v/{i}" for i in range(len(vecs))])
+            store.optimize()
+        with open_store(path) as store:
+            assert not store.meta.index.rescore  # stored with the memory
+            originals = [f for f in path.rglob("*") if str(f).endswith(ORIGINAL_VECTORS_FILE)]
+            assert originals and not set(originals) & set(store.search_files())  # nothing to prefetch there
+            for f in originals:  # out of the page cache, as after a reboot
+                fd = os.open(f, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            found = store.query_batch(queries, 50)
+            assert max(resident_fraction(f) for f in originals) < 0.05  # the queries read none of them
+            recall[quantization] = np.mean([len({h.source for h in hits} & {f"/v/{i}" for i in row}) / 50
+                                            for row, hits in zip(truth, found, strict=True)])
+            # Scores are the codes' estimates of the cosine similarity.
+            exact = {f"/v/{i}": float(queries[0] @ vecs[i]) for i in range(len(vecs))}
+            assert all(abs(h.similarity - exact[h.source]) < 0.02 for h in found[0])
+    assert recall["turboquant8"] >= 0.95 and recall["turboquant8"] > recall["int8"]
+
+
+def test_a_server_memory_takes_turboquant_codes_and_the_rescore_setting():
+    from qdrant_client import models as qm
+
+    # What the collection is created with on a Qdrant server (the local mode drops quantization configs).
+    config = server_quantization_config(IndexSettings(quantization="turboquant8"))
+    assert isinstance(config, qm.TurboQuantization) and config.turbo.bits == qm.TurboQuantBitSize.BITS8
+    assert server_quantization_config(IndexSettings(quantization="none")) is None
+    with open_store(":memory:", SPEC, index=IndexSettings(quantization="turboquant8", rescore=False)) as store:
+        vecs, _, _, ids = fill(store)
+        assert [hits[0].id for hits in store.query_batch(vecs[:3], k=5)] == ids[:3]  # codes-only search params
+        assert store.meta.index.quantization == "turboquant8" and not store.meta.index.rescore
 
 
 def test_a_server_memory_has_nothing_to_prefetch():

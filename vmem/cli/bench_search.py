@@ -374,8 +374,12 @@ def search(
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct")] = IndexSettings().ef_construct,
     hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
     quantization: Annotated[list[Quantization] | None, typer.Option(
-        help="int8: scalar quantization with rescoring; give it twice (none, int8) to compare both in one run")] = None,
-    oversampling: Annotated[float, typer.Option(help="int8 oversampling")] = IndexSettings().oversampling,
+        help="int8 (scalar) or turboquant8 codes, rescored unless --no-rescore; give it more than once (none, "
+             "int8, turboquant8) to compare them in one run")] = None,
+    oversampling: Annotated[float, typer.Option(help="quantized: oversampling")] = IndexSettings().oversampling,
+    rescore: Annotated[bool, typer.Option(
+        help="quantized: re-rank candidates by the original vectors; --no-rescore answers from the codes alone"),
+    ] = IndexSettings().rescore,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
     vectors_dtype: Annotated[list[VectorsDtype] | None, typer.Option(
@@ -395,7 +399,8 @@ def search(
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
-                              oversampling=oversampling, vectors_on_disk=vectors_on_disk, vectors_dtype=t.value)
+                              oversampling=oversampling, rescore=rescore, vectors_on_disk=vectors_on_disk,
+                              vectors_dtype=t.value)
                 for q in quantization or [Quantization(IndexSettings().quantization)]
                 for t in vectors_dtype or [VectorsDtype(IndexSettings().vectors_dtype)]]
     machine = machine_info()

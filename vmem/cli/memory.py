@@ -28,6 +28,13 @@ from ._common import (
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
 
 
+_SEARCH_SETTING_NAMES = {"hnsw_ef": "search ef", "rescore": "rescoring"}
+
+
+def _shown(value: object) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
 def build(
     dataset: Annotated[Path, typer.Argument(help="ImageFolder root (ROOT/<label>/<image>) or a path,label CSV")],
     memory: MemoryOpt = DEFAULT_MEMORY,
@@ -41,8 +48,9 @@ def build(
     ] = None,
     quantization: Annotated[
         Quantization | None,
-        typer.Option(help=f"new memory: int8 = scalar quantization with rescoring (default "
-                          f"{IndexSettings().quantization}; docs/benchmarks.md)"),
+        typer.Option(help=f"new memory: int8 = scalar quantization (default {IndexSettings().quantization}); "
+                          "turboquant8 = TurboQuant 8-bit codes, as small, closer to the true similarities "
+                          "(matters with --no-rescore); docs/benchmarks.md"),
     ] = None,
     vectors_on_disk: Annotated[
         bool | None, typer.Option("--vectors-on-disk/--vectors-in-ram",
@@ -60,6 +68,14 @@ def build(
                                  "setting, so it also changes an existing memory. Higher: better recall, slower; "
                                  "1280-d synthetic features needed ~192 for recall@50 0.99 (docs/benchmarks.md)"),
     ] = None,
+    rescore: Annotated[
+        bool | None,
+        typer.Option("--rescore/--no-rescore",
+                     help="quantized memory: re-rank the candidates by their original vectors (the default), or "
+                          "answer from the codes alone, never reading the originals: for a server without the RAM "
+                          "to cache them (recall@50 ~0.98 with turboquant8, ~0.95 with int8; docs/benchmarks.md). "
+                          "A search setting, so it also changes an existing memory"),
+    ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -73,14 +89,20 @@ def build(
         asked["vectors_on_disk"] = vectors_on_disk
     if vectors_dtype is not None:
         asked["vectors_dtype"] = vectors_dtype.value
-    searching = {"hnsw_ef": hnsw_ef} if hnsw_ef is not None else {}
+    searching = {name: value for name, value in (("hnsw_ef", hnsw_ef), ("rescore", rescore)) if value is not None}
     mem = open_memory(memory, qdrant_url, featurizer, create=True, index=IndexSettings(**asked, **searching))
     stored = mem.store.meta.index
-    if searching and stored.hnsw_ef != hnsw_ef:
+    changed = {name: value for name, value in searching.items() if getattr(stored, name) != value}
+    if changed:
         # Read at every search, not built into the index: an existing memory can take a new value.
-        typer.echo(f"search ef of this memory: {stored.hnsw_ef} -> {hnsw_ef}", err=True)
-        mem.store.meta.index = stored = stored.model_copy(update=searching)
+        for name, value in changed.items():
+            typer.echo(f"{_SEARCH_SETTING_NAMES[name]} of this memory: {_shown(getattr(stored, name))} -> "
+                       f"{_shown(value)}", err=True)
+        mem.store.meta.index = stored = stored.model_copy(update=changed)
         mem.store.save_meta()
+    if rescore is not None and stored.quantization == "none":
+        typer.echo("note: this memory is not quantized: its searches use the original vectors, so --rescore and "
+                   "--no-rescore change nothing", err=True)
     # An existing memory keeps its settings; say so when the user asked for others.
     if any(getattr(stored, name) != value for name, value in asked.items()):
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
