@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval import open_store, scan_imagefolder
+from retrieval import IndexSettings, open_store, scan_imagefolder
 from tests.conftest import FEATURE_CACHE
 from tests.realdata import cached_features, val_sample
 from vmem import VisualMemory, VoteSettings
@@ -64,4 +64,39 @@ def test_rank_voting_on_tiny_imagenet_agrees_with_numpy(tiny_imagenet, lite0, tm
     # Every decision is attributable: each result lists its 50 neighbours, all real training images.
     assert all(len(r.neighbors) == K for r in results)
     assert {n.source for n in results[0].neighbors} <= {it.source for it in train.items}
+    store.close()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_memory_answering_from_turboquant_codes_alone_classifies_like_exact_search(tiny_imagenet, lite0, tmp_path):
+    """What a server without the RAM to cache the original vectors serves (docs/benchmarks.md).
+
+    Full val (10,100 queries, docs/benchmarks/codes-only-real.json): recall@50 0.992 against exact search,
+    rank-vote accuracy 55.38 % against 55.44 %.
+    """
+    train = cached_features(FEATURE_CACHE, lite0, scan_imagefolder(tiny_imagenet / "train"))
+    queries = cached_features(FEATURE_CACHE, lite0, val_sample(tiny_imagenet, N_QUERIES, seed=0))
+    store = open_store(tmp_path / "memory", lite0.spec, index=IndexSettings(quantization="turboquant8", rescore=False))
+    for start in range(0, len(train.items), 2048):
+        chunk = train.items[start : start + 2048]
+        store.add(train.features[start : start + 2048], [it.label for it in chunk], [it.source for it in chunk])
+    store.optimize()
+
+    memory = VisualMemory(store, lite0)
+    settings = VoteSettings(rule="rank", k=K, alpha=ALPHA)
+    from_codes = memory.classify_vectors(queries.features, settings)
+    exact = memory.classify_vectors(queries.features, settings, exact=True)
+    recall = np.mean([len({n.id for n in a.neighbors} & {n.id for n in b.neighbors}) / K
+                      for a, b in zip(from_codes, exact, strict=True)])
+    agree = np.mean([a.label == b.label for a, b in zip(from_codes, exact, strict=True)])
+    accuracy = [np.mean([r.label == t for r, t in zip(rs, queries.labels, strict=True)]) for rs in (from_codes, exact)]
+    print(f"\nturboquant8 codes only: recall@50 {recall:.4f} against exact search, same decision for "
+          f"{100 * agree:.1f}% of the queries, accuracy {100 * accuracy[0]:.2f}% against {100 * accuracy[1]:.2f}%")
+    assert recall >= 0.98
+    assert abs(accuracy[0] - accuracy[1]) <= 0.005
+    # Scores are the codes' estimates of the cosine similarity, close to the true ones.
+    true_sim = float(queries.features[0] @ train.features[[it.source for it in train.items].index(
+        from_codes[0].neighbors[0].source)])
+    assert abs(from_codes[0].neighbors[0].similarity - true_sim) < 0.01
     store.close()
