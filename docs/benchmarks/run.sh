@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,6 +62,23 @@ for step in "${steps[@]}"; do
                    --models efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,dinov2-small ;;
     search-by-dim) python docs/benchmarks/search_by_dim.py 200000 384,768,1280 > "$OUT/search-by-dim.json" \
                      2> >(tee "$OUT/search-by-dim.log" >&2) ;;
+    # Answering from the codes alone (no rescoring): the engine's int8 and TurboQuant codes compared, 200k x 384.
+    quantizers) python docs/benchmarks/quantizers.py 200000 > "$OUT/quantizers.json" 2> >(tee "$OUT/quantizers.log" >&2) ;;
+    # The same at 1.28M, int8 and turboquant8 codes without rescoring, also inside hard RAM limits (needs root).
+    search-1m-codes) run search-1m-codes vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
+                       --quantization int8 --quantization turboquant8 --no-rescore --ef-sweep 256 \
+                       --ram-limit 0.5 --ram-limit 1.0 ;;
+    # turboquant8 codes only at 1.28M, kept, then served inside 0.5x and 4x, three times each, alternating.
+    search-1m-turboquant8-limits)
+      run search-1m-turboquant8-limits vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
+        --quantization turboquant8 --no-rescore --ram-limit 0.5 --ram-limit 0.6 --ram-limit 0.75 --keep
+      kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-turboquant8-limits.log" | awk '{print $NF}')
+      python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.5,4 --repeats 3 \
+        > "$OUT/serve-limits-turboquant8.json"
+      rm -rf "$kept" ;;
+    # Codes alone on real features: Tiny-ImageNet, EfficientNet-Lite0, recall and accuracy against exact search.
+    codes-only-real) VMEM_FEATURE_CACHE=$CACHE VMEM_TINY_IMAGENET=$D python docs/benchmarks/codes_only_real.py \
+                       > "$OUT/codes-only-real.json" 2> >(tee "$OUT/codes-only-real.log" >&2) ;;
     forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
     classify)
       # A real memory: Tiny-ImageNet train (20,200 images) embedded with EfficientNet-Lite0.

@@ -127,12 +127,16 @@ found = batched(queries)
 res["recall_at_50"] = round(recall_at([synthetic_indices(h) for h in found], truth, min(50, k)), 4)
 # Timed on queries not asked before (each round its own), as a server sees them.
 n = len(queries)
+def major_faults():  # pages the process had to wait for the disk for (field 12 of /proc/self/stat)
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
+faults = major_faults()
 times = []
 for r in range(3):
     t = time.perf_counter()
     batched(fresh[r * n : (r + 1) * n])
     times.append(time.perf_counter() - t)
 res["qps_batch"] = round(n / statistics.median(times), 1)
+res["major_faults_per_query"] = round((major_faults() - faults) / (3 * n), 2)
 singles = fresh[3 * n :]
 t = time.perf_counter()
 for q in singles:

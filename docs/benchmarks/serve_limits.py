@@ -1,0 +1,53 @@
+"""A kept 1.28M benchmark memory served inside hard RAM limits, each limit several times, interleaved.
+
+    python docs/benchmarks/serve_limits.py KEPT_MEMORY [--limits 0.5,4] [--repeats 3]
+
+KEPT_MEMORY is a memory `vmem bench search --n 1280000 --keep` left behind (its path is in the log; seed 0).
+One limited run is a fresh process in a memory cgroup (needs root), as in `vmem bench search --ram-limit`;
+runs of one limit vary by tens of percent on this machine, so this repeats each limit, alternating them,
+and reports every run and the medians. Limits are multiples of the raw float32 vector bytes. Prints one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from eval.exact import exact_search
+from retrieval import open_store
+from vmem.cli.bench_ram_limit import serve_within_limit
+from vmem.cli.bench_search import fresh_queries, machine_info, synthetic_features
+
+parser = argparse.ArgumentParser()
+parser.add_argument("memory", type=Path)
+parser.add_argument("--limits", default="0.5,4")
+parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--n", type=int, default=1_280_000)
+parser.add_argument("--queries", type=int, default=1000)
+args = parser.parse_args()
+k, limits = 50, [float(x) for x in args.limits.split(",")]
+with open_store(args.memory) as store:
+    index, dim = store.meta.index, store.dim
+# The same vectors and queries as the benchmark that built the memory (seed 0).
+allv, _, centres = synthetic_features(args.n + args.queries, dim, max(2, args.n // 1000), 0)
+vecs, queries = allv[: args.n], allv[args.n :]
+truth = exact_search(queries, vecs, k)[0]
+fresh = fresh_queries(centres, 3 * args.queries + min(args.queries, 500), 0)
+res: dict = {"machine": machine_info(), "memory": str(args.memory), "index": index.model_dump(), "n": args.n,
+             "raw_vector_mb": round(vecs.nbytes / 2**20, 1), "runs": [], "medians": []}
+for r in range(args.repeats):
+    for x in limits:
+        run = {"ram_limit_x": x, "repeat": r, **serve_within_limit(args.memory, queries, truth, fresh, k,
+                                                                   int(x * vecs.nbytes))}
+        res["runs"].append(run)
+        print(json.dumps(run), file=sys.stderr)
+for x in limits:
+    runs = [run for run in res["runs"] if run["ram_limit_x"] == x and "qps_batch" in run]
+    keys = ("qps_batch", "qps_single", "recall_at_50", "major_faults_per_query", "peak_mb") if runs else ()
+    res["medians"].append({"ram_limit_x": x, "runs": len(runs),
+                           **{key: statistics.median(run[key] for run in runs) for key in keys}})
+print(json.dumps(res))
