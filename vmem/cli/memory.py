@@ -73,8 +73,8 @@ def build(
         typer.Option("--rescore/--no-rescore",
                      help="quantized memory: re-rank the candidates by their original vectors (the default), or "
                           "answer from the codes alone, never reading the originals: for a server without the RAM "
-                          "to cache them (recall@50 ~0.98 with turboquant8, ~0.95 with int8; docs/benchmarks.md). "
-                          "A search setting, so it also changes an existing memory"),
+                          "to cache them (recall@50 on real features 0.99 with turboquant8, 0.98 with int8; "
+                          "docs/benchmarks.md). A search setting, so it also changes an existing memory"),
     ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
