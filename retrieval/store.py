@@ -101,6 +101,16 @@ class IndexSettings(BaseModel):
     segment_points: int | None = Field(
         640_000, ge=10_000, description="embedded memory: index every this many new points as a segment of its own")
 
+    @property
+    def quantized(self) -> bool:
+        """Searches walk the graph on codes (and read the originals only to rescore)."""
+        return self.quantization != "none"
+
+    @property
+    def codes_only(self) -> bool:
+        """Searches never read the original vectors."""
+        return self.quantized and not self.rescore
+
 
 class MemoryMeta(BaseModel):
     """Stored with the collection: which encoder made the vectors, and memory-level settings."""
@@ -507,7 +517,7 @@ class EdgeMemoryStore(MemoryStore):
     def _search_params(self, k: int, exact: bool):
         qe, ix = self._qe, self.meta.index
         quant = (qe.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)
-                 if ix.quantization != "none" else None)
+                 if ix.quantized else None)
         return qe.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
 
     def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
@@ -562,8 +572,7 @@ class EdgeMemoryStore(MemoryStore):
         Not the write-ahead log or the payload indexes: searches never read them (no filter while nothing
         is excluded). Nor the indexed originals of a quantized memory that does not rescore.
         """
-        ix = self.meta.index
-        codes_only = ix.quantization != "none" and not ix.rescore
+        codes_only = self.meta.index.codes_only
         files = [f for f in (self.path / SHARD_DIR).rglob("*")
                  if f.is_file() and not {"wal", "payload_index"} & set(f.parts)
                  and not (codes_only and str(f).endswith(ORIGINAL_VECTORS_FILE))]
@@ -736,7 +745,7 @@ class QdrantServerStore(MemoryStore):
         flt = self._filter(labels=labels, searchable=True)
         ix = self.meta.index
         quant = (qm.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)
-                 if ix.quantization != "none" else None)
+                 if ix.quantized else None)
         params = qm.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
         reqs = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, params=params,
                                 with_payload=list(SEARCH_PAYLOAD)) for row in v]

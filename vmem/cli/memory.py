@@ -100,7 +100,7 @@ def build(
                        f"{_shown(value)}", err=True)
         mem.store.meta.index = stored = stored.model_copy(update=changed)
         mem.store.save_meta()
-    if rescore is not None and stored.quantization == "none":
+    if rescore is not None and not stored.quantized:
         typer.echo("note: this memory is not quantized: its searches use the original vectors, so --rescore and "
                    "--no-rescore change nothing", err=True)
     # An existing memory keeps its settings; say so when the user asked for others.
