@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eval.exact import exact_search
 from retrieval import open_store
-from vmem.cli.bench_ram_limit import serve_within_limit
+from vmem.cli.bench_ram_limit import fresh_queries_needed, serve_within_limit
 from vmem.cli.bench_search import fresh_queries, machine_info, synthetic_features
 
 parser = argparse.ArgumentParser()
@@ -36,7 +36,7 @@ with open_store(args.memory) as store:
 allv, _, centres = synthetic_features(args.n + args.queries, dim, max(2, args.n // 1000), 0)
 vecs, queries = allv[: args.n], allv[args.n :]
 truth = exact_search(queries, vecs, k)[0]
-fresh = fresh_queries(centres, 3 * args.queries + min(args.queries, 500), 0)
+fresh = fresh_queries(centres, fresh_queries_needed(args.queries), 0)
 res: dict = {"machine": machine_info(), "memory": str(args.memory), "index": index.model_dump(), "n": args.n,
              "raw_vector_mb": round(vecs.nbytes / 2**20, 1), "runs": [], "medians": []}
 for r in range(args.repeats):

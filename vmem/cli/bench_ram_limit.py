@@ -147,6 +147,12 @@ print(json.dumps(res))
 """
 
 
+def fresh_queries_needed(queries: int) -> int:
+    """Never-asked queries `serve_within_limit` times for `queries` a round: three batched rounds, then up to
+    500 one by one."""
+    return 3 * queries + min(queries, 500)
+
+
 def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fresh: np.ndarray, k: int,
                        limit_bytes: int, timeout_s: float = 1800) -> dict[str, Any]:
     """Open `memory` in a fresh process limited to `limit_bytes` of RAM and time its queries.

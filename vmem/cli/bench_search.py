@@ -27,7 +27,7 @@ from eval.exact import exact_search, measured_products, product_for
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 from ._common import Quantization, VectorsDtype
-from .bench_ram_limit import serve_within_limit
+from .bench_ram_limit import fresh_queries_needed, serve_within_limit
 
 
 def machine_info() -> dict[str, Any]:
@@ -209,7 +209,7 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
     res.update(exact_search_efficiency(qv, vecs, k, repeats))
 
     # Queries never asked before, for serving within RAM limits: three batched rounds, then single queries.
-    fresh = fresh_queries(centres, 3 * queries + min(queries, 500), seed) if ram_limits else None
+    fresh = fresh_queries(centres, fresh_queries_needed(queries), seed) if ram_limits else None
     per_index = []
     for i, index in enumerate(all_settings):
         echo(f"index {i + 1} of {len(all_settings)}: {index.model_dump()}")
