@@ -36,6 +36,14 @@ def numpy_rank_vote_accuracy(memory: np.ndarray, memory_labels: list[str], queri
     return float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
 
 
+def fill(store, train) -> None:
+    """Add the labelled features in batches, then build the HNSW index, as `vmem build` does."""
+    for start in range(0, len(train.items), 2048):
+        chunk = train.items[start : start + 2048]
+        store.add(train.features[start : start + 2048], [it.label for it in chunk], [it.source for it in chunk])
+    store.optimize()
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_rank_voting_on_tiny_imagenet_agrees_with_numpy(tiny_imagenet, lite0, tmp_path):
@@ -44,10 +52,7 @@ def test_rank_voting_on_tiny_imagenet_agrees_with_numpy(tiny_imagenet, lite0, tm
     assert len(train.items) == 20_200 and len(queries.items) == N_QUERIES
 
     store = open_store(tmp_path / "memory", lite0.spec)
-    for start in range(0, len(train.items), 2048):
-        chunk = train.items[start : start + 2048]
-        store.add(train.features[start : start + 2048], [it.label for it in chunk], [it.source for it in chunk])
-    store.optimize()  # build the HNSW index, as `vmem build` does
+    fill(store, train)
     assert store.count() == 20_200
 
     memory = VisualMemory(store, lite0)
@@ -78,10 +83,7 @@ def test_a_memory_answering_from_turboquant_codes_alone_classifies_like_exact_se
     train = cached_features(FEATURE_CACHE, lite0, scan_imagefolder(tiny_imagenet / "train"))
     queries = cached_features(FEATURE_CACHE, lite0, val_sample(tiny_imagenet, N_QUERIES, seed=0))
     store = open_store(tmp_path / "memory", lite0.spec, index=IndexSettings(quantization="turboquant8", rescore=False))
-    for start in range(0, len(train.items), 2048):
-        chunk = train.items[start : start + 2048]
-        store.add(train.features[start : start + 2048], [it.label for it in chunk], [it.source for it in chunk])
-    store.optimize()
+    fill(store, train)
 
     memory = VisualMemory(store, lite0)
     settings = VoteSettings(rule="rank", k=K, alpha=ALPHA)

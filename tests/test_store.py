@@ -18,7 +18,8 @@ from retrieval import (
 )
 from retrieval.store import ORIGINAL_VECTORS_FILE, server_quantization_config
 from tests.conftest import random_unit_vectors
-from vmem.cli.bench_search import fresh_queries
+from vmem.cli.bench_ram_limit import evict_from_page_cache
+from vmem.cli.bench_search import fresh_queries, synthetic_features
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
@@ -314,8 +315,6 @@ def resident_fraction(path) -> float:
 
 
 def test_an_embedded_memory_prefetches_what_its_searches_read(tmp_path):
-    import os
-
     with open_store(tmp_path / "memory", SPEC.model_copy(update={"dim": 384})) as store:
         store.add(random_unit_vectors(INDEXED_POINTS, 384, seed=7), ["a"] * INDEXED_POINTS,
                   [f"/d/{i}.jpg" for i in range(INDEXED_POINTS)])
@@ -325,10 +324,7 @@ def test_an_embedded_memory_prefetches_what_its_searches_read(tmp_path):
         assert str(files[0]).endswith(ORIGINAL_VECTORS_FILE)  # the originals first: rescoring reads them
         assert not any({"wal", "payload_index"} & set(f.parts) for f in files)
         originals = [f for f in files if str(f).endswith(ORIGINAL_VECTORS_FILE)]
-        for f in originals:  # out of the page cache, as after a reboot
-            fd = os.open(f, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+        evict_from_page_cache(tmp_path / "memory")  # as after a reboot
         cold = min(resident_fraction(f) for f in originals)
         assert store.prefetch() == sum(f.stat().st_size for f in files)
         assert cold < 0.5 and min(resident_fraction(f) for f in originals) >= 0.99
@@ -340,10 +336,6 @@ def test_a_memory_that_does_not_rescore_answers_from_its_codes_without_reading_t
     TurboQuant's codes take as many bytes as int8's but score closer to the true similarities, so without
     rescoring they keep more of the true neighbours.
     """
-    import os
-
-    from vmem.cli.bench_search import synthetic_features
-
     vecs, _, centres = synthetic_features(INDEXED_POINTS, 384, 14, seed=8)
     queries = fresh_queries(centres, 50, seed=9)
     truth = np.argsort(-(queries @ vecs.T), axis=1)[:, :50]
@@ -358,10 +350,7 @@ def test_a_memory_that_does_not_rescore_answers_from_its_codes_without_reading_t
             assert not store.meta.index.rescore  # stored with the memory
             originals = [f for f in path.rglob("*") if str(f).endswith(ORIGINAL_VECTORS_FILE)]
             assert originals and not set(originals) & set(store.search_files())  # nothing to prefetch there
-            for f in originals:  # out of the page cache, as after a reboot
-                fd = os.open(f, os.O_RDONLY)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                os.close(fd)
+            evict_from_page_cache(path)  # as after a reboot
             found = store.query_batch(queries, 50)
             assert max(resident_fraction(f) for f in originals) < 0.05  # the queries read none of them
             recall[quantization] = np.mean([len({h.source for h in hits} & {f"/v/{i}" for i in row}) / 50
