@@ -16,7 +16,7 @@ from retrieval import (
     open_store,
     point_id_for,
 )
-from retrieval.store import ORIGINAL_VECTORS_FILE, server_quantization_config
+from retrieval.store import LOADED_CODES_FILE, ORIGINAL_VECTORS_FILE, server_quantization_config
 from tests.conftest import random_unit_vectors
 from vmem.cli.bench_ram_limit import evict_from_page_cache
 from vmem.cli.bench_search import fresh_queries, synthetic_features
@@ -326,8 +326,25 @@ def test_an_embedded_memory_prefetches_what_its_searches_read(tmp_path):
         originals = [f for f in files if str(f).endswith(ORIGINAL_VECTORS_FILE)]
         evict_from_page_cache(tmp_path / "memory")  # as after a reboot
         cold = min(resident_fraction(f) for f in originals)
-        assert store.prefetch() == sum(f.stat().st_size for f in files)
+        read = store.prefetch()
         assert cold < 0.5 and min(resident_fraction(f) for f in originals) >= 0.99
+        # Only the written parts: the engine preallocates files (payload pages, the next segment's) as holes.
+        written = sum(min(f.stat().st_size, f.stat().st_blocks * 512) for f in files)
+        assert sum(f.stat().st_size for f in originals) <= read <= written < sum(f.stat().st_size for f in files)
+
+
+def test_prefetching_leaves_out_the_codes_the_engine_holds_in_its_own_memory(tmp_path):
+    with open_store(tmp_path / "memory", SPEC.model_copy(update={"dim": 384})) as store:
+        vecs = random_unit_vectors(INDEXED_POINTS, 384, seed=7)
+        store.add(vecs, ["a"] * INDEXED_POINTS, [f"/d/{i}.jpg" for i in range(INDEXED_POINTS)])
+        store.optimize()
+    evict_from_page_cache(tmp_path / "memory")
+    with open_store(tmp_path / "memory") as store:  # int8 by default
+        codes = [f for f in (tmp_path / "memory").rglob("*") if str(f).endswith(LOADED_CODES_FILE)]
+        assert codes and not set(codes) & set(store.search_files())
+        store.prefetch()
+        assert store.query(vecs[3], 1)[0].source == "/d/3.jpg"
+        assert max(resident_fraction(f) for f in codes) < 0.05  # neither the open nor searches read the file
 
 
 def test_a_memory_that_does_not_rescore_answers_from_its_codes_without_reading_the_originals(tmp_path):
