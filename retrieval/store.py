@@ -41,6 +41,8 @@ ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
 # Where a segment's quantized codes are stored. The engine reads them into its own memory when it opens the
 # memory (Memory.Pinned, bypassing the page cache) and never reads the file again.
 LOADED_CODES_FILE = "/vector_storage/quantized.data"
+# A segment's map from point ids to its own offsets (searches map offsets back to ids with another file).
+ID_TO_OFFSET_FILE = "id_tracker.e2i"
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
@@ -594,13 +596,14 @@ class EdgeMemoryStore(MemoryStore):
         """The engine's files that searches read, the original vectors first.
 
         Not the write-ahead log or the payload indexes: searches never read them (no filter while nothing
-        is excluded). Nor the quantized codes, which the engine holds in its own memory; nor the indexed
+        is excluded); nor the map from point ids to the engine's offsets, which only writes and lookups by
+        id read. Nor the quantized codes, which the engine holds in its own memory; nor the indexed
         originals of a quantized memory that does not rescore.
         """
         codes_only = self.meta.index.codes_only
         files = [f for f in (self.path / SHARD_DIR).rglob("*")
                  if f.is_file() and not {"wal", "payload_index"} & set(f.parts)
-                 and not str(f).endswith(LOADED_CODES_FILE)
+                 and f.name != ID_TO_OFFSET_FILE and not str(f).endswith(LOADED_CODES_FILE)
                  and not (codes_only and str(f).endswith(ORIGINAL_VECTORS_FILE))]
         return sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
 
