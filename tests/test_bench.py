@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -92,3 +93,22 @@ def test_bench_search_serves_the_memory_within_a_hard_ram_limit_and_says_when_it
     assert roomy["peak_mb"] <= roomy["limit_mb"]
     # 0.05 x (under 1 MB) is not: the run reports the kill instead of failing or inventing figures.
     assert tight["oom_killed"] is True and "qps_batch" not in tight
+
+
+@pytest.mark.skipif(not _memory_cgroups_available(), reason="creating a memory cgroup needs root on Linux")
+def test_a_limited_run_can_warm_the_memory_as_prefetch_does_or_by_reading_its_files_whole(tmp_path):
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+    from vmem.cli.bench_ram_limit import serve_within_limit
+    from vmem.cli.bench_search import add_synthetic, fresh_queries, synthetic_features
+
+    vecs, labels, centres = synthetic_features(2000, 64, 4, 0)
+    spec = FeaturizerSpec(name="synthetic", dim=64, preprocessing=Preprocessing(resize=1, crop=1))
+    with open_store(tmp_path / "memory", spec) as store:
+        add_synthetic(store, vecs, labels)
+    queries = vecs[:20]
+    truth = np.argsort(-(queries @ vecs.T), axis=1)[:, :50]
+    fresh = fresh_queries(centres, 80, 0)
+    for warmup in ("prefetch", "whole-files"):
+        run = serve_within_limit(tmp_path / "memory", queries, truth, fresh, 50, 2**30, warmup=warmup)
+        assert run["recall_at_50"] >= 0.95 and len(run["qps_batch_rounds"]) == 3
+        assert run["qps_batch"] in run["qps_batch_rounds"] and run["qps_single"] > 0

@@ -68,13 +68,16 @@ for step in "${steps[@]}"; do
     search-1m-codes) run search-1m-codes vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
                        --quantization int8 --quantization turboquant8 --no-rescore --ef-sweep 256 \
                        --ram-limit 0.5 --ram-limit 1.0 ;;
-    # turboquant8 codes only at 1.28M, kept, then served inside 0.5x and 4x, three times each, alternating.
+    # turboquant8 codes only at 1.28M, kept, then served inside 0.4x, 0.5x and 4x, three times each, alternating;
+    # then inside 0.5x warmed by prefetch or by reading the files whole (as prefetch did up to 7dac189), alternating.
     search-1m-turboquant8-limits)
       run search-1m-turboquant8-limits vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
-        --quantization turboquant8 --no-rescore --ram-limit 0.5 --ram-limit 0.6 --ram-limit 0.75 --keep
+        --quantization turboquant8 --no-rescore --keep --repeats 1
       kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-turboquant8-limits.log" | awk '{print $NF}')
-      python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.5,4 --repeats 3 \
-        > "$OUT/serve-limits-turboquant8.json"
+      python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.4,0.5,4 --repeats 3 \
+        > "$OUT/serve-limits-turboquant8.json" 2> >(tee "$OUT/serve-limits-turboquant8.log" >&2)
+      python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.5 --warmups whole-files,prefetch \
+        --repeats 3 > "$OUT/prefetch-limits.json" 2> >(tee "$OUT/prefetch-limits.log" >&2)
       rm -rf "$kept" ;;
     # Codes alone on real features: Tiny-ImageNet, EfficientNet-Lite0, recall and accuracy against exact search.
     codes-only-real) VMEM_FEATURE_CACHE=$CACHE VMEM_TINY_IMAGENET=$D python docs/benchmarks/codes_only_real.py \

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,8 +109,9 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge  # noqa: F401 - loaded before joining: the library's pages are not the memory's
 from retrieval import open_store
+from retrieval.store import ORIGINAL_VECTORS_FILE
 from vmem.cli.bench_search import recall_at, rss_mb, synthetic_indices
-memory, query_file, truth_file, fresh_file, k, procs_file = sys.argv[1:7]
+memory, query_file, truth_file, fresh_file, k, procs_file, warmup = sys.argv[1:8]
 k, queries, truth, fresh = int(k), np.load(query_file), np.load(truth_file), np.load(fresh_file)
 rss0 = rss_mb()
 Path(procs_file).write_text(str(os.getpid()))
@@ -120,7 +121,17 @@ res = {"open_s": round(time.perf_counter() - t, 2)}
 # A long-running server ends up with as much of what its searches read cached as its RAM allows: read those
 # files once (the original vectors first, so that the graph and payload are the most recently used), so that
 # every limit is timed near that steady state rather than while its cache fills.
-store.prefetch()
+if warmup == "prefetch":
+    store.prefetch()
+else:  # "whole-files": what prefetch read up to vmem 7dac189, the codes file and preallocated holes included
+    buffer = bytearray(8 << 20)
+    for f in sorted((f for f in Path(memory, "shard").rglob("*") if f.is_file()
+                     and not {"wal", "payload_index"} & set(f.parts)
+                     and not (store.meta.index.codes_only and str(f).endswith(ORIGINAL_VECTORS_FILE))),
+                    key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE)):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buffer):
+                pass
 def batched(qs):
     return [h for s in range(0, len(qs), 100) for h in store.query_batch(qs[s : s + 100], k)]
 found = batched(queries)
@@ -136,6 +147,7 @@ for r in range(3):
     batched(fresh[r * n : (r + 1) * n])
     times.append(time.perf_counter() - t)
 res["qps_batch"] = round(n / statistics.median(times), 1)
+res["qps_batch_rounds"] = [round(n / t, 1) for t in times]
 res["major_faults_per_query"] = round((major_faults() - faults) / (3 * n), 2)
 singles = fresh[3 * n :]
 t = time.perf_counter()
@@ -154,13 +166,15 @@ def fresh_queries_needed(queries: int) -> int:
 
 
 def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fresh: np.ndarray, k: int,
-                       limit_bytes: int, timeout_s: float = 1800) -> dict[str, Any]:
+                       limit_bytes: int, timeout_s: float = 1800,
+                       warmup: Literal["prefetch", "whole-files"] = "prefetch") -> dict[str, Any]:
     """Open `memory` in a fresh process limited to `limit_bytes` of RAM and time its queries.
 
     `fresh` holds queries from the same distribution as `queries`, never asked before: three rounds of
     len(queries) batched, then the rest one by one. Returns the limit, the cgroup's peak usage, whether the
     kernel killed the process for memory, and (if it lived) recall@50 of `queries` against `truth` and the
-    median batched and the single QPS on `fresh`.
+    median batched (and each round's) and the single QPS on `fresh`. Before the queries the memory is warmed
+    by `store.prefetch()`, or, to compare, by reading its files whole as prefetch did up to vmem 7dac189.
     """
     res: dict[str, Any] = {"limit_mb": round(limit_bytes / 2**20, 1)}
     try:
@@ -173,7 +187,7 @@ def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fre
     try:
         evict_from_page_cache(memory)
         out = subprocess.run([sys.executable, "-c", _LIMITED_PROBE, str(memory), *map(str, files.values()), str(k),
-                              str(group.procs_file)], capture_output=True, text=True, timeout=timeout_s)
+                              str(group.procs_file), warmup], capture_output=True, text=True, timeout=timeout_s)
         peak = group.peak_bytes()
         res["peak_mb"] = None if peak is None else round(peak / 2**20, 1)
         res["oom_killed"] = group.oom_kills() > 0
