@@ -95,8 +95,9 @@ class IndexSettings(BaseModel):
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
     vectors_on_disk: bool = Field(True, description="keep original vectors on disk (mmap) instead of loading them")
     # float16 halves the originals' disk and the page cache a server needs to rescore at full speed; their
-    # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9976
-    # against 0.9974; inside a hard RAM limit of 1.3x the raw float32 bytes 1,431 batched queries/s against 463.
+    # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9962
+    # against 0.9978 (graphs built twice differ by that much); inside a hard RAM limit of 1.0x the raw float32
+    # bytes 1,569 batched queries/s against 377 (float32 needs 1.5x).
     vectors_dtype: Literal["float32", "float16"] = Field(
         "float16", description="storage type of the original vectors (float16: half the bytes, rounded values)")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
@@ -611,17 +612,17 @@ class EdgeMemoryStore(MemoryStore):
         """Read the search files once, so that the page cache holds them; returns the bytes read.
 
         A memory opened cold answers its first queries slowly: with int8 each query faults in its candidates'
-        original vectors one page at a time (1.28M points: 343 against 1,455 batched queries a second). Read
-        here, they come in large sequential requests instead (1.28M points: 1.8 GiB in 3.6 s on the benchmark
-        machine). posix_fadvise WILLNEED alone left a fifth of a file unread. `vmem serve` calls this before
+        original vectors one page at a time (1.28M points: ~250 against ~1,400 batched queries a second at first).
+        Read here, they come in large sequential requests instead (1.28M points: 1.2 GiB in ~2 s on the
+        benchmark machine). posix_fadvise WILLNEED alone left a fifth of a file unread. `vmem serve` calls this before
         taking traffic: beside queries it hardly progresses, as the engine holds the GIL while it searches.
 
         Only what searches read is cached: not the codes file (the engine holds the codes in its own memory)
         nor the files' unwritten, preallocated parts. In a server with little RAM to spare, those pages
         crowd out the ones searches need until the kernel finds out they are never read again: 1.28M points,
-        turboquant8 codes only, inside a hard limit of 0.5x the raw vectors, 3 x 1,000 batched queries ran
-        at 328, 903 and 1,199 a second (~28, 4 and 1.2 pages a query from disk) when they were read, and at
-        1,522, 1,764 and 1,730 (none from disk) now.
+        turboquant8 codes only, inside a hard limit of 0.5x the raw vectors, same run (docs/benchmarks.md):
+        1,270 batched queries a second (median) when they were read, 1,821 now; the ~1,900 of no limit after
+        the first 1,000 queries.
         """
         done = 0
         buffer = bytearray(8 << 20)

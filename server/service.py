@@ -178,8 +178,8 @@ class ClassifierService:
         """Read the memory's search files once, so that the first queries do not wait on the disk.
 
         Before taking traffic rather than beside it: the engine holds the GIL while it searches, so a
-        reading thread beside queries hardly progressed. 1.28M points, cold (docs/benchmarks.md): read in 3.6 s,
-        then ~1,000 batched queries a second from the first; without it, ~215 at first and ~900 after 14 s.
+        reading thread beside queries hardly progressed. 1.28M points, cold (docs/benchmarks.md): 1.2 GiB read in
+        ~2 s, then ~1,400 batched queries a second from the first; without it, ~250 at first and ~1,100 after 12 s.
         """
         started = time.perf_counter()
         try:
