@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .featurizers import FeaturizerError, FeaturizerSpec
 
 DEFAULT_COLLECTION = "vmem"
@@ -46,6 +47,10 @@ ID_TO_OFFSET_FILE = "id_tracker.e2i"
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
+# vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
+ORIGINAL_ROWS_FILE = "original-rows.bin"
+# Candidates fetched beyond k to re-rank the doubtful ones: those below the k-th best by less than the margin.
+DOUBTFUL_EXTRA = 16
 # The payload keys a search returns with each neighbour (the rest stays in the store: `retrieve` has it).
 SEARCH_PAYLOAD = ("label", "source", "reliability")
 # Queries per qdrant-edge query_batch call: the engine plans a batch as one pass over its segments.
@@ -90,6 +95,19 @@ class IndexSettings(BaseModel):
     # Off: a query never reads the original vectors, so a server needs RAM only for the codes, graph and
     # payload (no page cache of originals), at the codes' recall.
     rescore: bool = Field(True, description="quantized: re-rank candidates by the original float vectors")
+    # Codes alone miss the neighbours whose codes score is within the codes' error of the k-th best (recall@50
+    # 0.985 on 1.28M synthetic vectors with turboquant8). With this, the memory keeps its own copy of the
+    # original vectors (retrieval/doubtful.py) and, while `rescore` is off, reads only those candidates' rows:
+    # the server still needs RAM only for the codes, graph and payload. Fixed at creation (every point needs
+    # its row).
+    rescore_doubtful: bool = Field(
+        False, description="quantized, embedded: while rescore is off, re-rank the candidates too close to the "
+                           "k-th best to call by the original vectors, kept in a file of vmem's own")
+    # Twice the codes' error at 384-d (docs/benchmarks/int8_error.py: sd 0.00028 turboquant8, 0.0014 int8)
+    # either side of the k-th best codes score: recall@50 0.9995 from the same candidates, 9 rows a query.
+    doubt_margin: float | None = Field(
+        None, gt=0, description="rescore_doubtful: similarity either side of the k-th best codes score within "
+                                "which candidates are re-ranked (default 0.0008 turboquant8, 0.004 int8)")
     # On disk (mapped, read as needed) rather than loaded: with int8 the originals are read only to rescore a
     # query's candidates. 1.28M x 384, two runs in one machine state (docs/benchmarks.md): serving RAM 0.65x
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
@@ -114,8 +132,25 @@ class IndexSettings(BaseModel):
 
     @property
     def codes_only(self) -> bool:
-        """Searches never read the original vectors."""
+        """The engine's searches never read its original vectors (vmem may read its own copy: `doubtful`)."""
         return self.quantized and not self.rescore
+
+    @property
+    def doubtful(self) -> bool:
+        """Searches rank by the codes and re-rank only the doubtful candidates from vmem's copy of the originals."""
+        return self.codes_only and self.rescore_doubtful
+
+    @property
+    def margin(self) -> float:
+        """`doubt_margin`, or the default of this quantization."""
+        return self.doubt_margin or (0.0008 if self.quantization == "turboquant8" else 0.004)
+
+    @model_validator(mode="after")
+    def _doubtful_needs_codes(self) -> IndexSettings:
+        if self.rescore_doubtful and not self.quantized:
+            raise ValueError("rescore_doubtful re-ranks candidates found by quantized codes: choose a quantization "
+                             "(turboquant8 or int8)")
+        return self
 
 
 class MemoryMeta(BaseModel):
@@ -373,6 +408,7 @@ class EdgeMemoryStore(MemoryStore):
         self._write_lock = threading.Lock()
         self._left_unindexed = 0
         self._last_upserted: tuple[str, str] | None = None  # (id, label) of the last point written by an add
+        self._rows: OriginalRows | None = None
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
         if meta_path.exists():
@@ -435,6 +471,9 @@ class EdgeMemoryStore(MemoryStore):
             self.shard.flush()
             self.save_meta()  # written last: a memory without vmem.json was never completed
         self._any_excluded = self._count_excluded() > 0
+        ix = self.meta.index
+        self._rows = (OriginalRows(self.path / ORIGINAL_ROWS_FILE, self.dim, ix.vectors_dtype)
+                      if ix.rescore_doubtful else None)
 
     def _optimizers(self, meta: MemoryMeta):
         """Bound segment size just above `segment_points`, so the engine never merges two full segments back."""
@@ -484,8 +523,11 @@ class EdgeMemoryStore(MemoryStore):
 
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
-        points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
         with self._write_lock:
+            if self._rows is not None:  # the rows first: a point a search can find has its row
+                rows = self._rows.append(vectors)
+                payloads = [{**p, ROW_KEY: row} for p, row in zip(payloads, rows, strict=True)]
+            points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
             with self._excluded_may_change(any(EXCLUDED_KEY in p for p in payloads)):
                 self.shard.update(qe.UpdateOperation.upsert_points(points))
             self._last_upserted = (ids[-1], payloads[-1]["label"])
@@ -552,19 +594,36 @@ class EdgeMemoryStore(MemoryStore):
         v = check_vectors(vectors, self.dim)
         flt = self._filter(labels=labels, searchable=True)
         params = self._search_params(k, exact)
+        doubtful = self.meta.index.doubtful and not exact and self._rows is not None
         # Only what voting and attribution need: converting whole payloads costs up to a third of a query.
-        wanted = qe.PayloadSelector.Include(list(SEARCH_PAYLOAD))
-        requests = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(row.tolist()), filter=flt, with_payload=wanted,
-                                    params=params) for row in v]
+        wanted = qe.PayloadSelector.Include([*SEARCH_PAYLOAD, ROW_KEY] if doubtful else list(SEARCH_PAYLOAD))
+        limit = k + DOUBTFUL_EXTRA if doubtful else k
+        requests = [qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row.tolist()), filter=flt,
+                                    with_payload=wanted, params=params) for row in v]
         with _gc_paused():
             if len(requests) == 1:
                 results = [self.shard.query(requests[0])]
             else:
                 results = [res for s in range(0, len(requests), EDGE_QUERY_BATCH) for res in
                            self.shard.query_batch(qe.QueryBatchRequest(requests[s : s + EDGE_QUERY_BATCH]))]
+            if doubtful:
+                # Only the doubtful candidates' payloads are read for their rows, only the k best made neighbours.
+                results = [[(p, score, p.payload) for p, score in hits] for hits in rescore_doubtful(
+                    v, results, k, self.meta.index.margin, self._rows, score_of=lambda p: p.score,
+                    row_of=lambda p: p.payload.get(ROW_KEY))]
+                for hits in results:
+                    for _, _, payload in hits:
+                        payload.pop(ROW_KEY, None)
+                return [[Neighbor(_str_id(p.id), payload["label"], payload["source"], score, payload)
+                         for p, score, payload in hits] for hits in results]
             # Each `.payload` access converts the engine's payload to a new dict: read it once per point.
             return [[Neighbor(_str_id(p.id), (payload := p.payload)["label"], payload["source"], p.score, payload)
                      for p in res] for res in results]
+
+    @property
+    def rows_read(self) -> int:
+        """Original vectors read from vmem's own copy to re-rank doubtful candidates, since opening."""
+        return self._rows.rows_read if self._rows is not None else 0
 
     def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
         if not ids:
@@ -606,7 +665,8 @@ class EdgeMemoryStore(MemoryStore):
                  if f.is_file() and not {"wal", "payload_index"} & set(f.parts)
                  and f.name != ID_TO_OFFSET_FILE and not str(f).endswith(LOADED_CODES_FILE)
                  and not (codes_only and str(f).endswith(ORIGINAL_VECTORS_FILE))]
-        return sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
+        own_rows = [self._rows.path] if self.meta.index.doubtful and self._rows is not None else []
+        return own_rows + sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
 
     def prefetch(self) -> int:
         """Read the search files once, so that the page cache holds them; returns the bytes read.
@@ -635,12 +695,16 @@ class EdgeMemoryStore(MemoryStore):
 
     def flush(self) -> None:
         with self._write_lock:
+            if self._rows is not None:
+                self._rows.sync()
             self.shard.flush()
 
     def close(self) -> None:
         shard = getattr(self, "shard", None)
         if shard is not None:
             self._acknowledge_last_add()
+            if self._rows is not None:
+                self._rows.close()
             shard.flush()
             shard.close()
             self.shard = None
@@ -708,6 +772,9 @@ class QdrantServerStore(MemoryStore):
         else:
             if meta is None:
                 raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
+            if meta.index.rescore_doubtful:
+                raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
+                                  "rescores on its own (rescore on, or off for the codes alone)")
             self.meta = meta
             self.client.create_collection(
                 collection,

@@ -30,15 +30,17 @@ DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
 
 
-@pytest.fixture(params=["edge", "edge-float", "edge-float32", "qdrant-client"])
+@pytest.fixture(params=["edge", "edge-float", "edge-float32", "edge-doubtful", "qdrant-client"])
 def location(request, tmp_path):
     return ":memory:" if request.param == "qdrant-client" else str(tmp_path / request.param)
 
 
 # "edge": the defaults (int8 with rescoring, float16 originals); "edge-float": float32 vectors in the graph, a
-# sparser one; "edge-float32": the defaults with the original vectors stored as float32.
+# sparser one; "edge-float32": the defaults with the original vectors stored as float32; "edge-doubtful":
+# turboquant8 codes, the doubtful candidates re-ranked from vmem's own copy of the originals.
 INDEXES = {"edge-float": IndexSettings(quantization="none", m=8, vectors_dtype="float32"),
-           "edge-float32": IndexSettings(vectors_dtype="float32")}
+           "edge-float32": IndexSettings(vectors_dtype="float32"),
+           "edge-doubtful": IndexSettings(quantization="turboquant8", rescore=False, rescore_doubtful=True)}
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,6 +78,15 @@ for step in "${steps[@]}"; do
         > "$OUT/serve-limits-turboquant8.json" 2> >(tee "$OUT/serve-limits-turboquant8.log" >&2)
       python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.5 --warmups whole-files,prefetch \
         --repeats 3 > "$OUT/prefetch-limits.json" 2> >(tee "$OUT/prefetch-limits.log" >&2)
+      rm -rf "$kept" ;;
+    # turboquant8 codes at 1.28M, the doubtful candidates re-ranked from vmem's own copy of the originals, kept (the
+    # same index also timed on its codes alone); then both served inside 0.5x and 4x, three times each, alternating.
+    search-1m-doubtful)
+      run search-1m-doubtful vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
+        --quantization turboquant8 --no-rescore --rescore-doubtful --keep --repeats 3
+      kept=$(grep -o 'kept the built memories under .*' "$OUT/search-1m-doubtful.log" | awk '{print $NF}')
+      python docs/benchmarks/serve_limits.py "$kept/memory-0" --limits 0.5,4 --codes-only-too --repeats 3 \
+        > "$OUT/serve-limits-doubtful.json" 2> >(tee "$OUT/serve-limits-doubtful.log" >&2)
       rm -rf "$kept" ;;
     # Codes alone on real features: Tiny-ImageNet, EfficientNet-Lite0, recall and accuracy against exact search.
     codes-only-real) VMEM_FEATURE_CACHE=$CACHE VMEM_TINY_IMAGENET=$D python docs/benchmarks/codes_only_real.py \

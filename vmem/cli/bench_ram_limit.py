@@ -111,13 +111,14 @@ import qdrant_edge  # noqa: F401 - loaded before joining: the library's pages ar
 from retrieval import open_store
 from retrieval.store import ORIGINAL_VECTORS_FILE
 from vmem.cli.bench_search import recall_at, rss_mb, synthetic_indices
-memory, query_file, truth_file, fresh_file, k, procs_file, warmup = sys.argv[1:8]
+memory, query_file, truth_file, fresh_file, k, procs_file, warmup, search = sys.argv[1:9]
 k, queries, truth, fresh = int(k), np.load(query_file), np.load(truth_file), np.load(fresh_file)
 rss0 = rss_mb()
 Path(procs_file).write_text(str(os.getpid()))
 t = time.perf_counter()
 store = open_store(memory)
 res = {"open_s": round(time.perf_counter() - t, 2)}
+store.meta.index = store.meta.index.model_copy(update=json.loads(search))  # search settings to try
 # A long-running server ends up with as much of what its searches read cached as its RAM allows: read those
 # files once (the original vectors first, so that the graph and payload are the most recently used), so that
 # every limit is timed near that steady state rather than while its cache fills.
@@ -149,11 +150,14 @@ for r in range(3):
 res["qps_batch"] = round(n / statistics.median(times), 1)
 res["qps_batch_rounds"] = [round(n / t, 1) for t in times]
 res["major_faults_per_query"] = round((major_faults() - faults) / (3 * n), 2)
+rows = store.rows_read
 singles = fresh[3 * n :]
 t = time.perf_counter()
 for q in singles:
     store.query(q, k)
 res["qps_single"] = round(len(singles) / (time.perf_counter() - t), 1)
+if store.meta.index.doubtful:  # rows of vmem's copy of the originals, read by os.pread (not faults)
+    res["rows_read_per_query"] = round((store.rows_read - rows) / len(singles), 2)
 res["rss_growth_mb"] = round(rss_mb() - rss0, 1)
 print(json.dumps(res))
 """
@@ -167,7 +171,8 @@ def fresh_queries_needed(queries: int) -> int:
 
 def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fresh: np.ndarray, k: int,
                        limit_bytes: int, timeout_s: float = 1800,
-                       warmup: Literal["prefetch", "whole-files"] = "prefetch") -> dict[str, Any]:
+                       warmup: Literal["prefetch", "whole-files"] = "prefetch",
+                       search: dict[str, Any] | None = None) -> dict[str, Any]:
     """Open `memory` in a fresh process limited to `limit_bytes` of RAM and time its queries.
 
     `fresh` holds queries from the same distribution as `queries`, never asked before: three rounds of
@@ -175,6 +180,7 @@ def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fre
     kernel killed the process for memory, and (if it lived) recall@50 of `queries` against `truth` and the
     median batched (and each round's) and the single QPS on `fresh`. Before the queries the memory is warmed
     by `store.prefetch()`, or, to compare, by reading its files whole as prefetch did up to vmem 7dac189.
+    `search` overrides the memory's search settings (e.g. {"rescore_doubtful": False}) in that process.
     """
     res: dict[str, Any] = {"limit_mb": round(limit_bytes / 2**20, 1)}
     try:
@@ -187,7 +193,8 @@ def serve_within_limit(memory: Path, queries: np.ndarray, truth: np.ndarray, fre
     try:
         evict_from_page_cache(memory)
         out = subprocess.run([sys.executable, "-c", _LIMITED_PROBE, str(memory), *map(str, files.values()), str(k),
-                              str(group.procs_file), warmup], capture_output=True, text=True, timeout=timeout_s)
+                              str(group.procs_file), warmup, json.dumps(search or {})],
+                             capture_output=True, text=True, timeout=timeout_s)
         peak = group.peak_bytes()
         res["peak_mb"] = None if peak is None else round(peak / 2**20, 1)
         res["oom_killed"] = group.oom_kills() > 0

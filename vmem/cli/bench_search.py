@@ -293,10 +293,26 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     echo("batched queries")
     def run_batches():
         return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
+    rows_before = getattr(store, "rows_read", 0)
     batched = [synthetic_indices(h) for h in run_batches()]
+    rows_read = getattr(store, "rows_read", 0) - rows_before
     t_batch = timed(run_batches, repeats)
     res["qps_batch"] = round(queries / t_batch, 1)
     res["recall_at_50"] = round(recall_at(batched, truth, min(50, k)), 4)
+    if settings.doubtful:
+        res["rows_read_per_query"] = round(rows_read / queries, 2)
+        # The same index answering from its codes alone, alternating with the doubtful re-ranking.
+        store.meta.index = settings.model_copy(update={"rescore_doubtful": False})
+        codes = [synthetic_indices(h) for h in run_batches()]
+        res["codes_only_recall_at_50"] = round(recall_at(codes, truth, min(50, k)), 4)
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(repeats):
+            for on in (False, True):
+                store.meta.index = settings.model_copy(update={"rescore_doubtful": on})
+                times[on].append(timed(run_batches, 1))
+        res["codes_only_qps_batch"] = round(queries / statistics.median(times[False]), 1)
+        res["doubtful_qps_batch_alternating"] = round(queries / statistics.median(times[True]), 1)
+        store.meta.index = settings
 
     echo("exact search through the store (exact=True)")
     n_ex = min(queries, 100)
@@ -380,6 +396,9 @@ def search(
     rescore: Annotated[bool, typer.Option(
         help="quantized: re-rank candidates by the original vectors; --no-rescore answers from the codes alone"),
     ] = IndexSettings().rescore,
+    rescore_doubtful: Annotated[bool, typer.Option(
+        help="with --no-rescore: re-rank the candidates too close to the k-th best to call, from vmem's own copy "
+             "of the originals (also times the same index on its codes alone)")] = False,
     vectors_on_disk: Annotated[bool, typer.Option(help="keep the original vectors on disk (mmap)")] = (
         IndexSettings().vectors_on_disk),
     vectors_dtype: Annotated[list[VectorsDtype] | None, typer.Option(
@@ -399,8 +418,8 @@ def search(
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
-                              oversampling=oversampling, rescore=rescore, vectors_on_disk=vectors_on_disk,
-                              vectors_dtype=t.value)
+                              oversampling=oversampling, rescore=rescore, rescore_doubtful=rescore_doubtful,
+                              vectors_on_disk=vectors_on_disk, vectors_dtype=t.value)
                 for q in quantization or [Quantization(IndexSettings().quantization)]
                 for t in vectors_dtype or [VectorsDtype(IndexSettings().vectors_dtype)]]
     machine = machine_info()

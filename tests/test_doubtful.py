@@ -1,0 +1,122 @@
+"""Codes alone, then the doubtful candidates re-ranked by original vectors from vmem's own copy.
+
+What a server with RAM for the codes, graph and payload only can serve: the engine never reads its originals,
+and a query reads a handful of rows (those whose codes score is too close to the k-th best to call).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval import FeaturizerSpec, IndexSettings, MemoryError, Preprocessing, open_store
+from retrieval.doubtful import OriginalRows, doubtful_block, rescore_doubtful
+from retrieval.store import ORIGINAL_ROWS_FILE, ORIGINAL_VECTORS_FILE
+from tests.conftest import random_unit_vectors
+from tests.test_store import INDEXED_POINTS, resident_fraction
+from vmem.cli.bench_ram_limit import evict_from_page_cache
+from vmem.cli.bench_search import fresh_queries, synthetic_features
+
+SPEC = FeaturizerSpec(name="test-encoder", dim=384, preprocessing=Preprocessing(resize=256, crop=224))
+DOUBTFUL = IndexSettings(quantization="turboquant8", rescore=False, rescore_doubtful=True)
+
+
+def recall(found, truth) -> float:
+    return float(np.mean([len({h.source for h in hits} & {f"/v/{i}" for i in row}) / len(row)
+                          for row, hits in zip(truth, found, strict=True)]))
+
+
+def test_rescoring_the_doubtful_candidates_finds_what_the_codes_alone_miss(tmp_path):
+    vecs, _, centres = synthetic_features(INDEXED_POINTS, 384, 14, seed=8)
+    queries = fresh_queries(centres, 60, seed=9)
+    truth = np.argsort(-(queries @ vecs.T), axis=1)[:, :50]
+    with open_store(tmp_path / "memory", SPEC, index=DOUBTFUL) as store:
+        store.add(vecs, ["a"] * len(vecs), [f"/v/{i}" for i in range(len(vecs))])
+        store.optimize()
+    with open_store(tmp_path / "memory") as store:
+        assert store.meta.index.doubtful  # stored with the memory
+        originals = [f for f in (tmp_path / "memory").rglob("*") if str(f).endswith(ORIGINAL_VECTORS_FILE)]
+        evict_from_page_cache(tmp_path / "memory")
+        rescored = store.query_batch(queries, 50)
+        reads = store.rows_read
+        assert max(resident_fraction(f) for f in originals) < 0.05  # the engine read none of its originals
+        # A handful of rows a query, not the whole search's candidates.
+        assert 1 <= reads / len(queries) <= 16
+        store.meta.index = store.meta.index.model_copy(update={"rescore_doubtful": False})
+        codes_only = store.query_batch(queries, 50)
+        assert store.rows_read == reads
+    assert recall(rescored, truth) > recall(codes_only, truth)
+    assert recall(rescored, truth) >= 0.99
+    for q, hits in zip(queries, rescored, strict=True):
+        assert len(hits) == 50 and [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+        assert all("row" not in h.payload for h in hits)  # the row is vmem's bookkeeping, not the user's
+        exact = {f"/v/{i}": float(q @ vecs[i]) for i in range(len(vecs))}
+        assert all(abs(h.similarity - exact[h.source]) < 0.002 for h in hits)
+
+
+def test_a_re_added_point_is_rescored_by_its_new_vector_and_a_deleted_one_is_gone(tmp_path):
+    vecs = random_unit_vectors(300, 384, seed=3)
+    sources = [f"/v/{i}" for i in range(300)]
+    with open_store(tmp_path / "memory", SPEC, index=DOUBTFUL) as store:
+        store.add(vecs, ["a"] * 300, sources)
+    rows_file = tmp_path / "memory" / ORIGINAL_ROWS_FILE
+    assert rows_file.stat().st_size == 300 * 384 * 2  # float16 rows, like the engine's originals
+    with open_store(tmp_path / "memory") as store:
+        # Point 0 now looks like point 1's vector nudged: asked for that, it comes first, by its true score.
+        moved = vecs[1] + 0.05 * vecs[2]
+        store.add(moved[None], ["a"], [sources[0]])
+        assert rows_file.stat().st_size == 301 * 384 * 2  # a new row; the old one is never read again
+        top = store.query(moved, 3)
+        assert top[0].source == sources[0] and top[0].similarity == pytest.approx(1.0, abs=1e-3)
+        store.delete_ids([top[0].id])
+        assert sources[0] not in {h.source for h in store.query(moved, 50)}
+    with open_store(tmp_path / "memory") as store:  # reopened: appends continue after the last row
+        store.add(vecs[5:6] * 2, ["b"], ["/v/new"])
+        assert rows_file.stat().st_size == 302 * 384 * 2
+        assert store.query(vecs[5], 1)[0].source in {"/v/5", "/v/new"}
+
+
+def test_the_copy_of_the_originals_is_prefetched_first(tmp_path):
+    with open_store(tmp_path / "memory", SPEC, index=DOUBTFUL) as store:
+        store.add(random_unit_vectors(100, 384, seed=4), ["a"] * 100, [f"/v/{i}" for i in range(100)])
+        files = store.search_files()
+        assert files[0].name == ORIGINAL_ROWS_FILE
+        assert not any(str(f).endswith(ORIGINAL_VECTORS_FILE) for f in files)  # the engine's are never read
+        # Engine rescoring switched back on: the engine reads its own originals, and vmem's copy is not read.
+        store.meta.index = store.meta.index.model_copy(update={"rescore": True})
+        assert ORIGINAL_ROWS_FILE not in {f.name for f in store.search_files()}
+
+
+def test_doubtful_candidates_are_the_ones_within_the_margin_of_the_kth_best():
+    scores = np.array([0.9, 0.8, 0.7005, 0.7, 0.6995, 0.5])
+    assert doubtful_block(scores, 4, 0.001) == (2, 5)  # k-th best 0.7: 0.7005 and 0.6995 are in doubt
+    assert doubtful_block(scores, 2, 0.001) == (1, 2)
+    assert doubtful_block(scores[:3], 4, 0.001) == (3, 3)  # fewer candidates than k: all are in
+
+
+def test_a_doubtful_candidate_whose_codes_score_was_too_high_makes_way(tmp_path):
+    rows = OriginalRows(tmp_path / "rows.bin", 2, "float32")
+    rows.append(np.array([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6]]))  # rows 0, 1, 2
+    query = np.array([[1.0, 0.0]])
+    # Codes say b (row 1, truly 0.6) edges out c (row 2, truly 0.8) for the second place.
+    candidates = [[("a", 1.0, 0), ("b", 0.7003, 1), ("c", 0.7, 2)]]
+    best = rescore_doubtful(query, candidates, 2, 0.001, rows, score_of=lambda h: h[1], row_of=lambda h: h[2])
+    assert [(h[0], round(s, 4)) for h, s in best[0]] == [("a", 1.0), ("c", 0.8)]
+    assert rows.rows_read == 2  # a, sure of its place, was not read
+    rows.close()
+
+
+def test_rows_are_read_by_several_threads_in_the_order_asked(tmp_path):
+    rows = OriginalRows(tmp_path / "rows.bin", 8, "float16")
+    vecs = random_unit_vectors(500, 8, seed=1)
+    rows.append(vecs)
+    asked = [417, 3, 250, 3, 99, 498, 0]
+    assert np.allclose(rows.read(asked), vecs[asked], atol=1e-3)
+    rows.close()
+
+
+def test_rescoring_doubtful_candidates_needs_codes_and_the_embedded_memory():
+    with pytest.raises(ValueError, match="choose a quantization"):
+        IndexSettings(quantization="none", rescore_doubtful=True)
+    with pytest.raises(MemoryError, match="embedded memory"):
+        open_store(":memory:", SPEC, index=DOUBTFUL)
