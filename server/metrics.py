@@ -7,8 +7,11 @@ scan of random URLs cannot blow up the number of series.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -35,6 +38,20 @@ class Metrics:
         self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
         self.edits = Counter("vmem_memory_edits_total", "Points added or forgotten through the API", ["op"],
                              registry=r)
+
+    def count_rows_read(self, rows_read: Callable[[], int]) -> None:
+        """Export the memory's own count of original vectors read to re-rank doubtful candidates (0 unless it
+        does): an operator divides it by the searches to see how many disk reads a query costs."""
+        self.registry.register(_RowsRead(rows_read))
+
+
+class _RowsRead(Collector):
+    def __init__(self, rows_read: Callable[[], int]) -> None:
+        self.rows_read = rows_read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("vmem_original_rows_read", "Original vectors read from the memory's own copy "
+                                  "to re-rank doubtful candidates", value=self.rows_read())
 
 
 def route_name(scope: Scope) -> str:

@@ -126,6 +126,7 @@ class ClassifierService:
         self.memory = memory
         self.settings = settings
         self.metrics = metrics
+        metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))
         self.owns_memory = owns_memory
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()

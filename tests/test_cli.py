@@ -249,3 +249,19 @@ def test_a_memory_can_be_told_to_answer_from_its_codes_alone(image_folder, tmp_p
     plain = run("build", image_folder / "train", "--memory", tmp_path / "plain", "--featurizer", "efficientnet-lite0",
                 "--workers", "0", "--quantization", "none", "--no-rescore")
     assert plain.exit_code == 0 and "not quantized" in plain.output
+
+
+def test_a_memory_can_re_rank_the_doubtful_candidates_of_its_codes(image_folder, tmp_path):
+    memory = tmp_path / "doubtful"
+    args = ["build", image_folder / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0",
+            "--quantization", "turboquant8"]
+    # It re-ranks what the codes alone found: rescoring must be off, and said so.
+    refused = run(*args, "--rescore-doubtful")
+    assert refused.exit_code == 2 and "--no-rescore" in refused.output
+    assert run(*args[:-2], "--quantization", "none", "--no-rescore", "--rescore-doubtful").exit_code == 2
+    assert run(*args, "--no-rescore", "--rescore-doubtful").exit_code == 0
+    index = json.loads(run("info", "--memory", memory, "--json").output)["index"]
+    assert index["rescore_doubtful"] and not index["rescore"]
+    assert (memory / "original-rows.bin").stat().st_size > 0
+    out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
+    assert json.loads(out.output.splitlines()[0])["label"] == "blue"

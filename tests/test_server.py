@@ -500,6 +500,23 @@ def test_health_readiness_and_metrics(client):
     assert "vmem_memory_points 12.0" in text and "vmem_images_classified_total 1.0" in text
 
 
+def test_metrics_count_the_original_vectors_read_to_re_rank_doubtful_candidates(tmp_path, lite0, memory_images):
+    from retrieval import IndexSettings, open_store
+    from vmem import VisualMemory
+
+    # A margin so wide that every candidate is in doubt: each search reads all its candidates' rows.
+    index = IndexSettings(quantization="turboquant8", rescore=False, rescore_doubtful=True, doubt_margin=1.0)
+    store = open_store(tmp_path / "doubtful", lite0.spec, index=index)
+    store.add(memory_images.vectors, memory_images.labels, [str(p) for p in memory_images.paths])
+    with VisualMemory(store, lite0) as mem, TestClient(create_app(settings(tmp_path), memory=mem)) as client:
+        def rows_read() -> float:
+            return float(client.get("/metrics").text.split("vmem_original_rows_read_total ")[1].split()[0])
+
+        before = rows_read()  # the warm-up's searches read some already
+        assert client.post("/v1/classify?k=5", files=upload(texture(COLORS["red"], 1))).status_code == 200
+        assert rows_read() >= before + 5
+
+
 def test_health_stays_fast_while_every_embedding_thread_is_busy(client):
     service = client.app.state.service
     release = threading.Event()

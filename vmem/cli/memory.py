@@ -76,6 +76,14 @@ def build(
                           "to cache them (recall@50 on real features 0.99 with turboquant8, 0.98 with int8; "
                           "docs/benchmarks.md). A search setting, so it also changes an existing memory"),
     ] = None,
+    rescore_doubtful: Annotated[
+        bool | None,
+        typer.Option("--rescore-doubtful",
+                     help="new quantized memory, with --no-rescore: answer from the codes, then re-rank only the "
+                          "candidates too close to the k-th best to call, by original vectors vmem keeps in a file "
+                          "of its own (a handful of reads a query; recall of rescoring with the RAM of the codes "
+                          "alone; docs/benchmarks.md). Embedded memory only"),
+    ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
@@ -89,8 +97,21 @@ def build(
         asked["vectors_on_disk"] = vectors_on_disk
     if vectors_dtype is not None:
         asked["vectors_dtype"] = vectors_dtype.value
+    if rescore_doubtful:
+        # Explicit, rather than switching rescoring off behind the user's back on an existing memory.
+        if rescore is not False:
+            raise typer.BadParameter("it re-ranks what the codes alone found: give --no-rescore with it",
+                                     param_hint="--rescore-doubtful")
+        if qdrant_url:
+            raise typer.BadParameter("it keeps a file beside an embedded memory; a Qdrant server rescores on its "
+                                     "own (--rescore)", param_hint="--rescore-doubtful")
+        asked["rescore_doubtful"] = True
     searching = {name: value for name, value in (("hnsw_ef", hnsw_ef), ("rescore", rescore)) if value is not None}
-    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=IndexSettings(**asked, **searching))
+    try:
+        index = IndexSettings(**asked, **searching)
+    except ValueError as exc:  # pydantic's, e.g. --rescore-doubtful on a memory without codes
+        raise typer.BadParameter(str(exc.errors()[0]["msg"]) if hasattr(exc, "errors") else str(exc)) from exc
+    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index)
     stored = mem.store.meta.index
     changed = {name: value for name, value in searching.items() if getattr(stored, name) != value}
     if changed:
