@@ -9,11 +9,12 @@ search) settles them (docs/benchmarks/int8_error.py: recall 0.9986-0.9995 from t
 The engine has no way to read a chosen point's original vector without faulting its pages in one by one while
 it holds the GIL, and does not expose where a point's vector lies in its files. So the memory keeps a copy of
 its own: `OriginalRows`, one fixed-size row a point in one file, the row number stored in the point's payload,
-read with `os.pread` from a few threads at once (the disk answers several random reads at a time).
+read around the page cache by several threads at once.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -25,11 +26,13 @@ import numpy as np
 
 # Payload key holding a point's row in the memory's `OriginalRows`.
 ROW_KEY = "row"
-# Threads reading rows at once: the benchmark disk served ~8,000 random 4 KiB reads a second from one thread,
-# ~21,000 from 4 and no more from 16 (docs/benchmarks/random-reads.json).
-READ_THREADS = 4
-# Fewer rows than this are read by the calling thread: handing them to the pool costs more than it saves.
-INLINE_READS = 3
+# O_DIRECT reads whole aligned blocks into an aligned buffer; 4 KiB suits 512-byte and 4 KiB sector disks.
+DIRECT_ALIGN = 4096
+# Threads reading rows at once: 8 rows-wide uncached reads of a 1 GB file on the benchmark disk came at ~13,000
+# rows a second from one thread and ~48,000 from 8.
+READ_THREADS = 8
+# Up to this many rows are read by the calling thread.
+INLINE_READS = 2
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -53,6 +56,10 @@ class OriginalRows:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         # A row cut short (a write that died midway) was never referenced by a point: the next append overwrites it.
         self.rows = os.fstat(self._fd).st_size // self.row_bytes
+        try:
+            self._read_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:  # a file system without direct I/O: buffered reads
+            self._read_fd = os.open(path, os.O_RDONLY)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.rows_read = 0  # since opening, for benchmarks and metrics
@@ -67,28 +74,48 @@ class OriginalRows:
         self.rows = start + len(vectors)
         return range(start, self.rows)
 
-    def _read_into(self, out: np.ndarray, rows: Sequence[int], positions: Sequence[int]) -> None:
-        raw = out.view(np.uint8).reshape(len(out), self.row_bytes)
-        for row, pos in zip(rows, positions, strict=True):
-            got = os.preadv(self._fd, [raw[pos]], row * self.row_bytes)
-            if got != self.row_bytes:
-                raise OSError(f"{self.path}: row {row} is missing ({got} of {self.row_bytes} bytes)")
-
     def read(self, rows: Sequence[int]) -> np.ndarray:
-        """The rows asked for, as float32, in that order; many rows are read by several threads at once."""
-        out = np.empty((len(rows), self.dim), self.dtype)
+        """The rows asked for, as float32, in that order.
+
+        Read around the page cache (O_DIRECT, where the file system has it): in a server whose RAM holds
+        little more than the index, every page a buffered read cached made the kernel reclaim pages of the
+        engine's graph and payload to make room (1.28M points inside 0.5x the raw vectors: 14-23 disk reads a
+        query for those pages instead of 1.7, whether or not the rows' pages were dropped after reading).
+        More than a couple of rows are read by several threads at once, as the disk serves them in parallel.
+        """
+        spans = []  # (aligned offset, aligned length, where the row starts in that span)
+        for row in rows:
+            offset = row * self.row_bytes
+            first = offset // DIRECT_ALIGN * DIRECT_ALIGN
+            spans.append((first, -(-(offset + self.row_bytes) // DIRECT_ALIGN) * DIRECT_ALIGN - first,
+                          offset - first))
+        starts = np.cumsum([0] + [length for _, length, _ in spans]).tolist()
+        buffer = mmap.mmap(-1, max(starts[-1], 1))  # page-aligned, as O_DIRECT needs
+        view = memoryview(buffer)
+
+        def read_some(indices: Sequence[int]) -> None:
+            for i in indices:
+                first, length, _ = spans[i]
+                got = os.preadv(self._read_fd, [view[starts[i] : starts[i] + length]], first)
+                if got < spans[i][2] + self.row_bytes:
+                    raise OSError(f"{self.path}: row {rows[i]} is missing")
+
+        try:
+            if len(rows) <= INLINE_READS:
+                read_some(range(len(rows)))
+            else:
+                parts = [range(t, len(rows), READ_THREADS) for t in range(min(READ_THREADS, len(rows)))]
+                for done in [self._thread_pool().submit(read_some, part) for part in parts]:
+                    done.result()
+            raw = np.frombuffer(view, np.uint8)
+            at = np.asarray(starts[:-1], np.int64) + np.asarray([a for _, _, a in spans], np.int64)
+            out = raw[at[:, None] + np.arange(self.row_bytes)]  # a copy: the buffer is unmapped below
+            del raw
+        finally:
+            view.release()
+            buffer.close()
         self.rows_read += len(rows)
-        if len(rows) < INLINE_READS:
-            self._read_into(out, rows, range(len(rows)))
-            return out.astype(np.float32)
-        # In row order, so that rows sharing a page or neighbouring pages are read one after the other.
-        order = np.argsort(np.asarray(rows))
-        parts = [order[i::READ_THREADS] for i in range(READ_THREADS)]
-        pool = self._thread_pool()
-        done = [pool.submit(self._read_into, out, [rows[p] for p in part], part) for part in parts if len(part)]
-        for f in done:
-            f.result()
-        return out.astype(np.float32)
+        return out.view(self.dtype).astype(np.float32)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -104,20 +131,26 @@ class OriginalRows:
             self._pool.shutdown()
             self._pool = None
         if self._fd >= 0:
+            os.close(self._read_fd)
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 
 
-def doubtful_block(scores: np.ndarray, k: int, margin: float) -> tuple[int, int]:
+def doubtful_block(scores: Sequence[float], k: int, margin: float) -> tuple[int, int]:
     """For one query's candidates in descending codes-score order: [start, end) of those that need their
     originals read. Those before `start` are in the k best whatever the codes' error (score above the k-th
     best + margin); those from `end` on are out (below the k-th best - margin)."""
-    if len(scores) <= k:
-        return len(scores), len(scores)
+    n = len(scores)
+    if n <= k:
+        return n, n
     kth = scores[k - 1]
-    start = int(np.searchsorted(-scores, -(kth + margin), side="left"))
-    end = int(np.searchsorted(-scores, -(kth - margin), side="right"))
+    # A scan out from the k-th: the block is a handful of candidates, a search of the whole list costs more.
+    start, end = k - 1, k
+    while start > 0 and scores[start - 1] <= kth + margin:
+        start -= 1
+    while end < n and scores[end] >= kth - margin:
+        end += 1
     return start, end
 
 
@@ -131,21 +164,26 @@ def rescore_doubtful(queries: np.ndarray, results: list[list[Any]], k: int, marg
     codes score); only the doubtful candidates are asked for their rows. The rows of the whole batch are read
     at once.
     """
-    q = unit_rows(np.asarray(queries, np.float32))
-    blocks, wanted = [], []
-    for hits in results:
+    blocks, wanted, asking = [], [], []
+    for qi, hits in enumerate(results):
         scores = [score_of(h) for h in hits]
-        start, end = doubtful_block(np.asarray(scores), k, margin)
+        start, end = doubtful_block(scores, k, margin)
         rows = [row_of(h) for h in hits[start:end]]
         blocks.append((scores, start, end, rows))
-        wanted += [r for r in rows if r is not None]
-    vectors = originals.read(wanted) if wanted else np.empty((0, originals.dim), np.float32)
+        for row in rows:
+            if row is not None:
+                wanted.append(row)
+                asking.append(qi)
+    true: list[float] = []
+    if wanted:
+        q = unit_rows(np.asarray(queries, np.float32))
+        true = np.einsum("ij,ij->i", originals.read(wanted), q[asking]).tolist()
     out, at = [], 0
-    for qi, (hits, (scores, start, end, rows)) in enumerate(zip(results, blocks, strict=True)):
+    for hits, (scores, start, end, rows) in zip(results, blocks, strict=True):
         doubtful = []
         for h, s, row in zip(hits[start:end], scores[start:end], rows, strict=True):
             if row is not None:
-                s = float(vectors[at] @ q[qi])
+                s = true[at]
                 at += 1
             doubtful.append((h, s))
         # The sure ones keep their places; the best of the doubtful fill the rest, in order of true similarity.

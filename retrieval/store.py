@@ -103,11 +103,13 @@ class IndexSettings(BaseModel):
     rescore_doubtful: bool = Field(
         False, description="quantized, embedded: while rescore is off, re-rank the candidates too close to the "
                            "k-th best to call by the original vectors, kept in a file of vmem's own")
-    # Twice the codes' error at 384-d (docs/benchmarks/int8_error.py: sd 0.00028 turboquant8, 0.0014 int8)
-    # either side of the k-th best codes score: recall@50 0.9995 from the same candidates, 9 rows a query.
+    # ~1.8 times the codes' error at 384-d (docs/benchmarks/int8_error.py: sd 0.00028 turboquant8, 0.0014
+    # int8) either side of the k-th best codes score. 1.28M x 384 turboquant8 inside 0.5x the raw vectors
+    # (docs/benchmarks.md): margin 0.0004 recall@50 0.9953 at 4.8 rows a query and 1,237 batched queries/s;
+    # 0.0006 0.9969, 6.7 rows, 1,093/s; 0.0008 0.9973, 8.6 rows, 961/s; the codes alone 0.985.
     doubt_margin: float | None = Field(
         None, gt=0, description="rescore_doubtful: similarity either side of the k-th best codes score within "
-                                "which candidates are re-ranked (default 0.0008 turboquant8, 0.004 int8)")
+                                "which candidates are re-ranked (default 0.0005 turboquant8, 0.0025 int8)")
     # On disk (mapped, read as needed) rather than loaded: with int8 the originals are read only to rescore a
     # query's candidates. 1.28M x 384, two runs in one machine state (docs/benchmarks.md): serving RAM 0.65x
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
@@ -143,7 +145,7 @@ class IndexSettings(BaseModel):
     @property
     def margin(self) -> float:
         """`doubt_margin`, or the default of this quantization."""
-        return self.doubt_margin or (0.0008 if self.quantization == "turboquant8" else 0.004)
+        return self.doubt_margin or (0.0005 if self.quantization == "turboquant8" else 0.0025)
 
     @model_validator(mode="after")
     def _doubtful_needs_codes(self) -> IndexSettings:
@@ -665,8 +667,7 @@ class EdgeMemoryStore(MemoryStore):
                  if f.is_file() and not {"wal", "payload_index"} & set(f.parts)
                  and f.name != ID_TO_OFFSET_FILE and not str(f).endswith(LOADED_CODES_FILE)
                  and not (codes_only and str(f).endswith(ORIGINAL_VECTORS_FILE))]
-        own_rows = [self._rows.path] if self.meta.index.doubtful and self._rows is not None else []
-        return own_rows + sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
+        return sorted(files, key=lambda f: not str(f).endswith(ORIGINAL_VECTORS_FILE))
 
     def prefetch(self) -> int:
         """Read the search files once, so that the page cache holds them; returns the bytes read.

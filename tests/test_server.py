@@ -510,7 +510,9 @@ def test_metrics_count_the_original_vectors_read_to_re_rank_doubtful_candidates(
     store.add(memory_images.vectors, memory_images.labels, [str(p) for p in memory_images.paths])
     with VisualMemory(store, lite0) as mem, TestClient(create_app(settings(tmp_path), memory=mem)) as client:
         def rows_read() -> float:
-            return float(client.get("/metrics").text.split("vmem_original_rows_read_total ")[1].split()[0])
+            line = next(x for x in client.get("/metrics").text.splitlines()
+                        if x.startswith("vmem_original_rows_read_total "))
+            return float(line.split()[1])
 
         before = rows_read()  # the warm-up's searches read some already
         assert client.post("/v1/classify?k=5", files=upload(texture(COLORS["red"], 1))).status_code == 200
