@@ -63,6 +63,7 @@ class OriginalRows:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.rows_read = 0  # since opening, for benchmarks and metrics
+        self.rows_missing = 0  # asked for but not in the file (damaged from outside)
 
     def append(self, vectors: np.ndarray) -> range:
         """Write these vectors (unit-scaled) as new rows; returns their row numbers. Callers serialise appends."""
@@ -71,11 +72,14 @@ class OriginalRows:
         offset, done = start * self.row_bytes, 0
         while done < len(data):
             done += os.pwrite(self._fd, data[done:], offset + done)
+        # On disk before the points that refer to them reach the engine's log: after a machine crash no point
+        # can refer to a row the file lost, which the next append would then hand to another point.
+        os.fdatasync(self._fd)
         self.rows = start + len(vectors)
         return range(start, self.rows)
 
     def read(self, rows: Sequence[int]) -> np.ndarray:
-        """The rows asked for, as float32, in that order.
+        """The rows asked for, as float32, in that order; NaN for a row the file does not have.
 
         Read around the page cache (O_DIRECT, where the file system has it): in a server whose RAM holds
         little more than the index, every page a buffered read cached made the kernel reclaim pages of the
@@ -92,13 +96,14 @@ class OriginalRows:
         starts = np.cumsum([0] + [length for _, length, _ in spans]).tolist()
         buffer = mmap.mmap(-1, max(starts[-1], 1))  # page-aligned, as O_DIRECT needs
         view = memoryview(buffer)
+        missing: list[int] = []
 
         def read_some(indices: Sequence[int]) -> None:
             for i in indices:
                 first, length, _ = spans[i]
                 got = os.preadv(self._read_fd, [view[starts[i] : starts[i] + length]], first)
                 if got < spans[i][2] + self.row_bytes:
-                    raise OSError(f"{self.path}: row {rows[i]} is missing")
+                    missing.append(i)
 
         try:
             if len(rows) <= INLINE_READS:
@@ -115,7 +120,11 @@ class OriginalRows:
             view.release()
             buffer.close()
         self.rows_read += len(rows)
-        return out.view(self.dtype).astype(np.float32)
+        vectors = out.view(self.dtype).astype(np.float32)
+        if missing:
+            self.rows_missing += len(missing)
+            vectors[missing] = np.nan
+        return vectors
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -160,8 +169,8 @@ def rescore_doubtful(queries: np.ndarray, results: list[list[Any]], k: int, marg
     """The k best of each query's candidates (in descending codes-score order) with their similarities, the
     doubtful ones re-ranked by their original vectors.
 
-    `score_of(hit)` is a candidate's codes score and `row_of(hit)` its row (None: it has none, and keeps its
-    codes score); only the doubtful candidates are asked for their rows. The rows of the whole batch are read
+    `score_of(hit)` is a candidate's codes score and `row_of(hit)` its row (None, or a row the file lost: it
+    keeps its codes score); only the doubtful candidates are asked for their rows. The rows of the whole batch are read
     at once.
     """
     blocks, wanted, asking = [], [], []
@@ -183,7 +192,8 @@ def rescore_doubtful(queries: np.ndarray, results: list[list[Any]], k: int, marg
         doubtful = []
         for h, s, row in zip(hits[start:end], scores[start:end], rows, strict=True):
             if row is not None:
-                s = true[at]
+                if true[at] == true[at]:  # not NaN: the row was there
+                    s = true[at]
                 at += 1
             doubtful.append((h, s))
         # The sure ones keep their places; the best of the doubtful fill the rest, in order of true similarity.

@@ -660,7 +660,8 @@ class EdgeMemoryStore(MemoryStore):
         Not the write-ahead log or the payload indexes: searches never read them (no filter while nothing
         is excluded); nor the map from point ids to the engine's offsets, which only writes and lookups by
         id read. Nor the quantized codes, which the engine holds in its own memory; nor the indexed
-        originals of a quantized memory that does not rescore.
+        originals of a quantized memory that does not rescore; nor vmem's own copy of the originals
+        (`rescore_doubtful`), whose few rows a query are read around the page cache.
         """
         codes_only = self.meta.index.codes_only
         files = [f for f in (self.path / SHARD_DIR).rglob("*")

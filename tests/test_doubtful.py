@@ -6,6 +6,8 @@ and a query reads a handful of rows (those whose codes score is too close to the
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,19 @@ def test_reading_rows_leaves_them_out_of_the_page_cache(tmp_path):
     if resident_fraction(tmp_path / "rows.bin") > 0.01:  # a file system without direct I/O (e.g. old tmpfs)
         pytest.skip("no O_DIRECT here: rows are read through the page cache")
     rows.close()
+
+
+def test_a_point_whose_row_was_lost_keeps_its_codes_score(tmp_path):
+    """Rows are synced before their points are written, but a damaged file must not stop searches."""
+    vecs = random_unit_vectors(200, 384, seed=6)
+    index = DOUBTFUL.model_copy(update={"doubt_margin": 1.0})  # every candidate in doubt: all rows are read
+    with open_store(tmp_path / "memory", SPEC, index=index) as store:
+        store.add(vecs, ["a"] * 200, [f"/v/{i}" for i in range(200)])
+    os.truncate(tmp_path / "memory" / ORIGINAL_ROWS_FILE, 100 * 384 * 2)  # rows 100-199 gone
+    with open_store(tmp_path / "memory") as store:
+        hits = store.query(vecs[150], 10)
+        assert len(hits) == 10 and hits[0].source == "/v/150"  # found by its codes score
+        assert store._rows.rows_missing > 0
 
 
 def test_doubtful_candidates_are_the_ones_within_the_margin_of_the_kth_best():
