@@ -132,17 +132,13 @@ class OriginalRows:
                 self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="vmem-rows")
             return self._pool
 
-    def sync(self) -> None:
-        os.fsync(self._fd)
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         if self._fd >= 0:
             os.close(self._read_fd)
-            os.fsync(self._fd)
-            os.close(self._fd)
+            os.close(self._fd)  # nothing to sync: every append was
             self._fd = -1
 
 

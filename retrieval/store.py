@@ -697,8 +697,6 @@ class EdgeMemoryStore(MemoryStore):
 
     def flush(self) -> None:
         with self._write_lock:
-            if self._rows is not None:
-                self._rows.sync()
             self.shard.flush()
 
     def close(self) -> None:

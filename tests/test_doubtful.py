@@ -90,8 +90,7 @@ def test_the_copy_of_the_originals_is_not_prefetched(tmp_path):
 def test_reading_rows_leaves_them_out_of_the_page_cache(tmp_path):
     rows = OriginalRows(tmp_path / "rows.bin", 384, "float16")
     vecs = random_unit_vectors(20_000, 384, seed=2)
-    rows.append(vecs)
-    rows.sync()
+    rows.append(vecs)  # on disk when it returns
     evict_from_page_cache(tmp_path)
     asked = list(range(0, 20_000, 97))
     assert np.allclose(rows.read(asked), vecs[asked], atol=1e-3)
