@@ -45,7 +45,9 @@ class OriginalRows:
     """Unit-length vectors of a memory's points, one `dtype` row each, appended to one file and read by row.
 
     A row is written before its point goes into the engine, so a point a search can find always has its row.
-    Rows are never rewritten: a re-added point gets a new one, and a deleted point's row is left unused.
+    A re-added point gets a new row. The old row, and a deleted point's, is overwritten with zeros before the
+    engine forgets the point (`erase`): forgetting must not leave the vector in vmem's own files. A zero row
+    reads as missing, so a point whose row was erased and that a crash left in the engine keeps its codes score.
     """
 
     def __init__(self, path: Path, dim: int, dtype: str):
@@ -63,7 +65,7 @@ class OriginalRows:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.rows_read = 0  # since opening, for benchmarks and metrics
-        self.rows_missing = 0  # asked for but not in the file (damaged from outside)
+        self.rows_missing = 0  # asked for but not in the file (damaged from outside) or erased
 
     def append(self, vectors: np.ndarray) -> range:
         """Write these vectors (unit-scaled) as new rows; returns their row numbers. Callers serialise appends."""
@@ -78,8 +80,27 @@ class OriginalRows:
         self.rows = start + len(vectors)
         return range(start, self.rows)
 
+    def erase(self, rows: Sequence[int]) -> None:
+        """Overwrite these rows with zeros (in place: the bytes on disk are replaced, not just unlinked)."""
+        ordered = sorted({r for r in rows if 0 <= r < self.rows})
+        if not ordered:
+            return
+        zeros = bytes(self.row_bytes * 256)
+        run_start = previous = ordered[0]
+        for row in [*ordered[1:], None]:  # consecutive rows (a label added together) in one write
+            if row is not None and row == previous + 1 and row - run_start < 256:
+                previous = row
+                continue
+            length = (previous - run_start + 1) * self.row_bytes
+            done = 0
+            while done < length:
+                done += os.pwrite(self._fd, zeros[done:length], run_start * self.row_bytes + done)
+            if row is not None:
+                run_start = previous = row
+        os.fdatasync(self._fd)
+
     def read(self, rows: Sequence[int]) -> np.ndarray:
-        """The rows asked for, as float32, in that order; NaN for a row the file does not have.
+        """The rows asked for, as float32, in that order; NaN for a row the file does not have or erased.
 
         Read around the page cache (O_DIRECT, where the file system has it): in a server whose RAM holds
         little more than the index, every page a buffered read cached made the kernel reclaim pages of the
@@ -121,6 +142,8 @@ class OriginalRows:
             buffer.close()
         self.rows_read += len(rows)
         vectors = out.view(self.dtype).astype(np.float32)
+        # Erased rows are zeros (a stored row has unit length); so is a row read short past the end of the file.
+        missing = sorted(set(missing) | set(np.flatnonzero(~out.any(axis=1)).tolist()))
         if missing:
             self.rows_missing += len(missing)
             vectors[missing] = np.nan

@@ -55,6 +55,14 @@ DOUBTFUL_EXTRA = 16
 SEARCH_PAYLOAD = ("label", "source", "reliability")
 # Queries per qdrant-edge query_batch call: the engine plans a batch as one pass over its segments.
 EDGE_QUERY_BATCH = 64
+# The embedded engine's own configuration, beside its segments.
+EDGE_CONFIG_FILE = "edge_config.json"
+# Vacuum thresholds of an embedded memory: the engine rewrites a segment without its deleted points when at
+# least this fraction of it is deleted, and it has at least this many vectors. Its defaults (0.2 and 1,000)
+# kept a forgotten point's vector in the segment files until a fifth of the segment had been forgotten; with
+# these, every `optimize` (and `erase_forgotten`) rewrites each segment that holds one. Cheap: the engine
+# keeps the segment's graph and drops the deleted points (docs/benchmarks.md, "Forgetting").
+VACUUM_THRESHOLDS = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
 _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
@@ -341,6 +349,18 @@ class MemoryStore(ABC):
     def optimize(self) -> None:  # noqa: B027 - a no-op unless the backend has work to do
         """Build indexes now rather than at the first query."""
 
+    # Whether `erase_forgotten` works here.
+    erases_on_demand = False
+
+    def erase_forgotten(self) -> None:
+        """Rewrite the memory's files so that the vectors of deleted points are no longer in them.
+
+        A delete makes a point unreachable at once; its bytes stay in the engine's segment files until the
+        engine rewrites them. Raises MemoryError where the memory cannot do this on demand.
+        """
+        raise MemoryError("a memory on a Qdrant server cannot erase forgotten points on demand: the server "
+                          "rewrites a segment once its optimizers' deleted_threshold of it is deleted")
+
     def flush(self) -> None:  # noqa: B027
         """Make acknowledged writes durable."""
 
@@ -373,6 +393,27 @@ def _read_written_parts(path: Path, buffer: bytearray) -> int:
     finally:
         os.close(fd)
     return done
+
+
+def _set_vacuum_thresholds(config_path: Path) -> None:
+    """Give an embedded memory made before VACUUM_THRESHOLDS existed those thresholds (before the engine loads).
+
+    The engine takes new settings only with a whole configuration, which vmem would have to rebuild from what
+    it stored; only the two vacuum settings are changed here, in its own file, replaced in one step.
+    """
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        return
+    # Written by the engine with every key (null where unset), or null as a whole: written back the same way.
+    optimizers = config.get("optimizers") or dict.fromkeys(
+        ["default_segment_number", "max_segment_size", "indexing_threshold", "prevent_unoptimized"])
+    if all(optimizers.get(key) == value for key, value in VACUUM_THRESHOLDS.items()):
+        return
+    config["optimizers"] = {**optimizers, **VACUUM_THRESHOLDS}
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(json.dumps(config))
+    os.replace(tmp, config_path)
 
 
 def _str_id(pid: Any) -> str:
@@ -420,6 +461,7 @@ class EdgeMemoryStore(MemoryStore):
                 probe.meta = stored
                 probe.check_featurizer(meta.featurizer)
             self.meta = stored
+            _set_vacuum_thresholds(shard_path / EDGE_CONFIG_FILE)
             try:
                 self.shard = qe.EdgeShard.load(str(shard_path))
             except Exception as exc:
@@ -481,13 +523,14 @@ class EdgeMemoryStore(MemoryStore):
         """Bound segment size just above `segment_points`, so the engine never merges two full segments back."""
         points = meta.index.segment_points
         if points is None:
-            return None
+            return self._qe.EdgeOptimizersConfig(**VACUUM_THRESHOLDS)
         # The engine measures a segment by its stored vectors, in KB (2 bytes a value for float16). At exactly
         # `segment_points`, small leftovers still merge with each other, but nothing merges into a full segment:
         # that would re-index it (minutes at 640k points) for a few added points. A full segment over the bound
         # (the add batch that crossed it) is still indexed whole.
         value_bytes = 2 if meta.index.vectors_dtype == "float16" else 4
-        return self._qe.EdgeOptimizersConfig(max_segment_size=points * meta.featurizer.dim * value_bytes // 1024)
+        return self._qe.EdgeOptimizersConfig(max_segment_size=points * meta.featurizer.dim * value_bytes // 1024,
+                                             **VACUUM_THRESHOLDS)
 
     def save_meta(self) -> None:
         tmp = self.path / (META_FILE + ".tmp")
@@ -527,6 +570,7 @@ class EdgeMemoryStore(MemoryStore):
         qe = self._qe
         with self._write_lock:
             if self._rows is not None:  # the rows first: a point a search can find has its row
+                self._rows.erase(self._rows_of(ids))  # of the versions this add replaces
                 rows = self._rows.append(vectors)
                 payloads = [{**p, ROW_KEY: row} for p, row in zip(payloads, rows, strict=True)]
             points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
@@ -548,10 +592,20 @@ class EdgeMemoryStore(MemoryStore):
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         with self._write_lock:
-            present = [p.id for p in self.retrieve(list(ids))]
-            if present:
-                self.shard.update(self._qe.UpdateOperation.delete_points(present))
-        return len(present)
+            points = self.retrieve(list(ids))
+            if points:
+                if self._rows is not None:  # erased first: no copy outlives the point
+                    self._rows.erase([p.payload[ROW_KEY] for p in points if ROW_KEY in p.payload])
+                self.shard.update(self._qe.UpdateOperation.delete_points([p.id for p in points]))
+        return len(points)
+
+    def _rows_of(self, ids: Sequence[str]) -> list[int]:
+        """Rows in vmem's copy of the originals held by these points (those that exist)."""
+        rows = []
+        for start in range(0, len(ids), 4096):
+            recs = self.shard.retrieve(list(ids[start : start + 4096]), with_payload=True, with_vector=False)
+            rows += [r.payload[ROW_KEY] for r in recs if r.payload and ROW_KEY in r.payload]
+        return rows
 
     def delete_where(self, label: str | None = None, source_prefix: str | None = None) -> int:
         if label is None and source_prefix is None:
@@ -560,6 +614,8 @@ class EdgeMemoryStore(MemoryStore):
         with self._write_lock:
             n = self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
             if n:
+                if self._rows is not None:
+                    self._rows.erase(self._rows_of(self.ids_where(label=label, source_prefix=source_prefix)))
                 self.shard.update(self._qe.UpdateOperation.delete_points_by_filter(flt))
         return n
 
@@ -653,6 +709,20 @@ class EdgeMemoryStore(MemoryStore):
     def optimize(self) -> None:
         with self._write_lock:
             self.shard.optimize()
+
+    erases_on_demand = True
+
+    def erase_forgotten(self) -> None:
+        """Rewrite every segment that holds deleted points, without them (vmem's copy of the originals, with
+        `rescore_doubtful`, is erased at the delete itself). Searches go on meanwhile.
+
+        Not erased: the engine's write-ahead log, which keeps recent writes, vectors included, until it has
+        filled its 32 MB file with later ones.
+        """
+        with self._write_lock:
+            self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
+            # Until this flush, the rewritten segment's files still held the deleted points' vectors.
+            self.shard.flush()
 
     def search_files(self) -> list[Path]:
         """The engine's files that searches read, the original vectors first.

@@ -110,6 +110,8 @@ class ForgetQuery(BaseModel):
     label: str | None = Field(None, min_length=1, max_length=200, description="forget every point with this label")
     source_prefix: str | None = Field(None, min_length=1, max_length=4096,
                                       description="forget every point whose source starts with this")
+    erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
+                                           "before answering (embedded memory)")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -194,6 +196,7 @@ class ForgetOut(BaseModel):
 
     deleted: int = Field(description="points removed from the memory")
     points: int = Field(description="points in the memory afterwards")
+    erased: bool = Field(False, description="the memory's files were rewritten without the forgotten vectors")
 
 
 class FeaturizerOut(BaseModel):

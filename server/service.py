@@ -242,8 +242,8 @@ class ClassifierService:
         return [(i, pid, labels[i], src) for i, pid, src in zip(kept, ids, sources, strict=True)], failed
 
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
-               source_prefix: str | None = None) -> int:
-        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
+               source_prefix: str | None = None, erase: bool = False) -> int:
+        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix, erase=erase)
         self.metrics.edits.labels("forget").inc(n)
         self.refresh_size_metrics()
         return n

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import point_id_for
+from retrieval import open_store, point_id_for
 from tests.conftest import make_image
 from vmem.cli import app
 
@@ -109,6 +110,23 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     obj = json.loads(res.output)
     assert {n["label"] for n in obj["neighbors"]} == {"red"}
     assert red0 not in {n["source"] for n in obj["neighbors"]}
+
+
+def test_forget_and_erase_rewrites_the_memory_without_the_forgotten_vectors(built, tmp_path):
+    memory, _ = built
+    import shutil
+
+    from vmem.cli.bench_search import copies_in_files
+
+    copy = tmp_path / "memory"
+    shutil.copytree(memory, copy)
+    with open_store(copy) as store:
+        blue = [p for batch in store.scroll(with_vectors=True) for p in batch if p.payload["label"] == "blue"]
+    vectors = np.stack([p.vector for p in blue])
+    assert copies_in_files(copy, vectors) == len(blue)
+    out = run("forget", "--memory", copy, "--label", "blue", "--erase")
+    assert out.exit_code == 0 and "forgot 4 points" in out.output and "erased the forgotten" in out.output
+    assert copies_in_files(copy, vectors) == 0
 
 
 def test_forget_needs_exactly_one_selector(built):

@@ -394,14 +394,19 @@ class VisualMemory:
         ids: Sequence[str] | None = None,
         label: str | None = None,
         source_prefix: str | None = None,
+        erase: bool = False,
     ) -> int:
         """Delete points by id, by label, or by source prefix; returns how many went.
 
-        Once this returns, no search returns them, and listeners have dropped what cited them.
+        Once this returns, no search returns them, and listeners have dropped what cited them. With `erase`,
+        the memory's files are also rewritten without their vectors before it returns (`erase_forgotten`).
         """
         chosen = [x is not None for x in (ids, label, source_prefix)]
         if sum(chosen) != 1:
             raise ValueError("forget takes exactly one of: ids, label, source_prefix")
+        if erase and not self.store.erases_on_demand:
+            raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
+                             "its segments on its own schedule): forget without erase")
         if ids is not None:
             targets = list(ids)
         else:
@@ -412,7 +417,18 @@ class VisualMemory:
         n = self.store.delete_ids(targets)
         for listener in self._forget_listeners:
             listener(targets)
+        if erase:
+            self.erase_forgotten()
         return n
+
+    def erase_forgotten(self) -> None:
+        """Rewrite the memory's files without the vectors of the points forgotten so far.
+
+        A forgotten point is out of every search at once, but the engine keeps its bytes in the segment that
+        held it until the segment is rewritten: this does that now, for every segment with a forgotten point
+        (searches go on meanwhile). What stays: the engine's write-ahead log of recent writes (README, "Forgetting").
+        """
+        self.store.erase_forgotten()
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.label_counts()

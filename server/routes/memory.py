@@ -22,7 +22,7 @@ from ..schemas import (
     ForgetQuery,
     StatsOut,
 )
-from ..service import ThumbnailUnavailable, Upload
+from ..service import ClassifierService, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type
 from ._common import image_body, thumbnail_url
 
@@ -83,12 +83,22 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     response_model=ForgetOut,
     responses=problem_responses(401, 403, 404, 422, 503),
 )
-async def forget_point(point_id: PointId, service: ServiceDep, _: ApiKeyDep) -> ForgetOut:
+async def forget_point(point_id: PointId, service: ServiceDep, _: ApiKeyDep,
+                       erase: Annotated[bool, Query(description="also rewrite the memory's files without the "
+                                                                "point's vector before answering")] = False,
+                       ) -> ForgetOut:
     """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
-    n = await service.run(service.forget, ids=[str(point_id)])
+    _check_erase(erase, service)
+    n = await service.run(service.forget, ids=[str(point_id)], erase=erase)
     if n == 0:
         raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count))
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=erase)
+
+
+def _check_erase(erase: bool, service: ClassifierService) -> None:
+    if erase and not service.memory.store.erases_on_demand:
+        raise ProblemError(422, "this memory is on a Qdrant server, which rewrites its segments on its own "
+                                "schedule: forget without `erase`", "invalid-parameters", "Invalid parameters")
 
 
 @router.delete(
@@ -105,8 +115,9 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     if (q.label is None) == (q.source_prefix is None):
         raise ProblemError(422, "give exactly one of `label` or `source_prefix`", "invalid-parameters",
                            "Invalid parameters")
-    n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix)
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count))
+    _check_erase(q.erase, service)
+    n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
 
 
 @router.get("/stats", summary="What the memory holds", response_model=StatsOut,

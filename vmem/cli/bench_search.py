@@ -188,6 +188,30 @@ def forget_latency(store, vecs: np.ndarray, n: int) -> dict[str, Any]:
             "invisible_within_ms_p99": round(1000 * float(np.percentile(after, 99)), 3)}
 
 
+def copies_in_files(memory: Path, vectors: np.ndarray) -> int:
+    """How many of these vectors' stored bytes (float16 or float32) are in the memory's files, write-ahead
+    log aside. Each vector is looked for by its 32 values with the most non-zeros (real features are sparse)."""
+    blobs = b"".join(f.read_bytes() for f in memory.rglob("*") if f.is_file() and "wal" not in f.parts)
+
+    def window(v: np.ndarray) -> slice:
+        start = int(np.argmax(np.convolve(v != 0, np.ones(32), "valid")))
+        return slice(start, start + 32)
+
+    return sum(any(v[window(v)].astype(t).tobytes() in blobs for t in ("<f2", "<f4")) for v in vectors)
+
+
+def erase_after_forgetting(store, memory: Path, forgotten: np.ndarray) -> dict[str, Any]:
+    """Time `erase_forgotten` once points were forgotten, and look for a sample of them in the files before
+    and after (20 vectors: each look reads every file)."""
+    sample = forgotten[np.linspace(0, len(forgotten) - 1, min(20, len(forgotten))).astype(int)]
+    store.flush()
+    before = copies_in_files(memory, sample)
+    t = time.perf_counter()
+    store.erase_forgotten()
+    return {"erase_s": round(time.perf_counter() - t, 2), "copies_in_files_before_erase": before,
+            "copies_in_files_after_erase": copies_in_files(memory, sample), "copies_looked_for": len(sample)}
+
+
 def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSettings | list[IndexSettings],
                      seed: int, repeats: int, batch: int, faiss_baseline: bool, workdir: Path, echo=print,
                      ef_sweep: tuple[int, ...] = (), ram_limits: tuple[float, ...] = ()) -> dict[str, Any]:
@@ -448,7 +472,8 @@ def forget(
     forgets: Annotated[int, typer.Option(help="points deleted one by one")] = 500,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Unlearning latency: delete p50/p99, and whether a deleted point is ever returned afterwards."""
+    """Unlearning latency: delete p50/p99, whether a deleted point is ever returned afterwards, and the time
+    to erase the deleted points' vectors from the memory's files (`erase_forgotten`)."""
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     typer.echo(f"settings: n={n} dim={dim} forgets={forgets} {IndexSettings().model_dump()}", err=True)
@@ -459,5 +484,8 @@ def forget(
         add_synthetic(store, vecs, labels)
         store.optimize()
         res = forget_latency(store, vecs, min(forgets, n))
+        typer.echo("erasing the forgotten points from the memory's files", err=True)
+        res.update(erase_after_forgetting(store, Path(tmp) / "memory", vecs[: min(forgets, n)]))
+        res["points_after_erase"] = store.count()
         store.close()
     typer.echo(json.dumps({"machine": machine, "n": n, "dim": dim, **res}))

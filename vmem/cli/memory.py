@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -194,14 +195,24 @@ def forget(
     id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
     label: Annotated[str | None, typer.Option(help="forget every point with this label")] = None,
     source: Annotated[str | None, typer.Option(help="forget every point whose source starts with this")] = None,
+    erase: Annotated[bool, typer.Option(
+        help="also rewrite the memory's files without the forgotten vectors now (embedded memory)")] = False,
 ) -> None:
     """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
     if sum(x is not None for x in (id, label, source)) != 1:
         raise typer.BadParameter("give exactly one of --id, --label, --source")
     mem = open_memory(memory, qdrant_url)
     with mem:
+        if erase and not mem.store.erases_on_demand:
+            raise typer.BadParameter("a Qdrant server rewrites its segments on its own schedule: forget without "
+                                     "--erase", param_hint="--erase")
         n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
+        if erase:
+            started = time.perf_counter()
+            mem.erase_forgotten()
+            typer.echo(f"erased the forgotten points' vectors from the memory's files "
+                       f"({time.perf_counter() - started:.1f} s)")
 
 
 def info(

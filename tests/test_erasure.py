@@ -1,0 +1,96 @@
+"""Forgetting leaves no copy of a vector behind: not in vmem's own files, and not in the engine's segments once
+erased (`erase_forgotten`, `forget(erase=True)`, `vmem forget --erase`).
+
+The bytes are looked for as they are stored: float16 (the default), float32 and vmem's float16 rows. The
+engine's write-ahead log is left out: it keeps recent writes until later ones fill its file (README).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
+from retrieval.doubtful import OriginalRows
+from retrieval.store import EDGE_CONFIG_FILE, ORIGINAL_ROWS_FILE, VACUUM_THRESHOLDS
+from tests.conftest import random_unit_vectors
+from vmem.cli.bench_search import copies_in_files
+
+SPEC = FeaturizerSpec(name="test-encoder", dim=384, preprocessing=Preprocessing(resize=256, crop=224))
+DOUBTFUL = IndexSettings(quantization="turboquant8", rescore=False, rescore_doubtful=True)
+N = 3000
+
+
+@pytest.mark.parametrize("index", [IndexSettings(), DOUBTFUL], ids=["int8", "doubtful"])
+def test_forgotten_vectors_leave_the_files_when_erased_and_the_rest_stays_searchable(tmp_path, index):
+    vecs = random_unit_vectors(N, 384, seed=1)
+    memory = tmp_path / "memory"
+    with open_store(memory, SPEC, index=index) as store:
+        ids = store.add(vecs, [f"c{i % 7}" for i in range(N)], [f"/v/{i}" for i in range(N)])
+        store.optimize()
+    with open_store(memory) as store:
+        store.delete_ids(ids[:5])
+        store.delete_where(label="c3")
+        gone = [*range(5), *(i for i in range(5, N) if i % 7 == 3)]
+        store.flush()
+        assert copies_in_files(memory, vecs[gone[:20]]) == 20  # unreachable, but still in the engine's segments
+        store.erase_forgotten()
+        assert copies_in_files(memory, vecs[gone[:5] + gone[5::20]]) == 0  # a sample: each search reads all files
+        kept = [i for i in range(N) if i not in set(gone)]
+        assert copies_in_files(memory, vecs[kept[:20]]) == 20
+        assert store.count() == len(kept)
+        found = store.query_batch(vecs[kept[:50]], 1)
+        assert [hits[0].source for hits in found] == [f"/v/{i}" for i in kept[:50]]
+
+
+def test_vmem_own_copy_is_erased_at_the_delete_and_at_a_re_add(tmp_path):
+    """With rescore_doubtful, vmem's row of a forgotten or replaced vector is zeroed before the engine forgets it."""
+    vecs = random_unit_vectors(300, 384, seed=2)
+    rows_file = tmp_path / "memory" / ORIGINAL_ROWS_FILE
+    with open_store(tmp_path / "memory", SPEC, index=DOUBTFUL) as store:
+        ids = store.add(vecs, ["a"] * 150 + ["b"] * 150, [f"/v/{i}" for i in range(300)])
+        store.delete_ids(ids[:2])
+        store.add(vecs[10:11] * -1, ["a"], ["/v/10"])  # point 10 re-added with another vector
+        store.delete_where(label="b")
+        assert copies_in_files(rows_file.parent, vecs[[0, 1, 10, 150, 299]]) > 0  # still in the engine ...
+        rows = np.fromfile(rows_file, np.float16).reshape(-1, 384)
+        assert len(rows) == 301
+        assert not rows[[0, 1, 10, *range(150, 300)]].any()  # ... but not in vmem's copy
+        assert np.allclose(rows[300], -vecs[10], atol=1e-3) and np.allclose(rows[2:10], vecs[2:10], atol=1e-3)
+        assert store.query(-vecs[10], 1)[0].source == "/v/10"
+
+
+def test_an_erased_row_reads_as_missing(tmp_path):
+    rows = OriginalRows(tmp_path / "rows.bin", 8, "float32")
+    vecs = random_unit_vectors(10, 8, seed=3)
+    rows.append(vecs)
+    rows.erase([7, 1, 2, 3, 99])  # out of range: ignored
+    got = rows.read(range(10))
+    assert np.isnan(got[[1, 2, 3, 7]]).all() and rows.rows_missing == 4
+    assert np.allclose(got[[0, 4, 5, 6, 8, 9]], vecs[[0, 4, 5, 6, 8, 9]])
+    rows.close()
+
+
+def test_a_memory_made_with_the_engine_default_thresholds_gets_vmem_ones_when_opened(tmp_path):
+    vecs = random_unit_vectors(N, 384, seed=4)
+    memory = tmp_path / "memory"
+    with open_store(memory, SPEC) as store:
+        ids = store.add(vecs, ["a"] * N, [f"/v/{i}" for i in range(N)])
+    config_file = memory / "shard" / EDGE_CONFIG_FILE
+    config = json.loads(config_file.read_text())
+    config["optimizers"] = None  # as vmem made them before: the engine's 0.2 of a segment and 1,000 vectors
+    config_file.write_text(json.dumps(config))
+    with open_store(memory) as store:
+        assert {k: json.loads(config_file.read_text())["optimizers"][k] for k in VACUUM_THRESHOLDS} == VACUUM_THRESHOLDS
+        store.delete_ids(ids[:3])
+        store.erase_forgotten()
+        assert copies_in_files(memory, vecs[:3]) == 0 and store.count() == N - 3
+
+
+def test_a_memory_on_a_qdrant_server_refuses_to_erase_on_demand():
+    with open_store(":memory:", SPEC) as store:
+        assert not store.erases_on_demand
+        with pytest.raises(Exception, match="deleted_threshold"):
+            store.erase_forgotten()
