@@ -54,11 +54,11 @@ def test_bench_search_refuses_an_unknown_quantization():
 
 
 def test_bench_forget_never_returns_a_deleted_point():
-    res = bench("forget", "--n", "3000", "--forgets", "50")
-    assert res["forgets"] == 50 and res["returned_after_delete"] == 0
-    # Forgotten but still in the engine's segment files, until erased.
-    assert res["copies_in_files_before_erase"] == res["copies_looked_for"] == 20
-    assert res["copies_in_files_after_erase"] == 0 and res["points_after_erase"] == 2950 and res["erase_s"] >= 0
+    res = bench("forget", "--n", "3000", "--forgets", "50", "--rounds", "2")
+    assert res["forgets"] == 50 and res["rounds"] == len(res["per_round"]) == 2 and res["returned_after_delete"] == 0
+    # Forgotten but still in the engine's segment files, until erased (20 looked for each round).
+    assert res["copies_in_files_before_erase"] == res["copies_looked_for"] == 40
+    assert res["copies_in_files_after_erase"] == 0 and res["points_after_erase"] == 2900 and res["erase_s"] >= 0
     assert res["delete_ms_p50"] > 0
 
 

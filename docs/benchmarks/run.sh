@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -91,7 +91,9 @@ for step in "${steps[@]}"; do
     # Codes alone on real features: Tiny-ImageNet, EfficientNet-Lite0, recall and accuracy against exact search.
     codes-only-real) VMEM_FEATURE_CACHE=$CACHE VMEM_TINY_IMAGENET=$D python docs/benchmarks/codes_only_real.py \
                        > "$OUT/codes-only-real.json" 2> >(tee "$OUT/codes-only-real.log" >&2) ;;
-    forget) run forget vmem bench forget --n 200000 --forgets 500 ;;
+    # Three rounds on one memory: forget 500 points one by one, then erase them from the files.
+    forget) run forget vmem bench forget --n 200000 --forgets 500 --rounds 3 ;;
+    forget-1m) run forget-1m vmem bench forget --n 1280000 --forgets 500 --rounds 3 ;;
     classify)
       # A real memory: Tiny-ImageNet train (20,200 images) embedded with EfficientNet-Lite0.
       [ -d "$MEMORY" ] || vmem build "$D/train" --memory "$MEMORY" --featurizer efficientnet-lite0 \
