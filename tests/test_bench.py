@@ -59,6 +59,7 @@ def test_bench_forget_never_returns_a_deleted_point():
     # Forgotten but still in the engine's segment files, until erased (20 looked for each round).
     assert res["copies_in_files_before_erase"] == res["copies_looked_for"] == 40
     assert res["copies_in_files_after_erase"] == 0 and res["points_after_erase"] == 2900 and res["erase_s"] >= 0
+    assert res["recall_at_50_before"] > 0.9 and res["recall_at_50_after_erase"] > 0.9
     assert res["delete_ms_p50"] > 0
 
 

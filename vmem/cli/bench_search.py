@@ -480,12 +480,21 @@ def forget(
     typer.echo(f"settings: n={n} dim={dim} forgets={forgets} rounds={rounds} {IndexSettings().model_dump()}",
                err=True)
     forgets = min(forgets, n // max(1, rounds))
-    vecs, labels, _ = synthetic_features(n, dim, max(2, n // 1000), seed)
+    vecs, labels, centres = synthetic_features(n, dim, max(2, n // 1000), seed)
+    queries = fresh_queries(centres, 200, seed)
     spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
+
+    def recall_over_points_from(first_kept: int) -> float:
+        """recall@50 of the memory's search against exact search over the points not forgotten."""
+        truth = exact_search(queries, vecs[first_kept:], 50)[0] + first_kept
+        found = [[int(h.source.removeprefix("synthetic:")) for h in hits] for hits in store.query_batch(queries, 50)]
+        return round(recall_at(found, truth, 50), 4)
+
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
         store = open_store(Path(tmp) / "memory", spec)
         add_synthetic(store, vecs, labels)
         store.optimize()
+        recall_before = recall_over_points_from(0)
         per_round = []
         for r in range(rounds):
             first = r * forgets
@@ -494,6 +503,8 @@ def forget(
             one.update(erase_after_forgetting(store, Path(tmp) / "memory", vecs[first : first + forgets]))
             one["points_after_erase"] = store.count()
             per_round.append(one)
+        # The rewritten segments keep their graph without the forgotten points: does search still find?
+        recall_after = recall_over_points_from(rounds * forgets)
         store.close()
     # Medians over the rounds; counts summed; every round's figures kept.
     res: dict[str, Any] = {"forgets": forgets, "rounds": rounds}
@@ -503,4 +514,5 @@ def forget(
                                            "copies_in_files_after_erase", "copies_looked_for"}
                     else values[-1] if key == "points_after_erase" else statistics.median(values))
     res["forgets"] = forgets
+    res["recall_at_50_before"], res["recall_at_50_after_erase"] = recall_before, recall_after
     typer.echo(json.dumps({"machine": machine, "n": n, "dim": dim, **res, "per_round": per_round}))
