@@ -716,8 +716,8 @@ class EdgeMemoryStore(MemoryStore):
         """Rewrite every segment that holds deleted points, without them (vmem's copy of the originals, with
         `rescore_doubtful`, is erased at the delete itself). Searches go on meanwhile.
 
-        Not erased: the engine's write-ahead log, which keeps recent writes, vectors included, until it has
-        filled its 32 MB file with later ones.
+        Not erased: the engine's write-ahead log, which keeps recent writes, vectors included, in 32 MB files
+        it drops only once later writes have filled the next ones (README, "Forgetting").
         """
         with self._write_lock:
             self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point

@@ -8,6 +8,7 @@ engine's write-ahead log is left out: it keeps recent writes until later ones fi
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -94,3 +95,29 @@ def test_a_memory_on_a_qdrant_server_refuses_to_erase_on_demand():
         assert not store.erases_on_demand
         with pytest.raises(Exception, match="deleted_threshold"):
             store.erase_forgotten()
+
+
+def test_searches_go_on_while_the_memory_is_erased(tmp_path):
+    vecs = random_unit_vectors(20_000, 384, seed=6)
+    with open_store(tmp_path / "memory", SPEC, index=IndexSettings(segment_points=10_000)) as store:
+        ids = store.add(vecs, ["a"] * 20_000, [f"/v/{i}" for i in range(20_000)])
+        store.optimize()
+        store.delete_ids(ids[::3])
+        answers, failures, done = [], [], threading.Event()
+
+        def search() -> None:
+            while not done.is_set():
+                try:
+                    answers.append(store.query_batch(vecs[1:200:3], 5))
+                except Exception as exc:  # any failure is what this test looks for
+                    failures.append(exc)
+
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        store.erase_forgotten()
+        done.set()
+        searcher.join()
+        assert not failures and answers
+        for found in answers:  # every answer, during the rewrite or after: kept points, never a forgotten one
+            assert [hits[0].source for hits in found] == [f"/v/{i}" for i in range(1, 200, 3)]
+            assert not {h.id for hits in found for h in hits} & set(ids[::3])
