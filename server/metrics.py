@@ -38,6 +38,10 @@ class Metrics:
         self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
         self.edits = Counter("vmem_memory_edits_total", "Points added or forgotten through the API", ["op"],
                              registry=r)
+        # Seconds at 200k points, ~9 at 1.28M (one 640k-point segment rewritten): buckets up to minutes.
+        self.erase_seconds = Histogram("vmem_erase_duration_seconds",
+                                       "Time to rewrite the memory's files without the forgotten points (erase=true)",
+                                       buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160), registry=r)
 
     def count_rows_read(self, rows_read: Callable[[], int]) -> None:
         """Export the memory's own count of original vectors read to re-rank doubtful candidates (0 unless it

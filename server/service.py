@@ -243,8 +243,11 @@ class ClassifierService:
 
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
-        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix, erase=erase)
+        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
         self.metrics.edits.labels("forget").inc(n)
+        if erase:
+            with self.metrics.erase_seconds.time():
+                self.memory.erase_forgotten()
         self.refresh_size_metrics()
         return n
 

@@ -446,6 +446,7 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
     if backend == "edge":
         assert resp.json() == {"deleted": 1, "points": 11, "erased": True}
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()["erased"] is True
+        assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
     else:  # refused before anything is deleted
         assert_problem(resp, 422, "invalid-parameters", "forget without `erase`")
         assert_problem(client.delete("/v1/memory?label=red&erase=true", headers=AUTH), 422, "invalid-parameters")
