@@ -14,6 +14,8 @@ read around the page cache by several threads at once.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import mmap
 import os
 import threading
@@ -33,6 +35,25 @@ DIRECT_ALIGN = 4096
 READ_THREADS = 8
 # Up to this many rows are read by the calling thread.
 INLINE_READS = 2
+# fallocate(2) modes (linux/falloc.h): free a range's blocks, leaving the file's size as it is.
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+@functools.cache
+def _fallocate() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fallocate = getattr(libc, "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fallocate
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate a byte range of a file, keeping its size (it then reads as zeros). Skipped quietly where
+    the system or file system cannot: the range was written with zeros already."""
+    fallocate = _fallocate()
+    if fallocate is not None:
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -81,23 +102,26 @@ class OriginalRows:
         return range(start, self.rows)
 
     def erase(self, rows: Sequence[int]) -> None:
-        """Overwrite these rows with zeros (in place: the bytes on disk are replaced, not just unlinked)."""
+        """Overwrite these rows with zeros, in place, then give whole disk blocks of erased rows back to the
+        file system. Zeros first: a block handed back unwritten would keep the vectors on the device."""
         ordered = sorted({r for r in rows if 0 <= r < self.rows})
-        if not ordered:
+        runs: list[tuple[int, int]] = []  # [first byte, end byte) of consecutive rows (a label added together)
+        for row in ordered:
+            if runs and runs[-1][1] == row * self.row_bytes:
+                runs[-1] = (runs[-1][0], (row + 1) * self.row_bytes)
+            else:
+                runs.append((row * self.row_bytes, (row + 1) * self.row_bytes))
+        if not runs:
             return
-        zeros = bytes(self.row_bytes * 256)
-        run_start = previous = ordered[0]
-        for row in [*ordered[1:], None]:  # consecutive rows (a label added together) in one write
-            if row is not None and row == previous + 1 and row - run_start < 256:
-                previous = row
-                continue
-            length = (previous - run_start + 1) * self.row_bytes
-            done = 0
-            while done < length:
-                done += os.pwrite(self._fd, zeros[done:length], run_start * self.row_bytes + done)
-            if row is not None:
-                run_start = previous = row
+        zeros = memoryview(bytes(1 << 20))
+        for start, end in runs:
+            while start < end:
+                start += os.pwrite(self._fd, zeros[: min(end - start, len(zeros))], start)
         os.fdatasync(self._fd)
+        for start, end in runs:
+            first, last = -(-start // DIRECT_ALIGN) * DIRECT_ALIGN, end // DIRECT_ALIGN * DIRECT_ALIGN
+            if last > first:
+                _punch_hole(self._fd, first, last - first)
 
     def read(self, rows: Sequence[int]) -> np.ndarray:
         """The rows asked for, as float32, in that order; NaN for a row the file does not have or erased.
