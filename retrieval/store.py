@@ -614,22 +614,27 @@ class EdgeMemoryStore(MemoryStore):
         with self._write_lock:
             n = self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
             if n:
-                if self._rows is not None:
-                    self._rows.erase(self._rows_of(self.ids_where(label=label, source_prefix=source_prefix)))
+                if self._rows is not None:  # their rows read in the same pass that finds them
+                    self._rows.erase([r.payload[ROW_KEY] for r in self._records_where(flt, [ROW_KEY])
+                                      if r.payload and ROW_KEY in r.payload])
                 self.shard.update(self._qe.UpdateOperation.delete_points_by_filter(flt))
         return n
 
     def ids_where(self, label: str | None = None, source_prefix: str | None = None) -> list[str]:
+        return [_str_id(r.id) for r in self._records_where(self._filter(label=label, source_prefix=source_prefix))]
+
+    def _records_where(self, flt, payload_keys: Sequence[str] = ()) -> list[Any]:
+        """The engine's records of the points matching `flt`, with these payload keys only (none: no payload)."""
         qe = self._qe
-        flt = self._filter(label=label, source_prefix=source_prefix)
-        ids: list[str] = []
+        with_payload = qe.PayloadSelector.Include(list(payload_keys)) if payload_keys else False
+        records: list[Any] = []
         offset = None
         while True:
             recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=4096, filter=flt,
-                                                              with_payload=False, with_vector=False))
-            ids += [_str_id(r.id) for r in recs]
+                                                              with_payload=with_payload, with_vector=False))
+            records += recs
             if offset is None or not recs:
-                return ids
+                return records
 
     def count(self, label: str | None = None) -> int:
         return self.shard.count(self._qe.CountRequest(filter=self._filter(label=label), exact=True))

@@ -503,7 +503,7 @@ def forget(
             one.update(erase_after_forgetting(store, Path(tmp) / "memory", vecs[first : first + forgets]))
             one["points_after_erase"] = store.count()
             per_round.append(one)
-        # The rewritten segments keep their graph without the forgotten points: does search still find?
+        # Does search find as well in the rewritten segments?
         recall_after = recall_over_points_from(rounds * forgets)
         store.close()
     # Medians over the rounds; counts summed; every round's figures kept.
@@ -513,6 +513,5 @@ def forget(
         res[key] = (sum(values) if key in {"returned_after_delete", "copies_in_files_before_erase",
                                            "copies_in_files_after_erase", "copies_looked_for"}
                     else values[-1] if key == "points_after_erase" else statistics.median(values))
-    res["forgets"] = forgets
     res["recall_at_50_before"], res["recall_at_50_after_erase"] = recall_before, recall_after
     typer.echo(json.dumps({"machine": machine, "n": n, "dim": dim, **res, "per_round": per_round}))

@@ -203,14 +203,13 @@ def forget(
         raise typer.BadParameter("give exactly one of --id, --label, --source")
     mem = open_memory(memory, qdrant_url)
     with mem:
-        if erase and not mem.store.erases_on_demand:
-            raise typer.BadParameter("a Qdrant server rewrites its segments on its own schedule: forget without "
-                                     "--erase", param_hint="--erase")
-        n = mem.forget(ids=id, label=label, source_prefix=source)
+        started = time.perf_counter()
+        try:
+            n = mem.forget(ids=id, label=label, source_prefix=source, erase=erase)
+        except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
+            raise typer.BadParameter(str(exc), param_hint="--erase") from exc
         typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
         if erase:
-            started = time.perf_counter()
-            mem.erase_forgotten()
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
 
