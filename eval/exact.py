@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import mmap
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,18 +27,22 @@ import numpy as np
 # Up to _QUERY_BLOCK queries are multiplied by a chunk of memory rows into one similarity block of
 # about _BLOCK_BYTES. Few queries per product make a skinny matrix product (at 1.28M points 52 queries
 # ran at 46 GFLOP/s, 256 at 68 on 2 cores); chunking the memory instead keeps wide products within the
-# same bytes. Smaller blocks cost more in the per-chunk top-k than they save (1 GiB: 3.7 s for 1,000
-# queries x 1.28M; 256 MiB: 4.1 s; 64 MiB: 5.9 s).
+# same bytes. Much smaller blocks cost more in the per-chunk top-k than they save (64 MiB: 5.9 s for 1,000
+# queries x 1.28M against 3.7 s at 1 GiB, with slabs of 65,536). With slabs of 8,192 and the buffer's pages
+# made up front, float32 took the same at 256 MiB, 512 MiB and 1 GiB (0.76-0.78 of sgemm, medians of 3),
+# and bfloat16 was fastest at 512 MiB (1.13 of sgemm; 1 GiB 0.33-1.0 from run to run: its per-chunk candidate
+# arrays are ~1.5x wider, and fresh memory is slow on these VMs).
 _QUERY_BLOCK = 1024
-_BLOCK_BYTES = 1 << 30
+_BLOCK_BYTES = 1 << 29
 # Columns per group in the two-step top-k (group maxima first); see _chunk_top_k.
 _GROUP = 64
 # The two-step top-k pays from this many groups per neighbour sought (k + 1 groups are read back).
 _GROUPS_PER_NEIGHBOUR = 4
 # With torch, a chunk is multiplied in slabs of this many columns, each taking its group maxima while
-# it is still in cache (a 1,024-query float32 slab is 256 MiB); a separate pass over the whole 1 GiB
-# block from RAM cost ~10 % of the search.
-_SLAB_COLUMNS = 65_536
+# it is still in cache (a 1,024-query float32 slab is 32 MiB). A separate pass over the whole 1 GiB
+# block from RAM cost ~10 % of the search; over slabs of 65,536 columns (256 MiB) the maxima still cost
+# 0.2 s of a 2.7 s product at 1.28M, over slabs of 8,192 nothing measurable.
+_SLAB_COLUMNS = 8_192
 # Unit roundoff of bfloat16 (8 significant bits) and of float32.
 _BF16_U = 2.0**-8
 _F32_U = 2.0**-24
@@ -145,11 +150,11 @@ def exact_search(
         exclude: optional int [n]: a memory row each query must not return (its own point, when a
             memory is queried against itself); -1 = none.
         block: queries per matrix product (default 1024: wide products run closest to peak).
-        chunk: memory rows per similarity block (default: a block of about 1 GiB).
+        chunk: memory rows per similarity block (default: a block of about 512 MiB).
         product: "numpy", "torch" or "bfloat16" (see the module; default: the fastest on this CPU,
             `default_product_backend`, in float32 below 500,000 memory rows). Results are the same up
             to float rounding.
-        slab: memory rows per torch product inside a chunk (default 65,536); numpy multiplies the
+        slab: memory rows per torch product inside a chunk (default 8,192); numpy multiplies the
             whole chunk at once.
 
     Returns:
@@ -173,14 +178,11 @@ def exact_search(
     dtype = torch.bfloat16 if product == "bfloat16" else torch.float32
     block = min(n, block or _QUERY_BLOCK)
     chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (dtype.itemsize * block)))
-    # Each slab is wide enough for the group-maxima top-k and holds whole groups. numpy multiplies a
+    # Each slab holds whole groups (the top groups are chosen over the whole chunk). numpy multiplies a
     # chunk in one product: its threads and torch's take turns on the cores after every product.
-    min_slab = _GROUPS_PER_NEIGHBOUR * (kk + 1) * _GROUP
-    slab = chunk if product == "numpy" else -(-max(slab or _SLAB_COLUMNS, min_slab) // _GROUP) * _GROUP
-    # One similarity buffer per call, reused for every block. (A fresh buffer per call is still zeroed by
-    # the kernel, a few % of a 1,000-query search; keeping it in the heap would need mallopt, a
-    # process-wide setting that also holds on to the vector engine's freed memory.)
-    buffer = torch.empty(block * chunk, dtype=dtype)
+    slab = chunk if product == "numpy" else -(-(slab or _SLAB_COLUMNS) // _GROUP) * _GROUP
+    # One similarity buffer per call, reused for every block, its pages made up front (_populated_buffer).
+    buffer = _populated_buffer(block * chunk, dtype)
     with torch.inference_mode():
         memory16 = _BFloat16Memory(m) if product == "bfloat16" else None
         for start in range(0, n, block):
@@ -190,7 +192,7 @@ def exact_search(
             if memory16 is not None:
                 found = memory16.block_top_k(q[start:stop], m, kk, chunk, buffer, slab, excluded)
                 if found is None:  # too crowded to filter: these queries and the rest in float32
-                    # Released first: the float32 search makes its own buffer (~1 GiB) and needs no bfloat16 copy.
+                    # Released first: the float32 search makes its own buffer (~512 MiB) and needs no bfloat16 copy.
                     buffer = memory16 = None
                     rest = None if exclude is None else np.asarray(exclude[start:])
                     idx_out[start:], sim_out[start:] = exact_search(q[start:], m, k, rest, block, progress,
@@ -214,6 +216,22 @@ def exact_search(
         dropped = ~np.isfinite(sim_out)
         idx_out[dropped] = -1
     return idx_out, sim_out
+
+
+def _populated_buffer(count: int, dtype):
+    """An empty tensor whose pages the kernel has already made (MAP_POPULATE), where the platform has it.
+
+    Left to fault in during the products, a 1 GiB similarity buffer's pages cost 0.2-7 s of a 3 s search
+    (two BLAS threads faulting the same fresh mapping; 1,000 queries x 1.28M, same run, 4 repeats: 9.5-10.3 s
+    in 3 of 4 against 3.0-3.1 s populated, of which 0.24-0.36 s making the pages). Huge pages were slower
+    still (6.7-8.5 s: the kernel compacts memory to find them).
+    """
+    import torch
+
+    if count == 0 or not hasattr(mmap, "MAP_POPULATE"):
+        return torch.empty(count, dtype=dtype)
+    pages = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return torch.frombuffer(pages, dtype=dtype)  # the tensor holds the mapping; unmapped when it is freed
 
 
 def _excluded_in(excluded: np.ndarray | None, lo: int, hi: int):
@@ -360,7 +378,8 @@ class _BFloat16Memory:
         import torch
 
         mt = torch.from_numpy(m)
-        self.vectors = torch.empty(m.shape, dtype=torch.bfloat16).copy_(mt)  # half the time of .bfloat16()
+        # Into pages made up front: half the time of .bfloat16(), and no page faults during the copy.
+        self.vectors = _populated_buffer(m.size, torch.bfloat16).view(m.shape).copy_(mt)
         max_norm = float(torch.linalg.vector_norm(mt, dim=1).max())
         u, d = _BF16_U, m.shape[1]
         self.eps_per_query_norm = 1.01 * (3 * u + 4 * u * u + (d + 2) * _F32_U) * max_norm
@@ -413,13 +432,16 @@ class _BFloat16Memory:
             return _within_window(slabs[0].float(), k, window, cap)
         group_max = torch.cat(group_max, dim=1).view(torch.bfloat16).float()
         g_k = torch.topk(group_max, k, dim=1).values[:, -1:]
-        in_reach = (group_max >= g_k - window).sum(dim=1)
+        in_reach = (group_max >= g_k - window).sum(dim=1, dtype=torch.int32)
         # A row reaching past a quarter of the groups gains nothing from the filter; one whose reach
         # goes below zero would need the maxima of negative groups, which the bit-pattern maxima get
         # wrong (see _slab_products).
         group_cap = max(k + 1, min(cap, group_max.shape[1] // 4))
         crowded = (in_reach > group_cap) | (g_k[:, 0] - window[:, 0] <= 0)
-        _, groups = torch.topk(group_max, int(min(group_cap, in_reach.max())), dim=1, sorted=False)
+        # As many groups as the widest row that stays in the filter needs: crowded rows go to float32 anyway,
+        # and one of them would otherwise widen every row's candidates to the cap.
+        reach = int(in_reach[~crowded].max()) if not crowded.all() else k
+        _, groups = torch.topk(group_max, max(k, reach), dim=1, sorted=False)
         approx, picked, too_many = _within_window(_group_values(buffer, slabs, groups, slab, width).float(), k,
                                                   window, cap)
         return approx, _candidate_columns(groups, picked, width), crowded | too_many
@@ -434,7 +456,7 @@ def _within_window(sims, k: int, window, cap: int):
     if sims.shape[1] <= k:
         return sims, torch.arange(sims.shape[1]).expand(sims.shape), torch.zeros(len(sims), dtype=torch.bool)
     kth = torch.topk(sims, k, dim=1).values[:, -1:]
-    counts = (sims >= kth - window).sum(dim=1)
+    counts = (sims >= kth - window).sum(dim=1, dtype=torch.int32)  # int32: twice as fast as the default int64
     crowded = counts > cap
     keep = int(max(k, counts[~crowded].max())) if not crowded.all() else k
     top, picked = torch.topk(sims, keep, dim=1, sorted=False)
@@ -447,6 +469,11 @@ def _rescore(q, m, columns, budget_bytes: int = 64 << 20):
 
     out = torch.empty(columns.shape)
     step = max(1, budget_bytes // max(1, columns.shape[1] * m.shape[1] * 4))
+    # One gather buffer, its pages made once, rather than a fresh 64 MiB array (faulted in) per step.
+    gathered = _populated_buffer(min(len(q), step) * columns.shape[1] * m.shape[1], torch.float32)
     for s in range(0, len(q), step):
-        out[s: s + step] = torch.bmm(m[columns[s: s + step]], q[s: s + step, :, None]).squeeze(2)
+        rows = columns[s: s + step]
+        into = gathered[: rows.numel() * m.shape[1]].view(rows.numel(), m.shape[1])
+        torch.index_select(m, 0, rows.flatten(), out=into)
+        out[s: s + step] = torch.bmm(into.view(*rows.shape, m.shape[1]), q[s: s + step, :, None]).squeeze(2)
     return out

@@ -54,6 +54,16 @@ def test_exact_search_in_slabs_equals_a_full_sort(product):
     assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
 
 
+@pytest.mark.parametrize("product", ["torch", "bfloat16"])
+def test_exact_search_in_slabs_narrower_than_the_groups_it_reads_back_equals_a_full_sort(product):
+    # k = 20 reads back 20 groups of 64 a row; slabs of 128 columns hold two, so they come from many slabs.
+    q, m = random_unit_vectors(40, 8, seed=10), random_unit_vectors(6_000, 8, seed=11)
+    idx, sims = exact_search(q, m, k=20, block=16, product=product, slab=128)
+    full = np.argsort(-(q @ m.T), axis=1, kind="stable")[:, :20]
+    assert np.array_equal(idx, full)
+    assert np.allclose(sims, np.take_along_axis(q @ m.T, full, axis=1), atol=1e-6)
+
+
 @pytest.mark.parametrize("product", ["torch", "numpy", "bfloat16"])
 def test_exact_search_finds_every_copy_of_a_duplicated_vector(product):
     # Many equal similarities straddle group (and slab) boundaries: the top-k must still be the true top-k.

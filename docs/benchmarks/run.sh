@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|exact-buffer|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,6 +41,8 @@ for step in "${steps[@]}"; do
                         --ram-limit 0.5 --ram-limit 1.0 --ram-limit 1.3 --ram-limit 1.5 ;;
     # The defaults at 1.28M, and exact search multiplying each way the CPU can (numpy, torch, bfloat16), five repeats.
     search-1m-latest) run search-1m-latest vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss --repeats 5 ;;
+    # Exact search's similarity buffer made up front (and slabs of 8,192) against the way before, same run.
+    exact-buffer) python docs/benchmarks/exact_buffer.py --repeats 5 > "$OUT/exact-buffer.json" ;;
     # Uncached random 4 KiB reads a second from this disk, 1-64 threads: the ceiling on rescoring from disk.
     random-reads) python docs/benchmarks/random_reads.py > "$OUT/random-reads.json" ;;
     # A 1.28M memory opened cold (files dropped from the page cache): queries straight away, with the files read
