@@ -1,7 +1,8 @@
 """The page in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium).
 
-Uploads an image, reads the prediction and the neighbour cards, forgets a neighbour with the API key,
-and saves screenshots to test-artifacts/. Skips locally without Chromium; FAILS in CI, where it must run.
+Uploads an image, reads the prediction and the neighbour cards, forgets a neighbour with the API key
+(then another, erasing it from the memory's files), and saves screenshots to test-artifacts/. Skips
+locally without Chromium; FAILS in CI, where it must run.
 """
 
 from __future__ import annotations
@@ -96,8 +97,21 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
 
     wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    assert browser.find_element(By.ID, "forget-note").text == "forgot a red point"
     browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
     assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
+
+    # With "also erase" ticked (an embedded memory offers it), the next forget rewrites the files too.
+    erase = browser.find_element(By.ID, "erase")
+    assert erase.is_enabled()
+    erase.click()
+    second = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    second_id = second.get_attribute("data-point-id")
+    second.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: "10 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: "erased its vector" in d.find_element(By.ID, "forget-note").text)
+    wait.until(lambda d: len(card_ids(d)) == 5 and second_id not in card_ids(d))
+    browser.save_screenshot(str(ARTIFACTS / "page-after-erase.png"))
 
 
 def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
@@ -110,3 +124,17 @@ def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(bad))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not a recognised image format" in browser.find_element(By.ID, "error").text
+
+
+def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # qdrant-client's local mode runs the server backend's code: the service refuses erase there.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 30).until(lambda d: "(qdrant)" in d.find_element(By.ID, "stats").text)
+        assert not browser.find_element(By.ID, "erase").is_enabled()
+    mem.close()

@@ -28,6 +28,9 @@ async function loadStats() {
   }
   const s = await resp.json();
   $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
+  // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
+  $("erase").disabled = s.backend !== "embedded";
+  $("erase-label").title = $("erase").disabled ? "a memory on a Qdrant server is rewritten when the server decides" : "";
 }
 
 async function loadTemplates() {
@@ -162,13 +165,18 @@ async function forget(n, node) {
     return;
   }
   sessionStorage.setItem("vmem-api-key", key);
-  const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}`, {
+  const erase = $("erase").checked && !$("erase").disabled;
+  const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
     method: "DELETE", headers: { "X-API-Key": key },
   });
   if (!resp.ok) {
     showError(`could not forget ${n.label}: ${await problemText(resp)}`);
     return;
   }
+  const body = await resp.json();
+  const note = $("forget-note");
+  note.textContent = `forgot a ${n.label} point` + (body.erased ? ", and erased its vector from the memory's files" : "");
+  note.hidden = false;
   node.remove();
   await loadStats();
   await classify(); // the answer without that point
