@@ -40,8 +40,8 @@ _GROUP = 64
 _GROUPS_PER_NEIGHBOUR = 4
 # With torch, a chunk is multiplied in slabs of this many columns, each taking its group maxima while
 # it is still in cache (a 1,024-query float32 slab is 32 MiB). A separate pass over the whole 1 GiB
-# block from RAM cost ~10 % of the search; over slabs of 65,536 columns (256 MiB) the maxima still cost
-# 0.2 s of a 2.7 s product at 1.28M, over slabs of 8,192 nothing measurable.
+# block from RAM cost ~10 % of the search; in slabs the maxima cost ~0.25 s of a 3.2 s search at 1.28M.
+# 8,192 ran fastest in float32 (0.81 of sgemm against 0.77 at 16,384 and 0.78 at 2,048, medians of 3).
 _SLAB_COLUMNS = 8_192
 # Unit roundoff of bfloat16 (8 significant bits) and of float32.
 _BF16_U = 2.0**-8
@@ -221,10 +221,11 @@ def exact_search(
 def _populated_buffer(count: int, dtype):
     """An empty tensor whose pages the kernel has already made (MAP_POPULATE), where the platform has it.
 
-    Left to fault in during the products, a 1 GiB similarity buffer's pages cost 0.2-7 s of a 3 s search
-    (two BLAS threads faulting the same fresh mapping; 1,000 queries x 1.28M, same run, 4 repeats: 9.5-10.3 s
-    in 3 of 4 against 3.0-3.1 s populated, of which 0.24-0.36 s making the pages). Huge pages were slower
-    still (6.7-8.5 s: the kernel compacts memory to find them).
+    Fresh pages are slow to come by on these VMs, and vary: faulted in by the products, a 1 GiB similarity
+    buffer's pages cost 0.2-7 s of a 3 s float32 search (1,000 queries x 1.28M, same run: 9.5-10.3 s in 3
+    of 4 repeats against 3.0-3.1 s populated, 0.24-0.36 s of it making the pages), and the bfloat16 search
+    with this for all its large buffers went from 6.3 to 2.2 s (docs/benchmarks/exact_buffer.py). Huge pages
+    were slower still (6.7-8.5 s: the kernel compacts memory to find them).
     """
     import torch
 
