@@ -32,8 +32,11 @@ import numpy as np
 # made up front, float32 took the same at 256 MiB, 512 MiB and 1 GiB (0.76-0.78 of sgemm, medians of 3),
 # and bfloat16 was fastest at 512 MiB (1.13 of sgemm; 1 GiB 0.33-1.0 from run to run: its per-chunk candidate
 # arrays are ~1.5x wider, and fresh memory is slow on these VMs).
+# numpy, which multiplies a whole chunk at once, was faster at 1 GiB (4.2 s against 4.55 s at 512 MiB,
+# same run, medians of 3), so it keeps that.
 _QUERY_BLOCK = 1024
 _BLOCK_BYTES = 1 << 29
+_NUMPY_BLOCK_BYTES = 1 << 30
 # Columns per group in the two-step top-k (group maxima first); see _chunk_top_k.
 _GROUP = 64
 # The two-step top-k pays from this many groups per neighbour sought (k + 1 groups are read back).
@@ -150,7 +153,7 @@ def exact_search(
         exclude: optional int [n]: a memory row each query must not return (its own point, when a
             memory is queried against itself); -1 = none.
         block: queries per matrix product (default 1024: wide products run closest to peak).
-        chunk: memory rows per similarity block (default: a block of about 512 MiB).
+        chunk: memory rows per similarity block (default: a block of about 512 MiB; 1 GiB with numpy).
         product: "numpy", "torch" or "bfloat16" (see the module; default: the fastest on this CPU,
             `default_product_backend`, in float32 below 500,000 memory rows). Results are the same up
             to float rounding.
@@ -177,7 +180,8 @@ def exact_search(
     product = product or product_for(n_mem)
     dtype = torch.bfloat16 if product == "bfloat16" else torch.float32
     block = min(n, block or _QUERY_BLOCK)
-    chunk = min(n_mem, chunk or max(_GROUP * kk, _BLOCK_BYTES // (dtype.itemsize * block)))
+    block_bytes = _NUMPY_BLOCK_BYTES if product == "numpy" else _BLOCK_BYTES
+    chunk = min(n_mem, chunk or max(_GROUP * kk, block_bytes // (dtype.itemsize * block)))
     # Each slab holds whole groups (the top groups are chosen over the whole chunk). numpy multiplies a
     # chunk in one product: its threads and torch's take turns on the cores after every product.
     slab = chunk if product == "numpy" else -(-(slab or _SLAB_COLUMNS) // _GROUP) * _GROUP
