@@ -97,7 +97,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
 
     wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
-    assert browser.find_element(By.ID, "forget-note").text == "forgot a red point"
+    assert browser.find_element(By.ID, "forget-note").text == "forgot a point labelled red"
     browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
     assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
 

@@ -175,7 +175,7 @@ async function forget(n, node) {
   }
   const body = await resp.json();
   const note = $("forget-note");
-  note.textContent = `forgot a ${n.label} point` + (body.erased ? ", and erased its vector from the memory's files" : "");
+  note.textContent = `forgot a point labelled ${n.label}` + (body.erased ? ", and erased its vector from the memory's files" : "");
   note.hidden = false;
   node.remove();
   await loadStats();
