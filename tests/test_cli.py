@@ -129,6 +129,19 @@ def test_forget_and_erase_rewrites_the_memory_without_the_forgotten_vectors(buil
     assert copies_in_files(copy, vectors) == 0
 
 
+def test_forget_refuses_an_id_that_is_not_a_point_id_and_forgets_nothing(built, tmp_path):
+    memory, _ = built
+    import shutil
+
+    copy = tmp_path / "memory"
+    shutil.copytree(memory, copy)
+    out = run("forget", "--memory", copy, "--id", "not-a-uuid")
+    assert out.exit_code == 2 and "--id" in out.output and "not a point id" in out.output
+    assert "--erase" not in out.output
+    with open_store(copy) as store:
+        assert store.count() == 12
+
+
 def test_forget_needs_exactly_one_selector(built):
     memory, _ = built
     out = run("forget", "--memory", memory)

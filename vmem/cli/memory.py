@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -201,6 +202,8 @@ def forget(
     """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
     if sum(x is not None for x in (id, label, source)) != 1:
         raise typer.BadParameter("give exactly one of --id, --label, --source")
+    if id is not None:  # parsed here, as the HTTP route does, so the only ValueError left below is erase's
+        id = [_point_id(i) for i in id]
     mem = open_memory(memory, qdrant_url)
     with mem:
         started = time.perf_counter()
@@ -212,6 +215,15 @@ def forget(
         if erase:
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
+
+
+def _point_id(text: str) -> str:
+    """A point id as the memory stores it (a UUID, as `vmem classify --json` prints); BadParameter if not one."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a point id (a UUID, as `vmem classify --json` prints in "
+                                 "`neighbors`)", param_hint="--id") from None
 
 
 def info(
