@@ -149,3 +149,19 @@ def test_decoding_runs_in_worker_processes_only_on_cores_the_forward_leaves_free
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert decode_workers(torch.device("cpu")) == 4
+    assert decode_workers(torch.device("cuda")) == 15  # decoding is the GPU's bottleneck: every spare core
+
+
+def test_workers_decode_small_chunks_gathered_into_whole_batches_in_order(lite0, tmp_path):
+    """A forward batch is decoded by several workers (not one), and comes back whole and in input order."""
+    paths = []
+    for i in range(45):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(b"not a jpeg" if i == 17 else make_image(color=(5 * i, 100, 200 - 4 * i)))
+        paths.append(str(p))
+    batches = list(lite0.iter_embed(paths, batch_size=20, num_workers=2))
+    assert [len(b.indices) + len(b.failures) for b in batches] == [20, 20, 5]
+    assert [i for b in batches for i in b.indices] == [i for i in range(45) if i != 17]
+    assert [f.index for b in batches for f in b.failures] == [17]
+    in_process = lite0.embed_many(paths, batch_size=20, num_workers=0)
+    np.testing.assert_allclose(np.concatenate([b.features for b in batches]), in_process.features, atol=1e-5)

@@ -2,13 +2,16 @@
 
 The pipeline is decode + preprocess (in DataLoader worker processes, overlapped with the forward, where
 the forward leaves cores free; otherwise in-process between forwards) and the model's forward pass; the
-raw forward runs on tensors already prepared. Their ratio says whether decoding ever starves the model;
-`--workers auto,1` compares the two ways of decoding in one run. DINOv2-S runs with random weights
-(speed does not depend on the weights).
+raw forward runs on crops already prepared (on the device), and decode-only runs the loader without the
+forward. Pipeline over raw says whether decoding starves the model; pipeline over the slower of the two
+says how well the two overlap. `--workers auto,1` compares the two ways of decoding in one run;
+`--decode-chunks 16,0` compares workers decoding small chunks with a whole batch each. DINOv2-S runs with
+random weights (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import tempfile
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 import typer
 
-from retrieval import Dinov2Featurizer, Featurizer, load_featurizer, load_image, scan_imagefolder
+from retrieval import Dinov2Featurizer, Featurizer, featurizers, load_featurizer, load_image, scan_imagefolder
 
 from .bench_search import machine_info
 
@@ -42,24 +45,31 @@ def _images(dataset: Path | None, n: int, workdir: Path) -> list[str]:
         return [it.source for it in scan_imagefolder(dataset)][:n]
     from PIL import Image
 
+    # Smooth shapes with grain, not pure noise: pure noise makes 170 KB files that decode 1.5x slower than
+    # photos; these are ~70 KB at ImageNet's typical 500x375 (ImageNet's JPEGs average ~110 KB).
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
         p = workdir / f"{i}.jpg"
-        Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(p, quality=90)
+        coarse = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((500, 375), Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = rng.integers(-16, 17, smooth.shape, dtype=np.int16)
+        Image.fromarray((smooth + grain).clip(0, 255).astype(np.uint8)).save(p, quality=90)
         out.append(str(p))
     return out
 
 
 def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
-    x = torch.stack([feat.preprocessing(load_image(p)) for p in paths[:batch_size]])
-    feat.embed_tensors(x)  # warm-up (and, on CPU, tracing)
+    # The raw forward's input is what the pipeline hands the model: uint8 crops, here already on the device
+    # (so a GPU's figure is the model's, not the host-to-device copy's); normalising is part of both.
+    x = torch.stack([feat.preprocessing.resize_crop(load_image(p)) for p in paths[:batch_size]]).to(feat.device)
+    feat.embed_tensors(x)  # warm-up (and, on CPU, tracing; on CUDA, cuDNN's kernel choice)
     raw = []
     for _ in range(repeats):
         t = time.perf_counter()
         feat.embed_tensors(x)
         raw.append(time.perf_counter() - t)
-    raw_ips = batch_size / statistics.median(raw)
+    raw_ips = len(x) / statistics.median(raw)
     pipe = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -67,10 +77,24 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
         pipe.append(time.perf_counter() - t)
         assert len(res.indices) == len(paths), res.failures[:2]
     pipe_ips = len(paths) / statistics.median(pipe)
-    return {"featurizer": feat.name, "batch_size": batch_size,
+    # The same loader with the forward replaced by nothing: the decoding ceiling the pipeline can reach.
+    feat.embed_tensors = lambda xs: np.zeros((len(xs), feat.dim), np.float32)  # type: ignore[method-assign]
+    try:
+        dec = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            feat.embed_many(paths, batch_size=batch_size, num_workers=workers)
+            dec.append(time.perf_counter() - t)
+    finally:
+        del feat.embed_tensors  # the class's method again
+    decode_ips = len(paths) / statistics.median(dec)
+    return {"featurizer": feat.name, "device": str(feat.device), "dtype": str(feat.dtype).removeprefix("torch."),
+            "batch_size": batch_size,
             "decode_workers": feat.loader_workers(len(paths), batch_size, workers),
             "raw_forward_img_s": round(raw_ips, 1),
-            "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3)}
+            "decode_only_img_s": round(decode_ips, 1),
+            "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3),
+            "pipeline_vs_slower_stage": round(pipe_ips / min(raw_ips, decode_ips), 3)}
 
 
 def featurize(
@@ -84,6 +108,8 @@ def featurize(
     workers: Annotated[str, typer.Option(
         help="comma-separated DataLoader worker counts to compare; auto: the featurizer's default")] = "auto",
     repeats: Annotated[int, typer.Option(help="timed repeats; medians are reported")] = 3,
+    decode_chunks: Annotated[str, typer.Option(
+        help="comma-separated images per worker task to compare; 0: a whole batch per worker (before 2026-12)")] = "16",
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
     machine = machine_info()
@@ -95,8 +121,11 @@ def featurize(
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
             for bs in [int(b) for b in batch_sizes.split(",")]:
-                for w in [w.strip() for w in workers.split(",") if w.strip()]:
+                for w, c in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
+                                              [int(c) for c in decode_chunks.split(",")]):
+                    featurizers.DECODE_CHUNK = c or bs
                     row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
+                    row["decode_chunk"] = c or bs
                     typer.echo(f"  {row}", err=True)
                     rows.append(row)
     typer.echo(json.dumps({"machine": machine, "images": len(paths), "results": rows}))

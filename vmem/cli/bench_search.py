@@ -41,8 +41,11 @@ def machine_info() -> dict[str, Any]:
         "ram_gb": round(mem_kb / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    if torch.cuda.is_available():
+        info["cuda_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
 
 
