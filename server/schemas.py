@@ -108,7 +108,7 @@ class ForgetQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str | None = Field(None, min_length=1, max_length=200, description="forget every point with this label")
-    source_prefix: str | None = Field(None, min_length=1, max_length=4096,
+    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="forget every point whose source starts with this")
     erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
                                            "before answering (embedded memory)")

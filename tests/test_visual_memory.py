@@ -87,3 +87,17 @@ def test_open_creates_and_reopens(tmp_path, lite0):
     with VisualMemory.open(tmp_path / "m") as mem:
         assert mem.stats()["points"] == 1
         assert mem.stats()["featurizer"]["name"] == "efficientnet-lite0"
+
+
+def test_forget_by_folder_takes_that_folder_only_and_refuses_an_empty_prefix(memory, tmp_path, monkeypatch):
+    for folder in ("cats", "catsanddogs"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(make_image((20, 200, 20)))
+    memory.add([str(tmp_path / "cats/a.jpg"), str(tmp_path / "catsanddogs/a.jpg")], ["cat", "pet"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="empty"):
+        memory.forget(source_prefix=" ")  # would have been the current directory: everything above
+    assert memory.forget(source_prefix="cats") == 1  # a folder: not catsanddogs/
+    assert memory.store.count(label="pet") == 1 and memory.store.count(label="cat") == 0
+    assert memory.forget(source_prefix="/") == 1  # every local file, nothing else
+    assert memory.store.count() == 6

@@ -50,6 +50,20 @@ def upload_source(data: bytes, name: str | None = None) -> str:
     return f"upload:sha256:{digest}" + (f":{Path(name).name}" if name else "")
 
 
+def local_source_prefix(prefix: str) -> str:
+    """A source prefix as stored sources are written: local paths made absolute with links resolved.
+
+    A folder that exists ends in '/', so `/data/cats` forgets `/data/cats/x.jpg` but not `/data/catsanddogs/x.jpg`
+    (a folder that no longer exists: give the trailing '/' to say so). URIs and upload ids are left as given.
+    """
+    if "://" in prefix or prefix.startswith(("upload:", "mem:")):
+        return prefix
+    norm = normalize_source(prefix)
+    if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
+        norm += "/"
+    return norm
+
+
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
@@ -407,12 +421,14 @@ class VisualMemory:
         if erase and not self.store.erases_on_demand:
             raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
                              "its segments on its own schedule): forget without erase")
+        if source_prefix is not None and not source_prefix.strip():
+            # normalize_source("") is the current directory: an empty prefix would forget everything under it.
+            raise ValueError("source_prefix is empty: give the folder, file or URI prefix of the images to forget")
         if ids is not None:
             targets = list(ids)
         else:
-            if source_prefix is not None and "://" not in source_prefix and not source_prefix.startswith(
-                    ("upload:", "mem:")):
-                source_prefix = normalize_source(source_prefix) + ("/" if source_prefix.endswith("/") else "")
+            if source_prefix is not None:
+                source_prefix = local_source_prefix(source_prefix)
             targets = self.store.ids_where(label=label, source_prefix=source_prefix)
         n = self.store.delete_ids(targets)
         for listener in self._forget_listeners:

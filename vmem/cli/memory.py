@@ -202,6 +202,9 @@ def forget(
     """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
     if sum(x is not None for x in (id, label, source)) != 1:
         raise typer.BadParameter("give exactly one of --id, --label, --source")
+    if source is not None and not source.strip():  # "" would be the current directory: everything under it
+        raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to forget",
+                                 param_hint="--source")
     if id is not None:  # parsed here, as the HTTP route does, so the only ValueError left below is erase's
         id = [_point_id(i) for i in id]
     mem = open_memory(memory, qdrant_url)
