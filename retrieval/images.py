@@ -1,8 +1,8 @@
 """Decoding images safely: one function that every path (ingest, CLI, HTTP) goes through.
 
 Odd but valid images (CMYK, 16-bit, palette with transparency, animated, EXIF-rotated,
-grayscale, tiny, very wide) come out as plain RGB; hostile ones (truncated, not an image,
-decompression bombs) raise `ImageDecodeError` with a message a person can act on.
+grayscale, tiny, very wide) come out as plain RGB; hostile ones (truncated, not an image, formats
+outside IMAGE_FORMATS such as PostScript, decompression bombs) raise `ImageDecodeError` with a message a person can act on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_IMAGE_PIXELS = 64_000_000
 # PIL's own guard (a warning past the limit, an error past twice it) agrees with ours.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# The formats decoded; Pillow would otherwise try every plugin it has, EPS among them, which runs Ghostscript
+# on the bytes of any upload that starts like PostScript.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 ImageInput = str | Path | bytes | Image.Image
@@ -76,7 +79,7 @@ def load_image(source: ImageInput) -> Image.Image:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp)
+                img = Image.open(fp, formats=IMAGE_FORMATS)
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(
@@ -91,7 +94,8 @@ def load_image(source: ImageInput) -> Image.Image:
                 f"{name}: image too large to decode safely (the limit is {MAX_IMAGE_PIXELS:,} pixels)"
             ) from exc
         except UnidentifiedImageError as exc:
-            raise ImageDecodeError(f"{name}: not a recognised image format") from exc
+            raise ImageDecodeError(f"{name}: not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF "
+                                   "or ICO)") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     with contextlib.suppress(Exception):  # a broken EXIF block should not lose an otherwise good image

@@ -104,3 +104,19 @@ def test_pil_images_and_paths_are_accepted(tmp_path):
     assert load_image(p).size == (5, 7)
     assert load_image(str(p)).size == (5, 7)
     assert load_image(Image.new("L", (3, 3))).mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO"])
+def test_the_usual_formats_decode(fmt):
+    assert load_image(encode(Image.new("RGB", (16, 16), (10, 120, 200)), fmt)).size == (16, 16)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "TGA", "PCX"])
+def test_other_formats_pillow_knows_are_refused_unread(fmt, monkeypatch):
+    """PostScript above all: Pillow's EPS plugin would hand an upload's bytes to Ghostscript."""
+    data = encode(Image.new("RGB", (16, 16)), fmt) if fmt != "EPS" else (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n")
+    monkeypatch.setattr("subprocess.Popen", lambda *a, **k: pytest.fail("a decoder started a program"))
+    monkeypatch.setattr("subprocess.check_call", lambda *a, **k: pytest.fail("a decoder started a program"))
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        load_image(data)
