@@ -101,3 +101,12 @@ def test_forget_by_folder_takes_that_folder_only_and_refuses_an_empty_prefix(mem
     assert memory.store.count(label="pet") == 1 and memory.store.count(label="cat") == 0
     assert memory.forget(source_prefix="/") == 1  # every local file, nothing else
     assert memory.store.count() == 6
+
+
+def test_the_same_image_twice_in_one_add_is_one_point_and_two_labels_are_refused(memory):
+    green = make_image((0, 200, 0))
+    ids, _ = memory.add([green, green], ["green", "green"])
+    assert ids[0] == ids[1] and memory.store.count() == 7
+    with pytest.raises(ValueError, match="given twice, labelled 'lime' and 'olive'"):
+        memory.add([make_image((90, 200, 0)), make_image((90, 200, 0))], ["lime", "olive"])
+    assert memory.store.count() == 7

@@ -378,7 +378,8 @@ class VisualMemory:
         """Add labelled images now. A new label is simply new points.
 
         Returns:
-            (ids of the added points, images that failed to decode)
+            (the point id of each image that decoded, in order; images that failed to decode). The same
+            image twice is one point (its id twice); given two labels, it is a ValueError and nothing is added.
         """
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
@@ -394,10 +395,19 @@ class VisualMemory:
                 ok_sources.append(src)
             except ImageDecodeError as exc:
                 failed.append(FailedImage(source=src, reason=str(exc)))
-        vectors = self.featurizer.embed(ok_imgs)
-        self._record_source_roots(ok_sources)
-        ids = self.store.add(vectors, ok_labels, ok_sources, tags)
-        return ids, failed
+        # One image is one point: the same image twice is added once, and with two labels refused.
+        first: dict[str, int] = {}
+        for j, (src, lab) in enumerate(zip(ok_sources, ok_labels, strict=True)):
+            seen = first.setdefault(src, j)
+            if ok_labels[seen] != lab:
+                raise ValueError(f"the same image ({src}) is given twice, labelled {ok_labels[seen]!r} and "
+                                 f"{lab!r}: an image is one point with one label")
+        keep = sorted(first.values())
+        vectors = self.featurizer.embed([ok_imgs[j] for j in keep])
+        self._record_source_roots([ok_sources[j] for j in keep])
+        added = self.store.add(vectors, [ok_labels[j] for j in keep], [ok_sources[j] for j in keep], tags)
+        id_of = dict(zip((ok_sources[j] for j in keep), added, strict=True))
+        return [id_of[src] for src in ok_sources], failed
 
     def on_forget(self, listener: ForgetListener) -> None:
         """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""
