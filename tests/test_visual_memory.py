@@ -49,6 +49,8 @@ def test_bad_images_in_add_are_reported_and_the_rest_kept(memory):
 def test_label_filter_limits_the_candidates(memory):
     [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue"])
     assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}
+    [res] = memory.classify([make_image((200, 30, 30))], k=3, labels="blue")  # one label, as a string
+    assert res.label == "blue" and len(res.neighbors) == 3
 
 
 def test_forget_tells_listeners_which_points_went(memory):

@@ -163,6 +163,8 @@ class VisualMemory:
 
     def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] | None = None,
                exact: bool = False) -> list[list[Neighbor]]:
+        if isinstance(labels, str):  # one label, not its characters
+            labels = [labels]
         return self.store.query_batch(vectors, k, labels, exact)
 
     def classify_vectors(
