@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from retrieval.images import ImageDecodeError
 
@@ -79,13 +79,25 @@ def _issues(exc: RequestValidationError) -> list[dict[str, Any]]:
              "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))} for e in exc.errors()]
 
 
-def _allowed_methods(request: Request) -> str:
-    # Starlette names only the first route that matched the path; /v1/memory has POST and DELETE routes.
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__none__"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+# Every method a route could declare; HEAD and OPTIONS included, since a route may answer them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request, refused_by: str | None) -> str:
+    """The `Allow` header of a 405: every method some route takes at this path.
+
+    Starlette names only the methods of the first route that matched the path (/v1/memory has a POST
+    and a DELETE route), so each method is tried against the app's routes, through their own
+    `matches`: FastAPI keeps included routers as opaque routes whose methods only `matches` knows.
+    What the refusing route said (`refused_by`) is kept: a mounted app (the static files) checks the
+    method itself and is the only one that knows.
+    """
+    methods = {m.strip().upper() for m in (refused_by or "").split(",") if m.strip()}
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL and not isinstance(route, Mount)
+               for route in request.app.router.routes):
+            methods.add(method)
     return ", ".join(sorted(methods))
 
 
@@ -110,7 +122,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            headers["Allow"] = _allowed_methods(request)
+            refused_by = next((v for k, v in headers.items() if k.lower() == "allow"), None)
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = _allowed_methods(request, refused_by)
         return problem_response(request, exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(Exception)

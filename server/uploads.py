@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .problems import ProblemError
 
 M = TypeVar("M", bound=BaseModel)
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+OPTIONS_IN_QUERY = "options go in the query string (e.g. `?k=5&vote=rank`), not in the form"
 
 
 def media_type(request: Request) -> str:
@@ -38,11 +41,33 @@ async def read_json(request: Request, model: type[M]) -> M:
         ) from None
 
 
-async def read_files(request: Request, field: str, max_files: int) -> tuple[list[tuple[bytes, str | None]],
-                                                                          dict[str, list[str]]]:
-    """The files uploaded under `field` (in order), and the form's text fields."""
-    # Starlette answers 400 itself for a malformed body or too many parts.
-    form = await request.form(max_files=max_files, max_fields=max_files + 16)
+def too_many_images(limit: int, advice: str, sent: int | None = None) -> ProblemError:
+    """413 `too-many-images`: more images than a route takes in one request; `advice` says what to do."""
+    if sent is not None:
+        what = f"{sent} images"
+    else:
+        what = "more than one image" if limit == 1 else f"more than {limit} images"
+    return ProblemError(413, f"{what} in one request: the limit is {limit} per request; {advice}",
+                        "too-many-images", "Too many images")
+
+
+async def read_files(request: Request, field: str, max_files: int, *, too_many: str,
+                     text_fields: Collection[str] = (), other_fields: str = OPTIONS_IN_QUERY,
+                     ) -> tuple[list[tuple[bytes, str | None]], dict[str, list[str]]]:
+    """The files uploaded under `field` (in order), and the text fields named in `text_fields`.
+
+    More than `max_files` files is a 413 `too-many-images` that ends with `too_many` (what to do
+    instead); the parser stops there, so a client cannot make the server buffer unlimited parts.
+    Any other text field is a 422 naming it and ending with `other_fields`: options travel in the
+    query string, and a form field the route does not read must not be silently ignored.
+    """
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files + 16)
+    except StarletteHTTPException as exc:
+        # Starlette's parser refuses the file past `max_files` with a 400 naming no status of ours.
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+            raise too_many_images(max_files, too_many) from None
+        raise  # a malformed body (Starlette's 400, as a problem)
     try:
         files: list[tuple[bytes, str | None]] = []
         fields: dict[str, list[str]] = {}
@@ -51,9 +76,11 @@ async def read_files(request: Request, field: str, max_files: int) -> tuple[list
                 if name != field:
                     raise _invalid(name, f"unexpected file field {name!r}: send images as {field!r}")
                 files.append((await value.read(), value.filename or None))
+            elif name == field:
+                raise _invalid(name, f"{field!r} must be a file (multipart upload), not a text field")
+            elif name not in text_fields:
+                raise _invalid(name, f"unexpected form field {name!r}: {other_fields}")
             else:
-                if name == field:
-                    raise _invalid(name, f"{field!r} must be a file (multipart upload), not a text field")
                 fields.setdefault(name, []).append(value)
         if not files:
             raise _invalid(field, f"no image: upload a file in the {field!r} field")

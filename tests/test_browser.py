@@ -138,3 +138,31 @@ def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):
         WebDriverWait(browser, 30).until(lambda d: "(qdrant)" in d.find_element(By.ID, "stats").text)
         assert not browser.find_element(By.ID, "erase").is_enabled()
     mem.close()
+
+
+def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    # Served at /vmem, as behind a proxy with `--root-path /vmem`: the app's links carry the prefix.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["blue"], seed=4243))
+    with live_server(Starlette(routes=[Mount("/vmem", app=app)])) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/vmem/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.ID, "k").send_keys("3")
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+        assert browser.find_element(By.ID, "prediction").text == "blue"
+        thumbs = "[...document.querySelectorAll('.neighbor-card img')]"
+        wait.until(lambda d: d.execute_script(f"return {thumbs}.length === 3 && {thumbs}.every(i => i.complete)"))
+        srcs = browser.execute_script(f"return {thumbs}.map(i => i.src)")
+        assert all(src.startswith(url + "/vmem/v1/memory/points/") for src in srcs), srcs
+        assert browser.execute_script(f"return {thumbs}.every(i => i.naturalWidth > 0)")
+    mem.close()

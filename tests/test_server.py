@@ -289,6 +289,22 @@ def test_multipart_without_the_image_field_is_422(client):
                    "invalid-parameters")
 
 
+def test_options_sent_as_form_fields_are_refused_not_ignored(client):
+    # `curl -F image=@q.png -F k=1 -F vote=bogus` looks like it sets options; it must not be ignored.
+    image = texture(COLORS["red"], 1)
+    for url, field in [("/v1/classify", "image"), ("/v1/classify/batch", "images")]:
+        resp = client.post(url, files={field: ("q.png", image, "image/png")}, data={"k": "1", "vote": "bogus"})
+        body = assert_problem(resp, 422, "invalid-parameters", "unexpected form field 'k'")
+        assert "query string (e.g. `?k=5" in body["detail"] and body["errors"][0]["loc"] == ["body", "k"]
+    assert client.post("/v1/classify?k=1", files=upload(image)).json()["vote"]["k"] == 1  # where options go
+
+    # Adding reads its `label` fields, and nothing else.
+    resp = client.post("/v1/memory", headers=AUTH, files={"images": ("a.png", image)},
+                       data={"label": "red", "tags": "shiny"})
+    assert_problem(resp, 422, "invalid-parameters", "unexpected form field 'tags'")
+    assert client.get("/v1/memory/stats").json()["points"] == 12
+
+
 def test_uploads_over_the_size_limit_are_413(make_client):
     client = make_client(max_upload_bytes=4096)
     big = texture(COLORS["red"], 1, size=96)
@@ -307,12 +323,39 @@ def test_uploads_over_the_size_limit_are_413(make_client):
 def test_too_many_images_in_a_batch_is_413(make_client):
     client = make_client(max_batch_images=2)
     imgs = [{"image": base64.b64encode(texture(COLORS["red"], i)).decode()} for i in range(3)]
-    assert_problem(client.post("/v1/classify/batch", json={"images": imgs}), 413, "too-many-images")
+    assert_problem(client.post("/v1/classify/batch", json={"images": imgs}), 413, "too-many-images",
+                   "3 images in one request: the limit is 2 per request")
+
+    # As uploads, the same answer: the parser stops at the file past the limit, so none is buffered.
+    files = [("images", (f"{i}.png", texture(COLORS["red"], i), "image/png")) for i in range(3)]
+    for url in ("/v1/classify/batch", "/v1/memory"):
+        resp = client.post(url, files=files, data={"label": "red"} if url == "/v1/memory" else None, headers=AUTH)
+        assert_problem(resp, 413, "too-many-images", "more than 2 images in one request: the limit is 2")
+    assert client.get("/v1/memory/stats").json()["points"] == 12
+
+    # `/v1/classify` takes one image, and says where several go.
+    two = [("image", (f"{i}.png", texture(COLORS["red"], i), "image/png")) for i in range(2)]
+    assert_problem(client.post("/v1/classify", files=two), 413, "too-many-images",
+                   "more than one image in one request: the limit is 1 per request; "
+                   "send several to POST /v1/classify/batch (up to 2 per request)")
 
 
 def test_unknown_routes_and_methods_are_problems_too(client):
     assert_problem(client.get("/v1/nothing"), 404)
     assert_problem(client.get("/v1/classify"), 405)
+
+
+def test_405_says_which_methods_the_path_takes(client):
+    for method, path, allow in [
+        ("GET", "/v1/classify", "POST"),
+        ("PUT", "/v1/memory", "DELETE, POST"),  # two routes share the path: both are named
+        ("POST", "/v1/memory/stats", "GET"),
+        ("POST", "/v1/memory/points/00000000-0000-0000-0000-000000000000", "DELETE"),
+        ("POST", "/static/app.js", "GET, HEAD"),
+    ]:
+        resp = client.request(method, path)
+        assert_problem(resp, 405)
+        assert resp.headers["allow"] == allow, (method, path)
 
 
 # ------------------------------------------------------------------ editing the memory
@@ -456,6 +499,16 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
 @pytest.mark.parametrize("query", ["", "?label=red&source_prefix=/x"])
 def test_forget_needs_exactly_one_selector(client, query):
     assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
+
+
+def test_behind_a_path_prefix_thumbnail_urls_carry_it_and_work_as_given(client):
+    # A proxy serving the app at /vmem sets root_path: links the service hands out include it.
+    behind_proxy = TestClient(client.app, root_path="/vmem")
+    body = behind_proxy.post("/v1/classify?k=2", files=upload(texture(COLORS["green"], 3))).json()
+    url = body["neighbors"][0]["thumbnail_url"]
+    assert url == f"/vmem/v1/memory/points/{body['neighbors'][0]['id']}/thumbnail"
+    thumb = behind_proxy.get(url)  # exactly as given, as the page's <img src> uses it
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
 
 
 def test_thumbnail_404_says_why(client, memory_images, tmp_path):

@@ -20,7 +20,9 @@ def image_body(json_model: str, file_field: str, many: bool, text_fields: dict[s
                              else file_schema}
     props.update(text_fields or {})
     return {"requestBody": {"required": True, "content": {
-        MULTIPART: {"schema": {"type": "object", "properties": props, "required": [file_field, *(text_fields or {})]}},
+        # Closed: a form field the route does not read is refused (options go in the query string).
+        MULTIPART: {"schema": {"type": "object", "properties": props, "required": [file_field, *(text_fields or {})],
+                               "additionalProperties": False}},
         JSON: {"schema": {"$ref": f"#/components/schemas/{json_model}"}},
     }}}
 

@@ -10,11 +10,12 @@ from ..deps import ServiceDep, SettingsDep
 from ..problems import ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Upload
-from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type
+from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import check_template, classification_out, image_body
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
+TOO_MANY = "send fewer images per request, splitting them across several requests"
 
 
 @router.post(
@@ -24,7 +25,7 @@ QueryDep = Annotated[ClassifyQuery, Query()]
     responses=problem_responses(400, 413, 415, 422, 503),
     openapi_extra=image_body("ClassifyJSON", "image", many=False),
 )
-async def classify(request: Request, service: ServiceDep, q: QueryDep) -> ClassificationOut:
+async def classify(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> ClassificationOut:
     """Classify one image from its nearest labelled neighbours (or the VLM re-ranker with `rerank=true`).
 
     Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`.
@@ -35,7 +36,8 @@ async def classify(request: Request, service: ServiceDep, q: QueryDep) -> Classi
         body = await read_json(request, ClassifyJSON)
         upload = Upload(body.image, body.filename)
     else:
-        files, _ = await read_files(request, "image", max_files=1)
+        advice = f"send several to POST /v1/classify/batch (up to {settings.max_batch_images} per request)"
+        files, _ = await read_files(request, "image", max_files=1, too_many=advice)
         upload = Upload(*files[0])
     [answer] = await service.run(service.classify, [upload], q)
     if isinstance(answer, str):
@@ -62,11 +64,10 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
         body = await read_json(request, ClassifyBatchJSON)
         uploads = [Upload(i.image, i.filename) for i in body.images]
     else:
-        files, _ = await read_files(request, "images", max_files=limit)
+        files, _ = await read_files(request, "images", max_files=limit, too_many=TOO_MANY)
         uploads = [Upload(data, name) for data, name in files]
     if len(uploads) > limit:
-        raise ProblemError(413, f"{len(uploads)} images is over the limit of {limit} per request",
-                           "too-many-images", "Too many images")
+        raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     answers = await service.run(service.classify, uploads, q)
     items = [BatchItemOut(index=i, filename=up.filename, error=a) if isinstance(a, str) else
              BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))

@@ -23,7 +23,7 @@ from ..schemas import (
     StatsOut,
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
-from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type
+from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import image_body, thumbnail_url
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
@@ -32,6 +32,8 @@ PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a 
 # promise a rejection ("label must be an array") that no server can make.
 _LABEL_FIELD = {"label": {"description": "text fields: one `label` per image, in order, or a single one for all "
                                          "(1 to 200 characters each)"}}
+LABELS_ONLY = "the form holds the `images` files and their `label` text fields, nothing else"
+TOO_MANY = "add fewer images per request, splitting them across several requests"
 
 
 @router.post(
@@ -55,7 +57,8 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         uploads = [Upload(i.image, i.filename) for i in body.items]
         labels = [i.label for i in body.items]
     else:
-        files, fields = await read_files(request, "images", max_files=limit)
+        files, fields = await read_files(request, "images", max_files=limit, too_many=TOO_MANY,
+                                         text_fields=("label",), other_fields=LABELS_ONLY)
         uploads = [Upload(data, name) for data, name in files]
         labels = [lab.strip() for lab in fields.get("label", [])]
         if len(labels) == 1:
@@ -65,8 +68,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
                                f"all: got {len(labels)} labels for {len(uploads)} images", "invalid-parameters",
                                "Invalid parameters")
     if len(uploads) > limit:
-        raise ProblemError(413, f"{len(uploads)} images is over the limit of {limit} per request",
-                           "too-many-images", "Too many images")
+        raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     added, failed = await service.run(service.add, uploads, labels)
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
     if not added:

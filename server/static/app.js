@@ -1,5 +1,6 @@
 // The vmem page: upload an image, show the prediction and the neighbours that voted, forget one.
-// Plain JS against the JSON API; every URL is relative so the page also works under a path prefix.
+// Plain JS against the JSON API; every URL it builds is relative so the page also works under a path
+// prefix. URLs the server hands back (`thumbnail_url`) already carry the prefix: they are used as given.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -145,10 +146,10 @@ function card(n, predicted) {
   img.addEventListener("error", async () => {
     img.hidden = true;
     missing.hidden = false;
-    const resp = await fetch(n.thumbnail_url.replace(/^\//, ""));
+    const resp = await fetch(n.thumbnail_url);
     missing.textContent = resp.ok ? "no thumbnail" : await problemText(resp);
   });
-  img.src = n.thumbnail_url.replace(/^\//, "");
+  img.src = n.thumbnail_url;
   node.querySelector(".label").textContent = n.label;
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
