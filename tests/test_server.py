@@ -447,6 +447,16 @@ def test_add_multipart_needs_one_label_per_image_or_one_for_all(client, labels, 
     assert_problem(resp, 422, "invalid-parameters", says)
 
 
+def test_the_same_image_twice_in_one_add_is_one_point_and_two_labels_are_refused(client):
+    same = texture((90, 200, 10), 3)
+    twice = [("images", ("lime.png", same, "image/png"))] * 2
+    body = client.post("/v1/memory", headers=AUTH, files=twice, data={"label": "lime"}).json()
+    assert len(body["added"]) == 1 and body["added"][0]["label"] == "lime"
+    resp = client.post("/v1/memory", headers=AUTH, files=twice, data={"label": ["lime", "olive"]})
+    assert_problem(resp, 422, "invalid-parameters", "images 0 and 1 are the same image")
+    assert client.get("/v1/memory/stats").json()["points"] == body["points"]
+
+
 def test_add_where_nothing_decodes_is_400(client):
     resp = client.post("/v1/memory", headers=AUTH, files={"images": ("a.png", b"nope")}, data={"label": "x"})
     assert_problem(resp, 400, "bad-image", "no image could be decoded")

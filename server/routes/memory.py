@@ -49,7 +49,8 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
 
     Multipart: files in repeated `images` fields and a `label` field per image (or one for all).
     JSON: `{"items": [{"image": "<base64>", "label": "cat", "filename": "cat.jpg"}]}`.
-    The same image (same bytes and name) added twice is one point, relabelled.
+    The same image (same bytes and name) added twice is one point, relabelled; twice in one request with
+    two labels it is a 422.
     """
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
@@ -69,7 +70,18 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
                                "Invalid parameters")
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
-    added, failed = await service.run(service.add, uploads, labels)
+    # One image (same bytes and name) is one point: sent twice it is added once, with two labels refused.
+    first: dict[str, int] = {}
+    for i, up in enumerate(uploads):
+        j = first.setdefault(up.source, i)
+        if labels[j] != labels[i]:
+            raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
+                               f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
+                               "invalid-parameters", "Invalid parameters")
+    keep = sorted(first.values())
+    added, failed = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
+    added = [(keep[i], *rest) for i, *rest in added]
+    failed = [(keep[i], reason) for i, reason in failed]
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
     if not added:
         raise ProblemError(400, "no image could be decoded: " + "; ".join(f.reason for f in failures[:3]),
