@@ -2,7 +2,8 @@
 
 Odd but valid images (CMYK, 16-bit, palette with transparency, animated, EXIF-rotated,
 grayscale, tiny, very wide) come out as plain RGB; hostile ones (truncated, not an image, formats
-outside IMAGE_FORMATS such as PostScript, decompression bombs) raise `ImageDecodeError` with a message a person can act on.
+outside IMAGE_FORMATS such as PostScript, decompression bombs) raise `ImageDecodeError` with a message
+a person can act on.
 """
 
 from __future__ import annotations

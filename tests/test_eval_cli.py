@@ -135,3 +135,16 @@ def test_experiment_rejects_unknown_names(built, tmp_path):
     root, val = built
     res = CliRunner().invoke(app, ["experiment", "nope", "--memory", str(root / "memory"), "--queries", str(val)])
     assert res.exit_code == 2 and "unknown experiment" in res.output
+
+
+def test_eval_and_tune_read_a_csv_dataset_without_being_told_its_format(built, tmp_path):
+    root, val = built
+    manifest = tmp_path / "val.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(val.rglob("*.png"))))
+    run("eval", "--memory", root / "memory", "--dataset", manifest, "--out", tmp_path / "out",
+        "--cache", tmp_path / "cache", "--k-max", "5", "--no-plots")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["run"]["format"] == "csv" and res["run"]["queries"] == 6
+    out = run("tune", "--memory", root / "memory", "--dataset", manifest, "--cache", tmp_path / "cache",
+              "--k-max", "5", "--dry-run")
+    assert "chosen:" in out

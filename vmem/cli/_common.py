@@ -28,13 +28,128 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
 
 def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
                 index: IndexSettings | None = None):
+    """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes)."""
     from vmem import VisualMemory
 
+    check_memory_location(memory, qdrant_url)
     try:
         return VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
                                  index=index)
-    except (MemoryError, FeaturizerError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except Exception as exc:
+        if (problem := open_failure(memory, qdrant_url, exc)) is None:
+            raise
+        raise problem from exc
+
+
+def check_memory_location(memory: Path, qdrant_url: str | None) -> None:
+    """BadParameter for a --qdrant-url that is not a server's URL, or a --memory that is a file."""
+    if qdrant_url is not None:
+        _check_qdrant_url(qdrant_url)
+    elif memory.exists() and not memory.is_dir():
+        raise typer.BadParameter(f"{memory} is a file, not a memory directory: give a new or existing directory",
+                                 param_hint="--memory")
+
+
+def open_failure(memory: Path, qdrant_url: str | None, exc: Exception) -> typer.BadParameter | None:
+    """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, MemoryError | FeaturizerError):
+        return typer.BadParameter(str(exc))
+    if isinstance(exc, ValidationError | UnicodeDecodeError):  # the memory's stored metadata
+        return typer.BadParameter(_bad_metadata(memory, qdrant_url, exc))
+    if qdrant_url is not None:
+        problem = _qdrant_problem(qdrant_url, exc)
+        return typer.BadParameter(problem, param_hint="--qdrant-url") if problem else None
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
+        return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
+                                  f"{where}: give a directory you can write to", param_hint="--memory")
+    return None
+
+
+def _check_qdrant_url(url: str) -> None:
+    """BadParameter unless `url` is an http(s) URL with a host (`localhost:6333` would be a directory's name)."""
+    from urllib.parse import urlsplit
+
+    if url == ":memory:" or url.startswith("qdrant-local:"):  # open_store's test and local modes
+        return
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. a port out of range, an unclosed [IPv6 address
+        ok = False
+    if not ok:
+        raise typer.BadParameter(f"{url!r} is not a Qdrant server URL: give it as http://host:6333",
+                                 param_hint="--qdrant-url")
+
+
+def _bad_metadata(memory: Path, qdrant_url: str | None, exc: ValueError) -> str:
+    from retrieval.store import META_FILE
+
+    if isinstance(exc, UnicodeDecodeError):
+        detail = "not UTF-8 text"
+    else:
+        first = exc.errors()[0]  # type: ignore[attr-defined]
+        loc = ".".join(str(x) for x in first["loc"])
+        detail = f"{loc}: {first['msg']}" if loc else first["msg"]
+        if len(exc.errors()) > 1:  # type: ignore[attr-defined]
+            detail += f"; and {len(exc.errors()) - 1} more problems"  # type: ignore[attr-defined]
+    if qdrant_url is not None:
+        return (f"the vmem metadata of the collection at {qdrant_url} is not valid ({detail}): build the memory "
+                "again in a new collection")
+    return (f"{memory / META_FILE}, the memory's metadata, is corrupt ({detail}): restore it from a backup, "
+            "or build the memory again in a new directory")
+
+
+def _qdrant_problem(url: str, exc: Exception) -> str | None:
+    """What went wrong talking to the Qdrant server, or None if `exc` is not about that."""
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(exc, ResponseHandlingException):
+        return (f"could not reach the Qdrant server at {url} ({exc.source or exc}): check the URL and that the "
+                "server is running")
+    if isinstance(exc, UnexpectedResponse):
+        status = f"{exc.status_code} {exc.reason_phrase}".strip()
+        return (f"the server at {url} answered {status}, not as a Qdrant server does: check the URL "
+                "(http://host:6333)")
+    return None
+
+
+def require_points(mem) -> None:
+    """BadParameter unless the memory holds points (searching an empty one fails deep inside)."""
+    if mem.store.count() == 0:
+        raise typer.BadParameter(f"the memory at {mem.store.location} holds no points: add labelled images with "
+                                 "vmem build first")
+
+
+def parse_tags(tags: list[str] | None) -> dict[str, str]:
+    """`--tag KEY=VALUE` options as a dict; BadParameter for one without a key and `=`."""
+    out: dict[str, str] = {}
+    for t in tags or []:
+        key, eq, value = t.partition("=")
+        if not eq or not key.strip():
+            raise typer.BadParameter(f"{t!r} is not KEY=VALUE: tags are key=value pairs, e.g. --tag split=train",
+                                     param_hint="--tag")
+        out[key] = value
+    return out
+
+
+def dataset_format(path: Path, fmt: str) -> str:
+    """`fmt`, except that a .csv file left at the default imagefolder layout is a path,label manifest, as
+    `vmem build` reads it (an ImageFolder is a directory, never a file)."""
+    if fmt == "imagefolder" and path.suffix.lower() == ".csv" and path.is_file():
+        return "csv"
+    return fmt
+
+
+def skip_line(source: str, reason: str) -> str:
+    """`skipped SOURCE: REASON`, naming the source once (a decode error's reason starts with it too)."""
+    for prefix in (f"{source}: ", f"{Path(source)}: "):
+        if reason.startswith(prefix):
+            reason = reason.removeprefix(prefix)
+            break
+    return f"skipped {source}: {reason}"
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:

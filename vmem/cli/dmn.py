@@ -11,7 +11,7 @@ import typer
 
 from retrieval import FeaturizerError, ImageDecodeError
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory, skip_line
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -36,7 +36,7 @@ def classify(
     update: Annotated[bool, typer.Option(help="write the queries into the stream")] = True,
     label: Annotated[list[str] | None, typer.Option(help="only these labels compete; repeatable")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per image")] = False,
-    sample: Annotated[int | None, typer.Option(help="classify a fixed random sample of the images")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="classify a fixed random sample of the images")] = None,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
     truth_from_dirs: Annotated[
         bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
@@ -69,8 +69,12 @@ def classify(
             top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             typer.echo(f"{res.source}\t{res.label}\t({top})")
     for f in failed:
-        typer.echo(f"skipped {f.source}: {f.reason}", err=True)
-    if truth_from_dirs and results:
+        typer.echo(skip_line(f.source, f.reason), err=True)
+    if not results:
+        typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
+                   "or folders of them", err=True)
+        raise typer.Exit(1)
+    if truth_from_dirs:
         correct = sum(Path(r.source or "").parent.name == r.label for r in results)
         d = results[0].dmn
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "

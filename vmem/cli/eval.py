@@ -12,7 +12,7 @@ import typer
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, DatasetError, FeaturizerError, MemoryStore, load_featurizer
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
 
 class SearchMode(StrEnum):
@@ -79,7 +79,7 @@ def eval(
     from eval.rerank_eval import evaluate_rerank
 
     try:
-        fmt = DatasetFormat(format)
+        fmt = DatasetFormat(dataset_format(dataset, format))
     except ValueError as exc:
         raise _fail(exc, "--format") from exc
     cache_root = cache or default_cache_dir()
@@ -98,7 +98,7 @@ def eval(
             raise typer.BadParameter("--memory-dataset needs --featurizer")
         try:
             feat = load_featurizer(featurizer)
-            mem_ds = read_dataset(memory_dataset, memory_format)
+            mem_ds = read_dataset(memory_dataset, dataset_format(memory_dataset, memory_format))
         except (FeaturizerError, DatasetError, OSError) as exc:
             raise _fail(exc) from exc
         memory_obj: MemoryArrays | MemoryStore = memory_from_dataset(mem_ds, feat, cache_root)
@@ -106,6 +106,11 @@ def eval(
         search_used = "exact"
     else:
         mem = open_memory(memory, qdrant_url)
+        try:
+            require_points(mem)
+        except typer.BadParameter:
+            mem.close()
+            raise
         feat = mem.featurizer
         store = mem.store
         memory_name = store.location

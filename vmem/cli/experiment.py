@@ -10,7 +10,7 @@ import typer
 
 from retrieval import DatasetError, FeaturizerError, load_featurizer
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
 NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning"
 
@@ -64,12 +64,14 @@ def experiment(
             if featurizer is None:
                 raise typer.BadParameter("--memory-dataset needs --featurizer")
             feat = load_featurizer(featurizer)
-            arrays = memory_from_dataset(read_dataset(memory_dataset, "imagefolder"), feat, cache_root)
+            arrays = memory_from_dataset(read_dataset(memory_dataset, dataset_format(memory_dataset, "imagefolder")),
+                                         feat, cache_root)
         else:
             with open_memory(memory, qdrant_url) as mem:
+                require_points(mem)
                 feat = mem.featurizer
                 arrays = MemoryArrays.from_store(mem.store)
-        ds = align_labels(read_dataset(queries, queries_format), arrays.labels, names)
+        ds = align_labels(read_dataset(queries, dataset_format(queries, queries_format)), arrays.labels, names)
     except (DatasetError, FeaturizerError, OSError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     if limit is not None and limit < len(ds.items):

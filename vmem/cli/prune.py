@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory, require_points
 
 
 def prune(
@@ -36,6 +36,7 @@ def prune(
             n = undo_pruning(store)
             typer.echo(f"pruning undone: {n} points restored; {store.count()} points in memory")
             return
+        require_points(mem)
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             report = prune_store(store, mode, threshold=threshold, k=k, blame=blame,  # type: ignore[arg-type]
                                  progress=bar.update)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from retrieval import FeaturizerError, MemoryError
+from ._common import check_memory_location, open_failure
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,14 @@ def serve(
     if settings.auth_disabled:
         typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
                    err=True)
+    memory_path, url = Path(settings.memory), settings.qdrant_url
+    check_memory_location(memory_path, url)
     try:
         mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
-    except (MemoryError, FeaturizerError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except Exception as exc:
+        if (problem := open_failure(memory_path, url, exc)) is None:
+            raise
+        raise problem from exc
     try:
         app = create_app(settings, memory=mem)
         typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)", err=True)

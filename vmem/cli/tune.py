@@ -12,7 +12,7 @@ import typer
 
 from retrieval import DatasetError
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
 
 def _floats(text: str) -> list[float]:
@@ -54,13 +54,15 @@ def tune(
     names = read_classes_file(classes) if classes else None
     mem = open_memory(memory, qdrant_url)
     with mem:
+        require_points(mem)
         store = mem.store
         fits = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
         arrays = MemoryArrays.from_store(store) if fits else None
         memory_labels = arrays.labels if arrays is not None else list(store.label_counts())
         try:
-            test_ds = align_labels(read_dataset(dataset, format), memory_labels, names)
-            val_ds = align_labels(read_dataset(val_dataset, val_format), memory_labels, names) if val_dataset else None
+            test_ds = align_labels(read_dataset(dataset, dataset_format(dataset, format)), memory_labels, names)
+            val_ds = (align_labels(read_dataset(val_dataset, dataset_format(val_dataset, val_format)), memory_labels,
+                                   names) if val_dataset else None)
         except (DatasetError, OSError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
         test_q = query_set(test_ds, mem.featurizer, cache_root)
