@@ -21,6 +21,7 @@ from .ingest import (
     read_labelled,
     read_manifest,
     scan_imagefolder,
+    unique_sources,
 )
 from .store import (
     EdgeMemoryStore,
@@ -76,6 +77,7 @@ __all__ = [
     "read_labelled",
     "read_manifest",
     "scan_imagefolder",
+    "unique_sources",
     "vote",
     "vote_all_k",
 ]

@@ -45,20 +45,33 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
 
 
 def read_manifest(path: str | Path) -> list[LabelledImage]:
-    """A CSV with a `path,label` header; relative paths are relative to the CSV's folder."""
+    """A UTF-8 CSV with a `path,label` header; relative paths are relative to the CSV's folder.
+
+    A leading byte-order mark (Excel's "CSV UTF-8") is allowed. DatasetError if the file is not UTF-8 text
+    or not in this layout.
+    """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
-        items = []
-        for n, row in enumerate(reader, start=2):
-            if not row["path"] or not row["label"]:
-                raise DatasetError(f"{path}:{n}: empty path or label")
-            src = row["path"]
-            if "://" not in src and not Path(src).is_absolute():
-                src = str(path.parent / src)
-            items.append(LabelledImage(normalize_source(src), row["label"]))
+    # utf-8-sig: the same as utf-8, but a BOM before the header is not read as part of the name "path".
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        try:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+                raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
+            items = []
+            for n, row in enumerate(reader, start=2):
+                if not row["path"] or not row["label"]:
+                    raise DatasetError(f"{path}:{n}: empty path or label")
+                src = row["path"]
+                if "://" not in src and not Path(src).is_absolute():
+                    src = str(path.parent / src)
+                items.append(LabelledImage(normalize_source(src), row["label"]))
+        except UnicodeDecodeError as exc:  # decoded as it is read: raised by any row
+            raise DatasetError(
+                f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be UTF-8: saved as Latin-1 "
+                "or Windows-1252?): save the manifest as UTF-8 (\"CSV UTF-8\") and try again"
+            ) from exc
+        except csv.Error as exc:
+            raise DatasetError(f"{path}: not a readable CSV ({exc}): save it as a path,label CSV") from exc
     return items
 
 
@@ -75,6 +88,7 @@ class BuildReport:
     total: int = 0
     added: int = 0
     skipped_existing: int = 0
+    duplicates: int = 0  # listed again with the same label (the same file, after resolving links)
     failed: list[EmbedFailure] = field(default_factory=list)
     seconds: float = 0.0
     index_seconds: float = 0.0  # building the HNSW index after inserting
@@ -83,14 +97,35 @@ class BuildReport:
     def summary(self) -> str:
         rate = self.added / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"{self.added} added, {self.skipped_existing} already in memory, {len(self.failed)} failed "
-            f"of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
+            f"{self.added} added, {self.skipped_existing} already in memory, "
+            + (f"{self.duplicates} listed twice, " if self.duplicates else "")
+            + f"{len(self.failed)} failed of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
             f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
         ]
-        lines += [f"  skipped {f.source}: {f.reason}" for f in self.failed[:50]]
+        # A decode error's reason starts with the path already: name it once.
+        lines += [f"  skipped {f.source}: {f.reason.removeprefix(f'{f.source}: ')}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
         return "\n".join(lines)
+
+
+def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
+    """`items` with each source once (a point per file); DatasetError if a file is given two labels.
+
+    Sources are resolved paths, so a file listed twice in a manifest, or reached twice through linked
+    folders, is one point: with one label it is kept once; with two, which one is meant cannot be known.
+    """
+    first: dict[str, LabelledImage] = {}
+    conflicts: list[str] = []
+    for it in items:
+        seen = first.setdefault(it.source, it)
+        if seen.label != it.label:
+            conflicts.append(f"{it.source} ({seen.label!r} and {it.label!r})")
+    if conflicts:
+        more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        raise DatasetError(f"{len(conflicts)} images are listed with two labels: {'; '.join(conflicts[:5])}{more}. "
+                           "An image is one point with one label: list each file once")
+    return list(first.values())
 
 
 def build_memory(
@@ -116,11 +151,13 @@ def build_memory(
     store.check_featurizer(featurizer.spec)
     t0 = time.perf_counter()
     report = BuildReport(total=len(items))
+    items = unique_sources(items)
+    report.duplicates = report.total - len(items)
     existing = store.existing_ids([point_id_for(it.source) for it in items])
     todo = [it for it in items if point_id_for(it.source) not in existing]
     report.skipped_existing = len(items) - len(todo)
-    if progress and report.skipped_existing:
-        progress(report.skipped_existing)
+    if progress and report.skipped_existing + report.duplicates:
+        progress(report.skipped_existing + report.duplicates)
     # Insert after every batch: an interrupted build keeps what it finished, and resumes.
     for res in _embed_batches(featurizer, [it.source for it in todo], batch_size, num_workers, feature_cache):
         done = [todo[i] for i in res.indices]

@@ -46,7 +46,8 @@ def run(*args):
 def test_build_reports_added_and_skipped_corrupt_images(built):
     _, result = built
     assert "12 added, 0 already in memory, 1 failed of 13 images" in result.output
-    assert "broken.jpg" in result.output and "not a recognised image format" in result.output
+    assert "broken.jpg: not a recognised image format" in result.output
+    assert result.output.count("broken.jpg") == 1  # named once, not again inside the reason
 
 
 def test_build_is_resumable_and_idempotent(built, image_folder):
@@ -296,3 +297,106 @@ def test_a_memory_can_re_rank_the_doubtful_candidates_of_its_codes(image_folder,
     assert (memory / "original-rows.bin").stat().st_size > 0
     out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
     assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+
+
+# ------------------------------------------------------------------ ordinary mistakes: one clear line, no traceback
+
+def said(out, *words) -> bool:
+    """A refusal as the CLI gives one (a non-zero exit, not a traceback) that says each of `words`."""
+    assert out.exit_code != 0, out.output
+    assert isinstance(out.exception, SystemExit), repr(out.exception)  # a traceback would be the exception itself
+    missing = [w for w in words if w not in out.output]
+    assert not missing, f"{missing} not in {out.output}"
+    return True
+
+
+def test_a_manifest_must_be_utf8_and_may_start_with_a_bom(image_folder, tmp_path):
+    red = image_folder / "train" / "red" / "0.png"
+    # Excel's "CSV UTF-8" starts with a byte-order mark; it is not part of the first column's name.
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(f"\ufeffpath,label\n{red},café\n".encode())
+    out = run("build", excel, "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0", "--workers", "0")
+    assert out.exit_code == 0 and "1 added" in out.output
+    assert json.loads(run("info", "--memory", tmp_path / "m", "--json").output)["per_label"] == {"café": 1}
+    # The same manifest saved as Latin-1: refused, naming the file, before any memory is made.
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"path,label\n{red},café\n".encode("latin-1"))
+    out = run("build", latin1, "--memory", tmp_path / "m2")
+    assert said(out, "latin1.csv is not UTF-8", "save the manifest as UTF-8") and out.exit_code == 2
+    assert not (tmp_path / "m2").exists()
+
+
+def test_an_empty_memory_is_a_clear_error_for_every_command_that_searches_it(built, image_folder, tmp_path):
+    import shutil
+
+    memory, _ = built
+    empty = tmp_path / "empty"
+    shutil.copytree(memory, empty)
+    for label in COLOURS:
+        run("forget", "--memory", empty, "--label", label)
+    queries = image_folder / "query"
+    for command in (["classify", queries], ["prune"], ["tune", "--dataset", queries],
+                    ["eval", "--dataset", queries, "--out", tmp_path / "eval"],
+                    ["experiment", "corruption", "--queries", queries]):
+        out = run(*command, "--memory", empty)
+        assert said(out, f"{empty} holds no points", "vmem build"), command
+    assert run("prune", "--memory", empty, "--undo").exit_code == 0  # nothing to search: nothing to refuse
+
+
+def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder, monkeypatch):
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    for command in ["info"], ["classify", image_folder / "query"], ["serve", "--no-auth"]:
+        out = run(*command, "--qdrant-url", "http://127.0.0.1:1")
+        assert said(out, "could not reach the Qdrant server at http://127.0.0.1:1"), command
+    # Without a scheme it would have been taken for a directory's name.
+    out = run("build", image_folder / "train", "--qdrant-url", "localhost:6333")
+    assert said(out, "'localhost:6333' is not a Qdrant server URL", "http://host:6333")
+
+
+def test_a_memory_path_that_cannot_be_a_directory(image_folder, tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a memory")
+    out = run("build", image_folder / "train", "--memory", file, "--featurizer", "efficientnet-lite0")
+    assert said(out, "--memory", "notes.txt is a file, not a memory directory")
+    out = run("build", image_folder / "train", "--memory", file / "memory", "--featurizer", "efficientnet-lite0")
+    assert said(out, "--memory", "cannot open or create the memory directory", "Not a directory")
+    assert file.read_text() == "not a memory"
+
+
+def test_a_corrupt_memory_metadata_file_is_named(built, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    memory, _ = built
+    for name, broken in ("truncated", lambda text: text[:40]), ("wrong-fields", lambda _: '{"featurizer": 3}'):
+        copy = tmp_path / name
+        shutil.copytree(memory, copy)
+        (copy / "vmem.json").write_text(broken((memory / "vmem.json").read_text()))
+        for command in ["info"], ["serve", "--no-auth"]:
+            out = run(*command, "--memory", copy)
+            assert said(out, f"{copy / 'vmem.json'}, the memory's metadata, is corrupt", "restore it from a backup")
+    assert "featurizer: Input should be an object" in out.output
+
+
+def test_classify_sample_must_be_at_least_one(built, image_folder):
+    memory, _ = built
+    for n in ("0", "-1"):
+        out = run("classify", image_folder / "query", "--memory", memory, "--sample", n)
+        assert said(out, "--sample") and out.exit_code == 2
+
+
+def test_classify_fails_when_nothing_could_be_classified_and_names_each_file_once(built, tmp_path):
+    memory, _ = built
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out = run("classify", bad, tmp_path / "missing.jpg", "--memory", memory)
+    assert said(out, "no image could be classified (2 skipped)") and out.exit_code == 1
+    assert f"skipped {bad}: not a recognised image format" in out.output
+    assert f"skipped {tmp_path / 'missing.jpg'}: no such file" in out.output
+    assert out.output.count(str(bad)) == 1
+
+
+def test_a_tag_must_be_key_equals_value(image_folder, tmp_path):
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--tag", "split=train", "--tag", "bad")
+    assert said(out, "--tag", "'bad' is not KEY=VALUE", "key=value") and out.exit_code == 2
+    assert not (tmp_path / "m").exists()

@@ -14,7 +14,15 @@ import typer
 from tqdm import tqdm
 
 from prompts import TemplateError
-from retrieval import DatasetError, FeaturizerError, ImageDecodeError, IndexSettings, VoteRule, read_labelled
+from retrieval import (
+    DatasetError,
+    FeaturizerError,
+    ImageDecodeError,
+    IndexSettings,
+    VoteRule,
+    read_labelled,
+    unique_sources,
+)
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -24,6 +32,9 @@ from ._common import (
     VectorsDtype,
     expand_images,
     open_memory,
+    parse_tags,
+    require_points,
+    skip_line,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -90,9 +101,10 @@ def build(
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
         items = read_labelled(dataset)
+        unique_sources(items)  # a file given two labels: refused before the memory is created or touched
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
-    tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
+    tags = parse_tags(tag)
     # Only what the user gave: asking for the default explicitly must still be compared with the memory.
     asked = {"quantization": quantization.value} if quantization is not None else {}
     if vectors_on_disk is not None:
@@ -154,19 +166,21 @@ def classify(
     rerank: Annotated[bool, typer.Option(help="ask the VLM re-ranker (falls back to voting)")] = False,
     template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per image")] = False,
-    sample: Annotated[int | None, typer.Option(help="classify a fixed random sample of the images")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="classify a fixed random sample of the images")] = None,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
     truth_from_dirs: Annotated[
         bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
-    """Classify images from their nearest labelled neighbours."""
+    """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
     mem = open_memory(memory, qdrant_url)
     with mem:
+        if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
+            require_points(mem)
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
@@ -181,8 +195,12 @@ def classify(
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
             typer.echo(f"{res.source}\t{res.label}\t({top}){extra}")
     for f in failed:
-        typer.echo(f"skipped {f.source}: {f.reason}", err=True)
-    if truth_from_dirs and results:
+        typer.echo(skip_line(f.source, f.reason), err=True)
+    if not results:
+        typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
+                   "or folders of them", err=True)
+        raise typer.Exit(1)
+    if truth_from_dirs:
         correct = sum(Path(r.source).parent.name == r.label for r in results)
         s = results[0].vote
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "

@@ -1,0 +1,41 @@
+"""Building a memory from a labelled set: each file is one point with one label."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import DatasetError, build_memory, open_store, read_labelled, unique_sources
+from tests.conftest import make_image
+from vmem.cli import app
+
+
+@pytest.fixture
+def photos(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for name, colour in {"a": (220, 20, 20), "b": (20, 200, 40), "c": (30, 40, 220)}.items():
+        (tmp_path / "photos" / f"{name}.png").write_bytes(make_image(colour, fmt="PNG"))
+    return tmp_path / "photos"
+
+
+def test_a_file_listed_twice_with_one_label_is_one_point_and_reported(lite0, photos, tmp_path):
+    manifest = tmp_path / "set.csv"
+    # b.png twice: once by name, once through a path that resolves to the same file.
+    manifest.write_text(f"path,label\n{photos}/a.png,red\n{photos}/b.png,green\n{photos}/../photos/b.png,green\n")
+    store = open_store(tmp_path / "memory", lite0.spec)
+    report = build_memory(store, lite0, read_labelled(manifest), num_workers=0)
+    assert (report.total, report.added, report.duplicates, report.memory_points) == (3, 2, 1, 2)
+    assert "1 listed twice" in report.summary()
+    store.close()
+
+
+def test_a_file_given_two_labels_is_refused_before_the_memory_is_touched(photos, tmp_path):
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "cat").symlink_to(photos)  # the same three files under a second label
+    (tmp_path / "linked" / "dog").symlink_to(photos)
+    with pytest.raises(DatasetError, match="3 images are listed with two labels"):
+        unique_sources(read_labelled(tmp_path / "linked"))  # what build_memory checks first
+    out = CliRunner().invoke(app, ["build", str(tmp_path / "linked"), "--memory", str(tmp_path / "memory"),
+                                   "--featurizer", "efficientnet-lite0"], env={"COLUMNS": "250"})
+    assert out.exit_code == 2 and "listed with two labels" in out.output and "'cat' and 'dog'" in out.output
+    assert not (tmp_path / "memory").exists()
