@@ -143,6 +143,14 @@ def dataset_format(path: Path, fmt: str) -> str:
     return fmt
 
 
+def true_label(source: Path, roots: list[Path]) -> str:
+    """An image's label by folder: the folder under the given root that holds it (nested images too), or its parent."""
+    for root in roots:
+        if source.is_relative_to(root) and len(parts := source.relative_to(root).parts) > 1:
+            return parts[0]
+    return source.parent.name
+
+
 def skip_line(source: str, reason: str) -> str:
     """`skipped SOURCE: REASON`, naming the source once (a decode error's reason starts with it too)."""
     for prefix in (f"{source}: ", f"{Path(source)}: "):

@@ -11,7 +11,7 @@ import typer
 
 from retrieval import FeaturizerError, ImageDecodeError
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory, skip_line
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory, skip_line, true_label
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -75,7 +75,8 @@ def classify(
                    "or folders of them", err=True)
         raise typer.Exit(1)
     if truth_from_dirs:
-        correct = sum(Path(r.source or "").parent.name == r.label for r in results)
+        roots = [p.resolve() for p in images if p.is_dir()]
+        correct = sum(true_label(Path(r.source or ""), roots) == r.label for r in results)
         d = results[0].dmn
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
                    f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",

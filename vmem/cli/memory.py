@@ -35,6 +35,7 @@ from ._common import (
     parse_tags,
     require_points,
     skip_line,
+    true_label,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -169,11 +170,14 @@ def classify(
     sample: Annotated[int | None, typer.Option(min=1, help="classify a fixed random sample of the images")] = None,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
     truth_from_dirs: Annotated[
-        bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
+        bool, typer.Option(help="the folder an image is in, directly under a folder given as IMAGES (as vmem build "
+                                "reads an ImageFolder), or its parent folder, is its true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
+    if template is not None and not rerank:
+        raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
@@ -181,6 +185,12 @@ def classify(
     with mem:
         if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
             require_points(mem)
+        if label:
+            known = mem.store.label_counts()
+            if unknown := [lab for lab in label if lab not in known]:
+                some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+                raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} (its "
+                                         f"{len(known)} labels: {some})", param_hint="--label")
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
@@ -201,7 +211,8 @@ def classify(
                    "or folders of them", err=True)
         raise typer.Exit(1)
     if truth_from_dirs:
-        correct = sum(Path(r.source).parent.name == r.label for r in results)
+        roots = [p.resolve() for p in images if p.is_dir()]
+        correct = sum(true_label(Path(r.source), roots) == r.label for r in results)
         s = results[0].vote
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
