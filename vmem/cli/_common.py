@@ -151,6 +151,21 @@ def true_label(source: Path, roots: list[Path]) -> str:
     return source.parent.name
 
 
+def finish_classify(results: list, failed: list, images: list[Path]) -> int:
+    """Name each skipped image (once), exit 1 if none was classified; how many folder names agree with the answer.
+
+    The count is for --truth-from-dirs: an image's label by folder as `true_label` reads it.
+    """
+    for f in failed:
+        typer.echo(skip_line(f.source, f.reason), err=True)
+    if not results:
+        typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
+                   "or folders of them", err=True)
+        raise typer.Exit(1)
+    roots = [p.resolve() for p in images if p.is_dir()]
+    return sum(true_label(Path(r.source or ""), roots) == r.label for r in results)
+
+
 def skip_line(source: str, reason: str) -> str:
     """`skipped SOURCE: REASON`, naming the source once (a decode error's reason starts with it too)."""
     for prefix in (f"{source}: ", f"{Path(source)}: "):

@@ -11,7 +11,7 @@ import typer
 
 from retrieval import FeaturizerError, ImageDecodeError
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, open_memory, skip_line, true_label
+from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, finish_classify, open_memory
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -68,15 +68,8 @@ def classify(
         else:
             top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             typer.echo(f"{res.source}\t{res.label}\t({top})")
-    for f in failed:
-        typer.echo(skip_line(f.source, f.reason), err=True)
-    if not results:
-        typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
-                   "or folders of them", err=True)
-        raise typer.Exit(1)
+    correct = finish_classify(results, failed, images)
     if truth_from_dirs:
-        roots = [p.resolve() for p in images if p.is_dir()]
-        correct = sum(true_label(Path(r.source or ""), roots) == r.label for r in results)
         d = results[0].dmn
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
                    f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",

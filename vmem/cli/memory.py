@@ -31,11 +31,10 @@ from ._common import (
     Quantization,
     VectorsDtype,
     expand_images,
+    finish_classify,
     open_memory,
     parse_tags,
     require_points,
-    skip_line,
-    true_label,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -204,15 +203,8 @@ def classify(
             top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
             typer.echo(f"{res.source}\t{res.label}\t({top}){extra}")
-    for f in failed:
-        typer.echo(skip_line(f.source, f.reason), err=True)
-    if not results:
-        typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
-                   "or folders of them", err=True)
-        raise typer.Exit(1)
+    correct = finish_classify(results, failed, images)
     if truth_from_dirs:
-        roots = [p.resolve() for p in images if p.is_dir()]
-        correct = sum(true_label(Path(r.source), roots) == r.label for r in results)
         s = results[0].vote
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
