@@ -50,6 +50,9 @@ class TemplateRegistry:
             [(self.user_dir, "user")] if self.user_dir is not None else [])
         for directory, origin in dirs:
             if not directory.is_dir():
+                if origin == "user":  # a mistyped $VMEM_TEMPLATES_DIR must not pass for "no templates of mine"
+                    errors[f"${TEMPLATES_DIR_ENV}"] = TemplateLoadError(
+                        f"{directory} is not a directory: none of your templates were loaded")
                 continue
             for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
                 try:

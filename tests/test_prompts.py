@@ -106,6 +106,13 @@ def test_user_templates_come_from_VMEM_TEMPLATES_DIR_and_override_builtins(tmp_p
     assert reg.entry("neighbors-v1").origin == "builtin"
 
 
+def test_a_templates_dir_that_does_not_exist_is_reported_not_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "tempaltes"))
+    reg = default_registry()
+    assert "neighbors-v1" in reg  # the built-ins still load
+    assert "tempaltes is not a directory" in str(reg.errors["$VMEM_TEMPLATES_DIR"])
+
+
 def test_a_template_added_after_start_is_found(tmp_path):
     reg = TemplateRegistry(tmp_path)
     write(tmp_path, "late", MINIMAL.replace("mine", "late"))

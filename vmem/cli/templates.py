@@ -25,7 +25,7 @@ def list_templates(json_out: Annotated[bool, typer.Option("--json", help="one JS
         else:
             typer.echo(f"{t.name:<16} v{t.version:<3} {e.origin:<8} {t.content_hash}  {t.description}")
     for stem, err in sorted(reg.errors.items()):
-        typer.echo(f"broken template {stem}: {err}", err=True)
+        typer.echo(f"{stem}: {err}" if stem.startswith("$") else f"broken template {stem}: {err}", err=True)
 
 
 @app.command()
