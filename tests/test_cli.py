@@ -417,3 +417,8 @@ def test_a_tag_must_be_key_equals_value(image_folder, tmp_path):
     out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--tag", "split=train", "--tag", "bad")
     assert said(out, "--tag", "'bad' is not KEY=VALUE", "key=value") and out.exit_code == 2
     assert not (tmp_path / "m").exists()
+
+
+def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
+    out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
+    assert out.exit_code == 2 and "does not exist" in out.output

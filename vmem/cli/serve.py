@@ -23,8 +23,8 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="let anyone edit the memory (trusted networks "
                                           "only); otherwise $VMEM_API_KEY is required")] = False,
-    env_file: Annotated[Path | None, typer.Option(help="read VMEM_* settings from this file "
-                                                  "[default: ./.env when present]")] = None,
+    env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
+                                                  "this file [default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
