@@ -73,6 +73,8 @@ def load_image(source: ImageInput) -> Image.Image:
         else:
             fp = Path(source)
             name = str(fp)
+            if fp.is_dir():
+                raise ImageDecodeError(f"{name}: a directory, not an image file")
             if not fp.is_file():
                 raise ImageDecodeError(f"{name}: no such file")
             if fp.stat().st_size == 0:

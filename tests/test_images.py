@@ -49,6 +49,8 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(ImageDecodeError, match="empty"):
         load_image(tmp_path / "empty.jpg")
+    with pytest.raises(ImageDecodeError, match="a directory, not an image file"):  # a manifest row naming a folder
+        load_image(tmp_path)
 
 
 def test_cmyk_jpeg_becomes_rgb():
