@@ -73,8 +73,12 @@ class TuneReport(BaseModel):
         for c in sorted(self.candidates, key=lambda c: -c.val_accuracy):
             mark = " **(chosen)**" if c == self.chosen else ""
             lines.append(f"| {c.name}{mark} | {c.best_k} | {pct(c.val_accuracy)} | {pct(c.heldout_accuracy)} |")
-        lines += ["", "| fixed rule (default α/τ) | k | val top-1 | held-out top-1 |", "|---|---|---|---|"]
-        lines += [f"| {f.rule} | {f.k} | {pct(f.val_accuracy)} | {pct(f.heldout_accuracy)} |" for f in self.fixed]
+        if self.fixed:  # none when k_max < REFERENCE_K: the fixed rules' k was not searched
+            lines += ["", "| fixed rule (default α/τ) | k | val top-1 | held-out top-1 |", "|---|---|---|---|"]
+            lines += [f"| {f.rule} | {f.k} | {pct(f.val_accuracy)} | {pct(f.heldout_accuracy)} |"
+                      for f in self.fixed]
+        else:
+            lines += ["", f"(no fixed-rule baseline at k = {REFERENCE_K}: only k up to {self.k_max} was searched)"]
         lines += ["", f"chosen: {self.chosen.name}, k = {self.chosen.best_k}: val {pct(self.chosen.val_accuracy)}, "
                       f"held-out {pct(self.chosen.heldout_accuracy)}, gap {pct(self.gap)} points"]
         return "\n".join(lines)

@@ -50,6 +50,15 @@ def test_tune_picks_the_best_candidate_on_the_validation_rows_only():
     assert report.vote_settings()["soft_pruning"] is True  # no factors yet: a later soft prune still applies
 
 
+def test_a_search_below_k_50_says_there_is_no_fixed_rule_baseline_rather_than_an_empty_table():
+    table, truth = random_table(k=12)
+    val, held = split_indices(len(truth), 0.5, seed=1)
+    report = tune(table, truth, val, held, alphas=(2.0,), taus=(0.07,))
+    assert report.fixed == []
+    assert "| fixed rule" not in report.markdown()
+    assert "no fixed-rule baseline at k = 50: only k up to 12 was searched" in report.markdown()
+
+
 def test_soft_pruned_variants_are_searched_when_points_carry_reliability():
     table, truth = random_table()
     rng = np.random.default_rng(0)
