@@ -259,8 +259,8 @@ class Featurizer(ABC):
         # DECODE_CHUNK images, gathered here into the forward's batches: with the forward's batch as the
         # unit, 3,072 images in batches of 1,024 kept 3 of 15 workers busy (H200: 650 images/s, against
         # 1,840 at batch 64). With no workers the loader decodes each batch in this process, between forwards.
-        chunk = batch_size // -(-batch_size // DECODE_CHUNK) if num_workers else batch_size  # divides batches evenly
-        chunks_per_batch = -(-batch_size // chunk)
+        chunks_per_batch = -(-batch_size // DECODE_CHUNK) if num_workers else 1
+        chunk = batch_size // chunks_per_batch  # so a gathered batch never exceeds batch_size
         loader = torch.utils.data.DataLoader(
             _DecodeDataset(items, self.preprocessing),
             batch_size=chunk,

@@ -165,3 +165,13 @@ def test_workers_decode_small_chunks_gathered_into_whole_batches_in_order(lite0,
     assert [f.index for b in batches for f in b.failures] == [17]
     in_process = lite0.embed_many(paths, batch_size=20, num_workers=0)
     np.testing.assert_allclose(np.concatenate([b.features for b in batches]), in_process.features, atol=1e-5)
+
+
+def test_gathered_batches_never_exceed_the_batch_size(lite0, tmp_path):
+    paths = []
+    for i in range(40):
+        p = tmp_path / f"{i}.png"
+        p.write_bytes(make_image(color=(6 * i, 90, 90), fmt="PNG"))
+        paths.append(str(p))
+    sizes = [len(b.indices) for b in lite0.iter_embed(paths, batch_size=17, num_workers=2)]
+    assert max(sizes) <= 17 and sum(sizes) == 40
