@@ -108,5 +108,13 @@ def load_image(source: ImageInput) -> Image.Image:
     return _to_rgb(img)
 
 
+def failure_line(source: str, reason: str) -> str:
+    """`SOURCE: REASON` for an image that failed, naming the source once (load_image's reasons start with it)."""
+    for prefix in (f"{source}: ", f"{Path(source)}: "):
+        if reason.startswith(prefix):
+            return f"{source}: {reason.removeprefix(prefix)}"
+    return f"{source}: {reason}"
+
+
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

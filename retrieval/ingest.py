@@ -15,7 +15,7 @@ from typing import Any
 
 from .feature_cache import FeatureCache
 from .featurizers import EmbedFailure, EmbedResult, Featurizer
-from .images import is_image_path
+from .images import failure_line, is_image_path
 from .store import MemoryStore, normalize_source, point_id_for
 
 
@@ -102,30 +102,38 @@ class BuildReport:
             + f"{len(self.failed)} failed of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
             f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
         ]
-        # A decode error's reason starts with the path already: name it once.
-        lines += [f"  skipped {f.source}: {f.reason.removeprefix(f'{f.source}: ')}" for f in self.failed[:50]]
+        lines += [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
         return "\n".join(lines)
+
+
+def first_occurrences(sources: Sequence[str], labels: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Where each source first comes (positions, in order), and the (first, later) positions of a source that
+    comes again with another label: an image is one point with one label, so which one is meant cannot be known.
+    """
+    first: dict[str, int] = {}
+    conflicts: list[tuple[int, int]] = []
+    for i, src in enumerate(sources):
+        j = first.setdefault(src, i)
+        if labels[j] != labels[i]:
+            conflicts.append((j, i))
+    return list(first.values()), conflicts
 
 
 def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
     """`items` with each source once (a point per file); DatasetError if a file is given two labels.
 
     Sources are resolved paths, so a file listed twice in a manifest, or reached twice through linked
-    folders, is one point: with one label it is kept once; with two, which one is meant cannot be known.
+    folders, is one point.
     """
-    first: dict[str, LabelledImage] = {}
-    conflicts: list[str] = []
-    for it in items:
-        seen = first.setdefault(it.source, it)
-        if seen.label != it.label:
-            conflicts.append(f"{it.source} ({seen.label!r} and {it.label!r})")
+    keep, conflicts = first_occurrences([it.source for it in items], [it.label for it in items])
     if conflicts:
+        named = [f"{items[i].source} ({items[j].label!r} and {items[i].label!r})" for j, i in conflicts[:5]]
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
-        raise DatasetError(f"{len(conflicts)} images are listed with two labels: {'; '.join(conflicts[:5])}{more}. "
+        raise DatasetError(f"{len(conflicts)} images are listed with two labels: {'; '.join(named)}{more}. "
                            "An image is one point with one label: list each file once")
-    return list(first.values())
+    return [items[i] for i in keep]
 
 
 def build_memory(

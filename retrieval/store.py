@@ -72,10 +72,15 @@ def point_id_for(source: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, source))
 
 
+def is_local_source(source: str) -> bool:
+    """A path on this machine, not a URI (`scheme://...`) nor an `upload:`/`mem:` id."""
+    return "://" not in source and not source.startswith(("upload:", "mem:"))
+
+
 def normalize_source(source: str | Path) -> str:
     """Absolute path for local files, unchanged for URIs (`scheme://...`) and `upload:` ids."""
     s = str(source)
-    if "://" in s or s.startswith(("upload:", "mem:")):
+    if not is_local_source(s):
         return s
     return str(Path(s).expanduser().resolve())
 

@@ -26,6 +26,8 @@ from retrieval import (
     Neighbor,
     VoteRule,
     build_memory,
+    first_occurrences,
+    is_local_source,
     load_featurizer,
     load_image,
     normalize_source,
@@ -56,7 +58,7 @@ def local_source_prefix(prefix: str) -> str:
     A folder that exists ends in '/', so `/data/cats` forgets `/data/cats/x.jpg` but not `/data/catsanddogs/x.jpg`
     (a folder that no longer exists: give the trailing '/' to say so). URIs and upload ids are left as given.
     """
-    if "://" in prefix or prefix.startswith(("upload:", "mem:")):
+    if not is_local_source(prefix):
         return prefix
     norm = normalize_source(prefix)
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
@@ -360,7 +362,7 @@ class VisualMemory:
 
     def _record_source_roots(self, sources: Sequence[str]) -> None:
         """Remember the directory a build read from: the service serves thumbnails only from such roots."""
-        local = [src for src in sources if "://" not in src and not src.startswith(("upload:", "mem:"))]
+        local = [src for src in sources if is_local_source(src)]
         if not local:
             return
         root = os.path.commonpath(local)
@@ -398,13 +400,11 @@ class VisualMemory:
             except ImageDecodeError as exc:
                 failed.append(FailedImage(source=src, reason=str(exc)))
         # One image is one point: the same image twice is added once, and with two labels refused.
-        first: dict[str, int] = {}
-        for j, (src, lab) in enumerate(zip(ok_sources, ok_labels, strict=True)):
-            seen = first.setdefault(src, j)
-            if ok_labels[seen] != lab:
-                raise ValueError(f"the same image ({src}) is given twice, labelled {ok_labels[seen]!r} and "
-                                 f"{lab!r}: an image is one point with one label")
-        keep = sorted(first.values())
+        keep, conflicts = first_occurrences(ok_sources, ok_labels)
+        if conflicts:
+            j, i = conflicts[0]
+            raise ValueError(f"the same image ({ok_sources[i]}) is given twice, labelled {ok_labels[j]!r} and "
+                             f"{ok_labels[i]!r}: an image is one point with one label")
         vectors = self.featurizer.embed([ok_imgs[j] for j in keep])
         self._record_source_roots([ok_sources[j] for j in keep])
         added = self.store.add(vectors, [ok_labels[j] for j in keep], [ok_sources[j] for j in keep], tags)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from retrieval import first_occurrences
 from vmem import VoteSettings
 
 from ..deps import ApiKeyDep, ServiceDep, SettingsDep
@@ -71,14 +72,12 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     # One image (same bytes and name) is one point: sent twice it is added once, with two labels refused.
-    first: dict[str, int] = {}
-    for i, up in enumerate(uploads):
-        j = first.setdefault(up.source, i)
-        if labels[j] != labels[i]:
-            raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
-                               f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
-                               "invalid-parameters", "Invalid parameters")
-    keep = sorted(first.values())
+    keep, conflicts = first_occurrences([up.source for up in uploads], labels)
+    if conflicts:
+        j, i = conflicts[0]
+        raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
+                           f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
+                           "invalid-parameters", "Invalid parameters")
     added, failed = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
     added = [(keep[i], *rest) for i, *rest in added]
     failed = [(keep[i], reason) for i, reason in failed]

@@ -10,7 +10,7 @@ from typing import Annotated, get_args
 import typer
 
 from retrieval import FeaturizerError, IndexSettings, MemoryError
-from retrieval.images import is_image_path
+from retrieval.images import failure_line, is_image_path
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
 QdrantUrlOpt = Annotated[
@@ -157,22 +157,13 @@ def finish_classify(results: list, failed: list, images: list[Path]) -> int:
     The count is for --truth-from-dirs: an image's label by folder as `true_label` reads it.
     """
     for f in failed:
-        typer.echo(skip_line(f.source, f.reason), err=True)
+        typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
     if not results:
         typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
                    "or folders of them", err=True)
         raise typer.Exit(1)
     roots = [p.resolve() for p in images if p.is_dir()]
     return sum(true_label(Path(r.source or ""), roots) == r.label for r in results)
-
-
-def skip_line(source: str, reason: str) -> str:
-    """`skipped SOURCE: REASON`, naming the source once (a decode error's reason starts with it too)."""
-    for prefix in (f"{source}: ", f"{Path(source)}: "):
-        if reason.startswith(prefix):
-            reason = reason.removeprefix(prefix)
-            break
-    return f"skipped {source}: {reason}"
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:
