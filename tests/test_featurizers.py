@@ -67,15 +67,48 @@ def test_preprocessing_resizes_shorter_side_then_centre_crops():
 @pytest.mark.parametrize("size", [(64, 64), (128, 128), (512, 512), (64, 80), (500, 375), (57, 61)])
 @pytest.mark.parametrize(("resize", "crop"), [(256, 224), (274, 240)])
 def test_a_crop_is_the_same_bytes_as_resizing_the_whole_image_then_cropping(size, resize, crop):
-    # Where the crop falls on whole source pixels only its box is resized; the bytes must not change.
+    # Pillow's resampler: where the crop falls on whole source pixels only its box is resized; the bytes must
+    # not change.
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
     w, h = size
     scale = resize / min(w, h)
     big = (max(crop, round(w * scale)), max(crop, round(h * scale)))
     left, top = (big[0] - crop) // 2, (big[1] - crop) // 2
     whole = img.resize(big, Image.Resampling.BICUBIC, reducing_gap=None).crop((left, top, left + crop, top + crop))
-    got = Preprocessing(resize=resize, crop=crop).resize_crop(img)
+    got = Preprocessing(resize=resize, crop=crop, resampler="pil").resize_crop(img)
     assert torch.equal(got, torch.from_numpy(np.asarray(whole).copy()).permute(2, 0, 1))
+
+
+def test_torch_resampler_agrees_with_pillow_to_within_two_levels_on_a_few_pixels():
+    # Smooth shapes with grain, like photos, at sizes that shrink, enlarge, and fall on and off whole pixels.
+    rng = np.random.default_rng(0)
+    torch_pre, pil_pre = Preprocessing(resize=256, crop=224), Preprocessing(resize=256, crop=224, resampler="pil")
+    differing = total = 0
+    for w, h in [(500, 375), (333, 500), (64, 64), (57, 61), (1, 1), (230, 1000), (1200, 900), (224, 224)]:
+        coarse = Image.fromarray(rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8))
+        grain = rng.integers(-12, 13, (h, w, 3))
+        img = Image.fromarray((np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC)) + grain)
+                              .clip(0, 255).astype(np.uint8))
+        ours, reference = torch_pre.resize_crop(img), pil_pre.resize_crop(img)
+        assert ours.shape == reference.shape == (3, 224, 224) and ours.dtype == torch.uint8
+        diff = (ours.int() - reference.int()).abs()
+        assert diff.max() <= 2, (w, h)
+        differing, total = differing + int((diff > 0).sum()), total + diff.numel()
+    assert differing / total < 0.01  # 0.3% here: rounding between the two passes
+
+
+def test_features_from_either_resampler_are_the_same_to_four_nines(lite0):
+    rng = np.random.default_rng(1)
+    photos = []
+    for _ in range(8):
+        coarse = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+        grain = rng.integers(-16, 17, (375, 500, 3))
+        photos.append(Image.fromarray((np.asarray(coarse.resize((500, 375), Image.Resampling.BICUBIC)) + grain)
+                                      .clip(0, 255).astype(np.uint8)))
+    pil = Preprocessing(**{**lite0.preprocessing.model_dump(), "resampler": "pil"})
+    ours = lite0.embed_tensors(torch.stack([lite0.preprocessing.resize_crop(im) for im in photos]))
+    reference = lite0.embed_tensors(torch.stack([pil.resize_crop(im) for im in photos]))
+    assert (ours * reference).sum(axis=1).min() > 0.9999
 
 
 @pytest.mark.parametrize("variant", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])

@@ -110,6 +110,8 @@ def featurize(
     repeats: Annotated[int, typer.Option(help="timed repeats; medians are reported")] = 3,
     decode_chunks: Annotated[str, typer.Option(
         help="comma-separated images per worker task to compare; 0: a whole batch per worker (before 2026-12)")] = "16",
+    resamplers: Annotated[str, typer.Option(
+        help="comma-separated resize kernels to compare: torch (the default), pil (before 2026-12)")] = "torch",
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
     machine = machine_info()
@@ -120,12 +122,16 @@ def featurize(
         rows = []
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
+            default_preprocessing = feat.preprocessing
             for bs in [int(b) for b in batch_sizes.split(",")]:
-                for w, c in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
-                                              [int(c) for c in decode_chunks.split(",")]):
+                for w, c, r in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
+                                                 [int(c) for c in decode_chunks.split(",")],
+                                                 [r.strip() for r in resamplers.split(",") if r.strip()]):
                     featurizers.DECODE_CHUNK = c or bs
+                    feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r})
                     row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
                     row["decode_chunk"] = c or bs
+                    row["resampler"] = r
                     typer.echo(f"  {row}", err=True)
                     rows.append(row)
     typer.echo(json.dumps({"machine": machine, "images": len(paths), "results": rows}))
