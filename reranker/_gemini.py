@@ -327,10 +327,13 @@ class GeminiReranker:
         base = {"template": template.ref, "template_hash": template.content_hash, "model": self.model,
                 "candidates": candidates}
 
+        cache_checked = False
+
         def fallback(exc: RerankError) -> RerankOutcome:
             log.info("re-ranking fell back to the vote: %s", exc)
             return RerankOutcome(label=req.vote_label, reranked=False, fallback_reason=exc.reason,
                                  error=type(exc).__name__, usage=ctx.usage, attempts=ctx.attempts,
+                                 cache_checked=cache_checked,
                                  latency_s=time.monotonic() - t0, trace=ctx.trace, **base)
 
         if not req.neighbors:
@@ -343,8 +346,9 @@ class GeminiReranker:
         key = self._key(req, template, query)
         if self.cache is not None:
             hit = await asyncio.to_thread(self.cache.get, key)
+            cache_checked = True
             if hit is not None:
-                return hit.model_copy(update={"cached": True, "attempts": 0, "usage": Usage(),
+                return hit.model_copy(update={"cached": True, "cache_checked": True, "attempts": 0, "usage": Usage(),
                                               "latency_s": time.monotonic() - t0})
         key_value = self.api_key()
         if key_value is None:
@@ -374,6 +378,7 @@ class GeminiReranker:
             raise
         self.breaker.success(permit)
         outcome = RerankOutcome(label=label, reranked=True, usage=ctx.usage, attempts=ctx.attempts,
+                                cache_checked=cache_checked,
                                 latency_s=time.monotonic() - t0, trace=ctx.trace,
                                 **{**base, "candidates": prompt.candidates})
         if self.cache is not None:

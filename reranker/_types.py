@@ -69,6 +69,7 @@ class RerankOutcome(BaseModel):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     cached: bool = False
+    cache_checked: bool = Field(False, description="the answer cache was looked up (a fallback may come before it)")
     attempts: int = Field(0, description="HTTP calls made for this result (0 on a cache hit)")
     latency_s: float = 0.0
     candidates: list[str] = Field(default_factory=list)

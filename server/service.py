@@ -297,7 +297,8 @@ class ClassifierService:
 
     def _count(self, res: Classification) -> None:
         self.metrics.classified.inc()
-        if res.usage is not None and "cached" in res.usage:  # the re-ranker's own answer cache
+        # The re-ranker's own answer cache; a fallback before the lookup (one candidate label) is neither.
+        if res.usage is not None and res.usage.get("cache_checked"):
             self.metrics.rerank_cache.labels("hit" if res.usage["cached"] else "miss").inc()
         if res.fallback_reason:
             # Label by the error class, never the reason text: that holds attempt counts and endpoints,

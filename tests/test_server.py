@@ -172,6 +172,10 @@ def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, li
                 assert victim not in {n["id"] for n in third["neighbors"]}
                 assert third["label"] == "red" and third["usage"]["cached"] is False and fake.count == 2
 
+                # One neighbour, one candidate label: a fallback that never looked in the cache is no miss.
+                lone = client.post("/v1/classify?k=1&rerank=true", files=upload(query, "d.png")).json()
+                assert lone["fallback_reason"].startswith("only one candidate") and fake.count == 2
+
                 metrics = client.get("/metrics").text
                 assert 'vmem_rerank_cache_total{result="hit"} 1.0' in metrics
                 assert 'vmem_rerank_cache_total{result="miss"} 2.0' in metrics

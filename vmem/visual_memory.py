@@ -338,7 +338,8 @@ class VisualMemory:
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
         for res, o in zip(results, batch.outcomes, strict=True):
-            usage = {**o.usage.model_dump(), "cached": o.cached, "attempts": o.attempts,
+            usage = {**o.usage.model_dump(), "cached": o.cached, "cache_checked": o.cache_checked,
+                     "attempts": o.attempts,
                      "latency_s": round(o.latency_s, 4), "error": o.error}
             out.append(res.model_copy(update={
                 "label": o.label if o.reranked else res.label, "reranked": o.reranked,
