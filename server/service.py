@@ -225,7 +225,7 @@ class ClassifierService:
         images, kept, failed = [], [], []
         for i, up in enumerate(uploads):
             try:
-                images.append(load_image(up.data))
+                images.append(self.memory.decode(up.data))
                 kept.append(i)
             except ImageDecodeError as exc:
                 failed.append((i, str(exc)))
@@ -276,7 +276,7 @@ class ClassifierService:
                 continue
             self.metrics.cache.labels("miss").inc()
             try:
-                todo.append((i, key, load_image(up.data), up.filename or up.source))
+                todo.append((i, key, self.memory.decode(up.data), up.filename or up.source))
             except ImageDecodeError as exc:
                 out[i] = str(exc)
         if todo:

@@ -59,6 +59,12 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
     ranked = runner.invoke(app, ["classify", str(tmp_path / "query"), "--memory", mem, "--vote", "rank",
                                  "--k", "3", "--truth-from-dirs"])
     assert ranked.stdout.strip().splitlines()[-1].startswith("accuracy 100.00% (6/6) with rank voting, k=3")
+    # A setting the chosen rule would not read is refused, not ignored.
+    unread = runner.invoke(app, ["classify", str(tmp_path / "query"), "--memory", mem, "--vote", "dmn", "--k", "3"])
+    assert unread.exit_code == 2 and "rule dmn does not use it" in unread.output
+    mixed = runner.invoke(app, ["classify", str(tmp_path / "query"), "--memory", mem, "--vote", "rank",
+                                "--dmn-stream", "cam"])
+    assert mixed.exit_code == 2 and "for rule dmn, not rank" in mixed.output
 
     assert runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem]).stdout == "reset stream cam\n"
     again = runner.invoke(app, ["dmn", "reset", "cam", "--memory", mem])

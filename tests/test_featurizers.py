@@ -79,16 +79,21 @@ def test_a_crop_is_the_same_bytes_as_resizing_the_whole_image_then_cropping(size
     assert torch.equal(got, torch.from_numpy(np.asarray(whole).copy()).permute(2, 0, 1))
 
 
+def photo(w: int, h: int, rng: np.random.Generator, grain: int = 12) -> Image.Image:
+    """Smooth shapes with grain, like a photo: what decoding and resizing cost and lose depends on it."""
+    coarse = Image.fromarray(rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8))
+    noise = rng.integers(-grain, grain + 1, (h, w, 3))
+    smooth = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC))
+    return Image.fromarray((smooth + noise).clip(0, 255).astype(np.uint8))
+
+
 def test_torch_resampler_agrees_with_pillow_to_within_two_levels_on_a_few_pixels():
-    # Smooth shapes with grain, like photos, at sizes that shrink, enlarge, and fall on and off whole pixels.
+    # Sizes that shrink, enlarge, and fall on and off whole pixels.
     rng = np.random.default_rng(0)
     torch_pre, pil_pre = Preprocessing(resize=256, crop=224), Preprocessing(resize=256, crop=224, resampler="pil")
     differing = total = 0
     for w, h in [(500, 375), (333, 500), (64, 64), (57, 61), (1, 1), (230, 1000), (1200, 900), (224, 224)]:
-        coarse = Image.fromarray(rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8))
-        grain = rng.integers(-12, 13, (h, w, 3))
-        img = Image.fromarray((np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC)) + grain)
-                              .clip(0, 255).astype(np.uint8))
+        img = photo(w, h, rng)
         ours, reference = torch_pre.resize_crop(img), pil_pre.resize_crop(img)
         assert ours.shape == reference.shape == (3, 224, 224) and ours.dtype == torch.uint8
         diff = (ours.int() - reference.int()).abs()
@@ -98,17 +103,27 @@ def test_torch_resampler_agrees_with_pillow_to_within_two_levels_on_a_few_pixels
 
 
 def test_features_from_either_resampler_are_the_same_to_four_nines(lite0):
-    rng = np.random.default_rng(1)
-    photos = []
-    for _ in range(8):
-        coarse = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-        grain = rng.integers(-16, 17, (375, 500, 3))
-        photos.append(Image.fromarray((np.asarray(coarse.resize((500, 375), Image.Resampling.BICUBIC)) + grain)
-                                      .clip(0, 255).astype(np.uint8)))
+    photos = [photo(500, 375, np.random.default_rng(seed), grain=16) for seed in range(8)]
     pil = Preprocessing(**{**lite0.preprocessing.model_dump(), "resampler": "pil"})
     ours = lite0.embed_tensors(torch.stack([lite0.preprocessing.resize_crop(im) for im in photos]))
     reference = lite0.embed_tensors(torch.stack([pil.resize_crop(im) for im in photos]))
     assert (ours * reference).sum(axis=1).min() > 0.9999
+
+
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale_that_barely_moves_its_features(lite0, tmp_path):
+    rng = np.random.default_rng(2)
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    photo(2400, 1800, rng).save(big, quality=90)  # shorter side >= 4 x 256: decoded at half size
+    photo(900, 700, rng).save(small, quality=90)
+    photo(2400, 1800, rng).save(tmp_path / "big.png")
+    pre = lite0.preprocessing
+    full = pre.model_copy(update={"jpeg_draft": False})
+    assert pre.decode(big).size == (1200, 900) and full.decode(big).size == (2400, 1800)
+    assert pre.decode(small).size == (900, 700)  # not big enough to lose a factor 2 and keep 2 x resize
+    assert pre.decode(tmp_path / "big.png").size == (2400, 1800)  # only JPEG decodes at a scale
+    drafted = lite0.embed_many([str(big)], num_workers=0).features
+    reference = lite0.embed_tensors(full.resize_crop(full.decode(big))[None])
+    assert float((drafted @ reference.T)[0, 0]) > 0.9995
 
 
 @pytest.mark.parametrize("variant", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from retrieval import (
     BuildReport,
@@ -132,6 +133,11 @@ class VisualMemory:
                 self._featurizer = feat
             return self._featurizer
 
+    def decode(self, source: ImageInput) -> Image.Image:
+        """An image decoded as this memory's featurizer takes it (a big JPEG at a reduced scale; see
+        `Preprocessing.jpeg_draft`); raises `ImageDecodeError`."""
+        return self.store.meta.featurizer.preprocessing.decode(source)
+
     def close(self) -> None:
         reranker = self._reranker
         if reranker is not None and hasattr(reranker, "close"):
@@ -227,7 +233,8 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
-        decoded = [load_image(im) for im in images]
+        _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
+        decoded = [self.decode(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
@@ -251,11 +258,12 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
+        _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
-            res.features, lambda: [load_image(src) for src in ok_sources], ok_sources, k=k, rule=rule, alpha=alpha,
+            res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, k=k, rule=rule, alpha=alpha,
             tau=tau, labels=labels, rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
         return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
@@ -265,7 +273,7 @@ class VisualMemory:
                            template: str | None, exact: bool, dmn_stream: str | None,
                            dmn: Any) -> list[Classification]:
         """The one decision path after embedding: a vote rule or dmn, then the optional re-ranker."""
-        if rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None)):
+        if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn):
             results = self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact)
         else:
             results = self.classify_vectors(vectors, self.vote_settings(rule, k, alpha, tau), labels, sources, exact)
@@ -395,7 +403,7 @@ class VisualMemory:
         ok_imgs, ok_labels, ok_sources, failed = [], [], [], []
         for im, lab, src in zip(images, labels, sources, strict=True):
             try:
-                ok_imgs.append(load_image(im))
+                ok_imgs.append(self.decode(im))
                 ok_labels.append(lab)
                 ok_sources.append(src)
             except ImageDecodeError as exc:
@@ -470,3 +478,15 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _uses_dmn(rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
+              dmn_stream: str | None, dmn: Any) -> bool:
+    """Whether a classify call means rule dmn; raises ValueError for a setting its rule would not read."""
+    use_dmn = rule == "dmn" or (rule is None and (dmn_stream is not None or dmn is not None))
+    if use_dmn and (unused := [n for n, v in (("k", k), ("alpha", alpha), ("tau", tau)) if v is not None]):
+        raise ValueError(f"{', '.join(unused)} {'sets' if len(unused) == 1 else 'set'} the neighbour vote; "
+                         "rule dmn does not use it")
+    if not use_dmn and (dmn_stream is not None or dmn is not None):
+        raise ValueError(f"dmn_stream and dmn options are for rule dmn, not {getattr(rule, 'value', rule)}")
+    return use_dmn

@@ -36,9 +36,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # The whole JPEG pipeline against the raw forward on device-resident crops and against decoding alone.
 want featurize && step featurize ${T_FEATURIZE:-220} "$PY" -m vmem bench featurize --images "$IMAGES" \
   --batch-sizes "$BATCHES" --workers auto --models efficientnet-lite0,dinov2-small --repeats 3
-# How decoding scales with worker processes (auto: all cores but one), same run.
-want featurize-workers && step featurize-workers ${T_WORKERS:-120} "$PY" -m vmem bench featurize --images "$IMAGES" \
-  --batch-sizes 256 --workers 4,8,auto --models efficientnet-lite0 --repeats 3
+# How decoding scales with worker processes (auto: all cores but one), and torch's resize against Pillow's, same run.
+want featurize-workers && step featurize-workers ${T_WORKERS:-200} "$PY" -m vmem bench featurize --images "$IMAGES" \
+  --batch-sizes 256 --workers 4,8,auto --resamplers torch,pil --models efficientnet-lite0 --repeats 3
 # The same on real 64x64 Tiny-ImageNet JPEGs (cheap to decode).
 want featurize-tiny && step featurize-tiny ${T_TINY:-60} "$PY" -m vmem bench featurize --dataset "$D/train" --images 2000 \
   --batch-sizes 256 \

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import typer
 
-from retrieval import Dinov2Featurizer, Featurizer, featurizers, load_featurizer, load_image, scan_imagefolder
+from retrieval import Dinov2Featurizer, Featurizer, featurizers, load_featurizer, scan_imagefolder
 
 from .bench_search import machine_info
 
@@ -62,7 +62,8 @@ def _images(dataset: Path | None, n: int, workdir: Path) -> list[str]:
 def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
     # The raw forward's input is what the pipeline hands the model: uint8 crops, here already on the device
     # (so a GPU's figure is the model's, not the host-to-device copy's); normalising is part of both.
-    x = torch.stack([feat.preprocessing.resize_crop(load_image(p)) for p in paths[:batch_size]]).to(feat.device)
+    x = torch.stack([feat.preprocessing.resize_crop(feat.preprocessing.decode(p))
+                     for p in paths[:batch_size]]).to(feat.device)
     feat.embed_tensors(x)  # warm-up (and, on CPU, tracing; on CUDA, cuDNN's kernel choice)
     raw = []
     for _ in range(repeats):
