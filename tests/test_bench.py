@@ -75,6 +75,15 @@ def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run(
         assert r["pipeline_vs_raw"] == pytest.approx(r["pipeline_img_s"] / r["raw_forward_img_s"], abs=0.01)
 
 
+def test_bench_featurize_compares_resize_kernels_and_jpeg_drafts_on_phone_size_photos():
+    res = bench("featurize", "--images", "4", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+                "--photo-size", "1200x1100", "--resamplers", "torch,pil", "--jpeg-draft", "on,off", "--repeats", "1")
+    assert res["photo_size"] == "1200x1100"
+    assert [(r["resampler"], r["jpeg_draft"]) for r in res["results"]] == [
+        ("torch", True), ("torch", False), ("pil", True), ("pil", False)]
+    assert all(r["decode_only_img_s"] > 0 for r in res["results"])
+
+
 def _memory_cgroups_available() -> bool:
     from vmem.cli.bench_ram_limit import CgroupUnavailable, MemoryCgroup
 

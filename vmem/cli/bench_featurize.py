@@ -40,7 +40,7 @@ def random_dinov2_small(workdir: Path) -> Featurizer:
     return Dinov2Featurizer(str(path), name="dinov2-small (random weights)")
 
 
-def _images(dataset: Path | None, n: int, workdir: Path) -> list[str]:
+def _images(dataset: Path | None, n: int, workdir: Path, size: tuple[int, int] = (500, 375)) -> list[str]:
     if dataset is not None:
         return [it.source for it in scan_imagefolder(dataset)][:n]
     from PIL import Image
@@ -52,11 +52,24 @@ def _images(dataset: Path | None, n: int, workdir: Path) -> list[str]:
     for i in range(n):
         p = workdir / f"{i}.jpg"
         coarse = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-        smooth = np.asarray(coarse.resize((500, 375), Image.Resampling.BICUBIC), dtype=np.int16)
+        smooth = np.asarray(coarse.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
         grain = rng.integers(-16, 17, smooth.shape, dtype=np.int16)
         Image.fromarray((smooth + grain).clip(0, 255).astype(np.uint8)).save(p, quality=90)
         out.append(str(p))
     return out
+
+
+def _photo_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise typer.BadParameter(f"{text!r}: give WIDTHxHEIGHT, e.g. 4032x3024", param_hint="--photo-size")
+    return int(w), int(h)
+
+
+def _choice(text: str, choices: dict[str, Any], hint: str) -> Any:
+    if text.strip() not in choices:
+        raise typer.BadParameter(f"{text.strip()!r} is not one of {', '.join(choices)}", param_hint=hint)
+    return choices[text.strip()]
 
 
 def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
@@ -113,26 +126,35 @@ def featurize(
         help="comma-separated images per worker task to compare; 0: a whole batch per worker (before 2026-12)")] = "16",
     resamplers: Annotated[str, typer.Option(
         help="comma-separated resize kernels to compare: torch (the default), pil (before 2026-12)")] = "torch",
+    photo_size: Annotated[str, typer.Option(
+        help="WxH of the synthetic JPEGs (4032x3024: a 12 MP phone photo)")] = "500x375",
+    jpeg_draft: Annotated[str, typer.Option(
+        help="comma-separated: on (the default: big JPEGs decode at a reduced scale), off; compared")] = "on",
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
+    size = _photo_size(photo_size)
+    drafts = [_choice(d, {"on": True, "off": False}, "--jpeg-draft") for d in jpeg_draft.split(",") if d.strip()]
+    for r in [r for r in resamplers.split(",") if r.strip()]:
+        _choice(r, {"torch": "torch", "pil": "pil"}, "--resamplers")
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
-        paths = _images(dataset, images, Path(tmp))
+        paths = _images(dataset, images, Path(tmp), size)
         typer.echo(f"settings: {len(paths)} images from {dataset or 'synthetic JPEGs'}, workers={workers}", err=True)
         rows = []
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
             default_preprocessing = feat.preprocessing
             for bs in [int(b) for b in batch_sizes.split(",")]:
-                for w, c, r in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
-                                                 [int(c) for c in decode_chunks.split(",")],
-                                                 [r.strip() for r in resamplers.split(",") if r.strip()]):
+                for w, c, r, d in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
+                                                    [int(c) for c in decode_chunks.split(",")],
+                                                    [r.strip() for r in resamplers.split(",") if r.strip()],
+                                                    drafts):
                     featurizers.DECODE_CHUNK = c or bs
-                    feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r})
+                    feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r, "jpeg_draft": d})
                     row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
-                    row["decode_chunk"] = c or bs
-                    row["resampler"] = r
+                    row |= {"decode_chunk": c or bs, "resampler": r, "jpeg_draft": d}
                     typer.echo(f"  {row}", err=True)
                     rows.append(row)
-    typer.echo(json.dumps({"machine": machine, "images": len(paths), "results": rows}))
+    typer.echo(json.dumps({"machine": machine, "images": len(paths),
+                           "photo_size": None if dataset else photo_size, "results": rows}))
