@@ -98,7 +98,9 @@ class ThumbnailCache:
             if data is not None:
                 return data
             try:
-                data = encode_jpeg(load_image(path), self.longest_side, self.quality)
+                # A big JPEG decodes at a reduced scale (shorter side still >= longest_side): a 12 MP photo's
+                # thumbnail is a fraction of the work, and a prompt may need 50 of them at once.
+                data = encode_jpeg(load_image(path, min_side=self.longest_side), self.longest_side, self.quality)
             except ImageDecodeError as exc:
                 with self._lock:
                     self.stats.failures += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -184,6 +185,22 @@ def test_thumbnails_are_resized_to_the_longest_side(neighbour_request):
     p = built("neighbors-v1", neighbour_request, ThumbnailCache(96))
     sizes = [Image.open(io.BytesIO(part.inline_data.data)).size for part in p.parts if part.inline_data]
     assert sizes[0] == (96, 64) and sizes[-1] == (512, 384)
+
+
+def test_a_big_jpegs_thumbnail_is_decoded_at_a_reduced_scale_and_looks_the_same(tmp_path):
+    import io
+
+    from reranker import encode_jpeg
+    from retrieval import load_image
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    photo = tmp_path / "phone.jpg"
+    coarse.resize((4000, 3000), Image.Resampling.BICUBIC).save(photo, quality=90)
+    thumb = Image.open(io.BytesIO(ThumbnailCache(256).get(str(photo))))
+    full = Image.open(io.BytesIO(encode_jpeg(load_image(photo), 256)))
+    assert thumb.size == full.size == (256, 192)
+    assert np.abs(np.asarray(thumb, dtype=int) - np.asarray(full, dtype=int)).mean() < 2
 
 
 # ------------------------------------------------------------------ CLI
