@@ -45,11 +45,12 @@ class Preprocessing(BaseModel):
 
     `resampler` chooses who does the antialiased bicubic resize: "torch" (the default) runs torch's
     vectorised uint8 kernel, 5x faster than Pillow's on a 500x375 photo (0.4 against 2.1 ms); "pil" is
-    Pillow's, the reference. The two use the same filter and agree to within 2 levels on ~0.02% of the
-    pixels (tested), so memories built either way answer alike.
+    Pillow's, the reference. The two use the same filter and agree to within 2 levels (almost always 1) on
+    ~0.3% of a photo's pixels, features at a cosine above 0.9999 (tested): memories built either way answer
+    alike.
 
     `jpeg_draft`: a JPEG at least four times larger than `resize` (a 12 MP phone photo) is decoded at
-    1/2 to 1/8 scale, never below twice `resize`, before the resize: 2.2x less work for a 4032x3024 photo,
+    1/2 to 1/8 scale, never below twice `resize`, before the resize: 4032x3024 photos decode 1.7x faster,
     features within a cosine of 0.9995 of a full decode (tested).
     """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,15 @@ def test_a_big_jpeg_is_decoded_at_a_reduced_scale_that_barely_moves_its_features
     drafted = lite0.embed_many([str(big)], num_workers=0).features
     reference = lite0.embed_tensors(full.resize_crop(full.decode(big))[None])
     assert float((drafted @ reference.T)[0, 0]) > 0.9995
+
+
+def test_a_memory_recorded_before_the_resampler_and_draft_settings_still_matches_its_featurizer(lite0):
+    from retrieval.featurizers import FeaturizerSpec
+
+    # What vmem.json held for a Lite0 memory before 2026-12: the same, without resampler and jpeg_draft.
+    recorded = lite0.spec.model_dump(mode="json")
+    del recorded["preprocessing"]["resampler"], recorded["preprocessing"]["jpeg_draft"]
+    assert FeaturizerSpec.model_validate_json(json.dumps(recorded)) == lite0.spec
 
 
 @pytest.mark.parametrize("variant", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
