@@ -108,10 +108,13 @@ def neighbors_exact(
     mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
     idx, sims = exact_search(queries, memory.features, k, exclude, progress=progress)
     valid = idx >= 0
-    label_ids = np.where(valid, mem_ids[np.where(valid, idx, 0)], -1)
+    # Indexed through the valid entries only: an empty memory (a restriction to classes it lacks) has no row 0.
+    label_ids = np.full(idx.shape, -1, dtype=np.int64)
+    label_ids[valid] = mem_ids[idx[valid]]
     rel = None
     if memory.reliability is not None:
-        rel = np.where(valid, memory.reliability[np.where(valid, idx, 0)], 0.0)
+        rel = np.zeros(idx.shape)
+        rel[valid] = memory.reliability[idx[valid]]
     return NeighborTable(label_ids, sims, classes, rel)
 
 
@@ -238,7 +241,8 @@ def score(
     calib: list[CalibrationBin] = []
     if n:
         plur = predictions(table, VoteRule.plurality)[:, cal_k - 1]
-        votes = (table.label_ids[:, :cal_k] == plur[:, None]).sum(axis=1)
+        # A query without neighbours has no winner (-1): its padding must not count as agreeing votes.
+        votes = ((table.label_ids[:, :cal_k] == plur[:, None]) & (plur[:, None] >= 0)).sum(axis=1)
         right = correctness(plur[:, None], truth, accepted)[:, 0]
         for v in range(1, cal_k + 1):
             sel = votes == v

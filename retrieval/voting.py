@@ -135,7 +135,7 @@ def vote_all_k(
 
     Returns:
         int64 array [n, K]; column k-1 holds the prediction using the first k neighbours,
-        with the same tie-break as `vote`.
+        with the same tie-break as `vote`; -1 while a query has no neighbour yet (`vote`'s None).
     """
     label_ids = np.asarray(label_ids)
     n, kmax = label_ids.shape
@@ -154,6 +154,7 @@ def vote_all_k(
         best = totals.max(axis=1, keepdims=True)
         tol = np.where(np.isfinite(best), TIE_RTOL * np.abs(best), 0.0)
         tied = (totals >= best - tol) & (first < kmax)
-        # Among tied labels, the one whose first neighbour ranks best wins.
-        preds[:, k] = np.where(tied, first, kmax + 1).argmin(axis=1)
+        # Among tied labels, the one whose first neighbour ranks best wins. No neighbour at all (an empty
+        # or filtered-out memory) is no answer, not class 0, which would score as right for class-0 queries.
+        preds[:, k] = np.where(tied.any(axis=1), np.where(tied, first, kmax + 1).argmin(axis=1), -1)
     return preds

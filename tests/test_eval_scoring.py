@@ -179,6 +179,16 @@ def test_soft_variants_appear_when_points_carry_reliability():
     assert s.accuracy["plurality+soft"][2] == 0.0  # 1.0 for b beats 0.2 for a
 
 
+def test_queries_without_neighbours_are_never_right():
+    # e.g. ImageNet-A's "restricted" variant against a memory holding none of its 200 classes.
+    memory = MemoryArrays(np.zeros((0, 8), np.float32), [], [])
+    table = neighbors_exact(random_unit_vectors(2, 8), memory, ["a", "b"], k=3)
+    s = score(table, np.array([0, 1]), calibration_k=3)
+    assert all(curve == [0.0, 0.0, 0.0] for curve in s.accuracy.values())
+    assert s.hit_rate == [0.0, 0.0, 0.0]
+    assert all(b.queries == 0 for b in s.calibration)
+
+
 def test_real_style_several_right_labels():
     truth, accepted = truth_arrays([("a", "b"), ("c",)], ["a", "b", "c"])
     assert accepted is not None

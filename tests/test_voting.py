@@ -105,6 +105,14 @@ def test_vote_all_k_ignores_missing_neighbours():
     assert vote_all_k(label_ids, sims, "plurality", 3).tolist() == [[2, 2, 2]]
 
 
+def test_vote_all_k_gives_no_answer_without_neighbours():
+    # An empty (or filtered-out) memory: like `vote`, no label, rather than class 0.
+    label_ids = np.array([[-1, -1], [1, -1]])
+    sims = np.array([[-np.inf, -np.inf], [0.5, -np.inf]])
+    for rule in VoteRule:
+        assert vote_all_k(label_ids, sims, rule, 3).tolist() == [[-1, -1], [1, 1]]
+
+
 @pytest.mark.parametrize("rule,kw", [("rank", {"alpha": 5e-324}), ("softmax", {"tau": 5e-324})])
 def test_degenerate_parameters_still_give_an_answer(rule, kw):
     # Found by schemathesis through the service: an overflowing weight made the tie set empty.
