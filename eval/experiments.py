@@ -70,15 +70,22 @@ def _table(memory: LabelledArrays, queries: LabelledArrays, classes: list[str], 
     idx, sims = exact_search(queries.features, memory.features, k)
     mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
     valid = idx >= 0
-    label_ids = np.where(valid, mem_ids[np.where(valid, idx, 0)], -1)
-    rel = None if reliability is None else np.where(valid, reliability[np.where(valid, idx, 0)], 0.0)
+    # Through the valid entries only: an empty memory (every point pruned) has no row 0.
+    label_ids = np.full(idx.shape, -1, dtype=np.int64)
+    label_ids[valid] = mem_ids[idx[valid]]
+    rel = None
+    if reliability is not None:
+        rel = np.zeros(idx.shape)
+        rel[valid] = reliability[idx[valid]]
     return NeighborTable(label_ids, sims, classes, rel), idx
 
 
 def _score(memory: LabelledArrays, queries: LabelledArrays, k: int = K_MAX, alpha: float = DEFAULT_ALPHA,
            reliability: np.ndarray | None = None) -> Scores:
     classes = _classes(memory, queries)
-    table, _ = _table(memory, queries, classes, min(k, len(memory)), reliability)
+    # k, not min(k, len(memory)): exact search pads a small memory, so every size yields the same k columns
+    # (the rows of one experiment share their keys) and a k past the memory votes with all of it.
+    table, _ = _table(memory, queries, classes, k, reliability)
     truth, _ = truth_arrays([(lab,) for lab in queries.labels], classes)
     return score(table, truth, alpha=alpha)
 
@@ -191,9 +198,10 @@ def ood_classes(memory: LabelledArrays, queries: LabelledArrays, new_classes: in
     old, new = _split_classes(memory.labels, new_classes, seed)
     mem_old = memory.where(lambda lab: lab in old)
     q_old, q_new = queries.where(lambda lab: lab in old), queries.where(lambda lab: lab in new)
-    before = _score(mem_old, q_old)
-    after_old = _score(memory, q_old)
-    after_new = _score(memory, q_new)
+    k_max = max(K_MAX, k)  # the accuracy at k is read from each curve
+    before = _score(mem_old, q_old, k_max)
+    after_old = _score(memory, q_old, k_max)
+    after_new = _score(memory, q_new, k_max)
     rows = []
     for rule in RULES:
         rows.append({"rule": rule, "k": k, "old_before": before.accuracy[rule][k - 1],

@@ -93,3 +93,22 @@ def test_results_are_written_as_json_csv_markdown_and_png(data, tmp_path):
     names = {p.name for p in write_experiment(res, tmp_path)}
     assert names == {"corruption.json", "corruption.csv", "corruption.md", "corruption.png"}
     assert "| fraction |" in markdown(res)
+
+
+def test_scaling_with_few_classes_writes_every_size_in_one_table(data, tmp_path):
+    # 6 classes x 1 exemplar is a 6-point memory: its row still has the columns at k = 10, 50, 100 that the
+    # larger memories have (voting with all 6 points), so the CSV and Markdown tables are complete.
+    res = scaling(*data, per_class=(1, 60))
+    assert set(res.rows[0]) == set(res.rows[1])
+    assert res.rows[0]["rank@100"] == res.rows[0]["rank@10"]
+    write_experiment(res, tmp_path, plots=False)
+    assert len((tmp_path / "scaling.csv").read_text().splitlines()) == 3
+
+
+def test_ood_classes_at_a_k_beyond_the_memory_and_beyond_100(data):
+    memory, queries = data
+    small = memory.take([i for i in range(len(memory)) if i % 60 < 5])  # 30 points
+    res = ood_classes(small, queries, new_classes=2, k=50)
+    assert {r["rule"] for r in res.rows} == {"plurality", "distance", "softmax", "rank"}
+    res = ood_classes(memory, queries, new_classes=2, k=150)
+    assert all(0 <= r["old_after"] <= 1 for r in res.rows)
