@@ -148,3 +148,32 @@ def test_eval_and_tune_read_a_csv_dataset_without_being_told_its_format(built, t
     out = run("tune", "--memory", root / "memory", "--dataset", manifest, "--cache", tmp_path / "cache",
               "--k-max", "5", "--dry-run")
     assert "chosen:" in out
+
+
+def test_eval_and_experiment_reject_an_unknown_layout_of_their_other_dataset(built, tmp_path):
+    root, val = built
+    res = CliRunner().invoke(app, ["eval", "--memory-dataset", str(root / "train"), "--memory-format", "imagenet-z",
+                                   "--featurizer", "efficientnet-lite0", "--dataset", str(val)])
+    assert res.exit_code == 2 and "imagenet-z" in res.output
+    res = CliRunner().invoke(app, ["experiment", "scaling", "--memory", str(root / "memory"), "--queries", str(val),
+                                   "--queries-format", "imagenet-z", "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 2 and "imagenet-z" in res.output
+
+
+def test_eval_says_when_the_tuned_rule_was_scored_with_a_given_alpha(built, tmp_path):
+    import shutil
+
+    from retrieval import open_store
+
+    root, val = built
+    memory = tmp_path / "memory"
+    shutil.copytree(root / "memory", memory)
+    store = open_store(memory)
+    store.meta.settings["vote"] = {"rule": "rank", "k": 3, "alpha": 2.0, "tau": 0.07, "soft_pruning": True}
+    store.save_meta()
+    store.close()
+    args = ["eval", "--memory", memory, "--dataset", val, "--out", tmp_path / "out", "--cache", tmp_path / "cache",
+            "--k-max", "5", "--no-plots"]
+    assert "(rank, k=3, α=2, τ=0.07): 100.00% top-1 here\n" in run(*args)
+    # The accuracy printed is rank voting with α = 8 at k = 3: the line must not credit it to α = 2 alone.
+    assert "top-1 here (scored with the given α=8, τ=0.07)" in run(*args, "--alpha", "8")

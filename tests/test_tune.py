@@ -124,3 +124,13 @@ def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(
     assert f"the memory's tuned settings ({stored['vote']['rule']}, k={stored['vote']['k']}" in out.output
     run = json.loads((tmp_path / "eval" / "results.json").read_text())["run"]
     assert run["tuned"]["k"] == stored["vote"]["k"] and run["tau"] == stored["vote"]["tau"]
+
+
+def test_a_grid_value_the_memory_could_not_use_is_refused_before_tuning(built, image_folder, tmp_path):  # noqa: F811
+    # α = 0 (w = 1/(0 + 0) at rank 0) or τ below 0.001 would be stored as settings every later classify rejects.
+    for flag, grid in (("--alphas", "0,2"), ("--taus", "0.0001,0.07")):
+        out = CliRunner().invoke(app, ["tune", "--memory", str(built[0]), "--dataset", str(image_folder / "train"),
+                                       flag, grid, "--dry-run", "--cache", str(tmp_path / "cache")],
+                                 env={"COLUMNS": "200"})
+        assert out.exit_code == 2, out.output
+        assert "not a valid vote setting" in out.output

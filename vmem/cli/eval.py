@@ -99,7 +99,7 @@ def eval(
         try:
             feat = load_featurizer(featurizer)
             mem_ds = read_dataset(memory_dataset, dataset_format(memory_dataset, memory_format))
-        except (FeaturizerError, DatasetError, OSError) as exc:
+        except (FeaturizerError, DatasetError, OSError, ValueError) as exc:  # ValueError: an unknown layout name
             raise _fail(exc) from exc
         memory_obj: MemoryArrays | MemoryStore = memory_from_dataset(mem_ds, feat, cache_root)
         memory_name, memory_labels = str(memory_dataset), memory_obj.labels
@@ -164,8 +164,12 @@ def eval(
     typer.echo((out / "table.md").read_text())
     if run.tuned:
         t = run.tuned
+        used = t["scored_with"]
+        # Explicit --alpha/--tau scored every curve, the tuned rule's too: say so rather than credit the tuned values.
+        given = ("" if (used["alpha"], used["tau"]) == (t.get("alpha"), t.get("tau"))
+                 else f" (scored with the given α={used['alpha']:g}, τ={used['tau']:g})")
         typer.echo(f"the memory's tuned settings ({t['rule']}, k={t['k']}, α={t['alpha']:g}, τ={t['tau']:g}): "
-                   f"{100 * t['accuracy']:.2f}% top-1 here")
+                   f"{100 * t['accuracy']:.2f}% top-1 here{given}")
     if report.rerank:
         r = report.rerank
         typer.echo(f"re-rank on {r['queries']} queries (k={r['k']}, template {r['template']}): "

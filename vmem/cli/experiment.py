@@ -72,7 +72,7 @@ def experiment(
                 feat = mem.featurizer
                 arrays = MemoryArrays.from_store(mem.store)
         ds = align_labels(read_dataset(queries, dataset_format(queries, queries_format)), arrays.labels, names)
-    except (DatasetError, FeaturizerError, OSError) as exc:
+    except (DatasetError, FeaturizerError, OSError, ValueError) as exc:  # ValueError: an unknown layout name
         raise typer.BadParameter(str(exc)) from exc
     if limit is not None and limit < len(ds.items):
         ds.items = sorted(random.Random(seed).sample(ds.items, limit), key=lambda it: it.source)

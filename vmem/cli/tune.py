@@ -22,6 +22,22 @@ def _floats(text: str) -> list[float]:
         raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _grid(text: str, name: str) -> list[float]:
+    """A grid of α or τ values, each one a memory's vote settings accept (else a tuned choice would break it)."""
+    from pydantic import ValidationError
+
+    from vmem.results import VoteSettings
+
+    values = _floats(text)
+    for v in values:
+        try:
+            VoteSettings(**{name: v})
+        except ValidationError as exc:
+            raise typer.BadParameter(f"{name} {v:g} is not a valid vote setting ({exc.errors()[0]['msg']})",
+                                     param_hint=f"--{name}s") from exc
+    return values
+
+
 def tune(
     dataset: Annotated[Path, typer.Option("--dataset", "-d", help="labelled queries (folder, or .csv)")],
     format: Annotated[str, typer.Option("--format", "-f", help="any layout `vmem eval` reads")] = "imagefolder",
@@ -50,6 +66,7 @@ def tune(
     from eval.tuning import tune as run_tune
 
     t0 = time.perf_counter()
+    alpha_grid, tau_grid = _grid(alphas, "alpha"), _grid(taus, "tau")
     cache_root = cache or default_cache_dir()
     names = read_classes_file(classes) if classes else None
     mem = open_memory(memory, qdrant_url)
@@ -82,7 +99,7 @@ def tune(
         else:
             table = neighbors_from_store(store, feats, classes_list, k_max)
         truth, accepted = truth_arrays(correct, classes_list)
-        report = run_tune(table, truth, val_rows, held_rows, accepted, _floats(alphas), _floats(taus))
+        report = run_tune(table, truth, val_rows, held_rows, accepted, alpha_grid, tau_grid)
         typer.echo(report.markdown())
         if not dry_run:
             store.meta.settings["vote"] = report.vote_settings()
