@@ -285,7 +285,12 @@ class MemoryStore(ABC):
                 raise ValueError(f"label must be a non-empty string, got {label!r}")
             ids.append(point_id_for(source))
             payloads.append({"label": label, "source": source, "tags": dict(t or {}), "added_at": now})
-        if ids:
+        if len(set(ids)) < len(ids):
+            # A source twice in one call is one point, its last version (what the engine keeps): written once,
+            # or the embedded memory's copy of the originals kept the earlier version's row past a forget.
+            last = sorted({pid: i for i, pid in enumerate(ids)}.values())
+            self._upsert([ids[i] for i in last], v[last], [payloads[i] for i in last])
+        elif ids:
             self._upsert(ids, v, payloads)
         return ids
 
@@ -945,7 +950,10 @@ class QdrantServerStore(MemoryStore):
     def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
         if not ids:
             return []
-        recs = self.client.retrieve(self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors)
+        # Each point once, as the embedded engine answers: qdrant-client repeats a point asked for twice, and
+        # `delete_ids` counted it twice ("forgot 2 points" for one).
+        recs = self.client.retrieve(self.collection, ids=list(dict.fromkeys(ids)), with_payload=True,
+                                    with_vectors=with_vectors)
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 

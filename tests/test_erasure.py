@@ -64,6 +64,19 @@ def test_vmem_own_copy_is_erased_at_the_delete_and_at_a_re_add(tmp_path):
         assert store.query(-vecs[10], 1)[0].source == "/v/10"
 
 
+def test_a_source_given_twice_in_one_add_leaves_no_row_behind_once_forgotten(tmp_path):
+    vecs = random_unit_vectors(3, 384, seed=5)
+    rows_file = tmp_path / "memory" / ORIGINAL_ROWS_FILE
+    with open_store(tmp_path / "memory", SPEC, index=DOUBTFUL) as store:
+        ids = store.add(vecs, ["a", "a", "a"], ["/v/x", "/v/x", "/v/y"])  # /v/x twice: its last version stays
+        assert ids[0] == ids[1] and store.count() == 2
+        assert store.query(vecs[1], 1)[0].source == "/v/x"
+        store.delete_ids([ids[0]])
+        rows = np.fromfile(rows_file, np.float16).reshape(-1, 384)
+        kept = rows[rows.any(axis=1)]  # neither version of /v/x is left in vmem's own copy: /v/y's row only
+        assert len(kept) == 1 and np.allclose(kept[0], vecs[2], atol=1e-3)
+
+
 def test_an_erased_row_reads_as_missing(tmp_path):
     rows = OriginalRows(tmp_path / "rows.bin", 8, "float32")
     vecs = random_unit_vectors(10, 8, seed=3)

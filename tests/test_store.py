@@ -125,6 +125,13 @@ def test_delete_by_id_and_never_returned_again(store):
     assert ids[3] not in returned and ids[4] not in returned
 
 
+def test_an_id_given_twice_is_one_point_retrieved_and_deleted_once(store):
+    _, _, _, ids = fill(store)
+    assert [p.id for p in store.retrieve([ids[1], ids[1]])] == [ids[1]]
+    assert store.delete_ids([ids[0], ids[0]]) == 1  # `vmem forget --id X --id X` forgets one point
+    assert store.count() == 14
+
+
 def test_delete_by_label(store):
     vecs, labs, _, ids = fill(store)
     assert store.delete_where(label="dog") == 5
