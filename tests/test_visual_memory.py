@@ -65,6 +65,18 @@ def test_forget_tells_listeners_which_points_went(memory):
         memory.forget(label="blue", ids=["x"])
 
 
+@pytest.mark.parametrize("backend", ["edge", "qdrant-client"])
+def test_forget_takes_one_id_as_a_string_and_refuses_what_is_not_an_id(lite0, tmp_path, backend):
+    location = tmp_path / "memory" if backend == "edge" else ":memory:"
+    with VisualMemory(open_store(location, lite0.spec), lite0) as mem:
+        ids, _ = mem.add([make_image((200, 30, 30)), make_image((30, 40, 220))], ["red", "blue"])
+        assert mem.forget(ids=ids[0]) == 1  # the id, not its 36 characters
+        with pytest.raises(ValueError, match="'cat' is not a point id"):
+            mem.forget(ids=["cat"])
+        assert mem.forget(ids=[ids[1].upper()]) == 1
+        assert mem.store.count() == 0
+
+
 def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert memory.vote_settings().origin == "default"
     assert (memory.vote_settings().rule, memory.vote_settings().k) == (VoteRule.rank, 50)

@@ -11,6 +11,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -446,7 +447,10 @@ class VisualMemory:
             # normalize_source("") is the current directory: an empty prefix would forget everything under it.
             raise ValueError("source_prefix is empty: give the folder, file or URI prefix of the images to forget")
         if ids is not None:
-            targets = list(ids)
+            if isinstance(ids, str):  # one id, not its characters
+                ids = [ids]
+            # Parsed here: the embedded engine raised on a malformed id, and qdrant-client forgot nothing quietly.
+            targets = [_point_id(i) for i in ids]
         else:
             if source_prefix is not None:
                 source_prefix = local_source_prefix(source_prefix)
@@ -478,6 +482,14 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _point_id(text: str) -> str:
+    """A point id as the memory stores it (a UUID); ValueError if `text` is not one."""
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a point id (a UUID, as a classification's neighbours give it)") from None
 
 
 def _uses_dmn(rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
