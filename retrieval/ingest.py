@@ -72,6 +72,8 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
             ) from exc
         except csv.Error as exc:
             raise DatasetError(f"{path}: not a readable CSV ({exc}): save it as a path,label CSV") from exc
+    if not items:  # as an empty ImageFolder is: refused before a memory is made for nothing
+        raise DatasetError(f"{path} lists no images: add a path,label row for each image under its header")
     return items
 
 

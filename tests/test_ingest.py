@@ -39,3 +39,14 @@ def test_a_file_given_two_labels_is_refused_before_the_memory_is_touched(photos,
                                    "--featurizer", "efficientnet-lite0"], env={"COLUMNS": "250"})
     assert out.exit_code == 2 and "listed with two labels" in out.output and "'cat' and 'dog'" in out.output
     assert not (tmp_path / "memory").exists()
+
+
+def test_a_manifest_with_a_header_and_no_rows_is_refused_before_the_memory_is_made(tmp_path):
+    manifest = tmp_path / "set.csv"
+    manifest.write_text("path,label\n")
+    with pytest.raises(DatasetError, match="lists no images"):
+        read_labelled(manifest)
+    out = CliRunner().invoke(app, ["build", str(manifest), "--memory", str(tmp_path / "memory"),
+                                   "--featurizer", "efficientnet-lite0"], env={"COLUMNS": "250"})
+    assert out.exit_code == 2 and "set.csv lists no images" in out.output
+    assert not (tmp_path / "memory").exists()
