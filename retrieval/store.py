@@ -47,6 +47,8 @@ ID_TO_OFFSET_FILE = "id_tracker.e2i"
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
+# Point ids per request to a Qdrant server when many points are read or deleted by id.
+SERVER_REQUEST_IDS = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
 ORIGINAL_ROWS_FILE = "original-rows.bin"
 # Candidates fetched beyond k to re-rank the doubtful ones: those below the k-th best by less than the margin.
@@ -898,10 +900,16 @@ class QdrantServerStore(MemoryStore):
                           "rewrites a segment once its optimizers' deleted_threshold of it is deleted")
 
     def delete_ids(self, ids) -> int:
-        present = [p.id for p in self.retrieve(list(ids))]
-        if present:
-            self.client.delete(self.collection, points_selector=self._qm.PointIdsList(points=present), wait=True)
-        return len(present)
+        ids, n = list(ids), 0
+        # In chunks: a Qdrant server refuses a request over its size limit (32 MB by default), which the ids of
+        # a forget by prefix reach at ~850,000 points.
+        for start in range(0, len(ids), SERVER_REQUEST_IDS):
+            present = [p.id for p in self.retrieve(ids[start : start + SERVER_REQUEST_IDS])]
+            if present:
+                self.client.delete(self.collection, points_selector=self._qm.PointIdsList(points=present),
+                                   wait=True)
+            n += len(present)
+        return n
 
     def delete_where(self, label=None, source_prefix=None) -> int:
         if label is None and source_prefix is None:

@@ -408,6 +408,25 @@ def test_a_server_memory_takes_turboquant_codes_and_the_rescore_setting():
         assert store.meta.index.quantization == "turboquant8" and not store.meta.index.rescore
 
 
+def test_forgetting_many_ids_on_a_qdrant_server_goes_in_bounded_requests(monkeypatch):
+    # A real server refuses a request over its size limit; a forget by prefix of ~1M points would be one.
+    from retrieval import store as store_module
+
+    monkeypatch.setattr(store_module, "SERVER_REQUEST_IDS", 10)
+    with open_store(":memory:", SPEC) as store:
+        _, _, _, ids = fill(store, n_per_label=8)  # 24 points
+        sent: list[int] = []
+        delete = store.client.delete
+
+        def counting_delete(collection, points_selector, **kw):
+            sent.append(len(points_selector.points))
+            return delete(collection, points_selector=points_selector, **kw)
+
+        monkeypatch.setattr(store.client, "delete", counting_delete)
+        assert store.delete_ids(ids + ids[:3]) == 24 and store.count() == 0
+        assert sent == [10, 10, 4]
+
+
 def test_a_server_memory_has_nothing_to_prefetch():
     with open_store(":memory:", SPEC) as store:
         assert store.prefetch() == 0
