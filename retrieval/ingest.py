@@ -91,6 +91,8 @@ class BuildReport:
     added: int = 0
     skipped_existing: int = 0
     duplicates: int = 0  # listed again with the same label (the same file, after resolving links)
+    # (source, stored label, listed label) of images already in memory under another label: kept as stored
+    relabelled: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[EmbedFailure] = field(default_factory=list)
     seconds: float = 0.0
     index_seconds: float = 0.0  # building the HNSW index after inserting
@@ -104,6 +106,12 @@ class BuildReport:
             + f"{len(self.failed)} failed of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
             f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
         ]
+        if self.relabelled:
+            lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (forget "
+                         "them, then build again, to relabel):")
+            lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
+            if len(self.relabelled) > 10:
+                lines.append(f"  ... and {len(self.relabelled) - 10} more")
         lines += [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
@@ -163,9 +171,12 @@ def build_memory(
     report = BuildReport(total=len(items))
     items = unique_sources(items)
     report.duplicates = report.total - len(items)
-    existing = store.existing_ids([point_id_for(it.source) for it in items])
-    todo = [it for it in items if point_id_for(it.source) not in existing]
+    stored = store.existing_labels([point_id_for(it.source) for it in items])
+    todo = [it for it in items if point_id_for(it.source) not in stored]
     report.skipped_existing = len(items) - len(todo)
+    # A resumed build never rewrites a point; a label changed since is reported rather than dropped unseen.
+    report.relabelled = [(it.source, lab, it.label) for it in items
+                         if (lab := stored.get(point_id_for(it.source))) is not None and lab != it.label]
     if progress and report.skipped_existing + report.duplicates:
         progress(report.skipped_existing + report.duplicates)
     # Insert after every batch: an interrupted build keeps what it finished, and resumes.

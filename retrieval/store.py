@@ -337,9 +337,13 @@ class MemoryStore(ABC):
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
-        out: set[str] = set()
+        return set(self.existing_labels(ids))
+
+    def existing_labels(self, ids: Sequence[str]) -> dict[str, str]:
+        """The stored label of each of these points that exists."""
+        out: dict[str, str] = {}
         for start in range(0, len(ids), 1024):
-            out |= {p.id for p in self.retrieve(ids[start : start + 1024])}
+            out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + 1024])}
         return out
 
     @abstractmethod

@@ -29,6 +29,20 @@ def test_a_file_listed_twice_with_one_label_is_one_point_and_reported(lite0, pho
     store.close()
 
 
+def test_building_again_after_a_label_was_corrected_says_the_stored_label_was_kept(lite0, photos, tmp_path):
+    manifest = tmp_path / "set.csv"
+    manifest.write_text(f"path,label\n{photos}/a.png,red\n{photos}/b.png,blue\n")
+    store = open_store(tmp_path / "memory", lite0.spec)
+    build_memory(store, lite0, read_labelled(manifest), num_workers=0)
+    manifest.write_text(f"path,label\n{photos}/a.png,red\n{photos}/b.png,green\n")  # b was mislabelled
+    again = build_memory(store, lite0, read_labelled(manifest), num_workers=0)
+    assert (again.added, again.skipped_existing) == (0, 2)
+    assert again.relabelled == [(f"{photos}/b.png", "blue", "green")]
+    assert "1 already in memory under another label, kept as stored" in again.summary()
+    assert store.label_counts() == {"blue": 1, "red": 1}  # nothing rewritten behind the user's back
+    store.close()
+
+
 def test_a_file_given_two_labels_is_refused_before_the_memory_is_touched(photos, tmp_path):
     (tmp_path / "linked").mkdir()
     (tmp_path / "linked" / "cat").symlink_to(photos)  # the same three files under a second label
