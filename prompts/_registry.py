@@ -59,6 +59,9 @@ class TemplateRegistry:
                     t = load_template_file(path)
                 except TemplateLoadError as exc:
                     errors[path.stem] = exc
+                    # A broken override must not pass for the built-in it meant to replace: asking for
+                    # the name raises this error instead of silently answering with the built-in.
+                    entries.pop(path.stem, None)
                     continue
                 errors.pop(t.name, None)
                 entries[t.name] = TemplateEntry(t, path, origin)

@@ -60,6 +60,11 @@ def _identifiers(text: str) -> set[str]:
     return names
 
 
+def _stray_dollar(text: str) -> bool:
+    """A `$` that starts no variable (`$5`, `$ `, `${`): `substitute` would raise on it when rendering."""
+    return any(m.group("invalid") is not None for m in string.Template.pattern.finditer(text))
+
+
 class PromptTemplate(BaseModel):
     """How the re-ranker talks to the VLM: instruction, neighbour presentation, candidates, answer.
 
@@ -95,11 +100,13 @@ class PromptTemplate(BaseModel):
         problems = []
         for field, allowed in FIELD_VARIABLES.items():
             unknown = _identifiers(getattr(self, field)) - allowed
+            if _stray_dollar(getattr(self, field)):
+                problems.append(f"{field} has a `$` that starts no variable (write `$$` for a dollar sign)")
             if unknown:
                 problems.append(f"{field} uses {', '.join('$' + u for u in sorted(unknown))} "
                                 f"(allowed: {', '.join('$' + a for a in sorted(allowed))})")
         if problems:
-            raise ValueError("unknown variables: " + "; ".join(problems))
+            raise ValueError("bad variables: " + "; ".join(problems))
         return self
 
     @property

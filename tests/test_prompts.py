@@ -72,6 +72,8 @@ def test_a_template_round_trips_through_yaml(tmp_path):
     ("name: [unclosed\n", "not valid YAML"),
     ("- a list\n", "a template is a YAML mapping"),
     ("name: other\nversion: 1\nsystem: x\n", "must match its file name 'mine'"),
+    # a bare `$` would only fail when a request is built; `$$` is the literal dollar sign
+    (MINIMAL + "answer: 'Costs $5 per answer'\n", "answer has a `$` that starts no variable"),
 ])
 def test_invalid_templates_are_refused_on_load_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(TemplateLoadError, match=r"mine\.yaml") as err:
@@ -126,6 +128,19 @@ def test_a_broken_user_template_does_not_hide_the_others(tmp_path):
     assert "neighbors-v1" in reg and "broken" in reg.errors
     with pytest.raises(TemplateLoadError, match="system: Field required"):
         reg.get("broken")
+
+
+def test_a_broken_user_template_with_a_builtins_name_is_an_error_not_the_builtin(tmp_path):
+    # The user meant to pin their own neighbors-v1: silently answering with the built-in would hide it.
+    write(tmp_path, "neighbors-v1", "name: neighbors-v1\nversion: 9\n")
+    reg = TemplateRegistry(tmp_path)
+    with pytest.raises(TemplateLoadError, match="system: Field required"):
+        reg.get("neighbors-v1")
+
+
+def test_a_dollar_sign_is_written_as_two():
+    t = PromptTemplate(name="mine", version=1, system="Classify.", answer="Costs $$5; pick one of $n_candidates.")
+    assert t.render("answer", n_candidates=2) == "Costs $5; pick one of 2."
 
 
 # ------------------------------------------------------------------ what a template sends
