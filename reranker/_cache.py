@@ -60,6 +60,11 @@ class AnswerCache:
             row = self._db.execute("SELECT outcome FROM answers WHERE key = ?", (key,)).fetchone()
         return RerankOutcome.model_validate_json(row[0]) if row else None
 
+    def cited(self, key: str) -> list[str]:
+        """The ids of the points the answer under `key` cited."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT point_id FROM cites WHERE key = ?", (key,))]
+
     def put(self, key: str, outcome: RerankOutcome, cited_ids: Iterable[str]) -> None:
         ids = sorted(set(cited_ids))
         with self._lock, self._db:

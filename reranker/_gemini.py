@@ -57,7 +57,7 @@ from ._errors import (
     StepBudgetError,
     UpstreamError,
 )
-from ._prompt import BuiltPrompt, QueryImage, build_prompt, candidate_labels, encode_query
+from ._prompt import BuiltPrompt, QueryImage, _fmt, build_prompt, candidate_labels, encode_query
 from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE, ThumbnailCache, ThumbnailError
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
 
@@ -343,10 +343,12 @@ class GeminiReranker:
             return fallback(NothingToRerankError(f"only one candidate label ({only}): nothing to re-rank"))
 
         query = await asyncio.to_thread(encode_query, req, self.settings.query_size)
-        key = self._key(req, template, query)
+        key = self._key(req, template, query, candidates)
         if self.cache is not None:
             hit = await asyncio.to_thread(self.cache.get, key)
             cache_checked = True
+            if hit is not None and await self._cites_a_forgotten_point(key, req, store):
+                hit = None
             if hit is not None:
                 return hit.model_copy(update={"cached": True, "cache_checked": True, "attempts": 0, "usage": Usage(),
                                               "latency_s": time.monotonic() - t0})
@@ -385,11 +387,32 @@ class GeminiReranker:
             await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
         return outcome
 
-    def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage) -> str:
+    async def _cites_a_forgotten_point(self, key: str, req: RerankRequest, store: MemoryStore | None) -> bool:
+        """Whether the cached answer under `key` cited a point the memory no longer holds (then dropped).
+
+        Points shown by agentic tools are not in the key, and a forget made without this re-ranker attached
+        (`vmem forget` never builds one) never reached `invalidate`. Neighbours need no check: they are in the key.
+        """
+        if store is None or self.cache is None:
+            return False
+        shown = {n.id for n in req.neighbors}
+        extra = [i for i in await asyncio.to_thread(self.cache.cited, key) if i not in shown]
+        if not extra:
+            return False
+        gone = set(extra) - await asyncio.to_thread(store.existing_ids, extra)
+        if gone:
+            await asyncio.to_thread(self.cache.invalidate, sorted(gone))
+        return bool(gone)
+
+    def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage, candidates: list[str]) -> str:
         return cache_key({
             "format": CACHE_FORMAT,
             "query": query.sha256,
-            "neighbors": [[n.id, n.label] for n in req.neighbors],
+            # The numbers as the prompt prints them: another vote rule (alpha, tau) gives the same neighbours
+            # other weights and scores, and so another prompt (labels-only shows the scores; they order the
+            # candidates), without making every float's last bit a new key.
+            "neighbors": [[n.id, n.label, _fmt(n.similarity), _fmt(n.weight)] for n in req.neighbors],
+            "candidates": [[lab, _fmt(req.scores.get(lab, 0.0), 2)] for lab in candidates],
             "labels": sorted(req.labels) if req.labels else None,
             "template": template.ref,
             "template_hash": template.content_hash,
@@ -410,7 +433,11 @@ class GeminiReranker:
                               response_schema=types.Schema(type=types.Type.STRING, enum=prompt.candidates))
         contents = [types.Content(role="user", parts=prompt.parts)]
         response = await self._generate(ctx, client, contents, config)
-        return self._check_label(self._answer_text(response), prompt.candidates)
+        text = self._answer_text(response)
+        if text.startswith('"') and text not in prompt.candidates:  # an enum answer sometimes comes JSON-quoted
+            with contextlib.suppress(json.JSONDecodeError):  # (a label that is itself in quotes stays as written)
+                text = str(json.loads(text)).strip()
+        return self._check_label(text, prompt.candidates)
 
     @staticmethod
     def _answer_text(response: types.GenerateContentResponse) -> str:
@@ -424,9 +451,6 @@ class GeminiReranker:
         if not text:
             reason = cand.finish_reason.value if cand.finish_reason else "unknown"
             raise InvalidAnswerError(f"Gemini's answer was empty (finish reason {reason})")
-        if text.startswith('"'):  # an enum answer sometimes comes JSON-quoted
-            with contextlib.suppress(json.JSONDecodeError):
-                text = str(json.loads(text)).strip()
         return text
 
     @staticmethod
@@ -595,17 +619,22 @@ class GeminiReranker:
             return error(f"unknown tool {call.name!r}")
         if store is None or req.vector is None:
             return error("the memory cannot be searched from here")
+        count = "n" if call.name == "exemplars" else "k"
+        try:  # the schema says integer, but a reply is data: a bad one is Gemini's error to read, not a crash
+            wanted = int(args.get(count) or (4 if count == "n" else 0))
+        except (TypeError, ValueError, OverflowError):
+            return error(f"{count} must be an integer, got {args.get(count)!r}")
         if call.name == "exemplars":
             label = args.get("label")
             if label not in candidates:
                 return error(f"{label!r} is not a candidate label")
-            n = min(max(int(args.get("n") or 4), 1), self.settings.max_exemplars)
+            n = min(max(wanted, 1), self.settings.max_exemplars)
             hits = await asyncio.to_thread(store.query, req.vector, n, [label])
             items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
                      for i, h in enumerate(hits)]
             key = "exemplars"
         else:
-            k = min(max(int(args.get("k") or 0), 1), self.settings.max_neighbors_total)
+            k = min(max(wanted, 1), self.settings.max_neighbors_total)
             hits = await asyncio.to_thread(store.query, req.vector, k, req.labels)
             items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
                      for i, h in enumerate(hits) if h.id not in seen]

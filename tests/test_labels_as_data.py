@@ -102,6 +102,18 @@ def test_in_agentic_mode_the_answer_function_only_takes_a_candidate(fake, make_r
     assert schema["properties"]["label"]["enum"] == HOSTILE
 
 
+@pytest.mark.parametrize("reply", ['"The Thinker"', '"\\"The Thinker\\""'])
+def test_a_label_written_in_quotes_is_taken_as_written(fake, make_rr, tmp_path, reply):
+    # The candidate itself is in quotes (a title): its exact text, or the same JSON-quoted, is that label.
+    req = hostile_request(tmp_path)
+    titled = '"The Thinker"'
+    req.neighbors[1].label = titled
+    req.scores = {titled if lab == HOSTILE[1] else lab: s for lab, s in req.scores.items()}
+    fake.enqueue(fake.text(reply))
+    out = make_rr().rerank_one(req)
+    assert (out.label, out.reranked, out.error) == (titled, True, None)
+
+
 # ------------------------------------------------------------------ over HTTP
 
 

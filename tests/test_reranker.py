@@ -290,6 +290,19 @@ def test_settings_and_model_are_part_of_the_cache_key(fake, make_rr, images):
     assert fake.count == 3 and fake.requests[2].model == "gemini-3.8-flash"
 
 
+def test_vote_scores_the_prompt_shows_are_part_of_the_cache_key(fake, make_rr, images):
+    # Same query, same neighbours, but another vote rule (alpha, tau) gave other scores: labels-only shows
+    # them ("vote 0.67"), and they order the candidates, so it is another prompt and needs its own answer.
+    fake.enqueue(fake.answer("cat"), fake.answer("dog"))
+    rr = make_rr()
+    first = rr.rerank_one(request(images, template="labels-only"))
+    other = request(images, template="labels-only")
+    other.scores = {"dog": 0.55, "cat": 0.45}
+    second = rr.rerank_one(other)
+    assert fake.count == 2 and (first.label, second.label) == ("cat", "dog")
+    assert second.candidates == ["dog", "cat"] and not second.cached
+
+
 def test_fallbacks_are_not_cached(fake, make_rr, images):
     fake.enqueue(fake.status(400), fake.answer("dog"))
     rr = make_rr()
@@ -421,6 +434,20 @@ def test_agentic_mode_runs_the_tools_then_answers(fake, make_rr, images, store):
     assert rr.invalidate([more["ids"][-1]]) == 1
 
 
+def test_a_cached_agentic_answer_is_not_served_once_a_point_a_tool_showed_is_gone(fake, make_rr, images, store):
+    # `vmem forget` (or another process) deletes points without this re-ranker attached, so no
+    # invalidate() reaches the cache; the point was no neighbour, so the cache key is unchanged.
+    s, *_ = store
+    fake.enqueue(fake.call("more_neighbors", k=8), fake.answer("red"))
+    rr = make_rr()
+    first = rr.rerank_one(agentic_request(images, store), store=s)
+    gone = first.trace[0]["ids"][0]  # shown by the tool, not among the neighbours
+    assert rr.rerank_one(agentic_request(images, store), store=s).cached  # nothing forgotten yet
+    s.delete_ids([gone])
+    again = rr.rerank_one(agentic_request(images, store), store=s)
+    assert not again.cached and again.attempts >= 1 and fake.count == 3
+
+
 def test_the_agentic_step_budget_is_enforced(fake, make_rr, images, store):
     s, *_ = store
     req = agentic_request(images, store)
@@ -447,6 +474,15 @@ def test_an_exemplars_call_for_a_non_candidate_gets_an_error_reply(fake, make_rr
     out = make_rr().rerank_one(agentic_request(images, store), store=s)
     assert "not a candidate" in out.trace[0]["error"]
     assert fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]["response"]["error"]
+
+
+def test_a_tool_call_with_a_count_that_is_no_number_gets_an_error_reply(fake, make_rr, images, store):
+    # One odd reply must not raise out of the whole batch: Gemini is told, and may answer after all.
+    s, *_ = store
+    fake.enqueue(fake.call("more_neighbors", k="many"), fake.answer("red"))
+    out = make_rr().rerank_one(agentic_request(images, store), store=s)
+    assert (out.label, out.reranked) == ("red", True)
+    assert "'many'" in out.trace[0]["error"] and fake.count == 2
 
 
 # ------------------------------------------------------------------ through VisualMemory
