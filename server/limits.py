@@ -1,7 +1,8 @@
 """A request-body ceiling enforced while the body streams in, before any of it is parsed.
 
-`Content-Length` over the limit is refused at once; a chunked body is counted as it arrives and
-cut off as soon as it passes the limit, so a client cannot make the server buffer an unbounded upload.
+`Content-Length` over the limit is refused when the route first reads the body, before a byte of it
+is read (after routing, so the 413 is counted under its route); a chunked body is counted as it arrives
+and cut off as soon as it passes the limit, so a client cannot make the server buffer an unbounded upload.
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = 0
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._refuse(scope, receive, send)
-                    return
         received = 0
         started = False
 
         async def counting_receive() -> Message:
             nonlocal received
+            if declared > self.max_bytes:
+                raise BodyTooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -58,10 +59,20 @@ class _RowsRead(Collector):
                                   "to re-rank doubtful candidates", value=self.rows_read())
 
 
-def route_name(scope: Scope) -> str:
+def route_name(scope: Scope, request_scope: Scope | None = None) -> str:
+    """The template of the route that answered; `request_scope` is the scope as it came in, before routing."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "<unmatched>"
+    if isinstance(path, str):
+        return path
+    # Starlette's own routes (/openapi.json, /docs, the /static mount) leave no `route` in the scope: match
+    # them here, on the scope as it came in (a mount rewrites `root_path`).
+    if request_scope is not None:
+        for candidate in getattr(request_scope.get("app"), "routes", ()):
+            path = getattr(candidate, "path", None)
+            if isinstance(path, str) and candidate.matches(request_scope)[0] != Match.NONE:
+                return path
+    return "<unmatched>"
 
 
 class MetricsMiddleware:
@@ -77,6 +88,7 @@ class MetricsMiddleware:
             return
         status = 500
         start = time.perf_counter()
+        request_scope = dict(scope)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -88,6 +100,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             m = self.metrics
-            route = route_name(scope)
+            route = route_name(scope, request_scope)
             m.requests.labels(scope["method"], route, str(status)).inc()
             m.latency.labels(scope["method"], route).observe(time.perf_counter() - start)

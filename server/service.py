@@ -296,7 +296,6 @@ class ClassifierService:
         return [a for a in out if a is not None]
 
     def _count(self, res: Classification) -> None:
-        self.metrics.classified.inc()
         # The re-ranker's own answer cache; a fallback before the lookup (one candidate label) is neither.
         if res.usage is not None and res.usage.get("cache_checked"):
             self.metrics.rerank_cache.labels("hit" if res.usage["cached"] else "miss").inc()
@@ -308,6 +307,8 @@ class ClassifierService:
             self.metrics.rerank_fallbacks.labels(error).inc()
 
     def _answer(self, res: Classification, threshold: float | None, cached: bool) -> Answer:
+        # Every answer, cached or not, counts as classified, as it counts when flagged: the flagged share stays <= 1.
+        self.metrics.classified.inc()
         ood = None if threshold is None or res.novelty is None else bool(res.novelty > threshold)
         if ood:
             self.metrics.out_of_distribution.inc()

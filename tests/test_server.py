@@ -515,6 +515,15 @@ def test_forget_needs_exactly_one_selector(client, query):
     assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
 
 
+@pytest.mark.parametrize("prefix", ["~no-such-user-here/photos/", "/data/cats\x00/"], ids=["unknown-user", "nul-byte"])
+def test_forget_by_a_source_prefix_that_names_no_path_here_is_a_422(client, prefix):
+    # Local prefixes are resolved like stored sources (~ expanded, links followed); one that cannot be is the
+    # client's mistake to fix, not a 500.
+    resp = client.delete("/v1/memory", params={"source_prefix": prefix}, headers=AUTH)
+    assert_problem(resp, 422, "invalid-parameters", "source_prefix")
+    assert client.get("/v1/memory/stats").json()["points"] == 12
+
+
 def test_behind_a_path_prefix_thumbnail_urls_carry_it_and_work_as_given(client):
     # A proxy serving the app at /vmem sets root_path: links the service hands out include it.
     behind_proxy = TestClient(client.app, root_path="/vmem")
@@ -579,6 +588,29 @@ def test_health_readiness_and_metrics(client):
     assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="200"} 1.0' in text
     assert 'vmem_http_request_duration_seconds_count{method="POST",route="/v1/classify"} 1.0' in text
     assert "vmem_memory_points 12.0" in text and "vmem_images_classified_total 1.0" in text
+
+
+def test_metrics_name_the_route_of_every_answer(make_client):
+    client = make_client(max_upload_bytes=4096)
+    big = texture(COLORS["red"], 1, size=96)
+    assert client.post("/v1/classify", files=upload(big)).status_code == 413  # refused on its Content-Length
+    for path in ("/openapi.json", "/static/app.js", "/v1/nothing"):
+        client.get(path)
+    text = client.get("/metrics").text
+    assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="413"} 1.0' in text
+    assert 'vmem_http_requests_total{method="GET",route="/openapi.json",status="200"} 1.0' in text
+    assert 'vmem_http_requests_total{method="GET",route="/static",status="200"} 1.0' in text
+    assert 'vmem_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text  # only that one
+    assert 'route="<unmatched>",status="200"' not in text
+
+
+def test_cached_answers_are_counted_as_classified_as_well_as_out_of_distribution(client):
+    for _ in range(2):
+        body = client.post("/v1/classify?k=3", files=upload(checkerboard())).json()
+    assert body["cached"] is True and body["out_of_distribution"] is True
+    text = client.get("/metrics").text
+    # Two images answered, both flagged: the flagged share is 1, never more.
+    assert "vmem_images_classified_total 2.0" in text and "vmem_out_of_distribution_total 2.0" in text
 
 
 def test_metrics_count_the_original_vectors_read_to_re_rank_doubtful_candidates(tmp_path, lite0, memory_images):
