@@ -419,6 +419,17 @@ def test_a_tag_must_be_key_equals_value(image_folder, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, monkeypatch):
+    # A .env for the production Qdrant server must not turn `vmem serve -m ./memory` into serving that server.
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(location=app.state.settings.location))
+    monkeypatch.setenv("VMEM_QDRANT_URL", "http://127.0.0.1:1")
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 0, out.output
+    assert served["location"] == str(memory)
+
+
 def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
     assert out.exit_code == 2 and "does not exist" in out.output

@@ -36,8 +36,11 @@ def serve(
 
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
                                  "featurize_threads": threads, "auth_disabled": True if no_auth else None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
+        overrides["qdrant_url"] = None
     try:
-        settings = Settings(_env_file=env_file or ".env", **{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(_env_file=env_file or ".env", **overrides)
     except ValidationError as exc:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise typer.BadParameter(problems) from exc
