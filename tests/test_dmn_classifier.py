@@ -11,7 +11,7 @@ import pytest
 from retrieval import FeaturizerSpec, Preprocessing, open_store
 from retrieval.dmn import DynamicMemory, fuse, readout
 from vmem import VisualMemory
-from vmem.dmn_classifier import DmnOptions, dmn_home, memory_key, read_class_names
+from vmem.dmn_classifier import DmnOptions, dmn_home, memory_key, read_class_names, stream_dir_key
 
 DIM = 16
 CLASSES = ["ant", "bee", "cat"]
@@ -86,7 +86,7 @@ def test_streams_persist_per_memory_and_name_and_reset(memory):
     memory.classify_dmn(q[6:], stream="cam1")
     memory.classify_dmn(q[:2], stream="cam2")
     memory.dmn.flush()  # saves are throttled (a full stream is tens of MB); flush writes the rest
-    path = dmn_home() / memory_key(memory.store.location) / "cam1.npz"
+    path = dmn_home() / stream_dir_key(memory.store) / "cam1.npz"
     assert str(path).startswith(os.environ["VMEM_HOME"])
     stored = DynamicMemory.load(path)
     assert len(stored) == 12 and stored.updates == 12 and stored.featurizer == "synthetic"
@@ -97,6 +97,31 @@ def test_streams_persist_per_memory_and_name_and_reset(memory):
     assert again.dmn.reset("cam1") is True
     assert again.dmn.streams() == ["cam2"]
     assert again.dmn.reset("cam1") is False
+
+
+def test_two_process_local_memories_never_share_a_stream():
+    spec = FeaturizerSpec(name="synthetic", dim=DIM, preprocessing=Preprocessing(resize=8, crop=8))
+    vecs, labels, _ = cluster_data()
+    memories = []
+    for _ in range(2):
+        store = open_store(":memory:", spec)
+        store.add(vecs, labels, [f"mem://{i}" for i in range(len(labels))])
+        memories.append(VisualMemory(store, reranker=None))
+    q, _ = queries(5)
+    memories[0].classify_dmn(q, stream="s")
+    memories[0].dmn.flush()
+    assert len(memories[1].dmn.stream("s")) == 0  # a new memory's stream starts empty
+    assert VisualMemory(memories[0].store, reranker=None).dmn.stream("s").updates == 5  # its own store: kept
+
+
+def test_collections_on_one_qdrant_server_keep_their_streams_apart():
+    class ServerStore:  # what stream_dir_key reads of a QdrantServerStore
+        def __init__(self, collection: str) -> None:
+            self.location, self.collection = "http://qdrant:6333", collection
+
+    keys = {stream_dir_key(ServerStore(c)) for c in ("vmem", "faces", "birds")}  # type: ignore[arg-type]
+    assert len(keys) == 3
+    assert stream_dir_key(ServerStore("vmem")) == memory_key("http://qdrant:6333")  # type: ignore[arg-type]
 
 
 def test_a_read_only_stream_is_not_written(memory):
@@ -205,3 +230,15 @@ def test_concurrent_requests_on_one_stream_lose_no_update(memory):
         pool.submit(memory.dmn.flush).result(timeout=30)
     assert memory.dmn.stream("s").updates == 16
     assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 16
+
+
+def test_a_stream_keeps_its_slot_count_and_refuses_another(memory):
+    """L is fixed when a stream is made: asking an existing stream for another L is an error, not ignored."""
+    q, _ = queries(6)
+    memory.classify_dmn(q[:3], stream="s", options={"slots": 1})
+    assert memory.dmn.stream("s").slots == 1
+    with pytest.raises(ValueError, match="1 slots per class"):
+        memory.classify_dmn(q[3:], stream="s", options={"slots": 3})
+    # Without an explicit L the stream's own applies; no queue ever holds more than it.
+    memory.classify_dmn(q[3:], stream="s")
+    assert max(memory.dmn.stream("s").counts().values()) == 1

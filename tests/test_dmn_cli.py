@@ -71,3 +71,29 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
     assert again.exit_code == 1
     bad = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--mode", "psychic"])
     assert bad.exit_code == 2 and "mode" in bad.output
+
+
+def test_streams_of_an_earlier_featurizer_are_reported_not_a_crash(tmp_path):
+    """A memory rebuilt with another encoder at the same place leaves streams it cannot read."""
+    import numpy as np
+
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+    from retrieval.dmn import DynamicMemory
+    from vmem.dmn_classifier import dmn_home, memory_key
+
+    mem = str(tmp_path / "memory")
+    store = open_store(mem, FeaturizerSpec(name="synthetic", dim=4, preprocessing=Preprocessing(resize=8, crop=8)))
+    store.add(np.eye(4, dtype=np.float32)[:2], ["a", "b"], ["mem://0", "mem://1"])
+    streams_dir = dmn_home() / memory_key(store.location)
+    store.close()
+    stale = DynamicMemory(dim=8, featurizer="older-encoder")
+    stale.write(np.full(8, 8**-0.5), "a", 0.1)
+    stale.save(streams_dir / "old.npz")
+    DynamicMemory(dim=4, featurizer="synthetic").save(streams_dir / "new.npz")
+
+    listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines()[0].startswith("new\t0 entries")
+    assert listed.stdout.splitlines()[1].startswith("old\tunusable: DMN stream 'old' holds older-encoder features")
+    shown = runner.invoke(app, ["dmn", "show", "old", "--memory", mem])
+    assert shown.exit_code == 2 and "reset the stream" in shown.output

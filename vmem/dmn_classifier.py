@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ from retrieval.dmn import (
     static_entries,
     text_classifier,
 )
+from retrieval.store import DEFAULT_COLLECTION
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
 
@@ -96,6 +98,18 @@ def memory_key(location: str) -> str:
     return f"{slug}-{hashlib.sha256(loc.encode()).hexdigest()[:12]}"
 
 
+def stream_dir_key(store: MemoryStore) -> str:
+    """`memory_key` of the memory a store holds: a collection on a Qdrant server is a memory of its own, and a
+    process-local `:memory:` store is one too (every such store would otherwise share one folder of streams)."""
+    collection = getattr(store, "collection", None)
+    if store.location == ":memory:":
+        token = store.__dict__.setdefault("_dmn_stream_token", uuid.uuid4().hex)
+        return memory_key(f":memory:{token}")
+    if collection is not None and collection != DEFAULT_COLLECTION:  # the default keeps the key it always had
+        return memory_key(f"{store.location}#{collection}")
+    return memory_key(store.location)
+
+
 def read_class_names(path: str | Path) -> dict[str, str]:
     """`label<TAB>name` (or `label,name`) lines -> {label: name}; the first name of a synonym list."""
     names: dict[str, str] = {}
@@ -119,7 +133,7 @@ class DmnClassifier:
         """
         self.store = store
         self._featurizer = featurizer
-        self.dir = Path(root) if root is not None else dmn_home() / memory_key(store.location)
+        self.dir = Path(root) if root is not None else dmn_home() / stream_dir_key(store)
         self._streams: dict[str, DynamicMemory] = {}
         self._lock = threading.Lock()
         self._text_cache: dict[tuple, np.ndarray] = {}
@@ -277,6 +291,10 @@ class DmnClassifier:
                                              if mode != "zero-shot" else (None, [[] for _ in range(n)],
                                                                           [np.zeros(0)] * n))
         dyn = self.stream(stream, opts.slots) if stream is not None else None
+        # L is fixed when a stream is made (created, or loaded from disk): an explicit other L would be ignored.
+        if dyn is not None and "slots" in opts.model_fields_set and dyn.slots != opts.slots:
+            raise ValueError(f"DMN stream {stream!r} has {dyn.slots} slots per class, not {opts.slots}: "
+                             "reset the stream to change it")
         if dyn is not None and labels is None and stored:
             dyn.drop_labels_except(set(stored))  # forgotten labels leave the dynamic memory too
         # Pseudo-labels come from the parts that do not read the dynamic memory (text and/or static).

@@ -83,7 +83,11 @@ def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None)
     with mem:
         names = mem.dmn.streams()
         for name in names:
-            s = mem.dmn.stream(name)
+            try:
+                s = mem.dmn.stream(name)
+            except ValueError as exc:  # e.g. features of the memory's earlier featurizer: still list the rest
+                typer.echo(f"{name}\tunusable: {exc}")
+                continue
             typer.echo(f"{name}\t{len(s)} entries in {len(s.counts())} labels\t{s.updates} queries seen")
         if not names:
             typer.echo(f"no streams (they live under {mem.dmn.dir})", err=True)
@@ -97,7 +101,10 @@ def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: Qdra
     with mem:
         if stream not in mem.dmn.streams():
             raise typer.BadParameter(f"no stream {stream!r}; have {mem.dmn.streams()}", param_hint="STREAM")
-        s = mem.dmn.stream(stream)
+        try:
+            s = mem.dmn.stream(stream)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="STREAM") from exc
         per_label = {lab: {"entries": n, "mean_entropy": round(float(s.entries(lab)[1].mean()), 4)}
                      for lab, n in s.counts().items()}
         info = {"stream": stream, "path": str(mem.dmn.stream_path(stream)), "featurizer": s.featurizer,
