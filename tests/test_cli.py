@@ -160,6 +160,18 @@ def test_forget_refuses_an_id_that_is_not_a_point_id_and_forgets_nothing(built, 
         assert store.count() == 12
 
 
+def test_forget_refuses_a_source_prefix_that_is_no_path_here_and_forgets_nothing(built, tmp_path):
+    memory, _ = built
+    import shutil
+
+    copy = tmp_path / "memory"
+    shutil.copytree(memory, copy)
+    out = run("forget", "--memory", copy, "--source", "~no-such-user-vmem/photos/")
+    assert out.exit_code == 2 and "--source" in out.output and "not a path on this host" in out.output
+    with open_store(copy) as store:
+        assert store.count() == 12
+
+
 def test_forget_needs_exactly_one_selector(built):
     memory, _ = built
     out = run("forget", "--memory", memory)

@@ -62,7 +62,10 @@ def local_source_prefix(prefix: str) -> str:
     """
     if not is_local_source(prefix):
         return prefix
-    norm = normalize_source(prefix)
+    try:
+        norm = normalize_source(prefix)
+    except (ValueError, RuntimeError) as exc:  # a NUL byte; `~user` with no such user
+        raise ValueError(f"source_prefix {prefix!r} is not a path on this host: {exc}") from None
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
         norm += "/"
     return norm
@@ -450,7 +453,7 @@ class VisualMemory:
             if isinstance(ids, str):  # one id, not its characters
                 ids = [ids]
             # Parsed here: the embedded engine raised on a malformed id, and qdrant-client forgot nothing quietly.
-            targets = [_point_id(i) for i in ids]
+            targets = [parse_point_id(i) for i in ids]
         else:
             if source_prefix is not None:
                 source_prefix = local_source_prefix(source_prefix)
@@ -484,7 +487,7 @@ class VisualMemory:
         }
 
 
-def _point_id(text: str) -> str:
+def parse_point_id(text: str) -> str:
     """A point id as the memory stores it (a UUID); ValueError if `text` is not one."""
     try:
         return str(uuid.UUID(str(text)))

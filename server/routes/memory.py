@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 
 from retrieval import first_occurrences
 from vmem import VoteSettings
-from vmem.visual_memory import local_source_prefix
 
 from ..deps import ApiKeyDep, ServiceDep, SettingsDep
 from ..problems import ProblemError, problem_responses
@@ -130,19 +129,11 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         raise ProblemError(422, "give exactly one of `label` or `source_prefix`", "invalid-parameters",
                            "Invalid parameters")
     _check_erase(q.erase, service)
-    if q.source_prefix is not None:
-        await run_in_threadpool(_check_source_prefix, q.source_prefix)
-    n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
-
-
-def _check_source_prefix(prefix: str) -> None:
-    """422 for a local prefix that cannot be resolved as stored sources are (resolving it in forget is a 500)."""
     try:
-        local_source_prefix(prefix)
-    except (ValueError, RuntimeError) as exc:  # a NUL byte; `~user` with no such user
-        raise ProblemError(422, f"source_prefix {prefix!r} is not a path on this host: {exc}",
-                           "invalid-parameters", "Invalid parameters") from None
+        n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
+    except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
 
 
 @router.get("/stats", summary="What the memory holds", response_model=StatsOut,

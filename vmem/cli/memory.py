@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from retrieval import (
     unique_sources,
 )
 
+from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
@@ -226,8 +226,14 @@ def forget(
     if source is not None and not source.strip():  # "" would be the current directory: everything under it
         raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to forget",
                                  param_hint="--source")
-    if id is not None:  # parsed here, as the HTTP route does, so the only ValueError left below is erase's
+    # Ids and the prefix checked here, as the HTTP route does, so the only ValueError left below is erase's.
+    if id is not None:
         id = [_point_id(i) for i in id]
+    if source is not None:
+        try:
+            source = local_source_prefix(source)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--source") from None
     mem = open_memory(memory, qdrant_url)
     with mem:
         started = time.perf_counter()
@@ -242,9 +248,9 @@ def forget(
 
 
 def _point_id(text: str) -> str:
-    """A point id as the memory stores it (a UUID, as `vmem classify --json` prints); BadParameter if not one."""
+    """`parse_point_id`, with BadParameter pointing at `vmem classify --json`, which prints the ids."""
     try:
-        return str(uuid.UUID(text))
+        return parse_point_id(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a point id (a UUID, as `vmem classify --json` prints in "
                                  "`neighbors`)", param_hint="--id") from None
