@@ -171,12 +171,13 @@ def build_memory(
     report = BuildReport(total=len(items))
     items = unique_sources(items)
     report.duplicates = report.total - len(items)
-    stored = store.existing_labels([point_id_for(it.source) for it in items])
-    todo = [it for it in items if point_id_for(it.source) not in stored]
+    ids = [point_id_for(it.source) for it in items]
+    stored = store.existing_labels(ids)
+    todo = [it for it, pid in zip(items, ids, strict=True) if pid not in stored]
     report.skipped_existing = len(items) - len(todo)
     # A resumed build never rewrites a point; a label changed since is reported rather than dropped unseen.
-    report.relabelled = [(it.source, lab, it.label) for it in items
-                         if (lab := stored.get(point_id_for(it.source))) is not None and lab != it.label]
+    report.relabelled = [(it.source, lab, it.label) for it, pid in zip(items, ids, strict=True)
+                         if (lab := stored.get(pid)) is not None and lab != it.label]
     if progress and report.skipped_existing + report.duplicates:
         progress(report.skipped_existing + report.duplicates)
     # Insert after every batch: an interrupted build keeps what it finished, and resumes.
