@@ -13,6 +13,7 @@ Names understood by `load_featurizer`:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -22,6 +23,7 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .images import ImageDecodeError, ImageInput, load_image
+from .images import ImageDecodeError, ImageInput, load_image, load_pixels
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,17 @@ class Preprocessing(BaseModel):
 
     def decode(self, source: ImageInput) -> Image.Image:
         """`load_image` with this preprocessing's JPEG draft: the image every path embeds."""
-        return load_image(source, min_side=2 * self.resize if self.jpeg_draft else None)
+        return load_image(source, min_side=self._min_side)
+
+    def load(self, source: ImageInput) -> torch.Tensor:
+        """Decode and resize-crop one image: `resize_crop(decode(source))`, plain JPEGs by the faster decoder."""
+        if self.resampler == "pil" or isinstance(source, Image.Image):
+            return self.resize_crop(self.decode(source))
+        return self.resize_crop(load_pixels(source, min_side=self._min_side))
+
+    @property
+    def _min_side(self) -> int | None:
+        return 2 * self.resize if self.jpeg_draft else None
 
     def crop_box(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """The resized size (w, h) and, in it, the centre crop's (left, top, right, bottom)."""
@@ -79,12 +91,14 @@ class Preprocessing(BaseModel):
         left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
         return size, (left, top, left + self.crop, top + self.crop)
 
-    def resize_crop(self, img: Image.Image) -> torch.Tensor:
-        """Resize and centre-crop an RGB image: uint8 [3, crop, crop], not yet normalised."""
+    def resize_crop(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        """Resize and centre-crop an RGB image (or its uint8 [h, w, 3] array): uint8 [3, crop, crop], not
+        yet normalised."""
         if self.resampler == "pil":
-            return self._resize_crop_pil(img)
-        (w, h), (left, top, right, bottom) = self.crop_box(*img.size)
-        whole = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+            return self._resize_crop_pil(Image.fromarray(img) if isinstance(img, np.ndarray) else img)
+        pixels = img if isinstance(img, np.ndarray) else np.array(img, dtype=np.uint8)
+        (w, h), (left, top, right, bottom) = self.crop_box(pixels.shape[1], pixels.shape[0])
+        whole = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
         resized = torch.nn.functional.interpolate(whole, size=(h, w), mode="bicubic", antialias=True)
         # A compact copy of the crop, channels last as decoded: workers ship it, not the whole resized image.
         return resized[0, :, top:bottom, left:right].permute(1, 2, 0).contiguous().permute(2, 0, 1)
@@ -157,7 +171,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             # uint8 crops: a quarter of the bytes a float tensor would move between processes.
-            return i, self.transform.resize_crop(self.transform.decode(self.items[i])), ""
+            return i, self.transform.load(self.items[i]), ""
         except ImageDecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # any decoder bug must cost one image, not the run
@@ -185,6 +199,31 @@ def decode_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return min(4, max(0, cores - torch.get_num_threads()))
     return max(1, cores - 1)
+
+
+def decode_threads() -> int:
+    """Threads that decode a batch in-process (no worker processes): the cores the forward computes on.
+
+    Between forwards those cores are idle, and Pillow's JPEG decoder and torch's resize release the GIL:
+    on 2 cores, 500x375 JPEGs decode and resize in 1.2 ms each with two threads against 2.2 ms with one
+    (each thread's torch ops run on one core: see `_single_threaded_torch`).
+    """
+    return max(1, min(8, torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _single_threaded_torch() -> None:
+    """Run this thread's torch ops on itself alone (a decode thread's initializer).
+
+    torch's OpenMP gives every thread that runs a parallel op a team of its own. Decode threads with teams
+    put more OpenMP threads than cores in the process, and libgomp then stops spinning between parallel
+    regions for all of them, the forward's included: on 2 cores the forward ran 10-15% slower, undoing the
+    threads' gain. `omp_set_num_threads` is per thread (torch.set_num_threads would also change the default
+    of every thread started later), and torch.get_num_threads() first so torch's lazy per-thread setup does
+    not undo it.
+    """
+    torch.get_num_threads()
+    with contextlib.suppress(OSError, AttributeError):  # no OpenMP runtime in the process: nothing to limit
+        ctypes.CDLL(None).omp_set_num_threads(1)
 
 
 def _describe(item: ImageInput) -> str:
@@ -228,6 +267,8 @@ class Featurizer(ABC):
         # On CPU the forward runs in chunks of 16 whatever the batch: smaller activations stay in cache,
         # and EfficientNet-Lite0 was 7-17% faster than at 64 in three same-run comparisons. GPUs take the whole batch.
         self.forward_chunk: int | None = None
+        # Threads decoding in-process, where no worker processes do (None: `decode_threads()`).
+        self.decode_threads: int | None = None
         if self.device.type == "cpu":
             keep_large_allocations_in_heap()
             self.forward_chunk = 16
@@ -264,8 +305,7 @@ class Featurizer(ABC):
             return np.zeros((0, self.dim), np.float32)
         out = []
         for start in range(0, len(images), batch_size):
-            chunk = [self.preprocessing.resize_crop(self.preprocessing.decode(im))
-                     for im in images[start : start + batch_size]]
+            chunk = [self.preprocessing.load(im) for im in images[start : start + batch_size]]
             out.append(self.embed_tensors(torch.stack(chunk)))
         return np.concatenate(out)
 
@@ -281,16 +321,20 @@ class Featurizer(ABC):
         batch_size: int = 64,
         num_workers: int | None = None,
     ) -> Iterator[EmbedResult]:
-        """Embed many images with decoding in DataLoader workers; yields one result per batch.
+        """Embed many images, decoded in DataLoader worker processes or (with none) by threads between
+        forwards; yields one result per batch.
 
         Corrupt images are reported in `failures` and never stop the run.
         """
         num_workers = self.loader_workers(len(items), batch_size, num_workers)
+        if num_workers == 0:
+            yield from self._iter_embed_in_process(items, batch_size)
+            return
         # A DataLoader hands each of its batches to one worker. Workers therefore decode chunks of at most
         # DECODE_CHUNK images, gathered here into the forward's batches: with the forward's batch as the
         # unit, 3,072 images in batches of 1,024 kept 3 of 15 workers busy (H200: 650 images/s, against
-        # 1,840 at batch 64). With no workers the loader decodes each batch in this process, between forwards.
-        chunks_per_batch = -(-batch_size // DECODE_CHUNK) if num_workers else 1
+        # 1,840 at batch 64).
+        chunks_per_batch = -(-batch_size // DECODE_CHUNK)
         chunk = batch_size // chunks_per_batch  # so a gathered batch never exceeds batch_size
         loader = torch.utils.data.DataLoader(
             _DecodeDataset(items, self.preprocessing),
@@ -299,7 +343,7 @@ class Featurizer(ABC):
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             # Enough decoded chunks in flight to fill the next two forward batches.
-            prefetch_factor=max(2, -(-2 * chunks_per_batch // num_workers)) if num_workers else None,
+            prefetch_factor=max(2, -(-2 * chunks_per_batch // num_workers)),
             persistent_workers=False,
         )
         idx: list[int] = []
@@ -316,6 +360,19 @@ class Featurizer(ABC):
             feats = self.embed_tensors(torch.cat(xs)) if xs else np.zeros((0, self.dim), np.float32)
             yield EmbedResult(feats, idx, failures)
             idx, xs, bad = [], [], []
+
+    def _iter_embed_in_process(self, items: Sequence[ImageInput], batch_size: int) -> Iterator[EmbedResult]:
+        """`iter_embed` without worker processes: each batch decoded by a pool of threads, between forwards."""
+        dataset = _DecodeDataset(items, self.preprocessing)
+        threads = self.decode_threads or decode_threads()
+        with ThreadPoolExecutor(threads, thread_name_prefix="vmem-decode", initializer=_single_threaded_torch) as pool:
+            for start in range(0, len(items), batch_size):
+                rows = range(start, min(start + batch_size, len(items)))
+                idx, xs, bad = _collate(list(pool.map(dataset.__getitem__, rows)) if threads > 1
+                                        else [dataset[i] for i in rows])
+                failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
+                feats = self.embed_tensors(xs) if xs is not None else np.zeros((0, self.dim), np.float32)
+                yield EmbedResult(feats, idx, failures)
 
     def embed_many(
         self,

@@ -122,3 +122,68 @@ def test_other_formats_pillow_knows_are_refused_unread(fmt, monkeypatch):
     monkeypatch.setattr("subprocess.check_call", lambda *a, **k: pytest.fail("a decoder started a program"))
     with pytest.raises(ImageDecodeError, match="not a recognised image format"):
         load_image(data)
+
+
+# ---------------------------------------------------------------- load_pixels: plain JPEGs by simplejpeg
+
+def smooth_photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "save", "min_side"),
+    [
+        ("RGB", (500, 375), {"quality": 90}, None),
+        ("RGB", (500, 375), {"quality": 75, "progressive": True}, 512),
+        ("RGB", (333, 500), {"quality": 95, "subsampling": 0}, None),  # 4:4:4
+        ("L", (300, 200), {"quality": 85}, None),  # grey: repeated into three channels
+        ("RGB", (2400, 1800), {"quality": 85}, 512),  # big: decoded at 1/4 scale, as Pillow's draft does
+        ("RGB", (1, 1), {}, 512),
+    ],
+    ids=["photo", "progressive", "444", "grey", "drafted", "one-pixel"],
+)
+def test_plain_jpegs_decode_to_the_same_pixels_as_pillow_without_it(mode, size, save, min_side):
+    from retrieval.images import _decode_plain_jpeg, load_pixels
+
+    data = encode(smooth_photo(size).convert(mode), "JPEG", **save)
+    fast = _decode_plain_jpeg(data, min_side)
+    assert fast is not None  # simplejpeg decoded it, not the fallback
+    reference = np.array(load_image(data, min_side=min_side))
+    assert fast.dtype == np.uint8 and fast.shape == reference.shape
+    assert np.array_equal(fast, reference)
+    assert np.array_equal(load_pixels(data, min_side=min_side), reference)
+
+
+def test_jpegs_simplejpeg_does_not_decode_alike_go_through_pillow(tmp_path):
+    from retrieval.images import _decode_plain_jpeg, load_pixels
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(smooth_photo((40, 20)), "JPEG", exif=exif.tobytes())
+    cmyk = encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG")
+    png = encode(smooth_photo((30, 20)), "PNG")
+    for data in (rotated, cmyk, png):
+        assert _decode_plain_jpeg(data, None) is None
+        assert np.array_equal(load_pixels(data), np.array(load_image(data)))
+    assert load_pixels(rotated).shape == (40, 20, 3)  # upright, as load_image turns it
+
+    # Damaged or missing input: load_image's error, naming the file.
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(encode(smooth_photo((64, 64)), "JPEG")[:300])
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg: corrupt or truncated"):
+        load_pixels(truncated)
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        load_pixels(tmp_path / "absent.jpg")
+
+
+def test_real_imagenet_jpegs_decode_alike_with_either_decoder(tiny_imagenet, monkeypatch):
+    from retrieval import images
+    from retrieval.images import load_pixels
+
+    paths = sorted((tiny_imagenet / "val").glob("*/*.JPEG"))[::25]  # 404 images, grey ones among them
+    assert len(paths) > 300
+    fast = [load_pixels(p) for p in paths]
+    monkeypatch.setattr(images, "JPEG_DECODER", "pillow")
+    assert all(np.array_equal(a, load_pixels(p)) for a, p in zip(fast, paths, strict=True))
+    assert any(Image.open(p).mode == "L" for p in paths)
