@@ -84,6 +84,19 @@ def test_bench_featurize_compares_resize_kernels_and_jpeg_drafts_on_phone_size_p
     assert all(r["decode_only_img_s"] > 0 for r in res["results"])
 
 
+def test_bench_featurize_compares_decode_threads_and_jpeg_decoders_and_restores_the_decoder():
+    from retrieval import featurizers, images
+
+    res = bench("featurize", "--images", "8", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+                "--workers", "0", "--decode-threads", "auto,1", "--jpeg-decoders", "simplejpeg,pillow",
+                "--repeats", "1")
+    assert [(r["decode_threads"], r["jpeg_decoder"]) for r in res["results"]] == [
+        (featurizers.decode_threads(), "simplejpeg"), (featurizers.decode_threads(), "pillow"),
+        (1, "simplejpeg"), (1, "pillow")]
+    assert all(r["pipeline_img_s"] > 0 for r in res["results"])
+    assert images.JPEG_DECODER == "simplejpeg" and featurizers.DECODE_CHUNK == 16
+
+
 def _memory_cgroups_available() -> bool:
     from vmem.cli.bench_ram_limit import CgroupUnavailable, MemoryCgroup
 

@@ -5,8 +5,10 @@ the forward leaves cores free; otherwise in-process between forwards) and the mo
 raw forward runs on crops already prepared (on the device), and decode-only runs the loader without the
 forward. Pipeline over raw says whether decoding starves the model; pipeline over the slower of the two
 says how well the two overlap. `--workers auto,1` compares the two ways of decoding in one run;
-`--decode-chunks 16,0` compares workers decoding small chunks with a whole batch each. DINOv2-S runs with
-random weights (speed does not depend on the weights).
+`--decode-chunks 16,0` compares workers decoding small chunks with a whole batch each, `--decode-threads
+auto,1` in-process decoding by a pool of threads with one image at a time, and `--jpeg-decoders
+simplejpeg,pillow` the two JPEG decoders. DINOv2-S runs with random weights (speed does not depend on the
+weights).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import typer
 
 from retrieval import Dinov2Featurizer, Featurizer, featurizers, load_featurizer, scan_imagefolder
+from retrieval import images as image_decoding
 
 from .bench_search import machine_info
 
@@ -66,6 +69,12 @@ def _photo_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def _positive(text: str, hint: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise typer.BadParameter(f"{text.strip()!r}: give auto or a whole number >= 1", param_hint=hint)
+    return int(text)
+
+
 def _choice(text: str, choices: dict[str, Any], hint: str) -> Any:
     if text.strip() not in choices:
         raise typer.BadParameter(f"{text.strip()!r} is not one of {', '.join(choices)}", param_hint=hint)
@@ -75,39 +84,43 @@ def _choice(text: str, choices: dict[str, Any], hint: str) -> Any:
 def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
     # The raw forward's input is what the pipeline hands the model: uint8 crops, here already on the device
     # (so a GPU's figure is the model's, not the host-to-device copy's); normalising is part of both.
-    x = torch.stack([feat.preprocessing.resize_crop(feat.preprocessing.decode(p))
-                     for p in paths[:batch_size]]).to(feat.device)
+    x = torch.stack([feat.preprocessing.load(p) for p in paths[:batch_size]]).to(feat.device)
     feat.embed_tensors(x)  # warm-up (and, on CPU, tracing; on CUDA, cuDNN's kernel choice)
-    raw = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        feat.embed_tensors(x)
-        raw.append(time.perf_counter() - t)
-    raw_ips = len(x) / statistics.median(raw)
-    pipe = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    batches = -(-len(paths) // batch_size)
+
+    def raw_forward() -> None:  # as many forwards as the pipeline makes, so both span the same time
+        for _ in range(batches):
+            feat.embed_tensors(x)
+
+    def pipeline() -> None:
         res = feat.embed_many(paths, batch_size=batch_size, num_workers=workers)
-        pipe.append(time.perf_counter() - t)
         assert len(res.indices) == len(paths), res.failures[:2]
-    pipe_ips = len(paths) / statistics.median(pipe)
-    # The same loader with the forward replaced by nothing: the decoding ceiling the pipeline can reach.
-    feat.embed_tensors = lambda xs: np.zeros((len(xs), feat.dim), np.float32)  # type: ignore[method-assign]
-    try:
-        dec = []
-        for _ in range(repeats):
-            t = time.perf_counter()
+
+    def decode_only() -> None:  # the same loader with the forward replaced by nothing: decoding's ceiling
+        feat.embed_tensors = lambda xs: np.zeros((len(xs), feat.dim), np.float32)  # type: ignore[method-assign]
+        try:
             feat.embed_many(paths, batch_size=batch_size, num_workers=workers)
-            dec.append(time.perf_counter() - t)
-    finally:
-        del feat.embed_tensors  # the class's method again
+        finally:
+            del feat.embed_tensors  # the class's method again
+
+    # The three interleaved, repeat by repeat: a machine that slows down for a while (a shared host, a
+    # throttled CPU) slows all three alike, and pipeline/raw is the median of the paired ratios.
+    raw, pipe, dec = [], [], []
+    for _ in range(repeats):
+        for run, times in ((raw_forward, raw), (pipeline, pipe), (decode_only, dec)):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+    raw_ips = batches * len(x) / statistics.median(raw)
+    pipe_ips = len(paths) / statistics.median(pipe)
     decode_ips = len(paths) / statistics.median(dec)
+    paired = statistics.median(len(paths) / p / (batches * len(x) / r) for p, r in zip(pipe, raw, strict=True))
     return {"featurizer": feat.name, "device": str(feat.device), "dtype": str(feat.dtype).removeprefix("torch."),
             "batch_size": batch_size,
             "decode_workers": feat.loader_workers(len(paths), batch_size, workers),
             "raw_forward_img_s": round(raw_ips, 1),
             "decode_only_img_s": round(decode_ips, 1),
-            "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(pipe_ips / raw_ips, 3),
+            "pipeline_img_s": round(pipe_ips, 1), "pipeline_vs_raw": round(paired, 3),
             "pipeline_vs_slower_stage": round(pipe_ips / min(raw_ips, decode_ips), 3)}
 
 
@@ -130,31 +143,50 @@ def featurize(
         help="WxH of the synthetic JPEGs (4032x3024: a 12 MP phone photo)")] = "500x375",
     jpeg_draft: Annotated[str, typer.Option(
         help="comma-separated: on (the default: big JPEGs decode at a reduced scale), off; compared")] = "on",
+    decode_threads: Annotated[str, typer.Option(
+        help="comma-separated threads decoding in-process (where no worker processes do) to compare; "
+             "auto: the featurizer's default, 1: one at a time (before 2026-12)")] = "auto",
+    jpeg_decoders: Annotated[str, typer.Option(
+        help="comma-separated decoders of plain JPEGs to compare: simplejpeg (the default), pillow (before "
+             "2026-12)")] = "simplejpeg",
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
     size = _photo_size(photo_size)
     drafts = [_choice(d, {"on": True, "off": False}, "--jpeg-draft") for d in jpeg_draft.split(",") if d.strip()]
     for r in [r for r in resamplers.split(",") if r.strip()]:
         _choice(r, {"torch": "torch", "pil": "pil"}, "--resamplers")
+    threads = [None if t.strip() == "auto" else _positive(t, "--decode-threads")
+               for t in decode_threads.split(",") if t.strip()]
+    decoders = [_choice(j, {"simplejpeg": "simplejpeg", "pillow": "pillow"}, "--jpeg-decoders")
+                for j in jpeg_decoders.split(",") if j.strip()]
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
         paths = _images(dataset, images, Path(tmp), size)
         typer.echo(f"settings: {len(paths)} images from {dataset or 'synthetic JPEGs'}, workers={workers}", err=True)
         rows = []
-        for name in [m.strip() for m in models.split(",") if m.strip()]:
-            feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
-            default_preprocessing = feat.preprocessing
-            for bs in [int(b) for b in batch_sizes.split(",")]:
-                for w, c, r, d in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
-                                                    [int(c) for c in decode_chunks.split(",")],
-                                                    [r.strip() for r in resamplers.split(",") if r.strip()],
-                                                    drafts):
-                    featurizers.DECODE_CHUNK = c or bs
-                    feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r, "jpeg_draft": d})
-                    row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
-                    row |= {"decode_chunk": c or bs, "resampler": r, "jpeg_draft": d}
-                    typer.echo(f"  {row}", err=True)
-                    rows.append(row)
+        # The rows change module settings (a process-wide choice in normal use); put them back after.
+        saved = featurizers.DECODE_CHUNK, image_decoding.JPEG_DECODER
+        try:
+            for name in [m.strip() for m in models.split(",") if m.strip()]:
+                feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
+                default_preprocessing = feat.preprocessing
+                for bs in [int(b) for b in batch_sizes.split(",")]:
+                    for w, c, r, d, t, j in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
+                                                              [int(c) for c in decode_chunks.split(",")],
+                                                              [r.strip() for r in resamplers.split(",") if r.strip()],
+                                                              drafts, threads, decoders):
+                        featurizers.DECODE_CHUNK = c or bs
+                        image_decoding.JPEG_DECODER = j
+                        feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r, "jpeg_draft": d})
+                        feat.decode_threads = t
+                        row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
+                        in_process = row["decode_workers"] == 0
+                        row |= {"decode_chunk": c or bs, "resampler": r, "jpeg_draft": d, "jpeg_decoder": j,
+                                "decode_threads": (t or featurizers.decode_threads()) if in_process else 0}
+                        typer.echo(f"  {row}", err=True)
+                        rows.append(row)
+        finally:
+            featurizers.DECODE_CHUNK, image_decoding.JPEG_DECODER = saved
     typer.echo(json.dumps({"machine": machine, "images": len(paths),
                            "photo_size": None if dataset else photo_size, "results": rows}))
