@@ -222,7 +222,7 @@ def _single_threaded_torch() -> None:
     not undo it.
     """
     torch.get_num_threads()
-    with contextlib.suppress(OSError, AttributeError):  # no OpenMP runtime in the process: nothing to limit
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no OpenMP runtime here (or no dlopen(NULL))
         ctypes.CDLL(None).omp_set_num_threads(1)
 
 
