@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|exact-buffer|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|decode-chunks|resampler|resampler-tiny|jpeg-draft|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|exact-buffer|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|decode-chunks|resampler|resampler-tiny|jpeg-draft|decode-threads|decode-threads-tiny|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
 # The GPU tables: docs/benchmarks/gpu.sh (run on a machine with CUDA).
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
@@ -70,6 +70,12 @@ for step in "${steps[@]}"; do
                       --resamplers torch,pil --models efficientnet-lite0 --repeats 3 ;;
     jpeg-draft) run jpeg-draft vmem bench featurize --photo-size 4032x3024 --images 64 --batch-sizes 16 \
                   --jpeg-draft on,off --resamplers torch,pil --models efficientnet-lite0 --repeats 3 ;;
+    # In-process decoding (2 cores) by a pool of threads or one image at a time, plain JPEGs by simplejpeg or Pillow.
+    decode-threads) run decode-threads vmem bench featurize --images 512 --batch-sizes 64 --workers auto \
+                      --decode-threads auto,1 --jpeg-decoders simplejpeg,pillow --models efficientnet-lite0 --repeats 5 ;;
+    decode-threads-tiny) run decode-threads-tiny vmem bench featurize --dataset "$D/val" --images 1024 --batch-sizes 64 \
+                           --workers auto --decode-threads auto,1 --jpeg-decoders simplejpeg,pillow \
+                           --models efficientnet-lite0 --repeats 3 ;;
     # Choosing a featurizer: throughput of each shipped model in one run, and what the dimension costs the memory.
     featurizers) run featurizers vmem bench featurize --dataset "$D/val" --images 512 --batch-sizes 64 \
                    --models efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,dinov2-small ;;
