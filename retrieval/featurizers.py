@@ -216,7 +216,7 @@ def _single_threaded_torch() -> None:
 
     torch's OpenMP gives every thread that runs a parallel op a team of its own. Decode threads with teams
     put more OpenMP threads than cores in the process, and libgomp then stops spinning between parallel
-    regions for all of them, the forward's included: on 2 cores the forward ran 10-15% slower, undoing the
+    regions for all of them, the forward's included: on 2 cores the forward ran 5-20% slower, undoing the
     threads' gain. `omp_set_num_threads` is per thread (torch.set_num_threads would also change the default
     of every thread started later), and torch.get_num_threads() first so torch's lazy per-thread setup does
     not undo it.

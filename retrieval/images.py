@@ -147,15 +147,15 @@ def _decode_plain_jpeg(source: str | Path | bytes | bytearray, min_side: int | N
                 data = _JPEG_MAGIC + f.read()
         if not data.startswith(_JPEG_MAGIC):
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # the header only: no pixels yet
-                w, h = img.size
-                if (img.format != "JPEG" or img.mode not in ("RGB", "L") or w * h > MAX_IMAGE_PIXELS
-                        or img.getexif().get(_EXIF_ORIENTATION, 1) != 1):
-                    return None
-        if simplejpeg.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
+        # The size first, from simplejpeg: within the limit, Pillow's open below has no bomb warning to give
+        # (catching one would take warnings.catch_warnings, which is not thread-safe).
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
             return None
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # the header only: no pixels yet
+            if (img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size != (w, h)
+                    or img.getexif().get(_EXIF_ORIENTATION, 1) != 1):
+                return None
         # Pillow's draft: the largest of 1/8, 1/4, 1/2 that keeps both sides >= min_side.
         scale = min(w // min_side, h // min_side) if min_side else 1
         s = next((f for f in (8, 4, 2) if scale >= f), 1)

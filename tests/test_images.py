@@ -177,6 +177,15 @@ def test_jpegs_simplejpeg_does_not_decode_alike_go_through_pillow(tmp_path):
         load_pixels(tmp_path / "absent.jpg")
 
 
+def test_a_jpeg_over_the_pixel_limit_is_refused_by_either_decoder(monkeypatch):
+    from retrieval import images
+    from retrieval.images import load_pixels
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_pixels(encode(smooth_photo((20, 20)), "JPEG"))
+
+
 def test_real_imagenet_jpegs_decode_alike_with_either_decoder(tiny_imagenet, monkeypatch):
     from retrieval import images
     from retrieval.images import load_pixels
