@@ -327,9 +327,16 @@ class Featurizer(ABC):
         Corrupt images are reported in `failures` and never stop the run.
         """
         num_workers = self.loader_workers(len(items), batch_size, num_workers)
-        if num_workers == 0:
-            yield from self._iter_embed_in_process(items, batch_size)
-            return
+        decoded = (self._decoded_by_threads(items, batch_size) if num_workers == 0
+                   else self._decoded_by_workers(items, batch_size, num_workers))
+        for idx, xs, bad in decoded:
+            failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
+            feats = self.embed_tensors(xs) if xs is not None else np.zeros((0, self.dim), np.float32)
+            yield EmbedResult(feats, idx, failures)
+
+    def _decoded_by_workers(self, items: Sequence[ImageInput], batch_size: int,
+                            num_workers: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+        """`_collate`d batches of `items`, decoded in DataLoader worker processes while the forward runs."""
         # A DataLoader hands each of its batches to one worker. Workers therefore decode chunks of at most
         # DECODE_CHUNK images, gathered here into the forward's batches: with the forward's batch as the
         # unit, 3,072 images in batches of 1,024 kept 3 of 15 workers busy (H200: 650 images/s, against
@@ -356,23 +363,19 @@ class Featurizer(ABC):
                 xs.append(c_xs)
             if n % chunks_per_batch and n * chunk < len(items):
                 continue
-            failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
-            feats = self.embed_tensors(torch.cat(xs)) if xs else np.zeros((0, self.dim), np.float32)
-            yield EmbedResult(feats, idx, failures)
+            yield idx, torch.cat(xs) if xs else None, bad
             idx, xs, bad = [], [], []
 
-    def _iter_embed_in_process(self, items: Sequence[ImageInput], batch_size: int) -> Iterator[EmbedResult]:
-        """`iter_embed` without worker processes: each batch decoded by a pool of threads, between forwards."""
+    def _decoded_by_threads(self, items: Sequence[ImageInput],
+                            batch_size: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+        """`_collate`d batches of `items`, each decoded in this process by a pool of threads, between forwards."""
         dataset = _DecodeDataset(items, self.preprocessing)
         threads = self.decode_threads or decode_threads()
         with ThreadPoolExecutor(threads, thread_name_prefix="vmem-decode", initializer=_single_threaded_torch) as pool:
             for start in range(0, len(items), batch_size):
                 rows = range(start, min(start + batch_size, len(items)))
-                idx, xs, bad = _collate(list(pool.map(dataset.__getitem__, rows)) if threads > 1
-                                        else [dataset[i] for i in rows])
-                failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
-                feats = self.embed_tensors(xs) if xs is not None else np.zeros((0, self.dim), np.float32)
-                yield EmbedResult(feats, idx, failures)
+                yield _collate(list(pool.map(dataset.__getitem__, rows)) if threads > 1
+                               else [dataset[i] for i in rows])
 
     def embed_many(
         self,
