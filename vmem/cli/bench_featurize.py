@@ -69,6 +69,11 @@ def _photo_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def _listed(text: str) -> list[str]:
+    """The items of a comma-separated option, stripped, empty ones dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _positive(text: str, hint: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise typer.BadParameter(f"{text.strip()!r}: give auto or a whole number >= 1", param_hint=hint)
@@ -152,13 +157,11 @@ def featurize(
 ) -> None:
     """Featurisation throughput: whole JPEG pipeline against the raw forward, per model and batch size."""
     size = _photo_size(photo_size)
-    drafts = [_choice(d, {"on": True, "off": False}, "--jpeg-draft") for d in jpeg_draft.split(",") if d.strip()]
-    for r in [r for r in resamplers.split(",") if r.strip()]:
-        _choice(r, {"torch": "torch", "pil": "pil"}, "--resamplers")
-    threads = [None if t.strip() == "auto" else _positive(t, "--decode-threads")
-               for t in decode_threads.split(",") if t.strip()]
+    drafts = [_choice(d, {"on": True, "off": False}, "--jpeg-draft") for d in _listed(jpeg_draft)]
+    kernels = [_choice(r, {"torch": "torch", "pil": "pil"}, "--resamplers") for r in _listed(resamplers)]
+    threads = [None if t == "auto" else _positive(t, "--decode-threads") for t in _listed(decode_threads)]
     decoders = [_choice(j, {"simplejpeg": "simplejpeg", "pillow": "pillow"}, "--jpeg-decoders")
-                for j in jpeg_decoders.split(",") if j.strip()]
+                for j in _listed(jpeg_decoders)]
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
@@ -168,14 +171,13 @@ def featurize(
         # The rows change module settings (a process-wide choice in normal use); put them back after.
         saved = featurizers.DECODE_CHUNK, image_decoding.JPEG_DECODER
         try:
-            for name in [m.strip() for m in models.split(",") if m.strip()]:
+            for name in _listed(models):
                 feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
                 default_preprocessing = feat.preprocessing
                 for bs in [int(b) for b in batch_sizes.split(",")]:
-                    for w, c, r, d, t, j in itertools.product([w.strip() for w in workers.split(",") if w.strip()],
+                    for w, c, r, d, t, j in itertools.product(_listed(workers),
                                                               [int(c) for c in decode_chunks.split(",")],
-                                                              [r.strip() for r in resamplers.split(",") if r.strip()],
-                                                              drafts, threads, decoders):
+                                                              kernels, drafts, threads, decoders):
                         featurizers.DECODE_CHUNK = c or bs
                         image_decoding.JPEG_DECODER = j
                         feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r, "jpeg_draft": d})
