@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from retrieval import DEFAULT_ALPHA, VoteRule
 
 from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
-from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, truth_arrays
+from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, table_from_hits, truth_arrays
 
 RULES = tuple(r.value for r in VoteRule)
 
@@ -66,18 +66,8 @@ def _classes(*sets: LabelledArrays) -> list[str]:
 
 def _table(memory: LabelledArrays, queries: LabelledArrays, classes: list[str], k: int,
            reliability: np.ndarray | None = None) -> tuple[NeighborTable, np.ndarray]:
-    pos = {c: i for i, c in enumerate(classes)}
     idx, sims = exact_search(queries.features, memory.features, k)
-    mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
-    valid = idx >= 0
-    # Through the valid entries only: an empty memory (every point pruned) has no row 0.
-    label_ids = np.full(idx.shape, -1, dtype=np.int64)
-    label_ids[valid] = mem_ids[idx[valid]]
-    rel = None
-    if reliability is not None:
-        rel = np.zeros(idx.shape)
-        rel[valid] = reliability[idx[valid]]
-    return NeighborTable(label_ids, sims, classes, rel), idx
+    return table_from_hits(idx, sims, memory.labels, classes, reliability), idx
 
 
 def _score(memory: LabelledArrays, queries: LabelledArrays, k: int = K_MAX, alpha: float = DEFAULT_ALPHA,

@@ -104,17 +104,24 @@ def neighbors_exact(
     progress: Callable[[int], None] | None = None,
 ) -> NeighborTable:
     """Exact neighbours from the memory's vectors, labelled with ids into `classes`."""
-    pos = {c: i for i, c in enumerate(classes)}
-    mem_ids = np.array([pos[lab] for lab in memory.labels], dtype=np.int64)
     idx, sims = exact_search(queries, memory.features, k, exclude, progress=progress)
+    return table_from_hits(idx, sims, memory.labels, classes, memory.reliability)
+
+
+def table_from_hits(idx: np.ndarray, sims: np.ndarray, memory_labels: Sequence[str], classes: list[str],
+                    reliability: np.ndarray | None = None) -> NeighborTable:
+    """`exact_search`'s hits (row indices into a memory with these labels, -1 for padding) as a table."""
+    pos = {c: i for i, c in enumerate(classes)}
+    mem_ids = np.array([pos[lab] for lab in memory_labels], dtype=np.int64)
     valid = idx >= 0
-    # Indexed through the valid entries only: an empty memory (a restriction to classes it lacks) has no row 0.
+    # Indexed through the valid entries only: an empty memory (a restriction to classes it lacks, every point
+    # pruned) has no row 0.
     label_ids = np.full(idx.shape, -1, dtype=np.int64)
     label_ids[valid] = mem_ids[idx[valid]]
     rel = None
-    if memory.reliability is not None:
+    if reliability is not None:
         rel = np.zeros(idx.shape)
-        rel[valid] = memory.reliability[idx[valid]]
+        rel[valid] = reliability[idx[valid]]
     return NeighborTable(label_ids, sims, classes, rel)
 
 
