@@ -244,6 +244,16 @@ def test_out_of_range_parameters_are_422_problems(client, query, says):
     assert body["errors"][0]["loc"][0] == "query"
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/classify/batch"])
+def test_a_vote_option_the_rule_does_not_read_is_a_422_not_an_echo(client, endpoint):
+    field = "image" if endpoint == "/v1/classify" else "images"
+    resp = client.post(f"{endpoint}?vote=plurality&alpha=2", files={field: ("r.png", texture(COLORS["red"], 1))})
+    assert_problem(resp, 422, "unused-vote-option", "alpha applies to rank voting only")
+    ok = client.post(f"{endpoint}?vote=softmax&tau=0.5", files={field: ("r.png", texture(COLORS["red"], 1))})
+    vote = ok.json()["vote"] if endpoint == "/v1/classify" else ok.json()["items"][0]["result"]["vote"]
+    assert (vote["rule"], vote["tau"]) == ("softmax", 0.5)
+
+
 def test_unknown_template_is_a_422_listing_the_available_ones(client):
     from prompts import default_registry
 

@@ -89,6 +89,20 @@ def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert res.vote.origin == "memory" and len(res.neighbors) == 5
 
 
+def test_alpha_or_tau_the_rule_does_not_read_is_refused_before_any_image_is_embedded(memory, monkeypatch):
+    monkeypatch.setattr(memory.featurizer, "embed", lambda *a, **kw: pytest.fail("embedded before refusing"))
+    with pytest.raises(ValueError, match="alpha applies to rank voting only, and the rule asked for is plurality"):
+        memory.classify([make_image((200, 30, 30))], rule="plurality", alpha=2)
+    with pytest.raises(ValueError, match="tau applies to softmax voting only, and the default rule is rank"):
+        memory.classify([make_image((200, 30, 30))], tau=0.1)
+    memory.store.meta.settings["vote"] = {"rule": "softmax", "k": 5, "tau": 0.1}
+    with pytest.raises(ValueError, match=r"this memory's tuned rule .* is softmax: ask for vote rank, or leave alpha"):
+        memory.classify_many(["unread.jpg"], alpha=2)
+    # What a rule reads is taken, explicitly or from the memory's settings.
+    assert memory.vote_settings(tau=0.5).tau == 0.5
+    assert memory.vote_settings("rank", alpha=3).alpha == 3
+
+
 def test_rerank_without_a_reranker_falls_back_with_a_reason(memory):
     memory.reranker = None
     [res] = memory.classify([make_image((200, 30, 30))], k=3, rerank=True)

@@ -163,13 +163,25 @@ class VisualMemory:
         alpha: float | None = None,
         tau: float | None = None,
     ) -> VoteSettings:
-        """Explicit arguments win over the memory's tuned settings, which win over defaults."""
+        """Explicit arguments win over the memory's tuned settings, which win over defaults.
+
+        Raises ValueError for an alpha or tau the resulting rule would not read (alpha weights rank voting,
+        tau softmax voting): silently ignored, it would be echoed in the result as if it had been used.
+        """
         tuned = self.store.meta.settings.get("vote") or {}
         base = VoteSettings(**{**tuned, "origin": "memory"}) if tuned else VoteSettings()
         given = {n: v for n, v in {"rule": rule, "k": k, "alpha": alpha, "tau": tau}.items() if v is not None}
         if not given:
             return base
-        return VoteSettings(**{**base.model_dump(exclude={"origin"}), **given, "origin": "explicit"})
+        settings = VoteSettings(**{**base.model_dump(exclude={"origin"}), **given, "origin": "explicit"})
+        for name, reader in (("alpha", VoteRule.rank), ("tau", VoteRule.softmax)):
+            if name in given and settings.rule != reader:
+                used = getattr(settings.rule, "value", settings.rule)
+                whose = ("the rule asked for is" if rule is not None else "this memory's tuned rule (vmem tune) is"
+                         if base.origin == "memory" else "the default rule is")
+                raise ValueError(f"{name} applies to {reader.value} voting only, and {whose} {used}: "
+                                 f"ask for vote {reader.value}, or leave {name} out")
+        return settings
 
     # ------------------------------------------------------------------ classifying
 
@@ -237,14 +249,13 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
-        _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
+        settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         decoded = [self.decode(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
-        return self._classify_embedded(vectors, lambda: decoded, sources, k=k, rule=rule, alpha=alpha, tau=tau,
-                                       labels=labels, rerank=rerank, template=template, exact=exact,
-                                       dmn_stream=dmn_stream, dmn=dmn)
+        return self._classify_embedded(vectors, lambda: decoded, sources, settings, labels=labels, rerank=rerank,
+                                       template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
 
     def classify_many(
         self,
@@ -262,25 +273,29 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
-        _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
+        settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
-            res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, k=k, rule=rule, alpha=alpha,
-            tau=tau, labels=labels, rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
+            res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
+            rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
         return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
+    def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
+                     dmn_stream: str | None, dmn: Any) -> VoteSettings | None:
+        """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use."""
+        return None if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn) else self.vote_settings(rule, k, alpha, tau)
+
     def _classify_embedded(self, vectors: np.ndarray, images: Callable[[], list[Any]],
-                           sources: Sequence[str | None], *, k: int | None, rule: VoteRule | str | None,
-                           alpha: float | None, tau: float | None, labels: Sequence[str] | None, rerank: bool,
-                           template: str | None, exact: bool, dmn_stream: str | None,
-                           dmn: Any) -> list[Classification]:
-        """The one decision path after embedding: a vote rule or dmn, then the optional re-ranker."""
-        if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn):
+                           sources: Sequence[str | None], settings: VoteSettings | None, *,
+                           labels: Sequence[str] | None, rerank: bool, template: str | None, exact: bool,
+                           dmn_stream: str | None, dmn: Any) -> list[Classification]:
+        """The one decision path after embedding: a vote rule (`settings`) or dmn (None), then the re-ranker."""
+        if settings is None:
             results = self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact)
         else:
-            results = self.classify_vectors(vectors, self.vote_settings(rule, k, alpha, tau), labels, sources, exact)
+            results = self.classify_vectors(vectors, settings, labels, sources, exact)
         if rerank:  # decoded images are only needed (and only loaded) for the re-ranker
             results = self._rerank_all(images(), vectors, results, template, labels)
         return results

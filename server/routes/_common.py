@@ -8,7 +8,7 @@ from fastapi import Request
 
 from ..problems import ProblemError
 from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
-from ..service import Answer, template_registry
+from ..service import Answer, ClassifierService, template_registry
 from ..uploads import JSON, MULTIPART
 
 
@@ -41,6 +41,14 @@ def check_template(q: ClassifyQuery) -> None:
         available = ", ".join(names) or "none are installed"
         raise ProblemError(422, f"unknown template {q.template!r}; available: {available}", "unknown-template",
                            "Unknown template")
+
+
+def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
+    """Refuse an alpha or tau the vote would not read (e.g. `vote=plurality&alpha=2`) before any image is embedded."""
+    try:
+        service.memory.vote_settings(q.vote, q.k, q.alpha, q.tau)
+    except ValueError as exc:
+        raise ProblemError(422, str(exc), "unused-vote-option", "Option not used by this vote") from None
 
 
 def classification_out(request: Request, answer: Answer) -> ClassificationOut:

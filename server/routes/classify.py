@@ -11,7 +11,7 @@ from ..problems import ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import check_template, classification_out, image_body
+from ._common import check_template, check_vote_options, classification_out, image_body
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
@@ -32,6 +32,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     The answer lists the neighbours that voted, each with a thumbnail URL, and a novelty score.
     """
     check_template(q)
+    check_vote_options(service, q)
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyJSON)
         upload = Upload(body.image, body.filename)
@@ -59,6 +60,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     An image that does not decode gets an `error` in its place; the others are still answered.
     """
     check_template(q)
+    check_vote_options(service, q)
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyBatchJSON)
