@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from retrieval import ImageDecodeError, load_image, point_id_for
+from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from vmem import Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
@@ -135,7 +135,7 @@ class ClassifierService:
         self._generation = 0
         self._cache: OrderedDict[tuple[Any, ...], Classification] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._ood: dict[tuple[int, int], float | None] = {}
+        self._ood: dict[tuple[int, int, tuple[str, ...] | None], float | None] = {}
         self._ood_lock = threading.Lock()
         self._tmp_thumbs: str | None = None
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
@@ -263,7 +263,7 @@ class ClassifierService:
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)
         todo: list[tuple[int, tuple[Any, ...], Image.Image, str]] = []
-        threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k)
+        threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
         for i, up in enumerate(uploads):
             key = self._cache_key(generation, up, q)
             with self._cache_lock:
@@ -316,44 +316,53 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ novelty calibration
 
-    def ood_threshold(self, k: int) -> float | None:
-        """The novelty above which a query is out of distribution, for k neighbours.
+    def ood_threshold(self, k: int, labels: Sequence[str] | None = None) -> float | None:
+        """The novelty above which a query is out of distribution, for k neighbours (among `labels`, if given).
 
         Calibrated on the memory itself: sampled memory points query the memory (their own hit
-        excluded), and the threshold is a high percentile of their novelty. Cached per k until
-        the next edit, then recomputed on first use.
+        excluded), and the threshold is a high percentile of their novelty. A query restricted to some
+        labels has its novelty measured among those labels' points only, so its threshold comes from
+        those points too (the whole memory's would flag most of them: fewer candidates, farther
+        neighbours). Cached per k and label set until the next edit, then recomputed on first use.
         """
         generation = self._generation
+        key = (generation, k, tuple(sorted(set(labels))) if labels else None)
         with self._ood_lock:
-            if (generation, k) in self._ood:
-                return self._ood[(generation, k)]
-            value = self._calibrate(k)
+            if key in self._ood:
+                return self._ood[key]
+            value = self._calibrate(k, key[2])
             if self._generation == generation:
-                self._ood = {key: v for key, v in self._ood.items() if key[0] == generation}
+                self._ood = {old: v for old, v in self._ood.items() if old[0] == generation}
                 if len(self._ood) >= _MAX_OOD_ENTRIES:
                     self._ood.pop(next(iter(self._ood)))
-                self._ood[(generation, k)] = value
+                self._ood[key] = value
             return value
 
-    def _calibrate(self, k: int) -> float | None:
-        store = self.memory.store
+    def _calibration_sample(self, labels: Sequence[str] | None) -> list[StoredPoint]:
         # Point ids are UUIDv5 hashes of sources, and scrolling goes in id order, so the first
         # batch is a pseudo-random sample of the memory, whatever order it was built in.
-        sample = next(iter(store.scroll(batch_size=self.settings.ood_sample_size, with_vectors=True)), [])
-        sample = [p for p in sample if p.vector is not None]
+        store, size = self.memory.store, self.settings.ood_sample_size
+        if not labels:
+            return next(iter(store.scroll(batch_size=size, with_vectors=True)), [])
+        ids = sorted(i for label in labels for i in store.ids_where(label=label))[:size]  # the same, among labels
+        return store.retrieve(ids, with_vectors=True)
+
+    def _calibrate(self, k: int, labels: Sequence[str] | None = None) -> float | None:
+        sample = [p for p in self._calibration_sample(labels) if p.vector is not None]
         if len(sample) < 2:
             return None
         vectors = np.stack([p.vector for p in sample])
         novelties = []
-        for point, hits in zip(sample, store.query_batch(vectors, k + 1), strict=True):
+        for point, hits in zip(sample, self.memory.store.query_batch(vectors, k + 1, labels), strict=True):
             others = [h.similarity for h in hits if h.id != point.id][:k]
             if others:
                 novelties.append(float(np.mean(1.0 - np.asarray(others))))
         if not novelties:
             return None
         value = float(np.percentile(novelties, self.settings.ood_percentile))
-        log.info("novelty threshold at k=%d: %.4f (p%g of %d memory points)", k, value,
-                 self.settings.ood_percentile, len(novelties))
+        log.info("novelty threshold at k=%d%s: %.4f (p%g of %d memory points)", k,
+                 f" among {len(labels)} labels" if labels else "", value, self.settings.ood_percentile,
+                 len(novelties))
         return value
 
     # ------------------------------------------------------------------ thumbnails

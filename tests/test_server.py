@@ -183,6 +183,20 @@ def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, li
             mem.close()  # closes its re-ranker too
 
 
+def test_a_label_filtered_query_is_judged_against_those_labels_points(client):
+    # "mixed": one image of each colour, so its points lie far apart; every other label is one tight colour.
+    mixed = [("images", (f"m{i}.png", texture(c, 40 + i), "image/png")) for i, c in enumerate(COLORS.values())]
+    assert client.post("/v1/memory", headers=AUTH, files=mixed, data={"label": "mixed"}).status_code == 201
+    query = upload(texture(COLORS["red"], 99))
+    whole = client.post("/v1/classify?k=2", files=query).json()
+    among = client.post("/v1/classify?k=2&label=mixed", files=query).json()
+    # Among "mixed" the query's second neighbour is another colour: far, by the whole memory's bar...
+    assert among["novelty"] > whole["ood_threshold"]
+    # ...and typical of those points, which are each that far from the others: not out of distribution.
+    assert among["ood_threshold"] > among["novelty"] and among["out_of_distribution"] is False
+    assert client.post("/v1/classify?k=2&label=mixed", files=query).json()["ood_threshold"] == among["ood_threshold"]
+
+
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
     body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
     assert body["label"] == "red" and body["reranked"] is False
