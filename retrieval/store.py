@@ -312,7 +312,8 @@ class MemoryStore(ABC):
         """Ids of the points with this label and/or source prefix."""
 
     @abstractmethod
-    def count(self, label: str | None = None) -> int: ...
+    def count(self, label: str | None = None, searchable: bool = False) -> int:
+        """Points (with this label); with `searchable`, only those searches can return (not hard-pruned)."""
 
     @abstractmethod
     def label_counts(self) -> dict[str, int]:
@@ -652,8 +653,9 @@ class EdgeMemoryStore(MemoryStore):
             if offset is None or not recs:
                 return records
 
-    def count(self, label: str | None = None) -> int:
-        return self.shard.count(self._qe.CountRequest(filter=self._filter(label=label), exact=True))
+    def count(self, label: str | None = None, searchable: bool = False) -> int:
+        flt = self._filter(label=label, searchable=searchable)
+        return self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
 
     def label_counts(self) -> dict[str, int]:
         n_labels = max(1, self.count())
@@ -935,8 +937,9 @@ class QdrantServerStore(MemoryStore):
             if offset is None or not recs:
                 return ids
 
-    def count(self, label=None) -> int:
-        return self.client.count(self.collection, count_filter=self._filter(label=label), exact=True).count
+    def count(self, label=None, searchable=False) -> int:
+        flt = self._filter(label=label, searchable=searchable)
+        return self.client.count(self.collection, count_filter=flt, exact=True).count
 
     def label_counts(self) -> dict[str, int]:
         resp = self.client.facet(self.collection, key="label", limit=max(1, self.count()), exact=True)

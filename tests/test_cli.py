@@ -372,6 +372,23 @@ def test_an_empty_memory_is_a_clear_error_for_every_command_that_searches_it(bui
     assert run("prune", "--memory", empty, "--undo").exit_code == 0  # nothing to search: nothing to refuse
 
 
+def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_undo(built, image_folder, tmp_path):
+    import shutil
+
+    from eval.pruning import EXCLUDED_KEY, EXCLUDED_VALUE
+
+    memory, _ = built
+    pruned = tmp_path / "pruned"
+    shutil.copytree(memory, pruned)
+    with open_store(pruned) as store:
+        store.set_payload(store.ids_where(), {EXCLUDED_KEY: EXCLUDED_VALUE})
+        total = store.count()
+    out = run("classify", image_folder / "query", "--memory", pruned)
+    assert said(out, f"all {total} points", "hard-pruned", "vmem prune --undo") and out.exit_code == 2
+    assert run("prune", "--memory", pruned, "--undo").exit_code == 0
+    assert run("classify", image_folder / "query", "--memory", pruned).exit_code == 0
+
+
 def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder, monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
     for command in ["info"], ["classify", image_folder / "query"], ["serve", "--no-auth"]:
