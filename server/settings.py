@@ -8,6 +8,7 @@ auth enabled but no key, a key too short to resist guessing.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("memory", "thumbnail_dir", "source_roots", mode="after")
+    @classmethod
+    def _expand_home(cls, value: str | Path | list[Path] | None) -> str | Path | list[Path] | None:
+        # A shell expands `~` in VMEM_MEMORY=~/memory; an env file or a systemd unit does not.
+        if isinstance(value, list):
+            return [p.expanduser() for p in value]
+        if isinstance(value, Path):
+            return value.expanduser()
+        return os.path.expanduser(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -11,6 +11,7 @@ import io
 import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -433,6 +434,17 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     env_file.write_text("VMEM_MEMORY=/srv/memory\nVMEM_AUTH_DISABLED=true\n")
     monkeypatch.delenv("VMEM_QDRANT_URL")
     assert Settings(_env_file=env_file).location == "/srv/memory"
+
+
+def test_a_home_relative_path_in_an_env_file_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env_file = tmp_path / "vmem.env"  # no shell reads this file, so nothing expanded `~` before vmem did
+    env_file.write_text("VMEM_MEMORY=~/memory\nVMEM_THUMBNAIL_DIR=~/thumbs\nVMEM_SOURCE_ROOTS=~/a, /b\n"
+                        "VMEM_AUTH_DISABLED=true\n")
+    s = Settings(_env_file=env_file)
+    assert s.location == str(tmp_path / "memory") and s.thumbnail_dir == tmp_path / "thumbs"
+    assert s.source_roots == [tmp_path / "a", Path("/b")]
+    assert Settings(_env_file=None, memory=":memory:", auth_disabled=True).location == ":memory:"
 
 
 @BOTH_BACKENDS
