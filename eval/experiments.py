@@ -14,7 +14,6 @@ a real Qdrant memory, because what it shows is that deleted points never come ba
 
 from __future__ import annotations
 
-import csv
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, VoteRule
+from retrieval.files import write_atomically
 
+from .harness import write_csv
 from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
 from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, table_from_hits, truth_arrays
 
@@ -400,12 +401,10 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
     out.mkdir(parents=True, exist_ok=True)
     stem = out / result.name
     written = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".md")]
-    written[0].write_text(result.model_dump_json(indent=1))
-    with written[1].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(result.rows[0]))
-        w.writeheader()
-        w.writerows(result.rows)
-    written[2].write_text(markdown(result))
+    write_atomically(written[0], result.model_dump_json(indent=1))
+    header = list(result.rows[0])
+    write_csv(written[1], header, [[row.get(h, "") for h in header] for row in result.rows])
+    write_atomically(written[2], markdown(result))
     rows = result.rows
     png = stem.with_suffix(".png")
     if plots and result.name == "scaling":

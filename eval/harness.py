@@ -18,6 +18,7 @@ Outputs in the run directory:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, Featurizer, MemoryStore
 from retrieval.feature_cache import FeatureCache
+from retrieval.files import write_atomically
 
 from .datasets import EvalDataset
 from .plots import plot_all
@@ -185,11 +187,13 @@ def markdown_table(scores: Scores, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[Any]]) -> Path:
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A CSV file, written atomically: a run killed while writing leaves the last complete file."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    write_atomically(path, text.getvalue())
     return path
 
 
@@ -197,16 +201,16 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
-    written[0].write_text(report.model_dump_json(indent=1))
+    write_atomically(written[0], report.model_dump_json(indent=1))
     v = report.variants
-    written.append(_write_csv(out / "accuracy.csv", ["variant", "rule", "k", "accuracy"], [
+    written.append(write_csv(out / "accuracy.csv", ["variant", "rule", "k", "accuracy"], [
         (name, rule, k + 1, f"{a:.6f}") for name, s in v.items() for rule, c in s.accuracy.items()
         for k, a in enumerate(c)]))
-    written.append(_write_csv(out / "hit_rate.csv", ["variant", "k", "hit_rate"], [
+    written.append(write_csv(out / "hit_rate.csv", ["variant", "k", "hit_rate"], [
         (name, k + 1, f"{h:.6f}") for name, s in v.items() for k, h in enumerate(s.hit_rate)]))
-    written.append(_write_csv(out / "neighbor_accuracy.csv", ["variant", "rank", "accuracy"], [
+    written.append(write_csv(out / "neighbor_accuracy.csv", ["variant", "rank", "accuracy"], [
         (name, i, f"{a:.6f}") for name, s in v.items() for i, a in enumerate(s.neighbor_accuracy)]))
-    written.append(_write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
+    written.append(write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
         (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
         for name, s in v.items() for b in s.calibration]))
     r = report.run
@@ -215,7 +219,7 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True) ->
           f"alpha={r.alpha}, tau={r.tau}\n"]
     md += [markdown_table(s, f"{name} classes" if name == "all" else f"restricted to {r.restricted_classes} classes")
            for name, s in v.items()]
-    (out / "table.md").write_text("\n".join(md))
+    write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:
         for name, s in v.items():

@@ -19,7 +19,6 @@ and fused with an optional text classifier: P = a1 P_text + a2 P_dynamic + a3 P_
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .files import write_atomically
 
 DEFAULT_BETA = 5.5
 DEFAULT_SCALE = 100.0
@@ -341,10 +342,8 @@ class DynamicMemory:
             feats = np.concatenate([self._feats[i, : self._n[i]] for _, i in rows]) if rows else \
                 np.zeros((0, self.dim), np.float32)
             ents = np.concatenate([self._ents[i, : self._n[i]] for _, i in rows]) if rows else np.zeros(0)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-            np.savez(tmp, labels=owner, features=feats, entropies=ents,
-                     meta=np.array([self.featurizer, str(self.dim), str(self.slots), str(self.updates)]))
-            os.replace(tmp, path)
+            meta = np.array([self.featurizer, str(self.dim), str(self.slots), str(self.updates)])
+            write_atomically(path, lambda fh: np.savez(fh, labels=owner, features=feats, entropies=ents, meta=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> DynamicMemory:

@@ -15,13 +15,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
+from .files import write_atomically
 
 
 def file_sha256(path: str | Path) -> str:
@@ -67,12 +67,9 @@ class FeatureCache:
             self.index = {h: r for h, r in self.index.items() if r < len(self.features)}
 
     def _save(self) -> None:
-        tmp = self.dir / "features.tmp.npy"
-        np.save(tmp, self.features)
-        os.replace(tmp, self._feats_path)
-        tmp_index = self.dir / "index.tmp.json"
-        tmp_index.write_text(json.dumps(self.index))
-        os.replace(tmp_index, self._index_path)
+        # Features first: an index naming rows a torn write lost is trimmed on load; the reverse is not caught.
+        write_atomically(self._feats_path, lambda fh: np.save(fh, self.features))
+        write_atomically(self._index_path, json.dumps(self.index))
 
     def features_for(
         self,

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .featurizers import FeaturizerError, FeaturizerSpec
+from .files import write_atomically
 
 DEFAULT_COLLECTION = "vmem"
 META_FILE = "vmem.json"
@@ -428,9 +429,7 @@ def _set_vacuum_thresholds(config_path: Path) -> None:
     if all(optimizers.get(key) == value for key, value in VACUUM_THRESHOLDS.items()):
         return
     config["optimizers"] = {**optimizers, **VACUUM_THRESHOLDS}
-    tmp = config_path.with_name(config_path.name + ".tmp")
-    tmp.write_text(json.dumps(config))
-    os.replace(tmp, config_path)
+    write_atomically(config_path, json.dumps(config))
 
 
 def _str_id(pid: Any) -> str:
@@ -550,9 +549,7 @@ class EdgeMemoryStore(MemoryStore):
                                              **VACUUM_THRESHOLDS)
 
     def save_meta(self) -> None:
-        tmp = self.path / (META_FILE + ".tmp")
-        tmp.write_text(self.meta.model_dump_json(indent=2))
-        os.replace(tmp, self.path / META_FILE)
+        write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
 
     def _count_excluded(self) -> int:
         qe = self._qe

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
+from retrieval.files import write_atomically
 from vmem import Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
@@ -90,13 +90,10 @@ class ThumbnailStore:
 
     def save(self, point_id: str, img: Image.Image) -> bytes:
         data = self.encode(img)
-        tmp = self.root / f".{point_id}.{threading.get_ident()}.tmp"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path(point_id))
+        try:  # not durable: a thumbnail lost to a crash is made again from its image
+            write_atomically(self.path(point_id), data, durable=False)
         except OSError as exc:  # a read-only memory directory still serves thumbnails, uncached
             log.warning("could not keep a thumbnail in %s: %s", self.root, exc)
-            tmp.unlink(missing_ok=True)
         return data
 
     def load(self, point_id: str) -> bytes | None:

@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from retrieval import DatasetError
+from retrieval.files import write_atomically
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
@@ -114,6 +115,6 @@ def tune(
             typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "tune.md").write_text(report.markdown() + "\n")
-        (out / "tune.json").write_text(report.model_dump_json(indent=2))
+        write_atomically(out / "tune.md", report.markdown() + "\n")
+        write_atomically(out / "tune.json", report.model_dump_json(indent=2))
     typer.echo(f"({time.perf_counter() - t0:.1f}s)", err=True)

@@ -1,0 +1,48 @@
+"""Files vmem rewrites (the memory's vmem.json, feature caches, eval results) are replaced whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from retrieval.files import write_atomically
+
+
+def test_a_file_is_replaced_with_the_usual_permissions_and_no_leftovers(tmp_path):
+    path = tmp_path / "vmem.json"
+    path.write_text("old")
+    write_atomically(path, '{"new": "café"}')
+    assert path.read_text(encoding="utf-8") == '{"new": "café"}'
+    assert os.listdir(tmp_path) == ["vmem.json"]
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # what write_text would have made: the umask's mode, not a private temp file's 0600
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_a_writer_that_fails_midway_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "features.npy"
+    write_atomically(path, lambda fh: np.save(fh, np.arange(4.0)))
+
+    def dies_midway(fh):
+        fh.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt  # a user's Ctrl-C while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, dies_midway)
+    assert np.load(path).tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert os.listdir(tmp_path) == ["features.npy"]
+
+
+def test_durable_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd)))
+    write_atomically(tmp_path / "a.json", b"{}")
+    assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)
+    synced.clear()
+    write_atomically(tmp_path / "thumb.jpg", b"\xff\xd8", durable=False)  # a cache: rebuilt if lost
+    assert synced == []
