@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -89,18 +90,11 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
             if fp.stat().st_size == 0:
                 raise ImageDecodeError(f"{name}: the file is empty (0 bytes)")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp, formats=IMAGE_FORMATS)
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise ImageDecodeError(
-                        f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels)"
-                    )
-                img.seek(0)
-                if min_side and img.format == "JPEG":
-                    img.draft(None, (min_side, min_side))
-                img.load()
+            img = _open_within_limit(fp, name)
+            img.seek(0)
+            if min_side and img.format == "JPEG":
+                img.draft(None, (min_side, min_side))
+            img.load()
         except ImageDecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -117,6 +111,25 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
     if img.width < 1 or img.height < 1:
         raise ImageDecodeError("the image has no pixels")
     return _to_rgb(img)
+
+
+# catch_warnings saves the process's whole warning-filter list on entry and puts it back on exit: two threads
+# interleaving leave one's "error" filter installed for good, or drop a filter set in between. Held around
+# the header read only (open decodes nothing), so decoding itself stays parallel.
+_WARNING_FILTERS_LOCK = threading.Lock()
+
+
+def _open_within_limit(fp: io.BytesIO | Path, name: str) -> Image.Image:
+    """Pillow's lazy open (the header only), refused past MAX_IMAGE_PIXELS before anything is decoded."""
+    with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+        # Pillow warns (rather than raises) between its limit and twice it; here that is an error too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(fp, formats=IMAGE_FORMATS)
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        img.close()
+        raise ImageDecodeError(f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels)")
+    return img
 
 
 def load_pixels(source: ImageInput, min_side: int | None = None) -> np.ndarray:
@@ -147,8 +160,8 @@ def _decode_plain_jpeg(source: str | Path | bytes | bytearray, min_side: int | N
                 data = _JPEG_MAGIC + f.read()
         if not data.startswith(_JPEG_MAGIC):
             return None
-        # The size first, from simplejpeg: within the limit, Pillow's open below has no bomb warning to give
-        # (catching one would take warnings.catch_warnings, which is not thread-safe).
+        # The size first, from simplejpeg: within the limit, Pillow's open below has no bomb warning to give,
+        # so it needs neither catch_warnings nor the lock around it that _open_within_limit takes.
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
             return None

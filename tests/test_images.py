@@ -177,6 +177,33 @@ def test_jpegs_simplejpeg_does_not_decode_alike_go_through_pillow(tmp_path):
         load_pixels(tmp_path / "absent.jpg")
 
 
+def test_decoding_in_many_threads_leaves_the_process_warning_filters_as_they_were():
+    import threading
+    import warnings
+
+    # Between the pixel limit and twice it, Pillow warns; vmem turns that warning into an error for the
+    # call. Done unguarded from several threads (the server's, the decode pool's), that left the "error"
+    # filter installed for the whole process on every run of this test.
+    over_the_limit, fine = png_declaring(10_000, 7_000), encode(Image.new("RGB", (8, 8)), "PNG")
+    refused: list[str] = []
+    before = list(warnings.filters)
+
+    def decode_both() -> None:
+        for _ in range(200):
+            with pytest.raises(ImageDecodeError) as exc:
+                load_image(over_the_limit)
+            refused.append(str(exc.value))
+            load_image(fine)
+
+    threads = [threading.Thread(target=decode_both) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
+    assert len(refused) == 1600 and all("too large" in r for r in refused)
+
+
 def test_a_jpeg_over_the_pixel_limit_is_refused_by_either_decoder(monkeypatch):
     from retrieval import images
     from retrieval.images import load_pixels
