@@ -8,7 +8,7 @@ Every failure falls back to the vote, with `reranked=False` and a `fallback_reas
 """
 
 from ._breaker import CircuitBreaker
-from ._cache import AnswerCache, cache_key, default_cache_dir
+from ._cache import AnswerCache, cache_key, default_cache_dir, default_cache_path
 from ._errors import (
     CircuitOpenError,
     ConnectionFailedError,
@@ -29,6 +29,7 @@ from ._gemini import (
     GeminiReranker,
     GeminiSettings,
     api_key_from_env,
+    forget_cached_answers,
     make_reranker,
 )
 from ._prompt import BuiltPrompt, build_prompt, candidate_labels, encode_query
@@ -67,7 +68,9 @@ __all__ = [
     "cache_key",
     "candidate_labels",
     "default_cache_dir",
+    "default_cache_path",
     "encode_jpeg",
     "encode_query",
+    "forget_cached_answers",
     "make_reranker",
 ]

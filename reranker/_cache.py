@@ -36,6 +36,11 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "vmem"
 
 
+def default_cache_path() -> Path:
+    """Where the Gemini re-ranker keeps its answers unless told otherwise (`VMEM_GEMINI_CACHE_PATH`)."""
+    return default_cache_dir() / "rerank.sqlite"
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     """sha256 over the canonical JSON of everything that can change the answer."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -46,7 +51,7 @@ class AnswerCache:
     """Re-ranked outcomes by cache key, with the ids of the points each one cited."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_cache_dir() / "rerank.sqlite"
+        self.path = Path(path) if path is not None else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)

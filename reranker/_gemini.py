@@ -42,7 +42,7 @@ from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 
 from ._breaker import CircuitBreaker
-from ._cache import AnswerCache, cache_key
+from ._cache import AnswerCache, cache_key, default_cache_path
 from ._errors import (
     CircuitOpenError,
     ConnectionFailedError,
@@ -113,6 +113,23 @@ class GeminiSettings(BaseSettings):
         return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
                                                      "max_exemplars", "max_neighbors_total",
                                                      "max_tool_images"})
+
+
+def forget_cached_answers(point_ids: Sequence[str], settings: GeminiSettings | None = None) -> int:
+    """Drop the cached answers that cited these points from the cache the Gemini re-ranker would use.
+
+    For a process that deletes points without ever re-ranking (`vmem forget`): nothing is built, no API key
+    is needed, and a cache file that does not exist is not created. Returns how many answers went.
+    """
+    settings = settings or GeminiSettings()
+    path = settings.cache_path or default_cache_path()
+    if not settings.cache or not point_ids or not path.exists():
+        return 0
+    cache = AnswerCache(path)
+    try:
+        return cache.invalidate(point_ids)
+    finally:
+        cache.close()
 
 
 @dataclass

@@ -65,6 +65,20 @@ def test_forget_tells_listeners_which_points_went(memory):
         memory.forget(label="blue", ids=["x"])
 
 
+def test_forget_drops_cached_rerank_answers_even_with_no_reranker_built(memory):
+    from reranker import AnswerCache, RerankOutcome, default_cache_path
+
+    # What an earlier process's re-ranker left: one answer citing a red point, one citing only blue ones.
+    red, blue = memory.store.ids_where(label="red"), memory.store.ids_where(label="blue")
+    cache = AnswerCache(default_cache_path())
+    cache.put("about-red", RerankOutcome(label="red", reranked=True), [red[0], blue[0]])
+    cache.put("about-blue", RerankOutcome(label="blue", reranked=True), blue)
+    assert memory.reranker is None  # as in `vmem forget`: nothing re-ranks in this process
+    memory.forget(ids=[red[0]])
+    assert cache.get("about-red") is None and cache.get("about-blue") is not None
+    cache.close()
+
+
 @pytest.mark.parametrize("backend", ["edge", "qdrant-client"])
 def test_forget_takes_one_id_as_a_string_and_refuses_what_is_not_an_id(lite0, tmp_path, backend):
     location = tmp_path / "memory" if backend == "edge" else ":memory:"

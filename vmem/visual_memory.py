@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -40,6 +41,8 @@ from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
 
 from .results import Classification, FailedImage, NeighborVote, VoteSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FEATURIZER = "dinov2-small"
 ForgetListener = Callable[[list[str]], None]
@@ -476,9 +479,25 @@ class VisualMemory:
         n = self.store.delete_ids(targets)
         for listener in self._forget_listeners:
             listener(targets)
+        if self._reranker is None and targets:
+            self._forget_cached_rerank_answers(targets)
         if erase:
             self.erase_forgotten()
         return n
+
+    def _forget_cached_rerank_answers(self, ids: list[str]) -> None:
+        """Drop the default re-ranker's cached answers citing these points, with no re-ranker built here.
+
+        Its answers are checked against the memory when read anyway (a forget in another process never
+        reaches this one's listeners), so a failure here costs disk space, not a wrong answer: logged only.
+        """
+        from reranker import forget_cached_answers
+
+        try:
+            forget_cached_answers(ids)
+        except Exception as exc:  # settings from the environment that do not validate, a locked database
+            log.warning("the re-ranker's cached answers citing %d forgotten points were not dropped now (%s); "
+                        "they are dropped when next read", len(ids), exc)
 
     def erase_forgotten(self) -> None:
         """Rewrite the memory's files without the vectors of the points forgotten so far.
