@@ -99,6 +99,18 @@ def test_streams_persist_per_memory_and_name_and_reset(memory):
     assert again.dmn.reset("cam1") is False
 
 
+def test_two_facades_over_one_store_share_a_stream_and_lose_no_update(memory):
+    q, _ = queries(8)
+    other = VisualMemory(memory.store, reranker=None)  # e.g. a server's and a script's over one opened store
+    memory.classify_dmn(q[:3], stream="s")  # saved at once: the stream's first save
+    memory.classify_dmn(q[3:6], stream="s")  # within the save interval: held in memory
+    other.classify_dmn(q[6:], stream="s")
+    memory.dmn.flush()
+    other.dmn.flush()
+    assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 8
+    assert other.dmn is memory.dmn and memory.dmn.stream("s").updates == 8
+
+
 def test_two_process_local_memories_never_share_a_stream():
     spec = FeaturizerSpec(name="synthetic", dim=DIM, preprocessing=Preprocessing(resize=8, crop=8))
     vecs, labels, _ = cluster_data()

@@ -308,9 +308,15 @@ class VisualMemory:
         """The `dmn` rule's classifier (`vmem.dmn_classifier.DmnClassifier`): streams, reset, classify."""
         from .dmn_classifier import DmnClassifier
 
-        with self._featurizer_lock:  # one classifier per memory, so a stream has one in-process state
+        with self._featurizer_lock:
             if getattr(self, "_dmn", None) is None:
-                self._dmn = DmnClassifier(self.store, lambda: self.featurizer)  # encoder loaded on use
+                # One classifier per store, whichever facade over it asks first, so a stream has one in-process
+                # state: two would each hold their own copy of it and save over each other's updates.
+                shared = self.store.__dict__.get("_dmn_classifier")
+                if shared is None:  # the encoder is loaded on use
+                    fresh = DmnClassifier(self.store, lambda: self.featurizer)
+                    shared = self.store.__dict__.setdefault("_dmn_classifier", fresh)
+                self._dmn = shared
             return self._dmn
 
     def classify_dmn(self, vectors: np.ndarray, stream: str | None = None, options: Any = None,
