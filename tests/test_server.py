@@ -269,6 +269,17 @@ def test_a_vote_option_the_rule_does_not_read_is_a_422_not_an_echo(client, endpo
     assert (vote["rule"], vote["tau"]) == ("softmax", 0.5)
 
 
+@BOTH_BACKENDS
+def test_a_label_filter_naming_a_label_the_memory_lacks_is_a_422_not_an_empty_answer(client):
+    resp = client.post("/v1/classify?label=red&label=purple", files=upload(texture(COLORS["red"], 1)))
+    body = assert_problem(resp, 422, "unknown-label", "no label 'purple'")
+    assert "'red'" not in body["detail"]
+    batch = client.post("/v1/classify/batch?label=purple", files={"images": ("r.png", texture(COLORS["red"], 1))})
+    assert_problem(batch, 422, "unknown-label", "GET /v1/memory/stats")
+    ok = client.post("/v1/classify?label=red&label=blue", files=upload(texture(COLORS["red"], 1))).json()
+    assert ok["label"] == "red" and {n["label"] for n in ok["neighbors"]} <= {"red", "blue"}
+
+
 def test_unknown_template_is_a_422_listing_the_available_ones(client):
     from prompts import default_registry
 

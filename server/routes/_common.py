@@ -51,6 +51,13 @@ def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
         raise ProblemError(422, str(exc), "unused-vote-option", "Option not used by this vote") from None
 
 
+async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
+    """Refuse a `label` filter naming a label the memory does not have: every answer would be empty."""
+    if q.label and (unknown := await service.run(service.unknown_labels, q.label)):
+        raise ProblemError(422, f"the memory has no label {', '.join(map(repr, unknown))}: filter by labels "
+                           "it holds (GET /v1/memory/stats lists them)", "unknown-label", "Unknown label")
+
+
 def classification_out(request: Request, answer: Answer) -> ClassificationOut:
     r = answer.result
     return ClassificationOut(

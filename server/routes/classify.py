@@ -11,7 +11,7 @@ from ..problems import ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import check_template, check_vote_options, classification_out, image_body
+from ._common import check_labels, check_template, check_vote_options, classification_out, image_body
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
@@ -33,6 +33,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     """
     check_template(q)
     check_vote_options(service, q)
+    await check_labels(service, q)
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyJSON)
         upload = Upload(body.image, body.filename)
@@ -61,6 +62,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     """
     check_template(q)
     check_vote_options(service, q)
+    await check_labels(service, q)
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyBatchJSON)
