@@ -7,6 +7,7 @@
 # Tiny-ImageNet: 2,000 train and 1,000 val images). Each step runs on even if one before it failed, within its
 # own time limit; each step's JSON lands in OUT_DIR (default docs/benchmarks) as gpu-STEP.json, all logs in gpu.log.
 # PY (default python3) is the interpreter; the project must be importable (pip install -e . or PYTHONPATH).
+# On the device machine, which lacks most of the project's packages: docs/benchmarks/gpu-prepare.sh first, here.
 set -u
 D=${1:?usage: gpu.sh TINY_IMAGENET_SUBSET [OUT_DIR]}
 OUT=${2:-docs/benchmarks}
