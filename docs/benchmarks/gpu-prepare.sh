@@ -30,3 +30,7 @@ for split in train val; do
   done
 done
 du -sh "$DEST" .gpudata/tin20
+cat <<'HOW'
+carry [".whl", ".gpudata/tin20"] and start the device command with:
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash docs/benchmarks/gpu.sh .gpudata/tin20 $OUT featurize featurize-workers featurize-tiny
+HOW
