@@ -26,15 +26,27 @@ def cluster_data(per_class: int = 10, seed: int = 0) -> tuple[np.ndarray, list[s
     return vecs.astype(np.float32), labels, centres / np.linalg.norm(centres, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
-def memory(request, tmp_path) -> VisualMemory:
-    """A labelled memory of 3 noisy clusters, in each backend; the featurizer is never loaded."""
+def clustered_memory(location: str) -> VisualMemory:
+    """A labelled memory of 3 noisy clusters; the featurizer is never loaded."""
     spec = FeaturizerSpec(name="synthetic", dim=DIM, preprocessing=Preprocessing(resize=8, crop=8))
-    location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
     store = open_store(location, spec)
     vecs, labels, _ = cluster_data()
     store.add(vecs, labels, [f"mem://{i}" for i in range(len(labels))])
-    mem = VisualMemory(store, reranker=None)
+    return VisualMemory(store, reranker=None)
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def memory(request, tmp_path) -> VisualMemory:
+    """The clustered memory in each backend (qdrant-client's local mode is process-local, `:memory:`)."""
+    mem = clustered_memory(str(tmp_path / "memory") if request.param == "edge" else ":memory:")
+    yield mem
+    mem.close()
+
+
+@pytest.fixture
+def stored_memory(tmp_path) -> VisualMemory:
+    """The clustered memory in a directory, whose streams are files."""
+    mem = clustered_memory(str(tmp_path / "memory"))
     yield mem
     mem.close()
 
@@ -80,7 +92,8 @@ def test_a_stream_writes_each_query_before_reading_it_out(memory):
     assert res.dmn.alpha == {"dynamic": 1.0, "static": 1.0}
 
 
-def test_streams_persist_per_memory_and_name_and_reset(memory):
+def test_streams_persist_per_memory_and_name_and_reset(stored_memory):
+    memory = stored_memory
     q, _ = queries(12)
     memory.classify_dmn(q[:6], stream="cam1")
     memory.classify_dmn(q[6:], stream="cam1")
@@ -99,7 +112,8 @@ def test_streams_persist_per_memory_and_name_and_reset(memory):
     assert again.dmn.reset("cam1") is False
 
 
-def test_two_facades_over_one_store_share_a_stream_and_lose_no_update(memory):
+def test_two_facades_over_one_store_share_a_stream_and_lose_no_update(stored_memory):
+    memory = stored_memory
     q, _ = queries(8)
     other = VisualMemory(memory.store, reranker=None)  # e.g. a server's and a script's over one opened store
     memory.classify_dmn(q[:3], stream="s")  # saved at once: the stream's first save
@@ -109,6 +123,19 @@ def test_two_facades_over_one_store_share_a_stream_and_lose_no_update(memory):
     other.dmn.flush()
     assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 8
     assert other.dmn is memory.dmn and memory.dmn.stream("s").updates == 8
+
+
+def test_a_process_local_memory_keeps_its_streams_in_memory_and_writes_no_file():
+    memory = clustered_memory(":memory:")
+    q, _ = queries(6)
+    memory.dmn.save_interval_s = 0.0
+    memory.classify_dmn(q[:4], stream="cam1")
+    memory.classify_dmn(q[4:], stream="cam2")
+    memory.dmn.flush()
+    assert not dmn_home().exists()  # nothing to read it back: the memory itself is gone with the process
+    assert memory.dmn.streams() == ["cam1", "cam2"] and memory.dmn.stream("cam1").updates == 4
+    assert memory.dmn.reset("cam1") is True and memory.dmn.streams() == ["cam2"]
+    assert memory.dmn.reset("cam1") is False
 
 
 def test_two_process_local_memories_never_share_a_stream():
@@ -136,7 +163,8 @@ def test_collections_on_one_qdrant_server_keep_their_streams_apart():
     assert stream_dir_key(ServerStore("vmem")) == memory_key("http://qdrant:6333")  # type: ignore[arg-type]
 
 
-def test_a_read_only_stream_is_not_written(memory):
+def test_a_read_only_stream_is_not_written(stored_memory):
+    memory = stored_memory
     q, _ = queries(3)
     memory.classify_dmn(q[:2], stream="s")
     res = memory.classify_dmn(q[2:], stream="s", options=DmnOptions(update=False))
@@ -221,7 +249,8 @@ def test_class_names_file_takes_the_first_synonym(tmp_path: Path):
     assert read_class_names(f) == {"n02124075": "Egyptian cat", "n04067472": "reel"}
 
 
-def test_saves_are_throttled_and_flushed(memory):
+def test_saves_are_throttled_and_flushed(stored_memory):
+    memory = stored_memory
     q, _ = queries(3)
     memory.dmn.save_interval_s = 3600.0
     memory.classify_dmn(q[:1], stream="s")  # the first save of a stream happens at once
@@ -241,7 +270,8 @@ def test_concurrent_requests_on_one_stream_lose_no_update(memory):
         list(pool.map(lambda i: memory.classify_dmn(q[i : i + 4], stream="s"), range(0, 16, 4)))
         pool.submit(memory.dmn.flush).result(timeout=30)
     assert memory.dmn.stream("s").updates == 16
-    assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 16
+    if memory.dmn.persistent:
+        assert DynamicMemory.load(memory.dmn.stream_path("s")).updates == 16
 
 
 def test_a_stream_keeps_its_slot_count_and_refuses_another(memory):

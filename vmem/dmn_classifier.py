@@ -134,6 +134,9 @@ class DmnClassifier:
         self.store = store
         self._featurizer = featurizer
         self.dir = Path(root) if root is not None else dmn_home() / stream_dir_key(store)
+        # A process-local `:memory:` memory vanishes with its process, and no other can name it: its streams
+        # live in memory with it. Files would only pile up, a folder per such memory ever opened.
+        self.persistent = root is not None or store.location != ":memory:"
         self._streams: dict[str, DynamicMemory] = {}
         self._lock = threading.Lock()
         self._text_cache: dict[tuple, np.ndarray] = {}
@@ -157,7 +160,7 @@ class DmnClassifier:
             if name not in self._streams:
                 path = self.stream_path(name)
                 spec = self.store.meta.featurizer
-                if path.exists():
+                if self.persistent and path.exists():
                     mem = DynamicMemory.load(path)
                     if (mem.featurizer, mem.dim) != (spec.name, spec.dim):
                         raise ValueError(f"DMN stream {name!r} holds {mem.featurizer} features ({mem.dim}-d), "
@@ -168,6 +171,8 @@ class DmnClassifier:
             return self._streams[name]
 
     def streams(self) -> list[str]:
+        if not self.persistent:
+            return sorted(self._streams)
         return sorted(p.stem for p in self.dir.glob("*.npz")) if self.dir.is_dir() else []
 
     def save(self, name: str, force: bool = False) -> None:
@@ -176,7 +181,7 @@ class DmnClassifier:
         # stream's own lock is taken by `mem.save` only after self._lock is released.
         with self._lock:
             mem = self._streams.get(name)
-            if mem is None:
+            if mem is None or not self.persistent:
                 return
             now = time.monotonic()
             if not force and now - self._last_save.get(name, -np.inf) < self.save_interval_s:
@@ -204,8 +209,9 @@ class DmnClassifier:
             self._dirty.discard(name)
             self._last_save.pop(name, None)
             mem = self._streams.pop(name, None)
-            existed = path.exists()
-            path.unlink(missing_ok=True)
+            existed = self.persistent and path.exists()
+            if self.persistent:
+                path.unlink(missing_ok=True)
         if mem is not None:  # outside self._lock: see `save`
             mem.reset()
         return existed or mem is not None
