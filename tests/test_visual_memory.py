@@ -79,6 +79,29 @@ def test_forget_drops_cached_rerank_answers_even_with_no_reranker_built(memory):
     cache.close()
 
 
+def test_forgetting_a_folder_of_links_forgets_the_images_built_through_them(memory, tmp_path):
+    # A dataset assembled from links, as one often is: a class folder linked in, a single linked file.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "green").mkdir(parents=True)
+    for i in range(2):
+        (elsewhere / "green" / f"{i}.jpg").write_bytes(make_image((20, 200 - 9 * i, 20)))
+    (elsewhere / "x.jpg").write_bytes(make_image((20, 180, 40)))
+    (elsewhere / "kept.jpg").write_bytes(make_image((200, 200, 20)))
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "green").symlink_to(elsewhere / "green")
+    (dataset / "x.jpg").symlink_to(elsewhere / "x.jpg")
+    (dataset / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")  # neither stops the forget
+    (dataset / "loop").symlink_to(dataset / "loop")
+    ids, failed = memory.add([dataset / "green" / "0.jpg", dataset / "green" / "1.jpg", dataset / "x.jpg",
+                              elsewhere / "kept.jpg"], ["green", "green", "green", "yellow"])
+    assert len(ids) == 4 and not failed
+    assert memory.store.retrieve(ids[:1])[0].source == str(elsewhere / "green" / "0.jpg")  # stored resolved
+
+    assert memory.forget(source_prefix=str(dataset)) == 3
+    assert memory.store.label_counts() == {"red": 3, "blue": 3, "yellow": 1}
+
+
 @pytest.mark.parametrize("backend", ["edge", "qdrant-client"])
 def test_forget_takes_one_id_as_a_string_and_refuses_what_is_not_an_id(lite0, tmp_path, backend):
     location = tmp_path / "memory" if backend == "edge" else ":memory:"

@@ -35,6 +35,7 @@ from retrieval import (
     load_image,
     normalize_source,
     open_store,
+    point_id_for,
     vote,
 )
 from retrieval.feature_cache import FeatureCache
@@ -72,6 +73,37 @@ def local_source_prefix(prefix: str) -> str:
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
         norm += "/"
     return norm
+
+
+def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
+    """Where the links under a local folder lead: (resolved folders + '/', resolved files).
+
+    Stored sources are resolved paths, so a build over a folder of links (class folders linked in from
+    elsewhere, or linked files) stored its images under the links' targets, not under the folder. Forgetting
+    the folder must reach them. Links inside a linked folder that lead elsewhere again are not followed.
+    """
+    folders: list[str] = []
+    files: list[str] = []
+    pending = [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as scan:
+                entries = list(scan)
+        except OSError:  # unreadable, or gone meanwhile: nothing a build could have read there either
+            continue
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    target = Path(entry.path).resolve(strict=True)
+                    if target.is_dir():
+                        folders.append(str(target).rstrip("/") + "/")
+                    elif target.is_file():
+                        files.append(str(target))
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+            except (OSError, RuntimeError):  # a dangling link, a loop of links (RuntimeError before 3.13)
+                continue
+    return folders, files
 
 
 class VisualMemory:
@@ -461,8 +493,10 @@ class VisualMemory:
     ) -> int:
         """Delete points by id, by label, or by source prefix; returns how many went.
 
-        Once this returns, no search returns them, and listeners have dropped what cited them. With `erase`,
-        the memory's files are also rewritten without their vectors before it returns (`erase_forgotten`).
+        A prefix that is a local folder also reaches the images its links lead to (`linked_sources`): a
+        build through the links stored them under the targets' paths. Once this returns, no search returns
+        them, and listeners have dropped what cited them. With `erase`, the memory's files are also
+        rewritten without their vectors before it returns (`erase_forgotten`).
         """
         chosen = [x is not None for x in (ids, label, source_prefix)]
         if sum(chosen) != 1:
@@ -478,10 +512,19 @@ class VisualMemory:
                 ids = [ids]
             # Parsed here: the embedded engine raised on a malformed id, and qdrant-client forgot nothing quietly.
             targets = [parse_point_id(i) for i in ids]
+        elif source_prefix is not None:
+            source_prefix = local_source_prefix(source_prefix)
+            targets = self.store.ids_where(source_prefix=source_prefix)
+            # "/" already holds every local file a link could lead to: no walk of the whole disk for nothing.
+            if is_local_source(source_prefix) and source_prefix != "/" and Path(source_prefix).is_dir():
+                folders, files = linked_sources(source_prefix)
+                found = set(targets)
+                for folder in folders:
+                    found.update(self.store.ids_where(source_prefix=folder))
+                found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
+                targets = sorted(found)
         else:
-            if source_prefix is not None:
-                source_prefix = local_source_prefix(source_prefix)
-            targets = self.store.ids_where(label=label, source_prefix=source_prefix)
+            targets = self.store.ids_where(label=label)
         n = self.store.delete_ids(targets)
         for listener in self._forget_listeners:
             listener(targets)
