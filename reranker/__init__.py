@@ -7,6 +7,8 @@
 Every failure falls back to the vote, with `reranked=False` and a `fallback_reason`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_dir, default_cache_path
 from ._errors import (
@@ -23,18 +25,31 @@ from ._errors import (
     StepBudgetError,
     UpstreamError,
 )
-from ._gemini import (
-    DEFAULT_MODEL,
-    RERANKERS,
-    GeminiReranker,
-    GeminiSettings,
-    api_key_from_env,
-    forget_cached_answers,
-    make_reranker,
-)
-from ._prompt import BuiltPrompt, build_prompt, candidate_labels, encode_query
+from ._settings import DEFAULT_MODEL, GeminiSettings, configured_cache_path
 from ._thumbs import ThumbnailCache, ThumbnailError, encode_jpeg
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
+
+# What needs the Gemini SDK (~0.4 s to import) is loaded on first use: a process that only forgets points,
+# and cleans the answer cache after them, never does.
+_FROM_SDK_MODULES = {
+    "._gemini": ("RERANKERS", "GeminiReranker", "api_key_from_env", "make_reranker"),
+    "._prompt": ("BuiltPrompt", "build_prompt", "candidate_labels", "encode_query"),
+}
+if TYPE_CHECKING:
+    from ._gemini import RERANKERS, GeminiReranker, api_key_from_env, make_reranker
+    from ._prompt import BuiltPrompt, build_prompt, candidate_labels, encode_query
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    for module, names in _FROM_SDK_MODULES.items():
+        if name in names:
+            value = getattr(importlib.import_module(module, __name__), name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -67,10 +82,10 @@ __all__ = [
     "build_prompt",
     "cache_key",
     "candidate_labels",
+    "configured_cache_path",
     "default_cache_dir",
     "default_cache_path",
     "encode_jpeg",
     "encode_query",
-    "forget_cached_answers",
     "make_reranker",
 ]

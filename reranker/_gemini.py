@@ -27,22 +27,19 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import tenacity
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 
 from ._breaker import CircuitBreaker
-from ._cache import AnswerCache, cache_key, default_cache_path
+from ._cache import AnswerCache, cache_key
 from ._errors import (
     CircuitOpenError,
     ConnectionFailedError,
@@ -58,13 +55,13 @@ from ._errors import (
     UpstreamError,
 )
 from ._prompt import BuiltPrompt, QueryImage, _fmt, build_prompt, candidate_labels, encode_query
-from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE, ThumbnailCache, ThumbnailError
+from ._settings import GeminiSettings
+from ._thumbs import ThumbnailCache, ThumbnailError
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_MODEL = "gemini-3.5-flash"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Failures that say Gemini cannot answer now, and so count towards opening the circuit.
 _OUTAGE = (QuotaExceededError, UpstreamError, DeadlineExceededError)
@@ -80,56 +77,6 @@ _MEDIA_RESOLUTION = {
 def api_key_from_env() -> str | None:
     """`GEMINI_API_KEY`, else `GOOGLE_API_KEY` (empty counts as unset)."""
     return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or None
-
-
-class GeminiSettings(BaseSettings):
-    """Options of the Gemini re-ranker; each can also be set as `VMEM_GEMINI_<NAME>` in the environment."""
-
-    model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid")
-
-    model: str = Field(DEFAULT_MODEL, description="Gemini model id")
-    base_url: str | None = Field(None, description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")
-    thumb_size: int = Field(DEFAULT_THUMB_SIZE, ge=16, le=3072, description="neighbour thumbnails' longest side, px")
-    query_size: int = Field(DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
-    media_resolution: Literal["unspecified", "low", "medium", "high"] = "unspecified"
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    deadline_s: float = Field(60.0, gt=0, description="total time per query, retries and tool steps included")
-    attempt_timeout_s: float = Field(30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
-    max_attempts: int = Field(4, ge=1, le=20, description="HTTP attempts per call, first one included")
-    backoff_initial_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(20.0, ge=0)
-    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once in a batch")
-    cache: bool = True
-    cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
-    max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
-    max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
-    max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")
-    breaker_failures: int = Field(5, ge=0, description="consecutive upstream failures that open the circuit, "
-                                  "after which queries fall back at once (0: no breaker)")
-    breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit waits before a trial call")
-
-    def key_settings(self) -> dict[str, Any]:
-        """The settings that can change an answer (and so belong in the cache key)."""
-        return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
-                                                     "max_exemplars", "max_neighbors_total",
-                                                     "max_tool_images"})
-
-
-def forget_cached_answers(point_ids: Sequence[str], settings: GeminiSettings | None = None) -> int:
-    """Drop the cached answers that cited these points from the cache the Gemini re-ranker would use.
-
-    For a process that deletes points without ever re-ranking (`vmem forget`): nothing is built, no API key
-    is needed, and a cache file that does not exist is not created. Returns how many answers went.
-    """
-    settings = settings or GeminiSettings()
-    path = settings.cache_path or default_cache_path()
-    if not settings.cache or not point_ids or not path.exists():
-        return 0
-    cache = AnswerCache(path)
-    try:
-        return cache.invalidate(point_ids)
-    finally:
-        cache.close()
 
 
 @dataclass

@@ -604,3 +604,16 @@ def test_closing_a_reranker_twice_returns_at_once(tmp_path):
     r = GeminiReranker(api_key="test-key-not-real", cache_path=tmp_path / "rerank.sqlite")
     r.close()
     r.close()
+
+
+def test_the_answer_cache_is_reachable_without_loading_the_gemini_sdk():
+    """`vmem forget` cleans the answer cache; it should not pay the SDK's import (~0.4 s) to do it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, reranker; reranker.configured_cache_path(); reranker.AnswerCache; "
+             "assert 'google.genai' not in sys.modules, 'loaded early'; "
+             "reranker.GeminiReranker; assert 'google.genai' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -121,6 +121,10 @@ class VisualMemory:
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
         if not self._auto_reranker:
             self.reranker = reranker
+        # The answer cache a forget cleans when no re-ranker is built: its path read from the environment once
+        # (~0.5 ms a time), the file opened on the first forget that finds it, kept open for the next.
+        self._rerank_cache_path: Path | Literal[False] | None = False
+        self._idle_rerank_cache: Any = None
 
     # ------------------------------------------------------------------ opening
 
@@ -181,6 +185,8 @@ class VisualMemory:
         reranker = self._reranker
         if reranker is not None and hasattr(reranker, "close"):
             reranker.close()
+        if self._idle_rerank_cache is not None:
+            self._idle_rerank_cache.close()
         self.store.close()
 
     def __enter__(self) -> VisualMemory:
@@ -540,10 +546,19 @@ class VisualMemory:
         Its answers are checked against the memory when read anyway (a forget in another process never
         reaches this one's listeners), so a failure here costs disk space, not a wrong answer: logged only.
         """
-        from reranker import forget_cached_answers
+        from reranker import AnswerCache, configured_cache_path
 
         try:
-            forget_cached_answers(ids)
+            with self._reranker_lock:
+                if self._rerank_cache_path is False:
+                    self._rerank_cache_path = configured_cache_path()
+                path = self._rerank_cache_path
+                if path is None or not path.exists():  # caching off, or nothing cached yet: nothing to create
+                    return
+                if self._idle_rerank_cache is None:
+                    self._idle_rerank_cache = AnswerCache(path)
+                cache = self._idle_rerank_cache
+            cache.invalidate(ids)
         except Exception as exc:  # settings from the environment that do not validate, a locked database
             log.warning("the re-ranker's cached answers citing %d forgotten points were not dropped now (%s); "
                         "they are dropped when next read", len(ids), exc)

@@ -1,0 +1,57 @@
+"""The Gemini re-ranker's settings, apart from the SDK: reading them (or the answer cache's path) loads no client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._cache import default_cache_path
+from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE
+
+DEFAULT_MODEL = "gemini-3.5-flash"
+
+
+class GeminiSettings(BaseSettings):
+    """Options of the Gemini re-ranker; each can also be set as `VMEM_GEMINI_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Gemini model id")
+    base_url: str | None = Field(None, description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")
+    thumb_size: int = Field(DEFAULT_THUMB_SIZE, ge=16, le=3072, description="neighbour thumbnails' longest side, px")
+    query_size: int = Field(DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
+    media_resolution: Literal["unspecified", "low", "medium", "high"] = "unspecified"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    deadline_s: float = Field(60.0, gt=0, description="total time per query, retries and tool steps included")
+    attempt_timeout_s: float = Field(30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
+    max_attempts: int = Field(4, ge=1, le=20, description="HTTP attempts per call, first one included")
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(20.0, ge=0)
+    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once in a batch")
+    cache: bool = True
+    cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
+    max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
+    max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
+    max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")
+    breaker_failures: int = Field(5, ge=0, description="consecutive upstream failures that open the circuit, "
+                                  "after which queries fall back at once (0: no breaker)")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit waits before a trial call")
+
+    def key_settings(self) -> dict[str, Any]:
+        """The settings that can change an answer (and so belong in the cache key)."""
+        return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
+                                                     "max_exemplars", "max_neighbors_total",
+                                                     "max_tool_images"})
+
+
+def configured_cache_path(settings: GeminiSettings | None = None) -> Path | None:
+    """The answer cache file a Gemini re-ranker with these settings (default: the environment's) uses; None: off.
+
+    For a process that deletes points without ever re-ranking (`vmem forget`): it can drop the answers that
+    cited them from that file without building a re-ranker or needing an API key.
+    """
+    settings = settings or GeminiSettings()
+    return (settings.cache_path or default_cache_path()) if settings.cache else None
