@@ -37,8 +37,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Distinct k values whose OOD threshold is kept; each costs one batch query of the sample to compute.
-_MAX_OOD_ENTRIES = 32
+# OOD thresholds kept per memory version, one per k and label set asked for: each costs one batch query of
+# the sample to compute (0.1 s for a few labels, ~1 s for the whole memory or 200 labels, at 100k points on
+# 2 cores), and a float to keep.
+_MAX_OOD_ENTRIES = 256
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,7 @@ class ClassifierService:
         return store.retrieve(ids, with_vectors=True)
 
     def _calibrate(self, k: int, labels: Sequence[str] | None = None) -> float | None:
+        t0 = time.perf_counter()
         sample = [p for p in self._calibration_sample(labels) if p.vector is not None]
         if len(sample) < 2:
             return None
@@ -361,9 +364,9 @@ class ClassifierService:
         if not novelties:
             return None
         value = float(np.percentile(novelties, self.settings.ood_percentile))
-        log.info("novelty threshold at k=%d%s: %.4f (p%g of %d memory points)", k,
+        log.info("novelty threshold at k=%d%s: %.4f (p%g of %d memory points, %.2f s)", k,
                  f" among {len(labels)} labels" if labels else "", value, self.settings.ood_percentile,
-                 len(novelties))
+                 len(novelties), time.perf_counter() - t0)
         return value
 
     # ------------------------------------------------------------------ thumbnails
