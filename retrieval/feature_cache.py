@@ -1,10 +1,13 @@
 """Features computed once per (featurizer, file content) and reused.
 
-Layout under the cache root, one folder per featurizer:
+Layout under the cache root, one folder per featurizer, both files append-only:
 
-    <root>/<featurizer-key>/features.npy     float32 [n, dim], appended as files are seen
-    <root>/<featurizer-key>/index.json       {content sha256: row}
+    <root>/<featurizer-key>/features.f32     float32 rows [n, dim], raw, appended as files are seen
+    <root>/<featurizer-key>/hashes.txt       the content sha256 of row i on line i
 
+Appending writes only the new rows (a build of 1.28M images used to rewrite the whole array at each
+4,096-row checkpoint: about a terabyte written), and the features are read through a memory map, not
+loaded whole. A torn append (rows without their hashes, or a partial row) is cut off by the next one.
 A file is looked up by the hash of its bytes, so a moved file is still a hit and a changed
 file is embedded again. Files that fail to decode are reported, never cached.
 """
@@ -15,13 +18,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
-from .files import write_atomically
 
 
 def file_sha256(path: str | Path) -> str:
@@ -38,15 +41,24 @@ def featurizer_key(featurizer: Featurizer) -> str:
     return f"{safe}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
+_HASH_LINE_BYTES = 65  # a sha256 in hex and its newline
+
+
 class FeatureCache:
     def __init__(self, root: str | Path, featurizer: Featurizer) -> None:
         self.featurizer = featurizer
         self.dir = Path(root) / featurizer_key(featurizer)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._index_path = self.dir / "index.json"
-        self._feats_path = self.dir / "features.npy"
+        self._feats_path = self.dir / "features.f32"
+        self._hashes_path = self.dir / "hashes.txt"
         self._lock_path = self.dir / ".lock"
+        self._row_bytes = featurizer.dim * 4
+        self.index: dict[str, int] = {}
+        self._rows = 0  # rows with a hash, read so far
+        self._hashes_offset = 0  # bytes of hashes.txt read so far
+        self.features = np.zeros((0, featurizer.dim), np.float32)
         with self._locked():
+            self._upgrade_npy_cache()
             self._load()
 
     @contextlib.contextmanager
@@ -60,16 +72,51 @@ class FeatureCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _load(self) -> None:
-        self.index: dict[str, int] = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
-        self.features = (np.load(self._feats_path) if self._feats_path.exists()
-                         else np.zeros((0, self.featurizer.dim), np.float32))
-        if len(self.features) < len(self.index):  # a torn write: keep only rows that exist
-            self.index = {h: r for h, r in self.index.items() if r < len(self.features)}
+        """Read what other writers appended since the last look: the new hash lines, then map the rows."""
+        if self._hashes_path.exists():
+            with open(self._hashes_path, "rb") as fh:
+                fh.seek(self._hashes_offset)
+                tail = fh.read()
+            complete = tail[: tail.rfind(b"\n") + 1]  # a torn last line is not a row yet
+            self._hashes_offset += len(complete)
+            for line in complete.decode("ascii").splitlines():
+                self.index.setdefault(line, self._rows)
+                self._rows += 1
+        stored = self._feats_path.stat().st_size // self._row_bytes if self._feats_path.exists() else 0
+        if stored < self._rows:  # hashes whose rows were never written (not by us: rows go first)
+            self.index = {h: r for h, r in self.index.items() if r < stored}
+            self._rows = stored
+            self._hashes_offset = stored * _HASH_LINE_BYTES  # the next append cuts the lines past it
+        self.features = (np.memmap(self._feats_path, np.float32, "r", shape=(self._rows, self.featurizer.dim))
+                         if self._rows else np.zeros((0, self.featurizer.dim), np.float32))
 
-    def _save(self) -> None:
-        # Features first: an index naming rows a torn write lost is trimmed on load; the reverse is not caught.
-        write_atomically(self._feats_path, lambda fh: np.save(fh, self.features))
-        write_atomically(self._index_path, json.dumps(self.index))
+    def _write_rows(self, rows: np.ndarray, hashes: list[str]) -> None:
+        """Append rows, then their hashes, each synced: a crash between leaves rows no hash names."""
+        for path, data in ((self._feats_path, np.ascontiguousarray(rows, np.float32).tobytes()),
+                           (self._hashes_path, "".join(f"{h}\n" for h in hashes).encode("ascii"))):
+            with open(path, "ab") as fh:
+                # Cut what a torn append left past the last complete row (or line) before adding to it.
+                keep = self._rows * self._row_bytes if path == self._feats_path else self._hashes_offset
+                if fh.tell() != keep:
+                    fh.truncate(keep)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def _upgrade_npy_cache(self) -> None:
+        """A cache written before 2026-12 (features.npy + index.json, rewritten whole) becomes the append-only
+        layout once, rows in their old order; the old files go only after the new ones are complete."""
+        old_feats, old_index = self.dir / "features.npy", self.dir / "index.json"
+        if not (old_feats.exists() and old_index.exists()) or self._hashes_path.exists():
+            return
+        index: dict[str, int] = json.loads(old_index.read_text())
+        feats = np.load(old_feats, mmap_mode="r")
+        by_row = sorted((r, h) for h, r in index.items() if r < len(feats))
+        self._feats_path.unlink(missing_ok=True)
+        self._write_rows(feats[[r for r, _ in by_row]] if by_row else np.zeros((0, self.featurizer.dim)),
+                         [h for _, h in by_row])
+        old_feats.unlink()
+        old_index.unlink()
 
     def features_for(
         self,
@@ -84,6 +131,8 @@ class FeatureCache:
             (features [n_ok, dim], indices of `paths` they belong to, failures)
         """
         hashes = [file_sha256(p) for p in paths]
+        with self._locked():  # what other writers added since: reading it is incremental, so cheap
+            self._load()
         missing = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in self.index}.values())
         failures: list[EmbedFailure] = []
         if on_batch:
@@ -111,9 +160,9 @@ class FeatureCache:
         new = np.concatenate(rows).astype(np.float32, copy=False)
         with self._locked():
             self._load()  # another process may have appended since we last looked
-            fresh = [j for j, h in enumerate(hashes) if h not in self.index]
-            start = len(self.features)
-            self.features = np.concatenate([self.features, new[fresh]])
-            for n, j in enumerate(fresh):
-                self.index.setdefault(hashes[j], start + n)
-            self._save()
+            fresh = list({h: j for j, h in reversed(list(enumerate(hashes))) if h not in self.index}.items())
+            if not fresh:
+                return
+            fresh.sort(key=lambda item: item[1])
+            self._write_rows(new[[j for _, j in fresh]], [h for h, _ in fresh])
+            self._load()

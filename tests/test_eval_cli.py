@@ -62,8 +62,8 @@ def test_eval_scores_every_rule_at_every_k_and_reuses_cached_features(built, tmp
     assert all(len(c) == 5 for c in scores["accuracy"].values())
     assert scores["accuracy"]["rank"][0] == 1.0  # stripes and checks are trivially told apart
     assert (tmp_path / "out" / "accuracy_vs_k.png").stat().st_size > 1000
-    cached = list((tmp_path / "cache").rglob("index.json"))
-    assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == 6
+    cached = list((tmp_path / "cache").rglob("hashes.txt"))
+    assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 6
     # Same run through the Qdrant index: same numbers (12 points, exact either way).
     run(*args[:-2], "--k-max", "5", "--search", "index", "--out", tmp_path / "index")
     again = json.loads((tmp_path / "index" / "results.json").read_text())

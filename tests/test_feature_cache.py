@@ -95,3 +95,80 @@ def test_a_second_memory_builds_from_cached_features(tmp_path):
         mem.close()
     # 6 images embedded by the first build, none by the second, plus one query per classify call.
     assert enc.embedded == 6 + 2
+
+
+def _colour_files(folder, colours) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, colour in enumerate(colours):
+        f = folder / f"{i}.png"
+        f.write_bytes(make_image(colour, fmt="PNG"))
+        files.append(f)
+    return files
+
+
+def test_new_features_are_appended_never_rewritten_and_read_through_a_map(tmp_path):
+    enc = MeanColour()
+    first = _colour_files(tmp_path / "a", [(250, 0, 0), (0, 250, 0)])
+    second = _colour_files(tmp_path / "b", [(0, 0, 250), (250, 250, 0), (0, 250, 250)])
+    cache = FeatureCache(tmp_path / "cache", enc)
+    cache.features_for(first, num_workers=0)
+    rows_file = cache.dir / "features.f32"
+    before = rows_file.read_bytes()
+    inode = rows_file.stat().st_ino
+    cache.features_for(second, num_workers=0)
+    # The same file, grown by exactly the new rows: a 1.28M-image build no longer rewrites its whole cache.
+    assert rows_file.stat().st_ino == inode and rows_file.stat().st_size == 5 * 3 * 4
+    assert rows_file.read_bytes()[: len(before)] == before
+    assert (cache.dir / "hashes.txt").read_text().count("\n") == 5
+    assert isinstance(cache.features, np.memmap) and cache.features.shape == (5, 3)
+
+
+def test_a_torn_append_is_cut_off_and_nothing_else_is_lost(tmp_path):
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0), (0, 0, 250)])
+    cache = FeatureCache(tmp_path / "cache", enc)
+    want, _, _ = cache.features_for(files[:2], num_workers=0)
+    # A process killed mid-append: half a row, and a hash line without its row.
+    with open(cache.dir / "features.f32", "ab") as fh:
+        fh.write(b"\x00" * 5)
+    with open(cache.dir / "hashes.txt", "a") as fh:
+        fh.write("f" * 64 + "\n" + "e" * 20)
+    reopened = FeatureCache(tmp_path / "cache", enc)
+    got, ok, _ = reopened.features_for(files[:2], num_workers=0)
+    assert ok == [0, 1] and np.array_equal(got, want) and enc.embedded == 2 and len(reopened.index) == 2
+    got3, ok3, _ = reopened.features_for(files, num_workers=0)  # the next append cuts the torn tail first
+    assert ok3 == [0, 1, 2] and enc.embedded == 3
+    assert (reopened.dir / "features.f32").stat().st_size == 3 * 3 * 4
+    assert np.array_equal(FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)[0], got3)
+
+
+def test_two_writers_on_one_cache_see_each_others_rows(tmp_path):
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0), (0, 0, 250), (9, 9, 9)])
+    a, b = FeatureCache(tmp_path / "cache", enc), FeatureCache(tmp_path / "cache", enc)
+    a.features_for(files[:2], num_workers=0)
+    b.features_for(files[1:3], num_workers=0)  # finds file 1 after re-reading; embeds only file 2
+    a.features_for(files, num_workers=0)  # embeds only file 3
+    assert enc.embedded == 4
+    assert len(FeatureCache(tmp_path / "cache", enc).index) == 4
+
+
+def test_a_cache_in_the_old_whole_file_layout_is_upgraded_once_with_its_rows(tmp_path):
+    import json
+
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0)])
+    want, _, _ = FeatureCache(tmp_path / "fresh", enc).features_for(files, num_workers=0)
+    old = FeatureCache(tmp_path / "cache", enc).dir
+    for name in ("features.f32", "hashes.txt"):
+        (old / name).unlink(missing_ok=True)
+    from retrieval.feature_cache import file_sha256
+
+    # What vmem wrote before 2026-12: the whole array, and {sha256: row} (rows in another order than files).
+    np.save(old / "features.npy", want[::-1].astype(np.float32))
+    (old / "index.json").write_text(json.dumps({file_sha256(files[0]): 1, file_sha256(files[1]): 0}))
+    embedded = enc.embedded
+    got, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert ok == [0, 1] and np.array_equal(got, want) and enc.embedded == embedded  # nothing embedded again
+    assert sorted(p.name for p in old.iterdir() if not p.name.startswith(".")) == ["features.f32", "hashes.txt"]
