@@ -58,8 +58,8 @@ class FeatureCache:
         self._hashes_offset = 0  # bytes of hashes.txt read so far
         self.features = np.zeros((0, featurizer.dim), np.float32)
         with self._locked():
-            self._upgrade_npy_cache()
             self._load()
+            self._upgrade_npy_cache()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -104,17 +104,18 @@ class FeatureCache:
                 os.fsync(fh.fileno())
 
     def _upgrade_npy_cache(self) -> None:
-        """A cache written before 2026-12 (features.npy + index.json, rewritten whole) becomes the append-only
-        layout once, rows in their old order; the old files go only after the new ones are complete."""
+        """A cache written before 2026-12 (features.npy + index.json, rewritten whole) is appended to the new
+        files (the rows they lack, in their old order), then removed: an upgrade cut short resumes."""
         old_feats, old_index = self.dir / "features.npy", self.dir / "index.json"
-        if not (old_feats.exists() and old_index.exists()) or self._hashes_path.exists():
+        if not (old_feats.exists() and old_index.exists()):
             return
         index: dict[str, int] = json.loads(old_index.read_text())
         feats = np.load(old_feats, mmap_mode="r")
-        by_row = sorted((r, h) for h, r in index.items() if r < len(feats))
-        self._feats_path.unlink(missing_ok=True)
-        self._write_rows(feats[[r for r, _ in by_row]] if by_row else np.zeros((0, self.featurizer.dim)),
-                         [h for _, h in by_row])
+        by_row = sorted((r, h) for h, r in index.items() if r < len(feats) and h not in self.index)
+        for start in range(0, len(by_row), 65536):  # in pieces: an old cache may be bigger than RAM
+            part = by_row[start : start + 65536]
+            self._write_rows(feats[[r for r, _ in part]], [h for _, h in part])
+            self._load()
         old_feats.unlink()
         old_index.unlink()
 

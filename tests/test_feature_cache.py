@@ -172,3 +172,24 @@ def test_a_cache_in_the_old_whole_file_layout_is_upgraded_once_with_its_rows(tmp
     got, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
     assert ok == [0, 1] and np.array_equal(got, want) and enc.embedded == embedded  # nothing embedded again
     assert sorted(p.name for p in old.iterdir() if not p.name.startswith(".")) == ["features.f32", "hashes.txt"]
+
+
+def test_an_upgrade_cut_short_resumes_without_losing_or_doubling_a_row(tmp_path):
+    import json
+
+    from retrieval.feature_cache import file_sha256
+
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0), (0, 0, 250)])
+    want, _, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    folder = FeatureCache(tmp_path / "cache", enc).dir
+    # Killed after converting the first row: the new files hold it, the old ones (still there) hold all three.
+    np.save(folder / "features.npy", want.astype(np.float32))
+    (folder / "index.json").write_text(json.dumps({file_sha256(f): i for i, f in enumerate(files)}))
+    (folder / "features.f32").write_bytes(want[:1].astype(np.float32).tobytes())
+    (folder / "hashes.txt").write_text(file_sha256(files[0]) + "\n")
+    embedded = enc.embedded
+    cache = FeatureCache(tmp_path / "cache", enc)
+    got, ok, _ = cache.features_for(files, num_workers=0)
+    assert ok == [0, 1, 2] and np.array_equal(got, want) and enc.embedded == embedded
+    assert len(cache.features) == 3 and not (folder / "features.npy").exists()
