@@ -333,7 +333,10 @@ class ClassifierService:
         with self._ood_lock:
             if key in self._ood:
                 return self._ood[key]
-            value = self._calibrate(k, key[2])
+        # Outside the lock: a new label set's calibration (up to a second) must not hold up the answers of
+        # requests whose threshold is known. Two requests may both compute a new one; they agree.
+        value = self._calibrate(k, key[2])
+        with self._ood_lock:
             if self._generation == generation:
                 self._ood = {old: v for old, v in self._ood.items() if old[0] == generation}
                 if len(self._ood) >= _MAX_OOD_ENTRIES:

@@ -198,6 +198,33 @@ def test_a_label_filtered_query_is_judged_against_those_labels_points(client):
     assert client.post("/v1/classify?k=2&label=mixed", files=query).json()["ood_threshold"] == among["ood_threshold"]
 
 
+def test_a_new_label_sets_calibration_does_not_hold_up_answers_whose_threshold_is_known(client, monkeypatch):
+    import threading
+
+    service = client.app.state.service
+    known = service.ood_threshold(3)
+    started, release = threading.Event(), threading.Event()
+    calibrate = service._calibrate
+
+    def slow_for_labels(k, labels=None):
+        if labels:
+            started.set()
+            release.wait(30)
+        return calibrate(k, labels)
+
+    monkeypatch.setattr(service, "_calibrate", slow_for_labels)
+    new_set = threading.Thread(target=service.ood_threshold, args=(3, ["red"]))
+    new_set.start()
+    assert started.wait(30)
+    answered: list[float | None] = []
+    cached = threading.Thread(target=lambda: answered.append(service.ood_threshold(3)))
+    cached.start()
+    cached.join(10)  # with the calibration under the lock, this waited for `release`
+    release.set()
+    new_set.join(30)
+    assert answered == [known]
+
+
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
     body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
     assert body["label"] == "red" and body["reranked"] is False
