@@ -193,3 +193,47 @@ def test_an_upgrade_cut_short_resumes_without_losing_or_doubling_a_row(tmp_path)
     got, ok, _ = cache.features_for(files, num_workers=0)
     assert ok == [0, 1, 2] and np.array_equal(got, want) and enc.embedded == embedded
     assert len(cache.features) == 3 and not (folder / "features.npy").exists()
+
+
+def _settled(files, seconds: float = 10.0) -> None:
+    """Files last modified a while ago, as a dataset on disk is: their hashes may be remembered."""
+    import os
+    import time
+
+    for f in files:
+        past = time.time() - seconds
+        os.utime(f, (past, past))
+
+
+def test_unchanged_files_are_not_read_again_to_find_their_features(tmp_path, monkeypatch):
+    from retrieval import feature_cache
+
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0), (0, 0, 250)])
+    _settled(files)
+    read: list[str] = []
+    real = feature_cache.file_sha256
+    monkeypatch.setattr(feature_cache, "file_sha256", lambda p: (read.append(str(p)), real(p))[1])
+    want, _, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert len(read) == 3
+    # Another process, later: same paths, sizes, times and inodes, so no file is read to hash it.
+    got, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert len(read) == 3 and ok == [0, 1, 2] and np.array_equal(got, want) and enc.embedded == 3
+    # Changed in place (new contents, new time): read, and embedded again.
+    files[1].write_bytes(make_image((9, 9, 250), fmt="PNG"))
+    _settled(files[1:2], seconds=5)
+    changed, _, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert read[3:] == [str(files[1])] and enc.embedded == 4 and not np.array_equal(changed[1], want[1])
+
+
+def test_a_file_modified_moments_ago_is_hashed_every_time(tmp_path, monkeypatch):
+    from retrieval import feature_cache
+
+    enc = MeanColour()
+    [fresh] = _colour_files(tmp_path / "x", [(250, 0, 0)])  # just written: a rewrite could keep its mtime
+    read: list[str] = []
+    real = feature_cache.file_sha256
+    monkeypatch.setattr(feature_cache, "file_sha256", lambda p: (read.append(str(p)), real(p))[1])
+    for _ in range(2):
+        FeatureCache(tmp_path / "cache", enc).features_for([fresh], num_workers=0)
+    assert len(read) == 2 and enc.embedded == 1
