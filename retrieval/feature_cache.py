@@ -204,8 +204,8 @@ class FeatureCache:
             tail = fh.read()
         complete = tail[: tail.rfind(b"\n") + 1]
         self._file_hashes_offset += len(complete)
-        for line in complete.decode("utf-8", "surrogateescape").splitlines():
-            parts = line.split("\t", 4)
+        for line in complete.decode("utf-8", "surrogateescape").split("\n")[:-1]:  # not splitlines: a path
+            parts = line.split("\t", 4)  # may hold other line breaks (U+2028, \x85...)
             if len(parts) == 5 and len(parts[0]) == 64 and all(x.isdigit() for x in parts[1:4]):
                 self._file_hashes[(parts[4], int(parts[1]), int(parts[2]), int(parts[3]))] = parts[0]
 

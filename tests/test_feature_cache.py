@@ -237,3 +237,22 @@ def test_a_file_modified_moments_ago_is_hashed_every_time(tmp_path, monkeypatch)
     for _ in range(2):
         FeatureCache(tmp_path / "cache", enc).features_for([fresh], num_workers=0)
     assert len(read) == 2 and enc.embedded == 1
+
+
+def test_odd_file_names_are_remembered_too(tmp_path, monkeypatch):
+    from retrieval import feature_cache
+
+    enc = MeanColour()
+    folder = tmp_path / "x"
+    folder.mkdir()
+    odd = [folder / "tab\there.png", folder / "line\u2028sep.png", folder / "caf\u00e9.png"]
+    for i, f in enumerate(odd):
+        f.write_bytes(make_image((40 * i, 200, 9), fmt="PNG"))
+    _settled(odd)
+    read: list[str] = []
+    real = feature_cache.file_sha256
+    monkeypatch.setattr(feature_cache, "file_sha256", lambda p: (read.append(str(p)), real(p))[1])
+    for _ in range(2):
+        _, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(odd, num_workers=0)
+        assert ok == [0, 1, 2]
+    assert len(read) == 3 and enc.embedded == 3
