@@ -45,6 +45,30 @@ def featurizer_key(featurizer: Featurizer) -> str:
     return f"{safe}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
+def _complete_lines_after(path: Path, offset: int) -> tuple[bytes, int]:
+    """The complete lines of an append-only file past `offset`, and the offset after them (a torn last line
+    is left for later: its writer may still be at it, or the next append cuts it)."""
+    if not path.exists():
+        return b"", offset
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        tail = fh.read()
+    complete = tail[: tail.rfind(b"\n") + 1]
+    return complete, offset + len(complete)
+
+
+def _append_at(path: Path, end: int, data: bytes, durable: bool) -> None:
+    """Append to a file once it is cut back to `end`: what a torn append left past the last complete record
+    goes first, or it would spoil the record written after it."""
+    with open(path, "ab") as fh:
+        if fh.tell() != end:
+            fh.truncate(end)
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 _HASH_LINE_BYTES = 65  # a sha256 in hex and its newline
 _SETTLED_NS = 2_000_000_000  # a file's hash is remembered once it has been left alone this long
 
@@ -81,15 +105,10 @@ class FeatureCache:
 
     def _load(self) -> None:
         """Read what other writers appended since the last look: the new hash lines, then map the rows."""
-        if self._hashes_path.exists():
-            with open(self._hashes_path, "rb") as fh:
-                fh.seek(self._hashes_offset)
-                tail = fh.read()
-            complete = tail[: tail.rfind(b"\n") + 1]  # a torn last line is not a row yet
-            self._hashes_offset += len(complete)
-            for line in complete.decode("ascii").splitlines():
-                self.index.setdefault(line, self._rows)
-                self._rows += 1
+        complete, self._hashes_offset = _complete_lines_after(self._hashes_path, self._hashes_offset)
+        for line in complete.decode("ascii").splitlines():
+            self.index.setdefault(line, self._rows)
+            self._rows += 1
         stored = self._feats_path.stat().st_size // self._row_bytes if self._feats_path.exists() else 0
         if stored < self._rows:  # hashes whose rows were never written (not by us: rows go first)
             self.index = {h: r for h, r in self.index.items() if r < stored}
@@ -100,16 +119,10 @@ class FeatureCache:
 
     def _write_rows(self, rows: np.ndarray, hashes: list[str]) -> None:
         """Append rows, then their hashes, each synced: a crash between leaves rows no hash names."""
-        for path, data in ((self._feats_path, np.ascontiguousarray(rows, np.float32).tobytes()),
-                           (self._hashes_path, "".join(f"{h}\n" for h in hashes).encode("ascii"))):
-            with open(path, "ab") as fh:
-                # Cut what a torn append left past the last complete row (or line) before adding to it.
-                keep = self._rows * self._row_bytes if path == self._feats_path else self._hashes_offset
-                if fh.tell() != keep:
-                    fh.truncate(keep)
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+        _append_at(self._feats_path, self._rows * self._row_bytes,
+                   np.ascontiguousarray(rows, np.float32).tobytes(), durable=True)
+        _append_at(self._hashes_path, self._hashes_offset, "".join(f"{h}\n" for h in hashes).encode("ascii"),
+                   durable=True)
 
     def _upgrade_npy_cache(self) -> None:
         """A cache written before 2026-12 (features.npy + index.json, rewritten whole) is appended to the new
@@ -187,23 +200,15 @@ class FeatureCache:
         if fresh:
             with self._locked():
                 self._load_file_hashes()  # past other writers' records, to the end of the last complete one
-                with open(self._file_hashes_path, "ab") as fh:
-                    if fh.tell() != self._file_hashes_offset:  # a torn record: cut it, or it spoils ours
-                        fh.truncate(self._file_hashes_offset)
-                    data = "".join(fresh).encode("utf-8", "surrogateescape")
-                    fh.write(data)
+                data = "".join(fresh).encode("utf-8", "surrogateescape")
+                # Not synced: a record lost to a crash only means hashing that file once more.
+                _append_at(self._file_hashes_path, self._file_hashes_offset, data, durable=False)
                 self._file_hashes_offset += len(data)
         return hashes
 
     def _load_file_hashes(self) -> None:
         """The complete records appended since the last look (a torn last line is left for later)."""
-        if not self._file_hashes_path.exists():
-            return
-        with open(self._file_hashes_path, "rb") as fh:
-            fh.seek(self._file_hashes_offset)
-            tail = fh.read()
-        complete = tail[: tail.rfind(b"\n") + 1]
-        self._file_hashes_offset += len(complete)
+        complete, self._file_hashes_offset = _complete_lines_after(self._file_hashes_path, self._file_hashes_offset)
         for line in complete.decode("utf-8", "surrogateescape").split("\n")[:-1]:  # not splitlines: a path
             parts = line.split("\t", 4)  # may hold other line breaks (U+2028, \x85...)
             if len(parts) == 5 and len(parts[0]) == 64 and all(x.isdigit() for x in parts[1:4]):
