@@ -252,10 +252,6 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ classifying
 
-    def unknown_labels(self, labels: Sequence[str] | None) -> list[str]:
-        """The labels among these that no memory point has (a count per label on the label index)."""
-        return [label for label in dict.fromkeys(labels or []) if self.memory.store.count(label=label) == 0]
-
     def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery) -> tuple[Any, ...]:
         labels = tuple(sorted(set(q.label))) if q.label else None
         return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, q.template)

@@ -226,6 +226,11 @@ class VisualMemory:
 
     # ------------------------------------------------------------------ classifying
 
+    def unknown_labels(self, labels: Sequence[str]) -> list[str]:
+        """The labels among these that no memory point has (a count per label on the label index): a filter
+        by them would leave every answer empty, which the CLI and HTTP refuse."""
+        return [label for label in dict.fromkeys(labels) if self.store.count(label=label) == 0]
+
     def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] | None = None,
                exact: bool = False) -> list[list[Neighbor]]:
         if isinstance(labels, str):  # one label, not its characters

@@ -53,7 +53,7 @@ def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
 
 async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
     """Refuse a `label` filter naming a label the memory does not have: every answer would be empty."""
-    if q.label and (unknown := await service.run(service.unknown_labels, q.label)):
+    if q.label and (unknown := await service.run(service.memory.unknown_labels, q.label)):
         raise ProblemError(422, f"the memory has no label {', '.join(map(repr, unknown))}: filter by labels "
                            "it holds (GET /v1/memory/stats lists them)", "unknown-label", "Unknown label")
 

@@ -184,12 +184,11 @@ def classify(
     with mem:
         if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
             require_points(mem)
-        if label:
+        if label and (unknown := mem.unknown_labels(label)):
             known = mem.store.label_counts()
-            if unknown := [lab for lab in label if lab not in known]:
-                some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
-                raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} (its "
-                                         f"{len(known)} labels: {some})", param_hint="--label")
+            some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+            raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} (its "
+                                     f"{len(known)} labels: {some})", param_hint="--label")
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
