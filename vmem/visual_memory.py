@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -121,9 +122,8 @@ class VisualMemory:
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
         if not self._auto_reranker:
             self.reranker = reranker
-        # The answer cache a forget cleans when no re-ranker is built: its path read from the environment once
-        # (~0.5 ms a time), the file opened on the first forget that finds it, kept open for the next.
-        self._rerank_cache_path: Path | Literal[False] | None = False
+        # The answer cache a forget cleans when no re-ranker is built: opened on the first forget that finds
+        # its file (`_rerank_cache_path`), kept open for the next.
         self._idle_rerank_cache: Any = None
 
     # ------------------------------------------------------------------ opening
@@ -551,12 +551,10 @@ class VisualMemory:
         Its answers are checked against the memory when read anyway (a forget in another process never
         reaches this one's listeners), so a failure here costs disk space, not a wrong answer: logged only.
         """
-        from reranker import AnswerCache, configured_cache_path
+        from reranker import AnswerCache
 
         try:
             with self._reranker_lock:
-                if self._rerank_cache_path is False:
-                    self._rerank_cache_path = configured_cache_path()
                 path = self._rerank_cache_path
                 if path is None or not path.exists():  # caching off, or nothing cached yet: nothing to create
                     return
@@ -567,6 +565,14 @@ class VisualMemory:
         except Exception as exc:  # settings from the environment that do not validate, a locked database
             log.warning("the re-ranker's cached answers citing %d forgotten points were not dropped now (%s); "
                         "they are dropped when next read", len(ids), exc)
+
+    @functools.cached_property
+    def _rerank_cache_path(self) -> Path | None:
+        """The default re-ranker's answer cache file (None: caching off), read from the environment once
+        (~0.5 ms a time)."""
+        from reranker import configured_cache_path
+
+        return configured_cache_path()
 
     def erase_forgotten(self) -> None:
         """Rewrite the memory's files without the vectors of the points forgotten so far.
