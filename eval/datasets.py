@@ -29,7 +29,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from retrieval import DatasetError, normalize_source, read_manifest, scan_imagefolder
+from retrieval import DatasetError, normalize_source, read_label_names, read_manifest, scan_imagefolder
 from retrieval.images import is_image_path
 
 LOC_SOLUTION = "LOC_val_solution.csv"
@@ -102,24 +102,8 @@ def imagenet_wnids() -> list[str]:
 
 
 def read_classes_file(path: str | Path) -> dict[str, str]:
-    """wnid -> class name, from `wnid<TAB>name` (classes.tsv, words.txt) or `wnid name, ...`
-    (LOC_synset_mapping.txt). The first name of a comma-separated list is kept.
-
-    Example:
-        >>> read_classes_file("tiny-imagenet-200/classes.tsv")["n02124075"]
-        'Egyptian cat'
-    """
-    out: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, sep, name = line.partition("\t") if "\t" in line else line.partition(" ")
-        if not sep or not name.strip():
-            raise DatasetError(f"{path}:{n}: expected 'id<TAB>name', got {line!r}")
-        out[key.strip()] = name.split(",")[0].strip()
-    if not out:
-        raise DatasetError(f"{path} holds no classes")
-    return out
+    """wnid -> class name: `retrieval.read_label_names` (classes.tsv, words.txt, LOC_synset_mapping.txt)."""
+    return read_label_names(path)
 
 
 def _images_flat(root: Path) -> list[Path]:

@@ -85,6 +85,54 @@ def read_labelled(dataset: str | Path) -> list[LabelledImage]:
     return scan_imagefolder(p)
 
 
+# Files that name a dataset's classes, looked for beside an ImageFolder tree (Tiny-ImageNet's classes.tsv and
+# words.txt, ImageNet's LOC_synset_mapping.txt): folder names there are WordNet ids, which say nothing to a
+# person or to the VLM that re-ranks.
+LABEL_NAMES_FILES = ("classes.tsv", "LOC_synset_mapping.txt", "words.txt")
+
+
+def read_label_names(path: str | Path) -> dict[str, str]:
+    """label -> name, from `label<TAB>name` lines (classes.tsv, words.txt), `label name, ...` lines
+    (LOC_synset_mapping.txt), or a `.csv` of `label,name` rows. The first name of a comma-separated list is kept.
+
+    Example:
+        >>> read_label_names("tiny-imagenet-200/classes.tsv")["n02124075"]
+        'Egyptian cat'
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text: save it as UTF-8 and try again") from exc
+    if path.suffix.lower() == ".csv":
+        rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), start=1) if r]
+        if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["label", "name"]:
+            rows = rows[1:]  # a header
+    else:
+        rows = [(n, list(line.partition("\t" if "\t" in line else " ")[::2]))
+                for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.startswith("#")]
+    out: dict[str, str] = {}
+    for n, row in rows:
+        if len(row) < 2 or not row[0].strip() or not row[1].split(",")[0].strip():
+            raise DatasetError(f"{path}:{n}: expected a label and its name, got {row!r}")
+        out[row[0].strip()] = row[1].split(",")[0].strip()
+    if not out:
+        raise DatasetError(f"{path} names no labels")
+    return out
+
+
+def find_label_names_file(dataset: str | Path) -> Path | None:
+    """A file naming an ImageFolder dataset's labels, in its folder or the one above (None for a manifest)."""
+    root = Path(dataset)
+    if not root.is_dir():
+        return None
+    for folder in (root, root.parent):
+        for name in LABEL_NAMES_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
 @dataclass
 class BuildReport:
     total: int = 0
