@@ -180,6 +180,8 @@ class MemoryMeta(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     format_version: int = 1
     settings: dict[str, Any] = Field(default_factory=dict, description="e.g. tuned vote defaults")
+    label_names: dict[str, str] = Field(
+        default_factory=dict, description="label -> the name people and the re-ranking VLM read (for WordNet ids)")
 
     @model_validator(mode="before")
     @classmethod

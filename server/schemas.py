@@ -122,6 +122,7 @@ class NeighborOut(BaseModel):
 
     id: str = Field(description="point id; use it to forget the point")
     label: str = Field(description="the point's label")
+    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
     similarity: float = Field(description="cosine similarity to the query")
     weight: float = Field(description="the weight its vote carried under the rule used")
@@ -134,7 +135,11 @@ class ClassificationOut(BaseModel):
 
     source: str | None = Field(None, description="the uploaded file's name, or its content id")
     label: str | None = Field(description="predicted label; null when no memory point could vote")
+    label_name: str | None = Field(None, description="the predicted label's name, where the memory names its labels "
+                                   "(e.g. `Egyptian cat` for `n02124075`)")
     scores: dict[str, float] = Field(description="vote share per label (summing to 1), best first")
+    label_names: dict[str, str] = Field(default_factory=dict, description="the names of the labels in `scores`, "
+                                        "where the memory names them")
     reranked: bool = Field(description="true when the VLM re-ranker chose the label")
     fallback_reason: str | None = Field(None, description="why re-ranking was asked for but the vote was used")
     template: str | None = Field(None, description="the re-ranker template used, when re-ranked")
@@ -215,6 +220,7 @@ class StatsOut(BaseModel):
     points: int = Field(description="number of points")
     labels: int = Field(description="number of distinct labels")
     per_label: dict[str, int] = Field(description="points per label, most frequent first")
+    label_names: dict[str, str] = Field(default_factory=dict, description="label -> name, for the labels named")
     featurizer: FeaturizerOut = Field(description="the memory's encoder")
     default_vote: VoteSettings = Field(description="voting settings used when a request gives none")
     ood_threshold: float | None = Field(None, description="novelty threshold at the default k (null if not calibrated)")

@@ -166,3 +166,29 @@ def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
         assert all(src.startswith(url + "/vmem/v1/memory/points/") for src in srcs), srcs
         assert browser.execute_script(f"return {thumbs}.every(i => i.naturalWidth > 0)")
     mem.close()
+
+
+def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A memory of WordNet-id folders names its labels (vmem build finds classes.tsv): people read the names.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4244))
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.ID, "k").send_keys("5")
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+        assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+        assert browser.find_element(By.ID, "scores").text.startswith("crimson (red)")
+        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        assert first.find_element(By.CLASS_NAME, "label").text == "crimson"
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-label-names.png"))
+    mem.close()

@@ -113,3 +113,17 @@ def test_zero_shot_dmn_needs_no_labelled_neighbours(clip_memory, tmp_path):
     p_text = softmax(100.0 * (f.astype(np.float64) @ w.T.astype(np.float64)))
     assert max(results[0].dmn.parts["text"].values()) == pytest.approx(p_text.max(), abs=1e-4)
     assert len(clip_memory.dmn.stream("z")) == 2
+
+
+def test_dmn_text_prompts_read_the_memory_label_names_without_a_classes_file(clip_memory):
+    clip_memory.set_label_names({"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"})
+    opts = {"mode": "zero-shot", "templates": ["a photo of a {}."]}
+    [res] = clip_memory.classify([make_image((20, 30, 200))], rule="dmn", dmn=opts)
+    feat = clip_memory.featurizer
+    classes = list(clip_memory.store.label_counts())
+    pretty = {"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"}
+    w = feat.embed_text([f"a photo of a {pretty[c]}." for c in classes])
+    f = feat.embed([make_image((20, 30, 200))])[0]
+    p_text = softmax(100.0 * (f.astype(np.float64) @ w.T.astype(np.float64)))
+    assert [res.dmn.parts["text"].get(c, 0.0) for c in classes] == pytest.approx(list(p_text), abs=1e-4)
+    assert res.label_name == pretty[res.label]

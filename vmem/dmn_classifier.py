@@ -23,7 +23,6 @@ so within a batch the queries are processed in order, and a stream is a sequence
 from __future__ import annotations
 
 import atexit
-import csv
 import hashlib
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from retrieval import MemoryStore, Neighbor
+from retrieval import MemoryStore, Neighbor, read_label_names
 from retrieval.dmn import (
     DEFAULT_BETA,
     DEFAULT_SCALE,
@@ -111,14 +110,8 @@ def stream_dir_key(store: MemoryStore) -> str:
 
 
 def read_class_names(path: str | Path) -> dict[str, str]:
-    """`label<TAB>name` (or `label,name`) lines -> {label: name}; the first name of a synonym list."""
-    names: dict[str, str] = {}
-    text = Path(path).read_text(encoding="utf-8")
-    dialect = "excel-tab" if "\t" in text else "excel"
-    for row in csv.reader(text.splitlines(), dialect=dialect):
-        if len(row) >= 2 and row[0].strip():
-            names[row[0].strip()] = row[1].split(",")[0].strip()
-    return names
+    """{label: name} for the text prompts: `retrieval.read_label_names` (TSV, `label name, ...` or a .csv)."""
+    return read_label_names(path)
 
 
 class DmnClassifier:
@@ -283,7 +276,8 @@ class DmnClassifier:
         """
         opts = options or DmnOptions()
         mode = self.resolve_mode(opts.mode)
-        names = read_class_names(opts.classes_file) if opts.classes_file else {}
+        # The text prompts read class names: a classes file's, else the memory's own (vmem build --label-names).
+        names = read_class_names(opts.classes_file) if opts.classes_file else dict(self.store.meta.label_names)
         stored = list(self.store.label_counts())
         classes = list(dict.fromkeys(labels)) if labels else (stored or list(names))
         if not classes:

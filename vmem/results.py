@@ -30,6 +30,7 @@ class NeighborVote(BaseModel):
 
     id: str = Field(description="point id (UUIDv5 of the source)")
     label: str
+    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path or URI of the memory image")
     similarity: float = Field(description="cosine similarity to the query")
     weight: float = Field(description="vote weight under the rule used (0 past k)")
@@ -53,6 +54,8 @@ class Classification(BaseModel):
 
     source: str | None = Field(None, description="the query's path or upload name, when known")
     label: str | None = Field(description="predicted label; null when the memory had no neighbours")
+    label_name: str | None = Field(None, description="the predicted label's name, where the memory names its "
+                                   "labels (vmem build --label-names)")
     scores: dict[str, float] = Field(description="vote share per label, summing to 1, best first")
     neighbors: list[NeighborVote]
     vote: VoteSettings

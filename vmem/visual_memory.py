@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,7 @@ class VisualMemory:
         neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
         for i, neighbors in enumerate(neighbor_lists):
             results.append(self._decide(neighbors, settings, sources[i] if sources else None))
-        return results
+        return self._named(results)
 
     def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
         sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
@@ -369,7 +369,35 @@ class VisualMemory:
         from .dmn_classifier import DmnOptions
 
         opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
-        return self.dmn.classify(vectors, stream, opts, labels, sources, exact)
+        return self._named(self.dmn.classify(vectors, stream, opts, labels, sources, exact))
+
+    # ------------------------------------------------------------------ label names
+
+    @property
+    def label_names(self) -> dict[str, str]:
+        """label -> name, for labels that say nothing to a person or a VLM (WordNet ids: "n02124075" is
+        "Egyptian cat"). Results carry them as `label_name`; the re-ranker shows Gemini the names."""
+        return dict(self.store.meta.label_names)
+
+    def set_label_names(self, names: Mapping[str, str], replace: bool = False) -> None:
+        """Name labels (merged with the names already stored, or all of them replaced); stored with the memory.
+
+        Names may be given for labels the memory does not hold yet (a class added later keeps its name).
+        """
+        clean = {str(label): str(name).strip() for label, name in names.items()}
+        if empty := [label for label, name in clean.items() if not name]:
+            raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
+        self.store.meta.label_names = clean if replace else {**self.store.meta.label_names, **clean}
+        self.store.save_meta()
+
+    def _named(self, results: list[Classification]) -> list[Classification]:
+        """`results` with `label_name` filled in from the memory's label names (in place)."""
+        names = self.store.meta.label_names
+        for res in results:
+            res.label_name = names.get(res.label) if res.label is not None else None
+            for n in res.neighbors:
+                n.label_name = names.get(n.label)
+        return results
 
     # ------------------------------------------------------------------ re-ranking
 
@@ -424,7 +452,7 @@ class VisualMemory:
                 "label": o.label if o.reranked else res.label, "reranked": o.reranked,
                 "fallback_reason": o.fallback_reason, "template": o.template, "model": o.model,
                 "usage": usage, "trace": o.trace or None}))
-        return out
+        return self._named(out)
 
     # ------------------------------------------------------------------ editing
 
@@ -590,6 +618,7 @@ class VisualMemory:
             "points": self.store.count(),
             "labels": len(counts),
             "per_label": counts,
+            "label_names": dict(self.store.meta.label_names),
             "featurizer": self.store.meta.featurizer.model_dump(),
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,

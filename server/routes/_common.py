@@ -60,10 +60,14 @@ async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
 
 def classification_out(request: Request, answer: Answer) -> ClassificationOut:
     r = answer.result
+    names = {n.label: n.label_name for n in r.neighbors if n.label_name}
     return ClassificationOut(
-        source=r.source, label=r.label, scores=r.scores, reranked=r.reranked, fallback_reason=r.fallback_reason,
+        source=r.source, label=r.label, label_name=r.label_name, scores=r.scores,
+        label_names={label: names[label] for label in r.scores if label in names},
+        reranked=r.reranked, fallback_reason=r.fallback_reason,
         template=r.template, model=r.model, usage=r.usage, vote=r.vote, novelty=r.novelty,
         ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
-        neighbors=[NeighborOut(id=n.id, label=n.label, source=n.source, similarity=n.similarity, weight=n.weight,
-                               rank=n.rank, thumbnail_url=thumbnail_url(request, n.id)) for n in r.neighbors],
+        neighbors=[NeighborOut(id=n.id, label=n.label, label_name=n.label_name, source=n.source,
+                               similarity=n.similarity, weight=n.weight, rank=n.rank,
+                               thumbnail_url=thumbnail_url(request, n.id)) for n in r.neighbors],
     )

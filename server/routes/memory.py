@@ -149,6 +149,7 @@ async def stats(service: ServiceDep) -> StatsOut:
         return StatsOut(
             backend="embedded" if service.backend == "embedded" else "qdrant",
             points=store.count(), labels=len(per_label), per_label=per_label,
+            label_names={label: name for label, name in store.meta.label_names.items() if label in per_label},
             featurizer=FeaturizerOut(name=spec.name, dim=spec.dim, resize=spec.preprocessing.resize,
                                      crop=spec.preprocessing.crop),
             default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k),

@@ -101,7 +101,7 @@ function badge(text, kind, title) {
 function render(result) {
   $("answer").hidden = false;
   $("neighbors-section").hidden = false;
-  $("prediction").textContent = result.label ?? "— (no neighbours)";
+  $("prediction").textContent = result.label === null ? "— (no neighbours)" : named(result.label, result.label_name);
   $("badges").replaceChildren();
   if (result.reranked) badge(`re-ranked by ${result.model || "the VLM"}`, "good", result.template || "");
   if (result.fallback_reason) badge(`vote used: ${result.fallback_reason}`, "warn");
@@ -119,7 +119,7 @@ function render(result) {
   for (const [label, share] of Object.entries(result.scores).slice(0, 5)) {
     const li = document.createElement("li");
     const name = document.createElement("span");
-    name.textContent = label;
+    name.textContent = named(label, result.label_names[label]);
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.style.width = `${Math.max(1, share * 100)}%`;
@@ -135,13 +135,18 @@ function render(result) {
   for (const n of result.neighbors) grid.appendChild(card(n, result.label));
 }
 
+// "Egyptian cat (n02124075)" where the memory names its labels; the label alone where it does not.
+function named(label, name) {
+  return name ? `${name} (${label})` : label;
+}
+
 function card(n, predicted) {
   const node = $("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.pointId = n.id;
   if (n.label === predicted) node.classList.add("same");
   const img = node.querySelector("img");
   const missing = node.querySelector(".no-thumb");
-  img.alt = n.label;
+  img.alt = n.label_name || n.label;
   img.title = n.source;
   img.addEventListener("error", async () => {
     img.hidden = true;
@@ -150,7 +155,8 @@ function card(n, predicted) {
     missing.textContent = resp.ok ? "no thumbnail" : await problemText(resp);
   });
   img.src = n.thumbnail_url;
-  node.querySelector(".label").textContent = n.label;
+  node.querySelector(".label").textContent = n.label_name || n.label;
+  node.querySelector(".label").title = n.label;
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   node.querySelector(".forget").addEventListener("click", () => forget(n, node));
@@ -171,12 +177,12 @@ async function forget(n, node) {
     method: "DELETE", headers: { "X-API-Key": key },
   });
   if (!resp.ok) {
-    showError(`could not forget ${n.label}: ${await problemText(resp)}`);
+    showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
     return;
   }
   const body = await resp.json();
   const note = $("forget-note");
-  note.textContent = `forgot a point labelled ${n.label}` + (body.erased ? ", and erased its vector from the memory's files" : "");
+  note.textContent = `forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : "");
   note.hidden = false;
   node.remove();
   await loadStats();

@@ -19,6 +19,8 @@ from retrieval import (
     ImageDecodeError,
     IndexSettings,
     VoteRule,
+    find_label_names_file,
+    read_label_names,
     read_labelled,
     unique_sources,
 )
@@ -89,6 +91,13 @@ def build(
                           "to cache them (recall@50 on real features 0.99 with turboquant8, 0.98 with int8; "
                           "docs/benchmarks.md). A search setting, so it also changes an existing memory"),
     ] = None,
+    label_names: Annotated[
+        Path | None,
+        typer.Option(help="file naming the labels (classes.tsv, words.txt, LOC_synset_mapping.txt: label<TAB>name "
+                          "or 'label name, ...' lines; or a label,name CSV); default: such a file in DATASET's "
+                          "folder or the one above. Results show the names; the re-ranker shows Gemini the names "
+                          "instead of the labels (WordNet ids say nothing to it)"),
+    ] = None,
     rescore_doubtful: Annotated[
         bool | None,
         typer.Option("--rescore-doubtful",
@@ -104,6 +113,7 @@ def build(
         unique_sources(items)  # a file given two labels: refused before the memory is created or touched
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
+    names, names_file = _dataset_label_names(dataset, label_names, {i.label for i in items})
     tags = parse_tags(tag)
     # Only what the user gave: asking for the default explicitly must still be compared with the memory.
     asked = {"quantization": quantization.value} if quantization is not None else {}
@@ -143,14 +153,44 @@ def build(
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
+        n_labels = len({i.label for i in items})
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
-                   f"{len(items)} images in {len({i.label for i in items})} labels", err=True)
+                   f"{len(items)} images in {n_labels} labels", err=True)
+        if names:
+            new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
+            if new:
+                mem.set_label_names(new)
+            typer.echo(f"label names: {len(names)} of {n_labels} labels named by {names_file}"
+                       + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), err=True)
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
             file=sys.stderr)
         report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
                            feature_cache=feature_cache)
     typer.echo(report.summary())
+
+
+def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) -> tuple[dict[str, str], Path | None]:
+    """The names of a build's labels (and the file they came from): from `given`, else a file found beside
+    the dataset. A file given that cannot be read, or names none of the labels, is refused; one found is skipped
+    with a note (it may be something else of the same name)."""
+    path = given or find_label_names_file(dataset)
+    if path is None:
+        return {}, None
+    try:
+        names = read_label_names(path)
+    except (DatasetError, OSError) as exc:
+        if given:
+            raise typer.BadParameter(str(exc), param_hint="--label-names") from exc
+        typer.echo(f"note: {path} looks like a file of label names but is not readable as one ({exc}); "
+                   "labels stay unnamed", err=True)
+        return {}, None
+    named = {label: names[label] for label in sorted(labels) if label in names}
+    if not named and given:
+        raise typer.BadParameter(f"{path} names none of the dataset's {len(labels)} labels (e.g. "
+                                 f"{sorted(labels)[0]!r}; it names {next(iter(names))!r}, ...)",
+                                 param_hint="--label-names")
+    return named, path
 
 
 def classify(
@@ -201,7 +241,8 @@ def classify(
         else:
             top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
-            typer.echo(f"{res.source}\t{res.label}\t({top}){extra}")
+            named = f" ({res.label_name})" if res.label_name else ""
+            typer.echo(f"{res.source}\t{res.label}{named}\t({top}){extra}")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         s = results[0].vote
@@ -275,7 +316,8 @@ def info(
     typer.echo(f"points     {stats['points']}")
     typer.echo(f"labels     {stats['labels']}")
     for lab, n in list(stats["per_label"].items())[:10]:
-        typer.echo(f"  {n:6d}  {lab}")
+        name = stats["label_names"].get(lab)
+        typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
     if stats["labels"] > 10:
         typer.echo(f"  ... {stats['labels'] - 10} more")
     if stats["settings"]:

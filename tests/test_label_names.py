@@ -1,0 +1,193 @@
+"""Label names: a memory whose labels are ids (ImageNet's WordNet folders) says what they are.
+
+`vmem build` finds the dataset's names file (classes.tsv, words.txt, LOC_synset_mapping.txt) or takes one,
+stores the names with the memory, and every answer carries them as `label_name`: the Python API, the CLI,
+HTTP and the page. The re-ranker shows Gemini the names (tests/test_reranker.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from retrieval import DatasetError, find_label_names_file, open_store, read_label_names
+from server import Settings, create_app
+from tests._server_fixtures import COLORS, fill_memory, make_memory_images, texture
+from tests.conftest import make_image
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+# ------------------------------------------------------------------ names files
+
+
+@pytest.mark.parametrize(("file_name", "text"), [
+    ("classes.tsv", "n02124075\tEgyptian cat\nn04067472\treel, spool\n"),
+    ("LOC_synset_mapping.txt", "n02124075 Egyptian cat\nn04067472 reel, spool\n"),
+    ("names.csv", "label,name\nn02124075,Egyptian cat\nn04067472,\"reel, spool\"\n"),
+])
+def test_names_files_in_the_usual_layouts(tmp_path, file_name, text):
+    (tmp_path / file_name).write_text(text, encoding="utf-8")
+    assert read_label_names(tmp_path / file_name) == {"n02124075": "Egyptian cat", "n04067472": "reel"}
+
+
+def test_a_names_file_that_is_not_one_is_refused_with_the_line(tmp_path):
+    bad = tmp_path / "classes.tsv"
+    bad.write_text("n02124075\tEgyptian cat\nn04067472\n")
+    with pytest.raises(DatasetError, match=r"classes.tsv:2: expected a label and its name"):
+        read_label_names(bad)
+    (tmp_path / "latin1.tsv").write_bytes("n1\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_label_names(tmp_path / "latin1.tsv")
+
+
+def test_the_names_file_is_found_beside_the_dataset_or_above_it(tmp_path):
+    (tmp_path / "train" / "n1").mkdir(parents=True)
+    assert find_label_names_file(tmp_path / "train") is None
+    (tmp_path / "words.txt").write_text("n1\tone\n")
+    assert find_label_names_file(tmp_path / "train") == tmp_path / "words.txt"
+    (tmp_path / "train" / "classes.tsv").write_text("n1\tuno\n")
+    assert find_label_names_file(tmp_path / "train") == tmp_path / "train" / "classes.tsv"
+    assert find_label_names_file(tmp_path / "manifest.csv") is None
+
+
+# ------------------------------------------------------------------ the Python API
+
+
+@pytest.fixture
+def memory(lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    for label, color in COLORS.items():
+        mem.add([texture(color, seed=s) for s in range(3)], [label] * 3)
+    yield mem
+    mem.close()
+
+
+def test_classify_names_the_label_and_every_neighbour(memory, tmp_path, lite0):
+    memory.set_label_names({"red": "crimson", "green": "emerald"})  # blue stays unnamed
+    [res] = memory.classify([texture(COLORS["red"], seed=99)], k=9)
+    assert (res.label, res.label_name) == ("red", "crimson")
+    named = {n.label: n.label_name for n in res.neighbors}
+    assert named == {"red": "crimson", "green": "emerald", "blue": None}
+    memory.close()
+    with VisualMemory(open_store(tmp_path / "memory"), lite0) as again:  # stored with the memory
+        assert again.label_names == {"red": "crimson", "green": "emerald"}
+        assert again.stats()["label_names"] == {"red": "crimson", "green": "emerald"}
+        again.set_label_names({"blue": "navy"}, replace=True)
+        assert again.label_names == {"blue": "navy"}
+        with pytest.raises(ValueError, match="empty name for label 'red'"):
+            again.set_label_names({"red": "  "})
+
+
+def test_a_memory_without_names_answers_as_before(memory):
+    [res] = memory.classify([texture(COLORS["blue"], seed=99)], k=3)
+    assert res.label == "blue" and res.label_name is None
+    assert "label_name" not in res.model_dump(exclude_none=True)
+
+
+# ------------------------------------------------------------------ vmem build, info, classify
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """ImageNet's layout: train/<wnid>/<image>, the wnids' names in classes.tsv beside train/."""
+    wnids = {"n01": COLORS["red"], "n02": COLORS["green"], "n03": COLORS["blue"]}
+    for wnid, color in wnids.items():
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "train" / wnid / f"{i}.png").write_bytes(texture(color, seed=i))
+        (tmp_path / "val" / wnid / "q.jpg").write_bytes(make_image(color, size=(40, 30)))
+    (tmp_path / "classes.tsv").write_text("n01\tred fox\nn02\tgreen mamba\nn03\tblue jay\nn99\tnot in the data\n")
+    return tmp_path
+
+
+def test_build_finds_the_names_and_every_command_shows_them(dataset, tmp_path):
+    memory = tmp_path / "memory"
+    built = run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+                "--workers", "0")
+    assert built.exit_code == 0, built.output
+    assert f"label names: 3 of 3 labels named by {dataset / 'classes.tsv'}" in built.output
+    info = run("info", "--memory", memory)
+    assert "n01  red fox" in info.output and "n99" not in info.output  # only the memory's labels are kept
+    assert json.loads(run("info", "--memory", memory, "--json").output)["label_names"] == {
+        "n01": "red fox", "n02": "green mamba", "n03": "blue jay"}
+    out = run("classify", dataset / "val", "--memory", memory, "--k", "3", "--json")
+    answers = {Path(a["source"]).parent.name: a for a in map(json.loads, out.output.splitlines())}
+    assert answers["n02"]["label"] == "n02" and answers["n02"]["label_name"] == "green mamba"
+    assert {n["label_name"] for n in answers["n02"]["neighbors"]} <= {"red fox", "green mamba", "blue jay"}
+    text = run("classify", dataset / "val" / "n03" / "q.jpg", "--memory", memory, "--k", "3")
+    assert "\tn03 (blue jay)\t" in text.output
+
+
+def test_names_given_later_rename_without_re_embedding(dataset, tmp_path):
+    memory = tmp_path / "memory"
+    (dataset / "classes.tsv").unlink()
+    assert run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+               "--workers", "0").exit_code == 0
+    assert json.loads(run("info", "--memory", memory, "--json").output)["label_names"] == {}
+    names = tmp_path / "names.csv"
+    names.write_text("label,name\nn01,fox\nn02,mamba\n")
+    again = run("build", dataset / "train", "--memory", memory, "--label-names", names)
+    assert again.exit_code == 0, again.output
+    assert "0 added, 9 already in memory" in again.output and "label names: 2 of 3 labels named" in again.output
+    assert "n02  mamba" in run("info", "--memory", memory).output
+
+
+def test_a_names_file_given_must_name_the_datasets_labels(dataset, tmp_path):
+    other = tmp_path / "other.tsv"
+    other.write_text("cat\tkitty\n")
+    res = run("build", dataset / "train", "--memory", tmp_path / "memory", "--label-names", other)
+    assert res.exit_code == 2 and "names none of the dataset's 3 labels (e.g. 'n01'; it names 'cat'" in res.output
+    assert not (tmp_path / "memory").exists()  # refused before a memory was made
+
+
+def test_a_found_file_that_is_no_names_file_is_skipped_with_a_note(dataset, tmp_path):
+    (dataset / "classes.tsv").write_text("just one word per line\nn01\n")
+    res = run("build", dataset / "train", "--memory", tmp_path / "memory", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert "is not readable as one" in res.output and "labels stay unnamed" in res.output
+
+
+# ------------------------------------------------------------------ HTTP and the page
+
+
+def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    app_ = create_app(Settings(memory=":memory:", auth_disabled=True, thumbnail_dir=tmp_path / "thumbs"), memory=mem)
+    with TestClient(app_) as client:
+        resp = client.post("/v1/classify?k=6", files={"image": ("q.png", texture(COLORS["green"], seed=7))})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert (body["label"], body["label_name"]) == ("green", "emerald")
+        assert body["label_names"] == {lab: {"red": "crimson", "green": "emerald", "blue": "navy"}[lab]
+                                       for lab in body["scores"]}
+        assert all(n["label_name"] for n in body["neighbors"])
+        assert client.get("/v1/memory/stats").json()["label_names"] == {
+            "red": "crimson", "green": "emerald", "blue": "navy"}
+
+
+# ------------------------------------------------------------------ real data
+
+
+@pytest.mark.realdata
+def test_tiny_imagenet_names_every_class_by_its_classes_tsv(tiny_imagenet):
+    found = find_label_names_file(tiny_imagenet / "train")
+    assert found == tiny_imagenet / "classes.tsv"
+    names = read_label_names(found)
+    wnids = [p.name for p in (tiny_imagenet / "train").iterdir() if p.is_dir()]
+    assert len(wnids) == 202 and all(names.get(w) for w in wnids)
+    assert names["n02124075"] == "Egyptian cat"
