@@ -54,7 +54,7 @@ from ._errors import (
     StepBudgetError,
     UpstreamError,
 )
-from ._prompt import BuiltPrompt, QueryImage, _fmt, build_prompt, candidate_labels, encode_query
+from ._prompt import BuiltPrompt, QueryImage, ShownLabels, _fmt, build_prompt, candidate_labels, encode_query
 from ._settings import GeminiSettings
 from ._thumbs import ThumbnailCache, ThumbnailError
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
@@ -369,7 +369,10 @@ class GeminiReranker:
         return bool(gone)
 
     def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage, candidates: list[str]) -> str:
+        # The names Gemini reads for the labels are part of the prompt (a key without names stays as it was).
+        names = {"names": ShownLabels(req.label_names, candidates).texts(candidates)} if req.label_names else {}
         return cache_key({
+            **names,
             "format": CACHE_FORMAT,
             "query": query.sha256,
             # The numbers as the prompt prints them: another vote rule (alpha, tau) gives the same neighbours
@@ -393,15 +396,16 @@ class GeminiReranker:
 
     async def _classify(self, ctx: _Ctx, client: genai.Client, template: PromptTemplate,
                         prompt: BuiltPrompt) -> str:
+        shown = prompt.names.texts(prompt.candidates)
         config = self._config(template, prompt.system, response_mime_type="text/x.enum",
-                              response_schema=types.Schema(type=types.Type.STRING, enum=prompt.candidates))
+                              response_schema=types.Schema(type=types.Type.STRING, enum=shown))
         contents = [types.Content(role="user", parts=prompt.parts)]
         response = await self._generate(ctx, client, contents, config)
         text = self._answer_text(response)
-        if text.startswith('"') and text not in prompt.candidates:  # an enum answer sometimes comes JSON-quoted
+        if text.startswith('"') and text not in shown:  # an enum answer sometimes comes JSON-quoted
             with contextlib.suppress(json.JSONDecodeError):  # (a label that is itself in quotes stays as written)
                 text = str(json.loads(text)).strip()
-        return self._check_label(text, prompt.candidates)
+        return self._check_label(text, prompt.candidates, prompt.names)
 
     @staticmethod
     def _answer_text(response: types.GenerateContentResponse) -> str:
@@ -418,9 +422,11 @@ class GeminiReranker:
         return text
 
     @staticmethod
-    def _check_label(label: Any, candidates: list[str]) -> str:
-        if not isinstance(label, str) or label not in candidates:
-            shown = label if not isinstance(label, str) or len(label) < 80 else label[:77] + "..."
+    def _check_label(answer: Any, candidates: list[str], names: ShownLabels) -> str:
+        """The candidate label Gemini's answer (a label as shown to it) names."""
+        label = names.label(answer) if isinstance(answer, str) else None
+        if label is None or label not in candidates:
+            shown = answer if not isinstance(answer, str) or len(answer) < 80 else answer[:77] + "..."
             raise NonCandidateAnswerError(
                 f"Gemini answered {shown!r}, which is not one of the {len(candidates)} candidate labels")
         return label
@@ -540,7 +546,7 @@ class GeminiReranker:
         while True:
             final = steps >= template.max_steps
             config = self._config(
-                template, prompt.system, tools=self._declarations(template, candidates, final),
+                template, prompt.system, tools=self._declarations(template, prompt.names.texts(candidates), final),
                 tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
                     mode=types.FunctionCallingConfigMode.ANY, allowed_function_names=["answer"] if final else None)),
                 automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
@@ -552,7 +558,7 @@ class GeminiReranker:
                 if call.name == "answer":
                     label = (call.args or {}).get("label")
                     ctx.trace.append({"step": steps, "tool": "answer", "args": dict(call.args or {})})
-                    return self._check_label(label, candidates)
+                    return self._check_label(label, candidates, prompt.names)
             if final:
                 raise StepBudgetError(f"no answer within the agentic step budget of {template.max_steps} "
                                       f"(Gemini kept calling {', '.join(sorted({c.name or '?' for c in calls}))})")
@@ -561,7 +567,8 @@ class GeminiReranker:
             contents.append(response.candidates[0].content)  # keeps Gemini 3's thought signatures
             replies = []
             for call in calls:
-                reply, entry = await self._run_tool(call, steps, req, store, candidates, seen, n_seen, template)
+                reply, entry = await self._run_tool(call, steps, req, store, candidates, prompt.names, seen, n_seen,
+                                                    template)
                 ctx.trace.append(entry)
                 ctx.cited.update(entry.get("ids", []))
                 n_seen = max(n_seen, entry.get("k", 0))
@@ -570,7 +577,7 @@ class GeminiReranker:
             contents.append(types.Content(role="user", parts=replies))
 
     async def _run_tool(self, call: types.FunctionCall, step: int, req: RerankRequest, store: MemoryStore | None,
-                        candidates: list[str], seen: set[str], n_seen: int,
+                        candidates: list[str], names: ShownLabels, seen: set[str], n_seen: int,
                         template: PromptTemplate) -> tuple[types.FunctionResponse, dict[str, Any]]:
         args = dict(call.args or {})
         entry: dict[str, Any] = {"step": step, "tool": call.name, "args": args}
@@ -589,9 +596,10 @@ class GeminiReranker:
         except (TypeError, ValueError, OverflowError):
             return error(f"{count} must be an integer, got {args.get(count)!r}")
         if call.name == "exemplars":
-            label = args.get("label")
-            if label not in candidates:
-                return error(f"{label!r} is not a candidate label")
+            asked = args.get("label")
+            label = names.label(asked) if isinstance(asked, str) else None
+            if label is None or label not in candidates:
+                return error(f"{asked!r} is not a candidate label")
             n = min(max(wanted, 1), self.settings.max_exemplars)
             hits = await asyncio.to_thread(store.query, req.vector, n, [label])
             items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
@@ -611,9 +619,9 @@ class GeminiReranker:
             key = "neighbors"
         parts, listed, missing = [], [], []
         for i, it in enumerate(items):
-            row: dict[str, Any] = {"index": i + 1, "label": it.label, "similarity": round(it.similarity, 3),
-                                   "rank": it.rank + 1, "caption": template.render(
-                                       "exemplar_line", index=i + 1, label=it.label,
+            row: dict[str, Any] = {"index": i + 1, "label": names.show(it.label),
+                                   "similarity": round(it.similarity, 3), "rank": it.rank + 1,
+                                   "caption": template.render("exemplar_line", index=i + 1, label=names.show(it.label),
                                        similarity=f"{it.similarity:.3f}", id=it.id)}
             if len(parts) >= self.settings.max_tool_images:  # bound the tokens one tool call can add
                 row["image"] = None
@@ -632,7 +640,7 @@ class GeminiReranker:
             entry["label_only"] = missing
         body: dict[str, Any] = {key: listed, "note": "row['image'] is the 1-based index of its image part"}
         if call.name == "more_neighbors":
-            body["candidates"] = candidates
+            body["candidates"] = names.texts(candidates)
         return types.FunctionResponse(id=call.id, name=call.name, response=body, parts=parts or None), entry
 
 

@@ -28,6 +28,47 @@ def candidate_labels(request: RerankRequest) -> list[str]:
     return [lab for lab in seen if allowed is None or lab in allowed]
 
 
+class ShownLabels:
+    """What Gemini reads for each label, and back: a label's name where it has one, else the label.
+
+    Every label is shown as a different text, so an answer names one label: a name that two labels share
+    (ImageNet has two "crane"s), or that is itself another label, is followed by its label ("crane (n02012849)").
+    """
+
+    def __init__(self, names: dict[str, str] | None, labels: list[str]) -> None:
+        self._names = names or {}
+        held: dict[str, int] = {}
+        for name in self._names.values():
+            held[name] = held.get(name, 0) + 1
+        self._ambiguous = {name for name, n in held.items() if n > 1}
+        self._shown: dict[str, str] = {}
+        self._labels: dict[str, str] = {}
+        for label in labels:
+            self.show(label)
+
+    def show(self, label: str) -> str:
+        if label in self._shown:
+            return self._shown[label]
+        name = self._names.get(label)
+        if name is None:
+            text = label
+        elif name in self._ambiguous or (name != label and name in self._names):
+            text = f"{name} ({label})"
+        else:
+            text = name
+        while text in self._labels:  # an unnamed label equal to another's name: rare, but never ambiguous
+            text = f"{text} ({label})"
+        self._shown[label], self._labels[text] = text, label
+        return text
+
+    def label(self, shown: str) -> str | None:
+        """The label shown as `shown` (None if no label was)."""
+        return self._labels.get(shown)
+
+    def texts(self, labels: list[str]) -> list[str]:
+        return [self.show(label) for label in labels]
+
+
 @dataclass
 class QueryImage:
     jpeg: bytes
@@ -45,6 +86,7 @@ class BuiltPrompt:
     parts: list[types.Part]
     candidates: list[str]
     shown: list[RerankNeighbor]
+    names: ShownLabels
     images: int
     notes: list[dict[str, Any]] = field(default_factory=list)  # e.g. neighbours shown label-only
 
@@ -61,6 +103,7 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
     and a note says why; the request still goes out.
     """
     shown = request.neighbors[: template.max_neighbors] if template.show_neighbors else []
+    names = ShownLabels(request.label_names, candidates)
     counts = {"n_neighbors": len(shown), "n_candidates": len(candidates)}
     parts: list[types.Part] = []
     notes: list[dict[str, Any]] = []
@@ -72,8 +115,8 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
 
     text(template.render("intro", **counts))
     for i, n in enumerate(shown):
-        values = {"rank": i + 1, "label": n.label, "similarity": _fmt(n.similarity), "weight": _fmt(n.weight),
-                  "id": n.id}
+        values = {"rank": i + 1, "label": names.show(n.label), "similarity": _fmt(n.similarity),
+                  "weight": _fmt(n.weight), "id": n.id}
         if not template.neighbor_images:
             text(template.render("neighbor", **values))
             continue
@@ -89,12 +132,12 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
     text(template.render("query", **counts))
     parts.append(types.Part.from_bytes(data=query.jpeg, mime_type="image/jpeg"))
     images += 1
-    lines = [template.render("candidate_line", label=lab, score=_fmt(request.scores.get(lab, 0.0), 2), rank=r + 1)
-             for r, lab in enumerate(candidates)]
-    text(template.render("candidates", candidate_lines="\n".join(lines), candidate_list=", ".join(candidates),
-                         n_candidates=len(candidates)))
+    lines = [template.render("candidate_line", label=names.show(lab), score=_fmt(request.scores.get(lab, 0.0), 2),
+                             rank=r + 1) for r, lab in enumerate(candidates)]
+    text(template.render("candidates", candidate_lines="\n".join(lines),
+                         candidate_list=", ".join(names.texts(candidates)), n_candidates=len(candidates)))
     text(template.render("answer", n_candidates=len(candidates)))
     if template.agentic and template.tool_instructions:
         text(template.render("tool_instructions", max_steps=template.max_steps, n_candidates=len(candidates)))
     return BuiltPrompt(system=template.render("system", **counts), parts=parts, candidates=candidates,
-                       shown=list(shown), images=images, notes=notes)
+                       shown=list(shown), names=names, images=images, notes=notes)

@@ -41,6 +41,8 @@ class RerankRequest:
     # Directories neighbour images may be read from (None: anywhere). A source is data: without this,
     # anyone able to write the memory could have any image on the host sent to the VLM.
     source_roots: list[str] | None = None
+    # label -> the name Gemini reads in its place (WordNet ids say nothing to it); answers come back as labels.
+    label_names: dict[str, str] | None = None
 
 
 class Usage(BaseModel):

@@ -617,3 +617,88 @@ def test_the_answer_cache_is_reachable_without_loading_the_gemini_sdk():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# ------------------------------------------------------------------ label names
+
+
+def test_gemini_reads_the_label_names_and_its_answer_comes_back_as_a_label(fake, make_rr, images):
+    # A memory built from ImageNet folders holds WordNet ids: Gemini is shown the names instead.
+    names = {"cat": "Egyptian cat", "dog": "dingo"}
+    fake.enqueue(fake.answer("dingo"))
+    out = make_rr().rerank_one(request(images, vote="cat", label_names=names))
+    assert (out.label, out.reranked) == ("dog", True) and out.candidates == ["cat", "dog"]
+    [sent] = fake.requests
+    assert sent.body["generationConfig"]["responseSchema"]["enum"] == ["Egyptian cat", "dingo"]
+    assert 'Example 1, labelled "Egyptian cat"' in "\n".join(sent.texts)
+    assert not any('labelled "cat"' in t or "- cat" in t for t in sent.texts)
+
+
+def test_an_answer_naming_a_label_rather_than_its_shown_name_is_refused(fake, make_rr, images):
+    fake.enqueue(fake.answer("dog"))  # outside the enum Gemini was given
+    out = make_rr().rerank_one(request(images, label_names={"cat": "Egyptian cat", "dog": "dingo"}))
+    assert out.error == "NonCandidateAnswerError" and out.label == "cat" and not out.reranked
+
+
+def test_labels_sharing_a_name_are_told_apart_by_their_label(fake, make_rr, images):
+    # ImageNet has two "crane"s (a bird and a machine); an answer must still name one label.
+    names = {"n02012849": "crane", "n03126707": "crane"}
+    fake.enqueue(fake.answer("crane (n03126707)"))
+    out = make_rr().rerank_one(request(images, labels=("n02012849", "n03126707", "n02012849"), vote="n02012849",
+                                       label_names=names))
+    assert out.label == "n03126707" and out.reranked
+    assert fake.requests[0].body["generationConfig"]["responseSchema"]["enum"] == [
+        "crane (n02012849)", "crane (n03126707)"]
+
+
+def test_shown_label_texts_are_one_to_one():
+    from reranker._prompt import ShownLabels
+
+    names = {"b": "a", "c": "c", "d": "x", "e": "x"}
+    shown = ShownLabels(names, ["a", "b", "c", "d", "e", "f"])
+    texts = shown.texts(["a", "b", "c", "d", "e", "f"])
+    # "a" is unnamed and shown first; "b" is named "a", another label: its label follows
+    assert texts == ["a", "a (b)", "c", "x (d)", "x (e)", "f"]
+    assert [shown.label(t) for t in texts] == ["a", "b", "c", "d", "e", "f"]
+    assert shown.label("x") is None
+
+
+def test_the_names_gemini_reads_are_part_of_the_cache_key(fake, make_rr, images):
+    rr = make_rr()
+    rr.rerank_one(request(images))
+    assert rr.rerank_one(request(images)).cached
+    named = rr.rerank_one(request(images, label_names={"cat": "Egyptian cat", "dog": "dingo"}))
+    assert not named.cached and fake.count == 2  # another prompt: asked again
+    assert rr.rerank_one(request(images, label_names={"cat": "Egyptian cat", "dog": "dingo"})).cached
+
+
+def test_agentic_tools_take_and_show_the_names(fake, make_rr, images, store):
+    s, vecs, ids, labels = store
+    names = {lab: f"{lab} thing" for lab in COLOURS}
+    req = agentic_request(images, store, label_names=names)
+    other = next(c for c in req.scores if c != req.vote_label)
+    unseen = next(c for c in COLOURS if c not in req.scores)
+    fake.enqueue(fake.call("exemplars", label=names[other], n=2), fake.call("more_neighbors", k=8),
+                 fake.answer(names[unseen]))
+    out = make_rr().rerank_one(req, store=s)
+    ex, more, _ = out.trace
+    assert "error" not in ex and set(ex["ids"]) == {i for i, lab in zip(ids, labels, strict=True) if lab == other}
+    assert (out.label, out.reranked) == (unseen, True)
+    reply = fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]["response"]
+    assert {row["label"] for row in reply["exemplars"]} == {names[other]}
+    assert fake.requests[0].function_names == ["answer", "exemplars", "more_neighbors"]
+    decl = {d["name"]: d for t in fake.requests[0].body["tools"] for d in t["functionDeclarations"]}
+    assert set(decl["answer"]["parameters"]["properties"]["label"]["enum"]) <= set(names.values())
+    more_reply = fake.requests[2].body["contents"][-1]["parts"][0]["functionResponse"]["response"]
+    assert set(more_reply["candidates"]) == set(names.values())
+
+
+def test_classify_shows_gemini_the_memory_label_names(fake, make_rr, memory):
+    memory.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    memory.reranker = make_rr()
+    fake.enqueue(fake.answer("emerald"))
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert (res.label, res.label_name, res.reranked) == ("green", "emerald", True)
+    assert [n.label_name for n in res.neighbors] == [{"red": "crimson", "green": "emerald",
+                                                      "blue": "navy"}[n.label] for n in res.neighbors]
+    assert set(fake.requests[0].body["generationConfig"]["responseSchema"]["enum"]) <= {"crimson", "emerald", "navy"}

@@ -440,6 +440,7 @@ class VisualMemory:
             scores=res.scores, vote_label=res.label,
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
             labels=list(labels) if labels else None, source=res.source, template=template,
+            label_names=self.store.meta.label_names or None,
             source_roots=list(self.store.meta.settings.get("source_roots", [])))
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
