@@ -130,6 +130,16 @@ def test_build_finds_the_names_and_every_command_shows_them(dataset, tmp_path):
     assert "\tn03 (blue jay)\t" in text.output
 
 
+def test_a_label_filter_given_a_name_says_which_label_it_names(dataset, tmp_path):
+    memory = tmp_path / "memory"
+    assert run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
+               "--workers", "0").exit_code == 0
+    res = run("classify", dataset / "val", "--memory", memory, "--label", "Blue Jay")
+    assert res.exit_code == 2
+    assert "the memory has no label 'Blue Jay' ('Blue Jay' is the name of label n03; its 3 labels:" in res.output
+    assert run("classify", dataset / "val", "--memory", memory, "--label", "n03").exit_code == 0
+
+
 def test_names_given_later_rename_without_re_embedding(dataset, tmp_path):
     memory = tmp_path / "memory"
     (dataset / "classes.tsv").unlink()
@@ -178,6 +188,9 @@ def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
         assert all(n["label_name"] for n in body["neighbors"])
         assert client.get("/v1/memory/stats").json()["label_names"] == {
             "red": "crimson", "green": "emerald", "blue": "navy"}
+        by_name = client.post("/v1/classify?label=navy", files={"image": ("q.png", texture(COLORS["blue"], seed=7))})
+        assert by_name.status_code == 422
+        assert "'navy' is the name of label blue" in by_name.json()["detail"]
 
 
 # ------------------------------------------------------------------ real data

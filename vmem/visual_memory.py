@@ -390,6 +390,16 @@ class VisualMemory:
         self.store.meta.label_names = clean if replace else {**self.store.meta.label_names, **clean}
         self.store.save_meta()
 
+    def name_hints(self, texts: Sequence[str]) -> str:
+        """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they
+        name, as a sentence for an error message ("" if none is): label filters take labels."""
+        by_name: dict[str, list[str]] = {}
+        for label, name in self.store.meta.label_names.items():
+            by_name.setdefault(name.casefold(), []).append(label)
+        hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
+                 for text in dict.fromkeys(texts) if (found := by_name.get(text.casefold()))]
+        return "; ".join(hints)
+
     def _named(self, results: list[Classification]) -> list[Classification]:
         """`results` with `label_name` filled in from the memory's label names (in place)."""
         names = self.store.meta.label_names

@@ -54,8 +54,10 @@ def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
 async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
     """Refuse a `label` filter naming a label the memory does not have: every answer would be empty."""
     if q.label and (unknown := await service.run(service.memory.unknown_labels, q.label)):
+        hints = service.memory.name_hints(unknown)
         raise ProblemError(422, f"the memory has no label {', '.join(map(repr, unknown))}: filter by labels "
-                           "it holds (GET /v1/memory/stats lists them)", "unknown-label", "Unknown label")
+                           f"it holds ({hints + '; ' if hints else ''}GET /v1/memory/stats lists them)",
+                           "unknown-label", "Unknown label")
 
 
 def classification_out(request: Request, answer: Answer) -> ClassificationOut:

@@ -227,8 +227,10 @@ def classify(
         if label and (unknown := mem.unknown_labels(label)):
             known = mem.store.label_counts()
             some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
-            raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} (its "
-                                     f"{len(known)} labels: {some})", param_hint="--label")
+            hints = mem.name_hints(unknown)
+            raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} ("
+                                     + (f"{hints}; " if hints else "") + f"its {len(known)} labels: {some})",
+                                     param_hint="--label")
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
