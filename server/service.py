@@ -29,6 +29,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from retrieval.files import write_atomically
+from retrieval.store import EXCLUDED_KEY
 from vmem import Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
@@ -351,7 +352,9 @@ class ClassifierService:
 
     def _calibrate(self, k: int, labels: Sequence[str] | None = None) -> float | None:
         t0 = time.perf_counter()
-        sample = [p for p in self._calibration_sample(labels) if p.vector is not None]
+        # Hard-pruned points are out of every search, and are by their pruning atypical: not queries to learn from.
+        sample = [p for p in self._calibration_sample(labels)
+                  if p.vector is not None and not p.payload.get(EXCLUDED_KEY)]
         if len(sample) < 2:
             return None
         vectors = np.stack([p.vector for p in sample])

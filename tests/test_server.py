@@ -748,3 +748,18 @@ def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
+    from retrieval.store import EXCLUDED_KEY
+
+    service = client.app.state.service
+    before = service.ood_threshold(3)
+    # Three images unlike anything else, then hard-pruned (as `vmem prune --mode hard` flags points): out of
+    # every search, they must not raise the bar that typical queries are measured against either.
+    odd = [("images", (f"o{i}.png", data, "image/png"))
+           for i, data in enumerate([checkerboard(32, 4), checkerboard(32, 8), texture((250, 250, 250), 5)])]
+    added = client.post("/v1/memory", headers=AUTH, files=odd, data={"label": "odd"})
+    assert added.status_code == 201
+    service.memory.store.set_payload([p["id"] for p in added.json()["added"]], {EXCLUDED_KEY: "pruned"})
+    assert service.ood_threshold(3) == pytest.approx(before)
