@@ -12,6 +12,7 @@ Outputs in the run directory:
     hit_rate.csv             variant,k,hit_rate
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,votes,queries,accuracy (plurality agreement among the first k)
+    per_class.csv            variant,label,name,queries,correct,accuracy,confused_with (one rule at one k)
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank
 """
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, Featurizer, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import write_atomically
+from vmem.results import DEFAULT_K, DEFAULT_RULE
 
 from .datasets import EvalDataset
 from .plots import plot_all
@@ -43,6 +45,7 @@ from .scoring import (
     TABLE_KS,
     MemoryArrays,
     NeighborTable,
+    PerClass,
     Scores,
     neighbors_exact,
     neighbors_from_store,
@@ -156,8 +159,13 @@ def evaluate(
     queries: QuerySet,
     run: RunInfo,
     restrict_to: Sequence[str] | None = None,
+    per_class: tuple[str, int] = (DEFAULT_RULE.value, DEFAULT_K),
 ) -> EvalReport:
-    """Score every rule at every k; with `restrict_to`, also with the memory cut to those classes."""
+    """Score every rule at every k; with `restrict_to`, also with the memory cut to those classes.
+
+    `per_class` (rule, k) is the decision each class's accuracy and confusions are reported for: the one
+    classify makes by default (or the memory's tuned one, as the CLI passes it).
+    """
     variants: dict[str, Scores] = {}
     for name, restriction in [("all", None), ("restricted", restrict_to)]:
         if name == "restricted" and restriction is None:
@@ -166,7 +174,7 @@ def evaluate(
         table = neighbor_table(memory, queries, run.k_max, restriction)
         t1 = time.perf_counter()
         truth, accepted = truth_arrays(queries.correct_labels, table.classes)
-        variants[name] = score(table, truth, accepted, alpha=run.alpha, tau=run.tau)
+        variants[name] = score(table, truth, accepted, alpha=run.alpha, tau=run.tau, per_class=per_class)
         run.seconds[f"search_{name}"] = round(t1 - t0, 3)
         run.seconds[f"scoring_{name}"] = round(time.perf_counter() - t1, 3)
     if restrict_to is not None:
@@ -197,7 +205,25 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     return path
 
 
-def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True) -> list[Path]:
+def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 10) -> str:
+    """The `n` classes with the lowest accuracy under one decision, and what their queries were taken for."""
+
+    def shown(label: str) -> str:
+        return f"{label} ({names[label]})" if label in names else label
+
+    lines = [f"**hardest {min(n, len(per_class.classes))} of {len(per_class.classes)} classes** "
+             f"({per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",
+             "| class | queries | accuracy | most often taken for |", "|---|---|---|---|"]
+    for c in per_class.classes[:n]:
+        taken = ", ".join(f"{shown(lab)} ×{count}" for lab, count in c.confused_with.items())
+        lines.append(f"| {shown(c.label)} | {c.queries} | {100 * c.accuracy:.1f} | {taken} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
+                 names: dict[str, str] | None = None) -> list[Path]:
+    """Every file of a run; `names` (label -> name) go into the per-class files beside the labels."""
+    names = names or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
@@ -213,12 +239,19 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True) ->
     written.append(write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
         (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
         for name, s in v.items() for b in s.calibration]))
+    written.append(write_csv(out / "per_class.csv", [
+        "variant", "rule", "k", "label", "name", "queries", "correct", "accuracy", "confused_with"], [
+        (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
+         f"{c.accuracy:.6f}", ";".join(f"{lab}:{count}" for lab, count in c.confused_with.items()))
+        for name, s in v.items() if s.per_class for c in s.per_class.classes]))
     r = report.run
     md = [f"# {r.dataset} ({r.format}) against {r.memory}\n",
           f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "
           f"alpha={r.alpha}, tau={r.tau}\n"]
     md += [markdown_table(s, f"{name} classes" if name == "all" else f"restricted to {r.restricted_classes} classes")
            for name, s in v.items()]
+    if v["all"].per_class:
+        md.append(hardest_classes_table(v["all"].per_class, names))
     write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:

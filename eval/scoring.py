@@ -169,6 +169,24 @@ class CalibrationBin(BaseModel):
     accuracy: float | None
 
 
+class ClassScore(BaseModel):
+    """How one class's queries fared under one decision rule (its `label` is their first right label)."""
+
+    label: str
+    queries: int
+    correct: int
+    accuracy: float
+    confused_with: dict[str, int] = Field(description="where its wrong answers went: label -> queries, top 3")
+
+
+class PerClass(BaseModel):
+    """Per-class accuracy for one rule at one k, hardest classes first."""
+
+    rule: str
+    k: int
+    classes: list[ClassScore]
+
+
 class Scores(BaseModel):
     """Everything measured on one neighbour table (fractions in [0, 1])."""
 
@@ -180,6 +198,7 @@ class Scores(BaseModel):
     neighbor_accuracy: list[float] = Field(description="the i-th neighbour's label alone, i = 0..k_max-1")
     calibration_k: int
     calibration: list[CalibrationBin]
+    per_class: PerClass | None = None
 
 
 def correctness(pred_ids: np.ndarray, truth: np.ndarray, accepted: np.ndarray | None = None) -> np.ndarray:
@@ -222,8 +241,9 @@ def score(
     alpha: float = DEFAULT_ALPHA,
     tau: float = DEFAULT_TAU,
     calibration_k: int = 10,
+    per_class: tuple[VoteRule | str, int] | None = None,
 ) -> Scores:
-    """All rules at all k on one neighbour table.
+    """All rules at all k on one neighbour table; with `per_class` (rule, k), each class's accuracy under it.
 
     Example:
         >>> s = score(table, truth)
@@ -234,9 +254,15 @@ def score(
     variants = [(VoteRule(r), False) for r in rules]
     if table.reliability is not None:
         variants += [(VoteRule(r), True) for r in rules]
+    chosen = None
     for rule, soft in variants:
-        right = correctness(predictions(table, rule, alpha, tau, soft), truth, accepted)
+        pred = predictions(table, rule, alpha, tau, soft)
+        right = correctness(pred, truth, accepted)
         acc[rule.value + (SOFT_SUFFIX if soft else "")] = right.mean(axis=0).tolist() if n else [0.0] * kmax
+        if per_class is not None and not soft and rule == VoteRule(per_class[0]):
+            k = min(per_class[1], kmax)
+            chosen = PerClass(rule=rule.value, k=k,
+                              classes=class_scores(pred[:, k - 1], right[:, k - 1], truth, table.classes))
     best = {}
     for name, curve in acc.items():
         b = int(np.argmax(curve))  # the smallest k reaching the best accuracy
@@ -257,7 +283,33 @@ def score(
                                         accuracy=float(right[sel].mean()) if sel.any() else None))
     return Scores(n_queries=n, k_max=kmax, accuracy=acc, best=best, hit_rate=hit.tolist(),
                   neighbor_accuracy=(neighbor_right.mean(axis=0) if n else np.zeros(kmax)).tolist(),
-                  calibration_k=cal_k, calibration=calib)
+                  calibration_k=cal_k, calibration=calib, per_class=chosen)
+
+
+def class_scores(pred: np.ndarray, right: np.ndarray, truth: np.ndarray, classes: list[str],
+                 top_confusions: int = 3) -> list[ClassScore]:
+    """Accuracy per true class and where its misses went, hardest first (queries of unknown classes left out).
+
+    Args:
+        pred: int [n] predicted class ids (-1: no answer); right: bool [n]; truth: int [n] true class ids.
+    """
+    known = truth >= 0
+    n_classes = len(classes)
+    queries = np.bincount(truth[known], minlength=n_classes)
+    correct = np.bincount(truth[known & right], minlength=n_classes)
+    wrong = known & ~right & (pred >= 0)
+    # (true, predicted) pairs counted sparsely: a dense confusion matrix of 21k classes would be 3.5 GB.
+    pairs, counts = np.unique(truth[wrong] * n_classes + pred[wrong], return_counts=True)
+    misses: dict[int, list[tuple[int, int]]] = {}
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        misses.setdefault(pair // n_classes, []).append((-count, pair % n_classes))
+    out = []
+    for c in np.flatnonzero(queries).tolist():
+        top = sorted(misses.get(c, []))[:top_confusions]  # most queries first, then class order
+        out.append(ClassScore(label=classes[c], queries=int(queries[c]), correct=int(correct[c]),
+                              accuracy=float(correct[c] / queries[c]),
+                              confused_with={classes[j]: -neg for neg, j in top}))
+    return sorted(out, key=lambda s: (s.accuracy, s.label))
 
 
 def truth_arrays(correct_labels: Sequence[Sequence[str]], classes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -71,6 +71,24 @@ def test_eval_scores_every_rule_at_every_k_and_reuses_cached_features(built, tmp
     assert again["variants"]["all"]["accuracy"] == scores["accuracy"]
 
 
+def test_eval_reports_each_class_by_name_and_what_it_was_taken_for(built, tmp_path):
+    root, val = built
+    names = tmp_path / "classes.tsv"
+    names.write_text("n00000001\thorizontal stripes\nn00000002\tvertical stripes\nn00000003\tcheckerboard\n")
+    out = run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out",
+              "--cache", tmp_path / "cache", "--k-max", "5", "--classes", names, "--no-plots")
+    assert "**hardest 3 of 3 classes** (rank voting, k=5" in out  # classify's rule; k=50 capped by --k-max
+    assert "| n00000003 (checkerboard) | 2 |" in out
+    rows = (tmp_path / "out" / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "variant,rule,k,label,name,queries,correct,accuracy,confused_with"
+    by_label = {r.split(",")[3]: r.split(",") for r in rows[1:]}
+    assert set(by_label) == set(CLASSES) and by_label["n00000001"][4] == "horizontal stripes"
+    assert all(int(r[5]) == 2 for r in by_label.values())
+    per_class = json.loads((tmp_path / "out" / "results.json").read_text())["variants"]["all"]["per_class"]
+    assert sum(c["correct"] for c in per_class["classes"]) == round(6 * json.loads(
+        (tmp_path / "out" / "results.json").read_text())["variants"]["all"]["accuracy"]["rank"][4])
+
+
 def test_eval_against_a_dataset_memory_from_cached_features(built, tmp_path):
     root, val = built
     run("eval", "--memory-dataset", root / "train", "--featurizer", "efficientnet-lite0", "--dataset", val,

@@ -171,6 +171,20 @@ def test_hit_rate_neighbor_accuracy_and_calibration_on_a_worked_example():
     assert s.best["plurality"].best_k == 3
 
 
+def test_per_class_accuracy_and_confusions_on_a_worked_example():
+    # Plurality at k=1 is the first neighbour. Class a: 3 queries, right once, taken for b twice.
+    # Class b: 2 queries, both right. Class c: 1 query, taken for a. Class d: no queries, so not listed.
+    # A query of a label the memory lacks (truth -1) belongs to no class.
+    first = [1, 0, 1, 1, 1, 0, 2]
+    table = NeighborTable(np.array([[f, f] for f in first]), np.full((7, 2), 0.5, np.float32), ["a", "b", "c", "d"])
+    s = score(table, np.array([0, 0, 0, 1, 1, 2, -1]), per_class=("plurality", 1))
+    assert (s.per_class.rule, s.per_class.k) == ("plurality", 1)
+    got = [(c.label, c.queries, c.correct, c.confused_with) for c in s.per_class.classes]
+    assert got == [("c", 1, 0, {"a": 1}), ("a", 3, 1, {"b": 2}), ("b", 2, 2, {})]  # hardest first
+    assert s.per_class.classes[1].accuracy == pytest.approx(1 / 3)
+    assert score(table, np.array([0, 0, 0, 1, 1, 2, -1])).per_class is None  # only when asked for
+
+
 def test_soft_variants_appear_when_points_carry_reliability():
     table = NeighborTable(np.array([[1, 0, 0]]), np.array([[.9, .8, .7]], np.float32), ["a", "b"],
                           reliability=np.array([[1.0, 0.1, 0.1]]))

@@ -10,8 +10,17 @@ from typing import Annotated
 
 import typer
 
-from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, DatasetError, FeaturizerError, MemoryStore, load_featurizer
+from retrieval import (
+    DEFAULT_ALPHA,
+    DEFAULT_TAU,
+    DatasetError,
+    FeaturizerError,
+    MemoryStore,
+    VoteRule,
+    load_featurizer,
+)
 
+from ..results import DEFAULT_K, DEFAULT_RULE
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
 
@@ -143,7 +152,10 @@ def eval(
                   memory_points=n_points if n_points is not None else len(memory_labels),
                   featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau)
     run.seconds["features"] = round(t_search - t_feat, 3)
-    report = evaluate(memory_obj, queries, run, restrict_to=restrict)
+    # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
+    per_class = ((tuned["rule"], int(tuned["k"])) if tuned.get("rule") in {r.value for r in VoteRule}
+                 and tuned.get("k") else (DEFAULT_RULE.value, DEFAULT_K))
+    report = evaluate(memory_obj, queries, run, restrict_to=restrict, per_class=per_class)
     if tuned.get("rule") in {"plurality", "distance", "softmax", "rank"} and tuned.get("k", 0) <= k_max:
         curves = report.variants["all"].accuracy
         soft = tuned.get("soft_pruning", True) and f"{tuned['rule']}+soft" in curves
@@ -158,7 +170,8 @@ def eval(
                              price_in=price_in, price_out=price_out, seed=seed)
         report.rerank = rr.model_dump(mode="json")
     run.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    written = write_report(report, out, plots=plots)
+    label_names = {**(names or {}), **(mem.store.meta.label_names if mem is not None else {})}
+    written = write_report(report, out, plots=plots, names=label_names)
     if mem is not None:
         mem.close()
     typer.echo((out / "table.md").read_text())
