@@ -355,6 +355,12 @@ class MemoryStore(ABC):
         """Every point, in batches (order unspecified)."""
 
     @abstractmethod
+    def page(self, label: str | None = None, source_prefix: str | None = None, start: str | None = None,
+             limit: int = 100) -> tuple[list[StoredPoint], str | None]:
+        """Up to `limit` points (with this label and/or source prefix) in id order from id `start` on, and the
+        id the next page starts at (None after the last): a cursor that edits between pages do not shift."""
+
+    @abstractmethod
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         """Merge `payload` into these points' payloads (e.g. soft-pruning reliability)."""
 
@@ -712,6 +718,12 @@ class EdgeMemoryStore(MemoryStore):
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 
+    def page(self, label=None, source_prefix=None, start=None, limit=100) -> tuple[list[StoredPoint], str | None]:
+        recs, offset = self.shard.scroll(self._qe.ScrollRequest(
+            offset=start, limit=limit, filter=self._filter(label=label, source_prefix=source_prefix),
+            with_payload=True, with_vector=False))
+        return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
+
     def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
         qe = self._qe
         offset = None
@@ -970,6 +982,12 @@ class QdrantServerStore(MemoryStore):
                                     with_vectors=with_vectors)
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+
+    def page(self, label=None, source_prefix=None, start=None, limit=100) -> tuple[list[StoredPoint], str | None]:
+        recs, offset = self.client.scroll(self.collection, scroll_filter=self._filter(label=label,
+                                          source_prefix=source_prefix), limit=limit, offset=start,
+                                          with_payload=True, with_vectors=False)
+        return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 
     def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
         offset = None

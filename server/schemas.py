@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from retrieval import VoteRule
-from vmem import VoteSettings
+from vmem import MemoryPoint, VoteSettings
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -114,6 +114,18 @@ class ForgetQuery(BaseModel):
                                            "before answering (embedded memory)")
 
 
+class PointsQuery(BaseModel):
+    """Which points to list, and which page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, min_length=1, max_length=200, description="only points with this label")
+    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+                                      description="only points whose source starts with this")
+    cursor: str | None = Field(None, max_length=64, description="`next_cursor` of the previous page")
+    limit: int = Field(100, ge=1, le=1000, description="points per page")
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -153,6 +165,19 @@ class ClassificationOut(BaseModel):
         None, description="novelty is above the threshold; null when the memory is too small to calibrate")
     cached: bool = Field(False, description="answered from the cache of recent answers")
     neighbors: list[NeighborOut] = Field(description="the k nearest memory points, nearest first")
+
+
+class PointOut(MemoryPoint):
+    """A memory point as stored."""
+
+    thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
+
+
+class PointsOut(BaseModel):
+    """A page of memory points in id order."""
+
+    points: list[PointOut] = Field(description="the page's points, in id order")
+    next_cursor: str | None = Field(description="give it as `cursor` for the next page; null after the last")
 
 
 class BatchItemOut(BaseModel):

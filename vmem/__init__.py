@@ -1,13 +1,15 @@
 """vmem: a visual-memory image classifier whose knowledge can be added, removed and inspected."""
 
-from .results import Classification, FailedImage, NeighborVote, VoteSettings
+from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 from .visual_memory import DEFAULT_FEATURIZER, VisualMemory, upload_source
 
 __all__ = [
     "DEFAULT_FEATURIZER",
     "Classification",
     "FailedImage",
+    "MemoryPoint",
     "NeighborVote",
+    "PointPage",
     "VisualMemory",
     "VoteSettings",
     "upload_source",

@@ -69,6 +69,26 @@ class Classification(BaseModel):
     dmn: DmnDetails | None = Field(None, description="details of the dmn rule's decision")
 
 
+class MemoryPoint(BaseModel):
+    """One memory point as stored: what it is, where it came from, and whether searches can return it."""
+
+    id: str = Field(description="point id (UUIDv5 of the source)")
+    label: str = Field(description="the point's label")
+    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
+    source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
+    added_at: str | None = Field(None, description="when it was added (UTC, ISO 8601)")
+    tags: dict[str, Any] = Field(default_factory=dict, description="KEY=VALUE tags given when it was added")
+    excluded: bool = Field(False, description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
+    reliability: float = Field(1.0, description="soft pruning's factor on its vote weight (1: neutral)")
+
+
+class PointPage(BaseModel):
+    """A page of memory points in id order, and where the next page starts."""
+
+    points: list[MemoryPoint] = Field(description="the page's points, in id order")
+    next_cursor: str | None = Field(description="give it as `cursor` for the next page; null after the last")
+
+
 class FailedImage(BaseModel):
     source: str
     reason: str

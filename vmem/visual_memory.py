@@ -41,8 +41,9 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
+from retrieval.store import EXCLUDED_KEY, StoredPoint
 
-from .results import Classification, FailedImage, NeighborVote, VoteSettings
+from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
 log = logging.getLogger(__name__)
 
@@ -621,6 +622,38 @@ class VisualMemory:
         (searches go on meanwhile). What stays: the engine's write-ahead log of recent writes (README, "Forgetting").
         """
         self.store.erase_forgotten()
+
+    # ------------------------------------------------------------------ inspecting
+
+    def points(self, label: str | None = None, source_prefix: str | None = None, cursor: str | None = None,
+               limit: int = 100) -> PointPage:
+        """The memory's points (with this label and/or source prefix), a page at a time, in id order.
+
+        Example:
+            >>> page = mem.points(label="n02124075", limit=20)
+            >>> while page.next_cursor:  # every point of the label, 20 at a time
+            ...     page = mem.points(label="n02124075", cursor=page.next_cursor, limit=20)
+
+        Raises ValueError for a limit outside 1..1000 or a cursor that is no point id.
+        """
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be 1 to 1000, got {limit}")
+        start = parse_point_id(cursor) if cursor is not None else None
+        if source_prefix is not None:  # as stored: absolute, links resolved (their own links are not followed)
+            source_prefix = local_source_prefix(source_prefix)
+        stored, next_id = self.store.page(label, source_prefix, start, limit)
+        return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
+
+    def point(self, point_id: str) -> MemoryPoint | None:
+        """One point by id (None if the memory does not hold it); ValueError if `point_id` is no point id."""
+        found = self.store.retrieve([parse_point_id(point_id)])
+        return self._memory_point(found[0]) if found else None
+
+    def _memory_point(self, p: StoredPoint) -> MemoryPoint:
+        pay = p.payload
+        return MemoryPoint(id=p.id, label=pay["label"], label_name=self.store.meta.label_names.get(pay["label"]),
+                           source=pay["source"], added_at=pay.get("added_at"), tags=pay.get("tags") or {},
+                           excluded=bool(pay.get(EXCLUDED_KEY)), reliability=float(pay.get("reliability", 1.0)))
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.label_counts()

@@ -21,6 +21,9 @@ from ..schemas import (
     FeaturizerOut,
     ForgetOut,
     ForgetQuery,
+    PointOut,
+    PointsOut,
+    PointsQuery,
     StatsOut,
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
@@ -156,6 +159,31 @@ async def stats(service: ServiceDep) -> StatsOut:
         )
 
     return await service.run(collect)
+
+
+@router.get("/points", summary="List memory points", response_model=PointsOut, responses=problem_responses(422, 503))
+async def list_points(q: Annotated[PointsQuery, Query()], request: Request, service: ServiceDep) -> PointsOut:
+    """The memory's points in id order, a page at a time, optionally those of one label or source prefix.
+
+    Each has its label (and name), source, tags, when it was added, and whether pruning excluded or
+    down-weighted it. Follow `next_cursor` (as `cursor`) until it is null.
+    """
+    try:
+        page = await service.run(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit)
+    except ValueError as exc:  # a cursor that is no point id, a source_prefix that is no path here
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    return PointsOut(points=[PointOut(**p.model_dump(), thumbnail_url=thumbnail_url(request, p.id))
+                             for p in page.points], next_cursor=page.next_cursor)
+
+
+@router.get("/points/{point_id}", summary="One memory point", response_model=PointOut,
+            responses=problem_responses(404, 422, 503))
+async def get_point(point_id: PointId, request: Request, service: ServiceDep) -> PointOut:
+    """A point by id (as a classification's neighbours list it): label, source, tags, pruning state."""
+    point = await service.run(service.memory.point, str(point_id))
+    if point is None:
+        raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
+    return PointOut(**point.model_dump(), thumbnail_url=thumbnail_url(request, point.id))
 
 
 @router.get(

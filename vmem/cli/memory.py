@@ -298,6 +298,38 @@ def _point_id(text: str) -> str:
                                  "`neighbors`)", param_hint="--id") from None
 
 
+def points(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    label: Annotated[str | None, typer.Option(help="only points with this label")] = None,
+    source: Annotated[str | None, typer.Option(help="only points whose source starts with this (a folder: the "
+                                                    "images under it)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="points per page")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="where a page starts (the previous page's next cursor)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per point")] = False,
+) -> None:
+    """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        if label is not None and (unknown := mem.unknown_labels([label])):
+            hints = mem.name_hints(unknown)
+            raise typer.BadParameter(f"the memory has no label {label!r}" + (f" ({hints})" if hints else ""),
+                                     param_hint="--label")
+        try:
+            page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=limit)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cursor" if cursor else "--source") from None
+    for p in page.points:
+        if json_out:
+            typer.echo(p.model_dump_json())
+        else:
+            named = f" ({p.label_name})" if p.label_name else ""
+            state = "\texcluded" if p.excluded else f"\treliability {p.reliability:.2f}" if p.reliability != 1 else ""
+            typer.echo(f"{p.id}\t{p.label}{named}\t{p.source}{state}")
+    if page.next_cursor:
+        typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
+
+
 def info(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,

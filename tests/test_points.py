@@ -1,0 +1,120 @@
+"""Inspecting the memory: its points a page at a time (Python, CLI, HTTP), and one point by id.
+
+Pages are in id order and the cursor is a point id, so forgetting or adding points between pages neither
+repeats nor skips the points after the cursor.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.store import EXCLUDED_KEY
+from server import Settings, create_app
+from tests.conftest import random_unit_vectors
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def memory(request, tmp_path):
+    """25 points: 10 labelled cat under /data/cats/, 15 dog under /data/dogs/; cats named and tagged."""
+    location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+    store = open_store(location, SPEC)
+    store.add(random_unit_vectors(10, 8, seed=1), ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)],
+              tags={"batch": "first"})
+    store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)])
+    mem = VisualMemory(store, reranker=None)
+    mem.set_label_names({"cat": "house cat"})
+    yield mem
+    mem.close()
+
+
+def every_page(mem: VisualMemory, **filters) -> list[list[str]]:
+    pages, cursor = [], None
+    while True:
+        page = mem.points(cursor=cursor, limit=4, **filters)
+        pages.append([p.id for p in page.points])
+        cursor = page.next_cursor
+        if cursor is None:
+            return pages
+
+
+def test_paging_lists_every_point_once_in_id_order(memory):
+    pages = every_page(memory)
+    ids = [i for page in pages for i in page]
+    assert len(ids) == 25 and ids == sorted(set(ids), key=uuid.UUID)
+    assert [len(p) for p in pages[:-1]] == [4] * 6 and len(pages[-1]) == 1
+    assert len([i for p in every_page(memory, label="dog") for i in p]) == 15
+    assert len([i for p in every_page(memory, source_prefix="/data/cats/") for i in p]) == 10
+
+
+def test_a_point_says_what_it_is_and_where_it_came_from(memory):
+    [first] = memory.points(label="cat", limit=1).points
+    assert (first.label, first.label_name, first.tags) == ("cat", "house cat", {"batch": "first"})
+    assert first.source.startswith("/data/cats/") and first.added_at and not first.excluded
+    assert memory.point(first.id) == first
+    assert memory.point(str(uuid.uuid4())) is None
+    memory.store.set_payload([first.id], {EXCLUDED_KEY: "pruned", "reliability": 0.5})
+    assert (memory.point(first.id).excluded, memory.point(first.id).reliability) == (True, 0.5)
+
+
+def test_forgetting_between_pages_shifts_nothing_after_the_cursor(memory):
+    expected = every_page(memory)
+    first = memory.points(limit=4)
+    memory.forget(ids=[p.id for p in first.points])  # the page just read goes
+    assert memory.points(cursor=first.next_cursor, limit=4).points[0].id == expected[1][0]
+
+
+def test_a_bad_cursor_or_limit_is_refused(memory):
+    with pytest.raises(ValueError, match="not a point id"):
+        memory.points(cursor="page-2")
+    with pytest.raises(ValueError, match="limit must be 1 to 1000"):
+        memory.points(limit=0)
+
+
+def test_cli_lists_a_labels_points_and_says_where_the_next_page_starts(tmp_path):
+    location = tmp_path / "memory"
+    with VisualMemory(open_store(location, SPEC), reranker=None) as mem:
+        mem.store.add(random_unit_vectors(3, 8), ["cat"] * 3, [f"/data/cats/{i}.jpg" for i in range(3)])
+        mem.set_label_names({"cat": "house cat"})
+    runner = CliRunner(env={"COLUMNS": "250"})  # no wrapped error boxes
+    first = runner.invoke(app, ["points", "--memory", str(location), "--label", "cat", "--limit", "2"])
+    assert first.exit_code == 0, first.output
+    rows = [line.split("\t") for line in first.stdout.splitlines()]
+    assert len(rows) == 2 and all(r[1] == "cat (house cat)" and r[2].startswith("/data/cats/") for r in rows)
+    cursor = first.stderr.split("--cursor ")[1].strip()
+    rest = runner.invoke(app, ["points", "--memory", str(location), "--label", "cat", "--cursor", cursor, "--json"])
+    [last] = [json.loads(line) for line in rest.stdout.splitlines()]
+    assert last["id"] not in {r[0] for r in rows} and "next page" not in rest.stderr
+    named = runner.invoke(app, ["points", "--memory", str(location), "--label", "house cat"])
+    assert named.exit_code == 2 and "'house cat' is the name of label cat" in named.output
+
+
+def test_http_pages_and_single_points(tmp_path, lite0):
+    store = open_store(":memory:", lite0.spec)  # the service loads the memory's encoder: a real one
+    store.add(random_unit_vectors(10, lite0.dim), ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)])
+    memory = VisualMemory(store, lite0, reranker=None)
+    memory.set_label_names({"cat": "house cat"})
+    app_ = create_app(Settings(memory=":memory:", auth_disabled=True, thumbnail_dir=tmp_path / "thumbs"),
+                      memory=memory)
+    with TestClient(app_) as client:
+        page = client.get("/v1/memory/points", params={"label": "cat", "limit": 6}).json()
+        assert len(page["points"]) == 6 and page["next_cursor"]
+        rest = client.get("/v1/memory/points", params={"label": "cat", "cursor": page["next_cursor"]}).json()
+        assert len(rest["points"]) == 4 and rest["next_cursor"] is None
+        one = page["points"][0]
+        assert one["label_name"] == "house cat" and one["thumbnail_url"].endswith(f"/points/{one['id']}/thumbnail")
+        assert client.get(f"/v1/memory/points/{one['id']}").json() == one
+        missing = client.get(f"/v1/memory/points/{uuid.uuid4()}")
+        assert missing.status_code == 404 and missing.json()["type"].endswith("unknown-point")
+        assert client.get("/v1/memory/points", params={"cursor": "page-2"}).status_code == 422
+        assert client.get("/v1/memory/points", params={"limit": 0}).status_code == 422
