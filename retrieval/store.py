@@ -302,6 +302,18 @@ class MemoryStore(ABC):
     @abstractmethod
     def _upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None: ...
 
+    def put(self, points: Sequence[StoredPoint]) -> None:
+        """Write points as another memory stored them, ids and payloads kept (copying a memory): unlike `add`,
+        nothing is made anew (`added_at`, tags and pruning state stay). Each needs its vector."""
+        if not points:
+            return
+        if any(p.vector is None or "label" not in p.payload or "source" not in p.payload for p in points):
+            raise ValueError("each point needs its vector, label and source")
+        vectors = check_vectors(np.stack([p.vector for p in points]), self.dim)  # type: ignore[misc]
+        # The row of a copy of the originals is the source memory's own (rescore_doubtful): never carried over.
+        payloads = [{k: v for k, v in p.payload.items() if k != ROW_KEY} for p in points]
+        self._upsert([str(uuid.UUID(str(p.id))) for p in points], vectors, payloads)
+
     @abstractmethod
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete points by id; returns how many existed."""
@@ -1029,8 +1041,15 @@ def open_store(
     """
     meta = MemoryMeta(featurizer=featurizer, index=index or IndexSettings()) if featurizer is not None else None
     loc = str(location)
-    if loc == ":memory:" or "://" in loc:
-        return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)
+    if is_embedded_location(loc):
+        return EdgeMemoryStore(loc, meta)
     if loc.startswith("qdrant-local:"):
         return QdrantServerStore(loc.removeprefix("qdrant-local:"), meta, collection=collection)
-    return EdgeMemoryStore(loc, meta)
+    return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)
+
+
+def is_embedded_location(location: str | Path) -> bool:
+    """Whether `open_store` makes an embedded (Qdrant Edge) memory there: a directory, not a URL or a
+    qdrant-client mode."""
+    loc = str(location)
+    return not (loc == ":memory:" or "://" in loc or loc.startswith("qdrant-local:"))

@@ -41,7 +41,7 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.store import EXCLUDED_KEY, StoredPoint
+from retrieval.store import EXCLUDED_KEY, StoredPoint, is_embedded_location
 
 from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
@@ -622,6 +622,58 @@ class VisualMemory:
         (searches go on meanwhile). What stays: the engine's write-ahead log of recent writes (README, "Forgetting").
         """
         self.store.erase_forgotten()
+
+    # ------------------------------------------------------------------ copying
+
+    def copy_to(self, location: str | Path, index: IndexSettings | None = None, batch_size: int = 1024,
+                progress: Callable[[int], None] | None = None) -> tuple[MemoryStore, list[str]]:
+        """Copy every point, as stored, into the memory at `location` (made if missing): no image is embedded
+        again. Moves an embedded memory to a Qdrant server, or back, or into other index settings.
+
+        Points keep their ids, labels, sources, tags and pruning state; the label names and settings (tuned
+        vote, source roots, pruning) go with them. A memory already there must have the same encoder; its
+        points stay, points with the same id are overwritten (so a copy cut short can be run again).
+
+        Args:
+            index: a new memory's index settings (default: this memory's; an embedded-only setting is dropped
+                for a server, which rescores on its own).
+
+        Returns:
+            (the destination store, open; notes on what was changed to fit it).
+        """
+        same = str(location) == self.store.location or (
+            is_embedded_location(location) and is_embedded_location(self.store.location)
+            and Path(location).resolve() == Path(self.store.location).resolve())
+        if same:
+            raise ValueError(f"{location} is this memory: copy it somewhere else")
+        notes: list[str] = []
+        if index is None:
+            index = self.store.meta.index
+            if index.rescore_doubtful and not is_embedded_location(location):
+                index = index.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
+                notes.append("rescore_doubtful keeps a file beside an embedded memory: the server copy rescores "
+                             "by its original vectors instead")
+        dest = open_store(location, self.store.meta.featurizer, index=index)
+        try:
+            for batch in self.store.scroll(batch_size=batch_size, with_vectors=True):
+                dest.put(batch)
+                if progress is not None:
+                    progress(len(batch))
+            meta, mine = dest.meta, self.store.meta
+            meta.label_names = {**meta.label_names, **mine.label_names}
+            for key, value in mine.settings.items():
+                if key == "source_roots":
+                    roots = meta.settings.setdefault("source_roots", [])
+                    roots += [r for r in value if r not in roots]
+                else:
+                    meta.settings.setdefault(key, value)  # the destination's own tuned settings win
+            dest.save_meta()
+            dest.flush()
+            dest.optimize()
+        except BaseException:
+            dest.close()
+            raise
+        return dest, notes
 
     # ------------------------------------------------------------------ inspecting
 

@@ -32,8 +32,11 @@ from ._common import (
     QdrantUrlOpt,
     Quantization,
     VectorsDtype,
+    check_memory_location,
     expand_images,
     finish_classify,
+    memory_location,
+    open_failure,
     open_memory,
     parse_tags,
     require_points,
@@ -296,6 +299,36 @@ def _point_id(text: str) -> str:
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a point id (a UUID, as `vmem classify --json` prints in "
                                  "`neighbors`)", param_hint="--id") from None
+
+
+def copy(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    to_memory: Annotated[Path | None, typer.Option(help="copy into this embedded memory directory")] = None,
+    to_qdrant_url: Annotated[str | None, typer.Option(help="copy into a Qdrant server (http://host:6333)")] = None,
+) -> None:
+    """Copy a memory's points as stored into another memory (embedded or a Qdrant server): nothing is embedded
+    again. Ids, labels, sources, tags, pruning, label names and tuned settings go too; re-run to resume."""
+    if (to_memory is None) == (to_qdrant_url is None):
+        raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
+    check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
+    destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
+    mem = open_memory(memory, qdrant_url)
+    with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
+        started = time.perf_counter()
+        try:
+            dest, notes = mem.copy_to(destination, progress=bar.update)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
+        except Exception as exc:
+            if (problem := open_failure(to_memory or DEFAULT_MEMORY, to_qdrant_url, exc)) is None:
+                raise
+            raise problem from exc
+        with dest:
+            for note in notes:
+                bar.write(f"note: {note}", file=sys.stderr)
+            typer.echo(f"copied {bar.n} points in {time.perf_counter() - started:.1f} s; {dest.location} now holds "
+                       f"{dest.count()} points")
 
 
 def points(

@@ -1,0 +1,102 @@
+"""Copying a memory as stored: embedded to a Qdrant server (qdrant-client's local mode runs the server code)
+and back, with nothing embedded again and nothing lost: ids, vectors, labels, sources, tags, pruning state,
+label names and tuned settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import FeaturizerMismatchError, FeaturizerSpec, IndexSettings, Preprocessing, open_store
+from retrieval.store import EXCLUDED_KEY
+from tests.conftest import random_unit_vectors
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
+SPEC = FeaturizerSpec(name="dummy", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
+
+
+def make_memory(location, index: IndexSettings | None = None) -> VisualMemory:
+    """60 points in 3 labels, tagged; one hard-pruned, one down-weighted; named labels and tuned settings."""
+    store = open_store(location, SPEC, index=index)
+    labels = [lab for lab in ("cat", "dog", "fox") for _ in range(20)]
+    ids = store.add(random_unit_vectors(60, 16, seed=3), labels, [f"/data/{lab}/{i}.jpg" for i, lab in
+                                                                    enumerate(labels)], tags={"set": "a"})
+    store.set_payload([ids[0]], {EXCLUDED_KEY: "pruned"})
+    store.set_payload([ids[1]], {"reliability": 0.25})
+    store.meta.settings.update({"vote": {"rule": "softmax", "k": 7, "tau": 0.1}, "source_roots": ["/data"]})
+    store.save_meta()
+    mem = VisualMemory(store, reranker=None)
+    mem.set_label_names({"cat": "house cat", "fox": "red fox"})
+    return mem
+
+
+def points_of(store) -> dict[str, tuple[dict, np.ndarray]]:
+    return {p.id: ({k: v for k, v in p.payload.items() if k != "row"}, p.vector)
+            for batch in store.scroll(with_vectors=True) for p in batch}
+
+
+def test_embedded_to_a_server_and_back_loses_nothing(tmp_path):
+    with make_memory(tmp_path / "edge") as mem:
+        before = points_of(mem.store)
+        queries = random_unit_vectors(5, 16, seed=9)
+        answers = [[n.id for n in hits] for hits in mem.search(queries, 10, exact=True)]
+        server, notes = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+        assert notes == []
+        with VisualMemory(server, reranker=None) as copied:
+            back, _ = copied.copy_to(tmp_path / "edge2")
+            back.close()
+    with VisualMemory(open_store(tmp_path / "edge2"), reranker=None) as again:
+        after = points_of(again.store)
+        assert set(after) == set(before)
+        for pid, (payload, vector) in before.items():
+            assert after[pid][0] == payload  # added_at, tags, excluded, reliability: as stored
+            np.testing.assert_allclose(after[pid][1], vector, atol=1e-3)  # float16 originals, both sides
+        assert [[n.id for n in hits] for hits in again.search(queries, 10, exact=True)] == answers
+        assert again.label_names == {"cat": "house cat", "fox": "red fox"}
+        assert again.vote_settings().rule == "softmax" and again.vote_settings().k == 7
+        assert again.store.count(searchable=True) == 59  # the pruned point is still out of search
+
+
+def test_a_copy_cut_short_is_finished_by_running_it_again(tmp_path):
+    with make_memory(tmp_path / "edge") as mem:
+        dest, _ = mem.copy_to(tmp_path / "copy")
+        dest.delete_ids([p.id for p in next(dest.scroll(batch_size=25))])  # as if it stopped a third in
+        dest.close()
+        dest, _ = mem.copy_to(tmp_path / "copy")
+        with dest:
+            assert dest.count() == 60 and dest.meta.settings["source_roots"] == ["/data"]
+
+
+def test_an_embedded_only_setting_is_dropped_for_a_server_and_said(tmp_path):
+    index = IndexSettings(rescore=False, rescore_doubtful=True)
+    with make_memory(tmp_path / "edge", index=index) as mem:
+        dest, notes = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+        with dest:
+            assert not dest.meta.index.rescore_doubtful and dest.meta.index.rescore
+            assert "rescores by its original vectors" in notes[0]
+
+
+def test_a_copy_onto_itself_or_another_encoders_memory_is_refused(tmp_path):
+    other = FeaturizerSpec(name="other", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
+    open_store(tmp_path / "other", other).close()
+    with make_memory(tmp_path / "edge") as mem:
+        with pytest.raises(ValueError, match="is this memory"):
+            mem.copy_to(tmp_path / "edge")
+        with pytest.raises(FeaturizerMismatchError):
+            mem.copy_to(tmp_path / "other")
+
+
+def test_cli_copy(tmp_path):
+    make_memory(tmp_path / "edge").close()
+    runner = CliRunner(env={"COLUMNS": "250"})
+    res = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"), "--to-memory", str(tmp_path / "copy")])
+    assert res.exit_code == 0, res.output
+    assert "copied 60 points" in res.stdout and "now holds 60 points" in res.stdout
+    neither = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge")])
+    assert neither.exit_code == 2 and "exactly one of --to-memory DIR or --to-qdrant-url URL" in neither.output
+    itself = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"), "--to-memory", str(tmp_path / "edge")])
+    assert itself.exit_code == 2 and "is this memory" in itself.output
