@@ -127,7 +127,7 @@ def test_build_finds_the_names_and_every_command_shows_them(dataset, tmp_path):
     assert answers["n02"]["label"] == "n02" and answers["n02"]["label_name"] == "green mamba"
     assert {n["label_name"] for n in answers["n02"]["neighbors"]} <= {"red fox", "green mamba", "blue jay"}
     text = run("classify", dataset / "val" / "n03" / "q.jpg", "--memory", memory, "--k", "3")
-    assert "\tn03 (blue jay)\t" in text.output
+    assert "\tn03 (blue jay)\t(blue jay 0." in text.output  # the vote's shares by name
 
 
 def test_a_label_filter_given_a_name_says_which_label_it_names(dataset, tmp_path):

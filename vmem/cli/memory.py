@@ -240,11 +240,12 @@ def classify(
                                                 template=template, dmn_stream=dmn_stream)
         except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from exc
+        names = mem.label_names
     for res in results:
         if json_out:
             typer.echo(res.model_dump_json(exclude_none=True))
-        else:
-            top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+        else:  # for people: the vote's runners-up by name where the memory names its labels
+            top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
             named = f" ({res.label_name})" if res.label_name else ""
             typer.echo(f"{res.source}\t{res.label}{named}\t({top}){extra}")
