@@ -191,4 +191,15 @@ def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
         assert first.find_element(By.CLASS_NAME, "label").text == "crimson"
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "page-label-names.png"))
+
+        # A label opens what the memory holds for it: every point of "navy", not only those that voted.
+        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+        assert browser.find_element(By.ID, "label-title").text == "navy (blue)"
+        assert browser.find_element(By.ID, "label-note").text == "4 of 4 points shown"
+        shown = browser.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")
+        assert all(c.find_element(By.CLASS_NAME, "label").text.startswith("blue") for c in shown)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#label-points img')].every(i => i.complete && i.naturalWidth > 0)"))
+        browser.save_screenshot(str(ARTIFACTS / "page-label-points.png"))
     mem.close()

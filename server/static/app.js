@@ -5,6 +5,8 @@
 
 const $ = (id) => document.getElementById(id);
 let currentFile = null;
+let perLabel = {}; // points per label, from the last stats
+let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
 async function problemText(resp) {
   // Errors are RFC 9457 problem details: show `detail`, else the title, else the status.
@@ -28,6 +30,7 @@ async function loadStats() {
     return;
   }
   const s = await resp.json();
+  perLabel = s.per_label;
   $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
@@ -118,8 +121,7 @@ function render(result) {
   scores.replaceChildren();
   for (const [label, share] of Object.entries(result.scores).slice(0, 5)) {
     const li = document.createElement("li");
-    const name = document.createElement("span");
-    name.textContent = named(label, result.label_names[label]);
+    const name = labelLink(label, result.label_names[label], named(label, result.label_names[label]));
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.style.width = `${Math.max(1, share * 100)}%`;
@@ -140,6 +142,61 @@ function named(label, name) {
   return name ? `${name} (${label})` : label;
 }
 
+// A label that opens its memory points below: what the memory holds for it, not only what voted.
+function labelLink(label, name, text) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "label-link";
+  button.textContent = text;
+  button.title = `show the memory's points labelled ${named(label, name)}`;
+  button.addEventListener("click", () => showLabel(label, name));
+  return button;
+}
+
+async function showLabel(label, name, cursor = null) {
+  showError("");
+  const params = new URLSearchParams({ label, limit: "24" });
+  if (cursor) params.set("cursor", cursor);
+  const resp = await fetch(`v1/memory/points?${params}`);
+  if (!resp.ok) {
+    showError(`could not list ${named(label, name)}: ${await problemText(resp)}`);
+    return;
+  }
+  const page = await resp.json();
+  const grid = $("label-points");
+  if (!cursor) grid.replaceChildren();
+  for (const p of page.points) grid.appendChild(pointCard(p));
+  labelShown = { label, name, cursor: page.next_cursor };
+  $("label-title").textContent = named(label, name);
+  updateLabelNote();
+  $("label-more").hidden = !page.next_cursor;
+  $("label-section").hidden = false;
+  if (!cursor) $("label-section").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+function updateLabelNote() {
+  if (!labelShown) return;
+  const total = perLabel[labelShown.label] ?? 0;
+  $("label-note").textContent = `${$("label-points").children.length} of ${total} points shown`;
+}
+
+function pointCard(p) {
+  const node = $("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.pointId = p.id;
+  node.dataset.testid = "point-card";
+  const img = node.querySelector("img");
+  img.alt = p.label_name || p.label;
+  img.title = p.source;
+  img.addEventListener("error", () => { img.hidden = true; node.querySelector(".no-thumb").hidden = false; });
+  node.querySelector(".no-thumb").textContent = "no thumbnail";
+  img.src = p.thumbnail_url;
+  node.querySelector(".label").textContent = p.source.split("/").pop();
+  node.querySelector(".label").title = p.source;
+  node.querySelector(".numbers").textContent = p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10);
+  node.querySelector(".forget").addEventListener("click", () => forget(p, node));
+  return node;
+}
+
 function card(n, predicted) {
   const node = $("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.pointId = n.id;
@@ -155,8 +212,7 @@ function card(n, predicted) {
     missing.textContent = resp.ok ? "no thumbnail" : await problemText(resp);
   });
   img.src = n.thumbnail_url;
-  node.querySelector(".label").textContent = n.label_name || n.label;
-  node.querySelector(".label").title = n.label;
+  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, n.label_name || n.label));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   node.querySelector(".forget").addEventListener("click", () => forget(n, node));
@@ -186,6 +242,7 @@ async function forget(n, node) {
   note.hidden = false;
   node.remove();
   await loadStats();
+  updateLabelNote();
   await classify(); // the answer without that point
 }
 
@@ -201,6 +258,7 @@ function init() {
     chooseFile(e.dataTransfer.files[0]);
   });
   $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
+  $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
   for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
   loadStats();
   loadTemplates();
