@@ -142,7 +142,6 @@ def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):
 
 def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
@@ -153,12 +152,7 @@ def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["blue"], seed=4243))
     with live_server(Starlette(routes=[Mount("/vmem", app=app)])) as url:
-        wait = WebDriverWait(browser, 30)
-        browser.get(url + "/vmem/")
-        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-        browser.find_element(By.ID, "k").send_keys("3")
-        browser.find_element(By.ID, "file").send_keys(str(query))
-        wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+        wait = classify_on_the_page(browser, url + "/vmem/", query, k=3)
         assert browser.find_element(By.ID, "prediction").text == "blue"
         thumbs = "[...document.querySelectorAll('.neighbor-card img')]"
         wait.until(lambda d: d.execute_script(f"return {thumbs}.length === 3 && {thumbs}.every(i => i.complete)"))
@@ -168,9 +162,22 @@ def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
     mem.close()
 
 
-def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
+def classify_on_the_page(browser, page: str, query: Path, k: int):
+    """Open the page on the 12-point test memory, upload `query` with this k, wait for the prediction."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(page)
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "k").send_keys(str(k))
+    browser.find_element(By.ID, "file").send_keys(str(query))  # choosing the file classifies it
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+    return wait
+
+
+def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
 
     # A memory of WordNet-id folders names its labels (vmem build finds classes.tsv): people read the names.
     images = make_memory_images(tmp_path / "images", lite0)
@@ -179,12 +186,7 @@ def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4244))
     with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
-        wait = WebDriverWait(browser, 30)
-        browser.get(url + "/")
-        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-        browser.find_element(By.ID, "k").send_keys("5")
-        browser.find_element(By.ID, "file").send_keys(str(query))
-        wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
+        wait = classify_on_the_page(browser, url + "/", query, k=5)
         assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
         assert browser.find_element(By.ID, "scores").text.startswith("crimson (red)")
         first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]

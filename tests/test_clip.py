@@ -105,25 +105,27 @@ def test_zero_shot_dmn_needs_no_labelled_neighbours(clip_memory, tmp_path):
     assert all(r.dmn.mode == "zero-shot" and set(r.dmn.parts) == {"text", "dynamic"} for r in results)
     assert all(r.neighbors == [] for r in results)
     # The prompts used the names from the classes file, not the labels.
-    feat = clip_memory.featurizer
-    classes = list(clip_memory.store.label_counts())
-    pretty = {"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"}
-    w = feat.embed_text([f"a photo of a {pretty[c]}." for c in classes])
-    f = feat.embed([make_image((20, 30, 200))])[0]
-    p_text = softmax(100.0 * (f.astype(np.float64) @ w.T.astype(np.float64)))
+    _, p_text = text_probs_by_name(clip_memory, make_image((20, 30, 200)))
     assert max(results[0].dmn.parts["text"].values()) == pytest.approx(p_text.max(), abs=1e-4)
     assert len(clip_memory.dmn.stream("z")) == 2
 
 
 def test_dmn_text_prompts_read_the_memory_label_names_without_a_classes_file(clip_memory):
-    clip_memory.set_label_names({"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"})
+    clip_memory.set_label_names(PRETTY)
     opts = {"mode": "zero-shot", "templates": ["a photo of a {}."]}
     [res] = clip_memory.classify([make_image((20, 30, 200))], rule="dmn", dmn=opts)
+    classes, p_text = text_probs_by_name(clip_memory, make_image((20, 30, 200)))
+    assert [res.dmn.parts["text"].get(c, 0.0) for c in classes] == pytest.approx(list(p_text), abs=1e-4)
+    assert res.label_name == PRETTY[res.label]
+
+
+PRETTY = {"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"}
+
+
+def text_probs_by_name(clip_memory, image: bytes) -> tuple[list[str], np.ndarray]:
+    """P_text by hand, its prompts naming the classes as PRETTY does: (the memory's classes, probabilities)."""
     feat = clip_memory.featurizer
     classes = list(clip_memory.store.label_counts())
-    pretty = {"red": "crimson thing", "green": "leafy thing", "blue": "sky thing"}
-    w = feat.embed_text([f"a photo of a {pretty[c]}." for c in classes])
-    f = feat.embed([make_image((20, 30, 200))])[0]
-    p_text = softmax(100.0 * (f.astype(np.float64) @ w.T.astype(np.float64)))
-    assert [res.dmn.parts["text"].get(c, 0.0) for c in classes] == pytest.approx(list(p_text), abs=1e-4)
-    assert res.label_name == pretty[res.label]
+    w = feat.embed_text([f"a photo of a {PRETTY[c]}." for c in classes])
+    f = feat.embed([image])[0]
+    return classes, softmax(100.0 * (f.astype(np.float64) @ w.T.astype(np.float64)))
