@@ -120,6 +120,7 @@ def test_build_finds_the_names_and_every_command_shows_them(dataset, tmp_path):
     assert f"label names: 3 of 3 labels named by {dataset / 'classes.tsv'}" in built.output
     info = run("info", "--memory", memory)
     assert "n01  red fox" in info.output and "n99" not in info.output  # only the memory's labels are kept
+    assert "labels     3 (3 named)" in info.output
     assert json.loads(run("info", "--memory", memory, "--json").output)["label_names"] == {
         "n01": "red fox", "n02": "green mamba", "n03": "blue jay"}
     out = run("classify", dataset / "val", "--memory", memory, "--k", "3", "--json")
@@ -134,6 +135,8 @@ def test_a_label_filter_given_a_name_says_which_label_it_names(dataset, tmp_path
     memory = tmp_path / "memory"
     assert run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
                "--workers", "0").exit_code == 0
+    forgot = run("forget", "--memory", memory, "--label", "blue jay")
+    assert "forgot 0 points" in forgot.output and "'blue jay' is the name of label n03" in forgot.output
     res = run("classify", dataset / "val", "--memory", memory, "--label", "Blue Jay")
     assert res.exit_code == 2
     assert "the memory has no label 'Blue Jay' ('Blue Jay' is the name of label n03; its 3 labels:" in res.output

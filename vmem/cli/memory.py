@@ -288,6 +288,8 @@ def forget(
         except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
             raise typer.BadParameter(str(exc), param_hint="--erase") from exc
         typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
+        if n == 0 and label is not None and (hints := mem.name_hints([label])):
+            typer.echo(f"note: no point has the label {label!r}: {hints}", err=True)
         if erase:
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
@@ -382,7 +384,8 @@ def info(
                f"crop {f['preprocessing']['crop']})")
     typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
     typer.echo(f"points     {stats['points']}")
-    typer.echo(f"labels     {stats['labels']}")
+    named = sum(lab in stats["label_names"] for lab in stats["per_label"])
+    typer.echo(f"labels     {stats['labels']}" + (f" ({named} named)" if named else ""))
     for lab, n in list(stats["per_label"].items())[:10]:
         name = stats["label_names"].get(lab)
         typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
