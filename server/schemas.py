@@ -114,6 +114,17 @@ class ForgetQuery(BaseModel):
                                            "before answering (embedded memory)")
 
 
+class LabelNamesIn(BaseModel):
+    """Names for labels, e.g. `{"names": {"n02124075": "Egyptian cat"}}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # `"replace": 0` is no boolean
+
+    names: dict[Annotated[str, Field(min_length=1, max_length=200)],
+                Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]] = Field(
+        max_length=100_000, description="label -> the name answers, the page and the re-ranker show for it")
+    replace: bool = Field(False, description="drop every name not given here (default: merge with those stored)")
+
+
 class PointsQuery(BaseModel):
     """Which points to list, and which page."""
 
@@ -178,6 +189,12 @@ class PointsOut(BaseModel):
 
     points: list[PointOut] = Field(description="the page's points, in id order")
     next_cursor: str | None = Field(description="give it as `cursor` for the next page; null after the last")
+
+
+class LabelNamesOut(BaseModel):
+    """The memory's label names after the change."""
+
+    label_names: dict[str, str] = Field(description="label -> name, every name the memory holds")
 
 
 class BatchItemOut(BaseModel):

@@ -241,6 +241,11 @@ class ClassifierService:
         self.refresh_size_metrics()
         return [(i, pid, labels[i], src) for i, pid, src in zip(kept, ids, sources, strict=True)], failed
 
+    def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
+        self.memory.set_label_names(names, replace=replace)
+        self._edited()  # cached answers carry the names they were given
+        return self.memory.label_names
+
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
         n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)

@@ -207,3 +207,25 @@ def test_tiny_imagenet_names_every_class_by_its_classes_tsv(tiny_imagenet):
     wnids = [p.name for p in (tiny_imagenet / "train").iterdir() if p.is_dir()]
     assert len(wnids) == 202 and all(names.get(w) for w in wnids)
     assert names["n02124075"] == "Egyptian cat"
+
+
+def test_http_names_labels_with_the_key_and_answers_follow_at_once(tmp_path, lite0):
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key="secret-key-for-tests-123", thumbnail_dir=tmp_path / "thumbs")
+    app_ = create_app(settings, memory=mem)
+    query = {"image": ("q.png", texture(COLORS["green"], seed=7))}
+    with TestClient(app_) as client:
+        assert client.post("/v1/classify?k=3", files=query).json()["label_name"] is None  # now cached
+        names = {"names": {"green": "emerald", "red": "crimson"}}
+        assert client.put("/v1/memory/label-names", json=names).status_code == 401
+        key = {"X-API-Key": "secret-key-for-tests-123"}
+        done = client.put("/v1/memory/label-names", json=names, headers=key)
+        assert done.status_code == 200 and done.json()["label_names"] == {"green": "emerald", "red": "crimson"}
+        again = client.post("/v1/classify?k=3", files=query).json()
+        assert (again["label_name"], again["cached"]) == ("emerald", False)  # no cached answer with old names
+        replaced = client.put("/v1/memory/label-names", json={"names": {"blue": "navy"}, "replace": True},
+                              headers=key).json()
+        assert replaced["label_names"] == {"blue": "navy"}
+        blank = client.put("/v1/memory/label-names", json={"names": {"blue": " "}}, headers=key)
+        assert blank.status_code == 422

@@ -21,6 +21,8 @@ from ..schemas import (
     FeaturizerOut,
     ForgetOut,
     ForgetQuery,
+    LabelNamesIn,
+    LabelNamesOut,
     PointOut,
     PointsOut,
     PointsQuery,
@@ -159,6 +161,15 @@ async def stats(service: ServiceDep) -> StatsOut:
         )
 
     return await service.run(collect)
+
+
+@router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
+            responses=problem_responses(400, 401, 403, 422, 503))
+async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
+    """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
+    to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
+    names = await service.run(service.set_label_names, body.names, body.replace)
+    return LabelNamesOut(label_names=names)
 
 
 @router.get("/points", summary="List memory points", response_model=PointsOut, responses=problem_responses(422, 503))
