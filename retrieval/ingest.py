@@ -10,6 +10,7 @@ import csv
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ def read_label_names(path: str | Path) -> dict[str, str]:
     if not out:
         raise DatasetError(f"{path} names no labels")
     return out
+
+
+def imagenet_label_names() -> dict[str, str]:
+    """The 1000 ImageNet-1k WordNet ids' names, shipped with vmem (`retrieval/data/imagenet_names.txt`): curated
+    names that tell classes apart ("crane bird", "construction crane"), for a memory of ImageNet folders."""
+    text = resources.files("retrieval").joinpath("data/imagenet_names.txt").read_text(encoding="utf-8")
+    return dict(line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def find_label_names_file(dataset: str | Path) -> Path | None:

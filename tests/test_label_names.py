@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from retrieval import DatasetError, find_label_names_file, open_store, read_label_names
+from eval.datasets import imagenet_wnids
+from retrieval import DatasetError, find_label_names_file, imagenet_label_names, open_store, read_label_names
 from server import Settings, create_app
 from tests._server_fixtures import COLORS, fill_memory, make_memory_images, texture
 from tests.conftest import make_image
@@ -59,6 +60,30 @@ def test_the_names_file_is_found_beside_the_dataset_or_above_it(tmp_path):
     (tmp_path / "train" / "classes.tsv").write_text("n1\tuno\n")
     assert find_label_names_file(tmp_path / "train") == tmp_path / "train" / "classes.tsv"
     assert find_label_names_file(tmp_path / "manifest.csv") is None
+
+
+def test_vmem_names_the_imagenet_1k_classes_itself_telling_the_two_cranes_apart():
+    names = imagenet_label_names()
+    assert list(names) == imagenet_wnids()  # every class, in the class-index order
+    assert names["n01440764"] == "tench" and names["n02012849"] == "crane bird"
+    assert names["n03126707"] == "construction crane"
+
+
+def test_build_of_imagenet_folders_without_a_names_file_uses_vmems_names(tmp_path):
+    for wnid, color in (("n01440764", COLORS["red"]), ("n01443537", COLORS["green"])):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "train" / wnid / f"{i}.png").write_bytes(texture(color, seed=i))
+    res = run("build", tmp_path / "train", "--memory", tmp_path / "memory", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert "label names: 2 of 2 labels named by vmem's ImageNet-1k names" in res.output
+    assert "n01443537  goldfish" in run("info", "--memory", tmp_path / "memory").output
+    (tmp_path / "train" / "okapi").mkdir()  # a label that is no ImageNet-1k id: not ImageNet, no guessing
+    (tmp_path / "train" / "okapi" / "0.png").write_bytes(texture(COLORS["blue"], seed=0))
+    again = run("build", tmp_path / "train", "--memory", tmp_path / "memory2", "--featurizer", "efficientnet-lite0",
+                "--workers", "0")
+    assert again.exit_code == 0 and "label names" not in again.output
 
 
 # ------------------------------------------------------------------ the Python API

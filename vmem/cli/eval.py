@@ -17,6 +17,7 @@ from retrieval import (
     FeaturizerError,
     MemoryStore,
     VoteRule,
+    imagenet_label_names,
     load_featurizer,
 )
 
@@ -170,7 +171,9 @@ def eval(
                              price_in=price_in, price_out=price_out, seed=seed)
         report.rerank = rr.model_dump(mode="json")
     run.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    label_names = {**(names or {}), **(mem.store.meta.label_names if mem is not None else {})}
+    # Names for the per-class table: the memory's, else --classes', else vmem's own for ImageNet-1k ids.
+    label_names = {**imagenet_label_names(), **(names or {}),
+                   **(mem.store.meta.label_names if mem is not None else {})}
     written = write_report(report, out, plots=plots, names=label_names)
     if mem is not None:
         mem.close()

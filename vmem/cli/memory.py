@@ -20,6 +20,7 @@ from retrieval import (
     IndexSettings,
     VoteRule,
     find_label_names_file,
+    imagenet_label_names,
     read_label_names,
     read_labelled,
     unique_sources,
@@ -173,12 +174,16 @@ def build(
     typer.echo(report.summary())
 
 
-def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) -> tuple[dict[str, str], Path | None]:
-    """The names of a build's labels (and the file they came from): from `given`, else a file found beside
-    the dataset. A file given that cannot be read, or names none of the labels, is refused; one found is skipped
-    with a note (it may be something else of the same name)."""
+def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) -> tuple[dict[str, str], str | None]:
+    """The names of a build's labels (and where they came from): from `given`, else a file found beside the
+    dataset, else vmem's own ImageNet-1k names when every label is an ImageNet-1k WordNet id. A file given that
+    cannot be read, or names none of the labels, is refused; one found is skipped with a note (it may be
+    something else of the same name)."""
     path = given or find_label_names_file(dataset)
     if path is None:
+        imagenet = imagenet_label_names()
+        if labels and labels <= imagenet.keys():
+            return {label: imagenet[label] for label in sorted(labels)}, "vmem's ImageNet-1k names"
         return {}, None
     try:
         names = read_label_names(path)
@@ -193,7 +198,7 @@ def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) ->
         raise typer.BadParameter(f"{path} names none of the dataset's {len(labels)} labels (e.g. "
                                  f"{sorted(labels)[0]!r}; it names {next(iter(names))!r}, ...)",
                                  param_hint="--label-names")
-    return named, path
+    return named, str(path)
 
 
 def classify(
