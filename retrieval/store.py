@@ -368,9 +368,10 @@ class MemoryStore(ABC):
 
     @abstractmethod
     def page(self, label: str | None = None, source_prefix: str | None = None, start: str | None = None,
-             limit: int = 100) -> tuple[list[StoredPoint], str | None]:
-        """Up to `limit` points (with this label and/or source prefix) in id order from id `start` on, and the
-        id the next page starts at (None after the last): a cursor that edits between pages do not shift."""
+             limit: int = 100, excluded: bool | None = None) -> tuple[list[StoredPoint], str | None]:
+        """Up to `limit` points (with this label and/or source prefix; only hard-pruned ones, or none, with
+        `excluded`) in id order from id `start` on, and the id the next page starts at (None after the last):
+        a cursor that edits between pages do not shift."""
 
     @abstractmethod
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
@@ -730,10 +731,16 @@ class EdgeMemoryStore(MemoryStore):
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 
-    def page(self, label=None, source_prefix=None, start=None, limit=100) -> tuple[list[StoredPoint], str | None]:
-        recs, offset = self.shard.scroll(self._qe.ScrollRequest(
-            offset=start, limit=limit, filter=self._filter(label=label, source_prefix=source_prefix),
-            with_payload=True, with_vector=False))
+    def page(self, label=None, source_prefix=None, start=None, limit=100,
+             excluded=None) -> tuple[list[StoredPoint], str | None]:
+        qe = self._qe
+        flt = self._filter(label=label, source_prefix=source_prefix)
+        if excluded is not None:
+            empty = qe.IsEmptyCondition(key=EXCLUDED_KEY)
+            must = [*(flt.must if flt else []), *([] if excluded else [empty])]
+            flt = qe.Filter(must=must, must_not=[empty] if excluded else [])
+        recs, offset = self.shard.scroll(qe.ScrollRequest(offset=start, limit=limit, filter=flt, with_payload=True,
+                                                          with_vector=False))
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 
     def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
@@ -995,9 +1002,14 @@ class QdrantServerStore(MemoryStore):
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 
-    def page(self, label=None, source_prefix=None, start=None, limit=100) -> tuple[list[StoredPoint], str | None]:
-        recs, offset = self.client.scroll(self.collection, scroll_filter=self._filter(label=label,
-                                          source_prefix=source_prefix), limit=limit, offset=start,
+    def page(self, label=None, source_prefix=None, start=None, limit=100,
+             excluded=None) -> tuple[list[StoredPoint], str | None]:
+        qm = self._qm
+        flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False)
+        if excluded:
+            empty = qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXCLUDED_KEY))
+            flt = qm.Filter(must=flt.must if flt else None, must_not=[empty])
+        recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=limit, offset=start,
                                           with_payload=True, with_vectors=False)
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 

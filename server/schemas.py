@@ -133,6 +133,8 @@ class PointsQuery(BaseModel):
     label: str | None = Field(None, min_length=1, max_length=200, description="only points with this label")
     source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="only points whose source starts with this")
+    excluded: bool | None = Field(None, description="true: only points hard pruning took out of search; false: "
+                                                    "only the others")
     cursor: str | None = Field(None, max_length=64, description="`next_cursor` of the previous page")
     limit: int = Field(100, ge=1, le=1000, description="points per page")
 

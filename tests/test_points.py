@@ -67,6 +67,16 @@ def test_a_point_says_what_it_is_and_where_it_came_from(memory):
     assert (memory.point(first.id).excluded, memory.point(first.id).reliability) == (True, 0.5)
 
 
+def test_the_points_pruning_excluded_can_be_listed_apart(memory):
+    [a, b] = memory.points(label="dog", limit=2).points
+    memory.store.set_payload([a.id, b.id], {EXCLUDED_KEY: "pruned"})
+    assert [p.id for p in memory.points(excluded=True).points] == [a.id, b.id]
+    assert [p.id for p in memory.points(label="cat", excluded=True).points] == []
+    searchable = [i for page in every_page(memory, excluded=False) for i in page]
+    assert len(searchable) == 23 and a.id not in searchable
+    assert len([i for page in every_page(memory, label="dog", excluded=False) for i in page]) == 13
+
+
 def test_forgetting_between_pages_shifts_nothing_after_the_cursor(memory):
     expected = every_page(memory)
     first = memory.points(limit=4)
@@ -95,6 +105,7 @@ def test_cli_lists_a_labels_points_and_says_where_the_next_page_starts(tmp_path)
     rest = runner.invoke(app, ["points", "--memory", str(location), "--label", "cat", "--cursor", cursor, "--json"])
     [last] = [json.loads(line) for line in rest.stdout.splitlines()]
     assert last["id"] not in {r[0] for r in rows} and "next page" not in rest.stderr
+    assert runner.invoke(app, ["points", "--memory", str(location), "--excluded"]).stdout == ""
     named = runner.invoke(app, ["points", "--memory", str(location), "--label", "house cat"])
     assert named.exit_code == 2 and "'house cat' is the name of label cat" in named.output
 
@@ -116,5 +127,6 @@ def test_http_pages_and_single_points(tmp_path, lite0):
         assert client.get(f"/v1/memory/points/{one['id']}").json() == one
         missing = client.get(f"/v1/memory/points/{uuid.uuid4()}")
         assert missing.status_code == 404 and missing.json()["type"].endswith("unknown-point")
+        assert client.get("/v1/memory/points", params={"excluded": "true"}).json()["points"] == []
         assert client.get("/v1/memory/points", params={"cursor": "page-2"}).status_code == 422
         assert client.get("/v1/memory/points", params={"limit": 0}).status_code == 422

@@ -678,8 +678,9 @@ class VisualMemory:
     # ------------------------------------------------------------------ inspecting
 
     def points(self, label: str | None = None, source_prefix: str | None = None, cursor: str | None = None,
-               limit: int = 100) -> PointPage:
-        """The memory's points (with this label and/or source prefix), a page at a time, in id order.
+               limit: int = 100, excluded: bool | None = None) -> PointPage:
+        """The memory's points (with this label and/or source prefix; with `excluded`, only those hard pruning
+        took out of search, or only the others), a page at a time, in id order.
 
         Example:
             >>> page = mem.points(label="n02124075", limit=20)
@@ -693,7 +694,7 @@ class VisualMemory:
         start = parse_point_id(cursor) if cursor is not None else None
         if source_prefix is not None:  # as stored: absolute, links resolved (their own links are not followed)
             source_prefix = local_source_prefix(source_prefix)
-        stored, next_id = self.store.page(label, source_prefix, start, limit)
+        stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
 
     def point(self, point_id: str) -> MemoryPoint | None:

@@ -345,6 +345,9 @@ def points(
     label: Annotated[str | None, typer.Option(help="only points with this label")] = None,
     source: Annotated[str | None, typer.Option(help="only points whose source starts with this (a folder: the "
                                                     "images under it)")] = None,
+    excluded: Annotated[bool | None, typer.Option(
+        "--excluded/--searchable", help="only points hard pruning took out of search (vmem prune), or only the "
+                                        "others")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="points per page")] = 20,
     cursor: Annotated[str | None, typer.Option(help="where a page starts (the previous page's next cursor)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per point")] = False,
@@ -357,7 +360,7 @@ def points(
             raise typer.BadParameter(f"the memory has no label {label!r}" + (f" ({hints})" if hints else ""),
                                      param_hint="--label")
         try:
-            page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=limit)
+            page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=limit, excluded=excluded)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--cursor" if cursor else "--source") from None
     for p in page.points:
