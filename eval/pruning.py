@@ -25,13 +25,13 @@ from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
 from retrieval.store import EXCLUDED_KEY  # payload key the store filters on (any non-empty value excludes a point)
+from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
 from .scoring import K_MAX, NeighborTable, class_index, exact_search, predictions
 
 DEFAULT_THRESHOLD = 128
 SOFT_GAMMA = 1.75
 EXCLUDED_VALUE = "pruned"
-COUNT_KEY = "prune_count"
 RELIABILITY_KEY = "reliability"
 Blame = Literal["all", "voters"]
 

@@ -48,6 +48,7 @@ ID_TO_OFFSET_FILE = "id_tracker.e2i"
 # Payload key that takes a point out of every search while keeping it stored (hard pruning, reversible):
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
+PRUNE_COUNT_KEY = "prune_count"  # how many leave-one-out decisions a point misled (vmem prune)
 # Point ids per request to a Qdrant server when many points are read or deleted by id.
 SERVER_REQUEST_IDS = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.

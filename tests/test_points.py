@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from retrieval.store import EXCLUDED_KEY
+from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
 from server import Settings, create_app
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
@@ -63,8 +63,9 @@ def test_a_point_says_what_it_is_and_where_it_came_from(memory):
     assert first.source.startswith("/data/cats/") and first.added_at and not first.excluded
     assert memory.point(first.id) == first
     assert memory.point(str(uuid.uuid4())) is None
-    memory.store.set_payload([first.id], {EXCLUDED_KEY: "pruned", "reliability": 0.5})
-    assert (memory.point(first.id).excluded, memory.point(first.id).reliability) == (True, 0.5)
+    memory.store.set_payload([first.id], {EXCLUDED_KEY: "pruned", "reliability": 0.5, PRUNE_COUNT_KEY: 7})
+    pruned = memory.point(first.id)
+    assert (pruned.excluded, pruned.reliability, pruned.prune_count) == (True, 0.5, 7)
 
 
 def test_the_points_pruning_excluded_can_be_listed_apart(memory):

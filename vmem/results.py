@@ -80,6 +80,7 @@ class MemoryPoint(BaseModel):
     tags: dict[str, Any] = Field(default_factory=dict, description="KEY=VALUE tags given when it was added")
     excluded: bool = Field(False, description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
     reliability: float = Field(1.0, description="soft pruning's factor on its vote weight (1: neutral)")
+    prune_count: int | None = Field(None, description="leave-one-out decisions it misled, when vmem prune counted")
 
 
 class PointPage(BaseModel):

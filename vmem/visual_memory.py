@@ -41,7 +41,7 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.store import EXCLUDED_KEY, StoredPoint, is_embedded_location
+from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY, StoredPoint, is_embedded_location
 
 from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
@@ -706,7 +706,8 @@ class VisualMemory:
         pay = p.payload
         return MemoryPoint(id=p.id, label=pay["label"], label_name=self.store.meta.label_names.get(pay["label"]),
                            source=pay["source"], added_at=pay.get("added_at"), tags=pay.get("tags") or {},
-                           excluded=bool(pay.get(EXCLUDED_KEY)), reliability=float(pay.get("reliability", 1.0)))
+                           excluded=bool(pay.get(EXCLUDED_KEY)), reliability=float(pay.get("reliability", 1.0)),
+                           prune_count=pay.get(PRUNE_COUNT_KEY))
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.label_counts()

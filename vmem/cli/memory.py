@@ -368,8 +368,10 @@ def points(
             typer.echo(p.model_dump_json())
         else:
             named = f" ({p.label_name})" if p.label_name else ""
-            state = "\texcluded" if p.excluded else f"\treliability {p.reliability:.2f}" if p.reliability != 1 else ""
-            typer.echo(f"{p.id}\t{p.label}{named}\t{p.source}{state}")
+            state = ["excluded"] if p.excluded else [f"reliability {p.reliability:.2f}"] if p.reliability != 1 else []
+            if p.prune_count:
+                state.append(f"misled {p.prune_count} decisions")
+            typer.echo("\t".join([p.id, f"{p.label}{named}", p.source, *([", ".join(state)] if state else [])]))
     if page.next_cursor:
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
 
