@@ -5,6 +5,8 @@ Layout under the cache root, one folder per featurizer, both files append-only:
     <root>/<featurizer-key>/features.f32     float32 rows [n, dim], raw, appended as files are seen
     <root>/<featurizer-key>/hashes.txt       the content sha256 of row i on line i
     <root>/<featurizer-key>/file-hashes.txt  sha256, size, mtime, inode, path of files hashed before
+                                             (appended; rewritten with one record per path once most
+                                             records are superseded by a changed file's later one)
 
 Appending writes only the new rows (a build of 1.28M images used to rewrite the whole array at each
 4,096-row checkpoint: about a terabyte written), and the features are read through a memory map, not
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
+from .files import write_atomically
 
 
 def file_sha256(path: str | Path) -> str:
@@ -71,6 +74,9 @@ def _append_at(path: Path, end: int, data: bytes, durable: bool) -> None:
 
 _HASH_LINE_BYTES = 65  # a sha256 in hex and its newline
 _SETTLED_NS = 2_000_000_000  # a file's hash is remembered once it has been left alone this long
+# file-hashes.txt is rewritten with one record per path once it holds at least this many records and more than
+# twice as many as paths (files changed or replaced add a record each; the old ones are never read again).
+_COMPACT_MIN_RECORDS = 100_000
 
 
 class FeatureCache:
@@ -83,6 +89,9 @@ class FeatureCache:
         self._file_hashes_path = self.dir / "file-hashes.txt"
         self._file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> sha256
         self._file_hashes_offset = 0
+        self._file_hashes_inode: int | None = None  # of the file read so far: a compaction replaces it
+        self._file_hash_records = 0  # records read, superseded ones included
+        self._file_hashes_compacted = False  # checked once per cache object, on its first full read
         self._lock_path = self.dir / ".lock"
         self._row_bytes = featurizer.dim * 4
         self.index: dict[str, int] = {}
@@ -207,12 +216,39 @@ class FeatureCache:
         return hashes
 
     def _load_file_hashes(self) -> None:
-        """The complete records appended since the last look (a torn last line is left for later)."""
+        """The complete records appended since the last look (a torn last line is left for later); all of them
+        anew if another process compacted the file meanwhile. Under the lock."""
+        try:
+            st = os.stat(self._file_hashes_path)
+        except FileNotFoundError:
+            return
+        inode = st.st_ino
+        if inode != self._file_hashes_inode or st.st_size < self._file_hashes_offset:
+            # First read, or replaced by a compaction (a new file): our offset into the old one means nothing.
+            self._file_hashes.clear()
+            self._file_hashes_inode, self._file_hashes_offset, self._file_hash_records = inode, 0, 0
         complete, self._file_hashes_offset = _complete_lines_after(self._file_hashes_path, self._file_hashes_offset)
         for line in complete.decode("utf-8", "surrogateescape").split("\n")[:-1]:  # not splitlines: a path
             parts = line.split("\t", 4)  # may hold other line breaks (U+2028, \x85...)
             if len(parts) == 5 and len(parts[0]) == 64 and all(x.isdigit() for x in parts[1:4]):
                 self._file_hashes[(parts[4], int(parts[1]), int(parts[2]), int(parts[3]))] = parts[0]
+                self._file_hash_records += 1
+        if not self._file_hashes_compacted:
+            self._file_hashes_compacted = True
+            self._compact_file_hashes()
+
+    def _compact_file_hashes(self) -> None:
+        """Rewrite file-hashes.txt with each path's last record, if superseded ones are most of it. Under the lock."""
+        if self._file_hash_records < _COMPACT_MIN_RECORDS:
+            return
+        latest = {key[0]: (key, digest) for key, digest in self._file_hashes.items()}  # file order: last wins
+        if self._file_hash_records <= 2 * len(latest):
+            return
+        data = "".join(f"{d}\t{k[1]}\t{k[2]}\t{k[3]}\t{k[0]}\n" for k, d in latest.values())
+        write_atomically(self._file_hashes_path, data.encode("utf-8", "surrogateescape"), durable=False)
+        self._file_hashes = dict(latest.values())
+        self._file_hashes_inode = os.stat(self._file_hashes_path).st_ino
+        self._file_hashes_offset, self._file_hash_records = len(data.encode("utf-8", "surrogateescape")), len(latest)
 
     def _append(self, rows: list[np.ndarray], hashes: list[str]) -> None:
         if not hashes:

@@ -256,3 +256,30 @@ def test_odd_file_names_are_remembered_too(tmp_path, monkeypatch):
         _, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(odd, num_workers=0)
         assert ok == [0, 1, 2]
     assert len(read) == 3 and enc.embedded == 3
+
+
+def test_the_table_of_file_hashes_is_compacted_when_changed_files_fill_it(tmp_path, monkeypatch):
+    from retrieval import feature_cache
+
+    monkeypatch.setattr(feature_cache, "_COMPACT_MIN_RECORDS", 4)
+    enc = MeanColour()
+    files = _colour_files(tmp_path / "x", [(250, 0, 0), (0, 250, 0)])
+    table = lambda: (tmp_path / "cache").glob("*/file-hashes.txt").__next__()  # noqa: E731
+    for seconds in (30, 20, 10):  # the same two files changed (new times) twice: 6 records, 2 paths
+        _settled(files, seconds=seconds)
+        FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert len(table().read_text().splitlines()) == 6
+    other = FeatureCache(tmp_path / "cache", enc)  # a process with the whole table read, before the rewrite
+    other._load_file_hashes()
+    read: list[str] = []
+    real = feature_cache.file_sha256
+    monkeypatch.setattr(feature_cache, "file_sha256", lambda p: (read.append(str(p)), real(p))[1])
+    got, ok, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    lines = table().read_text().splitlines()
+    assert len(lines) == 2 and ok == [0, 1] and read == []  # each path's last record kept: nothing re-read
+    # The process that read the old table notices the new file and reads it anew, not from its old offset.
+    files.append(_colour_files(tmp_path / "y", [(9, 9, 9)])[0])
+    _settled(files[2:])
+    FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    again, ok, _ = other.features_for(files, num_workers=0)
+    assert ok == [0, 1, 2] and read == [str(files[2])] and np.array_equal(again[:2], got)
