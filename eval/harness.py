@@ -13,7 +13,8 @@ Outputs in the run directory:
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,votes,queries,accuracy (plurality agreement among the first k)
     per_class.csv            variant,label,name,queries,correct,accuracy,confused_with (one rule at one k)
-    *.png                    accuracy against k, hit rate against k, neighbour reliability by rank
+    *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
+                             accuracy (hardest classes named)
 """
 
 from __future__ import annotations
@@ -257,5 +258,5 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
     if plots:
         for name, s in v.items():
             written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
-                                title=f"{r.dataset} ({name})")
+                                title=f"{r.dataset} ({name})", names=names)
     return written

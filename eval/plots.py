@@ -1,4 +1,5 @@
-"""PNG plots of a `Scores`: accuracy against k per rule, hit rate against k, neighbour reliability by rank."""
+"""PNG plots of a `Scores`: accuracy against k per rule, hit rate against k, neighbour reliability by rank,
+and each class's accuracy, hardest first."""
 
 from __future__ import annotations
 
@@ -57,6 +58,32 @@ def plot_neighbor_reliability(scores: Scores, path: str | Path, title: str = "")
     return _save(fig, Path(path))
 
 
+def plot_per_class(scores: Scores, path: str | Path, names: dict[str, str] | None = None, title: str = "",
+                   marked: int = 6) -> Path:
+    """Every class's accuracy under one decision, sorted (an area, so 21k classes draw as well as 200), the
+    accuracy over all queries as a line, and the `marked` hardest classes named."""
+    assert scores.per_class is not None
+    pc, names = scores.per_class, names or {}
+    acc = sorted(100 * c.accuracy for c in pc.classes)
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    ax.fill_between(range(len(acc)), acc, step="mid", alpha=0.5)
+    ax.step(range(len(acc)), acc, where="mid", linewidth=0.8)
+    overall = 100 * sum(c.correct for c in pc.classes) / max(1, sum(c.queries for c in pc.classes))
+    ax.axhline(overall, color="grey", linestyle=":", label=f"all queries: {overall:.1f}%")
+    # Sorted hardest first, the upper left is empty: the hardest classes are named there.
+    hardest = "\n".join(f"{names.get(c.label, c.label)}: {100 * c.accuracy:.0f}%" for c in pc.classes[:marked])
+    ax.text(0.02, 0.97, f"hardest:\n{hardest}", transform=ax.transAxes, va="top", fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0.5})
+    ax.set_xlabel(f"class, hardest to easiest ({len(acc)} classes)")
+    ax.set_ylabel("accuracy of its queries (%)")
+    ax.set_ylim(0, 100)
+    decision = f"{pc.rule} voting, k={pc.k}"
+    ax.set_title(f"{title} ({decision})" if title else f"per-class accuracy ({decision})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, Path(path))
+
+
 def plot_curves(
     xs: Sequence[float],
     curves: dict[str, Sequence[float]],
@@ -83,11 +110,16 @@ def plot_curves(
     return _save(fig, Path(path))
 
 
-def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "") -> list[Path]:
+def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "",
+             names: dict[str, str] | None = None) -> list[Path]:
     out = Path(out_dir)
-    return [
+    written = [
         plot_accuracy_vs_k(scores, out / f"{prefix}accuracy_vs_k.png", title),
         plot_hit_rate(scores, out / f"{prefix}hit_rate_vs_k.png", title and f"{title}: hit rate"),
         plot_neighbor_reliability(scores, out / f"{prefix}neighbor_reliability.png",
                                   title and f"{title}: neighbour reliability"),
     ]
+    if scores.per_class is not None and scores.per_class.classes:
+        written.append(plot_per_class(scores, out / f"{prefix}per_class_accuracy.png", names,
+                                      title and f"{title}: per-class accuracy"))
+    return written

@@ -245,7 +245,8 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     files = {p.name for p in write_report(report, tmp_path)}
     assert {"results.json", "accuracy.csv", "table.md", "hit_rate.csv", "neighbor_accuracy.csv", "calibration.csv",
             "accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png",
-            "restricted_accuracy_vs_k.png"} <= files
+            "restricted_accuracy_vs_k.png", "per_class.csv", "per_class_accuracy.png",
+            "restricted_per_class_accuracy.png"} <= files
     again = EvalReport.model_validate(json.loads((tmp_path / "results.json").read_text()))
     assert again.variants["all"].accuracy["rank"][0] == 1.0  # each query's own point is its nearest
     assert (tmp_path / "accuracy.csv").read_text().splitlines()[1] == "all,plurality,1,1.000000"
