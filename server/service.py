@@ -244,6 +244,7 @@ class ClassifierService:
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
         self.memory.set_label_names(names, replace=replace)
         self._edited()  # cached answers carry the names they were given
+        self.metrics.edits.labels("name").inc(len(names))
         return self.memory.label_names
 
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,

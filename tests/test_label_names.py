@@ -249,6 +249,7 @@ def test_http_names_labels_with_the_key_and_answers_follow_at_once(tmp_path, lit
         assert done.status_code == 200 and done.json()["label_names"] == {"green": "emerald", "red": "crimson"}
         again = client.post("/v1/classify?k=3", files=query).json()
         assert (again["label_name"], again["cached"]) == ("emerald", False)  # no cached answer with old names
+        assert 'vmem_memory_edits_total{op="name"} 2.0' in client.get("/metrics").text
         replaced = client.put("/v1/memory/label-names", json={"names": {"blue": "navy"}, "replace": True},
                               headers=key).json()
         assert replaced["label_names"] == {"blue": "navy"}
