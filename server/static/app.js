@@ -192,7 +192,9 @@ function pointCard(p) {
   img.src = p.thumbnail_url;
   node.querySelector(".label").textContent = p.source.split("/").pop();
   node.querySelector(".label").title = p.source;
-  node.querySelector(".numbers").textContent = p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10);
+  const misled = p.prune_count ? ` · misled ${p.prune_count}` : "";
+  node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
+  node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
   node.querySelector(".forget").addEventListener("click", () => forget(p, node));
   return node;
 }
