@@ -131,3 +131,16 @@ def test_http_pages_and_single_points(tmp_path, lite0):
         assert client.get("/v1/memory/points", params={"excluded": "true"}).json()["points"] == []
         assert client.get("/v1/memory/points", params={"cursor": "page-2"}).status_code == 422
         assert client.get("/v1/memory/points", params={"limit": 0}).status_code == 422
+
+
+def test_cli_lists_every_label_with_its_points_name_and_pruning(tmp_path):
+    location = tmp_path / "memory"
+    with VisualMemory(open_store(location, SPEC), reranker=None) as mem:
+        ids = mem.store.add(random_unit_vectors(5, 8), ["cat"] * 3 + ["dog"] * 2, [f"/d/{i}.jpg" for i in range(5)])
+        mem.store.set_payload(ids[:1], {EXCLUDED_KEY: "pruned"})
+        mem.set_label_names({"cat": "house cat"})
+    out = CliRunner().invoke(app, ["labels", "--memory", str(location)])
+    assert out.stdout.splitlines() == ["3\tcat\thouse cat\t(1 excluded by pruning)", "2\tdog\t"]
+    rows = [json.loads(line) for line in CliRunner().invoke(app, ["labels", "--memory", str(location),
+                                                                  "--json"]).stdout.splitlines()]
+    assert rows[0] == {"label": "cat", "name": "house cat", "points": 3, "searchable": 2}

@@ -376,6 +376,26 @@ def points(
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
 
 
+def labels(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per label")] = False,
+) -> None:
+    """Every label of the memory with its points and name, most points first (vmem info shows ten)."""
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        counts, names = mem.store.label_counts(), mem.label_names
+        searchable = {lab: mem.store.count(label=lab, searchable=True) for lab in counts} if mem.store.count(
+            searchable=True) != mem.store.count() else counts
+    for lab, n in counts.items():
+        if json_out:
+            typer.echo(json.dumps({"label": lab, "name": names.get(lab), "points": n, "searchable": searchable[lab]},
+                                  ensure_ascii=False))
+        else:
+            pruned = f"\t({n - searchable[lab]} excluded by pruning)" if searchable[lab] != n else ""
+            typer.echo(f"{n}\t{lab}\t{names.get(lab, '')}{pruned}")
+
+
 def info(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
