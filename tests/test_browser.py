@@ -205,3 +205,27 @@ def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
             "return [...document.querySelectorAll('#label-points img')].every(i => i.complete && i.naturalWidth > 0)"))
         browser.save_screenshot(str(ARTIFACTS / "page-label-points.png"))
     mem.close()
+
+
+def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+        rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
+        assert sorted(rows(browser)) == ["crimson (red)\n4", "emerald (green)\n4", "navy (blue)\n4"]
+        browser.find_element(By.ID, "label-filter").send_keys("emer")  # by name
+        wait.until(lambda d: rows(d) == ["emerald (green)\n4"])
+        browser.find_element(By.CSS_SELECTOR, "#label-list button").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+        assert browser.find_element(By.ID, "label-title").text == "emerald (green)"
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
+    mem.close()

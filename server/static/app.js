@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let currentFile = null;
 let perLabel = {}; // points per label, from the last stats
+let labelNames = {}; // label -> name, from the last stats
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
 async function problemText(resp) {
@@ -31,6 +32,8 @@ async function loadStats() {
   }
   const s = await resp.json();
   perLabel = s.per_label;
+  labelNames = s.label_names || {};
+  listLabels();
   $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
@@ -174,6 +177,32 @@ async function showLabel(label, name, cursor = null) {
   if (!cursor) $("label-section").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
+// The labels-box list: every label (most points first), filtered by label or name as the user types.
+function listLabels() {
+  const wanted = $("label-filter").value.trim().toLowerCase();
+  const list = $("label-list");
+  list.replaceChildren();
+  let hidden = 0;
+  for (const [label, count] of Object.entries(perLabel)) {
+    const name = labelNames[label];
+    if (wanted && !label.toLowerCase().includes(wanted) && !(name || "").toLowerCase().includes(wanted)) continue;
+    if (list.children.length >= 500) { hidden++; continue; } // a 21k-class memory: filter to reach the rest
+    const li = document.createElement("li");
+    li.dataset.label = label;
+    const n = document.createElement("span");
+    n.className = "muted";
+    n.textContent = String(count);
+    li.append(labelLink(label, name, named(label, name)), n);
+    list.appendChild(li);
+  }
+  if (hidden) {
+    const more = document.createElement("li");
+    more.className = "muted";
+    more.textContent = `… ${hidden} more: type to filter`;
+    list.appendChild(more);
+  }
+}
+
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
@@ -260,6 +289,7 @@ function init() {
     chooseFile(e.dataTransfer.files[0]);
   });
   $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
+  $("label-filter").addEventListener("input", listLabels);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
   for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
   loadStats();
