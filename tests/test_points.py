@@ -90,6 +90,8 @@ def test_a_bad_cursor_or_limit_is_refused(memory):
         memory.points(cursor="page-2")
     with pytest.raises(ValueError, match="limit must be 1 to 1000"):
         memory.points(limit=0)
+    with pytest.raises(ValueError, match="source_prefix is empty"):
+        memory.points(source_prefix=" ")
 
 
 def test_cli_lists_a_labels_points_and_says_where_the_next_page_starts(tmp_path):

@@ -693,6 +693,8 @@ class VisualMemory:
             raise ValueError(f"limit must be 1 to 1000, got {limit}")
         start = parse_point_id(cursor) if cursor is not None else None
         if source_prefix is not None:  # as stored: absolute, links resolved (their own links are not followed)
+            if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
+                raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
             source_prefix = local_source_prefix(source_prefix)
         stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
