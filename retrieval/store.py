@@ -574,9 +574,7 @@ class EdgeMemoryStore(MemoryStore):
         write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
 
     def _count_excluded(self) -> int:
-        qe = self._qe
-        flt = qe.Filter(must_not=[qe.IsEmptyCondition(key=EXCLUDED_KEY)])
-        return self.shard.count(qe.CountRequest(filter=flt, exact=True))
+        return self.shard.count(self._qe.CountRequest(filter=self._filter(excluded_only=True), exact=True))
 
     @contextmanager
     def _excluded_may_change(self, touches_excluded: bool) -> Iterator[None]:
@@ -588,19 +586,20 @@ class EdgeMemoryStore(MemoryStore):
             self._any_excluded = self._count_excluded() > 0
 
     def _filter(self, label: str | None = None, source_prefix: str | None = None,
-                labels: Sequence[str] | None = None, searchable: bool = False):
+                labels: Sequence[str] | None = None, searchable: bool = False, excluded_only: bool = False):
         qe = self._qe
         # The "not excluded" condition only while some point is excluded (pruned): the engine checks a
         # filter on every point a search visits, even one that matches all. 1.28M points, alternating
         # rounds (docs/benchmarks/excluded_filter.py): 4-15 % more batched queries/s without it.
         must = [qe.IsEmptyCondition(key=EXCLUDED_KEY)] if searchable and self._any_excluded else []
+        must_not = [qe.IsEmptyCondition(key=EXCLUDED_KEY)] if excluded_only else []
         if label is not None:
             must.append(qe.FieldCondition(key="label", match=qe.MatchValue(label)))
         if labels is not None:
             must.append(qe.FieldCondition(key="label", match=qe.MatchAny(list(labels))))
         if source_prefix is not None:
             must.append(qe.FieldCondition(key="source", match=qe.MatchPrefix(source_prefix)))
-        return qe.Filter(must=must) if must else None
+        return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
@@ -734,14 +733,10 @@ class EdgeMemoryStore(MemoryStore):
 
     def page(self, label=None, source_prefix=None, start=None, limit=100,
              excluded=None) -> tuple[list[StoredPoint], str | None]:
-        qe = self._qe
-        flt = self._filter(label=label, source_prefix=source_prefix)
-        if excluded is not None:
-            empty = qe.IsEmptyCondition(key=EXCLUDED_KEY)
-            must = [*(flt.must if flt else []), *([] if excluded else [empty])]
-            flt = qe.Filter(must=must, must_not=[empty] if excluded else [])
-        recs, offset = self.shard.scroll(qe.ScrollRequest(offset=start, limit=limit, filter=flt, with_payload=True,
-                                                          with_vector=False))
+        flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False,
+                           excluded_only=excluded is True)
+        recs, offset = self.shard.scroll(self._qe.ScrollRequest(offset=start, limit=limit, filter=flt,
+                                                                with_payload=True, with_vector=False))
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 
     def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
@@ -917,16 +912,18 @@ class QdrantServerStore(MemoryStore):
     def save_meta(self) -> None:
         self.client.update_collection(self.collection, metadata={"vmem": json.loads(self.meta.model_dump_json())})
 
-    def _filter(self, label=None, source_prefix=None, labels=None, searchable=False):
+    def _filter(self, label=None, source_prefix=None, labels=None, searchable=False, excluded_only=False):
         qm = self._qm
-        must: list[Any] = [qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXCLUDED_KEY))] if searchable else []
+        empty = qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXCLUDED_KEY))
+        must: list[Any] = [empty] if searchable else []
+        must_not: list[Any] = [empty] if excluded_only else []
         if label is not None:
             must.append(qm.FieldCondition(key="label", match=qm.MatchValue(value=label)))
         if labels is not None:
             must.append(qm.FieldCondition(key="label", match=qm.MatchAny(any=list(labels))))
         if source_prefix is not None:
             must.append(qm.FieldCondition(key="source", match=qm.MatchPrefix(prefix=source_prefix)))
-        return qm.Filter(must=must) if must else None
+        return qm.Filter(must=must or None, must_not=must_not or None) if must or must_not else None
 
     def _upsert(self, ids, vectors, payloads) -> None:
         self.client.upsert(self.collection, wait=True, points=self._qm.Batch(
@@ -1005,11 +1002,8 @@ class QdrantServerStore(MemoryStore):
 
     def page(self, label=None, source_prefix=None, start=None, limit=100,
              excluded=None) -> tuple[list[StoredPoint], str | None]:
-        qm = self._qm
-        flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False)
-        if excluded:
-            empty = qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXCLUDED_KEY))
-            flt = qm.Filter(must=flt.must if flt else None, must_not=[empty])
+        flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False,
+                           excluded_only=excluded is True)
         recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=limit, offset=start,
                                           with_payload=True, with_vectors=False)
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
