@@ -21,7 +21,7 @@ from retrieval import (
     load_featurizer,
 )
 
-from ..results import DEFAULT_K, DEFAULT_RULE
+from ..results import VoteSettings
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
 
@@ -154,9 +154,9 @@ def eval(
                   featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau)
     run.seconds["features"] = round(t_search - t_feat, 3)
     # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
-    per_class = ((tuned["rule"], int(tuned["k"])) if tuned.get("rule") in {r.value for r in VoteRule}
-                 and tuned.get("k") else (DEFAULT_RULE.value, DEFAULT_K))
-    report = evaluate(memory_obj, queries, run, restrict_to=restrict, per_class=per_class)
+    decision = mem.vote_settings() if mem is not None else VoteSettings()
+    report = evaluate(memory_obj, queries, run, restrict_to=restrict,
+                      per_class=(VoteRule(decision.rule).value, decision.k))
     if tuned.get("rule") in {"plurality", "distance", "softmax", "rank"} and tuned.get("k", 0) <= k_max:
         curves = report.variants["all"].accuracy
         soft = tuned.get("soft_pruning", True) and f"{tuned['rule']}+soft" in curves
