@@ -232,13 +232,7 @@ def classify(
     with mem:
         if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
             require_points(mem)
-        if label and (unknown := mem.unknown_labels(label)):
-            known = mem.store.label_counts()
-            some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
-            hints = mem.name_hints(unknown)
-            raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} ("
-                                     + (f"{hints}; " if hints else "") + f"its {len(known)} labels: {some})",
-                                     param_hint="--label")
+        _check_labels(mem, label or [])
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
@@ -260,6 +254,19 @@ def classify(
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
                    err=json_out)
+
+
+def _check_labels(mem, labels: list[str]) -> None:
+    """BadParameter for a --label the memory lacks: it would leave every answer empty. Names which label a
+    name given instead belongs to, and some of the labels there are."""
+    if not labels or not (unknown := mem.unknown_labels(labels)):
+        return
+    known = mem.store.label_counts()
+    some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+    hints = mem.name_hints(unknown)
+    raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} ("
+                             + (f"{hints}; " if hints else "") + f"its {len(known)} labels: {some})",
+                             param_hint="--label")
 
 
 def forget(
@@ -355,10 +362,7 @@ def points(
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
     mem = open_memory(memory, qdrant_url)
     with mem:
-        if label is not None and (unknown := mem.unknown_labels([label])):
-            hints = mem.name_hints(unknown)
-            raise typer.BadParameter(f"the memory has no label {label!r}" + (f" ({hints})" if hints else ""),
-                                     param_hint="--label")
+        _check_labels(mem, [label] if label is not None else [])
         try:
             page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=limit, excluded=excluded)
         except ValueError as exc:
