@@ -244,11 +244,12 @@ class FeatureCache:
         latest = {key[0]: (key, digest) for key, digest in self._file_hashes.items()}  # file order: last wins
         if self._file_hash_records <= 2 * len(latest):
             return
-        data = "".join(f"{d}\t{k[1]}\t{k[2]}\t{k[3]}\t{k[0]}\n" for k, d in latest.values())
-        write_atomically(self._file_hashes_path, data.encode("utf-8", "surrogateescape"), durable=False)
+        data = "".join(f"{d}\t{k[1]}\t{k[2]}\t{k[3]}\t{k[0]}\n" for k, d in latest.values()).encode(
+            "utf-8", "surrogateescape")
+        write_atomically(self._file_hashes_path, data, durable=False)
         self._file_hashes = dict(latest.values())
         self._file_hashes_inode = os.stat(self._file_hashes_path).st_ino
-        self._file_hashes_offset, self._file_hash_records = len(data.encode("utf-8", "surrogateescape")), len(latest)
+        self._file_hashes_offset, self._file_hash_records = len(data), len(latest)
 
     def _append(self, rows: list[np.ndarray], hashes: list[str]) -> None:
         if not hashes:

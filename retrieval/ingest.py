@@ -126,6 +126,7 @@ def imagenet_label_names() -> dict[str, str]:
     """The 1000 ImageNet-1k WordNet ids' names, shipped with vmem (`retrieval/data/imagenet_names.txt`): curated
     names that tell classes apart ("crane bird", "construction crane"), for a memory of ImageNet folders."""
     text = resources.files("retrieval").joinpath("data/imagenet_names.txt").read_text(encoding="utf-8")
+    # Not read_label_names: these names are whole (one holds a comma), not the head of a synonym list.
     return dict(line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 

@@ -117,7 +117,8 @@ def build(
         unique_sources(items)  # a file given two labels: refused before the memory is created or touched
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
-    names, names_file = _dataset_label_names(dataset, label_names, {i.label for i in items})
+    dataset_labels = {i.label for i in items}
+    names, names_file = _dataset_label_names(dataset, label_names, dataset_labels)
     tags = parse_tags(tag)
     # Only what the user gave: asking for the default explicitly must still be compared with the memory.
     asked = {"quantization": quantization.value} if quantization is not None else {}
@@ -157,14 +158,13 @@ def build(
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
-        n_labels = len({i.label for i in items})
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
-                   f"{len(items)} images in {n_labels} labels", err=True)
+                   f"{len(items)} images in {len(dataset_labels)} labels", err=True)
         if names:
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
             if new:
                 mem.set_label_names(new)
-            typer.echo(f"label names: {len(names)} of {n_labels} labels named by {names_file}"
+            typer.echo(f"label names: {len(names)} of {len(dataset_labels)} labels named by {names_file}"
                        + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), err=True)
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
