@@ -24,7 +24,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
-from retrieval.store import EXCLUDED_KEY  # payload key the store filters on (any non-empty value excludes a point)
+from retrieval.store import (
+    EXCLUDED_KEY,  # payload key the store filters on (any non-empty value excludes a point)
+    RELIABILITY_KEY,
+)
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
 from .scoring import K_MAX, NeighborTable, class_index, exact_search, predictions
@@ -32,7 +35,6 @@ from .scoring import K_MAX, NeighborTable, class_index, exact_search, prediction
 DEFAULT_THRESHOLD = 128
 SOFT_GAMMA = 1.75
 EXCLUDED_VALUE = "pruned"
-RELIABILITY_KEY = "reliability"
 Blame = Literal["all", "voters"]
 
 

@@ -148,8 +148,10 @@ class BuildReport:
     added: int = 0
     skipped_existing: int = 0
     duplicates: int = 0  # listed again with the same label (the same file, after resolving links)
-    # (source, stored label, listed label) of images already in memory under another label: kept as stored
+    # (source, stored label, listed label) of images already in memory under another label: kept as stored,
+    # unless the build was asked to relabel them (then `relabel_applied`)
     relabelled: list[tuple[str, str, str]] = field(default_factory=list)
+    relabel_applied: bool = False
     failed: list[EmbedFailure] = field(default_factory=list)
     seconds: float = 0.0
     index_seconds: float = 0.0  # building the HNSW index after inserting
@@ -163,9 +165,13 @@ class BuildReport:
             + f"{len(self.failed)} failed of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
             f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
         ]
-        if self.relabelled:
-            lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (forget "
-                         "them, then build again, to relabel):")
+        if self.relabelled and self.relabel_applied:
+            lines.append(f"{len(self.relabelled)} already in memory under another label, relabelled as listed "
+                         "(not embedded again):")
+            lines += [f"  {src}: {old!r} -> {new!r}" for src, old, new in self.relabelled[:10]]
+        elif self.relabelled:
+            lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (build "
+                         "again with --relabel to take the listed labels):")
             lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
             if len(self.relabelled) > 10:
                 lines.append(f"  ... and {len(self.relabelled) - 10} more")

@@ -49,6 +49,10 @@ ID_TO_OFFSET_FILE = "id_tracker.e2i"
 # any non-empty value excludes. (A string, not a bool: qdrant-edge's filters do not match bool payloads.)
 EXCLUDED_KEY = "excluded"
 PRUNE_COUNT_KEY = "prune_count"  # how many leave-one-out decisions a point misled (vmem prune)
+RELIABILITY_KEY = "reliability"  # soft pruning's factor on a point's vote weight (absent: 1)
+# What a relabel records: the label a point held before its latest relabel, and when that was.
+RELABELLED_FROM_KEY = "relabelled_from"
+RELABELLED_AT_KEY = "relabelled_at"
 # Point ids per request to a Qdrant server when many points are read or deleted by id.
 SERVER_REQUEST_IDS = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
@@ -56,7 +60,7 @@ ORIGINAL_ROWS_FILE = "original-rows.bin"
 # Candidates fetched beyond k to re-rank the doubtful ones: those below the k-th best by less than the margin.
 DOUBTFUL_EXTRA = 16
 # The payload keys a search returns with each neighbour (the rest stays in the store: `retrieve` has it).
-SEARCH_PAYLOAD = ("label", "source", "reliability")
+SEARCH_PAYLOAD = ("label", "source", RELIABILITY_KEY)
 # Queries per qdrant-edge query_batch call: the engine plans a batch as one pass over its segments.
 EDGE_QUERY_BATCH = 64
 # The embedded engine's own configuration, beside its segments.
@@ -219,7 +223,7 @@ class Neighbor(NamedTuple):
 
     @property
     def reliability(self) -> float:
-        return float(self.payload.get("reliability", 1.0))
+        return float(self.payload.get(RELIABILITY_KEY, 1.0))
 
 
 @dataclass(frozen=True)
@@ -363,6 +367,27 @@ class MemoryStore(ABC):
             out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + 1024])}
         return out
 
+    def relabel(self, ids: Sequence[str], label: str) -> dict[str, str]:
+        """Give these points `label`, vectors untouched; returns {id: label before} of those that changed
+        (points missing, or already labelled so, are left alone).
+
+        Their pruning marks go (excluded, reliability, prune count): they judged the point under its old label.
+        The label it held before and when it changed are kept in its payload.
+        """
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"label must be a non-empty string, got {label!r}")
+        before = {pid: old for pid, old in self.existing_labels(list(ids)).items() if old != label}
+        by_old: dict[str, list[str]] = {}
+        for pid, old in before.items():
+            by_old.setdefault(old, []).append(pid)
+        now = datetime.now(UTC).isoformat()
+        for old, group in by_old.items():
+            for start in range(0, len(group), SERVER_REQUEST_IDS):
+                self.set_payload(group[start : start + SERVER_REQUEST_IDS], {
+                    "label": label, RELABELLED_FROM_KEY: old, RELABELLED_AT_KEY: now,
+                    EXCLUDED_KEY: None, PRUNE_COUNT_KEY: None, RELIABILITY_KEY: 1.0})
+        return before
+
     @abstractmethod
     def scroll(self, batch_size: int = 1024, with_vectors: bool = False) -> Iterator[list[StoredPoint]]:
         """Every point, in batches (order unspecified)."""
@@ -488,7 +513,7 @@ class EdgeMemoryStore(MemoryStore):
         self.location = str(self.path)
         self._write_lock = threading.Lock()
         self._left_unindexed = 0
-        self._last_upserted: tuple[str, str] | None = None  # (id, label) of the last point written by an add
+        self._last_upserted: str | None = None  # id of the last point written by an add
         self._rows: OriginalRows | None = None
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
@@ -611,7 +636,7 @@ class EdgeMemoryStore(MemoryStore):
             points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
             with self._excluded_may_change(any(EXCLUDED_KEY in p for p in payloads)):
                 self.shard.update(qe.UpdateOperation.upsert_points(points))
-            self._last_upserted = (ids[-1], payloads[-1]["label"])
+            self._last_upserted = ids[-1]
             segment_points = self.meta.index.segment_points
             if segment_points is not None:
                 info = self.shard.info()
@@ -840,10 +865,14 @@ class EdgeMemoryStore(MemoryStore):
         """
         if self._last_upserted is None:
             return
-        point_id, label = self._last_upserted
+        point_id = self._last_upserted
         self._last_upserted = None
         with self._write_lock:
-            if self.shard.retrieve([point_id], with_payload=False, with_vector=False):
+            # Its label as it is now, read back: it may have been relabelled since the add.
+            found = self.shard.retrieve([point_id], with_payload=self._qe.PayloadSelector.Include(["label"]),
+                                        with_vector=False)
+            if found and found[0].payload:
+                label = found[0].payload["label"]
                 self.shard.update(self._qe.UpdateOperation.set_payload([point_id], {"label": label}))
 
 

@@ -81,6 +81,8 @@ class MemoryPoint(BaseModel):
     excluded: bool = Field(False, description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
     reliability: float = Field(1.0, description="soft pruning's factor on its vote weight (1: neutral)")
     prune_count: int | None = Field(None, description="leave-one-out decisions it misled, when vmem prune counted")
+    relabelled_from: str | None = Field(None, description="the label it held before it was last relabelled")
+    relabelled_at: str | None = Field(None, description="when it was last relabelled (UTC, ISO 8601)")
 
 
 class PointPage(BaseModel):

@@ -41,14 +41,22 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY, StoredPoint, is_embedded_location
+from retrieval.store import (
+    EXCLUDED_KEY,
+    PRUNE_COUNT_KEY,
+    RELABELLED_AT_KEY,
+    RELABELLED_FROM_KEY,
+    RELIABILITY_KEY,
+    StoredPoint,
+    is_embedded_location,
+)
 
 from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FEATURIZER = "dinov2-small"
-ForgetListener = Callable[[list[str]], None]
+PointsListener = Callable[[list[str]], None]  # told the ids of the points an edit (forget, relabel) touched
 # `reranker=AUTO_RERANKER` (the default) builds a Gemini re-ranker on the first `rerank=True`;
 # `reranker=None` turns re-ranking off (results then say "re-ranking is not configured").
 AUTO_RERANKER = "auto"
@@ -117,7 +125,8 @@ class VisualMemory:
         self._featurizer_lock = threading.Lock()
         if featurizer is not None:
             store.check_featurizer(featurizer.spec)
-        self._forget_listeners: list[ForgetListener] = []
+        self._forget_listeners: list[PointsListener] = []
+        self._relabel_listeners: list[PointsListener] = []
         self._reranker_lock = threading.Lock()
         self._reranker: Any = None
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
@@ -419,11 +428,13 @@ class VisualMemory:
 
     @reranker.setter
     def reranker(self, reranker: Any) -> None:
-        """Re-rank with this object from now on (None: off); deleting points drops its cached answers."""
+        """Re-rank with this object from now on (None: off); deleting or relabelling points drops its cached
+        answers citing them."""
         self._reranker = reranker
         self._auto_reranker = False
         if reranker is not None and hasattr(reranker, "invalidate"):
             self.on_forget(reranker.invalidate)
+            self.on_relabel(reranker.invalidate)
 
     def _get_reranker(self) -> Any:
         with self._reranker_lock:
@@ -470,11 +481,22 @@ class VisualMemory:
 
     def build(self, items: Sequence[LabelledImage], batch_size: int = 64, num_workers: int | None = None,
               tags: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None,
-              feature_cache: str | Path | None = None) -> BuildReport:
-        """Embed and insert labelled images; resumable, bad images skipped and reported."""
+              feature_cache: str | Path | None = None, relabel: bool = False) -> BuildReport:
+        """Embed and insert labelled images; resumable, bad images skipped and reported.
+
+        An image already in memory under another label keeps its stored label and is reported
+        (`report.relabelled`), unless `relabel`: then it takes the listed one, without being embedded again.
+        """
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         self._record_source_roots([it.source for it in items])
         report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
+        if relabel and report.relabelled:
+            by_label: dict[str, list[str]] = {}
+            for source, _, listed in report.relabelled:
+                by_label.setdefault(listed, []).append(point_id_for(source))
+            for listed, ids in by_label.items():
+                self._relabel_points(ids, listed)
+            report.relabel_applied = True
         t0 = time.perf_counter()
         self.store.optimize()
         report.index_seconds = time.perf_counter() - t0
@@ -531,9 +553,13 @@ class VisualMemory:
         id_of = dict(zip((ok_sources[j] for j in keep), added, strict=True))
         return [id_of[src] for src in ok_sources], failed
 
-    def on_forget(self, listener: ForgetListener) -> None:
+    def on_forget(self, listener: PointsListener) -> None:
         """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""
         self._forget_listeners.append(listener)
+
+    def on_relabel(self, listener: PointsListener) -> None:
+        """Call `listener(ids)` after points are given another label (e.g. to drop answers that voted with them)."""
+        self._relabel_listeners.append(listener)
 
     def forget(
         self,
@@ -549,21 +575,74 @@ class VisualMemory:
         them, and listeners have dropped what cited them. With `erase`, the memory's files are also
         rewritten without their vectors before it returns (`erase_forgotten`).
         """
-        chosen = [x is not None for x in (ids, label, source_prefix)]
-        if sum(chosen) != 1:
-            raise ValueError("forget takes exactly one of: ids, label, source_prefix")
         if erase and not self.store.erases_on_demand:
             raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
                              "its segments on its own schedule): forget without erase")
+        targets = self._chosen_ids(ids, label, source_prefix, "forget")
+        n = self.store.delete_ids(targets)
+        for listener in self._forget_listeners:
+            listener(targets)
+        if self._reranker is None and targets:
+            self._drop_cached_rerank_answers(targets)
+        if erase:
+            self.erase_forgotten()
+        return n
+
+    def relabel(
+        self,
+        to: str,
+        ids: Sequence[str] | None = None,
+        label: str | None = None,
+        source_prefix: str | None = None,
+    ) -> int:
+        """Give points another label, embedding nothing again: a mislabelled image corrected, a class renamed,
+        two classes merged. Points are chosen as `forget` chooses them; returns how many changed (those
+        already labelled `to` are not counted).
+
+        Once it returns, searches vote with the new label, and the re-ranker's cached answers citing the
+        points are dropped. The points' pruning marks go (excluded, reliability, prune count: `vmem prune`
+        judged them under the old label; prune again to judge them anew), and each keeps the label it held
+        before (`MemoryPoint.relabelled_from`).
+
+        Example:
+            >>> mem.relabel("n02123045", ids=["0b6f..."])       # this image is a tabby, not an Egyptian cat
+            >>> mem.relabel("cat", label="kitty")                # every "kitty" point is now "cat"
+
+        Raises ValueError for an empty `to`, or one that is no label of the memory but another label's name
+        (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels.
+        """
+        to = to.strip() if isinstance(to, str) else to
+        if not isinstance(to, str) or not to:
+            raise ValueError(f"the new label must be a non-empty string, got {to!r}")
+        if not self.store.count(label=to) and (hints := self.name_hints([to])):
+            raise ValueError(f"{to!r} is no label of this memory, and {hints}: relabel to the label")
+        return len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to))
+
+    def _relabel_points(self, ids: list[str], to: str) -> list[str]:
+        """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
+        changed = list(self.store.relabel(ids, to))
+        if changed:
+            for listener in self._relabel_listeners:
+                listener(changed)
+            if self._reranker is None:
+                self._drop_cached_rerank_answers(changed)
+        return changed
+
+    def _chosen_ids(self, ids: Sequence[str] | None, label: str | None, source_prefix: str | None,
+                    verb: str) -> list[str]:
+        """The ids of the points chosen by exactly one of: ids, label, source prefix (as `forget` documents)."""
+        chosen = [x is not None for x in (ids, label, source_prefix)]
+        if sum(chosen) != 1:
+            raise ValueError(f"{verb} takes exactly one of: ids, label, source_prefix")
         if source_prefix is not None and not source_prefix.strip():
-            # normalize_source("") is the current directory: an empty prefix would forget everything under it.
-            raise ValueError("source_prefix is empty: give the folder, file or URI prefix of the images to forget")
+            # normalize_source("") is the current directory: an empty prefix would choose everything under it.
+            raise ValueError(f"source_prefix is empty: give the folder, file or URI prefix of the images to {verb}")
         if ids is not None:
             if isinstance(ids, str):  # one id, not its characters
                 ids = [ids]
-            # Parsed here: the embedded engine raised on a malformed id, and qdrant-client forgot nothing quietly.
-            targets = [parse_point_id(i) for i in ids]
-        elif source_prefix is not None:
+            # Parsed here: the embedded engine raised on a malformed id, and qdrant-client matched nothing quietly.
+            return [parse_point_id(i) for i in ids]
+        if source_prefix is not None:
             source_prefix = local_source_prefix(source_prefix)
             targets = self.store.ids_where(source_prefix=source_prefix)
             # "/" already holds every local file a link could lead to: no walk of the whole disk for nothing.
@@ -574,19 +653,12 @@ class VisualMemory:
                     found.update(self.store.ids_where(source_prefix=folder))
                 found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
                 targets = sorted(found)
-        else:
-            targets = self.store.ids_where(label=label)
-        n = self.store.delete_ids(targets)
-        for listener in self._forget_listeners:
-            listener(targets)
-        if self._reranker is None and targets:
-            self._forget_cached_rerank_answers(targets)
-        if erase:
-            self.erase_forgotten()
-        return n
+            return targets
+        return self.store.ids_where(label=label)
 
-    def _forget_cached_rerank_answers(self, ids: list[str]) -> None:
-        """Drop the default re-ranker's cached answers citing these points, with no re-ranker built here.
+    def _drop_cached_rerank_answers(self, ids: list[str]) -> None:
+        """Drop the default re-ranker's cached answers citing these points (forgotten or relabelled), with no
+        re-ranker built here.
 
         Its answers are checked against the memory when read anyway (a forget in another process never
         reaches this one's listeners), so a failure here costs disk space, not a wrong answer: logged only.
@@ -603,7 +675,8 @@ class VisualMemory:
                 cache = self._idle_rerank_cache
             cache.invalidate(ids)
         except Exception as exc:  # settings from the environment that do not validate, a locked database
-            log.warning("the re-ranker's cached answers citing %d forgotten points were not dropped now (%s); "
+            log.warning("the re-ranker's cached answers citing %d forgotten or relabelled points were not dropped "
+                        "now (%s); "
                         "they are dropped when next read", len(ids), exc)
 
     @functools.cached_property
@@ -708,8 +781,9 @@ class VisualMemory:
         pay = p.payload
         return MemoryPoint(id=p.id, label=pay["label"], label_name=self.store.meta.label_names.get(pay["label"]),
                            source=pay["source"], added_at=pay.get("added_at"), tags=pay.get("tags") or {},
-                           excluded=bool(pay.get(EXCLUDED_KEY)), reliability=float(pay.get("reliability", 1.0)),
-                           prune_count=pay.get(PRUNE_COUNT_KEY))
+                           excluded=bool(pay.get(EXCLUDED_KEY)), reliability=float(pay.get(RELIABILITY_KEY, 1.0)),
+                           prune_count=pay.get(PRUNE_COUNT_KEY), relabelled_from=pay.get(RELABELLED_FROM_KEY),
+                           relabelled_at=pay.get(RELABELLED_AT_KEY))
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.label_counts()

@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command()(memory.build)
 app.command()(memory.classify)
 app.command()(memory.forget)
+app.command()(memory.relabel)
 app.command()(memory.info)
 app.command()(memory.labels)
 app.command()(memory.points)

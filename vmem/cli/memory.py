@@ -102,6 +102,10 @@ def build(
                           "folder or the one above. Results show the names; the re-ranker shows Gemini the names "
                           "instead of the labels (WordNet ids say nothing to it)"),
     ] = None,
+    relabel: Annotated[
+        bool, typer.Option(help="an image already in memory under another label takes the listed one (not embedded "
+                                "again); without it, it keeps its stored label and is reported")
+    ] = False,
     rescore_doubtful: Annotated[
         bool | None,
         typer.Option("--rescore-doubtful",
@@ -170,7 +174,7 @@ def build(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
             file=sys.stderr)
         report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
-                           feature_cache=feature_cache)
+                           feature_cache=feature_cache, relabel=relabel)
     typer.echo(report.summary())
 
 
@@ -305,6 +309,50 @@ def forget(
         if erase:
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
+
+
+def relabel(
+    to: Annotated[str, typer.Option("--to", help="the new label (a label, not a name: see vmem labels)")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
+    label: Annotated[str | None, typer.Option(help="relabel every point with this label (rename or merge a class)")
+                     ] = None,
+    source: Annotated[str | None, typer.Option(help="relabel every point whose source starts with this")] = None,
+) -> None:
+    """Give points another label (by id, label or source prefix), embedding nothing again: correct a mislabelled
+    image, rename or merge classes. Their pruning marks go; each keeps the label it held before."""
+    if sum(x is not None for x in (id, label, source)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --label, --source")
+    if source is not None and not source.strip():
+        raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to relabel",
+                                 param_hint="--source")
+    if id is not None:
+        id = [_point_id(i) for i in id]
+    if source is not None:
+        try:
+            source = local_source_prefix(source)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--source") from None
+    with open_memory(memory, qdrant_url) as mem:
+        if label is not None and label == to.strip():
+            raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
+        new_label = not mem.store.count(label=to.strip())
+        try:
+            n = mem.relabel(to, ids=id, label=label, source_prefix=source)
+        except ValueError as exc:  # the new label empty, or a name rather than a label
+            raise typer.BadParameter(str(exc), param_hint="--to") from None
+        to = to.strip()
+        name = mem.label_names.get(to)
+        typer.echo(f"relabelled {n} points to {to!r}" + (f" ({name})" if name else "")
+                   + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
+        if n == 0:
+            if label is not None and (hints := mem.name_hints([label])):
+                typer.echo(f"note: no point has the label {label!r}: {hints}", err=True)
+            elif id is not None:
+                typer.echo("note: the memory holds no point with " + ("these ids" if len(id) > 1 else "this id")
+                           + " under another label (vmem points lists them)", err=True)
+            raise typer.Exit(1)
 
 
 def _point_id(text: str) -> str:

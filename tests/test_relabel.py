@@ -1,0 +1,162 @@
+"""Correcting the memory: relabelling points without embedding them again (Python, CLI, build --relabel).
+
+A relabelled point votes with its new label from the moment `relabel` returns; its pruning marks go (they
+judged it under the old label) and it remembers the label it had. Memories hold 4 red, 4 green and 4 blue
+textures, embedded once by the real EfficientNet-Lite0.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import open_store
+from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
+from tests._server_fixtures import COLORS, fill_memory, make_memory_images, texture
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
+RED_QUERY = texture(COLORS["red"], seed=4242)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def memory(request, tmp_path, lite0, images):
+    location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+    mem = fill_memory(location, lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    yield mem
+    mem.close()
+
+
+def test_a_mislabelled_point_corrected_votes_with_its_new_label(memory):
+    [before] = memory.classify([RED_QUERY], k=4)
+    nearest = before.neighbors[0]
+    assert (before.label, nearest.label) == ("red", "red")
+
+    assert memory.relabel("blue", ids=[nearest.id]) == 1
+    [after] = memory.classify([RED_QUERY], k=4)
+    assert after.neighbors[0].id == nearest.id and after.neighbors[0].label == "blue"
+    assert after.scores["blue"] > 0 and after.label == "red"  # three reds still outvote it
+    point = memory.point(nearest.id)
+    assert (point.label, point.label_name, point.relabelled_from) == ("blue", "navy", "red")
+    assert point.relabelled_at and point.source == nearest.source
+    assert memory.store.label_counts() == {"blue": 5, "green": 4, "red": 3}
+    assert memory.relabel("blue", ids=[nearest.id]) == 0  # already so: nothing changes, nothing counted
+
+
+def test_a_class_renamed_or_merged_moves_every_point(memory):
+    assert memory.relabel("blue", label="red") == 4  # two classes merged
+    [res] = memory.classify([RED_QUERY], k=4)
+    assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}
+    assert memory.store.label_counts() == {"blue": 8, "green": 4}
+    assert memory.relabel("teal", source_prefix=str(memory.store.retrieve(
+        memory.store.ids_where(label="green")[:1])[0].source.rsplit("/", 1)[0])) == 4  # a folder: a new label
+    assert memory.store.label_counts() == {"blue": 8, "teal": 4}
+
+
+def test_relabelling_clears_the_pruning_that_judged_the_old_label(memory):
+    [pruned, weak] = memory.store.ids_where(label="red")[:2]
+    memory.store.set_payload([pruned], {EXCLUDED_KEY: "pruned", PRUNE_COUNT_KEY: 9})
+    memory.store.set_payload([weak], {"reliability": 0.25})
+    assert memory.store.count(searchable=True) == 11
+    assert memory.relabel("green", ids=[pruned, weak]) == 2
+    assert memory.store.count(searchable=True) == 12  # back in every search, under its new label
+    for pid in (pruned, weak):
+        p = memory.point(pid)
+        assert (p.label, p.excluded, p.prune_count, p.reliability) == ("green", False, None, 1.0)
+
+
+def test_a_name_where_a_label_belongs_is_refused_with_the_label_it_names(memory):
+    red = memory.store.ids_where(label="red")[:1]
+    with pytest.raises(ValueError, match="'navy' is the name of label blue: relabel to the label"):
+        memory.relabel("navy", ids=red)
+    with pytest.raises(ValueError, match="non-empty"):
+        memory.relabel("  ", ids=red)
+    with pytest.raises(ValueError, match="exactly one"):
+        memory.relabel("blue", ids=red, label="red")
+    with pytest.raises(ValueError, match="not a point id"):
+        memory.relabel("blue", ids=["red-1"])
+    assert memory.store.label_counts() == {"blue": 4, "green": 4, "red": 4}
+
+
+def test_relabelling_tells_listeners_and_drops_cached_rerank_answers(memory):
+    from reranker import AnswerCache, RerankOutcome, default_cache_path
+
+    heard: list[list[str]] = []
+    memory.on_relabel(heard.append)
+    red, blue = memory.store.ids_where(label="red"), memory.store.ids_where(label="blue")
+    # What an earlier process's re-ranker left: an answer citing a red point, and one citing only blue ones.
+    cache = AnswerCache(default_cache_path())
+    cache.put("about-red", RerankOutcome(label="red", reranked=True), [red[0], blue[0]])
+    cache.put("about-blue", RerankOutcome(label="blue", reranked=True), blue)
+    memory.relabel("green", ids=red[:1])
+    assert heard == [red[:1]]
+    assert cache.get("about-red") is None and cache.get("about-blue") is not None
+    cache.close()
+
+
+def test_a_relabel_lasts_past_reopening_even_of_the_last_point_added(tmp_path, lite0, images):
+    location = str(tmp_path / "memory")
+    mem = fill_memory(location, lite0, images)
+    last = mem.store.ids_where(label="blue")  # the add's last point is blue
+    mem.relabel("red", ids=last)  # the embedded store rewrites the last add's point when it closes
+    mem.close()
+    with VisualMemory(open_store(location), lite0, reranker=None) as again:
+        assert again.store.label_counts() == {"red": 8, "green": 4}
+
+
+def test_build_keeps_stored_labels_unless_asked_to_relabel(tmp_path):
+    from tests.conftest import make_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        (photos / f"{name}.png").write_bytes(make_image(colour, fmt="PNG"))
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text(f"path,label\n{photos}/a.png,red\n{photos}/b.png,green\n")  # b is mislabelled
+    location = str(tmp_path / "memory")
+    runner = CliRunner(env={"COLUMNS": "250"})
+    build = ["build", str(manifest), "--memory", location, "--featurizer", "efficientnet-lite0"]
+    assert runner.invoke(app, build).exit_code == 0
+
+    manifest.write_text(f"path,label\n{photos}/a.png,red\n{photos}/b.png,blue\n")  # corrected
+    kept = runner.invoke(app, build)
+    assert "kept as stored (build again with --relabel" in kept.stdout
+    assert "stored 'green', listed 'blue'" in kept.stdout
+    fixed = runner.invoke(app, [*build, "--relabel"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "0 added" in fixed.stdout and f"{photos}/b.png: 'green' -> 'blue'" in fixed.stdout
+    with VisualMemory.open(location, reranker=None) as mem:
+        assert mem.store.label_counts() == {"blue": 1, "red": 1}
+        [b] = mem.points(label="blue").points
+        assert b.relabelled_from == "green"
+
+
+def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
+    location = str(tmp_path / "memory")
+    with fill_memory(location, lite0, images) as mem:
+        mem.set_label_names({"blue": "navy"})
+        red = mem.store.ids_where(label="red")
+    runner = CliRunner(env={"COLUMNS": "250"})
+    one = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--to", "blue"])
+    assert one.exit_code == 0, one.output
+    assert one.stdout.strip() == "relabelled 1 points to 'blue' (navy); it now has 5"
+    merged = runner.invoke(app, ["relabel", "--memory", location, "--label", "red", "--to", "scarlet"])
+    assert merged.stdout.strip() == "relabelled 3 points to 'scarlet' (a new label); it now has 3"
+    named = runner.invoke(app, ["relabel", "--memory", location, "--label", "green", "--to", "navy"])
+    assert named.exit_code == 2 and "'navy' is the name of label blue" in named.output
+    nothing = runner.invoke(app, ["relabel", "--memory", location, "--label", "navy", "--to", "green"])
+    assert nothing.exit_code == 1 and "'navy' is the name of label blue" in nothing.stderr
+    points = runner.invoke(app, ["points", "--memory", location, "--label", "blue", "--json"])
+    moved = [p for p in map(json.loads, points.stdout.splitlines()) if p["id"] == red[0]]
+    assert moved[0]["relabelled_from"] == "red"
+
