@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from retrieval import VoteRule
 from vmem import MemoryPoint, VoteSettings
@@ -112,6 +112,45 @@ class ForgetQuery(BaseModel):
                                       description="forget every point whose source starts with this")
     erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
                                            "before answering (embedded memory)")
+
+
+class RelabelIn(BaseModel):
+    """A new label for the points chosen by exactly one of `ids`, `label` or `source_prefix`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                    description="the new label (a label, not a name: `vmem labels` lists both)")
+    ids: list[str] | None = Field(None, min_length=1, max_length=1000,
+                                  description="point ids, as a classification's neighbours list them")
+    label: str | None = Field(None, min_length=1, max_length=200,
+                              description="every point with this label (renames or merges a class)")
+    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+                                      description="every point whose source starts with this")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> RelabelIn:
+        if sum(x is not None for x in (self.ids, self.label, self.source_prefix)) != 1:
+            raise ValueError("give exactly one of `ids`, `label` or `source_prefix`")
+        return self
+
+
+class PointLabelIn(BaseModel):
+    """A point's new label, e.g. `{"label": "n02123045"}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                       description="the new label (a label, not a name: `vmem labels` lists both)")
+
+
+class RelabelOut(BaseModel):
+    """How many points took the new label."""
+
+    relabelled: int = Field(description="points whose label changed (those that already had it are not counted)")
+    label: str = Field(description="the new label")
+    label_name: str | None = Field(None, description="its name, where the memory names its labels")
+    label_points: int = Field(description="points with the new label afterwards")
 
 
 class LabelNamesIn(BaseModel):

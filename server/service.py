@@ -247,6 +247,15 @@ class ClassifierService:
         self.metrics.edits.labels("name").inc(len(names))
         return self.memory.label_names
 
+    def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
+                source_prefix: str | None = None) -> int:
+        n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
+        if n:
+            self._edited()  # cached answers voted with the old labels
+            self.metrics.edits.labels("relabel").inc(n)
+            self.refresh_size_metrics()
+        return n
+
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
         n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)

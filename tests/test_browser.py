@@ -97,7 +97,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
 
     wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
-    assert browser.find_element(By.ID, "forget-note").text == "forgot a point labelled red"
+    assert browser.find_element(By.ID, "edit-note").text == "forgot a point labelled red"
     browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
     assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
 
@@ -109,7 +109,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     second_id = second.get_attribute("data-point-id")
     second.find_element(By.CLASS_NAME, "forget").click()
     wait.until(lambda d: "10 points" in d.find_element(By.ID, "stats").text)
-    wait.until(lambda d: "erased its vector" in d.find_element(By.ID, "forget-note").text)
+    wait.until(lambda d: "erased its vector" in d.find_element(By.ID, "edit-note").text)
     wait.until(lambda d: len(card_ids(d)) == 5 and second_id not in card_ids(d))
     browser.save_screenshot(str(ARTIFACTS / "page-after-erase.png"))
 
@@ -228,4 +228,51 @@ def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, tmp_path,
         assert browser.find_element(By.ID, "label-title").text == "emerald (green)"
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
+    mem.close()
+
+
+def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4245))
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = classify_on_the_page(browser, url + "/", query, k=5)
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        point_id = first.get_attribute("data-point-id")
+
+        # A name where a label belongs: the service's message, and nothing changed.
+        assert not first.find_element(By.CLASS_NAME, "relabel-form").is_displayed()  # until asked for
+        first.find_element(By.CLASS_NAME, "relabel").click()
+        box = first.find_element(By.CLASS_NAME, "new-label")
+        box.send_keys("navy")
+        first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
+        wait.until(lambda d: "'navy' is the name of label blue" in d.find_element(By.ID, "error").text)
+
+        box.clear()
+        box.send_keys("blue")
+        first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
+        wait.until(lambda d: d.find_element(By.ID, "edit-note").text
+                   == "relabelled a point from crimson (red) to navy (blue)")
+
+        def nearest_label(d) -> str:
+            card = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+            return card.get_attribute("data-point-id") == point_id and card.find_element(By.CLASS_NAME, "label").text
+
+        wait.until(lambda d: nearest_label(d) == "navy")  # classified again: the point votes blue now
+        assert "12 points" in browser.find_element(By.ID, "stats").text
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+
+        # Its label's list shows it, with the label it had.
+        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 5)
+        moved = browser.find_element(By.CSS_SELECTOR, f"[data-testid=point-card][data-point-id='{point_id}']")
+        assert "was crimson (red)" in moved.find_element(By.CLASS_NAME, "numbers").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-after-relabel.png"))
     mem.close()

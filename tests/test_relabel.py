@@ -1,4 +1,4 @@
-"""Correcting the memory: relabelling points without embedding them again (Python, CLI, build --relabel).
+"""Correcting the memory: relabelling points without embedding them again (Python, CLI, HTTP, build --relabel).
 
 A relabelled point votes with its new label from the moment `relabel` returns; its pruning marks go (they
 judged it under the old label) and it remembers the label it had. Memories hold 4 red, 4 green and 4 blue
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from retrieval import open_store
 from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
-from tests._server_fixtures import COLORS, fill_memory, make_memory_images, texture
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
 from vmem import VisualMemory
 from vmem.cli import app
 
@@ -160,3 +162,37 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     moved = [p for p in map(json.loads, points.stdout.splitlines()) if p["id"] == red[0]]
     assert moved[0]["relabelled_from"] == "red"
 
+
+def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"blue": "navy"})
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    key = {"X-API-Key": API_KEY}
+    with TestClient(create_app(settings, memory=mem)) as client:
+        def classify() -> dict:
+            return client.post("/v1/classify", params={"k": 4}, files={"image": ("q.png", RED_QUERY)}).json()
+
+        first = classify()
+        nearest = first["neighbors"][0]["id"]
+        assert client.patch(f"/v1/memory/points/{nearest}", json={"label": "blue"}).status_code == 401
+        point = client.patch(f"/v1/memory/points/{nearest}", json={"label": "blue"}, headers=key)
+        assert point.status_code == 200, point.text
+        assert {k: point.json()[k] for k in ("label", "label_name", "relabelled_from")} == {
+            "label": "blue", "label_name": "navy", "relabelled_from": "red"}
+        # The same upload again: not the answer cached before the edit.
+        assert classify()["neighbors"][0]["label"] == "blue"
+
+        merged = client.post("/v1/memory/relabel", json={"label": "red", "to": "blue"}, headers=key)
+        assert merged.json() == {"relabelled": 3, "label": "blue", "label_name": "navy", "label_points": 8}
+        assert classify()["label"] == "blue"
+
+        refused = client.post("/v1/memory/relabel", json={"label": "green", "to": "navy"}, headers=key)
+        assert refused.status_code == 422 and "'navy' is the name of label blue" in refused.json()["detail"]
+        both = client.post("/v1/memory/relabel", json={"label": "green", "ids": [nearest], "to": "x"}, headers=key)
+        assert both.status_code == 422 and "exactly one of" in both.text
+        missing = client.patch("/v1/memory/points/00000000-0000-4000-8000-000000000000", json={"label": "x"},
+                               headers=key)
+        assert missing.status_code == 404
+        metrics = client.get("/metrics").text
+        assert 'vmem_memory_edits_total{op="relabel"} 4.0' in metrics
+    mem.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -23,9 +23,12 @@ from ..schemas import (
     ForgetQuery,
     LabelNamesIn,
     LabelNamesOut,
+    PointLabelIn,
     PointOut,
     PointsOut,
     PointsQuery,
+    RelabelIn,
+    RelabelOut,
     StatsOut,
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
@@ -139,6 +142,58 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
+
+
+@router.post(
+    "/relabel",
+    summary="Relabel points",
+    response_model=RelabelOut,
+    responses=problem_responses(400, 401, 403, 422, 503),
+)
+async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
+    """Give points another label, embedding nothing again: correct mislabelled images (`ids`), rename or merge a
+    class (`label`), or relabel a folder (`source_prefix`). Their pruning marks go; each keeps the label it held
+    before (`relabelled_from`). From then on no answer (cached or not) votes with the old label. Requires the
+    API key."""
+    to = body.to.strip()
+    if body.label is not None and body.label == to:
+        raise ProblemError(422, f"the points already have the label {to!r}", "invalid-parameters",
+                           "Invalid parameters")
+
+    def apply() -> RelabelOut:
+        n = service.relabel(to, ids=body.ids, label=body.label, source_prefix=body.source_prefix)
+        store = service.memory.store
+        return RelabelOut(relabelled=n, label=to, label_name=store.meta.label_names.get(to),
+                          label_points=store.count(label=to))
+
+    try:
+        return await service.run(apply)
+    except ValueError as exc:  # an id that is no point id, a name instead of a label, a prefix that is no path
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+
+
+@router.patch(
+    "/points/{point_id}",
+    summary="Relabel one point",
+    response_model=PointOut,
+    responses=problem_responses(400, 401, 403, 404, 422, 503),
+)
+async def relabel_point(point_id: PointId, body: PointLabelIn, request: Request, service: ServiceDep,
+                        _: ApiKeyDep) -> PointOut:
+    """Give one point another label (a mislabelled image corrected), embedding nothing again; answers the
+    point as stored afterwards. Requires the API key."""
+
+    def apply() -> Any:
+        service.relabel(body.label, ids=[str(point_id)])
+        return service.memory.point(str(point_id))
+
+    try:
+        point = await service.run(apply)
+    except ValueError as exc:  # a name instead of a label
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    if point is None:
+        raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
+    return PointOut(**point.model_dump(), thumbnail_url=thumbnail_url(request, point.id))
 
 
 @router.get("/stats", summary="What the memory holds", response_model=StatsOut,

@@ -1,4 +1,4 @@
-// The vmem page: upload an image, show the prediction and the neighbours that voted, forget one.
+// The vmem page: upload an image, show the prediction and the neighbours that voted, forget or relabel one.
 // Plain JS against the JSON API; every URL it builds is relative so the page also works under a path
 // prefix. URLs the server hands back (`thumbnail_url`) already carry the prefix: they are used as given.
 "use strict";
@@ -34,6 +34,7 @@ async function loadStats() {
   perLabel = s.per_label;
   labelNames = s.label_names || {};
   listLabels();
+  fillLabelOptions();
   $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
@@ -203,6 +204,17 @@ function listLabels() {
   }
 }
 
+// Suggestions for a relabel: the memory's labels, most points first, each with its name.
+function fillLabelOptions() {
+  const options = Object.keys(perLabel).slice(0, 2000).map((label) => {
+    const opt = document.createElement("option");
+    opt.value = label;
+    if (labelNames[label]) opt.label = labelNames[label];
+    return opt;
+  });
+  $("label-options").replaceChildren(...options);
+}
+
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
@@ -221,10 +233,12 @@ function pointCard(p) {
   img.src = p.thumbnail_url;
   node.querySelector(".label").textContent = p.source.split("/").pop();
   node.querySelector(".label").title = p.source;
-  const misled = p.prune_count ? ` · misled ${p.prune_count}` : "";
+  const misled = (p.prune_count ? ` · misled ${p.prune_count}` : "")
+    + (p.relabelled_from ? ` · was ${named(p.relabelled_from, labelNames[p.relabelled_from])}` : "");
   node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
   node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
   node.querySelector(".forget").addEventListener("click", () => forget(p, node));
+  wireRelabel(node, p);
   return node;
 }
 
@@ -247,18 +261,31 @@ function card(n, predicted) {
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   node.querySelector(".forget").addEventListener("click", () => forget(n, node));
+  wireRelabel(node, n);
   return node;
 }
 
-async function forget(n, node) {
+// The API key for an edit, kept for this tab; null (and the key box opened) when none was entered.
+function apiKeyFor(action) {
   const key = $("api-key").value.trim();
   if (!key) {
     $("key-box").open = true;
     $("api-key").focus();
-    showError("enter the API key to forget a memory point");
-    return;
+    showError(`enter the API key to ${action}`);
+    return null;
   }
   sessionStorage.setItem("vmem-api-key", key);
+  return key;
+}
+
+function showEditNote(text) {
+  $("edit-note").textContent = text;
+  $("edit-note").hidden = false;
+}
+
+async function forget(n, node) {
+  const key = apiKeyFor("forget a memory point");
+  if (!key) return;
   const erase = $("erase").checked && !$("erase").disabled;
   const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
     method: "DELETE", headers: { "X-API-Key": key },
@@ -268,13 +295,45 @@ async function forget(n, node) {
     return;
   }
   const body = await resp.json();
-  const note = $("forget-note");
-  note.textContent = `forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : "");
-  note.hidden = false;
+  showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : ""));
   node.remove();
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without that point
+}
+
+function wireRelabel(node, p) {
+  const form = node.querySelector(".relabel-form");
+  const input = form.querySelector("input");
+  node.querySelector(".relabel").addEventListener("click", () => {
+    form.hidden = !form.hidden;
+    if (!form.hidden) input.focus();
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    relabel(p, node, input.value.trim());
+  });
+}
+
+async function relabel(p, node, to) {
+  const key = apiKeyFor("relabel a memory point");
+  if (!key) return;
+  showError("");
+  const resp = await fetch(`v1/memory/points/${encodeURIComponent(p.id)}`, {
+    method: "PATCH", headers: { "X-API-Key": key, "Content-Type": "application/json" },
+    body: JSON.stringify({ label: to }),
+  });
+  if (!resp.ok) {
+    showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`);
+    return;
+  }
+  const point = await resp.json();
+  showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`);
+  // Listed under a label it no longer has: it goes from the list.
+  if (node.parentElement === $("label-points") && labelShown && point.label !== labelShown.label) node.remove();
+  await loadStats();
+  updateLabelNote();
+  await classify(); // the answer with the point's new label
 }
 
 function init() {
