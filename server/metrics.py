@@ -38,7 +38,8 @@ class Metrics:
         self.memory_points = Gauge("vmem_memory_points", "Points in the memory", registry=r)
         self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
         self.edits = Counter("vmem_memory_edits_total",
-                             "Points added or forgotten, and labels named, through the API", ["op"], registry=r)
+                             "Points added, forgotten or relabelled, and labels named, through the API", ["op"],
+                             registry=r)
         # Seconds at 200k points, ~9 at 1.28M (one 640k-point segment rewritten): buckets up to minutes.
         self.erase_seconds = Histogram("vmem_erase_duration_seconds",
                                        "Time to rewrite the memory's files without the forgotten points (erase=true)",

@@ -615,7 +615,7 @@ class VisualMemory:
         if not isinstance(to, str) or not to:
             raise ValueError(f"the new label must be a non-empty string, got {to!r}")
         if not self.store.count(label=to) and (hints := self.name_hints([to])):
-            raise ValueError(f"{to!r} is no label of this memory, and {hints}: relabel to the label")
+            raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
         return len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to))
 
     def _relabel_points(self, ids: list[str], to: str) -> list[str]:
