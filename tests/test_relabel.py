@@ -79,7 +79,7 @@ def test_relabelling_clears_the_pruning_that_judged_the_old_label(memory):
 
 def test_a_name_where_a_label_belongs_is_refused_with_the_label_it_names(memory):
     red = memory.store.ids_where(label="red")[:1]
-    with pytest.raises(ValueError, match="'navy' is the name of label blue, not a label of this memory: relabel to the label"):
+    with pytest.raises(ValueError, match="'navy' is the name of label blue, not a label of this memory: relabel to"):
         memory.relabel("navy", ids=red)
     with pytest.raises(ValueError, match="non-empty"):
         memory.relabel("  ", ids=red)

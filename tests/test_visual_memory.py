@@ -175,3 +175,14 @@ def test_the_same_image_twice_in_one_add_is_one_point_and_two_labels_are_refused
     with pytest.raises(ValueError, match="given twice, labelled 'lime' and 'olive'"):
         memory.add([make_image((90, 200, 0)), make_image((90, 200, 0))], ["lime", "olive"])
     assert memory.store.count() == 7
+
+
+def test_a_label_filter_no_point_passes_is_refused_before_embedding(memory):
+    memory.set_label_names({"red": "crimson"})
+    with pytest.raises(ValueError, match="has none of the labels 'crimson' \\('crimson' is the name of label red"):
+        memory.classify([make_image((200, 30, 30))], labels=["crimson"])
+    with pytest.raises(ValueError, match="labels is empty"):
+        memory.classify_many([], labels=[])
+    # A class list of which the memory holds a part (a benchmark's 200 classes) still filters by that part.
+    [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue", "no-such"])
+    assert res.label == "blue"

@@ -306,6 +306,7 @@ class VisualMemory:
             One `Classification` per image, in order.
         """
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
+        self._check_label_filter(labels, settings)
         decoded = [self.decode(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
@@ -330,6 +331,7 @@ class VisualMemory:
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
+        self._check_label_filter(labels, settings)
         paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
         ok_sources = [paths[i] for i in res.indices]
@@ -342,6 +344,24 @@ class VisualMemory:
                      dmn_stream: str | None, dmn: Any) -> VoteSettings | None:
         """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use."""
         return None if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn) else self.vote_settings(rule, k, alpha, tau)
+
+    def _check_label_filter(self, labels: Sequence[str] | str | None, settings: VoteSettings | None) -> None:
+        """ValueError for a vote's label filter that no memory point passes: every answer would be None.
+
+        Labels the memory lacks beside ones it has are let through (a benchmark's class list, of which a
+        memory may hold a part); the CLI and HTTP refuse any. Rule dmn may answer from text alone: not checked.
+        """
+        if labels is None or settings is None:
+            return
+        wanted = [labels] if isinstance(labels, str) else list(labels)
+        if not wanted:
+            raise ValueError("labels is empty: give the labels to choose among, or None for all")
+        if any(self.store.count(label=label) for label in dict.fromkeys(wanted)):
+            return
+        hints = self.name_hints(wanted)
+        shown = ", ".join(map(repr, wanted[:5])) + (", ..." if len(wanted) > 5 else "")
+        raise ValueError(f"the memory has none of the labels {shown}"
+                         + (f" ({hints})" if hints else "") + ": every answer would be empty")
 
     def _classify_embedded(self, vectors: np.ndarray, images: Callable[[], list[Any]],
                            sources: Sequence[str | None], settings: VoteSettings | None, *,
