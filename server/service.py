@@ -131,8 +131,10 @@ class ClassifierService:
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self.ready = False
-        # Bumped on every edit: cached answers and OOD thresholds are keyed by it, so none outlives an edit.
+        # Bumped on every edit: cached answers are keyed by it, so none outlives an edit.
         self._generation = 0
+        # Bumped on every edit of the points (not on naming labels): OOD thresholds are keyed by it.
+        self._points_generation = 0
         self._cache: OrderedDict[tuple[Any, ...], Classification] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._ood: dict[tuple[int, int, tuple[str, ...] | None], float | None] = {}
@@ -210,9 +212,11 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ edits
 
-    def _edited(self) -> None:
+    def _edited(self, points: bool = True) -> None:
+        """No cached answer outlives an edit; nor do the novelty thresholds, unless only names changed."""
         with self._cache_lock:
             self._generation += 1
+            self._points_generation += points
             self._cache.clear()
 
     def _forgotten(self, ids: list[str]) -> None:
@@ -243,7 +247,7 @@ class ClassifierService:
 
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
         self.memory.set_label_names(names, replace=replace)
-        self._edited()  # cached answers carry the names they were given
+        self._edited(points=False)  # cached answers carry the names they were given; novelty reads no name
         self.metrics.edits.labels("name").inc(len(names))
         return self.memory.label_names
 
@@ -340,7 +344,7 @@ class ClassifierService:
         those points too (the whole memory's would flag most of them: fewer candidates, farther
         neighbours). Cached per k and label set until the next edit, then recomputed on first use.
         """
-        generation = self._generation
+        generation = self._points_generation
         key = (generation, k, tuple(sorted(set(labels))) if labels else None)
         with self._ood_lock:
             if key in self._ood:
@@ -349,7 +353,7 @@ class ClassifierService:
         # requests whose threshold is known. Two requests may both compute a new one; they agree.
         value = self._calibrate(k, key[2])
         with self._ood_lock:
-            if self._generation == generation:
+            if self._points_generation == generation:
                 self._ood = {old: v for old, v in self._ood.items() if old[0] == generation}
                 if len(self._ood) >= _MAX_OOD_ENTRIES:
                     self._ood.pop(next(iter(self._ood)))

@@ -8,6 +8,7 @@ HTTP and the page. The re-ranker shows Gemini the names (tests/test_reranker.py)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,25 @@ def test_http_names_labels_with_the_key_and_answers_follow_at_once(tmp_path, lit
         assert replaced["label_names"] == {"blue": "navy"}
         blank = client.put("/v1/memory/label-names", json={"names": {"blue": " "}}, headers=key)
         assert blank.status_code == 422
+
+
+def test_naming_labels_keeps_the_novelty_thresholds_and_relabelling_recalibrates(tmp_path, lite0, caplog):
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key="secret-key-for-tests-123", thumbnail_dir=tmp_path / "thumbs")
+    key = {"X-API-Key": "secret-key-for-tests-123"}
+    query = {"image": ("q.png", texture(COLORS["green"], seed=7))}
+
+    def calibrations() -> int:
+        return sum("novelty threshold at k=" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="server.service"), TestClient(create_app(settings, memory=mem)) as client:
+        client.post("/v1/classify?k=3", files=query)
+        before = calibrations()
+        client.put("/v1/memory/label-names", json={"names": {"green": "emerald"}}, headers=key)
+        named = client.post("/v1/classify?k=3", files=query).json()
+        assert named["label_name"] == "emerald" and calibrations() == before  # names change no novelty
+        client.post("/v1/memory/relabel", json={"label": "red", "to": "blue"}, headers=key)
+        client.post("/v1/classify?k=3", files=query)
+        assert calibrations() > before  # the points changed: calibrated again
+    mem.close()
