@@ -28,6 +28,7 @@ from retrieval import DEFAULT_ALPHA, VoteRule
 from retrieval.files import write_atomically
 
 from .harness import write_csv
+from .label_audit import DEFAULT_MIN_SHARE, leave_one_out_votes
 from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
 from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, table_from_hits, truth_arrays
 
@@ -355,6 +356,78 @@ def unlearning(memory: LabelledArrays, queries: LabelledArrays, forget_fraction:
                             rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
 
 
+# ---------------------------------------------------------------------------------------------- label noise
+
+
+def _precision_at(score: np.ndarray, truth: np.ndarray, m: int) -> float:
+    """The fraction of true items among the m highest-scoring ones."""
+    return float(truth[np.argsort(-score, kind="stable")[:m]].mean()) if m else 0.0
+
+
+def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequence[float] = (0.01, 0.02, 0.05, 0.1),
+                k: int = 50, min_share: float = DEFAULT_MIN_SHARE, seed: int = 0) -> ExperimentResult:
+    """Give a fraction of memory points another class's label; can the label audit find them?
+
+    For each fraction: how many of the flipped points the audit's ranking puts first (precision at the number
+    flipped), against pruning's blame count and chance; how many of its suspects (another label's share >=
+    `min_share`) are flipped points, and whether their suggestion is the true label; and accuracy on the
+    queries with the clean memory, the noisy one, the noisy one with every suspect relabelled as suggested,
+    and with every suspect forgotten.
+    """
+    t0 = time.perf_counter()
+    classes = sorted(set(memory.labels))
+    if len(classes) < 2:
+        raise ValueError("label-noise needs a memory of at least 2 classes")
+    n = len(memory)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)  # nested: the first x% of this order are flipped
+    shift = rng.integers(1, len(classes), size=n)  # to another class, never the same one
+    pos = {c: i for i, c in enumerate(classes)}
+    clean_ids = np.array([pos[lab] for lab in memory.labels])
+    clean_acc = _row(_score(memory, queries), [k])[f"rank@{k}"]
+    rows = []
+    for frac in fractions:
+        flipped = np.sort(order[: round(frac * n)])
+        m = len(flipped)
+        noisy_ids = clean_ids.copy()
+        noisy_ids[flipped] = (clean_ids[flipped] + shift[flipped]) % len(classes)
+        noisy = LabelledArrays(memory.features, [classes[i] for i in noisy_ids])
+        truth = np.zeros(n, dtype=bool)
+        truth[flipped] = True
+        suggested, share, own = leave_one_out_votes(memory.features, noisy.labels, k)
+        counts, _ = wrong_decision_counts(memory.features, noisy.labels, min(K_MAX, n - 1))
+
+
+        suspect = (share >= min_share) & (share > own)
+        right_hint = np.array([s == c for s, c in zip(suggested, memory.labels, strict=True)])
+        corrected = LabelledArrays(memory.features, [s if flag else lab for s, lab, flag
+                                                     in zip(suggested, noisy.labels, suspect, strict=True)])
+        rows.append({
+            "fraction": frac, "flipped": m,
+            "audit_precision": _precision_at(share - own, truth, m),
+            "blame_precision": _precision_at(counts.astype(float), truth, m),
+            "chance_precision": m / n,
+            "suspects": int(suspect.sum()), "suspects_flipped": int((suspect & truth).sum()),
+            "flipped_found": float((suspect & truth).sum() / m) if m else 0.0,
+            "suggestion_true": float((suspect & truth & right_hint).sum() / max(1, (suspect & truth).sum())),
+            "clean_accuracy": clean_acc,
+            "noisy_accuracy": _row(_score(noisy, queries), [k])[f"rank@{k}"],
+            "corrected_accuracy": _row(_score(corrected, queries), [k])[f"rank@{k}"],
+            "forgotten_accuracy": _row(_score(noisy.take(np.flatnonzero(~suspect)), queries), [k])[f"rank@{k}"],
+        })
+    r = rows[min(1, len(rows) - 1)]
+    summary = (f"{100 * r['fraction']:g}% of labels flipped ({r['flipped']}): the audit ranks "
+               f"{100 * r['audit_precision']:.1f}% flipped among its first {r['flipped']} (pruning's blame count "
+               f"{100 * r['blame_precision']:.1f}%, chance {100 * r['chance_precision']:.1f}%); its "
+               f"{r['suspects']} suspects hold {r['suspects_flipped']} flipped points, "
+               f"{100 * r['suggestion_true']:.0f}% of them given back their true label; rank@{k} accuracy "
+               f"clean {100 * r['clean_accuracy']:.2f}%, noisy {100 * r['noisy_accuracy']:.2f}%, suspects relabelled "
+               f"{100 * r['corrected_accuracy']:.2f}%, suspects forgotten {100 * r['forgotten_accuracy']:.2f}%")
+    return ExperimentResult(name="label-noise", params={"fractions": list(fractions), "k": k, "min_share": min_share,
+                                                         "seed": seed},
+                            rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
 EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "scaling": scaling,
     "corruption": corruption,
@@ -362,12 +435,14 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "granularity": granularity,
     "pruning": pruning,
     "unlearning": unlearning,
+    "label-noise": label_noise,
 }
 
 
 # ---------------------------------------------------------------------------------------------- output
 
-_PERCENT_MARKS = ("@", "accuracy", "_best", "old_", "new_", "wrong_labels", "taken_by")
+_PERCENT_MARKS = ("@", "accuracy", "_best", "old_", "new_", "wrong_labels", "taken_by", "_precision", "_found",
+                  "suggestion_true")
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -423,4 +498,12 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
                                     "kept classes": [100 * r["kept_accuracy"] for r in rows]},
                                    png, "exemplars per held-out class in memory", "1-NN accuracy (%)",
                                    "leave-class-out granularity"))
+    elif plots and result.name == "label-noise":
+        written.append(plot_curves([100 * r["fraction"] for r in rows],
+                                   {"clean memory": [100 * r["clean_accuracy"] for r in rows],
+                                    "noisy": [100 * r["noisy_accuracy"] for r in rows],
+                                    "suspects relabelled": [100 * r["corrected_accuracy"] for r in rows],
+                                    "suspects forgotten": [100 * r["forgotten_accuracy"] for r in rows]},
+                                   png, "memory labels flipped to another class (%)",
+                                   f"rank voting accuracy at k={result.params['k']} (%)", "label noise and the audit"))
     return written

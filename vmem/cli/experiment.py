@@ -12,7 +12,7 @@ from retrieval import DatasetError, FeaturizerError, load_featurizer
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
-NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning"
+NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning | label-noise"
 
 
 def _floats(text: str) -> list[float]:
@@ -37,10 +37,13 @@ def experiment(
     cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="a fixed random sample of this many queries")] = None,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes and unlearning")] = 50,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and label-noise")] = 50,
     per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
-    fractions: Annotated[str, typer.Option(help="corruption: fractions of random labels")] = (
-        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"),
+    fractions: Annotated[str | None, typer.Option(
+        help="corruption: fractions of random labels (default 0,0.1,...,0.9); label-noise: fractions of labels "
+             "flipped to another class (default 0.01,0.02,0.05,0.1)")] = None,
+    min_share: Annotated[float, typer.Option(min=0, max=1, help="label-noise: another label's vote share that makes "
+                                                                 "a point a suspect")] = 0.5,
     new_classes: Annotated[int, typer.Option(min=1, help="ood-classes: classes held out, then added")] = 20,
     held_out: Annotated[int, typer.Option(min=1, help="granularity: classes left out")] = 20,
     exemplars: Annotated[str, typer.Option(help="granularity: exemplars added back per class")] = (
@@ -81,7 +84,10 @@ def experiment(
     q_arrays = LabelledArrays(qs.features, [labs[0] for labs in qs.correct_labels])
     options = {
         "scaling": lambda: {"per_class": [int(x) for x in _floats(per_class)], "seed": seed},
-        "corruption": lambda: {"fractions": _floats(fractions), "seed": seed},
+        "corruption": lambda: {"fractions": _floats(fractions or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"),
+                               "seed": seed},
+        "label-noise": lambda: {"fractions": _floats(fractions or "0.01,0.02,0.05,0.1"), "k": k,
+                                "min_share": min_share, "seed": seed},
         "ood-classes": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
         "granularity": lambda: {"held_out": held_out, "exemplars": [int(x) for x in _floats(exemplars)],
                                 "seed": seed, "names": names},

@@ -1,7 +1,12 @@
-"""`vmem prune`: down-weight or exclude the memory points that keep causing wrong decisions (reversible)."""
+"""Curating the memory by querying it against itself.
+
+`vmem prune` down-weights or excludes the points that keep causing wrong decisions (reversible);
+`vmem suspects` lists the points whose own label the rest of the memory disagrees with, for a person to check.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
@@ -41,3 +46,53 @@ def prune(
             report = prune_store(store, mode, threshold=threshold, k=k, blame=blame,  # type: ignore[arg-type]
                                  progress=bar.update)
     typer.echo(report.summary())
+
+
+def suspects(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours voting for each point (rank voting)")] = 50,
+    min_share: Annotated[float, typer.Option(
+        min=0, max=1, help="another label's share of the vote that makes a point a suspect (higher: fewer, "
+                           "surer; docs/results/label-audit.md)")] = 0.5,
+    label: Annotated[str | None, typer.Option(help="only suspects with this label, or suggested this label")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="suspects shown, most confident first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per suspect")] = False,
+) -> None:
+    """Points that are probably mislabelled: the rest of the memory votes them another label. Check each, then
+    `vmem relabel --id ID --to LABEL` (or `vmem forget --id ID`)."""
+    from eval.label_audit import audit_labels
+
+    with open_memory(memory, qdrant_url) as mem:
+        require_points(mem)
+        store = mem.store
+        if label is not None and not store.count(label=label):
+            hints = mem.name_hints([label])
+            raise typer.BadParameter(f"the memory has no label {label!r}" + (f" ({hints})" if hints else ""),
+                                     param_hint="--label")
+        with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
+            try:
+                votes = audit_labels(store, k=k, progress=bar.update)
+            except ValueError as exc:  # fewer than 2 points
+                raise typer.BadParameter(str(exc)) from None
+        found = votes.suspects(min_share)
+        if label is not None:
+            found = [s for s in found if label in (s.label, s.suggested)]
+        names = mem.label_names
+
+        def named(lab: str) -> str:
+            return f"{lab} ({names[lab]})" if lab in names and names[lab] != lab else lab
+
+        for s in found[:limit]:
+            if as_json:
+                typer.echo(json.dumps({**s.model_dump(), "label_name": names.get(s.label),
+                                       "suggested_name": names.get(s.suggested)}))
+            else:
+                typer.echo(f"{s.id}\t{named(s.label)}\t-> {named(s.suggested)}\tshare {s.share:.2f} "
+                           f"(own {s.own_share:.2f})\t{s.source}")
+    scope = f" with or toward {label!r}" if label is not None else ""
+    typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
+               f"{min_share:g} of their {k} nearest others' rank vote"
+               + (f"; the first {limit} shown (--limit)" if len(found) > limit else "")
+               + ". Check each image, then `vmem relabel --id ID --to LABEL` or `vmem forget --id ID`",
+               err=True)
