@@ -500,10 +500,10 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
                                    "leave-class-out granularity"))
     elif plots and result.name == "label-noise":
         written.append(plot_curves([100 * r["fraction"] for r in rows],
-                                   {"clean memory": [100 * r["clean_accuracy"] for r in rows],
-                                    "noisy": [100 * r["noisy_accuracy"] for r in rows],
-                                    "suspects relabelled": [100 * r["corrected_accuracy"] for r in rows],
-                                    "suspects forgotten": [100 * r["forgotten_accuracy"] for r in rows]},
+                                   {"label audit (vmem suspects)": [100 * r["audit_precision"] for r in rows],
+                                    "pruning's blame count": [100 * r["blame_precision"] for r in rows],
+                                    "chance": [100 * r["chance_precision"] for r in rows]},
                                    png, "memory labels flipped to another class (%)",
-                                   f"rank voting accuracy at k={result.params['k']} (%)", "label noise and the audit"))
+                                   "flipped points among the first m ranked (%)",
+                                   "finding the m flipped labels"))
     return written

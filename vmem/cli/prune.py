@@ -54,7 +54,7 @@ def suspects(
     k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours voting for each point (rank voting)")] = 50,
     min_share: Annotated[float, typer.Option(
         min=0, max=1, help="another label's share of the vote that makes a point a suspect (higher: fewer, "
-                           "surer; docs/results/label-audit.md)")] = 0.5,
+                           "surer; docs/results/eval.md)")] = 0.5,
     label: Annotated[str | None, typer.Option(help="only suspects with this label, or suggested this label")] = None,
     limit: Annotated[int, typer.Option(min=1, help="suspects shown, most confident first")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per suspect")] = False,
