@@ -8,8 +8,8 @@ first, each with the label its neighbours suggest, for a person to check and cor
 This differs from pruning's blame count: pruning asks which points keep misleading *other* points'
 decisions; this asks which points' *own* label the rest of the memory disagrees with, which is what a
 wrong label looks like. On Tiny-ImageNet with 2 % of labels flipped at random, this ranking finds the
-flipped ones far better than the blame count does (docs/results/eval.md, "Finding mislabelled points"; `vmem experiment
-label-noise`).
+flipped ones far better than the blame count does (docs/results/eval.md, "Finding mislabelled points";
+`vmem experiment label-noise`).
 """
 
 from __future__ import annotations
