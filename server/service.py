@@ -142,6 +142,7 @@ class ClassifierService:
         self._tmp_thumbs: str | None = None
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
         memory.on_forget(self._forgotten)
+        memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
 
     def _thumbnail_dir(self) -> Path:
         if self.settings.thumbnail_dir is not None:
@@ -254,8 +255,7 @@ class ClassifierService:
     def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
                 source_prefix: str | None = None) -> int:
         n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
-        if n:
-            self._edited()  # cached answers voted with the old labels
+        if n:  # cached answers that voted with the old labels went with the relabel (on_relabel)
             self.metrics.edits.labels("relabel").inc(n)
             self.refresh_size_metrics()
         return n

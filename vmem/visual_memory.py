@@ -644,17 +644,17 @@ class VisualMemory:
     def _relabel_points(self, ids: list[str], to: str) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
         changed = list(self.store.relabel(ids, to))
+        if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile
+            for listener in self._relabel_listeners:
+                listener(changed)
+            if self._reranker is None:
+                self._drop_cached_rerank_answers(changed)
         if len(changed) >= REINDEX_AFTER_RELABEL:
             # The engine moves a point whose payload changes out of its indexed segment, and searches scan the
             # moved ones in full until they are indexed again. 18,000 of 20,200 points relabelled: 1,387 -> 619
             # batched queries/s, back to 1,319 after indexing them (3.4 s); 5,000 cost 6 %.
             self.store.flush()
             self.store.optimize()
-        if changed:
-            for listener in self._relabel_listeners:
-                listener(changed)
-            if self._reranker is None:
-                self._drop_cached_rerank_answers(changed)
         return changed
 
     def _chosen_ids(self, ids: Sequence[str] | None, label: str | None, source_prefix: str | None,
