@@ -201,14 +201,16 @@ def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, l
 def test_a_large_relabel_indexes_the_moved_points_again(memory, monkeypatch):
     import vmem.visual_memory as vm
 
-    # The engine moves relabelled points out of its index; past a threshold they are indexed again at once.
-    indexed = []
+    # The engine moves relabelled points out of its index; past a threshold they are indexed again at once,
+    # after listeners have dropped what voted with the old labels (indexing takes seconds).
+    events = []
     real_optimize = memory.store.optimize
-    monkeypatch.setattr(memory.store, "optimize", lambda: indexed.append(True) or real_optimize())
+    monkeypatch.setattr(memory.store, "optimize", lambda: events.append("indexed") or real_optimize())
+    memory.on_relabel(lambda ids: events.append(f"told of {len(ids)}"))
     monkeypatch.setattr(vm, "REINDEX_AFTER_RELABEL", 4)
     memory.relabel("blue", ids=memory.store.ids_where(label="red")[:3])
-    assert indexed == []
+    assert events == ["told of 3"]
     memory.relabel("teal", label="green")
-    assert indexed == [True]
+    assert events == ["told of 3", "told of 4", "indexed"]
     [res] = memory.classify([RED_QUERY], k=4)
     assert res.label == "blue" and memory.store.label_counts() == {"blue": 7, "teal": 4, "red": 1}
