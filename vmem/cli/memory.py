@@ -283,19 +283,8 @@ def forget(
         help="also rewrite the memory's files without the forgotten vectors now (embedded memory)")] = False,
 ) -> None:
     """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
-    if sum(x is not None for x in (id, label, source)) != 1:
-        raise typer.BadParameter("give exactly one of --id, --label, --source")
-    if source is not None and not source.strip():  # "" would be the current directory: everything under it
-        raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to forget",
-                                 param_hint="--source")
     # Ids and the prefix checked here, as the HTTP route does, so the only ValueError left below is erase's.
-    if id is not None:
-        id = [_point_id(i) for i in id]
-    if source is not None:
-        try:
-            source = local_source_prefix(source)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--source") from None
+    id, source = _chosen_points(id, label, source, "forget")
     mem = open_memory(memory, qdrant_url)
     with mem:
         started = time.perf_counter()
@@ -322,18 +311,7 @@ def relabel(
 ) -> None:
     """Give points another label (by id, label or source prefix), embedding nothing again: correct a mislabelled
     image, rename or merge classes. Their pruning marks go; each keeps the label it held before."""
-    if sum(x is not None for x in (id, label, source)) != 1:
-        raise typer.BadParameter("give exactly one of --id, --label, --source")
-    if source is not None and not source.strip():
-        raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to relabel",
-                                 param_hint="--source")
-    if id is not None:
-        id = [_point_id(i) for i in id]
-    if source is not None:
-        try:
-            source = local_source_prefix(source)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--source") from None
+    id, source = _chosen_points(id, label, source, "relabel")
     with open_memory(memory, qdrant_url) as mem:
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
@@ -353,6 +331,25 @@ def relabel(
                 typer.echo("note: the memory holds no point with " + ("these ids" if len(id) > 1 else "this id")
                            + " under another label (vmem points lists them)", err=True)
             raise typer.Exit(1)
+
+
+def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
+                   verb: str) -> tuple[list[str] | None, str | None]:
+    """Exactly one of --id, --label, --source, checked before the memory opens: (parsed ids, the prefix as
+    stored)."""
+    if sum(x is not None for x in (ids, label, source)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --label, --source")
+    if source is not None and not source.strip():  # "" would be the current directory: everything under it
+        raise typer.BadParameter(f"is empty: give the folder, file or URI prefix of the images to {verb}",
+                                 param_hint="--source")
+    if ids is not None:
+        ids = [_point_id(i) for i in ids]
+    if source is not None:
+        try:
+            source = local_source_prefix(source)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--source") from None
+    return ids, source
 
 
 def _point_id(text: str) -> str:
