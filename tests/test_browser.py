@@ -176,103 +176,99 @@ def classify_on_the_page(browser, page: str, query: Path, k: int):
     return wait
 
 
-def test_the_page_shows_the_label_names(browser, tmp_path, lite0):
+@pytest.fixture
+def named_page_url(tmp_path, lite0):
+    """The page over the 12-point test memory, its labels named as `vmem build` names WordNet ids."""
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        yield url
+    mem.close()
+
+
+def test_the_page_shows_the_label_names(browser, tmp_path, named_page_url):
     from selenium.webdriver.common.by import By
 
     # A memory of WordNet-id folders names its labels (vmem build finds classes.tsv): people read the names.
-    images = make_memory_images(tmp_path / "images", lite0)
-    mem = fill_memory(":memory:", lite0, images)
-    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4244))
-    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
-        wait = classify_on_the_page(browser, url + "/", query, k=5)
-        assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
-        assert browser.find_element(By.ID, "scores").text.startswith("crimson (red)")
-        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
-        assert first.find_element(By.CLASS_NAME, "label").text == "crimson"
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "page-label-names.png"))
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=5)
+    assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+    assert browser.find_element(By.ID, "scores").text.startswith("crimson (red)")
+    first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    assert first.find_element(By.CLASS_NAME, "label").text == "crimson"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-label-names.png"))
 
-        # A label opens what the memory holds for it: every point of "navy", not only those that voted.
-        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
-        assert browser.find_element(By.ID, "label-title").text == "navy (blue)"
-        assert browser.find_element(By.ID, "label-note").text == "4 of 4 points shown"
-        shown = browser.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")
-        assert all(c.find_element(By.CLASS_NAME, "label").text.startswith("blue") for c in shown)
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#label-points img')].every(i => i.complete && i.naturalWidth > 0)"))
-        browser.save_screenshot(str(ARTIFACTS / "page-label-points.png"))
-    mem.close()
+    # A label opens what the memory holds for it: every point of "navy", not only those that voted.
+    browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+    assert browser.find_element(By.ID, "label-title").text == "navy (blue)"
+    assert browser.find_element(By.ID, "label-note").text == "4 of 4 points shown"
+    shown = browser.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")
+    assert all(c.find_element(By.CLASS_NAME, "label").text.startswith("blue") for c in shown)
+    wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#label-points img')].every(i => i.complete && i.naturalWidth > 0)"))
+    browser.save_screenshot(str(ARTIFACTS / "page-label-points.png"))
 
 
-def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, tmp_path, lite0):
+def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, named_page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    images = make_memory_images(tmp_path / "images", lite0)
-    mem = fill_memory(":memory:", lite0, images)
-    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
-    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
-        wait = WebDriverWait(browser, 30)
-        browser.get(url + "/")
-        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
-        rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
-        assert sorted(rows(browser)) == ["crimson (red)\n4", "emerald (green)\n4", "navy (blue)\n4"]
-        browser.find_element(By.ID, "label-filter").send_keys("emer")  # by name
-        wait.until(lambda d: rows(d) == ["emerald (green)\n4"])
-        browser.find_element(By.CSS_SELECTOR, "#label-list button").click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
-        assert browser.find_element(By.ID, "label-title").text == "emerald (green)"
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
-    mem.close()
+    wait = WebDriverWait(browser, 30)
+    browser.get(named_page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+    rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
+    assert sorted(rows(browser)) == ["crimson (red)\n4", "emerald (green)\n4", "navy (blue)\n4"]
+    browser.find_element(By.ID, "label-filter").send_keys("emer")  # by name
+    wait.until(lambda d: rows(d) == ["emerald (green)\n4"])
+    browser.find_element(By.CSS_SELECTOR, "#label-list button").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+    assert browser.find_element(By.ID, "label-title").text == "emerald (green)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
 
 
-def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, lite0):
+def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, named_page_url):
     from selenium.webdriver.common.by import By
 
-    images = make_memory_images(tmp_path / "images", lite0)
-    mem = fill_memory(":memory:", lite0, images)
-    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4245))
-    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
-        wait = classify_on_the_page(browser, url + "/", query, k=5)
-        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
-        browser.find_element(By.ID, "api-key").send_keys(API_KEY)
-        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
-        point_id = first.get_attribute("data-point-id")
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=5)
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    point_id = first.get_attribute("data-point-id")
 
-        # A name where a label belongs: the service's message, and nothing changed.
-        assert not first.find_element(By.CLASS_NAME, "relabel-form").is_displayed()  # until asked for
-        first.find_element(By.CLASS_NAME, "relabel").click()
-        box = first.find_element(By.CLASS_NAME, "new-label")
-        box.send_keys("navy")
-        first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
-        wait.until(lambda d: "'navy' is the name of label blue" in d.find_element(By.ID, "error").text)
+    # A name where a label belongs: the service's message, and nothing changed.
+    assert not first.find_element(By.CLASS_NAME, "relabel-form").is_displayed()  # until asked for
+    first.find_element(By.CLASS_NAME, "relabel").click()
+    box = first.find_element(By.CLASS_NAME, "new-label")
+    box.send_keys("navy")
+    first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
+    wait.until(lambda d: "'navy' is the name of label blue" in d.find_element(By.ID, "error").text)
 
-        box.clear()
-        box.send_keys("blue")
-        first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
-        wait.until(lambda d: d.find_element(By.ID, "edit-note").text
-                   == "relabelled a point from crimson (red) to navy (blue)")
+    box.clear()
+    box.send_keys("blue")
+    first.find_element(By.CSS_SELECTOR, ".relabel-form button").click()
+    wait.until(lambda d: d.find_element(By.ID, "edit-note").text
+               == "relabelled a point from crimson (red) to navy (blue)")
 
-        def nearest_label(d) -> str:
-            card = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
-            return card.get_attribute("data-point-id") == point_id and card.find_element(By.CLASS_NAME, "label").text
+    def nearest_label(d) -> str:
+        card = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        return card.get_attribute("data-point-id") == point_id and card.find_element(By.CLASS_NAME, "label").text
 
-        wait.until(lambda d: nearest_label(d) == "navy")  # classified again: the point votes blue now
-        assert "12 points" in browser.find_element(By.ID, "stats").text
-        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    wait.until(lambda d: nearest_label(d) == "navy")  # classified again: the point votes blue now
+    assert "12 points" in browser.find_element(By.ID, "stats").text
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
 
-        # Its label's list shows it, with the label it had.
-        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 5)
-        moved = browser.find_element(By.CSS_SELECTOR, f"[data-testid=point-card][data-point-id='{point_id}']")
-        assert "was crimson (red)" in moved.find_element(By.CLASS_NAME, "numbers").text
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "page-after-relabel.png"))
-    mem.close()
+    # Its label's list shows it, with the label it had.
+    browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 5)
+    moved = browser.find_element(By.CSS_SELECTOR, f"[data-testid=point-card][data-point-id='{point_id}']")
+    assert "was crimson (red)" in moved.find_element(By.CLASS_NAME, "numbers").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-after-relabel.png"))
