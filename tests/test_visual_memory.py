@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from retrieval import VoteRule, open_store
@@ -97,6 +99,14 @@ def test_forgetting_a_folder_of_links_forgets_the_images_built_through_them(memo
                               elsewhere / "kept.jpg"], ["green", "green", "green", "yellow"])
     assert len(ids) == 4 and not failed
     assert memory.store.retrieve(ids[:1])[0].source == str(elsewhere / "green" / "0.jpg")  # stored resolved
+
+    # Listing the folder shows what forgetting it would take, a page at a time in id order.
+    first = memory.points(source_prefix=str(dataset), limit=2)
+    rest = memory.points(source_prefix=str(dataset), cursor=first.next_cursor, limit=2)
+    listed = [p.id for p in first.points + rest.points]
+    assert sorted(listed) == sorted(ids[:3]) and listed == sorted(listed, key=uuid.UUID)
+    assert rest.next_cursor is None
+    assert memory.points(source_prefix=str(dataset), label="yellow").points == []
 
     assert memory.forget(source_prefix=str(dataset)) == 3
     assert memory.store.label_counts() == {"red": 3, "blue": 3, "yellow": 1}

@@ -794,12 +794,39 @@ class VisualMemory:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be 1 to 1000, got {limit}")
         start = parse_point_id(cursor) if cursor is not None else None
-        if source_prefix is not None:  # as stored: absolute, links resolved (their own links are not followed)
+        if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
             source_prefix = local_source_prefix(source_prefix)
+            if self._has_links(source_prefix):  # its images are stored under the links' targets too
+                return self._page_of(self._chosen_ids(None, None, source_prefix, "list"), label, start, limit,
+                                     excluded)
         stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
+
+    @staticmethod
+    def _has_links(source_prefix: str) -> bool:
+        if not is_local_source(source_prefix) or source_prefix == "/" or not Path(source_prefix).is_dir():
+            return False
+        folders, files = linked_sources(source_prefix)
+        return bool(folders or files)
+
+    def _page_of(self, ids: list[str], label: str | None, start: str | None, limit: int,
+                 excluded: bool | None) -> PointPage:
+        """A page of these points, filtered and in id order from `start` on, as `store.page` pages (the ids of
+        a folder with links come from several prefixes, so they are ordered here)."""
+        order = sorted({uuid.UUID(i) for i in ids})
+        if start is not None:
+            order = [u for u in order if u >= uuid.UUID(start)]
+        found: list[MemoryPoint] = []
+        for at in range(0, len(order), 256):
+            for p in sorted(self.store.retrieve([str(u) for u in order[at : at + 256]]), key=lambda p: uuid.UUID(p.id)):
+                if (label is None or p.label == label) and (excluded is None
+                                                            or bool(p.payload.get(EXCLUDED_KEY)) == excluded):
+                    if len(found) == limit:
+                        return PointPage(points=found, next_cursor=p.id)
+                    found.append(self._memory_point(p))
+        return PointPage(points=found, next_cursor=None)
 
     def point(self, point_id: str) -> MemoryPoint | None:
         """One point by id (None if the memory does not hold it); ValueError if `point_id` is no point id."""
