@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k
+from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY
 
 from .exact import exact_search
 
@@ -50,12 +51,12 @@ class MemoryArrays:
         feats, labels, ids, rel = [], [], [], []
         for batch in store.scroll(batch_size=4096, with_vectors=True):
             for p in batch:
-                if p.payload.get("excluded"):
+                if p.payload.get(EXCLUDED_KEY):
                     continue
                 feats.append(p.vector)
                 labels.append(p.label)
                 ids.append(p.id)
-                rel.append(float(p.payload.get("reliability", 1.0)))
+                rel.append(float(p.payload.get(RELIABILITY_KEY, 1.0)))
             if progress:
                 progress(len(batch))
         f = np.stack(feats).astype(np.float32) if feats else np.zeros((0, store.dim), np.float32)
