@@ -325,6 +325,21 @@ class DynamicMemory:
                     self._n[i] = 0
             return n
 
+    def rename_label(self, old: str, new: str) -> int:
+        """Move a label's entries to another label (its class renamed, or merged into another, in the labelled
+        memory), each offered to the new queue as `write` would: a full queue keeps its lowest-entropy entries.
+        Returns the entries kept; the queries-seen count is unchanged."""
+        with self.lock:
+            i = self._index.get(old)
+            if old == new or i is None or not self._n[i]:
+                return 0
+            feats, ents = self.entries(old)
+            self._n[i] = 0
+            seen = self.updates
+            kept = sum(self.write(f, new, float(e)) for f, e in zip(feats, ents, strict=True))
+            self.updates = seen
+            return kept
+
     def reset(self) -> None:
         with self.lock:
             self._n[:] = 0

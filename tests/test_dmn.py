@@ -185,3 +185,15 @@ def test_dynamic_readout_stays_exact_after_replacements_and_reloading(tmp_path):
     expected = readout(q, np.concatenate(held), np.repeat([0, 1, 2], [len(h) for h in held]), 3, scale=30.0)
     np.testing.assert_allclose(mem.probabilities(q, list("abc"), scale=30.0), expected, rtol=1e-5)
     np.testing.assert_allclose(back.probabilities(q, list("abc"), scale=30.0), expected, rtol=1e-5)
+
+
+def test_renaming_a_label_moves_its_queue_keeping_the_lowest_entropy_entries():
+    mem = DynamicMemory(dim=2, slots=2)
+    mem.write(unit(1, 0), "a", 0.3)
+    mem.write(unit(1, 1), "a", 0.9)
+    mem.write(unit(0, 1), "b", 0.5)
+    assert mem.rename_label("a", "b") == 1  # b had one free slot; 0.9 is then not lower than b's worst
+    assert mem.counts() == {"b": 2} and mem.updates == 3
+    np.testing.assert_array_equal(mem.entries("b")[1], [0.5, 0.3])
+    assert mem.rename_label("b", "c") == 2 and mem.counts() == {"c": 2}
+    assert mem.rename_label("missing", "c") == 0

@@ -214,6 +214,26 @@ def test_forgetting_a_label_removes_it_from_streams_too(memory):
     assert all(r.label != "cat" and "cat" not in r.scores for r in res)
 
 
+def test_renaming_or_merging_a_class_carries_its_stream_entries_along(stored_memory):
+    q, _ = queries(20)
+    stored_memory.classify_dmn(q, stream="s")
+    before = stored_memory.dmn.stream("s").counts()
+    assert stored_memory.relabel("feline", label="cat") == 10  # renamed
+    after = stored_memory.dmn.stream("s").counts()
+    assert after.get("feline") == before["cat"] and "cat" not in after
+    stored_memory.classify_dmn(q[:1], stream="s")  # the next classify keeps them: "feline" is a label now
+    assert stored_memory.dmn.stream("s").counts()["feline"] >= before["cat"]
+    # Merged into another class: one queue of at most `slots` (the lowest-entropy entries kept).
+    counts = stored_memory.dmn.stream("s").counts()
+    stored_memory.relabel("bee", label="feline")
+    merged = stored_memory.dmn.stream("s")
+    assert "feline" not in merged.counts()
+    assert merged.counts()["bee"] == min(merged.slots, counts["feline"] + counts.get("bee", 0))
+    # Saved: a fresh facade over the same memory reads the renamed stream.
+    again = VisualMemory(stored_memory.store, reranker=None)
+    assert again.dmn.streams() == ["s"] and "feline" not in DynamicMemory.load(again.dmn.stream_path("s")).counts()
+
+
 def test_labels_restrict_the_competing_classes(memory):
     q, _ = queries(5)
     res = memory.classify_dmn(q, stream="s", labels=["ant", "cat"])

@@ -195,6 +195,16 @@ class DmnClassifier:
         except OSError as exc:  # e.g. the directory went away with a temporary memory
             log.warning("could not save DMN streams %s: %s", sorted(self._dirty), exc)
 
+    def rename_label(self, old: str, new: str) -> int:
+        """Carry every stream's entries for label `old` over to `new` (the labelled memory's class renamed or
+        merged: a queue of a label the memory no longer holds is emptied at the next classify). Returns the
+        entries kept, over all streams."""
+        kept = 0
+        for name in self.streams():
+            kept += self.stream(name).rename_label(old, new)
+            self.save(name, force=True)
+        return kept
+
     def reset(self, name: str) -> bool:
         """Empty a stream and delete its file; True when there was one."""
         path = self.stream_path(name)

@@ -624,8 +624,9 @@ class VisualMemory:
         Once it returns, searches vote with the new label, and the re-ranker's cached answers citing the
         points are dropped. The points' pruning marks go (excluded, reliability, prune count: `vmem prune`
         judged them under the old label; prune again to judge them anew), and each keeps the label it held
-        before (`MemoryPoint.relabelled_from`). Relabelling 10,000 points or more also indexes them again
-        before returning (seconds; searches go on meanwhile), as they left the engine's index.
+        before (`MemoryPoint.relabelled_from`). A whole class relabelled (`label=`) takes its DMN dynamic
+        memories' entries along (`DynamicMemory.rename_label`). Relabelling 10,000 points or more also indexes
+        them again before returning (seconds; searches go on meanwhile), as they left the engine's index.
 
         Example:
             >>> mem.relabel("n02123045", ids=["0b6f..."])       # this image is a tabby, not an Egyptian cat
@@ -639,7 +640,12 @@ class VisualMemory:
             raise ValueError(f"the new label must be a non-empty string, got {to!r}")
         if not self.store.count(label=to) and (hints := self.name_hints([to])):
             raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
-        return len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to))
+        n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to))
+        if n and label is not None and not self.store.count(label=label):
+            # A class renamed or merged: its DMN dynamic memories go with it (emptied otherwise, as a label
+            # the memory no longer holds).
+            self.dmn.rename_label(label, to)
+        return n
 
     def _relabel_points(self, ids: list[str], to: str) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
