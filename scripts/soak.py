@@ -1,4 +1,5 @@
-"""Soak test: classify, add and forget at the same time against a live vmem service, then check the invariants.
+"""Soak test: classify, add, forget and relabel at the same time against a live vmem service, then check the
+invariants.
 
     python scripts/soak.py --seconds 60                   # starts its own service on loopback (tiny encoder)
     python scripts/soak.py --seconds 60 --featurizer efficientnet-lite0
@@ -8,6 +9,8 @@ Invariants, each counted and printed (the exit status is 1 when one is broken):
 
 * no 5xx and no transport error;
 * a point is never returned (as a neighbour) by a classify request sent after its delete call returned;
+* a relabelled point is never returned with its old label by a classify request sent after its relabel call
+  returned, and has its new label at the end;
 * every acknowledged add that was not deleted is still there at the end (and every deleted one is gone).
 
 Classify queries re-send images that were added (some since deleted), so a deleted point would be
@@ -33,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 LABELS = ("ant", "bee", "cat")
+RELABELLED = "relabelled"  # the label relabellers give; no add uses it
 
 
 def noise_png(seed: int, size: int = 16) -> bytes:
@@ -48,6 +52,7 @@ class Added:
     seed: int
     acked_at: float
     deleted_at: float | None = None  # when the delete call returned
+    relabelled_at: float | None = None  # when the relabel call returned (-1: claimed, in flight)
 
 
 @dataclass
@@ -58,22 +63,28 @@ class SoakReport:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)  # 5xx and transport errors
     stale_neighbours: list[str] = field(default_factory=list)  # deleted points returned after the delete
+    stale_labels: list[str] = field(default_factory=list)  # relabelled points returned with the old label
+    unrelabelled: list[str] = field(default_factory=list)  # relabelled points without the new label at the end
     lost_adds: list[str] = field(default_factory=list)
     undeleted: list[str] = field(default_factory=list)
     acked_adds: int = 0
     deletes: int = 0
+    relabels: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.server_errors or self.stale_neighbours or self.lost_adds or self.undeleted)
+        return not (self.server_errors or self.stale_neighbours or self.lost_adds or self.undeleted
+                    or self.stale_labels or self.unrelabelled)
 
     def summary(self) -> dict:
         lat = {op: {"n": len(v), "p50_ms": round(1000 * float(np.percentile(v, 50)), 1),
                     "p99_ms": round(1000 * float(np.percentile(v, 99)), 1)} for op, v in self.latencies.items() if v}
         return {"seconds": round(self.seconds, 1), "latency": lat, "statuses": self.statuses,
-                "acked_adds": self.acked_adds, "deletes": self.deletes, "5xx_or_transport_errors":
-                len(self.server_errors), "stale_neighbours": len(self.stale_neighbours),
-                "lost_adds": len(self.lost_adds), "deleted_but_present": len(self.undeleted), "ok": self.ok}
+                "acked_adds": self.acked_adds, "deletes": self.deletes, "relabels": self.relabels,
+                "5xx_or_transport_errors": len(self.server_errors), "stale_neighbours": len(self.stale_neighbours),
+                "stale_labels": len(self.stale_labels), "lost_adds": len(self.lost_adds),
+                "deleted_but_present": len(self.undeleted), "relabelled_but_not": len(self.unrelabelled),
+                "ok": self.ok}
 
 
 class _Soak:
@@ -140,6 +151,27 @@ class _Soak:
                     else:
                         target.deleted_at = None
 
+    def relabeller(self) -> None:
+        """Relabels live points, each once, to RELABELLED (no add uses that label)."""
+        with httpx.Client(base_url=self.url, timeout=60, headers=self.headers) as http:
+            while not self.stop.is_set():
+                with self.lock:
+                    fresh = [a for a in self.added if a.deleted_at is None and a.relabelled_at is None]
+                    target = self.rng.choice(fresh) if len(fresh) > 4 else None
+                    if target is not None:
+                        target.relabelled_at = -1.0  # claimed
+                if target is None:
+                    time.sleep(0.02)
+                    continue
+                resp = self.call(http, "relabel", "PATCH", f"/v1/memory/points/{target.id}",
+                                 json={"label": RELABELLED})
+                with self.lock:
+                    if resp is not None and resp.status_code == 200:
+                        target.relabelled_at = time.monotonic()
+                        self.report.relabels += 1
+                    else:  # forgotten meanwhile (404): never relabelled
+                        target.relabelled_at = None
+
     def classifier(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as http:
             while not self.stop.is_set():
@@ -147,17 +179,24 @@ class _Soak:
                     pool = self.added[-64:]
                     target = self.rng.choice(pool) if pool else None
                     deleted_before = {a.id for a in self.added if a.deleted_at is not None and a.deleted_at > 0}
+                    relabelled_before = {a.id for a in self.added if a.relabelled_at is not None
+                                         and a.relabelled_at > 0}
                 seed = target.seed if target else self.rng.randrange(1_000_000)
                 resp = self.call(http, "classify", "POST", "/v1/classify", params={"k": 10},
                                  files={"image": ("q.png", noise_png(seed))})
                 if resp is not None and resp.status_code == 200:
-                    stale = [n["id"] for n in resp.json()["neighbors"] if n["id"] in deleted_before]
-                    if stale:
+                    neighbors = resp.json()["neighbors"]
+                    stale = [n["id"] for n in neighbors if n["id"] in deleted_before]
+                    old_label = [n["id"] for n in neighbors if n["id"] in relabelled_before
+                                 and n["label"] != RELABELLED]
+                    if stale or old_label:
                         with self.lock:
                             self.report.stale_neighbours += stale
+                            self.report.stale_labels += old_label
 
     def verify(self) -> None:
-        """Every acknowledged add is there unless deleted; every deleted point is gone."""
+        """Every acknowledged add is there unless deleted; every deleted point is gone; every relabelled point
+        that is still there has its new label."""
         with httpx.Client(base_url=self.url, timeout=60) as http:
             for a in self.added:
                 status = http.get(f"/v1/memory/points/{a.id}/thumbnail").status_code
@@ -165,13 +204,18 @@ class _Soak:
                     self.report.lost_adds.append(a.id)
                 elif a.deleted_at is not None and a.deleted_at > 0 and status != 404:
                     self.report.undeleted.append(a.id)
+                if a.relabelled_at is not None and a.relabelled_at > 0 and a.deleted_at is None:
+                    point = http.get(f"/v1/memory/points/{a.id}")
+                    if point.status_code != 200 or point.json()["label"] != RELABELLED:
+                        self.report.unrelabelled.append(a.id)
 
 
 def run_soak(url: str, seconds: float, api_key: str | None = None, adders: int = 2, forgetters: int = 1,
-             classifiers: int = 3, seed: int = 0) -> SoakReport:
+             classifiers: int = 3, relabellers: int = 0, seed: int = 0) -> SoakReport:
     """Run the mixed workload against `url` for `seconds`, then check the invariants."""
     soak = _Soak(url, api_key, seed)
-    roles = [soak.adder] * adders + [soak.forgetter] * forgetters + [soak.classifier] * classifiers
+    roles = ([soak.adder] * adders + [soak.forgetter] * forgetters + [soak.classifier] * classifiers
+             + [soak.relabeller] * relabellers)
     threads = [threading.Thread(target=role, daemon=True) for role in roles]
     start = time.monotonic()
     for t in threads:
@@ -244,8 +288,10 @@ def main() -> int:
     ap.add_argument("--adders", type=int, default=2)
     ap.add_argument("--forgetters", type=int, default=1)
     ap.add_argument("--classifiers", type=int, default=3)
+    ap.add_argument("--relabellers", type=int, default=1)
     args = ap.parse_args()
-    workload = {"adders": args.adders, "forgetters": args.forgetters, "classifiers": args.classifiers}
+    workload = {"adders": args.adders, "forgetters": args.forgetters, "classifiers": args.classifiers,
+                "relabellers": args.relabellers}
     if args.url:
         report = run_soak(args.url, args.seconds, args.api_key, **workload)
     else:
@@ -256,7 +302,7 @@ def main() -> int:
             with own_service(Path(tmp), featurizer, args.threads) as url:
                 report = run_soak(url, args.seconds, **workload)
     print(json.dumps(report.summary(), indent=2))
-    for name in ("server_errors", "stale_neighbours", "lost_adds", "undeleted"):
+    for name in ("server_errors", "stale_neighbours", "stale_labels", "lost_adds", "undeleted", "unrelabelled"):
         for item in getattr(report, name)[:5]:
             print(f"{name}: {item}", file=sys.stderr)
     return 0 if report.ok else 1
