@@ -383,9 +383,21 @@ class MemoryStore(ABC):
         now = datetime.now(UTC).isoformat()
         for old, group in by_old.items():
             for start in range(0, len(group), SERVER_REQUEST_IDS):
-                self.set_payload(group[start : start + SERVER_REQUEST_IDS], {
-                    "label": label, RELABELLED_FROM_KEY: old, RELABELLED_AT_KEY: now,
-                    EXCLUDED_KEY: None, PRUNE_COUNT_KEY: None, RELIABILITY_KEY: 1.0})
+                chunk = group[start : start + SERVER_REQUEST_IDS]
+                payload = {"label": label, RELABELLED_FROM_KEY: old, RELABELLED_AT_KEY: now,
+                           EXCLUDED_KEY: None, PRUNE_COUNT_KEY: None, RELIABILITY_KEY: 1.0}
+                try:
+                    self.set_payload(chunk, payload)
+                except Exception:
+                    # Both engines refuse the whole write when one id is missing: a point forgotten since it was
+                    # read (a concurrent forget). The others still take their new label.
+                    still = {p.id for p in self.retrieve(chunk)}
+                    if len(still) == len(chunk):
+                        raise
+                    for gone in set(chunk) - still:
+                        del before[gone]
+                    if still:
+                        self.set_payload(sorted(still), payload)
         return before
 
     @abstractmethod

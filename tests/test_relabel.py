@@ -214,3 +214,12 @@ def test_a_large_relabel_indexes_the_moved_points_again(memory, monkeypatch):
     assert events == ["told of 3", "told of 4", "indexed"]
     [res] = memory.classify([RED_QUERY], k=4)
     assert res.label == "blue" and memory.store.label_counts() == {"blue": 7, "teal": 4, "red": 1}
+
+
+def test_a_point_forgotten_while_a_relabel_reads_its_label_leaves_the_others_relabelled(memory, monkeypatch):
+    red = memory.store.ids_where(label="red")
+    labels_then = memory.store.existing_labels(red)  # what the relabel read...
+    memory.forget(ids=red[:1])  # ...before a concurrent forget took one of them
+    monkeypatch.setattr(memory.store, "existing_labels", lambda ids: {i: labels_then[i] for i in ids})
+    assert memory.relabel("blue", ids=red) == 3
+    assert memory.store.label_counts() == {"blue": 7, "green": 4}
