@@ -125,7 +125,8 @@ def undo_pruning(store: MemoryStore) -> int:
                or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
     for start in range(0, len(touched), 4096):
         # A null `excluded` is empty to the store's filter; reliability 1 is the neutral factor.
-        store.set_payload(touched[start : start + 4096], {EXCLUDED_KEY: None, COUNT_KEY: None, RELIABILITY_KEY: 1.0})
+        store.set_payload_of_existing(touched[start : start + 4096],
+                                      {EXCLUDED_KEY: None, COUNT_KEY: None, RELIABILITY_KEY: 1.0})
     if "pruning" in store.meta.settings:
         store.meta.settings.pop("pruning")
         store.save_meta()
@@ -179,7 +180,8 @@ def prune_store(
             payload[RELIABILITY_KEY] = float(soft_factors(np.array([c]))[0])
         elif c >= threshold:
             payload[EXCLUDED_KEY] = EXCLUDED_VALUE
-        store.set_payload(ids, payload)
+        # A point forgotten during the self-search (minutes at scale, beside a service on a Qdrant server) is gone.
+        store.set_payload_of_existing(ids, payload)
     if mode is PruneMode.soft:
         report.down_weighted = int(blamed.sum())
     else:

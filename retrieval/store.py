@@ -384,21 +384,29 @@ class MemoryStore(ABC):
         for old, group in by_old.items():
             for start in range(0, len(group), SERVER_REQUEST_IDS):
                 chunk = group[start : start + SERVER_REQUEST_IDS]
-                payload = {"label": label, RELABELLED_FROM_KEY: old, RELABELLED_AT_KEY: now,
-                           EXCLUDED_KEY: None, PRUNE_COUNT_KEY: None, RELIABILITY_KEY: 1.0}
-                try:
-                    self.set_payload(chunk, payload)
-                except Exception:
-                    # Both engines refuse the whole write when one id is missing: a point forgotten since it was
-                    # read (a concurrent forget). The others still take their new label.
-                    still = {p.id for p in self.retrieve(chunk)}
-                    if len(still) == len(chunk):
-                        raise
-                    for gone in set(chunk) - still:
-                        del before[gone]
-                    if still:
-                        self.set_payload(sorted(still), payload)
+                written = self.set_payload_of_existing(chunk, {
+                    "label": label, RELABELLED_FROM_KEY: old, RELABELLED_AT_KEY: now,
+                    EXCLUDED_KEY: None, PRUNE_COUNT_KEY: None, RELIABILITY_KEY: 1.0})
+                for gone in set(chunk) - written:
+                    del before[gone]
         return before
+
+    def set_payload_of_existing(self, ids: Sequence[str], payload: dict[str, Any]) -> set[str]:
+        """`set_payload` on those of these points that still exist; returns their ids.
+
+        Both engines refuse the whole write when one id is missing, which a point forgotten since the caller
+        read it (a concurrent forget) is: the others still take the payload.
+        """
+        try:
+            self.set_payload(ids, payload)
+            return set(ids)
+        except Exception:
+            still = {p.id for p in self.retrieve(list(ids))}
+            if len(still) == len(set(ids)):
+                raise
+            if still:
+                self.set_payload(sorted(still), payload)
+            return still
 
     @abstractmethod
     def scroll(self, batch_size: int = 1024, with_vectors: bool = False) -> Iterator[list[StoredPoint]]:

@@ -105,3 +105,20 @@ def test_pruning_again_starts_from_an_unpruned_memory():
     first = prune_store(store, "hard", threshold=1, k=10)
     second = prune_store(store, "hard", threshold=1, k=10)  # counts still see the excluded points
     assert (second.excluded, second.wrong_decisions) == (first.excluded, first.wrong_decisions)
+
+
+def test_a_point_forgotten_during_the_self_search_does_not_fail_the_prune(location, monkeypatch):
+    import eval.pruning as pruning
+
+    store, _, ids = clustered_memory(location)
+    counting = pruning.wrong_decision_counts
+
+    def forgotten_meanwhile(*args, **kwargs):
+        store.delete_ids(ids[:1])  # a blamed "a" point, forgotten by another client while the counts run
+        return counting(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "wrong_decision_counts", forgotten_meanwhile)
+    report = prune_store(store, "hard", threshold=1, k=10)
+    excluded = {p.id for batch in store.scroll() for p in batch if p.payload.get("excluded")}
+    assert store.count() == 20 and ids[0] not in excluded and len(excluded) == report.excluded - 1
+    store.close()
