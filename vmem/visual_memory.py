@@ -679,17 +679,21 @@ class VisualMemory:
             return [parse_point_id(i) for i in ids]
         if source_prefix is not None:
             source_prefix = local_source_prefix(source_prefix)
-            targets = self.store.ids_where(source_prefix=source_prefix)
-            # "/" already holds every local file a link could lead to: no walk of the whole disk for nothing.
-            if is_local_source(source_prefix) and source_prefix != "/" and Path(source_prefix).is_dir():
-                folders, files = linked_sources(source_prefix)
-                found = set(targets)
-                for folder in folders:
-                    found.update(self.store.ids_where(source_prefix=folder))
-                found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
-                targets = sorted(found)
-            return targets
+            return self._ids_under(source_prefix, _links_under(source_prefix))
         return self.store.ids_where(label=label)
+
+    def _ids_under(self, source_prefix: str, links: tuple[list[str], list[str]]) -> list[str]:
+        """The points whose source starts with the (normalised) prefix, and those its links (`_links_under`:
+        (folders, files)) lead to."""
+        targets = self.store.ids_where(source_prefix=source_prefix)
+        folders, files = links
+        if not (folders or files):
+            return targets
+        found = set(targets)
+        for folder in folders:
+            found.update(self.store.ids_where(source_prefix=folder))
+        found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
+        return sorted(found)
 
     def _drop_cached_rerank_answers(self, ids: list[str]) -> None:
         """Drop the default re-ranker's cached answers citing these points (forgotten or relabelled), with no
@@ -804,18 +808,11 @@ class VisualMemory:
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
             source_prefix = local_source_prefix(source_prefix)
-            if self._has_links(source_prefix):  # its images are stored under the links' targets too
-                return self._page_of(self._chosen_ids(None, None, source_prefix, "list"), label, start, limit,
-                                     excluded)
+            links = _links_under(source_prefix)
+            if links[0] or links[1]:  # its images are stored under the links' targets too
+                return self._page_of(self._ids_under(source_prefix, links), label, start, limit, excluded)
         stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
-
-    @staticmethod
-    def _has_links(source_prefix: str) -> bool:
-        if not is_local_source(source_prefix) or source_prefix == "/" or not Path(source_prefix).is_dir():
-            return False
-        folders, files = linked_sources(source_prefix)
-        return bool(folders or files)
 
     def _page_of(self, ids: list[str], label: str | None, start: str | None, limit: int,
                  excluded: bool | None) -> PointPage:
@@ -859,6 +856,14 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _links_under(source_prefix: str) -> tuple[list[str], list[str]]:
+    """`linked_sources` of a (normalised) prefix that is a local folder; none for anything else. "/" already
+    holds every local file a link could lead to: no walk of the whole disk for nothing."""
+    if not is_local_source(source_prefix) or source_prefix == "/" or not Path(source_prefix).is_dir():
+        return [], []
+    return linked_sources(source_prefix)
 
 
 def parse_point_id(text: str) -> str:
