@@ -201,8 +201,10 @@ class DmnClassifier:
         entries kept, over all streams."""
         kept = 0
         for name in self.streams():
-            kept += self.stream(name).rename_label(old, new)
-            self.save(name, force=True)
+            stream = self.stream(name)
+            if old in stream.counts():  # a full stream is tens of MB: only those that change are written
+                kept += stream.rename_label(old, new)
+                self.save(name, force=True)
         return kept
 
     def reset(self, name: str) -> bool:
