@@ -173,8 +173,8 @@ class BuildReport:
             lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (build "
                          "again with --relabel to take the listed labels):")
             lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
-            if len(self.relabelled) > 10:
-                lines.append(f"  ... and {len(self.relabelled) - 10} more")
+        if len(self.relabelled) > 10:
+            lines.append(f"  ... and {len(self.relabelled) - 10} more")
         lines += [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")

@@ -715,8 +715,7 @@ class VisualMemory:
             cache.invalidate(ids)
         except Exception as exc:  # settings from the environment that do not validate, a locked database
             log.warning("the re-ranker's cached answers citing %d forgotten or relabelled points were not dropped "
-                        "now (%s); "
-                        "they are dropped when next read", len(ids), exc)
+                        "now (%s); they are dropped when next read", len(ids), exc)
 
     @functools.cached_property
     def _rerank_cache_path(self) -> Path | None:
