@@ -30,7 +30,7 @@ from retrieval.files import write_atomically
 from .harness import write_csv
 from .label_audit import DEFAULT_MIN_SHARE, leave_one_out_votes
 from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
-from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, table_from_hits, truth_arrays
+from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, self_search, table_from_hits, truth_arrays
 
 RULES = tuple(r.value for r in VoteRule)
 
@@ -385,6 +385,10 @@ def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequ
     pos = {c: i for i, c in enumerate(classes)}
     clean_ids = np.array([pos[lab] for lab in memory.labels])
     clean_acc = _row(_score(memory, queries), [k])[f"rank@{k}"]
+    # The neighbours do not depend on the labels: one self-search serves the audit and the blame count at
+    # every fraction.
+    k_audit, k_blame = max(1, min(k, n - 1)), min(K_MAX, n - 1)
+    idx, sims = self_search(memory.features, max(k_audit, k_blame))
     rows = []
     for frac in fractions:
         flipped = np.sort(order[: round(frac * n)])
@@ -394,8 +398,10 @@ def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequ
         noisy = LabelledArrays(memory.features, [classes[i] for i in noisy_ids])
         truth = np.zeros(n, dtype=bool)
         truth[flipped] = True
-        suggested, share, own = leave_one_out_votes(memory.features, noisy.labels, k)
-        counts, _ = wrong_decision_counts(memory.features, noisy.labels, min(K_MAX, n - 1))
+        suggested, share, own = leave_one_out_votes(memory.features, noisy.labels, k,
+                                                    hits=(idx[:, :k_audit], sims[:, :k_audit]))
+        counts, _ = wrong_decision_counts(memory.features, noisy.labels, k_blame,
+                                          hits=(idx[:, :k_blame], sims[:, :k_blame]))
 
 
         suspect = (share >= min_share) & (share > own)

@@ -22,8 +22,7 @@ from pydantic import BaseModel, Field
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
 from retrieval.voting import neighbor_weights, vote_all_k
 
-from .exact import exact_search
-from .scoring import class_index
+from .scoring import class_index, self_search, table_from_hits
 
 DEFAULT_K = 50
 DEFAULT_MIN_SHARE = 0.5
@@ -73,16 +72,18 @@ def leave_one_out_votes(
     alpha: float = DEFAULT_ALPHA,
     block: int = 4096,
     progress: Callable[[int], None] | None = None,
+    hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[str | None], np.ndarray, np.ndarray]:
     """For each row, the rank vote of its k nearest other rows: (the best label other than its own, that
-    label's share of the weight, its own label's share)."""
+    label's share of the weight, its own label's share).
+
+    `hits`: the memory's `self_search` with k columns, when the caller shares one search (else made here).
+    """
     n = len(labels)
     classes, pos = class_index(labels)
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
-    k = max(1, min(k, n - 1))
-    idx, sims = exact_search(vectors, vectors, k, exclude=np.arange(n), progress=progress)
-    valid = idx >= 0
-    label_ids = np.where(valid, own[np.where(valid, idx, 0)], -1)
+    idx, sims = hits if hits is not None else self_search(vectors, max(1, min(k, n - 1)), progress)
+    label_ids = table_from_hits(idx, sims, labels, classes).label_ids
     other = np.empty(n, dtype=np.int64)
     share = np.zeros(n)
     own_share = np.zeros(n)

@@ -30,7 +30,7 @@ from retrieval.store import (
 )
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
-from .scoring import K_MAX, NeighborTable, class_index, exact_search, predictions
+from .scoring import K_MAX, class_index, predictions, self_search, table_from_hits
 
 DEFAULT_THRESHOLD = 128
 SOFT_GAMMA = 1.75
@@ -52,8 +52,11 @@ def wrong_decision_counts(
     tau: float = DEFAULT_TAU,
     blame: Blame = "all",
     progress: Callable[[int], None] | None = None,
+    hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every memory point, how often it was a neighbour of a wrong leave-one-out decision.
+
+    `hits`: the memory's `self_search` with k columns, when the caller shares one search (else made here).
 
     Returns:
         (counts int64 [n], wrong bool [n]: whether the point itself was misclassified by the rest)
@@ -61,16 +64,13 @@ def wrong_decision_counts(
     n = len(labels)
     classes, pos = class_index(labels)
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
-    feats = np.asarray(features, np.float32)
-    # Exact search over the memory's own rows, each query skipping itself.
-    idx, sims = exact_search(feats, feats, k, exclude=np.arange(n), progress=progress)
-    valid = idx >= 0
-    label_ids = np.where(valid, own[np.where(valid, idx, 0)], -1)
-    preds = predictions(NeighborTable(label_ids, sims, classes), rule, alpha, tau)[:, -1]
+    idx, sims = hits if hits is not None else self_search(features, k, progress)
+    table = table_from_hits(idx, sims, labels, classes)
+    preds = predictions(table, rule, alpha, tau)[:, -1]
     wrong = preds != own
-    blamed = valid & wrong[:, None]
+    blamed = (idx >= 0) & wrong[:, None]
     if blame == "voters":
-        blamed &= label_ids == preds[:, None]
+        blamed &= table.label_ids == preds[:, None]
     counts = np.bincount(idx[blamed], minlength=n).astype(np.int64)
     return counts, wrong
 

@@ -109,6 +109,14 @@ def neighbors_exact(
     return table_from_hits(idx, sims, memory.labels, classes, memory.reliability)
 
 
+def self_search(features: np.ndarray, k: int, progress: Callable[[int], None] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A memory queried against itself: each row's k nearest other rows (exact, its own row left out), as
+    `exact_search` answers. The neighbours do not depend on the labels: one search serves every labelling."""
+    feats = np.asarray(features, np.float32)
+    return exact_search(feats, feats, k, exclude=np.arange(len(feats)), progress=progress)
+
+
 def table_from_hits(idx: np.ndarray, sims: np.ndarray, memory_labels: Sequence[str], classes: list[str],
                     reliability: np.ndarray | None = None) -> NeighborTable:
     """`exact_search`'s hits (row indices into a memory with these labels, -1 for padding) as a table."""
