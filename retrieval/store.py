@@ -14,6 +14,7 @@ Each point's id is a UUIDv5 of its source, so adding the same image twice is ide
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
@@ -53,6 +54,10 @@ RELIABILITY_KEY = "reliability"  # soft pruning's factor on a point's vote weigh
 # What a relabel records: the label a point held before its latest relabel, and when that was.
 RELABELLED_FROM_KEY = "relabelled_from"
 RELABELLED_AT_KEY = "relabelled_at"
+# Keys of a Qdrant server collection's metadata that change (to a new random token) with every edit of its
+# points, and of vmem's metadata: how a process sharing the memory sees that another one edited it.
+POINTS_EDIT_KEY = "vmem_points_edit"
+META_EDIT_KEY = "vmem_meta_edit"
 # Point ids per request to a Qdrant server when many points are read or deleted by id.
 SERVER_REQUEST_IDS = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
@@ -198,6 +203,29 @@ class MemoryMeta(BaseModel):
             before = {"segment_points": None, "vectors_dtype": "float32"}
             data = {**data, "index": {**before, **data["index"]}}  # what was stored wins
         return data
+
+
+def merge_meta(base: MemoryMeta, mine: MemoryMeta, theirs: MemoryMeta) -> MemoryMeta:
+    """The metadata another process stored (`theirs`) with what this one changed since it read `base`.
+
+    A field, or a key of `label_names` or `settings`, that this process changed (or removed) is its own;
+    everything else is theirs. So a `vmem prune` that read the metadata minutes ago does not undo the names a
+    service set meanwhile.
+    """
+    merged: dict[str, Any] = {}
+    for name in MemoryMeta.model_fields:
+        b, m, t = getattr(base, name), getattr(mine, name), getattr(theirs, name)
+        if isinstance(m, dict) and isinstance(b, dict) and isinstance(t, dict):
+            keys = dict(t)
+            for key in b.keys() | m.keys():
+                if key not in m:
+                    keys.pop(key, None)
+                elif key not in b or b[key] != m[key]:
+                    keys[key] = m[key]
+            merged[name] = keys
+        else:
+            merged[name] = m if m != b else t
+    return theirs.model_copy(update=copy.deepcopy(merged))
 
 
 class MemoryError(RuntimeError):
@@ -426,6 +454,15 @@ class MemoryStore(ABC):
     @abstractmethod
     def save_meta(self) -> None:
         """Persist `self.meta` (after changing its settings)."""
+
+    def edits_elsewhere(self) -> frozenset[str]:
+        """What other processes changed in this memory since the last call (or the opening): "points" (added,
+        deleted, relabelled, pruned) and/or "meta" (label names, tuned settings), the latter read again.
+
+        Only a memory several processes share (a Qdrant server's collection) has any: an embedded memory is
+        open in one process at a time.
+        """
+        return frozenset()
 
     def prefetch(self) -> int:
         """Read what searches use once, so that the OS caches it; returns the bytes read (0 where there is
@@ -916,25 +953,35 @@ class QdrantServerStore(MemoryStore):
     """A collection on a Qdrant server (`url`), or in qdrant-client's local mode (":memory:")."""
 
     def __init__(self, location: str, meta: MemoryMeta | None = None, collection: str = DEFAULT_COLLECTION,
-                 api_key: str | None = None):
+                 api_key: str | None = None, client: Any = None):
+        """`client`: an open `QdrantClient` to use instead of one made for `location` (two views of one
+        collection in one process, as two processes sharing a server have; the tests)."""
         from qdrant_client import QdrantClient
         from qdrant_client import models as qm
 
         self._qm = qm
         self.location = location
         self.collection = collection
-        if location == ":memory:":
-            self.client = QdrantClient(":memory:")
-        elif "://" in location:
-            self.client = QdrantClient(url=location, api_key=api_key)
-        else:
-            self.client = QdrantClient(path=location)
+        # The edit tokens last seen in the collection's metadata (see `edits_elsewhere`), and edits by others
+        # taken in while saving ours, not yet reported.
+        self._seen_edits: dict[str, Any] = {}
+        self._unreported: set[str] = set()
+        if client is None:
+            if location == ":memory:":
+                client = QdrantClient(":memory:")
+            elif "://" in location:
+                client = QdrantClient(url=location, api_key=api_key)
+            else:
+                client = QdrantClient(path=location)
+        self.client = client
         if self.client.collection_exists(collection):
             raw = self.client.get_collection(collection).config.metadata or {}
             if "vmem" not in raw:
                 raise MemoryError(f"collection {collection!r} at {location} was not made by vmem")
             stored = MemoryMeta.model_validate(raw["vmem"])
             self.meta = stored
+            self._meta_read = stored.model_copy(deep=True)  # what `merge_meta` compares this process's edits to
+            self._seen_edits = {key: raw.get(key) for key in (POINTS_EDIT_KEY, META_EDIT_KEY)}
             if meta is not None:
                 self.check_featurizer(meta.featurizer)
         else:
@@ -944,6 +991,7 @@ class QdrantServerStore(MemoryStore):
                 raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
                                   "rescores on its own (rescore on, or off for the codes alone)")
             self.meta = meta
+            self._meta_read = meta.model_copy(deep=True)
             self.client.create_collection(
                 collection,
                 vectors_config=qm.VectorParams(
@@ -958,8 +1006,38 @@ class QdrantServerStore(MemoryStore):
             self.client.create_payload_index(collection, "source", qm.PayloadSchemaType.KEYWORD)
             self.client.create_payload_index(collection, EXCLUDED_KEY, qm.PayloadSchemaType.KEYWORD)
 
+    def _stored_metadata(self) -> dict[str, Any]:
+        return self.client.get_collection(self.collection).config.metadata or {}
+
     def save_meta(self) -> None:
-        self.client.update_collection(self.collection, metadata={"vmem": json.loads(self.meta.model_dump_json())})
+        # Written whole: merged first with what another process stored since this one read it. (No server
+        # compares and sets metadata, so two saves within the same few milliseconds can still lose one.)
+        raw = self._stored_metadata()
+        if raw.get(META_EDIT_KEY) != self._seen_edits.get(META_EDIT_KEY) and "vmem" in raw:
+            self.meta = merge_meta(self._meta_read, self.meta, MemoryMeta.model_validate(raw["vmem"]))
+            self._unreported.add("meta")
+        self._mark_edited(META_EDIT_KEY, vmem=json.loads(self.meta.model_dump_json()))
+        self._meta_read = self.meta.model_copy(deep=True)
+
+    def _mark_edited(self, key: str, **metadata: Any) -> None:
+        """Tell the processes sharing this collection that it changed: a new token under `key`, written after
+        the change itself, so one that sees the token sees the change. (Metadata updates merge key by key.)"""
+        token = uuid.uuid4().hex
+        self.client.update_collection(self.collection, metadata={**metadata, key: token})
+        self._seen_edits[key] = token
+
+    def edits_elsewhere(self) -> frozenset[str]:
+        raw = self._stored_metadata()
+        changed, self._unreported = self._unreported, set()
+        for key, kind in ((POINTS_EDIT_KEY, "points"), (META_EDIT_KEY, "meta")):
+            if raw.get(key) != self._seen_edits.get(key):
+                self._seen_edits[key] = raw.get(key)
+                changed.add(kind)
+        if "meta" in changed and "vmem" in raw:
+            stored = MemoryMeta.model_validate(raw["vmem"])
+            self.meta = merge_meta(self._meta_read, self.meta, stored)  # changes not saved yet stay
+            self._meta_read = stored
+        return frozenset(changed)
 
     def _filter(self, label=None, source_prefix=None, labels=None, searchable=False, excluded_only=False):
         qm = self._qm
@@ -977,6 +1055,7 @@ class QdrantServerStore(MemoryStore):
     def _upsert(self, ids, vectors, payloads) -> None:
         self.client.upsert(self.collection, wait=True, points=self._qm.Batch(
             ids=ids, vectors=vectors.tolist(), payloads=payloads))
+        self._mark_edited(POINTS_EDIT_KEY)
 
     def erase_forgotten(self) -> None:
         raise MemoryError("a memory on a Qdrant server cannot erase forgotten points on demand: the server "
@@ -992,6 +1071,8 @@ class QdrantServerStore(MemoryStore):
                 self.client.delete(self.collection, points_selector=self._qm.PointIdsList(points=present),
                                    wait=True)
             n += len(present)
+        if n:
+            self._mark_edited(POINTS_EDIT_KEY)
         return n
 
     def delete_where(self, label=None, source_prefix=None) -> int:
@@ -1001,6 +1082,7 @@ class QdrantServerStore(MemoryStore):
         n = self.client.count(self.collection, count_filter=flt, exact=True).count
         if n:
             self.client.delete(self.collection, points_selector=self._qm.FilterSelector(filter=flt), wait=True)
+            self._mark_edited(POINTS_EDIT_KEY)
         return n
 
     def ids_where(self, label=None, source_prefix=None) -> list[str]:
@@ -1070,6 +1152,7 @@ class QdrantServerStore(MemoryStore):
 
     def set_payload(self, ids, payload) -> None:
         self.client.set_payload(self.collection, payload=payload, points=list(ids), wait=True)
+        self._mark_edited(POINTS_EDIT_KEY)
 
     def close(self) -> None:
         self.client.close()

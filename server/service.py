@@ -143,6 +143,7 @@ class ClassifierService:
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
         memory.on_forget(self._forgotten)
         memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
+        memory.on_edited_elsewhere(self._edited_elsewhere)
 
     def _thumbnail_dir(self) -> Path:
         if self.settings.thumbnail_dir is not None:
@@ -220,6 +221,13 @@ class ClassifierService:
             self._points_generation += points
             self._cache.clear()
 
+    def _edited_elsewhere(self, changed: frozenset[str]) -> None:
+        """Another process (a service or CLI sharing the Qdrant server) edited the memory: which answers cited
+        its points is not known here, so none is kept."""
+        self._edited(points="points" in changed)
+        if "points" in changed:
+            self.refresh_size_metrics()
+
     def _forgotten(self, ids: list[str]) -> None:
         self._edited()
         self.thumbnails.remove(ids)  # a forgotten upload leaves no copy of itself behind
@@ -278,6 +286,7 @@ class ClassifierService:
 
     def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         """Classify uploads; a string in the output is why that image could not be classified."""
+        self.memory.refresh()  # a memory shared with other processes: their edits first drop what they outdate
         size = self.settings.result_cache_size
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)
@@ -403,6 +412,8 @@ class ClassifierService:
         kept = self.thumbnails.load(point_id)
         points = self.memory.store.retrieve([point_id])
         if not points:
+            if kept is not None:  # forgotten by another process sharing the memory: no copy is left here either
+                self.thumbnails.remove([point_id])
             raise ThumbnailUnavailable(f"no point with id {point_id} in the memory")
         if kept is not None:
             return kept

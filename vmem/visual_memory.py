@@ -59,6 +59,8 @@ DEFAULT_FEATURIZER = "dinov2-small"
 # A relabel of at least this many points indexes them again before it returns (`_relabel_points`).
 REINDEX_AFTER_RELABEL = 10_000
 PointsListener = Callable[[list[str]], None]  # told the ids of the points an edit (forget, relabel) touched
+# Told what another process changed in a shared memory: "points" and/or "meta" (see `VisualMemory.refresh`).
+ElsewhereListener = Callable[[frozenset[str]], None]
 # `reranker=AUTO_RERANKER` (the default) builds a Gemini re-ranker on the first `rerank=True`;
 # `reranker=None` turns re-ranking off (results then say "re-ranking is not configured").
 AUTO_RERANKER = "auto"
@@ -129,6 +131,7 @@ class VisualMemory:
             store.check_featurizer(featurizer.spec)
         self._forget_listeners: list[PointsListener] = []
         self._relabel_listeners: list[PointsListener] = []
+        self._elsewhere_listeners: list[ElsewhereListener] = []
         self._reranker_lock = threading.Lock()
         self._reranker: Any = None
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
@@ -258,6 +261,7 @@ class VisualMemory:
         exact: bool = False,
     ) -> list[Classification]:
         """Vote over the neighbours of already-embedded queries."""
+        self.refresh()
         settings = settings or self.vote_settings()
         results = []
         neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
@@ -307,6 +311,7 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
+        self.refresh()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
         decoded = [self.decode(im) for im in images]
@@ -332,6 +337,7 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
+        self.refresh()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         self._check_label_filter(labels, settings)
         paths = [str(p) for p in images]
@@ -419,6 +425,7 @@ class VisualMemory:
         clean = {str(label): str(name).strip() for label, name in names.items()}
         if empty := [label for label, name in clean.items() if not name]:
             raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
+        self.refresh()  # merged with the names stored now, not those this process read earlier
         self.store.meta.label_names = clean if replace else {**self.store.meta.label_names, **clean}
         self.store.save_meta()
 
@@ -531,6 +538,9 @@ class VisualMemory:
             return
         root = os.path.commonpath(local)
         root = root if Path(root).is_dir() else str(Path(root).parent)
+        if root in self.store.meta.settings.get("source_roots", []):
+            return
+        self.refresh()  # the metadata is written whole: another process's latest names and settings go in it
         roots = self.store.meta.settings.setdefault("source_roots", [])
         if root not in roots:
             roots.append(root)
@@ -582,6 +592,26 @@ class VisualMemory:
     def on_relabel(self, listener: PointsListener) -> None:
         """Call `listener(ids)` after points are given another label (e.g. to drop answers that voted with them)."""
         self._relabel_listeners.append(listener)
+
+    def on_edited_elsewhere(self, listener: ElsewhereListener) -> None:
+        """Call `listener(kinds)` when `refresh` finds that another process edited the memory (e.g. to drop
+        every cached answer: which points it touched is not known here)."""
+        self._elsewhere_listeners.append(listener)
+
+    def refresh(self) -> frozenset[str]:
+        """Take in what other processes changed in a memory they share with this one (a Qdrant server's).
+
+        Searches always see the stored points; what this object keeps from them does not: label names and
+        tuned settings are read again, and listeners (`on_edited_elsewhere`) are told. Returns what changed,
+        "points" and/or "meta"; always nothing for an embedded memory (one process at a time). Classifying
+        calls it first, at one more request to the server.
+        """
+        changed = self.store.edits_elsewhere()
+        if changed:
+            log.info("the memory was edited by another process (%s)", ", ".join(sorted(changed)))
+            for listener in self._elsewhere_listeners:
+                listener(changed)
+        return changed
 
     def forget(
         self,
@@ -844,6 +874,7 @@ class VisualMemory:
                            relabelled_at=pay.get(RELABELLED_AT_KEY))
 
     def stats(self) -> dict[str, Any]:
+        self.refresh()
         counts = self.store.label_counts()
         return {
             "location": self.store.location,

@@ -202,6 +202,7 @@ async def stats(service: ServiceDep) -> StatsOut:
     """Points, labels, points per label, the encoder, the default vote and the novelty threshold."""
 
     def collect() -> StatsOut:
+        service.memory.refresh()  # names, tuned settings and novelty as another process sharing the memory left them
         store = service.memory.store
         default_vote: VoteSettings = service.memory.vote_settings()
         spec = store.meta.featurizer
