@@ -15,6 +15,7 @@ Each point's id is a UUIDv5 of its source, so adding the same image twice is ide
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import os
@@ -230,6 +231,43 @@ def merge_meta(base: MemoryMeta, mine: MemoryMeta, theirs: MemoryMeta) -> Memory
 
 class MemoryError(RuntimeError):
     """The memory could not be opened or used as asked."""
+
+
+class MemoryUnavailableError(MemoryError):
+    """The memory's Qdrant server did not answer: unreachable, timed out, overloaded or failing. Worth a retry."""
+
+
+class ServerClient:
+    """A `QdrantClient` whose failures to reach a working server are `MemoryUnavailableError`s that name the
+    server; the rest (a 4xx: a request it refuses) passes as the client raised it."""
+
+    def __init__(self, client: Any, location: str) -> None:
+        self.client = client
+        self.location = location
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+            try:
+                return attr(*args, **kwargs)
+            except ResponseHandlingException as exc:  # no answer: refused, reset, timed out, no such host
+                raise MemoryUnavailableError(
+                    f"could not reach the Qdrant server at {self.location} ({exc.source or exc}): check the URL "
+                    "and that the server is running") from exc
+            except UnexpectedResponse as exc:
+                if exc.status_code is None or not (exc.status_code >= 500 or exc.status_code == 429):
+                    raise
+                status = f"{exc.status_code} {exc.reason_phrase or ''}".strip()
+                raise MemoryUnavailableError(f"the Qdrant server at {self.location} answered {status}: it is "
+                                             "failing or overloaded; try again shortly") from exc
+
+        return call
 
 
 class FeaturizerMismatchError(FeaturizerError):
@@ -973,7 +1011,7 @@ class QdrantServerStore(MemoryStore):
                 client = QdrantClient(url=location, api_key=api_key)
             else:
                 client = QdrantClient(path=location)
-        self.client = client
+        self.client = ServerClient(client, location)
         if self.client.collection_exists(collection):
             raw = self.client.get_collection(collection).config.metadata or {}
             if "vmem" not in raw:

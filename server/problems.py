@@ -19,6 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 
 from retrieval.images import ImageDecodeError
+from retrieval.store import MemoryUnavailableError
+
+# Seconds a client is asked to wait before retrying while the memory's Qdrant server does not answer.
+RETRY_AFTER_UNAVAILABLE_S = 5
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageDecodeError)
     async def _bad_image(request: Request, exc: ImageDecodeError) -> JSONResponse:
         return problem_response(request, 400, str(exc), "bad-image", "The image could not be decoded")
+
+    @app.exception_handler(MemoryUnavailableError)
+    async def _memory_unavailable(request: Request, exc: MemoryUnavailableError) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 503, str(exc), "memory-unavailable", "The memory does not answer",
+                                headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

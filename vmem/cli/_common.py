@@ -9,7 +9,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from retrieval import FeaturizerError, IndexSettings, MemoryError
+from retrieval import FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.images import failure_line, is_image_path
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
@@ -54,6 +54,8 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception) -> typer.
     """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix."""
     from pydantic import ValidationError
 
+    if isinstance(exc, MemoryUnavailableError):
+        return typer.BadParameter(str(exc), param_hint="--qdrant-url")
     if isinstance(exc, MemoryError | FeaturizerError):
         return typer.BadParameter(str(exc))
     if isinstance(exc, ValidationError | UnicodeDecodeError):  # the memory's stored metadata
@@ -104,11 +106,9 @@ def _bad_metadata(memory: Path, qdrant_url: str | None, exc: ValueError) -> str:
 
 def _qdrant_problem(url: str, exc: Exception) -> str | None:
     """What went wrong talking to the Qdrant server, or None if `exc` is not about that."""
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+    from qdrant_client.http.exceptions import UnexpectedResponse
 
-    if isinstance(exc, ResponseHandlingException):
-        return (f"could not reach the Qdrant server at {url} ({exc.source or exc}): check the URL and that the "
-                "server is running")
+    # One that could not be reached, or failed (5xx), is the store's MemoryUnavailableError, said as it is.
     if isinstance(exc, UnexpectedResponse):
         status = f"{exc.status_code} {exc.reason_phrase}".strip()
         return (f"the server at {url} answered {status}, not as a Qdrant server does: check the URL "

@@ -1,0 +1,80 @@
+"""A memory on a Qdrant server that stops answering: a 503 that says so, and service as soon as it is back.
+
+The outage is real: the store's client is pointed at a loopback port where nothing listens, as happens
+when the server is stopped or its host goes away.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from retrieval import MemoryUnavailableError, open_store
+from retrieval.store import ServerClient
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def dead_url() -> str:
+    """A loopback address where nothing listens (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_the_service_answers_503_while_the_server_is_down_and_recovers_after(tmp_path, lite0):
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    query = {"image": ("q.png", texture(COLORS["green"], seed=7))}
+    with TestClient(create_app(settings, memory=mem)) as client:
+        assert client.post("/v1/classify?k=3", files=query).json()["label"] == "green"
+        working = mem.store.client
+        url = dead_url()
+        mem.store.client = ServerClient(QdrantClient(url=url, timeout=5, check_compatibility=False), url)
+
+        down = client.post("/v1/classify?k=3", files={"image": ("other.png", texture(COLORS["red"], seed=8))})
+        assert down.status_code == 503 and down.headers["retry-after"] == "5"
+        problem = down.json()
+        assert problem["type"] == "urn:vmem:problem:memory-unavailable"
+        assert f"could not reach the Qdrant server at {url}" in problem["detail"]
+        assert client.get("/v1/memory/stats").status_code == 503
+        assert client.delete("/v1/memory", params={"label": "red"}, headers=KEY).status_code == 503
+        assert client.get("/readyz").status_code == 503
+
+        mem.store.client = working  # the server is back: no restart needed, and nothing was forgotten
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/classify?k=3", files=query).json()["label"] == "green"
+        assert client.get("/v1/memory/stats").json()["per_label"]["red"] == 4
+    mem.close()
+
+
+def test_opening_a_memory_on_a_server_that_does_not_answer_says_where(lite0):
+    url = dead_url()
+    with pytest.raises(MemoryUnavailableError, match=f"could not reach the Qdrant server at {url}"):
+        open_store(url, lite0.spec)
+
+
+class FailingServerClient:
+    """Stands in for a QdrantClient whose server answers with this HTTP status (a real one cannot be made to)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def count(self, *args, **kwargs):
+        raise UnexpectedResponse(self.status, "Service Unavailable" if self.status == 503 else "Not Found",
+                                 b"{}", httpx.Headers())
+
+
+def test_a_failing_server_is_unavailable_and_a_refused_request_is_not():
+    with pytest.raises(MemoryUnavailableError, match="answered 503 Service Unavailable: it is failing"):
+        ServerClient(FailingServerClient(503), "http://qdrant:6333").count("vmem")
+    with pytest.raises(UnexpectedResponse):  # a request the server refuses: the caller's mistake, raised as is
+        ServerClient(FailingServerClient(404), "http://qdrant:6333").count("vmem")
