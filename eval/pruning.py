@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
+from retrieval.journal import entries_for
 from retrieval.store import (
     EXCLUDED_KEY,  # payload key the store filters on (any non-empty value excludes a point)
     RELIABILITY_KEY,
@@ -118,8 +119,9 @@ def _reindex(store: MemoryStore) -> None:
     store.optimize()
 
 
-def undo_pruning(store: MemoryStore) -> int:
-    """Bring back hard-pruned points and reset soft factors; returns how many points changed."""
+def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) -> int:
+    """Bring back hard-pruned points and reset soft factors; returns how many points changed. Recorded in the
+    memory's journal (`via`: who asked) unless nothing changed, or `journal` is off (a prune undoing the last)."""
     touched = [p.id for batch in store.scroll(batch_size=4096) for p in batch
                if p.payload.get(EXCLUDED_KEY) or p.payload.get(COUNT_KEY) is not None
                or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
@@ -127,11 +129,14 @@ def undo_pruning(store: MemoryStore) -> int:
         # A null `excluded` is empty to the store's filter; reliability 1 is the neutral factor.
         store.set_payload_of_existing(touched[start : start + 4096],
                                       {EXCLUDED_KEY: None, COUNT_KEY: None, RELIABILITY_KEY: 1.0})
-    if "pruning" in store.meta.settings:
+    pruned = "pruning" in store.meta.settings
+    if pruned:
         store.meta.settings.pop("pruning")
         store.save_meta()
     if touched:
         _reindex(store)
+    if journal and (touched or pruned):
+        store.journal.append(entries_for("unprune", points=len(touched), via=via))
     return len(touched)
 
 
@@ -144,8 +149,10 @@ def prune_store(
     alpha: float = DEFAULT_ALPHA,
     blame: Blame = "all",
     progress: Callable[[int], None] | None = None,
+    via: str = "python",
 ) -> PruneReport:
-    """Prune a memory in place (any earlier pruning is undone first, so counts see every point).
+    """Prune a memory in place (any earlier pruning is undone first, so counts see every point); recorded in
+    the memory's journal (`via`: who asked).
 
     Args:
         store: the memory; its vectors are read into RAM for an exact self-search.
@@ -158,7 +165,7 @@ def prune_store(
         >>> prune_store(open_store("./memory"), "soft").summary()
     """
     mode = PruneMode(mode)
-    undo_pruning(store)
+    undo_pruning(store, journal=False)
     points: list[str] = []
     labels: list[str] = []
     feats: list[np.ndarray] = []
@@ -190,4 +197,6 @@ def prune_store(
     store.meta.settings["pruning"] = report.model_dump(mode="json")
     store.save_meta()
     _reindex(store)
+    points = report.down_weighted if mode is PruneMode.soft else report.excluded
+    store.journal.append(entries_for("prune", points=points or 0, detail=report.model_dump(mode="json"), via=via))
     return report

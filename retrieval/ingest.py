@@ -146,6 +146,7 @@ def find_label_names_file(dataset: str | Path) -> Path | None:
 class BuildReport:
     total: int = 0
     added: int = 0
+    added_per_label: dict[str, int] = field(default_factory=dict)
     skipped_existing: int = 0
     duplicates: int = 0  # listed again with the same label (the same file, after resolving links)
     # (source, stored label, listed label) of images already in memory under another label: kept as stored,
@@ -249,6 +250,8 @@ def build_memory(
         if done:
             store.add(res.features, [d.label for d in done], [d.source for d in done], tags)
         report.added += len(done)
+        for d in done:
+            report.added_per_label[d.label] = report.added_per_label.get(d.label, 0) + 1
         report.failed += res.failures
         if progress:
             progress(len(res.indices) + len(res.failures))

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, model_validator
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .featurizers import FeaturizerError, FeaturizerSpec
 from .files import write_atomically
+from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 
 DEFAULT_COLLECTION = "vmem"
 META_FILE = "vmem.json"
@@ -59,6 +60,8 @@ RELABELLED_AT_KEY = "relabelled_at"
 # points, and of vmem's metadata: how a process sharing the memory sees that another one edited it.
 POINTS_EDIT_KEY = "vmem_points_edit"
 META_EDIT_KEY = "vmem_meta_edit"
+# The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
+JOURNAL_COLLECTION_SUFFIX = "-journal"
 # Point ids per request to a Qdrant server when many points are read or deleted by id.
 SERVER_REQUEST_IDS = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
@@ -327,6 +330,7 @@ class MemoryStore(ABC):
 
     meta: MemoryMeta
     location: str
+    journal: Journal  # one entry per edit (retrieval.journal), kept with the memory
 
     @property
     def dim(self) -> int:
@@ -606,6 +610,7 @@ class EdgeMemoryStore(MemoryStore):
         self._qe = qe
         self.path = Path(path)
         self.location = str(self.path)
+        self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
         self._left_unindexed = 0
         self._last_upserted: str | None = None  # id of the last point written by an add
@@ -1012,6 +1017,7 @@ class QdrantServerStore(MemoryStore):
             else:
                 client = QdrantClient(path=location)
         self.client = ServerClient(client, location)
+        self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         if self.client.collection_exists(collection):
             raw = self.client.get_collection(collection).config.metadata or {}
             if "vmem" not in raw:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from retrieval import VoteRule
+from retrieval.journal import JournalEntry, JournalOp
 from vmem import MemoryPoint, VoteSettings
 
 # ----------------------------------------------------------------------------- inputs
@@ -178,6 +180,16 @@ class PointsQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000, description="points per page")
 
 
+class HistoryQuery(BaseModel):
+    """Which of the memory's edits to list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: JournalOp | None = Field(None, description="only edits of this kind")
+    point_id: uuid.UUID | None = Field(None, description="only the edits that forgot or relabelled this point")
+    limit: int = Field(50, ge=1, le=1000, description="edits listed, newest first")
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -341,3 +353,11 @@ class ReadyOut(BaseModel):
     points: int | None = Field(None, description="points in the memory")
     featurizer: str | None = Field(None, description="the loaded encoder")
     detail: str | None = Field(None, description="why not ready")
+
+
+class HistoryOut(BaseModel):
+    """The memory's edits, newest first."""
+
+    entries: list[JournalEntry] = Field(description="each edit: when, what, how many points of which labels, the ids "
+                                                    "a forget or relabel changed, and who (via, host, pid)")
+    earlier: int = Field(description="edits older than these, left out by `limit`")

@@ -124,6 +124,7 @@ class ClassifierService:
 
     def __init__(self, memory: VisualMemory, settings: Settings, metrics: Metrics, owns_memory: bool = False):
         self.memory = memory
+        memory.via = "http"  # edits through the service, as the journal records them
         self.settings = settings
         self.metrics = metrics
         metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))

@@ -106,6 +106,9 @@ def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(
     stored = json.loads(runner.invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
     assert set(stored["vote"]) == {"rule", "k", "alpha", "tau", "soft_pruning"} and 1 <= stored["vote"]["k"] <= 6
     assert (tmp_path / "report" / "tune.md").exists()
+    [tuned] = [json.loads(line) for line in runner.invoke(
+        app, ["history", "--memory", str(memory), "--op", "tune", "--json"]).stdout.splitlines()]
+    assert tuned["detail"]["vote"] == stored["vote"] and tuned["via"] == "cli"  # the journal says who tuned it
 
     query = str(image_folder / "query" / "red" / "q.jpg")
     res = json.loads(runner.invoke(app, ["classify", query, "--memory", str(memory), "--json"]).output)

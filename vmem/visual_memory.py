@@ -41,6 +41,7 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
+from retrieval.journal import JournalEntry, JournalOp, entries_for, label_counts, most_first
 from retrieval.store import (
     EXCLUDED_KEY,
     PRUNE_COUNT_KEY,
@@ -137,6 +138,8 @@ class VisualMemory:
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
         if not self._auto_reranker:
             self.reranker = reranker
+        # Who edits, as the journal records it: the CLI and the service say "cli" and "http".
+        self.via = "python"
         # The answer cache a forget cleans when no re-ranker is built: opened on the first forget that finds
         # its file (`_rerank_cache_path`), kept open for the next.
         self._idle_rerank_cache: Any = None
@@ -428,6 +431,7 @@ class VisualMemory:
         self.refresh()  # merged with the names stored now, not those this process read earlier
         self.store.meta.label_names = clean if replace else {**self.store.meta.label_names, **clean}
         self.store.save_meta()
+        self._journal("name", detail={"names": clean, "replace": replace})
 
     def name_hints(self, texts: Sequence[str]) -> str:
         """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they
@@ -517,34 +521,41 @@ class VisualMemory:
         (`report.relabelled`), unless `relabel`: then it takes the listed one, without being embedded again.
         """
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
-        self._record_source_roots([it.source for it in items])
+        root = self._record_source_roots([it.source for it in items])
         report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
+        if report.added:
+            self._journal("add", points=report.added, labels=most_first(report.added_per_label),
+                          selector={"source_root": root} if root else {}, detail={
+                "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
+                          "failed": len(report.failed)}, **({"tags": tags} if tags else {})})
         if relabel and report.relabelled:
             by_label: dict[str, list[str]] = {}
             for source, _, listed in report.relabelled:
                 by_label.setdefault(listed, []).append(point_id_for(source))
             for listed, ids in by_label.items():
-                self._relabel_points(ids, listed)
+                self._relabel_points(ids, listed, {"build": True})
             report.relabel_applied = True
         t0 = time.perf_counter()
         self.store.optimize()
         report.index_seconds = time.perf_counter() - t0
         return report
 
-    def _record_source_roots(self, sources: Sequence[str]) -> None:
-        """Remember the directory a build read from: the service serves thumbnails only from such roots."""
+    def _record_source_roots(self, sources: Sequence[str]) -> str | None:
+        """Remember the directory a build read from: the service serves thumbnails only from such roots.
+        Returns it (None: no local file)."""
         local = [src for src in sources if is_local_source(src)]
         if not local:
-            return
+            return None
         root = os.path.commonpath(local)
         root = root if Path(root).is_dir() else str(Path(root).parent)
         if root in self.store.meta.settings.get("source_roots", []):
-            return
+            return root
         self.refresh()  # the metadata is written whole: another process's latest names and settings go in it
         roots = self.store.meta.settings.setdefault("source_roots", [])
         if root not in roots:
             roots.append(root)
             self.store.save_meta()
+        return root
 
     def add(
         self,
@@ -582,8 +593,41 @@ class VisualMemory:
         vectors = self.featurizer.embed([ok_imgs[j] for j in keep])
         self._record_source_roots([ok_sources[j] for j in keep])
         added = self.store.add(vectors, [ok_labels[j] for j in keep], [ok_sources[j] for j in keep], tags)
+        if added:
+            self._journal("add", points=len(added), labels=label_counts([ok_labels[j] for j in keep]),
+                          detail={"tags": tags} if tags else {})
         id_of = dict(zip((ok_sources[j] for j in keep), added, strict=True))
         return [id_of[src] for src in ok_sources], failed
+
+    def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
+        """Record an edit that has been made. A journal that cannot be written is logged, not raised: the edit
+        stands, and failing the call would say it did not."""
+        try:
+            self.store.journal.append(entries_for(op, ids, via=self.via, **fields))
+        except Exception:
+            log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
+                      fields.get("points", len(ids)), exc_info=True)
+
+    def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
+                limit: int | None = None) -> list[JournalEntry]:
+        """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune and tune made
+        through vmem, when, by which process, and (forget, relabel) the ids of the points changed.
+
+        `point_id` or `source` (the image's path or URI, as it was added): only the edits that forgot or
+        relabelled that point. Whether it is in the memory now, and since when, is `point(id)`.
+
+        Example:
+            >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
+        """
+        if point_id is not None and source is not None:
+            raise ValueError("give a point id or a source, not both")
+        if source is not None:
+            point_id = point_id_for(normalize_source(source))
+        elif point_id is not None:
+            point_id = parse_point_id(point_id)
+        entries = [e for e in reversed(self.store.journal.read())
+                   if (op is None or e.op == op) and (point_id is None or e.cites(point_id))]
+        return entries[:limit] if limit is not None else entries
 
     def on_forget(self, listener: PointsListener) -> None:
         """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""
@@ -631,7 +675,12 @@ class VisualMemory:
             raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
                              "its segments on its own schedule): forget without erase")
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
+        # Read before they go: the journal is all that will say which points went, and what they were.
+        present = self.store.existing_labels(targets) if targets else {}
         n = self.store.delete_ids(targets)
+        if present:
+            self._journal("forget", list(present), points=n, labels=label_counts(present),
+                          selector=_selector(ids, label, source_prefix))
         for listener in self._forget_listeners:
             listener(targets)
         if self._reranker is None and targets:
@@ -670,16 +719,21 @@ class VisualMemory:
             raise ValueError(f"the new label must be a non-empty string, got {to!r}")
         if not self.store.count(label=to) and (hints := self.name_hints([to])):
             raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
-        n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to))
+        n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to,
+                                     _selector(ids, label, source_prefix)))
         if n and label is not None and not self.store.count(label=label):
             # A class renamed or merged: its DMN dynamic memories go with it (emptied otherwise, as a label
             # the memory no longer holds).
             self.dmn.rename_label(label, to)
         return n
 
-    def _relabel_points(self, ids: list[str], to: str) -> list[str]:
+    def _relabel_points(self, ids: list[str], to: str, selector: dict[str, Any]) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
-        changed = list(self.store.relabel(ids, to))
+        before = self.store.relabel(ids, to)
+        changed = list(before)
+        if changed:
+            self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
+                          selector=selector)
         if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile
             for listener in self._relabel_listeners:
                 listener(changed)
@@ -763,6 +817,7 @@ class VisualMemory:
         (searches go on meanwhile). What stays: the engine's write-ahead log of recent writes (README, "Forgetting").
         """
         self.store.erase_forgotten()
+        self._journal("erase")
 
     # ------------------------------------------------------------------ copying
 
@@ -886,6 +941,15 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str | None) -> dict[str, Any]:
+    """How an edit chose its points, for the journal."""
+    if label is not None:
+        return {"label": label}
+    if source_prefix is not None:
+        return {"source_prefix": source_prefix}
+    return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
 
 
 def _links_under(source_prefix: str) -> tuple[list[str], list[str]]:

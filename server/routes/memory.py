@@ -21,6 +21,8 @@ from ..schemas import (
     FeaturizerOut,
     ForgetOut,
     ForgetQuery,
+    HistoryOut,
+    HistoryQuery,
     LabelNamesIn,
     LabelNamesOut,
     PointLabelIn,
@@ -226,6 +228,17 @@ async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep)
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
     names = await service.run(service.set_label_names, body.names, body.replace)
     return LabelNamesOut(label_names=names)
+
+
+@router.get("/history", summary="The memory's edits", response_model=HistoryOut,
+            responses=problem_responses(422, 503))
+async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> HistoryOut:
+    """Every add, forget, relabel, erase, naming, prune and tune made through vmem (any process: the service,
+    the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
+    whether and when a point was forgotten, and through what."""
+    point_id = str(q.point_id) if q.point_id is not None else None
+    entries = await service.run(service.memory.history, point_id=point_id, op=q.op)
+    return HistoryOut(entries=entries[: q.limit], earlier=max(0, len(entries) - q.limit))
 
 
 @router.get("/points", summary="List memory points", response_model=PointsOut, responses=problem_responses(422, 503))

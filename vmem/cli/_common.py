@@ -33,8 +33,10 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
 
     check_memory_location(memory, qdrant_url)
     try:
-        return VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
-                                 index=index)
+        mem = VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
+                                index=index)
+        mem.via = "cli"  # as the journal records who edited
+        return mem
     except Exception as exc:
         if (problem := open_failure(memory, qdrant_url, exc)) is None:
             raise

@@ -425,6 +425,69 @@ def points(
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
 
 
+class JournalOpChoice(StrEnum):
+    add = "add"
+    forget = "forget"
+    relabel = "relabel"
+    erase = "erase"
+    name = "name"
+    prune = "prune"
+    unprune = "unprune"
+    tune = "tune"
+
+
+def history(
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    point: Annotated[str | None, typer.Option(
+        "--id", help="only the edits that forgot or relabelled this point")] = None,
+    source: Annotated[str | None, typer.Option(help="only the edits that forgot or relabelled the image added from "
+                                                    "this path or URI")] = None,
+    op: Annotated[JournalOpChoice | None, typer.Option(help="only edits of this kind")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per edit, with the ids it changed")] = False,
+) -> None:
+    """The memory's edits, newest first: when, what, how many points of which labels, and who (cli, http,
+    python; host and process). A forget lists the ids it deleted: `--source` answers whether and when an image
+    was forgotten."""
+    if point is not None and source is not None:
+        raise typer.BadParameter("give --id or --source, not both")
+    point_id = _point_id(point) if point is not None else None
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        entries = mem.history(point_id=point_id, source=source, op=op.value if op else None)
+        now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
+    if point_id is not None or source is not None:
+        who = point_id or source
+        state = (f"in the memory now, labelled {now.label!r}, added {now.added_at}" if now is not None
+                 else "not in the memory now")
+        typer.echo(f"{who}: {state}", err=json_out)
+    for e in entries[:limit]:
+        if json_out:
+            typer.echo(e.model_dump_json())
+            continue
+        labels = ", ".join(f"{lab}: {n}" for lab, n in list(e.labels.items())[:5])
+        more = f" and {len(e.labels) - 5} more labels" if len(e.labels) > 5 else ""
+        what = f"{e.points} points" + (f" ({labels}{more})" if labels else "") if e.op not in ("erase", "tune") else ""
+        if e.op == "relabel":
+            what += f" to {e.to!r}"
+        chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
+        part = f" [part {e.part + 1}]" if e.part is not None else ""
+        typer.echo("\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what,
+                                           f"by {chosen}" if chosen else "", f"via {e.via} on {e.host} (pid {e.pid})")
+                             if x))
+    if len(entries) > limit:
+        typer.echo(f"... and {len(entries) - limit} earlier edits (--limit)", err=True)
+    if not entries:
+        typer.echo("no edits recorded" + (" for it" if point_id or source else ""), err=True)
+
+
+def _source_id(source: str | None) -> str:
+    from retrieval import normalize_source, point_id_for
+
+    return point_id_for(normalize_source(source or ""))
+
+
 def labels(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,

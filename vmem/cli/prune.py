@@ -38,13 +38,13 @@ def prune(
     with mem:
         store = mem.store
         if undo:
-            n = undo_pruning(store)
+            n = undo_pruning(store, via="cli")
             typer.echo(f"pruning undone: {n} points restored; {store.count()} points in memory")
             return
         require_points(mem)
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             report = prune_store(store, mode, threshold=threshold, k=k, blame=blame,  # type: ignore[arg-type]
-                                 progress=bar.update)
+                                 progress=bar.update, via="cli")
     typer.echo(report.summary())
 
 

@@ -1,0 +1,164 @@
+"""The memory's journal: one entry per edit (add, forget, relabel, erase, names, prune, tune), kept with it.
+
+A forgotten point leaves nothing else behind, so the journal is where "was this image forgotten, when, and
+how" is answered: a forget's entry lists the ids of the points it deleted (a point's id is the UUIDv5 of
+its source, so a source can be looked up without the journal keeping any path). Adds are recorded as counts
+per label: an added point carries its own `added_at`.
+
+An entry is written after its edit has succeeded: a process killed in between leaves the edit made and not
+journaled, never the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune"]
+JOURNAL_FILE = "journal.jsonl"
+# Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
+# server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
+IDS_PER_ENTRY = 100_000
+
+
+class JournalEntry(BaseModel):
+    """One edit of the memory."""
+
+    at: str = Field(description="when the edit finished (UTC, ISO 8601)")
+    op: JournalOp = Field(description="the kind of edit")
+    points: int = Field(0, description="points the edit added, deleted or relabelled")
+    labels: dict[str, int] = Field(default_factory=dict,
+                                   description="points per label the edit added or deleted (relabel: per old label)")
+    ids: list[str] = Field(default_factory=list, description="forget and relabel: the ids of the points changed")
+    to: str | None = Field(None, description="relabel: the new label")
+    selector: dict[str, Any] = Field(default_factory=dict,
+                                     description="how the points were chosen: label, source_prefix, or ids asked for")
+    detail: dict[str, Any] = Field(default_factory=dict, description="what else the edit was: names set, settings")
+    via: str = Field("python", description="python, cli or http")
+    host: str = Field(default_factory=socket.gethostname, description="the machine of the process that edited")
+    pid: int = Field(default_factory=os.getpid, description="that process's id")
+    part: int | None = Field(None, description="an edit of more than 100,000 points: which of its entries")
+
+    def cites(self, point_id: str) -> bool:
+        return point_id in self.ids
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def entries_for(op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> list[JournalEntry]:
+    """The entries of one edit: one, or one per 100,000 ids."""
+    at = now()
+    if len(ids) <= IDS_PER_ENTRY:
+        return [JournalEntry(at=at, op=op, ids=list(ids), **fields)]
+    return [JournalEntry(at=at, op=op, ids=list(ids[start : start + IDS_PER_ENTRY]), part=i, **fields)
+            for i, start in enumerate(range(0, len(ids), IDS_PER_ENTRY))]
+
+
+def label_counts(labels: Mapping[str, str] | Sequence[str]) -> dict[str, int]:
+    """Points per label, most first, from labels (or {id: label})."""
+    values = labels.values() if isinstance(labels, Mapping) else labels
+    return most_first(Counter(values))
+
+
+def most_first(counts: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class Journal(ABC):
+    """Where a memory's entries are kept."""
+
+    @abstractmethod
+    def append(self, entries: Sequence[JournalEntry]) -> None: ...
+
+    @abstractmethod
+    def read(self) -> list[JournalEntry]:
+        """Every entry, oldest first."""
+
+
+class FileJournal(Journal):
+    """JSON lines in a file beside an embedded memory, appended to and synced with each edit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, entries: Sequence[JournalEntry]) -> None:
+        if not entries:
+            return
+        text = "".join(e.model_dump_json() + "\n" for e in entries)
+        # One write of whole lines to a file opened for appending: a crash leaves at most a torn last line.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[JournalEntry]:
+        if not self.path.exists():
+            return []
+        return list(self._entries())
+
+    def _entries(self) -> Iterator[JournalEntry]:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    return  # torn by a crash mid-write: the edit itself was made; its entry is lost
+                yield JournalEntry.model_validate_json(line)
+
+
+class CollectionJournal(Journal):
+    """Entries as the payloads of points of their own collection beside the memory's on a Qdrant server (one
+    1-d vector each: every collection needs vectors), so that every process sharing the memory writes it."""
+
+    def __init__(self, client: Any, collection: str) -> None:
+        self.client = client
+        self.collection = collection
+        self._exists = False  # known to exist: asked once per process, not once per edit
+
+    def _create(self) -> None:
+        from qdrant_client import models as qm
+
+        if not self._exists and not self.client.collection_exists(self.collection):
+            try:
+                self.client.create_collection(self.collection, vectors_config=qm.VectorParams(
+                    size=1, distance=qm.Distance.DOT), on_disk_payload=True)
+            except Exception:
+                if not self.client.collection_exists(self.collection):  # not made by another process meanwhile
+                    raise
+        self._exists = True
+
+    def append(self, entries: Sequence[JournalEntry]) -> None:
+        from qdrant_client import models as qm
+
+        if not entries:
+            return
+        self._create()
+        seq = time.time_ns()  # orders the entries of one edit, and edits within a clock tick
+        self.client.upsert(self.collection, wait=True, points=[
+            qm.PointStruct(id=str(uuid.uuid4()), vector=[1.0],
+                           payload={**e.model_dump(mode="json"), "seq": seq + i})
+            for i, e in enumerate(entries)])
+
+    def read(self) -> list[JournalEntry]:
+        if not self.client.collection_exists(self.collection):
+            return []
+        payloads: list[dict[str, Any]] = []
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(self.collection, limit=256, offset=offset, with_payload=True,
+                                              with_vectors=False)
+            payloads += [r.payload or {} for r in recs]
+            if offset is None or not recs:
+                break
+        payloads.sort(key=lambda p: (p.get("at", ""), p.get("seq", 0)))
+        return [JournalEntry.model_validate({k: v for k, v in p.items() if k != "seq"}) for p in payloads]

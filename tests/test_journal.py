@@ -1,0 +1,164 @@
+"""The memory's journal: every edit recorded with the memory, and a forgotten image's trace.
+
+Memories hold 4 red, 4 green and 4 blue textures, embedded once by the real EfficientNet-Lite0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+from qdrant_client import QdrantClient
+from typer.testing import CliRunner
+
+import retrieval.journal
+from retrieval.journal import JOURNAL_FILE, JournalEntry
+from retrieval.store import QdrantServerStore, point_id_for
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def memory(request, tmp_path, lite0, images):
+    location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
+    mem = fill_memory(location, lite0, images)
+    yield mem
+    mem.close()
+
+
+def test_every_edit_is_recorded_newest_first_with_what_it_touched(memory, images, tmp_path):
+    lime = [texture((120, 230, 60), seed=900 + i) for i in range(2)]
+    memory.add(lime, ["lime", "lime"], sources=["upload:lime-0", "upload:lime-1"], tags={"batch": "7"})
+    green = [str(p) for p, label in zip(images.paths, images.labels, strict=True) if label == "green"]
+    memory.relabel("verde", label="green")
+    memory.set_label_names({"verde": "leaf green"})
+    assert memory.forget(source_prefix=green[0]) == 1
+    assert memory.forget(ids=["00000000-0000-0000-0000-000000000000"]) == 0  # nothing went: nothing recorded
+
+    forget, name, relabel, add = memory.history()
+    assert (add.op, add.points, add.labels, add.detail, add.via) == ("add", 2, {"lime": 2}, {"tags": {"batch": "7"}},
+                                                                      "python")
+    assert (relabel.op, relabel.points, relabel.labels, relabel.to, relabel.selector) == (
+        "relabel", 4, {"green": 4}, "verde", {"label": "green"})
+    assert name.detail == {"names": {"verde": "leaf green"}, "replace": False}
+    assert (forget.op, forget.points, forget.labels) == ("forget", 1, {"verde": 1})
+    assert forget.ids == [point_id_for(green[0])]
+    assert forget.host and forget.pid == os.getpid() and forget.at >= add.at
+
+    # Was this image forgotten, and when? Its source is enough: a point's id derives from it.
+    assert memory.history(source=green[0]) == [forget, relabel]
+    assert memory.point(forget.ids[0]) is None
+    assert memory.history(point_id=point_id_for(green[1])) == memory.history(source=green[1]) == [relabel]
+    assert memory.history(op="add", limit=5) == [add] and len(memory.history(limit=2)) == 2
+
+
+def test_a_forget_of_many_points_is_recorded_in_parts(memory, monkeypatch):
+    monkeypatch.setattr(retrieval.journal, "IDS_PER_ENTRY", 5)
+    ids = memory.store.ids_where(label="red") + memory.store.ids_where(label="blue")
+    assert memory.forget(ids=ids) == 8
+    parts = memory.history(op="forget")
+    assert [e.part for e in parts] == [1, 0] and sorted(parts[0].ids + parts[1].ids) == sorted(ids)
+    assert {e.at for e in parts} == {parts[0].at}
+
+
+def test_processes_sharing_a_server_write_one_journal(lite0, images):
+    client = QdrantClient(":memory:")
+    first = fill_memory(":memory:", lite0, images)
+    a = VisualMemory(QdrantServerStore(":memory:", first.store.meta, client=client), lite0, reranker=None)
+    first.close()
+    b = VisualMemory(QdrantServerStore(":memory:", client=client), lite0, reranker=None)
+    a.add([texture((9, 9, 9), 1)], ["grey"], sources=["upload:grey"])
+    b.forget(ids=b.store.ids_where(label="grey"))
+    assert [e.op for e in a.history()] == [e.op for e in b.history()] == ["forget", "add"]
+
+
+def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_no_edit(tmp_path, lite0, images,
+                                                                                         caplog):
+    location = tmp_path / "memory"
+    with fill_memory(str(location), lite0, images) as mem:
+        mem.forget(label="red")
+    with open(location / JOURNAL_FILE, "a") as f:
+        f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg')  # a crash mid-write
+    with VisualMemory.open(location) as mem:
+        assert [e.op for e in mem.history()] == ["forget"]
+        os.remove(location / JOURNAL_FILE)
+        (location / JOURNAL_FILE).mkdir()  # cannot be appended to
+        with caplog.at_level(logging.ERROR, logger="vmem.visual_memory"):
+            assert mem.forget(label="blue") == 4  # the edit stands
+        assert "journal could not record a forget of 4 points" in caplog.text
+        assert mem.store.count() == 4
+    shutil.rmtree(location / JOURNAL_FILE)
+
+
+def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, images):
+    location = str(tmp_path / "memory")
+    with fill_memory(location, lite0, images):
+        pass
+    runner = CliRunner(env={"COLUMNS": "250"})
+    gone = str(images.paths[0])  # a red image
+    assert runner.invoke(app, ["forget", "--memory", location, "--source", gone]).exit_code == 0
+    assert runner.invoke(app, ["relabel", "--memory", location, "--label", "blue", "--to", "navy"]).exit_code == 0
+    assert runner.invoke(app, ["prune", "--memory", location, "--mode", "soft", "--k", "3"]).exit_code == 0
+    assert runner.invoke(app, ["prune", "--memory", location, "--undo"]).exit_code == 0
+
+    shown = runner.invoke(app, ["history", "--memory", location])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["unprune", "prune", "relabel", "forget"]
+    assert "4 points (blue: 4) to 'navy'\tby label 'blue'\tvia cli on " in lines[2]
+    assert f"1 points (red: 1)\tby source_prefix '{gone}'" in lines[3]
+
+    one = runner.invoke(app, ["history", "--memory", location, "--source", gone])
+    assert one.stderr.startswith(f"{gone}: not in the memory now") or one.stdout.startswith(f"{gone}: not in")
+    assert [line.split("\t")[1] for line in one.stdout.splitlines()[1:]] == ["forget"]
+    kept = runner.invoke(app, ["history", "--memory", location, "--source", str(images.paths[5]), "--json"])
+    assert "in the memory now, labelled 'green'" in kept.stderr and kept.stdout == ""
+    assert "no edits recorded for it" in kept.stderr
+    as_json = [JournalEntry.model_validate_json(line) for line in runner.invoke(
+        app, ["history", "--memory", location, "--op", "forget", "--json"]).stdout.splitlines()]
+    assert [(e.op, e.via, len(e.ids)) for e in as_json] == [("forget", "cli", 1)]
+    both = runner.invoke(app, ["history", "--memory", location, "--id", as_json[0].ids[0], "--source", gone])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(create_app(settings, memory=mem)) as client:
+        added = client.post("/v1/memory", headers=KEY, data={"label": "lime"},
+                            files=[("images", ("lime.png", texture((120, 230, 60), seed=900), "image/png"))])
+        point = added.json()["added"][0]["id"]
+        assert client.delete(f"/v1/memory/points/{point}", headers=KEY).status_code == 200
+
+        history = client.get("/v1/memory/history").json()
+        assert [(e["op"], e["via"], e["points"]) for e in history["entries"]] == [("forget", "http", 1),
+                                                                                 ("add", "http", 1)]
+        assert history["entries"][0]["ids"] == [point] and history["earlier"] == 0
+        of_point = client.get("/v1/memory/history", params={"point_id": point}).json()
+        assert [e["op"] for e in of_point["entries"]] == ["forget"]
+        latest = client.get("/v1/memory/history", params={"limit": 1, "op": "add"}).json()
+        assert ([e["op"] for e in latest["entries"]], latest["earlier"]) == (["add"], 0)
+        assert client.get("/v1/memory/history", params={"limit": 1}).json()["earlier"] == 1
+        assert client.get("/v1/memory/history", params={"op": "delete"}).status_code == 422
+        assert client.get("/v1/memory/history", params={"point_id": "nope"}).status_code == 422
+    mem.close()
+
+
+def test_journal_entries_round_trip_as_json_lines():
+    entry = JournalEntry(at="2026-12-05T00:00:00+00:00", op="relabel", points=1, ids=["a"], to="b")
+    assert JournalEntry.model_validate(json.loads(entry.model_dump_json())) == entry
