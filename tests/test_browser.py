@@ -113,6 +113,14 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     wait.until(lambda d: len(card_ids(d)) == 5 and second_id not in card_ids(d))
     browser.save_screenshot(str(ARTIFACTS / "page-after-erase.png"))
 
+    # The memory's journal, newest first: the erase, then the two forgets made through the page.
+    browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 3)
+    edits = browser.find_elements(By.CSS_SELECTOR, "#history-list li")
+    assert [e.get_attribute("data-op") for e in edits] == ["erase", "forget", "forget"]
+    assert edits[1].text.endswith("forget 1 point (red: 1) via http")
+    browser.save_screenshot(str(ARTIFACTS / "page-history.png"))
+
 
 def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By

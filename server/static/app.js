@@ -35,6 +35,7 @@ async function loadStats() {
   labelNames = s.label_names || {};
   listLabels();
   fillLabelOptions();
+  loadHistory();
   $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
@@ -215,6 +216,43 @@ function fillLabelOptions() {
   $("label-options").replaceChildren(...options);
 }
 
+// The journal's latest edits (GET v1/memory/history), read when the box is opened and after each edit here.
+async function loadHistory() {
+  if (!$("history-box").open) return;
+  const resp = await fetch("v1/memory/history?limit=20");
+  const list = $("history-list");
+  if (!resp.ok) {
+    const li = document.createElement("li");
+    li.textContent = `history unavailable: ${await problemText(resp)}`;
+    list.replaceChildren(li);
+    return;
+  }
+  const body = await resp.json();
+  const items = body.entries.map((e) => {
+    const li = document.createElement("li");
+    li.dataset.op = e.op;
+    const labels = Object.entries(e.labels).slice(0, 3).map(([l, n]) => `${named(l, labelNames[l])}: ${n}`);
+    const what = ["erase", "tune"].includes(e.op) ? "" : ` ${e.points} point${e.points === 1 ? "" : "s"}` +
+      (labels.length ? ` (${labels.join(", ")}${Object.keys(e.labels).length > 3 ? ", …" : ""})` : "") +
+      (e.to ? ` to ${named(e.to, labelNames[e.to])}` : "");
+    const when = document.createElement("time");
+    when.dateTime = e.at;
+    when.textContent = new Date(e.at).toLocaleString();
+    const via = document.createElement("span");
+    via.className = "muted";
+    via.textContent = ` via ${e.via}`;
+    li.append(when, ` ${e.op}${what}`, via);
+    return li;
+  });
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "no edits recorded yet";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
+
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
@@ -349,6 +387,7 @@ function init() {
   });
   $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
   $("label-filter").addEventListener("input", listLabels);
+  $("history-box").addEventListener("toggle", loadHistory);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
   for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
   loadStats();
