@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune"]
+JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy"]
 JOURNAL_FILE = "journal.jsonl"
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
@@ -51,6 +51,10 @@ class JournalEntry(BaseModel):
 
     def cites(self, point_id: str) -> bool:
         return point_id in self.ids
+
+    def key(self) -> tuple[Any, ...]:
+        """What tells one recorded edit from another (a copy of an entry has the same)."""
+        return self.at, self.op, self.host, self.pid, self.part
 
 
 def now() -> str:
@@ -86,6 +90,15 @@ class Journal(ABC):
     def read(self) -> list[JournalEntry]:
         """Every entry, oldest first."""
 
+    def carry_from(self, other: Journal) -> int:
+        """Append the entries of `other` this journal does not hold yet (a memory copied here: its history comes
+        along; a copy run again adds none twice). Returns how many."""
+        held = {e.key() for e in self.read()}
+        new = [e for e in other.read() if e.key() not in held]
+        for start in range(0, len(new), 256):
+            self.append(new[start : start + 256])
+        return len(new)
+
 
 class FileJournal(Journal):
     """JSON lines in a file beside an embedded memory, appended to and synced with each edit."""
@@ -106,7 +119,8 @@ class FileJournal(Journal):
     def read(self) -> list[JournalEntry]:
         if not self.path.exists():
             return []
-        return list(self._entries())
+        # In time order: entries carried from a copied memory are appended after this one's own.
+        return sorted(self._entries(), key=lambda e: e.at)
 
     def _entries(self) -> Iterator[JournalEntry]:
         with open(self.path, encoding="utf-8") as f:

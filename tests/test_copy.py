@@ -61,6 +61,25 @@ def test_embedded_to_a_server_and_back_loses_nothing(tmp_path):
         assert again.store.count(searchable=True) == 59  # the pruned point is still out of search
 
 
+def test_the_journal_goes_with_the_copy_and_says_it_was_copied(tmp_path):
+    with make_memory(tmp_path / "edge") as mem:
+        mem.forget(label="fox")
+        server, _ = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+        with VisualMemory(server, reranker=None) as copied:
+            history = copied.history()
+            assert [e.op for e in history] == ["copy", "forget", "name"]
+            assert (history[0].points, history[0].selector) == (40, {"from": str(tmp_path / "edge")})
+            assert history[1] == mem.history(op="forget")[0]  # as recorded: when, by whom, which ids
+            assert copied.history(source="/data/fox/45.jpg") == [history[1]]
+            back, _ = copied.copy_to(tmp_path / "edge2")
+            back.close()
+        again, _ = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")  # run twice: nothing carried twice
+        with VisualMemory(again, reranker=None) as twice:
+            assert [e.op for e in twice.history()] == ["copy", "copy", "forget", "name"]
+    with VisualMemory(open_store(tmp_path / "edge2"), reranker=None) as back_home:
+        assert [e.op for e in back_home.history()] == ["copy", "copy", "forget", "name"]
+
+
 def test_a_copy_cut_short_is_finished_by_running_it_again(tmp_path):
     with make_memory(tmp_path / "edge") as mem:
         dest, _ = mem.copy_to(tmp_path / "copy")

@@ -827,8 +827,9 @@ class VisualMemory:
         again. Moves an embedded memory to a Qdrant server, or back, or into other index settings.
 
         Points keep their ids, labels, sources, tags and pruning state; the label names and settings (tuned
-        vote, source roots, pruning) go with them. A memory already there must have the same encoder; its
-        points stay, points with the same id are overwritten (so a copy cut short can be run again).
+        vote, source roots, pruning) and the journal go with them, and the copy is journaled there. A memory
+        already there must have the same encoder; its points stay, points with the same id are overwritten (so a
+        copy cut short can be run again).
 
         Args:
             index: a new memory's index settings (default: this memory's; an embedded-only setting is dropped
@@ -850,9 +851,11 @@ class VisualMemory:
                 notes.append("rescore_doubtful keeps a file beside an embedded memory: the server copy rescores "
                              "by its original vectors instead")
         dest = open_store(location, self.store.meta.featurizer, index=index)
+        copied = 0
         try:
             for batch in self.store.scroll(batch_size=batch_size, with_vectors=True):
                 dest.put(batch)
+                copied += len(batch)
                 if progress is not None:
                     progress(len(batch))
             meta, mine = dest.meta, self.store.meta
@@ -864,6 +867,10 @@ class VisualMemory:
                 else:
                     meta.settings.setdefault(key, value)  # the destination's own tuned settings win
             dest.save_meta()
+            # The history goes too: a memory moved to a server still says what was forgotten, and when.
+            dest.journal.carry_from(self.store.journal)
+            dest.journal.append(entries_for("copy", points=copied, selector={"from": self.store.location},
+                                            via=self.via))
             dest.flush()
             dest.optimize()
         except BaseException:

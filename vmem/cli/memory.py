@@ -7,7 +7,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from tqdm import tqdm
@@ -25,6 +25,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
+from retrieval.journal import JournalOp
 
 from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
@@ -425,15 +426,7 @@ def points(
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
 
 
-class JournalOpChoice(StrEnum):
-    add = "add"
-    forget = "forget"
-    relabel = "relabel"
-    erase = "erase"
-    name = "name"
-    prune = "prune"
-    unprune = "unprune"
-    tune = "tune"
+JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})
 
 
 def history(
