@@ -25,7 +25,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
-from retrieval.journal import JournalOp
+from retrieval.journal import JournalEntry, JournalOp
 
 from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
@@ -450,29 +450,43 @@ def history(
     with mem:
         entries = mem.history(point_id=point_id, source=source, op=op.value if op else None)
         now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
+        names = mem.label_names
     if point_id is not None or source is not None:
         who = point_id or source
-        state = (f"in the memory now, labelled {now.label!r}, added {now.added_at}" if now is not None
+        state = (f"in the memory now, labelled {_named(now.label, names)}, added {now.added_at}" if now is not None
                  else "not in the memory now")
         typer.echo(f"{who}: {state}", err=json_out)
     for e in entries[:limit]:
-        if json_out:
-            typer.echo(e.model_dump_json())
-            continue
-        labels = ", ".join(f"{lab}: {n}" for lab, n in list(e.labels.items())[:5])
-        more = f" and {len(e.labels) - 5} more labels" if len(e.labels) > 5 else ""
-        what = f"{e.points} points" + (f" ({labels}{more})" if labels else "") if e.op not in ("erase", "tune") else ""
-        if e.op == "relabel":
-            what += f" to {e.to!r}"
-        chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
-        part = f" [part {e.part + 1}]" if e.part is not None else ""
-        typer.echo("\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what,
-                                           f"by {chosen}" if chosen else "", f"via {e.via} on {e.host} (pid {e.pid})")
-                             if x))
+        typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
     if len(entries) > limit:
         typer.echo(f"... and {len(entries) - limit} earlier edits (--limit)", err=True)
     if not entries:
         typer.echo("no edits recorded" + (" for it" if point_id or source else ""), err=True)
+
+
+def _named(label: str, names: dict[str, str]) -> str:
+    return f"{label!r} ({names[label]})" if label in names else repr(label)
+
+
+def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
+    """One edit, tab-separated: when, what, how the points were chosen, who."""
+    if e.op == "name":
+        what = f"{len(e.detail.get('names', {}))} names" + (" (replacing all)" if e.detail.get("replace") else "")
+    elif e.op == "tune":
+        vote = e.detail.get("vote", {})
+        what = f"vote {vote.get('rule')}, k={vote.get('k')}"
+    elif e.op == "erase":
+        what = ""
+    else:
+        labels = ", ".join(f"{_named(lab, names)}: {n}" for lab, n in list(e.labels.items())[:5])
+        more = f" and {len(e.labels) - 5} more labels" if len(e.labels) > 5 else ""
+        what = f"{e.points} points" + (f" ({labels}{more})" if labels else "")
+        if e.op == "relabel":
+            what += f" to {_named(e.to or '', names)}"
+    chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
+    part = f" [part {e.part + 1}]" if e.part is not None else ""
+    return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what, f"by {chosen}" if chosen else "",
+                                 f"via {e.via} on {e.host} (pid {e.pid})") if x)
 
 
 def _source_id(source: str | None) -> str:
