@@ -26,7 +26,7 @@ from .problems import Problem, install_problem_handlers
 from .routes import classify, ops, page, templates
 from .routes import memory as memory_routes
 from .routes.page import STATIC_DIR
-from .service import ClassifierService
+from .service import Auditor, ClassifierService
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,16 @@ def open_memory(settings: Settings) -> VisualMemory:
                              device=settings.device)
 
 
-def create_app(settings: Settings | None = None, memory: VisualMemory | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, memory: VisualMemory | None = None,
+               auditor: Auditor | None = None) -> FastAPI:
     """Build the service.
 
     Args:
         settings: validated settings; default `Settings()` reads `VMEM_*` variables and `.env`.
         memory: an already open memory to serve (the caller keeps ownership); default: open
             `settings.location` at start-up and close it at shutdown.
+        auditor: what `GET /v1/memory/suspects` runs (`eval.label_audit.audit_labels`, which `vmem serve`
+            gives); without one that route answers 404.
 
     Returns:
         The FastAPI app; run it with uvicorn, or `TestClient(app)` in tests.
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
         if app.state.service is None:
             log.info("opening memory at %s", settings.location)
             loaded = await run_in_threadpool(open_memory, settings)
-            app.state.service = ClassifierService(loaded, settings, metrics, owns_memory=True)
+            app.state.service = ClassifierService(loaded, settings, metrics, owns_memory=True, auditor=auditor)
         service: ClassifierService = app.state.service
         if settings.prefetch_memory:
             await service.run(service.prefetch_memory)
@@ -81,7 +84,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     app.state.settings = settings
     app.state.metrics = metrics
     # Given a memory, serve it at once: the app also works where the lifespan does not run.
-    app.state.service = ClassifierService(memory, settings, metrics) if memory is not None else None
+    app.state.service = ClassifierService(memory, settings, metrics, auditor=auditor) if memory is not None else None
 
     install_problem_handlers(app)
     for router in (classify.router, memory_routes.router, templates.router, ops.router, page.router):

@@ -190,6 +190,18 @@ class HistoryQuery(BaseModel):
     limit: int = Field(50, ge=1, le=1000, description="edits listed, newest first")
 
 
+class SuspectsQuery(BaseModel):
+    """Which probable mislabels to list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_share: float = Field(0.5, ge=0, le=1, description="another label's share of a point's neighbours' vote that "
+                                                          "makes it a suspect (higher: fewer, surer)")
+    label: str | None = Field(None, min_length=1, max_length=200,
+                              description="only suspects with this label, or suggested this label")
+    limit: int = Field(50, ge=1, le=1000, description="suspects listed, most confident first")
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -361,3 +373,30 @@ class HistoryOut(BaseModel):
     entries: list[JournalEntry] = Field(description="each edit: when, what, how many points of which labels, the ids "
                                                     "a forget or relabel changed, and who (via, host, pid)")
     earlier: int = Field(description="edits older than these, left out by `limit`")
+
+
+class SuspectOut(BaseModel):
+    """A point the rest of the memory votes another label: probably mislabelled, to check."""
+
+    id: str = Field(description="point id: relabel it with PATCH /v1/memory/points/{id}")
+    label: str = Field(description="the point's label")
+    label_name: str | None = Field(None, description="its name, where the memory names its labels")
+    suggested: str = Field(description="the label its 50 nearest other points vote for it (rank vote)")
+    suggested_name: str | None = Field(None, description="that label's name")
+    share: float = Field(description="the suggested label's share of the vote (0 to 1)")
+    own_share: float = Field(description="the point's own label's share")
+    source: str = Field(description="the point's image")
+    thumbnail_url: str = Field(description="URL of a JPEG thumbnail of the image")
+
+
+class SuspectsOut(BaseModel):
+    """The label audit: every point queried against the rest of the memory (exact search)."""
+
+    status: Literal["running", "done"] = Field(description="running: ask again (see Retry-After) for the list")
+    points: int = Field(description="points audited")
+    searched: int = Field(description="points searched so far")
+    current: bool = Field(description="false while the memory has been edited since this audit began: asking "
+                                      "again once it is done starts a new one")
+    seconds: float | None = Field(None, description="how long the audit took, once done")
+    suspects: list[SuspectOut] = Field(default_factory=list, description="most confident first (done only)")
+    total_suspects: int = Field(0, description="suspects found, before `limit`")

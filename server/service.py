@@ -8,6 +8,7 @@ event loop stays free for health checks and cached answers while images are bein
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import io
@@ -68,6 +69,29 @@ class Answer:
     cached: bool
 
 
+# Audits the memory's labels: (store, progress) -> an object with `ids` and `suspects(min_share)`, each suspect
+# with id, label, suggested, share, own_share and source (`eval.label_audit.audit_labels`). Given by whoever
+# builds the app (`vmem serve`), so that the service does not depend on `eval`.
+Auditor = Callable[[Any, Callable[[int], None]], Any]
+
+
+@dataclass
+class AuditJob:
+    """One audit of the memory's labels, for one version of its points; run in a thread of its own."""
+
+    generation: int
+    total: int
+    done: int = 0
+    result: Any = None
+    error: str | None = None
+    started: float = dataclasses.field(default_factory=time.time)
+    seconds: float | None = None
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.error else "done" if self.result is not None else "running"
+
+
 class ThumbnailUnavailable(LookupError):
     """No thumbnail can be served for a point; the message says why."""
 
@@ -122,8 +146,12 @@ def template_registry() -> Any | None:
 class ClassifierService:
     """One loaded memory and what the routes need around it."""
 
-    def __init__(self, memory: VisualMemory, settings: Settings, metrics: Metrics, owns_memory: bool = False):
+    def __init__(self, memory: VisualMemory, settings: Settings, metrics: Metrics, owns_memory: bool = False,
+                 auditor: Auditor | None = None):
         self.memory = memory
+        self.auditor = auditor
+        self._audit: AuditJob | None = None
+        self._audit_lock = threading.Lock()
         memory.via = "http"  # edits through the service, as the journal records them
         self.settings = settings
         self.metrics = metrics
@@ -399,6 +427,45 @@ class ClassifierService:
                  f" among {len(labels)} labels" if labels else "", value, self.settings.ood_percentile,
                  len(novelties), time.perf_counter() - t0)
         return value
+
+    # ------------------------------------------------------------------ label audit
+
+    def audit(self) -> AuditJob:
+        """The audit of the memory's labels as its points are now: finished, failed, or running (started here
+        if none is). A memory edited since its audit is audited again; one audit runs at a time.
+
+        Not on the embedding threads: it reads every vector and searches them all (seconds at 20k points,
+        minutes at 1M), and classify requests must not queue behind it.
+        """
+        if self.auditor is None:
+            raise LookupError("this service was started without a label auditor (vmem serve has one)")
+        self.memory.refresh()
+        with self._audit_lock:
+            job = self._audit
+            # A failed audit (the memory unreachable meanwhile) is tried again when asked again.
+            if job is not None and (job.state == "running" or (job.state == "done"
+                                                                and job.generation == self._points_generation)):
+                return job
+            job = self._audit = AuditJob(self._points_generation, self.memory.store.count())
+        threading.Thread(target=self._run_audit, args=(job,), name="vmem-audit", daemon=True).start()
+        return job
+
+    def audit_is_current(self, job: AuditJob) -> bool:
+        return job.generation == self._points_generation
+
+    def _run_audit(self, job: AuditJob) -> None:
+        def progress(n: int) -> None:
+            job.done += n
+
+        t0 = time.perf_counter()
+        try:
+            job.result = self.auditor(self.memory.store, progress)  # type: ignore[misc]
+        except Exception as exc:  # e.g. fewer than 2 points; said by the route, logged here
+            log.warning("the label audit failed: %s", exc, exc_info=not isinstance(exc, ValueError))
+            job.error = str(exc)
+        job.seconds = time.perf_counter() - t0
+        if job.result is not None:
+            log.info("label audit of %d points done in %.1f s", job.total, job.seconds)
 
     # ------------------------------------------------------------------ thumbnails
 

@@ -280,3 +280,40 @@ def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, named_page_url
     assert "was crimson (red)" in moved.find_element(By.CLASS_NAME, "numbers").text
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-after-relabel.png"))
+
+
+def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from eval.label_audit import audit_labels
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    wrong = mem.store.ids_where(label="red")[0]
+    mem.relabel("blue", ids=[wrong])  # a red image labelled blue by mistake
+    app = create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem,
+                     auditor=lambda store, progress: audit_labels(store, progress=progress))
+    with live_server(app) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+        browser.find_element(By.CSS_SELECTOR, "#suspects-box summary").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#suspects-list li"))
+        [item] = browser.find_elements(By.CSS_SELECTOR, "#suspects-list li")
+        assert item.get_attribute("data-point-id") == wrong
+        assert item.text.startswith("navy (blue) → crimson (red)")
+        assert browser.find_element(By.ID, "suspects-note").text.startswith("1 of 12 points are voted another label")
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#suspects-list img')].every(i => i.complete && i.naturalWidth > 0)"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-suspects.png"))
+
+        item.find_element(By.CLASS_NAME, "relabel-suggested").click()
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#suspects-list li"))
+        assert browser.find_element(By.ID, "edit-note").text == "relabelled a point from navy (blue) to crimson (red)"
+        assert mem.point(wrong).label == "red"
+    mem.close()

@@ -32,6 +32,9 @@ from ..schemas import (
     RelabelIn,
     RelabelOut,
     StatsOut,
+    SuspectOut,
+    SuspectsOut,
+    SuspectsQuery,
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
@@ -239,6 +242,44 @@ async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> H
     point_id = str(q.point_id) if q.point_id is not None else None
     entries = await service.run(service.memory.history, point_id=point_id, op=q.op)
     return HistoryOut(entries=entries[: q.limit], earlier=max(0, len(entries) - q.limit))
+
+
+@router.get("/suspects", summary="Probably mislabelled points", response_model=SuspectsOut,
+            responses={202: {"model": SuspectsOut, "description": "the audit is running: ask again"},
+                       **problem_responses(404, 422, 500, 503)})
+async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, service: ServiceDep,
+                   response: Response) -> SuspectsOut:
+    """Points whose nearest other points vote another label (`vmem suspects`): each with the label suggested,
+    to check and relabel. The first request starts the audit (every point searched against the rest of the
+    memory: seconds at 20,000 points, minutes at a million) and answers 202 while it runs; its result is kept
+    until the memory's points change."""
+    if q.label is not None and not await service.run(service.memory.store.count, q.label):
+        raise ProblemError(422, f"the memory has no label {q.label!r}", "unknown-label", "Unknown label")
+    if await service.run(service.memory.store.count) < 2:
+        raise ProblemError(422, "the memory holds fewer than 2 points: no point has neighbours to vote",
+                           "invalid-parameters", "Invalid parameters")
+    try:
+        job = await service.run(service.audit)
+    except LookupError as exc:
+        raise ProblemError(404, str(exc), "not-available", "Not available here") from None
+    out = SuspectsOut(status="running" if job.state == "running" else "done", points=job.total,
+                      searched=min(job.done, job.total), current=service.audit_is_current(job),
+                      seconds=round(job.seconds, 2) if job.seconds is not None else None)
+    if job.state == "failed":
+        raise ProblemError(500, f"the label audit failed: {job.error}; ask again to retry", "audit-failed",
+                           "The audit failed")
+    if job.state == "running":
+        response.status_code = 202
+        response.headers["Retry-After"] = "2"
+        return out
+    names = service.memory.label_names
+    found = [s for s in job.result.suspects(q.min_share) if q.label is None or q.label in (s.label, s.suggested)]
+    out.total_suspects = len(found)
+    out.suspects = [SuspectOut(id=s.id, label=s.label, label_name=names.get(s.label), suggested=s.suggested,
+                               suggested_name=names.get(s.suggested), share=s.share, own_share=s.own_share,
+                               source=s.source, thumbnail_url=thumbnail_url(request, s.id))
+                    for s in found[: q.limit]]
+    return out
 
 
 @router.get("/points", summary="List memory points", response_model=PointsOut, responses=problem_responses(422, 503))

@@ -253,6 +253,59 @@ async function loadHistory() {
   list.replaceChildren(...items);
 }
 
+// The label audit (GET v1/memory/suspects): points the rest of the memory votes another label. The service
+// answers 202 while it audits; the box asks again every 2 s while it is open.
+let suspectsTimer = null;
+async function loadSuspects() {
+  clearTimeout(suspectsTimer);
+  if (!$("suspects-box").open) return;
+  const resp = await fetch("v1/memory/suspects?limit=20");
+  const list = $("suspects-list");
+  if (resp.status === 202) {
+    const body = await resp.json();
+    $("suspects-note").textContent = `auditing the memory's labels: ${body.searched} of ${body.points} points searched…`;
+    suspectsTimer = setTimeout(loadSuspects, 2000);
+    return;
+  }
+  if (!resp.ok) {
+    $("suspects-note").textContent = `no audit: ${await problemText(resp)}`;
+    list.replaceChildren();
+    return;
+  }
+  const body = await resp.json();
+  $("suspects-note").textContent = `${body.total_suspects} of ${body.points} points are voted another label by ` +
+    `their nearest others (audit: ${body.seconds} s)` + (body.total_suspects > body.suspects.length ? `; the ${body.suspects.length} surest:` : "");
+  list.replaceChildren(...body.suspects.map(suspectItem));
+}
+
+function suspectItem(s) {
+  const li = document.createElement("li");
+  li.dataset.pointId = s.id;
+  const img = document.createElement("img");
+  img.src = s.thumbnail_url;
+  img.alt = "";
+  img.loading = "lazy";
+  const text = document.createElement("span");
+  text.append(labelLink(s.label, s.label_name, named(s.label, s.label_name)), " → ",
+    labelLink(s.suggested, s.suggested_name, named(s.suggested, s.suggested_name)));
+  const share = document.createElement("span");
+  share.className = "muted";
+  share.textContent = ` ${Math.round(100 * s.share)} % of the vote`;
+  const fix = document.createElement("button");
+  fix.type = "button";
+  fix.className = "relabel-suggested";
+  fix.textContent = "Relabel";
+  fix.title = `relabel this point ${named(s.suggested, s.suggested_name)}`;
+  fix.addEventListener("click", async () => {
+    const node = document.createElement("div"); // relabel() removes a listed card; here the item goes instead
+    await relabel({ id: s.id, label: s.label, label_name: s.label_name }, node, s.suggested);
+    if (!$("error").hidden) return;
+    li.remove();
+  });
+  li.append(img, text, share, fix);
+  return li;
+}
+
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
@@ -388,6 +441,7 @@ function init() {
   $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
   $("label-filter").addEventListener("input", listLabels);
   $("history-box").addEventListener("toggle", loadHistory);
+  $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
   for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
   loadStats();

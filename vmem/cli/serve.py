@@ -56,7 +56,9 @@ def serve(
             raise
         raise problem from exc
     try:
-        app = create_app(settings, memory=mem)
+        from eval.label_audit import audit_labels
+
+        app = create_app(settings, memory=mem, auditor=lambda store, progress: audit_labels(store, progress=progress))
         typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:

@@ -1,0 +1,101 @@
+"""Probable mislabels over HTTP: the label audit runs beside the service, once per version of the memory.
+
+The memory holds 4 red, 4 green and 4 blue textures (real EfficientNet-Lite0 features); one red image is
+labelled blue by mistake, and the audit should point at it, suggesting red.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from eval.label_audit import audit_labels
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
+KEY = {"X-API-Key": API_KEY}
+
+
+def auditor(store, progress):
+    return audit_labels(store, progress=progress)
+
+
+def finished(client: TestClient, **params) -> dict:
+    """Ask until the audit is done (it runs in a thread of the service's own)."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = client.get("/v1/memory/suspects", params=params)
+        if resp.status_code == 200:
+            return resp.json()
+        assert resp.status_code == 202 and resp.headers["retry-after"] == "2", resp.text
+        assert resp.json()["status"] == "running" and time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_the_audit_points_at_the_mislabelled_image_and_runs_again_after_an_edit(tmp_path, lite0):
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    wrong = mem.store.ids_where(label="red")[0]
+    mem.relabel("blue", ids=[wrong])  # the mistake
+    mem.set_label_names({"red": "crimson"})
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(create_app(settings, memory=mem, auditor=auditor)) as client:
+        audit = finished(client)
+        assert (audit["status"], audit["points"], audit["current"]) == ("done", 12, True)
+        [suspect] = audit["suspects"]
+        assert (suspect["id"], suspect["label"], suspect["suggested"], suspect["suggested_name"]) == (
+            wrong, "blue", "red", "crimson")
+        assert suspect["share"] > 0.5 > suspect["own_share"]
+        assert client.get(suspect["thumbnail_url"]).status_code == 200
+        seconds = audit["seconds"]
+        again = client.get("/v1/memory/suspects", params={"label": "red"})  # kept: no new audit
+        assert again.status_code == 200 and again.json()["seconds"] == seconds
+        assert [s["id"] for s in again.json()["suspects"]] == [wrong]
+        assert client.get("/v1/memory/suspects", params={"label": "green"}).json()["suspects"] == []
+        assert client.get("/v1/memory/suspects", params={"min_share": 0.99}).json()["total_suspects"] == 0
+
+        # Corrected: the memory changed, so the next request audits it again, and finds nothing.
+        assert client.patch(f"/v1/memory/points/{wrong}", json={"label": "red"}, headers=KEY).status_code == 200
+        assert finished(client)["suspects"] == []
+
+        assert client.get("/v1/memory/suspects", params={"label": "mauve"}).status_code == 422
+        assert client.get("/v1/memory/suspects", params={"min_share": 2}).status_code == 422
+    mem.close()
+
+
+def test_a_service_built_without_an_auditor_says_so(tmp_path, lite0):
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    with TestClient(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as client:
+        resp = client.get("/v1/memory/suspects")
+        assert resp.status_code == 404 and "without a label auditor" in resp.json()["detail"]
+    mem.close()
+
+
+def test_while_the_audit_runs_the_service_answers_202_and_keeps_classifying(tmp_path, lite0):
+    import threading
+
+    from tests._server_fixtures import COLORS, texture
+
+    release = threading.Event()
+
+    def slow_auditor(store, progress):
+        progress(5)
+        assert release.wait(30)
+        return audit_labels(store, progress=progress)
+
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    with TestClient(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem,
+                               auditor=slow_auditor)) as client:
+        running = client.get("/v1/memory/suspects")
+        assert running.status_code == 202 and running.headers["retry-after"] == "2"
+        assert running.json() == {"status": "running", "points": 12, "searched": 5, "current": True, "seconds": None,
+                                  "suspects": [], "total_suspects": 0}
+        classified = client.post("/v1/classify?k=3", files={"image": ("q.png", texture(COLORS["red"], seed=7))})
+        assert classified.json()["label"] == "red"  # not queued behind the audit
+        assert client.get("/v1/memory/suspects").status_code == 202  # the same audit, not a second one
+        release.set()
+        assert finished(client)["suspects"] == []
+    mem.close()
