@@ -294,7 +294,7 @@ def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_pa
     wrong = mem.store.ids_where(label="red")[0]
     mem.relabel("blue", ids=[wrong])  # a red image labelled blue by mistake
     app = create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem,
-                     auditor=lambda store, progress: audit_labels(store, progress=progress))
+                     auditor=lambda store, progress: audit_labels(store, k=3, progress=progress))
     with live_server(app) as url:
         wait = WebDriverWait(browser, 30)
         browser.get(url + "/")
