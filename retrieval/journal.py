@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -105,14 +106,17 @@ class FileJournal(Journal):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # The service's threads edit at once: a large entry (a forget's ids) can take several writes, which
+        # must not interleave with another thread's. (One process holds an embedded memory.)
+        self._lock = threading.Lock()
 
     def append(self, entries: Sequence[JournalEntry]) -> None:
         if not entries:
             return
-        text = "".join(e.model_dump_json() + "\n" for e in entries)
-        # One write of whole lines to a file opened for appending: a crash leaves at most a torn last line.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
+        data = "".join(e.model_dump_json() + "\n" for e in entries).encode()
+        # Whole lines appended, then synced: a crash leaves at most a torn last line.
+        with self._lock, open(self.path, "ab") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 

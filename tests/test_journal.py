@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
 import retrieval.journal
-from retrieval.journal import JOURNAL_FILE, JournalEntry
+from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, entries_for
 from retrieval.store import QdrantServerStore, point_id_for
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
@@ -162,3 +162,18 @@ def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
 def test_journal_entries_round_trip_as_json_lines():
     entry = JournalEntry(at="2026-12-05T00:00:00+00:00", op="relabel", points=1, ids=["a"], to="b")
     assert JournalEntry.model_validate(json.loads(entry.model_dump_json())) == entry
+
+
+def test_entries_appended_from_many_threads_each_stay_whole(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    journal = FileJournal(tmp_path / JOURNAL_FILE)
+
+    def forget_many(n: int) -> None:  # a forget of 5,000 points: a ~200 kB line
+        journal.append(entries_for("forget", [f"{n:08d}-0000-0000-0000-{i:012d}" for i in range(5000)], points=5000))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(forget_many, range(16)))
+    entries = journal.read()
+    assert sorted(e.ids[0][:8] for e in entries) == [f"{n:08d}" for n in range(16)]
+    assert all(len(e.ids) == 5000 for e in entries)
