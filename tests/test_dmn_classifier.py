@@ -304,3 +304,17 @@ def test_a_stream_keeps_its_slot_count_and_refuses_another(memory):
     # Without an explicit L the stream's own applies; no queue ever holds more than it.
     memory.classify_dmn(q[3:], stream="s")
     assert max(memory.dmn.stream("s").counts().values()) == 1
+
+
+def test_a_copied_memory_takes_its_streams_along(stored_memory, tmp_path):
+    q, _ = queries(6)
+    stored_memory.classify_dmn(q, stream="cam1")  # not saved yet (throttled): the copy saves it first
+    dest, notes = stored_memory.copy_to(tmp_path / "copy")
+    assert notes == ["1 DMN dynamic memories copied along (vmem dmn streams)"]
+    with VisualMemory(dest, reranker=None) as copied:
+        assert copied.dmn.streams() == ["cam1"] and len(copied.dmn.stream("cam1")) == 6
+        copied.classify_dmn(queries(4, seed=2)[0], stream="cam1")  # the copy goes on learning
+        copied.dmn.flush()
+    again, notes = stored_memory.copy_to(tmp_path / "copy")  # run again: the copy's own stream is kept
+    with VisualMemory(again, reranker=None) as copied:
+        assert notes == [] and copied.dmn.stream("cam1").updates == 10

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -871,12 +872,36 @@ class VisualMemory:
             dest.journal.carry_from(self.store.journal)
             dest.journal.append(entries_for("copy", points=copied, selector={"from": self.store.location},
                                             via=self.via))
+            if streams := self._copy_dmn_streams(dest):
+                notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
             dest.flush()
             dest.optimize()
         except BaseException:
             dest.close()
             raise
         return dest, notes
+
+    def _copy_dmn_streams(self, dest: MemoryStore) -> int:
+        """Copy this memory's DMN dynamic memories (files under `dmn_home()`, keyed by memory) to `dest`'s;
+        a stream `dest` already has is left as it is. Returns how many were copied."""
+        from .dmn_classifier import dmn_home, stream_dir_key
+
+        classifier = self.store.__dict__.get("_dmn_classifier")
+        if classifier is not None:
+            classifier.flush()  # updates not saved yet go too
+        # A process-local `:memory:` memory keeps its streams in memory, and gets none from files.
+        if ":memory:" in (self.store.location, dest.location):
+            return 0
+        mine, theirs = (dmn_home() / stream_dir_key(store) for store in (self.store, dest))
+        if not mine.is_dir() or mine == theirs:
+            return 0
+        copied = 0
+        for path in sorted(mine.glob("*.npz")):
+            if not (theirs / path.name).exists():
+                theirs.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, theirs / path.name)
+                copied += 1
+        return copied
 
     # ------------------------------------------------------------------ inspecting
 
