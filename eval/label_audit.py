@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
+from retrieval.store import SCROLL_PAGE
 from retrieval.voting import neighbor_weights, vote_all_k
 
 from .scoring import class_index, self_search, table_from_hits
@@ -113,7 +114,7 @@ def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_
     labels: list[str] = []
     sources: list[str] = []
     feats: list[np.ndarray] = []
-    for batch in store.scroll(batch_size=4096, with_vectors=True):
+    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True):
         for p in batch:
             ids.append(p.id)
             labels.append(p.label)

@@ -28,6 +28,8 @@ from retrieval.journal import entries_for
 from retrieval.store import (
     EXCLUDED_KEY,  # payload key the store filters on (any non-empty value excludes a point)
     RELIABILITY_KEY,
+    SCROLL_PAGE,
+    SERVER_REQUEST_IDS,
 )
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
@@ -122,12 +124,12 @@ def _reindex(store: MemoryStore) -> None:
 def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) -> int:
     """Bring back hard-pruned points and reset soft factors; returns how many points changed. Recorded in the
     memory's journal (`via`: who asked) unless nothing changed, or `journal` is off (a prune undoing the last)."""
-    touched = [p.id for batch in store.scroll(batch_size=4096) for p in batch
+    touched = [p.id for batch in store.scroll(batch_size=SCROLL_PAGE) for p in batch
                if p.payload.get(EXCLUDED_KEY) or p.payload.get(COUNT_KEY) is not None
                or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
-    for start in range(0, len(touched), 4096):
+    for start in range(0, len(touched), SERVER_REQUEST_IDS):
         # A null `excluded` is empty to the store's filter; reliability 1 is the neutral factor.
-        store.set_payload_of_existing(touched[start : start + 4096],
+        store.set_payload_of_existing(touched[start : start + SERVER_REQUEST_IDS],
                                       {EXCLUDED_KEY: None, COUNT_KEY: None, RELIABILITY_KEY: 1.0})
     pruned = "pruning" in store.meta.settings
     if pruned:
@@ -169,7 +171,7 @@ def prune_store(
     points: list[str] = []
     labels: list[str] = []
     feats: list[np.ndarray] = []
-    for batch in store.scroll(batch_size=4096, with_vectors=True):
+    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True):
         for p in batch:
             points.append(p.id)
             labels.append(p.label)

@@ -62,8 +62,10 @@ POINTS_EDIT_KEY = "vmem_points_edit"
 META_EDIT_KEY = "vmem_meta_edit"
 # The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
 JOURNAL_COLLECTION_SUFFIX = "-journal"
-# Point ids per request to a Qdrant server when many points are read or deleted by id.
+# Point ids per request when many points are read, deleted or edited by id (a Qdrant server refuses a request
+# over 32 MB; the embedded engine takes the same chunks), and points per page when ids are listed by filter.
 SERVER_REQUEST_IDS = 4096
+SCROLL_PAGE = 4096
 # vmem's own copy of the original vectors, beside the shard, in a memory that rescores doubtful candidates.
 ORIGINAL_ROWS_FILE = "original-rows.bin"
 # Candidates fetched beyond k to re-rank the doubtful ones: those below the k-th best by less than the margin.
@@ -433,8 +435,8 @@ class MemoryStore(ABC):
     def existing_labels(self, ids: Sequence[str]) -> dict[str, str]:
         """The stored label of each of these points that exists."""
         out: dict[str, str] = {}
-        for start in range(0, len(ids), 1024):
-            out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + 1024])}
+        for start in range(0, len(ids), SERVER_REQUEST_IDS):
+            out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + SERVER_REQUEST_IDS])}
         return out
 
     def relabel(self, ids: Sequence[str], label: str) -> dict[str, str]:
@@ -762,8 +764,9 @@ class EdgeMemoryStore(MemoryStore):
     def _rows_of(self, ids: Sequence[str]) -> list[int]:
         """Rows in vmem's copy of the originals held by these points (those that exist)."""
         rows = []
-        for start in range(0, len(ids), 4096):
-            recs = self.shard.retrieve(list(ids[start : start + 4096]), with_payload=True, with_vector=False)
+        for start in range(0, len(ids), SERVER_REQUEST_IDS):
+            recs = self.shard.retrieve(list(ids[start : start + SERVER_REQUEST_IDS]), with_payload=True,
+                                       with_vector=False)
             rows += [r.payload[ROW_KEY] for r in recs if r.payload and ROW_KEY in r.payload]
         return rows
 
@@ -790,7 +793,7 @@ class EdgeMemoryStore(MemoryStore):
         records: list[Any] = []
         offset = None
         while True:
-            recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=4096, filter=flt,
+            recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt,
                                                               with_payload=with_payload, with_vector=False))
             records += recs
             if offset is None or not recs:
@@ -1134,7 +1137,7 @@ class QdrantServerStore(MemoryStore):
         ids: list[str] = []
         offset = None
         while True:
-            recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=4096, offset=offset,
+            recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=SCROLL_PAGE, offset=offset,
                                               with_payload=False, with_vectors=False)
             ids += [_str_id(r.id) for r in recs]
             if offset is None or not recs:
