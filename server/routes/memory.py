@@ -236,8 +236,8 @@ async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep)
 @router.get("/history", summary="The memory's edits", response_model=HistoryOut,
             responses=problem_responses(422, 503))
 async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> HistoryOut:
-    """Every add, forget, relabel, erase, naming, prune and tune made through vmem (any process: the service,
-    the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
+    """Every add, forget, relabel, erase, naming, prune, tune and copy made through vmem (any process: the
+    service, the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
     whether and when a point was forgotten, and through what."""
     point_id = str(q.point_id) if q.point_id is not None else None
     entries = await service.run(service.memory.history, point_id=point_id, op=q.op)
@@ -251,7 +251,7 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
                    response: Response) -> SuspectsOut:
     """Points whose nearest other points vote another label (`vmem suspects`): each with the label suggested,
     to check and relabel. The first request starts the audit (every point searched against the rest of the
-    memory: seconds at 20,000 points, minutes at a million) and answers 202 while it runs; its result is kept
+    memory: 5.6 s at 20,100 points on 2 cores, minutes at a million) and answers 202 while it runs; its result is kept
     until the memory's points change."""
     if q.label is not None and not await service.run(service.memory.store.count, q.label):
         raise ProblemError(422, f"the memory has no label {q.label!r}", "unknown-label", "Unknown label")
