@@ -611,7 +611,7 @@ class VisualMemory:
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None) -> list[JournalEntry]:
-        """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune and tune made
+        """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune, tune and copy made
         through vmem, when, by which process, and (forget, relabel) the ids of the points changed.
 
         `point_id` or `source` (the image's path or URI, as it was added): only the edits that forgot or
