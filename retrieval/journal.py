@@ -53,6 +53,11 @@ class JournalEntry(BaseModel):
     def cites(self, point_id: str) -> bool:
         return point_id in self.ids
 
+    def touches(self, label: str) -> bool:
+        """Whether the edit added, deleted or relabelled points of this label, relabelled to it, or named it."""
+        return (label in self.labels or self.to == label or self.selector.get("label") == label
+                or label in self.detail.get("names", {}))
+
     def key(self) -> tuple[Any, ...]:
         """What tells one recorded edit from another (a copy of an entry has the same)."""
         return self.at, self.op, self.host, self.pid, self.part

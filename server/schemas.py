@@ -187,6 +187,10 @@ class HistoryQuery(BaseModel):
 
     op: JournalOp | None = Field(None, description="only edits of this kind")
     point_id: uuid.UUID | None = Field(None, description="only the edits that forgot or relabelled this point")
+    label: str | None = Field(None, min_length=1, max_length=200,
+                              description="only the edits that touched this label's points (or named it)")
+    since: str | None = Field(None, min_length=4, max_length=40, description="only edits from this ISO 8601 date "
+                                                                             "or time on (UTC unless it names a zone)")
     limit: int = Field(50, ge=1, le=1000, description="edits listed, newest first")
 
 

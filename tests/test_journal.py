@@ -66,6 +66,16 @@ def test_every_edit_is_recorded_newest_first_with_what_it_touched(memory, images
     assert memory.history(point_id=point_id_for(green[1])) == memory.history(source=green[1]) == [relabel]
     assert memory.history(op="add", limit=5) == [add] and len(memory.history(limit=2)) == 2
 
+    # Who touched a label, and what changed since a moment.
+    assert memory.history(label="green") == [relabel]
+    assert memory.history(label="verde") == [forget, name, relabel]
+    assert memory.history(label="lime") == [add]
+    assert memory.history(since=forget.at) == [forget]
+    assert memory.history(since="2999-01-01") == [] and len(memory.history(since="2000-01-01")) == 4
+    assert memory.history(since=forget.at.replace("+00:00", "+01:00")) == memory.history()  # an hour earlier, UTC
+    with pytest.raises(ValueError, match="not a date or time"):
+        memory.history(since="last tuesday")
+
 
 def test_a_forget_of_many_points_is_recorded_in_parts(memory, monkeypatch):
     monkeypatch.setattr(retrieval.journal, "IDS_PER_ENTRY", 5)
@@ -134,6 +144,10 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     assert [(e.op, e.via, len(e.ids)) for e in as_json] == [("forget", "cli", 1)]
     both = runner.invoke(app, ["history", "--memory", location, "--id", as_json[0].ids[0], "--source", gone])
     assert both.exit_code == 2 and "not both" in both.output
+    navy = runner.invoke(app, ["history", "--memory", location, "--label", "navy", "--since", "2000-01-01"])
+    assert [line.split("\t")[1] for line in navy.stdout.splitlines()] == ["relabel"]
+    bad = runner.invoke(app, ["history", "--memory", location, "--since", "yesterday"])
+    assert bad.exit_code == 2 and "'yesterday' is not a date or time" in bad.output
 
 
 def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
@@ -154,6 +168,10 @@ def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
         latest = client.get("/v1/memory/history", params={"limit": 1, "op": "add"}).json()
         assert ([e["op"] for e in latest["entries"]], latest["earlier"]) == (["add"], 0)
         assert client.get("/v1/memory/history", params={"limit": 1}).json()["earlier"] == 1
+        assert [e["op"] for e in client.get("/v1/memory/history", params={"label": "lime"}).json()["entries"]] == [
+            "forget", "add"]
+        assert client.get("/v1/memory/history", params={"since": "2999-12-31"}).json()["entries"] == []
+        assert client.get("/v1/memory/history", params={"since": "soon"}).status_code == 422
         assert client.get("/v1/memory/history", params={"op": "delete"}).status_code == 422
         assert client.get("/v1/memory/history", params={"point_id": "nope"}).status_code == 422
     mem.close()

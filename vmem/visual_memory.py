@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -610,12 +611,14 @@ class VisualMemory:
                       fields.get("points", len(ids)), exc_info=True)
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
-                limit: int | None = None) -> list[JournalEntry]:
+                limit: int | None = None, label: str | None = None, since: str | None = None) -> list[JournalEntry]:
         """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune, tune and copy made
         through vmem, when, by which process, and (forget, relabel) the ids of the points changed.
 
         `point_id` or `source` (the image's path or URI, as it was added): only the edits that forgot or
-        relabelled that point. Whether it is in the memory now, and since when, is `point(id)`.
+        relabelled that point. Whether it is in the memory now, and since when, is `point(id)`. `label`: only
+        the edits that touched the label's points (added, forgot, relabelled from or to it, named it).
+        `since`: only edits at or after this ISO 8601 time or date (UTC when it names no zone).
 
         Example:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
@@ -626,8 +629,10 @@ class VisualMemory:
             point_id = point_id_for(normalize_source(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
+        start = _utc_iso(since) if since is not None else None
         entries = [e for e in reversed(self.store.journal.read())
-                   if (op is None or e.op == op) and (point_id is None or e.cites(point_id))]
+                   if (op is None or e.op == op) and (point_id is None or e.cites(point_id))
+                   and (label is None or e.touches(label)) and (start is None or e.at >= start)]
         return entries[:limit] if limit is not None else entries
 
     def on_forget(self, listener: PointsListener) -> None:
@@ -973,6 +978,15 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _utc_iso(when: str) -> str:
+    """An ISO 8601 time or date as the journal writes times (UTC), for comparing; ValueError if it is neither."""
+    try:
+        parsed = datetime.fromisoformat(when.strip())
+    except ValueError:
+        raise ValueError(f"{when!r} is not a date or time: give it as 2026-12-05 or 2026-12-05T14:30") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str | None) -> dict[str, Any]:

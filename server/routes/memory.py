@@ -240,7 +240,10 @@ async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> H
     service, the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
     whether and when a point was forgotten, and through what."""
     point_id = str(q.point_id) if q.point_id is not None else None
-    entries = await service.run(service.memory.history, point_id=point_id, op=q.op)
+    try:
+        entries = await service.run(service.memory.history, point_id=point_id, op=q.op, label=q.label, since=q.since)
+    except ValueError as exc:  # a `since` that is no date
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return HistoryOut(entries=entries[: q.limit], earlier=max(0, len(entries) - q.limit))
 
 

@@ -437,6 +437,9 @@ def history(
     source: Annotated[str | None, typer.Option(help="only the edits that forgot or relabelled the image added from "
                                                     "this path or URI")] = None,
     op: Annotated[JournalOpChoice | None, typer.Option(help="only edits of this kind")] = None,
+    label: Annotated[str | None, typer.Option(help="only edits that touched this label's points (or named it)")] = None,
+    since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
+                                                   "2026-12-05T14:30; UTC unless it names a zone)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per edit, with the ids it changed")] = False,
 ) -> None:
@@ -448,7 +451,11 @@ def history(
     point_id = _point_id(point) if point is not None else None
     mem = open_memory(memory, qdrant_url)
     with mem:
-        entries = mem.history(point_id=point_id, source=source, op=op.value if op else None)
+        try:
+            entries = mem.history(point_id=point_id, source=source, op=op.value if op else None, label=label,
+                                  since=since)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
         now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
         names = mem.label_names
     if point_id is not None or source is not None:
