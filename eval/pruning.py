@@ -24,7 +24,6 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
-from retrieval.journal import entries_for
 from retrieval.store import (
     EXCLUDED_KEY,  # payload key the store filters on (any non-empty value excludes a point)
     RELIABILITY_KEY,
@@ -138,7 +137,7 @@ def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) 
     if touched:
         _reindex(store)
     if journal and (touched or pruned):
-        store.journal.append(entries_for("unprune", points=len(touched), via=via))
+        store.journal.record("unprune", points=len(touched), via=via)
     return len(touched)
 
 
@@ -200,5 +199,5 @@ def prune_store(
     store.save_meta()
     _reindex(store)
     points = report.down_weighted if mode is PruneMode.soft else report.excluded
-    store.journal.append(entries_for("prune", points=points or 0, detail=report.model_dump(mode="json"), via=via))
+    store.journal.record("prune", points=points or 0, detail=report.model_dump(mode="json"), via=via)
     return report

@@ -11,6 +11,7 @@ journaled, never the other way round.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy"]
 JOURNAL_FILE = "journal.jsonl"
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
@@ -91,6 +93,15 @@ class Journal(ABC):
 
     @abstractmethod
     def append(self, entries: Sequence[JournalEntry]) -> None: ...
+
+    def record(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
+        """Record an edit that has been made (`entries_for`). A journal that cannot be written is logged, not
+        raised: the edit stands, and failing its call would say it did not."""
+        try:
+            self.append(entries_for(op, ids, **fields))
+        except Exception:
+            log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
+                      fields.get("points", len(ids)), exc_info=True)
 
     @abstractmethod
     def read(self) -> list[JournalEntry]:

@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
 import retrieval.journal
+from eval.pruning import prune_store, undo_pruning
 from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, entries_for
 from retrieval.store import QdrantServerStore, point_id_for
 from server import Settings, create_app
@@ -108,9 +109,11 @@ def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_
         assert [e.op for e in mem.history()] == ["forget"]
         os.remove(location / JOURNAL_FILE)
         (location / JOURNAL_FILE).mkdir()  # cannot be appended to
-        with caplog.at_level(logging.ERROR, logger="vmem.visual_memory"):
+        with caplog.at_level(logging.ERROR, logger="retrieval.journal"):
             assert mem.forget(label="blue") == 4  # the edit stands
+            assert undo_pruning(mem.store) == 0 and prune_store(mem.store, "soft", k=3).points == 4  # so does a prune
         assert "journal could not record a forget of 4 points" in caplog.text
+        assert "journal could not record a prune" in caplog.text
         assert mem.store.count() == 4
     shutil.rmtree(location / JOURNAL_FILE)
 

@@ -43,7 +43,7 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.journal import JournalEntry, JournalOp, entries_for, label_counts, most_first
+from retrieval.journal import JournalEntry, JournalOp, label_counts, most_first
 from retrieval.store import (
     EXCLUDED_KEY,
     PRUNE_COUNT_KEY,
@@ -602,13 +602,8 @@ class VisualMemory:
         return [id_of[src] for src in ok_sources], failed
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
-        """Record an edit that has been made. A journal that cannot be written is logged, not raised: the edit
-        stands, and failing the call would say it did not."""
-        try:
-            self.store.journal.append(entries_for(op, ids, via=self.via, **fields))
-        except Exception:
-            log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
-                      fields.get("points", len(ids)), exc_info=True)
+        """Record an edit that has been made, as made by this object's `via`."""
+        self.store.journal.record(op, ids, via=self.via, **fields)
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None) -> list[JournalEntry]:
@@ -875,8 +870,7 @@ class VisualMemory:
             dest.save_meta()
             # The history goes too: a memory moved to a server still says what was forgotten, and when.
             dest.journal.carry_from(self.store.journal)
-            dest.journal.append(entries_for("copy", points=copied, selector={"from": self.store.location},
-                                            via=self.via))
+            dest.journal.record("copy", points=copied, selector={"from": self.store.location}, via=self.via)
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
             dest.flush()

@@ -12,7 +12,6 @@ import typer
 
 from retrieval import DatasetError
 from retrieval.files import write_atomically
-from retrieval.journal import entries_for
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
 
@@ -113,8 +112,8 @@ def tune(
                 "search": "exact" if arrays is not None else "index",
             }
             store.save_meta()
-            store.journal.append(entries_for("tune", via="cli", detail={
-                "vote": store.meta.settings["vote"], "tuning": store.meta.settings["tuning"]}))
+            store.journal.record("tune", via="cli", detail={
+                "vote": store.meta.settings["vote"], "tuning": store.meta.settings["tuning"]})
             typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
