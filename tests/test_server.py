@@ -226,6 +226,36 @@ def test_a_new_label_sets_calibration_does_not_hold_up_answers_whose_threshold_i
     assert before_release == [known]
 
 
+def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_ready(client, monkeypatch):
+    import threading
+    import time
+
+    service = client.app.state.service
+    earlier = client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 11))).json()["ood_threshold"]
+    started, release = threading.Event(), threading.Event()
+    calibrate = service._calibrate
+
+    def held(k, labels=None):
+        started.set()
+        assert release.wait(30)
+        return calibrate(k, labels)
+
+    monkeypatch.setattr(service, "_calibrate", held)
+    # An unusual image added: the memory's points changed, so the threshold is computed anew, in the background.
+    added = client.post("/v1/memory", headers=AUTH, data={"label": "odd"},
+                        files={"images": ("odd.png", checkerboard(32, 3), "image/png")})
+    assert added.status_code == 201
+    answer = client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12))).json()
+    assert answer["ood_threshold"] == earlier and started.wait(30)  # answered without waiting for it
+    release.set()
+    deadline = time.monotonic() + 30
+    while service._recalibrating and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fresh = service.ood_threshold(3)
+    assert fresh == service.ood_threshold(3, fresh=True) != earlier  # the new one, computed once
+    assert client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12))).json()["ood_threshold"] == fresh
+
+
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
     body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
     assert body["label"] == "red" and body["reranked"] is False
@@ -762,4 +792,4 @@ def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
     added = client.post("/v1/memory", headers=AUTH, files=odd, data={"label": "odd"})
     assert added.status_code == 201
     service.memory.store.set_payload([p["id"] for p in added.json()["added"]], {EXCLUDED_KEY: "pruned"})
-    assert service.ood_threshold(3) == pytest.approx(before)
+    assert service.ood_threshold(3, fresh=True) == pytest.approx(before)
