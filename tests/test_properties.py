@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from retrieval import VoteRule, vote
 from retrieval.images import ImageDecodeError, load_image
+from retrieval.voting import TIE_RTOL
 from server.schemas import ClassifyJSON, ClassifyQuery
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,7 +48,8 @@ def test_the_vote_is_a_neighbour_label_with_the_top_score_and_scores_sum_to_one(
     assert all(math.isfinite(s) and s >= 0 for s in out.scores.values()), out.scores
     assert math.isclose(sum(out.scores.values()), 1.0, rel_tol=1e-9) or sum(out.scores.values()) == 0
     assert next(iter(out.scores)) == out.label
-    assert out.scores[out.label] == max(out.scores.values())
+    # Totals within TIE_RTOL of the best are a tie (summation-order noise), won by the best-ranked neighbour.
+    assert out.scores[out.label] >= max(out.scores.values()) * (1 - 2 * TIE_RTOL)
     assert np.all(np.isfinite(out.weights)) and np.all(out.weights >= 0)
 
 
