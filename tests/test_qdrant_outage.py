@@ -78,3 +78,38 @@ def test_a_failing_server_is_unavailable_and_a_refused_request_is_not():
         ServerClient(FailingServerClient(503), "http://qdrant:6333").count("vmem")
     with pytest.raises(UnexpectedResponse):  # a request the server refuses: the caller's mistake, raised as is
         ServerClient(FailingServerClient(404), "http://qdrant:6333").count("vmem")
+
+
+def test_a_build_whose_server_stops_answering_midway_says_so_and_resumes_when_run_again(tmp_path, lite0, monkeypatch):
+    from typer.testing import CliRunner
+
+    from retrieval.store import QdrantServerStore
+    from vmem.cli import app
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    build = ["build", str(tmp_path / "images"), "--qdrant-url", f"qdrant-local:{tmp_path / 'q'}",
+             "--featurizer", "efficientnet-lite0", "--batch-size", "4"]
+    upsert = QdrantServerStore._upsert
+    batches, working = [], []
+
+    def server_goes_away_after_the_first_batch(store, ids, vectors, payloads):
+        if batches and not working:
+            working.append(store.client)
+            url = dead_url()
+            store.client = ServerClient(QdrantClient(url=url, timeout=5, check_compatibility=False), url)
+        batches.append(len(ids))
+        return upsert(store, ids, vectors, payloads)
+
+    monkeypatch.setattr(QdrantServerStore, "_upsert", server_goes_away_after_the_first_batch)
+    stopped = CliRunner().invoke(app, build, env={"COLUMNS": "250"})
+    assert stopped.exit_code == 1, stopped.output
+    assert "could not reach the Qdrant server" in stopped.output and "run the command again" in stopped.output
+    assert "Traceback" not in stopped.output and not isinstance(stopped.exception, MemoryUnavailableError)
+
+    working[0].close()  # as the process that held the local-mode files would have on exit
+    monkeypatch.setattr(QdrantServerStore, "_upsert", upsert)  # the server is back
+    resumed = CliRunner().invoke(app, build, env={"COLUMNS": "250"})
+    assert resumed.exit_code == 0 and "8 added, 4 already in memory, 0 failed of 12 images" in resumed.output
+    store = open_store(f"qdrant-local:{tmp_path / 'q'}", lite0.spec)
+    assert store.count() == len(images.paths)  # the first batch was kept, the rest added now
+    store.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 
 import typer
+from typer.core import TyperGroup
+
+from retrieval import MemoryUnavailableError
 
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
@@ -13,8 +16,23 @@ from .bench import bench_app
 from .serve import serve
 from .tune import tune
 
+
+class _Commands(TyperGroup):
+    """vmem's commands. A Qdrant server that stops answering partway through one ends it with what happened and
+    what to do, not a traceback: opening such a memory already says so, and this covers every call after it."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except MemoryUnavailableError as exc:
+            typer.echo(f"Error: {exc}. What was done before it stopped answering is kept: run the command again "
+                       "once it answers (vmem build carries on where it stopped)", err=True)
+            raise typer.Exit(1) from exc
+
+
 app = typer.Typer(
     name="vmem",
+    cls=_Commands,
     help="Visual-memory image classification: build a memory of labelled images, classify, forget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
