@@ -319,7 +319,12 @@ class ClassifierService:
 
     def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         """Classify uploads; a string in the output is why that image could not be classified."""
-        self.memory.refresh()  # a memory shared with other processes: their edits first drop what they outdate
+        # A memory shared with other processes: their edits first drop what they outdate. Read once for the
+        # whole request (the classify below would read the edit marks again).
+        with self.memory.refreshed():
+            return self._classify(uploads, q)
+
+    def _classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         size = self.settings.result_cache_size
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)

@@ -182,3 +182,24 @@ def test_a_thumbnail_kept_for_a_point_forgotten_elsewhere_is_deleted_when_asked_
         assert not list((tmp_path / "thumbs-b").rglob("*.jpg"))
     a.close()
     b.close()
+
+
+def test_a_classify_request_reads_the_edit_marks_once(images, lite0, monkeypatch):
+    """On a server every read of the marks is a request: one per classify, however many steps it takes."""
+    replica_a, replica_b = two_views(images, lite0)
+    reads = []
+    edits_elsewhere = replica_b.store.edits_elsewhere
+    monkeypatch.setattr(replica_b.store, "edits_elsewhere", lambda: reads.append(1) or edits_elsewhere())
+    query = {"image": ("q.png", texture(COLORS["green"], seed=7))}
+    settings = Settings(memory=":memory:", api_key=API_KEY, result_cache_size=0)
+    with TestClient(create_app(settings, memory=replica_b)) as client:
+        client.post("/v1/classify?k=3", files=query)  # novelty calibrated on the first one
+        reads.clear()
+        assert client.post("/v1/classify?k=3", files=query).json()["label"] == "green" and len(reads) == 1
+        reads.clear()
+        assert replica_b.classify([images.paths[0]], k=3)[0].label == "red" and len(reads) == 1
+
+        replica_a.forget(label="green")  # and an edit elsewhere is still seen by the next request
+        assert client.post("/v1/classify?k=3", files=query).json()["label"] != "green"
+    replica_a.close()
+    replica_b.close()

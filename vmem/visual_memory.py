@@ -15,7 +15,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ class VisualMemory:
         self._forget_listeners: list[PointsListener] = []
         self._relabel_listeners: list[PointsListener] = []
         self._elsewhere_listeners: list[ElsewhereListener] = []
+        self._refreshed_here = threading.local()  # inside `refreshed()` on this thread: its reads refresh no more
         self._reranker_lock = threading.Lock()
         self._reranker: Any = None
         self._auto_reranker = isinstance(reranker, str) and reranker == AUTO_RERANKER
@@ -266,7 +268,11 @@ class VisualMemory:
         exact: bool = False,
     ) -> list[Classification]:
         """Vote over the neighbours of already-embedded queries."""
-        self.refresh()
+        self._refresh_for_reading()
+        return self._vote_vectors(vectors, settings, labels, sources, exact)
+
+    def _vote_vectors(self, vectors: np.ndarray, settings: VoteSettings | None, labels: Sequence[str] | None,
+                      sources: Sequence[str | None] | None, exact: bool) -> list[Classification]:
         settings = settings or self.vote_settings()
         results = []
         neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
@@ -316,7 +322,7 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
-        self.refresh()
+        self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
         decoded = [self.decode(im) for im in images]
@@ -342,7 +348,7 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
-        self.refresh()
+        self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         self._check_label_filter(labels, settings)
         paths = [str(p) for p in images]
@@ -384,7 +390,7 @@ class VisualMemory:
         if settings is None:
             results = self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact)
         else:
-            results = self.classify_vectors(vectors, settings, labels, sources, exact)
+            results = self._vote_vectors(vectors, settings, labels, sources, exact)  # refreshed by the caller
         if rerank:  # decoded images are only needed (and only loaded) for the re-ranker
             results = self._rerank_all(images(), vectors, results, template, labels)
         return results
@@ -642,6 +648,25 @@ class VisualMemory:
         """Call `listener(kinds)` when `refresh` finds that another process edited the memory (e.g. to drop
         every cached answer: which points it touched is not known here)."""
         self._elsewhere_listeners.append(listener)
+
+    @contextmanager
+    def refreshed(self) -> Iterator[frozenset[str]]:
+        """Refresh once, for everything this thread reads inside the block: a request that classifies reads
+        the edit marks once, not once per step (on a Qdrant server each read is a request). Yields what
+        `refresh` found. Edits inside still refresh before they write, as they always do."""
+        if getattr(self._refreshed_here, "active", False):
+            yield frozenset()
+            return
+        changed = self.refresh()
+        self._refreshed_here.active = True
+        try:
+            yield changed
+        finally:
+            self._refreshed_here.active = False
+
+    def _refresh_for_reading(self) -> None:
+        if not getattr(self._refreshed_here, "active", False):
+            self.refresh()
 
     def refresh(self) -> frozenset[str]:
         """Take in what other processes changed in a memory they share with this one (a Qdrant server's).
@@ -960,7 +985,7 @@ class VisualMemory:
                            relabelled_at=pay.get(RELABELLED_AT_KEY))
 
     def stats(self) -> dict[str, Any]:
-        self.refresh()
+        self._refresh_for_reading()
         counts = self.store.label_counts()
         return {
             "location": self.store.location,
