@@ -96,7 +96,8 @@ def test_truth_from_dirs_reads_labels_as_build_does_nested_folders_too(built, im
 def test_a_label_filter_must_name_a_label_of_the_memory_and_a_template_needs_rerank(built, image_folder):
     memory, _ = built
     out = run("classify", image_folder / "query", "--memory", memory, "--label", "red", "--label", "okapi")
-    assert out.exit_code == 2 and "the memory has no label 'okapi' (its 3 labels:" in out.output
+    assert out.exit_code == 2
+    assert "the memory has no label 'okapi': it has 3 labels (blue, green, red; vmem labels lists them)" in out.output
     out = run("classify", image_folder / "query", "--memory", memory, "--template", "default")
     assert out.exit_code == 2 and "give --rerank too" in out.output
 

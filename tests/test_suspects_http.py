@@ -63,7 +63,10 @@ def test_the_audit_points_at_the_mislabelled_image_and_runs_again_after_an_edit(
         assert client.patch(f"/v1/memory/points/{wrong}", json={"label": "red"}, headers=KEY).status_code == 200
         assert finished(client)["suspects"] == []
 
-        assert client.get("/v1/memory/suspects", params={"label": "mauve"}).status_code == 422
+        unknown = client.get("/v1/memory/suspects", params={"label": "mauve"})
+        assert unknown.status_code == 422  # said as classify and the CLI say it
+        assert unknown.json()["detail"] == ("the memory has no label 'mauve': it has 3 labels (blue, green, red; "
+                                            "GET /v1/memory/stats lists them)")
         assert client.get("/v1/memory/suspects", params={"min_share": 2}).status_code == 422
     mem.close()
 

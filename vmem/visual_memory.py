@@ -451,6 +451,18 @@ class VisualMemory:
                  for text in dict.fromkeys(texts) if (found := by_name.get(text.casefold()))]
         return "; ".join(hints)
 
+    def unknown_labels_message(self, unknown: Sequence[str], listed_by: str) -> str:
+        """What the CLI and HTTP say of labels the memory lacks: which they are, the labels they name when they
+        are names ("Egyptian cat" for n02124075), and some labels it has, with where to see them all."""
+        known = self.store.label_counts()
+        text = f"the memory has no label {', '.join(map(repr, unknown))}"
+        if hints := self.name_hints(unknown):
+            text += f" ({hints})"
+        if not known:
+            return text + ": it holds no points"
+        some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+        return text + f": it has {len(known)} label{'s' if len(known) > 1 else ''} ({some}; {listed_by} lists them)"
+
     def _named(self, results: list[Classification]) -> list[Classification]:
         """`results` with `label_name` filled in from the memory's label names (in place)."""
         names = self.store.meta.label_names

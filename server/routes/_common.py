@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request
 
@@ -10,6 +10,9 @@ from ..problems import ProblemError
 from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
 from ..service import Answer, ClassifierService, template_registry
 from ..uploads import JSON, MULTIPART
+
+# Where an error about labels sends the user to see them all.
+LISTED_BY = "GET /v1/memory/stats"
 
 
 def image_body(json_model: str, file_field: str, many: bool, text_fields: dict[str, Any] | None = None
@@ -54,10 +57,13 @@ def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
 async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
     """Refuse a `label` filter naming a label the memory does not have: every answer would be empty."""
     if q.label and (unknown := await service.run(service.memory.unknown_labels, q.label)):
-        hints = service.memory.name_hints(unknown)
-        raise ProblemError(422, f"the memory has no label {', '.join(map(repr, unknown))}: filter by labels "
-                           f"it holds ({hints + '; ' if hints else ''}GET /v1/memory/stats lists them)",
-                           "unknown-label", "Unknown label")
+        await unknown_labels(service, unknown)
+
+
+async def unknown_labels(service: ClassifierService, unknown: list[str]) -> NoReturn:
+    """The 422 for labels the memory lacks, said as the CLI says it."""
+    detail = await service.run(service.memory.unknown_labels_message, unknown, LISTED_BY)
+    raise ProblemError(422, detail, "unknown-label", "Unknown label")
 
 
 def classification_out(request: Request, answer: Answer) -> ClassificationOut:

@@ -38,7 +38,7 @@ from ..schemas import (
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import image_body, thumbnail_url
+from ._common import image_body, thumbnail_url, unknown_labels
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
@@ -257,7 +257,7 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
     memory: 5.6 s at 20,100 points on 2 cores, minutes at a million) and answers 202 while it runs; its result is kept
     until the memory's points change."""
     if q.label is not None and not await service.run(service.memory.store.count, q.label):
-        raise ProblemError(422, f"the memory has no label {q.label!r}", "unknown-label", "Unknown label")
+        await unknown_labels(service, [q.label])
     if await service.run(service.memory.store.count) < 2:
         raise ProblemError(422, "the memory holds fewer than 2 points: no point has neighbours to vote",
                            "invalid-parameters", "Invalid parameters")

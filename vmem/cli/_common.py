@@ -17,6 +17,7 @@ QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="use a Qdrant server (http://host:6333) instead")
 ]
 DEFAULT_MEMORY = Path("memory")
+LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
 Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
 VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})

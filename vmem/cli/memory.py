@@ -30,6 +30,7 @@ from retrieval.journal import JournalEntry, JournalOp
 from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
+    LISTED_BY,
     MemoryOpt,
     QdrantUrlOpt,
     Quantization,
@@ -266,12 +267,7 @@ def _check_labels(mem, labels: list[str]) -> None:
     name given instead belongs to, and some of the labels there are."""
     if not labels or not (unknown := mem.unknown_labels(labels)):
         return
-    known = mem.store.label_counts()
-    some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
-    hints = mem.name_hints(unknown)
-    raise typer.BadParameter(f"the memory has no label {', '.join(map(repr, unknown))} ("
-                             + (f"{hints}; " if hints else "") + f"its {len(known)} labels: {some})",
-                             param_hint="--label")
+    raise typer.BadParameter(mem.unknown_labels_message(unknown, LISTED_BY), param_hint="--label")
 
 
 def forget(
@@ -294,8 +290,8 @@ def forget(
         except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
             raise typer.BadParameter(str(exc), param_hint="--erase") from exc
         typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
-        if n == 0 and label is not None and (hints := mem.name_hints([label])):
-            typer.echo(f"note: no point has the label {label!r}: {hints}", err=True)
+        if n == 0 and label is not None:
+            typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
         if erase:
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
@@ -326,8 +322,8 @@ def relabel(
         typer.echo(f"relabelled {n} points to {to!r}" + (f" ({name})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
-            if label is not None and (hints := mem.name_hints([label])):
-                typer.echo(f"note: no point has the label {label!r}: {hints}", err=True)
+            if label is not None:
+                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
             elif id is not None:
                 typer.echo("note: the memory holds no point with " + ("these ids" if len(id) > 1 else "this id")
                            + " under another label (vmem points lists them)", err=True)

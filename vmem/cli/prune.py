@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, open_memory, require_points
+from ._common import DEFAULT_MEMORY, LISTED_BY, MemoryOpt, QdrantUrlOpt, open_memory, require_points
 
 
 def prune(
@@ -67,9 +67,7 @@ def suspects(
         require_points(mem)
         store = mem.store
         if label is not None and not store.count(label=label):
-            hints = mem.name_hints([label])
-            raise typer.BadParameter(f"the memory has no label {label!r}" + (f" ({hints})" if hints else ""),
-                                     param_hint="--label")
+            raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             try:
                 votes = audit_labels(store, k=k, progress=bar.update)
