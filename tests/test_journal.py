@@ -133,14 +133,14 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
     assert [line.split("\t")[1] for line in lines] == ["unprune", "prune", "relabel", "forget"]
-    assert "4 points ('blue': 4) to 'navy'\tby label 'blue'\tvia cli on " in lines[2]
-    assert f"1 points ('red': 1)\tby source_prefix '{gone}'" in lines[3]
+    assert "4 points (blue: 4) to navy\tby label 'blue'\tvia cli on " in lines[2]  # labels as classify prints them
+    assert f"1 points (red: 1)\tby source_prefix '{gone}'" in lines[3]
 
     one = runner.invoke(app, ["history", "--memory", location, "--source", gone])
     assert one.stderr.startswith(f"{gone}: not in the memory now") or one.stdout.startswith(f"{gone}: not in")
     assert [line.split("\t")[1] for line in one.stdout.splitlines()[1:]] == ["forget"]
     kept = runner.invoke(app, ["history", "--memory", location, "--source", str(images.paths[5]), "--json"])
-    assert "in the memory now, labelled 'green'" in kept.stderr and kept.stdout == ""
+    assert "in the memory now, labelled green" in kept.stderr and kept.stdout == ""
     assert "no edits recorded for it" in kept.stderr
     as_json = [JournalEntry.model_validate_json(line) for line in runner.invoke(
         app, ["history", "--memory", location, "--op", "forget", "--json"]).stdout.splitlines()]

@@ -23,6 +23,12 @@ Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.mod
 VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})
 
 
+def named_label(label: str, names: dict[str, str]) -> str:
+    """A label as every command prints it: `n02124075 (Egyptian cat)`, or the label alone when unnamed."""
+    name = names.get(label)
+    return f"{label} ({name})" if name and name != label else label
+
+
 def memory_location(memory: Path, qdrant_url: str | None) -> str:
     return qdrant_url or str(memory)
 

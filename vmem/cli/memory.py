@@ -39,6 +39,7 @@ from ._common import (
     expand_images,
     finish_classify,
     memory_location,
+    named_label,
     open_failure,
     open_memory,
     parse_tags,
@@ -456,8 +457,8 @@ def history(
         names = mem.label_names
     if point_id is not None or source is not None:
         who = point_id or source
-        state = (f"in the memory now, labelled {_named(now.label, names)}, added {now.added_at}" if now is not None
-                 else "not in the memory now")
+        state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
+                 if now is not None else "not in the memory now")
         typer.echo(f"{who}: {state}", err=json_out)
     for e in entries[:limit]:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
@@ -465,10 +466,6 @@ def history(
         typer.echo(f"... and {len(entries) - limit} earlier edits (--limit)", err=True)
     if not entries:
         typer.echo("no edits recorded" + (" for it" if point_id or source else ""), err=True)
-
-
-def _named(label: str, names: dict[str, str]) -> str:
-    return f"{label!r} ({names[label]})" if label in names else repr(label)
 
 
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
@@ -481,11 +478,11 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     elif e.op == "erase":
         what = ""
     else:
-        labels = ", ".join(f"{_named(lab, names)}: {n}" for lab, n in list(e.labels.items())[:5])
+        labels = ", ".join(f"{named_label(lab, names)}: {n}" for lab, n in list(e.labels.items())[:5])
         more = f" and {len(e.labels) - 5} more labels" if len(e.labels) > 5 else ""
         what = f"{e.points} points" + (f" ({labels}{more})" if labels else "")
         if e.op == "relabel":
-            what += f" to {_named(e.to or '', names)}"
+            what += f" to {named_label(e.to or '', names)}"
     chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
     part = f" [part {e.part + 1}]" if e.part is not None else ""
     return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what, f"by {chosen}" if chosen else "",

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from ._common import DEFAULT_MEMORY, LISTED_BY, MemoryOpt, QdrantUrlOpt, open_memory, require_points
+from ._common import (
+    DEFAULT_MEMORY,
+    LISTED_BY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    named_label,
+    open_memory,
+    require_points,
+)
 
 
 def prune(
@@ -78,16 +86,13 @@ def suspects(
             found = [s for s in found if label in (s.label, s.suggested)]
         names = mem.label_names
 
-        def named(lab: str) -> str:
-            return f"{lab} ({names[lab]})" if lab in names and names[lab] != lab else lab
-
         for s in found[:limit]:
             if as_json:
                 typer.echo(json.dumps({**s.model_dump(), "label_name": names.get(s.label),
                                        "suggested_name": names.get(s.suggested)}))
             else:
-                typer.echo(f"{s.id}\t{named(s.label)}\t-> {named(s.suggested)}\tshare {s.share:.2f} "
-                           f"(own {s.own_share:.2f})\t{s.source}")
+                typer.echo(f"{s.id}\t{named_label(s.label, names)}\t-> {named_label(s.suggested, names)}\t"
+                           f"share {s.share:.2f} (own {s.own_share:.2f})\t{s.source}")
     scope = f" with or toward {label!r}" if label is not None else ""
     typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
                f"{min_share:g} of their {k} nearest others' rank vote"
