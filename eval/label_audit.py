@@ -20,10 +20,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
-from retrieval.store import SCROLL_PAGE
 from retrieval.voting import neighbor_weights, vote_all_k
 
-from .scoring import class_index, self_search, table_from_hits
+from .scoring import class_index, read_vectors, self_search, table_from_hits
 
 DEFAULT_K = 50
 DEFAULT_MIN_SHARE = 0.5
@@ -110,19 +109,10 @@ def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_
         >>> for s in votes.suspects(min_share=0.8)[:20]:
         ...     print(s.source, s.label, "->", s.suggested)
     """
-    ids: list[str] = []
-    labels: list[str] = []
-    sources: list[str] = []
-    feats: list[np.ndarray] = []
-    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True):
-        for p in batch:
-            ids.append(p.id)
-            labels.append(p.label)
-            sources.append(p.source)
-            feats.append(p.vector)
+    ids, payloads, vectors = read_vectors(store)
     if len(ids) < 2:
         raise ValueError("the memory holds fewer than 2 points: no point has neighbours to vote")
-    suggested, share, own_share = leave_one_out_votes(np.stack(feats).astype(np.float32), labels, k, alpha,
-                                                      progress=progress)
-    return LabelVotes(ids=ids, labels=labels, sources=sources, suggested=suggested, share=share.tolist(),
-                      own_share=own_share.tolist())
+    labels = [p["label"] for p in payloads]
+    suggested, share, own_share = leave_one_out_votes(vectors, labels, k, alpha, progress=progress)
+    return LabelVotes(ids=ids, labels=labels, sources=[p["source"] for p in payloads], suggested=suggested,
+                      share=share.tolist(), own_share=own_share.tolist())

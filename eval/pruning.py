@@ -32,7 +32,7 @@ from retrieval.store import (
 )
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
-from .scoring import K_MAX, class_index, predictions, self_search, table_from_hits
+from .scoring import K_MAX, class_index, predictions, read_vectors, self_search, table_from_hits
 
 DEFAULT_THRESHOLD = 128
 SOFT_GAMMA = 1.75
@@ -167,17 +167,11 @@ def prune_store(
     """
     mode = PruneMode(mode)
     undo_pruning(store, journal=False)
-    points: list[str] = []
-    labels: list[str] = []
-    feats: list[np.ndarray] = []
-    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True):
-        for p in batch:
-            points.append(p.id)
-            labels.append(p.label)
-            feats.append(p.vector)
+    points, payloads, vectors = read_vectors(store)
     if not points:
         raise ValueError("the memory is empty: nothing to prune")
-    counts, wrong = wrong_decision_counts(np.stack(feats), labels, min(k, len(points) - 1) or 1, rule, alpha,
+    labels = [p["label"] for p in payloads]
+    counts, wrong = wrong_decision_counts(vectors, labels, min(k, len(points) - 1) or 1, rule, alpha,
                                           blame=blame, progress=progress)
     report = PruneReport(mode=mode, points=len(points), wrong_decisions=int(wrong.sum()), k=k, rule=str(rule),
                          blame=blame, count_max=int(counts.max()), count_mean=float(counts.mean()))

@@ -18,6 +18,7 @@ from eval.scoring import (
     exact_search,
     neighbors_exact,
     neighbors_from_store,
+    read_vectors,
     score,
     truth_arrays,
 )
@@ -252,3 +253,30 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     assert (tmp_path / "accuracy.csv").read_text().splitlines()[1] == "all,plurality,1,1.000000"
     rank_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| rank |"))
     assert rank_row.endswith("| 100.00 (1) |") and rank_row.count("|") == 13  # rule, k=10..100, best
+
+
+@pytest.mark.parametrize("location", ["edge", ":memory:"])
+def test_a_memory_read_into_ram_is_every_vector_as_stored_even_if_points_come_or_go_meanwhile(location, tmp_path,
+                                                                                              monkeypatch):
+    from retrieval.store import EXCLUDED_KEY
+
+    spec = FeaturizerSpec(name="test", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
+    store = open_store(str(tmp_path / "m") if location == "edge" else location, spec)
+    m = random_unit_vectors(40, 16, seed=5)
+    ids = store.add(m, [f"c{i % 4}" for i in range(40)], [f"mem:{i}" for i in range(40)])
+    store.set_payload(ids[:3], {EXCLUDED_KEY: "pruned"})
+    stored = {i: v for i, v in zip(ids, m, strict=True)}
+
+    for counted in (5, 40, 400):  # points added after the count (rows grow), none, or forgotten (rows shrink)
+        monkeypatch.setattr(store, "count", lambda searchable=False, n=counted: n)
+        got, payloads, vectors = read_vectors(store)
+        assert vectors.dtype == np.float32 and vectors.shape == (40, 16)
+        held = vectors if vectors.base is None else vectors.base
+        assert held.nbytes <= vectors.nbytes / 0.9  # no room kept for rows that were not filled
+        assert sorted(got) == sorted(ids) and [p["source"] for p in payloads] == [
+            f"mem:{ids.index(i)}" for i in got]
+        assert np.allclose(vectors, np.stack([stored[i] for i in got]), atol=1e-3)  # float16 originals on disk
+    monkeypatch.undo()
+    searchable = MemoryArrays.from_store(store)
+    assert len(searchable) == 37 and not set(ids[:3]) & set(searchable.ids)  # as exact evaluation reads it
+    store.close()
