@@ -11,6 +11,7 @@ journaled, never the other way round.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +31,7 @@ from pydantic import BaseModel, Field
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy"]
 JOURNAL_FILE = "journal.jsonl"
+_AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
 IDS_PER_ENTRY = 100_000
@@ -63,6 +66,36 @@ class JournalEntry(BaseModel):
     def key(self) -> tuple[Any, ...]:
         """What tells one recorded edit from another (a copy of an entry has the same)."""
         return self.at, self.op, self.host, self.pid, self.part
+
+
+@dataclass(frozen=True)
+class JournalQuery:
+    """Which entries a history asks for; None: any."""
+
+    op: JournalOp | None = None
+    point_id: str | None = None  # the edits that forgot or relabelled this point
+    label: str | None = None  # the edits that touched this label
+    since: str | None = None  # ISO 8601 in UTC, as entries' `at`: at or after it
+
+    def matches(self, e: JournalEntry) -> bool:
+        return ((self.op is None or e.op == self.op) and (self.point_id is None or e.cites(self.point_id))
+                and (self.label is None or e.touches(self.label)) and (self.since is None or e.at >= self.since))
+
+    def may_match(self, line: str) -> bool:
+        """False for an entry's JSON line that cannot match: its op, the point id or the label is not in it.
+        Parsing is what a long journal's history costs, and most lines are rejected here without it."""
+        if self.op is not None and f'"op":"{self.op}"' not in line:
+            return False
+        if self.point_id is not None and self.point_id not in line:
+            return False
+        # A label JSON writes as it is (no quote, backslash or control character to escape) is in the line as is.
+        plain = self.label is not None and not any(c in '"\\' or c < " " for c in self.label)
+        return not (plain and self.label not in line)
+
+    @property
+    def selective(self) -> bool:
+        """Whether an entry must be parsed to know (beyond `since`) that it matches."""
+        return self.op is not None or self.point_id is not None or self.label is not None
 
 
 def now() -> str:
@@ -107,6 +140,12 @@ class Journal(ABC):
     def read(self) -> list[JournalEntry]:
         """Every entry, oldest first."""
 
+    def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
+        """The newest `limit` entries that match (all of them for None), newest first, and how many older ones
+        match too."""
+        found = [e for e in reversed(self.read()) if query.matches(e)]
+        return (found, 0) if limit is None else (found[:limit], max(0, len(found) - limit))
+
     def carry_from(self, other: Journal) -> int:
         """Append the entries of `other` this journal does not hold yet (a memory copied here: its history comes
         along; a copy run again adds none twice). Returns how many."""
@@ -141,6 +180,37 @@ class FileJournal(Journal):
             return []
         # In time order: entries carried from a copied memory are appended after this one's own.
         return sorted(self._entries(), key=lambda e: e.at)
+
+    def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
+        """As `Journal.newest`, parsing only the lines that may match and the `limit` newest that do: the page's
+        "recent edits" of a journal of 100,000 one-image adds took 1.1 s of the service's GIL when every line
+        was parsed (README, "The journal")."""
+        if limit is None or not self.path.exists():
+            return super().newest(query, limit)
+        newest: list[tuple[str, int, str]] = []  # the `limit` newest matches as (at, line number, line), a heap
+        matched = 0
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f):
+                if not line.endswith("\n"):
+                    break  # torn by a crash mid-write
+                if line.startswith(_AT_OPENING) and (end := line.find('"', len(_AT_OPENING))) > 0:
+                    at = line[len(_AT_OPENING) : end]
+                    if (query.since is not None and at < query.since) or not query.may_match(line):
+                        continue
+                    if query.selective and not query.matches(JournalEntry.model_validate_json(line)):
+                        continue
+                else:  # not as this version writes an entry: parsed to be sure
+                    entry = JournalEntry.model_validate_json(line)
+                    if not query.matches(entry):
+                        continue
+                    at = entry.at
+                matched += 1
+                if len(newest) < limit:
+                    heapq.heappush(newest, (at, number, line))
+                elif limit:
+                    heapq.heappushpop(newest, (at, number, line))
+        entries = [JournalEntry.model_validate_json(line) for *_, line in sorted(newest, reverse=True)]
+        return entries, matched - len(entries)
 
     def _entries(self) -> Iterator[JournalEntry]:
         with open(self.path, encoding="utf-8") as f:

@@ -198,3 +198,41 @@ def test_entries_appended_from_many_threads_each_stay_whole(tmp_path):
     entries = journal.read()
     assert sorted(e.ids[0][:8] for e in entries) == [f"{n:08d}" for n in range(16)]
     assert all(len(e.ids) == 5000 for e in entries)
+
+
+def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole_journal(tmp_path, monkeypatch):
+    import itertools
+    import random
+    import uuid
+
+    from retrieval.journal import Journal, JournalQuery
+
+    rng = random.Random(7)
+    labels = ["cat", 'a "quoted" one', "猫", "back\\slash", "x"]
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(30)]
+    entries = []
+    for i in range(300):
+        op = rng.choice(["add", "forget", "relabel", "name", "tune"])
+        chosen = rng.sample(ids, 3) if op in ("forget", "relabel") else []
+        at = f"2026-01-0{1 + i // 100}T00:00:{i % 60:02d}.{rng.randrange(10**6):06d}+00:00"
+        entries.append(JournalEntry(at=at, op=op, points=len(chosen) or 1, labels={rng.choice(labels): 1}, ids=chosen,
+                                    to=rng.choice(labels) if op == "relabel" else None))
+    entries.append(entries[-1].model_copy(update={"part": 1}))  # an edit's second part: the same time
+    journal = FileJournal(tmp_path / JOURNAL_FILE)
+    journal.append(entries[150:])
+    journal.append(entries[:150])  # older entries after newer ones, as `vmem copy` carries them
+    with open(journal.path, "a") as f:
+        f.write('{"at":"2030-01-01T00:00:00+00:00","op":"add"')  # torn by a crash: never shown
+
+    queries = [JournalQuery(op=op, point_id=point, label=label, since=since) for op, point, label, since in
+               itertools.product([None, "forget", "add"], [None, ids[0]], [None, *labels],
+                                 [None, "2026-01-02T00:00:30+00:00"])]
+    for query, limit in itertools.product(queries, [0, 1, 5, 1000]):
+        assert journal.newest(query, limit) == Journal.newest(journal, query, limit), (query, limit)
+
+    parsed = []
+    validate = JournalEntry.model_validate_json
+    monkeypatch.setattr(JournalEntry, "model_validate_json", lambda line: parsed.append(1) or validate(line))
+    shown, earlier = journal.newest(JournalQuery(), 20)
+    assert len(parsed) == 20 and earlier == len(entries) - 20  # the page's "recent edits": 20 lines parsed of 301
+    assert [e.at for e in shown] == sorted((e.at for e in entries), reverse=True)[:20]

@@ -44,7 +44,7 @@ from retrieval import (
 )
 from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.journal import JournalEntry, JournalOp, label_counts, most_first
+from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
     EXCLUDED_KEY,
     PRUNE_COUNT_KEY,
@@ -636,17 +636,21 @@ class VisualMemory:
         Example:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
         """
+        return self.history_page(point_id, source, op, limit, label, since)[0]
+
+    def history_page(self, point_id: str | None = None, source: str | Path | None = None,
+                     op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
+                     since: str | None = None) -> tuple[list[JournalEntry], int]:
+        """`history`, and how many older edits match beyond `limit` (to say "... and 1,234 earlier")."""
         if point_id is not None and source is not None:
             raise ValueError("give a point id or a source, not both")
         if source is not None:
             point_id = point_id_for(normalize_source(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
-        start = _utc_iso(since) if since is not None else None
-        entries = [e for e in reversed(self.store.journal.read())
-                   if (op is None or e.op == op) and (point_id is None or e.cites(point_id))
-                   and (label is None or e.touches(label)) and (start is None or e.at >= start)]
-        return entries[:limit] if limit is not None else entries
+        query = JournalQuery(op=op, point_id=point_id, label=label,
+                             since=_utc_iso(since) if since is not None else None)
+        return self.store.journal.newest(query, limit)
 
     def on_forget(self, listener: PointsListener) -> None:
         """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""

@@ -241,10 +241,11 @@ async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> H
     whether and when a point was forgotten, and through what."""
     point_id = str(q.point_id) if q.point_id is not None else None
     try:
-        entries = await service.run(service.memory.history, point_id=point_id, op=q.op, label=q.label, since=q.since)
+        entries, earlier = await service.run(service.memory.history_page, point_id=point_id, op=q.op,
+                                             limit=q.limit, label=q.label, since=q.since)
     except ValueError as exc:  # a `since` that is no date
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-    return HistoryOut(entries=entries[: q.limit], earlier=max(0, len(entries) - q.limit))
+    return HistoryOut(entries=entries, earlier=earlier)
 
 
 @router.get("/suspects", summary="Probably mislabelled points", response_model=SuspectsOut,

@@ -449,8 +449,8 @@ def history(
     mem = open_memory(memory, qdrant_url)
     with mem:
         try:
-            entries = mem.history(point_id=point_id, source=source, op=op.value if op else None, label=label,
-                                  since=since)
+            entries, earlier = mem.history_page(point_id=point_id, source=source, op=op.value if op else None,
+                                                limit=limit, label=label, since=since)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--since") from None
         now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
@@ -460,10 +460,10 @@ def history(
         state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
                  if now is not None else "not in the memory now")
         typer.echo(f"{who}: {state}", err=json_out)
-    for e in entries[:limit]:
+    for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
-    if len(entries) > limit:
-        typer.echo(f"... and {len(entries) - limit} earlier edits (--limit)", err=True)
+    if earlier:
+        typer.echo(f"... and {earlier} earlier edits (--limit)", err=True)
     if not entries:
         typer.echo("no edits recorded" + (" for it" if point_id or source else ""), err=True)
 
