@@ -463,3 +463,10 @@ def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, mo
 def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
     assert out.exit_code == 2 and "does not exist" in out.output
+
+
+def test_the_command_lists_give_each_command_its_summary_on_one_line():
+    listed = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert "and who (cli, http, python; host and process). A forget lists" in listed.output
+    bench = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "400"})
+    assert "ever returned afterwards, and the time to erase" in bench.output

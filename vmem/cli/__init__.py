@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import typer
@@ -56,6 +57,21 @@ app.command()(prune.suspects)
 app.command()(experiment.experiment)
 app.command()(tune)
 app.add_typer(dmn_cmd.app, name="dmn")
+
+
+def _summaries_on_one_line(commands: typer.Typer) -> None:
+    """`vmem --help` lists each command by its docstring's first paragraph, and rich markup keeps that
+    paragraph's line breaks: a docstring wrapped at 120 columns broke mid-sentence in the list. Joined here."""
+    for info in commands.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and text:
+            info.short_help = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    for group in commands.registered_groups:
+        if group.typer_instance is not None:
+            _summaries_on_one_line(group.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 @app.callback()
