@@ -119,7 +119,7 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     shutil.copytree(memory, copy)
     red0 = str((image_folder / "train" / "red" / "0.png").resolve())
     out = run("forget", "--memory", copy, "--id", point_id_for(red0))
-    assert out.exit_code == 0 and "forgot 1 points; memory now holds 11" in out.output
+    assert out.exit_code == 0 and "forgot 1 point; memory now holds 11" in out.output
     out = run("forget", "--memory", copy, "--source", str(image_folder / "train" / "green") + "/")
     assert "forgot 4 points; memory now holds 7" in out.output
     out = run("forget", "--memory", copy, "--label", "blue")

@@ -134,7 +134,7 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     lines = shown.stdout.splitlines()
     assert [line.split("\t")[1] for line in lines] == ["unprune", "prune", "relabel", "forget"]
     assert "4 points (blue: 4) to navy\tby label 'blue'\tvia cli on " in lines[2]  # labels as classify prints them
-    assert f"1 points (red: 1)\tby source_prefix '{gone}'" in lines[3]
+    assert f"1 point (red: 1)\tby source_prefix '{gone}'" in lines[3]
 
     one = runner.invoke(app, ["history", "--memory", location, "--source", gone])
     assert one.stderr.startswith(f"{gone}: not in the memory now") or one.stdout.startswith(f"{gone}: not in")

@@ -151,7 +151,7 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     runner = CliRunner(env={"COLUMNS": "250"})
     one = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--to", "blue"])
     assert one.exit_code == 0, one.output
-    assert one.stdout.strip() == "relabelled 1 points to 'blue' (navy); it now has 5"
+    assert one.stdout.strip() == "relabelled 1 point to 'blue' (navy); it now has 5"
     merged = runner.invoke(app, ["relabel", "--memory", location, "--label", "red", "--to", "scarlet"])
     assert merged.stdout.strip() == "relabelled 3 points to 'scarlet' (a new label); it now has 3"
     named = runner.invoke(app, ["relabel", "--memory", location, "--label", "green", "--to", "navy"])

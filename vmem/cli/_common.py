@@ -23,6 +23,11 @@ Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.mod
 VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})
 
 
+def n_points(n: int) -> str:
+    """`1 point`, `2 points`."""
+    return f"{n:,} point" + ("" if n == 1 else "s")
+
+
 def named_label(label: str, names: dict[str, str]) -> str:
     """A label as every command prints it: `n02124075 (Egyptian cat)`, or the label alone when unnamed."""
     name = names.get(label)

@@ -39,6 +39,7 @@ from ._common import (
     expand_images,
     finish_classify,
     memory_location,
+    n_points,
     named_label,
     open_failure,
     open_memory,
@@ -290,7 +291,7 @@ def forget(
             n = mem.forget(ids=id, label=label, source_prefix=source, erase=erase)
         except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
             raise typer.BadParameter(str(exc), param_hint="--erase") from exc
-        typer.echo(f"forgot {n} points; memory now holds {mem.store.count()}")
+        typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
         if n == 0 and label is not None:
             typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
         if erase:
@@ -320,7 +321,7 @@ def relabel(
             raise typer.BadParameter(str(exc), param_hint="--to") from None
         to = to.strip()
         name = mem.label_names.get(to)
-        typer.echo(f"relabelled {n} points to {to!r}" + (f" ({name})" if name else "")
+        typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({name})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
             if label is not None:
@@ -480,7 +481,7 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     else:
         labels = ", ".join(f"{named_label(lab, names)}: {n}" for lab, n in list(e.labels.items())[:5])
         more = f" and {len(e.labels) - 5} more labels" if len(e.labels) > 5 else ""
-        what = f"{e.points} points" + (f" ({labels}{more})" if labels else "")
+        what = n_points(e.points) + (f" ({labels}{more})" if labels else "")
         if e.op == "relabel":
             what += f" to {named_label(e.to or '', names)}"
     chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
