@@ -275,6 +275,17 @@ class ServerClient:
         return call
 
 
+class ClosedClient:
+    """Where a closed store's client was: every use says the memory is closed (the client's own errors say
+    "QdrantLocal instance is closed" or that an HTTP client was)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def __getattr__(self, name: str) -> Any:
+        raise MemoryError(f"the memory at {self.location} is closed: open it again to use it")
+
+
 class FeaturizerMismatchError(FeaturizerError):
     """Vectors from one encoder were about to meet a memory built with another."""
 
@@ -605,6 +616,19 @@ def _gc_paused() -> Iterator[None]:
 
 class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
+
+    _shard: Any = None
+
+    @property
+    def shard(self) -> Any:
+        """The engine's shard. A closed store says so, rather than "'NoneType' object has no attribute"."""
+        if self._shard is None:
+            raise MemoryError(f"the memory at {self.path} is closed: open it again to use it")
+        return self._shard
+
+    @shard.setter
+    def shard(self, shard: Any) -> None:
+        self._shard = shard
 
     def __init__(self, path: str | Path, meta: MemoryMeta | None = None):
         import qdrant_edge as qe
@@ -947,7 +971,7 @@ class EdgeMemoryStore(MemoryStore):
             self.shard.flush()
 
     def close(self) -> None:
-        shard = getattr(self, "shard", None)
+        shard = self._shard
         if shard is not None:
             self._acknowledge_last_add()
             if self._rows is not None:
@@ -1202,7 +1226,9 @@ class QdrantServerStore(MemoryStore):
         self._mark_edited(POINTS_EDIT_KEY)
 
     def close(self) -> None:
-        self.client.close()
+        if not isinstance(self.client, ClosedClient):
+            self.client.close()
+            self.client = ClosedClient(self.location)
 
 
 def open_store(

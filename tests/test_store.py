@@ -188,6 +188,15 @@ def test_an_embedded_memory_reopened_keeps_its_excluded_points_out(tmp_path):
         assert not {ids[0], ids[1]} & {h.id for h in s.query(vecs[0], k=15)}
 
 
+def test_a_closed_memory_says_it_is_closed(store):
+    vecs, *_ = fill(store)
+    store.close()
+    store.close()  # twice: nothing more to do
+    for use in (store.count, lambda: store.query_batch(vecs[:1], 3), lambda: store.add(vecs[:1], ["cat"], ["/x"])):
+        with pytest.raises(MemoryError, match=f"the memory at {store.location} is closed: open it again"):
+            use()
+
+
 def test_vectors_of_the_wrong_dimension_are_refused(store):
     with pytest.raises(FeaturizerMismatchError):
         store.add(random_unit_vectors(1, DIM + 1), ["cat"], ["/x.jpg"])
