@@ -113,6 +113,19 @@ def test_cli_lists_a_labels_points_and_says_where_the_next_page_starts(tmp_path)
     assert named.exit_code == 2 and "'house cat' is the name of label cat" in named.output
 
 
+def test_cli_exports_every_point_page_after_page(tmp_path):
+    location = tmp_path / "memory"
+    with VisualMemory(open_store(location, SPEC), reranker=None) as mem:
+        mem.store.add(random_unit_vectors(2500, 8), ["cat", "dog"] * 1250, [f"/data/{i}.jpg" for i in range(2500)])
+        ids = sorted(mem.store.ids_where())
+    export = CliRunner().invoke(app, ["points", "--memory", str(location), "--all", "--json"])
+    assert export.exit_code == 0 and "next page" not in export.stderr
+    rows = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [r["id"] for r in rows] == ids and {r["label"] for r in rows} == {"cat", "dog"}  # 3 pages of 1,000
+    dogs = CliRunner().invoke(app, ["points", "--memory", str(location), "--all", "--label", "dog"])
+    assert len(dogs.stdout.splitlines()) == 1250
+
+
 def test_http_pages_and_single_points(tmp_path, lite0):
     store = open_store(":memory:", lite0.spec)  # the service loads the memory's encoder: a real one
     store.add(random_unit_vectors(10, lite0.dim), ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)])

@@ -27,6 +27,7 @@ from retrieval import (
 )
 from retrieval.journal import JournalEntry, JournalOp
 
+from ..results import MemoryPoint
 from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
@@ -402,26 +403,35 @@ def points(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="points per page")] = 20,
     cursor: Annotated[str | None, typer.Option(help="where a page starts (the previous page's next cursor)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per point")] = False,
+    every: Annotated[bool, typer.Option("--all", help="every point (from --cursor on), page after page: e.g. "
+                                                      "--all --json > points.jsonl to analyse the memory")] = False,
 ) -> None:
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
     mem = open_memory(memory, qdrant_url)
     with mem:
         _check_labels(mem, [label] if label is not None else [])
-        try:
-            page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=limit, excluded=excluded)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--cursor" if cursor else "--source") from None
-    for p in page.points:
-        if json_out:
-            typer.echo(p.model_dump_json())
-        else:
-            named = f" ({p.label_name})" if p.label_name else ""
-            state = ["excluded"] if p.excluded else [f"reliability {p.reliability:.2f}"] if p.reliability != 1 else []
-            if p.prune_count:
-                state.append(f"misled {p.prune_count} decisions")
-            typer.echo("\t".join([p.id, f"{p.label}{named}", p.source, *([", ".join(state)] if state else [])]))
+        while True:
+            try:
+                page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=1000 if every else limit,
+                                  excluded=excluded)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--cursor" if cursor else "--source") from None
+            for p in page.points:
+                typer.echo(p.model_dump_json() if json_out else _point_line(p))
+            if not (every and page.next_cursor):
+                break
+            cursor = page.next_cursor
     if page.next_cursor:
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
+
+
+def _point_line(p: MemoryPoint) -> str:
+    """One point, tab-separated: id, label (name), source, and what pruning made of it."""
+    state = ["excluded"] if p.excluded else [f"reliability {p.reliability:.2f}"] if p.reliability != 1 else []
+    if p.prune_count:
+        state.append(f"misled {p.prune_count} decisions")
+    label = f"{p.label} ({p.label_name})" if p.label_name and p.label_name != p.label else p.label
+    return "\t".join([p.id, label, p.source, *([", ".join(state)] if state else [])])
 
 
 JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})
