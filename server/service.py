@@ -159,6 +159,7 @@ class ClassifierService:
         self.owns_memory = owns_memory
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._closed = False
         self.ready = False
         # Bumped on every edit: cached answers are keyed by it, so none outlives an edit.
         self._generation = 0
@@ -230,6 +231,7 @@ class ClassifierService:
                      time.perf_counter() - started)
 
     def close(self) -> None:
+        self._closed = True
         with self._executor_lock:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
@@ -415,7 +417,8 @@ class ClassifierService:
         try:
             self._keep_threshold(generation, which, self._calibrate(*which))
         except Exception:  # the earlier threshold stays in use; the next request after an edit tries again
-            log.warning("recalibrating the novelty threshold failed", exc_info=True)
+            if not self._closed:  # a memory closed under it at shutdown is no failure worth a warning
+                log.warning("recalibrating the novelty threshold failed", exc_info=True)
         finally:
             with self._ood_lock:
                 self._recalibrating.discard(which)

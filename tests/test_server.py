@@ -256,6 +256,34 @@ def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_re
     assert client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12))).json()["ood_threshold"] == fresh
 
 
+def test_a_recalibration_cut_short_by_shutdown_is_no_warning(client, monkeypatch, caplog):
+    import threading
+    import time
+
+    service = client.app.state.service
+    client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 11)))
+    started, release = threading.Event(), threading.Event()
+    calibrate = service._calibrate
+
+    def held(k, labels=None):
+        started.set()
+        assert release.wait(30)
+        return calibrate(k, labels)
+
+    monkeypatch.setattr(service, "_calibrate", held)
+    client.post("/v1/memory", headers=AUTH, data={"label": "odd"},
+                files={"images": ("odd.png", checkerboard(32, 3), "image/png")})
+    client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12)))
+    assert started.wait(30)
+    service.owns_memory = True  # as `vmem serve`'s service does
+    service.close()  # the service shuts down, its memory closed under the recalibration
+    release.set()
+    deadline = time.monotonic() + 30
+    while service._recalibrating and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not service._recalibrating and "recalibrating the novelty threshold failed" not in caplog.text
+
+
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
     body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
     assert body["label"] == "red" and body["reranked"] is False
