@@ -56,6 +56,30 @@ def test_suspects_are_listed_most_confident_first_with_a_suggestion(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("location", ["edge", ":memory:"])
+def test_asking_the_index_finds_the_suspects_exact_search_finds(tmp_path, location, monkeypatch):
+    import eval.label_audit
+
+    data = clusters(30, seed=3, spread=0.3)
+    noisy = flipped(data, [5, 40, 100])
+    store = open_store(str(tmp_path / "memory") if location == "edge" else location, SPEC)
+    ids = store.add(data.features, noisy, [f"/d/{i}.png" for i in range(len(noisy))])
+    exact = audit_labels(store, k=10, search="exact")
+    index = audit_labels(store, k=10, search="index")  # each point's 11 nearest from the index, itself left out
+    assert {s.id for s in index.suspects()} == {s.id for s in exact.suspects()} == {ids[5], ids[40], ids[100]}
+    assert [(s.id, s.suggested) for s in index.suspects()] == [(s.id, s.suggested) for s in exact.suspects()]
+    by_id = dict(zip(exact.ids, exact.share, strict=True))
+    assert np.mean([abs(by_id[i] - share) for i, share in zip(index.ids, index.share, strict=True)]) < 0.01
+
+    asked = []
+    monkeypatch.setattr(eval.label_audit, "_audit_by_index", lambda *a: asked.append(a) or index)
+    audit_labels(store, k=10)
+    assert not asked  # 180 points: exact search
+    monkeypatch.setattr(eval.label_audit, "EXACT_AUDIT_MAX", 100)
+    assert audit_labels(store, k=10) is index and asked  # above the bar: the index
+    store.close()
+
+
 def test_cli_lists_suspects_and_how_to_correct_them(tmp_path):
     data = clusters(30, seed=3, spread=0.3)
     noisy = flipped(data, [5, 40])
@@ -77,6 +101,8 @@ def test_cli_lists_suspects_and_how_to_correct_them(tmp_path):
     assert runner.invoke(app, ["relabel", "--memory", str(location), "--id", ids[5], "--to", "c0"]).exit_code == 0
     again = runner.invoke(app, ["suspects", "--memory", str(location), "--k", "10"])
     assert {line.split("\t")[0] for line in again.stdout.splitlines()} == {ids[40]}
+    by_index = runner.invoke(app, ["suspects", "--memory", str(location), "--k", "10", "--search", "index"])
+    assert {line.split("\t")[0] for line in by_index.stdout.splitlines()} == {ids[40]}
     unknown = runner.invoke(app, ["suspects", "--memory", str(location), "--label", "zero"])
     assert unknown.exit_code == 2 and "'zero' is the name of label c0" in unknown.output
 

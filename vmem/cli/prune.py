@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -56,6 +57,10 @@ def prune(
     typer.echo(report.summary())
 
 
+# eval.label_audit.AuditSearch, without importing eval for every vmem command.
+AuditSearchChoice = StrEnum("AuditSearchChoice", {s: s for s in ("auto", "exact", "index")})
+
+
 def suspects(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
@@ -66,6 +71,10 @@ def suspects(
     label: Annotated[str | None, typer.Option(help="only suspects with this label, or suggested this label")] = None,
     limit: Annotated[int, typer.Option(min=1, help="suspects shown, most confident first")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per suspect")] = False,
+    search: Annotated[AuditSearchChoice, typer.Option(
+        help="exact: every vector against every other, in RAM (time grows with the square of the points); index: "
+             "each point's neighbours from the memory's index, a page at a time (grows with the points); auto: "
+             "exact up to 100,000 points")] = AuditSearchChoice.auto,
 ) -> None:
     """Points that are probably mislabelled: the rest of the memory votes them another label. Check each, then
     `vmem relabel --id ID --to LABEL` (or `vmem forget --id ID`)."""
@@ -78,7 +87,7 @@ def suspects(
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             try:
-                votes = audit_labels(store, k=k, progress=bar.update)
+                votes = audit_labels(store, k=k, progress=bar.update, search=search.value)
             except ValueError as exc:  # fewer than 2 points
                 raise typer.BadParameter(str(exc)) from None
         found = votes.suspects(min_share)
