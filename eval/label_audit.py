@@ -23,12 +23,10 @@ from pydantic import BaseModel, Field
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
 from retrieval.voting import neighbor_weights, vote_all_k
 
-from .scoring import class_index, read_vectors, self_search, table_from_hits
+from .scoring import EXACT_SELF_SEARCH_MAX, class_index, read_vectors, self_search, table_from_hits
 
 DEFAULT_K = 50
-# Above this many points, `audit_labels` asks the index rather than searching every vector against every other:
-# exact search's time grows with the square of the points, the index's with the points.
-EXACT_AUDIT_MAX = 100_000
+EXACT_AUDIT_MAX = EXACT_SELF_SEARCH_MAX  # above it, `audit_labels` asks the index
 AUDIT_PAGE = 256  # points per page of index searches: 38 MB at the peak on the Tiny-ImageNet memory, 111 at 1,024
 AuditSearch = Literal["auto", "exact", "index"]
 DEFAULT_MIN_SHARE = 0.5

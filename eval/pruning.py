@@ -32,7 +32,16 @@ from retrieval.store import (
 )
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
-from .scoring import K_MAX, class_index, predictions, read_vectors, self_search, table_from_hits
+from .scoring import (
+    EXACT_SELF_SEARCH_MAX,
+    K_MAX,
+    class_index,
+    index_self_search,
+    predictions,
+    read_vectors,
+    self_search,
+    table_from_hits,
+)
 
 DEFAULT_THRESHOLD = 128
 SOFT_GAMMA = 1.75
@@ -46,7 +55,7 @@ class PruneMode(StrEnum):
 
 
 def wrong_decision_counts(
-    features: np.ndarray,
+    features: np.ndarray | None,
     labels: list[str],
     k: int = K_MAX,
     rule: VoteRule | str = VoteRule.rank,
@@ -58,7 +67,8 @@ def wrong_decision_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every memory point, how often it was a neighbour of a wrong leave-one-out decision.
 
-    `hits`: the memory's `self_search` with k columns, when the caller shares one search (else made here).
+    `hits`: the memory's `self_search` (or `index_self_search`) with k columns, when the caller has one (else
+    made here from `features`).
 
     Returns:
         (counts int64 [n], wrong bool [n]: whether the point itself was misclassified by the rest)
@@ -151,12 +161,17 @@ def prune_store(
     blame: Blame = "all",
     progress: Callable[[int], None] | None = None,
     via: str = "python",
+    search: Literal["auto", "exact", "index"] = "auto",
 ) -> PruneReport:
     """Prune a memory in place (any earlier pruning is undone first, so counts see every point); recorded in
     the memory's journal (`via`: who asked).
 
     Args:
-        store: the memory; its vectors are read into RAM for an exact self-search.
+        store: the memory.
+        search: how each point's neighbours are found: "exact" reads every vector into RAM and searches them
+            all against all (time grows with the square of the points); "index" asks the memory's index a
+            page at a time (grows with the points, at the index's recall); "auto": exact up to
+            `EXACT_SELF_SEARCH_MAX` points.
         mode: "hard" (exclude count >= threshold) or "soft" (reliability 1.75/(1+count)).
         threshold: hard pruning's count threshold.
         k: neighbours per leave-one-out decision.
@@ -167,12 +182,20 @@ def prune_store(
     """
     mode = PruneMode(mode)
     undo_pruning(store, journal=False)
-    points, payloads, vectors = read_vectors(store)
+    if search == "index" or (search == "auto" and store.count() > EXACT_SELF_SEARCH_MAX):
+        stored = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page]
+        points, labels = [p.id for p in stored], [p.label for p in stored]
+        k = min(k, len(points) - 1) or 1
+        hits = index_self_search(store, points, k, progress=progress) if points else None
+        vectors = None
+    else:
+        points, payloads, vectors = read_vectors(store)
+        labels = [p["label"] for p in payloads]
+        k, hits = min(k, len(points) - 1) or 1, None
     if not points:
         raise ValueError("the memory is empty: nothing to prune")
-    labels = [p["label"] for p in payloads]
-    counts, wrong = wrong_decision_counts(vectors, labels, min(k, len(points) - 1) or 1, rule, alpha,
-                                          blame=blame, progress=progress)
+    counts, wrong = wrong_decision_counts(vectors, labels, k, rule, alpha, blame=blame, progress=progress,
+                                          hits=hits)
     report = PruneReport(mode=mode, points=len(points), wrong_decisions=int(wrong.sum()), k=k, rule=str(rule),
                          blame=blame, count_max=int(counts.max()), count_mean=float(counts.mean()))
     blamed = counts >= 1

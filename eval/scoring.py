@@ -27,6 +27,9 @@ from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, SCROLL_PAGE
 from .exact import exact_search
 
 K_MAX = 100
+# Above this many points, self-searches (pruning, the label audit) ask the memory's index: exact search's time
+# grows with the square of the points (22 s at 50,000 x 384 on 2 cores), the index's with the points (1 ms each).
+EXACT_SELF_SEARCH_MAX = 100_000
 TABLE_KS = tuple(range(10, 101, 10))
 SOFT_SUFFIX = "+soft"
 
@@ -133,6 +136,27 @@ def self_search(features: np.ndarray, k: int, progress: Callable[[int], None] | 
     `exact_search` answers. The neighbours do not depend on the labels: one search serves every labelling."""
     feats = np.asarray(features, np.float32)
     return exact_search(feats, feats, k, exclude=np.arange(len(feats)), progress=progress)
+
+
+def index_self_search(store: MemoryStore, ids: Sequence[str], k: int, page: int = 256,
+                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`self_search` through the memory's index: each point's k nearest other points (rows of `ids`, -1 where
+    fewer, or a point missing from `ids`), a page of points at a time. Its time grows with the points where
+    exact search's grows with their square, and RAM holds one page of vectors (plus the int32/float32 hits)."""
+    row = {point_id: i for i, point_id in enumerate(ids)}
+    idx = np.full((len(ids), k), -1, dtype=np.int32)
+    sims = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    for batch in store.scroll(batch_size=page, with_vectors=True):
+        found = store.query_batch(np.stack([p.vector for p in batch]), k + 1)
+        for point, neighbours in zip(batch, found, strict=True):
+            if (r := row.get(point.id)) is None:  # added after `ids` was read
+                continue
+            others = [(row.get(n.id, -1), n.similarity) for n in neighbours if n.id != point.id][:k]
+            if others:
+                idx[r, : len(others)], sims[r, : len(others)] = zip(*others, strict=True)
+        if progress:
+            progress(len(batch))
+    return idx, sims
 
 
 def table_from_hits(idx: np.ndarray, sims: np.ndarray, memory_labels: Sequence[str], classes: list[str],

@@ -122,3 +122,33 @@ def test_a_point_forgotten_during_the_self_search_does_not_fail_the_prune(locati
     excluded = {p.id for batch in store.scroll() for p in batch if p.payload.get("excluded")}
     assert store.count() == 20 and ids[0] not in excluded and len(excluded) == report.excluded - 1
     store.close()
+
+
+def test_pruning_by_the_index_blames_the_points_exact_search_blames(location, monkeypatch):
+    import eval.pruning as pruning
+    from tests.test_eval_experiments import clusters
+
+    data = clusters(30, seed=3, spread=0.5)
+    labels = [f"c{(int(lab[1:]) + 1) % 6}" if i % 17 == 0 else lab for i, lab in enumerate(data.labels)]  # 11 wrong
+    store = open_store(location, FeaturizerSpec(name="dummy", dim=16, preprocessing=Preprocessing(resize=32, crop=32)))
+    ids = store.add(data.features, labels, [f"/d/{i}.png" for i in range(len(labels))])
+
+    def counts() -> dict[str, int]:
+        return {p.id: p.payload.get("prune_count", 0) for page in store.scroll() for p in page}
+
+    exact = prune_store(store, "soft", k=10, search="exact")
+    by_exact = counts()
+    index = prune_store(store, "soft", k=10, search="index")  # each point's 11 nearest from the index
+    by_index = counts()
+    assert exact.wrong_decisions >= 11 and abs(index.wrong_decisions - exact.wrong_decisions) <= 1
+    assert np.mean([by_index[i] == by_exact[i] for i in ids]) >= 0.95  # float16 originals move a rare 10th place
+
+    def index_asked(*args, **kwargs):
+        raise RuntimeError("asked the index")
+
+    monkeypatch.setattr(pruning, "index_self_search", index_asked)
+    assert prune_store(store, "soft", k=10).wrong_decisions == exact.wrong_decisions  # 180 points: exact search
+    monkeypatch.setattr(pruning, "EXACT_SELF_SEARCH_MAX", 100)
+    with pytest.raises(RuntimeError, match="asked the index"):
+        prune_store(store, "soft", k=10)
+    store.close()

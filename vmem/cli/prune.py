@@ -24,6 +24,12 @@ from ._common import (
     require_points,
 )
 
+# How a self-search finds neighbours (eval.label_audit.AuditSearch), without importing eval for every command.
+SelfSearchChoice = StrEnum("SelfSearchChoice", {s: s for s in ("auto", "exact", "index")})
+SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows with the square of the points); "
+                    "index: each point's neighbours from the memory's index, a page at a time (grows with the "
+                    "points); auto: exact up to 100,000 points")
+
 
 def prune(
     memory: MemoryOpt = DEFAULT_MEMORY,
@@ -35,6 +41,7 @@ def prune(
     blame: Annotated[str, typer.Option(help="all: every neighbour of a wrong decision; voters: only those "
                                             "with the wrongly chosen label")] = "all",
     undo: Annotated[bool, typer.Option("--undo", help="restore every point and factor, then stop")] = False,
+    search: Annotated[SelfSearchChoice, typer.Option(help=SELF_SEARCH_HELP)] = SelfSearchChoice.auto,
 ) -> None:
     """Prune the memory by querying it against itself (rank voting); `--undo` reverses it."""
     from eval.pruning import PruneMode, prune_store, undo_pruning
@@ -53,12 +60,8 @@ def prune(
         require_points(mem)
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             report = prune_store(store, mode, threshold=threshold, k=k, blame=blame,  # type: ignore[arg-type]
-                                 progress=bar.update, via="cli")
+                                 progress=bar.update, via="cli", search=search.value)
     typer.echo(report.summary())
-
-
-# eval.label_audit.AuditSearch, without importing eval for every vmem command.
-AuditSearchChoice = StrEnum("AuditSearchChoice", {s: s for s in ("auto", "exact", "index")})
 
 
 def suspects(
@@ -71,10 +74,7 @@ def suspects(
     label: Annotated[str | None, typer.Option(help="only suspects with this label, or suggested this label")] = None,
     limit: Annotated[int, typer.Option(min=1, help="suspects shown, most confident first")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per suspect")] = False,
-    search: Annotated[AuditSearchChoice, typer.Option(
-        help="exact: every vector against every other, in RAM (time grows with the square of the points); index: "
-             "each point's neighbours from the memory's index, a page at a time (grows with the points); auto: "
-             "exact up to 100,000 points")] = AuditSearchChoice.auto,
+    search: Annotated[SelfSearchChoice, typer.Option(help=SELF_SEARCH_HELP)] = SelfSearchChoice.auto,
 ) -> None:
     """Points that are probably mislabelled: the rest of the memory votes them another label. Check each, then
     `vmem relabel --id ID --to LABEL` (or `vmem forget --id ID`)."""
