@@ -226,12 +226,10 @@ def test_a_new_label_sets_calibration_does_not_hold_up_answers_whose_threshold_i
     assert before_release == [known]
 
 
-def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_ready(client, monkeypatch):
+def hold_calibrations(service, monkeypatch):
+    """Novelty calibrations wait for `release`; `started` is set when one begins."""
     import threading
-    import time
 
-    service = client.app.state.service
-    earlier = client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 11))).json()["ood_threshold"]
     started, release = threading.Event(), threading.Event()
     calibrate = service._calibrate
 
@@ -241,6 +239,15 @@ def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_re
         return calibrate(k, labels)
 
     monkeypatch.setattr(service, "_calibrate", held)
+    return started, release
+
+
+def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_ready(client, monkeypatch):
+    import time
+
+    service = client.app.state.service
+    earlier = client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 11))).json()["ood_threshold"]
+    started, release = hold_calibrations(service, monkeypatch)
     # An unusual image added: the memory's points changed, so the threshold is computed anew, in the background.
     added = client.post("/v1/memory", headers=AUTH, data={"label": "odd"},
                         files={"images": ("odd.png", checkerboard(32, 3), "image/png")})
@@ -257,20 +264,11 @@ def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_re
 
 
 def test_a_recalibration_cut_short_by_shutdown_is_no_warning(client, monkeypatch, caplog):
-    import threading
     import time
 
     service = client.app.state.service
     client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 11)))
-    started, release = threading.Event(), threading.Event()
-    calibrate = service._calibrate
-
-    def held(k, labels=None):
-        started.set()
-        assert release.wait(30)
-        return calibrate(k, labels)
-
-    monkeypatch.setattr(service, "_calibrate", held)
+    started, release = hold_calibrations(service, monkeypatch)
     client.post("/v1/memory", headers=AUTH, data={"label": "odd"},
                 files={"images": ("odd.png", checkerboard(32, 3), "image/png")})
     client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12)))
