@@ -15,20 +15,25 @@ flipped ones far better than the blame count does (docs/results/eval.md, "Findin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
+from retrieval.store import SCROLL_PAGE
 from retrieval.voting import neighbor_weights, vote_all_k
 
-from .scoring import EXACT_SELF_SEARCH_MAX, class_index, read_vectors, self_search, table_from_hits
+from .scoring import (
+    SelfSearch,
+    asks_index,
+    class_index,
+    index_self_search,
+    read_vectors,
+    self_search,
+    table_from_hits,
+)
 
 DEFAULT_K = 50
-EXACT_AUDIT_MAX = EXACT_SELF_SEARCH_MAX  # above it, `audit_labels` asks the index
-AUDIT_PAGE = 256  # points per page of index searches: 38 MB at the peak on the Tiny-ImageNet memory, 111 at 1,024
-AuditSearch = Literal["auto", "exact", "index"]
 DEFAULT_MIN_SHARE = 0.5
 
 
@@ -70,7 +75,7 @@ class LabelVotes(BaseModel):
 
 
 def leave_one_out_votes(
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
     labels: list[str],
     k: int = DEFAULT_K,
     alpha: float = DEFAULT_ALPHA,
@@ -81,7 +86,8 @@ def leave_one_out_votes(
     """For each row, the rank vote of its k nearest other rows: (the best label other than its own, that
     label's share of the weight, its own label's share).
 
-    `hits`: the memory's `self_search` with k columns, when the caller shares one search (else made here).
+    `hits`: the memory's `self_search` (or `index_self_search`) with k columns, when the caller has one (else
+    made here from `vectors`).
     """
     n = len(labels)
     classes, pos = class_index(labels)
@@ -92,82 +98,44 @@ def leave_one_out_votes(
     share = np.zeros(n)
     own_share = np.zeros(n)
     for s in range(0, n, block):
-        other[s : s + block], share[s : s + block], own_share[s : s + block] = votes_of_neighbours(
-            label_ids[s : s + block], sims[s : s + block], own[s : s + block], len(classes), alpha)
+        ids, sim, mine = label_ids[s : s + block], sims[s : s + block], own[s : s + block, None]
+        w = np.where(ids >= 0, neighbor_weights(sim, VoteRule.rank, alpha), 0.0)
+        total = np.maximum(w.sum(axis=1), 1e-12)
+        # The vote among the other labels (the point's own taken out): classify's rule and tie-break.
+        best = vote_all_k(np.where(ids == mine, -1, ids), sim, VoteRule.rank, len(classes), alpha)[:, -1]
+        other[s : s + block] = best
+        share[s : s + block] = np.where((ids == best[:, None]) & (best[:, None] >= 0), w, 0.0).sum(axis=1) / total
+        own_share[s : s + block] = np.where(ids == mine, w, 0.0).sum(axis=1) / total
     suggested = [classes[c] if c >= 0 else None for c in other]
     return suggested, share, own_share
 
 
-def votes_of_neighbours(label_ids: np.ndarray, sims: np.ndarray, own: np.ndarray, n_classes: int,
-                        alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of neighbours' class ids (-1: none) and similarities, each row a point's others, best first; and each
-    point's own class id. Returns per point the best class other than its own (-1: none), its share of the rank
-    vote's weight, and the own class's share."""
-    mine = own[:, None]
-    w = np.where(label_ids >= 0, neighbor_weights(sims, VoteRule.rank, alpha), 0.0)
-    total = np.maximum(w.sum(axis=1), 1e-12)
-    # The vote among the other labels (the point's own taken out): classify's rule and tie-break.
-    best = vote_all_k(np.where(label_ids == mine, -1, label_ids), sims, VoteRule.rank, n_classes, alpha)[:, -1]
-    share = np.where((label_ids == best[:, None]) & (best[:, None] >= 0), w, 0.0).sum(axis=1) / total
-    return best, share, np.where(label_ids == mine, w, 0.0).sum(axis=1) / total
-
 
 def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_ALPHA,
-                 progress: Callable[[int], None] | None = None, search: AuditSearch = "auto") -> LabelVotes:
+                 progress: Callable[[int], None] | None = None, search: SelfSearch = "auto") -> LabelVotes:
     """Every point's leave-one-out vote over the whole memory.
 
     `search`: "exact" reads every vector into RAM and searches them all against all (as pruning does): its
     time grows with the square of the points (23 s at 50,000 x 384 on 2 cores, hours at 1.28M). "index"
-    asks the memory's own index for each point's k + 1 nearest, a page of points at a time: time grows with
-    the points and RAM holds one page, at the index's recall (its hard-pruned points, out of every search, do
-    not vote). "auto": exact up to `EXACT_AUDIT_MAX` points, the index above.
+    asks the memory's own index for each point's k + 1 nearest (`index_self_search`): time grows with the
+    points, RAM holds one page of vectors, at the index's recall (its hard-pruned points, out of every search,
+    do not vote). "auto": exact up to `EXACT_SELF_SEARCH_MAX` points, the index above.
 
     Example:
         >>> votes = audit_labels(open_store("./memory"))
         >>> for s in votes.suspects(min_share=0.8)[:20]:
         ...     print(s.source, s.label, "->", s.suggested)
     """
-    if search == "index" or (search == "auto" and store.count() > EXACT_AUDIT_MAX):
-        return _audit_by_index(store, k, alpha, progress)
-    ids, payloads, vectors = read_vectors(store)
+    if asks_index(store, search):
+        points = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page]
+        ids, labels, sources = [p.id for p in points], [p.label for p in points], [p.source for p in points]
+        vectors = None
+    else:
+        ids, payloads, vectors = read_vectors(store)
+        labels, sources = [p["label"] for p in payloads], [p["source"] for p in payloads]
     if len(ids) < 2:
         raise ValueError("the memory holds fewer than 2 points: no point has neighbours to vote")
-    labels = [p["label"] for p in payloads]
-    suggested, share, own_share = leave_one_out_votes(vectors, labels, k, alpha, progress=progress)
-    return LabelVotes(ids=ids, labels=labels, sources=[p["source"] for p in payloads], suggested=suggested,
-                      share=share.tolist(), own_share=own_share.tolist())
-
-
-def _audit_by_index(store: MemoryStore, k: int, alpha: float,
-                    progress: Callable[[int], None] | None) -> LabelVotes:
-    if store.count() < 2:
-        raise ValueError("the memory holds fewer than 2 points: no point has neighbours to vote")
-    pos: dict[str, int] = {}  # class ids, given as labels are met: the vote's tie-break does not read them
-    ids: list[str] = []
-    labels: list[str] = []
-    sources: list[str] = []
-    other: list[np.ndarray] = []
-    share: list[np.ndarray] = []
-    own_share: list[np.ndarray] = []
-    for page in store.scroll(batch_size=AUDIT_PAGE, with_vectors=True):
-        found = store.query_batch(np.stack([p.vector for p in page]), k + 1)
-        label_ids = np.full((len(page), k), -1, dtype=np.int64)
-        sims = np.zeros((len(page), k))
-        for row, (point, neighbours) in enumerate(zip(page, found, strict=True)):
-            others = [n for n in neighbours if n.id != point.id][:k]  # itself left out, as exact search does
-            label_ids[row, : len(others)] = [pos.setdefault(n.label, len(pos)) for n in others]
-            sims[row, : len(others)] = [n.similarity for n in others]
-        own = np.array([pos.setdefault(p.label, len(pos)) for p in page], dtype=np.int64)
-        best, best_share, mine = votes_of_neighbours(label_ids, sims, own, len(pos), alpha)
-        other.append(best)
-        share.append(best_share)
-        own_share.append(mine)
-        ids += [p.id for p in page]
-        labels += [p.label for p in page]
-        sources += [p.source for p in page]
-        if progress:
-            progress(len(page))
-    classes = list(pos)
-    return LabelVotes(ids=ids, labels=labels, sources=sources,
-                      suggested=[classes[c] if c >= 0 else None for c in np.concatenate(other)],
-                      share=np.concatenate(share).tolist(), own_share=np.concatenate(own_share).tolist())
+    hits = index_self_search(store, ids, min(k, len(ids) - 1), progress=progress) if vectors is None else None
+    suggested, share, own_share = leave_one_out_votes(vectors, labels, k, alpha, progress=progress, hits=hits)
+    return LabelVotes(ids=ids, labels=labels, sources=sources, suggested=suggested, share=share.tolist(),
+                      own_share=own_share.tolist())

@@ -33,8 +33,9 @@ from retrieval.store import (
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 
 from .scoring import (
-    EXACT_SELF_SEARCH_MAX,
     K_MAX,
+    SelfSearch,
+    asks_index,
     class_index,
     index_self_search,
     predictions,
@@ -161,7 +162,7 @@ def prune_store(
     blame: Blame = "all",
     progress: Callable[[int], None] | None = None,
     via: str = "python",
-    search: Literal["auto", "exact", "index"] = "auto",
+    search: SelfSearch = "auto",
 ) -> PruneReport:
     """Prune a memory in place (any earlier pruning is undone first, so counts see every point); recorded in
     the memory's journal (`via`: who asked).
@@ -182,18 +183,17 @@ def prune_store(
     """
     mode = PruneMode(mode)
     undo_pruning(store, journal=False)
-    if search == "index" or (search == "auto" and store.count() > EXACT_SELF_SEARCH_MAX):
+    if asks_index(store, search):
         stored = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page]
         points, labels = [p.id for p in stored], [p.label for p in stored]
-        k = min(k, len(points) - 1) or 1
-        hits = index_self_search(store, points, k, progress=progress) if points else None
         vectors = None
     else:
         points, payloads, vectors = read_vectors(store)
         labels = [p["label"] for p in payloads]
-        k, hits = min(k, len(points) - 1) or 1, None
     if not points:
         raise ValueError("the memory is empty: nothing to prune")
+    k = min(k, len(points) - 1) or 1
+    hits = index_self_search(store, points, k, progress=progress) if vectors is None else None
     counts, wrong = wrong_decision_counts(vectors, labels, k, rule, alpha, blame=blame, progress=progress,
                                           hits=hits)
     report = PruneReport(mode=mode, points=len(points), wrong_decisions=int(wrong.sum()), k=k, rule=str(rule),

@@ -59,6 +59,7 @@ def test_suspects_are_listed_most_confident_first_with_a_suggestion(tmp_path):
 @pytest.mark.parametrize("location", ["edge", ":memory:"])
 def test_asking_the_index_finds_the_suspects_exact_search_finds(tmp_path, location, monkeypatch):
     import eval.label_audit
+    import eval.scoring
 
     data = clusters(30, seed=3, spread=0.3)
     noisy = flipped(data, [5, 40, 100])
@@ -72,11 +73,17 @@ def test_asking_the_index_finds_the_suspects_exact_search_finds(tmp_path, locati
     assert np.mean([abs(by_id[i] - share) for i, share in zip(index.ids, index.share, strict=True)]) < 0.01
 
     asked = []
-    monkeypatch.setattr(eval.label_audit, "_audit_by_index", lambda *a: asked.append(a) or index)
+    search_index = eval.label_audit.index_self_search
+
+    def counted(*args, **kwargs):
+        asked.append(args)
+        return search_index(*args, **kwargs)
+
+    monkeypatch.setattr(eval.label_audit, "index_self_search", counted)
     audit_labels(store, k=10)
     assert not asked  # 180 points: exact search
-    monkeypatch.setattr(eval.label_audit, "EXACT_AUDIT_MAX", 100)
-    assert audit_labels(store, k=10) is index and asked  # above the bar: the index
+    monkeypatch.setattr(eval.scoring, "EXACT_SELF_SEARCH_MAX", 100)
+    assert audit_labels(store, k=10) == index and asked  # above the bar: the index
     store.close()
 
 

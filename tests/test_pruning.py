@@ -126,6 +126,7 @@ def test_a_point_forgotten_during_the_self_search_does_not_fail_the_prune(locati
 
 def test_pruning_by_the_index_blames_the_points_exact_search_blames(location, monkeypatch):
     import eval.pruning as pruning
+    import eval.scoring as scoring
     from tests.test_eval_experiments import clusters
 
     data = clusters(30, seed=3, spread=0.5)
@@ -148,7 +149,7 @@ def test_pruning_by_the_index_blames_the_points_exact_search_blames(location, mo
 
     monkeypatch.setattr(pruning, "index_self_search", index_asked)
     assert prune_store(store, "soft", k=10).wrong_decisions == exact.wrong_decisions  # 180 points: exact search
-    monkeypatch.setattr(pruning, "EXACT_SELF_SEARCH_MAX", 100)
+    monkeypatch.setattr(scoring, "EXACT_SELF_SEARCH_MAX", 100)
     with pytest.raises(RuntimeError, match="asked the index"):
         prune_store(store, "soft", k=10)
     store.close()

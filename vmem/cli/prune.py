@@ -24,7 +24,7 @@ from ._common import (
     require_points,
 )
 
-# How a self-search finds neighbours (eval.label_audit.AuditSearch), without importing eval for every command.
+# How a self-search finds neighbours (eval.scoring.SelfSearch), without importing eval for every command.
 SelfSearchChoice = StrEnum("SelfSearchChoice", {s: s for s in ("auto", "exact", "index")})
 SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows with the square of the points); "
                     "index: each point's neighbours from the memory's index, a page at a time (grows with the "
