@@ -122,6 +122,28 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     browser.save_screenshot(str(ARTIFACTS / "page-history.png"))
 
 
+def test_the_history_list_says_how_many_earlier_edits_it_leaves_out(browser, page_url):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # 23 edits over HTTP: one point relabelled back and forth; the list shows the newest 20 of them.
+    with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
+        point = http.get("/v1/memory/points", params={"limit": 1}).json()["points"][0]
+        for i in range(23):
+            to = "blue" if i % 2 == 0 else point["label"]
+            assert http.patch(f"/v1/memory/points/{point['id']}", json={"label": to}).status_code == 200
+
+    browser.get(page_url + "/")
+    browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li[data-earlier]"))
+    edits = browser.find_elements(By.CSS_SELECTOR, "#history-list li[data-op]")
+    assert len(edits) == 20 and {e.get_attribute("data-op") for e in edits} == {"relabel"}
+    rest = browser.find_element(By.CSS_SELECTOR, "#history-list li[data-earlier]")
+    assert rest.text.startswith("… and 3 earlier edits")
+
+
 def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -250,6 +250,14 @@ async function loadHistory() {
     li.textContent = "no edits recorded yet";
     items.push(li);
   }
+  if (body.earlier > 0) {  // the rest of the journal is there, only not listed here
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.dataset.earlier = body.earlier;
+    li.textContent = `… and ${body.earlier} earlier edit${body.earlier === 1 ? "" : "s"} ` +
+      "(all of them: vmem history, or GET v1/memory/history)";
+    items.push(li);
+  }
   list.replaceChildren(...items);
 }
 
