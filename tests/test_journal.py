@@ -87,6 +87,33 @@ def test_a_forget_of_many_points_is_recorded_in_parts(memory, monkeypatch):
     assert {e.at for e in parts} == {parts[0].at}
 
 
+def test_edits_racing_each_other_record_each_point_once(memory):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def at_once(edit) -> list[int]:  # eight clients make the same edit at the same moment
+        start = threading.Barrier(8)
+
+        def one(_) -> int:
+            start.wait()
+            return edit()
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, range(8)))
+
+    blue = memory.store.ids_where(label="blue")
+    relabelled = at_once(lambda: memory.relabel("navy", ids=blue))
+    relabels = memory.history(op="relabel")
+    assert sum(relabelled) == sum(e.points for e in relabels) == 4  # each point relabelled by one call, once
+    assert sorted(i for e in relabels for i in e.ids) == sorted(blue)
+
+    ids = memory.store.ids_where(label="red") + memory.store.ids_where(label="green")
+    forgotten = at_once(lambda: memory.forget(ids=ids))
+    forgets = memory.history(op="forget")
+    assert sum(forgotten) == sum(e.points for e in forgets) == 8
+    assert sorted(i for e in forgets for i in e.ids) == sorted(ids)
+
+
 def test_processes_sharing_a_server_write_one_journal(lite0, images):
     client = QdrantClient(":memory:")
     first = fill_memory(":memory:", lite0, images)

@@ -131,6 +131,9 @@ class VisualMemory:
         self.store = store
         self._featurizer = featurizer
         self._featurizer_lock = threading.Lock()
+        # Forgets and relabels read the points' labels, then change them: two threads doing so at once would
+        # both journal the points the other changed. (Processes sharing a Qdrant server are not covered.)
+        self._edit_lock = threading.Lock()
         if featurizer is not None:
             store.check_featurizer(featurizer.spec)
         self._forget_listeners: list[PointsListener] = []
@@ -718,8 +721,9 @@ class VisualMemory:
                              "its segments on its own schedule): forget without erase")
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         # Read before they go: the journal is all that will say which points went, and what they were.
-        present = self.store.existing_labels(targets) if targets else {}
-        n = self.store.delete_ids(targets)
+        with self._edit_lock:
+            present = self.store.existing_labels(targets) if targets else {}
+            n = self.store.delete_ids(targets)
         if present:
             self._journal("forget", list(present), points=n, labels=label_counts(present),
                           selector=_selector(ids, label, source_prefix))
@@ -771,7 +775,8 @@ class VisualMemory:
 
     def _relabel_points(self, ids: list[str], to: str, selector: dict[str, Any]) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
-        before = self.store.relabel(ids, to)
+        with self._edit_lock:
+            before = self.store.relabel(ids, to)
         changed = list(before)
         if changed:
             self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
