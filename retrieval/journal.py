@@ -228,6 +228,7 @@ class CollectionJournal(Journal):
         self.client = client
         self.collection = collection
         self._exists = False  # known to exist: asked once per process, not once per edit
+        self._time_indexed = False  # its `at` indexed by this process (a journal written by an older vmem is not)
 
     def _create(self) -> None:
         from qdrant_client import models as qm
@@ -240,6 +241,16 @@ class CollectionJournal(Journal):
                 if not self.client.collection_exists(self.collection):  # not made by another process meanwhile
                     raise
         self._exists = True
+        self._index_time()
+
+    def _index_time(self) -> None:
+        """A datetime index on `at`: a Qdrant server orders by a payload key only through a range index on it.
+        (Asking again for an index that exists changes nothing.)"""
+        from qdrant_client import models as qm
+
+        if not self._time_indexed:
+            self.client.create_payload_index(self.collection, "at", qm.PayloadSchemaType.DATETIME)
+            self._time_indexed = True
 
     def append(self, entries: Sequence[JournalEntry]) -> None:
         from qdrant_client import models as qm
@@ -256,13 +267,60 @@ class CollectionJournal(Journal):
     def read(self) -> list[JournalEntry]:
         if not self.client.collection_exists(self.collection):
             return []
-        payloads: list[dict[str, Any]] = []
+        return [_entry(p) for p in sorted(self._payloads(), key=_in_time_order)]
+
+    def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
+        """As `Journal.newest`, with the server filtering and ordering: the page's "recent edits" is one count
+        and one page of `limit` entries, not every entry of a shared memory's journal sent here. A label query
+        reads them all, as before: an entry names a label in four places, two of them as keys of a map."""
+        if limit is None or query.label is not None:
+            return super().newest(query, limit)
+        if not self.client.collection_exists(self.collection):
+            return [], 0
+        from qdrant_client import models as qm
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        must = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+                for key, value in (("op", query.op), ("ids", query.point_id)) if value is not None]
+        if query.since is not None:
+            must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=query.since)))
+        try:
+            self._index_time()
+            matched = self.client.count(self.collection, count_filter=qm.Filter(must=must), exact=True).count
+            if not limit or not matched:
+                return [], matched
+            # One more than shown: whether the page ends between two edits, or inside one.
+            recs, _ = self.client.scroll(self.collection, scroll_filter=qm.Filter(must=must), limit=limit + 1,
+                                         with_payload=True, with_vectors=False,
+                                         order_by=qm.OrderBy(key="at", direction=qm.Direction.DESC))
+        except UnexpectedResponse as exc:  # e.g. a key that may read but not index: the whole journal, as before
+            log.warning("the journal's server would not order its entries (%s); reading them all", exc)
+            return super().newest(query, limit)
+        payloads = [r.payload or {} for r in recs]
+        if len(payloads) > limit and payloads[limit]["at"] == (last := payloads[limit - 1]["at"]):
+            # The entries of one edit share its time, and the server orders them any way: all of them are read,
+            # to be put in the order `read` gives (and to drop the same ones it would).
+            tied = list(self._payloads(qm.Filter(must=[*must, qm.FieldCondition(
+                key="at", range=qm.DatetimeRange(gte=last, lte=last))])))
+            payloads = [p for p in payloads if p["at"] != last] + tied
+        payloads.sort(key=_in_time_order, reverse=True)
+        entries = [_entry(p) for p in payloads[:limit]]
+        return entries, matched - len(entries)
+
+    def _payloads(self, flt: Any = None) -> Iterator[dict[str, Any]]:
         offset = None
         while True:
-            recs, offset = self.client.scroll(self.collection, limit=256, offset=offset, with_payload=True,
-                                              with_vectors=False)
-            payloads += [r.payload or {} for r in recs]
+            recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset,
+                                              with_payload=True, with_vectors=False)
+            yield from (r.payload or {} for r in recs)
             if offset is None or not recs:
-                break
-        payloads.sort(key=lambda p: (p.get("at", ""), p.get("seq", 0)))
-        return [JournalEntry.model_validate({k: v for k, v in p.items() if k != "seq"}) for p in payloads]
+                return
+
+
+def _in_time_order(payload: dict[str, Any]) -> tuple[str, int]:
+    # `seq` orders the entries of one edit (its parts), and edits within a clock tick.
+    return payload.get("at", ""), payload.get("seq", 0)
+
+
+def _entry(payload: dict[str, Any]) -> JournalEntry:
+    return JournalEntry.model_validate({k: v for k, v in payload.items() if k != "seq"})

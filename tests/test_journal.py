@@ -227,33 +227,45 @@ def test_entries_appended_from_many_threads_each_stay_whole(tmp_path):
     assert all(len(e.ids) == 5000 for e in entries)
 
 
-def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole_journal(tmp_path, monkeypatch):
+LABELS = ["cat", 'a "quoted" one', "猫", "back\\slash", "x"]
+
+
+def a_long_journal(seed: int = 7) -> tuple[list[JournalEntry], list]:
+    """301 entries of every kind (the last two an edit's two parts, at one time), and queries of each kind."""
     import itertools
     import random
     import uuid
 
-    from retrieval.journal import Journal, JournalQuery
+    from retrieval.journal import JournalQuery
 
-    rng = random.Random(7)
-    labels = ["cat", 'a "quoted" one', "猫", "back\\slash", "x"]
+    rng = random.Random(seed)
     ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(30)]
     entries = []
     for i in range(300):
         op = rng.choice(["add", "forget", "relabel", "name", "tune"])
         chosen = rng.sample(ids, 3) if op in ("forget", "relabel") else []
         at = f"2026-01-0{1 + i // 100}T00:00:{i % 60:02d}.{rng.randrange(10**6):06d}+00:00"
-        entries.append(JournalEntry(at=at, op=op, points=len(chosen) or 1, labels={rng.choice(labels): 1}, ids=chosen,
-                                    to=rng.choice(labels) if op == "relabel" else None))
+        entries.append(JournalEntry(at=at, op=op, points=len(chosen) or 1, labels={rng.choice(LABELS): 1}, ids=chosen,
+                                    to=rng.choice(LABELS) if op == "relabel" else None))
     entries.append(entries[-1].model_copy(update={"part": 1}))  # an edit's second part: the same time
+    queries = [JournalQuery(op=op, point_id=point, label=label, since=since) for op, point, label, since in
+               itertools.product([None, "forget", "add"], [None, ids[0]], [None, *LABELS],
+                                 [None, "2026-01-02T00:00:30+00:00"])]
+    return entries, queries
+
+
+def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole_journal(tmp_path, monkeypatch):
+    import itertools
+
+    from retrieval.journal import Journal, JournalQuery
+
+    entries, queries = a_long_journal()
     journal = FileJournal(tmp_path / JOURNAL_FILE)
     journal.append(entries[150:])
     journal.append(entries[:150])  # older entries after newer ones, as `vmem copy` carries them
     with open(journal.path, "a") as f:
         f.write('{"at":"2030-01-01T00:00:00+00:00","op":"add"')  # torn by a crash: never shown
 
-    queries = [JournalQuery(op=op, point_id=point, label=label, since=since) for op, point, label, since in
-               itertools.product([None, "forget", "add"], [None, ids[0]], [None, *labels],
-                                 [None, "2026-01-02T00:00:30+00:00"])]
     for query, limit in itertools.product(queries, [0, 1, 5, 1000]):
         assert journal.newest(query, limit) == Journal.newest(journal, query, limit), (query, limit)
 
@@ -263,3 +275,56 @@ def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole
     shown, earlier = journal.newest(JournalQuery(), 20)
     assert len(parsed) == 20 and earlier == len(entries) - 20  # the page's "recent edits": 20 lines parsed of 301
     assert [e.at for e in shown] == sorted((e.at for e in entries), reverse=True)[:20]
+
+
+def test_a_shared_memorys_recent_edits_are_one_page_from_the_server_and_agree_with_reading_them_all():
+    import itertools
+
+    from retrieval.journal import CollectionJournal, Journal, JournalQuery
+
+    entries, queries = a_long_journal()
+    client = QdrantClient(":memory:")
+    journal = CollectionJournal(client, "vmem-journal")
+    for start in range(150, len(entries), 50):
+        journal.append(entries[start : start + 50])
+    journal.append(entries[:150])  # older entries written later, as `vmem copy` carries them
+    for query, limit in itertools.product(queries, [0, 1, 5, 20, 1000]):
+        assert journal.newest(query, limit) == Journal.newest(journal, query, limit), (query, limit)
+
+    sent = []  # the entries the server sends for the page's "recent edits"
+    scroll = client.scroll
+
+    def counted_scroll(*args, **kwargs):
+        page = scroll(*args, **kwargs)
+        sent.extend(page[0])
+        return page
+
+    client.scroll = counted_scroll
+    shown, earlier = journal.newest(JournalQuery(), 20)
+    assert len(sent) == 21 and earlier == len(entries) - 20  # one more: the page does not end inside an edit
+    assert [e.at for e in shown] == sorted((e.at for e in entries), reverse=True)[:20]
+    sent.clear()
+    shown, earlier = journal.newest(JournalQuery(), 1)  # it ends inside an edit of two parts: both read again
+    assert len(sent) == 4 and [e.part for e in shown] == [1] and earlier == len(entries) - 1
+
+
+def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    from retrieval.journal import CollectionJournal, Journal, JournalQuery
+
+    entries, _ = a_long_journal()
+    client = QdrantClient(":memory:")
+    journal = CollectionJournal(client, "vmem-journal")
+    journal.append(entries)
+    scroll = client.scroll
+
+    def no_order(*args, order_by=None, **kwargs):  # as a server answers a key that may not create the index
+        if order_by is not None:
+            raise UnexpectedResponse(400, "Bad Request", b'{"status":{"error":"No range index for `order_by` key"}}',
+                                     {})
+        return scroll(*args, **kwargs)
+
+    client.scroll = no_order
+    assert journal.newest(JournalQuery(op="forget"), 5) == Journal.newest(journal, JournalQuery(op="forget"), 5)
+    assert "would not order its entries" in caplog.text
