@@ -241,10 +241,10 @@ class CollectionJournal(Journal):
                 if not self.client.collection_exists(self.collection):  # not made by another process meanwhile
                     raise
         self._exists = True
-        self._index_time()
 
     def _index_time(self) -> None:
         """A datetime index on `at`: a Qdrant server orders by a payload key only through a range index on it.
+        Made by the first history, not by an edit, which it would fail where the key may not make indexes.
         (Asking again for an index that exists changes nothing.)"""
         from qdrant_client import models as qm
 
