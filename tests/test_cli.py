@@ -465,6 +465,14 @@ def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     assert out.exit_code == 2 and "does not exist" in out.output
 
 
+def test_flags_show_no_type_in_the_option_tables():
+    for command in (["--help"], ["classify", "--help"], ["bench", "search", "--help"], ["dmn", "classify", "--help"]):
+        shown = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+        assert shown.exit_code == 0 and "<bool>" not in shown.output, command
+    classify = CliRunner().invoke(app, ["classify", "--help"], env={"COLUMNS": "200"}).output
+    assert "<int range>" in classify  # options that take a value still say what
+
+
 def test_the_command_lists_give_each_command_its_summary_on_one_line():
     listed = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
     assert "and who (cli, http, python; host and process). A forget lists" in listed.output

@@ -22,6 +22,10 @@ class _Commands(TyperGroup):
     """vmem's commands. A Qdrant server that stops answering partway through one ends it with what happened and
     what to do, not a traceback: opening such a memory already says so, and this covers every call after it."""
 
+    def main(self, *args, **kwargs):
+        _flags_without_a_type(self)
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
@@ -29,6 +33,25 @@ class _Commands(TyperGroup):
             typer.echo(f"Error: {exc}. What was done before it stopped answering is kept: run the command again "
                        "once it answers (vmem build carries on where it stopped)", err=True)
             raise typer.Exit(1) from exc
+
+
+def _flags_without_a_type(command) -> None:
+    """Typer's option tables show each option's type, and a flag's as `<bool>`, as if `--json` took a value.
+    A flag takes none: its type column is left empty."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    made_help_option = command.get_help_option  # --help is made anew for each run, not kept in params
+
+    def help_option(ctx):
+        option = made_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_a_type(sub)
 
 
 app = typer.Typer(
