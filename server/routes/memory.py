@@ -229,7 +229,10 @@ async def stats(service: ServiceDep) -> StatsOut:
 async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
-    names = await service.run(service.set_label_names, body.names, body.replace)
+    try:
+        names = await service.run(service.set_label_names, body.names, body.replace)
+    except ValueError as exc:  # a name of nothing but what str.strip() takes as space (e.g. "\x1c")
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return LabelNamesOut(label_names=names)
 
 
