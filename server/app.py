@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     # Outermost last: metrics see every answer, including 413s from the size limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:  # closed unless origins are named
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 

@@ -7,14 +7,22 @@ and cut off as soon as it passes the limit, so a client cannot make the server b
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import problem_response
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """An HTTP error, so that a route FastAPI reads the body of (a JSON model) passes it on: FastAPI answers any
+    other exception raised while reading a body as a 400, "There was an error parsing the body"."""
+
+    kind = "upload-too-large"
+    title = "Upload too large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {max_bytes:,} bytes")
 
 
 class BodySizeLimitMiddleware:
@@ -22,9 +30,8 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body is over the limit of {self.max_bytes:,} bytes"
-        response = problem_response(Request(scope), 413, detail, "upload-too-large", "Upload too large")
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: BodyTooLarge) -> None:
+        response = problem_response(Request(scope), 413, exc.detail, exc.kind, exc.title)
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,12 +51,12 @@ class BodySizeLimitMiddleware:
         async def counting_receive() -> Message:
             nonlocal received
             if declared > self.max_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -60,6 +67,6 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, exc)

@@ -135,7 +135,9 @@ def install_problem_handlers(app: FastAPI) -> None:
             refused_by = next((v for k, v in headers.items() if k.lower() == "allow"), None)
             headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
             headers["Allow"] = _allowed_methods(request, refused_by)
-        return problem_response(request, exc.status_code, detail, headers=headers or None)
+        # An HTTP error of vmem's own (a body over the size limit) names its kind; Starlette's are about:blank.
+        return problem_response(request, exc.status_code, detail, getattr(exc, "kind", None),
+                                getattr(exc, "title", None), headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
