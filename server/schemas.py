@@ -312,7 +312,8 @@ class ForgetOut(BaseModel):
 
     deleted: int = Field(description="points removed from the memory")
     points: int = Field(description="points in the memory afterwards")
-    erased: bool = Field(False, description="the memory's files were rewritten without the forgotten vectors")
+    erased: bool = Field(False, description="the memory's files were rewritten without the forgotten vectors "
+                                            "(asked for, and something was forgotten)")
 
 
 class FeaturizerOut(BaseModel):

@@ -307,7 +307,7 @@ class ClassifierService:
                source_prefix: str | None = None, erase: bool = False) -> int:
         n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
         self.metrics.edits.labels("forget").inc(n)
-        if erase:
+        if erase and n:  # nothing forgotten, nothing to erase: a 404 for an unknown point changes nothing
             with self.metrics.erase_seconds.time():
                 self.memory.erase_forgotten()
         self.refresh_size_metrics()

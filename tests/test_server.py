@@ -645,6 +645,13 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
         assert resp.json() == {"deleted": 1, "points": 11, "erased": True}
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()["erased"] is True
         assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
+        # A point that is not there: a 404, and nothing rewritten or journaled.
+        edits = client.get("/v1/memory/history").json()["entries"]
+        assert_problem(client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH), 404, "unknown-point")
+        assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json() == {
+            "deleted": 0, "points": 7, "erased": False}
+        assert client.get("/v1/memory/history").json()["entries"] == edits
+        assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
     else:  # refused before anything is deleted
         assert_problem(resp, 422, "invalid-parameters", "forget without `erase`")
         assert_problem(client.delete("/v1/memory?label=red&erase=true", headers=AUTH), 422, "invalid-parameters")

@@ -118,7 +118,7 @@ async def forget_point(point_id: PointId, service: ServiceDep, _: ApiKeyDep,
     n = await service.run(service.forget, ids=[str(point_id)], erase=erase)
     if n == 0:
         raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=erase)
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=erase and n > 0)
 
 
 def _check_erase(erase: bool, service: ClassifierService) -> None:
@@ -146,7 +146,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
     except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0)
 
 
 @router.post(
