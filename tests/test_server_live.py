@@ -58,6 +58,19 @@ def test_classify_add_and_forget_over_http(base_url):
         assert 'vmem_memory_edits_total{op="forget"} 3.0' in metrics
 
 
+def test_head_answers_what_get_would_without_the_body(base_url):
+    # Monitors and load balancers often check health with HEAD.
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        for path in ("/healthz", "/readyz", "/", "/v1/memory/stats", "/static/app.js"):
+            got, head = http.get(path), http.head(path)
+            assert head.status_code == got.status_code == 200 and head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        assert http.head("/v1/classify").status_code == 405  # a POST route: no GET to answer for
+        assert http.head("/v1/nothing").status_code == 404
+        metrics = http.get("/metrics").text
+        assert 'vmem_http_requests_total{method="HEAD",route="/healthz",status="200"} 1.0' in metrics
+
+
 def test_concurrent_clients_all_get_answers_while_health_stays_fast(base_url):
     def classify(i: int) -> str:
         with httpx.Client(base_url=base_url, timeout=60) as http:
