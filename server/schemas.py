@@ -289,6 +289,10 @@ class AddedPoint(BaseModel):
     label: str = Field(description="the label stored")
     source: str = Field(description="`upload:sha256:<hash>[:filename]`")
     thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
+    new: bool = Field(True, description="false: the image was in the memory already (same bytes and name), and "
+                                        "was not added again")
+    relabelled_from: str | None = Field(None, description="an image that was in the memory under another label: "
+                                                          "that label (it has the one sent now)")
 
 
 class AddFailure(BaseModel):

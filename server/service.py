@@ -31,7 +31,7 @@ from PIL import Image
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from retrieval.files import write_atomically
 from retrieval.store import EXCLUDED_KEY
-from vmem import Classification, VisualMemory, upload_source
+from vmem import AddResult, Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
 from .schemas import ClassifyQuery
@@ -268,8 +268,8 @@ class ClassifierService:
         self.thumbnails.remove(ids)  # a forgotten upload leaves no copy of itself behind
 
     def add(self, uploads: Sequence[Upload], labels: Sequence[str]) -> tuple[list[tuple[int, str, str, str]],
-                                                                             list[tuple[int, str]]]:
-        """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)])."""
+                                                                             list[tuple[int, str]], AddResult]:
+        """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
         images, kept, failed = [], [], []
         for i, up in enumerate(uploads):
             try:
@@ -278,16 +278,20 @@ class ClassifierService:
             except ImageDecodeError as exc:
                 failed.append((i, str(exc)))
         if not images:
-            return [], failed
+            return [], failed, AddResult(ids=[])
         sources = [uploads[i].source for i in kept]
         # Thumbnails first: once a point is searchable, its thumbnail must already be there.
         for img, src in zip(images, sources, strict=True):
             self.thumbnails.save(point_id_for(src), img)
-        ids, _ = self.memory.add(images, [labels[i] for i in kept], sources=sources, tags={"added_via": "api"})
-        self._edited()
-        self.metrics.edits.labels("add").inc(len(ids))
+        result = self.memory.add_images(images, [labels[i] for i in kept], sources=sources,
+                                        tags={"added_via": "api"})
+        if result.added:  # (a relabel told the service itself, through on_relabel)
+            self._edited()
+        self.metrics.edits.labels("add").inc(len(result.added))
+        self.metrics.edits.labels("relabel").inc(len(result.relabelled))
         self.refresh_size_metrics()
-        return [(i, pid, labels[i], src) for i, pid, src in zip(kept, ids, sources, strict=True)], failed
+        return ([(i, pid, labels[i], src) for i, pid, src in zip(kept, result.ids, sources, strict=True)], failed,
+                result)
 
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
         self.memory.set_label_names(names, replace=replace)

@@ -55,6 +55,48 @@ def test_a_mislabelled_point_corrected_votes_with_its_new_label(memory):
     assert memory.relabel("blue", ids=[nearest.id]) == 0  # already so: nothing changes, nothing counted
 
 
+def test_an_image_added_again_is_not_added_twice_and_another_label_relabels_it(memory, images):
+    red = str(images.paths[images.labels.index("red")])
+    again = memory.add_images([red], ["red"])  # already there, with this label: nothing to do
+    assert again.ids == [again.ids[0]] and again.added == [] and again.relabelled == {}
+    assert memory.store.count() == 12 and [e.op for e in memory.history()] == ["name"]  # nothing journaled
+
+    corrected = memory.add_images([red, texture(COLORS["blue"], seed=77)], ["blue", "blue"],
+                                  sources=[red, "upload:new-blue"])
+    assert corrected.relabelled == {corrected.ids[0]: "red"} and corrected.added == [corrected.ids[1]]
+    point = memory.point(corrected.ids[0])
+    assert (point.label, point.relabelled_from) == ("blue", "red")  # as `relabel` gives it
+    relabel, add, _ = memory.history()
+    assert (relabel.op, relabel.ids, relabel.to, add.op, add.points) == ("relabel", [point.id], "blue", "add", 1)
+    assert memory.history(source=red) == [relabel]
+    assert memory.add([red], ["blue"]) == ([point.id], [])  # `add` gives the ids, as it always has
+
+
+def test_http_add_of_an_image_already_in_memory_says_so_and_relabels_it(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    key = {"X-API-Key": API_KEY}
+    image = texture((250, 120, 10), seed=5)
+    with TestClient(create_app(settings, memory=mem)) as client:
+        def add(label: str) -> dict:
+            resp = client.post("/v1/memory", headers=key, files={"images": ("o.png", image)}, data={"label": label})
+            assert resp.status_code == 201, resp.text
+            return resp.json()
+
+        first, same, other = add("orange"), add("orange"), add("red")
+        assert [r["added"][0]["new"] for r in (first, same, other)] == [True, False, False]
+        assert [r["points"] for r in (first, same, other)] == [13, 13, 13]
+        assert other["added"][0]["relabelled_from"] == "orange" and other["added"][0]["label"] == "red"
+        point_id = first["added"][0]["id"]
+        assert client.get(f"/v1/memory/points/{point_id}").json()["relabelled_from"] == "orange"
+        assert [e["op"] for e in client.get("/v1/memory/history", params={"point_id": point_id}).json()[
+            "entries"]] == ["relabel"]
+        metrics = client.get("/metrics").text
+        assert 'vmem_memory_edits_total{op="add"} 1.0' in metrics
+        assert 'vmem_memory_edits_total{op="relabel"} 1.0' in metrics
+    mem.close()
+
+
 def test_a_class_renamed_or_merged_moves_every_point(memory):
     assert memory.relabel("blue", label="red") == 4  # two classes merged
     [res] = memory.classify([RED_QUERY], k=4)

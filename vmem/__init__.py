@@ -1,10 +1,11 @@
 """vmem: a visual-memory image classifier whose knowledge can be added, removed and inspected."""
 
-from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
+from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 from .visual_memory import DEFAULT_FEATURIZER, VisualMemory, upload_source
 
 __all__ = [
     "DEFAULT_FEATURIZER",
+    "AddResult",
     "Classification",
     "FailedImage",
     "MemoryPoint",

@@ -95,3 +95,15 @@ class PointPage(BaseModel):
 class FailedImage(BaseModel):
     source: str
     reason: str
+
+
+class AddResult(BaseModel):
+    """What `VisualMemory.add_images` did with each image."""
+
+    ids: list[str] = Field(description="the point id of each image that decoded, in order (the same image twice: "
+                                       "its id twice)")
+    failed: list[FailedImage] = Field(default_factory=list, description="images that could not be decoded")
+    added: list[str] = Field(default_factory=list, description="ids of the points added now")
+    relabelled: dict[str, str] = Field(
+        default_factory=dict, description="images already in the memory under another label: id -> the label "
+                                          "they had (they take the label given, as `relabel` gives it)")

@@ -55,7 +55,7 @@ from retrieval.store import (
     is_embedded_location,
 )
 
-from .results import Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
+from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
 log = logging.getLogger(__name__)
 
@@ -587,11 +587,28 @@ class VisualMemory:
         sources: Sequence[str] | None = None,
         tags: dict[str, Any] | None = None,
     ) -> tuple[list[str], list[FailedImage]]:
-        """Add labelled images now. A new label is simply new points.
+        """Add labelled images now. A new label is simply new points (`add_images` says what each image became).
 
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
             image twice is one point (its id twice); given two labels, it is a ValueError and nothing is added.
+        """
+        result = self.add_images(images, labels, sources, tags)
+        return result.ids, result.failed
+
+    def add_images(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        sources: Sequence[str] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> AddResult:
+        """Add labelled images now, as `add`, and say which were added and which were already in the memory.
+
+        An image already in the memory (the same source: path, or bytes and name) is not embedded or added
+        again, as `vmem build` skips it. Given another label than the one it has, it is relabelled, as `relabel`
+        does it (journaled, keeping the label it had): adding it again used to overwrite the point silently,
+        its earlier label and pruning marks gone and nothing recorded but an "add".
         """
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
@@ -613,14 +630,30 @@ class VisualMemory:
             j, i = conflicts[0]
             raise ValueError(f"the same image ({ok_sources[i]}) is given twice, labelled {ok_labels[j]!r} and "
                              f"{ok_labels[i]!r}: an image is one point with one label")
-        vectors = self.featurizer.embed([ok_imgs[j] for j in keep])
-        self._record_source_roots([ok_sources[j] for j in keep])
-        added = self.store.add(vectors, [ok_labels[j] for j in keep], [ok_sources[j] for j in keep], tags)
+        id_of = {ok_sources[j]: point_id_for(ok_sources[j]) for j in keep}
+        stored = self.store.existing_labels(list(id_of.values()))
+        new = [j for j in keep if id_of[ok_sources[j]] not in stored]
+        vectors = self.featurizer.embed([ok_imgs[j] for j in new]) if new else None
+        self._record_source_roots([ok_sources[j] for j in new])  # before they are searchable, as thumbnails
+        with self._edit_lock:  # checked again: another thread may have added some of them while these embedded
+            stored |= self.store.existing_labels([id_of[ok_sources[j]] for j in new])
+            new_rows = [r for r, j in enumerate(new) if id_of[ok_sources[j]] not in stored]
+            added = [] if vectors is None or not new_rows else self.store.add(
+                vectors[new_rows], [ok_labels[new[r]] for r in new_rows], [ok_sources[new[r]] for r in new_rows],
+                tags)
         if added:
-            self._journal("add", points=len(added), labels=label_counts([ok_labels[j] for j in keep]),
+            self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
                           detail={"tags": tags} if tags else {})
-        id_of = dict(zip((ok_sources[j] for j in keep), added, strict=True))
-        return [id_of[src] for src in ok_sources], failed
+        relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
+        for j in keep:
+            pid = id_of[ok_sources[j]]
+            if pid in stored and pid not in added and stored[pid] != ok_labels[j]:
+                relabel.setdefault(ok_labels[j], []).append(pid)
+        relabelled: dict[str, str] = {}
+        for to, ids in relabel.items():
+            changed = self._relabel_points(ids, to, _selector(ids, None, None))
+            relabelled |= {pid: stored[pid] for pid in changed}
+        return AddResult(ids=[id_of[src] for src in ok_sources], failed=failed, added=added, relabelled=relabelled)
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""

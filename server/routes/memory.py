@@ -63,8 +63,9 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
 
     Multipart: files in repeated `images` fields and a `label` field per image (or one for all).
     JSON: `{"items": [{"image": "<base64>", "label": "cat", "filename": "cat.jpg"}]}`.
-    The same image (same bytes and name) added twice is one point, relabelled; twice in one request with
-    two labels it is a 422.
+    The same image (same bytes and name) is one point: added again, it is not added twice (`new` false), and
+    given another label it is relabelled as `POST /v1/memory/relabel` does it (journaled, `relabelled_from`);
+    twice in one request with two labels it is a 422.
     """
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
@@ -91,7 +92,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
                            f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
-    added, failed = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
+    added, failed, result = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
     added = [(keep[i], *rest) for i, *rest in added]
     failed = [(keep[i], reason) for i, reason in failed]
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
@@ -99,7 +100,9 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         raise ProblemError(400, "no image could be decoded: " + "; ".join(f.reason for f in failures[:3]),
                            "bad-image", "The image could not be decoded")
     points = await run_in_threadpool(service.memory.store.count)
-    return AddOut(added=[AddedPoint(id=pid, label=lab, source=src, thumbnail_url=thumbnail_url(request, pid))
+    new = set(result.added)
+    return AddOut(added=[AddedPoint(id=pid, label=lab, source=src, thumbnail_url=thumbnail_url(request, pid),
+                                    new=pid in new, relabelled_from=result.relabelled.get(pid))
                          for _, pid, lab, src in added], failed=failures, points=points)
 
 
