@@ -84,13 +84,19 @@ def test_classify_reports_accuracy_from_folder_names(built, image_folder):
     assert "accuracy 100.00% (3/3) with plurality voting, k=3" in result.output
 
 
-def test_truth_from_dirs_reads_labels_as_build_does_nested_folders_too(built, image_folder, tmp_path):
+def test_truth_from_dirs_reads_labels_as_build_does_nested_folders_too(built, image_folder, tmp_path, monkeypatch):
     memory, _ = built
     for label, colour in COLOURS.items():  # query/<label>/day1/q.jpg: labelled <label> by vmem build too
         (tmp_path / "query" / label / "day1").mkdir(parents=True)
         (tmp_path / "query" / label / "day1" / "q.jpg").write_bytes(make_image(colour, size=(40, 30)))
     result = run("classify", tmp_path / "query", "--memory", memory, "--k", "3", "--truth-from-dirs")
     assert "accuracy 100.00% (3/3)" in result.output, result.output
+    # Named by a relative path, or through a link to the folder: the same labels.
+    (tmp_path / "linked").symlink_to(tmp_path / "query")
+    monkeypatch.chdir(tmp_path)
+    for given in ("query", "linked", "linked/../query"):
+        result = run("classify", given, "--memory", memory, "--k", "3", "--truth-from-dirs")
+        assert "accuracy 100.00% (3/3)" in result.output, (given, result.output)
 
 
 def test_a_label_filter_must_name_a_label_of_the_memory_and_a_template_needs_rerank(built, image_folder):

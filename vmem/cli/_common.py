@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from enum import StrEnum
 from pathlib import Path
@@ -179,8 +180,10 @@ def finish_classify(results: list, failed: list, images: list[Path]) -> int:
         typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
                    "or folders of them", err=True)
         raise typer.Exit(1)
-    roots = [p.resolve() for p in images if p.is_dir()]
-    return sum(true_label(Path(r.source or ""), roots) == r.label for r in results)
+    # Absolute, with links left as they are: an image's path is the folder given plus its place under it (a
+    # relative or linked folder resolved did not hold the images named through it: every answer counted wrong).
+    roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
+    return sum(true_label(Path(os.path.abspath(r.source or "")), roots) == r.label for r in results)
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:
