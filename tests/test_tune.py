@@ -137,3 +137,30 @@ def test_a_grid_value_the_memory_could_not_use_is_refused_before_tuning(built, i
                                  env={"COLUMNS": "200"})
         assert out.exit_code == 2, out.output
         assert "not a valid vote setting" in out.output
+
+
+def test_tuning_on_queries_the_memory_cannot_judge_is_refused_and_stores_nothing(built, image_folder, tmp_path):  # noqa: F811
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    other = tmp_path / "other"  # the memory's images under other class names
+    shutil.copytree(image_folder / "query" / "red", other / "crimson")
+    broken = tmp_path / "broken" / "red"
+    broken.mkdir(parents=True)
+    (broken / "a.jpg").write_bytes(b"not an image")
+
+    def tune_on(dataset, *more):
+        return CliRunner().invoke(app, ["tune", "--memory", str(memory), "--dataset", str(dataset), "--k-max", "6",
+                                        "--val-fraction", "1", "--cache", str(tmp_path / "cache"), *map(str, more)],
+                                  env={"COLUMNS": "400"})
+
+    out = tune_on(other)
+    assert out.exit_code == 2 and "none of the 1 validation queries has a label the memory holds (theirs: crimson;" \
+        in out.output, out.output
+    out = tune_on(broken.parent)
+    assert out.exit_code == 2 and "no validation query could be read" in out.output, out.output
+    out = tune_on(image_folder / "query", "--classes", tmp_path / "no-such.tsv")
+    assert out.exit_code == 2 and "--classes" in out.output and "Traceback" not in out.output, out.output
+    stored = json.loads(CliRunner().invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
+    assert "vote" not in stored and "tuning" not in stored

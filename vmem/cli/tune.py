@@ -39,6 +39,23 @@ def _grid(text: str, name: str) -> list[float]:
     return values
 
 
+def _require_validation(val_rows: np.ndarray, correct: list[list[str]], memory_labels: set[str], dataset: Path,
+                        failed: list) -> None:
+    """BadParameter when the validation split could judge nothing: a choice made on no query (plurality at k=1,
+    "val 0.00 %") would be stored as the memory's defaults and used by every classify after it."""
+    if not len(val_rows):
+        raise typer.BadParameter(f"no validation query could be read from {dataset}"
+                                 + (f" ({len(failed)} images failed to decode)" if failed else ""),
+                                 param_hint="--dataset")
+    if not any(memory_labels.intersection(correct[i]) for i in val_rows):
+        theirs = sorted({lab for i in val_rows for lab in correct[i]})
+        raise typer.BadParameter(
+            f"none of the {len(val_rows)} validation queries has a label the memory holds (theirs: "
+            f"{', '.join(theirs[:5]) or 'none'}{', ...' if len(theirs) > 5 else ''}; the memory's: "
+            f"{', '.join(sorted(memory_labels)[:5])}{', ...' if len(memory_labels) > 5 else ''}): tune on images "
+            "of the memory's classes, or give --classes to map the dataset's class names", param_hint="--dataset")
+
+
 def tune(
     dataset: Annotated[Path, typer.Option("--dataset", "-d", help="labelled queries (folder, or .csv)")],
     format: Annotated[str, typer.Option("--format", "-f", help="any layout `vmem eval` reads")] = "imagefolder",
@@ -69,7 +86,10 @@ def tune(
     t0 = time.perf_counter()
     alpha_grid, tau_grid = _grid(alphas, "alpha"), _grid(taus, "tau")
     cache_root = cache or default_cache_dir()
-    names = read_classes_file(classes) if classes else None
+    try:
+        names = read_classes_file(classes) if classes else None
+    except (DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
     mem = open_memory(memory, qdrant_url)
     with mem:
         require_points(mem)
@@ -93,6 +113,8 @@ def tune(
         else:
             feats, correct = test_q.features, test_q.correct_labels
             val_rows, held_rows = split_indices(len(feats), val_fraction, seed)
+        _require_validation(val_rows, correct, set(memory_labels), val_dataset or dataset,
+                            (val_q if val_ds is not None else test_q).failed)
         query_labels = {lab for labs in correct for lab in labs}
         classes_list = sorted(set(memory_labels) | query_labels)
         if arrays is not None:
