@@ -395,6 +395,14 @@ def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_u
     assert run("prune", "--memory", pruned, "--undo").exit_code == 0
     assert run("classify", image_folder / "query", "--memory", pruned).exit_code == 0
 
+    # One label's points all hard-pruned: a filter by it would leave every answer empty.
+    with open_store(pruned) as store:
+        store.set_payload(store.ids_where(label="red"), {EXCLUDED_KEY: EXCLUDED_VALUE})
+    out = run("classify", image_folder / "query", "--memory", pruned, "--label", "red")
+    assert out.exit_code == 2 and said(out, "every point of label 'red' (4 points) is excluded by hard pruning",
+                                       "vmem prune --undo"), out.output
+    assert run("classify", image_folder / "query", "--memory", pruned, "--label", "blue").exit_code == 0
+
 
 def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder, monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))

@@ -252,9 +252,10 @@ class VisualMemory:
     # ------------------------------------------------------------------ classifying
 
     def unknown_labels(self, labels: Sequence[str]) -> list[str]:
-        """The labels among these that no memory point has (a count per label on the label index): a filter
-        by them would leave every answer empty, which the CLI and HTTP refuse."""
-        return [label for label in dict.fromkeys(labels) if self.store.count(label=label) == 0]
+        """The labels among these that no point a search can return has (none at all, or every one hard-pruned;
+        a count per label on the label index): a filter by them would leave every answer empty, which the CLI
+        and HTTP refuse."""
+        return [label for label in dict.fromkeys(labels) if self.store.count(label=label, searchable=True) == 0]
 
     def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] | None = None,
                exact: bool = False) -> list[list[Neighbor]]:
@@ -378,8 +379,10 @@ class VisualMemory:
         wanted = [labels] if isinstance(labels, str) else list(labels)
         if not wanted:
             raise ValueError("labels is empty: give the labels to choose among, or None for all")
-        if any(self.store.count(label=label) for label in dict.fromkeys(wanted)):
+        if any(self.store.count(label=label, searchable=True) for label in dict.fromkeys(wanted)):
             return
+        if any(self.store.count(label=label) for label in dict.fromkeys(wanted)):
+            raise ValueError(self.unknown_labels_message(wanted, "vmem labels") + ": every answer would be empty")
         hints = self.name_hints(wanted)
         shown = ", ".join(map(repr, wanted[:5])) + (", ..." if len(wanted) > 5 else "")
         raise ValueError(f"the memory has none of the labels {shown}"
@@ -458,13 +461,20 @@ class VisualMemory:
         """What the CLI and HTTP say of labels the memory lacks: which they are, the labels they name when they
         are names ("Egyptian cat" for n02124075), and some labels it has, with where to see them all."""
         known = self.store.label_counts()
-        text = f"the memory has no label {', '.join(map(repr, unknown))}"
-        if hints := self.name_hints(unknown):
+        pruned = [f"{label!r} ({known[label]:,} point{'s' if known[label] > 1 else ''})"
+                  for label in unknown if known.get(label)]
+        said = ("every point of label " + ", ".join(pruned) + " is excluded by hard pruning, and no search returns"
+                " it (vmem prune --undo restores them)") if pruned else ""
+        if not (missing := [label for label in unknown if not known.get(label)]):
+            return said
+        text = f"the memory has no label {', '.join(map(repr, missing))}"
+        if hints := self.name_hints(missing):
             text += f" ({hints})"
         if not known:
             return text + ": it holds no points"
         some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
-        return text + f": it has {len(known)} label{'s' if len(known) > 1 else ''} ({some}; {listed_by} lists them)"
+        text += f": it has {len(known)} label{'s' if len(known) > 1 else ''} ({some}; {listed_by} lists them)"
+        return text + (f"; {said}" if said else "")
 
     def _named(self, results: list[Classification]) -> list[Classification]:
         """`results` with `label_name` filled in from the memory's label names (in place)."""
