@@ -55,17 +55,20 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
     # utf-8-sig: the same as utf-8, but a BOM before the header is not read as part of the name "path".
     with path.open(newline="", encoding="utf-8-sig") as fh:
         try:
-            reader = csv.DictReader(fh)
+            # A space after a comma ("a.jpg, cat") is no part of the next cell, and a label's outer spaces are none
+            # of it: " cat" and "cat" were two classes, and `vmem relabel --to` (which strips) could reach only one.
+            reader = csv.DictReader(fh, skipinitialspace=True)
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
             items = []
             for n, row in enumerate(reader, start=2):
-                if not row["path"] or not row["label"]:
+                label = (row["label"] or "").strip()
+                if not row["path"] or not label:
                     raise DatasetError(f"{path}:{n}: empty path or label")
                 src = row["path"]
                 if "://" not in src and not Path(src).is_absolute():
                     src = str(path.parent / src)
-                items.append(LabelledImage(normalize_source(src), row["label"]))
+                items.append(LabelledImage(normalize_source(src), label))
         except UnicodeDecodeError as exc:  # decoded as it is read: raised by any row
             raise DatasetError(
                 f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be UTF-8: saved as Latin-1 "

@@ -64,3 +64,14 @@ def test_a_manifest_with_a_header_and_no_rows_is_refused_before_the_memory_is_ma
                                    "--featurizer", "efficientnet-lite0"], env={"COLUMNS": "250"})
     assert out.exit_code == 2 and "set.csv lists no images" in out.output
     assert not (tmp_path / "memory").exists()
+
+
+def test_a_manifests_labels_are_read_without_their_outer_spaces(photos, tmp_path):
+    manifest = tmp_path / "set.csv"
+    # As a spreadsheet or a hand-written file has them: a space after each comma, a label with a space inside.
+    manifest.write_text(f'path, label\n{photos}/a.png, gold fish\n"{photos}/b.png", gold fish \n'
+                        f"{photos}/c.png,gold fish\n")
+    assert [it.label for it in read_labelled(manifest)] == ["gold fish"] * 3
+    manifest.write_text(f"path,label\n{photos}/a.png,   \n")
+    with pytest.raises(DatasetError, match=r"set\.csv:2: empty path or label"):
+        read_labelled(manifest)
