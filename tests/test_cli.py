@@ -392,6 +392,10 @@ def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_u
         total = store.count()
     out = run("classify", image_folder / "query", "--memory", pruned)
     assert said(out, f"all {total} points", "hard-pruned", "vmem prune --undo") and out.exit_code == 2
+    soft = run("prune", "--memory", pruned, "--mode", "soft", "--k", "3")  # pruning again starts from none
+    assert soft.exit_code == 0, soft.output
+    with open_store(pruned) as store:
+        assert store.count(searchable=True) == total  # soft pruning excludes nothing
     assert run("prune", "--memory", pruned, "--undo").exit_code == 0
     assert run("classify", image_folder / "query", "--memory", pruned).exit_code == 0
 

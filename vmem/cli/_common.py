@@ -131,12 +131,13 @@ def _qdrant_problem(url: str, exc: Exception) -> str | None:
     return None
 
 
-def require_points(mem) -> None:
-    """BadParameter unless the memory holds points a search can return (searching an empty one fails deep inside)."""
+def require_points(mem, searchable: bool = True) -> None:
+    """BadParameter unless the memory holds points a search can return (searching an empty one fails deep inside);
+    any points, not `searchable`."""
     if (total := mem.store.count()) == 0:
         raise typer.BadParameter(f"the memory at {mem.store.location} holds no points: add labelled images with "
                                  "vmem build first")
-    if mem.store.count(searchable=True) == 0:
+    if searchable and mem.store.count(searchable=True) == 0:
         raise typer.BadParameter(f"all {total} points of the memory at {mem.store.location} are hard-pruned, so no "
                                  "search can return one: `vmem prune --undo` restores them")
 

@@ -57,7 +57,7 @@ def prune(
             n = undo_pruning(store, via="cli")
             typer.echo(f"pruning undone: {n} points restored; {store.count()} points in memory")
             return
-        require_points(mem)
+        require_points(mem, searchable=False)  # pruning again undoes the earlier pruning first: all may be pruned
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
             report = prune_store(store, mode, threshold=threshold, k=k, blame=blame,  # type: ignore[arg-type]
                                  progress=bar.update, via="cli", search=search.value)
