@@ -119,3 +119,10 @@ def test_cli_copy(tmp_path):
     assert neither.exit_code == 2 and "exactly one of --to-memory DIR or --to-qdrant-url URL" in neither.output
     itself = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"), "--to-memory", str(tmp_path / "edge")])
     assert itself.exit_code == 2 and "is this memory" in itself.output
+    # A destination that cannot be one: the error names the option that gave it.
+    (tmp_path / "a-file").write_text("not a memory")
+    onto_file = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"),
+                                    "--to-memory", str(tmp_path / "a-file")])
+    assert onto_file.exit_code == 2 and "Invalid value for --to-memory:" in onto_file.output, onto_file.output
+    no_url = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"), "--to-qdrant-url", "localhost:6333"])
+    assert no_url.exit_code == 2 and "Invalid value for --to-qdrant-url:" in no_url.output, no_url.output

@@ -56,36 +56,41 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
         raise problem from exc
 
 
-def check_memory_location(memory: Path, qdrant_url: str | None) -> None:
+# The options that name a memory: (directory, server URL). `vmem copy` names its destination with its own.
+MEMORY_OPTIONS = ("--memory", "--qdrant-url")
+
+
+def check_memory_location(memory: Path, qdrant_url: str | None, options: tuple[str, str] = MEMORY_OPTIONS) -> None:
     """BadParameter for a --qdrant-url that is not a server's URL, or a --memory that is a file."""
     if qdrant_url is not None:
-        _check_qdrant_url(qdrant_url)
+        _check_qdrant_url(qdrant_url, options[1])
     elif memory.exists() and not memory.is_dir():
         raise typer.BadParameter(f"{memory} is a file, not a memory directory: give a new or existing directory",
-                                 param_hint="--memory")
+                                 param_hint=options[0])
 
 
-def open_failure(memory: Path, qdrant_url: str | None, exc: Exception) -> typer.BadParameter | None:
+def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
+                 options: tuple[str, str] = MEMORY_OPTIONS) -> typer.BadParameter | None:
     """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix."""
     from pydantic import ValidationError
 
     if isinstance(exc, MemoryUnavailableError):
-        return typer.BadParameter(str(exc), param_hint="--qdrant-url")
+        return typer.BadParameter(str(exc), param_hint=options[1])
     if isinstance(exc, MemoryError | FeaturizerError):
         return typer.BadParameter(str(exc))
     if isinstance(exc, ValidationError | UnicodeDecodeError):  # the memory's stored metadata
         return typer.BadParameter(_bad_metadata(memory, qdrant_url, exc))
     if qdrant_url is not None:
         problem = _qdrant_problem(qdrant_url, exc)
-        return typer.BadParameter(problem, param_hint="--qdrant-url") if problem else None
+        return typer.BadParameter(problem, param_hint=options[1]) if problem else None
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
         return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
-                                  f"{where}: give a directory you can write to", param_hint="--memory")
+                                  f"{where}: give a directory you can write to", param_hint=options[0])
     return None
 
 
-def _check_qdrant_url(url: str) -> None:
+def _check_qdrant_url(url: str, option: str = "--qdrant-url") -> None:
     """BadParameter unless `url` is an http(s) URL with a host (`localhost:6333` would be a directory's name)."""
     from urllib.parse import urlsplit
 
@@ -98,7 +103,7 @@ def _check_qdrant_url(url: str) -> None:
         ok = False
     if not ok:
         raise typer.BadParameter(f"{url!r} is not a Qdrant server URL: give it as http://host:6333",
-                                 param_hint="--qdrant-url")
+                                 param_hint=option)
 
 
 def _bad_metadata(memory: Path, qdrant_url: str | None, exc: ValueError) -> str:

@@ -361,6 +361,9 @@ def _point_id(text: str) -> str:
                                  "`neighbors`)", param_hint="--id") from None
 
 
+DESTINATION_OPTIONS = ("--to-memory", "--to-qdrant-url")
+
+
 def copy(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
@@ -371,7 +374,7 @@ def copy(
     again. Ids, labels, sources, tags, pruning, label names and tuned settings go too; re-run to resume."""
     if (to_memory is None) == (to_qdrant_url is None):
         raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
-    check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
+    check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
     mem = open_memory(memory, qdrant_url)
     with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
@@ -381,7 +384,7 @@ def copy(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
         except Exception as exc:
-            if (problem := open_failure(to_memory or DEFAULT_MEMORY, to_qdrant_url, exc)) is None:
+            if (problem := open_failure(to_memory or DEFAULT_MEMORY, to_qdrant_url, exc, DESTINATION_OPTIONS)) is None:
                 raise
             raise problem from exc
         with dest:
