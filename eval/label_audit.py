@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
-from retrieval.store import SCROLL_PAGE
+from retrieval.store import EXCLUDED_KEY, SCROLL_PAGE
 from retrieval.voting import neighbor_weights, vote_all_k
 
 from .scoring import (
@@ -118,20 +118,23 @@ def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_
     `search`: "exact" reads every vector into RAM and searches them all against all (as pruning does): its
     time grows with the square of the points (23 s at 50,000 x 384 on 2 cores, hours at 1.28M). "index"
     asks the memory's own index for each point's k + 1 nearest (`index_self_search`): time grows with the
-    points, RAM holds one page of vectors, at the index's recall (its hard-pruned points, out of every search,
-    do not vote). "auto": exact up to `EXACT_SELF_SEARCH_MAX` points, the index above.
+    points, RAM holds one page of vectors, at the index's recall. "auto": exact up to `EXACT_SELF_SEARCH_MAX`
+    points, the index above. Either way hard-pruned points, out of every search, are left out.
 
     Example:
         >>> votes = audit_labels(open_store("./memory"))
         >>> for s in votes.suspects(min_share=0.8)[:20]:
         ...     print(s.source, s.label, "->", s.suggested)
     """
+    # Hard-pruned points are out of every search: they neither vote nor are audited, by either search (exact
+    # search had them vote, the index did not, so the two gave different suspects on a pruned memory).
     if asks_index(store, search):
-        points = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page]
+        points = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page
+                  if not p.payload.get(EXCLUDED_KEY)]
         ids, labels, sources = [p.id for p in points], [p.label for p in points], [p.source for p in points]
         vectors = None
     else:
-        ids, payloads, vectors = read_vectors(store)
+        ids, payloads, vectors = read_vectors(store, searchable_only=True)
         labels, sources = [p["label"] for p in payloads], [p["source"] for p in payloads]
     if len(ids) < 2:
         raise ValueError("the memory holds fewer than 2 points: no point has neighbours to vote")

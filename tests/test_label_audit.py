@@ -87,6 +87,23 @@ def test_asking_the_index_finds_the_suspects_exact_search_finds(tmp_path, locati
     store.close()
 
 
+@pytest.mark.parametrize("location", ["edge", ":memory:"])
+def test_hard_pruned_points_neither_vote_nor_are_audited_by_either_search(tmp_path, location):
+    from eval.pruning import EXCLUDED_KEY, EXCLUDED_VALUE
+
+    data = clusters(30, seed=3, spread=0.3)
+    noisy = flipped(data, [5, 40])
+    store = open_store(str(tmp_path / "memory") if location == "edge" else location, SPEC)
+    ids = store.add(data.features, noisy, [f"/d/{i}.png" for i in range(len(noisy))])
+    # c0's points hard-pruned but for 5 (labelled c1): no c0 point is left to vote for it, nor c1 near it.
+    store.set_payload([ids[i] for i in range(30) if i != 5], {EXCLUDED_KEY: EXCLUDED_VALUE})
+    exact, index = audit_labels(store, k=10, search="exact"), audit_labels(store, k=10, search="index")
+    assert sorted(exact.ids) == sorted(index.ids) and len(exact.ids) == len(ids) - 29
+    assert [(s.id, s.suggested) for s in exact.suspects()] == [(s.id, s.suggested) for s in index.suspects()]
+    assert {s.id for s in exact.suspects()} == {ids[5], ids[40]}
+    store.close()
+
+
 def test_cli_lists_suspects_and_how_to_correct_them(tmp_path):
     data = clusters(30, seed=3, spread=0.3)
     noisy = flipped(data, [5, 40])
