@@ -153,6 +153,8 @@ class RelabelOut(BaseModel):
     label: str = Field(description="the new label")
     label_name: str | None = Field(None, description="its name, where the memory names its labels")
     label_points: int = Field(description="points with the new label afterwards")
+    note: str | None = Field(None, description="nothing relabelled by label: why (no such label, or a name given "
+                                               "for one), as `vmem relabel` says it")
 
 
 class LabelNamesIn(BaseModel):
@@ -318,6 +320,8 @@ class ForgetOut(BaseModel):
     points: int = Field(description="points in the memory afterwards")
     erased: bool = Field(False, description="the memory's files were rewritten without the forgotten vectors "
                                             "(asked for, and something was forgotten)")
+    note: str | None = Field(None, description="nothing forgotten by label: why (no such label, or a name given "
+                                               "for one), as `vmem forget` says it")
 
 
 class FeaturizerOut(BaseModel):

@@ -225,9 +225,15 @@ def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, l
         assert classify()["neighbors"][0]["label"] == "blue"
 
         merged = client.post("/v1/memory/relabel", json={"label": "red", "to": "blue"}, headers=key)
-        assert merged.json() == {"relabelled": 3, "label": "blue", "label_name": "navy", "label_points": 8}
+        assert merged.json() == {"relabelled": 3, "label": "blue", "label_name": "navy", "label_points": 8,
+                                 "note": None}
         assert classify()["label"] == "blue"
 
+        by_name = client.post("/v1/memory/relabel", json={"label": "navy", "to": "red"}, headers=key).json()
+        assert by_name["relabelled"] == 0 and by_name["note"].startswith(
+            "the memory has no label 'navy' ('navy' is the name of label blue)")
+        gone = client.delete("/v1/memory", params={"label": "navy"}, headers=key).json()
+        assert gone["deleted"] == 0 and "'navy' is the name of label blue" in gone["note"]
         refused = client.post("/v1/memory/relabel", json={"label": "green", "to": "navy"}, headers=key)
         assert refused.status_code == 422 and "'navy' is the name of label blue" in refused.json()["detail"]
         both = client.post("/v1/memory/relabel", json={"label": "green", "ids": [nearest], "to": "x"}, headers=key)

@@ -615,7 +615,7 @@ def test_forget_a_neighbour_and_it_is_never_cited_again(client):
     assert client.get(f"/v1/memory/points/{victim}/thumbnail").status_code == 200
 
     resp = client.delete(f"/v1/memory/points/{victim}", headers=AUTH)
-    assert resp.json() == {"deleted": 1, "points": 11, "erased": False}
+    assert resp.json() == {"deleted": 1, "points": 11, "erased": False, "note": None}
 
     after = client.post("/v1/classify?k=3", files=upload(data)).json()  # same query: must not come from cache
     assert after["cached"] is False and victim not in {n["id"] for n in after["neighbors"]}
@@ -627,13 +627,13 @@ def test_forget_a_neighbour_and_it_is_never_cited_again(client):
 @BOTH_BACKENDS
 def test_forget_by_label_and_by_source_prefix(client, memory_images):
     resp = client.delete("/v1/memory?label=red", headers=AUTH)
-    assert resp.json() == {"deleted": 4, "points": 8, "erased": False}
+    assert resp.json() == {"deleted": 4, "points": 8, "erased": False, "note": None}
     body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 41))).json()
     assert "red" not in {n["label"] for n in body["neighbors"]} and "red" not in body["scores"]
 
     green_dir = str(memory_images.paths[0].parent.parent / "green") + "/"
     resp = client.delete("/v1/memory", params={"source_prefix": green_dir}, headers=AUTH)
-    assert resp.json() == {"deleted": 4, "points": 4, "erased": False}
+    assert resp.json() == {"deleted": 4, "points": 4, "erased": False, "note": None}
     assert client.get("/v1/memory/stats").json()["per_label"] == {"blue": 4}
 
 
@@ -642,14 +642,15 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
     victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]
     resp = client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH)
     if backend == "edge":
-        assert resp.json() == {"deleted": 1, "points": 11, "erased": True}
+        assert resp.json() == {"deleted": 1, "points": 11, "erased": True, "note": None}
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()["erased"] is True
         assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
         # A point that is not there: a 404, and nothing rewritten or journaled.
         edits = client.get("/v1/memory/history").json()["entries"]
         assert_problem(client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH), 404, "unknown-point")
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json() == {
-            "deleted": 0, "points": 7, "erased": False}
+            "deleted": 0, "points": 7, "erased": False,
+            "note": "the memory has no label 'red': it has 2 labels (green, blue; GET /v1/memory/stats lists them)"}
         assert client.get("/v1/memory/history").json()["entries"] == edits
         assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
     else:  # refused before anything is deleted

@@ -49,7 +49,7 @@ def test_classify_add_and_forget_over_http(base_url):
         assert http.get(after["neighbors"][0]["thumbnail_url"]).headers["content-type"] == "image/jpeg"
 
         gone = http.delete("/v1/memory", params={"label": "yellow"}, headers=AUTH).json()
-        assert gone == {"deleted": 3, "points": 12, "erased": False}
+        assert gone == {"deleted": 3, "points": 12, "erased": False, "note": None}
         again = http.post("/v1/classify", params={"k": 3}, files={"image": ("q.png", query)}).json()
         assert "yellow" not in {n["label"] for n in again["neighbors"]}
 

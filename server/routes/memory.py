@@ -38,7 +38,7 @@ from ..schemas import (
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import image_body, thumbnail_url, unknown_labels
+from ._common import LISTED_BY, image_body, thumbnail_url, unknown_labels
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
@@ -149,7 +149,10 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
     except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0)
+    note = await service.run(service.memory.unknown_labels_message, [q.label], LISTED_BY) \
+        if n == 0 and q.label is not None else None
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0,
+                     note=note)
 
 
 @router.post(
@@ -171,8 +174,10 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     def apply() -> RelabelOut:
         n = service.relabel(to, ids=body.ids, label=body.label, source_prefix=body.source_prefix)
         store = service.memory.store
+        note = service.memory.unknown_labels_message([body.label], LISTED_BY) \
+            if n == 0 and body.label is not None and not store.count(label=body.label) else None
         return RelabelOut(relabelled=n, label=to, label_name=store.meta.label_names.get(to),
-                          label_points=store.count(label=to))
+                          label_points=store.count(label=to), note=note)
 
     try:
         return await service.run(apply)
