@@ -116,6 +116,15 @@ class ForgetQuery(BaseModel):
                                            "before answering (embedded memory)")
 
 
+class ForgetPointQuery(BaseModel):
+    """Options of forgetting one point (a misspelt one is refused, not ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    erase: bool = Field(False, description="also rewrite the memory's files without the point's vector before "
+                                           "answering (embedded memory)")
+
+
 class RelabelIn(BaseModel):
     """A new label for the points chosen by exactly one of `ids`, `label` or `source_prefix`."""
 

@@ -645,6 +645,9 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
         assert resp.json() == {"deleted": 1, "points": 11, "erased": True, "note": None}
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()["erased"] is True
         assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
+        # A misspelt option is refused before anything is forgotten, not ignored.
+        typo = client.delete(f"/v1/memory/points/{victim}?eraes=true", headers=AUTH)
+        assert_problem(typo, 422, "invalid-parameters", "eraes")
         # A point that is not there: a 404, and nothing rewritten or journaled.
         edits = client.get("/v1/memory/history").json()["entries"]
         assert_problem(client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH), 404, "unknown-point")

@@ -20,6 +20,7 @@ from ..schemas import (
     AddOut,
     FeaturizerOut,
     ForgetOut,
+    ForgetPointQuery,
     ForgetQuery,
     HistoryOut,
     HistoryQuery,
@@ -112,11 +113,10 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     response_model=ForgetOut,
     responses=problem_responses(401, 403, 404, 422, 503),
 )
-async def forget_point(point_id: PointId, service: ServiceDep, _: ApiKeyDep,
-                       erase: Annotated[bool, Query(description="also rewrite the memory's files without the "
-                                                                "point's vector before answering")] = False,
-                       ) -> ForgetOut:
+async def forget_point(point_id: PointId, q: Annotated[ForgetPointQuery, Query()], service: ServiceDep,
+                       _: ApiKeyDep) -> ForgetOut:
     """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
+    erase = q.erase
     _check_erase(erase, service)
     n = await service.run(service.forget, ids=[str(point_id)], erase=erase)
     if n == 0:
