@@ -346,7 +346,8 @@ class ClassifierService:
                 self.metrics.cache.labels("hit").inc()
                 out[i] = self._answer(hit, threshold, cached=True)
                 continue
-            self.metrics.cache.labels("miss").inc()
+            if size:  # a lookup made and missed (no cache: none made)
+                self.metrics.cache.labels("miss").inc()
             try:
                 todo.append((i, key, self.memory.decode(up.data), up.filename or up.source))
             except ImageDecodeError as exc:

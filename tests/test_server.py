@@ -311,6 +311,13 @@ def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(clie
     assert client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] is False
 
 
+def test_without_a_result_cache_no_lookup_is_counted(make_client):
+    client = make_client(result_cache_size=0)
+    data = texture(COLORS["green"], 11)
+    assert [client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] for _ in range(2)] == [False, False]
+    assert "vmem_result_cache_total{" not in client.get("/metrics").text  # neither hits nor misses
+
+
 def test_batch_answers_each_image_and_reports_the_bad_one(client):
     files = [("images", ("r.png", texture(COLORS["red"], 21), "image/png")),
              ("images", ("bad.png", b"not an image", "image/png")),
