@@ -7,6 +7,7 @@ progress bar, and never stop on a bad image: it is skipped and listed in the rep
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from .feature_cache import FeatureCache
 from .featurizers import EmbedFailure, EmbedResult, Featurizer
 from .images import failure_line, is_image_path
 from .store import MemoryStore, normalize_source, point_id_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
                 items.append(LabelledImage(normalize_source(path), label_dir.name))
     if not items:
         raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout")
+    if loose := [p.name for p in sorted(root.iterdir()) if p.is_file() and is_image_path(p)]:
+        # No folder, so no label: left out, but said, or a user wonders where they went.
+        log.warning("%d image%s directly under %s (%s%s) %s in no label folder, and left out: "
+                    "ROOT/<label>/<image> labels an image by its folder", len(loose), "s" if len(loose) > 1 else "",
+                    root, ", ".join(loose[:3]), ", ..." if len(loose) > 3 else "", "are" if len(loose) > 1 else "is")
     return items
 
 

@@ -75,3 +75,12 @@ def test_a_manifests_labels_are_read_without_their_outer_spaces(photos, tmp_path
     manifest.write_text(f"path,label\n{photos}/a.png,   \n")
     with pytest.raises(DatasetError, match=r"set\.csv:2: empty path or label"):
         read_labelled(manifest)
+
+
+def test_images_directly_under_the_root_are_left_out_and_said(photos, tmp_path, caplog):
+    (photos / "red").mkdir()
+    (photos / "a.png").rename(photos / "red" / "a.png")  # b.png and c.png stay in no label folder
+    with caplog.at_level("WARNING"):
+        items = read_labelled(photos)
+    assert [it.label for it in items] == ["red"]
+    assert f"2 images directly under {photos} (b.png, c.png) are in no label folder, and left out" in caplog.text
