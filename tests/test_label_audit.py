@@ -118,6 +118,9 @@ def test_cli_lists_suspects_and_how_to_correct_them(tmp_path):
     assert {r[0] for r in rows} == {ids[5], ids[40]}
     assert [r[1:3] for r in rows if r[0] == ids[5]] == [["c1 (one)", "-> c0 (zero)"]]
     assert "2 suspects among 180 points" in out.stderr and "vmem relabel --id ID --to LABEL" in out.stderr
+    assert "of their 10 nearest others' rank vote" in out.stderr
+    many = runner.invoke(app, ["suspects", "--memory", str(location), "--k", "500"])
+    assert "of their 179 nearest others' rank vote" in many.stderr  # as many as there are
     only = runner.invoke(app, ["suspects", "--memory", str(location), "--k", "10", "--label", "c0", "--json"])
     [one] = [json.loads(line) for line in only.stdout.splitlines()]
     assert (one["id"], one["label_name"], one["suggested_name"]) == (ids[5], "one", "zero")

@@ -104,7 +104,7 @@ def suspects(
                            f"share {s.share:.2f} (own {s.own_share:.2f})\t{s.source}")
     scope = f" with or toward {label!r}" if label is not None else ""
     typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
-               f"{min_share:g} of their {k} nearest others' rank vote"
+               f"{min_share:g} of their {min(k, len(votes.ids) - 1)} nearest others' rank vote"
                + (f"; the first {limit} shown (--limit)" if len(found) > limit else "")
                + ". Check each image, then `vmem relabel --id ID --to LABEL` or `vmem forget --id ID`",
                err=True)
