@@ -131,8 +131,9 @@ class VisualMemory:
         self.store = store
         self._featurizer = featurizer
         self._featurizer_lock = threading.Lock()
-        # Forgets and relabels read the points' labels, then change them: two threads doing so at once would
-        # both journal the points the other changed. (Processes sharing a Qdrant server are not covered.)
+        # Forgets, relabels and adds read the points' labels (or whether they exist), then change them: two
+        # threads doing so at once would both journal the points the other changed. (Processes sharing a Qdrant
+        # server are not covered.)
         self._edit_lock = threading.Lock()
         if featurizer is not None:
             store.check_featurizer(featurizer.spec)
@@ -655,9 +656,10 @@ class VisualMemory:
             self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
                           detail={"tags": tags} if tags else {})
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
+        just_added = set(added)
         for j in keep:
             pid = id_of[ok_sources[j]]
-            if pid in stored and pid not in added and stored[pid] != ok_labels[j]:
+            if pid in stored and pid not in just_added and stored[pid] != ok_labels[j]:
                 relabel.setdefault(ok_labels[j], []).append(pid)
         relabelled: dict[str, str] = {}
         for to, ids in relabel.items():
