@@ -116,12 +116,11 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
 async def forget_point(point_id: PointId, q: Annotated[ForgetPointQuery, Query()], service: ServiceDep,
                        _: ApiKeyDep) -> ForgetOut:
     """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
-    erase = q.erase
-    _check_erase(erase, service)
-    n = await service.run(service.forget, ids=[str(point_id)], erase=erase)
-    if n == 0:
+    _check_erase(q.erase, service)
+    n = await service.run(service.forget, ids=[str(point_id)], erase=q.erase)
+    if n == 0:  # nothing forgotten, nothing erased
         raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
-    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=erase and n > 0)
+    return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
 
 
 def _check_erase(erase: bool, service: ClassifierService) -> None:
