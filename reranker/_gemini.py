@@ -127,6 +127,12 @@ _TIMEOUTS = (*_http_exceptions("TimeoutException"), TimeoutError)
 _TRANSPORT = _http_exceptions("TransportError")
 
 
+def _without_secrets(text: str) -> str:
+    """`text` with any URL's user and password, and its query, taken out."""
+    return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@", r"\g<scheme>", re.sub(
+        r"(://[^\s?#]*)\?[^\s#]*", r"\1", text))
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, genai_errors.APIError):
         return exc.code in RETRYABLE_STATUS
@@ -218,8 +224,11 @@ class GeminiReranker:
         return client
 
     def endpoint(self) -> str:
-        return self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or \
+        """Where requests go, as said in messages: a proxy's user and password, and a query (`?key=`), left
+        out, for messages reach answers and logs."""
+        url = self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or \
             "https://generativelanguage.googleapis.com"
+        return _without_secrets(url)
 
     # ------------------------------------------------------------------ public API
 
@@ -478,7 +487,7 @@ class GeminiReranker:
         except _TRANSPORT as exc:
             raise ConnectionFailedError(
                 f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "
-                f"({type(exc).__name__}: {exc})") from exc
+                f"({type(exc).__name__}: {_without_secrets(str(exc))})") from exc
         except genai_errors.UnknownApiResponseError as exc:
             raise InvalidAnswerError("Gemini's reply could not be parsed (not valid JSON)") from exc
         except (ValueError, TypeError) as exc:  # a 200 whose JSON does not fit the response schema

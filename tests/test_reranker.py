@@ -242,6 +242,11 @@ def test_an_unreachable_endpoint_is_a_connection_fallback(make_rr, images):
     closed._server.server_close()
     out = make_rr(base_url=url, max_attempts=2).rerank_one(request(images))
     assert out.error == "ConnectionFailedError" and url in out.fallback_reason and out.attempts == 2
+    # Through a proxy that takes a user and password: the reason (which answers and logs carry) leaves them out.
+    with_secret = url.replace("http://", "http://proxyuser:PROXYSECRET@")
+    out = make_rr(base_url=with_secret, max_attempts=1).rerank_one(request(images))
+    assert out.error == "ConnectionFailedError" and url in out.fallback_reason
+    assert "PROXYSECRET" not in out.fallback_reason and "proxyuser" not in out.fallback_reason
 
 
 def test_a_single_candidate_needs_no_call(fake, make_rr, images):
