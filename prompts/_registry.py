@@ -6,6 +6,7 @@ the origin is recorded so `vmem templates list` can show which one is in use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ class TemplateEntry:
 
 
 class TemplateRegistry:
-    """Templates by name. Rescans the user directory once before declaring a name unknown.
+    """Templates by name. The user directory is read again whenever its files change (a template added, edited
+    or mended takes effect without a restart), checked by their sizes and modification times.
 
     >>> reg = TemplateRegistry()
     >>> reg.get("labels-only").version
@@ -41,9 +43,26 @@ class TemplateRegistry:
         self._lock = threading.Lock()
         self._entries: dict[str, TemplateEntry] = {}
         self.errors: dict[str, TemplateLoadError] = {}  # by file stem: templates that failed to load
+        self._read: tuple = ()  # the user directory's files as last read
         self.reload()
 
+    def _user_files(self) -> tuple:
+        """(name, size, mtime) of each template file in the user directory: what tells that it changed."""
+        if self.user_dir is None or not self.user_dir.is_dir():
+            return ()
+        files = []
+        for path in sorted(self.user_dir.glob("*.yaml")) + sorted(self.user_dir.glob("*.yml")):
+            with contextlib.suppress(OSError):  # gone between the listing and the stat
+                st = path.stat()
+                files.append((path.name, st.st_size, st.st_mtime_ns))
+        return tuple(files)
+
+    def _reload_if_changed(self) -> None:
+        if self.user_dir is not None and self._user_files() != self._read:
+            self.reload()
+
     def reload(self) -> None:
+        read = self._user_files()
         entries: dict[str, TemplateEntry] = {}
         errors: dict[str, TemplateLoadError] = {}
         dirs = ([(BUILTIN_DIR, "builtin")] if self.include_builtin else []) + (
@@ -66,17 +85,17 @@ class TemplateRegistry:
                 errors.pop(t.name, None)
                 entries[t.name] = TemplateEntry(t, path, origin)
         with self._lock:
-            self._entries, self.errors = entries, errors
+            self._entries, self.errors, self._read = entries, errors, read
 
     def names(self) -> list[str]:
+        self._reload_if_changed()
         return sorted(self._entries)
 
     def entries(self) -> list[TemplateEntry]:
         return [self._entries[n] for n in self.names()]
 
     def entry(self, name: str) -> TemplateEntry:
-        if name not in self._entries and name not in self.errors:
-            self.reload()  # a template added to the user directory since start-up
+        self._reload_if_changed()
         if name in self.errors and name not in self._entries:
             raise self.errors[name]
         try:
@@ -97,6 +116,7 @@ class TemplateRegistry:
         return self.entry(name or DEFAULT_TEMPLATE).template
 
     def __contains__(self, name: object) -> bool:
+        self._reload_if_changed()
         return name in self._entries
 
 

@@ -165,6 +165,9 @@ def load_template_file(path: str | Path) -> PromptTemplate:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TemplateLoadError(f"{p}: cannot read template ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise TemplateLoadError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
+                                "the template as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise TemplateLoadError(f"{p}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

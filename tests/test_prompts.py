@@ -122,6 +122,27 @@ def test_a_template_added_after_start_is_found(tmp_path):
     assert reg.get("late").name == "late"
 
 
+def test_a_template_mended_or_edited_while_running_is_read_again(tmp_path):
+    write(tmp_path, "mine", MINIMAL + "answer: 'Costs $5 per answer'\n")  # broken: a bare `$`
+    reg = TemplateRegistry(tmp_path)
+    with pytest.raises(TemplateLoadError):
+        reg.get("mine")
+    write(tmp_path, "mine", MINIMAL + "answer: 'Costs $$5 per answer'\n")  # mended
+    first = reg.get("mine")
+    assert first.answer == "Costs $$5 per answer"
+    write(tmp_path, "mine", MINIMAL + "answer: 'Costs $$6 per answer.'\n")  # edited
+    assert reg.get("mine").answer == "Costs $$6 per answer." and reg.get("mine").content_hash != first.content_hash
+    assert reg.get("mine") is reg.get("mine")  # unchanged files are not read again
+
+
+def test_a_template_that_is_not_utf8_is_a_load_error_not_a_crash(tmp_path):
+    (tmp_path / "latin.yaml").write_bytes(b"name: latin\nversion: 1\nsystem: caf\xe9\n")
+    reg = TemplateRegistry(tmp_path)  # the others still load
+    assert "neighbors-v1" in reg and "not UTF-8 text" in str(reg.errors["latin"])
+    with pytest.raises(TemplateLoadError, match="save the template as UTF-8"):
+        reg.get("latin")
+
+
 def test_a_broken_user_template_does_not_hide_the_others(tmp_path):
     write(tmp_path, "broken", "name: broken\nversion: 1\n")
     reg = TemplateRegistry(tmp_path)

@@ -381,6 +381,26 @@ def test_unknown_template_is_a_422_listing_the_available_ones(client):
         assert name in body["detail"]
 
 
+def test_a_broken_template_is_refused_with_its_error_and_a_mended_one_is_used(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "templates"))
+    (tmp_path / "templates").mkdir()
+    # A broken override of the default, and a template of the user's that arrives after the start.
+    (tmp_path / "templates" / "neighbors-v1.yaml").write_text("name: neighbors-v1\nversion: 9\n")
+    query = upload(texture(COLORS["red"], 1))
+    named = client.post("/v1/classify?rerank=true&template=neighbors-v1", files=query)
+    body = assert_problem(named, 422, "invalid-template", "'neighbors-v1' could not be loaded: invalid template")
+    assert "system: Field required" in body["detail"] and str(tmp_path) not in body["detail"]
+    assert_problem(client.post("/v1/classify?rerank=true", files=query), 500, "invalid-template",
+                   "the service's default template 'neighbors-v1' could not be loaded")
+    assert client.post("/v1/classify", files=query).status_code == 200  # no re-ranking: no template needed
+
+    (tmp_path / "templates" / "later.yaml").write_text("name: later\nversion: 1\nsystem: Classify the image.\n")
+    (tmp_path / "templates" / "neighbors-v1.yaml").unlink()
+    for template in ("later", "neighbors-v1"):  # both taken without a restart (no API key here: a fallback)
+        resp = client.post(f"/v1/classify?rerank=true&template={template}", files=query)
+        assert resp.status_code == 200 and resp.json()["fallback_reason"], (template, resp.text)
+
+
 @pytest.mark.parametrize(("data", "says"), [
     (b"", "empty"),
     (b"GIF89a-but-not-really", "not a recognised image format"),

@@ -35,15 +35,30 @@ def thumbnail_url(request: Request, point_id: str) -> str:
 
 
 def check_template(q: ClassifyQuery) -> None:
-    """Refuse an unknown template name before any image is embedded."""
-    if q.template is None:
+    """Refuse an unknown or broken template before any image is embedded (the default one too, when re-ranking:
+    a broken override of it answered a bare 500)."""
+    from prompts import DEFAULT_TEMPLATE, TemplateLoadError, UnknownTemplateError
+
+    if q.template is None and not q.rerank:
         return
     registry = template_registry()
-    names = registry.names() if registry is not None else []
-    if q.template not in names:
-        available = ", ".join(names) or "none are installed"
-        raise ProblemError(422, f"unknown template {q.template!r}; available: {available}", "unknown-template",
-                           "Unknown template")
+    name = q.template or DEFAULT_TEMPLATE
+    try:
+        if registry is None:
+            raise UnknownTemplateError(name)
+        registry.entry(name)
+    except UnknownTemplateError:
+        available = ", ".join(registry.names() if registry is not None else []) or "none are installed"
+        raise ProblemError(422, f"unknown template {name!r}; available: {available}", "unknown-template",
+                           "Unknown template") from None
+    except TemplateLoadError as exc:
+        # The file's own error, without the server's path to it.
+        reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("/") else str(exc)
+        if q.template is not None:
+            raise ProblemError(422, f"the template {name!r} could not be loaded: {reason}", "invalid-template",
+                               "Invalid template") from None
+        raise ProblemError(500, f"the service's default template {name!r} could not be loaded: {reason}",
+                           "invalid-template", "Invalid template") from None
 
 
 def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:
