@@ -539,6 +539,17 @@ def test_classify_with_rerank_takes_gemini_label_and_forget_reaches_the_cache(fa
     assert len(cache) == 0  # unlearning reached the cache
 
 
+def test_a_replaced_reranker_is_no_longer_told_of_forgets(fake, make_rr, memory, tmp_path):
+    first = make_rr()
+    memory.reranker = first
+    memory.reranker = second = make_rr(cache_path=tmp_path / "second.sqlite")
+    first.close()  # its cache closed: told of a forget, it raised after the points were deleted
+    fake.enqueue(fake.answer("green"))
+    [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert res.reranked and len(second.cache) == 1
+    assert memory.forget(ids=[res.neighbors[-1].id]) == 1 and len(second.cache) == 0
+
+
 def test_the_agentic_trace_comes_back_through_classify(fake, make_rr, memory):
     memory.reranker = make_rr()
     fake.enqueue(fake.call("exemplars", label="green", n=1), fake.answer("green"))

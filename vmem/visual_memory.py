@@ -497,6 +497,11 @@ class VisualMemory:
     def reranker(self, reranker: Any) -> None:
         """Re-rank with this object from now on (None: off); deleting or relabelling points drops its cached
         answers citing them."""
+        previous = self._reranker
+        if previous is not None and hasattr(previous, "invalidate"):
+            # Its cache is no longer this memory's to keep up: once closed, its listener raised after each delete.
+            for listeners in (self._forget_listeners, self._relabel_listeners):
+                listeners[:] = [f for f in listeners if f != previous.invalidate]
         self._reranker = reranker
         self._auto_reranker = False
         if reranker is not None and hasattr(reranker, "invalidate"):
