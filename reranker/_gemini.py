@@ -356,7 +356,10 @@ class GeminiReranker:
                                 cache_checked=cache_checked,
                                 latency_s=time.monotonic() - t0, trace=ctx.trace,
                                 **{**base, "candidates": prompt.candidates})
-        if self.cache is not None:
+        # An answer to a prompt that lost neighbour images (a file moved, a mount down) is not kept: the key
+        # cannot tell it from the full prompt's, and it would be served after the images are back.
+        lost_images = any(note.get("event") == "neighbor_label_only" for note in prompt.notes)
+        if self.cache is not None and not lost_images:
             await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
         return outcome
 

@@ -358,12 +358,19 @@ def test_an_unknown_template_is_an_error_listing_the_available_ones(fake, make_r
 
 
 def test_a_missing_neighbour_image_is_shown_by_label_and_noted(fake, make_rr, images):
+    blue = images["blue"].read_bytes()
     images["blue"].unlink()
-    out = make_rr().rerank_one(request(images))
+    rr = make_rr()
+    out = rr.rerank_one(request(images))
     assert out.reranked and fake.requests[0].images == 3
     [note] = out.trace
     assert note["event"] == "neighbor_label_only" and note["id"] == "p2" and "missing" in note["reason"]
     assert any("image unavailable" in t for t in fake.requests[0].texts)
+    # That answer is not kept: with the image back, the full prompt is asked, not the lesser one's answer served.
+    images["blue"].write_bytes(blue)
+    again = rr.rerank_one(request(images))
+    assert not again.cached and fake.count == 2 and fake.requests[1].images == 4
+    assert rr.rerank_one(request(images)).cached  # the full prompt's answer is
 
 
 def test_shared_neighbours_are_decoded_once(fake, make_rr, images):
