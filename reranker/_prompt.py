@@ -41,6 +41,7 @@ class ShownLabels:
         for name in self._names.values():
             held[name] = held.get(name, 0) + 1
         self._ambiguous = {name for name, n in held.items() if n > 1}
+        self._all_labels = set(self._names) | set(labels)  # a name that is one of these names its label too
         self._shown: dict[str, str] = {}
         self._labels: dict[str, str] = {}
         for label in labels:
@@ -52,7 +53,7 @@ class ShownLabels:
         name = self._names.get(label)
         if name is None:
             text = label
-        elif name in self._ambiguous or (name != label and name in self._names):
+        elif name in self._ambiguous or (name != label and name in self._all_labels):
             text = f"{name} ({label})"
         else:
             text = name

@@ -684,6 +684,10 @@ def test_shown_label_texts_are_one_to_one():
     assert texts == ["a", "a (b)", "c", "x (d)", "x (e)", "f"]
     assert [shown.label(t) for t in texts] == ["a", "b", "c", "d", "e", "f"]
     assert shown.label("x") is None
+    # In whichever order the vote put them: the unnamed label keeps its text, the named one takes its label.
+    for order in (["b", "a"], ["a", "b"]):
+        shown = ShownLabels({"b": "a"}, order)
+        assert {label: shown.show(label) for label in order} == {"a": "a", "b": "a (b)"}, order
 
 
 def test_the_names_gemini_reads_are_part_of_the_cache_key(fake, make_rr, images):
