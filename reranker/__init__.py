@@ -23,6 +23,7 @@ from ._errors import (
     RequestRejectedError,
     RerankError,
     StepBudgetError,
+    UnexpectedError,
     UpstreamError,
 )
 from ._settings import DEFAULT_MODEL, GeminiSettings, configured_cache_path
@@ -76,6 +77,7 @@ __all__ = [
     "StepBudgetError",
     "ThumbnailCache",
     "ThumbnailError",
+    "UnexpectedError",
     "UpstreamError",
     "Usage",
     "api_key_from_env",

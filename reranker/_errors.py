@@ -9,9 +9,10 @@
     │   └── ConnectionFailedError
     ├── CircuitOpenError        Gemini kept failing: not called until a cool-down passes
     ├── RequestRejectedError    400/401/403/404: retrying cannot help
-    └── InvalidAnswerError      the answer could not be read
-        ├── NonCandidateAnswerError  a label that is not a candidate
-        └── StepBudgetError          agentic mode: no answer within the step budget
+    ├── InvalidAnswerError      the answer could not be read
+    │   ├── NonCandidateAnswerError  a label that is not a candidate
+    │   └── StepBudgetError          agentic mode: no answer within the step budget
+    └── UnexpectedError         anything else raised on the way (logged with its traceback)
 
 The re-ranker turns every one of these into a fallback to the vote, with the message as
 `fallback_reason` and the class name as `error`; a server can map the class to a status code.
@@ -69,4 +70,8 @@ class NonCandidateAnswerError(InvalidAnswerError):
 
 
 class StepBudgetError(InvalidAnswerError):
+    pass
+
+
+class UnexpectedError(RerankError):
     pass

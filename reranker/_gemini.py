@@ -52,6 +52,7 @@ from ._errors import (
     RequestRejectedError,
     RerankError,
     StepBudgetError,
+    UnexpectedError,
     UpstreamError,
 )
 from ._prompt import BuiltPrompt, QueryImage, ShownLabels, _fmt, build_prompt, candidate_labels, encode_query
@@ -125,6 +126,10 @@ def _http_exceptions(name: str) -> tuple[type[BaseException], ...]:
 
 _TIMEOUTS = (*_http_exceptions("TimeoutException"), TimeoutError)
 _TRANSPORT = _http_exceptions("TransportError")
+with contextlib.suppress(ImportError):  # the SDK sends async requests through aiohttp whenever it is installed
+    import aiohttp
+
+    _TRANSPORT = (*_TRANSPORT, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
 def _without_secrets(text: str) -> str:
@@ -348,7 +353,12 @@ class GeminiReranker:
             else:  # Gemini replied (a refusal or an unreadable answer): it is up
                 self.breaker.success(permit)
             return fallback(exc)
-        except BaseException:
+        except Exception as exc:  # not foreseen here (e.g. a transport's own error): still a fallback, said why
+            log.warning("re-ranking failed unexpectedly", exc_info=True)
+            self.breaker.failure(permit, type(exc).__name__)
+            return fallback(UnexpectedError(
+                f"re-ranking failed unexpectedly ({type(exc).__name__}: {_without_secrets(str(exc))})"))
+        except BaseException:  # cancelled: neither a success nor a failure of Gemini's
             self.breaker.release(permit)
             raise
         self.breaker.success(permit)

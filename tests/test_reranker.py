@@ -249,6 +249,21 @@ def test_an_unreachable_endpoint_is_a_connection_fallback(make_rr, images):
     assert "PROXYSECRET" not in out.fallback_reason and "proxyuser" not in out.fallback_reason
 
 
+def test_an_error_nobody_foresaw_is_still_a_fallback_that_says_what_it_was(make_rr, images, monkeypatch, caplog):
+    import reranker._gemini
+
+    def broken(*args, **kwargs):  # as a transport the SDK picked on its own (aiohttp's) would raise
+        raise RuntimeError("Cannot connect to host http://u:secret@127.0.0.1:1/")
+
+    monkeypatch.setattr(reranker._gemini, "build_prompt", broken)
+    rr = make_rr()
+    out = rr.rerank_one(request(images))
+    assert (out.label, out.reranked, out.error) == ("cat", False, "UnexpectedError")
+    assert out.fallback_reason == ("re-ranking failed unexpectedly (RuntimeError: Cannot connect to host "
+                                   "http://127.0.0.1:1/)")
+    assert "re-ranking failed unexpectedly" in caplog.text and "Traceback" in caplog.text
+
+
 def test_a_single_candidate_needs_no_call(fake, make_rr, images):
     out = make_rr().rerank_one(request(images, labels=("cat", "cat", "cat")))
     assert out.error == "NothingToRerankError" and "only one candidate" in out.fallback_reason
