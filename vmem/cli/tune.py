@@ -53,7 +53,8 @@ def _require_validation(val_rows: np.ndarray, correct: list[list[str]], memory_l
             f"none of the {len(val_rows)} validation queries has a label the memory holds (theirs: "
             f"{', '.join(theirs[:5]) or 'none'}{', ...' if len(theirs) > 5 else ''}; the memory's: "
             f"{', '.join(sorted(memory_labels)[:5])}{', ...' if len(memory_labels) > 5 else ''}): tune on images "
-            "of the memory's classes, or give --classes to map the dataset's class names", param_hint="--dataset")
+            "of the memory's classes (a memory labelled by class names and a dataset by WordNet ids: --classes "
+            "names the ids as the memory does)", param_hint="--dataset")
 
 
 def tune(
