@@ -189,7 +189,10 @@ def read_imagenet_val(root: str | Path, labels_file: str | Path | None = None,
         if not items:
             raise DatasetError(f"none of the images in {root} is listed in {labels_file}")
         return EvalDataset(root.name, DatasetFormat.imagenet_val, items, None, skipped)
-    ids = [int(x) for x in labels_file.read_text().split()]
+    try:
+        ids = [int(x) for x in labels_file.read_text().split()]
+    except ValueError as exc:
+        raise DatasetError(f"{labels_file} holds something that is no devkit class id ({exc})") from None
     if len(ids) != len(files):
         raise DatasetError(f"{labels_file} has {len(ids)} labels for {len(files)} images in {root}")
     meta = Path(devkit_synsets) if devkit_synsets else (_find_upwards(labels_file.parent, DEVKIT_META, 1))
@@ -197,6 +200,10 @@ def read_imagenet_val(root: str | Path, labels_file: str | Path | None = None,
         raise DatasetError(f"{labels_file.name} holds devkit ids: give the devkit's {DEVKIT_META} "
                            "(--devkit-synsets) to map them to wnids")
     wnids = read_devkit_synsets(meta)
+    # Ids count from 1: 0 would read as the last class (wnids[-1]) and 1,001 fail deep inside.
+    if bad := next(((n, i) for n, i in enumerate(ids, start=1) if not 1 <= i <= len(wnids)), None):
+        raise DatasetError(f"{labels_file}: the label of image {bad[0]} is {bad[1]}, not a devkit class id "
+                           f"(1..{len(wnids)} in {meta.name})")
     items = [EvalImage(normalize_source(f), wnids[i - 1]) for f, i in zip(files, ids, strict=True)]
     return EvalDataset(root.name, DatasetFormat.imagenet_val, items)
 
@@ -224,17 +231,26 @@ def read_real(root: str | Path, real_json: str | Path | None = None) -> EvalData
     real_json = Path(real_json) if real_json else _find_upwards(root, REAL_JSON)
     if real_json is None:
         raise DatasetError(f"no {REAL_JSON} found in {root} or its parents")
-    real = json.loads(Path(real_json).read_text())
+    try:
+        real = json.loads(Path(real_json).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{real_json} is not JSON ({exc})") from None
+    if not isinstance(real, list) or not all(isinstance(labs, list) for labs in real):
+        raise DatasetError(f"{real_json} is not ReaL's layout: a list of label lists, one per val image")
     files = _images_flat(root)
     if len(real) != len(files):
         raise DatasetError(f"{real_json} has {len(real)} entries for {len(files)} images in {root}")
     wnids = imagenet_wnids()
     items, skipped = [], []
-    for f, labs in zip(files, real, strict=True):
+    for n, (f, labs) in enumerate(zip(files, real, strict=True)):
         if not labs:
             skipped.append(normalize_source(f))
             continue
-        accepted = tuple(wnids[int(i)] for i in labs)
+        # Indices of the sorted wnids: -1 would read as the last one, 1,000 fail deep inside.
+        if bad := [i for i in labs if isinstance(i, bool) or not (isinstance(i, int) and 0 <= i < len(wnids))]:
+            raise DatasetError(f"{real_json}: entry {n} ({f.name}) holds {bad[0]!r}, not a class index "
+                               f"(0..{len(wnids) - 1})")
+        accepted = tuple(wnids[i] for i in labs)
         items.append(EvalImage(normalize_source(f), accepted[0], accepted))
     return EvalDataset(root.name, DatasetFormat.real, items, None, skipped)
 

@@ -93,6 +93,21 @@ def test_imagenet_val_devkit_ids_from_a_text_mapping(tmp_path):
     assert ds.items[0].label == "n02100735"
 
 
+@pytest.mark.parametrize(("ground_truth", "says"), [
+    ("0\n", "the label of image 1 is 0, not a devkit class id (1..2 in ids.txt)"),  # was read as the last class
+    ("3\n", "the label of image 1 is 3, not a devkit class id"),
+    ("two\n", "holds something that is no devkit class id"),
+])
+def test_imagenet_val_ground_truth_outside_the_devkit_ids_is_refused(tmp_path, ground_truth, says):
+    put(tmp_path / "val" / val_name(1))
+    (tmp_path / "gt.txt").write_text(ground_truth)
+    (tmp_path / "ids.txt").write_text("n02119789\nn02100735\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset(tmp_path / "val", "imagenet-val", labels_file=tmp_path / "gt.txt",
+                     devkit_synsets=tmp_path / "ids.txt")
+    assert says in str(err.value)
+
+
 def test_imagenet_val_without_labels_file_says_what_is_missing(tmp_path):
     put(tmp_path / "val" / val_name(1))
     with pytest.raises(DatasetError, match=r"LOC_val_solution\.csv"):
@@ -128,6 +143,22 @@ def test_real_json_length_must_match_the_images(tmp_path):
     (tmp_path / "real.json").write_text("[[1], [2]]")
     with pytest.raises(DatasetError, match="2 entries for 1 images"):
         read_dataset(tmp_path / "val", "real")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[[1], [1000]]", "entry 1 (ILSVRC2012_val_00000002.JPEG) holds 1000, not a class index (0..999)"),
+    ("[[1], [-1]]", "holds -1, not a class index"),  # was read as the last class
+    ("[[1], [true]]", "holds True, not a class index"),
+    ("[[1], [2]", "is not JSON"),
+    ('{"a": [1]}', "is not ReaL's layout"),
+])
+def test_a_real_json_that_is_not_reals_layout_is_refused(tmp_path, text, says):
+    for i in (1, 2):
+        put(tmp_path / "val" / val_name(i))
+    (tmp_path / "real.json").write_text(text)
+    with pytest.raises(DatasetError) as err:
+        read_dataset(tmp_path / "val", "real")
+    assert says in str(err.value)
 
 
 def test_csv_manifest_paths_relative_to_the_csv(tmp_path):
