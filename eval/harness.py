@@ -37,6 +37,7 @@ from tqdm import tqdm
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, Featurizer, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import write_atomically
+from retrieval.images import failure_line
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 
 from .datasets import EvalDataset
@@ -74,7 +75,7 @@ class QuerySet:
     features: np.ndarray  # float32 [n, dim]
     sources: list[str]
     correct_labels: list[tuple[str, ...]]
-    failed: list[str]  # sources that did not decode
+    failed: list[str]  # `SOURCE: REASON` of each query that could not be read or decoded
 
     def subset(self, idx: Sequence[int]) -> QuerySet:
         return QuerySet(self.features[list(idx)], [self.sources[i] for i in idx],
@@ -87,13 +88,14 @@ def cached_features(
     """Features for files, computed once per featurizer and file content (resumable: the cache checkpoints).
 
     Returns:
-        (features [n_ok, dim], indices of the sources they belong to, sources that failed to decode)
+        (features [n_ok, dim], indices of the sources they belong to, `SOURCE: REASON` of each that could not
+        be read or decoded)
     """
     cache = FeatureCache(cache_root, featurizer)
     with tqdm(total=len(sources), desc=f"{desc} ({featurizer.name})", unit="img", file=sys.stderr,
               mininterval=2, disable=None) as bar:
         feats, ok, failures = cache.features_for(list(sources), on_batch=bar.update)
-    return feats, ok, [f.source for f in failures]
+    return feats, ok, [failure_line(f.source, f.reason) for f in failures]
 
 
 def query_set(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> QuerySet:

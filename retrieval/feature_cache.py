@@ -164,9 +164,11 @@ class FeatureCache:
         with self._locked():  # what other writers added since: reading it is incremental, so cheap
             self._load()
             self._load_file_hashes()
-        hashes = self._content_hashes(paths)
-        missing = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in self.index}.values())
-        failures: list[EmbedFailure] = []
+        unreadable: dict[int, str] = {}
+        hashes = self._content_hashes(paths, unreadable)
+        missing = sorted({h: i for i, h in reversed(list(enumerate(hashes)))
+                          if h not in self.index and i not in unreadable}.values())
+        failures = [EmbedFailure(i, str(paths[i]), reason) for i, reason in unreadable.items()]
         if on_batch:
             on_batch(len(paths) - len(missing))
         if missing:
@@ -181,30 +183,34 @@ class FeatureCache:
                     self._append(new_rows, new_hashes)
                     new_rows, new_hashes = [], []
             self._append(new_rows, new_hashes)
-        failed_hashes = {hashes[f.index] for f in failures}
-        ok = [i for i, h in enumerate(hashes) if h in self.index and h not in failed_hashes]
+        failed_hashes = {hashes[f.index] for f in failures if f.index not in unreadable}
+        ok = [i for i, h in enumerate(hashes) if h in self.index and h not in failed_hashes and i not in unreadable]
         rows = np.asarray([self.index[hashes[i]] for i in ok], dtype=np.int64)
         return self.features[rows] if len(rows) else np.zeros((0, self.featurizer.dim), np.float32), ok, failures
 
-    def _content_hashes(self, paths: Sequence[str | Path]) -> list[str]:
-        """sha256 of each file, read only when its (path, size, mtime, inode) is new; new ones are recorded."""
+    def _content_hashes(self, paths: Sequence[str | Path], unreadable: dict[int, str]) -> list[str]:
+        """sha256 of each file, read only when its (path, size, mtime, inode) is new; new ones are recorded.
+        A file that cannot be read gets "" and its reason in `unreadable` (by index), as the featurizer says it:
+        one missing file in a manifest ended a whole evaluation."""
         hashes, fresh = [], []
-        for p in paths:
+        for n, p in enumerate(paths):
             path = os.path.abspath(p)
             try:
                 st = os.stat(path)
-            except OSError:  # hashing it raises the error a missing file gives
-                hashes.append(file_sha256(p))
+                key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+                digest = self._file_hashes.get(key)
+                if digest is None:
+                    digest = file_sha256(path)
+            except OSError as exc:
+                unreadable[n] = f"{p}: no such file" if isinstance(exc, FileNotFoundError) else \
+                    f"{p}: cannot be read ({exc.strerror or exc})"
+                hashes.append("")
                 continue
-            key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
-            digest = self._file_hashes.get(key)
-            if digest is None:
-                digest = file_sha256(path)
-                # Not for a file modified in the last seconds: a rewrite within the clock's tick (ms) would
-                # keep its size and mtime ("racy git"). One record per line: no newline in the path.
-                if time.time_ns() - st.st_mtime_ns > _SETTLED_NS and "\n" not in path:
-                    fresh.append(f"{digest}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\t{path}\n")
-                    self._file_hashes[key] = digest
+            # Recorded, but not for a file modified in the last seconds: a rewrite within the clock's tick (ms)
+            # would keep its size and mtime ("racy git"). One record per line: no newline in the path.
+            if key not in self._file_hashes and time.time_ns() - st.st_mtime_ns > _SETTLED_NS and "\n" not in path:
+                fresh.append(f"{digest}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\t{path}\n")
+                self._file_hashes[key] = digest
             hashes.append(digest)
         if fresh:
             with self._locked():

@@ -195,3 +195,15 @@ def test_eval_says_when_the_tuned_rule_was_scored_with_a_given_alpha(built, tmp_
     assert "(rank, k=3, α=2, τ=0.07): 100.00% top-1 here\n" in run(*args)
     # The accuracy printed is rank voting with α = 8 at k = 3: the line must not credit it to α = 2 alone.
     assert "top-1 here (scored with the given α=8, τ=0.07)" in run(*args, "--alpha", "8")
+
+
+def test_a_manifest_listing_a_missing_file_is_scored_without_it_and_says_so(built, tmp_path):
+    root, val = built
+    manifest = tmp_path / "queries.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(val.rglob("*.png")))
+                        + f"{tmp_path / 'gone.png'},n00000001\n")
+    out = run("eval", "--memory", root / "memory", "--dataset", manifest, "--out", tmp_path / "eval", "--no-plots",
+              "--cache", tmp_path / "cache")
+    assert f"skipped {tmp_path / 'gone.png'}: no such file" in out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["run"]
+    assert (results["queries"], results["failed_queries"]) == (6, 1)

@@ -65,6 +65,15 @@ def test_failures_are_reported_and_never_cached(tmp_path):
     assert ok == [0, 1] and not failures
 
 
+def test_a_missing_file_is_a_failure_like_an_undecodable_one_not_an_error(tmp_path):
+    good, gone = tmp_path / "good.png", tmp_path / "gone.jpg"
+    good.write_bytes(make_image(fmt="PNG"))
+    feats, ok, failures = FeatureCache(tmp_path / "c", MeanColour()).features_for([gone, good, gone],
+                                                                                  num_workers=0)
+    assert ok == [1] and feats.shape == (1, 3)
+    assert [(f.index, f.reason) for f in failures] == [(0, f"{gone}: no such file"), (2, f"{gone}: no such file")]
+
+
 def test_caches_of_different_featurizers_do_not_mix(tmp_path):
     f = tmp_path / "x.png"
     f.write_bytes(make_image(fmt="PNG"))

@@ -194,5 +194,5 @@ def eval(
                    f"tokens {r['usage'].get('total_tokens', 0)}"
                    + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
     for f in queries.failed[:20]:
-        typer.echo(f"skipped {f}: does not decode", err=True)
+        typer.echo(f"skipped {f}", err=True)
     typer.echo(f"wrote {len(written)} files to {out}", err=True)
