@@ -207,3 +207,18 @@ def test_a_manifest_listing_a_missing_file_is_scored_without_it_and_says_so(buil
     assert f"skipped {tmp_path / 'gone.png'}: no such file" in out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["run"]
     assert (results["queries"], results["failed_queries"]) == (6, 1)
+
+
+def test_experiment_refuses_a_classes_file_that_is_not_there_and_multi_label_queries(built, tmp_path):
+    root, val = built
+    res = CliRunner().invoke(app, ["experiment", "scaling", "--queries", str(val), "--memory", str(root / "memory"),
+                                   "--classes", str(tmp_path / "no-such.tsv")], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "--classes" in res.output and "no-such.tsv" in res.output, res.output
+    real = tmp_path / "real" / "val"  # ReaL: several right labels a query, which an experiment would drop
+    real.mkdir(parents=True)
+    for i in (1, 2):
+        pattern(0, i).save(real / f"ILSVRC2012_val_{i:08d}.JPEG")
+    (tmp_path / "real" / "real.json").write_text("[[1, 2], [3]]")
+    res = CliRunner().invoke(app, ["experiment", "scaling", "--queries", str(real), "--queries-format", "real",
+                                   "--memory", str(root / "memory")], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "several right labels" in res.output and "vmem eval" in res.output, res.output

@@ -61,7 +61,10 @@ def experiment(
     if name not in EXPERIMENTS:
         raise typer.BadParameter(f"unknown experiment {name!r}; choose {NAMES}", param_hint="NAME")
     cache_root = cache or default_cache_dir()
-    names = read_classes_file(classes) if classes else None
+    try:
+        names = read_classes_file(classes) if classes else None
+    except (DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
     try:
         if memory_dataset is not None:
             if featurizer is None:
@@ -77,6 +80,12 @@ def experiment(
         ds = align_labels(read_dataset(queries, dataset_format(queries, queries_format)), arrays.labels, names)
     except (DatasetError, FeaturizerError, OSError, ValueError) as exc:  # ValueError: an unknown layout name
         raise typer.BadParameter(str(exc)) from exc
+    if ds.multi_label:
+        # The experiments score one right label per query; ReaL's others would be counted wrong (27 % where
+        # vmem eval's multi-label scoring gives 52 % on the same queries).
+        raise typer.BadParameter(f"{queries} gives some queries several right labels ({ds.format.value}): the "
+                                 "experiments score one label a query; vmem eval scores these",
+                                 param_hint="--queries-format")
     if limit is not None and limit < len(ds.items):
         ds.items = sorted(random.Random(seed).sample(ds.items, limit), key=lambda it: it.source)
     qs = query_set(ds, feat, cache_root)
