@@ -175,11 +175,17 @@ def corruption(memory: LabelledArrays, queries: LabelledArrays,
 # ---------------------------------------------------------------------------------------------- new classes
 
 
-def _split_classes(labels: list[str], n: int, seed: int) -> tuple[set[str], set[str]]:
+def _split_classes(labels: list[str], query_labels: list[str], n: int, seed: int) -> tuple[set[str], set[str]]:
+    """(kept, held out): `n` memory classes held out, drawn among those the queries have (a class without
+    queries measures nothing: "0.00 %" on no query, or nan)."""
     classes = sorted(set(labels))
-    if not 0 < n < len(classes):
-        raise ValueError(f"choose between 1 and {len(classes) - 1} classes to hold out (got {n})")
-    chosen = set(np.random.default_rng(seed).choice(classes, size=n, replace=False).tolist())
+    asked = sorted(set(classes) & set(query_labels))
+    most = min(len(asked), len(classes) - 1)
+    if not 0 < n <= most:
+        raise ValueError(f"choose between 1 and {most} classes to hold out (got {n}): of the memory's "
+                         f"{len(classes)} classes, {len(asked)} have queries" if most > 0 else
+                         "no class of the memory has queries, and one must be kept: nothing to hold out")
+    chosen = set(np.random.default_rng(seed).choice(asked, size=n, replace=False).tolist())
     return set(classes) - chosen, chosen
 
 
@@ -187,7 +193,7 @@ def ood_classes(memory: LabelledArrays, queries: LabelledArrays, new_classes: in
                 seed: int = 0) -> ExperimentResult:
     """Add `new_classes` classes the memory never had: do the old classes suffer, are the new ones learnt?"""
     t0 = time.perf_counter()
-    old, new = _split_classes(memory.labels, new_classes, seed)
+    old, new = _split_classes(memory.labels, queries.labels, new_classes, seed)
     mem_old = memory.where(lambda lab: lab in old)
     q_old, q_new = queries.where(lambda lab: lab in old), queries.where(lambda lab: lab in new)
     k_max = max(K_MAX, k)  # the accuracy at k is read from each curve
@@ -218,7 +224,7 @@ def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int =
     (the paper reads this at genus level on iNaturalist).
     """
     t0 = time.perf_counter()
-    kept, out = _split_classes(memory.labels, held_out, seed)
+    kept, out = _split_classes(memory.labels, queries.labels, held_out, seed)
     base = memory.where(lambda lab: lab in kept)
     order = _per_class_order(memory.labels, seed)
     q_lab = np.array(queries.labels)
@@ -241,19 +247,22 @@ def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int =
             pred = np.where(best_new > base_sim, new_label, base_label)
         else:
             pred = base_label
+        kept_q = ~is_out  # none when every class with queries is held out: no kept accuracy (not nan)
         rows.append({"exemplars": n, "held_out_accuracy": float(np.mean(pred[is_out] == q_lab[is_out])),
-                     "kept_accuracy": float(np.mean(pred[~is_out] == q_lab[~is_out])),
-                     "kept_taken_by_new": float(np.mean(np.isin(pred[~is_out], sorted(out))))})
+                     "kept_accuracy": float(np.mean(pred[kept_q] == q_lab[kept_q])) if kept_q.any() else None,
+                     "kept_taken_by_new": float(np.mean(np.isin(pred[kept_q], sorted(out)))) if kept_q.any()
+                     else None})
         if n == 0:
             for lab in pred[is_out]:
                 zero_confusion[str(lab)] = zero_confusion.get(str(lab), 0) + 1
     top = sorted(zero_confusion.items(), key=lambda kv: -kv[1])[:10]
     confused = [{"label": lab, "name": (names or {}).get(lab), "queries": c} for lab, c in top]
     first = next((r for r in rows if r["exemplars"] > 0), rows[0])
+    kept_said = (f"kept classes {100 * rows[0]['kept_accuracy']:.1f}% -> {100 * rows[-1]['kept_accuracy']:.1f}%"
+                 if rows[0]["kept_accuracy"] is not None else "no queries of the kept classes")
     summary = (f"{len(out)} held-out classes, 1-NN: {100 * first['held_out_accuracy']:.1f}% with "
                f"{first['exemplars']} exemplar(s), {100 * rows[-1]['held_out_accuracy']:.1f}% with "
-               f"{rows[-1]['exemplars']}; kept classes {100 * rows[0]['kept_accuracy']:.1f}% -> "
-               f"{100 * rows[-1]['kept_accuracy']:.1f}%")
+               f"{rows[-1]['exemplars']}; {kept_said}")
     return ExperimentResult(name="granularity", params={"held_out": sorted(out), "k": 1, "seed": seed,
                                                         "confused_with_at_zero": confused},
                             rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))

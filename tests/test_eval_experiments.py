@@ -105,6 +105,21 @@ def test_scaling_with_few_classes_writes_every_size_in_one_table(data, tmp_path)
     assert len((tmp_path / "scaling.csv").read_text().splitlines()) == 3
 
 
+def test_held_out_classes_are_drawn_among_those_the_queries_have(data):
+    memory, queries = data
+    few = queries.where(lambda lab: lab in {"c0", "c1", "c2"})  # queries of half the memory's classes
+    for seed in range(5):
+        res = ood_classes(memory, few, new_classes=2, seed=seed)
+        assert set(res.params["new_classes"]) <= {"c0", "c1", "c2"}
+        res = granularity(memory, few, held_out=2, exemplars=(0, 5), seed=seed)
+        assert set(res.params["held_out"]) < {"c0", "c1", "c2"}
+        assert all(0 <= r["held_out_accuracy"] <= 1 and 0 <= r["kept_accuracy"] <= 1 for r in res.rows)
+    every = granularity(memory, few, held_out=3, exemplars=(0, 5))  # every class with queries held out
+    assert [r["kept_accuracy"] for r in every.rows] == [None, None] and "no queries of the kept" in every.summary
+    with pytest.raises(ValueError, match="of the memory's 6 classes, 3 have queries"):
+        ood_classes(memory, few, new_classes=4)
+
+
 def test_ood_classes_at_a_k_beyond_the_memory_and_beyond_100(data):
     memory, queries = data
     small = memory.take([i for i in range(len(memory)) if i % 60 < 5])  # 30 points
