@@ -162,12 +162,12 @@ def evaluate(
     queries: QuerySet,
     run: RunInfo,
     restrict_to: Sequence[str] | None = None,
-    per_class: tuple[str, int] = (DEFAULT_RULE.value, DEFAULT_K),
+    per_class: tuple[str, int] | tuple[str, int, bool] = (DEFAULT_RULE.value, DEFAULT_K),
 ) -> EvalReport:
     """Score every rule at every k; with `restrict_to`, also with the memory cut to those classes.
 
-    `per_class` (rule, k) is the decision each class's accuracy and confusions are reported for: the one
-    classify makes by default (or the memory's tuned one, as the CLI passes it).
+    `per_class` (rule, k[, soft pruning]) is the decision each class's accuracy and confusions are reported for:
+    the one classify makes by default (or the memory's tuned one, as the CLI passes it).
     """
     variants: dict[str, Scores] = {}
     for name, restriction in [("all", None), ("restricted", restrict_to)]:

@@ -299,9 +299,10 @@ def score(
     alpha: float = DEFAULT_ALPHA,
     tau: float = DEFAULT_TAU,
     calibration_k: int = 10,
-    per_class: tuple[VoteRule | str, int] | None = None,
+    per_class: tuple[VoteRule | str, int] | tuple[VoteRule | str, int, bool] | None = None,
 ) -> Scores:
-    """All rules at all k on one neighbour table; with `per_class` (rule, k), each class's accuracy under it.
+    """All rules at all k on one neighbour table; with `per_class` (rule, k[, soft pruning]), each class's
+    accuracy under it (soft: the soft-pruned variant where points carry reliability factors, as classify votes).
 
     Example:
         >>> s = score(table, truth)
@@ -313,13 +314,16 @@ def score(
     if table.reliability is not None:
         variants += [(VoteRule(r), True) for r in rules]
     chosen = None
+    # The per-class decision's variant: soft where asked and the points carry reliability factors.
+    per_class_soft = per_class is not None and len(per_class) > 2 and bool(per_class[2]) \
+        and table.reliability is not None
     for rule, soft in variants:
         pred = predictions(table, rule, alpha, tau, soft)
         right = correctness(pred, truth, accepted)
         acc[rule.value + (SOFT_SUFFIX if soft else "")] = right.mean(axis=0).tolist() if n else [0.0] * kmax
-        if per_class is not None and not soft and rule == VoteRule(per_class[0]):
+        if per_class is not None and soft == per_class_soft and rule == VoteRule(per_class[0]):
             k = min(per_class[1], kmax)
-            chosen = PerClass(rule=rule.value, k=k,
+            chosen = PerClass(rule=rule.value + (SOFT_SUFFIX if soft else ""), k=k,
                               classes=class_scores(pred[:, k - 1], right[:, k - 1], truth, table.classes))
     best = {}
     for name, curve in acc.items():

@@ -192,6 +192,11 @@ def test_soft_variants_appear_when_points_carry_reliability():
     s = score(table, np.array([0]), rules=["plurality"])
     assert s.accuracy["plurality"][2] == 1.0  # two votes for a
     assert s.accuracy["plurality+soft"][2] == 0.0  # 1.0 for b beats 0.2 for a
+    # Each class's accuracy for the decision classify makes: soft pruning on (its default), or off.
+    soft = score(table, np.array([0]), rules=["plurality"], per_class=("plurality", 3, True)).per_class
+    hard = score(table, np.array([0]), rules=["plurality"], per_class=("plurality", 3, False)).per_class
+    assert (soft.rule, soft.classes[0].correct, hard.rule, hard.classes[0].correct) == (
+        "plurality+soft", 0, "plurality", 1)
 
 
 def test_queries_without_neighbours_are_never_right():

@@ -156,7 +156,7 @@ def eval(
     # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
     decision = mem.vote_settings() if mem is not None else VoteSettings()
     report = evaluate(memory_obj, queries, run, restrict_to=restrict,
-                      per_class=(VoteRule(decision.rule).value, decision.k))
+                      per_class=(VoteRule(decision.rule).value, decision.k, decision.soft_pruning))
     if tuned.get("rule") in {"plurality", "distance", "softmax", "rank"} and tuned.get("k", 0) <= k_max:
         curves = report.variants["all"].accuracy
         soft = tuned.get("soft_pruning", True) and f"{tuned['rule']}+soft" in curves
