@@ -41,7 +41,7 @@ from retrieval.images import failure_line
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 
 from .datasets import EvalDataset
-from .plots import plot_all
+from .plots import PLOT_FILES, plot_all
 from .scoring import (
     K_MAX,
     TABLE_KS,
@@ -261,4 +261,10 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
         for name, s in v.items():
             written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
                                 title=f"{r.dataset} ({name})", names=names)
+    # A folder used before: plots this run did not draw (no restricted variant now, or --no-plots) would sit
+    # beside numbers they do not show.
+    for prefix in ("", "restricted_"):
+        for stale in (out / f"{prefix}{f}" for f in PLOT_FILES):
+            if stale not in written:
+                stale.unlink(missing_ok=True)
     return written

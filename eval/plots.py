@@ -110,6 +110,10 @@ def plot_curves(
     return _save(fig, Path(path))
 
 
+# The files `plot_all` may write, after its prefix.
+PLOT_FILES = ("accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png")
+
+
 def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "",
              names: dict[str, str] | None = None) -> list[Path]:
     out = Path(out_dir)

@@ -259,6 +259,14 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     rank_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| rank |"))
     assert rank_row.endswith("| 100.00 (1) |") and rank_row.count("|") == 13  # rule, k=10..100, best
 
+    # The same folder for a run without the restricted variant, then one without plots: no plot outlives its run.
+    write_report(evaluate(memory, queries, run), tmp_path)
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert pngs == {"accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png"}
+    (tmp_path / "mine.png").write_bytes(b"a file of the user's")
+    write_report(evaluate(memory, queries, run), tmp_path, plots=False)
+    assert {p.name for p in tmp_path.glob("*.png")} == {"mine.png"}
+
 
 @pytest.mark.parametrize("location", ["edge", ":memory:"])
 def test_a_memory_read_into_ram_is_every_vector_as_stored_even_if_points_come_or_go_meanwhile(location, tmp_path,
