@@ -4,7 +4,7 @@ Layout under the cache root, one folder per featurizer, both files append-only:
 
     <root>/<featurizer-key>/features.f32     float32 rows [n, dim], raw, appended as files are seen
     <root>/<featurizer-key>/hashes.txt       the content sha256 of row i on line i
-    <root>/<featurizer-key>/file-hashes.txt  sha256, size, mtime, inode, path of files hashed before
+    <root>/<featurizer-key>/file-hashes.txt  sha256, size, mtime, inode, ctime, path of files hashed before
                                              (appended; rewritten with one record per path once most
                                              records are superseded by a changed file's later one)
 
@@ -13,8 +13,9 @@ Appending writes only the new rows (a build of 1.28M images used to rewrite the 
 loaded whole. A torn append (rows without their hashes, or a partial row) is cut off by the next one.
 A file is looked up by the hash of its bytes, so a moved file is still a hit and a changed
 file is embedded again. Files that fail to decode are reported, never cached. A file whose path, size,
-modification time and inode are as when it was last hashed is not read again (as rsync and git decide a
-file is unchanged): at ImageNet scale, hashing every file anew read 140 GB to find cached features.
+modification and change times and inode are as when it was last hashed is not read again (as git decides a
+file is unchanged; the change time, which no one can set, catches a rewrite whose modification time was put
+back): at ImageNet scale, hashing every file anew read 140 GB to find cached features.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class FeatureCache:
         self._feats_path = self.dir / "features.f32"
         self._hashes_path = self.dir / "hashes.txt"
         self._file_hashes_path = self.dir / "file-hashes.txt"
-        self._file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> sha256
+        self._file_hashes: dict[tuple[str, int, int, int, int], str] = {}  # (path, size, mtime, inode, ctime) -> sha256
         self._file_hashes_offset = 0
         self._file_hashes_inode: int | None = None  # of the file read so far: a compaction replaces it
         self._file_hash_records = 0  # records read, superseded ones included
@@ -197,7 +198,7 @@ class FeatureCache:
             path = os.path.abspath(p)
             try:
                 st = os.stat(path)
-                key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+                key = (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                 digest = self._file_hashes.get(key)
                 if digest is None:
                     digest = file_sha256(path)
@@ -209,7 +210,7 @@ class FeatureCache:
             # Recorded, but not for a file modified in the last seconds: a rewrite within the clock's tick (ms)
             # would keep its size and mtime ("racy git"). One record per line: no newline in the path.
             if key not in self._file_hashes and time.time_ns() - st.st_mtime_ns > _SETTLED_NS and "\n" not in path:
-                fresh.append(f"{digest}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\t{path}\n")
+                fresh.append(f"{digest}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\t{st.st_ctime_ns}\t{path}\n")
                 self._file_hashes[key] = digest
             hashes.append(digest)
         if fresh:
@@ -235,9 +236,10 @@ class FeatureCache:
             self._file_hashes_inode, self._file_hashes_offset, self._file_hash_records = inode, 0, 0
         complete, self._file_hashes_offset = _complete_lines_after(self._file_hashes_path, self._file_hashes_offset)
         for line in complete.decode("utf-8", "surrogateescape").split("\n")[:-1]:  # not splitlines: a path
-            parts = line.split("\t", 4)  # may hold other line breaks (U+2028, \x85...)
-            if len(parts) == 5 and len(parts[0]) == 64 and all(x.isdigit() for x in parts[1:4]):
-                self._file_hashes[(parts[4], int(parts[1]), int(parts[2]), int(parts[3]))] = parts[0]
+            parts = line.split("\t", 5)  # may hold other line breaks (U+2028, \x85...)
+            # (Records of the earlier layout, without the change time, are passed over: hashed once more.)
+            if len(parts) == 6 and len(parts[0]) == 64 and all(x.isdigit() for x in parts[1:5]):
+                self._file_hashes[(parts[5], int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4]))] = parts[0]
                 self._file_hash_records += 1
         if not self._file_hashes_compacted:
             self._file_hashes_compacted = True
@@ -250,7 +252,7 @@ class FeatureCache:
         latest = {key[0]: (key, digest) for key, digest in self._file_hashes.items()}  # file order: last wins
         if self._file_hash_records <= 2 * len(latest):
             return
-        data = "".join(f"{d}\t{k[1]}\t{k[2]}\t{k[3]}\t{k[0]}\n" for k, d in latest.values()).encode(
+        data = "".join(f"{d}\t{k[1]}\t{k[2]}\t{k[3]}\t{k[4]}\t{k[0]}\n" for k, d in latest.values()).encode(
             "utf-8", "surrogateescape")
         write_atomically(self._file_hashes_path, data, durable=False)
         self._file_hashes = dict(latest.values())

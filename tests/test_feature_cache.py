@@ -233,6 +233,16 @@ def test_unchanged_files_are_not_read_again_to_find_their_features(tmp_path, mon
     _settled(files[1:2], seconds=5)
     changed, _, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
     assert read[3:] == [str(files[1])] and enc.embedded == 4 and not np.array_equal(changed[1], want[1])
+    # Rewritten in place with as many bytes, its modification time put back (cp --preserve=timestamps does):
+    # only the change time tells, and it is read and embedded again all the same.
+    import os
+
+    before = os.stat(files[2])
+    same_size = next(data for c in range(256) if len(data := make_image((c, 250, 9), fmt="PNG")) == before.st_size)
+    files[2].write_bytes(same_size)
+    os.utime(files[2], ns=(before.st_atime_ns, before.st_mtime_ns))
+    again, _, _ = FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert read[4:] == [str(files[2])] and enc.embedded == 5 and not np.array_equal(again[2], want[2])
 
 
 def test_a_file_modified_moments_ago_is_hashed_every_time(tmp_path, monkeypatch):
