@@ -41,7 +41,8 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     items = []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(label_dir.rglob("*")):
-            if path.is_file() and is_image_path(path):
+            # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
+            if (path.is_file() or (path.is_symlink() and not path.exists())) and is_image_path(path):
                 items.append(LabelledImage(normalize_source(path), label_dir.name))
     if not items:
         raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout")

@@ -84,3 +84,16 @@ def test_images_directly_under_the_root_are_left_out_and_said(photos, tmp_path, 
         items = read_labelled(photos)
     assert [it.label for it in items] == ["red"]
     assert f"2 images directly under {photos} (b.png, c.png) are in no label folder, and left out" in caplog.text
+
+
+def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0, photos, tmp_path):
+    (photos / "red").mkdir()
+    (photos / "a.png").rename(photos / "red" / "a.png")
+    (photos / "red" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    items = read_labelled(photos)
+    assert [it.label for it in items] == ["red", "red"]
+    store = open_store(tmp_path / "memory", lite0.spec)
+    report = build_memory(store, lite0, items, num_workers=0)
+    assert (report.added, report.failed[0].reason if report.failed else None) == (
+        1, f"{tmp_path / 'deleted.png'}: no such file")
+    store.close()
