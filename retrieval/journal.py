@@ -171,9 +171,34 @@ class FileJournal(Journal):
         data = "".join(e.model_dump_json() + "\n" for e in entries).encode()
         # Whole lines appended, then synced: a crash leaves at most a torn last line.
         with self._lock, open(self.path, "ab") as f:
+            self._cut_torn_tail(f)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+    @staticmethod
+    def _cut_torn_tail(f: Any) -> None:
+        """Cut off a last line a crash left without its newline: appended to, it and the next entry made one line
+        that no reader could parse, and every history failed from then on. (Its edit was made; its entry is lost.)"""
+        end = f.seek(0, os.SEEK_END)
+        if not end:
+            return
+        with open(f.name, "rb") as r:
+            r.seek(end - 1)
+            if r.read(1) == b"\n":
+                return
+            # The torn line begins after the last newline before it (read back in blocks: an entry may be long).
+            start, pos = 0, end
+            while pos > 0:
+                step = min(1 << 16, pos)
+                r.seek(pos - step)
+                if (i := r.read(step).rfind(b"\n")) >= 0:
+                    start = pos - step + i + 1
+                    break
+                pos -= step
+        log.warning("the memory's journal ended in a line torn by a crash (%d bytes): cut off", end - start)
+        f.truncate(start)
+        f.seek(start)
 
     def read(self) -> list[JournalEntry]:
         if not self.path.exists():
@@ -197,11 +222,10 @@ class FileJournal(Journal):
                     at = line[len(_AT_OPENING) : end]
                     if (query.since is not None and at < query.since) or not query.may_match(line):
                         continue
-                    if query.selective and not query.matches(JournalEntry.model_validate_json(line)):
+                    if query.selective and not ((entry := _parsed(line)) is not None and query.matches(entry)):
                         continue
                 else:  # not as this version writes an entry: parsed to be sure
-                    entry = JournalEntry.model_validate_json(line)
-                    if not query.matches(entry):
+                    if (entry := _parsed(line)) is None or not query.matches(entry):
                         continue
                     at = entry.at
                 matched += 1
@@ -209,7 +233,7 @@ class FileJournal(Journal):
                     heapq.heappush(newest, (at, number, line))
                 elif limit:
                     heapq.heappushpop(newest, (at, number, line))
-        entries = [JournalEntry.model_validate_json(line) for *_, line in sorted(newest, reverse=True)]
+        entries = [e for *_, line in sorted(newest, reverse=True) if (e := _parsed(line)) is not None]
         return entries, matched - len(entries)
 
     def _entries(self) -> Iterator[JournalEntry]:
@@ -217,7 +241,18 @@ class FileJournal(Journal):
             for line in f:
                 if not line.endswith("\n"):
                     return  # torn by a crash mid-write: the edit itself was made; its entry is lost
-                yield JournalEntry.model_validate_json(line)
+                if (entry := _parsed(line)) is not None:
+                    yield entry
+
+
+def _parsed(line: str) -> JournalEntry | None:
+    """The entry on a line; None (said in the log) for one that is not an entry: a torn line that an earlier
+    vmem appended to (fixed since) made one such line, and it must not fail every history after it."""
+    try:
+        return JournalEntry.model_validate_json(line)
+    except ValueError:
+        log.warning("the memory's journal holds a line that is no entry (%d characters): skipped", len(line))
+        return None
 
 
 class CollectionJournal(Journal):

@@ -145,6 +145,30 @@ def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_
     shutil.rmtree(location / JOURNAL_FILE)
 
 
+def test_an_edit_after_a_torn_line_is_journaled_whole_and_a_line_that_is_no_entry_fails_no_history(
+        tmp_path, lite0, images, caplog):
+    location = tmp_path / "memory"
+    with fill_memory(str(location), lite0, images) as mem:
+        mem.forget(label="red")
+    journal = location / JOURNAL_FILE
+    with open(journal, "a") as f:
+        f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg')  # a crash mid-write
+    with VisualMemory.open(location) as mem, caplog.at_level(logging.WARNING, logger="retrieval.journal"):
+        assert mem.forget(label="blue") == 4  # appended after the torn line: it is cut off first
+        assert [(e.op, e.labels) for e in mem.history()] == [("forget", {"blue": 4}), ("forget", {"red": 4})]
+        assert "torn by a crash" in caplog.text
+        # A journal an earlier vmem wrote such a line into: the line is skipped, the rest still read.
+        with open(journal, "a") as f:
+            f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg{"at": "2026-12-05T00:00:01+00:00"}\n')
+        mem.forget(label="green")
+        assert [e.labels for e in mem.history()] == [{"green": 4}, {"blue": 4}, {"red": 4}]
+        assert [e.labels for e in mem.history(limit=2)] == [{"green": 4}, {"blue": 4}]
+        assert "a line that is no entry" in caplog.text
+    with VisualMemory.open(location) as mem:
+        copy, _ = mem.copy_to(str(tmp_path / "copy"))  # the journal goes along
+        copy.close()
+
+
 def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, images):
     location = str(tmp_path / "memory")
     with fill_memory(location, lite0, images):
