@@ -331,6 +331,11 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise FeaturizerMismatchError(
             f"vectors of shape {tuple(np.shape(vectors))} do not fit this memory's {dim}-d features"
         )
+    if not np.isfinite(v).all():
+        # The embedded engine stored such a point and never returned it; a Qdrant server refuses it.
+        bad = np.flatnonzero(~np.isfinite(v).all(axis=1))
+        raise ValueError(f"{len(bad)} of the {len(v)} vectors hold NaN or infinite values (the first: row "
+                         f"{bad[0]}): no search could ever find them")
     return v
 
 
@@ -374,7 +379,7 @@ class MemoryStore(ABC):
         per_point = tags if isinstance(tags, Sequence) else [tags or {}] * len(v)
         ids, payloads = [], []
         for label, source, t in zip(labels, sources, per_point, strict=True):
-            if not isinstance(label, str) or not label:
+            if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"label must be a non-empty string, got {label!r}")
             ids.append(point_id_for(source))
             payloads.append({"label": label, "source": source, "tags": dict(t or {}), "added_at": now})

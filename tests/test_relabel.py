@@ -70,6 +70,7 @@ def test_an_image_added_again_is_not_added_twice_and_another_label_relabels_it(m
     assert (relabel.op, relabel.ids, relabel.to, add.op, add.points) == ("relabel", [point.id], "blue", "add", 1)
     assert memory.history(source=red) == [relabel]
     assert memory.add([red], ["blue"]) == ([point.id], [])  # `add` gives the ids, as it always has
+    assert memory.add_images([red], [" blue "]).relabelled == {}  # " blue " is blue, as relabel takes it
 
 
 def test_http_add_of_an_image_already_in_memory_says_so_and_relabels_it(tmp_path, lite0, images):

@@ -66,6 +66,18 @@ def test_add_count_and_per_label_counts(store):
     assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5, "owl": 2}
 
 
+def test_vectors_with_nan_or_blank_labels_are_refused_on_every_backend(store):
+    vecs = random_unit_vectors(3, DIM, seed=4)
+    vecs[1, 0] = np.nan  # the embedded engine stored it and never returned it; a server refused it
+    with pytest.raises(ValueError, match=r"1 of the 3 vectors hold NaN or infinite values \(the first: row 1\)"):
+        store.add(vecs, ["a", "b", "c"], ["/x/0.jpg", "/x/1.jpg", "/x/2.jpg"])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.query_batch(vecs, 3)
+    with pytest.raises(ValueError, match="label must be a non-empty string"):
+        store.add(vecs[:1], ["   "], ["/x/0.jpg"])
+    assert store.count() == 0
+
+
 def test_ids_derive_from_sources_so_re_adding_is_idempotent(store):
     vecs, labs, sources, ids = fill(store)
     assert ids == [point_id_for(s) for s in sources]

@@ -628,6 +628,9 @@ class VisualMemory:
         """
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
+        # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
+        # label, and `relabel` could never give it back).
+        labels = [lab.strip() if isinstance(lab, str) else lab for lab in labels]
         if sources is None:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
