@@ -406,6 +406,8 @@ def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_u
     assert out.exit_code == 2 and said(out, "every point of label 'red' (4 points) is excluded by hard pruning",
                                        "vmem prune --undo"), out.output
     assert run("classify", image_folder / "query", "--memory", pruned, "--label", "blue").exit_code == 0
+    listed = run("points", "--memory", pruned, "--label", "red", "--excluded")  # what pruning took out is listed
+    assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 4, listed.output
 
 
 def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder, monkeypatch):

@@ -35,6 +35,10 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
     assert len(lines) == 7  # 6 images + the accuracy line
     assert lines[-1].startswith("accuracy 100.00% (6/6) with dmn (memory-only, stream cam)")
 
+    unknown = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--label", "okapi"],
+                            env={"COLUMNS": "250"})
+    assert unknown.exit_code == 2 and "the memory has no label 'okapi'" in unknown.output, unknown.output
+
     listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
     assert listed.exit_code == 0
     assert listed.stdout == "cam\t6 entries in 3 labels\t6 queries seen\n"
@@ -90,6 +94,10 @@ def test_streams_of_an_earlier_featurizer_are_reported_not_a_crash(tmp_path):
     stale.write(np.full(8, 8**-0.5), "a", 0.1)
     stale.save(streams_dir / "old.npz")
     DynamicMemory(dim=4, featurizer="synthetic").save(streams_dir / "new.npz")
+
+    unknown = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--label", "okapi"],
+                            env={"COLUMNS": "250"})
+    assert unknown.exit_code == 2 and "the memory has no label 'okapi'" in unknown.output, unknown.output
 
     listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
     assert listed.exit_code == 0, listed.output

@@ -136,6 +136,14 @@ def _qdrant_problem(url: str, exc: Exception) -> str | None:
     return None
 
 
+def check_label_filter(mem, labels: list[str]) -> None:
+    """BadParameter for a --label the memory lacks (or whose points are all hard-pruned): it would leave every
+    answer empty. Names which label a name given instead belongs to, and some of the labels there are."""
+    if not labels or not (unknown := mem.unknown_labels(labels)):
+        return
+    raise typer.BadParameter(mem.unknown_labels_message(unknown, LISTED_BY), param_hint="--label")
+
+
 def require_points(mem, searchable: bool = True) -> None:
     """BadParameter unless the memory holds points a search can return (searching an empty one fails deep inside);
     any points, not `searchable`."""

@@ -11,7 +11,15 @@ import typer
 
 from retrieval import FeaturizerError, ImageDecodeError
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, expand_images, finish_classify, open_memory
+from ._common import (
+    DEFAULT_MEMORY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    check_label_filter,
+    expand_images,
+    finish_classify,
+    open_memory,
+)
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -57,6 +65,8 @@ def classify(
         raise typer.BadParameter(str(exc)) from exc
     mem = open_memory(memory, qdrant_url)
     with mem:
+        check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
+        names = mem.label_names
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, rule="dmn", dmn_stream=stream,
                                                 dmn=opts, labels=label)
@@ -66,8 +76,9 @@ def classify(
         if json_out:
             typer.echo(res.model_dump_json(exclude_none=True))
         else:
-            top = ", ".join(f"{lab} {s:.2f}" for lab, s in list(res.scores.items())[:3])
-            typer.echo(f"{res.source}\t{res.label}\t({top})")
+            top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+            named = f" ({res.label_name})" if res.label_name else ""
+            typer.echo(f"{res.source}\t{res.label}{named}\t({top})")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         d = results[0].dmn

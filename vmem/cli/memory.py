@@ -36,6 +36,7 @@ from ._common import (
     QdrantUrlOpt,
     Quantization,
     VectorsDtype,
+    check_label_filter,
     check_memory_location,
     expand_images,
     finish_classify,
@@ -241,7 +242,7 @@ def classify(
     with mem:
         if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
             require_points(mem)
-        _check_labels(mem, label or [])
+        check_label_filter(mem, label or [])
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
@@ -263,14 +264,6 @@ def classify(
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
                    err=json_out)
-
-
-def _check_labels(mem, labels: list[str]) -> None:
-    """BadParameter for a --label the memory lacks: it would leave every answer empty. Names which label a
-    name given instead belongs to, and some of the labels there are."""
-    if not labels or not (unknown := mem.unknown_labels(labels)):
-        return
-    raise typer.BadParameter(mem.unknown_labels_message(unknown, LISTED_BY), param_hint="--label")
 
 
 def forget(
@@ -412,7 +405,8 @@ def points(
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
     mem = open_memory(memory, qdrant_url)
     with mem:
-        _check_labels(mem, [label] if label is not None else [])
+        if label is not None and not mem.store.count(label=label):  # hard-pruned points are listed too
+            raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         while True:
             try:
                 page = mem.points(label=label, source_prefix=source, cursor=cursor, limit=1000 if every else limit,
