@@ -339,3 +339,88 @@ def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_pa
         assert browser.find_element(By.ID, "edit-note").text == "relabelled a point from navy (blue) to crimson (red)"
         assert mem.point(wrong).label == "red"
     mem.close()
+
+
+@pytest.fixture
+def slow_default_page(tmp_path, lite0):
+    """The page over the 12-point memory, its service slow (2.5 s) to answer a query with the default vote."""
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    app = create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)
+    service = app.state.service
+    classify = service.classify
+
+    def slow_unless_a_vote_is_chosen(uploads, q):
+        import time
+
+        if q.vote is None:
+            time.sleep(2.5)
+        return classify(uploads, q)
+
+    service.classify = slow_unless_a_vote_is_chosen
+    with live_server(app) as url:
+        yield url
+    mem.close()
+
+
+def test_the_page_shows_only_the_latest_answer_and_an_error_replaces_the_answer(browser, tmp_path,
+                                                                               slow_default_page):
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4243))
+    wait = WebDriverWait(browser, 30)
+    browser.get(slow_default_page + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "file").send_keys(str(query))  # asked with the default vote: slow
+    Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # asked again: fast
+    wait.until(lambda d: "plurality vote" in d.find_element(By.ID, "badges").text)
+    time.sleep(3)  # the first, slower answer has come back by now: it must not replace the second
+    assert "plurality vote" in browser.find_element(By.ID, "badges").text
+    assert browser.find_element(By.ID, "classify-btn").text == "Classify"
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not a png")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    wait.until(lambda d: "not a recognised image format" in d.find_element(By.ID, "error").text)
+    assert not browser.find_element(By.ID, "answer").is_displayed()  # the red image's answer is gone
+    assert not browser.find_element(By.ID, "neighbors-section").is_displayed()
+
+
+def test_edits_on_the_page_show_everywhere_the_point_is(browser, tmp_path, page_url):
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
+        blue = http.get("/v1/memory/points", params={"label": "blue", "limit": 1}).json()["points"][0]
+        assert http.patch(f"/v1/memory/points/{blue['id']}", json={"label": "7"}).status_code == 200
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4242))
+    wait = classify_on_the_page(browser, page_url + "/", query, k=12)
+    # The vote's shares, highest first: the label "7" (one far point) is not put first as a number-like key.
+    shares = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#scores li")]
+    assert shares[0].startswith("red") and "7" in [s.split()[0] for s in shares[1:]], shares
+
+    # A failed forget, then one that works: the error goes, and the note shows with the key box closed.
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys("wrong-key")
+    first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    point_id = first.get_attribute("data-point-id")
+    first.find_element(By.CSS_SELECTOR, ".label button").click()  # its label's memory points listed too
+    wait.until(lambda d: any(c.get_attribute("data-point-id") == point_id
+                             for c in d.find_elements(By.CSS_SELECTOR, "#label-points [data-point-id]")))
+    first.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: "could not forget" in d.find_element(By.ID, "error").text)
+    browser.find_element(By.ID, "api-key").clear()
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()  # closed again
+    first.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: d.find_element(By.ID, "error").get_attribute("hidden") is not None)
+    assert browser.find_element(By.ID, "edit-note").is_displayed()
+    assert browser.find_element(By.ID, "edit-note").text.startswith("forgot a point labelled red")
+    assert point_id not in [c.get_attribute("data-point-id")
+                            for c in browser.find_elements(By.CSS_SELECTOR, "#label-points [data-point-id]")]

@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let currentFile = null;
 let perLabel = {}; // points per label, from the last stats
+let labelsByPoints = []; // its labels, most points first (a JS object lists integer-like keys first: "7" before all)
 let labelNames = {}; // label -> name, from the last stats
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
@@ -32,6 +33,7 @@ async function loadStats() {
   }
   const s = await resp.json();
   perLabel = s.per_label;
+  labelsByPoints = Object.keys(perLabel).sort((a, b) => perLabel[b] - perLabel[a] || (a < b ? -1 : a > b ? 1 : 0));
   labelNames = s.label_names || {};
   listLabels();
   fillLabelOptions();
@@ -76,8 +78,18 @@ function chooseFile(file) {
   classify();
 }
 
+// Each classify request's number: only the latest one's answer (or error) is shown, whatever order they end in.
+let classifySeq = 0;
+
+function hideAnswer() {
+  // An error is about the image or settings now chosen: the answer to an earlier one must not stay under it.
+  $("answer").hidden = true;
+  $("neighbors-section").hidden = true;
+}
+
 async function classify() {
   if (!currentFile) return;
+  const seq = ++classifySeq;
   showError("");
   $("classify-btn").disabled = true;
   $("classify-btn").textContent = "Classifying…";
@@ -85,16 +97,23 @@ async function classify() {
     const form = new FormData();
     form.append("image", currentFile, currentFile.name);
     const resp = await fetch(`v1/classify?${queryString()}`, { method: "POST", body: form });
+    const answer = resp.ok ? await resp.json() : await problemText(resp);
+    if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (!resp.ok) {
-      showError(await problemText(resp));
+      hideAnswer();
+      showError(answer);
       return;
     }
-    render(await resp.json());
+    render(answer);
   } catch (err) {
+    if (seq !== classifySeq) return;
+    hideAnswer();
     showError(`the service did not answer: ${err}`);
   } finally {
-    $("classify-btn").disabled = false;
-    $("classify-btn").textContent = "Classify";
+    if (seq === classifySeq) {
+      $("classify-btn").disabled = false;
+      $("classify-btn").textContent = "Classify";
+    }
   }
 }
 
@@ -124,7 +143,8 @@ function render(result) {
 
   const scores = $("scores");
   scores.replaceChildren();
-  for (const [label, share] of Object.entries(result.scores).slice(0, 5)) {
+  // Highest first, as the service sends them: a JS object lists integer-like keys ("7") first, whatever their share.
+  for (const [label, share] of Object.entries(result.scores).sort((a, b) => b[1] - a[1]).slice(0, 5)) {
     const li = document.createElement("li");
     const name = labelLink(label, result.label_names[label], named(label, result.label_names[label]));
     const bar = document.createElement("div");
@@ -185,7 +205,8 @@ function listLabels() {
   const list = $("label-list");
   list.replaceChildren();
   let hidden = 0;
-  for (const [label, count] of Object.entries(perLabel)) {
+  for (const label of labelsByPoints) {
+    const count = perLabel[label];
     const name = labelNames[label];
     if (wanted && !label.toLowerCase().includes(wanted) && !(name || "").toLowerCase().includes(wanted)) continue;
     if (list.children.length >= 500) { hidden++; continue; } // a 21k-class memory: filter to reach the rest
@@ -207,7 +228,7 @@ function listLabels() {
 
 // Suggestions for a relabel: the memory's labels, most points first, each with its name.
 function fillLabelOptions() {
-  const options = Object.keys(perLabel).slice(0, 2000).map((label) => {
+  const options = labelsByPoints.slice(0, 2000).map((label) => {
     const opt = document.createElement("option");
     opt.value = label;
     if (labelNames[label]) opt.label = labelNames[label];
@@ -264,11 +285,19 @@ async function loadHistory() {
 // The label audit (GET v1/memory/suspects): points the rest of the memory votes another label. The service
 // answers 202 while it audits; the box asks again every 2 s while it is open.
 let suspectsTimer = null;
+let suspectsShown = null; // the audit's answer on show, kept up to date as its suspects are relabelled here
 async function loadSuspects() {
   clearTimeout(suspectsTimer);
   if (!$("suspects-box").open) return;
-  const resp = await fetch("v1/memory/suspects?limit=20");
   const list = $("suspects-list");
+  let resp;
+  try {
+    resp = await fetch("v1/memory/suspects?limit=20");
+  } catch (err) { // the service went away mid-audit: say so, and ask again (one failure ended the polling)
+    $("suspects-note").textContent = `the service did not answer (${err}); asking again in 5 s…`;
+    suspectsTimer = setTimeout(loadSuspects, 5000);
+    return;
+  }
   if (resp.status === 202) {
     const body = await resp.json();
     $("suspects-note").textContent = `auditing the memory's labels: ${body.searched} of ${body.points} points searched…`;
@@ -280,10 +309,15 @@ async function loadSuspects() {
     list.replaceChildren();
     return;
   }
-  const body = await resp.json();
+  suspectsShown = await resp.json();
+  showSuspectsNote();
+  list.replaceChildren(...suspectsShown.suspects.map(suspectItem));
+}
+
+function showSuspectsNote() {
+  const body = suspectsShown;
   $("suspects-note").textContent = `${body.total_suspects} of ${body.points} points are voted another label by ` +
     `their nearest others (audit: ${body.seconds} s)` + (body.total_suspects > body.suspects.length ? `; the ${body.suspects.length} surest:` : "");
-  list.replaceChildren(...body.suspects.map(suspectItem));
 }
 
 function suspectItem(s) {
@@ -309,6 +343,11 @@ function suspectItem(s) {
     await relabel({ id: s.id, label: s.label, label_name: s.label_name }, node, s.suggested);
     if (!$("error").hidden) return;
     li.remove();
+    if (suspectsShown) { // one suspect fewer: the count says so without auditing again
+      suspectsShown.total_suspects -= 1;
+      suspectsShown.suspects = suspectsShown.suspects.filter((x) => x.id !== s.id);
+      showSuspectsNote();
+    }
   });
   li.append(img, text, share, fix);
   return li;
@@ -382,9 +421,15 @@ function showEditNote(text) {
   $("edit-note").hidden = false;
 }
 
+// A point's cards: as a neighbour and in the open label list, each goes or changes with it.
+function cardsOf(pointId) {
+  return [...document.querySelectorAll("[data-point-id]")].filter((c) => c.dataset.pointId === pointId);
+}
+
 async function forget(n, node) {
   const key = apiKeyFor("forget a memory point");
   if (!key) return;
+  showError("");
   const erase = $("erase").checked && !$("erase").disabled;
   const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
     method: "DELETE", headers: { "X-API-Key": key },
@@ -396,6 +441,7 @@ async function forget(n, node) {
   const body = await resp.json();
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : ""));
   node.remove();
+  for (const card of cardsOf(n.id)) card.remove(); // its card in the label list too
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without that point
@@ -428,8 +474,10 @@ async function relabel(p, node, to) {
   }
   const point = await resp.json();
   showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`);
-  // Listed under a label it no longer has: it goes from the list.
-  if (node.parentElement === $("label-points") && labelShown && point.label !== labelShown.label) node.remove();
+  // Listed under a label it no longer has (from its own card or its neighbour card): it goes from the list.
+  if (labelShown && point.label !== labelShown.label) {
+    for (const card of cardsOf(p.id)) if (card.parentElement === $("label-points")) card.remove();
+  }
   await loadStats();
   updateLabelNote();
   await classify(); // the answer with the point's new label
