@@ -77,14 +77,15 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
 
 
 @contextmanager
-def live_server(app, timeout: float = 60.0) -> Iterator[str]:
-    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+def live_server(app, timeout: float = 60.0, root_path: str = "") -> Iterator[str]:
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL. `root_path`:
+    as `vmem serve --root-path` sets it, for a proxy that strips that prefix."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

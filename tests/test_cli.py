@@ -480,6 +480,15 @@ def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, mo
     assert served["location"] == str(memory)
 
 
+def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory, "--root-path", "/vmem/")
+    assert out.exit_code == 0 and "behind a proxy at /vmem/" in out.output, out.output
+    assert served["root_path"] == "/vmem"
+
+
 def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
     assert out.exit_code == 2 and "does not exist" in out.output

@@ -156,3 +156,16 @@ def test_bench_load_refuses_a_remote_url(tmp_path):
 
     result = CliRunner().invoke(app, ["bench", "load", "--url", "http://example.com:8000", "--images", str(tmp_path)])
     assert result.exit_code == 2 and "not loopback" in result.output
+
+
+def test_behind_a_proxy_that_strips_a_prefix_the_urls_handed_out_carry_it(tmp_path, lite0, memory_images):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
+    # As `vmem serve --root-path /vmem` behind nginx's `location /vmem/ { proxy_pass http://127.0.0.1:8000/; }`:
+    # requests arrive without the prefix, and the page's browser asks for what the answers say.
+    with live_server(app, root_path="/vmem") as url, httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post("/v1/classify", params={"k": 3}, files={"image": ("q.png", texture((220, 30, 30), 1))})
+        thumb = answer.json()["neighbors"][0]["thumbnail_url"]
+        assert thumb.startswith("/vmem/v1/memory/points/"), thumb
+        assert http.get(thumb.removeprefix("/vmem")).headers["content-type"] == "image/jpeg"  # as the proxy sends it
+    mem.close()

@@ -27,6 +27,8 @@ def serve(
                                                   "this file [default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    root_path: Annotated[str, typer.Option(help="the path prefix a reverse proxy serves this under and strips "
+                                                "(e.g. /vmem): the URLs the service hands out carry it")] = "",
 ) -> None:
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
     import uvicorn
@@ -59,7 +61,9 @@ def serve(
         from eval.label_audit import audit_labels
 
         app = create_app(settings, memory=mem, auditor=lambda store, progress: audit_labels(store, progress=progress))
-        typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        prefix = root_path.rstrip("/")
+        typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)"
+                   + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, root_path=prefix)
     finally:
         mem.close()
