@@ -60,6 +60,8 @@ RELABELLED_AT_KEY = "relabelled_at"
 # points, and of vmem's metadata: how a process sharing the memory sees that another one edited it.
 POINTS_EDIT_KEY = "vmem_points_edit"
 META_EDIT_KEY = "vmem_meta_edit"
+# Where the service keeps thumbnails of an embedded memory's points (uploads: their only copy), in its folder.
+THUMBNAILS_DIR = "thumbnails"
 # The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
 JOURNAL_COLLECTION_SUFFIX = "-journal"
 # Point ids per request when many points are read, deleted or edited by id (a Qdrant server refuses a request

@@ -152,3 +152,25 @@ def test_searches_go_on_while_the_memory_is_erased(tmp_path):
         for found in answers:  # every answer, during the rewrite or after: kept points, never a forgotten one
             assert [hits[0].source for hits in found] == [f"/v/{i}" for i in range(1, 200, 3)]
             assert not {h.id for hits in found for h in hits} & set(ids[::3])
+
+
+def test_a_forget_outside_the_service_deletes_the_thumbnails_it_kept_of_uploads(tmp_path, lite0):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from server import Settings, create_app
+    from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+    from vmem.cli import app
+
+    location = tmp_path / "memory"
+    mem = fill_memory(str(location), lite0, make_memory_images(tmp_path / "images", lite0))
+    with TestClient(create_app(Settings(memory=str(location), api_key=API_KEY), memory=mem)) as client:
+        added = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"},
+                            files=[("images", (f"l{i}.png", texture((120, 230, 60), 50 + i))) for i in range(2)])
+        ids = [p["id"] for p in added.json()["added"]]
+    mem.close()
+    thumbs = location / "thumbnails"
+    assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)  # an upload's thumbnail: its only copy
+    out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime", "--erase"])
+    assert out.exit_code == 0, out.output
+    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)

@@ -51,6 +51,7 @@ from retrieval.store import (
     RELABELLED_AT_KEY,
     RELABELLED_FROM_KEY,
     RELIABILITY_KEY,
+    THUMBNAILS_DIR,
     StoredPoint,
     is_embedded_location,
 )
@@ -780,6 +781,7 @@ class VisualMemory:
         if present:
             self._journal("forget", list(present), points=n, labels=label_counts(present),
                           selector=_selector(ids, label, source_prefix))
+        self._remove_thumbnails(list(present))
         for listener in self._forget_listeners:
             listener(targets)
         if self._reranker is None and targets:
@@ -787,6 +789,15 @@ class VisualMemory:
         if erase:
             self.erase_forgotten()
         return n
+
+    def _remove_thumbnails(self, ids: Sequence[str]) -> None:
+        """Delete the thumbnails the service kept in an embedded memory's folder for these points: an upload's is
+        its only copy, and a forget outside the service (vmem forget --erase) left it there."""
+        folder = getattr(self.store, "path", None)
+        if folder is None or not (Path(folder) / THUMBNAILS_DIR).is_dir():
+            return
+        for pid in ids:
+            (Path(folder) / THUMBNAILS_DIR / f"{pid}.jpg").unlink(missing_ok=True)
 
     def relabel(
         self,
