@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -185,6 +186,22 @@ def failure_line(source: str, reason: str) -> str:
         if reason.startswith(prefix):
             return f"{source}: {reason.removeprefix(prefix)}"
     return f"{source}: {reason}"
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, sorted, through links to folders too (`Path.rglob` does not follow them before
+    Python 3.13: images in a linked sub-folder were dropped without a word). A folder reached twice (a link
+    loop, or two links to one place) is walked once."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        found += [Path(dirpath) / name for name in filenames]
+    return sorted(found)
 
 
 def is_image_path(path: Path) -> bool:

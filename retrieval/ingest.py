@@ -17,7 +17,7 @@ from typing import Any
 
 from .feature_cache import FeatureCache
 from .featurizers import EmbedFailure, EmbedResult, Featurizer
-from .images import failure_line, is_image_path
+from .images import failure_line, files_under, is_image_path
 from .store import MemoryStore, normalize_source, point_id_for
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
         raise DatasetError(f"{root} is not a directory")
     items = []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(label_dir.rglob("*")):
+        for path in files_under(label_dir):
             # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
             if (path.is_file() or (path.is_symlink() and not path.exists())) and is_image_path(path):
                 items.append(LabelledImage(normalize_source(path), label_dir.name))

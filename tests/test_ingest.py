@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -97,3 +99,14 @@ def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0
     assert (report.added, report.failed[0].reason if report.failed else None) == (
         1, f"{tmp_path / 'deleted.png'}: no such file")
     store.close()
+
+
+def test_images_in_a_linked_sub_folder_are_read_and_a_link_loop_once(photos, tmp_path):
+    (photos / "cat").mkdir()
+    (photos / "a.png").rename(photos / "cat" / "a.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (photos / "b.png").rename(elsewhere / "b.png")
+    (photos / "cat" / "more").symlink_to(elsewhere)  # ROOT/cat/more -> a folder elsewhere
+    (elsewhere / "again").symlink_to(elsewhere)  # a loop
+    assert sorted(Path(it.source).name for it in read_labelled(photos)) == ["a.png", "b.png"]

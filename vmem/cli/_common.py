@@ -11,7 +11,7 @@ from typing import Annotated, get_args
 import typer
 
 from retrieval import FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
-from retrieval.images import failure_line, is_image_path
+from retrieval.images import failure_line, files_under, is_image_path
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
 QdrantUrlOpt = Annotated[
@@ -205,7 +205,7 @@ def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            out += [f for f in files_under(p) if f.is_file() and is_image_path(f)]
         else:
             out.append(p)
     if sample is not None and sample < len(out):
