@@ -80,6 +80,14 @@ function chooseFile(file) {
 
 // Each classify request's number: only the latest one's answer (or error) is shown, whatever order they end in.
 let classifySeq = 0;
+let askedFor = null; // the file and options of the latest request
+
+// An option changed: classify again, unless the answer shown (or coming) is already for these options (a number
+// field reports a change when it loses focus, typed in before the image was chosen).
+function classifyIfChanged() {
+  if (askedFor && askedFor.file === currentFile && askedFor.options === queryString()) return;
+  classify();
+}
 
 function hideAnswer() {
   // An error is about the image or settings now chosen: the answer to an earlier one must not stay under it.
@@ -90,6 +98,7 @@ function hideAnswer() {
 async function classify() {
   if (!currentFile) return;
   const seq = ++classifySeq;
+  askedFor = { file: currentFile, options: queryString() };
   showError("");
   $("classify-btn").disabled = true;
   $("classify-btn").textContent = "Classifying…";
@@ -499,7 +508,7 @@ function init() {
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
-  for (const id of ["rerank", "template", "vote"]) $(id).addEventListener("change", classify);
+  for (const id of ["rerank", "template", "vote", "k"]) $(id).addEventListener("change", classifyIfChanged);
   loadStats();
   loadTemplates();
 }
