@@ -133,8 +133,9 @@ def test_prune_hard_excludes_from_exact_and_index_search_then_undo(built, tmp_pa
         res = json.loads((tmp_path / mode / "results.json").read_text())
         points[mode] = (res["run"]["memory_points"], res["variants"]["all"]["accuracy"])
     assert points["exact"] == points["index"] and 0 < points["exact"][0] < 13  # same points, same answers
+    excluded = json.loads(run("info", "--memory", mem, "--json"))["settings"]["pruning"]["excluded"]
     out = run("prune", "--memory", mem, "--undo")
-    assert out.startswith("pruning undone")
+    assert out.startswith("pruning undone: the marks of ") and f", {excluded} point" in out, out
     assert "pruning" not in json.loads(run("info", "--memory", mem, "--json"))["settings"]
 
 

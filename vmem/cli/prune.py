@@ -19,6 +19,7 @@ from ._common import (
     LISTED_BY,
     MemoryOpt,
     QdrantUrlOpt,
+    n_points,
     named_label,
     open_memory,
     require_points,
@@ -54,8 +55,11 @@ def prune(
     with mem:
         store = mem.store
         if undo:
+            excluded = store.count() - store.count(searchable=True)
             n = undo_pruning(store, via="cli")
-            typer.echo(f"pruning undone: {n} points restored; {store.count()} points in memory")
+            # Every point with a mark is counted: hard pruning also marks those it kept (their blame counts).
+            typer.echo(f"pruning undone: the marks of {n_points(n)} cleared, {n_points(excluded)} of them "
+                       f"excluded until now; {store.count()} points in memory")
             return
         require_points(mem, searchable=False)  # pruning again undoes the earlier pruning first: all may be pruned
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
