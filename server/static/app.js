@@ -435,14 +435,28 @@ function cardsOf(pointId) {
   return [...document.querySelectorAll("[data-point-id]")].filter((c) => c.dataset.pointId === pointId);
 }
 
+// An edit's buttons on the point's cards, off while it runs: a second click sent it twice (an erase takes seconds).
+function whileEditing(pointId, on) {
+  for (const card of cardsOf(pointId)) for (const b of card.querySelectorAll("button")) b.disabled = on;
+}
+
 async function forget(n, node) {
   const key = apiKeyFor("forget a memory point");
   if (!key) return;
   showError("");
   const erase = $("erase").checked && !$("erase").disabled;
-  const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
-    method: "DELETE", headers: { "X-API-Key": key },
-  });
+  whileEditing(n.id, true);
+  let resp;
+  try {
+    resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
+      method: "DELETE", headers: { "X-API-Key": key },
+    });
+  } catch (err) {
+    showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
+    return;
+  } finally {
+    whileEditing(n.id, false);
+  }
   if (!resp.ok) {
     showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
     return;
@@ -473,10 +487,19 @@ async function relabel(p, node, to) {
   const key = apiKeyFor("relabel a memory point");
   if (!key) return;
   showError("");
-  const resp = await fetch(`v1/memory/points/${encodeURIComponent(p.id)}`, {
-    method: "PATCH", headers: { "X-API-Key": key, "Content-Type": "application/json" },
-    body: JSON.stringify({ label: to }),
-  });
+  whileEditing(p.id, true);
+  let resp;
+  try {
+    resp = await fetch(`v1/memory/points/${encodeURIComponent(p.id)}`, {
+      method: "PATCH", headers: { "X-API-Key": key, "Content-Type": "application/json" },
+      body: JSON.stringify({ label: to }),
+    });
+  } catch (err) {
+    showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: the service did not answer (${err})`);
+    return;
+  } finally {
+    whileEditing(p.id, false);
+  }
   if (!resp.ok) {
     showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`);
     return;
