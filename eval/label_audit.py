@@ -20,16 +20,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
-from retrieval.store import EXCLUDED_KEY, SCROLL_PAGE
 from retrieval.voting import neighbor_weights, vote_all_k
 
 from .scoring import (
     SelfSearch,
-    asks_index,
     class_index,
     index_self_search,
-    read_vectors,
     self_search,
+    self_search_points,
     table_from_hits,
 )
 
@@ -110,7 +108,6 @@ def leave_one_out_votes(
     return suggested, share, own_share
 
 
-
 def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_ALPHA,
                  progress: Callable[[int], None] | None = None, search: SelfSearch = "auto") -> LabelVotes:
     """Every point's leave-one-out vote over the whole memory.
@@ -128,14 +125,8 @@ def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_
     """
     # Hard-pruned points are out of every search: they neither vote nor are audited, by either search (exact
     # search had them vote, the index did not, so the two gave different suspects on a pruned memory).
-    if asks_index(store, search):
-        points = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page
-                  if not p.payload.get(EXCLUDED_KEY)]
-        ids, labels, sources = [p.id for p in points], [p.label for p in points], [p.source for p in points]
-        vectors = None
-    else:
-        ids, payloads, vectors = read_vectors(store, searchable_only=True)
-        labels, sources = [p["label"] for p in payloads], [p["source"] for p in payloads]
+    ids, payloads, vectors = self_search_points(store, search, searchable_only=True)
+    labels, sources = [p["label"] for p in payloads], [p["source"] for p in payloads]
     if len(ids) < 2:
         raise ValueError("the memory holds fewer than 2 points: no point has neighbours to vote")
     hits = index_self_search(store, ids, min(k, len(ids) - 1), progress=progress) if vectors is None else None

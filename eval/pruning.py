@@ -35,12 +35,11 @@ from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
 from .scoring import (
     K_MAX,
     SelfSearch,
-    asks_index,
     class_index,
     index_self_search,
     predictions,
-    read_vectors,
     self_search,
+    self_search_points,
     table_from_hits,
 )
 
@@ -183,13 +182,8 @@ def prune_store(
     """
     mode = PruneMode(mode)
     undo_pruning(store, journal=False)
-    if asks_index(store, search):
-        stored = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page]
-        points, labels = [p.id for p in stored], [p.label for p in stored]
-        vectors = None
-    else:
-        points, payloads, vectors = read_vectors(store)
-        labels = [p["label"] for p in payloads]
+    points, payloads, vectors = self_search_points(store, search)
+    labels = [p["label"] for p in payloads]
     if not points:
         raise ValueError("the memory is empty: nothing to prune")
     k = min(k, len(points) - 1) or 1

@@ -144,6 +144,18 @@ def asks_index(store: MemoryStore, search: SelfSearch) -> bool:
     return search == "index" or (search == "auto" and store.count() > EXACT_SELF_SEARCH_MAX)
 
 
+def self_search_points(store: MemoryStore, search: SelfSearch, searchable_only: bool = False
+                       ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
+    """What a self-search (pruning, the label audit) reads: every point's id and payload, and for exact search
+    their vectors (`read_vectors`); through the index, no vectors (`index_self_search` reads them a page at a
+    time). `searchable_only`: hard-pruned points left out."""
+    if not asks_index(store, search):
+        return read_vectors(store, searchable_only=searchable_only)
+    points = [p for page in store.scroll(batch_size=SCROLL_PAGE) for p in page
+              if not (searchable_only and p.payload.get(EXCLUDED_KEY))]
+    return [p.id for p in points], [p.payload for p in points], None
+
+
 def index_self_search(store: MemoryStore, ids: Sequence[str], k: int, page: int = 256,
                       progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`self_search` through the memory's index: each point's k nearest other points (rows of `ids`, -1 where
