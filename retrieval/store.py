@@ -62,6 +62,12 @@ POINTS_EDIT_KEY = "vmem_points_edit"
 META_EDIT_KEY = "vmem_meta_edit"
 # Where the service keeps thumbnails of an embedded memory's points (uploads: their only copy), in its folder.
 THUMBNAILS_DIR = "thumbnails"
+
+
+def thumbnail_file(folder: Path, point_id: str) -> Path:
+    """A point's thumbnail in a thumbnail folder (the service writes it; any forget deletes it)."""
+    return folder / f"{point_id}.jpg"
+
 # The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
 JOURNAL_COLLECTION_SUFFIX = "-journal"
 # Point ids per request when many points are read, deleted or edited by id (a Qdrant server refuses a request

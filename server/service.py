@@ -30,7 +30,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR
+from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
@@ -106,7 +106,7 @@ class ThumbnailStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, point_id: str) -> Path:
-        return self.root / f"{point_id}.jpg"
+        return thumbnail_file(self.root, point_id)
 
     def encode(self, img: Image.Image) -> bytes:
         thumb = img.copy()

@@ -54,6 +54,7 @@ from retrieval.store import (
     THUMBNAILS_DIR,
     StoredPoint,
     is_embedded_location,
+    thumbnail_file,
 )
 
 from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
@@ -793,11 +794,11 @@ class VisualMemory:
     def _remove_thumbnails(self, ids: Sequence[str]) -> None:
         """Delete the thumbnails the service kept in an embedded memory's folder for these points: an upload's is
         its only copy, and a forget outside the service (vmem forget --erase) left it there."""
-        folder = getattr(self.store, "path", None)
-        if folder is None or not (Path(folder) / THUMBNAILS_DIR).is_dir():
+        memory_dir = getattr(self.store, "path", None)
+        if memory_dir is None or not (folder := Path(memory_dir) / THUMBNAILS_DIR).is_dir():
             return
         for pid in ids:
-            (Path(folder) / THUMBNAILS_DIR / f"{pid}.jpg").unlink(missing_ok=True)
+            thumbnail_file(folder, pid).unlink(missing_ok=True)
 
     def relabel(
         self,
