@@ -10,7 +10,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from retrieval import FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
+from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.images import failure_line, files_under, is_image_path
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
@@ -134,6 +134,16 @@ def _qdrant_problem(url: str, exc: Exception) -> str | None:
         return (f"the server at {url} answered {status}, not as a Qdrant server does: check the URL "
                 "(http://host:6333)")
     return None
+
+
+def read_classes_option(classes: Path | None) -> dict[str, str] | None:
+    """A `--classes` file (WordNet id to name), or BadParameter naming the option."""
+    from eval.datasets import read_classes_file
+
+    try:
+        return read_classes_file(classes) if classes else None
+    except (DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
 
 
 def check_label_filter(mem, labels: list[str]) -> None:

@@ -10,7 +10,15 @@ import typer
 
 from retrieval import DatasetError, FeaturizerError, load_featurizer
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
+from ._common import (
+    DEFAULT_MEMORY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    dataset_format,
+    open_memory,
+    read_classes_option,
+    require_points,
+)
 
 NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning | label-noise"
 
@@ -54,17 +62,14 @@ def experiment(
     plots: Annotated[bool, typer.Option(help="write a PNG where the experiment has one")] = True,
 ) -> None:
     """Run one of the paper's experiments (exact search on cached features; seconds to minutes)."""
-    from eval.datasets import align_labels, read_classes_file, read_dataset
+    from eval.datasets import align_labels, read_dataset
     from eval.experiments import EXPERIMENTS, LabelledArrays, write_experiment
     from eval.harness import MemoryArrays, default_cache_dir, memory_from_dataset, query_set
 
     if name not in EXPERIMENTS:
         raise typer.BadParameter(f"unknown experiment {name!r}; choose {NAMES}", param_hint="NAME")
     cache_root = cache or default_cache_dir()
-    try:
-        names = read_classes_file(classes) if classes else None
-    except (DatasetError, OSError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
+    names = read_classes_option(classes)
     try:
         if memory_dataset is not None:
             if featurizer is None:

@@ -13,7 +13,15 @@ import typer
 from retrieval import DatasetError
 from retrieval.files import write_atomically
 
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
+from ._common import (
+    DEFAULT_MEMORY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    dataset_format,
+    open_memory,
+    read_classes_option,
+    require_points,
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -78,7 +86,7 @@ def tune(
     dry_run: Annotated[bool, typer.Option(help="report only; leave the memory's settings as they are")] = False,
 ) -> None:
     """Pick the voting rule, k, α and τ on a validation split; store them as the memory's defaults."""
-    from eval.datasets import align_labels, read_classes_file, read_dataset
+    from eval.datasets import align_labels, read_dataset
     from eval.harness import MAX_EXACT_BYTES, MemoryArrays, default_cache_dir, query_set
     from eval.scoring import neighbors_exact, neighbors_from_store, truth_arrays
     from eval.tuning import split_indices
@@ -87,10 +95,7 @@ def tune(
     t0 = time.perf_counter()
     alpha_grid, tau_grid = _grid(alphas, "alpha"), _grid(taus, "tau")
     cache_root = cache or default_cache_dir()
-    try:
-        names = read_classes_file(classes) if classes else None
-    except (DatasetError, OSError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
+    names = read_classes_option(classes)
     mem = open_memory(memory, qdrant_url)
     with mem:
         require_points(mem)
