@@ -184,13 +184,13 @@ class FeatureCache:
                     self._append(new_rows, new_hashes)
                     new_rows, new_hashes = [], []
             self._append(new_rows, new_hashes)
-        failed_hashes = {hashes[f.index] for f in failures if f.index not in unreadable}
-        ok = [i for i, h in enumerate(hashes) if h in self.index and h not in failed_hashes and i not in unreadable]
+        failed_hashes = {hashes[f.index] for f in failures}
+        ok = [i for i, h in enumerate(hashes) if h in self.index and h not in failed_hashes]  # "": in no row
         rows = np.asarray([self.index[hashes[i]] for i in ok], dtype=np.int64)
         return self.features[rows] if len(rows) else np.zeros((0, self.featurizer.dim), np.float32), ok, failures
 
     def _content_hashes(self, paths: Sequence[str | Path], unreadable: dict[int, str]) -> list[str]:
-        """sha256 of each file, read only when its (path, size, mtime, inode) is new; new ones are recorded.
+        """sha256 of each file, read only when its (path, size, mtime, inode, ctime) is new; new ones are recorded.
         A file that cannot be read gets "" and its reason in `unreadable` (by index), as the featurizer says it:
         one missing file in a manifest ended a whole evaluation."""
         hashes, fresh = [], []
