@@ -348,8 +348,7 @@ function suspectItem(s) {
   fix.textContent = "Relabel";
   fix.title = `relabel this point ${named(s.suggested, s.suggested_name)}`;
   fix.addEventListener("click", async () => {
-    const node = document.createElement("div"); // relabel() removes a listed card; here the item goes instead
-    await relabel({ id: s.id, label: s.label, label_name: s.label_name }, node, s.suggested);
+    await relabel({ id: s.id, label: s.label, label_name: s.label_name }, s.suggested);
     if (!$("error").hidden) return;
     li.remove();
     if (suspectsShown) { // one suspect fewer: the count says so without auditing again
@@ -384,7 +383,7 @@ function pointCard(p) {
     + (p.relabelled_from ? ` · was ${named(p.relabelled_from, labelNames[p.relabelled_from])}` : "");
   node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
   node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
-  node.querySelector(".forget").addEventListener("click", () => forget(p, node));
+  node.querySelector(".forget").addEventListener("click", () => forget(p));
   wireRelabel(node, p);
   return node;
 }
@@ -407,7 +406,7 @@ function card(n, predicted) {
   node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, n.label_name || n.label));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
-  node.querySelector(".forget").addEventListener("click", () => forget(n, node));
+  node.querySelector(".forget").addEventListener("click", () => forget(n));
   wireRelabel(node, n);
   return node;
 }
@@ -440,7 +439,7 @@ function whileEditing(pointId, on) {
   for (const card of cardsOf(pointId)) for (const b of card.querySelectorAll("button")) b.disabled = on;
 }
 
-async function forget(n, node) {
+async function forget(n) {
   const key = apiKeyFor("forget a memory point");
   if (!key) return;
   showError("");
@@ -463,8 +462,7 @@ async function forget(n, node) {
   }
   const body = await resp.json();
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : ""));
-  node.remove();
-  for (const card of cardsOf(n.id)) card.remove(); // its card in the label list too
+  for (const card of cardsOf(n.id)) card.remove(); // as a neighbour, in the label list, as a suspect
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without that point
@@ -479,11 +477,11 @@ function wireRelabel(node, p) {
   });
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    relabel(p, node, input.value.trim());
+    relabel(p, input.value.trim());
   });
 }
 
-async function relabel(p, node, to) {
+async function relabel(p, to) {
   const key = apiKeyFor("relabel a memory point");
   if (!key) return;
   showError("");
