@@ -68,6 +68,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _OUTAGE = (QuotaExceededError, UpstreamError, DeadlineExceededError)
 # Bumped when the request layout changes in a way no template or setting captures.
 CACHE_FORMAT = 1
+GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 _MEDIA_RESOLUTION = {
     "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
     "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
@@ -231,8 +232,7 @@ class GeminiReranker:
     def endpoint(self) -> str:
         """Where requests go, as said in messages: a proxy's user and password, and a query (`?key=`), left
         out, for messages reach answers and logs."""
-        url = self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or \
-            "https://generativelanguage.googleapis.com"
+        url = self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GOOGLE_ENDPOINT
         return _without_secrets(url)
 
     # ------------------------------------------------------------------ public API
@@ -325,8 +325,8 @@ class GeminiReranker:
         if self.cache is not None:
             hit = await asyncio.to_thread(self.cache.get, key)
             cache_checked = True
-            if hit is not None and await self._cites_a_forgotten_point(key, req, store):
-                hit = None
+            if hit is not None and not await self._tools_would_show_the_same(hit, req, store):
+                hit = None  # the memory changed under the tools' searches: ask again (the new answer replaces it)
             if hit is not None:
                 return hit.model_copy(update={"cached": True, "cache_checked": True, "attempts": 0, "usage": Usage(),
                                               "latency_s": time.monotonic() - t0})
@@ -373,28 +373,49 @@ class GeminiReranker:
             await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
         return outcome
 
-    async def _cites_a_forgotten_point(self, key: str, req: RerankRequest, store: MemoryStore | None) -> bool:
-        """Whether the cached answer under `key` cited a point the memory no longer holds (then dropped).
+    async def _tools_would_show_the_same(self, hit: RerankOutcome, req: RerankRequest,
+                                         store: MemoryStore | None) -> bool:
+        """Whether every tool call behind a cached agentic answer would show Gemini the same points today.
 
-        Points shown by agentic tools are not in the key, and a forget made without this re-ranker attached
-        (`vmem forget` never builds one) never reached `invalidate`. Neighbours need no check: they are in the key.
+        The key holds the prompt (neighbours, labels, scores), but not what `exemplars` and `more_neighbors`
+        returned: points added, forgotten or relabelled since, by this process or another (`vmem forget` never
+        builds a re-ranker, so no `invalidate` reaches the cache), change those replies and so maybe the answer.
+        Each search is run again (milliseconds, against Gemini's seconds) and compared, ids and labels.
         """
-        if store is None or self.cache is None:
-            return False
-        shown = {n.id for n in req.neighbors}
-        extra = [i for i in await asyncio.to_thread(self.cache.cited, key) if i not in shown]
-        if not extra:
-            return False
-        gone = set(extra) - await asyncio.to_thread(store.existing_ids, extra)
-        if gone:
-            await asyncio.to_thread(self.cache.invalidate, sorted(gone))
-        return bool(gone)
+        steps = [t for t in hit.trace if t.get("tool") in ("exemplars", "more_neighbors") and "ids" in t]
+        if not steps:
+            return True
+        if store is None or req.vector is None:
+            return False  # cannot be checked: not served
+        names = ShownLabels(req.label_names, list(hit.candidates))
+        seen = {n.id for n in req.neighbors}
+        for step in steps:
+            args = step.get("args") or {}
+            if step["tool"] == "exemplars":
+                label = names.label(str(args.get("label")))
+                if label is None:
+                    return False
+                n = step.get("n") or min(max(int(args.get("n") or 4), 1), self.settings.max_exemplars)
+                hits = await asyncio.to_thread(store.query, req.vector, n, [label])
+            else:
+                hits = [h for h in await asyncio.to_thread(store.query, req.vector, step["k"], req.labels)
+                        if h.id not in seen]
+                seen.update(h.id for h in hits)
+            if [h.id for h in hits] != step["ids"]:
+                return False
+            if "labels" in step and [h.label for h in hits] != step["labels"]:  # older cached answers lack labels
+                return False
+        return True
 
     def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage, candidates: list[str]) -> str:
         # The names Gemini reads for the labels are part of the prompt (a key without names stays as it was).
         names = {"names": ShownLabels(req.label_names, candidates).texts(candidates)} if req.label_names else {}
+        # Another endpoint (a proxy, a compatible server) may answer to the model's name with another model; Google's
+        # own is left out so that keys made before the endpoint counted still match.
+        endpoint = self.endpoint()
         return cache_key({
             **names,
+            **({"endpoint": endpoint} if endpoint != GOOGLE_ENDPOINT else {}),
             "format": CACHE_FORMAT,
             "query": query.sha256,
             # The numbers as the prompt prints them: another vote rule (alpha, tau) gives the same neighbours
@@ -626,6 +647,7 @@ class GeminiReranker:
             hits = await asyncio.to_thread(store.query, req.vector, n, [label])
             items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
                      for i, h in enumerate(hits)]
+            entry["n"] = n
             key = "exemplars"
         else:
             k = min(max(wanted, 1), self.settings.max_neighbors_total)
@@ -657,7 +679,8 @@ class GeminiReranker:
                 row["image"] = None
                 missing.append({"id": it.id, "source": it.source, "reason": str(exc)})
             listed.append(row)
-        entry.update({"returned": len(items), "ids": [it.id for it in items], "images": len(parts)})
+        entry.update({"returned": len(items), "ids": [it.id for it in items], "labels": [it.label for it in items],
+                      "images": len(parts)})
         if missing:
             entry["label_only"] = missing
         body: dict[str, Any] = {key: listed, "note": "row['image'] is the 1-based index of its image part"}

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_image, random_unit_vectors
@@ -473,6 +474,46 @@ def test_a_cached_agentic_answer_is_not_served_once_a_point_a_tool_showed_is_gon
     s.delete_ids([gone])
     again = rr.rerank_one(agentic_request(images, store), store=s)
     assert not again.cached and again.attempts >= 1 and fake.count == 3
+
+
+def test_a_cached_agentic_answer_is_not_served_once_its_exemplars_would_differ(fake, make_rr, images, store):
+    # A point added since, close to the query and of the label the exemplars tool was asked for, would be
+    # among its exemplars now. The request (its neighbours, so the cache key) is the same: the search is run again.
+    s, vecs, ids, labels = store
+    req = agentic_request(images, store)
+    other = next(c for c in req.scores if c != req.vote_label)
+    rr = make_rr()
+    fake.enqueue(fake.call("exemplars", label=other, n=2), fake.answer(other))
+    rr.rerank_one(req, store=s)
+    assert rr.rerank_one(req, store=s).cached  # the memory is as it was
+
+    near = vecs[0] + 0.01 * vecs[1]
+    s.add((near / np.linalg.norm(near))[None], [other], [f"{images[other]}.near"])
+    fake.enqueue(fake.call("exemplars", label=other, n=2), fake.answer(other))
+    again = rr.rerank_one(req, store=s)
+    assert not again.cached and fake.count == 4
+    assert again.trace[0]["ids"][0] not in ids  # the new point is an exemplar now
+    assert rr.rerank_one(req, store=s).cached  # the new answer is kept in its place
+
+
+def test_a_cached_agentic_answer_is_not_served_once_a_point_a_tool_showed_is_relabelled(fake, make_rr, images,
+                                                                                         store):
+    s, *_ = store
+    fake.enqueue(fake.call("more_neighbors", k=8), fake.answer("red"))
+    rr = make_rr()
+    shown = rr.rerank_one(agentic_request(images, store), store=s).trace[0]
+    s.relabel([shown["ids"][0]], "purple")
+    again = rr.rerank_one(agentic_request(images, store), store=s)
+    assert not again.cached and fake.count == 3
+
+
+def test_the_answer_cache_tells_endpoints_apart(fake, make_rr, images):
+    # A proxy or a compatible server may answer to the same model name with another model.
+    with FakeGemini() as elsewhere:
+        first, second = make_rr(), make_rr(base_url=elsewhere.url)
+        assert first.rerank_one(request(images)).reranked and fake.count == 1
+        assert first.rerank_one(request(images)).cached
+        assert not second.rerank_one(request(images)).cached and elsewhere.count == 1
 
 
 def test_the_agentic_step_budget_is_enforced(fake, make_rr, images, store):
