@@ -172,7 +172,7 @@ def test_during_an_outage_the_circuit_opens_and_queries_fall_back_at_once(fake, 
     assert batch.fallbacks.get("UpstreamError", 0) >= 5
     for o in opened:
         assert o.fallback_reason.startswith("circuit open") and o.label == "cat"
-        assert o.attempts == 0 and o.latency_s < 0.1
+        assert o.attempts == 0 and o.latency_s < SLACK_S  # no call: only the query's JPEG encoding, on a busy machine
     # Only the queries before the circuit opened (and those already in flight) called Gemini, 3 times each.
     assert fake.count <= (5 + 8) * 3
     assert reranker.breaker.state == "open"
