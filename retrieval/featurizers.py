@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Beyond this ratio of long to short side an image is resized from its crop's box alone (see resize_crop):
+# photos (up to 21:9 panoramas' 2.3, 32:9's 3.6) keep the whole-image path their features were made with.
+MAX_ASPECT = 8
 
 
 class Preprocessing(BaseModel):
@@ -96,6 +99,11 @@ class Preprocessing(BaseModel):
         yet normalised."""
         if self.resampler == "pil":
             return self._resize_crop_pil(Image.fromarray(img) if isinstance(img, np.ndarray) else img)
+        height, width = (img.shape[0], img.shape[1]) if isinstance(img, np.ndarray) else (img.height, img.width)
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            # Resizing a 65535x1 image whole makes it 16.7M x 256 (gigabytes) before the crop takes 224 x 224
+            # of it: resize only the crop's source box instead (PIL's bicubic; such images are never training data).
+            return self._resize_box_pil(Image.fromarray(img) if isinstance(img, np.ndarray) else img)
         pixels = img if isinstance(img, np.ndarray) else np.array(img, dtype=np.uint8)
         (w, h), (left, top, right, bottom) = self.crop_box(pixels.shape[1], pixels.shape[0])
         whole = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
@@ -113,8 +121,19 @@ class Preprocessing(BaseModel):
             # that box gives the same bytes (checked in tests) for a fifth less work.
             box = (left * w // size[0], top * h // size[1], right * w // size[0], bottom * h // size[1])
             img = img.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
+        elif max(w, h) > MAX_ASPECT * min(w, h):
+            return self._resize_box_pil(img)
         else:
             img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None).crop((left, top, right, bottom))
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def _resize_box_pil(self, img: Image.Image) -> torch.Tensor:
+        """The crop of the resized image made from its source box alone (fractional: PIL maps the same pixels),
+        in memory bounded by the crop, not by the image's long side."""
+        w, h = img.size
+        size, (left, top, right, bottom) = self.crop_box(w, h)
+        box = (left * w / size[0], top * h / size[1], right * w / size[0], bottom * h / size[1])
+        img = img.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,34 @@ def test_a_crop_is_the_same_bytes_as_resizing_the_whole_image_then_cropping(size
     whole = img.resize(big, Image.Resampling.BICUBIC, reducing_gap=None).crop((left, top, left + crop, top + crop))
     got = Preprocessing(resize=resize, crop=crop, resampler="pil").resize_crop(img)
     assert torch.equal(got, torch.from_numpy(np.asarray(whole).copy()).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("resampler", ["torch", "pil"])
+@pytest.mark.parametrize("size", [(2400, 120), (90, 1800)])
+def test_a_very_wide_or_tall_image_is_cropped_from_its_box_as_if_resized_whole(resampler, size):
+    # Beyond 8:1 only the crop's source box is resized; Pillow maps the same pixels, so the crop is what
+    # resizing the whole image gives, to within rounding (a fifth of the values differ, by one or two levels).
+    img = photo(*size, np.random.default_rng(1))
+    pre = Preprocessing(resize=256, crop=224, resampler=resampler)
+    (w, h), box = pre.crop_box(*size)
+    whole = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None).crop(box)
+    diff = (pre.resize_crop(img).int() - torch.from_numpy(np.asarray(whole).copy()).permute(2, 0, 1).int()).abs()
+    assert diff.max() <= 2 and diff.float().mean() < 0.5
+
+
+def test_a_tiny_file_of_a_very_wide_image_takes_no_more_memory_than_a_photo(tmp_path):
+    # An 88-byte 3000x1 PNG once became a 768,000 x 256 image on its way to a 224 x 224 crop (1.2 GB).
+    script = (
+        "import resource, sys; from PIL import Image; from retrieval import Preprocessing\n"
+        "pre = Preprocessing(resize=256, crop=224)\n"
+        "pre.resize_crop(Image.new('RGB', (300, 200)))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for size in [(12000, 1), (1, 12000)]:\n"
+        "    assert pre.load(Image.new('RGB', size, (200, 10, 10))).shape == (3, 224, 224)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    grew_mb = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).parents[1]).stdout)
+    assert grew_mb < 100  # 12000 x 1 made whole: 3,072,000 x 256 x 3 bytes, over 2 GB
 
 
 def photo(w: int, h: int, rng: np.random.Generator, grain: int = 12) -> Image.Image:
