@@ -372,6 +372,20 @@ def test_a_label_filter_naming_a_label_the_memory_lacks_is_a_422_not_an_empty_an
     assert ok["label"] == "red" and {n["label"] for n in ok["neighbors"]} <= {"red", "blue"}
 
 
+def test_a_label_forgotten_while_a_classify_filtered_by_it_is_under_way_is_a_422(client, monkeypatch):
+    # The route checks the filter first, then embeds on a worker thread: a forget can land in between.
+    import server.routes.classify as routes
+
+    async def checked_before_the_forget(service, q):
+        await service.run(service.memory.forget, label="red")  # another client's forget
+
+    monkeypatch.setattr(routes, "check_labels", checked_before_the_forget)
+    assert client.get("/v1/memory/stats").json()["per_label"]["red"] > 0
+    for endpoint, field in [("/v1/classify", "image"), ("/v1/classify/batch", "images")]:
+        resp = client.post(f"{endpoint}?label=red", files={field: ("r.png", texture(COLORS["red"], 1))})
+        assert_problem(resp, 422, "unknown-label", "'red'")
+
+
 def test_unknown_template_is_a_422_listing_the_available_ones(client):
     from prompts import default_registry
 

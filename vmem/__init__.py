@@ -1,7 +1,7 @@
 """vmem: a visual-memory image classifier whose knowledge can be added, removed and inspected."""
 
 from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
-from .visual_memory import DEFAULT_FEATURIZER, VisualMemory, upload_source
+from .visual_memory import DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
 
 __all__ = [
     "DEFAULT_FEATURIZER",
@@ -10,6 +10,7 @@ __all__ = [
     "FailedImage",
     "MemoryPoint",
     "NeighborVote",
+    "NoSuchLabelsError",
     "PointPage",
     "VisualMemory",
     "VoteSettings",

@@ -126,6 +126,10 @@ def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
     return folders, files
 
 
+class NoSuchLabelsError(ValueError):
+    """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
+
+
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
@@ -385,11 +389,12 @@ class VisualMemory:
         if any(self.store.count(label=label, searchable=True) for label in dict.fromkeys(wanted)):
             return
         if any(self.store.count(label=label) for label in dict.fromkeys(wanted)):
-            raise ValueError(self.unknown_labels_message(wanted, "vmem labels") + ": every answer would be empty")
+            raise NoSuchLabelsError(self.unknown_labels_message(wanted, "vmem labels")
+                                    + ": every answer would be empty")
         hints = self.name_hints(wanted)
         shown = ", ".join(map(repr, wanted[:5])) + (", ..." if len(wanted) > 5 else "")
-        raise ValueError(f"the memory has none of the labels {shown}"
-                         + (f" ({hints})" if hints else "") + ": every answer would be empty")
+        raise NoSuchLabelsError(f"the memory has none of the labels {shown}"
+                                + (f" ({hints})" if hints else "") + ": every answer would be empty")
 
     def _classify_embedded(self, vectors: np.ndarray, images: Callable[[], list[Any]],
                            sources: Sequence[str | None], settings: VoteSettings | None, *,

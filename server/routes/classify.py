@@ -6,16 +6,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from vmem import NoSuchLabelsError
+
 from ..deps import ServiceDep, SettingsDep
 from ..problems import ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
-from ..service import Upload
+from ..service import Answer, ClassifierService, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import check_labels, check_template, check_vote_options, classification_out, image_body
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
 TOO_MANY = "send fewer images per request, splitting them across several requests"
+
+
+async def classified(service: ClassifierService, uploads: list[Upload], q: ClassifyQuery) -> list[Answer | str]:
+    try:
+        return await service.run(service.classify, uploads, q)
+    except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
+        raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
 
 
 @router.post(
@@ -41,7 +50,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
         advice = f"send several to POST /v1/classify/batch (up to {settings.max_batch_images} per request)"
         files, _ = await read_files(request, "image", max_files=1, too_many=advice)
         upload = Upload(*files[0])
-    [answer] = await service.run(service.classify, [upload], q)
+    [answer] = await classified(service, [upload], q)
     if isinstance(answer, str):
         raise ProblemError(400, answer, "bad-image", "The image could not be decoded")
     return classification_out(request, answer)
@@ -72,7 +81,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
         uploads = [Upload(data, name) for data, name in files]
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
-    answers = await service.run(service.classify, uploads, q)
+    answers = await classified(service, uploads, q)
     items = [BatchItemOut(index=i, filename=up.filename, error=a) if isinstance(a, str) else
              BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))
              for i, (up, a) in enumerate(zip(uploads, answers, strict=True))]
