@@ -226,6 +226,9 @@ def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
             "forget", "add"]
         assert client.get("/v1/memory/history", params={"since": "2999-12-31"}).json()["entries"] == []
         assert client.get("/v1/memory/history", params={"since": "soon"}).status_code == 422
+        for outside_utc in ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-02:00"]:  # dates, but not in UTC
+            too_far = client.get("/v1/memory/history", params={"since": outside_utc})
+            assert too_far.status_code == 422 and "between years 1 and 9999" in too_far.json()["detail"]
         assert client.get("/v1/memory/history", params={"op": "delete"}).status_code == 422
         assert client.get("/v1/memory/history", params={"point_id": "nope"}).status_code == 422
     mem.close()

@@ -1096,7 +1096,10 @@ def _utc_iso(when: str) -> str:
         parsed = datetime.fromisoformat(when.strip())
     except ValueError:
         raise ValueError(f"{when!r} is not a date or time: give it as 2026-12-05 or 2026-12-05T14:30") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    try:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC, before datetime's first
+        raise ValueError(f"{when!r} is out of range once in UTC: give a time between years 1 and 9999") from None
 
 
 def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str | None) -> dict[str, Any]:
