@@ -23,7 +23,7 @@ from . import schemas
 from .head import HeadAsGetMiddleware
 from .limits import BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
-from .problems import Problem, install_problem_handlers
+from .problems import Problem, UnexpectedErrorMiddleware, install_problem_handlers
 from .routes import classify, ops, page, templates
 from .routes import memory as memory_routes
 from .routes.page import STATIC_DIR
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # Outermost last: metrics see every answer, including 413s from the size limit.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:  # closed unless origins are named

@@ -13,10 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
 from retrieval.store import MemoryUnavailableError
@@ -27,6 +29,8 @@ RETRY_AFTER_UNAVAILABLE_S = 5
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+UNEXPECTED = "an unexpected error occurred; the server log has the details"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before it was answered
 TYPE_BASE = "urn:vmem:problem:"
 
 
@@ -139,11 +143,47 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, detail, getattr(exc, "kind", None),
                                 getattr(exc, "title", None), headers=headers or None)
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # a middleware's own failure; the routes' are UnexpectedErrorMiddleware's
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(request, 500, "an unexpected error occurred; the server log has the details",
-                                "internal")
+        return problem_response(request, 500, UNEXPECTED, "internal")
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception no handler took with the 500 problem, and keeps the connection.
+
+    Starlette's handler for `Exception` sits in its outermost middleware, which re-raises once it has
+    answered; uvicorn then drops the connection, and the client's next request on it (often an unrelated
+    edit) meets a reset and cannot tell whether it ran. Added first, this runs inside every other middleware
+    (the metrics count the 500). A client gone mid-upload is no server error: 499, as nginx counts it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_the_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_the_start)
+        except ClientDisconnect:
+            log.debug("client left %s %s before its request was read", scope["method"], scope["path"])
+            if not started:
+                await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
+        except Exception:
+            if started:  # half an answer is out: only dropping the connection can say it failed
+                raise
+            request = Request(scope)
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            await problem_response(request, 500, UNEXPECTED, "internal")(scope, receive, send)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

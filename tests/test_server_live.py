@@ -26,12 +26,18 @@ def memory_images(tmp_path_factory, lite0):
 
 
 @pytest.fixture
-def base_url(tmp_path, lite0, memory_images):
+def served(tmp_path, lite0, memory_images):
+    """(base URL, the memory it serves) under a real uvicorn."""
     mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
     app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
     with live_server(app) as url:
-        yield url
+        yield url, mem
     mem.close()
+
+
+@pytest.fixture
+def base_url(served):
+    return served[0]
 
 
 def test_classify_add_and_forget_over_http(base_url):
@@ -56,6 +62,42 @@ def test_classify_add_and_forget_over_http(base_url):
         metrics = http.get("/metrics").text
         assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="200"} 3.0' in metrics
         assert 'vmem_memory_edits_total{op="forget"} 3.0' in metrics
+
+
+def test_after_an_unexpected_error_the_connection_still_serves_the_next_request(served, monkeypatch, caplog):
+    # uvicorn drops a connection whose request raised past the app: the next request sent on it (perhaps an
+    # edit) would meet a reset, and its client could not tell whether it ran.
+    url, mem = served
+
+    def broken(**_):
+        raise RuntimeError("a defect nobody foresaw")
+
+    monkeypatch.setattr(mem, "history_page", broken)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        resp = http.get("/v1/memory/history")
+        assert resp.status_code == 500 and resp.json()["type"] == "urn:vmem:problem:internal"
+        assert "a defect" not in resp.text  # the log has it, not the client
+        assert http.get("/healthz").status_code == 200  # the same connection
+        assert 'route="/v1/memory/history",status="500"} 1.0' in http.get("/metrics").text
+    assert sum("unhandled error on GET /v1/memory/history" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_client_that_leaves_mid_upload_is_no_server_error(base_url):
+    host, port = base_url.removeprefix("http://").split(":")
+    body = b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n' + b"x" * 200_000
+    for _ in range(2):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+                         + f"Content-Length: {2 * len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.3)
+    metrics = ""
+    for _ in range(50):  # the server notices the disconnect on its own time
+        metrics = httpx.get(f"{base_url}/metrics").text
+        if 'route="/v1/classify",status="499"} 2.0' in metrics:
+            break
+        time.sleep(0.1)
+    assert 'route="/v1/classify",status="499"} 2.0' in metrics
+    assert 'route="/v1/classify",status="500"' not in metrics
 
 
 def test_head_answers_what_get_would_without_the_body(base_url):
