@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -39,6 +40,7 @@ from .files import write_atomically
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 
 DEFAULT_COLLECTION = "vmem"
+LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
 META_FILE = "vmem.json"
 SHARD_DIR = "shard"
 # Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
@@ -1054,8 +1056,8 @@ class QdrantServerStore(MemoryStore):
                 client = QdrantClient(":memory:")
             elif "://" in location:
                 client = QdrantClient(url=location, api_key=api_key)
-            else:
-                client = QdrantClient(path=location)
+            else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
+                client = QdrantClient(path=location.removeprefix(LOCAL_MODE_PREFIX))
         self.client = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         if self.client.collection_exists(collection):
@@ -1268,8 +1270,8 @@ def open_store(
     loc = str(location)
     if is_embedded_location(loc):
         return EdgeMemoryStore(loc, meta)
-    if loc.startswith("qdrant-local:"):
-        return QdrantServerStore(loc.removeprefix("qdrant-local:"), meta, collection=collection)
+    if loc.startswith(LOCAL_MODE_PREFIX):
+        return QdrantServerStore(loc, meta, collection=collection)
     return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)
 
 
@@ -1277,4 +1279,27 @@ def is_embedded_location(location: str | Path) -> bool:
     """Whether `open_store` makes an embedded (Qdrant Edge) memory there: a directory, not a URL or a
     qdrant-client mode."""
     loc = str(location)
-    return not (loc == ":memory:" or "://" in loc or loc.startswith("qdrant-local:"))
+    return not (loc == ":memory:" or "://" in loc or loc.startswith(LOCAL_MODE_PREFIX))
+
+
+def local_folder(location: str) -> Path | None:
+    """The folder a memory at `location` keeps its files in (embedded or `qdrant-local:`); None for a server
+    or `:memory:`."""
+    if location.startswith(LOCAL_MODE_PREFIX):
+        return Path(location.removeprefix(LOCAL_MODE_PREFIX))
+    return Path(location) if is_embedded_location(location) else None
+
+
+def same_location(a: str | Path, b: str | Path) -> bool:
+    """Whether two locations name one place: folders by their resolved paths, servers by scheme, host and path
+    whatever their case or trailing slash. Two `:memory:` stores are two memories, so never the same."""
+    def canonical(location: str | Path) -> str:
+        loc = str(location)
+        if (folder := local_folder(loc)) is not None:
+            return f"{LOCAL_MODE_PREFIX if loc.startswith(LOCAL_MODE_PREFIX) else ''}{folder.resolve()}"
+        if "://" in loc:
+            url = urlsplit(loc)
+            return urlunsplit((url.scheme.lower(), url.netloc.lower(), url.path.rstrip("/"), url.query, ""))
+        return loc
+
+    return str(a) != ":memory:" and canonical(a) == canonical(b)

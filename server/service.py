@@ -30,7 +30,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, thumbnail_file
+from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
 
 from .metrics import Metrics
@@ -182,9 +182,9 @@ class ClassifierService:
     def _thumbnail_dir(self) -> Path:
         if self.settings.thumbnail_dir is not None:
             return self.settings.thumbnail_dir
-        location = self.memory.store.location
-        if not self.settings.qdrant_url and location != ":memory:" and "://" not in location:
-            return Path(location) / THUMBNAILS_DIR  # kept with the memory, deleted with it
+        folder = local_folder(self.memory.store.location)
+        if not self.settings.qdrant_url and folder is not None:
+            return folder / THUMBNAILS_DIR  # kept with the memory, deleted with it
         self._tmp_thumbs = tempfile.mkdtemp(prefix="vmem-thumbnails-")
         weakref.finalize(self, shutil.rmtree, self._tmp_thumbs, True)  # also at interpreter exit
         log.warning("thumbnails of added images are kept in %s until the server stops; "

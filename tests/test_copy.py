@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerMismatchError, FeaturizerSpec, IndexSettings, Preprocessing, open_store
-from retrieval.store import EXCLUDED_KEY
+from retrieval.store import EXCLUDED_KEY, same_location
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
@@ -107,6 +107,27 @@ def test_a_copy_onto_itself_or_another_encoders_memory_is_refused(tmp_path):
             mem.copy_to(tmp_path / "edge")
         with pytest.raises(FeaturizerMismatchError):
             mem.copy_to(tmp_path / "other")
+
+
+def test_a_local_mode_memory_keeps_its_prefix_and_is_refused_as_its_own_copy(tmp_path, monkeypatch):
+    with make_memory(tmp_path / "edge") as mem:
+        server, _ = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+    monkeypatch.chdir(tmp_path)
+    with VisualMemory(server, reranker=None) as local:
+        assert local.stats()["location"] == f"qdrant-local:{tmp_path / 'server'}"  # reopens as what it is
+        for itself in ["qdrant-local:server", "qdrant-local:./server/"]:
+            with pytest.raises(ValueError, match="is this memory"):
+                local.copy_to(itself)
+        dest, _ = local.copy_to(tmp_path / "edge2")
+        with VisualMemory(dest, reranker=None) as back:
+            assert back.history()[0].selector == {"from": f"qdrant-local:{tmp_path / 'server'}"}
+
+
+def test_locations_name_one_place_whatever_their_spelling():
+    assert same_location("http://Qdrant.example:6333/", "http://qdrant.example:6333")
+    assert not same_location("http://qdrant.example:6333", "http://qdrant.example:6334")
+    assert same_location("./memory/", "memory") and not same_location("memory", "qdrant-local:memory")
+    assert not same_location(":memory:", ":memory:")  # two process-local memories
 
 
 def test_cli_copy(tmp_path):

@@ -46,6 +46,7 @@ from retrieval.feature_cache import FeatureCache
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
+    DEFAULT_COLLECTION,
     EXCLUDED_KEY,
     PRUNE_COUNT_KEY,
     RELABELLED_AT_KEY,
@@ -54,6 +55,7 @@ from retrieval.store import (
     THUMBNAILS_DIR,
     StoredPoint,
     is_embedded_location,
+    same_location,
     thumbnail_file,
 )
 
@@ -955,10 +957,9 @@ class VisualMemory:
         Returns:
             (the destination store, open; notes on what was changed to fit it).
         """
-        same = str(location) == self.store.location or (
-            is_embedded_location(location) and is_embedded_location(self.store.location)
-            and Path(location).resolve() == Path(self.store.location).resolve())
-        if same:
+        # The copy goes to the default collection there: another collection at the same place is another memory.
+        if same_location(location, self.store.location) and \
+                getattr(self.store, "collection", DEFAULT_COLLECTION) == DEFAULT_COLLECTION:
             raise ValueError(f"{location} is this memory: copy it somewhere else")
         notes: list[str] = []
         if index is None:
