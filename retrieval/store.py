@@ -1188,7 +1188,15 @@ class QdrantServerStore(MemoryStore):
 
     def label_counts(self) -> dict[str, int]:
         resp = self.client.facet(self.collection, key="label", limit=max(1, self.count()), exact=True)
-        return {str(h.value): int(h.count) for h in sorted(resp.hits, key=lambda h: (-h.count, str(h.value)))}
+        counts = {str(h.value): int(h.count) for h in resp.hits}
+        # qdrant-client's local mode gives a label that parses as a UUID (an MD5 hex digest) back re-spelt,
+        # hyphenated: such a label, if its count does not hold, is counted from the payloads instead.
+        if any(_parses_as_uuid(v) and self.count(label=v) != n for v, n in counts.items()):
+            counts = {}
+            for batch in self.scroll(with_vectors=False):
+                for p in batch:
+                    counts[p.label] = counts.get(p.label, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
         qm = self._qm
@@ -1273,6 +1281,14 @@ def open_store(
     if loc.startswith(LOCAL_MODE_PREFIX):
         return QdrantServerStore(loc, meta, collection=collection)
     return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)
+
+
+def _parses_as_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def is_embedded_location(location: str | Path) -> bool:

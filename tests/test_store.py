@@ -66,6 +66,13 @@ def test_add_count_and_per_label_counts(store):
     assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5, "owl": 2}
 
 
+def test_labels_that_parse_as_uuids_are_counted_as_spelt(store):
+    # An MD5 digest as a label: qdrant-client's local mode re-spells such facet values with hyphens.
+    digest, braced = "d41d8cd98f00b204e9800998ecf8427e", "{D41D8CD9-8F00-B204-E980-0998ECF8427E}"
+    store.add(random_unit_vectors(3, DIM, 5), [digest, digest, braced], ["/d/1.jpg", "/d/2.jpg", "/d/3.jpg"])
+    assert store.label_counts() == {digest: 2, braced: 1}
+
+
 def test_vectors_with_nan_or_blank_labels_are_refused_on_every_backend(store):
     vecs = random_unit_vectors(3, DIM, seed=4)
     vecs[1, 0] = np.nan  # the embedded engine stored it and never returned it; a server refused it
