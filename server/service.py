@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,9 @@ T = TypeVar("T")
 # the sample to compute (0.1 s for a few labels, ~1 s for the whole memory or 200 labels, at 100k points on
 # 2 cores), and a float to keep.
 _MAX_OOD_ENTRIES = 256
+# Decoded pixels a request holds before embedding them (then the next step's are decoded): a 64-megapixel
+# image's worth, so a batch of ordinary photos is one step and a batch of huge ones never more than two at once.
+DECODED_PIXELS_PER_STEP = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -270,28 +273,49 @@ class ClassifierService:
     def add(self, uploads: Sequence[Upload], labels: Sequence[str]) -> tuple[list[tuple[int, str, str, str]],
                                                                              list[tuple[int, str]], AddResult]:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
-        images, kept, failed = [], [], []
-        for i, up in enumerate(uploads):
-            try:
-                images.append(self.memory.decode(up.data))
-                kept.append(i)
-            except ImageDecodeError as exc:
-                failed.append((i, str(exc)))
-        if not images:
-            return [], failed, AddResult(ids=[])
-        sources = [uploads[i].source for i in kept]
-        # Thumbnails first: once a point is searchable, its thumbnail must already be there.
-        for img, src in zip(images, sources, strict=True):
-            self.thumbnails.save(point_id_for(src), img)
-        result = self.memory.add_images(images, [labels[i] for i in kept], sources=sources,
-                                        tags={"added_via": "api"})
-        if result.added:  # (a relabel told the service itself, through on_relabel)
-            self._edited()
+        kept: list[tuple[int, str]] = []
+        failed: list[tuple[int, str]] = []
+        result = AddResult(ids=[])
+        for step in self._decoded_in_steps(enumerate(uploads), failed):
+            sources = [uploads[i].source for i, _ in step]
+            # Thumbnails first: once a point is searchable, its thumbnail must already be there.
+            for (_, img), src in zip(step, sources, strict=True):
+                self.thumbnails.save(point_id_for(src), img)
+            done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step], sources=sources,
+                                          tags={"added_via": "api"})
+            kept += [(i, src) for (i, _), src in zip(step, sources, strict=True)]
+            result = AddResult(ids=result.ids + done.ids, added=result.added + done.added,
+                               relabelled={**result.relabelled, **done.relabelled})
+            if done.added:  # (a relabel told the service itself, through on_relabel)
+                self._edited()
         self.metrics.edits.labels("add").inc(len(result.added))
         self.metrics.edits.labels("relabel").inc(len(result.relabelled))
-        self.refresh_size_metrics()
-        return ([(i, pid, labels[i], src) for i, pid, src in zip(kept, result.ids, sources, strict=True)], failed,
-                result)
+        if kept:
+            self.refresh_size_metrics()
+        return ([(i, pid, labels[i], src) for (i, src), pid in zip(kept, result.ids, strict=True)], failed, result)
+
+    def _decoded_in_steps(self, uploads: Iterable[tuple[int, Upload]],
+                          failed: list[tuple[int, str]]) -> Iterator[list[tuple[int, Image.Image]]]:
+        """The uploads decoded a few at a time, (index, image) each; (index, why) into `failed` for the rest.
+
+        A request's images are embedded a step at a time, each step closed once it holds DECODED_PIXELS_PER_STEP:
+        32 solid-colour 7999 x 7999 PNGs are 6.4 MB sent, but decoded all at once they were 19 GB.
+        """
+        step: list[tuple[int, Image.Image]] = []
+        pixels = 0
+        for i, up in uploads:
+            try:
+                img = self.memory.decode(up.data)
+            except ImageDecodeError as exc:
+                failed.append((i, str(exc)))
+                continue
+            step.append((i, img))
+            pixels += img.width * img.height
+            if pixels >= DECODED_PIXELS_PER_STEP:
+                yield step
+                step, pixels = [], 0
+        if step:
+            yield step
 
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
         self.memory.set_label_names(names, replace=replace)
@@ -334,7 +358,7 @@ class ClassifierService:
         size = self.settings.result_cache_size
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)
-        todo: list[tuple[int, tuple[Any, ...], Image.Image, str]] = []
+        keys: dict[int, tuple[Any, ...]] = {}  # of the uploads not answered from the cache
         threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
         for i, up in enumerate(uploads):
             key = self._cache_key(generation, up, q)
@@ -348,24 +372,25 @@ class ClassifierService:
                 continue
             if size:  # a lookup made and missed (no cache: none made)
                 self.metrics.cache.labels("miss").inc()
-            try:
-                todo.append((i, key, self.memory.decode(up.data), up.filename or up.source))
-            except ImageDecodeError as exc:
-                out[i] = str(exc)
-        if todo:
+            keys[i] = key
+        failed: list[tuple[int, str]] = []
+        for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):
             results = self.memory.classify(
-                [img for _, _, img, _ in todo], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
-                rerank=q.rerank, template=q.template, sources=[src for *_, src in todo])
-            for (i, key, _, _), res in zip(todo, results, strict=True):
+                [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
+                rerank=q.rerank, template=q.template, sources=[uploads[i].filename or uploads[i].source
+                                                               for i, _ in step])
+            for (i, _), res in zip(step, results, strict=True):
                 self._count(res)
                 # A fallback may be transient (a timeout): do not pin it in the cache.
                 if size and not (q.rerank and res.fallback_reason):
                     with self._cache_lock:
                         if self._generation == generation:
-                            self._cache[key] = res
+                            self._cache[keys[i]] = res
                             while len(self._cache) > size:
                                 self._cache.popitem(last=False)
                 out[i] = self._answer(res, threshold, cached=False)
+        for i, why in failed:
+            out[i] = why
         return [a for a in out if a is not None]
 
     def _count(self, res: Classification) -> None:

@@ -333,6 +333,30 @@ def test_batch_answers_each_image_and_reports_the_bad_one(client):
     assert as_json["items"][0]["result"]["label"] == "green"
 
 
+def test_a_batch_of_huge_images_is_decoded_and_embedded_a_few_at_a_time(client, monkeypatch):
+    # 8 solid 4000 x 4000 PNGs are 8 x 60 kB sent but 8 x 48 MB decoded: a 64-megapixel step holds 4.
+    service = client.app.state.service
+    steps: list[int] = []
+    for method in ("classify", "add_images"):
+        real = getattr(service.memory, method)
+        monkeypatch.setattr(service.memory, method,
+                            lambda images, *a, _real=real, **kw: steps.append(len(images)) or _real(images, *a, **kw))
+    huge = io.BytesIO()
+    Image.new("RGB", (4000, 4000), COLORS["red"]).save(huge, "PNG")
+    files = [("images", (f"h{i}.png", huge.getvalue() + bytes(i), "image/png")) for i in range(8)]
+    files.insert(5, ("images", ("bad.png", b"not an image", "image/png")))
+    body = client.post("/v1/classify/batch?k=3", files=files).json()
+    assert steps == [4, 4]
+    assert [i["error"] is not None for i in body["items"]] == [False] * 5 + [True] + [False] * 3
+    assert {i["result"]["label"] for i in body["items"] if i["result"]} == {"red"}
+
+    steps.clear()
+    added = client.post("/v1/memory", headers=AUTH, files=files, data={"label": "scarlet"}).json()
+    assert steps == [4, 4] and [f["index"] for f in added["failed"]] == [5]
+    assert len({a["id"] for a in added["added"]}) == 8 and all(a["new"] for a in added["added"])
+    assert added["points"] == 12 + 8
+
+
 # ------------------------------------------------------------------ errors
 
 
