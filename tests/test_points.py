@@ -7,6 +7,7 @@ repeats nor skips the points after the cursor.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 import pytest
@@ -19,6 +20,7 @@ from server import Settings, create_app
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
+from vmem.visual_memory import linked_sources
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
@@ -146,6 +148,21 @@ def test_http_pages_and_single_points(tmp_path, lite0):
         assert client.get("/v1/memory/points", params={"excluded": "true"}).json()["points"] == []
         assert client.get("/v1/memory/points", params={"cursor": "page-2"}).status_code == 422
         assert client.get("/v1/memory/points", params={"limit": 0}).status_code == 422
+
+        # A listing walks a folder prefix for links: that must not wait for, nor hold up, the embedding pool.
+        release = threading.Event()
+        service = client.app.state.service
+        busy = [service.executor.submit(release.wait, 30) for _ in range(service.executor._max_workers)]
+        try:
+            assert client.get("/v1/memory/points", params={"source_prefix": "/data/cats"}).json()["points"]
+        finally:
+            release.set()
+        assert all(f.result() for f in busy)
+
+
+def test_the_kernels_folders_are_never_walked_for_links():
+    # /proc is every process's open files and cwd as links, again under each task: 49 s to walk, no images.
+    assert linked_sources("/proc") == linked_sources("/sys") == ([], [])
 
 
 def test_cli_lists_every_label_with_its_points_name_and_pruning(tmp_path):

@@ -97,6 +97,10 @@ def local_source_prefix(prefix: str) -> str:
     return norm
 
 
+# The kernel's views of itself: huge trees of links (every process's files, again and again), never images.
+KERNEL_FOLDERS = frozenset({"/proc", "/sys"})
+
+
 def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
     """Where the links under a local folder lead: (resolved folders + '/', resolved files).
 
@@ -108,8 +112,11 @@ def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
     files: list[str] = []
     pending = [str(folder)]
     while pending:
+        here = pending.pop()
+        if os.path.realpath(here) in KERNEL_FOLDERS:  # no image was ever built from these; /proc alone took 49 s
+            continue
         try:
-            with os.scandir(pending.pop()) as scan:
+            with os.scandir(here) as scan:
                 entries = list(scan)
         except OSError:  # unreadable, or gone meanwhile: nothing a build could have read there either
             continue

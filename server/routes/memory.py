@@ -304,7 +304,9 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
     down-weighted it. Follow `next_cursor` (as `cursor`) until it is null.
     """
     try:
-        page = await service.run(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded)
+        # Not on the embedding pool: a source_prefix of a big folder is walked for links (seconds), and a request
+        # without a key must not hold up classification that long.
+        page = await run_in_threadpool(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded)
     except ValueError as exc:  # a cursor that is no point id, a source_prefix that is no path here
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return PointsOut(points=[PointOut(**p.model_dump(), thumbnail_url=thumbnail_url(request, p.id))
