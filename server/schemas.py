@@ -13,6 +13,9 @@ from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
 from vmem import MemoryPoint, VoteSettings
 
+# The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
+MOST_BATCH_IMAGES = 1024
+
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -60,7 +63,8 @@ class ClassifyBatchJSON(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[ImageIn] = Field(min_length=1, description="the images to classify, answered in order")
+    images: list[ImageIn] = Field(min_length=1, max_length=MOST_BATCH_IMAGES,
+                                  description="the images to classify, answered in order")
 
 
 class LabelledImageIn(ImageIn):
@@ -81,7 +85,8 @@ class AddJSON(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[LabelledImageIn] = Field(min_length=1, description="images with their labels")
+    items: list[LabelledImageIn] = Field(min_length=1, max_length=MOST_BATCH_IMAGES,
+                                         description="images with their labels")
 
 
 class ClassifyQuery(BaseModel):

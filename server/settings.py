@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .schemas import MOST_BATCH_IMAGES
+
 MIN_API_KEY_LENGTH = 16
 
 
@@ -36,7 +38,7 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(False, description="let anyone edit the memory (only for a trusted network)")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted")
-    max_batch_images: int = Field(32, ge=1, le=1024, description="most images in one batch or add request")
+    max_batch_images: int = Field(32, ge=1, le=MOST_BATCH_IMAGES, description="most images in one batch or add request")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated); none by default")
 

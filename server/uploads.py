@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,8 +34,8 @@ def require_media_type(request: Request, *allowed: str) -> str:
 
 async def read_json(request: Request, model: type[M]) -> M:
     body = await request.body()
-    try:
-        return model.model_validate_json(body)
+    try:  # off the event loop: up to the size limit of base64 to parse and decode (seconds for 20 MB)
+        return await run_in_threadpool(model.model_validate_json, body)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]

@@ -524,6 +524,11 @@ def test_too_many_images_in_a_batch_is_413(make_client):
     imgs = [{"image": base64.b64encode(texture(COLORS["red"], i)).decode()} for i in range(3)]
     assert_problem(client.post("/v1/classify/batch", json={"images": imgs}), 413, "too-many-images",
                    "3 images in one request: the limit is 2 per request")
+    # Past what any setting allows, a JSON list is refused as it is parsed (1.2M tiny images: 10 s on the loop).
+    tiny = {"image": base64.b64encode(texture(COLORS["red"], 0)).decode()}
+    for url, body in [("/v1/classify/batch", {"images": [tiny] * 1025}),
+                      ("/v1/memory", {"items": [{**tiny, "label": "red"}] * 1025})]:
+        assert_problem(client.post(url, json=body, headers=AUTH), 422, "invalid-parameters", "at most 1024 items")
 
     # As uploads, the same answer: the parser stops at the file past the limit, so none is buffered.
     files = [("images", (f"{i}.png", texture(COLORS["red"], i), "image/png")) for i in range(3)]
