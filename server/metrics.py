@@ -60,6 +60,9 @@ class _RowsRead(Collector):
                                   "to re-rank doubtful candidates", value=self.rows_read())
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+
+
 def route_name(scope: Scope, request_scope: Scope | None = None) -> str:
     """The template of the route that answered; `request_scope` is the scope as it came in, before routing."""
     route = scope.get("route")
@@ -102,5 +105,7 @@ class MetricsMiddleware:
         finally:
             m = self.metrics
             route = route_name(scope, request_scope)
-            m.requests.labels(scope["method"], route, str(status)).inc()
-            m.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+            # A client names the method: any other word would be a new time series, kept until the process ends.
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+            m.requests.labels(method, route, str(status)).inc()
+            m.latency.labels(method, route).observe(time.perf_counter() - start)

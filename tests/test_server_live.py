@@ -100,6 +100,17 @@ def test_a_client_that_leaves_mid_upload_is_no_server_error(base_url):
     assert 'route="/v1/classify",status="500"' not in metrics
 
 
+def test_a_made_up_method_is_one_metrics_series_not_one_each(base_url):
+    host, port = base_url.removeprefix("http://").split(":")
+    for word in ("FROB", "BLARGH", "X" * 200):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"{word} /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            assert sock.recv(200).startswith(b"HTTP/1.1 405")
+    metrics = httpx.get(f"{base_url}/metrics").text
+    assert 'vmem_http_requests_total{method="OTHER",route="/healthz",status="405"} 3.0' in metrics
+    assert "FROB" not in metrics
+
+
 def test_head_answers_what_get_would_without_the_body(base_url):
     # Monitors and load balancers often check health with HEAD.
     with httpx.Client(base_url=base_url, timeout=30) as http:

@@ -46,4 +46,5 @@ async def metrics(request: Request) -> Response:
         # A scrape still reports the request metrics when the memory is down.
         with contextlib.suppress(Exception):
             await run_in_threadpool(service.refresh_size_metrics)
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    text = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
