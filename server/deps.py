@@ -33,16 +33,21 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """Let the request edit the memory only with the configured key (compared in constant time)."""
+def check_api_key(settings: Settings, key: str | None, needed_for: str = "this endpoint edits the memory") -> None:
+    """Refuse a request without the configured key (compared in constant time); `needed_for` says why it needs one."""
     if settings.auth_disabled:
         return
     if not key:
-        raise ProblemError(401, f"this endpoint edits the memory: send the API key in the {API_KEY_HEADER} header",
+        raise ProblemError(401, f"{needed_for}: send the API key in the {API_KEY_HEADER} header",
                            "missing-api-key", headers={"WWW-Authenticate": API_KEY_HEADER})
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
     if not hmac.compare_digest(key.encode(), expected):
         raise ProblemError(403, "the API key is not valid", "invalid-api-key")
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request edit the memory only with the configured key."""
+    check_api_key(settings, key)
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]

@@ -157,6 +157,25 @@ def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     assert "not a recognised image format" in browser.find_element(By.ID, "error").text
 
 
+def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=5))
+    browser.get(page_url + "/")
+    browser.find_element(By.ID, "rerank").click()
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").text == "enter the API key to re-rank with the VLM"
+    assert browser.find_element(By.ID, "key-box").get_attribute("open") is not None
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    browser.find_element(By.ID, "classify-btn").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "prediction").text)
+    assert browser.find_element(By.ID, "prediction").text.startswith("red")
+    assert not browser.find_element(By.ID, "error").text
+
+
 def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -58,8 +58,8 @@ def test_no_key_leaks_anywhere(encoder, fake, tmp_path, monkeypatch, caplog):
             return resp
 
         def classify(seed: int, query: str = "rerank=true"):
-            return record(client.post(f"/v1/classify?{query}", files={"image": ("q.png", noise_png(seed))}),
-                          f"classify {query}")
+            return record(client.post(f"/v1/classify?{query}", files={"image": ("q.png", noise_png(seed))},
+                                      headers={"X-API-Key": API_KEY}), f"classify {query}")
 
         assert classify(1).json()["reranked"]
         assert fake.requests[-1].headers["x-goog-api-key"] == GEMINI_KEY  # the key did go where it belongs

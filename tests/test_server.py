@@ -155,7 +155,7 @@ def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, li
         mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
         query = texture(COLORS["red"], 61)
         try:
-            with TestClient(create_app(settings(tmp_path), memory=mem)) as client:
+            with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
                 fake.enqueue(fake.answer("green"))  # the VLM disagrees with the vote
                 url = "/v1/classify?k=12&rerank=true&template=neighbors-v1"
                 first = client.post(url, files=upload(query, "a.png")).json()
@@ -284,11 +284,27 @@ def test_a_recalibration_cut_short_by_shutdown_is_no_warning(client, monkeypatch
 
 
 def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
-    body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8))).json()
+    body = client.post("/v1/classify?k=4&rerank=true", files=upload(texture(COLORS["red"], 8)),
+                       headers=AUTH).json()
     assert body["label"] == "red" and body["reranked"] is False
     assert body["fallback_reason"]
     metrics = client.get("/metrics").text
     assert "vmem_rerank_fallbacks_total{reason=" in metrics
+
+
+def test_rerank_asks_gemini_and_so_needs_the_key_though_classifying_does_not(make_client):
+    # A page on any site can make a browser post this form: without the key it would spend Gemini calls.
+    client = make_client()
+    query = {"image": ("r.png", texture(COLORS["red"], 8))}
+    assert client.post("/v1/classify", files=query).status_code == 200
+    for endpoint, field in [("/v1/classify", "image"), ("/v1/classify/batch", "images")]:
+        files = {field: query["image"]}
+        assert_problem(client.post(f"{endpoint}?rerank=true", files=files), 401, "missing-api-key",
+                       "rerank=true asks Gemini, which is paid per call: send the API key in the X-API-Key header")
+        assert_problem(client.post(f"{endpoint}?rerank=1", files=files, headers={"X-API-Key": "w" * 24}), 403)
+        assert client.post(f"{endpoint}?rerank=true", files=files, headers=AUTH).status_code == 200
+    open_service = make_client(auth_disabled=True, api_key=None)
+    assert open_service.post("/v1/classify?rerank=true", files=query).status_code == 200
 
 
 def test_out_of_distribution_flag_is_calibrated_on_the_memory(client, memory_images):
@@ -413,7 +429,8 @@ def test_a_label_forgotten_while_a_classify_filtered_by_it_is_under_way_is_a_422
 def test_unknown_template_is_a_422_listing_the_available_ones(client):
     from prompts import default_registry
 
-    resp = client.post("/v1/classify?rerank=true&template=no-such", files=upload(texture(COLORS["red"], 1)))
+    resp = client.post("/v1/classify?rerank=true&template=no-such", files=upload(texture(COLORS["red"], 1)),
+                       headers=AUTH)
     body = assert_problem(resp, 422, "unknown-template", "'no-such'")
     for name in default_registry().names():
         assert name in body["detail"]
@@ -425,17 +442,17 @@ def test_a_broken_template_is_refused_with_its_error_and_a_mended_one_is_used(cl
     # A broken override of the default, and a template of the user's that arrives after the start.
     (tmp_path / "templates" / "neighbors-v1.yaml").write_text("name: neighbors-v1\nversion: 9\n")
     query = upload(texture(COLORS["red"], 1))
-    named = client.post("/v1/classify?rerank=true&template=neighbors-v1", files=query)
+    named = client.post("/v1/classify?rerank=true&template=neighbors-v1", files=query, headers=AUTH)
     body = assert_problem(named, 422, "invalid-template", "'neighbors-v1' could not be loaded: invalid template")
     assert "system: Field required" in body["detail"] and str(tmp_path) not in body["detail"]
-    assert_problem(client.post("/v1/classify?rerank=true", files=query), 500, "invalid-template",
+    assert_problem(client.post("/v1/classify?rerank=true", files=query, headers=AUTH), 500, "invalid-template",
                    "the service's default template 'neighbors-v1' could not be loaded")
     assert client.post("/v1/classify", files=query).status_code == 200  # no re-ranking: no template needed
 
     (tmp_path / "templates" / "later.yaml").write_text("name: later\nversion: 1\nsystem: Classify the image.\n")
     (tmp_path / "templates" / "neighbors-v1.yaml").unlink()
     for template in ("later", "neighbors-v1"):  # both taken without a restart (no API key here: a fallback)
-        resp = client.post(f"/v1/classify?rerank=true&template={template}", files=query)
+        resp = client.post(f"/v1/classify?rerank=true&template={template}", files=query, headers=AUTH)
         assert resp.status_code == 200 and resp.json()["fallback_reason"], (template, resp.text)
 
 

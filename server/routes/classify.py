@@ -8,16 +8,24 @@ from fastapi import APIRouter, Query, Request
 
 from vmem import NoSuchLabelsError
 
-from ..deps import ServiceDep, SettingsDep
+from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
 from ..problems import ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Answer, ClassifierService, Upload
+from ..settings import Settings
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import check_labels, check_template, check_vote_options, classification_out, image_body
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
 TOO_MANY = "send fewer images per request, splitting them across several requests"
+
+
+def check_rerank_key(request: Request, settings: Settings, q: ClassifyQuery) -> None:
+    """Classifying is open to all, but re-ranking asks Gemini, paid per call (and a page elsewhere can make a
+    browser send this form): `rerank=true` needs the key too."""
+    if q.rerank:
+        check_api_key(settings, request.headers.get(API_KEY_HEADER), "rerank=true asks Gemini, which is paid per call")
 
 
 async def classified(service: ClassifierService, uploads: list[Upload], q: ClassifyQuery) -> list[Answer | str]:
@@ -31,7 +39,7 @@ async def classified(service: ClassifierService, uploads: list[Upload], q: Class
     "",
     summary="Classify one image",
     response_model=ClassificationOut,
-    responses=problem_responses(400, 413, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=image_body("ClassifyJSON", "image", many=False),
 )
 async def classify(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> ClassificationOut:
@@ -40,6 +48,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`.
     The answer lists the neighbours that voted, each with a thumbnail URL, and a novelty score.
     """
+    check_rerank_key(request, settings, q)
     check_template(q)
     check_vote_options(service, q)
     await check_labels(service, q)
@@ -60,7 +69,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     "/batch",
     summary="Classify several images",
     response_model=BatchOut,
-    responses=problem_responses(400, 413, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=image_body("ClassifyBatchJSON", "images", many=True),
 )
 async def classify_batch(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> BatchOut:
@@ -69,6 +78,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     Upload files in repeated `images` fields, or send JSON `{"images": [{"image": "<base64>"}, ...]}`.
     An image that does not decode gets an `error` in its place; the others are still answered.
     """
+    check_rerank_key(request, settings, q)
     check_template(q)
     check_vote_options(service, q)
     await check_labels(service, q)

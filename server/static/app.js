@@ -97,6 +97,13 @@ function hideAnswer() {
 
 async function classify() {
   if (!currentFile) return;
+  // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
+  const headers = {};
+  if ($("rerank").checked) {
+    const key = apiKeyFor("re-rank with the VLM");
+    if (!key) return;
+    headers["X-API-Key"] = key;
+  }
   const seq = ++classifySeq;
   askedFor = { file: currentFile, options: queryString() };
   showError("");
@@ -105,7 +112,7 @@ async function classify() {
   try {
     const form = new FormData();
     form.append("image", currentFile, currentFile.name);
-    const resp = await fetch(`v1/classify?${queryString()}`, { method: "POST", body: form });
+    const resp = await fetch(`v1/classify?${queryString()}`, { method: "POST", body: form, headers });
     const answer = resp.ok ? await resp.json() : await problemText(resp);
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (!resp.ok) {
