@@ -106,7 +106,8 @@ class ClassifyQuery(BaseModel):
     template: str | None = Field(None, min_length=1, max_length=64,
                                  description="re-ranker prompt template (see GET /v1/templates)")
     label: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
-        None, description="only neighbours with these labels vote; repeat the parameter for several")
+        None, max_length=1000, description="only neighbours with these labels vote; repeat the parameter for "
+                                           "several (at most 1,000)")
 
 
 class ForgetQuery(BaseModel):

@@ -172,6 +172,7 @@ class ClassifierService:
         self._cache_lock = threading.Lock()
         self._ood: dict[tuple[int, int, tuple[str, ...] | None], float | None] = {}
         self._ood_lock = threading.Lock()
+        self._new_calibration = threading.Lock()  # held while a k and label set is calibrated the first time
         # Per (k, label set): the latest threshold computed, with its points generation, answered while a newer
         # one is computed; and which are being computed.
         self._ood_last: dict[tuple[int, tuple[str, ...] | None], tuple[int, float | None]] = {}
@@ -425,7 +426,8 @@ class ClassifierService:
         threshold from before it is answered while the new one is computed in the background (0.19 s at
         20,100 points: a service taking a stream of adds would otherwise pay that on most requests, and one
         edit barely moves a percentile of 256 samples); `fresh` waits for the new one instead. The first
-        threshold for a k and label set is always computed before it is answered.
+        threshold for a k and label set is computed before it is answered, unless another one is being computed
+        then: that answer has none (None).
         """
         generation = self._points_generation
         which = (k, tuple(sorted(set(labels))) if labels else None)
@@ -439,9 +441,17 @@ class ClassifierService:
                     threading.Thread(target=self._recalibrate, args=(generation, which), daemon=True,
                                      name="vmem-novelty").start()
                 return earlier[1]
-        # Outside the lock: a new label set's calibration (up to a second) must not hold up the answers of
-        # requests whose threshold is known. Two requests may both compute a new one; they agree.
-        return self._keep_threshold(generation, which, self._calibrate(*which))
+        # Outside the lock: a new label set's calibration (up to seconds) must not hold up the answers of
+        # requests whose threshold is known. One at a time, though: each is 256 searches (5 s at k=1000 among 150
+        # labels), and a client without a key could ask for new label sets without end. A request that finds
+        # one running answers with no threshold (null) rather than queue behind it.
+        if not fresh and not self._new_calibration.acquire(blocking=False):
+            return None
+        try:
+            return self._keep_threshold(generation, which, self._calibrate(*which))
+        finally:
+            if not fresh:
+                self._new_calibration.release()
 
     def _recalibrate(self, generation: int, which: tuple[int, tuple[str, ...] | None]) -> None:
         try:

@@ -315,6 +315,20 @@ def test_out_of_distribution_flag_is_calibrated_on_the_memory(client, memory_ima
     assert novel["out_of_distribution"] is True and novel["novelty"] > novel["ood_threshold"]
 
 
+def test_while_one_new_label_set_is_calibrated_others_are_answered_without_a_threshold(client):
+    # Each new k and label set costs a calibration (seconds at k=1000 among many labels); made-up ones, sent
+    # without a key, must not queue up: a second is answered at once, with no threshold yet.
+    service = client.app.state.service
+    with service._new_calibration:  # another request's calibration, running
+        busy = client.post("/v1/classify?k=2&label=red&label=blue", files=upload(texture(COLORS["red"], 4))).json()
+    assert (busy["label"], busy["ood_threshold"], busy["out_of_distribution"]) == ("red", None, None)
+    later = client.post("/v1/classify?k=2&label=red&label=blue", files=upload(texture(COLORS["red"], 5))).json()
+    assert later["ood_threshold"] > 0 and later["out_of_distribution"] is False
+    too_many = "&".join(f"label=l{i}" for i in range(1001))
+    assert_problem(client.post(f"/v1/classify?{too_many}", files=upload(texture(COLORS["red"], 4))), 422,
+                   "invalid-parameters", "at most 1000 items")
+
+
 @BOTH_BACKENDS
 def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(client):
     data = texture(COLORS["green"], 11)
