@@ -88,6 +88,21 @@ def test_build_of_imagenet_folders_without_a_names_file_uses_vmems_names(tmp_pat
     assert again.exit_code == 0 and "label names" not in again.output
 
 
+def test_vmems_own_names_never_replace_names_a_memory_was_given(tmp_path):
+    # Built with curated names, then built again from a list without a names file beside it.
+    train = tmp_path / "train" / "n01440764"
+    train.mkdir(parents=True)
+    for i in range(3):
+        (train / f"{i}.png").write_bytes(texture(COLORS["red"], seed=i))
+    (tmp_path / "train" / "classes.tsv").write_text("n01440764\tTinca tinca, the tench\n")
+    memory = ["--memory", tmp_path / "memory", "--featurizer", "efficientnet-lite0", "--workers", "0"]
+    assert run("build", tmp_path / "train", *memory).exit_code == 0
+    (tmp_path / "more.csv").write_text(f"path,label\n{train / '0.png'},n01440764\n")
+    again = run("build", tmp_path / "more.csv", *memory)
+    assert again.exit_code == 0 and "label names" not in again.output
+    assert "n01440764  Tinca tinca\n" in run("info", "--memory", tmp_path / "memory").output  # not "tench"
+
+
 # ------------------------------------------------------------------ the Python API
 
 

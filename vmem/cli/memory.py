@@ -170,6 +170,8 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len(dataset_labels)} labels", err=True)
+        if names_file == BUILTIN_NAMES:  # a fallback: names given before (classes.tsv, --label-names) stay
+            names = {lab: name for lab, name in names.items() if lab not in mem.store.meta.label_names}
         if names:
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
             if new:
@@ -184,6 +186,9 @@ def build(
     typer.echo(report.summary())
 
 
+BUILTIN_NAMES = "vmem's ImageNet-1k names"
+
+
 def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) -> tuple[dict[str, str], str | None]:
     """The names of a build's labels (and where they came from): from `given`, else a file found beside the
     dataset, else vmem's own ImageNet-1k names when every label is an ImageNet-1k WordNet id. A file given that
@@ -193,7 +198,7 @@ def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) ->
     if path is None:
         imagenet = imagenet_label_names()
         if labels and labels <= imagenet.keys():
-            return {label: imagenet[label] for label in sorted(labels)}, "vmem's ImageNet-1k names"
+            return {label: imagenet[label] for label in sorted(labels)}, BUILTIN_NAMES
         return {}, None
     try:
         names = read_label_names(path)
