@@ -66,6 +66,8 @@ def test_classify_json_is_attributable_to_memory_points(built, image_folder):
     assert len(lines) == 3
     for obj in lines:
         assert {"source", "label", "scores", "neighbors"} <= obj.keys()
+        # Every key, every time (as over HTTP): an unnamed label's name and an answer's reason are null, not absent.
+        assert (obj["label_name"], obj["fallback_reason"], obj["neighbors"][0]["label_name"]) == (None, None, None)
         assert obj["label"] == obj["source"].split("/")[-2]
         assert abs(sum(obj["scores"].values()) - 1) < 1e-6
         assert len(obj["neighbors"]) == 5

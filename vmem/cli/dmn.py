@@ -74,7 +74,7 @@ def classify(
             raise typer.BadParameter(str(exc)) from exc
     for res in results:
         if json_out:
-            typer.echo(res.model_dump_json(exclude_none=True))
+            typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
         else:
             top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             named = f" ({res.label_name})" if res.label_name else ""

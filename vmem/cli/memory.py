@@ -257,7 +257,7 @@ def classify(
         names = mem.label_names
     for res in results:
         if json_out:
-            typer.echo(res.model_dump_json(exclude_none=True))
+            typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
         else:  # for people: the vote's runners-up by name where the memory names its labels
             top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
