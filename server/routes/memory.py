@@ -80,9 +80,13 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         labels = [lab.strip() for lab in fields.get("label", [])]
         if len(labels) == 1:
             labels *= len(uploads)
-        if len(labels) != len(uploads) or not all(0 < len(lab) <= 200 for lab in labels):
+        if len(labels) != len(uploads):
             raise ProblemError(422, f"send one non-blank `label` (at most 200 characters) per image, or one for "
                                f"all: got {len(labels)} labels for {len(uploads)} images", "invalid-parameters",
+                               "Invalid parameters")
+        if (bad := next((i for i, lab in enumerate(labels) if not 0 < len(lab) <= 200), None)) is not None:
+            what = "blank" if not labels[bad] else f"{len(labels[bad])} characters long"
+            raise ProblemError(422, f"label {bad} is {what}: a label is 1 to 200 characters", "invalid-parameters",
                                "Invalid parameters")
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
