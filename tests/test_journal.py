@@ -200,6 +200,8 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     assert both.exit_code == 2 and "not both" in both.output
     navy = runner.invoke(app, ["history", "--memory", location, "--label", "navy", "--since", "2000-01-01"])
     assert [line.split("\t")[1] for line in navy.stdout.splitlines()] == ["relabel"]
+    none = runner.invoke(app, ["history", "--memory", location, "--op", "copy", "--since", "2000-01-01"])
+    assert none.stderr == "no edits recorded that match --op copy --since 2000-01-01\n"  # not: an empty journal
     bad = runner.invoke(app, ["history", "--memory", location, "--since", "yesterday"])
     assert bad.exit_code == 2 and "'yesterday' is not a date or time" in bad.output
 

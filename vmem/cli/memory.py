@@ -480,7 +480,10 @@ def history(
     if earlier:
         typer.echo(f"... and {earlier} earlier edits (--limit)", err=True)
     if not entries:
-        typer.echo("no edits recorded" + (" for it" if point_id or source else ""), err=True)
+        filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
+                                                            ("since", since)) if value is not None]
+        typer.echo("no edits recorded" + (" for it" if point_id or source else "")
+                   + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
 
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
