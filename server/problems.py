@@ -106,6 +106,8 @@ def _allowed_methods(request: Request, refused_by: str | None) -> str:
         if any(route.matches(probe)[0] == Match.FULL and not isinstance(route, Mount)
                for route in request.app.router.routes):
             methods.add(method)
+    if "GET" in methods:  # HeadAsGetMiddleware answers HEAD wherever GET is served
+        methods.add("HEAD")
     return ", ".join(sorted(methods))
 
 
