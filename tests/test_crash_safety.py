@@ -180,5 +180,11 @@ def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_pa
         holder.add(feat.embed([noise_png(1)]), ["ant"], ["/x/1.png"])
         with pytest.raises(MemoryError, match="open in another process"):
             open_store(memory)
+        from typer.testing import CliRunner
+
+        from vmem.cli import app
+        busy = CliRunner().invoke(app, ["info", "--memory", str(memory)])
+        assert busy.exit_code == 1 and "open in another process" in busy.output  # a one-line error...
+        assert "Usage:" not in busy.output  # ...not a usage error: the command was right
         holder.add(feat.embed([noise_png(2)]), ["bee"], ["/x/2.png"])
     assert len(check_consistent(memory)) == 2

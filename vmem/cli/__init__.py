@@ -8,7 +8,7 @@ import logging
 import typer
 from typer.core import TyperGroup
 
-from retrieval import MemoryUnavailableError
+from retrieval import MemoryError, MemoryUnavailableError
 
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
@@ -32,6 +32,9 @@ class _Commands(TyperGroup):
         except MemoryUnavailableError as exc:
             typer.echo(f"Error: {exc}. What was done before it stopped answering is kept: run the command again "
                        "once it answers (vmem build carries on where it stopped)", err=True)
+            raise typer.Exit(1) from exc
+        except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
+            typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from exc
 
 

@@ -76,7 +76,9 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
 
     if isinstance(exc, MemoryUnavailableError):
         return typer.BadParameter(str(exc), param_hint=options[1])
-    if isinstance(exc, MemoryError | FeaturizerError):
+    if isinstance(exc, MemoryError):  # in use by another process: the command was right (vmem's main says it)
+        return None
+    if isinstance(exc, FeaturizerError):
         return typer.BadParameter(str(exc))
     if isinstance(exc, ValidationError | UnicodeDecodeError):  # the memory's stored metadata
         return typer.BadParameter(_bad_metadata(memory, qdrant_url, exc))
