@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from vmem.cli import app
+from vmem.cli.bench_search import recall_at
 
 
 def bench(*args: str) -> dict:
@@ -25,6 +26,9 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
                 "faiss_hnsw_qps_batch", "faiss_hnsw_recall_at_50", "rss_mb", "exact_matmul_efficiency"):
         assert key in res, key
     assert res["index"]["quantization"] == "int8" and res["n"] == 3000
+    # 3,000 x 384 is under the engine's indexing threshold: the run says how much of it the index holds.
+    assert res["indexed_vectors"] == 0 and res["machine"]["cpu"] not in ("x86_64", "")
+    assert res["faiss_hnsw_settings"]["m"] == 32 and 0 < res["ef_sweep"][0]["recall_at_50_batch"] <= 1
     assert res["recall_at_50"] >= 0.95 and res["faiss_hnsw_recall_at_50"] >= 0.95
     assert res["ef_sweep"][0]["hnsw_ef"] == 256
     assert res["returned_after_delete"] == 0
@@ -53,9 +57,33 @@ def test_bench_search_refuses_an_unknown_quantization():
     assert result.exit_code == 2 and "int4" in result.output
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["search", "--n", "30", "--queries", "10"], "more than the memory's 30 points"),
+    (["search", "--queries", "0"], "--queries"),
+    (["search", "--k", "10"], "--k"),
+    (["search", "--repeats", "0"], "--repeats"),
+    (["forget", "--n", "2000", "--forgets", "5000"], "need more than 2000 points"),
+    (["forget", "--rounds", "0"], "--rounds"),
+    (["featurize", "--batch-sizes", "0"], "--batch-sizes"),
+    (["featurize", "--models", "foo"], "'foo' is not one of"),
+    (["featurize", "--workers", "x"], "--workers"),
+])
+def test_bench_options_that_cannot_be_measured_are_refused_before_any_work(args, says):
+    # Each used to end in a traceback, or exit 0 with a NaN or a silently changed setting.
+    result = CliRunner().invoke(app, ["bench", *args], env={"COLUMNS": "250"})
+    assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
+
+
+def test_recall_counts_only_the_true_neighbours_there_are():
+    truth = np.array([[3, 1, 2, -1, -1]])  # a memory of 3 points, k = 5: exact search pads with -1
+    assert recall_at([[1, 2, 3]], truth, 5) == 1.0
+    assert recall_at([[1, 7, 8]], truth, 5) == pytest.approx(1 / 3)
+
+
 def test_bench_forget_never_returns_a_deleted_point():
     res = bench("forget", "--n", "3000", "--forgets", "50", "--rounds", "2")
-    assert res["forgets"] == 50 and res["rounds"] == len(res["per_round"]) == 2 and res["returned_after_delete"] == 0
+    assert res["forgets"] == 50 and isinstance(res["forgets"], int)
+    assert res["rounds"] == len(res["per_round"]) == 2 and res["returned_after_delete"] == 0
     # Forgotten but still in the engine's segment files, until erased (20 looked for each round).
     assert res["copies_in_files_before_erase"] == res["copies_looked_for"] == 40
     assert res["copies_in_files_after_erase"] == 0 and res["points_after_erase"] == 2900 and res["erase_s"] >= 0

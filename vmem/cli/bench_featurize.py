@@ -90,7 +90,10 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
     # The raw forward's input is what the pipeline hands the model: uint8 crops, here already on the device
     # (so a GPU's figure is the model's, not the host-to-device copy's); normalising is part of both.
     x = torch.stack([feat.preprocessing.load(p) for p in paths[:batch_size]]).to(feat.device)
-    feat.embed_tensors(x)  # warm-up (and, on CPU, tracing; on CUDA, cuDNN's kernel choice)
+    # Warm-up: on CPU the traced model keeps optimising over its first calls (one batch took 5.9, 0.92, then
+    # 0.23 s), on CUDA cuDNN chooses its kernels; three calls, untimed.
+    for _ in range(3):
+        feat.embed_tensors(x)
     batches = -(-len(paths) // batch_size)
 
     def raw_forward() -> None:  # as many forwards as the pipeline makes, so both span the same time
@@ -132,14 +135,14 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
 def featurize(
     dataset: Annotated[Path | None, typer.Option(
         help="ImageFolder of JPEGs (default: synthetic 500x375 JPEGs)")] = None,
-    images: Annotated[int, typer.Option(help="images per pipeline run")] = 256,
+    images: Annotated[int, typer.Option(min=1, help="images per pipeline run")] = 256,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "16,64",
     models: Annotated[str, typer.Option(
         help="comma-separated: efficientnet-lite0/1/2 (real weights), dinov2-small (random weights)")] = (
         "efficientnet-lite0,dinov2-small"),
     workers: Annotated[str, typer.Option(
         help="comma-separated DataLoader worker counts to compare; auto: the featurizer's default")] = "auto",
-    repeats: Annotated[int, typer.Option(help="timed repeats; medians are reported")] = 3,
+    repeats: Annotated[int, typer.Option(min=1, help="timed repeats; medians are reported")] = 3,
     decode_chunks: Annotated[str, typer.Option(
         help="comma-separated images per worker task to compare; 0: a whole batch per worker (before 2026-12)")] = "16",
     resamplers: Annotated[str, typer.Option(
@@ -162,6 +165,14 @@ def featurize(
     threads = [None if t == "auto" else _positive(t, "--decode-threads") for t in _listed(decode_threads)]
     decoders = [_choice(j, {"simplejpeg": "simplejpeg", "pillow": "pillow"}, "--jpeg-decoders")
                 for j in _listed(jpeg_decoders)]
+    # Every option read before any work: a typo must not end a long run halfway.
+    sizes = [_positive(b, "--batch-sizes") for b in _listed(batch_sizes)]
+    chunks = [0 if c.strip() == "0" else _positive(c, "--decode-chunks") for c in _listed(decode_chunks)]
+    worker_counts = [None if w == "auto" else 0 if w == "0" else _positive(w, "--workers") for w in _listed(workers)]
+    known = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dinov2-small")
+    names = [_choice(m, {k: k for k in known}, "--models") for m in _listed(models)]
+    if not (sizes and chunks and worker_counts and names):
+        raise typer.BadParameter("--batch-sizes, --decode-chunks, --workers and --models each need a value")
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:
@@ -171,18 +182,17 @@ def featurize(
         # The rows change module settings (a process-wide choice in normal use); put them back after.
         saved = featurizers.DECODE_CHUNK, image_decoding.JPEG_DECODER
         try:
-            for name in _listed(models):
+            for name in names:
                 feat = random_dinov2_small(Path(tmp)) if name == "dinov2-small" else load_featurizer(name)
                 default_preprocessing = feat.preprocessing
-                for bs in [int(b) for b in batch_sizes.split(",")]:
-                    for w, c, r, d, t, j in itertools.product(_listed(workers),
-                                                              [int(c) for c in decode_chunks.split(",")],
-                                                              kernels, drafts, threads, decoders):
+                for bs in sizes:
+                    for w, c, r, d, t, j in itertools.product(worker_counts, chunks, kernels, drafts, threads,
+                                                              decoders):
                         featurizers.DECODE_CHUNK = c or bs
                         image_decoding.JPEG_DECODER = j
                         feat.preprocessing = default_preprocessing.model_copy(update={"resampler": r, "jpeg_draft": d})
                         feat.decode_threads = t
-                        row = measure(feat, paths, bs, None if w == "auto" else int(w), repeats)
+                        row = measure(feat, paths, bs, w, repeats)
                         in_process = row["decode_workers"] == 0
                         row |= {"decode_chunk": c or bs, "resampler": r, "jpeg_draft": d, "jpeg_decoder": j,
                                 "decode_threads": (t or featurizers.decode_threads()) if in_process else 0}

@@ -36,7 +36,7 @@ def machine_info() -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
     info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "ram_gb": round(mem_kb / 2**20, 1),
         "torch_threads": torch.get_num_threads(),
@@ -47,6 +47,17 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["cuda_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() says only "x86_64", which tells no two machines apart)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -101,7 +112,13 @@ def synthetic_indices(hits) -> list[int]:
 
 
 def recall_at(found: list[list[int]] | np.ndarray, truth: np.ndarray, k: int) -> float:
-    return float(np.mean([len(set(list(f)[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth, strict=True)]))
+    """Mean share of each query's true k nearest that were found. A memory of fewer than k points has fewer
+    true neighbours (exact search pads with -1): the share is of those, so finding them all is 1."""
+    def share(f, t) -> float:
+        wanted = {i for i in t[:k].tolist() if i >= 0}
+        return len(set(list(f)[:k]) & wanted) / max(1, len(wanted))
+
+    return float(np.mean([share(f, t) for f, t in zip(found, truth, strict=True)]))
 
 
 def sgemm_gflops(size: int = 2048, repeats: int = 5, library: Literal["numpy", "torch"] = "numpy") -> float:
@@ -248,8 +265,10 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
 
     if faiss_baseline:
         import faiss
+        import torch
 
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        # As many threads as vmem's own searches use (torch's), so the two are compared on the same cores.
+        faiss.omp_set_num_threads(torch.get_num_threads())
         echo("faiss baselines")
         flat = faiss.IndexFlatIP(dim)
         flat.add(vecs)
@@ -265,6 +284,10 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
         t = timed(lambda: hnsw.search(qv, k), repeats)
         res["faiss_hnsw_qps_batch"] = round(queries / t, 1)
         res["faiss_hnsw_recall_at_50"] = round(recall_at(found, truth, min(50, k)), 4)
+        # Its own operating point (denser graph than vmem's m=16), all queries in one call: read its recall
+        # beside its speed.
+        res["faiss_hnsw_settings"] = {"m": 32, "ef_construction": 128, "ef_search": hnsw.hnsw.efSearch,
+                                      "queries_per_call": queries, "threads": torch.get_num_threads()}
     return res
 
 
@@ -287,7 +310,14 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     store.optimize()
     res["insert_s"] = round(t_insert, 1)
     res["build_s"] = round(time.perf_counter() - t0, 1)
-    res["segments"] = store.shard.info().segments_count
+    info = store.shard.info()
+    res["segments"] = info.segments_count
+    # The engine indexes a segment only past its size threshold (about 20 MB of vectors): below it, a search
+    # scans every vector, and the figures are a scan's, whatever the index settings say.
+    res["indexed_vectors"] = info.indexed_vectors_count
+    if info.indexed_vectors_count < n:
+        echo(f"note: only {info.indexed_vectors_count:,} of {n:,} vectors are in the HNSW index (the engine "
+             "indexes a segment once it holds about 20 MB of vectors): this run measures a scan of the rest")
     store.flush()
     gc.collect()
     res["rss_mb"] = round(rss_mb(), 1)
@@ -313,8 +343,13 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
         recall = recall_at(found, truth[:n_single], min(50, k))
         res.setdefault("ef_sweep", []).append({"hnsw_ef": max(ef, 2 * k), "qps_single": round(n_single / t_ef, 1),
                                                "recall_at_50": round(recall, 4)})
-        t_ef_batch = timed(lambda: store.query_batch(qv, k), repeats)
+        # Batched as the main figures are (`batch` queries a call), with its own recall: the two can differ.
+        def in_batches():
+            return [hits for s in range(0, queries, batch) for hits in store.query_batch(qv[s : s + batch], k)]
+        swept = [synthetic_indices(h) for h in in_batches()]
+        t_ef_batch = timed(in_batches, repeats)
         res["ef_sweep"][-1]["qps_batch"] = round(queries / t_ef_batch, 1)
+        res["ef_sweep"][-1]["recall_at_50_batch"] = round(recall_at(swept, truth, min(50, k)), 4)
     store.meta.index = settings
 
     echo("batched queries")
@@ -409,10 +444,10 @@ def serving_rss(path: Path, queries: np.ndarray, k: int) -> dict[str, float]:
 
 
 def search(
-    n: Annotated[int, typer.Option(help="memory size")] = 100_000,
-    dim: Annotated[int, typer.Option(help="vector dimension")] = 384,
-    queries: Annotated[int, typer.Option(help="query vectors")] = 1000,
-    k: Annotated[int, typer.Option(help="neighbours per query")] = 50,
+    n: Annotated[int, typer.Option(min=1, help="memory size")] = 100_000,
+    dim: Annotated[int, typer.Option(min=2, help="vector dimension")] = 384,
+    queries: Annotated[int, typer.Option(min=1, help="query vectors")] = 1000,
+    k: Annotated[int, typer.Option(min=50, help="neighbours per query (recall@50 is measured: at least 50)")] = 50,
     m: Annotated[int, typer.Option(help="HNSW m")] = IndexSettings().m,
     ef_construct: Annotated[int, typer.Option(help="HNSW ef_construct")] = IndexSettings().ef_construct,
     hnsw_ef: Annotated[int, typer.Option(help="HNSW search ef")] = IndexSettings().hnsw_ef,
@@ -431,8 +466,8 @@ def search(
     vectors_dtype: Annotated[list[VectorsDtype] | None, typer.Option(
         help="storage type of the original vectors; give it twice (float32, float16) to compare both in one run"),
     ] = None,
-    batch: Annotated[int, typer.Option(help="queries per query_batch call")] = 100,
-    repeats: Annotated[int, typer.Option(help="timed repeats (medians are reported)")] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="queries per query_batch call")] = 100,
+    repeats: Annotated[int, typer.Option(min=1, help="timed repeats (medians are reported)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
     faiss: Annotated[bool, typer.Option(help="include faiss flat and HNSW baselines")] = True,
     ef_sweep: Annotated[str, typer.Option(help="also measure these search ef values on the same index")] = "",
@@ -444,6 +479,15 @@ def search(
     json_out: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
 ) -> None:
     """Search speed and recall of the embedded memory, with exact and faiss baselines in the same run."""
+    if k > n:
+        raise typer.BadParameter(f"--k {k} is more than the memory's {n} points: give --n of at least {k}",
+                                 param_hint="--k")
+    if faiss:  # before any work: a run that fails at its end loses every figure
+        try:
+            import faiss as _  # noqa: F401
+        except ImportError:
+            raise typer.BadParameter("faiss-cpu is not installed: pip install faiss-cpu, or run with --no-faiss",
+                                     param_hint="--faiss") from None
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
                               oversampling=oversampling, rescore=rescore, rescore_doubtful=rescore_doubtful,
                               vectors_on_disk=vectors_on_disk, vectors_dtype=t.value)
@@ -470,10 +514,10 @@ def search(
 
 
 def forget(
-    n: Annotated[int, typer.Option(help="memory size")] = 100_000,
-    dim: Annotated[int, typer.Option(help="vector dimension")] = 384,
-    forgets: Annotated[int, typer.Option(help="points deleted one by one, each round")] = 500,
-    rounds: Annotated[int, typer.Option(help="rounds of forgetting then erasing, on the same memory")] = 3,
+    n: Annotated[int, typer.Option(min=100, help="memory size")] = 100_000,
+    dim: Annotated[int, typer.Option(min=2, help="vector dimension")] = 384,
+    forgets: Annotated[int, typer.Option(min=1, help="points deleted one by one, each round")] = 500,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds of forgetting then erasing, on the same memory")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Unlearning latency: delete p50/p99, whether a deleted point is ever returned afterwards, and the time
@@ -482,7 +526,9 @@ def forget(
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     typer.echo(f"settings: n={n} dim={dim} forgets={forgets} rounds={rounds} {IndexSettings().model_dump()}",
                err=True)
-    forgets = min(forgets, n // max(1, rounds))
+    if rounds * forgets > n - 50:  # recall@50 is measured over the points left
+        raise typer.BadParameter(f"{rounds} rounds of {forgets} forgets need more than {n} points: give --n of "
+                                 f"at least {rounds * forgets + 50}", param_hint="--forgets")
     vecs, labels, centres = synthetic_features(n, dim, max(2, n // 1000), seed)
     queries = fresh_queries(centres, 200, seed)
     spec = FeaturizerSpec(name="synthetic", dim=dim, preprocessing=Preprocessing(resize=1, crop=1))
@@ -515,6 +561,6 @@ def forget(
         values = [one[key] for one in per_round]
         res[key] = (sum(values) if key in {"returned_after_delete", "copies_in_files_before_erase",
                                            "copies_in_files_after_erase", "copies_looked_for"}
-                    else values[-1] if key == "points_after_erase" else statistics.median(values))
+                    else values[-1] if key in {"points_after_erase", "forgets"} else statistics.median(values))
     res["recall_at_50_before"], res["recall_at_50_after_erase"] = recall_before, recall_after
     typer.echo(json.dumps({"machine": machine, "n": n, "dim": dim, **res, "per_round": per_round}))
