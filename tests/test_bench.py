@@ -166,3 +166,12 @@ def test_a_limited_run_can_warm_the_memory_as_prefetch_does_or_by_reading_its_fi
         run = serve_within_limit(tmp_path / "memory", queries, truth, fresh, 50, 2**30, warmup=warmup)
         assert run["recall_at_50"] >= 0.95 and len(run["qps_batch_rounds"]) == 3
         assert run["qps_batch"] in run["qps_batch_rounds"] and run["qps_single"] > 0
+
+
+def test_bench_rerank_writes_one_json_line_with_the_machine_and_settings_on_stderr():
+    result = CliRunner().invoke(app, ["bench", "rerank", "--neighbors", "4", "--cold-reps", "1", "--warm-reps", "2",
+                                      "--requests", "4", "--concurrency", "2"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.strip().splitlines()  # was 40 lines of indented JSON
+    assert json.loads(line)["bench"] == "rerank"
+    assert result.stderr.startswith("machine: ") and "\nsettings: " in result.stderr

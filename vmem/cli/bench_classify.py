@@ -43,6 +43,8 @@ def classify(
     seq = [paths[i % len(paths)] for i in range(requests)]
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
+    typer.echo(f"settings: memory={memory} requests={requests} (p99 is the slowest 1%: read it beside that count) "
+               f"k={k} warmup={warmup} http={http}", err=True)
     result: dict = {"machine": machine, "memory": str(memory), "requests": requests, "k": k}
     mem = open_memory(memory, None)
     with mem:

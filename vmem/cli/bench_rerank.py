@@ -137,4 +137,6 @@ def rerank(
             "fallbacks": batch.fallbacks,
         },
     }
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(f"machine: {json.dumps(result['machine'])}", err=True)
+    typer.echo(f"settings: {json.dumps(result['settings'])}", err=True)
+    typer.echo(json.dumps(result))  # one line, as every bench writes it
