@@ -318,6 +318,14 @@ class Neighbor(NamedTuple):
         return float(self.payload.get(RELIABILITY_KEY, 1.0))
 
 
+def _nearest_then_id(hit: Neighbor) -> tuple[float, str]:
+    return -hit.similarity, hit.id
+
+
+# Points asked for beyond k when the k-th place is tied: room for that many copies of one image.
+TIES_ASKED_FOR = 16
+
+
 @dataclass(frozen=True)
 class StoredPoint:
     id: str
@@ -437,7 +445,6 @@ class MemoryStore(ABC):
     def label_counts(self) -> dict[str, int]:
         """Points per label, most frequent first."""
 
-    @abstractmethod
     def query_batch(
         self,
         vectors: np.ndarray,
@@ -445,7 +452,33 @@ class MemoryStore(ABC):
         labels: Sequence[str] | None = None,
         exact: bool = False,
     ) -> list[list[Neighbor]]:
-        """The k nearest points for each vector, optionally only among these labels."""
+        """The k nearest points for each vector, optionally only among these labels.
+
+        Points equally near (one image stored under several sources) come in id order, and the k-th place
+        goes by it too: engines order ties as they please (the embedded one differently at k=1 and k=3, and
+        differently from a server), and a vote's tie-break reads that order. One point more is asked for to
+        see a tie at the k-th place; a query that has one is asked again with room for the tied points.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        v = check_vectors(vectors, self.dim)
+        found = self._nearest(v, k + 1, labels, exact)
+        tied = []
+        for i, hits in enumerate(found):
+            hits.sort(key=_nearest_then_id)
+            if len(hits) > k and hits[k].similarity == hits[k - 1].similarity:
+                tied.append(i)
+            del hits[k:]
+        if tied:
+            for i, hits in zip(tied, self._nearest(v[tied], k + TIES_ASKED_FOR, labels, exact), strict=True):
+                hits.sort(key=_nearest_then_id)
+                found[i] = hits[:k]
+        return found
+
+    @abstractmethod
+    def _nearest(self, vectors: np.ndarray, limit: int, labels: Sequence[str] | None,
+                 exact: bool) -> list[list[Neighbor]]:
+        """Up to `limit` nearest points for each (checked) vector, best first, ties in any order."""
 
     def query(
         self, vector: np.ndarray, k: int, labels: Sequence[str] | None = None, exact: bool = False
@@ -855,9 +888,8 @@ class EdgeMemoryStore(MemoryStore):
                  if ix.quantized else None)
         return qe.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
 
-    def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
+    def _nearest(self, v, k, labels, exact) -> list[list[Neighbor]]:
         qe = self._qe
-        v = check_vectors(vectors, self.dim)
         flt = self._filter(labels=labels, searchable=True)
         params = self._search_params(k, exact)
         doubtful = self.meta.index.doubtful and not exact and self._rows is not None
@@ -1198,9 +1230,8 @@ class QdrantServerStore(MemoryStore):
                     counts[p.label] = counts.get(p.label, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def query_batch(self, vectors, k, labels=None, exact=False) -> list[list[Neighbor]]:
+    def _nearest(self, v, k, labels, exact) -> list[list[Neighbor]]:
         qm = self._qm
-        v = check_vectors(vectors, self.dim)
         flt = self._filter(labels=labels, searchable=True)
         ix = self.meta.index
         quant = (qm.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)

@@ -66,6 +66,20 @@ def test_add_count_and_per_label_counts(store):
     assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5, "owl": 2}
 
 
+def test_equally_near_points_come_in_id_order_whatever_k_and_backend(store):
+    # One image stored under several sources: the engines order such ties as they please (the embedded one
+    # answered cat at k=1 but dog, fox, cat at k=3), and a vote's tie-break reads that order.
+    v = random_unit_vectors(1, DIM, seed=7)
+    ids = store.add(np.repeat(v, 4, 0), ["cat", "dog", "fox", "owl"], [f"/c/{i}.jpg" for i in range(4)])
+    store.add(random_unit_vectors(20, DIM, seed=8), ["other"] * 20, [f"/o/{i}.jpg" for i in range(20)])
+    in_id_order = sorted(ids)
+    for k in (1, 2, 3, 4):
+        assert [h.id for h in store.query(v[0], k, exact=True)] == in_id_order[:k]
+        assert [h.id for h in store.query(v[0], k)] == in_id_order[:k]
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        store.query(v[0], 0)
+
+
 def test_labels_that_parse_as_uuids_are_counted_as_spelt(store):
     # An MD5 digest as a label: qdrant-client's local mode re-spells such facet values with hyphens.
     digest, braced = "d41d8cd98f00b204e9800998ecf8427e", "{D41D8CD9-8F00-B204-E980-0998ECF8427E}"
