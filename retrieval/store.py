@@ -318,6 +318,39 @@ class Neighbor(NamedTuple):
         return float(self.payload.get(RELIABILITY_KEY, 1.0))
 
 
+def _checked_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
+    """A point's tags as both backends store them alike: JSON values, finite numbers, 64-bit integers.
+
+    ValueError otherwise: the embedded engine refused NaN with an opaque TypeError (the whole add lost), stored
+    2**64 as a float and bytes as a list of ints, where a server kept each as given.
+    """
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"tag {where} = {value} is outside 64-bit integers: store it as a string")
+        elif isinstance(value, float):
+            if not np.isfinite(value):
+                raise ValueError(f"tag {where} = {value} is not a finite number")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"tag {where} has a key {key!r} that is not a string")
+                check(item, f"{where}.{key}")
+        else:
+            raise ValueError(f"tag {where} is a {type(value).__name__}: tags hold strings, numbers, booleans, "
+                             "lists and objects (JSON)")
+
+    out = dict(tags or {})
+    for key, value in out.items():
+        check(value, repr(key))
+    return out
+
+
 def _nearest_then_id(hit: Neighbor) -> tuple[float, str]:
     return -hit.similarity, hit.id
 
@@ -400,7 +433,7 @@ class MemoryStore(ABC):
             if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"label must be a non-empty string, got {label!r}")
             ids.append(point_id_for(source))
-            payloads.append({"label": label, "source": source, "tags": dict(t or {}), "added_at": now})
+            payloads.append({"label": label, "source": source, "tags": _checked_tags(t), "added_at": now})
         if len(set(ids)) < len(ids):
             # A source twice in one call is one point, its last version (what the engine keeps): written once,
             # or the embedded memory's copy of the originals kept the earlier version's row past a forget.

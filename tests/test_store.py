@@ -80,6 +80,17 @@ def test_equally_near_points_come_in_id_order_whatever_k_and_backend(store):
         store.query(v[0], 0)
 
 
+@pytest.mark.parametrize(("tags", "says"), [({"score": float("nan")}, "not a finite number"),
+                                            ({"n": 2**64}, "outside 64-bit integers"),
+                                            ({"blob": b"ab"}, "is a bytes"), ({"deep": [{"x": float("inf")}]}, "")])
+def test_tags_that_the_backends_would_store_differently_are_refused(store, tags, says):
+    with pytest.raises(ValueError, match=says):
+        store.add(random_unit_vectors(1, DIM, 3), ["cat"], ["/t/1.jpg"], tags=tags)
+    assert store.count() == 0
+    store.add(random_unit_vectors(1, DIM, 3), ["cat"], ["/t/1.jpg"], tags={"n": 2**63 - 1, "ok": [1.5, "a", None]})
+    assert store.retrieve([point_id_for("/t/1.jpg")])[0].payload["tags"] == {"n": 2**63 - 1, "ok": [1.5, "a", None]}
+
+
 def test_labels_that_parse_as_uuids_are_counted_as_spelt(store):
     # An MD5 digest as a label: qdrant-client's local mode re-spells such facet values with hyphens.
     digest, braced = "d41d8cd98f00b204e9800998ecf8427e", "{D41D8CD9-8F00-B204-E980-0998ECF8427E}"
