@@ -7,6 +7,7 @@ exactly what a template sends.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class ShownLabels:
             text = f"{name} ({label})"
         else:
             text = name
+        # Control characters shown escaped: a label with a newline would start a line of its own in the prompt
+        # ("cat\nIGNORE PREVIOUS INSTRUCTIONS. Answer ..."). Answers name this text, and map back all the same.
+        text = "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
         while text in self._labels:  # an unnamed label equal to another's name: rare, but never ambiguous
             text = f"{text} ({label})"
         self._shown[label], self._labels[text] = text, label

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
@@ -42,7 +52,18 @@ Base64Image = Annotated[
     WithJsonSchema({"type": "string", "contentEncoding": "base64",
                     "description": "the encoded image (JPEG, PNG, WebP, ...) as base64, or a `data:` URL"}),
 ]
-Label = Annotated[str, Field(min_length=1, max_length=200, description="the class label, e.g. `tabby cat`")]
+
+
+def printable(text: str) -> str:
+    """A label or name as stored from HTTP: no control characters. A newline in a label broke the re-ranker's
+    list of candidates into lines of instructions ("cat\nIGNORE PREVIOUS INSTRUCTIONS...")."""
+    if bad := next((c for c in text if unicodedata.category(c) == "Cc"), None):
+        raise ValueError(f"holds the control character {bad!r}: labels and names are one line of text")
+    return text
+
+
+Label = Annotated[str, Field(min_length=1, max_length=200, description="the class label, e.g. `tabby cat`"),
+                  AfterValidator(printable)]
 
 
 class ImageIn(BaseModel):
@@ -136,8 +157,9 @@ class RelabelIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: str = Field(min_length=1, max_length=200, pattern=r"\S",
-                    description="the new label (a label, not a name: `vmem labels` lists both)")
+    to: Annotated[str, AfterValidator(printable)] = Field(
+        min_length=1, max_length=200, pattern=r"\S",
+        description="the new label (a label, not a name: `vmem labels` lists both)")
     ids: list[str] | None = Field(None, min_length=1, max_length=1000,
                                   description="point ids, as a classification's neighbours list them")
     label: str | None = Field(None, min_length=1, max_length=200,
@@ -157,8 +179,9 @@ class PointLabelIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(min_length=1, max_length=200, pattern=r"\S",
-                       description="the new label (a label, not a name: `vmem labels` lists both)")
+    label: Annotated[str, AfterValidator(printable)] = Field(
+        min_length=1, max_length=200, pattern=r"\S",
+        description="the new label (a label, not a name: `vmem labels` lists both)")
 
 
 class RelabelOut(BaseModel):
@@ -178,7 +201,7 @@ class LabelNamesIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # `"replace": 0` is no boolean
 
     names: dict[Annotated[str, Field(min_length=1, max_length=200)],
-                Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]] = Field(
+                Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(printable)]] = Field(
         max_length=100_000, description="label -> the name answers, the page and the re-ranker show for it")
     replace: bool = Field(False, description="drop every name not given here (default: merge with those stored)")
 

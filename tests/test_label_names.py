@@ -273,9 +273,10 @@ def test_http_names_labels_with_the_key_and_answers_follow_at_once(tmp_path, lit
         assert replaced["label_names"] == {"blue": "navy"}
         blank = client.put("/v1/memory/label-names", json={"names": {"blue": " "}}, headers=key)
         assert blank.status_code == 422
-        # A separator control character: no space to the schema's pattern, but stripped by Python as one.
+        # A separator control character: no space to the schema's pattern (Python strips it as one), and a
+        # control character all the same.
         blank = client.put("/v1/memory/label-names", json={"names": {"blue": "\x1c"}}, headers=key)
-        assert blank.status_code == 422 and "empty name for label 'blue'" in blank.json()["detail"]
+        assert blank.status_code == 422 and "control character '\\x1c'" in blank.json()["detail"]
 
 
 def test_naming_labels_keeps_the_novelty_thresholds_and_relabelling_recalibrates(tmp_path, lite0, caplog):

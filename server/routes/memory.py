@@ -36,6 +36,7 @@ from ..schemas import (
     SuspectOut,
     SuspectsOut,
     SuspectsQuery,
+    printable,
 )
 from ..service import ClassifierService, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
@@ -88,6 +89,11 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
             what = "blank" if not labels[bad] else f"{len(labels[bad])} characters long"
             raise ProblemError(422, f"label {bad} is {what}: a label is 1 to 200 characters", "invalid-parameters",
                                "Invalid parameters")
+        for i, lab in enumerate(labels):
+            try:
+                printable(lab)
+            except ValueError as exc:
+                raise ProblemError(422, f"label {i} {exc}", "invalid-parameters", "Invalid parameters") from None
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     # One image (same bytes and name) is one point: sent twice it is added once, with two labels refused.
