@@ -932,6 +932,11 @@ def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text
     assert client.get("/static/app.js").status_code == 200
+    # It keeps the API key in the tab: only its own script runs there, and no other site may frame it.
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self' covers scripts
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert (page.headers["x-frame-options"], page.headers["x-content-type-options"]) == ("DENY", "nosniff")
 
 
 def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
