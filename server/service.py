@@ -576,6 +576,12 @@ class ClassifierService:
         if not Path(source).is_file():
             raise ThumbnailUnavailable(f"the point's image file is no longer at {source}")
         try:
-            return self.thumbnails.save(point_id, load_image(source))
+            jpeg = self.thumbnails.save(point_id, load_image(source))
         except ImageDecodeError as exc:
             raise ThumbnailUnavailable(f"the point's image file could not be decoded: {exc}") from exc
+        # A forget between the check above and the save would find no thumbnail to delete, and leave this one
+        # after it returned: look again, now that it is written.
+        if not self.memory.store.existing_ids([point_id]):
+            self.thumbnails.remove([point_id])
+            raise ThumbnailUnavailable(f"no point with id {point_id} in the memory (forgotten just now)")
+        return jpeg

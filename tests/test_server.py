@@ -795,6 +795,21 @@ def test_thumbnail_404_says_why(client, memory_images, tmp_path):
                    "no-thumbnail", "no point with id")
 
 
+def test_a_thumbnail_made_while_its_point_is_forgotten_does_not_outlive_the_forget(client, memory_images,
+                                                                                   monkeypatch):
+    service = client.app.state.service
+    point = client.post("/v1/classify?k=1", files=upload(memory_images.paths[5].read_bytes())).json()["neighbors"][0]
+    real_save = service.thumbnails.save
+
+    def forgotten_meanwhile(point_id, image):  # the forget lands after the point was found, before the save
+        service.memory.forget(ids=[point_id])
+        return real_save(point_id, image)
+
+    monkeypatch.setattr(service.thumbnails, "save", forgotten_meanwhile)
+    assert_problem(client.get(point["thumbnail_url"]), 404, "no-thumbnail", "forgotten just now")
+    assert service.thumbnails.load(point["id"]) is None
+
+
 def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite0, tmp_path):
     # A point's source is data: one written straight into the store must not make any host file servable.
     elsewhere = tmp_path / "elsewhere"
