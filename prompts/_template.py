@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 ToolName = Literal["exemplars", "more_neighbors"]
 
@@ -77,7 +77,7 @@ class PromptTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
-    version: int = Field(ge=1, description="bump on any change that could change answers")
+    version: StrictInt = Field(ge=1, description="bump on any change that could change answers")  # `true` is no 1
     description: str = ""
     system: str = Field(min_length=1, description="the system instruction")
     intro: str = ""
@@ -151,6 +151,21 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _str_representer)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice: the plain one keeps the last, so a pasted second `system:`
+    silently replaced the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_template_file(path: str | Path) -> PromptTemplate:
     """Read and validate one `<name>.yaml`; every failure becomes one `TemplateLoadError`.
 
@@ -162,7 +177,7 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     """
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
     except OSError as exc:
         raise TemplateLoadError(f"{p}: cannot read template ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:

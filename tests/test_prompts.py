@@ -74,6 +74,9 @@ def test_a_template_round_trips_through_yaml(tmp_path):
     ("name: other\nversion: 1\nsystem: x\n", "must match its file name 'mine'"),
     # a bare `$` would only fail when a request is built; `$$` is the literal dollar sign
     (MINIMAL + "answer: 'Costs $5 per answer'\n", "answer has a `$` that starts no variable"),
+    # YAML's plain reading took `true` as version 1, and kept the last of two `system:` keys
+    ("name: mine\nversion: true\nsystem: x\n", "version: Input should be a valid integer"),
+    (MINIMAL + "system: a second instruction\n", "the key 'system' is given twice"),
 ])
 def test_invalid_templates_are_refused_on_load_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(TemplateLoadError, match=r"mine\.yaml") as err:
