@@ -44,9 +44,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def featurizer_key(featurizer: Featurizer) -> str:
-    spec = featurizer.spec.model_dump_json()
+    spec = featurizer.spec.model_dump_json() + local_weights_fingerprint(featurizer.name)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in featurizer.name)[-48:]
     return f"{safe}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+
+def local_weights_fingerprint(name: str) -> str:
+    """For a model loaded from a local folder (`dinov2:/path`, `clip:/path`): its files' names, sizes and change
+    times. The name alone stays the same when the folder gets retrained weights, and old features would be
+    served for them. Empty for built-in and Hub models (their keys are as before)."""
+    prefix = next((p for p in ("dinov2:", "clip:") if name.startswith(p)), None)
+    folder = Path(name.removeprefix(prefix)) if prefix else None
+    if folder is None or not folder.is_dir():
+        return ""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    return "|weights:" + ";".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_ctime_ns}" for f in files)
 
 
 def _complete_lines_after(path: Path, offset: int) -> tuple[bytes, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -302,3 +304,20 @@ def test_the_table_of_file_hashes_is_compacted_when_changed_files_fill_it(tmp_pa
     FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
     again, ok, _ = other.features_for(files, num_workers=0)
     assert ok == [0, 1, 2] and read == [str(files[2])] and np.array_equal(again[:2], got)
+
+
+def test_a_local_models_features_are_cached_per_weights_not_per_folder_name(tmp_path):
+    # dinov2:/path names a folder: retrained weights saved there must not be answered with the old features.
+    from retrieval import load_featurizer
+    from retrieval.feature_cache import featurizer_key
+    from tests._reliability_fixtures import save_tiny_dinov2
+
+    name = save_tiny_dinov2(tmp_path / "model")
+    before = featurizer_key(load_featurizer(name, device="cpu"))
+    assert featurizer_key(load_featurizer(name, device="cpu")) == before  # the same weights: the same key
+    torch.manual_seed(1)
+    load_featurizer(name, device="cpu").model.save_pretrained(tmp_path / "model")  # "retrained", same folder
+    assert featurizer_key(load_featurizer(name, device="cpu")) != before
+    lite0 = load_featurizer("efficientnet-lite0")  # a built-in model's key is as it was: its caches stay valid
+    spec_hash = hashlib.sha256(lite0.spec.model_dump_json().encode()).hexdigest()[:12]
+    assert featurizer_key(lite0) == f"efficientnet-lite0-{spec_hash}"
