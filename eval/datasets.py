@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +37,9 @@ LOC_SOLUTION = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 DEVKIT_META = "meta.mat"
 REAL_JSON = "real.json"
+
+
+log = logging.getLogger(__name__)
 
 
 class DatasetFormat(StrEnum):
@@ -123,10 +127,20 @@ def _find_upwards(root: Path, name: str, levels: int = 4) -> Path | None:
     return None
 
 
+# ImageNet-A and -R each cover 200 of ImageNet's classes; predictions are restricted to those present.
+RESTRICTED_CLASS_COUNT = 200
+
+
 def read_imagefolder(root: str | Path, fmt: DatasetFormat = DatasetFormat.imagefolder) -> EvalDataset:
     root = Path(root)
     items = [EvalImage(it.source, it.label) for it in scan_imagefolder(root)]
     classes = sorted({it.label for it in items}) if fmt in RESTRICTED_FORMATS else None
+    if classes is not None and len(classes) != RESTRICTED_CLASS_COUNT:
+        # The restriction is the class folders found: a partial copy narrows it, and the score is not the
+        # published setting's. Said, not refused (a subset is a fair experiment when meant).
+        log.warning("%s has %d class folders, not %s's %d: predictions are restricted to the %d present, so "
+                    "scores are not comparable with the published ones", root, len(classes), fmt.value,
+                    RESTRICTED_CLASS_COUNT, len(classes))
     return EvalDataset(root.name, fmt, items, classes)
 
 

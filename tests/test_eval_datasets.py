@@ -45,11 +45,13 @@ def test_imagefolder_layouts_read_synset_folders(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["imagenet-a", "imagenet-r"])
-def test_200_class_sets_are_restricted_to_their_own_classes(tmp_path, fmt):
+def test_200_class_sets_are_restricted_to_their_own_classes(tmp_path, fmt, caplog):
     for w in WNIDS[10:13]:
         put(tmp_path / w / "x.jpg")
     ds = read_dataset(tmp_path, fmt)
     assert ds.classes == WNIDS[10:13]
+    # A partial copy narrows the restriction: it is used, and said.
+    assert f"has 3 class folders, not {fmt}'s 200: predictions are restricted to the 3 present" in caplog.text
 
 
 def test_imagenet_val_flat_with_kaggle_loc_solution_four_levels_up(tmp_path):
