@@ -114,6 +114,29 @@ def test_edits_racing_each_other_record_each_point_once(memory):
     assert sorted(i for e in forgets for i in e.ids) == sorted(ids)
 
 
+def test_a_relabel_and_a_forget_of_one_point_are_journaled_in_the_order_they_were_made(memory, monkeypatch):
+    import threading
+    import time
+
+    journal, record = memory.store.journal, memory.store.journal.record
+    relabelled = threading.Event()
+
+    def slow_to_journal_relabels(op, *args, **kw):  # the relabel is made, and its entry is on its way
+        if op == "relabel":
+            relabelled.set()
+            time.sleep(0.3)
+        record(op, *args, **kw)
+
+    monkeypatch.setattr(journal, "record", slow_to_journal_relabels)
+    [point] = memory.store.ids_where(label="blue")[:1]
+    relabel = threading.Thread(target=memory.relabel, args=("navy",), kwargs={"ids": [point]})
+    relabel.start()
+    assert relabelled.wait(30)  # the relabel has been applied; now another client forgets the point
+    memory.forget(ids=[point])
+    relabel.join()
+    assert [e.op for e in memory.history(point_id=point)] == ["forget", "relabel"]  # newest first
+
+
 def test_processes_sharing_a_server_write_one_journal(lite0, images):
     client = QdrantClient(":memory:")
     first = fill_memory(":memory:", lite0, images)

@@ -790,12 +790,14 @@ class VisualMemory:
                              "its segments on its own schedule): forget without erase")
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         # Read before they go: the journal is all that will say which points went, and what they were.
+        # The journal entry under the same lock: edits of one point racing in this process are journaled in
+        # the order they were made (a relabel then a forget must not read as a forget then a relabel).
         with self._edit_lock:
             present = self.store.existing_labels(targets) if targets else {}
             n = self.store.delete_ids(targets)
-        if present:
-            self._journal("forget", list(present), points=n, labels=label_counts(present),
-                          selector=_selector(ids, label, source_prefix))
+            if present:
+                self._journal("forget", list(present), points=n, labels=label_counts(present),
+                              selector=_selector(ids, label, source_prefix))
         self._remove_thumbnails(list(present))
         for listener in self._forget_listeners:
             listener(targets)
@@ -854,12 +856,12 @@ class VisualMemory:
 
     def _relabel_points(self, ids: list[str], to: str, selector: dict[str, Any]) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
-        with self._edit_lock:
+        with self._edit_lock:  # journaled under it too, in the order the edits were made (see forget)
             before = self.store.relabel(ids, to)
-        changed = list(before)
-        if changed:
-            self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
-                          selector=selector)
+            changed = list(before)
+            if changed:
+                self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
+                              selector=selector)
         if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile
             for listener in self._relabel_listeners:
                 listener(changed)
