@@ -62,6 +62,13 @@ def printable(text: str) -> str:
     return text
 
 
+def _not_home_relative(text: str) -> str:
+    if text.startswith("~"):  # the server's home, not the client's; and `~name` would tell who has an account
+        raise ValueError("a path from ~ means the server's home directory: give the absolute path")
+    return text
+
+
+ServerPath = Annotated[str, AfterValidator(_not_home_relative)]
 Label = Annotated[str, Field(min_length=1, max_length=200, description="the class label, e.g. `tabby cat`"),
                   AfterValidator(printable)]
 
@@ -137,7 +144,7 @@ class ForgetQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str | None = Field(None, min_length=1, max_length=200, description="forget every point with this label")
-    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="forget every point whose source starts with this")
     erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
                                            "before answering (embedded memory)")
@@ -164,7 +171,7 @@ class RelabelIn(BaseModel):
                                   description="point ids, as a classification's neighbours list them")
     label: str | None = Field(None, min_length=1, max_length=200,
                               description="every point with this label (renames or merges a class)")
-    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="every point whose source starts with this")
 
     @model_validator(mode="after")
@@ -212,7 +219,7 @@ class PointsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str | None = Field(None, min_length=1, max_length=200, description="only points with this label")
-    source_prefix: str | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="only points whose source starts with this")
     excluded: bool | None = Field(None, description="true: only points hard pruning took out of search; false: "
                                                     "only the others")

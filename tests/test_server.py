@@ -768,13 +768,16 @@ def test_forget_needs_exactly_one_selector(client, query):
     assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
 
 
-@pytest.mark.parametrize("prefix", ["~no-such-user-here/photos/", "/data/cats\x00/"], ids=["unknown-user", "nul-byte"])
+@pytest.mark.parametrize("prefix", ["~no-such-user-here/photos/", "~root/photos/", "~/photos", "/data/cats\x00/"],
+                         ids=["unknown-user", "known-user", "home", "nul-byte"])
 def test_forget_by_a_source_prefix_that_names_no_path_here_is_a_422(client, prefix):
     # Local prefixes are resolved like stored sources (~ expanded, links followed); one that cannot be is the
     # client's mistake to fix, not a 500.
     resp = client.delete("/v1/memory", params={"source_prefix": prefix}, headers=AUTH)
     assert_problem(resp, 422, "invalid-parameters", "source_prefix")
     assert client.get("/v1/memory/stats").json()["points"] == 12
+    # Nor does a listing, open to all, tell which accounts the server has (~root answered, ~nobody-such did not).
+    assert client.get("/v1/memory/points", params={"source_prefix": prefix}).status_code == 422
 
 
 def test_behind_a_path_prefix_thumbnail_urls_carry_it_and_work_as_given(client):
