@@ -145,6 +145,32 @@ def test_the_history_list_says_how_many_earlier_edits_it_leaves_out(browser, pag
     assert rest.text.startswith("… and 3 earlier edits")
 
 
+def test_a_labels_list_asked_for_twice_at_once_shows_each_point_once(browser, page_url):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=60) as http:
+        files = [("images", (f"y{i}.png", texture((240, 230, 20), 700 + i), "image/png")) for i in range(30)]
+        assert http.post("/v1/memory", files=files, data={"label": "yellow"}).status_code == 201
+        assert http.put("/v1/memory/label-names", json={"names": {"yellow": "gold"}}).status_code == 200
+    browser.get(page_url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-list li[data-label='yellow'] button"))
+    browser.execute_script("document.querySelector(\"#label-list li[data-label='yellow'] button\").click()")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 24)
+    browser.execute_script("const more = document.getElementById('label-more'); more.click(); more.click();")
+    wait.until(lambda d: d.find_element(By.ID, "label-more").get_attribute("hidden") is not None)
+    cards = [c.get_attribute("data-point-id")
+             for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")]
+    assert len(cards) == len(set(cards)) == 30  # a double click asked for the next page twice: shown twice
+    assert browser.find_element(By.ID, "label-note").text == "30 of 30 points shown"
+    # The journal's naming edit says how many labels it named (it said "0 points").
+    browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li[data-op='name']"))
+    assert " name 1 label via http" in browser.find_element(By.CSS_SELECTOR, "#history-list li[data-op='name']").text
+
+
 def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -354,9 +380,15 @@ def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_pa
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "page-suspects.png"))
 
+        # An image that does not decode is chosen first: the classify after the relabel fails, the relabel not.
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not an image")
+        browser.find_element(By.ID, "file").send_keys(str(bad))
+        wait.until(lambda d: "not a recognised image format" in d.find_element(By.ID, "error").text)
         item.find_element(By.CLASS_NAME, "relabel-suggested").click()
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#suspects-list li"))
         assert browser.find_element(By.ID, "edit-note").text == "relabelled a point from navy (blue) to crimson (red)"
+        assert browser.find_element(By.ID, "suspects-note").text.startswith("0 of 12 points")
         assert mem.point(wrong).label == "red"
     mem.close()
 

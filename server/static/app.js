@@ -23,10 +23,18 @@ async function problemText(resp) {
 function showError(message) {
   $("error").textContent = message || "";
   $("error").hidden = !message;
+  // An edit made far down the page (a label's list) reports up here: bring it into view.
+  if (message) $("error").scrollIntoView({ block: "nearest" });
 }
 
 async function loadStats() {
-  const resp = await fetch("v1/memory/stats");
+  let resp;
+  try {
+    resp = await fetch("v1/memory/stats");
+  } catch (err) {
+    $("stats").textContent = `the service did not answer (${err})`;
+    return;
+  }
   if (!resp.ok) {
     $("stats").textContent = `memory unavailable: ${await problemText(resp)}`;
     return;
@@ -38,14 +46,20 @@ async function loadStats() {
   listLabels();
   fillLabelOptions();
   loadHistory();
-  $("stats").textContent = `${s.points} points · ${s.labels} labels · ${s.featurizer.name} (${s.backend})`;
+  $("stats").textContent = `${plural(s.points, "point")} · ${plural(s.labels, "label")} · ${s.featurizer.name} ` +
+    `(${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
   $("erase-label").title = $("erase").disabled ? "a memory on a Qdrant server is rewritten when the server decides" : "";
 }
 
 async function loadTemplates() {
-  const resp = await fetch("v1/templates");
+  let resp;
+  try {
+    resp = await fetch("v1/templates");
+  } catch {
+    return; // the stats line says the service did not answer
+  }
   if (!resp.ok) return;
   const body = await resp.json();
   const select = $("template");
@@ -70,7 +84,9 @@ function queryString() {
 function chooseFile(file) {
   if (!file) return;
   currentFile = file;
+  hideEditNote(); // about an edit made for the image before
   const preview = $("preview");
+  preview.alt = file.name; // named, and said where the file is no image a browser shows
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
@@ -85,7 +101,11 @@ let askedFor = null; // the file and options of the latest request
 // An option changed: classify again, unless the answer shown (or coming) is already for these options (a number
 // field reports a change when it loses focus, typed in before the image was chosen).
 function classifyIfChanged() {
-  if (askedFor && askedFor.file === currentFile && askedFor.options === queryString()) return;
+  if (askedFor && askedFor.file === currentFile && askedFor.options === queryString()) {
+    // Back to the options of the answer shown: an error about other options (no key to re-rank) goes.
+    if (!askedFor.failed) showError("");
+    return;
+  }
   classify();
 }
 
@@ -101,7 +121,10 @@ async function classify() {
   const headers = {};
   if ($("rerank").checked) {
     const key = apiKeyFor("re-rank with the VLM");
-    if (!key) return;
+    if (!key) {
+      hideAnswer(); // the answer on show is not a re-ranked one
+      return;
+    }
     headers["X-API-Key"] = key;
   }
   const seq = ++classifySeq;
@@ -109,6 +132,8 @@ async function classify() {
   showError("");
   $("classify-btn").disabled = true;
   $("classify-btn").textContent = "Classifying…";
+  $("answer").classList.add("stale"); // the answer on show is for the image or options before
+  $("neighbors-section").classList.add("stale");
   try {
     const form = new FormData();
     form.append("image", currentFile, currentFile.name);
@@ -116,6 +141,7 @@ async function classify() {
     const answer = resp.ok ? await resp.json() : await problemText(resp);
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (!resp.ok) {
+      askedFor.failed = true;
       hideAnswer();
       showError(answer);
       return;
@@ -123,12 +149,15 @@ async function classify() {
     render(answer);
   } catch (err) {
     if (seq !== classifySeq) return;
+    askedFor.failed = true;
     hideAnswer();
     showError(`the service did not answer: ${err}`);
   } finally {
     if (seq === classifySeq) {
       $("classify-btn").disabled = false;
       $("classify-btn").textContent = "Classify";
+      $("answer").classList.remove("stale");
+      $("neighbors-section").classList.remove("stale");
     }
   }
 }
@@ -183,6 +212,10 @@ function named(label, name) {
   return name ? `${name} (${label})` : label;
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 // A label that opens its memory points below: what the memory holds for it, not only what voted.
 function labelLink(label, name, text) {
   const button = document.createElement("button");
@@ -194,19 +227,34 @@ function labelLink(label, name, text) {
   return button;
 }
 
+// Each label-list request's number: a page that comes back after another label was opened is not shown there.
+let labelSeq = 0;
 async function showLabel(label, name, cursor = null) {
   showError("");
+  const seq = ++labelSeq;
   const params = new URLSearchParams({ label, limit: "24" });
   if (cursor) params.set("cursor", cursor);
-  const resp = await fetch(`v1/memory/points?${params}`);
+  $("label-more").disabled = true; // a second click asked for the same page twice: every card shown twice
+  let resp;
+  try {
+    resp = await fetch(`v1/memory/points?${params}`);
+  } catch (err) {
+    if (seq === labelSeq) showError(`could not list ${named(label, name)}: the service did not answer (${err})`);
+    return;
+  } finally {
+    if (seq === labelSeq) $("label-more").disabled = false;
+  }
+  if (seq !== labelSeq) return;
   if (!resp.ok) {
     showError(`could not list ${named(label, name)}: ${await problemText(resp)}`);
     return;
   }
   const page = await resp.json();
+  if (seq !== labelSeq) return;
   const grid = $("label-points");
   if (!cursor) grid.replaceChildren();
-  for (const p of page.points) grid.appendChild(pointCard(p));
+  const shown = new Set([...grid.children].map((c) => c.dataset.pointId));
+  for (const p of page.points) if (!shown.has(p.id)) grid.appendChild(pointCard(p));
   labelShown = { label, name, cursor: page.next_cursor };
   $("label-title").textContent = named(label, name);
   updateLabelNote();
@@ -256,8 +304,16 @@ function fillLabelOptions() {
 // The journal's latest edits (GET v1/memory/history), read when the box is opened and after each edit here.
 async function loadHistory() {
   if (!$("history-box").open) return;
-  const resp = await fetch("v1/memory/history?limit=20");
   const list = $("history-list");
+  let resp;
+  try {
+    resp = await fetch("v1/memory/history?limit=20");
+  } catch (err) {
+    const li = document.createElement("li");
+    li.textContent = `history unavailable: the service did not answer (${err})`;
+    list.replaceChildren(li);
+    return;
+  }
   if (!resp.ok) {
     const li = document.createElement("li");
     li.textContent = `history unavailable: ${await problemText(resp)}`;
@@ -269,7 +325,9 @@ async function loadHistory() {
     const li = document.createElement("li");
     li.dataset.op = e.op;
     const labels = Object.entries(e.labels).slice(0, 3).map(([l, n]) => `${named(l, labelNames[l])}: ${n}`);
-    const what = ["erase", "tune"].includes(e.op) ? "" : ` ${e.points} point${e.points === 1 ? "" : "s"}` +
+    const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length;
+    const what = e.op === "name" ? ` ${plural(labelsNamed, "label")}` : ["erase", "tune"].includes(e.op) ? "" :
+      ` ${plural(e.points, "point")}` +
       (labels.length ? ` (${labels.join(", ")}${Object.keys(e.labels).length > 3 ? ", …" : ""})` : "") +
       (e.to ? ` to ${named(e.to, labelNames[e.to])}` : "");
     const when = document.createElement("time");
@@ -354,18 +412,19 @@ function suspectItem(s) {
   fix.className = "relabel-suggested";
   fix.textContent = "Relabel";
   fix.title = `relabel this point ${named(s.suggested, s.suggested_name)}`;
-  fix.addEventListener("click", async () => {
-    await relabel({ id: s.id, label: s.label, label_name: s.label_name }, s.suggested);
-    if (!$("error").hidden) return;
-    li.remove();
-    if (suspectsShown) { // one suspect fewer: the count says so without auditing again
-      suspectsShown.total_suspects -= 1;
-      suspectsShown.suspects = suspectsShown.suspects.filter((x) => x.id !== s.id);
-      showSuspectsNote();
-    }
-  });
+  fix.addEventListener("click", () => relabel({ id: s.id, label: s.label, label_name: s.label_name }, s.suggested));
   li.append(img, text, share, fix);
   return li;
+}
+
+// A suspect relabelled or forgotten (from any of its cards): one fewer, and the count says so without auditing again.
+function dropSuspect(pointId) {
+  const items = [...$("suspects-list").children].filter((li) => li.dataset.pointId === pointId);
+  for (const li of items) li.remove();
+  if (!suspectsShown || !suspectsShown.suspects.some((x) => x.id === pointId)) return;
+  suspectsShown.total_suspects -= 1;
+  suspectsShown.suspects = suspectsShown.suspects.filter((x) => x.id !== pointId);
+  showSuspectsNote();
 }
 
 function updateLabelNote() {
@@ -392,7 +451,15 @@ function pointCard(p) {
   node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
   node.querySelector(".forget").addEventListener("click", () => forget(p));
   wireRelabel(node, p);
+  nameButtons(node, named(p.label, p.label_name), p.source);
   return node;
+}
+
+// Fifty "Forget" buttons read alike to a screen reader: each is named with its point.
+function nameButtons(node, label, source) {
+  const what = `${label}, ${source.split("/").pop()}`;
+  node.querySelector(".forget").setAttribute("aria-label", `Forget ${what}`);
+  node.querySelector(".relabel").setAttribute("aria-label", `Relabel ${what}`);
 }
 
 function card(n, predicted) {
@@ -406,8 +473,11 @@ function card(n, predicted) {
   img.addEventListener("error", async () => {
     img.hidden = true;
     missing.hidden = false;
-    const resp = await fetch(n.thumbnail_url);
-    missing.textContent = resp.ok ? "no thumbnail" : await problemText(resp);
+    missing.textContent = "no thumbnail";
+    try { // why, as the service says it
+      const resp = await fetch(n.thumbnail_url);
+      if (!resp.ok) missing.textContent = await problemText(resp);
+    } catch { /* the service is gone: "no thumbnail" stands */ }
   });
   img.src = n.thumbnail_url;
   node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, n.label_name || n.label));
@@ -415,6 +485,7 @@ function card(n, predicted) {
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   node.querySelector(".forget").addEventListener("click", () => forget(n));
   wireRelabel(node, n);
+  nameButtons(node, named(n.label, n.label_name), n.source);
   return node;
 }
 
@@ -434,6 +505,11 @@ function apiKeyFor(action) {
 function showEditNote(text) {
   $("edit-note").textContent = text;
   $("edit-note").hidden = false;
+  $("edit-note").scrollIntoView({ block: "nearest" });
+}
+
+function hideEditNote() {
+  $("edit-note").hidden = true;
 }
 
 // A point's cards: as a neighbour and in the open label list, each goes or changes with it.
@@ -446,10 +522,12 @@ function whileEditing(pointId, on) {
   for (const card of cardsOf(pointId)) for (const b of card.querySelectorAll("button")) b.disabled = on;
 }
 
+// Returns whether the point was forgotten.
 async function forget(n) {
   const key = apiKeyFor("forget a memory point");
-  if (!key) return;
+  if (!key) return false;
   showError("");
+  hideEditNote();
   const erase = $("erase").checked && !$("erase").disabled;
   whileEditing(n.id, true);
   let resp;
@@ -459,20 +537,22 @@ async function forget(n) {
     });
   } catch (err) {
     showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
-    return;
+    return false;
   } finally {
     whileEditing(n.id, false);
   }
   if (!resp.ok) {
     showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
-    return;
+    return false;
   }
   const body = await resp.json();
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : ""));
-  for (const card of cardsOf(n.id)) card.remove(); // as a neighbour, in the label list, as a suspect
+  for (const card of cardsOf(n.id)) card.remove(); // as a neighbour, in the label list
+  dropSuspect(n.id);
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without that point
+  return true;
 }
 
 function wireRelabel(node, p) {
@@ -488,10 +568,12 @@ function wireRelabel(node, p) {
   });
 }
 
+// Returns whether the point was relabelled.
 async function relabel(p, to) {
   const key = apiKeyFor("relabel a memory point");
-  if (!key) return;
+  if (!key) return false;
   showError("");
+  hideEditNote();
   whileEditing(p.id, true);
   let resp;
   try {
@@ -501,13 +583,13 @@ async function relabel(p, to) {
     });
   } catch (err) {
     showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: the service did not answer (${err})`);
-    return;
+    return false;
   } finally {
     whileEditing(p.id, false);
   }
   if (!resp.ok) {
     showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`);
-    return;
+    return false;
   }
   const point = await resp.json();
   showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`);
@@ -515,9 +597,11 @@ async function relabel(p, to) {
   if (labelShown && point.label !== labelShown.label) {
     for (const card of cardsOf(p.id)) if (card.parentElement === $("label-points")) card.remove();
   }
+  dropSuspect(p.id); // labelled anew: the audit's vote on it is out of date
   await loadStats();
   updateLabelNote();
   await classify(); // the answer with the point's new label
+  return true;
 }
 
 function init() {
