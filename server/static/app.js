@@ -178,7 +178,9 @@ function render(result) {
   if (result.reranked) badge(`re-ranked by ${result.model || "the VLM"}`, "good", result.template || "");
   if (result.fallback_reason) badge(`vote used: ${result.fallback_reason}`, "warn");
   if (result.novelty !== null) {
-    const threshold = result.ood_threshold !== null ? ` (threshold ${result.ood_threshold.toFixed(3)})` : "";
+    // No threshold: not calibrated yet for this k and label set (another calibration was running); ask again.
+    const threshold = result.ood_threshold !== null ? ` (threshold ${result.ood_threshold.toFixed(3)})`
+      : " (out of distribution not judged yet)";
     badge(`novelty ${result.novelty.toFixed(3)}${threshold}`, result.out_of_distribution ? "warn" : "",
           "mean cosine distance to the k neighbours");
   }
