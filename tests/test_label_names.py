@@ -101,6 +101,13 @@ def test_vmems_own_names_never_replace_names_a_memory_was_given(tmp_path):
     again = run("build", tmp_path / "more.csv", *memory)
     assert again.exit_code == 0 and "label names" not in again.output
     assert "n01440764  Tinca tinca\n" in run("info", "--memory", tmp_path / "memory").output  # not "tench"
+    # Renamed on purpose, then the build run again (a resume): the classes.tsv beside it renames nothing back.
+    (tmp_path / "mine.tsv").write_text("n01440764\tMY TENCH\n")
+    assert "1 new or changed" not in run("build", tmp_path / "train", *memory, "--label-names",
+                                          tmp_path / "mine.tsv").output
+    resumed = run("build", tmp_path / "train", *memory)
+    assert resumed.exit_code == 0 and "label names" not in resumed.output
+    assert "n01440764  MY TENCH\n" in run("info", "--memory", tmp_path / "memory").output
 
 
 # ------------------------------------------------------------------ the Python API

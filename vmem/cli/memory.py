@@ -170,7 +170,9 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                    f"{len(items)} images in {len(dataset_labels)} labels", err=True)
-        if names_file == BUILTIN_NAMES:  # a fallback: names given before (classes.tsv, --label-names) stay
+        if label_names is None:
+            # Found beside the dataset (or vmem's own): a fallback, naming only labels without a name. A resume is
+            # the same command run again, and must not undo names given since (--label-names, PUT label-names).
             names = {lab: name for lab, name in names.items() if lab not in mem.store.meta.label_names}
         if names:
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
