@@ -191,7 +191,8 @@ def failure_line(source: str, reason: str) -> str:
 def files_under(folder: Path) -> list[Path]:
     """Every file below `folder`, sorted, through links to folders too (`Path.rglob` does not follow them before
     Python 3.13: images in a linked sub-folder were dropped without a word). A folder reached twice (a link
-    loop, or two links to one place) is walked once."""
+    loop, or two links to one place) is walked once. Hidden folders below it are not walked, as hidden files are
+    no images (`is_image_path`)."""
     seen: set[str] = set()
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -200,6 +201,7 @@ def files_under(folder: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .thumbs, .ipynb_checkpoints: not the images
         found += [Path(dirpath) / name for name in filenames]
     return sorted(found)
 

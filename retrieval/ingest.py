@@ -71,6 +71,9 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
                 raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
             items = []
             for n, row in enumerate(reader, start=2):
+                if None in row:  # more cells than the header names: an unquoted comma in a path moved the label
+                    raise DatasetError(f"{path}:{n}: {len(reader.fieldnames) + len(row[None])} cells where the header "
+                                       f"has {len(reader.fieldnames)}: put a path or label holding a comma in quotes")
                 label = (row["label"] or "").strip()
                 if not row["path"] or not label:
                     raise DatasetError(f"{path}:{n}: empty path or label")

@@ -79,6 +79,24 @@ def test_a_manifests_labels_are_read_without_their_outer_spaces(photos, tmp_path
         read_labelled(manifest)
 
 
+def test_a_manifest_row_with_more_cells_than_its_header_is_refused(photos, tmp_path):
+    # `photo,2024.jpg,cat`: an unquoted comma in the path made `2024.jpg` the label and dropped `cat`.
+    manifest = tmp_path / "set.csv"
+    manifest.write_text(f"path,label\n{photos}/a.png,cat\n{photos}/photo,2024.jpg,cat\n")
+    with pytest.raises(DatasetError, match=r"set\.csv:3: 3 cells where the header has 2: put a path or label "
+                                           r"holding a comma in quotes"):
+        read_labelled(manifest)
+    manifest.write_text(f'path,label\n"{photos}/a.png",cat\n"{photos}/photo,2024.jpg",cat\n')
+    assert [it.label for it in read_labelled(manifest)] == ["cat", "cat"]
+
+
+def test_hidden_folders_inside_a_label_folder_are_not_walked(photos):
+    (photos / "red" / ".thumbs").mkdir(parents=True)
+    (photos / "a.png").rename(photos / "red" / "a.png")
+    (photos / "b.png").rename(photos / "red" / ".thumbs" / "b.png")  # a viewer's thumbnail cache, not an image
+    assert [Path(it.source).name for it in read_labelled(photos) if it.label == "red"] == ["a.png"]
+
+
 def test_images_directly_under_the_root_are_left_out_and_said(photos, tmp_path, caplog):
     (photos / "red").mkdir()
     (photos / "a.png").rename(photos / "red" / "a.png")  # b.png and c.png stay in no label folder
