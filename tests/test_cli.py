@@ -335,6 +335,19 @@ def test_a_memory_can_re_rank_the_doubtful_candidates_of_its_codes(image_folder,
     assert (memory / "original-rows.bin").stat().st_size > 0
     out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
     assert json.loads(out.output.splitlines()[0])["label"] == "blue"
+    # Asked of a memory made without it: refused, and its rescoring is not switched off on the way.
+    plain = tmp_path / "plain"
+    assert run("build", image_folder / "train", "--memory", plain, "--featurizer", "efficientnet-lite0",
+               "--workers", "0", "--quantization", "turboquant8").exit_code == 0
+    late = run("build", image_folder / "train", "--memory", plain, "--no-rescore", "--rescore-doubtful")
+    assert late.exit_code == 2 and "made without it" in " ".join(late.output.split())
+    assert json.loads(run("info", "--memory", plain, "--json").output)["index"]["rescore"] is True
+
+
+def test_a_build_where_every_image_fails_exits_1(tmp_path):
+    (tmp_path / "set.csv").write_text("path,label\nnope1.jpg,a\nnope2.jpg,b\n")
+    res = run("build", tmp_path / "set.csv", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0")
+    assert res.exit_code == 1 and "nothing could be added: all 2 images failed" in res.output
 
 
 # ------------------------------------------------------------------ ordinary mistakes: one clear line, no traceback

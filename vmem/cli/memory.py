@@ -152,6 +152,12 @@ def build(
         raise typer.BadParameter(str(exc.errors()[0]["msg"]) if hasattr(exc, "errors") else str(exc)) from exc
     mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index)
     stored = mem.store.meta.index
+    if rescore_doubtful and not stored.rescore_doubtful:
+        # Refused before --no-rescore is saved: alone it would leave the memory answering from its codes.
+        mem.close()
+        raise typer.BadParameter("this memory was made without it, and index settings are fixed when a memory is "
+                                 "made: build a new memory with --no-rescore --rescore-doubtful",
+                                 param_hint="--rescore-doubtful")
     changed = {name: value for name, value in searching.items() if getattr(stored, name) != value}
     if changed:
         # Read at every search, not built into the index: an existing memory can take a new value.
@@ -185,7 +191,11 @@ def build(
             file=sys.stderr)
         report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
                            feature_cache=feature_cache, relabel=relabel)
+        holds = mem.store.count()
     typer.echo(report.summary())
+    if not holds and report.failed:  # as vmem classify does when nothing could be classified: a script can tell
+        typer.echo(f"nothing could be added: all {len(report.failed)} images failed", err=True)
+        raise typer.Exit(1)
 
 
 BUILTIN_NAMES = "vmem's ImageNet-1k names"
