@@ -508,9 +508,10 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
         written.append(plot_curves([100 * r["fraction"] for r in rows], curves, png,
                                    "memory labels replaced at random (%)", "top-1 accuracy (%)", "label corruption"))
     elif plots and result.name == "granularity":
-        written.append(plot_curves([r["exemplars"] for r in rows],
-                                   {"held-out classes": [100 * r["held_out_accuracy"] for r in rows],
-                                    "kept classes": [100 * r["kept_accuracy"] for r in rows]},
+        curves = {"held-out classes": [100 * r["held_out_accuracy"] for r in rows]}
+        if rows[0]["kept_accuracy"] is not None:  # no query of a kept class: no such curve
+            curves["kept classes"] = [100 * r["kept_accuracy"] for r in rows]
+        written.append(plot_curves([r["exemplars"] for r in rows], curves,
                                    png, "exemplars per held-out class in memory", "1-NN accuracy (%)",
                                    "leave-class-out granularity"))
     elif plots and result.name == "label-noise":

@@ -381,6 +381,6 @@ class DynamicMemory:
 
 def check_stream_name(name: str) -> str:
     """Stream names become file names: letters, digits, `_.-`, at most 64 characters."""
-    if not _STREAM_NAME.match(name):
+    if not _STREAM_NAME.fullmatch(name):  # match's $ lets a final newline through ("evil\n")
         raise ValueError(f"invalid DMN stream name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
     return name

@@ -149,7 +149,7 @@ def test_dropping_labels_forgets_their_queues():
 
 
 @pytest.mark.parametrize("name,ok", [("s1", True), ("cam-3.day_2", True), ("../x", False), ("", False),
-                                     ("a/b", False), ("x" * 65, False)])
+                                     ("a/b", False), ("x" * 65, False), ("evil\n", False)])
 def test_stream_names_are_safe_file_names(name, ok):
     if ok:
         assert check_stream_name(name) == name

@@ -214,6 +214,16 @@ def test_forgetting_a_label_removes_it_from_streams_too(memory):
     assert all(r.label != "cat" and "cat" not in r.scores for r in res)
 
 
+def test_a_forgotten_label_named_in_a_filter_does_not_come_back_from_the_stream(memory):
+    q, _ = queries(20)
+    memory.classify_dmn(q, stream="s")
+    others = [lab for lab in memory.store.label_counts() if lab != "cat"]
+    memory.forget(label="cat")
+    res = memory.classify_dmn(q, stream="s", labels=["cat", *others])  # the Python API lets it be named
+    assert "cat" not in memory.dmn.stream("s").counts()
+    assert all(r.label != "cat" for r in res)
+
+
 def test_renaming_or_merging_a_class_carries_its_stream_entries_along(stored_memory):
     q, _ = queries(20)
     stored_memory.classify_dmn(q, stream="s")

@@ -307,7 +307,7 @@ class DmnClassifier:
         if dyn is not None and "slots" in opts.model_fields_set and dyn.slots != opts.slots:
             raise ValueError(f"DMN stream {stream!r} has {dyn.slots} slots per class, not {opts.slots}: "
                              "reset the stream to change it")
-        if dyn is not None and labels is None and stored:
+        if dyn is not None and stored:  # whatever the filter: a forgotten label named in it must not come back
             dyn.drop_labels_except(set(stored))  # forgotten labels leave the dynamic memory too
         # Pseudo-labels come from the parts that do not read the dynamic memory (text and/or static).
         base_parts = [(alpha_text, p_text), (alpha_static, p_static)]
