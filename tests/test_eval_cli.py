@@ -156,6 +156,20 @@ def test_experiment_rejects_unknown_names(built, tmp_path):
     assert res.exit_code == 2 and "unknown experiment" in res.output
 
 
+@pytest.mark.parametrize(("name", "option", "says"), [
+    ("corruption", "--fractions=-0.1,0.5", "-0.1 is out of range: give numbers from 0 to 1"),
+    ("granularity", "--exemplars=-1", "-1 is out of range: give whole numbers of at least 0"),
+    ("scaling", "--per-class=0,1", "0 is out of range"),
+    ("pruning", "--blame=foo", "'foo' is not one of all, voters"),
+    ("unlearning", "--forget-fraction=-1", "-1 is out of range"),
+])
+def test_experiment_options_out_of_range_are_refused_before_any_work(built, name, option, says):
+    root, val = built
+    res = CliRunner().invoke(app, ["experiment", name, "--memory", str(root / "memory"), "--queries", str(val), option],
+                             env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
 def test_eval_and_tune_read_a_csv_dataset_without_being_told_its_format(built, tmp_path):
     root, val = built
     manifest = tmp_path / "val.csv"
