@@ -359,7 +359,8 @@ def unlearning(memory: LabelledArrays, queries: LabelledArrays, forget_fraction:
                f"{cited} citations of forgotten points in {len(q)} results (was {cited_before}); "
                f"other classes {100 * (r['rest_accuracy_before'] or 0):.2f}% -> "
                f"{100 * (r['rest_accuracy_after'] or 0):.2f}% (rank, k={k}); "
-               f"{r['forget_sample_ms_per_point']} ms per forgotten point")
+               f"{r['forget_sample_ms_per_point']} ms per point, amortised over one forget of {n_sample} "
+               "(one point alone: vmem bench forget)")
     return ExperimentResult(name="unlearning", params={"forget_fraction": forget_fraction, "k": k,
                                                        "query_limit": query_limit, "seed": seed},
                             rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
