@@ -42,6 +42,7 @@ from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
 META_FILE = "vmem.json"
+CREATE_LOCK_FILE = ".vmem-create.lock"  # held while a new memory is made in the folder
 SHARD_DIR = "shard"
 # Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
 ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
@@ -696,6 +697,19 @@ def _gc_paused() -> Iterator[None]:
 # ------------------------------------------------------------------- embedded (qdrant-edge)
 
 
+@contextmanager
+def _creating(folder: Path) -> Iterator[None]:
+    """An exclusive lock on making the memory in `folder` (fcntl; released when the process ends, however)."""
+    import fcntl
+
+    with open(folder / CREATE_LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
 
@@ -725,7 +739,18 @@ class EdgeMemoryStore(MemoryStore):
         self._rows: OriginalRows | None = None
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
-        if meta_path.exists():
+        created = False
+        if meta is not None and not meta_path.exists():
+            # Two processes making one new memory at once removed each other's half-made shard as a crashed
+            # creation's leftovers: whatever both had written was lost. One makes it; the other then opens it.
+            self.path.mkdir(parents=True, exist_ok=True)
+            with _creating(self.path):
+                if not meta_path.exists():
+                    self._create(meta, shard_path)
+                    created = True
+        if not created:
+            if not meta_path.exists():
+                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
             stored = MemoryMeta.model_validate_json(meta_path.read_text())
             if meta is not None:
                 probe = EdgeMemoryStore.__new__(EdgeMemoryStore)
@@ -743,52 +768,52 @@ class EdgeMemoryStore(MemoryStore):
                         "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it"
                     ) from exc
                 raise
-        else:
-            if meta is None:
-                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
-            self.meta = meta
-            self.path.mkdir(parents=True, exist_ok=True)
-            if shard_path.exists():  # a creation that died before vmem.json was written
-                shutil.rmtree(shard_path)
-            ix = meta.index
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(
-                    size=meta.featurizer.dim, distance=qe.Distance.Cosine,
-                    memory=qe.Memory.Cold if ix.vectors_on_disk else None,
-                    datatype=qe.VectorStorageDatatype.Float16 if ix.vectors_dtype == "float16" else None,
-                ),
-                # payload_m=0: no extra graph links per indexed payload value. With the source-prefix index
-                # the engine added a second set of links over nearly every point. Same run, 200k x 384,
-                # int8: build 65 -> 42 s, and faster at equal recall (807 single queries/s at recall 0.998
-                # with the links, 1,039/s at 0.9987 without, search ef 128 vs 192). Labels of ~1,000
-                # points are under full_scan_threshold and got no links anyway.
-                hnsw_config=qe.HnswIndexConfig(m=ix.m, ef_construct=ix.ef_construct, full_scan_threshold=10_000,
-                                               payload_m=0),
-                quantization_config=(
-                    qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
-                    if ix.quantization == "int8" else
-                    qe.TurboQuantQuantizationConfig(bits=qe.TurboQuantBitSize.Bits8, memory=qe.Memory.Pinned)
-                    if ix.quantization == "turboquant8" else None),
-                optimizers=self._optimizers(meta),
-                # Point-id map and payload indexes memory-mapped rather than loaded: at 1.28M points they
-                # held 840 MB of the serving process's anonymous memory (1,401 -> 564 MB), and batched
-                # queries were as fast either way (same run: 903 vs 906 queries/s).
-                id_tracker_memory=qe.Memory.Cold,
-            )
-            self.shard = qe.EdgeShard.create(str(shard_path), config)
-            cold = qe.Memory.Cold
-            self.shard.update(qe.UpdateOperation.create_field_index("label", qe.KeywordIndexParams(memory=cold)))
-            self.shard.update(qe.UpdateOperation.create_field_index(
-                "source", qe.KeywordIndexParams(prefix=True, memory=cold)))
-            # Indexed, the "not excluded" condition on every search costs next to nothing.
-            self.shard.update(qe.UpdateOperation.create_field_index(
-                EXCLUDED_KEY, qe.KeywordIndexParams(memory=cold)))
-            self.shard.flush()
-            self.save_meta()  # written last: a memory without vmem.json was never completed
         self._any_excluded = self._count_excluded() > 0
         ix = self.meta.index
         self._rows = (OriginalRows(self.path / ORIGINAL_ROWS_FILE, self.dim, ix.vectors_dtype)
                       if ix.rescore_doubtful else None)
+
+    def _create(self, meta: MemoryMeta, shard_path: Path) -> None:
+        """Make the shard and its indexes, then write vmem.json (last: a memory without it was never completed)."""
+        qe = self._qe
+        self.meta = meta
+        if shard_path.exists():  # a creation that died before vmem.json was written (under the lock: no other)
+            shutil.rmtree(shard_path)
+        ix = meta.index
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(
+                size=meta.featurizer.dim, distance=qe.Distance.Cosine,
+                memory=qe.Memory.Cold if ix.vectors_on_disk else None,
+                datatype=qe.VectorStorageDatatype.Float16 if ix.vectors_dtype == "float16" else None,
+            ),
+            # payload_m=0: no extra graph links per indexed payload value. With the source-prefix index
+            # the engine added a second set of links over nearly every point. Same run, 200k x 384,
+            # int8: build 65 -> 42 s, and faster at equal recall (807 single queries/s at recall 0.998
+            # with the links, 1,039/s at 0.9987 without, search ef 128 vs 192). Labels of ~1,000
+            # points are under full_scan_threshold and got no links anyway.
+            hnsw_config=qe.HnswIndexConfig(m=ix.m, ef_construct=ix.ef_construct, full_scan_threshold=10_000,
+                                           payload_m=0),
+            quantization_config=(
+                qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
+                if ix.quantization == "int8" else
+                qe.TurboQuantQuantizationConfig(bits=qe.TurboQuantBitSize.Bits8, memory=qe.Memory.Pinned)
+                if ix.quantization == "turboquant8" else None),
+            optimizers=self._optimizers(meta),
+            # Point-id map and payload indexes memory-mapped rather than loaded: at 1.28M points they
+            # held 840 MB of the serving process's anonymous memory (1,401 -> 564 MB), and batched
+            # queries were as fast either way (same run: 903 vs 906 queries/s).
+            id_tracker_memory=qe.Memory.Cold,
+        )
+        self.shard = qe.EdgeShard.create(str(shard_path), config)
+        cold = qe.Memory.Cold
+        self.shard.update(qe.UpdateOperation.create_field_index("label", qe.KeywordIndexParams(memory=cold)))
+        self.shard.update(qe.UpdateOperation.create_field_index(
+            "source", qe.KeywordIndexParams(prefix=True, memory=cold)))
+        # Indexed, the "not excluded" condition on every search costs next to nothing.
+        self.shard.update(qe.UpdateOperation.create_field_index(
+            EXCLUDED_KEY, qe.KeywordIndexParams(memory=cold)))
+        self.shard.flush()
+        self.save_meta()  # written last: a memory without vmem.json was never completed
 
     def _optimizers(self, meta: MemoryMeta):
         """Bound segment size just above `segment_points`, so the engine never merges two full segments back."""

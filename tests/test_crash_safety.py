@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests._reliability_fixtures import (
     subprocess_env,
     vmem_serve,
 )
+from tests.conftest import REPO
 
 LABELS = ["ant", "bee", "cat"]
 PER_LABEL = 200  # 600 images: a few seconds of building, so a kill lands mid-run
@@ -188,3 +190,35 @@ def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_pa
         assert "Usage:" not in busy.output  # ...not a usage error: the command was right
         holder.add(feat.embed([noise_png(2)]), ["bee"], ["/x/2.png"])
     assert len(check_consistent(memory)) == 2
+
+
+_MAKE_AND_ADD = """
+import sys, time
+import numpy as np
+from retrieval import FeaturizerSpec, MemoryError, Preprocessing, open_store
+spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+try:
+    store = open_store(sys.argv[1], spec)
+except MemoryError as exc:
+    print("refused:", exc)
+    sys.exit(0)
+v = np.random.default_rng(int(sys.argv[2])).standard_normal((5, 8)).astype(np.float32)
+store.add(v, ["a"] * 5, [f"/p{sys.argv[2]}/{i}.jpg" for i in range(5)])
+time.sleep(0.5)
+store.close()
+print("added")
+"""
+
+
+def test_two_processes_making_one_new_memory_at_once_lose_nothing(tmp_path):
+    # Each took the other's half-made shard for a crashed creation's leftovers and removed it: both failed
+    # with engine IO errors, and reopening found no memory at all.
+    for trial in range(3):
+        memory = tmp_path / f"m{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", _MAKE_AND_ADD, str(memory), str(i)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        said = [out.strip().splitlines()[-1] if out.strip() else err for out, err in outs]
+        assert all(s == "added" or "open in another process" in s for s in said), said
+        with open_store(memory) as store:
+            assert store.count() == 5 * said.count("added")
