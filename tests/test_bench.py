@@ -100,7 +100,8 @@ def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run(
     assert [r["decode_workers"] for r in rows] == [decode_workers(torch.device("cpu")), 1]
     for r in rows:
         assert r["raw_forward_img_s"] > 0 and r["pipeline_img_s"] > 0
-        assert r["pipeline_vs_raw"] == pytest.approx(r["pipeline_img_s"] / r["raw_forward_img_s"], abs=0.01)
+        # The ratio is of the unrounded rates; the rates are printed to 0.1 image/s (a few images/s on a busy machine)
+        assert r["pipeline_vs_raw"] == pytest.approx(r["pipeline_img_s"] / r["raw_forward_img_s"], rel=0.05)
 
 
 def test_bench_featurize_compares_resize_kernels_and_jpeg_drafts_on_phone_size_photos():
