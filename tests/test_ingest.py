@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,28 @@ def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0
     assert (report.added, report.failed[0].reason if report.failed else None) == (
         1, f"{tmp_path / 'deleted.png'}: no such file")
     store.close()
+
+
+def test_the_folders_a_build_records_as_image_roots_never_reach_the_top_of_the_disk(lite0, photos, tmp_path):
+    # The service shows thumbnails only from under these roots: "/" would let it show any image on the host.
+    from vmem import VisualMemory
+
+    (photos / "red").mkdir()
+    (photos / "a.png").rename(photos / "red" / "a.png")
+    (photos / "red" / "gone.png").symlink_to("/nonexistent-vmem-test.png")  # its target made the root "/"
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0, reranker=None) as mem:
+        mem.build(read_labelled(photos), num_workers=0)
+        assert mem.store.meta.settings["source_roots"] == [str(photos / "red")]
+        shm = Path("/dev/shm")
+        if shm.is_dir():  # images in two top-level folders: their own folders, not "/"
+            other = Path(tempfile.mkdtemp(dir=shm)) / "b.png"
+            try:
+                shutil.copy(photos / "b.png", other)
+                mem.add([other], ["blue"])
+                assert str(other.parent) in mem.store.meta.settings["source_roots"]
+                assert "/" not in mem.store.meta.settings["source_roots"]
+            finally:
+                shutil.rmtree(other.parent, ignore_errors=True)
 
 
 def test_images_in_a_linked_sub_folder_are_read_and_a_link_loop_once(photos, tmp_path):

@@ -598,17 +598,21 @@ class VisualMemory:
     def _record_source_roots(self, sources: Sequence[str]) -> str | None:
         """Remember the directory a build read from: the service serves thumbnails only from such roots.
         Returns it (None: no local file)."""
-        local = [src for src in sources if is_local_source(src)]
+        # Only files that are there: a dangling link's target (/nonexistent.jpg) made the common root "/".
+        local = [src for src in sources if is_local_source(src) and os.path.isfile(src)]
         if not local:
             return None
         root = os.path.commonpath(local)
         root = root if Path(root).is_dir() else str(Path(root).parent)
-        if root in self.store.meta.settings.get("source_roots", []):
+        # A common folder at the top of the disk ("/", "/home") would let the service show any image under it:
+        # then the images' own folders are the roots.
+        wanted = [root] if len(Path(root).parts) > 2 else sorted({str(Path(src).parent) for src in local})
+        if set(wanted) <= set(self.store.meta.settings.get("source_roots", [])):
             return root
         self.refresh()  # the metadata is written whole: another process's latest names and settings go in it
         roots = self.store.meta.settings.setdefault("source_roots", [])
-        if root not in roots:
-            roots.append(root)
+        if added := [r for r in wanted if r not in roots]:
+            roots += added
             self.store.save_meta()
         return root
 
