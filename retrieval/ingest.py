@@ -234,6 +234,7 @@ def build_memory(
     tags: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     feature_cache: FeatureCache | None = None,
+    report: BuildReport | None = None,
 ) -> BuildReport:
     """Embed and insert `items`, skipping sources already in memory.
 
@@ -244,10 +245,13 @@ def build_memory(
         tags: stored on every point (e.g. {"dataset": "tiny-imagenet", "split": "train"}).
         progress: called with the number of images done after each batch.
         feature_cache: reuse features computed before for the same file contents (and keep new ones).
+        report: filled in as the build goes (default: a new one), so a caller knows what an interrupted build
+            added.
     """
     store.check_featurizer(featurizer.spec)
     t0 = time.perf_counter()
-    report = BuildReport(total=len(items))
+    report = report if report is not None else BuildReport()
+    report.total = len(items)
     items = unique_sources(items)
     report.duplicates = report.total - len(items)
     ids = [point_id_for(it.source) for it in items]

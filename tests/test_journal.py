@@ -137,6 +137,30 @@ def test_a_relabel_and_a_forget_of_one_point_are_journaled_in_the_order_they_wer
     assert [e.op for e in memory.history(point_id=point)] == ["forget", "relabel"]  # newest first
 
 
+def test_a_build_stopped_halfway_journals_what_it_added(lite0, tmp_path):
+    # Ctrl-C after the first batch: those points are in the memory, and the resumed build counts them as already
+    # there, so unless journaled then they were never.
+    from retrieval import LabelledImage
+
+    items = []
+    for i in range(12):
+        path = tmp_path / "set" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(texture((20 * i, 90, 200 - 10 * i), seed=i))
+        items.append(LabelledImage(str(path), "warm" if i < 6 else "cool"))
+
+    def stop_after_the_first_batch(done: int) -> None:
+        raise KeyboardInterrupt
+
+    with VisualMemory.open(tmp_path / "memory", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        with pytest.raises(KeyboardInterrupt):
+            mem.build(items, batch_size=4, num_workers=0, progress=stop_after_the_first_batch)
+        [stopped] = mem.history(op="add")
+        assert stopped.points == mem.store.count() == 4 and stopped.detail["build"]["interrupted"] is True
+        mem.build(items, batch_size=4, num_workers=0)  # resumed
+        assert sum(e.points for e in mem.history(op="add")) == mem.store.count() == 12
+
+
 def test_processes_sharing_a_server_write_one_journal(lite0, images):
     client = QdrantClient(":memory:")
     first = fill_memory(":memory:", lite0, images)

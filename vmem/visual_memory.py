@@ -577,12 +577,23 @@ class VisualMemory:
         """
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         root = self._record_source_roots([it.source for it in items])
-        report = build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache)
-        if report.added:
-            self._journal("add", points=report.added, labels=most_first(report.added_per_label),
-                          selector={"source_root": root} if root else {}, detail={
-                "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
-                          "failed": len(report.failed)}, **({"tags": tags} if tags else {})})
+        report = BuildReport()
+
+        def journal_the_adds(**more: Any) -> None:
+            if report.added:
+                self._journal("add", points=report.added, labels=most_first(report.added_per_label),
+                              selector={"source_root": root} if root else {}, detail={
+                    "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
+                              "failed": len(report.failed), **more}, **({"tags": tags} if tags else {})})
+
+        try:
+            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache, report)
+        except BaseException:
+            # Stopped (Ctrl-C, the server gone): what was added is in the memory, and a resumed build counts it as
+            # already there, so it is journaled now or never. (A kill -9 still leaves it out.)
+            journal_the_adds(interrupted=True)
+            raise
+        journal_the_adds()
         if relabel and report.relabelled:
             by_label: dict[str, list[str]] = {}
             for source, _, listed in report.relabelled:
