@@ -112,6 +112,32 @@ def test_streams_persist_per_memory_and_name_and_reset(stored_memory):
     assert again.dmn.reset("cam1") is False
 
 
+def test_a_reset_during_a_save_stays_reset(stored_memory, monkeypatch):
+    # The save had its stream in hand and was writing when the reset deleted the file: the write put it back.
+    import threading
+    import time
+
+    memory = stored_memory
+    q, _ = queries(12)
+    memory.classify_dmn(q, stream="r")
+    path = memory.dmn.stream_path("r")
+    real_save = DynamicMemory.save
+    writing = threading.Event()
+
+    def slow_save(self, where):
+        writing.set()
+        time.sleep(0.3)
+        real_save(self, where)
+
+    monkeypatch.setattr(DynamicMemory, "save", slow_save)
+    saver = threading.Thread(target=memory.dmn.save, args=("r",), kwargs={"force": True})
+    saver.start()
+    assert writing.wait(10)
+    assert memory.dmn.reset("r") is True
+    saver.join()
+    assert not path.exists() and len(memory.dmn.stream("r")) == 0
+
+
 def test_two_facades_over_one_store_share_a_stream_and_lose_no_update(stored_memory):
     memory = stored_memory
     q, _ = queries(8)

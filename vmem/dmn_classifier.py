@@ -23,6 +23,7 @@ so within a batch the queries are processed in order, and a stream is a sequence
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
@@ -182,7 +183,11 @@ class DmnClassifier:
                 return
             self._last_save[name] = now
             self._dirty.discard(name)
-        mem.save(self.stream_path(name))
+        with mem.lock:  # the stream's lock, then self._lock (the order classify takes them in)
+            with self._lock:
+                if self._streams.get(name) is not mem:  # reset meanwhile: its file must stay deleted
+                    return
+            mem.save(self.stream_path(name))
 
     def flush(self) -> None:
         """Save every stream with unsaved updates."""
@@ -215,10 +220,13 @@ class DmnClassifier:
             self._last_save.pop(name, None)
             mem = self._streams.pop(name, None)
             existed = self.persistent and path.exists()
+        # Under the stream's own lock (taken outside self._lock: see `save`): a save already writing finishes
+        # first, and then its file goes; one not yet begun finds the stream gone and writes nothing.
+        with mem.lock if mem is not None else contextlib.nullcontext():
             if self.persistent:
                 path.unlink(missing_ok=True)
-        if mem is not None:  # outside self._lock: see `save`
-            mem.reset()
+            if mem is not None:
+                mem.reset()
         return existed or mem is not None
 
     # ---------------------------------------------------------------- parts
