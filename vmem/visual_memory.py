@@ -55,6 +55,7 @@ from retrieval.store import (
     THUMBNAILS_DIR,
     StoredPoint,
     is_embedded_location,
+    local_folder,
     same_location,
     thumbnail_file,
 )
@@ -98,7 +99,7 @@ def local_source_prefix(prefix: str) -> str:
 
 
 # The kernel's views of itself: huge trees of links (every process's files, again and again), never images.
-KERNEL_FOLDERS = frozenset({"/proc", "/sys"})
+KERNEL_FOLDERS = (Path("/proc"), Path("/sys"))
 
 
 def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
@@ -110,13 +111,15 @@ def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
     """
     folders: list[str] = []
     files: list[str] = []
+    # No image was ever built from these (/proc alone took 49 s). Checked once: the walk follows no link, so it
+    # enters them only by starting there.
+    real = Path(os.path.realpath(folder))
+    if any(real == kernel or kernel in real.parents for kernel in KERNEL_FOLDERS):
+        return folders, files
     pending = [str(folder)]
     while pending:
-        here = pending.pop()
-        if os.path.realpath(here) in KERNEL_FOLDERS:  # no image was ever built from these; /proc alone took 49 s
-            continue
         try:
-            with os.scandir(here) as scan:
+            with os.scandir(pending.pop()) as scan:
                 entries = list(scan)
         except OSError:  # unreadable, or gone meanwhile: nothing a build could have read there either
             continue
@@ -825,8 +828,8 @@ class VisualMemory:
     def _remove_thumbnails(self, ids: Sequence[str]) -> None:
         """Delete the thumbnails the service kept in an embedded memory's folder for these points: an upload's is
         its only copy, and a forget outside the service (vmem forget --erase) left it there."""
-        memory_dir = getattr(self.store, "path", None)
-        if memory_dir is None or not (folder := Path(memory_dir) / THUMBNAILS_DIR).is_dir():
+        memory_dir = local_folder(self.store.location)  # where the service keeps them (its `_thumbnail_dir`)
+        if memory_dir is None or not (folder := memory_dir / THUMBNAILS_DIR).is_dir():
             return
         for pid in ids:
             thumbnail_file(folder, pid).unlink(missing_ok=True)
