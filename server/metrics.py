@@ -15,6 +15,8 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .problems import HTTP_METHODS
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -58,9 +60,6 @@ class _RowsRead(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("vmem_original_rows_read", "Original vectors read from the memory's own copy "
                                   "to re-rank doubtful candidates", value=self.rows_read())
-
-
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def route_name(scope: Scope, request_scope: Scope | None = None) -> str:

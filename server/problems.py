@@ -87,8 +87,9 @@ def _issues(exc: RequestValidationError) -> list[dict[str, Any]]:
              "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))} for e in exc.errors()]
 
 
-# Every method a route could declare; HEAD and OPTIONS included, since a route may answer them.
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# HTTP's own methods: every one a route could declare (HEAD and OPTIONS included, since a route may answer them),
+# and the metrics' method labels (a client may send any word).
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
 
 
 def _allowed_methods(request: Request, refused_by: str | None) -> str:
@@ -101,7 +102,7 @@ def _allowed_methods(request: Request, refused_by: str | None) -> str:
     method itself and is the only one that knows.
     """
     methods = {m.strip().upper() for m in (refused_by or "").split(",") if m.strip()}
-    for method in _METHODS:
+    for method in HTTP_METHODS:
         probe = {**request.scope, "method": method}
         if any(route.matches(probe)[0] == Match.FULL and not isinstance(route, Mount)
                for route in request.app.router.routes):
