@@ -69,6 +69,7 @@ _OUTAGE = (QuotaExceededError, UpstreamError, DeadlineExceededError)
 # Bumped when the request layout changes in a way no template or setting captures.
 CACHE_FORMAT = 1
 GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
+DEFAULT_EXEMPLARS = 4  # what the exemplars tool returns when Gemini names no n
 _MEDIA_RESOLUTION = {
     "low": types.MediaResolution.MEDIA_RESOLUTION_LOW,
     "medium": types.MediaResolution.MEDIA_RESOLUTION_MEDIUM,
@@ -395,7 +396,7 @@ class GeminiReranker:
                 label = names.label(str(args.get("label")))
                 if label is None:
                     return False
-                n = step.get("n") or min(max(int(args.get("n") or 4), 1), self.settings.max_exemplars)
+                n = step.get("n") or self._exemplars(int(args.get("n") or DEFAULT_EXEMPLARS))
                 hits = await asyncio.to_thread(store.query, req.vector, n, [label])
             else:
                 hits = [h for h in await asyncio.to_thread(store.query, req.vector, step["k"], req.labels)
@@ -406,6 +407,10 @@ class GeminiReranker:
             if "labels" in step and [h.label for h in hits] != step["labels"]:  # older cached answers lack labels
                 return False
         return True
+
+    def _exemplars(self, wanted: int) -> int:
+        """How many exemplars a call asking for `wanted` gets (at least 1, at most the setting)."""
+        return min(max(wanted, 1), self.settings.max_exemplars)
 
     def _key(self, req: RerankRequest, template: PromptTemplate, query: QueryImage, candidates: list[str]) -> str:
         # The names Gemini reads for the labels are part of the prompt (a key without names stays as it was).
@@ -568,7 +573,7 @@ class GeminiReranker:
                 parameters=types.Schema(type=types.Type.OBJECT, required=["label"], properties={
                     "label": types.Schema(type=types.Type.STRING, enum=candidates),
                     "n": types.Schema(type=types.Type.INTEGER, minimum=1, maximum=self.settings.max_exemplars,
-                                      description="how many images (default 4)")})))
+                                      description=f"how many images (default {DEFAULT_EXEMPLARS})")})))
         if not final and "more_neighbors" in template.tools:
             decls.append(types.FunctionDeclaration(
                 name="more_neighbors",
@@ -635,7 +640,7 @@ class GeminiReranker:
             return error("the memory cannot be searched from here")
         count = "n" if call.name == "exemplars" else "k"
         try:  # the schema says integer, but a reply is data: a bad one is Gemini's error to read, not a crash
-            wanted = int(args.get(count) or (4 if count == "n" else 0))
+            wanted = int(args.get(count) or (DEFAULT_EXEMPLARS if count == "n" else 0))
         except (TypeError, ValueError, OverflowError):
             return error(f"{count} must be an integer, got {args.get(count)!r}")
         if call.name == "exemplars":
@@ -643,7 +648,7 @@ class GeminiReranker:
             label = names.label(asked) if isinstance(asked, str) else None
             if label is None or label not in candidates:
                 return error(f"{asked!r} is not a candidate label")
-            n = min(max(wanted, 1), self.settings.max_exemplars)
+            n = self._exemplars(wanted)
             hits = await asyncio.to_thread(store.query, req.vector, n, [label])
             items = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity, rank=i)
                      for i, h in enumerate(hits)]

@@ -57,8 +57,8 @@ def local_weights_fingerprint(name: str) -> str:
     folder = Path(name.removeprefix(prefix)) if prefix else None
     if folder is None or not folder.is_dir():
         return ""
-    files = sorted(f for f in folder.rglob("*") if f.is_file())
-    return "|weights:" + ";".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_ctime_ns}" for f in files)
+    stats = [(f.relative_to(folder), f.stat()) for f in sorted(folder.rglob("*")) if f.is_file()]
+    return "|weights:" + ";".join(f"{name}:{st.st_size}:{st.st_ctime_ns}" for name, st in stats)
 
 
 def _complete_lines_after(path: Path, offset: int) -> tuple[bytes, int]:
