@@ -32,33 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
-from .files import write_atomically
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .files import file_sha256, write_atomically
 
 
 def featurizer_key(featurizer: Featurizer) -> str:
-    spec = featurizer.spec.model_dump_json() + local_weights_fingerprint(featurizer.name)
+    # A local model's weights digest is in the key: its name, a folder, stays the same when retrained weights
+    # are saved there. Built-in models have none, and their keys are as they were before it existed.
+    spec = featurizer.spec
+    key = spec.model_dump_json(exclude={"weights_sha256"})
+    if spec.weights_sha256:
+        key += f"|weights:{spec.weights_sha256}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in featurizer.name)[-48:]
-    return f"{safe}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
-
-
-def local_weights_fingerprint(name: str) -> str:
-    """For a model loaded from a local folder (`dinov2:/path`, `clip:/path`): its files' names, sizes and change
-    times. The name alone stays the same when the folder gets retrained weights, and old features would be
-    served for them. Empty for built-in and Hub models (their keys are as before)."""
-    prefix = next((p for p in ("dinov2:", "clip:") if name.startswith(p)), None)
-    folder = Path(name.removeprefix(prefix)) if prefix else None
-    if folder is None or not folder.is_dir():
-        return ""
-    stats = [(f.relative_to(folder), f.stat()) for f in sorted(folder.rglob("*")) if f.is_file()]
-    return "|weights:" + ";".join(f"{name}:{st.st_size}:{st.st_ctime_ns}" for name, st in stats)
+    return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _complete_lines_after(path: Path, offset: int) -> tuple[bytes, int]:

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import importlib
 import logging
 import os
@@ -34,6 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from .files import file_sha256
 from .images import ImageDecodeError, ImageInput, load_image, load_pixels
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,10 @@ class FeaturizerSpec(BaseModel):
     name: str
     dim: int
     preprocessing: Preprocessing
+    # A model loaded from a local folder (`dinov2:/path`): the digest of its files (`local_weights_sha256`).
+    # The name stays the same when retrained weights are saved there; their features are not comparable.
+    # None for built-in and Hub models, and in memories made before it was recorded.
+    weights_sha256: str | None = None
 
 
 @dataclass
@@ -278,6 +284,7 @@ class Featurizer(ABC):
     name: str
     dim: int
     preprocessing: Preprocessing
+    weights_sha256: str | None = None  # set by load_featurizer for a local folder's model
 
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else default_device()
@@ -296,7 +303,8 @@ class Featurizer(ABC):
 
     @property
     def spec(self) -> FeaturizerSpec:
-        return FeaturizerSpec(name=self.name, dim=self.dim, preprocessing=self.preprocessing)
+        return FeaturizerSpec(name=self.name, dim=self.dim, preprocessing=self.preprocessing,
+                              weights_sha256=self.weights_sha256)
 
     @abstractmethod
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -619,6 +627,18 @@ def featurizer_names() -> list[str]:
     return [*DINOV2_HUB_IDS, *_LITE_PARAMS, *CLIP_HUB_IDS, "dinov2:/path/to/dir", "clip:/path/to/dir"]
 
 
+def local_weights_sha256(folder: str | Path) -> str:
+    """One digest of a saved model's files (their paths and contents; hidden files such as `.git` left out).
+    A few seconds for a model of gigabytes, paid when the model is loaded, which takes longer."""
+    folder = Path(folder)
+    files = sorted(f for f in folder.rglob("*")
+                   if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def load_featurizer(name: str, device: str | torch.device | None = None) -> Featurizer:
     """Create a featurizer by name (see the module docstring for the names).
 
@@ -627,6 +647,14 @@ def load_featurizer(name: str, device: str | torch.device | None = None) -> Feat
         >>> f.embed(["cat.jpg"]).shape
         (1, 1280)
     """
+    feat = _featurizer_named(name, device)
+    local = next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
+    if local is not None and Path(local).is_dir():
+        feat.weights_sha256 = local_weights_sha256(local)
+    return feat
+
+
+def _featurizer_named(name: str, device: str | torch.device | None) -> Featurizer:
     if name in _LITE_PARAMS:
         return EfficientNetLiteFeaturizer(name, device)
     if name in DINOV2_HUB_IDS:

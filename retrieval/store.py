@@ -415,6 +415,12 @@ class MemoryStore(ABC):
                 f"{spec.name} ({spec.dim}-d, crop {spec.preprocessing.crop}) cannot be used with it. "
                 "Use the memory's own featurizer, or build a new memory."
             )
+        if mine.weights_sha256 and spec.weights_sha256 and mine.weights_sha256 != spec.weights_sha256:
+            raise FeaturizerMismatchError(
+                f"the model at {spec.name} holds other weights than those this memory was built with (files' "
+                f"digest {spec.weights_sha256[:12]}, built with {mine.weights_sha256[:12]}): their features "
+                "cannot be compared. Put the memory's weights back there, or build a new memory."
+            )
 
     def add(
         self,

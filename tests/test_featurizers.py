@@ -55,6 +55,32 @@ def test_a_missing_dinov2_checkpoint_is_a_clear_error(tmp_path):
         load_featurizer(f"dinov2:{tmp_path / 'absent'}", device="cpu")
 
 
+def test_a_memory_refuses_retrained_weights_saved_where_its_model_was(tmp_path):
+    # `dinov2:/path` names a folder: new weights saved there would give features unlike the memory's own.
+    from transformers import Dinov2Config, Dinov2Model
+
+    from retrieval import FeaturizerMismatchError
+    from vmem import VisualMemory
+
+    def save_model(seed: int) -> None:
+        torch.manual_seed(seed)
+        Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 patch_size=14, image_size=224)).save_pretrained(tmp_path / "model")
+
+    save_model(0)
+    name = f"dinov2:{tmp_path / 'model'}"
+    with VisualMemory.open(tmp_path / "memory", featurizer=name, create=True) as memory:
+        memory.add([make_image((255, 0, 0))], ["red"])
+    with VisualMemory.open(tmp_path / "memory") as memory:  # the same weights, copied back: still fine
+        assert memory.classify([make_image((250, 0, 0))])[0].label == "red"
+    save_model(1)  # "retrained"
+    retrained = pytest.raises(FeaturizerMismatchError, match="other weights")
+    with VisualMemory.open(tmp_path / "memory") as memory, retrained:
+        memory.classify([make_image((250, 0, 0))])
+    with pytest.raises(FeaturizerMismatchError, match="build a new memory"):
+        VisualMemory.open(tmp_path / "memory", featurizer=name)
+
+
 def test_unknown_featurizer_lists_the_known_ones():
     with pytest.raises(FeaturizerError, match="efficientnet-lite0"):
         load_featurizer("resnet-9000")

@@ -48,6 +48,18 @@ def test_bad_images_in_add_are_reported_and_the_rest_kept(memory):
     assert len(ids) == 1 and len(failed) == 1 and "empty" in failed[0].reason
 
 
+def test_one_label_names_every_image_added_and_one_image_is_refused_not_taken_apart(memory):
+    shades = [make_image((0, 200 - 10 * i, 0)) for i in range(3)]
+    ids, _ = memory.add(shades, "green")  # not "g", "r", "e": three letters for three images
+    assert {p.label for p in memory.store.retrieve(ids)} == {"green"}
+    with pytest.raises(TypeError, match=r"pass \[image\]"):
+        memory.classify(make_image((200, 30, 30)))  # bytes would be taken as one "image" per byte
+    with pytest.raises(TypeError, match="list of images"):
+        memory.add("cat.jpg", ["cat"])
+    with pytest.raises(ValueError, match="got 2 labels for 3 images"):
+        memory.add(shades, ["green", "green"])
+
+
 def test_label_filter_limits_the_candidates(memory):
     [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue"])
     assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}

@@ -345,6 +345,7 @@ class VisualMemory:
         Returns:
             One `Classification` per image, in order.
         """
+        images = _image_list(images, "classify")
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
@@ -371,10 +372,10 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
+        paths = [str(p) for p in _image_list(images, "classify_many")]
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         self._check_label_filter(labels, settings)
-        paths = [str(p) for p in images]
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
@@ -633,11 +634,12 @@ class VisualMemory:
     def add(
         self,
         images: Sequence[ImageInput],
-        labels: Sequence[str],
+        labels: Sequence[str] | str,
         sources: Sequence[str] | None = None,
         tags: dict[str, Any] | None = None,
     ) -> tuple[list[str], list[FailedImage]]:
         """Add labelled images now. A new label is simply new points (`add_images` says what each image became).
+        `labels`: one per image, or one label for all of them.
 
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
@@ -649,7 +651,7 @@ class VisualMemory:
     def add_images(
         self,
         images: Sequence[ImageInput],
-        labels: Sequence[str],
+        labels: Sequence[str] | str,
         sources: Sequence[str] | None = None,
         tags: dict[str, Any] | None = None,
     ) -> AddResult:
@@ -660,8 +662,11 @@ class VisualMemory:
         does it (journaled, keeping the label it had): adding it again used to overwrite the point silently,
         its earlier label and pruning marks gone and nothing recorded but an "add".
         """
+        images = _image_list(images, "add")
+        if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)
+            labels = [labels] * len(images)
         if len(images) != len(labels):
-            raise ValueError("images and labels differ in length")
+            raise ValueError(f"got {len(labels)} labels for {len(images)} images: give one label, or one per image")
         # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
         # label, and `relabel` could never give it back).
         labels = [lab.strip() if isinstance(lab, str) else lab for lab in labels]
@@ -1116,6 +1121,15 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
         }
+
+
+def _image_list(images: Any, method: str) -> list[Any]:
+    """`images` as a list; TypeError for one image, which a loop would take apart (a path into characters,
+    bytes into integers) into as many wrong "images"."""
+    if isinstance(images, str | Path | bytes | bytearray | Image.Image):
+        raise TypeError(f"{method} takes a list of images, not one {type(images).__name__}: "
+                        f"pass [image] (the answer is a list too)")
+    return list(images)
 
 
 def _utc_iso(when: str) -> str:
