@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
-JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy"]
+JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
 JOURNAL_FILE = "journal.jsonl"
 _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant

@@ -299,6 +299,11 @@ def test_search_ef_is_set_at_build_and_can_be_changed_on_an_existing_memory(imag
     assert again.exit_code == 0 and "search ef of this memory: 192 -> 256" in again.output
     assert "index settings are fixed" not in again.output
     assert json.loads(run("info", "--memory", memory, "--json").output)["index"]["hnsw_ef"] == 256
+    # The journal says who changed how the memory searches, and from what.
+    [entry] = [json.loads(line) for line in run("history", "--memory", memory, "--op", "settings", "--json").stdout
+               .splitlines()]
+    assert entry["detail"] == {"search": {"hnsw_ef": 256}, "before": {"hnsw_ef": 192}} and entry["via"] == "cli"
+    assert "search ef 192 -> 256" in run("history", "--memory", memory).output
     out = run("classify", image_folder / "query" / "blue", "--memory", memory, "--json")
     assert json.loads(out.output.splitlines()[0])["label"] == "blue"
     assert run(*args, "--hnsw-ef", "2").exit_code == 2  # below the minimum

@@ -328,7 +328,7 @@ async function loadHistory() {
     li.dataset.op = e.op;
     const labels = Object.entries(e.labels).slice(0, 3).map(([l, n]) => `${named(l, labelNames[l])}: ${n}`);
     const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length;
-    const what = e.op === "name" ? ` ${plural(labelsNamed, "label")}` : ["erase", "tune"].includes(e.op) ? "" :
+    const what = e.op === "name" ? ` ${plural(labelsNamed, "label")}` : ["erase", "tune", "settings"].includes(e.op) ? "" :
       ` ${plural(e.points, "point")}` +
       (labels.length ? ` (${labels.join(", ")}${Object.keys(e.labels).length > 3 ? ", …" : ""})` : "") +
       (e.to ? ` to ${named(e.to, labelNames[e.to])}` : "");

@@ -164,8 +164,10 @@ def build(
         for name, value in changed.items():
             typer.echo(f"{_SEARCH_SETTING_NAMES[name]} of this memory: {_shown(getattr(stored, name))} -> "
                        f"{_shown(value)}", err=True)
+        before = {name: getattr(stored, name) for name in changed}
         mem.store.meta.index = stored = stored.model_copy(update=changed)
         mem.store.save_meta()
+        mem.store.journal.record("settings", via="cli", detail={"search": changed, "before": before})
     if rescore is not None and not stored.quantized:
         typer.echo("note: this memory is not quantized: its searches use the original vectors, so --rescore and "
                    "--no-rescore change nothing", err=True)
@@ -505,6 +507,10 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     elif e.op == "tune":
         vote = e.detail.get("vote", {})
         what = f"vote {vote.get('rule')}, k={vote.get('k')}"
+    elif e.op == "settings":
+        before = e.detail.get("before", {})
+        what = ", ".join(f"{_SEARCH_SETTING_NAMES.get(name, name)} {_shown(before.get(name))} -> {_shown(value)}"
+                         for name, value in e.detail.get("search", {}).items())
     elif e.op == "erase":
         what = ""
     else:
