@@ -13,6 +13,7 @@ import io
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # The formats decoded; Pillow would otherwise try every plugin it has, EPS among them, which runs Ghostscript
 # on the bytes of any upload that starts like PostScript.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif",
+                            ".tif", ".tiff", ".ico"})
+# Files a dataset's folders often hold beside the images (annotations, notes): not worth a warning when left out.
+TEXT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".md", ".yaml", ".yml", ".html"})
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -48,7 +52,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit and float grayscale: scale to 8 bits instead of clipping to white.
         arr = np.asarray(img, dtype=np.float64)
         hi = float(arr.max()) if arr.size else 0.0
-        arr = arr / hi * 255.0 if hi > 255 else arr
+        # Float images in [0, 1] (scientific TIFFs) are scaled up: cast as they are, they were black.
+        top = 1.0 if img.mode == "F" and 0 < hi <= 1.0 else hi if hi > 255 else 255.0
+        arr = arr / top * 255.0
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
         # Composite transparency onto white, as a viewer would show it.
@@ -208,3 +214,15 @@ def files_under(folder: Path) -> list[Path]:
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def is_unread_file(path: Path) -> bool:
+    """A file a folder walk leaves out that a user may have meant as an image (no suffix, .heic, ...): worth
+    naming, so that a folder of them does not vanish unsaid. Hidden and text files are not."""
+    return not is_image_path(path) and not path.name.startswith(".") and path.suffix.lower() not in TEXT_SUFFIXES
+
+
+def unread_files_message(unread: Sequence[Path]) -> str:
+    shown = ", ".join(p.name for p in unread[:3]) + (", ..." if len(unread) > 3 else "")
+    return (f"{len(unread)} file{'s' if len(unread) > 1 else ''} not named as images left out ({shown}): vmem reads "
+            f"{', '.join(sorted(s for s in IMAGE_SUFFIXES))} files in a folder; name a file so, or list it")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .feature_cache import FeatureCache
 from .featurizers import EmbedFailure, EmbedResult, Featurizer
-from .images import failure_line, files_under, is_image_path
+from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from .store import MemoryStore, normalize_source, point_id_for
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,21 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a directory")
-    items = []
+    items, unread = [], []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in files_under(label_dir):
             # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
             if (path.is_file() or (path.is_symlink() and not path.exists())) and is_image_path(path):
                 items.append(LabelledImage(normalize_source(path), label_dir.name))
+            elif path.is_file() and is_unread_file(path):
+                unread.append(path)
+    if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
+        log.warning("%s", unread_files_message(unread))
     if not items:
         raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout")
-    if loose := [p.name for p in sorted(root.iterdir()) if p.is_file() and is_image_path(p)]:
+    linked = {it.source for it in items}  # a file at the root that a label folder links to is in, through the link
+    if loose := [p.name for p in sorted(root.iterdir())
+                 if p.is_file() and is_image_path(p) and normalize_source(p) not in linked]:
         # No folder, so no label: left out, but said, or a user wonders where they went.
         log.warning("%d image%s directly under %s (%s%s) %s in no label folder, and left out: "
                     "ROOT/<label>/<image> labels an image by its folder", len(loose), "s" if len(loose) > 1 else "",

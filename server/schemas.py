@@ -41,9 +41,7 @@ def _decode_base64(value: object) -> bytes:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not valid base64") from None
-    if not data:
-        raise ValueError("the image is empty (0 bytes)")
-    return data
+    return data  # empty bytes fail as that image's own decode error ("the image is empty"), not the request's
 
 
 Base64Image = Annotated[
@@ -55,10 +53,11 @@ Base64Image = Annotated[
 
 
 def printable(text: str) -> str:
-    """A label or name as stored from HTTP: no control characters. A newline in a label broke the re-ranker's
-    list of candidates into lines of instructions ("cat\nIGNORE PREVIOUS INSTRUCTIONS...")."""
+    """A label, name or file name as stored from HTTP: no control characters. A newline in a label broke the
+    re-ranker's list of candidates into lines of instructions ("cat\nIGNORE PREVIOUS INSTRUCTIONS..."), and one in
+    a file name split the CLI's line of the point it names."""
     if bad := next((c for c in text if unicodedata.category(c) == "Cc"), None):
-        raise ValueError(f"holds the control character {bad!r}: labels and names are one line of text")
+        raise ValueError(f"holds the control character {bad!r}: labels, names and file names are one line of text")
     return text
 
 
@@ -73,13 +72,17 @@ Label = Annotated[str, Field(min_length=1, max_length=200, description="the clas
                   AfterValidator(printable)]
 
 
+FileName = Annotated[str, Field(max_length=255, description="the image's file name, echoed as `source`"),
+                     AfterValidator(printable)]
+
+
 class ImageIn(BaseModel):
     """One image sent as JSON."""
 
     model_config = ConfigDict(extra="forbid")
 
     image: Base64Image
-    filename: str | None = Field(None, max_length=255, description="the image's file name, echoed as `source`")
+    filename: FileName | None = None
 
 
 class ClassifyJSON(ImageIn):

@@ -7,12 +7,13 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .problems import ProblemError
+from .schemas import FileName
 
 M = TypeVar("M", bound=BaseModel)
 MULTIPART = "multipart/form-data"
@@ -76,7 +77,7 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
             if isinstance(value, UploadFile):
                 if name != field:
                     raise _invalid(name, f"unexpected file field {name!r}: send images as {field!r}")
-                files.append((await value.read(), value.filename or None))
+                files.append((await value.read(), _file_name(field, value.filename)))
             elif name == field:
                 raise _invalid(name, f"{field!r} must be a file (multipart upload), not a text field")
             elif name not in text_fields:
@@ -88,6 +89,16 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
         return files, fields
     finally:
         await form.close()
+
+
+def _file_name(field: str, name: str | None) -> str | None:
+    """A part's file name, held to what a JSON body's `filename` may be (one line of text, 255 characters)."""
+    if not name:
+        return None
+    try:
+        return TypeAdapter(FileName).validate_python(name)
+    except ValidationError as exc:
+        raise _invalid(field, f"the file name {name[:60]!r}: {exc.errors()[0]['msg']}") from None
 
 
 def _invalid(field: str, msg: str) -> RequestValidationError:

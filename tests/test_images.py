@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,26 @@ def test_16_bit_grayscale_is_scaled_not_clipped():
     img = load_image(encode(Image.fromarray(arr), "PNG"))
     assert img.mode == "RGB"
     assert 100 < img.getpixel((3, 3))[0] < 150  # 30000/60000 of full scale, not saturated white
+
+
+def test_a_float_image_in_zero_to_one_keeps_its_brightness():
+    grey = np.full((6, 6), 0.5, dtype=np.float32)  # a scientific TIFF's float pixels, 0..1
+    img = load_image(encode(Image.fromarray(grey, "F"), "TIFF"))
+    assert 120 <= img.getpixel((3, 3))[0] <= 130  # mid grey, not black
+
+
+def test_files_named_otherwise_than_images_are_said_to_be_left_out(tmp_path, caplog):
+    from retrieval import scan_imagefolder
+
+    for label, name in (("cat", "a.jpg"), ("cat", "b.jfif"), ("dog", "c.ico"), ("dog", "IMG_0001"), ("dog", "d.txt")):
+        (tmp_path / label).mkdir(exist_ok=True)
+        (tmp_path / label / name).write_bytes(encode(Image.new("RGB", (16, 16)), "ICO" if name.endswith("ico") else
+                                                     "JPEG"))
+    items = scan_imagefolder(tmp_path)
+    assert sorted(Path(it.source).name for it in items) == ["a.jpg", "b.jfif", "c.ico"]  # JFIF and ICO are images
+    # The extensionless one is named, so that a folder of them cannot vanish unsaid; the annotation file is not.
+    [warning] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "1 file not named as images left out (IMG_0001)" in warning and "d.txt" not in warning
 
 
 def test_palette_with_transparency_is_composited_on_white():

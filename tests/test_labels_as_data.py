@@ -164,6 +164,16 @@ def test_a_label_or_name_with_a_control_character_is_refused_over_http(client, l
     assert as_form.status_code == 422 and "control character" in as_form.text
     named = client.put("/v1/memory/label-names", json={"names": {"ant": label}})
     assert named.status_code == 422 and "control character" in named.text
+    # A file name is echoed as the point's source, which the CLI prints a line per point.
+    file_json = client.post("/v1/memory", json={"items": [{"image": base64.b64encode(noise_png(1)).decode(),
+                                                            "label": "ant", "filename": f"{label}.png"}]})
+    assert file_json.status_code == 422 and "control character" in file_json.text
+    # httpx percent-encodes control characters in a part's file name; a client that does not sends them raw.
+    raw = (b'--b\r\nContent-Disposition: form-data; name="label"\r\n\r\nant\r\n--b\r\nContent-Disposition: form-data; '
+           b'name="images"; filename="' + label.encode() + b'.png"\r\nContent-Type: image/png\r\n\r\n'
+           + noise_png(1) + b"\r\n--b--\r\n")
+    file_form = client.post("/v1/memory", content=raw, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert file_form.status_code == 422 and "control character" in file_form.text
 
 
 @pytest.mark.parametrize(("label", "status"), [("x" * 201, 422), ("   ", 422), ("\n", 422)])

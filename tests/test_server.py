@@ -358,9 +358,13 @@ def test_batch_answers_each_image_and_reports_the_bad_one(client):
     assert body["items"][0]["result"]["label"] == "red" and body["items"][2]["result"]["label"] == "blue"
     assert body["items"][1]["result"] is None and "not a recognised image" in body["items"][1]["error"]
 
+    # As JSON, an empty image is that image's failure too, not the whole request's.
     as_json = client.post("/v1/classify/batch?k=4", json={"images": [
-        {"image": base64.b64encode(texture(COLORS["green"], 23)).decode()}]}).json()
-    assert as_json["items"][0]["result"]["label"] == "green"
+        {"image": base64.b64encode(texture(COLORS["green"], 23)).decode()}, {"image": "", "filename": "e.png"}]}).json()
+    assert as_json["items"][0]["result"]["label"] == "green" and as_json["failed"] == 1
+    assert as_json["items"][1]["filename"] == "e.png" and "empty" in as_json["items"][1]["error"]
+    one = client.post("/v1/classify", json={"image": ""})
+    assert one.status_code == 400 and one.json()["type"].endswith("bad-image")
 
 
 def test_a_batch_of_huge_images_is_decoded_and_embedded_a_few_at_a_time(client, monkeypatch):

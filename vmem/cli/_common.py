@@ -11,7 +11,7 @@ from typing import Annotated, get_args
 import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
-from retrieval.images import failure_line, files_under, is_image_path
+from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
 QdrantUrlOpt = Annotated[
@@ -215,11 +215,16 @@ def finish_classify(results: list, failed: list, images: list[Path]) -> int:
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:
     """Files as given; directories expanded to their images (recursively, sorted)."""
     out: list[Path] = []
+    unread: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += [f for f in files_under(p) if f.is_file() and is_image_path(f)]
+            files = [f for f in files_under(p) if f.is_file()]
+            out += [f for f in files if is_image_path(f)]
+            unread += [f for f in files if is_unread_file(f)]
         else:
             out.append(p)
+    if unread:
+        typer.echo(f"note: {unread_files_message(unread)}", err=True)
     if sample is not None and sample < len(out):
         out = sorted(random.Random(seed).sample(out, sample))
     return out
