@@ -100,6 +100,7 @@ class FakeGemini:
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._hangs_released = threading.Event()
         self.latency_s = 0.0  # added to every answer (throughput benchmarks)
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests it was answering at once
@@ -166,8 +167,12 @@ class FakeGemini:
 
     @staticmethod
     def hang(seconds: float) -> Action:
-        """Say nothing for this long (released early when the server stops), then answer."""
+        """Say nothing for this long (released early by `release_hangs` or when the server stops), then answer."""
         return Action("hang", seconds=seconds)
+
+    def release_hangs(self) -> None:
+        """End every hang now and from now on: a test can hold requests in flight as long as it needs them."""
+        self._hangs_released.set()
 
     @staticmethod
     def malformed() -> Action:
@@ -225,7 +230,9 @@ class FakeGemini:
         if self.latency_s:
             self._stop.wait(self.latency_s)
         if action.kind == "hang":
-            self._stop.wait(action.seconds)
+            deadline = time.monotonic() + action.seconds
+            while not (self._stop.is_set() or self._hangs_released.is_set()) and time.monotonic() < deadline:
+                self._hangs_released.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             action = Action("answer")
         if action.kind == "status":
             return self._send(h, action.status, self._error_body(action))

@@ -161,6 +161,7 @@ class ClassifierService:
         metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))
         self.owns_memory = owns_memory
         self._executor: ThreadPoolExecutor | None = None
+        self._rerank_executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._closed = False
         self.ready = False
@@ -205,10 +206,25 @@ class ClassifierService:
                 self._executor = ThreadPoolExecutor(self.settings.featurize_threads, thread_name_prefix="vmem-embed")
             return self._executor
 
+    @property
+    def rerank_executor(self) -> ThreadPoolExecutor:
+        """The threads of re-ranking requests: they wait seconds on Gemini (a minute in an outage), and on the
+        embedding threads two of them held up every classify, cached answers included."""
+        with self._executor_lock:
+            if self._rerank_executor is None:
+                self._rerank_executor = ThreadPoolExecutor(self.settings.rerank_requests,
+                                                           thread_name_prefix="vmem-rerank")
+            return self._rerank_executor
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    async def run_reranking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run work that asks Gemini on the re-ranking threads (`rerank_executor`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.rerank_executor, functools.partial(fn, *args, **kwargs))
 
     def warm_up(self) -> None:
         """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic."""
@@ -237,9 +253,10 @@ class ClassifierService:
     def close(self) -> None:
         self._closed = True
         with self._executor_lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+            for pool in (self._executor, self._rerank_executor):
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._rerank_executor = None
         if self.owns_memory:
             self.memory.close()
 

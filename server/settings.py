@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         True, description="read the memory's search files once at start-up, before taking traffic, so that "
         "the first queries do not wait on the disk")
     featurize_threads: int = Field(2, ge=1, le=64, description="threads that decode and embed images")
+    rerank_requests: int = Field(
+        4, ge=1, le=64, description="rerank=true requests served at once, on threads of their own (each waits "
+        "seconds on Gemini: on the embedding threads they held up every other classify); more wait their turn")
     result_cache_size: int = Field(1024, ge=0, description="classify answers kept per memory version (0: off)")
     thumbnail_dir: Path | None = Field(
         None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")

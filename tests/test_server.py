@@ -185,6 +185,33 @@ def test_rerank_with_gemini_and_forgetting_drops_its_cached_answers(tmp_path, li
             mem.close()  # closes its re-ranker too
 
 
+def test_a_hung_gemini_holds_up_no_plain_classify(tmp_path, lite0, memory_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None, deadline_s=120,
+                            attempt_timeout_s=120)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        fake.enqueue(fake.hang(120), fake.hang(120))  # as many hung re-ranks as there are embedding threads
+        try:
+            with TestClient(create_app(settings(tmp_path, featurize_threads=2), memory=mem), headers=AUTH) as client, \
+                    ThreadPoolExecutor(2) as pool:
+                reranks = [pool.submit(client.post, "/v1/classify?k=12&rerank=true",
+                                       files=upload(texture(COLORS["red"], 70 + i), f"r{i}.png")) for i in range(2)]
+                for _ in range(1200):  # until both wait on Gemini
+                    if fake.count == 2:
+                        break
+                    time.sleep(0.05)
+                assert fake.count == 2
+                plain = client.post("/v1/classify?k=3", files=upload(texture(COLORS["blue"], 80)))
+                assert plain.status_code == 200 and plain.json()["label"] == "blue"
+                assert not any(r.done() for r in reranks)  # answered while both re-ranks still wait on Gemini
+                fake.release_hangs()
+                assert all(r.result().json()["reranked"] for r in reranks)
+        finally:
+            mem.close()
+
+
 def test_a_label_filtered_query_is_judged_against_those_labels_points(client):
     # "mixed": one image of each colour, so its points lie far apart; every other label is one tight colour.
     mixed = [("images", (f"m{i}.png", texture(c, 40 + i), "image/png")) for i, c in enumerate(COLORS.values())]

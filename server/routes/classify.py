@@ -29,8 +29,9 @@ def check_rerank_key(request: Request, settings: Settings, q: ClassifyQuery) -> 
 
 
 async def classified(service: ClassifierService, uploads: list[Upload], q: ClassifyQuery) -> list[Answer | str]:
+    run = service.run_reranking if q.rerank else service.run  # Gemini's waits must not hold the embedding threads
     try:
-        return await service.run(service.classify, uploads, q)
+        return await run(service.classify, uploads, q)
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
 
