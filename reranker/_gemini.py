@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import importlib
 import json
 import logging
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -110,12 +112,17 @@ def _retry_delay(exc: BaseException | None) -> float | None:
             if m:
                 return float(m.group(1))
     headers = getattr(getattr(exc, "response", None), "headers", None)
-    if headers is not None:
-        try:
-            return float(headers.get("retry-after"))
-        except (TypeError, ValueError):
-            pass
-    return None
+    after = headers.get("retry-after") if headers is not None else None
+    if after is None:
+        return None
+    try:
+        return float(after)
+    except (TypeError, ValueError):
+        pass
+    try:  # the other form HTTP allows: a date
+        return max(0.0, (email.utils.parsedate_to_datetime(str(after)) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _http_exceptions(name: str) -> tuple[type[BaseException], ...]:
@@ -464,9 +471,12 @@ class GeminiReranker:
         texts = [p.text for p in (cand.content.parts if cand.content and cand.content.parts else [])
                  if p.text and not p.thought]
         text = "".join(texts).strip()
+        reason = cand.finish_reason.value if cand.finish_reason else None
         if not text:
-            reason = cand.finish_reason.value if cand.finish_reason else "unknown"
-            raise InvalidAnswerError(f"Gemini's answer was empty (finish reason {reason})")
+            raise InvalidAnswerError(f"Gemini's answer was empty (finish reason {reason or 'unknown'})")
+        if reason not in (None, "STOP", "FINISH_REASON_UNSPECIFIED"):
+            # Cut off (MAX_TOKENS) or stopped (SAFETY): "cliff" may be the start of "cliff dwelling".
+            raise InvalidAnswerError(f"Gemini's answer {text[:40]!r} was not finished (finish reason {reason})")
         return text
 
     @staticmethod
@@ -487,13 +497,18 @@ class GeminiReranker:
         exp = tenacity.wait_exponential_jitter(initial=s.backoff_initial_s, max=s.backoff_max_s,
                                                jitter=s.backoff_initial_s)
 
+        failed: list[BaseException] = []  # the last attempt's error
+
         def wait(rs: tenacity.RetryCallState) -> float:
+            if rs.outcome and rs.outcome.exception():
+                failed[:] = [rs.outcome.exception()]
             server = _retry_delay(rs.outcome.exception() if rs.outcome else None)
             ctx.server_delay = server
             return max(exp(rs), server or 0.0)
 
         def stop(rs: tenacity.RetryCallState) -> bool:
-            if rs.attempt_number >= s.max_attempts:
+            # Once other queries' failures have opened the circuit, this one's retries would be as wasted as theirs.
+            if rs.attempt_number >= s.max_attempts or self.breaker.state == "open":
                 return True
             ctx.stopped_for_deadline = ctx.remaining() <= rs.upcoming_sleep
             return ctx.stopped_for_deadline
@@ -507,6 +522,8 @@ class GeminiReranker:
                     remaining = ctx.remaining()
                     if remaining <= 0:
                         raise DeadlineExceededError(self._deadline_message(ctx))
+                    if failed and self.breaker.state == "open":  # opened while this query waited to retry
+                        raise failed[0]
                     timeout = min(s.attempt_timeout_s, remaining)
                     cfg = config.model_copy(update={"http_options": types.HttpOptions(
                         timeout=max(1, int(timeout * 1000)), retry_options=types.HttpRetryOptions(attempts=1))})

@@ -38,6 +38,8 @@ class Action:
     seconds: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)
     text: str | None = None
+    finish_reason: str = "STOP"
+    retry_after: str | None = None  # a Retry-After header
 
 
 @dataclass
@@ -70,7 +72,9 @@ def _count(body: dict[str, Any]) -> tuple[int, int]:
             if "inlineData" in part:
                 images += 1
             chars += len(part.get("text", ""))
-            images += sum("inlineData" in p for p in part.get("functionResponse", {}).get("parts", []))
+            # The SDK writes a tool result's images as `inline_data`, the request's own as `inlineData`.
+            images += sum("inlineData" in p or "inline_data" in p
+                          for p in part.get("functionResponse", {}).get("parts", []))
     return images, chars
 
 
@@ -156,14 +160,16 @@ class FakeGemini:
         return Action("answer", label=label)
 
     @staticmethod
-    def text(text: str) -> Action:
-        """200 with this text as the answer, whatever the schema allowed (e.g. a non-candidate)."""
-        return Action("text", text=text)
+    def text(text: str, finish_reason: str = "STOP") -> Action:
+        """200 with this text as the answer, whatever the schema allowed (e.g. a non-candidate); `finish_reason`
+        MAX_TOKENS or SAFETY says it was cut off."""
+        return Action("text", text=text, finish_reason=finish_reason)
 
     @staticmethod
-    def status(code: int, retry_delay: str | None = None) -> Action:
-        """An error status with Google's error body; 429 can carry a RetryInfo `retryDelay` like "2s"."""
-        return Action("status", status=code, retry_delay=retry_delay)
+    def status(code: int, retry_delay: str | None = None, retry_after: str | None = None) -> Action:
+        """An error status with Google's error body; 429 can carry a RetryInfo `retryDelay` like "2s", or a
+        `Retry-After` header (seconds, or an HTTP date)."""
+        return Action("status", status=code, retry_delay=retry_delay, retry_after=retry_after)
 
     @staticmethod
     def hang(seconds: float) -> Action:
@@ -235,7 +241,8 @@ class FakeGemini:
                 self._hangs_released.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             action = Action("answer")
         if action.kind == "status":
-            return self._send(h, action.status, self._error_body(action))
+            headers = {"retry-after": action.retry_after} if action.retry_after else {}
+            return self._send(h, action.status, self._error_body(action), headers)
         if action.kind == "malformed":
             return self._send_raw(h, 200, b'{"candidates": [{"content": {"parts": [{"text": "cat"')
         if action.kind == "empty":
@@ -245,7 +252,7 @@ class FakeGemini:
                      for i, c in enumerate(action.calls)]
             return self._send(h, 200, self._reply(body, parts))
         if action.kind == "text":
-            return self._send(h, 200, self._reply(body, [{"text": action.text or ""}]))
+            return self._send(h, 200, self._reply(body, [{"text": action.text or ""}], action.finish_reason))
         label = action.label if action.label is not None else (candidates_of(body) or ["unknown"])[0]
         if _agentic(body):
             parts = [{"functionCall": {"name": "answer", "args": {"label": label}, "id": "call-answer"}}]
@@ -269,18 +276,22 @@ class FakeGemini:
         prompt = images * TOKENS_PER_IMAGE + chars // 4
         return {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
 
-    def _reply(self, body: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+    def _reply(self, body: dict[str, Any], parts: list[dict[str, Any]], finish_reason: str = "STOP") -> dict[str, Any]:
+        return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish_reason,
+                                "index": 0}],
                 "usageMetadata": self._usage(body, 3), "modelVersion": "fake-gemini"}
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, code: int, payload: dict[str, Any]) -> None:
-        FakeGemini._send_raw(h, code, json.dumps(payload).encode())
+    def _send(h: BaseHTTPRequestHandler, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
+              ) -> None:
+        FakeGemini._send_raw(h, code, json.dumps(payload).encode(), headers)
 
     @staticmethod
-    def _send_raw(h: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
+    def _send_raw(h: BaseHTTPRequestHandler, code: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             h.send_response(code)
+            for name, value in (headers or {}).items():
+                h.send_header(name, value)
             h.send_header("content-type", "application/json; charset=UTF-8")
             h.send_header("content-length", str(len(data)))
             h.end_headers()

@@ -361,9 +361,21 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ classifying
 
-    def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery) -> tuple[Any, ...]:
+    def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery, template: str | None) -> tuple[Any, ...]:
         labels = tuple(sorted(set(q.label))) if q.label else None
-        return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, q.template)
+        return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, template)
+
+    @staticmethod
+    def _template_in_key(q: ClassifyQuery) -> str | None:
+        """A re-ranked answer's template by name and content: a template file edited while the service runs is
+        read again, and an answer its old wording gave must not be served for the new one."""
+        registry = template_registry() if q.rerank else None
+        if registry is None:
+            return q.template
+        from prompts import DEFAULT_TEMPLATE
+
+        name = q.template or DEFAULT_TEMPLATE
+        return f"{name}@{registry.entry(name).template.content_hash}"
 
     def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         """Classify uploads; a string in the output is why that image could not be classified."""
@@ -378,8 +390,9 @@ class ClassifierService:
         out: list[Answer | str | None] = [None] * len(uploads)
         keys: dict[int, tuple[Any, ...]] = {}  # of the uploads not answered from the cache
         threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
+        template = self._template_in_key(q)
         for i, up in enumerate(uploads):
-            key = self._cache_key(generation, up, q)
+            key = self._cache_key(generation, up, q, template)
             with self._cache_lock:
                 hit = self._cache.get(key) if size else None
                 if hit is not None:

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,43 @@ def test_a_retry_delay_past_the_deadline_gives_up_at_once(fake, make_rr, images)
     out = make_rr(deadline_s=2.0).rerank_one(request(images))
     assert out.error == "QuotaExceededError" and "deadline" in out.fallback_reason and "30 s" in out.fallback_reason
     assert fake.count == 1 and time.monotonic() - t0 < 1.5
+
+
+def test_a_retry_after_date_is_read_as_a_wait(fake, make_rr, images):
+    from email.utils import format_datetime
+
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)  # HTTP's other Retry-After form
+    fake.enqueue(fake.status(429, retry_after=later))
+    out = make_rr(deadline_s=2.0).rerank_one(request(images))
+    assert out.error == "QuotaExceededError" and "deadline" in out.fallback_reason and fake.count == 1
+
+
+@pytest.mark.parametrize("finish", ["MAX_TOKENS", "SAFETY"])
+def test_an_answer_cut_off_is_no_answer_and_is_not_cached(fake, make_rr, images, finish):
+    # "cliff" cut off may have been "cliff dwelling": both can be candidates.
+    fake.enqueue(fake.text("dog", finish_reason=finish))
+    rr = make_rr()
+    out = rr.rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked) == ("cat", False) and f"finish reason {finish}" in out.fallback_reason
+    again = rr.rerank_one(request(images, vote="cat"))
+    assert again.reranked and not again.cached and fake.count == 2
+
+
+def test_a_query_stops_retrying_once_other_failures_open_the_circuit(fake, make_rr, images):
+    import threading
+
+    fake.enqueue(*[fake.status(503, retry_delay="3s")] * 4)
+    rr = make_rr(max_attempts=4, deadline_s=20.0, breaker_failures=1)
+    done: list = []
+    asking = threading.Thread(target=lambda: done.append(rr.rerank_one(request(images))))
+    asking.start()
+    for _ in range(400):
+        if fake.count:
+            break
+        time.sleep(0.01)
+    rr.breaker.failure(rr.breaker.acquire(), "another query's failures")  # the circuit opens meanwhile
+    asking.join(30)
+    assert not done[0].reranked and fake.count == 1  # no second attempt into an open circuit
 
 
 @pytest.mark.parametrize("code", [500, 503])
@@ -368,6 +406,18 @@ def test_an_unknown_template_is_an_error_listing_the_available_ones(fake, make_r
     with pytest.raises(UnknownTemplateError, match="available: agentic-v1, labels-only, neighbors-v1"):
         make_rr().rerank_one(request(images, template="nope"))
     assert fake.count == 0
+
+
+def test_an_unknown_template_is_refused_before_any_image_is_embedded(fake, make_rr, lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0, reranker=make_rr())
+    mem.add([make_image((200, 0, 0)), make_image((0, 0, 200))], ["red", "blue"])
+    embedded = []
+    mem.featurizer.embed_many = lambda *a, **k: embedded.append(a)  # a folder's embedding takes minutes
+    (tmp_path / "q.png").write_bytes(make_image((190, 0, 0)))
+    with pytest.raises(UnknownTemplateError, match="'nope'"):
+        mem.classify_many([tmp_path / "q.png"], rerank=True, template="nope")
+    assert embedded == [] and fake.count == 0
+    mem.close()
 
 
 # ------------------------------------------------------------------ thumbnails

@@ -212,6 +212,27 @@ def test_a_hung_gemini_holds_up_no_plain_classify(tmp_path, lite0, memory_images
             mem.close()
 
 
+def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache(tmp_path, lite0, memory_images,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "templates"))
+    (tmp_path / "templates").mkdir()
+    mine = tmp_path / "templates" / "mine.yaml"
+    mine.write_text("name: mine\nversion: 1\nsystem: Classify the image.\n")
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        try:
+            with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
+                query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true&template=mine"
+                assert [client.post(url, files=query).json()["cached"] for _ in range(2)] == [False, True]
+                mine.write_text("name: mine\nversion: 1\nsystem: Name the bird in the image.\n")  # same version
+                again = client.post(url, files=query).json()
+                assert again["cached"] is False and fake.count == 2
+                assert "Name the bird" in str(fake.requests[-1].body["systemInstruction"])
+        finally:
+            mem.close()
+
+
 def test_a_label_filtered_query_is_judged_against_those_labels_points(client):
     # "mixed": one image of each colour, so its points lie far apart; every other label is one tight colour.
     mixed = [("images", (f"m{i}.png", texture(c, 40 + i), "image/png")) for i, c in enumerate(COLORS.values())]
@@ -512,7 +533,6 @@ def test_an_image_that_does_not_decode_is_a_400(client, data, says):
 
 @pytest.mark.parametrize(("body", "says"), [
     ({"image": "%%%not base64%%%"}, "not valid base64"),
-    ({"image": ""}, "empty"),
     ({"img": "AAAA"}, "body.image"),
     ({"image": "data:image/png,raw"}, "base64-encoded"),
 ])

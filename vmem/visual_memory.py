@@ -349,6 +349,7 @@ class VisualMemory:
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
+        self._check_template(rerank, template)
         decoded = [self.decode(im) for im in images]
         vectors = self.featurizer.embed(decoded)
         if sources is None:
@@ -376,6 +377,7 @@ class VisualMemory:
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         self._check_label_filter(labels, settings)
+        self._check_template(rerank, template)
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
@@ -387,6 +389,13 @@ class VisualMemory:
                      dmn_stream: str | None, dmn: Any) -> VoteSettings | None:
         """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use."""
         return None if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn) else self.vote_settings(rule, k, alpha, tau)
+
+    def _check_template(self, rerank: bool, template: str | None) -> None:
+        """An unknown or broken template is refused before any image is embedded (minutes for a folder), not
+        when the re-ranker first reads it."""
+        reranker = self._get_reranker() if rerank else None
+        if reranker is not None and hasattr(reranker, "template"):
+            reranker.template(template)
 
     def _check_label_filter(self, labels: Sequence[str] | str | None, settings: VoteSettings | None) -> None:
         """ValueError for a vote's label filter that no memory point passes: every answer would be None.
