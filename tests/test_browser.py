@@ -430,7 +430,12 @@ def test_the_page_shows_only_the_latest_answer_and_an_error_replaces_the_answer(
     browser.find_element(By.ID, "file").send_keys(str(query))  # asked with the default vote: slow
     Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # asked again: fast
     wait.until(lambda d: "plurality vote" in d.find_element(By.ID, "badges").text)
-    time.sleep(3)  # the first, slower answer has come back by now: it must not replace the second
+    # Until the browser has both answers (a resource timing entry is there once its response has ended): the
+    # first, slower one must not replace the second.
+    wait.until(lambda d: d.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/classify')"
+        " && e.responseEnd > 0).length") >= 2)
+    time.sleep(0.5)  # its handler runs right after: a render of the stale answer would be on the page by now
     assert "plurality vote" in browser.find_element(By.ID, "badges").text
     assert browser.find_element(By.ID, "classify-btn").text == "Classify"
 

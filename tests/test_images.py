@@ -234,6 +234,7 @@ def test_a_jpeg_over_the_pixel_limit_is_refused_by_either_decoder(monkeypatch):
         load_pixels(encode(smooth_photo((20, 20)), "JPEG"))
 
 
+@pytest.mark.realdata
 def test_real_imagenet_jpegs_decode_alike_with_either_decoder(tiny_imagenet, monkeypatch):
     from retrieval import images
     from retrieval.images import load_pixels

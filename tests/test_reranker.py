@@ -728,11 +728,15 @@ def test_many_threads_can_share_one_reranker(fake, make_rr, images):
 
 def test_closing_a_reranker_twice_returns_at_once(tmp_path):
     # VisualMemory.close() closes its re-ranker, and so may the code that built it: both must return.
+    import threading
+
     from reranker import GeminiReranker
 
     r = GeminiReranker(api_key="test-key-not-real", cache_path=tmp_path / "rerank.sqlite")
-    r.close()
-    r.close()
+    closing = threading.Thread(target=lambda: (r.close(), r.close()), daemon=True)
+    closing.start()
+    closing.join(60)  # a hang fails here instead of holding up the suite for ever
+    assert not closing.is_alive()
 
 
 def test_the_answer_cache_is_reachable_without_loading_the_gemini_sdk():

@@ -100,8 +100,13 @@ def test_settings_not_saved_yet_survive_taking_in_another_process_edit(lite0):
 
 
 def test_an_embedded_memory_is_edited_by_one_process_only(tmp_path, lite0):
+    from retrieval import MemoryError
+
     store = open_store(tmp_path / "memory", lite0.spec)
     store.add(random_unit_vectors(2, lite0.spec.dim), ["x", "y"], ["/d/1.jpg", "/d/2.jpg"])
+    # So there are no edits elsewhere to look for: a second opening of it is refused while this one holds it.
+    with pytest.raises(MemoryError, match="open in another process"):
+        open_store(tmp_path / "memory")
     assert store.edits_elsewhere() == frozenset()
     store.close()
 
