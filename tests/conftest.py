@@ -42,6 +42,15 @@ def tiny_imagenet() -> Path:
 
 
 @pytest.fixture(scope="session")
+def encoder(tmp_path_factory) -> str:
+    """A tiny random DINOv2 saved to disk, by its featurizer name (`dinov2:PATH`): the real from_pretrained
+    load path, loaded in a second. Its weights are seeded: every test that uses it sees the same model."""
+    from tests._reliability_fixtures import save_tiny_dinov2
+
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+@pytest.fixture(scope="session")
 def lite0():
     from retrieval import load_featurizer
 

@@ -19,14 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests._reliability_fixtures import LABELS, noise_png, save_tiny_dinov2, tiny_app
+from tests._reliability_fixtures import LABELS, noise_png, tiny_app
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> str:
-    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
 
 
 @pytest.fixture(scope="module")

@@ -216,13 +216,6 @@ def test_replies_that_are_refused_are_not_an_outage(fake, reranker, neighbour_im
 # ------------------------------------------------------------------ through the HTTP service
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> str:
-    from tests._reliability_fixtures import save_tiny_dinov2
-
-    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
-
-
 def test_the_service_answers_every_rerank_request_in_time_and_counts_fallbacks_by_reason(fake, encoder, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -11,15 +11,10 @@ from __future__ import annotations
 import pytest
 
 from scripts.soak import run_soak
-from tests._reliability_fixtures import save_tiny_dinov2, tiny_app, tiny_memory
+from tests._reliability_fixtures import tiny_app, tiny_memory
 from tests._server_fixtures import API_KEY, live_server
 
 SECONDS = 8.0
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> str:
-    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
 
 
 @pytest.mark.slow

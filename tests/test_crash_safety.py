@@ -24,7 +24,6 @@ from tests._reliability_fixtures import (
     VMEM,
     image_folder,
     noise_png,
-    save_tiny_dinov2,
     subprocess_env,
     vmem_serve,
 )
@@ -34,11 +33,6 @@ LABELS = ["ant", "bee", "cat"]
 PER_LABEL = 200  # 600 images: a few seconds of building, so a kill lands mid-run
 BATCH = 16
 KILL_AFTER = 4 * BATCH
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory) -> str:
-    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
 
 
 def check_consistent(memory: Path) -> list:
@@ -78,11 +72,11 @@ def build_cmd(dataset: Path, memory: Path, encoder: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path, tiny_encoder):
+def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path, encoder):
     files = image_folder(tmp_path / "dataset", LABELS, PER_LABEL)
     total = len(files)
     memory = tmp_path / "memory"
-    proc = subprocess.Popen(build_cmd(tmp_path / "dataset", memory, tiny_encoder), env=subprocess_env(),
+    proc = subprocess.Popen(build_cmd(tmp_path / "dataset", memory, encoder), env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     progress = Progress(proc, total)
     deadline = time.monotonic() + 120
@@ -99,7 +93,7 @@ def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path
     for p in points:
         assert p.label == Path(p.source).parent.name
 
-    resumed = subprocess.run(build_cmd(tmp_path / "dataset", memory, tiny_encoder), env=subprocess_env(),
+    resumed = subprocess.run(build_cmd(tmp_path / "dataset", memory, encoder), env=subprocess_env(),
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{total - len(points)} added, {len(points)} already in memory, 0 failed" in resumed.stdout
@@ -112,8 +106,8 @@ def test_kill_9_during_build_then_resume_gives_every_image_exactly_once(tmp_path
     assert {p.id for p in points} == {point_id_for(normalize_source(f)) for f in files}
 
 
-def test_a_memory_whose_creation_died_before_its_metadata_is_recreated(tmp_path, tiny_encoder):
-    feat = load_featurizer(tiny_encoder, device="cpu")
+def test_a_memory_whose_creation_died_before_its_metadata_is_recreated(tmp_path, encoder):
+    feat = load_featurizer(encoder, device="cpu")
     memory = tmp_path / "memory"
     open_store(memory, feat.spec).close()
     (memory / "vmem.json").unlink()  # what a kill between creating the shard and writing vmem.json leaves
@@ -125,8 +119,8 @@ def test_a_memory_whose_creation_died_before_its_metadata_is_recreated(tmp_path,
 
 
 @pytest.mark.slow
-def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, tiny_encoder):
-    feat = load_featurizer(tiny_encoder, device="cpu")
+def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, encoder):
+    feat = load_featurizer(encoder, device="cpu")
     memory = tmp_path / "memory"
     with open_store(memory, feat.spec) as store:
         seed_images = [noise_png(i) for i in range(6)]
@@ -174,9 +168,9 @@ def test_kill_9_while_the_server_adds_loses_no_acknowledged_point(tmp_path, tiny
           "more were written but not acknowledged")
 
 
-def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_path, tiny_encoder):
+def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_path, encoder):
     # The engine locks its write-ahead log; two writers on one directory would otherwise interleave.
-    feat = load_featurizer(tiny_encoder, device="cpu")
+    feat = load_featurizer(encoder, device="cpu")
     memory = tmp_path / "memory"
     with open_store(memory, feat.spec) as holder:
         holder.add(feat.embed([noise_png(1)]), ["ant"], ["/x/1.png"])

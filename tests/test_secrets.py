@@ -15,7 +15,7 @@ from fake_gemini import FakeGemini
 from fastapi.testclient import TestClient
 
 from server import Settings
-from tests._reliability_fixtures import noise_png, save_tiny_dinov2, tiny_app, tiny_memory
+from tests._reliability_fixtures import noise_png, tiny_app, tiny_memory
 
 API_KEY = "vmem-SECRET-apikey-7f3a9c1e5b"
 GEMINI_KEY = "AIzaFAKE-gemini-SECRET-4d2b8e6f0a"
@@ -29,11 +29,6 @@ def assert_no_secret(where: str, text: str) -> None:
     for secret in (API_KEY, GEMINI_KEY):
         leaked = [p for p in pieces(secret) if p in text]
         assert not leaked, f"{where} contains part of a key: {leaked[0]!r}"
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> str:
-    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
 
 
 @pytest.fixture
