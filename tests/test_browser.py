@@ -190,6 +190,10 @@ def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_pa
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=5))
     browser.get(page_url + "/")
+    # The templates to choose from, the default named once, as the blank choice.
+    options = lambda d: [o.text for o in d.find_elements(By.CSS_SELECTOR, "#template option")]  # noqa: E731
+    WebDriverWait(browser, 30).until(lambda d: len(options(d)) > 1)
+    assert options(browser) == ["neighbors-v1 (default)", "agentic-v1", "labels-only"]
     browser.find_element(By.ID, "rerank").click()
     browser.find_element(By.ID, "file").send_keys(str(query))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)

@@ -64,9 +64,15 @@ async function loadTemplates() {
   const body = await resp.json();
   const select = $("template");
   for (const t of body.templates) {
+    if (t.name === body.default) {
+      // The blank choice is the default: named once, not listed twice.
+      select.options[0].textContent = `${t.name} (default)`;
+      select.options[0].title = t.description;
+      continue;
+    }
     const opt = document.createElement("option");
     opt.value = t.name;
-    opt.textContent = t.name + (t.name === body.default ? " (default)" : "");
+    opt.textContent = t.name;
     opt.title = t.description;
     select.appendChild(opt);
   }
