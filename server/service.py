@@ -227,7 +227,13 @@ class ClassifierService:
         return await loop.run_in_executor(self.rerank_executor, functools.partial(fn, *args, **kwargs))
 
     def warm_up(self) -> None:
-        """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic."""
+        """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic; and remove
+        the thumbnails of points forgotten by a process killed before it removed them (no add is in flight yet)."""
+        # An embedded memory only: this process alone holds it. Services sharing a Qdrant server may share a
+        # thumbnail folder, and another one's add in flight has its thumbnail written before its point.
+        if local_folder(self.memory.store.location) is not None and (
+                orphans := self.memory.remove_orphan_thumbnails(self.thumbnails.root)):
+            log.info("removed %d thumbnails of points forgotten earlier", orphans)
         self.memory.featurizer.embed([Image.new("RGB", (32, 32), (127, 127, 127))])
         self.ood_threshold(self.memory.vote_settings().k)
         self.ready = True

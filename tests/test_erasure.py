@@ -195,3 +195,40 @@ def test_a_forget_outside_the_service_deletes_the_thumbnails_it_kept_of_uploads(
     out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime", "--erase"])
     assert out.exit_code == 0, out.output
     assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+
+
+def test_thumbnails_a_forget_killed_midway_left_are_removed_by_the_next_forget_or_service_start(tmp_path, lite0):
+    # A forget killed between deleting its points and deleting their thumbnails: run again, it finds no points, and
+    # an upload's thumbnail is its only copy.
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from server import Settings, create_app
+    from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+    from vmem import VisualMemory
+    from vmem.cli import app
+
+    location = tmp_path / "memory"
+    mem = fill_memory(str(location), lite0, make_memory_images(tmp_path / "images", lite0))
+
+    def add_two_uploads(seed: int) -> list[str]:
+        with TestClient(create_app(Settings(memory=str(location), api_key=API_KEY), memory=mem)) as client:
+            added = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"}, files=[
+                ("images", (f"l{i}.png", texture((120, 230, 60), seed + i))) for i in range(2)])
+        return [p["id"] for p in added.json()["added"]]
+
+    thumbs = location / "thumbnails"
+    ids = add_two_uploads(50)
+    mem.store.delete_ids(ids)  # the points went; the process died before their thumbnails did
+    mem.close()
+    assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)
+    out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime"])  # run again
+    assert out.exit_code == 0 and "removed 2 thumbnails of points forgotten earlier" in out.output, out.output
+    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+
+    mem = VisualMemory(open_store(location), lite0, reranker=None)  # the same memory, opened again
+    ids = add_two_uploads(60)
+    mem.store.delete_ids(ids)
+    with TestClient(create_app(Settings(memory=str(location), api_key=API_KEY), memory=mem)):
+        assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)  # gone before the service takes traffic
+    mem.close()

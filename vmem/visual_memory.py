@@ -830,7 +830,9 @@ class VisualMemory:
             if present:
                 self._journal("forget", list(present), points=n, labels=label_counts(present),
                               selector=_selector(ids, label, source_prefix))
-        self._remove_thumbnails(list(present))
+        # Every target's, not only those still there: a forget killed before this line, run again, finds its
+        # points gone but their thumbnails (an upload's only copy) still on disk.
+        self._remove_thumbnails(list(targets))
         for listener in self._forget_listeners:
             listener(targets)
         if self._reranker is None and targets:
@@ -839,14 +841,35 @@ class VisualMemory:
             self.erase_forgotten()
         return n
 
+    def _thumbnail_folder(self) -> Path | None:
+        memory_dir = local_folder(self.store.location)  # where the service keeps them (its `_thumbnail_dir`)
+        folder = memory_dir / THUMBNAILS_DIR if memory_dir is not None else None
+        return folder if folder is not None and folder.is_dir() else None
+
     def _remove_thumbnails(self, ids: Sequence[str]) -> None:
         """Delete the thumbnails the service kept in an embedded memory's folder for these points: an upload's is
         its only copy, and a forget outside the service (vmem forget --erase) left it there."""
-        memory_dir = local_folder(self.store.location)  # where the service keeps them (its `_thumbnail_dir`)
-        if memory_dir is None or not (folder := memory_dir / THUMBNAILS_DIR).is_dir():
+        if (folder := self._thumbnail_folder()) is None:
             return
         for pid in ids:
             thumbnail_file(folder, pid).unlink(missing_ok=True)
+
+    def remove_orphan_thumbnails(self, folder: str | Path | None = None) -> int:
+        """Delete the thumbnails in `folder` (default: the memory's own, where the service keeps them) whose points
+        are gone, as a forget killed midway leaves them; returns how many. Call it with no add in flight: an
+        added image's thumbnail is written just before its point."""
+        folder = Path(folder) if folder is not None else self._thumbnail_folder()
+        if folder is None or not folder.is_dir():
+            return 0
+        files = {f.stem: f for f in folder.glob("*.jpg") if _is_uuid(f.stem)}  # a point's id: vmem's files only
+        ids = list(files)
+        kept: set[str] = set()
+        for start in range(0, len(ids), 4096):
+            kept |= self.store.existing_ids(ids[start : start + 4096])
+        gone = [files[pid] for pid in ids if pid not in kept]
+        for f in gone:
+            f.unlink(missing_ok=True)
+        return len(gone)
 
     def relabel(
         self,
@@ -1139,6 +1162,13 @@ def _image_list(images: Any, method: str) -> list[Any]:
         raise TypeError(f"{method} takes a list of images, not one {type(images).__name__}: "
                         f"pass [image] (the answer is a list too)")
     return list(images)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _utc_iso(when: str) -> str:

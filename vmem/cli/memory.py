@@ -307,6 +307,10 @@ def forget(
         except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
             raise typer.BadParameter(str(exc), param_hint="--erase") from exc
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
+        # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
+        # no add is in flight).
+        if orphans := mem.remove_orphan_thumbnails():
+            typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
         if n == 0 and label is not None:
             typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
         if erase:
