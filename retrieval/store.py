@@ -43,6 +43,7 @@ DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
 META_FILE = "vmem.json"
 CREATE_LOCK_FILE = ".vmem-create.lock"  # held while a new memory is made in the folder
+OPEN_LOCK_FILE = ".vmem-open.lock"  # held by the one store that has the memory open (see _hold_open_lock)
 SHARD_DIR = "shard"
 # Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
 ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
@@ -716,8 +717,30 @@ def _creating(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _hold_open_lock(folder: Path) -> Any:
+    """An exclusive lock for as long as this store holds the memory, taken before any of its files is touched.
+
+    The engine locks its write-ahead log only once it has opened the segments, and a second opening that got
+    that far (a `vmem info` beside a Python session) left the first unable to flush or close ("tracker_journal.dat
+    is shorter than expected"). Held on an open file (fcntl), so a process that dies releases it."""
+    import fcntl
+
+    fh = open(folder / OPEN_LOCK_FILE, "a")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise MemoryError(
+            f"the memory at {folder} is open in another process (a running vmem serve or build?), or still open "
+            "in this one (close it first); stop it, or put the memory on a Qdrant server (--qdrant-url) to share "
+            "it") from None
+    return fh
+
+
 class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
+
+    _open_lock: Any = None
 
     _shard: Any = None
 
@@ -745,11 +768,27 @@ class EdgeMemoryStore(MemoryStore):
         self._rows: OriginalRows | None = None
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
+        if not meta_path.exists() and meta is None:
+            raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._open_lock = _hold_open_lock(self.path)
+        try:
+            self._open(meta, meta_path, shard_path)
+        except BaseException:
+            self._release_open_lock()
+            raise
+
+    def _release_open_lock(self) -> None:
+        if self._open_lock is not None:
+            self._open_lock.close()  # closing the file releases its lock
+            self._open_lock = None
+
+    def _open(self, meta: MemoryMeta | None, meta_path: Path, shard_path: Path) -> None:
+        qe = self._qe
         created = False
         if meta is not None and not meta_path.exists():
             # Two processes making one new memory at once removed each other's half-made shard as a crashed
             # creation's leftovers: whatever both had written was lost. One makes it; the other then opens it.
-            self.path.mkdir(parents=True, exist_ok=True)
             with _creating(self.path):
                 if not meta_path.exists():
                     self._create(meta, shard_path)
@@ -767,7 +806,7 @@ class EdgeMemoryStore(MemoryStore):
             try:
                 self.shard = qe.EdgeShard.load(str(shard_path))
             except Exception as exc:
-                # The engine locks its write-ahead log: a second process gets an opaque "WouldBlock".
+                # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
                     raise MemoryError(
                         f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
@@ -1091,6 +1130,7 @@ class EdgeMemoryStore(MemoryStore):
             shard.flush()
             shard.close()
             self.shard = None
+        self._release_open_lock()
 
     def _acknowledge_last_add(self) -> None:
         """End the write-ahead log with a one-point write, so that opening the memory replays next to nothing.

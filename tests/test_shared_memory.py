@@ -111,6 +111,24 @@ def test_an_embedded_memory_is_edited_by_one_process_only(tmp_path, lite0):
     store.close()
 
 
+def test_a_refused_second_opening_leaves_the_holder_able_to_write_and_close(tmp_path, lite0):
+    # A `vmem info` beside a Python session that holds the memory: refused, and the session goes on as before
+    # (an opening that reached the engine's segments left the holder failing at every flush and close).
+    from retrieval import MemoryError
+
+    holder = open_store(tmp_path / "memory", lite0.spec)
+    holder.add(random_unit_vectors(3, lite0.spec.dim, seed=1), ["x"] * 3, [f"/d/{i}.jpg" for i in range(3)])
+    holder.flush()
+    for _ in range(2):
+        with pytest.raises(MemoryError, match="still open in this one"):
+            open_store(tmp_path / "memory")
+    holder.add(random_unit_vectors(3, lite0.spec.dim, seed=2), ["y"] * 3, [f"/d/{i}.jpg" for i in range(3, 6)])
+    holder.flush()
+    holder.close()
+    with open_store(tmp_path / "memory") as again:
+        assert again.count() == 6
+
+
 def test_names_and_tuned_settings_set_elsewhere_are_used_and_kept(images, lite0):
     a, b = two_views(images, lite0)
     query = texture(COLORS["green"], seed=7)
