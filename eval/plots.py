@@ -5,24 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt
+from typing import Any
 
 from .scoring import Scores
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot, imported when a plot is drawn: imported with this module, it cost every vmem command
+    (which all import eval) most of a second of start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def plot_accuracy_vs_k(scores: Scores, path: str | Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     ks = range(1, scores.k_max + 1)
     for name, curve in scores.accuracy.items():
         ax.plot(ks, [100 * a for a in curve], label=name, linestyle="--" if name.endswith("+soft") else "-")
@@ -35,7 +42,7 @@ def plot_accuracy_vs_k(scores: Scores, path: str | Path, title: str = "") -> Pat
 
 
 def plot_hit_rate(scores: Scores, path: str | Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     ks = range(1, scores.k_max + 1)
     ax.plot(ks, [100 * h for h in scores.hit_rate], label="right label among first k")
     best = max(scores.best.values(), key=lambda b: b.best_accuracy)
@@ -49,7 +56,7 @@ def plot_hit_rate(scores: Scores, path: str | Path, title: str = "") -> Path:
 
 
 def plot_neighbor_reliability(scores: Scores, path: str | Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     ax.plot(range(len(scores.neighbor_accuracy)), [100 * a for a in scores.neighbor_accuracy])
     ax.set_xlabel("neighbour rank i (0 = nearest)")
     ax.set_ylabel("accuracy of neighbour i's label alone (%)")
@@ -65,7 +72,7 @@ def plot_per_class(scores: Scores, path: str | Path, names: dict[str, str] | Non
     assert scores.per_class is not None
     pc, names = scores.per_class, names or {}
     acc = sorted(100 * c.accuracy for c in pc.classes)
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(7.2, 4.2))
     ax.fill_between(range(len(acc)), acc, step="mid", alpha=0.5)
     ax.step(range(len(acc)), acc, where="mid", linewidth=0.8)
     overall = 100 * sum(c.correct for c in pc.classes) / max(1, sum(c.queries for c in pc.classes))
@@ -95,7 +102,7 @@ def plot_curves(
     logy: bool = False,
 ) -> Path:
     """Generic line plot for experiments (one line per named curve)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     for name, ys in curves.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
     if logx:

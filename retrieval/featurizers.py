@@ -513,7 +513,8 @@ class EfficientNetLiteFeaturizer(Featurizer):
         key = tuple(batch.shape[1:])
         if key not in self._traced:
             self._traced[key] = torch.jit.optimize_for_inference(
-                torch.jit.freeze(torch.jit.trace(self._features, batch[:1]))
+                # check_trace re-traced and re-ran the model to compare (2-3 s of a CLI's start, identical features)
+                torch.jit.freeze(torch.jit.trace(self._features, batch[:1], check_trace=False))
             )
         return self._traced[key](batch)
 
