@@ -1,9 +1,9 @@
 """DMN's static readout as vmem computes it (per class its `static_cap` nearest among `static_k` neighbours)
 against the readout over every entry of each class, as BACKGROUND.md writes it.
 
-    python docs/benchmarks/dmn_static_readout.py [--featurizer efficientnet-lite0]
+    python docs/benchmarks/dmn_static_readout.py [--featurizer efficientnet-lite0] [--queries 2000]
 
-Memory: Tiny-ImageNet train (20,200 real ImageNet images); queries: all 10,100 val images; features from the
+Memory: Tiny-ImageNet train (20,200 real ImageNet images); queries: a seeded sample of val; features from the
 shared feature cache (.cache/features, or $VMEM_FEATURE_CACHE; computed on first use). Neighbours by exact
 search, so only the readout differs between the rows. Prints, per (static_k, static_cap), top-1 accuracy of
 P_static alone and the share of queries whose answer agrees with the full readout's, then one JSON object.
@@ -27,6 +27,7 @@ from vmem.cli.bench_search import machine_info
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--featurizer", default="efficientnet-lite0")
+parser.add_argument("--queries", type=int, default=2000, help="val images sampled (seed 0); 10,100 is all")
 parser.add_argument("--data", type=Path, default=Path(os.environ.get("VMEM_TINY_IMAGENET",
                                                                      "../shared/data/tiny-imagenet-200")))
 args = parser.parse_args()
@@ -43,6 +44,8 @@ def features(split: str) -> tuple[list[str], np.ndarray]:
 
 train_labels, keys = features("train")
 val_labels, queries = features("val")
+sample = np.sort(np.random.default_rng(0).choice(len(queries), min(args.queries, len(queries)), replace=False))
+val_labels, queries = [val_labels[i] for i in sample], queries[sample]
 classes = sorted(set(train_labels))
 class_of = {c: i for i, c in enumerate(classes)}
 key_class = np.array([class_of[lab] for lab in train_labels])
