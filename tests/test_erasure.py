@@ -126,6 +126,21 @@ def test_erasing_a_run_of_rows_gives_its_disk_blocks_back_and_keeps_its_neighbou
     rows.close()
 
 
+def test_an_indexing_killed_midway_leaves_no_segment_build_behind_once_reopened(tmp_path, caplog):
+    # What a kill -9 during an optimize leaves (a relabel or prune of many points): the engine never loads it,
+    # nor removes it.
+    vecs = random_unit_vectors(N, 384, seed=5)
+    with open_store(tmp_path / "memory", SPEC) as store:
+        store.add(vecs, ["a"] * N, [f"/v/{i}" for i in range(N)])
+    dead = tmp_path / "memory" / "shard" / "temp_segments" / "segment_builder_0d2e"
+    (dead / "vector_storage").mkdir(parents=True)
+    (dead / "vector_storage" / "vectors.dat").write_bytes(vecs.tobytes())
+    with open_store(tmp_path / "memory") as store:
+        assert not dead.exists() and store.count() == N
+        assert store.query(vecs[7], 1)[0].source == "/v/7"
+    assert any("left by an indexing that did not finish" in r.getMessage() for r in caplog.records)
+
+
 def test_a_memory_made_with_the_engine_default_thresholds_gets_vmem_ones_when_opened(tmp_path):
     vecs = random_unit_vectors(N, 384, seed=4)
     memory = tmp_path / "memory"
