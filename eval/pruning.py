@@ -144,10 +144,10 @@ def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) 
     if pruned:
         store.meta.settings.pop("pruning")
         store.save_meta()
+    if journal and (touched or pruned):  # before the re-index, as a prune's (see prune_store)
+        store.journal.record("unprune", points=len(touched), via=via)
     if touched:
         _reindex(store)
-    if journal and (touched or pruned):
-        store.journal.record("unprune", points=len(touched), via=via)
     return len(touched)
 
 
@@ -208,7 +208,9 @@ def prune_store(
         report.excluded = int((counts >= threshold).sum())
     store.meta.settings["pruning"] = report.model_dump(mode="json")
     store.save_meta()
-    _reindex(store)
+    # Journaled before the re-index, which only makes searches fast again (minutes at scale): a process killed
+    # during it left the marks in force and the journal saying nothing of them.
     points = report.down_weighted if mode is PruneMode.soft else report.excluded
     store.journal.record("prune", points=points or 0, detail=report.model_dump(mode="json"), via=via)
+    _reindex(store)
     return report

@@ -107,6 +107,24 @@ def test_pruning_again_starts_from_an_unpruned_memory():
     assert (second.excluded, second.wrong_decisions) == (first.excluded, first.wrong_decisions)
 
 
+def test_a_prune_or_undo_cut_short_during_its_re_index_is_in_the_journal(location, monkeypatch):
+    # The re-index only makes searches fast again (minutes at scale); the marks are in force before it starts.
+    store, _, _ = clustered_memory(location)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "optimize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune_store(store, "hard", threshold=1, k=10)
+    [entry] = store.journal.read()
+    assert entry.op == "prune" and entry.points == store.meta.settings["pruning"]["excluded"] > 0
+    with pytest.raises(KeyboardInterrupt):
+        undo_pruning(store)
+    assert [e.op for e in store.journal.read()] == ["prune", "unprune"]
+    store.close()
+
+
 def test_a_point_forgotten_during_the_self_search_does_not_fail_the_prune(location, monkeypatch):
     import eval.pruning as pruning
 
