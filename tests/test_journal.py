@@ -161,6 +161,27 @@ def test_a_build_stopped_halfway_journals_what_it_added(lite0, tmp_path):
         assert sum(e.points for e in mem.history(op="add")) == mem.store.count() == 12
 
 
+def test_a_long_build_journals_its_adds_as_it_goes(lite0, tmp_path, monkeypatch):
+    # A kill -9 cannot be caught: what a build has not journaled when its process dies, it never will (the resumed
+    # build counts those points as already there). So a build journals at least every BUILD_JOURNAL_EVERY_S.
+    import vmem.visual_memory as visual_memory
+    from retrieval import LabelledImage
+
+    monkeypatch.setattr(visual_memory, "BUILD_JOURNAL_EVERY_S", 0.0)  # every batch
+    items = []
+    for i in range(10):
+        path = tmp_path / "set" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(texture((20 * i, 90, 200 - 10 * i), seed=i))
+        items.append(LabelledImage(str(path), "warm" if i < 6 else "cool"))
+    with VisualMemory.open(tmp_path / "memory", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(items, batch_size=4, num_workers=0)
+        adds = mem.history(op="add")[::-1]  # oldest first
+        assert [e.points for e in adds] == [4, 4, 2]  # each batch's own points
+        assert [e.labels for e in adds] == [{"warm": 4}, {"warm": 2, "cool": 2}, {"cool": 2}]
+        assert [e.detail["build"].get("running") for e in adds] == [True, True, True]
+
+
 def test_processes_sharing_a_server_write_one_journal(lite0, images):
     client = QdrantClient(":memory:")
     first = fill_memory(":memory:", lite0, images)

@@ -75,6 +75,11 @@ ElsewhereListener = Callable[[frozenset[str]], None]
 AUTO_RERANKER = "auto"
 
 
+# A build journals what it has added at least this often (and at its end), so that a process killed midway
+# leaves at most this much of its adds out of the journal.
+BUILD_JOURNAL_EVERY_S = 60.0
+
+
 def upload_source(data: bytes, name: str | None = None) -> str:
     """The source of an uploaded image: its content hash, so re-uploading is idempotent."""
     digest = hashlib.sha256(data).hexdigest()
@@ -591,19 +596,33 @@ class VisualMemory:
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         root = self._record_source_roots([it.source for it in items])
         report = BuildReport()
+        journaled: dict[str, int] = {}  # points per label in the build's entries so far
+        last_entry = time.monotonic()
 
         def journal_the_adds(**more: Any) -> None:
-            if report.added:
-                self._journal("add", points=report.added, labels=most_first(report.added_per_label),
+            # The points added since the build's last entry: a resumed build counts what a stopped one added as
+            # already there, so what is not journaled by the time the process dies never is.
+            nonlocal last_entry
+            new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
+                   if n > journaled.get(lab, 0)}
+            last_entry = time.monotonic()
+            if new:
+                self._journal("add", points=sum(new.values()), labels=most_first(new),
                               selector={"source_root": root} if root else {}, detail={
                     "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
                               "failed": len(report.failed), **more}, **({"tags": tags} if tags else {})})
+                journaled.update(report.added_per_label)
+
+        def batch_done(n: int) -> None:
+            if progress is not None:
+                progress(n)
+            if time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:  # a kill -9 loses at most this much
+                journal_the_adds(running=True)
 
         try:
-            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, progress, cache, report)
+            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, batch_done, cache, report)
         except BaseException:
-            # Stopped (Ctrl-C, the server gone): what was added is in the memory, and a resumed build counts it as
-            # already there, so it is journaled now or never. (A kill -9 still leaves it out.)
+            # Stopped (Ctrl-C, the server gone): what was added since the last entry is journaled now or never.
             journal_the_adds(interrupted=True)
             raise
         journal_the_adds()
