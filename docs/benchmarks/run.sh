@@ -25,16 +25,16 @@ for step in "${steps[@]}"; do
   case $step in
     # HNSW at the defaults (m 16, ef_construct 128, hnsw_ef 128, segments of 640k points), float32 and int8 indexes on the same
     # vectors, each with a search-ef sweep, exact BLAS search and faiss flat/HNSW: all in one run.
-    # (Measured when the originals were loaded into RAM by default; --no-vectors-on-disk keeps that.)
+    # (Measured when the originals were loaded into RAM, as float32, by default; the flags keep that.)
     search) run search vmem bench search --n 200000 --dim 384 --queries 1000 --quantization none \
-              --quantization int8 --ef-sweep 100,256 --no-vectors-on-disk ;;
+              --quantization int8 --ef-sweep 100,256 --no-vectors-on-disk --vectors-dtype float32 ;;
     # ImageNet scale: 1.28M x 384, original vectors loaded into RAM. Slow to build on 2 cores; see docs/benchmarks.md.
     search-1m) run search-1m vmem bench search --n 1280000 --dim 384 --queries 1000 --quantization int8 \
-                 --ef-sweep 100,192,384 --no-faiss --no-vectors-on-disk ;;
+                 --ef-sweep 100,192,384 --no-faiss --no-vectors-on-disk --vectors-dtype float32 ;;
     # The same with the original vectors on disk (mmap; the default): what RAM the memory needs at ImageNet scale.
     # --keep: docs/benchmarks/cold_originals.py then opens the kept memory (its path is in the log).
     search-1m-disk) run search-1m-disk vmem bench search --n 1280000 --dim 384 --queries 1000 --vectors-on-disk --keep \
-                      --no-faiss ;;
+                      --no-faiss --vectors-dtype float32 ;;
     # Float32 and float16 originals on the same vectors, each also served by a fresh process inside a memory
     # cgroup of 0.5-1.5x the raw vector bytes (needs root): what a server with that much RAM gets.
     search-1m-limits) run search-1m-limits vmem bench search --n 1280000 --dim 384 --queries 1000 --no-faiss \
