@@ -60,6 +60,20 @@ def test_one_label_names_every_image_added_and_one_image_is_refused_not_taken_ap
         memory.add(shades, ["green", "green"])
 
 
+def test_the_errors_a_caller_meets_are_vmems_to_catch_by_name(memory, tmp_path):
+    import vmem
+
+    with pytest.raises(vmem.MemoryStoreError, match="no memory at"):
+        VisualMemory.open(tmp_path / "nothing here")
+    with pytest.raises(vmem.ImageDecodeError):
+        memory.classify([b"not an image"])
+    with pytest.raises(vmem.NoSuchLabelsError):
+        memory.classify([make_image((200, 30, 30))], labels=["purple"])
+    assert not issubclass(vmem.MemoryStoreError, MemoryError)  # Python's own: `except MemoryError` is not it
+    with pytest.raises(ValueError, match="unknown op 'bogus'"):
+        memory.history(op="bogus")  # an empty list would read as "never edited"
+
+
 def test_label_filter_limits_the_candidates(memory):
     [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue"])
     assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}

@@ -1,4 +1,18 @@
-"""vmem: a visual-memory image classifier whose knowledge can be added, removed and inspected."""
+"""vmem: a visual-memory image classifier whose knowledge can be added, removed and inspected.
+
+The errors a user of `VisualMemory` meets, to catch by name:
+    MemoryStoreError         no memory there, it is open in another process, or it is closed
+                             (`retrieval.MemoryError`; named so as not to shadow Python's own MemoryError)
+    FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
+    ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
+    NoSuchLabelsError        a label filter that no point passes
+    UnknownTemplateError, TemplateLoadError   a re-ranker template that is not there or does not load
+Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which are `ValueError`s.
+"""
+
+from prompts import TemplateLoadError, UnknownTemplateError
+from retrieval import FeaturizerMismatchError, ImageDecodeError
+from retrieval import MemoryError as MemoryStoreError
 
 from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 from .visual_memory import DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
@@ -8,10 +22,15 @@ __all__ = [
     "AddResult",
     "Classification",
     "FailedImage",
+    "FeaturizerMismatchError",
+    "ImageDecodeError",
     "MemoryPoint",
+    "MemoryStoreError",
     "NeighborVote",
     "NoSuchLabelsError",
     "PointPage",
+    "TemplateLoadError",
+    "UnknownTemplateError",
     "VisualMemory",
     "VoteSettings",
     "upload_source",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image
@@ -197,6 +197,10 @@ class VisualMemory:
             reranker: a `reranker.GeminiReranker` (or any object with `rerank_many`); the default
                 builds one from the environment on first use; None disables re-ranking.
             index: HNSW and quantization settings for a new memory (fixed once it exists).
+
+        Raises:
+            vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process.
+            vmem.FeaturizerMismatchError: `featurizer` is not the memory's own encoder.
         """
         try:
             store = open_store(location)
@@ -349,6 +353,12 @@ class VisualMemory:
 
         Returns:
             One `Classification` per image, in order.
+
+        Raises:
+            vmem.ImageDecodeError: an image does not decode (nothing is classified).
+            vmem.NoSuchLabelsError: no point passes the label filter.
+            vmem.UnknownTemplateError, vmem.TemplateLoadError: with `rerank`, before any image is embedded.
+            ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
         """
         images = _image_list(images, "classify")
         self._refresh_for_reading()
@@ -771,6 +781,8 @@ class VisualMemory:
             point_id = point_id_for(normalize_source(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
+        if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
+            raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
         query = JournalQuery(op=op, point_id=point_id, label=label,
                              since=_utc_iso(since) if since is not None else None)
         return self.store.journal.newest(query, limit)
