@@ -91,12 +91,18 @@ def test_eval_reports_each_class_by_name_and_what_it_was_taken_for(built, tmp_pa
 
 def test_eval_against_a_dataset_memory_from_cached_features(built, tmp_path):
     root, val = built
-    run("eval", "--memory-dataset", root / "train", "--featurizer", "efficientnet-lite0", "--dataset", val,
-        "--out", tmp_path / "out", "--cache", tmp_path / "cache", "--k-max", "12", "--no-plots")
+    # A names file beside the dataset names its classes, as `vmem build` would have named them.
+    (root / "classes.tsv").write_text("n00000003\tcheckerboard\n")
+    try:
+        out = run("eval", "--memory-dataset", root / "train", "--featurizer", "efficientnet-lite0", "--dataset", val,
+                  "--out", tmp_path / "out", "--cache", tmp_path / "cache", "--k-max", "12", "--no-plots")
+    finally:
+        (root / "classes.tsv").unlink()
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["run"]["memory_points"] == 12
     assert res["variants"]["all"]["hit_rate"][-1] == 1.0
     assert not list((tmp_path / "out").glob("*.png"))
+    assert "n00000003 (checkerboard)" in out
 
 
 def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):

@@ -17,8 +17,10 @@ from retrieval import (
     FeaturizerError,
     MemoryStore,
     VoteRule,
+    find_label_names_file,
     imagenet_label_names,
     load_featurizer,
+    read_label_names,
 )
 
 from ..results import VoteSettings
@@ -171,9 +173,10 @@ def eval(
                              price_in=price_in, price_out=price_out, seed=seed)
         report.rerank = rr.model_dump(mode="json")
     run.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    # Names for the per-class table: the memory's, else --classes', else vmem's own for ImageNet-1k ids.
+    # Names for the per-class table: the memory's (or the names file beside --memory-dataset, as `vmem build` would
+    # have named them), else --classes', else vmem's own for ImageNet-1k ids.
     label_names = {**imagenet_label_names(), **(names or {}),
-                   **(mem.store.meta.label_names if mem is not None else {})}
+                   **(mem.store.meta.label_names if mem is not None else _names_beside(memory_dataset))}
     written = write_report(report, out, plots=plots, names=label_names)
     if mem is not None:
         mem.close()
@@ -196,3 +199,14 @@ def eval(
     for f in queries.failed[:20]:
         typer.echo(f"skipped {f}", err=True)
     typer.echo(f"wrote {len(written)} files to {out}", err=True)
+
+
+def _names_beside(dataset: Path | None) -> dict[str, str]:
+    """The label names a names file beside a dataset gives (classes.tsv, words.txt, ...), as `vmem build` finds it."""
+    found = find_label_names_file(dataset) if dataset is not None else None
+    if found is None:
+        return {}
+    try:
+        return read_label_names(found)
+    except (DatasetError, OSError):
+        return {}
