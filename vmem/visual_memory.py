@@ -365,12 +365,14 @@ class VisualMemory:
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
         self._check_template(rerank, template)
-        decoded = [self.decode(im) for im in images]
-        vectors = self.featurizer.embed(decoded)
+        # Embedded from the inputs as given: the preprocessing decodes each once (a plain JPEG by the fast path).
+        # Decoded to PIL images here first, they were decoded twice; only the re-ranker needs those.
+        vectors = self.featurizer.embed(images)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
-        return self._classify_embedded(vectors, lambda: decoded, sources, settings, labels=labels, rerank=rerank,
-                                       template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
+        return self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
+                                       labels=labels, rerank=rerank, template=template, exact=exact,
+                                       dmn_stream=dmn_stream, dmn=dmn)
 
     def classify_many(
         self,
