@@ -121,6 +121,16 @@ def test_classify_skips_a_bad_query_and_says_so(built, image_folder, tmp_path):
     assert "skipped" in result.output and "empty" in result.output
 
 
+def test_a_file_name_with_a_newline_stays_on_its_own_line(built, image_folder, tmp_path):
+    memory, _ = built
+    odd = tmp_path / "new\nline.jpg"
+    odd.write_bytes((image_folder / "query" / "red" / "q.jpg").read_bytes())
+    result = run("classify", odd, "--memory", memory)
+    assert result.exit_code == 0
+    [line] = result.stdout.splitlines()
+    assert line.startswith(str(tmp_path / "new\\nline.jpg") + "\t") and line.split("\t")[1] == "red"
+
+
 def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     memory, _ = built
     import shutil

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, get_args
@@ -22,6 +23,15 @@ LISTED_BY = "vmem labels"  # where an error about labels sends the user to see t
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
 Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
 VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})
+
+
+def one_line(text: str | None) -> str:
+    """A path or label as a field of a tab-separated line: control characters (a newline or tab in a file name)
+    escaped as Python writes them, so that one point stays one line and its fields stay apart."""
+    text = text or ""
+    if not any(unicodedata.category(c) == "Cc" for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def n_points(n: int) -> str:

@@ -18,6 +18,7 @@ from ._common import (
     check_label_filter,
     expand_images,
     finish_classify,
+    one_line,
     open_memory,
 )
 
@@ -78,7 +79,7 @@ def classify(
         else:
             top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             named = f" ({res.label_name})" if res.label_name else ""
-            typer.echo(f"{res.source}\t{res.label}{named}\t({top})")
+            typer.echo(f"{one_line(res.source)}\t{res.label}{named}\t({top})")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         d = results[0].dmn

@@ -43,6 +43,7 @@ from ._common import (
     memory_location,
     n_points,
     named_label,
+    one_line,
     open_failure,
     open_memory,
     parse_tags,
@@ -278,7 +279,7 @@ def classify(
             top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
             named = f" ({res.label_name})" if res.label_name else ""
-            typer.echo(f"{res.source}\t{res.label}{named}\t({top}){extra}")
+            typer.echo(f"{one_line(res.source)}\t{res.label}{named}\t({top}){extra}")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         s = results[0].vote
@@ -453,7 +454,7 @@ def _point_line(p: MemoryPoint) -> str:
     if p.prune_count:
         state.append(f"misled {p.prune_count} decisions")
     label = f"{p.label} ({p.label_name})" if p.label_name and p.label_name != p.label else p.label
-    return "\t".join([p.id, label, p.source, *([", ".join(state)] if state else [])])
+    return "\t".join([p.id, label, one_line(p.source), *([", ".join(state)] if state else [])])
 
 
 JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})

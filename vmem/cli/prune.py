@@ -21,6 +21,7 @@ from ._common import (
     QdrantUrlOpt,
     n_points,
     named_label,
+    one_line,
     open_memory,
     require_points,
 )
@@ -105,7 +106,7 @@ def suspects(
                                        "suggested_name": names.get(s.suggested)}))
             else:
                 typer.echo(f"{s.id}\t{named_label(s.label, names)}\t-> {named_label(s.suggested, names)}\t"
-                           f"share {s.share:.2f} (own {s.own_share:.2f})\t{s.source}")
+                           f"share {s.share:.2f} (own {s.own_share:.2f})\t{one_line(s.source)}")
     scope = f" with or toward {label!r}" if label is not None else ""
     typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
                f"{min_share:g} of their {min(k, len(votes.ids) - 1)} nearest others' rank vote"
