@@ -72,8 +72,7 @@ Label = Annotated[str, Field(min_length=1, max_length=200, description="the clas
                   AfterValidator(printable)]
 
 
-FileName = Annotated[str, Field(max_length=255, description="the image's file name, echoed as `source`"),
-                     AfterValidator(printable)]
+FileName = Annotated[str, Field(max_length=255), AfterValidator(printable)]
 
 
 class ImageIn(BaseModel):
@@ -82,7 +81,7 @@ class ImageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: Base64Image
-    filename: FileName | None = None
+    filename: FileName | None = Field(None, description="the image's file name, echoed as `source`")
 
 
 class ClassifyJSON(ImageIn):

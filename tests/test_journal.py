@@ -137,17 +137,23 @@ def test_a_relabel_and_a_forget_of_one_point_are_journaled_in_the_order_they_wer
     assert [e.op for e in memory.history(point_id=point)] == ["forget", "relabel"]  # newest first
 
 
+def warm_and_cool_images(folder, n: int, warm: int) -> list:
+    """`n` distinct images to build from, the first `warm` labelled warm and the rest cool."""
+    from retrieval import LabelledImage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        path.write_bytes(texture((20 * i, 90, 200 - 10 * i), seed=i))
+        items.append(LabelledImage(str(path), "warm" if i < warm else "cool"))
+    return items
+
+
 def test_a_build_stopped_halfway_journals_what_it_added(lite0, tmp_path):
     # Ctrl-C after the first batch: those points are in the memory, and the resumed build counts them as already
     # there, so unless journaled then they were never.
-    from retrieval import LabelledImage
-
-    items = []
-    for i in range(12):
-        path = tmp_path / "set" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(texture((20 * i, 90, 200 - 10 * i), seed=i))
-        items.append(LabelledImage(str(path), "warm" if i < 6 else "cool"))
+    items = warm_and_cool_images(tmp_path / "set", 12, warm=6)
 
     def stop_after_the_first_batch(done: int) -> None:
         raise KeyboardInterrupt
@@ -165,15 +171,9 @@ def test_a_long_build_journals_its_adds_as_it_goes(lite0, tmp_path, monkeypatch)
     # A kill -9 cannot be caught: what a build has not journaled when its process dies, it never will (the resumed
     # build counts those points as already there). So a build journals at least every BUILD_JOURNAL_EVERY_S.
     import vmem.visual_memory as visual_memory
-    from retrieval import LabelledImage
 
     monkeypatch.setattr(visual_memory, "BUILD_JOURNAL_EVERY_S", 0.0)  # every batch
-    items = []
-    for i in range(10):
-        path = tmp_path / "set" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(texture((20 * i, 90, 200 - 10 * i), seed=i))
-        items.append(LabelledImage(str(path), "warm" if i < 6 else "cool"))
+    items = warm_and_cool_images(tmp_path / "set", 10, warm=6)
     with VisualMemory.open(tmp_path / "memory", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
         mem.build(items, batch_size=4, num_workers=0)
         adds = mem.history(op="add")[::-1]  # oldest first
