@@ -28,6 +28,7 @@ def test_bench_search_reports_the_issue_keys_with_baselines_in_the_same_run():
     assert res["index"]["quantization"] == "int8" and res["n"] == 3000
     # 3,000 x 384 is under the engine's indexing threshold: the run says how much of it the index holds.
     assert res["indexed_vectors"] == 0 and res["machine"]["cpu"] not in ("x86_64", "")
+    assert res["machine"]["load_1min"] >= 0  # how busy the machine was: figures from a loaded one are not comparable
     assert res["faiss_hnsw_settings"]["m"] == 32 and 0 < res["ef_sweep"][0]["recall_at_50_batch"] <= 1
     assert res["recall_at_50"] >= 0.95 and res["faiss_hnsw_recall_at_50"] >= 0.95
     assert res["ef_sweep"][0]["hnsw_ef"] == 256

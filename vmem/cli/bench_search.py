@@ -43,6 +43,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Other work on the machine when the run began: on 2 shared cores it moved single-image latency 10x.
+        "load_1min": round(os.getloadavg()[0], 2),
     }
     if torch.cuda.is_available():
         info["cuda_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
