@@ -61,7 +61,7 @@ class Upload:
 
     @property
     def source(self) -> str:
-        return upload_source(self.data, self.filename)
+        return upload_source(self.data, self.filename, self.sha256)  # hashed once per upload
 
 
 @dataclass(frozen=True)
@@ -398,17 +398,19 @@ class ClassifierService:
         threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
         template = self._template_in_key(q)
         for i, up in enumerate(uploads):
+            if not size:  # no cache: no key (it hashes the upload)
+                keys[i] = ()
+                continue
             key = self._cache_key(generation, up, q, template)
             with self._cache_lock:
-                hit = self._cache.get(key) if size else None
+                hit = self._cache.get(key)
                 if hit is not None:
                     self._cache.move_to_end(key)
             if hit is not None:
                 self.metrics.cache.labels("hit").inc()
                 out[i] = self._answer(hit, threshold, cached=True)
                 continue
-            if size:  # a lookup made and missed (no cache: none made)
-                self.metrics.cache.labels("miss").inc()
+            self.metrics.cache.labels("miss").inc()
             keys[i] = key
         failed: list[tuple[int, str]] = []
         for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):

@@ -389,11 +389,25 @@ def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(clie
     assert client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] is False
 
 
-def test_without_a_result_cache_no_lookup_is_counted(make_client):
+def test_without_a_result_cache_no_lookup_is_counted_and_an_upload_is_hashed_once(make_client, monkeypatch):
     client = make_client(result_cache_size=0)
     data = texture(COLORS["green"], 11)
     assert [client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] for _ in range(2)] == [False, False]
     assert "vmem_result_cache_total{" not in client.get("/metrics").text  # neither hits nor misses
+
+    # An upload is hashed once, for its source (it was hashed again for a cache key, and again for the source).
+    import hashlib
+
+    real, hashed = hashlib.sha256, []
+
+    def counted(payload=b"", *args, **kwargs):
+        if bytes(payload) == data:
+            hashed.append(1)
+        return real(payload, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counted)
+    assert client.post("/v1/classify?k=3", json={"image": base64.b64encode(data).decode()}).status_code == 200
+    assert len(hashed) == 1
 
 
 def test_batch_answers_each_image_and_reports_the_bad_one(client):

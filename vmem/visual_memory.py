@@ -80,9 +80,10 @@ AUTO_RERANKER = "auto"
 BUILD_JOURNAL_EVERY_S = 60.0
 
 
-def upload_source(data: bytes, name: str | None = None) -> str:
-    """The source of an uploaded image: its content hash, so re-uploading is idempotent."""
-    digest = hashlib.sha256(data).hexdigest()
+def upload_source(data: bytes, name: str | None = None, sha256: str | None = None) -> str:
+    """The source of an uploaded image: its content hash (`sha256` when the caller has it), so re-uploading is
+    idempotent."""
+    digest = sha256 or hashlib.sha256(data).hexdigest()
     return f"upload:sha256:{digest}" + (f":{Path(name).name}" if name else "")
 
 
