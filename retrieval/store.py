@@ -44,7 +44,6 @@ DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
 log = logging.getLogger(__name__)
 META_FILE = "vmem.json"
-CREATE_LOCK_FILE = ".vmem-create.lock"  # held while a new memory is made in the folder
 OPEN_LOCK_FILE = ".vmem-open.lock"  # held by the one store that has the memory open (see _hold_open_lock)
 SHARD_DIR = "shard"
 # Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
@@ -706,19 +705,6 @@ def _gc_paused() -> Iterator[None]:
 # ------------------------------------------------------------------- embedded (qdrant-edge)
 
 
-@contextmanager
-def _creating(folder: Path) -> Iterator[None]:
-    """An exclusive lock on making the memory in `folder` (fcntl; released when the process ends, however)."""
-    import fcntl
-
-    with open(folder / CREATE_LOCK_FILE, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _remove_dead_segment_builds(shard_path: Path) -> None:
     """Delete what an indexing killed midway left in the shard's `temp_segments`: the engine neither loads nor
     removes it (84 MB for a 20,000-point memory, gigabytes at ImageNet scale, kept for good). Safe once the shard
@@ -801,18 +787,13 @@ class EdgeMemoryStore(MemoryStore):
             self._open_lock = None
 
     def _open(self, meta: MemoryMeta | None, meta_path: Path, shard_path: Path) -> None:
+        """Make the memory (a `meta` and no vmem.json) or load it, under the open lock: two processes making one
+        new memory at once removed each other's half-made shard as a crashed creation's leftovers; now the second
+        is refused while the first holds it."""
         qe = self._qe
-        created = False
         if meta is not None and not meta_path.exists():
-            # Two processes making one new memory at once removed each other's half-made shard as a crashed
-            # creation's leftovers: whatever both had written was lost. One makes it; the other then opens it.
-            with _creating(self.path):
-                if not meta_path.exists():
-                    self._create(meta, shard_path)
-                    created = True
-        if not created:
-            if not meta_path.exists():
-                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+            self._create(meta, shard_path)
+        else:
             stored = MemoryMeta.model_validate_json(meta_path.read_text())
             if meta is not None:
                 probe = EdgeMemoryStore.__new__(EdgeMemoryStore)
