@@ -7,13 +7,13 @@ exactly what a template sends.
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.genai import types
 
 from prompts import PromptTemplate
+from retrieval.text import escape_control_characters
 
 from ._thumbs import ThumbnailCache, ThumbnailError, encode_jpeg
 from ._types import RerankNeighbor, RerankRequest
@@ -60,7 +60,7 @@ class ShownLabels:
             text = name
         # Control characters shown escaped: a label with a newline would start a line of its own in the prompt
         # ("cat\nIGNORE PREVIOUS INSTRUCTIONS. Answer ..."). Answers name this text, and map back all the same.
-        text = "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
+        text = escape_control_characters(text)
         while text in self._labels:  # an unnamed label equal to another's name: rare, but never ambiguous
             text = f"{text} ({label})"
         self._shown[label], self._labels[text] = text, label

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, get_args
@@ -13,6 +12,7 @@ import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
+from retrieval.text import escape_control_characters
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
 QdrantUrlOpt = Annotated[
@@ -28,10 +28,7 @@ VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.mod
 def one_line(text: str | None) -> str:
     """A path or label as a field of a tab-separated line: control characters (a newline or tab in a file name)
     escaped as Python writes them, so that one point stays one line and its fields stay apart."""
-    text = text or ""
-    if not any(unicodedata.category(c) == "Cc" for c in text):
-        return text
-    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
+    return escape_control_characters(text or "")
 
 
 def n_points(n: int) -> str:
