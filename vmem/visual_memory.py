@@ -896,11 +896,8 @@ class VisualMemory:
         if folder is None or not folder.is_dir():
             return 0
         files = {f.stem: f for f in folder.glob("*.jpg") if _is_uuid(f.stem)}  # a point's id: vmem's files only
-        ids = list(files)
-        kept: set[str] = set()
-        for start in range(0, len(ids), 4096):
-            kept |= self.store.existing_ids(ids[start : start + 4096])
-        gone = [files[pid] for pid in ids if pid not in kept]
+        kept = self.store.existing_ids(list(files))  # asked in chunks a server takes
+        gone = [f for pid, f in files.items() if pid not in kept]
         for f in gone:
             f.unlink(missing_ok=True)
         return len(gone)
