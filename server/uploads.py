@@ -91,12 +91,15 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
         await form.close()
 
 
+_FILE_NAME = TypeAdapter(FileName)  # built once: a TypeAdapter compiles its validator
+
+
 def _file_name(field: str, name: str | None) -> str | None:
     """A part's file name, held to what a JSON body's `filename` may be (one line of text, 255 characters)."""
     if not name:
         return None
     try:
-        return TypeAdapter(FileName).validate_python(name)
+        return _FILE_NAME.validate_python(name)
     except ValidationError as exc:
         raise _invalid(field, f"the file name {name[:60]!r}: {exc.errors()[0]['msg']}") from None
 
