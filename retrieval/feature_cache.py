@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
-from .files import file_sha256, write_atomically
+from .files import file_sha256, remove_stale_temporaries, write_atomically
 
 
 def featurizer_key(featurizer: Featurizer) -> str:
@@ -96,6 +96,7 @@ class FeatureCache:
         self._rows = 0  # rows with a hash, read so far
         self._hashes_offset = 0  # bytes of hashes.txt read so far
         self.features = np.zeros((0, featurizer.dim), np.float32)
+        remove_stale_temporaries(self.dir)  # a compaction of file-hashes.txt killed before its rename
         with self._locked():
             self._load()
             self._upgrade_npy_cache()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -17,6 +19,46 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# A temporary file of write_atomically: `.NAME.PID.THREAD.tmp`.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.\d+\.tmp$")
+# How old a dead writer's temporary file must be before it is removed: another host or container sharing the
+# folder has its own process ids, so a dead-looking id alone could be a write still going on there.
+STALE_TEMPORARY_AGE_S = 600.0
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, min_age_s: float = STALE_TEMPORARY_AGE_S) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in `folder` (a DMN stream's is
+    ~50 MB; nothing else ever removes them). Only those whose writer process is gone and that are `min_age_s`
+    old; returns what was removed."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        m = _TEMPORARY_NAME.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m["pid"])
+        with suppress(FileNotFoundError):
+            if pid == os.getpid() or _process_alive(pid) or now - entry.stat().st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], durable: bool = True) -> None:

@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .featurizers import FeaturizerError, FeaturizerSpec
-from .files import write_atomically
+from .files import remove_stale_temporaries, write_atomically
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 
 DEFAULT_COLLECTION = "vmem"
@@ -812,6 +812,9 @@ class EdgeMemoryStore(MemoryStore):
                     ) from exc
                 raise
             _remove_dead_segment_builds(shard_path)
+            for folder in (self.path, self.path / THUMBNAILS_DIR):
+                for leftover in remove_stale_temporaries(folder):
+                    log.warning("removed %s, left by a write that did not finish", leftover)
         self._any_excluded = self._count_excluded() > 0
         ix = self.meta.index
         self._rows = (OriginalRows(self.path / ORIGINAL_ROWS_FILE, self.dim, ix.vectors_dtype)

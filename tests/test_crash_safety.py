@@ -216,3 +216,47 @@ def test_two_processes_making_one_new_memory_at_once_lose_nothing(tmp_path):
         assert all(s == "added" or "open in another process" in s for s in said), said
         with open_store(memory) as store:
             assert store.count() == 5 * said.count("added")
+
+
+def killed_mid_write(target: Path) -> Path:
+    """Start a process writing `target` with write_atomically, kill -9 it before its rename; its temp file."""
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from retrieval.files import write_atomically\n"
+        "write_atomically(sys.argv[1], lambda fh: (fh.write(b'x' * 1000), fh.flush(), print(flush=True),"
+        " time.sleep(60)))"), str(target)], stdout=subprocess.PIPE, cwd=REPO)
+    writer.stdout.readline()  # the temporary file is written, the rename not yet done
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    (leftover,) = target.parent.glob(f".{target.name}.*.tmp")
+    return leftover
+
+
+def test_temporary_files_of_killed_writes_are_removed_when_the_memory_opens(tmp_path, encoder):
+    feat = load_featurizer(encoder, device="cpu")
+    memory = tmp_path / "memory"
+    open_store(memory, feat.spec).close()
+    (memory / "thumbnails").mkdir()
+    leftovers = [killed_mid_write(memory / "vmem.json"), killed_mid_write(memory / "thumbnails" / "a.jpg")]
+    fresh = killed_mid_write(memory / "notes.txt")
+    old = time.time() - 3600
+    for f in leftovers:
+        os.utime(f, (old, old))
+    open_store(memory).close()
+    assert [f.exists() for f in leftovers] == [False, False]
+    assert fresh.exists(), "a recent one may be a write still going on, on another host sharing the folder"
+    assert len(check_consistent(memory)) == 0
+
+
+def test_temporary_files_of_killed_stream_saves_are_removed_when_streams_are_opened(tmp_path, encoder):
+    from vmem.dmn_classifier import DmnClassifier
+
+    feat = load_featurizer(encoder, device="cpu")
+    with open_store(tmp_path / "memory", feat.spec) as store:
+        streams = tmp_path / "streams"
+        streams.mkdir()
+        leftover = killed_mid_write(streams / "default.npz")  # a ~50 MB stream's, in a real one
+        old = time.time() - 3600
+        os.utime(leftover, (old, old))
+        DmnClassifier(store, lambda: feat, root=streams)
+        assert not leftover.exists()

@@ -53,6 +53,7 @@ from retrieval.dmn import (
     static_entries,
     text_classifier,
 )
+from retrieval.files import remove_stale_temporaries
 from retrieval.store import DEFAULT_COLLECTION
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
@@ -131,6 +132,9 @@ class DmnClassifier:
         # A process-local `:memory:` memory vanishes with its process, and no other can name it: its streams
         # live in memory with it. Files would only pile up, a folder per such memory ever opened.
         self.persistent = root is not None or store.location != ":memory:"
+        if self.persistent:
+            for leftover in remove_stale_temporaries(self.dir):
+                log.warning("removed %s, left by a stream save that did not finish", leftover)
         self._streams: dict[str, DynamicMemory] = {}
         self._lock = threading.Lock()
         self._text_cache: dict[tuple, np.ndarray] = {}
