@@ -52,8 +52,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit and float grayscale: scale to 8 bits instead of clipping to white.
         arr = np.asarray(img, dtype=np.float64)
         hi = float(arr.max()) if arr.size else 0.0
-        # Float images in [0, 1] (scientific TIFFs) are scaled up: cast as they are, they were black.
-        top = 1.0 if img.mode == "F" and 0 < hi <= 1.0 else hi if hi > 255 else 255.0
+        if img.mode.startswith("I;16"):
+            # Full range, as a viewer shows it: scaled by its own maximum, one image's brightness depended on
+            # its content (a dark crop came out as bright as the whole).
+            top = 65535.0
+        else:
+            # 32-bit integers and floats have no fixed range. Float images in [0, 1] (scientific TIFFs) are
+            # scaled up: cast as they are, they were black.
+            top = 1.0 if img.mode == "F" and 0 < hi <= 1.0 else hi if hi > 255 else 255.0
         arr = arr / top * 255.0
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:

@@ -61,12 +61,13 @@ def test_cmyk_jpeg_becomes_rgb():
     assert r > 200 and g < 60 and b < 60  # cyan 0, magenta+yellow full: red
 
 
-def test_16_bit_grayscale_is_scaled_not_clipped():
+def test_16_bit_grayscale_is_scaled_from_its_full_range_not_clipped():
     arr = np.full((6, 6), 30000, dtype=np.uint16)
-    arr[0, 0] = 60000
     img = load_image(encode(Image.fromarray(arr), "PNG"))
     assert img.mode == "RGB"
-    assert 100 < img.getpixel((3, 3))[0] < 150  # 30000/60000 of full scale, not saturated white
+    assert img.getpixel((3, 3))[0] == 116  # 30000/65535 of full scale, not saturated white
+    arr[0, 0] = 60000  # a brighter pixel elsewhere leaves this one's brightness alone
+    assert load_image(encode(Image.fromarray(arr), "PNG")).getpixel((3, 3))[0] == 116
 
 
 def test_a_float_image_in_zero_to_one_keeps_its_brightness():
