@@ -38,14 +38,21 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a directory")
-    items, unread = [], []
+    items, unread, broken = [], [], []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in files_under(label_dir):
             # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
-            if (path.is_file() or (path.is_symlink() and not path.exists())) and is_image_path(path):
+            is_file = path.is_file()
+            dangling = not is_file and path.is_symlink()  # is_file follows links: the target is gone
+            if (is_file or dangling) and is_image_path(path):
                 items.append(LabelledImage(normalize_source(path), label_dir.name))
-            elif path.is_file() and is_unread_file(path):
+                if dangling:
+                    broken.append(f"{path} -> {items[-1].source}")
+            elif is_file and is_unread_file(path):
                 unread.append(path)
+    if broken:  # its failure names the missing target (a source is a resolved path): say which link led there
+        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "", root,
+                    "" if len(broken) > 1 else "s", "; ".join(broken[:3]), "; ..." if len(broken) > 3 else "")
     if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
         log.warning("%s", unread_files_message(unread))
     if not items:

@@ -108,12 +108,16 @@ def test_images_directly_under_the_root_are_left_out_and_said(photos, tmp_path, 
     assert f"2 images directly under {photos} (b.png, c.png) are in no label folder, and left out" in caplog.text
 
 
-def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0, photos, tmp_path):
+def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0, photos, tmp_path, caplog):
     (photos / "red").mkdir()
     (photos / "a.png").rename(photos / "red" / "a.png")
     (photos / "red" / "gone.png").symlink_to(tmp_path / "deleted.png")
-    items = read_labelled(photos)
+    with caplog.at_level("WARNING"):
+        items = read_labelled(photos)
     assert [it.label for it in items] == ["red", "red"]
+    # The failure below names the target; the scan names the link that led there, which a user can find.
+    assert f"1 link in {photos} leads to no file: {photos / 'red' / 'gone.png'} -> {tmp_path / 'deleted.png'}" in (
+        caplog.text)
     store = open_store(tmp_path / "memory", lite0.spec)
     report = build_memory(store, lite0, items, num_workers=0)
     assert (report.added, report.failed[0].reason if report.failed else None) == (
