@@ -8,7 +8,7 @@ Exact search runs only up to 60,000 points: its time grows with the square of th
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 
@@ -44,4 +44,6 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("n", type=int, metavar="N", help="synthetic 384-d points in the memory")
+    main(parser.parse_args().n)

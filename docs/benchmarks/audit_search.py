@@ -10,8 +10,8 @@ the same label.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 import tracemalloc
 
@@ -43,4 +43,10 @@ def main(location: str, min_share: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("memory", metavar="MEMORY", help="the memory's directory (e.g. the quickstart's ./memory)")
+    parser.add_argument("min_share", type=float, nargs="?", default=0.5, metavar="MIN_SHARE",
+                        help="share of the neighbours' vote weight for another label that makes a suspect "
+                             "(default 0.5)")
+    args = parser.parse_args()
+    main(args.memory, args.min_share)

@@ -9,8 +9,8 @@ then times the 20 newest edits (the page's list), one point's edits, and the for
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -52,4 +52,7 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("n", type=int, nargs="?", default=100_000, metavar="N",
+                        help="one-image adds written to the journal (default 100000)")
+    main(parser.parse_args().n)
