@@ -740,6 +740,43 @@ def _hold_open_lock(folder: Path) -> Any:
     return fh
 
 
+# The folders of the embedded memories this process holds open, for `_drop_memory_locks_in_child`.
+_open_folders: set[Path] = set()
+
+
+def _drop_memory_locks_in_child() -> None:
+    """In a forked child (a build's decoding workers), let go of the memory locks inherited from the parent.
+
+    vmem's open lock and the engine's log lock are `flock`s, which a fork shares: after a `kill -9` of a build
+    with `--workers`, the memory stayed "open in another process" until its workers noticed and exited (~5 s).
+    Each inherited descriptor is pointed at /dev/null rather than closed, so nothing the child still holds can
+    later close or write a file that took its number. The parent's own descriptors, and locks, are untouched.
+    """
+    if not _open_folders:
+        return
+    folders = [str(f) for f in _open_folders]
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the locks stay until the children exit, as before
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if any(target == os.path.join(f, OPEN_LOCK_FILE) or target.startswith(os.path.join(f, SHARD_DIR, "wal"))
+                   for f in folders):
+                os.dup2(null, int(fd))
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_memory_locks_in_child)
+
+
 class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
 
@@ -775,6 +812,8 @@ class EdgeMemoryStore(MemoryStore):
             raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path)
+        self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
+        _open_folders.add(self._folder)
         try:
             self._open(meta, meta_path, shard_path)
         except BaseException:
@@ -783,6 +822,7 @@ class EdgeMemoryStore(MemoryStore):
 
     def _release_open_lock(self) -> None:
         if self._open_lock is not None:
+            _open_folders.discard(self._folder)
             self._open_lock.close()  # closing the file releases its lock
             self._open_lock = None
 

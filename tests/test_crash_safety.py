@@ -186,6 +186,36 @@ def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_pa
     assert len(check_consistent(memory)) == 2
 
 
+_HOLD_AND_FORK = """
+import os, sys, time
+from retrieval import open_store
+store = open_store(sys.argv[1])
+child = os.fork()  # as a build's decoding workers are made (DataLoader, fork)
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_memory_killed_with_its_workers_alive_can_be_opened_at_once(tmp_path, encoder):
+    # A forked worker shared the memory's locks: after a kill -9 of a build with --workers, the memory was
+    # "open in another process" until the workers noticed and exited (~5 s).
+    memory = tmp_path / "memory"
+    open_store(memory, load_featurizer(encoder, device="cpu").spec).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(memory)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(worker, 0)  # still running, its inherited descriptors with it
+        open_store(memory).close()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 _MAKE_AND_ADD = """
 import sys, time
 import numpy as np
