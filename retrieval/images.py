@@ -32,7 +32,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", "
 # Files a dataset's folders often hold beside the images (annotations, notes): not worth a warning when left out.
 TEXT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".md", ".yaml", ".yml", ".html"})
 
-ImageInput = str | Path | bytes | Image.Image
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 # Who decodes plain JPEGs for `load_pixels`: "simplejpeg" (the default), or "pillow" (before 2026-12, and
 # what `vmem bench featurize --jpeg-decoders` compares it with). Both give the same pixels.
@@ -87,6 +87,10 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         img = source
+    elif isinstance(source, np.ndarray):
+        img = image_from_array(source)
+    elif not isinstance(source, str | Path | bytes | bytearray):
+        raise TypeError(f"an image is a path, bytes, a PIL image or a numpy array, not {type(source).__name__}")
     else:
         if isinstance(source, bytes | bytearray):
             if not source:
@@ -124,6 +128,43 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
     if img.width < 1 or img.height < 1:
         raise ImageDecodeError("the image has no pixels")
     return _to_rgb(img)
+
+
+def image_from_array(pixels: np.ndarray) -> Image.Image:
+    """An image from pixels as a notebook holds them: [height, width], [height, width, 3] or [..., 4] (alpha).
+
+    uint8 as they are; uint16 from their full range; floats in [0, 1] (a tensor's convention) scaled to 0..255,
+    other floats taken as 0..255; booleans black and white. ImageDecodeError for other shapes, such as a
+    channels-first [3, height, width] tensor, and for values outside those ranges.
+    """
+    arr = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        hint = " (channels first? pass array.transpose(1, 2, 0))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ImageDecodeError(f"an image array is [height, width], [height, width, 3] or [height, width, 4], "
+                               f"not {list(pixels.shape)}{hint}")
+    if arr.size == 0:
+        raise ImageDecodeError("the image has no pixels")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)  # as a 16-bit image file is read
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageDecodeError("the image array holds NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        top = 1.0 if hi <= 1.0 else 255.0
+        if lo < 0 or hi > 255:
+            raise ImageDecodeError(f"the image array's values run from {lo:g} to {hi:g}: give 0..1 or 0..255 "
+                                   "(normalised pixels? undo the normalisation first)")
+        arr = np.rint(arr * (255.0 / top)).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ImageDecodeError(f"an image array holds numbers, not {arr.dtype}")
+        if arr.min() < 0 or arr.max() > 255:
+            raise ImageDecodeError(f"the image array's {arr.dtype} values run from {arr.min()} to {arr.max()}: "
+                                   "give 0..255, or uint16")
+        arr = arr.astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(arr))
 
 
 # catch_warnings saves the process's whole warning-filter list on entry and puts it back on exit: two threads

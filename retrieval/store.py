@@ -1163,6 +1163,10 @@ class EdgeMemoryStore(MemoryStore):
         with self._write_lock:
             self.shard.flush()
 
+    def edits_elsewhere(self) -> frozenset[str]:
+        self.shard  # noqa: B018 - a closed store says so here, before its caller embeds a folder for nothing
+        return frozenset()
+
     def close(self) -> None:
         shard = self._shard
         if shard is not None:

@@ -222,3 +222,60 @@ def test_a_label_filter_no_point_passes_is_refused_before_embedding(memory):
     # A class list of which the memory holds a part (a benchmark's 200 classes) still filters by that part.
     [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue", "no-such"])
     assert res.label == "blue"
+
+
+def test_numpy_arrays_are_images_as_a_notebook_holds_them(memory):
+    import numpy as np
+
+    import vmem
+
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[...] = (200, 30, 30)
+    [as_bytes] = memory.classify([make_image((200, 30, 30))], k=4)
+    [as_array] = memory.classify([red], k=4)
+    assert as_array.label == as_bytes.label == "red"
+    batch = np.stack([red, red[..., ::-1]])  # [n, height, width, 3]: a batch, as a loader gives it
+    assert [r.label for r in memory.classify(batch, k=4)] == ["red", "blue"]
+    assert memory.classify([red.astype(np.float32) / 255], k=4)[0].label == "red"  # a tensor's 0..1 floats
+    ids, failed = memory.add([red[..., [1, 0, 2]]], "green-ish")
+    assert len(ids) == 1 and not failed and memory.store.retrieve(ids)[0].source.startswith("upload:")
+    with pytest.raises(TypeError, match=r"pass \[image\]"):
+        memory.classify(red)  # one image, not 64 rows of 64 x 3 "images"
+    with pytest.raises(vmem.ImageDecodeError, match="channels first"):
+        memory.classify([red.transpose(2, 0, 1)])
+    with pytest.raises(vmem.ImageDecodeError, match="normalisation"):
+        memory.classify([(red.astype(np.float32) - 128) / 64])
+
+
+def test_what_is_no_image_is_refused_by_type_before_anything_is_embedded(memory, monkeypatch):
+    monkeypatch.setattr(memory.featurizer, "embed", lambda *a, **k: pytest.fail("embedded"))
+    with pytest.raises(TypeError, match="image 1 is a NoneType"):
+        memory.classify([make_image((200, 30, 30)), None])
+    with pytest.raises(TypeError, match="image 0 is a list"):
+        memory.add([[1, 2, 3]], "x")
+
+
+def test_sources_are_one_per_image_and_local_ones_are_found_by_prefix(memory, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shades = [make_image((0, 0, 200 - 20 * i)) for i in range(2)]
+    with pytest.raises(ValueError, match="got 1 sources for 2 images"):
+        memory.add(shades, "navy", sources=["camera/a.jpg"])
+    with pytest.raises(ValueError, match="got 1 sources for 2 images"):
+        memory.classify(shades, sources=["a"])
+    with pytest.raises(TypeError, match="list of sources"):
+        memory.add(shades, "navy", sources="ab")  # not one source per letter
+    ids, _ = memory.add(shades, "navy", sources=["camera/a.jpg", "camera/b.jpg"])
+    # Named as a relative path, found as forget, relabel and points find local sources: under this folder.
+    assert {p.source for p in memory.store.retrieve(ids)} == {str(tmp_path / "camera" / n) for n in ("a.jpg", "b.jpg")}
+    assert len(memory.points(source_prefix="camera/").points) == 2
+    assert memory.forget(source_prefix="camera/") == 2
+
+
+def test_a_closed_memory_says_so_before_embedding_anything(lite0, tmp_path, monkeypatch):
+    import vmem
+
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.close()
+    monkeypatch.setattr(lite0, "embed", lambda *a, **k: pytest.fail("embedded"))
+    with pytest.raises(vmem.MemoryStoreError, match="closed"):
+        mem.classify([make_image((200, 30, 30))])

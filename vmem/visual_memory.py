@@ -339,7 +339,7 @@ class VisualMemory:
         dmn_stream: str | None = None,
         dmn: Any = None,
     ) -> list[Classification]:
-        """Classify images (paths, bytes or PIL images) from their nearest labelled neighbours.
+        """Classify images (paths, bytes, PIL images or numpy arrays) from their nearest labelled neighbours.
 
         Args:
             images: the queries; every one must decode (use `classify_many` to skip bad ones).
@@ -351,6 +351,7 @@ class VisualMemory:
             template: the re-ranker's prompt template.
             dmn_stream: rule dmn: the named dynamic memory to write to and read (None: off).
             dmn: rule dmn: `DmnOptions` or a dict of them.
+            sources: what each answer's `source` says (default: the path, or None).
 
         Returns:
             One `Classification` per image, in order.
@@ -362,6 +363,7 @@ class VisualMemory:
             ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
         """
         images = _image_list(images, "classify")
+        sources = _source_list(sources, len(images), "classify")
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         self._check_label_filter(labels, settings)
@@ -680,7 +682,9 @@ class VisualMemory:
         tags: dict[str, Any] | None = None,
     ) -> tuple[list[str], list[FailedImage]]:
         """Add labelled images now. A new label is simply new points (`add_images` says what each image became).
-        `labels`: one per image, or one label for all of them.
+        `labels`: one per image, or one label for all of them. `sources`: one per image, the name each point is
+        known by (its id derives from it) in place of the path or the content's hash: a relative path is taken
+        under the current folder, as `forget(source_prefix=...)` takes it.
 
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
@@ -704,6 +708,7 @@ class VisualMemory:
         its earlier label and pruning marks gone and nothing recorded but an "add".
         """
         images = _image_list(images, "add")
+        sources = _source_list(sources, len(images), "add")
         if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)
             labels = [labels] * len(images)
         if len(images) != len(labels):
@@ -715,6 +720,8 @@ class VisualMemory:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
                        upload_source(load_image(im).tobytes()) for im in images]
+        else:  # as forget, relabel and points take a source prefix: a relative path is under this folder
+            sources = [normalize_source(src) for src in sources]
         ok_imgs, ok_labels, ok_sources, failed = [], [], [], []
         for im, lab, src in zip(images, labels, sources, strict=True):
             try:
@@ -1186,13 +1193,37 @@ class VisualMemory:
         }
 
 
+_IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image, np.ndarray)
+
+
 def _image_list(images: Any, method: str) -> list[Any]:
     """`images` as a list; TypeError for one image, which a loop would take apart (a path into characters,
-    bytes into integers) into as many wrong "images"."""
-    if isinstance(images, str | Path | bytes | bytearray | Image.Image):
+    bytes into integers, an array into rows) into as many wrong "images", and for what is no image at all.
+    A 4-d array is a batch of images, [n, height, width, channels]."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, _IMAGE_TYPES):
         raise TypeError(f"{method} takes a list of images, not one {type(images).__name__}: "
                         f"pass [image] (the answer is a list too)")
-    return list(images)
+    listed = list(images)
+    for i, image in enumerate(listed):
+        if not isinstance(image, _IMAGE_TYPES):  # before any image is embedded, not midway
+            raise TypeError(f"image {i} is a {type(image).__name__}: an image is a path, bytes, a PIL image or a "
+                            "numpy array")
+    return listed
+
+
+def _source_list(sources: Sequence[Any] | None, n: int, method: str) -> list[Any] | None:
+    """`sources` as a list of one per image (None: none given); ValueError otherwise, before any image is
+    embedded."""
+    if sources is None:
+        return None
+    if isinstance(sources, str | Path):
+        raise TypeError(f"{method} takes a list of sources, one per image, not one {type(sources).__name__}")
+    listed = list(sources)
+    if len(listed) != n:
+        raise ValueError(f"got {len(listed)} sources for {n} images: give one per image")
+    return listed
 
 
 def _is_uuid(text: str) -> bool:
