@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -63,6 +63,38 @@ from ._thumbs import ThumbnailCache, ThumbnailError
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
 
 log = logging.getLogger(__name__)
+
+# A fallback is a WARNING, once a minute per kind (the first at once; the next says how many came between): at
+# INFO, a service whose key was revoked answered every re-rank with the vote and logged nothing by default.
+FALLBACK_WARNING_EVERY_S = 60.0
+
+
+class _FallbackLog:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._unsaid: dict[str, int] = {}
+
+    def __call__(self, exc: RerankError) -> None:
+        kind = type(exc).__name__
+        if isinstance(exc, NothingToRerankError):  # the vote was unanimous: nothing went wrong
+            log.info("re-ranking not needed: %s", exc)
+            return
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < FALLBACK_WARNING_EVERY_S:
+                self._unsaid[kind] = self._unsaid.get(kind, 0) + 1
+                unsaid = -1
+            else:
+                self._last[kind] = now
+                unsaid = self._unsaid.pop(kind, 0)
+        if unsaid < 0:
+            log.info("re-ranking fell back to the vote: %s", exc)
+        else:
+            log.warning("re-ranking fell back to the vote: %s%s", exc,
+                        f" ({unsaid} more {kind} since the last such warning)" if unsaid else "")
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -210,6 +242,7 @@ class GeminiReranker:
         self._clients: dict[str, genai.Client] = {}
         # One breaker per re-ranker, shared by every thread and batch that uses it.
         self.breaker = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_cooldown_s)
+        self._log_fallback = _FallbackLog()
 
     # ------------------------------------------------------------------ configuration
 
@@ -316,7 +349,7 @@ class GeminiReranker:
         cache_checked = False
 
         def fallback(exc: RerankError) -> RerankOutcome:
-            log.info("re-ranking fell back to the vote: %s", exc)
+            self._log_fallback(exc)
             return RerankOutcome(label=req.vote_label, reranked=False, fallback_reason=exc.reason,
                                  error=type(exc).__name__, usage=ctx.usage, attempts=ctx.attempts,
                                  cache_checked=cache_checked,

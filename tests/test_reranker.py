@@ -231,6 +231,25 @@ def test_a_client_error_is_not_retried(fake, make_rr, images):
     assert out.error == "RequestRejectedError" and "400" in out.fallback_reason and fake.count == 1
 
 
+def test_fallbacks_are_warned_of_once_a_minute_per_kind_saying_how_many_came_between(fake, make_rr, images,
+                                                                                    caplog):
+    # At INFO they were invisible by default: a revoked key made every re-rank the vote, and nothing said so.
+    from reranker import _gemini
+
+    clock = [1000.0]
+    rr = make_rr(max_attempts=1)
+    rr._log_fallback = _gemini._FallbackLog(clock=lambda: clock[0])
+    fake.enqueue(*[fake.status(403)] * 3, fake.status(400))
+    with caplog.at_level("WARNING", logger="reranker"):
+        for seconds in (0, 1, 2):
+            clock[0] += seconds
+            assert rr.rerank_one(request(images)).error == "RequestRejectedError"
+        clock[0] += _gemini.FALLBACK_WARNING_EVERY_S
+        rr.rerank_one(request(images))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and "403" in warned[0] and "(2 more RequestRejectedError since" in warned[1]
+
+
 def test_a_hang_past_the_deadline_falls_back_in_time(fake, make_rr, images):
     fake.enqueue(fake.hang(10))
     t0 = time.monotonic()

@@ -97,3 +97,25 @@ def test_no_key_leaks_anywhere(encoder, fake, tmp_path, monkeypatch, caplog):
     assert_no_secret("the log", caplog.text + "\n".join(repr(r.args) for r in caplog.records))
     settings = Settings(memory=":memory:", api_key=API_KEY)
     assert_no_secret("the settings", repr(settings) + str(settings) + settings.model_dump_json())
+
+
+def test_verbose_cli_logs_no_credentials_of_the_gemini_endpoint(encoder, fake, tmp_path):
+    # httpx logs every request's URL at INFO: `vmem -v` printed a base URL's password and a ?key= token.
+    import subprocess
+
+    from tests._reliability_fixtures import VMEM, subprocess_env
+
+    memory = tmp_path / "memory"
+    tiny_memory(encoder, str(memory)).close()
+    query = tmp_path / "q.png"
+    query.write_bytes(noise_png(99))
+    password = "proxy-SECRET-password-91b7"
+    host = fake.url.split("://", 1)[1]
+    env = {**subprocess_env(), "GEMINI_API_KEY": GEMINI_KEY, "VMEM_GEMINI_MAX_ATTEMPTS": "1",
+           "GOOGLE_GEMINI_BASE_URL": f"http://user:{password}@{host}"}
+    ran = subprocess.run([*VMEM, "-v", "classify", str(query), "--memory", str(memory), "--rerank"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert fake.count == 1  # the request did go out, through the logged client
+    assert password not in ran.stderr + ran.stdout
+    assert_no_secret("vmem -v's output", ran.stderr + ran.stdout)

@@ -103,6 +103,10 @@ _summaries_on_one_line(app)
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    # Their INFO lines name every request's URL, credentials in a base URL and ?key= included (vmem's own
+    # messages leave them out), and google-genai's repeat one line per call: -v is about vmem's work.
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2", "google_genai"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 __all__ = ["app"]
