@@ -10,14 +10,23 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import HTTP_METHODS
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Up to two minutes: a re-ranked request waits up to the Gemini deadline (60 s by default) and its queue.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# A fallback's `reason` label is the error class behind it (reranker/_errors.py), or one of the service's own.
+FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededError", "UpstreamError",
+                    "ConnectionFailedError", "RequestRejectedError", "InvalidAnswerError", "NonCandidateAnswerError",
+                    "StepBudgetError", "CircuitOpenError", "NothingToRerankError", "UnexpectedError", "NotConfigured",
+                    "Other")
+EDIT_OPS = ("add", "relabel", "forget", "name")
+POOLS = ("embedding", "rerank")
+CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 class Metrics:
@@ -42,6 +51,31 @@ class Metrics:
         self.edits = Counter("vmem_memory_edits_total",
                              "Points added, forgotten or relabelled, and labels named, through the API", ["op"],
                              registry=r)
+        self.rerank_seconds = Histogram("vmem_rerank_duration_seconds",
+                                        "Time the re-ranker took for one image (Gemini's calls and retries, or "
+                                        "its cache), fallbacks included", buckets=LATENCY_BUCKETS, registry=r)
+        self.gemini_tokens = Counter("vmem_gemini_tokens_total", "Tokens Gemini counted for re-ranking requests "
+                                     "(answers from a cache cost none)", ["kind"], registry=r)
+        self.gemini_requests = Counter("vmem_gemini_requests_total", "Requests sent to Gemini, retries included",
+                                       registry=r)
+        self.work_queued = Gauge("vmem_work_queued", "Requests waiting for a thread of the pool (embedding: "
+                                 "classify and edits; rerank: classify with rerank=true)", ["pool"], registry=r)
+        self.work_running = Gauge("vmem_work_running", "Requests running on a thread of the pool", ["pool"],
+                                  registry=r)
+        # Every series from the start: a counter first seen at its first event makes that event invisible to
+        # increase() and to alerts.
+        for reason in FALLBACK_REASONS:
+            self.rerank_fallbacks.labels(reason)
+        for counter in (self.cache, self.rerank_cache):
+            for result in ("hit", "miss"):
+                counter.labels(result)
+        for op in EDIT_OPS:
+            self.edits.labels(op)
+        for kind in ("prompt", "output", "thinking"):
+            self.gemini_tokens.labels(kind)
+        for pool in POOLS:
+            self.work_queued.labels(pool)
+            self.work_running.labels(pool)
         # Seconds at 200k points, ~9 at 1.28M (one 640k-point segment rewritten): buckets up to minutes.
         self.erase_seconds = Histogram("vmem_erase_duration_seconds",
                                        "Time to rewrite the memory's files without the forgotten points (erase=true)",
@@ -51,6 +85,23 @@ class Metrics:
         """Export the memory's own count of original vectors read to re-rank doubtful candidates (0 unless it
         does): an operator divides it by the searches to see how many disk reads a query costs."""
         self.registry.register(_RowsRead(rows_read))
+
+
+    def report_circuit(self, state: Callable[[], str | None]) -> None:
+        """Export the re-ranker's circuit breaker state (`state()`: closed, half-open, open; None: no re-ranker)."""
+        self.registry.register(_CircuitState(state))
+
+
+class _CircuitState(Collector):
+    def __init__(self, state: Callable[[], str | None]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.state()
+        if now is not None:
+            yield GaugeMetricFamily("vmem_rerank_circuit_state", "The re-ranker's circuit: 0 closed (Gemini asked), "
+                                    "1 half-open (one trial request), 2 open (the vote, Gemini not asked)",
+                                    value=CIRCUIT_STATES.get(now, 2))
 
 
 class _RowsRead(Collector):

@@ -146,6 +146,16 @@ def template_registry() -> Any | None:
     return default_registry()
 
 
+def _as_served_from_cache(res: Classification) -> Classification:
+    """A cached answer as this request got it: the Gemini usage it reports was the first request's, and a client
+    summing `usage` to follow its Gemini bill counted it again with every repeat."""
+    if res.usage is None:
+        return res
+    spent = ("requests", "prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens", "images", "attempts")
+    return res.model_copy(update={"usage": {**res.usage, **{k: 0 for k in spent if k in res.usage},
+                                            "cached": True, "latency_s": 0.0}})
+
+
 class ClassifierService:
     """One loaded memory and what the routes need around it."""
 
@@ -159,6 +169,7 @@ class ClassifierService:
         self.settings = settings
         self.metrics = metrics
         metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))
+        metrics.report_circuit(lambda: getattr(getattr(self.memory.reranker, "breaker", None), "state", None))
         self.owns_memory = owns_memory
         self._executor: ThreadPoolExecutor | None = None
         self._rerank_executor: ThreadPoolExecutor | None = None
@@ -218,13 +229,33 @@ class ClassifierService:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await self._run_on("embedding", self.executor, functools.partial(fn, *args, **kwargs))
 
     async def run_reranking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work that asks Gemini on the re-ranking threads (`rerank_executor`)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.rerank_executor, functools.partial(fn, *args, **kwargs))
+        return await self._run_on("rerank", self.rerank_executor, functools.partial(fn, *args, **kwargs))
+
+    async def _run_on(self, pool: str, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+        """`work` on `executor`, counted as queued until a thread takes it and as running until it ends."""
+        queued, running = self.metrics.work_queued.labels(pool), self.metrics.work_running.labels(pool)
+
+        def counted() -> T:
+            queued.dec()
+            running.inc()
+            try:
+                return work()
+            finally:
+                running.dec()
+
+        queued.inc()
+        try:
+            future = executor.submit(counted)
+        except BaseException:  # the pool shut down
+            queued.dec()
+            raise
+        # A request cancelled while it waited (its client gone) cancels its work, which then never runs.
+        future.add_done_callback(lambda f: queued.dec() if f.cancelled() else None)
+        return await asyncio.wrap_future(future)
 
     def warm_up(self) -> None:
         """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic; and remove
@@ -408,9 +439,8 @@ class ClassifierService:
                     self._cache.move_to_end(key)
             if hit is not None:
                 self.metrics.cache.labels("hit").inc()
-                out[i] = self._answer(hit, threshold, cached=True)
+                out[i] = self._answer(_as_served_from_cache(hit), threshold, cached=True)
                 continue
-            self.metrics.cache.labels("miss").inc()
             keys[i] = key
         failed: list[tuple[int, str]] = []
         for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):
@@ -419,6 +449,8 @@ class ClassifierService:
                 rerank=q.rerank, template=q.template, sources=[uploads[i].filename or uploads[i].source
                                                                for i, _ in step])
             for (i, _), res in zip(step, results, strict=True):
+                if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered
+                    self.metrics.cache.labels("miss").inc()
                 self._count(res)
                 # A fallback may be transient (a timeout): do not pin it in the cache.
                 if size and not (q.rerank and res.fallback_reason):
@@ -433,9 +465,16 @@ class ClassifierService:
         return [a for a in out if a is not None]
 
     def _count(self, res: Classification) -> None:
+        usage = res.usage or {}
         # The re-ranker's own answer cache; a fallback before the lookup (one candidate label) is neither.
-        if res.usage is not None and res.usage.get("cache_checked"):
-            self.metrics.rerank_cache.labels("hit" if res.usage["cached"] else "miss").inc()
+        if usage.get("cache_checked"):
+            self.metrics.rerank_cache.labels("hit" if usage["cached"] else "miss").inc()
+        if res.usage is not None:
+            if usage.get("latency_s") is not None:
+                self.metrics.rerank_seconds.observe(usage["latency_s"])
+            self.metrics.gemini_requests.inc(usage.get("requests", 0))
+            for kind in ("prompt", "output", "thinking"):
+                self.metrics.gemini_tokens.labels(kind).inc(usage.get(f"{kind}_tokens", 0))
         if res.fallback_reason:
             # Label by the error class, never the reason text: that holds attempt counts and endpoints,
             # and every distinct text would be a new time series.

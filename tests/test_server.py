@@ -206,8 +206,38 @@ def test_a_hung_gemini_holds_up_no_plain_classify(tmp_path, lite0, memory_images
                 plain = client.post("/v1/classify?k=3", files=upload(texture(COLORS["blue"], 80)))
                 assert plain.status_code == 200 and plain.json()["label"] == "blue"
                 assert not any(r.done() for r in reranks)  # answered while both re-ranks still wait on Gemini
+                metrics = client.get("/metrics").text  # where an operator sees them waiting
+                assert 'vmem_work_running{pool="rerank"} 2.0' in metrics
+                assert 'vmem_work_running{pool="embedding"} 0.0' in metrics
+                assert "vmem_rerank_circuit_state 0.0" in metrics
                 fake.release_hangs()
                 assert all(r.result().json()["reranked"] for r in reranks)
+                metrics = client.get("/metrics").text
+                assert 'vmem_work_running{pool="rerank"} 0.0' in metrics
+                assert 'vmem_work_queued{pool="rerank"} 0.0' in metrics
+                assert "vmem_rerank_duration_seconds_count 2.0" in metrics
+                assert "vmem_gemini_requests_total 2.0" in metrics
+        finally:
+            mem.close()
+
+
+def test_an_answer_from_the_service_cache_reports_no_gemini_usage_and_tokens_are_counted_once(
+        tmp_path, lite0, memory_images):
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        try:
+            with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
+                query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true"
+                first, again = (client.post(url, files=query).json() for _ in range(2))
+                assert (first["cached"], again["cached"]) == (False, True) and fake.count == 1
+                assert first["usage"]["requests"] == 1 and first["usage"]["total_tokens"] > 0
+                # A client adding up `usage` to follow its Gemini bill counted the first request twice.
+                assert again["usage"]["requests"] == again["usage"]["total_tokens"] == 0
+                assert again["usage"]["cached"] is True
+                metrics = client.get("/metrics").text
+                assert f'vmem_gemini_tokens_total{{kind="prompt"}} {float(first["usage"]["prompt_tokens"])}' in metrics
+                assert "vmem_gemini_requests_total 1.0" in metrics
         finally:
             mem.close()
 
@@ -393,7 +423,9 @@ def test_without_a_result_cache_no_lookup_is_counted_and_an_upload_is_hashed_onc
     client = make_client(result_cache_size=0)
     data = texture(COLORS["green"], 11)
     assert [client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] for _ in range(2)] == [False, False]
-    assert "vmem_result_cache_total{" not in client.get("/metrics").text  # neither hits nor misses
+    metrics = client.get("/metrics").text  # neither hits nor misses
+    assert 'vmem_result_cache_total{result="hit"} 0.0' in metrics
+    assert 'vmem_result_cache_total{result="miss"} 0.0' in metrics
 
     # An upload is hashed once, for its source (it was hashed again for a cache key, and again for the source).
     import hashlib
@@ -419,6 +451,8 @@ def test_batch_answers_each_image_and_reports_the_bad_one(client):
     assert [i["index"] for i in body["items"]] == [0, 1, 2]
     assert body["items"][0]["result"]["label"] == "red" and body["items"][2]["result"]["label"] == "blue"
     assert body["items"][1]["result"] is None and "not a recognised image" in body["items"][1]["error"]
+    # Two lookups the cache could have answered: junk uploads do not drag its hit ratio down.
+    assert 'vmem_result_cache_total{result="miss"} 2.0' in client.get("/metrics").text
 
     # As JSON, an empty image is that image's failure too, not the whole request's.
     as_json = client.post("/v1/classify/batch?k=4", json={"images": [
