@@ -14,6 +14,7 @@ Each point's id is a UUIDv5 of its source, so adding the same image twice is ide
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -610,6 +611,9 @@ class MemoryStore(ABC):
         """
         return frozenset()
 
+    def check_available(self) -> None:  # noqa: B027 - nothing to check for most backends
+        """Raise MemoryUnavailableError if the memory can no longer take edits that last (readiness checks)."""
+
     def prefetch(self) -> int:
         """Read what searches use once, so that the OS caches it; returns the bytes read (0 where there is
         nothing to read: a Qdrant server holds its own files)."""
@@ -813,6 +817,8 @@ class EdgeMemoryStore(MemoryStore):
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path)
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
+        folder = os.stat(self.path)
+        self._folder_identity = (folder.st_dev, folder.st_ino)
         _open_folders.add(self._folder)
         try:
             self._open(meta, meta_path, shard_path)
@@ -916,7 +922,28 @@ class EdgeMemoryStore(MemoryStore):
                                              **VACUUM_THRESHOLDS)
 
     def save_meta(self) -> None:
+        self.check_available()
         write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
+
+    def check_available(self) -> None:
+        """MemoryUnavailableError if the memory's folder was removed or replaced since it was opened: the engine
+        goes on answering from the files it holds open, and would take edits into files nothing reads again (a
+        service went on answering "201 added" for points lost at its restart)."""
+        try:
+            now = os.stat(self.path)
+            shard_there = (self.path / SHARD_DIR).is_dir()
+        except OSError:
+            now, shard_there = None, False
+        if now is None or (now.st_dev, now.st_ino) != self._folder_identity or not shard_there:
+            raise MemoryUnavailableError(
+                f"the memory's folder {self.path} was removed or replaced while this process had it open: nothing "
+                "more is written to it; restart the service, or open the memory again")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._write_lock:
+            self.check_available()
+            yield
 
     def _count_excluded(self) -> int:
         return self.shard.count(self._qe.CountRequest(filter=self._filter(excluded_only=True), exact=True))
@@ -948,7 +975,7 @@ class EdgeMemoryStore(MemoryStore):
 
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
-        with self._write_lock:
+        with self._writing():
             if self._rows is not None:  # the rows first: a point a search can find has its row
                 self._rows.erase(self._rows_of(ids))  # of the versions this add replaces
                 rows = self._rows.append(vectors)
@@ -971,7 +998,7 @@ class EdgeMemoryStore(MemoryStore):
                     self._left_unindexed = info.points_count - info.indexed_vectors_count
 
     def delete_ids(self, ids: Sequence[str]) -> int:
-        with self._write_lock:
+        with self._writing():
             points = self.retrieve(list(ids))
             if points:
                 if self._rows is not None:  # erased first: no copy outlives the point
@@ -992,7 +1019,7 @@ class EdgeMemoryStore(MemoryStore):
         if label is None and source_prefix is None:
             raise ValueError("give a label or a source prefix")
         flt = self._filter(label=label, source_prefix=source_prefix)
-        with self._write_lock:
+        with self._writing():
             n = self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
             if n:
                 if self._rows is not None:  # their rows read in the same pass that finds them
@@ -1097,7 +1124,7 @@ class EdgeMemoryStore(MemoryStore):
                 return
 
     def set_payload(self, ids, payload) -> None:
-        with self._write_lock, self._excluded_may_change(EXCLUDED_KEY in payload):
+        with self._writing(), self._excluded_may_change(EXCLUDED_KEY in payload):
             self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
 
     def optimize(self) -> None:
@@ -1170,12 +1197,20 @@ class EdgeMemoryStore(MemoryStore):
     def close(self) -> None:
         shard = self._shard
         if shard is not None:
-            self._acknowledge_last_add()
-            if self._rows is not None:
-                self._rows.close()
-            shard.flush()
-            shard.close()
-            self.shard = None
+            try:
+                self.check_available()
+            except MemoryUnavailableError as exc:  # nothing to flush to: let go of the files, and say why
+                log.warning("%s", exc)
+                with contextlib.suppress(Exception):
+                    shard.close()
+                self.shard = None
+            else:
+                self._acknowledge_last_add()
+                if self._rows is not None:
+                    self._rows.close()
+                shard.flush()
+                shard.close()
+                self.shard = None
         self._release_open_lock()
 
     def _acknowledge_last_add(self) -> None:

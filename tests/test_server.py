@@ -949,6 +949,21 @@ def test_templates_list_the_registry(client):
     assert all(t["description"] and t["ref"].startswith(t["name"] + "@") for t in body["templates"])
 
 
+def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path):
+    # The engine answers from the files it holds open: the service said "ready" and "201 added" for points
+    # written into deleted files, lost at its restart.
+    import shutil
+
+    shutil.rmtree(tmp_path / "memory0")
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "was removed or replaced" in ready.json()["detail"]
+    add = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
+                      files={"images": ("r.png", texture(COLORS["red"], 5), "image/png")})
+    assert_problem(add, 503, "memory-unavailable", "restart the service")
+    forget = client.delete("/v1/memory?label=red", headers=AUTH)
+    assert forget.status_code == 503
+
+
 def test_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()

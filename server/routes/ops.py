@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from retrieval import MemoryUnavailableError
+
 from ..schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["ops"])
@@ -28,8 +30,13 @@ async def readyz(request: Request) -> ReadyOut | JSONResponse:
     if service is None or not service.ready:
         body = ReadyOut(status="not ready", detail="the encoder and memory are still loading")
         return JSONResponse(body.model_dump(), status_code=503)
+    store = service.memory.store
     try:
-        points = await run_in_threadpool(service.memory.store.count)
+        await run_in_threadpool(store.check_available)
+    except MemoryUnavailableError as exc:
+        return JSONResponse(ReadyOut(status="not ready", detail=str(exc)).model_dump(), status_code=503)
+    try:
+        points = await run_in_threadpool(store.count)
     except Exception as exc:  # readiness must report, not raise, whatever the backend throws
         body = ReadyOut(status="not ready", detail=f"the memory does not answer: {type(exc).__name__}")
         return JSONResponse(body.model_dump(), status_code=503)
