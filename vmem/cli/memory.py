@@ -177,8 +177,9 @@ def build(
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
-        typer.echo(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
-                   f"{len(items)} images in {len(dataset_labels)} labels", err=True)
+        # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
+        bar.write(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
+                  f"{len(items)} images in {len(dataset_labels)} labels", file=sys.stderr)
         if label_names is None:
             # Found beside the dataset (or vmem's own): a fallback, naming only labels without a name. A resume is
             # the same command run again, and must not undo names given since (--label-names, PUT label-names).
@@ -187,8 +188,8 @@ def build(
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
             if new:
                 mem.set_label_names(new)
-            typer.echo(f"label names: {len(names)} of {len(dataset_labels)} labels named by {names_file}"
-                       + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), err=True)
+            bar.write(f"label names: {len(names)} of {len(dataset_labels)} labels named by {names_file}"
+                      + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), file=sys.stderr)
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
             file=sys.stderr)
