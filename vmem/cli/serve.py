@@ -62,7 +62,8 @@ def serve(
 
         app = create_app(settings, memory=mem, auditor=lambda store, progress: audit_labels(store, progress=progress))
         prefix = root_path.rstrip("/")
-        typer.echo(f"serving {settings.location} on http://{host}:{port} (page at /, API docs at /docs)"
+        where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
+        typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                    + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level, root_path=prefix)
     finally:
