@@ -373,10 +373,13 @@ class ClassifierService:
             yield step
 
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
+        before = dict(self.memory.label_names)
         self.memory.set_label_names(names, replace=replace)
         self._edited(points=False)  # cached answers carry the names they were given; novelty reads no name
-        self.metrics.edits.labels("name").inc(len(names))
-        return self.memory.label_names
+        after = self.memory.label_names
+        # Labels whose name changed, came or went: a name sent again as it was is no edit.
+        self.metrics.edits.labels("name").inc(sum(before.get(k) != after.get(k) for k in before.keys() | after.keys()))
+        return after
 
     def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
                 source_prefix: str | None = None) -> int:

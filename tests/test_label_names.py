@@ -275,9 +275,12 @@ def test_http_names_labels_with_the_key_and_answers_follow_at_once(tmp_path, lit
         again = client.post("/v1/classify?k=3", files=query).json()
         assert (again["label_name"], again["cached"]) == ("emerald", False)  # no cached answer with old names
         assert 'vmem_memory_edits_total{op="name"} 2.0' in client.get("/metrics").text
+        assert client.put("/v1/memory/label-names", json=names, headers=key).status_code == 200  # sent again
+        assert 'vmem_memory_edits_total{op="name"} 2.0' in client.get("/metrics").text  # as they were: no edit
         replaced = client.put("/v1/memory/label-names", json={"names": {"blue": "navy"}, "replace": True},
                               headers=key).json()
         assert replaced["label_names"] == {"blue": "navy"}
+        assert 'vmem_memory_edits_total{op="name"} 5.0' in client.get("/metrics").text  # blue named, two unnamed
         blank = client.put("/v1/memory/label-names", json={"names": {"blue": " "}}, headers=key)
         assert blank.status_code == 422
         # A separator control character: no space to the schema's pattern (Python strips it as one), and a
