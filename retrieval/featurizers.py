@@ -21,13 +21,15 @@ import hashlib
 import importlib
 import logging
 import os
+import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -550,7 +552,8 @@ class Dinov2Featurizer(Featurizer):
         self.model_id = model_id
         self.name = name or model_id
         try:
-            self.model = Dinov2Model.from_pretrained(model_id, dtype=self.dtype).to(self.device).eval()
+            self.model = from_hub_or_folder(functools.partial(Dinov2Model.from_pretrained, dtype=self.dtype),
+                                            model_id).to(self.device).eval()
         except OSError as exc:
             raise FeaturizerError(
                 f"could not load DINOv2 weights {model_id!r}: {exc}. On a machine without access to the "
@@ -561,6 +564,27 @@ class Dinov2Featurizer(Featurizer):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=batch.contiguous())
         return out.last_hidden_state[:, 0]  # CLS token after the final layernorm
+
+
+def from_hub_or_folder(load: Callable[..., Any], model_id: str) -> Any:
+    """`load(model_id)` (a `from_pretrained`), from the local cache or folder when it is there, else the Hub.
+
+    Asked for a Hub id with no network, transformers retried for ~30 s, logging each retry twice, before
+    failing: a Hub whose name does not resolve is now an OSError at once.
+    """
+    try:
+        return load(model_id, local_files_only=True)
+    except OSError:
+        if Path(model_id).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlsplit(endpoint).hostname or endpoint
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise OSError(f"{model_id!r} is not in the local Hugging Face cache, and the Hub ({host}) cannot be "
+                      f"reached ({exc.strerror or exc})") from exc
+    return load(model_id)
 
 
 # ---------------------------------------------------------------- CLIP
@@ -589,8 +613,9 @@ class ClipFeaturizer(Featurizer):
         self.model_id = model_id
         self.name = name or model_id
         try:
-            self.model = CLIPModel.from_pretrained(model_id, dtype=self.dtype).to(self.device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+            self.model = from_hub_or_folder(functools.partial(CLIPModel.from_pretrained, dtype=self.dtype),
+                                            model_id).to(self.device).eval()
+            self.tokenizer = from_hub_or_folder(AutoTokenizer.from_pretrained, model_id)
         except OSError as exc:
             raise FeaturizerError(
                 f"could not load CLIP {model_id!r}: {exc}. On a machine without access to the Hugging Face "

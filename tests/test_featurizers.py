@@ -55,6 +55,15 @@ def test_a_missing_dinov2_checkpoint_is_a_clear_error(tmp_path):
         load_featurizer(f"dinov2:{tmp_path / 'absent'}", device="cpu")
 
 
+def test_a_hub_model_with_no_hub_to_reach_is_a_clear_error_at_once(monkeypatch):
+    # transformers retried for ~30 s, logging every retry twice, before saying the Hub was out of reach.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.vmem-test.invalid")  # a name that resolves nowhere
+    with pytest.raises(FeaturizerError, match=r"not in the local Hugging Face cache, and the Hub "
+                                              r"\(hub.vmem-test.invalid\) cannot be reached.*dinov2:/path/to/dir"):
+        load_featurizer("dinov2:facebook/dinov2-vmem-test-absent", device="cpu")
+
+
 def test_a_memory_refuses_retrained_weights_saved_where_its_model_was(tmp_path):
     # `dinov2:/path` names a folder: new weights saved there would give features unlike the memory's own.
     from transformers import Dinov2Config, Dinov2Model
