@@ -42,6 +42,7 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_packages(wheel):
     missing = [f for f in tracked if f not in held]
     assert missing == [], f"left out of the wheel: {missing}"
     assert any(name.endswith("licenses/LICENSE") for name in held)
+    assert "vmem/py.typed" in held  # a user's own type checker reads vmem's hints
 
 
 def test_an_installed_wheel_imports_and_runs_without_the_checkout(wheel, tmp_path):

@@ -26,6 +26,7 @@ def memory(lite0, tmp_path):
 
 
 def test_classify_bytes_and_explain_the_decision(memory):
+    assert repr(memory) == f"<VisualMemory {memory.store.location} (efficientnet-lite0, 1280-d)>"  # a notebook's view
     [res] = memory.classify([make_image((200, 30, 30))], k=4)
     assert res.label == "red"
     assert res.vote.rule == VoteRule.rank and res.vote.k == 4 and res.vote.origin == "explicit"

@@ -13,17 +13,29 @@ Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which
 from prompts import TemplateLoadError, UnknownTemplateError
 from retrieval import FeaturizerMismatchError, ImageDecodeError
 from retrieval import MemoryError as MemoryStoreError
+from retrieval.journal import JournalEntry
 
-from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
+from .results import (
+    AddResult,
+    Classification,
+    DmnDetails,
+    FailedImage,
+    MemoryPoint,
+    NeighborVote,
+    PointPage,
+    VoteSettings,
+)
 from .visual_memory import DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
 
 __all__ = [
     "DEFAULT_FEATURIZER",
     "AddResult",
     "Classification",
+    "DmnDetails",
     "FailedImage",
     "FeaturizerMismatchError",
     "ImageDecodeError",
+    "JournalEntry",
     "MemoryPoint",
     "MemoryStoreError",
     "NeighborVote",

@@ -246,6 +246,10 @@ class VisualMemory:
     def __enter__(self) -> VisualMemory:
         return self
 
+    def __repr__(self) -> str:
+        spec = self.store.meta.featurizer
+        return f"<VisualMemory {self.store.location} ({spec.name}, {spec.dim}-d)>"
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
