@@ -998,13 +998,29 @@ class EdgeMemoryStore(MemoryStore):
                     self._left_unindexed = info.points_count - info.indexed_vectors_count
 
     def delete_ids(self, ids: Sequence[str]) -> int:
+        ids = list(ids)
         with self._writing():
-            points = self.retrieve(list(ids))
-            if points:
+            # Which exist (and their rows), read in chunks and with no other payload: the whole payloads of a
+            # 250,000-point forget at once took 6 s and 420 MB. Deleted in one operation, as before.
+            present, rows = [], []
+            for start in range(0, len(ids), SERVER_REQUEST_IDS):
+                recs = self.shard.retrieve(ids[start : start + SERVER_REQUEST_IDS], with_vector=False,
+                                           with_payload=self._qe.PayloadSelector.Include([ROW_KEY]))
+                present += [r.id for r in recs]
+                rows += [r.payload[ROW_KEY] for r in recs if r.payload and ROW_KEY in r.payload]
+            if present:
                 if self._rows is not None:  # erased first: no copy outlives the point
-                    self._rows.erase([p.payload[ROW_KEY] for p in points if ROW_KEY in p.payload])
-                self.shard.update(self._qe.UpdateOperation.delete_points([p.id for p in points]))
-        return len(points)
+                    self._rows.erase(rows)
+                self.shard.update(self._qe.UpdateOperation.delete_points(present))
+        return len(present)
+
+    def existing_labels(self, ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), SERVER_REQUEST_IDS):  # the label only, not every payload
+            recs = self.shard.retrieve(list(ids[start : start + SERVER_REQUEST_IDS]), with_vector=False,
+                                       with_payload=self._qe.PayloadSelector.Include(["label"]))
+            out |= {_str_id(r.id): (r.payload or {}).get("label") for r in recs}
+        return out
 
     def _rows_of(self, ids: Sequence[str]) -> list[int]:
         """Rows in vmem's copy of the originals held by these points (those that exist)."""
