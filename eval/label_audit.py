@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
-from retrieval.voting import neighbor_weights, vote_all_k
+from retrieval.voting import neighbor_weights, vote_last_k
 
 from .scoring import (
     SelfSearch,
@@ -100,7 +100,7 @@ def leave_one_out_votes(
         w = np.where(ids >= 0, neighbor_weights(sim, VoteRule.rank, alpha), 0.0)
         total = np.maximum(w.sum(axis=1), 1e-12)
         # The vote among the other labels (the point's own taken out): classify's rule and tie-break.
-        best = vote_all_k(np.where(ids == mine, -1, ids), sim, VoteRule.rank, len(classes), alpha)[:, -1]
+        best = vote_last_k(np.where(ids == mine, -1, ids), sim, VoteRule.rank, len(classes), alpha)
         other[s : s + block] = best
         share[s : s + block] = np.where((ids == best[:, None]) & (best[:, None] >= 0), w, 0.0).sum(axis=1) / total
         own_share[s : s + block] = np.where(ids == mine, w, 0.0).sum(axis=1) / total

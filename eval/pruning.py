@@ -36,8 +36,8 @@ from .scoring import (
     K_MAX,
     SelfSearch,
     class_index,
+    final_predictions,
     index_self_search,
-    predictions,
     self_search,
     self_search_points,
     table_from_hits,
@@ -78,7 +78,7 @@ def wrong_decision_counts(
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
     idx, sims = hits if hits is not None else self_search(features, k, progress)
     table = table_from_hits(idx, sims, labels, classes)
-    preds = predictions(table, rule, alpha, tau)[:, -1]
+    preds = final_predictions(table, rule, alpha, tau)
     wrong = preds != own
     blamed = (idx >= 0) & wrong[:, None]
     if blame == "voters":

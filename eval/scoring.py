@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k, vote_last_k
 from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, SCROLL_PAGE
 
 from .exact import exact_search
@@ -300,6 +300,17 @@ def predictions(
         rel = table.reliability[s : s + block] if soft and table.reliability is not None else None
         out[s : s + block] = vote_all_k(table.label_ids[s : s + block], table.similarities[s : s + block], rule,
                                         len(table.classes), alpha, tau, rel)
+    return out
+
+
+def final_predictions(table: NeighborTable, rule: VoteRule | str, alpha: float = DEFAULT_ALPHA,
+                      tau: float = DEFAULT_TAU, block: int = 4096) -> np.ndarray:
+    """int64 [n]: `predictions(...)[:, -1]`, the rule's prediction with all K neighbours, alone."""
+    n = len(table.label_ids)
+    out = np.empty(n, dtype=np.int64)
+    for s in range(0, n, block):
+        out[s : s + block] = vote_last_k(table.label_ids[s : s + block], table.similarities[s : s + block], rule,
+                                         len(table.classes), alpha, tau)
     return out
 
 

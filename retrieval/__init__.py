@@ -43,7 +43,7 @@ from .store import (
     open_store,
     point_id_for,
 )
-from .voting import DEFAULT_ALPHA, DEFAULT_TAU, VoteOutcome, VoteRule, neighbor_weights, vote, vote_all_k
+from .voting import DEFAULT_ALPHA, DEFAULT_TAU, VoteOutcome, VoteRule, neighbor_weights, vote, vote_all_k, vote_last_k
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -92,4 +92,5 @@ __all__ = [
     "unique_sources",
     "vote",
     "vote_all_k",
+    "vote_last_k",
 ]

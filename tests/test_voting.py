@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from retrieval import VoteRule, neighbor_weights, vote, vote_all_k
+from retrieval import VoteRule, neighbor_weights, vote, vote_all_k, vote_last_k
 
 LABELS = ["cat", "dog", "dog", "cat", "fox"]
 SIMS = [0.9, 0.8, 0.7, 0.6, 0.5]
@@ -120,3 +120,19 @@ def test_degenerate_parameters_still_give_an_answer(rule, kw):
         out = vote(["a", "b", "a"], [0.9, 0.8, 0.7], rule, **kw)
         preds = vote_all_k(np.array([[0, 1, 0]]), np.array([[0.9, 0.8, 0.7]]), rule, 2, **kw)
     assert out.label == "a" and preds[0, 0] == 0
+
+
+@pytest.mark.parametrize("rule", list(VoteRule))
+def test_the_vote_with_all_k_neighbours_alone_is_the_last_of_every_k(rule):
+    # Pruning and the label audit want only this column; at every k it cost minutes with 1,000 classes.
+    rng = np.random.default_rng(11)
+    for n_classes, kmax in ((1000, 50), (5, 20), (3, 1)):
+        label_ids = rng.integers(0, n_classes, size=(300, kmax))
+        label_ids[rng.random(label_ids.shape) < 0.05] = -1  # some ranks without a neighbour
+        label_ids[0] = -1  # and one query with none at all
+        sims = np.round(np.sort(rng.uniform(-0.2, 0.9, size=(300, kmax)), axis=1)[:, ::-1], 1)  # ties
+        rel = rng.choice([1.0, 0.5, 1.75 / 3], size=(300, kmax))
+        for reliability in (None, rel):
+            expected = vote_all_k(label_ids, sims, rule, n_classes, reliability=reliability)[:, -1]
+            got = vote_last_k(label_ids, sims, rule, n_classes, reliability=reliability)
+            assert got.tolist() == expected.tolist() and got[0] == -1
