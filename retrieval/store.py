@@ -24,6 +24,7 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1324,9 +1325,12 @@ class QdrantServerStore(MemoryStore):
                 on_disk_payload=True,
                 metadata={"vmem": json.loads(meta.model_dump_json())},
             )
-            self.client.create_payload_index(collection, "label", qm.PayloadSchemaType.KEYWORD)
-            self.client.create_payload_index(collection, "source", qm.PayloadSchemaType.KEYWORD)
-            self.client.create_payload_index(collection, EXCLUDED_KEY, qm.PayloadSchemaType.KEYWORD)
+            with warnings.catch_warnings():
+                # qdrant-client's local modes warn that they ignore payload indexes: a server uses them, and a
+                # notebook on ":memory:" was shown the warning for a memory it cannot act on.
+                warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
+                for key in ("label", "source", EXCLUDED_KEY):
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
 
     def _stored_metadata(self) -> dict[str, Any]:
         return self.client.get_collection(self.collection).config.metadata or {}

@@ -517,3 +517,13 @@ def test_a_memory_opens_without_re_applying_its_last_add(tmp_path):
     assert last.label == "b" and last.payload["tags"] == {"split": "train"}
     assert store.query(vecs[-1], 1)[0].id == ids[-1]
     store.close()
+
+
+def test_a_memory_in_qdrant_clients_local_mode_is_made_without_a_warning_it_cannot_act_on():
+    # qdrant-client warns that its local modes ignore payload indexes: a notebook on ":memory:" saw it.
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_store(":memory:", SPEC).close()
+    assert [str(w.message) for w in caught if "Payload indexes" in str(w.message)] == []
