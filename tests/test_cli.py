@@ -539,3 +539,10 @@ def test_the_command_lists_give_each_command_its_summary_on_one_line():
     assert "and who (cli, http, python; host and process). A forget lists" in listed.output
     bench = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "400"})
     assert "ever returned afterwards, and the time to erase" in bench.output
+
+
+def test_version_is_printed_as_installed():
+    from importlib.metadata import version
+
+    out = run("--version")
+    assert out.exit_code == 0 and out.output.strip() == f"vmem {version('vmem')}"

@@ -10,6 +10,8 @@ The errors a user of `VisualMemory` meets, to catch by name:
 Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which are `ValueError`s.
 """
 
+from importlib import metadata as _metadata
+
 from prompts import TemplateLoadError, UnknownTemplateError
 from retrieval import FeaturizerMismatchError, ImageDecodeError
 from retrieval import MemoryError as MemoryStoreError
@@ -26,6 +28,11 @@ from .results import (
     VoteSettings,
 )
 from .visual_memory import DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
+
+try:
+    __version__ = _metadata.version("vmem")
+except _metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_FEATURIZER",
@@ -45,5 +52,6 @@ __all__ = [
     "UnknownTemplateError",
     "VisualMemory",
     "VoteSettings",
+    "__version__",
     "upload_source",
 ]

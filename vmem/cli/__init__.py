@@ -100,8 +100,18 @@ def _summaries_on_one_line(commands: typer.Typer) -> None:
 _summaries_on_one_line(app)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from vmem import __version__
+
+        typer.echo(f"vmem {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
+          version: bool = typer.Option(False, "--version", help="print vmem's version and exit",
+                                       callback=_print_version, is_eager=True)) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     # Their INFO lines name every request's URL, credentials in a base URL and ?key= included (vmem's own
     # messages leave them out), and google-genai's repeat one line per call: -v is about vmem's work.
