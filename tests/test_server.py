@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -221,25 +223,32 @@ def test_a_hung_gemini_holds_up_no_plain_classify(tmp_path, lite0, memory_images
             mem.close()
 
 
-def test_an_answer_from_the_service_cache_reports_no_gemini_usage_and_tokens_are_counted_once(
-        tmp_path, lite0, memory_images):
+@contextmanager
+def reranking_service(tmp_path, lite0, memory_images) -> Iterator[tuple[TestClient, FakeGemini]]:
+    """A client of the service over the test memory, re-ranking with the real SDK against the fake Gemini."""
     with FakeGemini() as fake:
         rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
         mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
         try:
             with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
-                query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true"
-                first, again = (client.post(url, files=query).json() for _ in range(2))
-                assert (first["cached"], again["cached"]) == (False, True) and fake.count == 1
-                assert first["usage"]["requests"] == 1 and first["usage"]["total_tokens"] > 0
-                # A client adding up `usage` to follow its Gemini bill counted the first request twice.
-                assert again["usage"]["requests"] == again["usage"]["total_tokens"] == 0
-                assert again["usage"]["cached"] is True
-                metrics = client.get("/metrics").text
-                assert f'vmem_gemini_tokens_total{{kind="prompt"}} {float(first["usage"]["prompt_tokens"])}' in metrics
-                assert "vmem_gemini_requests_total 1.0" in metrics
+                yield client, fake
         finally:
-            mem.close()
+            mem.close()  # closes its re-ranker too
+
+
+def test_an_answer_from_the_service_cache_reports_no_gemini_usage_and_tokens_are_counted_once(
+        tmp_path, lite0, memory_images):
+    with reranking_service(tmp_path, lite0, memory_images) as (client, fake):
+        query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true"
+        first, again = (client.post(url, files=query).json() for _ in range(2))
+        assert (first["cached"], again["cached"]) == (False, True) and fake.count == 1
+        assert first["usage"]["requests"] == 1 and first["usage"]["total_tokens"] > 0
+        # A client adding up `usage` to follow its Gemini bill counted the first request twice.
+        assert again["usage"]["requests"] == again["usage"]["total_tokens"] == 0
+        assert again["usage"]["cached"] is True
+        metrics = client.get("/metrics").text
+        assert f'vmem_gemini_tokens_total{{kind="prompt"}} {float(first["usage"]["prompt_tokens"])}' in metrics
+        assert "vmem_gemini_requests_total 1.0" in metrics
 
 
 def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache(tmp_path, lite0, memory_images,
@@ -248,19 +257,13 @@ def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache
     (tmp_path / "templates").mkdir()
     mine = tmp_path / "templates" / "mine.yaml"
     mine.write_text("name: mine\nversion: 1\nsystem: Classify the image.\n")
-    with FakeGemini() as fake:
-        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
-        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
-        try:
-            with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
-                query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true&template=mine"
-                assert [client.post(url, files=query).json()["cached"] for _ in range(2)] == [False, True]
-                mine.write_text("name: mine\nversion: 1\nsystem: Name the bird in the image.\n")  # same version
-                again = client.post(url, files=query).json()
-                assert again["cached"] is False and fake.count == 2
-                assert "Name the bird" in str(fake.requests[-1].body["systemInstruction"])
-        finally:
-            mem.close()
+    with reranking_service(tmp_path, lite0, memory_images) as (client, fake):
+        query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true&template=mine"
+        assert [client.post(url, files=query).json()["cached"] for _ in range(2)] == [False, True]
+        mine.write_text("name: mine\nversion: 1\nsystem: Name the bird in the image.\n")  # same version
+        again = client.post(url, files=query).json()
+        assert again["cached"] is False and fake.count == 2
+        assert "Name the bird" in str(fake.requests[-1].body["systemInstruction"])
 
 
 def test_a_label_filtered_query_is_judged_against_those_labels_points(client):
