@@ -632,7 +632,7 @@ class ClassifierService:
 
     def _servable(self, path: Path) -> bool:
         """Only files under an allowed root: a point's source is data, and may name any file on the host."""
-        roots = self.settings.source_roots or [Path(r) for r in self.memory.store.meta.settings.get("source_roots", [])]
+        roots = self.settings.source_roots or [Path(r) for r in self.memory.source_roots]
         resolved = path.resolve()
         return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
 

@@ -147,6 +147,23 @@ def test_the_folders_a_build_records_as_image_roots_never_reach_the_top_of_the_d
                 shutil.rmtree(other.parent, ignore_errors=True)
 
 
+def test_a_memory_made_before_image_roots_were_recorded_gets_them_from_its_points(lite0, photos, tmp_path):
+    # Upgraded, such a memory sent Gemini no neighbour image and the service showed no thumbnail: no roots, none
+    # allowed.
+    from vmem import VisualMemory
+
+    (photos / "red").mkdir()
+    (photos / "a.png").rename(photos / "red" / "a.png")
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0, reranker=None) as mem:
+        mem.build(read_labelled(photos), num_workers=0)
+        del mem.store.meta.settings["source_roots"]  # as vmem.json was written before it kept them
+        mem.store.save_meta()
+    with VisualMemory(open_store(tmp_path / "memory"), lite0, reranker=None) as mem:
+        assert mem.source_roots == [str(photos / "red")]
+    with VisualMemory(open_store(tmp_path / "memory"), lite0, reranker=None) as mem:
+        assert mem.store.meta.settings["source_roots"] == [str(photos / "red")]  # recorded once, for good
+
+
 def test_images_in_a_linked_sub_folder_are_read_and_a_link_loop_once(photos, tmp_path):
     (photos / "cat").mkdir()
     (photos / "a.png").rename(photos / "cat" / "a.png")

@@ -595,7 +595,7 @@ class VisualMemory:
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
             labels=list(labels) if labels else None, source=res.source, template=template,
             label_names=self.store.meta.label_names or None,
-            source_roots=list(self.store.meta.settings.get("source_roots", [])))
+            source_roots=self.source_roots)
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
@@ -663,6 +663,24 @@ class VisualMemory:
         self.store.optimize()
         report.index_seconds = time.perf_counter() - t0
         return report
+
+    @property
+    def source_roots(self) -> list[str]:
+        """The folders the memory's images were read from: the service shows thumbnails, and the re-ranker sends
+        Gemini neighbours' images, only from under them (a point's source is data, and may name any file).
+
+        A memory made before vmem recorded them (no entry at all) has them recorded now, once, from its points'
+        files, as its build would have: upgraded, it sent Gemini no neighbour image and the page showed none."""
+        if "source_roots" not in self.store.meta.settings:
+            with self._edit_lock:
+                if "source_roots" not in self.store.meta.settings:
+                    sources = [p.source for page in self.store.scroll(batch_size=4096) for p in page]
+                    if self._record_source_roots(sources) is None:  # no local file: none to record, and none later
+                        self.store.meta.settings["source_roots"] = []
+                        self.store.save_meta()
+                    log.info("recorded the folders of this memory's images, made before vmem kept them: %s",
+                             ", ".join(self.store.meta.settings["source_roots"]) or "none (no local files)")
+        return list(self.store.meta.settings.get("source_roots", []))
 
     def _record_source_roots(self, sources: Sequence[str]) -> str | None:
         """Remember the directory a build read from: the service serves thumbnails only from such roots.
