@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,8 @@ import numpy as np
 
 from .featurizers import EmbedFailure, Featurizer
 from .files import file_sha256, remove_stale_temporaries, write_atomically
+
+log = logging.getLogger(__name__)
 
 
 def featurizer_key(featurizer: Featurizer) -> str:
@@ -44,6 +47,20 @@ def featurizer_key(featurizer: Featurizer) -> str:
         key += f"|weights:{spec.weights_sha256}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in featurizer.name)[-48:]
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _say_what_is_not_used(root: Path, key: str, featurizer: Featurizer) -> None:
+    """Warn of the caches of the same model here that this one does not read: made by a vmem whose preprocessing
+    settings had another form, or with other weights. An upgrade embedded a whole dataset again without a word,
+    and the old folder stayed for good."""
+    prefix = key.rsplit("-", 1)[0] + "-"
+    others = [d for d in root.glob(f"{prefix}*") if d.is_dir() and d.name != key and len(d.name) == len(key)
+              and all(c in "0123456789abcdef" for c in d.name[len(prefix):])]  # another model's name is longer
+    if others:
+        mb = sum(f.stat().st_size for d in others for f in d.iterdir() if f.is_file()) / 1e6
+        log.warning("feature caches of %s in %s are not used here (%s: made by another vmem version, or with "
+                    "other weights or preprocessing), so its images are embedded again; delete them to free "
+                    "%.0f MB", featurizer.name, root, ", ".join(d.name for d in others), mb)
 
 
 def _complete_lines_after(path: Path, offset: int) -> tuple[bytes, int]:
@@ -97,6 +114,7 @@ class FeatureCache:
         self._hashes_offset = 0  # bytes of hashes.txt read so far
         self.features = np.zeros((0, featurizer.dim), np.float32)
         remove_stale_temporaries(self.dir)  # a compaction of file-hashes.txt killed before its rename
+        _say_what_is_not_used(Path(root), self.dir.name, featurizer)
         with self._locked():
             self._load()
             self._upgrade_npy_cache()

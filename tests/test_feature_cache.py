@@ -322,3 +322,16 @@ def test_a_local_models_features_are_cached_per_weights_not_per_folder_name(tmp_
     assert featurizer_key(load_featurizer(name, device="cpu")) != before
     # A built-in model's key is as it was before local weights were told apart: its caches stay valid.
     assert featurizer_key(load_featurizer("efficientnet-lite0")) == "efficientnet-lite0-236657c26544"
+
+
+def test_a_cache_of_the_same_model_that_is_not_read_is_named(tmp_path, caplog):
+    # An upgrade whose preprocessing settings changed form re-embedded a whole dataset without a word.
+    enc = MeanColour()
+    FeatureCache(tmp_path, enc)
+    (tmp_path / "mean-colour-0123456789ab").mkdir()  # an older vmem's cache of the same model
+    (tmp_path / "mean-colour-0123456789ab" / "features.f32").write_bytes(b"\0" * 2_000_000)
+    (tmp_path / "other-model-0123456789ab").mkdir()  # another model's: none of this one's business
+    with caplog.at_level("WARNING"):
+        FeatureCache(tmp_path, enc)
+    assert "mean-colour-0123456789ab: made by another vmem version" in caplog.text
+    assert "other-model" not in caplog.text and "free 2 MB" in caplog.text
