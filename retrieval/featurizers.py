@@ -381,6 +381,7 @@ class Featurizer(ABC):
             # Enough decoded chunks in flight to fill the next two forward batches.
             prefetch_factor=max(2, -(-2 * chunks_per_batch // num_workers)),
             persistent_workers=False,
+            worker_init_fn=_leave_the_memory_alone,
         )
         idx: list[int] = []
         xs: list[torch.Tensor] = []
@@ -585,6 +586,14 @@ def from_hub_or_folder(load: Callable[..., Any], model_id: str) -> Any:
         raise OSError(f"{model_id!r} is not in the local Hugging Face cache, and the Hub ({host}) cannot be "
                       f"reached ({exc.strerror or exc})") from exc
     return load(model_id)
+
+
+def _leave_the_memory_alone(worker_id: int) -> None:
+    """A decoding worker never touches the memory: it lets go of the locks it inherited (a `kill -9` of the
+    build left the memory "in use" until the workers exited)."""
+    from .store import drop_inherited_memory_locks  # the store imports this module
+
+    drop_inherited_memory_locks()
 
 
 # ---------------------------------------------------------------- CLIP

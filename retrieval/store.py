@@ -745,17 +745,20 @@ def _hold_open_lock(folder: Path) -> Any:
     return fh
 
 
-# The folders of the embedded memories this process holds open, for `_drop_memory_locks_in_child`.
+# The folders of the embedded memories this process holds open, for `drop_inherited_memory_locks`.
 _open_folders: set[Path] = set()
 
 
-def _drop_memory_locks_in_child() -> None:
-    """In a forked child (a build's decoding workers), let go of the memory locks inherited from the parent.
+def drop_inherited_memory_locks() -> None:
+    """In a forked child that will not use the memory (a build's decoding workers), let go of the memory locks
+    inherited from the parent.
 
     vmem's open lock and the engine's log lock are `flock`s, which a fork shares: after a `kill -9` of a build
     with `--workers`, the memory stayed "open in another process" until its workers noticed and exited (~5 s).
     Each inherited descriptor is pointed at /dev/null rather than closed, so nothing the child still holds can
     later close or write a file that took its number. The parent's own descriptors, and locks, are untouched.
+    Only for children that leave the memory alone: a child that goes on using it must keep the locks, or a
+    second process could open it beside it.
     """
     if not _open_folders:
         return
@@ -776,10 +779,6 @@ def _drop_memory_locks_in_child() -> None:
                 os.dup2(null, int(fd))
     finally:
         os.close(null)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_memory_locks_in_child)
 
 
 class EdgeMemoryStore(MemoryStore):

@@ -189,31 +189,40 @@ def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_pa
 _HOLD_AND_FORK = """
 import os, sys, time
 from retrieval import open_store
+from retrieval.featurizers import _leave_the_memory_alone
 store = open_store(sys.argv[1])
 child = os.fork()  # as a build's decoding workers are made (DataLoader, fork)
 if child == 0:
+    if sys.argv[2] == "worker":
+        _leave_the_memory_alone(0)  # the DataLoader's worker_init_fn
+    print(os.getpid(), flush=True)  # once it has
     time.sleep(120)
     os._exit(0)
-print(child, flush=True)
 time.sleep(120)
 """
 
 
-def test_a_memory_killed_with_its_workers_alive_can_be_opened_at_once(tmp_path, encoder):
+@pytest.mark.parametrize("child", ["worker", "other"])
+def test_a_memory_killed_with_its_workers_alive_can_be_opened_at_once(tmp_path, encoder, child):
     # A forked worker shared the memory's locks: after a kill -9 of a build with --workers, the memory was
-    # "open in another process" until the workers noticed and exited (~5 s).
+    # "open in another process" until the workers noticed and exited (~5 s). Any other child keeps them: it
+    # may go on using the memory, and a second process must not open it beside it.
     memory = tmp_path / "memory"
     open_store(memory, load_featurizer(encoder, device="cpu").spec).close()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(memory)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True)
-    worker = int(holder.stdout.readline())
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_FORK, str(memory), child], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    forked = int(holder.stdout.readline())
     try:
         holder.kill()
         holder.wait()
-        os.kill(worker, 0)  # still running, its inherited descriptors with it
-        open_store(memory).close()
+        os.kill(forked, 0)  # still running, its inherited descriptors with it
+        if child == "worker":
+            open_store(memory).close()
+        else:
+            with pytest.raises(MemoryError, match="open in another process"):
+                open_store(memory)
     finally:
-        os.kill(worker, signal.SIGKILL)
+        os.kill(forked, signal.SIGKILL)
 
 
 _MAKE_AND_ADD = """
