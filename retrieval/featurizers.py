@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import sys
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -578,6 +579,10 @@ def from_hub_or_folder(load: Callable[..., Any], model_id: str) -> Any:
     except OSError:
         if Path(model_id).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             raise
+    if model_id.startswith(("/", "./", "../", "~")):
+        raise OSError(f"no model folder at {model_id}")
+    if {"https", "all"} & set(urllib.request.getproxies()):  # a proxy may reach what this machine cannot resolve
+        return load(model_id)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlsplit(endpoint).hostname or endpoint
     try:

@@ -339,3 +339,24 @@ def test_a_decode_thread_runs_its_torch_ops_alone_and_changes_no_other_thread():
         t.join()
     assert seen == [1, before]
     assert torch.get_num_threads() == before
+
+
+def test_behind_a_proxy_the_hub_is_asked_even_when_its_name_does_not_resolve_here(monkeypatch):
+    # Where only the proxy resolves outside names, huggingface_hub downloads through HTTPS_PROXY.
+    from retrieval.featurizers import from_hub_or_folder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.vmem-test.invalid")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    asked = []
+
+    def load(model_id, **kwargs):
+        asked.append(kwargs)
+        if kwargs.get("local_files_only"):
+            raise OSError("not cached")
+        return "downloaded"
+
+    assert from_hub_or_folder(load, "facebook/dinov2-small") == "downloaded"
+    assert asked == [{"local_files_only": True}, {}]
+    with pytest.raises(OSError, match="no model folder at /nowhere/model"):
+        from_hub_or_folder(load, "/nowhere/model")  # a folder, not a Hub id: nothing to download

@@ -274,7 +274,7 @@ def test_what_is_no_image_is_refused_by_type_before_anything_is_embedded(memory,
         memory.add([[1, 2, 3]], "x")
 
 
-def test_sources_are_one_per_image_and_local_ones_are_found_by_prefix(memory, tmp_path, monkeypatch):
+def test_sources_are_one_per_image_and_kept_as_given(memory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shades = [make_image((0, 0, 200 - 20 * i)) for i in range(2)]
     with pytest.raises(ValueError, match="got 1 sources for 2 images"):
@@ -283,11 +283,11 @@ def test_sources_are_one_per_image_and_local_ones_are_found_by_prefix(memory, tm
         memory.classify(shades, sources=["a"])
     with pytest.raises(TypeError, match="list of sources"):
         memory.add(shades, "navy", sources="ab")  # not one source per letter
-    ids, _ = memory.add(shades, "navy", sources=["camera/a.jpg", "camera/b.jpg"])
-    # Named as a relative path, found as forget, relabel and points find local sources: under this folder.
-    assert {p.source for p in memory.store.retrieve(ids)} == {str(tmp_path / "camera" / n) for n in ("a.jpg", "b.jpg")}
-    assert len(memory.points(source_prefix="camera/").points) == 2
-    assert memory.forget(source_prefix="camera/") == 2
+    ids, _ = memory.add(shades, "navy", sources=["cam1:frame-0001", str(tmp_path / "camera" / "b.jpg")])
+    # A name is the point's identity: stored as given, so adding the same named images again changes nothing.
+    assert [p.source for p in memory.store.retrieve(ids)] == ["cam1:frame-0001", str(tmp_path / "camera" / "b.jpg")]
+    assert memory.add(shades, "navy", sources=["cam1:frame-0001", str(tmp_path / "camera" / "b.jpg")])[0] == ids
+    assert memory.forget(source_prefix="camera/") == 1  # an absolute path is found by its folder
 
 
 def test_a_closed_memory_says_so_before_embedding_anything(lite0, tmp_path, monkeypatch):
@@ -298,3 +298,17 @@ def test_a_closed_memory_says_so_before_embedding_anything(lite0, tmp_path, monk
     monkeypatch.setattr(lite0, "embed", lambda *a, **k: pytest.fail("embedded"))
     with pytest.raises(vmem.MemoryStoreError, match="closed"):
         mem.classify([make_image((200, 30, 30))])
+
+
+def test_classify_many_reads_files_and_says_so_for_images_in_memory(memory):
+    import numpy as np
+
+    with pytest.raises(TypeError, match="image 0 is a ndarray; classify takes images in memory"):
+        memory.classify_many([np.zeros((8, 8, 3), np.uint8)])  # was read as a file named by the array's text
+
+
+def test_an_id_given_twice_far_apart_is_forgotten_and_counted_once(memory):
+    victim = memory.points(limit=1).points[0].id
+    others = [str(uuid.uuid4()) for _ in range(5000)]  # more than one chunk of ids between the two
+    assert memory.forget(ids=[victim, *others, victim]) == 1
+    assert memory.history(op="forget")[0].points == 1

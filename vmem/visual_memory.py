@@ -404,7 +404,11 @@ class VisualMemory:
         dmn: Any = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
-        paths = [str(p) for p in _image_list(images, "classify_many")]
+        listed = _image_list(images, "classify_many")
+        if (bad := next((i for i, p in enumerate(listed) if not isinstance(p, str | Path)), None)) is not None:
+            raise TypeError(f"classify_many reads files: image {bad} is a {type(listed[bad]).__name__}; "
+                            "classify takes images in memory")
+        paths = [str(p) for p in listed]
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         self._check_label_filter(labels, settings)
@@ -712,8 +716,9 @@ class VisualMemory:
     ) -> tuple[list[str], list[FailedImage]]:
         """Add labelled images now. A new label is simply new points (`add_images` says what each image became).
         `labels`: one per image, or one label for all of them. `sources`: one per image, the name each point is
-        known by (its id derives from it) in place of the path or the content's hash: a relative path is taken
-        under the current folder, as `forget(source_prefix=...)` takes it.
+        known by (its id derives from it) in place of the path or the content's hash, stored as given: give
+        absolute paths or URIs to find them again by prefix (`forget(source_prefix=...)` takes a relative
+        prefix under the current folder).
 
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
@@ -749,8 +754,6 @@ class VisualMemory:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
                        upload_source(load_image(im).tobytes()) for im in images]
-        else:  # as forget, relabel and points take a source prefix: a relative path is under this folder
-            sources = [normalize_source(src) for src in sources]
         ok_imgs, ok_labels, ok_sources, failed = [], [], [], []
         for im, lab, src in zip(images, labels, sources, strict=True):
             try:
