@@ -803,8 +803,10 @@ class EdgeMemoryStore(MemoryStore):
         import qdrant_edge as qe
 
         self._qe = qe
-        self.path = Path(path)
-        self.location = str(self.path)
+        # Absolute for the engine and vmem's own files, so that a chdir (a notebook's %cd) leaves it working;
+        # the location as given, for messages.
+        self.path = Path(path).absolute()
+        self.location = str(Path(path))
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
         self._left_unindexed = 0

@@ -527,3 +527,15 @@ def test_a_memory_in_qdrant_clients_local_mode_is_made_without_a_warning_it_cann
         warnings.simplefilter("always")
         open_store(":memory:", SPEC).close()
     assert [str(w.message) for w in caught if "Payload indexes" in str(w.message)] == []
+
+
+def test_an_embedded_memory_opened_by_a_relative_path_works_after_a_chdir(tmp_path, monkeypatch):
+    # A notebook's %cd: the engine's flush failed on the relative paths, and the memory read as removed.
+    monkeypatch.chdir(tmp_path)
+    store = open_store("memory", SPEC)
+    store.add(random_unit_vectors(3, DIM, seed=5), ["a", "b", "a"], ["/x/0.jpg", "/x/1.jpg", "/x/2.jpg"])
+    monkeypatch.chdir("/")
+    store.add(random_unit_vectors(1, DIM, seed=6), ["b"], ["/x/3.jpg"])
+    store.close()
+    with open_store(tmp_path / "memory") as again:
+        assert again.count() == 4
