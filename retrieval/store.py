@@ -257,6 +257,10 @@ class MemoryUnavailableError(MemoryError):
     """The memory's Qdrant server did not answer: unreachable, timed out, overloaded or failing. Worth a retry."""
 
 
+class MemoryGoneError(MemoryError):
+    """The embedded memory's folder was removed or replaced while it was open: no retry will bring it back."""
+
+
 class ServerClient:
     """A `QdrantClient` whose failures to reach a working server are `MemoryUnavailableError`s that name the
     server; the rest (a 4xx: a request it refuses) passes as the client raised it."""
@@ -613,7 +617,7 @@ class MemoryStore(ABC):
         return frozenset()
 
     def check_available(self) -> None:  # noqa: B027 - nothing to check for most backends
-        """Raise MemoryUnavailableError if the memory can no longer take edits that last (readiness checks)."""
+        """Raise MemoryGoneError if the memory can no longer take edits that last (readiness checks)."""
 
     def prefetch(self) -> int:
         """Read what searches use once, so that the OS caches it; returns the bytes read (0 where there is
@@ -928,7 +932,7 @@ class EdgeMemoryStore(MemoryStore):
         write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
 
     def check_available(self) -> None:
-        """MemoryUnavailableError if the memory's folder was removed or replaced since it was opened: the engine
+        """MemoryGoneError if the memory's folder was removed or replaced since it was opened: the engine
         goes on answering from the files it holds open, and would take edits into files nothing reads again (a
         service went on answering "201 added" for points lost at its restart)."""
         try:
@@ -937,7 +941,7 @@ class EdgeMemoryStore(MemoryStore):
         except OSError:
             now, shard_there = None, False
         if now is None or (now.st_dev, now.st_ino) != self._folder_identity or not shard_there:
-            raise MemoryUnavailableError(
+            raise MemoryGoneError(
                 f"the memory's folder {self.path} was removed or replaced while this process had it open: nothing "
                 "more is written to it; restart the service, or open the memory again")
 
@@ -1219,7 +1223,7 @@ class EdgeMemoryStore(MemoryStore):
         if shard is not None:
             try:
                 self.check_available()
-            except MemoryUnavailableError as exc:  # nothing to flush to: let go of the files, and say why
+            except MemoryGoneError as exc:  # nothing to flush to: let go of the files, and say why
                 log.warning("%s", exc)
                 with contextlib.suppress(Exception):
                     shard.close()

@@ -21,7 +21,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
-from retrieval.store import MemoryUnavailableError
+from retrieval.store import MemoryGoneError, MemoryUnavailableError
 
 # Seconds a client is asked to wait before retrying while the memory's Qdrant server does not answer.
 RETRY_AFTER_UNAVAILABLE_S = 5
@@ -133,6 +133,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return problem_response(request, 503, str(exc), "memory-unavailable", "The memory does not answer",
                                 headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
+
+    @app.exception_handler(MemoryGoneError)
+    async def _memory_gone(request: Request, exc: MemoryGoneError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        # No Retry-After: it is no outage, and no retry brings the folder back.
+        return problem_response(request, 503, str(exc), "memory-gone", "The memory's folder is gone")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -962,7 +962,8 @@ def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edi
     assert ready.status_code == 503 and "was removed or replaced" in ready.json()["detail"]
     add = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
                       files={"images": ("r.png", texture(COLORS["red"], 5), "image/png")})
-    assert_problem(add, 503, "memory-unavailable", "restart the service")
+    assert_problem(add, 503, "memory-gone", "restart the service")
+    assert "retry-after" not in add.headers  # no outage: no retry brings the folder back
     forget = client.delete("/v1/memory?label=red", headers=AUTH)
     assert forget.status_code == 503
 

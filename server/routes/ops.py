@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from retrieval import MemoryUnavailableError
+from retrieval import MemoryGoneError
 
 from ..schemas import HealthOut, ReadyOut
 
@@ -33,7 +33,7 @@ async def readyz(request: Request) -> ReadyOut | JSONResponse:
     store = service.memory.store
     try:
         await run_in_threadpool(store.check_available)
-    except MemoryUnavailableError as exc:
+    except MemoryGoneError as exc:
         return JSONResponse(ReadyOut(status="not ready", detail=str(exc)).model_dump(), status_code=503)
     try:
         points = await run_in_threadpool(store.count)
