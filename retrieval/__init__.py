@@ -1,5 +1,6 @@
 """Images to vectors, and vectors to labelled neighbours: featurizers, the Qdrant memory, voting."""
 
+from . import _openmp  # noqa: F401 - first: it sets libgomp's spin count before torch is imported
 from .featurizers import (
     Dinov2Featurizer,
     EfficientNetLiteFeaturizer,

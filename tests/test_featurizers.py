@@ -360,3 +360,23 @@ def test_behind_a_proxy_the_hub_is_asked_even_when_its_name_does_not_resolve_her
     assert asked == [{"local_files_only": True}, {}]
     with pytest.raises(OSError, match="no model folder at /nowhere/model"):
         from_hub_or_folder(load, "/nowhere/model")  # a folder, not a Hub id: nothing to download
+
+
+def test_openmp_spins_briefly_unless_told_otherwise_set_before_torch_loads():
+    # libgomp reads GOMP_SPINCOUNT once, when torch loads it: beside other work its default spin made p99 8x
+    # slower (docs/benchmarks.md, "OpenMP spinning").
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    for entry in ("vmem.cli", "server"):
+        ran = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {entry}, os; "
+                              "print(os.environ['GOMP_SPINCOUNT'])"], env=env, capture_output=True, text=True,
+                             check=True)
+        assert ran.stdout.strip() == "20000"
+        order = [line.rsplit("|", 1)[-1].strip() for line in ran.stderr.splitlines()]
+        assert order.index("retrieval._openmp") < order.index("torch"), entry
+    kept = subprocess.run([sys.executable, "-c", "import vmem, os; print(os.environ['GOMP_SPINCOUNT'])"],
+                          env={**env, "GOMP_SPINCOUNT": "5"}, capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "5"  # the user's own choice

@@ -45,6 +45,9 @@ def machine_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         # Other work on the machine when the run began: on 2 shared cores it moved single-image latency 10x.
         "load_1min": round(os.getloadavg()[0], 2),
+        # How long idle OpenMP threads spin (retrieval/_openmp.py): under load it moved p99 latency 9x.
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if torch.cuda.is_available():
         info["cuda_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
