@@ -25,6 +25,7 @@ FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededErro
                     "StepBudgetError", "CircuitOpenError", "NothingToRerankError", "UnexpectedError", "NotConfigured",
                     "Other")
 EDIT_OPS = ("add", "relabel", "forget", "name")
+GEMINI_TOKEN_KINDS = ("prompt", "output", "thinking")  # the re-ranker's Usage.<kind>_tokens
 POOLS = ("embedding", "rerank")
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -71,7 +72,7 @@ class Metrics:
                 counter.labels(result)
         for op in EDIT_OPS:
             self.edits.labels(op)
-        for kind in ("prompt", "output", "thinking"):
+        for kind in GEMINI_TOKEN_KINDS:
             self.gemini_tokens.labels(kind)
         for pool in POOLS:
             self.work_queued.labels(pool)

@@ -33,7 +33,7 @@ from retrieval.files import write_atomically
 from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
 
-from .metrics import Metrics
+from .metrics import GEMINI_TOKEN_KINDS, Metrics
 from .schemas import ClassifyQuery
 from .settings import Settings
 
@@ -151,9 +151,11 @@ def _as_served_from_cache(res: Classification) -> Classification:
     summing `usage` to follow its Gemini bill counted it again with every repeat."""
     if res.usage is None:
         return res
-    spent = ("requests", "prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens", "images", "attempts")
-    return res.model_copy(update={"usage": {**res.usage, **{k: 0 for k in spent if k in res.usage},
-                                            "cached": True, "latency_s": 0.0}})
+    from reranker import Usage  # loaded already: only a re-ranked answer has usage
+
+    # As the re-ranker's own cache answers (reranker/_gemini.py): no usage, no attempt, no time.
+    return res.model_copy(update={"usage": {**res.usage, **Usage().model_dump(), "attempts": 0, "cached": True,
+                                            "latency_s": 0.0}})
 
 
 class ClassifierService:
@@ -478,7 +480,7 @@ class ClassifierService:
             if usage.get("latency_s") is not None:
                 self.metrics.rerank_seconds.observe(usage["latency_s"])
             self.metrics.gemini_requests.inc(usage.get("requests", 0))
-            for kind in ("prompt", "output", "thinking"):
+            for kind in GEMINI_TOKEN_KINDS:
                 self.metrics.gemini_tokens.labels(kind).inc(usage.get(f"{kind}_tokens", 0))
         if res.fallback_reason:
             # Label by the error class, never the reason text: that holds attempt counts and endpoints,
