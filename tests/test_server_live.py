@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,7 +156,7 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
     port = _free_port()
     env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(tmp_path / "memory"),
-           "--port", str(port), "--threads", "1", "--log-level", "warning"]
+           "--port", str(port), "--threads", "1"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -182,6 +183,10 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert API_KEY not in out  # the key is never logged
+    # A service's log is read later: each line of uvicorn's, access lines included, says when
+    stamped = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.search(stamped + r"INFO: +Application startup complete", out, re.M), out
+    assert re.search(stamped + r"INFO: +127\.0\.0\.1:\d+ - \"POST /v1/classify\?k=3 HTTP/1\.1\" 200", out, re.M), out
 
 
 def test_bench_load_reports_latency_throughput_and_no_errors(tmp_path, lite0, memory_images):
@@ -222,3 +227,13 @@ def test_behind_a_proxy_that_strips_a_prefix_the_urls_handed_out_carry_it(tmp_pa
         assert thumb.startswith("/vmem/v1/memory/points/"), thumb
         assert http.get(thumb.removeprefix("/vmem")).headers["content-type"] == "image/jpeg"  # as the proxy sends it
     mem.close()
+
+
+def test_vmem_serve_logs_vmem_s_own_lines_with_a_time_and_the_logger_s_name():
+    script = ("import logging, logging.config; from vmem.cli.serve import _service_log_config; "
+              "logging.getLogger().setLevel(logging.WARNING); logging.config.dictConfig(_service_log_config()); "
+              "logging.getLogger('reranker.gemini').warning('re-ranking fell back to the vote'); "
+              "logging.getLogger('retrieval.store').info('not shown without -v')")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING: +reranker\.gemini: "
+                        r"re-ranking fell back to the vote\n", out), out

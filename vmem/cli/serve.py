@@ -14,6 +14,27 @@ from ._common import check_memory_location, open_failure
 log = logging.getLogger(__name__)
 
 
+SERVICE_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(message)s"
+VMEM_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
+
+
+def _service_log_config() -> dict[str, Any]:
+    """uvicorn's logging with a timestamp on every line, vmem's own lines (fallbacks, warnings) through the same
+    handler with their logger's name: a service's log is read hours later, beside other services' logs."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["default"]["fmt"] = SERVICE_LOG_FORMAT
+    config["formatters"]["access"]["fmt"] = "%(asctime)s " + config["formatters"]["access"]["fmt"]
+    config["formatters"]["vmem"] = {**config["formatters"]["default"], "fmt": VMEM_LOG_FORMAT}
+    config["handlers"]["vmem"] = {**config["handlers"]["default"], "formatter": "vmem"}
+    # -v (the root logger's level, set by the CLI's callback) still decides how much of vmem's own work is told
+    config["root"] = {"handlers": ["vmem"], "level": logging.getLevelName(logging.getLogger().level)}
+    return config
+
+
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
                                                 "[default: $VMEM_MEMORY or ./memory]")] = None,
@@ -65,6 +86,6 @@ def serve(
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                    + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, root_path=prefix)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, root_path=prefix, log_config=_service_log_config())
     finally:
         mem.close()
