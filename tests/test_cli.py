@@ -546,3 +546,19 @@ def test_version_is_printed_as_installed():
 
     out = run("--version")
     assert out.exit_code == 0 and out.output.strip() == f"vmem {version('vmem')}"
+
+
+def test_forget_by_a_relative_source_finds_names_added_as_given(tmp_path, lite0, monkeypatch):
+    from vmem import VisualMemory
+
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.add([make_image((200, 30, 30)), make_image((30, 30, 200))], ["red", "blue"],
+            sources=["camera/a.jpg", "camera2/b.jpg"])  # names a notebook gave, kept as given
+    mem.close()
+    monkeypatch.chdir(tmp_path)
+    forgot = run("forget", "--memory", "memory", "--source", "camera/")
+    assert forgot.exit_code == 0, forgot.output
+    assert "forgot 1 point; memory now holds 1" in forgot.output
+    entry = json.loads(run("history", "--memory", "memory", "--json").stdout.splitlines()[0])
+    # Recorded made absolute, as it chose files, and as given
+    assert entry["selector"] == {"source_prefix": f"{tmp_path.resolve()}/camera/", "as_given": "camera/"}

@@ -312,3 +312,23 @@ def test_an_id_given_twice_far_apart_is_forgotten_and_counted_once(memory):
     others = [str(uuid.uuid4()) for _ in range(5000)]  # more than one chunk of ids between the two
     assert memory.forget(ids=[victim, *others, victim]) == 1
     assert memory.history(op="forget")[0].points == 1
+
+
+def test_a_relative_prefix_finds_names_stored_as_given_and_files_under_the_current_folder(memory, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shades = [make_image((0, 0, 200 - 20 * i)) for i in range(5)]
+    given = ["camera/a.jpg", "camera/b.jpg", "cam1:frame-0001", "cameras/c.jpg", str(tmp_path / "camera" / "d.jpg")]
+    ids, _ = memory.add(shades, "navy", sources=given)
+    # Both forms a user means by "camera/": names kept as given, and the absolute path of ./camera/
+    chosen = memory.points(source_prefix="camera/").points
+    assert sorted(p.source for p in chosen) == sorted([given[0], given[1], given[4]])
+    assert [p.source for p in memory.points(source_prefix="cam1:").points] == ["cam1:frame-0001"]
+    assert memory.relabel(source_prefix="cam1:", to="teal") == 1
+    assert [e.op for e in memory.history(source="cam1:frame-0001")] == ["relabel"]  # the name's id, as stored
+    assert memory.forget(source_prefix="camera/") == 3
+    assert memory.history(op="forget")[0].selector == {"source_prefix": f"{tmp_path.resolve()}/camera/",
+                                                       "as_given": "camera/"}
+    assert sorted(p.source for p in memory.points().points if p.source in given) == ["cam1:frame-0001",
+                                                                                     "cameras/c.jpg"]
+    assert memory.history(source="camera/a.jpg")[0].op == "forget"  # forgotten, its history is still found

@@ -715,9 +715,9 @@ class VisualMemory:
     ) -> tuple[list[str], list[FailedImage]]:
         """Add labelled images now. A new label is simply new points (`add_images` says what each image became).
         `labels`: one per image, or one label for all of them. `sources`: one per image, the name each point is
-        known by (its id derives from it) in place of the path or the content's hash, stored as given: give
-        absolute paths or URIs to find them again by prefix (`forget(source_prefix=...)` takes a relative
-        prefix under the current folder).
+        known by (its id derives from it) in place of the path or the content's hash, stored as given; a
+        relative prefix (`forget(source_prefix="camera/")`) chooses such names as given as well as the files
+        under the current folder.
 
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
@@ -820,7 +820,7 @@ class VisualMemory:
         if point_id is not None and source is not None:
             raise ValueError("give a point id or a source, not both")
         if source is not None:
-            point_id = point_id_for(normalize_source(source))
+            point_id = self._point_id_of_source(str(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
         if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
@@ -1018,9 +1018,20 @@ class VisualMemory:
             # Parsed here: the embedded engine raised on a malformed id, and qdrant-client matched nothing quietly.
             return [parse_point_id(i) for i in ids]
         if source_prefix is not None:
-            source_prefix = local_source_prefix(source_prefix)
-            return self._ids_under(source_prefix, _links_under(source_prefix))
+            return self._ids_under(*self._prefix_and_links(source_prefix))
         return self.store.ids_where(label=label)
+
+    def _prefix_and_links(self, given: str) -> tuple[str, tuple[list[str], list[str]]]:
+        """A source prefix as stored sources are written (`local_source_prefix`), and the other prefixes and the
+        files it chooses too, as `_ids_under` takes them: its links' targets, and a relative prefix as given
+        when sources are stored so. `add(sources=[...])` keeps the names it is given ('camera/a.jpg',
+        'cam1:frame-0001'), which the prefix made absolute under the current folder never found."""
+        norm = local_source_prefix(given)
+        folders, files = _links_under(norm)
+        if is_local_source(given) and not given.startswith(("/", "~")) \
+                and self.store.page(None, given, None, 1, None)[0]:
+            folders = [*folders, given]
+        return norm, (folders, files)
 
     def _ids_under(self, source_prefix: str, links: tuple[list[str], list[str]]) -> list[str]:
         """The points whose source starts with the (normalised) prefix, and those its links (`_links_under`:
@@ -1034,6 +1045,19 @@ class VisualMemory:
             found.update(self.store.ids_where(source_prefix=folder))
         found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
         return sorted(found)
+
+    def _point_id_of_source(self, source: str) -> str:
+        """The id of the point a source names: of its absolute path, or of a relative name as `add(sources=...)`
+        stored it, when only that one is (or was) in the memory."""
+        made_absolute = point_id_for(normalize_source(source))
+        if not is_local_source(source) or source.startswith(("/", "~")):
+            return made_absolute
+        as_given = point_id_for(source)
+        if self.store.existing_ids([made_absolute]):
+            return made_absolute
+        if self.store.existing_ids([as_given]) or self.store.journal.newest(JournalQuery(point_id=as_given), 1)[0]:
+            return as_given
+        return made_absolute
 
     def _drop_cached_rerank_answers(self, ids: list[str]) -> None:
         """Drop the default re-ranker's cached answers citing these points (forgotten or relabelled), with no
@@ -1176,18 +1200,19 @@ class VisualMemory:
         if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
-            source_prefix = local_source_prefix(source_prefix)
             order = self._listing_under(source_prefix)
-            if order is not None:  # its images are stored under the links' targets too
+            if order is not None:  # its images are stored under the links' targets (or as given) too
                 return self._page_of(order, label, start, limit, excluded)
+            source_prefix = local_source_prefix(source_prefix)
         stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
 
     def _listing_under(self, source_prefix: str) -> np.ndarray | None:
-        """The ids of the points under a local prefix that holds links, in id order (None: it holds none, and
-        the store pages it by prefix). Kept for the next page's call for up to `LISTING_REUSE_S`, while the
-        memory is unchanged: walking the folder and listing its ids for every page made `vmem points --all
-        --source DIR` quadratic (250,000 points: 0.3-5 s a page, hours in all with a link)."""
+        """The ids of the points under a prefix (as given) that holds links or chooses sources stored as given
+        too (`_prefix_and_links`), in id order (None: neither, and the store pages it by prefix). Kept for the
+        next page's call for up to `LISTING_REUSE_S`, while the memory is unchanged: walking the folder and
+        listing its ids for every page made `vmem points --all --source DIR` quadratic (250,000 points: 0.3-5 s
+        a page, hours in all with a link)."""
         self._refresh_for_reading()  # another process's edits of a memory on a server count too
         state = (self.store.count(), self._edits)
         now = time.monotonic()
@@ -1196,10 +1221,10 @@ class VisualMemory:
         if cached is not None and cached[0] == source_prefix and now - cached[1] < LISTING_REUSE_S \
                 and cached[2] == state:
             return cached[3]
-        links = _links_under(source_prefix)
+        norm, links = self._prefix_and_links(source_prefix)
         # As 16-byte strings, whose order is the ids' (big-endian): 20 MB for 1.28M ids, where UUID objects
         # took 138 MB.
-        order = (np.unique(np.array([uuid.UUID(i).bytes for i in self._ids_under(source_prefix, links)],
+        order = (np.unique(np.array([uuid.UUID(i).bytes for i in self._ids_under(norm, links)],
                                     dtype="S16")) if links[0] or links[1] else None)
         with self._listing_lock:
             self._listing = (source_prefix, now, state, order)
@@ -1308,7 +1333,10 @@ def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str |
     if label is not None:
         return {"label": label}
     if source_prefix is not None:
-        return {"source_prefix": source_prefix}
+        # Made absolute, as it chose files: a relative prefix means nothing without the folder it was given in
+        absolute = local_source_prefix(source_prefix)
+        relative = is_local_source(source_prefix) and not source_prefix.startswith(("/", "~"))
+        return {"source_prefix": absolute, **({"as_given": source_prefix} if relative else {})}
     return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
 
 

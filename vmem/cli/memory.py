@@ -356,7 +356,7 @@ def relabel(
 def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
                    verb: str) -> tuple[list[str] | None, str | None]:
     """Exactly one of --id, --label, --source, checked before the memory opens: (parsed ids, the prefix as
-    stored)."""
+    given, for the memory to match both as given and made absolute)."""
     if sum(x is not None for x in (ids, label, source)) != 1:
         raise typer.BadParameter("give exactly one of --id, --label, --source")
     if source is not None and not source.strip():  # "" would be the current directory: everything under it
@@ -366,7 +366,7 @@ def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
         ids = [_point_id(i) for i in ids]
     if source is not None:
         try:
-            source = local_source_prefix(source)
+            local_source_prefix(source)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--source") from None
     return ids, source
