@@ -332,3 +332,9 @@ def test_a_relative_prefix_finds_names_stored_as_given_and_files_under_the_curre
     assert sorted(p.source for p in memory.points().points if p.source in given) == ["cam1:frame-0001",
                                                                                      "cameras/c.jpg"]
     assert memory.history(source="camera/a.jpg")[0].op == "forget"  # forgotten, its history is still found
+
+
+def test_a_template_without_rerank_is_refused_not_ignored(memory, monkeypatch):
+    monkeypatch.setattr(memory.featurizer, "embed", lambda *a, **k: pytest.fail("embedded"))
+    with pytest.raises(ValueError, match="give rerank=True too"):
+        memory.classify([make_image((200, 30, 30))], template="labels-only")

@@ -358,7 +358,7 @@ class VisualMemory:
                 Networks, see `vmem.dmn_classifier`; k, alpha and tau do not apply).
             labels: only neighbours with these labels take part.
             rerank: ask the VLM re-ranker; falls back to the vote with a reason.
-            template: the re-ranker's prompt template.
+            template: the re-ranker's prompt template (with `rerank`; without it, a ValueError).
             dmn_stream: rule dmn: the named dynamic memory to write to and read (None: off).
             dmn: rule dmn: `DmnOptions` or a dict of them.
             sources: what each answer's `source` says (default: the path, or None).
@@ -427,6 +427,8 @@ class VisualMemory:
     def _check_template(self, rerank: bool, template: str | None) -> None:
         """An unknown or broken template is refused before any image is embedded (minutes for a folder), not
         when the re-ranker first reads it."""
+        if template is not None and not rerank:  # as the CLI refuses --template without --rerank
+            raise ValueError(f"template {template!r} chooses the re-ranker's prompt: give rerank=True too")
         reranker = self._get_reranker() if rerank else None
         if reranker is not None and hasattr(reranker, "template"):
             reranker.template(template)
