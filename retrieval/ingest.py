@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -238,6 +239,36 @@ def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
     return [items[i] for i in keep]
 
 
+def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[EmbedFailure]]:
+    """The items whose path and label are UTF-8 text, and failures for the others: Linux lets a file name be
+    any bytes (Python reads the rest as surrogates), but a point's id, payload and journal are UTF-8. One such
+    name stopped a whole build, at every resume, before anything was added."""
+    ok: list[LabelledImage] = []
+    failed: list[EmbedFailure] = []
+    for i, it in enumerate(items):
+        try:
+            it.source.encode("utf-8"), it.label.encode("utf-8")
+            ok.append(it)
+        except UnicodeEncodeError:
+            shown = os.fsencode(it.source).decode("utf-8", "backslashreplace")
+            what = "its path" if not _is_utf8(it.source) else f"its label folder {_shown_bytes(it.label)}"
+            failed.append(EmbedFailure(i, shown, f"{what} is not UTF-8 text (bytes of another encoding): rename it "
+                                                 "in UTF-8 to add it"))
+    return ok, failed
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _shown_bytes(text: str) -> str:
+    return repr(os.fsencode(text).decode("utf-8", "backslashreplace"))
+
+
 def build_memory(
     store: MemoryStore,
     featurizer: Featurizer,
@@ -267,6 +298,10 @@ def build_memory(
     report.total = len(items)
     items = unique_sources(items)
     report.duplicates = report.total - len(items)
+    items, unnamed = _utf8_named(items)
+    report.failed += unnamed
+    if progress and unnamed:
+        progress(len(unnamed))
     ids = [point_id_for(it.source) for it in items]
     stored = store.existing_labels(ids)
     todo = [it for it, pid in zip(items, ids, strict=True) if pid not in stored]

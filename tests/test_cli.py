@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -562,3 +563,19 @@ def test_forget_by_a_relative_source_finds_names_added_as_given(tmp_path, lite0,
     entry = json.loads(run("history", "--memory", "memory", "--json").stdout.splitlines()[0])
     # Recorded made absolute, as it chose files, and as given
     assert entry["selector"] == {"source_prefix": f"{tmp_path.resolve()}/camera/", "as_given": "camera/"}
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_listed_not_the_end_of_the_build(tmp_path):
+    data = tmp_path / "data"
+    for label, colour in (("red", (220, 20, 20)), ("blue", (30, 40, 220))):
+        (data / label).mkdir(parents=True)
+        (data / label / "ok.png").write_bytes(make_image(colour, fmt="PNG"))
+    # Linux lets a name be any bytes: a Latin-1 "é" from an old archive
+    open(os.fsencode(data / "red") + b"/caf\xe9.png", "wb").write(make_image((200, 40, 40), fmt="PNG"))
+    memory = tmp_path / "memory"
+    for _ in range(2):  # and a resumed build gets past it too
+        result = run("build", data, "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0")
+        assert result.exit_code == 0, result.output
+        assert "1 failed of 3 images" in result.output
+        assert "caf\\xe9.png: its path is not UTF-8 text" in result.output
+    assert "memory now holds 2 points" in result.output
