@@ -454,8 +454,8 @@ class ClassifierService:
             results = self.memory.classify(
                 [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
                 # the page sends its chosen template with re-ranking off too: HTTP checks it and lets it be
-                rerank=q.rerank, template=q.template if q.rerank else None, sources=[uploads[i].filename or uploads[i].source
-                                                               for i, _ in step])
+                rerank=q.rerank, template=q.template if q.rerank else None,
+                sources=[uploads[i].filename or uploads[i].source for i, _ in step])
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered
                     self.metrics.cache.labels("miss").inc()

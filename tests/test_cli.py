@@ -571,7 +571,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_listed_not_the_end_of_the_b
         (data / label).mkdir(parents=True)
         (data / label / "ok.png").write_bytes(make_image(colour, fmt="PNG"))
     # Linux lets a name be any bytes: a Latin-1 "é" from an old archive
-    open(os.fsencode(data / "red") + b"/caf\xe9.png", "wb").write(make_image((200, 40, 40), fmt="PNG"))
+    (data / "red" / os.fsdecode(b"caf\xe9.png")).write_bytes(make_image((200, 40, 40), fmt="PNG"))
     memory = tmp_path / "memory"
     for _ in range(2):  # and a resumed build gets past it too
         result = run("build", data, "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0")
@@ -579,3 +579,16 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_listed_not_the_end_of_the_b
         assert "1 failed of 3 images" in result.output
         assert "caf\\xe9.png: its path is not UTF-8 text" in result.output
     assert "memory now holds 2 points" in result.output
+
+
+def test_classify_json_writes_a_name_that_is_not_utf8_with_its_bytes_escaped(built, tmp_path):
+    memory, _ = built
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / os.fsdecode(b"caf\xe9.png")).write_bytes(make_image((220, 20, 20), fmt="PNG"))
+    (queries / "z.png").write_bytes(make_image((30, 40, 220), fmt="PNG"))
+    result = run("classify", queries, "--memory", memory, "--k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["source"].rsplit("/", 1)[1], a["label"]) for a in answers] == [("caf\\xe9.png", "red"),
+                                                                             ("z.png", "blue")]

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
+
+
+def utf8_text(text: str | None) -> str | None:
+    """`text`, with the bytes of a file name that is not UTF-8 (which Python reads as lone surrogates) written as
+    `\\xe9`: JSON and a terminal take it, where the surrogates stopped `classify --json` at that image."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that were never bytes of a name
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 class VoteSettings(BaseModel):
@@ -53,6 +69,7 @@ class Classification(BaseModel):
     """The answer for one query image."""
 
     source: str | None = Field(None, description="the query's path or upload name, when known")
+    _printable_source = field_validator("source")(utf8_text)
     label: str | None = Field(description="predicted label; null when the memory had no neighbours")
     label_name: str | None = Field(None, description="the predicted label's name, where the memory names its "
                                    "labels (vmem build --label-names)")
@@ -95,6 +112,7 @@ class PointPage(BaseModel):
 class FailedImage(BaseModel):
     source: str
     reason: str
+    _printable = field_validator("source", "reason")(utf8_text)
 
 
 class AddResult(BaseModel):
