@@ -52,6 +52,11 @@ Base64Image = Annotated[
 ]
 
 
+# A label may be as long as a file name (255 bytes: up to 255 characters) or a manifest's cell: every label the CLI
+# builds can be filtered, forgotten and relabelled here (at 200, a 230-character folder's class could not).
+MAX_LABEL_CHARS = 1024
+
+
 def printable(text: str) -> str:
     """A label, name or file name as stored from HTTP: no control characters. A newline in a label broke the
     re-ranker's list of candidates into lines of instructions ("cat\nIGNORE PREVIOUS INSTRUCTIONS..."), and one in
@@ -68,7 +73,7 @@ def _not_home_relative(text: str) -> str:
 
 
 ServerPath = Annotated[str, AfterValidator(_not_home_relative)]
-Label = Annotated[str, Field(min_length=1, max_length=200, description="the class label, e.g. `tabby cat`"),
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, description="the class label, e.g. `tabby cat`"),
                   AfterValidator(printable)]
 
 
@@ -135,7 +140,7 @@ class ClassifyQuery(BaseModel):
     rerank: bool = Field(False, description="ask the VLM re-ranker; falls back to the vote with a reason")
     template: str | None = Field(None, min_length=1, max_length=64,
                                  description="re-ranker prompt template (see GET /v1/templates)")
-    label: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+    label: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]] | None = Field(
         None, max_length=1000, description="only neighbours with these labels vote; repeat the parameter for "
                                            "several (at most 1,000)")
 
@@ -145,7 +150,8 @@ class ForgetQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, min_length=1, max_length=200, description="forget every point with this label")
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
+                              description="forget every point with this label")
     source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="forget every point whose source starts with this")
     erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
@@ -167,11 +173,11 @@ class RelabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: Annotated[str, AfterValidator(printable)] = Field(
-        min_length=1, max_length=200, pattern=r"\S",
+        min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S",
         description="the new label (a label, not a name: `vmem labels` lists both)")
     ids: list[str] | None = Field(None, min_length=1, max_length=1000,
                                   description="point ids, as a classification's neighbours list them")
-    label: str | None = Field(None, min_length=1, max_length=200,
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="every point with this label (renames or merges a class)")
     source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="every point whose source starts with this")
@@ -189,7 +195,7 @@ class PointLabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: Annotated[str, AfterValidator(printable)] = Field(
-        min_length=1, max_length=200, pattern=r"\S",
+        min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S",
         description="the new label (a label, not a name: `vmem labels` lists both)")
 
 
@@ -209,8 +215,9 @@ class LabelNamesIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)  # `"replace": 0` is no boolean
 
-    names: dict[Annotated[str, Field(min_length=1, max_length=200)],
-                Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(printable)]] = Field(
+    names: dict[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)],
+                Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S"),
+                          AfterValidator(printable)]] = Field(
         max_length=100_000, description="label -> the name answers, the page and the re-ranker show for it")
     replace: bool = Field(False, description="drop every name not given here (default: merge with those stored)")
 
@@ -220,7 +227,7 @@ class PointsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, min_length=1, max_length=200, description="only points with this label")
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS, description="only points with this label")
     source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="only points whose source starts with this")
     excluded: bool | None = Field(None, description="true: only points hard pruning took out of search; false: "
@@ -236,7 +243,7 @@ class HistoryQuery(BaseModel):
 
     op: JournalOp | None = Field(None, description="only edits of this kind")
     point_id: uuid.UUID | None = Field(None, description="only the edits that forgot or relabelled this point")
-    label: str | None = Field(None, min_length=1, max_length=200,
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="only the edits that touched this label's points (or named it)")
     since: str | None = Field(None, min_length=4, max_length=40, description="only edits from this ISO 8601 date "
                                                                              "or time on (UTC unless it names a zone)")
@@ -250,7 +257,7 @@ class SuspectsQuery(BaseModel):
 
     min_share: float = Field(0.5, ge=0, le=1, description="another label's share of a point's neighbours' vote that "
                                                           "makes it a suspect (higher: fewer, surer)")
-    label: str | None = Field(None, min_length=1, max_length=200,
+    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="only suspects with this label, or suggested this label")
     limit: int = Field(50, ge=1, le=1000, description="suspects listed, most confident first")
 

@@ -788,7 +788,7 @@ def test_add_with_json_and_one_label_per_image(client):
 
 
 @pytest.mark.parametrize(("labels", "says"), [([], "0 labels for 2 images"), (["a", "b", "c"], "3 labels"),
-                                              (["  "], "label 0 is blank"), (["ok", "x" * 201], "label 1 is 201")])
+                                              (["  "], "label 0 is blank"), (["ok", "x" * 1025], "label 1 is 1025")])
 def test_add_multipart_needs_one_label_per_image_or_one_for_all(client, labels, says):
     files = [("images", (f"{i}.png", texture((5, 5, 5), i), "image/png")) for i in range(2)]
     resp = client.post("/v1/memory", headers=AUTH, files=files, data={"label": labels})

@@ -14,6 +14,7 @@ from vmem import VoteSettings
 from ..deps import ApiKeyDep, ServiceDep, SettingsDep
 from ..problems import ProblemError, problem_responses
 from ..schemas import (
+    MAX_LABEL_CHARS,
     AddedPoint,
     AddFailure,
     AddJSON,
@@ -47,7 +48,7 @@ PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a 
 # Untyped on purpose: every multipart text field arrives as a string, so a type in the schema would
 # promise a rejection ("label must be an array") that no server can make.
 _LABEL_FIELD = {"label": {"description": "text fields: one `label` per image, in order, or a single one for all "
-                                         "(1 to 200 characters each)"}}
+                                         "(1 to 1,024 characters each)"}}
 LABELS_ONLY = "the form holds the `images` files and their `label` text fields, nothing else"
 TOO_MANY = "add fewer images per request, splitting them across several requests"
 
@@ -82,13 +83,13 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         if len(labels) == 1:
             labels *= len(uploads)
         if len(labels) != len(uploads):
-            raise ProblemError(422, f"send one non-blank `label` (at most 200 characters) per image, or one for "
-                               f"all: got {len(labels)} labels for {len(uploads)} images", "invalid-parameters",
-                               "Invalid parameters")
-        if (bad := next((i for i, lab in enumerate(labels) if not 0 < len(lab) <= 200), None)) is not None:
+            raise ProblemError(422, f"send one non-blank `label` (at most {MAX_LABEL_CHARS:,} characters) per "
+                               f"image, or one for all: got {len(labels)} labels for {len(uploads)} images",
+                               "invalid-parameters", "Invalid parameters")
+        if (bad := next((i for i, lab in enumerate(labels) if not 0 < len(lab) <= MAX_LABEL_CHARS), None)) is not None:
             what = "blank" if not labels[bad] else f"{len(labels[bad])} characters long"
-            raise ProblemError(422, f"label {bad} is {what}: a label is 1 to 200 characters", "invalid-parameters",
-                               "Invalid parameters")
+            raise ProblemError(422, f"label {bad} is {what}: a label is 1 to {MAX_LABEL_CHARS:,} characters",
+                               "invalid-parameters", "Invalid parameters")
         for i, lab in enumerate(labels):
             try:
                 printable(lab)
