@@ -13,7 +13,7 @@ from typing import Any
 from google.genai import types
 
 from prompts import PromptTemplate
-from retrieval.text import escape_control_characters
+from retrieval.text import canonical_label, escape_control_characters
 
 from ._thumbs import ThumbnailCache, ThumbnailError, encode_jpeg
 from ._types import RerankNeighbor, RerankRequest
@@ -67,8 +67,13 @@ class ShownLabels:
         return text
 
     def label(self, shown: str) -> str | None:
-        """The label shown as `shown` (None if no label was)."""
-        return self._labels.get(shown)
+        """The label shown as `shown` (None if no label was); an answer in another Unicode form or with outer
+        spaces (a model echoing "café" composed, for a label shown decomposed) names it too, unless two
+        shown texts read the same that way."""
+        if (found := self._labels.get(shown)) is not None:
+            return found
+        same = {label for text, label in self._labels.items() if canonical_label(text) == canonical_label(shown)}
+        return same.pop() if len(same) == 1 else None
 
     def texts(self, labels: list[str]) -> list[str]:
         return [self.show(label) for label in labels]

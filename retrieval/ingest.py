@@ -20,6 +20,7 @@ from .feature_cache import FeatureCache
 from .featurizers import EmbedFailure, EmbedResult, Featurizer
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from .store import MemoryStore, normalize_source, point_id_for
+from .text import canonical_label, label_forms
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,13 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
         raise DatasetError(f"{root} is not a directory")
     items, unread, broken = [], [], []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = canonical_label(label_dir.name) or label_dir.name  # a folder named by spaces alone keeps them
         for path in files_under(label_dir):
             # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
             is_file = path.is_file()
             dangling = not is_file and path.is_symlink()  # is_file follows links: the target is gone
             if (is_file or dangling) and is_image_path(path):
-                items.append(LabelledImage(normalize_source(path), label_dir.name))
+                items.append(LabelledImage(normalize_source(path), label))
                 if dangling:
                     broken.append(f"{path} -> {items[-1].source}")
             elif is_file and is_unread_file(path):
@@ -88,7 +90,7 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
                 if None in row:  # more cells than the header names: an unquoted comma in a path moved the label
                     raise DatasetError(f"{path}:{n}: {len(reader.fieldnames) + len(row[None])} cells where the header "
                                        f"has {len(reader.fieldnames)}: put a path or label holding a comma in quotes")
-                label = (row["label"] or "").strip()
+                label = canonical_label(row["label"] or "")
                 if not row["path"] or not label:
                     raise DatasetError(f"{path}:{n}: empty path or label")
                 src = row["path"]
@@ -123,7 +125,8 @@ LABEL_NAMES_FILES = ("classes.tsv", "LOC_synset_mapping.txt", "words.txt")
 
 def read_label_names(path: str | Path) -> dict[str, str]:
     """label -> name, from `label<TAB>name` lines (classes.tsv, words.txt), `label name, ...` lines
-    (LOC_synset_mapping.txt), or a `.csv` of `label,name` rows. The first name of a comma-separated list is kept.
+    (LOC_synset_mapping.txt), or a `.csv` of `label,name` rows. The first name of a comma-separated list is kept. A
+    line starting with "#" is a comment, unless it holds a tab (`#label<TAB>name`).
 
     Example:
         >>> read_label_names("tiny-imagenet-200/classes.tsv")["n02124075"]
@@ -139,13 +142,16 @@ def read_label_names(path: str | Path) -> dict[str, str]:
         if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["label", "name"]:
             rows = rows[1:]  # a header
     else:
+        # "#" starts a comment line, but not a line `#label<TAB>name`: a label may start with it
         rows = [(n, list(line.partition("\t" if "\t" in line else " ")[::2]))
-                for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.startswith("#")]
+                for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not (line.startswith("#") and "\t" not in line)]
     out: dict[str, str] = {}
     for n, row in rows:
-        if len(row) < 2 or not row[0].strip() or not row[1].split(",")[0].strip():
+        name = row[1].split(",")[0].strip() if len(row) >= 2 else ""  # the head of a list of synonyms
+        if not row[0].strip() or not name:
             raise DatasetError(f"{path}:{n}: expected a label and its name, got {row!r}")
-        out[row[0].strip()] = row[1].split(",")[0].strip()
+        out[canonical_label(row[0])] = name
     if not out:
         raise DatasetError(f"{path} names no labels")
     return out
@@ -239,6 +245,18 @@ def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
     return [items[i] for i in keep]
 
 
+def _as_stored_labels(store: MemoryStore, items: list[LabelledImage]) -> list[LabelledImage]:
+    """Items labelled as the memory already spells their labels: one made before labels were canonical holds a
+    Mac's folder "café" decomposed, and its images, resumed or new, are that label (not a second "café")."""
+    held = set(store.label_counts()) if store.count() else set()
+    if not held:
+        return items
+    spelled = {lab: next((f for f in label_forms(lab) if f in held), lab) for lab in {it.label for it in items}}
+    if all(lab == as_held for lab, as_held in spelled.items()):
+        return items
+    return [LabelledImage(it.source, spelled[it.label]) for it in items]
+
+
 def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[EmbedFailure]]:
     """The items whose path and label are UTF-8 text, and failures for the others: Linux lets a file name be
     any bytes (Python reads the rest as surrogates), but a point's id, payload and journal are UTF-8. One such
@@ -300,6 +318,7 @@ def build_memory(
     report.duplicates = report.total - len(items)
     items, unnamed = _utf8_named(items)
     report.failed += unnamed
+    items = _as_stored_labels(store, items)
     if progress and unnamed:
         progress(len(unnamed))
     ids = [point_id_for(it.source) for it in items]

@@ -312,3 +312,9 @@ def test_naming_labels_keeps_the_novelty_thresholds_and_relabelling_recalibrates
             time.sleep(0.02)
         assert calibrations() > before  # the points changed: calibrated again
     mem.close()
+
+
+def test_a_label_starting_with_a_hash_is_named_and_a_comment_line_is_skipped(tmp_path):
+    names = tmp_path / "classes.tsv"
+    names.write_text("# labels of the hashtag dataset\n#cats\tcats on the internet\ndogs\tdogs\n", encoding="utf-8")
+    assert read_label_names(names) == {"#cats": "cats on the internet", "dogs": "dogs"}

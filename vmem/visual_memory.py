@@ -59,6 +59,7 @@ from retrieval.store import (
     same_location,
     thumbnail_file,
 )
+from retrieval.text import label_forms
 
 from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
@@ -290,11 +291,33 @@ class VisualMemory:
 
     # ------------------------------------------------------------------ classifying
 
+    def stored_labels(self, labels: Sequence[str] | str | None) -> list[str] | None:
+        """Labels as a person gives them, as the memory stores them: canonical (`canonical_label`: NFC, outer
+        spaces stripped), or as an older memory spelled a folder ("cafe" + a combining accent, " cat ") when
+        only that form holds points. A label held in no form comes back canonical."""
+        if labels is None:
+            return None
+        if isinstance(labels, str):  # one label, not its characters
+            labels = [labels]
+        # One count per label; many labels (a benchmark's class list): one listing of them all instead.
+        known = set(self.store.label_counts()) if len(labels) > 16 else None
+        has = (lambda lab: lab in known) if known is not None else (lambda lab: self.store.count(label=lab) > 0)
+        out = []
+        for label in labels:
+            forms = label_forms(label) if isinstance(label, str) else [label]
+            out.append(next((f for f in forms if has(f)), forms[0]))
+        return out
+
+    def stored_label(self, label: str) -> str:
+        """`stored_labels` of one label."""
+        return self.stored_labels([label])[0]
+
     def unknown_labels(self, labels: Sequence[str]) -> list[str]:
         """The labels among these that no point a search can return has (none at all, or every one hard-pruned;
         a count per label on the label index): a filter by them would leave every answer empty, which the CLI
         and HTTP refuse."""
-        return [label for label in dict.fromkeys(labels) if self.store.count(label=label, searchable=True) == 0]
+        return [label for label in dict.fromkeys(labels)
+                if self.store.count(label=self.stored_label(label), searchable=True) == 0]
 
     def search(self, vectors: np.ndarray, k: int, labels: Sequence[str] | None = None,
                exact: bool = False) -> list[list[Neighbor]]:
@@ -376,6 +399,7 @@ class VisualMemory:
         sources = _source_list(sources, len(images), "classify")
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
+        labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
         self._check_template(rerank, template)
         # Embedded from the inputs as given: the preprocessing decodes each once (a plain JPEG by the fast path).
@@ -410,6 +434,7 @@ class VisualMemory:
         paths = [str(p) for p in listed]
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
+        labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
         self._check_template(rerank, template)
         res = self.featurizer.embed_many(paths, batch_size=batch_size)
@@ -750,7 +775,10 @@ class VisualMemory:
             raise ValueError(f"got {len(labels)} labels for {len(images)} images: give one label, or one per image")
         # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
         # label, and `relabel` could never give it back).
-        labels = [lab.strip() if isinstance(lab, str) else lab for lab in labels]
+        # ... and "café" is the label the memory has, however it is spelled (`stored_labels`)
+        given = list(dict.fromkeys(lab for lab in labels if isinstance(lab, str)))
+        as_stored = dict(zip(given, self.stored_labels(given) or [], strict=True))
+        labels = [as_stored.get(lab, lab) if isinstance(lab, str) else lab for lab in labels]
         if sources is None:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
@@ -827,7 +855,7 @@ class VisualMemory:
             point_id = parse_point_id(point_id)
         if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
             raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
-        query = JournalQuery(op=op, point_id=point_id, label=label,
+        query = JournalQuery(op=op, point_id=point_id, label=self.stored_label(label) if label is not None else None,
                              since=_utc_iso(since) if since is not None else None)
         return self.store.journal.newest(query, limit)
 
@@ -971,11 +999,12 @@ class VisualMemory:
         Raises ValueError for an empty `to`, or one that is no label of the memory but another label's name
         (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels.
         """
-        to = to.strip() if isinstance(to, str) else to
+        to = self.stored_label(to) if isinstance(to, str) else to
         if not isinstance(to, str) or not to:
             raise ValueError(f"the new label must be a non-empty string, got {to!r}")
         if not self.store.count(label=to) and (hints := self.name_hints([to])):
             raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
+        label = self.stored_label(label) if label is not None else None
         n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to,
                                      _selector(ids, label, source_prefix)))
         if n and label is not None and not self.store.count(label=label):
@@ -1021,7 +1050,7 @@ class VisualMemory:
             return [parse_point_id(i) for i in ids]
         if source_prefix is not None:
             return self._ids_under(*self._prefix_and_links(source_prefix))
-        return self.store.ids_where(label=label)
+        return self.store.ids_where(label=self.stored_label(label))
 
     def _prefix_and_links(self, given: str) -> tuple[str, tuple[list[str], list[str]]]:
         """A source prefix as stored sources are written (`local_source_prefix`), and the other prefixes and the
@@ -1199,6 +1228,7 @@ class VisualMemory:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be 1 to 1000, got {limit}")
         start = parse_point_id(cursor) if cursor is not None else None
+        label = self.stored_label(label) if label is not None else None
         if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")

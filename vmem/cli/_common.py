@@ -12,7 +12,7 @@ import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.text import escape_control_characters
+from retrieval.text import canonical_label, escape_control_characters
 
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
 QdrantUrlOpt = Annotated[
@@ -39,7 +39,7 @@ def n_points(n: int) -> str:
 def named_label(label: str, names: dict[str, str]) -> str:
     """A label as every command prints it: `n02124075 (Egyptian cat)`, or the label alone when unnamed."""
     name = names.get(label)
-    return f"{label} ({name})" if name and name != label else label
+    return one_line(f"{label} ({name})" if name and name != label else label)  # a tab in a label splits no line
 
 
 def memory_location(memory: Path, qdrant_url: str | None) -> str:
@@ -198,8 +198,8 @@ def true_label(source: Path, roots: list[Path]) -> str:
     """An image's label by folder: the folder under the given root that holds it (nested images too), or its parent."""
     for root in roots:
         if source.is_relative_to(root) and len(parts := source.relative_to(root).parts) > 1:
-            return parts[0]
-    return source.parent.name
+            return canonical_label(parts[0])
+    return canonical_label(source.parent.name)
 
 
 def finish_classify(results: list, failed: list, images: list[Path]) -> int:

@@ -77,9 +77,9 @@ def classify(
         if json_out:
             typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
         else:
-            top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
-            named = f" ({res.label_name})" if res.label_name else ""
-            typer.echo(f"{one_line(res.source)}\t{res.label}{named}\t({top})")
+            top = ", ".join(f"{one_line(names.get(lab, lab))} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+            named = f" ({one_line(res.label_name)})" if res.label_name else ""
+            typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top})")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         d = results[0].dmn

@@ -277,10 +277,10 @@ def classify(
         if json_out:
             typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
         else:  # for people: the vote's runners-up by name where the memory names its labels
-            top = ", ".join(f"{names.get(lab, lab)} {s:.2f}" for lab, s in list(res.scores.items())[:3])
+            top = ", ".join(f"{one_line(names.get(lab, lab))} {s:.2f}" for lab, s in list(res.scores.items())[:3])
             extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
-            named = f" ({res.label_name})" if res.label_name else ""
-            typer.echo(f"{one_line(res.source)}\t{res.label}{named}\t({top}){extra}")
+            named = f" ({one_line(res.label_name)})" if res.label_name else ""
+            typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
     correct = finish_classify(results, failed, images)
     if truth_from_dirs:
         s = results[0].vote
@@ -335,12 +335,12 @@ def relabel(
     with open_memory(memory, qdrant_url) as mem:
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
-        new_label = not mem.store.count(label=to.strip())
+        new_label = not mem.store.count(label=mem.stored_label(to))
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
         except ValueError as exc:  # the new label empty, or a name rather than a label
             raise typer.BadParameter(str(exc), param_hint="--to") from None
-        to = to.strip()
+        to = mem.stored_label(to)
         name = mem.label_names.get(to)
         typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({name})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
@@ -432,7 +432,7 @@ def points(
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
     mem = open_memory(memory, qdrant_url)
     with mem:
-        if label is not None and not mem.store.count(label=label):  # hard-pruned points are listed too
+        if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         while True:
             try:
@@ -455,7 +455,7 @@ def _point_line(p: MemoryPoint) -> str:
     if p.prune_count:
         state.append(f"misled {p.prune_count} decisions")
     label = f"{p.label} ({p.label_name})" if p.label_name and p.label_name != p.label else p.label
-    return "\t".join([p.id, label, one_line(p.source), *([", ".join(state)] if state else [])])
+    return "\t".join([p.id, one_line(label), one_line(p.source), *([", ".join(state)] if state else [])])
 
 
 JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})
@@ -527,7 +527,8 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
             what += f" to {named_label(e.to or '', names)}"
     chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
     part = f" [part {e.part + 1}]" if e.part is not None else ""
-    return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what, f"by {chosen}" if chosen else "",
+    return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, one_line(what),
+                                 one_line(f"by {chosen}") if chosen else "",
                                  f"via {e.via} on {e.host} (pid {e.pid})") if x)
 
 
@@ -554,7 +555,7 @@ def labels(
                                   ensure_ascii=False))
         else:
             pruned = f"\t({n - searchable[lab]} excluded by pruning)" if searchable[lab] != n else ""
-            typer.echo(f"{n}\t{lab}\t{names.get(lab, '')}{pruned}")
+            typer.echo(f"{n}\t{one_line(lab)}\t{one_line(names.get(lab, ''))}{pruned}")
 
 
 def info(

@@ -88,6 +88,7 @@ def suspects(
     with open_memory(memory, qdrant_url) as mem:
         require_points(mem)
         store = mem.store
+        label = mem.stored_label(label) if label is not None else None
         if label is not None and not store.count(label=label):
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:

@@ -1,0 +1,103 @@
+"""One label, however a person or a file system spells it: Unicode NFC or NFD, with or without outer spaces."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from typer.testing import CliRunner
+
+from reranker._prompt import ShownLabels
+from retrieval import open_store, scan_imagefolder
+from retrieval.text import canonical_label
+from tests.conftest import make_image
+from vmem import VisualMemory
+from vmem.cli import app
+
+COMPOSED = unicodedata.normalize("NFC", "café")  # keyboards, browsers, most editors
+DECOMPOSED = unicodedata.normalize("NFD", "café")  # macOS file names: e + a combining accent
+
+
+def test_the_two_spellings_read_the_same_and_are_different_strings():
+    assert COMPOSED != DECOMPOSED and canonical_label(DECOMPOSED) == canonical_label(f" {COMPOSED} ") == COMPOSED
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A folder from a Mac (NFD) and one with outer spaces, each holding two images."""
+    for folder, colour in ((DECOMPOSED, (120, 70, 30)), (" padded ", (30, 40, 220))):
+        (tmp_path / "train" / folder).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "train" / folder / f"{i}.png").write_bytes(make_image((colour[0] - 9 * i, *colour[1:]),
+                                                                              fmt="PNG"))
+    return tmp_path
+
+
+def test_folders_become_canonical_labels(dataset):
+    assert sorted({it.label for it in scan_imagefolder(dataset / "train")}) == [COMPOSED, "padded"]
+
+
+def test_a_built_memory_answers_to_either_spelling(dataset, tmp_path):
+    memory = tmp_path / "memory"
+    built = CliRunner().invoke(app, ["build", str(dataset / "train"), "--memory", str(memory),
+                                     "--featurizer", "efficientnet-lite0", "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    # A query folder typed on Linux (NFC) holds the truth for images of the Mac's folder
+    (dataset / "query" / COMPOSED).mkdir(parents=True)
+    (dataset / "query" / COMPOSED / "q.png").write_bytes(make_image((120, 70, 30), fmt="PNG"))
+    scored = CliRunner().invoke(app, ["classify", str(dataset / "query"), "--memory", str(memory), "--k", "3",
+                                      "--truth-from-dirs"])
+    assert scored.exit_code == 0, scored.output
+    assert "accuracy 100.00% (1/1)" in scored.output
+    relabelled = CliRunner().invoke(app, ["relabel", "--memory", str(memory), "--label", " padded ",
+                                          "--to", DECOMPOSED])
+    assert relabelled.exit_code == 0, relabelled.output
+    assert "(a new label)" not in relabelled.output and "it now has 4" in relabelled.output  # one class, merged
+
+
+def test_an_older_memory_s_decomposed_label_is_found_by_the_composed_one(lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    # As a build before labels were canonical stored a Mac's folder
+    mem.store.add(lite0.embed([make_image((120, 70, 30)), make_image((30, 40, 220))]), [DECOMPOSED, "sea"],
+                  ["/old/a.png", "/old/b.png"])
+    assert mem.stored_label(COMPOSED) == DECOMPOSED and mem.unknown_labels([COMPOSED]) == []
+    assert [p.label for p in mem.points(label=COMPOSED).points] == [DECOMPOSED]
+    [res] = mem.classify([make_image((30, 40, 220))], k=2, labels=[COMPOSED])
+    assert res.label == DECOMPOSED
+    mem.add([make_image((110, 60, 30))], COMPOSED, sources=["/new/c.png"])  # joins the label it has
+    assert mem.store.label_counts() == {DECOMPOSED: 2, "sea": 1}
+    assert mem.forget(label=f"{COMPOSED} ") == 2
+    mem.close()
+
+
+def test_a_model_answering_in_the_other_spelling_names_the_label():
+    shown = ShownLabels(None, [DECOMPOSED, "tea"])
+    assert shown.label(COMPOSED) == shown.label(f" {DECOMPOSED}") == DECOMPOSED
+    assert shown.label("coffee") is None
+
+
+def test_a_build_into_an_older_memory_keeps_its_decomposed_label(dataset, lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    first = str((dataset / "train" / DECOMPOSED / "0.png").resolve())
+    mem.store.add(lite0.embed([first]), [DECOMPOSED], [first])  # as an older build stored it
+    mem.close()
+    built = CliRunner().invoke(app, ["build", str(dataset / "train"), "--memory", str(tmp_path / "memory"),
+                                     "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    assert "another label" not in built.output  # the stored image is no relabel
+    with VisualMemory.open(str(tmp_path / "memory")) as mem:
+        assert mem.store.label_counts() == {DECOMPOSED: 2, "padded": 2}
+
+
+def test_a_label_with_a_tab_or_newline_stays_in_its_field_of_the_text_outputs(lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.add([make_image((200, 30, 30)), make_image((30, 40, 220))], ["tab\there", "new\nline"],
+            sources=["/a.png", "/b.png"])
+    mem.close()
+    runner = CliRunner()
+    for command in (["labels"], ["points"], ["history"]):
+        out = runner.invoke(app, [*command, "--memory", str(tmp_path / "memory")])
+        assert out.exit_code == 0, out.output
+        lines = out.stdout.splitlines()
+        assert "tab\\there" in out.stdout and "new\\nline" in out.stdout, out.stdout
+        assert len({line.count("\t") for line in lines if "here" in line or "line" in line}) == 1, lines
