@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -207,6 +208,11 @@ def test_info_shows_featurizer_and_label_counts(built):
     assert stats["points"] == 12 and stats["labels"] == 3
     assert stats["per_label"] == {"blue": 4, "green": 4, "red": 4}
     assert stats["featurizer"]["name"] == "efficientnet-lite0" and stats["featurizer"]["dim"] == 1280
+    # What the memory takes on disk, and where: the engine's files keep forgotten vectors until an erase
+    disk = stats["disk_bytes"]
+    assert disk["total"] == sum(n for name, n in disk.items() if name != "total") and disk["shard"] > 0
+    assert "vmem.json" in disk
+    assert re.search(r"^disk +[\d.]+ [kMG]?B \(shard [\d.]+ [kMG]?B", run("info", "--memory", memory).output, re.M)
 
 
 def test_a_different_featurizer_is_refused(built, image_folder, tmp_path):

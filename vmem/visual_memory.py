@@ -1305,7 +1305,29 @@ class VisualMemory:
             "featurizer": self.store.meta.featurizer.model_dump(),
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
+            "disk_bytes": self.disk_usage(),
         }
+
+    def disk_usage(self) -> dict[str, int] | None:
+        """Bytes on disk of an embedded memory's folder, by what holds them (the engine's `shard`, `thumbnails`,
+        `journal.jsonl`, DMN streams, ...) and in `total`; None for a memory on a server or in RAM. The shard
+        keeps forgotten points' vectors until they are erased (`erase_forgotten`), so its figure says what an
+        erase could give back."""
+        if (folder := local_folder(self.store.location)) is None or not folder.is_dir():
+            return None
+        usage = {entry.name: _bytes_on_disk(Path(entry.path)) for entry in os.scandir(folder)}
+        return {"total": sum(usage.values()), **dict(sorted(usage.items(), key=lambda kv: -kv[1]))}
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """Blocks a file or folder takes (not its apparent size: the engine's files are sparse), links not followed."""
+    try:
+        st = path.lstat()
+    except OSError:  # removed while counted
+        return 0
+    if not path.is_dir() or path.is_symlink():
+        return st.st_blocks * 512
+    return st.st_blocks * 512 + sum(_bytes_on_disk(Path(e.path)) for e in os.scandir(path))
 
 
 _IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image, np.ndarray)

@@ -449,6 +449,14 @@ def points(
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
 
 
+def _size(n: int) -> str:
+    """Bytes for a person: `512 kB`, `1.2 GB` (SI units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
 def _point_line(p: MemoryPoint) -> str:
     """One point, tab-separated: id, label (name), source, and what pruning made of it."""
     state = ["excluded"] if p.excluded else [f"reliability {p.reliability:.2f}"] if p.reliability != 1 else []
@@ -583,5 +591,8 @@ def info(
         typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
     if stats["labels"] > 10:
         typer.echo(f"  ... {stats['labels'] - 10} more")
+    if disk := stats["disk_bytes"]:
+        parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
+        typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     if stats["settings"]:
         typer.echo(f"settings   {json.dumps(stats['settings'])}")
