@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import threading
 import warnings
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 # A 64-megapixel ceiling: far above any photo a classifier needs, far below a bomb.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -121,6 +124,8 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
         except UnidentifiedImageError as exc:
             raise ImageDecodeError(f"{name}: not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF "
                                    "or ICO)") from exc
+        except PermissionError as exc:  # the file may be fine: the reader is not let in
+            raise ImageDecodeError(f"{name}: permission denied: the file cannot be read by this user") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
     with contextlib.suppress(Exception):  # a broken EXIF block should not lose an otherwise good image
@@ -248,7 +253,8 @@ def files_under(folder: Path) -> list[Path]:
     no images (`is_image_path`)."""
     seen: set[str] = set()
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    unreadable: list[OSError] = []  # os.walk skips a folder it may not list: its class vanished from a build unsaid
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable.append):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
@@ -256,6 +262,11 @@ def files_under(folder: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .thumbs, .ipynb_checkpoints: not the images
         found += [Path(dirpath) / name for name in filenames]
+    if unreadable:
+        shown = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:3])
+        log.warning("%d folder%s could not be read, and the images in %s are left out: %s%s", len(unreadable),
+                    "s" if len(unreadable) > 1 else "", "them" if len(unreadable) > 1 else "it", shown,
+                    "; ..." if len(unreadable) > 3 else "")
     return sorted(found)
 
 

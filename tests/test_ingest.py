@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import DatasetError, build_memory, open_store, read_labelled, unique_sources
+from retrieval import DatasetError, build_memory, open_store, read_labelled, scan_imagefolder, unique_sources
 from tests.conftest import make_image
 from vmem.cli import app
 
@@ -173,3 +173,38 @@ def test_images_in_a_linked_sub_folder_are_read_and_a_link_loop_once(photos, tmp
     (photos / "cat" / "more").symlink_to(elsewhere)  # ROOT/cat/more -> a folder elsewhere
     (elsewhere / "again").symlink_to(elsewhere)  # a loop
     assert sorted(Path(it.source).name for it in read_labelled(photos)) == ["a.png", "b.png"]
+
+
+def test_a_class_folder_that_cannot_be_read_is_named_not_dropped_unsaid(tmp_path, monkeypatch, caplog):
+    import os
+
+    for label in ("cats", "dogs"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "a.png").write_bytes(make_image((10, 20, 30), fmt="PNG"))
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as `chmod 000 dogs` does for any user but root
+        if str(path).endswith("dogs"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    items = scan_imagefolder(tmp_path)
+    assert [it.label for it in items] == ["cats"]
+    assert f"1 folder could not be read, and the images in it are left out: {tmp_path / 'dogs'}: Permission denied" \
+        in caplog.text
+
+
+def test_an_image_the_user_may_not_read_says_so_not_corrupt(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from retrieval import ImageDecodeError, load_image
+
+    (tmp_path / "a.png").write_bytes(make_image((10, 20, 30), fmt="PNG"))
+
+    def denied(fp, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(ImageDecodeError, match=r"a\.png: permission denied: the file cannot be read by this user"):
+        load_image(tmp_path / "a.png")
