@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -41,7 +42,7 @@ from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 
 from ._breaker import CircuitBreaker
-from ._cache import AnswerCache, cache_key
+from ._cache import AnswerCache, cache_key, default_cache_path
 from ._errors import (
     CircuitOpenError,
     ConnectionFailedError,
@@ -67,6 +68,19 @@ log = logging.getLogger(__name__)
 # A fallback is a WARNING, once a minute per kind (the first at once; the next says how many came between): at
 # INFO, a service whose key was revoked answered every re-rank with the vote and logged nothing by default.
 FALLBACK_WARNING_EVERY_S = 60.0
+
+
+def _answer_cache_or_none(path: Any) -> AnswerCache | None:
+    """The answer cache, or None (re-ranking without one, with a warning) where its file cannot be made: a
+    read-only home, or VMEM_GEMINI_CACHE_PATH naming a folder, stopped every re-rank with a traceback (a 500 in
+    the service) where a cache is only a saving."""
+    try:
+        return AnswerCache(path)
+    except (OSError, sqlite3.Error) as exc:
+        where = path if path is not None else default_cache_path()
+        log.warning("re-ranking without an answer cache: it cannot be kept at %s (%s); set "
+                    "VMEM_GEMINI_CACHE_PATH to a writable file, or VMEM_GEMINI_CACHE=false", where, exc)
+        return None
 
 
 class _FallbackLog:
@@ -237,7 +251,7 @@ class GeminiReranker:
         self._registry = registry
         self.thumbnails = thumbnails if thumbnails is not None else ThumbnailCache(self.settings.thumb_size)
         self.cache = answer_cache if answer_cache is not None else (
-            AnswerCache(self.settings.cache_path) if self.settings.cache else None)
+            _answer_cache_or_none(self.settings.cache_path) if self.settings.cache else None)
         self._loop = _LoopThread()
         self._clients: dict[str, genai.Client] = {}
         # One breaker per re-ranker, shared by every thread and batch that uses it.

@@ -858,3 +858,14 @@ def test_classify_shows_gemini_the_memory_label_names(fake, make_rr, memory):
     assert [n.label_name for n in res.neighbors] == [{"red": "crimson", "green": "emerald",
                                                       "blue": "navy"}[n.label] for n in res.neighbors]
     assert set(fake.requests[0].body["generationConfig"]["responseSchema"]["enum"]) <= {"crimson", "emerald", "navy"}
+
+
+def test_an_answer_cache_that_cannot_be_kept_leaves_re_ranking_working_without_one(fake, make_rr, images,
+                                                                                   tmp_path, caplog):
+    (tmp_path / "a-folder").mkdir()  # VMEM_GEMINI_CACHE_PATH naming a folder, as a read-only home does too
+    rr = make_rr(cache_path=tmp_path / "a-folder")
+    assert rr.cache is None
+    assert "re-ranking without an answer cache: it cannot be kept at" in caplog.text
+    fake.enqueue(fake.answer("dog"))
+    out = rr.rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked) == ("dog", True)
