@@ -598,3 +598,40 @@ def test_classify_json_writes_a_name_that_is_not_utf8_with_its_bytes_escaped(bui
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(a["source"].rsplit("/", 1)[1], a["label"]) for a in answers] == [("caf\\xe9.png", "red"),
                                                                              ("z.png", "blue")]
+
+
+def test_serve_names_the_setting_that_does_not_parse_before_opening_anything(built, monkeypatch):
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    memory, _ = built
+    monkeypatch.setenv("VMEM_MAX_UPLOAD_BYTES", "20MB")
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2 and "VMEM_MAX_UPLOAD_BYTES: Input should be a valid integer" in out.output, out.output
+    monkeypatch.delenv("VMEM_MAX_UPLOAD_BYTES")
+    monkeypatch.setenv("VMEM_GEMINI_DEADLINE_S", "abc")  # found at the first re-rank before: ready, then 500s
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2 and "VMEM_GEMINI_DEADLINE_S: Input should be a valid number" in out.output, out.output
+    out = run("classify", "--memory", memory, "--rerank", memory)
+    assert out.exit_code == 2 and "VMEM_GEMINI_DEADLINE_S" in out.output, out.output
+
+
+def test_serve_takes_the_gemini_settings_and_key_from_the_env_file_too(built, tmp_path, monkeypatch):
+    import os
+
+    from reranker import GeminiSettings, api_key_from_env
+
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(
+        model=GeminiSettings().model, key=api_key_from_env(), memory=app.state.settings.location))
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "VMEM_GEMINI_MODEL", "VMEM_MEMORY"):
+        monkeypatch.delenv(key, raising=False)
+    memory, _ = built
+    env = tmp_path / "service.env"
+    env.write_text(f"VMEM_MEMORY={memory}\nGEMINI_API_KEY=key-from-the-file\nVMEM_GEMINI_MODEL=gemini-from-file\n",
+                   encoding="utf-8")
+    monkeypatch.setenv("VMEM_GEMINI_MODEL", "gemini-from-the-environment")  # the environment still wins
+    try:
+        out = run("serve", "--no-auth", "--env-file", env)
+        assert out.exit_code == 0, out.output
+        assert served == {"model": "gemini-from-the-environment", "key": "key-from-the-file", "memory": str(memory)}
+    finally:
+        os.environ.pop("GEMINI_API_KEY", None)  # put there by serve, as a process's environment

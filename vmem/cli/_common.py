@@ -31,6 +31,26 @@ def one_line(text: str | None) -> str:
     return escape_control_characters(text or "")
 
 
+def settings_problems(exc, prefix: str) -> str:
+    """A pydantic-settings ValidationError as the environment variables to mend: `VMEM_GEMINI_DEADLINE_S: Input
+    should be a valid number` (the bare message did not say which of twenty settings it was)."""
+    return "; ".join(f"{prefix}{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}" if e["loc"]
+                     else e["msg"].removeprefix("Value error, ") for e in exc.errors())
+
+
+def check_reranker_settings() -> None:
+    """BadParameter for a `VMEM_GEMINI_*` setting that does not parse, before a memory opens: it was found at the
+    first re-rank (a service said it was ready, then answered 500s)."""
+    from pydantic import ValidationError
+
+    from reranker import GeminiSettings
+
+    try:
+        GeminiSettings()
+    except ValidationError as exc:
+        raise typer.BadParameter(settings_problems(exc, "VMEM_GEMINI_"), param_hint="the environment") from None
+
+
 def n_points(n: int) -> str:
     """`1 point`, `2 points`."""
     return f"{n:,} point" + ("" if n == 1 else "s")

@@ -38,6 +38,7 @@ from ._common import (
     VectorsDtype,
     check_label_filter,
     check_memory_location,
+    check_reranker_settings,
     expand_images,
     finish_classify,
     memory_location,
@@ -258,6 +259,8 @@ def classify(
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
         raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
+    if rerank:
+        check_reranker_settings()
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")

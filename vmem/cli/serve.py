@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from ._common import check_memory_location, open_failure
+from ._common import check_memory_location, check_reranker_settings, open_failure, settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,21 @@ def _service_log_config() -> dict[str, Any]:
     # -v (the root logger's level, set by the CLI's callback) still decides how much of vmem's own work is told
     config["root"] = {"handlers": ["vmem"], "level": logging.getLevelName(logging.getLogger().level)}
     return config
+
+
+# What the re-ranker reads from the environment; an env file's are taken too (the environment's own win, as for
+# VMEM_* settings): one file for the service's settings held the Gemini key and model, and they were ignored.
+RERANKER_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL")
+
+
+def _export_reranker_env(env_file: Path) -> None:
+    if not env_file.is_file():
+        return
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(env_file, encoding="utf-8").items():
+        if value is not None and (key.startswith("VMEM_GEMINI_") or key in RERANKER_ENV):
+            os.environ.setdefault(key, value)
 
 
 def serve(
@@ -65,8 +81,9 @@ def serve(
     try:
         settings = Settings(_env_file=env_file or ".env", **overrides)
     except ValidationError as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise typer.BadParameter(problems) from exc
+        raise typer.BadParameter(settings_problems(exc, "VMEM_"), param_hint="the settings") from exc
+    _export_reranker_env(env_file or Path(".env"))
+    check_reranker_settings()  # now, not at the first re-rank's 500
     if settings.auth_disabled:
         typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
                    err=True)
