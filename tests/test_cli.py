@@ -635,3 +635,18 @@ def test_serve_takes_the_gemini_settings_and_key_from_the_env_file_too(built, tm
         assert served == {"model": "gemini-from-the-environment", "key": "key-from-the-file", "memory": str(memory)}
     finally:
         os.environ.pop("GEMINI_API_KEY", None)  # put there by serve, as a process's environment
+
+
+def test_serve_help_shows_its_defaults_and_refuses_an_unknown_log_level_at_once(monkeypatch):
+    monkeypatch.setattr("server.app.open_memory", lambda *a: pytest.fail("opened the memory first"))
+    shown = run("serve", "--help").output
+    assert "[default: $VMEM_MEMORY or ./memory]" in shown and "[default: ./.env when present]" in shown
+    out = run("serve", "--no-auth", "--log-level", "loud")
+    assert out.exit_code == 2 and "'loud' is not one of" in out.output
+
+
+def test_a_vote_setting_out_of_range_names_the_option_not_pydantic(built, image_folder):
+    memory, _ = built
+    out = run("classify", image_folder / "query", "--memory", memory, "--alpha", "nan")
+    assert out.exit_code == 2 and "--alpha: Input should be greater than or equal to 0.001" in out.output
+    assert "errors.pydantic.dev" not in out.output

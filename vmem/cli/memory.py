@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from prompts import TemplateError
@@ -273,6 +274,9 @@ def classify(
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
                                                 template=template, dmn_stream=dmn_stream)
+        except ValidationError as exc:  # --alpha nan, --tau 0: the option and its bound, not pydantic's dump
+            raise typer.BadParameter("; ".join(f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"]
+                                               for e in exc.errors())) from None
         except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from exc
         names = mem.label_names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +37,9 @@ def _service_log_config() -> dict[str, Any]:
     return config
 
 
+# uvicorn's levels: refused among the options, not with a KeyError once the memory is open
+LogLevel = StrEnum("LogLevel", {level: level for level in ("critical", "error", "warning", "info", "debug", "trace")})
+
 # What the re-ranker reads from the environment; an env file's are taken too (the environment's own win, as for
 # VMEM_* settings): one file for the service's settings held the Gemini key and model, and they were ignored.
 RERANKER_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL")
@@ -53,7 +57,7 @@ def _export_reranker_env(env_file: Path) -> None:
 
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
-                                                "[default: $VMEM_MEMORY or ./memory]")] = None,
+                                                "\\[default: $VMEM_MEMORY or ./memory]")] = None,
     qdrant_url: Annotated[str | None, typer.Option("--qdrant-url", help="serve a memory on a Qdrant server "
                                                    "(http://host:6333) instead")] = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
@@ -61,9 +65,9 @@ def serve(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="let anyone edit the memory (trusted networks "
                                           "only); otherwise $VMEM_API_KEY is required")] = False,
     env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
-                                                  "this file [default: ./.env when present]")] = None,
+                                                  "this file \\[default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level")] = LogLevel.info,
     root_path: Annotated[str, typer.Option(help="the path prefix a reverse proxy serves this under and strips "
                                                 "(e.g. /vmem): the URLs the service hands out carry it")] = "",
 ) -> None:
@@ -103,6 +107,7 @@ def serve(
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                    + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, root_path=prefix, log_config=_service_log_config())
+        uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
+                    log_config=_service_log_config())
     finally:
         mem.close()
