@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._cache import default_cache_path
@@ -39,6 +39,14 @@ class GeminiSettings(BaseSettings):
     breaker_failures: int = Field(5, ge=0, description="consecutive upstream failures that open the circuit, "
                                   "after which queries fall back at once (0: no breaker)")
     breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit waits before a trial call")
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        # Without a scheme every call failed as an unsupported protocol, retried with backoff, then fell back
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is no http:// or https:// URL")
+        return url or None
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that can change an answer (and so belong in the cache key)."""

@@ -650,3 +650,11 @@ def test_a_vote_setting_out_of_range_names_the_option_not_pydantic(built, image_
     out = run("classify", image_folder / "query", "--memory", memory, "--alpha", "nan")
     assert out.exit_code == 2 and "--alpha: Input should be greater than or equal to 0.001" in out.output
     assert "errors.pydantic.dev" not in out.output
+
+
+@pytest.mark.parametrize("variable", ["VMEM_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"])
+def test_a_gemini_url_without_a_scheme_is_a_setting_to_mend_not_retries(built, image_folder, monkeypatch, variable):
+    memory, _ = built
+    monkeypatch.setenv(variable, "127.0.0.1:9")
+    out = run("classify", image_folder / "query", "--memory", memory, "--rerank")
+    assert out.exit_code == 2 and f"{variable}: '127.0.0.1:9' is no http:// or https:// URL" in out.output

@@ -49,6 +49,10 @@ def check_reranker_settings() -> None:
         GeminiSettings()
     except ValidationError as exc:
         raise typer.BadParameter(settings_problems(exc, "VMEM_GEMINI_"), param_hint="the environment") from None
+    sdk_url = os.environ.get("GOOGLE_GEMINI_BASE_URL")  # read by google-genai itself
+    if sdk_url and not sdk_url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"GOOGLE_GEMINI_BASE_URL: {sdk_url!r} is no http:// or https:// URL",
+                                 param_hint="the environment")
 
 
 def n_points(n: int) -> str:
