@@ -98,6 +98,10 @@ EDGE_CONFIG_FILE = "edge_config.json"
 # 9 s for a 640k-point segment that takes ~2 minutes to index, recall unchanged (docs/benchmarks.md,
 # "Forgetting").
 VACUUM_THRESHOLDS = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
+# qdrant-client asks a server's version on a thread of its own and warns when it gets none, before every
+# unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. A version
+# it gets and finds incompatible is still warned of.
+warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
 _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
