@@ -17,7 +17,7 @@ DEFAULT_MODEL = "gemini-3.5-flash"
 class GeminiSettings(BaseSettings):
     """Options of the Gemini re-ranker; each can also be set as `VMEM_GEMINI_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid", env_ignore_empty=True)
 
     model: str = Field(DEFAULT_MODEL, description="Gemini model id")
     base_url: str | None = Field(None, description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="VMEM_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_ignore_empty=True,  # `VMEM_QDRANT_URL=` (a template's blank line) means unset, not a URL of ""
     )
 
     memory: str = Field("./memory", description="embedded memory directory, or `:memory:`")

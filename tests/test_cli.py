@@ -667,3 +667,16 @@ def test_a_gemini_url_without_a_scheme_is_a_setting_to_mend_not_retries(built, i
     monkeypatch.setenv(variable, "127.0.0.1:9")
     out = run("classify", image_folder / "query", "--memory", memory, "--rerank")
     assert out.exit_code == 2 and f"{variable}: '127.0.0.1:9' is no http:// or https:// URL" in out.output
+
+
+def test_serve_takes_a_blank_setting_as_unset(built, monkeypatch, tmp_path):
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(location=app.state.settings.location))
+    memory, _ = built
+    monkeypatch.chdir(memory.parent)
+    monkeypatch.setenv("VMEM_QDRANT_URL", "")  # as a blank line of an env template leaves it
+    monkeypatch.setenv("VMEM_MEMORY", "")
+    monkeypatch.setenv("VMEM_GEMINI_MODEL", "")
+    out = run("serve", "--no-auth")
+    assert out.exit_code == 0, out.output
+    assert served["location"] in ("memory", "./memory", str(memory))  # the default, not "" (the current folder)
