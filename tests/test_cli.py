@@ -680,3 +680,16 @@ def test_serve_takes_a_blank_setting_as_unset(built, monkeypatch, tmp_path):
     out = run("serve", "--no-auth")
     assert out.exit_code == 0, out.output
     assert served["location"] in ("memory", "./memory", str(memory))  # the default, not "" (the current folder)
+
+
+def test_an_interrupted_build_says_what_it_kept_and_how_to_resume(image_folder, tmp_path, monkeypatch):
+    from vmem import VisualMemory
+
+    def interrupted(self, items, **kw):
+        kw["progress"](1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VisualMemory, "build", interrupted)
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0")
+    assert out.exit_code == 130
+    assert "interrupted: the memory holds 0 points; run the same command again to resume" in out.output

@@ -195,8 +195,13 @@ def build(
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
             file=sys.stderr)
-        report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
-                           feature_cache=feature_cache, relabel=relabel)
+        try:
+            report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags, progress=bar.update,
+                               feature_cache=feature_cache, relabel=relabel)
+        except KeyboardInterrupt:  # Ctrl-C: what was added is kept (and journaled); say so, and how to go on
+            bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
+                      "resume (images already in it are skipped)", file=sys.stderr)
+            raise typer.Exit(130) from None
         holds = mem.store.count()
     typer.echo(report.summary())
     if not holds and report.failed:  # as vmem classify does when nothing could be classified: a script can tell
