@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .featurizers import FeaturizerError, FeaturizerSpec
@@ -294,6 +295,10 @@ class ServerClient:
                 status = f"{exc.status_code} {exc.reason_phrase or ''}".strip()
                 raise MemoryUnavailableError(f"the Qdrant server at {self.location} answered {status}: it is "
                                              "failing or overloaded; try again shortly") from exc
+            except (json.JSONDecodeError, AssertionError, PydanticValidationError) as exc:
+                # 200s the client cannot read (an HTML page, JSON of another API): a traceback before
+                raise MemoryError(f"{self.location} does not answer as a Qdrant server does ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0]}): check the URL (Qdrant's REST port is 6333)") from exc
 
         return call
 

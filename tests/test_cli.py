@@ -693,3 +693,29 @@ def test_an_interrupted_build_says_what_it_kept_and_how_to_resume(image_folder, 
     out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0")
     assert out.exit_code == 130
     assert "interrupted: the memory holds 0 points; run the same command again to resume" in out.output
+
+
+@pytest.mark.parametrize("body", [b"<html>a web page</html>", b'{"result": null}'])
+def test_a_url_that_answers_but_not_as_qdrant_does_is_said_so_without_a_traceback(body):
+    import http.server
+    import threading
+
+    class NotQdrant(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotQdrant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run("info", "--qdrant-url", url)
+        assert out.exit_code == 1 and f"{url} does not answer as a Qdrant server does" in out.output, out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)
+    finally:
+        server.shutdown()
