@@ -453,8 +453,7 @@ class ClassifierService:
         for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):
             results = self.memory.classify(
                 [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
-                # the page sends its chosen template with re-ranking off too: HTTP checks it and lets it be
-                rerank=q.rerank, template=q.template if q.rerank else None,
+                rerank=q.rerank, template=q.template,
                 sources=[uploads[i].filename or uploads[i].source for i, _ in step])
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered

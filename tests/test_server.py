@@ -1107,3 +1107,8 @@ def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
     assert added.status_code == 201
     service.memory.store.set_payload([p["id"] for p in added.json()["added"]], {EXCLUDED_KEY: "pruned"})
     assert service.ood_threshold(3, fresh=True) == pytest.approx(before)
+
+
+def test_a_template_without_rerank_is_refused_as_an_option_nothing_reads(client):
+    resp = client.post("/v1/classify?template=labels-only", files=upload(texture(COLORS["red"], 1)))
+    assert_problem(resp, 422, "unused-vote-option", "send rerank=true too")

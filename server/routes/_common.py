@@ -41,6 +41,9 @@ def check_template(q: ClassifyQuery) -> None:
 
     if q.template is None and not q.rerank:
         return
+    if not q.rerank:  # as the CLI and Python refuse it: a template no re-rank reads is a mistake to tell
+        raise ProblemError(422, f"template {q.template!r} chooses the re-ranker's prompt: send rerank=true too, "
+                           "or leave template out", "unused-vote-option", "Option not used by this vote")
     registry = template_registry()
     name = q.template or DEFAULT_TEMPLATE
     try:

@@ -82,8 +82,10 @@ function queryString() {
   const params = new URLSearchParams();
   if ($("k").value) params.set("k", $("k").value);
   if ($("vote").value) params.set("vote", $("vote").value);
-  if ($("rerank").checked) params.set("rerank", "true");
-  if ($("template").value) params.set("template", $("template").value);
+  if ($("rerank").checked) {
+    params.set("rerank", "true");
+    if ($("template").value) params.set("template", $("template").value);  // read only when re-ranking
+  }
   return params.toString();
 }
 
