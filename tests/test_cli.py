@@ -719,3 +719,20 @@ def test_a_url_that_answers_but_not_as_qdrant_does_is_said_so_without_a_tracebac
         assert out.exception is None or isinstance(out.exception, SystemExit)
     finally:
         server.shutdown()
+
+
+def test_a_sample_is_the_same_whatever_the_order_of_the_folders_given(tmp_path):
+    from vmem.cli._common import expand_images
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for i in range(10):
+            (tmp_path / folder / f"{i}.png").write_bytes(b"")
+    one_way = expand_images([tmp_path / "a", tmp_path / "b"], sample=5, seed=3)
+    assert expand_images([tmp_path / "b", tmp_path / "a"], sample=5, seed=3) == one_way
+    assert expand_images([tmp_path / "a", tmp_path / "b", tmp_path / "a"], sample=5, seed=3) == one_way
+    # One folder, as the quickstart gives it: the sample it always drew
+    import random
+
+    listed = sorted((tmp_path / "a").glob("*.png"))
+    assert expand_images([tmp_path / "a"], sample=4, seed=0) == sorted(random.Random(0).sample(listed, 4))

@@ -256,6 +256,10 @@ def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -
             out.append(p)
     if unread:
         typer.echo(f"note: {unread_files_message(unread)}", err=True)
-    if sample is not None and sample < len(out):
-        out = sorted(random.Random(seed).sample(out, sample))
+    if sample is not None:
+        # Drawn from the files in one order, whatever the order of the arguments (and each file once): the same
+        # folders given the other way round drew another sample with the same seed.
+        everything = sorted(dict.fromkeys(out))
+        if sample < len(everything):
+            out = sorted(random.Random(seed).sample(everything, sample))
     return out
