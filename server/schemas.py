@@ -138,6 +138,9 @@ class ClassifyQuery(BaseModel):
     tau: float | None = Field(None, ge=1e-3, le=1e3, allow_inf_nan=False,
                               description="softmax voting temperature")
     rerank: bool = Field(False, description="ask the VLM re-ranker; falls back to the vote with a reason")
+    exact: bool = Field(False, description="search every point exactly, not through the index: the answer any "
+                                           "build or copy of the memory gives (its index graph is built at random); "
+                                           "slower on a large memory")
     template: str | None = Field(None, min_length=1, max_length=64,
                                  description="re-ranker prompt template (see GET /v1/templates)")
     label: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]] | None = Field(

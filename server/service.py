@@ -407,7 +407,8 @@ class ClassifierService:
 
     def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery, template: str | None) -> tuple[Any, ...]:
         labels = tuple(sorted(set(q.label))) if q.label else None
-        return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, template)
+        return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, template,
+                q.exact)
 
     @staticmethod
     def _template_in_key(q: ClassifyQuery) -> str | None:
@@ -453,7 +454,7 @@ class ClassifierService:
         for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):
             results = self.memory.classify(
                 [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
-                rerank=q.rerank, template=q.template,
+                rerank=q.rerank, template=q.template, exact=q.exact,
                 sources=[uploads[i].filename or uploads[i].source for i, _ in step])
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered

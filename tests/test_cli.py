@@ -736,3 +736,17 @@ def test_a_sample_is_the_same_whatever_the_order_of_the_folders_given(tmp_path):
 
     listed = sorted((tmp_path / "a").glob("*.png"))
     assert expand_images([tmp_path / "a"], sample=4, seed=0) == sorted(random.Random(0).sample(listed, 4))
+
+
+def test_classify_exact_searches_every_point(built, image_folder, monkeypatch):
+    from retrieval.store import EdgeMemoryStore
+
+    asked = []
+    query_batch = EdgeMemoryStore.query_batch
+    monkeypatch.setattr(EdgeMemoryStore, "query_batch",
+                        lambda self, v, k, labels=None, exact=False: asked.append(exact) or query_batch(self, v, k,
+                                                                                                       labels, exact))
+    memory, _ = built
+    out = run("classify", image_folder / "query", "--memory", memory, "--k", "3", "--exact")
+    assert out.exit_code == 0, out.output
+    assert asked and all(asked)

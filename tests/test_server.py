@@ -1112,3 +1112,22 @@ def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
 def test_a_template_without_rerank_is_refused_as_an_option_nothing_reads(client):
     resp = client.post("/v1/classify?template=labels-only", files=upload(texture(COLORS["red"], 1)))
     assert_problem(resp, 422, "unused-vote-option", "send rerank=true too")
+
+
+def test_exact_search_is_asked_for_and_answered_apart_from_the_indexed_one(client, monkeypatch):
+    from retrieval.store import EdgeMemoryStore
+
+    asked = []
+    query_batch = EdgeMemoryStore.query_batch
+
+    def recording(self, vectors, k, labels=None, exact=False):
+        asked.append(exact)
+        return query_batch(self, vectors, k, labels, exact)
+
+    monkeypatch.setattr(EdgeMemoryStore, "query_batch", recording)
+    image = upload(texture(COLORS["red"], 1))
+    indexed = client.post("/v1/classify?k=3", files=image).json()
+    assert True not in asked
+    exact = client.post("/v1/classify?k=3&exact=true", files=image).json()
+    assert asked[-1] is True  # searched, not the indexed answer from the cache
+    assert exact["label"] == indexed["label"] == "red"

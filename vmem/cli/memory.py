@@ -253,6 +253,8 @@ def classify(
     label: Annotated[list[str] | None, typer.Option(help="only neighbours with this label; repeatable")] = None,
     rerank: Annotated[bool, typer.Option(help="ask the VLM re-ranker (falls back to voting)")] = False,
     template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
+    exact: Annotated[bool, typer.Option(help="search every point exactly, not through the index: the answers any "
+                                             "build or copy of the memory gives (slower on a large memory)")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per image")] = False,
     sample: Annotated[int | None, typer.Option(min=1, help="classify a fixed random sample of the images")] = None,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
@@ -278,7 +280,7 @@ def classify(
         try:
             results, failed = mem.classify_many(paths, batch_size=batch_size, k=k, rule=vote and vote.value,
                                                 alpha=alpha, tau=tau, labels=label, rerank=rerank,
-                                                template=template, dmn_stream=dmn_stream)
+                                                template=template, dmn_stream=dmn_stream, exact=exact)
         except ValidationError as exc:  # --alpha nan, --tau 0: the option and its bound, not pydantic's dump
             raise typer.BadParameter("; ".join(f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"]
                                                for e in exc.errors())) from None
