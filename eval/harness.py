@@ -20,6 +20,7 @@ Outputs in the run directory:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import sys
@@ -110,6 +111,22 @@ def memory_from_dataset(dataset: EvalDataset, featurizer: Featurizer, cache_root
     return MemoryArrays(feats, [dataset.items[i].label for i in ok], [dataset.items[i].source for i in ok])
 
 
+def memory_fingerprint(memory: MemoryArrays | MemoryStore) -> str | None:
+    """sha256 over a memory's sorted (point id, label) pairs, when it is in RAM (exact search); None for a store
+    searched through its index, whose listing would cost a scroll of every point."""
+    if not isinstance(memory, MemoryArrays):
+        return None
+    digest = hashlib.sha256()
+    for point_id, label in sorted(zip(memory.ids, memory.labels, strict=True)):
+        digest.update(f"{point_id}\t{label}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def store_index(memory: MemoryArrays | MemoryStore) -> dict[str, Any] | None:
+    """A store's index settings (what an indexed search's answers depend on); None for a memory in RAM."""
+    return memory.meta.index.model_dump(mode="json") if isinstance(memory, MemoryStore) else None
+
+
 class RunInfo(BaseModel):
     """The parameters a run's numbers depend on."""
 
@@ -126,6 +143,17 @@ class RunInfo(BaseModel):
     alpha: float = DEFAULT_ALPHA
     tau: float = DEFAULT_TAU
     restricted_classes: int | None = None
+    # What else the numbers depend on, to reproduce them: a sample (limit, seed) of how many items, by which vmem,
+    # from which encoder and preprocessing, through which index settings, over which points.
+    dataset_items: int | None = Field(None, description="the dataset's items before --limit drew a sample")
+    limit: int | None = None
+    seed: int | None = Field(None, description="the seed --limit drew its sample with")
+    vmem_version: str | None = None
+    featurizer_spec: dict[str, Any] | None = Field(None, description="the encoder and its preprocessing")
+    index: dict[str, Any] | None = Field(None, description="the memory's index settings (search: index)")
+    memory_fingerprint: str | None = Field(
+        None, description="sha256 over the memory's sorted point ids and labels (search: exact): equal for the "
+                          "same points, however built or copied")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: dict[str, float] = Field(default_factory=dict)
     tuned: dict[str, Any] | None = Field(

@@ -243,3 +243,22 @@ def test_experiment_refuses_a_classes_file_that_is_not_there_and_multi_label_que
     res = CliRunner().invoke(app, ["experiment", "scaling", "--queries", str(real), "--queries-format", "real",
                                    "--memory", str(root / "memory")], env={"COLUMNS": "250"})
     assert res.exit_code == 2 and "several right labels" in res.output and "vmem eval" in res.output, res.output
+
+
+def test_eval_records_what_its_numbers_depend_on(built, tmp_path):
+    import vmem
+
+    root, val = built
+    for seed in (1, 2):
+        run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / f"s{seed}",
+            "--cache", tmp_path / "cache", "--k-max", "3", "--limit", "4", "--seed", str(seed), "--no-plots")
+    first, second = (json.loads((tmp_path / f"s{s}" / "results.json").read_text())["run"] for s in (1, 2))
+    assert (first["dataset_items"], first["limit"], first["seed"], second["seed"]) == (6, 4, 1, 2)
+    assert first["vmem_version"] == vmem.__version__
+    assert first["featurizer_spec"]["name"] == "efficientnet-lite0" and first["featurizer_spec"]["preprocessing"]
+    # The same points, whatever the sample: one fingerprint; through the index, the index's settings instead
+    assert len(first["memory_fingerprint"]) == 64 and first["memory_fingerprint"] == second["memory_fingerprint"]
+    run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "ix", "--cache",
+        tmp_path / "cache", "--k-max", "3", "--search", "index", "--no-plots")
+    indexed = json.loads((tmp_path / "ix" / "results.json").read_text())["run"]
+    assert indexed["index"]["hnsw_ef"] and indexed["memory_fingerprint"] is None and indexed["limit"] is None

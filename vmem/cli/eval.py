@@ -84,11 +84,14 @@ def eval(
         RunInfo,
         default_cache_dir,
         evaluate,
+        memory_fingerprint,
         memory_from_dataset,
         query_set,
+        store_index,
         write_report,
     )
     from eval.rerank_eval import evaluate_rerank
+    from vmem import __version__
 
     try:
         fmt = DatasetFormat(dataset_format(dataset, format))
@@ -143,6 +146,7 @@ def eval(
     tau = tau if tau is not None else tuned.get("tau", DEFAULT_TAU)
     ds = align_labels(ds, memory_labels, names)
     items = ds.items
+    dataset_items = len(items)
     if limit is not None and limit < len(items):
         items = sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
         ds.items = items
@@ -153,7 +157,10 @@ def eval(
     run = RunInfo(dataset=str(dataset), format=fmt.value, queries=len(queries.sources),
                   failed_queries=len(queries.failed), skipped_queries=len(ds.skipped), memory=memory_name,
                   memory_points=n_points if n_points is not None else len(memory_labels),
-                  featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau)
+                  featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau,
+                  dataset_items=dataset_items, limit=limit, seed=seed if limit is not None else None,
+                  vmem_version=__version__, featurizer_spec=feat.spec.model_dump(mode="json"),
+                  index=store_index(memory_obj), memory_fingerprint=memory_fingerprint(memory_obj))
     run.seconds["features"] = round(t_search - t_feat, 3)
     # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
     decision = mem.vote_settings() if mem is not None else VoteSettings()
