@@ -213,6 +213,24 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str]]):
     return [i for i, _ in ok], xs, bad
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as torch names it, if this machine has it; FeaturizerError otherwise, naming what it has. A device
+    torch does not know (`tpu`), or CUDA on a CPU-only torch, failed deep in torch with a long traceback."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FeaturizerError(f"device {str(device)!r} is not one torch knows ({exc}): use cpu, cuda or cuda:N") \
+            from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise FeaturizerError(f"device {str(device)!r}: this machine's torch has no CUDA device (torch "
+                              f"{torch.__version__}); use cpu")
+    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+        raise FeaturizerError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if found.type not in ("cpu", "cuda", "mps"):
+        raise FeaturizerError(f"device {str(device)!r}: vmem runs its encoders on cpu, cuda or mps")
+    return found
+
+
 def decode_workers(device: torch.device) -> int:
     """DataLoader worker processes for decoding: only cores the forward leaves free.
 
@@ -290,7 +308,7 @@ class Featurizer(ABC):
     weights_sha256: str | None = None  # set by load_featurizer for a local folder's model
 
     def __init__(self, device: str | torch.device | None = None) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = usable_device(device) if device is not None else default_device()
         # Half precision only where it is fast and safe: CUDA.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         # On CPU the forward runs in chunks of 16 whatever the batch: smaller activations stay in cache,

@@ -750,3 +750,16 @@ def test_classify_exact_searches_every_point(built, image_folder, monkeypatch):
     out = run("classify", image_folder / "query", "--memory", memory, "--k", "3", "--exact")
     assert out.exit_code == 0, out.output
     assert asked and all(asked)
+
+
+@pytest.mark.parametrize(("device", "says"), [("tpu", "is not one torch knows"), ("cuda:7", "cuda")])
+def test_serve_refuses_a_device_this_machine_lacks_before_starting(built, monkeypatch, device, says):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a CUDA device 7")
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setenv("VMEM_DEVICE", device)
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2 and f"VMEM_DEVICE: device '{device}'" in out.output and says in out.output, out.output

@@ -86,6 +86,13 @@ def serve(
         settings = Settings(_env_file=env_file or ".env", **overrides)
     except ValidationError as exc:
         raise typer.BadParameter(settings_problems(exc, "VMEM_"), param_hint="the settings") from exc
+    if settings.device is not None:  # checked now: the encoder loads in the app's start-up, as a long traceback
+        from retrieval.featurizers import FeaturizerError, usable_device
+
+        try:
+            usable_device(settings.device)
+        except FeaturizerError as exc:
+            raise typer.BadParameter(f"VMEM_DEVICE: {exc}", param_hint="the settings") from None
     _export_reranker_env(env_file or Path(".env"))
     check_reranker_settings()  # now, not at the first re-rank's 500
     if settings.auth_disabled:
