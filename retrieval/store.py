@@ -871,6 +871,10 @@ class EdgeMemoryStore(MemoryStore):
                         f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
                         "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it"
                     ) from exc
+                if not shard_path.is_dir():  # a vmem.json copied without its shard, or the shard removed
+                    raise MemoryError(f"the memory at {self.path} has its {meta_path.name} but not its vectors "
+                                      f"({shard_path.name}/ is missing): copy the whole folder (vmem copy), or "
+                                      "build the memory again") from exc
                 raise
             _remove_dead_segment_builds(shard_path)
             for folder in (self.path, self.path / THUMBNAILS_DIR):

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("thumbnail_dir", mode="after")
+    @classmethod
+    def _a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.expanduser().exists() and not value.expanduser().is_dir():
+            raise ValueError(f"{value} is a file, not a folder for thumbnails")
+        return value
+
     @field_validator("memory", "thumbnail_dir", "source_roots", mode="after")
     @classmethod
     def _expand_home(cls, value: str | Path | list[Path] | None) -> str | Path | list[Path] | None:

@@ -763,3 +763,23 @@ def test_serve_refuses_a_device_this_machine_lacks_before_starting(built, monkey
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory)
     assert out.exit_code == 2 and f"VMEM_DEVICE: device '{device}'" in out.output and says in out.output, out.output
+
+
+def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    memory, _ = built
+    halved = tmp_path / "halved"  # its vmem.json copied, not its vectors
+    halved.mkdir()
+    shutil.copy(memory / "vmem.json", halved / "vmem.json")
+    out = run("info", "--memory", halved)
+    assert out.exit_code == 1 and "has its vmem.json but not its vectors (shard/ is missing)" in out.output
+    latin1 = tmp_path / "latin1.env"
+    latin1.write_bytes(b"VMEM_GEMINI_MODEL=caf\xe9\n")
+    out = run("serve", "--no-auth", "--memory", memory, "--env-file", latin1)
+    assert out.exit_code == 2 and "latin1.env is not UTF-8 text (byte 0xe9)" in out.output, out.output
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("VMEM_THUMBNAIL_DIR", str(tmp_path / "a-file"))
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2 and "VMEM_THUMBNAIL_DIR:" in out.output and "is a file, not a folder" in out.output

@@ -86,6 +86,9 @@ def serve(
         settings = Settings(_env_file=env_file or ".env", **overrides)
     except ValidationError as exc:
         raise typer.BadParameter(settings_problems(exc, "VMEM_"), param_hint="the settings") from exc
+    except UnicodeDecodeError as exc:  # the env file's, as pydantic-settings reads it
+        raise typer.BadParameter(f"{env_file or '.env'} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
+                                 "save it as UTF-8", param_hint="--env-file") from exc
     if settings.device is not None:  # checked now: the encoder loads in the app's start-up, as a long traceback
         from retrieval.featurizers import FeaturizerError, usable_device
 
