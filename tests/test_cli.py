@@ -783,3 +783,16 @@ def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
     monkeypatch.setenv("VMEM_THUMBNAIL_DIR", str(tmp_path / "a-file"))
     out = run("serve", "--no-auth", "--memory", memory)
     assert out.exit_code == 2 and "VMEM_THUMBNAIL_DIR:" in out.output and "is a file, not a folder" in out.output
+
+
+def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert out.exit_code == 0, out.output
+    assert "warning: the disk holding" in out.output and "0.01 GB free" in out.output
+    assert "a full disk stops the build with a bus error" in out.output
