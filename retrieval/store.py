@@ -598,8 +598,10 @@ class MemoryStore(ABC):
             return still
 
     @abstractmethod
-    def scroll(self, batch_size: int = 1024, with_vectors: bool = False) -> Iterator[list[StoredPoint]]:
-        """Every point, in batches (order unspecified)."""
+    def scroll(self, batch_size: int = 1024, with_vectors: bool = False,
+               payload_keys: Sequence[str] | None = None) -> Iterator[list[StoredPoint]]:
+        """Every point, in batches (order unspecified); with `payload_keys`, only those keys of its payload (a
+        self-search of 1.28M points held every point's tags and times it never read)."""
 
     @abstractmethod
     def page(self, label: str | None = None, source_prefix: str | None = None, start: str | None = None,
@@ -1150,12 +1152,13 @@ class EdgeMemoryStore(MemoryStore):
                                                                 with_payload=True, with_vector=False))
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 
-    def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
+    def scroll(self, batch_size=1024, with_vectors=False, payload_keys=None) -> Iterator[list[StoredPoint]]:
         qe = self._qe
         offset = None
+        wanted = True if payload_keys is None else qe.PayloadSelector.Include(list(payload_keys))
         while True:
             recs, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=batch_size,
-                                                              with_payload=True, with_vector=with_vectors))
+                                                              with_payload=wanted, with_vector=with_vectors))
             if recs:
                 yield [StoredPoint(_str_id(r.id), r.payload or {},
                                    np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
@@ -1491,11 +1494,12 @@ class QdrantServerStore(MemoryStore):
                                           with_payload=True, with_vectors=False)
         return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
 
-    def scroll(self, batch_size=1024, with_vectors=False) -> Iterator[list[StoredPoint]]:
+    def scroll(self, batch_size=1024, with_vectors=False, payload_keys=None) -> Iterator[list[StoredPoint]]:
         offset = None
         while True:
             recs, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset,
-                                              with_payload=True, with_vectors=with_vectors)
+                                              with_payload=True if payload_keys is None else list(payload_keys),
+                                              with_vectors=with_vectors)
             if recs:
                 yield [StoredPoint(_str_id(r.id), r.payload or {},
                                    np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]

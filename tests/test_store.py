@@ -205,6 +205,9 @@ def test_scroll_visits_every_point(store):
     _, _, _, ids = fill(store)
     seen = [p.id for batch in store.scroll(batch_size=4) for p in batch]
     assert sorted(seen) == sorted(ids)
+    # Only the keys asked for: a self-search of every point reads labels and sources, not tags and times
+    lean = [p.payload for batch in store.scroll(batch_size=4, payload_keys=("label", "source")) for p in batch]
+    assert len(lean) == len(ids) and all(set(payload) == {"label", "source"} for payload in lean)
 
 
 def test_set_payload_sets_reliability(store):
