@@ -8,6 +8,7 @@ auth enabled but no key, a key too short to resist guessing.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", "source_roots", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("["):  # the JSON list other settings take
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{value!r} is neither a JSON list nor comma-separated ({exc})") from None
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value

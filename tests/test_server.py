@@ -737,6 +737,8 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     s = Settings(_env_file=None)
     assert s.api_key.get_secret_value() == API_KEY and API_KEY not in repr(s)
     assert s.cors_origins == ["http://a.example", "http://b.example"]
+    monkeypatch.setenv("VMEM_CORS_ORIGINS", '["http://a.example", "http://b.example"]')  # JSON, as lists go
+    assert Settings(_env_file=None).cors_origins == ["http://a.example", "http://b.example"]
     assert s.location == "http://127.0.0.1:6333"
     env_file = tmp_path / "vmem.env"
     env_file.write_text("VMEM_MEMORY=/srv/memory\nVMEM_AUTH_DISABLED=true\n")
