@@ -332,6 +332,8 @@ class BatchItemOut(BaseModel):
     filename: str | None = Field(None, description="the uploaded file's name")
     result: ClassificationOut | None = Field(None, description="the answer, when the image decoded")
     error: str | None = Field(None, description="why the image could not be classified")
+    error_type: str | None = Field(None, description="the error's kind, as a one-image request's problem type "
+                                                     "would name it (urn:vmem:problem:bad-image)")
 
 
 class BatchOut(BaseModel):

@@ -454,6 +454,7 @@ def test_batch_answers_each_image_and_reports_the_bad_one(client):
     assert [i["index"] for i in body["items"]] == [0, 1, 2]
     assert body["items"][0]["result"]["label"] == "red" and body["items"][2]["result"]["label"] == "blue"
     assert body["items"][1]["result"] is None and "not a recognised image" in body["items"][1]["error"]
+    assert body["items"][1]["error_type"] == "urn:vmem:problem:bad-image" and body["items"][0]["error_type"] is None
     # Two lookups the cache could have answered: junk uploads do not drag its hit ratio down.
     assert 'vmem_result_cache_total{result="miss"} 2.0' in client.get("/metrics").text
 

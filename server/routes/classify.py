@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from vmem import NoSuchLabelsError
 
 from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
-from ..problems import ProblemError, problem_responses
+from ..problems import TYPE_BASE, ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Answer, ClassifierService, Upload
 from ..settings import Settings
@@ -93,7 +93,8 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     answers = await classified(service, uploads, q)
-    items = [BatchItemOut(index=i, filename=up.filename, error=a) if isinstance(a, str) else
+    items = [BatchItemOut(index=i, filename=up.filename, error=a, error_type=f"{TYPE_BASE}bad-image")
+             if isinstance(a, str) else
              BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))
              for i, (up, a) in enumerate(zip(uploads, answers, strict=True))]
     return BatchOut(items=items, failed=sum(1 for a in answers if isinstance(a, str)))
