@@ -101,3 +101,15 @@ def test_a_label_with_a_tab_or_newline_stays_in_its_field_of_the_text_outputs(li
         lines = out.stdout.splitlines()
         assert "tab\\there" in out.stdout and "new\\nline" in out.stdout, out.stdout
         assert len({line.count("\t") for line in lines if "here" in line or "line" in line}) == 1, lines
+
+
+def test_a_source_prefix_typed_in_the_other_spelling_finds_the_mac_s_files(dataset, tmp_path, lite0):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    files = sorted((dataset / "train" / DECOMPOSED).glob("*.png"))
+    mem.add([str(f) for f in files], "coffee")  # stored under the decomposed folder's name
+    typed = str(dataset / "train" / COMPOSED)  # as a keyboard writes it: another name on Linux
+    assert len(mem.points(source_prefix=typed).points) == 2
+    assert mem.relabel("espresso", source_prefix=typed) == 2
+    assert [e.op for e in mem.history(source=f"{typed}/0.png")] == ["relabel"]
+    assert mem.forget(source_prefix=typed) == 2
+    mem.close()

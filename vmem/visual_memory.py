@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -1062,6 +1063,11 @@ class VisualMemory:
         if is_local_source(given) and not given.startswith(("/", "~")) \
                 and self.store.page(None, given, None, 1, None)[0]:
             folders = [*folders, given]
+        if not norm.isascii():
+            # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
+            # types them composed, and on Linux they are two names; the one stored is chosen too.
+            folders += [other for other in dict.fromkeys(unicodedata.normalize(form, norm) for form in ("NFC", "NFD"))
+                        if other != norm and self.store.page(None, other, None, 1, None)[0]]
         return norm, (folders, files)
 
     def _ids_under(self, source_prefix: str, links: tuple[list[str], list[str]]) -> list[str]:
@@ -1081,6 +1087,12 @@ class VisualMemory:
         """The id of the point a source names: of its absolute path, or of a relative name as `add(sources=...)`
         stored it, when only that one is (or was) in the memory."""
         made_absolute = point_id_for(normalize_source(source))
+        if not normalize_source(source).isascii():  # stored in the other Unicode spelling (see _prefix_and_links)
+            for form in ("NFC", "NFD"):
+                other = point_id_for(unicodedata.normalize(form, normalize_source(source)))
+                if other != made_absolute and self.store.existing_ids([other]) \
+                        and not self.store.existing_ids([made_absolute]):
+                    return other
         if not is_local_source(source) or source.startswith(("/", "~")):
             return made_absolute
         as_given = point_id_for(source)
