@@ -480,7 +480,9 @@ class ClassifierService:
         if res.usage is not None:
             if usage.get("latency_s") is not None:
                 self.metrics.rerank_seconds.observe(usage["latency_s"])
-            self.metrics.gemini_requests.inc(usage.get("requests", 0))
+            # Every HTTP attempt, failed ones too (usage's `requests` counts the answered, billed calls only: an
+            # outage of 503s left the counter still)
+            self.metrics.gemini_requests.inc(usage.get("attempts", 0))
             for kind in GEMINI_TOKEN_KINDS:
                 self.metrics.gemini_tokens.labels(kind).inc(usage.get(f"{kind}_tokens", 0))
         if res.fallback_reason:

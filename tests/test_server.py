@@ -1134,3 +1134,18 @@ def test_exact_search_is_asked_for_and_answered_apart_from_the_indexed_one(clien
     exact = client.post("/v1/classify?k=3&exact=true", files=image).json()
     assert asked[-1] is True  # searched, not the indexed answer from the cache
     assert exact["label"] == indexed["label"] == "red"
+
+
+def test_gemini_requests_count_every_attempt_failed_ones_too(tmp_path, lite0, memory_images):
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None, backoff_initial_s=0.01,
+                            backoff_max_s=0.02, max_attempts=3)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        try:
+            with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
+                fake.enqueue(fake.status(503), fake.status(503), fake.answer("red"))
+                body = client.post("/v1/classify?k=12&rerank=true", files=upload(texture(COLORS["red"], 62))).json()
+                assert body["reranked"] and fake.count == 3
+                assert "vmem_gemini_requests_total 3.0" in client.get("/metrics").text
+        finally:
+            mem.close()
