@@ -25,7 +25,14 @@ CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, outcome TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS cites (key TEXT NOT NULL, point_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS cites_point ON cites(point_id);
 CREATE INDEX IF NOT EXISTS cites_key ON cites(key);
+CREATE INDEX IF NOT EXISTS answers_created ON answers(created);
 """
+
+# Answers kept; past it the oldest go. One answer with its ~26 cited ids took ~7.4 KB in a soak of the service: 20,000
+# are ~150 MB. Unbounded, a service re-ranking one new image a second grew the file by ~640 MB a day.
+DEFAULT_MAX_ENTRIES = 20_000
+# Puts between trims: a count and a delete per put would cost more than the answers they keep out.
+TRIM_EVERY = 64
 
 
 def default_cache_dir() -> Path:
@@ -50,15 +57,18 @@ def cache_key(parts: dict[str, Any]) -> str:
 class AnswerCache:
     """Re-ranked outcomes by cache key, with the ids of the points each one cited."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_entries = max_entries
+        self._puts = 0
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
             self._db.commit()
+        self.trim()  # a cache kept by an older vmem, or under a larger limit
 
     def get(self, key: str) -> RerankOutcome | None:
         with self._lock:
@@ -77,6 +87,23 @@ class AnswerCache:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
                              (key, outcome.model_dump_json(), time.time()))
             self._db.executemany("INSERT INTO cites VALUES (?, ?)", [(key, i) for i in ids])
+            self._puts += 1
+            due = self._puts % TRIM_EVERY == 0
+        if due:
+            self.trim()
+
+    def trim(self) -> int:
+        """Drop the oldest answers beyond `max_entries`, with their cited ids; returns how many went. SQLite reuses
+        the freed pages, so the file stops growing at about the limit's size."""
+        with self._lock, self._db:
+            old = [r[0] for r in self._db.execute(
+                "SELECT key FROM answers ORDER BY created DESC LIMIT -1 OFFSET ?", (self.max_entries,))]
+            for start in range(0, len(old), 500):  # SQLite caps bound parameters per statement
+                chunk = old[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self._db.execute(f"DELETE FROM answers WHERE key IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM cites WHERE key IN ({marks})", chunk)
+        return len(old)
 
     def invalidate(self, point_ids: Sequence[str]) -> int:
         """Drop every answer that cited one of these points; returns how many went."""

@@ -70,12 +70,12 @@ log = logging.getLogger(__name__)
 FALLBACK_WARNING_EVERY_S = 60.0
 
 
-def _answer_cache_or_none(path: Any) -> AnswerCache | None:
+def _answer_cache_or_none(path: Any, max_entries: int) -> AnswerCache | None:
     """The answer cache, or None (re-ranking without one, with a warning) where its file cannot be made: a
     read-only home, or VMEM_GEMINI_CACHE_PATH naming a folder, stopped every re-rank with a traceback (a 500 in
     the service) where a cache is only a saving."""
     try:
-        return AnswerCache(path)
+        return AnswerCache(path, max_entries)
     except (OSError, sqlite3.Error) as exc:
         where = path if path is not None else default_cache_path()
         log.warning("re-ranking without an answer cache: it cannot be kept at %s (%s); set "
@@ -251,7 +251,8 @@ class GeminiReranker:
         self._registry = registry
         self.thumbnails = thumbnails if thumbnails is not None else ThumbnailCache(self.settings.thumb_size)
         self.cache = answer_cache if answer_cache is not None else (
-            _answer_cache_or_none(self.settings.cache_path) if self.settings.cache else None)
+            _answer_cache_or_none(self.settings.cache_path, self.settings.cache_max_entries)
+            if self.settings.cache else None)
         self._loop = _LoopThread()
         self._clients: dict[str, genai.Client] = {}
         # One breaker per re-ranker, shared by every thread and batch that uses it.

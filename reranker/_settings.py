@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._cache import default_cache_path
+from ._cache import DEFAULT_MAX_ENTRIES, default_cache_path
 from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE
 
 DEFAULT_MODEL = "gemini-3.5-flash"
@@ -33,6 +33,8 @@ class GeminiSettings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once in a batch")
     cache: bool = True
     cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
+    cache_max_entries: int = Field(DEFAULT_MAX_ENTRIES, ge=1, description="answers kept (the oldest go first; "
+                                   "~7 KB each)")
     max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
     max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
     max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")

@@ -22,7 +22,7 @@ from fake_gemini import FakeGemini
 from PIL import Image
 
 from prompts import TemplateRegistry, UnknownTemplateError
-from reranker import GeminiReranker, RerankNeighbor, RerankRequest
+from reranker import GeminiReranker, RerankNeighbor, RerankOutcome, RerankRequest
 from retrieval import Featurizer, FeaturizerSpec, Preprocessing, open_store
 from vmem import VisualMemory
 
@@ -869,3 +869,24 @@ def test_an_answer_cache_that_cannot_be_kept_leaves_re_ranking_working_without_o
     fake.enqueue(fake.answer("dog"))
     out = rr.rerank_one(request(images, vote="cat"))
     assert (out.label, out.reranked) == ("dog", True)
+
+
+def test_the_answer_cache_keeps_the_newest_answers_up_to_its_limit(tmp_path):
+    from reranker._cache import TRIM_EVERY, AnswerCache
+
+    cache = AnswerCache(tmp_path / "answers.sqlite", max_entries=10)
+    outcome = RerankOutcome(label="cat", reranked=True)
+    for i in range(TRIM_EVERY):
+        cache.put(f"k{i}", outcome, [f"p{i}", "shared"])
+    assert len(cache) == 10  # trimmed at the 64th put: the newest ten are kept
+    assert cache.get(f"k{TRIM_EVERY - 1}") is not None and cache.get("k0") is None
+    assert cache.cited("k0") == [] and cache.invalidate(["shared"]) == 10
+    cache.close()
+    # A cache kept under a larger limit is trimmed when opened
+    big = AnswerCache(tmp_path / "big.sqlite")
+    for i in range(30):
+        big.put(f"k{i}", outcome, [f"p{i}"])
+    big.close()
+    small = AnswerCache(tmp_path / "big.sqlite", max_entries=5)
+    assert len(small) == 5 and small.get("k29") is not None
+    small.close()
