@@ -29,17 +29,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, Featurizer, MemoryStore
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import write_atomically
 from retrieval.images import failure_line
 from vmem.results import DEFAULT_K, DEFAULT_RULE
+
+if TYPE_CHECKING:
+    from retrieval import Featurizer
 
 from .datasets import EvalDataset
 from .plots import PLOT_FILES, plot_all

@@ -1,18 +1,8 @@
 """Images to vectors, and vectors to labelled neighbours: featurizers, the Qdrant memory, voting."""
 
+from typing import TYPE_CHECKING, Any
+
 from . import _openmp  # noqa: F401 - first: it sets libgomp's spin count before torch is imported
-from .featurizers import (
-    Dinov2Featurizer,
-    EfficientNetLiteFeaturizer,
-    EmbedFailure,
-    EmbedResult,
-    Featurizer,
-    FeaturizerError,
-    FeaturizerSpec,
-    Preprocessing,
-    featurizer_names,
-    load_featurizer,
-)
 from .images import ImageDecodeError, ImageInput, load_image
 from .ingest import (
     BuildReport,
@@ -28,6 +18,7 @@ from .ingest import (
     scan_imagefolder,
     unique_sources,
 )
+from .preprocessing import EmbedFailure, EmbedResult, FeaturizerError, FeaturizerSpec, Preprocessing
 from .store import (
     EdgeMemoryStore,
     FeaturizerMismatchError,
@@ -46,6 +37,29 @@ from .store import (
     point_id_for,
 )
 from .voting import DEFAULT_ALPHA, DEFAULT_TAU, VoteOutcome, VoteRule, neighbor_weights, vote, vote_all_k, vote_last_k
+
+if TYPE_CHECKING:
+    from .featurizers import (
+        Dinov2Featurizer,
+        EfficientNetLiteFeaturizer,
+        Featurizer,
+        featurizer_names,
+        load_featurizer,
+    )
+
+# The encoders import torch (a second or more): loaded when first asked for, so that the commands and services that
+# only read or edit a memory start without it.
+_FROM_FEATURIZERS = ("Dinov2Featurizer", "EfficientNetLiteFeaturizer", "Featurizer", "featurizer_names",
+                     "load_featurizer")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_FEATURIZERS:
+        from . import featurizers
+
+        return getattr(featurizers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_ALPHA",

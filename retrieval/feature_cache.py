@@ -29,11 +29,15 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .featurizers import EmbedFailure, Featurizer
 from .files import file_sha256, remove_stale_temporaries, write_atomically
+from .preprocessing import EmbedFailure
+
+if TYPE_CHECKING:
+    from .featurizers import Featurizer
 
 log = logging.getLogger(__name__)
 

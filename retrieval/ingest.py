@@ -14,13 +14,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .feature_cache import FeatureCache
-from .featurizers import EmbedFailure, EmbedResult, Featurizer
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
+from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
 from .text import canonical_label, label_forms
+
+if TYPE_CHECKING:
+    from .featurizers import Featurizer
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
-from .featurizers import FeaturizerError, FeaturizerSpec
 from .files import remove_stale_temporaries, write_atomically
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
+from .preprocessing import FeaturizerError, FeaturizerSpec
 
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`

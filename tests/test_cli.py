@@ -796,3 +796,17 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     assert out.exit_code == 0, out.output
     assert "warning: the disk holding" in out.output and "0.01 GB free" in out.output
     assert "a full disk stops the build with a bus error" in out.output
+
+
+def test_commands_that_only_read_or_edit_a_memory_start_without_torch(built):
+    import subprocess
+    import sys
+
+    memory, _ = built
+    # torch takes a second or more to import: only what embeds images (build, classify, serve, eval) needs it
+    script = ("import sys; from vmem.cli import app; import vmem; "
+              f"app(['history', '--memory', {str(memory)!r}, '--limit', '1'], standalone_mode=False); "
+              f"app(['points', '--memory', {str(memory)!r}, '--limit', '1'], standalone_mode=False); "
+              "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

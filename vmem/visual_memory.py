@@ -20,14 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 from PIL import Image
 
 from retrieval import (
     BuildReport,
-    Featurizer,
     IndexSettings,
     LabelledImage,
     MemoryStore,
@@ -36,7 +35,6 @@ from retrieval import (
     build_memory,
     first_occurrences,
     is_local_source,
-    load_featurizer,
     load_image,
     normalize_source,
     open_store,
@@ -61,6 +59,9 @@ from retrieval.store import (
     thumbnail_file,
 )
 from retrieval.text import label_forms
+
+if TYPE_CHECKING:
+    from retrieval import Featurizer
 
 from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
 
@@ -217,11 +218,12 @@ class VisualMemory:
             if not create or "build one first" not in str(exc):
                 raise
             store = None
-        if store is None:
+        if store is None or featurizer is not None:
+            from retrieval import load_featurizer  # torch: imported only when an encoder is needed
+
             feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
-            return cls(open_store(location, feat.spec, index=index), feat, reranker)
-        if featurizer is not None:
-            feat = load_featurizer(featurizer, device)
+            if store is None:
+                return cls(open_store(location, feat.spec, index=index), feat, reranker)
             store.check_featurizer(feat.spec)
             return cls(store, feat, reranker)
         mem = cls(store, reranker=reranker)
@@ -233,6 +235,8 @@ class VisualMemory:
         """The memory's encoder, loaded on first use from the name stored with the memory."""
         with self._featurizer_lock:
             if self._featurizer is None:
+                from retrieval import load_featurizer
+
                 feat = load_featurizer(self.store.meta.featurizer.name, getattr(self, "_device", None))
                 self.store.check_featurizer(feat.spec)
                 self._featurizer = feat

@@ -19,14 +19,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import torch
 import typer
 
-from retrieval import Dinov2Featurizer, Featurizer, featurizers, load_featurizer, scan_imagefolder
 from retrieval import images as image_decoding
+from retrieval import scan_imagefolder
+
+if TYPE_CHECKING:
+    from retrieval import Featurizer
 
 from .bench_search import machine_info
 
@@ -34,6 +36,8 @@ from .bench_search import machine_info
 def random_dinov2_small(workdir: Path) -> Featurizer:
     """DINOv2 ViT-S/14's architecture with random weights, saved and loaded like a checkpoint."""
     from transformers import Dinov2Config, Dinov2Model
+
+    from retrieval import Dinov2Featurizer
 
     path = workdir / "dinov2-small-random"
     if not path.exists():
@@ -89,6 +93,8 @@ def _choice(text: str, choices: dict[str, Any], hint: str) -> Any:
 def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | None, repeats: int) -> dict[str, Any]:
     # The raw forward's input is what the pipeline hands the model: uint8 crops, here already on the device
     # (so a GPU's figure is the model's, not the host-to-device copy's); normalising is part of both.
+    import torch  # here, not at the module's top: every vmem command loads this module
+
     x = torch.stack([feat.preprocessing.load(p) for p in paths[:batch_size]]).to(feat.device)
     # Warm-up: on CPU the traced model keeps optimising over its first calls (one batch took 5.9, 0.92, then
     # 0.23 s), on CUDA cuDNN chooses its kernels; three calls, untimed.
@@ -173,6 +179,8 @@ def featurize(
     names = [_choice(m, {k: k for k in known}, "--models") for m in _listed(models)]
     if not (sizes and chunks and worker_counts and names):
         raise typer.BadParameter("--batch-sizes, --decode-chunks, --workers and --models each need a value")
+    from retrieval import featurizers, load_featurizer
+
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     with tempfile.TemporaryDirectory(prefix="vmem-bench-") as tmp:

@@ -19,7 +19,6 @@ from retrieval import (
     VoteRule,
     find_label_names_file,
     imagenet_label_names,
-    load_featurizer,
     read_label_names,
 )
 
@@ -112,6 +111,8 @@ def eval(
         if featurizer is None:
             raise typer.BadParameter("--memory-dataset needs --featurizer")
         try:
+            from retrieval import load_featurizer
+
             feat = load_featurizer(featurizer)
             mem_ds = read_dataset(memory_dataset, dataset_format(memory_dataset, memory_format))
         except (FeaturizerError, DatasetError, OSError, ValueError) as exc:  # ValueError: an unknown layout name

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from retrieval import DatasetError, FeaturizerError, load_featurizer
+from retrieval import DatasetError, FeaturizerError
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -91,6 +91,8 @@ def experiment(
         if memory_dataset is not None:
             if featurizer is None:
                 raise typer.BadParameter("--memory-dataset needs --featurizer")
+            from retrieval import load_featurizer
+
             feat = load_featurizer(featurizer)
             arrays = memory_from_dataset(read_dataset(memory_dataset, dataset_format(memory_dataset, "imagefolder")),
                                          feat, cache_root)
