@@ -73,6 +73,9 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
 
     wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
     assert browser.find_element(By.ID, "prediction").text == "red"
+    # ... and a screen reader is told, in one sentence (a live region; the answer is drawn elsewhere)
+    wait.until(lambda d: d.find_element(By.ID, "announce").get_attribute("textContent").startswith("red, "))
+    assert "of 5 neighbours" in browser.find_element(By.ID, "announce").get_attribute("textContent")
     cards = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
     assert len(cards) == 5
     first = cards[0]
@@ -98,6 +101,8 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
     assert browser.find_element(By.ID, "edit-note").text == "forgot a point labelled red"
+    # Its card is gone: the keyboard's focus is on what happened, not dropped to the top of the page
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "edit-note")
     browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
     assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
 

@@ -20,6 +20,16 @@ async function problemText(resp) {
   }
 }
 
+// Smooth scrolling, unless the reader asked for less motion.
+function scrollBehavior() {
+  return window.matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth";
+}
+
+// One sentence for a screen reader (the answer is drawn where sighted users look; nothing else says it).
+function announce(text) {
+  $("announce").textContent = text;
+}
+
 function showError(message) {
   $("error").textContent = message || "";
   $("error").hidden = !message;
@@ -98,6 +108,7 @@ function chooseFile(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
+  $("file-chosen").textContent = `chosen: ${file.name}`; // the chooser keeps its name; this says what it holds
   $("classify-btn").disabled = false;
   classify();
 }
@@ -108,6 +119,14 @@ let askedFor = null; // the file and options of the latest request
 
 // An option changed: classify again, unless the answer shown (or coming) is already for these options (a number
 // field reports a change when it loses focus, typed in before the image was chosen).
+// An option's change, classified once it settles: arrow keys through a select or a number field change it at every
+// press, and each change was a request (a paid Gemini call when re-ranking).
+let optionsTimer = null;
+function classifyWhenSettled(delay) {
+  clearTimeout(optionsTimer);
+  optionsTimer = setTimeout(classifyIfChanged, delay);
+}
+
 function classifyIfChanged() {
   if (askedFor && askedFor.file === currentFile && askedFor.options === queryString()) {
     // Back to the options of the answer shown: an error about other options (no key to re-rank) goes.
@@ -124,7 +143,13 @@ function hideAnswer() {
 }
 
 async function classify() {
+  clearTimeout(optionsTimer);
   if (!currentFile) return;
+  if (!$("k").reportValidity()) { // k out of 1..1000: said at the field, not sent to be refused
+    $("k").setAttribute("aria-invalid", "true");
+    return;
+  }
+  $("k").removeAttribute("aria-invalid");
   // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
   const headers = {};
   if ($("rerank").checked) {
@@ -141,6 +166,8 @@ async function classify() {
   $("classify-btn").disabled = true;
   $("classify-btn").textContent = "Classifying…";
   $("answer").classList.add("stale"); // the answer on show is for the image or options before
+  $("answer").setAttribute("aria-busy", "true");
+  announce("Classifying…");
   $("neighbors-section").classList.add("stale");
   try {
     const form = new FormData();
@@ -151,6 +178,7 @@ async function classify() {
     if (!resp.ok) {
       askedFor.failed = true;
       hideAnswer();
+      announce("");
       showError(answer);
       return;
     }
@@ -159,12 +187,14 @@ async function classify() {
     if (seq !== classifySeq) return;
     askedFor.failed = true;
     hideAnswer();
+    announce("");
     showError(`the service did not answer: ${err}`);
   } finally {
     if (seq === classifySeq) {
       $("classify-btn").disabled = false;
       $("classify-btn").textContent = "Classify";
       $("answer").classList.remove("stale");
+      $("answer").removeAttribute("aria-busy");
       $("neighbors-section").classList.remove("stale");
     }
   }
@@ -215,6 +245,18 @@ function render(result) {
   grid.replaceChildren();
   $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = the vote each one cast`;
   for (const n of result.neighbors) grid.appendChild(card(n, result.label));
+
+  const top = result.label === null ? null : result.scores[result.label];
+  announce(result.label === null ? "No neighbours: nothing to classify by"
+    : `${named(result.label, result.label_name)}` + (top !== undefined ? `, ${(top * 100).toFixed(1)} % of the vote` : "")
+      + ` of ${plural(result.neighbors.length, "neighbour")}`
+      + (result.reranked ? ", re-ranked" : result.fallback_reason ? `; the vote was used: ${result.fallback_reason}` : "")
+      + (result.out_of_distribution ? "; out of distribution" : ""));
+  // On a phone the answer is below the query: bring it into view, or only the button's flicker says it came.
+  const box = $("answer").getBoundingClientRect();
+  if (window.matchMedia("(max-width: 760px)").matches && box.top > window.innerHeight * 0.6) {
+    $("answer").scrollIntoView({ behavior: scrollBehavior(), block: "start" });
+  }
 }
 
 // "Egyptian cat (n02124075)" where the memory names its labels; the label alone where it does not.
@@ -264,13 +306,24 @@ async function showLabel(label, name, cursor = null) {
   const grid = $("label-points");
   if (!cursor) grid.replaceChildren();
   const shown = new Set([...grid.children].map((c) => c.dataset.pointId));
-  for (const p of page.points) if (!shown.has(p.id)) grid.appendChild(pointCard(p));
+  let firstNew = null;
+  for (const p of page.points) {
+    if (shown.has(p.id)) continue;
+    const node = grid.appendChild(pointCard(p));
+    firstNew = firstNew || node;
+  }
   labelShown = { label, name, cursor: page.next_cursor };
   $("label-title").textContent = named(label, name);
   updateLabelNote();
   $("label-more").hidden = !page.next_cursor;
   $("label-section").hidden = false;
-  if (!cursor) $("label-section").scrollIntoView({ behavior: "smooth", block: "start" });
+  if (!cursor) {
+    $("label-section").scrollIntoView({ behavior: scrollBehavior(), block: "start" });
+    $("label-heading").focus({ preventScroll: true }); // the keyboard goes where the eyes were sent
+  } else if (firstNew) { // "more": on to the first card it brought, not back to the top of the page
+    firstNew.tabIndex = -1;
+    firstNew.focus();
+  }
 }
 
 // The labels-box list: every label (most points first), filtered by label or name as the user types.
@@ -422,6 +475,8 @@ function suspectItem(s) {
   fix.className = "relabel-suggested";
   fix.textContent = "Relabel";
   fix.title = `relabel this point ${named(s.suggested, s.suggested_name)}`;
+  fix.setAttribute("aria-label", `Relabel ${s.source.split("/").pop()} from ${named(s.label, s.label_name)} ` +
+    `to ${named(s.suggested, s.suggested_name)}`);
   fix.addEventListener("click", () => relabel({ id: s.id, label: s.label, label_name: s.label_name }, s.suggested));
   li.append(img, text, share, fix);
   return li;
@@ -514,12 +569,11 @@ function apiKeyFor(action) {
 
 function showEditNote(text) {
   $("edit-note").textContent = text;
-  $("edit-note").hidden = false;
   $("edit-note").scrollIntoView({ block: "nearest" });
 }
 
 function hideEditNote() {
-  $("edit-note").hidden = true;
+  $("edit-note").textContent = "";
 }
 
 // A point's cards: as a neighbour and in the open label list, each goes or changes with it.
@@ -528,12 +582,20 @@ function cardsOf(pointId) {
 }
 
 // An edit's buttons on the point's cards, off while it runs: a second click sent it twice (an erase takes seconds).
+// aria-disabled, not disabled: a disabled button drops the keyboard's focus to the page.
+const editing = new Set();
 function whileEditing(pointId, on) {
-  for (const card of cardsOf(pointId)) for (const b of card.querySelectorAll("button")) b.disabled = on;
+  if (on) editing.add(pointId); else editing.delete(pointId);
+  for (const card of cardsOf(pointId)) {
+    for (const b of card.querySelectorAll("button")) {
+      if (on) b.setAttribute("aria-disabled", "true"); else b.removeAttribute("aria-disabled");
+    }
+  }
 }
 
 // Returns whether the point was forgotten.
 async function forget(n) {
+  if (editing.has(n.id)) return false;
   const key = apiKeyFor("forget a memory point");
   if (!key) return false;
   showError("");
@@ -562,14 +624,21 @@ async function forget(n) {
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without that point
+  $("edit-note").focus({ preventScroll: true }); // its card is gone: the keyboard goes to what happened
   return true;
 }
 
 function wireRelabel(node, p) {
   const form = node.querySelector(".relabel-form");
   const input = form.querySelector("input");
-  node.querySelector(".relabel").addEventListener("click", () => {
+  const toggle = node.querySelector(".relabel");
+  form.id = `relabel-${p.id}-${Math.random().toString(36).slice(2, 8)}`; // a point may have two cards
+  toggle.setAttribute("aria-controls", form.id);
+  toggle.setAttribute("aria-expanded", "false");
+  toggle.addEventListener("click", () => {
+    if (toggle.getAttribute("aria-disabled") === "true") return;
     form.hidden = !form.hidden;
+    toggle.setAttribute("aria-expanded", String(!form.hidden));
     if (!form.hidden) input.focus();
   });
   form.addEventListener("submit", (e) => {
@@ -580,6 +649,7 @@ function wireRelabel(node, p) {
 
 // Returns whether the point was relabelled.
 async function relabel(p, to) {
+  if (editing.has(p.id)) return false;
   const key = apiKeyFor("relabel a memory point");
   if (!key) return false;
   showError("");
@@ -611,6 +681,7 @@ async function relabel(p, to) {
   await loadStats();
   updateLabelNote();
   await classify(); // the answer with the point's new label
+  $("edit-note").focus({ preventScroll: true }); // the cards were drawn again: the keyboard goes to what happened
   return true;
 }
 
@@ -630,7 +701,8 @@ function init() {
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
-  for (const id of ["rerank", "template", "vote", "k"]) $(id).addEventListener("change", classifyIfChanged);
+  $("rerank").addEventListener("change", () => classifyWhenSettled(0));
+  for (const id of ["template", "vote", "k"]) $(id).addEventListener("change", () => classifyWhenSettled(600));
   loadStats();
   loadTemplates();
 }
