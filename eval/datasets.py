@@ -32,6 +32,7 @@ from pathlib import Path
 
 from retrieval import DatasetError, normalize_source, read_label_names, read_manifest, scan_imagefolder
 from retrieval.images import is_image_path
+from retrieval.text import canonical_label
 
 LOC_SOLUTION = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -311,11 +312,19 @@ def align_labels(dataset: EvalDataset, memory_labels: Sequence[str], classes: di
 
     A memory built from ImageNet folders is labelled by wnid; one built from a CSV may use class names.
     When fewer of the dataset's labels are memory labels than their names (through `classes`), the
-    dataset is renamed.
+    dataset is renamed. A label the memory spells otherwise (an older memory's decomposed "café", its " cat "
+    with outer spaces; folders are read canonical now) is taken as the memory spells it.
     """
+    have = set(memory_labels)
+    by_canonical: dict[str, str] = {}
+    for held in sorted(have):
+        by_canonical.setdefault(canonical_label(held), held)
+    spelled = {lab: by_canonical[canonical_label(lab)] for lab in dataset.labels()
+               if lab not in have and canonical_label(lab) in by_canonical}
+    if spelled:
+        dataset = dataset.map_labels(spelled)
     if not classes:
         return dataset
-    have = set(memory_labels)
     labels = dataset.labels()
     as_is = sum(lab in have for lab in labels)
     renamed = sum(classes.get(lab, lab) in have for lab in labels)

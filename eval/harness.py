@@ -115,13 +115,15 @@ def memory_from_dataset(dataset: EvalDataset, featurizer: Featurizer, cache_root
 
 
 def memory_fingerprint(memory: MemoryArrays | MemoryStore) -> str | None:
-    """sha256 over a memory's sorted (point id, label) pairs, when it is in RAM (exact search); None for a store
-    searched through its index, whose listing would cost a scroll of every point."""
+    """sha256 over a memory's sorted (point id, label, soft-pruning factor) rows, when it is in RAM (exact search); None
+    for a store searched through its index, whose listing would cost a scroll of every point."""
     if not isinstance(memory, MemoryArrays):
         return None
     digest = hashlib.sha256()
-    for point_id, label in sorted(zip(memory.ids, memory.labels, strict=True)):
-        digest.update(f"{point_id}\t{label}\n".encode("utf-8", "surrogateescape"))
+    factors = memory.reliability if memory.reliability is not None else [1.0] * len(memory.ids)
+    # With their soft-pruning factors, which the "+soft" scores read (1 for every point when unpruned)
+    for point_id, label, factor in sorted(zip(memory.ids, memory.labels, factors, strict=True)):
+        digest.update(f"{point_id}\t{label}\t{float(factor)!r}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -155,8 +157,8 @@ class RunInfo(BaseModel):
     featurizer_spec: dict[str, Any] | None = Field(None, description="the encoder and its preprocessing")
     index: dict[str, Any] | None = Field(None, description="the memory's index settings (search: index)")
     memory_fingerprint: str | None = Field(
-        None, description="sha256 over the memory's sorted point ids and labels (search: exact): equal for the "
-                          "same points, however built or copied")
+        None, description="sha256 over the memory's sorted point ids, labels and soft-pruning factors (search: "
+                          "exact): equal for the same points, however built or copied")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: dict[str, float] = Field(default_factory=dict)
     tuned: dict[str, Any] | None = Field(

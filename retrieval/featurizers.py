@@ -98,6 +98,8 @@ def usable_device(device: str | torch.device) -> torch.device:
                               f"{torch.__version__}); use cpu")
     if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
         raise FeaturizerError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        raise FeaturizerError(f"device {str(device)!r}: this machine's torch has no MPS (Apple GPU) device; use cpu")
     if found.type not in ("cpu", "cuda", "mps"):
         raise FeaturizerError(f"device {str(device)!r}: vmem runs its encoders on cpu, cuda or mps")
     return found

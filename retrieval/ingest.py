@@ -254,7 +254,13 @@ def _as_stored_labels(store: MemoryStore, items: list[LabelledImage]) -> list[La
     held = set(store.label_counts()) if store.count() else set()
     if not held:
         return items
-    spelled = {lab: next((f for f in label_forms(lab) if f in held), lab) for lab in {it.label for it in items}}
+    # A held label read canonically: " padded " and a decomposed "café" are what folders "padded" and "café" mean
+    by_canonical: dict[str, str] = {}
+    for lab in sorted(held):
+        by_canonical.setdefault(canonical_label(lab), lab)
+    spelled = {lab: lab if lab in held else next((f for f in label_forms(lab) if f in held),
+                                                 by_canonical.get(canonical_label(lab), lab))
+               for lab in {it.label for it in items}}
     if all(lab == as_held for lab, as_held in spelled.items()):
         return items
     return [LabelledImage(it.source, spelled[it.label]) for it in items]

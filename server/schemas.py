@@ -69,6 +69,9 @@ def printable(text: str) -> str:
 def _not_home_relative(text: str) -> str:
     if text.startswith("~"):  # the server's home, not the client's; and `~name` would tell who has an account
         raise ValueError("a path from ~ means the server's home directory: give the absolute path")
+    if "://" not in text and not text.startswith(("/", "upload:", "mem:")):
+        # The server's working folder means nothing to a client (and a prefix "u" chose every upload:... point)
+        raise ValueError(f"{text!r} is relative: give an absolute path on the server, a URI, or an upload: id")
     return text
 
 

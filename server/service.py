@@ -336,6 +336,7 @@ class ClassifierService:
     def add(self, uploads: Sequence[Upload], labels: Sequence[str]) -> tuple[list[tuple[int, str, str, str]],
                                                                              list[tuple[int, str]], AddResult]:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
+        labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
         result = AddResult(ids=[])
@@ -434,6 +435,8 @@ class ClassifierService:
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)
         keys: dict[int, tuple[Any, ...]] = {}  # of the uploads not answered from the cache
+        if q.label:  # as the memory spells them: the OOD calibration and the cache key read them too
+            q = q.model_copy(update={"label": self.memory.stored_labels(q.label)})
         threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
         template = self._template_in_key(q)
         for i, up in enumerate(uploads):

@@ -113,3 +113,49 @@ def test_a_source_prefix_typed_in_the_other_spelling_finds_the_mac_s_files(datas
     assert [e.op for e in mem.history(source=f"{typed}/0.png")] == ["relabel"]
     assert mem.forget(source_prefix=typed) == 2
     mem.close()
+
+
+def test_a_memory_holding_both_spellings_chooses_each_by_its_own(lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    images = [make_image((120 - 5 * i, 70, 30)) for i in range(5)]
+    # An older vmem split the class: two points decomposed (a Mac's folder), three composed
+    mem.store.add(lite0.embed(images), [DECOMPOSED] * 2 + [COMPOSED] * 3, [f"/old/{i}.png" for i in range(5)])
+    assert mem.stored_labels([DECOMPOSED, COMPOSED]) == [DECOMPOSED, COMPOSED]
+    assert len(mem.points(label=DECOMPOSED).points) == 2 and len(mem.points(label=COMPOSED).points) == 3
+    assert mem.relabel(COMPOSED, label=DECOMPOSED) == 2  # merged, as a user would mend the split
+    assert mem.store.label_counts() == {COMPOSED: 5}
+    mem.close()
+
+
+def test_a_resumed_build_keeps_a_folder_label_stored_with_its_outer_spaces(dataset, lite0, tmp_path):
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    first = str((dataset / "train" / " padded " / "0.png").resolve())
+    mem.store.add(lite0.embed([first]), [" padded "], [first])  # as a build before labels were stripped
+    mem.close()
+    built = CliRunner().invoke(app, ["build", str(dataset / "train"), "--memory", str(tmp_path / "memory"),
+                                     "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    assert "another label" not in built.output
+    with VisualMemory.open(str(tmp_path / "memory")) as mem:
+        assert mem.store.label_counts() == {COMPOSED: 2, " padded ": 2}
+
+
+def test_an_older_decomposed_memory_is_scored_named_and_evaluated_by_either_spelling(lite0, tmp_path):
+    from eval.datasets import EvalDataset, EvalImage, align_labels
+
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.store.add(lite0.embed([make_image((120, 70, 30)), make_image((30, 40, 220))]), [DECOMPOSED, "sea"],
+                  ["/old/a.png", "/old/b.png"])
+    mem.set_label_names({COMPOSED: "coffee"})  # a names file read canonically
+    assert mem.label_names == {DECOMPOSED: "coffee"}
+    mem.close()
+    # --truth-from-dirs: a query folder of either spelling is the class
+    for folder in (COMPOSED, DECOMPOSED):
+        (tmp_path / "q" / folder).mkdir(parents=True)
+        (tmp_path / "q" / folder / "x.png").write_bytes(make_image((120, 70, 30), fmt="PNG"))
+    scored = CliRunner().invoke(app, ["classify", str(tmp_path / "q"), "--memory", str(tmp_path / "memory"),
+                                      "--k", "1", "--truth-from-dirs"])
+    assert scored.exit_code == 0 and "accuracy 100.00% (2/2)" in scored.output, scored.output
+    # eval: the dataset's canonical label is the memory's spelling
+    data = EvalDataset("q", "imagefolder", [EvalImage("/q/x.png", COMPOSED, (COMPOSED,))], [COMPOSED])
+    assert align_labels(data, [DECOMPOSED, "sea"], None).items[0].label == DECOMPOSED

@@ -1149,3 +1149,11 @@ def test_gemini_requests_count_every_attempt_failed_ones_too(tmp_path, lite0, me
                 assert "vmem_gemini_requests_total 3.0" in client.get("/metrics").text
         finally:
             mem.close()
+
+
+@pytest.mark.parametrize("prefix", ["u", "data/cats", "cam1:"])
+def test_a_relative_source_prefix_is_refused_over_http(client, prefix):
+    # The server's working folder means nothing to a client, and "u" chose every upload:... point
+    resp = client.delete("/v1/memory", params={"source_prefix": prefix}, headers=AUTH)
+    assert_problem(resp, 422, "invalid-parameters", "is relative: give an absolute path on the server")
+    assert client.get("/v1/memory/points", params={"source_prefix": prefix}).status_code == 422

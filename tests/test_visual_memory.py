@@ -338,3 +338,15 @@ def test_a_template_without_rerank_is_refused_not_ignored(memory, monkeypatch):
     monkeypatch.setattr(memory.featurizer, "embed", lambda *a, **k: pytest.fail("embedded"))
     with pytest.raises(ValueError, match="give rerank=True too"):
         memory.classify([make_image((200, 30, 30))], template="labels-only")
+
+
+def test_a_relative_prefix_never_chooses_uploads_or_uris_that_start_alike(memory, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "upload").mkdir()  # a folder here named like the upload ids
+    shades = [make_image((0, 0, 200 - 20 * i)) for i in range(4)]
+    ids, _ = memory.add(shades, "navy", sources=["upload:sha256:abc:x.png", "https://example.org/h.jpg",
+                                                 "upload/a.jpg", "uploads/b.jpg"])
+    assert [p.source for p in memory.points(source_prefix="upload").points] == ["upload/a.jpg"]  # not uploads/
+    assert memory.points(source_prefix="h").points == []
+    assert memory.forget(source_prefix="upload") == 1
+    assert len(memory.store.retrieve(ids)) == 3  # the upload, its only copy, is still there

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, get_args, overload
 
 import numpy as np
 from PIL import Image
@@ -296,21 +296,33 @@ class VisualMemory:
 
     # ------------------------------------------------------------------ classifying
 
+    @overload
+    def stored_labels(self, labels: None) -> None: ...
+
+    @overload
+    def stored_labels(self, labels: Sequence[str] | str) -> list[str]: ...
+
     def stored_labels(self, labels: Sequence[str] | str | None) -> list[str] | None:
-        """Labels as a person gives them, as the memory stores them: canonical (`canonical_label`: NFC, outer
-        spaces stripped), or as an older memory spelled a folder ("cafe" + a combining accent, " cat ") when
-        only that form holds points. A label held in no form comes back canonical."""
+        """Labels as a person gives them, as the memory stores them: as given when that holds points (an older
+        memory may hold both spellings of one name, as two labels: each is chosen by its own), else canonical
+        (`canonical_label`: NFC, outer spaces stripped), else the other Unicode spelling when only that holds
+        points ("cafe" + a combining accent, as a Mac names a folder). A label held in no form comes back
+        canonical. A label of one spelling only (ASCII without outer spaces: most) costs no lookup."""
         if labels is None:
             return None
         if isinstance(labels, str):  # one label, not its characters
             labels = [labels]
-        # One count per label; many labels (a benchmark's class list): one listing of them all instead.
-        known = set(self.store.label_counts()) if len(labels) > 16 else None
-        has = (lambda lab: lab in known) if known is not None else (lambda lab: self.store.count(label=lab) > 0)
         out = []
         for label in labels:
-            forms = label_forms(label) if isinstance(label, str) else [label]
-            out.append(next((f for f in forms if has(f)), forms[0]))
+            if not isinstance(label, str):  # refused further on, as it was
+                out.append(label)
+                continue
+            forms = label_forms(label)
+            spellings = list(dict.fromkeys([label, *forms]))
+            if len(spellings) == 1:
+                out.append(label)
+                continue
+            out.append(next((f for f in spellings if self.store.count(label=f) > 0), forms[0]))
         return out
 
     def stored_label(self, label: str) -> str:
@@ -535,7 +547,9 @@ class VisualMemory:
 
         Names may be given for labels the memory does not hold yet (a class added later keeps its name).
         """
-        clean = {str(label): str(name).strip() for label, name in names.items()}
+        given = {str(label): str(name).strip() for label, name in names.items()}
+        # Keyed as the memory spells its labels (a names file read canonically, an older memory's decomposed café)
+        clean = dict(zip(self.stored_labels(list(given)), given.values(), strict=True))
         if empty := [label for label, name in clean.items() if not name]:
             raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
         self.refresh()  # merged with the names stored now, not those this process read earlier
@@ -1064,9 +1078,12 @@ class VisualMemory:
         'cam1:frame-0001'), which the prefix made absolute under the current folder never found."""
         norm = local_source_prefix(given)
         folders, files = _links_under(norm)
-        if is_local_source(given) and not given.startswith(("/", "~")) \
-                and self.store.page(None, given, None, 1, None)[0]:
-            folders = [*folders, given]
+        if is_local_source(given) and not given.startswith(("/", "~")):
+            # Only names stored as given, relative and local: "upload" must not choose upload:sha256:... points
+            # (an upload's only copy), nor "h" a URI. A folder named so here chooses what is under it, not DIR2/.
+            as_given = given + "/" if Path(given).is_dir() and not given.endswith("/") else given
+            files = [*files, *(src for src in self._sources_under(as_given)
+                               if is_local_source(src) and not os.path.isabs(src))]
         if not norm.isascii():
             # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
             # types them composed, and on Linux they are two names; the one stored is chosen too.
@@ -1087,6 +1104,16 @@ class VisualMemory:
         found |= self.store.existing_ids([point_id_for(f) for f in files]) if files else set()
         return sorted(found)
 
+    def _sources_under(self, prefix: str) -> list[str]:
+        """The sources of the points whose source starts with `prefix`, as stored."""
+        found: list[str] = []
+        start = None
+        while True:
+            page, start = self.store.page(None, prefix, start, 1000, None)
+            found += [p.source for p in page]
+            if start is None:
+                return found
+
     def _point_id_of_source(self, source: str) -> str:
         """The id of the point a source names: of its absolute path, or of a relative name as `add(sources=...)`
         stored it, when only that one is (or was) in the memory."""
@@ -1094,8 +1121,9 @@ class VisualMemory:
         if not normalize_source(source).isascii():  # stored in the other Unicode spelling (see _prefix_and_links)
             for form in ("NFC", "NFD"):
                 other = point_id_for(unicodedata.normalize(form, normalize_source(source)))
-                if other != made_absolute and self.store.existing_ids([other]) \
-                        and not self.store.existing_ids([made_absolute]):
+                if other != made_absolute and not self.store.existing_ids([made_absolute]) and (
+                        self.store.existing_ids([other])
+                        or self.store.journal.newest(JournalQuery(point_id=other), 1)[0]):  # forgotten since
                     return other
         if not is_local_source(source) or source.startswith(("/", "~")):
             return made_absolute
@@ -1113,7 +1141,7 @@ class VisualMemory:
         Its answers are checked against the memory when read anyway (a forget in another process never
         reaches this one's listeners), so a failure here costs disk space, not a wrong answer: logged only.
         """
-        from reranker import AnswerCache
+        from reranker import AnswerCache, GeminiSettings
 
         try:
             with self._reranker_lock:
@@ -1121,7 +1149,8 @@ class VisualMemory:
                 if path is None or not path.exists():  # caching off, or nothing cached yet: nothing to create
                     return
                 if self._idle_rerank_cache is None:
-                    self._idle_rerank_cache = AnswerCache(path)
+                    # with the limit the re-ranker keeps it under: a lower default trimmed it at a forget
+                    self._idle_rerank_cache = AnswerCache(path, GeminiSettings().cache_max_entries)
                 cache = self._idle_rerank_cache
             cache.invalidate(ids)
         except Exception as exc:  # settings from the environment that do not validate, a locked database

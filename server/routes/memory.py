@@ -278,6 +278,8 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
     to check and relabel. The first request starts the audit (every point searched against the rest of the
     memory: 5.6 s at 20,100 points on 2 cores; above 100,000 points each point's neighbours come from the index,
     about 1 ms a point) and answers 202 while it runs; its result is kept until the memory's points change."""
+    if q.label is not None:  # as the memory spells it
+        q = q.model_copy(update={"label": await service.run(service.memory.stored_label, q.label)})
     if q.label is not None and not await service.run(service.memory.store.count, q.label):
         await unknown_labels(service, [q.label])
     if await service.run(service.memory.store.count) < 2:

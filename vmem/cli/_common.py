@@ -240,7 +240,9 @@ def finish_classify(results: list, failed: list, images: list[Path]) -> int:
     # Absolute, with links left as they are: an image's path is the folder given plus its place under it (a
     # relative or linked folder resolved did not hold the images named through it: every answer counted wrong).
     roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
-    return sum(true_label(Path(os.path.abspath(r.source or "")), roots) == r.label for r in results)
+    # Compared as read canonically: an older memory holds a Mac's folder "café" decomposed
+    return sum(true_label(Path(os.path.abspath(r.source or "")), roots) == canonical_label(r.label or "")
+               for r in results)
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:

@@ -180,7 +180,8 @@ def build(
     if any(getattr(stored, name) != value for name, value in asked.items()):
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
-    if (shortfall := _disk_shortfall(mem, len(items))) is not None:
+    # Images already stored take no more room (a resumed build): roughly, the memory's points are among them
+    if (shortfall := _disk_shortfall(mem, max(0, len(items) - mem.store.count()))) is not None:
         typer.echo(f"warning: {shortfall}", err=True)
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.

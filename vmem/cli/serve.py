@@ -51,8 +51,9 @@ def _export_reranker_env(env_file: Path) -> None:
     from dotenv import dotenv_values
 
     for key, value in dotenv_values(env_file, encoding="utf-8").items():
-        if value is not None and (key.startswith("VMEM_GEMINI_") or key in RERANKER_ENV):
-            os.environ.setdefault(key, value)
+        # A blank variable is unset, as for the VMEM_* settings (env_ignore_empty): the file's value stands
+        if value is not None and (key.startswith("VMEM_GEMINI_") or key in RERANKER_ENV) and not os.environ.get(key):
+            os.environ[key] = value
 
 
 def serve(
