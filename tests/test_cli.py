@@ -638,6 +638,7 @@ def test_serve_takes_the_gemini_settings_and_key_from_the_env_file_too(built, tm
     env.write_text(f"VMEM_MEMORY={memory}\nGEMINI_API_KEY=key-from-the-file\nVMEM_GEMINI_MODEL=gemini-from-file\n",
                    encoding="utf-8")
     monkeypatch.setenv("VMEM_GEMINI_MODEL", "gemini-from-the-environment")  # the environment still wins
+    monkeypatch.setenv("GEMINI_API_KEY", "")  # ... but a blank one is unset, and the file's stands
     try:
         out = run("serve", "--no-auth", "--env-file", env)
         assert out.exit_code == 0, out.output
@@ -752,12 +753,14 @@ def test_classify_exact_searches_every_point(built, image_folder, monkeypatch):
     assert asked and all(asked)
 
 
-@pytest.mark.parametrize(("device", "says"), [("tpu", "is not one torch knows"), ("cuda:7", "cuda")])
+@pytest.mark.parametrize(("device", "says"), [("tpu", "is not one torch knows"), ("cuda:7", "cuda"),
+                                              ("mps", "no MPS")])
 def test_serve_refuses_a_device_this_machine_lacks_before_starting(built, monkeypatch, device, says):
     import torch
 
-    if device.startswith("cuda") and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has a CUDA device 7")
+    if (device.startswith("cuda") and torch.cuda.device_count() > 7) or (
+            device == "mps" and torch.backends.mps.is_available()):
+        pytest.skip(f"this machine has {device}")
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
     monkeypatch.setenv("VMEM_DEVICE", device)
     memory, _ = built

@@ -112,6 +112,7 @@ def test_a_source_prefix_typed_in_the_other_spelling_finds_the_mac_s_files(datas
     assert mem.relabel("espresso", source_prefix=typed) == 2
     assert [e.op for e in mem.history(source=f"{typed}/0.png")] == ["relabel"]
     assert mem.forget(source_prefix=typed) == 2
+    assert [e.op for e in mem.history(source=f"{typed}/0.png")] == ["forget", "relabel"]  # gone, still found
     mem.close()
 
 
