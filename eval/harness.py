@@ -139,7 +139,7 @@ class RunInfo(BaseModel):
     format: str
     queries: int
     failed_queries: int = 0
-    skipped_queries: int = Field(0, description="left out by the dataset's protocol (e.g. ReaL without labels)")
+    skipped_queries: int = Field(default=0, description="left out by the dataset's protocol (e.g. ReaL without labels)")
     memory: str
     memory_points: int
     featurizer: str
@@ -150,19 +150,20 @@ class RunInfo(BaseModel):
     restricted_classes: int | None = None
     # What else the numbers depend on, to reproduce them: a sample (limit, seed) of how many items, by which vmem,
     # from which encoder and preprocessing, through which index settings, over which points.
-    dataset_items: int | None = Field(None, description="the dataset's items before --limit drew a sample")
+    dataset_items: int | None = Field(default=None, description="the dataset's items before --limit drew a sample")
     limit: int | None = None
-    seed: int | None = Field(None, description="the seed --limit drew its sample with")
+    seed: int | None = Field(default=None, description="the seed --limit drew its sample with")
     vmem_version: str | None = None
-    featurizer_spec: dict[str, Any] | None = Field(None, description="the encoder and its preprocessing")
-    index: dict[str, Any] | None = Field(None, description="the memory's index settings (search: index)")
+    featurizer_spec: dict[str, Any] | None = Field(default=None, description="the encoder and its preprocessing")
+    index: dict[str, Any] | None = Field(default=None, description="the memory's index settings (search: index)")
     memory_fingerprint: str | None = Field(
-        None, description="sha256 over the memory's sorted point ids, labels and soft-pruning factors (search: "
+        default=None, description="sha256 over the memory's sorted point ids, labels and soft-pruning factors (search: "
                           "exact): equal for the same points, however built or copied")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: dict[str, float] = Field(default_factory=dict)
     tuned: dict[str, Any] | None = Field(
-        None, description="the memory's tuned vote settings (vmem tune) and their accuracy here, if it has them")
+        default=None,
+        description="the memory's tuned vote settings (vmem tune) and their accuracy here, if it has them")
 
 
 class EvalReport(BaseModel):

@@ -90,6 +90,8 @@ def leave_one_out_votes(
     n = len(labels)
     classes, pos = class_index(labels)
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
+    if hits is None and vectors is None:
+        raise ValueError("give the vectors to search, or their search's hits")
     idx, sims = hits if hits is not None else self_search(vectors, max(1, min(k, n - 1)), progress)
     label_ids = table_from_hits(idx, sims, labels, classes).label_ids
     other = np.empty(n, dtype=np.int64)

@@ -33,7 +33,7 @@ class RerankReport(BaseModel):
     rank_accuracy: float = Field(description="rank voting at k on the same sample")
     rerank_accuracy: float = Field(description="final answers with re-ranking (fallbacks answer with the vote)")
     reranked: int = Field(description="answers that came from the re-ranker")
-    reranked_accuracy: float | None = Field(None, description="accuracy on the re-ranked answers only")
+    reranked_accuracy: float | None = Field(default=None, description="accuracy on the re-ranked answers only")
     fallback_rate: float
     fallback_reasons: dict[str, int]
     changed: int = Field(description="answers that differ from the vote")
@@ -41,7 +41,8 @@ class RerankReport(BaseModel):
     broken: int = Field(description="vote right, re-ranker wrong")
     usage: dict[str, int]
     cached: int = 0
-    estimated_cost_usd: float | None = Field(None, description="from --price-in/--price-out (USD per 1M tokens)")
+    estimated_cost_usd: float | None = Field(default=None,
+                                             description="from --price-in/--price-out (USD per 1M tokens)")
     seconds: float
     failed: list[str] = Field(default_factory=list)
 

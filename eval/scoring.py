@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k, vote_last_k
 from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, SCROLL_PAGE
 
-from .exact import exact_search
+from .exact import exact_search as exact_search  # re-exported: eval and its experiments read it here
 
 K_MAX = 100
 # Above this many points, self-searches (pruning, the label audit) ask the memory's index: exact search's time

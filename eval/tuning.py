@@ -26,12 +26,12 @@ class Candidate(BaseModel):
     """One rule with one parameter value, at its best k on the validation split."""
 
     rule: VoteRule
-    soft_pruning: bool = Field(False, description="weights multiplied by the points' reliability factors")
+    soft_pruning: bool = Field(default=False, description="weights multiplied by the points' reliability factors")
     alpha: float = DEFAULT_ALPHA
     tau: float = DEFAULT_TAU
     best_k: int
     val_accuracy: float
-    heldout_accuracy: float | None = Field(None, description="at best_k on the held-out queries")
+    heldout_accuracy: float | None = Field(default=None, description="at best_k on the held-out queries")
 
     @property
     def name(self) -> str:
@@ -56,8 +56,8 @@ class TuneReport(BaseModel):
     n_val: int
     n_heldout: int
     k_max: int
-    reliability_present: bool = Field(False, description="the memory had soft-pruning factors when tuned")
-    gap: float | None = Field(None, description="val accuracy minus held-out accuracy of the chosen settings")
+    reliability_present: bool = Field(default=False, description="the memory had soft-pruning factors when tuned")
+    gap: float | None = Field(default=None, description="val accuracy minus held-out accuracy of the chosen settings")
 
     def vote_settings(self) -> dict:
         """What goes into the memory's metadata (`settings["vote"]`)."""

@@ -81,9 +81,9 @@ class PromptTemplate(BaseModel):
     description: str = ""
     system: str = Field(min_length=1, description="the system instruction")
     intro: str = ""
-    show_neighbors: bool = Field(True, description="list the neighbours at all (labels-only lists none)")
-    neighbor_images: bool = Field(True, description="send each neighbour's thumbnail after its line")
-    max_neighbors: int | None = Field(None, ge=1, le=1000, description="show at most this many neighbours")
+    show_neighbors: bool = Field(default=True, description="list the neighbours at all (labels-only lists none)")
+    neighbor_images: bool = Field(default=True, description="send each neighbour's thumbnail after its line")
+    max_neighbors: int | None = Field(default=None, ge=1, le=1000, description="show at most this many neighbours")
     neighbor: str = 'Neighbour $rank: "$label" (similarity $similarity)'
     neighbor_missing: str = 'Neighbour $rank: "$label" (similarity $similarity; image unavailable)'
     query: str = "The image to classify:"
@@ -91,7 +91,7 @@ class PromptTemplate(BaseModel):
     candidate_line: str = "- $label"
     answer: str = "Answer with exactly one of the candidate labels."
     tools: list[ToolName] = Field(default_factory=list, description="agentic mode when not empty")
-    max_steps: int = Field(3, ge=0, le=10, description="tool-calling rounds before the answer is forced")
+    max_steps: int = Field(default=3, ge=0, le=10, description="tool-calling rounds before the answer is forced")
     tool_instructions: str = ""
     exemplar_line: str = 'Exemplar $index of "$label" (similarity $similarity)'
 

@@ -19,28 +19,32 @@ class GeminiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VMEM_GEMINI_", extra="forbid", env_ignore_empty=True)
 
-    model: str = Field(DEFAULT_MODEL, description="Gemini model id")
-    base_url: str | None = Field(None, description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")
-    thumb_size: int = Field(DEFAULT_THUMB_SIZE, ge=16, le=3072, description="neighbour thumbnails' longest side, px")
-    query_size: int = Field(DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
+    model: str = Field(default=DEFAULT_MODEL, description="Gemini model id")
+    base_url: str | None = Field(default=None,
+                                 description="API endpoint; default: $GOOGLE_GEMINI_BASE_URL, else Google's")
+    thumb_size: int = Field(default=DEFAULT_THUMB_SIZE, ge=16, le=3072,
+                            description="neighbour thumbnails' longest side, px")
+    query_size: int = Field(default=DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
     media_resolution: Literal["unspecified", "low", "medium", "high"] = "unspecified"
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    deadline_s: float = Field(60.0, gt=0, description="total time per query, retries and tool steps included")
-    attempt_timeout_s: float = Field(30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
-    max_attempts: int = Field(4, ge=1, le=20, description="HTTP attempts per call, first one included")
-    backoff_initial_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(20.0, ge=0)
-    concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once in a batch")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    deadline_s: float = Field(default=60.0, gt=0, description="total time per query, retries and tool steps included")
+    attempt_timeout_s: float = Field(default=30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
+    max_attempts: int = Field(default=4, ge=1, le=20, description="HTTP attempts per call, first one included")
+    backoff_initial_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=20.0, ge=0)
+    concurrency: int = Field(default=8, ge=1, le=256, description="requests in flight at once in a batch")
     cache: bool = True
-    cache_path: Path | None = Field(None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
-    cache_max_entries: int = Field(DEFAULT_MAX_ENTRIES, ge=1, description="answers kept (the oldest go first; "
+    cache_path: Path | None = Field(default=None, description="SQLite file; default $VMEM_HOME/cache/rerank.sqlite")
+    cache_max_entries: int = Field(default=DEFAULT_MAX_ENTRIES, ge=1, description="answers kept (the oldest go first; "
                                    "~7 KB each)")
-    max_exemplars: int = Field(8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
-    max_neighbors_total: int = Field(100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
-    max_tool_images: int = Field(16, ge=0, le=100, description="agentic: images per tool result; the rest by label")
-    breaker_failures: int = Field(5, ge=0, description="consecutive upstream failures that open the circuit, "
+    max_exemplars: int = Field(default=8, ge=1, le=50, description="agentic: most images one exemplars() call returns")
+    max_neighbors_total: int = Field(default=100, ge=1, le=1000, description="agentic: more_neighbors(k) cap on k")
+    max_tool_images: int = Field(default=16, ge=0, le=100,
+                                 description="agentic: images per tool result; the rest by label")
+    breaker_failures: int = Field(default=5, ge=0, description="consecutive upstream failures that open the circuit, "
                                   "after which queries fall back at once (0: no breaker)")
-    breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit waits before a trial call")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0,
+                                      description="how long an open circuit waits before a trial call")
 
     @field_validator("base_url")
     @classmethod

@@ -18,7 +18,7 @@ class RerankNeighbor(BaseModel):
     source: str
     similarity: float
     weight: float = 0.0
-    rank: int = Field(0, description="0 for the nearest")
+    rank: int = Field(default=0, description="0 for the nearest")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Usage(BaseModel):
     output_tokens: int = 0
     thinking_tokens: int = 0
     total_tokens: int = 0
-    images: int = Field(0, description="image parts sent")
+    images: int = Field(default=0, description="image parts sent")
 
     def add(self, other: Usage) -> Usage:
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
@@ -65,14 +65,15 @@ class RerankOutcome(BaseModel):
     label: str | None
     reranked: bool
     fallback_reason: str | None = None
-    error: str | None = Field(None, description="the RerankError class behind a fallback")
-    template: str | None = Field(None, description="name@version")
+    error: str | None = Field(default=None, description="the RerankError class behind a fallback")
+    template: str | None = Field(default=None, description="name@version")
     template_hash: str | None = None
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     cached: bool = False
-    cache_checked: bool = Field(False, description="the answer cache was looked up (a fallback may come before it)")
-    attempts: int = Field(0, description="HTTP calls made for this result (0 on a cache hit)")
+    cache_checked: bool = Field(default=False,
+                                description="the answer cache was looked up (a fallback may come before it)")
+    attempts: int = Field(default=0, description="HTTP calls made for this result (0 on a cache hit)")
     latency_s: float = 0.0
     candidates: list[str] = Field(default_factory=list)
     trace: list[dict[str, Any]] = Field(default_factory=list, description="tool calls and notes, in order")

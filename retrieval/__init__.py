@@ -53,12 +53,14 @@ _FROM_FEATURIZERS = ("Dinov2Featurizer", "EfficientNetLiteFeaturizer", "Featuriz
                      "load_featurizer")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _FROM_FEATURIZERS:
-        from . import featurizers
+if not TYPE_CHECKING:  # a module __getattr__ seen by a type checker makes every misspelt name exist, as Any
 
-        return getattr(featurizers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name in _FROM_FEATURIZERS:
+            from . import featurizers
+
+            return getattr(featurizers, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

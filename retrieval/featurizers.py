@@ -37,16 +37,16 @@ from torch import nn
 
 from .files import file_sha256
 from .images import ImageDecodeError, ImageInput
-from .preprocessing import (  # noqa: F401 - re-exported: where they were defined before
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MAX_ASPECT,
-    EmbedFailure,
-    EmbedResult,
-    FeaturizerError,
-    FeaturizerSpec,
-    Preprocessing,
-)
+
+# Re-exported (`X as X`, as type checkers read an export): where they were defined before
+from .preprocessing import IMAGENET_MEAN as IMAGENET_MEAN
+from .preprocessing import IMAGENET_STD as IMAGENET_STD
+from .preprocessing import MAX_ASPECT as MAX_ASPECT
+from .preprocessing import EmbedFailure as EmbedFailure
+from .preprocessing import EmbedResult as EmbedResult
+from .preprocessing import FeaturizerError as FeaturizerError
+from .preprocessing import FeaturizerSpec as FeaturizerSpec
+from .preprocessing import Preprocessing as Preprocessing
 
 log = logging.getLogger(__name__)
 

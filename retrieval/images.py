@@ -35,7 +35,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", "
 # Files a dataset's folders often hold beside the images (annotations, notes): not worth a warning when left out.
 TEXT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".md", ".yaml", ".yml", ".html"})
 
-ImageInput = str | Path | bytes | Image.Image | np.ndarray
+ImageInput = str | Path | bytes | bytearray | Image.Image | np.ndarray
 
 # Who decodes plain JPEGs for `load_pixels`: "simplejpeg" (the default), or "pillow" (before 2026-12, and
 # what `vmem bench featurize --jpeg-decoders` compares it with). Both give the same pixels.

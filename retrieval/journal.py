@@ -42,19 +42,21 @@ class JournalEntry(BaseModel):
 
     at: str = Field(description="when the edit finished (UTC, ISO 8601)")
     op: JournalOp = Field(description="the kind of edit")
-    points: int = Field(0, description="points the edit added, deleted or relabelled (the whole edit's, repeated "
+    points: int = Field(default=0,
+                        description="points the edit added, deleted or relabelled (the whole edit's, repeated "
                                        "in each of its parts: count an edit once, by its part 0)")
     labels: dict[str, int] = Field(default_factory=dict,
                                    description="points per label the edit added or deleted (relabel: per old label)")
     ids: list[str] = Field(default_factory=list, description="forget and relabel: the ids of the points changed")
-    to: str | None = Field(None, description="relabel: the new label")
+    to: str | None = Field(default=None, description="relabel: the new label")
     selector: dict[str, Any] = Field(default_factory=dict,
                                      description="how the points were chosen: label, source_prefix, or ids asked for")
     detail: dict[str, Any] = Field(default_factory=dict, description="what else the edit was: names set, settings")
-    via: str = Field("python", description="python, cli or http")
+    via: str = Field(default="python", description="python, cli or http")
     host: str = Field(default_factory=socket.gethostname, description="the machine of the process that edited")
     pid: int = Field(default_factory=os.getpid, description="that process's id")
-    part: int | None = Field(None, description="an edit of more than 100,000 points: which of its entries, from 0; "
+    part: int | None = Field(default=None,
+                             description="an edit of more than 100,000 points: which of its entries, from 0; "
                                                "each carries its share of `ids` and the whole edit's totals")
 
     def cites(self, point_id: str) -> bool:

@@ -130,12 +130,12 @@ class IndexSettings(BaseModel):
     The defaults come from `vmem bench search` (docs/benchmarks.md has the recall/QPS table).
     """
 
-    m: int = Field(16, ge=4, le=128, description="HNSW edges per node")
-    ef_construct: int = Field(128, ge=8, description="HNSW candidates while building")
+    m: int = Field(default=16, ge=4, le=128, description="HNSW edges per node")
+    ef_construct: int = Field(default=128, ge=8, description="HNSW candidates while building")
     # 128, per segment (segment_points below bounds a segment at 640k points): on a 639k-point segment ef 128
     # gave recall@50 0.998 (ef 100: 0.994); over 1.28M in two such segments 0.998. One unbounded segment of
     # 1.28M needed ef 384 for 0.994 (docs/benchmarks.md).
-    hnsw_ef: int = Field(128, ge=8, description="HNSW candidates while searching (at least 2k is used)")
+    hnsw_ef: int = Field(default=128, ge=8, description="HNSW candidates while searching (at least 2k is used)")
     # int8 against float32, same run, 200k x 384 (docs/benchmarks.md): build 48 s vs 85, single queries
     # 870/s vs 519, batched 824/s vs 567, recall@50 0.9999 vs 0.9998 (rescored by the originals).
     # turboquant8: the engine's TurboQuant (random rotation, then 8-bit codes; as many bytes as int8) scores
@@ -143,42 +143,44 @@ class IndexSettings(BaseModel):
     # rescoring. Codes alone, recall@50 against exact search (docs/benchmarks.md): 200k x 384 synthetic 0.983
     # against int8's 0.953 (rescored 0.993 and 0.994); Tiny-ImageNet Lite0 features 0.992 against 0.983.
     quantization: Literal["none", "int8", "turboquant8"] = Field(
-        "int8", description="quantization of the index: int8 scalar, or TurboQuant 8-bit codes")
-    oversampling: float = Field(2.0, ge=1.0, description="quantized: fetch this many times k, then rescore")
+        default="int8", description="quantization of the index: int8 scalar, or TurboQuant 8-bit codes")
+    oversampling: float = Field(default=2.0, ge=1.0, description="quantized: fetch this many times k, then rescore")
     # Off: a query never reads the original vectors, so a server needs RAM only for the codes, graph and
     # payload (no page cache of originals), at the codes' recall.
-    rescore: bool = Field(True, description="quantized: re-rank candidates by the original float vectors")
+    rescore: bool = Field(default=True, description="quantized: re-rank candidates by the original float vectors")
     # Codes alone miss the neighbours whose codes score is within the codes' error of the k-th best (recall@50
     # 0.985 on 1.28M synthetic vectors with turboquant8). With this, the memory keeps its own copy of the
     # original vectors (retrieval/doubtful.py) and, while `rescore` is off, reads only those candidates' rows:
     # the server still needs RAM only for the codes, graph and payload. Fixed at creation (every point needs
     # its row).
     rescore_doubtful: bool = Field(
-        False, description="quantized, embedded: while rescore is off, re-rank the candidates too close to the "
+        default=False, description="quantized, embedded: while rescore is off, re-rank the candidates too close to the "
                            "k-th best to call by the original vectors, kept in a file of vmem's own")
     # ~1.8 times the codes' error at 384-d (docs/benchmarks/int8_error.py: sd 0.00028 turboquant8, 0.0014
     # int8) either side of the k-th best codes score. 1.28M x 384 turboquant8 inside 0.5x the raw vectors
     # (docs/benchmarks.md): margin 0.0004 recall@50 0.9953 at 4.8 rows a query and 1,237 batched queries/s;
     # 0.0006 0.9969, 6.7 rows, 1,093/s; 0.0008 0.9973, 8.6 rows, 961/s; the codes alone 0.985.
     doubt_margin: float | None = Field(
-        None, gt=0, description="rescore_doubtful: similarity either side of the k-th best codes score within "
+        default=None, gt=0, description="rescore_doubtful: similarity either side of the k-th best codes score within "
                                 "which candidates are re-ranked (default 0.0005 turboquant8, 0.0025 int8)")
     # On disk (mapped, read as needed) rather than loaded: with int8 the originals are read only to rescore a
     # query's candidates. 1.28M x 384, two runs in one machine state (docs/benchmarks.md): serving RAM 0.65x
     # the raw vectors against 1.41x loaded, batched 1,951 against 1,883 queries/s, single 1,706 against 1,874.
-    vectors_on_disk: bool = Field(True, description="keep original vectors on disk (mmap) instead of loading them")
+    vectors_on_disk: bool = Field(default=True,
+                                  description="keep original vectors on disk (mmap) instead of loading them")
     # float16 halves the originals' disk and the page cache a server needs to rescore at full speed; their
     # values are rounded to 11 significant bits. 1.28M x 384, same run (docs/benchmarks.md): recall@50 0.9962
     # against 0.9978 (graphs built twice differ by that much); inside a hard RAM limit of 1.0x the raw float32
     # bytes 1,569 batched queries/s against 377 (float32 needs 1.5x).
     vectors_dtype: Literal["float32", "float16"] = Field(
-        "float16", description="storage type of the original vectors (float16: half the bytes, rounded values)")
+        default="float16", description="storage type of the original vectors (float16: half the bytes, rounded values)")
     # The embedded engine searches its segments in parallel, one thread each, but a batch within one segment
     # on one thread (and holds the GIL, so Python threads cannot help). Indexing every `segment_points` new
     # points as a segment of their own splits an ImageNet-size memory (1.28M) into two, one per core of the
     # 2-core machines. None: one growing segment (memories made before this setting).
     segment_points: int | None = Field(
-        640_000, ge=10_000, description="embedded memory: index every this many new points as a segment of its own")
+        default=640_000, ge=10_000,
+        description="embedded memory: index every this many new points as a segment of its own")
 
     @property
     def quantized(self) -> bool:

@@ -48,9 +48,9 @@ class Problem(BaseModel):
     type: str = Field(description="URI naming the kind of problem (`about:blank` for plain HTTP errors)")
     title: str = Field(description="short summary of the kind of problem")
     status: int = Field(description="the HTTP status code")
-    detail: str | None = Field(None, description="what went wrong this time, for a person")
-    instance: str | None = Field(None, description="the request path")
-    errors: list[ValidationIssue] | None = Field(None, description="each invalid input, for validation errors")
+    detail: str | None = Field(default=None, description="what went wrong this time, for a person")
+    instance: str | None = Field(default=None, description="the request path")
+    errors: list[ValidationIssue] | None = Field(default=None, description="each invalid input, for validation errors")
 
 
 class ProblemError(Exception):

@@ -89,7 +89,7 @@ class ImageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: Base64Image
-    filename: FileName | None = Field(None, description="the image's file name, echoed as `source`")
+    filename: FileName | None = Field(default=None, description="the image's file name, echoed as `source`")
 
 
 class ClassifyJSON(ImageIn):
@@ -132,22 +132,22 @@ class ClassifyQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(None, ge=1, le=1000,
+    k: int | None = Field(default=None, ge=1, le=1000,
                           description="neighbours that vote (default: the memory's tuned k, else 50)")
-    vote: VoteRule | None = Field(None, description="voting rule (default: the memory's tuned rule, else rank)")
+    vote: VoteRule | None = Field(default=None, description="voting rule (default: the memory's tuned rule, else rank)")
     # Bounded away from 0: a denormal alpha or tau overflows the vote weights.
-    alpha: float | None = Field(None, ge=1e-3, le=1e6, allow_inf_nan=False,
+    alpha: float | None = Field(default=None, ge=1e-3, le=1e6, allow_inf_nan=False,
                                 description="rank voting: weight 1/(alpha + rank)")
-    tau: float | None = Field(None, ge=1e-3, le=1e3, allow_inf_nan=False,
+    tau: float | None = Field(default=None, ge=1e-3, le=1e3, allow_inf_nan=False,
                               description="softmax voting temperature")
-    rerank: bool = Field(False, description="ask the VLM re-ranker; falls back to the vote with a reason")
-    exact: bool = Field(False, description="search every point exactly, not through the index: the answer any "
+    rerank: bool = Field(default=False, description="ask the VLM re-ranker; falls back to the vote with a reason")
+    exact: bool = Field(default=False, description="search every point exactly, not through the index: the answer any "
                                            "build or copy of the memory gives (its index graph is built at random); "
                                            "slower on a large memory")
-    template: str | None = Field(None, min_length=1, max_length=64,
+    template: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="re-ranker prompt template (see GET /v1/templates)")
     label: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]] | None = Field(
-        None, max_length=1000, description="only neighbours with these labels vote; repeat the parameter for "
+        default=None, max_length=1000, description="only neighbours with these labels vote; repeat the parameter for "
                                            "several (at most 1,000)")
 
 
@@ -156,11 +156,11 @@ class ForgetQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="forget every point with this label")
-    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="forget every point whose source starts with this")
-    erase: bool = Field(False, description="also rewrite the memory's files without the forgotten vectors "
+    erase: bool = Field(default=False, description="also rewrite the memory's files without the forgotten vectors "
                                            "before answering (embedded memory)")
 
 
@@ -169,7 +169,7 @@ class ForgetPointQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    erase: bool = Field(False, description="also rewrite the memory's files without the point's vector before "
+    erase: bool = Field(default=False, description="also rewrite the memory's files without the point's vector before "
                                            "answering (embedded memory)")
 
 
@@ -181,11 +181,11 @@ class RelabelIn(BaseModel):
     to: Annotated[str, AfterValidator(printable)] = Field(
         min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S",
         description="the new label (a label, not a name: `vmem labels` lists both)")
-    ids: list[str] | None = Field(None, min_length=1, max_length=1000,
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000,
                                   description="point ids, as a classification's neighbours list them")
-    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="every point with this label (renames or merges a class)")
-    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="every point whose source starts with this")
 
     @model_validator(mode="after")
@@ -210,9 +210,10 @@ class RelabelOut(BaseModel):
 
     relabelled: int = Field(description="points whose label changed (those that already had it are not counted)")
     label: str = Field(description="the new label")
-    label_name: str | None = Field(None, description="its name, where the memory names its labels")
+    label_name: str | None = Field(default=None, description="its name, where the memory names its labels")
     label_points: int = Field(description="points with the new label afterwards")
-    note: str | None = Field(None, description="nothing relabelled by label: why (no such label, or a name given "
+    note: str | None = Field(default=None,
+                             description="nothing relabelled by label: why (no such label, or a name given "
                                                "for one), as `vmem relabel` says it")
 
 
@@ -225,7 +226,8 @@ class LabelNamesIn(BaseModel):
                 Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S"),
                           AfterValidator(printable)]] = Field(
         max_length=100_000, description="label -> the name answers, the page and the re-ranker show for it")
-    replace: bool = Field(False, description="drop every name not given here (default: merge with those stored)")
+    replace: bool = Field(default=False,
+                          description="drop every name not given here (default: merge with those stored)")
 
 
 class PointsQuery(BaseModel):
@@ -233,13 +235,14 @@ class PointsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS, description="only points with this label")
-    source_prefix: ServerPath | None = Field(None, min_length=1, max_length=4096, pattern=r"\S",
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
+                              description="only points with this label")
+    source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="only points whose source starts with this")
-    excluded: bool | None = Field(None, description="true: only points hard pruning took out of search; false: "
+    excluded: bool | None = Field(default=None, description="true: only points hard pruning took out of search; false: "
                                                     "only the others")
-    cursor: str | None = Field(None, max_length=64, description="`next_cursor` of the previous page")
-    limit: int = Field(100, ge=1, le=1000, description="points per page")
+    cursor: str | None = Field(default=None, max_length=64, description="`next_cursor` of the previous page")
+    limit: int = Field(default=100, ge=1, le=1000, description="points per page")
 
 
 class HistoryQuery(BaseModel):
@@ -247,13 +250,14 @@ class HistoryQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    op: JournalOp | None = Field(None, description="only edits of this kind")
-    point_id: uuid.UUID | None = Field(None, description="only the edits that forgot or relabelled this point")
-    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
+    op: JournalOp | None = Field(default=None, description="only edits of this kind")
+    point_id: uuid.UUID | None = Field(default=None, description="only the edits that forgot or relabelled this point")
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="only the edits that touched this label's points (or named it)")
-    since: str | None = Field(None, min_length=4, max_length=40, description="only edits from this ISO 8601 date "
+    since: str | None = Field(default=None, min_length=4, max_length=40,
+                              description="only edits from this ISO 8601 date "
                                                                              "or time on (UTC unless it names a zone)")
-    limit: int = Field(50, ge=1, le=1000, description="edits listed, newest first")
+    limit: int = Field(default=50, ge=1, le=1000, description="edits listed, newest first")
 
 
 class SuspectsQuery(BaseModel):
@@ -261,11 +265,12 @@ class SuspectsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_share: float = Field(0.5, ge=0, le=1, description="another label's share of a point's neighbours' vote that "
+    min_share: float = Field(default=0.5, ge=0, le=1,
+                             description="another label's share of a point's neighbours' vote that "
                                                           "makes it a suspect (higher: fewer, surer)")
-    label: str | None = Field(None, min_length=1, max_length=MAX_LABEL_CHARS,
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="only suspects with this label, or suggested this label")
-    limit: int = Field(50, ge=1, le=1000, description="suspects listed, most confident first")
+    limit: int = Field(default=50, ge=1, le=1000, description="suspects listed, most confident first")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -276,7 +281,7 @@ class NeighborOut(BaseModel):
 
     id: str = Field(description="point id; use it to forget the point")
     label: str = Field(description="the point's label")
-    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
     similarity: float = Field(description="cosine similarity to the query")
     weight: float = Field(description="the weight its vote carried under the rule used")
@@ -287,25 +292,28 @@ class NeighborOut(BaseModel):
 class ClassificationOut(BaseModel):
     """The answer for one image, with the neighbours that explain it."""
 
-    source: str | None = Field(None, description="the uploaded file's name, or its content id")
+    source: str | None = Field(default=None, description="the uploaded file's name, or its content id")
     label: str | None = Field(description="predicted label; null when no memory point could vote")
-    label_name: str | None = Field(None, description="the predicted label's name, where the memory names its labels "
+    label_name: str | None = Field(default=None,
+                                   description="the predicted label's name, where the memory names its labels "
                                    "(e.g. `Egyptian cat` for `n02124075`)")
     scores: dict[str, float] = Field(description="vote share per label (summing to 1), best first")
     label_names: dict[str, str] = Field(default_factory=dict, description="the names of the labels in `scores`, "
                                         "where the memory names them")
     reranked: bool = Field(description="true when the VLM re-ranker chose the label")
-    fallback_reason: str | None = Field(None, description="why re-ranking was asked for but the vote was used")
-    template: str | None = Field(None, description="the re-ranker template used, when re-ranked")
-    model: str | None = Field(None, description="the re-ranker model, when re-ranked")
-    usage: dict[str, Any] | None = Field(None, description="VLM tokens used, when re-ranked")
+    fallback_reason: str | None = Field(default=None, description="why re-ranking was asked for but the vote was used")
+    template: str | None = Field(default=None, description="the re-ranker template used, when re-ranked")
+    model: str | None = Field(default=None, description="the re-ranker model, when re-ranked")
+    usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used, when re-ranked")
     vote: VoteSettings = Field(description="the voting settings used and where they came from")
-    novelty: float | None = Field(None, description="mean cosine distance to the k neighbours (0 = seen before)")
+    novelty: float | None = Field(default=None,
+                                  description="mean cosine distance to the k neighbours (0 = seen before)")
     ood_threshold: float | None = Field(
-        None, description="novelty above this is out of distribution (a percentile of the memory's own novelty)")
+        default=None,
+        description="novelty above this is out of distribution (a percentile of the memory's own novelty)")
     out_of_distribution: bool | None = Field(
-        None, description="novelty is above the threshold; null when the memory is too small to calibrate")
-    cached: bool = Field(False, description="answered from the cache of recent answers")
+        default=None, description="novelty is above the threshold; null when the memory is too small to calibrate")
+    cached: bool = Field(default=False, description="answered from the cache of recent answers")
     neighbors: list[NeighborOut] = Field(description="the k nearest memory points, nearest first")
 
 
@@ -332,10 +340,10 @@ class BatchItemOut(BaseModel):
     """One image of a batch: a classification, or the reason it could not be classified."""
 
     index: int = Field(description="position of the image in the request")
-    filename: str | None = Field(None, description="the uploaded file's name")
-    result: ClassificationOut | None = Field(None, description="the answer, when the image decoded")
-    error: str | None = Field(None, description="why the image could not be classified")
-    error_type: str | None = Field(None, description="the error's kind, as a one-image request's problem type "
+    filename: str | None = Field(default=None, description="the uploaded file's name")
+    result: ClassificationOut | None = Field(default=None, description="the answer, when the image decoded")
+    error: str | None = Field(default=None, description="why the image could not be classified")
+    error_type: str | None = Field(default=None, description="the error's kind, as a one-image request's problem type "
                                                      "would name it (urn:vmem:problem:bad-image)")
 
 
@@ -353,9 +361,10 @@ class AddedPoint(BaseModel):
     label: str = Field(description="the label stored")
     source: str = Field(description="`upload:sha256:<hash>[:filename]`")
     thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
-    new: bool = Field(True, description="false: the image was in the memory already (same bytes and name), and "
+    new: bool = Field(default=True, description="false: the image was in the memory already (same bytes and name), and "
                                         "was not added again")
-    relabelled_from: str | None = Field(None, description="an image that was in the memory under another label: "
+    relabelled_from: str | None = Field(default=None,
+                                        description="an image that was in the memory under another label: "
                                                           "that label (it has the one sent now)")
 
 
@@ -363,7 +372,7 @@ class AddFailure(BaseModel):
     """An image that was not added."""
 
     index: int = Field(description="position of the image in the request")
-    filename: str | None = Field(None, description="the uploaded file's name")
+    filename: str | None = Field(default=None, description="the uploaded file's name")
     reason: str = Field(description="why it was not added")
 
 
@@ -380,9 +389,10 @@ class ForgetOut(BaseModel):
 
     deleted: int = Field(description="points removed from the memory")
     points: int = Field(description="points in the memory afterwards")
-    erased: bool = Field(False, description="the memory's files were rewritten without the forgotten vectors "
+    erased: bool = Field(default=False, description="the memory's files were rewritten without the forgotten vectors "
                                             "(asked for, and something was forgotten)")
-    note: str | None = Field(None, description="nothing forgotten by label: why (no such label, or a name given "
+    note: str | None = Field(default=None,
+                             description="nothing forgotten by label: why (no such label, or a name given "
                                                "for one), as `vmem forget` says it")
 
 
@@ -405,7 +415,8 @@ class StatsOut(BaseModel):
     label_names: dict[str, str] = Field(default_factory=dict, description="label -> name, for the labels named")
     featurizer: FeaturizerOut = Field(description="the memory's encoder")
     default_vote: VoteSettings = Field(description="voting settings used when a request gives none")
-    ood_threshold: float | None = Field(None, description="novelty threshold at the default k (null if not calibrated)")
+    ood_threshold: float | None = Field(default=None,
+                                        description="novelty threshold at the default k (null if not calibrated)")
 
 
 class TemplateOut(BaseModel):
@@ -437,9 +448,9 @@ class ReadyOut(BaseModel):
     """Readiness: the memory and the encoder are loaded."""
 
     status: Literal["ready", "not ready"] = Field(description="`ready` when requests can be served")
-    points: int | None = Field(None, description="points in the memory")
-    featurizer: str | None = Field(None, description="the loaded encoder")
-    detail: str | None = Field(None, description="why not ready")
+    points: int | None = Field(default=None, description="points in the memory")
+    featurizer: str | None = Field(default=None, description="the loaded encoder")
+    detail: str | None = Field(default=None, description="why not ready")
 
 
 class HistoryOut(BaseModel):
@@ -455,9 +466,9 @@ class SuspectOut(BaseModel):
 
     id: str = Field(description="point id: relabel it with PATCH /v1/memory/points/{id}")
     label: str = Field(description="the point's label")
-    label_name: str | None = Field(None, description="its name, where the memory names its labels")
+    label_name: str | None = Field(default=None, description="its name, where the memory names its labels")
     suggested: str = Field(description="the label its 50 nearest other points vote for it (rank vote)")
-    suggested_name: str | None = Field(None, description="that label's name")
+    suggested_name: str | None = Field(default=None, description="that label's name")
     share: float = Field(description="the suggested label's share of the vote (0 to 1)")
     own_share: float = Field(description="the point's own label's share")
     source: str = Field(description="the point's image")
@@ -472,6 +483,6 @@ class SuspectsOut(BaseModel):
     searched: int = Field(description="points searched so far")
     current: bool = Field(description="false while the memory has been edited since this audit began: asking "
                                       "again once it is done starts a new one")
-    seconds: float | None = Field(None, description="how long the audit took, once done")
+    seconds: float | None = Field(default=None, description="how long the audit took, once done")
     suspects: list[SuspectOut] = Field(default_factory=list, description="most confident first (done only)")
-    total_suspects: int = Field(0, description="suspects found, before `limit`")
+    total_suspects: int = Field(default=0, description="suspects found, before `limit`")

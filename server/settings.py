@@ -29,36 +29,37 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # `VMEM_QDRANT_URL=` (a template's blank line) means unset, not a URL of ""
     )
 
-    memory: str = Field("./memory", description="embedded memory directory, or `:memory:`")
-    qdrant_url: str | None = Field(None, description="a Qdrant server (http://host:6333); replaces `memory`")
+    memory: str = Field(default="./memory", description="embedded memory directory, or `:memory:`")
+    qdrant_url: str | None = Field(default=None, description="a Qdrant server (http://host:6333); replaces `memory`")
     featurizer: str | None = Field(
-        None, description="encoder name; must match the memory's (only needed with create_memory)")
-    create_memory: bool = Field(False, description="create an empty memory when none exists")
-    device: str | None = Field(None, description="torch device for the encoder (default: cuda if present)")
+        default=None, description="encoder name; must match the memory's (only needed with create_memory)")
+    create_memory: bool = Field(default=False, description="create an empty memory when none exists")
+    device: str | None = Field(default=None, description="torch device for the encoder (default: cuda if present)")
 
-    api_key: SecretStr | None = Field(None, description="key required in X-API-Key to edit the memory")
-    auth_disabled: bool = Field(False, description="let anyone edit the memory (only for a trusted network)")
+    api_key: SecretStr | None = Field(default=None, description="key required in X-API-Key to edit the memory")
+    auth_disabled: bool = Field(default=False, description="let anyone edit the memory (only for a trusted network)")
 
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body accepted")
-    max_batch_images: int = Field(32, ge=1, le=MOST_BATCH_IMAGES, description="most images in one batch or add request")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_batch_images: int = Field(default=32, ge=1, le=MOST_BATCH_IMAGES,
+                                  description="most images in one batch or add request")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated); none by default")
 
     ood_percentile: float = Field(
-        99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
-    ood_sample_size: int = Field(256, ge=8, le=10_000, description="memory points sampled to calibrate OOD")
+        default=99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
+    ood_sample_size: int = Field(default=256, ge=8, le=10_000, description="memory points sampled to calibrate OOD")
 
     prefetch_memory: bool = Field(
-        True, description="read the memory's search files once at start-up, before taking traffic, so that "
+        default=True, description="read the memory's search files once at start-up, before taking traffic, so that "
         "the first queries do not wait on the disk")
-    featurize_threads: int = Field(2, ge=1, le=64, description="threads that decode and embed images")
+    featurize_threads: int = Field(default=2, ge=1, le=64, description="threads that decode and embed images")
     rerank_requests: int = Field(
-        4, ge=1, le=64, description="rerank=true requests served at once, on threads of their own (each waits "
+        default=4, ge=1, le=64, description="rerank=true requests served at once, on threads of their own (each waits "
         "seconds on Gemini: on the embedding threads they held up every other classify); more wait their turn")
-    result_cache_size: int = Field(1024, ge=0, description="classify answers kept per memory version (0: off)")
+    result_cache_size: int = Field(default=1024, ge=0, description="classify answers kept per memory version (0: off)")
     thumbnail_dir: Path | None = Field(
-        None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
-    thumbnail_size: int = Field(160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
+        default=None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
+    thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
     source_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
         "default: the roots `vmem build` recorded in the memory")

@@ -70,18 +70,18 @@ class DmnOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Mode = Field("auto", description="zero-shot, few-shot, memory-only; auto: few-shot if CLIP")
-    alpha_text: float = Field(1.0, ge=0, description="weight of P_text")
-    alpha_dynamic: float = Field(1.0, ge=0, description="weight of P_dynamic")
-    alpha_static: float = Field(1.0, ge=0, description="weight of P_static")
-    beta: float = Field(DEFAULT_BETA, ge=0, description="readout sharpness: w = exp(-beta (1 - cos))")
-    scale: float = Field(DEFAULT_SCALE, gt=0, description="logit scale of every readout")
-    slots: int = Field(DEFAULT_SLOTS, ge=1, le=10_000, description="dynamic memory slots per class (L)")
-    static_cap: int = Field(DEFAULT_STATIC_CAP, ge=1, description="static entries read out per class")
-    static_k: int = Field(256, ge=1, le=1000, description="neighbours fetched by the one wide search")
-    update: bool = Field(True, description="write queries into the stream (false: read it only)")
-    classes_file: str | None = Field(None, description="label<TAB>class name lines for the text prompts")
-    templates: tuple[str, ...] = Field(DEFAULT_TEMPLATES, description="prompt templates with one {}")
+    mode: Mode = Field(default="auto", description="zero-shot, few-shot, memory-only; auto: few-shot if CLIP")
+    alpha_text: float = Field(default=1.0, ge=0, description="weight of P_text")
+    alpha_dynamic: float = Field(default=1.0, ge=0, description="weight of P_dynamic")
+    alpha_static: float = Field(default=1.0, ge=0, description="weight of P_static")
+    beta: float = Field(default=DEFAULT_BETA, ge=0, description="readout sharpness: w = exp(-beta (1 - cos))")
+    scale: float = Field(default=DEFAULT_SCALE, gt=0, description="logit scale of every readout")
+    slots: int = Field(default=DEFAULT_SLOTS, ge=1, le=10_000, description="dynamic memory slots per class (L)")
+    static_cap: int = Field(default=DEFAULT_STATIC_CAP, ge=1, description="static entries read out per class")
+    static_k: int = Field(default=256, ge=1, le=1000, description="neighbours fetched by the one wide search")
+    update: bool = Field(default=True, description="write queries into the stream (false: read it only)")
+    classes_file: str | None = Field(default=None, description="label<TAB>class name lines for the text prompts")
+    templates: tuple[str, ...] = Field(default=DEFAULT_TEMPLATES, description="prompt templates with one {}")
 
 
 def dmn_home() -> Path:

@@ -31,13 +31,14 @@ def utf8_text(text: str | None) -> str | None:
 class VoteSettings(BaseModel):
     """The voting settings a result used, and where they came from."""
 
-    rule: VoteRule | Literal["dmn"] = Field(DEFAULT_RULE, description="plurality, distance, softmax, rank or dmn")
-    k: int = Field(DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
-    alpha: float = Field(DEFAULT_ALPHA, ge=1e-3, description="rank voting: w = 1/(alpha + rank)")
-    tau: float = Field(DEFAULT_TAU, ge=1e-3, description="softmax voting temperature")
-    soft_pruning: bool = Field(True, description="multiply weights by the points' reliability factors, if any")
+    rule: VoteRule | Literal["dmn"] = Field(default=DEFAULT_RULE,
+                                            description="plurality, distance, softmax, rank or dmn")
+    k: int = Field(default=DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=1e-3, description="rank voting: w = 1/(alpha + rank)")
+    tau: float = Field(default=DEFAULT_TAU, ge=1e-3, description="softmax voting temperature")
+    soft_pruning: bool = Field(default=True, description="multiply weights by the points' reliability factors, if any")
     origin: Literal["default", "memory", "explicit"] = Field(
-        "default", description="built-in defaults, the memory's tuned settings, or given by the caller"
+        default="default", description="built-in defaults, the memory's tuned settings, or given by the caller"
     )
 
 
@@ -46,7 +47,7 @@ class NeighborVote(BaseModel):
 
     id: str = Field(description="point id (UUIDv5 of the source)")
     label: str
-    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path or URI of the memory image")
     similarity: float = Field(description="cosine similarity to the query")
     weight: float = Field(description="vote weight under the rule used (0 past k)")
@@ -57,33 +58,34 @@ class DmnDetails(BaseModel):
     """How the `dmn` rule decided (Dual Memory Networks: text, dynamic and static memories)."""
 
     mode: Literal["zero-shot", "few-shot", "memory-only"]
-    stream: str | None = Field(None, description="dynamic memory stream (null: dynamic memory off)")
+    stream: str | None = Field(default=None, description="dynamic memory stream (null: dynamic memory off)")
     alpha: dict[str, float] = Field(description="fusion weight per memory in use")
     parts: dict[str, dict[str, float]] = Field(description="per memory, its top-3 class probabilities")
-    pseudo_label: str | None = Field(None, description="label the query was filed under in the stream")
-    entropy: float | None = Field(None, description="entropy (nats) of the prediction that gave the pseudo-label")
-    written: bool | None = Field(None, description="whether the query entered the dynamic memory")
+    pseudo_label: str | None = Field(default=None, description="label the query was filed under in the stream")
+    entropy: float | None = Field(default=None,
+                                  description="entropy (nats) of the prediction that gave the pseudo-label")
+    written: bool | None = Field(default=None, description="whether the query entered the dynamic memory")
 
 
 class Classification(BaseModel):
     """The answer for one query image."""
 
-    source: str | None = Field(None, description="the query's path or upload name, when known")
+    source: str | None = Field(default=None, description="the query's path or upload name, when known")
     _printable_source = field_validator("source")(utf8_text)
     label: str | None = Field(description="predicted label; null when the memory had no neighbours")
-    label_name: str | None = Field(None, description="the predicted label's name, where the memory names its "
+    label_name: str | None = Field(default=None, description="the predicted label's name, where the memory names its "
                                    "labels (vmem build --label-names)")
     scores: dict[str, float] = Field(description="vote share per label, summing to 1, best first")
     neighbors: list[NeighborVote]
     vote: VoteSettings
-    novelty: float | None = Field(None, description="mean cosine distance to the k neighbours")
-    reranked: bool = Field(False, description="true when the VLM's answer is the label")
-    fallback_reason: str | None = Field(None, description="why re-ranking was asked for but not used")
+    novelty: float | None = Field(default=None, description="mean cosine distance to the k neighbours")
+    reranked: bool = Field(default=False, description="true when the VLM's answer is the label")
+    fallback_reason: str | None = Field(default=None, description="why re-ranking was asked for but not used")
     template: str | None = None
     model: str | None = None
-    usage: dict[str, Any] | None = Field(None, description="VLM tokens used")
-    trace: list[dict[str, Any]] | None = Field(None, description="agentic re-ranker tool calls")
-    dmn: DmnDetails | None = Field(None, description="details of the dmn rule's decision")
+    usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used")
+    trace: list[dict[str, Any]] | None = Field(default=None, description="agentic re-ranker tool calls")
+    dmn: DmnDetails | None = Field(default=None, description="details of the dmn rule's decision")
 
 
 class MemoryPoint(BaseModel):
@@ -91,15 +93,17 @@ class MemoryPoint(BaseModel):
 
     id: str = Field(description="point id (UUIDv5 of the source)")
     label: str = Field(description="the point's label")
-    label_name: str | None = Field(None, description="the label's name, where the memory names its labels")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
-    added_at: str | None = Field(None, description="when it was added (UTC, ISO 8601)")
+    added_at: str | None = Field(default=None, description="when it was added (UTC, ISO 8601)")
     tags: dict[str, Any] = Field(default_factory=dict, description="KEY=VALUE tags given when it was added")
-    excluded: bool = Field(False, description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
-    reliability: float = Field(1.0, description="soft pruning's factor on its vote weight (1: neutral)")
-    prune_count: int | None = Field(None, description="leave-one-out decisions it misled, when vmem prune counted")
-    relabelled_from: str | None = Field(None, description="the label it held before it was last relabelled")
-    relabelled_at: str | None = Field(None, description="when it was last relabelled (UTC, ISO 8601)")
+    excluded: bool = Field(default=False,
+                           description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
+    reliability: float = Field(default=1.0, description="soft pruning's factor on its vote weight (1: neutral)")
+    prune_count: int | None = Field(default=None,
+                                    description="leave-one-out decisions it misled, when vmem prune counted")
+    relabelled_from: str | None = Field(default=None, description="the label it held before it was last relabelled")
+    relabelled_at: str | None = Field(default=None, description="when it was last relabelled (UTC, ISO 8601)")
 
 
 class PointPage(BaseModel):

@@ -86,7 +86,7 @@ BUILD_JOURNAL_EVERY_S = 60.0
 LISTING_REUSE_S = 60.0
 
 
-def upload_source(data: bytes, name: str | None = None, sha256: str | None = None) -> str:
+def upload_source(data: bytes | bytearray, name: str | None = None, sha256: str | None = None) -> str:
     """The source of an uploaded image: its content hash (`sha256` when the caller has it), so re-uploading is
     idempotent."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
