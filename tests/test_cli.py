@@ -813,3 +813,10 @@ def test_commands_that_only_read_or_edit_a_memory_start_without_torch(built):
               "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["serve", "--no-auth"]])
+def test_a_memory_folder_and_a_qdrant_url_together_are_refused(tmp_path, command, monkeypatch):
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    out = run(*command, "--memory", tmp_path / "m", "--qdrant-url", "http://127.0.0.1:1")
+    assert out.exit_code == 2 and "not both" in out.output, out.output

@@ -75,6 +75,9 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes)."""
     from vmem import VisualMemory
 
+    if qdrant_url is not None and memory != DEFAULT_MEMORY:  # one of them would be ignored without a word
+        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
+                                 param_hint="--qdrant-url")
     check_memory_location(memory, qdrant_url)
     try:
         mem = VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,

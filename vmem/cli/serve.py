@@ -78,6 +78,9 @@ def serve(
     from server import Settings, create_app
     from server.app import open_memory
 
+    if memory and qdrant_url:  # one of them would be served, the other ignored without a word
+        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
+                                 param_hint="--qdrant-url")
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
                                  "featurize_threads": threads, "auth_disabled": True if no_auth else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
