@@ -32,7 +32,7 @@ from pathlib import Path
 
 from retrieval import DatasetError, normalize_source, read_label_names, read_manifest, scan_imagefolder
 from retrieval.images import is_image_path
-from retrieval.text import canonical_label
+from retrieval.text import as_held
 
 LOC_SOLUTION = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -316,11 +316,7 @@ def align_labels(dataset: EvalDataset, memory_labels: Sequence[str], classes: di
     with outer spaces; folders are read canonical now) is taken as the memory spells it.
     """
     have = set(memory_labels)
-    by_canonical: dict[str, str] = {}
-    for held in sorted(have):
-        by_canonical.setdefault(canonical_label(held), held)
-    spelled = {lab: by_canonical[canonical_label(lab)] for lab in dataset.labels()
-               if lab not in have and canonical_label(lab) in by_canonical}
+    spelled = {lab: held for lab, held in as_held(dataset.labels(), have).items() if held != lab}
     if spelled:
         dataset = dataset.map_labels(spelled)
     if not classes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from .feature_cache import FeatureCache
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import canonical_label, label_forms
+from .text import as_held, canonical_label, utf8_text
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -254,13 +253,7 @@ def _as_stored_labels(store: MemoryStore, items: list[LabelledImage]) -> list[La
     held = set(store.label_counts()) if store.count() else set()
     if not held:
         return items
-    # A held label read canonically: " padded " and a decomposed "café" are what folders "padded" and "café" mean
-    by_canonical: dict[str, str] = {}
-    for lab in sorted(held):
-        by_canonical.setdefault(canonical_label(lab), lab)
-    spelled = {lab: lab if lab in held else next((f for f in label_forms(lab) if f in held),
-                                                 by_canonical.get(canonical_label(lab), lab))
-               for lab in {it.label for it in items}}
+    spelled = as_held({it.label for it in items}, held)
     if all(lab == as_held for lab, as_held in spelled.items()):
         return items
     return [LabelledImage(it.source, spelled[it.label]) for it in items]
@@ -273,27 +266,14 @@ def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[E
     ok: list[LabelledImage] = []
     failed: list[EmbedFailure] = []
     for i, it in enumerate(items):
-        try:
-            it.source.encode("utf-8"), it.label.encode("utf-8")
+        source, label = utf8_text(it.source), utf8_text(it.label)
+        if source == it.source and label == it.label:
             ok.append(it)
-        except UnicodeEncodeError:
-            shown = os.fsencode(it.source).decode("utf-8", "backslashreplace")
-            what = "its path" if not _is_utf8(it.source) else f"its label folder {_shown_bytes(it.label)}"
-            failed.append(EmbedFailure(i, shown, f"{what} is not UTF-8 text (bytes of another encoding): rename it "
-                                                 "in UTF-8 to add it"))
+            continue
+        what = "its path" if source != it.source else f"its label folder {label!r}"
+        failed.append(EmbedFailure(i, source, f"{what} is not UTF-8 text (bytes of another encoding): rename it "
+                                              "in UTF-8 to add it"))
     return ok, failed
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _shown_bytes(text: str) -> str:
-    return repr(os.fsencode(text).decode("utf-8", "backslashreplace"))
 
 
 def build_memory(

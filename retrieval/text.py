@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Collection, Iterable
 
 
 def escape_control_characters(text: str) -> str:
@@ -26,3 +27,32 @@ def label_forms(text: str) -> list[str]:
     labels were made canonical holds them as its folders spelled them (NFD, outer spaces)."""
     canonical = canonical_label(text)
     return list(dict.fromkeys([canonical, text, unicodedata.normalize("NFD", canonical)]))
+
+
+def as_held(labels: Iterable[str], held: Collection[str]) -> dict[str, str]:
+    """Each label as the memory holding `held` spells it: itself when held, else a held form of it (`label_forms`),
+    else a held label that reads the same canonically (" padded " for "padded"), else itself. An older memory
+    holds its folders as they were spelled; labels read today are canonical."""
+    by_canonical: dict[str, str] = {}
+    for lab in sorted(held):
+        by_canonical.setdefault(canonical_label(lab), lab)
+    return {lab: lab if lab in held else next((f for f in label_forms(lab) if f in held),
+                                              by_canonical.get(canonical_label(lab), lab))
+            for lab in labels}
+
+
+def utf8_text(text: str | None) -> str | None:
+    """`text`, with the bytes of a file name that is not UTF-8 (which Python reads as lone surrogates) written as
+    `\\xe9`: JSON, a terminal and a point's payload take it, where the surrogates stopped `classify --json` at
+    that image, and a build before anything was added. `text` itself when it is UTF-8."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that were never bytes of a name
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")

@@ -7,25 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
+from retrieval.text import utf8_text
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
-
-
-def utf8_text(text: str | None) -> str | None:
-    """`text`, with the bytes of a file name that is not UTF-8 (which Python reads as lone surrogates) written as
-    `\\xe9`: JSON and a terminal take it, where the surrogates stopped `classify --json` at that image."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            raw = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:  # surrogates that were never bytes of a name
-            raw = text.encode("utf-8", "backslashreplace")
-        return raw.decode("utf-8", "backslashreplace")
 
 
 class VoteSettings(BaseModel):
