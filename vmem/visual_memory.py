@@ -312,18 +312,15 @@ class VisualMemory:
             return None
         if isinstance(labels, str):  # one label, not its characters
             labels = [labels]
-        out = []
+        looked_up: dict[str, str] = {}  # each label once: an add gives one per image
         for label in labels:
-            if not isinstance(label, str):  # refused further on, as it was
-                out.append(label)
+            if not isinstance(label, str) or label in looked_up:  # not a label: refused further on, as it was
                 continue
             forms = label_forms(label)
             spellings = list(dict.fromkeys([label, *forms]))
-            if len(spellings) == 1:
-                out.append(label)
-                continue
-            out.append(next((f for f in spellings if self.store.count(label=f) > 0), forms[0]))
-        return out
+            looked_up[label] = label if len(spellings) == 1 else next(
+                (f for f in spellings if self.store.count(label=f) > 0), forms[0])
+        return [looked_up.get(label, label) if isinstance(label, str) else label for label in labels]
 
     def stored_label(self, label: str) -> str:
         """`stored_labels` of one label."""
@@ -795,9 +792,7 @@ class VisualMemory:
         # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
         # label, and `relabel` could never give it back).
         # ... and "café" is the label the memory has, however it is spelled (`stored_labels`)
-        given = list(dict.fromkeys(lab for lab in labels if isinstance(lab, str)))
-        as_stored = dict(zip(given, self.stored_labels(given) or [], strict=True))
-        labels = [as_stored.get(lab, lab) if isinstance(lab, str) else lab for lab in labels]
+        labels = self.stored_labels(labels)
         if sources is None:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
@@ -1078,7 +1073,7 @@ class VisualMemory:
         'cam1:frame-0001'), which the prefix made absolute under the current folder never found."""
         norm = local_source_prefix(given)
         folders, files = _links_under(norm)
-        if is_local_source(given) and not given.startswith(("/", "~")):
+        if _relative_name(given):
             # Only names stored as given, relative and local: "upload" must not choose upload:sha256:... points
             # (an upload's only copy), nor "h" a URI. A folder named so here chooses what is under it, not DIR2/.
             as_given = given + "/" if Path(given).is_dir() and not given.endswith("/") else given
@@ -1115,24 +1110,20 @@ class VisualMemory:
                 return found
 
     def _point_id_of_source(self, source: str) -> str:
-        """The id of the point a source names: of its absolute path, or of a relative name as `add(sources=...)`
-        stored it, when only that one is (or was) in the memory."""
-        made_absolute = point_id_for(normalize_source(source))
-        if not normalize_source(source).isascii():  # stored in the other Unicode spelling (see _prefix_and_links)
-            for form in ("NFC", "NFD"):
-                other = point_id_for(unicodedata.normalize(form, normalize_source(source)))
-                if other != made_absolute and not self.store.existing_ids([made_absolute]) and (
-                        self.store.existing_ids([other])
-                        or self.store.journal.newest(JournalQuery(point_id=other), 1)[0]):  # forgotten since
-                    return other
-        if not is_local_source(source) or source.startswith(("/", "~")):
-            return made_absolute
-        as_given = point_id_for(source)
+        """The id of the point a source names: of its absolute path, unless only another spelling of it is (or
+        was) in the memory: the path in the other Unicode form (see `_prefix_and_links`), or a relative name as
+        `add(sources=...)` stored it."""
+        absolute = normalize_source(source)
+        made_absolute = point_id_for(absolute)
         if self.store.existing_ids([made_absolute]):
             return made_absolute
-        if self.store.existing_ids([as_given]) or self.store.journal.newest(JournalQuery(point_id=as_given), 1)[0]:
-            return as_given
-        return made_absolute
+        others = [point_id_for(unicodedata.normalize(form, absolute)) for form in ("NFC", "NFD")
+                  if not absolute.isascii()]
+        if _relative_name(source):
+            others.append(point_id_for(source))
+        return next((pid for pid in dict.fromkeys(others) if pid != made_absolute and (
+            self.store.existing_ids([pid]) or self.store.journal.newest(JournalQuery(point_id=pid), 1)[0])),
+            made_absolute)
 
     def _drop_cached_rerank_answers(self, ids: list[str]) -> None:
         """Drop the default re-ranker's cached answers citing these points (forgotten or relabelled), with no
@@ -1434,9 +1425,13 @@ def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str |
     if source_prefix is not None:
         # Made absolute, as it chose files: a relative prefix means nothing without the folder it was given in
         absolute = local_source_prefix(source_prefix)
-        relative = is_local_source(source_prefix) and not source_prefix.startswith(("/", "~"))
-        return {"source_prefix": absolute, **({"as_given": source_prefix} if relative else {})}
+        return {"source_prefix": absolute, **({"as_given": source_prefix} if _relative_name(source_prefix) else {})}
     return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
+
+
+def _relative_name(source: str) -> bool:
+    """A local source given relative to the current folder (not `/...`, `~...`, a URI or an upload id)."""
+    return is_local_source(source) and not source.startswith(("/", "~"))
 
 
 def _links_under(source_prefix: str) -> tuple[list[str], list[str]]:
