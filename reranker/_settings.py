@@ -14,6 +14,12 @@ from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE
 DEFAULT_MODEL = "gemini-3.5-flash"
 
 
+def http_url_problem(url: str | None) -> str | None:
+    """What is wrong with a Gemini base URL (None: nothing, or none given). Without a scheme every call failed as
+    an unsupported protocol, was retried with backoff, then fell back."""
+    return f"{url!r} is no http:// or https:// URL" if url and not url.startswith(("http://", "https://")) else None
+
+
 class GeminiSettings(BaseSettings):
     """Options of the Gemini re-ranker; each can also be set as `VMEM_GEMINI_<NAME>` in the environment."""
 
@@ -49,9 +55,8 @@ class GeminiSettings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, url: str | None) -> str | None:
-        # Without a scheme every call failed as an unsupported protocol, retried with backoff, then fell back
-        if url and not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is no http:// or https:// URL")
+        if problem := http_url_problem(url):
+            raise ValueError(problem)
         return url or None
 
     def key_settings(self) -> dict[str, Any]:

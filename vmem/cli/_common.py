@@ -44,15 +44,15 @@ def check_reranker_settings() -> None:
     from pydantic import ValidationError
 
     from reranker import GeminiSettings
+    from reranker._settings import http_url_problem
 
     try:
         GeminiSettings()
     except ValidationError as exc:
         raise typer.BadParameter(settings_problems(exc, "VMEM_GEMINI_"), param_hint="the environment") from None
-    sdk_url = os.environ.get("GOOGLE_GEMINI_BASE_URL")  # read by google-genai itself
-    if sdk_url and not sdk_url.startswith(("http://", "https://")):
-        raise typer.BadParameter(f"GOOGLE_GEMINI_BASE_URL: {sdk_url!r} is no http:// or https:// URL",
-                                 param_hint="the environment")
+    # read by google-genai itself
+    if problem := http_url_problem(os.environ.get("GOOGLE_GEMINI_BASE_URL")):
+        raise typer.BadParameter(f"GOOGLE_GEMINI_BASE_URL: {problem}", param_hint="the environment")
 
 
 def n_points(n: int) -> str:
@@ -75,9 +75,7 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes)."""
     from vmem import VisualMemory
 
-    if qdrant_url is not None and memory != DEFAULT_MEMORY:  # one of them would be ignored without a word
-        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
-                                 param_hint="--qdrant-url")
+    refuse_both(memory if memory != DEFAULT_MEMORY else None, qdrant_url)
     check_memory_location(memory, qdrant_url)
     try:
         mem = VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
@@ -88,6 +86,13 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
         if (problem := open_failure(memory, qdrant_url, exc)) is None:
             raise
         raise problem from exc
+
+
+def refuse_both(memory: Path | None, qdrant_url: str | None) -> None:
+    """BadParameter for a --memory given beside a --qdrant-url: one of them would be ignored without a word."""
+    if memory is not None and qdrant_url is not None:
+        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
+                                 param_hint="--qdrant-url")
 
 
 # The options that name a memory: (directory, server URL). `vmem copy` names its destination with its own.

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from ._common import check_memory_location, check_reranker_settings, open_failure, settings_problems
+from ._common import check_memory_location, check_reranker_settings, open_failure, refuse_both, settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ def serve(
     from server import Settings, create_app
     from server.app import open_memory
 
-    if memory and qdrant_url:  # one of them would be served, the other ignored without a word
-        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
-                                 param_hint="--qdrant-url")
+    refuse_both(memory, qdrant_url)
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
                                  "featurize_threads": threads, "auth_disabled": True if no_auth else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
