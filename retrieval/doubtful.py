@@ -35,6 +35,8 @@ DIRECT_ALIGN = 4096
 READ_THREADS = 8
 # Up to this many rows are read by the calling thread.
 INLINE_READS = 2
+# macOS's Python has no fdatasync; fsync does its work there (and more: the file's times too).
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 # fallocate(2) modes (linux/falloc.h): free a range's blocks, leaving the file's size as it is.
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
@@ -97,7 +99,7 @@ class OriginalRows:
             done += os.pwrite(self._fd, data[done:], offset + done)
         # On disk before the points that refer to them reach the engine's log: after a machine crash no point
         # can refer to a row the file lost, which the next append would then hand to another point.
-        os.fdatasync(self._fd)
+        _fdatasync(self._fd)
         self.rows = start + len(vectors)
         return range(start, self.rows)
 
@@ -117,7 +119,7 @@ class OriginalRows:
         for start, end in runs:
             while start < end:
                 start += os.pwrite(self._fd, zeros[: min(end - start, len(zeros))], start)
-        os.fdatasync(self._fd)
+        _fdatasync(self._fd)
         for start, end in runs:
             first, last = -(-start // DIRECT_ALIGN) * DIRECT_ALIGN, end // DIRECT_ALIGN * DIRECT_ALIGN
             if last > first:

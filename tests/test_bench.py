@@ -177,3 +177,23 @@ def test_bench_rerank_writes_one_json_line_with_the_machine_and_settings_on_stde
     [line] = result.stdout.strip().splitlines()  # was 40 lines of indented JSON
     assert json.loads(line)["bench"] == "rerank"
     assert result.stderr.startswith("machine: ") and "\nsettings: " in result.stderr
+
+
+def test_benchmarks_describe_the_machine_where_there_is_no_proc(monkeypatch):
+    # macOS has no /proc: every `vmem bench` command read /proc/meminfo first and stopped there.
+    from pathlib import Path
+
+    from vmem.cli import bench_search
+
+    real_read_text = Path.read_text
+
+    def no_proc(self: Path, *args, **kwargs):
+        if str(self).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    info = bench_search.machine_info()
+    assert info["ram_gb"] > 0  # from sysconf, as on a Mac
+    assert info["cpu"]
+    assert np.isnan(bench_search.rss_mb()) and np.isnan(bench_search.mapped_rss_mb("x"))

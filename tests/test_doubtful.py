@@ -7,6 +7,9 @@ and a query reads a handful of rows (those whose codes score is too close to the
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +173,22 @@ def test_rescoring_doubtful_candidates_needs_codes_and_the_embedded_memory():
         IndexSettings(quantization="none", rescore_doubtful=True)
     with pytest.raises(MemoryError, match="embedded memory"):
         open_store(":memory:", SPEC, index=DOUBTFUL)
+
+
+def test_the_originals_are_written_where_python_has_no_fdatasync(tmp_path):
+    # macOS's Python has no os.fdatasync: appending and erasing rows raised AttributeError there, so no memory
+    # with --rescore-doubtful could be built. Run in a process whose os module lacks it, as on a Mac.
+    script = f"""
+import os
+del os.fdatasync
+import numpy as np
+from retrieval.doubtful import OriginalRows
+rows = OriginalRows(__import__("pathlib").Path({str(tmp_path / "rows.bin")!r}), 4, "float32")
+written = rows.append(np.eye(4, dtype=np.float32)[:2])
+rows.erase([written[0]])
+print(rows.read([0, 1]).tolist())  # an erased row reads as missing
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[[nan, nan, nan, nan], [0.0, 1.0, 0.0, 0.0]]"

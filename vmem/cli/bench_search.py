@@ -33,12 +33,10 @@ from .bench_ram_limit import fresh_queries_needed, serve_within_limit
 def machine_info() -> dict[str, Any]:
     import torch
 
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "ram_gb": round(mem_kb / 2**20, 1),
+        "ram_gb": round(physical_memory_bytes() / 2**30, 1),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -65,9 +63,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def physical_memory_bytes() -> int:
+    """The machine's RAM (0 if unknown): sysconf answers on Linux and macOS, where /proc/meminfo is Linux's."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no such name here (Windows has no sysconf)
+        return 0
+
+
 def rss_mb(field: str = "VmRSS") -> float:
-    """Resident memory in MB: VmRSS (all), RssAnon (the process's own) or RssFile (mapped file pages)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    """Resident memory in MB: VmRSS (all), RssAnon (the process's own) or RssFile (mapped file pages).
+
+    NaN where /proc is not (macOS): the benchmarks still run, their memory figures unknown."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    for line in lines:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -422,7 +434,11 @@ print(json.dumps(grown))
 def mapped_rss_mb(path_suffix: str) -> float:
     """Resident MB of this process's mappings of files whose path ends with `path_suffix`."""
     kb, counting = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:  # not Linux
+        return float("nan")
+    for line in lines:
         if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
             counting = line.rstrip().endswith(path_suffix)
         elif counting and line.startswith("Rss:"):
