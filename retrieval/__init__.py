@@ -1,6 +1,11 @@
 """Images to vectors, and vectors to labelled neighbours: featurizers, the Qdrant memory, voting."""
 
+import sys
 from typing import TYPE_CHECKING, Any
+
+if sys.platform == "win32":  # one sentence, not "No module named 'fcntl'" from somewhere inside
+    raise ImportError("vmem runs on Linux and macOS: a memory's files are locked with fcntl, which Windows lacks. "
+                      "On Windows, run it under WSL.")
 
 from . import _openmp  # noqa: F401 - first: it sets libgomp's spin count before torch is imported
 from .images import ImageDecodeError, ImageInput, load_image

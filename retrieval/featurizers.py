@@ -55,6 +55,14 @@ DECODE_CHUNK = 16
 
 
 def default_device() -> torch.device:
+    """`VMEM_DEVICE` when set (cpu, cuda, cuda:N, mps), for every command and the Python API as for `vmem serve`;
+    else CUDA when there is one, else the CPU. Only `vmem serve` had read it: a Mac's GPU or a second CUDA card
+    could not be chosen for a build."""
+    if named := os.environ.get("VMEM_DEVICE", "").strip():
+        try:
+            return usable_device(named)
+        except FeaturizerError as exc:
+            raise FeaturizerError(f"VMEM_DEVICE: {exc}") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

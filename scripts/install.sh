@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+# vmem needs Python 3.11 or later (a Mac's own python3 is 3.9): say so, rather than pip's "no matching distribution".
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "vmem needs Python 3.11 or later; $PYTHON is $("$PYTHON" --version 2>/dev/null || echo missing)." \
+       "Set PYTHON=/path/to/python3.11 (or later) and run this again." >&2
+  exit 1
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
@@ -14,8 +20,17 @@ pip install -q -e '.[dev]'
 
 # Headless Chromium for the browser test of the page (Debian's package; the test fails in CI without it).
 # Both: the test drives the browser through chromedriver, which a machine with chromium alone lacks.
+# Only where apt-get is (Debian, Ubuntu): elsewhere (a Mac) it had asked for a sudo password, failed, and gone on.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && [ "${VMEM_SKIP_CHROMIUM:-0}" != 1 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # Not fatal: the project is installed by now, and only the browser test needs them.
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver \
+        >/dev/null; } || echo "warning: chromium and chromium-driver could not be installed: the browser test" \
+                             "will skip (outside CI) or fail (in CI)." >&2
+  else
+    echo "note: no chromium and chromedriver here, and no apt-get to install them: the browser test of the page" \
+         "(tests/test_browser.py) will skip (outside CI). Install both to run it." >&2
+  fi
 fi
 echo "vmem installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -768,6 +768,21 @@ def test_serve_refuses_a_device_this_machine_lacks_before_starting(built, monkey
     assert out.exit_code == 2 and f"VMEM_DEVICE: device '{device}'" in out.output and says in out.output, out.output
 
 
+def test_every_command_takes_its_encoder_device_from_vmem_device(built, image_folder, monkeypatch):
+    # Only `vmem serve` had read VMEM_DEVICE: a build or a classify could not be put on a Mac's GPU or a second
+    # CUDA card. A device the machine lacks is refused naming the variable.
+    import torch
+
+    memory, _ = built
+    if torch.cuda.device_count() <= 7:
+        monkeypatch.setenv("VMEM_DEVICE", "cuda:7")
+        out = run("classify", image_folder / "query", "--memory", memory, "--k", "3")
+        assert out.exit_code == 2 and "VMEM_DEVICE: device 'cuda:7'" in out.output, out.output
+    monkeypatch.setenv("VMEM_DEVICE", "cpu")
+    out = run("classify", image_folder / "query", "--memory", memory, "--k", "3")
+    assert out.exit_code == 0, out.output
+
+
 def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
     import shutil
 

@@ -89,3 +89,14 @@ def test_settings_models_leave_their_defaulted_fields_optional_to_a_type_checker
                         isinstance(node.args[0], ast.Constant) and node.args[0].value is Ellipsis):
                     positional.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not positional, positional
+
+
+def test_on_windows_importing_vmem_says_in_one_sentence_that_it_needs_linux_or_macos():
+    # Memories are locked with fcntl: on Windows the import failed with "No module named 'fcntl'" from deep inside.
+    # `retrieval` is what vmem, the service and eval all import first of vmem's own (pretending to be Windows
+    # for `import vmem` itself trips the standard library, which then looks for Windows' sysconfig data).
+    pretend_windows = ("import sys; sys.platform = 'win32'\n"
+                       "try:\n    import retrieval\nexcept ImportError as e:\n    print(e)")
+    ran = subprocess.run([sys.executable, "-c", pretend_windows], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert "vmem runs on Linux and macOS" in ran.stdout and "WSL" in ran.stdout, ran.stdout + ran.stderr
