@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
-from retrieval.files import write_atomically
+from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 
@@ -64,12 +64,14 @@ MAX_EXACT_BYTES = 8 << 30
 
 
 def default_cache_dir() -> Path:
-    """Where dataset features are cached: $VMEM_FEATURE_CACHE, else $VMEM_HOME/features, else ~/.cache/vmem."""
+    """Where dataset features are cached: $VMEM_FEATURE_CACHE, else $VMEM_HOME/features, else
+    $XDG_CACHE_HOME/vmem/features, else ~/.cache/vmem/features (beside the re-ranker's answers, which took
+    XDG_CACHE_HOME where this did not)."""
     if os.environ.get("VMEM_FEATURE_CACHE"):
-        return Path(os.environ["VMEM_FEATURE_CACHE"])
+        return Path(os.environ["VMEM_FEATURE_CACHE"]).expanduser()
     if os.environ.get("VMEM_HOME"):
-        return Path(os.environ["VMEM_HOME"]) / "features"
-    return Path.home() / ".cache" / "vmem" / "features"
+        return Path(os.environ["VMEM_HOME"]).expanduser() / "features"
+    return user_folder("XDG_CACHE_HOME", ".cache") / "vmem" / "features"
 
 
 @dataclass

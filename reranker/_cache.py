@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from retrieval.files import user_folder
+
 from ._types import RerankOutcome
 
 SCHEMA = """
@@ -36,11 +38,11 @@ TRIM_EVERY = 64
 
 
 def default_cache_dir() -> Path:
-    """`$VMEM_HOME/cache`, else `$XDG_CACHE_HOME/vmem`, else `~/.cache/vmem`."""
+    """`$VMEM_HOME/cache`, else `$XDG_CACHE_HOME/vmem`, else `~/.cache/vmem` (NoHomeError, an OSError, where no
+    home is known)."""
     if os.environ.get("VMEM_HOME"):
         return Path(os.environ["VMEM_HOME"]).expanduser() / "cache"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "vmem"
+    return user_folder("XDG_CACHE_HOME", ".cache") / "vmem"
 
 
 def default_cache_path() -> Path:

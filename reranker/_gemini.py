@@ -40,6 +40,7 @@ from google.genai import types
 
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
+from retrieval.files import NoHomeError
 
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_path
@@ -77,7 +78,10 @@ def _answer_cache_or_none(path: Any, max_entries: int) -> AnswerCache | None:
     try:
         return AnswerCache(path, max_entries)
     except (OSError, sqlite3.Error) as exc:
-        where = path if path is not None else default_cache_path()
+        try:
+            where = path if path is not None else default_cache_path()
+        except NoHomeError:  # the reason itself: no home to keep it in
+            where = "the default folder"
         log.warning("re-ranking without an answer cache: it cannot be kept at %s (%s); set "
                     "VMEM_GEMINI_CACHE_PATH to a writable file, or VMEM_GEMINI_CACHE=false", where, exc)
         return None

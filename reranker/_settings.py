@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrieval.files import NoHomeError
+
 from ._cache import DEFAULT_MAX_ENTRIES, default_cache_path
 from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE
 
@@ -73,4 +75,9 @@ def configured_cache_path(settings: GeminiSettings | None = None) -> Path | None
     cited them from that file without building a re-ranker or needing an API key.
     """
     settings = settings or GeminiSettings()
-    return (settings.cache_path or default_cache_path()) if settings.cache else None
+    if not settings.cache:
+        return None
+    try:
+        return settings.cache_path or default_cache_path()
+    except NoHomeError:  # no default folder to have kept answers in: none to drop
+        return None

@@ -21,6 +21,24 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class NoHomeError(OSError):
+    """vmem's default folders cannot be placed: no HOME, and a user the system does not know (a container run
+    with `--user 12345`). An OSError, as a folder that cannot be written is."""
+
+
+def user_folder(xdg_variable: str, under_home: str) -> Path:
+    """`$XDG_...` (XDG_CACHE_HOME, XDG_DATA_HOME) when set, else `~/under_home` (".cache", ".local/share").
+
+    NoHomeError where neither can be known: Path.home() raised a RuntimeError there, which nothing expected."""
+    if value := os.environ.get(xdg_variable):
+        return Path(value).expanduser()
+    try:
+        return Path.home() / under_home
+    except RuntimeError:
+        raise NoHomeError(f"no folder for vmem's files: HOME and {xdg_variable} are unset, and this user (uid "
+                          f"{os.getuid()}) has no home directory; set VMEM_HOME to a writable folder") from None
+
+
 # A temporary file of write_atomically: `.NAME.PID.THREAD.tmp`.
 _TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.\d+\.tmp$")
 # How old a dead writer's temporary file must be before it is removed: another host or container sharing the

@@ -262,3 +262,14 @@ def test_eval_records_what_its_numbers_depend_on(built, tmp_path):
         tmp_path / "cache", "--k-max", "3", "--search", "index", "--no-plots")
     indexed = json.loads((tmp_path / "ix" / "results.json").read_text())["run"]
     assert indexed["index"]["hnsw_ef"] and indexed["memory_fingerprint"] is None and indexed["limit"] is None
+
+
+def test_eval_says_in_one_line_where_its_features_cannot_be_cached(built, tmp_path, monkeypatch):
+    # An unwritable or unknown home had been a PermissionError traceback, after the dataset was read.
+    root, val = built
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("VMEM_FEATURE_CACHE", str(tmp_path / "a-file"))
+    out = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val), "--out",
+                                   str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert out.exit_code == 2, out.output
+    assert "dataset features cannot be cached at" in out.output and "VMEM_FEATURE_CACHE" in out.output

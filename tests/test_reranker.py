@@ -871,6 +871,29 @@ def test_an_answer_cache_that_cannot_be_kept_leaves_re_ranking_working_without_o
     assert (out.label, out.reranked) == ("dog", True)
 
 
+def test_a_user_with_no_home_re_ranks_without_an_answer_cache(fake, make_rr, images, monkeypatch, caplog):
+    # A container run as a uid the system does not know, with no HOME: Path.home() raises RuntimeError, which
+    # the cache did not expect, so every re-rank failed (a 500 in the service), and every forget warned.
+    from pathlib import Path
+
+    from reranker import configured_cache_path
+
+    for variable in ("VMEM_HOME", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    rr = make_rr(cache_path=None)
+    assert rr.cache is None
+    assert "re-ranking without an answer cache" in caplog.text and "set VMEM_HOME" in caplog.text
+    assert configured_cache_path() is None  # no folder, so no kept answers a forget must drop
+    fake.enqueue(fake.answer("dog"))
+    out = rr.rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked) == ("dog", True)
+
+
 def test_the_answer_cache_keeps_the_newest_answers_up_to_its_limit(tmp_path):
     from reranker._cache import TRIM_EVERY, AnswerCache
 

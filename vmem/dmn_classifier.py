@@ -53,7 +53,7 @@ from retrieval.dmn import (
     static_entries,
     text_classifier,
 )
-from retrieval.files import remove_stale_temporaries
+from retrieval.files import remove_stale_temporaries, user_folder
 from retrieval.store import DEFAULT_COLLECTION
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
@@ -88,8 +88,7 @@ def dmn_home() -> Path:
     """Where dynamic memories live: $VMEM_HOME/dmn, else $XDG_DATA_HOME/vmem/dmn, else ~/.local/share/vmem/dmn."""
     if os.environ.get("VMEM_HOME"):
         return Path(os.environ["VMEM_HOME"]).expanduser() / "dmn"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data).expanduser() / "vmem" / "dmn"
+    return user_folder("XDG_DATA_HOME", ".local/share") / "vmem" / "dmn"
 
 
 def memory_key(location: str) -> str:

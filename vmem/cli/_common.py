@@ -177,6 +177,25 @@ def _qdrant_problem(url: str, exc: Exception) -> str | None:
     return None
 
 
+def feature_cache_root(cache: Path | None) -> Path:
+    """Where eval, tune and experiments cache dataset features: --cache, else the default. A BadParameter naming
+    the ways to move it where it cannot be made or written (an unwritable or unknown home had been a traceback
+    after the dataset was read)."""
+    from eval.harness import default_cache_dir
+
+    root: Path | str = cache or "the default folder"
+    try:
+        root = cache or default_cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as exc:
+        raise typer.BadParameter(f"dataset features cannot be cached at {root} ({exc.strerror or exc}): give "
+                                 "--cache DIR, or set VMEM_FEATURE_CACHE or VMEM_HOME to a writable folder",
+                                 param_hint="--cache") from None
+    return root
+
+
 def read_classes_option(classes: Path | None) -> dict[str, str] | None:
     """A `--classes` file (WordNet id to name), or BadParameter naming the option."""
     from eval.datasets import read_classes_file

@@ -23,7 +23,15 @@ from retrieval import (
 )
 
 from ..results import VoteSettings
-from ._common import DEFAULT_MEMORY, MemoryOpt, QdrantUrlOpt, dataset_format, open_memory, require_points
+from ._common import (
+    DEFAULT_MEMORY,
+    MemoryOpt,
+    QdrantUrlOpt,
+    dataset_format,
+    feature_cache_root,
+    open_memory,
+    require_points,
+)
 
 
 class SearchMode(StrEnum):
@@ -81,7 +89,6 @@ def eval(
         MAX_EXACT_BYTES,
         MemoryArrays,
         RunInfo,
-        default_cache_dir,
         evaluate,
         memory_fingerprint,
         memory_from_dataset,
@@ -96,7 +103,7 @@ def eval(
         fmt = DatasetFormat(dataset_format(dataset, format))
     except ValueError as exc:
         raise _fail(exc, "--format") from exc
-    cache_root = cache or default_cache_dir()
+    cache_root = feature_cache_root(cache)
     try:
         ds = read_dataset(dataset, fmt, labels_file, devkit_synsets)
         names = read_classes_file(classes) if classes else None

@@ -15,6 +15,7 @@ from ._common import (
     MemoryOpt,
     QdrantUrlOpt,
     dataset_format,
+    feature_cache_root,
     open_memory,
     read_classes_option,
     require_points,
@@ -72,7 +73,7 @@ def experiment(
     """Run one of the paper's experiments (exact search on cached features; seconds to minutes)."""
     from eval.datasets import align_labels, read_dataset
     from eval.experiments import EXPERIMENTS, LabelledArrays, write_experiment
-    from eval.harness import MemoryArrays, default_cache_dir, memory_from_dataset, query_set
+    from eval.harness import MemoryArrays, memory_from_dataset, query_set
 
     if name not in EXPERIMENTS:
         raise typer.BadParameter(f"unknown experiment {name!r}; choose {NAMES}", param_hint="NAME")
@@ -85,7 +86,7 @@ def experiment(
     _within([forget_fraction], 0, 1, "--forget-fraction")
     if blame not in ("all", "voters"):
         raise typer.BadParameter(f"{blame!r} is not one of all, voters", param_hint="--blame")
-    cache_root = cache or default_cache_dir()
+    cache_root = feature_cache_root(cache)
     names = read_classes_option(classes)
     try:
         if memory_dataset is not None:

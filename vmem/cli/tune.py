@@ -18,6 +18,7 @@ from ._common import (
     MemoryOpt,
     QdrantUrlOpt,
     dataset_format,
+    feature_cache_root,
     open_memory,
     read_classes_option,
     require_points,
@@ -87,14 +88,14 @@ def tune(
 ) -> None:
     """Pick the voting rule, k, α and τ on a validation split; store them as the memory's defaults."""
     from eval.datasets import align_labels, read_dataset
-    from eval.harness import MAX_EXACT_BYTES, MemoryArrays, default_cache_dir, query_set
+    from eval.harness import MAX_EXACT_BYTES, MemoryArrays, query_set
     from eval.scoring import neighbors_exact, neighbors_from_store, truth_arrays
     from eval.tuning import split_indices
     from eval.tuning import tune as run_tune
 
     t0 = time.perf_counter()
     alpha_grid, tau_grid = _grid(alphas, "alpha"), _grid(taus, "tau")
-    cache_root = cache or default_cache_dir()
+    cache_root = feature_cache_root(cache)
     names = read_classes_option(classes)
     mem = open_memory(memory, qdrant_url)
     with mem:
