@@ -372,6 +372,13 @@ def test_a_build_where_every_image_fails_exits_1(tmp_path):
     (tmp_path / "set.csv").write_text("path,label\nnope1.jpg,a\nnope2.jpg,b\n")
     res = run("build", tmp_path / "set.csv", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0")
     assert res.exit_code == 1 and "nothing could be added: all 2 images failed" in res.output
+    # ... also into a memory that holds points already (a daily add from a mount gone bad)
+    (tmp_path / "ok.png").write_bytes(make_image((200, 0, 0), fmt="PNG"))
+    (tmp_path / "one.csv").write_text(f"path,label\n{tmp_path / 'ok.png'},a\n")
+    assert run("build", tmp_path / "one.csv", "--memory", tmp_path / "m", "--featurizer",
+               "efficientnet-lite0").exit_code == 0
+    res = run("build", tmp_path / "set.csv", "--memory", tmp_path / "m")
+    assert res.exit_code == 1 and "nothing could be added: all 2 images failed" in res.output
 
 
 # ------------------------------------------------------------------ ordinary mistakes: one clear line, no traceback

@@ -207,9 +207,10 @@ def build(
             bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
                       "resume (images already in it are skipped)", file=sys.stderr)
             raise typer.Exit(130) from None
-        holds = mem.store.count()
     typer.echo(report.summary())
-    if not holds and report.failed:  # as vmem classify does when nothing could be classified: a script can tell
+    # As vmem classify does when nothing could be classified: a script can tell. Whether or not the memory held
+    # points before: a daily add from a mount gone bad had exited 0 into a memory that was not empty.
+    if report.failed and not (report.added or report.skipped_existing or report.duplicates or report.relabelled):
         typer.echo(f"nothing could be added: all {len(report.failed)} images failed", err=True)
         raise typer.Exit(1)
 
