@@ -201,6 +201,12 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     assert named.exit_code == 2 and "'navy' is the name of label blue" in named.output
     nothing = runner.invoke(app, ["relabel", "--memory", location, "--label", "navy", "--to", "green"])
     assert nothing.exit_code == 1 and "'navy' is the name of label blue" in nothing.stderr
+    # Run again, a relabel already done succeeds (a corrections script re-run after a partial failure); points
+    # that are not there are a mistake, and say so
+    again = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--to", "blue"])
+    assert again.exit_code == 0 and "nothing to do: 1 point chosen, all labelled 'blue' already" in again.stderr
+    gone = runner.invoke(app, ["relabel", "--memory", location, "--source", str(tmp_path / "nowhere"), "--to", "blue"])
+    assert gone.exit_code == 1 and "no point's source starts with" in gone.stderr
     points = runner.invoke(app, ["points", "--memory", location, "--label", "blue", "--json"])
     moved = [p for p in map(json.loads, points.stdout.splitlines()) if p["id"] == red[0]]
     assert moved[0]["relabelled_from"] == "red"

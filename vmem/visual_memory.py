@@ -1048,6 +1048,17 @@ class VisualMemory:
             self.store.optimize()
         return changed
 
+    def chosen_points(self, ids: Sequence[str] | None = None, label: str | None = None,
+                      source_prefix: str | None = None) -> dict[str, str]:
+        """The points held now that `forget` or `relabel` with these arguments would choose, with their labels:
+        a preview, and how a script tells "already relabelled" from "no such points".
+
+        Example:
+            >>> mem.chosen_points(source_prefix="/data/cats/")   # {"0b6f...": "n02123045", ...}
+        """
+        label = self.stored_label(label) if label is not None else None
+        return self.store.existing_labels(self._chosen_ids(ids, label, source_prefix, "choose"))
+
     def _chosen_ids(self, ids: Sequence[str] | None, label: str | None, source_prefix: str | None,
                     verb: str) -> list[str]:
         """The ids of the points chosen by exactly one of: ids, label, source prefix (as `forget` documents)."""

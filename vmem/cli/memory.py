@@ -387,11 +387,21 @@ def relabel(
         typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({name})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
+            # Points that have the label already: done, as a forget of what is gone is (a corrections script run
+            # again after a partial failure had stopped at the first one). Points not found: a mistake.
+            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            if chosen and set(chosen.values()) == {to}:
+                typer.echo(f"note: nothing to do: {n_points(len(chosen))} chosen, all labelled {to!r} already",
+                           err=True)
+                return
             if label is not None:
                 typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
             elif id is not None:
                 typer.echo("note: the memory holds no point with " + ("these ids" if len(id) > 1 else "this id")
-                           + " under another label (vmem points lists them)", err=True)
+                           + " (vmem points lists them)", err=True)
+            else:
+                typer.echo(f"note: no point's source starts with {source} (vmem points --source lists them)",
+                           err=True)
             raise typer.Exit(1)
 
 
