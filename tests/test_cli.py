@@ -703,6 +703,48 @@ def test_an_interrupted_build_says_what_it_kept_and_how_to_resume(image_folder, 
     assert "interrupted: the memory holds 0 points; run the same command again to resume" in out.output
 
 
+def test_a_build_ended_by_sigterm_stops_as_ctrl_c_does(image_folder, tmp_path, monkeypatch):
+    # `timeout`, `docker stop` and a CI job's limit send SIGTERM: it had killed the build, its adds unjournaled.
+    import os
+    import signal
+    import time
+
+    from vmem import VisualMemory
+
+    def terminated(self, items, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        pytest.fail("SIGTERM did not stop the build")
+
+    monkeypatch.setattr(VisualMemory, "build", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0")
+    assert out.exit_code == 130, out.output
+    assert "interrupted: the memory holds 0 points; run the same command again to resume" in out.output
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whatever runs next in this process
+
+
+def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_folder, monkeypatch):
+    # Answers are printed part by part: `| head`, a log, and a Ctrl-C late in a large folder keep what was done.
+    from vmem import VisualMemory
+
+    memory, _ = built
+    calls = []
+    classify_many = VisualMemory.classify_many
+
+    def second_part_interrupted(self, paths, **kw):
+        calls.append(len(paths))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return classify_many(self, paths, **kw)
+
+    monkeypatch.setattr(VisualMemory, "classify_many", second_part_interrupted)
+    out = run("classify", image_folder / "train", "--memory", memory, "--k", "3", "--batch-size", "2")
+    assert out.exit_code == 130
+    assert calls[0] == 2 and len(out.stdout.splitlines()) == 2  # the first part's answers, whole
+    assert "interrupted: the answers printed are whole" in out.stderr
+
+
 @pytest.mark.parametrize("body", [b"<html>a web page</html>", b'{"result": null}'])
 def test_a_url_that_answers_but_not_as_qdrant_does_is_said_so_without_a_traceback(body):
     import http.server

@@ -36,6 +36,21 @@ class _Commands(TyperGroup):
         except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from exc
+        except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
+            typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
+            raise typer.Exit(130) from None
+
+
+# What an interrupted command leaves, and how to go on.
+_INTERRUPTED = {
+    "": "what was done before it stopped is kept; run the command again to finish",
+    "copy": "the destination holds the points copied so far; run the same copy again to copy the rest (points "
+            "copied already are skipped)",
+    "forget": "run the same command again: points forgotten already are not chosen again, and --erase erases "
+              "every point forgotten so far",
+    "relabel": "run the same command again: points relabelled already are left as they are",
+    "classify": "the answers printed are whole; the images after them were not classified",
+}
 
 
 def _flags_without_a_type(command) -> None:
