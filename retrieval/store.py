@@ -620,6 +620,19 @@ class MemoryStore(ABC):
     def save_meta(self) -> None:
         """Persist `self.meta` (after changing its settings)."""
 
+    @contextmanager
+    def meta_edit(self) -> Iterator[MemoryMeta]:
+        """Change `self.meta` inside the block; saved at its end, and put back as it was if saving fails. Changed
+        first and saved after, a failed save (a full disk) left the change answered from memory until a restart
+        lost it: names a client was told had failed showed as set."""
+        before = self.meta.model_copy(deep=True)
+        try:
+            yield self.meta
+            self.save_meta()
+        except BaseException:
+            self.meta = before
+            raise
+
     def edits_elsewhere(self) -> frozenset[str]:
         """What other processes changed in this memory since the last call (or the opening): "points" (added,
         deleted, relabelled, pruned) and/or "meta" (label names, tuned settings), the latter read again.

@@ -393,7 +393,8 @@ class ForgetOut(BaseModel):
                                             "(asked for, and something was forgotten)")
     note: str | None = Field(default=None,
                              description="nothing forgotten by label: why (no such label, or a name given "
-                                               "for one), as `vmem forget` says it")
+                                               "for one), as `vmem forget` says it; or, with `erase`, why the "
+                                               "forgotten vectors are still in the files")
 
 
 class FeaturizerOut(BaseModel):

@@ -95,6 +95,16 @@ class AuditJob:
         return "failed" if self.error else "done" if self.result is not None else "running"
 
 
+class EraseFailedError(Exception):
+    """Points were forgotten, but erasing their vectors from the memory's files failed (a full or read-only
+    disk): the forget stands, and the answer must say so, not be a 500 that reads as nothing done."""
+
+    def __init__(self, forgotten: int, reason: str) -> None:
+        super().__init__(reason)
+        self.forgotten = forgotten
+        self.reason = reason
+
+
 class ThumbnailUnavailable(LookupError):
     """No thumbnail can be served for a point; the message says why."""
 
@@ -400,8 +410,12 @@ class ClassifierService:
         n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
         self.metrics.edits.labels("forget").inc(n)
         if erase and n:  # nothing forgotten, nothing to erase: a 404 for an unknown point changes nothing
-            with self.metrics.erase_seconds.time():
-                self.memory.erase_forgotten()
+            try:
+                with self.metrics.erase_seconds.time():
+                    self.memory.erase_forgotten()
+            except Exception as exc:
+                log.warning("forgot %d points, but erasing their vectors from the files failed: %s", n, exc)
+                raise EraseFailedError(n, str(exc)) from exc
         return n
 
     # ------------------------------------------------------------------ classifying

@@ -138,6 +138,23 @@ def test_classify_names_the_label_and_every_neighbour(memory, tmp_path, lite0):
             again.set_label_names({"red": "  "})
 
 
+def test_names_that_could_not_be_saved_are_not_shown_as_set(memory, monkeypatch):
+    # A full disk: the service answered 500 for the names, then showed them as set until a restart lost them.
+    import errno
+
+    from retrieval.store import EdgeMemoryStore
+
+    memory.set_label_names({"red": "crimson"})
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EdgeMemoryStore, "save_meta", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        memory.set_label_names({"red": "scarlet", "blue": "navy"})
+    assert memory.label_names == {"red": "crimson"}
+
+
 def test_a_memory_without_names_answers_as_before(memory):
     [res] = memory.classify([texture(COLORS["blue"], seed=99)], k=3)
     assert res.label == "blue" and res.label_name is None

@@ -843,6 +843,27 @@ def test_forget_by_label_and_by_source_prefix(client, memory_images):
     assert client.get("/v1/memory/stats").json()["per_label"] == {"blue": 4}
 
 
+def test_a_forget_whose_erase_fails_says_the_points_are_forgotten_not_erased(client, monkeypatch):
+    # A full or read-only disk: the erase failed after the forget, and the 500 read as nothing done.
+    import errno
+
+    from vmem import VisualMemory
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(VisualMemory, "erase_forgotten", disk_full)
+    victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]
+    resp = client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["deleted"], body["points"], body["erased"]) == (1, 11, False)
+    assert "could not be erased" in body["note"] and "No space left on device" in body["note"]
+    by_label = client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()
+    assert (by_label["deleted"], by_label["erased"]) == (4, False) and "could not be erased" in by_label["note"]
+    assert_problem(client.delete(f"/v1/memory/points/{victim}", headers=AUTH), 404, "unknown-point")
+
+
 @BOTH_BACKENDS
 def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_server(client, backend):
     victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]

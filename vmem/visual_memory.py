@@ -550,8 +550,8 @@ class VisualMemory:
         if empty := [label for label, name in clean.items() if not name]:
             raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
         self.refresh()  # merged with the names stored now, not those this process read earlier
-        self.store.meta.label_names = clean if replace else {**self.store.meta.label_names, **clean}
-        self.store.save_meta()
+        with self.store.meta_edit() as meta:
+            meta.label_names = clean if replace else {**meta.label_names, **clean}
         self._journal("name", detail={"names": clean, "replace": replace})
 
     def name_hints(self, texts: Sequence[str]) -> str:
@@ -722,8 +722,8 @@ class VisualMemory:
                 if "source_roots" not in self.store.meta.settings:
                     sources = [p.source for page in self.store.scroll(batch_size=4096) for p in page]
                     if self._record_source_roots(sources) is None:  # no local file: none to record, and none later
-                        self.store.meta.settings["source_roots"] = []
-                        self.store.save_meta()
+                        with self.store.meta_edit() as meta:
+                            meta.settings["source_roots"] = []
                     log.info("recorded the folders of this memory's images, made before vmem kept them: %s",
                              ", ".join(self.store.meta.settings["source_roots"]) or "none (no local files)")
         return list(self.store.meta.settings.get("source_roots", []))
@@ -743,10 +743,9 @@ class VisualMemory:
         if set(wanted) <= set(self.store.meta.settings.get("source_roots", [])):
             return root
         self.refresh()  # the metadata is written whole: another process's latest names and settings go in it
-        roots = self.store.meta.settings.setdefault("source_roots", [])
-        if added := [r for r in wanted if r not in roots]:
-            roots += added
-            self.store.save_meta()
+        if added := [r for r in wanted if r not in self.store.meta.settings.get("source_roots", [])]:
+            with self.store.meta_edit() as meta:
+                meta.settings["source_roots"] = [*meta.settings.get("source_roots", []), *added]
         return root
 
     def add(

@@ -39,7 +39,7 @@ from ..schemas import (
     SuspectsQuery,
     printable,
 )
-from ..service import ClassifierService, ThumbnailUnavailable, Upload
+from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import LISTED_BY, image_body, thumbnail_url, unknown_labels
 
@@ -128,10 +128,21 @@ async def forget_point(point_id: PointId, q: Annotated[ForgetPointQuery, Query()
                        _: ApiKeyDep) -> ForgetOut:
     """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
     _check_erase(q.erase, service)
-    n = await service.run(service.forget, ids=[str(point_id)], erase=q.erase)
+    try:
+        n = await service.run(service.forget, ids=[str(point_id)], erase=q.erase)
+    except EraseFailedError as exc:
+        return await _forgotten_not_erased(exc, service)
     if n == 0:  # nothing forgotten, nothing erased
         raise ProblemError(404, f"no point with id {point_id} in the memory", "unknown-point", "Unknown point")
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase)
+
+
+async def _forgotten_not_erased(exc: EraseFailedError, service: ClassifierService) -> ForgetOut:
+    """200: the points are forgotten (no answer cites them again) though their vectors are still in the files."""
+    return ForgetOut(deleted=exc.forgotten, points=await run_in_threadpool(service.memory.store.count), erased=False,
+                     note=f"forgotten, but their vectors could not be erased from the memory's files ({exc.reason}); "
+                          "the next forget with erase=true, or `vmem forget --erase` once the service is stopped, "
+                          "erases them")
 
 
 def _check_erase(erase: bool, service: ClassifierService) -> None:
@@ -159,6 +170,8 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
     except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    except EraseFailedError as exc:
+        return await _forgotten_not_erased(exc, service)
     note = await service.run(service.memory.unknown_labels_message, [q.label], LISTED_BY) \
         if n == 0 and q.label is not None else None
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0,
