@@ -268,6 +268,20 @@ class MemoryGoneError(MemoryError):
     """The embedded memory's folder was removed or replaced while it was open: no retry will bring it back."""
 
 
+class MemoryFullError(MemoryError):
+    """The disk holding an embedded memory has too little room for an edit: refused before the engine writes, as
+    a write that finds the disk full kills the process (SIGBUS). Searches and forgets go on; retry once there is
+    room."""
+
+
+# Free space an edit of an embedded memory leaves untouched, besides 8 bytes a dimension for each new point: the
+# engine writes through mapped files, and one that finds the disk full dies of SIGBUS, no error raised. Measured
+# on a 300 MB ext4 volume, adding 64 points of 1,280 dimensions at a time: the bus error came once the free space
+# had reached 0; a new write-ahead-log file takes 32 MB at once.
+EDIT_HEADROOM_BYTES = 64 << 20
+EDIT_BYTES_PER_DIMENSION = 8
+
+
 class ServerClient:
     """A `QdrantClient` whose failures to reach a working server are `MemoryUnavailableError`s that name the
     server; the rest (a 4xx: a request it refuses) passes as the client raised it."""
@@ -1009,9 +1023,24 @@ class EdgeMemoryStore(MemoryStore):
             must.append(qe.FieldCondition(key="source", match=qe.MatchPrefix(source_prefix)))
         return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
+    def _check_room(self, new_points: int) -> None:
+        """MemoryFullError where the disk has less room than an edit adding `new_points` needs (see
+        EDIT_HEADROOM_BYTES)."""
+        need = EDIT_HEADROOM_BYTES + new_points * self.dim * EDIT_BYTES_PER_DIMENSION
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError:  # gone: check_available says so
+            return
+        if free < need:
+            raise MemoryFullError(
+                f"the disk holding the memory {self.path} has {free / 2**20:.0f} MB free, and an edit needs "
+                f"{need / 2**20:.0f} MB: refused before anything was written, since the engine dies when a write "
+                "finds the disk full; free some space, then retry (searches and forgets go on)")
+
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
         with self._writing():
+            self._check_room(len(ids))
             if self._rows is not None:  # the rows first: a point a search can find has its row
                 self._rows.erase(self._rows_of(ids))  # of the versions this add replaces
                 rows = self._rows.append(vectors)
@@ -1181,8 +1210,10 @@ class EdgeMemoryStore(MemoryStore):
                 return
 
     def set_payload(self, ids, payload) -> None:
-        with self._writing(), self._excluded_may_change(EXCLUDED_KEY in payload):
-            self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
+        with self._writing():
+            self._check_room(0)
+            with self._excluded_may_change(EXCLUDED_KEY in payload):
+                self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
 
     def optimize(self) -> None:
         with self._write_lock:

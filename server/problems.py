@@ -21,7 +21,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
-from retrieval.store import MemoryGoneError, MemoryUnavailableError
+from retrieval.store import MemoryFullError, MemoryGoneError, MemoryUnavailableError
 
 # Seconds a client is asked to wait before retrying while the memory's Qdrant server does not answer.
 RETRY_AFTER_UNAVAILABLE_S = 5
@@ -133,6 +133,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return problem_response(request, 503, str(exc), "memory-unavailable", "The memory does not answer",
                                 headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
+
+    @app.exception_handler(MemoryFullError)
+    async def _memory_full(request: Request, exc: MemoryFullError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 507, str(exc), "memory-disk-full", "The memory's disk is full")
 
     @app.exception_handler(MemoryGoneError)
     async def _memory_gone(request: Request, exc: MemoryGoneError) -> JSONResponse:

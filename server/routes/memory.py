@@ -58,7 +58,7 @@ TOO_MANY = "add fewer images per request, splitting them across several requests
     summary="Add labelled images",
     status_code=201,
     response_model=AddOut,
-    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
     openapi_extra=image_body("AddJSON", "images", many=True, text_fields=_LABEL_FIELD),
 )
 async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: ApiKeyDep) -> AddOut:
@@ -182,7 +182,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     "/relabel",
     summary="Relabel points",
     response_model=RelabelOut,
-    responses=problem_responses(400, 401, 403, 422, 503),
+    responses=problem_responses(400, 401, 403, 422, 503, 507),
 )
 async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
     """Give points another label, embedding nothing again: correct mislabelled images (`ids`), rename or merge a
@@ -212,7 +212,7 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     "/points/{point_id}",
     summary="Relabel one point",
     response_model=PointOut,
-    responses=problem_responses(400, 401, 403, 404, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 422, 503, 507),
 )
 async def relabel_point(point_id: PointId, body: PointLabelIn, request: Request, service: ServiceDep,
                         _: ApiKeyDep) -> PointOut:
