@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,59 @@ log = logging.getLogger(__name__)
 
 SERVICE_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(message)s"
 VMEM_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
+
+
+# Open files kept free of connections (at most a quarter of them): the memory's segments, the answer cache, logs,
+# thumbnails being read. An idle service holds about 11.
+FILES_BESIDE_CONNECTIONS = 64
+# Below this many open files, the service says so at start.
+FEW_OPEN_FILES = 1024
+
+
+def open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, and return the soft limit now.
+
+    Each connection takes a file: at `ulimit -n 64`, 100 clients at once made asyncio log 106,273 "socket.accept()
+    out of system resource" tracebacks in 21 s (47 MB of log). Servers raise the soft limit as a matter of course;
+    the hard limit is the operator's."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit (macOS) is not a value setrlimit takes for the soft one.
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class AcceptErrorsOncePerMinute(logging.Filter):
+    """asyncio logs each failed accept() with its traceback, and retries at once: out of open files, that was
+    thousands of lines a second. One a minute says it, with how many were left out."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last = -every_s
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "socket.accept() out of system resource" not in record.getMessage():
+            return True
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._left_out += 1
+            return False
+        if self._left_out:
+            record.msg = f"{record.msg} ({self._left_out} more like it in the last minute)"
+            record.exc_info = None  # the same traceback each time
+        self._last, self._left_out = now, 0
+        return True
 
 
 def _service_log_config() -> dict[str, Any]:
@@ -119,7 +173,15 @@ def serve(
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                    + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
+        files = open_files_limit()
+        connections = max(8, files - min(FILES_BESIDE_CONNECTIONS, files // 4))
+        if files < FEW_OPEN_FILES:
+            typer.echo(f"warning: this process may open {files} files only (ulimit -n): past {connections} "
+                       "connections at once, the service answers 503", err=True)
+        logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
+        # Connections past what the open-files limit leaves answered 503, not left to fail at accept().
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    log_config=_service_log_config())
+                    log_config=_service_log_config(),
+                    limit_concurrency=connections)
     finally:
         mem.close()
