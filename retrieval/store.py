@@ -268,6 +268,16 @@ class MemoryGoneError(MemoryError):
     """The embedded memory's folder was removed or replaced while it was open: no retry will bring it back."""
 
 
+class MemoryWriteFailedError(MemoryGoneError):
+    """The embedded engine failed a write and takes no more ("Not recovered from previous error") until the
+    memory is opened again. Searches go on; on reopening, the engine replays its write-ahead log, so the write
+    that failed may then be in the memory, unjournaled."""
+
+
+# What the embedded engine says to every write once one has failed midway (a file it could not create).
+ENGINE_STUCK_MESSAGE = "Not recovered from previous error"
+
+
 class MemoryFullError(MemoryError):
     """The disk holding an embedded memory has too little room for an edit: refused before the engine writes, as
     a write that finds the disk full kills the process (SIGBUS). Searches and forgets go on; retry once there is
@@ -853,6 +863,7 @@ class EdgeMemoryStore(MemoryStore):
         self.location = str(Path(path))
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
+        self._write_failed: str | None = None  # the engine's error, once it has failed a write and takes no more
         self._left_unindexed = 0
         self._last_upserted: str | None = None  # id of the last point written by an add
         self._rows: OriginalRows | None = None
@@ -976,9 +987,13 @@ class EdgeMemoryStore(MemoryStore):
         write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
 
     def check_available(self) -> None:
-        """MemoryGoneError if the memory's folder was removed or replaced since it was opened: the engine
+        """MemoryWriteFailedError once the engine has failed a write and takes no more.
+
+        MemoryGoneError if the memory's folder was removed or replaced since it was opened: the engine
         goes on answering from the files it holds open, and would take edits into files nothing reads again (a
         service went on answering "201 added" for points lost at its restart)."""
+        if self._write_failed is not None:
+            raise MemoryWriteFailedError(self._write_failure_message())
         try:
             now = os.stat(self.path)
             shard_there = (self.path / SHARD_DIR).is_dir()
@@ -993,7 +1008,23 @@ class EdgeMemoryStore(MemoryStore):
     def _writing(self) -> Iterator[None]:
         with self._write_lock:
             self.check_available()
-            yield
+            try:
+                yield
+            except MemoryError:
+                raise
+            except Exception as exc:
+                if ENGINE_STUCK_MESSAGE in str(exc):
+                    # Every later write would fail the same way (500s while /readyz said ready): say it once
+                    # and for all, as a memory gone is said.
+                    self._write_failed = str(exc)
+                    raise MemoryWriteFailedError(self._write_failure_message()) from exc
+                raise
+
+    def _write_failure_message(self) -> str:
+        return (f"the memory {self.path} takes no more edits: its engine failed a write ({self._write_failed}) "
+                "and takes none until the memory is opened again. Fix the cause (disk space, permissions), then "
+                "restart or reopen; the engine then replays its log, so an edit that failed may be in the "
+                "memory after all (vmem points shows it)")
 
     def _count_excluded(self) -> int:
         return self.shard.count(self._qe.CountRequest(filter=self._filter(excluded_only=True), exact=True))

@@ -21,7 +21,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
-from retrieval.store import MemoryFullError, MemoryGoneError, MemoryUnavailableError
+from retrieval.store import MemoryFullError, MemoryGoneError, MemoryUnavailableError, MemoryWriteFailedError
 
 # Seconds a client is asked to wait before retrying while the memory's Qdrant server does not answer.
 RETRY_AFTER_UNAVAILABLE_S = 5
@@ -133,6 +133,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return problem_response(request, 503, str(exc), "memory-unavailable", "The memory does not answer",
                                 headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
+
+    @app.exception_handler(MemoryWriteFailedError)
+    async def _memory_write_failed(request: Request, exc: MemoryWriteFailedError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        # No Retry-After: only a restart (after the cause is fixed) brings edits back; /readyz says the same.
+        return problem_response(request, 503, str(exc), "memory-write-failed", "The memory takes no more edits")
 
     @app.exception_handler(MemoryFullError)
     async def _memory_full(request: Request, exc: MemoryFullError) -> JSONResponse:

@@ -799,6 +799,36 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
     assert client.delete(f"/v1/memory/points/{victim}", headers=AUTH).status_code == 200  # and forget
 
 
+def test_an_engine_that_failed_a_write_turns_the_service_unready_and_says_why(client):
+    # After a write failed midway (a file it could not create), the engine answered every later write with
+    # "Not recovered from previous error": 500s while /readyz said ready, until a restart.
+    store = client.app.state.service.memory.store
+
+    class FailingEngine:
+        def __init__(self, shard):
+            self.shard = shard
+
+        def __getattr__(self, name):
+            return getattr(self.shard, name)
+
+        def update(self, operation):
+            raise RuntimeError("Service internal error: Not recovered from previous error: IO Error: failed to "
+                               "open file chunk_0.tmp: Permission denied")
+
+    store.shard = FailingEngine(store.shard)
+    files = [("images", ("y.png", texture((240, 230, 20), 50), "image/png"))]
+    refused = client.post("/v1/memory", headers=AUTH, files=files, data={"label": "yellow"})
+    assert_problem(refused, 503, "memory-write-failed", "takes no more edits")
+    assert "Permission denied" in refused.json()["detail"] and "restart" in refused.json()["detail"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "takes no more edits" in ready.json()["detail"]
+    victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31)))
+    assert victim.status_code == 200  # searches go on
+    relabel = client.patch(f"/v1/memory/points/{victim.json()['neighbors'][0]['id']}", headers=AUTH,
+                           json={"label": "red"})
+    assert_problem(relabel, 503, "memory-write-failed")
+
+
 def test_add_with_json_and_one_label_per_image(client):
     items = [{"image": base64.b64encode(texture(COLORS["red"], 70 + i)).decode(), "label": lab}
              for i, lab in enumerate(["red", "crimson"])]
