@@ -850,6 +850,9 @@ def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
     monkeypatch.setenv("VMEM_THUMBNAIL_DIR", str(tmp_path / "a-file"))
     out = run("serve", "--no-auth", "--memory", memory)
     assert out.exit_code == 2 and "VMEM_THUMBNAIL_DIR:" in out.output and "is a file, not a folder" in out.output
+    monkeypatch.setenv("VMEM_THUMBNAIL_DIR", str(tmp_path / "a-file" / "thumbnails"))  # had been 59 lines
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2 and "VMEM_THUMBNAIL_DIR:" in out.output and "cannot be made" in out.output, out.output
 
 
 def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, monkeypatch):

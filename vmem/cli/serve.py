@@ -74,6 +74,21 @@ class AcceptErrorsOncePerMinute(logging.Filter):
         return True
 
 
+def _check_thumbnail_dir(folder: Path) -> None:
+    """BadParameter for a VMEM_THUMBNAIL_DIR that cannot be made or written: it had been a 59-line traceback at
+    start (cannot be made), or uploads taken with 201 while their thumbnails, an upload's only copy of its
+    image, were dropped (cannot be written)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise typer.BadParameter(f"VMEM_THUMBNAIL_DIR: {folder} cannot be made ({exc.strerror or exc})",
+                                 param_hint="the settings") from None
+    if not writable:
+        raise typer.BadParameter(f"VMEM_THUMBNAIL_DIR: {folder} is not writable by this user: the thumbnails of "
+                                 "uploads (their only copy of the image) could not be kept", param_hint="the settings")
+
+
 def _service_log_config() -> dict[str, Any]:
     """uvicorn's logging with a timestamp on every line, vmem's own lines (fallbacks, warnings) through the same
     handler with their logger's name: a service's log is read hours later, beside other services' logs."""
@@ -152,6 +167,8 @@ def serve(
             usable_device(settings.device)
         except FeaturizerError as exc:
             raise typer.BadParameter(f"VMEM_DEVICE: {exc}", param_hint="the settings") from None
+    if settings.thumbnail_dir is not None:
+        _check_thumbnail_dir(settings.thumbnail_dir.expanduser())
     _export_reranker_env(env_file or Path(".env"))
     check_reranker_settings()  # now, not at the first re-rank's 500
     if settings.auth_disabled:
