@@ -855,6 +855,23 @@ def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
     assert out.exit_code == 2 and "VMEM_THUMBNAIL_DIR:" in out.output and "cannot be made" in out.output, out.output
 
 
+def test_a_memory_whose_files_the_user_may_not_write_is_one_line(built, monkeypatch):
+    # The lock file writable, the engine's files not (another user's memory): a 54-line traceback. This is the
+    # engine's error as it raised it then, for a user other than the files' owner (root may write anything).
+    from vmem import VisualMemory
+
+    def engine_refuses(*args, **kwargs):
+        raise Exception("Service runtime error: failed to load segment /m/shard/segments/46d5: Service runtime "
+                        "error: Failed to open mmap payload storage: Permission denied (os error 13)")
+
+    monkeypatch.setattr(VisualMemory, "open", engine_refuses)
+    memory, _ = built
+    out = run("info", "--memory", memory)
+    assert out.exit_code == 2 and "cannot open the memory's files in" in out.output, out.output
+    assert "(Failed to open mmap payload storage: Permission denied (os error 13))" in out.output
+    assert "they must be writable by this user, even to read them" in out.output
+
+
 def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple

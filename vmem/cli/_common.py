@@ -128,7 +128,17 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
         return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
                                   f"{where}: give a directory you can write to", param_hint=options[0])
+    if any(words in str(exc) for words in ENGINE_ACCESS_ERRORS):
+        # The engine's own error, as one line: it had been a 54-line traceback (files the user may not write,
+        # in a folder whose lock file they may).
+        said = ": ".join(str(exc).strip().splitlines()[0].split(": ")[-2:])  # "Failed to open ...: Permission denied"
+        return typer.BadParameter(f"cannot open the memory's files in {memory} ({said}): they must be writable by "
+                                  "this user, even to read them", param_hint=options[0])
     return None
+
+
+# How the embedded engine's errors say it may not open a file.
+ENGINE_ACCESS_ERRORS = ("Permission denied", "Operation not permitted", "Read-only file system")
 
 
 def _check_qdrant_url(url: str, option: str = "--qdrant-url") -> None:
