@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -19,6 +20,40 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def on_disk_spelling(path: str | Path) -> str:
+    """`path`, if it exists, with each part spelled as its folder lists it; otherwise as given.
+
+    On a case- or normalization-insensitive file system (macOS, Windows) `~/Data` opens `~/data`, and `café`
+    typed (NFC) opens `café` decomposed on disk (NFD). Sources are stored as strings: a build resumed under the
+    other spelling added every image again, and a forget under it chose nothing. A folder is listed only where
+    another spelling of a part exists beside it (one lstat a part on a case-sensitive disk, as Linux's are).
+    """
+    given = str(path)
+    full = os.path.abspath(os.path.expanduser(given))
+    if not os.path.lexists(full):
+        return given
+    parts = Path(full).parts
+    spelled = Path(parts[0])
+    for name in parts[1:]:
+        spelled = spelled / _listed_spelling(spelled, name)
+    return given if str(spelled) == full else str(spelled)
+
+
+def _listed_spelling(folder: Path, name: str) -> str:
+    others = {name.swapcase(), unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)} - {name}
+    if not any(os.path.lexists(folder / other) for other in others):
+        return name
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return name
+    if name in names:
+        return name
+    folded = unicodedata.normalize("NFC", name).casefold()
+    found = [n for n in names if unicodedata.normalize("NFC", n).casefold() == folded]
+    return found[0] if len(found) == 1 else name
 
 
 class NoHomeError(OSError):

@@ -160,3 +160,30 @@ def test_an_older_decomposed_memory_is_scored_named_and_evaluated_by_either_spel
     # eval: the dataset's canonical label is the memory's spelling
     data = EvalDataset("q", "imagefolder", [EvalImage("/q/x.png", COMPOSED, (COMPOSED,))], [COMPOSED])
     assert align_labels(data, [DECOMPOSED, "sea"], None).items[0].label == DECOMPOSED
+
+
+def test_a_path_typed_in_another_case_is_spelled_as_a_case_insensitive_disk_lists_it(tmp_path, monkeypatch):
+    # On a Mac `~/Data` opens `~/data`: a build resumed under the other spelling added every image again, and a
+    # forget under it chose nothing (checked on a case-insensitive FUSE mount). Here the disk's lookups are made
+    # case-insensitive, as APFS's are; the folder lists the names as they were made.
+    import os
+
+    from retrieval.files import on_disk_spelling
+
+    (tmp_path / "Data" / "cats").mkdir(parents=True)
+    real_lexists = os.path.lexists
+
+    def case_insensitive(path) -> bool:
+        here, parts = "/", os.path.abspath(path).split("/")[1:]
+        for part in parts:
+            names = os.listdir(here) if os.path.isdir(here) else []
+            found = [n for n in names if n.casefold() == part.casefold()]
+            if not found:
+                return False
+            here = os.path.join(here, found[0])
+        return real_lexists(here)
+
+    monkeypatch.setattr(os.path, "lexists", case_insensitive)
+    assert on_disk_spelling(tmp_path / "data" / "CATS") == str(tmp_path / "Data" / "cats")
+    assert on_disk_spelling(str(tmp_path / "Data" / "cats")) == str(tmp_path / "Data" / "cats")  # as given
+    assert on_disk_spelling(tmp_path / "nowhere") == str(tmp_path / "nowhere")

@@ -42,6 +42,7 @@ from retrieval import (
     vote,
 )
 from retrieval.feature_cache import FeatureCache
+from retrieval.files import on_disk_spelling
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
@@ -102,7 +103,8 @@ def local_source_prefix(prefix: str) -> str:
     if not is_local_source(prefix):
         return prefix
     try:
-        norm = normalize_source(prefix)
+        # As the disk spells it: on a Mac `--source ~/Data/cats` opens ~/data/cats, and must choose its images.
+        norm = on_disk_spelling(normalize_source(prefix))
     except (ValueError, RuntimeError) as exc:  # a NUL byte; `~user` with no such user
         raise ValueError(f"source_prefix {prefix!r} is not a path on this host: {exc}") from None
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
