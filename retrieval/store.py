@@ -260,6 +260,10 @@ class MemoryError(RuntimeError):
     """The memory could not be opened or used as asked."""
 
 
+class MemoryInUseError(MemoryError):
+    """The embedded memory is open in another process (a service, a build): worth a retry once that ends."""
+
+
 class MemoryUnavailableError(MemoryError):
     """The memory's Qdrant server did not answer: unreachable, timed out, overloaded or failing. Worth a retry."""
 
@@ -792,7 +796,7 @@ def _hold_open_lock(folder: Path) -> Any:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        raise MemoryError(
+        raise MemoryInUseError(
             f"the memory at {folder} is open in another process (a running vmem serve or build?), or still open "
             "in this one (close it first); stop it, or put the memory on a Qdrant server (--qdrant-url) to share "
             "it") from None
@@ -909,7 +913,7 @@ class EdgeMemoryStore(MemoryStore):
             except Exception as exc:
                 # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
-                    raise MemoryError(
+                    raise MemoryInUseError(
                         f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
                         "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it"
                     ) from exc

@@ -461,6 +461,7 @@ def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder
     for command in ["info"], ["classify", image_folder / "query"], ["serve", "--no-auth"]:
         out = run(*command, "--qdrant-url", "http://127.0.0.1:1")
         assert said(out, "could not reach the Qdrant server at http://127.0.0.1:1"), command
+        assert out.exit_code == 75, command  # EX_TEMPFAIL: worth a retry, unlike a wrong command (2)
     # qdrant-client's "Set check_compatibility=False" is nothing a user of vmem can act on (in a process of its
     # own: pytest records every warning, filtered or not)
     import subprocess
@@ -468,7 +469,7 @@ def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder
 
     alone = subprocess.run([sys.executable, "-m", "vmem", "info", "--qdrant-url", "http://127.0.0.1:1"],
                            capture_output=True, text=True, timeout=120)
-    assert alone.returncode == 2 and "could not reach the Qdrant server" in alone.stderr, alone.stderr
+    assert alone.returncode == 75 and "could not reach the Qdrant server" in alone.stderr, alone.stderr
     assert "check_compatibility" not in alone.stderr, alone.stderr
     # Without a scheme it would have been taken for a directory's name.
     out = run("build", image_folder / "train", "--qdrant-url", "localhost:6333")
@@ -877,12 +878,17 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    free = 80 * 10**6  # less than the build may need, more than the 64 MB an edit leaves untouched
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free, free))
     out = run("build", image_folder / "train", "--memory", tmp_path / "m", "--featurizer", "efficientnet-lite0",
               "--workers", "0")
     assert out.exit_code == 0, out.output
-    assert "warning: the disk holding" in out.output and "0.01 GB free" in out.output
-    assert "a full disk stops the build with a bus error" in out.output
+    assert "warning: the disk holding" in out.output and "0.08 GB free" in out.output
+    assert "the build stops when 64 MB are left" in out.output
+    free = 5 * 10**6  # then it stops, before the engine writes (a full disk had killed it with a bus error)
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert out.exit_code == 1 and "refused before anything was written" in out.output, out.output
 
 
 def test_commands_that_only_read_or_edit_a_memory_start_without_torch(built):

@@ -8,11 +8,12 @@ import logging
 import typer
 from typer.core import TyperGroup
 
-from retrieval import MemoryError, MemoryUnavailableError
+from retrieval import MemoryError, MemoryInUseError, MemoryUnavailableError
 
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
 from . import experiment, memory, prune, templates
+from ._common import EXIT_TEMPORARY
 from .bench import bench_app
 from .serve import serve
 from .tune import tune
@@ -32,10 +33,10 @@ class _Commands(TyperGroup):
         except MemoryUnavailableError as exc:
             typer.echo(f"Error: {exc}. What was done before it stopped answering is kept: run the command again "
                        "once it answers (vmem build carries on where it stopped)", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(EXIT_TEMPORARY) from exc
         except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
             typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(EXIT_TEMPORARY if isinstance(exc, MemoryInUseError) else 1) from exc
         except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
             typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None

@@ -108,13 +108,27 @@ def check_memory_location(memory: Path, qdrant_url: str | None, options: tuple[s
                                  param_hint=options[0])
 
 
+# The ClickException typer catches and prints: typer 0.29 carries its own copy of click, older ones use click's.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class TemporaryFailure(_ClickException):
+    """A failure a retry may not meet (the memory's server unreachable, the memory open in another process):
+    exit 75 (EX_TEMPFAIL), so that a script or a scheduler can tell it from a mistake in the command (2)."""
+
+    exit_code = 75
+
+
+EXIT_TEMPORARY = TemporaryFailure.exit_code
+
+
 def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
-                 options: tuple[str, str] = MEMORY_OPTIONS) -> typer.BadParameter | None:
+                 options: tuple[str, str] = MEMORY_OPTIONS) -> Exception | None:
     """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix."""
     from pydantic import ValidationError
 
     if isinstance(exc, MemoryUnavailableError):
-        return typer.BadParameter(str(exc), param_hint=options[1])
+        return TemporaryFailure(str(exc))
     if isinstance(exc, MemoryError):  # in use by another process: the command was right (vmem's main says it)
         return None
     if isinstance(exc, FeaturizerError):

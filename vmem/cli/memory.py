@@ -255,8 +255,8 @@ def _disk_shortfall(mem, images: int) -> str | None:
     if free >= need:
         return None
     return (f"the disk holding {folder} has {free / 1e9:.2f} GB free, and {images:,} images of {mem.store.dim} "
-            f"dimensions may need about {need / 1e9:.2f} GB: a full disk stops the build with a bus error (what "
-            "was added before is kept; free some space and run the same command again)")
+            f"dimensions may need about {need / 1e9:.2f} GB: the build stops when 64 MB are left (what was added "
+            "before is kept; free some space and run the same command again)")
 
 
 BUILTIN_NAMES = "vmem's ImageNet-1k names"
