@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
         description="Classify images from their nearest labelled neighbours in a Qdrant memory; add and forget "
                     "memory points; see which neighbours decided. Errors are RFC 9457 problem details.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.metrics = metrics

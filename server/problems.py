@@ -207,7 +207,8 @@ class UnexpectedErrorMiddleware:
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses, all documented as problem details."""
+    """OpenAPI `responses` entries for these error statuses, and 500 (any route may meet a fault of its own), all
+    documented as problem details."""
     return {s: {"description": HTTPStatus(s).phrase,
                 "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-            for s in statuses}
+            for s in sorted({*statuses, 500})}

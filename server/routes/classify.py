@@ -41,7 +41,7 @@ async def classified(service: ClassifierService, uploads: list[Upload], q: Class
     summary="Classify one image",
     response_model=ClassificationOut,
     responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
-    openapi_extra=image_body("ClassifyJSON", "image", many=False),
+    openapi_extra={**image_body("ClassifyJSON", "image", many=False), "security": [{}, {"APIKeyHeader": []}]},
 )
 async def classify(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> ClassificationOut:
     """Classify one image from its nearest labelled neighbours (or the VLM re-ranker with `rerank=true`).
@@ -71,7 +71,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     summary="Classify several images",
     response_model=BatchOut,
     responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
-    openapi_extra=image_body("ClassifyBatchJSON", "images", many=True),
+    openapi_extra={**image_body("ClassifyBatchJSON", "images", many=True), "security": [{}, {"APIKeyHeader": []}]},
 )
 async def classify_batch(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> BatchOut:
     """Classify several images with the same options; they are embedded together.

@@ -45,9 +45,10 @@ from ._common import LISTED_BY, image_body, thumbnail_url, unknown_labels
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
-# Untyped on purpose: every multipart text field arrives as a string, so a type in the schema would
-# promise a rejection ("label must be an array") that no server can make.
-_LABEL_FIELD = {"label": {"description": "text fields: one `label` per image, in order, or a single one for all "
+# An array: in a multipart body that is repeated parts, one `label` per image, and one part labels them all. A
+# generated client read the field untyped as one value, and stored "['la', 'lb']" as the label of both images.
+_LABEL_FIELD = {"label": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1024},
+                           "description": "text fields: one `label` per image, in order, or a single one for all "
                                          "(1 to 1,024 characters each)"}}
 LABELS_ONLY = "the form holds the `images` files and their `label` text fields, nothing else"
 TOO_MANY = "add fewer images per request, splitting them across several requests"
@@ -182,7 +183,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     "/relabel",
     summary="Relabel points",
     response_model=RelabelOut,
-    responses=problem_responses(400, 401, 403, 422, 503, 507),
+    responses=problem_responses(400, 401, 403, 413, 422, 503, 507),
 )
 async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
     """Give points another label, embedding nothing again: correct mislabelled images (`ids`), rename or merge a
@@ -212,7 +213,7 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     "/points/{point_id}",
     summary="Relabel one point",
     response_model=PointOut,
-    responses=problem_responses(400, 401, 403, 404, 422, 503, 507),
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 503, 507),
 )
 async def relabel_point(point_id: PointId, body: PointLabelIn, request: Request, service: ServiceDep,
                         _: ApiKeyDep) -> PointOut:
@@ -256,7 +257,7 @@ async def stats(service: ServiceDep) -> StatsOut:
 
 
 @router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
-            responses=problem_responses(400, 401, 403, 422, 503))
+            responses=problem_responses(400, 401, 403, 413, 422, 503))
 async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
