@@ -213,8 +213,9 @@ class RelabelOut(BaseModel):
     label_name: str | None = Field(default=None, description="its name, where the memory names its labels")
     label_points: int = Field(description="points with the new label afterwards")
     note: str | None = Field(default=None,
-                             description="nothing relabelled by label: why (no such label, or a name given "
-                                               "for one), as `vmem relabel` says it")
+                             description="nothing relabelled: why (no such label, a name given for one, no such "
+                                               "ids or source, or the points have the label already), as `vmem "
+                                               "relabel` says it")
 
 
 class LabelNamesIn(BaseModel):

@@ -148,6 +148,12 @@ def test_http_pages_and_single_points(tmp_path, lite0):
         assert client.get("/v1/memory/points", params={"excluded": "true"}).json()["points"] == []
         assert client.get("/v1/memory/points", params={"cursor": "page-2"}).status_code == 422
         assert client.get("/v1/memory/points", params={"limit": 0}).status_code == 422
+        # A label the memory lacks, or given by its name, is said so, as the CLI says it (an empty page had read
+        # as an empty class)
+        for label, says in (("dog", "the memory has no label 'dog'"), ("house cat", "is the name of label cat")):
+            refused = client.get("/v1/memory/points", params={"label": label})
+            assert refused.status_code == 422 and refused.json()["type"].endswith("unknown-label"), label
+            assert says in refused.json()["detail"], refused.json()
 
         # A listing walks a folder prefix for links: that must not wait for, nor hold up, the embedding pool.
         release = threading.Event()

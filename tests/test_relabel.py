@@ -243,6 +243,15 @@ def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, l
         assert gone["deleted"] == 0 and "'navy' is the name of label blue" in gone["note"]
         refused = client.post("/v1/memory/relabel", json={"label": "green", "to": "navy"}, headers=key)
         assert refused.status_code == 422 and "'navy' is the name of label blue" in refused.json()["detail"]
+        # Nothing relabelled: done already, or nothing there, told apart as `vmem relabel` tells them
+        done = client.post("/v1/memory/relabel", json={"ids": [nearest], "to": "blue"}, headers=key).json()
+        assert (done["relabelled"], done["note"]) == (0, "nothing to do: the point chosen has the label 'blue' already")
+        nobody = client.post("/v1/memory/relabel", json={"ids": ["00000000-0000-4000-8000-000000000000"],
+                                                         "to": "blue"}, headers=key).json()
+        assert nobody["relabelled"] == 0 and nobody["note"] == "the memory holds no point with this id"
+        nowhere = client.post("/v1/memory/relabel", json={"source_prefix": "/nowhere/", "to": "blue"},
+                              headers=key).json()
+        assert nowhere["note"] == "no point's source starts with /nowhere/"
         both = client.post("/v1/memory/relabel", json={"label": "green", "ids": [nearest], "to": "x"}, headers=key)
         assert both.status_code == 422 and "exactly one of" in both.text
         missing = client.patch("/v1/memory/points/00000000-0000-4000-8000-000000000000", json={"label": "x"},

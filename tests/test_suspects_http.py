@@ -71,6 +71,20 @@ def test_the_audit_points_at_the_mislabelled_image_and_runs_again_after_an_edit(
     mem.close()
 
 
+def test_suspects_of_a_memory_whose_points_are_all_hard_pruned_say_so(tmp_path, lite0):
+    # The audit counts the points a search can return: it failed on such a memory, and the service answered
+    # 500 "ask again to retry", forever.
+    from retrieval.store import EXCLUDED_KEY
+
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    mem.store.set_payload(mem.store.ids_where(), {EXCLUDED_KEY: "pruned"})
+    with TestClient(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem, auditor=auditor)) as client:
+        resp = client.get("/v1/memory/suspects")
+        assert resp.status_code == 422, resp.text
+        assert "12 of its 12 are hard-pruned" in resp.json()["detail"] and "vmem prune --undo" in resp.json()["detail"]
+    mem.close()
+
+
 def test_a_service_built_without_an_auditor_says_so(tmp_path, lite0):
     mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
     with TestClient(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as client:

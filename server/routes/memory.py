@@ -198,8 +198,19 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     def apply() -> RelabelOut:
         n = service.relabel(to, ids=body.ids, label=body.label, source_prefix=body.source_prefix)
         store = service.memory.store
-        note = service.memory.unknown_labels_message([body.label], LISTED_BY) \
-            if n == 0 and body.label is not None and not store.count(label=body.label) else None
+        note = None
+        if n == 0 and body.label is not None and not store.count(label=body.label):
+            note = service.memory.unknown_labels_message([body.label], LISTED_BY)
+        elif n == 0:  # as `vmem relabel` tells them apart: done already, or nothing there
+            chosen = service.memory.chosen_points(ids=body.ids, label=body.label, source_prefix=body.source_prefix)
+            stored_to = service.memory.stored_label(to)
+            if chosen and set(chosen.values()) == {stored_to}:
+                chosen_are = "the point chosen has" if len(chosen) == 1 else f"the {len(chosen)} points chosen have"
+                note = f"nothing to do: {chosen_are} the label {stored_to!r} already"
+            elif body.ids is not None:
+                note = "the memory holds no point with " + ("these ids" if len(body.ids) > 1 else "this id")
+            elif body.source_prefix is not None:
+                note = f"no point's source starts with {body.source_prefix}"
         return RelabelOut(relabelled=n, label=to, label_name=store.meta.label_names.get(to),
                           label_points=store.count(label=to), note=note)
 
@@ -296,9 +307,14 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
         q = q.model_copy(update={"label": await service.run(service.memory.stored_label, q.label)})
     if q.label is not None and not await service.run(service.memory.store.count, q.label):
         await unknown_labels(service, [q.label])
-    if await service.run(service.memory.store.count) < 2:
-        raise ProblemError(422, "the memory holds fewer than 2 points: no point has neighbours to vote",
-                           "invalid-parameters", "Invalid parameters")
+    # Points searches can return: a hard-pruned memory failed the audit with a 500 that said to ask again, forever.
+    if (searchable := await service.run(service.memory.store.count, None, True)) < 2:
+        total = await service.run(service.memory.store.count)
+        raise ProblemError(422, f"the memory holds {searchable} point{'s' if searchable != 1 else ''} a search can "
+                           "return" + (f" ({total - searchable} of its {total} are hard-pruned: `vmem prune --undo` "
+                                       "restores them)" if total > searchable else "")
+                           + ": at least 2 are needed for each to have neighbours to vote", "invalid-parameters",
+                           "Invalid parameters")
     try:
         job = await service.run(service.audit)
     except LookupError as exc:
@@ -330,6 +346,10 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
     Each has its label (and name), source, tags, when it was added, and whether pruning excluded or
     down-weighted it. Follow `next_cursor` (as `cursor`) until it is null.
     """
+    if q.label is not None and not await run_in_threadpool(
+            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)):
+        # As the CLI says it: an empty page read as an empty class, for a label misspelt or given by its name.
+        await unknown_labels(service, [q.label])
     try:
         # Not on the embedding pool: a source_prefix of a big folder is walked for links (seconds), and a request
         # without a key must not hold up classification that long.
