@@ -19,8 +19,11 @@ class VoteSettings(BaseModel):
     rule: VoteRule | Literal["dmn"] = Field(default=DEFAULT_RULE,
                                             description="plurality, distance, softmax, rank or dmn")
     k: int = Field(default=DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
-    alpha: float = Field(default=DEFAULT_ALPHA, ge=1e-3, description="rank voting: w = 1/(alpha + rank)")
-    tau: float = Field(default=DEFAULT_TAU, ge=1e-3, description="softmax voting temperature")
+    # The bounds HTTP takes, for every surface: the CLI and Python took --alpha 1e7 that the service refused.
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=1e-3, le=1e6, allow_inf_nan=False,
+                         description="rank voting: w = 1/(alpha + rank)")
+    tau: float = Field(default=DEFAULT_TAU, ge=1e-3, le=1e3, allow_inf_nan=False,
+                       description="softmax voting temperature")
     soft_pruning: bool = Field(default=True, description="multiply weights by the points' reliability factors, if any")
     origin: Literal["default", "memory", "explicit"] = Field(
         default="default", description="built-in defaults, the memory's tuned settings, or given by the caller"
