@@ -398,6 +398,13 @@ class ForgetOut(BaseModel):
                                                "forgotten vectors are still in the files")
 
 
+class EraseOut(BaseModel):
+    """The memory's files were rewritten without the vectors of the points forgotten so far."""
+
+    erased: bool = Field(description="always true: a failure is a problem answer")
+    seconds: float = Field(description="how long the rewrite took")
+
+
 class FeaturizerOut(BaseModel):
     """The encoder that made the memory's vectors."""
 

@@ -418,6 +418,13 @@ class ClassifierService:
                 raise EraseFailedError(n, str(exc)) from exc
         return n
 
+    def erase(self) -> float:
+        """Rewrite the memory's files without every forgotten point's vector; returns the seconds it took."""
+        started = time.perf_counter()
+        with self.metrics.erase_seconds.time():
+            self.memory.erase_forgotten()
+        return time.perf_counter() - started
+
     # ------------------------------------------------------------------ classifying
 
     def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery, template: str | None) -> tuple[Any, ...]:

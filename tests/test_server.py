@@ -900,6 +900,7 @@ def test_a_forget_whose_erase_fails_says_the_points_are_forgotten_not_erased(cli
     def disk_full(self):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    erase_forgotten = VisualMemory.erase_forgotten
     monkeypatch.setattr(VisualMemory, "erase_forgotten", disk_full)
     victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]
     resp = client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH)
@@ -910,6 +911,13 @@ def test_a_forget_whose_erase_fails_says_the_points_are_forgotten_not_erased(cli
     by_label = client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json()
     assert (by_label["deleted"], by_label["erased"]) == (4, False) and "could not be erased" in by_label["note"]
     assert_problem(client.delete(f"/v1/memory/points/{victim}", headers=AUTH), 404, "unknown-point")
+    assert "POST /v1/memory/erase" in body["note"]
+    # Once the disk has room again, what was forgotten is erased without a forget (the page's Forget has none)
+    monkeypatch.setattr(VisualMemory, "erase_forgotten", erase_forgotten)
+    assert client.post("/v1/memory/erase").status_code == 401
+    erased = client.post("/v1/memory/erase", headers=AUTH)
+    assert erased.status_code == 200 and erased.json()["erased"] is True, erased.text
+    assert client.get("/v1/memory/history", params={"op": "erase"}).json()["entries"]
 
 
 @BOTH_BACKENDS

@@ -19,6 +19,7 @@ from ..schemas import (
     AddFailure,
     AddJSON,
     AddOut,
+    EraseOut,
     FeaturizerOut,
     ForgetOut,
     ForgetPointQuery,
@@ -142,8 +143,7 @@ async def _forgotten_not_erased(exc: EraseFailedError, service: ClassifierServic
     """200: the points are forgotten (no answer cites them again) though their vectors are still in the files."""
     return ForgetOut(deleted=exc.forgotten, points=await run_in_threadpool(service.memory.store.count), erased=False,
                      note=f"forgotten, but their vectors could not be erased from the memory's files ({exc.reason}); "
-                          "the next forget with erase=true, or `vmem forget --erase` once the service is stopped, "
-                          "erases them")
+                          "POST /v1/memory/erase erases them once the cause is mended")
 
 
 def _check_erase(erase: bool, service: ClassifierService) -> None:
@@ -177,6 +177,21 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         if n == 0 and q.label is not None else None
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0,
                      note=note)
+
+
+@router.post(
+    "/erase",
+    summary="Erase forgotten vectors",
+    response_model=EraseOut,
+    responses=problem_responses(401, 403, 422, 503),
+)
+async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
+    """Rewrite the embedded memory's files without the vectors of every point forgotten so far: those forgotten
+    without `erase` (the page's Forget), or whose erase failed. Searches go on meanwhile. A memory on a Qdrant
+    server refuses it (422). Requires the API key."""
+    _check_erase(True, service)
+    seconds = await service.run(service.erase)
+    return EraseOut(erased=True, seconds=round(seconds, 3))
 
 
 @router.post(
