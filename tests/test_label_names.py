@@ -110,6 +110,29 @@ def test_vmems_own_names_never_replace_names_a_memory_was_given(tmp_path):
     assert "n01440764  MY TENCH\n" in run("info", "--memory", tmp_path / "memory").output
 
 
+def test_vmem_names_names_labels_from_a_file_without_a_build(tmp_path):
+    # Only a build had named labels, and only its dataset's: a class added over HTTP or made by a relabel could
+    # not be named from the command line.
+    train = tmp_path / "train"
+    for label in ("n01440764", "n01443537"):
+        (train / label).mkdir(parents=True)
+        (train / label / "0.png").write_bytes(make_image((10, 200, 30) if label == "n01440764" else (200, 10, 30),
+                                                         fmt="PNG"))
+    memory = ("--memory", tmp_path / "memory")
+    assert run("build", train, *memory, "--featurizer", "efficientnet-lite0").exit_code == 0
+    (tmp_path / "mine.tsv").write_text("n01440764\tMY TENCH\nn99999999\tlater\n")
+    named = run("names", tmp_path / "mine.tsv", *memory)
+    assert named.exit_code == 0, named.output
+    assert "2 names new or changed; the memory names 3 labels, 1 of them not in it yet" in named.output
+    assert "n01440764  MY TENCH\n" in run("info", *memory).output
+    (tmp_path / "only.tsv").write_text("n01443537\tgoldfish, Carassius auratus\n")
+    assert run("names", tmp_path / "only.tsv", *memory, "--replace").exit_code == 0
+    listed = run("labels", *memory, "--json").output
+    assert '"name": "goldfish"' in listed and "MY TENCH" not in listed
+    (tmp_path / "empty.tsv").write_text("# nothing\n")
+    assert run("names", tmp_path / "empty.tsv", *memory).exit_code == 2
+
+
 # ------------------------------------------------------------------ the Python API
 
 

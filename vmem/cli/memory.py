@@ -668,6 +668,34 @@ def labels(
             typer.echo(f"{n}\t{one_line(lab)}\t{one_line(names.get(lab, ''))}{pruned}")
 
 
+def names(
+    names_file: Annotated[Path, typer.Argument(metavar="FILE", help="label<TAB>name lines (classes.tsv, words.txt), "
+                                               "`label name, ...` lines, or a .csv of label,name rows")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    replace: Annotated[bool, typer.Option(help="the file's names replace all the stored ones (else merged)")] = False,
+) -> None:
+    """Name labels from a file: what answers, the page and the re-ranker call them (HTTP: PUT
+    /v1/memory/label-names). Only a build had named labels, and only its dataset's."""
+    try:
+        given = read_label_names(names_file)
+    except (DatasetError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="FILE") from exc
+    if not given:
+        raise typer.BadParameter(f"{names_file} names no label", param_hint="FILE")
+    with open_memory(memory, qdrant_url) as mem:
+        before = mem.label_names
+        try:
+            mem.set_label_names(given, replace=replace)
+        except ValueError as exc:  # an empty name
+            raise typer.BadParameter(str(exc), param_hint="FILE") from exc
+        after, held = mem.label_names, mem.store.label_counts()
+    changed = sum(before.get(k) != after.get(k) for k in before.keys() | after.keys())
+    unheld = [label for label in after if label not in held]
+    typer.echo(f"{changed} names new or changed; the memory names {len(after)} labels"
+               + (f", {len(unheld)} of them not in it yet (kept for when they come)" if unheld else ""))
+
+
 def info(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
