@@ -306,6 +306,9 @@ class ClassificationOut(BaseModel):
     template: str | None = Field(default=None, description="the re-ranker template used, when re-ranked")
     model: str | None = Field(default=None, description="the re-ranker model, when re-ranked")
     usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used, when re-ranked")
+    trace: list[dict[str, Any]] | None = Field(
+        default=None, description="the agentic re-ranker's tool calls in order, and the neighbours it was shown by "
+                                  "label alone (docs/reranking.md)")
     vote: VoteSettings = Field(description="the voting settings used and where they came from")
     novelty: float | None = Field(default=None,
                                   description="mean cosine distance to the k neighbours (0 = seen before)")

@@ -251,6 +251,16 @@ def test_an_answer_from_the_service_cache_reports_no_gemini_usage_and_tokens_are
         assert "vmem_gemini_requests_total 1.0" in metrics
 
 
+def test_an_agentic_re_rank_over_http_answers_with_its_tool_calls(tmp_path, lite0, memory_images):
+    # `trace` was dropped between the Python result and the HTTP answer.
+    with reranking_service(tmp_path, lite0, memory_images) as (client, fake):
+        fake.enqueue(fake.call("more_neighbors", k=12), fake.answer("red"))
+        answer = client.post("/v1/classify?k=6&rerank=true&template=agentic-v1",
+                             files=upload(texture(COLORS["red"], 61), "a.png")).json()
+        assert answer["reranked"] is True, answer
+        assert [t["tool"] for t in answer["trace"]] == ["more_neighbors", "answer"]
+
+
 def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache(tmp_path, lite0, memory_images,
                                                                                   monkeypatch):
     monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "templates"))

@@ -91,7 +91,7 @@ def classification_out(request: Request, answer: Answer) -> ClassificationOut:
         source=r.source, label=r.label, label_name=r.label_name, scores=r.scores,
         label_names={label: names[label] for label in r.scores if label in names},
         reranked=r.reranked, fallback_reason=r.fallback_reason,
-        template=r.template, model=r.model, usage=r.usage, vote=r.vote, novelty=r.novelty,
+        template=r.template, model=r.model, usage=r.usage, trace=r.trace, vote=r.vote, novelty=r.novelty,
         ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
         neighbors=[NeighborOut(id=n.id, label=n.label, label_name=n.label_name, source=n.source,
                                similarity=n.similarity, weight=n.weight, rank=n.rank,
