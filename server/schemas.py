@@ -448,6 +448,9 @@ class TemplatesOut(BaseModel):
 
     default: str | None = Field(description="the template used when none is named")
     templates: list[TemplateOut] = Field(description="templates by name")
+    errors: dict[str, str] = Field(default_factory=dict,
+                                   description="templates that could not be loaded, by file name: why (as `vmem "
+                                               "templates list` says it)")
 
 
 class HealthOut(BaseModel):

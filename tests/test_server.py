@@ -1040,6 +1040,17 @@ def test_templates_list_the_registry(client):
     assert [t["name"] for t in body["templates"]] == default_registry().names()
     assert body["default"] in default_registry().names()
     assert all(t["description"] and t["ref"].startswith(t["name"] + "@") for t in body["templates"])
+    assert body["errors"] == {}
+
+
+def test_a_template_that_does_not_load_is_listed_with_why(client, tmp_path, monkeypatch):
+    # `vmem templates list` said it; the service left it out, then refused it as "could not be loaded".
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "broken-v1.yaml").write_text("name: broken-v1\nversion: [not a number]\n")
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "templates"))
+    body = client.get("/v1/templates").json()
+    assert "broken-v1" not in [t["name"] for t in body["templates"]]
+    assert list(body["errors"]) == ["broken-v1"] and body["errors"]["broken-v1"]
 
 
 def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path):

@@ -20,7 +20,9 @@ def _list() -> TemplatesOut:
     out = [TemplateOut(name=e.template.name, version=e.template.version, ref=e.template.ref,
                        description=e.template.description, agentic=e.template.agentic, origin=e.origin,
                        hash=e.template.content_hash) for e in registry.entries()]
-    return TemplatesOut(default=DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in registry else None, templates=out)
+    # A broken one is said, not left out: classifying with it is refused as "could not be loaded".
+    return TemplatesOut(default=DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in registry else None, templates=out,
+                        errors={name: str(exc) for name, exc in sorted(registry.errors.items())})
 
 
 @router.get("", summary="List re-ranker templates", response_model=TemplatesOut)
