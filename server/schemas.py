@@ -152,10 +152,13 @@ class ClassifyQuery(BaseModel):
 
 
 class ForgetQuery(BaseModel):
-    """Which points to forget: exactly one of `label` or `source_prefix`."""
+    """Which points to forget: exactly one of `ids`, `label` or `source_prefix`."""
 
     model_config = ConfigDict(extra="forbid")
 
+    # Many at once, as relabel takes them: one request and one erase, not one per point.
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000,
+                                  description="forget these points (repeat `ids`; up to 1,000)")
     label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="forget every point with this label")
     source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",

@@ -955,7 +955,21 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
         assert client.get("/v1/memory/stats").json()["points"] == 12
 
 
-@pytest.mark.parametrize("query", ["", "?label=red&source_prefix=/x"])
+def test_forget_several_points_by_id_in_one_request(client):
+    # Relabel took ids; forgetting N points by id took N requests, and N erases.
+    answer = client.post("/v1/classify?k=3", files=upload(texture(COLORS["blue"], 31))).json()
+    ids = [n["id"] for n in answer["neighbors"]]
+    gone = client.delete("/v1/memory", params={"ids": [*ids, "00000000-0000-4000-8000-000000000000"]},
+                         headers=AUTH)
+    assert gone.status_code == 200, gone.text
+    assert (gone.json()["deleted"], gone.json()["points"]) == (3, 9)  # the id not in the memory is not counted
+    assert all(client.get(f"/v1/memory/points/{i}").status_code == 404 for i in ids)
+    assert_problem(client.delete("/v1/memory", params={"ids": ["not-an-id"]}, headers=AUTH), 422,
+                   "invalid-parameters")
+
+
+@pytest.mark.parametrize("query", ["", "?label=red&source_prefix=/x",
+                                   "?label=red&ids=00000000-0000-4000-8000-000000000000"])
 def test_forget_needs_exactly_one_selector(client, query):
     assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
 

@@ -154,21 +154,24 @@ def _check_erase(erase: bool, service: ClassifierService) -> None:
 
 @router.delete(
     "",
-    summary="Forget points by label or source",
+    summary="Forget points by ids, label or source",
     response_model=ForgetOut,
     responses=problem_responses(401, 403, 422, 503),
 )
 async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> ForgetOut:
-    """Forget every point with a label (`?label=cat`) or a source prefix (`?source_prefix=/data/cats/`).
+    """Forget some points by id (`?ids=...&ids=...`), every point with a label (`?label=cat`), or with a source
+    prefix (`?source_prefix=/data/cats/`).
 
-    Exactly one of the two. Returns how many points went. Requires the API key.
+    Exactly one of the three. Returns how many points went (ids not in the memory are not counted). Requires the
+    API key.
     """
-    if (q.label is None) == (q.source_prefix is None):
-        raise ProblemError(422, "give exactly one of `label` or `source_prefix`", "invalid-parameters",
+    if sum(x is not None for x in (q.ids, q.label, q.source_prefix)) != 1:
+        raise ProblemError(422, "give exactly one of `ids`, `label` or `source_prefix`", "invalid-parameters",
                            "Invalid parameters")
     _check_erase(q.erase, service)
     try:
-        n = await service.run(service.forget, label=q.label, source_prefix=q.source_prefix, erase=q.erase)
+        n = await service.run(service.forget, ids=q.ids, label=q.label, source_prefix=q.source_prefix,
+                              erase=q.erase)
     except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     except EraseFailedError as exc:
