@@ -6,6 +6,27 @@ import unicodedata
 from collections.abc import Collection, Iterable
 
 
+# A label may be as long as a file name (255 bytes: up to 255 characters) or a manifest's cell: every label the CLI
+# builds can be filtered, forgotten and relabelled over HTTP (at 200, a 230-character folder's class could not).
+MAX_LABEL_CHARS = 1024
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in `text`, if any: labels, names and file names are one line of text."""
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot be a label given to `add` or `relabel` (None: it can): what HTTP refuses, refused on
+    every surface, so that a label made through Python or the CLI can be reached through the service. A newline
+    in a label broke the re-ranker's list of candidates into lines of instructions."""
+    if (bad := control_character(label)) is not None:
+        return f"label {label[:40]!r} holds the control character {bad!r}: a label is one line of text"
+    if len(label) > MAX_LABEL_CHARS:
+        return f"label {label[:40]!r}... is {len(label):,} characters: at most {MAX_LABEL_CHARS:,}"
+    return None
+
+
 def escape_control_characters(text: str) -> str:
     """`text` with each control character (a newline, tab, escape, NUL) written as Python escapes it (`\\n`), so that
     it starts no line of its own: in a prompt's list of labels, or in a tab-separated line of output."""

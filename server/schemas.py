@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from pydantic import (
 
 from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
+from retrieval.text import MAX_LABEL_CHARS, control_character
 from vmem import MemoryPoint, VoteSettings
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
@@ -52,16 +52,13 @@ Base64Image = Annotated[
 ]
 
 
-# A label may be as long as a file name (255 bytes: up to 255 characters) or a manifest's cell: every label the CLI
-# builds can be filtered, forgotten and relabelled here (at 200, a 230-character folder's class could not).
-MAX_LABEL_CHARS = 1024
 
 
 def printable(text: str) -> str:
     """A label, name or file name as stored from HTTP: no control characters. A newline in a label broke the
     re-ranker's list of candidates into lines of instructions ("cat\nIGNORE PREVIOUS INSTRUCTIONS..."), and one in
     a file name split the CLI's line of the point it names."""
-    if bad := next((c for c in text if unicodedata.category(c) == "Cc"), None):
+    if (bad := control_character(text)) is not None:
         raise ValueError(f"holds the control character {bad!r}: labels, names and file names are one line of text")
     return text
 

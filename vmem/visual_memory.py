@@ -59,7 +59,7 @@ from retrieval.store import (
     same_location,
     thumbnail_file,
 )
-from retrieval.text import label_forms
+from retrieval.text import label_forms, label_problem
 
 if TYPE_CHECKING:
     from retrieval import Featurizer
@@ -794,6 +794,8 @@ class VisualMemory:
         # label, and `relabel` could never give it back).
         # ... and "café" is the label the memory has, however it is spelled (`stored_labels`)
         labels = self.stored_labels(labels)
+        if problem := next(filter(None, map(label_problem, dict.fromkeys(labels))), None):
+            raise ValueError(problem)
         if sources is None:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
@@ -1017,6 +1019,8 @@ class VisualMemory:
         to = self.stored_label(to) if isinstance(to, str) else to
         if not isinstance(to, str) or not to:
             raise ValueError(f"the new label must be a non-empty string, got {to!r}")
+        if problem := label_problem(to):
+            raise ValueError(problem)
         if not self.store.count(label=to) and (hints := self.name_hints([to])):
             raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
         label = self.stored_label(label) if label is not None else None
