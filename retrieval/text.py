@@ -5,7 +5,6 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Collection, Iterable
 
-
 # A label may be as long as a file name (255 bytes: up to 255 characters) or a manifest's cell: every label the CLI
 # builds can be filtered, forgotten and relabelled over HTTP (at 200, a 230-character folder's class could not).
 MAX_LABEL_CHARS = 1024
