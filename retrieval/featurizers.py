@@ -474,6 +474,8 @@ def from_hub_or_folder(load: Callable[..., Any], model_id: str) -> Any:
     Asked for a Hub id with no network, transformers retried for ~30 s, logging each retry twice, before
     failing: a Hub whose name does not resolve is now an OSError at once.
     """
+    if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().exists():
+        raise OSError(f"no model folder at {model_id}")  # transformers 4.x: an HFValidationError (a ValueError)
     try:
         return load(model_id, local_files_only=True)
     except OSError:

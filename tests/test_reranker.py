@@ -427,11 +427,12 @@ def test_an_unknown_template_is_an_error_listing_the_available_ones(fake, make_r
     assert fake.count == 0
 
 
-def test_an_unknown_template_is_refused_before_any_image_is_embedded(fake, make_rr, lite0, tmp_path):
+def test_an_unknown_template_is_refused_before_any_image_is_embedded(fake, make_rr, lite0, tmp_path, monkeypatch):
     mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0, reranker=make_rr())
     mem.add([make_image((200, 0, 0)), make_image((0, 0, 200))], ["red", "blue"])
     embedded = []
-    mem.featurizer.embed_many = lambda *a, **k: embedded.append(a)  # a folder's embedding takes minutes
+    # Through monkeypatch: `lite0` is the session's encoder, and a patch left on it broke later tests' embedding
+    monkeypatch.setattr(mem.featurizer, "embed_many", lambda *a, **k: embedded.append(a))  # minutes for a folder
     (tmp_path / "q.png").write_bytes(make_image((190, 0, 0)))
     with pytest.raises(UnknownTemplateError, match="'nope'"):
         mem.classify_many([tmp_path / "q.png"], rerank=True, template="nope")
