@@ -80,6 +80,13 @@ Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, descripti
 FileName = Annotated[str, Field(max_length=255), AfterValidator(printable)]
 
 
+class Answer(BaseModel):
+    """A response body: every field is always sent, so the schema marks each one required (a generated client
+    typed them all `X | None | Unset`, as if the service might leave them out)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
 class ImageIn(BaseModel):
     """One image sent as JSON."""
 
@@ -205,7 +212,7 @@ class PointLabelIn(BaseModel):
         description="the new label (a label, not a name: `vmem labels` lists both)")
 
 
-class RelabelOut(BaseModel):
+class RelabelOut(Answer):
     """How many points took the new label."""
 
     relabelled: int = Field(description="points whose label changed (those that already had it are not counted)")
@@ -277,7 +284,7 @@ class SuspectsQuery(BaseModel):
 # ----------------------------------------------------------------------------- outputs
 
 
-class NeighborOut(BaseModel):
+class NeighborOut(Answer):
     """A memory point behind a decision."""
 
     id: str = Field(description="point id; use it to forget the point")
@@ -290,7 +297,7 @@ class NeighborOut(BaseModel):
     thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
 
 
-class ClassificationOut(BaseModel):
+class ClassificationOut(Answer):
     """The answer for one image, with the neighbours that explain it."""
 
     source: str | None = Field(default=None, description="the uploaded file's name, or its content id")
@@ -324,23 +331,25 @@ class ClassificationOut(BaseModel):
 class PointOut(MemoryPoint):
     """A memory point as stored."""
 
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # as `Answer`
+
     thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
 
 
-class PointsOut(BaseModel):
+class PointsOut(Answer):
     """A page of memory points in id order."""
 
     points: list[PointOut] = Field(description="the page's points, in id order")
     next_cursor: str | None = Field(description="give it as `cursor` for the next page; null after the last")
 
 
-class LabelNamesOut(BaseModel):
+class LabelNamesOut(Answer):
     """The memory's label names after the change."""
 
     label_names: dict[str, str] = Field(description="label -> name, every name the memory holds")
 
 
-class BatchItemOut(BaseModel):
+class BatchItemOut(Answer):
     """One image of a batch: a classification, or the reason it could not be classified."""
 
     index: int = Field(description="position of the image in the request")
@@ -351,14 +360,14 @@ class BatchItemOut(BaseModel):
                                                      "would name it (urn:vmem:problem:bad-image)")
 
 
-class BatchOut(BaseModel):
+class BatchOut(Answer):
     """Answers for a batch, in request order."""
 
     items: list[BatchItemOut] = Field(description="one entry per image, in order")
     failed: int = Field(description="how many images could not be classified")
 
 
-class AddedPoint(BaseModel):
+class AddedPoint(Answer):
     """A point now in the memory."""
 
     id: str = Field(description="point id (derived from the image's content, so re-adding is idempotent)")
@@ -372,7 +381,7 @@ class AddedPoint(BaseModel):
                                                           "that label (it has the one sent now)")
 
 
-class AddFailure(BaseModel):
+class AddFailure(Answer):
     """An image that was not added."""
 
     index: int = Field(description="position of the image in the request")
@@ -380,7 +389,7 @@ class AddFailure(BaseModel):
     reason: str = Field(description="why it was not added")
 
 
-class AddOut(BaseModel):
+class AddOut(Answer):
     """The result of adding images."""
 
     added: list[AddedPoint] = Field(description="the points written, in request order")
@@ -388,7 +397,7 @@ class AddOut(BaseModel):
     points: int = Field(description="points in the memory afterwards")
 
 
-class ForgetOut(BaseModel):
+class ForgetOut(Answer):
     """How many points were forgotten."""
 
     deleted: int = Field(description="points removed from the memory")
@@ -401,14 +410,14 @@ class ForgetOut(BaseModel):
                                                "forgotten vectors are still in the files")
 
 
-class EraseOut(BaseModel):
+class EraseOut(Answer):
     """The memory's files were rewritten without the vectors of the points forgotten so far."""
 
     erased: bool = Field(description="always true: a failure is a problem answer")
     seconds: float = Field(description="how long the rewrite took")
 
 
-class FeaturizerOut(BaseModel):
+class FeaturizerOut(Answer):
     """The encoder that made the memory's vectors."""
 
     name: str = Field(description="encoder name, e.g. `dinov2-small`")
@@ -417,7 +426,7 @@ class FeaturizerOut(BaseModel):
     crop: int = Field(description="centre crop size fed to the encoder")
 
 
-class StatsOut(BaseModel):
+class StatsOut(Answer):
     """What the memory holds."""
 
     backend: Literal["embedded", "qdrant"] = Field(description="embedded Qdrant Edge or a Qdrant server")
@@ -431,7 +440,7 @@ class StatsOut(BaseModel):
                                         description="novelty threshold at the default k (null if not calibrated)")
 
 
-class TemplateOut(BaseModel):
+class TemplateOut(Answer):
     """A re-ranker prompt template."""
 
     name: str = Field(description="the name to pass as `template`")
@@ -443,7 +452,7 @@ class TemplateOut(BaseModel):
     hash: str = Field(description="content hash of the template")
 
 
-class TemplatesOut(BaseModel):
+class TemplatesOut(Answer):
     """The available templates."""
 
     default: str | None = Field(description="the template used when none is named")
@@ -453,13 +462,13 @@ class TemplatesOut(BaseModel):
                                                "templates list` says it)")
 
 
-class HealthOut(BaseModel):
+class HealthOut(Answer):
     """Liveness: the process answers."""
 
     status: Literal["ok"] = Field(description="always `ok` when the process answers")
 
 
-class ReadyOut(BaseModel):
+class ReadyOut(Answer):
     """Readiness: the memory and the encoder are loaded."""
 
     status: Literal["ready", "not ready"] = Field(description="`ready` when requests can be served")
@@ -468,7 +477,7 @@ class ReadyOut(BaseModel):
     detail: str | None = Field(default=None, description="why not ready")
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(Answer):
     """The memory's edits, newest first."""
 
     entries: list[JournalEntry] = Field(description="each edit: when, what, how many points of which labels, the ids "
@@ -476,7 +485,7 @@ class HistoryOut(BaseModel):
     earlier: int = Field(description="edits older than these, left out by `limit`")
 
 
-class SuspectOut(BaseModel):
+class SuspectOut(Answer):
     """A point the rest of the memory votes another label: probably mislabelled, to check."""
 
     id: str = Field(description="point id: relabel it with PATCH /v1/memory/points/{id}")
@@ -490,7 +499,7 @@ class SuspectOut(BaseModel):
     thumbnail_url: str = Field(description="URL of a JPEG thumbnail of the image")
 
 
-class SuspectsOut(BaseModel):
+class SuspectsOut(Answer):
     """The label audit: every point queried against the rest of the memory (exact search)."""
 
     status: Literal["running", "done"] = Field(description="running: ask again (see Retry-After) for the list")
