@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .schema_types import IsoTime, PointIdText
+
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
 JOURNAL_FILE = "journal.jsonl"
@@ -40,14 +42,15 @@ IDS_PER_ENTRY = 100_000
 class JournalEntry(BaseModel):
     """One edit of the memory."""
 
-    at: str = Field(description="when the edit finished (UTC, ISO 8601)")
+    at: IsoTime = Field(description="when the edit finished (UTC, ISO 8601)")
     op: JournalOp = Field(description="the kind of edit")
     points: int = Field(default=0,
                         description="points the edit added, deleted or relabelled (the whole edit's, repeated "
                                        "in each of its parts: count an edit once, by its part 0)")
     labels: dict[str, int] = Field(default_factory=dict,
                                    description="points per label the edit added or deleted (relabel: per old label)")
-    ids: list[str] = Field(default_factory=list, description="forget and relabel: the ids of the points changed")
+    ids: list[PointIdText] = Field(default_factory=list,
+                                   description="forget and relabel: the ids of the points changed")
     to: str | None = Field(default=None, description="relabel: the new label")
     selector: dict[str, Any] = Field(default_factory=dict,
                                      description="how the points were chosen: label, source_prefix, or ids asked for")

@@ -20,6 +20,7 @@ from pydantic import (
 
 from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
+from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
 from vmem import MemoryPoint, VoteSettings
 
@@ -287,7 +288,7 @@ class SuspectsQuery(BaseModel):
 class NeighborOut(Answer):
     """A memory point behind a decision."""
 
-    id: str = Field(description="point id; use it to forget the point")
+    id: PointIdText = Field(description="point id; use it to forget the point")
     label: str = Field(description="the point's label")
     label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
@@ -370,7 +371,7 @@ class BatchOut(Answer):
 class AddedPoint(Answer):
     """A point now in the memory."""
 
-    id: str = Field(description="point id (derived from the image's content, so re-adding is idempotent)")
+    id: PointIdText = Field(description="point id (derived from the image's content, so re-adding is idempotent)")
     label: str = Field(description="the label stored")
     source: str = Field(description="`upload:sha256:<hash>[:filename]`")
     thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
@@ -488,7 +489,7 @@ class HistoryOut(Answer):
 class SuspectOut(Answer):
     """A point the rest of the memory votes another label: probably mislabelled, to check."""
 
-    id: str = Field(description="point id: relabel it with PATCH /v1/memory/points/{id}")
+    id: PointIdText = Field(description="point id: relabel it with PATCH /v1/memory/points/{id}")
     label: str = Field(description="the point's label")
     label_name: str | None = Field(default=None, description="its name, where the memory names its labels")
     suggested: str = Field(description="the label its 50 nearest other points vote for it (rank vote)")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
+from retrieval.schema_types import IsoTime, PointIdText
 from retrieval.text import utf8_text
 
 DEFAULT_K = 50
@@ -33,7 +34,7 @@ class VoteSettings(BaseModel):
 class NeighborVote(BaseModel):
     """A memory point behind a decision, with the weight its vote carried."""
 
-    id: str = Field(description="point id (UUIDv5 of the source)")
+    id: PointIdText = Field(description="point id (UUIDv5 of the source)")
     label: str
     label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path or URI of the memory image")
@@ -79,11 +80,11 @@ class Classification(BaseModel):
 class MemoryPoint(BaseModel):
     """One memory point as stored: what it is, where it came from, and whether searches can return it."""
 
-    id: str = Field(description="point id (UUIDv5 of the source)")
+    id: PointIdText = Field(description="point id (UUIDv5 of the source)")
     label: str = Field(description="the point's label")
     label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
-    added_at: str | None = Field(default=None, description="when it was added (UTC, ISO 8601)")
+    added_at: IsoTime | None = Field(default=None, description="when it was added (UTC, ISO 8601)")
     tags: dict[str, Any] = Field(default_factory=dict, description="KEY=VALUE tags given when it was added")
     excluded: bool = Field(default=False,
                            description="hard-pruned: stored, but no search returns it (vmem prune --undo)")
@@ -91,7 +92,7 @@ class MemoryPoint(BaseModel):
     prune_count: int | None = Field(default=None,
                                     description="leave-one-out decisions it misled, when vmem prune counted")
     relabelled_from: str | None = Field(default=None, description="the label it held before it was last relabelled")
-    relabelled_at: str | None = Field(default=None, description="when it was last relabelled (UTC, ISO 8601)")
+    relabelled_at: IsoTime | None = Field(default=None, description="when it was last relabelled (UTC, ISO 8601)")
 
 
 class PointPage(BaseModel):
