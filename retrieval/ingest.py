@@ -197,7 +197,8 @@ class BuildReport:
     index_seconds: float = 0.0  # building the HNSW index after inserting
     memory_points: int = 0
 
-    def summary(self) -> str:
+    def summary(self, failures: bool = True) -> str:
+        """What the build did, for people; with `failures`, the images that failed too."""
         rate = self.added / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"{self.added} added, {self.skipped_existing} already in memory, "
@@ -215,7 +216,13 @@ class BuildReport:
             lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
         if len(self.relabelled) > 10:
             lines.append(f"  ... and {len(self.relabelled) - 10} more")
-        lines += [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
+        if failures:
+            lines.append(self.failures())
+        return "\n".join(line for line in lines if line)
+
+    def failures(self) -> str:
+        """The images that failed, one line each (the first 50)."""
+        lines = [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
         return "\n".join(lines)

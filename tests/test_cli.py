@@ -50,6 +50,9 @@ def test_build_reports_added_and_skipped_corrupt_images(built):
     assert "12 added, 0 already in memory, 1 failed of 13 images" in result.output
     assert "broken.jpg: not a recognised image format" in result.output
     assert result.output.count("broken.jpg") == 1  # named once, not again inside the reason
+    # the summary on stdout, the skipped image on stderr (as classify's): a script reads stdout alone
+    assert "1 failed of 13 images" in result.stdout and "broken.jpg" in result.stderr
+    assert "broken.jpg" not in result.stdout
 
 
 def test_build_is_resumable_and_idempotent(built, image_folder):

@@ -211,7 +211,9 @@ def build(
             bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
                       "resume (images already in it are skipped)", file=sys.stderr)
             raise typer.Exit(130) from None
-    typer.echo(report.summary())
+    typer.echo(report.summary(failures=False))
+    if report.failed:  # notes, on stderr, as classify's skipped images are: stdout is the summary alone
+        typer.echo(report.failures(), err=True)
     # As vmem classify does when nothing could be classified: a script can tell. Whether or not the memory held
     # points before: a daily add from a mount gone bad had exited 0 into a memory that was not empty.
     if report.failed and not (report.added or report.skipped_existing or report.duplicates or report.relabelled):
