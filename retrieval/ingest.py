@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .feature_cache import FeatureCache
-from .files import on_disk_spelling
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
@@ -40,8 +39,7 @@ class DatasetError(ValueError):
 
 def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     """`ROOT/<label>/*.{jpg,png,...}` (nested folders below a label are included), sorted."""
-    # As the disk spells it: on a Mac, `Data/` and `data/` are one folder, and its images must be one source each.
-    root = Path(on_disk_spelling(root))
+    root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a directory")
     items, unread, broken = [], [], []

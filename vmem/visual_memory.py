@@ -103,8 +103,7 @@ def local_source_prefix(prefix: str) -> str:
     if not is_local_source(prefix):
         return prefix
     try:
-        # As the disk spells it: on a Mac `--source ~/Data/cats` opens ~/data/cats, and must choose its images.
-        norm = on_disk_spelling(normalize_source(prefix))
+        norm = normalize_source(prefix)
     except (ValueError, RuntimeError) as exc:  # a NUL byte; `~user` with no such user
         raise ValueError(f"source_prefix {prefix!r} is not a path on this host: {exc}") from None
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
@@ -1095,11 +1094,15 @@ class VisualMemory:
             as_given = given + "/" if Path(given).is_dir() and not given.endswith("/") else given
             files = [*files, *(src for src in self._sources_under(as_given)
                                if is_local_source(src) and not os.path.isabs(src))]
-        if not norm.isascii():
-            # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
-            # types them composed, and on Linux they are two names; the one stored is chosen too.
-            folders += [other for other in dict.fromkeys(unicodedata.normalize(form, norm) for form in ("NFC", "NFD"))
-                        if other != norm and self.store.page(None, other, None, 1, None)[0]]
+        others = [unicodedata.normalize(form, norm) for form in ("NFC", "NFD")] if not norm.isascii() else []
+        # As the disk spells it too: on a Mac `--source ~/data/cats` opens ~/Data/cats, and a build given ~/Data
+        # stored its images so (a case-insensitive disk; on Linux a path has one spelling, and this costs a stat).
+        spelled = on_disk_spelling(norm)
+        others.append(spelled + "/" if norm.endswith("/") and not spelled.endswith("/") else spelled)
+        # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
+        # types them composed, and on Linux they are two names; the one stored is chosen too.
+        folders += [other for other in dict.fromkeys(others)
+                    if other != norm and self.store.page(None, other, None, 1, None)[0]]
         return norm, (folders, files)
 
     def _ids_under(self, source_prefix: str, links: tuple[list[str], list[str]]) -> list[str]:
