@@ -181,6 +181,15 @@ def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert res.vote.origin == "memory" and len(res.neighbors) == 5
 
 
+def test_a_memory_tuned_beyond_todays_vote_bounds_still_classifies(memory, caplog):
+    # `vmem tune --alphas 2e6` could store it before vote settings took the service's bounds: the memory then
+    # classified nothing ("--alpha: Input should be less than or equal to 1000000", no --alpha given).
+    memory.store.meta.settings["vote"] = {"rule": "rank", "k": 5, "alpha": 2e6, "tau": 0.07}
+    [res] = memory.classify([make_image((200, 30, 30))])
+    assert (res.vote.alpha, res.vote.origin) == (1e6, "memory") and len(res.neighbors) == 5
+    assert "run vmem tune again" in caplog.text
+
+
 def test_alpha_or_tau_the_rule_does_not_read_is_refused_before_any_image_is_embedded(memory, monkeypatch):
     monkeypatch.setattr(memory.featurizer, "embed", lambda *a, **kw: pytest.fail("embedded before refusing"))
     with pytest.raises(ValueError, match="alpha applies to rank voting only, and the rule asked for is plurality"):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, get_args, overload
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from retrieval import (
     BuildReport,
@@ -85,6 +86,31 @@ BUILD_JOURNAL_EVERY_S = 60.0
 # How long `points(source_prefix=...)` reuses its walk of the folder (for links) and its listing of their ids,
 # from one page to the next, while the memory is unchanged; files linked meanwhile show after that.
 LISTING_REUSE_S = 60.0
+
+
+_SAID_OUT_OF_BOUNDS: set[tuple[str, float]] = set()
+
+
+def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
+    """A memory's tuned vote settings, with an alpha or tau that `vmem tune` could store before vote settings
+    took HTTP's bounds brought within them (with a warning): refused, the memory classified nothing, and blamed an
+    option no one gave."""
+    try:
+        return VoteSettings(**{**tuned, "origin": "memory"})
+    except ValidationError:
+        fields = VoteSettings.model_fields
+        bounded = dict(tuned)
+        for name in ("alpha", "tau"):
+            value, limit = tuned.get(name), fields[name].metadata
+            high = next((m.le for m in limit if getattr(m, "le", None) is not None), None)
+            if isinstance(value, int | float) and high is not None and value > high:
+                bounded[name] = high
+                if (name, value) in _SAID_OUT_OF_BOUNDS:  # read at every classify: said once
+                    continue
+                _SAID_OUT_OF_BOUNDS.add((name, value))
+                log.warning("this memory's tuned %s (%g) is above %g, the most vote settings take now: using %g; "
+                            "run vmem tune again", name, value, high, high)
+        return VoteSettings(**{**bounded, "origin": "memory"})
 
 
 def upload_source(data: bytes | bytearray, name: str | None = None, sha256: str | None = None) -> str:
@@ -281,7 +307,7 @@ class VisualMemory:
         tau softmax voting): silently ignored, it would be echoed in the result as if it had been used.
         """
         tuned = self.store.meta.settings.get("vote") or {}
-        base = VoteSettings(**{**tuned, "origin": "memory"}) if tuned else VoteSettings()
+        base = _stored_vote(tuned) if tuned else VoteSettings()
         given = {n: v for n, v in {"rule": rule, "k": k, "alpha": alpha, "tau": tau}.items() if v is not None}
         if not given:
             return base
