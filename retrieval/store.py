@@ -280,6 +280,8 @@ class MemoryWriteFailedError(MemoryGoneError):
 
 # What the embedded engine says to every write once one has failed midway (a file it could not create).
 ENGINE_STUCK_MESSAGE = "Not recovered from previous error"
+# What it says when a rewrite (an erase) would not fit on the disk: it checks, and writes nothing.
+ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
 
 
 class MemoryFullError(MemoryError):
@@ -1263,8 +1265,18 @@ class EdgeMemoryStore(MemoryStore):
         Not erased: the engine's write-ahead log, which keeps recent writes, vectors included, in 32 MB files
         it drops only once later writes have filled the next ones (README, "Forgetting").
         """
-        with self._write_lock:
-            self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
+        # Through _writing: a stuck engine is said so (memory-write-failed), as for other writes.
+        with self._writing():
+            try:
+                self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
+            except Exception as exc:
+                if ENGINE_NO_ROOM_MESSAGE not in str(exc):
+                    raise
+                # The engine checks before rewriting, and refuses: the points stay forgotten, their vectors kept.
+                raise MemoryFullError(f"erasing rewrites the memory's segments, and the disk holding {self.path} "
+                                      f"has too little room ({exc}): the points stay forgotten, their vectors "
+                                      "in the files; free some space, then erase again (vmem forget --erase, "
+                                      "POST /v1/memory/erase)") from exc
             # Until this flush, the rewritten segment's files still held the deleted points' vectors.
             self.shard.flush()
 

@@ -809,6 +809,28 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
     assert client.delete(f"/v1/memory/points/{victim}", headers=AUTH).status_code == 200  # and forget
 
 
+def test_an_erase_with_no_room_to_rewrite_is_a_507_that_says_the_points_stay_forgotten(client):
+    # The engine checks the room a rewrite needs, and refuses: a 500 "an unexpected error occurred" before.
+    store = client.app.state.service.memory.store
+
+    class NoRoom:
+        def __init__(self, shard):
+            self.shard = shard
+
+        def __getattr__(self, name):
+            return getattr(self.shard, name)
+
+        def optimize(self):
+            raise RuntimeError("Service internal error: Not enough space available for optimization, needed: "
+                               "182.67 MiB, available: 44.00 MiB")
+
+    store.shard = NoRoom(store.shard)
+    assert client.delete("/v1/memory?label=red", headers=AUTH).json()["deleted"] == 4
+    refused = client.post("/v1/memory/erase", headers=AUTH)
+    assert_problem(refused, 507, "memory-disk-full", "the points stay forgotten")
+    assert client.get("/readyz").status_code == 200  # nothing stuck: it wrote nothing
+
+
 def test_an_engine_that_failed_a_write_turns_the_service_unready_and_says_why(client):
     # After a write failed midway (a file it could not create), the engine answered every later write with
     # "Not recovered from previous error": 500s while /readyz said ready, until a restart.
