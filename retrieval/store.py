@@ -707,6 +707,16 @@ class MemoryStore(ABC):
         self.close()
 
 
+def _allocated_bytes(folder: Path) -> int:
+    """Disk blocks the files under `folder` take (the engine preallocates sparse files: their sizes overstate)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
 def _read_written_parts(path: Path, buffer: bytearray) -> int:
     """Read a file's data into the page cache, skipping holes (the engine preallocates its files sparse);
     returns the bytes read."""
@@ -1060,19 +1070,20 @@ class EdgeMemoryStore(MemoryStore):
             must.append(qe.FieldCondition(key="source", match=qe.MatchPrefix(source_prefix)))
         return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
-    def _check_room(self, new_points: int) -> None:
-        """MemoryFullError where the disk has less room than an edit adding `new_points` needs (see
-        EDIT_HEADROOM_BYTES)."""
-        need = EDIT_HEADROOM_BYTES + new_points * self.dim * EDIT_BYTES_PER_DIMENSION
+    def _check_room(self, new_points: int, rewriting: int = 0, what: str = "an edit") -> None:
+        """MemoryFullError where the disk has less room than an edit adding `new_points` (and rewriting that many
+        bytes of segments) needs (see EDIT_HEADROOM_BYTES)."""
+        need = EDIT_HEADROOM_BYTES + new_points * self.dim * EDIT_BYTES_PER_DIMENSION + rewriting
         try:
             free = shutil.disk_usage(self.path).free
         except OSError:  # gone: check_available says so
             return
         if free < need:
             raise MemoryFullError(
-                f"the disk holding the memory {self.path} has {free / 2**20:.0f} MB free, and an edit needs "
+                f"the disk holding the memory {self.path} has {free / 2**20:.0f} MB free, and {what} needs "
                 f"{need / 2**20:.0f} MB: refused before anything was written, since the engine dies when a write "
-                "finds the disk full; free some space, then retry (searches and forgets go on)")
+                "finds the disk full; free some space, then retry (searches and forgets go on"
+                + (", and forgotten points stay forgotten" if rewriting else "") + ")")
 
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
@@ -1267,6 +1278,9 @@ class EdgeMemoryStore(MemoryStore):
         """
         # Through _writing: a stuck engine is said so (memory-write-failed), as for other writes.
         with self._writing():
+            # A rewrite writes the segments anew beside the old: room for them all, at worst. The engine checks
+            # too, but not on every file system: on a nearly full tmpfs its rewrite died of SIGBUS.
+            self._check_room(0, rewriting=_allocated_bytes(self.path / SHARD_DIR / "segments"), what="an erase")
             try:
                 self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
             except Exception as exc:

@@ -895,6 +895,10 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
               "--workers", "0")
     assert out.exit_code == 1 and "refused before anything was written" in out.output, out.output
+    # A forget goes on; its erase is refused, after the forget is said (it had been a traceback)
+    erased = run("forget", "--memory", tmp_path / "m", "--label", "blue", "--erase")
+    assert erased.exit_code == 1 and "forgot 4 points" in erased.stdout, erased.output
+    assert "forgotten points stay forgotten" in erased.stderr
 
 
 def test_commands_that_only_read_or_edit_a_memory_start_without_torch(built):

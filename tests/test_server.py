@@ -807,6 +807,9 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
                    "memory-disk-full")
     assert client.get("/v1/memory/stats").json()["points"] == 12  # nothing added; classify goes on
     assert client.delete(f"/v1/memory/points/{victim}", headers=AUTH).status_code == 200  # and forget
+    # An erase rewrites segments: refused too (on a nearly full tmpfs the engine's rewrite died of SIGBUS)
+    assert_problem(client.post("/v1/memory/erase", headers=AUTH), 507, "memory-disk-full",
+                   "forgotten points stay forgotten")
 
 
 def test_an_erase_with_no_room_to_rewrite_is_a_507_that_says_the_points_stay_forgotten(client):

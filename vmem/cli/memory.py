@@ -397,11 +397,12 @@ def forget(
     id, source = _chosen_points(id, label, source, "forget")
     mem = open_memory(memory, qdrant_url)
     with mem:
+        if erase and not mem.store.erases_on_demand:  # refused before anything is deleted
+            raise typer.BadParameter("this memory cannot erase forgotten points on demand (a Qdrant server "
+                                     "rewrites its segments on its own schedule): forget without erase",
+                                     param_hint="--erase")
         started = time.perf_counter()
-        try:
-            n = mem.forget(ids=id, label=label, source_prefix=source, erase=erase)
-        except ValueError as exc:  # erase where the memory cannot: refused before anything is deleted
-            raise typer.BadParameter(str(exc), param_hint="--erase") from exc
+        n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
         # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
         # no add is in flight).
@@ -410,6 +411,12 @@ def forget(
         if n == 0 and label is not None:
             typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
         if erase:
+            # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
+            try:
+                mem.erase_forgotten()
+            except MemoryError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from None
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
                        f"({time.perf_counter() - started:.1f} s)")
 
