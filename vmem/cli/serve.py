@@ -21,9 +21,9 @@ SERVICE_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(message)s"
 VMEM_LOG_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
 
 
-# Open files kept free of connections (at most a quarter of them): the memory's segments, the answer cache, logs,
-# thumbnails being read. An idle service holds about 11.
-FILES_BESIDE_CONNECTIONS = 64
+# Open files a service holds besides its connections: about 11 idle (the memory's segments, the answer cache, logs),
+# and thumbnails being read.
+FILES_BESIDE_CONNECTIONS = 16
 # Below this many open files, the service says so at start.
 FEW_OPEN_FILES = 1024
 
@@ -41,12 +41,15 @@ def open_files_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # An unlimited hard limit (macOS) is not a value setrlimit takes for the soft one.
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    # macOS refuses more than OPEN_MAX (10,240) where the hard limit is unlimited: then that.
+    for asked in (wanted, min(wanted, 10240)):
+        if soft == resource.RLIM_INFINITY or soft >= asked:
+            break
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
+            resource.setrlimit(resource.RLIMIT_NOFILE, (asked, hard))
+            soft = asked
         except (ValueError, OSError):
-            pass
+            continue
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
@@ -191,14 +194,14 @@ def serve(
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                    + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
         files = open_files_limit()
-        connections = max(8, files - min(FILES_BESIDE_CONNECTIONS, files // 4))
         if files < FEW_OPEN_FILES:
-            typer.echo(f"warning: this process may open {files} files only (ulimit -n): past {connections} "
-                       "connections at once, the service answers 503", err=True)
+            # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
+            # request on every connection with a plain-text 503. Past the files, a new connection waits instead.
+            typer.echo(f"warning: this process may open {files} files only (ulimit -n): past about "
+                       f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
+                       err=True)
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
-        # Connections past what the open-files limit leaves answered 503, not left to fail at accept().
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    log_config=_service_log_config(),
-                    limit_concurrency=connections)
+                    log_config=_service_log_config())
     finally:
         mem.close()
