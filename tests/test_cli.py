@@ -731,7 +731,7 @@ def test_a_build_ended_by_sigterm_stops_as_ctrl_c_does(image_folder, tmp_path, m
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whatever runs next in this process
 
 
-def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_folder, monkeypatch):
+def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_folder, monkeypatch, tmp_path):
     # Answers are printed part by part: `| head`, a log, and a Ctrl-C late in a large folder keep what was done.
     from vmem import VisualMemory
 
@@ -750,6 +750,16 @@ def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_fol
     assert out.exit_code == 130
     assert calls[0] == 2 and len(out.stdout.splitlines()) == 2  # the first part's answers, whole
     assert "interrupted: the answers printed are whole" in out.stderr
+    # An image skipped in a part is said with that part, not only at the end a Ctrl-C never reaches
+    folder = tmp_path / "q" / "red"
+    folder.mkdir(parents=True)
+    (folder / "0-broken.jpg").write_bytes(b"not an image")
+    for i in (1, 2, 3):
+        (folder / f"{i}.png").write_bytes(make_image((200 - i, 0, 0), fmt="PNG"))
+    calls.clear()
+    out = run("classify", tmp_path / "q", "--memory", memory, "--k", "3", "--batch-size", "2")
+    assert out.exit_code == 130 and len(out.stdout.splitlines()) == 1
+    assert "skipped" in out.stderr and "0-broken.jpg" in out.stderr
 
 
 @pytest.mark.parametrize("body", [b"<html>a web page</html>", b'{"result": null}'])
@@ -895,6 +905,7 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
               "--workers", "0")
     assert out.exit_code == 1 and "refused before anything was written" in out.output, out.output
+    assert "run the same command again to resume" in out.output  # what it kept, and how to go on
     # A forget goes on; its erase is refused, after the forget is said (it had been a traceback)
     erased = run("forget", "--memory", tmp_path / "m", "--label", "blue", "--erase")
     assert erased.exit_code == 1 and "forgot 4 points" in erased.stdout, erased.output

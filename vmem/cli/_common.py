@@ -277,12 +277,13 @@ def true_label(source: Path, roots: list[Path]) -> str:
     return canonical_label(source.parent.name)
 
 
-def finish_classify(results: list, failed: list, images: list[Path]) -> int:
-    """Name each skipped image (once), exit 1 if none was classified; how many folder names agree with the answer.
+def finish_classify(results: list, failed: list, images: list[Path], skips_said: bool = False) -> int:
+    """Name each skipped image (once: not if `skips_said`), exit 1 if none was classified; how many folder names
+    agree with the answer.
 
     The count is for --truth-from-dirs: an image's label by folder as `true_label` reads it.
     """
-    for f in failed:
+    for f in [] if skips_said else failed:
         typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
     if not results:
         typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "

@@ -23,6 +23,7 @@ from retrieval import (
     FeaturizerError,
     ImageDecodeError,
     IndexSettings,
+    MemoryFullError,
     VoteRule,
     find_label_names_file,
     imagenet_label_names,
@@ -30,6 +31,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
+from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder
 
@@ -207,6 +209,10 @@ def build(
             with _sigterm_as_interrupt():
                 report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags,
                                    progress=bar.update, feature_cache=feature_cache, relabel=relabel)
+        except MemoryFullError as exc:  # as Ctrl-C: what was added before is kept and journaled
+            bar.write(f"stopped: {exc}. The memory holds {mem.store.count():,} points; once there is room, run the "
+                      "same command again to resume (images already in it are skipped)", file=sys.stderr)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C: what was added is kept (and journaled); say so, and how to go on
             bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
                       "resume (images already in it are skipped)", file=sys.stderr)
@@ -349,10 +355,12 @@ def classify(
                 bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
                 for res in done:
                     _print_classification(res, names, rerank, json_out)
+                for f in part_failed:  # with its part: a run interrupted later still said it
+                    typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
                 results += done
                 failed += part_failed
                 bar.update(len(part))
-    correct = finish_classify(results, failed, images)
+    correct = finish_classify(results, failed, images, skips_said=True)
     if truth_from_dirs:
         s = results[0].vote
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
