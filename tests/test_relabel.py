@@ -217,7 +217,11 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     # Run again, a relabel already done succeeds (a corrections script re-run after a partial failure); points
     # that are not there are a mistake, and say so
     again = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--to", "blue"])
-    assert again.exit_code == 0 and "nothing to do: 1 point chosen, all labelled 'blue' already" in again.stderr
+    assert again.exit_code == 0 and "nothing to do: the point chosen has the label 'blue' already" in again.stderr
+    # ... but not when an id is not there: it is said, and the exit says it
+    partly = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--id",
+                                 "00000000-0000-4000-8000-000000000000", "--to", "blue"])
+    assert partly.exit_code == 1 and "1 of the 2 ids are no point of the memory" in partly.stderr
     gone = runner.invoke(app, ["relabel", "--memory", location, "--source", str(tmp_path / "nowhere"), "--to", "blue"])
     assert gone.exit_code == 1 and "no point's source starts with" in gone.stderr
     points = runner.invoke(app, ["points", "--memory", location, "--label", "blue", "--json"])

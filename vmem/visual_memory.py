@@ -1089,6 +1089,27 @@ class VisualMemory:
         label = self.stored_label(label) if label is not None else None
         return self.store.existing_labels(self._chosen_ids(ids, label, source_prefix, "choose"))
 
+    def why_nothing_relabelled(self, to: str, listed_by: str, ids: Sequence[str] | None = None,
+                               label: str | None = None, source_prefix: str | None = None) -> tuple[bool, str]:
+        """After a `relabel` that changed no point: (whether it was done already, why, as a sentence). Done
+        already when every point chosen has the label `to`, and with `ids`, every id is a point: a corrections
+        script run again succeeds, and an id that is not there is still said. `listed_by` says where labels are
+        listed (the CLI's command or the service's route)."""
+        to = self.stored_label(to)
+        if label is not None and not self.store.count(label=self.stored_label(label)):
+            return False, self.unknown_labels_message([label], listed_by)
+        chosen = self.chosen_points(ids=ids, label=label, source_prefix=source_prefix)
+        asked = len(set(ids)) if ids is not None else len(chosen)
+        if chosen and set(chosen.values()) == {to} and len(chosen) == asked:
+            chosen_are = "the point chosen has" if len(chosen) == 1 else f"the {len(chosen)} points chosen have"
+            return True, f"nothing to do: {chosen_are} the label {to!r} already"
+        if ids is not None:
+            if chosen:
+                return False, (f"{asked - len(chosen)} of the {asked} ids are no point of the memory; the rest have "
+                               f"the label {to!r} already")
+            return False, "the memory holds no point with " + ("these ids" if asked > 1 else "this id")
+        return False, f"no point's source starts with {source_prefix}"
+
     def _chosen_ids(self, ids: Sequence[str] | None, label: str | None, source_prefix: str | None,
                     verb: str) -> list[str]:
         """The ids of the points chosen by exactly one of: ids, label, source prefix (as `forget` documents)."""

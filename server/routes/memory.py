@@ -216,19 +216,9 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     def apply() -> RelabelOut:
         n = service.relabel(to, ids=body.ids, label=body.label, source_prefix=body.source_prefix)
         store = service.memory.store
-        note = None
-        if n == 0 and body.label is not None and not store.count(label=body.label):
-            note = service.memory.unknown_labels_message([body.label], LISTED_BY)
-        elif n == 0:  # as `vmem relabel` tells them apart: done already, or nothing there
-            chosen = service.memory.chosen_points(ids=body.ids, label=body.label, source_prefix=body.source_prefix)
-            stored_to = service.memory.stored_label(to)
-            if chosen and set(chosen.values()) == {stored_to}:
-                chosen_are = "the point chosen has" if len(chosen) == 1 else f"the {len(chosen)} points chosen have"
-                note = f"nothing to do: {chosen_are} the label {stored_to!r} already"
-            elif body.ids is not None:
-                note = "the memory holds no point with " + ("these ids" if len(body.ids) > 1 else "this id")
-            elif body.source_prefix is not None:
-                note = f"no point's source starts with {body.source_prefix}"
+        # as `vmem relabel` tells them apart: done already, or nothing there
+        note = service.memory.why_nothing_relabelled(to, LISTED_BY, ids=body.ids, label=body.label,
+                                                     source_prefix=body.source_prefix)[1] if n == 0 else None
         return RelabelOut(relabelled=n, label=to, label_name=store.meta.label_names.get(to),
                           label_points=store.count(label=to), note=note)
 

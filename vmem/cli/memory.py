@@ -456,20 +456,10 @@ def relabel(
         if n == 0:
             # Points that have the label already: done, as a forget of what is gone is (a corrections script run
             # again after a partial failure had stopped at the first one). Points not found: a mistake.
-            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
-            if chosen and set(chosen.values()) == {to}:
-                typer.echo(f"note: nothing to do: {n_points(len(chosen))} chosen, all labelled {to!r} already",
-                           err=True)
-                return
-            if label is not None:
-                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
-            elif id is not None:
-                typer.echo("note: the memory holds no point with " + ("these ids" if len(id) > 1 else "this id")
-                           + " (vmem points lists them)", err=True)
-            else:
-                typer.echo(f"note: no point's source starts with {source} (vmem points --source lists them)",
-                           err=True)
-            raise typer.Exit(1)
+            done, why = mem.why_nothing_relabelled(to, LISTED_BY, ids=id, label=label, source_prefix=source)
+            typer.echo(f"note: {why}", err=True)
+            if not done:
+                raise typer.Exit(1)
 
 
 def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
