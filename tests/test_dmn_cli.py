@@ -105,3 +105,27 @@ def test_streams_of_an_earlier_featurizer_are_reported_not_a_crash(tmp_path):
     assert listed.stdout.splitlines()[1].startswith("old\tunusable: DMN stream 'old' holds older-encoder features")
     shown = runner.invoke(app, ["dmn", "show", "old", "--memory", mem])
     assert shown.exit_code == 2 and "reset the stream" in shown.output
+
+
+def test_a_user_with_no_home_is_told_in_one_line_where_streams_cannot_be_kept(tmp_path, monkeypatch):
+    # A container's unknown uid with no HOME: dmn_home() had no place, and each DMN command was a traceback.
+    from pathlib import Path
+
+    import numpy as np
+
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+
+    mem = str(tmp_path / "memory")
+    store = open_store(mem, FeaturizerSpec(name="synthetic", dim=4, preprocessing=Preprocessing(resize=8, crop=8)))
+    store.add(np.eye(4, dtype=np.float32)[:2], ["a", "b"], ["mem://0", "mem://1"])
+    store.close()
+    for variable in ("VMEM_HOME", "XDG_DATA_HOME", "HOME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
+    assert listed.exit_code == 1 and "set VMEM_HOME" in listed.output, listed.output
+    assert "Traceback" not in listed.output

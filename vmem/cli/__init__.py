@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from retrieval import MemoryError, MemoryInUseError, MemoryUnavailableError
+from retrieval.files import NoHomeError
 
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
@@ -37,6 +38,9 @@ class _Commands(TyperGroup):
         except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(EXIT_TEMPORARY if isinstance(exc, MemoryInUseError) else 1) from exc
+        except NoHomeError as exc:  # vmem's default folders have no place (a container's unknown user)
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from exc
         except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
             typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None
