@@ -210,9 +210,12 @@ def feature_cache_root(cache: Path | None) -> Path:
     root: Path | str = cache or "the default folder"
     try:
         root = cache or default_cache_dir()
-        root.mkdir(parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise PermissionError("permission denied")
+        # Checked, not made: the cache makes it when first used, and a command refused later leaves nothing.
+        existing = next(p for p in (root, *root.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied", str(existing))
     except OSError as exc:
         raise typer.BadParameter(f"dataset features cannot be cached at {root} ({exc.strerror or exc}): give "
                                  "--cache DIR, or set VMEM_FEATURE_CACHE or VMEM_HOME to a writable folder",
