@@ -683,7 +683,7 @@ def names(
     replace: Annotated[bool, typer.Option(help="the file's names replace all the stored ones (else merged)")] = False,
 ) -> None:
     """Name labels from a file: what answers, the page and the re-ranker call them (HTTP: PUT
-    /v1/memory/label-names). Only a build had named labels, and only its dataset's."""
+    /v1/memory/label-names)."""
     try:
         given = read_label_names(names_file)
     except (DatasetError, OSError) as exc:
@@ -697,9 +697,12 @@ def names(
         except ValueError as exc:  # an empty name
             raise typer.BadParameter(str(exc), param_hint="FILE") from exc
         after, held = mem.label_names, mem.store.label_counts()
-    changed = sum(before.get(k) != after.get(k) for k in before.keys() | after.keys())
+    changed = sum(before.get(k) != after[k] for k in after)
+    dropped = len(before.keys() - after.keys())
     unheld = [label for label in after if label not in held]
-    typer.echo(f"{changed} names new or changed; the memory names {len(after)} labels"
+    typer.echo(f"{changed} name{'s' if changed != 1 else ''} new or changed"
+               + (f", {dropped} dropped" if dropped else "")
+               + f"; the memory names {len(after)} label{'s' if len(after) != 1 else ''}"
                + (f", {len(unheld)} of them not in it yet (kept for when they come)" if unheld else ""))
 
 
