@@ -812,22 +812,30 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
                    "forgotten points stay forgotten")
 
 
-def test_an_erase_with_no_room_to_rewrite_is_a_507_that_says_the_points_stay_forgotten(client):
-    # The engine checks the room a rewrite needs, and refuses: a 500 "an unexpected error occurred" before.
+def engine_raises(client, method: str, message: str) -> None:
+    """Make the service's embedded engine raise `message` from `method`, as the engine raises its errors (the
+    engine itself is a compiled object: its methods cannot be patched)."""
     store = client.app.state.service.memory.store
 
-    class NoRoom:
+    class Failing:
         def __init__(self, shard):
             self.shard = shard
 
         def __getattr__(self, name):
             return getattr(self.shard, name)
 
-        def optimize(self):
-            raise RuntimeError("Service internal error: Not enough space available for optimization, needed: "
-                               "182.67 MiB, available: 44.00 MiB")
+    def fail(*args, **kwargs):
+        raise RuntimeError(message)
 
-    store.shard = NoRoom(store.shard)
+    engine = Failing(store.shard)
+    setattr(engine, method, fail)
+    store.shard = engine
+
+
+def test_an_erase_with_no_room_to_rewrite_is_a_507_that_says_the_points_stay_forgotten(client):
+    # The engine checks the room a rewrite needs, and refuses: a 500 "an unexpected error occurred" before.
+    engine_raises(client, "optimize", "Service internal error: Not enough space available for optimization, "
+                                      "needed: 182.67 MiB, available: 44.00 MiB")
     assert client.delete("/v1/memory?label=red", headers=AUTH).json()["deleted"] == 4
     refused = client.post("/v1/memory/erase", headers=AUTH)
     assert_problem(refused, 507, "memory-disk-full", "the points stay forgotten")
@@ -837,20 +845,8 @@ def test_an_erase_with_no_room_to_rewrite_is_a_507_that_says_the_points_stay_for
 def test_an_engine_that_failed_a_write_turns_the_service_unready_and_says_why(client):
     # After a write failed midway (a file it could not create), the engine answered every later write with
     # "Not recovered from previous error": 500s while /readyz said ready, until a restart.
-    store = client.app.state.service.memory.store
-
-    class FailingEngine:
-        def __init__(self, shard):
-            self.shard = shard
-
-        def __getattr__(self, name):
-            return getattr(self.shard, name)
-
-        def update(self, operation):
-            raise RuntimeError("Service internal error: Not recovered from previous error: IO Error: failed to "
-                               "open file chunk_0.tmp: Permission denied")
-
-    store.shard = FailingEngine(store.shard)
+    engine_raises(client, "update", "Service internal error: Not recovered from previous error: IO Error: failed to "
+                                    "open file chunk_0.tmp: Permission denied")
     files = [("images", ("y.png", texture((240, 230, 20), 50), "image/png"))]
     refused = client.post("/v1/memory", headers=AUTH, files=files, data={"label": "yellow"})
     assert_problem(refused, 503, "memory-write-failed", "takes no more edits")
