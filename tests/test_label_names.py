@@ -145,6 +145,13 @@ def memory(lite0, tmp_path):
     mem.close()
 
 
+def test_forgetting_by_a_name_forgets_nothing_and_says_which_label_it_names(memory, caplog):
+    # forget takes labels: in Python it returned 0 without the hint the CLI and HTTP give.
+    memory.set_label_names({"red": "crimson"})
+    assert memory.forget(label="crimson") == 0
+    assert "'crimson' is the name of label red" in caplog.text and memory.store.count(label="red") == 3
+
+
 def test_classify_names_the_label_and_every_neighbour(memory, tmp_path, lite0):
     memory.set_label_names({"red": "crimson", "green": "emerald"})  # blue stays unnamed
     [res] = memory.classify([texture(COLORS["red"], seed=99)], k=9)

@@ -983,6 +983,10 @@ class VisualMemory:
             listener(targets)
         if self._reranker is None and targets:
             self._drop_cached_rerank_answers(targets)
+        if n == 0 and label is not None and self.via == "python" and (hints := self.name_hints([label])):
+            # Said as the CLI and HTTP say it in their answers (there, not logged again): forget takes labels,
+            # and 0 alone reads as "none left".
+            log.warning("forgot nothing: %s; forget takes labels", hints)
         if erase:
             self.erase_forgotten()
         return n
