@@ -273,6 +273,11 @@ def test_eval_says_in_one_line_where_its_features_cannot_be_cached(built, tmp_pa
                                    str(tmp_path / "out")], env={"COLUMNS": "200"})
     assert out.exit_code == 2, out.output
     assert "dataset features cannot be cached at" in out.output and "VMEM_FEATURE_CACHE" in out.output
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a link leading nowhere is no folder either
+    monkeypatch.setenv("VMEM_FEATURE_CACHE", str(tmp_path / "dangling"))
+    out = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val), "--out",
+                                   str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and "dataset features cannot be cached at" in out.output, out.output
     # Checked, not made: a command refused for another reason leaves no cache folder behind
     monkeypatch.setenv("VMEM_FEATURE_CACHE", str(tmp_path / "c" / "a" / "b"))
     out = CliRunner().invoke(app, ["eval", "--memory", str(tmp_path / "no-memory"), "--dataset", str(val)])

@@ -263,6 +263,9 @@ def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, l
         # Nothing relabelled: done already, or nothing there, told apart as `vmem relabel` tells them
         done = client.post("/v1/memory/relabel", json={"ids": [nearest], "to": "blue"}, headers=key).json()
         assert (done["relabelled"], done["note"]) == (0, "nothing to do: the point chosen has the label 'blue' already")
+        twice = client.post("/v1/memory/relabel", json={"ids": [nearest, nearest.upper()], "to": "blue"},
+                            headers=key).json()  # one point, spelt twice: not "1 of the 2 ids are no point"
+        assert twice["note"] == "nothing to do: the point chosen has the label 'blue' already"
         nobody = client.post("/v1/memory/relabel", json={"ids": ["00000000-0000-4000-8000-000000000000"],
                                                          "to": "blue"}, headers=key).json()
         assert nobody["relabelled"] == 0 and nobody["note"] == "the memory holds no point with this id"

@@ -1240,6 +1240,7 @@ def test_openapi_gives_a_generated_client_what_it_needs(client):
     for key in (("/v1/memory/relabel", "post"), ("/v1/memory/label-names", "put")):
         assert "413" in ops[key]["responses"], key
     assert all("500" in op["responses"] for op in ops.values() if "422" in op["responses"])
+    assert "507" in ops["/v1/memory/erase", "post"]["responses"]  # a disk with no room to rewrite
     # Ids and times say their shape: a generated client passes an id it got back where a UUID is asked for
     schemas = spec["components"]["schemas"]
     assert schemas["NeighborOut"]["properties"]["id"]["format"] == "uuid"

@@ -1103,7 +1103,9 @@ class VisualMemory:
         if label is not None and not self.store.count(label=self.stored_label(label)):
             return False, self.unknown_labels_message([label], listed_by)
         chosen = self.chosen_points(ids=ids, label=label, source_prefix=source_prefix)
-        asked = len(set(ids)) if ids is not None else len(chosen)
+        # Counted as parsed, as chosen ones are: an id given twice, in upper and lower case, is one point
+        asked = len({parse_point_id(i) for i in ([ids] if isinstance(ids, str) else ids)}) if ids is not None \
+            else len(chosen)
         if chosen and set(chosen.values()) == {to} and len(chosen) == asked:
             chosen_are = "the point chosen has" if len(chosen) == 1 else f"the {len(chosen)} points chosen have"
             return True, f"nothing to do: {chosen_are} the label {to!r} already"

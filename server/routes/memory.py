@@ -186,7 +186,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     "/erase",
     summary="Erase forgotten vectors",
     response_model=EraseOut,
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(401, 403, 422, 503, 507),
 )
 async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     """Rewrite the embedded memory's files without the vectors of every point forgotten so far: those forgotten

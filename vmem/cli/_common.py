@@ -211,8 +211,8 @@ def feature_cache_root(cache: Path | None) -> Path:
     try:
         root = cache or default_cache_dir()
         # Checked, not made: the cache makes it when first used, and a command refused later leaves nothing.
-        existing = next(p for p in (root, *root.absolute().parents) if p.exists())
-        if not existing.is_dir():
+        existing = next(p for p in (root, *root.absolute().parents) if os.path.lexists(p))
+        if not existing.is_dir():  # a file, or a link leading nowhere (mkdir would then raise FileExistsError)
             raise NotADirectoryError(20, "not a directory", str(existing))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "permission denied", str(existing))

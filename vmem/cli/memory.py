@@ -422,7 +422,7 @@ def forget(
             # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
             try:
                 mem.erase_forgotten()
-            except MemoryError as exc:
+            except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(1) from None
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
