@@ -23,6 +23,7 @@ from retrieval.journal import JournalEntry, JournalOp
 from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
 from vmem import MemoryPoint, VoteSettings
+from vmem.results import MAX_ALPHA, MAX_TAU, MIN_ALPHA, MIN_TAU
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
 MOST_BATCH_IMAGES = 1024
@@ -140,10 +141,10 @@ class ClassifyQuery(BaseModel):
     k: int | None = Field(default=None, ge=1, le=1000,
                           description="neighbours that vote (default: the memory's tuned k, else 50)")
     vote: VoteRule | None = Field(default=None, description="voting rule (default: the memory's tuned rule, else rank)")
-    # Bounded away from 0: a denormal alpha or tau overflows the vote weights.
-    alpha: float | None = Field(default=None, ge=1e-3, le=1e6, allow_inf_nan=False,
+    # The bounds VoteSettings takes (vmem.results): bounded away from 0, as a denormal overflows the weights.
+    alpha: float | None = Field(default=None, ge=MIN_ALPHA, le=MAX_ALPHA, allow_inf_nan=False,
                                 description="rank voting: weight 1/(alpha + rank)")
-    tau: float | None = Field(default=None, ge=1e-3, le=1e3, allow_inf_nan=False,
+    tau: float | None = Field(default=None, ge=MIN_TAU, le=MAX_TAU, allow_inf_nan=False,
                               description="softmax voting temperature")
     rerank: bool = Field(default=False, description="ask the VLM re-ranker; falls back to the vote with a reason")
     exact: bool = Field(default=False, description="search every point exactly, not through the index: the answer any "

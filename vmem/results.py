@@ -12,6 +12,10 @@ from retrieval.text import utf8_text
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
+# Bounds of alpha and tau on every surface (Python, CLI, HTTP). Away from 0: a denormal alpha or tau overflows the
+# vote weights.
+MIN_ALPHA = MIN_TAU = 1e-3
+MAX_ALPHA, MAX_TAU = 1e6, 1e3
 
 
 class VoteSettings(BaseModel):
@@ -21,9 +25,9 @@ class VoteSettings(BaseModel):
                                             description="plurality, distance, softmax, rank or dmn")
     k: int = Field(default=DEFAULT_K, ge=1, le=1000, description="number of nearest neighbours voting")
     # The bounds HTTP takes, for every surface: the CLI and Python took --alpha 1e7 that the service refused.
-    alpha: float = Field(default=DEFAULT_ALPHA, ge=1e-3, le=1e6, allow_inf_nan=False,
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=MIN_ALPHA, le=MAX_ALPHA, allow_inf_nan=False,
                          description="rank voting: w = 1/(alpha + rank)")
-    tau: float = Field(default=DEFAULT_TAU, ge=1e-3, le=1e3, allow_inf_nan=False,
+    tau: float = Field(default=DEFAULT_TAU, ge=MIN_TAU, le=MAX_TAU, allow_inf_nan=False,
                        description="softmax voting temperature")
     soft_pruning: bool = Field(default=True, description="multiply weights by the points' reliability factors, if any")
     origin: Literal["default", "memory", "explicit"] = Field(

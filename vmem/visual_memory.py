@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, get_args, overload
 
 import numpy as np
 from PIL import Image
-from pydantic import ValidationError
 
 from retrieval import (
     BuildReport,
@@ -65,7 +64,17 @@ from retrieval.text import label_forms, label_problem
 if TYPE_CHECKING:
     from retrieval import Featurizer
 
-from .results import AddResult, Classification, FailedImage, MemoryPoint, NeighborVote, PointPage, VoteSettings
+from .results import (
+    MAX_ALPHA,
+    MAX_TAU,
+    AddResult,
+    Classification,
+    FailedImage,
+    MemoryPoint,
+    NeighborVote,
+    PointPage,
+    VoteSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +104,16 @@ def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
     """A memory's tuned vote settings, with an alpha or tau that `vmem tune` could store before vote settings
     took HTTP's bounds brought within them (with a warning): refused, the memory classified nothing, and blamed an
     option no one gave."""
-    try:
-        return VoteSettings(**{**tuned, "origin": "memory"})
-    except ValidationError:
-        fields = VoteSettings.model_fields
-        bounded = dict(tuned)
-        for name in ("alpha", "tau"):
-            value, limit = tuned.get(name), fields[name].metadata
-            high = next((m.le for m in limit if getattr(m, "le", None) is not None), None)
-            if isinstance(value, int | float) and high is not None and value > high:
-                bounded[name] = high
-                if (name, value) in _SAID_OUT_OF_BOUNDS:  # read at every classify: said once
-                    continue
+    bounded = dict(tuned)
+    for name, high in (("alpha", MAX_ALPHA), ("tau", MAX_TAU)):
+        value = tuned.get(name)
+        if isinstance(value, int | float) and value > high:
+            bounded[name] = high
+            if (name, value) not in _SAID_OUT_OF_BOUNDS:  # read at every classify: said once
                 _SAID_OUT_OF_BOUNDS.add((name, value))
                 log.warning("this memory's tuned %s (%g) is above %g, the most vote settings take now: using %g; "
                             "run vmem tune again", name, value, high, high)
-        return VoteSettings(**{**bounded, "origin": "memory"})
+    return VoteSettings(**{**bounded, "origin": "memory"})
 
 
 def upload_source(data: bytes | bytearray, name: str | None = None, sha256: str | None = None) -> str:
