@@ -966,9 +966,8 @@ class VisualMemory:
         them, and listeners have dropped what cited them. With `erase`, the memory's files are also
         rewritten without their vectors before it returns (`erase_forgotten`).
         """
-        if erase and not self.store.erases_on_demand:
-            raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
-                             "its segments on its own schedule): forget without erase")
+        if erase:
+            self.check_erase_on_demand()
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         # Read before they go: the journal is all that will say which points went, and what they were.
         # The journal entry under the same lock: edits of one point racing in this process are journaled in
@@ -993,6 +992,13 @@ class VisualMemory:
         if erase:
             self.erase_forgotten()
         return n
+
+    def check_erase_on_demand(self) -> None:
+        """ValueError where the memory cannot erase forgotten points when asked: checked before anything is
+        forgotten."""
+        if not self.store.erases_on_demand:
+            raise ValueError("this memory cannot erase forgotten points on demand (a Qdrant server rewrites "
+                             "its segments on its own schedule): forget without erase")
 
     def _thumbnail_folder(self) -> Path | None:
         memory_dir = local_folder(self.store.location)  # where the service keeps them (its `_thumbnail_dir`)

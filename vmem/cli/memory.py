@@ -405,10 +405,11 @@ def forget(
     id, source = _chosen_points(id, label, source, "forget")
     mem = open_memory(memory, qdrant_url)
     with mem:
-        if erase and not mem.store.erases_on_demand:  # refused before anything is deleted
-            raise typer.BadParameter("this memory cannot erase forgotten points on demand (a Qdrant server "
-                                     "rewrites its segments on its own schedule): forget without erase",
-                                     param_hint="--erase")
+        if erase:
+            try:
+                mem.check_erase_on_demand()  # refused before anything is deleted
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--erase") from None
         started = time.perf_counter()
         n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
