@@ -164,6 +164,18 @@ def test_a_memory_on_a_qdrant_server_refuses_to_erase_on_demand():
             store.erase_forgotten()
 
 
+def test_forget_with_erase_on_a_qdrant_server_is_refused_before_anything_is_forgotten():
+    from vmem import VisualMemory
+
+    store = open_store(":memory:", SPEC)
+    store.add(random_unit_vectors(2, 384, seed=1), ["a", "b"], ["/v/0", "/v/1"])
+    mem = VisualMemory(store)
+    with pytest.raises(ValueError, match="cannot erase forgotten points on demand"):
+        mem.forget(label="a", erase=True)
+    assert store.count() == 2
+    mem.close()
+
+
 def test_searches_go_on_while_the_memory_is_erased(tmp_path):
     vecs = random_unit_vectors(20_000, 384, seed=6)
     with open_store(tmp_path / "memory", SPEC, index=IndexSettings(segment_points=10_000)) as store:
