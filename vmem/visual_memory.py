@@ -1156,13 +1156,13 @@ class VisualMemory:
             as_given = given + "/" if Path(given).is_dir() and not given.endswith("/") else given
             files = [*files, *(src for src in self._sources_under(as_given)
                                if is_local_source(src) and not os.path.isabs(src))]
+        # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
+        # types them composed, and on Linux they are two names; the one stored is chosen too.
         others = [unicodedata.normalize(form, norm) for form in ("NFC", "NFD")] if not norm.isascii() else []
         # As the disk spells it too: on a Mac `--source ~/data/cats` opens ~/Data/cats, and a build given ~/Data
         # stored its images so (a case-insensitive disk; on Linux a path has one spelling, and this costs a stat).
         spelled = on_disk_spelling(norm)
         others.append(spelled + "/" if norm.endswith("/") and not spelled.endswith("/") else spelled)
-        # The other Unicode spelling of the same path: a Mac writes file names decomposed (NFD), a keyboard
-        # types them composed, and on Linux they are two names; the one stored is chosen too.
         folders += [other for other in dict.fromkeys(others)
                     if other != norm and self.store.page(None, other, None, 1, None)[0]]
         return norm, (folders, files)
