@@ -411,8 +411,7 @@ class ClassifierService:
         self.metrics.edits.labels("forget").inc(n)
         if erase and n:  # nothing forgotten, nothing to erase: a 404 for an unknown point changes nothing
             try:
-                with self.metrics.erase_seconds.time():
-                    self.memory.erase_forgotten()
+                self.erase()
             except Exception as exc:
                 log.warning("forgot %d points, but erasing their vectors from the files failed: %s", n, exc)
                 raise EraseFailedError(n, str(exc)) from exc
