@@ -247,6 +247,38 @@ def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
     mem.close()
 
 
+def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from starlette.responses import HTMLResponse
+
+    # In front of the service, as nginx with its default client_max_body_size (1 MB): an upload over the proxy's
+    # limit gets the proxy's HTML page, not the service's problem+json. The page had shown "HTTP 413" alone.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    service = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
+
+    async def proxy(scope, receive, send):
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if scope["type"] == "http" and int(length) > 1_000:
+            page = HTMLResponse("<html><center><h1>413 Request Entity Too Large</h1></center>nginx</html>", 413)
+            return await page(scope, receive, send)
+        return await service(scope, receive, send)
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4245))
+    assert query.stat().st_size > 1_000
+    with live_server(proxy) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda d: d.find_element(By.ID, "error").text.strip())
+        said = browser.find_element(By.ID, "error").text
+        assert "larger than a proxy in front of the service accepts" in said and said.endswith("(HTTP 413)"), said
+    mem.close()
+
+
 def classify_on_the_page(browser, page: str, query: Path, k: int):
     """Open the page on the 12-point test memory, upload `query` with this k, wait for the prediction."""
     from selenium.webdriver.common.by import By

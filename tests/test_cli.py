@@ -548,6 +548,26 @@ def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
     assert served["root_path"] == "/vmem"
 
 
+def test_serve_refuses_a_prefix_without_its_leading_slash(built, monkeypatch):
+    # `--root-path vmem` made every thumbnail_url relative: the page under /vmem/ asked for /vmem/vmem/... (404s)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served with a relative prefix"))
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory, "--root-path", "vmem")
+    assert out.exit_code == 2 and said(out, "--root-path", "'vmem' lacks its leading /", "--root-path /vmem")
+
+
+def test_serve_believes_the_forwarded_headers_of_the_proxies_it_is_told(built, monkeypatch):
+    # A proxy on another host: uvicorn believes X-Forwarded-* from loopback only unless told its address.
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory, "--forwarded-allow-ips", "10.0.0.7,10.0.0.8")
+    assert out.exit_code == 0, out.output
+    assert served["forwarded_allow_ips"] == "10.0.0.7,10.0.0.8"
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert served["forwarded_allow_ips"] is None  # uvicorn's default: $FORWARDED_ALLOW_IPS, else 127.0.0.1
+
+
 def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
     assert out.exit_code == 2 and "does not exist" in out.output

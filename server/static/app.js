@@ -10,13 +10,25 @@ let labelsByPoints = []; // its labels, most points first (a JS object lists int
 let labelNames = {}; // label -> name, from the last stats
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
+// What a status means when the answer is not the service's own (a proxy's HTML page, e.g. nginx's defaults).
+const PROXY_STATUS = {
+  413: "the upload is larger than a proxy in front of the service accepts (its client_max_body_size): " +
+    "choose a smaller image, or ask whoever runs the service to raise that limit",
+  502: "the service did not answer the proxy in front of it: it may be stopped or restarting; try again shortly",
+  503: "the service is not available right now; try again shortly",
+  504: "a proxy in front of the service gave up waiting for its answer (its proxy_read_timeout); " +
+    "try again, or without re-ranking",
+};
+
 async function problemText(resp) {
-  // Errors are RFC 9457 problem details: show `detail`, else the title, else the status.
+  // Errors are RFC 9457 problem details: show `detail`, else the title, else what the status means.
+  const fallback = PROXY_STATUS[resp.status]
+    ? `${PROXY_STATUS[resp.status]} (HTTP ${resp.status})` : `HTTP ${resp.status}`;
   try {
     const body = await resp.json();
-    return body.detail || body.title || `HTTP ${resp.status}`;
+    return body.detail || body.title || fallback;
   } catch {
-    return `HTTP ${resp.status}`;
+    return fallback;
   }
 }
 

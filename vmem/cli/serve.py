@@ -143,6 +143,10 @@ def serve(
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level")] = LogLevel.info,
     root_path: Annotated[str, typer.Option(help="the path prefix a reverse proxy serves this under and strips "
                                                 "(e.g. /vmem): the URLs the service hands out carry it")] = "",
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        help="addresses of the proxies whose X-Forwarded-For/-Proto to believe, comma-separated, or * "
+             "\\[default: $FORWARDED_ALLOW_IPS or 127.0.0.1]: a proxy elsewhere needs its address here, or the log "
+             "names the proxy, not the client, and redirects say http")] = None,
 ) -> None:
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
     import uvicorn
@@ -151,6 +155,10 @@ def serve(
     from server.app import open_memory
 
     refuse_both(memory, qdrant_url)
+    if root_path and not root_path.startswith("/"):
+        # Without the slash every URL handed out is relative to the page's, and the browser doubled the prefix
+        raise typer.BadParameter(f"{root_path!r} lacks its leading /: give --root-path /{root_path}",
+                                 param_hint="--root-path")
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
                                  "featurize_threads": threads, "auth_disabled": True if no_auth else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -202,6 +210,6 @@ def serve(
                        err=True)
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    log_config=_service_log_config())
+                    forwarded_allow_ips=forwarded_allow_ips, log_config=_service_log_config())
     finally:
         mem.close()
