@@ -354,3 +354,24 @@ def test_a_copied_memory_takes_its_streams_along(stored_memory, tmp_path):
     again, notes = stored_memory.copy_to(tmp_path / "copy")  # run again: the copy's own stream is kept
     with VisualMemory(again, reranker=None) as copied:
         assert notes == [] and copied.dmn.stream("cam1").updates == 10
+
+
+def test_closing_saves_the_streams_and_a_closed_memory_never_writes_them_again(tmp_path):
+    # A notebook: classify, close, open the memory again and go on. close() had not saved the throttled updates,
+    # and at exit the closed memory's classifier wrote its older stream over the newer one.
+    location = str(tmp_path / "memory")
+    first = clustered_memory(location)
+    q, _ = queries(30)
+    first.dmn.save_interval_s = 3600.0
+    first.classify_dmn(q[:10], stream="s")
+    first.classify_dmn(q[10:20], stream="s")  # within the interval: not saved yet
+    old_classifier = first.dmn
+    first.close()
+    with VisualMemory.open(location, reranker=None) as again:
+        assert len(again.dmn.stream("s")) == 20
+        again.classify_dmn(q[20:], stream="s")
+    path = dmn_home() / stream_dir_key(again.store) / "s.npz"
+    assert DynamicMemory.load(path).updates == 30
+    old_classifier._flush_at_exit()  # what the interpreter's exit ran for it
+    old_classifier.save("s", force=True)
+    assert DynamicMemory.load(path).updates == 30

@@ -203,6 +203,16 @@ class DmnClassifier:
         except OSError as exc:  # e.g. the directory went away with a temporary memory
             log.warning("could not save DMN streams %s: %s", sorted(self._dirty), exc)
 
+    def close(self) -> None:
+        """Save what is unsaved, then never write again: the memory is closed. A memory opened again in this
+        process (a notebook's cell run twice) has a classifier of its own, whose newer saves this one's exit
+        handler had overwritten with its older state."""
+        atexit.unregister(self._flush_at_exit)
+        self._flush_at_exit()
+        with self._lock:
+            self.persistent = False  # save() is a no-op from now on
+            self._streams.clear()
+
     def rename_label(self, old: str, new: str) -> int:
         """Carry every stream's entries for label `old` over to `new` (the labelled memory's class renamed or
         merged: a queue of a label the memory no longer holds is emptied at the next classify). Returns the

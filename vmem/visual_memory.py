@@ -278,6 +278,12 @@ class VisualMemory:
         return self.store.meta.featurizer.preprocessing.decode(source)
 
     def close(self) -> None:
+        """Release the memory: its lock (another process, or another `open` in this one, may then open it), its
+        files, the re-ranker's connections, and save any DMN stream updates not saved yet. Closing twice is
+        harmless; `with VisualMemory.open(...) as mem:` closes it at the block's end."""
+        classifier = self.store.__dict__.get("_dmn_classifier")
+        if classifier is not None:
+            classifier.close()
         reranker = self._reranker
         if reranker is not None and hasattr(reranker, "close"):
             reranker.close()
