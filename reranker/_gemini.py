@@ -218,7 +218,14 @@ class _LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self._thread:
             raise RuntimeError("rerank_many() called from the re-ranker's own loop; use arerank_many()")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C or a notebook's interrupt: stop the batch's calls too (cancelling the future cancels the
+            # task on the loop), or every remaining request is still sent, and billed, in the background.
+            future.cancel()
+            raise
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))

@@ -472,6 +472,30 @@ def test_a_batch_keeps_at_most_concurrency_requests_in_flight(fake, make_rr, ima
     assert batch.reranked == 6 and fake.count == 6 and fake.max_in_flight == 2
 
 
+def test_an_interrupt_stops_the_batch_s_requests_not_only_the_wait_for_them(fake, make_rr, images):
+    import signal
+    import threading
+
+    # Ctrl-C, or a notebook's interrupt, during a re-ranked batch: every remaining request had still been sent
+    # (and billed) in the background, until the process ended or the memory was closed.
+    fake.latency_s = 0.3
+    rr = make_rr(cache=False, concurrency=2, deadline_s=30.0, attempt_timeout_s=20.0)
+    main = threading.main_thread().ident
+
+    def interrupt_once_requests_are_in_flight() -> None:
+        deadline = time.monotonic() + 20
+        while fake.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_requests_are_in_flight, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        rr.rerank_many([request(images, query_rgb=(i, 0, 0)) for i in range(20)])
+    sent = fake.count
+    time.sleep(1.5)  # five more requests' time, had they gone on
+    assert 2 <= sent <= 4 and fake.count == sent
+
+
 def test_the_async_api_runs_from_any_event_loop(fake, make_rr, images):
     rr = make_rr()
 
