@@ -700,6 +700,11 @@ class MemoryStore(ABC):
     def close(self) -> None:  # noqa: B027
         pass
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` has released it (every use then says so)."""
+        return False
+
     def __enter__(self) -> MemoryStore:
         return self
 
@@ -808,10 +813,16 @@ def _hold_open_lock(folder: Path) -> Any:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
+        if Path(os.path.realpath(folder)) in _open_folders:
+            # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
+            raise MemoryInUseError(
+                f"the memory at {folder} is already open in this process: close the object that opened it "
+                "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
+                "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
+                "Out[n].close()") from None
         raise MemoryInUseError(
-            f"the memory at {folder} is open in another process (a running vmem serve or build?), or still open "
-            "in this one (close it first); stop it, or put the memory on a Qdrant server (--qdrant-url) to share "
-            "it") from None
+            f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
+            "the memory on a Qdrant server (--qdrant-url) to share it") from None
     return fh
 
 
@@ -1343,6 +1354,10 @@ class EdgeMemoryStore(MemoryStore):
         self.shard  # noqa: B018 - a closed store says so here, before its caller embeds a folder for nothing
         return frozenset()
 
+    @property
+    def closed(self) -> bool:
+        return self._shard is None
+
     def close(self) -> None:
         shard = self._shard
         if shard is not None:
@@ -1616,6 +1631,10 @@ class QdrantServerStore(MemoryStore):
     def set_payload(self, ids, payload) -> None:
         self.client.set_payload(self.collection, payload=payload, points=list(ids), wait=True)
         self._mark_edited(POINTS_EDIT_KEY)
+
+    @property
+    def closed(self) -> bool:
+        return isinstance(self.client, ClosedClient)
 
     def close(self) -> None:
         if not isinstance(self.client, ClosedClient):

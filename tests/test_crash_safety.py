@@ -174,14 +174,15 @@ def test_a_memory_in_use_by_another_process_is_refused_with_a_clear_error(tmp_pa
     memory = tmp_path / "memory"
     with open_store(memory, feat.spec) as holder:
         holder.add(feat.embed([noise_png(1)]), ["ant"], ["/x/1.png"])
-        with pytest.raises(MemoryError, match="open in another process"):
+        # (held in this process here, so the refusal says that; another process's is in the tests below)
+        with pytest.raises(MemoryError, match="already open in this process"):
             open_store(memory)
         from typer.testing import CliRunner
 
         from vmem.cli import app
         busy = CliRunner().invoke(app, ["info", "--memory", str(memory)])
         # a one-line error, and 75 (EX_TEMPFAIL): a scheduler retries it later, as it would not a wrong command
-        assert busy.exit_code == 75 and "open in another process" in busy.output
+        assert busy.exit_code == 75 and "already open in this process" in busy.output
         assert "Usage:" not in busy.output  # ...not a usage error: the command was right
         holder.add(feat.embed([noise_png(2)]), ["bee"], ["/x/2.png"])
     assert len(check_consistent(memory)) == 2

@@ -105,7 +105,7 @@ def test_an_embedded_memory_is_edited_by_one_process_only(tmp_path, lite0):
     store = open_store(tmp_path / "memory", lite0.spec)
     store.add(random_unit_vectors(2, lite0.spec.dim), ["x", "y"], ["/d/1.jpg", "/d/2.jpg"])
     # So there are no edits elsewhere to look for: a second opening of it is refused while this one holds it.
-    with pytest.raises(MemoryError, match="open in another process"):
+    with pytest.raises(MemoryError, match="already open in this process"):
         open_store(tmp_path / "memory")
     assert store.edits_elsewhere() == frozenset()
     store.close()
@@ -120,7 +120,7 @@ def test_a_refused_second_opening_leaves_the_holder_able_to_write_and_close(tmp_
     holder.add(random_unit_vectors(3, lite0.spec.dim, seed=1), ["x"] * 3, [f"/d/{i}.jpg" for i in range(3)])
     holder.flush()
     for _ in range(2):
-        with pytest.raises(MemoryError, match="still open in this one"):
+        with pytest.raises(MemoryError, match=r"already open in this process: close the object that opened it"):
             open_store(tmp_path / "memory")
     holder.add(random_unit_vectors(3, lite0.spec.dim, seed=2), ["y"] * 3, [f"/d/{i}.jpg" for i in range(3, 6)])
     holder.flush()

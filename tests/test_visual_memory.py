@@ -36,6 +36,20 @@ def test_classify_bytes_and_explain_the_decision(memory):
     assert not res.reranked and res.fallback_reason is None
 
 
+def test_a_memory_opened_twice_in_one_process_says_so_and_closes_for_the_next(memory):
+    from retrieval import MemoryInUseError
+
+    # A notebook's cell run again: refused, naming this process and the way out, not "another process".
+    location = memory.store.location
+    with pytest.raises(MemoryInUseError, match="already open in this process: close the object"):
+        VisualMemory.open(location)
+    memory.close()
+    assert repr(memory).endswith("1280-d, closed)>")
+    with VisualMemory.open(location) as again:
+        assert again.store.count() == 6 and not again.store.closed
+    assert again.store.closed
+
+
 def test_adding_the_same_upload_twice_is_idempotent(memory):
     data = make_image((0, 200, 0))
     ids1, _ = memory.add([data], ["green"])

@@ -296,7 +296,8 @@ class VisualMemory:
 
     def __repr__(self) -> str:
         spec = self.store.meta.featurizer
-        return f"<VisualMemory {self.store.location} ({spec.name}, {spec.dim}-d)>"
+        closed = ", closed" if self.store.closed else ""
+        return f"<VisualMemory {self.store.location} ({spec.name}, {spec.dim}-d{closed})>"
 
     def __exit__(self, *exc: object) -> None:
         self.close()
