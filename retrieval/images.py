@@ -101,7 +101,11 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
             fp: io.BytesIO | Path = io.BytesIO(source)
             name = "upload"
         else:
-            fp = Path(source)
+            if isinstance(source, str) and "://" in source:
+                # Path() would collapse the // and say "no such file" of a mangled name
+                raise ImageDecodeError(f"{source}: a URL, and vmem reads images from files, bytes or arrays, not "
+                                       "from the network: download it first")
+            fp = Path(source).expanduser()  # a notebook has no shell to expand ~
             name = str(fp)
             if fp.is_dir():
                 raise ImageDecodeError(f"{name}: a directory, not an image file")

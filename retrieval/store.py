@@ -886,7 +886,7 @@ class EdgeMemoryStore(MemoryStore):
         self._qe = qe
         # Absolute for the engine and vmem's own files, so that a chdir (a notebook's %cd) leaves it working;
         # the location as given, for messages.
-        self.path = Path(path).absolute()
+        self.path = Path(path).expanduser().absolute()  # ~ too: the Python API has no shell to expand it
         self.location = str(Path(path))
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
@@ -1438,7 +1438,7 @@ class QdrantServerStore(MemoryStore):
             elif "://" in location:
                 client = QdrantClient(url=location, api_key=api_key)
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
-                client = QdrantClient(path=location.removeprefix(LOCAL_MODE_PREFIX))
+                client = QdrantClient(path=str(local_folder(location)))
         self.client = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         if self.client.collection_exists(collection):
@@ -1690,8 +1690,8 @@ def local_folder(location: str) -> Path | None:
     """The folder a memory at `location` keeps its files in (embedded or `qdrant-local:`); None for a server
     or `:memory:`."""
     if location.startswith(LOCAL_MODE_PREFIX):
-        return Path(location.removeprefix(LOCAL_MODE_PREFIX))
-    return Path(location) if is_embedded_location(location) else None
+        return Path(location.removeprefix(LOCAL_MODE_PREFIX)).expanduser()
+    return Path(location).expanduser() if is_embedded_location(location) else None
 
 
 def same_location(a: str | Path, b: str | Path) -> bool:

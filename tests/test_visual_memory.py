@@ -50,6 +50,26 @@ def test_a_memory_opened_twice_in_one_process_says_so_and_closes_for_the_next(me
     assert again.store.closed
 
 
+def test_paths_under_the_home_folder_are_taken_with_a_tilde(lite0, tmp_path, monkeypatch):
+    # A notebook has no shell to expand ~: the memory had gone to ./~/mem, and the image was "no such file".
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "imgs").mkdir(parents=True)
+    (tmp_path / "home" / "imgs" / "red.jpg").write_bytes(make_image((220, 20, 20)))
+    monkeypatch.chdir(tmp_path)
+    with VisualMemory.open("~/mem", featurizer="efficientnet-lite0", create=True) as mem:
+        ids, failed = mem.add(["~/imgs/red.jpg"], ["red"])
+        assert len(ids) == 1 and not failed
+        [res] = mem.classify(["~/imgs/red.jpg"], k=1)
+        assert res.label == "red" and res.neighbors[0].source == str(tmp_path / "home" / "imgs" / "red.jpg")
+    assert (tmp_path / "home" / "mem" / "vmem.json").is_file() and not (tmp_path / "~").exists()
+    with VisualMemory.open("~/mem") as again:
+        assert again.store.count() == 1
+        from retrieval import ImageDecodeError
+
+        with pytest.raises(ImageDecodeError, match=r"a URL, and vmem reads images from files.*download it first"):
+            again.classify(["https://example.com/cat.jpg"])
+
+
 def test_adding_the_same_upload_twice_is_idempotent(memory):
     data = make_image((0, 200, 0))
     ids1, _ = memory.add([data], ["green"])
