@@ -256,19 +256,24 @@ def merge_meta(base: MemoryMeta, mine: MemoryMeta, theirs: MemoryMeta) -> Memory
     return theirs.model_copy(update=copy.deepcopy(merged))
 
 
-class MemoryError(RuntimeError):
+class MemoryStoreError(RuntimeError):
     """The memory could not be opened or used as asked."""
 
 
-class MemoryInUseError(MemoryError):
+# The name it had first, kept for code that imports it. Not the class's own name: a traceback reading
+# "MemoryError: the memory at ... is closed" looked like Python's out-of-RAM MemoryError.
+MemoryError = MemoryStoreError
+
+
+class MemoryInUseError(MemoryStoreError):
     """The embedded memory is open in another process (a service, a build): worth a retry once that ends."""
 
 
-class MemoryUnavailableError(MemoryError):
+class MemoryUnavailableError(MemoryStoreError):
     """The memory's Qdrant server did not answer: unreachable, timed out, overloaded or failing. Worth a retry."""
 
 
-class MemoryGoneError(MemoryError):
+class MemoryGoneError(MemoryStoreError):
     """The embedded memory's folder was removed or replaced while it was open: no retry will bring it back."""
 
 
@@ -284,7 +289,7 @@ ENGINE_STUCK_MESSAGE = "Not recovered from previous error"
 ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
 
 
-class MemoryFullError(MemoryError):
+class MemoryFullError(MemoryStoreError):
     """The disk holding an embedded memory has too little room for an edit: refused before the engine writes, as
     a write that finds the disk full kills the process (SIGBUS). Searches and forgets go on; retry once there is
     room."""

@@ -13,8 +13,7 @@ Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which
 from importlib import metadata as _metadata
 
 from prompts import TemplateLoadError, UnknownTemplateError
-from retrieval import FeaturizerMismatchError, ImageDecodeError
-from retrieval import MemoryError as MemoryStoreError
+from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryStoreError
 from retrieval.journal import JournalEntry
 
 from .results import (
