@@ -350,6 +350,19 @@ def test_classify_many_reads_files_and_says_so_for_images_in_memory(memory):
         memory.classify_many([np.zeros((8, 8, 3), np.uint8)])  # was read as a file named by the array's text
 
 
+def test_classify_many_tells_a_progress_bar_how_far_it_got(memory, tmp_path):
+    # As build does: a notebook's folder of images had run silently to the end.
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"q{i}.jpg")
+        paths[-1].write_bytes(make_image((200, 30 + i, 30)))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    done: list[int] = []
+    results, failed = memory.classify_many([*paths, tmp_path / "bad.jpg"], batch_size=2, progress=done.append)
+    assert len(results) == 5 and [f.source for f in failed] == [str(tmp_path / "bad.jpg")]
+    assert sum(done) == 6 and len(done) >= 3  # each batch, the one that failed included
+
+
 def test_an_id_given_twice_far_apart_is_forgotten_and_counted_once(memory):
     victim = memory.points(limit=1).points[0].id
     others = [str(uuid.uuid4()) for _ in range(5000)]  # more than one chunk of ids between the two

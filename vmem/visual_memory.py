@@ -476,8 +476,10 @@ class VisualMemory:
         exact: bool = False,
         dmn_stream: str | None = None,
         dmn: Any = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
-        """Classify files like `classify`, skipping (and reporting) the ones that do not decode."""
+        """Classify files like `classify`, skipping (and reporting) the ones that do not decode. `progress` is
+        called with the images embedded since its last call (e.g. `tqdm(total=len(paths)).update`), as `build`'s."""
         listed = _image_list(images, "classify_many")
         if (bad := next((i for i, p in enumerate(listed) if not isinstance(p, str | Path)), None)) is not None:
             raise TypeError(f"classify_many reads files: image {bad} is a {type(listed[bad]).__name__}; "
@@ -488,7 +490,7 @@ class VisualMemory:
         labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
         self._check_template(rerank, template)
-        res = self.featurizer.embed_many(paths, batch_size=batch_size)
+        res = self.featurizer.embed_many(paths, batch_size=batch_size, on_batch=progress)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
             res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
