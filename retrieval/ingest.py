@@ -127,8 +127,9 @@ LABEL_NAMES_FILES = ("classes.tsv", "LOC_synset_mapping.txt", "words.txt")
 
 def read_label_names(path: str | Path) -> dict[str, str]:
     """label -> name, from `label<TAB>name` lines (classes.tsv, words.txt), `label name, ...` lines
-    (LOC_synset_mapping.txt), or a `.csv` of `label,name` rows. The first name of a comma-separated list is kept. A
-    line starting with "#" is a comment, unless it holds a tab (`#label<TAB>name`).
+    (LOC_synset_mapping.txt), or a `.csv` of `label,name` rows. In a text file, the first name of a comma-separated
+    list of synonyms is kept; a CSV's name is its whole cell ("Shirt, blue, XL", quoted). A line starting with "#" is
+    a comment, unless it holds a tab (`#label<TAB>name`).
 
     Example:
         >>> read_label_names("tiny-imagenet-200/classes.tsv")["n02124075"]
@@ -148,9 +149,11 @@ def read_label_names(path: str | Path) -> dict[str, str]:
         rows = [(n, list(line.partition("\t" if "\t" in line else " ")[::2]))
                 for n, line in enumerate(text.splitlines(), start=1)
                 if line.strip() and not (line.startswith("#") and "\t" not in line)]
+    csv_cells = path.suffix.lower() == ".csv"
     out: dict[str, str] = {}
     for n, row in rows:
-        name = row[1].split(",")[0].strip() if len(row) >= 2 else ""  # the head of a list of synonyms
+        # the head of a list of synonyms, except in a CSV, whose quoting keeps a name's own commas
+        name = (row[1] if csv_cells else row[1].split(",")[0]).strip() if len(row) >= 2 else ""
         if not row[0].strip() or not name:
             raise DatasetError(f"{path}:{n}: expected a label and its name, got {row!r}")
         out[canonical_label(row[0])] = name

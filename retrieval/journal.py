@@ -66,9 +66,10 @@ class JournalEntry(BaseModel):
         return point_id in self.ids
 
     def touches(self, label: str) -> bool:
-        """Whether the edit added, deleted or relabelled points of this label, relabelled to it, or named it."""
+        """Whether the edit added, deleted or relabelled points of this label, relabelled to it, or named it (or
+        dropped its name)."""
         return (label in self.labels or self.to == label or self.selector.get("label") == label
-                or label in self.detail.get("names", {}))
+                or label in self.detail.get("names", {}) or label in self.detail.get("dropped", ()))
 
     def key(self) -> tuple[Any, ...]:
         """What tells one recorded edit from another (a copy of an entry has the same)."""

@@ -41,7 +41,10 @@ def run(*args):
 ])
 def test_names_files_in_the_usual_layouts(tmp_path, file_name, text):
     (tmp_path / file_name).write_text(text, encoding="utf-8")
-    assert read_label_names(tmp_path / file_name) == {"n02124075": "Egyptian cat", "n04067472": "reel"}
+    # A text file's commas list synonyms, the first kept; a CSV cell is one name, its commas quoted on purpose
+    # (a catalogue's "Shirt, blue, XL" had become "Shirt", as had thousands of others).
+    second = "reel, spool" if file_name.endswith(".csv") else "reel"
+    assert read_label_names(tmp_path / file_name) == {"n02124075": "Egyptian cat", "n04067472": second}
 
 
 def test_a_names_file_that_is_not_one_is_refused_with_the_line(tmp_path):
@@ -150,6 +153,25 @@ def test_forgetting_by_a_name_forgets_nothing_and_says_which_label_it_names(memo
     memory.set_label_names({"red": "crimson"})
     assert memory.forget(label="crimson") == 0
     assert "'crimson' is the name of label red" in caplog.text and memory.store.count(label="red") == 3
+
+
+def test_names_given_again_as_they_are_are_no_edit_and_the_journal_keeps_what_changed(memory):
+    # A nightly catalogue sync sends every name each time: each had rewritten vmem.json and journaled every name
+    # given (a megabyte an entry at 21,000 names), changed or not.
+    names = {f"label{i}": f"name {i}" for i in range(500)} | {"red": "crimson"}
+    memory.set_label_names(names)
+    journal = memory.store.path / "journal.jsonl"
+    size = journal.stat().st_size
+    memory.set_label_names(names)
+    assert journal.stat().st_size == size and [e.op for e in memory.history()].count("name") == 1
+    memory.set_label_names({**names, "red": "scarlet"})
+    last = memory.history()[0]
+    assert last.op == "name" and last.detail["names"] == {"red": "scarlet"}
+    memory.set_label_names({"red": "scarlet", "blue": "navy"}, replace=True)
+    last = memory.history()[0]
+    assert last.detail["names"] == {"blue": "navy"} and len(last.detail["dropped"]) == 500
+    assert memory.history(label="label7")[0] == last  # a dropped name is an edit of its label
+    assert memory.label_names == {"red": "scarlet", "blue": "navy"}
 
 
 def test_classify_names_the_label_and_every_neighbour(memory, tmp_path, lite0):

@@ -589,9 +589,17 @@ class VisualMemory:
         if empty := [label for label, name in clean.items() if not name]:
             raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
         self.refresh()  # merged with the names stored now, not those this process read earlier
+        before = self.store.meta.label_names
+        after = clean if replace else {**before, **clean}
+        if after == before:
+            return  # names sent again as they are (a nightly sync): no write, and no journal entry of 50,000 names
         with self.store.meta_edit() as meta:
-            meta.label_names = clean if replace else {**meta.label_names, **clean}
-        self._journal("name", detail={"names": clean, "replace": replace})
+            meta.label_names = after
+        # The names that came or changed (a journal entry had held every name given, changed or not)
+        changed = {label: name for label, name in clean.items() if before.get(label) != name}
+        dropped = sorted(before.keys() - after.keys())
+        self._journal("name", detail={"names": changed, "replace": replace,
+                                      **({"dropped": dropped} if dropped else {})})
 
     def name_hints(self, texts: Sequence[str]) -> str:
         """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they

@@ -627,7 +627,9 @@ def history(
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     """One edit, tab-separated: when, what, how the points were chosen, who."""
     if e.op == "name":
-        what = f"{len(e.detail.get('names', {}))} names" + (" (replacing all)" if e.detail.get("replace") else "")
+        n, dropped = len(e.detail.get("names", {})), len(e.detail.get("dropped", ()))
+        what = (f"{n} name{'s' if n != 1 else ''}" + (f", {dropped} dropped" if dropped else "")
+                + (" (replacing all)" if e.detail.get("replace") else ""))
     elif e.op == "tune":
         vote = e.detail.get("vote", {})
         what = f"vote {vote.get('rule')}, k={vote.get('k')}"
