@@ -895,6 +895,8 @@ class EdgeMemoryStore(MemoryStore):
         self.location = str(Path(path))
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
+        self._writes = 0  # writes begun: what a cached answer about the points was computed after
+        self._label_counts: tuple[int, dict[str, int]] | None = None
         self._write_failed: str | None = None  # the engine's error, once it has failed a write and takes no more
         self._left_unindexed = 0
         self._last_upserted: str | None = None  # id of the last point written by an add
@@ -1040,6 +1042,7 @@ class EdgeMemoryStore(MemoryStore):
     def _writing(self) -> Iterator[None]:
         with self._write_lock:
             self.check_available()
+            self._writes += 1  # before the write: a count read while it runs is not kept past it
             try:
                 yield
             except MemoryError:
@@ -1198,11 +1201,19 @@ class EdgeMemoryStore(MemoryStore):
         return self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
 
     def label_counts(self) -> dict[str, int]:
+        # Kept until the next write: the exact count holds the GIL about a second at 50,000 labels, and the page
+        # asks for it on every load and edit (this process alone writes an embedded memory).
+        writes, cached = self._writes, self._label_counts
+        if cached is not None and cached[0] == writes and not self._write_lock.locked():
+            return dict(cached[1])
         n_labels = max(1, self.count())
         resp = self.shard.facet(self._qe.FacetRequest(key="label", limit=n_labels, exact=True))
         # The edge engine keeps reporting a label whose points were all deleted, with count 0.
         hits = [h for h in resp if h.count > 0]
-        return {str(h.value): int(h.count) for h in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
+        counts = {str(h.value): int(h.count) for h in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
+        if not self._write_lock.locked():  # not while a write may be half-way
+            self._label_counts = (writes, counts)
+        return dict(counts)
 
     def _search_params(self, k: int, exact: bool):
         qe, ix = self._qe, self.meta.index

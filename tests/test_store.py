@@ -66,6 +66,46 @@ def test_add_count_and_per_label_counts(store):
     assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5, "owl": 2}
 
 
+def test_per_label_counts_follow_every_kind_of_edit(store):
+    _, _, sources, ids = fill(store, labels=("cat", "dog", "fox"))
+    counts = store.label_counts()
+    counts["cat"] = 99  # the caller's copy
+    assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5}
+    store.delete_ids(ids[:2])
+    assert store.label_counts() == {"cat": 3, "dog": 5, "fox": 5}
+    store.relabel(ids[5:7], "owl")
+    assert store.label_counts() == {"cat": 3, "fox": 5, "dog": 3, "owl": 2}
+    store.delete_where(label="fox")
+    assert store.label_counts() == {"cat": 3, "dog": 3, "owl": 2}
+    store.add(random_unit_vectors(1, DIM, 9), ["cat"], ["/data/cat/new.jpg"])
+    assert store.label_counts() == {"cat": 4, "dog": 3, "owl": 2}
+
+
+def test_an_embedded_memory_counts_its_labels_once_until_its_next_edit(tmp_path):
+    # The exact count held the GIL about a second at 50,000 labels; the page asks for it on every load and edit.
+    store = open_store(tmp_path / "memory", SPEC)
+    fill(store)
+
+    class CountingShard:
+        def __init__(self, shard):
+            self.shard, self.facets = shard, 0
+
+        def facet(self, request):
+            self.facets += 1
+            return self.shard.facet(request)
+
+        def __getattr__(self, name):
+            return getattr(self.shard, name)
+
+    counting = store.shard = CountingShard(store.shard)
+    assert store.label_counts() == store.label_counts() == {"cat": 5, "dog": 5, "fox": 5}
+    assert counting.facets == 1
+    store.add(random_unit_vectors(1, DIM, 9), ["owl"], ["/data/owl/a.jpg"])
+    assert store.label_counts()["owl"] == 1 and counting.facets == 2
+    store.shard = counting.shard
+    store.close()
+
+
 def test_equally_near_points_come_in_id_order_whatever_k_and_backend(store):
     # One image stored under several sources: the engines order such ties as they please (the embedded one
     # answered cat at k=1 but dog, fox, cat at k=3), and a vote's tie-break reads that order.
