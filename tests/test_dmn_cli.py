@@ -129,3 +129,22 @@ def test_a_user_with_no_home_is_told_in_one_line_where_streams_cannot_be_kept(tm
     listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
     assert listed.exit_code == 1 and "set VMEM_HOME" in listed.output, listed.output
     assert "Traceback" not in listed.output
+
+
+def test_a_memory_without_points_and_without_clip_is_refused_as_classify_refuses_it(tmp_path):
+    # Memory-only dmn has nothing to answer from: every image had been "no label", accuracy 0 %, exit 0.
+    import numpy as np
+
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+
+    mem = str(tmp_path / "memory")
+    with open_store(mem, FeaturizerSpec(name="synthetic", dim=4, preprocessing=Preprocessing(resize=8, crop=8))) as s:
+        s.add(np.eye(4, dtype=np.float32)[:1], ["a"], ["mem://0"])
+        s.delete_where(label="a")
+    (tmp_path / "q.jpg").write_bytes(make_image())
+    for command in (["dmn", "classify"], ["classify", "--vote", "dmn"]):
+        out = runner.invoke(app, [*command, str(tmp_path / "q.jpg"), "--memory", mem], env={"COLUMNS": "250"})
+        assert out.exit_code == 2 and "holds no points: add labelled images" in out.output, (command, out.output)
+    zero_shot = runner.invoke(app, ["dmn", "classify", str(tmp_path / "q.jpg"), "--memory", mem, "--mode",
+                                    "zero-shot"], env={"COLUMNS": "250"})
+    assert zero_shot.exit_code == 2 and "needs a CLIP featurizer" in zero_shot.output, zero_shot.output

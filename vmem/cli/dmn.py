@@ -20,6 +20,7 @@ from ._common import (
     finish_classify,
     one_line,
     open_memory,
+    require_points,
 )
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
@@ -66,6 +67,11 @@ def classify(
         raise typer.BadParameter(str(exc)) from exc
     mem = open_memory(memory, qdrant_url)
     with mem:
+        try:
+            if mem.dmn.resolve_mode(opts.mode) == "memory-only":  # no text classifier to answer from: points only
+                require_points(mem)
+        except ValueError as exc:  # zero-shot or few-shot of a memory without CLIP
+            raise typer.BadParameter(str(exc), param_hint="--mode") from exc
         check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
         names = mem.label_names
         try:

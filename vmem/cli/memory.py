@@ -332,8 +332,8 @@ def classify(
         raise typer.BadParameter("no images found", param_hint="IMAGES")
     mem = open_memory(memory, qdrant_url)
     with mem:
-        if vote is None or vote.value != "dmn":  # dmn can answer from its text classifier alone
-            require_points(mem)
+        if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
+            require_points(mem)  # dmn answers from its text classifier alone only with CLIP
         check_label_filter(mem, label or [])
         names = mem.label_names
         results: list = []
