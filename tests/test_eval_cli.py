@@ -116,6 +116,23 @@ def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):
     assert "fallback rate 100.0%" in out
 
 
+@pytest.mark.parametrize(("options", "env", "says"), [
+    (["--alpha", "nan"], {}, "alpha nan is not a valid vote setting"),
+    (["--tau", "0"], {}, "tau 0 is not a valid vote setting"),
+    (["--template", "labels-only"], {}, "give --rerank too"),
+    (["--rerank", "--template", "nosuch"], {}, "nosuch"),
+    (["--rerank"], {"VMEM_GEMINI_DEADLINE_S": "abc"}, "VMEM_GEMINI_DEADLINE_S"),
+])
+def test_eval_refuses_what_classify_refuses_before_any_work(built, tmp_path, options, env, says):
+    # A NaN alpha had scored 0 % curves with exit 0; an unknown template was a traceback after the whole
+    # evaluation; a bad Gemini setting a pydantic traceback.
+    root, val = built
+    res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val), "--out",
+                                   str(tmp_path / "out"), *options], env={"COLUMNS": "250", **env})
+    assert res.exit_code == 2 and says in res.output, res.output
+    assert isinstance(res.exception, SystemExit) and not (tmp_path / "out").exists()
+
+
 def test_eval_rejects_an_unknown_format(built, tmp_path):
     root, val = built
     res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val),

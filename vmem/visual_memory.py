@@ -452,7 +452,7 @@ class VisualMemory:
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
-        self._check_template(rerank, template)
+        self.check_template(rerank, template)
         # Embedded from the inputs as given: the preprocessing decodes each once (a plain JPEG by the fast path).
         # Decoded to PIL images here first, they were decoded twice; only the re-ranker needs those.
         vectors = self.featurizer.embed(images)
@@ -489,7 +489,7 @@ class VisualMemory:
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
-        self._check_template(rerank, template)
+        self.check_template(rerank, template)
         res = self.featurizer.embed_many(paths, batch_size=batch_size, on_batch=progress)
         ok_sources = [paths[i] for i in res.indices]
         results = self._classify_embedded(
@@ -502,7 +502,7 @@ class VisualMemory:
         """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use."""
         return None if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn) else self.vote_settings(rule, k, alpha, tau)
 
-    def _check_template(self, rerank: bool, template: str | None) -> None:
+    def check_template(self, rerank: bool, template: str | None) -> None:
         """An unknown or broken template is refused before any image is embedded (minutes for a folder), not
         when the re-ranker first reads it."""
         if template is not None and not rerank:  # as the CLI refuses --template without --rerank

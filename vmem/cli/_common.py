@@ -55,6 +55,20 @@ def check_reranker_settings() -> None:
         raise typer.BadParameter(f"GOOGLE_GEMINI_BASE_URL: {problem}", param_hint="the environment")
 
 
+def check_vote_value(name: str, value: float, param_hint: str) -> None:
+    """BadParameter for an α or τ a memory's vote settings refuse (NaN, 0, negative, past the bounds): classify
+    refused them, and an evaluation scored with one wrote 0 % curves."""
+    from pydantic import ValidationError
+
+    from vmem.results import VoteSettings
+
+    try:
+        VoteSettings(**{name: value})
+    except ValidationError as exc:
+        raise typer.BadParameter(f"{name} {value:g} is not a valid vote setting ({exc.errors()[0]['msg']})",
+                                 param_hint=param_hint) from exc
+
+
 def n_points(n: int) -> str:
     """`1 point`, `2 points`."""
     return f"{n:,} point" + ("" if n == 1 else "s")

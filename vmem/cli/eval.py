@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from prompts import TemplateError
 from retrieval import (
     DEFAULT_ALPHA,
     DEFAULT_TAU,
@@ -27,6 +28,8 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    check_reranker_settings,
+    check_vote_value,
     dataset_format,
     feature_cache_root,
     open_memory,
@@ -99,6 +102,14 @@ def eval(
     from eval.rerank_eval import evaluate_rerank
     from vmem import __version__
 
+    # Refused before any work: an evaluation takes minutes, and a bad α or τ had scored 0 % curves with exit 0
+    for name, value in (("alpha", alpha), ("tau", tau)):
+        if value is not None:
+            check_vote_value(name, value, f"--{name}")
+    if template is not None and not rerank:  # as classify refuses it: it chooses the re-ranker's prompt
+        raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
+    if rerank:
+        check_reranker_settings()
     try:
         fmt = DatasetFormat(dataset_format(dataset, format))
     except ValueError as exc:
@@ -131,6 +142,11 @@ def eval(
         mem = open_memory(memory, qdrant_url)
         try:
             require_points(mem)
+            if rerank:  # an unknown template, before the vote's evaluation (it had been a traceback after it)
+                try:
+                    mem.check_template(rerank, template)
+                except (TemplateError, ValueError) as exc:
+                    raise typer.BadParameter(str(exc), param_hint="--template") from exc
         except typer.BadParameter:
             mem.close()
             raise

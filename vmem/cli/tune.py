@@ -17,6 +17,7 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    check_vote_value,
     dataset_format,
     feature_cache_root,
     open_memory,
@@ -34,17 +35,9 @@ def _floats(text: str) -> list[float]:
 
 def _grid(text: str, name: str) -> list[float]:
     """A grid of α or τ values, each one a memory's vote settings accept (else a tuned choice would break it)."""
-    from pydantic import ValidationError
-
-    from vmem.results import VoteSettings
-
     values = _floats(text)
     for v in values:
-        try:
-            VoteSettings(**{name: v})
-        except ValidationError as exc:
-            raise typer.BadParameter(f"{name} {v:g} is not a valid vote setting ({exc.errors()[0]['msg']})",
-                                     param_hint=f"--{name}s") from exc
+        check_vote_value(name, v, f"--{name}s")
     return values
 
 
