@@ -864,6 +864,11 @@ def test_every_command_takes_its_encoder_device_from_vmem_device(built, image_fo
         monkeypatch.setenv("VMEM_DEVICE", "cuda:7")
         out = run("classify", image_folder / "query", "--memory", memory, "--k", "3")
         assert out.exit_code == 2 and "VMEM_DEVICE: device 'cuda:7'" in out.output, out.output
+        # ...by the commands that load the encoder only once they need it too (they had ended in a traceback)
+        out = run("build", image_folder / "train", "--memory", memory)
+        assert said(out, "VMEM_DEVICE: device 'cuda:7'") and out.exit_code == 2
+        out = run("tune", "--memory", memory, "--dataset", image_folder / "query", "--dry-run")
+        assert said(out, "VMEM_DEVICE: device 'cuda:7'") and out.exit_code == 2
     monkeypatch.setenv("VMEM_DEVICE", "cpu")
     out = run("classify", image_folder / "query", "--memory", memory, "--k", "3")
     assert out.exit_code == 0, out.output

@@ -8,7 +8,7 @@ import logging
 import typer
 from typer.core import TyperGroup
 
-from retrieval import MemoryError, MemoryInUseError, MemoryUnavailableError
+from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnavailableError
 from retrieval.files import NoHomeError
 
 from . import dmn as dmn_cmd
@@ -38,6 +38,9 @@ class _Commands(TyperGroup):
         except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(EXIT_TEMPORARY if isinstance(exc, MemoryInUseError) else 1) from exc
+        except FeaturizerError as exc:  # loaded on first use (a resumed build, eval, tune): VMEM_DEVICE, weights
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(2) from exc  # as the commands that load it up front refuse it
         except NoHomeError as exc:  # vmem's default folders have no place (a container's unknown user)
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from exc
