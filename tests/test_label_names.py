@@ -253,9 +253,15 @@ def test_a_label_filter_given_a_name_says_which_label_it_names(dataset, tmp_path
     memory = tmp_path / "memory"
     assert run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
                "--workers", "0").exit_code == 0
+    # A name for a label is a mistake in the command (an unlearning script had been told "forgot 0", exit 0);
+    # a label no longer there is still nothing to do.
     forgot = run("forget", "--memory", memory, "--label", "blue jay")
-    assert "forgot 0 points" in forgot.output
-    assert "note: the memory has no label 'blue jay' ('blue jay' is the name of label n03): it has 3" in forgot.output
+    assert forgot.exit_code == 2 and "forgot" not in forgot.output
+    assert "the memory has no label 'blue jay' ('blue jay' is the name of label n03): give the label" in forgot.output
+    gone = run("forget", "--memory", memory, "--label", "n07")
+    assert gone.exit_code == 0 and "forgot 0 points" in gone.output
+    history = run("history", "--memory", memory, "--label", "blue jay")
+    assert history.exit_code == 2 and "'blue jay' is the name of label n03" in history.output
     res = run("classify", dataset / "val", "--memory", memory, "--label", "Blue Jay")
     assert res.exit_code == 2
     assert "the memory has no label 'Blue Jay' ('Blue Jay' is the name of label n03): it has 3 labels" in res.output

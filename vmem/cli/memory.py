@@ -410,6 +410,12 @@ def forget(
                 mem.check_erase_on_demand()  # refused before anything is deleted
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--erase") from None
+        if label is not None and not mem.store.count(label=mem.stored_label(label)) and (
+                hints := mem.name_hints([label])):
+            # A name for a label is a mistake in the command, not a label already forgotten: a script doing
+            # unlearning had been told "forgot 0 points", exit 0
+            raise typer.BadParameter(f"the memory has no label {label!r} ({hints}): give the label",
+                                     param_hint="--label")
         started = time.perf_counter()
         n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
@@ -608,6 +614,8 @@ def history(
             raise typer.BadParameter(str(exc), param_hint="--since") from None
         now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
         names = mem.label_names
+        if not entries and label is not None and (hints := mem.name_hints([label])):
+            raise typer.BadParameter(f"no edits of label {label!r} ({hints}): give the label", param_hint="--label")
     if point_id is not None or source is not None:
         who = point_id or source
         state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
