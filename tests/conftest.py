@@ -20,7 +20,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No test sees a real API key, a user's config or another test's state."""
-    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "VMEM_API_KEY"):
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "VMEM_API_KEY", "VMEM_MEMORY",
+                "VMEM_QDRANT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VMEM_HOME", str(tmp_path / "vmem-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

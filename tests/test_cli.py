@@ -568,6 +568,19 @@ def test_serve_believes_the_forwarded_headers_of_the_proxies_it_is_told(built, m
     assert served["forwarded_allow_ips"] is None  # uvicorn's default: $FORWARDED_ALLOW_IPS, else 127.0.0.1
 
 
+def test_every_command_finds_the_memory_vmem_serve_is_given_by_vmem_memory(built, monkeypatch, tmp_path):
+    # Only `vmem serve` read $VMEM_MEMORY: beside it, `vmem info` said "no memory at ./memory" and a build made one.
+    memory, _ = built
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VMEM_MEMORY", str(memory))
+    out = run("info", "--json")
+    assert out.exit_code == 0 and json.loads(out.output)["points"] > 0, out.output
+    assert not (tmp_path / "memory").exists()
+    # An explicit --qdrant-url wins over it, as in vmem serve (no "give one, not both" for what was not given)
+    out = run("info", "--qdrant-url", "http://127.0.0.1:1")
+    assert out.exit_code == 75 and "127.0.0.1:1" in out.output and "not both" not in out.output, out.output
+
+
 def test_serve_refuses_an_env_file_that_is_not_there(tmp_path):
     out = run("serve", "--env-file", tmp_path / "prod.env", "--no-auth")
     assert out.exit_code == 2 and "does not exist" in out.output

@@ -14,7 +14,10 @@ from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError,
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.text import canonical_label, escape_control_characters
 
-MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", help="embedded memory directory")]
+# $VMEM_MEMORY as `vmem serve` reads it: a shell that exports it for the service had every other command open
+# (or `vmem build` make) ./memory instead.
+MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", envvar="VMEM_MEMORY", show_envvar=False, show_default=False,
+                                         help="embedded memory directory \\[default: $VMEM_MEMORY or ./memory]")]
 QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="use a Qdrant server (http://host:6333) instead")
 ]
@@ -89,6 +92,8 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes)."""
     from vmem import VisualMemory
 
+    if qdrant_url is not None and memory == Path(os.environ.get("VMEM_MEMORY") or DEFAULT_MEMORY):
+        memory = DEFAULT_MEMORY  # --qdrant-url wins over $VMEM_MEMORY, as in vmem serve (typer says not whence)
     refuse_both(memory if memory != DEFAULT_MEMORY else None, qdrant_url)
     check_memory_location(memory, qdrant_url)
     try:
