@@ -122,7 +122,8 @@ def test_vmem_names_names_labels_from_a_file_without_a_build(tmp_path):
         (train / label / "0.png").write_bytes(make_image((10, 200, 30) if label == "n01440764" else (200, 10, 30),
                                                          fmt="PNG"))
     memory = ("--memory", tmp_path / "memory")
-    assert run("build", train, *memory, "--featurizer", "efficientnet-lite0").exit_code == 0
+    built = run("build", train, *memory, "--featurizer", "efficientnet-lite0")
+    assert built.exit_code == 0 and "\r" not in built.stderr  # no bar redrawn into a log (stderr no terminal)
     (tmp_path / "mine.tsv").write_text("n01440764\tMY TENCH\nn99999999\tlater\n")
     named = run("names", tmp_path / "mine.tsv", *memory)
     assert named.exit_code == 0, named.output
@@ -132,6 +133,7 @@ def test_vmem_names_names_labels_from_a_file_without_a_build(tmp_path):
     assert run("names", tmp_path / "only.tsv", *memory, "--replace").exit_code == 0
     listed = run("labels", *memory, "--json").output
     assert '"name": "goldfish"' in listed and "MY TENCH" not in listed
+    assert '"label_name": "goldfish"' in listed  # the key every other answer gives it
     (tmp_path / "empty.tsv").write_text("# nothing\n")
     assert run("names", tmp_path / "empty.tsv", *memory).exit_code == 2
 

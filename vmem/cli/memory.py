@@ -188,7 +188,8 @@ def build(
     # Images already stored take no more room (a resumed build): roughly, the memory's points are among them
     if (shortfall := _disk_shortfall(mem, max(0, len(items) - mem.store.count()))) is not None:
         typer.echo(f"warning: {shortfall}", err=True)
-    with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
+    # disable=None: no bar where stderr is no terminal (a log had filled with \r-redrawn bars)
+    with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr, disable=None) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
         bar.write(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                   f"{len(items)} images in {len(dataset_labels)} labels", file=sys.stderr)
@@ -418,7 +419,7 @@ def forget(
                                      param_hint="--label")
         started = time.perf_counter()
         n = mem.forget(ids=id, label=label, source_prefix=source)
-        typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count()}")
+        typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
         # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
         # no add is in flight).
         if orphans := mem.remove_orphan_thumbnails():
@@ -507,16 +508,24 @@ def copy(
     to_qdrant_url: Annotated[str | None, typer.Option(help="copy into a Qdrant server (http://host:6333)")] = None,
 ) -> None:
     """Copy a memory's points as stored into another memory (embedded or a Qdrant server): nothing is embedded
-    again. Ids, labels, sources, tags, pruning, label names and tuned settings go too; re-run to resume."""
+    again. Ids, labels, sources, tags, pruning, label names, tuned settings, the journal and DMN streams go too;
+    re-run to resume."""
     if (to_memory is None) == (to_qdrant_url is None):
         raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
     check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
     mem = open_memory(memory, qdrant_url)
-    with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
+    with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr, disable=None) as bar:
         started = time.perf_counter()
+        copied = 0
+
+        def progress(n: int) -> None:  # counted here: a bar off (stderr no terminal) counts nothing
+            nonlocal copied
+            copied += n
+            bar.update(n)
+
         try:
-            dest, notes = mem.copy_to(destination, progress=bar.update)
+            dest, notes = mem.copy_to(destination, progress=progress)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
         except Exception as exc:
@@ -526,8 +535,8 @@ def copy(
         with dest:
             for note in notes:
                 bar.write(f"note: {note}", file=sys.stderr)
-            typer.echo(f"copied {bar.n} points in {time.perf_counter() - started:.1f} s; {dest.location} now holds "
-                       f"{dest.count()} points")
+            typer.echo(f"copied {copied:,} points in {time.perf_counter() - started:.1f} s; {dest.location} now "
+                       f"holds {dest.count():,} points")
 
 
 def points(
@@ -679,7 +688,9 @@ def labels(
             searchable=True) != mem.store.count() else counts
     for lab, n in counts.items():
         if json_out:
-            typer.echo(json.dumps({"label": lab, "name": names.get(lab), "points": n, "searchable": searchable[lab]},
+            # "label_name" as in every other answer; "name" kept for the scripts that read it
+            typer.echo(json.dumps({"label": lab, "label_name": names.get(lab), "name": names.get(lab), "points": n,
+                                   "searchable": searchable[lab]},
                                   ensure_ascii=False))
         else:
             pruned = f"\t({n - searchable[lab]} excluded by pruning)" if searchable[lab] != n else ""
@@ -734,7 +745,7 @@ def info(
     typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
                f"crop {f['preprocessing']['crop']})")
     typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
-    typer.echo(f"points     {stats['points']}")
+    typer.echo(f"points     {stats['points']:,}")
     named = sum(lab in stats["label_names"] for lab in stats["per_label"])
     typer.echo(f"labels     {stats['labels']}" + (f" ({named} named)" if named else ""))
     for lab, n in list(stats["per_label"].items())[:10]:

@@ -59,8 +59,9 @@ def prune(
             excluded = store.count() - store.count(searchable=True)
             n = undo_pruning(store, via="cli")
             # Every point with a mark is counted: hard pruning also marks those it kept (their blame counts).
-            typer.echo(f"pruning undone: the marks of {n_points(n)} cleared, {n_points(excluded)} of them "
-                       f"excluded until now; {store.count()} points in memory")
+            of_them = f", {n_points(excluded)} of them excluded until now" if excluded else ""
+            typer.echo(f"pruning undone: the marks of {n_points(n)} cleared{of_them}; {n_points(store.count())} in "
+                       "memory")
             return
         require_points(mem, searchable=False)  # pruning again undoes the earlier pruning first: all may be pruned
         with tqdm(total=store.count(), desc="self-search", unit="pt", file=sys.stderr, disable=None) as bar:
