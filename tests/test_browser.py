@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from server import Settings, create_app
@@ -279,14 +280,15 @@ def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0
     mem.close()
 
 
-def classify_on_the_page(browser, page: str, query: Path, k: int):
-    """Open the page on the 12-point test memory, upload `query` with this k, wait for the prediction."""
+def classify_on_the_page(browser, page: str, query: Path, k: int, points: int = 12):
+    """Open the page on the 12-point test memory (or one of `points`), upload `query` with this k, wait for the
+    prediction."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 30)
     browser.get(page)
-    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: f"{points} points" in d.find_element(By.ID, "stats").text)
     browser.find_element(By.ID, "k").send_keys(str(k))
     browser.find_element(By.ID, "file").send_keys(str(query))  # choosing the file classifies it
     wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
@@ -522,3 +524,27 @@ def test_edits_on_the_page_show_everywhere_the_point_is(browser, tmp_path, page_
     assert browser.find_element(By.ID, "edit-note").text.startswith("forgot a point labelled red")
     assert point_id not in [c.get_attribute("data-point-id")
                             for c in browser.find_elements(By.CSS_SELECTOR, "#label-points [data-point-id]")]
+
+
+def test_a_relabel_offers_every_label_of_a_catalogue_as_you_type(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+
+    # 2,500 labels: the suggestions had held the first 2,000 (most points first) and never the rest.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    rng = np.random.default_rng(0)
+    extra = rng.standard_normal((2500, lite0.spec.dim)).astype(np.float32)
+    mem.store.add(extra / np.linalg.norm(extra, axis=1, keepdims=True), [f"sku-{i:05d}" for i in range(2500)],
+                  [f"mem://sku/{i}" for i in range(2500)])
+    mem.set_label_names({"sku-02417": "Shirt, blue, XL"})
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4246))
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as url:
+        wait = classify_on_the_page(browser, url + "/", query, k=3, points=2512)
+        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        first.find_element(By.CLASS_NAME, "relabel").click()
+        offered = "return [...document.querySelectorAll('#label-options option')].map(o => o.value)"
+        assert len(browser.execute_script(offered)) == 2000
+        first.find_element(By.CLASS_NAME, "new-label").send_keys("shirt")  # by its name
+        wait.until(lambda d: d.execute_script(offered) == ["sku-02417"])
+    mem.close()

@@ -365,9 +365,17 @@ function listLabels() {
   }
 }
 
-// Suggestions for a relabel: the memory's labels, most points first, each with its name.
-function fillLabelOptions() {
-  const options = labelsByPoints.slice(0, 2000).map((label) => {
+// Suggestions for a relabel: the memory's labels, most points first, each with its name. A list is kept short
+// for the browser; past that, it holds the labels that match what is typed (label or name), so that every label
+// can be offered: a catalogue's 50,000 had offered its first 2,000 only.
+const LABEL_OPTIONS_MAX = 2000;
+function fillLabelOptions(typed = "") {
+  const needle = typed.trim().toLowerCase();
+  const matching = needle && labelsByPoints.length > LABEL_OPTIONS_MAX
+    ? labelsByPoints.filter((l) => l.toLowerCase().includes(needle) ||
+      (labelNames[l] || "").toLowerCase().includes(needle))
+    : labelsByPoints;
+  const options = matching.slice(0, LABEL_OPTIONS_MAX).map((label) => {
     const opt = document.createElement("option");
     opt.value = label;
     if (labelNames[label]) opt.label = labelNames[label];
@@ -375,6 +383,12 @@ function fillLabelOptions() {
   });
   $("label-options").replaceChildren(...options);
 }
+
+document.addEventListener("input", (ev) => {
+  if (ev.target.classList && ev.target.classList.contains("new-label") && labelsByPoints.length > LABEL_OPTIONS_MAX) {
+    fillLabelOptions(ev.target.value);
+  }
+});
 
 // The journal's latest edits (GET v1/memory/history), read when the box is opened and after each edit here.
 async function loadHistory() {
