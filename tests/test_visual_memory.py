@@ -34,6 +34,10 @@ def test_classify_bytes_and_explain_the_decision(memory):
     assert res.neighbors[0].weight == pytest.approx(0.5)  # 1 / (2 + 0)
     assert 0 <= res.novelty <= 2
     assert not res.reranked and res.fallback_reason is None
+    # A notebook shows a summary, not four neighbours' every field (50 had run to 12,000 characters)
+    shown = repr(res)
+    assert shown.startswith("Classification('red', rank vote, k=4, scores {'red': ") and "4 neighbours" in shown
+    assert str(res) == shown and len(shown) < 600
 
 
 def test_a_memory_opened_twice_in_one_process_says_so_and_closes_for_the_next(memory):

@@ -80,6 +80,21 @@ class Classification(BaseModel):
     trace: list[dict[str, Any]] | None = Field(default=None, description="agentic re-ranker tool calls")
     dmn: DmnDetails | None = Field(default=None, description="details of the dmn rule's decision")
 
+    def __repr__(self) -> str:
+        """A summary for a notebook or a print: the whole answer, with 50 neighbours, ran to 12,000 characters.
+        Every field is still there (`.neighbors`, `.model_dump()`)."""
+        label = f"{self.label!r}" + (f" ({self.label_name})" if self.label_name else "")
+        top = ", ".join(f"{lab!r}: {share:.2f}" for lab, share in list(self.scores.items())[:3])
+        more = f", ... {len(self.scores) - 3} more" if len(self.scores) > 3 else ""
+        nearest = ", ".join(f"{n.label!r} {n.similarity:.2f} {n.source}" for n in self.neighbors[:3])
+        how = "re-ranked by the VLM" if self.reranked else f"{self.vote.rule} vote, k={self.vote.k}" + (
+            f"; re-ranking fell back: {self.fallback_reason}" if self.fallback_reason else "")
+        return (f"Classification({label}, {how}, scores {{{top}{more}}}, {len(self.neighbors)} neighbours"
+                + (f", nearest: {nearest}" if nearest else "") + (f", source={self.source!r}" if self.source else "")
+                + ")")
+
+    __str__ = __repr__
+
 
 class MemoryPoint(BaseModel):
     """One memory point as stored: what it is, where it came from, and whether searches can return it."""
