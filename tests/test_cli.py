@@ -145,7 +145,14 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     red0 = str((image_folder / "train" / "red" / "0.png").resolve())
     out = run("forget", "--memory", copy, "--id", point_id_for(red0))
     assert out.exit_code == 0 and "forgot 1 point; memory now holds 11" in out.output
-    out = run("forget", "--memory", copy, "--source", str(image_folder / "train" / "green") + "/")
+    # A dry run first: which points, on stdout for a script; how many of which labels on stderr; nothing changed
+    green = str(image_folder / "train" / "green") + "/"
+    preview = run("forget", "--memory", copy, "--source", green, "--dry-run")
+    assert preview.exit_code == 0 and len(preview.stdout.split()) == 4
+    assert "dry run: would forget 4 points (green: 4); nothing changed" in preview.stderr
+    relabel = run("relabel", "--memory", copy, "--label", "blue", "--to", "teal", "--dry-run")
+    assert "dry run: would relabel to 'teal' 4 points (blue: 4); nothing changed" in relabel.stderr
+    out = run("forget", "--memory", copy, "--source", green)
     assert "forgot 4 points; memory now holds 7" in out.output
     out = run("forget", "--memory", copy, "--label", "blue")
     assert "forgot 4 points; memory now holds 3" in out.output

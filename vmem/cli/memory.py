@@ -400,6 +400,7 @@ def forget(
     source: Annotated[str | None, typer.Option(help="forget every point whose source starts with this")] = None,
     erase: Annotated[bool, typer.Option(
         help="also rewrite the memory's files without the forgotten vectors now (embedded memory)")] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
     # Ids and the prefix checked here, as the HTTP route does, so the only ValueError left below is erase's.
@@ -417,6 +418,9 @@ def forget(
             # unlearning had been told "forgot 0 points", exit 0
             raise typer.BadParameter(f"the memory has no label {label!r} ({hints}): give the label",
                                      param_hint="--label")
+        if dry_run:
+            _say_chosen(mem, "forget", mem.chosen_points(ids=id, label=label, source_prefix=source))
+            return
         started = time.perf_counter()
         n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
@@ -445,6 +449,7 @@ def relabel(
     label: Annotated[str | None, typer.Option(help="relabel every point with this label (rename or merge a class)")
                      ] = None,
     source: Annotated[str | None, typer.Option(help="relabel every point whose source starts with this")] = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Give points another label (by id, label or source prefix), embedding nothing again: correct a mislabelled
     image, rename or merge classes. Their pruning marks go; each keeps the label it held before."""
@@ -453,6 +458,11 @@ def relabel(
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
         new_label = not mem.store.count(label=mem.stored_label(to))
+        if dry_run:
+            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            _say_chosen(mem, f"relabel to {mem.stored_label(to)!r}",
+                        {i: lab for i, lab in chosen.items() if lab != mem.stored_label(to)})
+            return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
         except ValueError as exc:  # the new label empty, or a name rather than a label
@@ -468,6 +478,24 @@ def relabel(
             typer.echo(f"note: {why}", err=True)
             if not done:
                 raise typer.Exit(1)
+
+
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="say which points it would choose (ids on stdout, one "
+                                                         "per line) and change nothing")]
+
+
+def _say_chosen(mem, verb: str, chosen: dict[str, str]) -> None:
+    """A dry run's answer: the ids chosen on stdout (for a script), how many of which labels on stderr."""
+    for point_id in chosen:
+        typer.echo(point_id)
+    from collections import Counter
+
+    per_label = Counter(chosen.values())
+    names = mem.label_names
+    shown = ", ".join(f"{named_label(lab, names)}: {n:,}" for lab, n in per_label.most_common(5))
+    more = f" and {len(per_label) - 5} more labels" if len(per_label) > 5 else ""
+    typer.echo(f"dry run: would {verb} {n_points(len(chosen))}" + (f" ({shown}{more})" if shown else "")
+               + "; nothing changed", err=True)
 
 
 def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
