@@ -148,3 +148,17 @@ def test_a_memory_without_points_and_without_clip_is_refused_as_classify_refuses
     zero_shot = runner.invoke(app, ["dmn", "classify", str(tmp_path / "q.jpg"), "--memory", mem, "--mode",
                                     "zero-shot"], env={"COLUMNS": "250"})
     assert zero_shot.exit_code == 2 and "needs a CLIP featurizer" in zero_shot.output, zero_shot.output
+
+
+def test_a_mode_that_is_not_one_is_refused_with_the_choices(tmp_path):
+    from typing import get_args
+
+    from vmem.cli.dmn import DmnMode
+    from vmem.dmn_classifier import Mode
+
+    # It had been a raw pydantic error, with the web address of pydantic's error page.
+    assert [m.value for m in DmnMode] == list(get_args(Mode))
+    (tmp_path / "q.jpg").write_bytes(make_image())
+    out = runner.invoke(app, ["dmn", "classify", str(tmp_path / "q.jpg"), "--mode", "bogus"], env={"COLUMNS": "250"})
+    assert out.exit_code == 2 and "'bogus' is not one of 'auto', 'zero-shot', 'few-shot', 'memory-only'" in out.output
+    assert "pydantic" not in out.output

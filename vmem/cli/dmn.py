@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,9 @@ from ._common import (
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
 
+# The modes DmnOptions takes (vmem.dmn_classifier.Mode, not imported with the CLI), as a choice: a wrong one had
+# been a raw pydantic error with its web address.
+DmnMode = StrEnum("DmnMode", {m: m for m in ("auto", "zero-shot", "few-shot", "memory-only")})
 StreamArg = Annotated[str, typer.Argument(help="stream name")]
 
 
@@ -36,7 +40,7 @@ def classify(
     qdrant_url: QdrantUrlOpt = None,
     stream: Annotated[str | None, typer.Option("--stream", "--dmn-stream",
                                                help="dynamic memory to write and read (default: off)")] = None,
-    mode: Annotated[str, typer.Option(help="auto | zero-shot | few-shot | memory-only")] = "auto",
+    mode: Annotated[DmnMode, typer.Option(help="auto: few-shot for a CLIP memory, else memory-only")] = DmnMode.auto,
     alpha_text: Annotated[float, typer.Option(min=0, help="weight of the CLIP text classifier")] = 1.0,
     alpha_dynamic: Annotated[float, typer.Option(min=0, help="weight of the dynamic memory")] = 1.0,
     alpha_static: Annotated[float, typer.Option(min=0, help="weight of the labelled (static) memory")] = 1.0,
@@ -60,8 +64,8 @@ def classify(
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
     try:
-        opts = DmnOptions(mode=mode, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic, alpha_static=alpha_static,
-                          static_k=static_k, static_cap=static_cap, update=update,
+        opts = DmnOptions(mode=mode.value, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic,
+                          alpha_static=alpha_static, static_k=static_k, static_cap=static_cap, update=update,
                           classes_file=str(classes_file) if classes_file else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -28,6 +28,8 @@ from ._common import (
 
 # How a self-search finds neighbours (eval.scoring.SelfSearch), without importing eval for every command.
 SelfSearchChoice = StrEnum("SelfSearchChoice", {s: s for s in ("auto", "exact", "index")})
+PruneModeChoice = StrEnum("PruneModeChoice", {s: s for s in ("soft", "hard")})
+BlameChoice = StrEnum("BlameChoice", {s: s for s in ("all", "voters")})
 SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows with the square of the points); "
                     "index: each point's neighbours from the memory's index, a page at a time (grows with the "
                     "points); auto: exact up to 100,000 points")
@@ -36,22 +38,19 @@ SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows
 def prune(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
-    mode: Annotated[str, typer.Option(
-        help="soft: reliability 1.75/(1+count); hard: exclude count >= threshold")] = "soft",
+    mode: Annotated[PruneModeChoice, typer.Option(
+        help="soft: reliability 1.75/(1+count); hard: exclude count >= threshold")] = PruneModeChoice.soft,
     threshold: Annotated[int, typer.Option(min=1, help="hard pruning: blame count that excludes a point")] = 128,
     k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours per leave-one-out decision")] = 100,
-    blame: Annotated[str, typer.Option(help="all: every neighbour of a wrong decision; voters: only those "
-                                            "with the wrongly chosen label")] = "all",
+    blame: Annotated[BlameChoice, typer.Option(help="all: every neighbour of a wrong decision; voters: only those "
+                                                    "with the wrongly chosen label")] = BlameChoice.all,
     undo: Annotated[bool, typer.Option("--undo", help="restore every point and factor, then stop")] = False,
     search: Annotated[SelfSearchChoice, typer.Option(help=SELF_SEARCH_HELP)] = SelfSearchChoice.auto,
 ) -> None:
     """Prune the memory by querying it against itself (rank voting); `--undo` reverses it."""
-    from eval.pruning import PruneMode, prune_store, undo_pruning
+    from eval.pruning import prune_store, undo_pruning
 
-    if mode not in {m.value for m in PruneMode}:
-        raise typer.BadParameter("choose soft or hard", param_hint="--mode")
-    if blame not in ("all", "voters"):
-        raise typer.BadParameter("choose all or voters", param_hint="--blame")
+    mode, blame = mode.value, blame.value  # as the pruning takes them
     mem = open_memory(memory, qdrant_url)
     with mem:
         store = mem.store
