@@ -128,6 +128,19 @@ def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(
     run = json.loads((tmp_path / "eval" / "results.json").read_text())["run"]
     assert run["tuned"]["k"] == stored["vote"]["k"] and run["tau"] == stored["vote"]["tau"]
 
+    # Back to the defaults, journaled: the only way back had been tuning again
+    out = runner.invoke(app, ["tune", "--memory", str(memory), "--reset"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and "the memory votes with the defaults again (rank, k=50" in out.output, out.output
+    assert "vote" not in json.loads(runner.invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
+    res = json.loads(runner.invoke(app, ["classify", query, "--memory", str(memory), "--json"]).output)
+    assert res["vote"]["origin"] == "default" and res["vote"]["k"] == 50
+    history = runner.invoke(app, ["history", "--memory", str(memory), "--op", "tune"]).stdout
+    assert "tuned settings forgotten: back to the defaults" in history.splitlines()[0]
+    again = runner.invoke(app, ["tune", "--memory", str(memory), "--reset"])
+    assert again.exit_code == 0 and "no tuned settings" in again.output
+    neither = runner.invoke(app, ["tune", "--memory", str(memory)], env={"COLUMNS": "200"})
+    assert neither.exit_code == 2 and "(or --reset)" in neither.output
+
 
 def test_a_grid_value_the_memory_could_not_use_is_refused_before_tuning(built, image_folder, tmp_path):  # noqa: F811
     # α = 0 (w = 1/(0 + 0) at rank 0) or τ below 0.001 would be stored as settings every later classify rejects.

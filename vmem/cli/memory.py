@@ -677,7 +677,8 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
                 + (" (replacing all)" if e.detail.get("replace") else ""))
     elif e.op == "tune":
         vote = e.detail.get("vote", {})
-        what = f"vote {vote.get('rule')}, k={vote.get('k')}"
+        what = ("tuned settings forgotten: back to the defaults" if e.detail.get("reset")
+                else f"vote {vote.get('rule')}, k={vote.get('k')}")
     elif e.op == "settings":
         before = e.detail.get("before", {})
         what = ", ".join(f"{_SEARCH_SETTING_NAMES.get(name, name)} {_shown(before.get(name))} -> {_shown(value)}"

@@ -59,8 +59,28 @@ def _require_validation(val_rows: np.ndarray, correct: list[list[str]], memory_l
             "names the ids as the memory does)", param_hint="--dataset")
 
 
+def _reset(memory: Path, qdrant_url: str | None, dry_run: bool) -> None:
+    """Drop the memory's tuned vote settings, journaled: the only way back had been tuning again."""
+    with open_memory(memory, qdrant_url) as mem:
+        before = mem.store.meta.settings.get("vote")
+        if before is None:
+            typer.echo("the memory has no tuned settings: it votes with the defaults already")
+            return
+        if dry_run:
+            typer.echo(f"dry run: would forget the tuned settings {json.dumps(before)}; nothing changed")
+            return
+        with mem.store.meta_edit() as meta:
+            meta.settings.pop("vote", None)
+            meta.settings.pop("tuning", None)
+        mem.store.journal.record("tune", via="cli", detail={"reset": True, "before": before})
+        now = mem.vote_settings()
+        typer.echo(f"forgot the tuned settings {json.dumps(before)}: the memory votes with the defaults again "
+                   f"({now.rule}, k={now.k}, α={now.alpha:g}, τ={now.tau:g})")
+
+
 def tune(
-    dataset: Annotated[Path, typer.Option("--dataset", "-d", help="labelled queries (folder, or .csv)")],
+    dataset: Annotated[Path | None, typer.Option("--dataset", "-d", help="labelled queries (folder, or .csv)")
+                       ] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="any layout `vmem eval` reads")] = "imagefolder",
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
@@ -78,8 +98,17 @@ def tune(
     cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
     out: Annotated[Path | None, typer.Option(help="also write tune.md and tune.json here")] = None,
     dry_run: Annotated[bool, typer.Option(help="report only; leave the memory's settings as they are")] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="forget the tuned settings: back to rank voting at k = 50, "
+                                                        "α 2, τ 0.07 (journaled)")] = False,
 ) -> None:
     """Pick the voting rule, k, α and τ on a validation split; store them as the memory's defaults."""
+    if reset:
+        if dataset is not None:
+            raise typer.BadParameter("--reset tunes nothing: give it without --dataset", param_hint="--reset")
+        _reset(memory, qdrant_url, dry_run)
+        return
+    if dataset is None:
+        raise typer.BadParameter("give the labelled queries to tune on (or --reset)", param_hint="--dataset")
     from eval.datasets import align_labels, read_dataset
     from eval.harness import MAX_EXACT_BYTES, MemoryArrays, query_set
     from eval.scoring import neighbors_exact, neighbors_from_store, truth_arrays
