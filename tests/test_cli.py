@@ -800,6 +800,12 @@ def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_fol
     out = run("classify", tmp_path / "q", "--memory", memory, "--k", "3", "--batch-size", "2")
     assert out.exit_code == 130 and len(out.stdout.splitlines()) == 1
     assert "skipped" in out.stderr and "0-broken.jpg" in out.stderr
+    # vmem dmn classify likewise (it had printed every answer after the last image)
+    calls.clear()
+    out = run("dmn", "classify", image_folder / "train", "--memory", memory, "--batch-size", "2", "--stream", "s")
+    assert out.exit_code == 130 and len(out.stdout.splitlines()) == 2
+    assert "interrupted: the answers printed are whole; the images after them were not classified nor written to " \
+           "the stream" in out.stderr
 
 
 @pytest.mark.parametrize("body", [b"<html>a web page</html>", b'{"result": null}'])

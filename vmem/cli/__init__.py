@@ -58,6 +58,7 @@ _INTERRUPTED = {
               "every point forgotten so far",
     "relabel": "run the same command again: points relabelled already are left as they are",
     "classify": "the answers printed are whole; the images after them were not classified",
+    "dmn": "the answers printed are whole; the images after them were not classified nor written to the stream",
 }
 
 

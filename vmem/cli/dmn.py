@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from tqdm import tqdm
 
 from retrieval import FeaturizerError, ImageDecodeError
+from retrieval.images import failure_line
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -19,10 +21,10 @@ from ._common import (
     check_label_filter,
     expand_images,
     finish_classify,
-    one_line,
     open_memory,
     require_points,
 )
+from .memory import CLASSIFY_PART_MAX, growing_parts, print_classification
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -78,19 +80,26 @@ def classify(
             raise typer.BadParameter(str(exc), param_hint="--mode") from exc
         check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
         names = mem.label_names
-        try:
-            results, failed = mem.classify_many(paths, batch_size=batch_size, rule="dmn", dmn_stream=stream,
-                                                dmn=opts, labels=label)
-        except (FeaturizerError, ImageDecodeError, ValueError) as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    for res in results:
-        if json_out:
-            typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
-        else:
-            top = ", ".join(f"{one_line(names.get(lab, lab))} {s:.2f}" for lab, s in list(res.scores.items())[:3])
-            named = f" ({one_line(res.label_name)})" if res.label_name else ""
-            typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top})")
-    correct = finish_classify(results, failed, images)
+        results: list = []
+        failed: list = []
+        # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way):
+        # every answer had waited for the last image, and a Ctrl-C lost them all.
+        with tqdm(total=len(paths), unit="img", desc="dmn", file=sys.stderr, disable=None, leave=False) as bar:
+            for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
+                try:
+                    done, part_failed = mem.classify_many(part, batch_size=batch_size, rule="dmn",
+                                                          dmn_stream=stream, dmn=opts, labels=label)
+                except (FeaturizerError, ImageDecodeError, ValueError) as exc:
+                    raise typer.BadParameter(str(exc)) from exc
+                bar.clear()
+                for res in done:
+                    print_classification(res, names, rerank=False, json_out=json_out)
+                for f in part_failed:
+                    typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
+                results += done
+                failed += part_failed
+                bar.update(len(part))
+    correct = finish_classify(results, failed, images, skips_said=True)
     if truth_from_dirs:
         d = results[0].dmn
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "

@@ -343,7 +343,7 @@ def classify(
         # after hours keep what was done. Parts grow so that the first answers come at once and a large folder
         # pays each part's start (a loader's workers) rarely.
         with tqdm(total=len(paths), unit="img", desc="classify", file=sys.stderr, disable=None, leave=False) as bar:
-            for part in _growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
+            for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
                 try:
                     done, part_failed = mem.classify_many(
                         part, batch_size=batch_size, k=k, rule=vote and vote.value, alpha=alpha, tau=tau,
@@ -355,7 +355,7 @@ def classify(
                     raise typer.BadParameter(str(exc)) from exc
                 bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
                 for res in done:
-                    _print_classification(res, names, rerank, json_out)
+                    print_classification(res, names, rerank, json_out)
                 for f in part_failed:  # with its part: a run interrupted later still said it
                     typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
                 results += done
@@ -373,7 +373,7 @@ def classify(
 CLASSIFY_PART_MAX = 4096
 
 
-def _growing_parts(items: list, first: int, largest: int):
+def growing_parts(items: list, first: int, largest: int):
     """`items` in consecutive parts of `first`, then twice as many each time, up to `largest`."""
     size, start = max(1, first), 0
     while start < len(items):
@@ -382,7 +382,7 @@ def _growing_parts(items: list, first: int, largest: int):
         size = min(size * 2, max(largest, first))
 
 
-def _print_classification(res, names: dict[str, str], rerank: bool, json_out: bool) -> None:
+def print_classification(res, names: dict[str, str], rerank: bool, json_out: bool) -> None:
     if json_out:
         typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
     else:  # for people: the vote's runners-up by name where the memory names its labels
