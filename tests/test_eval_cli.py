@@ -299,3 +299,11 @@ def test_eval_says_in_one_line_where_its_features_cannot_be_cached(built, tmp_pa
     monkeypatch.setenv("VMEM_FEATURE_CACHE", str(tmp_path / "c" / "a" / "b"))
     out = CliRunner().invoke(app, ["eval", "--memory", str(tmp_path / "no-memory"), "--dataset", str(val)])
     assert out.exit_code != 0 and not (tmp_path / "c").exists(), out.output
+
+
+def test_eval_samples_queries_with_the_option_classify_samples_with(built, tmp_path):
+    # classify and dmn classify sample with --sample; eval and experiment with --limit, which pages elsewhere
+    root, val = built
+    run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache",
+        tmp_path / "cache", "--k-max", "3", "--no-plots", "--sample", "4", "--seed", "1")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["queries"] == 4

@@ -73,8 +73,8 @@ def eval(
         help=f"softmax temperature (default: the memory's tuned τ, else {DEFAULT_TAU:g})")] = None,
     search: Annotated[SearchMode, typer.Option(
         help="exact (vectors in RAM), index (Qdrant), or auto (exact when the memory fits)")] = SearchMode.auto,
-    limit: Annotated[int | None, typer.Option(
-        min=1, help="evaluate a fixed random sample of this many queries")] = None,
+    limit: Annotated[int | None, typer.Option(  # --sample as classify names it; --limit elsewhere pages
+        "--limit", "--sample", min=1, help="evaluate a fixed random sample of this many queries")] = None,
     seed: Annotated[int, typer.Option(help="seed of --limit's sample")] = 0,
     rerank: Annotated[bool, typer.Option(
         help="also re-rank the sample with the VLM and compare with rank voting")] = False,

@@ -53,7 +53,8 @@ def experiment(
     classes: Annotated[Path | None, typer.Option(help="wnid-to-name file, to name classes in reports")] = None,
     cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    limit: Annotated[int | None, typer.Option(min=1, help="a fixed random sample of this many queries")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "--sample", min=1,
+                                              help="a fixed random sample of this many queries")] = None,
     k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and label-noise")] = 50,
     per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
     fractions: Annotated[str | None, typer.Option(
