@@ -178,7 +178,12 @@ def test_forget_with_erase_on_a_qdrant_server_is_refused_before_anything_is_forg
 
 def test_searches_go_on_while_the_memory_is_erased(tmp_path):
     vecs = random_unit_vectors(20_000, 384, seed=6)
-    with open_store(tmp_path / "memory", SPEC, index=IndexSettings(segment_points=10_000)) as store:
+    # Three segments, one of them indexed, each with deleted points to rewrite. A graph built with ef_construct
+    # 32 (m 32 keeps it connected) is built, and rebuilt by the erase, in under half the default's CPU time; each
+    # query, a stored vector, still finds itself first (6,000 of 6,000 in 8 builds; ef_construct 32 at m 16
+    # missed 1 in 6,000).
+    index = IndexSettings(segment_points=10_000, m=32, ef_construct=32)
+    with open_store(tmp_path / "memory", SPEC, index=index) as store:
         ids = store.add(vecs, ["a"] * 20_000, [f"/v/{i}" for i in range(20_000)])
         store.optimize()
         store.delete_ids(ids[::3])
