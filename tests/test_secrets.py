@@ -99,14 +99,19 @@ def test_no_key_leaks_anywhere(encoder, fake, tmp_path, monkeypatch, caplog):
     assert_no_secret("the settings", repr(settings) + str(settings) + settings.model_dump_json())
 
 
-def test_verbose_cli_logs_no_credentials_of_the_gemini_endpoint(encoder, fake, tmp_path):
+def test_verbose_cli_logs_no_credentials_of_the_gemini_endpoint(lite0, fake, tmp_path):
     # httpx logs every request's URL at INFO: `vmem -v` printed a base URL's password and a ?key= token.
     import subprocess
 
-    from tests._reliability_fixtures import VMEM, subprocess_env
+    from retrieval import open_store
+    from tests._reliability_fixtures import LABELS, VMEM, subprocess_env
 
+    # An EfficientNet-Lite0 memory (the session's model): the `vmem` process then loads no transformers, which
+    # took half of its 10 s of CPU with the tiny DINOv2. The encoder plays no part in what is logged.
     memory = tmp_path / "memory"
-    tiny_memory(encoder, str(memory)).close()
+    with open_store(str(memory), lite0.spec) as store:
+        images = [noise_png(i) for i in range(6)]
+        store.add(lite0.embed(images), [LABELS[i % 3] for i in range(6)], [f"mem:seed/{i}.png" for i in range(6)])
     query = tmp_path / "q.png"
     query.write_bytes(noise_png(99))
     password = "proxy-SECRET-password-91b7"
