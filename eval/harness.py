@@ -11,8 +11,8 @@ Outputs in the run directory:
     table.md                 accuracy at k = 10, 20, ..., 100 and the best k per rule
     hit_rate.csv             variant,k,hit_rate
     neighbor_accuracy.csv    variant,rank,accuracy
-    calibration.csv          variant,votes,queries,accuracy (plurality agreement among the first k)
-    per_class.csv            variant,label,name,queries,correct,accuracy,confused_with (one rule at one k)
+    calibration.csv          variant,k,votes,queries,accuracy (plurality agreement among the first k)
+    per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k)
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
                              accuracy (hardest classes named)
 """
@@ -39,6 +39,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
+from retrieval.text import utf8_text
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 
 if TYPE_CHECKING:
@@ -104,16 +105,63 @@ def cached_features(
     return feats, ok, [failure_line(f.source, f.reason) for f in failures]
 
 
+def _utf8_named(items: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The items whose path and labels are UTF-8 text, and `SOURCE: REASON` for the others (Linux lets a name be
+    any bytes): one such folder had ended an evaluation with a traceback once every number was computed, as its
+    results were written."""
+    ok, failed = [], []
+    for it in items:
+        names = [it.source, getattr(it, "label", ""), *getattr(it, "accepted", ())]
+        if all(utf8_text(n) == n for n in names):
+            ok.append(it)
+        else:
+            failed.append(failure_line(utf8_text(it.source) or "", "its path or label folder is not UTF-8 text "
+                                                                     "(bytes of another encoding): rename it in UTF-8"))
+    return ok, failed
+
+
 def query_set(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> QuerySet:
-    feats, ok, failed = cached_features([it.source for it in dataset.items], featurizer, cache_root, "queries")
-    items = [dataset.items[i] for i in ok]
-    return QuerySet(feats, [it.source for it in items], [it.correct_labels for it in items], failed)
+    named, not_utf8 = _utf8_named(dataset.items)
+    feats, ok, failed = cached_features([it.source for it in named], featurizer, cache_root, "queries")
+    items = [named[i] for i in ok]
+    return QuerySet(feats, [it.source for it in items], [it.correct_labels for it in items], not_utf8 + failed)
+
+
+def queries_fingerprint(queries: QuerySet) -> str:
+    """sha256 over the sorted (source, labels that count as right) of the queries scored: equal for two runs over
+    the same queries, whatever the order or the folder they were read from."""
+    digest = hashlib.sha256()
+    for source, correct in sorted(zip(queries.sources, queries.correct_labels, strict=True)):
+        digest.update(f"{source}\t{','.join(correct)}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def vectors_fingerprint(memory: MemoryArrays | MemoryStore) -> str | None:
+    """sha256 over a memory's vectors in point-id order, in RAM (exact search); None otherwise. Two memories of
+    the same points stored at other precisions (float16 or float32 originals) differ here, and in their curves."""
+    if not isinstance(memory, MemoryArrays):
+        return None
+    digest = hashlib.sha256()
+    for i in sorted(range(len(memory.ids)), key=memory.ids.__getitem__):
+        digest.update(np.ascontiguousarray(memory.features[i], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    """What else a run's numbers and times depend on: the software's versions and the machine."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()}
 
 
 def memory_from_dataset(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> MemoryArrays:
     """A memory made of a labelled dataset's cached features (dataset-vs-dataset evaluation)."""
-    feats, ok, _ = cached_features([it.source for it in dataset.items], featurizer, cache_root, "memory")
-    return MemoryArrays(feats, [dataset.items[i].label for i in ok], [dataset.items[i].source for i in ok])
+    named, _ = _utf8_named(dataset.items)  # left out, as a build leaves them out
+    feats, ok, _ = cached_features([it.source for it in named], featurizer, cache_root, "memory")
+    return MemoryArrays(feats, [named[i].label for i in ok], [named[i].source for i in ok])
 
 
 def memory_fingerprint(memory: MemoryArrays | MemoryStore) -> str | None:
@@ -161,6 +209,12 @@ class RunInfo(BaseModel):
     memory_fingerprint: str | None = Field(
         default=None, description="sha256 over the memory's sorted point ids, labels and soft-pruning factors (search: "
                           "exact): equal for the same points, however built or copied")
+    vectors_fingerprint: str | None = Field(
+        default=None, description="sha256 over the memory's vectors in point-id order (search: exact)")
+    queries_fingerprint: str | None = Field(
+        default=None, description="sha256 over the sorted sources and right labels of the queries scored")
+    device: str | None = Field(default=None, description="where the queries were embedded (cpu, cuda, mps)")
+    environment: dict[str, Any] | None = Field(default=None, description="software versions and the machine")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: dict[str, float] = Field(default_factory=dict)
     tuned: dict[str, Any] | None = Field(

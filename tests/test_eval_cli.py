@@ -279,6 +279,50 @@ def test_eval_records_what_its_numbers_depend_on(built, tmp_path):
         tmp_path / "cache", "--k-max", "3", "--search", "index", "--no-plots")
     indexed = json.loads((tmp_path / "ix" / "results.json").read_text())["run"]
     assert indexed["index"]["hnsw_ef"] and indexed["memory_fingerprint"] is None and indexed["limit"] is None
+    # Which queries were scored, and with what vectors: two samples of one folder had been told apart by nothing
+    assert len(first["vectors_fingerprint"]) == 64 and first["vectors_fingerprint"] == second["vectors_fingerprint"]
+    assert indexed["vectors_fingerprint"] is None and len(indexed["queries_fingerprint"]) == 64
+    assert first["device"] == "cpu" and first["environment"]["torch"] and first["environment"]["cpus"]
+    # A --limit at or above the dataset's size draws no sample, and none is recorded
+    run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "all", "--cache",
+        tmp_path / "cache", "--k-max", "3", "--limit", "600", "--no-plots")
+    whole = json.loads((tmp_path / "all" / "results.json").read_text())["run"]
+    assert whole["limit"] is None and whole["seed"] is None and whole["queries"] == 6
+    assert whole["queries_fingerprint"] != first["queries_fingerprint"]  # 6 queries, not the sample's 4
+
+
+def test_eval_refuses_an_out_that_is_a_file_and_says_when_it_replaces_a_run(built, tmp_path):
+    root, val = built
+    (tmp_path / "taken").write_text("")
+    res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(val), "--out",
+                                   str(tmp_path / "taken")], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "is a file: give a folder" in res.output, res.output
+    args = ["eval", "--memory", str(root / "memory"), "--dataset", str(val), "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--k-max", "3", "--no-plots"]
+    assert "will be replaced" not in CliRunner().invoke(app, args).stderr
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and f"note: the run in {tmp_path / 'out'} will be replaced" in again.stderr
+
+
+def test_eval_leaves_out_a_query_whose_folder_is_not_utf8_and_says_so(built, tmp_path):
+    import os
+
+    # A folder named in Latin-1 had ended the run in a traceback once every number was computed.
+    root, val = built
+    queries = tmp_path / "q"
+    import shutil
+
+    shutil.copytree(val, queries)
+    latin1 = os.path.join(os.fsencode(queries), b"caf\xe9")
+    os.makedirs(latin1)
+    pattern(0, 9).save(os.fsdecode(os.path.join(latin1, b"0.png")))
+    res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(queries), "--out",
+                                   str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--k-max", "3",
+                                   "--no-plots"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    scored = json.loads((tmp_path / "out" / "results.json").read_text())["run"]
+    assert scored["queries"] == 6 and scored["failed_queries"] == 1
+    assert "not UTF-8 text" in res.output
 
 
 def test_eval_says_in_one_line_where_its_features_cannot_be_cached(built, tmp_path, monkeypatch):

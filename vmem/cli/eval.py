@@ -92,11 +92,14 @@ def eval(
         MAX_EXACT_BYTES,
         MemoryArrays,
         RunInfo,
+        environment,
         evaluate,
         memory_fingerprint,
         memory_from_dataset,
+        queries_fingerprint,
         query_set,
         store_index,
+        vectors_fingerprint,
         write_report,
     )
     from eval.rerank_eval import evaluate_rerank
@@ -110,6 +113,10 @@ def eval(
         raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
     if rerank:
         check_reranker_settings()
+    if out.exists() and not out.is_dir():  # found once every number was computed, as a traceback
+        raise typer.BadParameter(f"{out} is a file: give a folder for the run's files", param_hint="--out")
+    if (out / "results.json").exists():
+        typer.echo(f"note: the run in {out} will be replaced by this one", err=True)
     try:
         fmt = DatasetFormat(dataset_format(dataset, format))
     except ValueError as exc:
@@ -171,7 +178,8 @@ def eval(
     ds = align_labels(ds, memory_labels, names)
     items = ds.items
     dataset_items = len(items)
-    if limit is not None and limit < len(items):
+    sampled = limit is not None and limit < len(items)
+    if sampled:
         items = sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
         ds.items = items
     t_feat = time.perf_counter()
@@ -182,9 +190,12 @@ def eval(
                   failed_queries=len(queries.failed), skipped_queries=len(ds.skipped), memory=memory_name,
                   memory_points=n_points if n_points is not None else len(memory_labels),
                   featurizer=feat.name, search=search_used, k_max=k_max, alpha=alpha, tau=tau,
-                  dataset_items=dataset_items, limit=limit, seed=seed if limit is not None else None,
+                  # a --limit at or above the dataset's size drew no sample: none is recorded
+                  dataset_items=dataset_items, limit=limit if sampled else None, seed=seed if sampled else None,
                   vmem_version=__version__, featurizer_spec=feat.spec.model_dump(mode="json"),
-                  index=store_index(memory_obj), memory_fingerprint=memory_fingerprint(memory_obj))
+                  index=store_index(memory_obj), memory_fingerprint=memory_fingerprint(memory_obj),
+                  vectors_fingerprint=vectors_fingerprint(memory_obj), queries_fingerprint=queries_fingerprint(queries),
+                  device=str(getattr(feat, "device", "")) or None, environment=environment())
     run.seconds["features"] = round(t_search - t_feat, 3)
     # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
     decision = mem.vote_settings() if mem is not None else VoteSettings()
