@@ -105,7 +105,7 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
                 # Path() would collapse the // and say "no such file" of a mangled name
                 raise ImageDecodeError(f"{source}: a URL, and vmem reads images from files, bytes or arrays, not "
                                        "from the network: download it first")
-            fp = Path(source).expanduser()  # a notebook has no shell to expand ~
+            fp = Path(os.path.expanduser(source))  # a notebook has no shell to expand ~ (`~name` no user: as is)
             name = str(fp)
             if fp.is_dir():
                 raise ImageDecodeError(f"{name}: a directory, not an image file")

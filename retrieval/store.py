@@ -121,7 +121,7 @@ def normalize_source(source: str | Path) -> str:
     s = str(source)
     if not is_local_source(s):
         return s
-    return str(Path(s).expanduser().resolve())
+    return str(Path(os.path.expanduser(s)).resolve())
 
 
 class IndexSettings(BaseModel):
@@ -818,7 +818,7 @@ def _hold_open_lock(folder: Path) -> Any:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        if Path(os.path.realpath(folder)) in _open_folders:
+        if _open_folders.get(Path(os.path.realpath(folder))) == os.getpid():  # not a forked child's parent's
             # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
             raise MemoryInUseError(
                 f"the memory at {folder} is already open in this process: close the object that opened it "
@@ -832,7 +832,7 @@ def _hold_open_lock(folder: Path) -> Any:
 
 
 # The folders of the embedded memories this process holds open, for `drop_inherited_memory_locks`.
-_open_folders: set[Path] = set()
+_open_folders: dict[Path, int] = {}  # folder -> the process that opened it (a forked child inherits the map)
 
 
 def drop_inherited_memory_locks() -> None:
@@ -891,7 +891,8 @@ class EdgeMemoryStore(MemoryStore):
         self._qe = qe
         # Absolute for the engine and vmem's own files, so that a chdir (a notebook's %cd) leaves it working;
         # the location as given, for messages.
-        self.path = Path(path).expanduser().absolute()  # ~ too: the Python API has no shell to expand it
+        # ~ too: the Python API has no shell to expand it (os.path's: a `~name` that is no user stays as it is)
+        self.path = Path(os.path.expanduser(path)).absolute()
         self.location = str(Path(path))
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
@@ -910,7 +911,7 @@ class EdgeMemoryStore(MemoryStore):
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
         folder = os.stat(self.path)
         self._folder_identity = (folder.st_dev, folder.st_ino)
-        _open_folders.add(self._folder)
+        _open_folders[self._folder] = os.getpid()
         try:
             self._open(meta, meta_path, shard_path)
         except BaseException:
@@ -919,7 +920,7 @@ class EdgeMemoryStore(MemoryStore):
 
     def _release_open_lock(self) -> None:
         if self._open_lock is not None:
-            _open_folders.discard(self._folder)
+            _open_folders.pop(self._folder, None)
             self._open_lock.close()  # closing the file releases its lock
             self._open_lock = None
 
@@ -1204,14 +1205,17 @@ class EdgeMemoryStore(MemoryStore):
         # Kept until the next write: the exact count holds the GIL about a second at 50,000 labels, and the page
         # asks for it on every load and edit (this process alone writes an embedded memory).
         writes, cached = self._writes, self._label_counts
-        if cached is not None and cached[0] == writes and not self._write_lock.locked():
+        writing = self._write_lock.locked()  # after reading `writes`: a write begun before is seen here
+        if cached is not None and cached[0] == writes and not writing:
             return dict(cached[1])
         n_labels = max(1, self.count())
         resp = self.shard.facet(self._qe.FacetRequest(key="label", limit=n_labels, exact=True))
         # The edge engine keeps reporting a label whose points were all deleted, with count 0.
         hits = [h for h in resp if h.count > 0]
         counts = {str(h.value): int(h.count) for h in sorted(hits, key=lambda h: (-h.count, str(h.value)))}
-        if not self._write_lock.locked():  # not while a write may be half-way
+        # Kept only when no write ran during the count, begun before it (`writing`) or during it (`writes` moved):
+        # a count read half-way through a write would otherwise stand until the next one
+        if not writing and not self._write_lock.locked() and self._writes == writes:
             self._label_counts = (writes, counts)
         return dict(counts)
 
@@ -1706,8 +1710,8 @@ def local_folder(location: str) -> Path | None:
     """The folder a memory at `location` keeps its files in (embedded or `qdrant-local:`); None for a server
     or `:memory:`."""
     if location.startswith(LOCAL_MODE_PREFIX):
-        return Path(location.removeprefix(LOCAL_MODE_PREFIX)).expanduser()
-    return Path(location).expanduser() if is_embedded_location(location) else None
+        return Path(os.path.expanduser(location.removeprefix(LOCAL_MODE_PREFIX)))
+    return Path(os.path.expanduser(location)) if is_embedded_location(location) else None
 
 
 def same_location(a: str | Path, b: str | Path) -> bool:

@@ -534,8 +534,9 @@ def test_a_relabel_offers_every_label_of_a_catalogue_as_you_type(browser, tmp_pa
     mem = fill_memory(str(tmp_path / "memory"), lite0, images)
     rng = np.random.default_rng(0)
     extra = rng.standard_normal((2500, lite0.spec.dim)).astype(np.float32)
-    mem.store.add(extra / np.linalg.norm(extra, axis=1, keepdims=True), [f"sku-{i:05d}" for i in range(2500)],
-                  [f"mem://sku/{i}" for i in range(2500)])
+    labels = [f"sku-{i:05d}" for i in range(2500)]
+    labels[7] = "constructor"  # a label named as a JS object's own property: its "name" is no string
+    mem.store.add(extra / np.linalg.norm(extra, axis=1, keepdims=True), labels, [f"mem://sku/{i}" for i in range(2500)])
     mem.set_label_names({"sku-02417": "Shirt, blue, XL"})
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4246))

@@ -152,6 +152,7 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     assert "dry run: would forget 4 points (green: 4); nothing changed" in preview.stderr
     relabel = run("relabel", "--memory", copy, "--label", "blue", "--to", "teal", "--dry-run")
     assert "dry run: would relabel to 'teal' 4 points (blue: 4); nothing changed" in relabel.stderr
+    assert said(run("relabel", "--memory", copy, "--label", "blue", "--to", " ", "--dry-run"), "non-empty")
     out = run("forget", "--memory", copy, "--source", green)
     assert "forgot 4 points; memory now holds 7" in out.output
     out = run("forget", "--memory", copy, "--label", "blue")
@@ -572,7 +573,7 @@ def test_serve_believes_the_forwarded_headers_of_the_proxies_it_is_told(built, m
     assert out.exit_code == 0, out.output
     assert served["forwarded_allow_ips"] == "10.0.0.7,10.0.0.8"
     out = run("serve", "--no-auth", "--memory", memory)
-    assert served["forwarded_allow_ips"] is None  # uvicorn's default: $FORWARDED_ALLOW_IPS, else 127.0.0.1
+    assert served["forwarded_allow_ips"] is None  # uvicorn's default: $FORWARDED_ALLOW_IPS, else loopback
 
 
 def test_every_command_finds_the_memory_vmem_serve_is_given_by_vmem_memory(built, monkeypatch, tmp_path):

@@ -106,6 +106,66 @@ def test_an_embedded_memory_counts_its_labels_once_until_its_next_edit(tmp_path)
     store.close()
 
 
+def test_counts_read_while_a_write_runs_are_not_kept_past_it(tmp_path):
+    import threading
+    import time
+
+    # A count begun half-way through an add and ended after it had been kept, under the add's number, until the
+    # next write: a class just added was missing from the page's stats and from DMN's classes.
+    class SlowShard:
+        def __init__(self, shard):
+            self.shard, self.in_update = shard, threading.Event()
+
+        def update(self, op):
+            self.in_update.set()
+            time.sleep(0.3)
+            return self.shard.update(op)
+
+        def facet(self, request):
+            out = self.shard.facet(request)  # read before the write lands...
+            time.sleep(0.6)  # ...and returned after it
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.shard, name)
+
+    store = open_store(tmp_path / "memory", SPEC)
+    fill(store)
+    assert store.label_counts() == {"cat": 5, "dog": 5, "fox": 5}
+    slow = store.shard = SlowShard(store.shard)
+    writer = threading.Thread(target=store.add, args=(random_unit_vectors(1, DIM, 9), ["owl"], ["/data/owl/a.jpg"]))
+    writer.start()
+    assert slow.in_update.wait(5)
+    store.label_counts()  # begun during the add, ended after it
+    writer.join()
+    store.shard = slow.shard
+    assert store.label_counts().get("owl") == 1
+    store.close()
+
+
+def test_a_forked_child_is_told_its_parent_holds_the_memory(tmp_path):
+    import os
+
+    # _open_folders is inherited by fork: the child had been told "already open in this process".
+    store = open_store(tmp_path / "memory", SPEC)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its message, through the pipe, then out without running the parent's cleanup
+        try:
+            open_store(tmp_path / "memory")
+            said = "opened"
+        except MemoryError as exc:
+            said = str(exc)
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    said = os.read(read, 4096).decode()
+    os.close(read)
+    store.close()
+    assert "open in another process" in said and "this process" not in said, said
+
+
 def test_equally_near_points_come_in_id_order_whatever_k_and_backend(store):
     # One image stored under several sources: the engines order such ties as they please (the embedded one
     # answered cat at k=1 but dog, fox, cat at k=3), and a vote's tie-break reads that order.

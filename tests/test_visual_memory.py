@@ -72,6 +72,13 @@ def test_paths_under_the_home_folder_are_taken_with_a_tilde(lite0, tmp_path, mon
 
         with pytest.raises(ImageDecodeError, match=r"a URL, and vmem reads images from files.*download it first"):
             again.classify(["https://example.com/cat.jpg"])
+        # A name starting with ~ that names no user is a name as it is, not "Could not determine home directory"
+        (tmp_path / "~draft.jpg").write_bytes(make_image((220, 20, 20)))
+        assert again.classify(["~draft.jpg"], k=1)[0].label == "red"
+    from vmem import MemoryStoreError
+
+    with pytest.raises(MemoryStoreError, match="no memory at"):
+        VisualMemory.open("~no-such-user-here/mem")
 
 
 def test_adding_the_same_upload_twice_is_idempotent(memory):

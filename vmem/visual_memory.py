@@ -1071,13 +1071,7 @@ class VisualMemory:
         Raises ValueError for an empty `to`, or one that is no label of the memory but another label's name
         (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels.
         """
-        to = self.stored_label(to) if isinstance(to, str) else to
-        if not isinstance(to, str) or not to:
-            raise ValueError(f"the new label must be a non-empty string, got {to!r}")
-        if problem := label_problem(to):
-            raise ValueError(problem)
-        if not self.store.count(label=to) and (hints := self.name_hints([to])):
-            raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
+        to = self.check_new_label(to)
         label = self.stored_label(label) if label is not None else None
         n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to,
                                      _selector(ids, label, source_prefix)))
@@ -1086,6 +1080,18 @@ class VisualMemory:
             # the memory no longer holds).
             self.dmn.rename_label(label, to)
         return n
+
+    def check_new_label(self, to: str) -> str:
+        """`to` as the memory spells it, or ValueError where `relabel` would refuse it (empty, a control
+        character, too long, or another label's name)."""
+        to = self.stored_label(to) if isinstance(to, str) else to
+        if not isinstance(to, str) or not to:
+            raise ValueError(f"the new label must be a non-empty string, got {to!r}")
+        if problem := label_problem(to):
+            raise ValueError(problem)
+        if not self.store.count(label=to) and (hints := self.name_hints([to])):
+            raise ValueError(f"{hints}, not a label of this memory: relabel to the label")
+        return to
 
     def _relabel_points(self, ids: list[str], to: str, selector: dict[str, Any]) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""

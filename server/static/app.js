@@ -373,7 +373,7 @@ function fillLabelOptions(typed = "") {
   const needle = typed.trim().toLowerCase();
   const matching = needle && labelsByPoints.length > LABEL_OPTIONS_MAX
     ? labelsByPoints.filter((l) => l.toLowerCase().includes(needle) ||
-      (labelNames[l] || "").toLowerCase().includes(needle))
+      (Object.hasOwn(labelNames, l) ? labelNames[l] : "").toLowerCase().includes(needle))
     : labelsByPoints;
   const options = matching.slice(0, LABEL_OPTIONS_MAX).map((label) => {
     const opt = document.createElement("option");
@@ -414,7 +414,9 @@ async function loadHistory() {
     const li = document.createElement("li");
     li.dataset.op = e.op;
     const labels = Object.entries(e.labels).slice(0, 3).map(([l, n]) => `${named(l, labelNames[l])}: ${n}`);
-    const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length;
+    // named, or their names dropped (a `replace`)
+    const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length +
+      ((e.detail && e.detail.dropped) || []).length;
     const what = e.op === "name" ? ` ${plural(labelsNamed, "label")}` : ["erase", "tune", "settings"].includes(e.op) ? "" :
       ` ${plural(e.points, "point")}` +
       (labels.length ? ` (${labels.join(", ")}${Object.keys(e.labels).length > 3 ? ", …" : ""})` : "") +

@@ -458,10 +458,13 @@ def relabel(
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
         new_label = not mem.store.count(label=mem.stored_label(to))
-        if dry_run:
+        if dry_run:  # refused as the relabel would refuse it
+            try:
+                new = mem.check_new_label(to)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--to") from None
             chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
-            _say_chosen(mem, f"relabel to {mem.stored_label(to)!r}",
-                        {i: lab for i, lab in chosen.items() if lab != mem.stored_label(to)})
+            _say_chosen(mem, f"relabel to {new!r}", {i: lab for i, lab in chosen.items() if lab != new})
             return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
@@ -776,12 +779,12 @@ def info(
     typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
     typer.echo(f"points     {stats['points']:,}")
     named = sum(lab in stats["label_names"] for lab in stats["per_label"])
-    typer.echo(f"labels     {stats['labels']}" + (f" ({named} named)" if named else ""))
+    typer.echo(f"labels     {stats['labels']:,}" + (f" ({named:,} named)" if named else ""))
     for lab, n in list(stats["per_label"].items())[:10]:
         name = stats["label_names"].get(lab)
         typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
     if stats["labels"] > 10:
-        typer.echo(f"  ... {stats['labels'] - 10} more")
+        typer.echo(f"  ... {stats['labels'] - 10:,} more")
     if disk := stats["disk_bytes"]:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")

@@ -145,7 +145,7 @@ def serve(
                                                 "(e.g. /vmem): the URLs the service hands out carry it")] = "",
     forwarded_allow_ips: Annotated[str | None, typer.Option(
         help="addresses of the proxies whose X-Forwarded-For/-Proto to believe, comma-separated, or * "
-             "\\[default: $FORWARDED_ALLOW_IPS or 127.0.0.1]: a proxy elsewhere needs its address here, or the log "
+             "\\[default: $FORWARDED_ALLOW_IPS, else loopback]: a proxy elsewhere needs its address here, or the log "
              "names the proxy, not the client, and redirects say http")] = None,
 ) -> None:
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
