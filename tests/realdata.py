@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,26 @@ class LabelledFeatures:
     @property
     def labels(self) -> list[str]:
         return [it.label for it in self.items]
+
+
+# The realdata tests' memory: the first 30 train images of each of the 202 classes (6,060 of 20,200). A fresh
+# machine (CI's, with an empty feature cache) embeds these and the 1,000-image val sample (the 600-image samples
+# are among it): 7,060 images, a third of the 21,200 (all of train with the sample) the tests embedded before,
+# which took ~340 s on 2 quiet cores and more on CI. The figures in docs/ are measured with all of train; each
+# test says what it measured with this subset.
+TRAIN_PER_CLASS = 30
+
+
+def train_subset(root: Path, per_class: int = TRAIN_PER_CLASS) -> list[LabelledImage]:
+    """The first `per_class` images of each class of `train`, in `scan_imagefolder`'s order (sorted by file name:
+    the same images on every machine)."""
+    taken: Counter[str] = Counter()
+    subset = []
+    for it in scan_imagefolder(root / "train"):
+        if taken[it.label] < per_class:
+            taken[it.label] += 1
+            subset.append(it)
+    return subset
 
 
 def val_sample(root: Path, n: int, seed: int = 0) -> list[LabelledImage]:
