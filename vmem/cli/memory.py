@@ -188,8 +188,9 @@ def build(
     # Images already stored take no more room (a resumed build): roughly, the memory's points are among them
     if (shortfall := _disk_shortfall(mem, max(0, len(items) - mem.store.count()))) is not None:
         typer.echo(f"warning: {shortfall}", err=True)
-    # disable=None: no bar where stderr is no terminal (a log had filled with \r-redrawn bars)
-    with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr, disable=None) as bar:
+    # Drawn into a log too (stderr no terminal): a build's progress is what a long one's log is read for, and the
+    # crash tests read it there
+    with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
         bar.write(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
                   f"{len(items)} images in {len(dataset_labels)} labels", file=sys.stderr)
@@ -546,7 +547,7 @@ def copy(
     check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
     mem = open_memory(memory, qdrant_url)
-    with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr, disable=None) as bar:
+    with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
         started = time.perf_counter()
         copied = 0
 
