@@ -17,6 +17,7 @@ import pytest
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
 from retrieval.doubtful import OriginalRows
 from retrieval.store import EDGE_CONFIG_FILE, ORIGINAL_ROWS_FILE, VACUUM_THRESHOLDS
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests.conftest import random_unit_vectors
 from vmem.cli.bench_search import copies_in_files
 

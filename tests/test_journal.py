@@ -20,6 +20,7 @@ from eval.pruning import prune_store, undo_pruning
 from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, entries_for
 from retrieval.store import QdrantServerStore, point_id_for
 from server import Settings, create_app
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
 from vmem import VisualMemory
 from vmem.cli import app

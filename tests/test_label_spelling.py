@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from reranker._prompt import ShownLabels
 from retrieval import open_store, scan_imagefolder
 from retrieval.text import canonical_label
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests.conftest import make_image
 from vmem import VisualMemory
 from vmem.cli import app

@@ -17,6 +17,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from retrieval import MemoryUnavailableError, open_store
 from retrieval.store import ServerClient
 from server import Settings, create_app
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
 
 KEY = {"X-API-Key": API_KEY}

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from retrieval import open_store
 from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
 from server import Settings, create_app
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
 from vmem import VisualMemory
 from vmem.cli import app

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from eval.scoring import NeighborTable
 from eval.tuning import split_indices, tune
 from retrieval import vote
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests.test_cli import COLOURS, built, image_folder  # noqa: F401 - fixtures reused
 from vmem.cli import app
 
