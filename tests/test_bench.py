@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -9,8 +10,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from vmem.cli import app
 from vmem.cli.bench_search import recall_at
+
+
+@pytest.fixture(autouse=True)
+def _small_sgemm(monkeypatch):
+    """`bench search` rates the machine's sgemm on 512 x 512 products here, not 2048 x 2048: the same code and
+    JSON at a 64th of the work (3.4 s of each search run's on 2 cores); only that the figure is given is tested."""
+    from vmem.cli import bench_search
+
+    monkeypatch.setattr(bench_search, "sgemm_gflops", functools.partial(bench_search.sgemm_gflops, 512))
 
 
 def bench(*args: str) -> dict:
@@ -95,7 +106,9 @@ def test_bench_forget_never_returns_a_deleted_point():
 def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run():
     from retrieval.featurizers import decode_workers
 
-    res = bench("featurize", "--images", "8", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+    # Two batches of two: enough for the run to start worker processes where asked (fewer images than two
+    # batches decode in-process), at half the forwards of two batches of four.
+    res = bench("featurize", "--images", "4", "--batch-sizes", "2", "--models", "efficientnet-lite0",
                 "--workers", "auto,1", "--repeats", "1")
     rows = res["results"]
     assert [r["decode_workers"] for r in rows] == [decode_workers(torch.device("cpu")), 1]
@@ -106,7 +119,7 @@ def test_bench_featurize_compares_decoding_in_workers_and_in_process_in_one_run(
 
 
 def test_bench_featurize_compares_resize_kernels_and_jpeg_drafts_on_phone_size_photos():
-    res = bench("featurize", "--images", "4", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+    res = bench("featurize", "--images", "2", "--batch-sizes", "2", "--models", "efficientnet-lite0",
                 "--photo-size", "1200x1100", "--resamplers", "torch,pil", "--jpeg-draft", "on,off", "--repeats", "1")
     assert res["photo_size"] == "1200x1100"
     assert [(r["resampler"], r["jpeg_draft"]) for r in res["results"]] == [
@@ -117,7 +130,7 @@ def test_bench_featurize_compares_resize_kernels_and_jpeg_drafts_on_phone_size_p
 def test_bench_featurize_compares_decode_threads_and_jpeg_decoders_and_restores_the_decoder():
     from retrieval import featurizers, images
 
-    res = bench("featurize", "--images", "8", "--batch-sizes", "4", "--models", "efficientnet-lite0",
+    res = bench("featurize", "--images", "4", "--batch-sizes", "2", "--models", "efficientnet-lite0",
                 "--workers", "0", "--decode-threads", "auto,1", "--jpeg-decoders", "simplejpeg,pillow",
                 "--repeats", "1")
     assert [(r["decode_threads"], r["jpeg_decoder"]) for r in res["results"]] == [
