@@ -69,8 +69,25 @@ def make_client(tmp_path, lite0, memory_images, backend):
 
 
 @pytest.fixture
-def client(make_client):
+def client(request, make_client):
+    if getattr(request, "param", None) == "shared":
+        return request.getfixturevalue("shared_client")
     return make_client()
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory, lite0, memory_images):
+    """One service over one embedded memory for the tests whose requests are refused or only read (`SHARED`):
+    a fresh memory per test, filled, warmed up and calibrated (0.4 s), is for the tests that edit. Those of
+    them whose refused requests would have edited check that the memory still holds its 12 points."""
+    tmp = tmp_path_factory.mktemp("shared")
+    mem = fill_memory(str(tmp / "memory"), lite0, memory_images)
+    with TestClient(create_app(settings(tmp), memory=mem)) as client:
+        yield client
+    mem.close()
+
+
+SHARED = pytest.mark.parametrize("client", ["shared"], indirect=True)
 
 
 def upload(data: bytes, name: str = "query.png") -> dict:
@@ -513,12 +530,14 @@ def test_a_batch_of_huge_images_is_decoded_and_embedded_a_few_at_a_time(client, 
     ("rerank=maybe", "query.rerank"),
     ("colour=red", "query.colour"),  # a typo is an error, not silently ignored
 ])
+@SHARED
 def test_out_of_range_parameters_are_422_problems(client, query, says):
     resp = client.post(f"/v1/classify?{query}", files=upload(texture(COLORS["red"], 1)))
     body = assert_problem(resp, 422, "invalid-parameters", says)
     assert body["errors"][0]["loc"][0] == "query"
 
 
+@SHARED
 @pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/classify/batch"])
 def test_a_vote_option_the_rule_does_not_read_is_a_422_not_an_echo(client, endpoint):
     field = "image" if endpoint == "/v1/classify" else "images"
@@ -554,6 +573,7 @@ def test_a_label_forgotten_while_a_classify_filtered_by_it_is_under_way_is_a_422
         assert_problem(resp, 422, "unknown-label", "'red'")
 
 
+@SHARED
 def test_unknown_template_is_a_422_listing_the_available_ones(client):
     from prompts import default_registry
 
@@ -584,6 +604,7 @@ def test_a_broken_template_is_refused_with_its_error_and_a_mended_one_is_used(cl
         assert resp.status_code == 200 and resp.json()["fallback_reason"], (template, resp.text)
 
 
+@SHARED
 @pytest.mark.parametrize(("data", "says"), [
     (b"", "empty"),
     (b"GIF89a-but-not-really", "not a recognised image format"),
@@ -593,6 +614,7 @@ def test_an_image_that_does_not_decode_is_a_400(client, data, says):
     assert_problem(client.post("/v1/classify", files=upload(data)), 400, "bad-image", says)
 
 
+@SHARED
 @pytest.mark.parametrize(("body", "says"), [
     ({"image": "%%%not base64%%%"}, "not valid base64"),
     ({"img": "AAAA"}, "body.image"),
@@ -602,12 +624,14 @@ def test_bad_json_bodies_are_422(client, body, says):
     assert_problem(client.post("/v1/classify", json=body), 422, "invalid-parameters", says)
 
 
+@SHARED
 def test_a_decompression_bomb_is_refused(client):
     buf = io.BytesIO()
     Image.new("L", (9000, 9000)).save(buf, format="PNG")  # 81 Mpx of zeros compress to a few KB
     assert_problem(client.post("/v1/classify", files=upload(buf.getvalue())), 400, "bad-image", "64,000,000 pixels")
 
 
+@SHARED
 @pytest.mark.parametrize(("content_type", "data"), [
     ("text/plain", b"hello"),
     ("image/png", texture(COLORS["red"], 1)),
@@ -618,11 +642,13 @@ def test_other_content_types_are_415(client, content_type, data):
     assert_problem(client.post("/v1/classify", content=data, headers=headers), 415, "unsupported-media-type")
 
 
+@SHARED
 def test_multipart_without_the_image_field_is_422(client):
     assert_problem(client.post("/v1/classify", data={"image": "text"}, files={"x": ("a", b"b")}), 422,
                    "invalid-parameters")
 
 
+@SHARED
 def test_options_sent_as_form_fields_are_refused_not_ignored(client):
     # `curl -F image=@q.png -F k=1 -F vote=bogus` looks like it sets options; it must not be ignored.
     image = texture(COLORS["red"], 1)
@@ -688,11 +714,13 @@ def test_too_many_images_in_a_batch_is_413(make_client):
                    "send several to POST /v1/classify/batch (up to 2 per request)")
 
 
+@SHARED
 def test_unknown_routes_and_methods_are_problems_too(client):
     assert_problem(client.get("/v1/nothing"), 404)
     assert_problem(client.get("/v1/classify"), 405)
 
 
+@SHARED
 def test_405_says_which_methods_the_path_takes(client):
     for method, path, allow in [
         ("GET", "/v1/classify", "POST"),
@@ -709,6 +737,7 @@ def test_405_says_which_methods_the_path_takes(client):
 # ------------------------------------------------------------------ editing the memory
 
 
+@SHARED
 @pytest.mark.parametrize(("headers", "status", "kind"), [
     ({}, 401, "missing-api-key"),
     ({"X-API-Key": "wrong-key-0123456789"}, 403, "invalid-api-key"),
@@ -989,12 +1018,14 @@ def test_forget_several_points_by_id_in_one_request(client):
                    "invalid-parameters")
 
 
+@SHARED
 @pytest.mark.parametrize("query", ["", "?label=red&source_prefix=/x",
                                    "?label=red&ids=00000000-0000-4000-8000-000000000000"])
 def test_forget_needs_exactly_one_selector(client, query):
     assert_problem(client.delete(f"/v1/memory{query}", headers=AUTH), 422, "invalid-parameters", "exactly one")
 
 
+@SHARED
 @pytest.mark.parametrize("prefix", ["~no-such-user-here/photos/", "~root/photos/", "~/photos", "/data/cats\x00/"],
                          ids=["unknown-user", "known-user", "home", "nul-byte"])
 def test_forget_by_a_source_prefix_that_names_no_path_here_is_a_422(client, prefix):
@@ -1206,6 +1237,7 @@ def test_cors_is_closed_unless_origins_are_named(make_client):
         assert resp.status_code == 200 and method in resp.headers["access-control-allow-methods"], method
 
 
+@SHARED
 def test_openapi_describes_every_field(client):
     spec = client.get("/openapi.json").json()
     undocumented = [f"{name}.{field}" for name, schema in spec["components"]["schemas"].items()
@@ -1220,6 +1252,7 @@ def test_openapi_describes_every_field(client):
 
 
 
+@SHARED
 def test_openapi_gives_a_generated_client_what_it_needs(client):
     # From a review with openapi-python-client against a running service.
     spec = client.get("/openapi.json").json()
@@ -1251,6 +1284,7 @@ def test_openapi_gives_a_generated_client_what_it_needs(client):
     assert set(spec["components"]["schemas"]["PointOut"]["required"]) >= {"added_at", "relabelled_from"}
 
 
+@SHARED
 def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text
@@ -1277,6 +1311,7 @@ def test_hard_pruned_points_do_not_set_the_novelty_threshold(client):
     assert service.ood_threshold(3, fresh=True) == pytest.approx(before)
 
 
+@SHARED
 def test_a_template_without_rerank_is_refused_as_an_option_nothing_reads(client):
     resp = client.post("/v1/classify?template=labels-only", files=upload(texture(COLORS["red"], 1)))
     assert_problem(resp, 422, "unused-vote-option", "send rerank=true too")
@@ -1316,6 +1351,7 @@ def test_gemini_requests_count_every_attempt_failed_ones_too(tmp_path, lite0, me
             mem.close()
 
 
+@SHARED
 @pytest.mark.parametrize("prefix", ["u", "data/cats", "cam1:"])
 def test_a_relative_source_prefix_is_refused_over_http(client, prefix):
     # The server's working folder means nothing to a client, and "u" chose every upload:... point
