@@ -52,11 +52,11 @@ def test_rescoring_the_doubtful_candidates_finds_what_the_codes_alone_miss(tmp_p
         assert store.rows_read == reads
     assert recall(rescored, truth) > recall(codes_only, truth)
     assert recall(rescored, truth) >= 0.99
-    for q, hits in zip(queries, rescored, strict=True):
+    exact = queries @ vecs.T  # every similarity at once: a dict of 14,000 per query took 2 s
+    for q, hits in enumerate(rescored):
         assert len(hits) == 50 and [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
         assert all("row" not in h.payload for h in hits)  # the row is vmem's bookkeeping, not the user's
-        exact = {f"/v/{i}": float(q @ vecs[i]) for i in range(len(vecs))}
-        assert all(abs(h.similarity - exact[h.source]) < 0.002 for h in hits)
+        assert all(abs(h.similarity - exact[q, int(h.source.removeprefix("/v/"))]) < 0.002 for h in hits)
 
 
 def test_a_re_added_point_is_rescored_by_its_new_vector_and_a_deleted_one_is_gone(tmp_path):
