@@ -168,8 +168,13 @@ def test_experiment_corruption_writes_its_table_and_plot(built, tmp_path):
     out = run("experiment", "corruption", "--memory", root / "memory", "--queries", val, "--out", tmp_path / "x",
               "--cache", tmp_path / "cache", "--fractions", "0,0.5,1")
     assert "## corruption" in out
-    rows = json.loads((tmp_path / "x" / "corruption.json").read_text())["rows"]
+    written = json.loads((tmp_path / "x" / "corruption.json").read_text())
+    rows = written["rows"]
     assert [r["fraction"] for r in rows] == [0.0, 0.5, 1.0]
+    # What the numbers depend on, as eval records it (the params had held neither sample nor alpha nor version)
+    params = written["params"]
+    assert params["sample"] is None and params["dataset_items"] == 6 and len(params["queries_fingerprint"]) == 64
+    assert (params["alpha"], params["tau"]) == (2.0, 0.07) and params["vmem_version"] and params["environment"]
     assert rows[0]["rank@1"] == 1.0 and rows[0]["wrong_labels"] == 0.0
     assert (tmp_path / "x" / "corruption.png").exists()
 

@@ -107,6 +107,9 @@ def test_tuned_settings_become_the_memory_defaults_and_explicit_flags_still_win(
     stored = json.loads(runner.invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
     assert set(stored["vote"]) == {"rule", "k", "alpha", "tau", "soft_pruning"} and 1 <= stored["vote"]["k"] <= 6
     assert (tmp_path / "report" / "tune.md").exists()
+    run_info = json.loads((tmp_path / "report" / "tune.json").read_text())["run"]  # what the choice depends on
+    assert (run_info["seed"], run_info["val_fraction"], run_info["dry_run"]) == (0, 0.5, False)
+    assert run_info["featurizer"] == "efficientnet-lite0" and run_info["vmem_version"]
     [tuned] = [json.loads(line) for line in runner.invoke(
         app, ["history", "--memory", str(memory), "--op", "tune", "--json"]).stdout.splitlines()]
     assert tuned["detail"]["vote"] == stored["vote"] and tuned["via"] == "cli"  # the journal says who tuned it

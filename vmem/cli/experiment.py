@@ -112,7 +112,9 @@ def experiment(
         raise typer.BadParameter(f"{queries} gives some queries several right labels ({ds.format.value}): the "
                                  "experiments score one label a query; vmem eval scores these",
                                  param_hint="--queries-format")
-    if limit is not None and limit < len(ds.items):
+    dataset_items = len(ds.items)
+    sampled = limit is not None and limit < len(ds.items)
+    if sampled:
         ds.items = sorted(random.Random(seed).sample(ds.items, limit), key=lambda it: it.source)
     qs = query_set(ds, feat, cache_root)
     mem_arrays = LabelledArrays(arrays.features, arrays.labels)
@@ -133,8 +135,18 @@ def experiment(
         result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    from eval.harness import environment, queries_fingerprint
+    from retrieval import DEFAULT_ALPHA, DEFAULT_TAU
+    from vmem import __version__
+
+    # What the numbers depend on, as eval records it: which queries (a sample?), which encoder, which vmem, and
+    # the vote's alpha and tau (the experiments vote with the defaults, not a memory's tuned ones)
     result.params.update({"memory": str(memory_dataset or memory), "queries": str(queries),
-                          "featurizer": feat.name, "memory_points": len(mem_arrays), "n_queries": len(q_arrays)})
+                          "featurizer": feat.name, "memory_points": len(mem_arrays), "n_queries": len(q_arrays),
+                          "dataset_items": dataset_items, "sample": limit if sampled else None,
+                          "sample_seed": seed if sampled else None, "queries_fingerprint": queries_fingerprint(qs),
+                          "alpha": DEFAULT_ALPHA, "tau": DEFAULT_TAU, "vmem_version": __version__,
+                          "featurizer_spec": feat.spec.model_dump(mode="json"), "environment": environment()})
     written = write_experiment(result, out, plots=plots)
     typer.echo((out / f"{result.name}.md").read_text())
     typer.echo(f"{result.seconds:.1f}s; wrote {', '.join(p.name for p in written)} to {out}", err=True)

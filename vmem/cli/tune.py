@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -132,6 +133,7 @@ def tune(
                                    names) if val_dataset else None)
         except (DatasetError, OSError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+        featurizer_name = mem.featurizer.name
         test_q = query_set(test_ds, mem.featurizer, cache_root)
         if val_ds is not None:
             val_q = query_set(val_ds, mem.featurizer, cache_root)
@@ -169,5 +171,13 @@ def tune(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(out / "tune.md", report.markdown() + "\n")
-        write_atomically(out / "tune.json", report.model_dump_json(indent=2))
+        from vmem import __version__ as vmem_version
+
+        # With what the choice depends on, as eval's results.json has it: tune.json had held the choice alone
+        run = {"dataset": str(dataset), "val_dataset": str(val_dataset) if val_dataset else None,
+               "val_fraction": None if val_dataset else val_fraction, "seed": seed, "dry_run": dry_run,
+               "memory": str(qdrant_url or memory), "featurizer": featurizer_name, "k_max": k_max,
+               "alphas": alpha_grid, "taus": tau_grid, "vmem_version": vmem_version,
+               "created_at": datetime.now(UTC).isoformat(), "seconds": round(time.perf_counter() - t0, 3)}
+        write_atomically(out / "tune.json", json.dumps({"run": run, **report.model_dump(mode="json")}, indent=2))
     typer.echo(f"({time.perf_counter() - t0:.1f}s)", err=True)
