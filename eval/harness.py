@@ -350,7 +350,8 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
     if plots:
         for name, s in v.items():
             written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
-                                title=f"{r.dataset} ({name})", names=names)
+                                # which run: two memories' plots over one dataset had had one title
+                                title=f"{r.dataset} ({name}) against {r.memory}, {r.featurizer}", names=names)
     # A folder used before: plots this run did not draw (no restricted variant now, or --no-plots) would sit
     # beside numbers they do not show.
     for prefix in ("", "restricted_"):

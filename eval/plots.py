@@ -21,6 +21,9 @@ def _pyplot() -> Any:
     return plt
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -31,8 +34,10 @@ def _save(fig, path: Path) -> Path:
 def plot_accuracy_vs_k(scores: Scores, path: str | Path, title: str = "") -> Path:
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     ks = range(1, scores.k_max + 1)
-    for name, curve in scores.accuracy.items():
-        ax.plot(ks, [100 * a for a in curve], label=name, linestyle="--" if name.endswith("+soft") else "-")
+    for i, (name, curve) in enumerate(scores.accuracy.items()):
+        # A marker each: colours alone leave two rules alike to a colour-blind reader, or in print
+        ax.plot(ks, [100 * a for a in curve], label=name, linestyle="--" if name.endswith("+soft") else "-",
+                marker=MARKERS[i % len(MARKERS)], markevery=max(1, scores.k_max // 10), markersize=4)
     ax.set_xlabel("k (neighbours voting)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or f"accuracy against k ({scores.n_queries} queries)")
