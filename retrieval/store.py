@@ -121,7 +121,9 @@ def normalize_source(source: str | Path) -> str:
     s = str(source)
     if not is_local_source(s):
         return s
-    return str(Path(os.path.expanduser(s)).resolve())
+    # pathlib's expanduser: `~user` with no such user raises, and a --source prefix so given is refused rather
+    # than read as a folder of the current one that forgets nothing
+    return str(Path(s).expanduser().resolve())
 
 
 class IndexSettings(BaseModel):

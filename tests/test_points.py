@@ -181,4 +181,4 @@ def test_cli_lists_every_label_with_its_points_name_and_pruning(tmp_path):
     assert out.stdout.splitlines() == ["3\tcat\thouse cat\t(1 excluded by pruning)", "2\tdog\t"]
     rows = [json.loads(line) for line in CliRunner().invoke(app, ["labels", "--memory", str(location),
                                                                   "--json"]).stdout.splitlines()]
-    assert rows[0] == {"label": "cat", "name": "house cat", "points": 3, "searchable": 2}
+    assert rows[0] == {"label": "cat", "label_name": "house cat", "name": "house cat", "points": 3, "searchable": 2}
