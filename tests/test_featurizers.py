@@ -303,20 +303,20 @@ def test_gathered_batches_never_exceed_the_batch_size(lite0, tmp_path):
 def test_in_process_decoding_by_threads_gives_the_same_batches_as_one_at_a_time(lite0, tmp_path):
     """No worker processes: a pool of threads decodes each batch; same features, order and failures."""
     paths = []
-    for i in range(45):
+    for i in range(19):
         p = tmp_path / f"{i}.jpg"
-        p.write_bytes(b"not a jpeg" if i in (3, 30) else make_image(color=(5 * i, 100, 200 - 4 * i)))
+        p.write_bytes(b"not a jpeg" if i in (3, 10) else make_image(color=(5 * i, 100, 200 - 4 * i)))
         paths.append(str(p))
     try:
         lite0.decode_threads = 3
-        threaded = list(lite0.iter_embed(paths, batch_size=20, num_workers=0))
+        threaded = list(lite0.iter_embed(paths, batch_size=8, num_workers=0))
         lite0.decode_threads = 1
-        serial = list(lite0.iter_embed(paths, batch_size=20, num_workers=0))
+        serial = list(lite0.iter_embed(paths, batch_size=8, num_workers=0))
     finally:
         lite0.decode_threads = None
-    assert [len(b.indices) + len(b.failures) for b in threaded] == [20, 20, 5]
+    assert [len(b.indices) + len(b.failures) for b in threaded] == [8, 8, 3]
     assert [b.indices for b in threaded] == [b.indices for b in serial]
-    assert [f.index for b in threaded for f in b.failures] == [3, 30]
+    assert [f.index for b in threaded for f in b.failures] == [3, 10]
     np.testing.assert_array_equal(np.concatenate([b.features for b in threaded]),
                                   np.concatenate([b.features for b in serial]))
 
