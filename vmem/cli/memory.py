@@ -549,15 +549,8 @@ def copy(
     mem = open_memory(memory, qdrant_url)
     with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
         started = time.perf_counter()
-        copied = 0
-
-        def progress(n: int) -> None:  # counted here: a bar off (stderr no terminal) counts nothing
-            nonlocal copied
-            copied += n
-            bar.update(n)
-
         try:
-            dest, notes = mem.copy_to(destination, progress=progress)
+            dest, notes = mem.copy_to(destination, progress=bar.update)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
         except Exception as exc:
@@ -567,7 +560,7 @@ def copy(
         with dest:
             for note in notes:
                 bar.write(f"note: {note}", file=sys.stderr)
-            typer.echo(f"copied {copied:,} points in {time.perf_counter() - started:.1f} s; {dest.location} now "
+            typer.echo(f"copied {bar.n:,} points in {time.perf_counter() - started:.1f} s; {dest.location} now "
                        f"holds {dest.count():,} points")
 
 
