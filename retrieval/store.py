@@ -1304,7 +1304,8 @@ class EdgeMemoryStore(MemoryStore):
 
     def erase_forgotten(self) -> None:
         """Rewrite every segment that holds deleted points, without them (vmem's copy of the originals, with
-        `rescore_doubtful`, is erased at the delete itself). Searches go on meanwhile.
+        `rescore_doubtful`, is erased at the delete itself). Searches from other threads wait: the engine holds
+        Python's lock while it rewrites, and they answer from the kept points once it is done.
 
         Not erased: the engine's write-ahead log, which keeps recent writes, vectors included, in 32 MB files
         it drops only once later writes have filled the next ones (README, "Forgetting").

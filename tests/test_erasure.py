@@ -177,7 +177,7 @@ def test_forget_with_erase_on_a_qdrant_server_is_refused_before_anything_is_forg
     mem.close()
 
 
-def test_searches_go_on_while_the_memory_is_erased(tmp_path):
+def test_searches_beside_an_erase_find_kept_points_only(tmp_path):
     vecs = random_unit_vectors(20_000, 384, seed=6)
     # Three segments, one of them indexed, each with deleted points to rewrite. A graph built with ef_construct
     # 32 (m 32 keeps it connected) is built, and rebuilt by the erase, in under half the default's CPU time; each

@@ -1060,7 +1060,8 @@ class VisualMemory:
         judged them under the old label; prune again to judge them anew), and each keeps the label it held
         before (`MemoryPoint.relabelled_from`). A whole class relabelled (`label=`) takes its DMN dynamic
         memories' entries along (`DynamicMemory.rename_label`). Relabelling 10,000 points or more also indexes
-        them again before returning, as they left the engine's index: searches go on meanwhile, but it takes as
+        them again before returning, as they left the engine's index: other searches in this process wait for it
+        (the engine holds Python's lock while it rewrites), and it takes as
         long as rebuilding the segments they are in (18,000 of 20,200 points: 3.4 s; 12,000 of 250,000: 40 s;
         90,000 of 250,000: 3 min, 2.4 GB peak).
 
@@ -1265,7 +1266,8 @@ class VisualMemory:
 
         A forgotten point is out of every search at once, but the engine keeps its bytes in the segment that
         held it until the segment is rewritten: this does that now, for every segment with a forgotten point
-        (searches go on meanwhile). What stays: the engine's write-ahead log of recent writes (README, "Forgetting").
+        (other searches in this process wait: the engine holds Python's lock while it rewrites). What stays: the
+        engine's write-ahead log of recent writes (README, "Forgetting").
         """
         self.store.erase_forgotten()
         self._journal("erase")

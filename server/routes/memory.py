@@ -190,7 +190,8 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
 )
 async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     """Rewrite the embedded memory's files without the vectors of every point forgotten so far: those forgotten
-    without `erase` (the page's Forget), or whose erase failed. Searches go on meanwhile. A memory on a Qdrant
+    without `erase` (the page's Forget), or whose erase failed. Other requests wait for it: the engine holds
+    Python's lock while it rewrites (README, "Forgetting"). A memory on a Qdrant
     server refuses it (422). Requires the API key."""
     _check_erase(True, service)
     seconds = await service.run(service.erase)
