@@ -13,6 +13,8 @@ Outputs in the run directory:
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,k,votes,queries,accuracy (plurality agreement among the first k)
     per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k)
+    predictions.csv          variant,rule,k,source,right_labels,predicted,predicted_name,correct,nearest,
+                             nearest_similarity: each query's answer under that decision, in query order
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
                              accuracy (hardest classes named)
 """
@@ -226,6 +228,9 @@ class EvalReport(BaseModel):
     run: RunInfo
     variants: dict[str, Scores] = Field(description="'all': full memory; 'restricted': the dataset's classes only")
     rerank: dict[str, Any] | None = None
+    # The queries scored, in order, for predictions.csv (kept out of results.json, as the decisions are).
+    query_sources: list[str] = Field(default_factory=list, exclude=True)
+    query_labels: list[tuple[str, ...]] = Field(default_factory=list, exclude=True)
 
 
 def neighbor_table(
@@ -272,7 +277,8 @@ def evaluate(
         run.seconds[f"scoring_{name}"] = round(time.perf_counter() - t1, 3)
     if restrict_to is not None:
         run.restricted_classes = len(restrict_to)
-    return EvalReport(run=run, variants=variants)
+    return EvalReport(run=run, variants=variants, query_sources=list(queries.sources),
+                      query_labels=list(queries.correct_labels))
 
 
 def markdown_table(scores: Scores, title: str = "") -> str:
@@ -337,6 +343,16 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
         (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
          f"{c.accuracy:.6f}", ";".join(f"{lab}:{count}" for lab, count in c.confused_with.items()))
         for name, s in v.items() if s.per_class for c in s.per_class.classes]))
+    if report.query_sources and any(s.decisions for s in v.values()):
+        written.append(write_csv(out / "predictions.csv", [
+            "variant", "rule", "k", "source", "right_labels", "predicted", "predicted_name", "correct", "nearest",
+            "nearest_similarity"], [
+            (name, d.rule, d.k, source, ";".join(right), d.predicted[i] or "", names.get(d.predicted[i] or "", ""),
+             int(d.correct[i]), d.nearest[i] or "", "" if d.nearest_similarity[i] is None else d.nearest_similarity[i])
+            for name, s in v.items() if (d := s.decisions)
+            for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
+    else:  # a folder used before: no file of another run's answers beside this run's numbers
+        (out / "predictions.csv").unlink(missing_ok=True)
     r = report.run
     md = [f"# {r.dataset} ({r.format}) against {r.memory}\n",
           f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "

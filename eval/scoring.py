@@ -262,6 +262,18 @@ class PerClass(BaseModel):
     classes: list[ClassScore]
 
 
+class QueryDecisions(BaseModel):
+    """Each query's answer under the per-class decision (rule at k), in query order: what predictions.csv holds.
+    Not in results.json (50,000 rows for ImageNet's val)."""
+
+    rule: str
+    k: int
+    predicted: list[str | None] = Field(description="the label decided (None: no neighbours)")
+    correct: list[bool]
+    nearest: list[str | None] = Field(description="the first neighbour's label")
+    nearest_similarity: list[float | None]
+
+
 class Scores(BaseModel):
     """Everything measured on one neighbour table (fractions in [0, 1])."""
 
@@ -274,6 +286,8 @@ class Scores(BaseModel):
     calibration_k: int
     calibration: list[CalibrationBin]
     per_class: PerClass | None = None
+    # Per query: to compare two runs query by query, or to look at the misses (kept out of results.json).
+    decisions: QueryDecisions | None = Field(default=None, exclude=True)
 
 
 def correctness(pred_ids: np.ndarray, truth: np.ndarray, accepted: np.ndarray | None = None) -> np.ndarray:
@@ -341,7 +355,7 @@ def score(
     variants = [(VoteRule(r), False) for r in rules]
     if table.reliability is not None:
         variants += [(VoteRule(r), True) for r in rules]
-    chosen = None
+    chosen = decisions = None
     # The per-class decision's variant: soft where asked and the points carry reliability factors.
     per_class_soft = per_class is not None and len(per_class) > 2 and bool(per_class[2]) \
         and table.reliability is not None
@@ -353,6 +367,7 @@ def score(
             k = min(per_class[1], kmax)
             chosen = PerClass(rule=rule.value + (SOFT_SUFFIX if soft else ""), k=k,
                               classes=class_scores(pred[:, k - 1], right[:, k - 1], truth, table.classes))
+            decisions = query_decisions(table, chosen.rule, k, pred[:, k - 1], right[:, k - 1])
     best = {}
     for name, curve in acc.items():
         b = int(np.argmax(curve))  # the smallest k reaching the best accuracy
@@ -373,7 +388,22 @@ def score(
                                         accuracy=float(right[sel].mean()) if sel.any() else None))
     return Scores(n_queries=n, k_max=kmax, accuracy=acc, best=best, hit_rate=hit.tolist(),
                   neighbor_accuracy=(neighbor_right.mean(axis=0) if n else np.zeros(kmax)).tolist(),
-                  calibration_k=cal_k, calibration=calib, per_class=chosen)
+                  calibration_k=cal_k, calibration=calib, per_class=chosen, decisions=decisions)
+
+
+def query_decisions(table: NeighborTable, rule: str, k: int, pred: np.ndarray, right: np.ndarray) -> QueryDecisions:
+    """Each query's decided label and first neighbour, from its predicted class ids (-1: none)."""
+    first = table.label_ids[:, 0] if table.k_max else np.full(len(pred), -1)
+
+    def label(i: int) -> str | None:
+        return table.classes[i] if i >= 0 else None
+
+    return QueryDecisions(
+        rule=rule, k=k, predicted=[label(i) for i in pred.tolist()], correct=right.tolist(),
+        nearest=[label(i) for i in first.tolist()],
+        nearest_similarity=[round(float(s), 6) if i >= 0 else None
+                            for i, s in zip(first.tolist(), table.similarities[:, 0].tolist(), strict=True)]
+        if table.k_max else [None] * len(pred))
 
 
 def class_scores(pred: np.ndarray, right: np.ndarray, truth: np.ndarray, classes: list[str],

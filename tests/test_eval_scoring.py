@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -252,9 +253,20 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     assert {"results.json", "accuracy.csv", "table.md", "hit_rate.csv", "neighbor_accuracy.csv", "calibration.csv",
             "accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png",
             "restricted_accuracy_vs_k.png", "per_class.csv", "per_class_accuracy.png",
-            "restricted_per_class_accuracy.png"} <= files
+            "restricted_per_class_accuracy.png", "predictions.csv"} <= files
     again = EvalReport.model_validate(json.loads((tmp_path / "results.json").read_text()))
     assert again.variants["all"].accuracy["rank"][0] == 1.0  # each query's own point is its nearest
+    # Each query's answer under classify's decision (rank, k=50), to compare runs query by query.
+    with (tmp_path / "predictions.csv").open(newline="") as f:
+        answers = list(csv.DictReader(f))
+    assert len(answers) == 2 * 40 and [a["source"] for a in answers[:40]] == queries.sources
+    for variant, scores in report.variants.items():
+        rows = [a for a in answers if a["variant"] == variant]
+        assert {(a["rule"], a["k"]) for a in rows} == {("rank", "50")}
+        assert sum(int(a["correct"]) for a in rows) == sum(c.correct for c in scores.per_class.classes)
+        assert all(a["correct"] == str(int(a["predicted"] == a["right_labels"])) for a in rows)
+        assert all(a["nearest"] == a["right_labels"] and float(a["nearest_similarity"]) > 0.95 for a in rows)
+    assert "nearest_similarity" not in (tmp_path / "results.json").read_text()  # 50,000 rows for ImageNet: apart
     assert (tmp_path / "accuracy.csv").read_text().splitlines()[1] == "all,plurality,1,1.000000"
     rank_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| rank |"))
     assert rank_row.endswith("| 100.00 (1) |") and rank_row.count("|") == 13  # rule, k=10..100, best
