@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
-
-from retrieval import FeaturizerError, ImageDecodeError
-from retrieval.images import failure_line
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -24,7 +20,7 @@ from ._common import (
     open_memory,
     require_points,
 )
-from .memory import CLASSIFY_PART_MAX, growing_parts, print_classification
+from .memory import classify_in_parts
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -55,7 +51,8 @@ def classify(
     sample: Annotated[int | None, typer.Option(min=1, help="classify a fixed random sample of the images")] = None,
     seed: Annotated[int, typer.Option(help="seed of --sample")] = 0,
     truth_from_dirs: Annotated[
-        bool, typer.Option(help="the parent folder is each image's true label: print accuracy")
+        bool, typer.Option(help="the folder an image is in, directly under a folder given as IMAGES (as vmem build "
+                                "reads an ImageFolder), or its parent folder, is its true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
@@ -79,26 +76,9 @@ def classify(
         except ValueError as exc:  # zero-shot or few-shot of a memory without CLIP
             raise typer.BadParameter(str(exc), param_hint="--mode") from exc
         check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
-        names = mem.label_names
-        results: list = []
-        failed: list = []
-        # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way):
-        # every answer had waited for the last image, and a Ctrl-C lost them all.
-        with tqdm(total=len(paths), unit="img", desc="dmn", file=sys.stderr, disable=None, leave=False) as bar:
-            for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
-                try:
-                    done, part_failed = mem.classify_many(part, batch_size=batch_size, rule="dmn",
-                                                          dmn_stream=stream, dmn=opts, labels=label)
-                except (FeaturizerError, ImageDecodeError, ValueError) as exc:
-                    raise typer.BadParameter(str(exc)) from exc
-                bar.clear()
-                for res in done:
-                    print_classification(res, names, rerank=False, json_out=json_out)
-                for f in part_failed:
-                    typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
-                results += done
-                failed += part_failed
-                bar.update(len(part))
+        # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
+        results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
+                                            json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label)
     correct = finish_classify(results, failed, images, skips_said=True)
     if truth_from_dirs:
         d = results[0].dmn

@@ -337,31 +337,10 @@ def classify(
         if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
             require_points(mem)  # dmn answers from its text classifier alone only with CLIP
         check_label_filter(mem, label or [])
-        names = mem.label_names
-        results: list = []
-        failed: list = []
-        # Answers are printed as each part is done, not after the last image: `| head`, a log, and a Ctrl-C
-        # after hours keep what was done. Parts grow so that the first answers come at once and a large folder
-        # pays each part's start (a loader's workers) rarely.
-        with tqdm(total=len(paths), unit="img", desc="classify", file=sys.stderr, disable=None, leave=False) as bar:
-            for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
-                try:
-                    done, part_failed = mem.classify_many(
-                        part, batch_size=batch_size, k=k, rule=vote and vote.value, alpha=alpha, tau=tau,
-                        labels=label, rerank=rerank, template=template, dmn_stream=dmn_stream, exact=exact)
-                except ValidationError as exc:  # --alpha nan, --tau 0: the option and its bound, not pydantic's
-                    raise typer.BadParameter("; ".join(f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"]
-                                                       for e in exc.errors())) from None
-                except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
-                    raise typer.BadParameter(str(exc)) from exc
-                bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
-                for res in done:
-                    print_classification(res, names, rerank, json_out)
-                for f in part_failed:  # with its part: a run interrupted later still said it
-                    typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
-                results += done
-                failed += part_failed
-                bar.update(len(part))
+        results, failed = classify_in_parts(
+            mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
+            rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
+            exact=exact)
     correct = finish_classify(results, failed, images, skips_said=True)
     if truth_from_dirs:
         s = results[0].vote
@@ -372,6 +351,36 @@ def classify(
 
 # The largest part of a classify's images done at once (see `classify`): 4,096 images are ~40 s on 2 CPU cores.
 CLASSIFY_PART_MAX = 4096
+
+
+def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: bool, json_out: bool,
+                      **options) -> tuple[list, list]:
+    """`mem.classify_many(paths, rerank=rerank, **options)`, printed as each part is done (answers on stdout,
+    skips on stderr), for `vmem classify` and `vmem dmn classify`. Returns (answers, failures)."""
+    names = mem.label_names
+    results: list = []
+    failed: list = []
+    # Answers are printed as each part is done, not after the last image: `| head`, a log, and a Ctrl-C after
+    # hours keep what was done. Parts grow so that the first answers come at once and a large folder pays each
+    # part's start (a loader's workers) rarely.
+    with tqdm(total=len(paths), unit="img", desc=desc, file=sys.stderr, disable=None, leave=False) as bar:
+        for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
+            try:
+                done, part_failed = mem.classify_many(part, batch_size=batch_size, rerank=rerank, **options)
+            except ValidationError as exc:  # --alpha nan, --tau 0: the option and its bound, not pydantic's
+                raise typer.BadParameter("; ".join(f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"]
+                                                   for e in exc.errors())) from None
+            except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
+                raise typer.BadParameter(str(exc)) from exc
+            bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
+            for res in done:
+                print_classification(res, names, rerank, json_out)
+            for f in part_failed:  # with its part: a run interrupted later still said it
+                typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
+            results += done
+            failed += part_failed
+            bar.update(len(part))
+    return results, failed
 
 
 def growing_parts(items: list, first: int, largest: int):
