@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import retrieval.journal
 from eval.pruning import prune_store, undo_pruning
+from retrieval import open_store
 from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, entries_for
 from retrieval.store import QdrantServerStore, point_id_for
 from server import Settings, create_app
@@ -273,6 +274,20 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     assert none.stderr == "no edits recorded that match --op copy --since 2000-01-01\n"  # not: an empty journal
     bad = runner.invoke(app, ["history", "--memory", location, "--since", "yesterday"])
     assert bad.exit_code == 2 and "'yesterday' is not a date or time" in bad.output
+
+
+def test_history_of_an_image_added_under_a_name_of_its_own_knows_it_is_still_there(tmp_path, lite0, images):
+    # A name given to add(sources=...) is stored as given: the CLI had looked for it as a path under the current
+    # folder and said "not in the memory now" above the very point's relabel.
+    location = str(tmp_path / "memory")
+    with VisualMemory(open_store(location, lite0.spec), lite0) as mem:
+        mem.add([str(p) for p in images.paths[:2]], "red", sources=["cam/0.jpg", "cam/1.jpg"])
+        mem.relabel("crimson", ids=[mem.point_id_of_source("cam/0.jpg")])
+    shown = CliRunner().invoke(app, ["history", "--memory", location, "--source", "cam/0.jpg"])
+    assert shown.exit_code == 0, shown.output
+    state, *edits = shown.stdout.splitlines()
+    assert state.startswith("cam/0.jpg: in the memory now, labelled crimson")
+    assert [line.split("\t")[1] for line in edits] == ["relabel"]
 
 
 def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):

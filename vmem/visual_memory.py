@@ -912,7 +912,7 @@ class VisualMemory:
         if point_id is not None and source is not None:
             raise ValueError("give a point id or a source, not both")
         if source is not None:
-            point_id = self._point_id_of_source(str(source))
+            point_id = self.point_id_of_source(str(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
         if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
@@ -1214,10 +1214,10 @@ class VisualMemory:
             if start is None:
                 return found
 
-    def _point_id_of_source(self, source: str) -> str:
-        """The id of the point a source names: of its absolute path, unless only another spelling of it is (or
-        was) in the memory: the path in the other Unicode form (see `_prefix_and_links`), or a relative name as
-        `add(sources=...)` stored it."""
+    def point_id_of_source(self, source: str) -> str:
+        """The id of the point a source names (in the memory, or once): of its absolute path, unless only another
+        spelling of it is (or was) in the memory: the path in the other Unicode form (see `_prefix_and_links`), or
+        a relative name as `add(sources=...)` stored it. `history(source=...)` finds its edits by it."""
         absolute = normalize_source(source)
         made_absolute = point_id_for(absolute)
         if self.store.existing_ids([made_absolute]):

@@ -655,7 +655,7 @@ def history(
                                                 limit=limit, label=label, since=since)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--since") from None
-        now = mem.point(point_id) if point_id else mem.point(_source_id(source)) if source else None
+        now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
         names = mem.label_names
         if not entries and label is not None and (hints := mem.name_hints([label])):
             raise typer.BadParameter(f"no edits of label {label!r} ({hints}): give the label", param_hint="--label")
@@ -703,11 +703,6 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
                                  one_line(f"by {chosen}") if chosen else "",
                                  f"via {e.via} on {e.host} (pid {e.pid})") if x)
 
-
-def _source_id(source: str | None) -> str:
-    from retrieval import normalize_source, point_id_for
-
-    return point_id_for(normalize_source(source or ""))
 
 
 def labels(
