@@ -72,6 +72,30 @@ def test_eval_scores_every_rule_at_every_k_and_reuses_cached_features(built, tmp
     assert again["variants"]["all"]["accuracy"] == scores["accuracy"]
 
 
+def test_eval_through_the_index_counts_the_points_searches_can_return(built, tmp_path):
+    # Two stripes images mislabelled as checks, hard-pruned, then one of them forgotten: the pruning's own count
+    # of excluded points is then stale, and results.json had said 9 points through the index, 10 through exact.
+    import shutil
+
+    from eval.pruning import prune_store
+    from retrieval import open_store
+
+    root, val = built
+    shutil.copytree(root / "memory", tmp_path / "memory")
+    with open_store(tmp_path / "memory") as store:
+        wrong = store.ids_where(label="n00000001")[:2]
+        store.relabel(wrong, "n00000003")
+        assert prune_store(store, "hard", threshold=1, k=3).excluded >= 2
+        store.delete_ids(wrong[:1])
+        searchable = store.count(searchable=True)
+    points = []
+    for search in ("index", "exact"):
+        run("eval", "--memory", tmp_path / "memory", "--dataset", val, "--out", tmp_path / search,
+            "--cache", tmp_path / "cache", "--k-max", "5", "--search", search, "--no-plots")
+        points.append(json.loads((tmp_path / search / "results.json").read_text())["run"]["memory_points"])
+    assert points == [searchable, searchable]
+
+
 def test_eval_reports_each_class_by_name_and_what_it_was_taken_for(built, tmp_path):
     root, val = built
     names = tmp_path / "classes.tsv"

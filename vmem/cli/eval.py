@@ -169,8 +169,9 @@ def eval(
             memory_obj = store
             memory_labels = list(store.label_counts())
             search_used = "index"
-            # Hard-pruned points stay stored but are never returned.
-            n_points = store.count() - int(store.meta.settings.get("pruning", {}).get("excluded", 0))
+            # Hard-pruned points stay stored but are never returned (counted now: the pruning's own count goes
+            # stale once an excluded point is forgotten or relabelled).
+            n_points = store.count(searchable=True)
     # The memory's tuned settings (vmem tune) are the defaults; explicit --alpha/--tau win.
     tuned = dict(mem.store.meta.settings.get("vote") or {}) if mem is not None else {}
     alpha = alpha if alpha is not None else tuned.get("alpha", DEFAULT_ALPHA)
