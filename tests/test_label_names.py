@@ -150,11 +150,14 @@ def memory(lite0, tmp_path):
     mem.close()
 
 
-def test_forgetting_by_a_name_forgets_nothing_and_says_which_label_it_names(memory, caplog):
-    # forget takes labels: in Python it returned 0 without the hint the CLI and HTTP give.
+def test_forgetting_by_a_name_is_refused_and_says_which_label_it_names(memory):
+    # forget takes labels: an unlearning script told "0 points forgotten" reads it as "none left" (in Python it
+    # had been a 0 and a logged warning, over HTTP a 200 with a note; the CLI refused it).
     memory.set_label_names({"red": "crimson"})
-    assert memory.forget(label="crimson") == 0
-    assert "'crimson' is the name of label red" in caplog.text and memory.store.count(label="red") == 3
+    with pytest.raises(ValueError, match="has no label 'crimson' \\('crimson' is the name of label red\\): give the"):
+        memory.forget(label="crimson")
+    assert memory.store.count(label="red") == 3
+    assert memory.forget(label="purple") == 0  # neither a label nor a name: none left to forget
 
 
 def test_names_given_again_as_they_are_are_no_edit_and_the_journal_keeps_what_changed(memory):

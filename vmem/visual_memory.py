@@ -985,6 +985,8 @@ class VisualMemory:
         """
         if erase:
             self.check_erase_on_demand()
+        if label is not None:
+            self.check_forget_label(label)
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         # Read before they go: the journal is all that will say which points went, and what they were.
         # The journal entry under the same lock: edits of one point racing in this process are journaled in
@@ -1002,13 +1004,15 @@ class VisualMemory:
             listener(targets)
         if self._reranker is None and targets:
             self._drop_cached_rerank_answers(targets)
-        if n == 0 and label is not None and self.via == "python" and (hints := self.name_hints([label])):
-            # Said as the CLI and HTTP say it in their answers (there, not logged again): forget takes labels,
-            # and 0 alone reads as "none left".
-            log.warning("forgot nothing: %s; forget takes labels", hints)
         if erase:
             self.erase_forgotten()
         return n
+
+    def check_forget_label(self, label: str) -> None:
+        """ValueError where `label` is no label of the memory but the name of one ("Egyptian cat" for n02124075):
+        forget takes labels, and an unlearning script told "0 points" reads it as "none left"."""
+        if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
+            raise ValueError(f"the memory has no label {label!r} ({hints}): give the label")
 
     def check_erase_on_demand(self) -> None:
         """ValueError where the memory cannot erase forgotten points when asked: checked before anything is

@@ -162,8 +162,8 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     """Forget some points by id (`?ids=...&ids=...`), every point with a label (`?label=cat`), or with a source
     prefix (`?source_prefix=/data/cats/`).
 
-    Exactly one of the three. Returns how many points went (ids not in the memory are not counted). Requires the
-    API key.
+    Exactly one of the three. Returns how many points went (ids not in the memory are not counted). A `label`
+    that is a label's name, not a label, is refused (422, naming the label). Requires the API key.
     """
     if sum(x is not None for x in (q.ids, q.label, q.source_prefix)) != 1:
         raise ProblemError(422, "give exactly one of `ids`, `label` or `source_prefix`", "invalid-parameters",
@@ -172,7 +172,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
     try:
         n = await service.run(service.forget, ids=q.ids, label=q.label, source_prefix=q.source_prefix,
                               erase=q.erase)
-    except ValueError as exc:  # a source_prefix that is no path on this host: refused before anything goes
+    except ValueError as exc:  # a source_prefix that is no path on this host, a label's name: nothing goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     except EraseFailedError as exc:
         return await _forgotten_not_erased(exc, service)

@@ -422,12 +422,11 @@ def forget(
                 mem.check_erase_on_demand()  # refused before anything is deleted
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--erase") from None
-        if label is not None and not mem.store.count(label=mem.stored_label(label)) and (
-                hints := mem.name_hints([label])):
-            # A name for a label is a mistake in the command, not a label already forgotten: a script doing
-            # unlearning had been told "forgot 0 points", exit 0
-            raise typer.BadParameter(f"the memory has no label {label!r} ({hints}): give the label",
-                                     param_hint="--label")
+        if label is not None:  # a name for a label is a mistake in the command, not a label already forgotten
+            try:
+                mem.check_forget_label(label)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--label") from None
         if dry_run:
             _say_chosen(mem, "forget", mem.chosen_points(ids=id, label=label, source_prefix=source))
             return
