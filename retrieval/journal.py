@@ -154,11 +154,15 @@ class Journal(ABC):
         found = [e for e in reversed(self.read()) if query.matches(e)]
         return (found, 0) if limit is None else (found[:limit], max(0, len(found) - limit))
 
-    def carry_from(self, other: Journal) -> int:
-        """Append the entries of `other` this journal does not hold yet (a memory copied here: its history comes
-        along; a copy run again adds none twice). Returns how many."""
+    def not_held(self, other: Journal) -> list[JournalEntry]:
+        """The entries of `other` this journal does not hold yet, oldest first."""
         held = {e.key() for e in self.read()}
-        new = [e for e in other.read() if e.key() not in held]
+        return [e for e in other.read() if e.key() not in held]
+
+    def carry_from(self, other: Journal, entries: Sequence[JournalEntry] | None = None) -> int:
+        """Append the entries of `other` this journal does not hold yet (a memory copied here: its history comes
+        along; a copy run again adds none twice), or those `entries` of them. Returns how many."""
+        new = list(entries) if entries is not None else self.not_held(other)
         for start in range(0, len(new), 256):
             self.append(new[start : start + 256])
         return len(new)

@@ -80,6 +80,36 @@ def test_the_journal_goes_with_the_copy_and_says_it_was_copied(tmp_path):
         assert [e.op for e in back_home.history()] == ["copy", "copy", "forget", "name"]
 
 
+def test_a_copy_run_again_forgets_there_what_was_forgotten_here_since(tmp_path):
+    # A replica kept current with copy: the forgotten points had stayed in it, under a journal saying they were
+    # forgotten and erased.
+    with make_memory(tmp_path / "edge") as mem:
+        replica, _ = mem.copy_to(tmp_path / "replica")
+        own = replica.add(random_unit_vectors(1, 16, seed=8), ["owl"], ["/replica-only/owl.jpg"])  # its own point
+        replica.close()
+        server, _ = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+        server.close()
+        fox = set(mem.chosen_points(label="fox"))
+        mem.forget(label="fox", erase=True)
+        # Forgotten, then added again (same source, same id): it goes with the copy as it is now.
+        (back,) = mem.store.add(random_unit_vectors(1, 16, seed=11), ["fox"], ["/data/fox/45.jpg"])
+        assert back in fox
+        dest, notes = mem.copy_to(tmp_path / "replica")
+        with dest:
+            assert dest.existing_ids(list(fox)) == {back} and dest.existing_ids(own)
+            assert dest.count() == mem.store.count() + 1
+            assert notes[0] == "19 points an earlier copy put there were forgotten here since: forgotten there too"
+            assert notes[1] == "and erased from its files, as they were here"
+            assert [e.op for e in VisualMemory(dest, reranker=None).history()[:3]] == ["copy", "erase", "forget"]
+        dest, notes = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
+        with dest:
+            assert dest.existing_ids(list(fox)) == {back}
+            assert notes[1] == "a Qdrant server erases them from its files on its own schedule"
+        dest, notes = mem.copy_to(tmp_path / "replica")  # run again: nothing new to forget
+        dest.close()
+        assert notes == []
+
+
 def test_a_copy_cut_short_is_finished_by_running_it_again(tmp_path):
     with make_memory(tmp_path / "edge") as mem:
         dest, _ = mem.copy_to(tmp_path / "copy")

@@ -1324,8 +1324,14 @@ class VisualMemory:
                     meta.settings.setdefault(key, value)  # the destination's own tuned settings win
             dest.save_meta()
             # The history goes too: a memory moved to a server still says what was forgotten, and when.
-            dest.journal.carry_from(self.store.journal)
-            dest.journal.record("copy", points=copied, selector={"from": self.store.location}, via=self.via)
+            history = dest.journal.not_held(self.store.journal)
+            # A copy run again (a replica, a backup) forgets there what was forgotten here since: the history it
+            # carries says so, and the points an earlier copy put there had stayed. Done before the entries are
+            # carried, so that a copy cut short says no forget it has not made.
+            forgotten = self._forget_in_copy(dest, history, notes)
+            dest.journal.carry_from(self.store.journal, history)
+            dest.journal.record("copy", points=copied, selector={"from": self.store.location}, via=self.via,
+                                detail={"forgotten": forgotten} if forgotten else {})
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
             dest.flush()
@@ -1334,6 +1340,26 @@ class VisualMemory:
             dest.close()
             raise
         return dest, notes
+
+    def _forget_in_copy(self, dest: MemoryStore, history: Sequence[JournalEntry], notes: list[str]) -> int:
+        """Delete from `dest` the points this memory's `history` (entries new to `dest`) forgot and that it does not
+        hold again; erase them there too where it erased. Returns how many went."""
+        forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" for i in e.ids))
+        if not forgotten:
+            return 0
+        back = self.store.existing_ids(forgotten)  # forgotten, then added again: copied as they are now
+        there = sorted(dest.existing_ids([i for i in forgotten if i not in back]))
+        if not there:
+            return 0
+        n = dest.delete_ids(there)
+        notes.append(f"{n:,} points an earlier copy put there were forgotten here since: forgotten there too")
+        if any(e.op == "erase" for e in history):
+            if dest.erases_on_demand:
+                dest.erase_forgotten()
+                notes.append("and erased from its files, as they were here")
+            else:
+                notes.append("a Qdrant server erases them from its files on its own schedule")
+        return n
 
     def _copy_dmn_streams(self, dest: MemoryStore) -> int:
         """Copy this memory's DMN dynamic memories (files under `dmn_home()`, keyed by memory) to `dest`'s;
