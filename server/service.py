@@ -204,6 +204,8 @@ class ClassifierService:
         self._recalibrating: set[tuple[int, tuple[str, ...] | None]] = set()
         self._tmp_thumbs: str | None = None
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
+        if settings.thumbnail_dir is not None:  # a forget in another process deletes its points' thumbnails there too
+            memory.note_thumbnail_folder(settings.thumbnail_dir)
         memory.on_forget(self._forgotten)
         memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
         memory.on_edited_elsewhere(self._edited_elsewhere)

@@ -265,3 +265,31 @@ def test_thumbnails_a_forget_killed_midway_left_are_removed_by_the_next_forget_o
     with TestClient(create_app(Settings(memory=str(location), api_key=API_KEY), memory=mem)):
         assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)  # gone before the service takes traffic
     mem.close()
+
+
+def test_a_forget_outside_the_service_deletes_the_thumbnails_kept_in_its_thumbnail_folder(tmp_path, lite0):
+    # VMEM_THUMBNAIL_DIR: the CLI's forget had left them there (an upload's thumbnail is its only copy) until the
+    # service's next start, and for a memory on a Qdrant server for good.
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from server import Settings, create_app
+    from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+    from vmem import VisualMemory
+    from vmem.cli import app
+
+    location, thumbs = tmp_path / "memory", tmp_path / "thumbs"
+    mem = fill_memory(str(location), lite0, make_memory_images(tmp_path / "images", lite0))
+    settings = Settings(memory=str(location), api_key=API_KEY, thumbnail_dir=thumbs)
+    with TestClient(create_app(settings, memory=mem)) as client:
+        added = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"},
+                            files=[("images", (f"l{i}.png", texture((120, 230, 60), 60 + i))) for i in range(2)])
+        ids = [p["id"] for p in added.json()["added"]]
+    copy, _ = mem.copy_to(tmp_path / "copy")  # a copy's forget is none of this service's business
+    with VisualMemory(copy, lite0) as copied:
+        copied.forget(ids=ids[:1])
+    assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)
+    mem.close()
+    out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime"])
+    assert out.exit_code == 0, out.output
+    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)

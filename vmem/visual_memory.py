@@ -184,6 +184,10 @@ class NoSuchLabelsError(ValueError):
     """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
 
 
+# vmem.json's settings: the thumbnail folders services outside the memory's folder keep (`note_thumbnail_folder`).
+THUMBNAIL_FOLDERS_KEY = "thumbnail_dirs"
+
+
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
@@ -1026,13 +1030,28 @@ class VisualMemory:
         folder = memory_dir / THUMBNAILS_DIR if memory_dir is not None else None
         return folder if folder is not None and folder.is_dir() else None
 
+    def note_thumbnail_folder(self, folder: str | Path) -> None:
+        """Record with the memory a folder a service keeps its points' thumbnails in (`VMEM_THUMBNAIL_DIR`), so
+        that a forget in any process on this host deletes them there too: an upload's thumbnail is its only copy,
+        and a CLI forget had left them until the service's next start (forever, for a memory on a server)."""
+        folder = str(Path(folder).expanduser().absolute())
+        held = self.store.meta.settings.setdefault(THUMBNAIL_FOLDERS_KEY, [])
+        if folder not in held:
+            held.append(folder)
+            self.store.save_meta()
+
+    def _thumbnail_folders(self) -> list[Path]:
+        """The memory's own thumbnail folder and those services recorded (`note_thumbnail_folder`), as exist here."""
+        own = self._thumbnail_folder()
+        noted = [Path(f) for f in self.store.meta.settings.get(THUMBNAIL_FOLDERS_KEY, ())]
+        return list(dict.fromkeys(f for f in [own, *noted] if f is not None and f.is_dir()))
+
     def _remove_thumbnails(self, ids: Sequence[str]) -> None:
-        """Delete the thumbnails the service kept in an embedded memory's folder for these points: an upload's is
-        its only copy, and a forget outside the service (vmem forget --erase) left it there."""
-        if (folder := self._thumbnail_folder()) is None:
-            return
-        for pid in ids:
-            thumbnail_file(folder, pid).unlink(missing_ok=True)
+        """Delete the thumbnails services kept of these points (`_thumbnail_folders`): an upload's is its only copy,
+        and a forget outside the service (vmem forget --erase) left it there."""
+        for folder in self._thumbnail_folders():
+            for pid in ids:
+                thumbnail_file(folder, pid).unlink(missing_ok=True)
 
     def remove_orphan_thumbnails(self, folder: str | Path | None = None) -> int:
         """Delete the thumbnails in `folder` (default: the memory's own, where the service keeps them) whose points
@@ -1317,6 +1336,8 @@ class VisualMemory:
             meta, mine = dest.meta, self.store.meta
             meta.label_names = {**meta.label_names, **mine.label_names}
             for key, value in mine.settings.items():
+                if key == THUMBNAIL_FOLDERS_KEY:  # this memory's services' folders: a forget there is not one here
+                    continue
                 if key == "source_roots":
                     roots = meta.settings.setdefault("source_roots", [])
                     roots += [r for r in value if r not in roots]
