@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .feature_cache import FeatureCache
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
+from .journal import JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
 from .text import as_held, canonical_label, not_utf8_problem, utf8_text
@@ -194,6 +195,10 @@ class BuildReport:
     relabelled: list[tuple[str, str, str]] = field(default_factory=list)
     relabel_applied: bool = False
     failed: list[EmbedFailure] = field(default_factory=list)
+    # Sources not in the memory that its journal says were forgotten from it: added again, or with
+    # `skip_forgotten` left out (`forgotten_skipped`). A resumed build had brought them back unsaid.
+    forgotten_before: list[str] = field(default_factory=list)
+    forgotten_skipped: bool = False
     seconds: float = 0.0
     index_seconds: float = 0.0  # building the HNSW index after inserting
     memory_points: int = 0
@@ -217,6 +222,14 @@ class BuildReport:
             lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
         if len(self.relabelled) > 10:
             lines.append(f"  ... and {len(self.relabelled) - 10} more")
+        if self.forgotten_before:
+            n = len(self.forgotten_before)
+            lines.append(f"{n} listed image{'s' if n > 1 else ''} had been forgotten from this memory (vmem history "
+                         + ("--source PATH): left out, as asked (--skip-forgotten):" if self.forgotten_skipped else
+                            "--source PATH): added again; build with --skip-forgotten to leave such images out:"))
+            lines += [f"  {src}" for src in self.forgotten_before[:10]]
+            if n > 10:
+                lines.append(f"  ... and {n - 10} more")
         if failures:
             lines.append(self.failures())
         return "\n".join(line for line in lines if line)
@@ -291,8 +304,10 @@ def build_memory(
     progress: Callable[[int], None] | None = None,
     feature_cache: FeatureCache | None = None,
     report: BuildReport | None = None,
+    skip_forgotten: bool = False,
 ) -> BuildReport:
-    """Embed and insert `items`, skipping sources already in memory.
+    """Embed and insert `items`, skipping sources already in memory (and with `skip_forgotten`, those its journal
+    says were forgotten from it: `report.forgotten_before` lists them either way).
 
     Args:
         store: the memory (its featurizer must match `featurizer`).
@@ -319,6 +334,14 @@ def build_memory(
     stored = store.existing_labels(ids)
     todo = [it for it, pid in zip(items, ids, strict=True) if pid not in stored]
     report.skipped_existing = len(items) - len(todo)
+    if todo and (forgotten := forgotten_ids(store)):
+        report.forgotten_before = [it.source for it in todo if point_id_for(it.source) in forgotten]
+        if skip_forgotten and report.forgotten_before:
+            report.forgotten_skipped = True
+            left_out = set(report.forgotten_before)
+            todo = [it for it in todo if it.source not in left_out]
+            if progress:
+                progress(len(left_out))
     # A resumed build never rewrites a point; a label changed since is reported rather than dropped unseen.
     report.relabelled = [(it.source, lab, it.label) for it, pid in zip(items, ids, strict=True)
                          if (lab := stored.get(pid)) is not None and lab != it.label]
@@ -339,6 +362,11 @@ def build_memory(
     report.seconds = time.perf_counter() - t0
     report.memory_points = store.count()
     return report
+
+
+def forgotten_ids(store: MemoryStore) -> set[str]:
+    """The ids of the points the memory's journal says were forgotten (some may have been added again since)."""
+    return {i for e in store.journal.newest(JournalQuery(op="forget"))[0] for i in e.ids}
 
 
 def _embed_batches(featurizer: Featurizer, sources: list[str], batch_size: int, num_workers: int | None,

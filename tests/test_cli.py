@@ -63,6 +63,26 @@ def test_build_is_resumable_and_idempotent(built, image_folder):
     assert "memory now holds 12 points" in again.output
 
 
+def test_a_build_run_again_says_which_images_had_been_forgotten_and_can_leave_them_out(built, image_folder,
+                                                                                      tmp_path):
+    # An image forgotten (a person's photo, on request) came back with the next build of its folder, unsaid.
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    gone = image_folder / "train" / "red" / "0.png"
+    assert run("forget", "--memory", memory, "--source", gone).exit_code == 0
+    again = run("build", image_folder / "train", "--memory", memory, "--workers", "0")
+    assert again.exit_code == 0, again.output
+    assert "1 added, 11 already in memory" in again.stdout
+    assert (f"1 listed image had been forgotten from this memory (vmem history --source PATH): added again; build "
+            f"with --skip-forgotten to leave such images out:\n  {gone}\n") in again.stdout
+    assert run("forget", "--memory", memory, "--source", gone).exit_code == 0
+    left_out = run("build", image_folder / "train", "--memory", memory, "--workers", "0", "--skip-forgotten")
+    assert "0 added, 11 already in memory" in left_out.stdout and "left out, as asked" in left_out.stdout
+    assert "memory now holds 11 points" in left_out.stdout
+
+
 def test_classify_json_is_attributable_to_memory_points(built, image_folder):
     memory, _ = built
     result = run("classify", image_folder / "query", "--memory", memory, "--k", "5", "--json")

@@ -710,11 +710,14 @@ class VisualMemory:
 
     def build(self, items: Sequence[LabelledImage], batch_size: int = 64, num_workers: int | None = None,
               tags: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None,
-              feature_cache: str | Path | None = None, relabel: bool = False) -> BuildReport:
+              feature_cache: str | Path | None = None, relabel: bool = False,
+              skip_forgotten: bool = False) -> BuildReport:
         """Embed and insert labelled images; resumable, bad images skipped and reported.
 
         An image already in memory under another label keeps its stored label and is reported
-        (`report.relabelled`), unless `relabel`: then it takes the listed one, without being embedded again.
+        (`report.relabelled`), unless `relabel`: then it takes the listed one, without being embedded again. An
+        image the journal says was forgotten from this memory is added again and reported
+        (`report.forgotten_before`), unless `skip_forgotten`: then it is left out.
         """
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         root = self._record_source_roots([it.source for it in items])
@@ -743,7 +746,8 @@ class VisualMemory:
                 journal_the_adds(running=True)
 
         try:
-            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, batch_done, cache, report)
+            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, batch_done, cache, report,
+                         skip_forgotten=skip_forgotten)
         except BaseException:
             # Stopped (Ctrl-C, the server gone): what was added since the last entry is journaled now or never.
             journal_the_adds(interrupted=True)

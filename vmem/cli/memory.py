@@ -122,6 +122,10 @@ def build(
         bool, typer.Option(help="an image already in memory under another label takes the listed one (not embedded "
                                 "again); without it, it keeps its stored label and is reported")
     ] = False,
+    skip_forgotten: Annotated[
+        bool, typer.Option(help="leave out images the memory's journal says were forgotten from it (without it they "
+                                "are added again, and listed)")
+    ] = False,
     rescore_doubtful: Annotated[
         bool | None,
         typer.Option("--rescore-doubtful",
@@ -210,7 +214,8 @@ def build(
         try:
             with _sigterm_as_interrupt():
                 report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags,
-                                   progress=bar.update, feature_cache=feature_cache, relabel=relabel)
+                                   progress=bar.update, feature_cache=feature_cache, relabel=relabel,
+                                   skip_forgotten=skip_forgotten)
         except MemoryFullError as exc:  # as Ctrl-C: what was added before is kept and journaled
             bar.write(f"stopped: {exc}. The memory holds {mem.store.count():,} points; once there is room, run the "
                       "same command again to resume (images already in it are skipped)", file=sys.stderr)
