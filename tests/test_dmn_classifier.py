@@ -240,6 +240,20 @@ def test_forgetting_a_label_removes_it_from_streams_too(memory):
     assert all(r.label != "cat" and "cat" not in r.scores for r in res)
 
 
+def test_forgetting_a_label_removes_its_entries_from_the_stream_files_at_once(stored_memory):
+    # They had left only at the stream's next classify: a stream not used again kept the features in its file.
+    q, _ = queries(20)
+    stored_memory.classify_dmn(q, stream="s")
+    stored_memory.dmn.flush()
+    path = dmn_home() / stream_dir_key(stored_memory.store) / "s.npz"
+    assert "cat" in DynamicMemory.load(path).counts()
+    stored_memory.forget(label="cat")
+    on_disk = DynamicMemory.load(path)
+    assert "cat" not in on_disk.counts() and len(on_disk)
+    stored_memory.forget(ids=[stored_memory.store.ids_where(label="bee")[0]])  # bee stays: its entries too
+    assert "bee" in DynamicMemory.load(path).counts()
+
+
 def test_a_forgotten_label_named_in_a_filter_does_not_come_back_from_the_stream(memory):
     q, _ = queries(20)
     memory.classify_dmn(q, stream="s")

@@ -225,6 +225,21 @@ class DmnClassifier:
                 self.save(name, force=True)
         return kept
 
+    def drop_labels(self, gone: set[str]) -> int:
+        """Empty every stream's queues of these labels (forgotten from the labelled memory) and save the streams
+        that change, so their files no longer hold those entries' features. Returns the entries removed."""
+        removed = 0
+        for name in self.streams():
+            try:
+                stream = self.stream(name)
+            except ValueError:  # another encoder's stream: its classify refuses it, and it is reset, not edited
+                continue
+            held = set(stream.counts())
+            if held & gone:
+                removed += stream.drop_labels_except(held - gone)
+                self.save(name, force=True)
+        return removed
+
     def reset(self, name: str) -> bool:
         """Empty a stream and delete its file; True when there was one."""
         path = self.stream_path(name)

@@ -1008,6 +1008,10 @@ class VisualMemory:
         # Every target's, not only those still there: a forget killed before this line, run again, finds its
         # points gone but their thumbnails (an upload's only copy) still on disk.
         self._remove_thumbnails(list(targets))
+        if present and (emptied := {lab for lab in set(present.values()) if not self.store.count(label=lab)}):
+            # Labels gone from the memory leave its DMN streams now, files included: they had left only at the
+            # stream's next classify, and a stream not used again kept them.
+            self.dmn.drop_labels(emptied)
         for listener in self._forget_listeners:
             listener(targets)
         if self._reranker is None and targets:
