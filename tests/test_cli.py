@@ -473,6 +473,12 @@ def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_u
     assert soft.exit_code == 0, soft.output
     with open_store(pruned) as store:
         assert store.count(searchable=True) == total  # soft pruning excludes nothing
+        one = store.ids_where(label="green")[:1]
+    # The factors were computed with the forgotten point among the neighbours: said, with how to judge anew.
+    forgot = run("forget", "--memory", pruned, "--id", one[0])
+    assert forgot.exit_code == 0 and "note: the memory's soft pruning weighed its points with these among them; " \
+        "vmem prune again (or --undo) to judge it without them" in forgot.stderr, forgot.output
+    total -= 1
     assert run("prune", "--memory", pruned, "--undo").exit_code == 0
     assert run("classify", image_folder / "query", "--memory", pruned).exit_code == 0
 

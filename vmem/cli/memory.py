@@ -444,6 +444,9 @@ def forget(
             typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
         if n == 0 and label is not None:
             typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
+        if n and (pruned := mem.store.meta.settings.get("pruning")):
+            typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
+                       "them; vmem prune again (or --undo) to judge it without them", err=True)
         if erase:
             # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
             try:
