@@ -1,6 +1,6 @@
 """`create_app`: the FastAPI application, with the memory loaded once in `lifespan`.
 
-    uvicorn --factory server:create_app          # settings from VMEM_* variables / .env
+    uvicorn --factory vmem.cli.serve:create_service_app   # as vmem serve builds it: checks, label audit
     create_app(Settings(...), memory=my_memory)  # tests and embedding in another program
 """
 

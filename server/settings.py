@@ -1,6 +1,6 @@
 """The service's settings: environment variables prefixed `VMEM_`, or an env file, validated at start-up.
 
-    VMEM_MEMORY=./memory VMEM_API_KEY=... uvicorn --factory server:create_app
+    VMEM_MEMORY=./memory VMEM_API_KEY=... uvicorn --factory vmem.cli.serve:create_service_app
 
 Unsafe combinations are refused here rather than discovered in production: an editing API with
 auth enabled but no key, a key too short to resist guessing.

@@ -93,6 +93,25 @@ def test_a_service_built_without_an_auditor_says_so(tmp_path, lite0):
     mem.close()
 
 
+def test_the_app_for_another_asgi_server_is_vmem_serves_with_its_checks_and_audit(tmp_path, lite0, monkeypatch):
+    # `uvicorn --factory server:create_app` had been called "the same app" in the docs: it had no label audit
+    # (404 behind the page's "Probable mislabels") and none of vmem serve's start-up checks.
+    from vmem.cli.serve import create_service_app
+
+    location = tmp_path / "memory"
+    fill_memory(str(location), lite0, make_memory_images(tmp_path / "images", lite0)).close()
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    monkeypatch.setenv("VMEM_MEMORY", str(location))
+    monkeypatch.setenv("VMEM_API_KEY", API_KEY)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("VMEM_THUMBNAIL_DIR", str(tmp_path / "a-file" / "thumbs"))
+    with pytest.raises(SystemExit, match=r"VMEM_THUMBNAIL_DIR: .* cannot be made"):
+        create_service_app()
+    monkeypatch.delenv("VMEM_THUMBNAIL_DIR")
+    with TestClient(create_service_app()) as client:
+        assert client.get("/v1/memory/suspects").status_code in (200, 202)
+
+
 def test_while_the_audit_runs_the_service_answers_202_and_keeps_classifying(tmp_path, lite0):
     import threading
 

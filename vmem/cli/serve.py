@@ -128,6 +128,53 @@ def _export_reranker_env(env_file: Path) -> None:
             os.environ[key] = value
 
 
+def checked_settings(env_file: Path | None, overrides: dict[str, Any]) -> Any:
+    """The service's settings (`VMEM_*`, the env file, `overrides`), checked as far as they can be before the
+    memory opens, with the re-ranker's variables of the env file exported: BadParameter names what is wrong."""
+    from server import Settings
+
+    try:
+        settings = Settings(_env_file=env_file or ".env", **overrides)
+    except ValidationError as exc:
+        raise typer.BadParameter(settings_problems(exc, "VMEM_"), param_hint="the settings") from exc
+    except UnicodeDecodeError as exc:  # the env file's, as pydantic-settings reads it
+        raise typer.BadParameter(f"{env_file or '.env'} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
+                                 "save it as UTF-8", param_hint="--env-file") from exc
+    if settings.device is not None:  # checked now: the encoder loads in the app's start-up, as a long traceback
+        from retrieval.featurizers import FeaturizerError, usable_device
+
+        try:
+            usable_device(settings.device)
+        except FeaturizerError as exc:
+            raise typer.BadParameter(f"VMEM_DEVICE: {exc}", param_hint="the settings") from None
+    if settings.thumbnail_dir is not None:
+        _check_thumbnail_dir(settings.thumbnail_dir.expanduser())
+    _export_reranker_env(env_file or Path(".env"))
+    check_reranker_settings()  # now, not at the first re-rank's 500
+    return settings
+
+
+def _label_auditor(store: Any, progress: Any) -> Any:
+    """What `GET /v1/memory/suspects` runs: the label audit (eval), given to the server from out here."""
+    from eval.label_audit import audit_labels
+
+    return audit_labels(store, progress=progress)
+
+
+def create_service_app() -> Any:
+    """`vmem serve`'s app for another ASGI server: `uvicorn --factory vmem.cli.serve:create_service_app`. Settings
+    from `VMEM_*` and `./.env`, checked as `vmem serve` checks them (a setting that is wrong ends the start with
+    one line saying which), and the label audit behind `/v1/memory/suspects` (`server:create_app` alone has none:
+    that route answers 404 there). The memory opens in the app's start-up."""
+    from server import create_app
+
+    try:
+        settings = checked_settings(None, {})
+    except typer.BadParameter as exc:
+        raise SystemExit(f"vmem: {exc.format_message()}") from None
+    return create_app(settings, auditor=_label_auditor)
+
+
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
                                                 "\\[default: $VMEM_MEMORY or ./memory]")] = None,
@@ -151,7 +198,7 @@ def serve(
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
     import uvicorn
 
-    from server import Settings, create_app
+    from server import create_app
     from server.app import open_memory
 
     refuse_both(memory, qdrant_url)
@@ -164,24 +211,7 @@ def serve(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
-    try:
-        settings = Settings(_env_file=env_file or ".env", **overrides)
-    except ValidationError as exc:
-        raise typer.BadParameter(settings_problems(exc, "VMEM_"), param_hint="the settings") from exc
-    except UnicodeDecodeError as exc:  # the env file's, as pydantic-settings reads it
-        raise typer.BadParameter(f"{env_file or '.env'} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
-                                 "save it as UTF-8", param_hint="--env-file") from exc
-    if settings.device is not None:  # checked now: the encoder loads in the app's start-up, as a long traceback
-        from retrieval.featurizers import FeaturizerError, usable_device
-
-        try:
-            usable_device(settings.device)
-        except FeaturizerError as exc:
-            raise typer.BadParameter(f"VMEM_DEVICE: {exc}", param_hint="the settings") from None
-    if settings.thumbnail_dir is not None:
-        _check_thumbnail_dir(settings.thumbnail_dir.expanduser())
-    _export_reranker_env(env_file or Path(".env"))
-    check_reranker_settings()  # now, not at the first re-rank's 500
+    settings = checked_settings(env_file, overrides)
     if settings.auth_disabled:
         typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
                    err=True)
@@ -194,9 +224,7 @@ def serve(
             raise
         raise problem from exc
     try:
-        from eval.label_audit import audit_labels
-
-        app = create_app(settings, memory=mem, auditor=lambda store, progress: audit_labels(store, progress=progress))
+        app = create_app(settings, memory=mem, auditor=_label_auditor)
         prefix = root_path.rstrip("/")
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
