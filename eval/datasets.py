@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -325,3 +326,12 @@ def align_labels(dataset: EvalDataset, memory_labels: Sequence[str], classes: di
     as_is = sum(lab in have for lab in labels)
     renamed = sum(classes.get(lab, lab) in have for lab in labels)
     return dataset.map_labels(classes) if renamed > as_is else dataset
+
+
+def sample_items(items: Sequence[EvalImage], limit: int | None, seed: int = 0) -> list[EvalImage] | None:
+    """A fixed random sample of `limit` items (the same for the same items and seed), sorted by source; None when
+    `limit` draws none (no limit, or one at or above the items' count): `vmem eval` and `vmem experiment` record
+    a sample only when one was drawn."""
+    if limit is None or limit >= len(items):
+        return None
+    return sorted(random.Random(seed).sample(list(items), limit), key=lambda it: it.source)

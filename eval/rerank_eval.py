@@ -7,7 +7,6 @@ fallback rate and its reasons, tokens, and a cost estimate when prices are given
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections import Counter
@@ -45,14 +44,6 @@ class RerankReport(BaseModel):
                                              description="from --price-in/--price-out (USD per 1M tokens)")
     seconds: float
     failed: list[str] = Field(default_factory=list)
-
-
-def fixed_sample(items: Sequence[EvalImage], limit: int | None, seed: int = 0) -> list[EvalImage]:
-    """The same `limit` queries on every run (sorted, then seeded)."""
-    items = sorted(items, key=lambda it: it.source)
-    if limit is None or limit >= len(items):
-        return items
-    return sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
 
 
 def evaluate_rerank(

@@ -673,10 +673,6 @@ class VisualMemory:
                 self.reranker = make_reranker("gemini")
             return self._reranker
 
-    def _rerank(self, image: Any, result: Classification, template: str | None,
-                labels: Sequence[str] | None, vector: np.ndarray | None = None) -> Classification:
-        return self._rerank_all([image], None if vector is None else vector[None], [result], template, labels)[0]
-
     def _rerank_all(self, images: Sequence[Any], vectors: np.ndarray | None, results: list[Classification],
                     template: str | None, labels: Sequence[str] | None) -> list[Classification]:
         """Ask the re-ranker about every result at once (it bounds its own concurrency)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -87,7 +86,14 @@ def eval(
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ) -> None:
     """Score a memory on a dataset: all voting rules at every k, hit rate, calibration (resumable)."""
-    from eval.datasets import RESTRICTED_FORMATS, DatasetFormat, align_labels, read_classes_file, read_dataset
+    from eval.datasets import (
+        RESTRICTED_FORMATS,
+        DatasetFormat,
+        align_labels,
+        read_classes_file,
+        read_dataset,
+        sample_items,
+    )
     from eval.harness import (
         MAX_EXACT_BYTES,
         MemoryArrays,
@@ -179,10 +185,9 @@ def eval(
     ds = align_labels(ds, memory_labels, names)
     items = ds.items
     dataset_items = len(items)
-    sampled = limit is not None and limit < len(items)
-    if sampled:
-        items = sorted(random.Random(seed).sample(items, limit), key=lambda it: it.source)
-        ds.items = items
+    sampled = (drawn := sample_items(items, limit, seed)) is not None
+    if drawn is not None:
+        items = ds.items = drawn
     t_feat = time.perf_counter()
     queries = query_set(ds, feat, cache_root)
     t_search = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Annotated
 
@@ -72,7 +71,7 @@ def experiment(
     plots: Annotated[bool, typer.Option(help="write a PNG where the experiment has one")] = True,
 ) -> None:
     """Run one of the paper's experiments (exact search on cached features; seconds to minutes)."""
-    from eval.datasets import align_labels, read_dataset
+    from eval.datasets import align_labels, read_dataset, sample_items
     from eval.experiments import EXPERIMENTS, LabelledArrays, write_experiment
     from eval.harness import MemoryArrays, memory_from_dataset, query_set
 
@@ -113,9 +112,9 @@ def experiment(
                                  "experiments score one label a query; vmem eval scores these",
                                  param_hint="--queries-format")
     dataset_items = len(ds.items)
-    sampled = limit is not None and limit < len(ds.items)
-    if sampled:
-        ds.items = sorted(random.Random(seed).sample(ds.items, limit), key=lambda it: it.source)
+    sampled = (drawn := sample_items(ds.items, limit, seed)) is not None
+    if drawn is not None:
+        ds.items = drawn
     qs = query_set(ds, feat, cache_root)
     mem_arrays = LabelledArrays(arrays.features, arrays.labels)
     q_arrays = LabelledArrays(qs.features, [labs[0] for labs in qs.correct_labels])
