@@ -262,6 +262,8 @@ DISK_BYTES_FIXED = 100_000_000
 def _disk_shortfall(mem, images: int) -> str | None:
     """A warning when the disk holding an embedded memory has less room than its build may need: the engine
     writes through mapped files, and a full disk kills it with a bus error and no message."""
+    from retrieval.store import EDIT_HEADROOM_BYTES
+
     folder = local_folder(mem.store.location)
     if folder is None or not folder.exists():
         return None
@@ -270,8 +272,8 @@ def _disk_shortfall(mem, images: int) -> str | None:
     if free >= need:
         return None
     return (f"the disk holding {folder} has {free / 1e9:.2f} GB free, and {images:,} images of {mem.store.dim} "
-            f"dimensions may need about {need / 1e9:.2f} GB: the build stops when 64 MB are left (what was added "
-            "before is kept; free some space and run the same command again)")
+            f"dimensions may need about {need / 1e9:.2f} GB: the build stops when {EDIT_HEADROOM_BYTES >> 20} MB are "
+            "left (what was added before is kept; free some space and run the same command again)")
 
 
 BUILTIN_NAMES = "vmem's ImageNet-1k names"
