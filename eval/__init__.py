@@ -3,7 +3,7 @@
     >>> from eval import read_dataset, query_set, evaluate, write_report
     >>> ds = read_dataset("imagenet-a", "imagenet-a")
 
-The CLI front ends are `vmem eval`, `vmem prune` and `vmem experiment`.
+The CLI front ends are `vmem eval`, `vmem tune`, `vmem prune`, `vmem suspects` and `vmem experiment`.
 """
 
 from .datasets import DatasetFormat, EvalDataset, EvalImage, align_labels, read_classes_file, read_dataset

@@ -1,8 +1,10 @@
 """The service's working parts behind the routes: one `VisualMemory`, a thread pool that embeds
 images off the event loop, a cache of recent answers, the out-of-distribution threshold, thumbnails.
 
-Everything that touches the encoder or the memory is synchronous and runs in `executor`, so the
-event loop stays free for health checks and cached answers while images are being embedded.
+Everything that touches the encoder or the memory is synchronous and runs off the event loop, so it stays
+free for health checks and cached answers while images are being embedded: embedding and searching in
+`executor`, re-ranked requests (seconds on Gemini) in a pool of their own, the label audit and novelty
+recalibration on threads of their own, and short reads (counts, a point, the journal) in Starlette's pool.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`VisualMemory`: the Python API that the CLI, the HTTP service and the evaluation share.
+"""`VisualMemory`: the Python API that the CLI and the HTTP service share (evaluation scores a `MemoryStore`
+directly, through `eval`; its re-ranking runs through this API).
 
     >>> mem = VisualMemory.open("./memory")
     >>> [result] = mem.classify(["cat.jpg"], k=50)
