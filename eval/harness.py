@@ -66,7 +66,7 @@ from .scoring import (
 MAX_EXACT_BYTES = 8 << 30
 
 
-def default_cache_dir() -> Path:
+def default_feature_cache_dir() -> Path:
     """Where dataset features are cached: $VMEM_FEATURE_CACHE, else $VMEM_HOME/features, else
     $XDG_CACHE_HOME/vmem/features, else ~/.cache/vmem/features (beside the re-ranker's answers, which took
     XDG_CACHE_HOME where this did not)."""

@@ -224,11 +224,11 @@ def feature_cache_root(cache: Path | None) -> Path:
     """Where eval, tune and experiments cache dataset features: --cache, else the default. A BadParameter naming
     the ways to move it where it cannot be made or written (an unwritable or unknown home had been a traceback
     after the dataset was read)."""
-    from eval.harness import default_cache_dir
+    from eval.harness import default_feature_cache_dir
 
     root: Path | str = cache or "the default folder"
     try:
-        root = cache or default_cache_dir()
+        root = cache or default_feature_cache_dir()
         # Checked, not made: the cache makes it when first used, and a command refused later leaves nothing.
         existing = next(p for p in (root, *root.absolute().parents) if os.path.lexists(p))
         if not existing.is_dir():  # a file, or a link leading nowhere (mkdir would then raise FileExistsError)
