@@ -351,6 +351,7 @@ class ClassifierService:
                                                                              list[tuple[int, str]], AddResult]:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
         labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
+        self.memory.check_added_labels(labels)  # before any thumbnail is kept
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
         result = AddResult(ids=[])

@@ -160,6 +160,16 @@ def test_forgetting_by_a_name_is_refused_and_says_which_label_it_names(memory):
     assert memory.forget(label="purple") == 0  # neither a label nor a name: none left to forget
 
 
+def test_images_added_under_a_labels_name_are_refused_and_told_the_label(memory):
+    # They had made a second, unnamed class "crimson" beside red, and split its votes.
+    memory.set_label_names({"red": "crimson"})
+    with pytest.raises(ValueError, match="'crimson' is the name of label red, not a label of this memory: add the"):
+        memory.add([texture(COLORS["red"], seed=9)], "crimson")
+    assert "crimson" not in memory.store.label_counts()
+    memory.add([texture(COLORS["red"], seed=9)], "red")  # the label itself, and a new label, are taken
+    memory.add([texture((200, 120, 0), seed=1)], "orange")
+
+
 def test_names_given_again_as_they_are_are_no_edit_and_the_journal_keeps_what_changed(memory):
     # A nightly catalogue sync sends every name each time: each had rewritten vmem.json and journaled every name
     # given (a megabyte an entry at 21,000 names), changed or not.
@@ -258,6 +268,10 @@ def test_a_label_filter_given_a_name_says_which_label_it_names(dataset, tmp_path
     memory = tmp_path / "memory"
     assert run("build", dataset / "train", "--memory", memory, "--featurizer", "efficientnet-lite0",
                "--workers", "0").exit_code == 0
+    # A manifest labelled by name, built into the memory: refused before anything is added.
+    (tmp_path / "by-name.csv").write_text(f"path,label\n{dataset / 'val' / 'n03' / 'q.jpg'},blue jay\n")
+    by_name = run("build", tmp_path / "by-name.csv", "--memory", memory)
+    assert by_name.exit_code == 2 and "'blue jay' is the name of label n03" in by_name.output, by_name.output
     # A name for a label is a mistake in the command (an unlearning script had been told "forgot 0", exit 0);
     # a label no longer there is still nothing to do.
     forgot = run("forget", "--memory", memory, "--label", "blue jay")
@@ -324,6 +338,10 @@ def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
         by_name = client.post("/v1/classify?label=navy", files={"image": ("q.png", texture(COLORS["blue"], seed=7))})
         assert by_name.status_code == 422
         assert "'navy' is the name of label blue" in by_name.json()["detail"]
+        added = client.post("/v1/memory", data={"label": "navy"},
+                            files=[("images", ("b.png", texture(COLORS["blue"], seed=8), "image/png"))])
+        assert added.status_code == 422 and "'navy' is the name of label blue" in added.json()["detail"]
+        assert not list((tmp_path / "thumbs").glob("*.jpg"))  # refused before a thumbnail was kept
 
 
 # ------------------------------------------------------------------ real data

@@ -716,6 +716,7 @@ class VisualMemory:
         image the journal says was forgotten from this memory is added again and reported
         (`report.forgotten_before`), unless `skip_forgotten`: then it is left out.
         """
+        self.check_added_labels(self.stored_labels([it.label for it in items]))
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         root = self._record_source_roots([it.source for it in items])
         report = BuildReport()
@@ -846,6 +847,7 @@ class VisualMemory:
         labels = self.stored_labels(labels)
         if problem := next(filter(None, map(label_problem, dict.fromkeys(labels))), None):
             raise ValueError(problem)
+        self.check_added_labels(labels)
         if sources is None:
             sources = [normalize_source(im) if isinstance(im, str | Path)
                        else upload_source(im) if isinstance(im, bytes | bytearray) else
@@ -1109,6 +1111,14 @@ class VisualMemory:
             # the memory no longer holds).
             self.dmn.rename_label(label, to)
         return n
+
+    def check_added_labels(self, labels: Sequence[str]) -> None:
+        """ValueError where a label images are added under is no label of the memory but another label's name
+        ("German shepherd" for n02106662): added, they had made a second, unnamed class beside the named one, and
+        split its votes."""
+        new = [lab for lab in dict.fromkeys(labels) if not self.store.count(label=lab)]
+        if new and (hints := self.name_hints(new)):
+            raise ValueError(f"{hints}, not a label of this memory: add the images under the label")
 
     def check_new_label(self, to: str) -> str:
         """`to` as the memory spells it, or ValueError where `relabel` would refuse it (empty, a control

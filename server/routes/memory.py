@@ -106,7 +106,10 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
                            f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
-    added, failed, result = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
+    try:
+        added, failed, result = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
+    except ValueError as exc:  # a label's name where a label belongs: nothing added
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     added = [(keep[i], *rest) for i, *rest in added]
     failed = [(keep[i], reason) for i, reason in failed]
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]

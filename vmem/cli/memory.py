@@ -172,6 +172,11 @@ def build(
         raise typer.BadParameter("this memory was made without it, and index settings are fixed when a memory is "
                                  "made: build a new memory with --no-rescore --rescore-doubtful",
                                  param_hint="--rescore-doubtful")
+    try:  # before anything is stored or changed
+        mem.check_added_labels(mem.stored_labels(sorted(dataset_labels)))
+    except ValueError as exc:
+        mem.close()
+        raise typer.BadParameter(str(exc), param_hint="DATASET") from None
     changed = {name: value for name, value in searching.items() if getattr(stored, name) != value}
     if changed:
         # Read at every search, not built into the index: an existing memory can take a new value.
@@ -197,7 +202,8 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
         bar.write(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
-                  f"{len(items)} images in {len(dataset_labels)} labels", file=sys.stderr)
+                  f"{len(items):,} image{'s' if len(items) != 1 else ''} in {len(dataset_labels):,} "
+                  f"label{'s' if len(dataset_labels) != 1 else ''}", file=sys.stderr)
         if label_names is None:
             # Found beside the dataset (or vmem's own): a fallback, naming only labels without a name. A resume is
             # the same command run again, and must not undo names given since (--label-names, PUT label-names).
