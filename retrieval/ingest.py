@@ -20,7 +20,7 @@ from .images import failure_line, files_under, is_image_path, is_unread_file, un
 from .journal import JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, not_utf8_problem, utf8_text
+from .text import as_held, canonical_label, label_problem, not_utf8_problem, utf8_text
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -62,7 +62,10 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
         log.warning("%s", unread_files_message(unread))
     if not items:
-        raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout")
+        one_class = any(is_image_path(p) for p in files_under(root))
+        raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout"
+                           + ("; for a folder of one class's images, give the class: vmem build FOLDER --label LABEL"
+                              if one_class else ""))
     linked = {it.source for it in items}  # a file at the root that a label folder links to is in, through the link
     if loose := [p.name for p in sorted(root.iterdir())
                  if p.is_file() and is_image_path(p) and normalize_source(p) not in linked]:
@@ -112,12 +115,36 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
     return items
 
 
-def read_labelled(dataset: str | Path) -> list[LabelledImage]:
-    """An ImageFolder directory or a `.csv` manifest."""
+def read_labelled(dataset: str | Path, label: str | None = None) -> list[LabelledImage]:
+    """An ImageFolder directory or a `.csv` manifest; with `label`, every image below a folder (or one image
+    file), all of that label: a class added from the folder its images came in."""
     p = Path(dataset)
+    if label is not None:
+        return images_as_label(p, label)
     if p.is_file() and p.suffix.lower() == ".csv":
         return read_manifest(p)
     return scan_imagefolder(p)
+
+
+def images_as_label(path: str | Path, label: str) -> list[LabelledImage]:
+    """Every image below the folder `path` (through links, sorted), or the image file `path`, labelled `label`."""
+    path = Path(path)
+    stored = canonical_label(label)
+    if not stored:
+        raise DatasetError("the label is empty: give the class the images are of")
+    if problem := label_problem(stored):
+        raise DatasetError(problem)
+    if path.is_file():
+        if not is_image_path(path):
+            raise DatasetError(f"{path} is not an image file (by its extension)")
+        return [LabelledImage(normalize_source(path), stored)]
+    if not path.is_dir():
+        raise DatasetError(f"{path} is not a folder or an image file")
+    items = [LabelledImage(normalize_source(f), stored) for f in files_under(path)
+             if (f.is_file() or f.is_symlink()) and is_image_path(f)]
+    if not items:
+        raise DatasetError(f"{path} holds no images")
+    return items
 
 
 # Files that name a dataset's classes, looked for beside an ImageFolder tree (Tiny-ImageNet's classes.tsv and

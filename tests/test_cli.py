@@ -83,6 +83,23 @@ def test_a_build_run_again_says_which_images_had_been_forgotten_and_can_leave_th
     assert "memory now holds 11 points" in left_out.stdout
 
 
+def test_a_folder_of_one_class_is_added_under_the_label_given(built, image_folder, tmp_path):
+    # A new class arrives as a folder of its images: there had been no way to add it but a parent folder or a CSV.
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    shutil.copytree(image_folder / "train" / "red", tmp_path / "arrived")  # other files: other points
+    refused = run("build", tmp_path / "arrived", "--memory", memory)
+    assert refused.exit_code == 2 and "vmem build FOLDER --label LABEL" in refused.output
+    added = run("build", tmp_path / "arrived", "--memory", memory, "--label", "crimson", "--workers", "0")
+    assert added.exit_code == 0, added.output
+    assert "4 added, 0 already in memory, 1 failed of 5 images" in added.stdout  # broken.jpg is listed, as ever
+    one = run("build", image_folder / "query" / "red" / "q.jpg", "--memory", memory, "--label", "scarlet")
+    assert one.exit_code == 0 and "1 added" in one.stdout and "1 image in 1 label" in one.stderr
+    assert "4\tcrimson\t\n" in run("labels", "--memory", memory).stdout
+
+
 def test_classify_json_is_attributable_to_memory_points(built, image_folder):
     memory, _ = built
     result = run("classify", image_folder / "query", "--memory", memory, "--k", "5", "--json")

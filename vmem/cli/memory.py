@@ -71,7 +71,8 @@ def _shown(value: object) -> str:
 
 
 def build(
-    dataset: Annotated[Path, typer.Argument(help="ImageFolder root (ROOT/<label>/<image>) or a path,label CSV")],
+    dataset: Annotated[Path, typer.Argument(help="ImageFolder root (ROOT/<label>/<image>) or a path,label CSV; "
+                                                 "with --label, a folder (or image) of one class")],
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
     featurizer: Annotated[str | None, typer.Option(help="encoder for a new memory (default dinov2-small)")] = None,
@@ -126,6 +127,9 @@ def build(
         bool, typer.Option(help="leave out images the memory's journal says were forgotten from it (without it they "
                                 "are added again, and listed)")
     ] = False,
+    label: Annotated[str | None, typer.Option(
+        help="every image below DATASET, a folder of one class's images (or one image), takes this label: a class "
+             "added from the folder it came in")] = None,
     rescore_doubtful: Annotated[
         bool | None,
         typer.Option("--rescore-doubtful",
@@ -137,7 +141,7 @@ def build(
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
     try:
-        items = read_labelled(dataset)
+        items = read_labelled(dataset, label)
         unique_sources(items)  # a file given two labels: refused before the memory is created or touched
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
