@@ -198,6 +198,8 @@ def test_build_keeps_stored_labels_unless_asked_to_relabel(tmp_path):
         assert mem.store.label_counts() == {"blue": 1, "red": 1}
         [b] = mem.points(label="blue").points
         assert b.relabelled_from == "green"
+    history = runner.invoke(app, ["history", "--memory", location, "--op", "relabel"]).stdout
+    assert "1 point (green: 1) to blue\tby build\tvia cli" in history  # it had said "by build True"
 
 
 def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):

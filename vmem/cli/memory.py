@@ -716,7 +716,8 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
         what = n_points(e.points) + (f" ({labels}{more})" if labels else "")
         if e.op == "relabel":
             what += f" to {named_label(e.to or '', names)}"
-    chosen = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in e.selector.items())
+    chosen = ", ".join(k if v is True else f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}"  # "by build"
+                       for k, v in e.selector.items())
     part = f" [part {e.part + 1}]" if e.part is not None else ""
     return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, one_line(what),
                                  one_line(f"by {chosen}") if chosen else "",
