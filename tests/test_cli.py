@@ -126,6 +126,20 @@ def test_classify_reports_accuracy_from_folder_names(built, image_folder):
                  "--truth-from-dirs")
     assert result.exit_code == 0, result.output
     assert "accuracy 100.00% (3/3) with plurality voting, k=3" in result.output
+    assert "no label of this memory" not in result.output
+
+
+def test_truth_from_dirs_says_which_folders_are_no_label_of_the_memory(built, image_folder, tmp_path):
+    # Queries in folders named otherwise (a class forgotten, a folder named by the label's name) can never be
+    # right: 0 % had come with no word why.
+    memory, _ = built
+    (tmp_path / "query" / "crimson").mkdir(parents=True)
+    (tmp_path / "query" / "crimson" / "q.jpg").write_bytes((image_folder / "query" / "red" / "q.jpg").read_bytes())
+    result = run("classify", tmp_path / "query", "--memory", memory, "--k", "3", "--truth-from-dirs")
+    assert result.exit_code == 0, result.output
+    assert "accuracy 0.00% (0/1)" in result.stdout
+    assert ("note: 1 of the 1 images are in folders that are no label of this memory, and are counted wrong: "
+            "'crimson' (1) (vmem labels lists its labels)") in result.stderr
 
 
 def test_truth_from_dirs_reads_labels_as_build_does_nested_folders_too(built, image_folder, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, get_args
@@ -299,11 +300,14 @@ def true_label(source: Path, roots: list[Path]) -> str:
     return canonical_label(source.parent.name)
 
 
-def finish_classify(results: list, failed: list, images: list[Path], skips_said: bool = False) -> int:
+def finish_classify(results: list, failed: list, images: list[Path], skips_said: bool = False,
+                    known_labels: set[str] | None = None) -> int:
     """Name each skipped image (once: not if `skips_said`), exit 1 if none was classified; how many folder names
     agree with the answer.
 
-    The count is for --truth-from-dirs: an image's label by folder as `true_label` reads it.
+    The count is for --truth-from-dirs: an image's label by folder as `true_label` reads it. With `known_labels`
+    (the memory's), a note names the folders that are no label of it: their images can never be right, and an
+    accuracy of 0 % had come with no word why (a class just forgotten, a folder named by the label's name).
     """
     for f in [] if skips_said else failed:
         typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
@@ -315,8 +319,13 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
     # relative or linked folder resolved did not hold the images named through it: every answer counted wrong).
     roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
     # Compared as read canonically: an older memory holds a Mac's folder "café" decomposed
-    return sum(true_label(Path(os.path.abspath(r.source or "")), roots) == canonical_label(r.label or "")
-               for r in results)
+    truths = [true_label(Path(os.path.abspath(r.source or "")), roots) for r in results]
+    if known_labels is not None and (unknown := Counter(t for t in truths if t not in known_labels)):
+        shown = ", ".join(f"{one_line(t)!r} ({n:,})" for t, n in unknown.most_common(5))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        typer.echo(f"note: {sum(unknown.values()):,} of the {len(truths):,} images are in folders that are no label "
+                   f"of this memory, and are counted wrong: {shown}{more} (vmem labels lists its labels)", err=True)
+    return sum(truth == canonical_label(r.label or "") for truth, r in zip(truths, results, strict=True))
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:

@@ -79,7 +79,8 @@ def classify(
         # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
         results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
                                             json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label)
-    correct = finish_classify(results, failed, images, skips_said=True)
+        known = set(mem.store.label_counts()) if truth_from_dirs else None
+    correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
         d = results[0].dmn
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "

@@ -358,7 +358,8 @@ def classify(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
             exact=exact)
-    correct = finish_classify(results, failed, images, skips_said=True)
+        known = set(mem.store.label_counts()) if truth_from_dirs else None
+    correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
         s = results[0].vote
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
