@@ -293,8 +293,8 @@ ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
 
 class MemoryFullError(MemoryStoreError):
     """The disk holding an embedded memory has too little room for an edit: refused before the engine writes, as
-    a write that finds the disk full kills the process (SIGBUS). Searches and forgets go on; retry once there is
-    room."""
+    a write that finds the disk full kills the process (SIGBUS). Searches go on, and forgets until FORGET_HEADROOM_BYTES
+    are left; retry once there is room."""
 
 
 # Free space an edit of an embedded memory leaves untouched, besides 8 bytes a dimension for each new point: the
@@ -303,6 +303,17 @@ class MemoryFullError(MemoryStoreError):
 # had reached 0; a new write-ahead-log file takes 32 MB at once.
 EDIT_HEADROOM_BYTES = 64 << 20
 EDIT_BYTES_PER_DIMENSION = 8
+# A forget's floor: a delete writes little, but the engine starts a new 32 MB write-ahead-log file when one fills,
+# and on a full disk that killed the service (SIGBUS) on the 17th one-point forget.
+FORGET_HEADROOM_BYTES = 40 << 20
+
+
+def _no_room_to_index(exc: Exception) -> str:
+    """The engine's refusal to index for want of room, said with what to do."""
+    detail = str(exc).strip().splitlines()[0]
+    return (f"the disk has too little room for the index ({detail}); searches find them unindexed, more slowly. "
+            "Free some space, then index them: vmem build of the same images again (none is added twice), or "
+            "store.optimize()")
 
 
 class ServerClient:
@@ -995,6 +1006,8 @@ class EdgeMemoryStore(MemoryStore):
             # queries were as fast either way (same run: 903 vs 906 queries/s).
             id_tracker_memory=qe.Memory.Cold,
         )
+        # The engine's first write-ahead-log file takes 32 MB at once: on a full disk the create died of SIGBUS.
+        self._check_room(0, what="a new memory")
         self.shard = qe.EdgeShard.create(str(shard_path), config)
         cold = qe.Memory.Cold
         self.shard.update(qe.UpdateOperation.create_field_index("label", qe.KeywordIndexParams(memory=cold)))
@@ -1092,20 +1105,27 @@ class EdgeMemoryStore(MemoryStore):
             must.append(qe.FieldCondition(key="source", match=qe.MatchPrefix(source_prefix)))
         return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
-    def _check_room(self, new_points: int, rewriting: int = 0, what: str = "an edit") -> None:
+    def _check_room(self, new_points: int, rewriting: int = 0, what: str = "an edit",
+                    headroom: int = EDIT_HEADROOM_BYTES) -> None:
         """MemoryFullError where the disk has less room than an edit adding `new_points` (and rewriting that many
-        bytes of segments) needs (see EDIT_HEADROOM_BYTES)."""
-        need = EDIT_HEADROOM_BYTES + new_points * self.dim * EDIT_BYTES_PER_DIMENSION + rewriting
-        try:
-            free = shutil.disk_usage(self.path).free
-        except OSError:  # gone: check_available says so
-            return
-        if free < need:
+        bytes of segments) needs (see EDIT_HEADROOM_BYTES; a forget's floor is FORGET_HEADROOM_BYTES)."""
+        need = headroom + new_points * self.dim * EDIT_BYTES_PER_DIMENSION + rewriting
+        free = self._free_bytes()
+        if free is not None and free < need:
+            goes_on = ("searches go on" if headroom == FORGET_HEADROOM_BYTES else
+                       f"searches go on, and forgets until {FORGET_HEADROOM_BYTES >> 20} MB are left")
             raise MemoryFullError(
                 f"the disk holding the memory {self.path} has {free / 2**20:.0f} MB free, and {what} needs "
                 f"{need / 2**20:.0f} MB: refused before anything was written, since the engine dies when a write "
-                "finds the disk full; free some space, then retry (searches and forgets go on"
-                + (", and forgotten points stay forgotten" if rewriting else "") + ")")
+                "finds the disk full; free some space, then retry"
+                + ("" if what == "a new memory" else f" ({goes_on}"
+                   + (", and forgotten points stay forgotten" if rewriting else "") + ")"))
+
+    def _free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.path).free
+        except OSError:  # gone: check_available says so
+            return None
 
     def _upsert(self, ids, vectors, payloads) -> None:
         qe = self._qe
@@ -1126,7 +1146,13 @@ class EdgeMemoryStore(MemoryStore):
                 if unindexed - self._left_unindexed >= segment_points:
                     if self.on_segment_indexing is not None:
                         self.on_segment_indexing(unindexed)
-                    self.shard.optimize()  # index these points now, as a segment of their own
+                    try:
+                        self.shard.optimize()  # index these points now, as a segment of their own
+                    except Exception as exc:
+                        if ENGINE_NO_ROOM_MESSAGE not in str(exc):
+                            raise
+                        # The points are in (searched unindexed, more slowly): the add stands, said as such.
+                        log.warning("%d points are stored but not indexed: %s", unindexed, _no_room_to_index(exc))
                     # The engine leaves segments below its indexing threshold (small vectors) as they are:
                     # wait for another segment's worth before asking again.
                     info = self.shard.info()
@@ -1139,6 +1165,7 @@ class EdgeMemoryStore(MemoryStore):
             # one operation, as before.
             present, rows = self._present_with_rows(ids)
             if present:
+                self._check_room(0, what="a forget", headroom=FORGET_HEADROOM_BYTES)
                 if self._rows is not None:  # erased first: no copy outlives the point
                     self._rows.erase(rows)
                 self.shard.update(self._qe.UpdateOperation.delete_points(present))
@@ -1297,8 +1324,16 @@ class EdgeMemoryStore(MemoryStore):
                 self.shard.update(self._qe.UpdateOperation.set_payload(list(ids), payload))
 
     def optimize(self) -> None:
+        """Index what is not indexed yet. MemoryFullError where the disk has no room for the segments it builds
+        (the engine checks, and writes nothing): the points stay stored and searched, unindexed."""
         with self._write_lock:
-            self.shard.optimize()
+            try:
+                self.shard.optimize()
+            except Exception as exc:
+                if ENGINE_NO_ROOM_MESSAGE not in str(exc):
+                    raise
+                raise MemoryFullError(f"the memory's edit is made, but its index could not be built: "
+                                      f"{_no_room_to_index(exc)}") from None
 
     erases_on_demand = True
 
@@ -1391,10 +1426,17 @@ class EdgeMemoryStore(MemoryStore):
                 with contextlib.suppress(Exception):
                     shard.close()
             else:
-                self._acknowledge_last_add()
+                free = self._free_bytes()
+                if free is None or free >= EDIT_HEADROOM_BYTES:  # a write: on a full disk it died of SIGBUS
+                    self._acknowledge_last_add()
                 if self._rows is not None:
                     self._rows.close()
-                shard.flush()
+                try:
+                    shard.flush()
+                except Exception as exc:  # e.g. no space left: what is not flushed is in the write-ahead log
+                    log.warning("the memory's last writes could not be flushed to its segments at close (%s); the "
+                                "engine applies them again from its log when the memory is next opened",
+                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 shard.close()
             self.shard = None
         self._release_open_lock()

@@ -998,6 +998,22 @@ def test_a_memory_whose_files_the_user_may_not_write_is_one_line(built, monkeypa
     assert "they must be writable by this user, even to read them" in out.output
 
 
+def test_a_memory_on_a_full_disk_is_one_line_and_a_temporary_failure(tmp_path):
+    # The engine writes its config as it opens a memory: on a full ext4 disk every command had been a 25-line
+    # traceback, and a build into a new folder exit 2, "give a directory you can write to".
+    import errno
+
+    from vmem.cli._common import TemporaryFailure, open_failure
+
+    engine = RuntimeError("Service internal error: Failed to save structure on disk: No space left on device "
+                          "(os error 28) at path shard/.atomicwriteXYZ")
+    for exc in (engine, OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m"))):
+        said = open_failure(tmp_path / "m", None, exc)
+        assert isinstance(said, TemporaryFailure) and said.exit_code == 75
+        assert said.message == (f"the disk holding the memory {tmp_path / 'm'} is full (the engine writes as it "
+                                "opens a memory): free some space, then run the command again")
+
+
 def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
@@ -1011,10 +1027,19 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     assert "warning: the disk holding" in out.output and "0.08 GB free" in out.output
     assert "the build stops when 64 MB are left" in out.output
     free = 5 * 10**6  # then it stops, before the engine writes (a full disk had killed it with a bus error)
-    out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
-              "--workers", "0")
+    out = run("build", image_folder / "query", "--memory", tmp_path / "m", "--workers", "0")
     assert out.exit_code == 1 and "refused before anything was written" in out.output, out.output
     assert "run the same command again to resume" in out.output  # what it kept, and how to go on
+    # A new memory is refused before the engine makes it (its first log file takes 32 MB at once: a bus error),
+    # and made once there is room.
+    out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert out.exit_code == 1 and "a new memory needs 64 MB: refused before anything was written" in out.output
+    free = 80 * 10**6
+    out = run("build", image_folder / "query", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
+              "--workers", "0")
+    assert out.exit_code == 0 and "3 added" in out.stdout, out.output
+    free = 50 * 10**6
     # A forget goes on; its erase is refused, after the forget is said (it had been a traceback)
     erased = run("forget", "--memory", tmp_path / "m", "--label", "blue", "--erase")
     assert erased.exit_code == 1 and "forgot 4 points" in erased.stdout, erased.output

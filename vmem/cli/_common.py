@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections import Counter
@@ -158,6 +159,11 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
     if qdrant_url is not None:
         problem = _qdrant_problem(qdrant_url, exc)
         return typer.BadParameter(problem, param_hint=options[1]) if problem else None
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+        # Not a mistake in the command: the engine writes as it opens a memory (its config, its log), and a full
+        # disk had been a 25-line traceback, or an exit 2 saying to give a writable directory.
+        return TemporaryFailure(f"the disk holding the memory {memory} is full (the engine writes as it opens a "
+                                "memory): free some space, then run the command again")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
         return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
