@@ -293,3 +293,29 @@ def test_a_forget_outside_the_service_deletes_the_thumbnails_kept_in_its_thumbna
     out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime"])
     assert out.exit_code == 0, out.output
     assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+
+
+def test_an_index_the_disk_has_no_room_for_says_the_edit_is_made_and_how_to_index_later(tmp_path):
+    # The engine checks the room its segments need and refuses: after a large relabel (made, journaled) the raw
+    # engine error had ended the command with a traceback.
+    from retrieval.store import MemoryFullError
+
+    with open_store(tmp_path / "memory", SPEC) as store:
+        store.add(random_unit_vectors(10, 384, seed=1), ["a"] * 10, [f"/v/{i}" for i in range(10)])
+
+        class NoRoom:  # the engine is a compiled object: its methods cannot be patched
+            def __init__(self, shard):
+                self.shard = shard
+
+            def __getattr__(self, name):
+                return getattr(self.shard, name)
+
+            def optimize(self):
+                raise RuntimeError("Service internal error: Not enough space available for optimization, needed: "
+                                   "231.00 MiB, available: 96.00 MiB")
+
+        engine, store.shard = store.shard, NoRoom(store.shard)
+        with pytest.raises(MemoryFullError, match=r"edit is made, but its index could not be built: .*needed: 231"):
+            store.optimize()
+        store.shard = engine
+        assert store.count() == 10
