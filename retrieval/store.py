@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import gc
 import json
@@ -1034,7 +1035,14 @@ class EdgeMemoryStore(MemoryStore):
 
     def save_meta(self) -> None:
         self.check_available()
-        write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
+        try:
+            write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            # Written atomically: the file as it was stays (a names PUT had been a 500, vmem names a traceback)
+            raise MemoryFullError(f"the memory's {META_FILE} could not be saved ({exc.strerror}): nothing was changed; "
+                                  "free some space, then retry") from None
 
     def check_available(self) -> None:
         """MemoryWriteFailedError once the engine has failed a write and takes no more.

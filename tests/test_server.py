@@ -846,6 +846,31 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
     assert client.get("/v1/memory/stats").json()["points"] == 11
 
 
+def test_names_the_disk_has_no_room_for_are_a_507_and_a_failing_listener_leaves_a_forget_made(client, monkeypatch):
+    # vmem.json on a full disk: a 500 "unexpected error"; a forget whose cache could not drop its answers (a full
+    # disk under the re-ranker's cache): a 500 for a forget that was made, and its erase skipped.
+    import errno
+
+    import retrieval.store
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(retrieval.store, "write_atomically", disk_full)
+        refused = client.put("/v1/memory/label-names", headers=AUTH, json={"names": {"red": "crimson"}})
+        assert_problem(refused, 507, "memory-disk-full", "nothing was changed")
+    assert client.get("/v1/memory/stats").json()["label_names"] == {}
+
+    def failing(ids):
+        raise OSError(errno.ENOSPC, "database or disk is full")
+
+    client.app.state.service.memory.on_forget(failing)
+    victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]
+    assert client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH).status_code == 200
+    assert client.get(f"/v1/memory/points/{victim}").status_code == 404
+
+
 def engine_raises(client, method: str, message: str) -> None:
     """Make the service's embedded engine raise `message` from `method`, as the engine raises its errors (the
     engine itself is a compiled object: its methods cannot be patched)."""

@@ -928,6 +928,17 @@ class VisualMemory:
                              since=_utc_iso(since) if since is not None else None)
         return self.store.journal.newest(query, limit)
 
+    @staticmethod
+    def _tell(listeners: list[PointsListener], ids: list[str], edit: str) -> None:
+        """Call each listener with the ids an edit changed; a failing one is logged: the edit is made, and a
+        cached answer a listener could not drop is checked against the memory when read (a full disk under the
+        re-ranker's cache had turned a forget that was made into a 500, and skipped its erase)."""
+        for listener in listeners:
+            try:
+                listener(ids)
+            except Exception:
+                log.error("after a %s of %d points (made): %r failed", edit, len(ids), listener, exc_info=True)
+
     def on_forget(self, listener: PointsListener) -> None:
         """Call `listener(ids)` after points are deleted (e.g. to drop cached answers citing them)."""
         self._forget_listeners.append(listener)
@@ -1011,8 +1022,7 @@ class VisualMemory:
             # Labels gone from the memory leave its DMN streams now, files included: they had left only at the
             # stream's next classify, and a stream not used again kept them.
             self.dmn.drop_labels(emptied)
-        for listener in self._forget_listeners:
-            listener(targets)
+        self._tell(self._forget_listeners, targets, "forget")
         if self._reranker is None and targets:
             self._drop_cached_rerank_answers(targets)
         if erase:
@@ -1141,8 +1151,7 @@ class VisualMemory:
                 self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
                               selector=selector)
         if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile
-            for listener in self._relabel_listeners:
-                listener(changed)
+            self._tell(self._relabel_listeners, changed, "relabel")
             if self._reranker is None:
                 self._drop_cached_rerank_answers(changed)
         if len(changed) >= REINDEX_AFTER_RELABEL:
