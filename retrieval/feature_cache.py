@@ -21,6 +21,7 @@ back): at ImageNet scale, hashing every file anew read 140 GB to find cached fea
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -91,6 +92,7 @@ def _append_at(path: Path, end: int, data: bytes, durable: bool) -> None:
             os.fsync(fh.fileno())
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _HASH_LINE_BYTES = 65  # a sha256 in hex and its newline
 _SETTLED_NS = 2_000_000_000  # a file's hash is remembered once it has been left alone this long
 # file-hashes.txt is rewritten with one record per path once it holds at least this many records and more than
@@ -117,6 +119,7 @@ class FeatureCache:
         self._rows = 0  # rows with a hash, read so far
         self._hashes_offset = 0  # bytes of hashes.txt read so far
         self.features = np.zeros((0, featurizer.dim), np.float32)
+        self._not_kept: dict[str, np.ndarray] = {}  # hash -> features the disk took no more of (`_append_or_keep`)
         remove_stale_temporaries(self.dir)  # a compaction of file-hashes.txt killed before its rename
         _say_what_is_not_used(Path(root), self.dir.name, featurizer)
         with self._locked():
@@ -201,13 +204,30 @@ class FeatureCache:
                 if on_batch:
                     on_batch(len(res.indices) + len(res.failures))
                 if sum(len(r) for r in new_rows) >= 4096:  # checkpoint long runs
-                    self._append(new_rows, new_hashes)
+                    self._append_or_keep(new_rows, new_hashes)
                     new_rows, new_hashes = [], []
-            self._append(new_rows, new_hashes)
+            self._append_or_keep(new_rows, new_hashes)
         failed_hashes = {hashes[f.index] for f in failures}
-        ok = [i for i, h in enumerate(hashes) if h in self.index and h not in failed_hashes]  # "": in no row
-        rows = np.asarray([self.index[hashes[i]] for i in ok], dtype=np.int64)
-        return self.features[rows] if len(rows) else np.zeros((0, self.featurizer.dim), np.float32), ok, failures
+        ok = [i for i, h in enumerate(hashes)
+              if (h in self.index or h in self._not_kept) and h not in failed_hashes]  # "": in no row
+        if not ok:
+            return np.zeros((0, self.featurizer.dim), np.float32), ok, failures
+        return np.stack([self.features[self.index[hashes[i]]] if hashes[i] in self.index else
+                         self._not_kept[hashes[i]] for i in ok]), ok, failures
+
+    def _append_or_keep(self, rows: list[np.ndarray], hashes: list[str]) -> None:
+        """`_append`, or where the disk takes no more (full, a quota, a file-size limit), the rows kept for this
+        run only: the cache is a speed-up, and a full one had ended an evaluation once every query was embedded."""
+        try:
+            self._append(rows, hashes)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            if not self._not_kept:
+                log.warning("the feature cache in %s takes no more (%s): features computed now are used, not kept",
+                            self.dir, exc.strerror or exc)
+            for row, h in zip(np.concatenate(rows) if rows else [], hashes, strict=True):
+                self._not_kept[h] = row
 
     def _content_hashes(self, paths: Sequence[str | Path], unreadable: dict[int, str]) -> list[str]:
         """sha256 of each file, read only when its (path, size, mtime, inode, ctime) is new; new ones are recorded.
@@ -238,8 +258,12 @@ class FeatureCache:
                 self._load_file_hashes()  # past other writers' records, to the end of the last complete one
                 data = "".join(fresh).encode("utf-8", "surrogateescape")
                 # Not synced: a record lost to a crash only means hashing that file once more.
-                _append_at(self._file_hashes_path, self._file_hashes_offset, data, durable=False)
-                self._file_hashes_offset += len(data)
+                try:
+                    _append_at(self._file_hashes_path, self._file_hashes_offset, data, durable=False)
+                    self._file_hashes_offset += len(data)
+                except OSError as exc:  # a full disk: hashed again next time, no more
+                    if exc.errno not in _DISK_FULL:
+                        raise
         return hashes
 
     def _load_file_hashes(self) -> None:

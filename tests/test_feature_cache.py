@@ -335,3 +335,27 @@ def test_a_cache_of_the_same_model_that_is_not_read_is_named(tmp_path, caplog):
         FeatureCache(tmp_path, enc)
     assert "mean-colour-0123456789ab: made by another vmem version" in caplog.text
     assert "other-model" not in caplog.text and "free 2 MB" in caplog.text
+
+
+def test_a_cache_the_disk_takes_no_more_of_still_gives_every_feature(tmp_path, monkeypatch, caplog):
+    # The cache is a speed-up: full, it had ended an evaluation with a traceback once every query was embedded.
+    import errno
+
+    files = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(make_image(colour, fmt="PNG"))
+    enc = MeanColour()
+    cache = FeatureCache(tmp_path / "cache", enc)
+    cache.features_for(files[:1], num_workers=0)  # one already cached
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FeatureCache, "_write_rows", disk_full)
+    feats, ok, failures = cache.features_for(files, num_workers=0)
+    assert ok == [0, 1, 2] and not failures and np.argmax(feats, axis=1).tolist() == [0, 1, 2]
+    assert "takes no more (No space left on device): features computed now are used, not kept" in caplog.text
+    monkeypatch.undo()
+    FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
+    assert enc.embedded == 1 + 2 + 2  # the two not kept are embedded again, once there is room
