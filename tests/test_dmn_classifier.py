@@ -389,3 +389,21 @@ def test_closing_saves_the_streams_and_a_closed_memory_never_writes_them_again(t
     old_classifier._flush_at_exit()  # what the interpreter's exit ran for it
     old_classifier.save("s", force=True)
     assert DynamicMemory.load(path).updates == 30
+
+
+def test_a_stream_the_disk_takes_no_more_of_keeps_its_answers_and_is_saved_later(stored_memory, monkeypatch,
+                                                                                   caplog):
+    # A full $VMEM_HOME had turned a classify's answers into a traceback from the stream's save.
+    import errno
+
+    def disk_full(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    q, _ = queries(6)
+    with monkeypatch.context() as full:
+        full.setattr(DynamicMemory, "save", disk_full)
+        answers = stored_memory.classify_dmn(q, stream="s")
+        stored_memory.dmn.flush()
+    assert len(answers) == 6 and "could not be saved (No space left on device)" in caplog.text
+    stored_memory.dmn.flush()  # room again: the stream is saved whole
+    assert len(DynamicMemory.load(dmn_home() / stream_dir_key(stored_memory.store) / "s.npz")) == 6

@@ -190,7 +190,15 @@ class DmnClassifier:
             with self._lock:
                 if self._streams.get(name) is not mem:  # reset meanwhile: its file must stay deleted
                     return
-            mem.save(self.stream_path(name))
+            try:
+                mem.save(self.stream_path(name))
+            except OSError as exc:
+                # Kept in this process and saved at a later save: the answer that wrote it stands (a full disk
+                # under $VMEM_HOME had lost a classify's answers to a traceback).
+                with self._lock:
+                    self._dirty.add(name)
+                log.warning("DMN stream %r could not be saved (%s); it is kept here and saved again later", name,
+                            exc.strerror or exc)
 
     def flush(self) -> None:
         """Save every stream with unsaved updates."""
