@@ -73,7 +73,17 @@ class TemplateRegistry:
                     errors[f"${TEMPLATES_DIR_ENV}"] = TemplateLoadError(
                         f"{directory} is not a directory: none of your templates were loaded")
                 continue
+            files: dict[str, list[Path]] = {}
             for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+                files.setdefault(path.stem, []).append(path)
+            for stem, paths in sorted(files.items()):
+                if len(paths) > 1:  # which one is meant? Neither is used: the .yml had silently won
+                    errors[stem] = TemplateLoadError(
+                        f"{paths[0]}: {paths[0].name} and {paths[1].name} both define the template {stem!r}; "
+                        "keep one of them (neither is used until then)")
+                    entries.pop(stem, None)  # nor the built-in it may have meant to replace
+                    continue
+                [path] = paths
                 try:
                     t = load_template_file(path)
                 except TemplateLoadError as exc:

@@ -162,6 +162,21 @@ def test_a_broken_user_template_with_a_builtins_name_is_an_error_not_the_builtin
         reg.get("neighbors-v1")
 
 
+def test_a_yaml_and_a_yml_of_one_name_are_both_refused_naming_the_two_files(tmp_path):
+    # Which one did the author mean? The .yml had silently won; now neither is used, nor the built-in.
+    write(tmp_path, "neighbors-v1", "name: neighbors-v1\nversion: 2\nsystem: Mine.\n")
+    (tmp_path / "neighbors-v1.yml").write_text("name: neighbors-v1\nversion: 3\nsystem: Mine, edited.\n")
+    reg = TemplateRegistry(tmp_path)
+    assert "neighbors-v1" not in reg and "labels-only" in reg
+    with pytest.raises(TemplateLoadError) as err:
+        reg.get("neighbors-v1")
+    assert "neighbors-v1.yaml and neighbors-v1.yml both define the template 'neighbors-v1'; keep one" in str(err.value)
+    res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(tmp_path)})
+    assert "broken template neighbors-v1:" in res.output and "neighbors-v1.yml both define" in res.output
+    (tmp_path / "neighbors-v1.yml").unlink()  # one kept: it is used
+    assert reg.get("neighbors-v1").version == 2
+
+
 def test_a_dollar_sign_is_written_as_two():
     t = PromptTemplate(name="mine", version=1, system="Classify.", answer="Costs $$5; pick one of $n_candidates.")
     assert t.render("answer", n_candidates=2) == "Costs $5; pick one of 2."
