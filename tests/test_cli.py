@@ -756,6 +756,22 @@ def test_serve_takes_the_gemini_settings_and_key_from_the_env_file_too(built, tm
         os.environ.pop("GEMINI_API_KEY", None)  # put there by serve, as a process's environment
 
 
+def test_serve_takes_the_templates_folder_from_the_env_file_too(built, tmp_path, monkeypatch):
+    from prompts import default_registry
+
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(templates=default_registry().names()))
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", "")  # unset (blank), and as it was once the test is done
+    memory, _ = built
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "fine-grained.yaml").write_text("name: fine-grained\nversion: 1\nsystem: Look.\n")
+    env = tmp_path / "service.env"
+    env.write_text(f"VMEM_MEMORY={memory}\nVMEM_TEMPLATES_DIR={tmp_path / 'templates'}\n", encoding="utf-8")
+    out = run("serve", "--no-auth", "--env-file", env)
+    assert out.exit_code == 0, out.output
+    assert served["templates"] == ["agentic-v1", "fine-grained", "labels-only", "neighbors-v1"]
+
+
 def test_serve_help_shows_its_defaults_and_refuses_an_unknown_log_level_at_once(monkeypatch):
     monkeypatch.setattr("server.app.open_memory", lambda *a: pytest.fail("opened the memory first"))
     shown = run("serve", "--help").output

@@ -113,8 +113,9 @@ def _service_log_config() -> dict[str, Any]:
 LogLevel = StrEnum("LogLevel", {level: level for level in ("critical", "error", "warning", "info", "debug", "trace")})
 
 # What the re-ranker reads from the environment; an env file's are taken too (the environment's own win, as for
-# VMEM_* settings): one file for the service's settings held the Gemini key and model, and they were ignored.
-RERANKER_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL")
+# VMEM_* settings): one file for the service's settings held the Gemini key and model, and they were ignored. So was
+# its VMEM_TEMPLATES_DIR (the prompts' registry reads it), while its VMEM_GEMINI_MODEL was taken.
+RERANKER_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "VMEM_TEMPLATES_DIR")
 
 
 def _export_reranker_env(env_file: Path) -> None:
