@@ -113,6 +113,10 @@ class PromptTemplate(BaseModel):
     def agentic(self) -> bool:
         return bool(self.tools)
 
+    def uses(self, variable: str) -> bool:
+        """Whether any text field prints `$variable`."""
+        return any(variable in _identifiers(getattr(self, field)) for field in FIELD_VARIABLES)
+
     @property
     def ref(self) -> str:
         """`name@version`, as recorded with every result."""

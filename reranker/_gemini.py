@@ -59,7 +59,16 @@ from ._errors import (
     UnexpectedError,
     UpstreamError,
 )
-from ._prompt import BuiltPrompt, QueryImage, ShownLabels, _fmt, build_prompt, candidate_labels, encode_query
+from ._prompt import (
+    BuiltPrompt,
+    QueryImage,
+    ShownLabels,
+    _fmt,
+    _weight,
+    build_prompt,
+    candidate_labels,
+    encode_query,
+)
 from ._settings import GeminiSettings
 from ._thumbs import ThumbnailCache, ThumbnailError
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
@@ -493,6 +502,9 @@ class GeminiReranker:
             # other weights and scores, and so another prompt (labels-only shows the scores; they order the
             # candidates), without making every float's last bit a new key.
             "neighbors": [[n.id, n.label, _fmt(n.similarity), _fmt(n.weight)] for n in req.neighbors],
+            # ... and the weights as `$weight` prints them, to 3 significant digits (the softmax vote's are all 0.000
+            # to 3 decimals), where the template prints them: a key of a template that does not stays as it was.
+            **({"weights": [_weight(n.weight) for n in req.neighbors]} if template.uses("weight") else {}),
             "candidates": [[lab, _fmt(req.scores.get(lab, 0.0), 2)] for lab in candidates],
             "labels": sorted(req.labels) if req.labels else None,
             "template": template.ref,

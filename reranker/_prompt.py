@@ -105,6 +105,13 @@ def _fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _weight(x: float) -> str:
+    """A neighbour's vote weight as `$weight` prints it: 3 significant digits, for a weight is unnormalised and
+    the softmax vote's, exp((similarity - 1) / tau), is under 0.0005 below similarity 0.47 at the default tau of
+    0.07 (3 decimals printed 0.000)."""
+    return f"{x:.3g}"
+
+
 def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: list[str],
                  query: QueryImage, thumbs: ThumbnailCache) -> BuiltPrompt:
     """The system instruction and the user turn's parts, in the template's order.
@@ -126,7 +133,7 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
     text(template.render("intro", **counts))
     for i, n in enumerate(shown):
         values = {"rank": i + 1, "label": names.show(n.label), "similarity": _fmt(n.similarity),
-                  "weight": _fmt(n.weight), "id": n.id}
+                  "weight": _weight(n.weight), "id": n.id}
         if not template.neighbor_images:
             text(template.render("neighbor", **values))
             continue

@@ -227,6 +227,26 @@ def test_agentic_v1_shows_at_most_20_neighbours_and_its_tool_budget(neighbour_re
     assert any("at most 3 rounds" in (part.text or "") for part in p.parts)
 
 
+def test_weight_prints_the_vote_rules_weight_to_three_significant_digits(neighbour_request):
+    from retrieval import neighbor_weights
+
+    # The softmax vote's weights at tau 0.01: exp((similarity - 1) / tau), 4.5e-05 for the nearest (0.9). They had
+    # printed as 0.000, every one of them.
+    sims = np.array([n.similarity for n in neighbour_request.neighbors])
+    for n, w in zip(neighbour_request.neighbors, neighbor_weights(sims, "softmax", tau=0.01), strict=True):
+        n.weight = float(w)
+    t = PromptTemplate(name="weighed", version=1, system="Classify.", neighbor_images=False, max_neighbors=3,
+                       neighbor="$rank: $label, vote weight $weight")
+    p = build_prompt(t, neighbour_request, candidate_labels(neighbour_request), encode_query(neighbour_request, 64),
+                     ThumbnailCache(64))
+    assert [part.text for part in p.parts[:3]] == [
+        "1: cat, vote weight 4.54e-05", "2: dog, vote weight 1.67e-05", "3: fox, vote weight 6.14e-06"]
+    neighbour_request.neighbors[0].weight = 1 / 2  # rank voting's, at alpha 2
+    p = build_prompt(t, neighbour_request, candidate_labels(neighbour_request), encode_query(neighbour_request, 64),
+                     ThumbnailCache(64))
+    assert p.parts[0].text == "1: cat, vote weight 0.5"
+
+
 def test_candidates_follow_the_vote_and_the_label_filter(neighbour_request):
     assert candidate_labels(neighbour_request) == ["cat", "dog", "fox"]
     neighbour_request.labels = ["fox", "dog"]

@@ -381,6 +381,23 @@ def test_vote_scores_the_prompt_shows_are_part_of_the_cache_key(fake, make_rr, i
     assert second.candidates == ["dog", "cat"] and not second.cached
 
 
+def test_weights_a_template_prints_are_part_of_the_cache_key(fake, make_rr, images, tmp_path):
+    # The softmax vote at two temperatures: the same neighbours and shares, but the template prints other weights
+    # (4.54e-05, then 2.06e-09), which 3 decimals had keyed alike (0.000).
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "weighed.yaml").write_text(
+        "name: weighed\nversion: 1\nsystem: Classify.\nneighbor: '$rank $label weight $weight'\n")
+    rr = make_rr()
+    rr._registry = TemplateRegistry(tmp_path / "tpl")
+    for tau in (0.01, 0.005):
+        req = request(images, template="weighed")
+        for n in req.neighbors:
+            n.weight = float(np.exp((n.similarity - 1) / tau))
+        rr.rerank_one(req)
+    assert fake.count == 2
+    assert "1 cat weight 4.54e-05" in fake.requests[0].texts and "1 cat weight 2.06e-09" in fake.requests[1].texts
+
+
 def test_fallbacks_are_not_cached(fake, make_rr, images):
     fake.enqueue(fake.status(400), fake.answer("dog"))
     rr = make_rr()
