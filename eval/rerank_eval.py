@@ -27,7 +27,9 @@ class RerankReport(BaseModel):
     queries: int
     seed: int
     k: int
-    template: str | None
+    template: str | None = Field(description="the template the answers were asked with, `name@version` (null when "
+                                 "none was: re-ranking not configured)")
+    template_hash: str | None = Field(default=None, description="its content hash, as `vmem templates list` shows it")
     model: str | None = None
     rank_accuracy: float = Field(description="rank voting at k on the same sample")
     rerank_accuracy: float = Field(description="final answers with re-ranking (fallbacks answer with the vote)")
@@ -63,7 +65,8 @@ def evaluate_rerank(
         memory: a `vmem.VisualMemory`.
         items: the (already sampled) queries.
         k: neighbours voting and shown to the re-ranker.
-        template: prompt template name.
+        template: prompt template name (default: the re-ranker's, neighbors-v1); the report names the template
+            the answers used, with its hash.
         labels: restrict neighbours to these labels (ImageNet-A/-R protocol).
         price_in, price_out: USD per million prompt / output tokens (thinking billed as output).
     """
@@ -102,8 +105,12 @@ def evaluate_rerank(
                 + (usage["output_tokens"] + usage["thinking_tokens"]) * price_out) / 1e6
     n_rr = sum(reranked)
     model = next((r.model for _, r in finals if r.model), None)
+    # The template as used, not as named: the name may be left out (neighbors-v1), a user's file may stand in for a
+    # built-in of that name, and an edit may keep the version. The most common, should a file change mid-run.
+    used = Counter((r.template, r.template_hash) for _, r in finals if r.template)
+    (used_ref, used_hash), _ = used.most_common(1)[0] if used else ((None, None), 0)
     return RerankReport(
-        queries=n, seed=seed, k=k, template=template, model=model,
+        queries=n, seed=seed, k=k, template=used_ref, template_hash=used_hash, model=model,
         rank_accuracy=sum(right_vote) / n if n else 0.0,
         rerank_accuracy=sum(right_final) / n if n else 0.0,
         reranked=n_rr,

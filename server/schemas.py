@@ -312,7 +312,11 @@ class ClassificationOut(Answer):
                                         "where the memory names them")
     reranked: bool = Field(description="true when the VLM re-ranker chose the label")
     fallback_reason: str | None = Field(default=None, description="why re-ranking was asked for but the vote was used")
-    template: str | None = Field(default=None, description="the re-ranker template used, when re-ranked")
+    template: str | None = Field(default=None, description="the re-ranker template used (`name@version`), when "
+                                 "re-ranked")
+    template_hash: str | None = Field(default=None, description="its content hash, as `GET /v1/templates` gives it: "
+                                      "an edit that kept the version, or a user's template in place of a built-in "
+                                      "of the same name, is told apart here")
     model: str | None = Field(default=None, description="the re-ranker model, when re-ranked")
     usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used, when re-ranked")
     trace: list[dict[str, Any]] | None = Field(

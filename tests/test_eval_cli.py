@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from prompts import default_registry
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from vmem.cli import app
 
@@ -143,6 +144,9 @@ def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):
     assert rr["rerank_accuracy"] == rr["rank_accuracy"]  # every answer is the vote's
     assert any("API key" in reason for reason in rr["fallback_reasons"])
     assert "fallback rate 100.0%" in out
+    # The template the answers were asked with, though --template was left out (it had recorded null)
+    used = default_registry().get("neighbors-v1")
+    assert (rr["template"], rr["template_hash"]) == ("neighbors-v1@1", used.content_hash)
 
 
 @pytest.mark.parametrize(("options", "env", "says"), [

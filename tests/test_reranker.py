@@ -713,6 +713,21 @@ def test_classify_with_rerank_takes_gemini_label_and_forget_reaches_the_cache(fa
     assert len(cache) == 0  # unlearning reached the cache
 
 
+def test_an_answer_names_the_template_text_it_was_asked_with_not_only_its_version(fake, make_rr, memory, tmp_path):
+    # A team's own neighbors-v1 in place of the built-in, version 1 as well: both answers said neighbors-v1@1.
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "neighbors-v1.yaml").write_text("name: neighbors-v1\nversion: 1\nsystem: Ours.\n")
+    ours = TemplateRegistry(tmp_path / "tpl")
+    memory.reranker = make_rr()
+    [builtin] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    memory.reranker = make_rr(registry=ours)
+    [mine] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
+    assert builtin.reranked and mine.reranked and builtin.template == mine.template == "neighbors-v1@1"
+    # The hash `vmem templates list` shows for each
+    assert builtin.template_hash == TemplateRegistry().get("neighbors-v1").content_hash
+    assert mine.template_hash == ours.get("neighbors-v1").content_hash != builtin.template_hash
+
+
 def test_a_replaced_reranker_is_no_longer_told_of_forgets(fake, make_rr, memory, tmp_path):
     first = make_rr()
     memory.reranker = first
@@ -761,6 +776,7 @@ def test_cli_classify_rerank_json(fake, disk_memory, images, monkeypatch):
     out = json.loads(res.output.splitlines()[0])
     assert (out["label"], out["reranked"], out["template"], out["model"]) == \
         ("green", True, "labels-only@1", "gemini-3.5-flash")
+    assert out["template_hash"] == TemplateRegistry().get("labels-only").content_hash
     assert out["usage"]["requests"] == 1 and fake.requests[0].headers["x-goog-api-key"] == "cli-key"
     res = runner.invoke(app, ["classify", str(images["red"]), "-m", str(disk_memory), "--rerank",
                               "--template", "nope"])

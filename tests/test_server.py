@@ -286,11 +286,18 @@ def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache
     mine.write_text("name: mine\nversion: 1\nsystem: Classify the image.\n")
     with reranking_service(tmp_path, lite0, memory_images) as (client, fake):
         query, url = upload(texture(COLORS["red"], 61), "a.png"), "/v1/classify?k=12&rerank=true&template=mine"
-        assert [client.post(url, files=query).json()["cached"] for _ in range(2)] == [False, True]
+        first, cached = (client.post(url, files=query).json() for _ in range(2))
+        assert (first["cached"], cached["cached"]) == (False, True)
+        listed = {t["name"]: t["hash"] for t in client.get("/v1/templates").json()["templates"]}
         mine.write_text("name: mine\nversion: 1\nsystem: Name the bird in the image.\n")  # same version
         again = client.post(url, files=query).json()
         assert again["cached"] is False and fake.count == 2
         assert "Name the bird" in str(fake.requests[-1].body["systemInstruction"])
+        # The answers say which text was sent: one name and version, two hashes, as GET /v1/templates gives them.
+        assert first["template"] == again["template"] == "mine@1"
+        assert first["template_hash"] == cached["template_hash"] == listed["mine"]
+        edited = {t["name"]: t["hash"] for t in client.get("/v1/templates").json()["templates"]}
+        assert again["template_hash"] == edited["mine"] != first["template_hash"]
 
 
 def test_a_label_filtered_query_is_judged_against_those_labels_points(client):

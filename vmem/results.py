@@ -74,7 +74,9 @@ class Classification(BaseModel):
     novelty: float | None = Field(default=None, description="mean cosine distance to the k neighbours")
     reranked: bool = Field(default=False, description="true when the VLM's answer is the label")
     fallback_reason: str | None = Field(default=None, description="why re-ranking was asked for but not used")
-    template: str | None = None
+    template: str | None = Field(default=None, description="the re-ranker's template, `name@version`")
+    template_hash: str | None = Field(default=None, description="the template's content hash (as `vmem templates "
+                                      "list` shows it): two texts under one `name@version` differ here")
     model: str | None = None
     usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used")
     trace: list[dict[str, Any]] | None = Field(default=None, description="agentic re-ranker tool calls")

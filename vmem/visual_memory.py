@@ -699,7 +699,8 @@ class VisualMemory:
                      "latency_s": round(o.latency_s, 4), "error": o.error}
             out.append(res.model_copy(update={
                 "label": o.label if o.reranked else res.label, "reranked": o.reranked,
-                "fallback_reason": o.fallback_reason, "template": o.template, "model": o.model,
+                "fallback_reason": o.fallback_reason, "template": o.template,
+                "template_hash": getattr(o, "template_hash", None), "model": o.model,
                 "usage": usage, "trace": o.trace or None}))
         return self._named(out)
 
