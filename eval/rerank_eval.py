@@ -7,6 +7,7 @@ fallback rate and its reasons, tokens, and a cost estimate when prices are given
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import Counter
@@ -36,7 +37,10 @@ class RerankReport(BaseModel):
     reranked: int = Field(description="answers that came from the re-ranker")
     reranked_accuracy: float | None = Field(default=None, description="accuracy on the re-ranked answers only")
     fallback_rate: float
-    fallback_reasons: dict[str, int]
+    fallback_reasons: dict[str, int] = Field(description="fallbacks by kind of reason, most first: the reason without "
+                                             "what is particular to one query (a label, an answer, a status)")
+    fallback_examples: dict[str, str] = Field(default_factory=dict,
+                                              description="one whole reason of each kind, as the first query had it")
     changed: int = Field(description="answers that differ from the vote")
     fixed: int = Field(description="vote wrong, re-ranker right")
     broken: int = Field(description="vote right, re-ranker wrong")
@@ -46,6 +50,28 @@ class RerankReport(BaseModel):
                                              description="from --price-in/--price-out (USD per 1M tokens)")
     seconds: float
     failed: list[str] = Field(default_factory=list)
+
+
+# Reasons that quote Gemini's answer before any parenthesis: the quote is what differs between queries.
+_QUOTING = [
+    (re.compile(r"Gemini answered .*, which is not one of the \d+ candidate labels", re.S),
+     "Gemini answered a label that is not a candidate"),
+    (re.compile(r"Gemini's answer .* was not finished", re.S), "Gemini's answer was not finished"),
+]
+
+
+def fallback_kind(reason: str) -> str:
+    """A fallback reason without what is particular to one query, to count reasons by: 'only one candidate label
+    (n01443537): nothing to re-rank' is 'only one candidate label', 'Gemini quota exceeded (429 RESOURCE_EXHAUSTED)
+    after 4 attempt(s)' is 'Gemini quota exceeded'. The specifics follow the kind in a parenthesis or after a colon.
+
+    >>> fallback_kind("circuit open: Gemini failed 5 times in a row; calls resume after a 30 s cool-down")
+    'circuit open'
+    """
+    for pattern, kind in _QUOTING:
+        if pattern.match(reason):
+            return kind
+    return re.split(r" \(|: ", reason, maxsplit=1)[0].strip() or reason
 
 
 def evaluate_rerank(
@@ -92,7 +118,14 @@ def evaluate_rerank(
     right_vote = [v in it.correct_labels for it, v in votes]
     right_final = [r.label in it.correct_labels for it, r in finals]
     reranked = [r.reranked for _, r in finals]
-    reasons = Counter(r.fallback_reason or "unknown" for _, r in finals if not r.reranked)
+    # By kind: counted by the whole text, one reason became a key per label ("only one candidate label (n01443537)").
+    reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for _, r in finals:
+        if not r.reranked:
+            kind = fallback_kind(r.fallback_reason or "unknown")
+            reasons[kind] += 1
+            examples.setdefault(kind, r.fallback_reason or "unknown")
     usage: Counter[str] = Counter()
     cached = 0
     for _, r in finals:
@@ -117,6 +150,7 @@ def evaluate_rerank(
         reranked_accuracy=(sum(f for f, rr in zip(right_final, reranked, strict=True) if rr) / n_rr) if n_rr else None,
         fallback_rate=(n - n_rr) / n if n else 0.0,
         fallback_reasons=dict(reasons.most_common()),
+        fallback_examples={kind: examples[kind] for kind in reasons},
         changed=sum(r.label != v for (_, r), (_, v) in zip(finals, votes, strict=True)),
         fixed=sum(f and not v for f, v in zip(right_final, right_vote, strict=True)),
         broken=sum(v and not f for f, v in zip(right_final, right_vote, strict=True)),

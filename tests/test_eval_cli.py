@@ -149,6 +149,17 @@ def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):
     assert (rr["template"], rr["template_hash"]) == ("neighbors-v1@1", used.content_hash)
 
 
+def test_eval_rerank_counts_fallback_reasons_by_kind_not_one_key_per_label(built, tmp_path):
+    root, val = built
+    # One neighbour: every query's vote is unanimous, each with its own label in the reason.
+    run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache", tmp_path / "cache",
+        "--k-max", "5", "--rerank", "--rerank-k", "1", "--no-plots")
+    rr = json.loads((tmp_path / "out" / "results.json").read_text())["rerank"]
+    # It had been {"only one candidate label (n00000001): nothing to re-rank": 2, "... (n00000002) ...": 2, ...}
+    assert rr["fallback_reasons"] == {"only one candidate label": 6}
+    assert rr["fallback_examples"]["only one candidate label"].startswith("only one candidate label (n0000000")
+
+
 @pytest.mark.parametrize(("options", "env", "says"), [
     (["--alpha", "nan"], {}, "alpha nan is not a valid vote setting"),
     (["--tau", "0"], {}, "tau 0 is not a valid vote setting"),
