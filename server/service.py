@@ -149,8 +149,15 @@ class ThumbnailStore:
             self.path(pid).unlink(missing_ok=True)
 
 
-def template_registry() -> Any | None:
-    """The re-ranker's template registry (`prompts`), or None when that package has none."""
+def template_registry(memory: VisualMemory | None = None) -> Any | None:
+    """The template registry the memory's re-ranker reads (`GeminiReranker(registry=...)`), else `prompts`' default
+    one (the built-ins and `$VMEM_TEMPLATES_DIR`, which the default re-ranker reads, built at the first re-rank), or
+    None when that package has none. The service lists and checks names against the re-ranker's own: against the
+    default one, a re-ranker's registry of its own had its templates refused (422) and the default's names let
+    through, to fail in the re-ranker (500)."""
+    registry = getattr(memory.reranker if memory is not None else None, "registry", None)
+    if registry is not None:
+        return registry
     try:
         from prompts import default_registry
     except ImportError:
@@ -436,17 +443,23 @@ class ClassifierService:
         return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, template,
                 q.exact)
 
-    @staticmethod
-    def _template_in_key(q: ClassifyQuery) -> str | None:
+    def template_registry(self) -> Any | None:
+        """The template registry this memory's re-ranker reads (see `template_registry`)."""
+        return template_registry(self.memory)
+
+    def _template_in_key(self, q: ClassifyQuery) -> str | None:
         """A re-ranked answer's template by name and content: a template file edited while the service runs is
         read again, and an answer its old wording gave must not be served for the new one."""
-        registry = template_registry() if q.rerank else None
+        registry = self.template_registry() if q.rerank else None
         if registry is None:
             return q.template
-        from prompts import DEFAULT_TEMPLATE
+        from prompts import DEFAULT_TEMPLATE, TemplateError
 
         name = q.template or DEFAULT_TEMPLATE
-        return f"{name}@{registry.entry(name).template.content_hash}"
+        try:
+            return f"{name}@{registry.entry(name).template.content_hash}"
+        except TemplateError:  # gone or broken since it was checked: the re-ranker says so (a 422), not this key
+            return name
 
     def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         """Classify uploads; a string in the output is why that image could not be classified."""

@@ -241,10 +241,10 @@ def test_a_hung_gemini_holds_up_no_plain_classify(tmp_path, lite0, memory_images
 
 
 @contextmanager
-def reranking_service(tmp_path, lite0, memory_images) -> Iterator[tuple[TestClient, FakeGemini]]:
+def reranking_service(tmp_path, lite0, memory_images, **reranker_options) -> Iterator[tuple[TestClient, FakeGemini]]:
     """A client of the service over the test memory, re-ranking with the real SDK against the fake Gemini."""
     with FakeGemini() as fake:
-        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None, **reranker_options)
         mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
         try:
             with TestClient(create_app(settings(tmp_path), memory=mem), headers=AUTH) as client:
@@ -298,6 +298,38 @@ def test_a_template_edited_while_the_service_runs_is_not_answered_from_the_cache
         assert first["template_hash"] == cached["template_hash"] == listed["mine"]
         edited = {t["name"]: t["hash"] for t in client.get("/v1/templates").json()["templates"]}
         assert again["template_hash"] == edited["mine"] != first["template_hash"]
+
+
+def test_the_service_lists_and_checks_templates_by_its_re_rankers_own_registry(tmp_path, lite0, memory_images,
+                                                                               monkeypatch):
+    from prompts import TemplateRegistry
+
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "terse.yaml").write_text("name: terse\nversion: 1\nsystem: Name the colour.\n")
+    (tmp_path / "elsewhere").mkdir()  # $VMEM_TEMPLATES_DIR: read by the default registry, not by this re-ranker
+    (tmp_path / "elsewhere" / "stray.yaml").write_text("name: stray\nversion: 1\nsystem: Classify.\n")
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "elsewhere"))
+    with reranking_service(tmp_path, lite0, memory_images,
+                           registry=TemplateRegistry(tmp_path / "ours")) as (client, fake):
+        listed = client.get("/v1/templates").json()
+        assert [t["name"] for t in listed["templates"]] == ["agentic-v1", "labels-only", "neighbors-v1", "terse"]
+        query = upload(texture(COLORS["red"], 61), "a.png")
+        # The re-ranker's own template is taken (it had been a 422, unknown to the default registry)...
+        answer = client.post("/v1/classify?k=12&rerank=true&template=terse", files=query).json()
+        assert answer["reranked"] and answer["template"] == "terse@1" and fake.count == 1
+        assert "Name the colour." in str(fake.requests[0].body["systemInstruction"])
+        # ... and a name only the default registry knows is a 422 naming the re-ranker's (it had been a 500).
+        refused = client.post("/v1/classify?k=12&rerank=true&template=stray", files=query)
+        body = assert_problem(refused, 422, "unknown-template", "unknown template 'stray'; available: agentic-v1, "
+                              "labels-only, neighbors-v1, terse")
+        assert "stray" not in body["detail"].split("available:")[1]
+        batch = client.post("/v1/classify/batch?k=12&rerank=true&template=stray", files=[("images", query["image"])])
+        assert_problem(batch, 422, "unknown-template", "'stray'")
+        # A file removed after the check, before the re-ranker reads it: the same 422, not a 500.
+        monkeypatch.setattr("server.routes.classify.check_template", lambda service, q: None)
+        (tmp_path / "ours" / "terse.yaml").unlink()
+        assert_problem(client.post("/v1/classify?k=12&rerank=true&template=terse", files=query), 422,
+                       "unknown-template", "unknown template 'terse'; available: agentic-v1, labels-only, neighbors-v1")
 
 
 def test_a_label_filtered_query_is_judged_against_those_labels_points(client):

@@ -8,7 +8,7 @@ from fastapi import Request
 
 from ..problems import ProblemError
 from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
-from ..service import Answer, ClassifierService, template_registry
+from ..service import Answer, ClassifierService
 from ..uploads import JSON, MULTIPART
 
 # Where an error about labels sends the user to see them all.
@@ -34,34 +34,43 @@ def thumbnail_url(request: Request, point_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/v1/memory/points/{point_id}/thumbnail"
 
 
-def check_template(q: ClassifyQuery) -> None:
+def check_template(service: ClassifierService, q: ClassifyQuery) -> None:
     """Refuse an unknown or broken template before any image is embedded (the default one too, when re-ranking:
-    a broken override of it answered a bare 500)."""
-    from prompts import DEFAULT_TEMPLATE, TemplateLoadError, UnknownTemplateError
+    a broken override of it answered a bare 500), by the registry the memory's re-ranker reads."""
+    from prompts import DEFAULT_TEMPLATE, TemplateError, UnknownTemplateError
 
     if q.template is None and not q.rerank:
         return
     if not q.rerank:  # as the CLI and Python refuse it: a template no re-rank reads is a mistake to tell
         raise ProblemError(422, f"template {q.template!r} chooses the re-ranker's prompt: send rerank=true too, "
                            "or leave template out", "unused-vote-option", "Option not used by this vote")
-    registry = template_registry()
+    registry = service.template_registry()
     name = q.template or DEFAULT_TEMPLATE
     try:
         if registry is None:
             raise UnknownTemplateError(name)
         registry.entry(name)
-    except UnknownTemplateError:
+    except TemplateError as exc:
+        raise template_problem(service, q, exc) from None
+
+
+def template_problem(service: ClassifierService, q: ClassifyQuery, exc: Exception) -> ProblemError:
+    """The problem for a template that is unknown (422) or does not load (422; 500 for the service's default)."""
+    from prompts import DEFAULT_TEMPLATE, UnknownTemplateError
+
+    name = q.template or DEFAULT_TEMPLATE
+    if isinstance(exc, UnknownTemplateError):
+        registry = service.template_registry()
         available = ", ".join(registry.names() if registry is not None else []) or "none are installed"
-        raise ProblemError(422, f"unknown template {name!r}; available: {available}", "unknown-template",
-                           "Unknown template") from None
-    except TemplateLoadError as exc:
-        # The file's own error, without the server's path to it.
-        reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("/") else str(exc)
-        if q.template is not None:
-            raise ProblemError(422, f"the template {name!r} could not be loaded: {reason}", "invalid-template",
-                               "Invalid template") from None
-        raise ProblemError(500, f"the service's default template {name!r} could not be loaded: {reason}",
-                           "invalid-template", "Invalid template") from None
+        return ProblemError(422, f"unknown template {name!r}; available: {available}", "unknown-template",
+                            "Unknown template")
+    # The file's own error, without the server's path to it.
+    reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("/") else str(exc)
+    if q.template is not None:
+        return ProblemError(422, f"the template {name!r} could not be loaded: {reason}", "invalid-template",
+                            "Invalid template")
+    return ProblemError(500, f"the service's default template {name!r} could not be loaded: {reason}",
+                        "invalid-template", "Invalid template")
 
 
 def check_vote_options(service: ClassifierService, q: ClassifyQuery) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from prompts import TemplateError
 from vmem import NoSuchLabelsError
 
 from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
@@ -14,7 +15,14 @@ from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJS
 from ..service import Answer, ClassifierService, Upload
 from ..settings import Settings
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import check_labels, check_template, check_vote_options, classification_out, image_body
+from ._common import (
+    check_labels,
+    check_template,
+    check_vote_options,
+    classification_out,
+    image_body,
+    template_problem,
+)
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 QueryDep = Annotated[ClassifyQuery, Query()]
@@ -34,6 +42,8 @@ async def classified(service: ClassifierService, uploads: list[Upload], q: Class
         return await run(service.classify, uploads, q)
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
+    except TemplateError as exc:  # removed or broken since check_template: said, not a 500
+        raise template_problem(service, q, exc) from None
 
 
 @router.post(
@@ -50,7 +60,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     The answer lists the neighbours that voted, each with a thumbnail URL, and a novelty score.
     """
     check_rerank_key(request, settings, q)
-    check_template(q)
+    check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)
     if require_media_type(request, MULTIPART, JSON) == JSON:
@@ -80,7 +90,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     An image that does not decode gets an `error` in its place; the others are still answered.
     """
     check_rerank_key(request, settings, q)
-    check_template(q)
+    check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)
     limit = settings.max_batch_images

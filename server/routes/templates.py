@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import TemplateOut, TemplatesOut
@@ -11,8 +11,10 @@ from ..service import template_registry
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 
-def _list() -> TemplatesOut:
-    registry = template_registry()
+def _list(request: Request) -> TemplatesOut:
+    # The templates of the memory's re-ranker; while the memory loads, the default registry's (the default re-ranker's)
+    service = request.app.state.service
+    registry = service.template_registry() if service is not None else template_registry()
     if registry is None:
         return TemplatesOut(default=None, templates=[])
     from prompts import DEFAULT_TEMPLATE
@@ -26,6 +28,6 @@ def _list() -> TemplatesOut:
 
 
 @router.get("", summary="List re-ranker templates", response_model=TemplatesOut)
-async def list_templates() -> TemplatesOut:
+async def list_templates(request: Request) -> TemplatesOut:
     """The prompt templates the re-ranker can use (pass one as `template` when classifying)."""
-    return await run_in_threadpool(_list)
+    return await run_in_threadpool(_list, request)
