@@ -200,6 +200,7 @@ def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_pa
     options = lambda d: [o.text for o in d.find_elements(By.CSS_SELECTOR, "#template option")]  # noqa: E731
     WebDriverWait(browser, 30).until(lambda d: len(options(d)) > 1)
     assert options(browser) == ["neighbors-v1 (default)", "agentic-v1", "labels-only"]
+    assert not browser.find_element(By.ID, "template-errors").is_displayed()  # every template loaded
     browser.find_element(By.ID, "rerank").click()
     browser.find_element(By.ID, "file").send_keys(str(query))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
@@ -210,6 +211,29 @@ def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_pa
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "prediction").text)
     assert browser.find_element(By.ID, "prediction").text.startswith("red")
     assert not browser.find_element(By.ID, "error").text
+
+
+def test_the_page_says_which_templates_could_not_be_loaded_and_why(browser, page_url, tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.yaml").write_text("name: mine\nversion: 1\nsystem: Classify the image.\n")
+    (tmp_path / "templates" / "fine-grained.yaml").write_text("name: fine-grained\nversion: 1\n")  # no system
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "templates"))
+    browser.get(page_url + "/")
+    options = lambda d: [o.text for o in d.find_elements(By.CSS_SELECTOR, "#template option")]  # noqa: E731
+    WebDriverWait(browser, 30).until(lambda d: len(options(d)) > 1)
+    # The broken one is not offered, and the note beside the choice says why (it had just been missing).
+    assert options(browser) == ["neighbors-v1 (default)", "agentic-v1", "labels-only", "mine"]
+    note = browser.find_element(By.ID, "template-errors")
+    assert note.is_displayed()
+    lines = note.text.splitlines()
+    assert lines[0] == "1 template could not be loaded:"
+    assert [line.strip() for line in lines[1:]] == ["fine-grained: invalid template:", "system: Field required"]
+    assert str(tmp_path) not in note.text  # the server's path to the file: the name says which one
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-template-errors.png"))
 
 
 def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):

@@ -98,6 +98,25 @@ async function loadTemplates() {
     opt.title = t.description;
     select.appendChild(opt);
   }
+  showTemplateErrors(body.errors || {});
+}
+
+// Templates that did not load are not in the list: say which, and why, beside it (they had just been missing).
+function showTemplateErrors(errors) {
+  const note = $("template-errors");
+  const broken = Object.entries(errors);
+  note.replaceChildren();
+  note.hidden = broken.length === 0;
+  if (!broken.length) return;
+  note.append(`${broken.length === 1 ? "1 template" : `${broken.length} templates`} could not be loaded:`);
+  const list = document.createElement("ul");
+  for (const [name, why] of broken) {
+    const item = document.createElement("li");
+    // A file's error starts with the server's path to it, which the name already says; a folder's is kept whole.
+    item.textContent = `${name}: ${name.startsWith("$") ? why : why.replace(/^\/[^\n]*?\.ya?ml: /, "")}`;
+    list.append(item);
+  }
+  note.append(list);
 }
 
 function queryString() {
