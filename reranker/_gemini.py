@@ -446,7 +446,10 @@ class GeminiReranker:
         # cannot tell it from the full prompt's, and it would be served after the images are back.
         lost_images = any(note.get("event") == "neighbor_label_only" for note in prompt.notes)
         if self.cache is not None and not lost_images:
-            await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
+            try:
+                await asyncio.to_thread(self.cache.put, key, outcome, ctx.cited)
+            except (sqlite3.Error, OSError) as exc:  # a full disk: Gemini's answer stands, asked again next time
+                log.warning("the re-ranker's answer could not be cached (%s): it is answered, not kept", exc)
         return outcome
 
     async def _tools_would_show_the_same(self, hit: RerankOutcome, req: RerankRequest,

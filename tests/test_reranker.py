@@ -341,6 +341,21 @@ def test_a_cache_hit_makes_no_http_call(fake, make_rr, images):
     assert again.usage.total_tokens == 0 and first.usage.total_tokens > 0
 
 
+def test_a_cache_the_disk_takes_no_more_of_leaves_gemini_s_answer_standing(fake, make_rr, images, monkeypatch):
+    # A full disk under the cache's SQLite file had turned every answered re-rank into a 500.
+    import sqlite3
+
+    from reranker import AnswerCache
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(AnswerCache, "put", disk_full)
+    fake.enqueue(fake.answer("dog"))
+    answer = make_rr().rerank_one(request(images))
+    assert (answer.label, answer.reranked, answer.cached) == ("dog", True, False)
+
+
 def test_the_cache_survives_a_restart(fake, make_rr, images):
     fake.enqueue(fake.answer("dog"))
     make_rr().rerank_one(request(images))
