@@ -25,7 +25,9 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -319,10 +321,33 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
 
 def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
                  names: dict[str, str] | None = None) -> list[Path]:
-    """Every file of a run; `names` (label -> name) go into the per-class files beside the labels."""
-    names = names or {}
+    """Every file of a run; `names` (label -> name) go into the per-class files beside the labels.
+
+    Written in a folder of their own inside `out_dir` first, then moved in (renames, which take no room): a run
+    whose disk filled midway had left its numbers beside the table and plots of the run before. Failing, the
+    folder holds the earlier run's files as they were. Files of an earlier run this one does not write (plots
+    not drawn, predictions) go.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for left in out.glob(".incoming-*"):  # of a run killed while writing (an hour: not one writing now)
+        if left.is_dir() and time.time() - left.stat().st_mtime > 3600:
+            shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=out))
+    try:
+        written = [out / f.name for f in _write_files(report, staging, plots, names or {})]
+        for f in written:
+            os.replace(staging / f.name, f)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_") for f in PLOT_FILES] + [
+            out / "predictions.csv"]:
+        if stale not in written:
+            stale.unlink(missing_ok=True)
+    return written
+
+
+def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, str]) -> list[Path]:
     written = [out / "results.json"]
     write_atomically(written[0], report.model_dump_json(indent=1))
     v = report.variants
@@ -349,8 +374,6 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
              int(d.correct[i]), d.nearest[i] or "", "" if d.nearest_similarity[i] is None else d.nearest_similarity[i])
             for name, s in v.items() if (d := s.decisions)
             for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
-    else:  # a folder used before: no file of another run's answers beside this run's numbers
-        (out / "predictions.csv").unlink(missing_ok=True)
     r = report.run
     md = [f"# {r.dataset} ({r.format}) against {r.memory}\n",
           f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "
@@ -366,10 +389,4 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
             written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
                                 # which run: two memories' plots over one dataset had had one title
                                 title=f"{r.dataset} ({name}) against {r.memory}, {r.featurizer}", names=names)
-    # A folder used before: plots this run did not draw (no restricted variant now, or --no-plots) would sit
-    # beside numbers they do not show.
-    for prefix in ("", "restricted_"):
-        for stale in (out / f"{prefix}{f}" for f in PLOT_FILES):
-            if stale not in written:
-                stale.unlink(missing_ok=True)
     return written

@@ -280,6 +280,31 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     assert {p.name for p in tmp_path.glob("*.png")} == {"mine.png"}
 
 
+def test_a_report_that_cannot_be_written_whole_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    # A disk that filled while a run wrote had left its numbers beside the table and plots of the run before.
+    import errno
+
+    import eval.harness
+
+    m = random_unit_vectors(60, 8, seed=5)
+    labels = [f"c{i % 3}" for i in range(60)]
+    queries = QuerySet(m[:9] + 0.01, [f"q{i}" for i in range(9)], [(labels[i],) for i in range(9)], [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=9, memory="toy", memory_points=60,
+                  featurizer="none", search="exact")
+    write_report(evaluate(MemoryArrays(m, labels, [str(i) for i in range(60)]), queries, run), tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eval.harness, "plot_all", disk_full)  # after the JSON, the CSVs and the table
+    other = run.model_copy(update={"queries": 8})
+    with pytest.raises(OSError, match="No space left"):
+        write_report(evaluate(MemoryArrays(m, labels, [str(i) for i in range(60)]), queries.subset(range(8)), other),
+                     tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
 @pytest.mark.parametrize("location", ["edge", ":memory:"])
 def test_a_memory_read_into_ram_is_every_vector_as_stored_even_if_points_come_or_go_meanwhile(location, tmp_path,
                                                                                               monkeypatch):

@@ -225,9 +225,15 @@ def eval(
     # have named them), else --classes', else vmem's own for ImageNet-1k ids.
     label_names = {**imagenet_label_names(), **(names or {}),
                    **(mem.store.meta.label_names if mem is not None else _names_beside(memory_dataset))}
-    written = write_report(report, out, plots=plots, names=label_names)
-    if mem is not None:
-        mem.close()
+    try:
+        written = write_report(report, out, plots=plots, names=label_names)
+    except OSError as exc:  # a full disk: after minutes of work, one line, and what the folder holds now
+        typer.echo(f"Error: the results could not be written into {out} ({exc.strerror or exc}): it holds the "
+                   "files it held before, as they were", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if mem is not None:
+            mem.close()
     typer.echo((out / "table.md").read_text())
     if run.tuned:
         t = run.tuned
