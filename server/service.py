@@ -32,7 +32,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, local_folder, thumbnail_file
+from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
 
 from .metrics import GEMINI_TOKEN_KINDS, Metrics
@@ -111,6 +111,11 @@ class ThumbnailUnavailable(LookupError):
     """No thumbnail can be served for a point; the message says why."""
 
 
+# A thumbnail of 160 px is 5-15 kB: room for each upload's, at most this much, and some left over.
+THUMBNAIL_BYTES = 64 << 10
+THUMBNAIL_HEADROOM_BYTES = 8 << 20
+
+
 class ThumbnailStore:
     """Small JPEGs by point id: written when an image is added through the API, or made on demand
     from a memory image file, and deleted when the point is forgotten."""
@@ -137,6 +142,21 @@ class ThumbnailStore:
         except OSError as exc:  # a read-only memory directory still serves thumbnails, uncached
             log.warning("could not keep a thumbnail in %s: %s", self.root, exc)
         return data
+
+    def check_room(self, images: int) -> None:
+        """MemoryFullError (507) where the folder's disk has too little room for these uploads' thumbnails: an
+        upload's thumbnail is its only copy of the image, and on a full disk uploads had been taken (201) with
+        thumbnail URLs that answered 404 for good."""
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return
+        need = THUMBNAIL_HEADROOM_BYTES + images * THUMBNAIL_BYTES
+        if free < need:
+            raise MemoryFullError(f"the disk holding the thumbnail folder {self.root} has {free / 2**20:.0f} MB free, "
+                                  f"and {images} upload{'s' if images != 1 else ''} need{'s' if images == 1 else ''} "
+                                  f"{need / 2**20:.0f} MB for their thumbnails, an upload's only copy of its image: "
+                                  "nothing was added; free some space, then retry (classify goes on)")
 
     def load(self, point_id: str) -> bytes | None:
         try:
@@ -359,6 +379,7 @@ class ClassifierService:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
         labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
         self.memory.check_added_labels(labels)  # before any thumbnail is kept
+        self.thumbnails.check_room(len(uploads))
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
         result = AddResult(ids=[])
@@ -695,7 +716,8 @@ class ClassifierService:
         source = points[0].source
         if source.startswith("upload:"):
             raise ThumbnailUnavailable("the point's image was uploaded, and no thumbnail of it was kept here "
-                                       "(it was added through another server or another thumbnail directory)")
+                                       "(it was added through another server or another thumbnail directory, or "
+                                       "its thumbnail could not be written: the server log says)")
         if "://" in source:
             raise ThumbnailUnavailable(f"the point's image is at {source}, which this service does not fetch")
         if not self._servable(Path(source)):

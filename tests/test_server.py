@@ -878,6 +878,15 @@ def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client
     # An erase rewrites segments: refused too (on a nearly full tmpfs the engine's rewrite died of SIGBUS)
     assert_problem(client.post("/v1/memory/erase", headers=AUTH), 507, "memory-disk-full",
                    "forgotten points stay forgotten")
+    # The thumbnail folder's disk, checked on its own (VMEM_THUMBNAIL_DIR may be elsewhere): an upload's thumbnail
+    # is its only copy of the image, and on a full disk uploads had been taken with thumbnails that were 404s.
+    thumbs = client.app.state.service.thumbnails.root
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, (4 << 20) if Path(path) == thumbs
+                                                                 else (10 << 30)))
+    full = assert_problem(client.post("/v1/memory", headers=AUTH, files=files, data={"label": "yellow"}), 507,
+                          "memory-disk-full", "thumbnail folder")
+    assert "nothing was added" in full["detail"] and client.get("/v1/memory/stats").json()["points"] == 11
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - (50 << 20), 50 << 20))
     # Below 40 MB a forget is refused too: the engine's next write-ahead-log file takes 32 MB, and on a full disk
     # the 17th one-point forget killed the service.
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - (30 << 20), 30 << 20))
