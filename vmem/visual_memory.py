@@ -309,6 +309,39 @@ class VisualMemory:
 
     # ------------------------------------------------------------------ settings
 
+    def store_vote_settings(self, vote: dict[str, Any], tuning: dict[str, Any] | None = None) -> None:
+        """Keep `vote` (rule, k, alpha, tau: what `vmem tune` chose) as the memory's default vote settings, with
+        `tuning` (what they were chosen on), journaled; `vote_settings()` reads them from then on."""
+        with self.store.meta_edit() as meta:
+            meta.settings["vote"] = dict(vote)
+            if tuning is not None:
+                meta.settings["tuning"] = dict(tuning)
+        self._journal("tune", detail={"vote": dict(vote), **({"tuning": dict(tuning)} if tuning is not None else {})})
+
+    def reset_vote_settings(self) -> dict[str, Any] | None:
+        """Forget the tuned vote settings (journaled): the defaults again. Returns what they were (None: none)."""
+        before = self.store.meta.settings.get("vote")
+        if before is None:
+            return None
+        with self.store.meta_edit() as meta:
+            meta.settings.pop("vote", None)
+            meta.settings.pop("tuning", None)
+        self._journal("tune", detail={"reset": True, "before": before})
+        return before
+
+    def set_search_settings(self, **changed: Any) -> dict[str, Any]:
+        """Change search settings read at every search (`hnsw_ef`, `rescore`), journaled with the values before;
+        index settings built into the index are fixed once the memory exists. Returns the values before."""
+        stored = self.store.meta.index
+        changed = {name: value for name, value in changed.items() if getattr(stored, name) != value}
+        if not changed:
+            return {}
+        before = {name: getattr(stored, name) for name in changed}
+        with self.store.meta_edit() as meta:
+            meta.index = stored.model_copy(update=changed)
+        self._journal("settings", detail={"search": changed, "before": before})
+        return before
+
     def vote_settings(
         self,
         rule: VoteRule | str | None = None,

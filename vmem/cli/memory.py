@@ -187,10 +187,8 @@ def build(
         for name, value in changed.items():
             typer.echo(f"{_SEARCH_SETTING_NAMES[name]} of this memory: {_shown(getattr(stored, name))} -> "
                        f"{_shown(value)}", err=True)
-        before = {name: getattr(stored, name) for name in changed}
-        mem.store.meta.index = stored = stored.model_copy(update=changed)
-        mem.store.save_meta()
-        mem.store.journal.record("settings", via="cli", detail={"search": changed, "before": before})
+        mem.set_search_settings(**changed)
+        stored = mem.store.meta.index
     if rescore is not None and not stored.quantized:
         typer.echo("note: this memory is not quantized: its searches use the original vectors, so --rescore and "
                    "--no-rescore change nothing", err=True)

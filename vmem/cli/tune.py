@@ -70,10 +70,7 @@ def _reset(memory: Path, qdrant_url: str | None, dry_run: bool) -> None:
         if dry_run:
             typer.echo(f"dry run: would forget the tuned settings {json.dumps(before)}; nothing changed")
             return
-        with mem.store.meta_edit() as meta:
-            meta.settings.pop("vote", None)
-            meta.settings.pop("tuning", None)
-        mem.store.journal.record("tune", via="cli", detail={"reset": True, "before": before})
+        mem.reset_vote_settings()
         now = mem.vote_settings()
         typer.echo(f"forgot the tuned settings {json.dumps(before)}: the memory votes with the defaults again "
                    f"({now.rule}, k={now.k}, α={now.alpha:g}, τ={now.tau:g})")
@@ -156,17 +153,13 @@ def tune(
         report = run_tune(table, truth, val_rows, held_rows, accepted, alpha_grid, tau_grid)
         typer.echo(report.markdown())
         if not dry_run:
-            store.meta.settings["vote"] = report.vote_settings()
-            store.meta.settings["tuning"] = {
+            mem.store_vote_settings(report.vote_settings(), {
                 "dataset": str(val_dataset or dataset), "val_queries": report.n_val,
                 "heldout_queries": report.n_heldout, "val_accuracy": report.chosen.val_accuracy,
                 "heldout_accuracy": report.chosen.heldout_accuracy, "seed": seed,
                 "val_fraction": None if val_dataset else val_fraction,
                 "search": "exact" if arrays is not None else "index",
-            }
-            store.save_meta()
-            store.journal.record("tune", via="cli", detail={
-                "vote": store.meta.settings["vote"], "tuning": store.meta.settings["tuning"]})
+            })
             typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
