@@ -110,6 +110,18 @@ def test_a_copy_run_again_forgets_there_what_was_forgotten_here_since(tmp_path):
         assert notes == []
 
 
+def test_a_copy_into_a_memory_of_its_own_forgets_none_of_its_points(tmp_path):
+    # A memory built on its own from the same images: a forget in the source is none of its business (its own
+    # point of the forgotten image had been deleted by the copy, as if an earlier copy had put it there).
+    with make_memory(tmp_path / "edge") as mem, make_memory(tmp_path / "own") as own:
+        (gone,) = mem.chosen_points(source_prefix="/data/fox/45.jpg")
+        mem.forget(ids=[gone])
+        own.store.close()
+        dest, notes = mem.copy_to(tmp_path / "own")
+        with dest:
+            assert dest.existing_ids([gone]) == {gone} and notes == []
+
+
 def test_a_copy_cut_short_is_finished_by_running_it_again(tmp_path):
     with make_memory(tmp_path / "edge") as mem:
         dest, _ = mem.copy_to(tmp_path / "copy")

@@ -49,6 +49,7 @@ from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_count
 from retrieval.store import (
     DEFAULT_COLLECTION,
     EXCLUDED_KEY,
+    LOCAL_MODE_PREFIX,
     PRUNE_COUNT_KEY,
     RELABELLED_AT_KEY,
     RELABELLED_FROM_KEY,
@@ -179,6 +180,23 @@ def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
             except (OSError, RuntimeError):  # a dangling link, a loop of links (RuntimeError before 3.13)
                 continue
     return folders, files
+
+
+
+def _utc(when: str | None) -> datetime:
+    """An ISO time as an aware UTC datetime (a point stored without `added_at`: the earliest time)."""
+    if not when:
+        return datetime.min.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(when)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _journal_location(location: str) -> str:
+    """A memory's location as a journal records it: a folder absolute (as typed, `vmem history` run elsewhere
+    could not tell which memory a copy came from, nor a later copy which copies were its own)."""
+    if (folder := local_folder(location)) is None:
+        return location
+    return f"{LOCAL_MODE_PREFIX if location.startswith(LOCAL_MODE_PREFIX) else ''}{folder.resolve()}"
 
 
 class NoSuchLabelsError(ValueError):
@@ -1409,7 +1427,8 @@ class VisualMemory:
             # carried, so that a copy cut short says no forget it has not made.
             forgotten = self._forget_in_copy(dest, history, notes)
             dest.journal.carry_from(self.store.journal, history)
-            dest.journal.record("copy", points=copied, selector={"from": self.store.location}, via=self.via,
+            dest.journal.record("copy", points=copied, selector={"from": _journal_location(self.store.location)},
+                                via=self.via,
                                 detail={"forgotten": forgotten} if forgotten else {})
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
@@ -1421,18 +1440,28 @@ class VisualMemory:
         return dest, notes
 
     def _forget_in_copy(self, dest: MemoryStore, history: Sequence[JournalEntry], notes: list[str]) -> int:
-        """Delete from `dest` the points this memory's `history` (entries new to `dest`) forgot and that it does not
-        hold again; erase them there too where it erased. Returns how many went."""
-        forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" for i in e.ids))
+        """Delete from `dest` the points an earlier copy from this memory put there that this memory's `history`
+        (entries new to `dest`) forgot since, and that it does not hold again; erase them there too where it
+        erased. Returns how many went.
+
+        Only a copy's own points: those of a destination that never had a copy from here, or that it added
+        itself since its last one (a later `added_at`), are its own, and a forget here is none of theirs (the
+        destination's own build of the same image had been deleted)."""
+        last_copy = max((e.at for e in dest.journal.newest(JournalQuery(op="copy"))[0]
+                         if same_location(str(e.selector.get("from", "")), self.store.location)), default=None)
+        if last_copy is None:
+            return 0
+        forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" and e.at > last_copy for i in e.ids))
         if not forgotten:
             return 0
         back = self.store.existing_ids(forgotten)  # forgotten, then added again: copied as they are now
-        there = sorted(dest.existing_ids([i for i in forgotten if i not in back]))
-        if not there:
+        copied = [p.id for p in dest.retrieve([i for i in forgotten if i not in back])
+                  if _utc(p.payload.get("added_at")) <= _utc(last_copy)]
+        if not copied:
             return 0
-        n = dest.delete_ids(there)
+        n = dest.delete_ids(copied)
         notes.append(f"{n:,} points an earlier copy put there were forgotten here since: forgotten there too")
-        if any(e.op == "erase" for e in history):
+        if any(e.op == "erase" and e.at > last_copy for e in history):
             if dest.erases_on_demand:
                 dest.erase_forgotten()
                 notes.append("and erased from its files, as they were here")
