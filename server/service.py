@@ -10,11 +10,13 @@ recalibration on threads of their own, and short reads (counts, a point, the jou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -120,9 +122,10 @@ class ThumbnailStore:
     """Small JPEGs by point id: written when an image is added through the API, or made on demand
     from a memory image file, and deleted when the point is forgotten."""
 
-    def __init__(self, root: Path, size: int) -> None:
+    def __init__(self, root: Path, size: int, shared: bool = False) -> None:
         self.root = root
         self.size = size
+        self.shared = shared  # root is one memory's folder inside VMEM_THUMBNAIL_DIR
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, point_id: str) -> Path:
@@ -162,7 +165,14 @@ class ThumbnailStore:
         try:
             return self.path(point_id).read_bytes()
         except FileNotFoundError:
-            return None
+            pass
+        # Kept before thumbnails had a folder per memory, directly in the shared one: taken into this memory's
+        legacy = thumbnail_file(self.root.parent, point_id)  # (the caller checks the point is this memory's)
+        if self.shared and legacy.is_file():
+            with contextlib.suppress(OSError):
+                os.replace(legacy, self.path(point_id))
+                return self.path(point_id).read_bytes()
+        return None
 
     def remove(self, point_ids: Sequence[str]) -> None:
         for pid in point_ids:
@@ -232,16 +242,19 @@ class ClassifierService:
         self._ood_last: dict[tuple[int, tuple[str, ...] | None], tuple[int, float | None]] = {}
         self._recalibrating: set[tuple[int, tuple[str, ...] | None]] = set()
         self._tmp_thumbs: str | None = None
-        self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size)
+        self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size,
+                                         shared=settings.thumbnail_dir is not None)
         if settings.thumbnail_dir is not None:  # a forget in another process deletes its points' thumbnails there too
-            memory.note_thumbnail_folder(settings.thumbnail_dir)
+            memory.note_thumbnail_folder(self.thumbnails.root)
         memory.on_forget(self._forgotten)
         memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
         memory.on_edited_elsewhere(self._edited_elsewhere)
 
     def _thumbnail_dir(self) -> Path:
         if self.settings.thumbnail_dir is not None:
-            return self.settings.thumbnail_dir
+            # A folder of its own per memory: services of two memories (a memory and its copy) sharing the setting
+            # had deleted each other's upload thumbnails, their only copy, at start-up, at a forget and at a GET.
+            return self.settings.thumbnail_dir / self.memory.key
         folder = local_folder(self.memory.store.location)
         if not self.settings.qdrant_url and folder is not None:
             return folder / THUMBNAILS_DIR  # kept with the memory, deleted with it

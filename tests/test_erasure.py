@@ -227,7 +227,7 @@ def test_a_forget_outside_the_service_deletes_the_thumbnails_it_kept_of_uploads(
     assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)  # an upload's thumbnail: its only copy
     out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime", "--erase"])
     assert out.exit_code == 0, out.output
-    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+    assert not {p.stem for p in thumbs.rglob("*.jpg")} & set(ids)
 
 
 def test_thumbnails_a_forget_killed_midway_left_are_removed_by_the_next_forget_or_service_start(tmp_path, lite0):
@@ -254,10 +254,10 @@ def test_thumbnails_a_forget_killed_midway_left_are_removed_by_the_next_forget_o
     ids = add_two_uploads(50)
     mem.store.delete_ids(ids)  # the points went; the process died before their thumbnails did
     mem.close()
-    assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)
+    assert {p.stem for p in thumbs.rglob("*.jpg")} >= set(ids)
     out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime"])  # run again
     assert out.exit_code == 0 and "removed 2 thumbnails of points forgotten earlier" in out.output, out.output
-    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+    assert not {p.stem for p in thumbs.rglob("*.jpg")} & set(ids)
 
     mem = VisualMemory(open_store(location), lite0, reranker=None)  # the same memory, opened again
     ids = add_two_uploads(60)
@@ -288,11 +288,11 @@ def test_a_forget_outside_the_service_deletes_the_thumbnails_kept_in_its_thumbna
     copy, _ = mem.copy_to(tmp_path / "copy")  # a copy's forget is none of this service's business
     with VisualMemory(copy, lite0) as copied:
         copied.forget(ids=ids[:1])
-    assert {p.stem for p in thumbs.glob("*.jpg")} >= set(ids)
+    assert {p.stem for p in thumbs.rglob("*.jpg")} >= set(ids)
     mem.close()
     out = CliRunner().invoke(app, ["forget", "--memory", str(location), "--label", "lime"])
     assert out.exit_code == 0, out.output
-    assert not {p.stem for p in thumbs.glob("*.jpg")} & set(ids)
+    assert not {p.stem for p in thumbs.rglob("*.jpg")} & set(ids)
 
 
 def test_an_index_the_disk_has_no_room_for_says_the_edit_is_made_and_how_to_index_later(tmp_path):

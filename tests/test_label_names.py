@@ -341,7 +341,7 @@ def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
         added = client.post("/v1/memory", data={"label": "navy"},
                             files=[("images", ("b.png", texture(COLORS["blue"], seed=8), "image/png"))])
         assert added.status_code == 422 and "'navy' is the name of label blue" in added.json()["detail"]
-        assert not list((tmp_path / "thumbs").glob("*.jpg"))  # refused before a thumbnail was kept
+        assert not list((tmp_path / "thumbs").rglob("*.jpg"))  # refused before a thumbnail was kept
 
 
 # ------------------------------------------------------------------ real data

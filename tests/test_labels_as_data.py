@@ -187,8 +187,9 @@ def test_an_uploaded_file_name_never_becomes_a_path_the_server_reads(client, tmp
     assert "/" not in point["source"].split(":", 3)[3]  # only a base name is kept, as a label for people
     thumb = client.get(point["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-    # Thumbnails are written under the thumbnail directory only, named by point id.
-    assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == [f"{point['id']}.jpg"]
+    # Thumbnails are written under the thumbnail directory only (in the memory's own folder there), named by id.
+    (folder,) = (tmp_path / "thumbs").iterdir()
+    assert folder.name.startswith("memory-") and sorted(p.name for p in folder.iterdir()) == [f"{point['id']}.jpg"]
 
 
 @pytest.mark.parametrize("point_id", ["..%2F..%2Fetc%2Fpasswd", "../../etc/passwd", "%2e%2e", "not-a-uuid"])

@@ -1099,6 +1099,14 @@ class VisualMemory:
         folder = memory_dir / THUMBNAILS_DIR if memory_dir is not None else None
         return folder if folder is not None and folder.is_dir() else None
 
+    @property
+    def key(self) -> str:
+        """A name for this memory that stays with it when its folder is moved and differs for any other memory (a
+        copy, a new memory made at the same place): `memory-` and a hash of when it was made and its collection.
+        Services that share a thumbnail folder keep each memory's thumbnails under it."""
+        identity = f"{self.store.meta.created_at}#{getattr(self.store, 'collection', DEFAULT_COLLECTION)}"
+        return f"memory-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
     def note_thumbnail_folder(self, folder: str | Path) -> None:
         """Record with the memory a folder a service keeps its points' thumbnails in (`VMEM_THUMBNAIL_DIR`), so
         that a forget in any process on this host deletes them there too: an upload's thumbnail is its only copy,
