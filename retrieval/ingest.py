@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .feature_cache import FeatureCache
 from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from .journal import JournalQuery
+from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
 from .text import as_held, canonical_label, label_problem, not_utf8_problem, utf8_text
@@ -393,7 +393,10 @@ def build_memory(
 
 def forgotten_ids(store: MemoryStore) -> set[str]:
     """The ids of the points the memory's journal says were forgotten (some may have been added again since)."""
-    return {i for e in store.journal.newest(JournalQuery(op="forget"))[0] for i in e.ids}
+    # With a limit, a journal file is read for its forget lines only (a 27 MB journal of adds, parsed whole: 1.1 s
+    # a build; its forget lines: 0.08 s). A server's journal is read in pages, the limit being one page.
+    limit = 1 << 40 if isinstance(store.journal, FileJournal) else None
+    return {i for e in store.journal.newest(JournalQuery(op="forget"), limit=limit)[0] for i in e.ids}
 
 
 def _embed_batches(featurizer: Featurizer, sources: list[str], batch_size: int, num_workers: int | None,

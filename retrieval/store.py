@@ -307,6 +307,7 @@ EDIT_BYTES_PER_DIMENSION = 8
 # A forget's floor: a delete writes little, but the engine starts a new 32 MB write-ahead-log file when one fills,
 # and on a full disk that killed the service (SIGBUS) on the 17th one-point forget.
 FORGET_HEADROOM_BYTES = 40 << 20
+EDIT_GOES_ON = f"searches go on, and forgets until {FORGET_HEADROOM_BYTES >> 20} MB are left"
 
 
 def _no_room_to_index(exc: Exception) -> str:
@@ -1008,7 +1009,7 @@ class EdgeMemoryStore(MemoryStore):
             id_tracker_memory=qe.Memory.Cold,
         )
         # The engine's first write-ahead-log file takes 32 MB at once: on a full disk the create died of SIGBUS.
-        self._check_room(0, what="a new memory")
+        self._check_room(0, what="a new memory", goes_on="")
         self.shard = qe.EdgeShard.create(str(shard_path), config)
         cold = qe.Memory.Cold
         self.shard.update(qe.UpdateOperation.create_field_index("label", qe.KeywordIndexParams(memory=cold)))
@@ -1114,20 +1115,18 @@ class EdgeMemoryStore(MemoryStore):
         return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
     def _check_room(self, new_points: int, rewriting: int = 0, what: str = "an edit",
-                    headroom: int = EDIT_HEADROOM_BYTES) -> None:
+                    headroom: int = EDIT_HEADROOM_BYTES, goes_on: str = EDIT_GOES_ON) -> None:
         """MemoryFullError where the disk has less room than an edit adding `new_points` (and rewriting that many
-        bytes of segments) needs (see EDIT_HEADROOM_BYTES; a forget's floor is FORGET_HEADROOM_BYTES)."""
+        bytes of segments) needs (see EDIT_HEADROOM_BYTES; a forget's floor is FORGET_HEADROOM_BYTES); `goes_on`:
+        what still works, said in the error ("" for nothing to say)."""
         need = headroom + new_points * self.dim * EDIT_BYTES_PER_DIMENSION + rewriting
         free = self._free_bytes()
         if free is not None and free < need:
-            goes_on = ("searches go on" if headroom == FORGET_HEADROOM_BYTES else
-                       f"searches go on, and forgets until {FORGET_HEADROOM_BYTES >> 20} MB are left")
+            went_on = goes_on + (", and forgotten points stay forgotten" if rewriting else "")
             raise MemoryFullError(
                 f"the disk holding the memory {self.path} has {free / 2**20:.0f} MB free, and {what} needs "
                 f"{need / 2**20:.0f} MB: refused before anything was written, since the engine dies when a write "
-                "finds the disk full; free some space, then retry"
-                + ("" if what == "a new memory" else f" ({goes_on}"
-                   + (", and forgotten points stay forgotten" if rewriting else "") + ")"))
+                "finds the disk full; free some space, then retry" + (f" ({went_on})" if went_on else ""))
 
     def _free_bytes(self) -> int | None:
         try:
@@ -1173,7 +1172,7 @@ class EdgeMemoryStore(MemoryStore):
             # one operation, as before.
             present, rows = self._present_with_rows(ids)
             if present:
-                self._check_room(0, what="a forget", headroom=FORGET_HEADROOM_BYTES)
+                self._check_room(0, what="a forget", headroom=FORGET_HEADROOM_BYTES, goes_on="searches go on")
                 if self._rows is not None:  # erased first: no copy outlives the point
                     self._rows.erase(rows)
                 self.shard.update(self._qe.UpdateOperation.delete_points(present))

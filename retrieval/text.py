@@ -78,7 +78,6 @@ def utf8_text(text: str | None) -> str | None:
         return raw.decode("utf-8", "backslashreplace")
 
 
-
 def not_utf8_problem(source: str, labels: Iterable[str]) -> str | None:
     """Why an image's path or label folder cannot be stored or reported as text (None: both are UTF-8). Linux
     lets a file name be any bytes (Python reads the rest as surrogates), but a point's id, payload, journal and

@@ -99,7 +99,7 @@ def test_a_copy_run_again_forgets_there_what_was_forgotten_here_since(tmp_path):
             assert dest.existing_ids(list(fox)) == {back} and dest.existing_ids(own)
             assert dest.count() == mem.store.count() + 1
             assert notes[0] == "19 points an earlier copy put there were forgotten here since: forgotten there too"
-            assert notes[1] == "and erased from its files, as they were here"
+            assert notes[1] == "forgotten points erased from its files, as they were here"
             assert [e.op for e in VisualMemory(dest, reranker=None).history()[:3]] == ["copy", "erase", "forget"]
         dest, notes = mem.copy_to(f"qdrant-local:{tmp_path / 'server'}")
         with dest:
@@ -189,3 +189,28 @@ def test_cli_copy(tmp_path):
     assert onto_file.exit_code == 2 and "Invalid value for --to-memory:" in onto_file.output, onto_file.output
     no_url = runner.invoke(app, ["copy", "--memory", str(tmp_path / "edge"), "--to-qdrant-url", "localhost:6333"])
     assert no_url.exit_code == 2 and "Invalid value for --to-qdrant-url:" in no_url.output, no_url.output
+
+
+def test_a_copy_whose_erase_failed_erases_when_run_again(tmp_path, monkeypatch):
+    # The points were deleted there, the erase refused (a full disk): run again, the copy found nothing left to
+    # delete and erased nothing, under a carried journal saying "erase".
+    from retrieval.store import EdgeMemoryStore, MemoryFullError
+
+    with make_memory(tmp_path / "edge") as mem:
+        mem.copy_to(tmp_path / "replica")[0].close()
+        mem.forget(label="fox", erase=True)
+        erases = []
+
+        def refused(self):
+            erases.append(self.path)
+            raise MemoryFullError("no room to rewrite")
+
+        with monkeypatch.context() as full:
+            full.setattr(EdgeMemoryStore, "erase_forgotten", refused)
+            with pytest.raises(MemoryFullError):
+                mem.copy_to(tmp_path / "replica")
+        assert erases == [tmp_path / "replica"]
+        dest, notes = mem.copy_to(tmp_path / "replica")
+        with dest:
+            assert notes == ["forgotten points erased from its files, as they were here"]
+            assert [e.op for e in VisualMemory(dest, reranker=None).history()[:3]] == ["copy", "erase", "forget"]

@@ -407,3 +407,15 @@ def test_a_stream_the_disk_takes_no_more_of_keeps_its_answers_and_is_saved_later
     assert len(answers) == 6 and "could not be saved (No space left on device)" in caplog.text
     stored_memory.dmn.flush()  # room again: the stream is saved whole
     assert len(DynamicMemory.load(dmn_home() / stream_dir_key(stored_memory.store) / "s.npz")) == 6
+
+
+def test_a_stream_file_that_does_not_load_fails_no_forget(stored_memory, caplog):
+    # A forget whose label left the memory had ended in a BadZipFile traceback, its points deleted, its
+    # listeners and erase skipped.
+    folder = dmn_home() / stream_dir_key(stored_memory.store)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "old.npz").write_bytes(b"PK\x03\x04garbage")
+    told = []
+    stored_memory.on_forget(told.append)
+    assert stored_memory.forget(label="cat", erase=True) == 10
+    assert len(told) == 1 and "DMN stream 'old' left as it is" in caplog.text

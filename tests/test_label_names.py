@@ -168,6 +168,12 @@ def test_images_added_under_a_labels_name_are_refused_and_told_the_label(memory)
     assert "crimson" not in memory.store.label_counts()
     memory.add([texture(COLORS["red"], seed=9)], "red")  # the label itself, and a new label, are taken
     memory.add([texture((200, 120, 0), seed=1)], "orange")
+    # A label named as itself, or named before it has images (a classes.tsv with "cat<TAB>Cat"), is a label.
+    memory.set_label_names({"cat": "Cat", "dog": "Dog"})
+    memory.add([texture((90, 90, 90), seed=2)], "cat")
+    memory.forget(label="cat")
+    memory.add([texture((90, 90, 90), seed=2)], "cat")
+    assert memory.forget(label="dog") == 0
 
 
 def test_names_given_again_as_they_are_are_no_edit_and_the_journal_keeps_what_changed(memory):

@@ -919,6 +919,32 @@ def test_names_the_disk_has_no_room_for_are_a_507_and_a_failing_listener_leaves_
     assert client.get(f"/v1/memory/points/{victim}").status_code == 404
 
 
+def test_a_service_whose_thumbnail_folder_cannot_be_recorded_still_starts(make_client, monkeypatch):
+    # Recording VMEM_THUMBNAIL_DIR in vmem.json on a full disk had stopped the service from starting.
+    import errno
+
+    import retrieval.store
+    from server.service import ClassifierService
+
+    writes, full = retrieval.store.write_atomically, []
+
+    def disk_full(*args, **kwargs):  # once the memory is made, as the service starts
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return writes(*args, **kwargs)
+
+    def starting(self, *args, **kwargs):
+        full.append(True)
+        starts(self, *args, **kwargs)
+
+    starts = ClassifierService.__init__
+    monkeypatch.setattr(retrieval.store, "write_atomically", disk_full)
+    monkeypatch.setattr(ClassifierService, "__init__", starting)
+    client = make_client()
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).status_code == 200
+
+
 def engine_raises(client, method: str, message: str) -> None:
     """Make the service's embedded engine raise `message` from `method`, as the engine raises its errors (the
     engine itself is a compiled object: its methods cannot be patched)."""

@@ -240,11 +240,15 @@ class DmnClassifier:
         for name in self.streams():
             try:
                 stream = self.stream(name)
-            except ValueError:  # another encoder's stream: its classify refuses it, and it is reset, not edited
+            except Exception as exc:  # another encoder's stream, a file that does not load: its classify says so
+                log.warning("DMN stream %r left as it is (%s): reset it (vmem dmn reset) to drop the labels "
+                            "forgotten", name, exc)
                 continue
-            held = set(stream.counts())
-            if held & gone:
-                removed += stream.drop_labels_except(held - gone)
+            with stream.lock:  # a label a classify writes meanwhile must not be emptied with the forgotten ones
+                held = set(stream.counts())
+                dropped = stream.drop_labels_except(held - gone) if held & gone else 0
+            if dropped:
+                removed += dropped
                 self.save(name, force=True)
         return removed
 

@@ -55,6 +55,7 @@ from retrieval.store import (
     RELABELLED_FROM_KEY,
     RELIABILITY_KEY,
     THUMBNAILS_DIR,
+    MemoryStoreError,
     StoredPoint,
     is_embedded_location,
     local_folder,
@@ -180,7 +181,6 @@ def linked_sources(folder: str | Path) -> tuple[list[str], list[str]]:
             except (OSError, RuntimeError):  # a dangling link, a loop of links (RuntimeError before 3.13)
                 continue
     return folders, files
-
 
 
 def _utc(when: str | None) -> datetime:
@@ -663,8 +663,11 @@ class VisualMemory:
         by_name: dict[str, list[str]] = {}
         for label, name in self.store.meta.label_names.items():
             by_name.setdefault(name.casefold(), []).append(label)
+        # A label the memory names is a label, even named as itself ("cat" named "Cat"), and even with no points
+        # yet (names may come before the images).
+        named = self.store.meta.label_names
         hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
-                 for text in dict.fromkeys(texts) if (found := by_name.get(text.casefold()))]
+                 for text in dict.fromkeys(texts) if text not in named and (found := by_name.get(text.casefold()))]
         return "; ".join(hints)
 
     def unknown_labels_message(self, unknown: Sequence[str], listed_by: str) -> str:
@@ -1070,11 +1073,14 @@ class VisualMemory:
         # Every target's, not only those still there: a forget killed before this line, run again, finds its
         # points gone but their thumbnails (an upload's only copy) still on disk.
         self._remove_thumbnails(list(targets))
+        self._tell(self._forget_listeners, targets, "forget")
         if present and (emptied := {lab for lab in set(present.values()) if not self.store.count(label=lab)}):
             # Labels gone from the memory leave its DMN streams now, files included: they had left only at the
-            # stream's next classify, and a stream not used again kept them.
-            self.dmn.drop_labels(emptied)
-        self._tell(self._forget_listeners, targets, "forget")
+            # stream's next classify, and a stream not used again kept them. (The forget is made: logged.)
+            try:
+                self.dmn.drop_labels(emptied)
+            except Exception:
+                log.error("after a forget (made): the DMN streams kept the labels forgotten", exc_info=True)
         if self._reranker is None and targets:
             self._drop_cached_rerank_answers(targets)
         if erase:
@@ -1112,10 +1118,15 @@ class VisualMemory:
         that a forget in any process on this host deletes them there too: an upload's thumbnail is its only copy,
         and a CLI forget had left them until the service's next start (forever, for a memory on a server)."""
         folder = str(Path(folder).expanduser().absolute())
-        held = self.store.meta.settings.setdefault(THUMBNAIL_FOLDERS_KEY, [])
-        if folder not in held:
-            held.append(folder)
-            self.store.save_meta()
+        held = list(self.store.meta.settings.get(THUMBNAIL_FOLDERS_KEY, []))
+        if folder in held:
+            return
+        try:
+            with self.store.meta_edit() as meta:  # folders gone since (a scratch one) are no longer looked in
+                meta.settings[THUMBNAIL_FOLDERS_KEY] = [f for f in held if Path(f).is_dir()] + [folder]
+        except (MemoryStoreError, OSError) as exc:  # a full disk: the service still starts, and classifies
+            log.warning("could not record the thumbnail folder %s with the memory (%s): a forget in another "
+                        "process leaves its thumbnails there until this service's next start", folder, exc)
 
     def _thumbnail_folders(self) -> list[Path]:
         """The memory's own thumbnail folder and those services recorded (`note_thumbnail_folder`), as exist here."""
@@ -1389,7 +1400,8 @@ class VisualMemory:
         Points keep their ids, labels, sources, tags and pruning state; the label names and settings (tuned
         vote, source roots, pruning) and the journal go with them, and the copy is journaled there. A memory
         already there must have the same encoder; its points stay, points with the same id are overwritten (so a
-        copy cut short can be run again).
+        copy cut short can be run again), and points an earlier copy from here put there that were forgotten here
+        since go (erased where they were erased here).
 
         Args:
             index: a new memory's index settings (default: this memory's; an embedded-only setting is dropped
@@ -1465,15 +1477,17 @@ class VisualMemory:
         back = self.store.existing_ids(forgotten)  # forgotten, then added again: copied as they are now
         copied = [p.id for p in dest.retrieve([i for i in forgotten if i not in back])
                   if _utc(p.payload.get("added_at")) <= _utc(last_copy)]
-        if not copied:
-            return 0
-        n = dest.delete_ids(copied)
-        notes.append(f"{n:,} points an earlier copy put there were forgotten here since: forgotten there too")
+        n = dest.delete_ids(copied) if copied else 0
+        if n:
+            notes.append(f"{n:,} point{'s' if n > 1 else ''} an earlier copy put there {'were' if n > 1 else 'was'} "
+                         "forgotten here since: forgotten there too")
+        # Erased there too where they were here; also when a copy cut short had deleted them but not erased them
+        # (its history not carried yet, so here again): its journal would say "erase" over vectors still there.
         if any(e.op == "erase" and e.at > last_copy for e in history):
             if dest.erases_on_demand:
                 dest.erase_forgotten()
-                notes.append("and erased from its files, as they were here")
-            else:
+                notes.append("forgotten points erased from its files, as they were here")
+            elif n:
                 notes.append("a Qdrant server erases them from its files on its own schedule")
         return n
 

@@ -127,7 +127,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     "/points/{point_id}",
     summary="Forget one point",
     response_model=ForgetOut,
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 503, 507),
 )
 async def forget_point(point_id: PointId, q: Annotated[ForgetPointQuery, Query()], service: ServiceDep,
                        _: ApiKeyDep) -> ForgetOut:
@@ -159,7 +159,7 @@ def _check_erase(erase: bool, service: ClassifierService) -> None:
     "",
     summary="Forget points by ids, label or source",
     response_model=ForgetOut,
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(401, 403, 422, 503, 507),
 )
 async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> ForgetOut:
     """Forget some points by id (`?ids=...&ids=...`), every point with a label (`?label=cat`), or with a source
@@ -280,7 +280,7 @@ async def stats(service: ServiceDep) -> StatsOut:
 
 
 @router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
-            responses=problem_responses(400, 401, 403, 413, 422, 503))
+            responses=problem_responses(400, 401, 403, 413, 422, 503, 507))
 async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""

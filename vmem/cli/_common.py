@@ -326,7 +326,8 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
     roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
     # Compared as read canonically: an older memory holds a Mac's folder "café" decomposed
     truths = [true_label(Path(os.path.abspath(r.source or "")), roots) for r in results]
-    if known_labels is not None and (unknown := Counter(t for t in truths if t not in known_labels)):
+    known = {canonical_label(lab) for lab in known_labels} if known_labels is not None else set()
+    if known_labels is not None and (unknown := Counter(t for t in truths if t not in known)):
         shown = ", ".join(f"{one_line(t)!r} ({n:,})" for t, n in unknown.most_common(5))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         typer.echo(f"note: {sum(unknown.values()):,} of the {len(truths):,} images are in folders that are no label "

@@ -723,7 +723,6 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
                                  f"via {e.via} on {e.host} (pid {e.pid})") if x)
 
 
-
 def labels(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
