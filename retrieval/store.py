@@ -19,6 +19,7 @@ import copy
 import errno
 import functools
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -470,6 +471,15 @@ class MemoryStore(ABC):
     meta: MemoryMeta
     location: str
     journal: Journal  # one entry per edit (retrieval.journal), kept with the memory
+
+    @property
+    def key(self) -> str:
+        """A name for this memory that stays with it when its folder is moved or renamed and differs for any other
+        memory (a copy, a new memory made where an old one was, another collection): `memory-` and a hash of when
+        it was made and its collection. What vmem keeps of a memory outside it is filed under it (DMN streams,
+        a shared thumbnail folder's thumbnails)."""
+        identity = f"{self.meta.created_at}#{getattr(self, 'collection', None) or DEFAULT_COLLECTION}"
+        return f"memory-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
     @property
     def dim(self) -> int:

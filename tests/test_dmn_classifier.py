@@ -180,13 +180,58 @@ def test_two_process_local_memories_never_share_a_stream():
 
 
 def test_collections_on_one_qdrant_server_keep_their_streams_apart():
+    from types import SimpleNamespace
+
+    from retrieval.store import MemoryStore
+    from vmem.dmn_classifier import path_stream_dir_key
+
     class ServerStore:  # what stream_dir_key reads of a QdrantServerStore
+        key = MemoryStore.key
+
         def __init__(self, collection: str) -> None:
             self.location, self.collection = "http://qdrant:6333", collection
+            self.meta = SimpleNamespace(created_at="2026-12-06T06:00:00+00:00")
 
     keys = {stream_dir_key(ServerStore(c)) for c in ("vmem", "faces", "birds")}  # type: ignore[arg-type]
     assert len(keys) == 3
-    assert stream_dir_key(ServerStore("vmem")) == memory_key("http://qdrant:6333")  # type: ignore[arg-type]
+    assert path_stream_dir_key(ServerStore("vmem")) == memory_key("http://qdrant:6333")  # type: ignore[arg-type]
+
+
+def test_streams_follow_a_memory_moved_and_a_new_memory_where_it_was_starts_without_them(tmp_path):
+    # Kept by path, a moved memory had lost its streams, and a new one at the old path had read the old one's.
+    import shutil
+
+    old = clustered_memory(str(tmp_path / "memory"))
+    old.classify_dmn(queries(5)[0], stream="cam1")
+    old.close()
+    shutil.move(tmp_path / "memory", tmp_path / "moved")
+    moved = VisualMemory(open_store(str(tmp_path / "moved")), reranker=None)
+    assert moved.dmn.streams() == ["cam1"] and moved.dmn.stream("cam1").updates == 5
+    moved.close()
+    new = clustered_memory(str(tmp_path / "memory"))
+    assert new.dmn.streams() == []
+    new.close()
+
+
+def test_streams_kept_by_path_before_are_taken_by_their_memory_not_by_a_newer_one(tmp_path):
+    import shutil
+    import time
+
+    from vmem.dmn_classifier import path_stream_dir_key
+
+    mine = clustered_memory(str(tmp_path / "memory"))
+    legacy = dmn_home() / path_stream_dir_key(mine.store)
+    DynamicMemory(DIM, featurizer="synthetic").save(legacy / "cam1.npz")  # written after the memory was made
+    mine.close()
+    again = VisualMemory(open_store(str(tmp_path / "memory")), reranker=None)
+    assert again.dmn.streams() == ["cam1"] and not legacy.exists()
+    again.close()
+    shutil.rmtree(tmp_path / "memory")
+    DynamicMemory(DIM, featurizer="synthetic").save(legacy / "cam2.npz")  # an old memory's, before the next
+    time.sleep(0.01)
+    newer = clustered_memory(str(tmp_path / "memory"))
+    assert newer.dmn.streams() == [] and legacy.exists()
+    newer.close()
 
 
 def test_a_read_only_stream_is_not_written(stored_memory):

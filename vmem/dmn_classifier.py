@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,12 +100,19 @@ def memory_key(location: str) -> str:
 
 
 def stream_dir_key(store: MemoryStore) -> str:
-    """`memory_key` of the memory a store holds: a collection on a Qdrant server is a memory of its own, and a
-    process-local `:memory:` store is one too (every such store would otherwise share one folder of streams)."""
-    collection = getattr(store, "collection", None)
+    """The folder of a memory's streams under `dmn_home()`: `MemoryStore.key`, the memory's own name, which follows
+    it when its folder is moved and is another for a new memory made where it was (a folder per path had lost a
+    moved memory's streams, and given a new memory at the old path the old one's queries). A process-local
+    `:memory:` store is a memory of its own too (every such store would otherwise share one folder)."""
     if store.location == ":memory:":
         token = store.__dict__.setdefault("_dmn_stream_token", uuid.uuid4().hex)
         return memory_key(f":memory:{token}")
+    return store.key
+
+
+def path_stream_dir_key(store: MemoryStore) -> str:
+    """Where streams were kept before `stream_dir_key`: a folder per location (and collection)."""
+    collection = getattr(store, "collection", None)
     if collection is not None and collection != DEFAULT_COLLECTION:  # the default keeps the key it always had
         return memory_key(f"{store.location}#{collection}")
     return memory_key(store.location)
@@ -131,6 +139,8 @@ class DmnClassifier:
         # A process-local `:memory:` memory vanishes with its process, and no other can name it: its streams
         # live in memory with it. Files would only pile up, a folder per such memory ever opened.
         self.persistent = root is not None or store.location != ":memory:"
+        if self.persistent and root is None and store.location != ":memory:":
+            self._take_streams_kept_by_path(store)
         if self.persistent:
             for leftover in remove_stale_temporaries(self.dir):
                 log.warning("removed %s, left by a stream save that did not finish", leftover)
@@ -141,6 +151,21 @@ class DmnClassifier:
         self._last_save: dict[str, float] = {}
         self._dirty: set[str] = set()
         atexit.register(self._flush_at_exit)
+
+    def _take_streams_kept_by_path(self, store: MemoryStore) -> None:
+        """Move the streams kept by this memory's location (before `stream_dir_key`) to its own folder, once: only
+        streams written after the memory was made, which are its own (an older memory's, deleted, would be older)."""
+        old = self.dir.parent / path_stream_dir_key(store)
+        if old == self.dir or self.dir.exists() or not old.is_dir():
+            return
+        try:
+            made = datetime.fromisoformat(store.meta.created_at).timestamp()
+            if max((f.stat().st_mtime for f in old.glob("*.npz")), default=0.0) > made:
+                old.rename(self.dir)
+                log.info("DMN streams of %s moved from %s to %s (one folder per memory now)", store.location,
+                         old, self.dir)
+        except (OSError, ValueError) as exc:  # left where they are: a stream can be built again
+            log.warning("DMN streams in %s could not be moved to %s: %s", old, self.dir, exc)
 
     @property
     def featurizer(self) -> Any:

@@ -1107,11 +1107,9 @@ class VisualMemory:
 
     @property
     def key(self) -> str:
-        """A name for this memory that stays with it when its folder is moved and differs for any other memory (a
-        copy, a new memory made at the same place): `memory-` and a hash of when it was made and its collection.
-        Services that share a thumbnail folder keep each memory's thumbnails under it."""
-        identity = f"{self.store.meta.created_at}#{getattr(self.store, 'collection', DEFAULT_COLLECTION)}"
-        return f"memory-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+        """`MemoryStore.key`: this memory's name wherever it is (services sharing a thumbnail folder keep each
+        memory's thumbnails under it, DMN streams live under it)."""
+        return self.store.key
 
     def note_thumbnail_folder(self, folder: str | Path) -> None:
         """Record with the memory a folder a service keeps its points' thumbnails in (`VMEM_THUMBNAIL_DIR`), so
