@@ -122,10 +122,11 @@ class ThumbnailStore:
     """Small JPEGs by point id: written when an image is added through the API, or made on demand
     from a memory image file, and deleted when the point is forgotten."""
 
-    def __init__(self, root: Path, size: int, shared: bool = False) -> None:
+    def __init__(self, root: Path, size: int, shared: bool = False, also_in: Sequence[Path] = ()) -> None:
         self.root = root
         self.size = size
         self.shared = shared  # root is one memory's folder inside VMEM_THUMBNAIL_DIR
+        self.also_in = list(also_in)  # (shared) other folders of this memory's thumbnails: its own folder's
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, point_id: str) -> Path:
@@ -166,12 +167,15 @@ class ThumbnailStore:
             return self.path(point_id).read_bytes()
         except FileNotFoundError:
             pass
-        # Kept before thumbnails had a folder per memory, directly in the shared one: taken into this memory's
-        legacy = thumbnail_file(self.root.parent, point_id)  # (the caller checks the point is this memory's)
-        if self.shared and legacy.is_file():
-            with contextlib.suppress(OSError):
-                os.replace(legacy, self.path(point_id))
-                return self.path(point_id).read_bytes()
+        # Kept before thumbnails had a folder per memory, directly in the shared one (taken into this memory's),
+        # or in the memory's own folder (a copy's, or served before without VMEM_THUMBNAIL_DIR): copied in.
+        # (The caller checks the point is this memory's.)
+        for kept, move in ((thumbnail_file(self.root.parent, point_id), True),
+                           *((thumbnail_file(f, point_id), False) for f in self.also_in)):
+            if self.shared and kept.is_file():
+                with contextlib.suppress(OSError):
+                    (os.replace if move else shutil.copy2)(kept, self.path(point_id))
+                    return self.path(point_id).read_bytes()
         return None
 
     def remove(self, point_ids: Sequence[str]) -> None:
@@ -242,8 +246,10 @@ class ClassifierService:
         self._ood_last: dict[tuple[int, tuple[str, ...] | None], tuple[int, float | None]] = {}
         self._recalibrating: set[tuple[int, tuple[str, ...] | None]] = set()
         self._tmp_thumbs: str | None = None
+        own = local_folder(memory.store.location)
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size,
-                                         shared=settings.thumbnail_dir is not None)
+                                         shared=settings.thumbnail_dir is not None,
+                                         also_in=[own / THUMBNAILS_DIR] if own is not None else [])
         if settings.thumbnail_dir is not None:  # a forget in another process deletes its points' thumbnails there too
             memory.note_thumbnail_folder(self.thumbnails.root)
         memory.on_forget(self._forgotten)

@@ -319,3 +319,29 @@ def test_an_index_the_disk_has_no_room_for_says_the_edit_is_made_and_how_to_inde
             store.optimize()
         store.shard = engine
         assert store.count() == 10
+
+
+def test_a_copy_takes_the_thumbnails_of_uploads_along_their_only_image(tmp_path, lite0):
+    # A memory moved with vmem copy had lost every uploaded image: the copy's thumbnails were 404s.
+    from fastapi.testclient import TestClient
+
+    from server import Settings, create_app
+    from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+    from vmem import VisualMemory
+
+    location = tmp_path / "memory"
+    mem = fill_memory(str(location), lite0, make_memory_images(tmp_path / "images", lite0))
+    settings = Settings(memory=str(location), api_key=API_KEY, thumbnail_dir=tmp_path / "shared")
+    with TestClient(create_app(settings, memory=mem)) as client:
+        added = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"},
+                            files=[("images", ("l.png", texture((120, 230, 60), 70)))]).json()["added"][0]
+    copy, notes = mem.copy_to(tmp_path / "copy")
+    mem.close()
+    assert "1 thumbnail of uploaded points (their only images) copied along" in notes
+    with VisualMemory(copy, lite0) as copied:
+        for shared in (None, tmp_path / "shared"):  # served from its own folder, or from the shared one's
+            app = create_app(Settings(memory=str(tmp_path / "copy"), api_key=API_KEY, thumbnail_dir=shared),
+                             memory=copied)
+            with TestClient(app) as client:
+                thumb = client.get(f"/v1/memory/points/{added['id']}/thumbnail")
+                assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"

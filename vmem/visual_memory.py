@@ -1421,10 +1421,12 @@ class VisualMemory:
                              "by its original vectors instead")
         dest = open_store(location, self.store.meta.featurizer, index=index)
         copied = 0
+        uploads: list[str] = []
         try:
             for batch in self.store.scroll(batch_size=batch_size, with_vectors=True):
                 dest.put(batch)
                 copied += len(batch)
+                uploads += [p.id for p in batch if str(p.payload.get("source", "")).startswith("upload:")]
                 if progress is not None:
                     progress(len(batch))
             meta, mine = dest.meta, self.store.meta
@@ -1450,6 +1452,7 @@ class VisualMemory:
                                 detail={"forgotten": forgotten} if forgotten else {})
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
+            self._copy_upload_thumbnails(dest, uploads, notes)
             dest.flush()
             dest.optimize()
         except BaseException:
@@ -1488,6 +1491,29 @@ class VisualMemory:
             elif n:
                 notes.append("a Qdrant server erases them from its files on its own schedule")
         return n
+
+    def _copy_upload_thumbnails(self, dest: MemoryStore, ids: list[str], notes: list[str]) -> None:
+        """Copy the thumbnails services kept of uploaded points, their only image, into `dest`'s folder (embedded),
+        where a service of `dest` finds them: a copy had left its uploads with no image."""
+        if not ids:
+            return
+        folder = local_folder(dest.location)
+        if folder is None:
+            notes.append(f"{len(ids):,} uploaded points' thumbnails, their only images, stay in this memory's "
+                         "thumbnail folders: a memory on a server has no folder to take them")
+            return
+        target, kept = folder / THUMBNAILS_DIR, 0
+        for pid in ids:
+            if (there := thumbnail_file(target, pid)).is_file():
+                continue
+            found = next((f for d in self._thumbnail_folders() if (f := thumbnail_file(d, pid)).is_file()), None)
+            if found is not None:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(found, there)
+                kept += 1
+        if kept:
+            notes.append(f"{kept:,} thumbnail{'s' if kept != 1 else ''} of uploaded points (their only images) "
+                         "copied along")
 
     def _copy_dmn_streams(self, dest: MemoryStore) -> int:
         """Copy this memory's DMN dynamic memories (files under `dmn_home()`, keyed by memory) to `dest`'s;
