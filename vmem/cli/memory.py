@@ -567,8 +567,9 @@ def copy(
     to_qdrant_url: Annotated[str | None, typer.Option(help="copy into a Qdrant server (http://host:6333)")] = None,
 ) -> None:
     """Copy a memory's points as stored into another memory (embedded or a Qdrant server): nothing is embedded
-    again. Ids, labels, sources, tags, pruning, label names, tuned settings, the journal and DMN streams go too;
-    re-run to resume."""
+    again. Ids, labels, sources, tags, pruning, label names, tuned settings, the journal, DMN streams and uploads'
+    thumbnails go too; re-run to resume, or to bring a copy up to date (points forgotten here since the last copy
+    are forgotten there)."""
     if (to_memory is None) == (to_qdrant_url is None):
         raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
     check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
