@@ -16,7 +16,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -167,14 +166,14 @@ class ThumbnailStore:
             return self.path(point_id).read_bytes()
         except FileNotFoundError:
             pass
-        # Kept before thumbnails had a folder per memory, directly in the shared one (taken into this memory's),
-        # or in the memory's own folder (a copy's, or served before without VMEM_THUMBNAIL_DIR): copied in.
-        # (The caller checks the point is this memory's.)
-        for kept, move in ((thumbnail_file(self.root.parent, point_id), True),
-                           *((thumbnail_file(f, point_id), False) for f in self.also_in)):
+        # Kept before thumbnails had a folder per memory, directly in the shared one, or in the memory's own folder
+        # (a copy's, or served before without VMEM_THUMBNAIL_DIR): copied in, not moved, since a memory and its copy
+        # may both hold the point (a forget deletes the shared file too). Only for a point this memory holds: the
+        # caller checks that first.
+        for kept in (thumbnail_file(self.root.parent, point_id), *(thumbnail_file(f, point_id) for f in self.also_in)):
             if self.shared and kept.is_file():
                 with contextlib.suppress(OSError):
-                    (os.replace if move else shutil.copy2)(kept, self.path(point_id))
+                    shutil.copy2(kept, self.path(point_id))
                     return self.path(point_id).read_bytes()
         return None
 
@@ -724,13 +723,13 @@ class ClassifierService:
 
     def thumbnail(self, point_id: str) -> bytes:
         """A JPEG of the point's image. Raises ThumbnailUnavailable with the reason."""
-        kept = self.thumbnails.load(point_id)
         points = self.memory.store.retrieve([point_id])
         if not points:
-            if kept is not None:  # forgotten by another process sharing the memory: no copy is left here either
-                self.thumbnails.remove([point_id])
+            # Forgotten by another process sharing the memory: no copy is left here either. (Its own folder only:
+            # a shared folder's other files may be another memory's.)
+            self.thumbnails.remove([point_id])
             raise ThumbnailUnavailable(f"no point with id {point_id} in the memory")
-        if kept is not None:
+        if (kept := self.thumbnails.load(point_id)) is not None:  # a point of this memory: taken in, if kept before
             return kept
         source = points[0].source
         if source.startswith("upload:"):

@@ -345,3 +345,40 @@ def test_a_copy_takes_the_thumbnails_of_uploads_along_their_only_image(tmp_path,
             with TestClient(app) as client:
                 thumb = client.get(f"/v1/memory/points/{added['id']}/thumbnail")
                 assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def test_thumbnails_kept_in_a_shared_folder_before_stay_each_memorys_after_the_upgrade(tmp_path, lite0):
+    # Before each memory had a folder in VMEM_THUMBNAIL_DIR, services kept thumbnails directly in it. Taken in on
+    # a GET, they had been moved before the point was looked up: a GET on one memory's service took or deleted
+    # another's, for good; and a forget left them there.
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from server import Settings, create_app
+    from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+    from vmem.cli import app
+
+    shared = tmp_path / "shared"
+    mem = fill_memory(str(tmp_path / "a"), lite0, make_memory_images(tmp_path / "images", lite0))
+    with TestClient(create_app(Settings(memory=str(tmp_path / "a"), api_key=API_KEY, thumbnail_dir=shared),
+                               memory=mem)) as client:
+        up = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"},
+                         files=[("images", ("l.png", texture((120, 230, 60), 71)))]).json()["added"][0]["id"]
+        copy, _ = mem.copy_to(tmp_path / "b")  # both hold the upload
+        copy.close()
+        # As the services kept them before: directly in the shared folder (and not in the copy's own folder)
+        (folder,) = [f for f in shared.iterdir() if f.is_dir()]
+        shutil.move(folder / f"{up}.jpg", shared / f"{up}.jpg")
+        shutil.rmtree(tmp_path / "b" / "thumbnails")
+        other = shared / "6f1c3d1e-0000-5000-8000-000000000000.jpg"  # another memory's point
+        other.write_bytes(b"jpeg of another memory")
+        assert client.get(f"/v1/memory/points/{other.stem}/thumbnail").status_code == 404
+        assert other.read_bytes() == b"jpeg of another memory"  # not taken, not deleted
+        assert client.get(f"/v1/memory/points/{up}/thumbnail").status_code == 200
+    mem.close()
+    with TestClient(create_app(Settings(memory=str(tmp_path / "b"), api_key=API_KEY, thumbnail_dir=shared))) as b:
+        assert b.get(f"/v1/memory/points/{up}/thumbnail").status_code == 200  # the copy gets it too
+    out = CliRunner().invoke(app, ["forget", "--memory", str(tmp_path / "a"), "--id", up])
+    assert out.exit_code == 0 and not (shared / f"{up}.jpg").exists()  # a forget deletes the old file too

@@ -154,13 +154,17 @@ class DmnClassifier:
 
     def _take_streams_kept_by_path(self, store: MemoryStore) -> None:
         """Move the streams kept by this memory's location (before `stream_dir_key`) to its own folder, once: only
-        streams written after the memory was made, which are its own (an older memory's, deleted, would be older)."""
+        streams written there after the memory was made, which are its own (an older memory's, deleted, would be
+        older). Run when the memory's streams are first used: a classify with a stream, a listing, a copy, a
+        forget of a whole label."""
         old = self.dir.parent / path_stream_dir_key(store)
         if old == self.dir or self.dir.exists() or not old.is_dir():
             return
         try:
             made = datetime.fromisoformat(store.meta.created_at).timestamp()
-            if max((f.stat().st_mtime for f in old.glob("*.npz")), default=0.0) > made:
+            # By when each file was written here (its ctime: a copy keeps the source's mtime, and vmem copy had
+            # copied streams with it)
+            if max((f.stat().st_ctime for f in old.glob("*.npz")), default=0.0) > made:
                 old.rename(self.dir)
                 log.info("DMN streams of %s moved from %s to %s (one folder per memory now)", store.location,
                          old, self.dir)

@@ -1120,17 +1120,23 @@ class VisualMemory:
         if folder in held:
             return
         try:
-            with self.store.meta_edit() as meta:  # folders gone since (a scratch one) are no longer looked in
-                meta.settings[THUMBNAIL_FOLDERS_KEY] = [f for f in held if Path(f).is_dir()] + [folder]
+            # Folders gone since (a scratch one) are no longer looked in; a server's memory may be served from
+            # several hosts, each with folders the others do not see: kept.
+            local = local_folder(self.store.location) is not None
+            with self.store.meta_edit() as meta:
+                meta.settings[THUMBNAIL_FOLDERS_KEY] = [f for f in held if not local or Path(f).is_dir()] + [folder]
         except (MemoryStoreError, OSError) as exc:  # a full disk: the service still starts, and classifies
             log.warning("could not record the thumbnail folder %s with the memory (%s): a forget in another "
                         "process leaves its thumbnails there until this service's next start", folder, exc)
 
     def _thumbnail_folders(self) -> list[Path]:
-        """The memory's own thumbnail folder and those services recorded (`note_thumbnail_folder`), as exist here."""
+        """The memory's own thumbnail folder and those services recorded (`note_thumbnail_folder`), as exist here;
+        and above a recorded `memory-<key>` folder, the shared folder itself, where services kept thumbnails before
+        each memory had a folder there (a forget deletes those of its points, as it did then)."""
         own = self._thumbnail_folder()
         noted = [Path(f) for f in self.store.meta.settings.get(THUMBNAIL_FOLDERS_KEY, ())]
-        return list(dict.fromkeys(f for f in [own, *noted] if f is not None and f.is_dir()))
+        shared = [f.parent for f in noted if f.name == self.store.key]
+        return list(dict.fromkeys(f for f in [own, *noted, *shared] if f is not None and f.is_dir()))
 
     def _remove_thumbnails(self, ids: Sequence[str]) -> None:
         """Delete the thumbnails services kept of these points (`_thumbnail_folders`): an upload's is its only copy,
@@ -1448,8 +1454,8 @@ class VisualMemory:
             forgotten = self._forget_in_copy(dest, history, notes)
             dest.journal.carry_from(self.store.journal, history)
             dest.journal.record("copy", points=copied, selector={"from": _journal_location(self.store.location)},
-                                via=self.via,
-                                detail={"forgotten": forgotten} if forgotten else {})
+                                via=self.via, detail={"from_key": self.store.key,
+                                                      **({"forgotten": forgotten} if forgotten else {})})
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
             self._copy_upload_thumbnails(dest, uploads, notes)
@@ -1469,7 +1475,7 @@ class VisualMemory:
         itself since its last one (a later `added_at`), are its own, and a forget here is none of theirs (the
         destination's own build of the same image had been deleted)."""
         last_copy = max((e.at for e in dest.journal.newest(JournalQuery(op="copy"))[0]
-                         if same_location(str(e.selector.get("from", "")), self.store.location)), default=None)
+                         if self._copied_from_here(e, dest)), default=None)
         if last_copy is None:
             return 0
         forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" and e.at > last_copy for i in e.ids))
@@ -1479,6 +1485,7 @@ class VisualMemory:
         copied = [p.id for p in dest.retrieve([i for i in forgotten if i not in back])
                   if _utc(p.payload.get("added_at")) <= _utc(last_copy)]
         n = dest.delete_ids(copied) if copied else 0
+        VisualMemory(dest, reranker=None)._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
         if n:
             notes.append(f"{n:,} point{'s' if n > 1 else ''} an earlier copy put there {'were' if n > 1 else 'was'} "
                          "forgotten here since: forgotten there too")
@@ -1491,6 +1498,21 @@ class VisualMemory:
             elif n:
                 notes.append("a Qdrant server erases them from its files on its own schedule")
         return n
+
+    def _copied_from_here(self, entry: JournalEntry, dest: MemoryStore) -> bool:
+        """Whether a copy entry of `dest`'s journal records a copy from this memory: by its key, which follows a
+        memory moved; by location for entries made before copies recorded keys (one made with a relative path
+        may be read against the current folder or the destination's parent)."""
+        if "from_key" in entry.detail:
+            return entry.detail["from_key"] == self.store.key
+        given = str(entry.selector.get("from", ""))
+        if not given:
+            return False
+        places = [given]
+        if local_folder(given) is not None and not os.path.isabs(given.removeprefix(LOCAL_MODE_PREFIX)) and (
+                parent := local_folder(dest.location)) is not None:
+            places.append(str(parent.parent / given))
+        return any(same_location(place, self.store.location) for place in places)
 
     def _copy_upload_thumbnails(self, dest: MemoryStore, ids: list[str], notes: list[str]) -> None:
         """Copy the thumbnails services kept of uploaded points, their only image, into `dest`'s folder (embedded),
@@ -1520,7 +1542,8 @@ class VisualMemory:
         a stream `dest` already has is left as it is. Returns how many were copied."""
         from .dmn_classifier import dmn_home, stream_dir_key
 
-        classifier = self.store.__dict__.get("_dmn_classifier")
+        # Made here if not yet: it moves streams kept by folder path before to the memory's own folder, read below
+        classifier = self.dmn if self.store.location != ":memory:" else self.store.__dict__.get("_dmn_classifier")
         if classifier is not None:
             classifier.flush()  # updates not saved yet go too
         # A process-local `:memory:` memory keeps its streams in memory, and gets none from files.
