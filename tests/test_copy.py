@@ -214,3 +214,20 @@ def test_a_copy_whose_erase_failed_erases_when_run_again(tmp_path, monkeypatch):
         with dest:
             assert notes == ["forgotten points erased from its files, as they were here"]
             assert [e.op for e in VisualMemory(dest, reranker=None).history()[:3]] == ["copy", "erase", "forget"]
+
+
+def test_a_copy_from_a_memory_moved_since_still_forgets_there_what_was_forgotten(tmp_path):
+    # Copies had been recognised by the source's location only: moved, its forgets were skipped in the replica
+    # while the journal carried there said them made.
+    import shutil
+
+    with make_memory(tmp_path / "edge") as mem:
+        mem.copy_to(tmp_path / "replica")[0].close()
+    shutil.move(tmp_path / "edge", tmp_path / "moved")
+    with VisualMemory(open_store(tmp_path / "moved"), reranker=None) as moved:
+        fox = set(moved.chosen_points(label="fox"))
+        moved.forget(label="fox")
+        dest, notes = moved.copy_to(tmp_path / "replica")
+        with dest:
+            assert not dest.existing_ids(list(fox))
+            assert notes[0] == "20 points an earlier copy put there were forgotten here since: forgotten there too"

@@ -222,6 +222,7 @@ def test_streams_kept_by_path_before_are_taken_by_their_memory_not_by_a_newer_on
     mine = clustered_memory(str(tmp_path / "memory"))
     legacy = dmn_home() / path_stream_dir_key(mine.store)
     DynamicMemory(DIM, featurizer="synthetic").save(legacy / "cam1.npz")  # written after the memory was made
+    os.utime(legacy / "cam1.npz", (0, 0))  # as vmem copy had copied it: with its source's times
     mine.close()
     again = VisualMemory(open_store(str(tmp_path / "memory")), reranker=None)
     assert again.dmn.streams() == ["cam1"] and not legacy.exists()
