@@ -228,6 +228,15 @@ def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert memory.vote_settings().origin == "default" and memory.reset_vote_settings() is None
     assert memory.set_search_settings(hnsw_ef=256) == {"hnsw_ef": memory.store.meta.index.model_fields["hnsw_ef"]
                                                        .default} and memory.store.meta.index.hnsw_ef == 256
+    # Checked as every vote and build checks them: stored unchecked, hnsw_ef=4 had made vmem.json unreadable, and
+    # k=0 failed every classify after.
+    for bad in ({"rule": "softmax", "k": 0}, {"rule": "bogus", "k": 5}, {"k": 5}):
+        with pytest.raises(ValueError):
+            memory.store_vote_settings(bad)
+    for bad in ({"hnsw_ef": 4}, {"m": 32}):
+        with pytest.raises(ValueError):
+            memory.set_search_settings(**bad)
+    assert memory.vote_settings().origin == "default" and memory.store.meta.index.hnsw_ef == 256
     # Each journaled as made through Python, as the CLI's tune and build journal theirs
     assert [(e.op, e.via) for e in memory.history()[:3]] == [("settings", "python"), ("tune", "python"),
                                                              ("tune", "python")]

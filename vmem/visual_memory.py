@@ -203,6 +203,9 @@ class NoSuchLabelsError(ValueError):
     """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
 
 
+# Index settings read at every search, which an existing memory may change (`set_search_settings`).
+SEARCH_SETTINGS = frozenset({"hnsw_ef", "rescore"})
+
 # vmem.json's settings: the thumbnail folders services outside the memory's folder keep (`note_thumbnail_folder`).
 THUMBNAIL_FOLDERS_KEY = "thumbnail_dirs"
 
@@ -329,7 +332,13 @@ class VisualMemory:
 
     def store_vote_settings(self, vote: dict[str, Any], tuning: dict[str, Any] | None = None) -> None:
         """Keep `vote` (rule, k, alpha, tau: what `vmem tune` chose) as the memory's default vote settings, with
-        `tuning` (what they were chosen on), journaled; `vote_settings()` reads them from then on."""
+        `tuning` (what they were chosen on), journaled; `vote_settings()` reads them from then on. ValueError for
+        settings a vote would refuse (stored, they had failed every classify after)."""
+        unknown = set(vote) - {"rule", "k", "alpha", "tau"}
+        if unknown or "rule" not in vote or vote.get("rule") == "dmn":
+            raise ValueError(f"vote settings are a rule (plurality, distance, softmax, rank), k, alpha and tau; got "
+                             f"{sorted(vote)}")
+        VoteSettings(**vote)  # checked as every vote is: a rule, k from 1 to 1000, alpha and tau in bounds
         with self.store.meta_edit() as meta:
             meta.settings["vote"] = dict(vote)
             if tuning is not None:
@@ -349,14 +358,19 @@ class VisualMemory:
 
     def set_search_settings(self, **changed: Any) -> dict[str, Any]:
         """Change search settings read at every search (`hnsw_ef`, `rescore`), journaled with the values before;
-        index settings built into the index are fixed once the memory exists. Returns the values before."""
+        index settings built into the index are fixed once the memory exists (ValueError, as for a value out of
+        bounds: stored unchecked, `hnsw_ef=4` had made the memory's metadata unreadable). Returns the values before."""
+        if fixed := sorted(set(changed) - SEARCH_SETTINGS):
+            raise ValueError(f"{', '.join(fixed)}: built into the index when the memory was made; only "
+                             f"{', '.join(sorted(SEARCH_SETTINGS))} change (vmem copy into a new memory for others)")
         stored = self.store.meta.index
         changed = {name: value for name, value in changed.items() if getattr(stored, name) != value}
         if not changed:
             return {}
         before = {name: getattr(stored, name) for name in changed}
+        updated = IndexSettings.model_validate({**stored.model_dump(), **changed})  # bounds checked, as at a build
         with self.store.meta_edit() as meta:
-            meta.index = stored.model_copy(update=changed)
+            meta.index = updated
         self._journal("settings", detail={"search": changed, "before": before})
         return before
 
