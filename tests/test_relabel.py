@@ -215,8 +215,10 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     assert merged.stdout.strip() == "relabelled 3 points to 'scarlet' (a new label); it now has 3"
     named = runner.invoke(app, ["relabel", "--memory", location, "--label", "green", "--to", "navy"])
     assert named.exit_code == 2 and "'navy' is the name of label blue" in named.output
-    nothing = runner.invoke(app, ["relabel", "--memory", location, "--label", "navy", "--to", "green"])
-    assert nothing.exit_code == 1 and "'navy' is the name of label blue" in nothing.stderr
+    # A name where the label to relabel belongs: refused, as forget refuses it (it had been exit 1, a dry run 0)
+    for dry in ([], ["--dry-run"]):
+        by_name = runner.invoke(app, ["relabel", "--memory", location, "--label", "navy", "--to", "green", *dry])
+        assert by_name.exit_code == 2 and "'navy' is the name of label blue): give the label" in by_name.output
     # Run again, a relabel already done succeeds (a corrections script re-run after a partial failure); points
     # that are not there are a mistake, and say so
     again = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--to", "blue"])
@@ -256,8 +258,8 @@ def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, l
                                  "note": None}
         assert classify()["label"] == "blue"
 
-        by_name = client.post("/v1/memory/relabel", json={"label": "navy", "to": "red"}, headers=key).json()
-        assert by_name["relabelled"] == 0 and by_name["note"].startswith(
+        by_name = client.post("/v1/memory/relabel", json={"label": "navy", "to": "red"}, headers=key)
+        assert by_name.status_code == 422 and by_name.json()["detail"].startswith(
             "the memory has no label 'navy' ('navy' is the name of label blue)")
         gone = client.delete("/v1/memory", params={"label": "navy"}, headers=key)
         assert gone.status_code == 422 and "'navy' is the name of label blue" in gone.json()["detail"]

@@ -1073,7 +1073,7 @@ class VisualMemory:
         if erase:
             self.check_erase_on_demand()
         if label is not None:
-            self.check_forget_label(label)
+            self.check_chosen_label(label)
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         # Read before they go: the journal is all that will say which points went, and what they were.
         # The journal entry under the same lock: edits of one point racing in this process are journaled in
@@ -1101,9 +1101,10 @@ class VisualMemory:
             self.erase_forgotten()
         return n
 
-    def check_forget_label(self, label: str) -> None:
-        """ValueError where `label` is no label of the memory but the name of one ("Egyptian cat" for n02124075):
-        forget takes labels, and an unlearning script told "0 points" reads it as "none left"."""
+    def check_chosen_label(self, label: str) -> None:
+        """ValueError where `label`, choosing points to forget or relabel, is no label of the memory but the name of
+        one ("Egyptian cat" for n02124075): they take labels, and an unlearning script told "0 points" reads it as
+        "none left"."""
         if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
             raise ValueError(f"the memory has no label {label!r} ({hints}): give the label")
 
@@ -1202,6 +1203,8 @@ class VisualMemory:
         (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels.
         """
         to = self.check_new_label(to)
+        if label is not None:
+            self.check_chosen_label(label)
         label = self.stored_label(label) if label is not None else None
         n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to,
                                      _selector(ids, label, source_prefix)))
@@ -1259,6 +1262,8 @@ class VisualMemory:
         Example:
             >>> mem.chosen_points(source_prefix="/data/cats/")   # {"0b6f...": "n02123045", ...}
         """
+        if label is not None:
+            self.check_chosen_label(label)
         label = self.stored_label(label) if label is not None else None
         return self.store.existing_labels(self._chosen_ids(ids, label, source_prefix, "choose"))
 

@@ -440,7 +440,7 @@ def forget(
                 raise typer.BadParameter(str(exc), param_hint="--erase") from None
         if label is not None:  # a name for a label is a mistake in the command, not a label already forgotten
             try:
-                mem.check_forget_label(label)
+                mem.check_chosen_label(label)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--label") from None
         if dry_run:
@@ -485,6 +485,11 @@ def relabel(
     with open_memory(memory, qdrant_url) as mem:
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
+        if label is not None:  # a name for a label is a mistake in the command, as forget refuses it
+            try:
+                mem.check_chosen_label(label)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--label") from None
         new_label = not mem.store.count(label=mem.stored_label(to))
         if dry_run:  # refused as the relabel would refuse it
             try:
