@@ -931,6 +931,7 @@ class EdgeMemoryStore(MemoryStore):
         shard_path = self.path / SHARD_DIR
         if not meta_path.exists() and meta is None:
             raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path)
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
@@ -941,6 +942,8 @@ class EdgeMemoryStore(MemoryStore):
             self._open(meta, meta_path, shard_path)
         except BaseException:
             self._release_open_lock()
+            if made and not meta_path.exists():  # a memory this call began and never completed (a full disk)
+                shutil.rmtree(self.path, ignore_errors=True)
             raise
 
     def _release_open_lock(self) -> None:

@@ -1051,6 +1051,7 @@ def test_a_build_warns_when_the_disk_may_not_hold_it(image_folder, tmp_path, mon
     out = run("build", image_folder / "train", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
               "--workers", "0")
     assert out.exit_code == 1 and "a new memory needs 64 MB: refused before anything was written" in out.output
+    assert not (tmp_path / "m2").exists()  # nothing written, and no folder left behind (it had held a lock file)
     free = 80 * 10**6
     out = run("build", image_folder / "query", "--memory", tmp_path / "m2", "--featurizer", "efficientnet-lite0",
               "--workers", "0")

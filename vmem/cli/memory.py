@@ -33,7 +33,7 @@ from retrieval import (
 )
 from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
-from retrieval.store import local_folder
+from retrieval.store import local_folder, point_id_for
 
 from ..results import MemoryPoint
 from ..visual_memory import local_source_prefix, parse_point_id
@@ -180,7 +180,7 @@ def build(
         mem.check_added_labels(mem.stored_labels(sorted(dataset_labels)))
     except ValueError as exc:
         mem.close()
-        raise typer.BadParameter(str(exc), param_hint="DATASET") from None
+        raise typer.BadParameter(str(exc), param_hint="--label" if label is not None else "DATASET") from None
     changed = {name: value for name, value in searching.items() if getattr(stored, name) != value}
     if changed:
         # Read at every search, not built into the index: an existing memory can take a new value.
@@ -196,8 +196,9 @@ def build(
     if any(getattr(stored, name) != value for name, value in asked.items()):
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
-    # Images already stored take no more room (a resumed build): roughly, the memory's points are among them
-    if (shortfall := _disk_shortfall(mem, max(0, len(items) - mem.store.count()))) is not None:
+    # Images already stored take no more room (a resumed build)
+    stored_already = len(mem.store.existing_ids([point_id_for(it.source) for it in items]))
+    if (shortfall := _disk_shortfall(mem, len(items) - stored_already)) is not None:
         typer.echo(f"warning: {shortfall}", err=True)
     # Drawn into a log too (stderr no terminal): a build's progress is what a long one's log is read for, and the
     # crash tests read it there
