@@ -396,14 +396,19 @@ def test_vote_scores_the_prompt_shows_are_part_of_the_cache_key(fake, make_rr, i
     assert second.candidates == ["dog", "cat"] and not second.cached
 
 
+def with_user_template(rr, tmp_path, name: str, yaml_rest: str):
+    """`rr` reading templates from a folder of the user's, with this one template in it."""
+    (tmp_path / "tpl").mkdir(exist_ok=True)
+    (tmp_path / "tpl" / f"{name}.yaml").write_text(f"name: {name}\n{yaml_rest}")
+    rr._registry = TemplateRegistry(tmp_path / "tpl")
+    return rr
+
+
 def test_weights_a_template_prints_are_part_of_the_cache_key(fake, make_rr, images, tmp_path):
     # The softmax vote at two temperatures: the same neighbours and shares, but the template prints other weights
     # (4.54e-05, then 2.06e-09), which 3 decimals had keyed alike (0.000).
-    (tmp_path / "tpl").mkdir()
-    (tmp_path / "tpl" / "weighed.yaml").write_text(
-        "name: weighed\nversion: 1\nsystem: Classify.\nneighbor: '$rank $label weight $weight'\n")
-    rr = make_rr()
-    rr._registry = TemplateRegistry(tmp_path / "tpl")
+    rr = with_user_template(make_rr(), tmp_path, "weighed",
+                            "version: 1\nsystem: Classify.\nneighbor: '$rank $label weight $weight'\n")
     for tau in (0.01, 0.005):
         req = request(images, template="weighed")
         for n in req.neighbors:
@@ -443,11 +448,8 @@ def test_swapping_the_template_changes_the_request(fake, make_rr, images):
 
 
 def test_a_user_template_is_chosen_by_name(fake, make_rr, images, tmp_path):
-    (tmp_path / "tpl").mkdir()
-    (tmp_path / "tpl" / "terse.yaml").write_text(
-        "name: terse\nversion: 2\nsystem: Classify.\nneighbor: '#$rank $label'\nneighbor_images: false\n")
-    rr = make_rr()
-    rr._registry = TemplateRegistry(tmp_path / "tpl")
+    rr = with_user_template(make_rr(), tmp_path, "terse",
+                            "version: 2\nsystem: Classify.\nneighbor: '#$rank $label'\nneighbor_images: false\n")
     out = rr.rerank_one(request(images, template="terse"))
     assert out.template == "terse@2" and fake.requests[0].images == 1
     assert "#1 cat" in fake.requests[0].texts
