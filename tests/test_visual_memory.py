@@ -217,14 +217,14 @@ def test_forget_takes_one_id_as_a_string_and_refuses_what_is_not_an_id(lite0, tm
 def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert memory.vote_settings().origin == "default"
     assert (memory.vote_settings().rule, memory.vote_settings().k) == (VoteRule.rank, 50)
-    memory.store_vote_settings({"rule": "softmax", "k": 5, "tau": 0.1})  # as vmem tune keeps its choice
+    memory.store_vote_settings({"rule": "softmax", "k": 5, "tau": 0.1, "soft_pruning": True})  # as vmem tune does
     tuned = memory.vote_settings()
     assert (tuned.rule, tuned.k, tuned.tau, tuned.origin) == (VoteRule.softmax, 5, 0.1, "memory")
     explicit = memory.vote_settings(k=2)
     assert (explicit.rule, explicit.k, explicit.tau, explicit.origin) == (VoteRule.softmax, 2, 0.1, "explicit")
     [res] = memory.classify([make_image((200, 30, 30))])
     assert res.vote.origin == "memory" and len(res.neighbors) == 5
-    assert memory.reset_vote_settings() == {"rule": "softmax", "k": 5, "tau": 0.1}
+    assert memory.reset_vote_settings() == {"rule": "softmax", "k": 5, "tau": 0.1, "soft_pruning": True}
     assert memory.vote_settings().origin == "default" and memory.reset_vote_settings() is None
     assert memory.set_search_settings(hnsw_ef=256) == {"hnsw_ef": memory.store.meta.index.model_fields["hnsw_ef"]
                                                        .default} and memory.store.meta.index.hnsw_ef == 256

@@ -334,10 +334,10 @@ class VisualMemory:
         """Keep `vote` (rule, k, alpha, tau: what `vmem tune` chose) as the memory's default vote settings, with
         `tuning` (what they were chosen on), journaled; `vote_settings()` reads them from then on. ValueError for
         settings a vote would refuse (stored, they had failed every classify after)."""
-        unknown = set(vote) - {"rule", "k", "alpha", "tau"}
+        unknown = set(vote) - {"rule", "k", "alpha", "tau", "soft_pruning"}
         if unknown or "rule" not in vote or vote.get("rule") == "dmn":
-            raise ValueError(f"vote settings are a rule (plurality, distance, softmax, rank), k, alpha and tau; got "
-                             f"{sorted(vote)}")
+            raise ValueError(f"vote settings are a rule (plurality, distance, softmax, rank), k, alpha, tau and "
+                             f"soft_pruning; got {sorted(vote)}")
         VoteSettings(**vote)  # checked as every vote is: a rule, k from 1 to 1000, alpha and tau in bounds
         with self.store.meta_edit() as meta:
             meta.settings["vote"] = dict(vote)
