@@ -941,9 +941,14 @@ class EdgeMemoryStore(MemoryStore):
         try:
             self._open(meta, meta_path, shard_path)
         except BaseException:
-            self._release_open_lock()
             if made and not meta_path.exists():  # a memory this call began and never completed (a full disk)
-                shutil.rmtree(self.path, ignore_errors=True)
+                # Removed while the lock is held (another process that tried meanwhile was refused), and only what
+                # this call made: rmdir refuses a folder that holds anything else.
+                shutil.rmtree(shard_path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (self.path / OPEN_LOCK_FILE).unlink()
+                    self.path.rmdir()
+            self._release_open_lock()
             raise
 
     def _release_open_lock(self) -> None:

@@ -173,8 +173,10 @@ class ThumbnailStore:
         for kept in (thumbnail_file(self.root.parent, point_id), *(thumbnail_file(f, point_id) for f in self.also_in)):
             if self.shared and kept.is_file():
                 with contextlib.suppress(OSError):
-                    shutil.copy2(kept, self.path(point_id))
-                    return self.path(point_id).read_bytes()
+                    data = kept.read_bytes()
+                    # Whole or not at all: a copy cut short (a full disk) had been served, broken, from then on
+                    write_atomically(self.path(point_id), data, durable=False)
+                    return data
         return None
 
     def remove(self, point_ids: Sequence[str]) -> None:

@@ -34,6 +34,7 @@ from retrieval import (
 from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder, point_id_for
+from retrieval.text import utf8_text
 
 from ..results import MemoryPoint
 from ..visual_memory import local_source_prefix, parse_point_id
@@ -197,7 +198,8 @@ def build(
         typer.echo(f"note: index settings are fixed when a memory is created; this one keeps "
                    f"{stored.model_dump()}", err=True)
     # Images already stored take no more room (a resumed build)
-    stored_already = len(mem.store.existing_ids([point_id_for(it.source) for it in items]))
+    stored_already = len(mem.store.existing_ids([point_id_for(it.source) for it in items
+                                                 if utf8_text(it.source) == it.source]))  # the rest are skipped
     if (shortfall := _disk_shortfall(mem, len(items) - stored_already)) is not None:
         typer.echo(f"warning: {shortfall}", err=True)
     # Drawn into a log too (stderr no terminal): a build's progress is what a long one's log is read for, and the
