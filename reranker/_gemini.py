@@ -394,7 +394,9 @@ class GeminiReranker:
             return fallback(NothingToRerankError("the memory returned no neighbours to re-rank"))
         if len(candidates) < 2:
             only = candidates[0] if candidates else "none"
-            return fallback(NothingToRerankError(f"only one candidate label ({only}): nothing to re-rank"))
+            # With its name where the memory names it: a WordNet id alone says nothing to the reader
+            named = f"{only} {name!r}" if (name := (req.label_names or {}).get(only)) else only
+            return fallback(NothingToRerankError(f"only one candidate label ({named}): nothing to re-rank"))
 
         query = await asyncio.to_thread(encode_query, req, self.settings.query_size)
         key = self._key(req, template, query, candidates)

@@ -326,6 +326,9 @@ def test_a_single_candidate_needs_no_call(fake, make_rr, images):
     out = make_rr().rerank_one(request(images, labels=("cat", "cat", "cat")))
     assert out.error == "NothingToRerankError" and "only one candidate" in out.fallback_reason
     assert fake.count == 0
+    named = make_rr().rerank_one(request(images, labels=("n02123045",) * 3, vote="n02123045",
+                                         label_names={"n02123045": "tabby"}))
+    assert named.fallback_reason == "only one candidate label (n02123045 'tabby'): nothing to re-rank"
 
 
 # ------------------------------------------------------------------ cache
