@@ -378,6 +378,7 @@ class AddedPoint(Answer):
 
     id: PointIdText = Field(description="point id (derived from the image's content, so re-adding is idempotent)")
     label: str = Field(description="the label stored")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="`upload:sha256:<hash>[:filename]`")
     thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
     new: bool = Field(default=True, description="false: the image was in the memory already (same bytes and name), and "

@@ -348,6 +348,9 @@ def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
                             files=[("images", ("b.png", texture(COLORS["blue"], seed=8), "image/png"))])
         assert added.status_code == 422 and "'navy' is the name of label blue" in added.json()["detail"]
         assert not list((tmp_path / "thumbs").rglob("*.jpg"))  # refused before a thumbnail was kept
+        taken = client.post("/v1/memory", data={"label": "blue"},
+                            files=[("images", ("b.png", texture(COLORS["blue"], seed=8), "image/png"))])
+        assert taken.status_code == 201 and taken.json()["added"][0]["label_name"] == "navy"
 
 
 # ------------------------------------------------------------------ real data

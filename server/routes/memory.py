@@ -118,8 +118,10 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
                            "bad-image", "The image could not be decoded")
     points = await run_in_threadpool(service.memory.store.count)
     new = set(result.added)
-    return AddOut(added=[AddedPoint(id=pid, label=lab, source=src, thumbnail_url=thumbnail_url(request, pid),
-                                    new=pid in new, relabelled_from=result.relabelled.get(pid))
+    names = service.memory.store.meta.label_names  # as every other answer gives them
+    return AddOut(added=[AddedPoint(id=pid, label=lab, label_name=names.get(lab), source=src,
+                                    thumbnail_url=thumbnail_url(request, pid), new=pid in new,
+                                    relabelled_from=result.relabelled.get(pid))
                          for _, pid, lab, src in added], failed=failures, points=points)
 
 
