@@ -21,7 +21,6 @@ back): at ImageNet scale, hashing every file anew read 140 GB to find cached fea
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .files import file_sha256, remove_stale_temporaries, write_atomically
+from .files import DISK_FULL_ERRNOS, file_sha256, remove_stale_temporaries, write_atomically
 from .preprocessing import EmbedFailure
 
 if TYPE_CHECKING:
@@ -92,7 +91,6 @@ def _append_at(path: Path, end: int, data: bytes, durable: bool) -> None:
             os.fsync(fh.fileno())
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _HASH_LINE_BYTES = 65  # a sha256 in hex and its newline
 _SETTLED_NS = 2_000_000_000  # a file's hash is remembered once it has been left alone this long
 # file-hashes.txt is rewritten with one record per path once it holds at least this many records and more than
@@ -221,7 +219,7 @@ class FeatureCache:
         try:
             self._append(rows, hashes)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
+            if exc.errno not in DISK_FULL_ERRNOS:
                 raise
             if not self._not_kept:
                 log.warning("the feature cache in %s takes no more (%s): features computed now are used, not kept",
@@ -262,7 +260,7 @@ class FeatureCache:
                     _append_at(self._file_hashes_path, self._file_hashes_offset, data, durable=False)
                     self._file_hashes_offset += len(data)
                 except OSError as exc:  # a full disk: hashed again next time, no more
-                    if exc.errno not in _DISK_FULL:
+                    if exc.errno not in DISK_FULL_ERRNOS:
                         raise
         return hashes
 

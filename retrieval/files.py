@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -13,6 +14,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
+# What a write that finds no room raises: the disk full, the user's quota, a file-size limit (`ulimit -f`).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()

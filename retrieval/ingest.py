@@ -359,10 +359,11 @@ def build_memory(
         progress(len(unnamed))
     ids = [point_id_for(it.source) for it in items]
     stored = store.existing_labels(ids)
-    todo = [it for it, pid in zip(items, ids, strict=True) if pid not in stored]
+    todo_ids = {it.source: pid for it, pid in zip(items, ids, strict=True) if pid not in stored}
+    todo = [it for it in items if it.source in todo_ids]
     report.skipped_existing = len(items) - len(todo)
     if todo and (forgotten := forgotten_ids(store)):
-        report.forgotten_before = [it.source for it in todo if point_id_for(it.source) in forgotten]
+        report.forgotten_before = [it.source for it in todo if todo_ids[it.source] in forgotten]
         if skip_forgotten and report.forgotten_before:
             report.forgotten_skipped = True
             left_out = set(report.forgotten_before)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import functools
 import gc
 import hashlib
@@ -41,7 +40,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
-from .files import remove_stale_temporaries, write_atomically
+from .files import DISK_FULL_ERRNOS, remove_stale_temporaries, write_atomically
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 from .preprocessing import FeaturizerError, FeaturizerSpec
 
@@ -1057,7 +1056,7 @@ class EdgeMemoryStore(MemoryStore):
         try:
             write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            if exc.errno not in DISK_FULL_ERRNOS:
                 raise
             # Written atomically: the file as it was stays (a names PUT had been a 500, vmem names a traceback)
             raise MemoryFullError(f"the memory's {META_FILE} could not be saved ({exc.strerror}): nothing was changed; "

@@ -170,8 +170,10 @@ class ThumbnailStore:
         # (a copy's, or served before without VMEM_THUMBNAIL_DIR): copied in, not moved, since a memory and its copy
         # may both hold the point (a forget deletes the shared file too). Only for a point this memory holds: the
         # caller checks that first.
+        if not self.shared:
+            return None
         for kept in (thumbnail_file(self.root.parent, point_id), *(thumbnail_file(f, point_id) for f in self.also_in)):
-            if self.shared and kept.is_file():
+            if kept.is_file():
                 with contextlib.suppress(OSError):
                     data = kept.read_bytes()
                     # Whole or not at all: a copy cut short (a full disk) had been served, broken, from then on

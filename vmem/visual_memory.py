@@ -1503,8 +1503,10 @@ class VisualMemory:
         back = self.store.existing_ids(forgotten)  # forgotten, then added again: copied as they are now
         copied = [p.id for p in dest.retrieve([i for i in forgotten if i not in back])
                   if _utc(p.payload.get("added_at")) <= _utc(last_copy)]
-        n = dest.delete_ids(copied) if copied else 0
-        VisualMemory(dest, reranker=None)._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
+        n = 0
+        if copied:
+            n = dest.delete_ids(copied)
+            VisualMemory(dest, reranker=None)._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
         if n:
             notes.append(f"{n:,} point{'s' if n > 1 else ''} an earlier copy put there {'were' if n > 1 else 'was'} "
                          "forgotten here since: forgotten there too")
@@ -1543,11 +1545,11 @@ class VisualMemory:
             notes.append(f"{len(ids):,} uploaded points' thumbnails, their only images, stay in this memory's "
                          "thumbnail folders: a memory on a server has no folder to take them")
             return
-        target, kept = folder / THUMBNAILS_DIR, 0
+        target, kept, folders = folder / THUMBNAILS_DIR, 0, self._thumbnail_folders()
         for pid in ids:
             if (there := thumbnail_file(target, pid)).is_file():
                 continue
-            found = next((f for d in self._thumbnail_folders() if (f := thumbnail_file(d, pid)).is_file()), None)
+            found = next((f for d in folders if (f := thumbnail_file(d, pid)).is_file()), None)
             if found is not None:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(found, there)
