@@ -73,6 +73,8 @@ def wrong_decision_counts(
     Returns:
         (counts int64 [n], wrong bool [n]: whether the point itself was misclassified by the rest)
     """
+    if hits is None and features is None:  # as leave_one_out_votes says it (this had been a TypeError of len())
+        raise ValueError("give the vectors to search, or their search's hits")
     n = len(labels)
     classes, pos = class_index(labels)
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)

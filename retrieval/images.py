@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from .text import escape_control_characters
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,26 @@ MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # The formats decoded; Pillow would otherwise try every plugin it has, EPS among them, which runs Ghostscript
 # on the bytes of any upload that starts like PostScript.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif",
                             ".tif", ".tiff", ".ico"})
+# AVIF (images saved from the web) where this Pillow decodes it (its wheels do from 11.2; vmem allows Pillow 10).
+if features.check("avif"):
+    IMAGE_FORMATS += ("AVIF",)
+    IMAGE_SUFFIXES |= {".avif"}
+# How `load_image`'s errors name the formats.
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + (", ICO or AVIF" if "AVIF" in IMAGE_FORMATS else " or ICO")
+# A camera's JPEG with an MPF block (a preview: Sony, Panasonic, Canon) opens as "MPO": a JPEG all the same, and
+# decoded as one (at full size, without the draft, it took 11 times as long).
+JPEG_FORMATS = ("JPEG", "MPO")
+# Photos in formats vmem does not decode (HEIC from iPhones, camera RAW): said so, with what to do, when a folder
+# holds them.
+UNDECODED_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                                      ".raf", ".orf", ".rw2", ".pef", ".srw"}) - IMAGE_SUFFIXES
+# What operating systems and NAS boxes leave in photo folders: never images, never worth a word.
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "#snapshot", "$recycle.bin", "system volume information",
+                            "__macosx", "lost+found"})
 # Files a dataset's folders often hold beside the images (annotations, notes): not worth a warning when left out.
 TEXT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".md", ".yaml", ".yml", ".html"})
 
@@ -110,13 +129,16 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
             if fp.is_dir():
                 raise ImageDecodeError(f"{name}: a directory, not an image file")
             if not fp.is_file():
+                if fp.is_symlink():  # its target is gone, or it loops: "no such file" of a file the user sees
+                    raise ImageDecodeError(f"{name}: a symbolic link that leads to no file (its target is missing, "
+                                           "or the link loops)")
                 raise ImageDecodeError(f"{name}: no such file")
             if fp.stat().st_size == 0:
                 raise ImageDecodeError(f"{name}: the file is empty (0 bytes)")
         try:
             img = _open_within_limit(fp, name)
             img.seek(0)
-            if min_side and img.format == "JPEG":
+            if min_side and img.format in JPEG_FORMATS:
                 img.draft(None, (min_side, min_side))
             img.load()
         except ImageDecodeError:
@@ -126,8 +148,8 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
                 f"{name}: image too large to decode safely (the limit is {MAX_IMAGE_PIXELS:,} pixels)"
             ) from exc
         except UnidentifiedImageError as exc:
-            raise ImageDecodeError(f"{name}: not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF "
-                                   "or ICO)") from exc
+            raise ImageDecodeError(f"{name}: not a recognised image format ({FORMAT_NAMES})"
+                                   + _conversion_hint(name)) from exc
         except PermissionError as exc:  # the file may be fine: the reader is not let in
             raise ImageDecodeError(f"{name}: permission denied: the file cannot be read by this user") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -229,7 +251,7 @@ def _decode_plain_jpeg(source: str | Path | bytes | bytearray, min_side: int | N
         if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
             return None
         with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:  # the header only: no pixels yet
-            if (img.format != "JPEG" or img.mode not in ("RGB", "L") or img.size != (w, h)
+            if (img.format not in JPEG_FORMATS or img.mode not in ("RGB", "L") or img.size != (w, h)
                     or img.getexif().get(_EXIF_ORIENTATION, 1) != 1):
                 return None
         # Pillow's draft: the largest of 1/8, 1/4, 1/2 that keeps both sides >= min_side.
@@ -264,7 +286,8 @@ def files_under(folder: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .thumbs, .ipynb_checkpoints: not the images
+        # .thumbs, .ipynb_checkpoints, a NAS's @eaDir of thumbnails, a zip's __MACOSX: not the images
+        dirnames[:] = [d for d in dirnames if not is_system_folder(d)]
         found += [Path(dirpath) / name for name in filenames]
     if unreadable:
         shown = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:3])
@@ -278,13 +301,36 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def is_system_folder(name: str) -> bool:
+    """A hidden folder, or one an OS or NAS makes beside photos (Synology's `@eaDir` of thumbnails, a zip's
+    `__MACOSX`, Windows' `$RECYCLE.BIN`): no class, and none of its files an image of the folder above."""
+    return name.startswith(".") or name.lower() in SYSTEM_FOLDERS
+
+
 def is_unread_file(path: Path) -> bool:
     """A file a folder walk leaves out that a user may have meant as an image (no suffix, .heic, ...): worth
-    naming, so that a folder of them does not vanish unsaid. Hidden and text files are not."""
-    return not is_image_path(path) and not path.name.startswith(".") and path.suffix.lower() not in TEXT_SUFFIXES
+    naming, so that a folder of them does not vanish unsaid. Hidden, text and system files are not."""
+    return (not is_image_path(path) and not path.name.startswith(".") and path.suffix.lower() not in TEXT_SUFFIXES
+            and path.name.lower() not in SYSTEM_FILES)
+
+
+def _conversion_hint(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return f": vmem does not decode {suffix} photos; convert them to JPEG" if suffix in UNDECODED_PHOTO_SUFFIXES else ""
 
 
 def unread_files_message(unread: Sequence[Path]) -> str:
-    shown = ", ".join(p.name for p in unread[:3]) + (", ..." if len(unread) > 3 else "")
+    """One warning for the files a folder walk left out: photos in formats vmem does not decode named first (a
+    folder's Thumbs.db had hidden them behind "..."), each name on one line."""
+    photos = [p for p in unread if p.suffix.lower() in UNDECODED_PHOTO_SUFFIXES]
+    ordered = photos + [p for p in unread if p.suffix.lower() not in UNDECODED_PHOTO_SUFFIXES]
+    # A macOS folder's "Icon\r" had moved the terminal's cursor back over the warning
+    shown = ", ".join(escape_control_characters(p.name) for p in ordered[:3]) + (", ..." if len(unread) > 3 else "")
+    advice = "name a file so, or list it"
+    if photos:
+        kinds = sorted({p.suffix.lower() for p in photos})
+        advice = (f"{len(photos)} of them {'is' if len(photos) == 1 else 'are'} {'/'.join(kinds)}, which vmem does not "
+                  f"decode: convert {'it' if len(photos) == 1 else 'them'} to JPEG" + (
+                      f"; for the others, {advice}" if len(photos) < len(unread) else ""))
     return (f"{len(unread)} file{'s' if len(unread) > 1 else ''} not named as images left out ({shown}): vmem reads "
-            f"{', '.join(sorted(s for s in IMAGE_SUFFIXES))} files in a folder; name a file so, or list it")
+            f"{', '.join(sorted(s for s in IMAGE_SUFFIXES))} files in a folder; {advice}")

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .feature_cache import FeatureCache
-from .images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
+from .images import (
+    failure_line,
+    files_under,
+    is_image_path,
+    is_system_folder,
+    is_unread_file,
+    unread_files_message,
+)
 from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
@@ -43,24 +50,13 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a directory")
-    items, unread, broken = [], [], []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    items: list[LabelledImage] = []
+    unread: list[Path] = []
+    broken: list[str] = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_system_folder(p.name)):
         label = canonical_label(label_dir.name) or label_dir.name  # a folder named by spaces alone keeps them
-        for path in files_under(label_dir):
-            # A link whose target is gone is kept: it fails as a missing file and is listed, not dropped unseen.
-            is_file = path.is_file()
-            dangling = not is_file and path.is_symlink()  # is_file follows links: the target is gone
-            if (is_file or dangling) and is_image_path(path):
-                items.append(LabelledImage(normalize_source(path), label))
-                if dangling:
-                    broken.append(f"{path} -> {items[-1].source}")
-            elif is_file and is_unread_file(path):
-                unread.append(path)
-    if broken:  # its failure names the missing target (a source is a resolved path): say which link led there
-        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "", root,
-                    "" if len(broken) > 1 else "s", "; ".join(broken[:3]), "; ..." if len(broken) > 3 else "")
-    if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
-        log.warning("%s", unread_files_message(unread))
+        items += _images_below(label_dir, label, unread, broken)
+    _warn_left_out(root, unread, broken)
     if not items:
         one_class = any(is_image_path(p) for p in files_under(root))
         raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout"
@@ -140,11 +136,39 @@ def images_as_label(path: str | Path, label: str) -> list[LabelledImage]:
         return [LabelledImage(normalize_source(path), stored)]
     if not path.is_dir():
         raise DatasetError(f"{path} is not a folder or an image file")
-    items = [LabelledImage(normalize_source(f), stored) for f in files_under(path)
-             if (f.is_file() or f.is_symlink()) and is_image_path(f)]
+    unread: list[Path] = []
+    broken: list[str] = []
+    items = _images_below(path, stored, unread, broken)
+    # As a folder of class folders does: a folder of .heic photos had been "holds no images", unsaid why
+    _warn_left_out(path, unread, broken)
     if not items:
-        raise DatasetError(f"{path} holds no images")
+        raise DatasetError(f"{path} holds no images" + (f" vmem reads: {unread_files_message(unread)}" if unread
+                                                        else ""))
     return items
+
+
+def _images_below(folder: Path, label: str, unread: list[Path], broken: list[str]) -> list[LabelledImage]:
+    """The images below `folder`, labelled `label`; the files left out that may have been meant as images appended
+    to `unread`, links to no file (kept, to fail as such and be listed) to `broken`."""
+    items = []
+    for path in files_under(folder):
+        is_file = path.is_file()
+        dangling = not is_file and path.is_symlink()  # is_file follows links: the target is gone (or it loops)
+        if (is_file or dangling) and is_image_path(path):
+            items.append(LabelledImage(normalize_source(path), label))
+            if dangling:
+                broken.append(f"{path} -> {items[-1].source}")
+        elif is_file and is_unread_file(path):
+            unread.append(path)
+    return items
+
+
+def _warn_left_out(root: Path, unread: list[Path], broken: list[str]) -> None:
+    if broken:  # its failure names the missing target (a source is a resolved path): say which link led there
+        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "", root,
+                    "" if len(broken) > 1 else "s", "; ".join(broken[:3]), "; ..." if len(broken) > 3 else "")
+    if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
+        log.warning("%s", unread_files_message(unread))
 
 
 # Files that name a dataset's classes, looked for beside an ImageFolder tree (Tiny-ImageNet's classes.tsv and

@@ -124,7 +124,11 @@ def normalize_source(source: str | Path) -> str:
         return s
     # pathlib's expanduser: `~user` with no such user raises, and a --source prefix so given is refused rather
     # than read as a folder of the current one that forgets nothing
-    return str(Path(s).expanduser().resolve())
+    path = Path(s).expanduser()
+    try:
+        return str(path.resolve())
+    except RuntimeError:  # a link that loops (before Python 3.13): as named, to fail as a file that is not there
+        return os.path.abspath(path)
 
 
 class IndexSettings(BaseModel):

@@ -177,6 +177,18 @@ def test_classify_skips_a_bad_query_and_says_so(built, image_folder, tmp_path):
     assert "skipped" in result.output and "empty" in result.output
 
 
+def test_classify_of_a_folder_names_its_links_to_no_file_and_loops(built, image_folder, tmp_path):
+    memory, _ = built
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    (folder / "q.jpg").write_bytes((image_folder / "query" / "red" / "q.jpg").read_bytes())
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    result = run("classify", folder, "--memory", memory)
+    assert result.exit_code == 0, result.output  # they had been dropped from the folder without a word
+    assert "skipped" in result.output and "gone.jpg" in result.output and "loop.jpg" in result.output
+
+
 def test_a_file_name_with_a_newline_stays_on_its_own_line(built, image_folder, tmp_path):
     memory, _ = built
     odd = tmp_path / "new\nline.jpg"

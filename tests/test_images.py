@@ -246,3 +246,91 @@ def test_real_imagenet_jpegs_decode_alike_with_either_decoder(tiny_imagenet, mon
     monkeypatch.setattr(images, "JPEG_DECODER", "pillow")
     assert all(np.array_equal(a, load_pixels(p)) for a, p in zip(fast, paths, strict=True))
     assert any(Image.open(p).mode == "L" for p in paths)
+
+
+# ---------------------------------------------------------------- photo folders as phones, cameras and OSes make them
+
+def test_a_camera_jpeg_with_a_preview_block_is_decoded_small_as_any_jpeg(tmp_path):
+    """Sony, Panasonic and Canon JPEGs carry an MPF preview, and Pillow opens them as "MPO": they were decoded at
+    full size (11 times as long for a 12 MP photo) where a plain JPEG is decoded at the scale the model needs."""
+    from retrieval.images import load_pixels
+
+    photo = smooth_photo((2000, 1500))
+    path = tmp_path / "DSC0001.JPG"
+    photo.save(path, format="MPO", save_all=True, append_images=[photo.resize((640, 480))])
+    with Image.open(path) as opened:
+        assert opened.format == "MPO"
+    assert load_image(path, min_side=256).size == (500, 375)  # the 1/4 draft, as a plain JPEG of this size gets
+    plain = tmp_path / "plain.jpg"
+    photo.save(plain, format="JPEG")
+    assert np.array_equal(load_pixels(path, min_side=256), np.asarray(load_image(plain, min_side=256)))
+
+
+def test_a_link_that_loops_is_skipped_with_its_reason_and_the_good_images_beside_it_stay(tmp_path, caplog):
+    from retrieval import scan_imagefolder
+    from retrieval.ingest import images_as_label
+
+    cats = tmp_path / "photos" / "cat"
+    cats.mkdir(parents=True)
+    (cats / "a.jpg").write_bytes(make_image())
+    (cats / "loop.jpg").symlink_to("loop.jpg")  # before Python 3.13, resolve() raised RuntimeError: the build died
+    assert sorted(Path(it.source).name for it in scan_imagefolder(tmp_path / "photos")) == ["a.jpg", "loop.jpg"]
+    assert len(images_as_label(cats, "cat")) == 2
+    assert any("to no file" in r.getMessage() and "loop.jpg" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ImageDecodeError, match="a symbolic link that leads to no file"):
+        load_image(cats / "loop.jpg")
+
+
+def test_files_and_folders_an_os_or_nas_leaves_among_photos_are_passed_over_unsaid(tmp_path, caplog):
+    from retrieval import scan_imagefolder
+
+    root = tmp_path / "photos"
+    for folder in ("cat", "cat/@eaDir/a.jpg", "@eaDir", "__MACOSX/cat"):
+        (root / folder).mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(make_image())
+    (root / "cat" / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_M.jpg").write_bytes(make_image())  # Synology's thumbnails
+    (root / "@eaDir" / "x.jpg").write_bytes(make_image())
+    for junk in ("Thumbs.db", "desktop.ini", "Icon\r"):
+        (root / "cat" / junk).write_bytes(b"\0" * 8)
+    items = scan_imagefolder(root)
+    assert [(Path(it.source).name, it.label) for it in items] == [("a.jpg", "cat")]  # no @eaDir or __MACOSX class
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]
+
+
+def test_photos_in_formats_vmem_does_not_decode_are_named_first_with_what_to_do(tmp_path, caplog):
+    from retrieval import scan_imagefolder
+    from retrieval.images import UNDECODED_PHOTO_SUFFIXES
+
+    cats = tmp_path / "photos" / "cat"
+    cats.mkdir(parents=True)
+    (cats / "a.jpg").write_bytes(make_image())
+    for name in ("0_notes.pages", "1_scan.xcf", "2_draft", "IMG_0001.HEIC", "IMG_0002.HEIC"):
+        (cats / name).write_bytes(b"\0" * 8)
+    scan_imagefolder(tmp_path / "photos")
+    [warning] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "5 files not named as images left out (IMG_0001.HEIC, IMG_0002.HEIC, 0_notes.pages, ...)" in warning
+    assert "2 of them are .heic, which vmem does not decode: convert them to JPEG" in warning
+    assert ".heic" in UNDECODED_PHOTO_SUFFIXES
+    (cats / "renamed.jpg").write_bytes((cats / "IMG_0001.HEIC").read_bytes())
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        load_image(cats / "renamed.jpg")
+    with pytest.raises(ImageDecodeError, match=r"vmem does not decode \.heic photos; convert them to JPEG"):
+        load_image(cats / "IMG_0001.HEIC")
+
+
+def test_a_folder_given_one_label_names_what_it_left_out(tmp_path, caplog):
+    from retrieval.ingest import DatasetError, images_as_label
+
+    heic = tmp_path / "heic"
+    heic.mkdir()
+    (heic / "IMG_0001.HEIC").write_bytes(b"\0" * 8)
+    with pytest.raises(DatasetError, match=r"holds no images vmem reads: 1 file .* convert it to JPEG"):
+        images_as_label(heic, "cat")
+
+
+@pytest.mark.skipif("AVIF" not in __import__("retrieval.images").images.IMAGE_FORMATS,
+                    reason="this Pillow decodes no AVIF")
+def test_avif_decodes_where_pillow_can(tmp_path):
+    path = tmp_path / "saved-from-the-web.avif"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(path)
+    assert load_image(path).size == (40, 30)

@@ -36,6 +36,11 @@ def test_counts_match_a_query_by_query_leave_one_out(blame):
     assert wrong.sum() > 0  # random labels: plenty of errors to blame
 
 
+def test_counts_need_the_vectors_or_their_hits():
+    with pytest.raises(ValueError, match="give the vectors to search, or their search's hits"):
+        wrong_decision_counts(None, ["a", "b", "a"], k=1)
+
+
 def test_soft_factor_is_1_75_over_one_plus_count_once_blamed():
     assert soft_factors(np.array([0, 1, 6])).tolist() == [1.0, 0.875, 0.25]
 

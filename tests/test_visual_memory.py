@@ -94,6 +94,14 @@ def test_bad_images_in_add_are_reported_and_the_rest_kept(memory):
     assert len(ids) == 1 and len(failed) == 1 and "empty" in failed[0].reason
 
 
+def test_a_link_that_loops_among_the_images_added_is_reported_and_the_rest_kept(memory, tmp_path):
+    (tmp_path / "good.jpg").write_bytes(make_image((0, 0, 200)))
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")  # resolve() raised RuntimeError (Python < 3.13): none was added
+    ids, failed = memory.add([tmp_path / "good.jpg", tmp_path / "loop.jpg"], "blue")
+    assert len(ids) == 1 and [f.reason.split(": ", 1)[1] for f in failed] == [
+        "a symbolic link that leads to no file (its target is missing, or the link loops)"]
+
+
 def test_one_label_names_every_image_added_and_one_image_is_refused_not_taken_apart(memory):
     shades = [make_image((0, 200 - 10 * i, 0)) for i in range(3)]
     ids, _ = memory.add(shades, "green")  # not "g", "r", "e": three letters for three images

@@ -341,9 +341,10 @@ def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -
     unread: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files = [f for f in files_under(p) if f.is_file()]
-            out += [f for f in files if is_image_path(f)]
-            unread += [f for f in files if is_unread_file(f)]
+            files = files_under(p)
+            # A link to no file (its target gone, or a loop) is kept, to be skipped with its reason, not dropped unsaid
+            out += [f for f in files if is_image_path(f) and (f.is_file() or f.is_symlink())]
+            unread += [f for f in files if f.is_file() and is_unread_file(f)]
         else:
             out.append(p)
     if unread:
