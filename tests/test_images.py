@@ -334,3 +334,17 @@ def test_avif_decodes_where_pillow_can(tmp_path):
     path = tmp_path / "saved-from-the-web.avif"
     Image.new("RGB", (40, 30), (10, 120, 200)).save(path)
     assert load_image(path).size == (40, 30)
+
+
+def test_a_progressive_jpeg_of_endless_scans_is_refused_before_it_is_decoded():
+    """Each scan is a pass over every block: 1,000 of them in 220 kB held a decoding thread 7.6 s, and classify
+    takes an upload without a key."""
+    from retrieval.images import MAX_JPEG_SCANS, load_pixels
+
+    normal = encode(smooth_photo((320, 240)), "JPEG", progressive=True)
+    assert load_image(normal).size == (320, 240)  # ~10 scans, as encoders write them
+    last_scan = normal.rindex(b"\xff\xda")
+    endless = normal[:last_scan] + normal[last_scan:-2] * (MAX_JPEG_SCANS + 1) + b"\xff\xd9"
+    for decode in (load_image, load_pixels):
+        with pytest.raises(ImageDecodeError, match=r"a progressive JPEG of 1\d\d scans \(the limit is 100"):
+            decode(endless)
