@@ -16,7 +16,9 @@ import functools
 import hashlib
 import io
 import logging
+import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -162,10 +164,8 @@ class ThumbnailStore:
                                   "nothing was added; free some space, then retry (classify goes on)")
 
     def load(self, point_id: str) -> bytes | None:
-        try:
-            return self.path(point_id).read_bytes()
-        except FileNotFoundError:
-            pass
+        if (data := _read_thumbnail(self.path(point_id))) is not None:
+            return data
         # Kept before thumbnails had a folder per memory, directly in the shared one, or in the memory's own folder
         # (a copy's, or served before without VMEM_THUMBNAIL_DIR): copied in, not moved, since a memory and its copy
         # may both hold the point (a forget deletes the shared file too). Only for a point this memory holds: the
@@ -173,17 +173,38 @@ class ThumbnailStore:
         if not self.shared:
             return None
         for kept in (thumbnail_file(self.root.parent, point_id), *(thumbnail_file(f, point_id) for f in self.also_in)):
-            if kept.is_file():
+            if (data := _read_thumbnail(kept)) is not None:
                 with contextlib.suppress(OSError):
-                    data = kept.read_bytes()
                     # Whole or not at all: a copy cut short (a full disk) had been served, broken, from then on
                     write_atomically(self.path(point_id), data, durable=False)
-                    return data
+                return data
         return None
 
     def remove(self, point_ids: Sequence[str]) -> None:
         for pid in point_ids:
             self.path(pid).unlink(missing_ok=True)
+
+
+def _read_thumbnail(path: Path) -> bytes | None:
+    """A kept thumbnail's bytes: a regular file holding a JPEG, else None. Not through a link: in a thumbnail folder
+    several services share, a link planted under a point's id had served (and copied) any file the service could
+    read, its env file with the API keys among them, as that point's image, to clients without a key."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a link
+        log.warning("not serving %s as a thumbnail: %s", path, exc.strerror or exc)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            log.warning("not serving %s as a thumbnail: not a regular file", path)
+            return None
+        data = f.read(THUMBNAIL_BYTES * 16 + 1)
+    if not data.startswith(b"\xff\xd8\xff") or len(data) > THUMBNAIL_BYTES * 16:
+        log.warning("not serving %s as a thumbnail: not a thumbnail JPEG", path)
+        return None
+    return data
 
 
 def template_registry(memory: VisualMemory | None = None) -> Any | None:
@@ -221,6 +242,7 @@ class ClassifierService:
                  auditor: Auditor | None = None):
         self.memory = memory
         self.auditor = auditor
+        self._thumbnail_builds = threading.BoundedSemaphore(4)
         self._audit: AuditJob | None = None
         self._audit_lock = threading.Lock()
         memory.via = "http"  # edits through the service, as the journal records them
@@ -748,7 +770,10 @@ class ClassifierService:
         if not Path(source).is_file():
             raise ThumbnailUnavailable(f"the point's image file is no longer at {source}")
         try:
-            jpeg = self.thumbnails.save(point_id, load_image(source))
+            # Decoded at the scale the thumbnail needs (a JPEG's draft), a few at a time: 15 thumbnails of 24 MP photos
+            # asked at once, without a key, had taken 2.6 GB decoded whole
+            with self._thumbnail_builds:
+                jpeg = self.thumbnails.save(point_id, load_image(source, min_side=self.thumbnails.size))
         except ImageDecodeError as exc:
             raise ThumbnailUnavailable(f"the point's image file could not be decoded: {exc}") from exc
         # A forget between the check above and the save would find no thumbnail to delete, and leave this one

@@ -1190,6 +1190,45 @@ def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite
     assert allowed.get(f"/v1/memory/points/{pid}/thumbnail").status_code == 200
 
 
+def test_a_link_planted_in_a_shared_thumbnail_folder_is_not_served(make_client, memory_images, tmp_path):
+    # Services share VMEM_THUMBNAIL_DIR: a link there under a point's id had served any file the service could
+    # read (its env file with the keys), to a client without a key, and copied it into the memory's folder.
+    secret = tmp_path / "service.env"
+    secret.write_text("VMEM_API_KEY=the-real-one\n")
+    client = make_client(thumbnail_dir=tmp_path / "shared")
+    up = client.post("/v1/memory", headers={"X-API-Key": API_KEY}, data={"label": "lime"},
+                     files=[("images", ("l.png", texture((120, 230, 60), 71)))]).json()["added"][0]["id"]
+    built = client.post("/v1/classify?k=1", files=upload(memory_images.paths[5].read_bytes())).json()["neighbors"][0]
+    folder = client.app.state.service.thumbnails.root
+    for point_id in (up, built["id"]):
+        (folder / f"{point_id}.jpg").unlink(missing_ok=True)
+        (folder / f"{point_id}.jpg").symlink_to(secret)
+    (tmp_path / "shared" / f"{up}.jpg").symlink_to(secret)  # where earlier versions kept them
+    resp = client.get(f"/v1/memory/points/{up}/thumbnail")
+    assert resp.status_code == 404 and b"the-real-one" not in resp.content  # the upload's own thumbnail is gone
+    resp = client.get(built["thumbnail_url"])  # a built image's is made again from its file
+    assert resp.status_code == 200 and Image.open(io.BytesIO(resp.content)).format == "JPEG"
+    assert not (folder / f"{built['id']}.jpg").is_symlink()
+
+
+def test_a_thumbnail_of_a_big_photo_is_decoded_at_the_scale_it_needs(make_client, memory_images, monkeypatch):
+    # Decoded whole, 15 thumbnails of 24 MP photos asked at once (no key needed) had taken 2.6 GB
+    import server.service
+
+    scales = []
+
+    def load_image(source, min_side=None):
+        scales.append(min_side)
+        return real_load_image(source, min_side)
+
+    real_load_image = server.service.load_image
+    monkeypatch.setattr(server.service, "load_image", load_image)
+    client = make_client()
+    point = client.post("/v1/classify?k=1", files=upload(memory_images.paths[5].read_bytes())).json()["neighbors"][0]
+    assert client.get(point["thumbnail_url"]).status_code == 200
+    assert scales == [client.app.state.service.thumbnails.size]
+
+
 # ------------------------------------------------------------------ ops
 
 
