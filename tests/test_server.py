@@ -1363,6 +1363,25 @@ def test_health_stays_fast_while_every_embedding_thread_is_busy(client):
     assert all(f.result(timeout=5) for f in busy)
 
 
+def test_reads_anyone_may_make_answer_while_every_embedding_thread_is_busy(client):
+    # The journal read whole (a label filter parses every line) on the embedding threads: a few clients without a
+    # key asking for history had slowed classify from 0.08 s to 5 s
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = client.app.state.service
+    release = threading.Event()
+    busy = [service.executor.submit(release.wait, 30) for _ in range(service.settings.featurize_threads)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            history = pool.submit(client.get, "/v1/memory/history?label=red")
+            points = pool.submit(client.get, "/v1/memory/points?limit=2")
+            assert history.result(timeout=20).status_code == 200 and points.result(timeout=20).status_code == 200
+            assert not release.is_set()
+    finally:
+        release.set()
+    assert all(f.result(timeout=5) for f in busy)
+
+
 def test_cors_is_closed_unless_origins_are_named(make_client):
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     closed = make_client()
