@@ -375,6 +375,34 @@ def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, named_pag
     browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
 
 
+def test_labels_named_as_a_javascript_objects_own_properties_are_labels_like_any(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Read from plain objects, "__proto__" had been named "[object Object]" and "constructor" a function, and the
+    # filter threw a TypeError that left the list empty
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    for old, new in (("red", "__proto__"), ("green", "constructor"), ("blue", "toString")):
+        mem.relabel(new, label=old)
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+        rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
+        assert sorted(rows(browser)) == ["__proto__\n4", "constructor\n4", "toString\n4"]
+        browser.find_element(By.ID, "label-filter").send_keys("proto")
+        wait.until(lambda d: rows(d) == ["__proto__\n4"])
+        query = tmp_path / "query.png"
+        query.write_bytes(texture(COLORS["green"], seed=4244))
+        classify_on_the_page(browser, url + "/", query, k=5)
+        assert browser.find_element(By.ID, "prediction").text == "constructor"
+        assert browser.find_element(By.ID, "scores").text.startswith("constructor")
+        assert all("TypeError" not in entry["message"] for entry in browser.get_log("browser"))
+    mem.close()
+
+
 def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, named_page_url):
     from selenium.webdriver.common.by import By
 

@@ -5,9 +5,13 @@
 
 const $ = (id) => document.getElementById(id);
 let currentFile = null;
-let perLabel = {}; // points per label, from the last stats
+// A label is data: one named "__proto__", "constructor" or "toString" read the object's prototype from a plain
+// object ("[object Object]" as its name, and a TypeError that emptied the label filter). Maps by label are built
+// without one.
+const byLabel = (o) => Object.assign(Object.create(null), o || {});
+let perLabel = byLabel(); // points per label, from the last stats
 let labelsByPoints = []; // its labels, most points first (a JS object lists integer-like keys first: "7" before all)
-let labelNames = {}; // label -> name, from the last stats
+let labelNames = byLabel(); // label -> name, from the last stats
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
 // What a status means when the answer is not the service's own (a proxy's HTML page, e.g. nginx's defaults).
@@ -62,9 +66,9 @@ async function loadStats() {
     return;
   }
   const s = await resp.json();
-  perLabel = s.per_label;
+  perLabel = byLabel(s.per_label);
   labelsByPoints = Object.keys(perLabel).sort((a, b) => perLabel[b] - perLabel[a] || (a < b ? -1 : a > b ? 1 : 0));
-  labelNames = s.label_names || {};
+  labelNames = byLabel(s.label_names);
   listLabels();
   fillLabelOptions();
   loadHistory();
@@ -262,7 +266,8 @@ function render(result) {
   // Highest first, as the service sends them: a JS object lists integer-like keys ("7") first, whatever their share.
   for (const [label, share] of Object.entries(result.scores).sort((a, b) => b[1] - a[1]).slice(0, 5)) {
     const li = document.createElement("li");
-    const name = labelLink(label, result.label_names[label], named(label, result.label_names[label]));
+    const names = byLabel(result.label_names);
+    const name = labelLink(label, names[label], named(label, names[label]));
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.style.width = `${Math.max(1, share * 100)}%`;
