@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from retrieval import ImageDecodeError, StoredPoint, load_image, point_id_for
+from retrieval import ImageDecodeError, StoredPoint, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
 from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
@@ -746,6 +746,16 @@ class ClassifierService:
         roots = self.settings.source_roots or [Path(r) for r in self.memory.source_roots]
         resolved = path.resolve()
         return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+
+    def serves_from(self, source_prefix: str) -> bool:
+        """Whether a source prefix is a local path inside the folders this service serves images from (the
+        memory's build roots, or VMEM_SOURCE_ROOTS): only there is a folder walked for a request without a key."""
+        if not is_local_source(source_prefix):
+            return False
+        try:
+            return self._servable(Path(os.path.expanduser(source_prefix)))
+        except (OSError, RuntimeError):  # a link loop (before Python 3.13)
+            return False
 
     def thumbnail(self, point_id: str) -> bytes:
         """A JPEG of the point's image. Raises ThumbnailUnavailable with the reason."""

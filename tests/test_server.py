@@ -1229,6 +1229,25 @@ def test_a_thumbnail_of_a_big_photo_is_decoded_at_the_scale_it_needs(make_client
     assert scales == [client.app.state.service.thumbnails.size]
 
 
+def test_listing_by_folder_walks_for_links_only_inside_the_folders_served(make_client, memory_images, tmp_path,
+                                                                          monkeypatch):
+    # Anyone may list points: a source_prefix of any folder on the host (/usr, an NFS mount) had been walked
+    import vmem.visual_memory
+
+    walked = []
+    real = vmem.visual_memory.linked_sources
+    monkeypatch.setattr(vmem.visual_memory, "linked_sources", lambda folder: walked.append(folder) or real(folder))
+    client = make_client()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "linked").symlink_to(memory_images.paths[0].parent)
+    assert client.get("/v1/memory/points", params={"source_prefix": str(elsewhere)}).json()["points"] == []
+    assert walked == []
+    served = memory_images.paths[0].parent
+    listed = client.get("/v1/memory/points", params={"source_prefix": str(served)}).json()["points"]
+    assert listed and walked == [f"{served}/"]
+
+
 # ------------------------------------------------------------------ ops
 
 

@@ -1584,9 +1584,12 @@ class VisualMemory:
     # ------------------------------------------------------------------ inspecting
 
     def points(self, label: str | None = None, source_prefix: str | None = None, cursor: str | None = None,
-               limit: int = 100, excluded: bool | None = None) -> PointPage:
+               limit: int = 100, excluded: bool | None = None, follow_links: bool = True) -> PointPage:
         """The memory's points (with this label and/or source prefix; with `excluded`, only those hard pruning
         took out of search, or only the others), a page at a time, in id order.
+
+        A source prefix that is a local folder is walked for links (a build over a folder of links stored its
+        images under the targets), unless `follow_links` is false: then only sources stored under the prefix.
 
         Example:
             >>> page = mem.points(label="n02124075", limit=20)
@@ -1602,7 +1605,7 @@ class VisualMemory:
         if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
-            order = self._listing_under(source_prefix)
+            order = self._listing_under(source_prefix) if follow_links else None
             if order is not None:  # its images are stored under the links' targets (or as given) too
                 return self._page_of(order, label, start, limit, excluded)
             source_prefix = local_source_prefix(source_prefix)

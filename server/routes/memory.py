@@ -368,8 +368,11 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
         await unknown_labels(service, [q.label])
     try:
         # Not on the embedding pool: a source_prefix of a big folder is walked for links (seconds), and a request
-        # without a key must not hold up classification that long.
-        page = await run_in_threadpool(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded)
+        # without a key must not hold up classification that long. Walked only inside the folders the service
+        # serves images from: any folder on the host (/usr, an NFS mount) had been walked, for anyone asking.
+        follow = q.source_prefix is not None and service.serves_from(q.source_prefix)
+        page = await run_in_threadpool(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded,
+                                       follow)
     except ValueError as exc:  # a cursor that is no point id, a source_prefix that is no path here
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return PointsOut(points=[PointOut(**p.model_dump(), thumbnail_url=thumbnail_url(request, p.id))
