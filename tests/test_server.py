@@ -1042,6 +1042,29 @@ def test_forget_a_neighbour_and_it_is_never_cited_again(client):
     assert_problem(client.delete("/v1/memory/points/not-a-uuid", headers=AUTH), 422)
 
 
+def test_a_forget_whose_thumbnails_cannot_be_deleted_is_made_and_never_cited_again(client, monkeypatch, caplog):
+    # A thumbnail folder made read-only: the delete had raised after the points went, before the cached answers
+    # citing them were dropped: a 500 "unexpected error", and the cached answer went on citing the point
+    import errno
+
+    data = texture(COLORS["blue"], 31)
+    victim = client.post("/v1/classify?k=3", files=upload(data)).json()["neighbors"][0]["id"]
+    assert client.get(f"/v1/memory/points/{victim}/thumbnail").status_code == 200  # one kept to delete
+    real_unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path.suffix == ".jpg":
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    resp = client.delete(f"/v1/memory/points/{victim}", headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["deleted"] == 1
+    after = client.post("/v1/classify?k=3", files=upload(data)).json()
+    assert after["cached"] is False and victim not in {n["id"] for n in after["neighbors"]}
+    assert any("1 thumbnail of forgotten points could not be deleted" in r.getMessage() for r in caplog.records)
+
+
 @BOTH_BACKENDS
 def test_forget_by_label_and_by_source_prefix(client, memory_images):
     resp = client.delete("/v1/memory?label=red", headers=AUTH)

@@ -1084,10 +1084,12 @@ class VisualMemory:
             if present:
                 self._journal("forget", list(present), points=n, labels=label_counts(present),
                               selector=_selector(ids, label, source_prefix))
+        # Listeners first: they drop the cached answers citing the points, which no failure after the delete may
+        # skip (a thumbnail folder made read-only had raised here, and cached answers went on citing them).
+        self._tell(self._forget_listeners, targets, "forget")
         # Every target's, not only those still there: a forget killed before this line, run again, finds its
         # points gone but their thumbnails (an upload's only copy) still on disk.
         self._remove_thumbnails(list(targets))
-        self._tell(self._forget_listeners, targets, "forget")
         if present and (emptied := {lab for lab in set(present.values()) if not self.store.count(label=lab)}):
             # Labels gone from the memory leave its DMN streams now, files included: they had left only at the
             # stream's next classify, and a stream not used again kept them. (The forget is made: logged.)
@@ -1157,8 +1159,16 @@ class VisualMemory:
         """Delete the thumbnails services kept of these points (`_thumbnail_folders`): an upload's is its only copy,
         and a forget outside the service (vmem forget --erase) left it there."""
         for folder in self._thumbnail_folders():
+            failed: list[OSError] = []
             for pid in ids:
-                thumbnail_file(folder, pid).unlink(missing_ok=True)
+                try:
+                    thumbnail_file(folder, pid).unlink(missing_ok=True)
+                except OSError as exc:  # the forget is made: say what it left, rather than fail it as not done
+                    failed.append(exc)
+            if failed:
+                log.warning("after a forget (made): %d thumbnail%s of forgotten points could not be deleted from %s "
+                            "(%s): delete them there, or forget the same points again once it can be written",
+                            len(failed), "s" if len(failed) > 1 else "", folder, failed[0].strerror or failed[0])
 
     def remove_orphan_thumbnails(self, folder: str | Path | None = None) -> int:
         """Delete the thumbnails in `folder` (default: the memory's own, where the service keeps them) whose points
