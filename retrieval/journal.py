@@ -140,6 +140,9 @@ class Journal(ABC):
         raised: the edit stands, and failing its call would say it did not."""
         try:
             self.append(entries_for(op, ids, **fields))
+        except OSError as exc:  # a full or read-only disk: the reason is the whole story, no traceback each edit
+            log.error("the memory's journal could not record a %s of %d points (%s: %s); the edit itself was made",
+                      op, fields.get("points", len(ids)), exc.strerror or exc, getattr(exc, "filename", None) or "")
         except Exception:
             log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
                       fields.get("points", len(ids)), exc_info=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import gc
 import hashlib
@@ -294,6 +295,14 @@ class MemoryWriteFailedError(MemoryGoneError):
 ENGINE_STUCK_MESSAGE = "Not recovered from previous error"
 # What it says when a rewrite (an erase) would not fit on the disk: it checks, and writes nothing.
 ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
+
+
+class MemoryReadOnlyError(MemoryStoreError):
+    """The embedded memory's folder cannot be written (a read-only mount, another user's folder): an edit is refused,
+    searches go on."""
+
+
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class MemoryFullError(MemoryStoreError):
@@ -1060,6 +1069,10 @@ class EdgeMemoryStore(MemoryStore):
         try:
             write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
         except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:  # a names PUT on a read-only mount had been a 500 and a traceback
+                raise MemoryReadOnlyError(f"the memory's folder {self.path} cannot be written ({exc.strerror}): "
+                                          "nothing was changed; searches go on. Make it writable for this user, "
+                                          "then retry") from None
             if exc.errno not in DISK_FULL_ERRNOS:
                 raise
             # Written atomically: the file as it was stays (a names PUT had been a 500, vmem names a traceback)

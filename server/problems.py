@@ -21,7 +21,13 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
-from retrieval.store import MemoryFullError, MemoryGoneError, MemoryUnavailableError, MemoryWriteFailedError
+from retrieval.store import (
+    MemoryFullError,
+    MemoryGoneError,
+    MemoryReadOnlyError,
+    MemoryUnavailableError,
+    MemoryWriteFailedError,
+)
 
 # Seconds a client is asked to wait before retrying while the memory's Qdrant server does not answer.
 RETRY_AFTER_UNAVAILABLE_S = 5
@@ -144,6 +150,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _memory_full(request: Request, exc: MemoryFullError) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return problem_response(request, 507, str(exc), "memory-disk-full", "The memory's disk is full")
+
+    @app.exception_handler(MemoryReadOnlyError)
+    async def _memory_read_only(request: Request, exc: MemoryReadOnlyError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        # No Retry-After: a mount or a folder's owner changes by a person's hand
+        return problem_response(request, 503, str(exc), "memory-read-only", "The memory's folder cannot be written")
 
     @app.exception_handler(MemoryGoneError)
     async def _memory_gone(request: Request, exc: MemoryGoneError) -> JSONResponse:

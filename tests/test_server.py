@@ -919,6 +919,32 @@ def test_names_the_disk_has_no_room_for_are_a_507_and_a_failing_listener_leaves_
     assert client.get(f"/v1/memory/points/{victim}").status_code == 404
 
 
+def test_names_on_a_memory_folder_that_cannot_be_written_are_a_503_that_says_so(client, monkeypatch, caplog):
+    # A read-only mount: a 500 "unexpected error" with a traceback at each request; the journal's failure to
+    # record an edit a traceback too
+    import errno
+
+    import retrieval.journal
+    import retrieval.store
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/memory/vmem.json")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(retrieval.store, "write_atomically", read_only)
+        refused = client.put("/v1/memory/label-names", headers=AUTH, json={"names": {"red": "crimson"}})
+        assert_problem(refused, 503, "memory-read-only", "cannot be written (Read-only file system)")
+        assert "Retry-After" not in refused.headers
+    assert client.get("/v1/memory/stats").json()["label_names"] == {}
+    journal = client.app.state.service.memory.store.journal
+    monkeypatch.setattr(journal, "append", read_only)
+    caplog.clear()
+    victim = client.post("/v1/classify?k=1", files=upload(texture(COLORS["blue"], 31))).json()["neighbors"][0]["id"]
+    assert client.delete(f"/v1/memory/points/{victim}", headers=AUTH).status_code == 200
+    [line] = [r for r in caplog.records if "journal could not record" in r.getMessage()]
+    assert "Read-only file system" in line.getMessage() and line.exc_info is None
+
+
 def test_a_service_whose_thumbnail_folder_cannot_be_recorded_still_starts(make_client, monkeypatch):
     # Recording VMEM_THUMBNAIL_DIR in vmem.json on a full disk had stopped the service from starting.
     import errno
