@@ -183,6 +183,9 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert API_KEY not in out  # the key is never logged
+    # What an operator checks first: how many points, which encoder, whether re-ranking and edits can work
+    assert re.search(r"^serving .*: 12 points, \S+ features; (re-rank with \S+|no Gemini key \(GEMINI_API_KEY\): "
+                     r"re-ranked requests fall back to the vote); edits need the API key$", out, re.M), out
     # A service's log is read later: each line of uvicorn's, access lines included, says when
     stamped = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     assert re.search(stamped + r"INFO: +Application startup complete", out, re.M), out
@@ -237,3 +240,14 @@ def test_vmem_serve_logs_vmem_s_own_lines_with_a_time_and_the_logger_s_name():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING: +reranker\.gemini: "
                         r"re-ranking fell back to the vote\n", out), out
+
+
+def test_the_app_for_another_asgi_server_logs_as_vmem_serve_does(tmp_path):
+    # Under `uvicorn --factory vmem.cli.serve:create_service_app`, vmem's warnings had come out bare (no time, no
+    # level, no logger), through Python's last-resort handler
+    script = ("import logging; from vmem.cli.serve import create_service_app; create_service_app(); "
+              "logging.getLogger('reranker.gemini').warning('re-ranker circuit open')")
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "VMEM_MEMORY": str(tmp_path / "memory")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING: +reranker\.gemini: "
+                        r"re-ranker circuit open\n", out.stderr), out

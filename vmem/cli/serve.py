@@ -173,7 +173,33 @@ def create_service_app() -> Any:
         settings = checked_settings(None, {})
     except typer.BadParameter as exc:
         raise SystemExit(f"vmem: {exc.format_message()}") from None
+    if not logging.getLogger().handlers:
+        # As vmem serve logs: vmem's warnings (a re-ranker's circuit opening) had come out bare, through Python's
+        # last-resort handler, with no time, level or logger
+        from logging.config import dictConfig
+
+        dictConfig(_service_log_config())
     return create_app(settings, auditor=_label_auditor)
+
+
+def _startup_summary(mem: Any, settings: Any) -> str:
+    """What an operator checks first in a service's log: which memory, how big, which encoder, whether re-ranking
+    can work and whether edits need the key (the re-ranker's key had shown only at the first re-rank)."""
+    from reranker import GeminiSettings, api_key_from_env
+
+    rerank = (f"re-rank with {GeminiSettings().model}" if api_key_from_env()
+              else "no Gemini key (GEMINI_API_KEY): re-ranked requests fall back to the vote")
+    edits = "anyone may edit" if settings.auth_disabled else "edits need the API key"
+    return (f"{mem.store.count():,} points, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
+
+
+def _graceful_shutdown_s() -> float:
+    """How long a stop waits for requests in flight: past a re-rank's deadline (in flight, it falls back to the vote
+    by then), and short of systemd's 90 s before its SIGKILL, which skips closing the memory. Unbounded, a client
+    trickling an upload held the stop 38 s, and a slower one would have been killed."""
+    from reranker import GeminiSettings
+
+    return min(GeminiSettings().deadline_s + 10, 80.0)
 
 
 def serve(
@@ -229,7 +255,8 @@ def serve(
         prefix = root_path.rstrip("/")
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
         typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
-                   + (f", behind a proxy at {prefix}/" if prefix else ""), err=True)
+                   + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}",
+                   err=True)
         files = open_files_limit()
         if files < FEW_OPEN_FILES:
             # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
@@ -239,6 +266,7 @@ def serve(
                        err=True)
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    forwarded_allow_ips=forwarded_allow_ips, log_config=_service_log_config())
+                    forwarded_allow_ips=forwarded_allow_ips, log_config=_service_log_config(),
+                    timeout_graceful_shutdown=_graceful_shutdown_s())
     finally:
         mem.close()
