@@ -9,11 +9,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmem import __version__
 
 from .problems import HTTP_METHODS
 
@@ -36,6 +46,14 @@ class Metrics:
         r = self.registry
         self.requests = Counter("vmem_http_requests_total", "HTTP requests answered",
                                 ["method", "route", "status"], registry=r)
+        # Requests being received or answered: a client trickling an upload shows here, not among the answered
+        self.in_progress = Gauge("vmem_http_requests_in_progress", "HTTP requests begun and not yet answered",
+                                 registry=r)
+        # The process's own (RSS, open files against their limit, start time) and which vmem and Python: a registry
+        # of its own has none of the default one's
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("vmem_build", "The vmem version serving", registry=r).info({"version": __version__})
         self.latency = Histogram("vmem_http_request_duration_seconds", "Time to answer an HTTP request",
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
         self.classified = Counter("vmem_images_classified_total", "Images classified", registry=r)
@@ -151,10 +169,12 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_progress.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             m = self.metrics
+            m.in_progress.dec()
             route = route_name(scope, request_scope)
             # A client names the method: any other word would be a new time series, kept until the process ends.
             method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"

@@ -1374,6 +1374,13 @@ def test_health_readiness_and_metrics(client):
     assert 'vmem_http_requests_total{method="POST",route="/v1/classify",status="200"} 1.0' in text
     assert 'vmem_http_request_duration_seconds_count{method="POST",route="/v1/classify"} 1.0' in text
     assert "vmem_memory_points 12.0" in text and "vmem_images_classified_total 1.0" in text
+    # What an operator graphs beside them: the process (RSS, open files against the limit), which vmem, and the
+    # requests begun and not yet answered (this scrape's own)
+    from vmem import __version__
+
+    assert "process_resident_memory_bytes" in text and "process_open_fds" in text and "process_max_fds" in text
+    assert f'vmem_build_info{{version="{__version__}"}} 1.0' in text and "python_info{" in text
+    assert "vmem_http_requests_in_progress 1.0" in text
 
 
 def test_metrics_name_the_route_of_every_answer(make_client):
