@@ -1330,7 +1330,7 @@ def test_a_template_that_does_not_load_is_listed_with_why(client, tmp_path, monk
     assert list(body["errors"]) == ["broken-v1"] and body["errors"]["broken-v1"]
 
 
-def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path):
+def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path, caplog):
     # The engine answers from the files it holds open: the service said "ready" and "201 added" for points
     # written into deleted files, lost at its restart.
     import shutil
@@ -1338,6 +1338,10 @@ def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edi
     shutil.rmtree(tmp_path / "memory0")
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "was removed or replaced" in ready.json()["detail"]
+    assert client.get("/readyz").status_code == 503
+    # Said in the log once, when it turned (nothing had been logged), not at every probe
+    [turned] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready:")]
+    assert "was removed or replaced" in turned
     add = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
                       files={"images": ("r.png", texture(COLORS["red"], 5), "image/png")})
     assert_problem(add, 503, "memory-gone", "restart the service")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from retrieval import MemoryGoneError
 from ..schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/healthz", summary="Liveness", response_model=HealthOut)
@@ -34,13 +36,24 @@ async def readyz(request: Request) -> ReadyOut | JSONResponse:
     try:
         await run_in_threadpool(store.check_available)
     except MemoryGoneError as exc:
-        return JSONResponse(ReadyOut(status="not ready", detail=str(exc)).model_dump(), status_code=503)
+        return _not_ready(request, str(exc))
     try:
         points = await run_in_threadpool(store.count)
     except Exception as exc:  # readiness must report, not raise, whatever the backend throws
-        body = ReadyOut(status="not ready", detail=f"the memory does not answer: {type(exc).__name__}")
-        return JSONResponse(body.model_dump(), status_code=503)
+        return _not_ready(request, f"the memory does not answer: {type(exc).__name__}")
+    if getattr(request.app.state, "unready_since", None) is not None:
+        log.warning("ready again: the memory answers (%d points)", points)
+        request.app.state.unready_since = None
     return ReadyOut(status="ready", points=points, featurizer=service.memory.store.meta.featurizer.name)
+
+
+def _not_ready(request: Request, detail: str) -> JSONResponse:
+    """A 503 readiness answer, logged when the service turns unready (a moved memory folder had turned /readyz 503
+    with nothing in the log), and not again at each probe until it is ready again."""
+    if getattr(request.app.state, "unready_since", None) is None:
+        log.error("not ready: %s", detail)
+        request.app.state.unready_since = detail
+    return JSONResponse(ReadyOut(status="not ready", detail=detail).model_dump(), status_code=503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
