@@ -33,7 +33,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 API_VERSION = "1.0.0"
 # Request bodies declared by hand (a route takes multipart or JSON), so their schemas are added here.
-_BODY_MODELS = (schemas.ClassifyJSON, schemas.ClassifyBatchJSON, schemas.AddJSON, Problem)
+_BODY_MODELS = (schemas.ClassifyJSON, schemas.ClassifyBatchJSON, schemas.AddJSON, schemas.RelabelIn,
+                schemas.PointLabelIn, schemas.LabelNamesIn, Problem)
 
 
 def open_memory(settings: Settings) -> VisualMemory:

@@ -30,6 +30,13 @@ def image_body(json_model: str, file_field: str, many: bool, text_fields: dict[s
     }}}
 
 
+def json_body(model: str) -> dict[str, Any]:
+    """`openapi_extra` declaring a JSON body of `model`, for a route that reads it itself (`uploads.read_json`):
+    after its key check, off the event loop. FastAPI parses a body it declares before any dependency runs, so
+    20 MB sent without a key to an editing route had been parsed, holding the event loop a second, before its 401."""
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
 def thumbnail_url(request: Request, point_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/v1/memory/points/{point_id}/thumbnail"
 

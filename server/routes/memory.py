@@ -42,7 +42,7 @@ from ..schemas import (
 )
 from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import LISTED_BY, image_body, thumbnail_url, unknown_labels
+from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
@@ -208,12 +208,14 @@ async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     summary="Relabel points",
     response_model=RelabelOut,
     responses=problem_responses(400, 401, 403, 413, 422, 503, 507),
+    openapi_extra=json_body("RelabelIn"),
 )
-async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
+async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
     """Give points another label, embedding nothing again: correct mislabelled images (`ids`), rename or merge a
     class (`label`), or relabel a folder (`source_prefix`). Their pruning marks go; each keeps the label it held
     before (`relabelled_from`). From then on no answer (cached or not) votes with the old label. Requires the
     API key."""
+    body = await read_json(request, RelabelIn)
     to = body.to.strip()
     if body.label is not None and body.label == to:
         raise ProblemError(422, f"the points already have the label {to!r}", "invalid-parameters",
@@ -239,11 +241,12 @@ async def relabel(body: RelabelIn, service: ServiceDep, _: ApiKeyDep) -> Relabel
     summary="Relabel one point",
     response_model=PointOut,
     responses=problem_responses(400, 401, 403, 404, 413, 422, 503, 507),
+    openapi_extra=json_body("PointLabelIn"),
 )
-async def relabel_point(point_id: PointId, body: PointLabelIn, request: Request, service: ServiceDep,
-                        _: ApiKeyDep) -> PointOut:
+async def relabel_point(point_id: PointId, request: Request, service: ServiceDep, _: ApiKeyDep) -> PointOut:
     """Give one point another label (a mislabelled image corrected), embedding nothing again; answers the
     point as stored afterwards. Requires the API key."""
+    body = await read_json(request, PointLabelIn)
 
     def apply() -> Any:
         service.relabel(body.label, ids=[str(point_id)])
@@ -282,10 +285,11 @@ async def stats(service: ServiceDep) -> StatsOut:
 
 
 @router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
-            responses=problem_responses(400, 401, 403, 413, 422, 503, 507))
-async def set_label_names(body: LabelNamesIn, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
+            responses=problem_responses(400, 401, 403, 413, 422, 503, 507), openapi_extra=json_body("LabelNamesIn"))
+async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
+    body = await read_json(request, LabelNamesIn)
     try:
         names = await service.run(service.set_label_names, body.names, body.replace)
     except ValueError as exc:  # a name of nothing but what str.strip() takes as space (e.g. "\x1c")
