@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     rerank_requests: int = Field(
         default=4, ge=1, le=64, description="rerank=true requests served at once, on threads of their own (each waits "
         "seconds on Gemini: on the embedding threads they held up every other classify); more wait their turn")
-    result_cache_size: int = Field(default=1024, ge=0, description="classify answers kept per memory version (0: off)")
+    result_cache_size: int = Field(
+        default=1024, ge=0, description="classify answers kept per memory version (0: off), and at most this many "
+        "times 50 neighbours among them (answers at a large k count for more)")
     thumbnail_dir: Path | None = Field(
         default=None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
     thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")

@@ -488,6 +488,23 @@ def test_repeated_query_is_answered_from_the_cache_until_the_memory_changes(clie
     assert client.post("/v1/classify?k=3", files=upload(data)).json()["cached"] is False
 
 
+def test_the_answer_cache_holds_as_many_neighbours_as_its_size_at_the_default_k(make_client, monkeypatch):
+    # Counted by answers alone, 1,024 answers at k = 1000 (anyone may ask) had held 1.4 GB
+    import server.service
+
+    monkeypatch.setattr(server.service, "DEFAULT_K", 4)  # 3 answers x 4: room for 12 neighbours
+    client = make_client(result_cache_size=3)
+    a, b, c = (texture(COLORS["green"], seed) for seed in (11, 12, 13))
+    for data in (a, b, c):
+        client.post("/v1/classify?k=2", files=upload(data))
+    assert all(client.post("/v1/classify?k=2", files=upload(d)).json()["cached"] for d in (a, b, c))
+    for data in (a, b):  # 12 neighbours each: the second pushes out the first, and every small one
+        assert client.post("/v1/classify?k=12", files=upload(data)).json()["cached"] is False
+    assert client.post("/v1/classify?k=12", files=upload(b)).json()["cached"] is True
+    assert client.post("/v1/classify?k=12", files=upload(a)).json()["cached"] is False
+    assert client.post("/v1/classify?k=2", files=upload(c)).json()["cached"] is False
+
+
 def test_without_a_result_cache_no_lookup_is_counted_and_an_upload_is_hashed_once(make_client, monkeypatch):
     client = make_client(result_cache_size=0)
     data = texture(COLORS["green"], 11)
