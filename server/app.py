@@ -21,7 +21,7 @@ from vmem import VisualMemory
 
 from . import schemas
 from .head import HeadAsGetMiddleware
-from .limits import BodySizeLimitMiddleware
+from .limits import AllowedHostsMiddleware, BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .problems import Problem, UnexpectedErrorMiddleware, install_problem_handlers
 from .routes import classify, ops, page, templates
@@ -102,6 +102,8 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key"])
+    if settings.allowed_hosts:  # a Host not named is a 400 before anything else runs
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def openapi() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A request-body ceiling enforced while the body streams in, before any of it is parsed.
+"""A request-body ceiling enforced while the body streams in, before any of it is parsed; and the Host names answered.
 
 `Content-Length` over the limit is refused when the route first reads the body, before a byte of it
 is read (after routing, so the 413 is counted under its route); a chunked body is counted as it arrives
@@ -7,6 +7,9 @@ and cut off as soon as it passes the limit, so a client cannot make the server b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,3 +73,30 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge as exc:
             if not started:
                 await self._refuse(scope, receive, send, exc)
+
+
+class AllowedHostsMiddleware:
+    """A request whose Host header names no host of `VMEM_ALLOWED_HOSTS` is a 400 problem, before anything else
+    runs: reads need no key, and a service on loopback was readable by any web page through a name it made resolve
+    to 127.0.0.1 (DNS rebinding). `*.example.org` allows a domain's names."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = [h.lower() for h in allowed_hosts]
+
+    def _allows(self, host: str) -> bool:
+        return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) or a == "*" for a in self.allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = Headers(scope=scope).get("host", "")
+            # The port goes; an IPv6 literal keeps its brackets, as it is named in the setting
+            host = (header.split("]")[0] + "]" if header.startswith("[") else header.split(":")[0]).lower()
+            if not self._allows(host):
+                response = problem_response(
+                    Request(scope), 400, f"this service answers requests for {', '.join(self.allowed)} only, not "
+                    f"{host or 'a request without a Host header'} (VMEM_ALLOWED_HOSTS)", "host-not-allowed",
+                    "Host not allowed")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

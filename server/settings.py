@@ -44,6 +44,10 @@ class Settings(BaseSettings):
                                   description="most images in one batch or add request")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated); none by default")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host headers answered (comma-separated; `*.example.org` a domain's); any "
+        "by default. Names a service on loopback against DNS rebinding: a web page could read it through a name it "
+        "made resolve to 127.0.0.1")
 
     ood_percentile: float = Field(
         default=99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
@@ -66,7 +70,7 @@ class Settings(BaseSettings):
         default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
         "default: the roots `vmem build` recorded in the memory")
 
-    @field_validator("cors_origins", "source_roots", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "source_roots", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().startswith("["):  # the JSON list other settings take

@@ -1486,6 +1486,18 @@ def test_reads_anyone_may_make_answer_while_every_embedding_thread_is_busy(clien
     assert all(f.result(timeout=5) for f in busy)
 
 
+def test_a_service_named_its_hosts_answers_no_other_host(make_client):
+    # Reads need no key: a service on loopback was readable by any web page through a name it made resolve to
+    # 127.0.0.1 (DNS rebinding)
+    client = make_client(allowed_hosts="localhost,127.0.0.1,testserver,*.example.org")
+    assert client.get("/v1/memory/stats").status_code == 200  # Host: testserver
+    for host in ("localhost:8000", "127.0.0.1", "vmem.example.org", "VMEM.example.org:443"):
+        assert client.get("/v1/memory/stats", headers={"Host": host}).status_code == 200, host
+    refused = client.get("/v1/memory/history", headers={"Host": "evil.example:8000"})
+    assert_problem(refused, 400, "host-not-allowed", "not evil.example (VMEM_ALLOWED_HOSTS)")
+    assert make_client().get("/v1/memory/stats", headers={"Host": "evil.example"}).status_code == 200  # by default
+
+
 def test_cors_is_closed_unless_origins_are_named(make_client):
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     closed = make_client()
