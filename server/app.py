@@ -23,7 +23,7 @@ from . import schemas
 from .head import HeadAsGetMiddleware
 from .limits import AllowedHostsMiddleware, BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
-from .problems import Problem, UnexpectedErrorMiddleware, install_problem_handlers
+from .problems import Problem, RequestIdMiddleware, UnexpectedErrorMiddleware, install_problem_handlers
 from .routes import classify, ops, page, templates
 from .routes import memory as memory_routes
 from .routes.page import STATIC_DIR
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     if settings.allowed_hosts:  # a Host not named is a 400 before anything else runs
         app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries it, a refused Host's too
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

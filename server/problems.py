@@ -8,6 +8,8 @@ client reads one format and the page shows `detail` as is.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
@@ -57,6 +60,8 @@ class Problem(BaseModel):
     detail: str | None = Field(default=None, description="what went wrong this time, for a person")
     instance: str | None = Field(default=None, description="the request path")
     errors: list[ValidationIssue] | None = Field(default=None, description="each invalid input, for validation errors")
+    request_id: str | None = Field(default=None, description="the request's id (its X-Request-ID, given or made "
+                                   "here): the server log's lines about this request name it")
 
 
 class ProblemError(Exception):
@@ -72,6 +77,44 @@ class ProblemError(Exception):
         self.headers = headers
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(scope: Scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
+
+
+def described(request: Request) -> str:
+    """`METHOD PATH [request id]`, as a log line names the request a client's answer came from."""
+    rid = request_id(request.scope)
+    return f"{request.method} {request.url.path}" + (f" [{rid}]" if rid else "")
+
+
+class RequestIdMiddleware:
+    """Gives each request an id, its client's `X-Request-ID` when it sends a plain one (a proxy's), else a new one:
+    answered in the `X-Request-ID` header and in every problem, and named by the log's lines about the request.
+    A 500 had said "the server log has the details", and only its time tied the two together."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        rid = given if _GIVEN_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def problem_response(request: Request, status: int, detail: str | None, kind: str | None = None,
                      title: str | None = None, headers: dict[str, str] | None = None,
                      errors: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -82,6 +125,7 @@ def problem_response(request: Request, status: int, detail: str | None, kind: st
         detail=detail,
         instance=request.url.path,
         errors=[ValidationIssue(**e) for e in errors] if errors is not None else None,
+        request_id=request_id(request.scope),
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers,
                         media_type=PROBLEM_MEDIA_TYPE)
@@ -136,30 +180,30 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MemoryUnavailableError)
     async def _memory_unavailable(request: Request, exc: MemoryUnavailableError) -> JSONResponse:
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        log.warning("%s: %s", described(request), exc)
         return problem_response(request, 503, str(exc), "memory-unavailable", "The memory does not answer",
                                 headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
 
     @app.exception_handler(MemoryWriteFailedError)
     async def _memory_write_failed(request: Request, exc: MemoryWriteFailedError) -> JSONResponse:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s: %s", described(request), exc)
         # No Retry-After: only a restart (after the cause is fixed) brings edits back; /readyz says the same.
         return problem_response(request, 503, str(exc), "memory-write-failed", "The memory takes no more edits")
 
     @app.exception_handler(MemoryFullError)
     async def _memory_full(request: Request, exc: MemoryFullError) -> JSONResponse:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s: %s", described(request), exc)
         return problem_response(request, 507, str(exc), "memory-disk-full", "The memory's disk is full")
 
     @app.exception_handler(MemoryReadOnlyError)
     async def _memory_read_only(request: Request, exc: MemoryReadOnlyError) -> JSONResponse:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s: %s", described(request), exc)
         # No Retry-After: a mount or a folder's owner changes by a person's hand
         return problem_response(request, 503, str(exc), "memory-read-only", "The memory's folder cannot be written")
 
     @app.exception_handler(MemoryGoneError)
     async def _memory_gone(request: Request, exc: MemoryGoneError) -> JSONResponse:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
+        log.error("%s: %s", described(request), exc)
         # No Retry-After: it is no outage, and no retry brings the folder back.
         return problem_response(request, 503, str(exc), "memory-gone", "The memory's folder is gone")
 
@@ -177,7 +221,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)  # a middleware's own failure; the routes' are UnexpectedErrorMiddleware's
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s", described(request))
         return problem_response(request, 500, UNEXPECTED, "internal")
 
 
@@ -214,7 +258,7 @@ class UnexpectedErrorMiddleware:
             if started:  # half an answer is out: only dropping the connection can say it failed
                 raise
             request = Request(scope)
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            log.exception("unhandled error on %s", described(request))
             await problem_response(request, 500, UNEXPECTED, "internal")(scope, receive, send)
 
 

@@ -80,7 +80,13 @@ def test_after_an_unexpected_error_the_connection_still_serves_the_next_request(
         assert "a defect" not in resp.text  # the log has it, not the client
         assert http.get("/healthz").status_code == 200  # the same connection
         assert 'route="/v1/memory/history",status="500"} 1.0' in http.get("/metrics").text
-    assert sum("unhandled error on GET /v1/memory/history" in r.getMessage() for r in caplog.records) == 1
+        # The answer and the log's line name one request id, the client's own when it sends one
+        again = http.get("/v1/memory/history", headers={"X-Request-ID": "proxy-7f3a"})
+        assert again.headers["X-Request-ID"] == again.json()["request_id"] == "proxy-7f3a"
+    rid = resp.headers["X-Request-ID"]
+    assert resp.json()["request_id"] == rid and len(rid) == 32
+    assert sum(f"unhandled error on GET /v1/memory/history [{rid}]" in r.getMessage() for r in caplog.records) == 1
+    assert sum("[proxy-7f3a]" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_client_that_leaves_mid_upload_is_no_server_error(base_url):
