@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from PIL import Image
 
-from retrieval import ImageDecodeError, StoredPoint, is_local_source, load_image, point_id_for
+from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import EXCLUDED_KEY, THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
+from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
 from vmem.results import DEFAULT_K
 
@@ -682,34 +681,16 @@ class ClassifierService:
                 self._ood[(generation, *which)] = value
             return value
 
-    def _calibration_sample(self, labels: Sequence[str] | None) -> list[StoredPoint]:
-        # Point ids are UUIDv5 hashes of sources, and scrolling goes in id order, so the first
-        # batch is a pseudo-random sample of the memory, whatever order it was built in.
-        store, size = self.memory.store, self.settings.ood_sample_size
-        if not labels:
-            return next(iter(store.scroll(batch_size=size, with_vectors=True)), [])
-        ids = sorted(i for label in labels for i in store.ids_where(label=label))[:size]  # the same, among labels
-        return store.retrieve(ids, with_vectors=True)
-
     def _calibrate(self, k: int, labels: Sequence[str] | None = None) -> float | None:
+        # The one calibration rule, `VisualMemory.novelty_threshold` (as `vmem classify --ood` calibrates)
         t0 = time.perf_counter()
-        # Hard-pruned points are out of every search, and are by their pruning atypical: not queries to learn from.
-        sample = [p for p in self._calibration_sample(labels)
-                  if p.vector is not None and not p.payload.get(EXCLUDED_KEY)]
-        if len(sample) < 2:
+        value = self.memory.novelty_threshold(k, labels, sample_size=self.settings.ood_sample_size,
+                                              percentile=self.settings.ood_percentile)
+        if value is None:
             return None
-        vectors = np.stack([p.vector for p in sample])
-        novelties = []
-        for point, hits in zip(sample, self.memory.store.query_batch(vectors, k + 1, labels), strict=True):
-            others = [h.similarity for h in hits if h.id != point.id][:k]
-            if others:
-                novelties.append(float(np.mean(1.0 - np.asarray(others))))
-        if not novelties:
-            return None
-        value = float(np.percentile(novelties, self.settings.ood_percentile))
-        log.info("novelty threshold at k=%d%s: %.4f (p%g of %d memory points, %.2f s)", k,
+        log.info("novelty threshold at k=%d%s: %.4f (p%g of up to %d memory points, %.2f s)", k,
                  f" among {len(labels)} labels" if labels else "", value, self.settings.ood_percentile,
-                 len(novelties), time.perf_counter() - t0)
+                 self.settings.ood_sample_size, time.perf_counter() - t0)
         return value
 
     # ------------------------------------------------------------------ label audit

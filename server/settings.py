@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE
+
 from .schemas import MOST_BATCH_IMAGES
 
 MIN_API_KEY_LENGTH = 16
@@ -50,8 +52,10 @@ class Settings(BaseSettings):
         "made resolve to 127.0.0.1")
 
     ood_percentile: float = Field(
-        default=99.0, gt=50, lt=100, description="novelty above this percentile of memory-to-memory novelty is OOD")
-    ood_sample_size: int = Field(default=256, ge=8, le=10_000, description="memory points sampled to calibrate OOD")
+        default=OOD_PERCENTILE, gt=50, lt=100,
+        description="novelty above this percentile of memory-to-memory novelty is OOD")
+    ood_sample_size: int = Field(default=OOD_SAMPLE_SIZE, ge=8, le=10_000,
+                                 description="memory points sampled to calibrate OOD")
 
     prefetch_memory: bool = Field(
         default=True, description="read the memory's search files once at start-up, before taking traffic, so that "

@@ -67,6 +67,7 @@ from retrieval.text import label_forms, label_problem
 if TYPE_CHECKING:
     from retrieval import Featurizer
 
+from .novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
 from .results import (
     MAX_ALPHA,
     MAX_TAU,
@@ -477,6 +478,51 @@ class VisualMemory:
         novelty = float(np.mean(1.0 - sims)) if len(sims) else None
         return Classification(source=source, label=outcome.label, scores=outcome.scores, neighbors=votes,
                               vote=settings, novelty=novelty)
+
+    def novelty_threshold(self, k: int | None = None, labels: Sequence[str] | None = None,
+                          sample_size: int = OOD_SAMPLE_SIZE, percentile: float = OOD_PERCENTILE,
+                          exact: bool = False) -> float | None:
+        """The novelty above which a query is out of distribution (unlike anything the memory holds), for k
+        neighbours (among `labels`, if given): compare a result's `novelty` with it.
+
+            >>> t = mem.novelty_threshold(k=50)
+            >>> [r for r in mem.classify(paths, k=50) if r.novelty > t]      # the unfamiliar images
+
+        Calibrated on the memory itself, by the rule the HTTP service's `out_of_distribution` follows
+        (`vmem.novelty`): the first `sample_size` points in id order (a pseudo-random sample: ids hash the
+        sources), hard-pruned ones left out, each query the memory with its own point left out, and the threshold
+        is the `percentile` percentile of their novelty. So about 1 % of images like the memory's own are
+        flagged at the defaults. A query restricted to some labels has its novelty measured among those labels'
+        points only, so its threshold comes from those points too (the whole memory's would flag most of them).
+        `k` None is the memory's vote settings' k (tuned, else 50), as `classify` reads it; `exact` searches as
+        `classify(exact=True)` does. One batch search of the sample (~0.2 s at 20,000 points): compute it once
+        per k and label set, not per query.
+
+        Returns:
+            The threshold, or None when fewer than 2 sampled points can be searched (nothing to compare with).
+
+        Raises:
+            ValueError: k outside 1-1000, sample_size below 2, percentile outside 0-100.
+        """
+        check_calibration(sample_size, percentile)
+        k = self.vote_settings(k=k).k  # the memory's when None; 1-1000, as classify's
+        chosen = list(dict.fromkeys(self.stored_labels(labels))) if labels else None
+        store = self.store
+        # Point ids are UUIDv5 hashes of sources, and scrolling goes in id order, so the first page is a
+        # pseudo-random sample of the memory, whatever order it was built in; the same among labels.
+        if chosen is None:
+            sample = next(iter(store.scroll(batch_size=sample_size, with_vectors=True)), [])
+        else:
+            ids = sorted(i for label in chosen for i in store.ids_where(label=label))[:sample_size]
+            sample = store.retrieve(ids, with_vectors=True)
+        # Hard-pruned points are out of every search, and are by their pruning atypical: not queries to learn from.
+        sample = [p for p in sample if p.vector is not None and not p.payload.get(EXCLUDED_KEY)]
+        if len(sample) < 2:
+            return None
+        hits = store.query_batch(np.stack([p.vector for p in sample]), k + 1, chosen, exact)
+        novelties = self_excluded_novelties([p.id for p in sample], [[h.id for h in row] for row in hits],
+                                            [[h.similarity for h in row] for row in hits], k)
+        return threshold_of(novelties, percentile)
 
     def classify(
         self,
