@@ -6,11 +6,14 @@ memory itself (`vmem.novelty`), the one rule the Python API, the CLI and the HTT
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store, point_id_for
 from retrieval.store import EXCLUDED_KEY
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import checkerboard, fill_memory, make_memory_images, texture
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
@@ -112,3 +115,105 @@ def test_the_http_service_calibrates_by_the_same_rule(tmp_path, colours):
                              files={"image": ("q.png", texture(COLOUR["red"], 5), "image/png")}).json()
         assert answer["ood_threshold"] == colours.novelty_threshold(k=3, labels=["red", "blue"])
         assert client.app.state.service.ood_threshold(4) == colours.novelty_threshold(k=4)
+
+
+# ------------------------------------------------------------------ vmem classify --ood
+
+
+@pytest.fixture(scope="module")
+def on_disk(tmp_path_factory, lite0, memory_images):
+    """The colour memory in a folder, for the CLI, and a folder of queries: 3 colours seen before, 1 pattern not."""
+    root = tmp_path_factory.mktemp("cli")
+    fill_memory(str(root / "memory"), lite0, memory_images).close()
+    (root / "queries").mkdir()
+    for i, (label, colour) in enumerate(COLOUR.items()):
+        (root / "queries" / f"{i}-{label}.png").write_bytes(texture(colour, seed=50 + i))
+    (root / "queries" / "3-checkerboard.png").write_bytes(checkerboard())
+    return root / "memory", root / "queries"
+
+
+def run(*args):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def test_classify_ood_marks_the_unfamiliar_image_and_sums_up_on_stderr(on_disk):
+    memory, queries = on_disk
+    plain = run("classify", queries, "--memory", memory, "--k", "3")
+    flagged = run("classify", queries, "--memory", memory, "--k", "3", "--ood")
+    assert flagged.exit_code == 0, flagged.output
+    with VisualMemory.open(memory) as mem:
+        threshold = mem.novelty_threshold(k=3)
+    lines, before = flagged.stdout.splitlines(), plain.stdout.splitlines()
+    assert lines[:3] == before[:3]  # the familiar colours: their lines as without --ood
+    assert lines[3].startswith(before[3] + " [out of distribution: novelty ")
+    assert lines[3].endswith(f" > {threshold:.3f}]")
+    assert flagged.stderr.splitlines()[-1] == (f"out of distribution: 1 of 4 images flagged (novelty above "
+                                               f"{threshold:.4f}, the 99th percentile of the memory's points' own "
+                                               "at k=3)")
+
+
+def test_classify_ood_json_answers_carry_the_keys_an_http_answer_has(on_disk):
+    import json
+
+    memory, queries = on_disk
+    plain = [json.loads(line) for line in run("classify", queries, "--memory", memory, "--k", "3", "--json",
+                                              "--exact").stdout.splitlines()]
+    out = run("classify", queries, "--memory", memory, "--k", "3", "--json", "--exact", "--ood")
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    with VisualMemory.open(memory) as mem:
+        threshold = mem.novelty_threshold(k=3, exact=True)
+    assert [a["out_of_distribution"] for a in answers] == [False, False, False, True]
+    assert {a["ood_threshold"] for a in answers} == {threshold}
+    assert [{key: v for key, v in a.items() if key not in ("ood_threshold", "out_of_distribution")}
+            for a in answers] == plain  # nothing else changes
+    assert list(answers[0])[-2:] == ["ood_threshold", "out_of_distribution"]
+    assert "1 of 4 images flagged" in out.stderr
+
+
+def test_classify_without_ood_prints_what_it_printed_before(on_disk):
+    import json
+
+    memory, queries = on_disk
+    text = run("classify", queries, "--memory", memory, "--k", "3")
+    assert all(re.fullmatch(r"\S+\t\w+\t\(\w+ \d\.\d\d(, \w+ \d\.\d\d)*\)", line) for line in text.stdout.splitlines())
+    assert "out of distribution" not in text.output
+    answer = json.loads(run("classify", queries, "--memory", memory, "--k", "3", "--json").stdout.splitlines()[3])
+    assert list(answer) == ["source", "label", "label_name", "scores", "neighbors", "vote", "novelty", "reranked",
+                            "fallback_reason", "template", "template_hash", "model", "usage", "trace", "dmn"]
+
+
+def test_classify_ood_among_some_labels_uses_their_threshold(on_disk):
+    memory, queries = on_disk
+    out = run("classify", queries / "0-red.png", "--memory", memory, "--k", "2", "--label", "red", "--ood")
+    assert out.exit_code == 0, out.output
+    with VisualMemory.open(memory) as mem:
+        threshold = mem.novelty_threshold(k=2, labels=["red"])
+    assert out.stderr.splitlines()[-1] == (f"out of distribution: 0 of 1 image flagged (novelty above "
+                                           f"{threshold:.4f}, the 99th percentile of the memory's points' own at "
+                                           "k=2 among 1 label)")
+
+
+def test_classify_ood_on_a_memory_too_small_to_calibrate_flags_nothing_and_says_why(tmp_path, lite0, on_disk):
+    import json
+
+    _, queries = on_disk
+    store = open_store(str(tmp_path / "memory"), lite0.spec)
+    store.add(lite0.embed([str(queries / "0-red.png")]), ["red"], ["one.png"])
+    store.close()
+    out = run("classify", queries / "3-checkerboard.png", "--memory", tmp_path / "memory", "--json", "--ood")
+    assert out.exit_code == 0, out.output
+    answer = json.loads(out.stdout)
+    assert (answer["ood_threshold"], answer["out_of_distribution"]) == (None, None)
+    assert ("out of distribution: none flagged: the memory has too few points to calibrate a novelty threshold at "
+            "k=50 (2 are needed)") in out.stderr
+
+
+def test_classify_ood_is_refused_with_dmn_which_votes_over_no_k_neighbours(on_disk):
+    memory, queries = on_disk
+    for dmn in (["--vote", "dmn"], ["--dmn-stream", "camera1"]):
+        out = run("classify", queries, "--memory", memory, "--ood", *dmn)
+        assert out.exit_code == 2 and "--vote dmn fuses text, static and dynamic memories" in out.output, out.output

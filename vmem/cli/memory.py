@@ -36,6 +36,7 @@ from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder, point_id_for
 from retrieval.text import utf8_text
 
+from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
 from ..visual_memory import local_source_prefix, parse_point_id
 from ._common import (
@@ -341,10 +342,19 @@ def classify(
                                 "reads an ImageFolder), or its parent folder, is its true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    ood: Annotated[bool, typer.Option(
+        "--ood", help="flag images unlike the memory's own: novelty (mean cosine distance to the k neighbours) above "
+                      f"the {OOD_PERCENTILE:g}th percentile of the memory's points' own, as vmem serve flags them; "
+                      "--json adds ood_threshold and out_of_distribution")] = False,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
         raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
+    if ood and ((vote is not None and vote.value == "dmn") or dmn_stream is not None):
+        # dmn's novelty is over its wide search's 256 neighbours, or none at all from its text classifier alone
+        raise typer.BadParameter("--vote dmn fuses text, static and dynamic memories rather than voting over k "
+                                 "neighbours, and no threshold is calibrated for it: flag unfamiliar images with a "
+                                 "neighbour vote (--vote rank, plurality, distance or softmax)", param_hint="--ood")
     if rerank:
         check_reranker_settings()
     paths = expand_images(images, sample, seed)
@@ -355,10 +365,11 @@ def classify(
         if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
             require_points(mem)  # dmn answers from its text classifier alone only with CLIP
         check_label_filter(mem, label or [])
+        flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
         results, failed = classify_in_parts(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
-            exact=exact)
+            exact=exact, flags=flags)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -366,6 +377,44 @@ def classify(
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
                    err=json_out)
+    if flags is not None:
+        typer.echo(flags.summary(results), err=True)
+
+
+class NoveltyFlags:
+    """`vmem classify --ood`: the threshold for the k and labels of the run, and how each answer is marked."""
+
+    def __init__(self, threshold: float | None, k: int, labels: list[str] | None) -> None:
+        self.threshold, self.k, self.labels = threshold, k, labels
+
+    def flag(self, res) -> bool | None:
+        return out_of_distribution(res.novelty, self.threshold)
+
+    def json_line(self, res) -> str:
+        """The answer's JSON object as without --ood, and after its keys the two an HTTP answer has besides."""
+        return (res.model_dump_json()[:-1] + f',"ood_threshold":{json.dumps(self.threshold)},'
+                f'"out_of_distribution":{json.dumps(self.flag(res))}}}')
+
+    def marker(self, res) -> str:
+        return f" [out of distribution: novelty {res.novelty:.3f} > {self.threshold:.3f}]" if self.flag(res) else ""
+
+    def summary(self, results: list) -> str:
+        among = f" among {len(self.labels)} label{'s' if len(self.labels) > 1 else ''}" if self.labels else ""
+        if self.threshold is None:
+            return (f"out of distribution: none flagged: the memory has too few points{among} to calibrate a "
+                    f"novelty threshold at k={self.k} (2 are needed)")
+        n = sum(bool(self.flag(r)) for r in results)
+        return (f"out of distribution: {n:,} of {len(results):,} image{'s' if len(results) != 1 else ''} flagged "
+                f"(novelty above {self.threshold:.4f}, the {OOD_PERCENTILE:g}th percentile of the memory's points' "
+                f"own at k={self.k}{among})")
+
+
+def _novelty_flags(mem, k: int | None, labels: list[str] | None, exact: bool) -> NoveltyFlags:
+    try:
+        used_k = mem.vote_settings(k=k).k  # the k the vote reads: given, else the memory's tuned k, else 50
+        return NoveltyFlags(mem.novelty_threshold(used_k, labels or None, exact=exact), used_k, labels or None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 # The largest part of a classify's images done at once (see `classify`): 4,096 images are ~40 s on 2 CPU cores.
@@ -373,9 +422,10 @@ CLASSIFY_PART_MAX = 4096
 
 
 def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: bool, json_out: bool,
-                      **options) -> tuple[list, list]:
+                      flags: NoveltyFlags | None = None, **options) -> tuple[list, list]:
     """`mem.classify_many(paths, rerank=rerank, **options)`, printed as each part is done (answers on stdout,
-    skips on stderr), for `vmem classify` and `vmem dmn classify`. Returns (answers, failures)."""
+    skips on stderr), for `vmem classify` and `vmem dmn classify`; `flags` marks the unfamiliar ones (--ood).
+    Returns (answers, failures)."""
     names = mem.label_names
     results: list = []
     failed: list = []
@@ -393,7 +443,7 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
                 raise typer.BadParameter(str(exc)) from exc
             bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
             for res in done:
-                print_classification(res, names, rerank, json_out)
+                print_classification(res, names, rerank, json_out, flags)
             for f in part_failed:  # with its part: a run interrupted later still said it
                 typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
             results += done
@@ -411,12 +461,15 @@ def growing_parts(items: list, first: int, largest: int):
         size = min(size * 2, max(largest, first))
 
 
-def print_classification(res, names: dict[str, str], rerank: bool, json_out: bool) -> None:
+def print_classification(res, names: dict[str, str], rerank: bool, json_out: bool,
+                         flags: NoveltyFlags | None = None) -> None:
     if json_out:
-        typer.echo(res.model_dump_json())  # every key, null when empty: a script reads the same keys each time
+        # every key, null when empty: a script reads the same keys each time (with --ood, two more at the end)
+        typer.echo(res.model_dump_json() if flags is None else flags.json_line(res))
     else:  # for people: the vote's runners-up by name where the memory names its labels
         top = ", ".join(f"{one_line(names.get(lab, lab))} {s:.2f}" for lab, s in list(res.scores.items())[:3])
         extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
+        extra += flags.marker(res) if flags is not None else ""
         named = f" ({one_line(res.label_name)})" if res.label_name else ""
         typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
 
