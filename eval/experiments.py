@@ -10,6 +10,9 @@ a real Qdrant memory, because what it shows is that deleted points never come ba
     granularity     leave classes out, then add their exemplars back one by one (k = 1)
     pruning         hard and soft pruning against none (counts from the memory queried against itself)
     unlearning      forget a class and a random sample of points; no result cites them afterwards
+    label-noise     flip a fraction of memory labels to other classes; how well the label audit finds them
+    novelty         hold classes out of the memory: does novelty tell their queries apart (AUROC), what does the
+                    out-of-distribution threshold flag, and are the familiar queries it flags more often wrong?
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, VoteRule
 from retrieval.files import write_atomically
+from retrieval.voting import vote_last_k
+from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
+from vmem.results import DEFAULT_K
 
 from .harness import write_csv
 from .label_audit import DEFAULT_MIN_SHARE, leave_one_out_votes
@@ -37,17 +43,20 @@ RULES = tuple(r.value for r in VoteRule)
 
 @dataclass
 class LabelledArrays:
-    """Features with one label each (a memory, or queries)."""
+    """Features with one label each (a memory, or queries); a memory's point ids where known (the novelty
+    threshold samples the first points in id order, as a memory does)."""
 
     features: np.ndarray
     labels: list[str]
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, idx: Sequence[int] | np.ndarray) -> LabelledArrays:
         idx = np.asarray(idx, dtype=np.int64)
-        return LabelledArrays(self.features[idx], [self.labels[i] for i in idx])
+        return LabelledArrays(self.features[idx], [self.labels[i] for i in idx],
+                              None if self.ids is None else [self.ids[i] for i in idx])
 
     def where(self, keep: Callable[[str], bool]) -> LabelledArrays:
         return self.take([i for i, lab in enumerate(self.labels) if keep(lab)])
@@ -444,6 +453,121 @@ def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequ
                             rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
 
 
+# ---------------------------------------------------------------------------------------------- novelty
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The area under the ROC curve of a score that should be higher for `positive`: the chance that a positive
+    scores above a negative, ties counted half (the Mann-Whitney U statistic, from midranks)."""
+    scores = np.concatenate([np.asarray(positive, np.float64), np.asarray(negative, np.float64)])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    midranks = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based: a tie's ranks, averaged
+    n_pos, n_neg = len(positive), len(negative)
+    u = midranks[inverse][:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def fpr_at_tpr(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) -> float:
+    """The share of negatives at or above the highest threshold that keeps at least `tpr` of the positives."""
+    pos = np.sort(np.asarray(positive, np.float64))[::-1]
+    keep = max(1, int(np.ceil(tpr * len(pos) - 1e-9)))  # 0.95 * 100 is 95.00000000000001 in floats
+    return float(np.mean(np.asarray(negative, np.float64) >= pos[keep - 1]))
+
+
+def _mean_distance(sims: np.ndarray, k: int) -> np.ndarray:
+    """Each row's novelty at k: the mean cosine distance to its first k neighbours (`Classification.novelty`)."""
+    return np.mean(1.0 - sims[:, :k].astype(np.float64), axis=1)
+
+
+def calibration_sample(memory: LabelledArrays, sample_size: int = OOD_SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
+    """The rows a memory's novelty threshold is calibrated on: its first `sample_size` points in id order
+    (`VisualMemory.novelty_threshold`; a memory's arrays hold only points a search can return), or, for arrays
+    without ids, as many drawn at random (ids are hashes: a random draw too)."""
+    if memory.ids is not None:
+        return np.array(sorted(range(len(memory)), key=memory.ids.__getitem__)[:sample_size], dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(len(memory))[:sample_size])
+
+
+def novelty_thresholds(memory: LabelledArrays, ks: Sequence[int], sample_size: int = OOD_SAMPLE_SIZE,
+                       percentile: float = OOD_PERCENTILE, seed: int = 0) -> dict[int, float | None]:
+    """`VisualMemory.novelty_threshold` at each k on arrays, with exact search: the sampled points query the
+    memory (k + 1 neighbours, their own left out), and the threshold is the percentile of their novelty."""
+    check_calibration(sample_size, percentile)
+    rows = calibration_sample(memory, sample_size, seed)
+    if len(rows) < 2:
+        return dict.fromkeys(ks)
+    idx, sims = exact_search(memory.features[rows], memory.features, max(ks) + 1)
+    hit_ids = [[int(i) for i in row if i >= 0] for row in idx]
+    hit_sims = [row[row > -np.inf].tolist() for row in sims]
+    return {k: threshold_of(self_excluded_novelties(rows.tolist(), hit_ids, hit_sims, k), percentile) for k in ks}
+
+
+def novelty(memory: LabelledArrays, queries: LabelledArrays, new_classes: int = 20,
+            ks: Sequence[int] = (1, 10, 50, 100), k: int = DEFAULT_K, sample_size: int = OOD_SAMPLE_SIZE,
+            percentile: float = OOD_PERCENTILE, seed: int = 0) -> ExperimentResult:
+    """Hold `new_classes` classes out of the memory: their queries are unfamiliar, the kept classes' familiar.
+    Does novelty tell them apart, and what does the out-of-distribution threshold flag?
+
+    For each k (capped at the reduced memory's size): the AUROC of novelty separating unfamiliar from familiar
+    queries, the familiar share flagged at the novelty that flags 95 % of the unfamiliar (FPR at 95 % TPR), the
+    threshold calibrated on the reduced memory by `VisualMemory.novelty_threshold`'s rule (exact search) and the
+    shares of unfamiliar and familiar queries above it; and whether the familiar queries it flags are more often
+    wrong: rank-vote accuracy at `k` of the familiar queries flagged, and of those not.
+    """
+    t0 = time.perf_counter()
+    kept, held = _split_classes(memory.labels, queries.labels, new_classes, seed)
+    reduced = memory.where(lambda lab: lab in kept)
+    familiar, unfamiliar = queries.where(lambda lab: lab in kept), queries.where(lambda lab: lab in held)
+    if not len(familiar):
+        raise ValueError(f"no query is of a class kept in the memory: hold out fewer than {new_classes} classes")
+    ks = sorted({min(x, len(reduced)) for x in ks})
+    k_vote = min(k, len(reduced))
+    thresholds = novelty_thresholds(reduced, ks, sample_size, percentile, seed)
+    k_max = max(*ks, k_vote)
+    f_idx, f_sims = exact_search(familiar.features, reduced.features, k_max)
+    _, u_sims = exact_search(unfamiliar.features, reduced.features, k_max)
+    classes = _classes(reduced, familiar)
+    table = table_from_hits(f_idx[:, :k_vote], f_sims[:, :k_vote], reduced.labels, classes)
+    predicted = vote_last_k(table.label_ids, table.similarities, VoteRule.rank, len(classes), DEFAULT_ALPHA)
+    right = np.array(classes)[predicted] == np.array(familiar.labels)
+    rows, novelties = [], {}
+    for kk in ks:
+        fam, unf = _mean_distance(f_sims, kk), _mean_distance(u_sims, kk)
+        novelties[kk] = (fam, unf)
+        t = thresholds[kk]
+        flagged = fam > t if t is not None else np.zeros(len(fam), dtype=bool)
+        rows.append({"k": kk, "auroc": auroc(unf, fam), "fpr@95tpr": fpr_at_tpr(unf, fam), "threshold": t,
+                     "unfamiliar_flagged": float(np.mean(unf > t)) if t is not None else None,
+                     "familiar_flagged": float(np.mean(flagged)) if t is not None else None,
+                     "familiar_flagged_queries": int(flagged.sum()),
+                     "accuracy_flagged": float(np.mean(right[flagged])) if flagged.any() else None,
+                     "accuracy_unflagged": float(np.mean(right[~flagged])) if (~flagged).any() else None})
+    last = rows[-1]
+    fam, unf = novelties[last["k"]]
+    edges = np.linspace(min(fam.min(), unf.min()), max(fam.max(), unf.max()), 41)
+    histogram = {"k": last["k"], "edges": edges.tolist(), "threshold": last["threshold"],
+                 "familiar": np.histogram(fam, edges)[0].tolist(), "unfamiliar": np.histogram(unf, edges)[0].tolist()}
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    caught = (f"; rank voting at k={k_vote} gets {pct(last['accuracy_flagged'])} of the familiar ones flagged "
+              f"right, {pct(last['accuracy_unflagged'])} of the others" if last["familiar_flagged_queries"] else "")
+    summary = (f"{len(held)} of {len(kept) + len(held)} classes held out of the memory: at k={last['k']} novelty "
+               f"tells their {len(unfamiliar):,} queries from the {len(familiar):,} of the kept classes with AUROC "
+               f"{last['auroc']:.3f} (FPR {pct(last['fpr@95tpr'])} at 95% TPR); the memory's p{percentile:g} "
+               f"threshold flags {pct(last['unfamiliar_flagged'])} of the unfamiliar and "
+               f"{pct(last['familiar_flagged'])} of the familiar queries{caught}")
+    return ExperimentResult(
+        name="novelty", params={"new_classes": sorted(held), "ks": ks, "vote_k": k_vote, "rule": "rank",
+                                "sample_size": sample_size, "percentile": percentile, "seed": seed,
+                                "memory_points_kept": len(reduced), "familiar_queries": len(familiar),
+                                "unfamiliar_queries": len(unfamiliar), "calibration_sample":
+                                "first points in id order" if reduced.ids is not None else "random",
+                                "histogram": histogram},
+        rows=rows, summary=summary, seconds=round(time.perf_counter() - t0, 2))
+
+
 EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "scaling": scaling,
     "corruption": corruption,
@@ -452,13 +576,14 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "pruning": pruning,
     "unlearning": unlearning,
     "label-noise": label_noise,
+    "novelty": novelty,
 }
 
 
 # ---------------------------------------------------------------------------------------------- output
 
 _PERCENT_MARKS = ("@", "accuracy", "_best", "old_", "new_", "wrong_labels", "taken_by", "_precision", "_found",
-                  "suggestion_true")
+                  "suggestion_true", "_flagged")
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -486,7 +611,7 @@ def markdown(result: ExperimentResult, columns: Sequence[str] | None = None) -> 
 
 def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """`<name>.json`, `<name>.csv`, `<name>.md` and, where it has one, `<name>.png`."""
-    from .plots import plot_curves
+    from .plots import plot_curves, plot_histograms
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -523,4 +648,12 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
                                    png, "memory labels flipped to another class (%)",
                                    "flipped points among the first m ranked (%)",
                                    "finding the m flipped labels"))
+    elif plots and result.name == "novelty":
+        h = result.params["histogram"]
+        lines = {f"threshold (p{result.params['percentile']:g} of the memory's own)": h["threshold"]}
+        written.append(plot_histograms(h["edges"], {"familiar: classes in the memory": h["familiar"],
+                                                    "unfamiliar: classes held out": h["unfamiliar"]},
+                                       png, f"novelty at k={h['k']} (mean cosine distance to the neighbours)",
+                                       "novelty of queries of classes the memory holds and does not",
+                                       lines if h["threshold"] is not None else None))
     return written

@@ -122,6 +122,31 @@ def plot_curves(
     return _save(fig, Path(path))
 
 
+def plot_histograms(
+    edges: Sequence[float],
+    groups: dict[str, Sequence[int]],
+    path: str | Path,
+    xlabel: str,
+    title: str = "",
+    lines: dict[str, float] | None = None,
+) -> Path:
+    """Histograms over the same bins, each group as shares of its own members (groups of unequal size compare),
+    with labelled vertical lines (a threshold)."""
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
+    for i, (name, counts) in enumerate(groups.items()):
+        total = max(1, sum(counts))
+        ax.stairs([100 * c / total for c in counts], edges, label=f"{name} ({total:,})", fill=i == 0,
+                  alpha=0.45 if i == 0 else 1.0, linewidth=1.5, hatch=None if i == 0 else "//")
+    for j, (name, x) in enumerate((lines or {}).items()):
+        ax.axvline(x, color="black", linestyle=("--", ":", "-.")[j % 3], label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of the group (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
 # The files `plot_all` may write, after its prefix.
 PLOT_FILES = ("accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png")
 

@@ -222,6 +222,19 @@ def test_experiment_corruption_writes_its_table_and_plot(built, tmp_path):
     assert (tmp_path / "x" / "corruption.png").exists()
 
 
+def test_experiment_novelty_holds_classes_out_and_writes_its_table_and_histograms(built, tmp_path):
+    root, val = built
+    out = run("experiment", "novelty", "--memory", root / "memory", "--queries", val, "--out", tmp_path / "x",
+              "--cache", tmp_path / "cache", "--new-classes", "1")
+    assert "## novelty" in out and "1 of 3 classes held out of the memory" in out
+    written = json.loads((tmp_path / "x" / "novelty.json").read_text())
+    params = written["params"]
+    assert (params["memory_points_kept"], params["familiar_queries"], params["unfamiliar_queries"]) == (8, 4, 2)
+    assert params["calibration_sample"] == "first points in id order"  # as the memory itself samples
+    assert [r["k"] for r in written["rows"]] == [1, 8]  # k capped at the 8 points kept
+    assert (tmp_path / "x" / "novelty.png").exists()
+
+
 def test_experiment_rejects_unknown_names(built, tmp_path):
     root, val = built
     res = CliRunner().invoke(app, ["experiment", "nope", "--memory", str(root / "memory"), "--queries", str(val)])

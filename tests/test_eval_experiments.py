@@ -7,9 +7,13 @@ import pytest
 
 from eval.experiments import (
     LabelledArrays,
+    auroc,
     corruption,
+    fpr_at_tpr,
     granularity,
     markdown,
+    novelty,
+    novelty_thresholds,
     ood_classes,
     pruning,
     scaling,
@@ -127,3 +131,66 @@ def test_ood_classes_at_a_k_beyond_the_memory_and_beyond_100(data):
     assert {r["rule"] for r in res.rows} == {"plurality", "distance", "softmax", "rank"}
     res = ood_classes(memory, queries, new_classes=2, k=150)
     assert all(0 <= r["old_after"] <= 1 for r in res.rows)
+
+
+def test_novelty_tells_the_queries_of_held_out_classes_from_the_others(data, tmp_path):
+    memory, queries = data
+    res = novelty(memory, queries, new_classes=2)
+    assert [r["k"] for r in res.rows] == [1, 10, 50, 100]
+    assert res.params["familiar_queries"] == 80 and res.params["unfamiliar_queries"] == 40  # 4 and 2 classes x 20
+    for r in res.rows:
+        assert r["auroc"] > 0.85  # chance is 0.5
+        # The threshold is the memory's own p99: few familiar queries above it, many more unfamiliar ones
+        assert r["familiar_flagged"] < 0.1 < r["unfamiliar_flagged"]
+        assert 0 <= r["fpr@95tpr"] <= 1
+        # Familiar queries flagged or not, together: the rank vote's accuracy over them all
+        n = r["familiar_flagged_queries"]
+        together = (n * (r["accuracy_flagged"] or 0) + (80 - n) * r["accuracy_unflagged"]) / 80
+        assert together == pytest.approx(_score_rank(memory, queries, res.params["new_classes"]), abs=1e-9)
+    h = res.params["histogram"]
+    assert (h["k"], sum(h["familiar"]), sum(h["unfamiliar"])) == (100, 80, 40)
+    names = {p.name for p in write_experiment(res, tmp_path)}
+    assert names == {"novelty.json", "novelty.csv", "novelty.md", "novelty.png"}
+    table = markdown(res)
+    assert "| k | auroc | fpr@95tpr | threshold | unfamiliar_flagged | familiar_flagged |" in table
+    assert f"| 100 | {res.rows[-1]['auroc']:.4g} | {100 * res.rows[-1]['fpr@95tpr']:.2f} |" in table  # shares in %
+
+
+def _score_rank(memory, queries, held_out, k=50):
+    from eval.experiments import _row, _score
+
+    kept = memory.where(lambda lab: lab not in held_out)
+    return _row(_score(kept, queries.where(lambda lab: lab not in held_out)), [k])[f"rank@{k}"]
+
+
+def test_novelty_thresholds_on_arrays_are_those_a_memory_of_the_points_calibrates(data, tmp_path):
+    from retrieval import FeaturizerSpec, Preprocessing, open_store, point_id_for
+    from vmem import VisualMemory
+
+    memory, _ = data
+    sources = [f"mem:{i}" for i in range(len(memory))]
+    spec = FeaturizerSpec(name="precomputed", dim=16, preprocessing=Preprocessing(resize=0, crop=0))
+    with VisualMemory(open_store(str(tmp_path / "memory"), spec), reranker=None) as mem:
+        mem.store.add(memory.features, memory.labels, sources)
+        arrays = LabelledArrays(memory.features, memory.labels, [point_id_for(s) for s in sources])
+        for k, t in novelty_thresholds(arrays, [1, 10, 50]).items():
+            assert t == pytest.approx(mem.novelty_threshold(k=k, exact=True), abs=1e-3)  # float16 originals
+
+
+def test_novelty_caps_k_at_the_memory_and_needs_queries_of_a_kept_class(data):
+    memory, queries = data
+    small = memory.take([i for i in range(len(memory)) if i % 60 < 3])  # 6 classes x 3 points
+    res = novelty(small, queries, new_classes=2)
+    assert [r["k"] for r in res.rows] == [1, 10, 12] and res.params["vote_k"] == 12
+    few = queries.where(lambda lab: lab in {"c0", "c1"})
+    with pytest.raises(ValueError, match="no query is of a class kept in the memory"):
+        novelty(memory, few, new_classes=2)
+
+
+def test_auroc_counts_ties_half_and_fpr_is_read_at_95_percent_of_the_positives():
+    assert auroc([3, 2], [1, 0]) == 1.0 and auroc([0], [1]) == 0.0
+    assert auroc([2, 1], [1, 0]) == pytest.approx(3.5 / 4)  # one tie of four pairs
+    assert auroc([1, 1], [1, 1, 1]) == 0.5
+    positives = np.arange(1, 101)  # 95 of them are at 6 or above
+    assert fpr_at_tpr(positives, np.array([0, 5, 6, 50])) == 0.5
+    assert fpr_at_tpr(positives, np.array([0, 5, 5.9])) == 0.0

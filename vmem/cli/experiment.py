@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from retrieval import DatasetError, FeaturizerError
+from retrieval import DatasetError, FeaturizerError, point_id_for
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -20,7 +20,7 @@ from ._common import (
     require_points,
 )
 
-NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning | label-noise"
+NAMES = "scaling | corruption | ood-classes | granularity | pruning | unlearning | label-noise | novelty"
 
 
 def _floats(text: str) -> list[float]:
@@ -54,14 +54,16 @@ def experiment(
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", "--sample", min=1,
                                               help="a fixed random sample of this many queries")] = None,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and label-noise")] = 50,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and label-noise; novelty: "
+                                                       "the vote's k for the accuracy of the queries it flags")] = 50,
     per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
     fractions: Annotated[str | None, typer.Option(
         help="corruption: fractions of random labels (default 0,0.1,...,0.9); label-noise: fractions of labels "
              "flipped to another class (default 0.01,0.02,0.05,0.1)")] = None,
     min_share: Annotated[float, typer.Option(min=0, max=1, help="label-noise: another label's vote share that makes "
                                                                  "a point a suspect")] = 0.5,
-    new_classes: Annotated[int, typer.Option(min=1, help="ood-classes: classes held out, then added")] = 20,
+    new_classes: Annotated[int, typer.Option(min=1, help="ood-classes: classes held out, then added; novelty: "
+                                                         "classes held out of the memory")] = 20,
     held_out: Annotated[int, typer.Option(min=1, help="granularity: classes left out")] = 20,
     exemplars: Annotated[str, typer.Option(help="granularity: exemplars added back per class")] = (
         "0,1,2,5,10,20,50,100"),
@@ -116,7 +118,10 @@ def experiment(
     if drawn is not None:
         ds.items = drawn
     qs = query_set(ds, feat, cache_root)
-    mem_arrays = LabelledArrays(arrays.features, arrays.labels)
+    # With the ids a memory's points have (a dataset's: those a build gives them), which the novelty threshold
+    # samples by, as a memory does
+    ids = arrays.ids if memory_dataset is None else [point_id_for(source) for source in arrays.ids]
+    mem_arrays = LabelledArrays(arrays.features, arrays.labels, ids)
     q_arrays = LabelledArrays(qs.features, [labs[0] for labs in qs.correct_labels])
     options = {
         "scaling": lambda: {"per_class": [int(x) for x in _floats(per_class)], "seed": seed},
@@ -129,6 +134,7 @@ def experiment(
                                 "seed": seed, "names": names},
         "pruning": lambda: {"thresholds": [int(x) for x in _floats(thresholds)], "blame": blame},
         "unlearning": lambda: {"forget_fraction": forget_fraction, "k": k, "seed": seed},
+        "novelty": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
     }[name]()
     try:
         result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)
