@@ -143,7 +143,7 @@ def plot_histograms(
     ax.set_ylabel("share of the group (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, Path(path))
 
 

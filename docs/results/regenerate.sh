@@ -18,7 +18,7 @@ for v in 1 2; do
 done
 
 # The paper's experiments, on the same cached features.
-for name in pruning corruption scaling ood-classes granularity unlearning label-noise; do
+for name in pruning corruption scaling ood-classes granularity unlearning label-noise novelty; do
   vmem experiment "$name" "${COMMON[@]}" --queries "$D/val" --classes "$D/classes.tsv" --out "$OUT/experiments"
 done
 vmem experiment pruning "${COMMON[@]}" --queries "$D/val" --blame voters --out "$OUT/experiments"
