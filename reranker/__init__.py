@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_dir, default_cache_path
 from ._errors import (
+    AttemptsTimedOutError,
     CircuitOpenError,
     ConnectionFailedError,
     DeadlineExceededError,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "RERANKERS",
     "AnswerCache",
+    "AttemptsTimedOutError",
     "BuiltPrompt",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -53,6 +53,10 @@ class ConnectionFailedError(UpstreamError, ConnectionError):
     pass
 
 
+class AttemptsTimedOutError(UpstreamError, TimeoutError):
+    """Every attempt timed out before the deadline: Gemini slow, not failing (metrics tell the two apart)."""
+
+
 class CircuitOpenError(RerankError):
     pass
 

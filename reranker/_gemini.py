@@ -45,6 +45,7 @@ from retrieval.files import NoHomeError
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_path
 from ._errors import (
+    AttemptsTimedOutError,
     CircuitOpenError,
     ConnectionFailedError,
     DeadlineExceededError,
@@ -615,7 +616,7 @@ class GeminiReranker:
         except _TIMEOUTS as exc:
             if ctx.remaining() <= 0.05 or ctx.stopped_for_deadline:
                 raise DeadlineExceededError(self._deadline_message(ctx)) from exc
-            raise UpstreamError(f"Gemini timed out on all {ctx.attempts - attempts_before} attempts") from exc
+            raise AttemptsTimedOutError(f"Gemini timed out on all {ctx.attempts - attempts_before} attempts") from exc
         except _TRANSPORT as exc:
             raise ConnectionFailedError(
                 f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "

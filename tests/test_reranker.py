@@ -267,6 +267,14 @@ def test_a_slow_attempt_is_retried_within_the_deadline(fake, make_rr, images):
     assert out.label == "dog" and out.attempts == 2 and fake.count == 2
 
 
+def test_every_attempt_timing_out_before_the_deadline_is_told_from_a_failing_gemini(fake, make_rr, images):
+    # Both had been UpstreamError: an operator's metrics could not tell a slow Gemini from a failing one
+    fake.enqueue(*[fake.hang(10)] * 4)
+    out = make_rr(deadline_s=5.0, attempt_timeout_s=0.2, max_attempts=2).rerank_one(request(images, vote="cat"))
+    assert (out.label, out.error) == ("cat", "AttemptsTimedOutError")
+    assert out.fallback_reason == "Gemini timed out on all 2 attempts"
+
+
 def test_malformed_json_is_an_unparseable_answer(fake, make_rr, images):
     fake.enqueue(fake.malformed())
     out = make_rr().rerank_one(request(images, vote="cat"))
