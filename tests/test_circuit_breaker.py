@@ -154,7 +154,8 @@ def test_with_30_percent_of_calls_failing_every_query_is_answered_in_time(fake, 
     # Retries absorb most faults: a query fails only when all three of its attempts do.
     assert batch.reranked >= 56, batch.fallbacks
     assert batch.reranked + sum(batch.fallbacks.values()) == 64
-    assert set(batch.fallbacks) <= {"QuotaExceededError", "UpstreamError", "DeadlineExceededError"}
+    assert set(batch.fallbacks) <= {"QuotaExceededError", "UpstreamError", "AttemptsTimedOutError",
+                                    "DeadlineExceededError"}
     assert fake.count > 64  # the faults were met, and retried
     assert wall <= 64 / 8 * (DEADLINE_S + SLACK_S)
     assert reranker.breaker.state == "closed"
