@@ -257,3 +257,22 @@ def test_the_app_for_another_asgi_server_logs_as_vmem_serve_does(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING: +reranker\.gemini: "
                         r"re-ranker circuit open\n", out.stderr), out
+
+
+def test_with_vmem_log_format_json_every_line_is_a_json_object():
+    # For a log collector that parses fields; the time carries its offset, which the text lines lack
+    script = ("import logging, logging.config; from vmem.cli.serve import _service_log_config; "
+              "logging.getLogger().setLevel(logging.WARNING); logging.config.dictConfig(_service_log_config()); "
+              "logging.getLogger('reranker.gemini').warning('re-ranking fell back to the vote'); "
+              "logging.getLogger('uvicorn.access').info('%s - \"%s %s HTTP/%s\" %d', '127.0.0.1:5', 'GET', '/', '1.1', "
+              "200)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "VMEM_LOG_FORMAT": "json"})
+    lines = [json.loads(line) for line in (out.stderr + out.stdout).splitlines()]
+    assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
+        ("WARNING", "reranker.gemini", "re-ranking fell back to the vote"),
+        ("INFO", "uvicorn.access", '127.0.0.1:5 - "GET / HTTP/1.1" 200')]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", e["time"]) for e in lines)
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env={**os.environ, "VMEM_LOG_FORMAT": "xml"})
+    assert refused.returncode != 0 and "VMEM_LOG_FORMAT is 'xml': give text or json" in refused.stderr

@@ -92,9 +92,25 @@ def _check_thumbnail_dir(folder: Path) -> None:
                                  "uploads (their only copy of the image) could not be kept", param_hint="the settings")
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line (`VMEM_LOG_FORMAT=json`), for a log collector that parses fields: time (ISO 8601 with
+    its offset), level, logger, message, and the traceback where there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import datetime
+
+        entry = {"time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def _service_log_config() -> dict[str, Any]:
     """uvicorn's logging with a timestamp on every line, vmem's own lines (fallbacks, warnings) through the same
-    handler with their logger's name: a service's log is read hours later, beside other services' logs."""
+    handler with their logger's name: a service's log is read hours later, beside other services' logs. With
+    `VMEM_LOG_FORMAT=json`, every line is a JSON object instead (`JsonLogFormatter`)."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
@@ -103,6 +119,12 @@ def _service_log_config() -> dict[str, Any]:
     config["formatters"]["default"]["fmt"] = SERVICE_LOG_FORMAT
     config["formatters"]["access"]["fmt"] = "%(asctime)s " + config["formatters"]["access"]["fmt"]
     config["formatters"]["vmem"] = {**config["formatters"]["default"], "fmt": VMEM_LOG_FORMAT}
+    log_format = os.environ.get("VMEM_LOG_FORMAT", "text").strip().lower()
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"VMEM_LOG_FORMAT is {log_format!r}: give text or json", param_hint="the environment")
+    if log_format == "json":
+        for name in ("default", "access", "vmem"):
+            config["formatters"][name] = {"()": JsonLogFormatter}
     config["handlers"]["vmem"] = {**config["handlers"]["default"], "formatter": "vmem"}
     # -v (the root logger's level, set by the CLI's callback) still decides how much of vmem's own work is told
     config["root"] = {"handlers": ["vmem"], "level": logging.getLevelName(logging.getLogger().level)}
@@ -171,6 +193,7 @@ def create_service_app() -> Any:
 
     try:
         settings = checked_settings(None, {})
+        log_config = _service_log_config()
     except typer.BadParameter as exc:
         raise SystemExit(f"vmem: {exc.format_message()}") from None
     if not logging.getLogger().handlers:
@@ -178,7 +201,7 @@ def create_service_app() -> Any:
         # last-resort handler, with no time, level or logger
         from logging.config import dictConfig
 
-        dictConfig(_service_log_config())
+        dictConfig(log_config)
     return create_app(settings, auditor=_label_auditor)
 
 
@@ -239,6 +262,7 @@ def serve(
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
     settings = checked_settings(env_file, overrides)
+    log_config = _service_log_config()  # a VMEM_LOG_FORMAT it does not know is refused before the memory opens
     if settings.auth_disabled:
         typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
                    err=True)
@@ -266,7 +290,7 @@ def serve(
                        err=True)
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    forwarded_allow_ips=forwarded_allow_ips, log_config=_service_log_config(),
+                    forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
                     timeout_graceful_shutdown=_graceful_shutdown_s())
     finally:
         mem.close()
