@@ -34,6 +34,10 @@ MAX_IMAGE_PIXELS = 64_000_000
 MAX_JPEG_SCANS = 100
 # PIL's own guard (a warning past the limit, an error past twice it) agrees with ours.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# A JPEG asked for at a model's scale is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's draft): a 108 or 200 MP
+# phone photo, refused before, decodes to 3 MP. Taken up to this header size, when what is decoded is within
+# MAX_IMAGE_PIXELS.
+MAX_JPEG_PIXELS = 4 * MAX_IMAGE_PIXELS
 # The formats decoded; Pillow would otherwise try every plugin it has, EPS among them, which runs Ghostscript
 # on the bytes of any upload that starts like PostScript.
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
@@ -141,10 +145,7 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
             if fp.stat().st_size == 0:
                 raise ImageDecodeError(f"{name}: the file is empty (0 bytes)")
         try:
-            img = _open_within_limit(fp, name)
-            img.seek(0)
-            if min_side and img.format in JPEG_FORMATS:
-                img.draft(None, (min_side, min_side))
+            img = _open_within_limit(fp, name, min_side)
             img.load()
         except ImageDecodeError:
             raise
@@ -209,16 +210,28 @@ def image_from_array(pixels: np.ndarray) -> Image.Image:
 _WARNING_FILTERS_LOCK = threading.Lock()
 
 
-def _open_within_limit(fp: io.BytesIO | Path, name: str) -> Image.Image:
-    """Pillow's lazy open (the header only), refused past MAX_IMAGE_PIXELS before anything is decoded."""
+def _open_within_limit(fp: io.BytesIO | Path, name: str, min_side: int | None = None) -> Image.Image:
+    """Pillow's lazy open (the header only), at its first frame and, for a JPEG with `min_side`, at the draft
+    scale that keeps both sides at least that; refused where more than MAX_IMAGE_PIXELS would be decoded, before
+    anything is."""
     with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
         # Pillow warns (rather than raises) between its limit and twice it; here that is an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(fp, formats=IMAGE_FORMATS)
+        # Its guard raised for the header read alone, where a JPEG may be drafted: the check below is the limit.
+        before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS if min_side else MAX_IMAGE_PIXELS
+        try:
+            img = Image.open(fp, formats=IMAGE_FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
     w, h = img.size
-    if w * h > MAX_IMAGE_PIXELS:
+    img.seek(0)
+    if min_side and img.format in JPEG_FORMATS and w * h <= MAX_JPEG_PIXELS:
+        img.draft(None, (min_side, min_side))  # its size is now what will be decoded
+    if img.width * img.height > MAX_IMAGE_PIXELS:
         img.close()
-        raise ImageDecodeError(f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels)")
+        raise ImageDecodeError(f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels"
+                               + (f"; a JPEG up to {MAX_JPEG_PIXELS:,} is read at a reduced scale" if min_side
+                                  else "") + ")")
     if img.format in JPEG_FORMATS and img.info.get("progressive"):
         data = fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes()
         if (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:

@@ -348,3 +348,23 @@ def test_a_progressive_jpeg_of_endless_scans_is_refused_before_it_is_decoded():
     for decode in (load_image, load_pixels):
         with pytest.raises(ImageDecodeError, match=r"a progressive JPEG of 1\d\d scans \(the limit is 100"):
             decode(endless)
+
+
+def test_a_jpeg_past_the_pixel_limit_is_read_at_a_reduced_scale_where_one_is_asked_for(monkeypatch):
+    """A 108 or 200 MP phone photo had been refused, though decoded at 1/8 it is 3 MP: the limit is on what is
+    decoded. Here the limits are scaled down: 10,000 pixels decoded, a JPEG of up to 40,000 read reduced."""
+    from retrieval import images
+    from retrieval.images import load_pixels
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(images, "MAX_JPEG_PIXELS", 40_000)
+    photo = encode(smooth_photo((200, 160)), "JPEG")  # 32,000 pixels
+    for decode in (load_image, load_pixels):
+        assert np.asarray(decode(photo, min_side=32)).shape == (40, 50, 3)  # its 1/4 draft, 2,000 pixels
+        with pytest.raises(ImageDecodeError, match="too large"):
+            decode(photo)  # at full size (a thumbnail's own decode asks for its size)
+    with pytest.raises(ImageDecodeError, match="too large"):  # other formats have no reduced decode
+        load_image(encode(smooth_photo((200, 160)), "PNG"), min_side=32)
+    with pytest.raises(ImageDecodeError, match="too large"):  # past 40,000 even reduced
+        load_image(encode(smooth_photo((250, 200)), "JPEG"), min_side=32)
+    assert Image.MAX_IMAGE_PIXELS == 64_000_000  # Pillow's own guard as it was
