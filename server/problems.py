@@ -251,7 +251,8 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, send_noting_the_start)
         except ClientDisconnect:
-            log.debug("client left %s %s before its request was read", scope["method"], scope["path"])
+            # INFO, as the access line it gets instead (none: uvicorn writes none for a closed connection)
+            log.info("client left %s before its answer", described(Request(scope)))
             if not started:
                 await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
         except Exception:

@@ -342,7 +342,8 @@ class ClassifierService:
         except BaseException:  # the pool shut down
             queued.dec()
             raise
-        # A request cancelled while it waited (its client gone) cancels its work, which then never runs.
+        # A request cancelled while it waited (its client gone: `routes._common.unless_the_client_leaves`) cancels
+        # its work, which then never runs.
         future.add_done_callback(lambda f: queued.dec() if f.cancelled() else None)
         return await asyncio.wrap_future(future)
 

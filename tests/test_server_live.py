@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,6 +89,38 @@ def test_after_an_unexpected_error_the_connection_still_serves_the_next_request(
     assert resp.json()["request_id"] == rid and len(rid) == 32
     assert sum(f"unhandled error on GET /v1/memory/history [{rid}]" in r.getMessage() for r in caplog.records) == 1
     assert sum("[proxy-7f3a]" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_classify_whose_client_gave_up_while_it_waited_is_not_run_and_counts_as_499(tmp_path, lite0,
+                                                                                      memory_images, caplog):
+    # uvicorn cancels nothing when a client leaves: under overload, clients that had given up were still
+    # classified (crowding out those waiting), counted as 200s, and logged nowhere
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY, featurize_threads=1), memory=mem)
+    caplog.set_level(logging.INFO, logger="server.problems")
+    with live_server(app) as url:
+        service = app.state.service
+        classified = []
+        real = service.memory.classify
+        service.memory.classify = lambda *a, **k: classified.append(1) or real(*a, **k)
+        release = threading.Event()
+        busy = service.executor.submit(release.wait, 30)  # the one embedding thread
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/classify", files={"image": ("q.png", texture(COLORS["blue"], 5))}, timeout=0.5)
+            for _ in range(100):  # the server notices the disconnect on its own time
+                if 'route="/v1/classify",status="499"} 1.0' in httpx.get(f"{url}/metrics").text:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the classify of a client gone was not counted as 499")
+        finally:
+            release.set()
+        assert busy.result(timeout=5)
+        body = httpx.post(f"{url}/v1/classify", files={"image": ("q.png", texture(COLORS["blue"], 6))}, timeout=30)
+        assert body.status_code == 200 and classified == [1]  # the abandoned one never ran
+    mem.close()
+    assert any("client left POST /v1/classify" in r.getMessage() for r in caplog.records)
 
 
 def test_a_client_that_leaves_mid_upload_is_no_server_error(base_url):

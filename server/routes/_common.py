@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from ..problems import ProblemError
 from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
 from ..service import Answer, ClassifierService
 from ..uploads import JSON, MULTIPART
+
+T = TypeVar("T")
 
 # Where an error about labels sends the user to see them all.
 LISTED_BY = "GET /v1/memory/stats"
@@ -35,6 +40,28 @@ def json_body(model: str) -> dict[str, Any]:
     after its key check, off the event loop. FastAPI parses a body it declares before any dependency runs, so
     20 MB sent without a key to an editing route had been parsed, holding the event loop a second, before its 401."""
     return {"requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
+async def unless_the_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client disconnects first: then the work is cancelled (a classify still queued for
+    a thread never runs) and the request ends as a 499. uvicorn cancels nothing when a client leaves: under
+    overload, clients that had given up were still classified, counted as 200s, and crowded out those waiting.
+    Call it once the body is read: the next message is the client leaving."""
+    task = asyncio.ensure_future(work)
+
+    async def client_leaves() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_leaves())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise ClientDisconnect()
 
 
 def thumbnail_url(request: Request, point_id: str) -> str:

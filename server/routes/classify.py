@@ -22,6 +22,7 @@ from ._common import (
     classification_out,
     image_body,
     template_problem,
+    unless_the_client_leaves,
 )
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
@@ -36,10 +37,11 @@ def check_rerank_key(request: Request, settings: Settings, q: ClassifyQuery) -> 
         check_api_key(settings, request.headers.get(API_KEY_HEADER), "rerank=true asks Gemini, which is paid per call")
 
 
-async def classified(service: ClassifierService, uploads: list[Upload], q: ClassifyQuery) -> list[Answer | str]:
+async def classified(request: Request, service: ClassifierService, uploads: list[Upload], q: ClassifyQuery
+                     ) -> list[Answer | str]:
     run = service.run_reranking if q.rerank else service.run  # Gemini's waits must not hold the embedding threads
     try:
-        return await run(service.classify, uploads, q)
+        return await unless_the_client_leaves(request, run(service.classify, uploads, q))
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
     except TemplateError as exc:  # removed or broken since check_template: said, not a 500
@@ -70,7 +72,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
         advice = f"send several to POST /v1/classify/batch (up to {settings.max_batch_images} per request)"
         files, _ = await read_files(request, "image", max_files=1, too_many=advice)
         upload = Upload(*files[0])
-    [answer] = await classified(service, [upload], q)
+    [answer] = await classified(request, service, [upload], q)
     if isinstance(answer, str):
         raise ProblemError(400, answer, "bad-image", "The image could not be decoded")
     return classification_out(request, answer)
@@ -102,7 +104,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
         uploads = [Upload(data, name) for data, name in files]
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
-    answers = await classified(service, uploads, q)
+    answers = await classified(request, service, uploads, q)
     items = [BatchItemOut(index=i, filename=up.filename, error=a, error_type=f"{TYPE_BASE}bad-image")
              if isinstance(a, str) else
              BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))
