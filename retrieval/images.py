@@ -27,16 +27,17 @@ log = logging.getLogger(__name__)
 
 # A 64-megapixel ceiling: far above any photo a classifier needs, far below a bomb.
 MAX_IMAGE_PIXELS = 64_000_000
-# A progressive JPEG's scans each pass over every block, and a decoder takes as many as the file holds: a 220 kB
-# file of 1,000 empty scans held a thread 7.6 s, a 20 MiB upload would hold one for minutes. Encoders write ~10
-# (mozjpeg's most, about 20); libjpeg-turbo suggests refusing past 500. Counted as SOS markers in the bytes, an
-# EXIF thumbnail's among them.
+# A JPEG's scans each pass over every block, and a decoder takes as many as the file holds, progressive or not: a
+# 220 kB file of 1,000 empty scans held a thread 7.6 s, a 20 MiB upload would hold one for hours. Encoders write at
+# most ~20 (progressive 10, CMYK 18, an MPO's two frames 20); libjpeg-turbo suggests refusing past 500. Counted by
+# the file's own markers (`jpeg_scans`).
 MAX_JPEG_SCANS = 100
 # PIL's own guard (a warning past the limit, an error past twice it) agrees with ours.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # A JPEG asked for at a model's scale is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's draft): a 108 or 200 MP
 # phone photo, refused before, decodes to 3 MP. Taken up to this header size, when what is decoded is within
-# MAX_IMAGE_PIXELS.
+# MAX_IMAGE_PIXELS, and when it is one scan: a progressive or multi-scan JPEG holds every block's coefficients
+# whole while it decodes (1.5 GB at 256 MP), and passes over all of them at each scan.
 MAX_JPEG_PIXELS = 4 * MAX_IMAGE_PIXELS
 # The formats decoded; Pillow would otherwise try every plugin it has, EPS among them, which runs Ghostscript
 # on the bytes of any upload that starts like PostScript.
@@ -225,26 +226,56 @@ def _open_within_limit(fp: io.BytesIO | Path, name: str, min_side: int | None = 
             Image.MAX_IMAGE_PIXELS = before
     w, h = img.size
     img.seek(0)
-    if min_side and img.format in JPEG_FORMATS and w * h <= MAX_JPEG_PIXELS:
-        img.draft(None, (min_side, min_side))  # its size is now what will be decoded
-    if img.width * img.height > MAX_IMAGE_PIXELS:
+    scans = 1
+    if img.format in JPEG_FORMATS:
+        scans = jpeg_scans(fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes())
+        if scans > MAX_JPEG_SCANS:
+            img.close()
+            raise ImageDecodeError(f"{name}: a JPEG of {scans:,} scans (the limit is {MAX_JPEG_SCANS}; cameras and "
+                                   "editors write at most about 20): re-save it as a JPEG")
+        if min_side and w * h <= MAX_JPEG_PIXELS and scans <= 1:
+            img.draft(None, (min_side, min_side))  # its size is now what will be decoded
+    if img.width * img.height > MAX_IMAGE_PIXELS or (scans > 1 and w * h > MAX_IMAGE_PIXELS):
         img.close()
         raise ImageDecodeError(f"{name}: {w}x{h} pixels is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels"
-                               + (f"; a JPEG up to {MAX_JPEG_PIXELS:,} is read at a reduced scale" if min_side
-                                  else "") + ")")
-    if img.format in JPEG_FORMATS and img.info.get("progressive"):
-        data = fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes()
-        if (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
-            img.close()
-            raise ImageDecodeError(f"{name}: a progressive JPEG of {scans:,} scans (the limit is {MAX_JPEG_SCANS}; "
-                                   "cameras and editors write about 10): re-save it as a JPEG")
+                               + (f"; a JPEG of one scan up to {MAX_JPEG_PIXELS:,} is read at a reduced scale"
+                                  if min_side else "") + ")")
     return img
 
 
+# Markers that stand alone, with no length after them: TEM and the restart markers RST0-7.
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
 def jpeg_scans(data: bytes) -> int:
-    """How many scans (SOS markers) a JPEG's bytes hold: entropy-coded data stuffs every 0xFF with 0x00, so a
-    0xFFDA there is a marker (an EXIF thumbnail's scans are counted too)."""
-    return data.count(b"\xff\xda")
+    """How many scans (SOS segments) a JPEG holds, read by its markers from its start to its end (EOI): an APP
+    segment's content (an EXIF thumbnail) and what follows the end (a motion photo's video) are not scans. Inside a
+    scan's entropy-coded data a 0xFF is followed by 0x00 (stuffing) or a restart marker; any other marker ends it."""
+    if not data.startswith(b"\xff\xd8"):
+        return 0
+    pos, scans, end = 2, 0, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            break  # not at a marker: damaged, and the decoder says so
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:  # EOI
+            break
+        elif marker in _STANDALONE_MARKERS or marker == 0xD8:
+            pos += 2
+        elif pos + 4 > end:
+            break
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:
+                scans += 1
+                while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < end and (
+                        data[pos + 1] == 0x00 or 0xD0 <= data[pos + 1] <= 0xD7):
+                    pos += 2
+                if pos == -1:
+                    break
+    return scans
 
 
 def load_pixels(source: ImageInput, min_side: int | None = None) -> np.ndarray:

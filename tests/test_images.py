@@ -341,13 +341,27 @@ def test_a_progressive_jpeg_of_endless_scans_is_refused_before_it_is_decoded():
     takes an upload without a key."""
     from retrieval.images import MAX_JPEG_SCANS, load_pixels
 
-    normal = encode(smooth_photo((320, 240)), "JPEG", progressive=True)
-    assert load_image(normal).size == (320, 240)  # ~10 scans, as encoders write them
-    last_scan = normal.rindex(b"\xff\xda")
-    endless = normal[:last_scan] + normal[last_scan:-2] * (MAX_JPEG_SCANS + 1) + b"\xff\xd9"
-    for decode in (load_image, load_pixels):
-        with pytest.raises(ImageDecodeError, match=r"a progressive JPEG of 1\d\d scans \(the limit is 100"):
-            decode(endless)
+    for progressive in (True, False):  # a baseline JPEG's decoder reads every scan too (the review's bypass)
+        normal = encode(smooth_photo((320, 240)).convert("L"), "JPEG", progressive=progressive)
+        assert load_image(normal).size == (320, 240)  # 1 to ~10 scans, as encoders write them
+        last_scan = normal.rindex(b"\xff\xda")
+        endless = normal[:last_scan] + normal[last_scan:-2] * (MAX_JPEG_SCANS + 1) + b"\xff\xd9"
+        for decode in (load_image, load_pixels):
+            with pytest.raises(ImageDecodeError, match=r"a JPEG of 1\d\d scans \(the limit is 100"):
+                decode(endless)
+
+
+def test_scans_are_counted_by_the_jpegs_own_markers():
+    from retrieval.images import jpeg_scans
+
+    photo = smooth_photo((320, 240))
+    assert jpeg_scans(encode(photo, "JPEG")) == 1 and jpeg_scans(encode(photo, "JPEG", progressive=True)) == 10
+    # A motion photo's video after the image's end holds 0xFFDA now and then: no scan of the image, and the
+    # photo is decoded (a raw count of the bytes had refused it)
+    video = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    motion = encode(photo, "JPEG", progressive=True) + video
+    assert video.count(b"\xff\xda") > 5 and jpeg_scans(motion) == 10 and load_image(motion).size == (320, 240)
+    assert jpeg_scans(b"not a jpeg") == 0
 
 
 def test_a_jpeg_past_the_pixel_limit_is_read_at_a_reduced_scale_where_one_is_asked_for(monkeypatch):
@@ -367,4 +381,6 @@ def test_a_jpeg_past_the_pixel_limit_is_read_at_a_reduced_scale_where_one_is_ask
         load_image(encode(smooth_photo((200, 160)), "PNG"), min_side=32)
     with pytest.raises(ImageDecodeError, match="too large"):  # past 40,000 even reduced
         load_image(encode(smooth_photo((250, 200)), "JPEG"), min_side=32)
+    with pytest.raises(ImageDecodeError, match="too large"):  # a progressive one holds every block while decoding
+        load_image(encode(smooth_photo((200, 160)), "JPEG", progressive=True), min_side=32)
     assert Image.MAX_IMAGE_PIXELS == 64_000_000  # Pillow's own guard as it was
