@@ -34,6 +34,9 @@ def require_media_type(request: Request, *allowed: str) -> str:
 
 
 async def read_json(request: Request, model: type[M]) -> M:
+    # application/json or 415: a text/plain POST is one a page elsewhere may send without asking (no CORS
+    # preflight), and with --no-auth it had relabelled points (the diff review)
+    require_media_type(request, JSON)
     body = await request.body()
     try:  # off the event loop: up to the size limit of base64 to parse and decode (seconds for 20 MB)
         return await run_in_threadpool(model.model_validate_json, body)

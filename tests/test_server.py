@@ -818,6 +818,17 @@ def test_editing_needs_the_api_key(client, headers, status, kind):
     assert client.get("/v1/memory/stats").json()["points"] == 12
 
 
+def test_edits_with_json_bodies_take_json_only(make_client):
+    # A text/plain POST needs no CORS preflight: with --no-auth, a page elsewhere had relabelled points with one
+    client = make_client(auth_disabled=True, api_key=None)
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        resp = client.post("/v1/memory/relabel", content=b'{"to": "pwned", "label": "red"}',
+                           headers={"Content-Type": content_type} if content_type else {})
+        assert_problem(resp, 415, "unsupported-media-type", "send application/json")
+    assert client.get("/v1/memory/stats").json()["per_label"]["red"] == 4
+    assert client.post("/v1/memory/relabel", json={"to": "crimson", "label": "red"}).json()["relabelled"] == 4
+
+
 def test_auth_disabled_is_explicit(make_client):
     client = make_client(auth_disabled=True, api_key=None)
     resp = client.post("/v1/memory", files={"images": ("a.png", texture((250, 250, 0), 1))}, data={"label": "yellow"})

@@ -207,7 +207,7 @@ async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     "/relabel",
     summary="Relabel points",
     response_model=RelabelOut,
-    responses=problem_responses(400, 401, 403, 413, 422, 503, 507),
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
     openapi_extra=json_body("RelabelIn"),
 )
 async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
@@ -240,7 +240,7 @@ async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> Relabe
     "/points/{point_id}",
     summary="Relabel one point",
     response_model=PointOut,
-    responses=problem_responses(400, 401, 403, 404, 413, 422, 503, 507),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503, 507),
     openapi_extra=json_body("PointLabelIn"),
 )
 async def relabel_point(point_id: PointId, request: Request, service: ServiceDep, _: ApiKeyDep) -> PointOut:
@@ -285,7 +285,8 @@ async def stats(service: ServiceDep) -> StatsOut:
 
 
 @router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
-            responses=problem_responses(400, 401, 403, 413, 422, 503, 507), openapi_extra=json_body("LabelNamesIn"))
+            responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
+            openapi_extra=json_body("LabelNamesIn"))
 async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
