@@ -45,6 +45,15 @@ def check_api_key(settings: Settings, key: str | None, needed_for: str = "this e
         raise ProblemError(403, "the API key is not valid", "invalid-api-key")
 
 
+def has_api_key(settings: Settings, key: str | None) -> bool:
+    """Whether a request may edit the memory (its key, or none needed): for reads that do more for one that may."""
+    try:
+        check_api_key(settings, key)
+    except ProblemError:
+        return False
+    return True
+
+
 def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
     """Let the request edit the memory only with the configured key."""
     check_api_key(settings, key)

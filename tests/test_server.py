@@ -1331,6 +1331,9 @@ def test_listing_by_folder_walks_for_links_only_inside_the_folders_served(make_c
     served = memory_images.paths[0].parent
     listed = client.get("/v1/memory/points", params={"source_prefix": str(served)}).json()["points"]
     assert listed and walked == [f"{served}/"]
+    # With the key, as a forget of the folder chooses them: a listing before a forget shows what it would take
+    keyed = client.get("/v1/memory/points", params={"source_prefix": str(elsewhere)}, headers=AUTH).json()["points"]
+    assert {p["id"] for p in keyed} == {p["id"] for p in listed} and walked[-1] == f"{elsewhere}/"
 
 
 # ------------------------------------------------------------------ ops

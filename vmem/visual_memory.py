@@ -1364,13 +1364,13 @@ class VisualMemory:
             return self._ids_under(*self._prefix_and_links(source_prefix))
         return self.store.ids_where(label=self.stored_label(label))
 
-    def _prefix_and_links(self, given: str) -> tuple[str, tuple[list[str], list[str]]]:
+    def _prefix_and_links(self, given: str, follow_links: bool = True) -> tuple[str, tuple[list[str], list[str]]]:
         """A source prefix as stored sources are written (`local_source_prefix`), and the other prefixes and the
         files it chooses too, as `_ids_under` takes them: its links' targets, and a relative prefix as given
         when sources are stored so. `add(sources=[...])` keeps the names it is given ('camera/a.jpg',
         'cam1:frame-0001'), which the prefix made absolute under the current folder never found."""
         norm = local_source_prefix(given)
-        folders, files = _links_under(norm)
+        folders, files = _links_under(norm) if follow_links else ([], [])
         if _relative_name(given):
             # Only names stored as given, relative and local: "upload" must not choose upload:sha256:... points
             # (an upload's only copy), nor "h" a URI. A folder named so here chooses what is under it, not DIR2/.
@@ -1645,7 +1645,8 @@ class VisualMemory:
         took out of search, or only the others), a page at a time, in id order.
 
         A source prefix that is a local folder is walked for links (a build over a folder of links stored its
-        images under the targets), unless `follow_links` is false: then only sources stored under the prefix.
+        images under the targets), unless `follow_links` is false: then the points stored under the prefix (in
+        either Unicode spelling, or as given when relative), not those its links lead to.
 
         Example:
             >>> page = mem.points(label="n02124075", limit=20)
@@ -1661,14 +1662,14 @@ class VisualMemory:
         if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
-            order = self._listing_under(source_prefix) if follow_links else None
+            order = self._listing_under(source_prefix, follow_links)
             if order is not None:  # its images are stored under the links' targets (or as given) too
                 return self._page_of(order, label, start, limit, excluded)
             source_prefix = local_source_prefix(source_prefix)
         stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
         return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
 
-    def _listing_under(self, source_prefix: str) -> np.ndarray | None:
+    def _listing_under(self, source_prefix: str, follow_links: bool = True) -> np.ndarray | None:
         """The ids of the points under a prefix (as given) that holds links or chooses sources stored as given
         too (`_prefix_and_links`), in id order (None: neither, and the store pages it by prefix). Kept for the
         next page's call for up to `LISTING_REUSE_S`, while the memory is unchanged: walking the folder and
@@ -1679,16 +1680,16 @@ class VisualMemory:
         now = time.monotonic()
         with self._listing_lock:
             cached = self._listing
-        if cached is not None and cached[0] == source_prefix and now - cached[1] < LISTING_REUSE_S \
+        if cached is not None and cached[0] == (source_prefix, follow_links) and now - cached[1] < LISTING_REUSE_S \
                 and cached[2] == state:
             return cached[3]
-        norm, links = self._prefix_and_links(source_prefix)
+        norm, links = self._prefix_and_links(source_prefix, follow_links)
         # As 16-byte strings, whose order is the ids' (big-endian): 20 MB for 1.28M ids, where UUID objects
         # took 138 MB.
         order = (np.unique(np.array([uuid.UUID(i).bytes for i in self._ids_under(norm, links)],
                                     dtype="S16")) if links[0] or links[1] else None)
         with self._listing_lock:
-            self._listing = (source_prefix, now, state, order)
+            self._listing = ((source_prefix, follow_links), now, state, order)
         return order
 
     def _page_of(self, order: np.ndarray, label: str | None, start: str | None, limit: int,

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from retrieval import first_occurrences
 from vmem import VoteSettings
 
-from ..deps import ApiKeyDep, ServiceDep, SettingsDep
+from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_key
 from ..problems import ProblemError, problem_responses
 from ..schemas import (
     MAX_LABEL_CHARS,
@@ -361,7 +361,8 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
 
 
 @router.get("/points", summary="List memory points", response_model=PointsOut, responses=problem_responses(422, 503))
-async def list_points(q: Annotated[PointsQuery, Query()], request: Request, service: ServiceDep) -> PointsOut:
+async def list_points(q: Annotated[PointsQuery, Query()], request: Request, service: ServiceDep,
+                      settings: SettingsDep) -> PointsOut:
     """The memory's points in id order, a page at a time, optionally those of one label or source prefix.
 
     Each has its label (and name), source, tags, when it was added, and whether pruning excluded or
@@ -373,9 +374,12 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
         await unknown_labels(service, [q.label])
     try:
         # Not on the embedding pool: a source_prefix of a big folder is walked for links (seconds), and a request
-        # without a key must not hold up classification that long. Walked only inside the folders the service
-        # serves images from: any folder on the host (/usr, an NFS mount) had been walked, for anyone asking.
-        follow = q.source_prefix is not None and service.serves_from(q.source_prefix)
+        # without a key must not hold up classification that long. Walked for a request with the key (as a forget
+        # of the folder chooses its points: a listing before a forget shows what it would take), and for anyone
+        # inside the folders the service serves images from: any folder on the host (/usr, an NFS mount) had been
+        # walked for anyone asking.
+        follow = q.source_prefix is not None and (has_api_key(settings, request.headers.get(API_KEY_HEADER))
+                                                  or service.serves_from(q.source_prefix))
         page = await run_in_threadpool(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded,
                                        follow)
     except ValueError as exc:  # a cursor that is no point id, a source_prefix that is no path here
