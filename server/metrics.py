@@ -37,7 +37,7 @@ FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededErro
                     "Other")
 EDIT_OPS = ("add", "relabel", "forget", "name")
 GEMINI_TOKEN_KINDS = ("prompt", "output", "thinking")  # the re-ranker's Usage.<kind>_tokens
-POOLS = ("embedding", "rerank")
+POOLS = ("embedding", "rerank", "read")
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 

@@ -253,6 +253,7 @@ class ClassifierService:
         self.owns_memory = owns_memory
         self._executor: ThreadPoolExecutor | None = None
         self._rerank_executor: ThreadPoolExecutor | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._closed = False
         self.ready = False
@@ -315,6 +316,20 @@ class ClassifierService:
                 self._rerank_executor = ThreadPoolExecutor(self.settings.rerank_requests,
                                                            thread_name_prefix="vmem-rerank")
             return self._rerank_executor
+
+    @property
+    def read_executor(self) -> ThreadPoolExecutor:
+        """Two threads for the reads anyone may ask that can take seconds (the history read whole, a folder
+        walked for links): on the embedding threads they held up classify, on the request threads they filled
+        the pool /readyz and thumbnails answer on (readiness took 8.8 s)."""
+        with self._executor_lock:
+            if self._read_executor is None:
+                self._read_executor = ThreadPoolExecutor(2, thread_name_prefix="vmem-read")
+            return self._read_executor
+
+    async def run_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a slow read anyone may ask for on `read_executor`."""
+        return await self._run_on("read", self.read_executor, functools.partial(fn, *args, **kwargs))
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
@@ -380,10 +395,10 @@ class ClassifierService:
     def close(self) -> None:
         self._closed = True
         with self._executor_lock:
-            for pool in (self._executor, self._rerank_executor):
+            for pool in (self._executor, self._rerank_executor, self._read_executor):
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._rerank_executor = None
+            self._executor = self._rerank_executor = self._read_executor = None
         if self.owns_memory:
             self.memory.close()
 

@@ -1512,6 +1512,27 @@ def test_a_service_named_its_hosts_answers_no_other_host(make_client):
     assert make_client().get("/v1/memory/stats", headers={"Host": "evil.example"}).status_code == 200  # by default
 
 
+def test_readiness_answers_while_the_slow_reads_anyone_may_ask_are_all_busy(client):
+    # History and listings had run on the request threads /readyz answers on: 60 history reads took it to 8.8 s
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = client.app.state.service
+    release = threading.Event()
+    busy = [service.read_executor.submit(release.wait, 30) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            history = pool.submit(client.get, "/v1/memory/history")
+            ready = pool.submit(client.get, "/readyz")
+            assert ready.result(timeout=20).status_code == 200
+            assert not history.done()  # waits its turn on the read threads
+            assert 'vmem_work_queued{pool="read"} 1.0' in client.get("/metrics").text
+            release.set()
+            assert history.result(timeout=20).status_code == 200
+    finally:
+        release.set()
+    assert all(f.result(timeout=5) for f in busy)
+
+
 def test_cors_is_closed_unless_origins_are_named(make_client):
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     closed = make_client()
