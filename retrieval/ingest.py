@@ -139,8 +139,9 @@ def images_as_label(path: str | Path, label: str) -> list[LabelledImage]:
     unread: list[Path] = []
     broken: list[str] = []
     items = _images_below(path, stored, unread, broken)
-    # As a folder of class folders does: a folder of .heic photos had been "holds no images", unsaid why
-    _warn_left_out(path, unread, broken)
+    # As a folder of class folders does: a folder of .heic photos had been "holds no images", unsaid why (said in
+    # the error below when nothing is left: not twice)
+    _warn_left_out(path, unread if items else [], broken)
     if not items:
         raise DatasetError(f"{path} holds no images" + (f" vmem reads: {unread_files_message(unread)}" if unread
                                                         else ""))

@@ -75,6 +75,9 @@ class BodySizeLimitMiddleware:
                 await self._refuse(scope, receive, send, exc)
 
 
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 class AllowedHostsMiddleware:
     """A request whose Host header names no host of `VMEM_ALLOWED_HOSTS` is a 400 problem, before anything else
     runs: reads need no key, and a service on loopback was readable by any web page through a name it made resolve
@@ -88,7 +91,8 @@ class AllowedHostsMiddleware:
         return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) or a == "*" for a in self.allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        # Not the probes: an orchestrator's name the pod by its address, and they read nothing of the memory's
+        if scope["type"] == "http" and scope["path"] not in PROBE_PATHS:
             header = Headers(scope=scope).get("host", "")
             # The port goes; an IPv6 literal keeps its brackets, as it is named in the setting
             host = (header.split("]")[0] + "]" if header.startswith("[") else header.split(":")[0]).lower()

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE
@@ -76,15 +76,34 @@ class Settings(BaseSettings):
 
     @field_validator("cors_origins", "allowed_hosts", "source_roots", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_origins(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str) and value.strip().startswith("["):  # the JSON list other settings take
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{value!r} is neither a JSON list nor comma-separated ({exc})") from None
+                # ... or hosts from an IPv6 address in brackets ("[::1],localhost"), which no JSON list is
+                if info.field_name != "allowed_hosts":
+                    raise ValueError(f"{value!r} is neither a JSON list nor comma-separated ({exc})") from None
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        """Hosts as a Host header names them, without a port: "localhost:8000" had matched nothing, and an IPv6
+        address is written in brackets."""
+        names = []
+        for host in hosts:
+            host = host.strip().lower()
+            if host.startswith("["):
+                host = host[: host.find("]") + 1] if "]" in host else host
+            elif host.count(":") == 1:
+                host = host.split(":")[0]
+            elif host.count(":") > 1:  # a bare IPv6 address
+                host = f"[{host}]"
+            names.append(host)
+        return names
 
     @field_validator("thumbnail_dir", mode="after")
     @classmethod

@@ -1294,6 +1294,14 @@ def test_a_link_planted_in_a_shared_thumbnail_folder_is_not_served(make_client, 
     resp = client.get(built["thumbnail_url"])  # a built image's is made again from its file
     assert resp.status_code == 200 and Image.open(io.BytesIO(resp.content)).format == "JPEG"
     assert not (folder / f"{built['id']}.jpg").is_symlink()
+    # A FIFO planted so had held every thread that opened it, for good
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    (folder / f"{built['id']}.jpg").unlink()
+    os.mkfifo(folder / f"{built['id']}.jpg")
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(client.get, built["thumbnail_url"]).result(timeout=20).status_code == 200
 
 
 def test_a_thumbnail_of_a_big_photo_is_decoded_at_the_scale_it_needs(make_client, memory_images, monkeypatch):
@@ -1509,7 +1517,14 @@ def test_a_service_named_its_hosts_answers_no_other_host(make_client):
         assert client.get("/v1/memory/stats", headers={"Host": host}).status_code == 200, host
     refused = client.get("/v1/memory/history", headers={"Host": "evil.example:8000"})
     assert_problem(refused, 400, "host-not-allowed", "not evil.example (VMEM_ALLOWED_HOSTS)")
+    # An orchestrator's probes name the pod by its address; they read nothing of the memory's
+    assert client.get("/readyz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
     assert make_client().get("/v1/memory/stats", headers={"Host": "evil.example"}).status_code == 200  # by default
+    # As people write them: with a port (which had matched nothing), an IPv6 address with or without brackets
+    # (a list starting "[::1]" had been refused as broken JSON)
+    ipv6 = make_client(allowed_hosts="[::1]:8000,localhost:8000,::2")
+    for host in ("[::1]:8000", "localhost", "[::2]"):
+        assert ipv6.get("/v1/memory/stats", headers={"Host": host}).status_code == 200, host
 
 
 def test_readiness_answers_while_the_slow_reads_anyone_may_ask_are_all_busy(client):
@@ -1548,6 +1563,12 @@ def test_cors_is_closed_unless_origins_are_named(make_client):
         resp = opened.options(path, headers={"Origin": "http://ui.example", "Access-Control-Request-Method": method,
                                              "Access-Control-Request-Headers": "x-api-key,content-type"})
         assert resp.status_code == 200 and method in resp.headers["access-control-allow-methods"], method
+    # A page may send its own request id, and read the one answered
+    resp = opened.options("/v1/classify", headers={"Origin": "http://ui.example", "Access-Control-Request-Method":
+                                                   "POST", "Access-Control-Request-Headers": "x-request-id"})
+    assert resp.status_code == 200
+    resp = opened.get("/v1/memory/stats", headers={"Origin": "http://ui.example"})
+    assert "x-request-id" in resp.headers["access-control-expose-headers"].lower()
 
 
 @SHARED
