@@ -7,8 +7,10 @@ A readout turns a set of memory entries k_j with class labels into class probabi
     m_c = normalise(sum_{j in c} w_j k_j)         one prototype per class that has entries
     P   = softmax(scale * <m_c, q>)               scale = 100
 
-A class without entries gets probability 0 (the original code's all-zero prototype gives logit 0
-against logits near 100 * cos, i.e. the same thing up to ~exp(-50)).
+A class without entries gets probability 0. The original code reads out each class's entries together with its
+text embedding (and, few-shot, its labelled shots), so an empty class's prototype is its text vector, with a logit
+of 100 * cos(q, t_c), about 20-35 for CLIP against about 80 for image prototypes: nearly 0 after the softmax too.
+Here the dynamic memory holds the queries alone.
 
 Two memories are read out this way:
     static   the labelled memory, per class only its entries nearest the query (`static_entries`);

@@ -443,7 +443,10 @@ DINOV2_HUB_IDS = {
 class Dinov2Featurizer(Featurizer):
     """CLS token of DINOv2's last layer, via `transformers` (Hub id or local directory)."""
 
-    # As in DINOv2's kNN evaluation (make_classification_eval_transform).
+    # As in DINOv2's kNN evaluation (make_classification_eval_transform), but for rounding: torchvision truncates the
+    # resized long side and rounds the crop's offset, `Preprocessing.crop_box` rounds the side and floors the offset,
+    # one pixel apart for some sizes (500x334: crop at 79, not 80; a feature cosine of 0.98-0.998 with
+    # EfficientNet-Lite0 for those images). Left so: every memory built and every feature cached agree with it.
     preprocessing = Preprocessing(resize=256, crop=224)
 
     def __init__(self, model_id: str = "facebook/dinov2-small", name: str | None = None,
