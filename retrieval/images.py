@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -228,7 +229,11 @@ def _open_within_limit(fp: io.BytesIO | Path, name: str, min_side: int | None = 
     img.seek(0)
     scans = 1
     if img.format in JPEG_FORMATS:
-        scans = jpeg_scans(fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes())
+        try:
+            scans = jpeg_scans(fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes())
+        except TooManySegmentsError as exc:
+            img.close()
+            raise ImageDecodeError(f"{name}: {exc} (cameras and editors write tens): re-save it as a JPEG") from None
         if scans > MAX_JPEG_SCANS:
             img.close()
             raise ImageDecodeError(f"{name}: a JPEG of {scans:,} scans (the limit is {MAX_JPEG_SCANS}; cameras and "
@@ -245,19 +250,32 @@ def _open_within_limit(fp: io.BytesIO | Path, name: str, min_side: int | None = 
 
 # Markers that stand alone, with no length after them: TEM and the restart markers RST0-7.
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+# Where a scan's entropy-coded data ends: a 0xFF (after any fill 0xFFs) followed by neither 0x00 (stuffing) nor a
+# restart marker. Searched in C: a Python loop over millions of restart markers took seconds.
+_END_OF_ENTROPY_DATA = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# Real JPEGs have tens of marker segments (APPn, tables, frames, scans); millions of tiny ones only cost time.
+MAX_JPEG_SEGMENTS = 2_000
+
+
+class TooManySegmentsError(ValueError):
+    """A JPEG of more than MAX_JPEG_SEGMENTS marker segments."""
 
 
 def jpeg_scans(data: bytes) -> int:
     """How many scans (SOS segments) a JPEG holds, read by its markers from its start to its end (EOI): an APP
     segment's content (an EXIF thumbnail) and what follows the end (a motion photo's video) are not scans. Inside a
-    scan's entropy-coded data a 0xFF is followed by 0x00 (stuffing) or a restart marker; any other marker ends it."""
+    scan's entropy-coded data a 0xFF is followed by 0x00 (stuffing) or a restart marker; any other marker ends it.
+    TooManySegmentsError past MAX_JPEG_SEGMENTS segments."""
     if not data.startswith(b"\xff\xd8"):
         return 0
-    pos, scans, end = 2, 0, len(data)
+    pos, scans, segments, end = 2, 0, 0, len(data)
     while pos + 1 < end:
         if data[pos] != 0xFF:
             break  # not at a marker: damaged, and the decoder says so
         marker = data[pos + 1]
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise TooManySegmentsError(f"a JPEG of more than {MAX_JPEG_SEGMENTS:,} marker segments")
         if marker == 0xFF:  # fill byte
             pos += 1
         elif marker == 0xD9:  # EOI
@@ -270,11 +288,9 @@ def jpeg_scans(data: bytes) -> int:
             pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
             if marker == 0xDA:
                 scans += 1
-                while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < end and (
-                        data[pos + 1] == 0x00 or 0xD0 <= data[pos + 1] <= 0xD7):
-                    pos += 2
-                if pos == -1:
+                if (found := _END_OF_ENTROPY_DATA.search(data, pos)) is None:
                     break
+                pos = found.end() - 2
     return scans
 
 

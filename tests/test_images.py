@@ -363,6 +363,13 @@ def test_scans_are_counted_by_the_jpegs_own_markers():
     motion = encode(photo, "JPEG", progressive=True) + video
     assert video.count(b"\xff\xda") > 5 and jpeg_scans(motion) == 10 and load_image(motion).size == (320, 240)
     assert jpeg_scans(b"not a jpeg") == 0
+    # Restart markers inside a scan are its data; thousands of tiny segments are refused, not walked for seconds
+    baseline = encode(photo.convert("L"), "JPEG")
+    assert jpeg_scans(baseline[:-2] + b"\xff\xd0" * 100_000 + b"\xff\xd9") == 1
+    first_scan = baseline.index(b"\xff\xda")
+    comments = baseline[:first_scan] + b"\xff\xfe\x00\x02" * 3_000 + baseline[first_scan:]
+    with pytest.raises(ImageDecodeError, match="a JPEG of more than 2,000 marker segments"):
+        load_image(comments)
 
 
 def test_a_jpeg_past_the_pixel_limit_is_read_at_a_reduced_scale_where_one_is_asked_for(monkeypatch):
