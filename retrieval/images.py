@@ -252,7 +252,9 @@ def _open_within_limit(fp: io.BytesIO | Path, name: str, min_side: int | None = 
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
 # Where a scan's entropy-coded data ends: a 0xFF (after any fill 0xFFs) followed by neither 0x00 (stuffing) nor a
 # restart marker. Searched in C: a Python loop over millions of restart markers took seconds.
-_END_OF_ENTROPY_DATA = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_END_OF_ENTROPY_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# libjpeg's next_marker: the next 0xFF (the last of a run) followed by neither 0x00 nor 0xFF.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xff]")
 # Real JPEGs have tens of marker segments (APPn, tables, frames, scans); millions of tiny ones only cost time.
 MAX_JPEG_SEGMENTS = 2_000
 
@@ -262,35 +264,31 @@ class TooManySegmentsError(ValueError):
 
 
 def jpeg_scans(data: bytes) -> int:
-    """How many scans (SOS segments) a JPEG holds, read by its markers from its start to its end (EOI): an APP
-    segment's content (an EXIF thumbnail) and what follows the end (a motion photo's video) are not scans. Inside a
-    scan's entropy-coded data a 0xFF is followed by 0x00 (stuffing) or a restart marker; any other marker ends it.
+    """How many scans (SOS segments) libjpeg reads in a JPEG, its markers found as libjpeg finds them (next_marker
+    skips stray bytes, fill 0xFFs and 0xFF00 between segments; a length under 2 skips nothing), up to EOI.
     TooManySegmentsError past MAX_JPEG_SEGMENTS segments."""
     if not data.startswith(b"\xff\xd8"):
         return 0
     pos, scans, segments, end = 2, 0, 0, len(data)
-    while pos + 1 < end:
-        if data[pos] != 0xFF:
-            break  # not at a marker: damaged, and the decoder says so
+    while (found := _NEXT_MARKER.search(data, pos)) is not None:
+        pos = found.start()
         marker = data[pos + 1]
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
             raise TooManySegmentsError(f"a JPEG of more than {MAX_JPEG_SEGMENTS:,} marker segments")
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif marker == 0xD9:  # EOI
+        if marker == 0xD9:  # EOI
             break
-        elif marker in _STANDALONE_MARKERS or marker == 0xD8:
+        if marker in _STANDALONE_MARKERS or marker == 0xD8:
             pos += 2
-        elif pos + 4 > end:
+            continue
+        if pos + 4 > end:
             break
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-            if marker == 0xDA:
-                scans += 1
-                if (found := _END_OF_ENTROPY_DATA.search(data, pos)) is None:
-                    break
-                pos = found.end() - 2
+        pos += 2 + max(2, int.from_bytes(data[pos + 2 : pos + 4], "big"))
+        if marker == 0xDA:
+            scans += 1
+            if (found := _END_OF_ENTROPY_DATA.search(data, pos)) is None:
+                break
+            pos = found.start()
     return scans
 
 
