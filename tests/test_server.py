@@ -1535,10 +1535,11 @@ def test_readiness_answers_while_the_slow_reads_anyone_may_ask_are_all_busy(clie
     release = threading.Event()
     busy = [service.read_executor.submit(release.wait, 30) for _ in range(2)]
     try:
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             history = pool.submit(client.get, "/v1/memory/history")
             ready = pool.submit(client.get, "/readyz")
-            assert ready.result(timeout=20).status_code == 200
+            listing = pool.submit(client.get, "/v1/memory/points?limit=2")  # no walk: not queued behind them
+            assert ready.result(timeout=20).status_code == 200 and listing.result(timeout=20).status_code == 200
             assert not history.done()  # waits its turn on the read threads
             assert 'vmem_work_queued{pool="read"} 1.0' in client.get("/metrics").text
             release.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -42,7 +43,7 @@ from ..schemas import (
 )
 from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable, Upload
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
-from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels
+from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
@@ -300,7 +301,7 @@ async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -
 
 @router.get("/history", summary="The memory's edits", response_model=HistoryOut,
             responses=problem_responses(422, 503))
-async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> HistoryOut:
+async def history(q: Annotated[HistoryQuery, Query()], request: Request, service: ServiceDep) -> HistoryOut:
     """Every add, forget, relabel, erase, naming, prune, tune and copy made through vmem (any process: the
     service, the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
     whether and when a point was forgotten, and through what."""
@@ -309,8 +310,9 @@ async def history(q: Annotated[HistoryQuery, Query()], service: ServiceDep) -> H
         # On the read threads, as the point listing is: a journal of 100,000 entries read whole (a label filter
         # parses every line, ~1 s) by a few clients without a key had slowed classify from 0.08 s to 5 s on the
         # embedding threads, and /readyz to 8.8 s on the request threads
-        entries, earlier = await service.run_read(service.memory.history_page, point_id=point_id, op=q.op,
-                                                  limit=q.limit, label=q.label, since=q.since)
+        # (one whose client gave up while it waited is not read: 30 such had held up the next for 21 s)
+        entries, earlier = await unless_the_client_leaves(request, service.run_read(
+            service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since))
     except ValueError as exc:  # a `since` that is no date
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return HistoryOut(entries=entries, earlier=earlier)
@@ -381,8 +383,11 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
         # mount) had been walked for anyone asking.
         follow = q.source_prefix is not None and (has_api_key(settings, request.headers.get(API_KEY_HEADER))
                                                   or service.serves_from(q.source_prefix))
-        page = await service.run_read(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit,
-                                      q.excluded, follow)
+        # A page read without a walk is cheap (the page's own listings): not queued behind the slow reads
+        listing = functools.partial(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded,
+                                    follow)
+        page = await (unless_the_client_leaves(request, service.run_read(listing)) if follow
+                      else run_in_threadpool(listing))
     except ValueError as exc:  # a cursor that is no point id, a source_prefix that is no path here
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return PointsOut(points=[PointOut(**p.model_dump(), thumbnail_url=thumbnail_url(request, p.id))
