@@ -91,8 +91,11 @@ class AllowedHostsMiddleware:
         return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) or a == "*" for a in self.allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Not the probes: an orchestrator's name the pod by its address, and they read nothing of the memory's
-        if scope["type"] == "http" and scope["path"] not in PROBE_PATHS:
+        # Not the probes: an orchestrator's name the pod by its address (readiness says the points' count and the
+        # encoder's name, no more). Their path under a proxy's prefix (--root-path) too.
+        root = scope.get("root_path", "")
+        path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
+        if scope["type"] == "http" and path not in PROBE_PATHS:
             header = Headers(scope=scope).get("host", "")
             # The port goes; an IPv6 literal keeps its brackets, as it is named in the setting
             host = (header.split("]")[0] + "]" if header.startswith("[") else header.split(":")[0]).lower()

@@ -251,8 +251,9 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, send_noting_the_start)
         except ClientDisconnect:
-            # INFO, as the access line it gets instead (none: uvicorn writes none for a closed connection)
-            log.info("client left %s before its answer", described(Request(scope)))
+            # Said by default: uvicorn writes no access line for a closed connection, and under overload these are
+            # what an operator looks for
+            log.warning("client left %s before its answer", described(Request(scope)))
             if not started:
                 await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
         except Exception:

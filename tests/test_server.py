@@ -411,6 +411,38 @@ def test_after_an_edit_answers_use_the_earlier_threshold_until_the_new_one_is_re
     assert client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 12))).json()["ood_threshold"] == fresh
 
 
+def test_after_an_edit_the_thresholds_in_use_are_calibrated_again_one_at_a_time(client, monkeypatch):
+    # A thread each had run them all at once: 30 at k near 1000 took the service from 0.9 to 8 GB
+    import time
+
+    service = client.app.state.service
+    for k in (2, 3, 4, 5):
+        service.ood_threshold(k)
+    running, most, done = [0], [0], []
+    real = service._calibrate
+
+    def counted(*args):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.1)
+        try:
+            return real(*args)
+        finally:
+            running[0] -= 1
+            done.append(args[0])
+
+    monkeypatch.setattr(service, "_calibrate", counted)
+    added = client.post("/v1/memory", headers=AUTH, data={"label": "odd"},
+                        files={"images": ("odd.png", checkerboard(32, 3), "image/png")})
+    assert added.status_code == 201
+    for k in (2, 3, 4, 5):
+        service.ood_threshold(k)  # the threshold from before the edit, at once
+    deadline = time.monotonic() + 30
+    while service._recalibrating and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(done) == [2, 3, 4, 5] and most[0] == 1
+
+
 def test_a_recalibration_cut_short_by_shutdown_is_no_warning(client, monkeypatch, caplog):
     import time
 

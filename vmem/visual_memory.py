@@ -204,6 +204,9 @@ class NoSuchLabelsError(ValueError):
     """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
 
 
+# Sampled points searched at once to calibrate novelty (`novelty_threshold`).
+NOVELTY_PAGE = 32
+
 # Index settings read at every search, which an existing memory may change (`set_search_settings`).
 SEARCH_SETTINGS = frozenset({"hnsw_ef", "rescore"})
 
@@ -519,9 +522,13 @@ class VisualMemory:
         sample = [p for p in sample if p.vector is not None and not p.payload.get(EXCLUDED_KEY)]
         if len(sample) < 2:
             return None
-        hits = store.query_batch(np.stack([p.vector for p in sample]), k + 1, chosen, exact)
-        novelties = self_excluded_novelties([p.id for p in sample], [[h.id for h in row] for row in hits],
-                                            [[h.similarity for h in row] for row in hits], k)
+        novelties: list[float] = []
+        # A page of the sample at a time: 256 rows of 1,000 neighbours, payloads and all, held 240 MB at once
+        for at in range(0, len(sample), NOVELTY_PAGE):
+            page = sample[at : at + NOVELTY_PAGE]
+            hits = store.query_batch(np.stack([p.vector for p in page]), k + 1, chosen, exact)
+            novelties += self_excluded_novelties([p.id for p in page], [[h.id for h in row] for row in hits],
+                                                 [[h.similarity for h in row] for row in hits], k)
         return threshold_of(novelties, percentile)
 
     def classify(
