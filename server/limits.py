@@ -78,6 +78,12 @@ class BodySizeLimitMiddleware:
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+def _route_path(scope: Scope) -> str:
+    """The path without the prefix a proxy serves the app under (`--root-path`)."""
+    root, path = scope.get("root_path", ""), scope["path"]
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class AllowedHostsMiddleware:
     """A request whose Host header names no host of `VMEM_ALLOWED_HOSTS` is a 400 problem, before anything else
     runs: reads need no key, and a service on loopback was readable by any web page through a name it made resolve
@@ -93,9 +99,7 @@ class AllowedHostsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Not the probes: an orchestrator's name the pod by its address (readiness says the points' count and the
         # encoder's name, no more). Their path under a proxy's prefix (--root-path) too.
-        root = scope.get("root_path", "")
-        path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
-        if scope["type"] == "http" and path not in PROBE_PATHS:
+        if scope["type"] == "http" and _route_path(scope) not in PROBE_PATHS:
             header = Headers(scope=scope).get("host", "")
             # The port goes; an IPv6 literal keeps its brackets, as it is named in the setting
             host = (header.split("]")[0] + "]" if header.startswith("[") else header.split(":")[0]).lower()

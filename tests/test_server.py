@@ -1549,8 +1549,11 @@ def test_a_service_named_its_hosts_answers_no_other_host(make_client):
         assert client.get("/v1/memory/stats", headers={"Host": host}).status_code == 200, host
     refused = client.get("/v1/memory/history", headers={"Host": "evil.example:8000"})
     assert_problem(refused, 400, "host-not-allowed", "not evil.example (VMEM_ALLOWED_HOSTS)")
-    # An orchestrator's probes name the pod by its address; they read nothing of the memory's
+    # An orchestrator's probes name the pod by its address; they read nothing of the memory's. Under a proxy's
+    # prefix too
     assert client.get("/readyz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
+    prefixed = TestClient(client.app, root_path="/vmem")
+    assert prefixed.get("/vmem/healthz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
     assert make_client().get("/v1/memory/stats", headers={"Host": "evil.example"}).status_code == 200  # by default
     # As people write them: with a port (which had matched nothing), an IPv6 address with or without brackets
     # (a list starting "[::1]" had been refused as broken JSON)
