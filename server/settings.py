@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
     max_batch_images: int = Field(default=32, ge=1, le=MOST_BATCH_IMAGES,
                                   description="most images in one batch or add request")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="vmem serve's log lines: text, or one JSON object a line (for a log collector)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated); none by default")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(

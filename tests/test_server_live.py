@@ -191,12 +191,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_format):
     fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
     port = _free_port()
     env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(tmp_path / "memory"),
            "--port", str(port), "--threads", "1"]
+    (tmp_path / ".env").write_text(f"VMEM_LOG_FORMAT={log_format}\n")  # read from the env file as every VMEM_* is
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -223,9 +225,15 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert API_KEY not in out  # the key is never logged
+    summary = (r"serving .*: 12 points, \S+ features; (re-rank with \S+|no Gemini key \(GEMINI_API_KEY\): "
+               r"re-ranked requests fall back to the vote); edits need the API key")
+    if log_format == "json":  # every line a JSON object, vmem serve's own first line too
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert re.fullmatch(summary, lines[0]["message"]) and lines[0]["logger"] == "vmem.serve", out
+        assert any(e["logger"] == "uvicorn.access" and "POST /v1/classify?k=3" in e["message"] for e in lines)
+        return
     # What an operator checks first: how many points, which encoder, whether re-ranking and edits can work
-    assert re.search(r"^serving .*: 12 points, \S+ features; (re-rank with \S+|no Gemini key \(GEMINI_API_KEY\): "
-                     r"re-ranked requests fall back to the vote); edits need the API key$", out, re.M), out
+    assert re.search(f"^{summary}$", out, re.M), out
     # A service's log is read later: each line of uvicorn's, access lines included, says when
     stamped = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     assert re.search(stamped + r"INFO: +Application startup complete", out, re.M), out

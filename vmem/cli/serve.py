@@ -107,7 +107,7 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _service_log_config() -> dict[str, Any]:
+def _service_log_config(log_format: str | None = None) -> dict[str, Any]:
     """uvicorn's logging with a timestamp on every line, vmem's own lines (fallbacks, warnings) through the same
     handler with their logger's name: a service's log is read hours later, beside other services' logs. With
     `VMEM_LOG_FORMAT=json`, every line is a JSON object instead (`JsonLogFormatter`)."""
@@ -119,7 +119,7 @@ def _service_log_config() -> dict[str, Any]:
     config["formatters"]["default"]["fmt"] = SERVICE_LOG_FORMAT
     config["formatters"]["access"]["fmt"] = "%(asctime)s " + config["formatters"]["access"]["fmt"]
     config["formatters"]["vmem"] = {**config["formatters"]["default"], "fmt": VMEM_LOG_FORMAT}
-    log_format = os.environ.get("VMEM_LOG_FORMAT", "text").strip().lower()
+    log_format = (log_format or os.environ.get("VMEM_LOG_FORMAT", "text")).strip().lower()
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"VMEM_LOG_FORMAT is {log_format!r}: give text or json", param_hint="the environment")
     if log_format == "json":
@@ -193,7 +193,7 @@ def create_service_app() -> Any:
 
     try:
         settings = checked_settings(None, {})
-        log_config = _service_log_config()
+        log_config = _service_log_config(settings.log_format)
     except typer.BadParameter as exc:
         raise SystemExit(f"vmem: {exc.format_message()}") from None
     if not logging.getLogger().handlers:
@@ -262,10 +262,16 @@ def serve(
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
     settings = checked_settings(env_file, overrides)
-    log_config = _service_log_config()  # a VMEM_LOG_FORMAT it does not know is refused before the memory opens
+    log_config = _service_log_config(settings.log_format)  # VMEM_LOG_FORMAT of the environment or the env file
+
+    def say(message: str, level: int = logging.INFO) -> None:
+        """A line of vmem serve's own, before uvicorn's logging starts: as a JSON object too where asked."""
+        if settings.log_format == "json":
+            message = JsonLogFormatter().format(logging.LogRecord("vmem.serve", level, "", 0, message, None, None))
+        typer.echo(message, err=True)
+
     if settings.auth_disabled:
-        typer.echo("warning: authentication is disabled: anyone who can reach the port can edit the memory",
-                   err=True)
+        say("warning: authentication is disabled: anyone who can reach the port can edit the memory", logging.WARNING)
     memory_path, url = Path(settings.memory), settings.qdrant_url
     check_memory_location(memory_path, url)
     try:
@@ -278,16 +284,15 @@ def serve(
         app = create_app(settings, memory=mem, auditor=_label_auditor)
         prefix = root_path.rstrip("/")
         where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
-        typer.echo(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
-                   + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}",
-                   err=True)
+        say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
+            + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
         files = open_files_limit()
         if files < FEW_OPEN_FILES:
             # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
             # request on every connection with a plain-text 503. Past the files, a new connection waits instead.
-            typer.echo(f"warning: this process may open {files} files only (ulimit -n): past about "
-                       f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
-                       err=True)
+            say(f"warning: this process may open {files} files only (ulimit -n): past about "
+                f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
+                logging.WARNING)
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
                     forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
