@@ -575,10 +575,12 @@ class GeminiReranker:
                                                jitter=s.backoff_initial_s)
 
         failed: list[BaseException] = []  # the last attempt's error
+        errors: list[BaseException] = []  # every failed attempt's, to tell "all timed out" from "some failed"
 
         def wait(rs: tenacity.RetryCallState) -> float:
             if rs.outcome and rs.outcome.exception():
                 failed[:] = [rs.outcome.exception()]
+                errors.append(rs.outcome.exception())
             server = _retry_delay(rs.outcome.exception() if rs.outcome else None)
             ctx.server_delay = server
             return max(exp(rs), server or 0.0)
@@ -616,7 +618,12 @@ class GeminiReranker:
         except _TIMEOUTS as exc:
             if ctx.remaining() <= 0.05 or ctx.stopped_for_deadline:
                 raise DeadlineExceededError(self._deadline_message(ctx)) from exc
-            raise AttemptsTimedOutError(f"Gemini timed out on all {ctx.attempts - attempts_before} attempts") from exc
+            tried = ctx.attempts - attempts_before
+            if all(isinstance(e, _TIMEOUTS) for e in errors):  # slow, not failing: counted apart
+                raise AttemptsTimedOutError(f"Gemini timed out on all {tried} attempts") from exc
+            timed_out = sum(isinstance(e, _TIMEOUTS) for e in errors)
+            raise UpstreamError(f"Gemini failed on {tried} attempts ({timed_out} timed out, the last among them; "
+                                f"{len(errors) - timed_out} failed)") from exc
         except _TRANSPORT as exc:
             raise ConnectionFailedError(
                 f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "

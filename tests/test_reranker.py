@@ -269,10 +269,14 @@ def test_a_slow_attempt_is_retried_within_the_deadline(fake, make_rr, images):
 
 def test_every_attempt_timing_out_before_the_deadline_is_told_from_a_failing_gemini(fake, make_rr, images):
     # Both had been UpstreamError: an operator's metrics could not tell a slow Gemini from a failing one
-    fake.enqueue(*[fake.hang(10)] * 4)
+    fake.enqueue(*[fake.hang(10)] * 2)
     out = make_rr(deadline_s=5.0, attempt_timeout_s=0.2, max_attempts=2).rerank_one(request(images, vote="cat"))
     assert (out.label, out.error) == ("cat", "AttemptsTimedOutError")
     assert out.fallback_reason == "Gemini timed out on all 2 attempts"
+    # Failing, then slow at the last attempt: failing (decided by the last attempt, it had been "slow")
+    fake.enqueue(fake.status(503), fake.status(503), fake.hang(10))
+    out = make_rr(deadline_s=5.0, attempt_timeout_s=0.2, max_attempts=3).rerank_one(request(images, vote="cat"))
+    assert out.error == "UpstreamError" and "1 timed out, the last among them; 2 failed" in out.fallback_reason
 
 
 def test_malformed_json_is_an_unparseable_answer(fake, make_rr, images):
