@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -54,9 +55,31 @@ def has_api_key(settings: Settings, key: str | None) -> bool:
     return True
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """Let the request edit the memory only with the configured key."""
+def require_api_key(request: Request, settings: SettingsDep,
+                    key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request edit the memory only with the configured key; with none needed, only from a page of this
+    service or of an origin `VMEM_CORS_ORIGINS` names."""
     check_api_key(settings, key)
+    if settings.auth_disabled:
+        check_same_site(request, settings)
+
+
+def check_same_site(request: Request, settings: Settings) -> None:
+    """A 403 for an edit a browser sends from another site's page. With a key needed, such a page cannot send one
+    (the header needs CORS's consent); with none, a multipart POST, which needs no preflight, had added points to a
+    --no-auth service from any page its user opened."""
+    origin = request.headers.get("origin")
+    if origin is None or origin in settings.cors_origins:
+        return
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        foreign = fetch_site in ("cross-site", "same-site")
+    else:  # an older browser: the page's origin against the host asked
+        foreign = urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+    if foreign:
+        raise ProblemError(403, f"an edit sent from a page of {origin} is refused: authentication is disabled, and "
+                           "any page its user opens could edit the memory; name the origin in VMEM_CORS_ORIGINS, or "
+                           "set an API key", "cross-site-edit", "Cross-site edit")
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]

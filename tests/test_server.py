@@ -861,6 +861,20 @@ def test_edits_with_json_bodies_take_json_only(make_client):
     assert client.post("/v1/memory/relabel", json={"to": "crimson", "label": "red"}).json()["relabelled"] == 4
 
 
+def test_without_authentication_another_sites_page_cannot_edit(make_client):
+    # A multipart POST needs no CORS preflight: any page a user of a --no-auth service opened could add points
+    client = make_client(auth_disabled=True, api_key=None, cors_origins=["http://ui.example"])
+    add = {"files": {"images": ("a.png", texture((250, 250, 0), 1))}, "data": {"label": "yellow"}}
+    for headers in ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "http://evil.example"}):  # an older browser, without Sec-Fetch-Site
+        assert_problem(client.post("/v1/memory", headers=headers, **add), 403, "cross-site-edit", "VMEM_CORS_ORIGINS")
+        assert_problem(client.post("/v1/memory/erase", headers=headers), 403, "cross-site-edit")
+    # The service's own page, an origin named, and clients that are no browser (no Origin) edit as before
+    for headers in ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, {"Origin": "http://testserver"},
+                    {"Origin": "http://ui.example", "Sec-Fetch-Site": "cross-site"}, {}):
+        assert client.post("/v1/memory", headers=headers, **add).status_code == 201, headers
+
+
 def test_auth_disabled_is_explicit(make_client):
     client = make_client(auth_disabled=True, api_key=None)
     resp = client.post("/v1/memory", files={"images": ("a.png", texture((250, 250, 0), 1))}, data={"label": "yellow"})
