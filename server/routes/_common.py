@@ -56,6 +56,9 @@ async def unless_the_client_leaves(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(client_leaves())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the request itself cancelled (a stop's time limit): its work too
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task.done():
