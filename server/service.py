@@ -36,6 +36,7 @@ from retrieval import ImageDecodeError, is_local_source, load_image, point_id_fo
 from retrieval.files import write_atomically
 from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, VisualMemory, upload_source
+from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
 
 from .metrics import GEMINI_TOKEN_KINDS, Metrics
@@ -258,10 +259,7 @@ class ClassifierService:
         metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))
         metrics.report_circuit(lambda: getattr(getattr(self.memory.reranker, "breaker", None), "state", None))
         self.owns_memory = owns_memory
-        self._executor: ThreadPoolExecutor | None = None
-        self._rerank_executor: ThreadPoolExecutor | None = None
-        self._read_executor: ThreadPoolExecutor | None = None
-        self._recalibration_executor: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # by thread-name prefix, made on first use (`_pool`)
         self._executor_lock = threading.Lock()
         self._closed = False
         self.ready = False
@@ -307,33 +305,31 @@ class ClassifierService:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _pool(self, prefix: str, workers: int) -> ThreadPoolExecutor:
+        """The pool whose threads are named `prefix`, made on first use, so a service outlives an app restart
+        (tests)."""
+        with self._executor_lock:
+            if (pool := self._pools.get(prefix)) is None:
+                pool = self._pools[prefix] = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+            return pool
+
     @property
     def executor(self) -> ThreadPoolExecutor:
-        """The embedding threads; made on first use, so a service outlives an app restart (tests)."""
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.settings.featurize_threads, thread_name_prefix="vmem-embed")
-            return self._executor
+        """The embedding threads."""
+        return self._pool("vmem-embed", self.settings.featurize_threads)
 
     @property
     def rerank_executor(self) -> ThreadPoolExecutor:
         """The threads of re-ranking requests: they wait seconds on Gemini (a minute in an outage), and on the
         embedding threads two of them held up every classify, cached answers included."""
-        with self._executor_lock:
-            if self._rerank_executor is None:
-                self._rerank_executor = ThreadPoolExecutor(self.settings.rerank_requests,
-                                                           thread_name_prefix="vmem-rerank")
-            return self._rerank_executor
+        return self._pool("vmem-rerank", self.settings.rerank_requests)
 
     @property
     def read_executor(self) -> ThreadPoolExecutor:
         """Two threads for the reads anyone may ask that can take seconds (the history read whole, a folder
         walked for links): on the embedding threads they held up classify, on the request threads they filled
         the pool /readyz and thumbnails answer on (readiness took 8.8 s)."""
-        with self._executor_lock:
-            if self._read_executor is None:
-                self._read_executor = ThreadPoolExecutor(2, thread_name_prefix="vmem-read")
-            return self._read_executor
+        return self._pool("vmem-read", 2)
 
     async def run_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a slow read anyone may ask for on `read_executor`."""
@@ -403,10 +399,9 @@ class ClassifierService:
     def close(self) -> None:
         self._closed = True
         with self._executor_lock:
-            for pool in (self._executor, self._rerank_executor, self._read_executor, self._recalibration_executor):
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._rerank_executor = self._read_executor = self._recalibration_executor = None
+            for pool in self._pools.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+            self._pools.clear()
         if self.owns_memory:
             self.memory.close()
 
@@ -636,7 +631,7 @@ class ClassifierService:
     def _answer(self, res: Classification, threshold: float | None, cached: bool) -> Answer:
         # Every answer, cached or not, counts as classified, as it counts when flagged: the flagged share stays <= 1.
         self.metrics.classified.inc()
-        ood = None if threshold is None or res.novelty is None else bool(res.novelty > threshold)
+        ood = out_of_distribution(res.novelty, threshold)  # the rule vmem classify --ood flags by
         if ood:
             self.metrics.out_of_distribution.inc()
         return Answer(res, threshold, ood, cached)
@@ -684,10 +679,7 @@ class ClassifierService:
     def recalibration_executor(self) -> ThreadPoolExecutor:
         """One thread that calibrates again, one k and label set at a time, the thresholds an edit outdated: a
         thread each had run them all at once after an edit (30 at k near 1000 took the service from 0.9 to 8 GB)."""
-        with self._executor_lock:
-            if self._recalibration_executor is None:
-                self._recalibration_executor = ThreadPoolExecutor(1, thread_name_prefix="vmem-novelty")
-            return self._recalibration_executor
+        return self._pool("vmem-novelty", 1)
 
     def _recalibrate(self, generation: int, which: tuple[int, tuple[str, ...] | None]) -> None:
         try:
