@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -13,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -46,12 +48,30 @@ def _decode_base64(value: object) -> bytes:
     return data  # empty bytes fail as that image's own decode error ("the image is empty"), not the request's
 
 
-Base64Image = Annotated[
-    bytes,
-    BeforeValidator(_decode_base64),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64",
-                    "description": "the encoded image (JPEG, PNG, WebP, ...) as base64, or a `data:` URL"}),
-]
+_BASE64_SCHEMA = WithJsonSchema({"type": "string", "contentEncoding": "base64",
+                                 "description": "the encoded image (JPEG, PNG, WebP, ...) as base64, or a `data:` URL"})
+Base64Image = Annotated[bytes, BeforeValidator(_decode_base64), _BASE64_SCHEMA]
+
+
+@dataclass(frozen=True)
+class NotBase64:
+    """An image of a batch whose text does not decode as base64: that image's own error, as an image whose bytes
+    do not decode gets one, and the batch's other images are still answered (one truncated string had cost a
+    client the whole batch, a 422)."""
+
+    reason: str
+
+
+def _decode_base64_in_batch(value: object) -> bytes | NotBase64:
+    if not isinstance(value, str):  # no string at all is the client's code at fault: the request's 422
+        raise ValueError("the image must be a base64 string")
+    try:
+        return _decode_base64(value)
+    except ValueError as exc:
+        return NotBase64(str(exc))
+
+
+Base64ImageInBatch = Annotated[bytes | NotBase64, PlainValidator(_decode_base64_in_batch), _BASE64_SCHEMA]
 
 
 
@@ -102,16 +122,22 @@ class ClassifyJSON(ImageIn):
     """`POST /v1/classify` with a JSON body: one base64 image (options go in the query string)."""
 
 
+class ImageInBatch(ImageIn):
+    """One image of several sent as JSON: text that is no base64 is that image's error, not the request's."""
+
+    image: Base64ImageInBatch  # type: ignore[assignment]  # a batch also holds its undecodable slots
+
+
 class ClassifyBatchJSON(BaseModel):
     """`POST /v1/classify/batch` with a JSON body: several base64 images."""
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[ImageIn] = Field(min_length=1, max_length=MOST_BATCH_IMAGES,
+    images: list[ImageInBatch] = Field(min_length=1, max_length=MOST_BATCH_IMAGES,
                                   description="the images to classify, answered in order")
 
 
-class LabelledImageIn(ImageIn):
+class LabelledImageIn(ImageInBatch):
     """One labelled image to add to the memory."""
 
     label: Label

@@ -40,7 +40,7 @@ from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
 
 from .metrics import GEMINI_TOKEN_KINDS, Metrics
-from .schemas import ClassifyQuery
+from .schemas import ClassifyQuery, NotBase64
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,18 @@ DECODED_PIXELS_PER_STEP = 64_000_000
 
 @dataclass(frozen=True)
 class Upload:
-    """An image as received: its encoded bytes and, when given, its file name."""
+    """An image as received: its encoded bytes and, when given, its file name; or, where a batch's slot held no
+    image at all (text that is no base64), why: that slot fails as an image that does not decode."""
 
     data: bytes
     filename: str | None = None
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, data: bytes | NotBase64, filename: str | None) -> Upload:
+        if isinstance(data, NotBase64):
+            return cls(b"", filename, problem=data.reason)
+        return cls(data, filename)
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -485,6 +493,9 @@ class ClassifierService:
         step: list[tuple[int, Image.Image]] = []
         pixels = 0
         for i, up in uploads:
+            if up.problem is not None:
+                failed.append((i, up.problem))
+                continue
             try:
                 img = self.memory.decode(up.data)
             except ImageDecodeError as exc:
@@ -575,7 +586,7 @@ class ClassifierService:
         threshold = self.ood_threshold(self.memory.vote_settings(q.vote, q.k).k, q.label)
         template = self._template_in_key(q)
         for i, up in enumerate(uploads):
-            if not size:  # no cache: no key (it hashes the upload)
+            if not size or up.problem is not None:  # no cache: no key (it hashes the upload)
                 keys[i] = ()
                 continue
             key = self._cache_key(generation, up, q, template)

@@ -582,6 +582,37 @@ def test_batch_answers_each_image_and_reports_the_bad_one(client):
     assert one.status_code == 400 and one.json()["type"].endswith("bad-image")
 
 
+def test_a_batch_slot_whose_text_is_no_base64_is_that_image_s_error_and_the_others_are_answered(client):
+    green = base64.b64encode(texture(COLORS["green"], 24)).decode()
+    answer = client.post("/v1/classify/batch?k=4", json={"images": [
+        {"image": green[:-3], "filename": "cut.png"}, {"image": green}, {"image": "data:image/png,raw"}]})
+    assert answer.status_code == 200, answer.text
+    items = answer.json()["items"]
+    assert answer.json()["failed"] == 2 and items[1]["result"]["label"] == "green"
+    assert items[0]["filename"] == "cut.png" and items[0]["error"] == "not valid base64"
+    assert items[0]["error_type"] == "urn:vmem:problem:bad-image" and "base64-encoded" in items[2]["error"]
+    # A slot that holds no string at all is the client's code at fault: the whole request's 422, naming it.
+    wrong = client.post("/v1/classify/batch", json={"images": [{"image": green}, {"image": 7}]})
+    assert wrong.status_code == 422 and "images.1.image" in wrong.text
+
+
+def test_an_add_slot_whose_text_is_no_base64_is_reported_and_the_others_are_added(client):
+    blue = base64.b64encode(texture(COLORS["blue"], 91)).decode()
+    answer = client.post("/v1/memory", headers=AUTH, json={"items": [
+        {"image": "%%%", "label": "blue", "filename": "a.png"}, {"image": blue, "label": "blue", "filename": "b.png"},
+        {"image": "%%%", "label": "red", "filename": "a.png"}]})
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert [(p["label"], p["new"]) for p in body["added"]] == [("blue", True)]
+    assert [(f["index"], f["reason"]) for f in body["failed"]] == [(0, "not valid base64"), (2, "not valid base64")]
+    try:
+        nothing = client.post("/v1/memory", headers=AUTH,
+                              json={"items": [{"image": "%%%", "label": "blue"}]})
+        assert nothing.status_code == 400 and "not valid base64" in nothing.json()["detail"]
+    finally:
+        client.delete(f"/v1/memory/points/{body['added'][0]['id']}", headers=AUTH)
+
+
 def test_a_batch_of_huge_images_is_decoded_and_embedded_a_few_at_a_time(client, monkeypatch):
     # 8 solid 4000 x 4000 PNGs are 8 x 60 kB sent but 8 x 48 MB decoded: a 64-megapixel step holds 4.
     service = client.app.state.service

@@ -89,7 +89,8 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     """Classify several images with the same options; they are embedded together.
 
     Upload files in repeated `images` fields, or send JSON `{"images": [{"image": "<base64>"}, ...]}`.
-    An image that does not decode gets an `error` in its place; the others are still answered.
+    An image that does not decode (or, in JSON, whose text is no base64) gets an `error` in its place; the others
+    are still answered.
     """
     check_rerank_key(request, settings, q)
     check_template(service, q)
@@ -98,7 +99,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyBatchJSON)
-        uploads = [Upload(i.image, i.filename) for i in body.images]
+        uploads = [Upload.of(i.image, i.filename) for i in body.images]
     else:
         files, _ = await read_files(request, "images", max_files=limit, too_many=TOO_MANY)
         uploads = [Upload(data, name) for data, name in files]

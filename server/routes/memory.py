@@ -76,7 +76,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, AddJSON)
-        uploads = [Upload(i.image, i.filename) for i in body.items]
+        uploads = [Upload.of(i.image, i.filename) for i in body.items]
         labels = [i.label for i in body.items]
     else:
         files, fields = await read_files(request, "images", max_files=limit, too_many=TOO_MANY,
@@ -101,9 +101,13 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
     # One image (same bytes and name) is one point: sent twice it is added once, with two labels refused.
-    keep, conflicts = first_occurrences([up.source for up in uploads], labels)
+    # A JSON slot whose text is no base64 fails as an image that does not decode: the others are still added.
+    readable = [i for i, up in enumerate(uploads) if up.problem is None]
+    unreadable = [(i, up.problem) for i, up in enumerate(uploads) if up.problem is not None]
+    keep, conflicts = first_occurrences([uploads[i].source for i in readable], [labels[i] for i in readable])
+    keep = [readable[i] for i in keep]
     if conflicts:
-        j, i = conflicts[0]
+        j, i = (readable[c] for c in conflicts[0])
         raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
                            f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
@@ -112,7 +116,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     except ValueError as exc:  # a label's name where a label belongs: nothing added
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     added = [(keep[i], *rest) for i, *rest in added]
-    failed = [(keep[i], reason) for i, reason in failed]
+    failed = sorted([*unreadable, *((keep[i], reason) for i, reason in failed)])
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
     if not added:
         raise ProblemError(400, "no image could be decoded: " + "; ".join(f.reason for f in failures[:3]),
