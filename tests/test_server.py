@@ -1773,3 +1773,24 @@ def test_a_relative_source_prefix_is_refused_over_http(client, prefix):
     resp = client.delete("/v1/memory", params={"source_prefix": prefix}, headers=AUTH)
     assert_problem(resp, 422, "invalid-parameters", "is relative: give an absolute path on the server")
     assert client.get("/v1/memory/points", params={"source_prefix": prefix}).status_code == 422
+
+
+def test_classifying_with_a_memory_that_has_nothing_to_search_is_a_409_saying_what_to_do(client):
+    from retrieval.store import EXCLUDED_KEY
+
+    store = client.app.state.service.memory.store
+    query = upload(texture(COLORS["red"], 2))
+    # Every point hard-pruned: no search can return one (it had answered 200, a null label and no neighbours).
+    store.set_payload(store.ids_where(), {EXCLUDED_KEY: "pruned"})
+    assert_problem(client.post("/v1/classify", files=query), 409, "nothing-to-search", "vmem prune --undo")
+    for label in COLORS:
+        assert client.delete(f"/v1/memory?label={label}", headers=AUTH).status_code == 200
+    assert_problem(client.post("/v1/classify", files=query), 409, "nothing-to-search",
+                   "holds no points: add labelled images first (POST /v1/memory")
+    batch = client.post("/v1/classify/batch", files=[("images", ("a.png", texture(COLORS["red"], 3)))])
+    assert_problem(batch, 409, "nothing-to-search", "holds no points")
+    # Points again: answered as before.
+    added = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
+                        files=[("images", ("r.png", texture(COLORS["red"], 4), "image/png"))])
+    assert added.status_code == 201
+    assert client.post("/v1/classify?k=1", files=query).json()["label"] == "red"

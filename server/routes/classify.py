@@ -41,18 +41,37 @@ async def classified(request: Request, service: ClassifierService, uploads: list
                      ) -> list[Answer | str]:
     run = service.run_reranking if q.rerank else service.run  # Gemini's waits must not hold the embedding threads
     try:
-        return await unless_the_client_leaves(request, run(service.classify, uploads, q))
+        answers = await unless_the_client_leaves(request, run(service.classify, uploads, q))
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
     except TemplateError as exc:  # removed or broken since check_template: said, not a 500
         raise template_problem(service, q, exc) from None
+    # Checked only when an answer came back without neighbours: no count on every request.
+    if any(isinstance(a, Answer) and not a.result.neighbors for a in answers):
+        await refuse_when_nothing_is_searchable(service)
+    return answers
+
+
+async def refuse_when_nothing_is_searchable(service: ClassifierService) -> None:
+    """409 `nothing-to-search` for a memory with no point a search can return, as `vmem classify` refuses it: its
+    answers had been 200s with a null label and no neighbours, which read as the memory abstaining."""
+    store = service.memory.store
+    total, searchable = await service.run(lambda: (store.count(), store.count(searchable=True)))
+    if not total:
+        detail = "the memory holds no points: add labelled images first (POST /v1/memory, or vmem build)"
+    elif not searchable:
+        detail = (f"all {total:,} points of the memory are hard-pruned, so no search can return one: "
+                  "`vmem prune --undo` restores them")
+    else:
+        return  # points came back since (an add meanwhile): the answers stand
+    raise ProblemError(409, detail, "nothing-to-search", "Nothing to search")
 
 
 @router.post(
     "",
     summary="Classify one image",
     response_model=ClassificationOut,
-    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra={**image_body("ClassifyJSON", "image", many=False), "security": [{}, {"APIKeyHeader": []}]},
 )
 async def classify(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> ClassificationOut:
@@ -82,7 +101,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     "/batch",
     summary="Classify several images",
     response_model=BatchOut,
-    responses=problem_responses(400, 401, 403, 413, 415, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra={**image_body("ClassifyBatchJSON", "images", many=True), "security": [{}, {"APIKeyHeader": []}]},
 )
 async def classify_batch(request: Request, service: ServiceDep, settings: SettingsDep, q: QueryDep) -> BatchOut:
