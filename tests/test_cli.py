@@ -1122,3 +1122,25 @@ def test_serve_raises_its_open_files_limit_and_logs_accept_failures_once_a_minut
     assert sum(storm.filter(r) for r in records) == 1
     other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", None, None)
     assert storm.filter(other)
+
+
+def test_an_option_is_spelled_alike_in_every_command_that_takes_it():
+    """A feature cache is `--cache` in eval and `--feature-cache` in build, a names file `--classes` in eval and
+    `--label-names` in build: each command takes both spellings, so one learned in one command works in the next."""
+    import typer
+
+    def commands(group, path: str = ""):
+        for name, cmd in getattr(group, "commands", {}).items():
+            yield f"{path} {name}".strip(), cmd
+            yield from commands(cmd, f"{path} {name}")
+
+    same = [{"--cache", "--feature-cache"}, {"--classes", "--label-names"}]
+    checked = 0
+    for name, cmd in commands(typer.main.get_command(app)):
+        for param in cmd.params:
+            spellings = set(param.opts)
+            for group in same:
+                if spellings & group and not getattr(param, "is_flag", False):  # bench load's --cache: a switch
+                    assert group <= spellings, f"vmem {name} {'/'.join(param.opts)} lacks {group - spellings}"
+                    checked += 1
+    assert checked >= 8

@@ -60,7 +60,7 @@ def eval(
     memory_format: Annotated[str, typer.Option(help="layout of --memory-dataset")] = "imagefolder",
     featurizer: Annotated[str | None, typer.Option(help="encoder for --memory-dataset")] = None,
     classes: Annotated[Path | None, typer.Option(
-        help="wnid-to-name file (classes.tsv, LOC_synset_mapping.txt)")] = None,
+        "--classes", "--label-names", help="wnid-to-name file (classes.tsv, LOC_synset_mapping.txt)")] = None,
     labels_file: Annotated[Path | None, typer.Option(
         help="imagenet-val: LOC_val_solution.csv or the devkit ground truth; real: real.json")] = None,
     devkit_synsets: Annotated[Path | None, typer.Option(help="imagenet-val devkit meta.mat (or wnid per line)")] = None,
@@ -81,8 +81,8 @@ def eval(
     rerank_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours shown to the re-ranker")] = 50,
     price_in: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens, for the cost estimate")] = None,
     price_out: Annotated[float | None, typer.Option(help="USD per 1M output tokens, for the cost estimate")] = None,
-    cache: Annotated[Path | None, typer.Option(help="feature cache (default $VMEM_FEATURE_CACHE or "
-                                                    "$VMEM_HOME/features)")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", "--feature-cache", help="feature cache (default "
+                                               "$VMEM_FEATURE_CACHE or $VMEM_HOME/features)")] = None,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ) -> None:
     """Score a memory on a dataset: all voting rules at every k, hit rate, calibration (resumable)."""

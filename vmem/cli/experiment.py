@@ -49,8 +49,9 @@ def experiment(
     featurizer: Annotated[str | None, typer.Option(help="encoder for --memory-dataset")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for NAME.json/.csv/.md/.png")] = Path(
         "experiments"),
-    classes: Annotated[Path | None, typer.Option(help="wnid-to-name file, to name classes in reports")] = None,
-    cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
+    classes: Annotated[Path | None, typer.Option("--classes", "--label-names",
+                                                 help="wnid-to-name file, to name classes in reports")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", "--feature-cache", help="feature cache directory")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", "--sample", min=1,
                                               help="a fixed random sample of this many queries")] = None,

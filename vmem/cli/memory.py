@@ -82,7 +82,8 @@ def build(
     workers: Annotated[int | None, typer.Option(help="decode workers (default: cores - 1)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE stored on every point; repeatable")] = None,
     feature_cache: Annotated[
-        Path | None, typer.Option(help="reuse features cached by file content in this directory (and add new ones)")
+        Path | None, typer.Option("--feature-cache", "--cache",
+                                  help="reuse features cached by file content in this directory (and add new ones)")
     ] = None,
     quantization: Annotated[
         Quantization | None,
@@ -116,7 +117,8 @@ def build(
     ] = None,
     label_names: Annotated[
         Path | None,
-        typer.Option(help="file naming the labels (classes.tsv, words.txt, LOC_synset_mapping.txt: label<TAB>name "
+        typer.Option("--label-names", "--classes",
+                     help="file naming the labels (classes.tsv, words.txt, LOC_synset_mapping.txt: label<TAB>name "
                           "or 'label name, ...' lines; or a label,name CSV); default: such a file in DATASET's "
                           "folder or the one above. Results show the names; the re-ranker shows Gemini the names "
                           "instead of the labels (WordNet ids say nothing to it)"),

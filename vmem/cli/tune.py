@@ -92,8 +92,9 @@ def tune(
     taus: Annotated[str, typer.Option(help="softmax τ grid")] = "0.01,0.02,0.03,0.05,0.07,0.1,0.2",
     k_max: Annotated[int, typer.Option(min=1, max=1000, help="k is searched in 1..k_max")] = 100,
     classes: Annotated[Path | None, typer.Option(
+        "--classes", "--label-names",
         help="wnid-to-name file, when memory and dataset name classes differently")] = None,
-    cache: Annotated[Path | None, typer.Option(help="feature cache directory")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", "--feature-cache", help="feature cache directory")] = None,
     out: Annotated[Path | None, typer.Option(help="also write tune.md and tune.json here")] = None,
     dry_run: Annotated[bool, typer.Option(help="report only; leave the memory's settings as they are")] = False,
     reset: Annotated[bool, typer.Option("--reset", help="forget the tuned settings: back to rank voting at k = 50, "
