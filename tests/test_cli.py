@@ -1144,3 +1144,11 @@ def test_an_option_is_spelled_alike_in_every_command_that_takes_it():
                     assert group <= spellings, f"vmem {name} {'/'.join(param.opts)} lacks {group - spellings}"
                     checked += 1
     assert checked >= 8
+
+
+def test_templates_path_prints_the_user_folder_or_says_how_to_set_one_and_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", "")
+    unset = run("templates", "path")
+    assert unset.exit_code == 1 and "set $VMEM_TEMPLATES_DIR to a folder of YAML templates" in unset.stderr
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path))
+    assert run("templates", "path").stdout.strip() == str(tmp_path)

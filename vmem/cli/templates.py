@@ -42,9 +42,11 @@ def show(name: Annotated[str, typer.Argument(help="template name, e.g. neighbors
 
 @app.command()
 def path() -> None:
-    """Print the directory user templates are read from (set it with $VMEM_TEMPLATES_DIR)."""
+    """Print the directory user templates are read from (set it with $VMEM_TEMPLATES_DIR); exit 1 when it is unset,
+    so that a script can tell."""
     reg = TemplateRegistry()
     if reg.user_dir is None:
-        typer.echo(f"no user template directory: set ${TEMPLATES_DIR_ENV}", err=True)
+        typer.echo(f"no user template directory: set ${TEMPLATES_DIR_ENV} to a folder of YAML templates "
+                   "(vmem templates show NAME prints one to start from)", err=True)
         raise typer.Exit(1)
     typer.echo(str(reg.user_dir))
