@@ -353,6 +353,24 @@ def test_http_answers_and_stats_carry_the_names(tmp_path, lite0):
         assert taken.status_code == 201 and taken.json()["added"][0]["label_name"] == "navy"
 
 
+def test_a_class_added_over_http_or_from_python_as_an_imagenet_id_is_named_as_a_build_names_it(tmp_path, lite0):
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names({"n01440764": "Tinca tinca"})  # named on purpose before its images come: kept
+    mem.add([texture(COLORS["red"], seed=30)], "n01440764")
+    mem.add([texture(COLORS["red"], seed=31)], "okapi")  # no ImageNet-1k id: no guessing
+    assert mem.label_names == {"n01440764": "Tinca tinca"}
+    app_ = create_app(Settings(memory=":memory:", auth_disabled=True, thumbnail_dir=tmp_path / "thumbs"), memory=mem)
+    with TestClient(app_) as client:
+        added = client.post("/v1/memory", data={"label": "n02123045"},
+                            files=[("images", ("cat.png", texture(COLORS["green"], seed=40), "image/png"))])
+        assert added.status_code == 201 and added.json()["added"][0]["label_name"] == "tabby cat"
+        answer = client.post("/v1/classify?k=1", files={"image": ("q.png", texture(COLORS["green"], seed=40))})
+        assert (answer.json()["label"], answer.json()["label_name"]) == ("n02123045", "tabby cat")
+    assert [e.op for e in mem.history(limit=2)] == ["name", "add"]  # the naming is an edit of its own, journaled
+    assert mem.history(limit=1)[0].detail["names"] == {"n02123045": "tabby cat"}
+
+
 # ------------------------------------------------------------------ real data
 
 

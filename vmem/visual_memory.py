@@ -35,6 +35,7 @@ from retrieval import (
     VoteRule,
     build_memory,
     first_occurrences,
+    imagenet_label_names,
     is_local_source,
     load_image,
     normalize_source,
@@ -212,6 +213,11 @@ SEARCH_SETTINGS = frozenset({"hnsw_ef", "rescore"})
 
 # vmem.json's settings: the thumbnail folders services outside the memory's folder keep (`note_thumbnail_folder`).
 THUMBNAIL_FOLDERS_KEY = "thumbnail_dirs"
+
+
+@functools.cache
+def _imagenet_names() -> dict[str, str]:
+    return imagenet_label_names()  # read once: a 1,000-line file each add would be waste
 
 
 class VisualMemory:
@@ -1002,6 +1008,7 @@ class VisualMemory:
         if added:
             self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
                           detail={"tags": tags} if tags else {})
+            self._name_imagenet_labels({ok_labels[new[r]] for r in new_rows})
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
         just_added = set(added)
         for j in keep:
@@ -1013,6 +1020,15 @@ class VisualMemory:
             changed = self._relabel_points(ids, to, _selector(ids, None, None))
             relabelled |= {pid: stored[pid] for pid in changed}
         return AddResult(ids=[id_of[src] for src in ok_sources], failed=failed, added=added, relabelled=relabelled)
+
+    def _name_imagenet_labels(self, labels: set[str]) -> None:
+        """Name the ImageNet-1k WordNet ids among `labels` that have no name yet with vmem's own names, as `vmem
+        build` names a folder of them: a class added over HTTP or from Python as n02123045 had shown as that id
+        alone, on the page and to the re-ranker (Gemini knows no WordNet id), where a build showed "tabby cat"."""
+        if unnamed := labels - self.store.meta.label_names.keys():
+            builtin = _imagenet_names()
+            if found := {label: builtin[label] for label in unnamed if label in builtin}:
+                self.set_label_names(found)
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""
