@@ -810,6 +810,10 @@ def test_cli_classify_rerank_json(fake, disk_memory, images, monkeypatch):
         ("green", True, "labels-only@1", "gemini-3.5-flash")
     assert out["template_hash"] == TemplateRegistry().get("labels-only").content_hash
     assert out["usage"]["requests"] == 1 and fake.requests[0].headers["x-goog-api-key"] == "cli-key"
+    fake.enqueue(fake.answer("green"))
+    plain = runner.invoke(app, ["classify", str(images["red"]), "-m", str(disk_memory), "--k", "3", "--rerank",
+                                "--template", "labels-only"])
+    assert plain.stdout.rstrip().endswith("[re-ranked: labels-only@1]"), plain.stdout  # which template, for people
     res = runner.invoke(app, ["classify", str(images["red"]), "-m", str(disk_memory), "--rerank",
                               "--template", "nope"])
     flat = " ".join(res.output.replace("│", " ").split())

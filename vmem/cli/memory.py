@@ -470,7 +470,9 @@ def print_classification(res, names: dict[str, str], rerank: bool, json_out: boo
         typer.echo(res.model_dump_json() if flags is None else flags.json_line(res))
     else:  # for people: the vote's runners-up by name where the memory names its labels
         top = ", ".join(f"{one_line(names.get(lab, lab))} {s:.2f}" for lab, s in list(res.scores.items())[:3])
-        extra = " [re-ranked]" if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
+        # Which template answered: a run with a user's template is told apart from the built-in's in the output
+        said = f" [re-ranked: {res.template}]" if res.template else " [re-ranked]"
+        extra = said if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
         extra += flags.marker(res) if flags is not None else ""
         named = f" ({one_line(res.label_name)})" if res.label_name else ""
         typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
