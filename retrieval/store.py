@@ -679,10 +679,11 @@ class MemoryStore(ABC):
 
     @abstractmethod
     def page(self, label: str | None = None, source_prefix: str | None = None, start: str | None = None,
-             limit: int = 100, excluded: bool | None = None) -> tuple[list[StoredPoint], str | None]:
+             limit: int = 100, excluded: bool | None = None,
+             with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
         """Up to `limit` points (with this label and/or source prefix; only hard-pruned ones, or none, with
         `excluded`) in id order from id `start` on, and the id the next page starts at (None after the last):
-        a cursor that edits between pages do not shift."""
+        a cursor that edits between pages do not shift. With `with_vectors`, each with its stored vector."""
 
     @abstractmethod
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
@@ -1337,13 +1338,14 @@ class EdgeMemoryStore(MemoryStore):
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 
-    def page(self, label=None, source_prefix=None, start=None, limit=100,
-             excluded=None) -> tuple[list[StoredPoint], str | None]:
+    def page(self, label=None, source_prefix=None, start=None, limit=100, excluded=None,
+             with_vectors=False) -> tuple[list[StoredPoint], str | None]:
         flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False,
                            excluded_only=excluded is True)
         recs, offset = self.shard.scroll(self._qe.ScrollRequest(offset=start, limit=limit, filter=flt,
-                                                                with_payload=True, with_vector=False))
-        return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
+                                                                with_payload=True, with_vector=with_vectors))
+        return ([StoredPoint(_str_id(r.id), r.payload or {}, np.asarray(r.vector, np.float32) if with_vectors else None)
+                 for r in recs], None if offset is None else _str_id(offset))
 
     def scroll(self, batch_size=1024, with_vectors=False, payload_keys=None) -> Iterator[list[StoredPoint]]:
         qe = self._qe
@@ -1714,13 +1716,14 @@ class QdrantServerStore(MemoryStore):
         return [StoredPoint(_str_id(r.id), r.payload or {},
                             np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
 
-    def page(self, label=None, source_prefix=None, start=None, limit=100,
-             excluded=None) -> tuple[list[StoredPoint], str | None]:
+    def page(self, label=None, source_prefix=None, start=None, limit=100, excluded=None,
+             with_vectors=False) -> tuple[list[StoredPoint], str | None]:
         flt = self._filter(label=label, source_prefix=source_prefix, searchable=excluded is False,
                            excluded_only=excluded is True)
         recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=limit, offset=start,
-                                          with_payload=True, with_vectors=False)
-        return [StoredPoint(_str_id(r.id), r.payload or {}) for r in recs], None if offset is None else _str_id(offset)
+                                          with_payload=True, with_vectors=with_vectors)
+        return ([StoredPoint(_str_id(r.id), r.payload or {}, np.asarray(r.vector, np.float32) if with_vectors else None)
+                 for r in recs], None if offset is None else _str_id(offset))
 
     def scroll(self, batch_size=1024, with_vectors=False, payload_keys=None) -> Iterator[list[StoredPoint]]:
         offset = None

@@ -1681,16 +1681,23 @@ class VisualMemory:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be 1 to 1000, got {limit}")
         start = parse_point_id(cursor) if cursor is not None else None
+        stored, next_id = self._stored_page(label, source_prefix, start, limit, excluded, follow_links)
+        return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
+
+    def _stored_page(self, label: str | None, source_prefix: str | None, start: str | None, limit: int,
+                     excluded: bool | None, follow_links: bool = True,
+                     with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
+        """A page of the points `points` chooses, as stored (with their vectors, if asked), and the id the next
+        page starts at: the one filter `points` and `export_points` share."""
         label = self.stored_label(label) if label is not None else None
         if source_prefix is not None:  # as stored: absolute, links resolved
             if not source_prefix.strip():  # normalize_source("") is the current directory, not "every source"
                 raise ValueError("source_prefix is empty: give a folder, file or URI prefix, or leave it out")
             order = self._listing_under(source_prefix, follow_links)
             if order is not None:  # its images are stored under the links' targets (or as given) too
-                return self._page_of(order, label, start, limit, excluded)
+                return self._page_of(order, label, start, limit, excluded, with_vectors)
             source_prefix = local_source_prefix(source_prefix)
-        stored, next_id = self.store.page(label, source_prefix, start, limit, excluded)
-        return PointPage(points=[self._memory_point(p) for p in stored], next_cursor=next_id)
+        return self.store.page(label, source_prefix, start, limit, excluded, with_vectors=with_vectors)
 
     def _listing_under(self, source_prefix: str, follow_links: bool = True) -> np.ndarray | None:
         """The ids of the points under a prefix (as given) that holds links or chooses sources stored as given
@@ -1716,22 +1723,22 @@ class VisualMemory:
         return order
 
     def _page_of(self, order: np.ndarray, label: str | None, start: str | None, limit: int,
-                 excluded: bool | None) -> PointPage:
+                 excluded: bool | None, with_vectors: bool = False) -> tuple[list[StoredPoint], str | None]:
         """A page of these points (ids as sorted 16-byte strings), filtered and from `start` on, as `store.page`
         pages (the ids of a folder with links come from several prefixes, so they are ordered here)."""
         if start is not None:
             order = order[np.searchsorted(order, np.bytes_(uuid.UUID(start).bytes)):]
-        found: list[MemoryPoint] = []
+        found: list[StoredPoint] = []
         for at in range(0, len(order), 256):
             # numpy drops a string's trailing zero bytes when it hands it back: put them back.
             chunk = [str(uuid.UUID(bytes=bytes(b).ljust(16, b"\0"))) for b in order[at : at + 256]]
-            for p in sorted(self.store.retrieve(chunk), key=lambda p: uuid.UUID(p.id)):
+            for p in sorted(self.store.retrieve(chunk, with_vectors=with_vectors), key=lambda p: uuid.UUID(p.id)):
                 if (label is None or p.label == label) and (excluded is None
                                                             or bool(p.payload.get(EXCLUDED_KEY)) == excluded):
                     if len(found) == limit:
-                        return PointPage(points=found, next_cursor=p.id)
-                    found.append(self._memory_point(p))
-        return PointPage(points=found, next_cursor=None)
+                        return found, p.id
+                    found.append(p)
+        return found, None
 
     def point(self, point_id: str) -> MemoryPoint | None:
         """One point by id (None if the memory does not hold it); ValueError if `point_id` is no point id."""
