@@ -55,6 +55,7 @@ from retrieval.store import (
     RELABELLED_AT_KEY,
     RELABELLED_FROM_KEY,
     RELIABILITY_KEY,
+    SCROLL_PAGE,
     THUMBNAILS_DIR,
     MemoryStoreError,
     StoredPoint,
@@ -68,6 +69,7 @@ from retrieval.text import label_forms, label_problem
 if TYPE_CHECKING:
     from retrieval import Featurizer
 
+from .export import PointBatch, check_export_path, export_meta, write_export
 from .novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
 from .results import (
     MAX_ALPHA,
@@ -1739,6 +1741,65 @@ class VisualMemory:
                         return found, p.id
                     found.append(p)
         return found, None
+
+    def point_batches(self, label: str | None = None, source_prefix: str | None = None,
+                      excluded: bool | None = None, batch_size: int = 1024,
+                      follow_links: bool = True) -> Iterator[PointBatch]:
+        """The points `points` chooses (the same filters), with their vectors as stored, a batch at a time in id
+        order: arrays to analyse in Python without a file (`export_points` writes them to one). Nothing is kept
+        between batches.
+
+        Example:
+            >>> for batch in mem.point_batches(label="n02124075"):
+            ...     batch.vectors, batch.labels, batch.excluded   # float32 [n, dim], str, bool
+
+        Raises ValueError for a batch_size outside 1..4096 or an empty source_prefix.
+        """
+        if not 1 <= batch_size <= SCROLL_PAGE:
+            raise ValueError(f"batch_size must be 1 to {SCROLL_PAGE}, got {batch_size}")
+        self._refresh_for_reading()
+        start: str | None = None
+        while True:
+            stored, start = self._stored_page(label, source_prefix, start, batch_size, excluded, follow_links,
+                                              with_vectors=True)
+            if stored:
+                yield PointBatch.of(stored, self.store.dim)
+            if start is None:
+                return
+
+    def export_points(self, path: str | Path, label: str | None = None, source_prefix: str | None = None,
+                      excluded: bool | None = None, overwrite: bool = False, batch_size: int = 1024,
+                      progress: Callable[[int], None] | None = None) -> int:
+        """Write the points `points` chooses, with their vectors as stored, to one `.npz` file that numpy alone
+        reads (`vmem export`): arrays `vectors` (float32, n x dim), `ids`, `labels`, `sources`, `excluded`
+        (hard-pruned), `reliability` (soft pruning's factor), and `meta`, a JSON string with the featurizer, its
+        dim, vmem's version, the memory's vote settings and label names (the format: `vmem.export`). Returns
+        how many points it holds; `progress` is called with each batch's count.
+
+        The points are read a page at a time and their vectors go to a temporary file beside `path`, never all
+        in RAM; the file appears whole or not at all (written beside it, then renamed).
+
+        Example:
+            >>> mem.export_points("cats.npz", label="n02124075")
+            >>> with np.load("cats.npz") as f:
+            ...     X, y, meta = f["vectors"], f["labels"], json.loads(f["meta"].item())
+
+        Raises:
+            FileExistsError: a file is at `path` and `overwrite` is false.
+            IsADirectoryError, FileNotFoundError: `path` is a folder, or its folder is missing.
+            ValueError: an empty source_prefix, a batch_size outside 1..4096.
+        """
+        path = check_export_path(path, overwrite)
+        meta = self.store.meta
+        header = export_meta(
+            featurizer=meta.featurizer.model_dump(mode="json"), dim=self.store.dim,
+            index=meta.index.model_dump(mode="json"), vote=self.vote_settings().model_dump(mode="json"),
+            label_names=dict(meta.label_names),
+            memory={"location": _journal_location(self.store.location), "key": self.store.key},
+            filter={"label": self.stored_label(label) if label is not None else None, "source_prefix": source_prefix,
+                    "excluded": excluded})
+        return write_export(path, self.point_batches(label, source_prefix, excluded, batch_size), self.store.dim,
+                            header, overwrite=overwrite, progress=progress)
 
     def point(self, point_id: str) -> MemoryPoint | None:
         """One point by id (None if the memory does not hold it); ValueError if `point_id` is no point id."""

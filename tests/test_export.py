@@ -1,0 +1,154 @@
+"""Exporting a memory's points with their vectors to one .npz file (`VisualMemory.export_points`),
+to analyse elsewhere with numpy alone.
+
+The file holds what the memory decides with: on real data, plain numpy over it (cosine kNN, the memory's vote)
+gives every query the label, and the neighbours, that the memory itself gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY
+from tests.conftest import FEATURE_CACHE, random_unit_vectors
+from vmem import VisualMemory, __version__
+from vmem.export import EXPORT_ARRAYS
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
+
+
+def read(path) -> dict:
+    """An export as plain numpy reads it (no pickle), its meta parsed."""
+    with np.load(path) as f:
+        arrays = {name: f[name] for name in f.files}
+    arrays["meta"] = json.loads(arrays["meta"].item())
+    return arrays
+
+
+def fill(store) -> None:
+    """25 points: 10 labelled cat under /data/cats/, 15 dog under /data/dogs/."""
+    store.add(random_unit_vectors(10, 8, seed=1) * 3, ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)])
+    store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)])
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def memory(request, tmp_path):
+    """The 25 points in an embedded memory, or in qdrant-client's (a Qdrant server's API, in this process)."""
+    store = open_store(str(tmp_path / "memory") if request.param == "edge" else ":memory:", SPEC)
+    fill(store)
+    mem = VisualMemory(store, reranker=None)
+    mem.set_label_names({"cat": "house cat"})
+    yield mem
+    mem.close()
+
+
+def test_an_export_holds_every_point_with_its_vector_label_and_source(memory, tmp_path):
+    assert memory.export_points(tmp_path / "points.npz") == 25
+    f = read(tmp_path / "points.npz")
+    assert set(f) == set(EXPORT_ARRAYS)
+    assert f["vectors"].dtype == np.float32 and f["vectors"].shape == (25, 8)
+    # One row per point, in id order, as `vmem points` lists them.
+    listed = memory.points(limit=1000).points
+    assert list(f["ids"]) == [p.id for p in listed] == sorted(f["ids"], key=uuid.UUID)
+    assert list(f["labels"]) == [p.label for p in listed] and list(f["sources"]) == [p.source for p in listed]
+    assert not f["excluded"].any() and (f["reliability"] == 1).all()
+    # The vectors as stored: cosine memories keep them unit length (the cats were added 3x longer).
+    stored = {p.id: p.vector for p in memory.store.retrieve(list(f["ids"]), with_vectors=True)}
+    np.testing.assert_array_equal(f["vectors"], np.stack([stored[i] for i in f["ids"]]))
+    np.testing.assert_allclose(np.linalg.norm(f["vectors"], axis=1), 1, atol=1e-3)
+    meta = f["meta"]
+    assert (meta["format"], meta["vmem_version"], meta["points"]) == ("vmem-points", __version__, 25)
+    assert (meta["featurizer"]["name"], meta["dim"], meta["featurizer"]["dim"]) == ("dummy", 8, 8)
+    assert meta["label_names"] == {"cat": "house cat"} and meta["vote"]["rule"] == "rank"
+    assert meta["index"]["vectors_dtype"] == memory.store.meta.index.vectors_dtype
+
+
+def test_an_export_takes_the_filters_vmem_points_takes(memory, tmp_path):
+    [a, b] = memory.points(label="dog", limit=2).points
+    memory.store.set_payload([a.id], {EXCLUDED_KEY: "pruned"})  # hard pruning: no search returns it
+    memory.store.set_payload([b.id], {RELIABILITY_KEY: 0.25})  # soft pruning: its vote counts a quarter
+    assert memory.export_points(tmp_path / "dogs.npz", label="dog") == 15
+    dogs = read(tmp_path / "dogs.npz")
+    assert set(dogs["labels"]) == {"dog"} and dogs["meta"]["filter"]["label"] == "dog"
+    row = {i: r for r, i in enumerate(dogs["ids"])}
+    assert dogs["excluded"][row[a.id]] and dogs["excluded"].sum() == 1
+    assert dogs["reliability"][row[b.id]] == 0.25
+    assert memory.export_points(tmp_path / "cats.npz", source_prefix="/data/cats/") == 10
+    assert all(s.startswith("/data/cats/") for s in read(tmp_path / "cats.npz")["sources"])
+    assert memory.export_points(tmp_path / "pruned.npz", excluded=True) == 1
+    assert list(read(tmp_path / "pruned.npz")["ids"]) == [a.id]
+    assert memory.export_points(tmp_path / "searchable.npz", excluded=False) == 24
+    # The batches behind it, for Python without a file.
+    batches = list(memory.point_batches(label="dog", excluded=False, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 4, 2] and a.id not in {i for b in batches for i in b.ids}
+
+
+def test_an_export_never_replaces_a_file_unless_asked(memory, tmp_path):
+    path = tmp_path / "points.npz"
+    path.write_bytes(b"my results")
+    with pytest.raises(FileExistsError, match="exists"):
+        memory.export_points(path)
+    assert path.read_bytes() == b"my results"
+    assert memory.export_points(path, label="cat", overwrite=True) == 10
+    assert len(read(path)["ids"]) == 10
+    assert sorted(set(os.listdir(tmp_path)) - {"memory", "vmem-home"}) == ["points.npz"]  # no temporary file left
+    with pytest.raises(IsADirectoryError):
+        memory.export_points(tmp_path, overwrite=True)
+    with pytest.raises(FileNotFoundError):
+        memory.export_points(tmp_path / "no-such-folder" / "points.npz")
+
+
+def test_an_empty_memory_exports_an_empty_file_of_its_dim(tmp_path):
+    with VisualMemory(open_store(tmp_path / "memory", SPEC), reranker=None) as mem:
+        assert mem.export_points(tmp_path / "empty.npz") == 0
+    f = read(tmp_path / "empty.npz")
+    assert f["vectors"].shape == (0, 8) and f["vectors"].dtype == np.float32
+    assert f["ids"].shape == f["labels"].shape == f["excluded"].shape == (0,) and f["meta"]["points"] == 0
+
+
+@pytest.mark.realdata
+def test_numpy_over_the_export_classifies_as_the_memory_does(tiny_imagenet, lite0, tmp_path):
+    """Five Tiny-ImageNet classes (30 images each, from the realdata tests' subset) as a memory with some points
+    pruned hard and soft; the val images of those classes as queries. Cosine kNN and rank voting over the export
+    alone give each query the memory's own label and its neighbours in the same order."""
+    from tests.realdata import cached_features, train_subset, val_sample
+
+    classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir() if p.is_dir())[:5]
+    train = cached_features(FEATURE_CACHE, lite0, [it for it in train_subset(tiny_imagenet) if it.label in classes])
+    queries = cached_features(FEATURE_CACHE, lite0,
+                              [it for it in val_sample(tiny_imagenet, 1000, seed=0) if it.label in classes])
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:  # default index: int8, float16
+        mem.store.add(train.features, train.labels, [it.source for it in train.items])
+        mem.store.optimize()
+        ids = [p.id for p in mem.points(limit=12).points]
+        mem.store.set_payload(ids[:4], {EXCLUDED_KEY: "pruned"})
+        mem.store.set_payload(ids[4:12], {RELIABILITY_KEY: 0.3})
+        mem.export_points(tmp_path / "memory.npz")
+        answers = mem.classify_vectors(queries.features, exact=True)
+
+    f = read(tmp_path / "memory.npz")
+    meta, searchable = f["meta"], ~f["excluded"]
+    vectors, labels, point_ids = f["vectors"][searchable], f["labels"][searchable], f["ids"][searchable]
+    reliability = f["reliability"][searchable]
+    k, alpha = meta["vote"]["k"], meta["vote"]["alpha"]
+    assert meta["vote"]["rule"] == "rank" and meta["vote"]["soft_pruning"]
+    q = queries.features / np.linalg.norm(queries.features, axis=1, keepdims=True)
+    if meta["index"]["vectors_dtype"] == "float16":  # the memory compares the query rounded as its vectors are
+        q = q.astype(np.float16).astype(np.float32)
+    sims = q @ vectors.T
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # rows are in id order: ties go by id, as searches'
+    for answer, row in zip(answers, nearest, strict=True):
+        assert [n.id for n in answer.neighbors] == list(point_ids[row])
+        weights = reliability[row] / (alpha + np.arange(k))  # rank voting, soft pruning's factors
+        totals: dict[str, float] = {}
+        for label, w in zip(labels[row], weights, strict=True):
+            totals[label] = totals.get(label, 0.0) + w
+        assert answer.label == max(totals, key=totals.__getitem__)  # a tie: the label ranked first (added first)
+    assert len(answers) >= 10 and len({a.label for a in answers}) > 1
