@@ -1,4 +1,4 @@
-"""Exporting a memory's points with their vectors to one .npz file (`VisualMemory.export_points`),
+"""Exporting a memory's points with their vectors to one .npz file (`VisualMemory.export_points`, `vmem export`),
 to analyse elsewhere with numpy alone.
 
 The file holds what the memory decides with: on real data, plain numpy over it (cosine kNN, the memory's vote)
@@ -13,11 +13,13 @@ import uuid
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
 from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY
 from tests.conftest import FEATURE_CACHE, random_unit_vectors
 from vmem import VisualMemory, __version__
+from vmem.cli import app
 from vmem.export import EXPORT_ARRAYS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -111,6 +113,56 @@ def test_an_empty_memory_exports_an_empty_file_of_its_dim(tmp_path):
     f = read(tmp_path / "empty.npz")
     assert f["vectors"].shape == (0, 8) and f["vectors"].dtype == np.float32
     assert f["ids"].shape == f["labels"].shape == f["excluded"].shape == (0,) and f["meta"]["points"] == 0
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+@pytest.mark.parametrize("backend", ["edge", "qdrant-client"])
+def test_vmem_export_writes_the_file_and_refuses_to_overwrite_it(backend, tmp_path):
+    folder = tmp_path / "memory"
+    where = ["--memory", folder] if backend == "edge" else ["--qdrant-url", f"qdrant-local:{folder}"]
+    with open_store(str(folder) if backend == "edge" else f"qdrant-local:{folder}", SPEC) as store:
+        fill(store)
+    path = tmp_path / "points.npz"
+    done = run("export", path, *where)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("wrote 25 points (8-d vectors) to ")
+    assert read(path)["vectors"].shape == (25, 8)
+    again = run("export", path, *where, "--label", "cat")
+    assert again.exit_code == 2 and "exists: give --force to replace it" in again.output
+    assert len(read(path)["ids"]) == 25
+    forced = run("export", path, *where, "--label", "cat", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert set(read(path)["labels"]) == {"cat"} and "wrote 10 points" in forced.stdout
+    assert run("export", tmp_path / "none.npz", *where, "--excluded").stdout.startswith("wrote 0 points")
+    unknown = run("export", tmp_path / "bird.npz", *where, "--label", "bird")
+    assert unknown.exit_code == 2 and "no label 'bird'" in unknown.output
+    assert not (tmp_path / "bird.npz").exists()
+    nowhere = run("export", tmp_path / "missing" / "points.npz", *where)
+    assert nowhere.exit_code == 2 and "is not a folder" in nowhere.output
+
+
+def test_vmem_export_on_a_full_disk_says_so_and_keeps_the_file_there(tmp_path, monkeypatch):
+    import errno
+
+    from vmem import export as export_module
+
+    with open_store(tmp_path / "memory", SPEC) as store:
+        fill(store)
+    path = tmp_path / "points.npz"
+    path.write_bytes(b"my results")
+
+    def no_room(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "write_atomically", no_room)
+    full = run("export", path, "--memory", tmp_path / "memory", "--force")
+    assert full.exit_code == 1
+    assert "could not be written (No space left on device): nothing was written, the file there is as it was" \
+        in full.stderr
+    assert path.read_bytes() == b"my results"
 
 
 @pytest.mark.realdata

@@ -57,6 +57,7 @@ _INTERRUPTED = {
     "forget": "run the same command again: points forgotten already are not chosen again, and --erase erases "
               "every point forgotten so far",
     "relabel": "run the same command again: points relabelled already are left as they are",
+    "export": "nothing was written (a file that was there is as it was): run the command again",
     "classify": "the answers printed are whole; the images after them were not classified",
     "dmn": "the answers printed are whole; the images after them were not classified nor written to the stream",
 }
@@ -97,6 +98,7 @@ app.command()(memory.info)
 app.command()(memory.labels)
 app.command()(memory.names)
 app.command()(memory.points)
+app.command()(memory.export)
 app.command()(memory.history)
 app.command()(memory.copy)
 app.add_typer(templates.app, name="templates")

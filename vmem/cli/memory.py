@@ -36,6 +36,7 @@ from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder, point_id_for
 from retrieval.text import utf8_text
 
+from ..export import check_export_path
 from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
 from ..visual_memory import local_source_prefix, parse_point_id
@@ -690,6 +691,76 @@ def points(
             cursor = page.next_cursor
     if page.next_cursor:
         typer.echo(f"next page: --cursor {page.next_cursor}", err=True)
+
+
+def export(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="the .npz file to write", show_default=False)],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    label: Annotated[str | None, typer.Option(help="only points with this label")] = None,
+    source: Annotated[str | None, typer.Option(help="only points whose source starts with this (a folder: the "
+                                                    "images under it)")] = None,
+    excluded: Annotated[bool | None, typer.Option(
+        "--excluded/--searchable", help="only points hard pruning took out of search (vmem prune), or only the "
+                                        "others")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
+) -> None:
+    """Write the memory's points with their vectors to one .npz file, to analyse elsewhere (numpy, UMAP, a
+    linear probe, another index); the points vmem points lists, with the same filters.
+
+    One row per point, in id order: vectors (float32, n x dim, as stored: unit length), ids, labels, sources,
+    excluded (hard-pruned: searches skip it), reliability (soft pruning's vote factor, 1 if unset); and meta, a
+    JSON string: featurizer (name, dim, preprocessing), dim, vmem_version, index settings, vote settings (rule,
+    k, alpha, tau), label names, the filters. numpy alone reads it (no pickle): f = np.load("points.npz");
+    X, y = f["vectors"], f["labels"]; meta = json.loads(f["meta"].item()).
+
+    Read a page at a time, never whole in RAM: the disk holding FILE needs room for twice the vectors while it
+    runs. FILE appears whole or not at all; one that exists is kept unless --force.
+    """
+    try:  # before the memory opens and its points are read: not after
+        check_export_path(path, overwrite=force)
+    except FileExistsError:
+        raise typer.BadParameter(f"{path} exists: give --force to replace it, or another name",
+                                 param_hint="FILE") from None
+    except OSError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FILE") from None
+    if source is not None and not source.strip():
+        raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to export",
+                                 param_hint="--source")
+    mem = open_memory(memory, qdrant_url)
+    with mem:
+        if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
+            raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
+        total = _export_total(mem, label, source, excluded)
+        started = time.perf_counter()
+        with tqdm(total=total, unit="pt", desc="export", file=sys.stderr) as bar:
+            try:
+                n = mem.export_points(path, label=label, source_prefix=source, excluded=excluded, overwrite=force,
+                                      progress=bar.update)
+            except FileExistsError:  # made meanwhile
+                raise typer.BadParameter(f"{path} exists: give --force to replace it, or another name",
+                                         param_hint="FILE") from None
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--source") from None
+            except OSError as exc:  # a full disk: nothing written, the file there before (if any) as it was
+                typer.echo(f"Error: {path} could not be written ({exc.strerror or exc}): nothing was written"
+                           + (", the file there is as it was" if path.exists() else ""), err=True)
+                raise typer.Exit(1) from None
+        dim = mem.store.dim
+    typer.echo(f"wrote {n_points(n)} ({dim}-d vectors) to {path} ({_size(path.stat().st_size)}) in "
+               f"{time.perf_counter() - started:.1f} s")
+
+
+def _export_total(mem, label: str | None, source: str | None, excluded: bool | None) -> int | None:
+    """How many points an export will write, for its progress bar (None where only reading them tells: a
+    --source prefix)."""
+    if source is not None:
+        return None
+    stored = mem.stored_label(label) if label is not None else None
+    if excluded is None:
+        return mem.store.count(label=stored)
+    searchable = mem.store.count(label=stored, searchable=True)
+    return searchable if excluded is False else mem.store.count(label=stored) - searchable
 
 
 def _size(n: int) -> str:
