@@ -27,7 +27,7 @@ from ._errors import (
     UnexpectedError,
     UpstreamError,
 )
-from ._settings import DEFAULT_MODEL, GeminiSettings, configured_cache_path
+from ._settings import DEFAULT_MODEL, GeminiSettings, configured_cache_path, http_url_problem
 from ._thumbs import ThumbnailCache, ThumbnailError, encode_jpeg
 from ._types import RerankBatch, RerankNeighbor, RerankOutcome, RerankRequest, Usage
 
@@ -91,5 +91,6 @@ __all__ = [
     "default_cache_path",
     "encode_jpeg",
     "encode_query",
+    "http_url_problem",
     "make_reranker",
 ]

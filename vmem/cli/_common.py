@@ -48,8 +48,7 @@ def check_reranker_settings() -> None:
     first re-rank (a service said it was ready, then answered 500s)."""
     from pydantic import ValidationError
 
-    from reranker import GeminiSettings
-    from reranker._settings import http_url_problem
+    from reranker import GeminiSettings, http_url_problem
 
     try:
         GeminiSettings()

@@ -16,7 +16,7 @@ import numpy as np
 import typer
 
 from ._common import DEFAULT_MEMORY, MemoryOpt, expand_images, open_memory
-from .bench_load import _start_service, _stop
+from .bench_load import start_service, stop_service
 from .bench_search import machine_info
 
 
@@ -60,7 +60,7 @@ def classify(
     result["in_process"] = _summary(lat)
     typer.echo(f"in-process: {result['in_process']}", err=True)
     if http:
-        proc, url = _start_service(memory, None, None, cache=False, timeout=180)
+        proc, url = start_service(memory, None, None, cache=False, timeout=180)
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
                 def post(p: Path) -> None:
@@ -77,5 +77,5 @@ def classify(
             result["http"] = _summary(lat)
             typer.echo(f"http: {result['http']}", err=True)
         finally:
-            _stop(proc)
+            stop_service(proc)
     typer.echo(json.dumps(result))

@@ -43,7 +43,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_service(memory: Path | None, qdrant_url: str | None, threads: int | None, cache: bool,
+def start_service(memory: Path | None, qdrant_url: str | None, threads: int | None, cache: bool,
                    timeout: float) -> tuple[subprocess.Popen[str], str]:
     """`vmem serve` in a child process (so client and server do not share a GIL); waits for /readyz."""
     import httpx
@@ -67,11 +67,11 @@ def _start_service(memory: Path | None, qdrant_url: str | None, threads: int | N
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    _stop(proc)
+    stop_service(proc)
     raise typer.BadParameter(f"vmem serve was not ready after {timeout:.0f} s")
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_service(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=30)
@@ -178,7 +178,7 @@ def load(
     pool = _query_images(images, sample, seed)
     proc = None
     if url is None:
-        proc, url = _start_service(memory, qdrant_url, threads, cache, timeout=300)
+        proc, url = start_service(memory, qdrant_url, threads, cache, timeout=300)
     try:
         params: dict[str, Any] = {"rerank": "false", **({"k": k} if k else {})}
         settings = {"clients": clients, "duration_s": duration, "max_requests": max_requests,
@@ -189,7 +189,7 @@ def load(
         results = asyncio.run(_run_load(url, pool, clients, duration, max_requests, params, timeout))
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_service(proc)
     lat = results["latency_ms"]
     typer.echo(f"{results['ok']} ok, {results['errors']} errors in {results['elapsed_s']} s: "
                f"{results['throughput_rps']} req/s; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms", err=True)
