@@ -601,3 +601,18 @@ def test_a_relabel_offers_every_label_of_a_catalogue_as_you_type(browser, tmp_pa
         first.find_element(By.CLASS_NAME, "new-label").send_keys("shirt")  # by its name
         wait.until(lambda d: d.execute_script(offered) == ["sku-02417"])
     mem.close()
+
+
+def test_the_answer_does_not_fade_for_a_reader_who_asked_for_less_motion(browser, page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # An answer on its way dims the one on show (.stale); with less motion asked for, it dims at once.
+    fade = ("const a = document.getElementById('answer'); a.classList.add('stale');"
+            " return getComputedStyle(a).transitionDuration")
+    for reduce, expected in ((False, "0.15s"), (True, "0s")):
+        features = [{"name": "prefers-reduced-motion", "value": "reduce" if reduce else ""}]
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": features})
+        browser.get(page_url + "/")
+        WebDriverWait(browser, 30).until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        assert browser.execute_script(fade) == expected  # the rule had come before the one it undoes, and lost
