@@ -616,3 +616,15 @@ def test_the_answer_does_not_fade_for_a_reader_who_asked_for_less_motion(browser
         browser.get(page_url + "/")
         WebDriverWait(browser, 30).until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
         assert browser.execute_script(fade) == expected  # the rule had come before the one it undoes, and lost
+
+
+def test_the_boxes_open_from_targets_of_at_least_24_px(browser, page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # WCAG 2.5.8: the four boxes' summaries had been 21.8 px tall, stacked with nothing between them.
+    browser.get(page_url + "/")
+    WebDriverWait(browser, 30).until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    heights = browser.execute_script(
+        "return [...document.querySelectorAll('summary')].map(s => s.getBoundingClientRect().height)")
+    assert len(heights) == 4 and min(heights) >= 24, heights
