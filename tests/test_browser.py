@@ -628,3 +628,30 @@ def test_the_boxes_open_from_targets_of_at_least_24_px(browser, page_url):
     heights = browser.execute_script(
         "return [...document.querySelectorAll('summary')].map(s => s.getBoundingClientRect().height)")
     assert len(heights) == 4 and min(heights) >= 24, heights
+
+
+def test_a_long_one_word_label_fits_a_phone_s_screen(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+
+    # A folder's name is a label as it is: one word of 30 characters. At 360 px it had widened the page to 571 px
+    # (scrolled sideways, the prediction cut off), and its share's label ran under the bar at any width.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.relabel("American_Staffordshire_terrier", label="red")
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4247))
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 360, "height": 640, "deviceScaleFactor": 2, "mobile": True})
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        classify_on_the_page(browser, url + "/", query, k=5)
+        assert browser.find_element(By.ID, "prediction").text == "American_Staffordshire_terrier"
+        page = browser.execute_script("const e = document.documentElement; return [e.scrollWidth, e.clientWidth]")
+        assert page[0] <= page[1], f"the page scrolls sideways: {page[0]} px wide in a {page[1]} px screen"
+        label_right, bar_left = browser.execute_script(
+            "const li = document.querySelector('#scores li');"
+            " return [li.querySelector('button').getBoundingClientRect().right,"
+            " li.querySelector('.bar').getBoundingClientRect().left]")
+        assert label_right <= bar_left
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-phone-long-label.png"))
+    mem.close()
