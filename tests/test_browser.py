@@ -655,3 +655,32 @@ def test_a_long_one_word_label_fits_a_phone_s_screen(browser, tmp_path, lite0):
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "page-phone-long-label.png"))
     mem.close()
+
+
+def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(browser, tmp_path, slow_default_page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4248))
+    wait = WebDriverWait(browser, 30)
+    browser.get(slow_default_page + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "file").send_keys(str(query))  # classified once (2.5 s)
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classify")
+    requests = ("return performance.getEntriesByType('resource')"
+                ".filter(e => e.name.includes('/v1/classify')).length")
+    focused = lambda d: d.switch_to.active_element.get_attribute("id")  # noqa: E731
+
+    browser.execute_script("document.getElementById('classify-btn').focus()")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()  # again, from the keyboard
+    wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classifying…")
+    # Disabled while it ran, the button had dropped the focus to the page (<body>) until the user tabbed again.
+    assert focused(browser) == "classify-btn"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()  # pressed again meanwhile: not asked twice
+    wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classify")
+    assert focused(browser) == "classify-btn"
+    assert browser.execute_script(requests) == 2

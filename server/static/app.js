@@ -198,7 +198,9 @@ async function classify() {
   const seq = ++classifySeq;
   askedFor = { file: currentFile, options: queryString() };
   showError("");
-  $("classify-btn").disabled = true;
+  // aria-disabled, not disabled, while it runs: disabling the button a keyboard user had pressed dropped their focus
+  // to the page. The form's submit is refused meanwhile, as the disabled button refused it.
+  $("classify-btn").setAttribute("aria-disabled", "true");
   $("classify-btn").textContent = "Classifying…";
   $("answer").classList.add("stale"); // the answer on show is for the image or options before
   $("answer").setAttribute("aria-busy", "true");
@@ -226,7 +228,7 @@ async function classify() {
     showError(`the service did not answer: ${err}`);
   } finally {
     if (seq === classifySeq) {
-      $("classify-btn").disabled = false;
+      $("classify-btn").removeAttribute("aria-disabled");
       $("classify-btn").textContent = "Classify";
       $("answer").classList.remove("stale");
       $("answer").removeAttribute("aria-busy");
@@ -748,7 +750,10 @@ function init() {
     drop.classList.remove("over");
     chooseFile(e.dataTransfer.files[0]);
   });
-  $("classify-form").addEventListener("submit", (e) => { e.preventDefault(); classify(); });
+  $("classify-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if ($("classify-btn").getAttribute("aria-disabled") !== "true") classify();
+  });
   $("label-filter").addEventListener("input", listLabels);
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
