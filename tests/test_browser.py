@@ -684,3 +684,36 @@ def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(brow
     wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classify")
     assert focused(browser) == "classify-btn"
     assert browser.execute_script(requests) == 2
+
+
+def test_a_relabel_is_opened_cancelled_and_saved_from_the_keyboard(browser, tmp_path, named_page_url):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4249))
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=3)
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    toggle = card.find_element(By.CLASS_NAME, "relabel")
+    form = card.find_element(By.CLASS_NAME, "relabel-form")
+    keys = lambda *k: ActionChains(browser).send_keys(*k).perform()  # noqa: E731
+    focused = lambda d: d.switch_to.active_element  # noqa: E731
+
+    browser.execute_script("arguments[0].focus()", toggle)
+    keys(Keys.ENTER)  # opens the form, the keyboard in its field
+    wait.until(lambda d: form.is_displayed() and focused(d) == card.find_element(By.CLASS_NAME, "new-label"))
+    keys("blue", Keys.ESCAPE)  # changed their mind: the form goes, the keyboard is back on its button
+    wait.until(lambda d: not form.is_displayed())
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert focused(browser) == toggle
+    assert browser.find_element(By.ID, "edit-note").text == ""  # nothing was sent
+
+    keys(Keys.ENTER)
+    wait.until(lambda d: form.is_displayed())
+    keys(Keys.ENTER)  # "blue" is still typed: saved
+    wait.until(lambda d: d.find_element(By.ID, "edit-note").text
+               == "relabelled a point from crimson (red) to navy (blue)")
+    wait.until(lambda d: focused(d).get_attribute("id") == "edit-note")

@@ -689,11 +689,22 @@ function wireRelabel(node, p) {
   form.id = `relabel-${p.id}-${Math.random().toString(36).slice(2, 8)}`; // a point may have two cards
   toggle.setAttribute("aria-controls", form.id);
   toggle.setAttribute("aria-expanded", "false");
+  const show = (open) => {
+    form.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+  };
   toggle.addEventListener("click", () => {
     if (toggle.getAttribute("aria-disabled") === "true") return;
-    form.hidden = !form.hidden;
-    toggle.setAttribute("aria-expanded", String(!form.hidden));
+    show(form.hidden);
     if (!form.hidden) input.focus();
+  });
+  // Escape puts it away, and the keyboard back on the button that opened it (the form had stayed open: the only way
+  // out was to find that button again).
+  form.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    e.preventDefault();
+    show(false);
+    toggle.focus();
   });
   form.addEventListener("submit", (e) => {
     e.preventDefault();
