@@ -717,3 +717,19 @@ def test_a_relabel_is_opened_cancelled_and_saved_from_the_keyboard(browser, tmp_
     wait.until(lambda d: d.find_element(By.ID, "edit-note").text
                == "relabelled a point from crimson (red) to navy (blue)")
     wait.until(lambda d: focused(d).get_attribute("id") == "edit-note")
+
+
+def test_every_control_is_named_and_the_image_chooser_by_the_words_it_shows(browser, tmp_path, named_page_url):
+    from selenium.webdriver.common.by import By
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4250))
+    classify_on_the_page(browser, named_page_url + "/", query, k=3)
+    controls = browser.find_elements(By.CSS_SELECTOR, "input, select, button, summary")
+    unnamed = [c.get_attribute("outerHTML")[:80] for c in controls if c.is_displayed() and not c.accessible_name]
+    assert not unnamed
+    # Speech input says what it sees (WCAG 2.5.3): the chooser had been named "Image to classify", words it never shows.
+    assert "Choose or drop an image" in browser.find_element(By.ID, "file").accessible_name
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    assert card.find_element(By.TAG_NAME, "img").accessible_name == "crimson"  # the neighbour's label, by its name
+    assert card.find_element(By.CLASS_NAME, "forget").accessible_name.startswith("Forget crimson (red), ")
