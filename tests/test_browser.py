@@ -733,3 +733,23 @@ def test_every_control_is_named_and_the_image_chooser_by_the_words_it_shows(brow
     card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     assert card.find_element(By.TAG_NAME, "img").accessible_name == "crimson"  # the neighbour's label, by its name
     assert card.find_element(By.CLASS_NAME, "forget").accessible_name.startswith("Forget crimson (red), ")
+
+
+def test_a_screen_reader_is_told_how_many_labels_the_filter_leaves(browser, named_page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(named_page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+    count = lambda d: d.find_element(By.ID, "label-count").get_attribute("textContent")  # noqa: E731
+    # The list changes where a screen reader's user is not (in the filter): a status says what is left.
+    assert browser.find_element(By.ID, "label-count").get_attribute("role") == "status"
+    browser.find_element(By.ID, "label-filter").send_keys("emer")
+    wait.until(lambda d: count(d) == "1 of 3 labels match")
+    browser.find_element(By.ID, "label-filter").send_keys("x")
+    wait.until(lambda d: count(d) == "no label matches")
+    browser.find_element(By.ID, "label-filter").clear()
+    browser.find_element(By.ID, "label-filter").send_keys(" ")  # an input event, with nothing to filter by
+    wait.until(lambda d: count(d) == "3 labels")

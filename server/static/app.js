@@ -364,8 +364,9 @@ async function showLabel(label, name, cursor = null) {
   }
 }
 
-// The labels-box list: every label (most points first), filtered by label or name as the user types.
-function listLabels() {
+// The labels-box list: every label (most points first), filtered by label or name as the user types; how many
+// matched is said to a screen reader then (`say`), not at each reload of the stats.
+function listLabels(say = false) {
   const wanted = $("label-filter").value.trim().toLowerCase();
   const list = $("label-list");
   list.replaceChildren();
@@ -383,12 +384,17 @@ function listLabels() {
     li.append(labelLink(label, name, named(label, name)), n);
     list.appendChild(li);
   }
+  const matched = list.children.length + hidden;
   if (hidden) {
     const more = document.createElement("li");
     more.className = "muted";
     more.textContent = `… ${hidden} more: type to filter`;
     list.appendChild(more);
   }
+  if (!say) return;
+  $("label-count").textContent = !wanted ? plural(labelsByPoints.length, "label")
+    : matched === 0 ? "no label matches"
+    : `${matched} of ${plural(labelsByPoints.length, "label")} match` + (hidden ? "; the first 500 listed" : "");
 }
 
 // Suggestions for a relabel: the memory's labels, most points first, each with its name. A list is kept short
@@ -765,7 +771,7 @@ function init() {
     e.preventDefault();
     if ($("classify-btn").getAttribute("aria-disabled") !== "true") classify();
   });
-  $("label-filter").addEventListener("input", listLabels);
+  $("label-filter").addEventListener("input", () => listLabels(true));
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
