@@ -753,3 +753,41 @@ def test_a_screen_reader_is_told_how_many_labels_the_filter_leaves(browser, name
     browser.find_element(By.ID, "label-filter").clear()
     browser.find_element(By.ID, "label-filter").send_keys(" ")  # an input event, with nothing to filter by
     wait.until(lambda d: count(d) == "3 labels")
+
+
+def test_enter_in_the_key_field_carries_on_with_the_forget_that_asked_for_the_key(browser, tmp_path, named_page_url):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4251))
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=3)
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    victim = card.get_attribute("data-point-id")
+    browser.execute_script("arguments[0].focus()", card.find_element(By.CLASS_NAME, "forget"))
+    ActionChains(browser).send_keys(Keys.ENTER).perform()  # no key yet: the key box opens, the keyboard in it
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+    assert "enter the API key to forget a memory point" in browser.find_element(By.ID, "error").text
+    ActionChains(browser).send_keys(API_KEY, Keys.ENTER).perform()  # and on: no Tab back to the card's button
+    wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: d.find_element(By.ID, "edit-note").text == "forgot a point labelled crimson (red)")
+    assert victim not in [c.get_attribute("data-point-id")
+                          for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")]
+
+
+def test_the_template_chooser_shows_a_template_s_name_whole(browser, named_page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(named_page_url + "/")
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#template option")) > 1)
+    # As wide as its widest option needs (text, arrow, padding): it had been cut to "neighbors-v1 (defau".
+    shown, needed = browser.execute_script("""
+        const s = document.getElementById("template"), free = s.cloneNode(true);
+        free.style.cssText = "width: auto; min-width: 0; max-width: none; position: absolute";
+        document.body.append(free);
+        const widths = [s.getBoundingClientRect().width, free.getBoundingClientRect().width];
+        free.remove();
+        return widths;""")
+    assert shown >= needed, (shown, needed)

@@ -188,7 +188,10 @@ async function classify() {
   // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
   const headers = {};
   if ($("rerank").checked) {
-    const key = apiKeyFor("re-rank with the VLM");
+    const key = apiKeyFor("re-rank with the VLM", () => {
+      $("classify-btn").focus();
+      classify();
+    });
     if (!key) {
       hideAnswer(); // the answer on show is not a re-ranked one
       return;
@@ -615,9 +618,13 @@ function card(n, predicted) {
 }
 
 // The API key for an edit, kept for this tab; null (and the key box opened) when none was entered.
-function apiKeyFor(action) {
+// `retry` is kept: Enter in the key field carries on with what was asked (a keyboard user had had to Tab back to
+// the button, past up to k cards).
+let retryWithKey = null;
+function apiKeyFor(action, retry) {
   const key = $("api-key").value.trim();
   if (!key) {
+    retryWithKey = retry || null;
     $("key-box").open = true;
     $("api-key").focus();
     showError(`enter the API key to ${action}`);
@@ -656,7 +663,7 @@ function whileEditing(pointId, on) {
 // Returns whether the point was forgotten.
 async function forget(n) {
   if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point");
+  const key = apiKeyFor("forget a memory point", () => forget(n));
   if (!key) return false;
   showError("");
   hideEditNote();
@@ -721,7 +728,7 @@ function wireRelabel(node, p) {
 // Returns whether the point was relabelled.
 async function relabel(p, to) {
   if (editing.has(p.id)) return false;
-  const key = apiKeyFor("relabel a memory point");
+  const key = apiKeyFor("relabel a memory point", () => relabel(p, to));
   if (!key) return false;
   showError("");
   hideEditNote();
@@ -758,6 +765,13 @@ async function relabel(p, to) {
 
 function init() {
   $("api-key").value = sessionStorage.getItem("vmem-api-key") || "";
+  $("api-key").addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || !$("api-key").value.trim()) return;
+    e.preventDefault();
+    const retry = retryWithKey;
+    retryWithKey = null;
+    if (retry) retry(); // the edit (or re-ranked classify) that asked for the key, now with it
+  });
   $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
