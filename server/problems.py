@@ -7,6 +7,7 @@ client reads one format and the page shows `detail` as is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -256,6 +257,18 @@ class UnexpectedErrorMiddleware:
             log.warning("client left %s before its answer", described(Request(scope)))
             if not started:
                 await Response(status_code=CLIENT_CLOSED_REQUEST)(scope, receive, send)
+        except asyncio.CancelledError:
+            # Only a stop cancels a request (uvicorn, once its graceful time is up): uvicorn answered it a plain-text
+            # 500 and logged a traceback. A 503 says what happened and that sending it again (elsewhere) is safe to
+            # try; the request's own work was cancelled with it (`unless_the_client_leaves`).
+            if started:
+                raise
+            request = Request(scope)
+            log.warning("the service is stopping: %s cancelled before its answer", described(request))
+            await problem_response(request, 503, "the service is stopping: send the request again (it may have "
+                                   "been done: an edit is in the memory's history)", "stopping",
+                                   headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S), "Connection": "close"},
+                                   )(scope, receive, send)
         except Exception:
             if started:  # half an answer is out: only dropping the connection can say it failed
                 raise

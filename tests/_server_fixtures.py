@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -77,15 +78,17 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
 
 
 @contextmanager
-def live_server(app, timeout: float = 60.0, root_path: str = "") -> Iterator[str]:
+def live_server(app, timeout: float = 60.0, root_path: str = "", **config: Any) -> Iterator[str]:
     """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL. `root_path`:
-    as `vmem serve --root-path` sets it, for a proxy that strips that prefix."""
+    as `vmem serve --root-path` sets it, for a proxy that strips that prefix; `config`: more of uvicorn's settings
+    (`timeout_graceful_shutdown`, as `vmem serve` sets it)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path,
+                                                   **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

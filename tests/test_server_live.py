@@ -123,6 +123,32 @@ def test_a_classify_whose_client_gave_up_while_it_waited_is_not_run_and_counts_a
     assert any("client left POST /v1/classify" in r.getMessage() for r in caplog.records)
 
 
+def test_a_request_a_stop_cuts_short_is_a_503_saying_so_not_a_bare_500(tmp_path, lite0, memory_images, caplog):
+    # uvicorn cancels what is still running once a stop's graceful time is up: its client had got a plain-text
+    # "Internal Server Error" and the log a CancelledError traceback
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    app = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY, featurize_threads=1), memory=mem)
+    caplog.set_level(logging.INFO, logger="server.problems")
+    release = threading.Event()
+    answers: list[httpx.Response] = []
+    with live_server(app, timeout_graceful_shutdown=1) as url:
+        busy = app.state.service.executor.submit(release.wait, 30)  # the one embedding thread: the classify waits
+        asking = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{url}/v1/classify", files={"image": ("q.png", texture(COLORS["blue"], 7))}, timeout=30)))
+        asking.start()
+        time.sleep(0.5)
+        threading.Timer(3, release.set).start()  # the stop itself may wait on the busy thread
+    asking.join(timeout=30)
+    assert busy.result(timeout=30)
+    mem.close()
+    [answer] = answers
+    assert answer.status_code == 503 and answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:vmem:problem:stopping" and answer.headers["retry-after"]
+    assert "the service is stopping: send the request again" in answer.json()["detail"]
+    assert any("the service is stopping: POST /v1/classify" in r.getMessage() and not r.exc_info
+               for r in caplog.records)
+
+
 def test_a_client_that_leaves_mid_upload_is_no_server_error(base_url):
     host, port = base_url.removeprefix("http://").split(":")
     body = b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n' + b"x" * 200_000
