@@ -150,7 +150,7 @@ def fuse(
     if not used:
         raise ValueError("DMN fusion needs at least one memory with a non-zero weight")
     total = sum(a * p for a, p in used)
-    norm = total.sum(axis=-1, keepdims=True)
+    norm = total.sum(axis=-1, keepdims=True)  # type: ignore[union-attr]  # `used` is not empty: an array, not sum()'s 0
     return np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
 
 

@@ -385,7 +385,7 @@ def build_efficientnet_lite(variant: str, weights: Path | None = None) -> nn.Mod
 class _PooledFeatures(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # an efficientnet_pytorch EfficientNet, whose package has no types
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
@@ -406,7 +406,7 @@ class EfficientNetLiteFeaturizer(Featurizer):
         self.preprocessing = Preprocessing(resize=round(res / 0.875), crop=res,
                                            mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
         self.net = build_efficientnet_lite(variant).to(self.device, self.dtype)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; torch's overloads omit it
         self._features = _PooledFeatures(self.net).eval()
         self._traced: dict[tuple, torch.jit.ScriptModule] = {}
 

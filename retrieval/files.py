@@ -98,7 +98,7 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = STALE_TEMPOR
     """Delete the temporary files that writes killed before their rename left in `folder` (a DMN stream's is
     ~50 MB; nothing else ever removes them). Only those whose writer process is gone and that are `min_age_s`
     old; returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     now = time.time()
     try:
         entries = list(os.scandir(folder))

@@ -98,7 +98,7 @@ class JournalQuery:
             return False
         # A label JSON writes as it is (no quote, backslash or control character to escape) is in the line as is.
         plain = self.label is not None and not any(c in '"\\' or c < " " for c in self.label)
-        return not (plain and self.label not in line)
+        return not (plain and self.label not in line)  # type: ignore[operator]  # plain: label is not None
 
     @property
     def selective(self) -> bool:

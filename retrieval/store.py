@@ -100,7 +100,7 @@ EDGE_CONFIG_FILE = "edge_config.json"
 # these, every `optimize` (and `erase_forgotten`) rewrites each segment that holds one. Cheap next to indexing:
 # 9 s for a 640k-point segment that takes ~2 minutes to index, recall unchanged (docs/benchmarks.md,
 # "Forgetting").
-VACUUM_THRESHOLDS = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
+VACUUM_THRESHOLDS: dict[str, Any] = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
 # qdrant-client asks a server's version on a thread of its own and warns when it gets none, before every
 # unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. A version
 # it gets and finds incompatible is still warned of.
@@ -627,7 +627,7 @@ class MemoryStore(ABC):
         """The stored label of each of these points that exists."""
         out: dict[str, str] = {}
         for start in range(0, len(ids), SERVER_REQUEST_IDS):
-            out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + SERVER_REQUEST_IDS])}
+            out |= {p.id: p.payload.get("label") for p in self.retrieve(ids[start : start + SERVER_REQUEST_IDS])}  # type: ignore[misc]  # every point has a label
         return out
 
     def relabel(self, ids: Sequence[str], label: str) -> dict[str, str]:
@@ -1210,7 +1210,7 @@ class EdgeMemoryStore(MemoryStore):
                 self._check_room(0, what="a forget", headroom=FORGET_HEADROOM_BYTES, goes_on="searches go on")
                 if self._rows is not None:  # erased first: no copy outlives the point
                     self._rows.erase(rows)
-                self.shard.update(self._qe.UpdateOperation.delete_points(present))
+                self.shard.update(self._qe.UpdateOperation.delete_points(present))  # type: ignore[arg-type]  # list[str]: the stub's list is invariant
         return len(present)
 
     def existing_labels(self, ids: Sequence[str]) -> dict[str, str]:
@@ -1218,7 +1218,7 @@ class EdgeMemoryStore(MemoryStore):
         for start in range(0, len(ids), SERVER_REQUEST_IDS):  # the label only, not every payload
             recs = self.shard.retrieve(list(ids[start : start + SERVER_REQUEST_IDS]), with_vector=False,
                                        with_payload=self._qe.PayloadSelector.Include(["label"]))
-            out |= {_str_id(r.id): (r.payload or {}).get("label") for r in recs}
+            out |= {_str_id(r.id): (r.payload or {}).get("label") for r in recs}  # type: ignore[misc]  # every point has a label
         return out
 
     def _rows_of(self, ids: Sequence[str]) -> list[int]:
@@ -1315,7 +1315,7 @@ class EdgeMemoryStore(MemoryStore):
             if doubtful:
                 # Only the doubtful candidates' payloads are read for their rows, only the k best made neighbours.
                 results = [[(p, score, p.payload) for p, score in hits] for hits in rescore_doubtful(
-                    v, results, k, self.meta.index.margin, self._rows, score_of=lambda p: p.score,
+                    v, results, k, self.meta.index.margin, self._rows, score_of=lambda p: p.score,  # type: ignore[arg-type]  # doubtful: _rows is not None
                     row_of=lambda p: p.payload.get(ROW_KEY))]
                 for hits in results:
                     for _, _, payload in hits:
@@ -1547,7 +1547,7 @@ class QdrantServerStore(MemoryStore):
                 client = QdrantClient(url=location, api_key=api_key)
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
                 client = QdrantClient(path=str(local_folder(location)))
-        self.client = ServerClient(client, location)
+        self.client: ServerClient | ClosedClient = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         if self.client.collection_exists(collection):
             raw = self.client.get_collection(collection).config.metadata or {}
