@@ -193,7 +193,7 @@ def _http_exceptions(name: str) -> tuple[type[BaseException], ...]:
     return tuple(getattr(m, name) for m in mods if hasattr(m, name))
 
 
-_TIMEOUTS = (*_http_exceptions("TimeoutException"), TimeoutError)
+_TIMEOUTS: tuple[type[BaseException], ...] = (*_http_exceptions("TimeoutException"), TimeoutError)
 _TRANSPORT = _http_exceptions("TransportError")
 with contextlib.suppress(ImportError):  # the SDK sends async requests through aiohttp whenever it is installed
     import aiohttp
@@ -578,9 +578,9 @@ class GeminiReranker:
         errors: list[BaseException] = []  # every failed attempt's, to tell "all timed out" from "some failed"
 
         def wait(rs: tenacity.RetryCallState) -> float:
-            if rs.outcome and rs.outcome.exception():
-                failed[:] = [rs.outcome.exception()]
-                errors.append(rs.outcome.exception())
+            if rs.outcome and (exc := rs.outcome.exception()):
+                failed[:] = [exc]
+                errors.append(exc)
             server = _retry_delay(rs.outcome.exception() if rs.outcome else None)
             ctx.server_delay = server
             return max(exp(rs), server or 0.0)
@@ -767,7 +767,8 @@ class GeminiReranker:
                 if it.label not in candidates and (allowed is None or it.label in allowed):
                     candidates.append(it.label)
             key = "neighbors"
-        parts, listed, missing = [], [], []
+        parts: list[types.FunctionResponsePart] = []
+        listed, missing = [], []
         for i, it in enumerate(items):
             row: dict[str, Any] = {"index": i + 1, "label": names.show(it.label),
                                    "similarity": round(it.similarity, 3), "rank": it.rank + 1,

@@ -135,7 +135,7 @@ class FakeGemini:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port}"  # type: ignore[str-bytes-safe]  # an AF_INET server's host is a str
 
     def start(self) -> FakeGemini:
         self._thread.start()
@@ -248,8 +248,8 @@ class FakeGemini:
         if action.kind == "empty":
             return self._send(h, 200, {"candidates": [], "usageMetadata": self._usage(body, 0)})
         if action.kind == "call":
-            parts = [{"functionCall": {"name": c["name"], "args": c["args"], "id": f"call-{i}"}}
-                     for i, c in enumerate(action.calls)]
+            parts: list[dict[str, Any]] = [{"functionCall": {"name": c["name"], "args": c["args"], "id": f"call-{i}"}}
+                                           for i, c in enumerate(action.calls)]
             return self._send(h, 200, self._reply(body, parts))
         if action.kind == "text":
             return self._send(h, 200, self._reply(body, [{"text": action.text or ""}], action.finish_reason))

@@ -115,7 +115,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         added, failed, result = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
     except ValueError as exc:  # a label's name where a label belongs: nothing added
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-    added = [(keep[i], *rest) for i, *rest in added]
+    added = [(keep[i], pid, lab, src) for i, pid, lab, src in added]
     failed = sorted([*unreadable, *((keep[i], reason) for i, reason in failed)])
     failures = [AddFailure(index=i, filename=uploads[i].filename, reason=r) for i, r in failed]
     if not added:
