@@ -139,7 +139,7 @@ def exact_search(
     k: int = 100,
     exclude: np.ndarray | None = None,
     block: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     chunk: int | None = None,
     product: ProductBackend | None = None,
     slab: int | None = None,

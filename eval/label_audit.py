@@ -78,7 +78,7 @@ def leave_one_out_votes(
     k: int = DEFAULT_K,
     alpha: float = DEFAULT_ALPHA,
     block: int = 4096,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[str | None], np.ndarray, np.ndarray]:
     """For each row, the rank vote of its k nearest other rows: (the best label other than its own, that
@@ -111,7 +111,7 @@ def leave_one_out_votes(
 
 
 def audit_labels(store: MemoryStore, k: int = DEFAULT_K, alpha: float = DEFAULT_ALPHA,
-                 progress: Callable[[int], None] | None = None, search: SelfSearch = "auto") -> LabelVotes:
+                 progress: Callable[[int], object] | None = None, search: SelfSearch = "auto") -> LabelVotes:
     """Every point's leave-one-out vote over the whole memory.
 
     `search`: "exact" reads every vector into RAM and searches them all against all (as pruning does): its

@@ -62,7 +62,7 @@ def wrong_decision_counts(
     alpha: float = DEFAULT_ALPHA,
     tau: float = DEFAULT_TAU,
     blame: Blame = "all",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every memory point, how often it was a neighbour of a wrong leave-one-out decision.
@@ -161,7 +161,7 @@ def prune_store(
     rule: VoteRule | str = VoteRule.rank,
     alpha: float = DEFAULT_ALPHA,
     blame: Blame = "all",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     via: str = "python",
     search: SelfSearch = "auto",
 ) -> PruneReport:

@@ -43,7 +43,7 @@ SOFT_SUFFIX = "+soft"
 SEARCH_PAYLOAD_KEYS = ("label", "source", EXCLUDED_KEY, RELIABILITY_KEY)
 
 
-def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Callable[[int], None] | None = None
+def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Callable[[int], object] | None = None
                  ) -> tuple[list[str], list[dict[str, Any]], np.ndarray]:
     """Every point's id, payload (`SEARCH_PAYLOAD_KEYS` of it) and vector (hard-pruned points left out when
     `searchable_only`), the vectors as the rows of one float32 matrix.
@@ -84,7 +84,7 @@ class MemoryArrays:
         return len(self.labels)
 
     @classmethod
-    def from_store(cls, store: MemoryStore, progress: Callable[[int], None] | None = None) -> MemoryArrays:
+    def from_store(cls, store: MemoryStore, progress: Callable[[int], object] | None = None) -> MemoryArrays:
         """Every point the store would search (hard-pruned points left out), with its vector."""
         ids, payloads, vectors = read_vectors(store, searchable_only=True, progress=progress)
         r = np.asarray([float(p.get(RELIABILITY_KEY, 1.0)) for p in payloads], dtype=np.float64)
@@ -129,14 +129,14 @@ def neighbors_exact(
     classes: list[str],
     k: int = K_MAX,
     exclude: np.ndarray | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> NeighborTable:
     """Exact neighbours from the memory's vectors, labelled with ids into `classes`."""
     idx, sims = exact_search(queries, memory.features, k, exclude, progress=progress)
     return table_from_hits(idx, sims, memory.labels, classes, memory.reliability)
 
 
-def self_search(features: np.ndarray, k: int, progress: Callable[[int], None] | None = None
+def self_search(features: np.ndarray, k: int, progress: Callable[[int], object] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """A memory queried against itself: each row's k nearest other rows (exact, its own row left out), as
     `exact_search` answers. The neighbours do not depend on the labels: one search serves every labelling."""
@@ -162,7 +162,7 @@ def self_search_points(store: MemoryStore, search: SelfSearch, searchable_only: 
 
 
 def index_self_search(store: MemoryStore, ids: Sequence[str], k: int, page: int = 256,
-                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`self_search` through the memory's index: each point's k nearest other points (rows of `ids`, -1 where
     fewer, or a point missing from `ids`), a page of points at a time. Its time grows with the points where
     exact search's grows with their square, and RAM holds one page of vectors (plus the int32/float32 hits).
@@ -207,7 +207,7 @@ def neighbors_from_store(
     k: int = K_MAX,
     labels: Sequence[str] | None = None,
     batch: int = 256,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> NeighborTable:
     """Neighbours from the Qdrant index (for memories too large to hold in RAM)."""
     pos = {c: i for i, c in enumerate(classes)}

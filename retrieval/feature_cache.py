@@ -176,7 +176,7 @@ class FeatureCache:
         paths: Sequence[str | Path],
         batch_size: int = 64,
         num_workers: int | None = None,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], object] | None = None,
     ) -> tuple[np.ndarray, list[int], list[EmbedFailure]]:
         """Features for `paths` (cached or computed now).
 
