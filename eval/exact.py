@@ -64,6 +64,7 @@ _BF16_MIN_ROWS = 500_000
 
 @functools.cache
 def _cpu_flags() -> tuple[str, frozenset[str]]:
+    flags: frozenset[str]
     vendor, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo") as f:

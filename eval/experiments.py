@@ -209,7 +209,7 @@ def ood_classes(memory: LabelledArrays, queries: LabelledArrays, new_classes: in
     before = _score(mem_old, q_old, k_max)
     after_old = _score(memory, q_old, k_max)
     after_new = _score(memory, q_new, k_max)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rule in RULES:
         rows.append({"rule": rule, "k": k, "old_before": before.accuracy[rule][k - 1],
                      "old_after": after_old.accuracy[rule][k - 1], "new_after": after_new.accuracy[rule][k - 1],
@@ -244,7 +244,7 @@ def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int =
     base_sim = b_sim[:, 0]
     # Similarity to every held-out exemplar, columns in each class's exemplar order.
     cols = {c: order[c] for c in sorted(out)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     zero_confusion: dict[str, int] = {}
     for n in exemplars:
         idx = [i for c in sorted(out) for i in cols[c][:n]]
@@ -356,6 +356,7 @@ def unlearning(memory: LabelledArrays, queries: LabelledArrays, forget_fraction:
     def acc(results: list, rows: list[int]) -> float | None:
         return float(np.mean([results[i].label == q.labels[i] for i in rows])) if rows else None
 
+    rows: list[dict[str, Any]]
     rows = [{"forgot_class": gone_class, "class_points": n_class, "sample_points": n_sample,
              "remaining_points": remaining_points, "queries": len(q),
              "citations_of_forgotten_before": cited_before, "citations_of_forgotten_after": cited,
@@ -425,7 +426,7 @@ def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequ
 
         suspect = (share >= min_share) & (share > own)
         right_hint = np.array([s == c for s, c in zip(suggested, memory.labels, strict=True)])
-        corrected = LabelledArrays(memory.features, [s if flag else lab for s, lab, flag
+        corrected = LabelledArrays(memory.features, [s if flag else lab for s, lab, flag  # type: ignore[misc]  # a suspect has a suggestion
                                                      in zip(suggested, noisy.labels, suspect, strict=True)])
         rows.append({
             "fraction": frac, "flipped": m,
@@ -530,7 +531,8 @@ def novelty(memory: LabelledArrays, queries: LabelledArrays, new_classes: int = 
     table = table_from_hits(f_idx[:, :k_vote], f_sims[:, :k_vote], reduced.labels, classes)
     predicted = vote_last_k(table.label_ids, table.similarities, VoteRule.rank, len(classes), DEFAULT_ALPHA)
     right = np.array(classes)[predicted] == np.array(familiar.labels)
-    rows, novelties = [], {}
+    rows: list[dict[str, Any]] = []
+    novelties = {}
     for kk in ks:
         fam, unf = _mean_distance(f_sims, kk), _mean_distance(u_sims, kk)
         novelties[kk] = (fam, unf)

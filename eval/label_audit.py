@@ -92,7 +92,7 @@ def leave_one_out_votes(
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
     if hits is None and vectors is None:
         raise ValueError("give the vectors to search, or their search's hits")
-    idx, sims = hits if hits is not None else self_search(vectors, max(1, min(k, n - 1)), progress)
+    idx, sims = hits if hits is not None else self_search(vectors, max(1, min(k, n - 1)), progress)  # type: ignore[arg-type]  # not None without hits (above)
     label_ids = table_from_hits(idx, sims, labels, classes).label_ids
     other = np.empty(n, dtype=np.int64)
     share = np.zeros(n)

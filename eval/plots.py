@@ -3,7 +3,7 @@ and each class's accuracy, hardest first."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def plot_per_class(scores: Scores, path: str | Path, names: dict[str, str] | Non
 
 def plot_curves(
     xs: Sequence[float],
-    curves: dict[str, Sequence[float]],
+    curves: Mapping[str, Sequence[float]],
     path: str | Path,
     xlabel: str,
     ylabel: str,

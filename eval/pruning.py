@@ -78,7 +78,7 @@ def wrong_decision_counts(
     n = len(labels)
     classes, pos = class_index(labels)
     own = np.array([pos[lab] for lab in labels], dtype=np.int64)
-    idx, sims = hits if hits is not None else self_search(features, k, progress)
+    idx, sims = hits if hits is not None else self_search(features, k, progress)  # type: ignore[arg-type]  # not None without hits (above)
     table = table_from_hits(idx, sims, labels, classes)
     preds = final_predictions(table, rule, alpha, tau)
     wrong = preds != own
@@ -212,7 +212,7 @@ def prune_store(
     store.save_meta()
     # Journaled before the re-index, which only makes searches fast again (minutes at scale): a process killed
     # during it left the marks in force and the journal saying nothing of them.
-    points = report.down_weighted if mode is PruneMode.soft else report.excluded
-    store.journal.record("prune", points=points or 0, detail=report.model_dump(mode="json"), via=via)
+    marked = report.down_weighted if mode is PruneMode.soft else report.excluded
+    store.journal.record("prune", points=marked or 0, detail=report.model_dump(mode="json"), via=via)
     _reindex(store)
     return report

@@ -171,7 +171,7 @@ def index_self_search(store: MemoryStore, ids: Sequence[str], k: int, page: int 
     idx = np.full((len(ids), k), -1, dtype=np.int32)
     sims = np.full((len(ids), k), -np.inf, dtype=np.float32)
     for batch in store.scroll(batch_size=page, with_vectors=True):
-        found = store.query_batch(np.stack([p.vector for p in batch]), k + 1)
+        found = store.query_batch(np.stack([p.vector for p in batch]), k + 1)  # type: ignore[misc]  # with_vectors: each has its vector
         for point, neighbours in zip(batch, found, strict=True):
             if (r := row.get(point.id)) is None:  # added after `ids` was read
                 continue
