@@ -225,6 +225,8 @@ def _imagenet_names() -> dict[str, str]:
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
+    _device: str | None  # the device `open` was given, for an encoder loaded on first use; unset otherwise
+
     def __init__(self, store: MemoryStore, featurizer: Featurizer | None = None, reranker: Any = AUTO_RERANKER) -> None:
         self.store = store
         self._featurizer = featurizer
@@ -534,7 +536,7 @@ class VisualMemory:
         # A page of the sample at a time: 256 rows of 1,000 neighbours, payloads and all, held 240 MB at once
         for at in range(0, len(sample), NOVELTY_PAGE):
             page = sample[at : at + NOVELTY_PAGE]
-            hits = store.query_batch(np.stack([p.vector for p in page]), k + 1, chosen, exact)
+            hits = store.query_batch(np.stack([p.vector for p in page]), k + 1, chosen, exact)  # type: ignore[misc]  # vectors: kept above
             novelties += self_excluded_novelties([p.id for p in page], [[h.id for h in row] for row in hits],
                                                  [[h.similarity for h in row] for row in hits], k)
         return threshold_of(novelties, percentile)
@@ -1387,7 +1389,7 @@ class VisualMemory:
             return [parse_point_id(i) for i in ids]
         if source_prefix is not None:
             return self._ids_under(*self._prefix_and_links(source_prefix))
-        return self.store.ids_where(label=self.stored_label(label))
+        return self.store.ids_where(label=self.stored_label(label))  # type: ignore[arg-type]  # the one given (above)
 
     def _prefix_and_links(self, given: str, follow_links: bool = True) -> tuple[str, tuple[list[str], list[str]]]:
         """A source prefix as stored sources are written (`local_source_prefix`), and the other prefixes and the

@@ -28,7 +28,7 @@ class _Commands(TyperGroup):
         _flags_without_a_type(self)
         return super().main(*args, **kwargs)
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]  # click passes typer's Context, a subclass
         try:
             return super().invoke(ctx)
         except MemoryUnavailableError as exc:

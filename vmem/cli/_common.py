@@ -26,8 +26,8 @@ QdrantUrlOpt = Annotated[
 DEFAULT_MEMORY = Path("memory")
 LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
-Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})
-VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})
+Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})  # type: ignore[misc]  # from the Literal
+VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})  # type: ignore[misc]  # from the Literal
 
 
 def one_line(text: str | None) -> str:
@@ -132,7 +132,7 @@ def check_memory_location(memory: Path, qdrant_url: str | None, options: tuple[s
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class TemporaryFailure(_ClickException):
+class TemporaryFailure(_ClickException):  # type: ignore[misc, valid-type]  # a base found at run time
     """A failure a retry may not meet (the memory's server unreachable, the memory open in another process):
     exit 75 (EX_TEMPFAIL), so that a script or a scheduler can tell it from a mistake in the command (2)."""
 
@@ -206,7 +206,7 @@ def _bad_metadata(memory: Path, qdrant_url: str | None, exc: ValueError) -> str:
         loc = ".".join(str(x) for x in first["loc"])
         detail = f"{loc}: {first['msg']}" if loc else first["msg"]
         if len(exc.errors()) > 1:  # type: ignore[attr-defined]
-            detail += f"; and {len(exc.errors()) - 1} more problems"  # type: ignore[attr-defined]
+            detail += f"; and {len(exc.errors()) - 1} more problems"  # type: ignore[attr-defined, operator]
     if qdrant_url is not None:
         return (f"the vmem metadata of the collection at {qdrant_url} is not valid ({detail}): build the memory "
                 "again in a new collection")

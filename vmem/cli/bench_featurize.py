@@ -41,7 +41,7 @@ def random_dinov2_small(workdir: Path) -> Featurizer:
 
     path = workdir / "dinov2-small-random"
     if not path.exists():
-        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,  # type: ignore[call-arg]  # not a Dinov2Config field
                               patch_size=14, image_size=518)
         Dinov2Model(config).save_pretrained(path)
     return Dinov2Featurizer(str(path), name="dinov2-small (random weights)")
@@ -111,7 +111,7 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
         assert len(res.indices) == len(paths), res.failures[:2]
 
     def decode_only() -> None:  # the same loader with the forward replaced by nothing: decoding's ceiling
-        feat.embed_tensors = lambda xs: np.zeros((len(xs), feat.dim), np.float32)  # type: ignore[method-assign]
+        feat.embed_tensors = lambda xs: np.zeros((len(xs), feat.dim), np.float32)  # type: ignore[method-assign, assignment]
         try:
             feat.embed_many(paths, batch_size=batch_size, num_workers=workers)
         finally:
@@ -119,7 +119,9 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
 
     # The three interleaved, repeat by repeat: a machine that slows down for a while (a shared host, a
     # throttled CPU) slows all three alike, and pipeline/raw is the median of the paired ratios.
-    raw, pipe, dec = [], [], []
+    raw: list[float] = []
+    pipe: list[float] = []
+    dec: list[float] = []
     for _ in range(repeats):
         for run, times in ((raw_forward, raw), (pipeline, pipe), (decode_only, dec)):
             t = time.perf_counter()

@@ -145,7 +145,7 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5, library: Literal["numpy", "
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = a.T.copy()
     if library == "torch":
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        a, b = torch.from_numpy(a), torch.from_numpy(b)  # type: ignore[assignment]  # the same matrices, for torch
     a @ b
     times = []
     for _ in range(repeats):
@@ -327,7 +327,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     store.optimize()
     res["insert_s"] = round(t_insert, 1)
     res["build_s"] = round(time.perf_counter() - t0, 1)
-    info = store.shard.info()
+    info = store.shard.info()  # type: ignore[attr-defined]  # an embedded memory's engine (EdgeMemoryStore)
     res["segments"] = info.segments_count
     # The engine indexes a segment only past its size threshold (about 20 MB of vectors): below it, a search
     # scans every vector, and the figures are a scan's, whatever the index settings say.
@@ -404,7 +404,7 @@ def _bench_store(vecs: np.ndarray, labels: np.ndarray, qv: np.ndarray, truth: np
     res.update(serving_rss(path, qv[:n_single], k))
     for factor in ram_limits:
         echo(f"a fresh process serving the built memory within {factor} x the raw vector bytes of RAM")
-        limited = serve_within_limit(path, qv, truth, fresh, k, int(factor * vecs.nbytes))
+        limited = serve_within_limit(path, qv, truth, fresh, k, int(factor * vecs.nbytes))  # type: ignore[arg-type]  # made with ram_limits
         res.setdefault("ram_limits", []).append({"ram_limit_x": factor, **limited})
 
     echo("forget: delete latency, then whether the point can still be returned")

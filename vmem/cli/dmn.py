@@ -27,7 +27,8 @@ app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ 
 
 # The modes DmnOptions takes (vmem.dmn_classifier.Mode, not imported with the CLI), as a choice: a wrong one had
 # been a raw pydantic error with its web address.
-DmnMode = StrEnum("DmnMode", {m: m for m in ("auto", "zero-shot", "few-shot", "memory-only")})
+DmnMode = StrEnum("DmnMode", {"auto": "auto", "zero-shot": "zero-shot", "few-shot": "few-shot",
+                              "memory-only": "memory-only"})
 StreamArg = Annotated[str, typer.Argument(help="stream name")]
 
 

@@ -39,7 +39,7 @@ from ._common import (
 class SearchMode(StrEnum):
     auto = "auto"
     exact = "exact"
-    index = "index"
+    index = "index"  # type: ignore[assignment]  # the choice's name hides str.index
 
 
 def _fail(exc: Exception, hint: str | None = None) -> typer.BadParameter:
@@ -148,7 +148,8 @@ def eval(
             mem_ds = read_dataset(memory_dataset, dataset_format(memory_dataset, memory_format))
         except (FeaturizerError, DatasetError, OSError, ValueError) as exc:  # ValueError: an unknown layout name
             raise _fail(exc) from exc
-        memory_obj: MemoryArrays | MemoryStore = memory_from_dataset(mem_ds, feat, cache_root)
+        memory_obj: MemoryArrays | MemoryStore
+        memory_obj = memory_from_dataset(mem_ds, feat, cache_root)
         memory_name, memory_labels = str(memory_dataset), memory_obj.labels
         search_used = "exact"
     else:

@@ -138,7 +138,7 @@ def experiment(
         "novelty": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
     }[name]()
     try:
-        result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)
+        result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)  # type: ignore[arg-type]  # each lambda gives a dict
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     from eval.harness import environment, queries_fingerprint

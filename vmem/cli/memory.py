@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 from pydantic import ValidationError
@@ -63,7 +63,7 @@ from ._common import (
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
-VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})
+VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})  # type: ignore[misc]  # from VoteRule
 
 
 _SEARCH_SETTING_NAMES = {"hnsw_ef": "search ef", "rescore": "rescoring"}
@@ -154,7 +154,7 @@ def build(
     names, names_file = _dataset_label_names(dataset, label_names, dataset_labels)
     tags = parse_tags(tag)
     # Only what the user gave: asking for the default explicitly must still be compared with the memory.
-    asked = {"quantization": quantization.value} if quantization is not None else {}
+    asked: dict[str, Any] = {"quantization": quantization.value} if quantization is not None else {}
     if vectors_on_disk is not None:
         asked["vectors_on_disk"] = vectors_on_disk
     if vectors_dtype is not None:
@@ -780,7 +780,7 @@ def _point_line(p: MemoryPoint) -> str:
     return "\t".join([p.id, one_line(label), one_line(p.source), *([", ".join(state)] if state else [])])
 
 
-JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})
+JournalOpChoice = StrEnum("JournalOpChoice", {op: op for op in get_args(JournalOp)})  # type: ignore[misc]  # from JournalOp
 
 
 def history(

@@ -27,9 +27,9 @@ from ._common import (
 )
 
 # How a self-search finds neighbours (eval.scoring.SelfSearch), without importing eval for every command.
-SelfSearchChoice = StrEnum("SelfSearchChoice", {s: s for s in ("auto", "exact", "index")})
-PruneModeChoice = StrEnum("PruneModeChoice", {s: s for s in ("soft", "hard")})
-BlameChoice = StrEnum("BlameChoice", {s: s for s in ("all", "voters")})
+SelfSearchChoice = StrEnum("SelfSearchChoice", {"auto": "auto", "exact": "exact", "index": "index"})
+PruneModeChoice = StrEnum("PruneModeChoice", {"soft": "soft", "hard": "hard"})
+BlameChoice = StrEnum("BlameChoice", {"all": "all", "voters": "voters"})
 SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows with the square of the points); "
                     "index: each point's neighbours from the memory's index, a page at a time (grows with the "
                     "points); auto: exact up to 100,000 points")
@@ -50,7 +50,7 @@ def prune(
     """Prune the memory by querying it against itself (rank voting); `--undo` reverses it."""
     from eval.pruning import prune_store, undo_pruning
 
-    mode, blame = mode.value, blame.value  # as the pruning takes them
+    mode, blame = mode.value, blame.value  # type: ignore[assignment]  # as the pruning takes them
     mem = open_memory(memory, qdrant_url)
     with mem:
         store = mem.store

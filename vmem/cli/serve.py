@@ -132,7 +132,8 @@ def _service_log_config(log_format: str | None = None) -> dict[str, Any]:
 
 
 # uvicorn's levels: refused among the options, not with a KeyError once the memory is open
-LogLevel = StrEnum("LogLevel", {level: level for level in ("critical", "error", "warning", "info", "debug", "trace")})
+LogLevel = StrEnum("LogLevel", {"critical": "critical", "error": "error", "warning": "warning", "info": "info",
+                                "debug": "debug", "trace": "trace"})
 
 # What the re-ranker reads from the environment; an env file's are taken too (the environment's own win, as for
 # VMEM_* settings): one file for the service's settings held the Gemini key and model, and they were ignored. So was
@@ -296,6 +297,6 @@ def serve(
         logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
         uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
                     forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                    timeout_graceful_shutdown=_graceful_shutdown_s())
+                    timeout_graceful_shutdown=_graceful_shutdown_s())  # type: ignore[arg-type]  # a float works: asyncio.timeout
     finally:
         mem.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -42,7 +43,7 @@ def _grid(text: str, name: str) -> list[float]:
     return values
 
 
-def _require_validation(val_rows: np.ndarray, correct: list[list[str]], memory_labels: set[str], dataset: Path,
+def _require_validation(val_rows: np.ndarray, correct: Sequence[Sequence[str]], memory_labels: set[str], dataset: Path,
                         failed: list) -> None:
     """BadParameter when the validation split could judge nothing: a choice made on no query (plurality at k=1,
     "val 0.00 %") would be stored as the memory's defaults and used by every classify after it."""
