@@ -41,7 +41,7 @@ def random_dinov2_small(workdir: Path) -> Featurizer:
 
     path = workdir / "dinov2-small-random"
     if not path.exists():
-        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,  # type: ignore[call-arg]  # not a Dinov2Config field
+        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                               patch_size=14, image_size=518)
         Dinov2Model(config).save_pretrained(path)
     return Dinov2Featurizer(str(path), name="dinov2-small (random weights)")
