@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def write_export(path: str | Path, batches: Iterable[PointBatch], dim: int, meta
             if vectors.shape != (len(batch), dim):
                 raise ValueError(f"a batch of {len(batch)} points holds vectors of shape {vectors.shape}, not "
                                  f"({len(batch)}, {dim})")
-            raw.write(memoryview(vectors).cast("B"))
+            raw.write(vectors.tobytes())  # one batch: a copy of a few MB
             for name in strings:
                 strings[name].append(np.array(getattr(batch, name), dtype=str))
             flags["excluded"].append(np.asarray(batch.excluded, dtype=bool))
@@ -159,7 +159,7 @@ def export_meta(**fields: Any) -> dict[str, Any]:
 
 @contextmanager
 def _npy_entry(zf: zipfile.ZipFile, name: str, descr: str, shape: tuple[int, ...],
-               compressed: bool = True) -> Iterator[BinaryIO]:
+               compressed: bool = True) -> Iterator[IO[bytes]]:
     """An `.npy` member of the archive, its header written: the caller writes the array's bytes, row by row."""
     with zf.open(_entry(name, zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED), "w",
                  force_zip64=True) as out:
