@@ -617,6 +617,29 @@ class MemoryStore(ABC):
     ) -> list[Neighbor]:
         return self.query_batch(check_vectors(vector, self.dim), k, labels, exact)[0]
 
+    def similar(self, vector: np.ndarray, min_similarity: float, limit: int) -> list[Neighbor]:
+        """The points whose cosine similarity to `vector` is at least `min_similarity`, most similar first (equally
+        similar ones in id order), at most `limit` of them.
+
+        By exact search over every point, with the original vectors (as `query_batch(exact=True)` searches, and
+        never from quantized codes), and hard-pruned points included: what unlearning a copy of an image needs
+        (`VisualMemory.near_duplicates`). A search that votes leaves the pruned points out and may go through
+        the index; a forget must find a copy the graph or the codes would miss, and one pruning took out.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        v = check_vectors(vector, self.dim)
+        if len(v) != 1:
+            raise ValueError(f"similar takes one vector, not {len(v)}")
+        hits = self._similar(v[0], float(min_similarity), limit)
+        hits.sort(key=_nearest_then_id)
+        return hits
+
+    @abstractmethod
+    def _similar(self, vector: np.ndarray, min_similarity: float, limit: int) -> list[Neighbor]:
+        """Up to `limit` points at least `min_similarity` similar to the (checked) vector, by exact search over
+        every point, hard-pruned ones included; in any order."""
+
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
@@ -1326,6 +1349,17 @@ class EdgeMemoryStore(MemoryStore):
             return [[Neighbor(_str_id(p.id), (payload := p.payload)["label"], payload["source"], p.score, payload)
                      for p in res] for res in results]
 
+    def _similar(self, v, min_similarity, limit) -> list[Neighbor]:
+        qe = self._qe
+        # No filter (hard-pruned points too); exact, and the codes ignored: every point scored by its original vector
+        params = qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+        request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(v.tolist()), score_threshold=min_similarity,
+                                  with_payload=qe.PayloadSelector.Include(list(SEARCH_PAYLOAD)), params=params)
+        with _gc_paused():
+            found = self.shard.query(request)
+        return [Neighbor(_str_id(p.id), (payload := p.payload)["label"], payload["source"], p.score, payload)
+                for p in found]
+
     @property
     def rows_read(self) -> int:
         """Original vectors read from vmem's own copy to re-rank doubtful candidates, since opening."""
@@ -1705,6 +1739,14 @@ class QdrantServerStore(MemoryStore):
                 out.append([Neighbor(_str_id(p.id), p.payload["label"], p.payload["source"], float(p.score),
                                      p.payload) for p in res.points])
         return out
+
+    def _similar(self, v, min_similarity, limit) -> list[Neighbor]:
+        qm = self._qm
+        params = qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))
+        found = self.client.query_points(self.collection, query=v.tolist(), limit=limit, search_params=params,
+                                         score_threshold=min_similarity, with_payload=list(SEARCH_PAYLOAD)).points
+        return [Neighbor(_str_id(p.id), p.payload["label"], p.payload["source"], float(p.score), p.payload)
+                for p in found]
 
     def retrieve(self, ids, with_vectors=False) -> list[StoredPoint]:
         if not ids:

@@ -239,6 +239,26 @@ def test_search_matches_exact_cosine(store):
         assert [h.id for h in hits] == [ids[i] for i in row]
 
 
+def test_similar_finds_every_point_above_a_similarity_hard_pruned_ones_too(store):
+    # What unlearning an image's copies reads (VisualMemory.near_duplicates): every point at least that similar,
+    # by exact search over the original vectors, and the copy pruning took out of search found all the same.
+    vecs, _, sources, ids = fill(store, n_per_label=20)
+    copy = vecs[7] + 0.01 * random_unit_vectors(1, DIM, seed=5)[0]
+    [copy_id] = store.add(copy[None], ["cat"], ["/elsewhere/copy.jpg"])
+    store.set_payload([copy_id], {"excluded": "pruned"})
+    assert copy_id not in {h.id for h in store.query(vecs[7], k=61)}  # a vote never sees it
+    truth = (np.vstack([vecs, copy / np.linalg.norm(copy)]) @ vecs[7])
+    threshold = float(np.sort(truth)[-4]) - 1e-3  # the point itself, the copy and two more
+    found = store.similar(vecs[7], threshold, limit=100)
+    assert [h.id for h in found][:2] in ([ids[7], copy_id], [copy_id, ids[7]]) and len(found) == 4
+    assert [h.similarity for h in found] == sorted((h.similarity for h in found), reverse=True)
+    assert all(h.similarity >= threshold for h in found) and found[0].source in (sources[7], "/elsewhere/copy.jpg")
+    assert len(store.similar(vecs[7], threshold, limit=1)) == 1  # bounded: the caller asks for one more to know
+    assert store.similar(-vecs[7], 0.99, limit=10) == []
+    with pytest.raises(ValueError, match="one vector"):
+        store.similar(vecs[:2], 0.5, limit=10)
+
+
 def test_label_filter_restricts_neighbours(store):
     vecs, _, _, _ = fill(store)
     hits = store.query(vecs[0], k=10, labels=["dog", "fox"])
