@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from retrieval import VoteRule, open_store
-from tests.conftest import make_image
-from vmem import VisualMemory, upload_source
+from tests.conftest import make_image, make_scene, reencoded
+from vmem import COPY_SIMILARITY, VisualMemory, upload_source
 
 
 @pytest.fixture
@@ -145,6 +145,64 @@ def test_forget_tells_listeners_which_points_went(memory):
     assert res.label == "blue" and not set(red_ids) & {n.id for n in res.neighbors}
     with pytest.raises(ValueError, match="exactly one"):
         memory.forget(label="blue", ids=["x"])
+
+
+def test_a_photo_and_its_copies_are_forgotten_by_what_they_look_like(memory, tmp_path):
+    # "Remove this photo, and any copy of it": the user holds the photo, not its point id, nor the paths its copies
+    # were stored under (uploaded once, re-saved as a JPEG into another folder, enlarged and uploaded again).
+    import hashlib
+
+    photo = make_scene(3)
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "IMG_0001.jpg"
+    copy.write_bytes(reencoded(photo, "JPEG", quality=90))
+    enlarged = reencoded(photo, "JPEG", scale=2, quality=90)
+    others = [make_scene(seed) for seed in (0, 1, 2, 4, 5)]  # other pictures of the same kind: they stay
+    memory.add([photo, copy, enlarged, *others], "shapes")
+    assert memory.store.count() == 14
+
+    found = memory.near_duplicates(photo)  # the default threshold: measured (README, "Forgetting")
+    assert {d.source for d in found} == {upload_source(photo), str(copy), upload_source(enlarged)}
+    assert found[0].source == upload_source(photo) and found[0].similarity == pytest.approx(1, abs=1e-3)
+    assert all(d.similarity >= COPY_SIMILARITY and d.label == "shapes" for d in found)
+    assert [d.similarity for d in found] == sorted((d.similarity for d in found), reverse=True)
+
+    assert memory.forget_like(photo, dry_run=True) == found and memory.store.count() == 14  # a preview
+    gone = memory.forget_like(photo)
+    assert gone == found and memory.store.count() == 11
+    assert memory.near_duplicates(photo) == [] and memory.store.count(label="shapes") == 5
+    # The journal says what went and how it was chosen: the photo's sha256 and the threshold, not the photo.
+    entry = memory.history(op="forget")[0]
+    assert entry.selector == {"like_sha256": hashlib.sha256(photo).hexdigest(), "min_similarity": COPY_SIMILARITY}
+    assert sorted(entry.ids) == sorted(d.id for d in found) and entry.labels == {"shapes": 3}
+    assert memory.history(source=str(copy))[0] == entry  # "was my copy forgotten, and when?"
+    assert memory.forget_like(copy) == [] and len(memory.history(op="forget")) == 1  # nothing left, nothing journaled
+
+
+def test_a_copy_pruning_hid_from_search_is_found_and_a_threshold_too_low_is_refused(memory, monkeypatch):
+    from retrieval import ImageDecodeError
+    from retrieval.store import EXCLUDED_KEY
+
+    photo = make_scene(3)
+    [pid], _ = memory.add([photo], "shapes")
+    memory.store.set_payload([pid], {EXCLUDED_KEY: "pruned"})  # vmem prune --mode hard took it out of search
+    assert pid not in {n.id for n in memory.classify([photo], k=7)[0].neighbors}
+    assert [d.id for d in memory.near_duplicates(photo)] == [pid]  # but it is the photo, and unlearning finds it
+    assert len(memory.near_duplicates(photo, min_similarity=0.01, limit=2)) == 2  # bounded by `limit`
+    # A threshold so low that it takes more than copies: refused, nothing forgotten (not 1,000 points of a class)
+    monkeypatch.setattr("vmem.visual_memory.MOST_COPIES", 3)
+    with pytest.raises(ValueError, match=r"more than 3 points are at least 0\.01 similar"):
+        memory.forget_like(photo, min_similarity=0.01)
+    with pytest.raises(ValueError, match="more than 3 points"):
+        memory.forget_like(photo, min_similarity=0.01, dry_run=True)
+    assert memory.store.count() == 7 and not memory.history(op="forget")
+    for bad in (0, 1.5, float("nan"), True, "0.9"):
+        with pytest.raises(ValueError, match="min_similarity must be a number above 0 and at most 1"):
+            memory.near_duplicates(photo, min_similarity=bad)
+    with pytest.raises(ImageDecodeError):
+        memory.forget_like(b"not an image")
+    with pytest.raises(TypeError, match="an image is a path, bytes"):
+        memory.near_duplicates(["a.jpg"])
 
 
 def test_forget_drops_cached_rerank_answers_even_with_no_reranker_built(memory):

@@ -22,11 +22,12 @@ from .results import (
     DmnDetails,
     FailedImage,
     MemoryPoint,
+    NearDuplicate,
     NeighborVote,
     PointPage,
     VoteSettings,
 )
-from .visual_memory import DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
+from .visual_memory import COPY_SIMILARITY, DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
 
 try:
     __version__ = _metadata.version("vmem")
@@ -34,6 +35,7 @@ except _metadata.PackageNotFoundError:  # run from a checkout that was never ins
     __version__ = "0+unknown"
 
 __all__ = [
+    "COPY_SIMILARITY",
     "DEFAULT_FEATURIZER",
     "AddResult",
     "Classification",
@@ -44,6 +46,7 @@ __all__ = [
     "JournalEntry",
     "MemoryPoint",
     "MemoryStoreError",
+    "NearDuplicate",
     "NeighborVote",
     "NoSuchLabelsError",
     "PointPage",

@@ -116,6 +116,17 @@ class MemoryPoint(BaseModel):
     relabelled_at: IsoTime | None = Field(default=None, description="when it was last relabelled (UTC, ISO 8601)")
 
 
+class NearDuplicate(BaseModel):
+    """A memory point whose image looks like a given one: the image itself, or a copy of it re-saved, recompressed
+    or resized (`VisualMemory.near_duplicates`, `forget_like`)."""
+
+    id: PointIdText = Field(description="point id (UUIDv5 of the source)")
+    label: str = Field(description="the point's label")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
+    source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
+    similarity: float = Field(description="cosine similarity of its features to the image's (1: the same features)")
+
+
 class PointPage(BaseModel):
     """A page of memory points in id order, and where the next page starts."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import numbers
 import os
 import shutil
 import threading
@@ -44,7 +45,7 @@ from retrieval import (
     vote,
 )
 from retrieval.feature_cache import FeatureCache
-from retrieval.files import on_disk_spelling
+from retrieval.files import file_sha256, on_disk_spelling
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
@@ -78,6 +79,7 @@ from .results import (
     Classification,
     FailedImage,
     MemoryPoint,
+    NearDuplicate,
     NeighborVote,
     PointPage,
     VoteSettings,
@@ -94,6 +96,18 @@ ElsewhereListener = Callable[[frozenset[str]], None]
 # `reranker=AUTO_RERANKER` (the default) builds a Gemini re-ranker on the first `rerank=True`;
 # `reranker=None` turns re-ranking off (results then say "re-ranking is not configured").
 AUTO_RERANKER = "auto"
+
+
+# The cosine similarity at or above which `near_duplicates` and `forget_like` take a point for a copy of an image.
+# Measured with EfficientNet-Lite0 on Tiny-ImageNet (docs/benchmarks/near_copies.py; README, "Forgetting"): the
+# two most similar distinct images of all 20,200 train images are 0.919 apart (a file stored in two classes
+# aside), and of a 3,000-image sample 0.846; copies of 300 of them re-encoded as JPEG at quality 95 or 75, saved
+# as PNG or enlarged twice are at least 0.931. Resized to twice and back, 76 % of the copies reach it; mirrored 97 %,
+# cropped to 90 % 52 %, JPEG at quality 50 3 %. Another encoder's features need their own measurement.
+COPY_SIMILARITY = 0.93
+# At most this many points are taken for copies of one image: more than this above the threshold means a
+# threshold too low to mean copies, and `forget_like` refuses it rather than forget part of a class.
+MOST_COPIES = 1000
 
 
 # A build journals what it has added at least this often (and at its end), so that a process killed midway
@@ -1141,13 +1155,82 @@ class VisualMemory:
         A prefix that is a local folder also reaches the images its links lead to (`linked_sources`): a
         build through the links stored them under the targets' paths. Once this returns, no search returns
         them, and listeners have dropped what cited them. With `erase`, the memory's files are also
-        rewritten without their vectors before it returns (`erase_forgotten`).
+        rewritten without their vectors before it returns (`erase_forgotten`). An image and its copies, by
+        what they look like rather than where they are: `forget_like`.
         """
         if erase:
             self.check_erase_on_demand()
         if label is not None:
             self.check_chosen_label(label)
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
+        return self._forget_chosen(targets, _selector(ids, label, source_prefix), erase)[0]
+
+    def near_duplicates(self, image: ImageInput, min_similarity: float = COPY_SIMILARITY,
+                        limit: int = MOST_COPIES) -> list[NearDuplicate]:
+        """The points whose image looks like this one: the image itself, however it was added (a path, an upload),
+        and its copies re-encoded, re-saved or resized under other names. Those whose features' cosine similarity
+        to the image's is at least `min_similarity`, most similar first, at most `limit` (a list `limit` long may
+        have left more out).
+
+        Every point is compared, by exact search (not through the index, whose answers are approximate), hard-
+        pruned points included: what `forget_like` forgets. The default threshold is measured, and what it
+        catches (re-encoded and enlarged copies; not every resized, cropped or mirrored one) is in README,
+        "Forgetting"; it holds for EfficientNet-Lite0's features, where it was measured.
+
+            >>> [(d.similarity, d.source) for d in mem.near_duplicates("photo.jpg")]
+
+        Raises:
+            vmem.ImageDecodeError: the image does not decode.
+            ValueError: min_similarity outside (0, 1], limit below 1.
+        """
+        _check_copy_search(min_similarity, limit)
+        self._refresh_for_reading()
+        return self._near_duplicates(self._embedded(image, "near_duplicates"), min_similarity, limit)
+
+    def forget_like(self, image: ImageInput, min_similarity: float = COPY_SIMILARITY, erase: bool = False,
+                    dry_run: bool = False) -> list[NearDuplicate]:
+        """Forget every point whose image looks like this one (`near_duplicates`): "remove this photo, and any
+        copy of it", for a user who knows neither its point id nor the paths its copies were stored under.
+        Returns the points forgotten (with `dry_run`, those it would forget, forgetting nothing), most similar
+        first. Journaled as a forget chosen by `like_sha256` (the sha256 of the image's bytes: of the file or the
+        bytes given, or of the pixels of a PIL image or array) and `min_similarity`; the image itself is not kept.
+        With `erase`, the memory's files are rewritten without their vectors too, as `forget(erase=True)`.
+
+        Raises:
+            vmem.ImageDecodeError: the image does not decode (nothing forgotten).
+            ValueError: more than 1,000 points are that similar (nothing forgotten: a threshold that low takes
+                more than copies of one image); min_similarity outside (0, 1]; erase on a Qdrant server.
+        """
+        if erase and not dry_run:
+            self.check_erase_on_demand()
+        _check_copy_search(min_similarity, MOST_COPIES)
+        vector = self._embedded(image, "forget_like")
+        self._refresh_for_reading()
+        found = self._near_duplicates(vector, min_similarity, MOST_COPIES + 1)
+        if len(found) > MOST_COPIES:
+            raise ValueError(f"more than {MOST_COPIES:,} points are at least {min_similarity:g} similar to the image: "
+                             "a threshold that low takes more than copies of it; raise it (the default, "
+                             f"{COPY_SIMILARITY:g}, is measured: README, \"Forgetting\")")
+        if dry_run:
+            return found
+        selector = {"like_sha256": _image_sha256(image), "min_similarity": float(min_similarity)}
+        present = self._forget_chosen([d.id for d in found], selector, erase)[1]
+        return [d for d in found if d.id in present]
+
+    def _embedded(self, image: ImageInput, method: str) -> np.ndarray:
+        [one] = _image_list([image], method)
+        return self.featurizer.embed([one])[0]
+
+    def _near_duplicates(self, vector: np.ndarray, min_similarity: float, limit: int) -> list[NearDuplicate]:
+        names = self.store.meta.label_names
+        return [NearDuplicate(id=h.id, label=h.label, label_name=names.get(h.label), source=h.source,
+                              similarity=h.similarity)
+                for h in self.store.similar(vector, min_similarity, limit)]
+
+    def _forget_chosen(self, targets: list[str], selector: dict[str, Any],
+                       erase: bool) -> tuple[int, dict[str, str]]:
+        """Delete the points chosen, journaled with how they were chosen; (how many went, the labels of those
+        that were there)."""
         # Read before they go: the journal is all that will say which points went, and what they were.
         # The journal entry under the same lock: edits of one point racing in this process are journaled in
         # the order they were made (a relabel then a forget must not read as a forget then a relabel).
@@ -1155,8 +1238,7 @@ class VisualMemory:
             present = self.store.existing_labels(targets) if targets else {}
             n = self.store.delete_ids(targets)
             if present:
-                self._journal("forget", list(present), points=n, labels=label_counts(present),
-                              selector=_selector(ids, label, source_prefix))
+                self._journal("forget", list(present), points=n, labels=label_counts(present), selector=selector)
         # Listeners first: they drop the cached answers citing the points, which no failure after the delete may
         # skip (a thumbnail folder made read-only had raised here, and cached answers went on citing them).
         self._tell(self._forget_listeners, targets, "forget")
@@ -1174,7 +1256,7 @@ class VisualMemory:
             self._drop_cached_rerank_answers(targets)
         if erase:
             self.erase_forgotten()
-        return n
+        return n, present
 
     def check_chosen_label(self, label: str) -> None:
         """ValueError where `label`, choosing points to forget or relabel, is no label of the memory but the name of
@@ -1914,6 +1996,25 @@ def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str |
         absolute = local_source_prefix(source_prefix)
         return {"source_prefix": absolute, **({"as_given": source_prefix} if _relative_name(source_prefix) else {})}
     return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
+
+
+def _check_copy_search(min_similarity: float, limit: int) -> None:
+    if isinstance(min_similarity, bool) or not isinstance(min_similarity, numbers.Real) or not (
+            0 < min_similarity <= 1):
+        raise ValueError(f"min_similarity must be a number above 0 and at most 1 (a cosine similarity), "
+                         f"not {min_similarity!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def _image_sha256(image: ImageInput) -> str:
+    """What the journal records of an image a forget was asked for by likeness: the sha256 of its bytes (a file's,
+    or those given), or of its pixels (a PIL image, an array); never the image."""
+    if isinstance(image, bytes | bytearray):
+        return hashlib.sha256(image).hexdigest()
+    if isinstance(image, str | Path):
+        return file_sha256(Path(image).expanduser())
+    return hashlib.sha256(load_image(image).tobytes()).hexdigest()
 
 
 def _relative_name(source: str) -> bool:
