@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval import open_store, point_id_for
-from tests.conftest import make_image
+from tests.conftest import make_image, make_scene, reencoded
 from vmem.cli import app
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
@@ -273,6 +273,59 @@ def test_forget_needs_exactly_one_selector(built):
     memory, _ = built
     out = run("forget", "--memory", memory)
     assert out.exit_code != 0 and "exactly one of --id, --label, --source" in out.output
+
+
+def test_forget_like_a_photo_takes_its_copies_under_other_paths_and_journals_how(tmp_path):
+    # "Remove this photo, and any copy of it": the person holds the photo; a copy of it was saved into another
+    # folder under another name. --like finds both, by what they look like, and leaves the other pictures.
+    import hashlib
+
+    data = tmp_path / "data"
+    (data / "shapes").mkdir(parents=True)
+    for seed in range(6):
+        (data / "shapes" / f"{seed}.png").write_bytes(make_scene(seed))
+    (data / "downloads").mkdir()
+    copy = (data / "downloads" / "IMG_0042.jpg").resolve()
+    copy.write_bytes(reencoded(make_scene(3), "JPEG", quality=90))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_scene(3))
+    memory = tmp_path / "memory"
+    assert run("build", data, "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0").exit_code == 0
+
+    # A dry run lists what would go, as `vmem points` lists points (id, label, source), with each one's similarity
+    preview = run("forget", "--memory", memory, "--like", photo, "--dry-run")
+    assert preview.exit_code == 0, preview.output
+    listed = [line.split("\t") for line in preview.stdout.splitlines()]
+    original = str((data / "shapes" / "3.png").resolve())
+    assert [row[:3] for row in listed] == [[point_id_for(original), "shapes", original],
+                                           [point_id_for(str(copy)), "downloads", str(copy)]]
+    assert float(listed[0][3]) == pytest.approx(1, abs=1e-3) and 0.93 <= float(listed[1][3]) < 1
+    assert "dry run: would forget 2 points (shapes: 1, downloads: 1); nothing changed" in preview.stderr
+    out = run("forget", "--memory", memory, "--like", photo)
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[:2] == preview.stdout.splitlines()
+    assert f"forgot 2 points like {photo} (similarity at least 0.93); memory now holds 5" in out.stdout
+    # Journaled with how the points were chosen: the photo's sha256 and the threshold, never the photo or its path
+    history = run("history", "--memory", memory, "--op", "forget", "--json")
+    entry = json.loads(history.stdout.splitlines()[0])
+    assert entry["selector"] == {"like_sha256": hashlib.sha256(photo.read_bytes()).hexdigest(), "min_similarity": 0.93}
+    assert sorted(entry["ids"]) == sorted(row[0] for row in listed) and entry["via"] == "cli"
+    assert str(photo) not in history.stdout
+    assert "\tby like_sha256 '" in run("history", "--memory", memory, "--limit", "1").stdout
+    again = run("forget", "--memory", memory, "--like", photo)
+    assert again.exit_code == 0 and "forgot 0 points" in again.stdout and "no point is that similar" in again.stderr
+    # A lower threshold reaches other pictures: what a dry run is for
+    assert len(run("forget", "--memory", memory, "--like", photo, "--min-similarity", "0.3", "--dry-run")
+               .stdout.splitlines()) == 5
+
+    assert said(run("forget", "--memory", memory, "--like", photo, "--label", "shapes"),
+                "exactly one of --id, --label, --source, --like")
+    assert said(run("forget", "--memory", memory, "--label", "shapes", "--min-similarity", "0.5"), "--like IMAGE")
+    assert said(run("forget", "--memory", memory, "--like", photo, "--min-similarity", "1.5"), "at most 1")
+    assert said(run("forget", "--memory", memory, "--like", tmp_path / "none.jpg"), "no such file")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert said(run("forget", "--memory", memory, "--like", tmp_path / "broken.jpg"), "not a recognised image")
+    assert run("points", "--memory", memory, "--json").stdout.count("\n") == 5  # nothing more went
 
 
 def test_info_shows_featurizer_and_label_counts(built):

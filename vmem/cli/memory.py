@@ -39,7 +39,7 @@ from retrieval.text import utf8_text
 from ..export import check_export_path
 from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
-from ..visual_memory import local_source_prefix, parse_point_id
+from ..visual_memory import COPY_SIMILARITY, local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
@@ -485,13 +485,27 @@ def forget(
     id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
     label: Annotated[str | None, typer.Option(help="forget every point with this label")] = None,
     source: Annotated[str | None, typer.Option(help="forget every point whose source starts with this")] = None,
+    like: Annotated[Path | None, typer.Option(
+        "--like", help="forget every point whose image looks like this one: the image itself wherever it was "
+                       "stored (an upload too), and its copies re-saved, recompressed or enlarged")] = None,
+    min_similarity: Annotated[float | None, typer.Option(
+        "--min-similarity", help=f"with --like: the cosine similarity from which a point is taken for a copy "
+                                 f"(default {COPY_SIMILARITY}, measured: README, \"Forgetting\")")] = None,
     erase: Annotated[bool, typer.Option(
         help="also rewrite the memory's files without the forgotten vectors now (embedded memory)")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Delete points from the memory (by id, label or source prefix): unlearning without retraining."""
+    """Delete points from the memory (by id, label, source prefix, or likeness to an image): unlearning without
+    retraining."""
     # Ids and the prefix checked here, as the HTTP route does, so the only ValueError left below is erase's.
-    id, source = _chosen_points(id, label, source, "forget")
+    id, source = _chosen_points(id, label, source, "forget", like=like)
+    if min_similarity is not None and like is None:
+        raise typer.BadParameter("chooses copies of the image given with --like: give --like IMAGE too",
+                                 param_hint="--min-similarity")
+    if like is not None:
+        _forget_like(memory, qdrant_url, like, COPY_SIMILARITY if min_similarity is None else min_similarity,
+                     erase, dry_run)
+        return
     mem = open_memory(memory, qdrant_url)
     with mem:
         if erase:
@@ -524,6 +538,52 @@ def forget(
             try:
                 mem.erase_forgotten()
             except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from None
+            typer.echo(f"erased the forgotten points' vectors from the memory's files "
+                       f"({time.perf_counter() - started:.1f} s)")
+
+
+def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: bool, dry_run: bool) -> None:
+    """`vmem forget --like IMAGE`: the points whose image looks like it, each on stdout as `vmem points` lists a
+    point (id, label, source) with its similarity; how many on stderr (a dry run) or after them."""
+    if not 0 < min_similarity <= 1:
+        raise typer.BadParameter(f"{min_similarity:g} is no similarity to take copies from: give a number above 0 "
+                                 f"and at most 1 (default {COPY_SIMILARITY})", param_hint="--min-similarity")
+    if not image.expanduser().is_file():
+        raise typer.BadParameter(f"{image}: no such file", param_hint="--like")
+    with open_memory(memory, qdrant_url) as mem:
+        if erase and not dry_run:
+            try:
+                mem.check_erase_on_demand()  # refused before anything is deleted
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--erase") from None
+        started = time.perf_counter()
+        try:
+            found = mem.forget_like(image.expanduser(), min_similarity, dry_run=dry_run)
+        except ImageDecodeError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--like") from None
+        except ValueError as exc:  # more points that similar than copies of one image could be
+            raise typer.BadParameter(str(exc), param_hint="--min-similarity") from None
+        names = mem.label_names
+        for d in found:
+            typer.echo("\t".join([d.id, one_line(named_label(d.label, names)), one_line(d.source),
+                                  f"{d.similarity:.4f}"]))
+        if dry_run:
+            _say_chosen(mem, "forget", {d.id: d.label for d in found}, listed=False)
+            return
+        typer.echo(f"forgot {n_points(len(found))} like {image} (similarity at least {min_similarity:g}); memory now "
+                   f"holds {mem.store.count():,}")
+        if not found:
+            typer.echo(f"note: no point is that similar to it; `vmem classify {image} --exact --k 1` shows the "
+                       "nearest one and how similar", err=True)
+        if found and (pruned := mem.store.meta.settings.get("pruning")):
+            typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
+                       "them; vmem prune again (or --undo) to judge it without them", err=True)
+        if erase:
+            try:
+                mem.erase_forgotten()
+            except MemoryFullError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(1) from None
             typer.echo(f"erased the forgotten points' vectors from the memory's files "
@@ -581,9 +641,10 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="say which points it 
                                                          "per line) and change nothing")]
 
 
-def _say_chosen(mem, verb: str, chosen: dict[str, str]) -> None:
-    """A dry run's answer: the ids chosen on stdout (for a script), how many of which labels on stderr."""
-    for point_id in chosen:
+def _say_chosen(mem, verb: str, chosen: dict[str, str], listed: bool = True) -> None:
+    """A dry run's answer: the ids chosen on stdout (for a script), how many of which labels on stderr. `listed`
+    false: the caller has listed them on stdout itself."""
+    for point_id in chosen if listed else ():
         typer.echo(point_id)
     from collections import Counter
 
@@ -596,11 +657,12 @@ def _say_chosen(mem, verb: str, chosen: dict[str, str]) -> None:
 
 
 def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
-                   verb: str) -> tuple[list[str] | None, str | None]:
-    """Exactly one of --id, --label, --source, checked before the memory opens: (parsed ids, the prefix as
-    given, for the memory to match both as given and made absolute)."""
-    if sum(x is not None for x in (ids, label, source)) != 1:
-        raise typer.BadParameter("give exactly one of --id, --label, --source")
+                   verb: str, like: Path | None = None) -> tuple[list[str] | None, str | None]:
+    """Exactly one of --id, --label, --source (forget: or --like), checked before the memory opens: (parsed ids,
+    the prefix as given, for the memory to match both as given and made absolute)."""
+    if sum(x is not None for x in (ids, label, source, like)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --label, --source" + (", --like" if verb == "forget"
+                                                                                  else ""))
     if source is not None and not source.strip():  # "" would be the current directory: everything under it
         raise typer.BadParameter(f"is empty: give the folder, file or URI prefix of the images to {verb}",
                                  param_hint="--source")
