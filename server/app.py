@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.0.0"
 # Request bodies declared by hand (a route takes multipart or JSON), so their schemas are added here.
 _BODY_MODELS = (schemas.ClassifyJSON, schemas.ClassifyBatchJSON, schemas.AddJSON, schemas.RelabelIn,
-                schemas.PointLabelIn, schemas.LabelNamesIn, Problem)
+                schemas.PointLabelIn, schemas.LabelNamesIn, schemas.ForgetLikeJSON, Problem)
 
 
 def open_memory(settings: Settings) -> VisualMemory:

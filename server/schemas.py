@@ -24,7 +24,7 @@ from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
-from vmem import MemoryPoint, VoteSettings
+from vmem import COPY_SIMILARITY, MemoryPoint, VoteSettings
 from vmem.results import MAX_ALPHA, MAX_TAU, MIN_ALPHA, MIN_TAU
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
@@ -195,6 +195,24 @@ class ForgetQuery(BaseModel):
                               description="forget every point with this label")
     source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
                                       description="forget every point whose source starts with this")
+    erase: bool = Field(default=False, description="also rewrite the memory's files without the forgotten vectors "
+                                           "before answering (embedded memory)")
+
+
+class ForgetLikeJSON(ImageIn):
+    """`POST /v1/memory/forget-like` with a JSON body: one base64 image, whose copies to forget (options go in the
+    query string)."""
+
+
+class ForgetLikeQuery(BaseModel):
+    """Options of forgetting the points whose image looks like the one sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_similarity: float = Field(default=COPY_SIMILARITY, gt=0, le=1, allow_inf_nan=False,
+                                  description="the cosine similarity to the image from which a point is taken for a "
+                                              "copy of it (the default is measured: README, \"Forgetting\")")
+    dry_run: bool = Field(default=False, description="answer the points it would forget, and forget nothing")
     erase: bool = Field(default=False, description="also rewrite the memory's files without the forgotten vectors "
                                            "before answering (embedded memory)")
 
@@ -441,6 +459,28 @@ class ForgetOut(Answer):
                              description="nothing forgotten by label: why (no such label, or a name given "
                                                "for one), as `vmem forget` says it; or, with `erase`, why the "
                                                "forgotten vectors are still in the files")
+
+
+class SimilarPointOut(Answer):
+    """A memory point whose image looks like the one sent."""
+
+    id: PointIdText = Field(description="point id")
+    label: str = Field(description="the point's label")
+    label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
+    source: str = Field(description="path, URI or `upload:sha256:...` id of the point's image")
+    similarity: float = Field(description="cosine similarity of its features to the image's")
+
+
+class ForgetLikeOut(ForgetOut):
+    """The points whose image looks like the one sent: forgotten, or with `dry_run` those that would be."""
+
+    note: str | None = Field(default=None,
+                             description="nothing that similar: so said; or, with `erase`, why the forgotten vectors "
+                                         "are still in the files")
+    dry_run: bool = Field(description="true: nothing was forgotten, `matched` is what would be")
+    min_similarity: float = Field(description="the threshold the points were chosen by")
+    matched: list[SimilarPointOut] = Field(description="the points at least `min_similarity` similar to the image, "
+                                                       "most similar first (at most 1,000: more is refused)")
 
 
 class EraseOut(Answer):

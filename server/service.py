@@ -35,7 +35,7 @@ from PIL import Image
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
 from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
-from vmem import AddResult, Classification, VisualMemory, upload_source
+from vmem import AddResult, Classification, NearDuplicate, VisualMemory, upload_source
 from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
 
@@ -113,10 +113,11 @@ class EraseFailedError(Exception):
     """Points were forgotten, but erasing their vectors from the memory's files failed (a full or read-only
     disk): the forget stands, and the answer must say so, not be a 500 that reads as nothing done."""
 
-    def __init__(self, forgotten: int, reason: str) -> None:
+    def __init__(self, forgotten: int, reason: str, points: list[NearDuplicate] | None = None) -> None:
         super().__init__(reason)
         self.forgotten = forgotten
         self.reason = reason
+        self.points = points or []  # the points forgotten, where the forget chose them by likeness
 
 
 class ThumbnailUnavailable(LookupError):
@@ -536,6 +537,22 @@ class ClassifierService:
                 log.warning("forgot %d points, but erasing their vectors from the files failed: %s", n, exc)
                 raise EraseFailedError(n, str(exc)) from exc
         return n
+
+    def forget_like(self, upload: Upload, min_similarity: float, erase: bool = False,
+                    dry_run: bool = False) -> list[NearDuplicate]:
+        """Forget the points whose image looks like the upload (`VisualMemory.forget_like`); the points forgotten,
+        or with `dry_run` those that would be."""
+        found = self.memory.forget_like(upload.data, min_similarity, dry_run=dry_run)
+        if dry_run:
+            return found
+        self.metrics.edits.labels("forget").inc(len(found))
+        if erase and found:  # as `forget`: nothing forgotten, nothing to erase
+            try:
+                self.erase()
+            except Exception as exc:
+                log.warning("forgot %d points, but erasing their vectors from the files failed: %s", len(found), exc)
+                raise EraseFailedError(len(found), str(exc), found) from exc
+        return found
 
     def erase(self) -> float:
         """Rewrite the memory's files without every forgotten point's vector; returns the seconds it took."""

@@ -25,6 +25,7 @@ from reranker import GeminiReranker
 from reranker.testing import FakeGemini
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, checkerboard, fill_memory, make_memory_images, texture
+from tests.conftest import make_scene, reencoded
 
 PROBLEM = "application/problem+json"
 AUTH = {"X-API-Key": API_KEY}
@@ -1282,6 +1283,74 @@ def test_forget_several_points_by_id_in_one_request(client):
     assert all(client.get(f"/v1/memory/points/{i}").status_code == 404 for i in ids)
     assert_problem(client.delete("/v1/memory", params={"ids": ["not-an-id"]}, headers=AUTH), 422,
                    "invalid-parameters")
+
+
+@BOTH_BACKENDS
+def test_forget_like_a_photo_forgets_it_and_its_copies_uploaded_under_other_names(client, backend, monkeypatch):
+    # "Remove this photo, and any copy of it": it was uploaded, and so was a JPEG re-save of it under another name;
+    # the client holds the photo, not the points' ids.
+    import hashlib
+
+    photo = make_scene(3)
+    added = client.post("/v1/memory", headers=AUTH, data={"label": "shapes"}, files=[
+        ("images", ("holiday.png", photo, "image/png")),
+        ("images", ("IMG_0042.jpg", reencoded(photo, "JPEG", quality=90), "image/jpeg")),
+        ("images", ("another.png", make_scene(0), "image/png"))])
+    ids = [p["id"] for p in added.json()["added"]]
+    assert_problem(client.post("/v1/memory/forget-like", files=upload(photo)), 401, "missing-api-key")
+
+    preview = client.post("/v1/memory/forget-like?dry_run=true", headers=AUTH, files=upload(photo))
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["dry_run"], body["deleted"], body["points"], body["min_similarity"]) == (True, 0, 15, 0.93)
+    assert [m["id"] for m in body["matched"]] == ids[:2]
+    assert body["matched"][0]["similarity"] == pytest.approx(1, abs=1e-3)
+    assert body["matched"][1]["source"].endswith(":IMG_0042.jpg") and body["matched"][1]["label"] == "shapes"
+    assert client.get("/v1/memory/stats").json()["points"] == 15  # a dry run forgets nothing
+
+    # The image as JSON base64, as classify takes it: the same points go, and the answer says which
+    gone = client.post("/v1/memory/forget-like", headers=AUTH, json={"image": base64.b64encode(photo).decode()})
+    assert gone.json() == {**body, "dry_run": False, "deleted": 2, "points": 13}
+    assert [client.get(f"/v1/memory/points/{i}").status_code for i in ids] == [404, 404, 200]
+    entry = client.get("/v1/memory/history", params={"op": "forget"}).json()["entries"][0]
+    assert entry["selector"] == {"like_sha256": hashlib.sha256(photo).hexdigest(), "min_similarity": 0.93}
+    assert sorted(entry["ids"]) == sorted(ids[:2]) and entry["via"] == "http"
+    again = client.post("/v1/memory/forget-like", headers=AUTH, files=upload(photo)).json()
+    assert (again["deleted"], again["matched"]) == (0, [])
+    assert again["note"] == "no point of the memory is at least 0.93 similar to the image"
+
+    assert_problem(client.post("/v1/memory/forget-like?min_similarity=0", headers=AUTH, files=upload(photo)), 422,
+                   "invalid-parameters")
+    assert_problem(client.post("/v1/memory/forget-like", headers=AUTH, files=upload(photo),
+                               data={"min_similarity": "0.5"}), 422, "invalid-parameters", "query string")
+    assert_problem(client.post("/v1/memory/forget-like", headers=AUTH, files=upload(b"nope")), 400, "bad-image")
+    monkeypatch.setattr("vmem.visual_memory.MOST_COPIES", 3)  # a threshold that takes more than copies: refused
+    assert_problem(client.post("/v1/memory/forget-like?min_similarity=0.01", headers=AUTH, files=upload(photo)), 422,
+                   "invalid-parameters", "more than 3 points")
+    assert client.get("/v1/memory/stats").json()["points"] == 13
+    erase = client.post("/v1/memory/forget-like?erase=true", headers=AUTH, files=upload(make_scene(0)))
+    if backend == "edge":
+        assert (erase.json()["deleted"], erase.json()["erased"]) == (1, True)
+    else:  # refused before anything is forgotten, as the other forgets' erase
+        assert_problem(erase, 422, "invalid-parameters", "forget without `erase`")
+
+
+def test_a_forget_like_whose_erase_fails_says_which_points_are_forgotten_not_erased(client, monkeypatch):
+    import errno
+
+    from vmem import VisualMemory
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(VisualMemory, "erase_forgotten", disk_full)
+    [added] = client.post("/v1/memory", headers=AUTH, data={"label": "shapes"},
+                          files={"images": ("holiday.png", make_scene(3), "image/png")}).json()["added"]
+    resp = client.post("/v1/memory/forget-like?erase=true", headers=AUTH, files=upload(make_scene(3)))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["deleted"], body["erased"], [m["id"] for m in body["matched"]]) == (1, False, [added["id"]])
+    assert "could not be erased" in body["note"] and "POST /v1/memory/erase" in body["note"]
 
 
 @SHARED

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from retrieval import first_occurrences
+from retrieval import ImageDecodeError, first_occurrences
 from vmem import VoteSettings
 
 from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_key
@@ -22,6 +22,9 @@ from ..schemas import (
     AddOut,
     EraseOut,
     FeaturizerOut,
+    ForgetLikeJSON,
+    ForgetLikeOut,
+    ForgetLikeQuery,
     ForgetOut,
     ForgetPointQuery,
     ForgetQuery,
@@ -35,6 +38,7 @@ from ..schemas import (
     PointsQuery,
     RelabelIn,
     RelabelOut,
+    SimilarPointOut,
     StatsOut,
     SuspectOut,
     SuspectsOut,
@@ -190,6 +194,51 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         if n == 0 and q.label is not None else None
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0,
                      note=note)
+
+
+@router.post(
+    "/forget-like",
+    summary="Forget an image and its copies",
+    response_model=ForgetLikeOut,
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
+    openapi_extra=image_body("ForgetLikeJSON", "image", many=False),
+)
+async def forget_like(request: Request, q: Annotated[ForgetLikeQuery, Query()], service: ServiceDep,
+                      _: ApiKeyDep) -> ForgetLikeOut:
+    """Forget every point whose image looks like the one sent: the image itself however it was added (a path, an
+    upload), and its copies re-saved, recompressed or enlarged under other names, for "remove this photo, and any
+    copy of it" without its point id or path. A point goes when its features are at least `min_similarity` similar
+    to the image's, by exact search over every point (hard-pruned ones too); `dry_run=true` answers what would go
+    and forgets nothing.
+
+    Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`. Journaled as a
+    forget chosen by the image's sha256 and the threshold, never the image. More than 1,000 points that similar is
+    a 422, nothing forgotten: such a threshold takes more than copies. Requires the API key.
+    """
+    if not q.dry_run:
+        _check_erase(q.erase, service)
+    if require_media_type(request, MULTIPART, JSON) == JSON:
+        body = await read_json(request, ForgetLikeJSON)
+        upload = Upload(body.image, body.filename)
+    else:
+        files, _ = await read_files(request, "image", max_files=1,
+                                    too_many="send one image: its copies are found among the memory's points")
+        upload = Upload(*files[0])
+    try:
+        found = await service.run(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run)
+        note = None if found else f"no point of the memory is at least {q.min_similarity:g} similar to the image"
+        erased = q.erase and bool(found) and not q.dry_run
+    except ImageDecodeError as exc:
+        raise ProblemError(400, str(exc), "bad-image", "The image could not be decoded") from None
+    except ValueError as exc:  # more points that similar than copies of one image could be: nothing forgotten
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    except EraseFailedError as exc:
+        found, erased = exc.points, False
+        note = (await _forgotten_not_erased(exc, service)).note
+    return ForgetLikeOut(deleted=0 if q.dry_run else len(found),
+                         points=await run_in_threadpool(service.memory.store.count), erased=erased, note=note,
+                         dry_run=q.dry_run, min_similarity=q.min_similarity,
+                         matched=[SimilarPointOut(**d.model_dump()) for d in found])
 
 
 @router.post(
