@@ -53,7 +53,9 @@ class JournalEntry(BaseModel):
                                    description="forget and relabel: the ids of the points changed")
     to: str | None = Field(default=None, description="relabel: the new label")
     selector: dict[str, Any] = Field(default_factory=dict,
-                                     description="how the points were chosen: label, source_prefix, or ids asked for")
+                                     description="how the points were chosen: label, source_prefix, ids asked for, or "
+                                                 "like_sha256 (the sha256 of an image whose copies were forgotten) "
+                                                 "and min_similarity")
     detail: dict[str, Any] = Field(default_factory=dict, description="what else the edit was: names set, settings")
     via: str = Field(default="python", description="python, cli or http")
     host: str = Field(default_factory=socket.gethostname, description="the machine of the process that edited")
