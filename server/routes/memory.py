@@ -221,8 +221,8 @@ async def forget_like(request: Request, q: Annotated[ForgetLikeQuery, Query()], 
         body = await read_json(request, ForgetLikeJSON)
         upload = Upload(body.image, body.filename)
     else:
-        files, _ = await read_files(request, "image", max_files=1,
-                                    too_many="send one image: its copies are found among the memory's points")
+        files, _fields = await read_files(request, "image", max_files=1,
+                                          too_many="send one image: its copies are found among the memory's points")
         upload = Upload(*files[0])
     try:
         found = await service.run(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run)
