@@ -117,8 +117,25 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = STALE_TEMPOR
     return removed
 
 
-def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], durable: bool = True) -> None:
-    """Replace `path` with `data` (bytes, text as UTF-8, or a function writing to a binary file).
+def _link_unless_there(tmp: Path, path: Path) -> None:
+    """`tmp` named `path` unless a file is there: a rename would replace one made while `tmp` was written (a long
+    export's target, checked only when it started)."""
+    try:
+        os.link(tmp, path)  # refuses an existing name, atomically
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (made while this was written): nothing was written") from None
+    except OSError:  # no hard links here (a FAT disk, some network shares): checked, then renamed
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists (made while this was written): nothing was written") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+
+
+def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], durable: bool = True,
+                     replace: bool = True) -> None:
+    """Replace `path` with `data` (bytes, text as UTF-8, or a function writing to a binary file); with `replace`
+    false, FileExistsError (and nothing written) if a file is at `path` by the time the data is written.
 
     A temporary file beside it is written, then renamed over it. With `durable` the temporary file is
     flushed to disk before the rename and the directory after it, so that a power loss cannot leave
@@ -137,7 +154,10 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], 
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_unless_there(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)

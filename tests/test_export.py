@@ -107,6 +107,18 @@ def test_an_export_never_replaces_a_file_unless_asked(memory, tmp_path):
         memory.export_points(tmp_path / "no-such-folder" / "points.npz")
 
 
+def test_a_file_made_at_the_path_while_the_export_runs_is_kept(memory, tmp_path):
+    path = tmp_path / "points.npz"
+
+    def someone_else_writes_it(n: int) -> None:  # the path was free when the export began
+        path.write_bytes(b"someone else's results")
+
+    with pytest.raises(FileExistsError, match="made while this was written"):
+        memory.export_points(path, progress=someone_else_writes_it)
+    assert path.read_bytes() == b"someone else's results"
+    assert sorted(set(os.listdir(tmp_path)) - {"memory", "vmem-home"}) == ["points.npz"]  # no temporary file left
+
+
 def test_an_empty_memory_exports_an_empty_file_of_its_dim(tmp_path):
     with VisualMemory(open_store(tmp_path / "memory", SPEC), reranker=None) as mem:
         assert mem.export_points(tmp_path / "empty.npz") == 0
@@ -204,3 +216,25 @@ def test_numpy_over_the_export_classifies_as_the_memory_does(tiny_imagenet, lite
             totals[label] = totals.get(label, 0.0) + w
         assert answer.label == max(totals, key=totals.__getitem__)  # a tie: the label ranked first (added first)
     assert len(answers) >= 10 and len({a.label for a in answers}) > 1
+
+
+def test_vmem_export_stopped_by_sigterm_ends_as_ctrl_c_does_leaving_no_temporary_file(tmp_path, monkeypatch):
+    import signal
+
+    from vmem import export as export_module
+
+    with open_store(tmp_path / "memory", SPEC) as store:
+        fill(store)
+    real = export_module.write_atomically
+
+    def stopped_while_writing(path, write, **kwargs):  # `timeout`, `docker stop`: SIGTERM mid-write
+        def write_then_stop(fh):
+            write(fh)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        real(path, write_then_stop, **kwargs)
+
+    monkeypatch.setattr(export_module, "write_atomically", stopped_while_writing)
+    stopped = run("export", tmp_path / "points.npz", "--memory", tmp_path / "memory")
+    assert stopped.exit_code == 130 and "interrupted: nothing was written" in stopped.output, stopped.output
+    assert sorted(os.listdir(tmp_path)) == ["memory"]  # the temporary file beside it went too

@@ -145,7 +145,7 @@ def write_export(path: str | Path, batches: Iterable[PointBatch], dim: int, meta
                     np.lib.format.write_array(out, np.array(json.dumps(meta, ensure_ascii=False)),
                                               allow_pickle=False)
 
-        write_atomically(path, write)
+        write_atomically(path, write, replace=overwrite)
     return n
 
 

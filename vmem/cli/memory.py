@@ -795,7 +795,8 @@ def export(
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         total = _export_total(mem, label, source, excluded)
         started = time.perf_counter()
-        with tqdm(total=total, unit="pt", desc="export", file=sys.stderr) as bar:
+        # SIGTERM as Ctrl-C: the temporary file beside FILE goes (it had stayed, as large as the export)
+        with tqdm(total=total, unit="pt", desc="export", file=sys.stderr) as bar, _sigterm_as_interrupt():
             try:
                 n = mem.export_points(path, label=label, source_prefix=source, excluded=excluded, overwrite=force,
                                       progress=bar.update)
