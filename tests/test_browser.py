@@ -791,3 +791,28 @@ def test_the_template_chooser_shows_a_template_s_name_whole(browser, named_page_
         free.remove();
         return widths;""")
     assert shown >= needed, (shown, needed)
+
+
+def test_an_edit_left_for_another_answer_is_not_carried_out_by_enter_in_the_key_field(browser, tmp_path,
+                                                                                       named_page_url):
+    import time
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(texture(COLORS["red"], seed=4252))
+    second.write_bytes(texture(COLORS["blue"], seed=4253))
+    wait = classify_on_the_page(browser, named_page_url + "/", first, k=3)
+    browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0].find_element(By.CLASS_NAME,
+                                                                                          "forget").click()
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+    ActionChains(browser).send_keys(API_KEY).perform()  # typed, not sent: the user moves on to another image
+    browser.find_element(By.ID, "file").send_keys(str(second))
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text.startswith("navy"))
+    browser.execute_script("document.getElementById('api-key').focus()")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    time.sleep(1.5)  # what a forget sent would have taken
+    assert "12 points" in browser.find_element(By.ID, "stats").text  # nothing forgotten
+    assert browser.find_element(By.ID, "edit-note").text == ""

@@ -180,6 +180,9 @@ function hideAnswer() {
 async function classify() {
   clearTimeout(optionsTimer);
   if (!currentFile) return;
+  // An edit of a card this answer redraws is no longer the user's to carry on (Enter in the key field had forgotten
+  // a point no longer on show).
+  retryWithKey = null;
   if (!$("k").reportValidity()) { // k out of 1..1000: said at the field, not sent to be refused
     $("k").setAttribute("aria-invalid", "true");
     return;
@@ -623,6 +626,7 @@ function card(n, predicted) {
 let retryWithKey = null;
 function apiKeyFor(action, retry) {
   const key = $("api-key").value.trim();
+  retryWithKey = null; // one asked for before is out of date: this is what the user does now
   if (!key) {
     retryWithKey = retry || null;
     $("key-box").open = true;
@@ -663,7 +667,7 @@ function whileEditing(pointId, on) {
 // Returns whether the point was forgotten.
 async function forget(n) {
   if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point", () => forget(n));
+  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n));
   if (!key) return false;
   showError("");
   hideEditNote();
@@ -728,7 +732,7 @@ function wireRelabel(node, p) {
 // Returns whether the point was relabelled.
 async function relabel(p, to) {
   if (editing.has(p.id)) return false;
-  const key = apiKeyFor("relabel a memory point", () => relabel(p, to));
+  const key = apiKeyFor("relabel a memory point", () => cardsOf(p.id).length && relabel(p, to));
   if (!key) return false;
   showError("");
   hideEditNote();
