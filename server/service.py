@@ -54,6 +54,10 @@ _MAX_OOD_ENTRIES = 256
 DECODED_PIXELS_PER_STEP = 64_000_000
 
 
+class NothingToSearchError(Exception):
+    """A classify of a memory with no point a search can return: empty, or every point hard-pruned."""
+
+
 @dataclass(frozen=True)
 class Upload:
     """An image as received: its encoded bytes and, when given, its file name; or, where a batch's slot held no
@@ -464,6 +468,7 @@ class ClassifierService:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
         labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
         self.memory.check_added_labels(labels)  # before any thumbnail is kept
+        names = dict(self.memory.label_names)
         self.thumbnails.check_room(len(uploads))
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
@@ -482,6 +487,7 @@ class ClassifierService:
                 self._edited()
         self.metrics.edits.labels("add").inc(len(result.added))
         self.metrics.edits.labels("relabel").inc(len(result.relabelled))
+        self._count_names_since(names)
         return ([(i, pid, labels[i], src) for (i, src), pid in zip(kept, result.ids, strict=True)], failed, result)
 
     def _decoded_in_steps(self, uploads: Iterable[tuple[int, Upload]],
@@ -521,10 +527,19 @@ class ClassifierService:
 
     def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
                 source_prefix: str | None = None) -> int:
+        names = dict(self.memory.label_names)
         n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
         if n:  # cached answers that voted with the old labels went with the relabel (on_relabel)
             self.metrics.edits.labels("relabel").inc(n)
+            self._count_names_since(names)
         return n
+
+    def _count_names_since(self, before: dict[str, str]) -> None:
+        """Count the names an add or relabel gave (a new class made as an ImageNet id is named so, and journaled
+        as a name edit): the metric of name edits had missed them."""
+        after = self.memory.label_names
+        if named := sum(before.get(k) != after.get(k) for k in before.keys() | after.keys()):
+            self.metrics.edits.labels("name").inc(named)
 
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
@@ -622,6 +637,8 @@ class ClassifierService:
                 [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
                 rerank=q.rerank, template=q.template, exact=q.exact,
                 sources=[uploads[i].filename or uploads[i].source for i, _ in step])
+            if any(not res.neighbors for res in results):  # counted only then: no count on every request
+                self._check_searchable()
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered
                     self.metrics.cache.labels("miss").inc()
@@ -635,6 +652,18 @@ class ClassifierService:
         for i, why in failed:
             out[i] = why
         return [a for a in out if a is not None]
+
+    def _check_searchable(self) -> None:
+        """NothingToSearchError for a memory with no point a search can return, before any answer is counted or
+        kept, as `vmem classify` refuses it: its answers had been 200s with a null label and no neighbours,
+        which read as the memory abstaining (and counted as images classified)."""
+        store = self.memory.store
+        if not (total := store.count()):
+            raise NothingToSearchError("the memory holds no points: add labelled images first (POST /v1/memory, "
+                                       "or vmem build)")
+        if not store.count(searchable=True):
+            raise NothingToSearchError(f"all {total:,} points of the memory are hard-pruned, so no search can "
+                                       "return one: `vmem prune --undo` restores them")
 
     def _count(self, res: Classification) -> None:
         usage = res.usage or {}

@@ -367,8 +367,16 @@ def test_a_class_added_over_http_or_from_python_as_an_imagenet_id_is_named_as_a_
         assert added.status_code == 201 and added.json()["added"][0]["label_name"] == "tabby cat"
         answer = client.post("/v1/classify?k=1", files={"image": ("q.png", texture(COLORS["green"], seed=40))})
         assert (answer.json()["label"], answer.json()["label_name"]) == ("n02123045", "tabby cat")
+        assert 'vmem_memory_edits_total{op="name"} 1.0' in client.get("/metrics").text  # an edit, counted
     assert [e.op for e in mem.history(limit=2)] == ["name", "add"]  # the naming is an edit of its own, journaled
     assert mem.history(limit=1)[0].detail["names"] == {"n02123045": "tabby cat"}
+    # A class made by a relabel is named so too; one the memory held unnamed (a build that left it so) stays so.
+    mem.relabel("n01443537", label="okapi")
+    assert mem.label_names["n01443537"] == "goldfish"
+    mem.add([texture(COLORS["blue"], seed=32)], "n01530575")  # as a build of a mixed folder leaves it: unnamed
+    mem.set_label_names({}, replace=True)
+    mem.add([texture(COLORS["blue"], seed=33)], "n01530575")
+    assert mem.label_names == {}
 
 
 # ------------------------------------------------------------------ real data

@@ -1858,6 +1858,12 @@ def test_classifying_with_a_memory_that_has_nothing_to_search_is_a_409_saying_wh
                    "holds no points: add labelled images first (POST /v1/memory")
     batch = client.post("/v1/classify/batch", files=[("images", ("a.png", texture(COLORS["red"], 3)))])
     assert_problem(batch, 409, "nothing-to-search", "holds no points")
+    reranked = client.post("/v1/classify?rerank=true", files=query, headers=AUTH)
+    assert_problem(reranked, 409, "nothing-to-search", "holds no points")
+    # No answer went out: none is counted as an image classified, nor as a re-rank that fell back.
+    counted = client.get("/metrics").text
+    fallbacks = [line for line in counted.splitlines() if line.startswith("vmem_rerank_fallbacks_total{")]
+    assert "vmem_images_classified_total 0.0" in counted and all(line.endswith(" 0.0") for line in fallbacks)
     # Points again: answered as before.
     added = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
                         files=[("images", ("r.png", texture(COLORS["red"], 4), "image/png"))])

@@ -1020,13 +1020,14 @@ class VisualMemory:
         with self._edit_lock:  # checked again: another thread may have added some of them while these embedded
             stored |= self.store.existing_labels([id_of[ok_sources[j]] for j in new])
             new_rows = [r for r, j in enumerate(new) if id_of[ok_sources[j]] not in stored]
+            new_classes = self._new_imagenet_classes({ok_labels[new[r]] for r in new_rows})
             added = [] if vectors is None or not new_rows else self.store.add(
                 vectors[new_rows], [ok_labels[new[r]] for r in new_rows], [ok_sources[new[r]] for r in new_rows],
                 tags)
         if added:
             self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
                           detail={"tags": tags} if tags else {})
-            self._name_imagenet_labels({ok_labels[new[r]] for r in new_rows})
+            self._name_imagenet_classes(new_classes)
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
         just_added = set(added)
         for j in keep:
@@ -1039,14 +1040,20 @@ class VisualMemory:
             relabelled |= {pid: stored[pid] for pid in changed}
         return AddResult(ids=[id_of[src] for src in ok_sources], failed=failed, added=added, relabelled=relabelled)
 
-    def _name_imagenet_labels(self, labels: set[str]) -> None:
-        """Name the ImageNet-1k WordNet ids among `labels` that have no name yet with vmem's own names, as `vmem
-        build` names a folder of them: a class added over HTTP or from Python as n02123045 had shown as that id
-        alone, on the page and to the re-ranker (Gemini knows no WordNet id), where a build showed "tabby cat"."""
-        if unnamed := labels - self.store.meta.label_names.keys():
-            builtin = _imagenet_names()
-            if found := {label: builtin[label] for label in unnamed if label in builtin}:
-                self.set_label_names(found)
+    def _new_imagenet_classes(self, labels: set[str]) -> dict[str, str]:
+        """vmem's own names of the ImageNet-1k WordNet ids among `labels` that the memory neither names nor holds a
+        point of: classes an add or relabel is about to make (`_name_imagenet_classes` names them once made)."""
+        builtin = _imagenet_names()
+        return {label: builtin[label] for label in labels
+                if label in builtin and label not in self.store.meta.label_names and not self.store.count(label=label)}
+
+    def _name_imagenet_classes(self, names: dict[str, str]) -> None:
+        """Name new classes as `vmem build` names a folder of ImageNet ids: a class added or relabelled over HTTP or
+        from Python as n02123045 had shown as that id alone, on the page and to the re-ranker (Gemini knows no
+        WordNet id), where a build showed "tabby cat". A class the memory held already keeps what it had: a
+        build of a folder not all ImageNet ids leaves them unnamed on purpose."""
+        if names := {label: name for label, name in names.items() if label not in self.store.meta.label_names}:
+            self.set_label_names(names)
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""
@@ -1402,11 +1409,14 @@ class VisualMemory:
     def _relabel_points(self, ids: list[str], to: str, selector: dict[str, Any]) -> list[str]:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
         with self._edit_lock:  # journaled under it too, in the order the edits were made (see forget)
+            new_class = self._new_imagenet_classes({to})
             before = self.store.relabel(ids, to)
             changed = list(before)
             if changed:
                 self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
                               selector=selector)
+        if changed:
+            self._name_imagenet_classes(new_class)
         if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile
             self._tell(self._relabel_listeners, changed, "relabel")
             if self._reranker is None:

@@ -12,7 +12,7 @@ from vmem import NoSuchLabelsError
 from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
 from ..problems import TYPE_BASE, ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
-from ..service import Answer, ClassifierService, Upload
+from ..service import Answer, ClassifierService, NothingToSearchError, Upload
 from ..settings import Settings
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import (
@@ -41,30 +41,13 @@ async def classified(request: Request, service: ClassifierService, uploads: list
                      ) -> list[Answer | str]:
     run = service.run_reranking if q.rerank else service.run  # Gemini's waits must not hold the embedding threads
     try:
-        answers = await unless_the_client_leaves(request, run(service.classify, uploads, q))
+        return await unless_the_client_leaves(request, run(service.classify, uploads, q))
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
     except TemplateError as exc:  # removed or broken since check_template: said, not a 500
         raise template_problem(service, q, exc) from None
-    # Checked only when an answer came back without neighbours: no count on every request.
-    if any(isinstance(a, Answer) and not a.result.neighbors for a in answers):
-        await refuse_when_nothing_is_searchable(service)
-    return answers
-
-
-async def refuse_when_nothing_is_searchable(service: ClassifierService) -> None:
-    """409 `nothing-to-search` for a memory with no point a search can return, as `vmem classify` refuses it: its
-    answers had been 200s with a null label and no neighbours, which read as the memory abstaining."""
-    store = service.memory.store
-    total, searchable = await service.run(lambda: (store.count(), store.count(searchable=True)))
-    if not total:
-        detail = "the memory holds no points: add labelled images first (POST /v1/memory, or vmem build)"
-    elif not searchable:
-        detail = (f"all {total:,} points of the memory are hard-pruned, so no search can return one: "
-                  "`vmem prune --undo` restores them")
-    else:
-        return  # points came back since (an add meanwhile): the answers stand
-    raise ProblemError(409, detail, "nothing-to-search", "Nothing to search")
+    except NothingToSearchError as exc:  # empty, or every point hard-pruned: said as vmem classify says it
+        raise ProblemError(409, str(exc), "nothing-to-search", "Nothing to search") from None
 
 
 @router.post(
