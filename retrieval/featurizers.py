@@ -406,7 +406,7 @@ class EfficientNetLiteFeaturizer(Featurizer):
         self.preprocessing = Preprocessing(resize=round(res / 0.875), crop=res,
                                            mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
         self.net = build_efficientnet_lite(variant).to(self.device, self.dtype)
-        self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; torch's overloads omit it
+        self.net = self.net.to(memory_format=torch.channels_last)
         self._features = _PooledFeatures(self.net).eval()
         self._traced: dict[tuple, torch.jit.ScriptModule] = {}
 

@@ -145,7 +145,7 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5, library: Literal["numpy", "
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = a.T.copy()
     if library == "torch":
-        a, b = torch.from_numpy(a), torch.from_numpy(b)  # type: ignore[assignment]  # the same matrices, for torch
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
     a @ b
     times = []
     for _ in range(repeats):
