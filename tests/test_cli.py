@@ -313,7 +313,12 @@ def test_forget_like_a_photo_takes_its_copies_under_other_paths_and_journals_how
     assert str(photo) not in history.stdout
     assert "\tby like_sha256 '" in run("history", "--memory", memory, "--limit", "1").stdout
     again = run("forget", "--memory", memory, "--like", photo)
-    assert again.exit_code == 0 and "forgot 0 points" in again.stdout and "no point is that similar" in again.stderr
+    assert again.exit_code == 0 and "forgot 0 points" in again.stdout
+    assert "no point is at least 0.93 similar to it; `vmem forget --like" in again.stderr
+    assert "--dry-run --min-similarity 0.8` lists those nearer than 0.8" in again.stderr
+    # Said on a dry run too, where it is most wanted
+    assert "no point is at least 0.93 similar" in run("forget", "--memory", memory, "--like", photo, "--dry-run").stderr
+    assert said(run("forget", "--memory", memory, "--like", data), "is a folder: give one image file")
     # A lower threshold reaches other pictures: what a dry run is for
     assert len(run("forget", "--memory", memory, "--like", photo, "--min-similarity", "0.3", "--dry-run")
                .stdout.splitlines()) == 5

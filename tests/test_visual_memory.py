@@ -191,11 +191,21 @@ def test_a_copy_pruning_hid_from_search_is_found_and_a_threshold_too_low_is_refu
     assert len(memory.near_duplicates(photo, min_similarity=0.01, limit=2)) == 2  # bounded by `limit`
     # A threshold so low that it takes more than copies: refused, nothing forgotten (not 1,000 points of a class)
     monkeypatch.setattr("vmem.visual_memory.MOST_COPIES", 3)
-    with pytest.raises(ValueError, match=r"more than 3 points are at least 0\.01 similar"):
+    with pytest.raises(ValueError, match=r"more than 3 points of the memory are at least 0\.01 similar"):
         memory.forget_like(photo, min_similarity=0.01)
     with pytest.raises(ValueError, match="more than 3 points"):
         memory.forget_like(photo, min_similarity=0.01, dry_run=True)
+    # ... and a small memory has no 1,000 points to reach: over half of it is refused too (it forgot all of one)
+    monkeypatch.setattr("vmem.visual_memory.MOST_COPIES", 1000)
+    monkeypatch.setattr("vmem.visual_memory.FEW_COPIES", 2)
+    with pytest.raises(ValueError, match=r"7 of the 7 points of the memory are at least 0\.01 similar"):
+        memory.forget_like(photo, min_similarity=0.01)
     assert memory.store.count() == 7 and not memory.history(op="forget")
+    # A similarity of 1 is the photo itself, its stored float16 vector 1 give or take 1e-4 from it (this one's:
+    # 0.99991, which min_similarity=1 had missed)
+    other = make_scene(13)
+    [other_id], _ = memory.add([other], "shapes")
+    assert [d.id for d in memory.near_duplicates(other, min_similarity=1)] == [other_id]
     for bad in (0, 1.5, float("nan"), True, "0.9"):
         with pytest.raises(ValueError, match="min_similarity must be a number above 0 and at most 1"):
             memory.near_duplicates(photo, min_similarity=bad)

@@ -108,6 +108,12 @@ COPY_SIMILARITY = 0.93
 # At most this many points are taken for copies of one image: more than this above the threshold means a
 # threshold too low to mean copies, and `forget_like` refuses it rather than forget part of a class.
 MOST_COPIES = 1000
+# ... and more than this many, making up more than half of the memory, is refused too: a small memory has no
+# 1,000 points to reach (a threshold of 0.01 forgot every point of a memory of 999).
+FEW_COPIES = 10
+# Similarities are compared with this much slack: the stored vectors are float16 (the default), so an image's
+# similarity to its own point is 1 give or take 1e-4, and `min_similarity=1` had missed half of them.
+SIMILARITY_SLACK = 1e-3
 
 
 # A build journals what it has added at least this often (and at its end), so that a process killed midway
@@ -1182,7 +1188,9 @@ class VisualMemory:
         Every point is compared, by exact search (not through the index, whose answers are approximate), hard-
         pruned points included: what `forget_like` forgets. The default threshold is measured, and what it
         catches (re-encoded and enlarged copies; not every resized, cropped or mirrored one) is in README,
-        "Forgetting"; it holds for EfficientNet-Lite0's features, where it was measured.
+        "Forgetting"; it holds for EfficientNet-Lite0's features, where it was measured. Similarities are compared
+        with 0.001 of slack (stored float16 vectors put an image's own similarity at 1 give or take 1e-4):
+        `min_similarity=1` takes the image itself and exact copies.
 
             >>> [(d.similarity, d.source) for d in mem.near_duplicates("photo.jpg")]
 
@@ -1205,8 +1213,9 @@ class VisualMemory:
 
         Raises:
             vmem.ImageDecodeError: the image does not decode (nothing forgotten).
-            ValueError: more than 1,000 points are that similar (nothing forgotten: a threshold that low takes
-                more than copies of one image); min_similarity outside (0, 1]; erase on a Qdrant server.
+            ValueError: more than 1,000 points are that similar, or more than 10 making up more than half of the
+                memory (nothing forgotten: a threshold that low takes more than copies of one image);
+                min_similarity outside (0, 1]; erase on a Qdrant server.
         """
         if erase and not dry_run:
             self.check_erase_on_demand()
@@ -1214,8 +1223,10 @@ class VisualMemory:
         vector = self._embedded(image, "forget_like")
         self._refresh_for_reading()
         found = self._near_duplicates(vector, min_similarity, MOST_COPIES + 1)
-        if len(found) > MOST_COPIES:
-            raise ValueError(f"more than {MOST_COPIES:,} points are at least {min_similarity:g} similar to the image: "
+        total = self.store.count()
+        if len(found) > MOST_COPIES or (len(found) > FEW_COPIES and 2 * len(found) > total):
+            many = f"more than {MOST_COPIES:,}" if len(found) > MOST_COPIES else f"{len(found):,} of the {total:,}"
+            raise ValueError(f"{many} points of the memory are at least {min_similarity:g} similar to the image: "
                              "a threshold that low takes more than copies of it; raise it (the default, "
                              f"{COPY_SIMILARITY:g}, is measured: README, \"Forgetting\")")
         if dry_run:
@@ -1232,7 +1243,7 @@ class VisualMemory:
         names = self.store.meta.label_names
         return [NearDuplicate(id=h.id, label=h.label, label_name=names.get(h.label), source=h.source,
                               similarity=h.similarity)
-                for h in self.store.similar(vector, min_similarity, limit)]
+                for h in self.store.similar(vector, max(min_similarity - SIMILARITY_SLACK, 0.0), limit)]
 
     def _forget_chosen(self, targets: list[str], selector: dict[str, Any],
                        erase: bool) -> tuple[int, dict[str, str]]:

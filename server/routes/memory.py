@@ -212,8 +212,9 @@ async def forget_like(request: Request, q: Annotated[ForgetLikeQuery, Query()], 
     and forgets nothing.
 
     Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`. Journaled as a
-    forget chosen by the image's sha256 and the threshold, never the image. More than 1,000 points that similar is
-    a 422, nothing forgotten: such a threshold takes more than copies. Requires the API key.
+    forget chosen by the image's sha256 and the threshold, never the image. More than 1,000 points that similar (or
+    more than 10 making up over half of the memory) is a 422, nothing forgotten: such a threshold takes more than
+    copies. Requires the API key.
     """
     if not q.dry_run:
         _check_erase(q.erase, service)

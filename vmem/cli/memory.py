@@ -550,6 +550,9 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
     if not 0 < min_similarity <= 1:
         raise typer.BadParameter(f"{min_similarity:g} is no similarity to take copies from: give a number above 0 "
                                  f"and at most 1 (default {COPY_SIMILARITY})", param_hint="--min-similarity")
+    if image.expanduser().is_dir():
+        raise typer.BadParameter(f"{image} is a folder: give one image file, the one whose copies are to go",
+                                 param_hint="--like")
     if not image.expanduser().is_file():
         raise typer.BadParameter(f"{image}: no such file", param_hint="--like")
     with open_memory(memory, qdrant_url) as mem:
@@ -569,14 +572,20 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
         for d in found:
             typer.echo("\t".join([d.id, one_line(named_label(d.label, names)), one_line(d.source),
                                   f"{d.similarity:.4f}"]))
+        # Said of a dry run too, when it is most wanted: how to see how close the nearest points are.
+        nothing = (f"note: no point is at least {min_similarity:g} similar to it; `vmem forget --like {image} "
+                   "--dry-run --min-similarity 0.8` lists those nearer than 0.8, each with its similarity")
         if dry_run:
             _say_chosen(mem, "forget", {d.id: d.label for d in found}, listed=False)
+            if not found:
+                typer.echo(nothing, err=True)
             return
         typer.echo(f"forgot {n_points(len(found))} like {image} (similarity at least {min_similarity:g}); memory now "
                    f"holds {mem.store.count():,}")
+        if orphans := mem.remove_orphan_thumbnails():  # as a forget by id, label or source clears them
+            typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
         if not found:
-            typer.echo(f"note: no point is that similar to it; `vmem classify {image} --exact --k 1` shows the "
-                       "nearest one and how similar", err=True)
+            typer.echo(nothing, err=True)
         if found and (pruned := mem.store.meta.settings.get("pruning")):
             typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
                        "them; vmem prune again (or --undo) to judge it without them", err=True)
