@@ -729,15 +729,20 @@ def copy(
                        f"holds {dest.count():,} points")
 
 
+# The points `vmem points` lists and `vmem export` writes: one set of filters, said alike.
+PointsLabelOpt = Annotated[str | None, typer.Option("--label", help="only points with this label")]
+PointsSourceOpt = Annotated[str | None, typer.Option("--source", help="only points whose source starts with this (a "
+                                                                     "folder: the images under it)")]
+PointsExcludedOpt = Annotated[bool | None, typer.Option(
+    "--excluded/--searchable", help="only points hard pruning took out of search (vmem prune), or only the others")]
+
+
 def points(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
-    label: Annotated[str | None, typer.Option(help="only points with this label")] = None,
-    source: Annotated[str | None, typer.Option(help="only points whose source starts with this (a folder: the "
-                                                    "images under it)")] = None,
-    excluded: Annotated[bool | None, typer.Option(
-        "--excluded/--searchable", help="only points hard pruning took out of search (vmem prune), or only the "
-                                        "others")] = None,
+    label: PointsLabelOpt = None,
+    source: PointsSourceOpt = None,
+    excluded: PointsExcludedOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="points per page")] = 20,
     cursor: Annotated[str | None, typer.Option(help="where a page starts (the previous page's next cursor)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per point")] = False,
@@ -768,12 +773,9 @@ def export(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="the .npz file to write", show_default=False)],
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
-    label: Annotated[str | None, typer.Option(help="only points with this label")] = None,
-    source: Annotated[str | None, typer.Option(help="only points whose source starts with this (a folder: the "
-                                                    "images under it)")] = None,
-    excluded: Annotated[bool | None, typer.Option(
-        "--excluded/--searchable", help="only points hard pruning took out of search (vmem prune), or only the "
-                                        "others")] = None,
+    label: PointsLabelOpt = None,
+    source: PointsSourceOpt = None,
+    excluded: PointsExcludedOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
 ) -> None:
     """Write the memory's points with their vectors to one .npz file, to analyse elsewhere (numpy, UMAP, a
