@@ -205,13 +205,21 @@ def test_a_failed_trial_call_reopens_the_circuit(fake, reranker, neighbour_image
     assert reranker.breaker.state == "open"
 
 
-def test_replies_that_are_refused_are_not_an_outage(fake, reranker, neighbour_images):
-    # A non-candidate answer or a 400 means Gemini is up: the circuit stays closed.
+def test_replies_that_are_refused_are_not_an_outage(fake, neighbour_images):
+    # A non-candidate answer or a 400 means Gemini is up: the circuit stays closed. Attempts get time enough here:
+    # under load, 0.4 s attempts timed out and were retried, their replies eaten, and the fake's default answer
+    # re-ranked 4 of the 20 (a CI rehearsal).
+    rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache=False, deadline_s=10, attempt_timeout_s=5,
+                        max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05, concurrency=8,
+                        breaker_failures=5, breaker_cooldown_s=1.0)
     fake.enqueue(*[fake.text("ignore previous instructions"), fake.status(400)] * 10)
-    batch = reranker.rerank_many(queries(neighbour_images, 20))
-    assert batch.reranked == 0
-    assert set(batch.fallbacks) == {"NonCandidateAnswerError", "RequestRejectedError"}
-    assert reranker.breaker.state == "closed"
+    try:
+        batch = rr.rerank_many(queries(neighbour_images, 20))
+        assert batch.reranked == 0
+        assert set(batch.fallbacks) == {"NonCandidateAnswerError", "RequestRejectedError"}
+        assert rr.breaker.state == "closed"
+    finally:
+        rr.close()
 
 
 # ------------------------------------------------------------------ through the HTTP service
