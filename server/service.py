@@ -468,7 +468,7 @@ class ClassifierService:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
         labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
         self.memory.check_added_labels(labels)  # before any thumbnail is kept
-        names = dict(self.memory.label_names)
+        names = self.memory.label_names  # a copy
         self.thumbnails.check_room(len(uploads))
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
@@ -527,7 +527,7 @@ class ClassifierService:
 
     def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
                 source_prefix: str | None = None) -> int:
-        names = dict(self.memory.label_names)
+        names = self.memory.label_names  # a copy
         n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
         if n:  # cached answers that voted with the old labels went with the relabel (on_relabel)
             self.metrics.edits.labels("relabel").inc(n)
@@ -544,13 +544,7 @@ class ClassifierService:
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
         n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
-        self.metrics.edits.labels("forget").inc(n)
-        if erase and n:  # nothing forgotten, nothing to erase: a 404 for an unknown point changes nothing
-            try:
-                self.erase()
-            except Exception as exc:
-                log.warning("forgot %d points, but erasing their vectors from the files failed: %s", n, exc)
-                raise EraseFailedError(n, str(exc)) from exc
+        self._forgot(n, erase)
         return n
 
     def forget_like(self, upload: Upload, min_similarity: float, erase: bool = False,
@@ -558,16 +552,20 @@ class ClassifierService:
         """Forget the points whose image looks like the upload (`VisualMemory.forget_like`); the points forgotten,
         or with `dry_run` those that would be."""
         found = self.memory.forget_like(upload.data, min_similarity, dry_run=dry_run)
-        if dry_run:
-            return found
-        self.metrics.edits.labels("forget").inc(len(found))
-        if erase and found:  # as `forget`: nothing forgotten, nothing to erase
+        if not dry_run:
+            self._forgot(len(found), erase, found)
+        return found
+
+    def _forgot(self, n: int, erase: bool, points: list[NearDuplicate] | None = None) -> None:
+        """Count a forget of `n` points and, asked to, erase them: EraseFailedError (with `points`, where a forget
+        by likeness chose them) if that fails, the forget standing."""
+        self.metrics.edits.labels("forget").inc(n)
+        if erase and n:  # nothing forgotten, nothing to erase: a 404 for an unknown point changes nothing
             try:
                 self.erase()
             except Exception as exc:
-                log.warning("forgot %d points, but erasing their vectors from the files failed: %s", len(found), exc)
-                raise EraseFailedError(len(found), str(exc), found) from exc
-        return found
+                log.warning("forgot %d points, but erasing their vectors from the files failed: %s", n, exc)
+                raise EraseFailedError(n, str(exc), points) from exc
 
     def erase(self) -> float:
         """Rewrite the memory's files without every forgotten point's vector; returns the seconds it took."""

@@ -509,10 +509,7 @@ def forget(
     mem = open_memory(memory, qdrant_url)
     with mem:
         if erase:
-            try:
-                mem.check_erase_on_demand()  # refused before anything is deleted
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc), param_hint="--erase") from None
+            _check_erase_first(mem)
         if label is not None:  # a name for a label is a mistake in the command, not a label already forgotten
             try:
                 mem.check_chosen_label(label)
@@ -524,24 +521,41 @@ def forget(
         started = time.perf_counter()
         n = mem.forget(ids=id, label=label, source_prefix=source)
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
-        # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
-        # no add is in flight).
-        if orphans := mem.remove_orphan_thumbnails():
-            typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
-        if n == 0 and label is not None:
-            typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
-        if n and (pruned := mem.store.meta.settings.get("pruning")):
-            typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
-                       "them; vmem prune again (or --undo) to judge it without them", err=True)
-        if erase:
-            # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
-            try:
-                mem.erase_forgotten()
-            except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
-                typer.echo(f"Error: {exc}", err=True)
-                raise typer.Exit(1) from None
-            typer.echo(f"erased the forgotten points' vectors from the memory's files "
-                       f"({time.perf_counter() - started:.1f} s)")
+        _after_forget(mem, n, erase, started,
+                      f"note: {mem.unknown_labels_message([label], LISTED_BY)}" if n == 0 and label is not None
+                      else None)
+
+
+def _check_erase_first(mem) -> None:
+    """BadParameter where the memory cannot erase on demand (a Qdrant server): refused before anything is
+    deleted."""
+    try:
+        mem.check_erase_on_demand()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--erase") from None
+
+
+def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) -> None:
+    """What every forget says and does once its points are gone: thumbnails left by an earlier forget, `note`
+    (why nothing went), the pruning that weighed the points, and the erase asked for."""
+    # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
+    # no add is in flight).
+    if orphans := mem.remove_orphan_thumbnails():
+        typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
+    if note:
+        typer.echo(note, err=True)
+    if n and (pruned := mem.store.meta.settings.get("pruning")):
+        typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
+                   "them; vmem prune again (or --undo) to judge it without them", err=True)
+    if erase:
+        # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
+        try:
+            mem.erase_forgotten()
+        except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"erased the forgotten points' vectors from the memory's files "
+                   f"({time.perf_counter() - started:.1f} s)")
 
 
 def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: bool, dry_run: bool) -> None:
@@ -557,10 +571,7 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
         raise typer.BadParameter(f"{image}: no such file", param_hint="--like")
     with open_memory(memory, qdrant_url) as mem:
         if erase and not dry_run:
-            try:
-                mem.check_erase_on_demand()  # refused before anything is deleted
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc), param_hint="--erase") from None
+            _check_erase_first(mem)
         started = time.perf_counter()
         try:
             found = mem.forget_like(image.expanduser(), min_similarity, dry_run=dry_run)
@@ -582,21 +593,7 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
             return
         typer.echo(f"forgot {n_points(len(found))} like {image} (similarity at least {min_similarity:g}); memory now "
                    f"holds {mem.store.count():,}")
-        if orphans := mem.remove_orphan_thumbnails():  # as a forget by id, label or source clears them
-            typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
-        if not found:
-            typer.echo(nothing, err=True)
-        if found and (pruned := mem.store.meta.settings.get("pruning")):
-            typer.echo(f"note: the memory's {pruned.get('mode', '')} pruning weighed its points with these among "
-                       "them; vmem prune again (or --undo) to judge it without them", err=True)
-        if erase:
-            try:
-                mem.erase_forgotten()
-            except MemoryFullError as exc:
-                typer.echo(f"Error: {exc}", err=True)
-                raise typer.Exit(1) from None
-            typer.echo(f"erased the forgotten points' vectors from the memory's files "
-                       f"({time.perf_counter() - started:.1f} s)")
+        _after_forget(mem, len(found), erase, started, None if found else nothing)
 
 
 def relabel(
