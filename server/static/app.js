@@ -46,7 +46,12 @@ function announce(text) {
   $("announce").textContent = text;
 }
 
+// Whether the error shown is about the options chosen (no key to re-rank with): the only one that going back to
+// the answer's options takes away. Any other error (a relabel refused) stays until the next request clears it.
+let optionsErrorShown = false;
+
 function showError(message) {
+  optionsErrorShown = false;
   $("error").textContent = message || "";
   $("error").hidden = !message;
   // An edit made far down the page (a label's list) reports up here: bring it into view.
@@ -164,8 +169,9 @@ function classifyWhenSettled(delay) {
 
 function classifyIfChanged() {
   if (askedFor && askedFor.file === currentFile && askedFor.options === queryString()) {
-    // Back to the options of the answer shown: an error about other options (no key to re-rank) goes.
-    if (!askedFor.failed) showError("");
+    // Back to the options of the answer shown: an error about other options (no key to re-rank) goes. Only that
+    // one: a relabel's error shown meanwhile had been cleared by this check, run 600 ms after k was typed.
+    if (!askedFor.failed && optionsErrorShown) showError("");
     return;
   }
   classify();
@@ -196,6 +202,7 @@ async function classify() {
       classify();
     });
     if (!key) {
+      optionsErrorShown = true;
       hideAnswer(); // the answer on show is not a re-ranked one
       return;
     }
