@@ -35,7 +35,7 @@ from PIL import Image
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
 from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
-from vmem import AddResult, Classification, NearDuplicate, VisualMemory, upload_source
+from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
 from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
 
@@ -52,10 +52,6 @@ _MAX_OOD_ENTRIES = 256
 # Decoded pixels a request holds before embedding them (then the next step's are decoded): a 64-megapixel
 # image's worth, so a batch of ordinary photos is one step and a batch of huge ones never more than two at once.
 DECODED_PIXELS_PER_STEP = 64_000_000
-
-
-class NothingToSearchError(Exception):
-    """A classify of a memory with no point a search can return: empty, or every point hard-pruned."""
 
 
 @dataclass(frozen=True)
@@ -631,12 +627,17 @@ class ClassifierService:
             keys[i] = key
         failed: list[tuple[int, str]] = []
         for step in self._decoded_in_steps(((i, uploads[i]) for i in keys), failed):
-            results = self.memory.classify(
-                [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
-                rerank=q.rerank, template=q.template, exact=q.exact,
-                sources=[uploads[i].filename or uploads[i].source for i, _ in step])
-            if any(not res.neighbors for res in results):  # counted only then: no count on every request
-                self._check_searchable()
+            try:
+                results = self.memory.classify(
+                    [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
+                    rerank=q.rerank, template=q.template, exact=q.exact,
+                    sources=[uploads[i].filename or uploads[i].source for i, _ in step])
+            except NothingToSearchError as exc:  # refused before any answer is counted or kept: said for a client
+                raise NothingToSearchError(
+                    f"all {exc.total:,} points of the memory are hard-pruned, so no search can return one: "
+                    "`vmem prune --undo` restores them" if exc.pruned else
+                    "the memory holds no points: add labelled images first (POST /v1/memory, or vmem build)",
+                    exc.total) from None
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered
                     self.metrics.cache.labels("miss").inc()
@@ -650,18 +651,6 @@ class ClassifierService:
         for i, why in failed:
             out[i] = why
         return [a for a in out if a is not None]
-
-    def _check_searchable(self) -> None:
-        """NothingToSearchError for a memory with no point a search can return, before any answer is counted or
-        kept, as `vmem classify` refuses it: its answers had been 200s with a null label and no neighbours,
-        which read as the memory abstaining (and counted as images classified)."""
-        store = self.memory.store
-        if not (total := store.count()):
-            raise NothingToSearchError("the memory holds no points: add labelled images first (POST /v1/memory, "
-                                       "or vmem build)")
-        if not store.count(searchable=True):
-            raise NothingToSearchError(f"all {total:,} points of the memory are hard-pruned, so no search can "
-                                       "return one: `vmem prune --undo` restores them")
 
     def _count(self, res: Classification) -> None:
         usage = res.usage or {}

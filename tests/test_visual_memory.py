@@ -128,6 +128,30 @@ def test_the_errors_a_caller_meets_are_vmems_to_catch_by_name(memory, tmp_path):
         memory.history(op="bogus")  # an empty list would read as "never edited"
 
 
+def test_a_memory_with_nothing_to_search_is_refused_not_answered_with_no_label(memory):
+    import numpy as np
+
+    from retrieval.store import EXCLUDED_KEY
+    from vmem import NothingToSearchError
+
+    query = [make_image((200, 30, 30))]
+    # Every point hard-pruned: it had answered label None with no neighbours, read as the memory abstaining.
+    memory.store.set_payload(memory.store.ids_where(), {EXCLUDED_KEY: "pruned"})
+    with pytest.raises(NothingToSearchError, match=r"all 6 points .* are hard-pruned.*vmem prune --undo") as pruned:
+        memory.classify(query, k=3)
+    assert pruned.value.pruned and isinstance(pruned.value, ValueError)
+    memory.forget(ids=memory.store.ids_where())
+    memory.reranker = None  # nothing is asked of a re-ranker either
+    for call in (lambda: memory.classify(query), lambda: memory.classify(query, rerank=True),
+                 lambda: memory.classify_vectors(np.ones((2, 1280), dtype=np.float32))):
+        with pytest.raises(NothingToSearchError, match="holds no points: add labelled images first") as empty:
+            call()
+        assert not empty.value.pruned
+    assert memory.classify_vectors(np.ones((0, 1280), dtype=np.float32)) == []  # no query: nothing to refuse
+    memory.add([make_image((30, 40, 220))], "blue")
+    assert memory.classify(query, k=3)[0].label == "blue"
+
+
 def test_label_filter_limits_the_candidates(memory):
     [res] = memory.classify([make_image((200, 30, 30))], k=3, labels=["blue"])
     assert res.label == "blue" and {n.label for n in res.neighbors} == {"blue"}

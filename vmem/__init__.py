@@ -6,6 +6,7 @@ The errors a user of `VisualMemory` meets, to catch by name:
     FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
     ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
     NoSuchLabelsError        a label filter that no point passes
+    NothingToSearchError     a classify of a memory that holds no point a search can return (empty, all pruned)
     UnknownTemplateError, TemplateLoadError   a re-ranker template that is not there or does not load
 Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which are `ValueError`s.
 """
@@ -27,7 +28,14 @@ from .results import (
     PointPage,
     VoteSettings,
 )
-from .visual_memory import COPY_SIMILARITY, DEFAULT_FEATURIZER, NoSuchLabelsError, VisualMemory, upload_source
+from .visual_memory import (
+    COPY_SIMILARITY,
+    DEFAULT_FEATURIZER,
+    NoSuchLabelsError,
+    NothingToSearchError,
+    VisualMemory,
+    upload_source,
+)
 
 try:
     __version__ = _metadata.version("vmem")
@@ -49,6 +57,7 @@ __all__ = [
     "NearDuplicate",
     "NeighborVote",
     "NoSuchLabelsError",
+    "NothingToSearchError",
     "PointPage",
     "TemplateLoadError",
     "UnknownTemplateError",

@@ -227,6 +227,20 @@ class NoSuchLabelsError(ValueError):
     """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
 
 
+class NothingToSearchError(ValueError):
+    """A vote over a memory with no point a search can return: it holds none, or every one is hard-pruned
+    (`pruned` says which). `vmem classify` and HTTP refuse it too; an answer of label None with no neighbours
+    read as the memory abstaining."""
+
+    def __init__(self, message: str, total: int) -> None:
+        super().__init__(message)
+        self.total = total  # points held, all hard-pruned when not 0
+
+    @property
+    def pruned(self) -> bool:
+        return self.total > 0
+
+
 # Sampled points searched at once to calibrate novelty (`novelty_threshold`).
 NOVELTY_PAGE = 32
 
@@ -497,9 +511,21 @@ class VisualMemory:
         settings = settings or self.vote_settings()
         results = []
         neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
+        if not all(neighbor_lists):  # counted only then: no count on every search
+            self._check_searchable()
         for i, neighbors in enumerate(neighbor_lists):
             results.append(self._decide(neighbors, settings, sources[i] if sources else None))
         return self._named(results)
+
+    def _check_searchable(self) -> None:
+        """NothingToSearchError unless some point of the memory can be returned by a search."""
+        if not (total := self.store.count()):
+            raise NothingToSearchError(f"the memory at {self.store.location} holds no points: add labelled images "
+                                       "first (add, or vmem build)", total)
+        if not self.store.count(searchable=True):
+            raise NothingToSearchError(f"all {total:,} points of the memory at {self.store.location} are "
+                                       "hard-pruned, so no search can return one: `vmem prune --undo` restores "
+                                       "them", total)
 
     def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
         sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
@@ -596,6 +622,7 @@ class VisualMemory:
         Raises:
             vmem.ImageDecodeError: an image does not decode (nothing is classified).
             vmem.NoSuchLabelsError: no point passes the label filter.
+            vmem.NothingToSearchError: the memory holds no point a search can return (empty, or all hard-pruned).
             vmem.UnknownTemplateError, vmem.TemplateLoadError: with `rerank`, before any image is embedded.
             ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
         """

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from prompts import TemplateError
-from vmem import NoSuchLabelsError
+from vmem import NoSuchLabelsError, NothingToSearchError
 
 from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
 from ..problems import TYPE_BASE, ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
-from ..service import Answer, ClassifierService, NothingToSearchError, Upload
+from ..service import Answer, ClassifierService, Upload
 from ..settings import Settings
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import (
