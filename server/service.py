@@ -543,11 +543,12 @@ class ClassifierService:
         self._forgot(n, erase)
         return n
 
-    def forget_like(self, upload: Upload, min_similarity: float, erase: bool = False,
-                    dry_run: bool = False) -> list[NearDuplicate]:
-        """Forget the points whose image looks like the upload (`VisualMemory.forget_like`); the points forgotten,
-        or with `dry_run` those that would be."""
-        found = self.memory.forget_like(upload.data, min_similarity, dry_run=dry_run)
+    def forget_like(self, upload: Upload | None, min_similarity: float, erase: bool = False,
+                    dry_run: bool = False, point_id: str | None = None) -> list[NearDuplicate]:
+        """Forget the points whose image looks like the upload, or like the point `point_id`
+        (`VisualMemory.forget_like`); the points forgotten, or with `dry_run` those that would be."""
+        found = self.memory.forget_like(None if upload is None else upload.data, min_similarity, dry_run=dry_run,
+                                        point_id=point_id)
         if not dry_run:
             self._forgot(len(found), erase, found)
         return found

@@ -1335,6 +1335,32 @@ def test_forget_like_a_photo_forgets_it_and_its_copies_uploaded_under_other_name
         assert_problem(erase, 422, "invalid-parameters", "forget without `erase`")
 
 
+@BOTH_BACKENDS
+def test_a_cited_point_and_its_copies_are_forgotten_by_its_id(client, backend):
+    # The page holds a neighbour's id, not its image: the point's stored vector finds its copies.
+    photo = make_scene(3)
+    added = client.post("/v1/memory", headers=AUTH, data={"label": "shapes"}, files=[
+        ("images", ("holiday.png", photo, "image/png")),
+        ("images", ("IMG_0042.jpg", reencoded(photo, "JPEG", quality=90), "image/jpeg")),
+        ("images", ("another.png", make_scene(0), "image/png"))])
+    ids = [p["id"] for p in added.json()["added"]]
+    assert_problem(client.post(f"/v1/memory/points/{ids[1]}/forget-like"), 401, "missing-api-key")
+    preview = client.post(f"/v1/memory/points/{ids[1]}/forget-like?dry_run=true", headers=AUTH)
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["dry_run"], body["deleted"], [m["id"] for m in body["matched"]]) == (True, 0, [ids[1], ids[0]])
+    gone = client.post(f"/v1/memory/points/{ids[1]}/forget-like", headers=AUTH).json()
+    assert (gone["deleted"], gone["points"], gone["matched"][0]["id"]) == (2, body["points"] - 2, ids[1])
+    assert [client.get(f"/v1/memory/points/{i}").status_code for i in ids] == [404, 404, 200]
+    entry = client.get("/v1/memory/history", params={"op": "forget"}).json()["entries"][0]
+    assert entry["selector"] == {"like_point": ids[1], "min_similarity": 0.93} and entry["via"] == "http"
+    assert_problem(client.post(f"/v1/memory/points/{ids[1]}/forget-like", headers=AUTH), 404, "unknown-point",
+                   f"no point with id {ids[1]}")
+    assert_problem(client.post(f"/v1/memory/points/{ids[2]}/forget-like?min_similarity=2", headers=AUTH), 422,
+                   "invalid-parameters")
+    assert client.get(f"/v1/memory/points/{ids[2]}").status_code == 200
+
+
 def test_a_forget_like_whose_erase_fails_says_which_points_are_forgotten_not_erased(client, monkeypatch):
     import errno
 

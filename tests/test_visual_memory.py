@@ -203,6 +203,30 @@ def test_a_photo_and_its_copies_are_forgotten_by_what_they_look_like(memory, tmp
     assert memory.forget_like(copy) == [] and len(memory.history(op="forget")) == 1  # nothing left, nothing journaled
 
 
+def test_a_point_and_its_copies_are_forgotten_by_its_id_where_the_caller_holds_no_image(memory, tmp_path):
+    # A neighbour an answer cited, whose image the caller does not have (the page, a notebook): its id is enough.
+    from vmem import UnknownPointError
+
+    photo = make_scene(3)
+    [pid, copy_id, other_id], _ = memory.add([photo, reencoded(photo, "JPEG", quality=90), make_scene(0)], "shapes")
+    found = memory.near_duplicates(point_id=pid)
+    assert [d.id for d in found] == [pid, copy_id] and found[0].similarity == pytest.approx(1, abs=1e-3)
+    assert [d.id for d in memory.near_duplicates(point_id=copy_id)] == [copy_id, pid]
+    assert memory.forget_like(point_id=pid, dry_run=True) == found and memory.store.count() == 9
+    assert memory.forget_like(point_id=pid) == found and memory.store.count() == 7
+    entry = memory.history(op="forget")[0]
+    assert entry.selector == {"like_point": pid, "min_similarity": COPY_SIMILARITY} and sorted(entry.ids) == sorted(
+        [pid, copy_id])
+    with pytest.raises(UnknownPointError, match=f"no point with id {pid}"):  # forgotten: nothing to compare with
+        memory.forget_like(point_id=pid)
+    with pytest.raises(ValueError, match="is not a point id"):
+        memory.near_duplicates(point_id="holiday.png")
+    for both_or_neither in ({}, {"image": photo, "point_id": other_id}):
+        with pytest.raises(ValueError, match="takes an image or a point_id: give one of them"):
+            memory.forget_like(**both_or_neither)
+    assert memory.store.count() == 7
+
+
 def test_a_copy_pruning_hid_from_search_is_found_and_a_threshold_too_low_is_refused(memory, monkeypatch):
     from retrieval import ImageDecodeError
     from retrieval.store import EXCLUDED_KEY

@@ -6,6 +6,7 @@ The errors a user of `VisualMemory` meets, to catch by name:
     FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
     ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
     NoSuchLabelsError        a label filter that no point passes
+    UnknownPointError        a point id the memory does not hold (`near_duplicates`, `forget_like`)
     NothingToSearchError     a classify of a memory that holds no point a search can return (empty, all pruned)
     UnknownTemplateError, TemplateLoadError   a re-ranker template that is not there or does not load
 Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which are `ValueError`s.
@@ -33,6 +34,7 @@ from .visual_memory import (
     DEFAULT_FEATURIZER,
     NoSuchLabelsError,
     NothingToSearchError,
+    UnknownPointError,
     VisualMemory,
     upload_source,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "NothingToSearchError",
     "PointPage",
     "TemplateLoadError",
+    "UnknownPointError",
     "UnknownTemplateError",
     "VisualMemory",
     "VoteSettings",

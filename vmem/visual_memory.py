@@ -227,6 +227,10 @@ class NoSuchLabelsError(ValueError):
     """A classify's label filter that no searchable point passes (perhaps forgotten since a caller checked)."""
 
 
+class UnknownPointError(LookupError):
+    """A point id the memory does not hold (never added, or forgotten)."""
+
+
 class NothingToSearchError(ValueError):
     """A vote over a memory with no point a search can return: it holds none, or every one is hard-pruned
     (`pruned` says which). `vmem classify` and HTTP refuse it too; an answer of label None with no neighbours
@@ -1205,8 +1209,8 @@ class VisualMemory:
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         return self._forget_chosen(targets, _selector(ids, label, source_prefix), erase)[0]
 
-    def near_duplicates(self, image: ImageInput, min_similarity: float = COPY_SIMILARITY,
-                        limit: int = MOST_COPIES) -> list[NearDuplicate]:
+    def near_duplicates(self, image: ImageInput | None = None, min_similarity: float = COPY_SIMILARITY,
+                        limit: int = MOST_COPIES, *, point_id: str | None = None) -> list[NearDuplicate]:
         """The points whose image looks like this one: the image itself, however it was added (a path, an upload),
         and its copies re-encoded, re-saved or resized under other names. Those whose features' cosine similarity
         to the image's is at least `min_similarity`, most similar first, at most `limit` (a list `limit` long may
@@ -1219,36 +1223,45 @@ class VisualMemory:
         with 0.001 of slack (stored float16 vectors put an image's own similarity at 1 give or take 1e-4):
         `min_similarity=1` takes the image itself and exact copies.
 
+        `point_id` in place of the image: the copies of a point the memory holds (a neighbour an answer cited),
+        searched with its stored vector; the point itself is among them.
+
             >>> [(d.similarity, d.source) for d in mem.near_duplicates("photo.jpg")]
+            >>> [d.source for d in mem.near_duplicates(point_id=answer.neighbors[0].id)]
 
         Raises:
             vmem.ImageDecodeError: the image does not decode.
-            ValueError: min_similarity outside (0, 1], limit below 1.
+            vmem.UnknownPointError: the memory holds no point `point_id`.
+            ValueError: min_similarity outside (0, 1], limit below 1; neither or both of image and point_id.
         """
         _check_copy_search(min_similarity, limit)
         self._refresh_for_reading()
-        return self._near_duplicates(self._embedded(image, "near_duplicates"), min_similarity, limit)
+        return self._near_duplicates(self._like_vector(image, point_id, "near_duplicates"), min_similarity, limit)
 
-    def forget_like(self, image: ImageInput, min_similarity: float = COPY_SIMILARITY, erase: bool = False,
-                    dry_run: bool = False) -> list[NearDuplicate]:
+    def forget_like(self, image: ImageInput | None = None, min_similarity: float = COPY_SIMILARITY,
+                    erase: bool = False, dry_run: bool = False, *, point_id: str | None = None,
+                    ) -> list[NearDuplicate]:
         """Forget every point whose image looks like this one (`near_duplicates`): "remove this photo, and any
         copy of it", for a user who knows neither its point id nor the paths its copies were stored under.
         Returns the points forgotten (with `dry_run`, those it would forget, forgetting nothing), most similar
         first. Journaled as a forget chosen by `like_sha256` (the sha256 of the image's bytes: of the file or the
         bytes given, or of the pixels of a PIL image or array) and `min_similarity`; the image itself is not kept.
         With `erase`, the memory's files are rewritten without their vectors too, as `forget(erase=True)`.
+        `point_id` in place of the image: that point and its copies (`near_duplicates`), journaled by `like_point`
+        (the id) and `min_similarity`.
 
         Raises:
             vmem.ImageDecodeError: the image does not decode (nothing forgotten).
+            vmem.UnknownPointError: the memory holds no point `point_id`.
             ValueError: more than 1,000 points are that similar, or more than 10 making up more than half of the
                 memory (nothing forgotten: a threshold that low takes more than copies of one image);
-                min_similarity outside (0, 1]; erase on a Qdrant server.
+                min_similarity outside (0, 1]; erase on a Qdrant server; neither or both of image and point_id.
         """
         if erase and not dry_run:
             self.check_erase_on_demand()
         _check_copy_search(min_similarity, MOST_COPIES)
-        vector = self._embedded(image, "forget_like")
         self._refresh_for_reading()
+        vector = self._like_vector(image, point_id, "forget_like")
         found = self._near_duplicates(vector, min_similarity, MOST_COPIES + 1)
         total = self.store.count()
         if len(found) > MOST_COPIES or (len(found) > FEW_COPIES and 2 * len(found) > total):
@@ -1258,9 +1271,22 @@ class VisualMemory:
                              f"{COPY_SIMILARITY:g}, is measured: README, \"Forgetting\")")
         if dry_run:
             return found
-        selector = {"like_sha256": _image_sha256(image), "min_similarity": float(min_similarity)}
+        like = {"like_point": parse_point_id(point_id)} if point_id is not None else {
+            "like_sha256": _image_sha256(image)}  # type: ignore[arg-type]  # one of the two: checked above
+        selector = {**like, "min_similarity": float(min_similarity)}
         present = self._forget_chosen([d.id for d in found], selector, erase)[1]
         return [d for d in found if d.id in present]
+
+    def _like_vector(self, image: ImageInput | None, point_id: str | None, method: str) -> np.ndarray:
+        """The features copies are searched by: the image's, embedded, or a stored point's original vector."""
+        if (image is None) == (point_id is None):
+            raise ValueError(f"{method} takes an image or a point_id: give one of them")
+        if image is not None:
+            return self._embedded(image, method)
+        found = self.store.retrieve([parse_point_id(point_id)], with_vectors=True)  # type: ignore[arg-type]
+        if not found or found[0].vector is None:
+            raise UnknownPointError(f"no point with id {point_id} in the memory")
+        return np.asarray(found[0].vector, dtype=np.float32)
 
     def _embedded(self, image: ImageInput, method: str) -> np.ndarray:
         [one] = _image_list([image], method)

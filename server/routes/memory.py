@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import ImageDecodeError, first_occurrences
-from vmem import VoteSettings
+from vmem import UnknownPointError, VoteSettings
 
 from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_key
 from ..problems import ProblemError, problem_responses
@@ -225,12 +225,39 @@ async def forget_like(request: Request, q: Annotated[ForgetLikeQuery, Query()], 
         files, _fields = await read_files(request, "image", max_files=1,
                                           too_many="send one image: its copies are found among the memory's points")
         upload = Upload(*files[0])
+    return await _forget_like(service, q, upload=upload)
+
+
+@router.post(
+    "/points/{point_id}/forget-like",
+    summary="Forget a point and its copies",
+    response_model=ForgetLikeOut,
+    responses=problem_responses(401, 403, 404, 422, 503, 507),
+)
+async def forget_point_like(point_id: PointId, q: Annotated[ForgetLikeQuery, Query()], service: ServiceDep,
+                            _: ApiKeyDep) -> ForgetLikeOut:
+    """Forget a point and every point whose image looks like its image (copies of it under other names), found as
+    `POST /v1/memory/forget-like` finds them, with the point's stored vector in place of an image: for a neighbour
+    an answer cited, whose image the client does not hold. `dry_run=true` answers what would go (the page asks
+    this before its Forget). Journaled as a forget chosen by the point's id and the threshold. Requires the API
+    key."""
+    if not q.dry_run:
+        _check_erase(q.erase, service)
+    return await _forget_like(service, q, point_id=str(point_id))
+
+
+async def _forget_like(service: ClassifierService, q: ForgetLikeQuery, upload: Upload | None = None,
+                       point_id: str | None = None) -> ForgetLikeOut:
+    what = "the image" if point_id is None else f"point {point_id}"
     try:
-        found = await service.run(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run)
-        note = None if found else f"no point of the memory is at least {q.min_similarity:g} similar to the image"
+        found = await service.run(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run,
+                                  point_id=point_id)
+        note = None if found else f"no point of the memory is at least {q.min_similarity:g} similar to {what}"
         erased = q.erase and bool(found) and not q.dry_run
     except ImageDecodeError as exc:
         raise ProblemError(400, str(exc), "bad-image", "The image could not be decoded") from None
+    except UnknownPointError as exc:
+        raise ProblemError(404, str(exc), "unknown-point", "Unknown point") from None
     except ValueError as exc:  # more points that similar than copies of one image could be: nothing forgotten
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     except EraseFailedError as exc:
