@@ -332,6 +332,14 @@ def test_forget_like_a_photo_takes_its_copies_under_other_paths_and_journals_how
     assert said(run("forget", "--memory", memory, "--like", tmp_path / "broken.jpg"), "not a recognised image")
     assert run("points", "--memory", memory, "--json").stdout.count("\n") == 5  # nothing more went
 
+    # A point's id where no such file is: that point and its copies (a neighbour `classify --json` cited)
+    kept = str((data / "shapes" / "0.png").resolve())
+    by_id = run("forget", "--memory", memory, "--like", point_id_for(kept))
+    assert by_id.exit_code == 0, by_id.output
+    assert by_id.stdout.split("\t")[:3] == [point_id_for(kept), "shapes", kept] and "memory now holds 4" in by_id.stdout
+    assert "\tby like_point '" in run("history", "--memory", memory, "--limit", "1").stdout
+    assert said(run("forget", "--memory", memory, "--like", point_id_for(kept)), f"no point with id {point_id_for(kept)}")
+
 
 def test_info_shows_featurizer_and_label_counts(built):
     memory, _ = built

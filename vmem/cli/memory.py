@@ -39,7 +39,7 @@ from retrieval.text import utf8_text
 from ..export import check_export_path
 from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
-from ..visual_memory import COPY_SIMILARITY, local_source_prefix, parse_point_id
+from ..visual_memory import COPY_SIMILARITY, UnknownPointError, local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
@@ -487,7 +487,8 @@ def forget(
     source: Annotated[str | None, typer.Option(help="forget every point whose source starts with this")] = None,
     like: Annotated[Path | None, typer.Option(
         "--like", help="forget every point whose image looks like this one: the image itself wherever it was "
-                       "stored (an upload too), and its copies re-saved, recompressed or enlarged")] = None,
+                       "stored (an upload too), and its copies re-saved, recompressed or enlarged; or a point id "
+                       "(as `vmem classify --json` prints it): that point and its copies")] = None,
     min_similarity: Annotated[float | None, typer.Option(
         "--min-similarity", help=f"with --like: the cosine similarity from which a point is taken for a copy "
                                  f"(default {COPY_SIMILARITY}, measured: README, \"Forgetting\")")] = None,
@@ -567,15 +568,18 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
     if image.expanduser().is_dir():
         raise typer.BadParameter(f"{image} is a folder: give one image file, the one whose copies are to go",
                                  param_hint="--like")
-    if not image.expanduser().is_file():
-        raise typer.BadParameter(f"{image}: no such file", param_hint="--like")
+    # A point id where no such file is there: the point's stored vector finds its copies (a file wins).
+    point_id = None if image.expanduser().is_file() else _as_point_id(str(image))
+    if not image.expanduser().is_file() and point_id is None:
+        raise typer.BadParameter(f"{image}: no such file (nor a point id)", param_hint="--like")
     with open_memory(memory, qdrant_url) as mem:
         if erase and not dry_run:
             _check_erase_first(mem)
         started = time.perf_counter()
         try:
-            found = mem.forget_like(image.expanduser(), min_similarity, dry_run=dry_run)
-        except ImageDecodeError as exc:
+            found = mem.forget_like(None if point_id else image.expanduser(), min_similarity, dry_run=dry_run,
+                                    point_id=point_id)
+        except (ImageDecodeError, UnknownPointError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--like") from None
         except ValueError as exc:  # more points that similar than copies of one image could be
             raise typer.BadParameter(str(exc), param_hint="--min-similarity") from None
@@ -680,6 +684,13 @@ def _chosen_points(ids: list[str] | None, label: str | None, source: str | None,
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--source") from None
     return ids, source
+
+
+def _as_point_id(text: str) -> str | None:
+    try:
+        return parse_point_id(text)
+    except ValueError:
+        return None
 
 
 def _point_id(text: str) -> str:
