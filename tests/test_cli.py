@@ -338,7 +338,8 @@ def test_forget_like_a_photo_takes_its_copies_under_other_paths_and_journals_how
     assert by_id.exit_code == 0, by_id.output
     assert by_id.stdout.split("\t")[:3] == [point_id_for(kept), "shapes", kept] and "memory now holds 4" in by_id.stdout
     assert "\tby like_point '" in run("history", "--memory", memory, "--limit", "1").stdout
-    assert said(run("forget", "--memory", memory, "--like", point_id_for(kept)), f"no point with id {point_id_for(kept)}")
+    gone = point_id_for(kept)
+    assert said(run("forget", "--memory", memory, "--like", gone), f"no point with id {gone}")
 
 
 def test_info_shows_featurizer_and_label_counts(built):
