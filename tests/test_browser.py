@@ -59,6 +59,18 @@ def page_url(tmp_path, lite0):
     mem.close()
 
 
+def confirm_forget(wait, card, choice: str = "forget-one") -> str:
+    """After a card's Forget: wait for the question it asks in the card, answer it (`forget-one`, `forget-copies` or
+    `forget-cancel`); the question."""
+    from selenium.webdriver.common.by import By
+
+    box = card.find_element(By.CLASS_NAME, "forget-confirm")
+    wait.until(lambda d: box.is_displayed())
+    question = box.find_element(By.CLASS_NAME, "forget-question").text
+    box.find_element(By.CLASS_NAME, choice).click()
+    return question
+
+
 def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -88,11 +100,20 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-classified.png"))
 
-    # Forget the nearest neighbour: the key goes in the key box, then one click on the card.
+    # Forget the nearest neighbour: the key goes in the key box, then Forget on the card, which asks first (what
+    # goes is gone for good) and names the points that look like copies of it (these textures of one colour do).
     victim = first.get_attribute("data-point-id")
     browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
     browser.find_element(By.ID, "api-key").send_keys(API_KEY)
     first.find_element(By.CLASS_NAME, "forget").click()
+    asked = first.find_element(By.CLASS_NAME, "forget-confirm")
+    wait.until(lambda d: asked.is_displayed())
+    assert d_active_class(browser) == "forget-one"  # the keyboard on the answer
+    question = asked.find_element(By.CLASS_NAME, "forget-question").text
+    assert question.startswith("Forget this point (red)? No answer will cite it again.")
+    browser.save_screenshot(str(ARTIFACTS / "page-forget-asks.png"))
+    assert "12 points" in browser.find_element(By.ID, "stats").text  # asking forgot nothing
+    asked.find_element(By.CLASS_NAME, "forget-one").click()
     wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
 
     def card_ids(d) -> list[str]:
@@ -114,6 +135,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     second = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     second_id = second.get_attribute("data-point-id")
     second.find_element(By.CLASS_NAME, "forget").click()
+    assert "erased from the memory's files: this cannot be undone" in confirm_forget(wait, second)
     wait.until(lambda d: "10 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: "erased its vector" in d.find_element(By.ID, "edit-note").text)
     wait.until(lambda d: len(card_ids(d)) == 5 and second_id not in card_ids(d))
@@ -302,6 +324,64 @@ def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0
         said = browser.find_element(By.ID, "error").text
         assert "larger than a proxy in front of the service accepts" in said and said.endswith("(HTTP 413)"), said
     mem.close()
+
+
+def d_active_class(driver) -> str:
+    return driver.switch_to.active_element.get_attribute("class") or ""
+
+
+def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser, tmp_path, page_url):
+    import httpx
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.conftest import make_scene, reencoded
+
+    # A photo uploaded twice, the second time re-saved as a JPEG under another name; another photo beside them.
+    photo = make_scene(3)
+    with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
+        added = http.post("/v1/memory", data={"label": "shapes"}, files=[
+            ("images", ("holiday.png", photo, "image/png")),
+            ("images", ("IMG_0042.jpg", reencoded(photo, "JPEG", quality=90), "image/jpeg")),
+            ("images", ("another.png", make_scene(0), "image/png"))]).json()["added"]
+    holiday, copy, another = (p["id"] for p in added)
+    query = tmp_path / "query.png"
+    query.write_bytes(photo)
+    wait = classify_on_the_page(browser, page_url + "/", query, k=3, points=15)
+    browser.execute_script("sessionStorage.setItem('vmem-api-key', arguments[0]);"
+                           "document.getElementById('api-key').value = arguments[0]", API_KEY)
+
+    def card_of(point_id):
+        return next(c for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
+                    if c.get_attribute("data-point-id") == point_id)
+
+    card = card_of(holiday)
+    card.find_element(By.CLASS_NAME, "forget").click()
+    box = card.find_element(By.CLASS_NAME, "forget-confirm")
+    wait.until(lambda d: box.is_displayed())
+    question = box.find_element(By.CLASS_NAME, "forget-question").text
+    assert "1 other point looks like a copy of its image: IMG_0042.jpg (shapes, 0.9" in question, question
+    assert "another.png" not in question
+    assert box.find_element(By.CLASS_NAME, "forget-copies").text == "Forget it and its copy"
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # put away: nothing forgotten, the keyboard back
+    wait.until(lambda d: not box.is_displayed())
+    assert d_active_class(browser) == "forget" and "15 points" in browser.find_element(By.ID, "stats").text
+
+    card.find_element(By.CLASS_NAME, "forget").click()
+    confirm_forget(wait, card, "forget-copies")
+    wait.until(lambda d: "13 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: d.find_element(By.ID, "edit-note").text == "forgot a point labelled shapes and 1 copy of it")
+
+    def shown(d) -> set[str]:
+        cards = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
+        return {c.get_attribute("data-point-id") for c in cards}
+
+    wait.until(lambda d: not {holiday, copy} & shown(d))
+    with httpx.Client(base_url=page_url, timeout=30) as http:
+        assert [http.get(f"/v1/memory/points/{i}").status_code for i in (holiday, copy, another)] == [404, 404, 200]
+        [entry] = http.get("/v1/memory/history", params={"op": "forget"}).json()["entries"]
+        assert entry["selector"]["like_point"] == holiday and entry["points"] == 2
 
 
 def classify_on_the_page(browser, page: str, query: Path, k: int, points: int = 12):
@@ -570,6 +650,7 @@ def test_edits_on_the_page_show_everywhere_the_point_is(browser, tmp_path, page_
     browser.find_element(By.ID, "api-key").send_keys(API_KEY)
     browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()  # closed again
     first.find_element(By.CLASS_NAME, "forget").click()
+    confirm_forget(wait, first)
     wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: d.find_element(By.ID, "error").get_attribute("hidden") is not None)
     assert browser.find_element(By.ID, "edit-note").is_displayed()
@@ -770,6 +851,8 @@ def test_enter_in_the_key_field_carries_on_with_the_forget_that_asked_for_the_ke
     wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
     assert "enter the API key to forget a memory point" in browser.find_element(By.ID, "error").text
     ActionChains(browser).send_keys(API_KEY, Keys.ENTER).perform()  # and on: no Tab back to the card's button
+    wait.until(lambda d: d_active_class(d) == "forget-one")  # the card asks; Enter answers
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
     wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: d.find_element(By.ID, "edit-note").text == "forgot a point labelled crimson (red)")
     assert victim not in [c.get_attribute("data-point-id")

@@ -548,7 +548,7 @@ function suspectItem(s) {
   fix.className = "relabel-suggested";
   fix.textContent = "Relabel";
   fix.title = `relabel this point ${named(s.suggested, s.suggested_name)}`;
-  fix.setAttribute("aria-label", `Relabel ${s.source.split("/").pop()} from ${named(s.label, s.label_name)} ` +
+  fix.setAttribute("aria-label", `Relabel ${shortSource(s.source)} from ${named(s.label, s.label_name)} ` +
     `to ${named(s.suggested, s.suggested_name)}`);
   fix.addEventListener("click", () => relabel({ id: s.id, label: s.label, label_name: s.label_name }, s.suggested));
   li.append(img, text, share, fix);
@@ -581,21 +581,28 @@ function pointCard(p) {
   img.addEventListener("error", () => { img.hidden = true; node.querySelector(".no-thumb").hidden = false; });
   node.querySelector(".no-thumb").textContent = "no thumbnail";
   img.src = p.thumbnail_url;
-  node.querySelector(".label").textContent = p.source.split("/").pop();
+  node.querySelector(".label").textContent = shortSource(p.source);
   node.querySelector(".label").title = p.source;
   const misled = (p.prune_count ? ` · misled ${p.prune_count}` : "")
     + (p.relabelled_from ? ` · was ${named(p.relabelled_from, labelNames[p.relabelled_from])}` : "");
   node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
   node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
-  node.querySelector(".forget").addEventListener("click", () => forget(p));
+  wireForget(node, p);
   wireRelabel(node, p);
   nameButtons(node, named(p.label, p.label_name), p.source);
   return node;
 }
 
+// A source as a person names it: a file's name, an upload's name (its hash only where it came without one).
+function shortSource(source) {
+  const upload = /^upload:sha256:([0-9a-f]{64})(?::(.*))?$/.exec(source);
+  if (upload) return upload[2] || `upload ${upload[1].slice(0, 12)}`;
+  return source.split("/").pop();
+}
+
 // Fifty "Forget" buttons read alike to a screen reader: each is named with its point.
 function nameButtons(node, label, source) {
-  const what = `${label}, ${source.split("/").pop()}`;
+  const what = `${label}, ${shortSource(source)}`;
   node.querySelector(".forget").setAttribute("aria-label", `Forget ${what}`);
   node.querySelector(".relabel").setAttribute("aria-label", `Relabel ${what}`);
 }
@@ -621,7 +628,7 @@ function card(n, predicted) {
   node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, n.label_name || n.label));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
-  node.querySelector(".forget").addEventListener("click", () => forget(n));
+  wireForget(node, n);
   wireRelabel(node, n);
   nameButtons(node, named(n.label, n.label_name), n.source);
   return node;
@@ -669,6 +676,128 @@ function whileEditing(pointId, on) {
       if (on) b.setAttribute("aria-disabled", "true"); else b.removeAttribute("aria-disabled");
     }
   }
+}
+
+// Forget asks first, in the card: what goes is gone for good (with "also erase", out of the files too), and a dry
+// run finds the point's copies stored under other names (an upload, a re-saved JPEG), offered to go with it.
+function wireForget(node, n) {
+  const button = node.querySelector(".forget");
+  const box = node.querySelector(".forget-confirm");
+  const close = () => { box.hidden = true; button.setAttribute("aria-expanded", "false"); };
+  button.setAttribute("aria-expanded", "false");
+  button.addEventListener("click", () => {
+    if (button.getAttribute("aria-disabled") === "true") return;
+    if (!box.hidden) { close(); return; }
+    askForget(n, node);
+  });
+  box.querySelector(".forget-one").addEventListener("click", () => {
+    if (editing.has(n.id)) return;
+    close();
+    forget(n);
+  });
+  box.querySelector(".forget-copies").addEventListener("click", () => {
+    if (editing.has(n.id)) return;
+    close();
+    forgetWithCopies(n);
+  });
+  box.querySelector(".forget-cancel").addEventListener("click", () => { close(); button.focus(); });
+  box.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    e.preventDefault();
+    close();
+    button.focus();
+  });
+}
+
+const SHOWN_COPIES = 5;
+async function askForget(n, node) {
+  if (editing.has(n.id)) return;
+  const key = apiKeyFor("forget a memory point", () => {
+    const again = cardsOf(n.id).find((c) => c === node) || cardsOf(n.id)[0];
+    return again && askForget(n, again);
+  });
+  if (!key) return;
+  showError("");
+  hideEditNote();
+  whileEditing(n.id, true);
+  let copies = null;
+  let unchecked = "";
+  try {
+    const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}/forget-like?dry_run=true`, {
+      method: "POST", headers: { "X-API-Key": key },
+    });
+    if (resp.status === 404 || resp.status === 401 || resp.status === 403) {
+      showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
+      return;
+    }
+    if (resp.ok) copies = (await resp.json()).matched.filter((m) => m.id !== n.id);
+    else unchecked = await problemText(resp);
+  } catch (err) {
+    unchecked = `the service did not answer (${err})`;
+  } finally {
+    whileEditing(n.id, false);
+  }
+  const erase = $("erase").checked && !$("erase").disabled;
+  let question = `Forget this point (${named(n.label, n.label_name)})? No answer will cite it again`
+    + (erase ? "; its vector is erased from the memory's files: this cannot be undone." : ".");
+  if (copies === null) question += ` Its copies were not looked for: ${unchecked}`;
+  else if (copies.length) {
+    const shown = copies.slice(0, SHOWN_COPIES).map((m) =>
+      `${shortSource(m.source)} (${named(m.label, m.label_name)}, ${m.similarity.toFixed(3)})`).join(", ");
+    question += ` ${copies.length === 1 ? "1 other point looks" : `${copies.length} other points look`} like a copy `
+      + `of its image: ${shown}${copies.length > SHOWN_COPIES ? ", …" : ""}.`;
+  }
+  const box = node.querySelector(".forget-confirm");
+  box.querySelector(".forget-question").textContent = question;
+  const withCopies = box.querySelector(".forget-copies");
+  withCopies.hidden = !copies || !copies.length;
+  withCopies.textContent = copies && copies.length ? `Forget it and ${copies.length === 1 ? "its copy" : `its ${copies.length} copies`}` : "";
+  box.setAttribute("aria-label", `Forget ${named(n.label, n.label_name)}?`);
+  box.hidden = false;
+  node.querySelector(".forget").setAttribute("aria-expanded", "true");
+  box.querySelector(".forget-one").focus();
+}
+
+// The point and every point that looks like a copy of it (found again as it goes: what the dry run showed, unless
+// the memory changed since).
+async function forgetWithCopies(n) {
+  if (editing.has(n.id)) return false;
+  const key = apiKeyFor("forget a memory point", null);
+  if (!key) return false;
+  showError("");
+  hideEditNote();
+  const erase = $("erase").checked && !$("erase").disabled;
+  whileEditing(n.id, true);
+  let resp;
+  try {
+    resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}/forget-like${erase ? "?erase=true" : ""}`, {
+      method: "POST", headers: { "X-API-Key": key },
+    });
+  } catch (err) {
+    showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
+    return false;
+  } finally {
+    whileEditing(n.id, false);
+  }
+  if (!resp.ok) {
+    showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
+    return false;
+  }
+  const body = await resp.json();
+  const others = body.deleted - 1;
+  showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}`
+    + (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
+    + (body.erased ? ", and erased their vectors from the memory's files" : "")
+    + (body.note ? ` (${body.note})` : ""));
+  for (const m of body.matched) {
+    for (const card of cardsOf(m.id)) card.remove();
+    dropSuspect(m.id);
+  }
+  await loadStats();
+  updateLabelNote();
+  await classify(); // the answer without those points
+  $("edit-note").focus({ preventScroll: true });
+  return true;
 }
 
 // Returns whether the point was forgotten.
