@@ -54,13 +54,14 @@ if TYPE_CHECKING:
         EfficientNetLiteFeaturizer,
         Featurizer,
         featurizer_names,
+        featurizer_spec,
         load_featurizer,
     )
 
 # The encoders import torch (a second or more): loaded when first asked for, so that the commands and services that
 # only read or edit a memory start without it.
 _FROM_FEATURIZERS = ("Dinov2Featurizer", "EfficientNetLiteFeaturizer", "Featurizer", "featurizer_names",
-                     "load_featurizer")
+                     "featurizer_spec", "load_featurizer")
 
 
 if not TYPE_CHECKING:  # a module __getattr__ seen by a type checker makes every misspelt name exist, as Any
@@ -109,6 +110,7 @@ __all__ = [
     "VoteRule",
     "build_memory",
     "featurizer_names",
+    "featurizer_spec",
     "find_label_names_file",
     "first_occurrences",
     "imagenet_label_names",

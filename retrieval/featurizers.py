@@ -391,6 +391,12 @@ class _PooledFeatures(nn.Module):
         return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
 
 
+def _lite_preprocessing(variant: str) -> Preprocessing:
+    """TF EfficientNet's eval preprocessing: crop = resolution, resize = resolution / 0.875; inputs (x*255-127)/128."""
+    res = _LITE_PARAMS[variant][2]
+    return Preprocessing(resize=round(res / 0.875), crop=res, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
 class EfficientNetLiteFeaturizer(Featurizer):
     """Global-average-pooled 1280-d features of EfficientNet-Lite with real ImageNet weights."""
 
@@ -401,10 +407,7 @@ class EfficientNetLiteFeaturizer(Featurizer):
         if variant not in _LITE_PARAMS:
             raise FeaturizerError(f"unknown EfficientNet-Lite variant {variant!r}; have {sorted(_LITE_PARAMS)}")
         self.name = variant
-        res = _LITE_PARAMS[variant][2]
-        # TF EfficientNet eval preprocessing: crop = res, resize = res / 0.875; inputs (x*255-127)/128.
-        self.preprocessing = Preprocessing(resize=round(res / 0.875), crop=res,
-                                           mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+        self.preprocessing = _lite_preprocessing(variant)
         self.net = build_efficientnet_lite(variant).to(self.device, self.dtype)
         self.net = self.net.to(memory_format=torch.channels_last)
         self._features = _PooledFeatures(self.net).eval()
@@ -517,6 +520,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def _clip_preprocessing(size: int) -> Preprocessing:
+    return Preprocessing(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD)
+
+
 class ClipFeaturizer(Featurizer):
     """CLIP's projected image embedding, via `transformers`; `embed_text` gives the matching text side.
 
@@ -540,8 +547,7 @@ class ClipFeaturizer(Featurizer):
                 f"could not load CLIP {model_id!r}: {exc}. On a machine without access to the Hugging Face "
                 "Hub, save the model and its tokenizer elsewhere and pass clip:/path/to/dir."
             ) from exc
-        size = int(self.model.config.vision_config.image_size)
-        self.preprocessing = Preprocessing(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD)
+        self.preprocessing = _clip_preprocessing(int(self.model.config.vision_config.image_size))
         self.dim = int(self.model.config.projection_dim)
 
     @staticmethod
@@ -593,6 +599,52 @@ def load_featurizer(name: str, device: str | torch.device | None = None) -> Feat
     if local is not None and Path(local).is_dir():
         feat.weights_sha256 = local_weights_sha256(local)
     return feat
+
+
+# Hub models' feature sizes, as their configs give them (hidden_size; CLIP: projection_dim, vision image_size):
+# `featurizer_spec` knows them without the weights, which a machine without the Hub cannot load.
+DINOV2_DIMS = {"dinov2-small": 384, "dinov2-base": 768, "dinov2-large": 1024, "dinov2-giant": 1536}
+CLIP_SIZES = {"clip-vit-b16": (512, 224), "clip-vit-b32": (512, 224), "clip-vit-l14": (768, 224)}  # (dim, input)
+
+
+def featurizer_spec(name: str) -> FeaturizerSpec:
+    """What a memory records of the encoder `name` (name, dim, preprocessing, a local folder's weights digest),
+    as `load_featurizer(name).spec` gives it, without loading the weights where vmem knows it: built-in
+    EfficientNet-Lite, the Hub's DINOv2 and CLIP names, and a local folder's `config.json`. Vectors made on
+    another machine (`vmem import`) need only this here; an unknown Hub id is loaded to know it.
+    """
+    hub = {f"facebook/{n}": n for n in DINOV2_DIMS}
+    local = next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
+    spec: FeaturizerSpec | None = None
+    if name in _LITE_PARAMS:
+        spec = FeaturizerSpec(name=name, dim=EfficientNetLiteFeaturizer.dim, preprocessing=_lite_preprocessing(name))
+    elif name in DINOV2_DIMS or name in hub:
+        spec = FeaturizerSpec(name=name, dim=DINOV2_DIMS[hub.get(name, name)],
+                              preprocessing=Dinov2Featurizer.preprocessing)
+    elif name in CLIP_SIZES:
+        dim, size = CLIP_SIZES[name]
+        spec = FeaturizerSpec(name=name, dim=dim, preprocessing=_clip_preprocessing(size))
+    elif local is not None:
+        import json
+
+        config_file = Path(local).expanduser() / "config.json"
+        try:
+            config = json.loads(config_file.read_text())
+            if name.startswith("dinov2:"):
+                spec = FeaturizerSpec(name=name, dim=int(config["hidden_size"]),
+                                      preprocessing=Dinov2Featurizer.preprocessing)
+            else:
+                spec = FeaturizerSpec(name=name, dim=int(config["projection_dim"]),
+                                      preprocessing=_clip_preprocessing(int(config["vision_config"]["image_size"])))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FeaturizerError(f"{name}: no model's config.json could be read at {config_file} "
+                                  f"({getattr(exc, 'strerror', None) or exc}): give the folder the model is saved "
+                                  "in on this machine") from None
+        if Path(local).is_dir():  # as load_featurizer records it
+            spec = spec.model_copy(update={"weights_sha256": local_weights_sha256(local)})
+    if spec is None:
+        return load_featurizer(name, "cpu").spec  # e.g. another facebook/dinov2-* id: its config says
+    return spec
 
 
 def _featurizer_named(name: str, device: str | torch.device | None) -> Featurizer:
