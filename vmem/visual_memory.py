@@ -71,6 +71,17 @@ if TYPE_CHECKING:
     from retrieval import Featurizer
 
 from .export import PointBatch, check_export_path, export_meta, write_export
+from .import_points import (
+    ImportBatch,
+    ImportReport,
+    PointsFile,
+    check_featurizer,
+    payloads,
+    plan_rows,
+    read_points_file,
+    spec_for_new_memory,
+    usable_batches,
+)
 from .novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
 from .results import (
     MAX_ALPHA,
@@ -1959,6 +1970,157 @@ class VisualMemory:
         return write_export(path, self.point_batches(label, source_prefix, excluded, batch_size), self.store.dim,
                             header, overwrite=overwrite, progress=progress)
 
+    # ------------------------------------------------------------------ importing
+
+    @classmethod
+    def open_for_import(cls, location: str | Path, points: PointsFile, index: IndexSettings | None = None,
+                        create: bool = True, reranker: Any = AUTO_RERANKER) -> VisualMemory:
+        """The memory at `location`, to import the file `read_points_file` read into: as it is where its encoder
+        made the file's vectors (FeaturizerMismatchError, naming both, where not); made with the file's encoder
+        where there is no memory yet (`index`: its settings; by default an export's own, else the defaults). No
+        encoder is loaded: an export's meta, or `featurizer_spec`, says what it is.
+
+        With `create` false (a dry run), a memory not made yet is not made: an empty one of the file's encoder,
+        held in this process, stands for it.
+        """
+        try:
+            store = open_store(location)
+        except MemoryStoreError as exc:
+            if "build one first" not in str(exc):
+                raise
+            spec = spec_for_new_memory(points)
+            if not create:
+                import warnings
+
+                with warnings.catch_warnings():  # qdrant-client's in-process mode warns of what it leaves out
+                    warnings.simplefilter("ignore")
+                    return cls(open_store(":memory:", spec), reranker=None)
+            if index is None and points.is_export:
+                index = _exported_index(points.meta.get("index"), location)
+            return cls(open_store(location, spec, index=index), reranker=reranker)
+        try:
+            check_featurizer(store.meta.featurizer, points)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, reranker=reranker)
+
+    def import_points(self, path: str | Path | PointsFile, featurizer: str | None = None, label: str | None = None,
+                      relabel: bool = False, dry_run: bool = False, batch_size: int = 1024,
+                      progress: Callable[[int], None] | None = None) -> ImportReport:
+        """Add the points of an `.npz` file with their vectors, none embedded (`vmem import`): one `vmem export`
+        wrote (ids, labels, sources, pruning and label names carried as stored), or vectors made elsewhere with
+        their labels (and sources), by the encoder `featurizer` names, which must be this memory's. The file's
+        format, what must match and what is skipped: `vmem.import_points`.
+
+        Rows that cannot be points are skipped and reported; points the memory holds already are skipped, and
+        under another label keep the stored one unless `relabel` (then relabelled, journaled). `label`: only
+        the rows of that label. `dry_run`: the report of what would be done, nothing written. The import is
+        journaled as an "add" naming the file and its sha256. Vectors are read `batch_size` rows at a time
+        (never all in RAM), and `progress` is told each batch's rows.
+
+        Example:
+            >>> mem = VisualMemory.open_for_import("./memory", read_points_file("dinov2.npz", "dinov2-small"))
+            >>> print(mem.import_points("dinov2.npz", featurizer="dinov2-small").summary())
+
+        Raises:
+            PointsFileError: a file that cannot be imported as it is, a featurizer missing or not the file's, a
+                label no row has, one point given two labels: nothing was written.
+            FeaturizerMismatchError: vectors of another encoder than this memory's.
+            ValueError: a label that is another label's name (as `add` refuses it), a batch_size outside 1..4096.
+        """
+        if not 1 <= batch_size <= SCROLL_PAGE:
+            raise ValueError(f"batch_size must be 1 to {SCROLL_PAGE}, got {batch_size}")
+        points = path if isinstance(path, PointsFile) else read_points_file(path, featurizer)
+        check_featurizer(self.store.meta.featurizer, points)
+        started = time.perf_counter()
+        report = ImportReport(file=str(points.path), sha256=points.sha256, format=points.format,
+                              featurizer=points.featurizer, dim=points.dim, rows=points.n, dry_run=dry_run)
+        plan = plan_rows(points, report, self.stored_labels, label)
+        chosen_labels = sorted(set(plan.labels[plan.usable].tolist()))
+        self.check_added_labels(chosen_labels)  # before anything is written
+        # Vectors made elsewhere of ImageNet's WordNet ids are named as an add names them; an export names its own
+        new_classes = self._new_imagenet_classes(set(chosen_labels)) if not points.is_export else {}
+        if not dry_run and points.sources is not None:  # thumbnails of the files there are on this machine
+            self._record_source_roots([str(s) for s in points.sources[plan.usable]])
+        added_at = datetime.now(UTC).isoformat()
+        selector = {"import": points.path.name, **({"label": label} if label is not None else {})}
+        journaled: dict[str, int] = {}
+        last_entry = time.monotonic()
+        relabel_to: dict[str, list[str]] = {}
+
+        def journal_the_adds(**more: Any) -> None:  # the points added since the last entry, as a build journals
+            nonlocal last_entry
+            new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
+                   if n > journaled.get(lab, 0)}
+            last_entry = time.monotonic()
+            if new:
+                self._journal("add", points=sum(new.values()), labels=most_first(new), selector=selector, detail={
+                    "import": {"file": points.path.name, "sha256": points.sha256, "format": points.format,
+                               "featurizer": points.featurizer, "rows": points.n, "chosen": report.chosen,
+                               "already_in_memory": report.already_in_memory,
+                               "skipped": sum(report.skipped.values()), **more}})
+                journaled.update(report.added_per_label)
+
+        try:
+            for batch in usable_batches(points, plan, report, batch_size, progress):
+                with self._edit_lock:  # checked and written at once: another thread's add counts
+                    stored = self.store.existing_labels(batch.ids)
+                    new = [j for j, pid in enumerate(batch.ids) if pid not in stored]
+                    if new and not dry_run:
+                        fresh = ImportBatch(rows=batch.rows[new], ids=[batch.ids[j] for j in new],
+                                            labels=[batch.labels[j] for j in new], vectors=batch.vectors[new])
+                        self.store.put(fresh.points(payloads(points, fresh, added_at)))
+                    for j in new:
+                        report.added_per_label[batch.labels[j]] = report.added_per_label.get(batch.labels[j], 0) + 1
+                    report.added += len(new)
+                for row, pid, lab in zip(batch.rows, batch.ids, batch.labels, strict=True):
+                    if pid not in stored:
+                        continue
+                    if stored[pid] == lab:
+                        report.already_in_memory += 1
+                    else:
+                        report.other_label.append((points.source_of(int(row)), stored[pid], lab))
+                        if relabel:
+                            relabel_to.setdefault(lab, []).append(pid)
+                if not dry_run and time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:
+                    journal_the_adds(running=True)
+        except BaseException:
+            if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
+                journal_the_adds(interrupted=True)
+            raise
+        report.added_per_label = most_first(report.added_per_label)
+        if not dry_run:
+            journal_the_adds()
+            self._name_imagenet_classes(new_classes if report.added else {})
+        imported = set(chosen_labels)
+        report.names = {lab: name for lab, name in points.label_names.items()
+                        if lab in imported and self.store.meta.label_names.get(lab) != name}
+        vote = points.meta.get("vote") if points.is_export else None
+        if isinstance(vote, dict) and vote.get("origin") == "memory" and "vote" not in self.store.meta.settings:
+            tuned = {k: vote[k] for k in ("rule", "k", "alpha", "tau", "soft_pruning") if k in vote}
+            try:
+                VoteSettings(**tuned)
+                report.vote = tuned
+            except ValueError:  # settings this vmem would not take: the defaults stay
+                log.warning("the tuned vote settings of %s are not valid here: not carried", points.path)
+        if relabel and report.other_label:
+            report.relabel_applied = True
+        if dry_run:
+            report.memory_points = self.store.count()
+            return report
+        if report.names:  # the file's win, as a copy's source's names do
+            self.set_label_names(report.names)
+        if report.vote:
+            self.store_vote_settings(report.vote)
+        for to, ids in relabel_to.items():
+            self._relabel_points(ids, to, selector)
+        if report.added:
+            self.store.optimize()
+        report.memory_points = self.store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
     def point(self, point_id: str) -> MemoryPoint | None:
         """One point by id (None if the memory does not hold it); ValueError if `point_id` is no point id."""
         found = self.store.retrieve([parse_point_id(point_id)])
@@ -2010,6 +2172,18 @@ def _bytes_on_disk(path: Path) -> int:
 
 
 _IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image, np.ndarray)
+
+
+def _exported_index(index: Any, location: str | Path) -> IndexSettings | None:
+    """A new memory's index settings from an export's meta: the exported memory's (None: the defaults, where
+    they are not valid here). A server rescores by its original vectors, as a copy to one does."""
+    try:
+        settings = IndexSettings.model_validate(index)
+    except ValueError:
+        return None
+    if settings.rescore_doubtful and not is_embedded_location(location):
+        settings = settings.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
+    return settings
 
 
 def _image_list(images: Any, method: str) -> list[Any]:
