@@ -331,8 +331,8 @@ class ImportReport:
             shown = self.skipped_rows.setdefault(reason, [])
             shown += [int(r) for r in rows[: max(0, EXAMPLES - len(shown))]]
 
-    def summary(self) -> str:
-        """What the import did, for people: counts, labels, and every reason rows were skipped for."""
+    def summary(self, skipped: bool = True) -> str:
+        """What the import did, for people: counts, labels; with `skipped`, the rows skipped too."""
         verb = "would import" if self.dry_run else "imported"
         kind = f"a vmem export of {self.featurizer}" if self.format == EXPORT_FORMAT else f"{self.featurizer} vectors"
         of = f"{self.chosen:,} of {self.rows:,} rows" if self.chosen != self.rows else f"{self.rows:,} rows"
@@ -355,14 +355,21 @@ class ImportReport:
             lines += [f"  {src}: stored {old!r}, file {new!r}" for src, old, new in self.other_label[:10]]
             if n > 10:
                 lines.append(f"  ... and {n - 10:,} more")
-        for reason, n in self.skipped.most_common():
-            rows = ", ".join(map(str, self.skipped_rows[reason])) + (", ..." if n > len(self.skipped_rows[reason])
-                                                                      else "")
-            lines.append(f"  skipped {n:,} row{'s' if n != 1 else ''}: {reason} (row{'s' if n != 1 else ''} {rows})")
+        if skipped:
+            lines.append(self.skipped_lines())
         if self.names:
             lines.append(f"label names: {len(self.names)} {'would be ' if self.dry_run else ''}given from the file")
         if self.vote:
             lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {self.vote}")
+        return "\n".join(line for line in lines if line)
+
+    def skipped_lines(self) -> str:
+        """The rows skipped, a line per reason with the first few rows' numbers (from 0)."""
+        lines = []
+        for reason, n in self.skipped.most_common():
+            rows = ", ".join(map(str, self.skipped_rows[reason])) + (", ..." if n > len(self.skipped_rows[reason])
+                                                                      else "")
+            lines.append(f"  skipped {n:,} row{'s' if n != 1 else ''}: {reason} (row{'s' if n != 1 else ''} {rows})")
         return "\n".join(lines)
 
 

@@ -58,6 +58,8 @@ _INTERRUPTED = {
               "every point forgotten so far",
     "relabel": "run the same command again: points relabelled already are left as they are",
     "export": "nothing was written (a file that was there is as it was): run the command again",
+    "import": "the memory holds the points imported so far (journaled); run the same command again to import the "
+              "rest (points already in it are skipped)",
     "classify": "the answers printed are whole; the images after them were not classified",
     "dmn": "the answers printed are whole; the images after them were not classified nor written to the stream",
 }
@@ -99,6 +101,7 @@ app.command()(memory.labels)
 app.command()(memory.names)
 app.command()(memory.points)
 app.command()(memory.export)
+app.command(name="import")(memory.import_)
 app.command()(memory.history)
 app.command()(memory.copy)
 app.add_typer(templates.app, name="templates")

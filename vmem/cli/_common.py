@@ -6,9 +6,10 @@ import errno
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -89,8 +90,9 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
 
 
 def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
-                index: IndexSettings | None = None):
-    """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes)."""
+                index: IndexSettings | None = None, opener: Callable[[str], Any] | None = None):
+    """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes).
+    `opener`: opens the memory at a location in place of `VisualMemory.open` (`VisualMemory.open_for_import`)."""
     from vmem import VisualMemory
 
     if qdrant_url is not None and memory == Path(os.environ.get("VMEM_MEMORY") or DEFAULT_MEMORY):
@@ -98,8 +100,9 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     refuse_both(memory if memory != DEFAULT_MEMORY else None, qdrant_url)
     check_memory_location(memory, qdrant_url)
     try:
-        mem = VisualMemory.open(memory_location(memory, qdrant_url), featurizer=featurizer, create=create,
-                                index=index)
+        location = memory_location(memory, qdrant_url)
+        mem = opener(location) if opener is not None else VisualMemory.open(location, featurizer=featurizer,
+                                                                             create=create, index=index)
         mem.via = "cli"  # as the journal records who edited
         return mem
     except Exception as exc:

@@ -37,9 +37,10 @@ from retrieval.store import local_folder, point_id_for
 from retrieval.text import utf8_text
 
 from ..export import check_export_path
+from ..import_points import PointsFileError, read_points_file
 from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
-from ..visual_memory import COPY_SIMILARITY, UnknownPointError, local_source_prefix, parse_point_id
+from ..visual_memory import COPY_SIMILARITY, UnknownPointError, VisualMemory, local_source_prefix, parse_point_id
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
@@ -831,6 +832,70 @@ def export(
         dim = mem.store.dim
     typer.echo(f"wrote {n_points(n)} ({dim}-d vectors) to {path} ({_size(path.stat().st_size)}) in "
                f"{time.perf_counter() - started:.1f} s")
+
+
+# Where a file that cannot be imported as it is points the user: the argument to change.
+_IMPORT_OPTIONS = {"featurizer": "--featurizer", "label": "--label"}
+
+
+def import_(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="the .npz file to read", show_default=False)],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+    qdrant_url: QdrantUrlOpt = None,
+    featurizer: Annotated[str | None, typer.Option(
+        help="the encoder that made the vectors, for a file vmem export did not write (e.g. dinov2-small, "
+             "dinov2:/path/to/model): the memory embeds its queries with it, so it must be the very encoder that "
+             "made them. A vmem export names its own")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="only the rows of this label")] = None,
+    relabel: Annotated[bool, typer.Option(
+        help="a point already in memory under another label takes the file's (journaled as a relabel); without "
+             "it, it keeps its stored label and is reported")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be imported and skipped; write "
+                                                            "nothing")] = False,
+) -> None:
+    """Add points with their vectors from an .npz file, nothing embedded: a file vmem export wrote, or vectors
+    made elsewhere (--featurizer). Rows that cannot be points are skipped and listed; re-run: points already in
+    the memory are skipped.
+
+    A vmem export (its meta says so) brings its ids, labels, sources, pruning (excluded, reliability), the names
+    of its labels (the file's win where both name one) and, into a memory without its own, its tuned vote
+    settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str), optionally sources (str,
+    stored as given; a point's id derives from its source); a row without a source is import://<the file's sha256,
+    16 hex>/<row>, so that the same file imported again finds its points.
+
+    An existing memory takes only vectors of its own encoder (name, dim, preprocessing); a memory not made yet
+    (a directory that does not exist) is made with the file's, and an export's index settings. Refused, with
+    nothing written: a file that is no .npz, an array missing or of the wrong shape or type, arrays of Python
+    objects (never unpickled). Skipped and listed: rows with NaN or infinite values, zero vectors, empty or bad
+    labels. The vectors are read a batch of rows at a time, never whole.
+    """
+    try:
+        points = read_points_file(path, featurizer)
+    except PointsFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
+    try:
+        mem = open_memory(memory, qdrant_url,
+                          opener=lambda location: VisualMemory.open_for_import(location, points, create=not dry_run))
+    except PointsFileError as exc:  # e.g. vectors of another dim than the encoder named makes
+        raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
+    with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, _sigterm_as_interrupt():
+        try:
+            report = mem.import_points(points, label=label, relabel=relabel, dry_run=dry_run,
+                                       progress=bar.update)
+        except PointsFileError as exc:
+            raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
+        except ValueError as exc:  # a label that is another label's name, refused before anything is written
+            raise typer.BadParameter(str(exc), param_hint="--label" if label is not None else "FILE") from None
+        except MemoryFullError as exc:  # as a build: what was imported before is kept and journaled
+            bar.write(f"stopped: {exc}. The memory holds {mem.store.count():,} points; once there is room, run "
+                      "the same command again (points already in it are skipped)", file=sys.stderr)
+            raise typer.Exit(1) from None
+    typer.echo(report.summary(skipped=False) + ("\ndry run: nothing was written" if dry_run else ""))
+    if report.skipped:  # notes, on stderr, as a build's failed images are: stdout is the summary alone
+        typer.echo(report.skipped_lines(), err=True)
+    if report.skipped and not (report.added or report.already_in_memory or report.duplicates or report.other_label):
+        typer.echo(f"nothing could be imported: all {sum(report.skipped.values()):,} rows were skipped", err=True)
+        raise typer.Exit(1)
 
 
 def _export_total(mem, label: str | None, source: str | None, excluded: bool | None) -> int | None:
