@@ -1574,6 +1574,7 @@ class QdrantServerStore(MemoryStore):
         # taken in while saving ours, not yet reported.
         self._seen_edits: dict[str, Any] = {}
         self._unreported: set[str] = set()
+        made_here = client is None
         if client is None:
             if location == ":memory:":
                 client = QdrantClient(":memory:")
@@ -1583,40 +1584,48 @@ class QdrantServerStore(MemoryStore):
                 client = QdrantClient(path=str(local_folder(location)))
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
-        if self.client.collection_exists(collection):
-            raw = self.client.get_collection(collection).config.metadata or {}
-            if "vmem" not in raw:
-                raise MemoryError(f"collection {collection!r} at {location} was not made by vmem")
-            stored = MemoryMeta.model_validate(raw["vmem"])
-            self.meta = stored
-            self._meta_read = stored.model_copy(deep=True)  # what `merge_meta` compares this process's edits to
-            self._seen_edits = {key: raw.get(key) for key in (POINTS_EDIT_KEY, META_EDIT_KEY)}
-            if meta is not None:
-                self.check_featurizer(meta.featurizer)
-        else:
-            if meta is None:
-                raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
-            if meta.index.rescore_doubtful:
-                raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
-                                  "rescores on its own (rescore on, or off for the codes alone)")
-            self.meta = meta
-            self._meta_read = meta.model_copy(deep=True)
-            self.client.create_collection(
-                collection,
-                vectors_config=qm.VectorParams(
-                    size=meta.featurizer.dim, distance=qm.Distance.COSINE,
-                    datatype=qm.Datatype.FLOAT16 if meta.index.vectors_dtype == "float16" else None),
-                hnsw_config=qm.HnswConfigDiff(m=meta.index.m, ef_construct=meta.index.ef_construct),
-                quantization_config=server_quantization_config(meta.index),
-                on_disk_payload=True,
-                metadata={"vmem": json.loads(meta.model_dump_json())},
-            )
-            with warnings.catch_warnings():
-                # qdrant-client's local modes warn that they ignore payload indexes: a server uses them, and a
-                # notebook on ":memory:" was shown the warning for a memory it cannot act on.
-                warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
-                for key in ("label", "source", EXCLUDED_KEY):
-                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
+        try:
+            if self.client.collection_exists(collection):
+                raw = self.client.get_collection(collection).config.metadata or {}
+                if "vmem" not in raw:
+                    raise MemoryError(f"collection {collection!r} at {location} was not made by vmem")
+                stored = MemoryMeta.model_validate(raw["vmem"])
+                self.meta = stored
+                self._meta_read = stored.model_copy(deep=True)  # what `merge_meta` compares this process's edits to
+                self._seen_edits = {key: raw.get(key) for key in (POINTS_EDIT_KEY, META_EDIT_KEY)}
+                if meta is not None:
+                    self.check_featurizer(meta.featurizer)
+            else:
+                if meta is None:
+                    raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
+                if meta.index.rescore_doubtful:
+                    raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
+                                      "rescores on its own (rescore on, or off for the codes alone)")
+                self.meta = meta
+                self._meta_read = meta.model_copy(deep=True)
+                self.client.create_collection(
+                    collection,
+                    vectors_config=qm.VectorParams(
+                        size=meta.featurizer.dim, distance=qm.Distance.COSINE,
+                        datatype=qm.Datatype.FLOAT16 if meta.index.vectors_dtype == "float16" else None),
+                    hnsw_config=qm.HnswConfigDiff(m=meta.index.m, ef_construct=meta.index.ef_construct),
+                    quantization_config=server_quantization_config(meta.index),
+                    on_disk_payload=True,
+                    metadata={"vmem": json.loads(meta.model_dump_json())},
+                )
+                with warnings.catch_warnings():
+                    # qdrant-client's local modes warn that they ignore payload indexes: a server uses them, and a
+                    # notebook on ":memory:" was shown the warning for a memory it cannot act on.
+                    warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
+                    for key in ("label", "source", EXCLUDED_KEY):
+                        self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
+        except BaseException:
+            # Refused (no collection there, another encoder's): the client made here lets go of what it holds. A
+            # local mode's folder stayed locked, and a second open of it in this process (to create the memory
+            # after finding none, as `VisualMemory.open(create=True)` does) was refused.
+            if made_here:
+                self.client.close()
+            raise
 
     def _stored_metadata(self) -> dict[str, Any]:
         return self.client.get_collection(self.collection).config.metadata or {}

@@ -452,8 +452,8 @@ def _repeated_rows(points: PointsFile, labels: np.ndarray, ids: np.ndarray, usab
         a, b = int(firsts[clash[0]]), int(later[clash[0]])
         more = f" ({len(clash) - 1:,} more rows so)" if len(clash) > 1 else ""
         raise PointsFileError(f"{points.path}: rows {a} and {b} are one point ({points.source_of(a)}), labelled "
-                              f"{labels[a]!r} and {labels[b]!r}{more}: a point has one label; which is meant cannot "
-                              "be known, so nothing was imported")
+                              f"{str(labels[a])!r} and {str(labels[b])!r}{more}: a point has one label; which is meant "
+                              "cannot be known, so nothing was imported")
     report.duplicates = len(later)
     usable[later] = False
 
@@ -500,7 +500,8 @@ def payloads(points: PointsFile, batch: ImportBatch, added_at: str) -> list[dict
         if points.excluded is not None and points.excluded[row]:
             payload[EXCLUDED_KEY] = "pruned"  # as vmem prune --mode hard marks it
         if points.reliability is not None and points.reliability[row] != 1 and np.isfinite(points.reliability[row]):
-            payload[RELIABILITY_KEY] = float(points.reliability[row])
+            # float32 in the file: its shortest decimal, the 0.3 a memory stored (not 0.30000001192092896)
+            payload[RELIABILITY_KEY] = float(str(points.reliability[row]))
         out.append(payload)
     return out
 
