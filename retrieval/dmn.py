@@ -327,6 +327,33 @@ class DynamicMemory:
                     self._n[i] = 0
             return n
 
+    def drop_similar(self, feature: np.ndarray, min_similarity: float) -> int:
+        """Remove every entry at least `min_similarity` cosine-similar to `feature` (a photo forgotten from the
+        labelled memory by likeness, once a query here too); the others keep their slot order. Returns entries
+        removed."""
+        f = np.asarray(feature, dtype=np.float64).reshape(self.dim)
+        f /= np.linalg.norm(f) or 1.0
+        removed = 0
+        with self.lock:
+            for i in range(len(self.labels)):
+                n = int(self._n[i])
+                if not n:
+                    continue
+                feats = self._feats[i, :n].astype(np.float64)
+                norms = np.linalg.norm(feats, axis=1)
+                sims = (feats @ f) / np.where(norms > 0, norms, 1.0)
+                keep = np.flatnonzero(sims < min_similarity)
+                if len(keep) == n:
+                    continue
+                removed += n - len(keep)
+                self._feats[i, : len(keep)] = self._feats[i, keep]
+                self._ents[i, : len(keep)] = self._ents[i, keep]
+                self._feats[i, len(keep) : n] = 0  # not kept in RAM either
+                self._n[i] = len(keep)
+                for slot in range(len(keep)):
+                    self._update_gram(i, slot)
+        return removed
+
     def rename_label(self, old: str, new: str) -> int:
         """Move a label's entries to another label (its class renamed, or merged into another, in the labelled
         memory), each offered to the new queue as `write` would: a full queue keeps its lowest-entropy entries.

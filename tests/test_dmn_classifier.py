@@ -300,6 +300,36 @@ def test_forgetting_a_label_removes_its_entries_from_the_stream_files_at_once(st
     assert "bee" in DynamicMemory.load(path).counts()
 
 
+def test_forgetting_a_photo_by_likeness_takes_its_queries_out_of_the_streams(stored_memory):
+    # A photo classified through a stream, then unlearnt with its copies: its query feature had stayed in the
+    # stream (and its file) until a reset.
+    point = stored_memory.store.retrieve([stored_memory.store.ids_where(label="bee")[0]], with_vectors=True)[0]
+    q, _ = queries(20)
+    stored_memory.classify_dmn(np.vstack([q, point.vector[None, :]]), stream="s")
+    stored_memory.dmn.flush()
+    path = dmn_home() / stream_dir_key(stored_memory.store) / "s.npz"
+    before = DynamicMemory.load(path)
+
+    def held(stream: DynamicMemory) -> np.ndarray:
+        return np.vstack([stream.entries(lab)[0] for lab in stream.counts()])
+
+    assert (held(before) @ point.vector).max() > 0.999
+    forgotten = stored_memory.forget_like(point_id=point.id, min_similarity=0.99)
+    assert point.id in {d.id for d in forgotten}
+    after = DynamicMemory.load(path)
+    assert len(after) == len(before) - 1 and (held(after) @ point.vector).max() < 0.99
+    # The others kept, read out as a stream holding only them reads out
+    fresh = DynamicMemory(DIM, before.slots)
+    for lab in after.counts():
+        for f, e in zip(*after.entries(lab), strict=True):
+            fresh.write(f, lab, e)
+    live = stored_memory.dmn.stream("s")
+    for query in q[:5]:
+        np.testing.assert_allclose(live.probabilities(query, CLASSES), fresh.probabilities(query, CLASSES), atol=1e-9)
+    assert stored_memory.forget_like(point_id=stored_memory.store.ids_where(label="ant")[0], dry_run=True)
+    assert len(DynamicMemory.load(path)) == len(after)  # a dry run takes nothing out
+
+
 def test_a_forgotten_label_named_in_a_filter_does_not_come_back_from_the_stream(memory):
     q, _ = queries(20)
     memory.classify_dmn(q, stream="s")

@@ -281,6 +281,25 @@ class DmnClassifier:
                 self.save(name, force=True)
         return removed
 
+    def drop_similar(self, feature: np.ndarray, min_similarity: float) -> int:
+        """Remove from every stream the query features at least `min_similarity` similar to `feature` (a photo
+        and its copies forgotten by likeness: `VisualMemory.forget_like`), and save the streams that change, so
+        their files no longer hold them. Returns the entries removed."""
+        removed = 0
+        for name in self.streams():
+            try:
+                stream = self.stream(name)
+            except Exception as exc:  # another encoder's stream, a file that does not load: its classify says so
+                log.warning("DMN stream %r left as it is (%s): reset it (vmem dmn reset) to drop the queries like "
+                            "the image forgotten", name, exc)
+                continue
+            if stream.dim != len(feature):
+                continue
+            if dropped := stream.drop_similar(feature, min_similarity):
+                removed += dropped
+                self.save(name, force=True)
+        return removed
+
     def reset(self, name: str) -> bool:
         """Empty a stream and delete its file; True when there was one."""
         path = self.stream_path(name)

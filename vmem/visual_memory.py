@@ -1258,6 +1258,7 @@ class VisualMemory:
         first. Journaled as a forget chosen by `like_sha256` (the sha256 of the image's bytes: of the file or the
         bytes given, or of the pixels of a PIL image or array) and `min_similarity`; the image itself is not kept.
         With `erase`, the memory's files are rewritten without their vectors too, as `forget(erase=True)`.
+        The DMN streams' past queries that similar to the image go too (their files rewritten).
         `point_id` in place of the image: that point and its copies (`near_duplicates`), journaled by `like_point`
         (the id) and `min_similarity`.
 
@@ -1286,6 +1287,13 @@ class VisualMemory:
             "like_sha256": _image_sha256(image)}  # type: ignore[arg-type]  # one of the two: checked above
         selector = {**like, "min_similarity": float(min_similarity)}
         present = self._forget_chosen([d.id for d in found], selector, erase)[1]
+        # A DMN stream keeps the features of past queries: the photo classified once (`classify --vote dmn
+        # --dmn-stream`) was still there after it was unlearnt. (The forget is made: a failure here is logged.)
+        try:
+            if dropped := self.dmn.drop_similar(vector, max(min_similarity - SIMILARITY_SLACK, 0.0)):
+                log.info("dropped %d DMN stream entries like the image forgotten", dropped)
+        except Exception:
+            log.error("after a forget by likeness (made): the DMN streams kept the queries like it", exc_info=True)
         return [d for d in found if d.id in present]
 
     def _like_vector(self, image: ImageInput | None, point_id: str | None, method: str) -> np.ndarray:
