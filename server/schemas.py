@@ -299,6 +299,19 @@ class PointsQuery(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000, description="points per page")
 
 
+class ExportQuery(BaseModel):
+    """Which points to export with their vectors (all of them by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
+                              description="only points with this label")
+    source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
+                                      description="only points whose source starts with this")
+    excluded: bool | None = Field(default=None, description="true: only points hard pruning took out of search; false: "
+                                                    "only the others")
+
+
 class HistoryQuery(BaseModel):
     """Which of the memory's edits to list."""
 

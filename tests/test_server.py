@@ -1361,6 +1361,40 @@ def test_a_cited_point_and_its_copies_are_forgotten_by_its_id(client, backend):
     assert client.get(f"/v1/memory/points/{ids[2]}").status_code == 200
 
 
+@BOTH_BACKENDS
+def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, tmp_path, monkeypatch):
+    import io
+    import json
+    import tempfile
+
+    import numpy as np
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the service writes it first
+    (tmp_path / "tmp").mkdir()
+    assert_problem(client.get("/v1/memory/export"), 401, "missing-api-key")  # vectors say much of their images
+    resp = client.get("/v1/memory/export", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/octet-stream" and "points.npz" in resp.headers[
+        "content-disposition"]
+    with np.load(io.BytesIO(resp.content)) as f:  # numpy alone reads it: no pickle
+        vectors, ids, labels = f["vectors"], f["ids"], f["labels"]
+        meta = json.loads(f["meta"].item())
+    store = client.app.state.service.memory.store
+    assert int(resp.headers["x-vmem-points"]) == len(ids) == store.count() and vectors.shape == (len(ids), store.dim)
+    assert sorted(ids.tolist()) == sorted(store.ids_where())
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    assert meta["featurizer"]["name"] == store.meta.featurizer.name
+    [one] = store.retrieve([str(ids[0])], with_vectors=True)
+    assert labels[0] == one.payload["label"] and np.allclose(vectors[0], one.vector, atol=1e-6)
+    red = client.get("/v1/memory/export", params={"label": "red"}, headers=AUTH)
+    with np.load(io.BytesIO(red.content)) as f:
+        assert set(f["labels"].tolist()) == {"red"} and len(f["ids"]) == store.count(label="red")
+    assert_problem(client.get("/v1/memory/export", params={"label": "purple"}, headers=AUTH), 422, "unknown-label",
+                   "the memory has no label 'purple'")
+    assert_problem(client.get("/v1/memory/export", params={"colour": "red"}, headers=AUTH), 422, "invalid-parameters")
+    assert list((tmp_path / "tmp").iterdir()) == []  # sent, then deleted
+
+
 def test_a_forget_like_whose_erase_fails_says_which_points_are_forgotten_not_erased(client, monkeypatch):
     import errno
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import shutil
+import tempfile
 import uuid
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import ImageDecodeError, first_occurrences
@@ -21,6 +27,7 @@ from ..schemas import (
     AddJSON,
     AddOut,
     EraseOut,
+    ExportQuery,
     FeaturizerOut,
     ForgetLikeJSON,
     ForgetLikeOut,
@@ -473,6 +480,46 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return PointsOut(points=[PointOut(**p.model_dump(), thumbnail_url=thumbnail_url(request, p.id))
                              for p in page.points], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/export",
+    summary="The points with their vectors, as one .npz file",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "a numpy .npz file (`vmem export`'s format); `X-Vmem-Points` says how many"},
+               **problem_responses(401, 403, 422, 503, 507)},
+)
+async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> FileResponse:
+    """The memory's points (or those of a label, a source prefix, hard-pruned or not) with their vectors as
+    stored, as `vmem export` writes them: arrays `vectors`, `ids`, `labels`, `sources`, `excluded`, `reliability`
+    and `meta` (JSON), which numpy reads without pickle (`np.load(f)`), to analyse elsewhere or to `vmem import`
+    into another memory. Written to a temporary file first (the vectors are never all in RAM), sent, then
+    deleted: the server's temporary folder needs room for about twice the vectors. Requires the API key (vectors
+    say much of the images they come from)."""
+    if q.label is not None and not await run_in_threadpool(
+            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)):
+        await unknown_labels(service, [q.label])
+    folder = FilePath(tempfile.mkdtemp(prefix="vmem-export-"))
+    try:
+        n = await service.run_read(service.memory.export_points, folder / "points.npz", q.label, q.source_prefix,
+                                   q.excluded)
+    except ValueError as exc:  # a source_prefix that is no path here
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ProblemError(507, f"the export did not fit in the server's temporary folder ({exc.strerror}): "
+                                    "export a label or a source prefix at a time, or give the server more room "
+                                    "(TMPDIR)", "export-disk-full", "No room for the export") from None
+        raise
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(folder / "points.npz", media_type="application/octet-stream", filename="points.npz",
+                        headers={"X-Vmem-Points": str(n)},
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
 @router.get("/points/{point_id}", summary="One memory point", response_model=PointOut,
