@@ -1395,6 +1395,24 @@ def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, 
     assert list((tmp_path / "tmp").iterdir()) == []  # sent, then deleted
 
 
+def test_an_export_the_temporary_folder_has_no_room_for_is_a_507_saying_what_to_do(client, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from vmem import VisualMemory
+
+    def disk_full(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half")  # what a write cut short leaves: it goes too
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(VisualMemory, "export_points", disk_full)
+    assert_problem(client.get("/v1/memory/export", headers=AUTH), 507, "export-disk-full",
+                   "export a label or a source prefix at a time")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_a_forget_like_whose_erase_fails_says_which_points_are_forgotten_not_erased(client, monkeypatch):
     import errno
 
