@@ -284,8 +284,8 @@ class LabelNamesIn(BaseModel):
                           description="drop every name not given here (default: merge with those stored)")
 
 
-class PointsQuery(BaseModel):
-    """Which points to list, and which page."""
+class PointsFilter(BaseModel):
+    """Which points: all of them, or those of a label, a source prefix, hard-pruned or not."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -295,21 +295,17 @@ class PointsQuery(BaseModel):
                                       description="only points whose source starts with this")
     excluded: bool | None = Field(default=None, description="true: only points hard pruning took out of search; false: "
                                                     "only the others")
+
+
+class PointsQuery(PointsFilter):
+    """Which points to list, and which page."""
+
     cursor: str | None = Field(default=None, max_length=64, description="`next_cursor` of the previous page")
     limit: int = Field(default=100, ge=1, le=1000, description="points per page")
 
 
-class ExportQuery(BaseModel):
+class ExportQuery(PointsFilter):
     """Which points to export with their vectors (all of them by default)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
-                              description="only points with this label")
-    source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
-                                      description="only points whose source starts with this")
-    excluded: bool | None = Field(default=None, description="true: only points hard pruning took out of search; false: "
-                                                    "only the others")
 
 
 class HistoryQuery(BaseModel):

@@ -698,7 +698,7 @@ function wireForget(node, n) {
   box.querySelector(".forget-copies").addEventListener("click", () => {
     if (editing.has(n.id)) return;
     close();
-    forgetWithCopies(n);
+    forget(n, true);
   });
   box.querySelector(".forget-cancel").addEventListener("click", () => { close(); button.focus(); });
   box.addEventListener("keydown", (e) => {
@@ -758,20 +758,21 @@ async function askForget(n, node) {
   box.querySelector(".forget-one").focus();
 }
 
-// The point and every point that looks like a copy of it (found again as it goes: what the dry run showed, unless
-// the memory changed since).
-async function forgetWithCopies(n) {
+// Returns whether the point was forgotten. `withCopies`: every point that looks like a copy of it goes too (found
+// again as they go: what the question showed, unless the memory changed since).
+async function forget(n, withCopies = false) {
   if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point", null);
+  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n, withCopies));
   if (!key) return false;
   showError("");
   hideEditNote();
   const erase = $("erase").checked && !$("erase").disabled;
+  const point = `v1/memory/points/${encodeURIComponent(n.id)}`;
   whileEditing(n.id, true);
   let resp;
   try {
-    resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}/forget-like${erase ? "?erase=true" : ""}`, {
-      method: "POST", headers: { "X-API-Key": key },
+    resp = await fetch(`${point}${withCopies ? "/forget-like" : ""}${erase ? "?erase=true" : ""}`, {
+      method: withCopies ? "POST" : "DELETE", headers: { "X-API-Key": key },
     });
   } catch (err) {
     showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
@@ -787,50 +788,14 @@ async function forgetWithCopies(n) {
   const others = body.deleted - 1;
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}`
     + (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
-    + (body.erased ? ", and erased their vectors from the memory's files" : "")
-    + (body.note ? ` (${body.note})` : ""));
-  for (const m of body.matched) {
-    for (const card of cardsOf(m.id)) card.remove();
-    dropSuspect(m.id);
+    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : ""));
+  for (const id of withCopies ? body.matched.map((m) => m.id) : [n.id]) {
+    for (const card of cardsOf(id)) card.remove(); // as a neighbour, in the label list
+    dropSuspect(id);
   }
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without those points
-  $("edit-note").focus({ preventScroll: true });
-  return true;
-}
-
-// Returns whether the point was forgotten.
-async function forget(n) {
-  if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n));
-  if (!key) return false;
-  showError("");
-  hideEditNote();
-  const erase = $("erase").checked && !$("erase").disabled;
-  whileEditing(n.id, true);
-  let resp;
-  try {
-    resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}${erase ? "?erase=true" : ""}`, {
-      method: "DELETE", headers: { "X-API-Key": key },
-    });
-  } catch (err) {
-    showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
-    return false;
-  } finally {
-    whileEditing(n.id, false);
-  }
-  if (!resp.ok) {
-    showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
-    return false;
-  }
-  const body = await resp.json();
-  showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}` + (body.erased ? ", and erased its vector from the memory's files" : ""));
-  for (const card of cardsOf(n.id)) card.remove(); // as a neighbour, in the label list
-  dropSuspect(n.id);
-  await loadStats();
-  updateLabelNote();
-  await classify(); // the answer without that point
   $("edit-note").focus({ preventScroll: true }); // its card is gone: the keyboard goes to what happened
   return true;
 }
