@@ -198,6 +198,36 @@ def test_vectors_with_sources_go_into_an_existing_memory_of_their_encoder(backen
         assert mem.store.count() == 6 and mem.point(point_id_for("/b/2.jpg")).label == "dog"
 
 
+def test_sources_that_are_files_here_are_stored_as_a_build_stores_them(tmp_path, monkeypatch):
+    # Features made of a folder of links (class folders linked in from a dataset), saved with the paths as the
+    # script read them: a build stores the links' targets, and forget --source, history --source, the service's
+    # thumbnails and a later build of the same images all look for them there. Stored as given, a forget of the
+    # very path printed found nothing, and a build of the same images added each one again.
+    (tmp_path / "dataset" / "cats").mkdir(parents=True)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "cats").symlink_to(tmp_path / "dataset" / "cats", target_is_directory=True)
+    for i in range(2):
+        (tmp_path / "dataset" / "cats" / f"{i}.jpg").write_bytes(b"an image")
+    monkeypatch.chdir(tmp_path)
+    given = [str(tmp_path / "linked" / "cats" / "0.jpg"), "linked/cats/../cats/1.jpg", "/elsewhere/2.jpg"]
+    path = vectors_file(tmp_path / "features.npz", random_unit_vectors(3, 8, seed=4), ["cat"] * 3, given)
+    with open_store(tmp_path / "memory", SPEC):
+        pass
+    done = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert done.exit_code == 0, done.output
+    real = [str((tmp_path / "dataset" / "cats" / f"{i}.jpg").resolve()) for i in range(2)]
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        # A path of another machine (no such file here) is kept as given
+        assert {src for _, src, _, _ in listing(mem).values()} == {*real, "/elsewhere/2.jpg"}
+        assert mem.point(point_id_for(real[0])) is not None
+        # forget --source of the folder the script read (links) reaches them, as it reaches a build's
+        assert set(mem.chosen_points(source_prefix=str(tmp_path / "linked" / "cats"))) == {point_id_for(r)
+                                                                                          for r in real}
+        assert mem.source_roots == [str((tmp_path / "dataset" / "cats").resolve())]
+    again = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert "imported 0 points" in again.stdout and "3 already in memory" in again.stdout
+
+
 def test_vectors_without_the_encoder_named_are_refused_naming_the_option(tmp_path):
     path = vectors_file(tmp_path / "features.npz", random_unit_vectors(3, 8), ["cat"] * 3)
     with pytest.raises(PointsFileError, match="does not say which encoder made them") as refused:

@@ -8,8 +8,9 @@ Two kinds of file:
                      sources, `excluded` (hard pruning) and `reliability` (soft pruning) are carried as stored; the
                      names of the labels imported go too (the file's win where both name a label, as `vmem copy`'s
                      source's do), and its tuned vote settings into a memory that has none.
-    vectors          `vectors` (float, n x dim) and `labels` (str [n]), optionally `sources` (str [n], stored as
-                     given: a point's id derives from its source). The encoder that made them must be named
+    vectors          `vectors` (float, n x dim) and `labels` (str [n]), optionally `sources` (str [n]: a path to a
+                     file on this machine stored as a build stores it, absolute with links resolved; any other
+                     source as given. A point's id derives from its source). The encoder that made them must be named
                      (`featurizer`): the memory embeds its queries with it, and another encoder's features are not
                      comparable. A row without a source is known by `import://<sha256>/<row>`, the first 16 hex
                      digits of the file's sha256 and the row's number from 0: importing the same file again finds
@@ -35,7 +36,9 @@ only when its rows are read: the points before them stay imported, and journaled
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import uuid
 import zipfile
 import zlib
@@ -50,7 +53,14 @@ from pydantic import ValidationError
 
 from retrieval import FeaturizerSpec, point_id_for
 from retrieval.files import file_sha256
-from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, FeaturizerMismatchError, StoredPoint
+from retrieval.store import (
+    EXCLUDED_KEY,
+    RELIABILITY_KEY,
+    FeaturizerMismatchError,
+    StoredPoint,
+    is_local_source,
+    normalize_source,
+)
 from retrieval.text import canonical_label, label_problem, utf8_text
 
 from .export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
@@ -205,12 +215,28 @@ def read_points_file(path: str | Path, featurizer: str | None = None) -> PointsF
                               "its queries with that encoder, so it must be the one that made these vectors",
                               option="featurizer")
     reliability = arrays.get("reliability")
+    if not is_export and "sources" in arrays:
+        arrays["sources"] = _sources_as_stored(arrays["sources"])
     return PointsFile(
         path=path, sha256=file_sha256(path), format=EXPORT_FORMAT if is_export else VECTORS_FORMAT,
         featurizer=featurizer, spec=spec, n=n, dim=dim, labels=arrays["labels"], sources=arrays.get("sources"),
         ids=arrays.get("ids"), excluded=arrays.get("excluded"),
         reliability=reliability.astype(np.float32) if reliability is not None else None,
         meta=meta if is_export else {}, _vectors=vectors)
+
+
+def _sources_as_stored(sources: np.ndarray) -> np.ndarray:
+    """Vectors' sources as a build stores an image's path: a file on this machine absolute, its links resolved
+    (`normalize_source`), so that forget --source and history --source of the folder it was read from, the
+    service's thumbnails and a later build of the same images find it; any other source (a URI, a path of another
+    machine) as given."""
+    out = []
+    for source in sources.tolist():
+        if is_local_source(source) and os.path.exists(os.path.expanduser(source)):
+            with contextlib.suppress(RuntimeError, ValueError):  # `~user` of no user here: kept as given
+                source = normalize_source(source)
+        out.append(source)
+    return np.array(out, dtype=str) if out else sources
 
 
 def _read_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:

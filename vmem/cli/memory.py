@@ -859,9 +859,10 @@ def import_(
 
     A vmem export (its meta says so) brings its ids, labels, sources, pruning (excluded, reliability), the names
     of its labels (the file's win where both name one) and, into a memory without its own, its tuned vote
-    settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str), optionally sources (str,
-    stored as given; a point's id derives from its source); a row without a source is import://<the file's sha256,
-    16 hex>/<row>, so that the same file imported again finds its points.
+    settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str), optionally sources (str: a
+    file on this machine as a build stores it, links resolved, others as given; a point's id derives from it); a
+    row without a source is import://<the file's sha256, 16 hex>/<row>, so that the same file imported again finds
+    its points.
 
     An existing memory takes only vectors of its own encoder (name, dim, preprocessing); a memory not made yet
     (a directory that does not exist) is made with the file's, and an export's index settings. Refused, with
