@@ -140,13 +140,21 @@ def test_a_memory_with_nothing_to_search_is_refused_not_answered_with_no_label(m
     with pytest.raises(NothingToSearchError, match=r"all 6 points .* are hard-pruned.*vmem prune --undo") as pruned:
         memory.classify(query, k=3)
     assert pruned.value.pruned and isinstance(pruned.value, ValueError)
+    # The dmn rule of a memory without CLIP answers from the labelled memory alone: refused as a vote is
+    with pytest.raises(NothingToSearchError, match="are hard-pruned"):
+        memory.classify(query, rule="dmn")
     memory.forget(ids=memory.store.ids_where())
     memory.reranker = None  # nothing is asked of a re-ranker either
     for call in (lambda: memory.classify(query), lambda: memory.classify(query, rerank=True),
-                 lambda: memory.classify_vectors(np.ones((2, 1280), dtype=np.float32))):
+                 lambda: memory.classify_vectors(np.ones((2, 1280), dtype=np.float32)),
+                 lambda: memory.classify(query, rule="dmn"),
+                 lambda: memory.classify_dmn(np.ones((2, 1280), dtype=np.float32))):
         with pytest.raises(NothingToSearchError, match="holds no points: add labelled images first") as empty:
             call()
         assert not empty.value.pruned
+    memory.set_label_names({"red": "crimson"})  # names outlive their points: dmn had answered label None then
+    with pytest.raises(NothingToSearchError, match="holds no points"):
+        memory.classify(query, rule="dmn")
     assert memory.classify_vectors(np.ones((0, 1280), dtype=np.float32)) == []  # no query: nothing to refuse
     memory.add([make_image((30, 40, 220))], "blue")
     assert memory.classify(query, k=3)[0].label == "blue"

@@ -759,11 +759,22 @@ class VisualMemory:
     def classify_dmn(self, vectors: np.ndarray, stream: str | None = None, options: Any = None,
                      labels: Sequence[str] | None = None, sources: Sequence[str | None] | None = None,
                      exact: bool = False) -> list[Classification]:
-        """Rule `dmn` over already-embedded queries, in order (see `vmem.dmn_classifier`)."""
+        """Rule `dmn` over already-embedded queries, in order (see `vmem.dmn_classifier`). NothingToSearchError
+        where only the labelled memory answers (mode memory-only) and it holds no point a search can return."""
         from .dmn_classifier import DmnOptions
 
         opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
-        return self._named(self.dmn.classify(vectors, stream, opts, labels, sources, exact))
+        # Only the labelled memory answers (no CLIP text classifier): as a vote, a memory with no point a search
+        # can return is refused, not answered label None (counted only then)
+        try:
+            results = self._named(self.dmn.classify(vectors, stream, opts, labels, sources, exact))
+        except ValueError:  # e.g. "the memory holds no labels": an empty memory is said as a vote says it
+            if self.dmn.resolve_mode(opts.mode) == "memory-only":
+                self._check_searchable()
+            raise
+        if not all(r.neighbors for r in results) and self.dmn.resolve_mode(opts.mode) == "memory-only":
+            self._check_searchable()
+        return results
 
     # ------------------------------------------------------------------ label names
 
