@@ -384,6 +384,59 @@ def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser,
         assert entry["selector"]["like_point"] == holiday and entry["points"] == 2
 
 
+def test_forget_does_what_its_question_said_and_a_screen_reader_hears_the_question(browser, tmp_path, page_url):
+    from selenium.webdriver.common.by import By
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4242))
+    wait = classify_on_the_page(browser, page_url + "/", query, k=5)
+    browser.execute_script("sessionStorage.setItem('vmem-api-key', arguments[0]);"
+                           "document.getElementById('api-key').value = arguments[0]", API_KEY)
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    card.find_element(By.CLASS_NAME, "forget").click()
+    box = card.find_element(By.CLASS_NAME, "forget-confirm")
+    wait.until(lambda d: box.is_displayed())
+    question = box.find_element(By.CLASS_NAME, "forget-question").text
+    assert "cannot be undone" not in question
+    # The keyboard lands on "Forget it": the question (what goes, which copies) is the group's description
+    tree = browser.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]
+    described = [(n.get("description") or {}).get("value") for n in tree
+                 if (n.get("role") or {}).get("value") == "group" and
+                 (n.get("name") or {}).get("value", "").startswith("Forget red")]
+    assert described == [question], described
+    # "also erase" ticked while the question is open: the answer does what the question said (it had erased the
+    # vector from the files, never having said "cannot be undone")
+    browser.execute_script("arguments[0].click()", browser.find_element(By.ID, "erase"))
+    box.find_element(By.CLASS_NAME, "forget-one").click()
+    wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: d.find_element(By.ID, "edit-note").text == "forgot a point labelled red")
+
+
+def test_a_point_forgotten_elsewhere_while_its_question_is_open_leaves_the_page(browser, tmp_path, page_url):
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4242))
+    wait = classify_on_the_page(browser, page_url + "/", query, k=5)
+    browser.execute_script("sessionStorage.setItem('vmem-api-key', arguments[0]);"
+                           "document.getElementById('api-key').value = arguments[0]", API_KEY)
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    victim = card.get_attribute("data-point-id")
+    card.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: card.find_element(By.CLASS_NAME, "forget-confirm").is_displayed())
+    with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
+        assert http.delete(f"/v1/memory/points/{victim}").status_code == 200  # another tab, another user
+    card.find_element(By.CLASS_NAME, "forget-one").click()
+    # Its card had stayed, the error "no point with id": the card goes, and the page says what happened
+    wait.until(lambda d: victim not in [c.get_attribute("data-point-id")
+                                        for c in d.find_elements(By.CSS_SELECTOR, "[data-point-id]")])
+    assert browser.find_element(By.ID, "edit-note").text == "a point labelled red was forgotten already (elsewhere, " \
+                                                            "meanwhile)"
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+
+
 def classify_on_the_page(browser, page: str, query: Path, k: int, points: int = 12):
     """Open the page on the 12-point test memory (or one of `points`), upload `query` with this k, wait for the
     prediction."""

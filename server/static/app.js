@@ -690,15 +690,18 @@ function wireForget(node, n) {
     if (!box.hidden) { close(); return; }
     askForget(n, node);
   });
+  // The answer does what the question said: "also erase" as it was when asked (ticked since, the question had
+  // not said "cannot be undone", and the vectors went from the files all the same)
+  const askedErase = () => box.dataset.erase === "true";
   box.querySelector(".forget-one").addEventListener("click", () => {
     if (editing.has(n.id)) return;
     close();
-    forget(n);
+    forget(n, false, askedErase());
   });
   box.querySelector(".forget-copies").addEventListener("click", () => {
     if (editing.has(n.id)) return;
     close();
-    forget(n, true);
+    forget(n, true, askedErase());
   });
   box.querySelector(".forget-cancel").addEventListener("click", () => { close(); button.focus(); });
   box.addEventListener("keydown", (e) => {
@@ -726,7 +729,11 @@ async function askForget(n, node) {
     const resp = await fetch(`v1/memory/points/${encodeURIComponent(n.id)}/forget-like?dry_run=true`, {
       method: "POST", headers: { "X-API-Key": key },
     });
-    if (resp.status === 404 || resp.status === 401 || resp.status === 403) {
+    if (resp.status === 404) { // forgotten meanwhile (another tab, another user): its cards go, said so
+      forgottenElsewhere(n);
+      return;
+    }
+    if (resp.status === 401 || resp.status === 403) {
       showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
       return;
     }
@@ -748,7 +755,12 @@ async function askForget(n, node) {
       + `of its image: ${shown}${copies.length > SHOWN_COPIES ? ", …" : ""}.`;
   }
   const box = node.querySelector(".forget-confirm");
-  box.querySelector(".forget-question").textContent = question;
+  box.dataset.erase = String(erase);
+  const asked = box.querySelector(".forget-question");
+  asked.textContent = question;
+  // A screen reader lands on "Forget it": the question (what cannot be undone, which copies) is its description
+  asked.id ||= `forget-question-${Math.random().toString(36).slice(2, 10)}`; // a point may have two cards
+  box.setAttribute("aria-describedby", asked.id);
   const withCopies = box.querySelector(".forget-copies");
   withCopies.hidden = !copies || !copies.length;
   withCopies.textContent = copies && copies.length ? `Forget it and ${copies.length === 1 ? "its copy" : `its ${copies.length} copies`}` : "";
@@ -758,15 +770,24 @@ async function askForget(n, node) {
   box.querySelector(".forget-one").focus();
 }
 
+// A point gone before an edit of it reached the service: its cards go too, and the page says why.
+async function forgottenElsewhere(n) {
+  for (const card of cardsOf(n.id)) card.remove();
+  dropSuspect(n.id);
+  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`);
+  await loadStats();
+  updateLabelNote();
+  $("edit-note").focus({ preventScroll: true });
+}
+
 // Returns whether the point was forgotten. `withCopies`: every point that looks like a copy of it goes too (found
-// again as they go: what the question showed, unless the memory changed since).
-async function forget(n, withCopies = false) {
+// again as they go: what the question showed, unless the memory changed since). `erase`: as the question said.
+async function forget(n, withCopies, erase) {
   if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n, withCopies));
+  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n, withCopies, erase));
   if (!key) return false;
   showError("");
   hideEditNote();
-  const erase = $("erase").checked && !$("erase").disabled;
   const point = `v1/memory/points/${encodeURIComponent(n.id)}`;
   whileEditing(n.id, true);
   let resp;
@@ -779,6 +800,10 @@ async function forget(n, withCopies = false) {
     return false;
   } finally {
     whileEditing(n.id, false);
+  }
+  if (resp.status === 404) {
+    await forgottenElsewhere(n);
+    return false;
   }
   if (!resp.ok) {
     showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
