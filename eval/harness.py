@@ -45,6 +45,7 @@ from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
 from retrieval.text import not_utf8_problem, utf8_text
 from vmem.results import DEFAULT_K, DEFAULT_RULE
+from vmem.visual_memory import NothingToSearchError
 
 if TYPE_CHECKING:
     from retrieval import Featurizer
@@ -262,8 +263,15 @@ def evaluate(
     """Score every rule at every k; with `restrict_to`, also with the memory cut to those classes.
 
     `per_class` (rule, k[, soft pruning]) is the decision each class's accuracy and confusions are reported for:
-    the one classify makes by default (or the memory's tuned one, as the CLI passes it).
+    the one classify makes by default (or the memory's tuned one, as the CLI passes it). NothingToSearchError for
+    a memory with no point a search can return (empty, or every point hard-pruned).
     """
+    held = memory.count(searchable=True) if isinstance(memory, MemoryStore) else len(memory)
+    if not held:  # every score would be 0 %, read as a memory that knows nothing rather than one with nothing in it
+        total = memory.count() if isinstance(memory, MemoryStore) else 0
+        raise NothingToSearchError(
+            f"all {total:,} points of the memory are hard-pruned, so no search can return one: `vmem prune --undo` "
+            "restores them" if total else "the memory holds no points: nothing to evaluate (vmem build first)", total)
     variants: dict[str, Scores] = {}
     for name, restriction in [("all", None), ("restricted", restrict_to)]:
         if name == "restricted" and restriction is None:

@@ -280,6 +280,29 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     assert {p.name for p in tmp_path.glob("*.png")} == {"mine.png"}
 
 
+def test_evaluating_a_memory_with_nothing_to_search_is_refused_not_scored_zero(tmp_path):
+    from retrieval import FeaturizerSpec, Preprocessing, open_store
+    from retrieval.store import EXCLUDED_KEY
+    from vmem import NothingToSearchError
+
+    m = random_unit_vectors(12, 8, seed=5)
+    queries = QuerySet(m[:3], ["q0", "q1", "q2"], [("c0",), ("c1",), ("c0",)], [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=3, memory="toy", memory_points=0,
+                  featurizer="none", search="exact")
+    # Every curve had been 0 %: a memory that knows nothing, rather than one with nothing in it
+    with pytest.raises(NothingToSearchError, match="holds no points"):
+        evaluate(MemoryArrays(m[:0], [], []), queries, run)
+    store = open_store(str(tmp_path / "memory"), FeaturizerSpec(name="toy", dim=8, preprocessing=Preprocessing(
+        resize=8, crop=8)))
+    with pytest.raises(NothingToSearchError, match="holds no points"):
+        evaluate(store, queries, run)
+    store.add(m, [f"c{i % 2}" for i in range(12)], [f"mem://{i}" for i in range(12)])
+    store.set_payload(store.ids_where(), {EXCLUDED_KEY: "pruned"})
+    with pytest.raises(NothingToSearchError, match=r"all 12 points .* hard-pruned"):
+        evaluate(store, queries, run)
+    store.close()
+
+
 def test_a_report_that_cannot_be_written_whole_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     # A disk that filled while a run wrote had left its numbers beside the table and plots of the run before.
     import errno
