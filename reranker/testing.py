@@ -128,7 +128,10 @@ class FakeGemini:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-gemini", daemon=True)
+        # Polled every 50 ms for a stop (not serve_forever's 0.5 s): stop() waits out one poll, and a test run
+        # starts and stops a fake per test.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-gemini", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
 
