@@ -7,6 +7,7 @@ locally without Chromium; FAILS in CI, where it must run.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -28,8 +29,7 @@ def _require(what: str, found: object) -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture
-def browser():
+def _launch_chromium():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     _require("Debian's chromium package", chromium)
@@ -46,8 +46,51 @@ def browser():
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_page_load_timeout(30)
+    return driver
+
+
+def _fresh_tab(driver) -> None:
+    """Leave `driver` with one new tab, in front, and nothing kept from the tabs before it: a new tab has its own
+    sessionStorage (the page keeps the API key there) and none of the old tab's emulation (media features, a
+    phone's screen); cookies and the HTTP cache are cleared, and each old page's localStorage too."""
+    old = driver.window_handles
+    for handle in old:
+        driver.switch_to.window(handle)
+        driver.execute_script("try { localStorage.clear(); sessionStorage.clear(); } catch (e) {}")
+    driver.switch_to.new_window("tab")
+    tab = driver.current_window_handle
+    for handle in old:
+        driver.switch_to.window(handle)
+        driver.close()
+    driver.switch_to.window(tab)
+    driver.execute_cdp_cmd("Page.bringToFront", {})  # else the page lacks focus (document.hasFocus() is false)
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    assert driver.window_handles == [tab] and driver.execute_script("return document.hasFocus()")
+
+
+@pytest.fixture(scope="module")
+def _chromium():
+    """One Chromium for the module (a launch is ~1-2 s of each test): each test gets a fresh tab of it."""
+    held: dict = {}
+    yield held
+    if "driver" in held:
+        held["driver"].quit()
+
+
+@pytest.fixture
+def browser(_chromium):
+    driver = _chromium.get("driver")
+    if driver is not None:
+        try:
+            _fresh_tab(driver)
+        except Exception:  # a test left it unusable (a dialog open, a page hung): start another
+            with contextlib.suppress(Exception):
+                driver.quit()
+            driver = None
+    if driver is None:
+        driver = _chromium["driver"] = _launch_chromium()
     yield driver
-    driver.quit()
 
 
 @pytest.fixture
