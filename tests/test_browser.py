@@ -416,9 +416,9 @@ def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser,
     wait.until(lambda d: "13 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: d.find_element(By.ID, "edit-note").text == "forgot a point labelled shapes and 1 copy of it")
 
-    def shown(d) -> set[str]:
-        cards = d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
-        return {c.get_attribute("data-point-id") for c in cards}
+    def shown(d) -> set[str]:  # read at once: a card may go while a loop reads them
+        return set(d.execute_script("return [...document.querySelectorAll('[data-testid=neighbor-card]')]"
+                                    ".map((c) => c.dataset.pointId)"))
 
     wait.until(lambda d: not {holiday, copy} & shown(d))
     with httpx.Client(base_url=page_url, timeout=30) as http:
@@ -427,7 +427,9 @@ def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser,
         assert entry["selector"]["like_point"] == holiday and entry["points"] == 2
 
 
-def test_forget_does_what_its_question_said_and_a_screen_reader_hears_the_question(browser, tmp_path, page_url):
+def forget_asked_of_the_nearest(browser, page_url, tmp_path):
+    """The page with the key kept for the tab, a red query's 5 neighbours shown and the nearest one's Forget
+    pressed: (wait, its card, its question's box, shown)."""
     from selenium.webdriver.common.by import By
 
     query = tmp_path / "query.png"
@@ -439,6 +441,13 @@ def test_forget_does_what_its_question_said_and_a_screen_reader_hears_the_questi
     card.find_element(By.CLASS_NAME, "forget").click()
     box = card.find_element(By.CLASS_NAME, "forget-confirm")
     wait.until(lambda d: box.is_displayed())
+    return wait, card, box
+
+
+def test_forget_does_what_its_question_said_and_a_screen_reader_hears_the_question(browser, tmp_path, page_url):
+    from selenium.webdriver.common.by import By
+
+    wait, card, box = forget_asked_of_the_nearest(browser, page_url, tmp_path)
     question = box.find_element(By.CLASS_NAME, "forget-question").text
     assert "cannot be undone" not in question
     # The keyboard lands on "Forget it": the question (what goes, which copies) is the group's description
@@ -459,21 +468,14 @@ def test_a_point_forgotten_elsewhere_while_its_question_is_open_leaves_the_page(
     import httpx
     from selenium.webdriver.common.by import By
 
-    query = tmp_path / "query.png"
-    query.write_bytes(texture(COLORS["red"], seed=4242))
-    wait = classify_on_the_page(browser, page_url + "/", query, k=5)
-    browser.execute_script("sessionStorage.setItem('vmem-api-key', arguments[0]);"
-                           "document.getElementById('api-key').value = arguments[0]", API_KEY)
-    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    wait, card, _ = forget_asked_of_the_nearest(browser, page_url, tmp_path)
     victim = card.get_attribute("data-point-id")
-    card.find_element(By.CLASS_NAME, "forget").click()
-    wait.until(lambda d: card.find_element(By.CLASS_NAME, "forget-confirm").is_displayed())
     with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
         assert http.delete(f"/v1/memory/points/{victim}").status_code == 200  # another tab, another user
     card.find_element(By.CLASS_NAME, "forget-one").click()
     # Its card had stayed, the error "no point with id": the card goes, and the page says what happened
-    wait.until(lambda d: victim not in [c.get_attribute("data-point-id")
-                                        for c in d.find_elements(By.CSS_SELECTOR, "[data-point-id]")])
+    wait.until(lambda d: victim not in d.execute_script(  # read at once: a card may go while a loop reads them
+        "return [...document.querySelectorAll('[data-point-id]')].map((c) => c.dataset.pointId)"))
     assert browser.find_element(By.ID, "edit-note").text == "a point labelled red was forgotten already (elsewhere, " \
                                                             "meanwhile)"
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None

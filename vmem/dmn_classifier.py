@@ -265,37 +265,32 @@ class DmnClassifier:
     def drop_labels(self, gone: set[str]) -> int:
         """Empty every stream's queues of these labels (forgotten from the labelled memory) and save the streams
         that change, so their files no longer hold those entries' features. Returns the entries removed."""
-        removed = 0
-        for name in self.streams():
-            try:
-                stream = self.stream(name)
-            except Exception as exc:  # another encoder's stream, a file that does not load: its classify says so
-                log.warning("DMN stream %r left as it is (%s): reset it (vmem dmn reset) to drop the labels "
-                            "forgotten", name, exc)
-                continue
+
+        def drop(stream: DynamicMemory) -> int:
             with stream.lock:  # a label a classify writes meanwhile must not be emptied with the forgotten ones
                 held = set(stream.counts())
-                dropped = stream.drop_labels_except(held - gone) if held & gone else 0
-            if dropped:
-                removed += dropped
-                self.save(name, force=True)
-        return removed
+                return stream.drop_labels_except(held - gone) if held & gone else 0
+
+        return self._drop_from_streams(drop, "the labels forgotten")
 
     def drop_similar(self, feature: np.ndarray, min_similarity: float) -> int:
         """Remove from every stream the query features at least `min_similarity` similar to `feature` (a photo
         and its copies forgotten by likeness: `VisualMemory.forget_like`), and save the streams that change, so
         their files no longer hold them. Returns the entries removed."""
+        return self._drop_from_streams(
+            lambda stream: stream.drop_similar(feature, min_similarity) if stream.dim == len(feature) else 0,
+            "the queries like the image forgotten")
+
+    def _drop_from_streams(self, drop: Callable[[DynamicMemory], int], what: str) -> int:
+        """`drop` entries from every stream, saving those it changed; the entries removed."""
         removed = 0
         for name in self.streams():
             try:
                 stream = self.stream(name)
             except Exception as exc:  # another encoder's stream, a file that does not load: its classify says so
-                log.warning("DMN stream %r left as it is (%s): reset it (vmem dmn reset) to drop the queries like "
-                            "the image forgotten", name, exc)
+                log.warning("DMN stream %r left as it is (%s): reset it (vmem dmn reset) to drop %s", name, exc, what)
                 continue
-            if stream.dim != len(feature):
-                continue
-            if dropped := stream.drop_similar(feature, min_similarity):
+            if dropped := drop(stream):
                 removed += dropped
                 self.save(name, force=True)
         return removed
