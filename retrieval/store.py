@@ -401,7 +401,7 @@ class Neighbor(NamedTuple):
         return float(self.payload.get(RELIABILITY_KEY, 1.0))
 
 
-def _checked_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
+def check_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
     """A point's tags as both backends store them alike: JSON values, finite numbers, 64-bit integers.
 
     ValueError otherwise: the embedded engine refused NaN with an opaque TypeError (the whole add lost), stored
@@ -531,7 +531,7 @@ class MemoryStore(ABC):
             if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"label must be a non-empty string, got {label!r}")
             ids.append(point_id_for(source))
-            payloads.append({"label": label, "source": source, "tags": _checked_tags(t), "added_at": now})
+            payloads.append({"label": label, "source": source, "tags": check_tags(t), "added_at": now})
         if len(set(ids)) < len(ids):
             # A source twice in one call is one point, its last version (what the engine keeps): written once,
             # or the embedded memory's copy of the originals kept the earlier version's row past a forget.

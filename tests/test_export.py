@@ -35,9 +35,10 @@ def read(path) -> dict:
 
 
 def fill(store) -> None:
-    """25 points: 10 labelled cat under /data/cats/, 15 dog under /data/dogs/."""
+    """25 points: 10 labelled cat under /data/cats/, 15 dog under /data/dogs/ (tagged)."""
     store.add(random_unit_vectors(10, 8, seed=1) * 3, ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)])
-    store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)])
+    store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)],
+              {"camera": "garden"})
 
 
 @pytest.fixture(params=["edge", "qdrant-client"])
@@ -61,6 +62,10 @@ def test_an_export_holds_every_point_with_its_vector_label_and_source(memory, tm
     assert list(f["ids"]) == [p.id for p in listed] == sorted(f["ids"], key=uuid.UUID)
     assert list(f["labels"]) == [p.label for p in listed] and list(f["sources"]) == [p.source for p in listed]
     assert not f["excluded"].any() and (f["reliability"] == 1).all()
+    # Each point's tags (JSON text, no pickle) and when it was added
+    assert [json.loads(t) for t in f["tags"]] == [p.tags for p in listed]
+    assert [json.loads(t) for t in f["tags"]].count({"camera": "garden"}) == 15
+    assert list(f["added_at"]) == [p.added_at for p in listed] and all(f["added_at"])
     # The vectors as stored: cosine memories keep them unit length (the cats were added 3x longer).
     stored = {p.id: p.vector for p in memory.store.retrieve(list(f["ids"]), with_vectors=True)}
     np.testing.assert_array_equal(f["vectors"], np.stack([stored[i] for i in f["ids"]]))

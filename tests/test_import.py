@@ -37,10 +37,12 @@ def cli_where(backend: str, tmp_path, name: str = "memory") -> list:
 
 
 def exported_memory(tmp_path) -> str:
-    """25 points (10 cat, 15 dog) with one hard-pruned, one down-weighted, cat named, exported: the file's path."""
+    """25 points (10 cat, 15 dog, tagged) with one hard-pruned, one down-weighted, cat named, exported: the file's
+    path."""
     with VisualMemory(open_store(tmp_path / "source", SPEC), reranker=None) as mem:
         mem.store.add(random_unit_vectors(10, 8, seed=1), ["cat"] * 10, [f"/data/cats/{i}.jpg" for i in range(10)])
-        mem.store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)])
+        mem.store.add(random_unit_vectors(15, 8, seed=2), ["dog"] * 15, [f"/data/dogs/{i}.jpg" for i in range(15)],
+                      {"camera": "garden", "shot": {"iso": 200}})
         [a, b] = mem.points(label="dog", limit=2).points
         mem.store.set_payload([a.id], {EXCLUDED_KEY: "pruned"})
         mem.store.set_payload([b.id], {RELIABILITY_KEY: 0.25})
@@ -50,8 +52,9 @@ def exported_memory(tmp_path) -> str:
 
 
 def listing(mem: VisualMemory) -> dict:
-    """Each point as `vmem points` shows it, without when it was added: id -> (label, source, excluded, reliability)."""
-    return {p.id: (p.label, p.source, p.excluded, p.reliability) for p in mem.points(limit=1000).points}
+    """Each point as `vmem points` shows it: id -> (label, source, excluded, reliability, tags, when added)."""
+    return {p.id: (p.label, p.source, p.excluded, p.reliability, p.tags, p.added_at)
+            for p in mem.points(limit=1000).points}
 
 
 def run(*args):
@@ -91,6 +94,17 @@ def test_an_export_imported_into_a_new_memory_holds_its_points_as_stored(backend
         again = mem.import_points(path)
         assert (again.added, again.already_in_memory) == (0, 25) and mem.store.count() == 25
         assert len(mem.history(op="add")) == 1
+
+
+def test_an_export_written_before_tags_and_times_were_in_it_still_imports(tmp_path):
+    path = exported_memory(tmp_path)
+    with np.load(path) as f:  # as vmem 's first exports wrote it: no tags, no added_at
+        older = {name: f[name] for name in f.files if name not in ("tags", "added_at")}
+    np.savez(tmp_path / "older.npz", **older)
+    with VisualMemory.open_for_import(str(tmp_path / "memory"), read_points_file(tmp_path / "older.npz")) as mem:
+        assert mem.import_points(tmp_path / "older.npz").added == 25
+        points = mem.points(limit=1000).points
+        assert all(p.tags == {} for p in points) and len({p.added_at for p in points}) == 1  # the import's time
 
 
 def test_the_files_label_names_win_as_a_copys_do_and_a_point_under_another_label_keeps_it_unless_relabel(tmp_path):
@@ -173,7 +187,7 @@ def test_vectors_made_elsewhere_are_imported_under_the_encoder_named_and_found_a
         # No sources in the file: each row is known by the file's sha256 and its row, so ids are stable.
         sha = read_points_file(path, encoder).sha256
         listed = listing(mem)
-        assert {src for _, src, _, _ in listed.values()} == {f"import://{sha[:16]}/{row}" for row in range(12)}
+        assert {src for _, src, *_ in listed.values()} == {f"import://{sha[:16]}/{row}" for row in range(12)}
         # Searchable: each vector finds its own point first.
         hits = mem.search(vectors, k=1, exact=True)
         assert [h[0].source for h in hits] == [f"import://{sha[:16]}/{row}" for row in range(12)]
@@ -218,7 +232,7 @@ def test_sources_that_are_files_here_are_stored_as_a_build_stores_them(tmp_path,
     real = [str((tmp_path / "dataset" / "cats" / f"{i}.jpg").resolve()) for i in range(2)]
     with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
         # A path of another machine (no such file here) is kept as given
-        assert {src for _, src, _, _ in listing(mem).values()} == {*real, "/elsewhere/2.jpg"}
+        assert {src for _, src, *_ in listing(mem).values()} == {*real, "/elsewhere/2.jpg"}
         assert mem.point(point_id_for(real[0])) is not None
         # forget --source of the folder the script read (links) reaches them, as it reaches a build's
         assert set(mem.chosen_points(source_prefix=str(tmp_path / "linked" / "cats"))) == {point_id_for(r)

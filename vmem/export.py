@@ -17,13 +17,16 @@ stores float16 vectors, round the normalised query to float16 first: the engine 
     sources      str [n]           the image's path or URI
     excluded     bool [n]          hard-pruned (vmem prune --mode hard): searches never return the point
     reliability  float32 [n]       soft pruning's factor on the point's vote weight (1 where unset)
+    tags         str [n]           the point's tags, a JSON object each ("{}" where none)
+    added_at     str [n]           when the point was added (ISO 8601; "" where the memory did not record it)
     meta         str (0-d)         JSON: `format`, `format_version`, `vmem_version`, `exported_at`, `featurizer`
                                    (name, dim, preprocessing), `dim`, `index`, `vote` (the memory's vote settings:
                                    rule, k, alpha, tau, soft_pruning), `label_names`, `memory` (location, key),
                                    `filter` (the label, source prefix and excluded asked for), `points`
 
-No array holds Python objects: `np.load` needs no `allow_pickle`. Tags and times are not in it: `vmem points --all
---json` lists them, by the same ids.
+No array holds Python objects: `np.load` needs no `allow_pickle` (tags are JSON text: `json.loads(f["tags"][i])`).
+`vmem import` takes the file into another memory with its tags and times; pruning's counts, relabelling marks, the
+journal and DMN streams are not in it (`vmem copy` moves a memory whole).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, StoredPoint
 EXPORT_FORMAT = "vmem-points"
 EXPORT_FORMAT_VERSION = 1
 # The arrays of an export, in the order they are written (the vectors first: the biggest, stored uncompressed).
-EXPORT_ARRAYS = ("vectors", "ids", "labels", "sources", "excluded", "reliability", "meta")
+EXPORT_ARRAYS = ("vectors", "ids", "labels", "sources", "excluded", "reliability", "tags", "added_at", "meta")
 _COPY_CHUNK = 16 << 20
 
 
@@ -63,6 +66,8 @@ class PointBatch:
     excluded: np.ndarray  # bool [n]: hard-pruned
     reliability: np.ndarray  # float32 [n]: soft pruning's weight factor
     vectors: np.ndarray  # float32 [n, dim], as stored
+    tags: list[str]  # a JSON object each
+    added_at: list[str]  # ISO 8601, "" where not recorded
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,7 +82,9 @@ class PointBatch:
                    excluded=np.array([bool(p.payload.get(EXCLUDED_KEY)) for p in points], dtype=bool),
                    reliability=np.array([float(p.payload.get(RELIABILITY_KEY, 1.0)) for p in points],
                                         dtype=np.float32),
-                   vectors=vectors)
+                   vectors=vectors,
+                   tags=[json.dumps(p.payload.get("tags") or {}, ensure_ascii=False, sort_keys=True) for p in points],
+                   added_at=[str(p.payload.get("added_at") or "") for p in points])
 
 
 def check_export_path(path: str | Path, overwrite: bool = False) -> Path:
@@ -107,7 +114,7 @@ def write_export(path: str | Path, batches: Iterable[PointBatch], dim: int, meta
     """
     path = check_export_path(path, overwrite)
     # Each batch's strings as a numpy array of its own width (no Python string kept), widened as they are written.
-    strings: dict[str, list[np.ndarray]] = {"ids": [], "labels": [], "sources": []}
+    strings: dict[str, list[np.ndarray]] = {"ids": [], "labels": [], "sources": [], "tags": [], "added_at": []}
     flags: dict[str, list[np.ndarray]] = {"excluded": [np.zeros(0, dtype=bool)],
                                           "reliability": [np.zeros(0, dtype=np.float32)]}
     n = 0

@@ -5,7 +5,8 @@ encoder's weights, that this one lacks).
 Two kinds of file:
 
     a vmem export    meta["format"] == "vmem-points" (vmem.export). Its meta names the encoder. Ids, labels,
-                     sources, `excluded` (hard pruning) and `reliability` (soft pruning) are carried as stored; the
+                     sources, `tags`, `added_at` (where the file has them: older exports lack them), `excluded` (hard
+                     pruning) and `reliability` (soft pruning) are carried as stored; the
                      names of the labels imported go too (the file's win where both name a label, as `vmem copy`'s
                      source's do), and its tuned vote settings into a memory that has none.
     vectors          `vectors` (float, n x dim) and `labels` (str [n]), optionally `sources` (str [n]: a path to a
@@ -58,6 +59,7 @@ from retrieval.store import (
     RELIABILITY_KEY,
     FeaturizerMismatchError,
     StoredPoint,
+    check_tags,
     is_local_source,
     normalize_source,
 )
@@ -70,6 +72,8 @@ IMPORT_SOURCE_PREFIX = "import://"  # a URI: no path of this machine, never read
 SOURCE_SHA_CHARS = 16
 EXAMPLES = 5  # skipped rows named in a report, per reason
 _EXPORT_ARRAYS = {"ids": "U", "sources": "U", "excluded": "b", "reliability": "f"}
+# An export's arrays its first files did not have (a point's tags and added time): read where there.
+_LATER_EXPORT_ARRAYS = {"tags": "U", "added_at": "U"}
 
 
 class PointsFileError(ValueError):
@@ -109,6 +113,8 @@ class PointsFile:
     ids: np.ndarray | None  # an export's, str [n]
     excluded: np.ndarray | None  # an export's, bool [n]
     reliability: np.ndarray | None  # an export's, float32 [n]
+    tags: np.ndarray | None = None  # an export's, str [n]: a JSON object each
+    added_at: np.ndarray | None = None  # an export's, str [n]: ISO 8601 or ""
     meta: dict[str, Any] = field(default_factory=dict)
     _vectors: _Member | None = None
 
@@ -174,6 +180,8 @@ def read_points_file(path: str | Path, featurizer: str | None = None) -> PointsF
             is_export = meta.get("format") == EXPORT_FORMAT
             wanted = ["vectors", "labels", *(_EXPORT_ARRAYS if is_export else ["sources"] if "sources" in members
                                              else [])]
+            if is_export:
+                wanted += [name for name in _LATER_EXPORT_ARRAYS if name in members]
             if missing := [name for name in ("vectors", "labels", *(_EXPORT_ARRAYS if is_export else ()))
                            if name not in members]:
                 what = "a vmem export" if is_export else "vectors to import"
@@ -222,7 +230,7 @@ def read_points_file(path: str | Path, featurizer: str | None = None) -> PointsF
         featurizer=featurizer, spec=spec, n=n, dim=dim, labels=arrays["labels"], sources=arrays.get("sources"),
         ids=arrays.get("ids"), excluded=arrays.get("excluded"),
         reliability=reliability.astype(np.float32) if reliability is not None else None,
-        meta=meta if is_export else {}, _vectors=vectors)
+        tags=arrays.get("tags"), added_at=arrays.get("added_at"), meta=meta if is_export else {}, _vectors=vectors)
 
 
 def _sources_as_stored(sources: np.ndarray) -> np.ndarray:
@@ -269,7 +277,7 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Member:
 
 def _check_column(member: _Member, name: str, n: int, path: Path) -> None:
     """PointsFileError unless `member` is one value per row of the kind `name` holds."""
-    kind = _EXPORT_ARRAYS.get(name, "U")
+    kind = {**_EXPORT_ARRAYS, **_LATER_EXPORT_ARRAYS}.get(name, "U")
     kinds = {"U": "str", "b": "bool", "f": "float"}
     if member.shape != (n,) or member.dtype.kind != kind:
         raise PointsFileError(f"{path}: {name!r} is {member.dtype} of shape {member.shape}: give one {kinds[kind]} "
@@ -518,11 +526,13 @@ def usable_batches(points: PointsFile, plan: RowPlan, report: ImportReport, batc
 
 
 def payloads(points: PointsFile, batch: ImportBatch, added_at: str) -> list[dict[str, Any]]:
-    """What each point of `batch` stores: label, source and when it was added; an export's pruning as stored."""
+    """What each point of `batch` stores: label, source and when it was added (an export's time where it has one,
+    else `added_at`); an export's tags and pruning as stored."""
     out = []
     for row, label in zip(batch.rows, batch.labels, strict=True):
-        payload: dict[str, Any] = {"label": label, "source": points.source_of(int(row)), "tags": {},
-                                   "added_at": added_at}
+        payload: dict[str, Any] = {
+            "label": label, "source": points.source_of(int(row)), "tags": _tags(points, int(row)),
+            "added_at": str(points.added_at[row]) if points.added_at is not None and points.added_at[row] else added_at}
         if points.excluded is not None and points.excluded[row]:
             payload[EXCLUDED_KEY] = "pruned"  # as vmem prune --mode hard marks it
         if points.reliability is not None and points.reliability[row] != 1 and np.isfinite(points.reliability[row]):
@@ -530,6 +540,17 @@ def payloads(points: PointsFile, batch: ImportBatch, added_at: str) -> list[dict
             payload[RELIABILITY_KEY] = float(str(points.reliability[row]))
         out.append(payload)
     return out
+
+
+def _tags(points: PointsFile, row: int) -> dict[str, Any]:
+    """An exported point's tags (a JSON object); {} where the file has none, or none a memory could store."""
+    if points.tags is None:
+        return {}
+    try:
+        tags = json.loads(str(points.tags[row]))
+        return check_tags(tags) if isinstance(tags, dict) else {}
+    except ValueError:  # not JSON, or a value no memory stores (NaN, an integer past 64 bits)
+        return {}
 
 
 def spec_for_new_memory(points: PointsFile) -> FeaturizerSpec:

@@ -791,7 +791,8 @@ def export(
     linear probe, another index); the points vmem points lists, with the same filters.
 
     One row per point, in id order: vectors (float32, n x dim, as stored: unit length), ids, labels, sources,
-    excluded (hard-pruned: searches skip it), reliability (soft pruning's vote factor, 1 if unset); and meta, a
+    excluded (hard-pruned: searches skip it), reliability (soft pruning's vote factor, 1 if unset), tags (a JSON
+    object each), added_at (ISO 8601); and meta, a
     JSON string: featurizer (name, dim, preprocessing), dim, vmem_version, index settings, vote settings (rule,
     k, alpha, tau), label names, the filters. numpy alone reads it (no pickle): f = np.load("points.npz");
     X, y = f["vectors"], f["labels"]; meta = json.loads(f["meta"].item()).
@@ -857,7 +858,8 @@ def import_(
     made elsewhere (--featurizer). Rows that cannot be points are skipped and listed; re-run: points already in
     the memory are skipped.
 
-    A vmem export (its meta says so) brings its ids, labels, sources, pruning (excluded, reliability), the names
+    A vmem export (its meta says so) brings its ids, labels, sources, tags, add times, pruning (excluded,
+    reliability), the names
     of its labels (the file's win where both name one) and, into a memory without its own, its tuned vote
     settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str), optionally sources (str: a
     file on this machine as a build stores it, links resolved, others as given; a point's id derives from it); a
