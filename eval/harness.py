@@ -268,10 +268,8 @@ def evaluate(
     """
     held = memory.count(searchable=True) if isinstance(memory, MemoryStore) else len(memory)
     if not held:  # every score would be 0 %, read as a memory that knows nothing rather than one with nothing in it
-        total = memory.count() if isinstance(memory, MemoryStore) else 0
-        raise NothingToSearchError(
-            f"all {total:,} points of the memory are hard-pruned, so no search can return one: `vmem prune --undo` "
-            "restores them" if total else "the memory holds no points: nothing to evaluate (vmem build first)", total)
+        raise NothingToSearchError.of(memory.count() if isinstance(memory, MemoryStore) else 0,
+                                      add="nothing to evaluate (vmem build first)")
     variants: dict[str, Scores] = {}
     for name, restriction in [("all", None), ("restricted", restrict_to)]:
         if name == "restricted" and restriction is None:

@@ -634,11 +634,8 @@ class ClassifierService:
                     rerank=q.rerank, template=q.template, exact=q.exact,
                     sources=[uploads[i].filename or uploads[i].source for i, _ in step])
             except NothingToSearchError as exc:  # refused before any answer is counted or kept: said for a client
-                raise NothingToSearchError(
-                    f"all {exc.total:,} points of the memory are hard-pruned, so no search can return one: "
-                    "`vmem prune --undo` restores them" if exc.pruned else
-                    "the memory holds no points: add labelled images first (POST /v1/memory, or vmem build)",
-                    exc.total) from None
+                raise NothingToSearchError.of(
+                    exc.total, add="add labelled images first (POST /v1/memory, or vmem build)") from None
             for (i, _), res in zip(step, results, strict=True):
                 if size:  # a miss once decoded: an undecodable upload is no lookup the cache could have answered
                     self.metrics.cache.labels("miss").inc()

@@ -479,8 +479,8 @@ def _repeated_rows(points: PointsFile, labels: np.ndarray, ids: np.ndarray, usab
     _, first, inverse, counts = np.unique(ids[rows], return_index=True, return_inverse=True, return_counts=True)
     if (counts == 1).all():
         return
-    later = rows[np.flatnonzero(np.arange(len(rows)) != first[inverse])]
-    firsts = rows[first[inverse]][np.flatnonzero(np.arange(len(rows)) != first[inverse])]
+    repeats = np.flatnonzero(np.arange(len(rows)) != first[inverse])  # rows after their point's first
+    later, firsts = rows[repeats], rows[first[inverse][repeats]]
     clash = np.flatnonzero(labels[later] != labels[firsts])
     if len(clash):
         a, b = int(firsts[clash[0]]), int(later[clash[0]])

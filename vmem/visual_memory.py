@@ -251,6 +251,16 @@ class NothingToSearchError(ValueError):
         super().__init__(message)
         self.total = total  # points held, all hard-pruned when not 0
 
+    @classmethod
+    def of(cls, total: int, memory: str = "the memory",
+           add: str = "add labelled images first (add, or vmem build)") -> NothingToSearchError:
+        """The error for a memory of `total` points none of which a search can return, said of `memory`; `add`:
+        what to do where it holds none (each caller names its own way to add images)."""
+        if total:
+            return cls(f"all {total:,} points of {memory} are hard-pruned, so no search can return one: "
+                       "`vmem prune --undo` restores them", total)
+        return cls(f"{memory} holds no points: {add}", total)
+
     @property
     def pruned(self) -> bool:
         return self.total > 0
@@ -534,13 +544,8 @@ class VisualMemory:
 
     def _check_searchable(self) -> None:
         """NothingToSearchError unless some point of the memory can be returned by a search."""
-        if not (total := self.store.count()):
-            raise NothingToSearchError(f"the memory at {self.store.location} holds no points: add labelled images "
-                                       "first (add, or vmem build)", total)
         if not self.store.count(searchable=True):
-            raise NothingToSearchError(f"all {total:,} points of the memory at {self.store.location} are "
-                                       "hard-pruned, so no search can return one: `vmem prune --undo` restores "
-                                       "them", total)
+            raise NothingToSearchError.of(self.store.count(), f"the memory at {self.store.location}")
 
     def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
         sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
@@ -766,13 +771,14 @@ class VisualMemory:
         opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
         # Only the labelled memory answers (no CLIP text classifier): as a vote, a memory with no point a search
         # can return is refused, not answered label None (counted only then)
+        memory_only = self.dmn.resolve_mode(opts.mode) == "memory-only"
         try:
             results = self._named(self.dmn.classify(vectors, stream, opts, labels, sources, exact))
         except ValueError:  # e.g. "the memory holds no labels": an empty memory is said as a vote says it
-            if self.dmn.resolve_mode(opts.mode) == "memory-only":
+            if memory_only:
                 self._check_searchable()
             raise
-        if not all(r.neighbors for r in results) and self.dmn.resolve_mode(opts.mode) == "memory-only":
+        if memory_only and not all(r.neighbors for r in results):
             self._check_searchable()
         return results
 
@@ -1301,7 +1307,7 @@ class VisualMemory:
         # A DMN stream keeps the features of past queries: the photo classified once (`classify --vote dmn
         # --dmn-stream`) was still there after it was unlearnt. (The forget is made: a failure here is logged.)
         try:
-            if dropped := self.dmn.drop_similar(vector, max(min_similarity - SIMILARITY_SLACK, 0.0)):
+            if dropped := self.dmn.drop_similar(vector, _with_slack(min_similarity)):
                 log.info("dropped %d DMN stream entries like the image forgotten", dropped)
         except Exception:
             log.error("after a forget by likeness (made): the DMN streams kept the queries like it", exc_info=True)
@@ -1326,7 +1332,7 @@ class VisualMemory:
         names = self.store.meta.label_names
         return [NearDuplicate(id=h.id, label=h.label, label_name=names.get(h.label), source=h.source,
                               similarity=h.similarity)
-                for h in self.store.similar(vector, max(min_similarity - SIMILARITY_SLACK, 0.0), limit)]
+                for h in self.store.similar(vector, _with_slack(min_similarity), limit)]
 
     def _forget_chosen(self, targets: list[str], selector: dict[str, Any],
                        erase: bool) -> tuple[int, dict[str, str]]:
@@ -2263,6 +2269,11 @@ def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str |
         absolute = local_source_prefix(source_prefix)
         return {"source_prefix": absolute, **({"as_given": source_prefix} if _relative_name(source_prefix) else {})}
     return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
+
+
+def _with_slack(min_similarity: float) -> float:
+    """The similarity compared with: `min_similarity` less SIMILARITY_SLACK (float16 vectors' rounding)."""
+    return max(min_similarity - SIMILARITY_SLACK, 0.0)
 
 
 def _check_copy_search(min_similarity: float, limit: int) -> None:

@@ -504,18 +504,14 @@ async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep,
     try:
         n = await service.run_read(service.memory.export_points, folder / "points.npz", q.label, q.source_prefix,
                                    q.excluded)
-    except ValueError as exc:  # a source_prefix that is no path here
+    except BaseException as exc:  # nothing is sent: nothing is kept
         shutil.rmtree(folder, ignore_errors=True)
-        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-    except OSError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, ValueError):  # a source_prefix that is no path here
+            raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ProblemError(507, f"the export did not fit in the server's temporary folder ({exc.strerror}): "
                                     "export a label or a source prefix at a time, or give the server more room "
                                     "(TMPDIR)", "export-disk-full", "No room for the export") from None
-        raise
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
         raise
     return FileResponse(folder / "points.npz", media_type="application/octet-stream", filename="points.npz",
                         headers={"X-Vmem-Points": str(n)},

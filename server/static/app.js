@@ -692,23 +692,19 @@ function wireForget(node, n) {
   });
   // The answer does what the question said: "also erase" as it was when asked (ticked since, the question had
   // not said "cannot be undone", and the vectors went from the files all the same)
-  const askedErase = () => box.dataset.erase === "true";
-  box.querySelector(".forget-one").addEventListener("click", () => {
-    if (editing.has(n.id)) return;
-    close();
-    forget(n, false, askedErase());
-  });
-  box.querySelector(".forget-copies").addEventListener("click", () => {
-    if (editing.has(n.id)) return;
-    close();
-    forget(n, true, askedErase());
-  });
-  box.querySelector(".forget-cancel").addEventListener("click", () => { close(); button.focus(); });
+  for (const [answer, withCopies] of [[".forget-one", false], [".forget-copies", true]]) {
+    box.querySelector(answer).addEventListener("click", () => {
+      if (editing.has(n.id)) return;
+      close();
+      forget(n, withCopies, box.dataset.erase === "true");
+    });
+  }
+  const cancel = () => { close(); button.focus(); };
+  box.querySelector(".forget-cancel").addEventListener("click", cancel);
   box.addEventListener("keydown", (e) => {
     if (e.key !== "Escape") return;
     e.preventDefault();
-    close();
-    button.focus();
+    cancel();
   });
 }
 

@@ -272,12 +272,12 @@ def check_label_filter(mem, labels: list[str]) -> None:
 def require_points(mem, searchable: bool = True) -> None:
     """BadParameter unless the memory holds points a search can return (searching an empty one fails deep inside);
     any points, not `searchable`."""
-    if (total := mem.store.count()) == 0:
-        raise typer.BadParameter(f"the memory at {mem.store.location} holds no points: add labelled images with "
-                                 "vmem build first")
-    if searchable and mem.store.count(searchable=True) == 0:
-        raise typer.BadParameter(f"all {total} points of the memory at {mem.store.location} are hard-pruned, so no "
-                                 "search can return one: `vmem prune --undo` restores them")
+    from vmem import NothingToSearchError
+
+    total = mem.store.count()
+    if total == 0 or (searchable and mem.store.count(searchable=True) == 0):
+        raise typer.BadParameter(str(NothingToSearchError.of(total, f"the memory at {mem.store.location}",
+                                                             add="add labelled images with vmem build first")))
 
 
 def parse_tags(tags: list[str] | None) -> dict[str, str]:

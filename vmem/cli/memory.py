@@ -570,8 +570,9 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
         raise typer.BadParameter(f"{image} is a folder: give one image file, the one whose copies are to go",
                                  param_hint="--like")
     # A point id where no such file is there: the point's stored vector finds its copies (a file wins).
-    point_id = None if image.expanduser().is_file() else _as_point_id(str(image))
-    if not image.expanduser().is_file() and point_id is None:
+    is_file = image.expanduser().is_file()
+    point_id = None if is_file else _as_point_id(str(image))
+    if not is_file and point_id is None:
         raise typer.BadParameter(f"{image}: no such file (nor a point id)", param_hint="--like")
     with open_memory(memory, qdrant_url) as mem:
         if erase and not dry_run:
@@ -859,12 +860,11 @@ def import_(
     the memory are skipped.
 
     A vmem export (its meta says so) brings its ids, labels, sources, tags, add times, pruning (excluded,
-    reliability), the names
-    of its labels (the file's win where both name one) and, into a memory without its own, its tuned vote
-    settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str), optionally sources (str: a
-    file on this machine as a build stores it, links resolved, others as given; a point's id derives from it); a
-    row without a source is import://<the file's sha256, 16 hex>/<row>, so that the same file imported again finds
-    its points.
+    reliability), the names of its labels (the file's win where both name one) and, into a memory without its
+    own, its tuned vote settings. Vectors made elsewhere: arrays vectors (float, n x dim) and labels (str),
+    optionally sources (str: a file on this machine as a build stores it, links resolved, others as given; a
+    point's id derives from it); a row without a source is import://<the file's sha256, 16 hex>/<row>, so that
+    the same file imported again finds its points.
 
     An existing memory takes only vectors of its own encoder (name, dim, preprocessing); a memory not made yet
     (a directory that does not exist) is made with the file's, and an export's index settings. Refused, with
@@ -874,19 +874,16 @@ def import_(
     """
     try:
         points = read_points_file(path, featurizer)
-    except PointsFileError as exc:
-        raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
-    try:
-        mem = open_memory(memory, qdrant_url,
+        mem = open_memory(memory, qdrant_url,  # refused: e.g. vectors of another dim than the encoder named makes
                           opener=lambda location: VisualMemory.open_for_import(location, points, create=not dry_run))
-    except PointsFileError as exc:  # e.g. vectors of another dim than the encoder named makes
-        raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
+    except PointsFileError as exc:
+        raise _points_file_problem(exc) from None
     with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, _sigterm_as_interrupt():
         try:
             report = mem.import_points(points, label=label, relabel=relabel, dry_run=dry_run,
                                        progress=bar.update)
         except PointsFileError as exc:
-            raise typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE")) from None
+            raise _points_file_problem(exc) from None
         except ValueError as exc:  # a label that is another label's name, refused before anything is written
             raise typer.BadParameter(str(exc), param_hint="--label" if label is not None else "FILE") from None
         except MemoryFullError as exc:  # as a build: what was imported before is kept and journaled
@@ -899,6 +896,11 @@ def import_(
     if report.skipped and not (report.added or report.already_in_memory or report.duplicates or report.other_label):
         typer.echo(f"nothing could be imported: all {sum(report.skipped.values()):,} rows were skipped", err=True)
         raise typer.Exit(1)
+
+
+def _points_file_problem(exc: PointsFileError) -> typer.BadParameter:
+    """A file vmem import cannot take as it is, pointing at the argument to change."""
+    return typer.BadParameter(str(exc), param_hint=_IMPORT_OPTIONS.get(exc.option or "", "FILE"))
 
 
 def _export_total(mem, label: str | None, source: str | None, excluded: bool | None) -> int | None:
