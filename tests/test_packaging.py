@@ -100,3 +100,41 @@ def test_on_windows_importing_vmem_says_in_one_sentence_that_it_needs_linux_or_m
     ran = subprocess.run([sys.executable, "-c", pretend_windows], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert "vmem runs on Linux and macOS" in ran.stdout and "WSL" in ran.stdout, ran.stdout + ran.stderr
+
+
+# Imported only where installed, each with its own message or fallback: not dependencies of the package.
+OPTIONAL_IMPORTS = {
+    "faiss": "vmem bench search's baselines (--no-faiss without it)",
+    "scipy": "eval's ImageNet devkit meta.mat",
+    "aiohttp": "the Gemini SDK's transport, whenever it is installed",
+}
+
+
+def test_every_package_the_code_imports_is_a_declared_dependency():
+    # One that came with another dependency installs today and goes when that one drops it: vmem serve's
+    # --env-file read python-dotenv, which only pydantic-settings had asked for.
+    import ast
+    import importlib.metadata
+    import re
+    import tomllib
+
+    declared = {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower().replace("_", "-")
+                for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for top in {name.split(".")[0] for name in names}:
+                    if top in sys.stdlib_module_names or top in PACKAGES or top in OPTIONAL_IMPORTS:
+                        continue
+                    owners = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                    if not owners & declared:
+                        undeclared.add(f"{top} ({', '.join(sorted(owners))}) in {path.relative_to(REPO)}")
+    assert sorted(undeclared) == []
