@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -74,6 +75,31 @@ print(sorted(TemplateRegistry().names()))
     cli = subprocess.run([sys.executable, "-m", "vmem", "serve", "--help"], cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0 and "--port" in cli.stdout, cli.stdout[-3000:] + cli.stderr[-3000:]
+
+
+def test_the_sdist_holds_the_packages_and_builds_the_same_wheel(wheel, tmp_path):
+    # setuptools puts tests/test_*.py in an sdist by default, without the conftest and helpers they import (and
+    # the checkout, docs and data they read): 40 % of the file, and not a suite that could run.
+    source = tmp_path / "source"
+    for name in tracked_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    out = tmp_path / "sdist"
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    subprocess.run([sys.executable, "-c", build, str(out)], cwd=source, check=True, capture_output=True)
+    (sdist,) = out.glob("vmem-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        held = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert sorted(held - set(tracked_files())) == ["PKG-INFO", "setup.cfg", *sorted(
+        name for name in held if name.startswith("vmem.egg-info/"))]
+    assert sorted(held & set(tracked_files())) == sorted(tracked_files(*PACKAGES, "pyproject.toml", "README.md",
+                                                                       "LICENSE", "MANIFEST.in"))
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(unpacked)], check=True, capture_output=True, cwd=tmp_path)
+    (from_sdist,) = tmp_path.glob("vmem-*.whl")
+    assert sorted(zipfile.ZipFile(from_sdist).namelist()) == sorted(zipfile.ZipFile(wheel).namelist())
 
 
 def test_settings_models_leave_their_defaulted_fields_optional_to_a_type_checker():
