@@ -507,8 +507,8 @@ def search(
         try:
             import faiss as _  # noqa: F401
         except ImportError:
-            raise typer.BadParameter("faiss-cpu is not installed: pip install faiss-cpu, or run with --no-faiss",
-                                     param_hint="--faiss") from None
+            raise typer.BadParameter("faiss-cpu is not installed: pip install 'vmem[bench]' (or faiss-cpu), or run "
+                                     "with --no-faiss", param_hint="--faiss") from None
     settings = [IndexSettings(m=m, ef_construct=ef_construct, hnsw_ef=hnsw_ef, quantization=q.value,
                               oversampling=oversampling, rescore=rescore, rescore_doubtful=rescore_doubtful,
                               vectors_on_disk=vectors_on_disk, vectors_dtype=t.value)
