@@ -40,6 +40,9 @@ class Action:
     text: str | None = None
     finish_reason: str = "STOP"
     retry_after: str | None = None  # a Retry-After header
+    thoughts: str | None = None  # a thought part (a thinking model's summary) before the answer
+    message: str | None = None  # an error's message, or a page's body
+    reason: str | None = None  # an error's google.rpc.ErrorInfo reason, or a prompt's blockReason
 
 
 @dataclass
@@ -158,9 +161,10 @@ class FakeGemini:
     # ------------------------------------------------------------------ script
 
     @staticmethod
-    def answer(label: str) -> Action:
-        """200 with this label (a text answer, or an `answer(label)` call in agentic mode)."""
-        return Action("answer", label=label)
+    def answer(label: str, thoughts: str | None = None) -> Action:
+        """200 with this label (a text answer, or an `answer(label)` call in agentic mode); `thoughts` comes first
+        as a part marked `thought`, as a thinking model sends its summary, and counts as `thoughtsTokenCount`."""
+        return Action("answer", label=label, thoughts=thoughts)
 
     @staticmethod
     def text(text: str, finish_reason: str = "STOP") -> Action:
@@ -169,10 +173,28 @@ class FakeGemini:
         return Action("text", text=text, finish_reason=finish_reason)
 
     @staticmethod
-    def status(code: int, retry_delay: str | None = None, retry_after: str | None = None) -> Action:
+    def status(code: int, retry_delay: str | None = None, retry_after: str | None = None,
+               message: str | None = None, reason: str | None = None) -> Action:
         """An error status with Google's error body; 429 can carry a RetryInfo `retryDelay` like "2s", or a
-        `Retry-After` header (seconds, or an HTTP date)."""
-        return Action("status", status=code, retry_delay=retry_delay, retry_after=retry_after)
+        `Retry-After` header (seconds, or an HTTP date); `reason` adds a google.rpc.ErrorInfo, as Google says
+        "API_KEY_INVALID" (with 400 and "API key not valid. Please pass a valid API key.")."""
+        return Action("status", status=code, retry_delay=retry_delay, retry_after=retry_after, message=message,
+                      reason=reason)
+
+    @staticmethod
+    def page(code: int, html: str) -> Action:
+        """This status with an HTML page for a body, as a proxy or a load balancer in the way answers."""
+        return Action("page", status=code, message=html)
+
+    @staticmethod
+    def blocked(reason: str = "SAFETY") -> Action:
+        """200 with no candidates and `promptFeedback.blockReason`: Gemini refused the prompt itself."""
+        return Action("blocked", reason=reason)
+
+    @staticmethod
+    def stopped(finish_reason: str) -> Action:
+        """200 with a candidate that has no content, only its `finishReason` (SAFETY, MALFORMED_FUNCTION_CALL, ...)."""
+        return Action("stopped", finish_reason=finish_reason)
 
     @staticmethod
     def hang(seconds: float) -> Action:
@@ -246,6 +268,14 @@ class FakeGemini:
         if action.kind == "status":
             headers = {"retry-after": action.retry_after} if action.retry_after else {}
             return self._send(h, action.status, self._error_body(action), headers)
+        if action.kind == "page":
+            return self._send_raw(h, action.status, (action.message or "").encode(), {"content-type": "text/html"})
+        if action.kind == "blocked":
+            return self._send(h, 200, {"promptFeedback": {"blockReason": action.reason},
+                                       "usageMetadata": self._usage(body, 0)})
+        if action.kind == "stopped":
+            return self._send(h, 200, {"candidates": [{"finishReason": action.finish_reason, "index": 0}],
+                                       "usageMetadata": self._usage(body, 0)})
         if action.kind == "malformed":
             return self._send_raw(h, 200, b'{"candidates": [{"content": {"parts": [{"text": "cat"')
         if action.kind == "empty":
@@ -261,16 +291,30 @@ class FakeGemini:
             parts = [{"functionCall": {"name": "answer", "args": {"label": label}, "id": "call-answer"}}]
         else:
             parts = [{"text": label}]
-        return self._send(h, 200, self._reply(body, parts))
+        if action.thoughts:
+            parts.insert(0, {"text": action.thoughts, "thought": True})
+        reply = self._reply(body, parts)
+        if action.thoughts:
+            thinking = len(action.thoughts) // 4 + 1
+            reply["usageMetadata"]["thoughtsTokenCount"] = thinking
+            reply["usageMetadata"]["totalTokenCount"] += thinking
+        return self._send(h, 200, reply)
 
     @staticmethod
     def _error_body(action: Action) -> dict[str, Any]:
         names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
-                 400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED"}
-        err: dict[str, Any] = {"code": action.status, "message": f"fake error {action.status}",
+                 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
+        err: dict[str, Any] = {"code": action.status, "message": action.message or f"fake error {action.status}",
                                "status": names.get(action.status, "UNKNOWN")}
+        details: list[dict[str, Any]] = []
+        if action.reason:
+            details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": action.reason,
+                            "domain": "googleapis.com",
+                            "metadata": {"service": "generativelanguage.googleapis.com"}})
         if action.retry_delay:
-            err["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": action.retry_delay}]
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": action.retry_delay})
+        if details:
+            err["details"] = details
         return {"error": err}
 
     @staticmethod

@@ -122,6 +122,14 @@ def test_token_usage_is_reported_per_request_and_summed_per_batch(fake, make_rr,
     assert batch.reranked == 2 and batch.fallbacks == {}
 
 
+def test_a_thinking_model_s_thoughts_are_not_its_answer_and_their_tokens_are_counted(fake, make_rr, images):
+    # A thinking model may send a summary of its thoughts (a part marked `thought`) before the answer.
+    fake.enqueue(fake.answer("dog", thoughts="The query is red, like the cats; but its shape is a dog's."))
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert (out.label, out.reranked) == ("dog", True)
+    assert out.usage.thinking_tokens > 0 and out.usage.total_tokens > out.usage.prompt_tokens + out.usage.output_tokens
+
+
 def test_settings_can_come_from_the_environment(fake, images, monkeypatch, tmp_path):
     monkeypatch.setenv("VMEM_GEMINI_MODEL", "gemini-3.8-flash")
     monkeypatch.setenv("VMEM_GEMINI_MEDIA_RESOLUTION", "high")
