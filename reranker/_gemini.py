@@ -207,6 +207,17 @@ def _without_secrets(text: str) -> str:
         r"(://[^\s?#]*)\?[^\s#]*", r"\1", text))
 
 
+def _no_candidate(response: types.GenerateContentResponse) -> InvalidAnswerError:
+    """The error for a reply with no candidate: a prompt Gemini refused says why (`promptFeedback.blockReason`, as
+    Gemini names it: "SAFETY", not the SDK's "BlockedReason.SAFETY")."""
+    feedback = response.prompt_feedback
+    block = feedback.block_reason if feedback else None
+    if block is None:
+        return InvalidAnswerError("Gemini returned no answer")
+    said = f": {feedback.block_reason_message}" if feedback and feedback.block_reason_message else ""
+    return InvalidAnswerError(f"Gemini returned no answer (blocked: {getattr(block, 'value', block)}{said})")
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, genai_errors.APIError):
         return exc.code in RETRYABLE_STATUS
@@ -542,8 +553,7 @@ class GeminiReranker:
     @staticmethod
     def _answer_text(response: types.GenerateContentResponse) -> str:
         if not response.candidates:
-            block = response.prompt_feedback.block_reason if response.prompt_feedback else None
-            raise InvalidAnswerError(f"Gemini returned no answer{f' (blocked: {block})' if block else ''}")
+            raise _no_candidate(response)
         cand = response.candidates[0]
         texts = [p.text for p in (cand.content.parts if cand.content and cand.content.parts else [])
                  if p.text and not p.thought]

@@ -300,6 +300,13 @@ def test_no_candidates_in_the_reply_is_an_unparseable_answer(fake, make_rr, imag
     assert out.error == "InvalidAnswerError" and "no answer" in out.fallback_reason
 
 
+def test_a_prompt_gemini_refuses_says_why_in_gemini_s_words(fake, make_rr, images):
+    fake.enqueue(fake.blocked("PROHIBITED_CONTENT"))
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert (out.label, out.error) == ("cat", "InvalidAnswerError")
+    assert out.fallback_reason == "Gemini returned no answer (blocked: PROHIBITED_CONTENT)"  # not BlockedReason.PRO...
+
+
 def test_a_label_that_is_not_a_candidate_is_refused(fake, make_rr, images):
     fake.enqueue(fake.text("giraffe"))
     out = make_rr().rerank_one(request(images, vote="cat"))
