@@ -218,6 +218,11 @@ def _no_candidate(response: types.GenerateContentResponse) -> InvalidAnswerError
     return InvalidAnswerError(f"Gemini returned no answer (blocked: {getattr(block, 'value', block)}{said})")
 
 
+def _finish(cand: types.Candidate) -> str:
+    """How a candidate ended, as Gemini says it: "finish reason MALFORMED_FUNCTION_CALL"."""
+    return f"finish reason {cand.finish_reason.value if cand.finish_reason else 'unknown'}"
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, genai_errors.APIError):
         return exc.code in RETRYABLE_STATUS
@@ -560,10 +565,10 @@ class GeminiReranker:
         text = "".join(texts).strip()
         reason = cand.finish_reason.value if cand.finish_reason else None
         if not text:
-            raise InvalidAnswerError(f"Gemini's answer was empty (finish reason {reason or 'unknown'})")
+            raise InvalidAnswerError(f"Gemini's answer was empty ({_finish(cand)})")
         if reason not in (None, "STOP", "FINISH_REASON_UNSPECIFIED"):
             # Cut off (MAX_TOKENS) or stopped (SAFETY): "cliff" may be the start of "cliff dwelling".
-            raise InvalidAnswerError(f"Gemini's answer {text[:40]!r} was not finished (finish reason {reason})")
+            raise InvalidAnswerError(f"Gemini's answer {text[:40]!r} was not finished ({_finish(cand)})")
         return text
 
     @staticmethod
@@ -711,8 +716,11 @@ class GeminiReranker:
                 automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
             response = await self._generate(ctx, client, contents, config)
             calls = response.function_calls or []
-            if not calls:
-                raise InvalidAnswerError("Gemini replied without calling a function (an answer or a tool)")
+            if not calls:  # refused, stopped (SAFETY) or a call Gemini could not write (MALFORMED_FUNCTION_CALL)
+                if not response.candidates:
+                    raise _no_candidate(response)
+                raise InvalidAnswerError("Gemini replied without calling a function (an answer or a tool; "
+                                         f"{_finish(response.candidates[0])})")
             for call in calls:
                 if call.name == "answer":
                     label = (call.args or {}).get("label")

@@ -700,6 +700,18 @@ def test_an_agentic_answer_outside_the_candidates_is_refused(fake, make_rr, imag
     assert out.error == "NonCandidateAnswerError"
 
 
+@pytest.mark.parametrize(("reply", "why"), [
+    (FakeGemini.blocked("SAFETY"), "Gemini returned no answer (blocked: SAFETY)"),
+    (FakeGemini.stopped("MALFORMED_FUNCTION_CALL"), "finish reason MALFORMED_FUNCTION_CALL"),
+    (FakeGemini.stopped("SAFETY"), "finish reason SAFETY"),
+])
+def test_an_agentic_reply_without_a_call_says_why_gemini_made_none(fake, make_rr, images, store, reply, why):
+    s, *_ = store
+    fake.enqueue(reply)
+    out = make_rr().rerank_one(agentic_request(images, store), store=s)
+    assert out.error == "InvalidAnswerError" and why in out.fallback_reason
+
+
 def test_an_exemplars_call_for_a_non_candidate_gets_an_error_reply(fake, make_rr, images, store):
     s, *_ = store
     fake.enqueue(fake.call("exemplars", label="giraffe"), fake.answer("red"))
