@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import html
 import importlib
 import json
 import logging
@@ -221,6 +222,15 @@ def _no_candidate(response: types.GenerateContentResponse) -> InvalidAnswerError
 def _finish(cand: types.Candidate) -> str:
     """How a candidate ended, as Gemini says it: "finish reason MALFORMED_FUNCTION_CALL"."""
     return f"finish reason {cand.finish_reason.value if cand.finish_reason else 'unknown'}"
+
+
+def _page_text(page: str, limit: int = 120) -> str:
+    """A reply that is no JSON (a proxy's HTML page) in one short line: its <title>, else its text without tags."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", page, re.IGNORECASE | re.DOTALL)
+    text = title[1] if title else re.sub(r"<[^>]*>", " ", re.sub(
+        r"<(style|script)\b.*?</\1\s*>", " ", page, flags=re.IGNORECASE | re.DOTALL))
+    text = " ".join(html.unescape(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _transient(exc: BaseException) -> bool:
@@ -645,6 +655,10 @@ class GeminiReranker:
                 f"({type(exc).__name__}: {_without_secrets(str(exc))})") from exc
         except genai_errors.UnknownApiResponseError as exc:
             raise InvalidAnswerError("Gemini's reply could not be parsed (not valid JSON)") from exc
+        except json.JSONDecodeError as exc:
+            page = exc.doc.lstrip()
+            why = str(exc) if page.startswith(("{", "[")) or not page else f"not JSON: {_page_text(page)!r}"
+            raise InvalidAnswerError(f"Gemini's reply could not be parsed ({why})") from exc
         except (ValueError, TypeError) as exc:  # a 200 whose JSON does not fit the response schema
             raise InvalidAnswerError(f"Gemini's reply could not be parsed ({exc})") from exc
         ctx.usage = ctx.usage.add(self._usage(response))
@@ -663,6 +677,9 @@ class GeminiReranker:
         if exc.code in RETRYABLE_STATUS:
             return UpstreamError(f"Gemini unavailable ({_status(exc)}) {after}")
         msg = f": {exc.message}" if exc.message else ""
+        if exc.message and not (isinstance(exc.details, dict) and "error" in exc.details):
+            # Not Google's JSON error but a page (the SDK passes its whole text on): it was pasted into the reason
+            msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
         return RequestRejectedError(f"Gemini rejected the request ({_status(exc)}){msg}")
 
     @staticmethod

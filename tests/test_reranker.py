@@ -239,6 +239,26 @@ def test_a_client_error_is_not_retried(fake, make_rr, images):
     assert out.error == "RequestRejectedError" and "400" in out.fallback_reason and fake.count == 1
 
 
+def test_an_error_page_from_a_proxy_is_told_in_a_line_not_pasted_whole(fake, make_rr, images):
+    # A proxy (or a wrong base_url) answers with HTML, not Google's JSON error: the reason, which answers and logs
+    # carry, had the whole page in it (3 KB here; a real block page is often tens of KB).
+    page = ("<!DOCTYPE html><html><head><title>Access denied &amp; logged</title><style>" + "p{color:red}" * 250
+            + "</style></head><body><h1>Access denied</h1><p>Your request was blocked by the proxy.</p></body></html>")
+    fake.enqueue(fake.page(403, page), fake.page(413, "<html><body><h1>413 Request Entity Too Large</h1>"
+                                                     "<hr><center>nginx</center></body></html>"))
+    rr = make_rr()
+    out = rr.rerank_one(request(images))
+    assert out.error == "RequestRejectedError" and out.fallback_reason == (
+        "Gemini rejected the request (403 Forbidden): the reply is not Gemini's (a proxy on the way?): "
+        "'Access denied & logged'")
+    out = rr.rerank_one(request(images))
+    assert out.fallback_reason.endswith("'413 Request Entity Too Large nginx'")
+    fake.enqueue(fake.page(200, "<html><head><title>Sign in to the hotel network</title></head><body>" + "x" * 3000))
+    out = rr.rerank_one(request(images))
+    assert out.error == "InvalidAnswerError" and out.fallback_reason == (
+        "Gemini's reply could not be parsed (not JSON: 'Sign in to the hotel network')")
+
+
 def test_fallbacks_are_warned_of_once_a_minute_per_kind_saying_how_many_came_between(fake, make_rr, images,
                                                                                     caplog):
     # At INFO they were invisible by default: a revoked key made every re-rank the vote, and nothing said so.
