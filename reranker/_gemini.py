@@ -224,6 +224,13 @@ def _finish(cand: types.Candidate) -> str:
     return f"finish reason {cand.finish_reason.value if cand.finish_reason else 'unknown'}"
 
 
+def _error_reasons(exc: genai_errors.APIError) -> list[str]:
+    """The google.rpc.ErrorInfo reasons of Google's error body ("API_KEY_INVALID")."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    return [str(d["reason"]) for d in (details.get("error") or {}).get("details", []) or []
+            if isinstance(d, dict) and "reason" in d]
+
+
 def _page_text(page: str, limit: int = 120) -> str:
     """A reply that is no JSON (a proxy's HTML page) in one short line: its <title>, else its text without tags."""
     title = re.search(r"<title[^>]*>(.*?)</title>", page, re.IGNORECASE | re.DOTALL)
@@ -677,10 +684,24 @@ class GeminiReranker:
         if exc.code in RETRYABLE_STATUS:
             return UpstreamError(f"Gemini unavailable ({_status(exc)}) {after}")
         msg = f": {exc.message}" if exc.message else ""
-        if exc.message and not (isinstance(exc.details, dict) and "error" in exc.details):
-            # Not Google's JSON error but a page (the SDK passes its whole text on): it was pasted into the reason
-            msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
+        if not (isinstance(exc.details, dict) and "error" in exc.details):
+            if exc.message:  # not Google's JSON error but a page (the SDK passes its whole text on)
+                msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
+        elif exc.code in (401, 403) or any(reason.startswith("API_KEY") for reason in _error_reasons(exc)):
+            # A bad key is a 400 (API_KEY_INVALID); a leaked or blocked one, or a project without the API, a 403
+            msg = f"{msg.rstrip('.')}. Check the key {self._key_source()}"
         return RequestRejectedError(f"Gemini rejected the request ({_status(exc)}){msg}")
+
+    def _key_source(self) -> str:
+        """Where the key came from, as a person would go and check it."""
+        if self._api_key:
+            return "given as api_key"
+        if os.environ.get("GEMINI_API_KEY"):
+            # The SDK alone would take GOOGLE_API_KEY when both are set: say which one this was
+            if os.environ.get("GOOGLE_API_KEY"):
+                return "in GEMINI_API_KEY (GOOGLE_API_KEY is set too, but GEMINI_API_KEY comes first)"
+            return "in GEMINI_API_KEY"
+        return "in GOOGLE_API_KEY"
 
     @staticmethod
     def _usage(response: types.GenerateContentResponse) -> Usage:

@@ -259,6 +259,21 @@ def test_an_error_page_from_a_proxy_is_told_in_a_line_not_pasted_whole(fake, mak
         "Gemini's reply could not be parsed (not JSON: 'Sign in to the hotel network')")
 
 
+def test_a_key_gemini_refuses_says_which_key_to_check(fake, make_rr, images, monkeypatch):
+    # Google answers a bad key with 400 INVALID_ARGUMENT and an ErrorInfo reason API_KEY_INVALID (not a 401).
+    fake.enqueue(fake.status(400, message="API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"))
+    monkeypatch.setenv("GEMINI_API_KEY", "revoked")
+    monkeypatch.setenv("GOOGLE_API_KEY", "the-one-other-tools-use")  # the SDK's own choice when both are set
+    out = make_rr(api_key=None).rerank_one(request(images))
+    assert out.error == "RequestRejectedError" and fake.count == 1  # not retried
+    assert out.fallback_reason == ("Gemini rejected the request (400 INVALID_ARGUMENT): API key not valid. Please "
+                                   "pass a valid API key. Check the key in GEMINI_API_KEY (GOOGLE_API_KEY is set "
+                                   "too, but GEMINI_API_KEY comes first)")
+    fake.enqueue(fake.status(403, message="Your API key was reported as leaked. Please use another API key."))
+    out = make_rr().rerank_one(request(images))
+    assert out.fallback_reason.endswith("Check the key given as api_key")
+
+
 def test_fallbacks_are_warned_of_once_a_minute_per_kind_saying_how_many_came_between(fake, make_rr, images,
                                                                                     caplog):
     # At INFO they were invisible by default: a revoked key made every re-rank the vote, and nothing said so.
