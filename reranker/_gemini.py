@@ -166,12 +166,10 @@ def _retry_delay(exc: BaseException | None) -> float | None:
     """The server's requested wait: google.rpc.RetryInfo `retryDelay` ("17s"), else `Retry-After`."""
     if not isinstance(exc, genai_errors.APIError):
         return None
-    details = exc.details if isinstance(exc.details, dict) else {}
-    for d in (details.get("error", details) or {}).get("details", []) or []:
-        if isinstance(d, dict) and "retryDelay" in d:
-            m = re.fullmatch(r"\s*([0-9.]+)s\s*", str(d["retryDelay"]))
-            if m:
-                return float(m.group(1))
+    for d in _error_details(exc, "retryDelay"):
+        m = re.fullmatch(r"\s*([0-9.]+)s\s*", str(d["retryDelay"]))
+        if m:
+            return float(m.group(1))
     headers = getattr(getattr(exc, "response", None), "headers", None)
     after = headers.get("retry-after") if headers is not None else None
     if after is None:
@@ -224,11 +222,11 @@ def _finish(cand: types.Candidate) -> str:
     return f"finish reason {cand.finish_reason.value if cand.finish_reason else 'unknown'}"
 
 
-def _error_reasons(exc: genai_errors.APIError) -> list[str]:
-    """The google.rpc.ErrorInfo reasons of Google's error body ("API_KEY_INVALID")."""
+def _error_details(exc: genai_errors.APIError, having: str) -> list[dict[str, Any]]:
+    """The entries of Google's error body's `details` (RetryInfo, QuotaFailure, ErrorInfo...) that have this field."""
     details = exc.details if isinstance(exc.details, dict) else {}
-    return [str(d["reason"]) for d in (details.get("error") or {}).get("details", []) or []
-            if isinstance(d, dict) and "reason" in d]
+    found = (details.get("error", details) or {}).get("details", []) or []
+    return [d for d in found if isinstance(d, dict) and having in d]
 
 
 def _page_text(page: str, limit: int = 120) -> str:
@@ -679,15 +677,20 @@ class GeminiReranker:
         if ctx.stopped_for_deadline and exc.code in RETRYABLE_STATUS:
             wait = f"the server asked to retry in {ctx.server_delay:g} s, " if ctx.server_delay else ""
             after += f"; {wait}which would pass the {ctx.deadline_s:g} s deadline"
-        if exc.code == 429:
-            return QuotaExceededError(f"Gemini quota exceeded ({_status(exc)}) {after}")
+        if exc.code == 429:  # which quota: per minute or per day, of requests or input tokens, and its limit
+            quotas = [f"quota {v['quotaId']}" + (f", limit {v['quotaValue']}" if v.get("quotaValue") else "")
+                      for v in _error_details(exc, "violations") for v in v["violations"]
+                      if isinstance(v, dict) and v.get("quotaId")]
+            said = "".join(f"; {q}" for q in quotas)
+            return QuotaExceededError(f"Gemini quota exceeded ({_status(exc)}{said}) {after}")
         if exc.code in RETRYABLE_STATUS:
             return UpstreamError(f"Gemini unavailable ({_status(exc)}) {after}")
         msg = f": {exc.message}" if exc.message else ""
         if not (isinstance(exc.details, dict) and "error" in exc.details):
             if exc.message:  # not Google's JSON error but a page (the SDK passes its whole text on)
                 msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
-        elif exc.code in (401, 403) or any(reason.startswith("API_KEY") for reason in _error_reasons(exc)):
+        elif exc.code in (401, 403) or any(str(d["reason"]).startswith("API_KEY")
+                                           for d in _error_details(exc, "reason")):
             # A bad key is a 400 (API_KEY_INVALID); a leaked or blocked one, or a project without the API, a 403
             msg = f"{msg.rstrip('.')}. Check the key {self._key_source()}"
         return RequestRejectedError(f"Gemini rejected the request ({_status(exc)}){msg}")

@@ -43,6 +43,7 @@ class Action:
     thoughts: str | None = None  # a thought part (a thinking model's summary) before the answer
     message: str | None = None  # an error's message, or a page's body
     reason: str | None = None  # an error's google.rpc.ErrorInfo reason, or a prompt's blockReason
+    quota: tuple[str, str] | None = None  # a 429's google.rpc.QuotaFailure: (quotaId, quotaValue)
 
 
 @dataclass
@@ -174,12 +175,15 @@ class FakeGemini:
 
     @staticmethod
     def status(code: int, retry_delay: str | None = None, retry_after: str | None = None,
-               message: str | None = None, reason: str | None = None) -> Action:
+               message: str | None = None, reason: str | None = None, quota: tuple[str, str] | None = None,
+               ) -> Action:
         """An error status with Google's error body; 429 can carry a RetryInfo `retryDelay` like "2s", or a
-        `Retry-After` header (seconds, or an HTTP date); `reason` adds a google.rpc.ErrorInfo, as Google says
-        "API_KEY_INVALID" (with 400 and "API key not valid. Please pass a valid API key.")."""
+        `Retry-After` header (seconds, or an HTTP date), and the quota that ran out (a QuotaFailure's quotaId and
+        quotaValue: `("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "20")`); `reason` adds a
+        google.rpc.ErrorInfo, as Google says "API_KEY_INVALID" (with 400 and "API key not valid. Please pass a
+        valid API key.")."""
         return Action("status", status=code, retry_delay=retry_delay, retry_after=retry_after, message=message,
-                      reason=reason)
+                      reason=reason, quota=quota)
 
     @staticmethod
     def page(code: int, html: str) -> Action:
@@ -311,6 +315,11 @@ class FakeGemini:
             details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": action.reason,
                             "domain": "googleapis.com",
                             "metadata": {"service": "generativelanguage.googleapis.com"}})
+        if action.quota:
+            details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                "quotaId": action.quota[0], "quotaValue": action.quota[1],
+                "quotaDimensions": {"location": "global", "model": "fake-gemini"}}]})
         if action.retry_delay:
             details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": action.retry_delay})
         if details:

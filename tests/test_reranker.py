@@ -175,6 +175,21 @@ def test_429_until_retries_run_out_is_a_quota_fallback(fake, make_rr, images):
     assert fake.count == 3
 
 
+def test_a_quota_fallback_names_the_quota_google_says_ran_out(fake, make_rr, images):
+    # A 51-image prompt is ~14,000 input tokens (more at Gemini 3's default media resolution): a free tier's
+    # 250,000 input tokens a minute run out long before its requests a minute, and a daily quota is no wait away.
+    per_minute = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
+    per_day = "GenerateRequestsPerDayPerProjectPerModel"
+    fake.enqueue(fake.status(429, quota=(per_minute, "250000")),
+                 fake.status(429, retry_delay="20000s", quota=(per_day + "-FreeTier", "0")))
+    out = make_rr(max_attempts=1).rerank_one(request(images))
+    assert out.fallback_reason == (f"Gemini quota exceeded (429 RESOURCE_EXHAUSTED; quota {per_minute}, limit 250000) "
+                                   "after 1 attempt(s)")
+    out = make_rr(max_attempts=2).rerank_one(request(images, query_rgb=(1, 2, 3)))
+    assert "quota GenerateRequestsPerDayPerProjectPerModel-FreeTier, limit 0) after 1 attempt(s); the server asked " \
+           "to retry in 20000 s" in out.fallback_reason
+
+
 def test_a_retry_delay_past_the_deadline_gives_up_at_once(fake, make_rr, images):
     fake.enqueue(fake.status(429, retry_delay="30s"))
     t0 = time.monotonic()
