@@ -280,7 +280,7 @@ class _LoopThread:
 class GeminiReranker:
     """Re-rank a query's neighbours with Gemini, falling back to the vote with a reason.
 
-    >>> rr = GeminiReranker(model="gemini-3.5-flash", deadline_s=30)
+    >>> rr = GeminiReranker(model="gemini-3.6-flash", deadline_s=30)
     >>> batch = rr.rerank_many([RerankRequest(image=img, neighbors=nbrs, scores=scores, vote_label="cat")])
     >>> batch.outcomes[0].label, batch.outcomes[0].reranked, batch.outcomes[0].fallback_reason
 
@@ -552,8 +552,12 @@ class GeminiReranker:
 
     def _config(self, template: PromptTemplate, system: str, **extra: Any) -> types.GenerateContentConfig:
         res = _MEDIA_RESOLUTION.get(self.settings.media_resolution)
+        level = self.settings.thinking_level
+        # Sent only when set: a model without thinking levels (Gemini 2.5) refuses the field
+        thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(level.upper())) if level != "unspecified" \
+            else None
         return types.GenerateContentConfig(system_instruction=system, temperature=self.settings.temperature,
-                                           media_resolution=res, candidate_count=1, **extra)
+                                           media_resolution=res, thinking_config=thinking, candidate_count=1, **extra)
 
     # ------------------------------------------------------------------ plain mode
 

@@ -13,7 +13,9 @@ from retrieval.files import NoHomeError
 from ._cache import DEFAULT_MAX_ENTRIES, default_cache_path
 from ._thumbs import DEFAULT_QUERY_SIZE, DEFAULT_THUMB_SIZE
 
-DEFAULT_MODEL = "gemini-3.5-flash"
+# gemini-3.5-flash, the default before, is deprecated: Google answers it with gemini-3.6-flash, so results and
+# cache keys named a model that did not answer. Naming the one that answers changes no answer.
+DEFAULT_MODEL = "gemini-3.6-flash"
 
 
 def http_url_problem(url: str | None) -> str | None:
@@ -35,6 +37,9 @@ class GeminiSettings(BaseSettings):
     query_size: int = Field(default=DEFAULT_QUERY_SIZE, ge=16, le=3072, description="query image's longest side, px")
     media_resolution: Literal["unspecified", "low", "medium", "high"] = "unspecified"
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    thinking_level: Literal["unspecified", "minimal", "low", "medium", "high"] = Field(
+        default="unspecified", description="how much a Gemini 3 model thinks before it answers (unspecified: the "
+        "model's own default, MEDIUM for Flash); lower is faster and cheaper")
     deadline_s: float = Field(default=60.0, gt=0, description="total time per query, retries and tool steps included")
     attempt_timeout_s: float = Field(default=30.0, gt=0, description="time per HTTP attempt (capped by the deadline)")
     max_attempts: int = Field(default=4, ge=1, le=20, description="HTTP attempts per call, first one included")
@@ -63,9 +68,12 @@ class GeminiSettings(BaseSettings):
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that can change an answer (and so belong in the cache key)."""
-        return self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
-                                                     "max_exemplars", "max_neighbors_total",
-                                                     "max_tool_images"})
+        key = self.model_dump(mode="json", include={"thumb_size", "query_size", "media_resolution", "temperature",
+                                                    "thinking_level", "max_exemplars", "max_neighbors_total",
+                                                    "max_tool_images"})
+        if key["thinking_level"] == "unspecified":  # as before the setting was: the answers cached then still count
+            del key["thinking_level"]
+        return key
 
 
 def configured_cache_path(settings: GeminiSettings | None = None) -> Path | None:

@@ -97,7 +97,7 @@ def test_a_candidate_answer_becomes_the_label_not_the_vote(fake, make_rr, images
     fake.enqueue(fake.answer("dog"))
     out = make_rr().rerank_one(request(images, vote="cat"))
     assert (out.label, out.reranked, out.fallback_reason) == ("dog", True, None)
-    assert out.template == "neighbors-v1@1" and out.model == "gemini-3.5-flash"
+    assert out.template == "neighbors-v1@1" and out.model == "gemini-3.6-flash"
     assert fake.count == 1 and out.attempts == 1
 
 
@@ -108,7 +108,7 @@ def test_the_request_constrains_the_answer_to_the_candidates(fake, make_rr, imag
     assert gen["responseMimeType"] == "text/x.enum"
     assert gen["responseSchema"] == {"type": "STRING", "enum": ["cat", "dog"]}
     assert gen["temperature"] == 0.0 and gen["mediaResolution"] == "MEDIA_RESOLUTION_LOW"
-    assert req.model == "gemini-3.5-flash" and req.headers["x-goog-api-key"] == "test-key"
+    assert req.model == "gemini-3.6-flash" and req.headers["x-goog-api-key"] == "test-key"
     thumbs = decoded_images(req.body)
     assert len(thumbs) == 4  # three neighbours, then the query
     assert all(max(im.size) == 32 for im in thumbs[:3]) and thumbs[0].format == "JPEG"
@@ -461,6 +461,26 @@ def test_settings_and_model_are_part_of_the_cache_key(fake, make_rr, images):
     make_rr(thumb_size=64).rerank_one(request(images))
     make_rr(model="gemini-3.8-flash").rerank_one(request(images))
     assert fake.count == 3 and fake.requests[2].model == "gemini-3.8-flash"
+
+
+def test_a_thinking_level_is_sent_only_when_set_and_then_keys_its_own_answers(fake, make_rr, images):
+    # Gemini 3 Flash thinks at MEDIUM unless told: a one-label answer may want LOW (faster, cheaper). A model
+    # without thinking levels refuses the field, so it is not sent unless set.
+    make_rr().rerank_one(request(images))
+    make_rr(thinking_level="low").rerank_one(request(images))
+    make_rr(thinking_level="low").rerank_one(request(images))  # answered from the cache
+    unset, low = (req.body["generationConfig"] for req in fake.requests)
+    # The SDK writes the field's proto name (as it does inlineData's mime_type); proto JSON takes either spelling
+    assert "thinkingConfig" not in unset and low["thinkingConfig"] in ({"thinkingLevel": "LOW"},
+                                                                      {"thinking_level": "LOW"})
+    assert fake.count == 2
+
+
+def test_the_default_settings_key_answers_as_before_the_thinking_level_existed():
+    from reranker import GeminiSettings
+
+    assert "thinking_level" not in GeminiSettings().key_settings()
+    assert GeminiSettings(thinking_level="high").key_settings()["thinking_level"] == "high"
 
 
 def test_vote_scores_the_prompt_shows_are_part_of_the_cache_key(fake, make_rr, images):
@@ -817,7 +837,7 @@ def test_classify_with_rerank_takes_gemini_label_and_forget_reaches_the_cache(fa
     memory.reranker = make_rr()
     fake.enqueue(fake.answer("green"))
     [res] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True, template="neighbors-v1")
-    assert (res.label, res.reranked, res.template, res.model) == ("green", True, "neighbors-v1@1", "gemini-3.5-flash")
+    assert (res.label, res.reranked, res.template, res.model) == ("green", True, "neighbors-v1@1", "gemini-3.6-flash")
     assert res.scores and next(iter(res.scores)) == "red"  # the vote is still reported
     assert res.usage["requests"] == 1 and res.usage["images"] == 4
     [again] = memory.classify([make_image(COLOURS["red"])], k=3, rerank=True)
@@ -890,7 +910,7 @@ def test_cli_classify_rerank_json(fake, disk_memory, images, monkeypatch):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.splitlines()[0])
     assert (out["label"], out["reranked"], out["template"], out["model"]) == \
-        ("green", True, "labels-only@1", "gemini-3.5-flash")
+        ("green", True, "labels-only@1", "gemini-3.6-flash")
     assert out["template_hash"] == TemplateRegistry().get("labels-only").content_hash
     assert out["usage"]["requests"] == 1 and fake.requests[0].headers["x-goog-api-key"] == "cli-key"
     fake.enqueue(fake.answer("green"))
