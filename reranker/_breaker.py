@@ -9,7 +9,8 @@ the vote: a service under load stacks up slow requests exactly when the VLM cann
                its success closes the circuit, its failure opens it for another cool-down
 
 Only upstream failures count (quota, 5xx, timeouts, connection errors, deadlines); any reply that
-arrived (even a refused or unreadable answer) shows the service is up, and counts as a success.
+arrived (even a refused or unreadable answer) shows the service is up, and counts as a success. A refused
+API key `trip`s the circuit at once: every call with that key would be refused alike.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class CircuitBreaker:
         self._state: State = "closed"
         self._consecutive = 0
         self._opened_at = 0.0
+        self._tripped: str | None = None  # why `trip` opened it: said in place of the failure count
         self._probe_out = False
         self.rejected = 0  # calls answered "circuit open" without being made
         self.transitions: deque[Transition] = deque(maxlen=256)
@@ -94,8 +96,8 @@ class CircuitBreaker:
             self.rejected += 1
             if self._state == "half-open":
                 return "circuit open: Gemini has been failing and a trial call is in flight; this one was not made"
-            return (f"circuit open: Gemini failed {self.threshold} times in a row; "
-                    f"calls resume after a {self.cooldown_s:g} s cool-down")
+            why = self._tripped or f"Gemini failed {self.threshold} times in a row"
+            return f"circuit open: {why}; calls resume after a {self.cooldown_s:g} s cool-down"
 
     def success(self, permit: Permit) -> None:
         with self._lock:
@@ -116,6 +118,15 @@ class CircuitBreaker:
                     self._open(f"{self._consecutive} consecutive failures" + (f", the last: {why}" if why else ""))
             # A call started before the circuit opened and failing now tells nothing new.
 
+    def trip(self, permit: Permit, why: str) -> None:
+        """A failure that every call would meet (a refused key): open now, whatever the count, and say `why`."""
+        if self.threshold <= 0:
+            return
+        with self._lock:
+            if permit.probe or self._state == "closed":
+                self._open(why)
+                self._tripped = why
+
     def release(self, permit: Permit) -> None:
         """The call ended without telling anything about Gemini (e.g. it was cancelled)."""
         if permit.probe:
@@ -123,6 +134,7 @@ class CircuitBreaker:
                 self._probe_out = False
 
     def _open(self, why: str) -> None:
+        self._tripped = None
         self._probe_out = False
         self._opened_at = self._clock()
         self._move("open", why)

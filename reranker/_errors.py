@@ -65,6 +65,11 @@ class RequestRejectedError(RerankError):
     pass
 
 
+class KeyRefusedError(RequestRejectedError):
+    """Gemini refused the API key (invalid, leaked, blocked, or its project lacks the API): every request with it
+    would be refused too, so the circuit opens at once rather than after `breaker_failures` uploads."""
+
+
 class InvalidAnswerError(RerankError):
     pass
 

@@ -51,6 +51,7 @@ from ._errors import (
     ConnectionFailedError,
     DeadlineExceededError,
     InvalidAnswerError,
+    KeyRefusedError,
     NoApiKeyError,
     NonCandidateAnswerError,
     NothingToRerankError,
@@ -458,7 +459,9 @@ class GeminiReranker:
             else:
                 label = await self._classify(ctx, client, template, prompt)
         except RerankError as exc:
-            if isinstance(exc, _OUTAGE):
+            if isinstance(exc, KeyRefusedError):  # every call with this key would be refused: stop uploading
+                self.breaker.trip(permit, exc.reason)
+            elif isinstance(exc, _OUTAGE):
                 self.breaker.failure(permit, exc.reason)
             else:  # Gemini replied (a refusal or an unreadable answer): it is up
                 self.breaker.success(permit)
@@ -697,6 +700,7 @@ class GeminiReranker:
                                            for d in _error_details(exc, "reason")):
             # A bad key is a 400 (API_KEY_INVALID); a leaked or blocked one, or a project without the API, a 403
             msg = f"{msg.rstrip('.')}. Check the key {self._key_source()}"
+            return KeyRefusedError(f"Gemini rejected the request ({_status(exc)}){msg}")
         return RequestRejectedError(f"Gemini rejected the request ({_status(exc)}){msg}")
 
     def _key_source(self) -> str:

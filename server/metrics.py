@@ -31,7 +31,8 @@ from .problems import HTTP_METHODS
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # A fallback's `reason` label is the error class behind it (reranker/_errors.py), or one of the service's own.
 FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededError", "UpstreamError",
-                    "AttemptsTimedOutError", "ConnectionFailedError", "RequestRejectedError", "InvalidAnswerError",
+                    "AttemptsTimedOutError", "ConnectionFailedError", "RequestRejectedError", "KeyRefusedError",
+                    "InvalidAnswerError",
                     "NonCandidateAnswerError",
                     "StepBudgetError", "CircuitOpenError", "NothingToRerankError", "UnexpectedError", "NotConfigured",
                     "Other")

@@ -222,6 +222,44 @@ def test_replies_that_are_refused_are_not_an_outage(fake, neighbour_images):
         rr.close()
 
 
+def test_a_refused_key_opens_the_circuit_at_once_and_says_why(fake, reranker, neighbour_images):
+    # Every request with a bad key is refused alike: a batch had uploaded each query's ~420 KB prompt to be told so
+    # again (the breaker counted refusals as "Gemini is up").
+    fake.enqueue(*[fake.status(400, message="API key not valid. Please pass a valid API key.",
+                               reason="API_KEY_INVALID")] * 1000)
+    batch = reranker.rerank_many(queries(neighbour_images, 40))
+
+    assert batch.reranked == 0 and fake.count <= 8  # only the queries already in flight asked
+    assert batch.fallbacks["KeyRefusedError"] == fake.count
+    assert batch.fallbacks["CircuitOpenError"] == 40 - fake.count
+    opened = next(o for o in batch.outcomes if o.error == "CircuitOpenError")
+    assert opened.fallback_reason.startswith("circuit open: Gemini rejected the request (400 INVALID_ARGUMENT): "
+                                             "API key not valid") and "Check the key given as api_key" in \
+        opened.fallback_reason and opened.fallback_reason.endswith("calls resume after a 1 s cool-down")
+    assert opened.attempts == 0
+
+    # The key is mended (or the API enabled for its project): after the cool-down a trial call closes the circuit
+    fake.reset()
+    time.sleep(1.0)
+    assert reranker.rerank_many(queries(neighbour_images, 1, offset=100)).reranked == 1
+    assert reranker.breaker.state == "closed"
+
+
+def test_a_trip_opens_the_breaker_whatever_the_count_unless_it_is_off():
+    clock = Clock()
+    cb = CircuitBreaker(failures=5, cooldown_s=10, clock=clock)
+    cb.trip(cb.acquire(), "the key was refused")
+    assert cb.state == "open" and cb.acquire() == ("circuit open: the key was refused; calls resume after a 10 s "
+                                                   "cool-down")
+    clock.now = 10
+    trial = cb.acquire()
+    cb.failure(trial, "503")  # the trial failed otherwise: the count's wording comes back
+    assert cb.acquire() == "circuit open: Gemini failed 5 times in a row; calls resume after a 10 s cool-down"
+    off = CircuitBreaker(failures=0)
+    off.trip(off.acquire(), "the key was refused")
+    assert off.state == "closed"
+
+
 # ------------------------------------------------------------------ through the HTTP service
 
 

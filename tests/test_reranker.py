@@ -280,7 +280,7 @@ def test_a_key_gemini_refuses_says_which_key_to_check(fake, make_rr, images, mon
     monkeypatch.setenv("GEMINI_API_KEY", "revoked")
     monkeypatch.setenv("GOOGLE_API_KEY", "the-one-other-tools-use")  # the SDK's own choice when both are set
     out = make_rr(api_key=None).rerank_one(request(images))
-    assert out.error == "RequestRejectedError" and fake.count == 1  # not retried
+    assert out.error == "KeyRefusedError" and fake.count == 1  # not retried
     assert out.fallback_reason == ("Gemini rejected the request (400 INVALID_ARGUMENT): API key not valid. Please "
                                    "pass a valid API key. Check the key in GEMINI_API_KEY (GOOGLE_API_KEY is set "
                                    "too, but GEMINI_API_KEY comes first)")
@@ -297,7 +297,8 @@ def test_fallbacks_are_warned_of_once_a_minute_per_kind_saying_how_many_came_bet
     clock = [1000.0]
     rr = make_rr(max_attempts=1)
     rr._log_fallback = _gemini._FallbackLog(clock=lambda: clock[0])
-    fake.enqueue(*[fake.status(403)] * 3, fake.status(400))
+    # Refusals of the request, not of the key (a refused key opens the circuit: a test below)
+    fake.enqueue(*[fake.status(400, message="Request payload size exceeds the limit")] * 3, fake.status(400))
     with caplog.at_level("WARNING", logger="reranker"):
         for seconds in (0, 1, 2):
             clock[0] += seconds
@@ -305,7 +306,7 @@ def test_fallbacks_are_warned_of_once_a_minute_per_kind_saying_how_many_came_bet
         clock[0] += _gemini.FALLBACK_WARNING_EVERY_S
         rr.rerank_one(request(images))
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 2 and "403" in warned[0] and "(2 more RequestRejectedError since" in warned[1]
+    assert len(warned) == 2 and "payload size" in warned[0] and "(2 more RequestRejectedError since" in warned[1]
 
 
 def test_a_hang_past_the_deadline_falls_back_in_time(fake, make_rr, images):
