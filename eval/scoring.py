@@ -136,6 +136,36 @@ def neighbors_exact(
     return table_from_hits(idx, sims, memory.labels, classes, memory.reliability)
 
 
+def neighbors_exact_paged(store: MemoryStore, queries: np.ndarray, classes: list[str], k: int = K_MAX,
+                          page: int = SCROLL_PAGE) -> tuple[NeighborTable, list[str]]:
+    """`neighbors_exact` over the memory's searchable points read `page` vectors at a time: the same neighbours
+    (ties in id order, the order the store reads them in) with one page of vectors in RAM, where
+    `MemoryArrays.from_store` holds them all (6.5 GB at 1.28M x 1280) for a few dozen queries. Returns the
+    table and the labels of the points searched, one per point."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best_idx, best_sims = np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
+    labels: list[str] = []
+    reliability: list[float] = []
+    for batch in store.scroll(batch_size=page, with_vectors=True, payload_keys=SEARCH_PAYLOAD_KEYS):
+        kept = [p for p in batch if not p.payload.get(EXCLUDED_KEY)]
+        if not kept:
+            continue
+        idx, sims = exact_search(q, np.stack([p.vector for p in kept]), k)
+        idx = np.where(idx >= 0, idx + len(labels), -1)
+        labels += [p.payload["label"] for p in kept]
+        reliability += [float(p.payload.get(RELIABILITY_KEY, 1.0)) for p in kept]
+        # The best so far, from earlier rows, go first: a stable sort keeps ties in row order; padding goes last.
+        idx, sims = np.concatenate([best_idx, idx], axis=1), np.concatenate([best_sims, sims], axis=1)
+        order = np.argsort(np.where(idx >= 0, -sims, np.inf), axis=1, kind="stable")[:, :k]
+        best_idx, best_sims = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sims, order, axis=1)
+    if best_idx.shape[1] < k:  # fewer points than k: padded as exact search pads
+        pad = k - best_idx.shape[1]
+        best_idx = np.concatenate([best_idx, np.full((len(q), pad), -1, np.int64)], axis=1)
+        best_sims = np.concatenate([best_sims, np.full((len(q), pad), -np.inf, np.float32)], axis=1)
+    r = np.asarray(reliability, dtype=np.float64)
+    return table_from_hits(best_idx, best_sims, labels, classes, r if np.any(r != 1.0) else None), labels
+
+
 def self_search(features: np.ndarray, k: int, progress: Callable[[int], object] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """A memory queried against itself: each row's k nearest other rows (exact, its own row left out), as

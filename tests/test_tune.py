@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval.scoring import NeighborTable
+from eval.scoring import MemoryArrays, NeighborTable, neighbors_exact, neighbors_exact_paged
 from eval.tuning import split_indices, tune
-from retrieval import vote
+from retrieval import FeaturizerSpec, Preprocessing, open_store, vote
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests.test_cli import COLOURS, built, image_folder  # noqa: F401 - fixtures reused
 from vmem.cli import app
@@ -181,3 +181,45 @@ def test_tuning_on_queries_the_memory_cannot_judge_is_refused_and_stores_nothing
     assert out.exit_code == 2 and "--classes" in out.output and "Traceback" not in out.output, out.output
     stored = json.loads(CliRunner().invoke(app, ["info", "--memory", str(memory), "--json"]).output)["settings"]
     assert "vote" not in stored and "tuning" not in stored
+
+
+def test_exact_neighbours_read_a_page_at_a_time_are_those_of_the_whole_memory_in_ram(tmp_path):
+    from tests.test_eval_experiments import clusters
+
+    data = clusters(30, seed=3, spread=0.5)  # 180 points of 6 labels
+    store = open_store(str(tmp_path / "memory"),
+                       FeaturizerSpec(name="dummy", dim=16, preprocessing=Preprocessing(resize=32, crop=32)))
+    ids = store.add(data.features, data.labels, [f"/d/{i}.png" for i in range(len(data.labels))])
+    store.add(data.features[:1], data.labels[:1], ["/d/copy.png"])  # one vector twice: ties broken in id order
+    store.set_payload(ids[5:9], {"excluded": True, "reliability": 0.5})  # hard-pruned: never a neighbour
+    store.set_payload(ids[9:12], {"reliability": 0.25})  # soft-pruned: its factor goes with it
+    queries = data.features[::7]
+    classes = sorted(set(data.labels))
+
+    whole = neighbors_exact(queries, MemoryArrays.from_store(store), classes, k=20)
+    paged, labels = neighbors_exact_paged(store, queries, classes, k=20, page=16)  # 12 pages of 16 vectors
+
+    assert np.array_equal(paged.label_ids, whole.label_ids)
+    np.testing.assert_allclose(paged.similarities, whole.similarities, atol=1e-6)
+    np.testing.assert_array_equal(paged.reliability, whole.reliability)
+    assert sorted(labels) == sorted(MemoryArrays.from_store(store).labels)
+    more_than_there, _ = neighbors_exact_paged(store, queries[:2], classes, k=200, page=16)  # padded as exact is
+    n = len(labels)  # 181 points, 4 of them hard-pruned
+    assert n == 177 and (more_than_there.label_ids[:, n:] == -1).all() and (more_than_there.label_ids[:, :n] >= 0).all()
+
+
+def test_tuning_never_reads_the_whole_memory_into_ram(built, image_folder, tmp_path, monkeypatch):  # noqa: F811
+    # A 1.28M x 1280 memory held 6.5 GB in RAM to score a few dozen queries (200,000 points: 1.6 GB for 40).
+    import shutil
+
+    import eval.scoring as scoring
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    read_whole = []
+    monkeypatch.setattr(scoring, "read_vectors", lambda *a, **kw: read_whole.append(1) or (_ for _ in ()).throw(
+        AssertionError("the whole memory read into RAM")))
+    out = CliRunner().invoke(app, ["tune", "--memory", str(memory), "--dataset", str(image_folder / "train"),
+                                   "--k-max", "6", "--dry-run"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and not read_whole, out.output
+    assert "chosen:" in out.output

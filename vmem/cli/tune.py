@@ -110,8 +110,8 @@ def tune(
     if dataset is None:
         raise typer.BadParameter("give the labelled queries to tune on (or --reset)", param_hint="--dataset")
     from eval.datasets import align_labels, read_dataset
-    from eval.harness import MAX_EXACT_BYTES, MemoryArrays, query_set
-    from eval.scoring import neighbors_exact, neighbors_from_store, truth_arrays
+    from eval.harness import MAX_EXACT_BYTES, query_set
+    from eval.scoring import neighbors_exact_paged, neighbors_from_store, truth_arrays
     from eval.tuning import split_indices
     from eval.tuning import tune as run_tune
 
@@ -123,9 +123,11 @@ def tune(
     with mem:
         require_points(mem)
         store = mem.store
-        fits = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
-        arrays = MemoryArrays.from_store(store) if fits else None
-        memory_labels = arrays.labels if arrays is not None else list(store.label_counts())
+        exact = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
+        # The labels a search can return (a label whose points are all hard-pruned is none): counted, not read
+        counts = store.label_counts()
+        memory_labels = list(counts) if store.count(searchable=True) == store.count() else [
+            lab for lab in counts if store.count(label=lab, searchable=True)]
         try:
             test_ds = align_labels(read_dataset(dataset, dataset_format(dataset, format)), memory_labels, names)
             val_ds = (align_labels(read_dataset(val_dataset, dataset_format(val_dataset, val_format)), memory_labels,
@@ -147,8 +149,8 @@ def tune(
                             (val_q if val_ds is not None else test_q).failed)
         query_labels = {lab for labs in correct for lab in labs}
         classes_list = sorted(set(memory_labels) | query_labels)
-        if arrays is not None:
-            table = neighbors_exact(feats, arrays, classes_list, k_max)
+        if exact:  # a page of the memory's vectors at a time: 40 queries had held a 200,000-point memory (1 GB)
+            table = neighbors_exact_paged(store, feats, classes_list, k_max)[0]
         else:
             table = neighbors_from_store(store, feats, classes_list, k_max)
         truth, accepted = truth_arrays(correct, classes_list)
@@ -160,7 +162,7 @@ def tune(
                 "heldout_queries": report.n_heldout, "val_accuracy": report.chosen.val_accuracy,
                 "heldout_accuracy": report.chosen.heldout_accuracy, "seed": seed,
                 "val_fraction": None if val_dataset else val_fraction,
-                "search": "exact" if arrays is not None else "index",
+                "search": "exact" if exact else "index",
             })
             typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
     if out is not None:
