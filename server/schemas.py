@@ -321,6 +321,8 @@ class HistoryQuery(BaseModel):
                               description="only edits from this ISO 8601 date "
                                                                              "or time on (UTC unless it names a zone)")
     limit: int = Field(default=50, ge=1, le=1000, description="edits listed, newest first")
+    ids: bool = Field(default=True, description="each forget's and relabel's point ids (false: left out, `points` "
+                                                "counts them): a forget of 72,000 points lists 2.9 MB of them")
 
 
 class SuspectsQuery(BaseModel):

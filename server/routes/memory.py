@@ -403,6 +403,8 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
             service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since))
     except ValueError as exc:  # a `since` that is no date
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+    if not q.ids:
+        entries = [e.model_copy(update={"ids": []}) if e.ids else e for e in entries]
     return HistoryOut(entries=entries, earlier=earlier)
 
 

@@ -441,7 +441,7 @@ async function loadHistory() {
   const list = $("history-list");
   let resp;
   try {
-    resp = await fetch("v1/memory/history?limit=20");
+    resp = await fetch("v1/memory/history?limit=20&ids=false");  // counts are shown, not ids: a big forget's are MBs
   } catch (err) {
     const li = document.createElement("li");
     li.textContent = `history unavailable: the service did not answer (${err})`;
