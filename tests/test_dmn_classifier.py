@@ -235,6 +235,17 @@ def test_streams_kept_by_path_before_are_taken_by_their_memory_not_by_a_newer_on
     newer.close()
 
 
+def test_a_qdrant_local_memory_takes_the_streams_an_older_vmem_kept_by_its_bare_folder(tmp_path):
+    # Before qdrant-local: memories kept their prefix (12-05), their streams were kept by the folder alone.
+    mine = clustered_memory(f"qdrant-local:{tmp_path / 'memory'}")
+    legacy = dmn_home() / memory_key(str(tmp_path / "memory"))
+    DynamicMemory(DIM, featurizer="synthetic").save(legacy / "cam1.npz")
+    mine.close()
+    again = VisualMemory(open_store(f"qdrant-local:{tmp_path / 'memory'}"), reranker=None)
+    assert again.dmn.streams() == ["cam1"] and not legacy.exists()
+    again.close()
+
+
 def test_a_read_only_stream_is_not_written(stored_memory):
     memory = stored_memory
     q, _ = queries(3)

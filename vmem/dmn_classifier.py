@@ -55,7 +55,7 @@ from retrieval.dmn import (
     text_classifier,
 )
 from retrieval.files import remove_stale_temporaries, user_folder
-from retrieval.store import DEFAULT_COLLECTION
+from retrieval.store import DEFAULT_COLLECTION, LOCAL_MODE_PREFIX, local_folder
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
 
@@ -118,6 +118,17 @@ def path_stream_dir_key(store: MemoryStore) -> str:
     return memory_key(store.location)
 
 
+def path_stream_dir_keys(store: MemoryStore) -> list[str]:
+    """Every folder older vmem versions kept this memory's streams in: `path_stream_dir_key`, and for a
+    `qdrant-local:` memory that of its bare folder, where versions before such locations kept their prefix
+    (2026-12-05) kept them."""
+    keys = [path_stream_dir_key(store)]
+    folder = local_folder(store.location) if store.location.startswith(LOCAL_MODE_PREFIX) else None
+    if folder is not None and getattr(store, "collection", DEFAULT_COLLECTION) == DEFAULT_COLLECTION:
+        keys.append(memory_key(str(folder)))
+    return keys
+
+
 def read_class_names(path: str | Path) -> dict[str, str]:
     """{label: name} for the text prompts: `retrieval.read_label_names` (TSV, `label name, ...` or a .csv)."""
     return read_label_names(path)
@@ -157,19 +168,19 @@ class DmnClassifier:
         streams written there after the memory was made, which are its own (an older memory's, deleted, would be
         older). Run when the memory's streams are first used: a classify with a stream, a listing, a copy, a
         forget of a whole label."""
-        old = self.dir.parent / path_stream_dir_key(store)
-        if old == self.dir or self.dir.exists() or not old.is_dir():
-            return
-        try:
-            made = datetime.fromisoformat(store.meta.created_at).timestamp()
-            # By when each file was written here (its ctime: a copy keeps the source's mtime, and vmem copy had
-            # copied streams with it)
-            if max((f.stat().st_ctime for f in old.glob("*.npz")), default=0.0) > made:
-                old.rename(self.dir)
-                log.info("DMN streams of %s moved from %s to %s (one folder per memory now)", store.location,
-                         old, self.dir)
-        except (OSError, ValueError) as exc:  # left where they are: a stream can be built again
-            log.warning("DMN streams in %s could not be moved to %s: %s", old, self.dir, exc)
+        for old in (self.dir.parent / key for key in path_stream_dir_keys(store)):
+            if old == self.dir or self.dir.exists() or not old.is_dir():
+                continue
+            try:
+                made = datetime.fromisoformat(store.meta.created_at).timestamp()
+                # By when each file was written here (its ctime: a copy keeps the source's mtime, and vmem copy
+                # had copied streams with it)
+                if max((f.stat().st_ctime for f in old.glob("*.npz")), default=0.0) > made:
+                    old.rename(self.dir)
+                    log.info("DMN streams of %s moved from %s to %s (one folder per memory now)", store.location,
+                             old, self.dir)
+            except (OSError, ValueError) as exc:  # left where they are: a stream can be built again
+                log.warning("DMN streams in %s could not be moved to %s: %s", old, self.dir, exc)
 
     @property
     def featurizer(self) -> Any:
