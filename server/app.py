@@ -97,7 +97,10 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     # Outermost last: metrics see every answer, including 413s from the size limit.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # An import's file has a limit of its own: an ImageNet export is gigabytes
+    import_limit = settings.max_import_bytes
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, route_limits={
+        memory_routes.IMPORT_PATH: (import_limit, memory_routes.import_too_large(import_limit))})
     if settings.cors_origins:  # closed unless origins are named
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

@@ -1,13 +1,14 @@
 """A request-body ceiling enforced while the body streams in, before any of it is parsed; and the Host names answered.
 
 `Content-Length` over the limit is refused when the route first reads the body, before a byte of it
-is read (after routing, so the 413 is counted under its route); a chunked body is counted as it arrives
+is read (after routing, so the 413 is counted under its route, and a route may have a limit of its own: an
+import's file); a chunked body is counted as it arrives
 and cut off as soon as it passes the limit, so a client cannot make the server buffer an unbounded upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -24,14 +25,24 @@ class BodyTooLarge(HTTPException):
     kind = "upload-too-large"
     title = "Upload too large"
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"the request body is over the limit of {max_bytes:,} bytes")
+    def __init__(self, max_bytes: int, detail: str | None = None) -> None:
+        super().__init__(413, detail or f"the request body is over the limit of {max_bytes:,} bytes")
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`max_bytes` for every route but those `route_limits` names by their path template: (their limit, what a
+    413 of theirs says)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, route_limits: Mapping[str, tuple[int, str]] | None = None,
+                 ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.route_limits = dict(route_limits or {})
+
+    def _limit(self, scope: Scope) -> tuple[int, str | None]:
+        """The limit of the route that reads the body (routed by then: `scope["route"]`), and its 413's detail."""
+        limit = self.route_limits.get(getattr(scope.get("route"), "path", None) or "")
+        return limit if limit is not None else (self.max_bytes, None)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: BodyTooLarge) -> None:
         response = problem_response(Request(scope), 413, exc.detail, exc.kind, exc.title)
@@ -53,13 +64,14 @@ class BodySizeLimitMiddleware:
 
         async def counting_receive() -> Message:
             nonlocal received
-            if declared > self.max_bytes:
-                raise BodyTooLarge(self.max_bytes)
+            limit, detail = self._limit(scope)
+            if declared > limit:
+                raise BodyTooLarge(limit, detail)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit, detail)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -38,7 +38,7 @@ FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededErro
                     "Other")
 EDIT_OPS = ("add", "relabel", "forget", "name")
 GEMINI_TOKEN_KINDS = ("prompt", "output", "thinking")  # the re-ranker's Usage.<kind>_tokens
-POOLS = ("embedding", "rerank", "read")
+POOLS = ("embedding", "rerank", "read", "import")
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
@@ -80,7 +80,8 @@ class Metrics:
         self.gemini_requests = Counter("vmem_gemini_requests_total", "Requests sent to Gemini, retries included",
                                        registry=r)
         self.work_queued = Gauge("vmem_work_queued", "Requests waiting for a thread of the pool (embedding: "
-                                 "classify and edits; rerank: classify with rerank=true)", ["pool"], registry=r)
+                                 "classify and edits; rerank: classify with rerank=true; import: imports)",
+                                 ["pool"], registry=r)
         self.work_running = Gauge("vmem_work_running", "Requests running on a thread of the pool", ["pool"],
                                   registry=r)
         # Every series from the start: a counter first seen at its first event makes that event invisible to

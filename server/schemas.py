@@ -308,6 +308,31 @@ class ExportQuery(PointsFilter):
     """Which points to export with their vectors (all of them by default)."""
 
 
+def _file_name_only(name: str) -> str:
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError("a file's name, not a path: no / or \\")
+    return name
+
+
+class ImportQuery(BaseModel):
+    """How to import the .npz file sent (`vmem import`'s options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    featurizer: str | None = Field(
+        default=None, min_length=1, max_length=1024, pattern=r"\S",
+        description="the encoder that made the vectors, for a file `vmem export` did not write (e.g. `dinov2-small`): "
+                    "it must be the memory's (`GET /v1/memory/stats`). A vmem export names its own")
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
+                              description="only the rows of this label")
+    relabel: bool = Field(default=False, description="a point already in memory under another label takes the "
+                                                     "file's (journaled as a relabel); by default it keeps its own")
+    dry_run: bool = Field(default=False, description="answer what would be imported and skipped; write nothing")
+    filename: Annotated[FileName, AfterValidator(_file_name_only)] = Field(
+        default="points.npz", min_length=1,
+        description="the file's name, as the answer and the memory's history name the import")
+
+
 class HistoryQuery(BaseModel):
     """Which of the memory's edits to list."""
 
@@ -492,6 +517,45 @@ class ForgetLikeOut(ForgetOut):
     min_similarity: float = Field(description="the threshold the points were chosen by")
     matched: list[SimilarPointOut] = Field(description="the points at least `min_similarity` similar to the image, "
                                                        "most similar first (at most 1,000: more is refused)")
+
+
+class OtherLabelOut(Answer):
+    """A point of the file the memory holds under another label."""
+
+    source: str = Field(description="the point's source")
+    stored: str = Field(description="its label in the memory")
+    file: str = Field(description="its label in the file")
+
+
+class ImportOut(Answer):
+    """What an import did with the rows of the file sent (or with `dry_run`, would do): `vmem import`'s report."""
+
+    file: str = Field(description="the file's name (`filename`)")
+    sha256: str = Field(description="the file's sha256, as the memory's history records it")
+    format: Literal["vmem-points", "vectors"] = Field(
+        description="`vmem-points`: a vmem export; `vectors`: vectors made elsewhere")
+    featurizer: str = Field(description="the encoder that made the vectors")
+    dim: int = Field(description="the vectors' dimension")
+    rows: int = Field(description="rows in the file")
+    chosen: int = Field(description="rows of `label` (all rows without one)")
+    added: int = Field(description="points added (with `dry_run`: that would be)")
+    added_per_label: dict[str, int] = Field(description="points added per label, most first")
+    already_in_memory: int = Field(description="rows whose point the memory holds already, with the same label")
+    duplicates: int = Field(description="rows repeating an earlier row's point, not imported twice")
+    other_labels: int = Field(description="rows whose point the memory holds under another label")
+    other_label: list[OtherLabelOut] = Field(description="the first 100 of them")
+    relabelled: bool = Field(description="those took the file's label (`relabel`; with `dry_run`, would take it); "
+                                         "else they kept their own")
+    skipped: dict[str, int] = Field(description="rows that cannot be points, per reason (NaN values, a zero vector, "
+                                                "an empty or bad label, source or id)")
+    skipped_rows: dict[str, list[int]] = Field(description="per reason, the first few skipped rows (from 0)")
+    names: dict[str, str] = Field(description="label names an export gave (or would give)")
+    vote: dict[str, Any] | None = Field(description="an export's tuned vote settings carried into a memory without "
+                                                    "its own (or that would be)")
+    dry_run: bool = Field(description="true: nothing was written")
+    memory_points: int = Field(description="points in the memory afterwards")
+    seconds: float = Field(description="how long the import took (not the upload)")
+    summary: str = Field(description="the same, for people, as `vmem import` says it")
 
 
 class EraseOut(Answer):

@@ -36,6 +36,7 @@ from retrieval import ImageDecodeError, is_local_source, load_image, point_id_fo
 from retrieval.files import write_atomically
 from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
+from vmem.import_points import ImportReport, PointsFile
 from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
 
@@ -348,6 +349,16 @@ class ClassifierService:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
         return await self._run_on("embedding", self.executor, functools.partial(fn, *args, **kwargs))
 
+    @property
+    def import_executor(self) -> ThreadPoolExecutor:
+        """One thread for imports (`POST /v1/memory/import`): an import of a million rows runs minutes, and on the
+        embedding threads it would hold one of those classify is answered on. A second import waits for the first."""
+        return self._pool("vmem-import", 1)
+
+    async def run_import(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an import on `import_executor`."""
+        return await self._run_on("import", self.import_executor, functools.partial(fn, *args, **kwargs))
+
     async def run_reranking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work that asks Gemini on the re-ranking threads (`rerank_executor`)."""
         return await self._run_on("rerank", self.rerank_executor, functools.partial(fn, *args, **kwargs))
@@ -511,6 +522,22 @@ class ClassifierService:
                 step, pixels = [], 0
         if step:
             yield step
+
+    def import_points(self, points: PointsFile, label: str | None = None, relabel: bool = False,
+                      dry_run: bool = False) -> ImportReport:
+        """`VisualMemory.import_points` of a file `read_points_file` checked, counted as the adds, relabels and
+        names it made."""
+        names = self.memory.label_names  # a copy
+        try:
+            report = self.memory.import_points(points, label=label, relabel=relabel, dry_run=dry_run)
+        finally:
+            if not dry_run:  # the points added before a failure too (a full disk): no cached answer outlives them
+                self._edited()
+        if not dry_run:
+            self.metrics.edits.labels("add").inc(report.added)
+            self.metrics.edits.labels("relabel").inc(len(report.other_label) if report.relabel_applied else 0)
+            self._count_names_since(names)
+        return report
 
     def set_label_names(self, names: dict[str, str], replace: bool) -> dict[str, str]:
         before = dict(self.memory.label_names)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(default=False, description="let anyone edit the memory (only for a trusted network)")
 
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_import_bytes: int = Field(
+        default=4 * 1024**3, ge=1024, description="largest .npz file `POST /v1/memory/import` takes (an export of "
+        "ImageNet's 1.28M images is about 2.0 GB at 384-d, 4.0 GB at 768-d); `vmem import` on the host takes any size")
     max_batch_images: int = Field(default=32, ge=1, le=MOST_BATCH_IMAGES,
                                   description="most images in one batch or add request")
     log_format: Literal["text", "json"] = Field(

@@ -18,6 +18,7 @@ from .schemas import FileName
 M = TypeVar("M", bound=BaseModel)
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
 OPTIONS_IN_QUERY = "options go in the query string (e.g. `?k=5&vote=rank`), not in the form"
 
 

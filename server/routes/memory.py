@@ -6,17 +6,19 @@ import errno
 import functools
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from retrieval import ImageDecodeError, first_occurrences
+from retrieval import FeaturizerMismatchError, ImageDecodeError, first_occurrences
 from vmem import UnknownPointError, VoteSettings
+from vmem.import_points import ImportReport, PointsFileError, read_points_file
 
 from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_key
 from ..problems import ProblemError, problem_responses
@@ -37,8 +39,11 @@ from ..schemas import (
     ForgetQuery,
     HistoryOut,
     HistoryQuery,
+    ImportOut,
+    ImportQuery,
     LabelNamesIn,
     LabelNamesOut,
+    OtherLabelOut,
     PointLabelIn,
     PointOut,
     PointsOut,
@@ -53,7 +58,7 @@ from ..schemas import (
     printable,
 )
 from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable, Upload
-from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
+from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, require_media_type, too_many_images
 from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
@@ -518,6 +523,108 @@ async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep,
     return FileResponse(folder / "points.npz", media_type="application/octet-stream", filename="points.npz",
                         headers={"X-Vmem-Points": str(n)},
                         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+
+IMPORT_PATH = "/v1/memory/import"
+_WRITE_BYTES = 4 << 20  # the upload is written to its file this much at a time, off the event loop
+
+
+def import_too_large(limit: int) -> str:
+    """What a 413 of `POST /v1/memory/import` says."""
+    return (f"the file is over the limit of {limit:,} bytes ({limit / 2**30:.1f} GiB) for an import over HTTP: raise "
+            "it (VMEM_MAX_IMPORT_BYTES), or import the file with `vmem import FILE` on the server's host")
+
+
+def _write(f: BinaryIO, data: bytearray) -> None:
+    f.write(data)
+
+
+def _no_room(reason: str) -> ProblemError:
+    return ProblemError(507, f"the file did not fit in the server's temporary folder ({reason}): give the server "
+                             "more room (TMPDIR), or import the file with `vmem import FILE` on the server's host",
+                        "import-disk-full", "No room for the file")
+
+
+async def _receive_file(request: Request, path: FilePath) -> None:
+    """The request's body into `path`, a few MB at a time: never all in RAM. 507 where the folder has no room (said
+    before a byte is read where the body's length is declared)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > (free := shutil.disk_usage(path.parent).free):
+        raise _no_room(f"{int(declared):,} bytes sent, {free:,} free")
+    buffer = bytearray()
+    try:
+        with open(path, "wb") as f:
+            async for chunk in request.stream():
+                buffer += chunk
+                if len(buffer) >= _WRITE_BYTES:
+                    await run_in_threadpool(_write, f, buffer)
+                    buffer.clear()
+            await run_in_threadpool(_write, f, buffer)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_room(exc.strerror or str(exc)) from None
+        raise
+
+
+@router.post(
+    "/import",
+    summary="Import points with their vectors from an .npz file",
+    response_model=ImportOut,
+    responses=problem_responses(401, 403, 409, 413, 415, 422, 503, 507),
+    openapi_extra={"requestBody": {"required": True, "content": {OCTET_STREAM: {"schema": {
+        "type": "string", "format": "binary", "description": "the .npz file"}}}}},
+)
+async def import_points(request: Request, q: Annotated[ImportQuery, Query()], service: ServiceDep,
+                        _: ApiKeyDep) -> ImportOut:
+    """Add the points of an `.npz` file, sent as the body, with their vectors, nothing embedded (`vmem import`): one
+    `GET /v1/memory/export` or `vmem export` wrote (ids, labels, sources, tags, pruning and label names carried as
+    stored), or vectors made elsewhere with their labels (and sources), by the encoder `featurizer` names, which must
+    be the memory's. Rows that cannot be points are skipped and counted; points the memory holds already are
+    skipped, and under another label keep theirs unless `relabel`. `dry_run` answers what would be done.
+
+    `Content-Type: application/octet-stream`, e.g. `curl -T points.npz -X POST -H 'Content-Type:
+    application/octet-stream'`. The file is written to the server's temporary folder as it arrives (never all in
+    RAM), imported on a thread of its own (classify goes on meanwhile; a second import waits for the first), and
+    deleted. At most `VMEM_MAX_IMPORT_BYTES` (413 past it). Journaled as the CLI's import is. Requires the API key.
+    """
+    require_media_type(request, OCTET_STREAM)
+    started = threading.Event()
+    folder = FilePath(tempfile.mkdtemp(prefix="vmem-import-"))
+    path = folder / q.filename
+
+    def said(exc: Exception) -> str:  # the file by the name the client gave it, the options as HTTP takes them
+        return str(exc).replace(str(path), q.filename).replace("--featurizer NAME", "featurizer=NAME")
+
+    def work() -> ImportReport:
+        started.set()
+        try:
+            return service.import_points(read_points_file(path, q.featurizer), label=q.label, relabel=q.relabel,
+                                         dry_run=q.dry_run)
+        finally:  # once it ran, here: the client gone meanwhile does not stop it
+            shutil.rmtree(folder, ignore_errors=True)
+
+    try:
+        await _receive_file(request, path)
+        report = await unless_the_client_leaves(request, service.run_import(work))
+    except PointsFileError as exc:
+        raise ProblemError(422, said(exc), "bad-points-file", "The file cannot be imported") from None
+    except FeaturizerMismatchError as exc:
+        raise ProblemError(409, said(exc), "featurizer-mismatch", "Vectors of another encoder") from None
+    except ValueError as exc:  # a label that is another label's name: nothing written
+        raise ProblemError(422, said(exc), "invalid-parameters", "Invalid parameters") from None
+    finally:
+        if not started.is_set():  # refused, or the client gone, before the import ran
+            shutil.rmtree(folder, ignore_errors=True)
+    report.file = q.filename
+    return ImportOut(
+        file=q.filename, sha256=report.sha256, format=report.format, featurizer=report.featurizer, dim=report.dim,
+        rows=report.rows, chosen=report.chosen, added=report.added, added_per_label=report.added_per_label,
+        already_in_memory=report.already_in_memory, duplicates=report.duplicates,
+        other_labels=len(report.other_label),
+        other_label=[OtherLabelOut(source=src, stored=old, file=new) for src, old, new in report.other_label[:100]],
+        relabelled=report.relabel_applied, skipped=dict(report.skipped.most_common()),
+        skipped_rows=report.skipped_rows, names=report.names, vote=report.vote, dry_run=report.dry_run,
+        memory_points=report.memory_points, seconds=round(report.seconds, 3), summary=report.summary())
 
 
 @router.get("/points/{point_id}", summary="One memory point", response_model=PointOut,
