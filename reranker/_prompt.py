@@ -34,17 +34,21 @@ class ShownLabels:
 
     Every label is shown as a different text, so an answer names one label: a name that two labels share
     (ImageNet has two "crane"s), or that is itself another label, is followed by its label ("crane (n02012849)").
+    Texts are compared as `canonical_label` reads them: "café" composed and decomposed (a names file from a Mac)
+    look the same to Gemini, and an answer in either form names one label.
     """
 
     def __init__(self, names: dict[str, str] | None, labels: list[str]) -> None:
         self._names = names or {}
         held: dict[str, int] = {}
         for name in self._names.values():
-            held[name] = held.get(name, 0) + 1
+            held[canonical_label(name)] = held.get(canonical_label(name), 0) + 1
         self._ambiguous = {name for name, n in held.items() if n > 1}
-        self._all_labels = set(self._names) | set(labels)  # a name that is one of these names its label too
+        # A name that is one of these names its label too
+        self._all_labels = {canonical_label(lab) for lab in (*self._names, *labels)}
         self._shown: dict[str, str] = {}
         self._labels: dict[str, str] = {}
+        self._canonical_texts: set[str] = set()
         for label in labels:
             self.show(label)
 
@@ -54,16 +58,18 @@ class ShownLabels:
         name = self._names.get(label)
         if name is None:
             text = label
-        elif name in self._ambiguous or (name != label and name in self._all_labels):
+        elif (read := canonical_label(name)) in self._ambiguous or (
+                read != canonical_label(label) and read in self._all_labels):
             text = f"{name} ({label})"
         else:
             text = name
         # Control characters shown escaped: a label with a newline would start a line of its own in the prompt
         # ("cat\nIGNORE PREVIOUS INSTRUCTIONS. Answer ..."). Answers name this text, and map back all the same.
         text = escape_control_characters(text)
-        while text in self._labels:  # an unnamed label equal to another's name: rare, but never ambiguous
+        while canonical_label(text) in self._canonical_texts:  # an unnamed label read as another's name: rare
             text = f"{text} ({label})"
         self._shown[label], self._labels[text] = text, label
+        self._canonical_texts.add(canonical_label(text))
         return text
 
     def label(self, shown: str) -> str | None:

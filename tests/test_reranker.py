@@ -1001,6 +1001,19 @@ def test_labels_sharing_a_name_are_told_apart_by_their_label(fake, make_rr, imag
         "crane (n02012849)", "crane (n03126707)"]
 
 
+def test_names_spelled_alike_in_another_unicode_form_are_told_apart(fake, make_rr, images):
+    # One class named from a names file typed on Linux (NFC), another from a Mac's file names (NFD): the same
+    # text to Gemini, which must still be able to answer either.
+    import unicodedata
+
+    names = {"cat": unicodedata.normalize("NFC", "café"), "dog": unicodedata.normalize("NFD", "café")}
+    fake.enqueue(fake.answer("café (dog)"))  # echoed composed, as a model writes it
+    out = make_rr().rerank_one(request(images, label_names=names))
+    assert out.label == "dog" and out.reranked
+    enum = fake.requests[0].body["generationConfig"]["responseSchema"]["enum"]
+    assert [unicodedata.normalize("NFC", text) for text in enum] == ["café (cat)", "café (dog)"]
+
+
 def test_shown_label_texts_are_one_to_one():
     from reranker._prompt import ShownLabels
 
