@@ -191,3 +191,27 @@ def test_a_path_typed_in_another_case_is_spelled_as_a_case_insensitive_disk_list
     assert on_disk_spelling(tmp_path / "data" / "CATS") == str(tmp_path / "Data" / "cats")
     assert on_disk_spelling(str(tmp_path / "Data" / "cats")) == str(tmp_path / "Data" / "cats")  # as given
     assert on_disk_spelling(tmp_path / "nowhere") == str(tmp_path / "nowhere")
+
+
+def test_a_terminal_that_is_not_utf8_is_shown_every_label_escaped(lite0, tmp_path):
+    # A Latin-1 terminal or pipe (LANG=de_DE.ISO-8859-1): a label it cannot show ended the command in a traceback.
+    # It is written escaped as JSON escapes text, so that `--json` stays JSON; what Latin-1 holds is written so.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.add([make_image((200, 30, 30)), make_image((30, 200, 30)), make_image((120, 70, 30))],
+            ["猫", "🐱", COMPOSED], sources=["/a.png", "/b.png", "/c.png"])
+    mem.close()
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    for command in (["labels"], ["labels", "--json"]):
+        out = subprocess.run([sys.executable, "-m", "vmem", *command, "--memory", str(tmp_path / "memory")],
+                             capture_output=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr.decode("latin-1")
+        text = out.stdout.decode("latin-1")
+        if "--json" in command:
+            assert {json.loads(line)["label"] for line in text.splitlines()} == {"猫", "🐱", COMPOSED}
+        else:
+            assert "\\u732b" in text and "\\ud83d\\udc31" in text and COMPOSED in text, text

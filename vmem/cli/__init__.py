@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import inspect
+import io
+import json
 import logging
+import sys
 
 import typer
 from typer.core import TyperGroup
@@ -26,6 +30,7 @@ class _Commands(TyperGroup):
 
     def main(self, *args, **kwargs):
         _flags_without_a_type(self)
+        _escape_what_stdout_cannot_encode()
         return super().main(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]  # click passes typer's Context, a subclass
@@ -47,6 +52,30 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
             typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None
+
+
+def _json_escapes(exc: UnicodeError) -> tuple[str, int]:
+    """Characters an encoding lacks, written as JSON escapes them (`\\u732b`; an emoji as its two surrogates)."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    return "".join(json.dumps(c)[1:-1] for c in exc.object[exc.start:exc.end]), exc.end
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """A terminal or pipe that is not UTF-8 (LANG=de_DE.ISO-8859-1) gets what it cannot encode escaped: a label
+    such as `猫` ended the command in a UnicodeEncodeError. As JSON escapes, so that `--json` stays JSON. stderr
+    escapes so already (Python's own `backslashreplace`); ASCII, click writes as UTF-8."""
+    stream = sys.stdout
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(stream, io.TextIOWrapper) or not encoding:
+        return
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return
+    if name not in ("utf-8", "ascii") and stream.errors == "strict":
+        codecs.register_error("vmem-json-escapes", _json_escapes)
+        stream.reconfigure(errors="vmem-json-escapes")
 
 
 # What an interrupted command leaves, and how to go on.
