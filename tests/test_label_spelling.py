@@ -215,3 +215,27 @@ def test_a_terminal_that_is_not_utf8_is_shown_every_label_escaped(lite0, tmp_pat
             assert {json.loads(line)["label"] for line in text.splitlines()} == {"猫", "🐱", COMPOSED}
         else:
             assert "\\u732b" in text and "\\ud83d\\udc31" in text and COMPOSED in text, text
+
+
+def test_info_and_suspects_write_labels_and_folders_as_the_other_outputs_do(lite0, tmp_path):
+    # `vmem info` showed a folder 猫 the build read as /.../\u732b, and `suspects --json` escaped what
+    # `classify --json`, `points --json` and `labels --json` write as it is.
+    for label, colour in (("猫", (200, 30, 30)), ("🐱", (190, 40, 30)), (COMPOSED, (30, 40, 220))):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "train" / label / f"{i}.png").write_bytes(make_image((colour[0] - 9 * i, *colour[1:]),
+                                                                             fmt="PNG"))
+    runner, memory = CliRunner(), str(tmp_path / "memory")
+    built = runner.invoke(app, ["build", str(tmp_path / "train" / "猫"), "--label", "猫", "--memory", memory,
+                                "--featurizer", "efficientnet-lite0", "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    for label in ("🐱", COMPOSED):
+        assert runner.invoke(app, ["build", str(tmp_path / "train" / label), "--label", label, "--memory", memory,
+                                   "--workers", "0"]).exit_code == 0
+    info = runner.invoke(app, ["info", "--memory", memory])
+    assert f'"{tmp_path / "train" / "猫"}"' in info.stdout, info.stdout
+    as_json = runner.invoke(app, ["info", "--json", "--memory", memory])
+    assert '"猫": 2' in as_json.stdout and '"🐱": 2' in as_json.stdout, as_json.stdout
+    suspects = runner.invoke(app, ["suspects", "--json", "--min-share", "0", "--k", "3", "--memory", memory])
+    assert suspects.exit_code == 0 and suspects.stdout, suspects.output
+    assert all(line.count('"label": "') == 1 and "\\u" not in line for line in suspects.stdout.splitlines())

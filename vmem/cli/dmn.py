@@ -124,7 +124,7 @@ def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: Qdra
         info = {"stream": stream, "path": str(mem.dmn.stream_path(stream)), "featurizer": s.featurizer,
                 "slots": s.slots, "entries": len(s), "queries_seen": s.updates, "labels": per_label}
     if json_out:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
     typer.echo(f"stream   {stream} ({info['path']})")
     typer.echo(f"entries  {len(s)} in {len(per_label)} labels, {s.slots} slots each; {s.updates} queries seen")

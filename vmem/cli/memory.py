@@ -1075,7 +1075,7 @@ def info(
     with mem:
         stats = mem.stats()
     if json_out:
-        typer.echo(json.dumps(stats, indent=2))
+        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
         return
     f = stats["featurizer"]
     typer.echo(f"memory     {stats['location']}")
@@ -1094,4 +1094,4 @@ def info(
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     if stats["settings"]:
-        typer.echo(f"settings   {json.dumps(stats['settings'])}")
+        typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")

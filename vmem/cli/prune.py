@@ -104,7 +104,7 @@ def suspects(
         for s in found[:limit]:
             if as_json:
                 typer.echo(json.dumps({**s.model_dump(), "label_name": names.get(s.label),
-                                       "suggested_name": names.get(s.suggested)}))
+                                       "suggested_name": names.get(s.suggested)}, ensure_ascii=False))
             else:
                 typer.echo(f"{s.id}\t{named_label(s.label, names)}\t-> {named_label(s.suggested, names)}\t"
                            f"share {s.share:.2f} (own {s.own_share:.2f})\t{one_line(s.source)}")

@@ -21,7 +21,8 @@ def list_templates(json_out: Annotated[bool, typer.Option("--json", help="one JS
         t = e.template
         if json_out:
             typer.echo(json.dumps({"name": t.name, "version": t.version, "hash": t.content_hash, "origin": e.origin,
-                                   "agentic": t.agentic, "path": str(e.path), "description": t.description}))
+                                   "agentic": t.agentic, "path": str(e.path), "description": t.description},
+                                  ensure_ascii=False))
         else:
             typer.echo(f"{t.name:<16} v{t.version:<3} {e.origin:<8} {t.content_hash}  {t.description}")
     for stem, err in sorted(reg.errors.items()):
