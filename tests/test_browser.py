@@ -581,6 +581,33 @@ def test_labels_named_as_a_javascript_objects_own_properties_are_labels_like_any
     mem.close()
 
 
+def test_the_label_filter_finds_a_label_or_name_typed_in_the_other_unicode_form(browser, tmp_path, lite0):
+    import unicodedata
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A name pasted from a Mac's file name is decomposed (e + a combining accent), a typed one composed: the same
+    # text on screen, and the filter had found neither spelling by the other
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.relabel("café", label="red")  # stored composed
+    mem.set_label_names({"green": unicodedata.normalize("NFD", "crème")})  # a name is stored as given
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+        rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
+        box = browser.find_element(By.ID, "label-filter")
+        box.send_keys(unicodedata.normalize("NFD", "Café"))
+        wait.until(lambda d: rows(d) == ["café\n4"])
+        box.clear()
+        box.send_keys(unicodedata.normalize("NFC", "crème"))
+        wait.until(lambda d: [unicodedata.normalize("NFC", r) for r in rows(d)] == ["crème (green)\n4"])
+    mem.close()
+
+
 def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, named_page_url):
     from selenium.webdriver.common.by import By
 

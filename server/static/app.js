@@ -377,17 +377,23 @@ async function showLabel(label, name, cursor = null) {
   }
 }
 
+// A label or name as the filters compare it: "café" pasted from a Mac's file name is decomposed (e + a combining
+// accent), typed it is composed; the same text on screen, and neither had found the other.
+function folded(text) {
+  return (text || "").normalize("NFC").toLowerCase();
+}
+
 // The labels-box list: every label (most points first), filtered by label or name as the user types; how many
 // matched is said to a screen reader then (`say`), not at each reload of the stats.
 function listLabels(say = false) {
-  const wanted = $("label-filter").value.trim().toLowerCase();
+  const wanted = folded($("label-filter").value.trim());
   const list = $("label-list");
   list.replaceChildren();
   let hidden = 0;
   for (const label of labelsByPoints) {
     const count = perLabel[label];
     const name = labelNames[label];
-    if (wanted && !label.toLowerCase().includes(wanted) && !(name || "").toLowerCase().includes(wanted)) continue;
+    if (wanted && !folded(label).includes(wanted) && !folded(name).includes(wanted)) continue;
     if (list.children.length >= 500) { hidden++; continue; } // a 21k-class memory: filter to reach the rest
     const li = document.createElement("li");
     li.dataset.label = label;
@@ -415,10 +421,10 @@ function listLabels(say = false) {
 // can be offered: a catalogue's 50,000 had offered its first 2,000 only.
 const LABEL_OPTIONS_MAX = 2000;
 function fillLabelOptions(typed = "") {
-  const needle = typed.trim().toLowerCase();
+  const needle = folded(typed.trim());
   const matching = needle && labelsByPoints.length > LABEL_OPTIONS_MAX
-    ? labelsByPoints.filter((l) => l.toLowerCase().includes(needle) ||
-      (Object.hasOwn(labelNames, l) ? labelNames[l] : "").toLowerCase().includes(needle))
+    ? labelsByPoints.filter((l) => folded(l).includes(needle) ||
+      folded(Object.hasOwn(labelNames, l) ? labelNames[l] : "").includes(needle))
     : labelsByPoints;
   const options = matching.slice(0, LABEL_OPTIONS_MAX).map((label) => {
     const opt = document.createElement("option");
