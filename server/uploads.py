@@ -99,9 +99,14 @@ _FILE_NAME = TypeAdapter(FileName)  # built once: a TypeAdapter compiles its val
 
 
 def _file_name(field: str, name: str | None) -> str | None:
-    """A part's file name, held to what a JSON body's `filename` may be (one line of text, 255 characters)."""
+    """A part's file name, held to what a JSON body's `filename` may be (one line of text, 255 characters).
+
+    A browser sends a name's `"` as `%22` (the HTML standard's multipart encoding, which httpx follows too): read
+    back, or `photo "x".jpg` was stored and echoed as `photo %22x%22.jpg`. Its `%0A` and `%0D` stay as sent,
+    control characters being no part of a name."""
     if not name:
         return None
+    name = name.replace("%22", '"')
     try:
         return _FILE_NAME.validate_python(name)
     except ValidationError as exc:

@@ -130,6 +130,12 @@ def test_classify_upload_predicts_the_label_and_shows_the_neighbours(client, lab
     assert body["source"] == "query.png"
 
 
+def test_an_uploaded_file_name_with_quotes_is_its_name(client):
+    # A browser writes a file name's " as %22 in the upload (the HTML standard's form encoding; httpx does too)
+    body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 1), '猫 "Tom", 2.png')).json()
+    assert body["source"] == '猫 "Tom", 2.png'
+
+
 def test_default_k_comes_from_the_memory(client):
     body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 1))).json()
     assert body["vote"]["k"] == 50 and body["vote"]["origin"] == "default"
