@@ -43,7 +43,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import not_utf8_problem, utf8_text
+from retrieval.text import escape_control_characters, not_utf8_problem, utf8_text
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 from vmem.visual_memory import NothingToSearchError
 
@@ -314,7 +314,9 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
     """The `n` classes with the lowest accuracy under one decision, and what their queries were taken for."""
 
     def shown(label: str) -> str:
-        return f"{label} ({names[label]})" if label in names else label
+        # One cell each: Markdown splits a row at a bar, and a newline ends the table
+        text = f"{label} ({names[label]})" if label in names else label
+        return escape_control_characters(text).replace("|", "\\|")
 
     lines = [f"**hardest {min(n, len(per_class.classes))} of {len(per_class.classes)} classes** "
              f"({per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",

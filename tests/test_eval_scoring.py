@@ -353,3 +353,17 @@ def test_a_memory_read_into_ram_is_every_vector_as_stored_even_if_points_come_or
     searchable = MemoryArrays.from_store(store)
     assert len(searchable) == 37 and not set(ids[:3]) & set(searchable.ids)  # as exact evaluation reads it
     store.close()
+
+
+def test_the_hardest_classes_table_keeps_a_label_with_a_bar_in_its_cell():
+    # Markdown splits a row at every |: a class "AC/DC | live" (or a name "reel | spool") took the next column's
+    # place, and a label with a newline ended the table
+    from eval.harness import hardest_classes_table
+    from eval.scoring import ClassScore, PerClass
+
+    per_class = PerClass(rule="rank", k=50, classes=[
+        ClassScore(label="AC/DC | live", queries=4, correct=1, accuracy=0.25, confused_with={"new\nline": 3}),
+        ClassScore(label="new\nline", queries=4, correct=4, accuracy=1.0, confused_with={})])
+    rows = hardest_classes_table(per_class, {"new\nline": "a | b"}).splitlines()[2:]
+    assert rows[2:] == ["| AC/DC \\| live | 4 | 25.0 | new\\nline (a \\| b) ×3 |",
+                        "| new\\nline (a \\| b) | 4 | 100.0 |  |"]
