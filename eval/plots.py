@@ -3,11 +3,15 @@ and each class's accuracy, hardest first."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .scoring import Scores
+
+log = logging.getLogger(__name__)
 
 
 def _pyplot() -> Any:
@@ -25,10 +29,64 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _fall_back_to_fonts_that_have_the_characters(fig)
+    with warnings.catch_warnings():  # one per character, twice a plot: said once instead (above)
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
+
+
+_font_chars: dict[str, set[int]] | None = None  # each installed font family's characters, read once
+_said_missing: set[str] = set()
+
+
+def _installed_font_chars() -> dict[str, set[int]]:
+    global _font_chars
+    if _font_chars is None:
+        from matplotlib import font_manager, ft2font
+
+        _font_chars = {}
+        for entry in font_manager.fontManager.ttflist:
+            if entry.name.startswith("Last Resort"):  # a box for every character: the boxes this avoids
+                continue
+            try:
+                _font_chars.setdefault(entry.name, set()).update(ft2font.FT2Font(entry.fname).get_charmap())
+            except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read
+                continue
+    return _font_chars
+
+
+def _fall_back_to_fonts_that_have_the_characters(fig) -> None:
+    """Text in characters the default font lacks (labels and names in Chinese, Japanese, ...) is drawn in an
+    installed font that has them: matplotlib draws with DejaVu Sans alone, so 猫 was a box even where a CJK font
+    is installed. Characters no installed font has are said once (a log warning), not as a UserWarning a
+    character."""
+    from matplotlib import font_manager, ft2font
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if t.get_text()]
+    used = {ord(c) for t in texts for c in t.get_text() if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties())
+    missing = used - set(ft2font.FT2Font(default).get_charmap())
+    if not missing:
+        return
+    families = [font_manager.get_font(default).family_name]
+    for family, chars in _installed_font_chars().items():
+        if missing & chars and family not in families:
+            families.append(family)
+            missing -= chars
+    if len(families) > 1:
+        for t in texts:
+            t.set_fontfamily(families)
+    if unsaid := sorted(chr(c) for c in missing if chr(c) not in _said_missing):
+        _said_missing.update(unsaid)
+        shown = ", ".join(f"{c} (U+{ord(c):04X})" for c in unsaid[:10]) + (" ..." if len(unsaid) > 10 else "")
+        log.warning("the plots draw these characters of labels or names as boxes, for no installed font has them: %s; "
+                    "install a font that does (for Chinese, Japanese and Korean: Noto Sans CJK, Debian's "
+                    "fonts-noto-cjk) and run eval again (its features are cached). The CSV and JSON files hold the "
+                    "text itself", shown)
 
 
 def plot_accuracy_vs_k(scores: Scores, path: str | Path, title: str = "") -> Path:

@@ -119,6 +119,23 @@ def test_eval_reports_each_class_by_name_and_what_it_was_taken_for(built, tmp_pa
         (tmp_path / "out" / "results.json").read_text())["variants"]["all"]["accuracy"]["rank"][4])
 
 
+def test_eval_draws_a_name_in_an_installed_font_that_has_it_and_says_which_none_has(built, tmp_path, recwarn,
+                                                                                      caplog):
+    # matplotlib draws with DejaVu Sans alone: 猫 was a box even where a CJK font is installed, and each character
+    # missing was a UserWarning of its own, twice a plot. Here ⌒ is in DejaVu Sans Mono (matplotlib ships it) and
+    # not in DejaVu Sans; no font has the private-use character.
+    root, val = built
+    lacking = chr(0x10FFFD)
+    names = tmp_path / "classes.tsv"
+    names.write_text(f"n00000001\t⌒ arcs\nn00000002\t{lacking} private\nn00000003\tchecks\n", encoding="utf-8")
+    run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache", tmp_path / "cache",
+        "--k-max", "5", "--classes", names)
+    assert (tmp_path / "out" / "per_class_accuracy.png").exists()
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    [note] = [r.getMessage() for r in caplog.records if "no installed font" in r.getMessage()]
+    assert "U+10FFFD" in note and "⌒" not in note
+
+
 def test_eval_against_a_dataset_memory_from_cached_features(built, tmp_path):
     root, val = built
     # A names file beside the dataset names its classes, as `vmem build` would have named them.
