@@ -160,6 +160,20 @@ def test_forgetting_by_a_name_is_refused_and_says_which_label_it_names(memory):
     assert memory.forget(label="purple") == 0  # neither a label nor a name: none left to forget
 
 
+def test_a_name_typed_in_the_other_unicode_form_is_still_a_name(memory):
+    # A names file written from a Mac's file names holds "crème" decomposed; a keyboard types it composed, and a
+    # relabel to it had made a new class that reads the same as red's name
+    import unicodedata
+
+    memory.set_label_names({"red": unicodedata.normalize("NFD", "crème")})
+    typed = unicodedata.normalize("NFC", "crème")
+    with pytest.raises(ValueError, match="'crème' is the name of label red, not a label of this memory: relabel"):
+        memory.relabel(typed, label="green")
+    with pytest.raises(ValueError, match="'crème' is the name of label red\\): give the label"):
+        memory.forget(label=typed)
+    assert memory.store.label_counts() == {"red": 3, "green": 3, "blue": 3}
+
+
 def test_images_added_under_a_labels_name_are_refused_and_told_the_label(memory):
     # They had made a second, unnamed class "crimson" beside red, and split its votes.
     memory.set_label_names({"red": "crimson"})

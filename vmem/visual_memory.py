@@ -65,7 +65,7 @@ from retrieval.store import (
     same_location,
     thumbnail_file,
 )
-from retrieval.text import label_forms, label_problem
+from retrieval.text import canonical_label, label_forms, label_problem
 
 if TYPE_CHECKING:
     from retrieval import Featurizer
@@ -817,13 +817,15 @@ class VisualMemory:
         """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they
         name, as a sentence for an error message ("" if none is): label filters take labels."""
         by_name: dict[str, list[str]] = {}
+        # In either Unicode form: a name from a Mac's file names is decomposed, one typed composed
         for label, name in self.store.meta.label_names.items():
-            by_name.setdefault(name.casefold(), []).append(label)
+            by_name.setdefault(canonical_label(name).casefold(), []).append(label)
         # A label the memory names is a label, even named as itself ("cat" named "Cat"), and even with no points
         # yet (names may come before the images).
         named = self.store.meta.label_names
         hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
-                 for text in dict.fromkeys(texts) if text not in named and (found := by_name.get(text.casefold()))]
+                 for text in dict.fromkeys(texts)
+                 if text not in named and (found := by_name.get(canonical_label(text).casefold()))]
         return "; ".join(hints)
 
     def unknown_labels_message(self, unknown: Sequence[str], listed_by: str) -> str:
