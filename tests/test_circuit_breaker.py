@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import closing
 
 import pytest
 from fake_gemini import FakeGemini
@@ -222,27 +223,31 @@ def test_replies_that_are_refused_are_not_an_outage(fake, neighbour_images):
         rr.close()
 
 
-def test_a_refused_key_opens_the_circuit_at_once_and_says_why(fake, reranker, neighbour_images):
+def test_a_refused_key_opens_the_circuit_at_once_and_says_why(fake, neighbour_images):
     # Every request with a bad key is refused alike: a batch had uploaded each query's ~420 KB prompt to be told so
-    # again (the breaker counted refusals as "Gemini is up").
+    # again (the breaker counted refusals as "Gemini is up"). Attempts get time enough: under load a 0.4 s attempt
+    # timed out, and its query fell back for that instead.
     fake.enqueue(*[fake.status(400, message="API key not valid. Please pass a valid API key.",
                                reason="API_KEY_INVALID")] * 1000)
-    batch = reranker.rerank_many(queries(neighbour_images, 40))
+    with closing(GeminiReranker(api_key="test-key", base_url=fake.url, cache=False, deadline_s=10,
+                                attempt_timeout_s=5, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05,
+                                concurrency=8, breaker_failures=5, breaker_cooldown_s=1.0)) as reranker:
+        batch = reranker.rerank_many(queries(neighbour_images, 40))
 
-    assert batch.reranked == 0 and fake.count <= 8  # only the queries already in flight asked
-    assert batch.fallbacks["KeyRefusedError"] == fake.count
-    assert batch.fallbacks["CircuitOpenError"] == 40 - fake.count
-    opened = next(o for o in batch.outcomes if o.error == "CircuitOpenError")
-    assert opened.fallback_reason.startswith("circuit open: Gemini rejected the request (400 INVALID_ARGUMENT): "
-                                             "API key not valid") and "Check the key given as api_key" in \
-        opened.fallback_reason and opened.fallback_reason.endswith("calls resume after a 1 s cool-down")
-    assert opened.attempts == 0
+        assert batch.reranked == 0 and fake.count <= 8  # only the queries already in flight asked
+        assert batch.fallbacks["KeyRefusedError"] == fake.count
+        assert batch.fallbacks["CircuitOpenError"] == 40 - fake.count
+        opened = next(o for o in batch.outcomes if o.error == "CircuitOpenError")
+        assert opened.fallback_reason.startswith("circuit open: Gemini rejected the request (400 INVALID_ARGUMENT): "
+                                                 "API key not valid") and "Check the key given as api_key" in \
+            opened.fallback_reason and opened.fallback_reason.endswith("calls resume after a 1 s cool-down")
+        assert opened.attempts == 0
 
-    # The key is mended (or the API enabled for its project): after the cool-down a trial call closes the circuit
-    fake.reset()
-    time.sleep(1.0)
-    assert reranker.rerank_many(queries(neighbour_images, 1, offset=100)).reranked == 1
-    assert reranker.breaker.state == "closed"
+        # The key mended (or the API enabled for its project): after the cool-down a trial call closes the circuit
+        fake.reset()
+        time.sleep(1.0)
+        assert reranker.rerank_many(queries(neighbour_images, 1, offset=100)).reranked == 1
+        assert reranker.breaker.state == "closed"
 
 
 def test_a_trip_opens_the_breaker_whatever_the_count_unless_it_is_off():
