@@ -79,10 +79,11 @@ class Metrics:
                                      "(answers from a cache cost none)", ["kind"], registry=r)
         self.gemini_requests = Counter("vmem_gemini_requests_total", "Requests sent to Gemini, retries included",
                                        registry=r)
-        self.work_queued = Gauge("vmem_work_queued", "Requests waiting for a thread of the pool (embedding: "
-                                 "classify and edits; rerank: classify with rerank=true; import: imports)",
-                                 ["pool"], registry=r)
-        self.work_running = Gauge("vmem_work_running", "Requests running on a thread of the pool", ["pool"],
+        pools = ("embedding: classify and edits; rerank: classify with rerank=true; read: history and point "
+                 "listings; import: imports")
+        self.work_queued = Gauge("vmem_work_queued", f"Requests waiting for a thread of the pool ({pools})", ["pool"],
+                                 registry=r)
+        self.work_running = Gauge("vmem_work_running", f"Requests running on a thread of the pool ({pools})", ["pool"],
                                   registry=r)
         # Every series from the start: a counter first seen at its first event makes that event invisible to
         # increase() and to alerts.

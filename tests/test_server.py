@@ -1782,6 +1782,15 @@ def test_readiness_answers_while_the_slow_reads_anyone_may_ask_are_all_busy(clie
     assert all(f.result(timeout=5) for f in busy)
 
 
+def test_the_pool_gauges_say_what_each_pool_runs(client):
+    # The help had named embedding and rerank only, though read's series were there beside them
+    metrics = client.get("/metrics").text
+    for gauge in ("vmem_work_queued", "vmem_work_running"):
+        help_line = next(line for line in metrics.splitlines() if line.startswith(f"# HELP {gauge} "))
+        for pool in ("embedding", "rerank", "read", "import"):
+            assert f'{gauge}{{pool="{pool}"}}' in metrics and f"{pool}: " in help_line, (gauge, pool)
+
+
 def test_cors_is_closed_unless_origins_are_named(make_client):
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     closed = make_client()
