@@ -816,7 +816,7 @@ def _set_vacuum_thresholds(config_path: Path) -> None:
     it stored; only the two vacuum settings are changed here, in its own file, replaced in one step.
     """
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return
     # Written by the engine with every key (null where unset), or null as a whole: written back the same way.
@@ -1001,7 +1001,7 @@ class EdgeMemoryStore(MemoryStore):
         if meta is not None and not meta_path.exists():
             self._create(meta, shard_path)
         else:
-            stored = MemoryMeta.model_validate_json(meta_path.read_text())
+            stored = MemoryMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
             if meta is not None:
                 probe = EdgeMemoryStore.__new__(EdgeMemoryStore)
                 probe.meta = stored

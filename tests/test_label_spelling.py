@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 
 import pytest
@@ -215,6 +216,26 @@ def test_a_terminal_that_is_not_utf8_is_shown_every_label_escaped(lite0, tmp_pat
             assert {json.loads(line)["label"] for line in text.splitlines()} == {"猫", "🐱", COMPOSED}
         else:
             assert "\\u732b" in text and "\\ud83d\\udc31" in text and COMPOSED in text, text
+
+
+def test_a_memory_whose_locale_is_not_utf8_reads_its_names_as_written(lite0, tmp_path):
+    # vmem.json is written in UTF-8, and was read in the locale's encoding: under an ASCII locale (LC_ALL=C without
+    # Python's UTF-8 mode) a memory naming a label 猫 was "corrupt (not UTF-8 text)", and under a Latin-1 one
+    # (LANG=de_DE.ISO-8859-1) its names read as mojibake, written back so by the next edit of the metadata.
+    import os
+    import subprocess
+    import sys
+
+    mem = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0)
+    mem.add([make_image((200, 30, 30))], ["n02123045"], sources=["/a.png"])
+    mem.set_label_names({"n02123045": f"猫 {COMPOSED}"}, replace=False)
+    mem.close()
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    out = subprocess.run([sys.executable, "-m", "vmem", "labels", "--json", "--memory", str(tmp_path / "memory")],
+                         capture_output=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr.decode("utf-8", "replace")
+    assert json.loads(out.stdout)["name"] == f"猫 {COMPOSED}"
 
 
 def test_info_and_suspects_write_labels_and_folders_as_the_other_outputs_do(lite0, tmp_path):

@@ -235,7 +235,7 @@ def eval(
     finally:
         if mem is not None:
             mem.close()
-    typer.echo((out / "table.md").read_text())
+    typer.echo((out / "table.md").read_text(encoding="utf-8"))
     if run.tuned:
         t = run.tuned
         used = t["scored_with"]

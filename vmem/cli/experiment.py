@@ -154,5 +154,5 @@ def experiment(
                           "alpha": DEFAULT_ALPHA, "tau": DEFAULT_TAU, "vmem_version": __version__,
                           "featurizer_spec": feat.spec.model_dump(mode="json"), "environment": environment()})
     written = write_experiment(result, out, plots=plots)
-    typer.echo((out / f"{result.name}.md").read_text())
+    typer.echo((out / f"{result.name}.md").read_text(encoding="utf-8"))
     typer.echo(f"{result.seconds:.1f}s; wrote {', '.join(p.name for p in written)} to {out}", err=True)
