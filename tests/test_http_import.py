@@ -168,6 +168,33 @@ def test_a_file_that_cannot_be_imported_is_a_422_saying_why(serve, tmp, body, sa
     assert list(tmp.iterdir()) == []
 
 
+def flipped(body: bytes, member: str, at: float) -> bytes:
+    """An .npz whose `member` has one bit flipped `at` this fraction of its data: its CRC fails once it is read."""
+    import struct
+    import zipfile
+
+    entry = zipfile.ZipFile(io.BytesIO(body)).getinfo(member)
+    name_len, extra_len = struct.unpack("<HH", body[entry.header_offset + 26: entry.header_offset + 30])
+    at_byte = entry.header_offset + 30 + name_len + extra_len + int(entry.compress_size * at)
+    return body[:at_byte] + bytes([body[at_byte] ^ 1]) + body[at_byte + 1:]
+
+
+def test_a_file_found_corrupt_part_way_says_what_was_added_before(serve, tmp):
+    # The vectors are read a batch at a time: a bit flipped (the CRC fails) is found once the batches before
+    # it were added. The 422 had said only "the file is corrupt", which reads as nothing written.
+    client = serve(filled=False)
+    vectors = random_unit_vectors(1500, 1280, seed=4)
+    body = flipped(npz(vectors=vectors, labels=np.array(["red"] * 1500)), "vectors.npy", at=0.9)
+    problem = assert_problem(client.post("/v1/memory/import", params={"filename": "flipped.npz",
+                                                                      "featurizer": "efficientnet-lite0"},
+                                         content=body, headers=NPZ), 422, "bad-points-file", "the file is corrupt")
+    assert "1,024 points read before it were added" in problem["detail"], problem["detail"]
+    assert client.get("/v1/memory/stats").json()["points"] == 1024
+    [add] = client.get("/v1/memory/history", params={"op": "add"}).json()["entries"]
+    assert add["points"] == 1024 and add["detail"]["import"]["interrupted"]
+    assert list(tmp.iterdir()) == []
+
+
 def test_vectors_of_another_encoder_are_a_409_naming_both(serve, tmp, tmp_path):
     client = serve()
     spec = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))

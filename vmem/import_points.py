@@ -77,8 +77,9 @@ _LATER_EXPORT_ARRAYS = {"tags": "U", "added_at": "U"}
 
 
 class PointsFileError(ValueError):
-    """A file that cannot be imported as it is; nothing was written. `option`: the argument to change where the
-    file is right but what was given with it is not (`featurizer`, `label`)."""
+    """A file that cannot be imported as it is; nothing was written, unless the file was found corrupt part-way
+    through its vectors (then it says how many points were added before). `option`: the argument to change where
+    the file is right but what was given with it is not (`featurizer`, `label`)."""
 
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(message)

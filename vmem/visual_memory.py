@@ -75,6 +75,7 @@ from .import_points import (
     ImportBatch,
     ImportReport,
     PointsFile,
+    PointsFileError,
     check_featurizer,
     payloads,
     plan_rows,
@@ -2112,9 +2113,13 @@ class VisualMemory:
                             relabel_to.setdefault(lab, []).append(pid)
                 if not dry_run and time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:
                     journal_the_adds(running=True)
-        except BaseException:
+        except BaseException as exc:
             if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
                 journal_the_adds(interrupted=True)
+                if isinstance(exc, PointsFileError) and report.added:  # found corrupt part-way: not "nothing"
+                    raise PointsFileError(
+                        f"{exc}; the {report.added:,} points read before it were added (journaled): import the "
+                        "file again once it is mended, and they are skipped", exc.option) from None
             raise
         report.added_per_label = most_first(report.added_per_label)
         if not dry_run:
