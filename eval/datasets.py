@@ -248,7 +248,7 @@ def read_real(root: str | Path, real_json: str | Path | None = None) -> EvalData
     if real_json is None:
         raise DatasetError(f"no {REAL_JSON} found in {root} or its parents")
     try:
-        real = json.loads(Path(real_json).read_text())
+        real = json.loads(Path(real_json).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{real_json} is not JSON ({exc})") from None
     if not isinstance(real, list) or not all(isinstance(labs, list) for labs in real):

@@ -67,7 +67,7 @@ def _cpu_flags() -> tuple[str, frozenset[str]]:
     flags: frozenset[str]
     vendor, flags = "", frozenset()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("vendor_id") and not vendor:
                     vendor = line.split(":", 1)[1].strip()

@@ -127,7 +127,7 @@ class FeatureCache:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Several processes may fill one cache (a test run beside a warm-up job): one writer at a time."""
-        with open(self._lock_path, "a") as fh:
+        with open(self._lock_path, "a", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -874,7 +874,7 @@ def _hold_open_lock(folder: Path) -> Any:
     is shorter than expected"). Held on an open file (fcntl), so a process that dies releases it."""
     import fcntl
 
-    fh = open(folder / OPEN_LOCK_FILE, "a")  # noqa: SIM115 - held open for the store's lifetime
+    fh = open(folder / OPEN_LOCK_FILE, "a", encoding="utf-8")  # noqa: SIM115 - held open for the store's lifetime
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -141,7 +141,7 @@ def test_a_torn_append_is_cut_off_and_nothing_else_is_lost(tmp_path):
     # A process killed mid-append: half a row, and a hash line without its row.
     with open(cache.dir / "features.f32", "ab") as fh:
         fh.write(b"\x00" * 5)
-    with open(cache.dir / "hashes.txt", "a") as fh:
+    with open(cache.dir / "hashes.txt", "a", encoding="utf-8") as fh:
         fh.write("f" * 64 + "\n" + "e" * 20)
     reopened = FeatureCache(tmp_path / "cache", enc)
     got, ok, _ = reopened.features_for(files[:2], num_workers=0)

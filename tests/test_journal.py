@@ -200,7 +200,7 @@ def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_
     location = tmp_path / "memory"
     with fill_memory(str(location), lite0, images) as mem:
         mem.forget(label="red")
-    with open(location / JOURNAL_FILE, "a") as f:
+    with open(location / JOURNAL_FILE, "a", encoding="utf-8") as f:
         f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg')  # a crash mid-write
     with VisualMemory.open(location) as mem:
         assert [e.op for e in mem.history()] == ["forget"]
@@ -221,14 +221,14 @@ def test_an_edit_after_a_torn_line_is_journaled_whole_and_a_line_that_is_no_entr
     with fill_memory(str(location), lite0, images) as mem:
         mem.forget(label="red")
     journal = location / JOURNAL_FILE
-    with open(journal, "a") as f:
+    with open(journal, "a", encoding="utf-8") as f:
         f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg')  # a crash mid-write
     with VisualMemory.open(location) as mem, caplog.at_level(logging.WARNING, logger="retrieval.journal"):
         assert mem.forget(label="blue") == 4  # appended after the torn line: it is cut off first
         assert [(e.op, e.labels) for e in mem.history()] == [("forget", {"blue": 4}), ("forget", {"red": 4})]
         assert "torn by a crash" in caplog.text
         # A journal an earlier vmem wrote such a line into: the line is skipped, the rest still read.
-        with open(journal, "a") as f:
+        with open(journal, "a", encoding="utf-8") as f:
             f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg{"at": "2026-12-05T00:00:01+00:00"}\n')
         mem.forget(label="green")
         assert [e.labels for e in mem.history()] == [{"green": 4}, {"blue": 4}, {"red": 4}]
@@ -379,7 +379,7 @@ def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole
     journal = FileJournal(tmp_path / JOURNAL_FILE)
     journal.append(entries[150:])
     journal.append(entries[:150])  # older entries after newer ones, as `vmem copy` carries them
-    with open(journal.path, "a") as f:
+    with open(journal.path, "a", encoding="utf-8") as f:
         f.write('{"at":"2030-01-01T00:00:00+00:00","op":"add"')  # torn by a crash: never shown
 
     for query, limit in itertools.product(queries, [0, 1, 5, 1000]):

@@ -1044,7 +1044,6 @@ def test_names_on_a_memory_folder_that_cannot_be_written_are_a_503_that_says_so(
     # record an edit a traceback too
     import errno
 
-    import retrieval.journal
     import retrieval.store
 
     def read_only(*args, **kwargs):

@@ -33,7 +33,7 @@ def evict_originals() -> float:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     mapped = 0
-    with open("/proc/self/maps") as maps:
+    with open("/proc/self/maps", encoding="utf-8") as maps:
         for line in maps:
             if line.rstrip().endswith(ORIGINALS):
                 start, end = (int(x, 16) for x in line.split()[0].split("-"))

@@ -37,7 +37,7 @@ class _Unused(Featurizer):
 
 def _drop_page_cache() -> None:
     os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    Path("/proc/sys/vm/drop_caches").write_text("3\n", encoding="utf-8")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def main(n: int) -> None:
     path = Path(tempfile.mkdtemp()) / "journal.jsonl"
     add = JournalEntry(at=now(), op="add", points=1, labels={"n02124075": 1}, via="http").model_dump_json() + "\n"
     target = str(uuid.uuid4())
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             f.write(add)
             if i % 100 == 0:

@@ -55,7 +55,7 @@ def machine_info() -> dict[str, Any]:
 def cpu_model() -> str:
     """The CPU's model name (platform.processor() says only "x86_64", which tells no two machines apart)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -76,7 +76,7 @@ def rss_mb(field: str = "VmRSS") -> float:
 
     NaN where /proc is not (macOS): the benchmarks still run, their memory figures unknown."""
     try:
-        lines = Path("/proc/self/status").read_text().splitlines()
+        lines = Path("/proc/self/status").read_text(encoding="utf-8").splitlines()
     except OSError:
         return float("nan")
     for line in lines:
@@ -435,7 +435,7 @@ def mapped_rss_mb(path_suffix: str) -> float:
     """Resident MB of this process's mappings of files whose path ends with `path_suffix`."""
     kb, counting = 0, False
     try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
+        lines = Path("/proc/self/smaps").read_text(encoding="utf-8").splitlines()
     except OSError:  # not Linux
         return float("nan")
     for line in lines:
