@@ -139,7 +139,8 @@ def neighbors_exact(
 def neighbors_exact_paged(store: MemoryStore, queries: np.ndarray, classes: list[str], k: int = K_MAX,
                           page: int = SCROLL_PAGE) -> tuple[NeighborTable, list[str]]:
     """`neighbors_exact` over the memory's searchable points read `page` vectors at a time: the same neighbours
-    (ties in id order, the order the store reads them in) with one page of vectors in RAM, where
+    (a tie across pages goes to the earlier page, in the store's id order; within a page, as `exact_search` orders
+    it, as `neighbors_exact` did) with one page of vectors in RAM, where
     `MemoryArrays.from_store` holds them all (6.5 GB at 1.28M x 1280) for a few dozen queries. Returns the
     table and the labels of the points searched, one per point."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
