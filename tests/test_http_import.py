@@ -250,7 +250,7 @@ def test_a_file_over_the_limit_is_a_413_saying_how_to_import_it_before_it_is_rea
     client = serve(max_import_bytes=1 << 20)
     # Its length declared: refused before a byte is read
     body = assert_problem(client.post("/v1/memory/import", content=b"\0" * (2 << 20), headers=NPZ), 413,
-                          "upload-too-large", "over the limit of 1,048,576 bytes (0.0 GiB) for an import over HTTP")
+                          "upload-too-large", "over the limit of 1,048,576 bytes (1.0 MiB) for an import over HTTP")
     assert "VMEM_MAX_IMPORT_BYTES" in body["detail"] and "vmem import FILE" in body["detail"]
     # Sent without a length: cut off once past the limit, the rest never read
     status, answer, read = post_in_chunks(client.app, (b"\0" * (64 << 10) for _ in range(1600)), NPZ)  # 100 MiB

@@ -531,7 +531,8 @@ _WRITE_BYTES = 4 << 20  # the upload is written to its file this much at a time,
 
 def import_too_large(limit: int) -> str:
     """What a 413 of `POST /v1/memory/import` says."""
-    return (f"the file is over the limit of {limit:,} bytes ({limit / 2**30:.1f} GiB) for an import over HTTP: raise "
+    shown = f"{limit / 2**30:.1f} GiB" if limit >= 2**30 else f"{limit / 2**20:.1f} MiB"  # not "0.0 GiB"
+    return (f"the file is over the limit of {limit:,} bytes ({shown}) for an import over HTTP: raise "
             "it (VMEM_MAX_IMPORT_BYTES), or import the file with `vmem import FILE` on the server's host")
 
 
