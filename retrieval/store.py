@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
-from .files import DISK_FULL_ERRNOS, remove_stale_temporaries, write_atomically
+from .files import DISK_FULL_ERRNOS, copy_folder_sparse, remove_stale_temporaries, write_atomically
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 from .preprocessing import FeaturizerError, FeaturizerSpec
 
@@ -760,6 +760,16 @@ class MemoryStore(ABC):
         """
         raise MemoryError(f"{type(self).__name__} cannot erase forgotten points on demand")
 
+    backs_up_files = False  # whether `write_backup` can copy the memory's files (an embedded memory's)
+
+    def size_on_disk(self) -> int:
+        """The disk space the memory's files take, where it has files of its own (embedded memories)."""
+        raise NotImplementedError
+
+    def write_backup(self, folder: Path) -> int:
+        """Copy the memory's files into the empty folder `folder` (embedded memories); returns the bytes written."""
+        raise NotImplementedError
+
     def flush(self) -> None:  # noqa: B027
         """Make acknowledged writes durable."""
 
@@ -888,7 +898,8 @@ def _hold_open_lock(folder: Path) -> Any:
                 "Out[n].close()") from None
         raise MemoryInUseError(
             f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
-            "the memory on a Qdrant server (--qdrant-url) to share it") from None
+            "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve backs it up itself: "
+            "POST /v1/memory/backup") from None
     return fh
 
 
@@ -1484,6 +1495,26 @@ class EdgeMemoryStore(MemoryStore):
     def flush(self) -> None:
         with self._write_lock:
             self.shard.flush()
+
+    backs_up_files = True
+
+    def size_on_disk(self) -> int:
+        """The disk blocks the memory's folder takes (its files are sparse: their sizes overstate)."""
+        return _allocated_bytes(self.path)
+
+    def write_backup(self, folder: Path) -> int:
+        """Copy the memory's files into the empty folder `folder`, as they are once the engine has flushed every
+        write to its segments, with every write waiting meanwhile (searches go on); returns the bytes written.
+
+        The engine writes its files only when asked (an update, a flush, an optimize: it has no threads of its
+        own), and each of those takes the write lock: held, the files are still, and the copy opens as this memory
+        was (the write-ahead log goes too, and what the segments already hold is not applied twice). The open
+        lock is left out: the copy is a folder of its own, opened on its own.
+        """
+        with self._write_lock:
+            self.check_available()
+            self.shard.flush()  # vmem's own rows (`rescore_doubtful`) are written through, each write synced
+            return copy_folder_sparse(self.path, folder, leave_out=lambda path: path == OPEN_LOCK_FILE)
 
     def edits_elsewhere(self) -> frozenset[str]:
         self.shard  # noqa: B018 - a closed store says so here, before its caller embeds a folder for nothing

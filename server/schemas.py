@@ -565,6 +565,30 @@ class EraseOut(Answer):
     seconds: float = Field(description="how long the rewrite took")
 
 
+BACKUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class BackupQuery(BaseModel):
+    """What to call the backup."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=BACKUP_NAME,
+                             description="the backup's folder in the server's backup folder (`VMEM_BACKUP_DIR`): "
+                                         "letters, digits, `.`, `_`, `-`, not first a dot (no path); default: the "
+                                         "time, UTC (`20261206T181500Z`)")
+
+
+class BackupOut(Answer):
+    """A copy of the memory's folder, as it was, written on the server."""
+
+    name: str = Field(description="its folder's name in the backup folder")
+    path: str = Field(description="where it is on the server: an embedded memory, opened as any other")
+    points: int = Field(description="the points it holds")
+    bytes: int = Field(description="the bytes of the memory's files copied")
+    seconds: float = Field(description="how long it took, edits waiting meanwhile (classify goes on)")
+
+
 class FeaturizerOut(Answer):
     """The encoder that made the memory's vectors."""
 

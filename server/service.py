@@ -359,6 +359,16 @@ class ClassifierService:
         """Run an import on `import_executor`."""
         return await self._run_on("import", self.import_executor, functools.partial(fn, *args, **kwargs))
 
+    @property
+    def backup_executor(self) -> ThreadPoolExecutor:
+        """One thread for backups (`POST /v1/memory/backup`): a large memory's files take a while to copy, and the
+        embedding threads answer classify meanwhile. A second backup waits for the first."""
+        return self._pool("vmem-backup", 1)
+
+    async def run_backup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a backup on `backup_executor`."""
+        return await self._run_on("backup", self.backup_executor, functools.partial(fn, *args, **kwargs))
+
     async def run_reranking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work that asks Gemini on the re-ranking threads (`rerank_executor`)."""
         return await self._run_on("rerank", self.rerank_executor, functools.partial(fn, *args, **kwargs))

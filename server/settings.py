@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         "times 50 neighbours among them (answers at a large k count for more)")
     thumbnail_dir: Path | None = Field(
         default=None, description="where thumbnails of added images are kept (default: MEMORY/thumbnails)")
+    backup_dir: Path | None = Field(
+        default=None, description="where `POST /v1/memory/backup` writes backups of the embedded memory, a folder "
+        "each (made if missing; best on another disk than the memory's); unset, backups over HTTP are refused")
     thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
     source_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
@@ -110,14 +113,14 @@ class Settings(BaseSettings):
             names.append(host)
         return names
 
-    @field_validator("thumbnail_dir", mode="after")
+    @field_validator("thumbnail_dir", "backup_dir", mode="after")
     @classmethod
-    def _a_folder(cls, value: Path | None) -> Path | None:
+    def _a_folder(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None and value.expanduser().exists() and not value.expanduser().is_dir():
-            raise ValueError(f"{value} is a file, not a folder for thumbnails")
+            raise ValueError(f"{value} is a file, not a folder for {str(info.field_name).removesuffix('_dir')}s")
         return value
 
-    @field_validator("memory", "thumbnail_dir", "source_roots", mode="after")
+    @field_validator("memory", "thumbnail_dir", "backup_dir", "source_roots", mode="after")
     @classmethod
     def _expand_home(cls, value: str | Path | list[Path] | None) -> str | Path | list[Path] | None:
         # A shell expands `~` in VMEM_MEMORY=~/memory; an env file or a systemd unit does not.

@@ -20,6 +20,7 @@ from retrieval.journal import JournalEntry
 
 from .results import (
     AddResult,
+    BackupResult,
     Classification,
     DmnDetails,
     FailedImage,
@@ -48,6 +49,7 @@ __all__ = [
     "COPY_SIMILARITY",
     "DEFAULT_FEATURIZER",
     "AddResult",
+    "BackupResult",
     "Classification",
     "DmnDetails",
     "FailedImage",

@@ -150,3 +150,12 @@ class AddResult(BaseModel):
     relabelled: dict[str, str] = Field(
         default_factory=dict, description="images already in the memory under another label: id -> the label "
                                           "they had (they take the label given, as `relabel` gives it)")
+
+
+class BackupResult(BaseModel):
+    """What `VisualMemory.backup` wrote."""
+
+    path: str = Field(description="the backup's folder: an embedded memory, opened as any other")
+    points: int = Field(description="the points it holds")
+    bytes: int = Field(description="the bytes of the memory's files copied (their holes left holes)")
+    seconds: float = Field(description="how long it took, edits waiting meanwhile")

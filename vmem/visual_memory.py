@@ -14,6 +14,7 @@ import logging
 import numbers
 import os
 import shutil
+import tempfile
 import threading
 import time
 import unicodedata
@@ -45,11 +46,12 @@ from retrieval import (
     vote,
 )
 from retrieval.feature_cache import FeatureCache
-from retrieval.files import file_sha256, on_disk_spelling
+from retrieval.files import DISK_FULL_ERRNOS, file_sha256, on_disk_spelling
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
     DEFAULT_COLLECTION,
+    EDIT_HEADROOM_BYTES,
     EXCLUDED_KEY,
     LOCAL_MODE_PREFIX,
     PRUNE_COUNT_KEY,
@@ -58,6 +60,7 @@ from retrieval.store import (
     RELIABILITY_KEY,
     SCROLL_PAGE,
     THUMBNAILS_DIR,
+    MemoryFullError,
     MemoryStoreError,
     StoredPoint,
     is_embedded_location,
@@ -88,6 +91,7 @@ from .results import (
     MAX_ALPHA,
     MAX_TAU,
     AddResult,
+    BackupResult,
     Classification,
     FailedImage,
     MemoryPoint,
@@ -1692,6 +1696,66 @@ class VisualMemory:
         self._journal("erase")
 
     # ------------------------------------------------------------------ copying
+
+    def backup(self, destination: str | Path) -> BackupResult:
+        """Copy this embedded memory's folder, as it is now, to the new folder `destination`, while it stays open:
+        classify goes on, and edits wait until the copy is made (a snapshot, not a copy of a memory being changed).
+
+        The files are copied as they are (the index is not built again: seconds where `copy_to` takes minutes), into
+        a hidden folder beside `destination` renamed to it once complete: a backup cut short (a full disk, a crash)
+        leaves nothing under its name. The backup is the same memory (the same `key`): restored in its place (the
+        service stopped, the folder moved there) it finds the DMN streams and the thumbnails kept for it outside its
+        folder. Open it beside the original only to read it; `copy_to` from it makes a memory of its own.
+
+        Args:
+            destination: a folder that does not exist yet, outside the memory's, whose parent does.
+
+        Returns:
+            where it went, its points, the bytes copied and the seconds taken.
+
+        Raises:
+            ValueError: a memory on a Qdrant server (its server's snapshots back it up), or a destination inside
+                the memory.
+            FileExistsError: something is at `destination` already.
+            MemoryFullError: too little room for it there; nothing is left under its name.
+        """
+        if not self.store.backs_up_files:
+            raise ValueError("a memory on a Qdrant server is backed up by the server: take a snapshot of its "
+                             "collection and of its journal's (Qdrant's snapshots API), or copy it into an "
+                             "embedded memory (vmem copy --to-memory DIR)")
+        dest = Path(os.path.expanduser(destination)).absolute()
+        folder = local_folder(self.store.location)
+        assert folder is not None  # an embedded memory's
+        if dest.resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"{destination} is inside the memory's folder {folder}: back it up somewhere else")
+        if os.path.lexists(dest):
+            raise FileExistsError(f"{destination} exists: a backup goes to a new folder (nothing was written)")
+        if not dest.parent.is_dir():
+            raise FileNotFoundError(f"no folder {dest.parent} to write the backup {dest.name} in")
+        need, free = self.store.size_on_disk() + EDIT_HEADROOM_BYTES, shutil.disk_usage(dest.parent).free
+        if free < need:
+            raise MemoryFullError(f"the disk holding {dest.parent} has {free / 2**20:,.0f} MB free, and a backup of "
+                                  f"this memory needs {need / 2**20:,.0f} MB (its files, and "
+                                  f"{EDIT_HEADROOM_BYTES >> 20} MB left for edits): nothing was written; free some "
+                                  "space, or back it up elsewhere")
+        started = time.perf_counter()
+        partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        try:
+            os.chmod(partial, os.stat(folder).st_mode & 0o7777)  # as the memory's (mkdtemp makes it private)
+            with self._edit_lock:  # edits of this process wait, whole: none is half in the copy
+                written = self.store.write_backup(partial)
+                points = self.store.count()
+            os.rename(partial, dest)  # refused where a folder with files was made there meanwhile
+        except BaseException as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                raise MemoryFullError(f"the backup to {destination} found the disk full ({exc.strerror}): nothing "
+                                      "was left under its name; free some space, or back it up elsewhere") from None
+            raise
+        seconds = time.perf_counter() - started
+        log.info("backed up %s (%d points, %.0f MB) to %s in %.1f s", self.store.location, points,
+                 written / 2**20, dest, seconds)
+        return BackupResult(path=str(dest), points=points, bytes=written, seconds=seconds)
 
     def copy_to(self, location: str | Path, index: IndexSettings | None = None, batch_size: int = 1024,
                 progress: Callable[[int], None] | None = None) -> tuple[MemoryStore, list[str]]:

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any, BinaryIO
 
@@ -16,7 +17,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from retrieval import FeaturizerMismatchError, ImageDecodeError, first_occurrences
+from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import ImportReport, PointsFileError, read_points_file
 
@@ -28,6 +29,8 @@ from ..schemas import (
     AddFailure,
     AddJSON,
     AddOut,
+    BackupOut,
+    BackupQuery,
     EraseOut,
     ExportQuery,
     FeaturizerOut,
@@ -295,6 +298,51 @@ async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     _check_erase(True, service)
     seconds = await service.run(service.erase)
     return EraseOut(erased=True, seconds=round(seconds, 3))
+
+
+@router.post(
+    "/backup",
+    summary="Back up the memory on the server",
+    response_model=BackupOut,
+    responses=problem_responses(401, 403, 409, 422, 503, 507),
+)
+async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> BackupOut:
+    """Copy the embedded memory's folder, as it is now, into a folder of its own under the server's backup folder
+    (`VMEM_BACKUP_DIR`; 409 while unset), named `name` or by the time: an embedded memory, restored by putting it in
+    the memory's place with the service stopped. Classify goes on meanwhile, edits wait for the copy (seconds: the
+    files are copied, no index is built), on a thread of its own (a second backup waits for the first). Refused
+    before anything is written where the disk has too little room (507), and a copy that fails midway leaves nothing
+    under the name. A memory on a Qdrant server refuses it (422): the server's snapshots back it up. Requires the
+    API key."""
+    folder = service.settings.backup_dir
+    if folder is None:
+        raise ProblemError(409, "no backup folder is set: give the service one (VMEM_BACKUP_DIR=/path, best on another "
+                                "disk than the memory's) and restart it; or stop the service and copy the memory's "
+                                "folder (vmem backup, or vmem copy)", "backups-off", "Backups are not set up")
+    if not service.memory.store.backs_up_files:
+        raise ProblemError(422, "this memory is on a Qdrant server: back it up with the server's own snapshots of "
+                                "its collection and of its journal's", "invalid-parameters", "Invalid parameters")
+    name = q.name or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+    def work() -> BackupOut:
+        folder.mkdir(parents=True, exist_ok=True)
+        done = service.memory.backup(folder / name)
+        return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
+                         seconds=round(done.seconds, 3))
+
+    try:
+        return await service.run_backup(work)
+    except FileExistsError:
+        raise ProblemError(409, f"a backup named {name} exists already: give another name, or remove it first",
+                           "backup-exists", "A backup of that name exists") from None
+    except MemoryFullError as exc:
+        raise ProblemError(507, str(exc), "backup-disk-full", "No room for the backup") from None
+    except ValueError as exc:  # the backup folder inside the memory's
+        raise ProblemError(409, f"{exc} (VMEM_BACKUP_DIR)", "backups-off", "Backups are not set up") from None
+    except PermissionError as exc:
+        raise ProblemError(503, f"the backup folder {folder} cannot be written ({exc.strerror}): nothing was "
+                                "written; make it writable for the service's user", "backup-dir-unwritable",
+                           "The backup folder cannot be written") from None
 
 
 @router.post(

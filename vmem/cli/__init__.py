@@ -83,6 +83,7 @@ _INTERRUPTED = {
     "": "what was done before it stopped is kept; run the command again to finish",
     "copy": "the destination holds the points copied so far; run the same copy again to copy the rest (points "
             "copied already are skipped)",
+    "backup": "nothing was left under the backup's name: run the command again",
     "forget": "run the same command again: points forgotten already are not chosen again, and --erase erases "
               "every point forgotten so far",
     "relabel": "run the same command again: points relabelled already are left as they are",
@@ -133,6 +134,7 @@ app.command()(memory.export)
 app.command(name="import")(memory.import_)
 app.command()(memory.history)
 app.command()(memory.copy)
+app.command()(memory.backup)
 app.add_typer(templates.app, name="templates")
 app.command()(serve)
 app.add_typer(bench_app, name="bench")

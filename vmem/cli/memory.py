@@ -739,6 +739,26 @@ def copy(
                        f"holds {dest.count():,} points")
 
 
+def backup(
+    to: Annotated[Path, typer.Option("--to", help="the backup's folder (new; its parent must exist)")],
+    memory: MemoryOpt = DEFAULT_MEMORY,
+) -> None:
+    """Copy an embedded memory's folder as it is, no index built again, into a new folder: a backup that opens
+    as the memory, restored by putting it in the memory's place. A memory `vmem serve` holds is backed up through
+    the service (POST /v1/memory/backup)."""
+    mem = open_memory(memory, None)
+    with mem:
+        try:
+            done = mem.backup(to)
+        except (ValueError, FileExistsError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--to") from None
+        except MemoryFullError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"backed up {done.points:,} points ({done.bytes / 2**20:,.1f} MB) to {done.path} in "
+               f"{done.seconds:.1f} s")
+
+
 # The points `vmem points` lists and `vmem export` writes: one set of filters, said alike.
 PointsLabelOpt = Annotated[str | None, typer.Option("--label", help="only points with this label")]
 PointsSourceOpt = Annotated[str | None, typer.Option("--source", help="only points whose source starts with this (a "

@@ -1,0 +1,223 @@
+"""Backing up an embedded memory while it stays open (`VisualMemory.backup`): the folder's files copied under the
+edit lock, a memory that opens and answers as the original did; edits wait, searches go on, and a backup cut short
+leaves nothing under its name."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from retrieval import MemoryFullError, open_store
+from retrieval import files as retrieval_files
+from retrieval import store as retrieval_store
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from tests.conftest import random_unit_vectors
+from tests.test_copy import make_memory, points_of
+from vmem import VisualMemory
+from vmem.cli import app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
+QUERIES = random_unit_vectors(5, 16, seed=9)
+AUTH = {"X-API-Key": API_KEY}
+
+
+def answers(mem: VisualMemory) -> list[list[str]]:
+    return [[n.id for n in hits] for hits in mem.search(QUERIES, 10, exact=True)]
+
+
+def test_a_backup_opens_and_answers_as_the_memory_did(tmp_path):
+    with make_memory(tmp_path / "memory") as mem:
+        # Edits made just before it: an erase, an add not yet indexed, a forget, and a pruned point (make_memory)
+        mem.forget(label="fox")
+        mem.erase_forgotten()
+        mem.store.add(random_unit_vectors(5, 16, seed=5), ["emu"] * 5, [f"/data/emu/{i}.jpg" for i in range(5)])
+        mem.forget(ids=[mem.points(label="cat").points[3].id])
+        before, searched = points_of(mem.store), answers(mem)
+        result = mem.backup(tmp_path / "backup")
+        assert (result.path, result.points) == (str(tmp_path / "backup"), 44)
+        assert 0 < result.bytes < 10 << 20  # the engine's 32 MB log files copied as the few KB written
+        assert mem.store.count() == 44  # the memory goes on, open
+        with VisualMemory(open_store(tmp_path / "backup"), reranker=None) as backup:
+            after = points_of(backup.store)
+            assert set(after) == set(before)
+            for pid, (payload, vector) in before.items():
+                assert after[pid][0] == payload
+                np.testing.assert_array_equal(after[pid][1], vector)
+            assert answers(backup) == searched
+            assert backup.store.count(searchable=True) == 43  # the pruned point still out of search
+            assert backup.label_names == {"cat": "house cat", "fox": "red fox"}
+            assert [e.op for e in backup.history()] == ["forget", "erase", "forget", "name"]
+            assert backup.key == mem.key  # the same memory: restored in its place, it finds what is kept for it
+    assert sorted(os.listdir(tmp_path)) == ["backup", "memory"]
+
+
+def test_edits_wait_for_the_backup_and_searches_go_on(tmp_path, monkeypatch):
+    copying, go_on = threading.Event(), threading.Event()
+    copy = retrieval_store.copy_folder_sparse
+
+    def slow_copy(*args, **kwargs):
+        copying.set()
+        assert go_on.wait(30)
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval_store, "copy_folder_sparse", slow_copy)
+    with make_memory(tmp_path / "memory") as mem:
+        searched = answers(mem)
+        backup = threading.Thread(target=mem.backup, args=(tmp_path / "backup",))
+        backup.start()
+        assert copying.wait(30)
+        edits = [threading.Thread(target=mem.forget, kwargs={"label": "fox"}),
+                 threading.Thread(target=mem.store.add, args=(random_unit_vectors(3, 16, seed=4), ["emu"] * 3,
+                                                              ["/e/1.jpg", "/e/2.jpg", "/e/3.jpg"]))]
+        for edit in edits:
+            edit.start()
+        assert answers(mem) == searched  # classify goes on during the copy
+        for edit in edits:
+            edit.join(0.5)
+            assert edit.is_alive()  # waiting for the copy
+        go_on.set()
+        backup.join(30)
+        for edit in edits:
+            edit.join(30)
+        assert mem.store.count() == 43
+    with open_store(tmp_path / "backup") as copied:
+        assert copied.count() == 60 and copied.count(label="fox") == 20 and copied.count(label="emu") == 0
+
+
+def test_a_backup_that_finds_the_disk_full_leaves_nothing_under_its_name(tmp_path, monkeypatch):
+    real = retrieval_files.copy_file_sparse
+    copied = []
+
+    def fills_the_disk(source, target):
+        if len(copied) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(source)
+        return real(source, target)
+
+    monkeypatch.setattr(retrieval_files, "copy_file_sparse", fills_the_disk)
+    with make_memory(tmp_path / "memory") as mem:
+        with pytest.raises(MemoryFullError, match=r"found the disk full .*nothing was left under its name"):
+            mem.backup(tmp_path / "backup")
+        assert sorted(os.listdir(tmp_path)) == ["memory"]  # neither the backup nor its partial folder
+        mem.forget(label="fox")  # the memory goes on taking edits
+        assert mem.store.count() == 40
+
+
+def test_a_backup_is_refused_before_writing_where_it_would_not_fit(tmp_path, monkeypatch):
+    with make_memory(tmp_path / "memory") as mem:
+        monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
+        with pytest.raises(MemoryFullError, match=r"1 MB free.*nothing was written"):
+            mem.backup(tmp_path / "backup")
+    assert sorted(os.listdir(tmp_path)) == ["memory"]
+
+
+@pytest.mark.parametrize(("where", "error"), [
+    ("memory/inside", "inside the memory's folder"),
+    ("taken", "exists: a backup goes to a new folder"),
+    ("no/such/folder", "no folder"),
+])
+def test_a_backup_goes_to_a_new_folder_outside_the_memory(tmp_path, where, error):
+    (tmp_path / "taken").mkdir()
+    with make_memory(tmp_path / "memory") as mem, pytest.raises((ValueError, OSError), match=error):
+        mem.backup(tmp_path / where)
+
+
+def test_a_memory_on_a_qdrant_server_is_backed_up_by_the_server(tmp_path):
+    with make_memory(f"qdrant-local:{tmp_path / 'server'}") as mem, \
+            pytest.raises(ValueError, match=r"backed up by the server.*snapshot"):
+        mem.backup(tmp_path / "backup")
+
+
+def test_vmem_backup_copies_a_memory_no_process_holds(tmp_path):
+    make_memory(tmp_path / "memory").close()
+    done = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(tmp_path / "backup")])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("backed up 60 points (") and str(tmp_path / "backup") in done.output
+    again = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(tmp_path / "backup")])
+    assert again.exit_code == 2 and "exists: a backup goes to a new folder" in again.output
+    with open_store(tmp_path / "backup") as backup:
+        assert backup.count() == 60
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture
+def serve(tmp_path, lite0, memory_images):
+    """serve(location, **settings) -> a TestClient over a fresh memory of 12 points there."""
+    opened = []
+
+    def make(location: str, **overrides) -> TestClient:
+        mem = fill_memory(location, lite0, memory_images)
+        service = create_app(Settings(**{"memory": location, "api_key": API_KEY, **overrides}), memory=mem)
+        client = TestClient(service).__enter__()
+        opened.append((client, mem))
+        return client
+
+    yield make
+    for client, mem in opened:
+        client.__exit__(None, None, None)
+        mem.close()
+
+
+def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path, serve, memory_images):
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    assert client.post("/v1/memory/backup").status_code == 401  # the API key, as every edit
+    done = client.post("/v1/memory/backup?name=nightly", headers=AUTH)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert (body["name"], body["path"], body["points"]) == ("nightly", str(tmp_path / "backups" / "nightly"), 12)
+    assert body["bytes"] > 0 and body["seconds"] >= 0
+    again = client.post("/v1/memory/backup?name=nightly", headers=AUTH)
+    assert again.status_code == 409 and again.json()["type"] == "urn:vmem:problem:backup-exists"
+    stamped = client.post("/v1/memory/backup", headers=AUTH).json()["name"]  # by default, the time (UTC)
+    assert re.fullmatch(r"\d{8}T\d{6}Z", stamped)
+    image = {"image": ("q.png", memory_images.paths[0].read_bytes(), "image/png")}
+    assert client.post("/v1/classify", files=image).status_code == 200  # the service goes on
+    with open_store(tmp_path / "backups" / "nightly") as backup:
+        assert backup.count() == 12
+
+
+@pytest.mark.parametrize("name", ["..", "../memory", "a/b", ".hidden", "", "x" * 129])
+def test_a_backups_name_is_a_plain_folder_name(tmp_path, serve, name):
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    refused = client.post("/v1/memory/backup", params={"name": name}, headers=AUTH)
+    assert refused.status_code == 422, refused.text
+    assert not (tmp_path / "backups").exists() or not os.listdir(tmp_path / "backups")
+
+
+def test_a_backup_over_http_is_refused_until_a_backup_folder_is_set(tmp_path, serve):
+    client = serve(str(tmp_path / "memory"))
+    refused = client.post("/v1/memory/backup", headers=AUTH)
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:vmem:problem:backups-off" and "VMEM_BACKUP_DIR" in refused.json()["detail"]
+
+
+def test_a_backup_with_no_room_is_a_507_before_anything_is_written(tmp_path, serve, monkeypatch):
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
+    refused = client.post("/v1/memory/backup?name=full", headers=AUTH)
+    assert refused.status_code == 507 and refused.json()["type"] == "urn:vmem:problem:backup-disk-full"
+    assert "nothing was written" in refused.json()["detail"]
+    assert os.listdir(tmp_path / "backups") == []
+
+
+def test_a_memory_on_a_qdrant_server_refuses_a_backup_over_http(tmp_path, serve):
+    client = serve(":memory:", backup_dir=tmp_path / "backups")
+    refused = client.post("/v1/memory/backup", headers=AUTH)
+    assert refused.status_code == 422 and "snapshots" in refused.json()["detail"]
