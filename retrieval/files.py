@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import threading
 import time
 import unicodedata
@@ -177,9 +178,11 @@ def copy_file_sparse(source: str | Path, target: str | Path) -> int:
     The engine preallocates its files sparse (a write-ahead-log file is 32 MB, a few KB of it written): a plain
     copy wrote every hole out as zeros. The data moves in the kernel (copy_file_range), without Python's lock."""
     written = 0
-    src = os.open(source, os.O_RDONLY)
+    src = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO does not wait for a writer
     try:
         st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(source))
         dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
         try:
             pos = 0
@@ -220,7 +223,8 @@ def _copy_range(src: int, dst: int, pos: int, length: int) -> int:
 def copy_folder_sparse(source: str | Path, target: str | Path, leave_out: Callable[[str], bool]) -> int:
     """Copy the files and folders under `source` into the existing folder `target` (`copy_file_sparse`), but those
     whose path relative to `source` `leave_out` names, and the temporary files of writes going on
-    (`write_atomically`'s: the file they replace is copied); returns the bytes written. Links are copied as links."""
+    (`write_atomically`'s: the file they replace is copied); returns the bytes written. Links are copied as links;
+    what is neither a file, a folder nor a link (a FIFO, a socket) is left out."""
     written, made = 0, [str(target)]
     for root, dirs, files in os.walk(source):
         rel = os.path.relpath(root, source)
@@ -239,10 +243,12 @@ def copy_folder_sparse(source: str | Path, target: str | Path, leave_out: Callab
             path, full = os.path.normpath(os.path.join(rel, name)), os.path.join(root, name)
             if leave_out(path) or _TEMPORARY_NAME.match(name):
                 continue
-            if os.path.islink(full):
+            mode = os.lstat(full).st_mode
+            if stat.S_ISLNK(mode):
                 os.symlink(os.readlink(full), os.path.join(into, name))
-            else:
+            elif stat.S_ISREG(mode):
                 written += copy_file_sparse(full, os.path.join(into, name))
+            # else a FIFO, a socket or a device: nothing a memory writes; opened, a FIFO had held the copy for good
     for folder in made:  # their entries too, so that a crash after the caller's rename finds every file
         _sync_folder(folder)
     return written

@@ -94,6 +94,26 @@ def test_edits_wait_for_the_backup_and_searches_go_on(tmp_path, monkeypatch):
         assert copied.count() == 60 and copied.count(label="fox") == 20 and copied.count(label="emu") == 0
 
 
+def test_a_fifo_in_the_memorys_folder_neither_holds_the_backup_nor_goes_into_it(tmp_path):
+    # Opened to be read, a FIFO waits for a writer: the backup had waited for good, holding the edit lock (every
+    # edit and, their threads taken, every classify of the service waited too), and the service would not stop
+    with make_memory(tmp_path / "memory") as mem:
+        (tmp_path / "memory" / "thumbnails").mkdir(exist_ok=True)
+        fifo = tmp_path / "memory" / "thumbnails" / "planted.jpg"
+        os.mkfifo(fifo)
+        backup = threading.Thread(target=mem.backup, args=(tmp_path / "backup",), daemon=True)
+        backup.start()
+        backup.join(10)
+        if stuck := backup.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer, for the test to end
+            backup.join(10)
+        assert not stuck
+        mem.forget(label="fox")  # the edit lock is free
+        assert sorted(os.listdir(tmp_path / "backup" / "thumbnails")) == []
+    with open_store(tmp_path / "backup") as copied:
+        assert copied.count() == 60
+
+
 def test_a_backup_that_finds_the_disk_full_leaves_nothing_under_its_name(tmp_path, monkeypatch):
     real = retrieval_files.copy_file_sparse
     copied = []
