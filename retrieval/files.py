@@ -223,35 +223,42 @@ def _copy_range(src: int, dst: int, pos: int, length: int) -> int:
 def copy_folder_sparse(source: str | Path, target: str | Path, leave_out: Callable[[str], bool]) -> int:
     """Copy the files and folders under `source` into the existing folder `target` (`copy_file_sparse`), but those
     whose path relative to `source` `leave_out` names, and the temporary files of writes going on
-    (`write_atomically`'s: the file they replace is copied); returns the bytes written. Links are copied as links;
-    what is neither a file, a folder nor a link (a FIFO, a socket) is left out."""
+    (`write_atomically`'s: the file they replace is copied); returns the bytes written. A link is copied as what it
+    points to (a folder moved to another disk and linked is in the copy; a link that points nowhere stays a link);
+    what is neither a file nor a folder (a FIFO, a socket) is left out."""
     written, made = 0, [str(target)]
-    for root, dirs, files in os.walk(source):
+    seen = {_identity(source)}  # folders walked, by what they are: a link back up is not walked round for ever
+    for root, dirs, files in os.walk(source, followlinks=True):
         rel = os.path.relpath(root, source)
         into = os.path.join(target, rel) if rel != "." else str(target)
         for name in list(dirs):
             path = os.path.normpath(os.path.join(rel, name))
-            if leave_out(path):
+            if leave_out(path) or _identity(os.path.join(root, name)) in seen:
                 dirs.remove(name)
-            elif os.path.islink(os.path.join(root, name)):  # walked as a file would not be: linked, not followed
-                os.symlink(os.readlink(os.path.join(root, name)), os.path.join(into, name))
-                dirs.remove(name)
-            else:
-                os.mkdir(os.path.join(into, name))
-                made.append(os.path.join(into, name))
+                continue
+            seen.add(_identity(os.path.join(root, name)))
+            os.mkdir(os.path.join(into, name))
+            made.append(os.path.join(into, name))
         for name in files:
             path, full = os.path.normpath(os.path.join(rel, name)), os.path.join(root, name)
             if leave_out(path) or _TEMPORARY_NAME.match(name):
                 continue
-            mode = os.lstat(full).st_mode
-            if stat.S_ISLNK(mode):
+            try:
+                mode = os.stat(full).st_mode
+            except FileNotFoundError:  # a link that points nowhere
                 os.symlink(os.readlink(full), os.path.join(into, name))
-            elif stat.S_ISREG(mode):
+                continue
+            if stat.S_ISREG(mode):
                 written += copy_file_sparse(full, os.path.join(into, name))
             # else a FIFO, a socket or a device: nothing a memory writes; opened, a FIFO had held the copy for good
     for folder in made:  # their entries too, so that a crash after the caller's rename finds every file
         _sync_folder(folder)
     return written
+
+
+def _identity(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _sync_folder(folder: str | Path) -> None:

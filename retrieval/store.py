@@ -788,10 +788,17 @@ class MemoryStore(ABC):
         self.close()
 
 
-def _allocated_bytes(folder: Path) -> int:
-    """Disk blocks the files under `folder` take (the engine preallocates sparse files: their sizes overstate)."""
-    total = 0
-    for root, _, files in os.walk(folder):
+def _allocated_bytes(folder: Path, follow_links: bool = False) -> int:
+    """Disk blocks the files under `folder` take (the engine preallocates sparse files: their sizes overstate); with
+    `follow_links`, those in the folders linked from it too (each once), as a backup copies them."""
+    total, seen = 0, set()
+    for root, dirs, files in os.walk(folder, followlinks=follow_links):
+        if follow_links:
+            here = os.stat(root)
+            if (here.st_dev, here.st_ino) in seen:  # a link back up: walked once
+                dirs[:] = []
+                continue
+            seen.add((here.st_dev, here.st_ino))
         for name in files:
             with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, name)).st_blocks * 512
@@ -1499,8 +1506,9 @@ class EdgeMemoryStore(MemoryStore):
     backs_up_files = True
 
     def size_on_disk(self) -> int:
-        """The disk blocks the memory's folder takes (its files are sparse: their sizes overstate)."""
-        return _allocated_bytes(self.path)
+        """The disk blocks the memory's folder takes (its files are sparse: their sizes overstate), with those of the
+        folders linked from it (a backup copies them)."""
+        return _allocated_bytes(self.path, follow_links=True)
 
     def write_backup(self, folder: Path) -> int:
         """Copy the memory's files into the empty folder `folder`, as they are once the engine has flushed every

@@ -114,6 +114,20 @@ def test_a_fifo_in_the_memorys_folder_neither_holds_the_backup_nor_goes_into_it(
         assert copied.count() == 60
 
 
+def test_a_backup_holds_the_files_a_link_in_the_memorys_folder_points_to(tmp_path):
+    # The engine's files moved to another disk, linked from the memory's folder: the backup had held the link,
+    # the live files themselves, changed by every edit after it ("backed up 60 points (0.0 MB)")
+    make_memory(tmp_path / "memory").close()
+    (tmp_path / "memory" / "shard").rename(tmp_path / "other-disk")
+    (tmp_path / "memory" / "shard").symlink_to(tmp_path / "other-disk")
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.backup(tmp_path / "backup").bytes > 0
+        mem.forget(label="fox")
+    assert not (tmp_path / "backup" / "shard").is_symlink()
+    with open_store(tmp_path / "backup") as copied:
+        assert copied.count() == 60 and copied.count(label="fox") == 20
+
+
 def test_a_backup_that_finds_the_disk_full_leaves_nothing_under_its_name(tmp_path, monkeypatch):
     real = retrieval_files.copy_file_sparse
     copied = []
