@@ -8,7 +8,9 @@ import errno
 import os
 import re
 import threading
+from datetime import UTC, datetime
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -221,6 +223,12 @@ def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path,
     assert again.status_code == 409 and again.json()["type"] == "urn:vmem:problem:backup-exists"
     stamped = client.post("/v1/memory/backup", headers=AUTH).json()["name"]  # by default, the time (UTC)
     assert re.fullmatch(r"\d{8}T\d{6}Z", stamped)
+    # A second unnamed backup within that second is not refused for a name the client never gave
+    (tmp_path / "backups" / f"{stamped}-2").mkdir()  # and one after it taken too
+    with patch("server.routes.memory.datetime") as clock:
+        clock.now.return_value = datetime.strptime(stamped, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        second = client.post("/v1/memory/backup", headers=AUTH)
+    assert second.status_code == 200 and second.json()["name"] == f"{stamped}-3", second.text
     image = {"image": ("q.png", memory_images.paths[0].read_bytes(), "image/png")}
     assert client.post("/v1/classify", files=image).status_code == 200  # the service goes on
     with open_store(tmp_path / "backups" / "nightly") as backup:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
 import tempfile
 import threading
@@ -325,7 +326,10 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
     name = q.name or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     def work() -> BackupOut:
+        nonlocal name
         folder.mkdir(parents=True, exist_ok=True)
+        if q.name is None:  # a second backup in the same second took the time's name: the client named none
+            name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 10**6))) if not os.path.lexists(folder / n))
         done = service.memory.backup(folder / name)
         return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
                          seconds=round(done.seconds, 3))
