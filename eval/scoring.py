@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -148,10 +148,11 @@ def neighbors_exact_paged(store: MemoryStore, queries: np.ndarray, classes: list
     labels: list[str] = []
     reliability: list[float] = []
     for batch in store.scroll(batch_size=page, with_vectors=True, payload_keys=SEARCH_PAYLOAD_KEYS):
-        kept = [p for p in batch if not p.payload.get(EXCLUDED_KEY) and p.vector is not None]  # read with_vectors
+        kept = [p for p in batch if not p.payload.get(EXCLUDED_KEY)]
         if not kept:
             continue
-        idx, sims = exact_search(q, np.stack([p.vector for p in kept if p.vector is not None]), k)
+        # Every point read with_vectors has its vector
+        idx, sims = exact_search(q, np.stack([cast(np.ndarray, p.vector) for p in kept]), k)
         idx = np.where(idx >= 0, idx + len(labels), -1)
         labels += [p.payload["label"] for p in kept]
         reliability += [float(p.payload.get(RELIABILITY_KEY, 1.0)) for p in kept]

@@ -686,7 +686,7 @@ class GeminiReranker:
             after += f"; {wait}which would pass the {ctx.deadline_s:g} s deadline"
         if exc.code == 429:  # which quota: per minute or per day, of requests or input tokens, and its limit
             quotas = [f"quota {v['quotaId']}" + (f", limit {v['quotaValue']}" if v.get("quotaValue") else "")
-                      for v in _error_details(exc, "violations") for v in v["violations"]
+                      for d in _error_details(exc, "violations") for v in d["violations"]
                       if isinstance(v, dict) and v.get("quotaId")]
             said = "".join(f"; {q}" for q in quotas)
             return QuotaExceededError(f"Gemini quota exceeded ({_status(exc)}{said}) {after}")

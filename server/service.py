@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from PIL import Image
 
@@ -349,25 +349,12 @@ class ClassifierService:
         """Run blocking work (embedding, Qdrant calls) on the service's thread pool."""
         return await self._run_on("embedding", self.executor, functools.partial(fn, *args, **kwargs))
 
-    @property
-    def import_executor(self) -> ThreadPoolExecutor:
-        """One thread for imports (`POST /v1/memory/import`): an import of a million rows runs minutes, and on the
-        embedding threads it would hold one of those classify is answered on. A second import waits for the first."""
-        return self._pool("vmem-import", 1)
-
-    async def run_import(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run an import on `import_executor`."""
-        return await self._run_on("import", self.import_executor, functools.partial(fn, *args, **kwargs))
-
-    @property
-    def backup_executor(self) -> ThreadPoolExecutor:
-        """One thread for backups (`POST /v1/memory/backup`): a large memory's files take a while to copy, and the
-        embedding threads answer classify meanwhile. A second backup waits for the first."""
-        return self._pool("vmem-backup", 1)
-
-    async def run_backup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a backup on `backup_executor`."""
-        return await self._run_on("backup", self.backup_executor, functools.partial(fn, *args, **kwargs))
+    async def run_alone(self, pool: Literal["import", "backup"], fn: Callable[..., T], *args: Any, **kwargs: Any
+                        ) -> T:
+        """Run long work, an import (`POST /v1/memory/import`: a million rows take minutes) or a backup (a large
+        memory's files take a while to copy), on a thread of its own kind's: on the embedding threads it would hold
+        one of those classify is answered on. A second of a kind waits for the first."""
+        return await self._run_on(pool, self._pool(f"vmem-{pool}", 1), functools.partial(fn, *args, **kwargs))
 
     async def run_reranking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work that asks Gemini on the re-ranking threads (`rerank_executor`)."""

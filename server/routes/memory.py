@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import shutil
 import tempfile
@@ -329,13 +330,17 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
         nonlocal name
         folder.mkdir(parents=True, exist_ok=True)
         if q.name is None:  # a second backup in the same second took the time's name: the client named none
-            name = next(n for n in (name, *(f"{name}-{i}" for i in range(2, 10**6))) if not os.path.lexists(folder / n))
+            stamp = name
+            for i in itertools.count(2):
+                if not os.path.lexists(folder / name):
+                    break
+                name = f"{stamp}-{i}"
         done = service.memory.backup(folder / name)
         return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
                          seconds=round(done.seconds, 3))
 
     try:
-        return await service.run_backup(work)
+        return await service.run_alone("backup", work)
     except FileExistsError:
         raise ProblemError(409, f"a backup named {name} exists already: give another name, or remove it first",
                            "backup-exists", "A backup of that name exists") from None
@@ -588,7 +593,7 @@ def import_too_large(limit: int) -> str:
             "it (VMEM_MAX_IMPORT_BYTES), or import the file with `vmem import FILE` on the server's host")
 
 
-def _write(f: BinaryIO, data: bytearray) -> None:
+def _write(f: BinaryIO, data: bytearray) -> None:  # one name for the writes: a test fills the disk here
     f.write(data)
 
 
@@ -658,7 +663,7 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
 
     try:
         await _receive_file(request, path)
-        report = await unless_the_client_leaves(request, service.run_import(work))
+        report = await unless_the_client_leaves(request, service.run_alone("import", work))
     except PointsFileError as exc:
         raise ProblemError(422, said(exc), "bad-points-file", "The file cannot be imported") from None
     except FeaturizerMismatchError as exc:
