@@ -189,8 +189,8 @@ class ForgetQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Many at once, as relabel takes them: one request and one erase, not one per point.
-    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000,
-                                  description="forget these points (repeat `ids`; up to 1,000)")
+    ids: list[PointIdText] | None = Field(default=None, min_length=1, max_length=1000,
+                                          description="forget these points (repeat `ids`; up to 1,000)")
     label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="forget every point with this label")
     source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",
@@ -234,8 +234,8 @@ class RelabelIn(BaseModel):
     to: Annotated[str, AfterValidator(printable)] = Field(
         min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S",
         description="the new label (a label, not a name: `vmem labels` lists both)")
-    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000,
-                                  description="point ids, as a classification's neighbours list them")
+    ids: list[PointIdText] | None = Field(default=None, min_length=1, max_length=1000,
+                                          description="point ids, as a classification's neighbours list them")
     label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
                               description="every point with this label (renames or merges a class)")
     source_prefix: ServerPath | None = Field(default=None, min_length=1, max_length=4096, pattern=r"\S",

@@ -1861,6 +1861,20 @@ def test_openapi_gives_a_generated_client_what_it_needs(client):
 
 
 @SHARED
+def test_point_ids_sent_are_uuids_as_those_answered(client):
+    # A generated client parses every id it is given as a UUID: it passes them back to forget and relabel
+    # without turning each into a string, and the service refuses an id that is no UUID (a 422), as it says.
+    spec = client.get("/openapi.json").json()
+    forget = next(p for p in spec["paths"]["/v1/memory"]["delete"]["parameters"] if p["name"] == "ids")
+    [ids, _null] = forget["schema"]["anyOf"]
+    assert ids["items"]["format"] == "uuid"
+    [ids, _null] = spec["components"]["schemas"]["RelabelIn"]["properties"]["ids"]["anyOf"]
+    assert ids["items"]["format"] == "uuid"
+    resp = client.delete("/v1/memory", params={"ids": "abc"}, headers=AUTH)
+    assert_problem(resp, 422, "invalid-parameters", "is not a point id")
+
+
+@SHARED
 def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text
