@@ -1875,6 +1875,19 @@ def test_point_ids_sent_are_uuids_as_those_answered(client):
 
 
 @SHARED
+def test_the_headers_an_answer_is_read_by_are_in_the_spec(client):
+    # An export's count is only in its header (the body is the .npz), and a running audit says when to ask again:
+    # a client generated from the spec types the headers it declares (openapi-typescript's `headers`).
+    spec = client.get("/openapi.json").json()
+    export = spec["paths"]["/v1/memory/export"]["get"]["responses"]["200"]["headers"]
+    assert export["X-Vmem-Points"]["schema"] == {"type": "integer", "minimum": 0}
+    running = spec["paths"]["/v1/memory/suspects"]["get"]["responses"]["202"]["headers"]
+    assert running["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}
+    resp = client.get("/v1/memory/export", headers=AUTH)
+    assert int(resp.headers["X-Vmem-Points"]) == 12
+
+
+@SHARED
 def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text

@@ -471,7 +471,9 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
 
 
 @router.get("/suspects", summary="Probably mislabelled points", response_model=SuspectsOut,
-            responses={202: {"model": SuspectsOut, "description": "the audit is running: ask again"},
+            responses={202: {"model": SuspectsOut, "description": "the audit is running: ask again",
+                             "headers": {"Retry-After": {"description": "seconds to wait before asking again",
+                                                         "schema": {"type": "integer", "minimum": 0}}}},
                        **problem_responses(404, 422, 500, 503)})
 async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, service: ServiceDep,
                    response: Response) -> SuspectsOut:
@@ -551,7 +553,9 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
     summary="The points with their vectors, as one .npz file",
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                     "description": "a numpy .npz file (`vmem export`'s format); `X-Vmem-Points` says how many"},
+                     "description": "a numpy .npz file (`vmem export`'s format); `X-Vmem-Points` says how many",
+                     "headers": {"X-Vmem-Points": {"description": "how many points the file holds",
+                                                   "schema": {"type": "integer", "minimum": 0}}}},
                **problem_responses(401, 403, 422, 503, 507)},
 )
 async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep, _: ApiKeyDep) -> FileResponse:
