@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from retrieval.journal import JournalOp
 from vmem import VisualMemory
 
 from . import schemas
@@ -35,6 +36,22 @@ API_VERSION = "1.0.0"
 # Request bodies declared by hand (a route takes multipart or JSON), so their schemas are added here.
 _BODY_MODELS = (schemas.ClassifyJSON, schemas.ClassifyBatchJSON, schemas.AddJSON, schemas.RelabelIn,
                 schemas.PointLabelIn, schemas.LabelNamesIn, schemas.ForgetLikeJSON, Problem)
+
+# Enums pydantic writes inline (a Literal has no name), named once: an entry's `op` and the history's `op` filter
+# were two enums in a generated client (JournalEntryOp, HistoryOpType0), and one's value was no argument for the other.
+_NAMED_ENUMS = {"JournalOp": (list(get_args(JournalOp)), "the kind of edit a journal entry records")}
+
+
+def _named_enums(node: Any) -> Any:
+    """`node` (part of a spec) with each inline enum of `_NAMED_ENUMS` replaced by a `$ref` to its schema."""
+    if isinstance(node, list):
+        return [_named_enums(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    for name, (values, _) in _NAMED_ENUMS.items():
+        if node.get("enum") == values:
+            return {"$ref": f"#/components/schemas/{name}", **{k: node[k] for k in ("description",) if k in node}}
+    return {k: _named_enums(v) for k, v in node.items()}
 
 
 def open_memory(settings: Settings) -> VisualMemory:
@@ -119,6 +136,10 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(schema.pop("$defs", {}))
                 components[model.__name__] = schema
+            spec = _named_enums(spec)
+            spec["components"]["schemas"].update({name: {"type": "string", "enum": values, "title": name,
+                                                         "description": description}
+                                                  for name, (values, description) in _NAMED_ENUMS.items()})
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -1888,6 +1888,21 @@ def test_the_headers_an_answer_is_read_by_are_in_the_spec(client):
 
 
 @SHARED
+def test_an_edits_kind_is_one_named_type_in_the_spec(client):
+    # An entry's `op` and the history's `op` filter are one enum, JournalOp: inline twice, a generated client made
+    # two (JournalEntryOp and HistoryOpType0), and an entry's op could not be passed back as the filter.
+    spec = client.get("/openapi.json").json()
+    ref = "#/components/schemas/JournalOp"
+    assert spec["components"]["schemas"]["JournalEntry"]["properties"]["op"]["$ref"] == ref
+    [op] = [p for p in spec["paths"]["/v1/memory/history"]["get"]["parameters"] if p["name"] == "op"]
+    assert {"$ref": ref} in op["schema"]["anyOf"]
+    assert spec["components"]["schemas"]["JournalOp"]["enum"][:3] == ["add", "forget", "relabel"]
+    resp = client.get("/v1/memory/history", params={"op": "add"})
+    assert resp.status_code == 200 and {e["op"] for e in resp.json()["entries"]} <= {"add"}
+    assert_problem(client.get("/v1/memory/history", params={"op": "added"}), 422, "invalid-parameters")
+
+
+@SHARED
 def test_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>vmem" in page.text
