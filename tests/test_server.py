@@ -1861,6 +1861,29 @@ def test_openapi_gives_a_generated_client_what_it_needs(client):
 
 
 @SHARED
+def test_operation_ids_stay_what_generated_clients_call(client):
+    # An operation's id is its handler's name (create_app's generate_unique_id_function), and a generated client's
+    # function: renaming a handler renames the function in every client generated after it. Change one here
+    # only on purpose, and say so in docs/service.md.
+    spec = client.get("/openapi.json").json()
+    ops = {f"{method.upper()} {path}": op["operationId"] for path, item in spec["paths"].items()
+           for method, op in item.items()}
+    assert ops == {
+        "POST /v1/classify": "classify", "POST /v1/classify/batch": "classify_batch",
+        "POST /v1/memory": "add", "DELETE /v1/memory": "forget_where",
+        "DELETE /v1/memory/points/{point_id}": "forget_point", "PATCH /v1/memory/points/{point_id}": "relabel_point",
+        "GET /v1/memory/points/{point_id}": "get_point", "POST /v1/memory/forget-like": "forget_like",
+        "POST /v1/memory/points/{point_id}/forget-like": "forget_point_like", "POST /v1/memory/erase": "erase",
+        "POST /v1/memory/backup": "backup", "POST /v1/memory/relabel": "relabel", "GET /v1/memory/stats": "stats",
+        "PUT /v1/memory/label-names": "set_label_names", "GET /v1/memory/history": "history",
+        "GET /v1/memory/suspects": "suspects", "GET /v1/memory/points": "list_points",
+        "GET /v1/memory/export": "export_points", "POST /v1/memory/import": "import_points",
+        "GET /v1/memory/points/{point_id}/thumbnail": "thumbnail", "GET /v1/templates": "list_templates",
+        "GET /healthz": "healthz", "GET /readyz": "readyz", "GET /metrics": "metrics",
+    }
+
+
+@SHARED
 def test_point_ids_sent_are_uuids_as_those_answered(client):
     # A generated client parses every id it is given as a UUID: it passes them back to forget and relabel
     # without turning each into a string, and the service refuses an id that is no UUID (a 422), as it says.
