@@ -137,6 +137,13 @@ class Journal(ABC):
     @abstractmethod
     def append(self, entries: Sequence[JournalEntry]) -> None: ...
 
+    @property
+    def newest_at(self) -> str | None:
+        """The time of the newest edit recorded, where this process knows it without asking anyone (the answer
+        log's `edit_at`): None here, and for a journal other processes write too (a Qdrant server's), where
+        knowing it would be a request per answer."""
+        return None
+
     def record(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made (`entries_for`). A journal that cannot be written is logged, not
         raised: the edit stands, and failing its call would say it did not."""
@@ -181,6 +188,16 @@ class FileJournal(Journal):
         # The service's threads edit at once: a large entry (a forget's ids) can take several writes, which
         # must not interleave with another thread's. (One process holds an embedded memory.)
         self._lock = threading.Lock()
+        self._newest_at: str | bool | None = False  # False: not read yet
+
+    @property
+    def newest_at(self) -> str | None:
+        """The newest entry's time: read from the file's last line once (an embedded memory is open in one process
+        at a time, so no other writes it meanwhile), then kept as entries are appended."""
+        with self._lock:
+            if self._newest_at is False:
+                self._newest_at = _last_time(self.path)
+            return self._newest_at  # type: ignore[return-value]  # not False once read
 
     def append(self, entries: Sequence[JournalEntry]) -> None:
         if not entries:
@@ -192,6 +209,8 @@ class FileJournal(Journal):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if self._newest_at is not False:
+                self._newest_at = max(self._newest_at or "", *(e.at for e in entries))
 
     @staticmethod
     def _cut_torn_tail(f: Any) -> None:
@@ -260,6 +279,29 @@ class FileJournal(Journal):
                     return  # torn by a crash mid-write: the edit itself was made; its entry is lost
                 if (entry := _parsed(line)) is not None:
                     yield entry
+
+
+def _last_time(path: Path) -> str | None:
+    """The `at` of a journal file's last whole line (read back from its end, in blocks), or None."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            tail = b""
+            while end > 0:
+                step = min(1 << 16, end)
+                end -= step
+                f.seek(end)
+                tail = f.read(step) + tail
+                lines = tail.split(b"\n")
+                # lines[-1]: after the last newline (empty, or torn by a crash); a whole line needs the one before it
+                if len(lines) >= 3 or (end == 0 and len(lines) >= 2):
+                    last = lines[-2].decode("utf-8", "replace")
+                    if last.startswith(_AT_OPENING) and (close := last.find('"', len(_AT_OPENING))) > 0:
+                        return last[len(_AT_OPENING) : close]
+                    return entry.at if (entry := _parsed(last + "\n")) is not None else None
+    except OSError:
+        return None
+    return None
 
 
 def _parsed(line: str) -> JournalEntry | None:

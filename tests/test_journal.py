@@ -447,3 +447,20 @@ def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
     client.scroll = no_order
     assert journal.newest(JournalQuery(op="forget"), 5) == Journal.newest(journal, JournalQuery(op="forget"), 5)
     assert "would not order its entries" in caplog.text
+
+
+def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_again(tmp_path, lite0, images):
+    location = str(tmp_path / "memory")
+    with fill_memory(location, lite0, images) as mem:
+        assert mem.store.journal.newest_at is None  # nothing journaled yet
+        mem.forget(source_prefix=str(images.paths[0]))
+        [forget] = mem.history()
+        assert mem.store.journal.newest_at == forget.at  # kept as it appends
+    with open(os.path.join(location, JOURNAL_FILE), "a", encoding="utf-8") as f:
+        f.write('{"at":"2999-01-01T00:00:00+00:00","op":"forg')  # an entry torn by a crash
+    with VisualMemory.open(location) as mem:  # another process, or a restart: read from the file's end
+        assert mem.store.journal.newest_at == forget.at
+    # On a Qdrant server, every process sharing the memory writes the journal: not known without asking
+    with fill_memory(":memory:", lite0, images) as shared:
+        shared.forget(source_prefix=str(images.paths[0]))
+        assert shared.store.journal.newest_at is None
