@@ -65,6 +65,9 @@ class Metrics:
                                         "Re-ranking asked for but the vote was used, by reason", ["reason"],
                                         registry=r)
         self.cache = Counter("vmem_result_cache_total", "Classify answer cache lookups", ["result"], registry=r)
+        self.answer_log_failures = Counter("vmem_answer_log_failures",
+                                           "Answers that VMEM_ANSWER_LOG could not log (a full or read-only disk)",
+                                           registry=r)
         self.rerank_cache = Counter("vmem_rerank_cache_total", "Re-ranker answer cache lookups", ["result"],
                                     registry=r)
         self.memory_points = Gauge("vmem_memory_points", "Points in the memory", registry=r)

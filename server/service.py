@@ -36,6 +36,7 @@ from retrieval import ImageDecodeError, is_local_source, load_image, point_id_fo
 from retrieval.files import write_atomically
 from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
+from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
 from vmem.novelty import out_of_distribution
 from vmem.results import DEFAULT_K
@@ -298,6 +299,8 @@ class ClassifierService:
         memory.on_forget(self._forgotten)
         memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
         memory.on_edited_elsewhere(self._edited_elsewhere)
+        self.answer_log = None if settings.answer_log is None else AnswerLog(
+            settings.answer_log, settings.answer_log_max_mb, on_failure=metrics.answer_log_failures.inc)
 
     def _thumbnail_dir(self) -> Path:
         if self.settings.thumbnail_dir is not None:
@@ -419,6 +422,8 @@ class ClassifierService:
             for pool in self._pools.values():
                 pool.shutdown(wait=False, cancel_futures=True)
             self._pools.clear()
+        if self.answer_log is not None:
+            self.answer_log.close()
         if self.owns_memory:
             self.memory.close()
 
@@ -620,12 +625,19 @@ class ClassifierService:
         except TemplateError:  # gone or broken since it was checked: the re-ranker says so (a 422), not this key
             return name
 
-    def classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
-        """Classify uploads; a string in the output is why that image could not be classified."""
+    def classify(self, uploads: Sequence[Upload], q: ClassifyQuery, client: str | None = None) -> list[Answer | str]:
+        """Classify uploads; a string in the output is why that image could not be classified. Each answer is logged
+        (VMEM_ANSWER_LOG), as asked by `client` (the client's address)."""
         # A memory shared with other processes: their edits first drop what they outdate. Read once for the
         # whole request (the classify below would read the edit marks again).
         with self.memory.refreshed():
-            return self._classify(uploads, q)
+            answers = self._classify(uploads, q)
+        if self.answer_log is not None:
+            done = [(a, up) for a, up in zip(answers, uploads, strict=True) if isinstance(a, Answer)]
+            self.memory.log_answers([a.result for a, _ in done],
+                                    [Asked(up.sha256, up.filename, a.cached) for a, up in done], client=client,
+                                    to=self.answer_log)
+        return answers
 
     def _classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
         size = self.settings.result_cache_size

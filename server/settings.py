@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vmem.answer_log import DEFAULT_BACKUPS, DEFAULT_MAX_MB
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE
 
 from .schemas import MOST_BATCH_IMAGES
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     backup_dir: Path | None = Field(
         default=None, description="where `POST /v1/memory/backup` writes backups of the embedded memory, a folder "
         "each (made if missing; best on another disk than the memory's); unset, backups over HTTP are refused")
+    answer_log: Path | None = Field(
+        default=None, description="a file to log every answer to, one JSON line each (time, client, the image's sha256 "
+        "and name, the label, the neighbours: `vmem answers` reads it); unset, answers are not logged")
+    answer_log_max_mb: float = Field(
+        default=DEFAULT_MAX_MB, ge=0, description=f"the answer log's size at which it is rotated (to FILE.1; "
+        f"{DEFAULT_BACKUPS} older files kept, the oldest dropped); 0 never rotates")
     thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
     source_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
@@ -113,6 +120,13 @@ class Settings(BaseSettings):
             names.append(host)
         return names
 
+    @field_validator("answer_log", mode="after")
+    @classmethod
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.expanduser().is_dir():
+            raise ValueError(f"{value} is a folder: give the answer log's file")
+        return value
+
     @field_validator("thumbnail_dir", "backup_dir", mode="after")
     @classmethod
     def _a_folder(cls, value: Path | None, info: ValidationInfo) -> Path | None:
@@ -120,7 +134,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is a file, not a folder for {str(info.field_name).removesuffix('_dir')}s")
         return value
 
-    @field_validator("memory", "thumbnail_dir", "backup_dir", "source_roots", mode="after")
+    @field_validator("memory", "thumbnail_dir", "backup_dir", "source_roots", "answer_log", mode="after")
     @classmethod
     def _expand_home(cls, value: str | Path | list[Path] | None) -> str | Path | list[Path] | None:
         # A shell expands `~` in VMEM_MEMORY=~/memory; an env file or a systemd unit does not.

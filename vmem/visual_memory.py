@@ -73,6 +73,7 @@ from retrieval.text import canonical_label, label_forms, label_problem
 if TYPE_CHECKING:
     from retrieval import Featurizer
 
+from .answer_log import AnswerLog, Asked, image_sha256
 from .export import PointBatch, check_export_path, export_meta, write_export
 from .import_points import (
     ImportBatch,
@@ -157,6 +158,15 @@ def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
                 log.warning("this memory's tuned %s (%g) is above %g, the most vote settings take now: using %g; "
                             "run vmem tune again", name, value, high, high)
     return VoteSettings(**{**bounded, "origin": "memory"})
+
+
+def _asked(image: Any) -> Asked:
+    """What the answer log keeps of an image classify was given: its bytes' sha256 and its file's name."""
+    if isinstance(image, str | Path):
+        return Asked(sha256=image_sha256(image), filename=Path(image).name)
+    if isinstance(image, bytes | bytearray):
+        return Asked(sha256=hashlib.sha256(image).hexdigest())
+    return Asked()  # decoded pixels: no bytes to name them by
 
 
 def upload_source(data: bytes | bytearray, name: str | None = None, sha256: str | None = None) -> str:
@@ -315,6 +325,8 @@ class VisualMemory:
             self.reranker = reranker
         # Who edits, as the journal records it: the CLI and the service say "cli" and "http".
         self.via = "python"
+        # Where classify logs its answers (`vmem.answer_log.AnswerLog`: `vmem answers` reads it); None: nowhere.
+        self.answer_log: AnswerLog | None = None
         # The answer cache a forget cleans when no re-ranker is built: opened on the first forget that finds
         # its file (`_rerank_cache_path`), kept open for the next.
         self._idle_rerank_cache: Any = None
@@ -383,8 +395,8 @@ class VisualMemory:
 
     def close(self) -> None:
         """Release the memory: its lock (another process, or another `open` in this one, may then open it), its
-        files, the re-ranker's connections, and save any DMN stream updates not saved yet. Closing twice is
-        harmless; `with VisualMemory.open(...) as mem:` closes it at the block's end."""
+        files, the re-ranker's connections and the answer log, and save any DMN stream updates not saved yet.
+        Closing twice is harmless; `with VisualMemory.open(...) as mem:` closes it at the block's end."""
         classifier = self.store.__dict__.get("_dmn_classifier")
         if classifier is not None:
             classifier.close()
@@ -393,6 +405,8 @@ class VisualMemory:
             reranker.close()
         if self._idle_rerank_cache is not None:
             self._idle_rerank_cache.close()
+        if self.answer_log is not None:
+            self.answer_log.close()
         self.store.close()
 
     def __enter__(self) -> VisualMemory:
@@ -663,9 +677,12 @@ class VisualMemory:
         vectors = self.featurizer.embed(images)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
-        return self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
-                                       labels=labels, rerank=rerank, template=template, exact=exact,
-                                       dmn_stream=dmn_stream, dmn=dmn)
+        results = self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
+                                          labels=labels, rerank=rerank, template=template, exact=exact,
+                                          dmn_stream=dmn_stream, dmn=dmn)
+        if self.answer_log is not None:
+            self.log_answers(results, [_asked(im) for im in images])
+        return results
 
     def classify_many(
         self,
@@ -700,6 +717,8 @@ class VisualMemory:
         results = self._classify_embedded(
             res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
             rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
+        if self.answer_log is not None:
+            self.log_answers(results, [_asked(src) for src in ok_sources])
         return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
     def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
@@ -1126,6 +1145,14 @@ class VisualMemory:
         build of a folder not all ImageNet ids leaves them unnamed on purpose."""
         if names := {label: name for label, name in names.items() if label not in self.store.meta.label_names}:
             self.set_label_names(names)
+
+    def log_answers(self, results: Sequence[Classification], asked: Sequence[Asked], client: str | None = None,
+                    to: AnswerLog | None = None) -> None:
+        """Log answers to `to` (default: `answer_log`), as given by this object's `via`, with the memory's key and
+        the time of its newest edit (`edit_at`: what `vmem history` lists after it came after the answer)."""
+        if (to := to or self.answer_log) is not None:
+            to.record(results, asked, via=self.via, client=client, memory=self.store.key,
+                       edit_at=self.store.journal.newest_at)
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""

@@ -41,7 +41,8 @@ async def classified(request: Request, service: ClassifierService, uploads: list
                      ) -> list[Answer | str]:
     run = service.run_reranking if q.rerank else service.run  # Gemini's waits must not hold the embedding threads
     try:
-        return await unless_the_client_leaves(request, run(service.classify, uploads, q))
+        client = request.client.host if request.client is not None else None  # as the access log names it
+        return await unless_the_client_leaves(request, run(service.classify, uploads, q, client))
     except NoSuchLabelsError as exc:  # its last points were forgotten or relabelled since check_labels
         raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
     except TemplateError as exc:  # removed or broken since check_template: said, not a 500

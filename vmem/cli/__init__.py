@@ -15,9 +15,9 @@ from typer.core import TyperGroup
 from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnavailableError
 from retrieval.files import NoHomeError
 
+from . import answers, experiment, memory, prune, templates
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
-from . import experiment, memory, prune, templates
 from ._common import EXIT_TEMPORARY
 from .bench import bench_app
 from .serve import serve
@@ -133,6 +133,7 @@ app.command()(memory.points)
 app.command()(memory.export)
 app.command(name="import")(memory.import_)
 app.command()(memory.history)
+app.command()(answers.answers)
 app.command()(memory.copy)
 app.command()(memory.backup)
 app.add_typer(templates.app, name="templates")

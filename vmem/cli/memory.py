@@ -36,6 +36,7 @@ from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder, point_id_for
 from retrieval.text import utf8_text
 
+from ..answer_log import AnswerLog
 from ..export import check_export_path
 from ..import_points import PointsFileError, read_points_file
 from ..novelty import OOD_PERCENTILE, out_of_distribution
@@ -346,6 +347,9 @@ def classify(
                                 "reads an ImageFolder), or its parent folder, is its true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    answer_log: Annotated[Path | None, typer.Option(
+        help="log each answer to this file, one JSON line (the image's sha256, the label, the neighbours): "
+             "`vmem answers` reads it")] = None,
     ood: Annotated[bool, typer.Option(
         "--ood", help="flag images unlike the memory's own: novelty (mean cosine distance to the k neighbours) above "
                       f"the {OOD_PERCENTILE:g}th percentile of the memory's points' own, as vmem serve flags them; "
@@ -365,6 +369,8 @@ def classify(
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
     mem = open_memory(memory, qdrant_url)
+    if answer_log is not None:
+        mem.answer_log = AnswerLog(answer_log)
     with mem:
         if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
             require_points(mem)  # dmn answers from its text classifier alone only with CLIP

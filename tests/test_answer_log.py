@@ -1,0 +1,140 @@
+"""The answer log: every answer logged with the points behind it, so that a decision can be traced after the fact,
+and `vmem answers` lists the decisions that used a point (one since forgotten, say).
+
+Memories hold 4 red, 4 green and 4 blue textures, embedded once by the real EfficientNet-Lite0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from server import Settings, create_app
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+from vmem.answer_log import AnswerLog, log_files, read_answers
+from vmem.cli import app
+
+KEY = {"X-API-Key": API_KEY}
+RED = texture((220, 30, 30), seed=777)  # a red image the memory has not seen
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+def lines_of(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, lite0, images):
+    location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
+    mem = fill_memory(location, lite0, images)
+    settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
+    with TestClient(create_app(settings, memory=mem)) as client:
+        answer = client.post("/v1/classify?k=3", files={"image": ("query.png", RED, "image/png")}).json()
+        again = client.post("/v1/classify?k=3", files={"image": ("query.png", RED, "image/png")}).json()
+        assert again["neighbors"] == answer["neighbors"]  # from the cache
+        nearest = answer["neighbors"][0]["id"]
+        assert client.delete(f"/v1/memory/points/{nearest}", headers=KEY).status_code == 200
+        after = client.post("/v1/classify?k=3", files={"image": ("query.png", RED, "image/png")}).json()
+    [forget] = mem.history()
+    mem.close()
+
+    first, cached, later = lines_of(log)
+    assert (first["via"], first["client"], first["filename"], first["label"], first["k"], first["rule"]) == (
+        "http", "testclient", "query.png", "red", 3, "rank")
+    assert first["image_sha256"] == hashlib.sha256(RED).hexdigest()  # the image's content id, never its bytes
+    assert [n["id"] for n in first["neighbors"]] == [n["id"] for n in answer["neighbors"]]
+    assert (first["cached"], cached["cached"], cached["neighbors"]) == (False, True, first["neighbors"])
+    assert first["memory"] == later["memory"] == mem.store.key
+    # The memory's state each was made from: no edit journaled yet, then the forget (as `vmem history` lists it)
+    assert (first["edit_at"], later["edit_at"]) == (None, forget.at)
+    assert nearest not in [n["id"] for n in after["neighbors"]]
+
+    found = CliRunner().invoke(app, ["answers", "--log", str(log), "--forgotten", location])
+    assert found.exit_code == 0, found.output
+    decisions = found.stdout.splitlines()  # the two answers before the forget, the cached one too
+    assert len(decisions) == 2 and all(f"{nearest} (red, rank 0" in d for d in decisions)
+    assert "http testclient\tquery.png (sha256 " in decisions[0] and "[cached]" in decisions[1]
+    assert f"forgotten {forget.at[:19].replace('T', ' ')}" in decisions[0]
+    as_json = CliRunner().invoke(app, ["answers", "--log", str(log), "--point", nearest, "--json"]).stdout
+    assert [json.loads(d)["used"][0]["rank"] for d in as_json.splitlines()] == [0, 0]
+
+
+def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, images):
+    log = tmp_path / "answers.jsonl"
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key=API_KEY, answer_log=log, featurize_threads=4,
+                        result_cache_size=0)
+    queries = [texture((220, 30, 30), seed=1000 + i) for i in range(24)]
+    with TestClient(create_app(settings, memory=mem)) as client, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda q: client.post("/v1/classify", files={"image": ("q.png", q, "image/png")}
+                                                    ).status_code, queries))
+    mem.close()
+    assert codes == [200] * 24
+    logged = lines_of(log)  # every line parses: none interleaved with another
+    assert sorted(a["image_sha256"] for a in logged) == sorted(hashlib.sha256(q).hexdigest() for q in queries)
+    assert all(len(a["neighbors"]) == 12 for a in logged)  # k=50 over 12 points
+
+
+def test_a_log_that_cannot_be_written_does_not_fail_classify(tmp_path, lite0, images, caplog):
+    mem = fill_memory(":memory:", lite0, images)
+    nowhere = tmp_path / "no such folder" / "answers.jsonl"
+    settings = Settings(memory=":memory:", api_key=API_KEY, answer_log=nowhere)
+    with caplog.at_level(logging.WARNING), TestClient(create_app(settings, memory=mem)) as client:
+        for seed in (1, 2):
+            got = client.post("/v1/classify", files={"image": ("q.png", texture((30, 200, 40), seed), "image/png")})
+            assert got.status_code == 200 and got.json()["label"] == "green"
+        assert "vmem_answer_log_failures_total 2.0" in client.get("/metrics").text
+    mem.close()
+    said = [r.getMessage() for r in caplog.records if "answer log" in r.getMessage()]
+    assert len(said) == 2  # at the start, and at the first line lost; not once per answer
+    assert "cannot be written" in said[0] and "could not be written" in said[1]
+
+
+def test_the_log_is_rotated_at_its_size_and_read_back_whole(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    log = tmp_path / "answers.jsonl"
+    mem.answer_log = AnswerLog(log, max_mb=0.01, backups=2)  # 10 kB a file: a k=3 answer's line is ~700 bytes
+    for seed in (0, 20, 40):
+        mem.classify([texture((30, 40, 220), seed + i) for i in range(20)], k=3)
+    mem.close()
+
+    files = log_files(log)
+    assert [f.name for f in files] == ["answers.jsonl.2", "answers.jsonl.1", "answers.jsonl"]
+    assert all(f.stat().st_size <= 0.01 * 2**20 for f in files)  # at most 3 x 10 kB, however many answers
+    kept = list(read_answers(log))
+    assert 30 < len(kept) < 60 and all(a["via"] == "python" and a["label"] == "blue" for a in kept)
+    assert [a["at"] for a in kept] == sorted(a["at"] for a in kept)  # oldest first, across the files
+
+
+def test_the_cli_logs_its_answers_and_a_torn_last_line_is_skipped_with_a_note(tmp_path, lite0, images):
+    location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
+    with fill_memory(location, lite0, images):
+        pass
+    query = tmp_path / "query.png"
+    query.write_bytes(RED)
+    runner = CliRunner()
+    done = runner.invoke(app, ["classify", str(query), "--memory", location, "--k", "3", "--answer-log", str(log)])
+    assert done.exit_code == 0, done.output
+    [line] = lines_of(log)
+    assert (line["via"], line["client"], line["filename"], line["label"]) == ("cli", None, "query.png", "red")
+    assert line["image_sha256"] == hashlib.sha256(RED).hexdigest() and line["source"] == str(query)
+
+    with log.open("a") as f:
+        f.write('{"at":"2026-12-06T10:00:00+00:00","via":"cli","label":"re')  # a crash mid-write
+    used = line["neighbors"][1]["id"]
+    found = runner.invoke(app, ["answers", "--log", str(log), "--point", used, "--via", "cli"])
+    assert found.exit_code == 0, found.output
+    assert found.stdout.count("\n") == 1 and f"{used} (red, rank 1" in found.stdout
+    assert "skipped 1 line that is no answer (torn by a crash mid-write)" in found.stderr
+    none = runner.invoke(app, ["answers", "--log", str(log), "--point", used, "--via", "http"])
+    assert (none.exit_code, none.stdout, none.stderr.splitlines()[-1]) == (0, "", "no logged decisions match")

@@ -1,0 +1,82 @@
+"""`vmem answers`: the logged decisions a memory point took part in (the answer log, `vmem.answer_log`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrieval.store import normalize_source, point_id_for
+
+from ..answer_log import AnswerQuery, Skipped, decisions, forget_times, log_files
+from ..visual_memory import _utc_iso, parse_point_id
+from ._common import DEFAULT_MEMORY, QdrantUrlOpt, one_line, open_memory
+
+
+def answers(
+    log: Annotated[Path, typer.Option("--log", help="the answer log (VMEM_ANSWER_LOG, vmem classify --answer-log); "
+                                                    "its rotated files (LOG.1, LOG.2, ...) are read too")],
+    point: Annotated[list[str] | None, typer.Option(
+        "--point", help="only decisions this point (its id) was a neighbour of; repeatable")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        help="only decisions the point of this image (its path or URI, as added) was a neighbour of; repeatable")
+    ] = None,
+    forgotten: Annotated[Path | None, typer.Option(
+        help="the memory (a folder) whose journal says what was forgotten: only its decisions that used points "
+             "forgotten since, each with when")] = None,
+    qdrant_url: QdrantUrlOpt = None,
+    via: Annotated[str | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
+    label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
+    since: Annotated[str | None, typer.Option(help="only decisions from this date or time on (2026-12-05, "
+                                                   "2026-12-05T14:30; UTC unless it names a zone)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per decision: the logged line, and "
+                                                          "`used`: the neighbours that matched")] = False,
+) -> None:
+    """The logged decisions a memory point took part in, oldest first: when, asked how, the image, the label, and
+    the point's rank and similarity. `--forgotten MEMORY`: those that used points the memory has forgotten since."""
+    if not log_files(log):
+        raise typer.BadParameter(f"no answer log at {log}", param_hint="--log")
+    try:
+        ids = [parse_point_id(p) for p in point or []]
+    except ValueError:
+        raise typer.BadParameter("not a point id (a UUID, as `vmem classify --json` prints in `neighbors`)",
+                                 param_hint="--point") from None
+    ids += [point_id_for(normalize_source(s)) for s in source or []]
+    try:
+        after = _utc_iso(since) if since is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    key, times = None, None
+    if forgotten is not None or qdrant_url is not None:
+        with open_memory(forgotten or DEFAULT_MEMORY, qdrant_url) as mem:
+            key, times = mem.store.key, forget_times(mem.history(op="forget"))
+    query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key, via=via, label=label,
+                        since=after)
+    skipped = Skipped()
+    found = 0
+    for answer, used in decisions(log, query, skipped):
+        found += 1
+        typer.echo(json.dumps({**answer, "used": used}, ensure_ascii=False) if json_out else _line(answer, used))
+    if skipped.lines:
+        many = skipped.lines != 1
+        typer.echo(f"skipped {skipped.lines} line{'s' if many else ''} that {'are' if many else 'is'} no answer "
+                   f"(torn by a crash mid-write), the first at {skipped.where}", err=True)
+    if not found:
+        typer.echo("no logged decisions match", err=True)
+
+
+def _line(answer: dict, used: list[dict]) -> str:
+    """One decision, tab-separated: when, asked how, the image, the label, the points that made it match."""
+    who = " ".join(str(x) for x in (answer.get("via"), answer.get("client")) if x)
+    image = answer.get("filename") or answer.get("source") or ""
+    if answer.get("image_sha256"):
+        image = f"{image} (sha256 {answer['image_sha256'][:12]})".strip()
+    how = " [cached]" if answer.get("cached") else ""
+    how += " [re-ranked]" if answer.get("reranked") else ""
+    cited = "; ".join(f"{n['id']} ({n['label']}, rank {n['rank']}, similarity {n['similarity']:.3f})"
+                      + (f" forgotten {n['forgotten_at'][:19].replace('T', ' ')}" if n.get("forgotten_at") else "")
+                      for n in used)
+    return "\t".join(x for x in (str(answer.get("at", ""))[:19].replace("T", " "), who, one_line(image),
+                                 f"-> {one_line(answer.get('label'))}{how}", cited) if x)
