@@ -473,6 +473,12 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return v
 
 
+def memory_key(meta: MemoryMeta, collection: str = DEFAULT_COLLECTION) -> str:
+    """`MemoryStore.key` of a memory made with this metadata, in this collection."""
+    identity = f"{meta.created_at}#{collection}"
+    return f"memory-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
 class MemoryStore(ABC):
     """A Qdrant collection of (vector, label, source) points. Cosine similarity throughout."""
 
@@ -490,8 +496,7 @@ class MemoryStore(ABC):
         memory (a copy, a new memory made where an old one was, another collection): `memory-` and a hash of when
         it was made and its collection. What vmem keeps of a memory outside it is filed under it (DMN streams,
         a shared thumbnail folder's thumbnails)."""
-        identity = f"{self.meta.created_at}#{getattr(self, 'collection', None) or DEFAULT_COLLECTION}"
-        return f"memory-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+        return memory_key(self.meta, getattr(self, "collection", None) or DEFAULT_COLLECTION)
 
     @property
     def dim(self) -> int:

@@ -45,6 +45,8 @@ def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, 
         nearest = answer["neighbors"][0]["id"]
         assert client.delete(f"/v1/memory/points/{nearest}", headers=KEY).status_code == 200
         after = client.post("/v1/classify?k=3", files={"image": ("query.png", RED, "image/png")}).json()
+        # Asked while the service runs: the memory it holds is read, not opened
+        found = CliRunner().invoke(app, ["answers", "--log", str(log), "--forgotten", location])
     [forget] = mem.history()
     mem.close()
 
@@ -59,7 +61,6 @@ def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, 
     assert (first["edit_at"], later["edit_at"]) == (None, forget.at)
     assert nearest not in [n["id"] for n in after["neighbors"]]
 
-    found = CliRunner().invoke(app, ["answers", "--log", str(log), "--forgotten", location])
     assert found.exit_code == 0, found.output
     decisions = found.stdout.splitlines()  # the two answers before the forget, the cached one too
     assert len(decisions) == 2 and all(f"{nearest} (red, rank 0" in d for d in decisions)

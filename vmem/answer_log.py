@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.files import file_sha256
-from retrieval.journal import JournalEntry, now
+from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, now
+from retrieval.store import META_FILE, MemoryMeta, MemoryStoreError, memory_key
 
 from .results import Classification
 
@@ -175,6 +176,18 @@ def read_answers(path: str | Path, skipped: Skipped | None = None,
                         skipped.where = skipped.where or f"{file}:{number}"
                     continue
                 yield answer
+
+def embedded_forgets(folder: str | Path) -> tuple[str, dict[str, list[str]]]:
+    """An embedded memory's key and what it forgot when (`forget_times`), read from its files without opening it:
+    a memory a running service holds is open in that process alone, and its journal can still be read.
+    MemoryStoreError where the folder holds no memory."""
+    folder = Path(folder).expanduser()
+    try:
+        meta = MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
+    return memory_key(meta), forget_times(FileJournal(folder / JOURNAL_FILE).read())
+
 
 def forget_times(entries: Iterable[JournalEntry]) -> dict[str, list[str]]:
     """Point id -> when it was forgotten (each time, in order), from a memory's journal entries."""

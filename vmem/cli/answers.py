@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from retrieval.store import normalize_source, point_id_for
+from retrieval.store import MemoryStoreError, normalize_source, point_id_for
 
-from ..answer_log import AnswerQuery, Skipped, decisions, forget_times, log_files
+from ..answer_log import AnswerQuery, Skipped, decisions, embedded_forgets, forget_times, log_files
 from ..visual_memory import _utc_iso, parse_point_id
 from ._common import DEFAULT_MEMORY, QdrantUrlOpt, one_line, open_memory
 
@@ -24,8 +24,9 @@ def answers(
         help="only decisions the point of this image (its path or URI, as added) was a neighbour of; repeatable")
     ] = None,
     forgotten: Annotated[Path | None, typer.Option(
-        help="the memory (a folder) whose journal says what was forgotten: only its decisions that used points "
-             "forgotten since, each with when")] = None,
+        help="the memory (a folder, or with --qdrant-url a server's) whose journal says what was forgotten: only "
+             "its decisions that used points forgotten since, each with when (a memory a service holds is read "
+             "too)")] = None,
     qdrant_url: QdrantUrlOpt = None,
     via: Annotated[str | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
     label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
@@ -49,9 +50,14 @@ def answers(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     key, times = None, None
-    if forgotten is not None or qdrant_url is not None:
+    if qdrant_url is not None:
         with open_memory(forgotten or DEFAULT_MEMORY, qdrant_url) as mem:
             key, times = mem.store.key, forget_times(mem.history(op="forget"))
+    elif forgotten is not None:
+        try:  # read from its files: a memory a running service holds is not opened again
+            key, times = embedded_forgets(forgotten)
+        except MemoryStoreError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--forgotten") from None
     query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key, via=via, label=label,
                         since=after)
     skipped = Skipped()
