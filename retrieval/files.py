@@ -6,7 +6,10 @@ import errno
 import hashlib
 import os
 import re
+import shutil
+import socket
 import stat
+import tempfile
 import threading
 import time
 import unicodedata
@@ -116,6 +119,70 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = STALE_TEMPOR
             os.unlink(entry.path)
             removed.append(Path(entry.path))
     return removed
+
+
+# A backup's folder while it is written, renamed to NAME once whole: `.NAME.RANDOM.PID.START@HOST.partial`, named
+# for its writer (its process id, when that process started, its host) so that a later backup can tell whether the
+# writer is gone. One an older vmem wrote is `.NAME.RANDOM.partial`: whose it is, nothing tells.
+_PARTIAL_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<pid>\d+)\.(?P<start>\d+)@(?P<host>[^@/]+)\.partial$")
+_UNNAMED_PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.partial$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (Linux's /proc; None where unknown): a process id used
+    again by a later process is told from the first one's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _writer_alive(pid: int, start: int) -> bool:
+    if not _process_alive(pid):
+        return False
+    now = _process_start(pid)
+    return not start or now is None or now == start  # unknown: alive, so that nothing live is removed
+
+
+def make_partial_folder(dest: Path) -> Path:
+    """A new hidden folder beside `dest` to write it in before it is renamed `dest`, named for the process writing
+    it (see `remove_dead_partials`)."""
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f".{pid}.{_process_start(pid) or 0}@{_host()}.partial",
+                                 dir=dest.parent))
+
+
+def remove_dead_partials(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Delete the hidden folders that backups killed midway left in `folder` (`make_partial_folder`'s): those whose
+    writer, a process of this host, is gone. One another process is writing (a service's backup, a `vmem backup`)
+    stays, and so does one of another host (its writer cannot be checked from here).
+
+    Returns:
+        (the folders removed, the ones an older vmem's backup left: whose they are, nothing tells, so they stay).
+    """
+    removed: list[Path] = []
+    unnamed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed, unnamed
+    host = _host()
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        if (m := _PARTIAL_NAME.match(entry.name)) is not None:
+            if m["host"] == host and not _writer_alive(int(m["pid"]), int(m["start"])):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                if not os.path.lexists(entry.path):
+                    removed.append(Path(entry.path))
+        elif _UNNAMED_PARTIAL_NAME.match(entry.name):
+            unnamed.append(Path(entry.path))
+    return removed, unnamed
 
 
 def _link_unless_there(tmp: Path, path: Path) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -149,6 +151,41 @@ def test_a_backup_that_finds_the_disk_full_leaves_nothing_under_its_name(tmp_pat
         assert mem.store.count() == 40
 
 
+MAKE_PARTIAL = "import sys, time; from pathlib import Path; from retrieval.files import make_partial_folder; " \
+               "print(make_partial_folder(Path(sys.argv[1])), flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def partial_made_by_another_process(dest, lives_s: float = 0) -> tuple[str, subprocess.Popen]:
+    """The folder a backup to `dest` writes in, made by a process that then lives `lives_s` (0: dies at once)."""
+    writer = subprocess.Popen([sys.executable, "-c", MAKE_PARTIAL, str(dest), str(lives_s)], stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout is not None
+    return writer.stdout.readline().strip(), writer
+
+
+def test_a_backup_removes_the_folders_of_backups_killed_midway_and_no_other(tmp_path):
+    dead, writer = partial_made_by_another_process(tmp_path / "killed")
+    writer.wait(30)
+    live, writer_alive = partial_made_by_another_process(tmp_path / "running", lives_s=60)
+    reused = retrieval_files.make_partial_folder(tmp_path / "reused")  # this process id, another start: reused
+    pid, start, host = re.fullmatch(r".*\.(\d+)\.(\d+)@(.+)\.partial", reused.name).groups()
+    reused = reused.rename(reused.with_name(reused.name.replace(f".{start}@", f".{int(start) + 1}@")))
+    elsewhere = tmp_path / f".other.abcdefgh.{pid}.{int(start) + 1}@not-{host}.partial"  # its writer unseen here
+    older = tmp_path / ".nightly.ab12cd_4.partial"  # an older vmem's: whose, nothing tells
+    for folder in (elsewhere, older):
+        folder.mkdir()
+    try:
+        with make_memory(tmp_path / "memory") as mem:
+            done = mem.backup(tmp_path / "backup")
+        assert sorted(done.removed_partials) == sorted([dead, str(reused)])
+        assert done.unnamed_partials == [str(older)]
+        assert sorted(os.listdir(tmp_path)) == sorted(["backup", "memory", os.path.basename(live), elsewhere.name,
+                                                       older.name])
+    finally:
+        writer_alive.kill()
+        writer_alive.wait(30)
+
+
 def test_a_backup_is_refused_before_writing_where_it_would_not_fit(tmp_path, monkeypatch):
     with make_memory(tmp_path / "memory") as mem:
         monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
@@ -181,6 +218,15 @@ def test_vmem_backup_copies_a_memory_no_process_holds(tmp_path):
     assert done.output.startswith("backed up 60 points (") and str(tmp_path / "backup") in done.output
     again = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(tmp_path / "backup")])
     assert again.exit_code == 2 and "exists: a backup goes to a new folder" in again.output
+    dead, writer = partial_made_by_another_process(tmp_path / "killed")
+    writer.wait(30)
+    (tmp_path / ".nightly.ab12cd_4.partial").mkdir()  # an older vmem's
+    third = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(tmp_path / "third")])
+    assert third.exit_code == 0, third.output
+    assert f"removed {dead}: the folder of a backup killed midway" in third.stderr
+    assert f"note: {tmp_path / '.nightly.ab12cd_4.partial'} may be the folder of a backup killed midway" \
+           in third.stderr and "remove it by hand (rm -r)" in third.stderr
+    assert third.stdout.startswith("backed up 60 points (")
     with open_store(tmp_path / "backup") as backup:
         assert backup.count() == 60
 
@@ -233,6 +279,16 @@ def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path,
     assert client.post("/v1/classify", files=image).status_code == 200  # the service goes on
     with open_store(tmp_path / "backups" / "nightly") as backup:
         assert backup.count() == 12
+
+
+def test_a_backup_over_http_removes_and_logs_the_folder_of_one_killed_midway(tmp_path, serve, caplog):
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    (tmp_path / "backups").mkdir()
+    dead, writer = partial_made_by_another_process(tmp_path / "backups" / "killed")
+    writer.wait(30)
+    assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 200
+    assert os.listdir(tmp_path / "backups") == ["nightly"]
+    assert f"removed {dead}: the folder of a backup killed midway" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["..", "../memory", "a/b", ".hidden", "", "x" * 129])

@@ -159,3 +159,9 @@ class BackupResult(BaseModel):
     points: int = Field(description="the points it holds")
     bytes: int = Field(description="the bytes of the memory's files copied (their holes left holes)")
     seconds: float = Field(description="how long it took, edits waiting meanwhile")
+    removed_partials: list[str] = Field(
+        default_factory=list, description="the hidden folders of backups killed midway that it removed beside it "
+        "(`.NAME.*.partial`, whose writing process on this host is gone)")
+    unnamed_partials: list[str] = Field(
+        default_factory=list, description="hidden folders an older vmem's backups left beside it, which it left: "
+        "whose they are, nothing tells (remove one by hand once no backup is running)")

@@ -14,7 +14,6 @@ import logging
 import numbers
 import os
 import shutil
-import tempfile
 import threading
 import time
 import unicodedata
@@ -46,7 +45,13 @@ from retrieval import (
     vote,
 )
 from retrieval.feature_cache import FeatureCache
-from retrieval.files import DISK_FULL_ERRNOS, file_sha256, on_disk_spelling
+from retrieval.files import (
+    DISK_FULL_ERRNOS,
+    file_sha256,
+    make_partial_folder,
+    on_disk_spelling,
+    remove_dead_partials,
+)
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
 from retrieval.store import (
@@ -1730,15 +1735,17 @@ class VisualMemory:
 
         The files are copied as they are (the index is not built again: seconds where `copy_to` takes minutes), into
         a hidden folder beside `destination` renamed to it once complete: a backup cut short (a full disk, a crash)
-        leaves nothing under its name. The backup is the same memory (the same `key`): restored in its place (the
-        service stopped, the folder moved there) it finds the DMN streams and the thumbnails kept for it outside its
-        folder. Open it beside the original only to read it; `copy_to` from it makes a memory of its own.
+        leaves nothing under its name, and the hidden folder of one killed midway is removed by the next backup
+        beside it (one whose writing process on this host is gone; never one being written). The backup is the same
+        memory (the same `key`): restored in its place (the service stopped, the folder moved there) it finds the DMN
+        streams and the thumbnails kept for it outside its folder. Open it beside the original only to read it;
+        `copy_to` from it makes a memory of its own.
 
         Args:
             destination: a folder that does not exist yet, outside the memory's, whose parent does.
 
         Returns:
-            where it went, its points, the bytes copied and the seconds taken.
+            where it went, its points, the bytes copied and the seconds taken; the dead backups' folders removed.
 
         Raises:
             ValueError: a memory on a Qdrant server (its server's snapshots back it up), or a destination inside
@@ -1759,6 +1766,9 @@ class VisualMemory:
             raise FileExistsError(f"{destination} exists: a backup goes to a new folder (nothing was written)")
         if not dest.parent.is_dir():
             raise FileNotFoundError(f"no folder {dest.parent} to write the backup {dest.name} in")
+        removed, unnamed = remove_dead_partials(dest.parent)  # before the room is counted: they take some
+        for path in removed:
+            log.info("removed %s, the folder of a backup killed midway", path)
         need, free = self.store.size_on_disk() + EDIT_HEADROOM_BYTES, shutil.disk_usage(dest.parent).free
         if free < need:
             raise MemoryFullError(f"the disk holding {dest.parent} has {free / 2**20:,.0f} MB free, and a backup of "
@@ -1766,7 +1776,7 @@ class VisualMemory:
                                   f"{EDIT_HEADROOM_BYTES >> 20} MB left for edits): nothing was written; free some "
                                   "space, or back it up elsewhere")
         started = time.perf_counter()
-        partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        partial = make_partial_folder(dest)
         try:
             os.chmod(partial, os.stat(folder).st_mode & 0o7777)  # as the memory's (mkdtemp makes it private)
             with self._edit_lock:  # edits of this process wait, whole: none is half in the copy
@@ -1782,7 +1792,8 @@ class VisualMemory:
         seconds = time.perf_counter() - started
         log.info("backed up %s (%d points, %.0f MB) to %s in %.1f s", self.store.location, points,
                  written / 2**20, dest, seconds)
-        return BackupResult(path=str(dest), points=points, bytes=written, seconds=seconds)
+        return BackupResult(path=str(dest), points=points, bytes=written, seconds=seconds,
+                            removed_partials=[str(p) for p in removed], unnamed_partials=[str(p) for p in unnamed])
 
     def copy_to(self, location: str | Path, index: IndexSettings | None = None, batch_size: int = 1024,
                 progress: Callable[[int], None] | None = None) -> tuple[MemoryStore, list[str]]:

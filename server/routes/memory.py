@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -66,6 +67,7 @@ from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable,
 from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, require_media_type, too_many_images
 from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
 # An array: in a multipart body that is repeated parts, one `label` per image, and one part labels them all. A
@@ -336,6 +338,11 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
                     break
                 name = f"{stamp}-{i}"
         done = service.memory.backup(folder / name)
+        for path in done.removed_partials:
+            log.warning("removed %s: the folder of a backup killed midway", path)
+        for path in done.unnamed_partials:
+            log.warning("%s may be the folder of a backup killed midway, left by an older vmem (whose it is, nothing "
+                        "tells): once no backup is writing beside it, remove it by hand", path)
         return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
                          seconds=round(done.seconds, 3))
 

@@ -761,6 +761,11 @@ def backup(
         except MemoryFullError as exc:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None
+    for path in done.removed_partials:
+        typer.echo(f"removed {path}: the folder of a backup killed midway", err=True)
+    for path in done.unnamed_partials:
+        typer.echo(f"note: {path} may be the folder of a backup killed midway, left by an older vmem (whose it is, "
+                   f"nothing tells): once no backup is writing beside it, remove it by hand (rm -r)", err=True)
     typer.echo(f"backed up {done.points:,} points ({done.bytes / 2**20:,.1f} MB) to {done.path} in "
                f"{done.seconds:.1f} s")
 
