@@ -1102,7 +1102,8 @@ def test_a_memory_on_a_full_disk_is_one_line_and_a_temporary_failure(tmp_path):
 
     engine = RuntimeError("Service internal error: Failed to save structure on disk: No space left on device "
                           "(os error 28) at path shard/.atomicwriteXYZ")
-    for exc in (engine, OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m"))):
+    for exc in (engine, *(OSError(no_room, os.strerror(no_room), str(tmp_path / "m"))
+                          for no_room in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))):  # a quota, a file-size limit
         said = open_failure(tmp_path / "m", None, exc)
         assert isinstance(said, TemporaryFailure) and said.exit_code == 75
         assert said.message == (f"the disk holding the memory {tmp_path / 'm'} is full (the engine writes as it "

@@ -8,6 +8,7 @@ answers as the first; what cannot be imported is a problem answer, and nothing i
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
 import pickle
@@ -260,8 +261,10 @@ def test_a_file_over_the_limit_is_a_413_saying_how_to_import_it_before_it_is_rea
     assert serve(max_upload_bytes=4096).post("/v1/memory/import", content=b"\0" * 8192, headers=NPZ).status_code == 422
 
 
-def test_a_file_the_temporary_folder_has_no_room_for_is_a_507(serve, tmp, monkeypatch):
-    import errno
+# A full disk, the user's quota, a file-size limit (`ulimit -f`, a file system's largest file): each a 507 alike
+@pytest.mark.parametrize("no_room", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG], ids=errno.errorcode.get)
+def test_a_file_the_temporary_folder_has_no_room_for_is_a_507(serve, tmp, monkeypatch, no_room):
+    import os
     import shutil
     from collections import namedtuple
 
@@ -276,7 +279,7 @@ def test_a_file_the_temporary_folder_has_no_room_for_is_a_507(serve, tmp, monkey
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
 
     def disk_full(f, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(no_room, os.strerror(no_room))
 
     monkeypatch.setattr(routes, "_write", disk_full)
     assert_problem(client.post("/v1/memory/import", content=b"\0" * 5000, headers=NPZ), 507, "import-disk-full",

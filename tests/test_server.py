@@ -7,6 +7,7 @@ Real parts throughout: EfficientNet-Lite0 features of small generated images, a 
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 import threading
@@ -1400,15 +1401,18 @@ def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, 
     assert list((tmp_path / "tmp").iterdir()) == []  # sent, then deleted
 
 
-def test_an_export_the_temporary_folder_has_no_room_for_is_a_507_saying_what_to_do(client, tmp_path, monkeypatch):
-    import errno
+@pytest.mark.parametrize("no_room", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG], ids=errno.errorcode.get)
+def test_an_export_the_temporary_folder_has_no_room_for_is_a_507_saying_what_to_do(client, tmp_path, monkeypatch,
+                                                                                   no_room):
+    # A full disk, the user's quota and a file-size limit (`ulimit -f`) alike: EFBIG had been a 500
+    import os
     import tempfile
 
     from vmem import VisualMemory
 
     def disk_full(self, path, *args, **kwargs):
         Path(path).write_bytes(b"half")  # what a write cut short leaves: it goes too
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(no_room, os.strerror(no_room))
 
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import itertools
 import logging
@@ -21,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
+from retrieval.files import DISK_FULL_ERRNOS
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import ImportReport, PointsFileError, read_points_file
 
@@ -583,7 +583,7 @@ async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep,
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, ValueError):  # a source_prefix that is no path here
             raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             raise ProblemError(507, f"the export did not fit in the server's temporary folder ({exc.strerror}): "
                                     "export a label or a source prefix at a time, or give the server more room "
                                     "(TMPDIR)", "export-disk-full", "No room for the export") from None
@@ -630,7 +630,7 @@ async def _receive_file(request: Request, path: FilePath) -> None:
                     buffer.clear()
             await run_in_threadpool(_write, f, buffer)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in DISK_FULL_ERRNOS:
             raise _no_room(exc.strerror or str(exc)) from None
         raise
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 from collections import Counter
@@ -14,6 +13,7 @@ from typing import Annotated, Any, get_args
 import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
+from retrieval.files import DISK_FULL_ERRNOS
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.text import canonical_label, escape_control_characters
 
@@ -161,7 +161,7 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
     if qdrant_url is not None:
         problem = _qdrant_problem(qdrant_url, exc)
         return typer.BadParameter(problem, param_hint=options[1]) if problem else None
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+    if getattr(exc, "errno", None) in DISK_FULL_ERRNOS or "No space left on device" in str(exc):
         # Not a mistake in the command: the engine writes as it opens a memory (its config, its log), and a full
         # disk had been a 25-line traceback, or an exit 2 saying to give a writable directory.
         return TemporaryFailure(f"the disk holding the memory {memory} is full (the engine writes as it opens a "
