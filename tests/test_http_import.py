@@ -110,9 +110,10 @@ def test_an_export_imported_over_http_into_another_memory_answers_as_the_memory_
 def test_vectors_made_elsewhere_need_the_encoder_named(serve, memory_images, tmp):
     client = serve(filled=False)
     feats = npz(vectors=memory_images.vectors, labels=np.array(memory_images.labels))
-    assert_problem(client.post("/v1/memory/import", content=feats, headers=NPZ), 422, "bad-points-file",
-                   "points.npz holds vectors and labels but does not say which encoder made them: name it "
-                   "(featurizer=NAME")
+    refused = assert_problem(client.post("/v1/memory/import", content=feats, headers=NPZ), 422, "bad-points-file")
+    assert refused["detail"].startswith(  # the file by the name it was sent under, the option as HTTP takes it
+        "points.npz holds vectors and labels but does not say which encoder made them: name it (featurizer=NAME, "
+        "e.g. dinov2-small or dinov2:/path/to/model): the memory embeds its queries"), refused["detail"]
     resp = client.post("/v1/memory/import", params={"featurizer": "efficientnet-lite0", "label": "red"},
                        content=feats, headers=NPZ)
     assert resp.status_code == 200, resp.text
@@ -204,8 +205,9 @@ def test_vectors_of_another_encoder_are_a_409_naming_both(serve, tmp, tmp_path):
         mem.export_points(tmp_path / "dummy.npz")
     resp = client.post("/v1/memory/import", params={"filename": "dummy.npz"},
                        content=(tmp_path / "dummy.npz").read_bytes(), headers=NPZ)
-    assert_problem(resp, 409, "featurizer-mismatch", "dummy.npz holds vectors of dummy (8-d); this memory holds "
-                   "efficientnet-lite0 features")
+    refused = assert_problem(resp, 409, "featurizer-mismatch")
+    assert refused["detail"].startswith("dummy.npz holds vectors of dummy (8-d); this memory holds "
+                                        "efficientnet-lite0 features"), refused["detail"]
     assert client.get("/v1/memory/stats").json()["points"] == 12
     assert list(tmp.iterdir()) == []
 

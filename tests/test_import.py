@@ -248,7 +248,9 @@ def test_vectors_without_the_encoder_named_are_refused_naming_the_option(tmp_pat
         read_points_file(path)
     assert refused.value.option == "featurizer"
     done = run("import", path, "--memory", tmp_path / "memory")
-    assert done.exit_code == 2 and "--featurizer" in said(done) and "embeds its queries" in said(done)
+    assert done.exit_code == 2 and "Invalid value for --featurizer: " in said(done)
+    assert f"{path} holds vectors and labels but does not say which encoder made them: name it (--featurizer NAME, " \
+           "e.g. dinov2-small or dinov2:/path/to/model): the memory embeds its queries" in said(done)
     assert not (tmp_path / "memory").exists()
 
 

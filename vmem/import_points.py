@@ -118,6 +118,12 @@ class PointsFile:
     added_at: np.ndarray | None = None  # an export's, str [n]: ISO 8601 or ""
     meta: dict[str, Any] = field(default_factory=dict)
     _vectors: _Member | None = None
+    shown_as: str | None = None  # how messages name the file, where not by its path (read_points_file's)
+
+    @property
+    def name(self) -> str:
+        """The file as messages name it."""
+        return self.shown_as or str(self.path)
 
     @property
     def is_export(self) -> bool:
@@ -152,32 +158,38 @@ class PointsFile:
                     count = min(rows, self.n - start)
                     data = fh.read(count * row_bytes)
                     if len(data) != count * row_bytes:
-                        raise PointsFileError(f"{self.path}: its vectors end at row {start + len(data) // row_bytes} "
+                        raise PointsFileError(f"{self.name}: its vectors end at row {start + len(data) // row_bytes} "
                                               f"of {self.n}: the file is cut short")
                     yield start, np.frombuffer(data, dtype=member.dtype).reshape(count, self.dim)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise PointsFileError(f"{self.path}: its vectors could not be read ({exc}): the file is corrupt") from None
+            raise PointsFileError(f"{self.name}: its vectors could not be read ({exc}): the file is corrupt") from None
 
 
-def read_points_file(path: str | Path, featurizer: str | None = None) -> PointsFile:
+def read_points_file(path: str | Path, featurizer: str | None = None, shown_as: str | None = None,
+                     option_form: str = "--{} NAME") -> PointsFile:
     """The file at `path`, checked and its arrays but the vectors read; PointsFileError for a file that cannot be
     imported (see the module's docstring), or a `featurizer` it refuses: required for vectors made elsewhere,
-    and for an export only its own encoder (its meta names it)."""
+    and for an export only its own encoder (its meta names it).
+
+    The errors, and those of the import, say what the user knows: the file by `shown_as` (default: its path; over HTTP
+    the name it was sent under, not where the server keeps it) and an option as `option_form` spells it (the CLI's
+    `--featurizer NAME`; `{}=NAME` for HTTP's query parameters)."""
     path = Path(path)
+    shown = shown_as or str(path)
     if path.is_dir():
-        raise PointsFileError(f"{path} is a folder: give the .npz file")
+        raise PointsFileError(f"{shown} is a folder: give the .npz file")
     if not path.is_file():
-        raise PointsFileError(f"no file at {path}")
+        raise PointsFileError(f"no file at {shown}")
     if not zipfile.is_zipfile(path):
-        raise PointsFileError(f"{path} is not an .npz file (a zip of .npy arrays, as np.savez and vmem export write "
+        raise PointsFileError(f"{shown} is not an .npz file (a zip of .npy arrays, as np.savez and vmem export write "
                               "it)")
     try:
         with zipfile.ZipFile(path) as zf:
             members = {}
             for info in zf.infolist():
                 if info.filename.endswith(".npy") and not info.is_dir():
-                    members[info.filename.removesuffix(".npy")] = _member(zf, info, path)
-            meta = _read_meta(zf, members.get("meta"), path)
+                    members[info.filename.removesuffix(".npy")] = _member(zf, info, shown)
+            meta = _read_meta(zf, members.get("meta"), shown)
             is_export = meta.get("format") == EXPORT_FORMAT
             wanted = ["vectors", "labels", *(_EXPORT_ARRAYS if is_export else ["sources"] if "sources" in members
                                              else [])]
@@ -186,48 +198,49 @@ def read_points_file(path: str | Path, featurizer: str | None = None) -> PointsF
             if missing := [name for name in ("vectors", "labels", *(_EXPORT_ARRAYS if is_export else ()))
                            if name not in members]:
                 what = "a vmem export" if is_export else "vectors to import"
-                raise PointsFileError(f"{path} holds no {', '.join(repr(m) for m in missing)} array, which "
+                raise PointsFileError(f"{shown} holds no {', '.join(repr(m) for m in missing)} array, which "
                                       f"{what} needs (it holds {', '.join(sorted(members)) or 'none'})")
             vectors = members["vectors"]
             if len(vectors.shape) != 2 or vectors.dtype.kind != "f" or vectors.shape[1] == 0:
-                raise PointsFileError(f"{path}: 'vectors' is {vectors.dtype} of shape {vectors.shape}: give float "
+                raise PointsFileError(f"{shown}: 'vectors' is {vectors.dtype} of shape {vectors.shape}: give float "
                                       "vectors, one row per point (n x dim)")
             n, dim = vectors.shape
             for name in wanted[1:]:
-                _check_column(members[name], name, n, path)
-            arrays = {name: _read_whole(zf, members[name], path) for name in wanted[1:]}
+                _check_column(members[name], name, n, shown)
+            arrays = {name: _read_whole(zf, members[name], shown) for name in wanted[1:]}
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise PointsFileError(f"{path} could not be read as an .npz file ({exc}): the file is corrupt") from None
+        raise PointsFileError(f"{shown} could not be read as an .npz file ({exc}): the file is corrupt") from None
     spec: FeaturizerSpec | None = None
     if is_export:
         version = meta.get("format_version")
         if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
-            raise PointsFileError(f"{path} is a vmem export of format version {version!r}, written by vmem "
+            raise PointsFileError(f"{shown} is a vmem export of format version {version!r}, written by vmem "
                                   f"{meta.get('vmem_version')}; this vmem reads version {EXPORT_FORMAT_VERSION}: "
                                   "import it with that vmem or a later one")
         try:
             spec = FeaturizerSpec.model_validate(meta.get("featurizer"))
         except ValidationError as exc:
-            raise PointsFileError(f"{path}: its meta does not say which encoder made its vectors "
+            raise PointsFileError(f"{shown}: its meta does not say which encoder made its vectors "
                                   f"(featurizer: {exc.errors()[0]['msg']})") from None
         if spec.dim != dim:
-            raise PointsFileError(f"{path}: its meta says {spec.name} made its vectors, {spec.dim}-d, but they are "
+            raise PointsFileError(f"{shown}: its meta says {spec.name} made its vectors, {spec.dim}-d, but they are "
                                   f"{dim}-d")
         if featurizer is not None and featurizer != spec.name:
-            raise PointsFileError(f"{path} is a vmem export of {spec.name} vectors (its meta says so), not "
+            raise PointsFileError(f"{shown} is a vmem export of {spec.name} vectors (its meta says so), not "
                                   f"{featurizer}: leave the featurizer out, the file names its own",
                                   option="featurizer")
         featurizer = spec.name
     elif featurizer is None:
-        raise PointsFileError(f"{path} holds vectors and labels but does not say which encoder made them: name it "
-                              "(--featurizer NAME, e.g. dinov2-small or dinov2:/path/to/model): the memory embeds "
-                              "its queries with that encoder, so it must be the one that made these vectors",
+        raise PointsFileError(f"{shown} holds vectors and labels but does not say which encoder made them: name it "
+                              f"({option_form.format('featurizer')}, e.g. dinov2-small or dinov2:/path/to/model): the "
+                              "memory embeds its queries with that encoder, so it must be the one that made these "
+                              "vectors",
                               option="featurizer")
     reliability = arrays.get("reliability")
     if not is_export and "sources" in arrays:
         arrays["sources"] = _sources_as_stored(arrays["sources"])
     return PointsFile(
-        path=path, sha256=file_sha256(path), format=EXPORT_FORMAT if is_export else VECTORS_FORMAT,
+        path=path, shown_as=shown_as, sha256=file_sha256(path), format=EXPORT_FORMAT if is_export else VECTORS_FORMAT,
         featurizer=featurizer, spec=spec, n=n, dim=dim, labels=arrays["labels"], sources=arrays.get("sources"),
         ids=arrays.get("ids"), excluded=arrays.get("excluded"),
         reliability=reliability.astype(np.float32) if reliability is not None else None,
@@ -258,48 +271,48 @@ def _read_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
                      "names), which no vmem array is")
 
 
-def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Member:
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str) -> _Member:
     name = info.filename.removesuffix(".npy")
     try:
         with zf.open(info) as fh:
             shape, fortran_order, dtype = _read_header(fh)
             offset = fh.tell()
     except ValueError as exc:
-        raise PointsFileError(f"{path}: its array {name!r} is no readable .npy array ({exc})") from None
+        raise PointsFileError(f"{shown}: its array {name!r} is no readable .npy array ({exc})") from None
     if dtype.hasobject:
-        raise PointsFileError(f"{path}: its array {name!r} holds Python objects ({dtype}), which numpy can only "
+        raise PointsFileError(f"{shown}: its array {name!r} holds Python objects ({dtype}), which numpy can only "
                               "read by unpickling, and unpickling runs code the file carries: not read. Save "
                               "strings as a str array (np.array(labels, dtype=str)) and vectors as floats")
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if info.file_size < need:
-        raise PointsFileError(f"{path}: its array {name!r} is cut short ({info.file_size:,} bytes of {need:,})")
+        raise PointsFileError(f"{shown}: its array {name!r} is cut short ({info.file_size:,} bytes of {need:,})")
     return _Member(info.filename, dtype, tuple(shape), fortran_order, offset, info.file_size)
 
 
-def _check_column(member: _Member, name: str, n: int, path: Path) -> None:
+def _check_column(member: _Member, name: str, n: int, shown: str) -> None:
     """PointsFileError unless `member` is one value per row of the kind `name` holds."""
     kind = {**_EXPORT_ARRAYS, **_LATER_EXPORT_ARRAYS}.get(name, "U")
     kinds = {"U": "str", "b": "bool", "f": "float"}
     if member.shape != (n,) or member.dtype.kind != kind:
-        raise PointsFileError(f"{path}: {name!r} is {member.dtype} of shape {member.shape}: give one {kinds[kind]} "
+        raise PointsFileError(f"{shown}: {name!r} is {member.dtype} of shape {member.shape}: give one {kinds[kind]} "
                               f"per row of 'vectors' ({n:,})")
 
 
-def _read_whole(zf: zipfile.ZipFile, member: _Member, path: Path) -> np.ndarray:
+def _read_whole(zf: zipfile.ZipFile, member: _Member, shown: str) -> np.ndarray:
     try:
         with zf.open(member.entry) as fh:
             return np.lib.format.read_array(fh, allow_pickle=False)
     except ValueError as exc:
-        raise PointsFileError(f"{path}: its array {member.entry.removesuffix('.npy')!r} could not be read "
+        raise PointsFileError(f"{shown}: its array {member.entry.removesuffix('.npy')!r} could not be read "
                               f"({exc})") from None
 
 
-def _read_meta(zf: zipfile.ZipFile, member: _Member | None, path: Path) -> dict[str, Any]:
+def _read_meta(zf: zipfile.ZipFile, member: _Member | None, shown: str) -> dict[str, Any]:
     """An export's meta (a JSON string); {} where the file has none, or a `meta` of its own that is no export's."""
     if member is None or member.shape != () or member.dtype.kind != "U":
         return {}
     try:
-        meta = json.loads(str(_read_whole(zf, member, path).item()))
+        meta = json.loads(str(_read_whole(zf, member, shown).item()))
     except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
@@ -320,7 +333,7 @@ def check_featurizer(stored: FeaturizerSpec, points: PointsFile, spec: Featurize
             said = f"{mine.name} ({mine.dim}-d) with other preprocessing or weights ({_described(mine)})"
     if not same:
         raise FeaturizerMismatchError(
-            f"{points.path} holds vectors of {said}; this memory holds {stored.name} features ({stored.dim}-d, "
+            f"{points.name} holds vectors of {said}; this memory holds {stored.name} features ({stored.dim}-d, "
             f"{_described(stored)}): their similarities mean nothing to each other. Import it into a memory of "
             f"{points.featurizer} (a new one: a directory that does not exist yet)")
 
@@ -436,7 +449,7 @@ def plan_rows(points: PointsFile, report: ImportReport, stored_labels: Callable[
         chosen = np.array([lab in wanted for lab in spelled], dtype=bool)[inverse] if n else usable
         if not chosen.any():
             held = ", ".join(repr(lab) for lab in spelled[:10]) + (", ..." if len(spelled) > 10 else "")
-            raise PointsFileError(f"{points.path} has no row labelled {label!r} (its labels: {held or 'none'})",
+            raise PointsFileError(f"{points.name} has no row labelled {label!r} (its labels: {held or 'none'})",
                                   option="label")
         usable &= chosen
     report.chosen = int(usable.sum())
@@ -486,7 +499,7 @@ def _repeated_rows(points: PointsFile, labels: np.ndarray, ids: np.ndarray, usab
     if len(clash):
         a, b = int(firsts[clash[0]]), int(later[clash[0]])
         more = f" ({len(clash) - 1:,} more rows so)" if len(clash) > 1 else ""
-        raise PointsFileError(f"{points.path}: rows {a} and {b} are one point ({points.source_of(a)}), labelled "
+        raise PointsFileError(f"{points.name}: rows {a} and {b} are one point ({points.source_of(a)}), labelled "
                               f"{str(labels[a])!r} and {str(labels[b])!r}{more}: a point has one label; which is meant "
                               "cannot be known, so nothing was imported")
     report.duplicates = len(later)
@@ -563,7 +576,7 @@ def spec_for_new_memory(points: PointsFile) -> FeaturizerSpec:
 
     spec = featurizer_spec(points.featurizer)
     if spec.dim != points.dim:
-        raise PointsFileError(f"{points.path} holds {points.dim}-d vectors, and {spec.name} makes {spec.dim}-d "
+        raise PointsFileError(f"{points.name} holds {points.dim}-d vectors, and {spec.name} makes {spec.dim}-d "
                               "features: they were made by another encoder; name that one", option="featurizer")
     return spec
 

@@ -2164,7 +2164,7 @@ class VisualMemory:
         points = path if isinstance(path, PointsFile) else read_points_file(path, featurizer)
         check_featurizer(self.store.meta.featurizer, points)
         started = time.perf_counter()
-        report = ImportReport(file=str(points.path), sha256=points.sha256, format=points.format,
+        report = ImportReport(file=points.name, sha256=points.sha256, format=points.format,
                               featurizer=points.featurizer, dim=points.dim, rows=points.n, dry_run=dry_run)
         plan = plan_rows(points, report, self.stored_labels, label)
         chosen_labels = sorted(set(plan.labels[plan.usable].tolist()))

@@ -661,14 +661,12 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
     folder = FilePath(tempfile.mkdtemp(prefix="vmem-import-"))
     path = folder / q.filename
 
-    def said(exc: Exception) -> str:  # the file by the name the client gave it, the options as HTTP takes them
-        return str(exc).replace(str(path), q.filename).replace("--featurizer NAME", "featurizer=NAME")
-
     def work() -> ImportReport:
         started.set()
         try:
-            return service.import_points(read_points_file(path, q.featurizer), label=q.label, relabel=q.relabel,
-                                         dry_run=q.dry_run)
+            # the file by the name the client gave it, the options as HTTP takes them
+            points = read_points_file(path, q.featurizer, shown_as=q.filename, option_form="{}=NAME")
+            return service.import_points(points, label=q.label, relabel=q.relabel, dry_run=q.dry_run)
         finally:  # once it ran, here: the client gone meanwhile does not stop it
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -676,15 +674,14 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
         await _receive_file(request, path)
         report = await unless_the_client_leaves(request, service.run_alone("import", work))
     except PointsFileError as exc:
-        raise ProblemError(422, said(exc), "bad-points-file", "The file cannot be imported") from None
+        raise ProblemError(422, str(exc), "bad-points-file", "The file cannot be imported") from None
     except FeaturizerMismatchError as exc:
-        raise ProblemError(409, said(exc), "featurizer-mismatch", "Vectors of another encoder") from None
+        raise ProblemError(409, str(exc), "featurizer-mismatch", "Vectors of another encoder") from None
     except ValueError as exc:  # a label that is another label's name: nothing written
-        raise ProblemError(422, said(exc), "invalid-parameters", "Invalid parameters") from None
+        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     finally:
         if not started.is_set():  # refused, or the client gone, before the import ran
             shutil.rmtree(folder, ignore_errors=True)
-    report.file = q.filename
     return ImportOut(
         file=q.filename, sha256=report.sha256, format=report.format, featurizer=report.featurizer, dim=report.dim,
         rows=report.rows, chosen=report.chosen, added=report.added, added_per_label=report.added_per_label,
