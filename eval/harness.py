@@ -12,7 +12,8 @@ Outputs in the run directory:
     hit_rate.csv             variant,k,hit_rate
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,k,votes,queries,accuracy (plurality agreement among the first k)
-    per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k)
+    per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k;
+                             confused_with a JSON object, label -> queries taken for it, top 3: {"n01": 3})
     predictions.csv          variant,rule,k,source,right_labels,predicted,predicted_name,correct,nearest,
                              nearest_similarity: each query's answer under that decision, in query order
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import shutil
 import sys
@@ -372,7 +374,7 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     written.append(write_csv(out / "per_class.csv", [
         "variant", "rule", "k", "label", "name", "queries", "correct", "accuracy", "confused_with"], [
         (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
-         f"{c.accuracy:.6f}", ";".join(f"{lab}:{count}" for lab, count in c.confused_with.items()))
+         f"{c.accuracy:.6f}", json.dumps(c.confused_with, ensure_ascii=False))
         for name, s in v.items() if s.per_class for c in s.per_class.classes]))
     if report.query_sources and any(s.decisions for s in v.values()):
         written.append(write_csv(out / "predictions.csv", [

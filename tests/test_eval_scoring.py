@@ -328,6 +328,23 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_folder_as_it_was(tmp_p
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
 
 
+def test_per_class_csv_says_where_misses_went_for_any_label(tmp_path):
+    # The cell was "label:count;label:count": a label holding ':' or ';' (a user's labels can be any text) could
+    # not be told from the next. It is a JSON object, label -> queries: json.loads reads it back
+    labels = ["AC:DC;live", "a;b:3", 'say "cheese", twice']
+    m = random_unit_vectors(60, 8, seed=5)
+    memory = [labels[i % 3] for i in range(60)]
+    queries = QuerySet(m[:9] + 0.01, [f"q{i}" for i in range(9)], [(labels[(i + 1) % 3],) for i in range(9)], [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=9, memory="toy", memory_points=60,
+                  featurizer="none", search="exact")
+    report = evaluate(MemoryArrays(m, memory, [str(i) for i in range(60)]), queries, run)
+    write_report(report, tmp_path, plots=False)
+    with open(tmp_path / "per_class.csv", encoding="utf-8", newline="") as f:
+        rows = {r["label"]: json.loads(r["confused_with"]) for r in csv.DictReader(f)}
+    assert rows == {c.label: c.confused_with for c in report.variants["all"].per_class.classes}
+    assert "AC:DC;live" in rows["a;b:3"] and sum(rows["a;b:3"].values()) == 3  # its 3 queries, all missed
+
+
 @pytest.mark.parametrize("location", ["edge", ":memory:"])
 def test_a_memory_read_into_ram_is_every_vector_as_stored_even_if_points_come_or_go_meanwhile(location, tmp_path,
                                                                                               monkeypatch):
