@@ -23,7 +23,7 @@ from retrieval import MemoryFullError, open_store
 from retrieval import files as retrieval_files
 from retrieval import store as retrieval_store
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
 from tests.conftest import random_unit_vectors
 from tests.test_copy import make_memory, points_of
 from vmem import VisualMemory
@@ -289,6 +289,30 @@ def test_a_backup_over_http_removes_and_logs_the_folder_of_one_killed_midway(tmp
     assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 200
     assert os.listdir(tmp_path / "backups") == ["nightly"]
     assert f"removed {dead}: the folder of a backup killed midway" in caplog.text
+
+
+def test_a_backup_taken_as_an_add_ends_holds_its_journal_line_with_its_points(tmp_path, lite0, memory_images):
+    # The add's journal line was written just after the edit lock was released: a backup at that instant held the
+    # points and not the line that says they were added. The backup runs there, as the line is written.
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    journal, backup = mem._journal, None
+
+    def backed_up_first(op, *args, **kwargs):
+        nonlocal backup
+        if op == "add":
+            backup = threading.Thread(target=mem.backup, args=(tmp_path / "backup",))
+            backup.start()
+            backup.join(1)  # done at once unless the add holds the edit lock still
+        journal(op, *args, **kwargs)
+
+    with mem, patch.object(mem, "_journal", backed_up_first):
+        mem.add([texture((90, 40, 200), seed=1), texture((90, 40, 200), seed=2)], "purple",
+                sources=["purple/1.png", "purple/2.png"])
+        assert backup is not None
+        backup.join(30)
+    with VisualMemory(open_store(tmp_path / "backup"), reranker=None) as copied:
+        assert copied.store.count(label="purple") == 2
+        assert [(e.op, e.points) for e in copied.history(op="add")] == [("add", 2)]
 
 
 @pytest.mark.parametrize("name", ["..", "../memory", "a/b", ".hidden", "", "x" * 129])

@@ -1120,9 +1120,10 @@ class VisualMemory:
             added = [] if vectors is None or not new_rows else self.store.add(
                 vectors[new_rows], [ok_labels[new[r]] for r in new_rows], [ok_sources[new[r]] for r in new_rows],
                 tags)
+            if added:  # journaled under it too (see forget): a backup holds the points with their line, or neither
+                self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
+                              detail={"tags": tags} if tags else {})
         if added:
-            self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
-                          detail={"tags": tags} if tags else {})
             self._name_imagenet_classes(new_classes)
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
         just_added = set(added)
