@@ -489,6 +489,8 @@ class MemoryStore(ABC):
     meta: MemoryMeta
     location: str
     journal: Journal  # one entry per edit (retrieval.journal), kept with the memory
+    # Opened by `open_read_only`: searches and reads only, every edit refused (MemoryReadOnlyError)
+    read_only = False
 
     @property
     def key(self) -> str:
@@ -915,6 +917,72 @@ def _hold_open_lock(folder: Path) -> Any:
     return fh
 
 
+@contextmanager
+def _shared_open_lock(folder: Path) -> Iterator[None]:
+    """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write
+    (its files change under the copy), and taken beside other copies. The lock file is opened to be read: the
+    folder may be a read-only mount. A memory without one (made by hand) is copied unlocked."""
+    import fcntl
+
+    try:
+        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below, which releases the lock
+    except FileNotFoundError:
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MemoryInUseError(
+                f"the memory at {folder} is open in another process (a running vmem serve or build?): a read-only "
+                "service copies the memory as it starts, which needs it at rest. Stop that process, or serve a "
+                "backup of it (POST /v1/memory/backup) read-only") from None
+        yield
+
+
+def open_read_only(location: str | Path) -> EdgeMemoryStore:
+    """Open the embedded memory at `location` for searches only, where its folder cannot be written (a read-only
+    mount, files of another user) or while other services serve it the same way.
+
+    The engine opens its files to write them even to search (it maps them writable and keeps a write-ahead log),
+    so the memory's folder is copied into a private folder of the temporary folder (TMPDIR), which is opened and
+    removed at close. Every edit is refused with MemoryReadOnlyError; an edit made to the memory meanwhile is
+    seen after the next opening.
+
+    Raises:
+        MemoryStoreError: no memory there; MemoryInUseError: a process has it open to write;
+        MemoryFullError: the temporary folder has no room for the copy.
+    """
+    import tempfile
+
+    source = Path(os.path.expanduser(location)).absolute()
+    if not (source / META_FILE).is_file():
+        raise MemoryError(f"no memory at {source}: build one first (vmem build)")
+    private = Path(tempfile.mkdtemp(prefix="vmem-read-only-"))
+    copy = private / "memory"
+    try:
+        with _shared_open_lock(source):
+            needed, free = _allocated_bytes(source, follow_links=True), shutil.disk_usage(private).free
+            if free < needed + EDIT_HEADROOM_BYTES:
+                raise MemoryFullError(
+                    f"a read-only service copies the memory ({needed / 1e6:,.1f} MB) into the temporary folder "
+                    f"{private.parent}, which has {free / 1e6:,.1f} MB free: give it more room, or point TMPDIR at a "
+                    "folder with room")
+            copy.mkdir()
+            copy_folder_sparse(source, copy, leave_out=lambda path: path == OPEN_LOCK_FILE)
+        for root, dirs, files in os.walk(copy):  # files the service may only read are copied as they are
+            for name, owner_may in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, os.stat(path).st_mode | owner_may)
+        store = EdgeMemoryStore(copy)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    store.source, store.read_only, store._read_only_copy = source, True, private
+    return store
+
+
 # The folders of the embedded memories this process holds open, for `drop_inherited_memory_locks`.
 _open_folders: dict[Path, int] = {}  # folder -> the process that opened it (a forked child inherits the map)
 
@@ -957,6 +1025,9 @@ class EdgeMemoryStore(MemoryStore):
     _open_lock: Any = None
 
     _shard: Any = None
+    # Opened by `open_read_only`: the memory's folder, and the private copy that is opened instead (removed at close)
+    source: Path | None = None
+    _read_only_copy: Path | None = None
 
     @property
     def shard(self) -> Any:
@@ -978,6 +1049,7 @@ class EdgeMemoryStore(MemoryStore):
         # ~ too: the Python API has no shell to expand it (os.path's: a `~name` that is no user stays as it is)
         self.path = Path(os.path.expanduser(path)).absolute()
         self.location = str(Path(path))
+        self.source = self.path  # the memory's own folder (`open_read_only`: not the copy opened)
         self.journal = FileJournal(self.path / JOURNAL_FILE)
         self._write_lock = threading.Lock()
         self._writes = 0  # writes begun: what a cached answer about the points was computed after
@@ -1112,6 +1184,7 @@ class EdgeMemoryStore(MemoryStore):
                                              **VACUUM_THRESHOLDS)
 
     def save_meta(self) -> None:
+        self._refuse_if_read_only()
         self.check_available()
         try:
             write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
@@ -1144,8 +1217,15 @@ class EdgeMemoryStore(MemoryStore):
                 f"the memory's folder {self.path} was removed or replaced while this process had it open: nothing "
                 "more is written to it; restart the service, or open the memory again")
 
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise MemoryReadOnlyError(
+                f"the memory {self.source} is served read-only (VMEM_READ_ONLY): nothing was changed; searches go on. "
+                "Edit it where it is served for writing, then restart this service to serve the edit")
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
+        self._refuse_if_read_only()
         with self._write_lock:
             self.check_available()
             self._writes += 1  # before the write: a count read while it runs is not kept past it
@@ -1561,6 +1641,9 @@ class EdgeMemoryStore(MemoryStore):
                 shard.close()
             self.shard = None
         self._release_open_lock()
+        if self._read_only_copy is not None:
+            shutil.rmtree(self._read_only_copy, ignore_errors=True)
+            self._read_only_copy = None
 
     def _acknowledge_last_add(self) -> None:
         """End the write-ahead log with a one-point write, so that opening the memory replays next to nothing.
@@ -1852,6 +1935,7 @@ def open_store(
     collection: str = DEFAULT_COLLECTION,
     api_key: str | None = None,
     index: IndexSettings | None = None,
+    read_only: bool = False,
 ) -> MemoryStore:
     """Open the memory at `location`, creating it when `featurizer` is given and none exists.
 
@@ -1862,10 +1946,15 @@ def open_store(
         featurizer: the spec of the encoder about to be used; creates the memory if missing and
             raises `FeaturizerMismatchError` if the memory was built with another one.
         index: HNSW and quantization settings for a new memory (ignored for an existing one).
+        read_only: an embedded memory for searches only, edits refused (`open_read_only`).
 
     Returns:
         A `MemoryStore`.
     """
+    if read_only:
+        if not is_embedded_location(location):
+            raise MemoryError(f"{location} cannot be opened read-only: only an embedded memory (a folder) can")
+        return open_read_only(location)
     meta = MemoryMeta(featurizer=featurizer, index=index or IndexSettings()) if featurizer is not None else None
     loc = str(location)
     if is_embedded_location(loc):

@@ -56,7 +56,7 @@ def _named_enums(node: Any) -> Any:
 
 def open_memory(settings: Settings) -> VisualMemory:
     return VisualMemory.open(settings.location, featurizer=settings.featurizer, create=settings.create_memory,
-                             device=settings.device)
+                             device=settings.device, read_only=settings.read_only)
 
 
 def create_app(settings: Settings | None = None, memory: VisualMemory | None = None,

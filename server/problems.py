@@ -198,9 +198,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MemoryReadOnlyError)
     async def _memory_read_only(request: Request, exc: MemoryReadOnlyError) -> JSONResponse:
-        log.error("%s: %s", described(request), exc)
+        served_read_only = request.app.state.settings.read_only  # refuses edits as asked: no fault to alert on
+        log.log(logging.INFO if served_read_only else logging.ERROR, "%s: %s", described(request), exc)
         # No Retry-After: a mount or a folder's owner changes by a person's hand
-        return problem_response(request, 503, str(exc), "memory-read-only", "The memory's folder cannot be written")
+        return problem_response(request, 503, str(exc), "memory-read-only", "The memory is served read-only"
+                                if served_read_only else "The memory's folder cannot be written")
 
     @app.exception_handler(MemoryGoneError)
     async def _memory_gone(request: Request, exc: MemoryGoneError) -> JSONResponse:

@@ -610,6 +610,8 @@ class StatsOut(Answer):
     default_vote: VoteSettings = Field(description="voting settings used when a request gives none")
     ood_threshold: float | None = Field(default=None,
                                         description="novelty threshold at the default k (null if not calibrated)")
+    read_only: bool = Field(default=False, description="served read-only (`VMEM_READ_ONLY`): every edit is refused "
+                            "(503 `memory-read-only`)")
 
 
 class TemplateOut(Answer):
@@ -646,6 +648,7 @@ class ReadyOut(Answer):
     status: Literal["ready", "not ready"] = Field(description="`ready` when requests can be served")
     points: int | None = Field(default=None, description="points in the memory")
     featurizer: str | None = Field(default=None, description="the loaded encoder")
+    read_only: bool = Field(default=False, description="served read-only (`VMEM_READ_ONLY`): classify, no edits")
     detail: str | None = Field(default=None, description="why not ready")
 
 

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     featurizer: str | None = Field(
         default=None, description="encoder name; must match the memory's (only needed with create_memory)")
     create_memory: bool = Field(default=False, description="create an empty memory when none exists")
+    read_only: bool = Field(
+        default=False, description="serve the embedded memory for classify only, every edit refused: a private copy "
+        "of it in the temporary folder is opened, so its folder may be a read-only mount and other services may "
+        "serve it the same way")
     device: str | None = Field(default=None, description="torch device for the encoder (default: cuda if present)")
 
     api_key: SecretStr | None = Field(default=None, description="key required in X-API-Key to edit the memory")
@@ -146,6 +150,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
+        if self.read_only and self.qdrant_url:
+            raise ValueError("VMEM_READ_ONLY serves an embedded memory (VMEM_MEMORY); a Qdrant server's collection is "
+                             "served by several services as it is")
         if self.auth_disabled:
             return self
         if self.api_key is None or not self.api_key.get_secret_value():

@@ -1065,6 +1065,42 @@ def test_names_on_a_memory_folder_that_cannot_be_written_are_a_503_that_says_so(
     assert "Read-only file system" in line.getMessage() and line.exc_info is None
 
 
+def test_a_read_only_replica_classifies_refuses_edits_with_a_503_and_says_it_is_read_only(tmp_path, lite0,
+                                                                                         memory_images, caplog):
+    # Horizontal scaling of classify: each replica serves the memory with VMEM_READ_ONLY=true (a read-only mount,
+    # or a folder another service holds). Without it, the engine's write lock refused every replica but the first.
+    from retrieval import open_store
+    from vmem import VisualMemory
+
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    replicas = [VisualMemory(open_store(tmp_path / "memory", read_only=True), lite0) for _ in range(2)]
+    with TestClient(create_app(settings(tmp_path, read_only=True), memory=replicas[0])) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "points": 12, "featurizer": "efficientnet-lite0",
+                                                "read_only": True, "detail": None}
+        assert client.get("/v1/memory/stats").json()["read_only"] is True
+        answer = client.post("/v1/classify?k=3", files=upload(texture(COLORS["red"], 7)))
+        assert answer.status_code == 200 and answer.json()["label"] == "red"
+        victim = answer.json()["neighbors"][0]["id"]
+        caplog.clear()
+        for refused in (
+            client.post("/v1/memory", headers=AUTH, data={"label": "red"},
+                        files=[("images", ("new.png", texture(COLORS["red"], 77), "image/png"))]),
+            client.delete(f"/v1/memory/points/{victim}", headers=AUTH),
+            client.patch(f"/v1/memory/points/{victim}", headers=AUTH, json={"label": "blue"}),
+            client.put("/v1/memory/label-names", headers=AUTH, json={"names": {"red": "crimson"}}),
+        ):
+            body = assert_problem(refused, 503, "memory-read-only", "served read-only")
+            assert body["title"] == "The memory is served read-only" and "Retry-After" not in refused.headers
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # refused as asked: nothing to alert on
+        assert client.get(f"/v1/memory/points/{victim}").json()["label"] == "red"
+        assert client.get("/v1/memory/stats").json()["points"] == 12
+    for replica in replicas:
+        replica.close()
+    assert Settings(memory=str(tmp_path / "memory"), auth_disabled=True, read_only=True).read_only
+    with pytest.raises(ValidationError, match="VMEM_READ_ONLY serves an embedded memory"):
+        Settings(qdrant_url="http://localhost:6333", auth_disabled=True, read_only=True)
+
+
 def test_a_service_whose_thumbnail_folder_cannot_be_recorded_still_starts(make_client, monkeypatch):
     # Recording VMEM_THUMBNAIL_DIR in vmem.json on a full disk had stopped the service from starting.
     import errno

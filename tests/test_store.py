@@ -662,3 +662,61 @@ def test_an_embedded_memory_opened_by_a_relative_path_works_after_a_chdir(tmp_pa
     store.close()
     with open_store(tmp_path / "memory") as again:
         assert again.count() == 4
+
+
+def _files_of(folder) -> dict[str, bytes]:
+    from pathlib import Path
+
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_memory_opened_read_only_searches_a_private_copy_and_refuses_every_edit(tmp_path, monkeypatch):
+    # A classify-only replica: the memory's folder a read-only mount, or several services serving it at once. The
+    # engine writes even to search (its files mapped writable, its write-ahead log), so a copy is opened.
+    import os
+    import stat
+
+    from retrieval import MemoryReadOnlyError
+    from retrieval.store import MemoryInUseError
+
+    folder = tmp_path / "memory"
+    writer = open_store(folder, SPEC)
+    vecs, labs, _, ids = fill(writer)
+    writer.close()
+    for root, dirs, files in os.walk(folder):  # files the service's user may only read (chmod -R a-w)
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), os.stat(os.path.join(root, name)).st_mode & ~0o222)
+    before = _files_of(folder)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+
+    first = open_store(folder, read_only=True)
+    second = open_store(folder, read_only=True)  # a second replica beside it
+    for replica in (first, second):
+        assert replica.read_only and replica.count() == len(ids)
+        assert replica.query(vecs[0], 1)[0].id == ids[0]
+        with pytest.raises(MemoryReadOnlyError, match="served read-only"):
+            replica.add(vecs[:1], ["cat"], ["/data/new.jpg"])
+        with pytest.raises(MemoryReadOnlyError):
+            replica.delete_ids(ids[:1])
+        with pytest.raises(MemoryReadOnlyError):  # names, settings: vmem.json
+            replica.save_meta()
+        assert replica.count() == len(ids)
+    assert len(list((tmp_path / "tmp").iterdir())) == 2  # each its own copy, in TMPDIR
+    first.close()
+    second.close()
+    assert list((tmp_path / "tmp").iterdir()) == []  # removed at close
+    assert _files_of(folder) == before  # the memory itself untouched
+
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), os.stat(os.path.join(root, name)).st_mode | stat.S_IWUSR)
+    writer = open_store(folder)
+    with pytest.raises(MemoryInUseError, match="needs it at rest"):  # its files change under a copy
+        open_store(folder, read_only=True)
+    writer.close()
+    with pytest.raises(MemoryError, match="only an embedded memory"):
+        open_store(":memory:", read_only=True)

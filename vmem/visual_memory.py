@@ -347,6 +347,7 @@ class VisualMemory:
         device: str | None = None,
         reranker: Any = AUTO_RERANKER,
         index: IndexSettings | None = None,
+        read_only: bool = False,
     ) -> VisualMemory:
         """Open (or with `create=True`, create) the memory at `location`.
 
@@ -358,15 +359,18 @@ class VisualMemory:
             reranker: a `reranker.GeminiReranker` (or any object with `rerank_many`); the default
                 builds one from the environment on first use; None disables re-ranking.
             index: HNSW and quantization settings for a new memory (fixed once it exists).
+            read_only: an embedded memory for classify only, where its folder cannot be written or other
+                processes serve it too: a private copy is opened (`retrieval.store.open_read_only`), every edit
+                refused (`retrieval.MemoryReadOnlyError`, a `MemoryStoreError`).
 
         Raises:
             vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process.
             vmem.FeaturizerMismatchError: `featurizer` is not the memory's own encoder.
         """
         try:
-            store = open_store(location)
+            store = open_store(location, read_only=read_only)
         except Exception as exc:
-            if not create or "build one first" not in str(exc):
+            if not create or read_only or "build one first" not in str(exc):
                 raise
             store = None
         if store is None or featurizer is not None:

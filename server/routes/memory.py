@@ -436,7 +436,7 @@ async def stats(service: ServiceDep) -> StatsOut:
             label_names={label: name for label, name in store.meta.label_names.items() if label in per_label},
             featurizer=FeaturizerOut(name=spec.name, dim=spec.dim, resize=spec.preprocessing.resize,
                                      crop=spec.preprocessing.crop),
-            default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k),
+            default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k), read_only=store.read_only,
         )
 
     return await service.run(collect)

@@ -44,7 +44,7 @@ async def readyz(request: Request) -> ReadyOut | JSONResponse:
     if getattr(request.app.state, "unready_since", None) is not None:
         log.warning("ready again: the memory answers (%d points)", points)
         request.app.state.unready_since = None
-    return ReadyOut(status="ready", points=points, featurizer=service.memory.store.meta.featurizer.name)
+    return ReadyOut(status="ready", points=points, featurizer=store.meta.featurizer.name, read_only=store.read_only)
 
 
 def _not_ready(request: Request, detail: str) -> JSONResponse:

@@ -213,7 +213,8 @@ def _startup_summary(mem: Any, settings: Any) -> str:
 
     rerank = (f"re-rank with {GeminiSettings().model}" if api_key_from_env()
               else "no Gemini key (GEMINI_API_KEY): re-ranked requests fall back to the vote")
-    edits = "anyone may edit" if settings.auth_disabled else "edits need the API key"
+    edits = ("read-only: every edit is refused" if settings.read_only else
+             "anyone may edit" if settings.auth_disabled else "edits need the API key")
     return (f"{mem.store.count():,} points, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
 
 
@@ -238,6 +239,9 @@ def serve(
     env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
                                                   "this file \\[default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="classify only, every edit refused (as "
+                                            "$VMEM_READ_ONLY=true): a copy of the memory in TMPDIR is served, so its "
+                                            "folder may be read-only and other services may serve it too")] = False,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level")] = LogLevel.info,
     root_path: Annotated[str, typer.Option(help="the path prefix a reverse proxy serves this under and strips "
                                                 "(e.g. /vmem): the URLs the service hands out carry it")] = "",
@@ -258,7 +262,8 @@ def serve(
         raise typer.BadParameter(f"{root_path!r} lacks its leading /: give --root-path /{root_path}",
                                  param_hint="--root-path")
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
-                                 "featurize_threads": threads, "auth_disabled": True if no_auth else None}
+                                 "featurize_threads": threads, "auth_disabled": True if no_auth else None,
+                                 "read_only": True if read_only else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
