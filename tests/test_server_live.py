@@ -266,6 +266,44 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
     assert re.search(stamped + r"INFO: +127\.0\.0\.1:\d+ - \"POST /v1/classify\?k=3 HTTP/1\.1\" 200", out, re.M), out
 
 
+def test_vmem_serve_stopped_by_sigterm_closes_its_memory_and_exits_0(tmp_path, lite0, memory_images):
+    # docker stop, Kubernetes and systemd stop a service with SIGTERM. uvicorn finishes the requests in flight, then
+    # raises the signal again: that had killed vmem serve before its memory was closed, with exit 143, leaving a
+    # read-only service's copy of the memory in TMPDIR at each stop (and a writable memory's last writes to the log).
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    (tmp_path / "tmp").mkdir()
+    port = _free_port()
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "VMEM_READ_ONLY": "true",
+           "TMPDIR": str(tmp_path / "tmp")}
+    cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(tmp_path / "memory"),
+           "--port", str(port), "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "vmem serve did not become ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        assert httpx.get(f"{url}/readyz").json()["read_only"] is True
+        assert len(list((tmp_path / "tmp").iterdir())) == 1  # the memory's copy
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    assert "Application shutdown complete" in out
+    assert list((tmp_path / "tmp").iterdir()) == []  # closed: the copy removed
+
+
 def test_bench_load_reports_latency_throughput_and_no_errors(tmp_path, lite0, memory_images):
     from typer.testing import CliRunner
 

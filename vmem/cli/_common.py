@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -358,3 +361,22 @@ def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -
         if sample < len(everything):
             out = sorted(random.Random(seed).sample(everything, sample))
     return out
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, `docker stop`, a CI job's limit, Kubernetes) ends the command as Ctrl-C does: a build's
+    adds are journaled and the message says how to resume (it had killed the process with the adds unjournaled);
+    `vmem serve` closes its memory once uvicorn has finished the requests in flight."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -62,6 +59,7 @@ from ._common import (
     open_memory,
     parse_tags,
     require_points,
+    sigterm_as_interrupt,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -229,7 +227,7 @@ def build(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
             file=sys.stderr)
         try:
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 report = mem.build(items, batch_size=batch_size, num_workers=workers, tags=tags,
                                    progress=bar.update, feature_cache=feature_cache, relabel=relabel,
                                    skip_forgotten=skip_forgotten)
@@ -249,24 +247,6 @@ def build(
     if report.failed and not (report.added or report.skipped_existing or report.duplicates or report.relabelled):
         typer.echo(f"nothing could be added: all {len(report.failed)} images failed", err=True)
         raise typer.Exit(1)
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (`timeout`, `docker stop`, a CI job's limit) ends a build as Ctrl-C does: what was added is
-    journaled and the message says how to resume. It had killed the process with the adds unjournaled."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 # Bytes an embedded memory takes per point and vector dimension, as measured: Tiny-ImageNet with
@@ -849,7 +829,7 @@ def export(
         total = _export_total(mem, label, source, excluded)
         started = time.perf_counter()
         # SIGTERM as Ctrl-C: the temporary file beside FILE goes (it had stayed, as large as the export)
-        with tqdm(total=total, unit="pt", desc="export", file=sys.stderr) as bar, _sigterm_as_interrupt():
+        with tqdm(total=total, unit="pt", desc="export", file=sys.stderr) as bar, sigterm_as_interrupt():
             try:
                 n = mem.export_points(path, label=label, source_prefix=source, excluded=excluded, overwrite=force,
                                       progress=bar.update)
@@ -909,7 +889,7 @@ def import_(
                           opener=lambda location: VisualMemory.open_for_import(location, points, create=not dry_run))
     except PointsFileError as exc:
         raise _points_file_problem(exc) from None
-    with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, _sigterm_as_interrupt():
+    with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, sigterm_as_interrupt():
         try:
             report = mem.import_points(points, label=label, relabel=relabel, dry_run=dry_run,
                                        progress=bar.update)

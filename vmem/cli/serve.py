@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from ._common import check_memory_location, check_reranker_settings, open_failure, refuse_both, settings_problems
+from ._common import (
+    check_memory_location,
+    check_reranker_settings,
+    open_failure,
+    refuse_both,
+    settings_problems,
+    sigterm_as_interrupt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,28 +287,32 @@ def serve(
         say("warning: authentication is disabled: anyone who can reach the port can edit the memory", logging.WARNING)
     memory_path, url = Path(settings.memory), settings.qdrant_url
     check_memory_location(memory_path, url)
-    try:
-        mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
-    except Exception as exc:
-        if (problem := open_failure(memory_path, url, exc)) is None:
-            raise
-        raise problem from exc
-    try:
-        app = create_app(settings, memory=mem, auditor=_label_auditor)
-        prefix = root_path.rstrip("/")
-        where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
-        say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
-            + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
-        files = open_files_limit()
-        if files < FEW_OPEN_FILES:
-            # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
-            # request on every connection with a plain-text 503. Past the files, a new connection waits instead.
-            say(f"warning: this process may open {files} files only (ulimit -n): past about "
-                f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
-                logging.WARNING)
-        logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
-        uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                    forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                    timeout_graceful_shutdown=_graceful_shutdown_s())  # type: ignore[arg-type]  # a float works: asyncio.timeout
-    finally:
-        mem.close()
+    # SIGTERM (docker stop, Kubernetes, systemd) as Ctrl-C: uvicorn finishes the requests in flight, then raises the
+    # signal again, which had killed the process before the memory was closed (its last writes left to the engine's
+    # log, a read-only service's copy left in TMPDIR) with exit 143. Now the memory closes and the exit is 0.
+    with sigterm_as_interrupt():
+        try:
+            mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
+        except Exception as exc:
+            if (problem := open_failure(memory_path, url, exc)) is None:
+                raise
+            raise problem from exc
+        try:
+            app = create_app(settings, memory=mem, auditor=_label_auditor)
+            prefix = root_path.rstrip("/")
+            where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
+            say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
+                + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
+            files = open_files_limit()
+            if files < FEW_OPEN_FILES:
+                # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
+                # request on every connection with a plain-text 503. Past the files, a new connection waits instead.
+                say(f"warning: this process may open {files} files only (ulimit -n): past about "
+                    f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
+                    logging.WARNING)
+            logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
+            uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
+                        forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
+                        timeout_graceful_shutdown=_graceful_shutdown_s())  # type: ignore[arg-type]  # a float works: asyncio.timeout
+        finally:
+            mem.close()
