@@ -1093,6 +1093,47 @@ def test_a_memory_whose_files_the_user_may_not_write_is_one_line(built, monkeypa
     assert "they must be writable by this user, even to read them" in out.output
 
 
+def test_a_memory_restored_by_another_user_says_whose_it_is_and_how_to_serve_it(built, monkeypatch):
+    # A service's own user (uid 54321 in a container) and a memory an operator restored as root: "Permission denied
+    # (.vmem-open.lock): give a directory you can write to" named neither the files' owner nor the way out.
+    import errno
+    import json
+    import os
+
+    from vmem import VisualMemory
+
+    memory, _ = built
+    owner = os.stat(memory).st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 54321)  # this process runs as another user than the owner
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(memory / ".vmem-open.lock"))
+
+    def said(out) -> str:  # the error's box unwrapped
+        return " ".join(line.strip("│ ") for line in out.output.splitlines())
+
+    monkeypatch.setattr(VisualMemory, "open", refused)
+    out = run("serve", "--no-auth", "--memory", memory)
+    assert out.exit_code == 2, out.output
+    assert "Invalid value for --memory (VMEM_MEMORY): cannot open or create the memory directory" in said(out)
+    assert f"(its files belong to uid {owner}" in said(out) and f"runs as uid {owner + 54321}" in said(out)
+    assert f"`chown -R {owner + 54321} {memory}`" in said(out)
+    assert "or serve it as it is, for classify only: vmem serve --read-only (VMEM_READ_ONLY=true)" in said(out)
+    out = run("info", "--memory", memory)  # the other commands say whose it is too
+    assert out.exit_code == 2 and f"(its files belong to uid {owner}" in said(out) and "--read-only" not in said(out)
+
+    # With VMEM_LOG_FORMAT=json, the error that ends the start is one JSON line, as every other line of the log
+    monkeypatch.setenv("VMEM_LOG_FORMAT", "json")
+    out = run("serve", "--no-auth", "--memory", memory)
+    *_, line = [json.loads(line) for line in out.output.splitlines() if line.strip()]  # after --no-auth's warning
+    assert line["level"] == "ERROR" and line["logger"] == "vmem.serve" and out.exit_code == 2
+    assert line["message"].startswith("Error: Invalid value for --memory (VMEM_MEMORY): cannot open or create")
+    monkeypatch.delenv("VMEM_API_KEY", raising=False)
+    out = run("serve", "--memory", memory)  # before the settings are read
+    [line] = [json.loads(line) for line in out.output.splitlines() if line.strip()]
+    assert "no API key: set VMEM_API_KEY" in line["message"] and out.exit_code == 2
+
+
 def test_a_memory_on_a_full_disk_is_one_line_and_a_temporary_failure(tmp_path):
     # The engine writes its config as it opens a memory: on a full ext4 disk every command had been a 25-line
     # traceback, and a build into a new folder exit 2, "give a directory you can write to".

@@ -149,8 +149,9 @@ EXIT_TEMPORARY = TemporaryFailure.exit_code
 
 
 def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
-                 options: tuple[str, str] = MEMORY_OPTIONS) -> Exception | None:
-    """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix."""
+                 options: tuple[str, str] = MEMORY_OPTIONS, unwritable_also: str = "") -> Exception | None:
+    """What went wrong opening the memory, said for the user; None for a failure that is not theirs to fix.
+    `unwritable_also` ends what is said of a memory this user may not write (what else the command can do)."""
     from pydantic import ValidationError
 
     if isinstance(exc, MemoryUnavailableError):
@@ -172,14 +173,47 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
         return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
-                                  f"{where}: give a directory you can write to", param_hint=options[0])
+                                  f"{where}: give a directory you can write to{_owner_note(memory)}{unwritable_also}",
+                                  param_hint=options[0])
     if any(words in str(exc) for words in ENGINE_ACCESS_ERRORS):
         # The engine's own error, as one line: it had been a 54-line traceback (files the user may not write,
         # in a folder whose lock file they may).
         said = ": ".join(str(exc).strip().splitlines()[0].split(": ")[-2:])  # "Failed to open ...: Permission denied"
         return typer.BadParameter(f"cannot open the memory's files in {memory} ({said}): they must be writable by "
-                                  "this user, even to read them", param_hint=options[0])
+                                  f"this user, even to read them{_owner_note(memory)}{unwritable_also}",
+                                  param_hint=options[0])
     return None
+
+
+def _owner_note(memory: Path, most: int = 10_000) -> str:
+    """Whose the memory's files are, where some are not this user's: a memory restored by root (a backup copied
+    back, `vmem info` run as root, which rewrites a few files) had said only "Permission denied" to the service's
+    own user. Empty where all are this user's, or the owner cannot be told."""
+    if not hasattr(os, "geteuid"):
+        return ""
+    me, seen = os.geteuid(), 0
+    try:
+        for root, dirs, files in os.walk(memory):
+            for name in [".", *dirs, *files]:
+                seen += 1
+                owner = os.lstat(os.path.join(root, name)).st_uid
+                if owner != me:
+                    return (f" (its files belong to {_user_name(owner)}, and this process runs as {_user_name(me)}: "
+                            f"give them to this user, `chown -R {me} {memory}`)")
+                if seen >= most:
+                    return ""
+    except OSError:
+        return ""
+    return ""
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:  # a container's user with no entry in /etc/passwd
+        return f"uid {uid}"
 
 
 # How the embedded engine's errors say it may not open a file.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +14,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from retrieval.store import MemoryInUseError, MemoryStoreError
+
 from ._common import (
+    EXIT_TEMPORARY,
+    TemporaryFailure,
     check_memory_location,
     check_reranker_settings,
     open_failure,
@@ -114,6 +120,25 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+@contextmanager
+def _errors_said_as(log_format: str) -> Iterator[None]:
+    """With `VMEM_LOG_FORMAT=json`, an error that ends the start is one JSON object too (level ERROR), as every
+    other line: it had been typer's box drawn over several lines, each a separate event to a log collector."""
+    if log_format.strip().lower() != "json":
+        yield
+        return
+    try:
+        yield
+    except (typer.BadParameter, TemporaryFailure, MemoryStoreError) as exc:
+        if isinstance(exc, typer.BadParameter | TemporaryFailure):
+            message, code = exc.format_message(), exc.exit_code
+        else:  # as vmem's commands say it (vmem.cli._Commands)
+            message, code = str(exc), EXIT_TEMPORARY if isinstance(exc, MemoryInUseError) else 1
+        record = logging.LogRecord("vmem.serve", logging.ERROR, "", 0, f"Error: {message}", None, None)
+        typer.echo(JsonLogFormatter().format(record), err=True)
+        raise typer.Exit(code) from None
+
+
 def _service_log_config(log_format: str | None = None) -> dict[str, Any]:
     """uvicorn's logging with a timestamp on every line, vmem's own lines (fallbacks, warnings) through the same
     handler with their logger's name: a service's log is read hours later, beside other services' logs. With
@@ -136,6 +161,10 @@ def _service_log_config(log_format: str | None = None) -> dict[str, Any]:
     # -v (the root logger's level, set by the CLI's callback) still decides how much of vmem's own work is told
     config["root"] = {"handlers": ["vmem"], "level": logging.getLevelName(logging.getLogger().level)}
     return config
+
+
+# What a memory the service cannot open is blamed on: VMEM_MEMORY as often as --memory (a container's settings)
+SERVE_MEMORY_OPTIONS = ("--memory (VMEM_MEMORY)", "--qdrant-url (VMEM_QDRANT_URL)")
 
 
 # uvicorn's levels: refused among the options, not with a KeyError once the memory is open
@@ -274,7 +303,8 @@ def serve(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
-    settings = checked_settings(env_file, overrides)
+    with _errors_said_as(os.environ.get("VMEM_LOG_FORMAT", "")):  # the settings are not read yet
+        settings = checked_settings(env_file, overrides)
     log_config = _service_log_config(settings.log_format)  # VMEM_LOG_FORMAT of the environment or the env file
 
     def say(message: str, level: int = logging.INFO) -> None:
@@ -286,15 +316,17 @@ def serve(
     if settings.auth_disabled:
         say("warning: authentication is disabled: anyone who can reach the port can edit the memory", logging.WARNING)
     memory_path, url = Path(settings.memory), settings.qdrant_url
-    check_memory_location(memory_path, url)
     # SIGTERM (docker stop, Kubernetes, systemd) as Ctrl-C: uvicorn finishes the requests in flight, then raises the
     # signal again, which had killed the process before the memory was closed (its last writes left to the engine's
     # log, a read-only service's copy left in TMPDIR) with exit 143. Now the memory closes and the exit is 0.
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), _errors_said_as(settings.log_format):
+        check_memory_location(memory_path, url, SERVE_MEMORY_OPTIONS)
         try:
             mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
         except Exception as exc:
-            if (problem := open_failure(memory_path, url, exc)) is None:
+            or_read_only = "" if settings.read_only else (
+                "; or serve it as it is, for classify only: vmem serve --read-only (VMEM_READ_ONLY=true)")
+            if (problem := open_failure(memory_path, url, exc, SERVE_MEMORY_OPTIONS, or_read_only)) is None:
                 raise
             raise problem from exc
         try:
