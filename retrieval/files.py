@@ -295,7 +295,7 @@ def copy_folder_sparse(source: str | Path, target: str | Path, leave_out: Callab
     what is neither a file nor a folder (a FIFO, a socket) is left out."""
     written, made = 0, [str(target)]
     seen = {_identity(source)}  # folders walked, by what they are: a link back up is not walked round for ever
-    for root, dirs, files in os.walk(source, followlinks=True):
+    for root, dirs, files in os.walk(source, followlinks=True, onerror=_refuse):  # a folder it cannot read is no gap
         rel = os.path.relpath(root, source)
         into = os.path.join(target, rel) if rel != "." else str(target)
         for name in list(dirs):
@@ -321,6 +321,10 @@ def copy_folder_sparse(source: str | Path, target: str | Path, leave_out: Callab
     for folder in made:  # their entries too, so that a crash after the caller's rename finds every file
         _sync_folder(folder)
     return written
+
+
+def _refuse(error: OSError) -> None:
+    raise error
 
 
 def _identity(path: str | Path) -> tuple[int, int]:

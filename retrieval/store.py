@@ -969,7 +969,11 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
                     f"{private.parent}, which has {free / 1e6:,.1f} MB free: give it more room, or point TMPDIR at a "
                     "folder with room")
             copy.mkdir()
-            copy_folder_sparse(source, copy, leave_out=lambda path: path == OPEN_LOCK_FILE)
+            try:
+                copy_folder_sparse(source, copy, leave_out=lambda path: path == OPEN_LOCK_FILE)
+            except PermissionError as exc:
+                raise MemoryError(f"the memory at {source} cannot be read by this user ({exc.strerror}: "
+                                  f"{exc.filename}): a read-only service copies every file of it") from None
         for root, dirs, files in os.walk(copy):  # files the service may only read are copied as they are
             for name, owner_may in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
                 path = os.path.join(root, name)

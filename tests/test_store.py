@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -720,3 +721,17 @@ def test_a_memory_opened_read_only_searches_a_private_copy_and_refuses_every_edi
     writer.close()
     with pytest.raises(MemoryError, match="only an embedded memory"):
         open_store(":memory:", read_only=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may read any folder")
+def test_a_memory_with_a_folder_this_user_may_not_read_is_refused_read_only_saying_so(tmp_path):
+    # The copy had left the unreadable folder out without a word, and the engine then found no segments: a traceback
+    writer = open_store(tmp_path / "memory", SPEC)
+    fill(writer)
+    writer.close()
+    (tmp_path / "memory" / "shard").chmod(0o300)
+    try:
+        with pytest.raises(MemoryError, match=r"cannot be read by this user \(Permission denied: .*shard"):
+            open_store(tmp_path / "memory", read_only=True)
+    finally:
+        (tmp_path / "memory" / "shard").chmod(0o700)
