@@ -45,7 +45,7 @@ MAX_JPEG_PIXELS = 4 * MAX_IMAGE_PIXELS
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif",
                             ".tif", ".tiff", ".ico"})
-# AVIF (images saved from the web) where this Pillow decodes it (its wheels do from 11.2; vmem allows Pillow 10).
+# AVIF (images saved from the web) where this Pillow decodes it (its wheels do from 11.3; vmem allows Pillow 10.3).
 if features.check("avif"):
     IMAGE_FORMATS += ("AVIF",)
     IMAGE_SUFFIXES |= {".avif"}
