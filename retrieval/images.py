@@ -46,9 +46,11 @@ IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif",
                             ".tif", ".tiff", ".ico"})
 # AVIF (images saved from the web) where this Pillow decodes it (its wheels do from 11.3; vmem allows Pillow 10.3).
-if features.check("avif"):
-    IMAGE_FORMATS += ("AVIF",)
-    IMAGE_SUFFIXES |= {".avif"}
+# Asked of the module: a Pillow before 11.2 has not heard of it, and `features.check` warned so at every command.
+with contextlib.suppress(ValueError):
+    if features.check_module("avif"):
+        IMAGE_FORMATS += ("AVIF",)
+        IMAGE_SUFFIXES |= {".avif"}
 # How `load_image`'s errors name the formats.
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF" + (", ICO or AVIF" if "AVIF" in IMAGE_FORMATS else " or ICO")
 # A camera's JPEG with an MPF block (a preview: Sony, Panasonic, Canon) opens as "MPO": a JPEG all the same, and
