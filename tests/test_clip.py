@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,11 @@ def tiny_clip_dir(tmp_path_factory) -> str:
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    path = tmp_path_factory.mktemp("tiny-clip")
+    # Read from the files a saved tokenizer has: transformers 4 takes only their paths, 5 the dicts or the paths
+    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
     torch.manual_seed(0)
     special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
                "pad_token_id": vocab["<|endoftext|>"]}
@@ -40,7 +46,6 @@ def tiny_clip_dir(tmp_path_factory) -> str:
                            image_size=32, patch_size=8),
         projection_dim=8,
     )
-    path = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
