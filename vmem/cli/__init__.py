@@ -117,6 +117,7 @@ def _flags_without_a_type(command) -> None:
 app = typer.Typer(
     name="vmem",
     cls=_Commands,
+    rich_markup_mode="rich",
     help="Visual-memory image classification: build a memory of labelled images, classify, forget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
