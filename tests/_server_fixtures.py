@@ -78,14 +78,17 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
 
 
 @contextmanager
-def live_server(app, timeout: float = 60.0, root_path: str = "", **config: Any) -> Iterator[str]:
+def live_server(app, timeout: float = 60.0, root_path: str = "", port: int = 0, **config: Any) -> Iterator[str]:
     """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL. `root_path`:
-    as `vmem serve --root-path` sets it, for a proxy that strips that prefix; `config`: more of uvicorn's settings
+    as `vmem serve --root-path` sets it, for a proxy that strips that prefix; `port`: the port of a service
+    stopped before, to start it again where its clients are; `config`: more of uvicorn's settings
     (`timeout_graceful_shutdown`, as `vmem serve` sets it)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    # As uvicorn binds its own: a service started again on this port once it stops (its connections closing) may
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", root_path=root_path,
                                                    **config))

@@ -315,6 +315,93 @@ def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):
     mem.close()
 
 
+def _served_read_only(folder: Path, lite0, **app_args):
+    """The app of `vmem serve --read-only` over the memory in `folder` (closed by whoever wrote it), and its memory."""
+    from retrieval import open_store
+    from vmem import VisualMemory
+
+    mem = VisualMemory(open_store(folder, read_only=True), lite0)
+    return create_app(Settings(memory=str(folder), api_key=API_KEY, read_only=True), memory=mem, **app_args), mem
+
+
+def edit_controls_shown(driver) -> list[str]:
+    """The classes of the edit controls a user can see (and a screen reader reach): the cards' Forget and Relabel,
+    their question and form, the audit's Relabel, "also erase"."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, ".forget, .forget-confirm button, .relabel, .relabel-form input, "
+                                                  ".relabel-suggested, #erase")
+    return [e.get_attribute("class") or e.get_attribute("id") for e in found if e.is_displayed()]
+
+
+def test_a_memory_served_read_only_is_said_so_and_offers_no_edit(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+
+    from eval.label_audit import audit_labels
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    mem.relabel("blue", ids=[mem.store.ids_where(label="red")[0]])  # a mislabel, for the audit to find
+    mem.close()
+    app, mem = _served_read_only(tmp_path / "memory", lite0,
+                                 auditor=lambda store, progress: audit_labels(store, k=3, progress=progress))
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4246))
+    with live_server(app) as url:
+        # Its Forget and Relabel had been offered, each failing with a 503 once the question was answered.
+        wait = classify_on_the_page(browser, url + "/", query, k=5)
+        note = browser.find_element(By.ID, "read-only-note")
+        wait.until(lambda d: note.is_displayed())
+        assert note.text.startswith("The memory is served read-only") and note.get_attribute("role") == "status"
+        assert browser.find_element(By.ID, "prediction").text == "red"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")) == 5
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()  # the key re-ranks: its box stays
+        assert browser.find_element(By.CSS_SELECTOR, "#key-box summary").text == "API key (to re-rank with the VLM)"
+        # The memory is read as ever: a label's points, the audit, the history, without an edit among them.
+        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='red']").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 3)
+        browser.find_element(By.CSS_SELECTOR, "#suspects-box summary").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#suspects-list li"))
+        browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li[data-op='relabel']"))
+        assert edit_controls_shown(browser) == []
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "page-read-only.png"))
+    mem.close()
+
+
+def test_a_service_restarted_read_only_under_an_open_page_refuses_the_edit_and_the_page_follows(browser, tmp_path,
+                                                                                                lite0):
+    from selenium.webdriver.common.by import By
+
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4247))
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as url:
+        wait = classify_on_the_page(browser, url + "/", query, k=3)
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+        card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        card.find_element(By.CLASS_NAME, "forget").click()  # asked, while the service takes edits
+        wait.until(lambda d: card.find_element(By.CLASS_NAME, "forget-confirm").is_displayed())
+        assert browser.find_element(By.ID, "read-only-note").text == ""
+    mem.close()
+    app, mem = _served_read_only(tmp_path / "memory", lite0)
+    with live_server(app, port=int(url.rsplit(":", 1)[1])):  # restarted read-only, where the page is
+        card.find_element(By.CLASS_NAME, "forget-one").click()
+        # The service's own words, where the page says what failed; then the page says why, and offers no more edits.
+        wait.until(lambda d: d.find_element(By.ID, "error").text)
+        said = browser.find_element(By.ID, "error").text
+        assert said.startswith("could not forget red: the memory ") and "is served read-only" in said, said
+        wait.until(lambda d: d.find_element(By.ID, "read-only-note").is_displayed())
+        assert edit_controls_shown(browser) == []
+        # The keyboard was on "Forget it", gone: it is on the note that says why
+        assert browser.switch_to.active_element.get_attribute("id") == "read-only-note"
+        assert "12 points" in browser.find_element(By.ID, "stats").text
+    mem.close()
+
+
 def test_the_page_works_behind_a_path_prefix(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
     from starlette.applications import Starlette

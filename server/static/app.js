@@ -82,6 +82,34 @@ async function loadStats() {
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
   $("erase-label").title = $("erase").disabled ? "a memory on a Qdrant server is rewritten when the server decides" : "";
+  showReadOnly(s.read_only);
+}
+
+// A memory served read-only (`vmem serve --read-only`) takes no edit: the page says so, and offers none (each Forget
+// and Relabel had been offered, asked its question and then failed). Classify, the labels' points, the audit and
+// the history are read as ever, and the key is still the one to re-rank with.
+let servedReadOnly = null; // as the last stats said; null before the first
+function showReadOnly(readOnly) {
+  const turned = readOnly && servedReadOnly === false;
+  servedReadOnly = readOnly;
+  document.body.classList.toggle("read-only", readOnly);
+  const note = !readOnly ? "" : "The memory is served read-only: classify and browse it here; its points cannot be "
+    + "forgotten or relabelled on this service.";
+  if ($("read-only-note").textContent !== note) $("read-only-note").textContent = note; // said again only if new
+  $("key-use").textContent = readOnly ? "to re-rank with the VLM" : "to forget or relabel points";
+  // Turned read-only under an open page (a service restarted so): the keyboard was on an edit's control, gone with
+  // it, and goes to what says why.
+  const focused = document.activeElement;
+  if (turned && (!focused || focused === document.body || !focused.getClientRects().length)) {
+    $("read-only-note").focus({ preventScroll: true });
+  }
+}
+
+// An edit's failure, said where errors are. A 503 may be a service restarted read-only since the page was loaded
+// (`memory-read-only`): the stats, read again, say so, and the page offers no more edits.
+async function editFailed(message, resp) {
+  showError(message);
+  if (resp && resp.status === 503) await loadStats();
 }
 
 async function loadTemplates() {
@@ -808,7 +836,7 @@ async function forget(n, withCopies, erase) {
     return false;
   }
   if (!resp.ok) {
-    showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
+    await editFailed(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`, resp);
     return false;
   }
   const body = await resp.json();
@@ -878,7 +906,8 @@ async function relabel(p, to) {
     whileEditing(p.id, false);
   }
   if (!resp.ok) {
-    showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`);
+    await editFailed(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`,
+      resp);
     return false;
   }
   const point = await resp.json();
