@@ -71,6 +71,15 @@ def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Ca
     return ids, payloads, used.copy() if len(ids) < 0.9 * len(rows) else used
 
 
+def as_compared(queries: np.ndarray, vectors_dtype: str) -> np.ndarray:
+    """Queries as a memory whose originals are `vectors_dtype` compares them: the engines (embedded and server)
+    round the query to float16 against float16 vectors. Unrounded, similarities were up to 1e-4 off the memory's
+    own and near neighbours changed places (a seventh of Tiny-ImageNet val queries at k = 50): exact evaluation
+    and tuning did not score the neighbours `vmem classify --exact` votes over."""
+    q = np.asarray(queries, dtype=np.float32)
+    return q.astype(np.float16).astype(np.float32) if vectors_dtype == "float16" else q
+
+
 @dataclass
 class MemoryArrays:
     """A memory as arrays: what exact search needs (vectors, labels, ids, soft-pruning factors)."""
@@ -79,6 +88,7 @@ class MemoryArrays:
     labels: list[str]
     ids: list[str]
     reliability: np.ndarray | None = None  # float64 [n]; None = every point 1
+    vectors_dtype: str = "float32"  # as the store keeps them: queries are compared as it compares them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,12 +98,13 @@ class MemoryArrays:
         """Every point the store would search (hard-pruned points left out), with its vector."""
         ids, payloads, vectors = read_vectors(store, searchable_only=True, progress=progress)
         r = np.asarray([float(p.get(RELIABILITY_KEY, 1.0)) for p in payloads], dtype=np.float64)
-        return cls(vectors, [p["label"] for p in payloads], ids, r if np.any(r != 1.0) else None)
+        return cls(vectors, [p["label"] for p in payloads], ids, r if np.any(r != 1.0) else None,
+                   store.meta.index.vectors_dtype)
 
     def subset(self, mask: np.ndarray) -> MemoryArrays:
         idx = np.flatnonzero(mask)
         return MemoryArrays(self.features[idx], [self.labels[i] for i in idx], [self.ids[i] for i in idx],
-                            None if self.reliability is None else self.reliability[idx])
+                            None if self.reliability is None else self.reliability[idx], self.vectors_dtype)
 
     def only_labels(self, labels: Sequence[str]) -> MemoryArrays:
         keep = set(labels)
@@ -132,7 +143,8 @@ def neighbors_exact(
     progress: Callable[[int], object] | None = None,
 ) -> NeighborTable:
     """Exact neighbours from the memory's vectors, labelled with ids into `classes`."""
-    idx, sims = exact_search(queries, memory.features, k, exclude, progress=progress)
+    idx, sims = exact_search(as_compared(queries, memory.vectors_dtype), memory.features, k, exclude,
+                             progress=progress)
     return table_from_hits(idx, sims, memory.labels, classes, memory.reliability)
 
 
@@ -143,7 +155,7 @@ def neighbors_exact_paged(store: MemoryStore, queries: np.ndarray, classes: list
     it, as `neighbors_exact` did) with one page of vectors in RAM, where
     `MemoryArrays.from_store` holds them all (6.5 GB at 1.28M x 1280) for a few dozen queries. Returns the
     table and the labels of the points searched, one per point."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
+    q = np.ascontiguousarray(as_compared(queries, store.meta.index.vectors_dtype))
     best_idx, best_sims = np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
     labels: list[str] = []
     reliability: list[float] = []

@@ -384,3 +384,25 @@ def test_the_hardest_classes_table_keeps_a_label_with_a_bar_in_its_cell():
     rows = hardest_classes_table(per_class, {"new\nline": "a | b"}).splitlines()[2:]
     assert rows[2:] == ["| AC/DC \\| live | 4 | 25.0 | new\\nline (a \\| b) ×3 |",
                         "| new\\nline (a \\| b) | 4 | 100.0 |  |"]
+
+
+def test_exact_evaluation_finds_the_neighbours_classify_exact_finds_in_a_float16_memory(tmp_path):
+    from eval.scoring import neighbors_exact_paged
+
+    spec = FeaturizerSpec(name="test", dim=32, preprocessing=Preprocessing(resize=32, crop=32))
+    store = open_store(str(tmp_path / "m"), spec)  # the default index: float16 originals, as vmem build makes
+    m = random_unit_vectors(400, 32, seed=7)
+    labels = [f"c{i % 5}" for i in range(400)]
+    store.add(m, labels, [f"mem:{i}" for i in range(400)])
+    q = random_unit_vectors(30, 32, seed=8)
+    classes = sorted(set(labels))
+    found = store.query_batch(q, 20, exact=True)  # what `vmem classify --exact` votes over
+    want_labels = np.array([[classes.index(h.label) for h in row] for row in found])
+    want_sims = np.array([[h.similarity for h in row] for row in found])
+
+    in_ram = neighbors_exact(q, MemoryArrays.from_store(store), classes, k=20)
+    paged, _ = neighbors_exact_paged(store, q, classes, k=20, page=64)
+    for table in (in_ram, paged):
+        assert np.array_equal(table.label_ids, want_labels)
+        assert np.allclose(table.similarities, want_sims, rtol=0, atol=1e-6)  # not the 1e-4 of an unrounded query
+    store.close()
