@@ -352,8 +352,9 @@ def failure_line(source: str, reason: str) -> str:
 def files_under(folder: Path) -> list[Path]:
     """Every file below `folder`, sorted, through links to folders too (`Path.rglob` does not follow them before
     Python 3.13: images in a linked sub-folder were dropped without a word). A folder reached twice (a link
-    loop, or two links to one place) is walked once. Hidden folders below it are not walked, as hidden files are
-    no images (`is_image_path`)."""
+    loop, or two links to one place) is walked once, through the path first by name (walked in the order the disk
+    lists folders, the path an image was shown by, and --truth-from-dirs labelled it by, changed from machine to
+    machine). Hidden folders below it are not walked, as hidden files are no images (`is_image_path`)."""
     seen: set[str] = set()
     found: list[Path] = []
     unreadable: list[OSError] = []  # os.walk skips a folder it may not list: its class vanished from a build unsaid
@@ -364,7 +365,7 @@ def files_under(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         # .thumbs, .ipynb_checkpoints, a NAS's @eaDir of thumbnails, a zip's __MACOSX: not the images
-        dirnames[:] = [d for d in dirnames if not is_system_folder(d)]
+        dirnames[:] = sorted(d for d in dirnames if not is_system_folder(d))
         found += [Path(dirpath) / name for name in filenames]
     if unreadable:
         shown = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:3])

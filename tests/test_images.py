@@ -424,3 +424,40 @@ def test_a_jpeg_past_the_pixel_limit_is_read_at_a_reduced_scale_where_one_is_ask
     with pytest.raises(ImageDecodeError, match="too large"):  # a progressive one holds every block while decoding
         load_image(encode(smooth_photo((200, 160)), "JPEG", progressive=True), min_side=32)
     assert Image.MAX_IMAGE_PIXELS == 64_000_000  # Pillow's own guard as it was
+
+
+def test_a_folder_reached_through_two_links_is_walked_through_the_first_by_name_whatever_the_disk_lists_first(
+        tmp_path, monkeypatch):
+    import os
+
+    from retrieval.images import files_under
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "a.jpg").write_bytes(make_image())
+    asked = tmp_path / "asked"
+    asked.mkdir()
+    for name in ("alpha", "zeta"):
+        (asked / name).symlink_to(shared)
+    real_scandir = os.scandir
+
+    class ReverseListing:  # a file system that lists a folder's entries in another order than by name (ext4 does)
+        def __init__(self, path):
+            with real_scandir(path) as it:
+                self.entries = iter(sorted(it, key=lambda e: e.name, reverse=True))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+    monkeypatch.setattr(os, "scandir", ReverseListing)
+    # The image is listed (and vmem classify shows it, --truth-from-dirs labels it) as under alpha on every machine
+    assert files_under(asked) == [asked / "alpha" / "a.jpg"]
