@@ -628,6 +628,8 @@ class ClassifierService:
     def classify(self, uploads: Sequence[Upload], q: ClassifyQuery, client: str | None = None) -> list[Answer | str]:
         """Classify uploads; a string in the output is why that image could not be classified. Each answer is logged
         (VMEM_ANSWER_LOG), as asked by `client` (the client's address)."""
+        # Before the search: a forget made while Gemini is asked came after the question
+        asked_at = self.memory.answer_state() if self.answer_log is not None else None
         # A memory shared with other processes: their edits first drop what they outdate. Read once for the
         # whole request (the classify below would read the edit marks again).
         with self.memory.refreshed():
@@ -636,7 +638,7 @@ class ClassifierService:
             done = [(a, up) for a, up in zip(answers, uploads, strict=True) if isinstance(a, Answer)]
             self.memory.log_answers([a.result for a, _ in done],
                                     [Asked(up.sha256, up.filename, a.cached) for a, up in done], client=client,
-                                    to=self.answer_log)
+                                    to=self.answer_log, asked_at=asked_at)
         return answers
 
     def _classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:

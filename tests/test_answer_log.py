@@ -12,9 +12,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fake_gemini import FakeGemini
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from reranker import GeminiReranker
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
@@ -68,6 +70,41 @@ def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, 
     assert f"forgotten {forget.at[:19].replace('T', ' ')}" in decisions[0]
     as_json = CliRunner().invoke(app, ["answers", "--log", str(log), "--point", nearest, "--json"]).stdout
     assert [json.loads(d)["used"][0]["rank"] for d in as_json.splitlines()] == [0, 0]
+
+
+class ForgetsWhileAsked:
+    """A re-ranker during whose call the nearest neighbour is forgotten, as a forget over HTTP can come while Gemini
+    is asked (seconds)."""
+
+    def __init__(self, mem, gemini: GeminiReranker) -> None:
+        self.mem, self.gemini = mem, gemini
+
+    def rerank_many(self, requests, store=None):
+        self.mem.forget([requests[0].neighbors[0].id])
+        return self.gemini.rerank_many(requests, store=store)
+
+
+def test_a_point_forgotten_while_its_answer_was_re_ranked_names_that_decision(tmp_path, lite0, images):
+    location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
+    mem = fill_memory(location, lite0, images)
+    settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
+    with FakeGemini() as fake, TestClient(create_app(settings, memory=mem)) as client:
+        mem.reranker = ForgetsWhileAsked(mem, GeminiReranker(api_key="test-key", base_url=fake.url, cache=False))
+        answer = client.post("/v1/classify?k=12&rerank=true", headers=KEY,
+                             files={"image": ("query.png", RED, "image/png")}).json()
+        found = CliRunner().invoke(app, ["answers", "--log", str(log), "--forgotten", location, "--json"])
+    [forget] = mem.history()
+    mem.close()
+
+    nearest = answer["neighbors"][0]["id"]
+    assert answer["reranked"], answer["fallback_reason"]
+    assert forget.ids == [nearest]
+    # The answer came from the memory as it was before the forget: at and edit_at say so, and the decision is one
+    # the forgotten point took part in
+    [line] = lines_of(log)
+    assert line["at"] < forget.at and line["edit_at"] is None
+    [decision] = [json.loads(d) for d in found.stdout.splitlines()]
+    assert [(n["id"], n["forgotten_at"]) for n in decision["used"]] == [(nearest, forget.at)]
 
 
 def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, images):

@@ -108,11 +108,12 @@ class AnswerLog:
             self.on_failure()
 
     def record(self, results: Sequence[Classification], asked: Sequence[Asked], *, via: str,
-               client: str | None = None, memory: str | None = None, edit_at: str | None = None) -> None:
-        """Log one line per answer (`asked`: what was asked, in the same order). Never raises: a line that
-        cannot be written is counted in `failures`."""
+               client: str | None = None, memory: str | None = None, edit_at: str | None = None,
+               at: str | None = None) -> None:
+        """Log one line per answer (`asked`: what was asked, in the same order; `at`: when, default now). Never
+        raises: a line that cannot be written is counted in `failures`."""
         try:
-            at, host, pid = now(), socket.gethostname(), os.getpid()
+            at, host, pid = at or now(), socket.gethostname(), os.getpid()
             for res, a in zip(results, asked, strict=True):
                 self._handler.handle(logging.makeLogRecord({"msg": json.dumps(
                     answer_line(res, a, at=at, via=via, client=client, host=host, pid=pid, memory=memory,

@@ -53,7 +53,7 @@ from retrieval.files import (
     remove_dead_partials,
 )
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first
+from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first, now
 from retrieval.store import (
     DEFAULT_COLLECTION,
     EDIT_HEADROOM_BYTES,
@@ -686,11 +686,12 @@ class VisualMemory:
         vectors = self.featurizer.embed(images)
         if sources is None:
             sources = [str(im) if isinstance(im, str | Path) else None for im in images]
+        asked_at = self.answer_state() if self.answer_log is not None else None
         results = self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
                                           labels=labels, rerank=rerank, template=template, exact=exact,
                                           dmn_stream=dmn_stream, dmn=dmn)
         if self.answer_log is not None:
-            self.log_answers(results, [_asked(im) for im in images])
+            self.log_answers(results, [_asked(im) for im in images], asked_at=asked_at)
         return results
 
     def classify_many(
@@ -723,11 +724,12 @@ class VisualMemory:
         self.check_template(rerank, template)
         res = self.featurizer.embed_many(paths, batch_size=batch_size, on_batch=progress)
         ok_sources = [paths[i] for i in res.indices]
+        asked_at = self.answer_state() if self.answer_log is not None else None
         results = self._classify_embedded(
             res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
             rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
         if self.answer_log is not None:
-            self.log_answers(results, [_asked(src) for src in ok_sources])
+            self.log_answers(results, [_asked(src) for src in ok_sources], asked_at=asked_at)
         return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
     def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
@@ -1156,13 +1158,21 @@ class VisualMemory:
         if names := {label: name for label, name in names.items() if label not in self.store.meta.label_names}:
             self.set_label_names(names)
 
+    def answer_state(self) -> tuple[str, str | None]:
+        """When answers are asked for, and the time of the memory's newest edit then (`edit_at`), for the answer
+        log: taken before the search. Taken as the answer was logged, after a re-rank's seconds, a forget made
+        meanwhile read as made before the answer, and `vmem answers --forgotten` missed a decision that used
+        the point."""
+        return now(), self.store.journal.newest_at
+
     def log_answers(self, results: Sequence[Classification], asked: Sequence[Asked], client: str | None = None,
-                    to: AnswerLog | None = None) -> None:
-        """Log answers to `to` (default: `answer_log`), as given by this object's `via`, with the memory's key and
-        the time of its newest edit (`edit_at`: what `vmem history` lists after it came after the answer)."""
+                    to: AnswerLog | None = None, asked_at: tuple[str, str | None] | None = None) -> None:
+        """Log answers to `to` (default: `answer_log`), as given by this object's `via`, with the memory's key:
+        `asked_at` (`answer_state` before the search; default now) says when they were asked and the time of
+        the memory's newest edit then (`edit_at`: what `vmem history` lists after it came after the question)."""
         if (to := to or self.answer_log) is not None:
-            to.record(results, asked, via=self.via, client=client, memory=self.store.key,
-                       edit_at=self.store.journal.newest_at)
+            at, edit_at = asked_at or self.answer_state()
+            to.record(results, asked, via=self.via, client=client, memory=self.store.key, edit_at=edit_at, at=at)
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""
