@@ -176,3 +176,18 @@ def test_the_cli_logs_its_answers_and_a_torn_last_line_is_skipped_with_a_note(tm
     assert "skipped 1 line that is no answer (torn by a crash mid-write)" in found.stderr
     none = runner.invoke(app, ["answers", "--log", str(log), "--point", used, "--via", "http"])
     assert (none.exit_code, none.stdout, none.stderr.splitlines()[-1]) == (0, "", "no logged decisions match")
+
+
+def test_a_log_deleted_or_moved_aside_while_in_use_is_started_again(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    log = tmp_path / "answers.jsonl"
+    mem.answer_log = AnswerLog(log)
+    mem.classify([texture((220, 30, 30), 1)], k=3)
+    log.unlink()  # the README's way to drop the trace, or a log rotated by logrotate
+    mem.classify([texture((220, 30, 30), 2)], k=3)
+    log.rename(tmp_path / "answers.jsonl.old")
+    mem.classify([texture((220, 30, 30), 3)], k=3)
+    mem.close()
+    # Each answer after is in the file at the path vmem answers reads, not in one no longer there
+    assert [a["image_sha256"] for a in read_answers(log)] == [hashlib.sha256(texture((220, 30, 30), 3)).hexdigest()]
+    assert len(lines_of(tmp_path / "answers.jsonl.old")) == 1

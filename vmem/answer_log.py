@@ -58,6 +58,29 @@ class _Handler(logging.handlers.RotatingFileHandler):
     def __init__(self, owner: AnswerLog, path: Path, max_bytes: int, backups: int) -> None:
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
         self.owner = owner
+        self._opened: tuple[int, int] | None = None  # the open file's (device, inode)
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        st = os.fstat(stream.fileno())
+        self._opened = (st.st_dev, st.st_ino)
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # A file deleted (the README's way to drop the trace) or moved aside (logrotate) while open: lines had gone
+        # on into it, lost or out of the reader's sight, until the next rotation. Opened again at its path, as
+        # WatchedFileHandler does (a stat a line, under the handler's lock).
+        if self.stream is not None:
+            try:
+                st = os.stat(self.baseFilename)
+                moved = (st.st_dev, st.st_ino) != self._opened
+            except OSError:
+                moved = True
+            if moved:
+                with contextlib.suppress(OSError):
+                    self.stream.close()
+                self.stream = None  # opened again by the write (delay=True)
+        super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         # Not logging's traceback on stderr with every answer: once in the log, then counted.
