@@ -191,3 +191,12 @@ def test_a_log_deleted_or_moved_aside_while_in_use_is_started_again(tmp_path, li
     # Each answer after is in the file at the path vmem answers reads, not in one no longer there
     assert [a["image_sha256"] for a in read_answers(log)] == [hashlib.sha256(texture((220, 30, 30), 3)).hexdigest()]
     assert len(lines_of(tmp_path / "answers.jsonl.old")) == 1
+
+
+def test_vmem_answers_says_what_is_wrong_with_the_log_it_is_given(tmp_path):
+    runner = CliRunner(env={"COLUMNS": "250"})  # no wrapped error boxes
+    missing = runner.invoke(app, ["answers", "--log", str(tmp_path / "answers.jsonl")])
+    assert missing.exit_code == 2 and "no answer log at" in missing.output
+    folder = runner.invoke(app, ["answers", "--log", str(tmp_path)])
+    assert folder.exit_code == 2 and "is a folder: give the answer log's file" in folder.output
+    assert folder.exception is None or isinstance(folder.exception, SystemExit)  # said, no traceback

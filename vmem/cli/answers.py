@@ -37,6 +37,8 @@ def answers(
 ) -> None:
     """The logged decisions a memory point took part in, oldest first: when, asked how, the image, the label, and
     the point's rank and similarity. `--forgotten MEMORY`: those that used points the memory has forgotten since."""
+    if log.expanduser().is_dir():
+        raise typer.BadParameter(f"{log} is a folder: give the answer log's file", param_hint="--log")
     if not log_files(log):
         raise typer.BadParameter(f"no answer log at {log}", param_hint="--log")
     try:
@@ -62,9 +64,13 @@ def answers(
                         since=after)
     skipped = Skipped()
     found = 0
-    for answer, used in decisions(log, query, skipped):
-        found += 1
-        typer.echo(json.dumps({**answer, "used": used}, ensure_ascii=False) if json_out else _line(answer, used))
+    try:
+        for answer, used in decisions(log, query, skipped):
+            found += 1
+            typer.echo(json.dumps({**answer, "used": used}, ensure_ascii=False) if json_out else _line(answer, used))
+    except OSError as exc:  # a file of the log this user may not read
+        raise typer.BadParameter(f"cannot read {exc.filename or log} ({exc.strerror or exc})", param_hint="--log"
+                                 ) from None
     if skipped.lines:
         many = skipped.lines != 1
         typer.echo(f"skipped {skipped.lines} line{'s' if many else ''} that {'are' if many else 'is'} no answer "
