@@ -200,3 +200,27 @@ def test_vmem_answers_says_what_is_wrong_with_the_log_it_is_given(tmp_path):
     folder = runner.invoke(app, ["answers", "--log", str(tmp_path)])
     assert folder.exit_code == 2 and "is a folder: give the answer log's file" in folder.output
     assert folder.exception is None or isinstance(folder.exception, SystemExit)  # said, no traceback
+
+
+@pytest.mark.parametrize("how", ["--forgotten URL", "--qdrant-url URL"])
+def test_forgotten_reads_a_memory_that_is_not_a_folder_named_by_its_url(tmp_path, lite0, images, how):
+    location, log = f"qdrant-local:{tmp_path / 'memory'}", tmp_path / "answers.jsonl"
+    with fill_memory(location, lite0, images) as mem:
+        mem.answer_log = AnswerLog(log)
+        [answer] = mem.classify([RED], k=3)
+        nearest = answer.neighbors[0].id
+        mem.forget([nearest])
+    option, _ = how.split()
+    found = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["answers", "--log", str(log), option, location, "--json"])
+    assert found.exit_code == 0, found.output
+    [decision] = [json.loads(d) for d in found.stdout.splitlines()]
+    assert [n["id"] for n in decision["used"]] == [nearest]
+
+
+def test_forgotten_and_qdrant_url_together_are_refused_with_what_to_give(tmp_path):
+    log = tmp_path / "answers.jsonl"
+    log.write_text("")
+    both = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["answers", "--log", str(log), "--forgotten", "memory",
+                                                          "--qdrant-url", "http://localhost:6333"])
+    assert both.exit_code == 2
+    assert "give --forgotten http://localhost:6333 (the server's memory) or --forgotten memory, not both" in both.output

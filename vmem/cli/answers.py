@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from retrieval.store import MemoryStoreError, normalize_source, point_id_for
+from retrieval.store import MemoryStoreError, is_embedded_location, normalize_source, point_id_for
 
 from ..answer_log import AnswerQuery, Skipped, decisions, embedded_forgets, forget_times, log_files
 from ..visual_memory import _utc_iso, parse_point_id
-from ._common import DEFAULT_MEMORY, QdrantUrlOpt, one_line, open_memory
+from ._common import DEFAULT_MEMORY, one_line, open_memory
 
 
 def answers(
@@ -23,11 +23,12 @@ def answers(
     source: Annotated[list[str] | None, typer.Option(
         help="only decisions the point of this image (its path or URI, as added) was a neighbour of; repeatable")
     ] = None,
-    forgotten: Annotated[Path | None, typer.Option(
-        help="the memory (a folder, or with --qdrant-url a server's) whose journal says what was forgotten: only "
-             "its decisions that used points forgotten since, each with when (a memory a service holds is read "
-             "too)")] = None,
-    qdrant_url: QdrantUrlOpt = None,
+    forgotten: Annotated[str | None, typer.Option(
+        help="the memory (its folder, or a Qdrant server's URL, http://host:6333) whose journal says what was "
+             "forgotten: only its decisions that used points forgotten since, each with when (a memory folder a "
+             "service holds is read too)")] = None,
+    qdrant_url: Annotated[str | None, typer.Option(
+        "--qdrant-url", help="--forgotten this server's memory (http://host:6333)")] = None,
     via: Annotated[str | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
     label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
     since: Annotated[str | None, typer.Option(help="only decisions from this date or time on (2026-12-05, "
@@ -51,9 +52,14 @@ def answers(
         after = _utc_iso(since) if since is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
+    if qdrant_url is not None and forgotten is not None:
+        raise typer.BadParameter(f"give --forgotten {qdrant_url} (the server's memory) or --forgotten {forgotten}, "
+                                 "not both", param_hint="--qdrant-url")
     key, times = None, None
-    if qdrant_url is not None:
-        with open_memory(forgotten or DEFAULT_MEMORY, qdrant_url) as mem:
+    # A server's memory is named by its URL (a Path had made http:// of it http:/, a folder that is not there)
+    server = qdrant_url or (forgotten if forgotten is not None and not is_embedded_location(forgotten) else None)
+    if server is not None:
+        with open_memory(DEFAULT_MEMORY, server) as mem:
             key, times = mem.store.key, forget_times(mem.history(op="forget"))
     elif forgotten is not None:
         try:  # read from its files: a memory a running service holds is not opened again
