@@ -200,6 +200,10 @@ def test_vmem_answers_says_what_is_wrong_with_the_log_it_is_given(tmp_path):
     folder = runner.invoke(app, ["answers", "--log", str(tmp_path)])
     assert folder.exit_code == 2 and "is a folder: give the answer log's file" in folder.output
     assert folder.exception is None or isinstance(folder.exception, SystemExit)  # said, no traceback
+    (tmp_path / "answers.jsonl").write_text("")
+    # Not "no logged decisions match" for a way of asking that no answer can have
+    upper = runner.invoke(app, ["answers", "--log", str(tmp_path / "answers.jsonl"), "--via", "HTTP"])
+    assert upper.exit_code == 2 and "'HTTP' is not one of 'http', 'cli', 'python'" in upper.output
 
 
 @pytest.mark.parametrize("how", ["--forgotten URL", "--qdrant-url URL"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,14 @@ from retrieval.store import MemoryStoreError, is_embedded_location, normalize_so
 from ..answer_log import AnswerQuery, Skipped, decisions, embedded_forgets, forget_times, log_files
 from ..visual_memory import _utc_iso, parse_point_id
 from ._common import DEFAULT_MEMORY, one_line, open_memory
+
+
+class Via(StrEnum):
+    """Who asked, as a logged answer's `via` says."""
+
+    http = "http"
+    cli = "cli"
+    python = "python"
 
 
 def answers(
@@ -29,7 +38,7 @@ def answers(
              "service holds is read too)")] = None,
     qdrant_url: Annotated[str | None, typer.Option(
         "--qdrant-url", help="--forgotten this server's memory (http://host:6333)")] = None,
-    via: Annotated[str | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
+    via: Annotated[Via | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
     label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
     since: Annotated[str | None, typer.Option(help="only decisions from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
@@ -66,7 +75,8 @@ def answers(
             key, times = embedded_forgets(forgotten)
         except MemoryStoreError as exc:
             raise typer.BadParameter(str(exc), param_hint="--forgotten") from None
-    query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key, via=via, label=label,
+    query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key,
+                        via=None if via is None else via.value, label=label,
                         since=after)
     skipped = Skipped()
     found = 0
