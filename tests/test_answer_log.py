@@ -228,3 +228,15 @@ def test_forgotten_and_qdrant_url_together_are_refused_with_what_to_give(tmp_pat
                                                           "--qdrant-url", "http://localhost:6333"])
     assert both.exit_code == 2
     assert "give --forgotten http://localhost:6333 (the server's memory) or --forgotten memory, not both" in both.output
+
+
+def test_answers_from_vectors_embedded_elsewhere_are_logged_too(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    mem.answer_log = AnswerLog(tmp_path / "answers.jsonl")
+    vectors = lite0.embed([texture((220, 30, 30), 1), texture((30, 40, 220), 2)])
+    answers = mem.classify_vectors(vectors, sources=["camera-1/0001.jpg", None])
+    mem.close()
+    logged = lines_of(tmp_path / "answers.jsonl")
+    assert [(a["label"], a["source"], a["image_sha256"]) for a in logged] == [
+        ("red", "camera-1/0001.jpg", None), ("blue", None, None)]  # no bytes to name the image by
+    assert [n["id"] for n in logged[0]["neighbors"]] == [n.id for n in answers[0].neighbors]

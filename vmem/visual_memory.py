@@ -555,9 +555,14 @@ class VisualMemory:
         sources: Sequence[str | None] | None = None,
         exact: bool = False,
     ) -> list[Classification]:
-        """Vote over the neighbours of already-embedded queries."""
+        """Vote over the neighbours of already-embedded queries (logged to `answer_log` as `classify` logs, the
+        images unnamed: no bytes to name them by)."""
         self._refresh_for_reading()
-        return self._vote_vectors(vectors, settings, labels, sources, exact)
+        asked_at = self.answer_state() if self.answer_log is not None else None
+        results = self._vote_vectors(vectors, settings, labels, sources, exact)
+        if self.answer_log is not None:
+            self.log_answers(results, [Asked()] * len(results), asked_at=asked_at)
+        return results
 
     def _vote_vectors(self, vectors: np.ndarray, settings: VoteSettings | None, labels: Sequence[str] | None,
                       sources: Sequence[str | None] | None, exact: bool) -> list[Classification]:
