@@ -181,9 +181,9 @@ class Skipped:
 
 def read_answers(path: str | Path, skipped: Skipped | None = None,
                  may_match: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
-    """The logged answers, oldest first, a line at a time (a log of millions of lines is never held whole).
-    `may_match(line)`: False for a line to skip unparsed (parsing is most of what reading costs). A line that is no
-    answer (torn by a crash) is counted in `skipped`, not raised."""
+    """The logged answers, in the order they were answered (`at` is when each was asked), a line at a time (a log
+    of millions of lines is never held whole). `may_match(line)`: False for a line to skip unparsed (parsing is
+    most of what reading costs). A line that is no answer (torn by a crash) is counted in `skipped`, not raised."""
     for file in log_files(path):
         with open(file, encoding="utf-8", errors="replace") as f:
             for number, line in enumerate(f, 1):
@@ -269,7 +269,8 @@ class AnswerQuery:
 
 def decisions(path: str | Path, query: AnswerQuery, skipped: Skipped | None = None
               ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """The logged answers that match, oldest first, each with the neighbours that made it match (`AnswerQuery.used`).
+    """The logged answers that match, in the order answered, each with the neighbours that made it match
+    (`AnswerQuery.used`).
 
     Example:
         >>> for answer, used in decisions("answers.jsonl", AnswerQuery(points=frozenset({point_id}))):

@@ -45,8 +45,9 @@ def answers(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per decision: the logged line, and "
                                                           "`used`: the neighbours that matched")] = False,
 ) -> None:
-    """The logged decisions a memory point took part in, oldest first: when, asked how, the image, the label, and
-    the point's rank and similarity. `--forgotten MEMORY`: those that used points the memory has forgotten since."""
+    """The logged decisions a memory point took part in, in the order answered: when, asked how, the image, the
+    label, and the point's rank and similarity. `--forgotten MEMORY`: those that used points the memory has
+    forgotten since."""
     if log.expanduser().is_dir():
         raise typer.BadParameter(f"{log} is a folder: give the answer log's file", param_hint="--log")
     if not log_files(log):
