@@ -240,3 +240,17 @@ def test_answers_from_vectors_embedded_elsewhere_are_logged_too(tmp_path, lite0,
     assert [(a["label"], a["source"], a["image_sha256"]) for a in logged] == [
         ("red", "camera-1/0001.jpg", None), ("blue", None, None)]  # no bytes to name the image by
     assert [n["id"] for n in logged[0]["neighbors"]] == [n.id for n in answers[0].neighbors]
+
+
+def test_vmem_classify_refuses_an_answer_log_it_cannot_write_before_classifying(tmp_path, lite0, images):
+    location = str(tmp_path / "memory")
+    with fill_memory(location, lite0, images):
+        pass
+    query = tmp_path / "query.png"
+    query.write_bytes(RED)
+    nowhere = tmp_path / "no such folder" / "answers.jsonl"
+    done = CliRunner(env={"COLUMNS": "250"}).invoke(
+        app, ["classify", str(query), "--memory", location, "--answer-log", str(nowhere)])
+    # Asked to log, it does not answer unlogged (a service goes on, said and counted: it serves others)
+    assert done.exit_code == 2 and f"cannot write {nowhere} (No such file or directory)" in done.output
+    assert "red" not in done.stdout

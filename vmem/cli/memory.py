@@ -348,6 +348,13 @@ def classify(
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
+    if answer_log is not None:  # asked to log, it does not answer unlogged (a service goes on: it serves others)
+        try:
+            with open(answer_log.expanduser(), "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot write {answer_log} ({exc.strerror or exc})",
+                                     param_hint="--answer-log") from None
     mem = open_memory(memory, qdrant_url)
     if answer_log is not None:
         mem.answer_log = AnswerLog(answer_log)
