@@ -254,3 +254,10 @@ def test_vmem_classify_refuses_an_answer_log_it_cannot_write_before_classifying(
     # Asked to log, it does not answer unlogged (a service goes on, said and counted: it serves others)
     assert done.exit_code == 2 and f"cannot write {nowhere} (No such file or directory)" in done.output
     assert "red" not in done.stdout
+
+
+def test_rotated_files_are_found_whatever_the_log_is_named(tmp_path):
+    log = tmp_path / "answers[prod].jsonl"  # glob's brackets, taken as they are
+    for name, at in ((f"{log.name}.2", "08"), (f"{log.name}.1", "09"), (log.name, "10")):
+        (tmp_path / name).write_text(json.dumps({"at": f"2026-12-06T{at}:00:00+00:00", "neighbors": []}) + "\n")
+    assert [a["at"][11:13] for a in read_answers(log)] == ["08", "09", "10"]

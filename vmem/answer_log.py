@@ -14,6 +14,7 @@ same.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import logging.handlers
@@ -166,7 +167,8 @@ def answer_line(res: Classification, asked: Asked, *, at: str, via: str, client:
 def log_files(path: str | Path) -> list[Path]:
     """The log's files, oldest first: its rotated ones (PATH.N ... PATH.1), then PATH."""
     path = Path(path).expanduser()
-    rotated = sorted((p for p in path.parent.glob(f"{path.name}.*") if p.name[len(path.name) + 1:].isdigit()),
+    rotated = sorted((p for p in path.parent.glob(f"{glob.escape(path.name)}.*")
+                      if p.name[len(path.name) + 1:].isdigit()),
                      key=lambda p: -int(p.name[len(path.name) + 1:]))
     return [*rotated, *([path] if path.exists() else [])]
 
