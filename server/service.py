@@ -86,6 +86,9 @@ class Answer:
     ood_threshold: float | None
     out_of_distribution: bool | None
     cached: bool
+    # When it was asked and the memory's newest edit then (VisualMemory.answer_state), for the answer log: a cached
+    # answer's are those of the answer it repeats
+    asked_at: tuple[str, str | None] | None = None
 
 
 # Audits the memory's labels: (store, progress) -> an object with `ids` and `suspects(min_share)`, each suspect
@@ -279,7 +282,8 @@ class ClassifierService:
         # Bumped on every edit of the points (not on naming labels): OOD thresholds are keyed by it.
         self._points_generation = 0
         self._sizes_counted_at: int | None = None  # the points generation the size gauges were counted at
-        self._cache: OrderedDict[tuple[Any, ...], Classification] = OrderedDict()
+        # Each with its answer_state: the answer log says a cached answer's search was the first request's
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Classification, tuple[str, str | None] | None]] = OrderedDict()
         self._cache_neighbors = 0  # the cached answers' neighbours, which their memory grows with
         self._cache_lock = threading.Lock()
         self._ood: dict[tuple[int, int, tuple[str, ...] | None], float | None] = {}
@@ -452,16 +456,17 @@ class ClassifierService:
             self._cache.clear()
             self._cache_neighbors = 0
 
-    def _keep_answer(self, key: tuple[Any, ...], res: Classification, size: int) -> None:
+    def _keep_answer(self, key: tuple[Any, ...], res: Classification, size: int,
+                     asked_at: tuple[str, str | None] | None) -> None:
         """Cache an answer (under `_cache_lock`): at most `size` answers, and at most `size` x the default k's
         neighbours among them. Counted by answers alone, 1,024 answers at k = 1000 (anyone may ask for them) had held
         1.4 GB; a neighbour takes about 1.6 kB."""
         if (old := self._cache.pop(key, None)) is not None:
-            self._cache_neighbors -= len(old.neighbors)
-        self._cache[key] = res
+            self._cache_neighbors -= len(old[0].neighbors)
+        self._cache[key] = (res, asked_at)
         self._cache_neighbors += len(res.neighbors)
         while len(self._cache) > size or (self._cache_neighbors > size * DEFAULT_K and len(self._cache) > 1):
-            self._cache_neighbors -= len(self._cache.popitem(last=False)[1].neighbors)
+            self._cache_neighbors -= len(self._cache.popitem(last=False)[1][0].neighbors)
 
     def _edited_elsewhere(self, changed: frozenset[str]) -> None:
         """Another process (a service or CLI sharing the Qdrant server) edited the memory: which answers cited
@@ -633,15 +638,16 @@ class ClassifierService:
         # A memory shared with other processes: their edits first drop what they outdate. Read once for the
         # whole request (the classify below would read the edit marks again).
         with self.memory.refreshed():
-            answers = self._classify(uploads, q)
+            answers = self._classify(uploads, q, asked_at)
         if self.answer_log is not None:
             done = [(a, up) for a, up in zip(answers, uploads, strict=True) if isinstance(a, Answer)]
             self.memory.log_answers([a.result for a, _ in done],
-                                    [Asked(up.sha256, up.filename, a.cached) for a, up in done], client=client,
-                                    to=self.answer_log, asked_at=asked_at)
+                                    [Asked(up.sha256, up.filename, a.cached, a.asked_at if a.cached else None)
+                                     for a, up in done], client=client, to=self.answer_log, asked_at=asked_at)
         return answers
 
-    def _classify(self, uploads: Sequence[Upload], q: ClassifyQuery) -> list[Answer | str]:
+    def _classify(self, uploads: Sequence[Upload], q: ClassifyQuery,
+                  asked_at: tuple[str, str | None] | None = None) -> list[Answer | str]:
         size = self.settings.result_cache_size
         generation = self._generation
         out: list[Answer | str | None] = [None] * len(uploads)
@@ -661,7 +667,7 @@ class ClassifierService:
                     self._cache.move_to_end(key)
             if hit is not None:
                 self.metrics.cache.labels("hit").inc()
-                out[i] = self._answer(_as_served_from_cache(hit), threshold, cached=True)
+                out[i] = self._answer(_as_served_from_cache(hit[0]), threshold, cached=True, asked_at=hit[1])
                 continue
             keys[i] = key
         failed: list[tuple[int, str]] = []
@@ -682,8 +688,8 @@ class ClassifierService:
                 if size and not (q.rerank and res.fallback_reason):
                     with self._cache_lock:
                         if self._generation == generation:
-                            self._keep_answer(keys[i], res, size)
-                out[i] = self._answer(res, threshold, cached=False)
+                            self._keep_answer(keys[i], res, size, asked_at)
+                out[i] = self._answer(res, threshold, cached=False, asked_at=asked_at)
         for i, why in failed:
             out[i] = why
         return [a for a in out if a is not None]
@@ -708,13 +714,14 @@ class ClassifierService:
                 "NotConfigured" if res.fallback_reason.startswith("re-ranking is not configured") else "Other")
             self.metrics.rerank_fallbacks.labels(error).inc()
 
-    def _answer(self, res: Classification, threshold: float | None, cached: bool) -> Answer:
+    def _answer(self, res: Classification, threshold: float | None, cached: bool,
+                asked_at: tuple[str, str | None] | None = None) -> Answer:
         # Every answer, cached or not, counts as classified, as it counts when flagged: the flagged share stays <= 1.
         self.metrics.classified.inc()
         ood = out_of_distribution(res.novelty, threshold)  # the rule vmem classify --ood flags by
         if ood:
             self.metrics.out_of_distribution.inc()
-        return Answer(res, threshold, ood, cached)
+        return Answer(res, threshold, ood, cached, asked_at)
 
     # ------------------------------------------------------------------ novelty calibration
 

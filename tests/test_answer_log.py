@@ -107,6 +107,30 @@ def test_a_point_forgotten_while_its_answer_was_re_ranked_names_that_decision(tm
     assert [(n["id"], n["forgotten_at"]) for n in decision["used"]] == [(nearest, forget.at)]
 
 
+def test_a_cached_answer_given_while_its_point_was_forgotten_is_one_of_its_decisions(tmp_path, lite0, images):
+    location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
+    mem = fill_memory(location, lite0, images)
+    during = []
+    # Told of the forget before the service is (it drops its cached answers then): the forget is journaled, and a
+    # repeat of the first question is answered from the cache meanwhile, as another request's can be
+    mem.on_forget(lambda ids: during.append(client.post("/v1/classify?k=3", files={"image": ("q.png", RED,
+                                                                                              "image/png")}).json()))
+    with TestClient(create_app(Settings(memory=location, api_key=API_KEY, answer_log=log), memory=mem)) as client:
+        first = client.post("/v1/classify?k=3", files={"image": ("q.png", RED, "image/png")}).json()
+        nearest = first["neighbors"][0]["id"]
+        mem.forget([nearest])
+    [forget] = mem.history()
+    mem.close()
+    found = CliRunner().invoke(app, ["answers", "--log", str(log), "--forgotten", location, "--json"])
+
+    asked, repeated = lines_of(log)
+    assert repeated["cached"] and nearest in [n["id"] for n in repeated["neighbors"]]
+    # Asked after the forget's line was written, it repeats an answer worked out before: that one's time and state
+    assert repeated["at"] > forget.at and (repeated["cached_at"], repeated["edit_at"]) == (asked["at"], None)
+    decisions = [json.loads(d) for d in found.stdout.splitlines()]
+    assert [(d["cached"], d["used"][0]["id"]) for d in decisions] == [(False, nearest), (True, nearest)]
+
+
 def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, images):
     log = tmp_path / "answers.jsonl"
     mem = fill_memory(":memory:", lite0, images)

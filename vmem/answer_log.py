@@ -53,6 +53,9 @@ class Asked:
     sha256: str | None = None  # of its bytes
     filename: str | None = None
     cached: bool = False  # answered from the service's cache of recent answers
+    # A cached answer's: when the answer it repeats was asked, and the memory's newest edit then. Its search was
+    # that one's: a forget journaled since may have cited points it repeats (told to the cache just after)
+    repeats: tuple[str, str | None] | None = None
 
 
 class _Handler(logging.handlers.RotatingFileHandler):
@@ -157,8 +160,9 @@ def answer_line(res: Classification, asked: Asked, *, at: str, via: str, client:
         "image_sha256": asked.sha256, "filename": asked.filename, "source": res.source,
         "label": res.label, "scores": dict(list(res.scores.items())[:TOP_SCORES]),
         "reranked": res.reranked, "model": res.model, "template": res.template, "fallback_reason": res.fallback_reason,
-        "cached": asked.cached, "k": res.vote.k, "rule": str(res.vote.rule),
-        "memory": memory, "edit_at": edit_at,
+        "cached": asked.cached, "cached_at": asked.repeats[0] if asked.repeats else None,
+        "k": res.vote.k, "rule": str(res.vote.rule),
+        "memory": memory, "edit_at": asked.repeats[1] if asked.repeats else edit_at,
         "neighbors": [{"id": n.id, "label": n.label, "similarity": round(n.similarity, 6), "rank": n.rank}
                       for n in res.neighbors],
     }
@@ -257,11 +261,12 @@ class AnswerQuery:
         if self.points is None and self.forgotten is None:
             return []
         used = []
+        searched = str(answer.get("cached_at") or answer.get("at"))  # a cached answer's: the answer's it repeats
         for n in answer.get("neighbors", []):
             if self.points is not None and n.get("id") not in self.points:
                 continue
-            if self.forgotten is not None:
-                later = [at for at in self.forgotten.get(n.get("id"), ()) if at > str(answer.get("at"))]
+            if self.forgotten is not None:  # forgotten after the search
+                later = [at for at in self.forgotten.get(n.get("id"), ()) if at > searched]
                 if not later:
                     continue
                 n = {**n, "forgotten_at": later[0]}
