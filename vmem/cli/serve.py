@@ -313,7 +313,7 @@ def serve(
             message = JsonLogFormatter().format(logging.LogRecord("vmem.serve", level, "", 0, message, None, None))
         typer.echo(message, err=True)
 
-    if settings.auth_disabled:
+    if settings.auth_disabled and not settings.read_only:  # read-only, nobody edits: the summary line says so
         say("warning: authentication is disabled: anyone who can reach the port can edit the memory", logging.WARNING)
     memory_path, url = Path(settings.memory), settings.qdrant_url
     # SIGTERM (docker stop, Kubernetes, systemd) as Ctrl-C: uvicorn finishes the requests in flight, then raises the
