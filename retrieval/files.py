@@ -124,7 +124,8 @@ def remove_stale_temporaries(folder: str | Path, min_age_s: float = STALE_TEMPOR
 # A backup's folder while it is written, renamed to NAME once whole: `.NAME.RANDOM.PID.START@HOST.partial`, named
 # for its writer (its process id, when that process started, its host) so that a later backup can tell whether the
 # writer is gone. One an older vmem wrote is `.NAME.RANDOM.partial`: whose it is, nothing tells.
-_PARTIAL_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<pid>\d+)\.(?P<start>\d+)@(?P<host>[^@/]+)\.partial$")
+_WRITER_TAG = r"\.(?P<pid>\d+)\.(?P<start>\d+)@(?P<host>[^@/]+)"  # `_writer_tag`
+_PARTIAL_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}" + _WRITER_TAG + r"\.partial$")
 _UNNAMED_PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.partial$")
 
 
@@ -149,12 +150,50 @@ def _writer_alive(pid: int, start: int) -> bool:
     return not start or now is None or now == start  # unknown: alive, so that nothing live is removed
 
 
+def _writer_tag() -> str:
+    """`.PID.START@HOST`, naming a folder for the process that writes it: this one."""
+    pid = os.getpid()
+    return f".{pid}.{_process_start(pid) or 0}@{_host()}"
+
+
+def _writer_gone(m: re.Match[str]) -> bool:
+    """Whether the writer a `_WRITER_TAG` names is gone: only one of this host can be told so."""
+    return m["host"] == _host() and not _writer_alive(int(m["pid"]), int(m["start"]))
+
+
 def make_partial_folder(dest: Path) -> Path:
     """A new hidden folder beside `dest` to write it in before it is renamed `dest`, named for the process writing
     it (see `remove_dead_partials`)."""
-    pid = os.getpid()
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f".{pid}.{_process_start(pid) or 0}@{_host()}.partial",
-                                 dir=dest.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f"{_writer_tag()}.partial", dir=dest.parent))
+
+
+# A private folder of the temporary folder (`make_private_folder`): `PREFIXRANDOM.PID.START@HOST`
+def _private_name(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}[a-z0-9_]{{8}}{_WRITER_TAG}$")
+
+
+def make_private_folder(prefix: str) -> Path:
+    """A new private folder (0700) of the temporary folder (TMPDIR), named for the process that uses it, so that
+    `remove_dead_private_folders` can remove it once that process is gone without removing it (kill -9, an OOM
+    kill: nothing had removed a read-only service's copy of its memory)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=_writer_tag()))
+
+
+def remove_dead_private_folders(prefix: str) -> list[Path]:
+    """Delete the folders `make_private_folder(prefix)` made in the temporary folder for processes of this host
+    that are gone; one a live process uses stays, and so does one of another host or another user. Returns them."""
+    removed: list[Path] = []
+    pattern = _private_name(prefix)
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return removed
+    for entry in entries:
+        if (m := pattern.match(entry.name)) is not None and entry.is_dir(follow_symlinks=False) and _writer_gone(m):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.lexists(entry.path):
+                removed.append(Path(entry.path))
+    return removed
 
 
 def remove_dead_partials(folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -171,12 +210,11 @@ def remove_dead_partials(folder: str | Path) -> tuple[list[Path], list[Path]]:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return removed, unnamed
-    host = _host()
     for entry in entries:
         if not entry.is_dir(follow_symlinks=False):
             continue
         if (m := _PARTIAL_NAME.match(entry.name)) is not None:
-            if m["host"] == host and not _writer_alive(int(m["pid"]), int(m["start"])):
+            if _writer_gone(m):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 if not os.path.lexists(entry.path):
                     removed.append(Path(entry.path))

@@ -41,7 +41,14 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
-from .files import DISK_FULL_ERRNOS, copy_folder_sparse, remove_stale_temporaries, write_atomically
+from .files import (
+    DISK_FULL_ERRNOS,
+    copy_folder_sparse,
+    make_private_folder,
+    remove_dead_private_folders,
+    remove_stale_temporaries,
+    write_atomically,
+)
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 from .preprocessing import FeaturizerError, FeaturizerSpec
 
@@ -940,25 +947,30 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
         yield
 
 
+# A read-only service's copy of its memory: TMPDIR/vmem-read-only-RANDOM.PID.START@HOST (`make_private_folder`)
+READ_ONLY_COPY_PREFIX = "vmem-read-only-"
+
+
 def open_read_only(location: str | Path) -> EdgeMemoryStore:
     """Open the embedded memory at `location` for searches only, where its folder cannot be written (a read-only
     mount, files of another user) or while other services serve it the same way.
 
     The engine opens its files to write them even to search (it maps them writable and keeps a write-ahead log),
     so the memory's folder is copied into a private folder of the temporary folder (TMPDIR), which is opened and
-    removed at close. Every edit is refused with MemoryReadOnlyError; an edit made to the memory meanwhile is
-    seen after the next opening.
+    removed at close; the copies of processes gone without closing (killed) are removed here. Every edit is
+    refused with MemoryReadOnlyError; an edit made to the memory meanwhile is seen after the next opening.
 
     Raises:
         MemoryStoreError: no memory there; MemoryInUseError: a process has it open to write;
         MemoryFullError: the temporary folder has no room for the copy.
     """
-    import tempfile
-
     source = Path(os.path.expanduser(location)).absolute()
     if not (source / META_FILE).is_file():
         raise MemoryError(f"no memory at {source}: build one first (vmem build)")
-    private = Path(tempfile.mkdtemp(prefix="vmem-read-only-"))
+    # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted
+    for dead in remove_dead_private_folders(READ_ONLY_COPY_PREFIX):
+        log.info("removed %s, the copy of a memory a read-only service killed before its close had served", dead)
+    private = make_private_folder(READ_ONLY_COPY_PREFIX)
     copy = private / "memory"
     try:
         with _shared_open_lock(source):

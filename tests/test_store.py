@@ -735,3 +735,45 @@ def test_a_memory_with_a_folder_this_user_may_not_read_is_refused_read_only_sayi
             open_store(tmp_path / "memory", read_only=True)
     finally:
         (tmp_path / "memory" / "shard").chmod(0o700)
+
+
+OPEN_READ_ONLY = ("import sys, time; from retrieval.store import open_store; "
+                  "store = open_store(sys.argv[1], read_only=True); print(store._read_only_copy, flush=True); "
+                  "time.sleep(float(sys.argv[2]))")
+
+
+def test_the_copy_of_a_read_only_service_killed_before_its_close_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    # kill -9, the OOM killer, docker's SIGKILL after its grace period: the copy in TMPDIR had stayed there for
+    # good, a memory's size at each restart (on a tmpfs /tmp, memory).
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    folder = tmp_path / "memory"
+    writer = open_store(folder, SPEC)
+    fill(writer)
+    writer.close()
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+
+    def replica(lives_s: float) -> tuple[Path, subprocess.Popen]:
+        process = subprocess.Popen([sys.executable, "-c", OPEN_READ_ONLY, str(folder), str(lives_s)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        return Path(process.stdout.readline().strip()), process
+
+    running, alive = replica(60)
+    killed, process = replica(60)
+    process.kill()
+    process.wait(30)
+    try:
+        assert killed.is_dir() and running.is_dir()
+        with open_store(folder, read_only=True) as store:
+            assert not killed.exists()  # its service is gone
+            assert running.is_dir()  # a service serves it
+            assert sorted((tmp_path / "tmp").iterdir()) == sorted([running, store._read_only_copy])
+    finally:
+        alive.kill()
+        alive.wait(30)
