@@ -511,6 +511,15 @@ class MemoryStore(ABC):
     def dim(self) -> int:
         return self.meta.featurizer.dim
 
+    def check_writable(self) -> None:
+        """Raise MemoryReadOnlyError where the memory was opened read-only (`open_read_only`), as every edit does:
+        for a caller to ask before work only an edit would use (images decoded and embedded, thumbnails kept)."""
+        if self.read_only:
+            raise MemoryReadOnlyError(
+                f"the memory {getattr(self, 'source', None) or self.location} is served read-only (VMEM_READ_ONLY): "
+                "nothing was changed; searches go on. Edit it where it is served for writing, then restart this "
+                "service to serve the edit")
+
     def check_featurizer(self, spec: FeaturizerSpec) -> None:
         """Raise unless `spec` is the encoder this memory was built with."""
         mine = self.meta.featurizer
@@ -1200,7 +1209,7 @@ class EdgeMemoryStore(MemoryStore):
                                              **VACUUM_THRESHOLDS)
 
     def save_meta(self) -> None:
-        self._refuse_if_read_only()
+        self.check_writable()
         self.check_available()
         try:
             write_atomically(self.path / META_FILE, self.meta.model_dump_json(indent=2))
@@ -1233,15 +1242,9 @@ class EdgeMemoryStore(MemoryStore):
                 f"the memory's folder {self.path} was removed or replaced while this process had it open: nothing "
                 "more is written to it; restart the service, or open the memory again")
 
-    def _refuse_if_read_only(self) -> None:
-        if self.read_only:
-            raise MemoryReadOnlyError(
-                f"the memory {self.source} is served read-only (VMEM_READ_ONLY): nothing was changed; searches go on. "
-                "Edit it where it is served for writing, then restart this service to serve the edit")
-
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        self._refuse_if_read_only()
+        self.check_writable()
         with self._write_lock:
             self.check_available()
             self._writes += 1  # before the write: a count read while it runs is not kept past it

@@ -480,6 +480,7 @@ class ClassifierService:
     def add(self, uploads: Sequence[Upload], labels: Sequence[str]) -> tuple[list[tuple[int, str, str, str]],
                                                                              list[tuple[int, str]], AddResult]:
         """Add labelled uploads. Returns ([(index, id, label, source)], [(index, reason)], what each became)."""
+        self.memory.store.check_writable()  # served read-only: nothing decoded, embedded or kept as a thumbnail
         labels = self.memory.stored_labels(labels)  # as the points are stored, and said so in the answer
         self.memory.check_added_labels(labels)  # before any thumbnail is kept
         names = self.memory.label_names  # a copy

@@ -1101,6 +1101,33 @@ def test_a_read_only_replica_classifies_refuses_edits_with_a_503_and_says_it_is_
         Settings(qdrant_url="http://localhost:6333", auth_disabled=True, read_only=True)
 
 
+def test_a_read_only_replica_refuses_an_add_or_import_before_any_work_for_it(tmp_path, lite0, memory_images,
+                                                                             monkeypatch):
+    # An add had been decoded, embedded and its thumbnail kept before the store refused it: in a VMEM_THUMBNAIL_DIR
+    # shared with the service that edits the memory (the same memory key), a thumbnail with no point. An import had
+    # been received whole (up to VMEM_MAX_IMPORT_BYTES) and read, a file that was no .npz a 422 about the file.
+    from retrieval import MemoryReadOnlyError, open_store
+    from vmem import VisualMemory
+
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    replica = VisualMemory(open_store(tmp_path / "memory", read_only=True), lite0)
+    embedded, embed = [], lite0.embed
+    monkeypatch.setattr(lite0, "embed", lambda images, *a, **k: embedded.append(len(images)) or embed(images, *a, **k))
+    with TestClient(create_app(settings(tmp_path, read_only=True), memory=replica)) as client:
+        embedded.clear()  # the encoder's warm-up
+        added = client.post("/v1/memory", headers=AUTH, data={"label": "red"},
+                            files=[("images", ("new.png", texture(COLORS["red"], 77), "image/png"))])
+        assert_problem(added, 503, "memory-read-only", "served read-only")
+        imported = client.post("/v1/memory/import", headers={**AUTH, "Content-Type": "application/octet-stream"},
+                               content=b"no npz")
+        assert_problem(imported, 503, "memory-read-only", "served read-only")
+    assert embedded == [] and not [p for p in (tmp_path / "thumbs").rglob("*") if p.is_file()]
+    with pytest.raises(MemoryReadOnlyError):  # the Python API's add: nothing embedded either
+        replica.add([texture(COLORS["red"], 78)], "red")
+    assert embedded == []
+    replica.close()
+
+
 def test_a_service_whose_thumbnail_folder_cannot_be_recorded_still_starts(make_client, monkeypatch):
     # Recording VMEM_THUMBNAIL_DIR in vmem.json on a full disk had stopped the service from starting.
     import errno

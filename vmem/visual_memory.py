@@ -1088,6 +1088,7 @@ class VisualMemory:
         does it (journaled, keeping the label it had): adding it again used to overwrite the point silently,
         its earlier label and pruning marks gone and nothing recorded but an "add".
         """
+        self.store.check_writable()  # a memory opened read-only: refused before any image is embedded
         images = _image_list(images, "add")
         sources = _source_list(sources, len(images), "add")
         if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)

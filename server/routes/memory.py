@@ -657,6 +657,8 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
     deleted. At most `VMEM_MAX_IMPORT_BYTES` (413 past it). Journaled as the CLI's import is. Requires the API key.
     """
     require_media_type(request, OCTET_STREAM)
+    if not q.dry_run:  # served read-only: refused before the file is received (up to VMEM_MAX_IMPORT_BYTES)
+        service.memory.store.check_writable()
     started = threading.Event()
     folder = FilePath(tempfile.mkdtemp(prefix="vmem-import-"))
     path = folder / q.filename
