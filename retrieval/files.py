@@ -133,21 +133,30 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
 
 
-def _process_start(pid: int) -> int | None:
-    """When process `pid` started, in clock ticks after boot (Linux's /proc; None where unknown): a process id used
-    again by a later process is told from the first one's."""
+def _process_stat(pid: int) -> tuple[bytes, int] | None:
+    """Process `pid`'s state and when it started, in clock ticks after boot (Linux's /proc; None where unknown):
+    a process id used again by a later process is told from the first one's."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[19])  # fields 3 and 22, state and starttime
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> int | None:
+    return None if (stat := _process_stat(pid)) is None else stat[1]
 
 
 def _writer_alive(pid: int, start: int) -> bool:
     if not _process_alive(pid):
         return False
-    now = _process_start(pid)
-    return not start or now is None or now == start  # unknown: alive, so that nothing live is removed
+    if (stat := _process_stat(pid)) is None:
+        return True  # unknown: alive, so that nothing live is removed
+    state, started = stat
+    # A zombie (killed, its parent yet to wait for it: a script's Popen, a container's init that reaps no orphans)
+    # writes nothing more, though signal 0 still finds it
+    return state not in (b"Z", b"X") and (not start or started == start)
 
 
 def _writer_tag() -> str:

@@ -10,7 +10,9 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import patch
 
@@ -184,6 +186,22 @@ def test_a_backup_removes_the_folders_of_backups_killed_midway_and_no_other(tmp_
     finally:
         writer_alive.kill()
         writer_alive.wait(30)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="a zombie is told from Linux's /proc")
+def test_a_backup_removes_the_folder_of_a_backup_killed_whose_parent_has_not_waited_for_it(tmp_path):
+    # Killed, a process is a zombie until its parent waits for it (a script's Popen, a container's init that reaps
+    # no orphans): signal 0 still finds it, and its folder had been kept as a live backup's.
+    dead, writer = partial_made_by_another_process(tmp_path / "killed", lives_s=60)
+    writer.kill()
+    while Path(f"/proc/{writer.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":  # not waited for
+        time.sleep(0.01)
+    try:
+        with make_memory(tmp_path / "memory") as mem:
+            assert mem.backup(tmp_path / "backup").removed_partials == [dead]
+        assert sorted(os.listdir(tmp_path)) == ["backup", "memory"]
+    finally:
+        writer.wait(30)
 
 
 def test_a_backup_is_refused_before_writing_where_it_would_not_fit(tmp_path, monkeypatch):
