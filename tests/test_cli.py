@@ -937,6 +937,32 @@ def test_a_build_ended_by_sigterm_stops_as_ctrl_c_does(image_folder, tmp_path, m
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whatever runs next in this process
 
 
+def test_vmem_serve_stopped_by_sigterm_as_it_starts_exits_0_leaving_nothing(built, tmp_path, monkeypatch):
+    # docker stop or systemctl stop while a read-only service copies a large memory: it had exited 130 (a failure
+    # to systemd), saying "interrupted: ... run the command again to finish", where a stop once serving exits 0.
+    import os
+    import signal
+    import tempfile
+    import time
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        pytest.fail("SIGTERM did not stop the start")
+
+    monkeypatch.setattr("retrieval.store.copy_folder_sparse", terminated)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    memory, _ = built
+    before = signal.getsignal(signal.SIGTERM)
+    out = run("serve", "--no-auth", "--read-only", "--memory", memory)
+    assert out.exit_code == 0, out.output
+    assert "stopped (SIGTERM) before serving" in out.output and "interrupted" not in out.output
+    assert list((tmp_path / "tmp").iterdir()) == []  # the copy begun is removed
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_an_interrupted_classify_has_printed_the_answers_it_had(built, image_folder, monkeypatch, tmp_path):
     # Answers are printed part by part: `| head`, a log, and a Ctrl-C late in a large folder keep what was done.
     from vmem import VisualMemory

@@ -397,6 +397,11 @@ def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is (`sigterm_as_interrupt`): caught wherever Ctrl-C is, and told from it where the
+    two end differently (a service asked to stop as it starts)."""
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (`timeout`, `docker stop`, a CI job's limit, Kubernetes) ends the command as Ctrl-C does: a build's
@@ -407,7 +412,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     before = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +19,7 @@ from retrieval.store import MemoryInUseError, MemoryStoreError
 from ._common import (
     EXIT_TEMPORARY,
     TemporaryFailure,
+    Terminated,
     check_memory_location,
     check_reranker_settings,
     open_failure,
@@ -161,6 +162,18 @@ def _service_log_config(log_format: str | None = None) -> dict[str, Any]:
     # -v (the root logger's level, set by the CLI's callback) still decides how much of vmem's own work is told
     config["root"] = {"handlers": ["vmem"], "level": logging.getLevelName(logging.getLogger().level)}
     return config
+
+
+@contextmanager
+def _stop_asked_before_serving(say: Callable[[str], None]) -> Iterator[None]:
+    """SIGTERM before uvicorn takes it (the memory's opening, a read-only service's copy, the encoder's load) ends
+    the start as asked, with exit 0 as once serving: it had been exit 130, which systemd calls a failure, and
+    "interrupted: ... run the command again to finish"."""
+    try:
+        yield
+    except Terminated:
+        say("stopped (SIGTERM) before serving")
+        raise typer.Exit(0) from None
 
 
 # What a memory the service cannot open is blamed on: VMEM_MEMORY as often as --memory (a container's settings)
@@ -319,7 +332,7 @@ def serve(
     # SIGTERM (docker stop, Kubernetes, systemd) as Ctrl-C: uvicorn finishes the requests in flight, then raises the
     # signal again, which had killed the process before the memory was closed (its last writes left to the engine's
     # log, a read-only service's copy left in TMPDIR) with exit 143. Now the memory closes and the exit is 0.
-    with sigterm_as_interrupt(), _errors_said_as(settings.log_format):
+    with _stop_asked_before_serving(say), sigterm_as_interrupt(), _errors_said_as(settings.log_format):
         check_memory_location(memory_path, url, SERVE_MEMORY_OPTIONS)
         try:
             mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
