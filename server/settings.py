@@ -156,6 +156,10 @@ class Settings(BaseSettings):
         if self.auth_disabled:
             return self
         if self.api_key is None or not self.api_key.get_secret_value():
+            if self.read_only:  # every edit is refused: what the key still guards is the points' vectors
+                raise ValueError("no API key: set VMEM_API_KEY (a read-only service refuses every edit; re-ranked "
+                                 "classifies, the export of the points and backups require it), or set "
+                                 "VMEM_AUTH_DISABLED=true to let anyone ask for them")
             raise ValueError(
                 "no API key: set VMEM_API_KEY (memory-editing endpoints require it), "
                 "or set VMEM_AUTH_DISABLED=true to let anyone edit the memory"

@@ -683,6 +683,17 @@ def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, mo
     assert served["location"] == str(memory)
 
 
+def test_serve_read_only_without_a_key_says_what_the_key_guards_there(built, monkeypatch):
+    # A read-only service refuses every edit: asked for a key "memory-editing endpoints require", a replica has
+    # none of them. What needs it there is a re-ranked classify (Gemini), the export of the vectors and backups.
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served"))
+    monkeypatch.delenv("VMEM_API_KEY", raising=False)
+    memory, _ = built
+    out = run("serve", "--read-only", "--memory", memory)
+    assert out.exit_code == 2 and said(out, "no API key", "refuses every edit; re-ranked classifies, the export")
+    assert "memory-editing endpoints" not in out.output
+
+
 def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
     served = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))
