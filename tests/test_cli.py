@@ -704,13 +704,15 @@ def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
 
 
 def test_serve_read_only_without_a_key_warns_of_no_edits_it_refuses_anyway(built, monkeypatch):
-    # --no-auth on a read-only service lets nobody edit: the warning that anyone may edit was untrue there
+    # --no-auth on a read-only service lets nobody edit: the warning that anyone may edit was untrue there, and
+    # what it does leave open (the points' vectors, paid re-ranks) went unsaid
     served = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(read_only=app.state.settings.read_only))
     memory, _ = built
     out = run("serve", "--no-auth", "--read-only", "--memory", memory)
     assert out.exit_code == 0 and served == {"read_only": True}, out.output
     assert "can edit the memory" not in out.output and "read-only: every edit is refused" in out.output
+    assert "anyone who can reach the port can export the memory's points, re-rank" in out.output
     out = run("serve", "--no-auth", "--memory", memory)
     assert "authentication is disabled: anyone who can reach the port can edit the memory" in out.output
 

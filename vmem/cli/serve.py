@@ -326,8 +326,10 @@ def serve(
             message = JsonLogFormatter().format(logging.LogRecord("vmem.serve", level, "", 0, message, None, None))
         typer.echo(message, err=True)
 
-    if settings.auth_disabled and not settings.read_only:  # read-only, nobody edits: the summary line says so
-        say("warning: authentication is disabled: anyone who can reach the port can edit the memory", logging.WARNING)
+    if settings.auth_disabled:  # read-only, nobody edits: what the key guards there is said instead
+        say("warning: authentication is disabled: anyone who can reach the port can " + (
+            "export the memory's points, re-rank (Gemini, paid per call) and back it up" if settings.read_only
+            else "edit the memory"), logging.WARNING)
     memory_path, url = Path(settings.memory), settings.qdrant_url
     # SIGTERM (docker stop, Kubernetes, systemd) as Ctrl-C: uvicorn finishes the requests in flight, then raises the
     # signal again, which had killed the process before the memory was closed (its last writes left to the engine's
