@@ -53,12 +53,22 @@ from retrieval.files import (
     remove_dead_partials,
 )
 from retrieval.images import ImageDecodeError, ImageInput
-from retrieval.journal import JournalEntry, JournalOp, JournalQuery, label_counts, most_first, now
+from retrieval.journal import (
+    JOURNAL_FILE,
+    FileJournal,
+    JournalEntry,
+    JournalOp,
+    JournalQuery,
+    label_counts,
+    most_first,
+    now,
+)
 from retrieval.store import (
     DEFAULT_COLLECTION,
     EDIT_HEADROOM_BYTES,
     EXCLUDED_KEY,
     LOCAL_MODE_PREFIX,
+    META_FILE,
     PRUNE_COUNT_KEY,
     RELABELLED_AT_KEY,
     RELABELLED_FROM_KEY,
@@ -66,6 +76,7 @@ from retrieval.store import (
     SCROLL_PAGE,
     THUMBNAILS_DIR,
     MemoryFullError,
+    MemoryMeta,
     MemoryStoreError,
     StoredPoint,
     is_embedded_location,
@@ -856,17 +867,7 @@ class VisualMemory:
     def name_hints(self, texts: Sequence[str]) -> str:
         """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they
         name, as a sentence for an error message ("" if none is): label filters take labels."""
-        by_name: dict[str, list[str]] = {}
-        # In either Unicode form: a name from a Mac's file names is decomposed, one typed composed
-        for label, name in self.store.meta.label_names.items():
-            by_name.setdefault(canonical_label(name).casefold(), []).append(label)
-        # A label the memory names is a label, even named as itself ("cat" named "Cat"), and even with no points
-        # yet (names may come before the images).
-        named = self.store.meta.label_names
-        hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
-                 for text in dict.fromkeys(texts)
-                 if text not in named and (found := by_name.get(canonical_label(text).casefold()))]
-        return "; ".join(hints)
+        return name_hints(self.store.meta.label_names, texts)
 
     def unknown_labels_message(self, unknown: Sequence[str], listed_by: str) -> str:
         """What the CLI and HTTP say of labels the memory lacks: which they are, the labels they name when they
@@ -1210,10 +1211,7 @@ class VisualMemory:
             point_id = self.point_id_of_source(str(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
-        if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
-            raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
-        query = JournalQuery(op=op, point_id=point_id, label=self.stored_label(label) if label is not None else None,
-                             since=_utc_iso(since) if since is not None else None)
+        query = _journal_query(op, point_id, self.stored_label(label) if label is not None else None, since)
         return self.store.journal.newest(query, limit)
 
     @staticmethod
@@ -1694,15 +1692,10 @@ class VisualMemory:
         """The id of the point a source names (in the memory, or once): of its absolute path, unless only another
         spelling of it is (or was) in the memory: the path in the other Unicode form (see `_prefix_and_links`), or
         a relative name as `add(sources=...)` stored it. `history(source=...)` finds its edits by it."""
-        absolute = normalize_source(source)
-        made_absolute = point_id_for(absolute)
+        made_absolute, others = _source_ids(source)
         if self.store.existing_ids([made_absolute]):
             return made_absolute
-        others = [point_id_for(unicodedata.normalize(form, absolute)) for form in ("NFC", "NFD")
-                  if not absolute.isascii()]
-        if _relative_name(source):
-            others.append(point_id_for(source))
-        return next((pid for pid in dict.fromkeys(others) if pid != made_absolute and (
+        return next((pid for pid in others if (
             self.store.existing_ids([pid]) or self.store.journal.newest(JournalQuery(point_id=pid), 1)[0])),
             made_absolute)
 
@@ -2436,6 +2429,79 @@ def _links_under(source_prefix: str) -> tuple[list[str], list[str]]:
     if not is_local_source(source_prefix) or source_prefix == "/" or not Path(source_prefix).is_dir():
         return [], []
     return linked_sources(source_prefix)
+
+
+def name_hints(named: Mapping[str, str], texts: Sequence[str]) -> str:
+    """`VisualMemory.name_hints` of a memory whose label names are `named`."""
+    by_name: dict[str, list[str]] = {}
+    # In either Unicode form: a name from a Mac's file names is decomposed, one typed composed
+    for label, name in named.items():
+        by_name.setdefault(canonical_label(name).casefold(), []).append(label)
+    # A label the memory names is a label, even named as itself ("cat" named "Cat"), and even with no points
+    # yet (names may come before the images).
+    hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
+             for text in dict.fromkeys(texts)
+             if text not in named and (found := by_name.get(canonical_label(text).casefold()))]
+    return "; ".join(hints)
+
+
+def _source_ids(source: str) -> tuple[str, list[str]]:
+    """The id of a source's absolute path, and those of its other spellings a memory may hold it under (the path in
+    the other Unicode form, a relative name as `add(sources=...)` stored it): see `point_id_of_source`."""
+    absolute = normalize_source(source)
+    made_absolute = point_id_for(absolute)
+    others = [point_id_for(unicodedata.normalize(form, absolute)) for form in ("NFC", "NFD")
+              if not absolute.isascii()]
+    if _relative_name(source):
+        others.append(point_id_for(source))
+    return made_absolute, [pid for pid in dict.fromkeys(others) if pid != made_absolute]
+
+
+def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None, since: str | None) -> JournalQuery:
+    """A history's filters as a JournalQuery; ValueError for an op or a time that is none."""
+    if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
+        raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
+    return JournalQuery(op=op, point_id=point_id, label=label, since=_utc_iso(since) if since is not None else None)
+
+
+def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,
+                       op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
+                       since: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
+    """`VisualMemory.history_page` of an embedded memory read from its files, without opening it, and the memory's
+    metadata (its label names, featurizer, settings).
+
+    An embedded memory is open in one process at a time: one a running `vmem serve` holds cannot be opened
+    beside it, but its journal is a file that is only appended to, so it is read as it is (a line being appended
+    meanwhile is left out). What needs the points is not known from the files: a source is looked up as its
+    path's id, or as another spelling of it the journal names; a label as given, or in the spelling the journal
+    names.
+
+    Raises:
+        MemoryStoreError: the folder holds no memory. ValueError: a filter that is none (an op, a time, an id).
+    """
+    if point_id is not None and source is not None:
+        raise ValueError("give a point id or a source, not both")
+    folder = Path(location).expanduser()
+    try:
+        meta = MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
+    journal = FileJournal(folder / JOURNAL_FILE)
+
+    def in_journal(query: JournalQuery) -> bool:
+        return bool(journal.newest(query, 1)[0])
+
+    if source is not None:
+        made_absolute, others = _source_ids(str(source))
+        point_id = next((pid for pid in others if in_journal(JournalQuery(point_id=pid))), made_absolute)
+    elif point_id is not None:
+        point_id = parse_point_id(point_id)
+    if label is not None:
+        forms = label_forms(label)
+        spellings = list(dict.fromkeys([label, *forms]))
+        if len(spellings) > 1:  # as `stored_labels`, by the journal's labels rather than the points'
+            label = next((f for f in spellings if in_journal(JournalQuery(label=f))), forms[0])
+    return (*journal.newest(_journal_query(op, point_id, label, since), limit), meta)
 
 
 def parse_point_id(text: str) -> str:

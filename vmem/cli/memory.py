@@ -6,9 +6,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, TypeVar, cast, get_args
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from retrieval import (
     ImageDecodeError,
     IndexSettings,
     MemoryFullError,
+    MemoryInUseError,
     VoteRule,
     find_label_names_file,
     imagenet_label_names,
@@ -38,7 +40,15 @@ from ..export import check_export_path
 from ..import_points import PointsFileError, read_points_file
 from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import MemoryPoint
-from ..visual_memory import COPY_SIMILARITY, UnknownPointError, VisualMemory, local_source_prefix, parse_point_id
+from ..visual_memory import (
+    COPY_SIMILARITY,
+    UnknownPointError,
+    VisualMemory,
+    history_from_files,
+    local_source_prefix,
+    name_hints,
+    parse_point_id,
+)
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
@@ -66,6 +76,7 @@ from ._common import (
 VoteChoice = StrEnum("VoteChoice", {**{r.value: r.value for r in VoteRule}, "dmn": "dmn"})  # type: ignore[misc]  # from VoteRule
 
 
+_T = TypeVar("_T")
 _SEARCH_SETTING_NAMES = {"hnsw_ef": "search ef", "rescore": "rescoring"}
 
 
@@ -973,22 +984,32 @@ def history(
     if point is not None and source is not None:
         raise typer.BadParameter("give --id or --source, not both")
     point_id = _point_id(point) if point is not None else None
-    mem = open_memory(memory, qdrant_url)
-    with mem:
-        try:
-            entries, earlier = mem.history_page(point_id=point_id, source=source, op=op.value if op else None,
-                                                limit=limit, label=label, since=since)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--since") from None
-        now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
-        names = mem.label_names
-        if not entries and label is not None and (hints := mem.name_hints([label])):
-            raise typer.BadParameter(f"no edits of label {label!r} ({hints}): give the label", param_hint="--label")
+    try:
+        mem = open_memory(memory, qdrant_url)
+    except MemoryInUseError:
+        if qdrant_url is not None:
+            raise
+        # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
+        entries, earlier, meta = _edits(lambda: history_from_files(
+            memory, point_id=point_id, source=source, op=cast(JournalOp, op.value) if op else None, limit=limit,
+            label=label, since=since))
+        names, state = dict(meta.label_names), None
+        hints = name_hints(names, [label]) if not entries and label is not None else ""
+        typer.echo("read from its files: the memory is open in another process", err=True)
+    else:
+        with mem:
+            entries, earlier = _edits(lambda: mem.history_page(
+                point_id=point_id, source=source, op=op.value if op else None, limit=limit, label=label, since=since))
+            now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
+            names = mem.label_names
+            state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
+                     if now is not None else "not in the memory now")
+            hints = mem.name_hints([label]) if not entries and label is not None else ""
+    if hints:
+        raise typer.BadParameter(f"no edits of label {label!r} ({hints}): give the label", param_hint="--label")
     if point_id is not None or source is not None:
         who = point_id or source
-        state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
-                 if now is not None else "not in the memory now")
-        typer.echo(f"{who}: {state}", err=json_out)
+        typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
     if earlier:
@@ -998,6 +1019,14 @@ def history(
                                                             ("since", since)) if value is not None]
         typer.echo("no edits recorded" + (" for it" if point_id or source else "")
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
+
+
+def _edits(read: Callable[[], _T]) -> _T:
+    """A history's edits, a filter it refuses (a --since that is no time) as a usage error."""
+    try:
+        return read()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
 
 
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
