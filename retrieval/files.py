@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -168,6 +169,36 @@ def _writer_tag() -> str:
 def _writer_gone(m: re.Match[str]) -> bool:
     """Whether the writer a `_WRITER_TAG` names is gone: only one of this host can be told so."""
     return m["host"] == _host() and not _writer_alive(int(m["pid"]), int(m["start"]))
+
+
+# Written by `vmem serve` in the folder of the embedded memory it holds: where to ask it (`mark_served`, `served_by`)
+SERVED_FILE = ".vmem-served.json"
+
+
+def mark_served(folder: str | Path, urls: Sequence[str]) -> Path:
+    """Say in an embedded memory's folder that this process serves it, at `urls`: the CLI, refused the memory
+    while the service holds it, names where to ask instead (`served_by`). The caller removes the file at close;
+    one a killed service left is told by its process being gone, as `remove_dead_partials` tells its folders."""
+    pid = os.getpid()
+    path = Path(folder) / SERVED_FILE
+    write_atomically(path, json.dumps({"pid": pid, "start": _process_start(pid) or 0, "host": _host(),
+                                       "urls": list(urls), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}),
+                     durable=False)
+    return path
+
+
+def served_by(folder: str | Path) -> dict[str, object] | None:
+    """What `mark_served` wrote in the folder (pid, host, urls, since; and here: whether that host is this one),
+    if the service that wrote it may still run: None where there is no such file, it cannot be read, or its
+    process, of this host, is gone."""
+    try:
+        said = json.loads((Path(folder) / SERVED_FILE).read_text(encoding="utf-8"))
+        pid, start, host = int(said["pid"]), int(said.get("start") or 0), str(said["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host == _host() and not _writer_alive(pid, start):
+        return None
+    return {**said, "here": host == _host()}
 
 
 def make_partial_folder(dest: Path) -> Path:

@@ -43,6 +43,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .files import (
     DISK_FULL_ERRNOS,
+    SERVED_FILE,
     copy_folder_sparse,
     make_private_folder,
     remove_dead_private_folders,
@@ -282,6 +283,8 @@ MemoryError = MemoryStoreError
 
 class MemoryInUseError(MemoryStoreError):
     """The embedded memory is open in another process (a service, a build): worth a retry once that ends."""
+
+    folder: Path | None = None  # the memory's folder: where a service that holds it says so (`served_by`)
 
 
 class MemoryUnavailableError(MemoryStoreError):
@@ -926,10 +929,12 @@ def _hold_open_lock(folder: Path) -> Any:
                 "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
                 "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
                 "Out[n].close()") from None
-        raise MemoryInUseError(
+        in_use = MemoryInUseError(
             f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
             "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve backs it up itself: "
-            "POST /v1/memory/backup") from None
+            "POST /v1/memory/backup")
+        in_use.folder = folder
+        raise in_use from None
     return fh
 
 
@@ -991,7 +996,7 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
                     "folder with room")
             copy.mkdir()
             try:
-                copy_folder_sparse(source, copy, leave_out=lambda path: path == OPEN_LOCK_FILE)
+                copy_folder_sparse(source, copy, leave_out=lambda path: path in (OPEN_LOCK_FILE, SERVED_FILE))
             except PermissionError as exc:
                 raise MemoryError(f"the memory at {source} cannot be read by this user ({exc.strerror}: "
                                   f"{exc.filename}): a read-only service copies every file of it") from None
@@ -1133,10 +1138,11 @@ class EdgeMemoryStore(MemoryStore):
             except Exception as exc:
                 # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
-                    raise MemoryInUseError(
+                    in_use = MemoryInUseError(
                         f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
-                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it"
-                    ) from exc
+                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it")
+                    in_use.folder = self.path
+                    raise in_use from exc
                 if not shard_path.is_dir():  # a vmem.json copied without its shard, or the shard removed
                     raise MemoryError(f"the memory at {self.path} has its {meta_path.name} but not its vectors "
                                       f"({shard_path.name}/ is missing): copy the whole folder (vmem copy), or "
@@ -1626,7 +1632,7 @@ class EdgeMemoryStore(MemoryStore):
         with self._write_lock:
             self.check_available()
             self.shard.flush()  # vmem's own rows (`rescore_doubtful`) are written through, each write synced
-            return copy_folder_sparse(self.path, folder, leave_out=lambda path: path == OPEN_LOCK_FILE)
+            return copy_folder_sparse(self.path, folder, leave_out=lambda path: path in (OPEN_LOCK_FILE, SERVED_FILE))
 
     def edits_elsewhere(self) -> frozenset[str]:
         self.shard  # noqa: B018 - a closed store says so here, before its caller embeds a folder for nothing

@@ -9,19 +9,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from tests.conftest import random_unit_vectors
+from tests.conftest import REPO, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
-HOLD = ("import sys; from retrieval import open_store; store = open_store(sys.argv[1]); print('held', flush=True); "
-        "sys.stdin.readline(); store.close()")
+HOLD = ("import sys; from retrieval import open_store; from retrieval.files import mark_served; "
+        "store = open_store(sys.argv[1]); sys.argv[2:] and mark_served(sys.argv[1], sys.argv[2:]); "
+        "print('held', flush=True); sys.stdin.readline(); store.close()")
+SERVED_AT = "http://127.0.0.1:8123/vmem"
 
 
 @pytest.fixture
@@ -36,15 +39,24 @@ def memory(tmp_path):
     return location
 
 
+@contextmanager
+def holding(memory, *served_at):
+    """The memory held open by another process, which says it serves it at `served_at` as vmem serve does."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(memory), *served_at], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # this checkout's vmem
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 @pytest.fixture
 def held(memory):
     """The memory, held open by another process until the test ends."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(memory)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    yield memory
-    holder.stdin.close()
-    holder.wait(timeout=30)
+    with holding(memory):
+        yield memory
 
 
 def run(*args):
@@ -72,3 +84,34 @@ def test_history_of_a_memory_another_process_holds_is_read_from_its_journal(held
 
     named = run("history", "--memory", held, "--label", "Cat")
     assert named.exit_code == 2 and "'Cat' is the name of label cat" in named.output
+
+
+@pytest.mark.parametrize(("command", "route"), [
+    (["info"], "GET http://127.0.0.1:8123/vmem/v1/memory/stats"),
+    (["labels"], "GET http://127.0.0.1:8123/vmem/v1/memory/stats"),
+    (["points"], "GET http://127.0.0.1:8123/vmem/v1/memory/points"),
+    (["suspects"], "GET http://127.0.0.1:8123/vmem/v1/memory/suspects"),
+    (["export", "points.npz"], "GET http://127.0.0.1:8123/vmem/v1/memory/export"),
+])
+def test_a_command_refused_a_memory_a_service_holds_names_the_service_s_route_for_it(memory, tmp_path, monkeypatch,
+                                                                                     command, route):
+    monkeypatch.chdir(tmp_path)
+    with holding(memory, SERVED_AT) as holder:
+        refused = run(*command, "--memory", memory)
+    assert refused.exit_code == 75  # worth a retry: the command was right
+    assert "is open in another process" in refused.stderr
+    said = f"It is served by vmem serve (pid {holder.pid}) at {SERVED_AT}: ask it, {route}"
+    assert refused.stderr.splitlines()[-1] == said
+
+
+def test_history_of_a_served_memory_says_where_it_is_served_and_a_stale_note_is_not_believed(memory):
+    with holding(memory, SERVED_AT) as holder:
+        read = run("history", "--memory", memory)
+    assert read.exit_code == 0, read.output
+    assert (f"read from its files: the memory is open in another process (served by vmem serve (pid {holder.pid}) "
+            f"at {SERVED_AT})") in read.stderr
+    # That process is gone and its note stays (a kill -9): another holder is not taken for a service
+    assert (memory / ".vmem-served.json").exists()
+    with holding(memory):
+        refused = run("points", "--memory", memory)
+    assert refused.exit_code == 75 and "served by" not in refused.stderr, refused.stderr

@@ -16,9 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from tests.conftest import REPO
+from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
 
@@ -221,7 +224,7 @@ def _free_port() -> int:
 def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_format):
     fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
     port = _free_port()
-    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(tmp_path / "memory"),
            "--port", str(port), "--threads", "1"]
     (tmp_path / ".env").write_text(f"VMEM_LOG_FORMAT={log_format}\n")  # read from the env file as every VMEM_* is
@@ -242,6 +245,11 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
                           files={"image": ("q.png", texture(COLORS["blue"], 5))}).json()
         assert body["label"] == "blue"
         assert httpx.get(f"{url}/v1/memory/stats").json()["points"] == 12
+        # The CLI, refused the memory the service holds, says where to ask instead
+        refused = CliRunner().invoke(app, ["points", "--memory", str(tmp_path / "memory")])
+        assert refused.exit_code == 75
+        assert (f"It is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points"
+                in refused.stderr), refused.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -250,6 +258,7 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
             proc.kill()
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
+    assert not (tmp_path / "memory" / ".vmem-served.json").exists()  # removed at the service's stop
     assert API_KEY not in out  # the key is never logged
     summary = (r"serving .*: 12 points, \S+ features; (re-rank with \S+|no Gemini key \(GEMINI_API_KEY\): "
                r"re-ranked requests fall back to the vote); edits need the API key")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, get_args
 import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
-from retrieval.files import DISK_FULL_ERRNOS
+from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.text import canonical_label, escape_control_characters
 
@@ -146,6 +146,31 @@ class TemporaryFailure(_ClickException):  # type: ignore[misc, valid-type]  # a 
 
 
 EXIT_TEMPORARY = TemporaryFailure.exit_code
+
+
+# What a running vmem serve answers in place of each command: its route, said where the service holds the memory
+SERVED_ROUTES = {
+    "info": "GET /v1/memory/stats", "labels": "GET /v1/memory/stats", "points": "GET /v1/memory/points",
+    "export": "GET /v1/memory/export", "suspects": "GET /v1/memory/suspects", "history": "GET /v1/memory/history",
+    "classify": "POST /v1/classify", "build": "POST /v1/memory", "forget": "DELETE /v1/memory",
+    "relabel": "POST /v1/memory/relabel", "names": "PUT /v1/memory/label-names", "import": "POST /v1/memory/import",
+    "backup": "POST /v1/memory/backup",
+}
+
+
+def served_note(folder: Path, command: str | None) -> str:
+    """Where a running `vmem serve` serves the memory in `folder` (the file it writes there), and its route for
+    `command`: `served by vmem serve (pid 812) at http://127.0.0.1:8000: ask it, GET
+    http://127.0.0.1:8000/v1/memory/points`. Empty where no service says it serves it."""
+    if (said := served_by(folder)) is None:
+        return ""
+    urls = [str(u) for u in said.get("urls") or []]  # type: ignore[attr-defined]  # a list, as written
+    host = "" if said["here"] else f" on {said['host']}"
+    note = f"served by vmem serve (pid {said['pid']}{host})" + (f" at {urls[0]}" if urls else "")
+    if (route := SERVED_ROUTES.get(command or "")) is None:
+        return note
+    method, path = route.split(" ", 1)
+    return f"{note}: ask it, {method} {urls[0] if urls else ''}{path}"
 
 
 def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,

@@ -69,6 +69,7 @@ from ._common import (
     open_memory,
     parse_tags,
     require_points,
+    served_note,
     sigterm_as_interrupt,
 )
 
@@ -986,7 +987,7 @@ def history(
     point_id = _point_id(point) if point is not None else None
     try:
         mem = open_memory(memory, qdrant_url)
-    except MemoryInUseError:
+    except MemoryInUseError as exc:
         if qdrant_url is not None:
             raise
         # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
@@ -995,7 +996,9 @@ def history(
             label=label, since=since))
         names, state = dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
-        typer.echo("read from its files: the memory is open in another process", err=True)
+        served = served_note(exc.folder, None) if exc.folder is not None else ""
+        typer.echo(f"read from its files: the memory is open in another process{f' ({served})' if served else ''}",
+                   err=True)
     else:
         with mem:
             entries, earlier = _edits(lambda: mem.history_page(

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from retrieval.store import MemoryInUseError, MemoryStoreError
+from retrieval.files import mark_served
+from retrieval.store import EdgeMemoryStore, MemoryInUseError, MemoryStoreError
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -276,6 +277,12 @@ def _graceful_shutdown_s() -> float:
     return min(GeminiSettings().deadline_s + 10, 80.0)
 
 
+def _local_host(host: str) -> str:
+    """The address a client on this machine reaches a service listening on `host` at, as a URL writes it."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
                                                 "\\[default: $VMEM_MEMORY or ./memory]")] = None,
@@ -344,9 +351,13 @@ def serve(
             if (problem := open_failure(memory_path, url, exc, SERVE_MEMORY_OPTIONS, or_read_only)) is None:
                 raise
             raise problem from exc
+        served = None
         try:
             app = create_app(settings, memory=mem, auditor=_label_auditor)
             prefix = root_path.rstrip("/")
+            if isinstance(mem.store, EdgeMemoryStore) and not mem.store.read_only:
+                # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead
+                served = mark_served(mem.store.path, [f"http://{_local_host(host)}:{port}{prefix}"] if port else [])
             where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
             say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
@@ -362,4 +373,6 @@ def serve(
                         forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
                         timeout_graceful_shutdown=_graceful_shutdown_s())  # type: ignore[arg-type]  # a float works: asyncio.timeout
         finally:
+            if served is not None:
+                served.unlink(missing_ok=True)
             mem.close()
