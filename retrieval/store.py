@@ -1733,7 +1733,7 @@ class QdrantServerStore(MemoryStore):
             elif "://" in location:
                 client = QdrantClient(url=location, api_key=api_key)
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
-                client = QdrantClient(path=str(local_folder(location)))
+                client = _local_mode_client(location)
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         try:
@@ -1952,6 +1952,25 @@ class QdrantServerStore(MemoryStore):
         if not isinstance(self.client, ClosedClient):
             self.client.close()
             self.client = ClosedClient(self.location)
+
+
+def _local_mode_client(location: str) -> Any:
+    """qdrant-client's local mode in the folder of a `qdrant-local:` location. It opens a folder in one process at a
+    time, and one another process holds was its RuntimeError's traceback: MemoryInUseError, saying so."""
+    from qdrant_client import QdrantClient
+
+    folder = local_folder(location)
+    try:
+        return QdrantClient(path=str(folder))
+    except RuntimeError as exc:
+        if "already accessed by another instance" not in str(exc):
+            raise
+        in_use = MemoryInUseError(
+            f"the memory at {location} is open in another process (a running vmem serve or build?): qdrant-client's "
+            "local mode opens it in one process at a time, its journal included. Stop that process, or put the "
+            "memory on a Qdrant server (--qdrant-url http://...) to share it")
+        in_use.folder = folder
+        raise in_use from None
 
 
 def open_store(

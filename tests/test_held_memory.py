@@ -22,7 +22,8 @@ from vmem.cli import app
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
 HOLD = ("import sys; from retrieval import open_store; from retrieval.files import mark_served; "
-        "store = open_store(sys.argv[1]); sys.argv[2:] and mark_served(sys.argv[1], sys.argv[2:]); "
+        "from retrieval.store import local_folder; "
+        "store = open_store(sys.argv[1]); sys.argv[2:] and mark_served(local_folder(sys.argv[1]), sys.argv[2:]); "
         "print('held', flush=True); sys.stdin.readline(); store.close()")
 SERVED_AT = "http://127.0.0.1:8123/vmem"
 
@@ -115,3 +116,17 @@ def test_history_of_a_served_memory_says_where_it_is_served_and_a_stale_note_is_
     with holding(memory):
         refused = run("points", "--memory", memory)
     assert refused.exit_code == 75 and "served by" not in refused.stderr, refused.stderr
+
+
+def test_a_qdrant_local_memory_another_process_holds_is_refused_in_words_with_where_it_is_served(tmp_path):
+    # qdrant-client's local mode opens a folder in one process at a time, the journal's collection included: its
+    # RuntimeError had come out as a traceback
+    location = f"qdrant-local:{tmp_path / 'local'}"
+    open_store(location, SPEC).close()
+    with holding(location, SERVED_AT) as holder:
+        refused = run("history", "--qdrant-url", location)
+    assert refused.exit_code == 75, refused.output
+    assert f"Error: the memory at {location} is open in another process" in refused.stderr
+    assert refused.stderr.splitlines()[-1] == (f"It is served by vmem serve (pid {holder.pid}) at {SERVED_AT}: ask "
+                                               f"it, GET {SERVED_AT}/v1/memory/history")
+    assert "Traceback" not in refused.output

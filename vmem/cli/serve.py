@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from retrieval.files import mark_served
-from retrieval.store import EdgeMemoryStore, MemoryInUseError, MemoryStoreError
+from retrieval.store import LOCAL_MODE_PREFIX, EdgeMemoryStore, MemoryInUseError, MemoryStoreError, local_folder
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -277,6 +277,15 @@ def _graceful_shutdown_s() -> float:
     return min(GeminiSettings().deadline_s + 10, 80.0)
 
 
+def _held_folder(store: Any) -> Path | None:
+    """The folder of a memory this process holds alone (embedded, or qdrant-client's local mode); None for one
+    other processes may open too (a Qdrant server's, a read-only copy)."""
+    if isinstance(store, EdgeMemoryStore):
+        return None if store.read_only else store.path
+    location = str(getattr(store, "location", ""))
+    return local_folder(location) if location.startswith(LOCAL_MODE_PREFIX) else None
+
+
 def _local_host(host: str) -> str:
     """The address a client on this machine reaches a service listening on `host` at, as a URL writes it."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
@@ -355,9 +364,9 @@ def serve(
         try:
             app = create_app(settings, memory=mem, auditor=_label_auditor)
             prefix = root_path.rstrip("/")
-            if isinstance(mem.store, EdgeMemoryStore) and not mem.store.read_only:
+            if (folder := _held_folder(mem.store)) is not None:
                 # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead
-                served = mark_served(mem.store.path, [f"http://{_local_host(host)}:{port}{prefix}"] if port else [])
+                served = mark_served(folder, [f"http://{_local_host(host)}:{port}{prefix}"] if port else [])
             where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
             say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
