@@ -88,7 +88,6 @@ def test_history_of_a_memory_another_process_holds_is_read_from_its_journal(held
 
 
 @pytest.mark.parametrize(("command", "route"), [
-    (["info"], "GET http://127.0.0.1:8123/vmem/v1/memory/stats"),
     (["labels"], "GET http://127.0.0.1:8123/vmem/v1/memory/stats"),
     (["points"], "GET http://127.0.0.1:8123/vmem/v1/memory/points"),
     (["suspects"], "GET http://127.0.0.1:8123/vmem/v1/memory/suspects"),
@@ -130,3 +129,19 @@ def test_a_qdrant_local_memory_another_process_holds_is_refused_in_words_with_wh
     assert refused.stderr.splitlines()[-1] == (f"It is served by vmem serve (pid {holder.pid}) at {SERVED_AT}: ask "
                                                f"it, GET {SERVED_AT}/v1/memory/history")
     assert "Traceback" not in refused.output
+
+
+def test_info_of_a_served_memory_shows_what_its_files_say_and_where_to_ask_for_its_points(memory):
+    with holding(memory, SERVED_AT) as holder:
+        shown = run("info", "--memory", memory)
+        as_json = run("info", "--memory", memory, "--json")
+    assert shown.exit_code == 0, shown.output
+    assert "featurizer test-encoder (16-d, resize 256, crop 224)" in shown.stdout
+    assert (f"points     not read: the memory is open in another process, served by vmem serve (pid {holder.pid}) "
+            f"at {SERVED_AT}: ask it, GET {SERVED_AT}/v1/memory/stats") in shown.stdout
+    assert "names      2 labels named" in shown.stdout
+    assert "last edit  " in shown.stdout and "\tname\t2 names" in shown.stdout
+    stats = json.loads(as_json.stdout)
+    assert (stats["points"], stats["open_in_another_process"], stats["label_names"]) == (
+        None, True, {"cat": "Cat", "dog": "Dog"})
+    assert stats["last_edit"]["op"] == "name" and stats["served_by"].endswith("/v1/memory/stats")

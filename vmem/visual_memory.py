@@ -2302,10 +2302,15 @@ class VisualMemory:
         `journal.jsonl`, DMN streams, ...) and in `total`; None for a memory on a server or in RAM. The shard
         keeps forgotten points' vectors until they are erased (`erase_forgotten`), so its figure says what an
         erase could give back."""
-        if (folder := local_folder(self.store.location)) is None or not folder.is_dir():
-            return None
-        usage = {entry.name: _bytes_on_disk(Path(entry.path)) for entry in os.scandir(folder)}
-        return {"total": sum(usage.values()), **dict(sorted(usage.items(), key=lambda kv: -kv[1]))}
+        return disk_usage_of(folder) if (folder := local_folder(self.store.location)) is not None else None
+
+
+def disk_usage_of(folder: str | Path) -> dict[str, int] | None:
+    """`VisualMemory.disk_usage` of the memory in `folder`, read without opening it; None where it is no folder."""
+    if not os.path.isdir(folder):
+        return None
+    usage = {entry.name: _bytes_on_disk(Path(entry.path)) for entry in os.scandir(folder)}
+    return {"total": sum(usage.values()), **dict(sorted(usage.items(), key=lambda kv: -kv[1]))}
 
 
 def _bytes_on_disk(path: Path) -> int:

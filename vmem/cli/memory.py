@@ -44,6 +44,7 @@ from ..visual_memory import (
     COPY_SIMILARITY,
     UnknownPointError,
     VisualMemory,
+    disk_usage_of,
     history_from_files,
     local_source_prefix,
     name_hints,
@@ -1121,17 +1122,19 @@ def info(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show what the memory holds: points, labels, featurizer, settings."""
-    mem = open_memory(memory, qdrant_url)
+    try:
+        mem = open_memory(memory, qdrant_url)
+    except MemoryInUseError as exc:
+        if qdrant_url is not None:
+            raise
+        _info_from_files(memory, exc, json_out)
+        return
     with mem:
         stats = mem.stats()
     if json_out:
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
         return
-    f = stats["featurizer"]
-    typer.echo(f"memory     {stats['location']}")
-    typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
-               f"crop {f['preprocessing']['crop']})")
-    typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
+    _info_head(stats)
     typer.echo(f"points     {stats['points']:,}")
     named = sum(lab in stats["label_names"] for lab in stats["per_label"])
     typer.echo(f"labels     {stats['labels']:,}" + (f" ({named:,} named)" if named else ""))
@@ -1140,6 +1143,41 @@ def info(
         typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
     if stats["labels"] > 10:
         typer.echo(f"  ... {stats['labels'] - 10:,} more")
+    if disk := stats["disk_bytes"]:
+        parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
+        typer.echo(f"disk       {_size(disk['total'])} ({parts})")
+    if stats["settings"]:
+        typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")
+
+
+def _info_head(stats: dict[str, Any]) -> None:
+    f = stats["featurizer"]
+    typer.echo(f"memory     {stats['location']}")
+    typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
+               f"crop {f['preprocessing']['crop']})")
+    typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
+
+
+def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> None:
+    """`vmem info` of an embedded memory another process holds (a running vmem serve): what its files say (its
+    encoder, settings, label names, last edit, size), and where to ask for its points."""
+    [*last], _, meta = history_from_files(memory, limit=1)
+    served = served_note(exc.folder, "info") if exc.folder is not None else ""
+    stats: dict[str, Any] = {"location": str(memory), "points": None, "labels": None, "per_label": None,
+             "label_names": dict(meta.label_names), "featurizer": meta.featurizer.model_dump(),
+             "index": meta.index.model_dump(), "settings": meta.settings, "disk_bytes": disk_usage_of(memory),
+             "open_in_another_process": True, "served_by": served or None,
+             "last_edit": last[0].model_dump() if last else None}
+    if json_out:
+        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        return
+    _info_head(stats)
+    typer.echo("points     not read: the memory is open in another process"
+               + (f", {served}" if served else " (a running vmem serve or build?); this is what its files say"))
+    if names := stats["label_names"]:
+        typer.echo(f"names      {len(names):,} labels named")
+    if last:
+        typer.echo(f"last edit  {_edit_line(last[0], names)}")
     if disk := stats["disk_bytes"]:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
