@@ -15,7 +15,8 @@ Outputs in the run directory:
     per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k;
                              confused_with a JSON object, label -> queries taken for it, top 3: {"n01": 3})
     predictions.csv          variant,rule,k,source,right_labels,predicted,predicted_name,correct,nearest,
-                             nearest_similarity: each query's answer under that decision, in query order
+                             nearest_similarity: each query's answer under that decision, in query order;
+                             right_labels a JSON list, the labels that count as right: ["n01", "n02"]
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
                              accuracy (hardest classes named)
 """
@@ -380,8 +381,9 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         written.append(write_csv(out / "predictions.csv", [
             "variant", "rule", "k", "source", "right_labels", "predicted", "predicted_name", "correct", "nearest",
             "nearest_similarity"], [
-            (name, d.rule, d.k, source, ";".join(right), d.predicted[i] or "", names.get(d.predicted[i] or "", ""),
-             int(d.correct[i]), d.nearest[i] or "", "" if d.nearest_similarity[i] is None else d.nearest_similarity[i])
+            (name, d.rule, d.k, source, json.dumps(list(right), ensure_ascii=False), d.predicted[i] or "",
+             names.get(d.predicted[i] or "", ""), int(d.correct[i]), d.nearest[i] or "",
+             "" if d.nearest_similarity[i] is None else d.nearest_similarity[i])
             for name, s in v.items() if (d := s.decisions)
             for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
     r = report.run

@@ -264,8 +264,9 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
         rows = [a for a in answers if a["variant"] == variant]
         assert {(a["rule"], a["k"]) for a in rows} == {("rank", "50")}
         assert sum(int(a["correct"]) for a in rows) == sum(c.correct for c in scores.per_class.classes)
-        assert all(a["correct"] == str(int(a["predicted"] == a["right_labels"])) for a in rows)
-        assert all(a["nearest"] == a["right_labels"] and float(a["nearest_similarity"]) > 0.95 for a in rows)
+        assert all(a["correct"] == str(int([a["predicted"]] == json.loads(a["right_labels"]))) for a in rows)
+        assert all([a["nearest"]] == json.loads(a["right_labels"]) for a in rows)
+        assert all(float(a["nearest_similarity"]) > 0.95 for a in rows)
     assert "nearest_similarity" not in (tmp_path / "results.json").read_text()  # 50,000 rows for ImageNet: apart
     assert (tmp_path / "accuracy.csv").read_text().splitlines()[1] == "all,plurality,1,1.000000"
     rank_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| rank |"))
@@ -343,6 +344,23 @@ def test_per_class_csv_says_where_misses_went_for_any_label(tmp_path):
         rows = {r["label"]: json.loads(r["confused_with"]) for r in csv.DictReader(f)}
     assert rows == {c.label: c.confused_with for c in report.variants["all"].per_class.classes}
     assert "AC:DC;live" in rows["a;b:3"] and sum(rows["a;b:3"].values()) == 3  # its 3 queries, all missed
+
+
+def test_predictions_csv_lists_each_querys_right_labels_whatever_they_hold(tmp_path):
+    # The cell was the labels joined with ';': "a;b" one label or two could not be told apart. It is a JSON
+    # list, as per_class.csv's confused_with is an object: json.loads reads it back
+    labels = ["a;b", "a", "b", 'say "cheese", twice']
+    m = random_unit_vectors(40, 8, seed=6)
+    memory = [labels[i % 4] for i in range(40)]
+    right = [("a;b",), ("a", "b"), ('say "cheese", twice', "a;b")]
+    queries = QuerySet(m[:3] + 0.01, ["q0", "q1", "q2"], right, [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=3, memory="toy", memory_points=40,
+                  featurizer="none", search="exact")
+    write_report(evaluate(MemoryArrays(m, memory, [str(i) for i in range(40)]), queries, run), tmp_path, plots=False)
+    with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [tuple(json.loads(r["right_labels"])) for r in rows] == right
+    assert rows[0]["correct"] == "1" and rows[0]["predicted"] == "a;b"  # its own point, labelled a;b, is nearest
 
 
 @pytest.mark.parametrize("location", ["edge", ":memory:"])
