@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval import FeaturizerSpec, MemoryReadOnlyError, Preprocessing, open_store
 from retrieval.dmn import DynamicMemory, fuse, readout
 from vmem import VisualMemory
 from vmem.dmn_classifier import DmnOptions, dmn_home, memory_key, read_class_names, stream_dir_key
@@ -244,6 +244,27 @@ def test_a_qdrant_local_memory_takes_the_streams_an_older_vmem_kept_by_its_bare_
     again = VisualMemory(open_store(f"qdrant-local:{tmp_path / 'memory'}"), reranker=None)
     assert again.dmn.streams() == ["cam1"] and not legacy.exists()
     again.close()
+
+
+def test_a_memory_opened_read_only_reads_the_saved_streams_and_keeps_its_updates_in_its_process(tmp_path):
+    # A replica (vmem serve --read-only, or open(read_only=True)) has the memory's key: its stream saves went to the
+    # writer's files, and the two overwrote each other's
+    location = str(tmp_path / "memory")
+    q, _ = queries(9)
+    with clustered_memory(location) as writer:
+        writer.classify_dmn(q[:4], stream="s")
+    path = dmn_home() / stream_dir_key(writer.store) / "s.npz"
+    saved = path.read_bytes()
+    with VisualMemory.open(location, reranker=None, read_only=True) as replica:
+        replica.dmn.save_interval_s = 0.0
+        [res] = replica.classify_dmn(q[4:5], stream="s")
+        replica.classify_dmn(q[5:], stream="new")
+        replica.dmn.flush()
+        assert res.dmn.written and replica.dmn.stream("s").updates == 5  # the writer's 4, then its own
+        assert replica.dmn.streams() == ["new", "s"] and replica.dmn.stream("new").updates == 4
+        with pytest.raises(MemoryReadOnlyError):
+            replica.dmn.reset("s")
+    assert path.read_bytes() == saved and sorted(p.name for p in path.parent.iterdir()) == ["s.npz"]
 
 
 def test_a_read_only_stream_is_not_written(stored_memory):

@@ -150,9 +150,13 @@ class DmnClassifier:
         # A process-local `:memory:` memory vanishes with its process, and no other can name it: its streams
         # live in memory with it. Files would only pile up, a folder per such memory ever opened.
         self.persistent = root is not None or store.location != ":memory:"
-        if self.persistent and root is None and store.location != ":memory:":
+        # A memory opened read-only (a replica: `vmem serve --read-only`) has the memory's key, so its streams' files
+        # are the writable memory's: it reads them, and keeps its own updates in its process, as a `:memory:` one
+        # does (its saves and the writer's had overwritten each other's)
+        self.read_only = store.read_only
+        if self.persistent and not self.read_only and root is None and store.location != ":memory:":
             self._take_streams_kept_by_path(store)
-        if self.persistent:
+        if self.persistent and not self.read_only:
             for leftover in remove_stale_temporaries(self.dir):
                 log.warning("removed %s, left by a stream save that did not finish", leftover)
         self._streams: dict[str, DynamicMemory] = {}
@@ -210,7 +214,8 @@ class DmnClassifier:
     def streams(self) -> list[str]:
         if not self.persistent:
             return sorted(self._streams)
-        return sorted(p.stem for p in self.dir.glob("*.npz")) if self.dir.is_dir() else []
+        saved = {p.stem for p in self.dir.glob("*.npz")} if self.dir.is_dir() else set()
+        return sorted(saved | set(self._streams)) if self.read_only else sorted(saved)
 
     def save(self, name: str, force: bool = False) -> None:
         """Persist a stream now (force) or when its last save is older than `save_interval_s`."""
@@ -218,7 +223,7 @@ class DmnClassifier:
         # stream's own lock is taken by `mem.save` only after self._lock is released.
         with self._lock:
             mem = self._streams.get(name)
-            if mem is None or not self.persistent:
+            if mem is None or not self.persistent or self.read_only:
                 return
             now = time.monotonic()
             if not force and now - self._last_save.get(name, -np.inf) < self.save_interval_s:
@@ -307,7 +312,9 @@ class DmnClassifier:
         return removed
 
     def reset(self, name: str) -> bool:
-        """Empty a stream and delete its file; True when there was one."""
+        """Empty a stream and delete its file; True when there was one. MemoryReadOnlyError on a memory opened
+        read-only: the file is the writable memory's."""
+        self.store.check_writable()
         path = self.stream_path(name)
         with self._lock:
             self._dirty.discard(name)

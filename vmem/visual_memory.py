@@ -372,7 +372,8 @@ class VisualMemory:
             index: HNSW and quantization settings for a new memory (fixed once it exists).
             read_only: an embedded memory for classify only, where its folder cannot be written or other
                 processes serve it too: a private copy is opened (`retrieval.store.open_read_only`), every edit
-                refused (`retrieval.MemoryReadOnlyError`, a `MemoryStoreError`).
+                refused (`retrieval.MemoryReadOnlyError`, a `MemoryStoreError`). DMN streams are read from their
+                files and updated in this process only.
 
         Raises:
             vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process.
