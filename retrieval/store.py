@@ -982,7 +982,8 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
     if not (source / META_FILE).is_file():
         raise MemoryError(f"no memory at {source}: build one first (vmem build)")
     # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted
-    for dead in remove_dead_private_folders(READ_ONLY_COPY_PREFIX):
+    dead_copies = remove_dead_private_folders(READ_ONLY_COPY_PREFIX)
+    for dead in dead_copies:
         log.info("removed %s, the copy of a memory a read-only service killed before its close had served", dead)
     private = make_private_folder(READ_ONLY_COPY_PREFIX)
     copy = private / "memory"
@@ -1010,6 +1011,7 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
         shutil.rmtree(private, ignore_errors=True)
         raise
     store.source, store.read_only, store._read_only_copy = source, True, private
+    store.dead_copies_removed = tuple(dead_copies)  # for vmem serve to say: its logging is not set up yet
     return store
 
 
@@ -1058,6 +1060,8 @@ class EdgeMemoryStore(MemoryStore):
     # Opened by `open_read_only`: the memory's folder, and the private copy that is opened instead (removed at close)
     source: Path | None = None
     _read_only_copy: Path | None = None
+    # The copies of read-only services killed before their close that `open_read_only` removed as it opened this
+    dead_copies_removed: tuple[Path, ...] = ()
 
     @property
     def shard(self) -> Any:

@@ -717,6 +717,26 @@ def test_serve_read_only_without_a_key_warns_of_no_edits_it_refuses_anyway(built
     assert "authentication is disabled: anyone who can reach the port can edit the memory" in out.output
 
 
+def test_serve_read_only_says_which_copies_of_killed_services_it_removed(built, tmp_path, monkeypatch):
+    # The line was logged as the memory opened, before vmem serve's logging began: nobody saw it
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    made = "from retrieval.files import make_private_folder; print(make_private_folder('vmem-read-only-'))"
+    killed = subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, check=True).stdout.strip()
+    memory, _ = built
+    out = run("serve", "--no-auth", "--read-only", "--memory", memory)
+    assert out.exit_code == 0, out.output
+    assert f"removed {killed}: the copy of a memory a read-only service killed before its close had served" in (
+        out.output)
+    assert not os.path.exists(killed)
+
+
 def test_serve_refuses_a_prefix_without_its_leading_slash(built, monkeypatch):
     # `--root-path vmem` made every thumbnail_url relative: the page under /vmem/ asked for /vmem/vmem/... (404s)
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served with a relative prefix"))

@@ -360,6 +360,8 @@ def serve(
             if (problem := open_failure(memory_path, url, exc, SERVE_MEMORY_OPTIONS, or_read_only)) is None:
                 raise
             raise problem from exc
+        for dead in getattr(mem.store, "dead_copies_removed", ()):  # logged as it opened, before any logging here
+            say(f"removed {dead}: the copy of a memory a read-only service killed before its close had served")
         served = None
         try:
             app = create_app(settings, memory=mem, auditor=_label_auditor)
