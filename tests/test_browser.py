@@ -789,12 +789,12 @@ def slow_default_page(tmp_path, lite0):
     service = app.state.service
     classify = service.classify
 
-    def slow_unless_a_vote_is_chosen(uploads, q):
+    def slow_unless_a_vote_is_chosen(uploads, q, *asked_by):
         import time
 
         if q.vote is None:
             time.sleep(2.5)
-        return classify(uploads, q)
+        return classify(uploads, q, *asked_by)
 
     service.classify = slow_unless_a_vote_is_chosen
     with live_server(app) as url:
