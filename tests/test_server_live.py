@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from retrieval.files import served_by
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
 from tests.conftest import REPO
@@ -273,6 +275,50 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
     stamped = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     assert re.search(stamped + r"INFO: +Application startup complete", out, re.M), out
     assert re.search(stamped + r"INFO: +127\.0\.0\.1:\d+ - \"POST /v1/classify\?k=3 HTTP/1\.1\" 200", out, re.M), out
+
+
+@contextmanager
+def vmem_serve(memory, *options):
+    """`vmem serve` of `memory` in a child process, with `options`; yields (the process, the URL that
+    `.vmem-served.json` names once it is ready). Stopped with SIGINT at the end."""
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(memory), "--threads",
+           "1", *options]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "vmem serve did not become ready"
+            urls = (served_by(memory) or {}).get("urls")
+            try:
+                if urls and httpx.get(f"{'/'.join(urls[0].split('/')[:3])}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        yield proc, urls[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def test_the_route_a_refused_command_names_is_answered_by_a_service_behind_a_proxy(tmp_path, lite0, memory_images):
+    # vmem serve --root-path /vmem serves at its own address what a proxy strips of /vmem: the route named to the
+    # operator on the service's host is the service's own, without the proxy's prefix (which had been a 404)
+    memory = tmp_path / "memory"
+    fill_memory(str(memory), lite0, memory_images).close()
+    port = _free_port()
+    with vmem_serve(memory, "--port", str(port), "--root-path", "/vmem") as (proc, url):
+        assert url == f"http://127.0.0.1:{port}"
+        refused = CliRunner().invoke(app, ["points", "--memory", str(memory)])
+        assert refused.exit_code == 75
+        assert f"ask it, GET {url}/v1/memory/points" in refused.stderr, refused.stderr
+        assert httpx.get(f"{url}/v1/memory/points").json()["points"]
 
 
 def test_vmem_serve_stopped_by_sigterm_closes_its_memory_and_exits_0(tmp_path, lite0, memory_images):

@@ -367,8 +367,9 @@ def serve(
             app = create_app(settings, memory=mem, auditor=_label_auditor)
             prefix = root_path.rstrip("/")
             if (folder := _held_folder(mem.store)) is not None:
-                # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead
-                served = mark_served(folder, [f"http://{_local_host(host)}:{port}{prefix}"] if port else [])
+                # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead, at
+                # the service's own address, where a proxy's prefix (--root-path), which the proxy strips, is a 404
+                served = mark_served(folder, [f"http://{_local_host(host)}:{port}"] if port else [])
             where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
             say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
