@@ -201,6 +201,24 @@ def served_by(folder: str | Path) -> dict[str, object] | None:
     return {**said, "here": host == _host()}
 
 
+# In a service's backup folder (VMEM_BACKUP_DIR): a link to its newest backup, what read-only replicas serve
+LATEST_BACKUP = "latest"
+
+
+def link_latest(folder: Path, name: str) -> bool:
+    """Point `folder/latest` at the backup `name` beside it: a relative link, replaced in one rename, so that a
+    replica started on it meanwhile finds the one backup or the other. False, and left as it is, where `latest`
+    is no link (a folder of the operator's)."""
+    latest = folder / LATEST_BACKUP
+    if os.path.lexists(latest) and not latest.is_symlink():
+        return False
+    new = folder / f".{LATEST_BACKUP}{_writer_tag()}.link"
+    new.unlink(missing_ok=True)
+    os.symlink(name, new)
+    os.replace(new, latest)
+    return True
+
+
 def make_partial_folder(dest: Path) -> Path:
     """A new hidden folder beside `dest` to write it in before it is renamed `dest`, named for the process writing
     it (see `remove_dead_partials`)."""

@@ -978,7 +978,8 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
         MemoryStoreError: no memory there; MemoryInUseError: a process has it open to write;
         MemoryFullError: the temporary folder has no room for the copy.
     """
-    source = Path(os.path.expanduser(location)).absolute()
+    # A link (a backup folder's `latest`) is followed once: the copy is of the one memory it named as it started
+    source = Path(os.path.expanduser(location)).resolve()
     if not (source / META_FILE).is_file():
         raise MemoryError(f"no memory at {source}: build one first (vmem build)")
     # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted

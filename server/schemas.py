@@ -575,8 +575,9 @@ class BackupQuery(BaseModel):
 
     name: str | None = Field(default=None, pattern=BACKUP_NAME,
                              description="the backup's folder in the server's backup folder (`VMEM_BACKUP_DIR`): "
-                                         "letters, digits, `.`, `_`, `-`, not first a dot (no path); default: the "
-                                         "time, UTC (`20261206T181500Z`)")
+                                         "letters, digits, `.`, `_`, `-`, not first a dot (no path), not `latest` "
+                                         "(the link to the newest backup); default: the time, UTC "
+                                         "(`20261206T181500Z`)")
 
 
 class BackupOut(Answer):

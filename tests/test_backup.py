@@ -299,13 +299,53 @@ def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path,
         assert backup.count() == 12
 
 
+def test_latest_in_the_backup_folder_names_the_newest_backup_and_a_replica_serves_it(tmp_path, serve):
+    # One service edits the memory and backs it up; read-only replicas serve its latest backup, restarted onto the
+    # next one. Named or by the time, `latest` is the one backup an operator's replicas are pointed at.
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    latest = tmp_path / "backups" / "latest"
+    assert client.post("/v1/memory/backup?name=monday", headers=AUTH).status_code == 200
+    assert os.readlink(latest) == "monday"  # relative: the backup folder may be moved or mounted elsewhere whole
+    assert client.delete("/v1/memory", params={"label": "red"}, headers=AUTH).json()["deleted"] == 4
+    stamped = client.post("/v1/memory/backup", headers=AUTH).json()["name"]
+    assert os.readlink(latest) == stamped
+    replica = retrieval_store.open_read_only(latest)
+    try:  # the backup the link named as the replica started, named by its own folder
+        assert replica.count() == 8 and replica.source == tmp_path / "backups" / stamped
+    finally:
+        replica.close()
+    refused = client.post("/v1/memory/backup?name=latest", headers=AUTH)  # the link's name is not a backup's
+    assert refused.status_code == 422 and "latest" in refused.json()["detail"], refused.text
+    assert os.readlink(latest) == stamped
+
+
+def test_a_replica_started_on_latest_as_it_moves_copies_the_one_backup_it_named(tmp_path, serve, monkeypatch):
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    client.post("/v1/memory/backup?name=before", headers=AUTH)
+    client.delete("/v1/memory", params={"label": "red"}, headers=AUTH)
+    allocated = retrieval_store._allocated_bytes
+
+    def a_backup_made_meanwhile(folder, **kwargs):  # as the copy starts: the link moves to a backup of 8 points
+        monkeypatch.setattr(retrieval_store, "_allocated_bytes", allocated)
+        client.post("/v1/memory/backup?name=after", headers=AUTH)
+        return allocated(folder, **kwargs)
+
+    monkeypatch.setattr(retrieval_store, "_allocated_bytes", a_backup_made_meanwhile)
+    replica = retrieval_store.open_read_only(tmp_path / "backups" / "latest")
+    try:
+        assert os.readlink(tmp_path / "backups" / "latest") == "after"
+        assert replica.count() == 12 and replica.source.name == "before"
+    finally:
+        replica.close()
+
+
 def test_a_backup_over_http_removes_and_logs_the_folder_of_one_killed_midway(tmp_path, serve, caplog):
     client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
     (tmp_path / "backups").mkdir()
     dead, writer = partial_made_by_another_process(tmp_path / "backups" / "killed")
     writer.wait(30)
     assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 200
-    assert os.listdir(tmp_path / "backups") == ["nightly"]
+    assert sorted(os.listdir(tmp_path / "backups")) == ["latest", "nightly"]
     assert f"removed {dead}: the folder of a backup killed midway" in caplog.text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -711,7 +712,8 @@ def test_serve_read_only_without_a_key_warns_of_no_edits_it_refuses_anyway(built
     memory, _ = built
     out = run("serve", "--no-auth", "--read-only", "--memory", memory)
     assert out.exit_code == 0 and served == {"read_only": True}, out.output
-    assert "can edit the memory" not in out.output and "read-only: every edit is refused" in out.output
+    assert "can edit the memory" not in out.output
+    assert f"read-only (a copy of {Path(memory).resolve()}): every edit is refused" in out.output
     assert "anyone who can reach the port can export the memory's points, re-rank" in out.output
     out = run("serve", "--no-auth", "--memory", memory)
     assert "authentication is disabled: anyone who can reach the port can edit the memory" in out.output

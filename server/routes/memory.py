@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
-from retrieval.files import DISK_FULL_ERRNOS
+from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import ImportReport, PointsFileError, read_points_file
 
@@ -326,6 +326,9 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
     if not service.memory.store.backs_up_files:
         raise ProblemError(422, "this memory is on a Qdrant server: back it up with the server's own snapshots of "
                                 "its collection and of its journal's", "invalid-parameters", "Invalid parameters")
+    if q.name == LATEST_BACKUP:
+        raise ProblemError(422, f"{LATEST_BACKUP} is the link to the newest backup, which read-only replicas serve: "
+                                "give the backup another name", "invalid-parameters", "Invalid parameters")
     name = q.name or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     def work() -> BackupOut:
@@ -343,6 +346,11 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
         for path in done.unnamed_partials:
             log.warning("%s may be the folder of a backup killed midway, left by an older vmem (whose it is, nothing "
                         "tells): once no backup is writing beside it, remove it by hand", path)
+        try:
+            if not link_latest(folder, name):
+                log.warning("%s is not a link: it was left as it is, naming no backup", folder / LATEST_BACKUP)
+        except OSError as exc:  # the backup is made: only the link is missing
+            log.warning("could not point %s at the backup %s: %s", folder / LATEST_BACKUP, name, exc)
         return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
                          seconds=round(done.seconds, 3))
 

@@ -263,7 +263,9 @@ def _startup_summary(mem: Any, settings: Any) -> str:
 
     rerank = (f"re-rank with {GeminiSettings().model}" if api_key_from_env()
               else "no Gemini key (GEMINI_API_KEY): re-ranked requests fall back to the vote")
-    edits = ("read-only: every edit is refused" if settings.read_only else
+    source = getattr(mem.store, "source", None)  # which backup a replica started on a backup folder's `latest` serves
+    edits = ((f"read-only (a copy of {source})" if source else "read-only") + ": every edit is refused"
+             if settings.read_only else
              "anyone may edit" if settings.auth_disabled else "edits need the API key")
     return (f"{mem.store.count():,} points, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
 
