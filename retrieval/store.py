@@ -954,10 +954,12 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MemoryInUseError(
+            in_use = MemoryInUseError(
                 f"the memory at {folder} is open in another process (a running vmem serve or build?): a read-only "
                 "service copies the memory as it starts, which needs it at rest. Stop that process, or serve a "
-                "backup of it (POST /v1/memory/backup) read-only") from None
+                "backup of it (POST /v1/memory/backup) read-only")
+            in_use.folder = folder  # where a service that holds it says so, and where to ask it for that backup
+            raise in_use from None
         yield
 
 

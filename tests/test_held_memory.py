@@ -117,6 +117,15 @@ def test_history_of_a_served_memory_says_where_it_is_served_and_a_stale_note_is_
     assert refused.exit_code == 75 and "served by" not in refused.stderr, refused.stderr
 
 
+def test_a_replica_refused_a_memory_a_service_edits_names_the_service_to_back_it_up(memory):
+    # A read-only service copies its memory at rest: beside the service that holds it, it serves that one's backup
+    with holding(memory, SERVED_AT) as holder:
+        refused = run("serve", "--read-only", "--no-auth", "--memory", memory)
+    assert refused.exit_code == 75, refused.output
+    assert "serve a backup of it (POST /v1/memory/backup) read-only" in refused.stderr
+    assert refused.stderr.splitlines()[-1] == f"It is served by vmem serve (pid {holder.pid}) at {SERVED_AT}"
+
+
 def test_a_qdrant_local_memory_another_process_holds_is_refused_in_words_with_where_it_is_served(tmp_path):
     # qdrant-client's local mode opens a folder in one process at a time, the journal's collection included: its
     # RuntimeError had come out as a traceback
