@@ -321,6 +321,18 @@ def test_the_route_a_refused_command_names_is_answered_by_a_service_behind_a_pro
         assert httpx.get(f"{url}/v1/memory/points").json()["points"]
 
 
+def test_a_service_on_a_free_port_names_it_where_a_refused_command_is_told_to_ask(tmp_path, lite0, memory_images):
+    # vmem serve --port 0 (a port the system chooses): the note had named no address, "ask it, GET /v1/memory/points"
+    memory = tmp_path / "memory"
+    fill_memory(str(memory), lite0, memory_images).close()
+    with vmem_serve(memory, "--port", "0") as (proc, url):
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*", url), url
+        refused = CliRunner().invoke(app, ["points", "--memory", str(memory)])
+        assert f"It is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points" in (
+            refused.stderr), refused.stderr
+        assert httpx.get(f"{url}/v1/memory/points").json()["points"]
+
+
 def test_vmem_serve_stopped_by_sigterm_closes_its_memory_and_exits_0(tmp_path, lite0, memory_images):
     # docker stop, Kubernetes and systemd stop a service with SIGTERM. uvicorn finishes the requests in flight, then
     # raises the signal again: that had killed vmem serve before its memory was closed, with exit 143, leaving a

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -294,6 +296,22 @@ def _local_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _reserve_free_port(host: str) -> tuple[int, socket.socket | None]:
+    """A port of `host` no process listens on, for --port 0: known before uvicorn listens on it, so the URL vmem
+    serve writes for the CLI (.vmem-served.json) names it. On Linux the socket that found it stays bound
+    (SO_REUSEADDR, not listening) until the service stops, keeping the port from other processes while the memory
+    opens, which uvicorn, binding it with SO_REUSEADDR too, is allowed; elsewhere it is closed (None)."""
+    family = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = int(sock.getsockname()[1])
+    if sys.platform != "linux":
+        sock.close()
+        return port, None
+    return port, sock
+
+
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
                                                 "\\[default: $VMEM_MEMORY or ./memory]")] = None,
@@ -364,8 +382,11 @@ def serve(
             raise problem from exc
         for dead in getattr(mem.store, "dead_copies_removed", ()):  # logged as it opened, before any logging here
             say(f"removed {dead}: the copy of a memory a read-only service killed before its close had served")
-        served = None
+        served = reserved = None
         try:
+            if port == 0:
+                with suppress(OSError):  # a host that cannot be bound: uvicorn says so, as before
+                    port, reserved = _reserve_free_port(host)
             app = create_app(settings, memory=mem, auditor=_label_auditor)
             prefix = root_path.rstrip("/")
             if (folder := _held_folder(mem.store)) is not None:
@@ -389,4 +410,6 @@ def serve(
         finally:
             if served is not None:
                 served.unlink(missing_ok=True)
+            if reserved is not None:
+                reserved.close()
             mem.close()
