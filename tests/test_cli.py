@@ -695,6 +695,15 @@ def test_serve_read_only_without_a_key_says_what_the_key_guards_there(built, mon
     assert "memory-editing endpoints" not in out.output
 
 
+@pytest.mark.parametrize(("host", "said"), [("::", "http://[::]:8123"), ("0.0.0.0", "http://0.0.0.0:8123")])
+def test_serve_says_the_address_it_listens_on_as_a_url_writes_it(built, monkeypatch, host, said):
+    # An IPv6 address in a URL is bracketed: "serving ... on http://:::8123" was no URL
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    memory, _ = built
+    out = run("serve", "--no-auth", "--memory", memory, "--host", host, "--port", "8123")
+    assert out.exit_code == 0 and f" on {said} (page at /" in out.output, out.output
+
+
 def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
     served = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))

@@ -393,7 +393,8 @@ def serve(
                 # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead, at
                 # the service's own address, where a proxy's prefix (--root-path), which the proxy strips, is a 404
                 served = mark_served(folder, [f"http://{_local_host(host)}:{port}"] if port else [])
-            where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
+            bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+            where = f"http://{bracketed}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
             say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
             files = open_files_limit()
