@@ -284,7 +284,9 @@ MemoryError = MemoryStoreError
 class MemoryInUseError(MemoryStoreError):
     """The embedded memory is open in another process (a service, a build): worth a retry once that ends."""
 
-    folder: Path | None = None  # the memory's folder: where a service that holds it says so (`served_by`)
+    def __init__(self, message: str, folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder  # the memory's folder: where a service that holds it says so (`served_by`)
 
 
 class MemoryUnavailableError(MemoryStoreError):
@@ -481,6 +483,15 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise ValueError(f"{len(bad)} of the {len(v)} vectors hold NaN or infinite values (the first: row "
                          f"{bad[0]}): no search could ever find them")
     return v
+
+
+def read_meta_file(folder: Path) -> MemoryMeta:
+    """An embedded memory's metadata read from its file, without opening the memory (one another process holds);
+    MemoryStoreError where the folder holds none."""
+    try:
+        return MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
 
 
 def memory_key(meta: MemoryMeta, collection: str = DEFAULT_COLLECTION) -> str:
@@ -929,12 +940,10 @@ def _hold_open_lock(folder: Path) -> Any:
                 "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
                 "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
                 "Out[n].close()") from None
-        in_use = MemoryInUseError(
+        raise MemoryInUseError(
             f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
             "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve backs it up itself: "
-            "POST /v1/memory/backup")
-        in_use.folder = folder
-        raise in_use from None
+            "POST /v1/memory/backup", folder=folder) from None
     return fh
 
 
@@ -954,12 +963,11 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            in_use = MemoryInUseError(
+            # where a service that holds it says so, and where to ask it for that backup
+            raise MemoryInUseError(
                 f"the memory at {folder} is open in another process (a running vmem serve or build?): a read-only "
                 "service copies the memory as it starts, which needs it at rest. Stop that process, or serve a "
-                "backup of it (POST /v1/memory/backup) read-only")
-            in_use.folder = folder  # where a service that holds it says so, and where to ask it for that backup
-            raise in_use from None
+                "backup of it (POST /v1/memory/backup) read-only", folder=folder) from None
         yield
 
 
@@ -1145,11 +1153,10 @@ class EdgeMemoryStore(MemoryStore):
             except Exception as exc:
                 # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
-                    in_use = MemoryInUseError(
+                    raise MemoryInUseError(
                         f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
-                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it")
-                    in_use.folder = self.path
-                    raise in_use from exc
+                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it",
+                        folder=self.path) from exc
                 if not shard_path.is_dir():  # a vmem.json copied without its shard, or the shard removed
                     raise MemoryError(f"the memory at {self.path} has its {meta_path.name} but not its vectors "
                                       f"({shard_path.name}/ is missing): copy the whole folder (vmem copy), or "
@@ -1972,12 +1979,10 @@ def _local_mode_client(location: str) -> Any:
     except RuntimeError as exc:
         if "already accessed by another instance" not in str(exc):
             raise
-        in_use = MemoryInUseError(
+        raise MemoryInUseError(
             f"the memory at {location} is open in another process (a running vmem serve or build?): qdrant-client's "
             "local mode opens it in one process at a time, its journal included. Stop that process, or put the "
-            "memory on a Qdrant server (--qdrant-url http://...) to share it")
-        in_use.folder = folder
-        raise in_use from None
+            "memory on a Qdrant server (--qdrant-url http://...) to share it", folder=folder) from None
 
 
 def open_store(

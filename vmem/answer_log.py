@@ -28,7 +28,7 @@ from typing import Any
 
 from retrieval.files import file_sha256
 from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, now
-from retrieval.store import META_FILE, MemoryMeta, MemoryStoreError, memory_key
+from retrieval.store import memory_key, read_meta_file
 
 from .results import Classification
 
@@ -212,10 +212,7 @@ def embedded_forgets(folder: str | Path) -> tuple[str, dict[str, list[str]]]:
     a memory a running service holds is open in that process alone, and its journal can still be read.
     MemoryStoreError where the folder holds no memory."""
     folder = Path(folder).expanduser()
-    try:
-        meta = MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
+    meta = read_meta_file(folder)
     return memory_key(meta), forget_times(FileJournal(folder / JOURNAL_FILE).read())
 
 

@@ -68,7 +68,6 @@ from retrieval.store import (
     EDIT_HEADROOM_BYTES,
     EXCLUDED_KEY,
     LOCAL_MODE_PREFIX,
-    META_FILE,
     PRUNE_COUNT_KEY,
     RELABELLED_AT_KEY,
     RELABELLED_FROM_KEY,
@@ -81,6 +80,7 @@ from retrieval.store import (
     StoredPoint,
     is_embedded_location,
     local_folder,
+    read_meta_file,
     same_location,
     thumbnail_file,
 )
@@ -2488,10 +2488,7 @@ def history_from_files(location: str | Path, point_id: str | None = None, source
     if point_id is not None and source is not None:
         raise ValueError("give a point id or a source, not both")
     folder = Path(location).expanduser()
-    try:
-        meta = MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
+    meta = read_meta_file(folder)
     journal = FileJournal(folder / JOURNAL_FILE)
 
     def in_journal(query: JournalQuery) -> bool:
