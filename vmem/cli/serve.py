@@ -290,10 +290,14 @@ def _held_folder(store: Any) -> Path | None:
     return local_folder(location) if location.startswith(LOCAL_MODE_PREFIX) else None
 
 
+def _url_host(host: str) -> str:
+    """`host` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _local_host(host: str) -> str:
     """The address a client on this machine reaches a service listening on `host` at, as a URL writes it."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"[{host}]" if ":" in host else host
+    return _url_host({"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host))
 
 
 def _reserve_free_port(host: str) -> tuple[int, socket.socket | None]:
@@ -393,8 +397,8 @@ def serve(
                 # The CLI is refused the memory meanwhile (one process at a time): it says where to ask instead, at
                 # the service's own address, where a proxy's prefix (--root-path), which the proxy strips, is a 404
                 served = mark_served(folder, [f"http://{_local_host(host)}:{port}"] if port else [])
-            bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-            where = f"http://{bracketed}:{port}" if port else f"a free port of {host} (uvicorn's line below names it)"
+            where = (f"http://{_url_host(host)}:{port}" if port
+                     else f"a free port of {host} (uvicorn's line below names it)")
             say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
             files = open_files_limit()
