@@ -287,6 +287,13 @@ class MemoryInUseError(MemoryStoreError):
     def __init__(self, message: str, folder: Path | None = None) -> None:
         super().__init__(message)
         self.folder = folder  # the memory's folder: where a service that holds it says so (`served_by`)
+        # What is so, without the advice after it: said alone where a service that holds the memory answers for
+        # it, its route being the advice that helps
+        said = message.find(_IN_USE)
+        self.fact = message[:said + len(_IN_USE)] if said >= 0 else message
+
+
+_IN_USE = "is open in another process"
 
 
 class MemoryUnavailableError(MemoryStoreError):

@@ -250,7 +250,7 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
         # The CLI, refused the memory the service holds, says where to ask instead
         refused = CliRunner().invoke(app, ["points", "--memory", str(tmp_path / "memory")])
         assert refused.exit_code == 75
-        assert (f"It is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points"
+        assert (f"it is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points"
                 in refused.stderr), refused.stderr
     finally:
         proc.send_signal(signal.SIGINT)
@@ -328,7 +328,7 @@ def test_a_service_on_a_free_port_names_it_where_a_refused_command_is_told_to_as
     with vmem_serve(memory, "--port", "0") as (proc, url):
         assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*", url), url
         refused = CliRunner().invoke(app, ["points", "--memory", str(memory)])
-        assert f"It is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points" in (
+        assert f"it is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points" in (
             refused.stderr), refused.stderr
         assert httpx.get(f"{url}/v1/memory/points").json()["points"]
 

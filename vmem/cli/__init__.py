@@ -18,7 +18,7 @@ from retrieval.files import NoHomeError
 from . import answers, experiment, memory, prune, templates
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
-from ._common import EXIT_TEMPORARY, served_note
+from ._common import EXIT_TEMPORARY, SERVED_ROUTES, served_note
 from .bench import bench_app
 from .serve import serve
 from .tune import tune
@@ -41,10 +41,15 @@ class _Commands(TyperGroup):
                        "once it answers (vmem build carries on where it stopped)", err=True)
             raise typer.Exit(EXIT_TEMPORARY) from exc
         except MemoryError as exc:  # e.g. open in another process: the command was right, so no usage text
-            typer.echo(f"Error: {exc}", err=True)
-            if isinstance(exc, MemoryInUseError) and exc.folder is not None and (
-                    served := served_note(exc.folder, ctx.invoked_subcommand)):
-                typer.echo(f"It is {served}", err=True)
+            served = (served_note(exc.folder, ctx.invoked_subcommand)
+                      if isinstance(exc, MemoryInUseError) and exc.folder is not None else "")
+            if served and isinstance(exc, MemoryInUseError) and ctx.invoked_subcommand in SERVED_ROUTES:
+                # The service's route is what to do: "stop it, or put the memory on a Qdrant server" is not
+                typer.echo(f"Error: {exc.fact}: it is {served}", err=True)
+            else:
+                typer.echo(f"Error: {exc}", err=True)
+                if served:
+                    typer.echo(f"It is {served}", err=True)
             raise typer.Exit(EXIT_TEMPORARY if isinstance(exc, MemoryInUseError) else 1) from exc
         except FeaturizerError as exc:  # loaded on first use (a resumed build, eval, tune): VMEM_DEVICE, weights
             typer.echo(f"Error: {exc}", err=True)
