@@ -166,9 +166,19 @@ def _writer_tag() -> str:
     return f".{pid}.{_process_start(pid) or 0}@{_host()}"
 
 
-def _writer_gone(m: re.Match[str]) -> bool:
-    """Whether the writer a `_WRITER_TAG` names is gone: only one of this host can be told so."""
-    return m["host"] == _host() and not _writer_alive(int(m["pid"]), int(m["start"]))
+def _writer_gone(host: str, pid: int, start: int) -> bool:
+    """Whether the writer process `pid` of `host`, started at `start` (a `_WRITER_TAG`'s, a served memory's
+    note's), is gone: only one of this host can be told so."""
+    return host == _host() and not _writer_alive(pid, start)
+
+
+def _remove_if_writer_gone(path: str, m: re.Match[str]) -> bool:
+    """Delete the folder `path`, named for its writer (`m`, a `_WRITER_TAG` match), if that writer is gone;
+    whether it is gone now."""
+    if not _writer_gone(m["host"], int(m["pid"]), int(m["start"])):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 # Written by `vmem serve` in the folder of the embedded memory it holds: where to ask it (`mark_served`, `served_by`)
@@ -196,7 +206,7 @@ def served_by(folder: str | Path) -> dict[str, object] | None:
         pid, start, host = int(said["pid"]), int(said.get("start") or 0), str(said["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if host == _host() and not _writer_alive(pid, start):
+    if _writer_gone(host, pid, start):
         return None
     return {**said, "here": host == _host()}
 
@@ -247,10 +257,9 @@ def remove_dead_private_folders(prefix: str) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if (m := pattern.match(entry.name)) is not None and entry.is_dir(follow_symlinks=False) and _writer_gone(m):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            if not os.path.lexists(entry.path):
-                removed.append(Path(entry.path))
+        if ((m := pattern.match(entry.name)) is not None and entry.is_dir(follow_symlinks=False)
+                and _remove_if_writer_gone(entry.path, m)):
+            removed.append(Path(entry.path))
     return removed
 
 
@@ -272,10 +281,8 @@ def remove_dead_partials(folder: str | Path) -> tuple[list[Path], list[Path]]:
         if not entry.is_dir(follow_symlinks=False):
             continue
         if (m := _PARTIAL_NAME.match(entry.name)) is not None:
-            if _writer_gone(m):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                if not os.path.lexists(entry.path):
-                    removed.append(Path(entry.path))
+            if _remove_if_writer_gone(entry.path, m):
+                removed.append(Path(entry.path))
         elif _UNNAMED_PARTIAL_NAME.match(entry.name):
             unnamed.append(Path(entry.path))
     return removed, unnamed
