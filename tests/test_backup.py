@@ -249,6 +249,32 @@ def test_vmem_backup_copies_a_memory_no_process_holds(tmp_path):
         assert backup.count() == 60
 
 
+def test_vmem_backup_link_latest_points_a_link_beside_the_backups_at_the_newest(tmp_path):
+    # A nightly script's backups, each named for its day: replicas and scripts start on backups/latest
+    make_memory(tmp_path / "memory").close()
+    (tmp_path / "backups").mkdir()
+
+    def backup(name: str):
+        return CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"),
+                                        "--to", str(tmp_path / "backups" / name), "--link-latest"])
+
+    assert backup("2026-12-05").exit_code == 0
+    done = backup("2026-12-06")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[-1] == f"{tmp_path / 'backups' / 'latest'} -> 2026-12-06"
+    assert os.readlink(tmp_path / "backups" / "latest") == "2026-12-06"  # relative: the folder may be moved
+    with open_store(tmp_path / "backups" / "latest") as backup_store:
+        assert backup_store.count() == 60
+
+    named_latest = backup("latest")
+    assert named_latest.exit_code == 2 and "give the backup another name" in named_latest.output
+    (tmp_path / "backups" / "latest").unlink()
+    (tmp_path / "backups" / "latest").mkdir()  # the operator's own folder: refused before any copy is made
+    refused = backup("2026-12-07")
+    assert refused.exit_code == 2 and "is not a link" in refused.output
+    assert not (tmp_path / "backups" / "2026-12-07").exists()
+
+
 # ------------------------------------------------------------------ over HTTP
 
 

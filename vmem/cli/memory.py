@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -30,6 +31,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
+from retrieval.files import LATEST_BACKUP, link_latest
 from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import local_folder, point_id_for
@@ -748,10 +750,20 @@ def copy(
 def backup(
     to: Annotated[Path, typer.Option("--to", help="the backup's folder (new; its parent must exist)")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    link_latest_: Annotated[bool, typer.Option(
+        "--link-latest", help="point a link `latest` beside the backup at it, as each backup over HTTP does: "
+                              "read-only replicas and scripts start on that one path")] = False,
 ) -> None:
     """Copy an embedded memory's folder as it is, no index built again, into a new folder: a backup that opens
     as the memory, restored by putting it in the memory's place. A memory `vmem serve` holds is backed up through
     the service (POST /v1/memory/backup)."""
+    latest = to.parent / LATEST_BACKUP
+    if link_latest_ and to.name == LATEST_BACKUP:
+        raise typer.BadParameter(f"{LATEST_BACKUP} is the link --link-latest points at the backup: give the backup "
+                                 "another name", param_hint="--to")
+    if link_latest_ and os.path.lexists(latest) and not latest.is_symlink():  # before the copy, not after it
+        raise typer.BadParameter(f"{latest} is not a link (a folder or file of yours): --link-latest would replace "
+                                 "it; move it, or leave out --link-latest", param_hint="--link-latest")
     mem = open_memory(memory, None)
     with mem:
         try:
@@ -768,6 +780,16 @@ def backup(
                    f"nothing tells): once no backup is writing beside it, remove it by hand (rm -r)", err=True)
     typer.echo(f"backed up {done.points:,} points ({done.bytes / 2**20:,.1f} MB) to {done.path} in "
                f"{done.seconds:.1f} s")
+    if link_latest_:
+        try:
+            linked = link_latest(Path(done.path).parent, Path(done.path).name)
+        except OSError as exc:  # the backup is made: only the link is missing
+            typer.echo(f"Error: could not point {latest} at the backup: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if not linked:  # made meanwhile: a folder of someone's, left as it is
+            typer.echo(f"Error: {latest} is not a link: it was left as it is, naming no backup", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{latest} -> {Path(done.path).name}")
 
 
 # The points `vmem points` lists and `vmem export` writes: one set of filters, said alike.
