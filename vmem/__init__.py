@@ -28,6 +28,8 @@ from .results import (
     NearDuplicate,
     NeighborVote,
     PointPage,
+    ReembedResult,
+    SkippedPoint,
     VoteSettings,
 )
 from .visual_memory import (
@@ -63,6 +65,8 @@ __all__ = [
     "NoSuchLabelsError",
     "NothingToSearchError",
     "PointPage",
+    "ReembedResult",
+    "SkippedPoint",
     "TemplateLoadError",
     "UnknownPointError",
     "UnknownTemplateError",

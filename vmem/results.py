@@ -165,3 +165,32 @@ class BackupResult(BaseModel):
     unnamed_partials: list[str] = Field(
         default_factory=list, description="hidden folders an older vmem's backups left beside it, which it left: "
         "whose they are, nothing tells (remove one by hand once no backup is running)")
+
+
+class SkippedPoint(BaseModel):
+    """A point `VisualMemory.reembed_to` could not embed again, and left out of the new memory."""
+
+    id: str
+    label: str
+    source: str
+    reason: str = Field(description="why: no image of its own (an upload, imported vectors), or its file is gone "
+                                    "or does not decode")
+
+
+class ReembedResult(BaseModel):
+    """What `VisualMemory.reembed_to` did."""
+
+    location: str = Field(description="the new memory")
+    featurizer: str = Field(description="the encoder that embedded its points")
+    from_featurizer: str = Field(description="the encoder of the memory they came from")
+    embedded: int = Field(description="points embedded now from their images")
+    already_there: int = Field(description="points an earlier run had embedded (a run resumed): their labels, "
+                                           "tags and names brought up to date, not embedded again")
+    skipped: list[SkippedPoint] = Field(default_factory=list, description="points left out: no image to embed")
+    unpruned: int = Field(default=0, description="points whose pruning marks were dropped: they judged the old "
+                                                 "encoder's neighbours")
+    forgotten: int = Field(default=0, description="points an earlier run had put there that were forgotten here "
+                                                  "since: forgotten there too")
+    notes: list[str] = Field(default_factory=list, description="what was not carried over, and why")
+    memory_points: int = Field(description="the points the new memory holds")
+    seconds: float

@@ -115,6 +115,7 @@ from .results import (
     NearDuplicate,
     NeighborVote,
     PointPage,
+    ReembedResult,
     VoteSettings,
 )
 
@@ -1879,6 +1880,50 @@ class VisualMemory:
             dest.close()
             raise
         return dest, notes
+
+    def reembed_to(self, location: str | Path, featurizer: str | Featurizer, index: IndexSettings | None = None,
+                   batch_size: int = 64, num_workers: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> tuple[VisualMemory, ReembedResult]:
+        """Copy every point into a new memory at `location`, embedded again from its image by another encoder:
+        the memory moved to a better encoder with its curation. This memory is left as it was.
+
+        Points keep their ids, labels (as relabelled), sources, tags and times added; label names, source roots
+        and the journal go too, and the move is journaled there (a `copy` naming both encoders). Not carried,
+        as they judged the old encoder's vectors (`notes` says which): pruning marks, tuned vote settings and
+        DMN streams. A point with no image to embed (an upload, of which the memory keeps only a thumbnail;
+        imported vectors; a name given to `add`, not a path; a file moved or gone; one that no longer decodes) is
+        left out and listed in `skipped`.
+        Resumable: run again, points already there are not embedded again (their labels and tags are brought
+        up to date), and those forgotten here since the last run are forgotten there.
+
+        Args:
+            location: a new memory (a folder, a Qdrant server's URL), or one an earlier run from this memory made.
+            featurizer: the new encoder: a name (`efficientnet-lite2`, `dinov2-base`) or a loaded `Featurizer`.
+            index: the new memory's index settings (default: this memory's).
+            progress: called with the number of points done after each batch.
+
+        Returns:
+            (the new memory, open with the new encoder: close it; what was done).
+
+        Raises:
+            ValueError: the same encoder as this memory's (`copy_to` copies as stored), `location` is this memory,
+                or it holds points of its own.
+            FeaturizerMismatchError: a memory of a third encoder is at `location`.
+
+        Example:
+            >>> new, done = mem.reembed_to("./memory-lite2", "efficientnet-lite2")
+            >>> [s.source for s in done.skipped], done.notes
+        """
+        from retrieval import load_featurizer
+
+        from .reembed import reembed
+
+        feat = load_featurizer(featurizer, getattr(self, "_device", None)) if isinstance(featurizer, str) \
+            else featurizer
+        dest, result = reembed(self, location, feat, index, batch_size, num_workers, progress)
+        new = VisualMemory(dest, feat)
+        new.via = self.via
+        return new, result
 
     def _forget_in_copy(self, dest: MemoryStore, history: Sequence[JournalEntry], notes: list[str]) -> int:
         """Delete from `dest` the points an earlier copy from this memory put there that this memory's `history`

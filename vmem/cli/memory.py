@@ -720,16 +720,26 @@ def copy(
     qdrant_url: QdrantUrlOpt = None,
     to_memory: Annotated[Path | None, typer.Option(help="copy into this embedded memory directory")] = None,
     to_qdrant_url: Annotated[str | None, typer.Option(help="copy into a Qdrant server (http://host:6333)")] = None,
+    featurizer: Annotated[str | None, typer.Option(
+        help="embed every point again from its image with this encoder (e.g. efficientnet-lite2): the memory "
+             "moved to another encoder with its curation; points with no image (uploads, imported vectors, files "
+             "gone) are left out and listed")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="--featurizer: images per forward")] = 64,
+    workers: Annotated[int | None, typer.Option(help="--featurizer: decode workers (default: cores - 1)")] = None,
 ) -> None:
     """Copy a memory's points as stored into another memory (embedded or a Qdrant server): nothing is embedded
     again. Ids, labels, sources, tags, pruning, label names, tuned settings, the journal, DMN streams and uploads'
     thumbnails go too; re-run to resume, or to bring a copy up to date (points forgotten here since the last copy
-    are forgotten there)."""
+    are forgotten there). With --featurizer, each point is embedded again from its image by that encoder
+    instead (pruning marks, tuned vote settings and DMN streams, which judged the old vectors, stay behind)."""
     if (to_memory is None) == (to_qdrant_url is None):
         raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
     check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
     mem = open_memory(memory, qdrant_url)
+    if featurizer is not None:
+        _reembed(mem, destination, featurizer, batch_size, workers, to_memory, to_qdrant_url)
+        return
     with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
         started = time.perf_counter()
         try:
@@ -745,6 +755,56 @@ def copy(
                 bar.write(f"note: {note}", file=sys.stderr)
             typer.echo(f"copied {bar.n:,} points in {time.perf_counter() - started:.1f} s; {dest.location} now "
                        f"holds {dest.count():,} points")
+
+
+def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: int | None,
+             to_memory: Path | None, to_qdrant_url: str | None) -> None:
+    """`vmem copy --featurizer`: `VisualMemory.reembed_to`, with a progress bar and what was left out said."""
+    from retrieval import FeaturizerMismatchError, load_featurizer
+
+    from ..reembed import same_encoder
+
+    hint = "--to-memory" if to_memory else "--to-qdrant-url"
+    with mem:
+        try:
+            feat = load_featurizer(featurizer)
+        except Exception as exc:  # an unknown name, weights that cannot be had here
+            raise typer.BadParameter(str(exc), param_hint="--featurizer") from None
+        if same_encoder(feat.spec, mem.store.meta.featurizer):
+            raise typer.BadParameter(f"this memory holds {feat.name} features already: without --featurizer, "
+                                     "vmem copy copies it as stored, nothing embedded again",
+                                     param_hint="--featurizer")
+        with tqdm(total=mem.store.count(), unit="pt", desc=f"re-embed ({feat.name})", file=sys.stderr) as bar:
+            try:
+                with sigterm_as_interrupt():
+                    new, done = mem.reembed_to(destination, feat, batch_size=batch_size, num_workers=workers,
+                                               progress=bar.update)
+            except FeaturizerMismatchError as exc:
+                raise typer.BadParameter(str(exc), param_hint=hint) from None
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint=hint) from None
+            except KeyboardInterrupt:
+                bar.write("interrupted: run the same command again to resume (points already embedded there are "
+                          "not embedded again)", file=sys.stderr)
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                if (problem := open_failure(to_memory or DEFAULT_MEMORY, to_qdrant_url, exc,
+                                            DESTINATION_OPTIONS)) is None:
+                    raise
+                raise problem from exc
+            for s in done.skipped[:20]:
+                bar.write(f"  left out {s.id} ({s.label}) {one_line(s.source)}: {s.reason}", file=sys.stderr)
+            if len(done.skipped) > 20:
+                bar.write(f"  ... and {len(done.skipped) - 20:,} more (vmem points --source of each)", file=sys.stderr)
+            for note in done.notes:
+                bar.write(f"note: {note}", file=sys.stderr)
+    with new:
+        typer.echo(f"re-embedded {done.embedded:,} points with {done.featurizer} (from {done.from_featurizer}) in "
+                   f"{done.seconds:.1f} s, {done.already_there:,} already there, {len(done.skipped):,} left out; "
+                   f"{new.store.location} now holds {done.memory_points:,} points")
+    if done.skipped and not (done.embedded or done.already_there):
+        typer.echo(f"nothing could be embedded again: all {len(done.skipped):,} points were left out", err=True)
+        raise typer.Exit(1)
 
 
 def backup(
@@ -1077,6 +1137,8 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
         what = n_points(e.points) + (f" ({labels}{more})" if labels else "")
         if e.op == "relabel":
             what += f" to {named_label(e.to or '', names)}"
+        if e.op == "copy" and (moved := e.detail.get("reembedded")):
+            what += f", embedded again with {moved.get('to')} (from {moved.get('from')})"
     chosen = ", ".join(k if v is True else f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}"  # "by build"
                        for k, v in e.selector.items())
     part = f" [part {e.part + 1}]" if e.part is not None else ""

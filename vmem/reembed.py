@@ -1,0 +1,204 @@
+"""Moving a memory to another encoder: every point embedded again from its image, its curation kept.
+
+`VisualMemory.reembed_to` (`vmem copy --featurizer NAME`) is `copy_to` with new vectors: the same ids, labels
+(as relabelled), sources, tags, times added, label names, source roots and journal. What judged the old
+encoder's vectors is not carried: pruning marks, tuned vote settings and DMN streams (notes say so). A point
+with no image to embed (an upload, of which the memory keeps a 160-px thumbnail; imported vectors; a file moved
+or gone) is left out and listed. Nothing in the old memory changes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrieval import is_local_source, open_store
+from retrieval.doubtful import ROW_KEY
+from retrieval.store import (
+    EXCLUDED_KEY,
+    PRUNE_COUNT_KEY,
+    RELIABILITY_KEY,
+    SCROLL_PAGE,
+    MemoryStore,
+    StoredPoint,
+    is_embedded_location,
+    same_location,
+)
+
+from .results import ReembedResult, SkippedPoint
+from .visual_memory import _journal_location
+
+if TYPE_CHECKING:
+    from retrieval import Featurizer, FeaturizerSpec, IndexSettings
+
+    from .visual_memory import VisualMemory
+
+# In the new memory's settings from its first point on: a run cut short is resumed only into a memory that came
+# from this one (another memory's points would be mixed with these).
+REEMBEDDED_FROM_KEY = "reembedded_from"
+PRUNING_KEYS = (EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY)
+# Settings measured on the old encoder's similarities: a new encoder's differ (softmax's tau, the best k).
+# The thumbnail folders are this memory's services' (as copy_to leaves them).
+NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY)
+
+
+def _no_image(source: str) -> str | None:
+    """Why a point's source cannot be embedded again, or None where it names a file that is there."""
+    if source.startswith("upload:"):
+        # A service keeps a thumbnail of 160 px at most (VMEM_THUMBNAIL_SIZE), smaller than any encoder's input:
+        # its features would be of another, blurred image.
+        return "uploaded: the memory keeps only a thumbnail of it, too small to embed again"
+    if source.startswith("import://"):
+        return "imported as vectors: no image"
+    if not is_local_source(source):
+        return "not a file on this machine"
+    if not os.path.isabs(source):
+        # A name given to `add` (sources=), stored as given: a file of that name under the current folder may
+        # be another image.
+        return "a name given when it was added, not a file's path"
+    if not os.path.isfile(source):
+        return "no such file (moved or deleted?)"
+    return None
+
+
+def same_encoder(a: FeaturizerSpec, b: FeaturizerSpec) -> bool:
+    """Whether features of `a` and `b` are the same features (retrained weights in the same folder are not)."""
+    return (a.name, a.dim, a.preprocessing, a.weights_sha256) == (b.name, b.dim, b.preprocessing, b.weights_sha256)
+
+
+def _points(n: int) -> str:
+    return f"{n:,} point{'s' if n != 1 else ''}"
+
+
+def _marks(payload: dict[str, Any]) -> bool:
+    return bool(payload.get(EXCLUDED_KEY)) or payload.get(PRUNE_COUNT_KEY) is not None or \
+        payload.get(RELIABILITY_KEY) not in (None, 1.0)
+
+
+def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: IndexSettings | None,
+            batch_size: int, num_workers: int | None,
+            progress: Callable[[int], None] | None) -> tuple[MemoryStore, ReembedResult]:
+    """`VisualMemory.reembed_to`, with the encoder loaded. Returns the new memory's store, open."""
+    started = time.perf_counter()
+    mine, spec = mem.store.meta.featurizer, feat.spec
+    if same_encoder(spec, mine):
+        raise ValueError(f"this memory holds {mine.name} features already: to copy it as stored, nothing embedded "
+                         "again, use copy_to (vmem copy without --featurizer)")
+    if same_location(location, mem.store.location):
+        raise ValueError(f"{location} is this memory: re-embed it into a new one (its points stay here)")
+    notes: list[str] = []
+    if index is None:
+        index = mem.store.meta.index
+        if index.rescore_doubtful and not is_embedded_location(location):
+            index = index.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
+    dest = open_store(location, spec, index=index)  # FeaturizerMismatchError: a memory of a third encoder
+    try:
+        origin = {"key": mem.store.key, "location": _journal_location(mem.store.location), "featurizer": mine.name}
+        came_from = dest.meta.settings.get(REEMBEDDED_FROM_KEY) or {}
+        if came_from.get("key") != mem.store.key:
+            if held := dest.count():
+                raise ValueError(f"{location} holds {_points(held)} of its own: re-embed into a new memory "
+                                 "(its points and these would be mixed)")
+            with dest.meta_edit() as meta:
+                meta.settings[REEMBEDDED_FROM_KEY] = origin
+        result = ReembedResult(location=str(dest.location), featurizer=spec.name, from_featurizer=mine.name,
+                               embedded=0, already_there=0, memory_points=0, seconds=0.0)
+        for page in mem.store.scroll(batch_size=SCROLL_PAGE):
+            _reembed_page(page, dest, feat, batch_size, num_workers, progress, result)
+        dest.flush()
+        _carry_meta(mem, dest, notes)
+        # The history goes too, as copy_to carries it; and a run again forgets there what was forgotten here.
+        history = dest.journal.not_held(mem.store.journal)
+        result.forgotten = mem._forget_in_copy(dest, history, notes)
+        dest.journal.carry_from(mem.store.journal, history)
+        dest.journal.record("copy", points=result.embedded + result.already_there,
+                            selector={"from": _journal_location(mem.store.location)}, via=mem.via, detail={
+                                "from_key": mem.store.key,
+                                "reembedded": {"from": mine.name, "to": spec.name, "embedded": result.embedded,
+                                               "skipped": len(result.skipped)},
+                                **({"forgotten": result.forgotten} if result.forgotten else {})})
+        dest.flush()
+        dest.optimize()
+    except BaseException:
+        dest.close()
+        raise
+    if result.unpruned:
+        done = mem.store.meta.settings.get("pruning") or {}
+        again = (f"vmem prune --mode {done['mode']}" + (f" --threshold {done['threshold']}"
+                                                         if done.get("threshold") else "")
+                 + f" --k {done['k']}") if done.get("mode") and done.get("k") else "vmem prune"
+        notes.append(f"the pruning marks of {_points(result.unpruned)} were dropped: they judged {mine.name}'s "
+                     f"neighbours; to prune the new memory, run `{again}` on it")
+    if result.skipped:
+        n = len(result.skipped)
+        notes.append(f"{_points(n)} with no image to embed again left out (listed); this memory keeps "
+                     f"{'it' if n == 1 else 'them'}")
+    result.notes = notes
+    result.memory_points = dest.count()
+    result.seconds = time.perf_counter() - started
+    return dest, result
+
+
+def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, batch_size: int,
+                  num_workers: int | None, progress: Callable[[int], None] | None, result: ReembedResult) -> None:
+    """Put one page of this memory's points into `dest`: those there already with this memory's payload (a run
+    resumed, or run again after relabels), the others embedded from their files."""
+    wanted = {p.id: {k: v for k, v in p.payload.items() if k not in (*PRUNING_KEYS, ROW_KEY)} for p in page}
+    there = {p.id: p for p in dest.retrieve(list(wanted), with_vectors=True)}
+    for pid, p in there.items():
+        # The new memory's own pruning (run on it since) judged its vectors, and stays; unless the point was
+        # relabelled here since: its marks judged the old label (as `relabel` drops them).
+        if p.label == wanted[pid]["label"]:
+            wanted[pid] |= {k: p.payload[k] for k in PRUNING_KEYS if k in p.payload}
+    stale = [StoredPoint(pid, wanted[pid], p.vector) for pid, p in there.items()
+             if {k: v for k, v in p.payload.items() if k != ROW_KEY} != wanted[pid]]
+    dest.put(stale)
+    result.already_there += len(there)
+    todo: list[StoredPoint] = []
+    for p in page:
+        if p.id in there:
+            continue
+        result.unpruned += _marks(p.payload)
+        if (why := _no_image(p.source)) is not None:
+            result.skipped.append(SkippedPoint(id=p.id, label=p.label, source=p.source, reason=why))
+        else:
+            todo.append(p)
+    if progress is not None:
+        progress(len(page) - len(todo))
+    if not todo:
+        return
+    for res in feat.iter_embed([p.source for p in todo], batch_size, num_workers):
+        dest.put([StoredPoint(todo[i].id, wanted[todo[i].id], res.features[row]) for row, i in enumerate(res.indices)])
+        result.embedded += len(res.indices)
+        result.skipped += [SkippedPoint(id=todo[f.index].id, label=todo[f.index].label, source=todo[f.index].source,
+                                        reason=f.reason) for f in res.failures]
+        if progress is not None:
+            progress(len(res.indices) + len(res.failures))
+
+
+def _carry_meta(mem: VisualMemory, dest: MemoryStore, notes: list[str]) -> None:
+    """Label names and settings into `dest`'s metadata, as copy_to carries them, but for those measured on the
+    old encoder's vectors (said in `notes`)."""
+    from .dmn_classifier import dmn_home, stream_dir_key
+
+    mine = mem.store.meta
+    with dest.meta_edit() as meta:
+        meta.label_names = {**meta.label_names, **mine.label_names}
+        for key, value in mine.settings.items():
+            if key in NOT_CARRIED_SETTINGS:
+                continue
+            if key == "source_roots":
+                roots = meta.settings.setdefault("source_roots", [])
+                roots += [r for r in value if r not in roots]
+            else:
+                meta.settings.setdefault(key, value)
+    if vote := mine.settings.get("vote"):
+        notes.append(f"the vote settings tuned for {mine.featurizer.name} ({vote.get('rule')}, k={vote.get('k')}) "
+                     "were not carried: a new encoder's similarities differ; tune the new memory (vmem tune)")
+    if mem.store.location != ":memory:" and (streams := dmn_home() / stream_dir_key(mem.store)).is_dir() and \
+            (n := len(list(streams.glob("*.npz")))):
+        notes.append(f"{n} DMN dynamic memor{'ies' if n > 1 else 'y'} of past queries hold {mine.featurizer.name} "
+                     "features and were not carried")
