@@ -346,8 +346,7 @@ def _no_room_to_index(exc: Exception) -> str:
     """The engine's refusal to index for want of room, said with what to do."""
     detail = str(exc).strip().splitlines()[0]
     return (f"the disk has too little room for the index ({detail}); searches find them unindexed, more slowly. "
-            "Free some space, then index them: vmem build of the same images again (none is added twice), or "
-            "store.optimize()")
+            "Free some space, then index them: vmem erase (POST /v1/memory/erase to a service), or store.optimize()")
 
 
 class ServerClient:

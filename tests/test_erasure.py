@@ -16,6 +16,7 @@ import pytest
 
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store
 from retrieval.doubtful import OriginalRows
+from retrieval.journal import FileJournal
 from retrieval.store import EDGE_CONFIG_FILE, ORIGINAL_ROWS_FILE, VACUUM_THRESHOLDS
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests.conftest import random_unit_vectors
@@ -380,3 +381,44 @@ def test_thumbnails_kept_in_a_shared_folder_before_stay_each_memorys_after_the_u
         assert b.get(f"/v1/memory/points/{up}/thumbnail").status_code == 200  # the copy gets it too
     out = CliRunner().invoke(app, ["forget", "--memory", str(tmp_path / "a"), "--id", up])
     assert out.exit_code == 0 and not (shared / f"{up}.jpg").exists()  # a forget deletes the old file too
+
+
+def test_vmem_erase_gives_a_memory_edited_for_months_its_search_back(tmp_path):
+    """Forgets and one-batch adds (a service's uploads) leave the index of the points first built ever more
+    deleted, and the new points unindexed: searches drift from exact ones (docs/benchmarks.md, "A memory that
+    lives for months"). `vmem erase` is the upkeep, with nothing to forget first."""
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    dim, n = 1280, 5000  # the engine indexes a segment from 10 MB of vectors up
+    centres = random_unit_vectors(20, dim, seed=5)
+
+    def photos(count, seed):
+        rng = np.random.default_rng(seed)
+        of = rng.integers(0, 20, count)
+        v = centres[of] + rng.normal(0, 1.5 / np.sqrt(dim), (count, dim))
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), [f"c{c}" for c in of]
+
+    spec = FeaturizerSpec(name="test-encoder", dim=dim, preprocessing=Preprocessing(resize=256, crop=224))
+    memory = tmp_path / "memory"
+    with open_store(memory, spec) as store:
+        first, labels = photos(n, 1)
+        ids = store.add(first, labels, [f"/v/{i}" for i in range(n)])
+        store.optimize()
+        for start in range(0, 4000, 100):  # four in five of the first points forgotten, as many added
+            store.delete_ids(ids[start : start + 100])
+            new, new_labels = photos(100, 1000 + start)
+            store.add(new, new_labels, [f"/new/{start + i}" for i in range(100)])
+        assert store.shard.info().indexed_vectors_count == n  # the 5,000 first, 4,000 of them forgotten
+    out = CliRunner().invoke(app, ["erase", "--memory", str(memory)])
+    assert out.exit_code == 0, out.output
+    assert "rewrote the memory's segments and index without the forgotten points (5,000 points kept" in out.output
+    assert copies_in_files(memory, first[:4000:200]) == 0
+    with open_store(memory) as store:
+        assert store.shard.info().indexed_vectors_count == store.count() == n
+        queries, _ = photos(50, 99)
+        indexed, exact = store.query_batch(queries, 50), store.query_batch(queries, 50, exact=True)
+        found = sum(len({h.id for h in a} & {h.id for h in e}) for a, e in zip(indexed, exact, strict=True))
+        assert found / (50 * len(queries)) >= 0.99
+    assert [e.op for e in FileJournal(memory / "journal.jsonl").read()][-1] == "erase"

@@ -92,6 +92,7 @@ def test_history_of_a_memory_another_process_holds_is_read_from_its_journal(held
     (["points"], "GET http://127.0.0.1:8123/vmem/v1/memory/points"),
     (["suspects"], "GET http://127.0.0.1:8123/vmem/v1/memory/suspects"),
     (["export", "points.npz"], "GET http://127.0.0.1:8123/vmem/v1/memory/export"),
+    (["erase"], "POST http://127.0.0.1:8123/vmem/v1/memory/erase"),
 ])
 def test_a_command_refused_a_memory_a_service_holds_names_the_service_s_route_for_it(memory, tmp_path, monkeypatch,
                                                                                      command, route):

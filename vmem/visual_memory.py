@@ -1738,7 +1738,9 @@ class VisualMemory:
         A forgotten point is out of every search at once, but the engine keeps its bytes in the segment that
         held it until the segment is rewritten: this does that now, for every segment with a forgotten point
         (other searches in this process wait: the engine holds Python's lock while it rewrites). What stays: the
-        engine's write-ahead log of recent writes (README, "Forgetting").
+        engine's write-ahead log of recent writes (README, "Forgetting"). The points added since the memory was
+        last indexed are indexed too: a memory forgotten from and added to for months needs this on a schedule,
+        or its searches drift from exact ones (README, "Upkeep").
         """
         self.store.erase_forgotten()
         self._journal("erase")

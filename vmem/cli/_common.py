@@ -154,7 +154,7 @@ SERVED_ROUTES = {
     "export": "GET /v1/memory/export", "suspects": "GET /v1/memory/suspects", "history": "GET /v1/memory/history",
     "classify": "POST /v1/classify", "build": "POST /v1/memory", "forget": "DELETE /v1/memory",
     "relabel": "POST /v1/memory/relabel", "names": "PUT /v1/memory/label-names", "import": "POST /v1/memory/import",
-    "backup": "POST /v1/memory/backup",
+    "backup": "POST /v1/memory/backup", "erase": "POST /v1/memory/erase",
 }
 
 

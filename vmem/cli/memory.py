@@ -852,6 +852,23 @@ def backup(
         typer.echo(f"{latest} -> {Path(done.path).name}")
 
 
+def erase(memory: MemoryOpt = DEFAULT_MEMORY) -> None:
+    """Rewrite an embedded memory's segments without the points forgotten so far, and index the points added
+    since: the upkeep a memory edited for months needs (README, "Upkeep"). A memory `vmem serve` holds is
+    erased through the service (POST /v1/memory/erase)."""
+    mem = open_memory(memory, None)
+    with mem:
+        _check_erase_first(mem)
+        started = time.perf_counter()
+        try:
+            mem.erase_forgotten()
+        except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"rewrote the memory's segments and index without the forgotten points ({mem.store.count():,} "
+                   f"points kept, {time.perf_counter() - started:.1f} s)")
+
+
 # The points `vmem points` lists and `vmem export` writes: one set of filters, said alike.
 PointsLabelOpt = Annotated[str | None, typer.Option("--label", help="only points with this label")]
 PointsSourceOpt = Annotated[str | None, typer.Option("--source", help="only points whose source starts with this (a "
