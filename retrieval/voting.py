@@ -70,6 +70,41 @@ def neighbor_weights(
     return w
 
 
+def wins_nearest(points: int, k: int, rule: VoteRule | str, alpha: float = DEFAULT_ALPHA,
+                 rival: int | None = None) -> bool | None:
+    """Does a label of `points` points win a vote of `k` neighbours where they are the query's nearest and the
+    rest are `rival` points of one other label (default: as many as fill k)? Below the fewest that do
+    (`fewest_to_win`), one fuller class near a label outvotes it even then: a class of a few images added beside
+    classes of a hundred is seldom the answer (README, "A class of a few images"). None for distance and softmax
+    voting, whose weights depend on the similarities, not the ranks alone.
+
+    Example:
+        >>> wins_nearest(3, 50, "rank"), wins_nearest(3, 10, "rank"), wins_nearest(1, 50, "rank", rival=0)
+        (False, True, True)
+    """
+    rule = VoteRule(rule)
+    if rule not in (VoteRule.rank, VoteRule.plurality):
+        return None
+    if points >= k:
+        return True
+    w = neighbor_weights(np.ones(k), rule, alpha)
+    theirs = w[points : points + (k - points if rival is None else min(rival, k - points))].sum()
+    # A tie goes to the label whose best neighbour ranks first: this one.
+    return bool(w[:points].sum() >= theirs * (1 - TIE_RTOL))
+
+
+def fewest_to_win(k: int, rule: VoteRule | str, alpha: float = DEFAULT_ALPHA, rival: int | None = None) -> int | None:
+    """The fewest points for which `wins_nearest` holds at `k` (None for distance and softmax voting).
+
+    Example:
+        >>> fewest_to_win(50, "rank"), fewest_to_win(50, "plurality"), fewest_to_win(50, "rank", rival=4)
+        (8, 25, 2)
+    """
+    if VoteRule(rule) not in (VoteRule.rank, VoteRule.plurality):
+        return None
+    return next(n for n in range(1, k + 1) if wins_nearest(n, k, rule, alpha, rival))
+
+
 @dataclass(frozen=True)
 class VoteOutcome:
     label: str | None

@@ -24,7 +24,7 @@ from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
-from vmem import COPY_SIMILARITY, MemoryPoint, VoteSettings
+from vmem import COPY_SIMILARITY, FewPoints, MemoryPoint, VoteSettings
 from vmem.results import MAX_ALPHA, MAX_TAU, MIN_ALPHA, MIN_TAU
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
@@ -482,6 +482,10 @@ class AddOut(Answer):
     added: list[AddedPoint] = Field(description="the points written, in request order")
     failed: list[AddFailure] = Field(description="images that did not decode")
     points: int = Field(description="points in the memory afterwards")
+    few_points: list[FewPoints] = Field(
+        default_factory=list, description="the request's labels with too few points to win the memory's vote against a "
+                                          "fuller class near them, each with what to do (README, 'A class of a few "
+                                          "images')")
 
 
 class ForgetOut(Answer):
@@ -599,6 +603,11 @@ class FeaturizerOut(Answer):
     crop: int = Field(description="centre crop size fed to the encoder")
 
 
+# The labels of few points a stats answer lists: the page reads stats every few seconds, and a memory of 50,000
+# labels may have tens of thousands of them, each with a note.
+MOST_FEW_POINTS = 100
+
+
 class StatsOut(Answer):
     """What the memory holds."""
 
@@ -611,6 +620,11 @@ class StatsOut(Answer):
     default_vote: VoteSettings = Field(description="voting settings used when a request gives none")
     ood_threshold: float | None = Field(default=None,
                                         description="novelty threshold at the default k (null if not calibrated)")
+    few_points: list[FewPoints] = Field(
+        default_factory=list, description=f"labels with too few points to win the default vote against a fuller "
+                                          f"class near them, fewest first, the first {MOST_FEW_POINTS} (README, 'A "
+                                          f"class of a few images')")
+    few_points_total: int = Field(default=0, description="how many labels have too few points so, all told")
     read_only: bool = Field(default=False, description="served read-only (`VMEM_READ_ONLY`): every edit is refused "
                             "(503 `memory-read-only`)")
 

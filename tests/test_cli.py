@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from retrieval import open_store, point_id_for
 from tests.conftest import make_image, make_scene, reencoded
+from vmem import VisualMemory
 from vmem.cli import app
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
@@ -99,6 +100,39 @@ def test_a_folder_of_one_class_is_added_under_the_label_given(built, image_folde
     one = run("build", image_folder / "query" / "red" / "q.jpg", "--memory", memory, "--label", "scarlet")
     assert one.exit_code == 0 and "1 added" in one.stdout and "1 image in 1 label" in one.stderr
     assert "4\tcrimson\t\n" in run("labels", "--memory", memory).stdout
+
+
+def test_a_new_class_of_too_few_images_beside_fuller_ones_is_said_to_be_outvoted(tiny_imagenet, tmp_path):
+    # A memory of 100 images a class answered a class added with 1 image for 0.7 % of its queries at the default
+    # k = 50 (docs/results/eval.md, "Adding a class with a few images"), and nothing had said so.
+    train = tiny_imagenet / "train"
+    old, new = "n01443537", "n01629819"
+    (tmp_path / "set" / old).mkdir(parents=True)
+    for image in sorted((train / old).iterdir())[:6]:
+        (tmp_path / "set" / old / image.name).symlink_to(image)
+    memory = tmp_path / "memory"
+    built = run("build", tmp_path / "set", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0")
+    assert built.exit_code == 0 and "note:" not in built.output  # one label alone wins every vote
+    new_images = sorted((train / new).iterdir())[:3]
+    one = run("build", new_images[0], "--memory", memory, "--label", new, "--workers", "0")
+    said = (f"note: label '{new}' has 1 point, fewer than the 3 it takes to win a rank vote of k = 50 neighbours "
+            "against a fuller class near it: add images of it, or classify with k = 2 or less")
+    assert one.exit_code == 0 and said in one.stderr and "1 added" in one.stdout
+    assert said in run("info", "--memory", memory).stderr
+    [few] = json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"]
+    assert (few["label"], few["points"], few["needed"], few["k"], few["rule"], few["k_that_fits"]) == (
+        new, 1, 3, 50, "rank", 2)
+    with VisualMemory.open(memory) as mem:  # tuned to k = 2 (vmem tune), its 1 point wins: no note
+        mem.store_vote_settings({"rule": "rank", "k": 2})
+        assert mem.few_point_labels() == []
+        mem.reset_vote_settings()
+    # Two more images of it: enough to win against the 6 of the other label
+    for image in new_images[1:]:
+        (tmp_path / "more" / new).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "more" / new / image.name).symlink_to(image)
+    grown = run("build", tmp_path / "more", "--memory", memory, "--workers", "0")
+    assert grown.exit_code == 0 and "2 added" in grown.stdout and "note:" not in grown.output
+    assert json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"] == []
 
 
 def test_classify_json_is_attributable_to_memory_points(built, image_folder):

@@ -980,6 +980,25 @@ def test_add_a_new_label_then_classify_it(client):
     assert stats["per_label"]["yellow"] == 3 and stats["labels"] == 4 and stats["points"] == 15
 
 
+def test_adding_a_class_of_too_few_images_says_it_is_outvoted_and_what_to_do(client):
+    # One image of a new class beside classes of 4: at k = 50 a fuller class near it outvotes it even where it is
+    # a query's nearest neighbour (README, "A class of a few images"); the answer says so, and stats list it.
+    def add_yellow(seed: int):
+        return client.post("/v1/memory", headers=AUTH, data={"label": "yellow"},
+                           files=[("images", ("y.png", texture((240, 230, 20), seed), "image/png"))])
+
+    one = add_yellow(50)
+    assert one.status_code == 201, one.text
+    [few] = one.json()["few_points"]
+    assert (few["label"], few["points"], few["needed"], few["k"], few["rule"], few["k_that_fits"]) == (
+        "yellow", 1, 2, 50, "rank", 2)
+    assert few["note"].startswith("label 'yellow' has 1 point, fewer than the 2 it takes to win a rank vote")
+    stats = client.get("/v1/memory/stats").json()
+    assert stats["few_points"] == [few] and stats["few_points_total"] == 1
+    two = add_yellow(51)
+    assert two.json()["few_points"] == [] and client.get("/v1/memory/stats").json()["few_points"] == []
+
+
 def test_edits_on_a_nearly_full_disk_are_refused_before_the_engine_writes(client, monkeypatch):
     # The engine writes through mapped files: a write that found the disk full killed the service (SIGBUS), with
     # no answer sent. Measured on a 300 MB loop volume; here the disk's free space is what the store is told.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval import VoteRule, neighbor_weights, vote, vote_all_k, vote_last_k
+from retrieval.voting import fewest_to_win, wins_nearest
 
 LABELS = ["cat", "dog", "dog", "cat", "fox"]
 SIMS = [0.9, 0.8, 0.7, 0.6, 0.5]
@@ -53,6 +54,21 @@ def test_rank_voting_beats_a_distant_majority():
     labels, sims = ["cat", "dog", "dog", "dog"], [0.9, 0.2, 0.2, 0.2]
     assert vote(labels, sims, "plurality").label == "dog"
     assert vote(labels, sims, "rank", alpha=0.5).label == "cat"  # 2 > 1/1.5 + 1/2.5 + 1/3.5 = 1.35
+
+
+@pytest.mark.parametrize("rule", ["rank", "plurality"])
+def test_a_label_of_few_points_is_outvoted_by_one_fuller_label_even_as_the_nearest(rule):
+    # A class of 3 images added beside classes of 100: where its 3 are a query's nearest and one old class has the
+    # other 47 of k = 50, the old class wins. The threshold is the vote's own arithmetic:
+    need = fewest_to_win(50, rule)
+    assert need == {"rank": 8, "plurality": 25}[rule]
+    for n in (need - 1, need):
+        labels = ["new"] * n + ["old"] * (50 - n)
+        assert vote(labels, np.linspace(0.9, 0.5, 50), rule).label == ("new" if n == need else "old")
+        assert wins_nearest(n, 50, rule) is (n == need)
+    # ... at a smaller k, or against a label of fewer points, fewer suffice
+    assert fewest_to_win(10, rule) < need and fewest_to_win(50, rule, rival=4) < need
+    assert fewest_to_win(50, "softmax") is None and wins_nearest(3, 50, "distance") is None  # weights by similarity
 
 
 def test_tie_goes_to_the_label_whose_best_neighbour_ranks_first():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 from retrieval.schema_types import IsoTime, PointIdText
@@ -138,6 +138,28 @@ class FailedImage(BaseModel):
     source: str
     reason: str
     _printable = field_validator("source", "reason")(utf8_text)
+
+
+class FewPoints(BaseModel):
+    """A label with fewer points than it takes to win the memory's vote where another label holds the rest of a
+    query's k nearest neighbours: a class of a few images added beside classes of a hundred is then seldom the
+    answer (README, "A class of a few images")."""
+
+    label: str
+    points: int = Field(description="the label's points")
+    needed: int = Field(description="the fewest points that win the vote at k, as a query's nearest neighbours, "
+                                    "against one other label of the memory filling the rest of the k")
+    k: int = Field(description="the memory's k (its tuned k, else the default)")
+    rule: str = Field(description="the memory's voting rule")
+    k_that_fits: int = Field(description="the largest k at which the label's points win so")
+
+    @computed_field(description="what to do about it, in a sentence")  # type: ignore[prop-decorator]
+    @property
+    def note(self) -> str:
+        return (f"label {self.label!r} has {self.points} point{'s' * (self.points != 1)}, fewer than the "
+                f"{self.needed} it takes to win a {self.rule} vote of k = {self.k} neighbours against a fuller "
+                f"class near it: add images of it, or classify with k = {self.k_that_fits} or less "
+                f"(README, 'A class of a few images')")
 
 
 class AddResult(BaseModel):

@@ -85,6 +85,7 @@ from retrieval.store import (
     thumbnail_file,
 )
 from retrieval.text import canonical_label, label_forms, label_problem
+from retrieval.voting import fewest_to_win, wins_nearest
 
 if TYPE_CHECKING:
     from retrieval import Featurizer
@@ -111,6 +112,7 @@ from .results import (
     BackupResult,
     Classification,
     FailedImage,
+    FewPoints,
     MemoryPoint,
     NearDuplicate,
     NeighborVote,
@@ -2343,7 +2345,52 @@ class VisualMemory:
             "index": self.store.meta.index.model_dump(),
             "settings": self.store.meta.settings,
             "disk_bytes": self.disk_usage(),
+            "few_points": [few.model_dump() for few in self.few_point_labels(counts=counts)],
         }
+
+    def few_point_labels(self, labels: Sequence[str] | None = None,
+                         counts: Mapping[str, int] | None = None) -> list[FewPoints]:
+        """The labels (of `labels`, else all) too few to win the memory's vote (its tuned rule and k, else the
+        defaults) against the fullest other label, even as a query's nearest neighbours
+        (`retrieval.voting.wins_nearest`), fewest points first. None with distance or softmax voting, whose
+        weights depend on how similar the points are. Measured on real images: docs/results/eval.md, "Adding a
+        class with a few images".
+
+        Example:
+            >>> for few in mem.few_point_labels(): print(few.note)
+        """
+        settings = self.vote_settings()
+        if counts is None and labels is not None:
+            # Counting every label takes ~1 s at 50,000 labels after each write: only where a label asked about
+            # has fewer points than win against a label filling all the k is the fullest other label needed.
+            worst = fewest_to_win(settings.k, settings.rule, settings.alpha)
+            if worst is None or all(self.store.count(label=lab) >= worst for lab in dict.fromkeys(labels)):
+                return []
+        counts = self.store.label_counts() if counts is None else counts
+        if len(counts) < 2:
+            return []
+        fullest = sorted(counts.values(), reverse=True)[:2]
+        k, rule, alpha = settings.k, settings.rule, settings.alpha
+
+        def few(n: int, rival: int) -> FewPoints | None:
+            needed = fewest_to_win(k, rule, alpha, rival)  # None: a rule without a threshold
+            if needed is None or n >= needed:
+                return None
+            fits = n  # n points fill a vote of n: from there up, the vote only grows harder to win
+            while wins_nearest(n, fits + 1, rule, alpha, rival):
+                fits += 1
+            return FewPoints(label="", points=n, needed=needed, k=k, rule=str(rule), k_that_fits=fits)
+
+        known: dict[tuple[int, int], FewPoints | None] = {}  # by (points, rival): a memory may have 50,000 labels
+        flagged = []
+        for lab in counts if labels is None else [lab for lab in dict.fromkeys(labels) if lab in counts]:
+            n = counts[lab]
+            rival = fullest[1] if n == fullest[0] else fullest[0]
+            if (n, rival) not in known:
+                known[n, rival] = few(n, rival)
+            if (found := known[n, rival]) is not None:
+                flagged.append(found.model_copy(update={"label": lab}))
+        return sorted(flagged, key=lambda f: (f.points, f.label))
 
     def disk_usage(self) -> dict[str, int] | None:
         """Bytes on disk of an embedded memory's folder, by what holds them (the engine's `shard`, `thumbnails`,

@@ -28,6 +28,7 @@ from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_k
 from ..problems import ProblemError, problem_responses
 from ..schemas import (
     MAX_LABEL_CHARS,
+    MOST_FEW_POINTS,
     AddedPoint,
     AddFailure,
     AddJSON,
@@ -145,12 +146,13 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
         raise ProblemError(400, "no image could be decoded: " + "; ".join(f.reason for f in failures[:3]),
                            "bad-image", "The image could not be decoded")
     points = await run_in_threadpool(service.memory.store.count)
+    few = await run_in_threadpool(service.memory.few_point_labels, sorted({lab for _, _, lab, _ in added}))
     new = set(result.added)
     names = service.memory.store.meta.label_names  # as every other answer gives them
     return AddOut(added=[AddedPoint(id=pid, label=lab, label_name=names.get(lab), source=src,
                                     thumbnail_url=thumbnail_url(request, pid), new=pid in new,
                                     relabelled_from=result.relabelled.get(pid))
-                         for _, pid, lab, src in added], failed=failures, points=points)
+                         for _, pid, lab, src in added], failed=failures, points=points, few_points=few)
 
 
 @router.delete(
@@ -438,6 +440,7 @@ async def stats(service: ServiceDep) -> StatsOut:
         default_vote: VoteSettings = service.memory.vote_settings()
         spec = store.meta.featurizer
         per_label = store.label_counts()
+        few = service.memory.few_point_labels(counts=per_label)
         return StatsOut(
             backend="embedded" if service.backend == "embedded" else "qdrant",
             points=store.count(), labels=len(per_label), per_label=per_label,
@@ -445,6 +448,7 @@ async def stats(service: ServiceDep) -> StatsOut:
             featurizer=FeaturizerOut(name=spec.name, dim=spec.dim, resize=spec.preprocessing.resize,
                                      crop=spec.preprocessing.crop),
             default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k), read_only=store.read_only,
+            few_points=few[:MOST_FEW_POINTS], few_points_total=len(few),
         )
 
     return await service.run(collect)

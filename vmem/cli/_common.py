@@ -20,6 +20,8 @@ from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.text import canonical_label, escape_control_characters
 
+from ..results import FewPoints
+
 # $VMEM_MEMORY as `vmem serve` reads it: a shell that exports it for the service had every other command open
 # (or `vmem build` make) ./memory instead.
 MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", envvar="VMEM_MEMORY", show_envvar=False, show_default=False,
@@ -75,6 +77,14 @@ def check_vote_value(name: str, value: float, param_hint: str) -> None:
     except ValidationError as exc:
         raise typer.BadParameter(f"{name} {value:g} is not a valid vote setting ({exc.errors()[0]['msg']})",
                                  param_hint=param_hint) from exc
+
+
+def say_few_points(few: list[FewPoints], most: int = 5) -> None:
+    """A note (stderr) per label too few to win the memory's vote, as `VisualMemory.few_point_labels` finds them."""
+    for f in few[:most]:
+        typer.echo(f"note: {f.note}", err=True)
+    if len(few) > most:
+        typer.echo(f"note: and {len(few) - most:,} more such labels (vmem info --json: few_points)", err=True)
 
 
 def n_points(n: int) -> str:

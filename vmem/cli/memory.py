@@ -41,7 +41,7 @@ from ..answer_log import AnswerLog
 from ..export import check_export_path
 from ..import_points import PointsFileError, read_points_file
 from ..novelty import OOD_PERCENTILE, out_of_distribution
-from ..results import MemoryPoint
+from ..results import FewPoints, MemoryPoint
 from ..visual_memory import (
     COPY_SIMILARITY,
     UnknownPointError,
@@ -72,6 +72,7 @@ from ._common import (
     open_memory,
     parse_tags,
     require_points,
+    say_few_points,
     served_note,
     sigterm_as_interrupt,
 )
@@ -254,7 +255,9 @@ def build(
             bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
                       "resume (images already in it are skipped)", file=sys.stderr)
             raise typer.Exit(130) from None
+        few = mem.few_point_labels(mem.stored_labels(sorted(dataset_labels)))
     typer.echo(report.summary(failures=False))
+    say_few_points(few)
     if report.failed:  # notes, on stderr, as classify's skipped images are: stdout is the summary alone
         typer.echo(report.failures(), err=True)
     # As vmem classify does when nothing could be classified: a script can tell. Whether or not the memory held
@@ -1249,6 +1252,7 @@ def info(
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     if stats["settings"]:
         typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")
+    say_few_points([FewPoints(**few) for few in stats["few_points"]])
 
 
 def _info_head(stats: dict[str, Any]) -> None:

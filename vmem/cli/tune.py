@@ -25,6 +25,7 @@ from ._common import (
     open_memory,
     read_classes_option,
     require_points,
+    say_few_points,
 )
 
 
@@ -165,6 +166,7 @@ def tune(
                 "search": "exact" if exact else "index",
             })
             typer.echo(f"stored as the memory's default vote settings: {json.dumps(report.vote_settings())}")
+            say_few_points(mem.few_point_labels())  # chosen on queries in which a class of a few images is rare
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(out / "tune.md", report.markdown() + "\n")
