@@ -38,7 +38,7 @@ FALLBACK_REASONS = ("NoApiKeyError", "DeadlineExceededError", "QuotaExceededErro
                     "Other")
 EDIT_OPS = ("add", "relabel", "forget", "name")
 GEMINI_TOKEN_KINDS = ("prompt", "output", "thinking")  # the re-ranker's Usage.<kind>_tokens
-POOLS = ("embedding", "rerank", "read", "import", "backup")
+POOLS = ("embedding", "edit", "rerank", "read", "import", "backup")
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
@@ -82,8 +82,8 @@ class Metrics:
                                      "(answers from a cache cost none)", ["kind"], registry=r)
         self.gemini_requests = Counter("vmem_gemini_requests_total", "Requests sent to Gemini, retries included",
                                        registry=r)
-        pools = ("embedding: classify and edits; rerank: classify with rerank=true; read: history and point "
-                 "listings; import: imports; backup: backups")
+        pools = ("embedding: classify; edit: adds, forgets, relabels and names; rerank: classify with rerank=true; "
+                 "read: history and point listings; import: imports; backup: backups")
         self.work_queued = Gauge("vmem_work_queued", f"Requests waiting for a thread of the pool ({pools})", ["pool"],
                                  registry=r)
         self.work_running = Gauge("vmem_work_running", f"Requests running on a thread of the pool ({pools})", ["pool"],

@@ -3,7 +3,8 @@ images off the event loop, a cache of recent answers, the out-of-distribution th
 
 Everything that touches the encoder or the memory is synchronous and runs off the event loop, so it stays
 free for health checks and cached answers while images are being embedded: embedding and searching in
-`executor`, re-ranked requests (seconds on Gemini) in a pool of their own, the label audit and novelty
+`executor`, edits on a thread of their own (they wait for each other and for a backup's copy), re-ranked
+requests (seconds on Gemini) in a pool of their own, the label audit and novelty
 recalibration on threads of their own, and short reads (counts, a point, the journal) in Starlette's pool.
 """
 
@@ -334,6 +335,17 @@ class ClassifierService:
     def executor(self) -> ThreadPoolExecutor:
         """The embedding threads."""
         return self._pool("vmem-embed", self.settings.featurize_threads)
+
+    @property
+    def edit_executor(self) -> ThreadPoolExecutor:
+        """One thread for the edits (adds, forgets, relabels, names, erases): they take the memory's edit lock in
+        turn, and wait for a backup's copy under it; on the embedding threads, two of them waiting for a backup had
+        held up every classify until it ended."""
+        return self._pool("vmem-edit", 1)
+
+    async def run_edit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an edit on `edit_executor`: behind other edits, never in the way of a classify."""
+        return await self._run_on("edit", self.edit_executor, functools.partial(fn, *args, **kwargs))
 
     @property
     def rerank_executor(self) -> ThreadPoolExecutor:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -427,3 +428,35 @@ def test_a_memory_on_a_qdrant_server_refuses_a_backup_over_http(tmp_path, serve)
     client = serve(":memory:", backup_dir=tmp_path / "backups")
     refused = client.post("/v1/memory/backup", headers=AUTH)
     assert refused.status_code == 422 and "snapshots" in refused.json()["detail"]
+
+
+def test_classify_is_answered_while_edits_wait_for_a_backup_over_http(tmp_path, serve, memory_images, monkeypatch):
+    # Edits sent during a backup wait for its copy (a large memory's: minutes). They wait on threads of their own:
+    # on the two embedding threads, two of them had left every classify waiting for the backup too.
+    copying, go_on = threading.Event(), threading.Event()
+    copy = retrieval_store.copy_folder_sparse
+
+    def slow_copy(*args, **kwargs):
+        copying.set()
+        assert go_on.wait(60)
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval_store, "copy_folder_sparse", slow_copy)
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    image = {"image": ("q.png", memory_images.paths[0].read_bytes(), "image/png")}
+    with ThreadPoolExecutor(4) as pool:
+        backup = pool.submit(client.post, "/v1/memory/backup?name=nightly", headers=AUTH)
+        assert copying.wait(30)
+        edits = [pool.submit(client.post, "/v1/memory/relabel", headers=AUTH, json={"to": "crimson", "label": "red"}),
+                 pool.submit(client.delete, "/v1/memory", params={"label": "blue"}, headers=AUTH)]
+        time.sleep(0.5)  # both edits in, waiting for the copy
+        classified = pool.submit(client.post, "/v1/classify", files=image)
+        try:
+            answer = classified.result(timeout=30)
+            assert not any(f.done() for f in (backup, *edits))  # answered while the backup and the edits wait
+        finally:
+            go_on.set()
+        assert answer.status_code == 200 and answer.json()["label"] == "red"  # the edits came after the question
+        assert backup.result(30).json()["points"] == 12
+        assert [e.result(30).status_code for e in edits] == [200, 200]
+    assert client.get("/v1/memory/stats").json()["per_label"] == {"crimson": 4, "green": 4}

@@ -1872,7 +1872,7 @@ def test_the_pool_gauges_say_what_each_pool_runs(client):
     metrics = client.get("/metrics").text
     for gauge in ("vmem_work_queued", "vmem_work_running"):
         help_line = next(line for line in metrics.splitlines() if line.startswith(f"# HELP {gauge} "))
-        for pool in ("embedding", "rerank", "read", "import", "backup"):
+        for pool in ("embedding", "edit", "rerank", "read", "import", "backup"):
             assert f'{gauge}{{pool="{pool}"}}' in metrics and f"{pool}: " in help_line, (gauge, pool)
 
 

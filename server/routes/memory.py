@@ -136,7 +136,8 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
                            f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
     try:
-        added, failed, result = await service.run(service.add, [uploads[i] for i in keep], [labels[i] for i in keep])
+        added, failed, result = await service.run_edit(service.add, [uploads[i] for i in keep],
+                                                       [labels[i] for i in keep])
     except ValueError as exc:  # a label's name where a label belongs: nothing added
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     added = [(keep[i], pid, lab, src) for i, pid, lab, src in added]
@@ -166,7 +167,7 @@ async def forget_point(point_id: PointId, q: Annotated[ForgetPointQuery, Query()
     """Forget one memory point. From then on no answer (cached or not) cites it. Requires the API key."""
     _check_erase(q.erase, service)
     try:
-        n = await service.run(service.forget, ids=[str(point_id)], erase=q.erase)
+        n = await service.run_edit(service.forget, ids=[str(point_id)], erase=q.erase)
     except EraseFailedError as exc:
         return await _forgotten_not_erased(exc, service)
     if n == 0:  # nothing forgotten, nothing erased
@@ -205,7 +206,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
                            "Invalid parameters")
     _check_erase(q.erase, service)
     try:
-        n = await service.run(service.forget, ids=q.ids, label=q.label, source_prefix=q.source_prefix,
+        n = await service.run_edit(service.forget, ids=q.ids, label=q.label, source_prefix=q.source_prefix,
                               erase=q.erase)
     except ValueError as exc:  # a source_prefix that is no path on this host, a label's name: nothing goes
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
@@ -271,7 +272,7 @@ async def _forget_like(service: ClassifierService, q: ForgetLikeQuery, upload: U
                        point_id: str | None = None) -> ForgetLikeOut:
     what = "the image" if point_id is None else f"point {point_id}"
     try:
-        found = await service.run(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run,
+        found = await service.run_edit(service.forget_like, upload, q.min_similarity, erase=q.erase, dry_run=q.dry_run,
                                   point_id=point_id)
         note = None if found else f"no point of the memory is at least {q.min_similarity:g} similar to {what}"
         erased = q.erase and bool(found) and not q.dry_run
@@ -302,7 +303,7 @@ async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     Python's lock while it rewrites (README, "Forgetting"). A memory on a Qdrant
     server refuses it (422). Requires the API key."""
     _check_erase(True, service)
-    seconds = await service.run(service.erase)
+    seconds = await service.run_edit(service.erase)
     return EraseOut(erased=True, seconds=round(seconds, 3))
 
 
@@ -399,7 +400,7 @@ async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> Relabe
                           label_points=store.count(label=to), note=note)
 
     try:
-        return await service.run(apply)
+        return await service.run_edit(apply)
     except ValueError as exc:  # an id that is no point id, a name instead of a label, a prefix that is no path
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
 
@@ -421,7 +422,7 @@ async def relabel_point(point_id: PointId, request: Request, service: ServiceDep
         return service.memory.point(str(point_id))
 
     try:
-        point = await service.run(apply)
+        point = await service.run_edit(apply)
     except ValueError as exc:  # a name instead of a label
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     if point is None:
@@ -462,7 +463,7 @@ async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
     body = await read_json(request, LabelNamesIn)
     try:
-        names = await service.run(service.set_label_names, body.names, body.replace)
+        names = await service.run_edit(service.set_label_names, body.names, body.replace)
     except ValueError as exc:  # a name of nothing but what str.strip() takes as space (e.g. "\x1c")
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     return LabelNamesOut(label_names=names)
