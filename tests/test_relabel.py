@@ -8,6 +8,7 @@ textures, embedded once by the real EfficientNet-Lite0.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -312,3 +313,27 @@ def test_a_point_forgotten_while_a_relabel_reads_its_label_leaves_the_others_rel
     monkeypatch.setattr(memory.store, "existing_labels", lambda ids: {i: labels_then[i] for i in ids})
     assert memory.relabel("blue", ids=red) == 3
     assert memory.store.label_counts() == {"blue": 7, "green": 4}
+
+
+def test_a_search_during_a_relabel_sees_it_whole_or_not_at_all(tmp_path, lite0, images, monkeypatch):
+    # A relabel is a write per old label (and per 4,096 points): a search between two had seen it half made, a
+    # folder's classes renamed voting beside the ones not yet renamed.
+    memory = fill_memory(str(tmp_path / "memory"), lite0, images)
+    write, seen, searches = memory.store.set_payload, [], []
+
+    def a_search_after_each_write(ids, payload):
+        write(ids, payload)
+        search = threading.Thread(target=lambda: seen.append({n.label for n in memory.search(images.vectors[:1],
+                                                                                              12)[0]}))
+        search.start()
+        search.join(0.5)  # answered at once, unless searches wait for the relabel to end
+        searches.append(search)
+
+    monkeypatch.setattr(memory.store, "set_payload", a_search_after_each_write)
+    try:
+        assert memory.relabel("colour", source_prefix=str(images.paths[0].parent.parent)) == 12
+        for search in searches:
+            search.join(30)
+        assert len(seen) == 3 and all(labels == {"colour"} for labels in seen), seen
+    finally:
+        memory.close()
