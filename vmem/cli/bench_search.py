@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import typer
 
-from eval.exact import exact_search, measured_products, product_for
 from retrieval import FeaturizerSpec, IndexSettings, Preprocessing, open_store, point_id_for
 
 from ._common import Quantization, VectorsDtype
@@ -165,6 +164,8 @@ def exact_search_efficiency(queries: np.ndarray, vecs: np.ndarray, k: int, repea
     product's type: above 1 for bfloat16 means an exact search faster than float32 products could
     be. Figures are medians over repeats; the unsuffixed ones are the product `exact_search` uses here.
     """
+    from eval.exact import exact_search, measured_products, product_for
+
     flop = 2 * len(vecs) * vecs.shape[1] * len(queries)
     libraries: tuple[Literal["numpy", "torch"], ...] = ("numpy", "torch")
     products = measured_products()
@@ -256,6 +257,10 @@ def run_search_bench(n: int, dim: int, queries: int, k: int, settings: IndexSett
 
     With several index settings, the top-level keys describe the first and `indexes` lists every one.
     """
+    # Here, not at the top: this module is imported by every vmem command (its bench group), and `eval` is the
+    # whole measuring package (80 ms of each `vmem info`, `vmem labels`...).
+    from eval.exact import exact_search
+
     all_settings = settings if isinstance(settings, list) else [settings]
     n_classes = max(2, n // 1000)
     echo(f"generating {n:,} x {dim} vectors in {n_classes} classes (seed {seed})")
@@ -543,6 +548,8 @@ def forget(
 ) -> None:
     """Unlearning latency: delete p50/p99, whether a deleted point is ever returned afterwards, and the time
     to erase the deleted points' vectors from the memory's files (`erase_forgotten`)."""
+    from eval.exact import exact_search
+
     machine = machine_info()
     typer.echo(f"machine: {json.dumps(machine)}", err=True)
     typer.echo(f"settings: n={n} dim={dim} forgets={forgets} rounds={rounds} {IndexSettings().model_dump()}",
