@@ -410,7 +410,7 @@ class ClassifierService:
         if local_folder(self.memory.store.location) is not None and (
                 orphans := self.memory.remove_orphan_thumbnails(self.thumbnails.root)):
             log.info("removed %d thumbnails of points forgotten earlier", orphans)
-        self.memory.featurizer.embed([Image.new("RGB", (32, 32), (127, 127, 127))])
+        self.memory.featurizer.warm_up()
         self.ood_threshold(self.memory.vote_settings().k)
         self.ready = True
         self.refresh_size_metrics()

@@ -381,3 +381,25 @@ def test_openmp_spins_briefly_unless_told_otherwise_set_before_torch_loads():
     kept = subprocess.run([sys.executable, "-c", "import vmem, os; print(os.environ['GOMP_SPINCOUNT'])"],
                           env={**env, "GOMP_SPINCOUNT": "5"}, capture_output=True, text=True, check=True)
     assert kept.stdout.strip() == "5"  # the user's own choice
+
+
+@pytest.mark.realdata
+def test_a_few_images_are_embedded_untraced_and_a_long_run_or_a_service_traces_the_encoder(tiny_imagenet, monkeypatch):
+    from retrieval import featurizers
+
+    # The CPU trace takes 0.3-0.5 s and pays for itself over dozens of images: `vmem classify one.jpg` in a shell
+    # loop had traced at every run, for one forward.
+    monkeypatch.setattr(featurizers, "_TRACED", {})  # as a fresh process has it
+    monkeypatch.setattr(featurizers, "TRACE_AFTER", 4)  # 64: a few images, for a short test
+    sources = [it.source for it in val_sample(tiny_imagenet, 5, seed=2)]
+    lite0 = load_featurizer("efficientnet-lite0", device="cpu")
+    one = lite0.embed(sources[:1])
+    assert featurizers._TRACED == {}
+    lite0.embed(sources)  # past TRACE_AFTER images: traced from the next forward on
+    again = lite0.embed(sources[:1])
+    assert len(featurizers._TRACED) == 1
+    np.testing.assert_allclose(one, again, atol=1e-5)  # the same features, traced or not
+
+    monkeypatch.setattr(featurizers, "_TRACED", {})
+    load_featurizer("efficientnet-lite0", device="cpu").warm_up()  # `vmem serve` before its first request
+    assert len(featurizers._TRACED) == 1

@@ -97,7 +97,8 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
 
     x = torch.stack([feat.preprocessing.load(p) for p in paths[:batch_size]]).to(feat.device)
     # Warm-up: on CPU the traced model keeps optimising over its first calls (one batch took 5.9, 0.92, then
-    # 0.23 s), on CUDA cuDNN chooses its kernels; three calls, untimed.
+    # 0.23 s), on CUDA cuDNN chooses its kernels; three calls, untimed, traced from the first (a long run's forward).
+    feat.warm_up()
     for _ in range(3):
         feat.embed_tensors(x)
     batches = -(-len(paths) // batch_size)
