@@ -2,7 +2,7 @@
 # Reproduces every table in docs/benchmarks.md. Each command prints the machine and its settings on
 # stderr and one JSON object on stdout; the JSON is kept here, next to this script.
 # Run it on an otherwise idle machine: the figures are throughput, and 2 cores are easily shared.
-#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|exact-buffer|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|decode-chunks|resampler|resampler-tiny|jpeg-draft|decode-threads|decode-threads-tiny|featurizers|search-by-dim|classify|forget|forget-1m|eval]...
+#   bash docs/benchmarks/run.sh [search|search-1m|search-1m-disk|cold-originals|search-1m-limits|search-1m-latest|exact-buffer|search-1m-codes|search-1m-turboquant8-limits|search-1m-doubtful|quantizers|codes-only-real|random-reads|cold-open|featurize|decode-chunks|resampler|resampler-tiny|jpeg-draft|decode-threads|decode-threads-tiny|featurizers|search-by-dim|classify|startup|forget|forget-1m|eval]...
 # The GPU tables: docs/benchmarks/gpu.sh (run on a machine with CUDA).
 # With no step: all but the 1.28M steps (each builds for ~9 minutes on 2 cores; cold-originals follows search-1m-disk).
 set -euo pipefail
@@ -118,6 +118,18 @@ for step in "${steps[@]}"; do
       [ -d "$MEMORY" ] || vmem build "$D/train" --memory "$MEMORY" --featurizer efficientnet-lite0 \
                               --feature-cache "$CACHE" >&2
       run classify vmem bench classify "$D/val" --memory "$MEMORY" --requests 300 ;;
+    startup)
+      # Each command's start as a shell loop runs it, on a memory of 5 Tiny-ImageNet classes (500 images).
+      # VMEM_STARTUP_BASE=checkout of an earlier commit: timed against it, alternating, in the same run.
+      SMALL=.cache/startup-memory
+      if [ ! -d "$SMALL" ]; then
+        mkdir -p .cache/startup-classes
+        for c in $(ls "$D/train" | head -5); do ln -sfn "$(realpath "$D/train/$c")" ".cache/startup-classes/$c"; done
+        vmem build .cache/startup-classes --memory "$SMALL" --featurizer efficientnet-lite0 >&2
+      fi
+      python docs/benchmarks/startup.py "$SMALL" "$(find "$D/val" -name '*.JPEG' -print -quit)" \
+        --trees "${VMEM_STARTUP_BASE:+$VMEM_STARTUP_BASE,}." --repeats 5 > "$OUT/startup.json" \
+        2> >(tee "$OUT/startup.log" >&2) ;;
     eval)
       # The whole evaluation (10,100 queries x 20,200 memory, four rules, every k up to 100) from cached
       # features, three times: median wall time.
