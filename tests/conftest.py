@@ -55,7 +55,11 @@ def encoder(tmp_path_factory) -> str:
 def lite0():
     from retrieval import load_featurizer
 
-    return load_featurizer("efficientnet-lite0", device="cpu")
+    feat = load_featurizer("efficientnet-lite0", device="cpu")
+    # Traced from the first forward, as a service runs it: a trace made partway through the session (after its
+    # first 64 images) would leave features of one image ~1e-5 apart depending on which tests ran before
+    feat.warm_up()
+    return feat
 
 
 def make_image(color=(200, 30, 30), size=(32, 24), fmt="JPEG", mode="RGB") -> bytes:
