@@ -108,6 +108,11 @@ EDGE_CONFIG_FILE = "edge_config.json"
 # these, every `optimize` (and `erase_forgotten`) rewrites each segment that holds one. Cheap next to indexing:
 # 9 s for a 640k-point segment that takes ~2 minutes to index, recall unchanged (docs/benchmarks.md,
 # "Forgetting").
+# The share of an embedded memory's index deleted (forgotten or edited points) from which `vmem info` and the
+# service advise an erase. A year of a service's edits (docs/benchmarks.md, "A memory that lives for months"):
+# at 31 % recall@50 was a fresh memory's and every answer exact search's; at 51 % 0.990-0.991, 1-2 of 200
+# answers changed (two runs).
+ERASE_ADVISED_DELETED_SHARE = 0.5
 VACUUM_THRESHOLDS: dict[str, Any] = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
 # qdrant-client asks a server's version on a thread of its own and warns when it gets none, before every
 # unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. A version
@@ -417,6 +422,58 @@ class Neighbor(NamedTuple):
     @property
     def reliability(self) -> float:
         return float(self.payload.get(RELIABILITY_KEY, 1.0))
+
+
+@dataclass(frozen=True)
+class IndexUpkeep:
+    """How far an embedded memory's index has drifted from its points (README, "Upkeep"), read from the engine.
+
+    The engine indexes points when a build, import, copy or erase ends, and a forget or an edit of a point's
+    payload (a relabel, a prune mark) leaves the copy the index held there, marked deleted: searches through an
+    index most of which is deleted drift from exact ones. `vmem erase` gives it back.
+    """
+
+    points: int  # in the memory
+    indexed: int  # of them, in the engine's HNSW index
+    unindexed: int  # searched in full (exactly, more slowly): added or edited since, or too few to index
+    deleted_in_index: int  # copies the index still holds of points forgotten or edited since it was built
+
+    @property
+    def deleted_share(self) -> float:
+        """The share of the index's vectors that are deleted: what searches through it drift with."""
+        held = self.indexed + self.deleted_in_index
+        return self.deleted_in_index / held if held else 0.0
+
+    @property
+    def advice(self) -> str | None:
+        """One line saying to erase, where the index is deleted enough for searches to have drifted; else None."""
+        if self.deleted_share < ERASE_ADVISED_DELETED_SHARE:
+            return None
+        return (f"{self.deleted_share:.0%} of the index is points forgotten or edited since it was built "
+                f"({self.deleted_in_index:,} of {self.indexed + self.deleted_in_index:,}): searches drift from exact "
+                "ones; run vmem erase (POST /v1/memory/erase to a service)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"points": self.points, "indexed": self.indexed, "unindexed": self.unindexed,
+                "deleted_in_index": self.deleted_in_index, "deleted_share": round(self.deleted_share, 4),
+                "advice": self.advice}
+
+
+def _hnsw_segments_from_files(segments: Path) -> tuple[int, int] | None:
+    """(vectors, deleted) over the engine's HNSW-indexed segments, read from their files: its API counts the
+    indexed vectors, deleted ones included, but not those deleted. None where the files are not as this engine
+    version writes them (each segment's point versions, 8 bytes a point, and a bit a point set where deleted)."""
+    vectors = deleted = 0
+    try:
+        for segment in segments.iterdir():
+            config = json.loads((segment / "segment.json").read_text(encoding="utf-8"))["config"]["vector_data"]
+            if not any(v.get("index", {}).get("type") == "hnsw" for v in config.values()):
+                continue  # appendable, or too small to index: searched in full
+            vectors += (segment / "id_tracker.versions").stat().st_size // 8
+            deleted += int.from_bytes((segment / "id_tracker.deleted").read_bytes(), "little").bit_count()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return vectors, deleted
 
 
 def check_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
@@ -802,6 +859,11 @@ class MemoryStore(ABC):
         engine rewrites them. Raises MemoryError where the memory cannot do this on demand.
         """
         raise MemoryError(f"{type(self).__name__} cannot erase forgotten points on demand")
+
+    def index_upkeep(self) -> IndexUpkeep | None:
+        """How far the index has drifted from the points (`IndexUpkeep`); None where that is not known here (a
+        Qdrant server indexes and vacuums its collection on its own)."""
+        return None
 
     backs_up_files = False  # whether `write_backup` can copy the memory's files (an embedded memory's)
 
@@ -1603,6 +1665,24 @@ class EdgeMemoryStore(MemoryStore):
                                       "POST /v1/memory/erase)") from exc
             # Until this flush, the rewritten segment's files still held the deleted points' vectors.
             self.shard.flush()
+
+    def index_upkeep(self) -> IndexUpkeep | None:
+        # Flushed first: the engine writes a delete to its segment's files only then. Under the write lock: no
+        # erase rewrites the segments meanwhile. None where the files disagree with the engine's own count.
+        with self._write_lock:
+            try:
+                self.shard.flush()
+            except Exception:  # a full disk, files the user may not write: the files may be behind, not said
+                return None
+            info = self.shard.info()
+            read = _hnsw_segments_from_files(self.path / SHARD_DIR / "segments")
+        if read is None or read[0] != info.indexed_vectors_count or not 0 <= read[1] <= read[0]:
+            return None
+        indexed = read[0] - read[1]
+        if indexed > info.points_count:
+            return None
+        return IndexUpkeep(points=info.points_count, indexed=indexed, unindexed=info.points_count - indexed,
+                           deleted_in_index=read[1])
 
     def search_files(self) -> list[Path]:
         """The engine's files that searches read, the original vectors first.

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retrieval.store import ERASE_ADVISED_DELETED_SHARE, IndexUpkeep
 from vmem import __version__
 
 from .problems import HTTP_METHODS
@@ -113,6 +114,11 @@ class Metrics:
         self.registry.register(_RowsRead(rows_read))
 
 
+    def report_index_upkeep(self, upkeep: Callable[[], IndexUpkeep | None]) -> None:
+        """Export how far an embedded memory's index has drifted from its points, as last counted (`upkeep()`;
+        None: not known, a Qdrant server's, and no series rather than a wrong 0)."""
+        self.registry.register(_IndexUpkeep(upkeep))
+
     def report_circuit(self, state: Callable[[], str | None]) -> None:
         """Export the re-ranker's circuit breaker state (`state()`: closed, half-open, open; None: no re-ranker)."""
         self.registry.register(_CircuitState(state))
@@ -128,6 +134,24 @@ class _CircuitState(Collector):
             yield GaugeMetricFamily("vmem_rerank_circuit_state", "The re-ranker's circuit: 0 closed (Gemini asked), "
                                     "1 half-open (one trial request), 2 open (the vote, Gemini not asked)",
                                     value=CIRCUIT_STATES.get(now, 2))
+
+
+class _IndexUpkeep(Collector):
+    def __init__(self, upkeep: Callable[[], IndexUpkeep | None]) -> None:
+        self.upkeep = upkeep
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.upkeep()
+        if now is None:
+            return
+        yield GaugeMetricFamily("vmem_memory_unindexed_points", "Points searched without the index, in full (added or "
+                                "edited since it was built, or too few to index)", value=now.unindexed)
+        yield GaugeMetricFamily("vmem_memory_index_deleted_points", "Copies the index still holds, marked deleted, of "
+                                "points forgotten or edited since it was built", value=now.deleted_in_index)
+        yield GaugeMetricFamily("vmem_memory_index_deleted_ratio", "Share of the index's vectors deleted: searches "
+                                "drift from exact ones as it grows (README, \"Upkeep\")", value=now.deleted_share)
+        yield GaugeMetricFamily("vmem_memory_erase_advised", f"1 where the index is {ERASE_ADVISED_DELETED_SHARE:.0%} "
+                                "deleted or more: time for POST /v1/memory/erase", value=float(now.advice is not None))
 
 
 class _RowsRead(Collector):

@@ -608,6 +608,21 @@ class FeaturizerOut(Answer):
 MOST_FEW_POINTS = 100
 
 
+class IndexUpkeepOut(Answer):
+    """How far an embedded memory's index has drifted from its points (README, "Upkeep")."""
+
+    points: int = Field(description="points in the memory")
+    indexed: int = Field(description="of them, in the engine's HNSW index")
+    unindexed: int = Field(description="of them, searched in full (exactly, more slowly): added or edited since the "
+                                       "index was built (a build, import, copy or erase), or too few to index")
+    deleted_in_index: int = Field(description="copies the index still holds, marked deleted, of points forgotten or "
+                                              "edited (relabelled, pruned) since it was built")
+    deleted_share: float = Field(description="deleted_in_index over the index's vectors: searches through it drift "
+                                             "from exact ones as it grows")
+    advice: str | None = Field(description="one line saying to erase (POST /v1/memory/erase), where deleted_share "
+                                           "is past the measured threshold; null otherwise")
+
+
 class StatsOut(Answer):
     """What the memory holds."""
 
@@ -627,6 +642,9 @@ class StatsOut(Answer):
     few_points_total: int = Field(default=0, description="how many labels have too few points so, all told")
     read_only: bool = Field(default=False, description="served read-only (`VMEM_READ_ONLY`): every edit is refused "
                             "(503 `memory-read-only`)")
+    index_upkeep: IndexUpkeepOut | None = Field(default=None, description="an embedded memory's index against its "
+                                                "points (null on a Qdrant server, which indexes and vacuums its "
+                                                "collection itself)")
 
 
 class TemplateOut(Answer):

@@ -35,7 +35,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import THUMBNAILS_DIR, MemoryFullError, local_folder, thumbnail_file
+from retrieval.store import THUMBNAILS_DIR, IndexUpkeep, MemoryFullError, local_folder, thumbnail_file
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
 from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
@@ -282,7 +282,10 @@ class ClassifierService:
         self._generation = 0
         # Bumped on every edit of the points (not on naming labels): OOD thresholds are keyed by it.
         self._points_generation = 0
-        self._sizes_counted_at: int | None = None  # the points generation the size gauges were counted at
+        self._sizes_counted_at: tuple[int, int] | None = None  # the points generation and erases counted at
+        self._erases = 0
+        self._index_upkeep: IndexUpkeep | None = None
+        metrics.report_index_upkeep(lambda: self._index_upkeep)
         # Each with its answer_state: the answer log says a cached answer's search was the first request's
         self._cache: OrderedDict[tuple[Any, ...], tuple[Classification, tuple[str, str | None] | None]] = OrderedDict()
         self._cache_neighbors = 0  # the cached answers' neighbours, which their memory grows with
@@ -448,14 +451,16 @@ class ClassifierService:
         return "embedded" if type(self.memory.store).__name__ == "EdgeMemoryStore" else "qdrant"
 
     def refresh_size_metrics(self) -> None:
-        """Count the memory's points and labels for the gauges; run by each scrape of /metrics, not by each edit
-        (a label count reads every point: 90 ms at 250,000 points, on the thread the edit held). An embedded
-        memory changes only through this process, so it is counted again only after an edit of its points."""
-        generation = self._points_generation
+        """Count the memory's points and labels, and its index's upkeep, for the gauges; run by each scrape of
+        /metrics, not by each edit (a label count reads every point: 90 ms at 250,000 points, on the thread the edit
+        held). An embedded memory changes only through this process, so it is counted again only after an edit of
+        its points or an erase."""
+        generation = self._points_generation, self._erases
         if self.backend == "embedded" and generation == self._sizes_counted_at:
             return
         self.metrics.memory_points.set(self.memory.store.count())
         self.metrics.memory_labels.set(len(self.memory.store.label_counts()))
+        self._index_upkeep = self.memory.store.index_upkeep()
         self._sizes_counted_at = generation
 
     # ------------------------------------------------------------------ edits
@@ -615,7 +620,10 @@ class ClassifierService:
         """Rewrite the memory's files without every forgotten point's vector; returns the seconds it took."""
         started = time.perf_counter()
         with self.metrics.erase_seconds.time():
-            self.memory.erase_forgotten()
+            try:
+                self.memory.erase_forgotten()
+            finally:
+                self._erases += 1  # the index is rewritten (or partly): counted again at the next scrape
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------ classifying

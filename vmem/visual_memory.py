@@ -2333,6 +2333,9 @@ class VisualMemory:
                            relabelled_at=pay.get(RELABELLED_AT_KEY))
 
     def stats(self) -> dict[str, Any]:
+        """What the memory holds: points, labels, encoder, settings, disk, and `index_upkeep`: how far an embedded
+        memory's index has drifted from its points, with `advice` where an erase is due (`IndexUpkeep`; None on a
+        Qdrant server, which keeps its index itself)."""
         self._refresh_for_reading()
         counts = self.store.label_counts()
         return {
@@ -2346,6 +2349,7 @@ class VisualMemory:
             "settings": self.store.meta.settings,
             "disk_bytes": self.disk_usage(),
             "few_points": [few.model_dump() for few in self.few_point_labels(counts=counts)],
+            "index_upkeep": upkeep.as_dict() if (upkeep := self.store.index_upkeep()) is not None else None,
         }
 
     def few_point_labels(self, labels: Sequence[str] | None = None,

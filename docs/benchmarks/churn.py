@@ -14,9 +14,10 @@ encoder is not run: `add` embeds through a stand-in that hands out the prepared 
 
 After each month, with the memory as the month left it: the disk of its folder by part (engine segments and
 write-ahead log, journal, thumbnails) against `VisualMemory.disk_usage` and `du`, the process's RSS, the engine's
-segments and how many of its points are indexed, recall@50 of 200 `val` queries against exact search on the same
-memory and the queries' batched and single times (medians of 3), the time to close and open it again, and the 20
-newest edits of its journal. Every MONTHS_FRESH months (and at the end) the same points are exported and imported
+segments and how many of its points are indexed (and `index_upkeep`: how many of the index's vectors are
+deleted, as `vmem info` says), recall@50 of 200 `val` queries against exact search on the same memory and the
+queries' batched and single times (medians of 3), the time to close and open it again, and the 20 newest edits
+of its journal. Every MONTHS_FRESH months (and at the end) the same points are exported and imported
 into a fresh memory, and its recall and answers compared. At the end the forgotten points are erased
 (`erase_forgotten`) and the same figures taken again. One JSON object on stdout (and in --out).
 """
@@ -120,6 +121,7 @@ def measure(mem: VisualMemory, folder: Path, queries: np.ndarray, forgotten: set
         "segments": info.segments_count,
         "engine_points": info.points_count,
         "indexed": info.indexed_vectors_count,
+        "upkeep": upkeep.as_dict() if (upkeep := mem.store.index_upkeep()) is not None else None,
         "disk": {
             "segments": blocks(folder / "shard" / "segments"),
             "wal": blocks(folder / "shard" / "wal"),

@@ -34,7 +34,7 @@ from retrieval import (
 from retrieval.files import LATEST_BACKUP, link_latest
 from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
-from retrieval.store import local_folder, point_id_for
+from retrieval.store import is_embedded_location, local_folder, point_id_for
 from retrieval.text import utf8_text
 
 from ..answer_log import AnswerLog
@@ -1250,9 +1250,26 @@ def info(
     if disk := stats["disk_bytes"]:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
+    _upkeep_lines(stats["index_upkeep"], embedded=is_embedded_location(stats["location"]))
     if stats["settings"]:
         typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")
     say_few_points([FewPoints(**few) for few in stats["few_points"]])
+
+
+def _upkeep_lines(upkeep: dict[str, Any] | None, embedded: bool) -> None:
+    """How far the index has drifted from the points, and the advice to erase where it has (README, "Upkeep")."""
+    if upkeep is None:
+        typer.echo("upkeep     " + ("not known: the engine's files are not as this vmem reads them" if embedded
+                                    else "not tracked: a Qdrant server indexes and vacuums its collection itself"))
+        return
+    if upkeep["indexed"] == upkeep["deleted_in_index"] == 0:  # a memory of a few thousand points: exact anyway
+        typer.echo(f"upkeep     no index: all {upkeep['points']:,} points searched in full, exactly (too few to "
+                   "index, or added since the last build, import, copy or erase)")
+        return
+    typer.echo(f"upkeep     {upkeep['indexed']:,} points indexed, {upkeep['unindexed']:,} searched in full; the index "
+               f"holds {upkeep['deleted_in_index']:,} forgotten or edited ({upkeep['deleted_share']:.0%} of it)")
+    if upkeep["advice"]:
+        typer.echo(f"           {upkeep['advice']}")
 
 
 def _info_head(stats: dict[str, Any]) -> None:
@@ -1272,7 +1289,8 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
              "label_names": dict(meta.label_names), "featurizer": meta.featurizer.model_dump(),
              "index": meta.index.model_dump(), "settings": meta.settings, "disk_bytes": disk_usage_of(memory),
              "open_in_another_process": True, "served_by": served or None,
-             "last_edit": last[0].model_dump() if last else None}
+             "last_edit": last[0].model_dump() if last else None,
+             "index_upkeep": None}  # the files lag the serving engine (it flushes when asked): the service says
     if json_out:
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
         return
