@@ -860,9 +860,11 @@ class MemoryStore(ABC):
         """
         raise MemoryError(f"{type(self).__name__} cannot erase forgotten points on demand")
 
-    def index_upkeep(self) -> IndexUpkeep | None:
+    def index_upkeep(self, wait: bool = True) -> IndexUpkeep | None:
         """How far the index has drifted from the points (`IndexUpkeep`); None where that is not known here (a
-        Qdrant server indexes and vacuums its collection on its own)."""
+        Qdrant server indexes and vacuums its collection on its own). With `wait=False`, TimeoutError where the
+        memory's writes are held (a backup copying, an edit): a service's stats and metrics, which must not wait
+        minutes for a backup, show what they counted last."""
         return None
 
     backs_up_files = False  # whether `write_backup` can copy the memory's files (an embedded memory's)
@@ -1666,16 +1668,20 @@ class EdgeMemoryStore(MemoryStore):
             # Until this flush, the rewritten segment's files still held the deleted points' vectors.
             self.shard.flush()
 
-    def index_upkeep(self) -> IndexUpkeep | None:
+    def index_upkeep(self, wait: bool = True) -> IndexUpkeep | None:
         # Flushed first: the engine writes a delete to its segment's files only then. Under the write lock: no
         # erase rewrites the segments meanwhile. None where the files disagree with the engine's own count.
-        with self._write_lock:
+        if not self._write_lock.acquire(blocking=wait):
+            raise TimeoutError("the memory's writes are held (a backup, an edit): its index is not counted now")
+        try:
             try:
                 self.shard.flush()
             except Exception:  # a full disk, files the user may not write: the files may be behind, not said
                 return None
             info = self.shard.info()
             read = _hnsw_segments_from_files(self.path / SHARD_DIR / "segments")
+        finally:
+            self._write_lock.release()
         if read is None or read[0] != info.indexed_vectors_count or not 0 <= read[1] <= read[0]:
             return None
         indexed = read[0] - read[1]

@@ -460,8 +460,18 @@ class ClassifierService:
             return
         self.metrics.memory_points.set(self.memory.store.count())
         self.metrics.memory_labels.set(len(self.memory.store.label_counts()))
-        self._index_upkeep = self.memory.store.index_upkeep()
+        try:
+            self._index_upkeep = self.memory.store.index_upkeep(wait=False)
+        except TimeoutError:  # a backup holds the writes: the last count stays, counted again at the next scrape
+            return
         self._sizes_counted_at = generation
+
+    def index_upkeep(self) -> IndexUpkeep | None:
+        """The memory's index against its points, counted now; while a backup or an edit holds the memory's writes,
+        as counted last: a stats request on an embedding thread had waited for the backup's whole copy."""
+        with contextlib.suppress(TimeoutError):
+            self._index_upkeep = self.memory.store.index_upkeep(wait=False)
+        return self._index_upkeep
 
     # ------------------------------------------------------------------ edits
 

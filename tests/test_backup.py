@@ -460,3 +460,33 @@ def test_classify_is_answered_while_edits_wait_for_a_backup_over_http(tmp_path, 
         assert backup.result(30).json()["points"] == 12
         assert [e.result(30).status_code for e in edits] == [200, 200]
     assert client.get("/v1/memory/stats").json()["per_label"] == {"crimson": 4, "green": 4}
+
+
+def test_stats_and_metrics_are_answered_during_a_backup_with_the_index_as_counted_last(tmp_path, serve,
+                                                                                        monkeypatch):
+    # The index's upkeep is counted under the memory's write lock, which a backup holds while it copies (a large
+    # memory's: minutes): a stats request had held an embedding thread, and a scrape a thread, for all of it
+    copying, go_on = threading.Event(), threading.Event()
+    copy = retrieval_store.copy_folder_sparse
+
+    def slow_copy(*args, **kwargs):
+        copying.set()
+        assert go_on.wait(60)
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval_store, "copy_folder_sparse", slow_copy)
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
+    before = client.get("/v1/memory/stats").json()["index_upkeep"]
+    assert before["points"] == 12
+    with ThreadPoolExecutor(3) as pool:
+        backup = pool.submit(client.post, "/v1/memory/backup?name=nightly", headers=AUTH)
+        assert copying.wait(30)
+        try:
+            stats = pool.submit(client.get, "/v1/memory/stats").result(timeout=30)
+            scrape = pool.submit(client.get, "/metrics").result(timeout=30)
+            assert not backup.done()  # answered while the backup copies
+        finally:
+            go_on.set()
+        assert stats.status_code == 200 and stats.json()["index_upkeep"] == before
+        assert scrape.status_code == 200 and "vmem_memory_points 12.0" in scrape.text
+        assert backup.result(30).status_code == 200

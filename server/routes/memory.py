@@ -451,7 +451,7 @@ async def stats(service: ServiceDep) -> StatsOut:
                                      crop=spec.preprocessing.crop),
             default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k), read_only=store.read_only,
             few_points=few[:MOST_FEW_POINTS], few_points_total=len(few),
-            index_upkeep=IndexUpkeepOut(**upkeep.as_dict()) if (upkeep := store.index_upkeep()) is not None else None,
+            index_upkeep=IndexUpkeepOut(**upkeep.as_dict()) if (upkeep := service.index_upkeep()) is not None else None,
         )
 
     return await service.run(collect)
