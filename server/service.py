@@ -285,6 +285,7 @@ class ClassifierService:
         self._sizes_counted_at: tuple[int, int] | None = None  # the points generation and erases counted at
         self._erases = 0
         self._index_upkeep: IndexUpkeep | None = None
+        self._upkeep_counted_at: tuple[int, int] | None = None  # as _sizes_counted_at, for stats' upkeep
         metrics.report_index_upkeep(lambda: self._index_upkeep)
         # Each with its answer_state: the answer log says a cached answer's search was the first request's
         self._cache: OrderedDict[tuple[Any, ...], tuple[Classification, tuple[str, str | None] | None]] = OrderedDict()
@@ -464,13 +465,18 @@ class ClassifierService:
             self._index_upkeep = self.memory.store.index_upkeep(wait=False)
         except TimeoutError:  # a backup holds the writes: the last count stays, counted again at the next scrape
             return
-        self._sizes_counted_at = generation
+        self._sizes_counted_at = self._upkeep_counted_at = generation
 
     def index_upkeep(self) -> IndexUpkeep | None:
-        """The memory's index against its points, counted now; while a backup or an edit holds the memory's writes,
+        """The memory's index against its points, counted again after an edit or an erase (the page asks for stats
+        every few seconds, and each count flushes the engine); while a backup or an edit holds the memory's writes,
         as counted last: a stats request on an embedding thread had waited for the backup's whole copy."""
+        generation = self._points_generation, self._erases
+        if self.backend == "embedded" and generation == self._upkeep_counted_at:
+            return self._index_upkeep
         with contextlib.suppress(TimeoutError):
             self._index_upkeep = self.memory.store.index_upkeep(wait=False)
+            self._upkeep_counted_at = generation
         return self._index_upkeep
 
     # ------------------------------------------------------------------ edits
