@@ -1173,6 +1173,10 @@ class EdgeMemoryStore(MemoryStore):
         self._writes = 0  # writes begun: what a cached answer about the points was computed after
         self._label_counts: tuple[int, dict[str, int]] | None = None
         self._write_failed: str | None = None  # the engine's error, once it has failed a write and takes no more
+        # Points written since the engine last indexed, counted here: the engine's count of indexed vectors holds
+        # the forgotten ones too, so "points - indexed" fell short by every forget, and a memory forgotten from
+        # indexed its new points late (after 16,000 of them, not 10,000). From the engine's figure at open.
+        self._written_unindexed = 0
         self._left_unindexed = 0
         self._last_upserted: str | None = None  # id of the last point written by an add
         self._rows: OriginalRows | None = None
@@ -1240,6 +1244,7 @@ class EdgeMemoryStore(MemoryStore):
                 for leftover in remove_stale_temporaries(folder):
                     log.warning("removed %s, left by a write that did not finish", leftover)
         self._any_excluded = self._count_excluded() > 0
+        self._count_unindexed()
         ix = self.meta.index
         self._rows = (OriginalRows(self.path / ORIGINAL_ROWS_FILE, self.dim, ix.vectors_dtype)
                       if ix.rescore_doubtful else None)
@@ -1419,10 +1424,10 @@ class EdgeMemoryStore(MemoryStore):
             with self._excluded_may_change(any(EXCLUDED_KEY in p for p in payloads)):
                 self.shard.update(qe.UpdateOperation.upsert_points(points))
             self._last_upserted = ids[-1]
+            self._written_unindexed += len(ids)
             segment_points = self.meta.index.segment_points
             if segment_points is not None:
-                info = self.shard.info()
-                unindexed = info.points_count - info.indexed_vectors_count
+                unindexed = self._written_unindexed
                 if unindexed - self._left_unindexed >= segment_points:
                     if self.on_segment_indexing is not None:
                         self.on_segment_indexing(unindexed)
@@ -1435,8 +1440,13 @@ class EdgeMemoryStore(MemoryStore):
                         log.warning("%d points are stored but not indexed: %s", unindexed, _no_room_to_index(exc))
                     # The engine leaves segments below its indexing threshold (small vectors) as they are:
                     # wait for another segment's worth before asking again.
-                    info = self.shard.info()
-                    self._left_unindexed = info.points_count - info.indexed_vectors_count
+                    self._count_unindexed()
+
+    def _count_unindexed(self) -> None:
+        """Points the engine left unindexed, from its own figures: right after an optimize, which vacuums the
+        segments with deleted points (VACUUM_THRESHOLDS), or at open, where forgotten points may make it short."""
+        info = self.shard.info()
+        self._written_unindexed = self._left_unindexed = max(0, info.points_count - info.indexed_vectors_count)
 
     def relabel(self, ids: Sequence[str], label: str) -> dict[str, str]:
         # A write per old label and per 4,096 points: a search between two had seen a class renamed half done,
@@ -1639,6 +1649,7 @@ class EdgeMemoryStore(MemoryStore):
                     raise
                 raise MemoryFullError(f"the memory's edit is made, but its index could not be built: "
                                       f"{_no_room_to_index(exc)}") from None
+            self._count_unindexed()
 
     erases_on_demand = True
 
@@ -1667,6 +1678,7 @@ class EdgeMemoryStore(MemoryStore):
                                       "POST /v1/memory/erase)") from exc
             # Until this flush, the rewritten segment's files still held the deleted points' vectors.
             self.shard.flush()
+            self._count_unindexed()
 
     def index_upkeep(self, wait: bool = True) -> IndexUpkeep | None:
         # Flushed first: the engine writes a delete to its segment's files only then. Under the write lock: no

@@ -433,6 +433,25 @@ def test_a_large_embedded_memory_is_indexed_as_segments_searched_together(tmp_pa
         assert s.meta.index.segment_points == 10_000
 
 
+def test_a_memory_forgotten_from_indexes_its_new_points_after_a_segment_s_worth_of_them(tmp_path):
+    # The engine counts the indexed vectors with the forgotten ones among them: "points - indexed" fell short by
+    # every forget, and after 6,000 forgotten the new points were indexed only once 16,000 had come
+    index = IndexSettings(segment_points=10_000, vectors_dtype="float32")
+    spec = SPEC.model_copy(update={"dim": 384})
+    with open_store(tmp_path / "memory", spec, index=index) as s:
+        ids = s.add(random_unit_vectors(10_000, 384, seed=1), ["old"] * 10_000, [f"/old/{i}" for i in range(10_000)])
+        s.optimize()
+        s.delete_ids(ids[:6_000])
+    with open_store(tmp_path / "memory") as s:  # reopened: the count goes on from the engine's figures
+        announced: list[int] = []
+        s.on_segment_indexing = announced.append
+        for start in range(0, 10_000, 500):
+            s.add(random_unit_vectors(500, 384, seed=100 + start), ["new"] * 500,
+                  [f"/new/{start + i}" for i in range(500)])
+        assert announced == [10_000]
+        assert s.shard.info().indexed_vectors_count == 14_000
+
+
 def test_a_memory_stored_before_later_settings_keeps_what_it_was_built_with(tmp_path):
     path = tmp_path / "memory"
     with open_store(path, SPEC, index=IndexSettings(vectors_dtype="float32")) as s:
