@@ -194,6 +194,7 @@ class FeatureCache:
         if on_batch:
             on_batch(len(paths) - len(missing))
         if missing:
+            self.featurizer.embed_as_stored()  # a build reads these as it would have embedded them
             new_rows, new_hashes = [], []
             for res in self.featurizer.iter_embed([str(paths[i]) for i in missing], batch_size, num_workers):
                 new_rows.append(res.features)

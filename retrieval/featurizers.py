@@ -232,6 +232,12 @@ class Featurizer(ABC):
         request), where a one-off command would not pay for that: EfficientNet-Lite's CPU trace."""
         self.embed([Image.new("RGB", (32, 32), (127, 127, 127))])
 
+    def embed_as_stored(self) -> None:  # noqa: B027 - one forward for most encoders
+        """Embed from the next forward on as every process embeds the points a memory stores (nothing runs now):
+        EfficientNet-Lite on the CPU traced, not after a process's first 64 images, whose untraced features round
+        to other float16 values; so a build resumed after Ctrl-C, an add, a re-embedding and the feature cache
+        hold an image's vector bit for bit as one build run whole does."""
+
     def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """Embed decoded or decodable images in-process; raises on the first bad one.
 
@@ -429,6 +435,9 @@ class EfficientNetLiteFeaturizer(Featurizer):
     def warm_up(self) -> None:
         self._eager_images_left = 0  # a long-lived process: trace now, before the first request
         super().warm_up()
+
+    def embed_as_stored(self) -> None:
+        self._eager_images_left = 0
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":

@@ -427,6 +427,7 @@ def forgotten_ids(store: MemoryStore) -> set[str]:
 
 def _embed_batches(featurizer: Featurizer, sources: list[str], batch_size: int, num_workers: int | None,
                    cache: FeatureCache | None) -> Iterator[EmbedResult]:
+    featurizer.embed_as_stored()
     if cache is None:
         yield from featurizer.iter_embed(sources, batch_size, num_workers)
         return

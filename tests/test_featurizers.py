@@ -403,3 +403,33 @@ def test_a_few_images_are_embedded_untraced_and_a_long_run_or_a_service_traces_t
     monkeypatch.setattr(featurizers, "_TRACED", {})
     load_featurizer("efficientnet-lite0", device="cpu").warm_up()  # `vmem serve` before its first request
     assert len(featurizers._TRACED) == 1
+
+
+@pytest.mark.realdata
+def test_points_are_the_same_bit_for_bit_however_a_build_was_cut_short_or_added_to(tiny_imagenet, tmp_path,
+                                                                                   monkeypatch):
+    from retrieval import featurizers
+    from vmem import VisualMemory
+
+    # A process embeds its first TRACE_AFTER images untraced; features it stores are traced in every process, or a
+    # build resumed after Ctrl-C held the images its second run began with ~1e-4 apart (once rounded to float16)
+    monkeypatch.setattr(featurizers, "TRACE_AFTER", 4)  # 64: a few images, for a short test
+    photos = val_sample(tiny_imagenet, 8, seed=3)
+
+    def stored(location, *runs) -> dict[str, np.ndarray]:
+        for run in runs:
+            monkeypatch.setattr(featurizers, "_TRACED", {})  # each run a fresh process, as `vmem build` is
+            with VisualMemory.open(location, featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+                run(mem)
+        with VisualMemory.open(location, reranker=None) as mem:
+            return {p.id: p.vector for page in mem.store.scroll(with_vectors=True) for p in page}
+
+    whole = stored(tmp_path / "whole", lambda mem: mem.build(photos, batch_size=2, num_workers=0))
+    resumed = stored(tmp_path / "resumed", lambda mem: mem.build(photos[:4], batch_size=2, num_workers=0),
+                     lambda mem: mem.build(photos, batch_size=2, num_workers=0))  # Ctrl-C, and the same command
+    added = stored(tmp_path / "added", lambda mem: mem.build(photos[:6], batch_size=2, num_workers=0),
+                   lambda mem: mem.add([it.source for it in photos[6:]], [it.label for it in photos[6:]]))
+    assert len(whole) == 8
+    for other in (resumed, added):
+        assert other.keys() == whole.keys()
+        assert [pid for pid in whole if not np.array_equal(whole[pid], other[pid])] == []

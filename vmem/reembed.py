@@ -170,6 +170,7 @@ def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, 
         progress(len(page) - len(todo))
     if not todo:
         return
+    feat.embed_as_stored()  # a run resumed stores the vectors one run whole would have
     for res in feat.iter_embed([p.source for p in todo], batch_size, num_workers):
         dest.put([StoredPoint(todo[i].id, wanted[todo[i].id], res.features[row]) for row, i in enumerate(res.indices)])
         result.embedded += len(res.indices)

@@ -1128,6 +1128,8 @@ class VisualMemory:
         id_of = {ok_sources[j]: point_id_for(ok_sources[j]) for j in keep}
         stored = self.store.existing_labels(list(id_of.values()))
         new = [j for j in keep if id_of[ok_sources[j]] not in stored]
+        if new:
+            self.featurizer.embed_as_stored()  # as a build embeds them: an image added holds its build's vector
         vectors = self.featurizer.embed([ok_imgs[j] for j in new]) if new else None
         self._record_source_roots([ok_sources[j] for j in new])  # before they are searchable, as thumbnails
         with self._edit_lock:  # checked again: another thread may have added some of them while these embedded

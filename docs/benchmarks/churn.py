@@ -52,6 +52,9 @@ class PreparedFeatures:
         self.spec = spec
         self.pending: list[np.ndarray] = []
 
+    def embed_as_stored(self) -> None:
+        pass
+
     def embed(self, images: list[Any]) -> np.ndarray:
         out, self.pending = self.pending[: len(images)], self.pending[len(images):]
         assert len(out) == len(images), "add asked for more images than were prepared"
