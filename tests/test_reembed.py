@@ -4,6 +4,7 @@ left out and listed; the old memory untouched; resumable; nonsense refused."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -126,7 +127,9 @@ def test_nonsense_is_refused_and_nothing_is_written(tmp_path, lite0, lite1, phot
             other.add(lite1.embed([photos[3].source]), [CLASSES[1]], [photos[3].source])
         with pytest.raises(ValueError, match="holds 1 point of its own"):
             mem.reembed_to(tmp_path / "other", lite1)
-        with pytest.raises(FeaturizerMismatchError):  # a memory of a third encoder
+        # A memory of a third encoder: said of it, not as "this memory" (the one moved) nor "use its featurizer"
+        said = f"{tmp_path / 'other'} is a memory of efficientnet-lite1 features, not efficientnet-lite2's: re-embed"
+        with pytest.raises(FeaturizerMismatchError, match=f"^{re.escape(said)} into a new memory"):
             mem.reembed_to(tmp_path / "other", load_featurizer("efficientnet-lite2", device="cpu"))
         assert mem.store.count() == 2
     with open_store(tmp_path / "other") as other:

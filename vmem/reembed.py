@@ -22,9 +22,12 @@ from retrieval.store import (
     PRUNE_COUNT_KEY,
     RELIABILITY_KEY,
     SCROLL_PAGE,
+    FeaturizerMismatchError,
     MemoryStore,
+    MemoryStoreError,
     StoredPoint,
     is_embedded_location,
+    read_meta_file,
     same_location,
 )
 
@@ -94,7 +97,20 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
         index = mem.store.meta.index
         if index.rescore_doubtful and not is_embedded_location(location):
             index = index.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
-    dest = open_store(location, spec, index=index)  # FeaturizerMismatchError: a memory of a third encoder
+    try:
+        dest = open_store(location, spec, index=index)
+    except FeaturizerMismatchError:
+        # Said of the destination: the store's own words ("this memory holds ...; use the memory's own
+        # featurizer") read as if about the memory being moved
+        try:
+            theirs: str | None = read_meta_file(Path(location)).featurizer.name
+        except MemoryStoreError:  # a Qdrant server's memory, or metadata unreadable: its encoder unnamed
+            theirs = None
+        if theirs == spec.name:
+            raise  # the same name with other weights: the store's message says which
+        what = f"{theirs} features" if theirs else "another encoder's features"
+        raise FeaturizerMismatchError(f"{location} is a memory of {what}, not {spec.name}'s: re-embed into a new "
+                                      "memory") from None
     try:
         origin = {"key": mem.store.key, "location": _journal_location(mem.store.location), "featurizer": mine.name}
         came_from = dest.meta.settings.get(REEMBEDDED_FROM_KEY) or {}
