@@ -1012,8 +1012,8 @@ def _hold_open_lock(folder: Path) -> Any:
                 "Out[n].close()") from None
         raise MemoryInUseError(
             f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
-            "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve backs it up itself: "
-            "POST /v1/memory/backup", folder=folder) from None
+            "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve answers for it over "
+            "HTTP: its points, an export, a backup (POST /v1/memory/backup)", folder=folder) from None
     return fh
 
 
