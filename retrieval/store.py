@@ -676,6 +676,10 @@ class MemoryStore(ABC):
     def label_counts(self) -> dict[str, int]:
         """Points per label, most frequent first."""
 
+    def label_counts_kept(self) -> dict[str, int] | None:
+        """`label_counts` as last counted, perhaps before the latest writes; None where none are kept."""
+        return None
+
     def query_batch(
         self,
         vectors: np.ndarray,
@@ -1526,6 +1530,9 @@ class EdgeMemoryStore(MemoryStore):
         if flt is None:  # the engine keeps the total: 0.1 ms, where an exact count visits every point (31 ms at 250k)
             return int(self.shard.info().points_count)
         return self.shard.count(self._qe.CountRequest(filter=flt, exact=True))
+
+    def label_counts_kept(self) -> dict[str, int] | None:
+        return None if self._label_counts is None else dict(self._label_counts[1])
 
     def label_counts(self) -> dict[str, int]:
         # Kept until the next write: the exact count holds the GIL about a second at 50,000 labels, and the page

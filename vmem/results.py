@@ -145,7 +145,7 @@ class FewPoints(BaseModel):
     query's k nearest neighbours: a class of a few images added beside classes of a hundred is then seldom the
     answer (README, "A class of a few images")."""
 
-    label: str
+    label: str = Field(description="the label, as stored")
     points: int = Field(description="the label's points")
     needed: int = Field(description="the fewest points that win the vote at k, as a query's nearest neighbours, "
                                     "against one other label of the memory filling the rest of the k")

@@ -2368,10 +2368,14 @@ class VisualMemory:
         settings = self.vote_settings()
         if counts is None and labels is not None:
             # Counting every label takes ~1 s at 50,000 labels after each write: only where a label asked about
-            # has fewer points than win against a label filling all the k is the fullest other label needed.
+            # has fewer points than win against a label filling all the k is the fullest other label needed, and
+            # the counts as last made serve for it (a class being added an image at a time counted them each add)
             worst = fewest_to_win(settings.k, settings.rule, settings.alpha)
-            if worst is None or all(self.store.count(label=lab) >= worst for lab in dict.fromkeys(labels)):
+            own = {lab: n for lab in dict.fromkeys(labels) if (n := self.store.count(label=lab))}
+            if worst is None or all(n >= worst for n in own.values()):
                 return []
+            kept = self.store.label_counts_kept()
+            counts = {**kept, **own} if kept is not None else None
         counts = self.store.label_counts() if counts is None else counts
         if len(counts) < 2:
             return []
