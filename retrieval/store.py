@@ -86,6 +86,17 @@ def thumbnail_file(folder: Path, point_id: str) -> Path:
     """A point's thumbnail in a thumbnail folder (the service writes it; any forget deletes it)."""
     return folder / f"{point_id}.jpg"
 
+
+# Where a service told to keep uploads (VMEM_KEEP_UPLOADS) keeps each uploaded image's bytes, as sent, by point id,
+# in an embedded memory's folder: what `reembed_to` embeds it again from (a thumbnail is too small to).
+UPLOADS_DIR = "uploads"
+
+
+def upload_file(memory_folder: Path, point_id: str) -> Path:
+    """An uploaded point's original bytes in a memory's folder (the service writes them before the point; any
+    forget deletes them)."""
+    return memory_folder / UPLOADS_DIR / point_id
+
 # The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
 JOURNAL_COLLECTION_SUFFIX = "-journal"
 # Point ids per request when many points are read, deleted or edited by id (a Qdrant server refuses a request
@@ -1074,7 +1085,9 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
     copy = private / "memory"
     try:
         with _shared_open_lock(source):
-            needed, free = _allocated_bytes(source, follow_links=True), shutil.disk_usage(private).free
+            # The kept uploads are left out: a read-only service embeds none again, and they may be most of the folder
+            needed = _allocated_bytes(source, follow_links=True) - _allocated_bytes(source / UPLOADS_DIR, True)
+            free = shutil.disk_usage(private).free
             if free < needed + EDIT_HEADROOM_BYTES:
                 raise MemoryFullError(
                     f"a read-only service copies the memory ({needed / 1e6:,.1f} MB) into the temporary folder "
@@ -1082,7 +1095,8 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
                     "folder with room")
             copy.mkdir()
             try:
-                copy_folder_sparse(source, copy, leave_out=lambda path: path in (OPEN_LOCK_FILE, SERVED_FILE))
+                copy_folder_sparse(source, copy,
+                                   leave_out=lambda path: path in (OPEN_LOCK_FILE, SERVED_FILE, UPLOADS_DIR))
             except PermissionError as exc:
                 raise MemoryError(f"the memory at {source} cannot be read by this user ({exc.strerror}: "
                                   f"{exc.filename}): a read-only service copies every file of it") from None
@@ -1244,7 +1258,7 @@ class EdgeMemoryStore(MemoryStore):
                                       "build the memory again") from exc
                 raise
             _remove_dead_segment_builds(shard_path)
-            for folder in (self.path, self.path / THUMBNAILS_DIR):
+            for folder in (self.path, self.path / THUMBNAILS_DIR, self.path / UPLOADS_DIR):
                 for leftover in remove_stale_temporaries(folder):
                     log.warning("removed %s, left by a write that did not finish", leftover)
         self._any_excluded = self._count_excluded() > 0

@@ -35,7 +35,14 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
 from retrieval.files import write_atomically
-from retrieval.store import THUMBNAILS_DIR, IndexUpkeep, MemoryFullError, local_folder, thumbnail_file
+from retrieval.store import (
+    THUMBNAILS_DIR,
+    IndexUpkeep,
+    MemoryFullError,
+    local_folder,
+    thumbnail_file,
+    upload_file,
+)
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
 from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
@@ -305,6 +312,13 @@ class ClassifierService:
                                          also_in=[own / THUMBNAILS_DIR] if own is not None else [])
         if settings.thumbnail_dir is not None:  # a forget in another process deletes its points' thumbnails there too
             memory.note_thumbnail_folder(self.thumbnails.root)
+        # The memory folder each upload is kept in as sent (VMEM_KEEP_UPLOADS): a forget in any process deletes it there
+        self.keep_uploads_in: Path | None = None
+        if settings.keep_uploads:
+            if own is None:
+                raise ValueError("VMEM_KEEP_UPLOADS keeps uploaded images in an embedded memory's folder: this "
+                                 "memory has none")
+            self.keep_uploads_in = own
         memory.on_forget(self._forgotten)
         memory.on_relabel(lambda ids: self._edited())  # told before a large relabel re-indexes (seconds)
         memory.on_edited_elsewhere(self._edited_elsewhere)
@@ -414,6 +428,8 @@ class ClassifierService:
         if local_folder(self.memory.store.location) is not None and (
                 orphans := self.memory.remove_orphan_thumbnails(self.thumbnails.root)):
             log.info("removed %d thumbnails of points forgotten earlier", orphans)
+        if not self.memory.store.read_only and (orphans := self.memory.remove_orphan_uploads()):
+            log.info("removed %d uploaded images of points forgotten earlier", orphans)
         self.memory.featurizer.warm_up()
         self.ood_threshold(self.memory.vote_settings().k)
         self.ready = True
@@ -518,13 +534,17 @@ class ClassifierService:
         self.memory.check_added_labels(labels)  # before any thumbnail is kept
         names = self.memory.label_names  # a copy
         self.thumbnails.check_room(len(uploads))
+        self._check_room_for_uploads(uploads)
         kept: list[tuple[int, str]] = []
         failed: list[tuple[int, str]] = []
         result = AddResult(ids=[])
         for step in self._decoded_in_steps(enumerate(uploads), failed):
             sources = [uploads[i].source for i, _ in step]
             # Thumbnails first: once a point is searchable, its thumbnail must already be there.
-            for (_, img), src in zip(step, sources, strict=True):
+            for (i, img), src in zip(step, sources, strict=True):
+                if self.keep_uploads_in is not None:  # durable: the one copy an encoder can read again
+                    (kept_as_sent := upload_file(self.keep_uploads_in, point_id_for(src))).parent.mkdir(exist_ok=True)
+                    write_atomically(kept_as_sent, uploads[i].data)
                 self.thumbnails.save(point_id_for(src), img)
             done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step], sources=sources,
                                           tags={"added_via": "api"})
@@ -537,6 +557,22 @@ class ClassifierService:
         self.metrics.edits.labels("relabel").inc(len(result.relabelled))
         self._count_names_since(names)
         return ([(i, pid, labels[i], src) for (i, src), pid in zip(kept, result.ids, strict=True)], failed, result)
+
+    def _check_room_for_uploads(self, uploads: Sequence[Upload]) -> None:
+        """MemoryFullError (507) where the memory's disk has too little room to keep these uploads as sent
+        (VMEM_KEEP_UPLOADS), checked before anything is written, as the thumbnails' room is."""
+        if self.keep_uploads_in is None:
+            return
+        try:
+            free = shutil.disk_usage(self.keep_uploads_in).free
+        except OSError:
+            return
+        sent = sum(len(u.data) for u in uploads)
+        if free < (need := THUMBNAIL_HEADROOM_BYTES + sent):
+            raise MemoryFullError(f"the disk holding the memory {self.keep_uploads_in} has {free / 2**20:.0f} MB free, "
+                                  f"and keeping {len(uploads)} upload{'s' if len(uploads) != 1 else ''} as sent "
+                                  f"(VMEM_KEEP_UPLOADS) needs {need / 2**20:.0f} MB: nothing was added; free some "
+                                  "space, then retry (classify goes on)")
 
     def _decoded_in_steps(self, uploads: Iterable[tuple[int, Upload]],
                           failed: list[tuple[int, str]]) -> Iterator[list[tuple[int, Image.Image]]]:

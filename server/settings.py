@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     answer_log_max_mb: float = Field(
         default=DEFAULT_MAX_MB, ge=0, description=f"the answer log's size at which it is rotated (to FILE.1; "
         f"{DEFAULT_BACKUPS} older files kept, the oldest dropped); 0 never rotates")
+    keep_uploads: bool = Field(
+        default=False, description="keep each image added over HTTP as sent, in the memory's folder (MEMORY/uploads), "
+        "so that `vmem copy --featurizer` can embed it again with another encoder; a forget deletes it. Unset, only "
+        "a thumbnail is kept, and uploaded points are left out of such a move")
     thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
     source_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
@@ -153,6 +157,9 @@ class Settings(BaseSettings):
         if self.read_only and self.qdrant_url:
             raise ValueError("VMEM_READ_ONLY serves an embedded memory (VMEM_MEMORY); a Qdrant server's collection is "
                              "served by several services as it is")
+        if self.keep_uploads and (self.qdrant_url or self.memory == ":memory:"):
+            raise ValueError("VMEM_KEEP_UPLOADS keeps uploaded images in the embedded memory's folder: a memory "
+                             f"{'on a Qdrant server' if self.qdrant_url else 'in RAM'} has none")
         if self.auth_disabled:
             return self
         if self.api_key is None or not self.api_key.get_secret_value():

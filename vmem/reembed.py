@@ -3,8 +3,9 @@
 `VisualMemory.reembed_to` (`vmem copy --featurizer NAME`) is `copy_to` with new vectors: the same ids, labels
 (as relabelled), sources, tags, times added, label names, source roots and journal. What judged the old
 encoder's vectors is not carried: pruning marks, tuned vote settings and DMN streams (notes say so). A point
-with no image to embed (an upload, of which the memory keeps a 160-px thumbnail; imported vectors; a file moved
-or gone) is left out and listed. Nothing in the old memory changes.
+with no image to embed (an upload, of which the memory keeps only a 160-px thumbnail unless its service kept it as
+sent, VMEM_KEEP_UPLOADS; imported vectors; a file moved or gone) is left out and listed. Nothing in the old
+memory changes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from retrieval.store import (
     MemoryStoreError,
     StoredPoint,
     is_embedded_location,
+    local_folder,
     read_meta_file,
     same_location,
+    upload_file,
 )
 
 from .results import ReembedResult, SkippedPoint
@@ -48,12 +51,21 @@ PRUNING_KEYS = (EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY)
 NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY)
 
 
+def _image_of(point: StoredPoint, folder: Path | None) -> tuple[str | None, str | None]:
+    """(the file to embed a point again from, None) or (None, why it cannot be): an upload from the image a service
+    kept as sent (VMEM_KEEP_UPLOADS) in the memory's `folder`, any other point from its source."""
+    if point.source.startswith("upload:") and folder is not None and upload_file(folder, point.id).is_file():
+        return str(upload_file(folder, point.id)), None
+    return (point.source, None) if (why := _no_image(point.source)) is None else (None, why)
+
+
 def _no_image(source: str) -> str | None:
     """Why a point's source cannot be embedded again, or None where it names a file that is there."""
     if source.startswith("upload:"):
         # A service keeps a thumbnail of 160 px at most (VMEM_THUMBNAIL_SIZE), smaller than any encoder's input:
         # its features would be of another, blurred image.
-        return "uploaded: the memory keeps only a thumbnail of it, too small to embed again"
+        return ("uploaded: the memory keeps only a thumbnail of it, too small to embed again (a service keeps "
+                "uploads as sent with VMEM_KEEP_UPLOADS=true)")
     if source.startswith("import://"):
         return "imported as vectors: no image"
     if not is_local_source(source):
@@ -122,10 +134,15 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
                 meta.settings[REEMBEDDED_FROM_KEY] = origin
         result = ReembedResult(location=str(dest.location), featurizer=spec.name, from_featurizer=mine.name,
                                embedded=0, already_there=0, memory_points=0, seconds=0.0)
+        folder, uploads = local_folder(mem.store.location), []
         for page in mem.store.scroll(batch_size=SCROLL_PAGE):
-            _reembed_page(page, dest, feat, batch_size, num_workers, progress, result)
+            _reembed_page(page, dest, feat, batch_size, num_workers, progress, result, folder)
+            uploads += [p.id for p in page if p.source.startswith("upload:")]
         dest.flush()
         _carry_meta(mem, dest, notes)
+        # Those embedded again take their thumbnails and kept images along, as copy_to does
+        moved = set(uploads) - {s.id for s in result.skipped}
+        mem._copy_upload_thumbnails(dest, [i for i in uploads if i in moved], notes)
         # The history goes too, as copy_to carries it; and a run again forgets there what was forgotten here.
         history = dest.journal.not_held(mem.store.journal)
         result.forgotten = mem._forget_in_copy(dest, history, notes)
@@ -159,9 +176,11 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
 
 
 def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, batch_size: int,
-                  num_workers: int | None, progress: Callable[[int], None] | None, result: ReembedResult) -> None:
+                  num_workers: int | None, progress: Callable[[int], None] | None, result: ReembedResult,
+                  folder: Path | None) -> None:
     """Put one page of this memory's points into `dest`: those there already with this memory's payload (a run
-    resumed, or run again after relabels), the others embedded from their files."""
+    resumed, or run again after relabels), the others embedded from their files (uploads from those kept as sent
+    in the memory's `folder`)."""
     wanted = {p.id: {k: v for k, v in p.payload.items() if k not in (*PRUNING_KEYS, ROW_KEY)} for p in page}
     there = {p.id: p for p in dest.retrieve(list(wanted), with_vectors=True)}
     for pid, p in there.items():
@@ -174,20 +193,23 @@ def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, 
     dest.put(stale)
     result.already_there += len(there)
     todo: list[StoredPoint] = []
+    files: list[str] = []
     for p in page:
         if p.id in there:
             continue
         result.unpruned += _marks(p.payload)
-        if (why := _no_image(p.source)) is not None:
-            result.skipped.append(SkippedPoint(id=p.id, label=p.label, source=p.source, reason=why))
+        file, why = _image_of(p, folder)
+        if file is None:
+            result.skipped.append(SkippedPoint(id=p.id, label=p.label, source=p.source, reason=str(why)))
         else:
             todo.append(p)
+            files.append(file)
     if progress is not None:
         progress(len(page) - len(todo))
     if not todo:
         return
     feat.embed_as_stored()  # a run resumed stores the vectors one run whole would have
-    for res in feat.iter_embed([p.source for p in todo], batch_size, num_workers):
+    for res in feat.iter_embed(files, batch_size, num_workers):
         dest.put([StoredPoint(todo[i].id, wanted[todo[i].id], res.features[row]) for row, i in enumerate(res.indices)])
         result.embedded += len(res.indices)
         result.skipped += [SkippedPoint(id=todo[f.index].id, label=todo[f.index].label, source=todo[f.index].source,

@@ -51,6 +51,7 @@ from retrieval.files import (
     make_partial_folder,
     on_disk_spelling,
     remove_dead_partials,
+    write_atomically,
 )
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import (
@@ -74,6 +75,7 @@ from retrieval.store import (
     RELIABILITY_KEY,
     SCROLL_PAGE,
     THUMBNAILS_DIR,
+    UPLOADS_DIR,
     MemoryFullError,
     MemoryMeta,
     MemoryStoreError,
@@ -83,6 +85,7 @@ from retrieval.store import (
     read_meta_file,
     same_location,
     thumbnail_file,
+    upload_file,
 )
 from retrieval.text import canonical_label, label_forms, label_problem
 from retrieval.voting import fewest_to_win, wins_nearest
@@ -1416,6 +1419,7 @@ class VisualMemory:
         # Every target's, not only those still there: a forget killed before this line, run again, finds its
         # points gone but their thumbnails (an upload's only copy) still on disk.
         self._remove_thumbnails(list(targets))
+        self._remove_uploads(list(targets))  # the images kept as sent (VMEM_KEEP_UPLOADS) likewise
         if present and (emptied := {lab for lab in set(present.values()) if not self.store.count(label=lab)}):
             # Labels gone from the memory leave its DMN streams now, files included: they had left only at the
             # stream's next classify, and a stream not used again kept them. (The forget is made: logged.)
@@ -1495,6 +1499,35 @@ class VisualMemory:
                 log.warning("after a forget (made): %d thumbnail%s of forgotten points could not be deleted from %s "
                             "(%s): delete them there, or forget the same points again once it can be written",
                             len(failed), "s" if len(failed) > 1 else "", folder, failed[0].strerror or failed[0])
+
+    def _remove_uploads(self, ids: Sequence[str]) -> None:
+        """Delete the uploaded images kept of these points (VMEM_KEEP_UPLOADS), in the memory's folder: each is kept
+        by point id, so no other point's goes with it (the same bytes under another name are another point's file)."""
+        if (folder := local_folder(self.store.location)) is None or not (folder / UPLOADS_DIR).is_dir():
+            return
+        failed: list[OSError] = []
+        for pid in ids:
+            try:
+                upload_file(folder, pid).unlink(missing_ok=True)
+            except OSError as exc:  # the forget is made: say what it left, rather than fail it as not done
+                failed.append(exc)
+        if failed:
+            log.warning("after a forget (made): %d uploaded image%s of forgotten points could not be deleted from %s "
+                        "(%s): delete them there, or forget the same points again once it can be written",
+                        len(failed), "s" if len(failed) > 1 else "", folder / UPLOADS_DIR,
+                        failed[0].strerror or failed[0])
+
+    def remove_orphan_uploads(self) -> int:
+        """Delete the uploaded images kept in the memory's folder whose points are gone, as a forget killed midway
+        leaves them; returns how many. Call it with no add in flight: an upload is kept just before its point."""
+        if (folder := local_folder(self.store.location)) is None or not (kept := folder / UPLOADS_DIR).is_dir():
+            return 0
+        files = {f.name: f for f in kept.iterdir() if _is_uuid(f.name)}  # a point's id: vmem's files only
+        there = self.store.existing_ids(list(files))
+        gone = [f for pid, f in files.items() if pid not in there]
+        for f in gone:
+            f.unlink(missing_ok=True)
+        return len(gone)
 
     def remove_orphan_thumbnails(self, folder: str | Path | None = None) -> int:
         """Delete the thumbnails in `folder` (default: the memory's own, where the service keeps them) whose points
@@ -1952,7 +1985,9 @@ class VisualMemory:
         n = 0
         if copied:
             n = dest.delete_ids(copied)
-            VisualMemory(dest, reranker=None)._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
+            there = VisualMemory(dest, reranker=None)
+            there._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
+            there._remove_uploads(copied)  # and its image copied as sent
         if n:
             notes.append(f"{n:,} point{'s' if n > 1 else ''} an earlier copy put there {'were' if n > 1 else 'was'} "
                          "forgotten here since: forgotten there too")
@@ -1983,13 +2018,15 @@ class VisualMemory:
 
     def _copy_upload_thumbnails(self, dest: MemoryStore, ids: list[str], notes: list[str]) -> None:
         """Copy the thumbnails services kept of uploaded points, their only image, into `dest`'s folder (embedded),
-        where a service of `dest` finds them: a copy had left its uploads with no image."""
+        where a service of `dest` finds them: a copy had left its uploads with no image. The images kept as sent
+        (VMEM_KEEP_UPLOADS) go too."""
         if not ids:
             return
         folder = local_folder(dest.location)
         if folder is None:
             notes.append(f"{len(ids):,} uploaded points' thumbnails, their only images, stay in this memory's "
-                         "thumbnail folders: a memory on a server has no folder to take them")
+                         "thumbnail folders (and any kept as sent, in its folder): a memory on a server has no folder "
+                         "to take them")
             return
         target, kept, folders = folder / THUMBNAILS_DIR, 0, self._thumbnail_folders()
         for pid in ids:
@@ -2003,6 +2040,15 @@ class VisualMemory:
         if kept:
             notes.append(f"{kept:,} thumbnail{'s' if kept != 1 else ''} of uploaded points (their only images) "
                          "copied along")
+        originals = 0
+        if (own := local_folder(self.store.location)) is not None and (own / UPLOADS_DIR).is_dir():
+            for pid in ids:  # the images kept as sent (VMEM_KEEP_UPLOADS): the copy can be re-embedded too
+                if (found := upload_file(own, pid)).is_file() and not (there := upload_file(folder, pid)).is_file():
+                    there.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomically(there, found.read_bytes())  # whole or not at all: a copy cut short resumes
+                    originals += 1
+        if originals:
+            notes.append(f"{originals:,} uploaded image{'s' if originals != 1 else ''} kept as sent copied along")
 
     def _copy_dmn_streams(self, dest: MemoryStore) -> int:
         """Copy this memory's DMN dynamic memories (files under `dmn_home()`, keyed by memory) to `dest`'s;

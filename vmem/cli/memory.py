@@ -555,6 +555,8 @@ def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) ->
     # no add is in flight).
     if orphans := mem.remove_orphan_thumbnails():
         typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
+    if orphans := mem.remove_orphan_uploads():
+        typer.echo(f"removed {orphans} uploaded image{'s' if orphans > 1 else ''} of points forgotten earlier")
     if note:
         typer.echo(note, err=True)
     if n and (pruned := mem.store.meta.settings.get("pruning")):

@@ -1,0 +1,168 @@
+"""Images added over HTTP kept as sent (VMEM_KEEP_UPLOADS), so that a memory curated through the service moves to
+another encoder with its uploads: real Tiny-ImageNet JPEGs through a TestClient, a Lite0 memory re-embedded with
+Lite1, and every forget deleting the kept image with its point."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from retrieval import load_featurizer
+from retrieval.store import UPLOADS_DIR, open_read_only, upload_file
+from server import create_app
+from server.settings import Settings
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from vmem import VisualMemory
+
+pytestmark = pytest.mark.realdata
+AUTH = {"X-API-Key": API_KEY}
+GOLDFISH, STORK = "n01443537", "n02002724"
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture
+def photos(tiny_imagenet) -> dict[str, list[bytes]]:
+    """Three real JPEGs of each of two classes, as a client would send them."""
+    return {label: [p.read_bytes() for p in sorted((tiny_imagenet / "val" / label).glob("*.JPEG"))[:3]]
+            for label in (GOLDFISH, STORK)}
+
+
+@pytest.fixture(scope="module")
+def lite1():
+    return load_featurizer("efficientnet-lite1", device="cpu")
+
+
+@pytest.fixture
+def service(tmp_path, lite0, memory_images):
+    """service(keep_uploads=...) -> (a TestClient over a fresh embedded memory, the memory's folder).
+    `stop(client)` stops the service and closes its memory, as a host would before `vmem copy`."""
+    opened: dict[int, tuple[TestClient, VisualMemory]] = {}
+
+    def make(**overrides) -> tuple[TestClient, Path]:
+        folder = tmp_path / f"memory{len(opened)}"
+        mem = fill_memory(str(folder), lite0, memory_images)
+        client = TestClient(create_app(Settings(memory=str(folder), api_key=API_KEY, **overrides), memory=mem))
+        client.__enter__()
+        opened[id(client)] = (client, mem)
+        return client, folder
+
+    def stop(client: TestClient) -> None:
+        client, mem = opened.pop(id(client))
+        client.__exit__(None, None, None)
+        mem.close()
+
+    make.stop = stop  # type: ignore[attr-defined]
+    yield make
+    for client, mem in opened.values():
+        client.__exit__(None, None, None)
+        mem.close()
+
+
+def add(client: TestClient, label: str, images: list[bytes], names: list[str] | None = None) -> list[str]:
+    names = names or [f"photo{i}.jpg" for i in range(len(images))]
+    resp = client.post("/v1/memory", headers=AUTH, data={"label": label},
+                       files=[("images", (n, data, "image/jpeg")) for n, data in zip(names, images, strict=True)])
+    assert resp.status_code == 201, resp.text
+    return [p["id"] for p in resp.json()["added"]]
+
+
+def test_uploads_kept_as_sent_move_to_another_encoder_with_the_memory(service, photos, tmp_path, lite1):
+    client, folder = service(keep_uploads=True)
+    fish, storks = add(client, GOLDFISH, photos[GOLDFISH]), add(client, STORK, photos[STORK])
+    assert upload_file(folder, fish[0]).read_bytes() == photos[GOLDFISH][0]  # the bytes as sent, by point id
+    sent = sum(map(len, photos[GOLDFISH] + photos[STORK]))
+    assert client.app.state.service.memory.disk_usage()[UPLOADS_DIR] >= sent  # vmem info's disk counts them
+    service.stop(client)  # the service stopped, the memory is moved to Lite1 on the host
+    with VisualMemory.open(folder, reranker=None) as mem:
+        new, done = mem.reembed_to(tmp_path / "lite1", lite1)
+    with new:
+        assert [s.source for s in done.skipped] == []  # no upload left out
+        assert done.embedded == 12 + 6
+        vector = new.store.retrieve([fish[1]], with_vectors=True)[0].vector
+        # embedded from the bytes as sent (stored as float16)
+        np.testing.assert_allclose(vector, lite1.embed([photos[GOLDFISH][1]])[0], atol=1e-3)
+        assert new.classify([photos[STORK][2]], k=1)[0].label == STORK
+        # The new memory's service shows their thumbnails and can move them once more
+        assert upload_file(tmp_path / "lite1", storks[0]).read_bytes() == photos[STORK][0]
+        assert (tmp_path / "lite1" / "thumbnails" / f"{storks[0]}.jpg").is_file()
+
+
+def test_without_the_setting_uploads_are_left_out_of_a_move_and_say_how_to_keep_them(service, photos, tmp_path,
+                                                                                       lite1):
+    client, folder = service()
+    [fish] = add(client, GOLDFISH, photos[GOLDFISH][:1])
+    assert not (folder / UPLOADS_DIR).exists()  # only a thumbnail, as before
+    service.stop(client)
+    with VisualMemory.open(folder, reranker=None) as mem:
+        new, done = mem.reembed_to(tmp_path / "lite1", lite1)
+    new.close()
+    [skipped] = done.skipped
+    assert skipped.id == fish and "VMEM_KEEP_UPLOADS=true" in skipped.reason
+
+
+def test_every_forget_deletes_the_kept_image_and_the_history_keeps_none(service, photos):
+    client, folder = service(keep_uploads=True)
+    fish = add(client, GOLDFISH, photos[GOLDFISH])
+    # The same bytes under two names are two points, each with its own kept file: forgetting one keeps the other's
+    [again] = add(client, STORK, photos[GOLDFISH][:1], names=["copy.jpg"])
+    storks = add(client, STORK, photos[STORK])
+    kept = lambda ids: [upload_file(folder, i).is_file() for i in ids]  # noqa: E731
+
+    assert client.delete(f"/v1/memory/points/{fish[0]}", headers=AUTH).json()["deleted"] == 1
+    assert kept(fish) == [False, True, True] and kept([again]) == [True]
+    assert client.delete(f"/v1/memory?ids={fish[1]}&erase=true", headers=AUTH).json()["erased"]
+    assert kept(fish) == [False, False, True]
+    source = client.get(f"/v1/memory/points/{fish[2]}").json()["source"]
+    assert client.delete("/v1/memory", headers=AUTH, params={"source_prefix": source}).json()["deleted"] == 1
+    assert client.post("/v1/memory/forget-like", headers=AUTH,
+                       files={"image": ("q.jpg", photos[GOLDFISH][0], "image/jpeg")}).json()["deleted"] == 1
+    assert kept([again]) == [False] and kept(storks) == [True] * 3
+    assert client.delete(f"/v1/memory?label={STORK}&erase=true", headers=AUTH).json()["deleted"] == 3
+    assert list((folder / UPLOADS_DIR).iterdir()) == []
+    history = (folder / "journal.jsonl").read_bytes()
+    assert all(photo[-64:] not in history for photo in photos[GOLDFISH] + photos[STORK])
+
+
+def test_a_full_disk_is_refused_before_an_upload_is_kept(service, photos, monkeypatch):
+    client, folder = service(keep_uploads=True)
+    usage = namedtuple("usage", "total used free")
+    # Room for the thumbnails and the engine, not for the images as sent
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, (8 << 20) + 1000 if Path(path) == folder
+                                                                 else 10 << 30))
+    resp = client.post("/v1/memory", headers=AUTH, data={"label": GOLDFISH},
+                       files=[("images", ("big.jpg", photos[GOLDFISH][0] + b"\0" * 4096, "image/jpeg"))])
+    assert resp.status_code == 507, resp.text
+    assert "VMEM_KEEP_UPLOADS" in resp.json()["detail"] and "nothing was added" in resp.json()["detail"]
+    assert client.get("/v1/memory/stats").json()["points"] == 12 and not (folder / UPLOADS_DIR).exists()
+
+
+def test_backups_and_copies_take_the_kept_images_and_a_read_only_replica_leaves_them(service, photos, tmp_path):
+    client, folder = service(keep_uploads=True)
+    [fish] = add(client, GOLDFISH, photos[GOLDFISH][:1])
+    mem = client.app.state.service.memory
+    mem.backup(tmp_path / "backup")
+    assert upload_file(tmp_path / "backup", fish).read_bytes() == photos[GOLDFISH][0]
+    copy, notes = mem.copy_to(tmp_path / "copy")
+    copy.close()
+    assert upload_file(tmp_path / "copy", fish).is_file() and "1 uploaded image kept as sent copied along" in notes
+    replica = open_read_only(tmp_path / "backup")
+    try:  # it classifies only: the images as sent stay out of its private copy
+        assert replica.count() == 13 and not (replica.path / UPLOADS_DIR).exists()
+    finally:
+        replica.close()
+
+
+@pytest.mark.parametrize("where", [{"qdrant_url": "http://127.0.0.1:6333"}, {"memory": ":memory:"}])
+def test_keeping_uploads_needs_a_memory_with_a_folder(where):
+    with pytest.raises(ValueError, match="VMEM_KEEP_UPLOADS keeps uploaded images in the embedded memory's folder"):
+        Settings(api_key=API_KEY, keep_uploads=True, **where)
