@@ -12,6 +12,9 @@ const byLabel = (o) => Object.assign(Object.create(null), o || {});
 let perLabel = byLabel(); // points per label, from the last stats
 let labelsByPoints = []; // its labels, most points first (a JS object lists integer-like keys first: "7" before all)
 let labelNames = byLabel(); // label -> name, from the last stats
+// label -> its `few_points` entry, from the last stats: too few points to win the default vote against a fuller label
+// near it, even as a query's nearest neighbours (README, "A class of a few images")
+let fewPoints = byLabel();
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
 
 // What a status means when the answer is not the service's own (a proxy's HTML page, e.g. nginx's defaults).
@@ -74,15 +77,35 @@ async function loadStats() {
   perLabel = byLabel(s.per_label);
   labelsByPoints = Object.keys(perLabel).sort((a, b) => perLabel[b] - perLabel[a] || (a < b ? -1 : a > b ? 1 : 0));
   labelNames = byLabel(s.label_names);
+  fewPoints = byLabel(Object.fromEntries((s.few_points || []).map((f) => [f.label, f])));
+  showFewPoints(s.few_points || [], s.few_points_total || 0);
   listLabels();
   fillLabelOptions();
   loadHistory();
-  $("stats").textContent = `${plural(s.points, "point")} · ${plural(s.labels, "label")} · ${s.featurizer.name} ` +
-    `(${s.backend})`;
+  $("stats").textContent = `${plural(s.points, "point")} · ${plural(s.labels, "label")}` +
+    (s.few_points_total ? ` (${s.few_points_total} with too few points to win the vote)` : "") +
+    ` · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
   $("erase-label").title = $("erase").disabled ? "a memory on a Qdrant server is rewritten when the server decides" : "";
   showReadOnly(s.read_only);
+}
+
+// Above the labels' list: which labels the default vote seldom answers, and what to do (the list marks them).
+function showFewPoints(few, total) {
+  const note = $("few-points-note");
+  note.hidden = total === 0;
+  if (total === 0) note.textContent = "";
+  else if (total === 1) {
+    const f = few[0];
+    note.textContent = `${named(f.label, labelNames[f.label])} has too few points to win the default ${f.rule} vote ` +
+      `of k = ${f.k} against a fuller label near it (${f.points} of ${f.needed}): add images of it, or classify ` +
+      `with k = ${f.k_that_fits} or less.`;
+  } else {
+    note.textContent = `${total} labels have too few points to win the default ${few[0].rule} vote of k = ` +
+      `${few[0].k} against a fuller label near them (marked “too few”): add images of them, or classify with a ` +
+      "smaller k.";
+  }
 }
 
 // A memory served read-only (`vmem serve --read-only`) takes no edit: the page says so, and offers none (each Forget
@@ -303,6 +326,13 @@ function render(result) {
   if (result.out_of_distribution) badge("out of distribution", "warn", "unlike anything the memory holds");
   badge(`${result.vote.rule} vote, k=${result.vote.k}`, "", `settings from: ${result.vote.origin}`);
   if (result.cached) badge("cached", "");
+  // The nearest neighbour's label lost the vote for having too few points at this k: say so, and offer the k at
+  // which its points win (the vote's own k, above it, only grows harder for them to win).
+  const nearest = result.neighbors[0];
+  const few = nearest && fewPoints[nearest.label];
+  const outvoted = few && !result.reranked && result.label !== nearest.label && result.vote.rule === few.rule
+    && result.vote.k > few.k_that_fits ? few : null;
+  showFewAnswer(outvoted, nearest);
 
   const scores = $("scores");
   scores.replaceChildren();
@@ -330,12 +360,31 @@ function render(result) {
     : `${named(result.label, result.label_name)}` + (top !== undefined ? `, ${(top * 100).toFixed(1)} % of the vote` : "")
       + ` of ${plural(result.neighbors.length, "neighbour")}`
       + (result.reranked ? ", re-ranked" : result.fallback_reason ? `; the vote was used: ${result.fallback_reason}` : "")
-      + (result.out_of_distribution ? "; out of distribution" : ""));
+      + (result.out_of_distribution ? "; out of distribution" : "")
+      + (outvoted ? `; the nearest neighbour is ${named(nearest.label, nearest.label_name)}, too few points to win at `
+        + "this k" : ""));
   // On a phone the answer is below the query: bring it into view, or only the button's flicker says it came.
   const box = $("answer").getBoundingClientRect();
   if (window.matchMedia("(max-width: 760px)").matches && box.top > window.innerHeight * 0.6) {
     $("answer").scrollIntoView({ behavior: scrollBehavior(), block: "start" });
   }
+}
+
+function showFewAnswer(few, nearest) {
+  const note = $("few-answer");
+  note.hidden = !few;
+  if (!few) { note.replaceChildren(); return; }
+  const retry = document.createElement("button");
+  retry.type = "button";
+  retry.textContent = `Classify with k = ${few.k_that_fits}`;
+  retry.addEventListener("click", () => {
+    $("k").value = String(few.k_that_fits);
+    $("k").focus(); // this button goes with the answer: the keyboard goes to the k it set
+    classify();
+  });
+  note.replaceChildren(`The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
+    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${few.k}. Add images of it, or `,
+    retry);
 }
 
 // "Egyptian cat (n02124075)" where the memory names its labels; the label alone where it does not.
@@ -427,7 +476,7 @@ function listLabels(say = false) {
     li.dataset.label = label;
     const n = document.createElement("span");
     n.className = "muted";
-    n.textContent = String(count);
+    n.textContent = fewPoints[label] ? `${count} · too few` : String(count); // said in words: the note above says why
     li.append(labelLink(label, name, named(label, name)), n);
     list.appendChild(li);
   }
