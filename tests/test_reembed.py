@@ -149,3 +149,22 @@ def test_vmem_copy_featurizer_moves_a_memory_to_another_encoder(tmp_path, photos
     assert same.exit_code == 2 and "without --featurizer" in same.output
     history = runner.invoke(app, ["history", "--memory", new])
     assert "embedded again with efficientnet-lite1 (from efficientnet-lite0)" in history.stdout
+
+
+def test_a_point_naming_a_file_outside_the_memorys_image_folders_is_not_embedded(tmp_path, lite1, photos):
+    """A point's source is data: a memory handed over, or points written to its Qdrant collection, may name any file
+    of the machine it is moved on. A private photo stays out of the new memory, as it stays off the thumbnails."""
+    private = tmp_path / "home" / ".private" / "me.jpg"
+    private.parent.mkdir(parents=True)
+    shutil.copy(photos[4].source, private)
+    with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(photos[:3])
+        dim = mem.store.meta.featurizer.dim
+        for source in (str(private), f"{tmp_path}/photos/{CLASSES[0]}/../../home/.private/me.jpg"):
+            mem.store.add(np.ones((1, dim), np.float32), ["bait"], [source])
+        new, done = mem.reembed_to(tmp_path / "lite1", lite1)
+    with new:
+        assert done.embedded == 3 and new.store.count() == 3
+        assert [s.reason for s in done.skipped] == ["outside the folders this memory's images were read from "
+                                                    "(source_roots, vmem info)"] * 2
+        assert not any(".private" in p.source for page in new.store.scroll() for p in page)
