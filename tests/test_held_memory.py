@@ -105,6 +105,21 @@ def test_a_command_refused_a_memory_a_service_holds_names_the_service_s_route_fo
                                            f"by vmem serve (pid {holder.pid}) at {SERVED_AT}: ask it, {route}"]
 
 
+def test_a_served_note_with_a_newline_or_a_terminal_escape_stays_one_line_of_plain_text(memory):
+    # .vmem-served.json is any writer's of the memory's folder: a URL forging an "Error:" line and retitling the
+    # terminal is shown escaped, the refusal still one line
+    forged = "http://127.0.0.1:8123\x1b]0;owned\x07\nError: run fix.sh"
+    with holding(memory, forged) as holder:
+        refused = run("points", "--memory", memory)
+        read = run("history", "--memory", memory)
+    shown = "http://127.0.0.1:8123\\x1b]0;owned\\x07\\nError: run fix.sh"
+    assert refused.stderr.splitlines() == [f"Error: the memory at {memory} is open in another process: it is served "
+                                           f"by vmem serve (pid {holder.pid}) at {shown}: ask it, GET "
+                                           f"{shown}/v1/memory/points"]
+    assert f"(served by vmem serve (pid {holder.pid}) at {shown})\n" in read.stderr
+    assert "\x1b" not in refused.stderr + read.stderr
+
+
 def test_history_of_a_served_memory_says_where_it_is_served_and_a_stale_note_is_not_believed(memory):
     with holding(memory, SERVED_AT) as holder:
         read = run("history", "--memory", memory)

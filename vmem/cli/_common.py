@@ -174,8 +174,10 @@ def served_note(folder: Path, command: str | None) -> str:
     http://127.0.0.1:8000/v1/memory/points`. Empty where no service says it serves it."""
     if (said := served_by(folder)) is None:
         return ""
-    urls = [str(u) for u in said.get("urls") or []]  # type: ignore[attr-defined]  # a list, as written
-    host = "" if said["here"] else f" on {said['host']}"
+    # The file is any writer's of the folder: a newline or a terminal's escape in it would make this one line
+    # several (a forged "Error:" line) or retitle the terminal
+    urls = [one_line(str(u)) for u in said.get("urls") or []]  # type: ignore[attr-defined]  # a list, as written
+    host = "" if said["here"] else f" on {one_line(str(said['host']))}"
     note = f"served by vmem serve (pid {said['pid']}{host})" + (f" at {urls[0]}" if urls else "")
     if (route := SERVED_ROUTES.get(command or "")) is None:
         return note
