@@ -168,3 +168,26 @@ def test_a_point_naming_a_file_outside_the_memorys_image_folders_is_not_embedded
         assert [s.reason for s in done.skipped] == ["outside the folders this memory's images were read from "
                                                     "(source_roots, vmem info)"] * 2
         assert not any(".private" in p.source for page in new.store.scroll() for p in page)
+
+
+def test_what_vmem_copy_featurizer_leaves_out_is_said_one_line_a_point(tmp_path, photos):
+    # A memory handed over may hold any label, and a file's name may hold a newline: neither starts a line of its
+    # own nor reaches the terminal as an escape
+    broken = tmp_path / "photos" / CLASSES[0] / "broken\nError: forged.jpg"
+    broken.write_bytes(b"not an image")
+    with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(photos[:2])
+        dim = mem.store.meta.featurizer.dim
+        [gone] = mem.store.add(np.ones((1, dim), np.float32), ["cat\x1b]0;owned\x07\nError: forged"],
+                               [photos[2].source + ".moved"])
+        [bad] = mem.store.add(np.ones((1, dim), np.float32), [CLASSES[0]], [str(broken)])
+    result = CliRunner().invoke(app, ["copy", "--memory", tmp_path / "lite0", "--to-memory", tmp_path / "lite1",
+                                      "--featurizer", "efficientnet-lite1"])
+    assert result.exit_code == 0, result.output
+    left = sorted(line.strip() for line in re.split(r"[\r\n]", result.stderr) if line.strip().startswith("left out"))
+    assert left == sorted([
+        f"left out {gone} (cat\\x1b]0;owned\\x07\\nError: forged) {photos[2].source}.moved: no such file (moved or "
+        "deleted?)",
+        f"left out {bad} ({CLASSES[0]}) {tmp_path}/photos/{CLASSES[0]}/broken\\nError: forged.jpg: not a recognised "
+        "image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ICO or AVIF)"])
+    assert "\x1b" not in result.stderr

@@ -224,7 +224,8 @@ def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, 
         dest.put([StoredPoint(todo[i].id, wanted[todo[i].id], res.features[row]) for row, i in enumerate(res.indices)])
         result.embedded += len(res.indices)
         result.skipped += [SkippedPoint(id=todo[f.index].id, label=todo[f.index].label, source=todo[f.index].source,
-                                        reason=f.reason) for f in res.failures]
+                                        reason=f.reason.removeprefix(f"{todo[f.index].source}: "))  # named beside it
+                           for f in res.failures]
         if progress is not None:
             progress(len(res.indices) + len(res.failures))
 

@@ -798,7 +798,9 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
                     raise
                 raise problem from exc
             for s in done.skipped[:20]:
-                bar.write(f"  left out {s.id} ({s.label}) {one_line(s.source)}: {s.reason}", file=sys.stderr)
+                # A memory handed over may hold any label; a file's name, any character
+                bar.write(f"  left out {s.id} ({one_line(s.label)}) {one_line(s.source)}: {one_line(s.reason)}",
+                          file=sys.stderr)
             if len(done.skipped) > 20:
                 bar.write(f"  ... and {len(done.skipped) - 20:,} more (vmem points --source of each)", file=sys.stderr)
             for note in done.notes:
