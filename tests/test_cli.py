@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import open_store, point_id_for
-from tests.conftest import make_image, make_scene, reencoded
+from retrieval import FeaturizerSpec, Preprocessing, open_store, point_id_for
+from tests.conftest import make_image, make_scene, random_unit_vectors, reencoded
 from vmem import VisualMemory
 from vmem.cli import app
 
@@ -132,6 +132,21 @@ def test_a_new_class_of_too_few_images_beside_fuller_ones_is_said_to_be_outvoted
         (tmp_path / "more" / new / image.name).symlink_to(image)
     grown = run("build", tmp_path / "more", "--memory", memory, "--workers", "0")
     assert grown.exit_code == 0 and "2 added" in grown.stdout and "note:" not in grown.output
+    assert json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"] == []
+
+
+def test_info_shows_a_memory_whose_tuned_vote_this_vmem_cannot_read(tmp_path):
+    # A memory tuned by a newer vmem, or handed over with its vmem.json edited: info is where to see its settings
+    memory = tmp_path / "memory"
+    store = open_store(memory, FeaturizerSpec(name="test-encoder", dim=16,
+                                              preprocessing=Preprocessing(resize=256, crop=224)))
+    store.add(random_unit_vectors(3, 16, seed=1), ["cat", "cat", "dog"], ["/a/1.jpg", "/a/2.jpg", "/a/3.jpg"])
+    with store.meta_edit() as meta:
+        meta.settings["vote"] = {"rule": "majority", "k": 7}
+    store.close()
+    shown = run("info", "--memory", memory)
+    assert shown.exit_code == 0, shown.output
+    assert '"vote": {"rule": "majority", "k": 7}' in shown.stdout
     assert json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"] == []
 
 

@@ -2411,7 +2411,12 @@ class VisualMemory:
         Example:
             >>> for few in mem.few_point_labels(): print(few.note)
         """
-        settings = self.vote_settings()
+        try:
+            settings = self.vote_settings()
+        except ValueError:
+            # Tuned settings this vmem cannot read (a rule of a newer vmem's, a vmem.json edited): no vote to
+            # judge, and vmem info, which shows them, had ended in a traceback
+            return []
         if counts is None and labels is not None:
             # Counting every label takes ~1 s at 50,000 labels after each write: only where a label asked about
             # has fewer points than win against a label filling all the k is the fullest other label needed, and
