@@ -197,12 +197,30 @@ def mark_served(folder: str | Path, urls: Sequence[str]) -> Path:
     return path
 
 
+# Far more than `mark_served` writes (a pid, a host, a few URLs)
+_MOST_NOTE_BYTES = 64 * 1024
+
+
+def _read_note(path: Path) -> bytes:
+    """A note's bytes, read only where it is a plain file of a note's size: the folder is any writer's, and a
+    link to /dev/zero had been read until memory ran out, a FIFO waited on for a writer forever, by every
+    command refused the memory. OSError or ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a file")
+        data = f.read(_MOST_NOTE_BYTES + 1)
+    if len(data) > _MOST_NOTE_BYTES:
+        raise ValueError(f"{path} is larger than a note")
+    return data
+
+
 def served_by(folder: str | Path) -> dict[str, object] | None:
     """What `mark_served` wrote in the folder (pid, host, urls, since; and here: whether that host is this one),
     if the service that wrote it may still run: None where there is no such file, it cannot be read, or its
     process, of this host, is gone."""
     try:
-        said = json.loads((Path(folder) / SERVED_FILE).read_text(encoding="utf-8"))
+        said = json.loads(_read_note(Path(folder) / SERVED_FILE))
         pid, start, host = int(said["pid"]), int(said.get("start") or 0), str(said["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

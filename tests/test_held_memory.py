@@ -7,6 +7,8 @@ commands that need the engine say where the memory is served and which route ans
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -118,6 +120,24 @@ def test_a_served_note_with_a_newline_or_a_terminal_escape_stays_one_line_of_pla
                                            f"{shown}/v1/memory/points"]
     assert f"(served by vmem serve (pid {holder.pid}) at {shown})\n" in read.stderr
     assert "\x1b" not in refused.stderr + read.stderr
+
+
+@pytest.mark.parametrize("planted", ["a FIFO", "a note larger than vmem serve writes"])
+def test_a_served_note_that_is_no_note_of_vmem_serve_s_is_not_read(memory, planted):
+    # Read by every command refused the memory: a FIFO had been waited on for a writer forever, and a link to
+    # /dev/zero read until memory ran out. Not what vmem serve writes, so not believed: refused at once
+    note = memory / ".vmem-served.json"
+    with holding(memory) as holder:
+        if planted == "a FIFO":
+            os.mkfifo(note)
+        else:
+            note.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                        "urls": [f"http://127.0.0.1:{port}" for port in range(8000, 18000)]}))
+        refused = subprocess.run([sys.executable, "-m", "vmem", "points", "--memory", str(memory)], cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 75, refused.stderr
+    assert refused.stderr.startswith(f"Error: the memory at {memory} is open in another process")
+    assert f"pid {holder.pid}" not in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_history_of_a_served_memory_says_where_it_is_served_and_a_stale_note_is_not_believed(memory):
