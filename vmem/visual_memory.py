@@ -318,6 +318,20 @@ def _imagenet_names() -> dict[str, str]:
     return imagenet_label_names()  # read once: a 1,000-line file each add would be waste
 
 
+def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
+    """Delete files of forgotten points (their thumbnails, their uploads kept as sent). One that cannot be deleted
+    is said, not raised: the forget is made, and failing it would say it was not."""
+    failed: list[OSError] = []
+    for file in files:
+        try:
+            file.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append(exc)
+    if failed:
+        log.warning("after a forget (made): %d %s%s of forgotten points could not be deleted from %s (%s): delete "
+                    "them there, or forget the same points again once it can be written", len(failed), what,
+                    "s" if len(failed) > 1 else "", folder, failed[0].strerror or failed[0])
+
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
 
@@ -1489,33 +1503,14 @@ class VisualMemory:
         """Delete the thumbnails services kept of these points (`_thumbnail_folders`): an upload's is its only copy,
         and a forget outside the service (vmem forget --erase) left it there."""
         for folder in self._thumbnail_folders():
-            failed: list[OSError] = []
-            for pid in ids:
-                try:
-                    thumbnail_file(folder, pid).unlink(missing_ok=True)
-                except OSError as exc:  # the forget is made: say what it left, rather than fail it as not done
-                    failed.append(exc)
-            if failed:
-                log.warning("after a forget (made): %d thumbnail%s of forgotten points could not be deleted from %s "
-                            "(%s): delete them there, or forget the same points again once it can be written",
-                            len(failed), "s" if len(failed) > 1 else "", folder, failed[0].strerror or failed[0])
+            _delete_after_forget([thumbnail_file(folder, pid) for pid in ids], "thumbnail", folder)
 
     def _remove_uploads(self, ids: Sequence[str]) -> None:
         """Delete the uploaded images kept of these points (VMEM_KEEP_UPLOADS), in the memory's folder: each is kept
         by point id, so no other point's goes with it (the same bytes under another name are another point's file)."""
         if (folder := local_folder(self.store.location)) is None or not (folder / UPLOADS_DIR).is_dir():
             return
-        failed: list[OSError] = []
-        for pid in ids:
-            try:
-                upload_file(folder, pid).unlink(missing_ok=True)
-            except OSError as exc:  # the forget is made: say what it left, rather than fail it as not done
-                failed.append(exc)
-        if failed:
-            log.warning("after a forget (made): %d uploaded image%s of forgotten points could not be deleted from %s "
-                        "(%s): delete them there, or forget the same points again once it can be written",
-                        len(failed), "s" if len(failed) > 1 else "", folder / UPLOADS_DIR,
-                        failed[0].strerror or failed[0])
+        _delete_after_forget([upload_file(folder, pid) for pid in ids], "uploaded image", folder / UPLOADS_DIR)
 
     def remove_orphan_uploads(self) -> int:
         """Delete the uploaded images kept in the memory's folder whose points are gone, as a forget killed midway
