@@ -148,6 +148,13 @@ def test_info_shows_a_memory_whose_tuned_vote_this_vmem_cannot_read(tmp_path):
     assert shown.exit_code == 0, shown.output
     assert '"vote": {"rule": "majority", "k": 7}' in shown.stdout
     assert json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"] == []
+    # Classify says what is wrong and how to mend it (it had blamed --rule, an option no one gave)
+    unreadable = r"tuned vote settings .* cannot be read by this vmem: rule: .*vmem tune --reset"
+    with VisualMemory(open_store(memory), reranker=None) as mem, pytest.raises(ValueError, match=unreadable):
+        mem.vote_settings()
+    assert run("tune", "--reset", "--memory", memory).exit_code == 0
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        assert mem.vote_settings().rule == "rank"
 
 
 def test_classify_json_is_attributable_to_memory_points(built, image_folder):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, get_args, overload
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from retrieval import (
     BuildReport,
@@ -179,7 +180,14 @@ def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
                 _SAID_OUT_OF_BOUNDS.add((name, value))
                 log.warning("this memory's tuned %s (%g) is above %g, the most vote settings take now: using %g; "
                             "run vmem tune again", name, value, high, high)
-    return VoteSettings(**{**bounded, "origin": "memory"})
+    try:
+        return VoteSettings(**{**bounded, "origin": "memory"})
+    except ValidationError as exc:  # a rule of a newer vmem's, a vmem.json edited: not an option the user gave
+        problem = exc.errors()[0]
+        field = problem["loc"][0] if problem["loc"] else "vote"
+        raise ValueError(f"this memory's tuned vote settings ({tuned}, stored by vmem tune) cannot be read by this "
+                         f"vmem: {field}: {problem['msg']}; run vmem tune again, or vmem tune --reset (back to the "
+                         "defaults), or use the vmem that tuned it") from None
 
 
 def _asked(image: Any) -> Asked:
