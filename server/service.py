@@ -477,23 +477,28 @@ class ClassifierService:
             return
         self.metrics.memory_points.set(self.memory.store.count())
         self.metrics.memory_labels.set(len(self.memory.store.label_counts()))
-        try:
-            self._index_upkeep = self.memory.store.index_upkeep(wait=False)
-        except TimeoutError:  # a backup holds the writes: the last count stays, counted again at the next scrape
-            return
-        self._sizes_counted_at = self._upkeep_counted_at = generation
+        if self._count_upkeep(generation):  # else a backup holds the writes: counted again at the next scrape
+            self._sizes_counted_at = generation
 
     def index_upkeep(self) -> IndexUpkeep | None:
         """The memory's index against its points, counted again after an edit or an erase (the page asks for stats
         every few seconds, and each count flushes the engine); while a backup or an edit holds the memory's writes,
         as counted last: a stats request on an embedding thread had waited for the backup's whole copy."""
-        generation = self._points_generation, self._erases
-        if self.backend == "embedded" and generation == self._upkeep_counted_at:
-            return self._index_upkeep
-        with contextlib.suppress(TimeoutError):
-            self._index_upkeep = self.memory.store.index_upkeep(wait=False)
-            self._upkeep_counted_at = generation
+        self._count_upkeep((self._points_generation, self._erases))
         return self._index_upkeep
+
+    def _count_upkeep(self, generation: tuple[int, int]) -> bool:
+        """Count the index's upkeep for stats and the gauges alike, unless counted at this `generation` already
+        (an embedded memory changes only through this process); False where a backup or an edit holds the
+        memory's writes, the last count kept."""
+        if self.backend == "embedded" and generation == self._upkeep_counted_at:
+            return True
+        try:
+            self._index_upkeep = self.memory.store.index_upkeep(wait=False)
+        except TimeoutError:
+            return False
+        self._upkeep_counted_at = generation
+        return True
 
     # ------------------------------------------------------------------ edits
 
