@@ -35,7 +35,7 @@ from retrieval.store import (
 )
 
 from .results import ReembedResult, SkippedPoint
-from .visual_memory import _journal_location
+from .visual_memory import _journal_location, carry_meta
 
 if TYPE_CHECKING:
     from retrieval import Featurizer, FeaturizerSpec, IndexSettings
@@ -246,15 +246,7 @@ def _carry_meta(mem: VisualMemory, dest: MemoryStore, notes: list[str]) -> None:
 
     mine = mem.store.meta
     with dest.meta_edit() as meta:
-        meta.label_names = {**meta.label_names, **mine.label_names}
-        for key, value in mine.settings.items():
-            if key in NOT_CARRIED_SETTINGS:
-                continue
-            if key == "source_roots":
-                roots = meta.settings.setdefault("source_roots", [])
-                roots += [r for r in value if r not in roots]
-            else:
-                meta.settings.setdefault(key, value)
+        carry_meta(mine, meta, skip=NOT_CARRIED_SETTINGS)
     if vote := mine.settings.get("vote"):
         notes.append(f"the vote settings tuned for {mine.featurizer.name} ({vote.get('rule')}, k={vote.get('k')}) "
                      "were not carried: a new encoder's similarities differ; tune the new memory (vmem tune)")

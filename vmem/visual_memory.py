@@ -326,6 +326,21 @@ def _imagenet_names() -> dict[str, str]:
     return imagenet_label_names()  # read once: a 1,000-line file each add would be waste
 
 
+
+def carry_meta(mine: MemoryMeta, meta: MemoryMeta, skip: Sequence[str] = ()) -> None:
+    """A memory's label names and settings into a copy's `meta` (`copy_to`, `reembed_to`), but for the `skip`
+    keys: source roots joined, the copy's own tuned settings kept over these."""
+    meta.label_names = {**meta.label_names, **mine.label_names}
+    for key, value in mine.settings.items():
+        if key in skip:
+            continue
+        if key == "source_roots":
+            roots = meta.settings.setdefault("source_roots", [])
+            roots += [r for r in value if r not in roots]
+        else:
+            meta.settings.setdefault(key, value)  # the destination's own tuned settings win
+
+
 def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
     """Delete files of forgotten points (their thumbnails, their uploads kept as sent). One that cannot be deleted
     is said, not raised: the forget is made, and failing it would say it was not."""
@@ -1892,16 +1907,8 @@ class VisualMemory:
                 uploads += [p.id for p in batch if str(p.payload.get("source", "")).startswith("upload:")]
                 if progress is not None:
                     progress(len(batch))
-            meta, mine = dest.meta, self.store.meta
-            meta.label_names = {**meta.label_names, **mine.label_names}
-            for key, value in mine.settings.items():
-                if key == THUMBNAIL_FOLDERS_KEY:  # this memory's services' folders: a forget there is not one here
-                    continue
-                if key == "source_roots":
-                    roots = meta.settings.setdefault("source_roots", [])
-                    roots += [r for r in value if r not in roots]
-                else:
-                    meta.settings.setdefault(key, value)  # the destination's own tuned settings win
+            # Not this memory's services' thumbnail folders: a forget there is not one here
+            carry_meta(self.store.meta, dest.meta, skip=(THUMBNAIL_FOLDERS_KEY,))
             dest.save_meta()
             # The history goes too: a memory moved to a server still says what was forgotten, and when.
             history = dest.journal.not_held(self.store.journal)
