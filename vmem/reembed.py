@@ -159,15 +159,8 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
         moved = set(uploads) - {s.id for s in result.skipped}
         mem._copy_upload_thumbnails(dest, [i for i in uploads if i in moved], notes)
         # The history goes too, as copy_to carries it; and a run again forgets there what was forgotten here.
-        history = dest.journal.not_held(mem.store.journal)
-        result.forgotten = mem._forget_in_copy(dest, history, notes)
-        dest.journal.carry_from(mem.store.journal, history)
-        dest.journal.record("copy", points=result.embedded + result.already_there,
-                            selector={"from": _journal_location(mem.store.location)}, via=mem.via, detail={
-                                "from_key": mem.store.key,
-                                "reembedded": {"from": mine.name, "to": spec.name, "embedded": result.embedded,
-                                               "skipped": len(result.skipped)},
-                                **({"forgotten": result.forgotten} if result.forgotten else {})})
+        result.forgotten = mem._carry_history(dest, result.embedded + result.already_there, notes, reembedded={
+            "from": mine.name, "to": spec.name, "embedded": result.embedded, "skipped": len(result.skipped)})
         dest.flush()
         dest.optimize()
     except BaseException:

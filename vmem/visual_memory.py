@@ -1910,16 +1910,7 @@ class VisualMemory:
             # Not this memory's services' thumbnail folders: a forget there is not one here
             carry_meta(self.store.meta, dest.meta, skip=(THUMBNAIL_FOLDERS_KEY,))
             dest.save_meta()
-            # The history goes too: a memory moved to a server still says what was forgotten, and when.
-            history = dest.journal.not_held(self.store.journal)
-            # A copy run again (a replica, a backup) forgets there what was forgotten here since: the history it
-            # carries says so, and the points an earlier copy put there had stayed. Done before the entries are
-            # carried, so that a copy cut short says no forget it has not made.
-            forgotten = self._forget_in_copy(dest, history, notes)
-            dest.journal.carry_from(self.store.journal, history)
-            dest.journal.record("copy", points=copied, selector={"from": _journal_location(self.store.location)},
-                                via=self.via, detail={"from_key": self.store.key,
-                                                      **({"forgotten": forgotten} if forgotten else {})})
+            self._carry_history(dest, copied, notes)
             if streams := self._copy_dmn_streams(dest):
                 notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
             self._copy_upload_thumbnails(dest, uploads, notes)
@@ -1973,6 +1964,21 @@ class VisualMemory:
         new = VisualMemory(dest, feat)
         new.via = self.via
         return new, result
+
+    def _carry_history(self, dest: MemoryStore, points: int, notes: list[str], **detail: Any) -> int:
+        """This memory's journal into a copy of it (`copy_to`, `reembed_to`), and the copy's own entry (`points`
+        copied, `detail`); returns how many points it forgot there."""
+        # The history goes too: a memory moved to a server still says what was forgotten, and when.
+        history = dest.journal.not_held(self.store.journal)
+        # A copy run again (a replica, a backup) forgets there what was forgotten here since: the history it
+        # carries says so, and the points an earlier copy put there had stayed. Done before the entries are
+        # carried, so that a copy cut short says no forget it has not made.
+        forgotten = self._forget_in_copy(dest, history, notes)
+        dest.journal.carry_from(self.store.journal, history)
+        dest.journal.record("copy", points=points, selector={"from": _journal_location(self.store.location)},
+                            via=self.via, detail={"from_key": self.store.key, **detail,
+                                                  **({"forgotten": forgotten} if forgotten else {})})
+        return forgotten
 
     def _forget_in_copy(self, dest: MemoryStore, history: Sequence[JournalEntry], notes: list[str]) -> int:
         """Delete from `dest` the points an earlier copy from this memory put there that this memory's `history`
