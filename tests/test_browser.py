@@ -326,11 +326,11 @@ def _served_read_only(folder: Path, lite0, **app_args):
 
 def edit_controls_shown(driver) -> list[str]:
     """The classes of the edit controls a user can see (and a screen reader reach): the cards' Forget and Relabel,
-    their question and form, the audit's Relabel, "also erase"."""
+    their question and form, the audit's Relabel, "also erase", the answer's Add."""
     from selenium.webdriver.common.by import By
 
     found = driver.find_elements(By.CSS_SELECTOR, ".forget, .forget-confirm button, .relabel, .relabel-form input, "
-                                                  ".relabel-suggested, #erase")
+                                                  ".relabel-suggested, #erase, #teach-label, #teach-add")
     return [e.get_attribute("class") or e.get_attribute("id") for e in found if e.is_displayed()]
 
 
@@ -1158,3 +1158,94 @@ def test_a_label_too_few_to_win_the_vote_is_marked_and_an_answer_it_lost_offers_
     assert browser.find_element(By.ID, "k").get_attribute("value") == "2"
     assert not browser.find_element(By.ID, "few-answer").is_displayed()
     assert browser.switch_to.active_element.get_attribute("id") == "k"
+
+
+@pytest.fixture
+def tiny_imagenet_page(tmp_path, lite0, tiny_imagenet):
+    """The page over a memory of three real Tiny-ImageNet classes (6 train images each), named by its classes.tsv."""
+    from retrieval import read_label_names
+    from tests._server_fixtures import MemoryImages
+
+    classes = ["n07749582", "n04146614", "n01443537"]  # lemon, school bus, goldfish
+    paths = [p for c in classes for p in sorted((tiny_imagenet / "train" / c).glob("*.JPEG"))[:6]]
+    images = MemoryImages(paths, [p.parent.name for p in paths], lite0.embed([str(p) for p in paths]))
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names(read_label_names(tiny_imagenet / "classes.tsv"))
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        yield url, paths
+    mem.close()
+
+
+def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undone(browser, tiny_imagenet,
+                                                                                   tiny_imagenet_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, built_from = tiny_imagenet_page
+    monarch = sorted((tiny_imagenet / "val" / "n02279972").glob("*.JPEG"))[0]  # a class the memory lacks
+    wait = classify_on_the_page(browser, url + "/", monarch, k=5, points=18)
+    assert not browser.find_element(By.ID, "prediction").text.startswith("monarch")  # it cannot know it
+
+    # The label suggested with its name; typed, the form says what it is: one of the memory's, or new
+    options = browser.execute_script(
+        "return [...document.querySelectorAll('#label-options option')].map(o => o.value + '=' + o.label)")
+    assert "n07749582=lemon" in options
+    label = browser.find_element(By.ID, "teach-label")
+    label.send_keys("n07749582")
+    wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "lemon (n07749582): 6 points in the memory")
+    label.clear()
+    label.send_keys("n02279972")
+    wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "a new label: no point of the memory has it yet")
+
+    # Add asks for the key as every edit does; Enter in the key field carries on with the add
+    browser.find_element(By.ID, "teach-add").click()
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+    assert browser.find_element(By.ID, "error").text == "enter the API key to add the image to the memory"
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.ENTER)
+    wait.until(lambda d: "19 points" in d.find_element(By.ID, "stats").text)
+
+    # What was added is said (the new label's single point cannot win the default vote: so said, and what to do),
+    # the keyboard goes there, and the answer, asked again, cites the new point as this image's nearest neighbour
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "teach-note")
+    note = browser.find_element(By.ID, "teach-note").text
+    assert note.startswith("added this image to the memory as monarch (n02279972), a new label. It has too few "
+                           "points to win the default rank vote of k = 50 against a fuller label near it (1 of ")
+    assert note.endswith("or less.")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card] .label")[0].text == "monarch")
+    nearest = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    added = nearest.get_attribute("data-point-id")
+    assert nearest.find_element(By.CLASS_NAME, "label").text == "monarch"
+    assert nearest.find_element(By.CLASS_NAME, "similarity").text == "sim 1.000"
+    # ... and, the image being in the memory now, no second add is offered
+    assert not browser.find_element(By.ID, "teach-form").is_displayed()
+    assert browser.find_element(By.ID, "teach-known").text.startswith(
+        "This image is in the memory, labelled monarch (n02279972)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-added.png"))
+
+    # Undo forgets that point: the answer is asked again without it, and the form is back
+    undo = browser.find_element(By.ID, "teach-undo")
+    assert undo.accessible_name == "Undo: forget the point just added as monarch (n02279972)"
+    undo.click()
+    wait.until(lambda d: "18 points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: added not in [c.get_attribute("data-point-id")
+                                       for c in d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")])
+    wait.until(lambda d: d.find_element(By.ID, "teach-form").is_displayed())
+    assert browser.find_element(By.ID, "edit-note").text == "forgot a point labelled monarch (n02279972)"
+    assert not undo.is_displayed() and browser.find_element(By.ID, "teach-note").text == ""
+
+
+def test_an_image_the_memory_was_built_from_is_said_to_be_in_it_and_not_offered_again(browser, tiny_imagenet_page,
+                                                                                       tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, built_from = tiny_imagenet_page
+    # The same bytes as a file the memory was built from, under another name: the add route keys an upload by its
+    # bytes and name, so it would have been a second point of one image beside the built one
+    again = tmp_path / "my-lemon.jpg"
+    again.write_bytes(built_from[0].read_bytes())
+    classify_on_the_page(browser, url + "/", again, k=5, points=18)
+    assert not browser.find_element(By.ID, "teach-form").is_displayed()
+    assert browser.find_element(By.ID, "teach-known").text == (
+        "This image is in the memory, labelled lemon (n07749582) (n07749582_0.JPEG): its card below relabels or "
+        "forgets it.")

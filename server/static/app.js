@@ -81,6 +81,7 @@ async function loadStats() {
   showFewPoints(s.few_points || [], s.few_points_total || 0);
   listLabels();
   fillLabelOptions();
+  teachHint(); // a label typed may have just got its first points, or lost its last
   loadHistory();
   $("stats").textContent = `${plural(s.points, "point")} · ${plural(s.labels, "label")}` +
     (s.few_points_total ? ` (${s.few_points_total} with too few points to win the vote)` : "") +
@@ -119,7 +120,7 @@ function showReadOnly(readOnly) {
   const note = !readOnly ? "" : "The memory is served read-only: classify and browse it here; its points cannot be "
     + "forgotten or relabelled on this service.";
   if ($("read-only-note").textContent !== note) $("read-only-note").textContent = note; // said again only if new
-  $("key-use").textContent = readOnly ? "to re-rank with the VLM" : "to forget or relabel points";
+  $("key-use").textContent = readOnly ? "to re-rank with the VLM" : "to add, forget or relabel points";
   // Turned read-only under an open page (a service restarted so): the keyboard was on an edit's control, gone with
   // it, and goes to what says why.
   const focused = document.activeElement;
@@ -194,6 +195,7 @@ function chooseFile(file) {
   if (!file) return;
   currentFile = file;
   hideEditNote(); // about an edit made for the image before
+  untaught(null); // its add, and its Undo, are the image before's (the label typed stays: a class of several images)
   const preview = $("preview");
   preview.alt = file.name; // named, and said where the file is no image a browser shows
   preview.src = URL.createObjectURL(file);
@@ -354,6 +356,7 @@ function render(result) {
   grid.replaceChildren();
   $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = the vote each one cast`;
   for (const n of result.neighbors) grid.appendChild(card(n, result.label));
+  showTeach(result);
 
   const top = result.label === null ? null : result.scores[result.label];
   announce(result.label === null ? "No neighbours: nothing to classify by"
@@ -513,7 +516,8 @@ function fillLabelOptions(typed = "") {
 }
 
 document.addEventListener("input", (ev) => {
-  if (ev.target.classList && ev.target.classList.contains("new-label") && labelsByPoints.length > LABEL_OPTIONS_MAX) {
+  if (ev.target.getAttribute && ev.target.getAttribute("list") === "label-options"
+      && labelsByPoints.length > LABEL_OPTIONS_MAX) {
     fillLabelOptions(ev.target.value);
   }
 });
@@ -853,6 +857,7 @@ async function askForget(n, node) {
 async function forgottenElsewhere(n) {
   for (const card of cardsOf(n.id)) card.remove();
   dropSuspect(n.id);
+  untaught(n.id);
   showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`);
   await loadStats();
   updateLabelNote();
@@ -896,6 +901,7 @@ async function forget(n, withCopies, erase) {
   for (const id of withCopies ? body.matched.map((m) => m.id) : [n.id]) {
     for (const card of cardsOf(id)) card.remove(); // as a neighbour, in the label list
     dropSuspect(id);
+    untaught(id);
   }
   await loadStats();
   updateLabelNote();
@@ -973,6 +979,113 @@ async function relabel(p, to) {
   return true;
 }
 
+// Teaching the memory the image asked about (POST v1/memory with the key): a wrong answer corrected, or a new class
+// begun, without leaving the page. An image the answer cites as its own neighbour (features the same within the
+// float16 vectors' slack, SIMILARITY_SLACK in vmem) is in the memory already: added under another file name, or
+// beside the point built from its file, it would be a second point of one image, voting twice.
+const SAME_IMAGE_SIMILARITY = 1 - 1e-3;
+let taught = null; // {id, label, label_name}: the point the last add here made, which Undo forgets
+
+function showTeach(result) {
+  const same = result.neighbors.find((n) => n.similarity >= SAME_IMAGE_SIMILARITY);
+  $("teach-form").hidden = Boolean(same);
+  $("teach-known").hidden = !same;
+  $("teach-known").textContent = !same ? "" : `This image is in the memory, labelled ${named(same.label, same.label_name)}`
+    + ` (${shortSource(same.source)}): its card below relabels or forgets it.`;
+}
+
+// What the label typed is: said as it is typed, since a new label is allowed but should be meant.
+function teachHint() {
+  const typed = $("teach-label").value.trim().normalize("NFC");
+  let hint = "";
+  if (typed && Object.hasOwn(perLabel, typed)) {
+    hint = `${named(typed, labelNames[typed])}: ${plural(perLabel[typed], "point")} in the memory`;
+  } else if (typed) {
+    const owner = labelsByPoints.find((l) => labelNames[l] && folded(labelNames[l]) === folded(typed));
+    hint = owner ? `the name of the label ${owner}: add the image under ${owner}`
+      : "a new label: no point of the memory has it yet";
+  }
+  if ($("teach-hint").textContent !== hint) $("teach-hint").textContent = hint; // said again only if new
+}
+
+// The add (and its Undo) done with: the point went, or another image was chosen.
+function untaught(pointId) {
+  if (pointId !== null && (!taught || taught.id !== pointId)) return;
+  taught = null;
+  $("teach-note").textContent = "";
+  $("teach-undo").hidden = true;
+}
+
+async function teach() {
+  const add = $("teach-add");
+  // Not while the answer is on its way: the label typed was for the answer on show, maybe of the image before.
+  if (add.getAttribute("aria-disabled") === "true" || $("answer").getAttribute("aria-busy") === "true") return;
+  const label = $("teach-label").value.trim();
+  const file = currentFile;
+  if (!label || !file) return;
+  const key = apiKeyFor("add the image to the memory", () => currentFile === file && teach());
+  if (!key) return;
+  showError("");
+  hideEditNote();
+  untaught(null);
+  add.setAttribute("aria-disabled", "true"); // a second click added it twice (a relabel, had the label changed)
+  let resp;
+  try {
+    const form = new FormData();
+    form.append("images", file, file.name);
+    form.append("label", label);
+    resp = await fetch("v1/memory", { method: "POST", body: form, headers: { "X-API-Key": key } });
+  } catch (err) {
+    showError(`could not add the image as ${label}: the service did not answer (${err})`);
+    return;
+  } finally {
+    add.removeAttribute("aria-disabled");
+  }
+  if (!resp.ok) {
+    await editFailed(`could not add the image as ${label}: ${await problemText(resp)}`, resp);
+    return;
+  }
+  const body = await resp.json();
+  const point = body.added[0];
+  const wasNew = !Object.hasOwn(perLabel, point.label);
+  await loadStats();
+  const as = named(point.label, point.label_name);
+  let note = point.relabelled_from
+    ? `this image was in the memory as ${named(point.relabelled_from, labelNames[point.relabelled_from])}: it is `
+      + `labelled ${as} now`
+    : !point.new ? `this image was in the memory already as ${as}: not added again`
+    : `added this image to the memory as ${as}, ` + (wasNew ? "a new label"
+      : `now a label of ${plural(perLabel[point.label] ?? 1, "point")}`);
+  const few = (body.few_points || []).find((f) => f.label === point.label);
+  if (few) {
+    note += `. It has too few points to win the default ${few.rule} vote of k = ${few.k} against a fuller label `
+      + `near it (${few.points} of ${few.needed}): add more images of it, or classify with k = ${few.k_that_fits} `
+      + "or less.";
+  }
+  if (file !== currentFile) { // another image was chosen meanwhile: its answer is the one on show
+    showEditNote(`${file.name}: ${note}`);
+    return;
+  }
+  if (point.new) taught = { id: point.id, label: point.label, label_name: point.label_name };
+  await classify(); // the answer with the new point among the neighbours
+  $("teach-note").textContent = note;
+  const undo = $("teach-undo");
+  undo.hidden = !taught;
+  undo.textContent = "Undo: forget the point added";
+  undo.setAttribute("aria-label", `Undo: forget the point just added as ${as}`);
+  $("teach-note").focus({ preventScroll: true }); // the form went with the image now in memory: focus on what happened
+}
+
+async function undoTeach() {
+  if (!taught || $("teach-undo").getAttribute("aria-disabled") === "true") return;
+  $("teach-undo").setAttribute("aria-disabled", "true");
+  try {
+    await forget(taught, false, false); // as a card's Forget does (says so, classifies again), and erases nothing
+  } finally {
+    $("teach-undo").removeAttribute("aria-disabled");
+  }
+}
+
 function init() {
   $("api-key").value = sessionStorage.getItem("vmem-api-key") || "";
   $("api-key").addEventListener("keydown", (e) => {
@@ -996,6 +1109,12 @@ function init() {
     if ($("classify-btn").getAttribute("aria-disabled") !== "true") classify();
   });
   $("label-filter").addEventListener("input", () => listLabels(true));
+  $("teach-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    teach();
+  });
+  $("teach-label").addEventListener("input", teachHint);
+  $("teach-undo").addEventListener("click", undoTeach);
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
