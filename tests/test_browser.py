@@ -1216,6 +1216,9 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     added = nearest.get_attribute("data-point-id")
     assert nearest.find_element(By.CLASS_NAME, "label").text == "monarch"
     assert nearest.find_element(By.CLASS_NAME, "similarity").text == "sim 1.000"
+    # Outvoted at this answer's k = 5, as the note under the vote says (it had named the default vote's k = 50)
+    assert browser.find_element(By.ID, "few-answer").text.startswith(
+        "The nearest neighbour is monarch (n02279972), a label of 1 point: too few to win this rank vote of k = 5. ")
     # ... and, the image being in the memory now, no second add is offered
     assert not browser.find_element(By.ID, "teach-form").is_displayed()
     assert browser.find_element(By.ID, "teach-known").text.startswith(

@@ -334,7 +334,7 @@ function render(result) {
   const few = nearest && fewPoints[nearest.label];
   const outvoted = few && !result.reranked && result.label !== nearest.label && result.vote.rule === few.rule
     && result.vote.k > few.k_that_fits ? few : null;
-  showFewAnswer(outvoted, nearest);
+  showFewAnswer(outvoted, nearest, result.vote.k);
 
   const scores = $("scores");
   scores.replaceChildren();
@@ -373,7 +373,8 @@ function render(result) {
   }
 }
 
-function showFewAnswer(few, nearest) {
+// `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be).
+function showFewAnswer(few, nearest, k) {
   const note = $("few-answer");
   note.hidden = !few;
   if (!few) { note.replaceChildren(); return; }
@@ -386,7 +387,7 @@ function showFewAnswer(few, nearest) {
     classify();
   });
   note.replaceChildren(`The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
-    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${few.k}. Add images of it, or `,
+    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it, or `,
     retry);
 }
 
