@@ -24,7 +24,7 @@ from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
-from vmem import COPY_SIMILARITY, FewPoints, MemoryPoint, VoteSettings
+from vmem import COPY_SIMILARITY, FewPoints, MemoryPoint, VoteSettings, WhyNot
 from vmem.results import MAX_ALPHA, MAX_TAU, MIN_ALPHA, MIN_TAU
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
@@ -181,6 +181,10 @@ class ClassifyQuery(BaseModel):
     label: list[Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]] | None = Field(
         default=None, max_length=1000, description="only neighbours with these labels vote; repeat the parameter for "
                                            "several (at most 1,000)")
+    why_not: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_CHARS,
+                                description="a label expected instead: the answer's `why_not` says why the vote did "
+                                            "not answer it (its nearest points and their ranks, its vote against "
+                                            "the winner's, a k at which it wins)")
 
 
 class ForgetQuery(BaseModel):
@@ -405,6 +409,8 @@ class ClassificationOut(Answer):
     vote: VoteSettings = Field(description="the voting settings used and where they came from")
     novelty: float | None = Field(default=None,
                                   description="mean cosine distance to the k neighbours (0 = seen before)")
+    why_not: WhyNot | None = Field(default=None, description="with `why_not=LABEL`: why the vote did not answer "
+                                   "that label")
     ood_threshold: float | None = Field(
         default=None,
         description="novelty above this is out of distribution (a percentile of the memory's own novelty)")

@@ -688,7 +688,7 @@ class ClassifierService:
     def _cache_key(self, generation: int, up: Upload, q: ClassifyQuery, template: str | None) -> tuple[Any, ...]:
         labels = tuple(sorted(set(q.label))) if q.label else None
         return (generation, up.sha256, up.filename, q.k, q.vote, q.alpha, q.tau, labels, q.rerank, template,
-                q.exact)
+                q.exact, q.why_not)
 
     def template_registry(self) -> Any | None:
         """The template registry this memory's re-ranker reads (see `template_registry`)."""
@@ -753,7 +753,7 @@ class ClassifierService:
             try:
                 results = self.memory.classify(
                     [img for _, img in step], k=q.k, rule=q.vote, alpha=q.alpha, tau=q.tau, labels=q.label,
-                    rerank=q.rerank, template=q.template, exact=q.exact,
+                    rerank=q.rerank, template=q.template, exact=q.exact, why_not=q.why_not,
                     sources=[uploads[i].filename or uploads[i].source for i, _ in step])
             except NothingToSearchError as exc:  # refused before any answer is counted or kept: said for a client
                 raise NothingToSearchError.of(

@@ -32,6 +32,8 @@ from .results import (
     ReembedResult,
     SkippedPoint,
     VoteSettings,
+    WhyNot,
+    WhyNotPoint,
 )
 from .visual_memory import (
     COPY_SIMILARITY,
@@ -74,6 +76,8 @@ __all__ = [
     "UnknownTemplateError",
     "VisualMemory",
     "VoteSettings",
+    "WhyNot",
+    "WhyNotPoint",
     "__version__",
     "upload_source",
 ]

@@ -81,6 +81,8 @@ class Classification(BaseModel):
     usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used")
     trace: list[dict[str, Any]] | None = Field(default=None, description="agentic re-ranker tool calls")
     dmn: DmnDetails | None = Field(default=None, description="details of the dmn rule's decision")
+    why_not: WhyNot | None = Field(default=None, description="with `why_not`: why the vote did not answer that "
+                                   "label")
 
     def __repr__(self) -> str:
         """A summary for a notebook or a print: the whole answer, with 50 neighbours, ran to 12,000 characters.
@@ -160,6 +162,44 @@ class FewPoints(BaseModel):
                 f"{self.needed} it takes to win a {self.rule} vote of k = {self.k} neighbours against a fuller "
                 f"class near it: add images of it, or classify with k = {self.k_that_fits} or less "
                 f"(README, 'A class of a few images')")
+
+
+class WhyNotPoint(BaseModel):
+    """One of the contrast label's points nearest the query, and where it stood among all the memory's points."""
+
+    id: PointIdText = Field(description="point id (UUIDv5 of the source)")
+    source: str = Field(description="path or URI of the memory image")
+    similarity: float = Field(description="cosine similarity to the query")
+    rank: int | None = Field(description="its place among all points a search returns, 0 for the nearest (as a "
+                                         "neighbour's `rank`); null past the 1,000 nearest (the largest k)")
+    weight: float = Field(description="the weight its vote carried (0 outside the k)")
+
+
+class WhyNot(BaseModel):
+    """Why the vote did not answer a label the caller expected (`classify(why_not=LABEL)`, `--why-not`): its
+    nearest points, where they ranked, its vote against the winner's, and the reason in a line."""
+
+    label: str = Field(description="the label asked about, as stored")
+    label_name: str | None = Field(default=None, description="its name, where the memory names its labels")
+    points: int = Field(description="its points a search can return")
+    nearest: list[WhyNotPoint] = Field(description="its points nearest the query (a search among its points "
+                                                   "alone), nearest first")
+    in_top_k: int = Field(description="its points among the k neighbours that voted")
+    share: float = Field(description="its vote share (0 when none of its points voted)")
+    vote_label: str | None = Field(description="the vote's winner (with rerank, perhaps not the answer)")
+    vote_label_name: str | None = Field(default=None, description="the winner's name, where the memory names it")
+    vote_share: float = Field(description="the winner's vote share")
+    vote_label_in_top_k: int = Field(description="the winner's points among the k neighbours")
+    k_that_wins: int | None = Field(description="the k nearest to the one used at which the label wins the vote, "
+                                                "of the k up to `k_checked`; null when none does")
+    k_checked: int = Field(description="the largest k looked at for `k_that_wins` (the neighbours searched)")
+    few_points: FewPoints | None = Field(default=None, description="set when the label has too few points to win "
+                                         "the memory's vote (as `vmem info` lists them)")
+    reason: str = Field(description="why, in plain words")
+    note: str | None = Field(default=None, description="with rerank: this explains the vote, not the VLM's answer")
+
+
+Classification.model_rebuild()  # its `why_not` is of a class defined after it
 
 
 class AddResult(BaseModel):

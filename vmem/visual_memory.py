@@ -124,6 +124,8 @@ from .results import (
     ReembedResult,
     VoteSettings,
 )
+from .why_not import RANK_LIMIT, WHY_NOT_POINTS, close_labels, note_rerank
+from .why_not import explain as explain_why_not
 
 log = logging.getLogger(__name__)
 
@@ -609,18 +611,23 @@ class VisualMemory:
         labels: Sequence[str] | None = None,
         sources: Sequence[str | None] | None = None,
         exact: bool = False,
+        why_not: str | None = None,
     ) -> list[Classification]:
         """Vote over the neighbours of already-embedded queries (logged to `answer_log` as `classify` logs, the
-        images unnamed: no bytes to name them by)."""
+        images unnamed: no bytes to name them by); `why_not` as `classify`'s."""
         self._refresh_for_reading()
+        settings = settings or self.vote_settings()
+        if why_not is not None:
+            why_not = self.check_why_not(why_not, self.stored_labels(labels), settings.rule == "dmn")
         asked_at = self.answer_state() if self.answer_log is not None else None
-        results = self._vote_vectors(vectors, settings, labels, sources, exact)
+        results = self._vote_vectors(vectors, settings, labels, sources, exact, why_not)
         if self.answer_log is not None:
             self.log_answers(results, [Asked()] * len(results), asked_at=asked_at)
         return results
 
     def _vote_vectors(self, vectors: np.ndarray, settings: VoteSettings | None, labels: Sequence[str] | None,
-                      sources: Sequence[str | None] | None, exact: bool) -> list[Classification]:
+                      sources: Sequence[str | None] | None, exact: bool,
+                      why_not: str | None = None) -> list[Classification]:
         settings = settings or self.vote_settings()
         results = []
         neighbor_lists = self.search(vectors, settings.k, labels, exact) if len(vectors) else []
@@ -628,7 +635,61 @@ class VisualMemory:
             self._check_searchable()
         for i, neighbors in enumerate(neighbor_lists):
             results.append(self._decide(neighbors, settings, sources[i] if sources else None))
-        return self._named(results)
+        results = self._named(results)
+        if why_not is not None and results:
+            self._explain_why_not(why_not, vectors, neighbor_lists, results, settings, labels, exact)
+        return results
+
+    def check_why_not(self, label: str | None, labels: Sequence[str] | None, dmn: bool = False,
+                      listed_by: str = "vmem labels") -> str | None:
+        """`why_not` as the memory stores it, checked before any image is embedded: ValueError for rule dmn (no
+        neighbour vote to explain) or a label the `labels` filter leaves out, NoSuchLabelsError for a label no
+        searchable point has, naming the labels spelled or named like it."""
+        if label is None:
+            return None
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"why_not takes a label, not {label!r}")
+        if dmn:
+            raise ValueError("why_not explains a neighbour vote, and rule dmn fuses text, static and dynamic "
+                             "memories instead: ask with a vote rule (rank, plurality, distance or softmax)")
+        stored = self.stored_label(label)
+        if labels is not None and stored not in labels:
+            raise ValueError(f"why_not label {label!r} is not among the labels the vote chooses from: add it to "
+                             "them, or leave the label filter out")
+        if self.store.count(label=stored, searchable=True) == 0:
+            said = self.unknown_labels_message([stored], listed_by)
+            # A name already said whose label it is; a misspelling or a synonym had no hint (Tiny-ImageNet's
+            # "tabby cat" is n02123045, named "tabby")
+            close = [] if self.name_hints([label]) else close_labels(label, self.store.label_counts(),
+                                                                       self.store.meta.label_names)
+            if close:
+                said += "; spelled or named like it: " + ", ".join(
+                    f"{lab!r}" + (f" ({self.store.meta.label_names[lab]})" if lab in self.store.meta.label_names
+                                  else "") for lab in close)
+            raise NoSuchLabelsError(said)
+        return stored
+
+    def _explain_why_not(self, label: str, vectors: np.ndarray, neighbor_lists: list[list[Neighbor]],
+                         results: list[Classification], settings: VoteSettings, labels: Sequence[str] | None,
+                         exact: bool) -> None:
+        """Set each result's `why_not`: one search among the label's points for its nearest, and, for the
+        queries where one of those lies past the k, one deeper search of the memory for where it ranks."""
+        own = self.search(vectors, WHY_NOT_POINTS, [label], exact)
+        deeper = [i for i, (mine, voted) in enumerate(zip(own, neighbor_lists, strict=True))
+                  if not {p.id for p in mine} <= {n.id for n in voted}]
+        deep = dict(zip(deeper, self.search(vectors[deeper], RANK_LIMIT, labels, exact), strict=True)
+                    ) if deeper else {}
+        points = self.store.count(label=label, searchable=True)
+        few = next(iter(self.few_point_labels([label], settings=settings)), None)  # at the vote's k, not the memory's
+        names = self.store.meta.label_names
+        for i, res in enumerate(results):
+            voted = neighbor_lists[i]
+            ranked = list(voted)
+            if i in deep:  # the vote's own k first and in its order, then the deeper search's points past them
+                seen = {n.id for n in voted}
+                ranked += [n for n in deep[i] if n.id not in seen][: RANK_LIMIT - len(voted)]
+            whole = i in deep and len(deep[i]) < RANK_LIMIT
+            res.why_not = explain_why_not(label, own[i], ranked, whole, res, settings, points, few, names)
 
     def _check_searchable(self) -> None:
         """NothingToSearchError unless some point of the memory can be returned by a search."""
@@ -709,6 +770,7 @@ class VisualMemory:
         exact: bool = False,
         dmn_stream: str | None = None,
         dmn: Any = None,
+        why_not: str | None = None,
     ) -> list[Classification]:
         """Classify images (paths, bytes, PIL images or numpy arrays) from their nearest labelled neighbours.
 
@@ -723,13 +785,16 @@ class VisualMemory:
             dmn_stream: rule dmn: the named dynamic memory to write to and read (None: off).
             dmn: rule dmn: `DmnOptions` or a dict of them.
             sources: what each answer's `source` says (default: the path, or None).
+            why_not: a label the caller expected: each answer's `why_not` says why the vote did not answer it
+                (its nearest points and their ranks, its vote against the winner's, a k at which it wins, the
+                reason in a line). One more search among its points; a deeper one where they lie past the k.
 
         Returns:
             One `Classification` per image, in order.
 
         Raises:
             vmem.ImageDecodeError: an image does not decode (nothing is classified).
-            vmem.NoSuchLabelsError: no point passes the label filter.
+            vmem.NoSuchLabelsError: no point passes the label filter, or has the `why_not` label.
             vmem.NothingToSearchError: the memory holds no point a search can return (empty, or all hard-pruned).
             vmem.UnknownTemplateError, vmem.TemplateLoadError: with `rerank`, before any image is embedded.
             ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
@@ -740,6 +805,7 @@ class VisualMemory:
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
+        why_not = self.check_why_not(why_not, labels, settings is None)
         self.check_template(rerank, template)
         # Embedded from the inputs as given: the preprocessing decodes each once (a plain JPEG by the fast path).
         # Decoded to PIL images here first, they were decoded twice; only the re-ranker needs those.
@@ -749,7 +815,7 @@ class VisualMemory:
         asked_at = self.answer_state() if self.answer_log is not None else None
         results = self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
                                           labels=labels, rerank=rerank, template=template, exact=exact,
-                                          dmn_stream=dmn_stream, dmn=dmn)
+                                          dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
         if self.answer_log is not None:
             self.log_answers(results, [_asked(im) for im in images], asked_at=asked_at)
         return results
@@ -769,6 +835,7 @@ class VisualMemory:
         dmn_stream: str | None = None,
         dmn: Any = None,
         progress: Callable[[int], None] | None = None,
+        why_not: str | None = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode. `progress` is
         called with the images embedded since its last call (e.g. `tqdm(total=len(paths)).update`), as `build`'s."""
@@ -781,13 +848,14 @@ class VisualMemory:
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is embedded
         labels = self.stored_labels(labels)
         self._check_label_filter(labels, settings)
+        why_not = self.check_why_not(why_not, labels, settings is None)
         self.check_template(rerank, template)
         res = self.featurizer.embed_many(paths, batch_size=batch_size, on_batch=progress)
         ok_sources = [paths[i] for i in res.indices]
         asked_at = self.answer_state() if self.answer_log is not None else None
         results = self._classify_embedded(
             res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
-            rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn)
+            rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
         if self.answer_log is not None:
             self.log_answers(results, [_asked(src) for src in ok_sources], asked_at=asked_at)
         return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
@@ -830,14 +898,17 @@ class VisualMemory:
     def _classify_embedded(self, vectors: np.ndarray, images: Callable[[], list[Any]],
                            sources: Sequence[str | None], settings: VoteSettings | None, *,
                            labels: Sequence[str] | None, rerank: bool, template: str | None, exact: bool,
-                           dmn_stream: str | None, dmn: Any) -> list[Classification]:
+                           dmn_stream: str | None, dmn: Any, why_not: str | None = None) -> list[Classification]:
         """The one decision path after embedding: a vote rule (`settings`) or dmn (None), then the re-ranker."""
         if settings is None:
             results = self.classify_dmn(vectors, dmn_stream, dmn, labels, sources, exact)
-        else:
-            results = self._vote_vectors(vectors, settings, labels, sources, exact)  # refreshed by the caller
+        else:  # refreshed by the caller
+            results = self._vote_vectors(vectors, settings, labels, sources, exact, why_not)
         if rerank:  # decoded images are only needed (and only loaded) for the re-ranker
             results = self._rerank_all(images(), vectors, results, template, labels)
+            for res in results:  # the contrast is of the vote, which the VLM may have overruled
+                if res.why_not is not None:
+                    note_rerank(res, self.store.meta.label_names)
         return results
 
     @property
@@ -2416,10 +2487,10 @@ class VisualMemory:
             "index_upkeep": upkeep.as_dict() if (upkeep := self.store.index_upkeep()) is not None else None,
         }
 
-    def few_point_labels(self, labels: Sequence[str] | None = None,
-                         counts: Mapping[str, int] | None = None) -> list[FewPoints]:
+    def few_point_labels(self, labels: Sequence[str] | None = None, counts: Mapping[str, int] | None = None,
+                         settings: VoteSettings | None = None) -> list[FewPoints]:
         """The labels (of `labels`, else all) too few to win the memory's vote (its tuned rule and k, else the
-        defaults) against the fullest other label, even as a query's nearest neighbours
+        defaults; or `settings`) against the fullest other label, even as a query's nearest neighbours
         (`retrieval.voting.wins_nearest`), fewest points first. None with distance or softmax voting, whose
         weights depend on how similar the points are. Measured on real images: docs/results/eval.md, "Adding a
         class with a few images".
@@ -2428,7 +2499,7 @@ class VisualMemory:
             >>> for few in mem.few_point_labels(): print(few.note)
         """
         try:
-            settings = self.vote_settings()
+            settings = settings or self.vote_settings()
         except ValueError:
             # Tuned settings this vmem cannot read (a rule of a newer vmem's, a vmem.json edited): no vote to
             # judge, and vmem info, which shows them, had ended in a traceback

@@ -124,6 +124,19 @@ async def check_labels(service: ClassifierService, q: ClassifyQuery) -> None:
         await unknown_labels(service, unknown)
 
 
+async def check_why_not(service: ClassifierService, q: ClassifyQuery) -> None:
+    """Refuse a `why_not` label the vote cannot answer (one the memory lacks, naming those spelled or named like
+    it, or one the `label` filter leaves out) before any image is embedded."""
+    if q.why_not is None:
+        return
+    mem = service.memory
+    try:
+        await service.run(lambda: mem.check_why_not(q.why_not, mem.stored_labels(q.label) if q.label else None,
+                                                     False, LISTED_BY))
+    except ValueError as exc:
+        raise ProblemError(422, str(exc), "unknown-label", "Unknown label") from None
+
+
 async def unknown_labels(service: ClassifierService, unknown: list[str]) -> NoReturn:
     """The 422 for labels the memory lacks, said as the CLI says it."""
     detail = await service.run(service.memory.unknown_labels_message, unknown, LISTED_BY)
@@ -138,7 +151,7 @@ def classification_out(request: Request, answer: Answer) -> ClassificationOut:
         label_names={label: names[label] for label in r.scores if label in names},
         reranked=r.reranked, fallback_reason=r.fallback_reason,
         template=r.template, template_hash=r.template_hash, model=r.model, usage=r.usage, trace=r.trace, vote=r.vote,
-        novelty=r.novelty,
+        novelty=r.novelty, why_not=r.why_not,
         ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
         neighbors=[NeighborOut(id=n.id, label=n.label, label_name=n.label_name, source=n.source,
                                similarity=n.similarity, weight=n.weight, rank=n.rank,

@@ -19,6 +19,7 @@ from ._common import (
     check_labels,
     check_template,
     check_vote_options,
+    check_why_not,
     classification_out,
     image_body,
     template_problem,
@@ -68,6 +69,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)
+    await check_why_not(service, q)
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyJSON)
         upload = Upload(body.image, body.filename)
@@ -99,6 +101,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)
+    await check_why_not(service, q)
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
         body = await read_json(request, ClassifyBatchJSON)

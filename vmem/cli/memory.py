@@ -352,6 +352,10 @@ def classify(
         "--ood", help="flag images unlike the memory's own: novelty (mean cosine distance to the k neighbours) above "
                       f"the {OOD_PERCENTILE:g}th percentile of the memory's points' own, as vmem serve flags them; "
                       "--json adds ood_threshold and out_of_distribution")] = False,
+    why_not: Annotated[str | None, typer.Option(
+        "--why-not", metavar="LABEL",
+        help="say, for each image, why the vote did not answer this label: its nearest points and their ranks, "
+             "its vote against the winner's, a k at which it wins (--json: why_not)")] = None,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
@@ -380,11 +384,13 @@ def classify(
         if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
             require_points(mem)  # dmn answers from its text classifier alone only with CLIP
         check_label_filter(mem, label or [])
+        if why_not is not None:  # before any image is embedded, with its option named
+            _check_why_not(mem, why_not, label, (vote is not None and vote.value == "dmn") or dmn_stream is not None)
         flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
         results, failed = classify_in_parts(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
-            exact=exact, flags=flags)
+            exact=exact, flags=flags, why_not=why_not)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -394,6 +400,15 @@ def classify(
                    err=json_out)
     if flags is not None:
         typer.echo(flags.summary(results), err=True)
+
+
+def _check_why_not(mem, why_not: str, labels: list[str] | None, dmn: bool) -> None:
+    """BadParameter for a --why-not label the vote cannot answer: one the memory lacks (naming those spelled or
+    named like it), one --label leaves out, or with --vote dmn."""
+    try:
+        mem.check_why_not(why_not, mem.stored_labels(labels) if labels else None, dmn, LISTED_BY)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--why-not") from None
 
 
 class NoveltyFlags:
@@ -489,6 +504,9 @@ def print_classification(res, names: dict[str, str], rerank: bool, json_out: boo
         extra += flags.marker(res) if flags is not None else ""
         named = f" ({one_line(res.label_name)})" if res.label_name else ""
         typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
+        if (why := res.why_not) is not None:  # indented under its answer: a line per image stays first
+            asked = one_line(why.label) + (f" ({one_line(why.label_name)})" if why.label_name else "")
+            typer.echo(f"  why not {asked}: {one_line(why.reason)}" + (f" ({one_line(why.note)})" if why.note else ""))
 
 
 def forget(
