@@ -301,3 +301,44 @@ def test_temporary_files_of_killed_stream_saves_are_removed_when_streams_are_ope
         os.utime(leftover, (old, old))
         DmnClassifier(store, lambda: feat, root=streams)
         assert not leftover.exists()
+
+
+_COPY_KILLED_AFTER_ITS_FIRST_BATCH = """
+import os, signal, sys
+from retrieval import open_store
+from vmem import VisualMemory
+with VisualMemory(open_store(sys.argv[1]), reranker=None) as mem:
+    mem.copy_to(sys.argv[2], batch_size=20, progress=lambda n: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_a_point_forgotten_before_a_killed_copy_is_run_again_leaves_the_copy_too(tmp_path):
+    # The copy killed midway had put its first points there, with nothing saying a copy had: run again after a
+    # forget here, it forgot nothing there, and the copy's journal said the points were forgotten while it
+    # held them, for good.
+    from retrieval import FeaturizerSpec, Preprocessing
+    from tests.conftest import random_unit_vectors
+    from vmem import VisualMemory
+
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        store.add(random_unit_vectors(60, 8), ["cat", "dog", "fox"] * 20, [f"/data/{i}.jpg" for i in range(60)])
+        first = [p.id for p in next(store.scroll(batch_size=20))]
+    killed = subprocess.run([sys.executable, "-c", _COPY_KILLED_AFTER_ITS_FIRST_BATCH, str(tmp_path / "memory"),
+                             str(tmp_path / "copy")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with open_store(tmp_path / "copy") as copy:
+        assert copy.existing_ids(first) == set(first)  # the first batch went before the kill
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        mem.forget(ids=first[:5])
+        dest, notes = mem.copy_to(tmp_path / "copy")  # run again
+        with dest:
+            assert not dest.existing_ids(first[:5]), "forgotten here, still in the copy"
+            assert dest.count() == 55
+            assert notes == ["5 points an earlier copy put there were forgotten here since: forgotten there too"]
+            assert "copies_begun" not in dest.meta.settings  # finished: its journal says when from now on
+        dest, notes = mem.copy_to(tmp_path / "copy")  # and once more: nothing more to forget
+        dest.close()
+        assert notes == []
+    assert len(check_consistent(tmp_path / "copy")) == 55
+

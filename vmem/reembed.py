@@ -35,7 +35,7 @@ from retrieval.store import (
 )
 
 from .results import ReembedResult, SkippedPoint
-from .visual_memory import _journal_location, carry_meta
+from .visual_memory import COPIES_BEGUN_KEY, _journal_location, carry_meta
 
 if TYPE_CHECKING:
     from retrieval import Featurizer, FeaturizerSpec, IndexSettings
@@ -48,7 +48,7 @@ REEMBEDDED_FROM_KEY = "reembedded_from"
 PRUNING_KEYS = (EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY)
 # Settings measured on the old encoder's similarities: a new encoder's differ (softmax's tau, the best k).
 # The thumbnail folders are this memory's services' (as copy_to leaves them).
-NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY)
+NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY, COPIES_BEGUN_KEY)
 
 
 def _image_of(point: StoredPoint, folder: Path | None, roots: list[Path] | None) -> tuple[str | None, str | None]:
@@ -143,6 +143,7 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
                                  "(its points and these would be mixed)")
             with dest.meta_edit() as meta:
                 meta.settings[REEMBEDDED_FROM_KEY] = origin
+        mem._copy_begun(dest)
         result = ReembedResult(location=str(dest.location), featurizer=spec.name, from_featurizer=mine.name,
                                embedded=0, already_there=0, memory_points=0, seconds=0.0)
         # Read as recorded, not through `mem.source_roots`, which would record them in a memory made before vmem

@@ -321,6 +321,10 @@ SEARCH_SETTINGS = frozenset({"hnsw_ef", "rescore"})
 
 # vmem.json's settings: the thumbnail folders services outside the memory's folder keep (`note_thumbnail_folder`).
 THUMBNAIL_FOLDERS_KEY = "thumbnail_dirs"
+# A copy's settings: when each copy into it that has not finished began, by the key of the memory copied from
+# (`_copy_begun`). Its points are there, its journal entries not yet: a forget made here before it is run again
+# must still reach them.
+COPIES_BEGUN_KEY = "copies_begun"
 
 
 @functools.cache
@@ -1972,6 +1976,7 @@ class VisualMemory:
         copied = 0
         uploads: list[str] = []
         try:
+            self._copy_begun(dest)
             for batch in self.store.scroll(batch_size=batch_size, with_vectors=True):
                 dest.put(batch)
                 copied += len(batch)
@@ -1979,7 +1984,7 @@ class VisualMemory:
                 if progress is not None:
                     progress(len(batch))
             # Not this memory's services' thumbnail folders: a forget there is not one here
-            carry_meta(self.store.meta, dest.meta, skip=(THUMBNAIL_FOLDERS_KEY,))
+            carry_meta(self.store.meta, dest.meta, skip=(THUMBNAIL_FOLDERS_KEY, COPIES_BEGUN_KEY))
             dest.save_meta()
             self._carry_history(dest, copied, notes)
             if streams := self._copy_dmn_streams(dest):
@@ -2049,7 +2054,31 @@ class VisualMemory:
         dest.journal.record("copy", points=points, selector={"from": _journal_location(self.store.location)},
                             via=self.via, detail={"from_key": self.store.key, **detail,
                                                   **({"forgotten": forgotten} if forgotten else {})})
+        if self.store.key in (begun := dest.meta.settings.get(COPIES_BEGUN_KEY) or {}):
+            with dest.meta_edit() as meta:  # finished: its journal entry says when from now on
+                begun = {key: at for key, at in begun.items() if key != self.store.key}
+                if begun:
+                    meta.settings[COPIES_BEGUN_KEY] = begun
+                else:
+                    meta.settings.pop(COPIES_BEGUN_KEY, None)
         return forgotten
+
+    def _last_copy_here(self, dest: MemoryStore) -> str | None:
+        """When the last copy from this memory into `dest` that finished did (its journal entry there)."""
+        return max((e.at for e in dest.journal.newest(JournalQuery(op="copy"))[0]
+                    if self._copied_from_here(e, dest)), default=None)
+
+    def _copy_begun(self, dest: MemoryStore) -> None:
+        """Record in `dest`, before any point goes there, when this copy began, unless one from here that has not
+        finished began earlier: a copy killed midway had left its points there with nothing saying so, and a
+        point forgotten here before it was run again stayed in the copy for good."""
+        begun = dict(dest.meta.settings.get(COPIES_BEGUN_KEY) or {})
+        last = self._last_copy_here(dest)
+        if self.store.key in begun and (last is None or begun[self.store.key] > last):
+            return  # an earlier run's, cut short: its points are there since then
+        begun[self.store.key] = now()
+        with dest.meta_edit() as meta:
+            meta.settings[COPIES_BEGUN_KEY] = begun
 
     def _forget_in_copy(self, dest: MemoryStore, history: Sequence[JournalEntry], notes: list[str]) -> int:
         """Delete from `dest` the points an earlier copy from this memory put there that this memory's `history`
@@ -2059,16 +2088,20 @@ class VisualMemory:
         Only a copy's own points: those of a destination that never had a copy from here, or that it added
         itself since its last one (a later `added_at`), are its own, and a forget here is none of theirs (the
         destination's own build of the same image had been deleted)."""
-        last_copy = max((e.at for e in dest.journal.newest(JournalQuery(op="copy"))[0]
-                         if self._copied_from_here(e, dest)), default=None)
-        if last_copy is None:
+        last_copy = self._last_copy_here(dest)
+        # A copy from here cut short since put points there too, those it read here by when it began
+        begun = (dest.meta.settings.get(COPIES_BEGUN_KEY) or {}).get(self.store.key)
+        if begun is not None and last_copy is not None and begun <= last_copy:
+            begun = None  # the one that finished
+        since, put_by = last_copy or begun, begun or last_copy
+        if since is None or put_by is None:
             return 0
-        forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" and e.at > last_copy for i in e.ids))
+        forgotten = list(dict.fromkeys(i for e in history if e.op == "forget" and e.at > since for i in e.ids))
         if not forgotten:
             return 0
         back = self.store.existing_ids(forgotten)  # forgotten, then added again: copied as they are now
         copied = [p.id for p in dest.retrieve([i for i in forgotten if i not in back])
-                  if _utc(p.payload.get("added_at")) <= _utc(last_copy)]
+                  if _utc(p.payload.get("added_at")) <= _utc(put_by)]
         n = 0
         if copied:
             n = dest.delete_ids(copied)
@@ -2080,7 +2113,7 @@ class VisualMemory:
                          "forgotten here since: forgotten there too")
         # Erased there too where they were here; also when a copy cut short had deleted them but not erased them
         # (its history not carried yet, so here again): its journal would say "erase" over vectors still there.
-        if any(e.op == "erase" and e.at > last_copy for e in history):
+        if any(e.op == "erase" and e.at > since for e in history):
             if dest.erases_on_demand:
                 dest.erase_forgotten()
                 notes.append("forgotten points erased from its files, as they were here")
