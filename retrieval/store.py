@@ -58,6 +58,9 @@ LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a f
 log = logging.getLogger(__name__)
 META_FILE = "vmem.json"
 OPEN_LOCK_FILE = ".vmem-open.lock"  # held by the one store that has the memory open (see _hold_open_lock)
+# The engine's segments as they were before it rewrote them (an index built, an erase), until the rewrite is
+# flushed: see EdgeMemoryStore._rewriting_segments.
+REWRITING_FILE = ".vmem-rewriting-segments"
 SHARD_DIR = "shard"
 # Where the embedded engine keeps each segment's original vectors (mapped; with int8 read only to rescore).
 ORIGINAL_VECTORS_FILE = "/vector_storage/matrix.dat"
@@ -1258,6 +1261,7 @@ class EdgeMemoryStore(MemoryStore):
                                       "build the memory again") from exc
                 raise
             _remove_dead_segment_builds(shard_path)
+            self._drop_replaced_segments(shard_path)
             for folder in (self.path, self.path / THUMBNAILS_DIR, self.path / UPLOADS_DIR):
                 for leftover in remove_stale_temporaries(folder):
                     log.warning("removed %s, left by a write that did not finish", leftover)
@@ -1450,7 +1454,8 @@ class EdgeMemoryStore(MemoryStore):
                     if self.on_segment_indexing is not None:
                         self.on_segment_indexing(unindexed)
                     try:
-                        self.shard.optimize()  # index these points now, as a segment of their own
+                        with self._rewriting_segments():
+                            self.shard.optimize()  # index these points now, as a segment of their own
                     except Exception as exc:
                         if ENGINE_NO_ROOM_MESSAGE not in str(exc):
                             raise
@@ -1459,6 +1464,63 @@ class EdgeMemoryStore(MemoryStore):
                     # The engine leaves segments below its indexing threshold (small vectors) as they are:
                     # wait for another segment's worth before asking again.
                     self._count_unindexed()
+
+    @contextmanager
+    def _rewriting_segments(self) -> Iterator[None]:
+        """Around an optimize: the engine writes the segments that replace others at once, but removes the
+        replaced ones' folders only at its next flush. A process killed in between left both, and the memory
+        loaded them both for good: every point they held counted twice (`count`, `vmem info`), and an erase's
+        forgotten vectors kept on disk until the next. So the segments before are named in a file until the
+        flush after it (done here), and the next opening removes what replaced ones are left
+        (`_drop_replaced_segments`). Left where the optimize fails: that opening checks."""
+        segments = self.path / SHARD_DIR / "segments"
+        write_atomically(self.path / REWRITING_FILE, json.dumps(sorted(os.listdir(segments))))
+        yield
+        self.shard.flush()
+        (self.path / REWRITING_FILE).unlink(missing_ok=True)
+
+    def _drop_replaced_segments(self, shard_path: Path) -> None:
+        """After a process killed in an optimize (`_rewriting_segments`): remove each segment from before it whose
+        points the segments that replaced it hold. Found by trying: one is set aside, and goes if the memory
+        loaded without it holds the same points and counts fewer; otherwise it is put back."""
+        marker = self.path / REWRITING_FILE
+        if not marker.exists():
+            return
+        qe, segments = self._qe, shard_path / "segments"
+        for aside in shard_path.glob("replaced-*"):  # a check killed midway: back, and checked again
+            self.shard.close()
+            os.rename(aside, segments / aside.name.removeprefix("replaced-"))
+            self.shard = qe.EdgeShard.load(str(shard_path))
+        try:
+            before = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = []
+
+        def counted() -> tuple[int, set[str]]:
+            ids = {p.id for batch in self.scroll(batch_size=4096, payload_keys=()) for p in batch}
+            return int(self.shard.info().points_count), ids
+
+        total, ids = counted()
+        for name in before:
+            if total == len(ids) or not (segments / name).is_dir():
+                continue
+            aside = shard_path / f"replaced-{name}"  # outside segments/: not loaded
+            self.shard.close()
+            os.rename(segments / name, aside)
+            self.shard = qe.EdgeShard.load(str(shard_path))
+            now_total, now_ids = counted()
+            if now_ids == ids and now_total < total:
+                log.warning("removed the segment %s, which an optimize killed midway had replaced: its points "
+                            "were counted twice", name)
+                shutil.rmtree(aside)
+                total = now_total
+            else:
+                self.shard.close()
+                os.rename(aside, segments / name)
+                self.shard = qe.EdgeShard.load(str(shard_path))
+        if total != len(ids):
+            log.warning("the memory counts %d points but holds %d", total, len(ids))
+        marker.unlink(missing_ok=True)
 
     def _count_unindexed(self) -> None:
         """Points the engine left unindexed, from its own figures: right after an optimize, which vacuums the
@@ -1664,7 +1726,8 @@ class EdgeMemoryStore(MemoryStore):
         (the engine checks, and writes nothing): the points stay stored and searched, unindexed."""
         with self._write_lock:
             try:
-                self.shard.optimize()
+                with self._rewriting_segments():
+                    self.shard.optimize()
             except Exception as exc:
                 if ENGINE_NO_ROOM_MESSAGE not in str(exc):
                     raise
@@ -1688,7 +1751,8 @@ class EdgeMemoryStore(MemoryStore):
             # too, but not on every file system: on a nearly full tmpfs its rewrite died of SIGBUS.
             self._check_room(0, rewriting=_allocated_bytes(self.path / SHARD_DIR / "segments"), what="an erase")
             try:
-                self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
+                with self._rewriting_segments():  # flushed at its end: until then the files held the vectors
+                    self.shard.optimize()  # with VACUUM_THRESHOLDS: a rewrite of every segment with a deleted point
             except Exception as exc:
                 if ENGINE_NO_ROOM_MESSAGE not in str(exc):
                     raise
@@ -1697,8 +1761,6 @@ class EdgeMemoryStore(MemoryStore):
                                       f"has too little room ({exc}): the points stay forgotten, their vectors "
                                       "in the files; free some space, then erase again (vmem forget --erase, "
                                       "POST /v1/memory/erase)") from exc
-            # Until this flush, the rewritten segment's files still held the deleted points' vectors.
-            self.shard.flush()
             self._count_unindexed()
 
     def index_upkeep(self, wait: bool = True) -> IndexUpkeep | None:

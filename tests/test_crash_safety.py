@@ -342,3 +342,41 @@ def test_a_point_forgotten_before_a_killed_copy_is_run_again_leaves_the_copy_too
         assert notes == []
     assert len(check_consistent(tmp_path / "copy")) == 55
 
+
+_ERASE_KILLED_BEFORE_ITS_FLUSH = """
+import os, signal, sys
+from retrieval import open_store
+
+class KilledAtFlush:  # the engine's shard, but the process dies where it would flush
+    def __init__(self, shard):
+        self.shard = shard
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+    def flush(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+store = open_store(sys.argv[1])
+store.shard = KilledAtFlush(store.shard)
+store.erase_forgotten()
+"""
+
+
+def test_kill_9_between_a_segment_rewrite_and_its_flush_counts_each_point_once(tmp_path):
+    # The engine writes a rewritten segment at once but removes the one it replaces only at its next flush:
+    # killed in between, the memory loaded both, for good. It counted 400 points where it held 200, an erase run
+    # again rewrote the doubles as they were, and the forgotten points' vectors stayed in the replaced segment.
+    from retrieval import FeaturizerSpec, Preprocessing
+    from tests.conftest import random_unit_vectors
+
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        ids = store.add(random_unit_vectors(300, 8), ["cat", "dog", "fox"] * 100, [f"/d/{i}.jpg" for i in range(300)])
+        store.delete_ids(ids[:100])
+    killed = subprocess.run([sys.executable, "-c", _ERASE_KILLED_BEFORE_ITS_FLUSH, str(tmp_path / "memory")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    points = check_consistent(tmp_path / "memory")  # counts 200, not 400
+    assert {p.id for p in points} == set(ids[100:])
+    assert len(list((tmp_path / "memory" / "shard" / "segments").iterdir())) == 1  # the replaced one is gone
+
