@@ -380,3 +380,35 @@ def test_kill_9_between_a_segment_rewrite_and_its_flush_counts_each_point_once(t
     assert {p.id for p in points} == set(ids[100:])
     assert len(list((tmp_path / "memory" / "shard" / "segments").iterdir())) == 1  # the replaced one is gone
 
+
+@pytest.mark.slow  # an index built of 5,000 points (10 MB of vectors, the engine's least): ~10 s of CPU
+def test_an_import_killed_while_it_builds_the_index_builds_it_when_run_again(tmp_path):
+    # Killed in its index build (minutes, at scale: when a kill is likeliest), the import had added every point:
+    # run again, it added none, and so built no index; the memory stayed searched in full, exactly, for good.
+    import json
+
+    from typer.testing import CliRunner
+
+    from retrieval import FeaturizerSpec, Preprocessing
+    from tests.conftest import random_unit_vectors
+    from vmem import VisualMemory
+    from vmem.cli import app
+
+    spec = FeaturizerSpec(name="t", dim=1280, preprocessing=Preprocessing(resize=8, crop=8))
+    with VisualMemory(open_store(tmp_path / "source", spec), reranker=None) as mem:  # enough vectors to index
+        mem.store.add(random_unit_vectors(5000, 1280), ["cat", "dog"] * 2500, [f"/d/{i}.jpg" for i in range(5000)])
+        mem.export_points(tmp_path / "points.npz")
+    killed_at_index = ("import os, signal; from retrieval.store import EdgeMemoryStore; "
+                       "EdgeMemoryStore.optimize = lambda self: os.kill(os.getpid(), signal.SIGKILL); "
+                       "from vmem.cli import app; app()")
+    killed = subprocess.run([sys.executable, "-c", killed_at_index, "import", str(tmp_path / "points.npz"),
+                             "--memory", str(tmp_path / "memory")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    again = CliRunner().invoke(app, ["import", str(tmp_path / "points.npz"), "--memory", str(tmp_path / "memory")])
+    assert again.exit_code == 0, again.output
+    assert "imported 0 points" in again.output and "5,000 already in memory" in again.output
+    info = CliRunner().invoke(app, ["info", "--memory", str(tmp_path / "memory"), "--json"])
+    assert json.loads(info.output)["index_upkeep"]["indexed"] == 5000
+    assert len(check_consistent(tmp_path / "memory")) == 5000

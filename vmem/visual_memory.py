@@ -2481,7 +2481,9 @@ class VisualMemory:
             self.store_vote_settings(report.vote)
         for to, ids in relabel_to.items():
             self._relabel_points(ids, to, selector)
-        if report.added:
+        # Also where nothing was added: a run killed while it built the index had added every point, and run
+        # again, it left them searched in full, exactly, for good
+        if report.added or ((upkeep := self.store.index_upkeep()) is not None and upkeep.unindexed):
             self.store.optimize()
         report.memory_points = self.store.count()
         report.seconds = time.perf_counter() - started
