@@ -412,3 +412,53 @@ def test_an_import_killed_while_it_builds_the_index_builds_it_when_run_again(tmp
     info = CliRunner().invoke(app, ["info", "--memory", str(tmp_path / "memory"), "--json"])
     assert json.loads(info.output)["index_upkeep"]["indexed"] == 5000
     assert len(check_consistent(tmp_path / "memory")) == 5000
+
+
+_RELABEL_KILLED_AT_ITS_SECOND_WRITE = """
+import os, signal, sys
+from retrieval import open_store
+from vmem import VisualMemory
+
+class KilledAtSecondWrite:  # the engine's shard, but the process dies at its second write
+    def __init__(self, shard):
+        self.shard, self.writes = shard, 0
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+    def update(self, operation):
+        self.writes += 1
+        if self.writes == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.shard.update(operation)
+
+store = open_store(sys.argv[1])
+store.shard = KilledAtSecondWrite(store.shard)
+VisualMemory(store, reranker=None).relabel("feline", label="cat")
+"""
+
+
+def test_a_relabel_killed_between_its_writes_ends_as_one_not_killed_when_run_again(tmp_path):
+    # A relabel writes per label and per 4,096 points: killed after the first, the rest still has the old label,
+    # and the same command run again finishes it.
+    from retrieval import FeaturizerSpec, Preprocessing
+    from tests.conftest import random_unit_vectors
+    from vmem import VisualMemory
+
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    for name in ("killed", "whole"):
+        with open_store(tmp_path / name, spec) as store:
+            store.add(random_unit_vectors(5000, 8), ["cat"] * 4500 + ["dog"] * 500,
+                      [f"/d/{i}.jpg" for i in range(5000)])
+    killed = subprocess.run([sys.executable, "-c", _RELABEL_KILLED_AT_ITS_SECOND_WRITE, str(tmp_path / "killed")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with open_store(tmp_path / "killed") as store:
+        assert store.label_counts() == {"feline": 4096, "cat": 404, "dog": 500}
+
+    for name in ("killed", "whole"):
+        with VisualMemory(open_store(tmp_path / name), reranker=None) as mem:
+            mem.relabel("feline", label="cat")
+
+    def as_stored(memory: Path) -> dict:  # but the times of the adds and relabels
+        return {p.id: {k: v for k, v in p.payload.items() if not k.endswith("_at")} for p in check_consistent(memory)}
+
+    assert as_stored(tmp_path / "killed") == as_stored(tmp_path / "whole")  # labels, relabelled_from, marks
