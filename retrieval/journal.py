@@ -21,6 +21,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,9 @@ _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read wit
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
 IDS_PER_ENTRY = 100_000
+# The name of the API key the request being served came with (the service sets it as it checks the key; None: no
+# key): the journal records it as who made an edit (`by`), the answer log as who asked for a re-rank.
+KEY_NAME: ContextVar[str | None] = ContextVar("vmem_key_name", default=None)
 
 
 class JournalEntry(BaseModel):
@@ -58,6 +62,8 @@ class JournalEntry(BaseModel):
                                                  "and min_similarity")
     detail: dict[str, Any] = Field(default_factory=dict, description="what else the edit was: names set, settings")
     via: str = Field(default="python", description="python, cli or http")
+    by: str | None = Field(default=None, description="http: the name of the API key the edit was made with "
+                                                     "(VMEM_API_KEY's is `default`; none without authentication)")
     host: str = Field(default_factory=socket.gethostname, description="the machine of the process that edited")
     pid: int = Field(default_factory=os.getpid, description="that process's id")
     part: int | None = Field(default=None,

@@ -22,6 +22,7 @@ from vmem import VisualMemory
 
 from . import schemas
 from .head import HeadAsGetMiddleware
+from .keys import KeyRing, KeysCollector
 from .limits import AllowedHostsMiddleware, BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .problems import Problem, RequestIdMiddleware, UnexpectedErrorMiddleware, install_problem_handlers
@@ -103,6 +104,9 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.keys = keys = KeyRing(settings.api_key.get_secret_value() if settings.api_key else None,
+                                    settings.api_keys_file)
+    metrics.registry.register(KeysCollector(keys))
     # Given a memory, serve it at once: the app also works where the lifespan does not run.
     app.state.service = ClassifierService(memory, settings, metrics, auditor=auditor) if memory is not None else None
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from retrieval.journal import KEY_NAME
+
+from .keys import ApiKey, KeyRing
 from .problems import ProblemError
 from .service import ClassifierService
 from .settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
+Scope = Literal["edit", "rerank"]  # what a key may do (keys.SCOPES)
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="required by the endpoints that edit the memory")
 
@@ -34,32 +37,47 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[ClassifierService, Depends(get_service)]
 
 
-def check_api_key(settings: Settings, key: str | None, needed_for: str = "this endpoint edits the memory") -> None:
-    """Refuse a request without the configured key (compared in constant time); `needed_for` says why it needs one."""
-    if settings.auth_disabled:
-        return
+def api_key_of(request: Request, key: str | None, needed_for: str = "this endpoint edits the memory",
+               may: Scope = "edit") -> ApiKey | None:
+    """The valid key sent, which may do what is asked (keys are compared by their hashes, in constant time); None
+    where no key is needed. `needed_for` says why the request needs one."""
+    if get_settings(request).auth_disabled:
+        return None
     if not key:
         raise ProblemError(401, f"{needed_for}: send the API key in the {API_KEY_HEADER} header",
                            "missing-api-key", headers={"WWW-Authenticate": API_KEY_HEADER})
-    expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
-    if not hmac.compare_digest(key.encode(), expected):
+    keys: KeyRing = request.app.state.keys
+    if (found := keys.find(key)) is None:
         raise ProblemError(403, "the API key is not valid", "invalid-api-key")
+    if may not in found.scopes:
+        raise ProblemError(403, f"{needed_for}, and the API key {found.name} may only "
+                           f"{' and '.join(sorted(found.scopes))}", "key-not-allowed", "Key not allowed")
+    return found
 
 
-def has_api_key(settings: Settings, key: str | None) -> bool:
+def check_api_key(request: Request, key: str | None, needed_for: str = "this endpoint edits the memory",
+                  may: Scope = "edit") -> None:
+    """Refuse a request without a valid key that may do what is asked; with one, its name is who the request
+    acts as: the journal records it with each edit the request makes (`by`), the answer log with a re-rank."""
+    if (found := api_key_of(request, key, needed_for, may)) is not None:
+        KEY_NAME.set(found.name)
+
+
+def has_api_key(request: Request, key: str | None) -> bool:
     """Whether a request may edit the memory (its key, or none needed): for reads that do more for one that may."""
     try:
-        check_api_key(settings, key)
+        api_key_of(request, key)
     except ProblemError:
         return False
     return True
 
 
-def require_api_key(request: Request, settings: SettingsDep,
-                    key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """Let the request edit the memory only with the configured key; with none needed, only from a page of this
-    service or of an origin `VMEM_CORS_ORIGINS` names."""
-    check_api_key(settings, key)
+async def require_api_key(request: Request, settings: SettingsDep,
+                          key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    """Let the request edit the memory only with a valid key; with none needed, only from a page of this
+    service or of an origin `VMEM_CORS_ORIGINS` names. (A coroutine, so that the key's name it sets is the
+    route's: a plain function runs on a thread, in a context of its own.)"""
+    check_api_key(request, key)
     if settings.auth_disabled:
         check_same_site(request, settings)
 

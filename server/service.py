@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -411,7 +412,8 @@ class ClassifierService:
 
         queued.inc()
         try:
-            future = executor.submit(counted)
+            # In the request's context: the API key's name it carries is journaled as who made an edit (`by`)
+            future = executor.submit(contextvars.copy_context().run, counted)
         except BaseException:  # the pool shut down
             queued.dec()
             raise

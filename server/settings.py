@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from vmem.answer_log import DEFAULT_BACKUPS, DEFAULT_MAX_MB
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE
 
+from .keys import read_keys_file
 from .schemas import MOST_BATCH_IMAGES
 
 MIN_API_KEY_LENGTH = 16
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="torch device for the encoder (default: cuda if present)")
 
     api_key: SecretStr | None = Field(default=None, description="key required in X-API-Key to edit the memory")
+    api_keys_file: Path | None = Field(
+        default=None, description="a file of named keys, one `NAME SHA256 [edit,rerank]` a line (`vmem key NAME` makes "
+        "one), taken beside VMEM_API_KEY and read again when it changes: the name of the key an edit came with is "
+        "journaled")
     auth_disabled: bool = Field(default=False, description="let anyone edit the memory (only for a trusted network)")
 
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="largest request body accepted")
@@ -142,7 +147,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is a file, not a folder for {str(info.field_name).removesuffix('_dir')}s")
         return value
 
-    @field_validator("memory", "thumbnail_dir", "backup_dir", "source_roots", "answer_log", mode="after")
+    @field_validator("api_keys_file", mode="after")
+    @classmethod
+    def _keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_keys_file(value.expanduser())  # a malformed file refused at start, with its line
+        return value
+
+    @field_validator("memory", "thumbnail_dir", "backup_dir", "source_roots", "answer_log", "api_keys_file",
+                     mode="after")
     @classmethod
     def _expand_home(cls, value: str | Path | list[Path] | None) -> str | Path | list[Path] | None:
         # A shell expands `~` in VMEM_MEMORY=~/memory; an env file or a systemd unit does not.
@@ -162,16 +175,22 @@ class Settings(BaseSettings):
                              f"{'on a Qdrant server' if self.qdrant_url else 'in RAM'} has none")
         if self.auth_disabled:
             return self
-        if self.api_key is None or not self.api_key.get_secret_value():
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        if not key:
+            if self.api_keys_file is not None:
+                if read_keys_file(self.api_keys_file):
+                    return self
+                raise ValueError(f"VMEM_API_KEYS_FILE ({self.api_keys_file}) holds no key, and VMEM_API_KEY is "
+                                 "unset: nobody could edit the memory (`vmem key NAME` makes a key and its line)")
             if self.read_only:  # every edit is refused: what the key still guards is the points' vectors
-                raise ValueError("no API key: set VMEM_API_KEY (a read-only service refuses every edit; re-ranked "
-                                 "classifies, the export of the points and backups require it), or set "
-                                 "VMEM_AUTH_DISABLED=true to let anyone ask for them")
+                raise ValueError("no API key: set VMEM_API_KEY or VMEM_API_KEYS_FILE (a read-only service refuses "
+                                 "every edit; re-ranked classifies, the export of the points and backups require it), "
+                                 "or set VMEM_AUTH_DISABLED=true to let anyone ask for them")
             raise ValueError(
-                "no API key: set VMEM_API_KEY (memory-editing endpoints require it), "
+                "no API key: set VMEM_API_KEY or VMEM_API_KEYS_FILE (memory-editing endpoints require it), "
                 "or set VMEM_AUTH_DISABLED=true to let anyone edit the memory"
             )
-        if len(self.api_key.get_secret_value()) < MIN_API_KEY_LENGTH:
+        if len(key) < MIN_API_KEY_LENGTH:
             raise ValueError(f"VMEM_API_KEY is too short: use at least {MIN_API_KEY_LENGTH} characters")
         return self
 

@@ -189,7 +189,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 3)
     edits = browser.find_elements(By.CSS_SELECTOR, "#history-list li")
     assert [e.get_attribute("data-op") for e in edits] == ["erase", "forget", "forget"]
-    assert edits[1].text.endswith("forget 1 point (red: 1) via http")
+    assert edits[1].text.endswith("forget 1 point (red: 1) via http (key default)")  # VMEM_API_KEY's name
     browser.save_screenshot(str(ARTIFACTS / "page-history.png"))
 
 

@@ -136,7 +136,7 @@ class AnswerLog:
 
     def record(self, results: Sequence[Classification], asked: Sequence[Asked], *, via: str,
                client: str | None = None, memory: str | None = None, edit_at: str | None = None,
-               at: str | None = None) -> None:
+               at: str | None = None, by: str | None = None) -> None:
         """Log one line per answer (`asked`: what was asked, in the same order; `at`: when, default now). Never
         raises: a line that cannot be written is counted in `failures`."""
         try:
@@ -144,7 +144,7 @@ class AnswerLog:
             for res, a in zip(results, asked, strict=True):
                 self._handler.handle(logging.makeLogRecord({"msg": json.dumps(
                     answer_line(res, a, at=at, via=via, client=client, host=host, pid=pid, memory=memory,
-                                edit_at=edit_at), ensure_ascii=False, separators=(",", ":")), "args": None}))
+                                edit_at=edit_at, by=by), ensure_ascii=False, separators=(",", ":")), "args": None}))
         except Exception:  # a result the line could not be made of: still no answer fails for its log
             self._failed()
 
@@ -153,10 +153,11 @@ class AnswerLog:
 
 
 def answer_line(res: Classification, asked: Asked, *, at: str, via: str, client: str | None, host: str, pid: int,
-                memory: str | None, edit_at: str | None) -> dict[str, Any]:
-    """What the log keeps of one answer (see docs/service.md, "The answer log")."""
+                memory: str | None, edit_at: str | None, by: str | None = None) -> dict[str, Any]:
+    """What the log keeps of one answer (see docs/service.md, "The answer log"); `by`: the name of the API key a
+    re-rank was asked with."""
     return {
-        "at": at, "via": via, "client": client, "host": host, "pid": pid,
+        "at": at, "via": via, "client": client, "by": by, "host": host, "pid": pid,
         "image_sha256": asked.sha256, "filename": asked.filename, "source": res.source,
         "label": res.label, "scores": dict(list(res.scores.items())[:TOP_SCORES]),
         "reranked": res.reranked, "model": res.model, "template": res.template, "fallback_reason": res.fallback_reason,

@@ -57,6 +57,7 @@ from retrieval.files import (
 from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import (
     JOURNAL_FILE,
+    KEY_NAME,
     FileJournal,
     JournalEntry,
     JournalOp,
@@ -1300,12 +1301,13 @@ class VisualMemory:
         the memory's newest edit then (`edit_at`: what `vmem history` lists after it came after the question)."""
         if (to := to or self.answer_log) is not None:
             at, edit_at = asked_at or self.answer_state()
-            to.record(results, asked, via=self.via, client=client, memory=self.store.key, edit_at=edit_at, at=at)
+            to.record(results, asked, via=self.via, client=client, memory=self.store.key, edit_at=edit_at, at=at,
+                      by=KEY_NAME.get())
 
     def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
         """Record an edit that has been made, as made by this object's `via`."""
         self._edits += 1
-        self.store.journal.record(op, ids, via=self.via, **fields)
+        self.store.journal.record(op, ids, via=self.via, by=KEY_NAME.get(), **fields)
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None) -> list[JournalEntry]:

@@ -13,7 +13,6 @@ from ..deps import API_KEY_HEADER, ServiceDep, SettingsDep, check_api_key
 from ..problems import TYPE_BASE, ProblemError, problem_responses
 from ..schemas import BatchItemOut, BatchOut, ClassificationOut, ClassifyBatchJSON, ClassifyJSON, ClassifyQuery
 from ..service import Answer, ClassifierService, Upload
-from ..settings import Settings
 from ..uploads import JSON, MULTIPART, read_files, read_json, require_media_type, too_many_images
 from ._common import (
     check_labels,
@@ -31,11 +30,12 @@ QueryDep = Annotated[ClassifyQuery, Query()]
 TOO_MANY = "send fewer images per request, splitting them across several requests"
 
 
-def check_rerank_key(request: Request, settings: Settings, q: ClassifyQuery) -> None:
+def check_rerank_key(request: Request, q: ClassifyQuery) -> None:
     """Classifying is open to all, but re-ranking asks Gemini, paid per call (and a page elsewhere can make a
     browser send this form): `rerank=true` needs the key too."""
     if q.rerank:
-        check_api_key(settings, request.headers.get(API_KEY_HEADER), "rerank=true asks Gemini, which is paid per call")
+        check_api_key(request, request.headers.get(API_KEY_HEADER), "rerank=true asks Gemini, which is paid per call",
+                      may="rerank")
 
 
 async def classified(request: Request, service: ClassifierService, uploads: list[Upload], q: ClassifyQuery
@@ -65,7 +65,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     Send the image as a multipart upload in the `image` field, or as JSON `{"image": "<base64>"}`.
     The answer lists the neighbours that voted, each with a thumbnail URL, and a novelty score.
     """
-    check_rerank_key(request, settings, q)
+    check_rerank_key(request, q)
     check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)
@@ -97,7 +97,7 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     An image that does not decode (or, in JSON, whose text is no base64) gets an `error` in its place; the others
     are still answered.
     """
-    check_rerank_key(request, settings, q)
+    check_rerank_key(request, q)
     check_template(service, q)
     check_vote_options(service, q)
     await check_labels(service, q)

@@ -557,7 +557,7 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
         # key (as a forget of the folder chooses its points: a listing before a forget shows what it would take),
         # and for anyone inside the folders the service serves images from: any folder on the host (/usr, an NFS
         # mount) had been walked for anyone asking.
-        follow = q.source_prefix is not None and (has_api_key(settings, request.headers.get(API_KEY_HEADER))
+        follow = q.source_prefix is not None and (has_api_key(request, request.headers.get(API_KEY_HEADER))
                                                   or service.serves_from(q.source_prefix))
         # A page read without a walk is cheap (the page's own listings): not queued behind the slow reads
         listing = functools.partial(service.memory.points, q.label, q.source_prefix, q.cursor, q.limit, q.excluded,

@@ -559,7 +559,7 @@ async function loadHistory() {
     when.textContent = new Date(e.at).toLocaleString();
     const via = document.createElement("span");
     via.className = "muted";
-    via.textContent = ` via ${e.via}`;
+    via.textContent = ` via ${e.via}` + (e.by ? ` (key ${e.by})` : "");  // the API key's name: who made it
     li.append(when, ` ${e.op}${what}`, via);
     return li;
   });

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnavailableError
 from retrieval.files import NoHomeError
 
-from . import answers, experiment, memory, prune, templates
+from . import answers, experiment, keys, memory, prune, templates
 from . import dmn as dmn_cmd
 from . import eval as eval_cmd
 from ._common import EXIT_TEMPORARY, SERVED_ROUTES, served_note
@@ -148,6 +148,7 @@ app.command()(memory.backup)
 app.command()(memory.erase)
 app.add_typer(templates.app, name="templates")
 app.command()(serve)
+app.command()(keys.key)
 app.add_typer(bench_app, name="bench")
 app.command(name="eval")(eval_cmd.eval)
 app.command()(prune.prune)

@@ -98,7 +98,8 @@ def answers(
 
 def _line(answer: dict, used: list[dict]) -> str:
     """One decision, tab-separated: when, asked how, the image, the label, the points that made it match."""
-    who = " ".join(str(x) for x in (answer.get("via"), answer.get("client")) if x)
+    who = " ".join(str(x) for x in (answer.get("via"), answer.get("client"),
+                                    answer.get("by") and f"(key {answer['by']})") if x)
     image = answer.get("filename") or answer.get("source") or ""
     if answer.get("image_sha256"):
         image = f"{image} (sha256 {answer['image_sha256'][:12]})".strip()

@@ -1186,7 +1186,7 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     part = f" [part {e.part + 1}]" if e.part is not None else ""
     return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, one_line(what),
                                  one_line(f"by {chosen}") if chosen else "",
-                                 f"via {e.via} on {e.host} (pid {e.pid})") if x)
+                                 f"via {e.via}{f' (key {e.by})' if e.by else ''} on {e.host} (pid {e.pid})") if x)
 
 
 def labels(

@@ -324,7 +324,7 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="let anyone edit the memory (trusted networks "
-                                          "only); otherwise $VMEM_API_KEY is required")] = False,
+                                          "only); otherwise $VMEM_API_KEY or $VMEM_API_KEYS_FILE is required")] = False,
     env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
                                                   "this file \\[default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,

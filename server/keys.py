@@ -1,0 +1,186 @@
+"""Named API keys: `VMEM_API_KEYS_FILE`, read again when it changes, beside `VMEM_API_KEY` (named `default`).
+
+One key a line: a name, the key's sha256 in hex, and optionally what it may do (`edit`, `rerank`, comma-separated;
+both by default). `#` starts a comment.
+
+    # name   sha256 of the key                                                 may
+    alice    5e7f90955ab6db92018dc161092b571c1d6dc39e7ce4abe7a77ade44acbbba62
+    kiosk    c70371dce946641c0594d4c49eda0ab7c274c48bc1479c2580b7f9c8f3612622  rerank
+
+The file holds hashes, not keys, so it is no secret to guard (`vmem key NAME` makes a key and its line). Several keys
+are valid at once: a key is rotated by adding the new one, moving its clients, then removing the old, with no
+restart. The name of the key a request came with is journaled as who made its edits (`by`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("edit", "rerank")  # edit: every endpoint that needs a key but a re-ranked classify
+DEFAULT_KEY_NAME = "default"  # VMEM_API_KEY's
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+_DIGEST = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
+# A file changed this recently may still be being written (or change again within the clock's tick, its mtime
+# unchanged): read again on the next request rather than trusted as read (git's "racy" index entries).
+_SETTLED_S = 2.0
+
+
+class KeysFileError(ValueError):
+    """A keys file that cannot be read, or a line of it that is no key (`line` from 1; None: the whole file)."""
+
+    def __init__(self, path: Path, why: str, line: int | None = None) -> None:
+        self.path, self.why, self.line = path, why, line
+        super().__init__(f"{path}{f', line {line}' if line else ''}: {why}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as the service knows it: its name, its sha256, what it may do."""
+
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_key_line(name: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
+    """A new random key and its line for a keys file (which holds only its hash)."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is no key name: letters, digits and . _ @ + -, up to 64, a letter or digit first")
+    if unknown := [s for s in scopes if s not in SCOPES]:
+        raise ValueError(f"{', '.join(unknown)}: a key may {' or '.join(SCOPES)}")
+    key = secrets.token_urlsafe(24)
+    return key, " ".join((name, hashlib.sha256(key.encode()).hexdigest(), ",".join(scopes))).rstrip()
+
+
+def read_keys_file(path: Path) -> list[ApiKey]:
+    """The keys of a keys file; KeysFileError says which line is wrong and how."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KeysFileError(path, "not UTF-8 text") from None
+    except OSError as exc:
+        raise KeysFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    keys: dict[str, ApiKey] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) not in (2, 3):
+            raise KeysFileError(path, f"{len(fields)} fields where a name, the key's sha256 and (optionally) what it "
+                                "may do were expected", number)
+        name, hashed = fields[:2]
+        if not _NAME.fullmatch(name):
+            raise KeysFileError(path, f"{name!r} is no key name: letters, digits and . _ @ + -, up to 64", number)
+        if name == DEFAULT_KEY_NAME or name in keys:
+            raise KeysFileError(path, f"the name {name} is taken" + (
+                " (VMEM_API_KEY's)" if name == DEFAULT_KEY_NAME else " by an earlier line"), number)
+        if (found := _DIGEST.fullmatch(hashed)) is None:
+            # Never echoed: it may be a key pasted where its hash belongs
+            raise KeysFileError(path, "the second field is not a sha256 (64 hex digits): the file holds the keys' "
+                                "hashes, never the keys (`vmem key NAME` makes a line)", number)
+        scopes = frozenset(fields[2].split(",")) if len(fields) == 3 else frozenset(SCOPES)
+        if unknown := sorted(scopes - set(SCOPES)):
+            raise KeysFileError(path, f"{', '.join(unknown)}: a key may {' or '.join(SCOPES)}", number)
+        keys[name] = ApiKey(name, bytes.fromhex(found.group(1)), scopes)
+    return list(keys.values())
+
+
+class KeyRing:
+    """The keys the service takes: VMEM_API_KEY's and those of VMEM_API_KEYS_FILE, that file read again when its
+    modification time, size or inode changes (a stat per request: about a microsecond). A file turned unreadable
+    or malformed keeps the keys read before, says so in the log and in `vmem_api_keys_file_valid`."""
+
+    def __init__(self, api_key: str | None = None, path: Path | None = None) -> None:
+        self._default = (ApiKey(DEFAULT_KEY_NAME, digest(api_key), frozenset(SCOPES)),) if api_key else ()
+        self.path = path
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file as last read
+        self._from_file: tuple[ApiKey, ...] = ()
+        self.file_valid = True
+        self._said: str | None = None  # the last problem logged, said once
+        if path is not None:
+            self._from_file = tuple(read_keys_file(path))  # at start, a bad file is an error, not a warning
+            self._remember(_signature(path))
+
+    def keys(self) -> tuple[ApiKey, ...]:
+        """Every key valid now."""
+        if self.path is not None:
+            self._reread_if_changed(self.path)
+        return self._default + self._from_file
+
+    def find(self, key: str) -> ApiKey | None:
+        """The key `key` is, or None: each known key's hash compared in constant time, all of them."""
+        sent, found = digest(key), None
+        for known in self.keys():
+            if hmac.compare_digest(sent, known.digest):
+                found = known
+        return found
+
+    def _reread_if_changed(self, path: Path) -> None:
+        signature = _signature(path)
+        if signature is not None and signature == self._seen:
+            return
+        with self._lock:
+            if (signature := _signature(path)) is not None and signature == self._seen:
+                return
+            try:
+                keys = read_keys_file(path)
+            except KeysFileError as exc:
+                self.file_valid = False
+                if str(exc) != self._said:
+                    self._said = str(exc)
+                    log.error("the API keys file %s; the %d keys read from it before are still taken", exc,
+                              len(self._from_file))
+                return
+            self._remember(signature)
+            if keys != list(self._from_file) or not self.file_valid:
+                log.warning("API keys read again from %s: %s", path, ", ".join(k.name for k in keys) or "none")
+            self._from_file, self.file_valid, self._said = tuple(keys), True, None
+
+    def _remember(self, signature: tuple[int, int, int] | None) -> None:
+        """Take the file as read until its signature changes, once it has not changed for a while."""
+        if signature is not None and time.time() - signature[0] / 1e9 > _SETTLED_S:
+            self._seen = signature
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class KeysCollector(Collector):
+    """`vmem_api_keys` and `vmem_api_keys_file_valid`, the file checked for changes as they are scraped."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        keys = self.ring.keys()
+        yield GaugeMetricFamily("vmem_api_keys", "API keys the service takes now (VMEM_API_KEY's and the keys "
+                                "file's)", value=len(keys))
+        if self.ring.path is not None:
+            yield GaugeMetricFamily("vmem_api_keys_file_valid", "1 while VMEM_API_KEYS_FILE reads as keys; 0 once it "
+                                    "does not (the log says which line): the keys read before are still taken",
+                                    value=float(self.ring.file_valid))

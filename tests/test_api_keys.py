@@ -1,0 +1,148 @@
+"""Named API keys (VMEM_API_KEYS_FILE) over a real uvicorn on loopback: who made each edit, rotation without a
+restart, a key that may only re-rank, and a keys file broken at start or while serving."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from vmem.cli import app
+
+ALICE, BOB, KIOSK = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "kiosk-key-0123456789abcdef"
+
+
+def line(name: str, key: str, may: str = "") -> str:
+    return f"{name} {hashlib.sha256(key.encode()).hexdigest()} {may}".rstrip() + "\n"
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture
+def serve(tmp_path, lite0, memory_images):
+    """with serve(**settings) as url: a real service over a fresh copy of the test memory (its folder
+    `tmp_path / "memory"`), the memory closed at the block's end."""
+
+    @contextmanager
+    def served(**settings) -> Iterator[str]:
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+        try:
+            with live_server(create_app(Settings(memory=str(tmp_path / "memory"), **settings), memory=mem)) as url:
+                yield url
+        finally:
+            mem.close()
+
+    return served
+
+
+def add(http: httpx.Client, key: str, label: str = "yellow", seed: int = 1) -> httpx.Response:
+    return http.post("/v1/memory", headers={"X-API-Key": key}, data={"label": label},
+                     files={"images": (f"{label}{seed}.png", texture((240, 230, 20), seed))})
+
+
+def test_each_edit_is_journaled_with_the_name_of_the_key_that_made_it(tmp_path, serve):
+    keys = tmp_path / "keys"
+    keys.write_text("# curators\n" + line("alice", ALICE) + line("bob", BOB))
+    with serve(api_key=API_KEY, api_keys_file=keys) as url, httpx.Client(base_url=url, timeout=30) as http:
+        [added] = add(http, ALICE).json()["added"]
+        assert http.delete(f"/v1/memory/points/{added['id']}", headers={"X-API-Key": BOB}).status_code == 200
+        assert add(http, API_KEY, seed=2).status_code == 201  # VMEM_API_KEY works as before, named "default"
+        history = http.get("/v1/memory/history").json()["entries"]
+    assert [(e["op"], e["via"], e["by"]) for e in history] == [
+        ("add", "http", "default"), ("forget", "http", "bob"), ("add", "http", "alice")]
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    shown = runner.invoke(app, ["history", "--memory", str(tmp_path / "memory")]).output.splitlines()
+    assert [x.split("\t")[-1].split(" on ")[0] for x in shown[:3]] == [
+        "via http (key default)", "via http (key bob)", "via http (key alice)"]
+
+
+def test_a_key_is_rotated_without_a_restart_and_a_revoked_key_is_refused(tmp_path, serve):
+    keys = tmp_path / "keys"
+    keys.write_text(line("ci", ALICE))
+    with serve(api_keys_file=keys) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert add(http, ALICE).status_code == 201
+        keys.write_text(line("ci", ALICE) + line("ci-2026", BOB))  # the new key beside the old
+        assert add(http, BOB, seed=2).status_code == 201
+        assert add(http, ALICE, seed=3).status_code == 201  # clients not moved yet still work
+        keys.write_text(line("ci-2026", BOB))  # every client moved: the old one removed
+        refused = add(http, ALICE, seed=4)
+        assert (refused.status_code, refused.json()["type"]) == (403, "urn:vmem:problem:invalid-api-key")
+        assert add(http, BOB, seed=5).status_code == 201
+        assert [e["by"] for e in http.get("/v1/memory/history").json()["entries"]] == [
+            "ci-2026", "ci", "ci-2026", "ci"]
+
+
+def test_a_key_that_may_only_rerank_is_refused_edits_and_named_in_the_answer_log(tmp_path, serve):
+    keys, log = tmp_path / "keys", tmp_path / "answers.jsonl"
+    keys.write_text(line("kiosk", KIOSK, "rerank") + line("alice", ALICE))
+    with serve(api_keys_file=keys, answer_log=log) as url, httpx.Client(base_url=url, timeout=30) as http:
+        refused = add(http, KIOSK)
+        assert (refused.status_code, refused.json()["type"]) == (403, "urn:vmem:problem:key-not-allowed")
+        assert "the API key kiosk may only rerank" in refused.json()["detail"]
+        image = {"image": ("q.png", texture(COLORS["red"], 999))}
+        reranked = http.post("/v1/classify?rerank=true", headers={"X-API-Key": KIOSK}, files=image)
+        assert reranked.status_code == 200  # no Gemini key here: the vote answers, and says why
+        assert http.post("/v1/classify", files=image).status_code == 200  # a plain classify needs no key
+    assert [(a["via"], a["by"]) for a in map(json.loads, log.read_text().splitlines())] == [
+        ("http", "kiosk"), ("http", None)]
+
+
+def test_a_keys_file_broken_while_serving_keeps_the_keys_read_before_and_says_so(tmp_path, serve, caplog):
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE))
+    with serve(api_keys_file=keys) as url, httpx.Client(base_url=url, timeout=30) as http:
+        keys.write_text(line("alice", ALICE) + f"bob {BOB}\n")  # a key pasted where its hash belongs
+        with caplog.at_level(logging.ERROR, logger="server.keys"):
+            assert add(http, ALICE).status_code == 201
+        assert "vmem_api_keys_file_valid 0.0" in http.get("/metrics").text
+        assert add(http, BOB, seed=2).status_code == 403
+        keys.write_text(line("alice", ALICE) + line("bob", BOB))  # mended
+        assert add(http, BOB, seed=3).status_code == 201
+        assert "vmem_api_keys_file_valid 1.0" in http.get("/metrics").text
+    broken, mended = [r.getMessage() for r in caplog.records if r.name == "server.keys"]  # each said once
+    assert f"{keys}, line 2: the second field is not a sha256" in broken
+    assert "the 1 keys read from it before are still taken" in broken
+    assert mended == f"API keys read again from {keys}: alice, bob"
+    assert BOB not in caplog.text  # a key is never logged, even one written where it should not be
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (line("alice", ALICE) + "bob\n", "line 2: 1 fields where a name, the key's sha256"),
+    (line("alice", ALICE) + line("alice", BOB), "line 2: the name alice is taken by an earlier line"),
+    (line("default", ALICE), "line 1: the name default is taken (VMEM_API_KEY's)"),
+    (line("alice", ALICE, "delete"), "line 1: delete: a key may edit or rerank"),
+    (f"alice {ALICE}\n", "line 1: the second field is not a sha256"),
+    ("# nobody yet\n", "holds no key, and VMEM_API_KEY is unset"),
+])
+def test_a_malformed_keys_file_is_refused_at_start_with_its_line(tmp_path, content, says):
+    keys = tmp_path / "keys"
+    keys.write_text(content)
+    with pytest.raises(ValidationError, match=re.escape(says)) as refused:
+        Settings(memory=str(tmp_path / "memory"), api_keys_file=keys)
+    assert ALICE not in str(refused.value)
+
+
+def test_vmem_key_makes_a_key_whose_hash_only_is_written_and_revokes_it(tmp_path):
+    keys, runner = tmp_path / "keys", CliRunner(env={"COLUMNS": "250"})  # its error on one line
+    made = runner.invoke(app, ["key", "kiosk", "--file", str(keys), "--may", "rerank"])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    assert keys.read_text() == line("kiosk", key, "rerank") and key not in keys.read_text()
+    again = runner.invoke(app, ["key", "kiosk"], env={"VMEM_API_KEYS_FILE": str(keys)})
+    assert again.exit_code == 2 and "holds a key named kiosk already" in again.output
+    assert runner.invoke(app, ["key", "kiosk", "--file", str(keys), "--revoke"]).exit_code == 0
+    assert keys.read_text() == ""
