@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
 from vmem.cli import app
+from vmem.cli.serve import _startup_summary
 
 ALICE, BOB, KIOSK = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "kiosk-key-0123456789abcdef"
 
@@ -118,6 +119,14 @@ def test_a_keys_file_broken_while_serving_keeps_the_keys_read_before_and_says_so
     assert "the 1 keys read from it before are still taken" in broken
     assert mended == f"API keys read again from {keys}: alice, bob"
     assert BOB not in caplog.text  # a key is never logged, even one written where it should not be
+
+
+def test_vmem_serve_says_at_start_which_keys_edits_take(tmp_path, lite0, memory_images):
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE) + line("kiosk", KIOSK, "rerank"))
+    with fill_memory(str(tmp_path / "memory"), lite0, memory_images) as mem:
+        summary = _startup_summary(mem, Settings(memory=str(tmp_path / "memory"), api_keys_file=keys))
+    assert summary.endswith(f"; edits need an API key: one of {keys} (alice, kiosk [re-ranks only])")
 
 
 @pytest.mark.parametrize(("content", "says"), [

@@ -269,6 +269,13 @@ def _startup_summary(mem: Any, settings: Any) -> str:
     edits = ((f"read-only (a copy of {source})" if source else "read-only") + ": every edit is refused"
              if settings.read_only else
              "anyone may edit" if settings.auth_disabled else "edits need the API key")
+    if settings.api_keys_file is not None and not settings.auth_disabled and not settings.read_only:
+        from server.keys import read_keys_file
+
+        named = [k.name if "edit" in k.scopes else f"{k.name} [re-ranks only]"
+                 for k in read_keys_file(settings.api_keys_file)]
+        edits = (f"edits need an API key: {'VMEM_API_KEY or ' if settings.api_key else ''}one of "
+                 f"{settings.api_keys_file} ({', '.join(named)})")
     return (f"{mem.store.count():,} points, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
 
 
