@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FEATURE_CACHE
-from realdata import cached_features, train_subset, val_sample
 
 from eval.harness import QuerySet, RunInfo, evaluate
 from eval.scoring import MemoryArrays
 from retrieval import VoteRule, vote
+from tests.conftest import FEATURE_CACHE
+from tests.realdata import cached_features, train_subset, val_sample
 
 pytestmark = pytest.mark.realdata
 

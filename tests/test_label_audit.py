@@ -11,13 +11,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FEATURE_CACHE
-from realdata import cached_features, train_subset, val_sample
 from typer.testing import CliRunner
 
 from eval.experiments import LabelledArrays, label_noise
 from eval.label_audit import audit_labels, leave_one_out_votes
 from retrieval import FeaturizerSpec, Preprocessing, open_store
+from tests.conftest import FEATURE_CACHE
+from tests.realdata import cached_features, train_subset, val_sample
 from tests.test_eval_experiments import clusters
 from vmem import VisualMemory
 from vmem.cli import app
