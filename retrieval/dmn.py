@@ -98,11 +98,14 @@ def readout(
         return softmax(logits)
     q = np.asarray(query, dtype=np.float64)
     w = np.exp(-beta * (1.0 - keys @ q))
-    protos = np.zeros((n_classes, len(q)))
-    np.add.at(protos, class_ids, w[:, None] * keys)
+    # Prototypes only of the classes that have entries, each its entries' sum in their order (the same sums, bit
+    # for bit, as np.add.at into [n_classes, d], which was ~5-10 ms of each query: most of a DMN readout).
+    present, row = np.unique(class_ids, return_inverse=True)
+    weighted = w[:, None] * keys
+    protos = np.stack([weighted[row == i].sum(axis=0) for i in range(len(present))])
     norms = np.linalg.norm(protos, axis=1)
     has = norms > 0
-    logits[has] = scale * (protos[has] @ q) / norms[has]
+    logits[present[has]] = scale * (protos[has] @ q) / norms[has]
     return softmax(logits)
 
 
