@@ -654,11 +654,12 @@ def test_a_memory_opens_without_re_applying_its_last_add(tmp_path):
                          text=True, check=True).stdout.split()
     heap_mb, count = float(out[0]), int(out[1])
     assert count == 20_000 and heap_mb < 200
-    # The write that closes the log rewrote the last point's label with itself: nothing else changed.
+    # The write that closes the log deleted no point and edited none: the last is as added, and indexed.
     store = open_store(tmp_path / "m")
     last = store.retrieve([ids[-1]])[0]
     assert last.label == "b" and last.payload["tags"] == {"split": "train"}
     assert store.query(vecs[-1], 1)[0].id == ids[-1]
+    assert store.index_upkeep().deleted_in_index == 0
     store.close()
 
 

@@ -69,6 +69,19 @@ def test_vmem_info_says_how_far_the_index_has_drifted_and_vmem_erase_gives_it_ba
     assert (after["indexed"], after["unindexed"]) == (2000, 1100)
 
 
+def test_a_memory_freshly_built_and_indexed_holds_nothing_forgotten_or_edited(tmp_path):
+    from retrieval import FeaturizerSpec, Preprocessing
+
+    spec = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
+    with open_store(tmp_path / "memory", spec) as store:
+        store.add(random_unit_vectors(N, DIM, seed=1), [f"c{i % 20}" for i in range(N)],
+                  [f"/v/{i}" for i in range(N)])
+        store.optimize()  # as a build ends
+    # Closing wrote nothing to any point (it had rewritten the last point's label, leaving its indexed copy deleted)
+    assert upkeep(tmp_path / "memory") == {"points": N, "indexed": N, "unindexed": 0, "deleted_in_index": 0,
+                                           "deleted_share": 0.0, "advice": None}
+
+
 def test_a_memory_too_small_to_index_says_it_is_searched_in_full(tmp_path):
     from retrieval import FeaturizerSpec, Preprocessing
 
