@@ -115,13 +115,14 @@ def test_a_new_class_of_too_few_images_beside_fuller_ones_is_said_to_be_outvoted
     assert built.exit_code == 0 and "note:" not in built.output  # one label alone wins every vote
     new_images = sorted((train / new).iterdir())[:3]
     one = run("build", new_images[0], "--memory", memory, "--label", new, "--workers", "0")
-    said = (f"note: label '{new}' has 1 point, fewer than the 3 it takes to win a rank vote of k = 50 neighbours "
-            "against a fuller class near it: add images of it, or classify with k = 2 or less")
+    # The label called by its name too (vmem's ImageNet names, here), as answers call it
+    said = (f"note: label '{new}' (fire salamander) has 1 point, fewer than the 3 it takes to win a rank vote of "
+            "k = 50 neighbours against a fuller class near it: add images of it, or classify with k = 2 or less")
     assert one.exit_code == 0 and said in one.stderr and "1 added" in one.stdout
     assert said in run("info", "--memory", memory).stderr
     [few] = json.loads(run("info", "--memory", memory, "--json").stdout)["few_points"]
-    assert (few["label"], few["points"], few["needed"], few["k"], few["rule"], few["k_that_fits"]) == (
-        new, 1, 3, 50, "rank", 2)
+    assert (few["label"], few["label_name"], few["points"], few["needed"], few["k"], few["rule"],
+            few["k_that_fits"]) == (new, "fire salamander", 1, 3, 50, "rank", 2)
     with VisualMemory.open(memory) as mem:  # tuned to k = 2 (vmem tune), its 1 point wins: no note
         mem.store_vote_settings({"rule": "rank", "k": 2})
         assert mem.few_point_labels() == []

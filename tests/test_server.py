@@ -995,6 +995,10 @@ def test_adding_a_class_of_too_few_images_says_it_is_outvoted_and_what_to_do(cli
     assert few["note"].startswith("label 'yellow' has 1 point, fewer than the 2 it takes to win a rank vote")
     stats = client.get("/v1/memory/stats").json()
     assert stats["few_points"] == [few] and stats["few_points_total"] == 1
+    # A named label is called by its name too, as answers call it
+    assert client.put("/v1/memory/label-names", headers=AUTH, json={"names": {"yellow": "canary"}}).status_code == 200
+    [named] = client.get("/v1/memory/stats").json()["few_points"]
+    assert named["label_name"] == "canary" and named["note"].startswith("label 'yellow' (canary) has 1 point")
     two = add_yellow(51)
     assert two.json()["few_points"] == [] and client.get("/v1/memory/stats").json()["few_points"] == []
 

@@ -2566,6 +2566,7 @@ class VisualMemory:
                 fits += 1
             return FewPoints(label="", points=n, needed=needed, k=k, rule=str(rule), k_that_fits=fits)
 
+        names = self.store.meta.label_names
         known: dict[tuple[int, int], FewPoints | None] = {}  # by (points, rival): a memory may have 50,000 labels
         flagged = []
         for lab in counts if labels is None else [lab for lab in dict.fromkeys(labels) if lab in counts]:
@@ -2574,7 +2575,7 @@ class VisualMemory:
             if (n, rival) not in known:
                 known[n, rival] = few(n, rival)
             if (found := known[n, rival]) is not None:
-                flagged.append(found.model_copy(update={"label": lab}))
+                flagged.append(found.model_copy(update={"label": lab, "label_name": names.get(lab)}))
         return sorted(flagged, key=lambda f: (f.points, f.label))
 
     def disk_usage(self) -> dict[str, int] | None:
