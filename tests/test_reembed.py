@@ -151,6 +151,21 @@ def test_vmem_copy_featurizer_moves_a_memory_to_another_encoder(tmp_path, photos
     assert "embedded again with efficientnet-lite1 (from efficientnet-lite0)" in history.stdout
 
 
+def test_vmem_copy_featurizer_says_which_labels_are_too_few_to_win_the_new_memorys_vote(tmp_path, photos):
+    # Tuned to k = 2, the old memory's one image of a label wins; the new memory votes at the default k = 50 (tuned
+    # settings judged the old vectors), where it does not: said as vmem build says it
+    with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(photos[:4])  # three images of one label, one of another
+        mem.store_vote_settings({"rule": "rank", "k": 2})
+        assert mem.few_point_labels() == []
+    result = CliRunner().invoke(app, ["copy", "--memory", tmp_path / "lite0", "--to-memory", tmp_path / "lite1",
+                                      "--featurizer", "efficientnet-lite1"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: label '{CLASSES[1]}' has 1 point, fewer than the 2 it takes to win a rank vote of k = 50 "
+            "neighbours against a fuller class near it: add images of it, or classify with k = 2 or less"
+            in result.stderr)
+
+
 def test_a_point_naming_a_file_outside_the_memorys_image_folders_is_not_embedded(tmp_path, lite1, photos):
     """A point's source is data: a memory handed over, or points written to its Qdrant collection, may name any file
     of the machine it is moved on. A private photo stays out of the new memory, as it stays off the thumbnails."""
