@@ -563,6 +563,9 @@ class ImportOut(Answer):
     vote: dict[str, Any] | None = Field(description="an export's tuned vote settings carried into a memory without "
                                                     "its own (or that would be)")
     dry_run: bool = Field(description="true: nothing was written")
+    outside_roots: int = Field(description="points whose images are files on the server outside the memory's image "
+                                           "folders (`source_roots`): no thumbnail of them is shown, nor is any sent "
+                                           "to the re-ranker. A file's sources record no folder")
     memory_points: int = Field(description="points in the memory afterwards")
     seconds: float = Field(description="how long the import took (not the upload)")
     summary: str = Field(description="the same, for people, as `vmem import` says it")

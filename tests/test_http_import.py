@@ -92,6 +92,11 @@ def test_an_export_imported_over_http_into_another_memory_answers_as_the_memory_
     assert (report["file"], report["format"], report["rows"], report["added"]) == ("colours.npz", "vmem-points", 12, 12)
     assert report["added_per_label"] == {"red": 4, "green": 4, "blue": 4} and report["memory_points"] == 12
     assert report["summary"].startswith("imported 12 points from colours.npz (a vmem export of efficientnet-lite0")
+    # Its sources, files of this machine, make no folder of it shown: a client's file may name any
+    assert report["outside_roots"] == 12 and "an import over HTTP records none; on the server's machine, vmem " \
+        "import --source-root DIR (or --trust-sources, for a file of your own) records them" in report["summary"]
+    point = other.get("/v1/memory/points", params={"limit": 1}).json()["points"][0]
+    assert other.get(f"/v1/memory/points/{point['id']}/thumbnail").status_code == 404
     # The same points, the same neighbours, the same answer
     before, after = (c.post("/v1/classify", files=QUERY).json() for c in (source, other))
     assert after["label"] == before["label"] == "green"

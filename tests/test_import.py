@@ -237,9 +237,56 @@ def test_sources_that_are_files_here_are_stored_as_a_build_stores_them(tmp_path,
         # forget --source of the folder the script read (links) reaches them, as it reaches a build's
         assert set(mem.chosen_points(source_prefix=str(tmp_path / "linked" / "cats"))) == {point_id_for(r)
                                                                                           for r in real}
-        assert mem.source_roots == [str((tmp_path / "dataset" / "cats").resolve())]
     again = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
     assert "imported 0 points" in again.stdout and "3 already in memory" in again.stdout
+
+
+def test_a_files_sources_make_no_folder_of_this_machine_shown_unless_the_user_says_so(tmp_path):
+    # Someone else's file may name any folder here: recorded as the memory's image folders, ~/Photos was served as
+    # thumbnails to anyone who could reach the service, key or not, and its images sent to Gemini
+    photos = tmp_path / "home" / "Photos"
+    photos.mkdir(parents=True)
+    for i in range(2):
+        (photos / f"{i}.jpg").write_bytes(b"an image")
+    path = vectors_file(tmp_path / "theirs.npz", random_unit_vectors(3, 8, seed=4), ["cat"] * 3,
+                        [str(photos / "0.jpg"), str(photos / "1.jpg"), "/elsewhere/2.jpg"])
+    open_store(tmp_path / "memory", SPEC).close()
+    done = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert done.exit_code == 0, done.output
+    assert ("the images of 2 points are files on this machine outside the memory's image folders (source_roots, "
+            "vmem info): none is shown as a thumbnail or sent to the re-ranker, since a file's sources are its "
+            "writer's; for a file of your own (a vmem export of a memory here), import it again with "
+            "--trust-sources; else name the folders whose images may be shown: --source-root DIR") in said(done)
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.source_roots == []
+
+    # The user's word: the same import again records the folders of its files here, as a build of them would
+    trusted = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy", "--trust-sources")
+    assert trusted.exit_code == 0, trusted.output
+    assert ("image folders recorded (thumbnails shown and images sent to the re-ranker from under them): "
+            f"{photos.resolve()}") in said(trusted) and "outside the memory's image folders" not in said(trusted)
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.source_roots == [str(photos.resolve())]
+
+
+def test_an_import_records_the_image_folders_the_user_names(tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "0.jpg").write_bytes(b"an image")
+    path = vectors_file(tmp_path / "features.npz", random_unit_vectors(1, 8, seed=4), ["cat"],
+                        [str(tmp_path / "cats" / "0.jpg")])
+    open_store(tmp_path / "memory", SPEC).close()
+    refused = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy",
+                  "--source-root", tmp_path / "dogs")
+    assert refused.exit_code == 2 and "--source-root" in said(refused) and "does not exist" in said(refused)
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.store.count() == 0
+    done = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy",
+               "--source-root", tmp_path / "cats")
+    assert done.exit_code == 0, done.output
+    assert f"image folders recorded (thumbnails shown and images sent to the re-ranker from under them): " \
+           f"{(tmp_path / 'cats').resolve()}" in said(done)
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.source_roots == [str((tmp_path / "cats").resolve())]
 
 
 def test_vectors_without_the_encoder_named_are_refused_naming_the_option(tmp_path):

@@ -63,7 +63,7 @@ from retrieval.store import (
     is_local_source,
     normalize_source,
 )
-from retrieval.text import canonical_label, label_problem, utf8_text
+from retrieval.text import canonical_label, escape_control_characters, label_problem, utf8_text
 
 from .export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 
@@ -71,6 +71,11 @@ VECTORS_FORMAT = "vectors"  # a file of vectors made elsewhere, as reports name 
 IMPORT_SOURCE_PREFIX = "import://"  # a URI: no path of this machine, never read as an image
 SOURCE_SHA_CHARS = 16
 EXAMPLES = 5  # skipped rows named in a report, per reason
+# How a report says to record the image folders of points outside them: as vmem import takes it, as the service
+TRUSTING_CLI = ("for a file of your own (a vmem export of a memory here), import it again with --trust-sources; "
+                "else name the folders whose images may be shown: --source-root DIR")
+TRUSTING_HTTP = ("an import over HTTP records none; on the server's machine, vmem import --source-root DIR (or "
+                 "--trust-sources, for a file of your own) records them")
 _EXPORT_ARRAYS = {"ids": "U", "sources": "U", "excluded": "b", "reliability": "f"}
 # An export's arrays its first files did not have (a point's tags and added time): read where there.
 _LATER_EXPORT_ARRAYS = {"tags": "U", "added_at": "U"}
@@ -369,6 +374,8 @@ class ImportReport:
     skipped_rows: dict[str, list[int]] = field(default_factory=dict)  # the first few rows of each reason
     names: dict[str, str] = field(default_factory=dict)  # label names the import gave (or would give)
     vote: dict[str, Any] | None = None  # tuned vote settings carried (or that would be)
+    source_roots: list[str] = field(default_factory=list)  # image folders the import recorded (source_roots)
+    outside_roots: int = 0  # imported rows whose image is a file here outside them: not shown, nor sent
     dry_run: bool = False
     memory_points: int = 0
     seconds: float = 0.0
@@ -379,8 +386,9 @@ class ImportReport:
             shown = self.skipped_rows.setdefault(reason, [])
             shown += [int(r) for r in rows[: max(0, EXAMPLES - len(shown))]]
 
-    def summary(self, skipped: bool = True) -> str:
-        """What the import did, for people: counts, labels; with `skipped`, the rows skipped too."""
+    def summary(self, skipped: bool = True, trusting: str = TRUSTING_CLI) -> str:
+        """What the import did, for people: counts, labels; with `skipped`, the rows skipped too. `trusting`: how
+        to record the image folders of points outside them, as the caller takes it."""
         verb = "would import" if self.dry_run else "imported"
         kind = f"a vmem export of {self.featurizer}" if self.format == EXPORT_FORMAT else f"{self.featurizer} vectors"
         of = f"{self.chosen:,} of {self.rows:,} rows" if self.chosen != self.rows else f"{self.rows:,} rows"
@@ -409,6 +417,14 @@ class ImportReport:
             lines.append(f"label names: {len(self.names)} {'would be ' if self.dry_run else ''}given from the file")
         if self.vote:
             lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {self.vote}")
+        if self.source_roots:
+            lines.append("image folders recorded (thumbnails shown and images sent to the re-ranker from under "
+                         f"them): {', '.join(escape_control_characters(r) for r in self.source_roots)}")
+        if self.outside_roots:
+            n = self.outside_roots
+            lines.append(f"the images of {n:,} point{'s' if n != 1 else ''} are files on this machine outside the "
+                         "memory's image folders (source_roots, vmem info): none is shown as a thumbnail or sent to "
+                         f"the re-ranker, since a file's sources are its writer's; {trusting}")
         return "\n".join(line for line in lines if line)
 
     def skipped_lines(self) -> str:

@@ -348,6 +348,14 @@ def carry_meta(mine: MemoryMeta, meta: MemoryMeta, skip: Sequence[str] = ()) -> 
             meta.settings.setdefault(key, value)  # the destination's own tuned settings win
 
 
+def _files_outside(sources: Sequence[str], roots: Sequence[str]) -> int:
+    """How many of `sources` are files on this machine outside every folder of `roots`: images the memory neither
+    shows nor sends to the re-ranker."""
+    under = tuple(os.path.join(r, "") for r in roots)
+    return sum(1 for src in sources if is_local_source(src) and os.path.isfile(src)
+               and not os.path.join(os.path.realpath(src), "").startswith(under))
+
+
 def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
     """Delete files of forgotten points (their thumbnails, their uploads kept as sent). One that cannot be deleted
     is said, not raised: the forget is made, and failing it would say it was not."""
@@ -1167,13 +1175,17 @@ class VisualMemory:
         # A common folder at the top of the disk ("/", "/home") would let the service show any image under it:
         # then the images' own folders are the roots.
         wanted = [root] if len(Path(root).parts) > 2 else sorted({str(Path(src).parent) for src in local})
-        if set(wanted) <= set(self.store.meta.settings.get("source_roots", [])):
-            return root
+        self._add_source_roots(wanted)
+        return root
+
+    def _add_source_roots(self, roots: Sequence[str]) -> None:
+        """Record folders as the memory's image folders (`source_roots`)."""
+        if set(roots) <= set(self.store.meta.settings.get("source_roots", [])):
+            return
         self.refresh()  # the metadata is written whole: another process's latest names and settings go in it
-        if added := [r for r in wanted if r not in self.store.meta.settings.get("source_roots", [])]:
+        if added := [r for r in dict.fromkeys(roots) if r not in self.store.meta.settings.get("source_roots", [])]:
             with self.store.meta_edit() as meta:
                 meta.settings["source_roots"] = [*meta.settings.get("source_roots", []), *added]
-        return root
 
     def add(
         self,
@@ -2371,7 +2383,8 @@ class VisualMemory:
 
     def import_points(self, path: str | Path | PointsFile, featurizer: str | None = None, label: str | None = None,
                       relabel: bool = False, dry_run: bool = False, batch_size: int = 1024,
-                      progress: Callable[[int], None] | None = None) -> ImportReport:
+                      progress: Callable[[int], None] | None = None, source_roots: Sequence[str | Path] = (),
+                      trust_sources: bool = False) -> ImportReport:
         """Add the points of an `.npz` file with their vectors, none embedded (`vmem import`): one `vmem export`
         wrote (ids, labels, sources, pruning and label names carried as stored), or vectors made elsewhere with
         their labels (and sources), by the encoder `featurizer` names, which must be this memory's. The file's
@@ -2383,6 +2396,13 @@ class VisualMemory:
         journaled as an "add" naming the file and its sha256. Vectors are read `batch_size` rows at a time
         (never all in RAM), and `progress` is told each batch's rows.
 
+        The memory shows thumbnails of, and sends the re-ranker, only images under its image folders
+        (`source_roots`), and a file's sources are its writer's: by default they add no folder, and the report
+        counts the points whose images are files here outside them (`outside_roots`). `source_roots`: folders
+        of this machine to add (each must be a directory). `trust_sources`: add the folders of the file's
+        sources that are files here, as a build of them would: for a file of your own, such as an export of
+        a memory of this machine.
+
         Example:
             >>> mem = VisualMemory.open_for_import("./memory", read_points_file("dinov2.npz", "dinov2-small"))
             >>> print(mem.import_points("dinov2.npz", featurizer="dinov2-small").summary())
@@ -2391,10 +2411,17 @@ class VisualMemory:
             PointsFileError: a file that cannot be imported as it is, a featurizer missing or not the file's, a
                 label no row has, one point given two labels: nothing was written.
             FeaturizerMismatchError: vectors of another encoder than this memory's.
-            ValueError: a label that is another label's name (as `add` refuses it), a batch_size outside 1..4096.
+            ValueError: a label that is another label's name (as `add` refuses it), a batch_size outside 1..4096,
+                a source root that is no folder here.
         """
         if not 1 <= batch_size <= SCROLL_PAGE:
             raise ValueError(f"batch_size must be 1 to {SCROLL_PAGE}, got {batch_size}")
+        roots = []
+        for root in source_roots:
+            if not Path(root).expanduser().is_dir():
+                raise ValueError(f"source root {root} is no folder on this machine: name the folder the file's "
+                                 "images are in")
+            roots.append(str(Path(root).expanduser().resolve()))
         points = path if isinstance(path, PointsFile) else read_points_file(path, featurizer)
         check_featurizer(self.store.meta.featurizer, points)
         started = time.perf_counter()
@@ -2405,8 +2432,15 @@ class VisualMemory:
         self.check_added_labels(chosen_labels)  # before anything is written
         # Vectors made elsewhere of ImageNet's WordNet ids are named as an add names them; an export names its own
         new_classes = self._new_imagenet_classes(set(chosen_labels)) if not points.is_export else {}
-        if not dry_run and points.sources is not None:  # thumbnails of the files there are on this machine
-            self._record_source_roots([str(s) for s in points.sources[plan.usable]])
+        if not dry_run:
+            # Asked first: a memory made before vmem recorded folders records its own points', not the file's
+            before = self.source_roots
+            self._add_source_roots(roots)
+            if trust_sources and points.sources is not None:
+                self._record_source_roots([str(s) for s in points.sources[plan.usable]])
+            report.source_roots = [r for r in self.source_roots if r not in before]
+            if points.sources is not None:
+                report.outside_roots = _files_outside(points.sources[plan.usable].tolist(), self.source_roots)
         added_at = datetime.now(UTC).isoformat()
         selector = {"import": points.path.name, **({"label": label} if label is not None else {})}
         journaled: dict[str, int] = {}

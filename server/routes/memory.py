@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
 from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest
 from vmem import UnknownPointError, VoteSettings
-from vmem.import_points import ImportReport, PointsFileError, read_points_file
+from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
 
 from ..deps import API_KEY_HEADER, ApiKeyDep, ServiceDep, SettingsDep, has_api_key
 from ..problems import ProblemError, problem_responses
@@ -670,6 +670,10 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
     application/octet-stream'`. The file is written to the server's temporary folder as it arrives (never all in
     RAM), imported on a thread of its own (classify goes on meanwhile; a second import waits for the first), and
     deleted. At most `VMEM_MAX_IMPORT_BYTES` (413 past it). Journaled as the CLI's import is. Requires the API key.
+
+    The file's sources record no image folder (`source_roots`): a client's file may name any folder of the server.
+    `outside_roots` counts the points whose images are files there outside the memory's folders, which are not
+    shown as thumbnails nor sent to the re-ranker.
     """
     require_media_type(request, OCTET_STREAM)
     if not q.dry_run:  # served read-only: refused before the file is received (up to VMEM_MAX_IMPORT_BYTES)
@@ -707,7 +711,8 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
         other_label=[OtherLabelOut(source=src, stored=old, file=new) for src, old, new in report.other_label[:100]],
         relabelled=report.relabel_applied, skipped=dict(report.skipped.most_common()),
         skipped_rows=report.skipped_rows, names=report.names, vote=report.vote, dry_run=report.dry_run,
-        memory_points=report.memory_points, seconds=round(report.seconds, 3), summary=report.summary())
+        outside_roots=report.outside_roots, memory_points=report.memory_points, seconds=round(report.seconds, 3),
+        summary=report.summary(trusting=TRUSTING_HTTP))
 
 
 @router.get("/points/{point_id}", summary="One memory point", response_model=PointOut,

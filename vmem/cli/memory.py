@@ -1011,6 +1011,13 @@ def import_(
              "it, it keeps its stored label and is reported")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be imported and skipped; write "
                                                             "nothing")] = False,
+    source_root: Annotated[list[Path] | None, typer.Option(
+        "--source-root", metavar="DIR", exists=True, file_okay=False,
+        help="a folder whose images the memory may show as thumbnails and send to the re-ranker (its source_roots), "
+             "as a build's: the file's own sources record none; repeatable")] = None,
+    trust_sources: Annotated[bool, typer.Option(
+        help="record the folders of the file's sources that are files here, as a build of them would: for a file "
+             "of your own, such as a vmem export of a memory of this machine")] = False,
 ) -> None:
     """Add points with their vectors from an .npz file, nothing embedded: a file vmem export wrote, or vectors
     made elsewhere (--featurizer). Rows that cannot be points are skipped and listed; re-run: points already in
@@ -1028,6 +1035,10 @@ def import_(
     nothing written: a file that is no .npz, an array missing or of the wrong shape or type, arrays of Python
     objects (never unpickled). Skipped and listed: rows with NaN or infinite values, zero vectors, empty or bad
     labels. The vectors are read a batch of rows at a time, never whole.
+
+    A file's sources are its writer's: they record no folder whose images the memory may show or send
+    (source_roots), unless --trust-sources; --source-root names such folders. The report says what it recorded,
+    and how many points' images are files here outside them.
     """
     try:
         points = read_points_file(path, featurizer)
@@ -1038,7 +1049,8 @@ def import_(
     with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, sigterm_as_interrupt():
         try:
             report = mem.import_points(points, label=label, relabel=relabel, dry_run=dry_run,
-                                       progress=bar.update)
+                                       progress=bar.update, source_roots=source_root or (),
+                                       trust_sources=trust_sources)
         except PointsFileError as exc:
             raise _points_file_problem(exc) from None
         except ValueError as exc:  # a label that is another label's name, refused before anything is written
