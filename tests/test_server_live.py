@@ -23,6 +23,7 @@ from retrieval.files import served_by
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
 from tests.conftest import REPO
+from vmem import VisualMemory
 from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
@@ -278,10 +279,10 @@ def test_vmem_serve_starts_serves_and_stops(tmp_path, lite0, memory_images, log_
 
 
 @contextmanager
-def vmem_serve(memory, *options):
-    """`vmem serve` of `memory` in a child process, with `options`; yields (the process, the URL that
-    `.vmem-served.json` names once it is ready). Stopped with SIGINT at the end."""
-    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+def vmem_serve(memory, *options, env=None):
+    """`vmem serve` of `memory` in a child process, with `options` (and `env` added to the environment); yields (the
+    process, the URL that `.vmem-served.json` names once it is ready). Stopped with SIGINT at the end."""
+    env = {**os.environ, "VMEM_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
     cmd = [sys.executable, "-c", "from vmem.cli import app; app()", "serve", "--memory", str(memory), "--threads",
            "1", *options]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -331,6 +332,35 @@ def test_a_service_on_a_free_port_names_it_where_a_refused_command_is_told_to_as
         assert f"it is served by vmem serve (pid {proc.pid}) at {url}: ask it, GET {url}/v1/memory/points" in (
             refused.stderr), refused.stderr
         assert httpx.get(f"{url}/v1/memory/points").json()["points"]
+
+
+def test_a_second_ctrl_c_stops_vmem_serve_at_once_saying_so(tmp_path, lite0, memory_images):
+    # A re-rank in flight waits on Gemini (here a fake that hangs) up to its 60 s deadline. The first Ctrl-C waits for
+    # it; the second had printed uvicorn's CancelledError traceback, then waited for it all the same
+    from tests.fake_gemini import FakeGemini
+
+    memory = tmp_path / "memory"
+    fill_memory(str(memory), lite0, memory_images).close()
+    with FakeGemini() as fake:
+        fake.enqueue(fake.hang(60))
+        gemini = {"GEMINI_API_KEY": "fake-key", "VMEM_GEMINI_BASE_URL": fake.url, "VMEM_HOME": str(tmp_path)}
+        with vmem_serve(memory, "--port", "0", env=gemini) as (proc, url), ThreadPoolExecutor(1) as client:
+            asked = client.submit(httpx.post, f"{url}/v1/classify", params={"rerank": "true"}, headers=AUTH,
+                                  files={"image": ("q.png", texture(COLORS["blue"], 5))}, timeout=90)
+            while fake.count == 0:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)  # not the 60 s the hang would have held it
+            assert asked.result().status_code == 503  # "the service is stopping: send the request again"
+    assert proc.returncode == 130, out
+    assert re.search(r"WARNING: +vmem.cli.serve: Ctrl-C again: stopping at once; 1 request in flight cut off$", out,
+                     re.M), out
+    assert "Traceback" not in out and "CancelledError" not in out
+    assert not (memory / ".vmem-served.json").exists()  # closed as at any stop
+    with VisualMemory.open(memory, reranker=None) as mem:
+        assert mem.store.count() == 12
 
 
 def test_vmem_serve_stopped_by_sigterm_closes_its_memory_and_exits_0(tmp_path, lite0, memory_images):

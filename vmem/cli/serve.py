@@ -416,12 +416,46 @@ def serve(
                     f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
                     logging.WARNING)
             logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
-            uvicorn.run(app, host=host, port=port, log_level=log_level.value, root_path=prefix,
-                        forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                        timeout_graceful_shutdown=_graceful_shutdown_s())  # type: ignore[arg-type]  # a float works: asyncio.timeout
+            server = _server(uvicorn.Config(
+                app, host=host, port=port, log_level=log_level.value, root_path=prefix,
+                forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
+                timeout_graceful_shutdown=_graceful_shutdown_s()))  # type: ignore[arg-type]  # a float works: asyncio.timeout
+            with suppress(KeyboardInterrupt):  # as uvicorn.run: the Ctrl-C it raises again once stopped
+                server.run()
+            if not server.started:
+                sys.exit(3)  # as uvicorn.run: the port taken, the app's startup failed (said above)
         finally:
             if served is not None:
                 served.unlink(missing_ok=True)
             if reserved is not None:
                 reserved.close()
             mem.close()
+    if server.force_exit:
+        # The threads of the requests cut off are still waiting (on Gemini, up to its deadline), and the
+        # interpreter's exit would wait for them: the memory is closed, nothing is left to do
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def _server(config: Any) -> Any:
+    """uvicorn's server, but for a second Ctrl-C: uvicorn then stops waiting for the requests in flight and skips the
+    app's shutdown, whose task the loop's end cancelled (a CancelledError traceback), and the service's threads were
+    left to finish their work. It says so in a line, and the app shuts down (its threads told to stop)."""
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT and not self.force_exit:
+                n = len(self.server_state.tasks)
+                log.warning("Ctrl-C again: stopping at once; %d request%s in flight cut off", n, "s" * (n != 1))
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:
+                await self.lifespan.shutdown()
+
+    return Server(config)
