@@ -422,3 +422,29 @@ def test_vmem_erase_gives_a_memory_edited_for_months_its_search_back(tmp_path):
         found = sum(len({h.id for h in a} & {h.id for h in e}) for a, e in zip(indexed, exact, strict=True))
         assert found / (50 * len(queries)) >= 0.99
     assert [e.op for e in FileJournal(memory / "journal.jsonl").read()][-1] == "erase"
+
+
+def test_an_erase_the_disk_has_no_room_for_is_said_in_a_line_and_the_forget_stays_made(tmp_path, monkeypatch):
+    # vmem forget --erase and vmem erase: the rewrite needs room for the segments anew, and a disk with 50 MB free
+    # (here what the store is told) has too little; the points stay forgotten, their vectors in the files
+    import shutil
+    from collections import namedtuple
+
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    memory = tmp_path / "memory"
+    with open_store(memory, SPEC) as store:
+        store.add(random_unit_vectors(4, SPEC.dim, seed=1), ["a", "a", "b", "b"], [f"/v/{i}" for i in range(4)])
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - (50 << 20), 50 << 20))
+    no_room = "Error: the disk holding the memory"
+    forgot = CliRunner().invoke(app, ["forget", "--memory", str(memory), "--label", "b", "--erase"])
+    assert forgot.exit_code == 1 and "forgot 2 points" in forgot.stdout, forgot.output
+    assert forgot.stderr.count(no_room) == 1 and "an erase needs" in forgot.stderr, forgot.stderr
+    erased = CliRunner().invoke(app, ["erase", "--memory", str(memory)])
+    assert erased.exit_code == 1 and erased.stdout == "", erased.output
+    assert erased.stderr.startswith(no_room) and "an erase needs" in erased.stderr, erased.stderr
+    with open_store(memory) as store:
+        assert store.count() == 2

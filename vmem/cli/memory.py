@@ -582,11 +582,7 @@ def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) ->
                    "them; vmem prune again (or --undo) to judge it without them", err=True)
     if erase:
         # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
-        try:
-            mem.erase_forgotten()
-        except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        _erase_forgotten(mem)
         typer.echo(f"erased the forgotten points' vectors from the memory's files "
                    f"({time.perf_counter() - started:.1f} s)")
 
@@ -887,13 +883,19 @@ def erase(memory: MemoryOpt = DEFAULT_MEMORY) -> None:
     with mem:
         _check_erase_first(mem)
         started = time.perf_counter()
-        try:
-            mem.erase_forgotten()
-        except MemoryFullError as exc:  # (a stuck engine goes to the commands' own handler)
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        _erase_forgotten(mem)
         typer.echo(f"rewrote the memory's segments and index without the forgotten points ({mem.store.count():,} "
                    f"points kept, {time.perf_counter() - started:.1f} s)")
+
+
+def _erase_forgotten(mem) -> None:
+    """`VisualMemory.erase_forgotten` for vmem erase and forget --erase: a disk with no room to rewrite the segments
+    said in a line, exit 1 (a stuck engine goes to the commands' own handler)."""
+    try:
+        mem.erase_forgotten()
+    except MemoryFullError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 # The points `vmem points` lists and `vmem export` writes: one set of filters, said alike.
