@@ -24,7 +24,7 @@ from retrieval import VoteRule
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.schema_types import PointIdText
 from retrieval.text import MAX_LABEL_CHARS, control_character
-from vmem import COPY_SIMILARITY, FewPoints, MemoryPoint, VoteSettings, WhyNot
+from vmem import COPY_SIMILARITY, FewPoints, MemoryPoint, VoteSettings, WhyNot, WhyNotPoint
 from vmem.results import MAX_ALPHA, MAX_TAU, MIN_ALPHA, MIN_TAU
 
 # The most images one request may carry whatever the settings: a JSON list beyond it is refused while parsing.
@@ -383,6 +383,23 @@ class NeighborOut(Answer):
     thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
 
 
+class WhyNotPointOut(WhyNotPoint):
+    """One of the `why_not` label's points nearest the query, with its thumbnail as a neighbour has it."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # as `Answer`
+
+    thumbnail_url: str = Field(description="JPEG thumbnail of the point's image (may answer 404 with a reason)")
+
+
+class WhyNotOut(WhyNot):
+    """Why the vote did not answer the `why_not` label, its points with their thumbnails."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # as `Answer`
+
+    nearest: list[WhyNotPointOut] = Field(description="its points nearest the query (a search among its points "  # type: ignore[assignment]
+                                                       "alone), nearest first")
+
+
 class ClassificationOut(Answer):
     """The answer for one image, with the neighbours that explain it."""
 
@@ -409,8 +426,8 @@ class ClassificationOut(Answer):
     vote: VoteSettings = Field(description="the voting settings used and where they came from")
     novelty: float | None = Field(default=None,
                                   description="mean cosine distance to the k neighbours (0 = seen before)")
-    why_not: WhyNot | None = Field(default=None, description="with `why_not=LABEL`: why the vote did not answer "
-                                   "that label")
+    why_not: WhyNotOut | None = Field(default=None, description="with `why_not=LABEL`: why the vote did not "
+                                      "answer that label")
     ood_threshold: float | None = Field(
         default=None,
         description="novelty above this is out of distribution (a percentile of the memory's own novelty)")

@@ -186,7 +186,12 @@ def test_the_http_classify_route_takes_why_not(memory, tiny_imagenet, tmp_path):
             image = f.read()
         answer = client.post(f"/v1/classify?why_not={TABBY}", files={"image": ("q.jpg", image, "image/jpeg")})
         assert answer.status_code == 200, answer.text
-        assert answer.json()["why_not"]["k_that_wins"] == 13
+        why = answer.json()["why_not"]
+        assert why["k_that_wins"] == 13
+        # Its points come with thumbnails, as the neighbours do: the page shows them beside the neighbours' cards
+        point = why["nearest"][0]
+        assert point["thumbnail_url"] == f"/v1/memory/points/{point['id']}/thumbnail"
+        assert client.get(point["thumbnail_url"]).headers["content-type"] == "image/jpeg"
         # A cached answer to the same image without why_not is not served for it, nor it for one without
         plain = client.post("/v1/classify", files={"image": ("q.jpg", image, "image/jpeg")}).json()
         assert plain["why_not"] is None

@@ -10,7 +10,7 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from ..problems import ProblemError
-from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut
+from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut, WhyNotOut, WhyNotPointOut
 from ..service import Answer, ClassifierService
 from ..uploads import JSON, MULTIPART
 
@@ -151,7 +151,8 @@ def classification_out(request: Request, answer: Answer) -> ClassificationOut:
         label_names={label: names[label] for label in r.scores if label in names},
         reranked=r.reranked, fallback_reason=r.fallback_reason,
         template=r.template, template_hash=r.template_hash, model=r.model, usage=r.usage, trace=r.trace, vote=r.vote,
-        novelty=r.novelty, why_not=r.why_not,
+        novelty=r.novelty, why_not=None if r.why_not is None else WhyNotOut(**dict(r.why_not, nearest=[
+            WhyNotPointOut(**dict(p), thumbnail_url=thumbnail_url(request, p.id)) for p in r.why_not.nearest])),
         ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
         neighbors=[NeighborOut(id=n.id, label=n.label, label_name=n.label_name, source=n.source,
                                similarity=n.similarity, weight=n.weight, rank=n.rank,
