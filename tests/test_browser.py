@@ -1252,3 +1252,113 @@ def test_an_image_the_memory_was_built_from_is_said_to_be_in_it_and_not_offered_
     assert browser.find_element(By.ID, "teach-known").text == (
         "This image is in the memory, labelled lemon (n07749582) (n07749582_0.JPEG): its card below relabels or "
         "forgets it.")
+
+
+@pytest.fixture
+def cats_page(lite0, tiny_imagenet):
+    """The page over three real Tiny-ImageNet cats, two citrus fruits (20 train images each) and a banana of 3: the
+    memory of tests/test_why_not.py, where a tabby is answered Egyptian cat at k = 50 and would win at k = 13."""
+    from retrieval import read_label_names
+    from tests._server_fixtures import MemoryImages
+
+    counts = {"n02123045": 20, "n02123394": 20, "n02124075": 20, "n07747607": 20, "n07749582": 20, "n07753592": 3}
+    paths = [p for c, n in counts.items() for p in sorted((tiny_imagenet / "train" / c).iterdir())[:n]]
+    images = MemoryImages(paths, [p.parent.name for p in paths], lite0.embed([str(p) for p in paths]))
+    mem = fill_memory(":memory:", lite0, images)
+    mem.set_label_names(read_label_names(tiny_imagenet / "classes.tsv"))
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        yield url
+    mem.close()
+
+
+def test_why_not_the_true_label_is_asked_on_the_page_and_its_k_classifies_again(browser, tiny_imagenet, cats_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    tabby = tiny_imagenet / "val" / "n02123045" / "val_1300.JPEG"
+    wait = classify_on_the_page(browser, cats_page + "/", tabby, k=50, points=103)
+    assert browser.find_element(By.ID, "prediction").text == "Egyptian cat (n02124075)"  # the true label loses
+
+    # Asked why not tabby, with the label suggested as the relabel and add fields suggest it: no key is asked for
+    options = browser.execute_script(
+        "return [...document.querySelectorAll('#label-options option')].map(o => o.value + '=' + o.label)")
+    assert "n02123045=tabby" in options
+    browser.find_element(By.ID, "why-not-label").send_keys("n02123045", Keys.ENTER)
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "why-not-reason")
+    reason = browser.find_element(By.ID, "why-not-reason").text
+    assert reason.startswith("Why not tabby (n02123045)? Its ")
+    assert "are outweighed by" in reason and "'n02124075' (Egyptian cat)" in reason
+    assert reason.endswith("; it would win at k = 13.")
+    assert browser.find_element(By.ID, "prediction").text == "Egyptian cat (n02124075)"  # the same answer
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # Its nearest points as cards: their thumbnails, ranks, similarities, and in words whether they voted
+    cards = browser.find_elements(By.CSS_SELECTOR, "[data-testid=why-not-card]")
+    assert len(cards) == 5
+    neighbours = [c.get_attribute("data-point-id") for c in
+                  browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")]
+    for c in cards:
+        assert c.find_element(By.CLASS_NAME, "label").text == "tabby"
+        numbers = c.find_element(By.CLASS_NAME, "numbers").text
+        rank = int(c.find_element(By.CLASS_NAME, "rank").text.removeprefix("rank "))
+        assert neighbours[rank] == c.get_attribute("data-point-id")  # the neighbour of that rank
+        assert " · sim 0." in numbers and " · voted, weight 0." in numbers
+        wait.until(lambda d, c=c: d.execute_script("return arguments[0].naturalWidth", c.find_element(
+            By.TAG_NAME, "img")) > 0)  # the thumbnail, served
+    # ... each control named with its point, as a neighbour card's are
+    assert cards[0].find_element(By.CLASS_NAME, "forget").accessible_name.startswith("Forget tabby (n02123045), ")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-why-not.png"))
+
+    # Its k classifies again, asking why not tabby again: tabby wins, and the keyboard goes to the k it set
+    button = browser.find_element(By.CSS_SELECTOR, "#why-not-k button")
+    assert button.text == "Classify with k = 13"
+    button.click()
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "tabby (n02123045)")
+    assert browser.find_element(By.ID, "k").get_attribute("value") == "13"
+    assert browser.switch_to.active_element.get_attribute("id") == "k"
+    assert browser.find_element(By.ID, "why-not-reason").text.startswith(
+        "Why not tabby (n02123045)? It is the rank vote's answer: ")
+    assert not browser.find_element(By.ID, "why-not-k").is_displayed()
+
+
+def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_shows_the_api_s_message(
+        browser, tiny_imagenet, cats_page):
+    from selenium.webdriver.common.by import By
+
+    tabby = tiny_imagenet / "val" / "n02123045" / "val_1300.JPEG"
+    wait = classify_on_the_page(browser, cats_page + "/", tabby, k=10, points=103)
+    label = browser.find_element(By.ID, "why-not-label")
+    label.send_keys("n07749582")  # lemon: none of its points near a cat
+    browser.find_element(By.ID, "why-not-ask").click()
+    wait.until(lambda d: d.find_element(By.ID, "why-not-reason").text)
+    reason = browser.find_element(By.ID, "why-not-reason").text
+    assert reason.startswith("Why not lemon (n07749582)? Its nearest point is the ") and reason.endswith(
+        "outside k = 10.")
+    assert not browser.find_element(By.ID, "why-not-k").is_displayed()  # it wins at no k
+    cards = browser.find_elements(By.CSS_SELECTOR, "[data-testid=why-not-card]")
+    assert cards and all(c.find_element(By.CLASS_NAME, "weight").text == "no vote: outside k = 10" for c in cards)
+    assert int(cards[0].find_element(By.CLASS_NAME, "rank").text.removeprefix("rank ")) >= 10
+
+    # A label the memory lacks: the API's message, naming the label spelled or named like it, where errors show;
+    # the answer stays, and the explanation of another label goes
+    label.clear()
+    label.send_keys("tabby cat")
+    browser.find_element(By.ID, "why-not-ask").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "'n02123045' (tabby)" in browser.find_element(By.ID, "error").text
+    assert label.get_attribute("aria-invalid") == "true"
+    assert browser.find_element(By.ID, "answer").is_displayed()
+    assert browser.find_element(By.ID, "prediction").text == "Egyptian cat (n02124075)"
+    assert browser.find_element(By.ID, "why-not-reason").text == ""
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=why-not-card]")
+
+    # A label of too few points to win this vote: said as the labels' list says it, with what to do
+    banana = tiny_imagenet / "val" / "n07753592" / "val_11.JPEG"
+    classify_on_the_page(browser, cats_page + "/", banana, k=50, points=103)
+    browser.find_element(By.ID, "why-not-label").send_keys("n07753592")
+    browser.find_element(By.ID, "why-not-ask").click()
+    wait.until(lambda d: d.find_element(By.ID, "why-not-reason").text)
+    assert browser.find_element(By.ID, "why-not-reason").text.startswith(
+        "Why not banana (n07753592)? It has 3 points, too few to win a rank vote of k = 50 (it takes 5 against a "
+        "fuller label near it): add images of it")

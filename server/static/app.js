@@ -27,6 +27,17 @@ const PROXY_STATUS = {
     "try again, or without re-ranking",
 };
 
+const UNKNOWN_LABEL = "urn:vmem:problem:unknown-label"; // a `why_not` label refused (server/problems.py's type)
+
+// A problem's `type`, read from a copy: its text is read after.
+async function problemType(resp) {
+  try {
+    return (await resp.clone().json()).type || "";
+  } catch {
+    return "";
+  }
+}
+
 async function problemText(resp) {
   // Errors are RFC 9457 problem details: show `detail`, else the title, else what the status means.
   const fallback = PROXY_STATUS[resp.status]
@@ -236,7 +247,8 @@ function hideAnswer() {
   $("neighbors-section").hidden = true;
 }
 
-async function classify() {
+// `whyNot`: a label the answer is to say why the vote did not answer (`why_not`); asked once, for the answer on show.
+async function classify(whyNot = null) {
   clearTimeout(optionsTimer);
   if (!currentFile) return;
   // An edit of a card this answer redraws is no longer the user's to carry on (Enter in the key field had forgotten
@@ -252,7 +264,7 @@ async function classify() {
   if ($("rerank").checked) {
     const key = apiKeyFor("re-rank with the VLM", () => {
       $("classify-btn").focus();
-      classify();
+      classify(whyNot);
     });
     if (!key) {
       optionsErrorShown = true;
@@ -262,6 +274,7 @@ async function classify() {
     headers["X-API-Key"] = key;
   }
   const seq = ++classifySeq;
+  const before = askedFor;
   askedFor = { file: currentFile, options: queryString() };
   showError("");
   // aria-disabled, not disabled, while it runs: disabling the button a keyboard user had pressed dropped their focus
@@ -275,9 +288,17 @@ async function classify() {
   try {
     const form = new FormData();
     form.append("image", currentFile, currentFile.name);
-    const resp = await fetch(`v1/classify?${queryString()}`, { method: "POST", body: form, headers });
+    const params = new URLSearchParams(queryString());
+    if (whyNot) params.set("why_not", whyNot);
+    const resp = await fetch(`v1/classify?${params}`, { method: "POST", body: form, headers });
+    const refusedLabel = whyNot && resp.status === 422 && await problemType(resp) === UNKNOWN_LABEL;
     const answer = resp.ok ? await resp.json() : await problemText(resp);
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
+    if (refusedLabel) { // the label asked about, not the image: the answer on show stands, and is still for `before`
+      askedFor = before;
+      whyNotRefused(answer);
+      return;
+    }
     if (!resp.ok) {
       askedFor.failed = true;
       hideAnswer();
@@ -356,6 +377,7 @@ function render(result) {
   grid.replaceChildren();
   $("neighbors-note").textContent = `${result.neighbors.length} nearest memory points; weight = the vote each one cast`;
   for (const n of result.neighbors) grid.appendChild(card(n, result.label));
+  showWhyNot(result);
   showTeach(result);
 
   const top = result.label === null ? null : result.scores[result.label];
@@ -378,17 +400,78 @@ function showFewAnswer(few, nearest, k) {
   const note = $("few-answer");
   note.hidden = !few;
   if (!few) { note.replaceChildren(); return; }
-  const retry = document.createElement("button");
-  retry.type = "button";
-  retry.textContent = `Classify with k = ${few.k_that_fits}`;
-  retry.addEventListener("click", () => {
-    $("k").value = String(few.k_that_fits);
-    $("k").focus(); // this button goes with the answer: the keyboard goes to the k it set
-    classify();
-  });
   note.replaceChildren(`The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
     + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it, or `,
-    retry);
+    classifyWithK(few.k_that_fits));
+}
+
+// A button that classifies again with another k (and, given `whyNot`, asks again why not that label).
+function classifyWithK(k, whyNot = null) {
+  const retry = document.createElement("button");
+  retry.type = "button";
+  retry.className = "classify-with-k";
+  retry.textContent = `Classify with k = ${k}`;
+  retry.addEventListener("click", () => {
+    $("k").value = String(k);
+    $("k").focus(); // this button goes with the answer: the keyboard goes to the k it set
+    classify(whyNot);
+  });
+  return retry;
+}
+
+// Why the vote did not answer the label asked about (`why_not`): its reason, the k at which it wins, and its points
+// nearest the image as cards, with their ranks among all the memory's points and whether they voted.
+function showWhyNot(result) {
+  const why = result.why_not;
+  $("why-not-label").removeAttribute("aria-invalid");
+  let reason = "";
+  if (why) {
+    const few = why.few_points;
+    // The API's "see few_points", said here as the labels' list says it (`few` is of the answer's k)
+    const said = !few ? why.reason : why.reason.replace(": see few_points",
+      ` (it takes ${few.needed} against a fuller label near it): add images of it`);
+    reason = `Why not ${named(why.label, why.label_name)}? ${said.charAt(0).toUpperCase()}${said.slice(1)}.`;
+  }
+  $("why-not-reason").textContent = reason;
+  $("why-not-note").hidden = !why || !why.note;
+  $("why-not-note").textContent = why && why.note ? `${why.note.charAt(0).toUpperCase()}${why.note.slice(1)}.` : "";
+  const wins = why && why.label !== why.vote_label ? why.k_that_wins : null;
+  $("why-not-k").hidden = wins === null;
+  $("why-not-k").replaceChildren(...(wins === null ? [] : [classifyWithK(wins, why.label)]));
+  const grid = $("why-not-points");
+  grid.hidden = !why || !why.nearest.length;
+  $("why-not-points-note").hidden = grid.hidden;
+  grid.replaceChildren();
+  if (grid.hidden) return;
+  $("why-not-points-note").textContent = `Its ${plural(why.nearest.length, "point")} nearest this image, of `
+    + `${why.points}; rank 0 is the nearest of all the memory's points`;
+  const voted = new Set(result.neighbors.map((n) => n.id));
+  for (const p of why.nearest) {
+    const node = card({ ...p, label: why.label, label_name: why.label_name }, result.label);
+    node.dataset.testid = "why-not-card";
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = p.rank === null ? "past the 1,000 nearest" : `rank ${p.rank}`;
+    node.querySelector(".numbers").prepend(rank, " · ");
+    // In words, not by colour: the points that voted and those outside the k
+    node.querySelector(".weight").textContent = voted.has(p.id) ? `voted, weight ${p.weight.toFixed(3)}`
+      : `no vote: outside k = ${result.vote.k}`;
+    grid.appendChild(node);
+  }
+}
+
+// The label asked about was refused (one the memory lacks: the message names those spelled or named like it).
+function whyNotRefused(message) {
+  showWhyNot({ why_not: null });
+  $("why-not-label").setAttribute("aria-invalid", "true");
+  showError(message);
+}
+
+async function askWhyNot() {
+  const label = $("why-not-label").value.trim();
+  if (!label || !currentFile) return;
+  await classify(label); // an answer on its way is for the same image: this one, asked later, is shown instead
+  if ($("why-not-reason").textContent) $("why-not-reason").focus({ preventScroll: true }); // on to what it said
 }
 
 // "Egyptian cat (n02124075)" where the memory names its labels; the label alone where it does not.
@@ -1115,6 +1198,11 @@ function init() {
     teach();
   });
   $("teach-label").addEventListener("input", teachHint);
+  $("why-not-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    askWhyNot();
+  });
+  $("why-not-label").addEventListener("input", () => $("why-not-label").removeAttribute("aria-invalid"));
   $("teach-undo").addEventListener("click", undoTeach);
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
