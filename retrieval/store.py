@@ -1495,9 +1495,13 @@ class EdgeMemoryStore(MemoryStore):
             os.rename(aside, segments / aside.name.removeprefix("replaced-"))
             self.shard = qe.EdgeShard.load(str(shard_path))
         try:
-            before = json.loads(marker.read_text(encoding="utf-8"))
+            named = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            before = []
+            named = []
+        # Only the memory's own segments: a marker edited or planted (not a list, a name with a path in it) had
+        # ended every open in a TypeError, or sent the repair outside segments/
+        present = set(os.listdir(segments))
+        before = [n for n in named if isinstance(n, str) and n in present] if isinstance(named, list) else []
 
         def counted() -> tuple[int, set[str]]:
             ids = {p.id for batch in self.scroll(batch_size=4096, payload_keys=()) for p in batch}

@@ -7,6 +7,7 @@ batch reported done, an HTTP 201) is there; a resumed build ends with every imag
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -379,6 +380,35 @@ def test_kill_9_between_a_segment_rewrite_and_its_flush_counts_each_point_once(t
     points = check_consistent(tmp_path / "memory")  # counts 200, not 400
     assert {p.id for p in points} == set(ids[100:])
     assert len(list((tmp_path / "memory" / "shard" / "segments").iterdir())) == 1  # the replaced one is gone
+
+
+def test_a_marker_of_rewritten_segments_that_names_no_segment_of_the_memory_is_set_aside(tmp_path):
+    # The marker an optimize leaves (REWRITING_FILE) is read at open: one that held JSON other than a list of
+    # names (a file edited, planted, or another vmem's) ended every open in a TypeError, for good; a name with a
+    # path in it sent the repair outside segments/. Only the memory's own segments are tried.
+    from retrieval import FeaturizerSpec, Preprocessing
+    from retrieval.store import REWRITING_FILE
+    from tests.conftest import random_unit_vectors
+
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        ids = store.add(random_unit_vectors(300, 8), ["cat", "dog", "fox"] * 100, [f"/d/{i}.jpg" for i in range(300)])
+        store.delete_ids(ids[:100])
+    killed = subprocess.run([sys.executable, "-c", _ERASE_KILLED_BEFORE_ITS_FLUSH, str(tmp_path / "memory")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    marker = tmp_path / "memory" / REWRITING_FILE
+    (tmp_path / "memory" / "keep").mkdir()  # a folder the memory's own files sit beside
+    # The memory counts its points twice, and the marker names a folder outside its segments first
+    outside = ["../../keep", str(tmp_path / "memory" / "keep"), [1]]
+    marker.write_text(json.dumps([*outside, *json.loads(marker.read_text())]))
+    points = check_consistent(tmp_path / "memory")
+    assert {p.id for p in points} == set(ids[100:])
+    assert (tmp_path / "memory" / "keep").is_dir()
+    for planted in ("5", "null", '{"a": 1}', "[[1]]"):
+        marker.write_text(planted)
+        assert len(check_consistent(tmp_path / "memory")) == 200, planted
+        assert not marker.exists()
 
 
 @pytest.mark.slow  # an index built of 5,000 points (10 MB of vectors, the engine's least): ~10 s of CPU
