@@ -96,6 +96,21 @@ def test_the_answer_itself_is_said_to_be_the_answer(mem, tiny_imagenet):
     assert res.why_not.k_that_wins == 50
 
 
+def test_a_label_tied_with_the_winner_is_said_to_lose_the_tie_break(mem, tiny_imagenet):
+    # A plurality vote of k = 2 whose two nearest points are of two labels: a tie, won by the nearer. The reason
+    # had said the second was "outweighed" at "share 0.50 against 0.50".
+    queries = [str(p) for p in sorted((tiny_imagenet / "val" / TABBY).iterdir())[:20]]
+    split = [r for r in mem.classify(queries, rule="plurality", k=2) if r.neighbors[0].label != r.neighbors[1].label]
+    assert split, "no query of the twenty has its two nearest points in two labels"
+    second = split[0].neighbors[1]
+    [res] = mem.classify([split[0].source], rule="plurality", k=2, why_not=second.label)
+    assert res.label == split[0].neighbors[0].label and res.why_not.share == res.why_not.vote_share == 0.5
+    assert res.why_not.reason.startswith(f"its 1 point among the k = 2 (the nearest at rank 1) ties with 1 of "
+                                         f"{res.label!r}")
+    assert "outweighed" not in res.why_not.reason
+    assert "a tie goes to the label whose nearest point ranks first" in res.why_not.reason
+
+
 def test_already_embedded_queries_are_explained_alike(mem, tiny_imagenet, lite0):
     query = val(tiny_imagenet, TABBY, "val_1300.JPEG")
     [embedded] = mem.classify_vectors(lite0.embed([query]), mem.vote_settings(k=50), why_not=TABBY)

@@ -151,6 +151,12 @@ def _reason(why: WhyNot, k: int, settings: VoteSettings, names: Mapping[str, str
     elif why.few_points is not None:
         said = (f"it has {why.points} point{'s' * (why.points != 1)}, too few to win a {rule} vote of k = {k}: "
                 "see few_points")
+    elif why.share >= why.vote_share - TIE_RTOL * abs(why.vote_share):
+        # Tied (`vote`'s tolerance): "outweighed" at "share 0.50 against 0.50" read as a contradiction
+        said = (f"its {why.in_top_k} point{'s' * (why.in_top_k != 1)} among the k = {k} (the nearest at rank "
+                f"{why.nearest[0].rank}) tie{'s' * (why.in_top_k == 1)} with {why.vote_label_in_top_k} of "
+                f"{_named(why.vote_label, names)} (the nearest at rank {vote_first}), share {why.share:.2f} each, "
+                "and a tie goes to the label whose nearest point ranks first")
     else:
         # Where each label's nearest point stands: under rank or softmax voting fewer, nearer points outweigh more
         said = (f"its {why.in_top_k} point{'s' * (why.in_top_k != 1)} among the k = {k} (the nearest at rank "
