@@ -565,3 +565,8 @@ def test_a_relative_prefix_never_chooses_uploads_or_uris_that_start_alike(memory
     assert memory.points(source_prefix="h").points == []
     assert memory.forget(source_prefix="upload") == 1
     assert len(memory.store.retrieve(ids)) == 3  # the upload, its only copy, is still there
+
+
+def test_a_path_given_where_an_open_store_belongs_is_refused_naming_open(tmp_path):
+    with pytest.raises(TypeError, match=r"VisualMemory takes an open store, not str.*VisualMemory\.open"):
+        VisualMemory(str(tmp_path / "memory"))

@@ -376,6 +376,9 @@ class VisualMemory:
     _device: str | None  # the device `open` was given, for an encoder loaded on first use; unset otherwise
 
     def __init__(self, store: MemoryStore, featurizer: Featurizer | None = None, reranker: Any = AUTO_RERANKER) -> None:
+        if not isinstance(store, MemoryStore):  # a path given here failed later, on a missing attribute of a str
+            raise TypeError(f"VisualMemory takes an open store, not {type(store).__name__}: open a memory by its "
+                            "location with VisualMemory.open(location)")
         self.store = store
         self._featurizer = featurizer
         self._featurizer_lock = threading.Lock()
