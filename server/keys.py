@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ SCOPES = ("edit", "rerank")  # edit: every endpoint that needs a key but a re-ra
 DEFAULT_KEY_NAME = "default"  # VMEM_API_KEY's
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _DIGEST = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
+# Far more than any keys file holds (some 12,000 keys): a file past it is not one
+_MOST_KEYS_FILE_BYTES = 1 << 20
 # A file changed this recently may still be being written (or change again within the clock's tick, its mtime
 # unchanged): read again on the next request rather than trusted as read (git's "racy" index entries).
 _SETTLED_S = 2.0
@@ -74,7 +77,17 @@ def new_key_line(name: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
 def read_keys_file(path: Path) -> list[ApiKey]:
     """The keys of a keys file; KeysFileError says which line is wrong and how."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # Only a plain file of a keys file's size (a link to one is fine): a FIFO had been waited on for a writer
+        # forever, vmem serve silent at start (or, swapped in while serving, every request with a key), and a
+        # link to /dev/zero read until memory ran out
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeysFileError(path, "not a plain file (a FIFO, a device or a folder)")
+            data = f.read(_MOST_KEYS_FILE_BYTES + 1)
+        if len(data) > _MOST_KEYS_FILE_BYTES:
+            raise KeysFileError(path, f"larger than {_MOST_KEYS_FILE_BYTES >> 20} MiB, which no keys file is")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KeysFileError(path, "not UTF-8 text") from None
     except OSError as exc:

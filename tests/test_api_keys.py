@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +20,7 @@ from typer.testing import CliRunner
 
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from tests.conftest import REPO
 from vmem.cli import app
 from vmem.cli.serve import _startup_summary
 
@@ -143,6 +147,23 @@ def test_a_malformed_keys_file_is_refused_at_start_with_its_line(tmp_path, conte
     with pytest.raises(ValidationError, match=re.escape(says)) as refused:
         Settings(memory=str(tmp_path / "memory"), api_keys_file=keys)
     assert ALICE not in str(refused.value)
+
+
+@pytest.mark.parametrize("planted", ["a FIFO", "a file far larger than a keys file"])
+def test_a_keys_file_that_is_no_file_of_keys_is_refused_at_start_at_once(tmp_path, planted):
+    # A FIFO had been waited on for a writer forever (vmem serve silent), and a link to /dev/zero read until memory
+    # ran out; a few MiB stands for the latter here
+    keys = tmp_path / "keys"
+    if planted == "a FIFO":
+        os.mkfifo(keys)
+    else:
+        keys.write_text(line("alice", ALICE) + "# padding\n" * 300_000)
+    refused = subprocess.run([sys.executable, "-m", "vmem", "serve", "--memory", str(tmp_path / "memory")], cwd=REPO,
+                             env={**os.environ, "VMEM_API_KEYS_FILE": str(keys), "COLUMNS": "250"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    said = "not a plain file" if planted == "a FIFO" else "larger than 1 MiB, which no keys file is"
+    assert f"VMEM_API_KEYS_FILE: {keys}: {said}" in refused.stderr
 
 
 def test_vmem_key_makes_a_key_whose_hash_only_is_written_and_revokes_it(tmp_path):
