@@ -14,6 +14,7 @@ restart. The name of the key a request came with is journaled as who made its ed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -133,6 +134,7 @@ class KeyRing:
         if path is not None:
             self._from_file = tuple(read_keys_file(path))  # at start, a bad file is an error, not a warning
             self._remember(_signature(path))
+            _say_if_anyone_may_write(path)
 
     def keys(self) -> tuple[ApiKey, ...]:
         """Every key valid now."""
@@ -173,6 +175,16 @@ class KeyRing:
         """Take the file as read until its signature changes, once it has not changed for a while."""
         if signature is not None and time.time() - signature[0] / 1e9 > _SETTLED_S:
             self._seen = signature
+
+
+def _say_if_anyone_may_write(path: Path) -> None:
+    """Warn of a keys file any user of this machine may write: its hashes are no secret, but whoever writes one
+    adds a key of their own, which edits the memory under the name they choose."""
+    with contextlib.suppress(OSError):
+        if (mode := os.stat(path).st_mode) & stat.S_IWOTH:
+            log.warning("the API keys file %s may be written by any user of this machine (mode %s): whoever writes "
+                        "it can add a key that edits the memory, under any name; chmod o-w %s", path,
+                        stat.filemode(mode), path)
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

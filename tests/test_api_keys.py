@@ -166,6 +166,22 @@ def test_a_keys_file_that_is_no_file_of_keys_is_refused_at_start_at_once(tmp_pat
     assert f"VMEM_API_KEYS_FILE: {keys}: {said}" in refused.stderr
 
 
+def test_a_keys_file_any_user_may_write_is_warned_of_at_start(tmp_path, serve, caplog):
+    # Its hashes are no secret, but any user who writes a line of their own gets a key, and edits under any name
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE))
+    keys.chmod(0o666)
+    with caplog.at_level(logging.WARNING, logger="server.keys"), serve(api_keys_file=keys):
+        pass
+    assert (f"the API keys file {keys} may be written by any user of this machine (mode -rw-rw-rw-): whoever "
+            f"writes it can add a key that edits the memory, under any name; chmod o-w {keys}") in caplog.text
+    caplog.clear()
+    keys.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="server.keys"), serve(api_keys_file=keys):
+        pass
+    assert "may be written" not in caplog.text
+
+
 def test_vmem_key_makes_a_key_whose_hash_only_is_written_and_revokes_it(tmp_path):
     keys, runner = tmp_path / "keys", CliRunner(env={"COLUMNS": "250"})  # its error on one line
     made = runner.invoke(app, ["key", "kiosk", "--file", str(keys), "--may", "rerank"])
