@@ -201,18 +201,34 @@ def mark_served(folder: str | Path, urls: Sequence[str]) -> Path:
 _MOST_NOTE_BYTES = 64 * 1024
 
 
-def _read_note(path: Path) -> bytes:
-    """A note's bytes, read only where it is a plain file of a note's size: the folder is any writer's, and a
-    link to /dev/zero had been read until memory ran out, a FIFO waited on for a writer forever, by every
-    command refused the memory. OSError or ValueError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+class NotASmallFile(ValueError):
+    """What `read_small_file` refuses: not a plain file, or (`too_large`) larger than the file it should be."""
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def read_small_file(path: Path, most_bytes: int, follow_links: bool = False) -> bytes:
+    """A small file's bytes, read only where it is a plain file of at most `most_bytes`, opened without waiting
+    and (unless `follow_links`) not through a link: in a folder another may write, a link to /dev/zero had been
+    read until memory ran out, and a FIFO waited on for a writer forever. NotASmallFile (a ValueError) says which;
+    OSError where it cannot be opened (ELOOP: a link not followed)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a file")
-        data = f.read(_MOST_NOTE_BYTES + 1)
-    if len(data) > _MOST_NOTE_BYTES:
-        raise ValueError(f"{path} is larger than a note")
+            raise NotASmallFile("not a plain file (a FIFO, a device or a folder)")
+        data = f.read(most_bytes + 1)
+    if len(data) > most_bytes:
+        raise NotASmallFile(f"larger than {most_bytes:,} bytes", too_large=True)
     return data
+
+
+def _read_note(path: Path) -> bytes:
+    """A note's bytes (`read_small_file`): the folder is any writer's, and every command refused the memory reads
+    it."""
+    return read_small_file(path, _MOST_NOTE_BYTES)
 
 
 def served_by(folder: str | Path) -> dict[str, object] | None:

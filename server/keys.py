@@ -31,6 +31,8 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retrieval.files import NotASmallFile, read_small_file
+
 log = logging.getLogger(__name__)
 
 SCOPES = ("edit", "rerank")  # edit: every endpoint that needs a key but a re-ranked classify
@@ -79,16 +81,11 @@ def read_keys_file(path: Path) -> list[ApiKey]:
     """The keys of a keys file; KeysFileError says which line is wrong and how."""
     try:
         # Only a plain file of a keys file's size (a link to one is fine): a FIFO had been waited on for a writer
-        # forever, vmem serve silent at start (or, swapped in while serving, every request with a key), and a
-        # link to /dev/zero read until memory ran out
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise KeysFileError(path, "not a plain file (a FIFO, a device or a folder)")
-            data = f.read(_MOST_KEYS_FILE_BYTES + 1)
-        if len(data) > _MOST_KEYS_FILE_BYTES:
-            raise KeysFileError(path, f"larger than {_MOST_KEYS_FILE_BYTES >> 20} MiB, which no keys file is")
-        text = data.decode("utf-8")
+        # forever, vmem serve silent at start (or, swapped in while serving, every request with a key)
+        text = read_small_file(path, _MOST_KEYS_FILE_BYTES, follow_links=True).decode("utf-8")
+    except NotASmallFile as exc:
+        raise KeysFileError(path, f"larger than {_MOST_KEYS_FILE_BYTES >> 20} MiB, which no keys file is"
+                            if exc.too_large else str(exc)) from None
     except UnicodeDecodeError:
         raise KeysFileError(path, "not UTF-8 text") from None
     except OSError as exc:

@@ -20,7 +20,6 @@ import io
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
-from retrieval.files import write_atomically
+from retrieval.files import NotASmallFile, read_small_file, write_atomically
 from retrieval.store import (
     THUMBNAILS_DIR,
     IndexUpkeep,
@@ -221,18 +220,16 @@ def _read_thumbnail(path: Path) -> bytes | None:
     read, its env file with the API keys among them, as that point's image, to clients without a key."""
     try:
         # Not blocking either: a FIFO planted there had held every thread that opened it, for good
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        data = read_small_file(path, THUMBNAIL_BYTES * 16)
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP: a link
         log.warning("not serving %s as a thumbnail: %s", path, exc.strerror or exc)
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            log.warning("not serving %s as a thumbnail: not a regular file", path)
-            return None
-        data = f.read(THUMBNAIL_BYTES * 16 + 1)
-    if not data.startswith(b"\xff\xd8\xff") or len(data) > THUMBNAIL_BYTES * 16:
+    except NotASmallFile as exc:
+        log.warning("not serving %s as a thumbnail: %s", path, "not a thumbnail JPEG" if exc.too_large else exc)
+        return None
+    if not data.startswith(b"\xff\xd8\xff"):
         log.warning("not serving %s as a thumbnail: not a thumbnail JPEG", path)
         return None
     return data
