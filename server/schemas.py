@@ -484,8 +484,9 @@ class AddedPoint(Answer):
     label_name: str | None = Field(default=None, description="the label's name, where the memory names its labels")
     source: str = Field(description="`upload:sha256:<hash>[:filename]`")
     thumbnail_url: str = Field(description="JPEG thumbnail of the added image")
-    new: bool = Field(default=True, description="false: the image was in the memory already (same bytes and name), and "
-                                        "was not added again")
+    new: bool = Field(default=True, description="false: the image was in the memory already (the same bytes, under any "
+                                                "name), and was not added again: `id` and `source` are the point's "
+                                                "that holds it")
     relabelled_from: str | None = Field(default=None,
                                         description="an image that was in the memory under another label: "
                                                           "that label (it has the one sent now)")

@@ -552,7 +552,8 @@ class ClassifierService:
                 self.thumbnails.save(point_id_for(src), img)
             done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step], sources=sources,
                                           tags={"added_via": "api"})
-            kept += [(i, src) for (i, _), src in zip(step, sources, strict=True)]
+            self._keep_for_holders(sources, done.ids)
+            kept += [(i, src) for (i, _), src in zip(step, done.sources, strict=True)]
             result = AddResult(ids=result.ids + done.ids, added=result.added + done.added,
                                relabelled={**result.relabelled, **done.relabelled})
             if done.added:  # (a relabel told the service itself, through on_relabel)
@@ -561,6 +562,22 @@ class ClassifierService:
         self.metrics.edits.labels("relabel").inc(len(result.relabelled))
         self._count_names_since(names)
         return ([(i, pid, labels[i], src) for (i, src), pid in zip(kept, result.ids, strict=True)], failed, result)
+
+    def _keep_for_holders(self, sources: Sequence[str], ids: Sequence[str]) -> None:
+        """The thumbnail and kept bytes written for an upload whose bytes a point held under another name: that
+        point's where it has none (added from Python, or before it was kept), else removed, as no point's."""
+        for src, pid in zip(sources, ids, strict=True):
+            if (own := point_id_for(src)) == pid:
+                continue
+            files = [(self.thumbnails.path(own), self.thumbnails.path(pid))]
+            if self.keep_uploads_in is not None:
+                files.append((upload_file(self.keep_uploads_in, own), upload_file(self.keep_uploads_in, pid)))
+            for spare, holders in files:
+                with contextlib.suppress(OSError):  # a read-only folder: as a forget leaves it
+                    if holders.exists():
+                        spare.unlink(missing_ok=True)
+                    else:
+                        spare.replace(holders)
 
     def _check_room_for_uploads(self, uploads: Sequence[Upload]) -> None:
         """MemoryFullError (507) where the memory's disk has too little room to keep these uploads as sent

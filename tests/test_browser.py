@@ -1243,8 +1243,8 @@ def test_an_image_the_memory_was_built_from_is_said_to_be_in_it_and_not_offered_
     from selenium.webdriver.common.by import By
 
     url, built_from = tiny_imagenet_page
-    # The same bytes as a file the memory was built from, under another name: the add route keys an upload by its
-    # bytes and name, so it would have been a second point of one image beside the built one
+    # The same bytes as a file the memory was built from, under another name: a built point is keyed by its path and
+    # an upload by its bytes, so it would have been a second point of one image beside the built one
     again = tmp_path / "my-lemon.jpg"
     again.write_bytes(built_from[0].read_bytes())
     classify_on_the_page(browser, url + "/", again, k=5, points=18)

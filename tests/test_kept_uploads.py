@@ -97,6 +97,25 @@ def test_uploads_kept_as_sent_move_to_another_encoder_with_the_memory(service, p
         assert (tmp_path / "lite1" / "thumbnails" / f"{storks[0]}.jpg").is_file()
 
 
+def test_the_same_photo_under_other_names_keeps_one_copy_with_the_point_that_holds_it(service, photos, tmp_path,
+                                                                                       lite1):
+    client, folder = service(keep_uploads=True)
+    photo = photos[GOLDFISH][0]
+    [held] = client.app.state.service.memory.add([photo], GOLDFISH)[0]  # from Python: no copy kept, no thumbnail
+    assert add(client, GOLDFISH, [photo], ["fish.jpg"]) == [held]
+    assert add(client, GOLDFISH, [photo, photo], ["a.jpg", "b.jpg"]) == [held]
+    # The point took the first upload's copy and thumbnail; no file is left under an id no point has
+    assert [f.name for f in (folder / UPLOADS_DIR).iterdir()] == [held]
+    assert upload_file(folder, held).read_bytes() == photo
+    assert [f.stem for f in (folder / "thumbnails").iterdir()] == [held]
+    assert client.get("/v1/memory/stats").json()["points"] == 13
+    service.stop(client)
+    with VisualMemory.open(folder, reranker=None) as mem:  # so it moves to another encoder with its image
+        new, done = mem.reembed_to(tmp_path / "lite1", lite1)
+    new.close()
+    assert done.skipped == [] and done.embedded == 13
+
+
 def test_without_the_setting_uploads_are_left_out_of_a_move_and_say_how_to_keep_them(service, photos, tmp_path,
                                                                                        lite1):
     client, folder = service()
@@ -113,8 +132,9 @@ def test_without_the_setting_uploads_are_left_out_of_a_move_and_say_how_to_keep_
 def test_every_forget_deletes_the_kept_image_and_the_history_keeps_none(service, photos):
     client, folder = service(keep_uploads=True)
     fish = add(client, GOLDFISH, photos[GOLDFISH])
-    # The same bytes under two names are two points, each with its own kept file: forgetting one keeps the other's
-    [again] = add(client, STORK, photos[GOLDFISH][:1], names=["copy.jpg"])
+    # A copy of a photo in other bytes (re-saved: here a byte past the JPEG's end) under another name is a point of
+    # its own, with its own kept file: forgetting the photo keeps the copy's (the same bytes would be its point)
+    [again] = add(client, STORK, [photos[GOLDFISH][0] + b"\0"], names=["copy.jpg"])
     storks = add(client, STORK, photos[STORK])
     kept = lambda ids: [upload_file(folder, i).is_file() for i in ids]  # noqa: E731
 

@@ -19,7 +19,7 @@ from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
-from vmem import VisualMemory
+from vmem import VisualMemory, upload_source
 from vmem.cli import app
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
@@ -110,6 +110,53 @@ def test_http_add_of_an_image_already_in_memory_says_so_and_relabels_it(tmp_path
         metrics = client.get("/metrics").text
         assert 'vmem_memory_edits_total{op="add"} 1.0' in metrics
         assert 'vmem_memory_edits_total{op="relabel"} 1.0' in metrics
+    mem.close()
+
+
+def test_the_same_bytes_under_another_name_are_the_point_that_holds_them(memory):
+    photo = texture((250, 120, 10), seed=5)
+    [held] = memory.add_images([photo], ["orange"], sources=[upload_source(photo, "copy.jpg")]).added
+    again = memory.add_images([photo], ["orange"])  # the bytes alone, as Python keys them
+    assert (again.ids, again.sources, again.added) == ([held], [upload_source(photo, "copy.jpg")], [])
+    twice = memory.add_images([photo, photo], ["orange", "orange"],
+                              sources=[upload_source(photo, "copy2.jpg"), upload_source(photo, "copy3.jpg")])
+    assert (twice.ids, twice.added) == ([held, held], [])
+    assert memory.store.count() == 13  # one image, one point, one vote
+    # Under another label it is relabelled, as the same name is
+    moved = memory.add_images([photo], ["red"], sources=[upload_source(photo, "copy4.jpg")])
+    assert moved.relabelled == {held: "orange"} and memory.store.existing_labels([held]) == {held: "red"}
+    with pytest.raises(ValueError, match=r"the same image .* labelled 'red' and 'blue'"):
+        memory.add([photo, photo], ["red", "blue"],
+                   sources=[upload_source(photo, "a.jpg"), upload_source(photo, "b.jpg")])
+    assert memory.store.count() == 13
+
+
+def test_http_add_of_the_same_bytes_under_another_name_names_the_point_that_holds_them(tmp_path, lite0, images):
+    mem = fill_memory(":memory:", lite0, images)
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    key = {"X-API-Key": API_KEY}
+    image = texture((250, 120, 10), seed=5)
+    with TestClient(create_app(settings, memory=mem)) as client:
+        def add(*names_and_labels: tuple[str, str]) -> dict:
+            resp = client.post("/v1/memory", headers=key, files=[("images", (n, image)) for n, _ in names_and_labels],
+                               data={"label": [lab for _, lab in names_and_labels]})
+            assert resp.status_code == 201, resp.text
+            return resp.json()
+
+        first, copy, both = add(("copy.jpg", "orange")), add(("copy2.jpg", "orange")), add(("a.jpg", "orange"),
+                                                                                           ("b.jpg", "orange"))
+        assert [r["points"] for r in (first, copy, both)] == [13, 13, 13]
+        held = first["added"][0]
+        assert [(p["id"], p["source"], p["new"]) for p in copy["added"] + both["added"]] == [
+            (held["id"], held["source"], False)] * 2
+        thumbnails = list((tmp_path / "thumbs").rglob("*.jpg"))  # none left for a point that is not
+        assert [t.stem for t in thumbnails] == [held["id"]]
+        other = add(("copy3.jpg", "red"))["added"][0]
+        assert (other["id"], other["label"], other["relabelled_from"]) == (held["id"], "red", "orange")
+        refused = client.post("/v1/memory", headers=key, data={"label": ["red", "blue"]},
+                              files=[("images", ("c.jpg", image)), ("images", ("d.jpg", image))])
+        assert refused.status_code == 422 and "images 0 and 1 are the same image" in refused.json()["detail"]
+        assert client.get("/v1/memory/stats").json()["points"] == 13
     mem.close()
 
 

@@ -42,6 +42,7 @@ from .visual_memory import (
     NothingToSearchError,
     UnknownPointError,
     VisualMemory,
+    upload_content,
     upload_source,
 )
 
@@ -79,5 +80,6 @@ __all__ = [
     "WhyNot",
     "WhyNotPoint",
     "__version__",
+    "upload_content",
     "upload_source",
 ]

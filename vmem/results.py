@@ -209,6 +209,8 @@ class AddResult(BaseModel):
 
     ids: list[str] = Field(description="the point id of each image that decoded, in order (the same image twice: "
                                        "its id twice)")
+    sources: list[str] = Field(default_factory=list, description="the source of each of those points, in order: an "
+                                                                 "upload's bytes held under another name, that one")
     failed: list[FailedImage] = Field(default_factory=list, description="images that could not be decoded")
     added: list[str] = Field(default_factory=list, description="ids of the points added now")
     relabelled: dict[str, str] = Field(

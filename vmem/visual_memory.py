@@ -13,6 +13,7 @@ import hashlib
 import logging
 import numbers
 import os
+import re
 import shutil
 import threading
 import time
@@ -207,6 +208,15 @@ def upload_source(data: bytes | bytearray, name: str | None = None, sha256: str 
     idempotent."""
     digest = sha256 or hashlib.sha256(data).hexdigest()
     return f"upload:sha256:{digest}" + (f":{Path(name).name}" if name else "")
+
+
+_UPLOAD_CONTENT = re.compile(r"upload:sha256:[0-9a-f]{64}(?=:|\Z)")
+
+
+def upload_content(source: str) -> str | None:
+    """What an upload's source says of its bytes (`upload:sha256:<digest>`, its file name left off), the key of
+    the image however it was named; None for a path, URI or a name given in its place."""
+    return m.group(0) if (m := _UPLOAD_CONTENT.match(source)) else None
 
 
 def local_source_prefix(prefix: str) -> str:
@@ -1222,7 +1232,10 @@ class VisualMemory:
         An image already in the memory (the same source: path, or bytes and name) is not embedded or added
         again, as `vmem build` skips it. Given another label than the one it has, it is relabelled, as `relabel`
         does it (journaled, keeping the label it had): adding it again used to overwrite the point silently,
-        its earlier label and pruning marks gone and nothing recorded but an "add".
+        its earlier label and pruning marks gone and nothing recorded but an "add". An upload (bytes, keyed
+        `upload:sha256:<digest>[:name]`) is the same image under any name: the point that holds its bytes
+        answers for it (`sources` says under which name), where a second point had voted twice for one image.
+        Files are keyed by path: identical files at two paths are two points (`forget_like` finds such copies).
         """
         self.store.check_writable()  # a memory opened read-only: refused before any image is embedded
         images = _image_list(images, "add")
@@ -1250,22 +1263,35 @@ class VisualMemory:
                 ok_sources.append(src)
             except ImageDecodeError as exc:
                 failed.append(FailedImage(source=src, reason=str(exc)))
-        # One image is one point: the same image twice is added once, and with two labels refused.
-        keep, conflicts = first_occurrences(ok_sources, ok_labels)
+        # One image is one point: the same image twice is added once, and with two labels refused. An upload's
+        # key is its bytes, whatever its name.
+        keys = [upload_content(src) or src for src in ok_sources]
+        keep, conflicts = first_occurrences(keys, ok_labels)
         if conflicts:
             j, i = conflicts[0]
-            raise ValueError(f"the same image ({ok_sources[i]}) is given twice, labelled {ok_labels[j]!r} and "
+            twice = ok_sources[i] if ok_sources[i] == ok_sources[j] else f"{ok_sources[j]} and {ok_sources[i]}"
+            raise ValueError(f"the same image ({twice}) is given twice, labelled {ok_labels[j]!r} and "
                              f"{ok_labels[i]!r}: an image is one point with one label")
-        id_of = {ok_sources[j]: point_id_for(ok_sources[j]) for j in keep}
+        id_of = {keys[j]: point_id_for(ok_sources[j]) for j in keep}
+        source_of = {keys[j]: ok_sources[j] for j in keep}
         stored = self.store.existing_labels(list(id_of.values()))
-        new = [j for j in keep if id_of[ok_sources[j]] not in stored]
+
+        def held_elsewhere(rows: Sequence[int]) -> None:
+            """Point the uploads among `rows` not stored under their own source at a point holding their bytes."""
+            for key, (pid, label, src) in self._upload_holders(
+                    {keys[j]: ok_labels[j] for j in rows if id_of[keys[j]] not in stored}).items():
+                id_of[key], source_of[key], stored[pid] = pid, src, label
+
+        held_elsewhere(keep)
+        new = [j for j in keep if id_of[keys[j]] not in stored]
         if new:
             self.featurizer.embed_as_stored()  # as a build embeds them: an image added holds its build's vector
         vectors = self.featurizer.embed([ok_imgs[j] for j in new]) if new else None
         self._record_source_roots([ok_sources[j] for j in new])  # before they are searchable, as thumbnails
         with self._edit_lock:  # checked again: another thread may have added some of them while these embedded
-            stored |= self.store.existing_labels([id_of[ok_sources[j]] for j in new])
-            new_rows = [r for r, j in enumerate(new) if id_of[ok_sources[j]] not in stored]
+            stored |= self.store.existing_labels([id_of[keys[j]] for j in new])
+            held_elsewhere(new)
+            new_rows = [r for r, j in enumerate(new) if id_of[keys[j]] not in stored]
             new_classes = self._new_imagenet_classes({ok_labels[new[r]] for r in new_rows})
             added = [] if vectors is None or not new_rows else self.store.add(
                 vectors[new_rows], [ok_labels[new[r]] for r in new_rows], [ok_sources[new[r]] for r in new_rows],
@@ -1278,14 +1304,31 @@ class VisualMemory:
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
         just_added = set(added)
         for j in keep:
-            pid = id_of[ok_sources[j]]
+            pid = id_of[keys[j]]
             if pid in stored and pid not in just_added and stored[pid] != ok_labels[j]:
                 relabel.setdefault(ok_labels[j], []).append(pid)
         relabelled: dict[str, str] = {}
         for to, ids in relabel.items():
             changed = self._relabel_points(ids, to, _selector(ids, None, None))
             relabelled |= {pid: stored[pid] for pid in changed}
-        return AddResult(ids=[id_of[src] for src in ok_sources], failed=failed, added=added, relabelled=relabelled)
+        return AddResult(ids=[id_of[key] for key in keys], sources=[source_of[key] for key in keys], failed=failed,
+                         added=added, relabelled=relabelled)
+
+    def _upload_holders(self, labels: Mapping[str, str]) -> dict[str, tuple[str, str, str]]:
+        """For uploads' contents (`upload_content` -> the label sent), a point holding those bytes under any name:
+        (id, label, source), one with the label sent where there is one. On the sources' prefix index: 0.04 ms a
+        lookup at 100,000 points (docs/benchmarks/upload_dupes.py), beside an image's embedding (~200 ms)."""
+        holders: dict[str, tuple[str, str, str]] = {}
+        for content, label in labels.items():
+            if upload_content(content) != content:  # a path, a URI, a name given in its place
+                continue
+            points, _ = self.store.page(source_prefix=content, limit=64)
+            # The digest ends the prefix: a source that goes on but with a name is another upload's
+            points = [p for p in points if p.source == content or p.source.startswith(content + ":")]
+            if points:
+                p = next((p for p in points if p.label == label), points[0])
+                holders[content] = (p.id, p.label, p.source)
+        return holders
 
     def _new_imagenet_classes(self, labels: set[str]) -> dict[str, str]:
         """vmem's own names of the ImageNet-1k WordNet ids among `labels` that the memory neither names nor holds a

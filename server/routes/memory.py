@@ -94,9 +94,10 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
 
     Multipart: files in repeated `images` fields and a `label` field per image (or one for all).
     JSON: `{"items": [{"image": "<base64>", "label": "cat", "filename": "cat.jpg"}]}`.
-    The same image (same bytes and name) is one point: added again, it is not added twice (`new` false), and
-    given another label it is relabelled as `POST /v1/memory/relabel` does it (journaled, `relabelled_from`);
-    twice in one request with two labels it is a 422.
+    The same image (the same bytes, under any file name) is one point: added again, it is not added twice (`new`
+    false, `id` and `source` those of the point that holds it), and given another label it is relabelled as
+    `POST /v1/memory/relabel` does it (journaled, `relabelled_from`); twice in one request with two labels it is
+    a 422.
     """
     limit = settings.max_batch_images
     if require_media_type(request, MULTIPART, JSON) == JSON:
@@ -125,15 +126,15 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
                 raise ProblemError(422, f"label {i} {exc}", "invalid-parameters", "Invalid parameters") from None
     if len(uploads) > limit:
         raise too_many_images(limit, TOO_MANY, sent=len(uploads))
-    # One image (same bytes and name) is one point: sent twice it is added once, with two labels refused.
-    # A JSON slot whose text is no base64 fails as an image that does not decode: the others are still added.
+    # One image (the same bytes, whatever its name) is one point: sent twice it is added once, with two labels
+    # refused. A JSON slot whose text is no base64 fails as an image that does not decode: the others are still added.
     readable = [i for i, up in enumerate(uploads) if up.problem is None]
     unreadable = [(i, up.problem) for i, up in enumerate(uploads) if up.problem is not None]
-    keep, conflicts = first_occurrences([uploads[i].source for i in readable], [labels[i] for i in readable])
+    keep, conflicts = first_occurrences([uploads[i].sha256 for i in readable], [labels[i] for i in readable])
     keep = [readable[i] for i in keep]
     if conflicts:
         j, i = (readable[c] for c in conflicts[0])
-        raise ProblemError(422, f"images {j} and {i} are the same image (same bytes and file name) labelled "
+        raise ProblemError(422, f"images {j} and {i} are the same image (the same bytes) labelled "
                            f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
     try:

@@ -1065,8 +1065,8 @@ async function relabel(p, to) {
 
 // Teaching the memory the image asked about (POST v1/memory with the key): a wrong answer corrected, or a new class
 // begun, without leaving the page. An image the answer cites as its own neighbour (features the same within the
-// float16 vectors' slack, SIMILARITY_SLACK in vmem) is in the memory already: added under another file name, or
-// beside the point built from its file, it would be a second point of one image, voting twice.
+// float16 vectors' slack, SIMILARITY_SLACK in vmem) is in the memory already: added beside the point built from its
+// file (keyed by path, where an upload is keyed by its bytes), or re-saved, it would be a second point of one image.
 const SAME_IMAGE_SIMILARITY = 1 - 1e-3;
 let taught = null; // {id, label, label_name}: the point the last add here made, which Undo forgets
 
