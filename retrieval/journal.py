@@ -92,26 +92,34 @@ class JournalQuery:
     point_id: str | None = None  # the edits that forgot or relabelled this point
     label: str | None = None  # the edits that touched this label
     since: str | None = None  # ISO 8601 in UTC, as entries' `at`: at or after it
+    by: str | None = None  # the edits made with the API key of this name
 
     def matches(self, e: JournalEntry) -> bool:
         return ((self.op is None or e.op == self.op) and (self.point_id is None or e.cites(self.point_id))
-                and (self.label is None or e.touches(self.label)) and (self.since is None or e.at >= self.since))
+                and (self.label is None or e.touches(self.label)) and (self.since is None or e.at >= self.since)
+                and (self.by is None or e.by == self.by))
 
     def may_match(self, line: str) -> bool:
-        """False for an entry's JSON line that cannot match: its op, the point id or the label is not in it.
+        """False for an entry's JSON line that cannot match: its op, the point id, the label or `by` is not in it.
         Parsing is what a long journal's history costs, and most lines are rejected here without it."""
         if self.op is not None and f'"op":"{self.op}"' not in line:
             return False
         if self.point_id is not None and self.point_id not in line:
             return False
-        # A label JSON writes as it is (no quote, backslash or control character to escape) is in the line as is.
-        plain = self.label is not None and not any(c in '"\\' or c < " " for c in self.label)
-        return not (plain and self.label not in line)  # type: ignore[operator]  # plain: label is not None
+        # A key's name or a label that JSON writes as it is (_plain) is in the line as is.
+        if self.by is not None and _plain(self.by) and f'"by":"{self.by}"' not in line:
+            return False
+        return not (self.label is not None and _plain(self.label) and self.label not in line)
 
     @property
     def selective(self) -> bool:
         """Whether an entry must be parsed to know (beyond `since`) that it matches."""
-        return self.op is not None or self.point_id is not None or self.label is not None
+        return self.op is not None or self.point_id is not None or self.label is not None or self.by is not None
+
+
+def _plain(text: str) -> bool:
+    """Whether JSON writes the text as it is: no quote, backslash or control character to escape."""
+    return not any(c in '"\\' or c < " " for c in text)
 
 
 def now() -> str:
@@ -381,7 +389,7 @@ class CollectionJournal(Journal):
         from qdrant_client.http.exceptions import UnexpectedResponse
 
         must = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
-                for key, value in (("op", query.op), ("ids", query.point_id)) if value is not None]
+                for key, value in (("op", query.op), ("ids", query.point_id), ("by", query.by)) if value is not None]
         if query.since is not None:
             must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=query.since)))
         try:

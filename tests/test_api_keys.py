@@ -66,13 +66,19 @@ def test_each_edit_is_journaled_with_the_name_of_the_key_that_made_it(tmp_path, 
         assert http.delete(f"/v1/memory/points/{added['id']}", headers={"X-API-Key": BOB}).status_code == 200
         assert add(http, API_KEY, seed=2).status_code == 201  # VMEM_API_KEY works as before, named "default"
         history = http.get("/v1/memory/history").json()["entries"]
+        bobs = http.get("/v1/memory/history", params={"by": "bob"}).json()["entries"]  # what did bob change?
     assert [(e["op"], e["via"], e["by"]) for e in history] == [
         ("add", "http", "default"), ("forget", "http", "bob"), ("add", "http", "alice")]
+    assert [(e["op"], e["ids"]) for e in bobs] == [("forget", [added["id"]])]
 
     runner = CliRunner(env={"COLUMNS": "250"})
     shown = runner.invoke(app, ["history", "--memory", str(tmp_path / "memory")]).output.splitlines()
     assert [x.split("\t")[-1].split(" on ")[0] for x in shown[:3]] == [
         "via http (key default)", "via http (key bob)", "via http (key alice)"]
+    alices = runner.invoke(app, ["history", "--memory", str(tmp_path / "memory"), "--by", "alice"])
+    assert [x.split("\t")[1] for x in alices.output.splitlines()] == ["add"]
+    nobodys = runner.invoke(app, ["history", "--memory", str(tmp_path / "memory"), "--by", "carol"])
+    assert (nobodys.exit_code, nobodys.output) == (0, "no edits recorded that match --by carol\n")
 
 
 def test_a_key_is_rotated_without_a_restart_and_a_revoked_key_is_refused(tmp_path, serve):

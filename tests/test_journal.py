@@ -362,11 +362,14 @@ def a_long_journal(seed: int = 7) -> tuple[list[JournalEntry], list]:
         chosen = rng.sample(ids, 3) if op in ("forget", "relabel") else []
         at = f"2026-01-0{1 + i // 100}T00:00:{i % 60:02d}.{rng.randrange(10**6):06d}+00:00"
         entries.append(JournalEntry(at=at, op=op, points=len(chosen) or 1, labels={rng.choice(LABELS): 1}, ids=chosen,
-                                    to=rng.choice(LABELS) if op == "relabel" else None))
+                                    to=rng.choice(LABELS) if op == "relabel" else None,
+                                    by=rng.choice([None, "alice", "bob"])))
     entries.append(entries[-1].model_copy(update={"part": 1}))  # an edit's second part: the same time
     queries = [JournalQuery(op=op, point_id=point, label=label, since=since) for op, point, label, since in
                itertools.product([None, "forget", "add"], [None, ids[0]], [None, *LABELS],
                                  [None, "2026-01-02T00:00:30+00:00"])]
+    queries += [JournalQuery(by="alice"), JournalQuery(op="forget", by="bob"), JournalQuery(label="猫", by="alice"),
+                JournalQuery(by="carol"), JournalQuery(by='a "quoted" one')]  # who made the edits (an API key's name)
     return entries, queries
 
 

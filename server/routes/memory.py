@@ -477,7 +477,7 @@ async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -
 async def history(q: Annotated[HistoryQuery, Query()], request: Request, service: ServiceDep) -> HistoryOut:
     """Every add, forget, relabel, erase, naming, prune, tune and copy made through vmem (any process: the
     service, the CLI, Python), newest first. A forget lists the ids of the points it deleted: `point_id` answers
-    whether and when a point was forgotten, and through what."""
+    whether and when a point was forgotten, and through what; `by` lists what one API key's holder changed."""
     point_id = str(q.point_id) if q.point_id is not None else None
     try:
         # On the read threads, as the point listing is: a journal of 100,000 entries read whole (a label filter
@@ -485,7 +485,8 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
         # embedding threads, and /readyz to 8.8 s on the request threads
         # (one whose client gave up while it waited is not read: 30 such had held up the next for 21 s)
         entries, earlier = await unless_the_client_leaves(request, service.run_read(
-            service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since))
+            service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since,
+            by=q.by))
     except ValueError as exc:  # a `since` that is no date
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     if not q.ids:

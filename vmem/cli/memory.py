@@ -1117,6 +1117,8 @@ def history(
     label: Annotated[str | None, typer.Option(help="only edits that touched this label's points (or named it)")] = None,
     since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
+    by: Annotated[str | None, typer.Option(help="only edits made over HTTP with the API key of this name (vmem key "
+                                                "NAME; default: VMEM_API_KEY's)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per edit, with the ids it changed")] = False,
 ) -> None:
@@ -1134,7 +1136,7 @@ def history(
         # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
         entries, earlier, meta = _edits(lambda: history_from_files(
             memory, point_id=point_id, source=source, op=cast(JournalOp, op.value) if op else None, limit=limit,
-            label=label, since=since))
+            label=label, since=since, by=by))
         names, state = dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
         served = served_note(exc.folder, None) if exc.folder is not None else ""
@@ -1143,7 +1145,8 @@ def history(
     else:
         with mem:
             entries, earlier = _edits(lambda: mem.history_page(
-                point_id=point_id, source=source, op=op.value if op else None, limit=limit, label=label, since=since))
+                point_id=point_id, source=source, op=op.value if op else None, limit=limit, label=label, since=since,
+                by=by))
             now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
             names = mem.label_names
             state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
@@ -1160,7 +1163,7 @@ def history(
         typer.echo(f"... and {earlier} earlier edits (--limit)", err=True)
     if not entries:
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
-                                                            ("since", since)) if value is not None]
+                                                            ("since", since), ("by", by)) if value is not None]
         typer.echo("no edits recorded" + (" for it" if point_id or source else "")
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
