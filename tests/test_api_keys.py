@@ -110,6 +110,8 @@ def test_a_key_that_may_only_rerank_is_refused_edits_and_named_in_the_answer_log
         assert http.post("/v1/classify", files=image).status_code == 200  # a plain classify needs no key
     assert [(a["via"], a["by"]) for a in map(json.loads, log.read_text().splitlines())] == [
         ("http", "kiosk"), ("http", None)]
+    kiosks = CliRunner().invoke(app, ["answers", "--log", str(log), "--by", "kiosk", "--json"])
+    assert [(a["by"], a["reranked"]) for a in map(json.loads, kiosks.output.splitlines())] == [("kiosk", False)]
 
 
 def test_a_keys_file_broken_while_serving_keeps_the_keys_read_before_and_says_so(tmp_path, serve, caplog):

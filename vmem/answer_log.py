@@ -239,12 +239,16 @@ class AnswerQuery:
     via: str | None = None
     label: str | None = None
     since: str | None = None  # ISO 8601 in UTC: at or after it
+    by: str | None = None  # answers asked with the API key of this name (a re-rank's)
 
     def may_match(self, line: str) -> bool:
         """False for a line that cannot match, found without parsing it."""
         if self.since is not None and line.startswith('{"at":"') and line[7 : 7 + len(self.since)] < self.since:
             return False
         if self.memory is not None and self.memory not in line:
+            return False
+        # written as `record` writes it
+        if self.by is not None and f'"by":{json.dumps(self.by, ensure_ascii=False)}' not in line:
             return False
         return self.points is None or any(pid in line for pid in self.points)
 
@@ -253,6 +257,7 @@ class AnswerQuery:
         after the answer), or None where it does not match."""
         if ((self.memory is not None and answer.get("memory") != self.memory)
                 or (self.via is not None and answer.get("via") != self.via)
+                or (self.by is not None and answer.get("by") != self.by)
                 or (self.label is not None and answer.get("label") != self.label)
                 or (self.since is not None and str(answer.get("at")) < self.since)):
             return None

@@ -39,6 +39,8 @@ def answers(
     qdrant_url: Annotated[str | None, typer.Option(
         "--qdrant-url", help="--forgotten this server's memory (http://host:6333)")] = None,
     via: Annotated[Via | None, typer.Option(help="only decisions asked through http, cli or python")] = None,
+    by: Annotated[str | None, typer.Option(help="only decisions asked with the API key of this name (a re-rank "
+                                                "over HTTP)")] = None,
     label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
     since: Annotated[str | None, typer.Option(help="only decisions from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
@@ -78,7 +80,7 @@ def answers(
             raise typer.BadParameter(str(exc), param_hint="--forgotten") from None
     query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key,
                         via=None if via is None else via.value, label=label,
-                        since=after)
+                        since=after, by=by)
     skipped = Skipped()
     found = 0
     try:
