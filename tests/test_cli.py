@@ -1353,6 +1353,32 @@ def test_commands_that_only_read_a_memory_import_nothing_they_do_not_use(built, 
     assert done.stdout.splitlines()[-1] == "[]", done.stdout.splitlines()[-1]
 
 
+def test_a_command_builds_and_imports_only_itself_and_the_help_still_lists_every_command(built):
+    import subprocess
+    import sys
+
+    memory, _ = built
+    # Typer built every command from its function's signature at each start, and every command's module was
+    # imported (the benchmarks' too): `vmem --version` built 35 commands to print one line.
+    script = ("import sys; from vmem.cli import app\n"
+              f"for command in [['--version'], ['info', '--memory', {str(memory)!r}]]:\n"
+              "    try:\n"
+              "        app(command, standalone_mode=False)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "    print(sorted(m for m in sys.modules if m.startswith('vmem.cli.') and m != 'vmem.cli._common'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    imported = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert imported == ["[]", "['vmem.cli.memory']"]
+
+    listed = [line.split()[1] for line in run("--help").stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
+    assert listed == ["--verbose", "--version", "--help", "build", "classify", "forget", "relabel", "info",
+                      "labels", "names", "points", "export", "import", "history", "answers", "copy", "backup",
+                      "erase", "serve", "key", "eval", "prune", "suspects", "experiment", "tune", "templates",
+                      "bench", "dmn"]
+
+
 @pytest.mark.parametrize("command", [["info"], ["serve", "--no-auth"]])
 def test_a_memory_folder_and_a_qdrant_url_together_are_refused(tmp_path, command, monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))

@@ -3,33 +3,101 @@
 from __future__ import annotations
 
 import codecs
+import importlib
 import inspect
 import io
 import json
 import logging
 import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnavailableError
 from retrieval.files import NoHomeError
 
-from . import answers, experiment, keys, memory, prune, templates
-from . import dmn as dmn_cmd
-from . import eval as eval_cmd
 from ._common import EXIT_TEMPORARY, SERVED_ROUTES, served_note
-from .bench import bench_app
-from .serve import serve
-from .tune import tune
+
+# vmem's commands, in the order `vmem --help` lists them (typer's: commands, then groups), each as its module in
+# vmem.cli and the function, or the group's Typer. A command's module is imported, and the command built from its
+# function's signature, when it is run or listed (`_LazyCommands`): typer built all of them at every start.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("memory", "build"), "classify": ("memory", "classify"), "forget": ("memory", "forget"),
+    "relabel": ("memory", "relabel"), "info": ("memory", "info"), "labels": ("memory", "labels"),
+    "names": ("memory", "names"), "points": ("memory", "points"), "export": ("memory", "export"),
+    "import": ("memory", "import_"), "history": ("memory", "history"), "answers": ("answers", "answers"),
+    "copy": ("memory", "copy"), "backup": ("memory", "backup"), "erase": ("memory", "erase"),
+    "serve": ("serve", "serve"), "key": ("keys", "key"), "eval": ("eval", "eval"), "prune": ("prune", "prune"),
+    "suspects": ("prune", "suspects"), "experiment": ("experiment", "experiment"), "tune": ("tune", "tune"),
+}
+_GROUPS: dict[str, tuple[str, str]] = {
+    "templates": ("templates", "app"), "bench": ("bench", "bench_app"), "dmn": ("dmn", "app"),
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):  # typer's click commands (its own copy of click from typer 0.29)
+    """A group's commands by name, each built when first looked up: `vmem info` builds `info` only, `vmem
+    --version` none, `vmem --help` (which lists them all) every one."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+        self._names = [*_COMMANDS, *_GROUPS]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in self._names:
+                raise KeyError(name)
+            self._built[name] = _built_command(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+        if name not in self._names:
+            self._names.append(name)
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._built.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+def _built_command(name: str) -> Any:
+    """One of vmem's commands as typer builds it in `app` (through typer's own entry, for each typer version's
+    arguments: a group of this command alone, with app's markup)."""
+    one = typer.Typer(rich_markup_mode=app.rich_markup_mode)
+    if name in _COMMANDS:
+        module, function = _COMMANDS[name]
+        one.command(name=name)(getattr(importlib.import_module(f".{module}", __name__), function))
+    else:
+        module, group = _GROUPS[name]
+        one.add_typer(getattr(importlib.import_module(f".{module}", __name__), group), name=name)
+    _summaries_on_one_line(one)
+    command = typer.main.get_group(one).commands[name]
+    _flags_without_a_type(command)
+    return command
 
 
 class _Commands(TyperGroup):
     """vmem's commands. A Qdrant server that stops answering partway through one ends it with what happened and
     what to do, not a traceback: opening such a memory already says so, and this covers every call after it."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands()
+
     def main(self, *args, **kwargs):
-        _flags_without_a_type(self)
+        _flags_without_a_type(self, commands_too=False)  # each command as it is built
         _escape_what_stdout_cannot_encode()
         return super().main(*args, **kwargs)
 
@@ -103,7 +171,7 @@ _INTERRUPTED = {
 }
 
 
-def _flags_without_a_type(command) -> None:
+def _flags_without_a_type(command, commands_too: bool = True) -> None:
     """Typer's option tables show each option's type, and a flag's as `<bool>`, as if `--json` took a value.
     A flag takes none: its type column is left empty."""
     for param in command.params:
@@ -118,7 +186,7 @@ def _flags_without_a_type(command) -> None:
         return option
 
     command.get_help_option = help_option
-    for sub in getattr(command, "commands", {}).values():
+    for sub in getattr(command, "commands", {}).values() if commands_too else ():
         _flags_without_a_type(sub)
 
 
@@ -131,31 +199,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command()(memory.build)
-app.command()(memory.classify)
-app.command()(memory.forget)
-app.command()(memory.relabel)
-app.command()(memory.info)
-app.command()(memory.labels)
-app.command()(memory.names)
-app.command()(memory.points)
-app.command()(memory.export)
-app.command(name="import")(memory.import_)
-app.command()(memory.history)
-app.command()(answers.answers)
-app.command()(memory.copy)
-app.command()(memory.backup)
-app.command()(memory.erase)
-app.add_typer(templates.app, name="templates")
-app.command()(serve)
-app.command()(keys.key)
-app.add_typer(bench_app, name="bench")
-app.command(name="eval")(eval_cmd.eval)
-app.command()(prune.prune)
-app.command()(prune.suspects)
-app.command()(experiment.experiment)
-app.command()(tune)
-app.add_typer(dmn_cmd.app, name="dmn")
 
 
 def _summaries_on_one_line(commands: typer.Typer) -> None:
@@ -168,9 +211,6 @@ def _summaries_on_one_line(commands: typer.Typer) -> None:
     for group in commands.registered_groups:
         if group.typer_instance is not None:
             _summaries_on_one_line(group.typer_instance)
-
-
-_summaries_on_one_line(app)
 
 
 def _print_version(asked: bool) -> None:
