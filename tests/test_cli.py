@@ -43,6 +43,10 @@ def built(image_folder, tmp_path_factory):
     return memory, result
 
 
+# What `vmem serve` serves with: replaced, it is asked what it would have served
+RUN_UVICORN = "vmem.cli.serve.run_uvicorn"
+
+
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})  # no wrapped error boxes
 
@@ -662,7 +666,7 @@ def test_a_memory_whose_points_are_all_hard_pruned_is_a_clear_error_naming_the_u
 
 
 def test_a_qdrant_server_that_is_not_there_or_a_url_that_is_not_one(image_folder, monkeypatch):
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     for command in ["info"], ["classify", image_folder / "query"], ["serve", "--no-auth"]:
         out = run(*command, "--qdrant-url", "http://127.0.0.1:1")
         assert said(out, "could not reach the Qdrant server at http://127.0.0.1:1"), command
@@ -694,7 +698,7 @@ def test_a_memory_path_that_cannot_be_a_directory(image_folder, tmp_path):
 def test_a_corrupt_memory_metadata_file_is_named(built, tmp_path, monkeypatch):
     import shutil
 
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     memory, _ = built
     for name, broken in ("truncated", lambda text: text[:40]), ("wrong-fields", lambda _: '{"featurizer": 3}'):
         copy = tmp_path / name
@@ -733,7 +737,7 @@ def test_a_tag_must_be_key_equals_value(image_folder, tmp_path):
 def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, monkeypatch):
     # A .env for the production Qdrant server must not turn `vmem serve -m ./memory` into serving that server.
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(location=app.state.settings.location))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(location=app.state.settings.location))
     monkeypatch.setenv("VMEM_QDRANT_URL", "http://127.0.0.1:1")
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory)
@@ -744,7 +748,7 @@ def test_serve_memory_flag_wins_over_a_qdrant_url_from_the_environment(built, mo
 def test_serve_read_only_without_a_key_says_what_the_key_guards_there(built, monkeypatch):
     # A read-only service refuses every edit: asked for a key "memory-editing endpoints require", a replica has
     # none of them. What needs it there is a re-ranked classify (Gemini), the export of the vectors and backups.
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served"))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: pytest.fail("served"))
     monkeypatch.delenv("VMEM_API_KEY", raising=False)
     memory, _ = built
     out = run("serve", "--read-only", "--memory", memory)
@@ -755,7 +759,7 @@ def test_serve_read_only_without_a_key_says_what_the_key_guards_there(built, mon
 @pytest.mark.parametrize(("host", "said"), [("::", "http://[::]:8123"), ("0.0.0.0", "http://0.0.0.0:8123")])
 def test_serve_says_the_address_it_listens_on_as_a_url_writes_it(built, monkeypatch, host, said):
     # An IPv6 address in a URL is bracketed: "serving ... on http://:::8123" was no URL
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: None)
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory, "--host", host, "--port", "8123")
     assert out.exit_code == 0 and f" on {said} (page at /" in out.output, out.output
@@ -763,7 +767,7 @@ def test_serve_says_the_address_it_listens_on_as_a_url_writes_it(built, monkeypa
 
 def test_serve_behind_a_proxy_hands_uvicorn_the_prefix(built, monkeypatch):
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(kw))
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory, "--root-path", "/vmem/")
     assert out.exit_code == 0 and "behind a proxy at /vmem/" in out.output, out.output
@@ -774,7 +778,7 @@ def test_serve_read_only_without_a_key_warns_of_no_edits_it_refuses_anyway(built
     # --no-auth on a read-only service lets nobody edit: the warning that anyone may edit was untrue there, and
     # what it does leave open (the points' vectors, paid re-ranks) went unsaid
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(read_only=app.state.settings.read_only))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(read_only=app.state.settings.read_only))
     memory, _ = built
     out = run("serve", "--no-auth", "--read-only", "--memory", memory)
     assert out.exit_code == 0 and served == {"read_only": True}, out.output
@@ -791,7 +795,7 @@ def test_serve_read_only_says_which_copies_of_killed_services_it_removed(built, 
     import sys
     import tempfile
 
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: None)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
@@ -807,7 +811,7 @@ def test_serve_read_only_says_which_copies_of_killed_services_it_removed(built, 
 
 def test_serve_refuses_a_prefix_without_its_leading_slash(built, monkeypatch):
     # `--root-path vmem` made every thumbnail_url relative: the page under /vmem/ asked for /vmem/vmem/... (404s)
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served with a relative prefix"))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: pytest.fail("served with a relative prefix"))
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory, "--root-path", "vmem")
     assert out.exit_code == 2 and said(out, "--root-path", "'vmem' lacks its leading /", "--root-path /vmem")
@@ -816,7 +820,7 @@ def test_serve_refuses_a_prefix_without_its_leading_slash(built, monkeypatch):
 def test_serve_believes_the_forwarded_headers_of_the_proxies_it_is_told(built, monkeypatch):
     # A proxy on another host: uvicorn believes X-Forwarded-* from loopback only unless told its address.
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(kw))
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory, "--forwarded-allow-ips", "10.0.0.7,10.0.0.8")
     assert out.exit_code == 0, out.output
@@ -911,7 +915,7 @@ def test_classify_json_writes_a_name_that_is_not_utf8_with_its_bytes_escaped(bui
 
 
 def test_serve_names_the_setting_that_does_not_parse_before_opening_anything(built, monkeypatch):
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     memory, _ = built
     monkeypatch.setenv("VMEM_MAX_UPLOAD_BYTES", "20MB")
     out = run("serve", "--no-auth", "--memory", memory)
@@ -930,7 +934,7 @@ def test_serve_takes_the_gemini_settings_and_key_from_the_env_file_too(built, tm
     from reranker import GeminiSettings, api_key_from_env
 
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(
         model=GeminiSettings().model, key=api_key_from_env(), memory=app.state.settings.location))
     for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "VMEM_GEMINI_MODEL", "VMEM_MEMORY"):
         monkeypatch.delenv(key, raising=False)
@@ -952,7 +956,7 @@ def test_serve_takes_the_templates_folder_from_the_env_file_too(built, tmp_path,
     from prompts import default_registry
 
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(templates=default_registry().names()))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(templates=default_registry().names()))
     monkeypatch.setenv("VMEM_TEMPLATES_DIR", "")  # unset (blank), and as it was once the test is done
     memory, _ = built
     (tmp_path / "templates").mkdir()
@@ -993,7 +997,7 @@ def test_a_gemini_url_without_a_scheme_is_a_setting_to_mend_not_retries(built, i
 
 def test_serve_takes_a_blank_setting_as_unset(built, monkeypatch, tmp_path):
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(location=app.state.settings.location))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: served.update(location=app.state.settings.location))
     memory, _ = built
     monkeypatch.chdir(memory.parent)
     monkeypatch.setenv("VMEM_QDRANT_URL", "")  # as a blank line of an env template leaves it
@@ -1052,7 +1056,7 @@ def test_vmem_serve_stopped_by_sigterm_as_it_starts_exits_0_leaving_nothing(buil
         pytest.fail("SIGTERM did not stop the start")
 
     monkeypatch.setattr("retrieval.store.copy_folder_sparse", terminated)
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: pytest.fail("served"))
+    monkeypatch.setattr(RUN_UVICORN, lambda app, **kw: pytest.fail("served"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     memory, _ = built
@@ -1166,7 +1170,7 @@ def test_serve_refuses_a_device_this_machine_lacks_before_starting(built, monkey
     if (device.startswith("cuda") and torch.cuda.device_count() > 7) or (
             device == "mps" and torch.backends.mps.is_available()):
         pytest.skip(f"this machine has {device}")
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     monkeypatch.setenv("VMEM_DEVICE", device)
     memory, _ = built
     out = run("serve", "--no-auth", "--memory", memory)
@@ -1196,7 +1200,7 @@ def test_every_command_takes_its_encoder_device_from_vmem_device(built, image_fo
 def test_start_up_problems_are_one_line_each(built, tmp_path, monkeypatch):
     import shutil
 
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     memory, _ = built
     halved = tmp_path / "halved"  # its vmem.json copied, not its vectors
     halved.mkdir()
@@ -1381,7 +1385,7 @@ def test_a_command_builds_and_imports_only_itself_and_the_help_still_lists_every
 
 @pytest.mark.parametrize("command", [["info"], ["serve", "--no-auth"]])
 def test_a_memory_folder_and_a_qdrant_url_together_are_refused(tmp_path, command, monkeypatch):
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("vmem serve started serving"))
+    monkeypatch.setattr(RUN_UVICORN, lambda *a, **kw: pytest.fail("vmem serve started serving"))
     out = run(*command, "--memory", tmp_path / "m", "--qdrant-url", "http://127.0.0.1:1")
     assert out.exit_code == 2 and "not both" in out.output, out.output
 

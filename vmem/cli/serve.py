@@ -347,8 +347,6 @@ def serve(
              "names the proxy, not the client, and redirects say http")] = None,
 ) -> None:
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
-    import uvicorn
-
     from server import create_app
     from server.app import open_memory
 
@@ -416,26 +414,34 @@ def serve(
                     f"{files - FILES_BESIDE_CONNECTIONS} connections at once, new ones wait to be accepted",
                     logging.WARNING)
             logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerMinute())
-            server = _server(uvicorn.Config(
+            forced = run_uvicorn(
                 app, host=host, port=port, log_level=log_level.value, root_path=prefix,
                 forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                timeout_graceful_shutdown=_graceful_shutdown_s()))  # type: ignore[arg-type]  # a float works: asyncio.timeout
-            with suppress(KeyboardInterrupt):  # as uvicorn.run: the Ctrl-C it raises again once stopped
-                server.run()
-            if not server.started:
-                sys.exit(3)  # as uvicorn.run: the port taken, the app's startup failed (said above)
+                timeout_graceful_shutdown=_graceful_shutdown_s())
         finally:
             if served is not None:
                 served.unlink(missing_ok=True)
             if reserved is not None:
                 reserved.close()
             mem.close()
-    if server.force_exit:
+    if forced:
         # The threads of the requests cut off are still waiting (on Gemini, up to its deadline), and the
         # interpreter's exit would wait for them: the memory is closed, nothing is left to do
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+
+
+def run_uvicorn(app: Any, **options: Any) -> bool:
+    """`uvicorn.run(app, **options)`, a second Ctrl-C included (`_server`): whether the stop was forced so."""
+    import uvicorn
+
+    server = _server(uvicorn.Config(app, **options))
+    with suppress(KeyboardInterrupt):  # as uvicorn.run: the Ctrl-C it raises again once stopped
+        server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the port taken, the app's startup failed (said above)
+    return bool(server.force_exit)
 
 
 def _server(config: Any) -> Any:
