@@ -7,6 +7,7 @@ anything is written, and rows that cannot be points are skipped and said.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -407,6 +408,43 @@ def test_one_point_given_two_labels_is_refused(tmp_path):
     open_store(tmp_path / "memory", SPEC).close()
     done = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
     assert done.exit_code == 2 and "rows 0 and 1 are one point (/a/0.jpg), labelled 'cat' and 'dog'" in said(done)
+
+
+def test_what_someone_elses_file_says_is_printed_one_line_each_its_control_characters_escaped(tmp_path):
+    # A file's sources, its encoder's name and its writer's version are its writer's text: printed raw, a newline
+    # forged a line of the report, and an escape sequence retitled the terminal or cleared the screen
+    forged = "/a/0.jpg\nimported 0 points: all fine\x1b]0;pwned\x07"
+    open_store(tmp_path / "memory", SPEC).close()
+    first = vectors_file(tmp_path / "first.npz", random_unit_vectors(1, 8, seed=1), ["cat"], [forged])
+    assert run("import", first, "--memory", tmp_path / "memory", "--featurizer", "dummy").exit_code == 0
+    theirs = vectors_file(tmp_path / "theirs.npz", random_unit_vectors(1, 8, seed=2), ["dog"], [forged])
+    done = run("import", theirs, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert done.exit_code == 0, done.output
+    assert "\x1b" not in done.output and "\nimported 0 points" not in done.output
+    assert ("  /a/0.jpg\\nimported 0 points: all fine\\x1b]0;pwned\\x07: stored 'cat', file 'dog'"
+            in done.stdout.splitlines())
+
+    # A point given two labels, refused naming its source
+    clash = vectors_file(tmp_path / "clash.npz", random_unit_vectors(2, 8, seed=3), ["cat", "dog"], [forged] * 2)
+    refused = run("import", clash, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert refused.exit_code == 2 and "\x1b" not in refused.output
+    assert "one point (/a/0.jpg\\nimported 0 points: all fine\\x1b]0;pwned\\x07)" in said(refused)
+
+    # An export's meta: its encoder's name, said in the report, and the vmem that wrote a later format
+    export = dict(np.load(exported_memory(tmp_path)))
+    meta = json.loads(str(export["meta"]))
+    meta["featurizer"]["name"] = "dummy\x1b[2J"
+    np.savez(tmp_path / "renamed.npz", **{**export, "meta": np.array(json.dumps(meta))})
+    dry = run("import", tmp_path / "renamed.npz", "--memory", tmp_path / "new", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "\x1b" not in dry.output and "(a vmem export of dummy\\x1b[2J, 8-d; 25 rows)" in dry.stdout
+    other = run("import", tmp_path / "renamed.npz", "--memory", tmp_path / "memory")  # a memory of "dummy"
+    assert other.exit_code != 0 and "\x1b" not in other.output and "vectors of dummy\\x1b[2J" in said(other)
+    meta.update(format_version=99, vmem_version="9.0\x1b]0;pwned\x07")
+    np.savez(tmp_path / "later.npz", **{**export, "meta": np.array(json.dumps(meta))})
+    later = run("import", tmp_path / "later.npz", "--memory", tmp_path / "new")
+    assert later.exit_code == 2 and "\x1b" not in later.output
+    assert "written by vmem 9.0\\x1b]0;pwned\\x07" in said(later)
 
 
 # ------------------------------------------------------------------ choosing, and a dry run

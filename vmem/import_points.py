@@ -87,7 +87,9 @@ class PointsFileError(ValueError):
     the file is right but what was given with it is not (`featurizer`, `label`)."""
 
     def __init__(self, message: str, option: str | None = None) -> None:
-        super().__init__(message)
+        # One line, whatever of the file it quotes (a source, the writer's version): a newline or an escape
+        # sequence of someone else's file forged lines of the error, or retitled the terminal
+        super().__init__(escape_control_characters(message))
         self.option = option
 
 
@@ -337,10 +339,10 @@ def check_featurizer(stored: FeaturizerSpec, points: PointsFile, spec: Featurize
         if same is False and (mine.name, mine.dim) == (stored.name, stored.dim):
             said = f"{mine.name} ({mine.dim}-d) with other preprocessing or weights ({_described(mine)})"
     if not same:
-        raise FeaturizerMismatchError(
+        raise FeaturizerMismatchError(escape_control_characters(  # an export's meta names its encoder: the file's text
             f"{points.name} holds vectors of {said}; this memory holds {stored.name} features ({stored.dim}-d, "
             f"{_described(stored)}): their similarities mean nothing to each other. Import it into a memory of "
-            f"{points.featurizer} (a new one: a directory that does not exist yet)")
+            f"{points.featurizer} (a new one: a directory that does not exist yet)"))
 
 
 def _described(spec: FeaturizerSpec) -> str:
@@ -412,29 +414,34 @@ class ImportReport:
             if n > 10:
                 lines.append(f"  ... and {n - 10:,} more")
         if skipped:
-            lines.append(self.skipped_lines())
+            lines += self._skipped_lines()
         if self.names:
             lines.append(f"label names: {len(self.names)} {'would be ' if self.dry_run else ''}given from the file")
         if self.vote:
             lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {self.vote}")
         if self.source_roots:
             lines.append("image folders recorded (thumbnails shown and images sent to the re-ranker from under "
-                         f"them): {', '.join(escape_control_characters(r) for r in self.source_roots)}")
+                         f"them): {', '.join(self.source_roots)}")
         if self.outside_roots:
             n = self.outside_roots
             lines.append(f"the images of {n:,} point{'s' if n != 1 else ''} are files on this machine outside the "
                          "memory's image folders (source_roots, vmem info): none is shown as a thumbnail or sent to "
                          f"the re-ranker, since a file's sources are its writer's; {trusting}")
-        return "\n".join(line for line in lines if line)
+        # Each line one line: sources and the encoder's name are the file's writer's text (a newline forged a line
+        # of the report, an escape sequence retitled the terminal)
+        return "\n".join(escape_control_characters(line) for line in lines if line)
 
     def skipped_lines(self) -> str:
         """The rows skipped, a line per reason with the first few rows' numbers (from 0)."""
+        return "\n".join(map(escape_control_characters, self._skipped_lines()))
+
+    def _skipped_lines(self) -> list[str]:
         lines = []
         for reason, n in self.skipped.most_common():
             rows = ", ".join(map(str, self.skipped_rows[reason])) + (", ..." if n > len(self.skipped_rows[reason])
                                                                       else "")
             lines.append(f"  skipped {n:,} row{'s' if n != 1 else ''}: {reason} (row{'s' if n != 1 else ''} {rows})")
-        return "\n".join(lines)
+        return lines
 
 
 @dataclass
