@@ -274,6 +274,8 @@ class ClassifierService:
         self._audit: AuditJob | None = None
         self._audit_lock = threading.Lock()
         memory.via = "http"  # edits through the service, as the journal records them
+        # The re-ranker keeps to the folders whose images the service shows (`_servable`)
+        memory.image_roots = [str(root) for root in settings.source_roots] if settings.source_roots else None
         self.settings = settings
         self.metrics = metrics
         metrics.count_rows_read(lambda: getattr(self.memory.store, "rows_read", 0))
@@ -943,7 +945,7 @@ class ClassifierService:
 
     def _servable(self, path: Path) -> bool:
         """Only files under an allowed root: a point's source is data, and may name any file on the host."""
-        roots = self.settings.source_roots or [Path(r) for r in self.memory.source_roots]
+        roots = self.memory.image_roots if self.memory.image_roots is not None else self.memory.source_roots
         resolved = path.resolve()
         return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
 

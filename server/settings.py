@@ -99,8 +99,8 @@ class Settings(BaseSettings):
         "a thumbnail is kept, and uploaded points are left out of such a move")
     thumbnail_size: int = Field(default=160, ge=16, le=1024, description="longest side of a thumbnail, in pixels")
     source_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="directories whose images may be served as thumbnails (comma-separated); "
-        "default: the roots `vmem build` recorded in the memory")
+        default_factory=list, description="directories whose images may be served as thumbnails and sent to the "
+        "re-ranker (comma-separated); default: the roots `vmem build` recorded in the memory")
 
     @field_validator("cors_origins", "allowed_hosts", "source_roots", mode="before")
     @classmethod

@@ -1594,6 +1594,29 @@ def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite
     assert allowed.get(f"/v1/memory/points/{pid}/thumbnail").status_code == 200
 
 
+def test_the_re_ranker_sends_gemini_only_images_the_service_may_show(tmp_path, lite0, memory_images):
+    # VMEM_SOURCE_ROOTS narrows the folders whose images the service shows: an operator who narrowed it expects
+    # no image outside them to leave the machine either, yet the re-ranker kept to the memory's own folders
+    narrowed = tmp_path / "shown"
+    narrowed.mkdir()
+    url = "/v1/classify?k=12&rerank=true&template=neighbors-v1"
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=None)
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+        try:
+            # the query and its 12 neighbours; the query alone (another: the re-ranker's answer is cached)
+            for seed, roots, images in ((61, {}, 13), (62, {"source_roots": str(narrowed)}, 1)):
+                fake.reset()
+                fake.enqueue(fake.answer("red"))
+                with TestClient(create_app(settings(tmp_path, **roots), memory=mem), headers=AUTH) as client:
+                    answer = client.post(url, files=upload(texture(COLORS["red"], seed), "a.png")).json()
+                    thumb = client.get(answer["neighbors"][0]["thumbnail_url"]).status_code
+                assert answer["reranked"] is True and fake.requests[0].images == images
+                assert thumb == (404 if roots else 200)  # the page keeps to the same folders
+        finally:
+            mem.close()
+
+
 def test_a_link_planted_in_a_shared_thumbnail_folder_is_not_served(make_client, memory_images, tmp_path):
     # Services share VMEM_THUMBNAIL_DIR: a link there under a point's id had served any file the service could
     # read (its env file with the keys), to a client without a key, and copied it into the memory's folder.

@@ -412,6 +412,9 @@ class VisualMemory:
             self.reranker = reranker
         # Who edits, as the journal records it: the CLI and the service say "cli" and "http".
         self.via = "python"
+        # The folders the re-ranker may send Gemini neighbours' images from, where not the memory's own
+        # (`source_roots`): the service sets its VMEM_SOURCE_ROOTS, so that no image it would not show is sent.
+        self.image_roots: list[str] | None = None
         # Where classify logs its answers (`vmem.answer_log.AnswerLog`: `vmem answers` reads it); None: nowhere.
         self.answer_log: AnswerLog | None = None
         # The answer cache a forget cleans when no re-ranker is built: opened on the first forget that finds
@@ -1083,7 +1086,7 @@ class VisualMemory:
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
             labels=list(labels) if labels else None, source=res.source, template=template,
             label_names=self.store.meta.label_names or None,
-            source_roots=self.source_roots)
+            source_roots=self.image_roots if self.image_roots is not None else self.source_roots)
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
