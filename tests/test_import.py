@@ -270,6 +270,27 @@ def test_a_files_sources_make_no_folder_of_this_machine_shown_unless_the_user_sa
         assert mem.source_roots == [str(photos.resolve())]
 
 
+def test_a_dry_run_says_which_image_folders_a_real_run_would_record(tmp_path):
+    photos = tmp_path / "Photos"
+    photos.mkdir()
+    for i in range(2):
+        (photos / f"{i}.jpg").write_bytes(b"an image")
+    path = vectors_file(tmp_path / "theirs.npz", random_unit_vectors(2, 8, seed=4), ["cat"] * 2,
+                        [str(photos / "0.jpg"), str(photos / "1.jpg")])
+    open_store(tmp_path / "memory", SPEC).close()
+    plain = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy", "--dry-run")
+    assert plain.exit_code == 0, plain.output
+    assert "the images of 2 points are files on this machine outside the memory's image folders" in said(plain)
+    recorded = ("image folders would be recorded (thumbnails shown and images sent to the re-ranker from under "
+                f"them): {photos.resolve()}")
+    for choice in (["--trust-sources"], ["--source-root", photos]):
+        dry = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy", "--dry-run", *choice)
+        assert dry.exit_code == 0, dry.output
+        assert recorded in said(dry) and "outside the memory's image folders" not in said(dry)
+    with VisualMemory(open_store(tmp_path / "memory"), reranker=None) as mem:
+        assert mem.source_roots == [] and mem.store.count() == 0
+
+
 def test_an_import_records_the_image_folders_the_user_names(tmp_path):
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "0.jpg").write_bytes(b"an image")

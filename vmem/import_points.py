@@ -376,8 +376,8 @@ class ImportReport:
     skipped_rows: dict[str, list[int]] = field(default_factory=dict)  # the first few rows of each reason
     names: dict[str, str] = field(default_factory=dict)  # label names the import gave (or would give)
     vote: dict[str, Any] | None = None  # tuned vote settings carried (or that would be)
-    source_roots: list[str] = field(default_factory=list)  # image folders the import recorded (source_roots)
-    outside_roots: int = 0  # imported rows whose image is a file here outside them: not shown, nor sent
+    source_roots: list[str] = field(default_factory=list)  # image folders the import recorded (or would)
+    outside_roots: int = 0  # imported rows whose image is a file here outside the memory's: not shown, nor sent
     dry_run: bool = False
     memory_points: int = 0
     seconds: float = 0.0
@@ -420,8 +420,8 @@ class ImportReport:
         if self.vote:
             lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {self.vote}")
         if self.source_roots:
-            lines.append("image folders recorded (thumbnails shown and images sent to the re-ranker from under "
-                         f"them): {', '.join(self.source_roots)}")
+            lines.append(f"image folders {'would be ' if self.dry_run else ''}recorded (thumbnails shown and images "
+                         f"sent to the re-ranker from under them): {', '.join(self.source_roots)}")
         if self.outside_roots:
             n = self.outside_roots
             lines.append(f"the images of {n:,} point{'s' if n != 1 else ''} are files on this machine outside the "

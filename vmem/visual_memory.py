@@ -358,6 +358,20 @@ def carry_meta(mine: MemoryMeta, meta: MemoryMeta, skip: Sequence[str] = ()) -> 
             meta.settings.setdefault(key, value)  # the destination's own tuned settings win
 
 
+def _source_roots_of(sources: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The directory `sources` were read from (None: no local file) and the folders to record for them as a
+    memory's image folders (`source_roots`)."""
+    # Only files that are there: a dangling link's target (/nonexistent.jpg) made the common root "/".
+    local = [src for src in sources if is_local_source(src) and os.path.isfile(src)]
+    if not local:
+        return None, []
+    root = os.path.commonpath(local)
+    root = root if Path(root).is_dir() else str(Path(root).parent)
+    # A common folder at the top of the disk ("/", "/home") would let the service show any image under it:
+    # then the images' own folders are the roots.
+    return root, [root] if len(Path(root).parts) > 2 else sorted({str(Path(src).parent) for src in local})
+
+
 def _files_outside(sources: Sequence[str], roots: Sequence[str]) -> int:
     """How many of `sources` are files on this machine outside every folder of `roots`: images the memory neither
     shows nor sends to the re-ranker."""
@@ -1171,27 +1185,22 @@ class VisualMemory:
         if "source_roots" not in self.store.meta.settings:
             with self._edit_lock:
                 if "source_roots" not in self.store.meta.settings:
-                    sources = [p.source for page in self.store.scroll(batch_size=4096) for p in page]
-                    if self._record_source_roots(sources) is None:  # no local file: none to record, and none later
+                    if self._record_source_roots(self._all_sources()) is None:  # none to record, and none later
                         with self.store.meta_edit() as meta:
                             meta.settings["source_roots"] = []
                     log.info("recorded the folders of this memory's images, made before vmem kept them: %s",
                              ", ".join(self.store.meta.settings["source_roots"]) or "none (no local files)")
         return list(self.store.meta.settings.get("source_roots", []))
 
+    def _all_sources(self) -> list[str]:
+        return [p.source for page in self.store.scroll(batch_size=4096) for p in page]
+
     def _record_source_roots(self, sources: Sequence[str]) -> str | None:
         """Remember the directory a build read from: the service serves thumbnails only from such roots.
         Returns it (None: no local file)."""
-        # Only files that are there: a dangling link's target (/nonexistent.jpg) made the common root "/".
-        local = [src for src in sources if is_local_source(src) and os.path.isfile(src)]
-        if not local:
-            return None
-        root = os.path.commonpath(local)
-        root = root if Path(root).is_dir() else str(Path(root).parent)
-        # A common folder at the top of the disk ("/", "/home") would let the service show any image under it:
-        # then the images' own folders are the roots.
-        wanted = [root] if len(Path(root).parts) > 2 else sorted({str(Path(src).parent) for src in local})
-        self._add_source_roots(wanted)
+        root, wanted = _source_roots_of(sources)
+        if root is not None:
+            self._add_source_roots(wanted)
         return root
 
     def _add_source_roots(self, roots: Sequence[str]) -> None:
@@ -2484,15 +2493,19 @@ class VisualMemory:
         self.check_added_labels(chosen_labels)  # before anything is written
         # Vectors made elsewhere of ImageNet's WordNet ids are named as an add names them; an export names its own
         new_classes = self._new_imagenet_classes(set(chosen_labels)) if not points.is_export else {}
-        if not dry_run:
-            # Asked first: a memory made before vmem recorded folders records its own points', not the file's
+        # Asked first: a memory made before vmem recorded folders records its own points', not the file's (a dry
+        # run records nothing: it says what would be)
+        if dry_run and "source_roots" not in self.store.meta.settings:
+            before = _source_roots_of(self._all_sources())[1]
+        else:
             before = self.source_roots
-            self._add_source_roots(roots)
-            if trust_sources and points.sources is not None:
-                self._record_source_roots([str(s) for s in points.sources[plan.usable]])
-            report.source_roots = [r for r in self.source_roots if r not in before]
-            if points.sources is not None:
-                report.outside_roots = _files_outside(points.sources[plan.usable].tolist(), self.source_roots)
+        sources = points.sources[plan.usable].tolist() if points.sources is not None else None
+        wanted = [*roots, *(_source_roots_of(sources)[1] if trust_sources and sources is not None else [])]
+        report.source_roots = [r for r in dict.fromkeys(wanted) if r not in before]
+        if not dry_run:
+            self._add_source_roots(report.source_roots)
+        if sources is not None:
+            report.outside_roots = _files_outside(sources, [*before, *report.source_roots])
         added_at = datetime.now(UTC).isoformat()
         selector = {"import": points.path.name, **({"label": label} if label is not None else {})}
         journaled: dict[str, int] = {}
