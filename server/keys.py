@@ -42,7 +42,9 @@ _DIGEST = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
 # Far more than any keys file holds (some 12,000 keys): a file past it is not one
 _MOST_KEYS_FILE_BYTES = 1 << 20
 # A file changed this recently may still be being written (or change again within the clock's tick, its mtime
-# unchanged): read again on the next request rather than trusted as read (git's "racy" index entries).
+# unchanged): read again on the next request rather than trusted as read (git's "racy" index entries). Also a file
+# read unchanged for this long by the service's own clock: one dated in the future (clock skew, `cp -p`) is never
+# changed "over 2 s ago", and was read again on every request with a key.
 _SETTLED_S = 2.0
 
 
@@ -125,6 +127,7 @@ class KeyRing:
         self.path = path
         self._lock = threading.Lock()
         self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file as last read
+        self._first_read: tuple[tuple[int, int, int] | None, float] = (None, 0.0)  # a signature, first read when
         self._from_file: tuple[ApiKey, ...] = ()
         self.file_valid = True
         self._said: str | None = None  # the last problem logged, said once
@@ -169,8 +172,14 @@ class KeyRing:
             self._from_file, self.file_valid, self._said = tuple(keys), True, None
 
     def _remember(self, signature: tuple[int, int, int] | None) -> None:
-        """Take the file as read until its signature changes, once it has not changed for a while."""
-        if signature is not None and time.time() - signature[0] / 1e9 > _SETTLED_S:
+        """Take the file as read until its signature changes, once it has not changed for a while: by its
+        modification time, or read with this signature that long ago (time.monotonic)."""
+        if signature is None:
+            return
+        now = time.monotonic()
+        if self._first_read[0] != signature:
+            self._first_read = (signature, now)
+        if time.time() - signature[0] / 1e9 > _SETTLED_S or now - self._first_read[1] > _SETTLED_S:
             self._seen = signature
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -200,3 +201,24 @@ def test_vmem_key_makes_a_key_whose_hash_only_is_written_and_revokes_it(tmp_path
     assert again.exit_code == 2 and "holds a key named kiosk already" in again.output
     assert runner.invoke(app, ["key", "kiosk", "--file", str(keys), "--revoke"]).exit_code == 0
     assert keys.read_text() == ""
+
+
+def test_a_keys_file_dated_in_the_future_is_read_again_only_until_it_settles(tmp_path, monkeypatch):
+    # Clock skew, or `cp -p` from a machine whose clock is ahead: a file changed "in the future" was never taken
+    # as settled, and was read again on every request with a key
+    from server import keys as keys_module
+
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE))
+    in_an_hour = time.time() + 3600
+    os.utime(keys, (in_an_hour, in_an_hour))
+    monkeypatch.setattr(keys_module, "_SETTLED_S", 0.05)  # settles in a twentieth of a second, not two
+    reads = []
+    real_read = keys_module.read_keys_file
+    monkeypatch.setattr(keys_module, "read_keys_file", lambda path: reads.append(path) or real_read(path))
+    ring = keys_module.KeyRing(path=keys)
+    time.sleep(0.1)
+    assert all(ring.find(ALICE).name == "alice" for _ in range(100))
+    assert len(reads) <= 3
+    keys.write_text(line("alice", ALICE) + line("bob", BOB))  # a change is still seen at once
+    assert ring.find(BOB).name == "bob"
