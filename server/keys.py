@@ -73,6 +73,8 @@ def new_key_line(name: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
     """A new random key and its line for a keys file (which holds only its hash)."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"{name!r} is no key name: letters, digits and . _ @ + -, up to 64, a letter or digit first")
+    if name == DEFAULT_KEY_NAME:
+        raise ValueError(f"the name {name} is taken (VMEM_API_KEY's): give another")
     if unknown := [s for s in scopes if s not in SCOPES]:
         raise ValueError(f"{', '.join(unknown)}: a key may {' or '.join(SCOPES)}")
     key = secrets.token_urlsafe(24)

@@ -222,3 +222,12 @@ def test_a_keys_file_dated_in_the_future_is_read_again_only_until_it_settles(tmp
     assert len(reads) <= 3
     keys.write_text(line("alice", ALICE) + line("bob", BOB))  # a change is still seen at once
     assert ring.find(BOB).name == "bob"
+
+
+def test_vmem_key_refuses_the_name_default_which_is_vmem_api_keys(tmp_path):
+    # A line named default is refused by the service (at start, or kept out while serving): made, it had been
+    # printed as a key to hand out while the file it went into stopped the service's next start
+    keys, runner = tmp_path / "keys", CliRunner(env={"COLUMNS": "250"})
+    refused = runner.invoke(app, ["key", "default", "--file", str(keys)])
+    assert refused.exit_code == 2 and "the name default is taken (VMEM_API_KEY's)" in refused.output
+    assert not keys.exists()
