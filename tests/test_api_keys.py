@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -231,3 +232,21 @@ def test_vmem_key_refuses_the_name_default_which_is_vmem_api_keys(tmp_path):
     refused = runner.invoke(app, ["key", "default", "--file", str(keys)])
     assert refused.exit_code == 2 and "the name default is taken (VMEM_API_KEY's)" in refused.output
     assert not keys.exists()
+
+
+def test_vmem_key_writes_through_a_link_to_the_keys_file_and_keeps_its_mode(tmp_path):
+    # The service reads the keys file through a link (one a configuration tool keeps, say): vmem key had put a
+    # file of its own in the link's place, the file it led to left without the new key, and its mode reset
+    kept = tmp_path / "config" / "vmem-keys"
+    kept.parent.mkdir()
+    kept.write_text(line("alice", ALICE))
+    kept.chmod(0o640)
+    (tmp_path / "keys").symlink_to(kept)
+    made = CliRunner().invoke(app, ["key", "bob", "--file", str(tmp_path / "keys")])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "keys").is_symlink()
+    assert kept.read_text() == line("alice", ALICE) + line("bob", made.stdout.strip())
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    assert CliRunner().invoke(app, ["key", "alice", "--file", str(tmp_path / "keys"), "--revoke"]).exit_code == 0
+    assert (tmp_path / "keys").is_symlink() and "alice" not in kept.read_text()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 
@@ -26,8 +26,23 @@ def key(
     revoke: Annotated[bool, typer.Option("--revoke", help="remove the key of this name instead")] = False,
 ) -> None:
     """Make a new API key for the service: its line (its name and hash) is added to the keys file, the key printed."""
+    import os
+
     from retrieval.files import write_atomically
     from server.keys import KeysFileError, new_key_line, read_keys_file
+
+    def rewrite(text: str) -> None:
+        # Through a link to the file it leads to (the service reads it so), and keeping its mode: the file renamed
+        # over it would otherwise stand in the link's place, with the umask's mode
+        target = file.resolve()
+        mode = target.stat().st_mode & 0o7777 if target.exists() else None
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(text.encode())
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+
+        write_atomically(target, write)
 
     try:
         names = [k.name for k in read_keys_file(file)] if file.exists() else []
@@ -38,7 +53,7 @@ def key(
             raise typer.BadParameter(f"{file} holds no key named {name}", param_hint="NAME")
         lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
         # Its line only (the service reads the file again as it changes); comments and other lines stay as they were
-        write_atomically(file, "".join(line for line in lines if line.split("#", 1)[0].split()[:1] != [name]))
+        rewrite("".join(line for line in lines if line.split("#", 1)[0].split()[:1] != [name]))
         typer.echo(f"revoked {name}: {file} holds its hash no more", err=True)
         return
     if name in names:
@@ -51,7 +66,7 @@ def key(
         raise typer.BadParameter(str(exc), param_hint="NAME") from None
     text = file.read_text(encoding="utf-8") if file.exists() else ""
     # Written whole, then renamed: the service reading it meanwhile sees the file before or after, never half
-    write_atomically(file, text + ("\n" if text and not text.endswith("\n") else "") + line + "\n")
+    rewrite(text + ("\n" if text and not text.endswith("\n") else "") + line + "\n")
     typer.echo(made)
     typer.echo(f"added {name} to {file} (its hash, not the key): give the key above to its client, as X-API-Key",
                err=True)
