@@ -250,3 +250,11 @@ def test_vmem_key_writes_through_a_link_to_the_keys_file_and_keeps_its_mode(tmp_
     assert CliRunner().invoke(app, ["key", "alice", "--file", str(tmp_path / "keys"), "--revoke"]).exit_code == 0
     assert (tmp_path / "keys").is_symlink() and "alice" not in kept.read_text()
     assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+
+
+def test_vmem_key_into_a_folder_that_is_not_there_says_so_and_prints_no_key(tmp_path):
+    keys = tmp_path / "no-such-folder" / "keys"
+    refused = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["key", "alice", "--file", str(keys)])
+    assert refused.exit_code == 2, refused.output
+    assert f"{keys} cannot be written (No such file or directory)" in refused.output
+    assert refused.stdout == ""  # no key printed: none was written

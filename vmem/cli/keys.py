@@ -42,7 +42,10 @@ def key(
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
 
-        write_atomically(target, write)
+        try:
+            write_atomically(target, write)
+        except OSError as exc:  # a folder not there or not writable: said, not a traceback, and no key printed
+            raise typer.BadParameter(f"{file} cannot be written ({exc.strerror or exc})", param_hint="--file") from None
 
     try:
         names = [k.name for k in read_keys_file(file)] if file.exists() else []
