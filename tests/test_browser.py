@@ -1226,9 +1226,11 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-added.png"))
 
-    # Undo forgets that point: the answer is asked again without it, and the form is back
+    # Undo forgets that point: the answer is asked again without it, and the form is back. Its name begins with the
+    # words it shows, as speech input says them (WCAG 2.5.3: it had been "Undo: forget the point just added as ...")
     undo = browser.find_element(By.ID, "teach-undo")
-    assert undo.accessible_name == "Undo: forget the point just added as monarch (n02279972)"
+    assert undo.text == "Undo: forget the point added"
+    assert undo.accessible_name == "Undo: forget the point added as monarch (n02279972)"
     undo.click()
     wait.until(lambda d: "18 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: added not in [c.get_attribute("data-point-id")

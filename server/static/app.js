@@ -1156,7 +1156,8 @@ async function teach() {
   const undo = $("teach-undo");
   undo.hidden = !taught;
   undo.textContent = "Undo: forget the point added";
-  undo.setAttribute("aria-label", `Undo: forget the point just added as ${as}`);
+  // Begun with the words shown (WCAG 2.5.3): speech input says what it sees
+  undo.setAttribute("aria-label", `${undo.textContent} as ${as}`);
   $("teach-note").focus({ preventScroll: true }); // the form went with the image now in memory: focus on what happened
 }
 
