@@ -156,6 +156,7 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     assert question.startswith("Forget this point (red)? No answer will cite it again.")
     browser.save_screenshot(str(ARTIFACTS / "page-forget-asks.png"))
     assert "12 points" in browser.find_element(By.ID, "stats").text  # asking forgot nothing
+    watch_focus_dropped(browser)
     asked.find_element(By.CLASS_NAME, "forget-one").click()
     wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
 
@@ -166,8 +167,10 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     wait.until(lambda d: len(card_ids(d)) == 5 and victim not in card_ids(d))  # re-classified without it
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
     assert browser.find_element(By.ID, "edit-note").text == "forgot a point labelled red"
-    # Its card is gone: the keyboard's focus is on what happened, not dropped to the top of the page
+    # Its card is gone: the keyboard's focus is on what happened, not dropped to the top of the page, even while the
+    # answer was asked again
     wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "edit-note")
+    assert focus_dropped(browser) == []
     browser.save_screenshot(str(ARTIFACTS / "page-after-forget.png"))
     assert Path(ARTIFACTS / "page-after-forget.png").stat().st_size > 10_000
 
@@ -458,6 +461,18 @@ def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0
 
 def d_active_class(driver) -> str:
     return driver.switch_to.active_element.get_attribute("class") or ""
+
+
+def watch_focus_dropped(driver) -> None:
+    """From now on, note each control whose going (removed, hidden) let the keyboard's focus fall to the page."""
+    driver.execute_script("""window.focusDropped = [];
+      document.addEventListener("focusout", (e) => setTimeout(() => {
+        if (document.activeElement === document.body) window.focusDropped.push(e.target.id || e.target.className);
+      }), true);""")
+
+
+def focus_dropped(driver) -> list[str]:
+    return driver.execute_script("return window.focusDropped")
 
 
 def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser, tmp_path, page_url):
@@ -1231,12 +1246,17 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     undo = browser.find_element(By.ID, "teach-undo")
     assert undo.text == "Undo: forget the point added"
     assert undo.accessible_name == "Undo: forget the point added as monarch (n02279972)"
-    undo.click()
+    watch_focus_dropped(browser)
+    undo.send_keys(Keys.ENTER)
     wait.until(lambda d: "18 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: added not in [c.get_attribute("data-point-id")
                                        for c in d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")])
     wait.until(lambda d: d.find_element(By.ID, "teach-form").is_displayed())
     assert browser.find_element(By.ID, "edit-note").text == "forgot a point labelled monarch (n02279972)"
+    # The keyboard goes to what happened as the Undo goes: it had fallen to the page (<body>, where a screen reader
+    # starts over) until the answer, asked again without the point, came back
+    assert browser.switch_to.active_element.get_attribute("id") == "edit-note"
+    assert focus_dropped(browser) == []
     assert not undo.is_displayed() and browser.find_element(By.ID, "teach-note").text == ""
 
 

@@ -867,6 +867,7 @@ function wireForget(node, n) {
     box.querySelector(answer).addEventListener("click", () => {
       if (editing.has(n.id)) return;
       close();
+      button.focus(); // the question goes: the keyboard waits on the card's Forget (off while it runs), not the page
       forget(n, withCopies, box.dataset.erase === "true");
     });
   }
@@ -939,13 +940,13 @@ async function askForget(n, node) {
 
 // A point gone before an edit of it reached the service: its cards go too, and the page says why.
 async function forgottenElsewhere(n) {
+  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`);
+  $("edit-note").focus({ preventScroll: true }); // before the control pressed goes, as after a forget
   for (const card of cardsOf(n.id)) card.remove();
   dropSuspect(n.id);
   untaught(n.id);
-  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`);
   await loadStats();
   updateLabelNote();
-  $("edit-note").focus({ preventScroll: true });
 }
 
 // Returns whether the point was forgotten. `withCopies`: every point that looks like a copy of it goes too (found
@@ -982,6 +983,9 @@ async function forget(n, withCopies, erase) {
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}`
     + (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
     + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : ""));
+  // The keyboard goes to what happened before the control pressed (a card's, the add's Undo) goes with the point:
+  // after, it fell to the page (<body>, where a screen reader starts over) until the answer was asked again.
+  $("edit-note").focus({ preventScroll: true });
   for (const id of withCopies ? body.matched.map((m) => m.id) : [n.id]) {
     for (const card of cardsOf(id)) card.remove(); // as a neighbour, in the label list
     dropSuspect(id);
@@ -990,7 +994,6 @@ async function forget(n, withCopies, erase) {
   await loadStats();
   updateLabelNote();
   await classify(); // the answer without those points
-  $("edit-note").focus({ preventScroll: true }); // its card is gone: the keyboard goes to what happened
   return true;
 }
 
