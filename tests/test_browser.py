@@ -475,6 +475,25 @@ def focus_dropped(driver) -> list[str]:
     return driver.execute_script("return window.focusDropped")
 
 
+def watch_live_regions(driver) -> None:
+    """From now on, note what a screen reader is told unasked: each live region's text ("id: text") as it changes,
+    while the region is shown and live (a status, an alert, or aria-live other than off)."""
+    driver.execute_script("""window.liveSaid = [];
+      if (window.liveWatched) return;
+      window.liveWatched = true;
+      const live = (e) => e.closest("[aria-live], [role=status], [role=alert]");
+      const on = (r) => r.getAttribute("aria-live") !== "off" && r.checkVisibility();
+      new MutationObserver((changes) => {
+        const regions = new Set(changes.map((c) => live(c.target.nodeType === 1 ? c.target : c.target.parentElement))
+          .filter(Boolean));
+        for (const r of regions) if (on(r) && r.textContent) window.liveSaid.push(`${r.id}: ${r.textContent}`);
+      }).observe(document.body, { subtree: true, childList: true, characterData: true });""")
+
+
+def live_regions_said(driver) -> list[str]:
+    return driver.execute_script("return window.liveSaid")
+
+
 def test_forget_offers_the_copies_of_a_point_and_escape_forgets_nothing(browser, tmp_path, page_url):
     import httpx
     from selenium.webdriver.common.action_chains import ActionChains
@@ -1209,13 +1228,16 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     label.send_keys("n07749582")
     wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "lemon (n07749582): 6 points in the memory")
     label.clear()
+    watch_live_regions(browser)
     label.send_keys("n02279972")
     wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "a new label: no point of the memory has it yet")
+    assert live_regions_said(browser) == ["teach-hint: a new label: no point of the memory has it yet"]  # once
 
     # Add asks for the key as every edit does; Enter in the key field carries on with the add
     browser.find_element(By.ID, "teach-add").click()
     wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
     assert browser.find_element(By.ID, "error").text == "enter the API key to add the image to the memory"
+    watch_live_regions(browser)
     browser.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.ENTER)
     wait.until(lambda d: "19 points" in d.find_element(By.ID, "stats").text)
 
@@ -1226,6 +1248,10 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     assert note.startswith("added this image to the memory as monarch (n02279972), a new label. It has too few "
                            "points to win the default rank vote of k = 50 against a fuller label near it (1 of ")
     assert note.endswith("or less.")
+    # The label's hint is said as it is typed, not when the add changes its count: it had been, before the note
+    said = live_regions_said(browser)
+    assert said[-1] == f"teach-note: {note}"
+    assert not [s for s in said if s.startswith("teach-hint")], said
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card] .label")[0].text == "monarch")
     nearest = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     added = nearest.get_attribute("data-point-id")

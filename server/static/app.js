@@ -1081,8 +1081,11 @@ function showTeach(result) {
     + ` (${shortSource(same.source)}): its card below relabels or forgets it.`;
 }
 
-// What the label typed is: said as it is typed, since a new label is allowed but should be meant.
-function teachHint() {
+// What the label typed is: said as it is typed, since a new label is allowed but should be meant. `event`: the
+// typing's; a stats refresh (after an add, a forget) changes the hint unsaid, the edit's own note saying what changed
+// (the add's count had been said before its note, as the form went).
+function teachHint(event = null) {
+  $("teach-hint").setAttribute("aria-live", event ? "polite" : "off");
   const typed = $("teach-label").value.trim().normalize("NFC");
   let hint = "";
   if (typed && Object.hasOwn(perLabel, typed)) {
