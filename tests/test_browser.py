@@ -1396,6 +1396,8 @@ def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_
     wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "'n02123045' (tabby)" in browser.find_element(By.ID, "error").text
     assert label.get_attribute("aria-invalid") == "true"
+    # ... and a screen reader's page no longer says "Classifying…" (read where the answer's sentence is, it had stayed)
+    assert browser.find_element(By.ID, "announce").get_attribute("textContent") == ""
     assert browser.find_element(By.ID, "answer").is_displayed()
     assert browser.find_element(By.ID, "prediction").text == "Egyptian cat (n02124075)"
     assert browser.find_element(By.ID, "why-not-reason").text == ""

@@ -296,6 +296,7 @@ async function classify(whyNot = null) {
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (refusedLabel) { // the label asked about, not the image: the answer on show stands, and is still for `before`
       askedFor = before;
+      announce(""); // not "Classifying…" under the error, as every refused classify leaves it
       whyNotRefused(answer);
       return;
     }
