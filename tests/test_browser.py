@@ -1225,6 +1225,10 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
         "return [...document.querySelectorAll('#label-options option')].map(o => o.value + '=' + o.label)")
     assert "n07749582=lemon" in options
     label = browser.find_element(By.ID, "teach-label")
+    # Spaces alone are no label: the field says so, as an empty one does (nothing had happened, unsaid)
+    label.send_keys("   ", Keys.ENTER)
+    assert browser.execute_script("return arguments[0].validity.valueMissing", label)
+    assert browser.switch_to.active_element == label and not browser.find_element(By.ID, "error").is_displayed()
     label.send_keys("n07749582")
     wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "lemon (n07749582): 6 points in the memory")
     label.clear()
@@ -1373,10 +1377,13 @@ def test_why_not_the_true_label_is_asked_on_the_page_and_its_k_classifies_again(
 def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_shows_the_api_s_message(
         browser, tiny_imagenet, cats_page):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     tabby = tiny_imagenet / "val" / "n02123045" / "val_1300.JPEG"
     wait = classify_on_the_page(browser, cats_page + "/", tabby, k=10, points=103)
     label = browser.find_element(By.ID, "why-not-label")
+    label.send_keys("  ", Keys.ENTER)  # spaces alone: refused as an empty field is
+    assert browser.execute_script("return arguments[0].validity.valueMissing", label)
     label.send_keys("n07749582")  # lemon: none of its points near a cat
     browser.find_element(By.ID, "why-not-ask").click()
     wait.until(lambda d: d.find_element(By.ID, "why-not-reason").text)

@@ -468,9 +468,16 @@ function whyNotRefused(message) {
   showError(message);
 }
 
+// Spaces only pass a required field's check, and were then ignored unsaid: the field is emptied and says it is.
+function refuseBlank(field) {
+  field.value = "";
+  field.reportValidity();
+}
+
 async function askWhyNot() {
   const label = $("why-not-label").value.trim();
-  if (!label || !currentFile) return;
+  if (!label) { refuseBlank($("why-not-label")); return; }
+  if (!currentFile) return;
   await classify(label); // an answer on its way is for the same image: this one, asked later, is shown instead
   if ($("why-not-reason").textContent) $("why-not-reason").focus({ preventScroll: true }); // on to what it said
 }
@@ -1113,7 +1120,8 @@ async function teach() {
   if (add.getAttribute("aria-disabled") === "true" || $("answer").getAttribute("aria-busy") === "true") return;
   const label = $("teach-label").value.trim();
   const file = currentFile;
-  if (!label || !file) return;
+  if (!label) { refuseBlank($("teach-label")); return; }
+  if (!file) return;
   const key = apiKeyFor("add the image to the memory", () => currentFile === file && teach());
   if (!key) return;
   showError("");
