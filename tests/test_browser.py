@@ -1055,7 +1055,10 @@ def test_every_control_is_named_and_the_image_chooser_by_the_words_it_shows(brow
     controls = browser.find_elements(By.CSS_SELECTOR, "input, select, button, summary")
     unnamed = [c.get_attribute("outerHTML")[:80] for c in controls if c.is_displayed() and not c.accessible_name]
     assert not unnamed
-    # Speech input says what it sees (WCAG 2.5.3): the chooser had been named "Image to classify", words it never shows.
+    # Speech input says what it sees (WCAG 2.5.3): each button's name holds the words it shows, and the chooser had
+    # been named "Image to classify", words it never shows.
+    buttons = [b for b in controls if b.tag_name == "button" and b.is_displayed()]
+    assert [b.text for b in buttons if b.text not in b.accessible_name] == []
     assert "Choose or drop an image" in browser.find_element(By.ID, "file").accessible_name
     card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     assert card.find_element(By.TAG_NAME, "img").accessible_name == "crimson"  # the neighbour's label, by its name
