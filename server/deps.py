@@ -72,12 +72,21 @@ def has_api_key(request: Request, key: str | None) -> bool:
     return True
 
 
+# Keyed routes that edit nothing, by name: what they need the key for, said where it is missing or refused (every
+# other keyed route edits the memory)
+_KEY_NEEDED_FOR = {
+    "export_points": "this endpoint hands out the memory's points with their vectors",
+    "backup": "this endpoint writes a copy of the memory on the server",
+}
+
+
 async def require_api_key(request: Request, settings: SettingsDep,
                           key: Annotated[str | None, Security(_api_key_header)]) -> None:
     """Let the request edit the memory only with a valid key; with none needed, only from a page of this
     service or of an origin `VMEM_CORS_ORIGINS` names. (A coroutine, so that the key's name it sets is the
     route's: a plain function runs on a thread, in a context of its own.)"""
-    check_api_key(request, key)
+    route = str(getattr(request.scope.get("route"), "name", ""))
+    check_api_key(request, key, _KEY_NEEDED_FOR.get(route, "this endpoint edits the memory"))
     if settings.auth_disabled:
         check_same_site(request, settings)
 

@@ -304,7 +304,9 @@ def serve(tmp_path, lite0, memory_images):
 
 def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path, serve, memory_images):
     client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
-    assert client.post("/v1/memory/backup").status_code == 401  # the API key, as every edit
+    refused = client.post("/v1/memory/backup")  # the API key, as every edit; said for what it is
+    assert refused.status_code == 401 and refused.json()["detail"].startswith(
+        "this endpoint writes a copy of the memory on the server: send the API key"), refused.text
     done = client.post("/v1/memory/backup?name=nightly", headers=AUTH)
     assert done.status_code == 200, done.text
     body = done.json()

@@ -1463,7 +1463,8 @@ def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, 
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the service writes it first
     (tmp_path / "tmp").mkdir()
-    assert_problem(client.get("/v1/memory/export"), 401, "missing-api-key")  # vectors say much of their images
+    assert_problem(client.get("/v1/memory/export"), 401, "missing-api-key",  # vectors say much of their images
+                   "this endpoint hands out the memory's points with their vectors: send the API key")
     resp = client.get("/v1/memory/export", headers=AUTH)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == "application/octet-stream" and "points.npz" in resp.headers[
