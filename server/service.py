@@ -945,9 +945,8 @@ class ClassifierService:
 
     def _servable(self, path: Path) -> bool:
         """Only files under an allowed root: a point's source is data, and may name any file on the host."""
-        roots = self.memory.image_roots if self.memory.image_roots is not None else self.memory.source_roots
         resolved = path.resolve()
-        return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+        return any(resolved.is_relative_to(Path(root).resolve()) for root in self.memory.shown_roots)
 
     def serves_from(self, source_prefix: str) -> bool:
         """Whether a source prefix is a local path inside the folders this service serves images from (the

@@ -426,8 +426,8 @@ class VisualMemory:
             self.reranker = reranker
         # Who edits, as the journal records it: the CLI and the service say "cli" and "http".
         self.via = "python"
-        # The folders the re-ranker may send Gemini neighbours' images from, where not the memory's own
-        # (`source_roots`): the service sets its VMEM_SOURCE_ROOTS, so that no image it would not show is sent.
+        # The folders whose images are shown and sent to the re-ranker, where not the memory's own (`source_roots`):
+        # the service sets its VMEM_SOURCE_ROOTS, so that no image it would not show is sent (`shown_roots`).
         self.image_roots: list[str] | None = None
         # Where classify logs its answers (`vmem.answer_log.AnswerLog`: `vmem answers` reads it); None: nowhere.
         self.answer_log: AnswerLog | None = None
@@ -1093,6 +1093,8 @@ class VisualMemory:
             return [r.model_copy(update={"fallback_reason": "re-ranking is not configured"}) for r in results]
         from reranker import RerankNeighbor, RerankRequest
 
+        roots = self.shown_roots  # once: the memory's own are read from its settings
+
         requests = [RerankRequest(
             image=load_image(img),
             neighbors=[RerankNeighbor(**n.model_dump()) for n in res.neighbors],
@@ -1100,7 +1102,7 @@ class VisualMemory:
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
             labels=list(labels) if labels else None, source=res.source, template=template,
             label_names=self.store.meta.label_names or None,
-            source_roots=self.image_roots if self.image_roots is not None else self.source_roots)
+            source_roots=roots)
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
@@ -1191,6 +1193,12 @@ class VisualMemory:
                     log.info("recorded the folders of this memory's images, made before vmem kept them: %s",
                              ", ".join(self.store.meta.settings["source_roots"]) or "none (no local files)")
         return list(self.store.meta.settings.get("source_roots", []))
+
+    @property
+    def shown_roots(self) -> list[str]:
+        """The folders whose images are shown (thumbnails) and sent to the re-ranker: `image_roots` where a service
+        narrowed them (VMEM_SOURCE_ROOTS), else the memory's own `source_roots`."""
+        return list(self.image_roots) if self.image_roots is not None else self.source_roots
 
     def _all_sources(self) -> list[str]:
         return [p.source for page in self.store.scroll(batch_size=4096) for p in page]
