@@ -83,6 +83,11 @@ def new_key_line(name: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
 
 def read_keys_file(path: Path) -> list[ApiKey]:
     """The keys of a keys file; KeysFileError says which line is wrong and how."""
+    return keys_in(path, keys_file_text(path))
+
+
+def keys_file_text(path: Path) -> str:
+    """A keys file's text; KeysFileError where it is not a keys file's size or kind, or cannot be read."""
     try:
         # Only a plain file of a keys file's size (a link to one is fine): a FIFO had been waited on for a writer
         # forever, vmem serve silent at start (or, swapped in while serving, every request with a key)
@@ -94,6 +99,12 @@ def read_keys_file(path: Path) -> list[ApiKey]:
         raise KeysFileError(path, "not UTF-8 text") from None
     except OSError as exc:
         raise KeysFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return text
+
+
+def keys_in(path: Path, text: str) -> list[ApiKey]:
+    """The keys of a keys file's `text` (read from `path`, which errors name); KeysFileError says which line is
+    wrong and how."""
     keys: dict[str, ApiKey] = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()

@@ -29,7 +29,7 @@ def key(
     import os
 
     from retrieval.files import write_atomically
-    from server.keys import KeysFileError, new_key_line, read_keys_file
+    from server.keys import KeysFileError, keys_file_text, keys_in, new_key_line
 
     def rewrite(text: str) -> None:
         # Through a link to the file it leads to (the service reads it so), and keeping its mode: the file renamed
@@ -47,14 +47,15 @@ def key(
         except OSError as exc:  # a folder not there or not writable: said, not a traceback, and no key printed
             raise typer.BadParameter(f"{file} cannot be written ({exc.strerror or exc})", param_hint="--file") from None
 
-    try:
-        names = [k.name for k in read_keys_file(file)] if file.exists() else []
+    try:  # read once: the lines kept are those whose names were checked
+        text = keys_file_text(file) if file.exists() else ""
+        names = [k.name for k in keys_in(file, text)]
     except KeysFileError as exc:
         raise typer.BadParameter(f"{exc}: mend it first", param_hint="--file") from None
     if revoke:
         if name not in names:
             raise typer.BadParameter(f"{file} holds no key named {name}", param_hint="NAME")
-        lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = text.splitlines(keepends=True)
         # Its line only (the service reads the file again as it changes); comments and other lines stay as they were
         rewrite("".join(line for line in lines if line.split("#", 1)[0].split()[:1] != [name]))
         typer.echo(f"revoked {name}: {file} holds its hash no more", err=True)
@@ -67,7 +68,6 @@ def key(
         made, line = new_key_line(name, tuple(m.value for m in may or ()))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="NAME") from None
-    text = file.read_text(encoding="utf-8") if file.exists() else ""
     # Written whole, then renamed: the service reading it meanwhile sees the file before or after, never half
     rewrite(text + ("\n" if text and not text.endswith("\n") else "") + line + "\n")
     typer.echo(made)
