@@ -133,7 +133,8 @@ def keys_in(path: Path, text: str) -> list[ApiKey]:
 class KeyRing:
     """The keys the service takes: VMEM_API_KEY's and those of VMEM_API_KEYS_FILE, that file read again when its
     modification time, size or inode changes (a stat per request: about a microsecond). A file turned unreadable
-    or malformed keeps the keys read before, says so in the log and in `vmem_api_keys_file_valid`."""
+    or malformed keeps the keys read before, says so in the log and in `vmem_api_keys_file_valid`; one read while it
+    is still being written keeps them too, and is read again at the next request."""
 
     def __init__(self, api_key: str | None = None, path: Path | None = None) -> None:
         self._default = (ApiKey(DEFAULT_KEY_NAME, digest(api_key), frozenset(SCOPES)),) if api_key else ()
@@ -171,7 +172,15 @@ class KeyRing:
             if (signature := _signature(path)) is not None and signature == self._seen:
                 return
             try:
-                keys = read_keys_file(path)
+                text = keys_file_text(path)
+                if _signature(path) != signature or not (text.endswith("\n") or self._settled(signature)):
+                    # Still being written (edited in place: truncated, then written): its last line may be cut, a
+                    # key's scopes lost from it (which gave it both), or keys not written yet missing. The keys
+                    # read before stay until a read finds it whole: this one is not remembered, so the next
+                    # request reads it again; a last line with no newline is taken once the file has settled.
+                    log.debug("the API keys file %s is changing as it is read: the keys read before are kept", path)
+                    return
+                keys = keys_in(path, text)
             except KeysFileError as exc:
                 self.file_valid = False
                 if str(exc) != self._said:
@@ -187,13 +196,18 @@ class KeyRing:
     def _remember(self, signature: tuple[int, int, int] | None) -> None:
         """Take the file as read until its signature changes, once it has not changed for a while: by its
         modification time, or read with this signature that long ago (time.monotonic)."""
+        if signature is not None and self._settled(signature):
+            self._seen = signature
+
+    def _settled(self, signature: tuple[int, int, int] | None) -> bool:
+        """Whether the file with this signature has not changed for a while: by its modification time, or first
+        read with it that long ago (time.monotonic)."""
         if signature is None:
-            return
+            return False
         now = time.monotonic()
         if self._first_read[0] != signature:
             self._first_read = (signature, now)
-        if time.time() - signature[0] / 1e9 > _SETTLED_S or now - self._first_read[1] > _SETTLED_S:
-            self._seen = signature
+        return time.time() - signature[0] / 1e9 > _SETTLED_S or now - self._first_read[1] > _SETTLED_S
 
 
 def _say_if_anyone_may_write(path: Path) -> None:

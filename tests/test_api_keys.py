@@ -215,13 +215,43 @@ def test_a_keys_file_dated_in_the_future_is_read_again_only_until_it_settles(tmp
     os.utime(keys, (in_an_hour, in_an_hour))
     monkeypatch.setattr(keys_module, "_SETTLED_S", 0.05)  # settles in a twentieth of a second, not two
     reads = []
-    real_read = keys_module.read_keys_file
-    monkeypatch.setattr(keys_module, "read_keys_file", lambda path: reads.append(path) or real_read(path))
+    real_read = keys_module.keys_file_text
+    monkeypatch.setattr(keys_module, "keys_file_text", lambda path: reads.append(path) or real_read(path))
     ring = keys_module.KeyRing(path=keys)
     time.sleep(0.1)
     assert all(ring.find(ALICE).name == "alice" for _ in range(100))
     assert len(reads) <= 3
     keys.write_text(line("alice", ALICE) + line("bob", BOB))  # a change is still seen at once
+    assert ring.find(BOB).name == "bob"
+
+
+def test_a_keys_file_read_while_it_is_written_in_place_keeps_the_keys_read_before(tmp_path):
+    from server.keys import KeyRing
+
+    keys = tmp_path / "keys"
+    keys.write_text(line("kiosk", KIOSK, "rerank") + line("alice", ALICE))
+    ring = KeyRing(path=keys)
+    with open(keys, "w", encoding="utf-8") as editor:  # rewritten in place: truncated, then written a piece at a time
+        editor.flush()
+        assert ring.find(ALICE).name == "alice"  # read empty: no client refused meanwhile
+        editor.write(line("kiosk", KIOSK).rstrip("\n"))  # cut before what kiosk may do
+        editor.flush()
+        assert ring.find(KIOSK).scopes == {"rerank"}  # not both, as a line with no scopes says
+        editor.write(" rerank\n" + line("bob", BOB))
+    # Written whole: read at once. (A read that ends at a line's end is whole as far as it can tell: a key whose
+    # line is still to come is refused until it is written, as a key added a moment later would be.)
+    assert ring.find(KIOSK).scopes == {"rerank"} and ring.find(BOB).name == "bob" and ring.find(ALICE) is None
+
+
+def test_a_keys_file_whose_last_line_has_no_newline_is_read_once_it_has_settled(tmp_path):
+    from server.keys import KeyRing
+
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE))
+    ring = KeyRing(path=keys)
+    keys.write_text(line("alice", ALICE) + line("bob", BOB).rstrip("\n"))  # as an editor may save it
+    a_minute_ago = time.time() - 60
+    os.utime(keys, (a_minute_ago, a_minute_ago))
     assert ring.find(BOB).name == "bob"
 
 
