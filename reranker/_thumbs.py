@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from retrieval import ImageDecodeError, load_image
+from retrieval.files import OutsideFolders, is_under, read_under
 
 DEFAULT_THUMB_SIZE = 224
 DEFAULT_QUERY_SIZE = 512
@@ -48,7 +49,7 @@ def local_path(source: str, roots: Sequence[str] | None = None) -> Path:
         raise ThumbnailError("remote source is not fetched")
     else:
         path = Path(source)
-    if roots is not None and not any(path.resolve().is_relative_to(Path(r).resolve()) for r in roots):
+    if roots is not None and not is_under(path, roots):
         raise ThumbnailError("image outside the memory's source roots")
     return path
 
@@ -100,12 +101,17 @@ class ThumbnailCache:
             try:
                 # A big JPEG decodes at a reduced scale (shorter side still >= longest_side): a 12 MP photo's
                 # thumbnail is a fraction of the work, and a prompt may need 50 of them at once.
-                data = encode_jpeg(load_image(path, min_side=self.longest_side), self.longest_side, self.quality)
-            except ImageDecodeError as exc:
+                # Read from the file opened, checked again there: a link swapped in since `local_path` (by whoever
+                # may write in an image folder) would lead out of the roots
+                image = load_image(path if roots is None else read_under(path, roots), min_side=self.longest_side,
+                                   name=str(path))
+                data = encode_jpeg(image, self.longest_side, self.quality)
+            except (ImageDecodeError, OutsideFolders, OSError) as exc:
                 with self._lock:
                     self.stats.failures += 1
                     self._decoding.pop(key, None)
-                raise ThumbnailError(f"image not decodable ({exc})") from exc
+                raise ThumbnailError("image outside the memory's source roots" if isinstance(exc, OutsideFolders)
+                                     else f"image not decodable ({exc})") from exc
             with self._lock:  # stored before the key's lock is dropped, so no one decodes it twice
                 self.stats.decodes += 1
                 self._items[key] = data

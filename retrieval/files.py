@@ -225,6 +225,56 @@ def read_small_file(path: Path, most_bytes: int, follow_links: bool = False) -> 
     return data
 
 
+class OutsideFolders(ValueError):
+    """A file outside every folder it may be read from (`read_under`)."""
+
+
+def _real(path: str | Path) -> Path:
+    # Links followed and `..` resolved, without raising on a link loop (Path.resolve raised RuntimeError there
+    # before Python 3.13): a loop's path is left as it reads, and opening it fails.
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def is_under(path: str | Path, roots: Sequence[str | Path]) -> bool:
+    """Whether `path` is inside one of the folders `roots`, both sides as they really are: links followed and `..`
+    resolved (a link in an image folder to a file outside it is outside; a root given as a link holds what its
+    target holds), compared by whole names (/data/img2 is not under /data/img).
+
+    The one check of what a memory shows, sends to the re-ranker, embeds again and counts as outside its folders:
+    a point's source is data, and may name any file of the machine. A file to be read is read with `read_under`,
+    which checks the file it opened."""
+    real = _real(path)
+    return any(real.is_relative_to(_real(root)) for root in roots)
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path of the file open as `fd`, as the system names it (Linux's /proc; None where it cannot say)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def read_under(path: str | Path, roots: Sequence[str | Path]) -> bytes:
+    """The bytes of the file `path`, read only where the file opened is inside `roots` (`is_under`).
+
+    The check is of the file opened, not of its name before: a link swapped in after a check of the name (by
+    whoever may write in an image folder) had the service show a file outside every root. OutsideFolders (a
+    ValueError) where it is outside; OSError where it cannot be opened or is no plain file."""
+    fd = os.open(os.path.expanduser(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO waits for no one
+    with os.fdopen(fd, "rb") as f:
+        opened = _opened_path(fd)
+        if opened is None:  # no /proc: the name checked now must name the file opened
+            real = _real(path)
+            st, now = os.fstat(fd), os.stat(real)
+            opened = str(real) if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino) else None
+        if opened is None or not any(Path(opened).is_relative_to(_real(root)) for root in roots):
+            raise OutsideFolders(f"{path} is outside the folders images are read from")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(path))
+        return f.read()
+
+
 def _read_note(path: Path) -> bytes:
     """A note's bytes (`read_small_file`): the folder is any writer's, and every command refused the memory reads
     it."""

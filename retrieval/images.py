@@ -105,13 +105,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
+def load_image(source: ImageInput, min_side: int | None = None, name: str | None = None) -> Image.Image:
     """Decode a path, bytes or PIL image into an RGB image, upright per its EXIF tag.
 
     Args:
         source: a file path (str or Path), the encoded bytes, or an already decoded PIL image.
         min_side: a JPEG whose shorter side is at least twice this is decoded at 1/2, 1/4 or 1/8 of its
             size (libjpeg's DCT scaling: far less work), the shorter side staying >= min_side.
+        name: what errors call the image where `source` is bytes (a file read by the caller); "upload" if not given.
 
     Returns:
         An RGB `PIL.Image.Image`; animated images give their first frame.
@@ -131,7 +132,7 @@ def load_image(source: ImageInput, min_side: int | None = None) -> Image.Image:
             if not source:
                 raise ImageDecodeError("the image is empty (0 bytes)")
             fp: io.BytesIO | Path = io.BytesIO(source)
-            name = "upload"
+            name = name or "upload"
         else:
             if isinstance(source, str) and "://" in source:
                 # Path() would collapse the // and say "no such file" of a mangled name

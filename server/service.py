@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
-from retrieval.files import NotASmallFile, read_small_file, write_atomically
+from retrieval.files import NotASmallFile, OutsideFolders, is_under, read_small_file, read_under, write_atomically
 from retrieval.store import (
     THUMBNAILS_DIR,
     IndexUpkeep,
@@ -945,8 +945,19 @@ class ClassifierService:
 
     def _servable(self, path: Path) -> bool:
         """Only files under an allowed root: a point's source is data, and may name any file on the host."""
-        resolved = path.resolve()
-        return any(resolved.is_relative_to(Path(root).resolve()) for root in self.memory.shown_roots)
+        return is_under(path, self.memory.shown_roots)
+
+    def _read_shown(self, source: str) -> bytes:
+        """The bytes of a point's image, read from the file opened and checked there: a link swapped in after the
+        name was checked (by whoever may write in an image folder) had led out of the roots."""
+        try:
+            return read_under(source, self.memory.shown_roots)
+        except OutsideFolders:
+            raise ThumbnailUnavailable("the point's image is outside the directories this service serves images "
+                                       "from (the memory's build roots, or VMEM_SOURCE_ROOTS)") from None
+        except OSError as exc:
+            raise ThumbnailUnavailable(f"the point's image file could not be read at {source} "
+                                       f"({exc.strerror or exc})") from None
 
     def serves_from(self, source_prefix: str) -> bool:
         """Whether a source prefix is a local path inside the folders this service serves images from (the
@@ -955,7 +966,7 @@ class ClassifierService:
             return False
         try:
             return self._servable(Path(os.path.expanduser(source_prefix)))
-        except (OSError, RuntimeError):  # a link loop (before Python 3.13)
+        except OSError:
             return False
 
     def thumbnail(self, point_id: str) -> bytes:
@@ -984,7 +995,8 @@ class ClassifierService:
             # Decoded at the scale the thumbnail needs (a JPEG's draft), a few at a time: 15 thumbnails of 24 MP photos
             # asked at once, without a key, had taken 2.6 GB decoded whole
             with self._thumbnail_builds:
-                jpeg = self.thumbnails.save(point_id, load_image(source, min_side=self.thumbnails.size))
+                data = self._read_shown(source)
+                jpeg = self.thumbnails.save(point_id, load_image(data, min_side=self.thumbnails.size, name=source))
         except ImageDecodeError as exc:
             raise ThumbnailUnavailable(f"the point's image file could not be decoded: {exc}") from exc
         # A forget between the check above and the save would find no thumbnail to delete, and leave this one

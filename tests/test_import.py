@@ -270,6 +270,25 @@ def test_a_files_sources_make_no_folder_of_this_machine_shown_unless_the_user_sa
         assert mem.source_roots == [str(photos.resolve())]
 
 
+def test_files_of_an_image_folder_recorded_as_a_link_are_not_said_to_be_outside_it(tmp_path):
+    # ~/Photos a link to the disk the photos are on, recorded as it was given: the service shows its images (both
+    # sides resolved), yet an import said they were outside every image folder, shown nowhere
+    disk = tmp_path / "disk" / "Photos"
+    disk.mkdir(parents=True)
+    for i in range(2):
+        (disk / f"{i}.jpg").write_bytes(b"an image")
+    (tmp_path / "Photos").symlink_to(disk)
+    path = vectors_file(tmp_path / "mine.npz", random_unit_vectors(2, 8, seed=4), ["cat"] * 2,
+                        [str(tmp_path / "Photos" / "0.jpg"), str(disk / "1.jpg")])
+    store = open_store(tmp_path / "memory", SPEC)
+    with store.meta_edit() as meta:
+        meta.settings["source_roots"] = [str(tmp_path / "Photos")]
+    store.close()
+    done = run("import", path, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert done.exit_code == 0, done.output
+    assert "imported 2 points" in done.stdout and "outside the memory's image folders" not in said(done)
+
+
 def test_a_dry_run_says_which_image_folders_a_real_run_would_record(tmp_path):
     photos = tmp_path / "Photos"
     photos.mkdir()

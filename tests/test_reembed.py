@@ -175,13 +175,16 @@ def test_a_point_naming_a_file_outside_the_memorys_image_folders_is_not_embedded
     with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
         mem.build(photos[:3])
         dim = mem.store.meta.featurizer.dim
-        for source in (str(private), f"{tmp_path}/photos/{CLASSES[0]}/../../home/.private/me.jpg"):
+        # A link in an image folder to a file outside it: never shown as a thumbnail, nor embedded (it was)
+        (link := tmp_path / "photos" / CLASSES[0] / "me.jpg").symlink_to(private)
+        for source in (str(private), f"{tmp_path}/photos/{CLASSES[0]}/../../home/.private/me.jpg", str(link)):
             mem.store.add(np.ones((1, dim), np.float32), ["bait"], [source])
         new, done = mem.reembed_to(tmp_path / "lite1", lite1)
     with new:
         assert done.embedded == 3 and new.store.count() == 3
         assert [s.reason for s in done.skipped] == ["outside the folders this memory's images were read from "
-                                                    "(source_roots, vmem info)"] * 2
+                                                    "(source_roots, vmem info)"] * 3
+        assert not any(p.source == str(link) for page in new.store.scroll() for p in page)
         assert not any(".private" in p.source for page in new.store.scroll() for p in page)
 
 

@@ -1595,6 +1595,25 @@ def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite
     assert allowed.get(f"/v1/memory/points/{pid}/thumbnail").status_code == 200
 
 
+def test_a_thumbnail_is_never_of_a_file_a_link_in_an_image_folder_leads_out_to(make_client, lite0, tmp_path):
+    secret = tmp_path / "private.png"
+    secret.write_bytes(texture(COLORS["red"], 9))
+    client = make_client()
+    service = client.app.state.service
+    [root] = service.memory.shown_roots
+    link, loop = Path(root) / "private-link.png", Path(root) / "loop.png"
+    link.symlink_to(secret)
+    loop.symlink_to(loop.name)
+    try:
+        [out, looped] = service.memory.store.add(lite0.embed([secret, secret]), ["red", "red"], [str(link), str(loop)])
+        assert_problem(client.get(f"/v1/memory/points/{out}/thumbnail"), 404, "no-thumbnail", "outside the directories")
+        # A link loop was a 500 (Path.resolve's RuntimeError): it leads to no file
+        assert_problem(client.get(f"/v1/memory/points/{looped}/thumbnail"), 404, "no-thumbnail", "no longer at")
+    finally:
+        link.unlink()
+        loop.unlink()
+
+
 def test_the_re_ranker_sends_gemini_only_images_the_service_may_show(tmp_path, lite0, memory_images):
     # VMEM_SOURCE_ROOTS narrows the folders whose images the service shows: an operator who narrowed it expects
     # no image outside them to leave the machine either, yet the re-ranker kept to the memory's own folders
@@ -1653,9 +1672,9 @@ def test_a_thumbnail_of_a_big_photo_is_decoded_at_the_scale_it_needs(make_client
 
     scales = []
 
-    def load_image(source, min_side=None):
+    def load_image(source, min_side=None, **more):
         scales.append(min_side)
-        return real_load_image(source, min_side)
+        return real_load_image(source, min_side, **more)
 
     real_load_image = server.service.load_image
     monkeypatch.setattr(server.service, "load_image", load_image)

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval import is_local_source, open_store
 from retrieval.doubtful import ROW_KEY
+from retrieval.files import is_under
 from retrieval.store import (
     EXCLUDED_KEY,
     PRUNE_COUNT_KEY,
     RELIABILITY_KEY,
     SCROLL_PAGE,
+    UPLOADS_DIR,
     FeaturizerMismatchError,
     MemoryStore,
     MemoryStoreError,
@@ -51,15 +53,16 @@ PRUNING_KEYS = (EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY)
 NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY, COPIES_BEGUN_KEY)
 
 
-def _image_of(point: StoredPoint, folder: Path | None, roots: list[Path] | None) -> tuple[str | None, str | None]:
+def _image_of(point: StoredPoint, folder: Path | None, roots: list[str] | None) -> tuple[str | None, str | None]:
     """(the file to embed a point again from, None) or (None, why it cannot be): an upload from the image a service
     kept as sent (VMEM_KEEP_UPLOADS) in the memory's `folder`, any other point from its source under `roots`."""
-    if point.source.startswith("upload:") and folder is not None and upload_file(folder, point.id).is_file():
+    if (point.source.startswith("upload:") and folder is not None and upload_file(folder, point.id).is_file()
+            and is_under(upload_file(folder, point.id), [folder / UPLOADS_DIR])):  # a link there leads elsewhere
         return str(upload_file(folder, point.id)), None
     return (point.source, None) if (why := _no_image(point.source, roots)) is None else (None, why)
 
 
-def _no_image(source: str, roots: list[Path] | None) -> str | None:
+def _no_image(source: str, roots: list[str] | None) -> str | None:
     """Why a point's source cannot be embedded again, or None where it names a file that is there, under the
     memory's `roots` (None: a memory made before vmem recorded them, whose files are its roots)."""
     if source.startswith("upload:"):
@@ -77,11 +80,11 @@ def _no_image(source: str, roots: list[Path] | None) -> str | None:
         return "a name given when it was added, not a file's path"
     if not os.path.isfile(source):
         return "no such file (moved or deleted?)"
-    if roots is not None and not any(Path(os.path.normpath(source)).is_relative_to(root) for root in roots):
+    if roots is not None and not is_under(source, roots):
         # A point's source is data, and may name any file (a memory handed over, points written to its Qdrant
         # collection): a private photo's features would go into the new memory, and its path be answered to every
-        # query near it. The thumbnails and the re-ranker keep to the roots too (docs/reliability.md). Said of
-        # the path as stored, from which the roots were recorded (a link in an image folder is its owner's).
+        # query near it. The thumbnails and the re-ranker keep to the roots too (docs/reliability.md), by the
+        # same check: a link in an image folder to a file outside it is outside, as they do not show it.
         return "outside the folders this memory's images were read from (source_roots, vmem info)"
     return None
 
@@ -149,7 +152,7 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
         # Read as recorded, not through `mem.source_roots`, which would record them in a memory made before vmem
         # kept them (its points' own folders: none outside)
         recorded = mem.store.meta.settings.get("source_roots")
-        roots = None if recorded is None else [Path(os.path.normpath(r)) for r in recorded]
+        roots = None if recorded is None else list(recorded)
         folder, uploads = local_folder(mem.store.location), []
         for page in mem.store.scroll(batch_size=SCROLL_PAGE):
             _reembed_page(page, dest, feat, batch_size, num_workers, progress, result, folder, roots)
@@ -191,7 +194,7 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
 
 def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, batch_size: int,
                   num_workers: int | None, progress: Callable[[int], None] | None, result: ReembedResult,
-                  folder: Path | None, roots: list[Path] | None) -> None:
+                  folder: Path | None, roots: list[str] | None) -> None:
     """Put one page of this memory's points into `dest`: those there already with this memory's payload (a run
     resumed, or run again after relabels), the others embedded from their files (uploads from those kept as sent
     in the memory's `folder`)."""

@@ -50,6 +50,7 @@ from retrieval.feature_cache import FeatureCache
 from retrieval.files import (
     DISK_FULL_ERRNOS,
     file_sha256,
+    is_under,
     make_partial_folder,
     on_disk_spelling,
     remove_dead_partials,
@@ -375,9 +376,7 @@ def _source_roots_of(sources: Sequence[str]) -> tuple[str | None, list[str]]:
 def _files_outside(sources: Sequence[str], roots: Sequence[str]) -> int:
     """How many of `sources` are files on this machine outside every folder of `roots`: images the memory neither
     shows nor sends to the re-ranker."""
-    under = tuple(os.path.join(r, "") for r in roots)
-    return sum(1 for src in sources if is_local_source(src) and os.path.isfile(src)
-               and not os.path.join(os.path.realpath(src), "").startswith(under))
+    return sum(1 for src in sources if is_local_source(src) and os.path.isfile(src) and not is_under(src, roots))
 
 
 def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
