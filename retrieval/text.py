@@ -34,6 +34,23 @@ def escape_control_characters(text: str) -> str:
     return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) == "Cc" else c for c in text)
 
 
+# What a terminal shows other than as it is: control characters (Cc: a newline, an escape sequence), format
+# characters (Cf: U+202E RIGHT-TO-LEFT OVERRIDE and the other bidi controls U+202A-202E and U+2066-2069, the zero-
+# width U+200B-200F, U+2060-2064, U+FEFF, tags), and the line and paragraph separators U+2028 and U+2029.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def visible(text: str) -> str:
+    """`text` as a terminal should show it: each character that is not shown as itself written as Python escapes it
+    (`\\n`, `\\x1b`, `\\u202e`). "\\u202etac" reads "cat" on screen, and a zero-width space makes "cat\\u200b" a
+    label other than "cat" that reads the same: a label, name, source or journal line of someone else's making
+    printed by the CLI reads as it is. For text a person reads only; JSON and the stored text stay exact."""
+    if not any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in _HIDDEN_CATEGORIES else c
+                   for c in text)
+
+
 def canonical_label(text: str) -> str:
     """A label as the memory stores it: Unicode NFC, outer spaces stripped. macOS writes a folder "café" as NFD
     (e + a combining accent), keyboards and browsers as NFC: the same text on screen, two labels to the store,

@@ -1422,3 +1422,37 @@ def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_
     assert browser.find_element(By.ID, "why-not-reason").text.startswith(
         "Why not banana (n07753592)? It has 3 points, too few to win a rank vote of k = 50 (it takes 5 against a "
         "fuller label near it): add images of it")
+
+
+def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_its_points(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # "\u202etac" is drawn "cat" (U+202E RIGHT-TO-LEFT OVERRIDE), and the rest of its line backwards; a name with a
+    # zero-width space reads as one without. Shown escaped, as the CLI prints them; sent back as they are.
+    spoofed, name = "\u202etac", "emerald\u200b"
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    mem.relabel(spoofed, label="red")
+    mem.set_label_names({"green": name})
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+        rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
+        assert sorted(rows(browser)) == ["\\u202etac\n4", "blue\n4", "emerald\\u200b (green)\n4"]
+        browser.find_element(By.ID, "label-filter").send_keys("tac")
+        wait.until(lambda d: len(rows(d)) == 1)
+        browser.find_element(By.CSS_SELECTOR, "#label-list button").click()  # the label itself asked for
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+        assert browser.find_element(By.ID, "label-title").text == "\\u202etac"
+        query = tmp_path / "query.png"
+        query.write_bytes(texture(COLORS["red"], seed=4245))
+        classify_on_the_page(browser, url + "/", query, k=5)
+        assert browser.find_element(By.ID, "prediction").text == "\\u202etac"
+        browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
+        wait.until(lambda d: "to \\u202etac" in d.find_element(By.ID, "history-list").text)
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert not any(c in page for c in ("\u202e", "\u200b"))
+    mem.close()

@@ -261,6 +261,36 @@ def test_a_file_name_with_a_newline_stays_on_its_own_line(built, image_folder, t
     assert line.startswith(str(tmp_path / "new\\nline.jpg") + "\t") and line.split("\t")[1] == "red"
 
 
+def test_labels_names_and_sources_that_would_read_as_other_text_are_printed_escaped(built, image_folder, tmp_path):
+    # "\u202etac" shows as "cat" on a terminal (U+202E RIGHT-TO-LEFT OVERRIDE), "dog\u200b" as "dog": labels of
+    # someone else's making (a memory handed over, points written to its collection) that read as others do
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    spoofed, name = "\u202etac", "\u2066dog\u200b\u2069"
+    photo = tmp_path / "red\u202egpj.png"  # reads "red" + "png.jpg" reversed: a .jpg to the eye
+    photo.write_bytes(make_image((200, 40, 220), fmt="PNG"))  # purple: nearer itself than any point there
+    with VisualMemory.open(memory, reranker=None) as mem:
+        mem.add([photo], [spoofed])
+        mem.set_label_names({spoofed: name})
+    shown = {"\u202e": "\\u202e", "\u2066": "\\u2066", "\u200b": "\\u200b", "\u2069": "\\u2069"}
+    query = tmp_path / "query\u200b.jpg"  # the same pixels under another name
+    shutil.copy(photo, query)
+    outputs = {command[0]: run(*command, "--memory", memory) for command in (
+        ["labels"], ["points", "--label", spoofed], ["history"], ["info"], ["classify", query, "--k", "1"])}
+    for command, out in outputs.items():
+        assert out.exit_code == 0, (command, out.output)
+        assert not any(c in out.output for c in shown), command  # nothing a terminal shows other than it is
+    assert "\\u202etac" in outputs["labels"].stdout and "\\u2066dog\\u200b\\u2069" in outputs["labels"].stdout
+    assert "red\\u202egpj.png" in outputs["points"].stdout and "\\u202etac" in outputs["info"].stdout
+    assert outputs["classify"].stdout.split("\t")[:2] == [str(query).replace("\u200b", "\\u200b"),
+                                                         "\\u202etac (\\u2066dog\\u200b\\u2069)"]
+    # JSON, for a program, is exact
+    answer = json.loads(run("classify", query, "--k", "1", "--memory", memory, "--json").stdout)
+    assert (answer["label"], answer["label_name"], answer["source"]) == (spoofed, name, str(query))
+
+
 def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     memory, _ = built
     import shutil

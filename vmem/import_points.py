@@ -63,7 +63,7 @@ from retrieval.store import (
     is_local_source,
     normalize_source,
 )
-from retrieval.text import canonical_label, escape_control_characters, label_problem, utf8_text
+from retrieval.text import canonical_label, label_problem, utf8_text, visible
 
 from .export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 
@@ -89,7 +89,7 @@ class PointsFileError(ValueError):
     def __init__(self, message: str, option: str | None = None) -> None:
         # One line, whatever of the file it quotes (a source, the writer's version): a newline or an escape
         # sequence of someone else's file forged lines of the error, or retitled the terminal
-        super().__init__(escape_control_characters(message))
+        super().__init__(visible(message))
         self.option = option
 
 
@@ -339,7 +339,7 @@ def check_featurizer(stored: FeaturizerSpec, points: PointsFile, spec: Featurize
         if same is False and (mine.name, mine.dim) == (stored.name, stored.dim):
             said = f"{mine.name} ({mine.dim}-d) with other preprocessing or weights ({_described(mine)})"
     if not same:
-        raise FeaturizerMismatchError(escape_control_characters(  # an export's meta names its encoder: the file's text
+        raise FeaturizerMismatchError(visible(  # an export's meta names its encoder: the file's text
             f"{points.name} holds vectors of {said}; this memory holds {stored.name} features ({stored.dim}-d, "
             f"{_described(stored)}): their similarities mean nothing to each other. Import it into a memory of "
             f"{points.featurizer} (a new one: a directory that does not exist yet)"))
@@ -429,11 +429,11 @@ class ImportReport:
                          f"the re-ranker, since a file's sources are its writer's; {trusting}")
         # Each line one line: sources and the encoder's name are the file's writer's text (a newline forged a line
         # of the report, an escape sequence retitled the terminal)
-        return "\n".join(escape_control_characters(line) for line in lines if line)
+        return "\n".join(visible(line) for line in lines if line)
 
     def skipped_lines(self) -> str:
         """The rows skipped, a line per reason with the first few rows' numbers (from 0)."""
-        return "\n".join(map(escape_control_characters, self._skipped_lines()))
+        return "\n".join(map(visible, self._skipped_lines()))
 
     def _skipped_lines(self) -> list[str]:
         lines = []

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 from retrieval.schema_types import IsoTime, PointIdText
-from retrieval.text import escape_control_characters, utf8_text
+from retrieval.text import utf8_text, visible
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
@@ -159,7 +159,7 @@ class FewPoints(BaseModel):
     @computed_field(description="what to do about it, in a sentence")  # type: ignore[prop-decorator]
     @property
     def note(self) -> str:
-        named = f" ({escape_control_characters(self.label_name)})" if self.label_name not in (None, self.label) else ""
+        named = f" ({visible(self.label_name)})" if self.label_name not in (None, self.label) else ""
         return (f"label {self.label!r}{named} has {self.points} point{'s' * (self.points != 1)}, fewer than the "
                 f"{self.needed} it takes to win a {self.rule} vote of k = {self.k} neighbours against a fuller "
                 f"class near it: add images of it, or classify with k = {self.k_that_fits} or less "

@@ -483,8 +483,22 @@ async function askWhyNot() {
 }
 
 // "Egyptian cat (n02124075)" where the memory names its labels; the label alone where it does not.
+// Control characters, and those a page shows as nothing or that reorder the text around them (U+202E RIGHT-TO-LEFT
+// OVERRIDE and the other bidi controls, zero-width spaces, U+FEFF; line and paragraph separators), written as
+// Python escapes them, as the CLI prints them: "\u202etac" had read "cat", and the rest of its sentence backwards.
+// For what is shown only: the label itself is what is sent back.
+const HIDDEN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+const ESCAPED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+function visible(text) {
+  return String(text ?? "").replace(HIDDEN, (c) => {
+    const code = c.codePointAt(0);
+    const hex = (digits) => code.toString(16).padStart(digits, "0");
+    return ESCAPED[c] ?? (code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);
+  });
+}
+
 function named(label, name) {
-  return name ? `${name} (${label})` : label;
+  return name ? `${visible(name)} (${visible(label)})` : visible(label);
 }
 
 function plural(n, word) {
@@ -601,7 +615,7 @@ function fillLabelOptions(typed = "") {
   const options = matching.slice(0, LABEL_OPTIONS_MAX).map((label) => {
     const opt = document.createElement("option");
     opt.value = label;
-    if (labelNames[label]) opt.label = labelNames[label];
+    if (labelNames[label]) opt.label = visible(labelNames[label]);
     return opt;
   });
   $("label-options").replaceChildren(...options);
@@ -650,7 +664,7 @@ async function loadHistory() {
     when.textContent = new Date(e.at).toLocaleString();
     const via = document.createElement("span");
     via.className = "muted";
-    via.textContent = ` via ${e.via}` + (e.by ? ` (key ${e.by})` : "");  // the API key's name: who made it
+    via.textContent = ` via ${visible(e.via)}` + (e.by ? ` (key ${e.by})` : "");  // the API key's name: who made it
     li.append(when, ` ${e.op}${what}`, via);
     return li;
   });
@@ -755,13 +769,13 @@ function pointCard(p) {
   node.dataset.pointId = p.id;
   node.dataset.testid = "point-card";
   const img = node.querySelector("img");
-  img.alt = p.label_name || p.label;
-  img.title = p.source;
+  img.alt = visible(p.label_name || p.label);
+  img.title = visible(p.source);
   img.addEventListener("error", () => { img.hidden = true; node.querySelector(".no-thumb").hidden = false; });
   node.querySelector(".no-thumb").textContent = "no thumbnail";
   img.src = p.thumbnail_url;
   node.querySelector(".label").textContent = shortSource(p.source);
-  node.querySelector(".label").title = p.source;
+  node.querySelector(".label").title = visible(p.source);
   const misled = (p.prune_count ? ` · misled ${p.prune_count}` : "")
     + (p.relabelled_from ? ` · was ${named(p.relabelled_from, labelNames[p.relabelled_from])}` : "");
   node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
@@ -775,8 +789,8 @@ function pointCard(p) {
 // A source as a person names it: a file's name, an upload's name (its hash only where it came without one).
 function shortSource(source) {
   const upload = /^upload:sha256:([0-9a-f]{64})(?::(.*))?$/.exec(source);
-  if (upload) return upload[2] || `upload ${upload[1].slice(0, 12)}`;
-  return source.split("/").pop();
+  if (upload) return visible(upload[2]) || `upload ${upload[1].slice(0, 12)}`;
+  return visible(source.split("/").pop());
 }
 
 // Fifty "Forget" buttons read alike to a screen reader: each is named with its point.
@@ -792,8 +806,8 @@ function card(n, predicted) {
   if (n.label === predicted) node.classList.add("same");
   const img = node.querySelector("img");
   const missing = node.querySelector(".no-thumb");
-  img.alt = n.label_name || n.label;
-  img.title = n.source;
+  img.alt = visible(n.label_name || n.label);
+  img.title = visible(n.source);
   img.addEventListener("error", async () => {
     img.hidden = true;
     missing.hidden = false;
@@ -804,7 +818,7 @@ function card(n, predicted) {
     } catch { /* the service is gone: "no thumbnail" stands */ }
   });
   img.src = n.thumbnail_url;
-  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, n.label_name || n.label));
+  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, visible(n.label_name || n.label)));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   wireForget(node, n);

@@ -18,7 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.text import canonical_label, escape_control_characters
+from retrieval.text import canonical_label, visible
 
 from ..results import FewPoints
 
@@ -38,8 +38,9 @@ VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.mod
 
 def one_line(text: str | None) -> str:
     """A path or label as a field of a tab-separated line: control characters (a newline or tab in a file name)
-    escaped as Python writes them, so that one point stays one line and its fields stay apart."""
-    return escape_control_characters(text or "")
+    escaped as Python writes them, so that one point stays one line and its fields stay apart, and so are the
+    characters a terminal shows as nothing or that reorder the line (U+202E, U+200B: `visible`)."""
+    return visible(text or "")
 
 
 def settings_problems(exc, prefix: str) -> str:

@@ -110,5 +110,5 @@ def _line(answer: dict, used: list[dict]) -> str:
     cited = "; ".join(f"{n['id']} ({n['label']}, rank {n['rank']}, similarity {n['similarity']:.3f})"
                       + (f" forgotten {n['forgotten_at'][:19].replace('T', ' ')}" if n.get("forgotten_at") else "")
                       for n in used)
-    return "\t".join(x for x in (str(answer.get("at", ""))[:19].replace("T", " "), who, one_line(image),
-                                 f"-> {one_line(answer.get('label'))}{how}", cited) if x)
+    return "\t".join(x for x in (str(answer.get("at", ""))[:19].replace("T", " "), one_line(who), one_line(image),
+                                 f"-> {one_line(answer.get('label'))}{how}", one_line(cited)) if x)

@@ -665,7 +665,7 @@ def relabel(
             raise typer.BadParameter(str(exc), param_hint="--to") from None
         to = mem.stored_label(to)
         name = mem.label_names.get(to)
-        typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({name})" if name else "")
+        typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({one_line(name)})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
             # Points that have the label already: done, as a forget of what is gone is (a corrections script run
@@ -1205,7 +1205,8 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     part = f" [part {e.part + 1}]" if e.part is not None else ""
     return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, one_line(what),
                                  one_line(f"by {chosen}") if chosen else "",
-                                 f"via {e.via}{f' (key {e.by})' if e.by else ''} on {e.host} (pid {e.pid})") if x)
+                                 one_line(f"via {e.via}{f' (key {e.by})' if e.by else ''} on {e.host} (pid {e.pid})"))
+                     if x)
 
 
 def labels(
@@ -1285,15 +1286,15 @@ def info(
     typer.echo(f"labels     {stats['labels']:,}" + (f" ({named:,} named)" if named else ""))
     for lab, n in list(stats["per_label"].items())[:10]:
         name = stats["label_names"].get(lab)
-        typer.echo(f"  {n:6d}  {lab}" + (f"  {name}" if name else ""))
+        typer.echo(f"  {n:6d}  {one_line(lab)}" + (f"  {one_line(name)}" if name else ""))
     if stats["labels"] > 10:
         typer.echo(f"  ... {stats['labels'] - 10:,} more")
     if disk := stats["disk_bytes"]:
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     _upkeep_lines(stats["index_upkeep"], embedded=is_embedded_location(stats["location"]))
-    if stats["settings"]:
-        typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")
+    if stats["settings"]:  # folders' names (source_roots) as they are, but what a terminal would not show
+        typer.echo(f"settings   {one_line(json.dumps(stats['settings'], ensure_ascii=False))}")
     say_few_points([FewPoints(**few) for few in stats["few_points"]])
 
 
@@ -1316,7 +1317,7 @@ def _upkeep_lines(upkeep: dict[str, Any] | None, embedded: bool) -> None:
 def _info_head(stats: dict[str, Any]) -> None:
     f = stats["featurizer"]
     typer.echo(f"memory     {stats['location']}")
-    typer.echo(f"featurizer {f['name']} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
+    typer.echo(f"featurizer {one_line(f['name'])} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
                f"crop {f['preprocessing']['crop']})")
     typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
 
@@ -1346,4 +1347,4 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     if stats["settings"]:
-        typer.echo(f"settings   {json.dumps(stats['settings'], ensure_ascii=False)}")
+        typer.echo(f"settings   {one_line(json.dumps(stats['settings'], ensure_ascii=False))}")
