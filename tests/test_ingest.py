@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -145,6 +146,25 @@ def test_the_folders_a_build_records_as_image_roots_never_reach_the_top_of_the_d
                 assert "/" not in mem.store.meta.settings["source_roots"]
             finally:
                 shutil.rmtree(other.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second top-level folder")
+def test_points_whose_sources_are_written_with_dot_dot_record_no_folder_at_the_top_of_the_disk(lite0, tmp_path):
+    # A memory made before vmem recorded its image folders takes them from its points' sources, which are data:
+    # "/usr/.." has three parts, and passed for a folder deeper than "/", which it is (every image shown)
+    from vmem import VisualMemory
+
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        (tmp_path / "a.png").write_bytes(b"an image")
+        (shm / "b.png").write_bytes(b"an image")
+        store = open_store(tmp_path / "memory", lite0.spec)
+        store.add(np.ones((2, lite0.spec.dim), np.float32), ["red", "blue"],
+                  [f"/usr/..{tmp_path}/a.png", f"/usr/..{shm}/b.png"])
+        with VisualMemory(store, lite0, reranker=None) as mem:
+            assert sorted(mem.source_roots) == sorted([str(tmp_path), str(shm)])
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 def test_a_memory_made_before_image_roots_were_recorded_gets_them_from_its_points(lite0, photos, tmp_path):

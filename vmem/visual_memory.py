@@ -363,7 +363,8 @@ def _source_roots_of(sources: Sequence[str]) -> tuple[str | None, list[str]]:
     """The directory `sources` were read from (None: no local file) and the folders to record for them as a
     memory's image folders (`source_roots`)."""
     # Only files that are there: a dangling link's target (/nonexistent.jpg) made the common root "/".
-    local = [src for src in sources if is_local_source(src) and os.path.isfile(src)]
+    # Written plainly: "/usr/../etc" is "/etc", at the top of the disk, where its three parts had passed for deeper
+    local = [os.path.normpath(src) for src in sources if is_local_source(src) and os.path.isfile(src)]
     if not local:
         return None, []
     root = os.path.commonpath(local)
