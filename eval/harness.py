@@ -12,13 +12,17 @@ Outputs in the run directory:
     hit_rate.csv             variant,k,hit_rate
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,k,votes,queries,accuracy (plurality agreement among the first k)
+    risk_coverage.csv        variant,rule,k,min_confidence,kept,coverage,accuracy: answers kept when their
+                             confidence (vote share) is at least min_confidence, under classify's decision
+    reliability.csv          variant,rule,k,lower,upper,queries,mean_confidence,accuracy (the reliability diagram)
     per_class.csv            variant,rule,k,label,name,queries,correct,accuracy,confused_with (one rule at one k;
                              confused_with a JSON object, label -> queries taken for it, top 3: {"n01": 3})
     predictions.csv          variant,rule,k,source,right_labels,predicted,predicted_name,correct,nearest,
-                             nearest_similarity: each query's answer under that decision, in query order;
+                             nearest_similarity,confidence: each query's answer under that decision, in query
+                             order (confidence: its vote share, as classify's);
                              right_labels a JSON list, the labels that count as right: ["n01", "n02"]
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
-                             accuracy (hardest classes named)
+                             accuracy (hardest classes named), risk-coverage and reliability diagram
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from .scoring import (
     NeighborTable,
     PerClass,
     Scores,
+    Selective,
     neighbors_exact,
     neighbors_from_store,
     score,
@@ -330,6 +335,24 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
     return "\n".join(lines) + "\n"
 
 
+def trust_table(sel: Selective) -> str:
+    """When to trust an answer: the confidence threshold (`--min-confidence`) that keeps the most answers at each
+    target accuracy, and how well calibrated the confidence is."""
+    lines = [f"**when to trust an answer** ({sel.rule} voting, k={sel.k}; confidence: the answer's vote share; "
+             f"risk_coverage.csv, reliability.csv)", "",
+             f"all answers: {100 * sel.accuracy:.2f}% right at mean confidence {sel.mean_confidence:.3f}; "
+             f"ECE {sel.ece:.4f}, AURC {sel.aurc:.4f}", "",
+             "| target accuracy | --min-confidence | answers kept | their accuracy |", "|---|---|---|---|"]
+    for a in sel.at_accuracy:
+        if a.min_confidence is None:
+            lines.append(f"| {100 * a.target:g}% | none reaches it | 0% | |")
+        else:
+            lines.append(f"| {100 * a.target:g}% | {a.min_confidence:.6g} | {100 * a.coverage:.1f}% | "
+                         f"{100 * a.accuracy:.2f}% |")  # type: ignore[operator]  # set with the threshold
+    lines += ["", "(thresholds chosen on these queries: on others, expect about the same coverage and accuracy)"]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
                  names: dict[str, str] | None = None) -> list[Path]:
     """Every file of a run; `names` (label -> name) go into the per-class files beside the labels.
@@ -372,6 +395,16 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     written.append(write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
         (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
         for name, s in v.items() for b in s.calibration]))
+    written.append(write_csv(out / "risk_coverage.csv", [
+        "variant", "rule", "k", "min_confidence", "kept", "coverage", "accuracy"], [
+        (name, sel.rule, sel.k, f"{p.min_confidence:.6f}", p.kept, f"{p.coverage:.6f}", f"{p.accuracy:.6f}")
+        for name, s in v.items() if (sel := s.selective) for p in sel.risk_coverage]))
+    written.append(write_csv(out / "reliability.csv", [
+        "variant", "rule", "k", "lower", "upper", "queries", "mean_confidence", "accuracy"], [
+        (name, sel.rule, sel.k, f"{b.lower:g}", f"{b.upper:g}", b.queries,
+         "" if b.mean_confidence is None else f"{b.mean_confidence:.6f}",
+         "" if b.accuracy is None else f"{b.accuracy:.6f}")
+        for name, s in v.items() if (sel := s.selective) for b in sel.reliability]))
     written.append(write_csv(out / "per_class.csv", [
         "variant", "rule", "k", "label", "name", "queries", "correct", "accuracy", "confused_with"], [
         (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
@@ -380,10 +413,11 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     if report.query_sources and any(s.decisions for s in v.values()):
         written.append(write_csv(out / "predictions.csv", [
             "variant", "rule", "k", "source", "right_labels", "predicted", "predicted_name", "correct", "nearest",
-            "nearest_similarity"], [
+            "nearest_similarity", "confidence"], [
             (name, d.rule, d.k, source, json.dumps(list(right), ensure_ascii=False), d.predicted[i] or "",
              names.get(d.predicted[i] or "", ""), int(d.correct[i]), d.nearest[i] or "",
-             "" if d.nearest_similarity[i] is None else d.nearest_similarity[i])
+             "" if d.nearest_similarity[i] is None else d.nearest_similarity[i],
+             d.confidence[i] if d.confidence else "")
             for name, s in v.items() if (d := s.decisions)
             for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
     r = report.run
@@ -394,6 +428,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
            for name, s in v.items()]
     if v["all"].per_class:
         md.append(hardest_classes_table(v["all"].per_class, names))
+    if v["all"].selective:
+        md.append(trust_table(v["all"].selective))
     write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:

@@ -1,5 +1,6 @@
 """PNG plots of a `Scores`: accuracy against k per rule, hit rate against k, neighbour reliability by rank,
-and each class's accuracy, hardest first."""
+each class's accuracy, hardest first, and how far the answer's confidence can be trusted (risk-coverage,
+reliability diagram)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .scoring import Scores
+from .selective import Selective
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,51 @@ def plot_per_class(scores: Scores, path: str | Path, names: dict[str, str] | Non
     return _save(fig, Path(path))
 
 
+def plot_risk_coverage(sel: Selective, path: str | Path, title: str = "") -> Path:
+    """Accuracy of the answers kept against the share kept, as the confidence threshold rises (right to left),
+    with the thresholds that reach each target accuracy marked."""
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
+    pts = sel.risk_coverage
+    ax.plot([100 * p.coverage for p in pts], [100 * p.accuracy for p in pts], marker="o", markersize=2,
+            label=f"{sel.rule} voting, k={sel.k}")
+    for j, a in enumerate(x for x in sel.at_accuracy if x.accuracy is not None):
+        ax.plot([100 * a.coverage], [100 * (a.accuracy or 0.0)], marker=MARKERS[(j + 1) % len(MARKERS)],
+                linestyle="none", color="black", label=f"{100 * a.target:g}%: min confidence {a.min_confidence:.3g}, "
+                f"{100 * a.coverage:.1f}% kept")
+    ax.set_xlabel("answers kept (% of queries)")
+    ax.set_ylabel("accuracy of the answers kept (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title(title or "risk-coverage (confidence: the answer's vote share)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, Path(path))
+
+
+def plot_reliability(sel: Selective, path: str | Path, title: str = "") -> Path:
+    """The reliability diagram: each confidence bin's accuracy against its mean confidence (the diagonal is a
+    calibrated confidence), the bins' queries as bars beneath, and the ECE."""
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
+    full = [b for b in sel.reliability if b.queries]
+    ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="calibrated")
+    ax.plot([100 * b.mean_confidence for b in full], [100 * b.accuracy for b in full],  # type: ignore[operator]
+            marker="o", label=f"{sel.rule} voting, k={sel.k}: ECE {sel.ece:.3f}")
+    share = ax.twinx()
+    share.bar([100 * (b.lower + b.upper) / 2 for b in sel.reliability],
+              [100 * b.queries / max(1, sel.queries) for b in sel.reliability],
+              width=100 / max(1, len(sel.reliability)) * 0.9, alpha=0.2, color="grey")
+    share.set_ylabel("queries in the bin (%)")
+    ax.set_zorder(share.get_zorder() + 1)  # the curve above the bars
+    ax.patch.set_visible(False)
+    ax.set_xlabel("confidence: the answer's vote share (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, Path(path))
+
+
 def plot_curves(
     xs: Sequence[float],
     curves: Mapping[str, Sequence[float]],
@@ -206,7 +253,8 @@ def plot_histograms(
 
 
 # The files `plot_all` may write, after its prefix.
-PLOT_FILES = ("accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png")
+PLOT_FILES = ("accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png",
+              "risk_coverage.png", "reliability.png")
 
 
 def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "",
@@ -221,4 +269,9 @@ def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str =
     if scores.per_class is not None and scores.per_class.classes:
         written.append(plot_per_class(scores, out / f"{prefix}per_class_accuracy.png", names,
                                       title and f"{title}: per-class accuracy"))
+    if scores.selective is not None and scores.selective.queries:
+        written.append(plot_risk_coverage(scores.selective, out / f"{prefix}risk_coverage.png",
+                                          title and f"{title}: risk-coverage"))
+        written.append(plot_reliability(scores.selective, out / f"{prefix}reliability.png",
+                                        title and f"{title}: reliability"))
     return written

@@ -9,7 +9,9 @@ table, `score` computes, vectorised over queries:
   every k = 1..k_max, the best k per rule, and the table at k = 10, 20, ..., 100;
 * hit rate at k: a right label among the first k neighbours (the ceiling any re-ranker has);
 * accuracy of the i-th neighbour alone (how reliability falls with rank);
-* calibration: accuracy against the plurality count (how many of the k neighbours agree).
+* calibration: accuracy against the plurality count (how many of the k neighbours agree);
+* for the decision classify makes (`per_class`): how far its confidence, the answer's vote share, can be trusted
+  (`eval.selective`: risk-coverage, the threshold for a target accuracy, reliability bins and ECE).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any, Literal, cast
 import numpy as np
 from pydantic import BaseModel, Field
 
-from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, vote_all_k, vote_last_k
+from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule, neighbor_weights, vote_all_k, vote_last_k
 from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, SCROLL_PAGE
 
 from .exact import exact_search as exact_search  # re-exported: eval and its experiments read it here
+from .selective import Selective, selective_scores
 
 K_MAX = 100
 # Above this many points, self-searches (pruning, the label audit) ask the memory's index: exact search's time
@@ -316,6 +319,8 @@ class QueryDecisions(BaseModel):
     correct: list[bool]
     nearest: list[str | None] = Field(description="the first neighbour's label")
     nearest_similarity: list[float | None]
+    confidence: list[float] = Field(default_factory=list, description="the answer's vote share (0: no answer), as "
+                                    "classify's `confidence`")
 
 
 class Scores(BaseModel):
@@ -330,6 +335,8 @@ class Scores(BaseModel):
     calibration_k: int
     calibration: list[CalibrationBin]
     per_class: PerClass | None = None
+    selective: Selective | None = Field(default=None, description="the per-class decision's confidence (vote "
+                                        "share): risk-coverage, coverage at a target accuracy, ECE")
     # Per query: to compare two runs query by query, or to look at the misses (kept out of results.json).
     decisions: QueryDecisions | None = Field(default=None, exclude=True)
 
@@ -399,7 +406,7 @@ def score(
     variants = [(VoteRule(r), False) for r in rules]
     if table.reliability is not None:
         variants += [(VoteRule(r), True) for r in rules]
-    chosen = decisions = None
+    chosen = decisions = selective = None
     # The per-class decision's variant: soft where asked and the points carry reliability factors.
     per_class_soft = per_class is not None and len(per_class) > 2 and bool(per_class[2]) \
         and table.reliability is not None
@@ -411,7 +418,10 @@ def score(
             k = min(per_class[1], kmax)
             chosen = PerClass(rule=rule.value + (SOFT_SUFFIX if soft else ""), k=k,
                               classes=class_scores(pred[:, k - 1], right[:, k - 1], truth, table.classes))
+            confidence = winner_share(table, pred[:, k - 1], k, rule, alpha, tau, soft)
             decisions = query_decisions(table, chosen.rule, k, pred[:, k - 1], right[:, k - 1])
+            decisions.confidence = [round(c, 6) for c in confidence.tolist()]
+            selective = selective_scores(confidence, right[:, k - 1], chosen.rule, k)
     best = {}
     for name, curve in acc.items():
         b = int(np.argmax(curve))  # the smallest k reaching the best accuracy
@@ -432,7 +442,20 @@ def score(
                                         accuracy=float(right[sel].mean()) if sel.any() else None))
     return Scores(n_queries=n, k_max=kmax, accuracy=acc, best=best, hit_rate=hit.tolist(),
                   neighbor_accuracy=(neighbor_right.mean(axis=0) if n else np.zeros(kmax)).tolist(),
-                  calibration_k=cal_k, calibration=calib, per_class=chosen, decisions=decisions)
+                  calibration_k=cal_k, calibration=calib, per_class=chosen, selective=selective,
+                  decisions=decisions)
+
+
+def winner_share(table: NeighborTable, winners: np.ndarray, k: int, rule: VoteRule | str,
+                 alpha: float = DEFAULT_ALPHA, tau: float = DEFAULT_TAU, soft: bool = False) -> np.ndarray:
+    """float [n]: each query's answer's vote share among its first k neighbours, as `vote` scores it (the
+    answer's `confidence`); 0 for a query with no answer (`winners` -1)."""
+    ids = table.label_ids[:, :k]
+    rel = table.reliability[:, :k] if soft and table.reliability is not None else None
+    w = np.where(ids >= 0, neighbor_weights(table.similarities[:, :k], rule, alpha, tau, rel), 0.0)
+    total = w.sum(axis=1)
+    mine = np.where((ids == winners[:, None]) & (winners[:, None] >= 0), w, 0.0).sum(axis=1)
+    return np.divide(mine, total, out=np.zeros_like(total), where=total > 0)
 
 
 def query_decisions(table: NeighborTable, rule: str, k: int, pred: np.ndarray, right: np.ndarray) -> QueryDecisions:

@@ -275,7 +275,8 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     # The same folder for a run without the restricted variant, then one without plots: no plot outlives its run.
     write_report(evaluate(memory, queries, run), tmp_path)
     pngs = {p.name for p in tmp_path.glob("*.png")}
-    assert pngs == {"accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png"}
+    assert pngs == {"accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png",
+                    "risk_coverage.png", "reliability.png"}
     (tmp_path / "mine.png").write_bytes(b"a file of the user's")
     write_report(evaluate(memory, queries, run), tmp_path, plots=False)
     assert {p.name for p in tmp_path.glob("*.png")} == {"mine.png"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
@@ -58,6 +59,16 @@ class DmnDetails(BaseModel):
     entropy: float | None = Field(default=None,
                                   description="entropy (nats) of the prediction that gave the pseudo-label")
     written: bool | None = Field(default=None, description="whether the query entered the dynamic memory")
+
+
+# Confidences (vote shares) meet a threshold at this many decimals in `vmem eval`'s risk-coverage: two vote shares
+# equal but for the last bits of their sums (0.7 and 0.6999999999999998) meet the same thresholds.
+CONFIDENCE_DECIMALS = 6
+
+
+def rounded_confidence(confidence: Any) -> Any:
+    """A confidence (or an array of them) as thresholds compare it (`CONFIDENCE_DECIMALS`)."""
+    return np.round(confidence, CONFIDENCE_DECIMALS)
 
 
 class Classification(BaseModel):

@@ -1,0 +1,95 @@
+"""When to trust an answer: risk-coverage, the threshold for a target accuracy, reliability bins and ECE of the
+answer's confidence (its vote share), worked by hand and checked against classify's own vote."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from eval.harness import QuerySet, RunInfo, evaluate, write_report
+from eval.scoring import MemoryArrays, NeighborTable, score, winner_share
+from eval.selective import selective_scores
+from retrieval import VoteRule, vote
+
+# Six answers, most confident first: right, right, right, wrong, right, wrong.
+CONFIDENCE = np.array([1.0, 1.0, 0.7, 0.6, 0.6, 0.3])
+CORRECT = np.array([True, True, True, False, True, False])
+
+
+def test_risk_coverage_keeps_every_answer_at_or_above_each_threshold():
+    s = selective_scores(CONFIDENCE, CORRECT, "plurality", 10)
+    # At 1.0 two answers (both right), at 0.7 three (all right), at 0.6 five (4 right), at 0.3 all six (4 right).
+    assert [(p.min_confidence, p.kept, p.accuracy) for p in s.risk_coverage] == [
+        (1.0, 2, 1.0), (0.7, 3, 1.0), (0.6, 5, 0.8), (0.3, 6, pytest.approx(4 / 6))]
+    assert s.risk_coverage[1].coverage == 0.5 and s.accuracy == pytest.approx(4 / 6)
+
+
+def test_the_threshold_for_a_target_accuracy_keeps_the_most_answers_that_reach_it():
+    s = selective_scores(CONFIDENCE, CORRECT, "plurality", 10, targets=(0.8, 0.9, 0.99))
+    got = {a.target: (a.min_confidence, a.coverage, a.accuracy) for a in s.at_accuracy}
+    assert got == {0.8: (0.6, 5 / 6, 0.8), 0.9: (0.7, 0.5, 1.0), 0.99: (0.7, 0.5, 1.0)}
+    # All wrong: no threshold reaches any target.
+    none = selective_scores(CONFIDENCE, np.zeros(6, bool), "plurality", 10, targets=(0.5,)).at_accuracy[0]
+    assert (none.min_confidence, none.coverage, none.accuracy) == (None, 0.0, None)
+
+
+def test_reliability_bins_and_expected_calibration_error():
+    s = selective_scores(CONFIDENCE, CORRECT, "plurality", 10)
+    full = {(b.lower, b.upper): (b.queries, b.mean_confidence, b.accuracy) for b in s.reliability if b.queries}
+    # (lower, upper] bins: 0.7 in (0.6, 0.7] (0.7 * 10 is 7.000000000000001 in floats), 0.3 in (0.2, 0.3].
+    assert full == {(0.9, 1.0): (2, 1.0, 1.0), (0.6, 0.7): (1, 0.7, 1.0), (0.5, 0.6): (2, 0.6, 0.5),
+                    (0.2, 0.3): (1, 0.3, 0.0)}
+    # Gaps |accuracy - confidence| weighted by the bins' queries: (2*0 + 1*0.3 + 2*0.1 + 1*0.3) / 6.
+    assert s.ece == pytest.approx(0.8 / 6)
+    # The risk once each answer is kept, most confident first: 0, 0, 0, 0.2, 0.2, 1/3.
+    assert s.aurc == pytest.approx((0.4 + 1 / 3) / 6)
+
+
+@pytest.mark.parametrize("rule", list(VoteRule))
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_confidence_scored_is_the_vote_share_classify_gives_its_answer(rule, soft):
+    rng = np.random.default_rng(1)
+    label_ids = rng.integers(0, 4, size=(40, 9))
+    label_ids[0, 5:] = -1  # a query with fewer neighbours than k
+    sims = -np.sort(-rng.uniform(0.2, 0.9, size=(40, 9)), axis=1).astype(np.float32)
+    rel = rng.uniform(0.2, 1.0, size=(40, 9))
+    table = NeighborTable(label_ids, sims, ["a", "b", "c", "d"], rel)
+    k = 7
+    outcomes = [vote(*one(table, i, k), rule, reliability=rel[i, :k][label_ids[i, :k] >= 0] if soft else None)
+                for i in range(40)]
+    shares = winner_share(table, np.array([table.classes.index(o.label) for o in outcomes]), k, rule, soft=soft)
+    assert shares == pytest.approx([o.scores[o.label] for o in outcomes], abs=1e-12)
+
+
+def one(table: NeighborTable, i: int, k: int) -> tuple[list[str], np.ndarray]:
+    """Query i's first k neighbours as `vote` takes them (labels, similarities), padding left out."""
+    ids = table.label_ids[i, :k]
+    return [table.classes[c] for c in ids[ids >= 0]], table.similarities[i, :k][ids >= 0].astype(np.float64)
+
+
+def test_score_measures_the_per_class_decision_and_the_report_writes_it(tmp_path):
+    # Plurality at k=2: query 0's two neighbours agree (share 1, right), query 1's split (share 0.5, won by rank 0,
+    # wrong), query 2's agree (share 1, wrong).
+    table = NeighborTable(np.array([[0, 0], [1, 0], [1, 1]]), np.full((3, 2), 0.5, np.float32), ["a", "b"])
+    s = score(table, np.array([0, 0, 0]), rules=["plurality"], per_class=("plurality", 2)).selective
+    assert (s.rule, s.k) == ("plurality", 2)
+    assert [(p.min_confidence, p.kept, p.accuracy) for p in s.risk_coverage] == [(1.0, 2, 0.5), (0.5, 3, 1 / 3)]
+    assert s.ece == pytest.approx((2 * 0.5 + 1 * 0.5) / 3)
+
+    m = np.eye(4, dtype=np.float32)
+    memory = MemoryArrays(m, ["a", "a", "b", "b"], ["0", "1", "2", "3"])
+    queries = QuerySet(m[[0, 2]], ["q0", "q2"], [("a",), ("a",)], [])
+    run = RunInfo(dataset="toy", format="imagefolder", queries=2, memory="toy", memory_points=4,
+                  featurizer="none", search="exact")
+    report = evaluate(memory, queries, run, per_class=("plurality", 1))
+    write_report(report, tmp_path, plots=False)
+    with (tmp_path / "risk_coverage.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # k = 1: every answer a whole vote (share 1); one of the two is right.
+    assert rows == [{"variant": "all", "rule": "plurality", "k": "1", "min_confidence": "1.000000", "kept": "2",
+                     "coverage": "1.000000", "accuracy": "0.500000"}]
+    assert "when to trust an answer" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "reliability.csv").read_text().splitlines()[-1] == "all,plurality,1,0.9,1,2,1.000000,0.500000"
+
