@@ -185,6 +185,10 @@ class ClassifyQuery(BaseModel):
                                 description="a label expected instead: the answer's `why_not` says why the vote did "
                                             "not answer it (its nearest points and their ranks, its vote against "
                                             "the winner's, a k at which it wins)")
+    min_confidence: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False,
+        description="an answer whose `confidence` (the vote share of its label) is under this is `unsure`: its label a "
+                    "suggestion, for a person to check (`vmem eval` gives the threshold for a target accuracy)")
 
 
 class ForgetQuery(BaseModel):
@@ -436,6 +440,12 @@ class ClassificationOut(Answer):
         description="novelty above this is out of distribution (a percentile of the memory's own novelty)")
     out_of_distribution: bool | None = Field(
         default=None, description="novelty is above the threshold; null when the memory is too small to calibrate")
+    confidence: float | None = Field(default=None, description="the vote share of the label answered (with rerank, "
+                                     "the vote's share of the VLM's answer); null with no answer")
+    min_confidence: float | None = Field(default=None, description="the `min_confidence` asked for, if any")
+    unsure: bool = Field(default=False, description="the confidence is under `min_confidence` (or there is no "
+                         "answer): `label` is a suggestion, for a person to check")
+    unsure_reason: str | None = Field(default=None, description="why the answer is unsure, in a line")
     cached: bool = Field(default=False, description="answered from the cache of recent answers")
     neighbors: list[NeighborOut] = Field(description="the k nearest memory points, nearest first")
 

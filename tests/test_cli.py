@@ -191,6 +191,40 @@ def test_classify_reports_accuracy_from_folder_names(built, image_folder):
     assert "no label of this memory" not in result.output
 
 
+def test_classify_marks_answers_under_min_confidence_unsure_and_counts_both_sides(built, image_folder):
+    # k=12, plurality: all 12 points vote, so each answer's share is its label's 4 of 12.
+    memory, _ = built
+    args = ("classify", image_folder / "query", "--memory", memory, "--k", "12", "--vote", "plurality",
+            "--truth-from-dirs")
+    unsure = run(*args, "--min-confidence", "0.5")
+    assert unsure.exit_code == 0, unsure.output
+    assert unsure.stdout.count("[unsure: confidence 0.333 < 0.5]") == 3
+    assert ("unsure: 3 of 3 answers under min confidence 0.5 (for a person to check); 0 answered (0.0%): right "
+            "none; the unsure ones' suggestions right 100.00% (3/3)") in unsure.stdout
+    sure = run(*args, "--min-confidence", "0.3", "--json")
+    answers = [json.loads(line) for line in sure.stdout.splitlines() if line.startswith("{")]
+    assert [(a["confidence"], a["min_confidence"], a["unsure"]) for a in answers] == [(pytest.approx(1 / 3), 0.3,
+                                                                                       False)] * 3
+    assert "unsure: 0 of 3 answers under min confidence 0.3 (for a person to check); 3 answered (100.0%): right " \
+           "100.00% (3/3); the unsure ones' suggestions right none" in sure.stderr
+    bad = run(*args, "--min-confidence", "1.5")
+    assert bad.exit_code == 2 and "--min-confidence" in bad.output
+
+
+def test_the_python_api_marks_answers_under_min_confidence(built, image_folder):
+    memory, _ = built
+    queries = sorted((image_folder / "query").rglob("*.jpg"))
+    with VisualMemory.open(str(memory)) as mem:
+        answers = mem.classify(queries, k=12, rule="plurality", min_confidence=0.5)
+        assert [(a.confidence, a.unsure) for a in answers] == [(pytest.approx(1 / 3), True)] * 3
+        assert answers[0].unsure_reason.startswith("confidence 0.333 (the vote share of 'blue') is under")
+        many, _ = mem.classify_many(queries, k=12, rule="plurality", min_confidence=1 / 3)  # at the share: kept
+        assert [a.unsure for a in many] == [False] * 3
+        assert not mem.classify(queries[:1], k=12, rule="plurality")[0].unsure  # none asked: never unsure
+        with pytest.raises(ValueError, match="min_confidence is a vote share between 0 and 1"):
+            mem.classify(queries, min_confidence=float("nan"))
+
+
 def test_truth_from_dirs_says_which_folders_are_no_label_of_the_memory(built, image_folder, tmp_path):
     # Queries in folders named otherwise (a class forgotten, a folder named by the label's name) can never be
     # right: 0 % had come with no word why.

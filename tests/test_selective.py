@@ -4,6 +4,8 @@ answer's confidence (its vote share), worked by hand and checked against classif
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +95,51 @@ def test_score_measures_the_per_class_decision_and_the_report_writes_it(tmp_path
     assert "when to trust an answer" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "reliability.csv").read_text().splitlines()[-1] == "all,plurality,1,0.9,1,2,1.000000,0.500000"
 
+
+def test_on_real_images_the_threshold_eval_reads_off_keeps_those_answers_in_classify(tiny_imagenet, tmp_path):
+    """A real memory (EfficientNet-Lite0, 5 Tiny-ImageNet classes x 20 train images) scored on 50 val images: each
+    query's confidence in predictions.csv is the one classify gives it, and classify with a threshold from the
+    risk-coverage curve answers the queries and at the accuracy the curve says."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import FEATURE_CACHE
+    from vmem.cli import app
+
+    classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir())[:5]
+    for split, n in (("train", 20), ("val", 10)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for f in sorted((tiny_imagenet / split / c).iterdir())[:n]:
+                (tmp_path / split / c / f.name).symlink_to(f)
+    memory = tmp_path / "memory"
+
+    def run(*args: object):
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("build", tmp_path / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0",
+        "--feature-cache", FEATURE_CACHE)
+    run("eval", "--memory", memory, "--dataset", tmp_path / "val", "--out", tmp_path / "eval", "--cache",
+        FEATURE_CACHE, "--no-plots")
+    with (tmp_path / "eval" / "predictions.csv").open(newline="") as f:
+        # By file name: eval names a linked image by its target, classify by the link
+        scored = {Path(row["source"]).name: row for row in csv.DictReader(f) if row["variant"] == "all"}
+    with (tmp_path / "eval" / "risk_coverage.csv").open(newline="") as f:
+        curve = list(csv.DictReader(f))
+    assert len(scored) == 50 and len(curve) > 2  # several thresholds to choose from
+    point = curve[len(curve) // 2]  # a threshold that leaves some answers unsure
+    threshold, kept = float(point["min_confidence"]), int(point["kept"])
+    assert 0 < kept < 50
+
+    out = run("classify", tmp_path / "val", "--memory", memory, "--exact", "--json", "--min-confidence", threshold)
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    by_source = {Path(a["source"]).name: a for a in answers}
+    assert set(by_source) == set(scored)
+    for source, row in scored.items():
+        assert by_source[source]["label"] == row["predicted"]
+        assert by_source[source]["confidence"] == pytest.approx(float(row["confidence"]), abs=1e-6)
+    sure = [a for a in answers if not a["unsure"]]
+    assert len(sure) == kept
+    right = sum(int(scored[Path(a["source"]).name]["correct"]) for a in sure)
+    assert right / kept == pytest.approx(float(point["accuracy"]), abs=1e-6)

@@ -131,6 +131,25 @@ def test_classify_upload_predicts_the_label_and_shows_the_neighbours(client, lab
     assert body["source"] == "query.png"
 
 
+def test_an_answer_under_min_confidence_is_unsure_and_the_cached_one_is_judged_again(client):
+    # k=12, plurality: the whole memory of 3 colours x 4 votes, so the red answer's share is exactly 4/12.
+    data = texture(COLORS["red"], seed=998)
+    plain = client.post("/v1/classify?k=12&vote=plurality", files=upload(data)).json()
+    assert plain["label"] == "red" and plain["confidence"] == pytest.approx(4 / 12)
+    assert (plain["min_confidence"], plain["unsure"], plain["unsure_reason"]) == (None, False, None)
+    # The same image again (from the service's cache of answers) under a threshold above its share, then below it.
+    body = client.post("/v1/classify?k=12&vote=plurality&min_confidence=0.5", files=upload(data)).json()
+    assert body["cached"] and body["label"] == "red" and body["unsure"] is True and body["min_confidence"] == 0.5
+    assert body["unsure_reason"] == ("confidence 0.333 (the vote share of 'red') is under min_confidence 0.5: the "
+                                     "label is a suggestion, for a person to check")
+    below = client.post("/v1/classify?k=12&vote=plurality&min_confidence=0.3", files=upload(data)).json()
+    assert (below["unsure"], below["unsure_reason"]) == (False, None)
+    batch = client.post("/v1/classify/batch?k=12&vote=plurality&min_confidence=0.5",
+                        files=[("images", ("a.png", data, "image/png"))]).json()
+    assert batch["items"][0]["result"]["unsure"] is True
+    assert_problem(client.post("/v1/classify?min_confidence=1.5", files=upload(data)), 422, says="min_confidence")
+
+
 def test_an_uploaded_file_name_with_quotes_is_its_name(client):
     # A browser writes a file name's " as %22 in the upload (the HTML standard's form encoding; httpx does too)
     body = client.post("/v1/classify", files=upload(texture(COLORS["red"], 1), '猫 "Tom", 2.png')).json()

@@ -61,14 +61,35 @@ class DmnDetails(BaseModel):
     written: bool | None = Field(default=None, description="whether the query entered the dynamic memory")
 
 
-# Confidences (vote shares) meet a threshold at this many decimals in `vmem eval`'s risk-coverage: two vote shares
-# equal but for the last bits of their sums (0.7 and 0.6999999999999998) meet the same thresholds.
+# Confidences meet a threshold at this many decimals, here and in `vmem eval`'s risk-coverage: two vote shares equal
+# but for the last bits of their sums (0.7 and 0.6999999999999998) meet the same thresholds, and a threshold read
+# off an eval keeps the same answers here.
 CONFIDENCE_DECIMALS = 6
 
 
 def rounded_confidence(confidence: Any) -> Any:
     """A confidence (or an array of them) as thresholds compare it (`CONFIDENCE_DECIMALS`)."""
     return np.round(confidence, CONFIDENCE_DECIMALS)
+
+
+def check_min_confidence(min_confidence: float | None) -> None:
+    """ValueError for a threshold that is no confidence (a vote share lies in 0-1)."""
+    if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, int | float)
+                                       or not 0 <= min_confidence <= 1):  # NaN too: no comparison holds
+        raise ValueError("min_confidence is a vote share between 0 and 1 (vmem eval's table.md gives the one that "
+                         f"keeps a target accuracy), not {min_confidence!r}")
+
+
+def unsure_of(label: str | None, confidence: float | None, min_confidence: float | None) -> tuple[bool, str | None]:
+    """(unsure, why) for an answer of this label and confidence against `min_confidence` (None: never unsure)."""
+    if min_confidence is None:
+        return False, None
+    if label is None or confidence is None:
+        return True, "no answer: no memory point could vote"
+    if float(rounded_confidence(confidence)) >= float(rounded_confidence(min_confidence)):  # both: 1/3 meets 1/3
+        return False, None
+    return True, (f"confidence {confidence:.3f} (the vote share of {escape_control_characters(label)!r}) is under "
+                  f"min_confidence {min_confidence:g}: the label is a suggestion, for a person to check")
 
 
 class Classification(BaseModel):
@@ -94,6 +115,23 @@ class Classification(BaseModel):
     dmn: DmnDetails | None = Field(default=None, description="details of the dmn rule's decision")
     why_not: WhyNot | None = Field(default=None, description="with `why_not`: why the vote did not answer that "
                                    "label")
+    min_confidence: float | None = Field(default=None, description="the confidence asked for (`min_confidence`): "
+                                         "an answer under it is `unsure`; null when none was asked for")
+    unsure: bool = Field(default=False, description="the confidence is under `min_confidence` (or there is no "
+                         "answer): `label` is a suggestion, for a person to check")
+    unsure_reason: str | None = Field(default=None, description="why the answer is unsure, in a line")
+
+    @computed_field(description="the vote share of the label answered (its `scores` entry; with rerank, the "  # type: ignore[prop-decorator]
+                    "vote's share of the VLM's answer): what `min_confidence` compares; null with no answer")
+    @property
+    def confidence(self) -> float | None:
+        return None if self.label is None else self.scores.get(self.label, 0.0)
+
+    def judged(self, min_confidence: float | None) -> Classification:
+        """This answer marked `unsure`, with the reason, when its confidence is under `min_confidence` (a copy;
+        None: as it is)."""
+        unsure, reason = unsure_of(self.label, self.confidence, min_confidence)
+        return self.model_copy(update={"min_confidence": min_confidence, "unsure": unsure, "unsure_reason": reason})
 
     def __repr__(self) -> str:
         """A summary for a notebook or a print: the whole answer, with 50 neighbours, ran to 12,000 characters.

@@ -126,6 +126,7 @@ from .results import (
     PointPage,
     ReembedResult,
     VoteSettings,
+    check_min_confidence,
 )
 from .why_not import RANK_LIMIT, WHY_NOT_POINTS, close_labels, note_rerank
 from .why_not import explain as explain_why_not
@@ -655,9 +656,11 @@ class VisualMemory:
         sources: Sequence[str | None] | None = None,
         exact: bool = False,
         why_not: str | None = None,
+        min_confidence: float | None = None,
     ) -> list[Classification]:
         """Vote over the neighbours of already-embedded queries (logged to `answer_log` as `classify` logs, the
-        images unnamed: no bytes to name them by); `why_not` as `classify`'s."""
+        images unnamed: no bytes to name them by); `why_not` and `min_confidence` as `classify`'s."""
+        check_min_confidence(min_confidence)
         self._refresh_for_reading()
         settings = settings or self.vote_settings()
         if why_not is not None:
@@ -666,7 +669,7 @@ class VisualMemory:
         results = self._vote_vectors(vectors, settings, labels, sources, exact, why_not)
         if self.answer_log is not None:
             self.log_answers(results, [Asked()] * len(results), asked_at=asked_at)
-        return results
+        return _judged(results, min_confidence)
 
     def _vote_vectors(self, vectors: np.ndarray, settings: VoteSettings | None, labels: Sequence[str] | None,
                       sources: Sequence[str | None] | None, exact: bool,
@@ -814,6 +817,7 @@ class VisualMemory:
         dmn_stream: str | None = None,
         dmn: Any = None,
         why_not: str | None = None,
+        min_confidence: float | None = None,
     ) -> list[Classification]:
         """Classify images (paths, bytes, PIL images or numpy arrays) from their nearest labelled neighbours.
 
@@ -831,6 +835,9 @@ class VisualMemory:
             why_not: a label the caller expected: each answer's `why_not` says why the vote did not answer it
                 (its nearest points and their ranks, its vote against the winner's, a k at which it wins, the
                 reason in a line). One more search among its points; a deeper one where they lie past the k.
+            min_confidence: an answer whose `confidence` (the vote share of its label) is under this is marked
+                `unsure`, its label kept as a suggestion and `unsure_reason` saying why: the ones to send to a
+                person. `vmem eval` gives the threshold that keeps a target accuracy (its table.md).
 
         Returns:
             One `Classification` per image, in order.
@@ -844,6 +851,7 @@ class VisualMemory:
         """
         images = _image_list(images, "classify")
         sources = _source_list(sources, len(images), "classify")
+        check_min_confidence(min_confidence)
         self._refresh_for_reading()
         settings = self._vote_or_dmn(rule, k, alpha, tau, dmn_stream, dmn)  # before any image is decoded
         labels = self.stored_labels(labels)
@@ -861,7 +869,7 @@ class VisualMemory:
                                           dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
         if self.answer_log is not None:
             self.log_answers(results, [_asked(im) for im in images], asked_at=asked_at)
-        return results
+        return _judged(results, min_confidence)
 
     def classify_many(
         self,
@@ -879,9 +887,11 @@ class VisualMemory:
         dmn: Any = None,
         progress: Callable[[int], None] | None = None,
         why_not: str | None = None,
+        min_confidence: float | None = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode. `progress` is
         called with the images embedded since its last call (e.g. `tqdm(total=len(paths)).update`), as `build`'s."""
+        check_min_confidence(min_confidence)
         listed = _image_list(images, "classify_many")
         if (bad := next((i for i, p in enumerate(listed) if not isinstance(p, str | Path)), None)) is not None:
             raise TypeError(f"classify_many reads files: image {bad} is a {type(listed[bad]).__name__}; "
@@ -901,7 +911,7 @@ class VisualMemory:
             rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
         if self.answer_log is not None:
             self.log_answers(results, [_asked(src) for src in ok_sources], asked_at=asked_at)
-        return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
+        return _judged(results, min_confidence), [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
     def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
                      dmn_stream: str | None, dmn: Any) -> VoteSettings | None:
@@ -2725,6 +2735,11 @@ def _exported_index(index: Any, location: str | Path) -> IndexSettings | None:
     if settings.rescore_doubtful and not is_embedded_location(location):
         settings = settings.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
     return settings
+
+
+def _judged(results: list[Classification], min_confidence: float | None) -> list[Classification]:
+    """The answers marked unsure under `min_confidence` (None: as they are)."""
+    return results if min_confidence is None else [r.judged(min_confidence) for r in results]
 
 
 def _image_list(images: Any, method: str) -> list[Any]:

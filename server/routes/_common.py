@@ -9,6 +9,8 @@ from typing import Any, NoReturn, TypeVar
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from vmem.results import unsure_of
+
 from ..problems import ProblemError
 from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut, WhyNotOut, WhyNotPointOut
 from ..service import Answer, ClassifierService
@@ -143,8 +145,10 @@ async def unknown_labels(service: ClassifierService, unknown: list[str]) -> NoRe
     raise ProblemError(422, detail, "unknown-label", "Unknown label")
 
 
-def classification_out(request: Request, answer: Answer) -> ClassificationOut:
+def classification_out(request: Request, answer: Answer, min_confidence: float | None = None) -> ClassificationOut:
     r = answer.result
+    # Judged here, not stored on the answer: a cached answer serves requests asking other thresholds.
+    unsure, unsure_reason = unsure_of(r.label, r.confidence, min_confidence)
     names = {n.label: n.label_name for n in r.neighbors if n.label_name}
     return ClassificationOut(
         source=r.source, label=r.label, label_name=r.label_name, scores=r.scores,
@@ -153,7 +157,9 @@ def classification_out(request: Request, answer: Answer) -> ClassificationOut:
         template=r.template, template_hash=r.template_hash, model=r.model, usage=r.usage, trace=r.trace, vote=r.vote,
         novelty=r.novelty, why_not=None if r.why_not is None else WhyNotOut(**dict(r.why_not, nearest=[
             WhyNotPointOut(**dict(p), thumbnail_url=thumbnail_url(request, p.id)) for p in r.why_not.nearest])),
-        ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution, cached=answer.cached,
+        ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution,
+        confidence=r.confidence, min_confidence=min_confidence, unsure=unsure, unsure_reason=unsure_reason,
+        cached=answer.cached,
         neighbors=[NeighborOut(id=n.id, label=n.label, label_name=n.label_name, source=n.source,
                                similarity=n.similarity, weight=n.weight, rank=n.rank,
                                thumbnail_url=thumbnail_url(request, n.id)) for n in r.neighbors],

@@ -80,7 +80,7 @@ async def classify(request: Request, service: ServiceDep, settings: SettingsDep,
     [answer] = await classified(request, service, [upload], q)
     if isinstance(answer, str):
         raise ProblemError(400, answer, "bad-image", "The image could not be decoded")
-    return classification_out(request, answer)
+    return classification_out(request, answer, q.min_confidence)
 
 
 @router.post(
@@ -114,6 +114,6 @@ async def classify_batch(request: Request, service: ServiceDep, settings: Settin
     answers = await classified(request, service, uploads, q)
     items = [BatchItemOut(index=i, filename=up.filename, error=a, error_type=f"{TYPE_BASE}bad-image")
              if isinstance(a, str) else
-             BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a))
+             BatchItemOut(index=i, filename=up.filename, result=classification_out(request, a, q.min_confidence))
              for i, (up, a) in enumerate(zip(uploads, answers, strict=True))]
     return BatchOut(items=items, failed=sum(1 for a in answers if isinstance(a, str)))

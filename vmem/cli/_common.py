@@ -398,18 +398,28 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
         typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
                    "or folders of them", err=True)
         raise typer.Exit(1)
-    # Absolute, with links left as they are: an image's path is the folder given plus its place under it (a
-    # relative or linked folder resolved did not hold the images named through it: every answer counted wrong).
-    roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
-    # Compared as read canonically: an older memory holds a Mac's folder "café" decomposed
-    truths = [true_label(Path(os.path.abspath(r.source or "")), roots) for r in results]
+    truths = true_labels(results, images)
     known = {canonical_label(lab) for lab in known_labels} if known_labels is not None else set()
     if known_labels is not None and (unknown := Counter(t for t in truths if t not in known)):
         shown = ", ".join(f"{one_line(t)!r} ({n:,})" for t, n in unknown.most_common(5))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         typer.echo(f"note: {sum(unknown.values()):,} of the {len(truths):,} images are in folders that are no label "
                    f"of this memory, and are counted wrong: {shown}{more} (vmem labels lists its labels)", err=True)
-    return sum(truth == canonical_label(r.label or "") for truth, r in zip(truths, results, strict=True))
+    return sum(answers_right(results, truths))
+
+
+def true_labels(results: list, images: list[Path]) -> list[str]:
+    """Each answer's label by its folder (--truth-from-dirs), as `true_label` reads it, canonically spelled."""
+    # Absolute, with links left as they are: an image's path is the folder given plus its place under it (a
+    # relative or linked folder resolved did not hold the images named through it: every answer counted wrong).
+    roots = [Path(os.path.abspath(p)) for p in images if p.is_dir()]
+    # Compared as read canonically: an older memory holds a Mac's folder "café" decomposed
+    return [true_label(Path(os.path.abspath(r.source or "")), roots) for r in results]
+
+
+def answers_right(results: list, truths: list[str]) -> list[bool]:
+    """Whether each answer's label is its folder's (`true_labels`)."""
+    return [truth == canonical_label(r.label or "") for truth, r in zip(truths, results, strict=True)]
 
 
 def expand_images(paths: list[Path], sample: int | None = None, seed: int = 0) -> list[Path]:

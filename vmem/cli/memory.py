@@ -59,6 +59,7 @@ from ._common import (
     QdrantUrlOpt,
     Quantization,
     VectorsDtype,
+    answers_right,
     check_label_filter,
     check_memory_location,
     check_reranker_settings,
@@ -75,6 +76,7 @@ from ._common import (
     say_few_points,
     served_note,
     sigterm_as_interrupt,
+    true_labels,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -356,6 +358,11 @@ def classify(
         "--why-not", metavar="LABEL",
         help="say, for each image, why the vote did not answer this label: its nearest points and their ranks, "
              "its vote against the winner's, a k at which it wins (--json: why_not)")] = None,
+    min_confidence: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, metavar="SHARE",
+        help="mark an answer whose confidence (the vote share of its label) is under this as unsure: its label a "
+             "suggestion, for a person to check (--json: confidence, unsure, unsure_reason); vmem eval's table.md "
+             "gives the threshold that keeps a target accuracy")] = None,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
@@ -390,7 +397,7 @@ def classify(
         results, failed = classify_in_parts(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
-            exact=exact, flags=flags, why_not=why_not)
+            exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -398,8 +405,30 @@ def classify(
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
                    f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
                    err=json_out)
+    if min_confidence is not None:
+        typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
     if flags is not None:
         typer.echo(flags.summary(results), err=True)
+
+
+def unsure_summary(results: list, min_confidence: float, images: list[Path] | None) -> str:
+    """How many answers --min-confidence left for a person, and (with the truth, `images`' folders) how often the
+    answers kept and those left were right."""
+    sure = [not r.unsure for r in results]
+    kept = sum(sure)
+    said = (f"unsure: {len(results) - kept:,} of {len(results):,} answers under min confidence {min_confidence:g} "
+            f"(for a person to check); {kept:,} answered ({100 * kept / len(results):.1f}%)")
+    if images is None:
+        return said
+    right = answers_right(results, true_labels(results, images))
+    kept_right = sum(r for r, s in zip(right, sure, strict=True) if s)
+    left_right = sum(right) - kept_right
+
+    def share(n: int, of: int) -> str:
+        return f"{100 * n / of:.2f}% ({n}/{of})" if of else "none"
+
+    return (f"{said}: right {share(kept_right, kept)}; the unsure ones' suggestions right "
+            f"{share(left_right, len(results) - kept)}")
 
 
 def _check_why_not(mem, why_not: str, labels: list[str] | None, dmn: bool) -> None:
@@ -502,6 +531,9 @@ def print_classification(res, names: dict[str, str], rerank: bool, json_out: boo
         said = f" [re-ranked: {res.template}]" if res.template else " [re-ranked]"
         extra = said if res.reranked else (f" [fallback: {res.fallback_reason}]" if rerank else "")
         extra += flags.marker(res) if flags is not None else ""
+        if res.unsure:
+            extra += (" [unsure: no answer]" if res.confidence is None else
+                      f" [unsure: confidence {res.confidence:.3f} < {res.min_confidence:g}]")
         named = f" ({one_line(res.label_name)})" if res.label_name else ""
         typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
         if (why := res.why_not) is not None:  # indented under its answer: a line per image stays first
