@@ -764,6 +764,24 @@ class MemoryStore(ABC):
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
+    def settle_journal(self) -> int:
+        """Journal the forgets and relabels that a process killed before their entries made (`Journal.settle`:
+        their notes, and what the points show now); returns the points so journaled. Called as an embedded
+        memory opens, when no other process edits it. A journal that cannot be written leaves its notes for the
+        next opening (logged: the memory opens)."""
+        n = 0
+        try:
+            for note in self.journal.pending():
+                if made := self.journal.settle(note, self.existing_labels(list(note.before))):
+                    log.warning("journaled a %s of %d points that process %d on %s made at %s and was stopped "
+                                "before journaling", note.op, made, note.pid, note.host, note.begun)
+                n += made
+        except OSError as exc:
+            log.error("the memory's journal could not record the edits a stopped process left unjournaled "
+                      "(%s: %s); the next opening tries again", exc.strerror or exc, getattr(exc, "filename", "")
+                      or "")
+        return n
+
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         return set(self.existing_labels(ids))
 
@@ -1273,6 +1291,7 @@ class EdgeMemoryStore(MemoryStore):
         ix = self.meta.index
         self._rows = (OriginalRows(self.path / ORIGINAL_ROWS_FILE, self.dim, ix.vectors_dtype)
                       if ix.rescore_doubtful else None)
+        self.settle_journal()  # a new memory has no notes
 
     def _create(self, meta: MemoryMeta, shard_path: Path) -> None:
         """Make the shard and its indexes, then write vmem.json (last: a memory without it was never completed)."""

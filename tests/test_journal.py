@@ -127,7 +127,7 @@ def test_a_relabel_and_a_forget_of_one_point_are_journaled_in_the_order_they_wer
         if op == "relabel":
             relabelled.set()
             time.sleep(0.3)
-        record(op, *args, **kw)
+        return record(op, *args, **kw)
 
     monkeypatch.setattr(journal, "record", slow_to_journal_relabels)
     [point] = memory.store.ids_where(label="blue")[:1]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 import numpy as np
 from PIL import Image
@@ -64,6 +64,7 @@ from retrieval.journal import (
     JournalEntry,
     JournalOp,
     JournalQuery,
+    PendingEdit,
     label_counts,
     most_first,
     now,
@@ -1392,10 +1393,30 @@ class VisualMemory:
             to.record(results, asked, via=self.via, client=client, memory=self.store.key, edit_at=edit_at, at=at,
                       by=KEY_NAME.get())
 
-    def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> None:
-        """Record an edit that has been made, as made by this object's `via`."""
+    def _journal(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> bool:
+        """Record an edit that has been made, as made by this object's `via`; whether it was recorded."""
         self._edits += 1
-        self.store.journal.record(op, ids, via=self.via, by=KEY_NAME.get(), **fields)
+        return self.store.journal.record(op, ids, via=self.via, by=KEY_NAME.get(), **fields)
+
+    @contextmanager
+    def _noted(self, op: Literal["forget", "relabel"], before: Mapping[str, str],
+               **fields: Any) -> Iterator[PendingEdit | None]:
+        """Note a forget or relabel of these points ({id: label before}) in the journal before its first write
+        (`Journal.intend`), for the block to make and journal, and settle it (`Journal.settled`) once journaled.
+        A process killed in between leaves the note for the memory's next opening to journal what was made; an
+        edit that raises midway (a full disk after some of a relabel's writes) is journaled here as far as it
+        went. A note left by an entry that could not be written is settled at the next opening too."""
+        note = self.store.journal.intend(op, before, via=self.via, by=KEY_NAME.get(), **fields) if before else None
+        try:
+            yield note
+        except BaseException:
+            if note is not None:
+                try:
+                    self.store.journal.settle(note, self.store.existing_labels(list(note.before)))
+                except Exception:  # the store or the journal failing too: the next opening settles the note
+                    log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
+                              "journal what it made", op, exc_info=True)
+            raise
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None,
@@ -1615,9 +1636,11 @@ class VisualMemory:
         # the order they were made (a relabel then a forget must not read as a forget then a relabel).
         with self._edit_lock:
             present = self.store.existing_labels(targets) if targets else {}
-            n = self.store.delete_ids(targets)
-            if present:
-                self._journal("forget", list(present), points=n, labels=label_counts(present), selector=selector)
+            with self._noted("forget", present, selector=selector) as note:
+                n = self.store.delete_ids(targets)
+                if present and self._journal("forget", list(present), points=n, labels=label_counts(present),
+                                             selector=selector):
+                    self.store.journal.settled(note)
         # Listeners first: they drop the cached answers citing the points, which no failure after the delete may
         # skip (a thumbnail folder made read-only had raised here, and cached answers went on citing them).
         self._tell(self._forget_listeners, targets, "forget")
@@ -1793,11 +1816,13 @@ class VisualMemory:
         """Relabel these points (no checks on `to`) and tell listeners; returns the ids that changed."""
         with self._edit_lock:  # journaled under it too, in the order the edits were made (see forget)
             new_class = self._new_imagenet_classes({to})
-            before = self.store.relabel(ids, to)
-            changed = list(before)
-            if changed:
-                self._journal("relabel", changed, points=len(changed), labels=label_counts(before), to=to,
-                              selector=selector)
+            to_change = {pid: old for pid, old in self.store.existing_labels(ids).items() if old != to}
+            with self._noted("relabel", to_change, to=to, selector=selector) as note:
+                before = self.store.relabel(ids, to)
+                changed = list(before)
+                if not changed or self._journal("relabel", changed, points=len(changed),
+                                                labels=label_counts(before), to=to, selector=selector):
+                    self.store.journal.settled(note)
         if changed:
             self._name_imagenet_classes(new_class)
         if changed:  # before any re-indexing: no cached answer with the old labels is served meanwhile

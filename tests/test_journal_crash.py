@@ -1,0 +1,153 @@
+"""The journal misses no forget or relabel a process killed before its entry made, and claims none it did not.
+
+A forget or relabel notes its points in `journal.pending/` before its first write; the memory's next opening
+journals what the points show was made (retrieval/journal.py). Each test kills a child process (SIGKILL) at one
+step of an edit, reopens the memory, and reads its history as a user would after an unlearning request.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.journal import PENDING_DIR
+from tests.conftest import REPO, random_unit_vectors
+from vmem import VisualMemory
+from vmem.cli import app
+
+SPEC = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+
+# The child edits the memory and is killed where `step` says: at its delete, its entry, or the note's removal.
+_KILLED_AT = """
+import os, signal, sys
+from retrieval import open_store
+from vmem import VisualMemory
+
+memory, step, edit = sys.argv[1:4]
+mem = VisualMemory(open_store(memory), reranker=None)
+journal, store = mem.store.journal, mem.store
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if step == "before the edit":
+    store.delete_ids = store.relabel = killed
+elif step == "after the edit":
+    journal.append = killed
+elif step == "after the entry":
+    journal.settled = killed
+if edit == "forget":
+    mem.forget(label="cat")
+else:
+    mem.relabel("feline", label="cat")
+"""
+
+
+@pytest.fixture
+def memory(tmp_path) -> Path:
+    location = tmp_path / "memory"
+    with open_store(location, SPEC) as store:
+        store.add(random_unit_vectors(30, 8), ["cat", "dog", "fox"] * 10, [f"/data/{i}.jpg" for i in range(30)])
+    return location
+
+
+def killed(memory: Path, step: str, edit: str) -> None:
+    child = subprocess.run([sys.executable, "-c", _KILLED_AT, str(memory), step, edit], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+
+
+def history_of(memory: Path, source: str) -> str:
+    shown = CliRunner().invoke(app, ["history", "--memory", str(memory), "--source", source])
+    assert shown.exit_code == 0, shown.output
+    return shown.output
+
+
+def test_a_forget_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory):
+    # The unlearning audit: `vmem history --source` is how a user proves an image was forgotten. The forget was
+    # made and the process killed before its entry: the history had no trace of it, for good.
+    killed(memory, "after the edit", "forget")
+    assert (memory / PENDING_DIR).is_dir()
+    shown = history_of(memory, "/data/0.jpg")
+    assert "not in the memory now" in shown
+    assert "\tforget\t10 points (cat: 10)\tby label 'cat'\tvia python on " in shown
+    with VisualMemory.open(memory) as mem:
+        [forget] = mem.history(op="forget")
+        assert len(forget.ids) == 10 and not mem.store.existing_ids(forget.ids)
+        assert "journaled_at_open" in forget.detail  # written by the opening, not by the process that forgot
+        assert forget.pid != 0 and mem.store.label_counts() == {"dog": 10, "fox": 10}
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+def test_a_relabel_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory):
+    killed(memory, "after the edit", "relabel")
+    with VisualMemory.open(memory) as mem:
+        [relabel] = mem.history(op="relabel")
+        assert (relabel.points, relabel.labels, relabel.to) == (10, {"cat": 10}, "feline")
+        assert mem.store.label_counts() == {"feline": 10, "dog": 10, "fox": 10}
+        assert mem.history(source="/data/0.jpg") == [relabel]
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel"])
+def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edit):
+    killed(memory, "before the edit", edit)
+    with VisualMemory.open(memory) as mem:
+        assert mem.history() == []  # noted, never made: the journal claims nothing
+        assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10}
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel"])
+def test_an_edit_killed_after_its_entry_is_in_the_history_once(memory, edit):
+    killed(memory, "after the entry", edit)
+    with VisualMemory.open(memory) as mem:
+        assert [e.op for e in mem.history()] == [edit]
+        assert "journaled_at_open" not in mem.history()[0].detail
+
+
+def test_a_note_cut_short_by_a_kill_is_removed_and_a_normal_edit_leaves_no_note(memory):
+    with VisualMemory.open(memory) as mem:
+        mem.forget(label="fox")
+        mem.relabel("hound", label="dog")
+        assert not any((memory / PENDING_DIR).iterdir())
+    (memory / PENDING_DIR / "0123.json").write_text('{"token": "0123", "beg')  # killed as it was written
+    with VisualMemory.open(memory) as mem:
+        assert [e.op for e in mem.history()] == ["relabel", "forget"]
+        assert "journaled_at_open" not in mem.history()[0].detail
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+def test_a_relabel_failing_between_its_writes_is_journaled_as_far_as_it_went(tmp_path):
+    # A relabel writes per 4,096 points: the second write refused (a full disk), the first stays made, and had
+    # never been journaled.
+    with open_store(tmp_path / "memory", SPEC) as store:
+        store.add(random_unit_vectors(5000, 8), ["cat"] * 5000, [f"/d/{i}.jpg" for i in range(5000)])
+
+    class RefusedAtSecondWrite:  # the engine's shard, refusing its second write
+        def __init__(self, shard) -> None:
+            self.shard, self.writes = shard, 0
+
+        def __getattr__(self, name):
+            return getattr(self.shard, name)
+
+        def update(self, operation):
+            self.writes += 1
+            if self.writes == 2:
+                raise OSError(28, "No space left on device")
+            return self.shard.update(operation)
+
+    with VisualMemory.open(tmp_path / "memory") as mem:
+        mem.store.shard = RefusedAtSecondWrite(mem.store.shard)
+        with pytest.raises(OSError, match="No space left"):
+            mem.relabel("feline", label="cat")
+        mem.store.shard = mem.store.shard.shard
+        assert mem.store.label_counts() == {"feline": 4096, "cat": 904}
+        [relabel] = mem.history(op="relabel")
+        assert (relabel.points, relabel.labels, relabel.to) == (4096, {"cat": 4096}, "feline")
+    assert not any((tmp_path / "memory" / PENDING_DIR).iterdir())
