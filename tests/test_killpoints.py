@@ -1,0 +1,26 @@
+"""The kill harness (scripts/killpoints.py) on a small memory: a forget and a relabel killed just before the
+journal's writes and the engine's update leave a memory that agrees with itself and with its journal, and that
+ends as an uninterrupted run when run again. The full sweep, every write of every edit: docs/reliability.md."""
+
+from __future__ import annotations
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from scripts.killpoints import sweep
+from tests.conftest import random_unit_vectors
+
+# Those of the writes (as the harness lists them) where a kill had left the journal missing the edit: between the
+# engine's update and the journal's append. Matching by kind, not number, keeps the test to 3 kills an edit.
+AROUND_THE_EDIT = r"engine update|journal\.jsonl"
+
+
+def test_a_forget_and_a_relabel_killed_around_their_edit_leave_no_problem(tmp_path):
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        store.add(random_unit_vectors(30, 8), ["cat", "dog", "fox"] * 10, [f"/data/{i}.jpg" for i in range(30)])
+    said: list[str] = []
+    for command in (["forget", "--label", "cat"], ["relabel", "--to", "feline", "--label", "dog"]):
+        found = sweep(tmp_path / "memory", command, tmp_path / "work", most=0, matching=AROUND_THE_EDIT,
+                      say=said.append)
+        assert [p.write.split("\t")[0] for p in found] == ["open ab", "engine update", "open ab"], said
+        assert all(p.outcome.startswith("killed") for p in found), said
+        assert [p.problems for p in found] == [[], [], []], said
