@@ -6,10 +6,12 @@ its source, so a source can be looked up without the journal keeping any path). 
 per label: an added point carries its own `added_at`.
 
 An entry is written after its edit has succeeded, so the journal never claims an edit that was not made. A
-forget or relabel of an embedded memory is also noted before its first write (`FileJournal.intend`, a file in
-`journal.pending/` naming the points and their labels before), and the note removed once its entry is written: a
-process killed in between leaves the note, and the memory's next opening journals what the points show was done
-(`settle`), so that no forget is missing from `vmem history`. A journal on a Qdrant server keeps no notes.
+forget, relabel or naming of an embedded memory is also noted before its first write (`FileJournal.intend`, a
+file in `journal.pending/` naming the points and their labels before, or the names), and the note removed once
+its entry is written: a process killed in between leaves the note, and the memory's next opening journals what the
+points (names) show was done (`settle`), so that no forget is missing from `vmem history`. Adds, prunes,
+erasures, tunes and copies are not noted: a process killed between one and its entry leaves it unjournaled. A
+journal on a Qdrant server keeps no notes.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
+NotedOp = Literal["forget", "relabel", "name"]  # the edits noted before they are made (`PendingEdit`)
 JOURNAL_FILE = "journal.jsonl"
-# Beside it: one note per forget or relabel in progress (`PendingEdit`), removed once its entry is written.
+# Beside it: one note per forget, relabel or naming in progress (`PendingEdit`), removed once its entry is written.
 PENDING_DIR = "journal.pending"
 _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
@@ -90,25 +93,34 @@ class JournalEntry(BaseModel):
 
 
 class PendingEdit(BaseModel):
-    """A forget or relabel about to be made, noted before its first write (`FileJournal.intend`): what its entry
-    will say, and each point it is to change with its label before, so that what the points show afterwards says
-    how much of it was made."""
+    """A forget, relabel or naming about to be made, noted before its first write (`FileJournal.intend`): what its
+    entry will say, and each point it is to change with its label before, so that what the points (a naming: the
+    memory's label names) show afterwards says how much of it was made."""
 
     token: str = Field(description="the note's name in journal.pending/")
     begun: IsoTime = Field(description="when the edit began: the entry's `at` if the edit is journaled by `settle`")
-    op: Literal["forget", "relabel"]
-    before: dict[PointIdText, str] = Field(description="each point the edit is to change, and its label before")
-    fields: dict[str, Any] = Field(default_factory=dict, description="the rest of its entry: to, selector, via, by")
+    op: NotedOp
+    before: dict[PointIdText, str] = Field(default_factory=dict,
+                                           description="each point the edit is to change, and its label before")
+    fields: dict[str, Any] = Field(default_factory=dict,
+                                   description="the rest of its entry: to, selector, detail, via, by")
     host: str
     pid: int
     journal_size: int = Field(description="the journal file's length when the edit began: its entry comes after")
 
-    def made(self, labels_now: Mapping[str, str]) -> list[str]:
+    def made(self, labels_now: Mapping[str, str], names_now: Mapping[str, str]) -> list[str]:
         """The points the edit shows made, given the labels of those of its points that exist now: a forget's
-        are gone, a relabel's hold its new label."""
+        are gone, a relabel's hold its new label. A naming (one write of vmem.json: whole or not at all): the
+        labels it named or dropped the names of, where the memory's names (`names_now`) are as it left them."""
         if self.op == "forget":
             return [pid for pid in self.before if pid not in labels_now]
-        return [pid for pid in self.before if labels_now.get(pid) == self.fields.get("to")]
+        if self.op == "relabel":
+            return [pid for pid in self.before if labels_now.get(pid) == self.fields.get("to")]
+        named, dropped = self.fields.get("detail", {}).get("names", {}), self.fields.get("detail", {}).get(
+            "dropped", [])
+        whole = all(names_now.get(label) == name for label, name in named.items()) and not any(
+            label in names_now for label in dropped)
+        return [*named, *dropped] if whole else []
 
 
 @dataclass(frozen=True)
@@ -199,11 +211,10 @@ class Journal(ABC):
                       fields.get("points", len(ids)), exc_info=True)
         return False
 
-    def intend(self, op: Literal["forget", "relabel"], before: Mapping[str, str],
-               **fields: Any) -> PendingEdit | None:
-        """Note a forget or relabel of these points ({id: label before}) before its first write, where this
-        journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be written
-        (logged: the edit goes on, journaled after it as before)."""
+    def intend(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> PendingEdit | None:
+        """Note a forget or relabel of these points ({id: label before}), or a naming, before its first write,
+        where this journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be
+        written (logged: the edit goes on, journaled after it as before)."""
         return None
 
     def settled(self, note: PendingEdit | None) -> None:  # noqa: B027  # no notes kept here: nothing to remove
@@ -213,16 +224,20 @@ class Journal(ABC):
         """The notes of edits begun and never settled: their process was killed (or could not write the entry)."""
         return []
 
-    def settle(self, note: PendingEdit, labels_now: Mapping[str, str]) -> int:
-        """Journal what a noted edit made, as the labels of its points that exist now show it (`PendingEdit.made`),
-        unless its entry was written before the note could go; then remove the note. Returns the points journaled
-        here. Only for a memory no process is editing: what the points show is then what the edit left."""
-        made = note.made(labels_now)
+    def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str]) -> int:
+        """Journal what a noted edit made, as the labels of its points that exist now (a naming: the memory's
+        names) show it (`PendingEdit.made`), unless its entry was written before the note could go; then remove
+        the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
+        it shows is then what the edit left."""
+        made = note.made(labels_now, names_now)
         if made and not self._holds_entry_of(note):
             fields = {**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
-            self.append(entries_for(note.op, made, at=note.begun, points=len(made),
-                                    labels=label_counts([note.before[pid] for pid in made]), host=note.host,
-                                    pid=note.pid, **fields))
+            if note.op == "name":
+                self.append(entries_for("name", at=note.begun, host=note.host, pid=note.pid, **fields))
+            else:
+                self.append(entries_for(note.op, made, at=note.begun, points=len(made),
+                                        labels=label_counts([note.before[pid] for pid in made]), host=note.host,
+                                        pid=note.pid, **fields))
         else:
             made = []
         self.settled(note)
@@ -289,8 +304,7 @@ class FileJournal(Journal):
             if self._newest_at is not False:
                 self._newest_at = max(self._newest_at or "", *(e.at for e in entries))
 
-    def intend(self, op: Literal["forget", "relabel"], before: Mapping[str, str],
-               **fields: Any) -> PendingEdit | None:
+    def intend(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> PendingEdit | None:
         try:
             with self._lock, open(self.path, "ab") as f:
                 # Cut now, not at the entry's append: the entry then begins at or after `journal_size`.
@@ -329,8 +343,8 @@ class FileJournal(Journal):
         return sorted(notes, key=lambda n: n.begun)
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
-        """Whether the journal holds the noted edit's entry: one of its process, op and points, after where the
-        journal ended as it began (its own lines only, however long the journal)."""
+        """Whether the journal holds the noted edit's entry: one of its process, op and points (a naming: its
+        names), after where the journal ended as it began (its own lines only, however long the journal)."""
         if not self.path.exists():
             return False
         pid, op = f'"pid":{note.pid}', f'"op":"{note.op}"'
@@ -339,7 +353,8 @@ class FileJournal(Journal):
             for line in f:
                 if (line.endswith("\n") and op in line and pid in line
                         and (e := _parsed(line)) is not None and e.host == note.host and e.pid == note.pid
-                        and e.op == note.op and set(e.ids) & note.before.keys()):
+                        and e.op == note.op and (set(e.ids) & note.before.keys() if note.op != "name"
+                                                 else e.detail == note.fields.get("detail"))):
                     return True
         return False
 

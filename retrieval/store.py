@@ -765,15 +765,16 @@ class MemoryStore(ABC):
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def settle_journal(self) -> int:
-        """Journal the forgets and relabels that a process killed before their entries made (`Journal.settle`:
-        their notes, and what the points show now); returns the points so journaled. Called as an embedded
+        """Journal the forgets, relabels and namings that a process killed before their entries made
+        (`Journal.settle`: their notes, and what the points or names show now); returns the points (labels named)
+        so journaled. Called as an embedded
         memory opens, when no other process edits it. A journal that cannot be written leaves its notes for the
         next opening (logged: the memory opens)."""
         n = 0
         try:
             for note in self.journal.pending():
-                if made := self.journal.settle(note, self.existing_labels(list(note.before))):
-                    log.warning("journaled a %s of %d points that process %d on %s made at %s and was stopped "
+                if made := self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names):
+                    log.warning("journaled a %s of %d points or names that process %d on %s made at %s and was stopped "
                                 "before journaling", note.op, made, note.pid, note.host, note.begun)
                 n += made
         except OSError as exc:

@@ -8,11 +8,11 @@ For an edit command (`vmem forget --label cat`, `vmem relabel --to feline --labe
    the memory is reopened (which settles what the journal noted) and checked:
    - it agrees with itself: it opens, ids are unique, its count equals its points and the sum of its labels';
    - its journal agrees with it: every point gone is cited by a new forget entry, every point whose label changed
-     by a relabel entry to that label, and no new entry cites a point it did not forget or relabel; no note of an
-     edit in progress is left;
+     by a relabel entry to that label, every label whose name changed by a name entry, and no new entry cites a
+     point it did not forget or relabel; no note of an edit in progress is left;
 3. the command runs again, whole, and the memory must equal the one of step 1: its points, labels, payloads (but
-   the times of the edits), vectors, the thumbnails and uploads left, and the points the journal says were
-   forgotten and relabelled.
+   the times of the edits), vectors, label names, the thumbnails and uploads left, and the points the journal says
+   were forgotten and relabelled.
 
     python scripts/killpoints.py MEMORY -- forget --label cat
     python scripts/killpoints.py MEMORY --points 0 -- relabel --to feline --label cat     # every write
@@ -51,6 +51,8 @@ class Snapshot:
     files: list[str]  # thumbnails and kept uploads
     forgotten: set[str] = field(default_factory=set)  # ids the journal's forget entries cite (new ones only)
     relabelled: dict[str, str] = field(default_factory=dict)  # id: label its newest new relabel entry gave
+    names: dict[str, str] = field(default_factory=dict)  # the memory's label names
+    named: set[str] = field(default_factory=set)  # labels new name entries named or dropped names of
     pending: int = 0  # notes of edits in progress left in journal.pending/
 
 
@@ -68,18 +70,22 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
         if sum(store.label_counts().values()) != store.count():
             problems.append(f"label counts sum to {sum(store.label_counts().values())}, {store.count()} counted")
         entries = [e for e in store.journal.read() if journal_before is None or e.key() not in journal_before]
+        names = dict(store.meta.label_names)
     snap = Snapshot(
         points={p.id: {**{k: v for k, v in p.payload.items() if not k.endswith("_at")},
                        "vector": [round(float(x), 3) for x in (p.vector if p.vector is not None else [])]}
                 for p in points},
         files=sorted(str(f.relative_to(memory)) for d in ("thumbnails", "uploads") if (memory / d).is_dir()
                      for f in (memory / d).rglob("*") if f.is_file()),
-        pending=len(list((memory / PENDING_DIR).glob("*.json"))) if (memory / PENDING_DIR).is_dir() else 0)
+        pending=len(list((memory / PENDING_DIR).glob("*.json"))) if (memory / PENDING_DIR).is_dir() else 0,
+        names=names)
     for e in entries:
         if e.op == "forget":
             snap.forgotten |= set(e.ids)
         elif e.op == "relabel":
             snap.relabelled |= dict.fromkeys(e.ids, e.to or "")
+        elif e.op == "name":
+            snap.named |= {*e.detail.get("names", {}), *e.detail.get("dropped", ())}
     return snap, problems
 
 
@@ -104,6 +110,10 @@ def agrees_with_journal(before: Snapshot, after: Snapshot) -> list[str]:
                         f"(e.g. {min(missed)})")
     if claimed := {i for i in after.relabelled if i not in changed}:
         problems.append(f"a relabel entry cites {len(claimed)} points not relabelled (e.g. {min(claimed)})")
+    renamed = {label for label in before.names.keys() | after.names.keys()
+               if before.names.get(label) != after.names.get(label)}
+    if missed := renamed - after.named:
+        problems.append(f"{len(missed)} labels named anew that no name entry names (e.g. {min(missed)})")
     if after.pending:
         problems.append(f"{after.pending} notes of edits in progress left in the journal after the opening")
     return problems
@@ -117,6 +127,8 @@ def differences(killed: Snapshot, whole: Snapshot) -> list[str]:
                         f"{len(whole.points.keys() - killed.points.keys())} fewer than run whole")
     elif changed := [i for i in killed.points if killed.points[i] != whole.points[i]]:
         problems.append(f"{len(changed)} points differ from run whole (e.g. {changed[0]})")
+    if killed.names != whole.names:
+        problems.append("label names differ from run whole")
     if killed.files != whole.files:
         problems.append(f"files left: {sorted(set(killed.files) ^ set(whole.files))[:3]} differ from run whole")
     if killed.forgotten != whole.forgotten:

@@ -1,8 +1,10 @@
-"""The journal misses no forget or relabel a process killed before its entry made, and claims none it did not.
+"""The journal misses no forget, relabel or naming a process killed before its entry made, and claims none it did
+not.
 
-A forget or relabel notes its points in `journal.pending/` before its first write; the memory's next opening
-journals what the points show was made (retrieval/journal.py). Each test kills a child process (SIGKILL) at one
-step of an edit, reopens the memory, and reads its history as a user would after an unlearning request.
+A forget or relabel notes its points (a naming its names) in `journal.pending/` before its first write; the
+memory's next opening journals what the memory shows was made (retrieval/journal.py). Each test kills a child
+process (SIGKILL) at one step of an edit, reopens the memory, and reads its history as a user would after an
+unlearning request.
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 if step == "before the edit":
-    store.delete_ids = store.relabel = killed
+    store.delete_ids = store.relabel = store.save_meta = killed
 elif step == "after the edit":
     journal.append = killed
 elif step == "after the entry":
     journal.settled = killed
 if edit == "forget":
     mem.forget(label="cat")
+elif edit == "name":
+    mem.set_label_names({"cat": "house cat"})
 else:
     mem.relabel("feline", label="cat")
 """
@@ -94,16 +98,25 @@ def test_a_relabel_killed_before_its_entry_is_in_the_history_once_the_memory_ope
         assert mem.history(source="/data/0.jpg") == [relabel]
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel"])
+def test_a_naming_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory):
+    killed(memory, "after the edit", "name")
+    with VisualMemory.open(memory) as mem:
+        assert mem.label_names == {"cat": "house cat"}
+        [name] = mem.history()
+        assert (name.op, name.detail["names"], name.detail["replace"]) == ("name", {"cat": "house cat"}, False)
+        assert mem.history(label="cat") == [name]
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name"])
 def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edit):
     killed(memory, "before the edit", edit)
     with VisualMemory.open(memory) as mem:
         assert mem.history() == []  # noted, never made: the journal claims nothing
-        assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10}
+        assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10} and mem.label_names == {}
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel"])
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name"])
 def test_an_edit_killed_after_its_entry_is_in_the_history_once(memory, edit):
     killed(memory, "after the entry", edit)
     with VisualMemory.open(memory) as mem:

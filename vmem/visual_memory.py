@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, overload
+from typing import TYPE_CHECKING, Any, get_args, overload
 
 import numpy as np
 from PIL import Image
@@ -64,6 +64,7 @@ from retrieval.journal import (
     JournalEntry,
     JournalOp,
     JournalQuery,
+    NotedOp,
     PendingEdit,
     label_counts,
     most_first,
@@ -1025,13 +1026,15 @@ class VisualMemory:
         after = clean if replace else {**before, **clean}
         if after == before:
             return  # names sent again as they are (a nightly sync): no write, and no journal entry of 50,000 names
-        with self.store.meta_edit() as meta:
-            meta.label_names = after
         # The names that came or changed (a journal entry had held every name given, changed or not)
         changed = {label: name for label, name in clean.items() if before.get(label) != name}
         dropped = sorted(before.keys() - after.keys())
-        self._journal("name", detail={"names": changed, "replace": replace,
-                                      **({"dropped": dropped} if dropped else {})})
+        detail = {"names": changed, "replace": replace, **({"dropped": dropped} if dropped else {})}
+        with self._noted("name", {}, detail=detail) as note:
+            with self.store.meta_edit() as meta:
+                meta.label_names = after
+            if self._journal("name", detail=detail):
+                self.store.journal.settled(note)
 
     def name_hints(self, texts: Sequence[str]) -> str:
         """For texts that are label names rather than labels ("Egyptian cat" for n02124075), which labels they
@@ -1399,20 +1402,22 @@ class VisualMemory:
         return self.store.journal.record(op, ids, via=self.via, by=KEY_NAME.get(), **fields)
 
     @contextmanager
-    def _noted(self, op: Literal["forget", "relabel"], before: Mapping[str, str],
-               **fields: Any) -> Iterator[PendingEdit | None]:
-        """Note a forget or relabel of these points ({id: label before}) in the journal before its first write
+    def _noted(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> Iterator[PendingEdit | None]:
+        """Note a forget or relabel of these points ({id: label before}), or a naming, in the journal before its
+        first write
         (`Journal.intend`), for the block to make and journal, and settle it (`Journal.settled`) once journaled.
         A process killed in between leaves the note for the memory's next opening to journal what was made; an
         edit that raises midway (a full disk after some of a relabel's writes) is journaled here as far as it
         went. A note left by an entry that could not be written is settled at the next opening too."""
-        note = self.store.journal.intend(op, before, via=self.via, by=KEY_NAME.get(), **fields) if before else None
+        note = (self.store.journal.intend(op, before, via=self.via, by=KEY_NAME.get(), **fields)
+                if before or op == "name" else None)
         try:
             yield note
         except BaseException:
             if note is not None:
                 try:
-                    self.store.journal.settle(note, self.store.existing_labels(list(note.before)))
+                    self.store.journal.settle(note, self.store.existing_labels(list(note.before)),
+                                              self.store.meta.label_names)
                 except Exception:  # the store or the journal failing too: the next opening settles the note
                     log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
                               "journal what it made", op, exc_info=True)
