@@ -224,18 +224,22 @@ class Journal(ABC):
         """The notes of edits begun and never settled: their process was killed (or could not write the entry)."""
         return []
 
-    def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str]) -> int:
+    def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str],
+               at_open: bool = True) -> int:
         """Journal what a noted edit made, as the labels of its points that exist now (a naming: the memory's
         names) show it (`PendingEdit.made`), unless its entry was written before the note could go; then remove
         the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
-        it shows is then what the edit left."""
+        it shows is then what the edit left. `at_open`: a note a dead process left, journaled at the edit's start
+        with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now."""
         made = note.made(labels_now, names_now)
         if made and not self._holds_entry_of(note):
-            fields = {**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
+            fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
+                      if at_open else note.fields)
+            at = note.begun if at_open else None
             if note.op == "name":
-                self.append(entries_for("name", at=note.begun, host=note.host, pid=note.pid, **fields))
+                self.append(entries_for("name", at=at, host=note.host, pid=note.pid, **fields))
             else:
-                self.append(entries_for(note.op, made, at=note.begun, points=len(made),
+                self.append(entries_for(note.op, made, at=at, points=len(made),
                                         labels=label_counts([note.before[pid] for pid in made]), host=note.host,
                                         pid=note.pid, **fields))
         else:

@@ -163,4 +163,5 @@ def test_a_relabel_failing_between_its_writes_is_journaled_as_far_as_it_went(tmp
         assert mem.store.label_counts() == {"feline": 4096, "cat": 904}
         [relabel] = mem.history(op="relabel")
         assert (relabel.points, relabel.labels, relabel.to) == (4096, {"cat": 4096}, "feline")
+        assert relabel.detail == {}  # journaled by the process that made it, as it failed: as any entry
     assert not any((tmp_path / "memory" / PENDING_DIR).iterdir())

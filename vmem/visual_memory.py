@@ -1417,7 +1417,7 @@ class VisualMemory:
             if note is not None:
                 try:
                     self.store.journal.settle(note, self.store.existing_labels(list(note.before)),
-                                              self.store.meta.label_names)
+                                              self.store.meta.label_names, at_open=False)
                 except Exception:  # the store or the journal failing too: the next opening settles the note
                     log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
                               "journal what it made", op, exc_info=True)
