@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -17,7 +19,9 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
+
+from .text import escape_control_characters
 
 # What a write that finds no room raises: the disk full, the user's quota, a file-size limit (`ulimit -f`).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -293,6 +297,61 @@ def served_by(folder: str | Path) -> dict[str, object] | None:
     if _writer_gone(host, pid, start):
         return None
     return {**said, "here": host == _host()}
+
+
+# Held (flock) by the one process that has an embedded memory open; what it holds says who that is (`note_holder`)
+OPEN_LOCK_FILE = ".vmem-open.lock"
+
+
+def _holder_words() -> tuple[list[str], str | None]:
+    """This process's command line as a person typed it (`vmem build DATA -m MEM`, `python notebook.py …`), and the
+    vmem command it runs (None where it is not the vmem CLI: a Python session). Of another program only what names
+    it: the note outlives a killed holder in the folder, and a script's arguments may hold anything (a key)."""
+    argv = list(sys.argv)
+    if argv and (Path(argv[0]).name == "vmem" or argv[0].endswith(os.path.join("vmem", "__main__.py"))):
+        words = ["vmem", *argv[1:]]  # no option of vmem's takes a secret: keys come from the environment or a file
+        return words, next((w for w in argv[1:] if not w.startswith("-")), None)
+    orig = list(getattr(sys, "orig_argv", argv)) or ["python"]
+    named = 3 if orig[1:2] == ["-m"] else 2  # `python -m ipykernel_launcher`, `python job.py`, `python -c`
+    return [Path(orig[0]).name, *orig[1:named], *(["…"] if len(orig) > named else [])], None
+
+
+def note_holder(fh: IO[str]) -> None:
+    """Write who holds an embedded memory open into its lock file, `fh`, whose lock this process has just taken
+    (`_hold_open_lock`): a process refused the memory names the holder (`holder_note`) where it had only guessed
+    "a running vmem serve or build?". Best effort: the lock, not the note, keeps a second process out; a killed
+    holder's note is told by its process being gone, as a served memory's is."""
+    pid = os.getpid()
+    words, command = _holder_words()
+    note = {"pid": pid, "start": _process_start(pid) or 0, "host": _host(), "argv": [w[:200] for w in words[:30]],
+            "vmem_command": command, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with suppress(OSError):
+        fh.seek(0)
+        fh.truncate(0)
+        fh.write(json.dumps(note))
+        fh.flush()
+
+
+def holder_note(folder: str | Path) -> tuple[str, str | None]:
+    """Who holds the embedded memory in `folder` open, as its lock file says (`note_holder`): `process 8140
+    (vmem build data -m memory) since 2026-12-07T04:30:12+0000`, with the vmem command it runs (None: not the vmem
+    CLI, a Python session). Empty where no note can be read, or its process, of this host, is gone (a process it
+    started holds the lock it inherited)."""
+    try:
+        said = json.loads(_read_note(Path(folder) / OPEN_LOCK_FILE))
+        pid, start, host = int(said["pid"]), int(said.get("start") or 0), str(said["host"])
+        words = [str(w) for w in said.get("argv") or []]
+        command = said.get("vmem_command")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "", None
+    if _writer_gone(host, pid, start):
+        return "", None
+    typed = " ".join(w if w == "…" else shlex.quote(w) for w in words)  # "…": arguments left out (`_holder_words`)
+    typed = escape_control_characters(typed if len(typed) <= 300 else typed[:299] + "…")
+    where = "" if host == _host() else f" on {escape_control_characters(host)}"
+    since = f" since {escape_control_characters(str(said['since']))}" if said.get("since") else ""
+    return (f"process {pid}{where} ({typed}){since}",
+            escape_control_characters(str(command)) if isinstance(command, str) else None)
 
 
 # In a service's backup folder (VMEM_BACKUP_DIR): a link to its newest backup, what read-only replicas serve

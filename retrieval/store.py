@@ -43,21 +43,25 @@ from pydantic import ValidationError as PydanticValidationError
 from .doubtful import ROW_KEY, OriginalRows, rescore_doubtful
 from .files import (
     DISK_FULL_ERRNOS,
+    OPEN_LOCK_FILE,
     SERVED_FILE,
     copy_folder_sparse,
+    holder_note,
     make_private_folder,
+    note_holder,
     remove_dead_private_folders,
     remove_stale_temporaries,
+    served_by,
     write_atomically,
 )
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 from .preprocessing import FeaturizerError, FeaturizerSpec
+from .text import escape_control_characters
 
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
 log = logging.getLogger(__name__)
 META_FILE = "vmem.json"
-OPEN_LOCK_FILE = ".vmem-open.lock"  # held by the one store that has the memory open (see _hold_open_lock)
 # The engine's segments as they were before it rewrote them (an index built, an erase), until the rewrite is
 # flushed: see EdgeMemoryStore._rewriting_segments.
 REWRITING_FILE = ".vmem-rewriting-segments"
@@ -1050,11 +1054,32 @@ def _hold_open_lock(folder: Path) -> Any:
                 "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
                 "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
                 "Out[n].close()") from None
-        raise MemoryInUseError(
-            f"the memory at {folder} is open in another process (a running vmem serve or build?); stop it, or put "
-            "the memory on a Qdrant server (--qdrant-url) to share it. A running vmem serve answers for it over "
-            "HTTP: its points, an export, a backup (POST /v1/memory/backup)", folder=folder) from None
+        raise MemoryInUseError(_held_elsewhere(folder), folder=folder) from None
+    note_holder(fh)
     return fh
+
+
+def _held_elsewhere(folder: Path) -> str:
+    """Why `folder`'s memory is refused: the process that holds it, as its lock file names it (`holder_note`), and
+    what to do about that one; a guess at it where no note says (a process it started holds the lock)."""
+    who, command = holder_note(folder)
+    said = f"the memory at {folder} {_IN_USE}"
+    if not who:
+        return (f"{said} (a running vmem serve or build?); stop it, or put the memory on a Qdrant server "
+                "(--qdrant-url) to share it. A running vmem serve answers for it over HTTP: its points, an export, "
+                "a backup (POST /v1/memory/backup)")
+    served = served_by(folder)
+    if command == "serve" or served is not None:
+        urls = [escape_control_characters(str(u)) for u in (served or {}).get("urls") or []]  # type: ignore[attr-defined]
+        at = f" at {urls[0]}" if urls else ""
+        return (f"{said}: {who}, which serves it{at}. Ask the service over HTTP instead (POST /v1/classify; POST "
+                "/v1/memory adds, DELETE /v1/memory forgets, POST /v1/memory/relabel, GET /v1/memory/points, POST "
+                "/v1/memory/backup), or stop it")
+    share = "; or put the memory on a Qdrant server (--qdrant-url) to share it"
+    if command is not None:
+        resumes = " (vmem build carries on where it stopped when run again)" if command == "build" else ""
+        return f"{said}: {who}. Wait for it to end, or stop it{resumes}{share}"
+    return f"{said}: {who}. Close the memory there (mem.close()), or end that process{share}"
 
 
 @contextmanager
@@ -1074,10 +1099,11 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             # where a service that holds it says so, and where to ask it for that backup
+            who, _ = holder_note(folder)
             raise MemoryInUseError(
-                f"the memory at {folder} is open in another process (a running vmem serve or build?): a read-only "
-                "service copies the memory as it starts, which needs it at rest. Stop that process, or serve a "
-                "backup of it (POST /v1/memory/backup) read-only", folder=folder) from None
+                f"the memory at {folder} is open in another process ({who or 'a running vmem serve or build?'}): a "
+                "read-only service copies the memory as it starts, which needs it at rest. Stop that process, or "
+                "serve a backup of it (POST /v1/memory/backup) read-only", folder=folder) from None
         yield
 
 
@@ -1249,7 +1275,10 @@ class EdgeMemoryStore(MemoryStore):
 
     def _release_open_lock(self) -> None:
         if self._open_lock is not None:
-            _open_folders.pop(self._folder, None)
+            # The note names no process that has let go (`note_holder`); a forked child's close leaves its parent's
+            if _open_folders.pop(self._folder, None) == os.getpid():
+                with contextlib.suppress(OSError):
+                    self._open_lock.truncate(0)
             self._open_lock.close()  # closing the file releases its lock
             self._open_lock = None
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval import FeaturizerSpec, MemoryInUseError, Preprocessing, open_store
+from tests._reliability_fixtures import noise_png, subprocess_env, tiny_memory, vmem_serve
 from tests.conftest import REPO, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
@@ -190,3 +194,71 @@ def test_info_of_a_served_memory_shows_what_its_files_say_and_where_to_ask_for_i
     assert (stats["points"], stats["open_in_another_process"], stats["label_names"]) == (
         None, True, {"cat": "Cat", "dog": "Dog"})
     assert stats["last_edit"]["op"] == "name" and stats["served_by"].endswith("/v1/memory/stats")
+
+
+def test_a_memory_a_python_session_holds_is_refused_naming_that_process_and_how_to_let_it_go(memory):
+    # A notebook holding VisualMemory.open(path) while the CLI, or a second notebook, opens it: the refusal had
+    # guessed "a running vmem serve or build?" and said to stop one, where none ran
+    with holding(memory) as holder:
+        with pytest.raises(MemoryInUseError) as refused:
+            open_store(memory)
+        points = run("points", "--memory", memory)
+        info = run("info", "--memory", memory)
+    who = f"process {holder.pid} ({Path(sys.executable).name} -c …) since "  # a script's own arguments left out
+    assert f"is open in another process: {who}" in str(refused.value)
+    assert "Close the memory there (mem.close()), or end that process" in str(refused.value)
+    assert points.exit_code == 75 and f"Error: the memory at {memory} is open in another process: {who}" in (
+        points.stderr)
+    assert f"points     not read: the memory is open in another process ({who}" in info.stdout
+    assert (memory / ".vmem-open.lock").read_text() == ""  # let go: the note names no process that has
+    with open_store(memory) as store:  # closed there: opened here at once
+        assert store.count() == 4
+
+
+def test_a_memory_a_running_build_holds_is_refused_naming_the_build_which_then_ends_whole(tmp_path, encoder):
+    # Two `vmem build`s at once on one memory: the second is refused at once, naming the first and to wait for
+    # it, and the first, refused nothing, adds every image
+    data = tmp_path / "data"
+    for i in range(400):
+        (data / ("ant" if i % 2 else "bee")).mkdir(parents=True, exist_ok=True)
+        (data / ("ant" if i % 2 else "bee") / f"{i}.png").write_bytes(noise_png(i))
+    memory, lock = tmp_path / "memory", tmp_path / "memory" / ".vmem-open.lock"
+    command = [sys.executable, "-m", "vmem", "build", str(data), "--memory", str(memory), "--featurizer", encoder,
+               "--workers", "0"]
+    log = tmp_path / "build.log"  # a file, not a pipe: a full pipe would stop the build
+    with log.open("w") as out:
+        build = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and '"vmem_command": "build"' in lock.read_text()):  # it holds the memory
+            assert build.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.005)
+        os.kill(build.pid, signal.SIGSTOP)  # held midway for as long as the second one takes
+        try:
+            second = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                                    timeout=120)  # the same command, in another terminal
+        finally:
+            os.kill(build.pid, signal.SIGCONT)
+        assert build.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait(timeout=30)
+    assert second.returncode == 75, second.stderr
+    assert (f"Error: the memory at {memory} is open in another process: process {build.pid} (vmem build {data} "
+            f"--memory {memory} --featurizer {encoder} --workers 0) since ") in second.stderr
+    assert "Wait for it to end, or stop it (vmem build carries on where it stopped when run again)" in second.stderr
+    with open_store(memory) as store:
+        assert store.count() == 400
+    assert lock.read_text() == ""  # closed: the note names no process that has let go
+
+
+def test_a_python_session_refused_a_memory_vmem_serve_holds_is_told_where_to_ask_it(tmp_path, encoder):
+    # The CLI named the service's route; the Python API said "a running vmem serve or build?" with no address
+    memory = tmp_path / "memory"
+    tiny_memory(encoder, str(memory)).close()
+    with vmem_serve(memory, tmp_path, "--no-auth") as served, pytest.raises(MemoryInUseError) as refused:
+        VisualMemory.open(memory)
+    said = str(refused.value)
+    assert f"is open in another process: process {served.proc.pid} (" in said
+    assert f"which serves it at {served.url}. Ask the service over HTTP instead (POST /v1/classify" in said

@@ -31,7 +31,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
-from retrieval.files import LATEST_BACKUP, link_latest
+from retrieval.files import LATEST_BACKUP, holder_note, link_latest
 from retrieval.images import failure_line
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import is_embedded_location, local_folder, point_id_for
@@ -1171,7 +1171,7 @@ def history(
             label=label, since=since, by=by))
         names, state = dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
-        served = served_note(exc.folder, None) if exc.folder is not None else ""
+        served = served_note(exc.folder, None) or holder_note(exc.folder)[0] if exc.folder is not None else ""
         typer.echo(f"read from its files: the memory is open in another process{f' ({served})' if served else ''}",
                    err=True)
     else:
@@ -1359,10 +1359,11 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
     encoder, settings, label names, last edit, size), and where to ask for its points."""
     [*last], _, meta = history_from_files(memory, limit=1)
     served = served_note(exc.folder, "info") if exc.folder is not None else ""
+    held_by = holder_note(exc.folder)[0] if exc.folder is not None else ""
     stats: dict[str, Any] = {"location": str(memory), "points": None, "labels": None, "per_label": None,
              "label_names": dict(meta.label_names), "featurizer": meta.featurizer.model_dump(),
              "index": meta.index.model_dump(), "settings": meta.settings, "disk_bytes": disk_usage_of(memory),
-             "open_in_another_process": True, "served_by": served or None,
+             "open_in_another_process": True, "served_by": served or None, "held_by": held_by or None,
              "last_edit": last[0].model_dump() if last else None,
              "index_upkeep": None}  # the files lag the serving engine (it flushes when asked): the service says
     if json_out:
@@ -1370,7 +1371,8 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
         return
     _info_head(stats)
     typer.echo("points     not read: the memory is open in another process"
-               + (f", {served}" if served else " (a running vmem serve or build?); this is what its files say"))
+               + (f", {served}" if served else f" ({held_by or 'a running vmem serve or build?'}); this is what its "
+                  "files say"))
     if names := stats["label_names"]:
         typer.echo(f"names      {len(names):,} labels named")
     if last:
