@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NamedTuple
 
 from .text import escape_control_characters
 
@@ -332,26 +332,71 @@ def note_holder(fh: IO[str]) -> None:
         fh.flush()
 
 
-def holder_note(folder: str | Path) -> tuple[str, str | None]:
-    """Who holds the embedded memory in `folder` open, as its lock file says (`note_holder`): `process 8140
-    (vmem build data -m memory) since 2026-12-07T04:30:12+0000`, with the vmem command it runs (None: not the vmem
-    CLI, a Python session). Empty where no note can be read, or its process, of this host, is gone (a process it
-    started holds the lock it inherited)."""
+class Holder(NamedTuple):
+    """Who holds an embedded memory open (`holder_note`): said as `process 8140 (vmem build data -m memory) since
+    ...`, empty where unknown; the vmem command it runs (None: not the vmem CLI); and whether the holder noted is
+    gone, a process it started holding the lock it inherited (`orphans`)."""
+
+    who: str
+    command: str | None = None
+    orphans: tuple[int, ...] = ()
+
+
+def _processes_with_open(path: Path) -> list[int]:
+    """The processes of this user, other than this one, that have `path` open (Linux's /proc; none where it is not
+    there): who holds a lock the process that took it is gone from (a fork inherits it)."""
+    target, found = os.path.realpath(path), list[int]()
     try:
-        said = json.loads(_read_note(Path(folder) / OPEN_LOCK_FILE))
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # another user's, or gone
+            continue
+        for fd in fds:
+            with suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    found.append(pid)
+                    break
+    return found
+
+
+def _process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+            return escape_control_characters(fh.read(64).strip()) or "?"
+    except OSError:
+        return "?"
+
+
+def holder_note(folder: str | Path) -> Holder:
+    """Who holds the embedded memory in `folder` open, as its lock file says (`note_holder`): `process 8140
+    (vmem build data -m memory) since 2026-12-07T04:30:12+0000`. Where that process, of this host, is gone, or
+    nothing is noted: the processes that have the lock file open, which hold the lock it took (a worker it forked,
+    alive after a kill -9 of it). Empty where neither is known."""
+    lock = Path(folder) / OPEN_LOCK_FILE
+    try:
+        said = json.loads(_read_note(lock))
         pid, start, host = int(said["pid"]), int(said.get("start") or 0), str(said["host"])
         words = [str(w) for w in said.get("argv") or []]
         command = said.get("vmem_command")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "", None
-    if _writer_gone(host, pid, start):
-        return "", None
-    typed = " ".join(w if w == "…" else shlex.quote(w) for w in words)  # "…": arguments left out (`_holder_words`)
-    typed = escape_control_characters(typed if len(typed) <= 300 else typed[:299] + "…")
-    where = "" if host == _host() else f" on {escape_control_characters(host)}"
-    since = f" since {escape_control_characters(str(said['since']))}" if said.get("since") else ""
-    return (f"process {pid}{where} ({typed}){since}",
-            escape_control_characters(str(command)) if isinstance(command, str) else None)
+        pid, host = 0, _host()
+    else:
+        if not _writer_gone(host, pid, start):
+            typed = " ".join(w if w == "…" else shlex.quote(w) for w in words)  # "…": left out (`_holder_words`)
+            typed = escape_control_characters(typed if len(typed) <= 300 else typed[:299] + "…")
+            where = "" if host == _host() else f" on {escape_control_characters(host)}"
+            since = f" since {escape_control_characters(str(said['since']))}" if said.get("since") else ""
+            return Holder(f"process {pid}{where} ({typed}){since}",
+                          escape_control_characters(str(command)) if isinstance(command, str) else None)
+    if host != _host() or not (orphans := _processes_with_open(lock)):
+        return Holder("")
+    named = ", ".join(f"process {p} ({_process_name(p)})" for p in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
+    started = f", holding the lock it inherited from process {pid}, now gone" if pid else ""
+    return Holder(f"{named}{started}", None, tuple(orphans))
 
 
 # In a service's backup folder (VMEM_BACKUP_DIR): a link to its newest backup, what read-only replicas serve

@@ -1062,8 +1062,11 @@ def _hold_open_lock(folder: Path) -> Any:
 def _held_elsewhere(folder: Path) -> str:
     """Why `folder`'s memory is refused: the process that holds it, as its lock file names it (`holder_note`), and
     what to do about that one; a guess at it where no note says (a process it started holds the lock)."""
-    who, command = holder_note(folder)
+    who, command, orphans = holder_note(folder)
     said = f"the memory at {folder} {_IN_USE}"
+    if orphans:
+        ids = " ".join(str(p) for p in orphans)
+        return (f"{said}: {who}. End it (kill {ids}) if it no longer uses the memory; it lets go as it exits")
     if not who:
         return (f"{said} (a running vmem serve or build?); stop it, or put the memory on a Qdrant server "
                 "(--qdrant-url) to share it. A running vmem serve answers for it over HTTP: its points, an export, "
@@ -1099,7 +1102,7 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             # where a service that holds it says so, and where to ask it for that backup
-            who, _ = holder_note(folder)
+            who = holder_note(folder).who
             raise MemoryInUseError(
                 f"the memory at {folder} is open in another process ({who or 'a running vmem serve or build?'}): a "
                 "read-only service copies the memory as it starts, which needs it at rest. Stop that process, or "

@@ -222,8 +222,12 @@ def test_a_memory_killed_with_its_workers_alive_can_be_opened_at_once(tmp_path, 
         if child == "worker":
             open_store(memory).close()
         else:
-            with pytest.raises(MemoryError, match="open in another process"):
+            with pytest.raises(MemoryError, match="open in another process") as refused:
                 open_store(memory)
+            # Named, with how to let it go: the refusal had guessed "a running vmem serve or build?", none running
+            assert f"open in another process: process {forked} (" in str(refused.value)
+            assert (f"holding the lock it inherited from process {holder.pid}, now gone. End it (kill {forked}) if "
+                    "it no longer uses the memory") in str(refused.value)
     finally:
         os.kill(forked, signal.SIGKILL)
 
