@@ -1073,8 +1073,8 @@ def _held_elsewhere(folder: Path) -> str:
                 "a backup (POST /v1/memory/backup)")
     served = served_by(folder)
     if command == "serve" or served is not None:
-        urls = [escape_control_characters(str(u)) for u in (served or {}).get("urls") or []]  # type: ignore[attr-defined]
-        at = f" at {urls[0]}" if urls else ""
+        urls = served.get("urls") if served is not None else None
+        at = f" at {escape_control_characters(str(urls[0]))}" if isinstance(urls, list) and urls else ""
         return (f"{said}: {who}, which serves it{at}. Ask the service over HTTP instead (POST /v1/classify; POST "
                 "/v1/memory adds, DELETE /v1/memory forgets, POST /v1/memory/relabel, GET /v1/memory/points, POST "
                 "/v1/memory/backup), or stop it")

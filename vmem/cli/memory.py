@@ -1171,7 +1171,7 @@ def history(
             label=label, since=since, by=by))
         names, state = dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
-        served = served_note(exc.folder, None) or holder_note(exc.folder)[0] if exc.folder is not None else ""
+        served = served_note(exc.folder, None) or holder_note(exc.folder).who if exc.folder is not None else ""
         typer.echo(f"read from its files: the memory is open in another process{f' ({served})' if served else ''}",
                    err=True)
     else:
@@ -1359,7 +1359,7 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
     encoder, settings, label names, last edit, size), and where to ask for its points."""
     [*last], _, meta = history_from_files(memory, limit=1)
     served = served_note(exc.folder, "info") if exc.folder is not None else ""
-    held_by = holder_note(exc.folder)[0] if exc.folder is not None else ""
+    held_by = holder_note(exc.folder).who if exc.folder is not None else ""
     stats: dict[str, Any] = {"location": str(memory), "points": None, "labels": None, "per_label": None,
              "label_names": dict(meta.label_names), "featurizer": meta.featurizer.model_dump(),
              "index": meta.index.model_dump(), "settings": meta.settings, "disk_bytes": disk_usage_of(memory),
