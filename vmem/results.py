@@ -88,7 +88,7 @@ def unsure_of(label: str | None, confidence: float | None, min_confidence: float
         return True, "no answer: no memory point could vote"
     if float(rounded_confidence(confidence)) >= float(rounded_confidence(min_confidence)):  # both: 1/3 meets 1/3
         return False, None
-    return True, (f"confidence {confidence:.3f} (the vote share of {escape_control_characters(label)!r}) is under "
+    return True, (f"confidence {confidence:.3f} (the vote share of {visible(label)!r}) is under "
                   f"min_confidence {min_confidence:g}: the label is a suggestion, for a person to check")
 
 
