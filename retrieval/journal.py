@@ -192,9 +192,7 @@ class Journal(ABC):
 
     @property
     def newest_at(self) -> str | None:
-        """The time of the newest edit recorded, where this process knows it without asking anyone (the answer
-        log's `edit_at`): None here, and for a journal other processes write too (a Qdrant server's), where
-        knowing it would be a request per answer."""
+        """The time of the newest edit recorded (the answer log's `edit_at`), None before the first."""
         return None
 
     def record(self, op: JournalOp, ids: Sequence[str] = (), **fields: Any) -> bool:
@@ -495,6 +493,25 @@ class CollectionJournal(Journal):
         if not self._time_indexed:
             self.client.create_payload_index(self.collection, "at", qm.PayloadSchemaType.DATETIME)
             self._time_indexed = True
+
+    @property
+    def newest_at(self) -> str | None:
+        """The newest entry's time, asked of the server each time (one request ordered by `at`, made only for
+        the answer log): every process sharing the memory writes this journal, so no process can keep it. A
+        server that will not order the entries (a key that may read but not index) leaves it None."""
+        from qdrant_client import models as qm
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        if not self.client.collection_exists(self.collection):
+            return None
+        try:
+            self._index_time()
+            recs, _ = self.client.scroll(self.collection, limit=1, with_payload=["at"], with_vectors=False,
+                                         order_by=qm.OrderBy(key="at", direction=qm.Direction.DESC))
+        except UnexpectedResponse as exc:
+            log.warning("the journal's server would not order its entries (%s): no edit_at for the answer log", exc)
+            return None
+        return (recs[0].payload or {}).get("at") if recs else None
 
     def append(self, entries: Sequence[JournalEntry]) -> None:
         from qdrant_client import models as qm

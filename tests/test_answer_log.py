@@ -285,3 +285,21 @@ def test_rotated_files_are_found_whatever_the_log_is_named(tmp_path):
     for name, at in ((f"{log.name}.2", "08"), (f"{log.name}.1", "09"), (log.name, "10")):
         (tmp_path / name).write_text(json.dumps({"at": f"2026-12-06T{at}:00:00+00:00", "neighbors": []}) + "\n")
     assert [a["at"][11:13] for a in read_answers(log)] == ["08", "09", "10"]
+
+
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_each_logged_answer_names_the_newest_edit_then_whichever_engine_holds_the_memory(tmp_path, lite0, images,
+                                                                                         where):
+    # The server path runs qdrant-client's own code against its local mode, a folder as a server's collection
+    location = str(tmp_path / "memory") if where == "embedded" else f"qdrant-local:{tmp_path / 'memory'}"
+    log = tmp_path / "answers.jsonl"
+    with fill_memory(location, lite0, images) as mem:
+        mem.answer_log = AnswerLog(log)
+        mem.classify([RED], k=3)
+        mem.forget([mem.classify([RED], k=3)[0].neighbors[0].id])
+        mem.classify([RED], k=3)
+        mem.relabel(label="green", to="verdant")
+        mem.classify([RED], k=3)
+        forget, relabel = sorted(mem.history(), key=lambda e: e.at)
+    # As `vmem history` lists them: no edit before the first two answers, then the forget, then the relabel
+    assert [line["edit_at"] for line in lines_of(log)] == [None, None, forget.at, relabel.at]

@@ -463,7 +463,15 @@ def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_ag
         f.write('{"at":"2999-01-01T00:00:00+00:00","op":"forg')  # an entry torn by a crash
     with VisualMemory.open(location) as mem:  # another process, or a restart: read from the file's end
         assert mem.store.journal.newest_at == forget.at
-    # On a Qdrant server, every process sharing the memory writes the journal: not known without asking
-    with fill_memory(":memory:", lite0, images) as shared:
-        shared.forget(source_prefix=str(images.paths[0]))
-        assert shared.store.journal.newest_at is None
+    # On a Qdrant server, every process sharing the memory writes the journal: each asks the server, and so
+    # knows the edits of the others too
+    client = QdrantClient(":memory:")
+    first = fill_memory(":memory:", lite0, images)
+    a = VisualMemory(QdrantServerStore(":memory:", first.store.meta, client=client), lite0, reranker=None)
+    first.close()
+    b = VisualMemory(QdrantServerStore(":memory:", client=client), lite0, reranker=None)
+    assert a.store.journal.newest_at is None
+    a.add([texture((9, 9, 9), 1)], ["grey"], sources=["upload:grey"])
+    b.forget(ids=b.store.ids_where(label="grey"))
+    forget, _ = b.history()
+    assert a.store.journal.newest_at == b.store.journal.newest_at == forget.at
