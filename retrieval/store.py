@@ -136,6 +136,11 @@ VACUUM_THRESHOLDS: dict[str, Any] = {"deleted_threshold": 1e-9, "vacuum_min_vect
 # unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. A version
 # it gets and finds incompatible is still warned of.
 warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
+# qdrant-client's local modes (`:memory:`, `qdrant-local:`) warn that they search every point exactly and keep no
+# payload index: the search parameters and indexes vmem sets for a server, and nothing a user can act on. Each
+# classify, forget --like or history on such a memory printed a warning with a line of qdrant-client's source.
+warnings.filterwarnings("ignore", message="Local mode performs exact", category=UserWarning)
+warnings.filterwarnings("ignore", message="Payload indexes have no effect", category=UserWarning)
 _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
@@ -2040,12 +2045,8 @@ class QdrantServerStore(MemoryStore):
                     on_disk_payload=True,
                     metadata={"vmem": json.loads(meta.model_dump_json())},
                 )
-                with warnings.catch_warnings():
-                    # qdrant-client's local modes warn that they ignore payload indexes: a server uses them, and a
-                    # notebook on ":memory:" was shown the warning for a memory it cannot act on.
-                    warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
-                    for key in ("label", "source", EXCLUDED_KEY):
-                        self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
+                for key in ("label", "source", EXCLUDED_KEY):  # (a local mode's warning of them is filtered above)
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
         except BaseException:
             # Refused (no collection there, another encoder's): the client made here lets go of what it holds. A
             # local mode's folder stayed locked, and a second open of it in this process (to create the memory

@@ -1510,3 +1510,33 @@ def test_templates_path_prints_the_user_folder_or_says_how_to_set_one_and_exits_
     assert unset.exit_code == 1 and "set $VMEM_TEMPLATES_DIR to a folder of YAML templates" in unset.stderr
     monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path))
     assert run("templates", "path").stdout.strip() == str(tmp_path)
+
+
+def test_a_memory_in_qdrant_clients_local_mode_answers_as_its_folder_does_and_warns_of_nothing(built, image_folder,
+                                                                                               tmp_path):
+    import subprocess
+    import sys
+
+    memory, _ = built
+    local = f"qdrant-local:{tmp_path / 'local'}"  # qdrant-client's code, as against a server, in a folder
+    assert run("copy", "--memory", memory, "--to-memory", local).exit_code == 0
+    said = {}
+    for where in (str(memory), local):
+        # In a process of its own: qdrant-client warns once per process, and pytest records every warning
+        for command in ["classify", image_folder / "query", "--no-rerank"], ["history", "--limit", "1"]:
+            done = subprocess.run([sys.executable, "-m", "vmem", *map(str, command), "--memory", where],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+            said.setdefault(where, []).append(done.stdout)
+    assert said[str(memory)][0] == said[local][0] != ""  # the same answers, said alike
+
+
+def test_vmem_erase_of_a_memory_that_is_no_folder_says_erase_is_a_folders_and_what_a_server_does(built, tmp_path):
+    memory, _ = built
+    local = f"qdrant-local:{tmp_path / 'local'}"
+    assert run("copy", "--memory", memory, "--to-memory", local).exit_code == 0
+    out = run("erase", "--memory", local)
+    assert out.exit_code == 2
+    # Not "Invalid value for --erase ... forget without erase": vmem erase has no --erase, and forgets nothing
+    assert "Invalid value for --memory: vmem erase rewrites an embedded memory's folder" in out.output, out.output
+    assert "--erase" not in out.output and "forget without erase" not in out.output

@@ -913,7 +913,11 @@ def erase(memory: MemoryOpt = DEFAULT_MEMORY) -> None:
     erased through the service (POST /v1/memory/erase)."""
     mem = open_memory(memory, None)
     with mem:
-        _check_erase_first(mem)
+        if not mem.store.erases_on_demand:  # said of vmem erase itself: forget's --erase message named an option
+            raise typer.BadParameter(  # this command has not, and a forget it makes none of
+                f"vmem erase rewrites an embedded memory's folder; {memory} is not one: a Qdrant server erases "
+                "forgotten points itself, rewriting a segment once its optimizers' deleted_threshold of it is "
+                "deleted", param_hint="--memory")
         started = time.perf_counter()
         _erase_forgotten(mem)
         typer.echo(f"rewrote the memory's segments and index without the forgotten points ({mem.store.count():,} "
