@@ -1380,6 +1380,10 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
     else:  # refused before anything is deleted
         assert_problem(resp, 422, "invalid-parameters", "forget without `erase`")
         assert_problem(client.delete("/v1/memory?label=red&erase=true", headers=AUTH), 422, "invalid-parameters")
+        # The erase on its own says what it is refused for, not "forget without erase" (it forgets nothing)
+        alone = assert_problem(client.post("/v1/memory/erase", headers=AUTH), 422, "invalid-parameters",
+                               "a Qdrant server erases forgotten points itself")
+        assert "forget without" not in alone["detail"]
         assert client.get("/v1/memory/stats").json()["points"] == 12
 
 

@@ -304,7 +304,10 @@ async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
     without `erase` (the page's Forget), or whose erase failed. Other requests wait for it: the engine holds
     Python's lock while it rewrites (README, "Forgetting"). A memory on a Qdrant
     server refuses it (422). Requires the API key."""
-    _check_erase(True, service)
+    if not service.memory.store.erases_on_demand:  # not _check_erase's "forget without erase": this forgets nothing
+        raise ProblemError(422, "this memory is on a Qdrant server: a Qdrant server erases forgotten points itself, "
+                                "rewriting a segment once its optimizers' deleted_threshold of it is deleted",
+                           "invalid-parameters", "Invalid parameters")
     seconds = await service.run_edit(service.erase)
     return EraseOut(erased=True, seconds=round(seconds, 3))
 
