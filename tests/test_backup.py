@@ -426,9 +426,12 @@ def test_a_backup_with_no_room_is_a_507_before_anything_is_written(tmp_path, ser
     assert os.listdir(tmp_path / "backups") == []
 
 
-def test_a_memory_on_a_qdrant_server_refuses_a_backup_over_http(tmp_path, serve):
-    client = serve(":memory:", backup_dir=tmp_path / "backups")
+@pytest.mark.parametrize("backup_dir", ["set", "unset"])
+def test_a_memory_on_a_qdrant_server_refuses_a_backup_over_http(tmp_path, serve, backup_dir):
+    client = serve(":memory:", **({"backup_dir": tmp_path / "backups"} if backup_dir == "set" else {}))
     refused = client.post("/v1/memory/backup", headers=AUTH)
+    # Said first, whether a backup folder is set or not: a 409 "set VMEM_BACKUP_DIR and restart" sent the operator
+    # to set one and restart, for the 422 after it
     assert refused.status_code == 422 and "snapshots" in refused.json()["detail"]
 
 

@@ -326,14 +326,15 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
     before anything is written where the disk has too little room (507), and a copy that fails midway leaves nothing
     under the name. A memory on a Qdrant server refuses it (422): the server's snapshots back it up. Requires the
     API key."""
+    # A server's memory is refused first: told to set a backup folder and restart, its operator was refused after
+    if not service.memory.store.backs_up_files:
+        raise ProblemError(422, "this memory is on a Qdrant server: back it up with the server's own snapshots of "
+                                "its collection and of its journal's", "invalid-parameters", "Invalid parameters")
     folder = service.settings.backup_dir
     if folder is None:
         raise ProblemError(409, "no backup folder is set: give the service one (VMEM_BACKUP_DIR=/path, best on another "
                                 "disk than the memory's) and restart it; or stop the service and copy the memory's "
                                 "folder (vmem backup, or vmem copy)", "backups-off", "Backups are not set up")
-    if not service.memory.store.backs_up_files:
-        raise ProblemError(422, "this memory is on a Qdrant server: back it up with the server's own snapshots of "
-                                "its collection and of its journal's", "invalid-parameters", "Invalid parameters")
     if q.name == LATEST_BACKUP:
         raise ProblemError(422, f"{LATEST_BACKUP} is the link to the newest backup, which read-only replicas serve: "
                                 "give the backup another name", "invalid-parameters", "Invalid parameters")
