@@ -2007,6 +2007,9 @@ class QdrantServerStore(MemoryStore):
         self._seen_edits: dict[str, Any] = {}
         self._unreported: set[str] = set()
         made_here = client is None
+        if client is None and meta is None and (folder := local_folder(location)) is not None and not folder.exists():
+            # Said before qdrant-client's local mode makes the folder: a mistyped path was left behind as a folder
+            raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
         if client is None:
             if location == ":memory:":
                 client = QdrantClient(":memory:")

@@ -797,3 +797,16 @@ def test_the_copy_of_a_read_only_service_killed_before_its_close_is_removed_by_t
     finally:
         alive.kill()
         alive.wait(30)
+
+
+@pytest.mark.parametrize("where", ["embedded", "qdrant-local"])
+def test_opening_a_memory_that_is_not_there_says_so_and_leaves_no_folder_behind(tmp_path, where):
+    # A mistyped path: `vmem info --memory qdrant-local:/data/memroy` made the folder, where a folder's memory did not
+    missing = tmp_path / "memroy"
+    location = str(missing) if where == "embedded" else f"qdrant-local:{missing}"
+    with pytest.raises(MemoryError, match="build one first"):
+        open_store(location)
+    assert not missing.exists()
+    with open_store(location, SPEC) as store:  # created when a featurizer is given
+        assert store.count() == 0
+    assert missing.is_dir()
