@@ -471,6 +471,7 @@ class CollectionJournal(Journal):
         self.collection = collection
         self._exists = False  # known to exist: asked once per process, not once per edit
         self._time_indexed = False  # its `at` indexed by this process (a journal written by an older vmem is not)
+        self._unordered = False  # the server refused to order it by `at`: no `newest_at` asked of it again
 
     def _create(self) -> None:
         from qdrant_client import models as qm
@@ -502,14 +503,15 @@ class CollectionJournal(Journal):
         from qdrant_client import models as qm
         from qdrant_client.http.exceptions import UnexpectedResponse
 
-        if not self.client.collection_exists(self.collection):
+        if self._unordered or not self.client.collection_exists(self.collection):
             return None
         try:
             self._index_time()
             recs, _ = self.client.scroll(self.collection, limit=1, with_payload=["at"], with_vectors=False,
                                          order_by=qm.OrderBy(key="at", direction=qm.Direction.DESC))
-        except UnexpectedResponse as exc:
+        except UnexpectedResponse as exc:  # said once: asked again, it was a refused request and a warning an answer
             log.warning("the journal's server would not order its entries (%s): no edit_at for the answer log", exc)
+            self._unordered = True
             return None
         return (recs[0].payload or {}).get("at") if recs else None
 

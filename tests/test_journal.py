@@ -450,6 +450,10 @@ def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
     client.scroll = no_order
     assert journal.newest(JournalQuery(op="forget"), 5) == Journal.newest(journal, JournalQuery(op="forget"), 5)
     assert "would not order its entries" in caplog.text
+    # The answer log's edit_at: none, said once, not asked again (and warned of) at every classify after
+    caplog.clear()
+    assert journal.newest_at is None and journal.newest_at is None
+    assert caplog.text.count("no edit_at for the answer log") == 1
 
 
 def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_again(tmp_path, lite0, images):
