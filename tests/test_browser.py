@@ -477,10 +477,14 @@ def focus_dropped(driver) -> list[str]:
 
 def watch_live_regions(driver) -> None:
     """From now on, note what a screen reader is told unasked: each live region's text ("id: text") as it changes,
-    while the region is shown and live (a status, an alert, or aria-live other than off)."""
+    while the region is shown and live (a status, an alert, or aria-live other than off), and the text of what the
+    page sends the keyboard to that is no control (tabindex -1: a note, a heading), which it reads there."""
     driver.execute_script("""window.liveSaid = [];
       if (window.liveWatched) return;
       window.liveWatched = true;
+      document.addEventListener("focusin", (e) => {
+        if (e.target.getAttribute("tabindex") === "-1") window.liveSaid.push(`${e.target.id}: ${e.target.textContent}`);
+      });
       const live = (e) => e.closest("[aria-live], [role=status], [role=alert]");
       const on = (r) => r.getAttribute("aria-live") !== "off" && r.checkVisibility();
       new MutationObserver((changes) => {
@@ -1258,6 +1262,7 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     # The label's hint is said as it is typed, not when the add changes its count: it had been, before the note
     said = live_regions_said(browser)
     assert said[-1] == f"teach-note: {note}"
+    assert said.count(f"teach-note: {note}") == 1, said  # read where the keyboard lands (a live region too had said it)
     assert not [s for s in said if s.startswith("teach-hint")], said
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card] .label")[0].text == "monarch")
     nearest = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
@@ -1280,6 +1285,7 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     assert undo.text == "Undo: forget the point added"
     assert undo.accessible_name == "Undo: forget the point added as monarch (n02279972)"
     watch_focus_dropped(browser)
+    watch_live_regions(browser)
     undo.send_keys(Keys.ENTER)
     wait.until(lambda d: "18 points" in d.find_element(By.ID, "stats").text)
     wait.until(lambda d: added not in [c.get_attribute("data-point-id")
@@ -1290,6 +1296,7 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     # starts over) until the answer, asked again without the point, came back
     assert browser.switch_to.active_element.get_attribute("id") == "edit-note"
     assert focus_dropped(browser) == []
+    assert live_regions_said(browser).count("edit-note: forgot a point labelled monarch (n02279972)") == 1
     assert not undo.is_displayed() and browser.find_element(By.ID, "teach-note").text == ""
 
 
@@ -1338,9 +1345,13 @@ def test_why_not_the_true_label_is_asked_on_the_page_and_its_k_classifies_again(
     options = browser.execute_script(
         "return [...document.querySelectorAll('#label-options option')].map(o => o.value + '=' + o.label)")
     assert "n02123045=tabby" in options
+    watch_live_regions(browser)
     browser.find_element(By.ID, "why-not-label").send_keys("n02123045", Keys.ENTER)
     wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "why-not-reason")
     reason = browser.find_element(By.ID, "why-not-reason").text
+    # A screen reader hears the reason once, where the keyboard lands, and not the answer asked about again (both its
+    # live region and the focus had said the reason, and the unchanged answer had been said again)
+    assert live_regions_said(browser) == ["announce: Classifying…", f"why-not-reason: {reason}"]
     assert reason.startswith("Why not tabby (n02123045)? Its ")
     assert "are outweighed by" in reason and "'n02124075' (Egyptian cat)" in reason
     assert reason.endswith("; it would win at k = 13.")
@@ -1368,12 +1379,17 @@ def test_why_not_the_true_label_is_asked_on_the_page_and_its_k_classifies_again(
     # Its k classifies again, asking why not tabby again: tabby wins, and the keyboard goes to the k it set
     button = browser.find_element(By.CSS_SELECTOR, "#why-not-k button")
     assert button.text == "Classify with k = 13"
+    watch_live_regions(browser)
     button.click()
     wait.until(lambda d: d.find_element(By.ID, "prediction").text == "tabby (n02123045)")
     assert browser.find_element(By.ID, "k").get_attribute("value") == "13"
     assert browser.switch_to.active_element.get_attribute("id") == "k"
     assert browser.find_element(By.ID, "why-not-reason").text.startswith(
         "Why not tabby (n02123045)? It is the rank vote's answer: ")
+    # ... said by its live region, the keyboard being on the k (and the new answer too)
+    said = live_regions_said(browser)
+    assert f"why-not-reason: {browser.find_element(By.ID, 'why-not-reason').text}" in said, said
+    assert any(s.startswith("announce: tabby (n02123045), ") for s in said), said
     assert not browser.find_element(By.ID, "why-not-k").is_displayed()
 
 

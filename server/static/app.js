@@ -130,14 +130,14 @@ function showReadOnly(readOnly) {
   document.body.classList.toggle("read-only", readOnly);
   const note = !readOnly ? "" : "The memory is served read-only: classify and browse it here; its points cannot be "
     + "forgotten or relabelled on this service.";
-  if ($("read-only-note").textContent !== note) $("read-only-note").textContent = note; // said again only if new
   $("key-use").textContent = readOnly ? "to re-rank with the VLM" : "to add, forget or relabel points";
   // Turned read-only under an open page (a service restarted so): the keyboard was on an edit's control, gone with
-  // it, and goes to what says why.
+  // it, and goes to what says why (read there: not said by the live region as well).
   const focused = document.activeElement;
-  if (turned && (!focused || focused === document.body || !focused.getClientRects().length)) {
-    $("read-only-note").focus({ preventScroll: true });
-  }
+  const refocus = turned && (!focused || focused === document.body || !focused.getClientRects().length);
+  $("read-only-note").setAttribute("aria-live", refocus ? "off" : "polite");
+  if ($("read-only-note").textContent !== note) $("read-only-note").textContent = note; // said again only if new
+  if (refocus) $("read-only-note").focus({ preventScroll: true });
 }
 
 // An edit's failure, said where errors are. A 503 may be a service restarted read-only since the page was loaded
@@ -307,7 +307,7 @@ async function classify(whyNot = null) {
       showError(answer);
       return;
     }
-    render(answer);
+    render(answer, Boolean(whyNot));
   } catch (err) {
     if (seq !== classifySeq) return;
     askedFor.failed = true;
@@ -333,7 +333,12 @@ function badge(text, kind, title) {
   $("badges").appendChild(span);
 }
 
-function render(result) {
+// The answer's sentence, as last said to a screen reader (`announce`): a why-not asked of the answer on show says
+// only its reason, not the answer again.
+let answerSaid = "";
+
+// `whyNot`: the answer was asked for with a label's why-not.
+function render(result, whyNot = false) {
   $("answer").hidden = false;
   $("neighbors-section").hidden = false;
   $("prediction").textContent = result.label === null ? "— (no neighbours)" : named(result.label, result.label_name);
@@ -382,13 +387,15 @@ function render(result) {
   showTeach(result);
 
   const top = result.label === null ? null : result.scores[result.label];
-  announce(result.label === null ? "No neighbours: nothing to classify by"
+  const sentence = (result.label === null ? "No neighbours: nothing to classify by"
     : `${named(result.label, result.label_name)}` + (top !== undefined ? `, ${(top * 100).toFixed(1)} % of the vote` : "")
       + ` of ${plural(result.neighbors.length, "neighbour")}`
       + (result.reranked ? ", re-ranked" : result.fallback_reason ? `; the vote was used: ${result.fallback_reason}` : "")
       + (result.out_of_distribution ? "; out of distribution" : "")
       + (outvoted ? `; the nearest neighbour is ${named(nearest.label, nearest.label_name)}, too few points to win at `
         + "this k" : ""));
+  announce(whyNot && sentence === answerSaid ? "" : sentence); // "" takes back "Classifying…"
+  answerSaid = sentence;
   // On a phone the answer is below the query: bring it into view, or only the button's flicker says it came.
   const box = $("answer").getBoundingClientRect();
   if (window.matchMedia("(max-width: 760px)").matches && box.top > window.innerHeight * 0.6) {
@@ -413,6 +420,8 @@ function classifyWithK(k, whyNot = null) {
   retry.className = "classify-with-k";
   retry.textContent = `Classify with k = ${k}`;
   retry.addEventListener("click", () => {
+    // Focus goes to the k: the answer's why-not reason is heard from its live region
+    $("why-not-reason").setAttribute("aria-live", "polite");
     $("k").value = String(k);
     $("k").focus(); // this button goes with the answer: the keyboard goes to the k it set
     classify(whyNot);
@@ -478,6 +487,8 @@ async function askWhyNot() {
   const label = $("why-not-label").value.trim();
   if (!label) { refuseBlank($("why-not-label")); return; }
   if (!currentFile) return;
+  // The reason is heard as the keyboard lands on it: said by its live region too, a screen reader read it twice
+  $("why-not-reason").setAttribute("aria-live", "off");
   await classify(label); // an answer on its way is for the same image: this one, asked later, is shown instead
   if ($("why-not-reason").textContent) $("why-not-reason").focus({ preventScroll: true }); // on to what it said
 }
@@ -845,7 +856,10 @@ function apiKeyFor(action, retry) {
   return key;
 }
 
-function showEditNote(text) {
+// `focused`: the keyboard is sent to the note (after an edit whose control goes), which a screen reader reads there:
+// said by the live region as well, it was heard twice.
+function showEditNote(text, focused = false) {
+  $("edit-note").setAttribute("aria-live", focused ? "off" : "polite");
   $("edit-note").textContent = text;
   $("edit-note").scrollIntoView({ block: "nearest" });
 }
@@ -962,7 +976,7 @@ async function askForget(n, node) {
 
 // A point gone before an edit of it reached the service: its cards go too, and the page says why.
 async function forgottenElsewhere(n) {
-  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`);
+  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`, true);
   $("edit-note").focus({ preventScroll: true }); // before the control pressed goes, as after a forget
   for (const card of cardsOf(n.id)) card.remove();
   dropSuspect(n.id);
@@ -1004,7 +1018,8 @@ async function forget(n, withCopies, erase) {
   const others = body.deleted - 1;
   showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}`
     + (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
-    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : ""));
+    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : ""),
+  true);
   // The keyboard goes to what happened before the control pressed (a card's, the add's Undo) goes with the point:
   // after, it fell to the page (<body>, where a screen reader starts over) until the answer was asked again.
   $("edit-note").focus({ preventScroll: true });
@@ -1075,7 +1090,8 @@ async function relabel(p, to) {
     return false;
   }
   const point = await resp.json();
-  showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`);
+  showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`,
+    true);
   // Listed under a label it no longer has (from its own card or its neighbour card): it goes from the list.
   if (labelShown && point.label !== labelShown.label) {
     for (const card of cardsOf(p.id)) if (card.parentElement === $("label-points")) card.remove();
