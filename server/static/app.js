@@ -361,7 +361,7 @@ function render(result, whyNot = false) {
   const few = nearest && fewPoints[nearest.label];
   const outvoted = few && !result.reranked && result.label !== nearest.label && result.vote.rule === few.rule
     && result.vote.k > few.k_that_fits ? few : null;
-  showFewAnswer(outvoted, nearest, result.vote.k);
+  showFewAnswer(outvoted, nearest, result.vote.k, result.why_not);
 
   const scores = $("scores");
   scores.replaceChildren();
@@ -403,22 +403,31 @@ function render(result, whyNot = false) {
   }
 }
 
-// `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be).
-function showFewAnswer(few, nearest, k) {
+// `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be). `why`: the
+// answer's `why_not`. Asked of this label, it has searched the k at which the label wins, where `k_that_fits` is the
+// k its points' count allows (at which it loses, its points not the nearest): its k is said, and its button, below,
+// is the one offered (two "Classify with k = 2" had shown, or two ks for one label).
+function showFewAnswer(few, nearest, k, why) {
   const note = $("few-answer");
   note.hidden = !few;
   if (!few) { note.replaceChildren(); return; }
-  note.replaceChildren(`The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
-    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it, or `,
-    classifyWithK(few.k_that_fits));
+  const said = `The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
+    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it`;
+  if (!why || why.label !== nearest.label) {
+    note.replaceChildren(`${said}, or `, classifyWithK(few.k_that_fits, nearest));
+  } else {
+    note.replaceChildren(why.k_that_wins === null ? `${said}.`
+      : `${said}, or classify with k = ${why.k_that_wins} (below).`);
+  }
 }
 
-// A button that classifies again with another k (and, given `whyNot`, asks again why not that label).
-function classifyWithK(k, whyNot = null) {
+// A button that classifies again with another k, for the label `target` (and, given `whyNot`, asks again why not
+// that label). It says which label it is for: two may show, the few-points note's and why-not's.
+function classifyWithK(k, target, whyNot = null) {
   const retry = document.createElement("button");
   retry.type = "button";
   retry.className = "classify-with-k";
-  retry.textContent = `Classify with k = ${k}`;
+  retry.textContent = `Classify with k = ${k} for ${named(target.label, target.label_name)}`;
   retry.addEventListener("click", () => {
     // Focus goes to the k: the answer's why-not reason is heard from its live region
     $("why-not-reason").setAttribute("aria-live", "polite");
@@ -447,7 +456,7 @@ function showWhyNot(result) {
   $("why-not-note").textContent = why && why.note ? `${why.note.charAt(0).toUpperCase()}${why.note.slice(1)}.` : "";
   const wins = why && why.label !== why.vote_label ? why.k_that_wins : null;
   $("why-not-k").hidden = wins === null;
-  $("why-not-k").replaceChildren(...(wins === null ? [] : [classifyWithK(wins, why.label)]));
+  $("why-not-k").replaceChildren(...(wins === null ? [] : [classifyWithK(wins, why, why.label)]));
   const grid = $("why-not-points");
   grid.hidden = !why || !why.nearest.length;
   $("why-not-points-note").hidden = grid.hidden;
