@@ -1069,6 +1069,48 @@ def test_every_control_is_named_and_the_image_chooser_by_the_words_it_shows(brow
     assert card.find_element(By.CLASS_NAME, "forget").accessible_name.startswith("Forget crimson (red), ")
 
 
+def test_an_answer_under_the_confidence_asked_for_is_said_to_need_a_person_and_keeps_its_suggestion(
+        browser, tmp_path, named_page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4251))
+    browser.get(named_page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    # A plurality vote of all 12 points: each label's share is 4/12, whatever the image
+    Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")
+    browser.find_element(By.ID, "k").send_keys("12")
+    threshold = browser.find_element(By.ID, "min-confidence")
+    assert threshold.accessible_name == "ask a person under"  # named by its label
+    threshold.send_keys("0.5")
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    note = browser.find_element(By.ID, "unsure-note")
+    wait.until(lambda d: note.is_displayed())
+    # Said in words, the label kept as the suggestion, and the confidence shown beside the vote
+    assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+    assert note.text == ("Unsure: a person should check this answer. crimson (red) is a suggestion: its confidence "
+                         "0.333 is under the 0.5 asked for.")
+    assert "confidence 0.333" in browser.find_element(By.ID, "badges").text
+    wait.until(lambda d: "; unsure: a person should check it" in d.find_element(By.ID, "announce")
+               .get_attribute("textContent"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-unsure.png"))
+
+    # A threshold the answer meets: no longer unsure, the answer the same (asked again, from the service's cache)
+    threshold.send_keys(Keys.BACKSPACE * 3, "0.3", Keys.TAB)
+    wait.until(lambda d: not note.is_displayed())
+    assert note.text == ""
+    assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+    badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#badges span")]
+    assert "confidence 0.333" in badges and "cached" in badges
+    # Out of 0..1: said at the field, not sent
+    threshold.send_keys(Keys.BACKSPACE * 5, "1.5", Keys.TAB)
+    wait.until(lambda d: threshold.get_attribute("aria-invalid") == "true")
+
+
 def test_a_screen_reader_is_told_how_many_labels_the_filter_leaves(browser, named_page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -195,6 +195,8 @@ function queryString() {
   const params = new URLSearchParams();
   if ($("k").value) params.set("k", $("k").value);
   if ($("vote").value) params.set("vote", $("vote").value);
+  // Judged by the service, as vmem classify judges it (both rounded alike): a cached answer is judged again.
+  if ($("min-confidence").value) params.set("min_confidence", $("min-confidence").value);
   if ($("rerank").checked) {
     params.set("rerank", "true");
     if ($("template").value) params.set("template", $("template").value);  // read only when re-ranking
@@ -254,11 +256,14 @@ async function classify(whyNot = null) {
   // An edit of a card this answer redraws is no longer the user's to carry on (Enter in the key field had forgotten
   // a point no longer on show).
   retryWithKey = null;
-  if (!$("k").reportValidity()) { // k out of 1..1000: said at the field, not sent to be refused
-    $("k").setAttribute("aria-invalid", "true");
-    return;
+  // k out of 1..1000, a threshold out of 0..1: said at the field, not sent to be refused
+  for (const id of ["k", "min-confidence"]) {
+    if (!$(id).reportValidity()) {
+      $(id).setAttribute("aria-invalid", "true");
+      return;
+    }
+    $(id).removeAttribute("aria-invalid");
   }
-  $("k").removeAttribute("aria-invalid");
   // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
   const headers = {};
   if ($("rerank").checked) {
@@ -354,7 +359,12 @@ function render(result, whyNot = false) {
   }
   if (result.out_of_distribution) badge("out of distribution", "warn", "unlike anything the memory holds");
   badge(`${result.vote.rule} vote, k=${result.vote.k}`, "", `settings from: ${result.vote.origin}`);
+  if (result.confidence !== null) {
+    badge(`confidence ${result.confidence.toFixed(3)}`, result.unsure ? "warn" : "",
+          "the share of the vote of the label answered");
+  }
   if (result.cached) badge("cached", "");
+  showUnsure(result);
   // The nearest neighbour's label lost the vote for having too few points at this k: say so, and offer the k at
   // which its points win (the vote's own k, above it, only grows harder for them to win).
   const nearest = result.neighbors[0];
@@ -392,6 +402,7 @@ function render(result, whyNot = false) {
       + ` of ${plural(result.neighbors.length, "neighbour")}`
       + (result.reranked ? ", re-ranked" : result.fallback_reason ? `; the vote was used: ${result.fallback_reason}` : "")
       + (result.out_of_distribution ? "; out of distribution" : "")
+      + (result.unsure ? "; unsure: a person should check it" : "")
       + (outvoted ? `; the nearest neighbour is ${named(nearest.label, nearest.label_name)}, too few points to win at `
         + "this k" : ""));
   announce(whyNot && sentence === answerSaid ? "" : sentence); // "" takes back "Classifying…"
@@ -401,6 +412,17 @@ function render(result, whyNot = false) {
   if (window.matchMedia("(max-width: 760px)").matches && box.top > window.innerHeight * 0.6) {
     $("answer").scrollIntoView({ behavior: scrollBehavior(), block: "start" });
   }
+}
+
+// An answer under the threshold asked for (`min_confidence`): said plainly, the label kept as a suggestion.
+function showUnsure(result) {
+  const note = $("unsure-note");
+  note.hidden = !result.unsure;
+  if (!result.unsure) { note.textContent = ""; return; }
+  note.textContent = result.label === null
+    ? "Unsure: no memory point could vote. A person should classify this image."
+    : `Unsure: a person should check this answer. ${named(result.label, result.label_name)} is a suggestion: its `
+      + `confidence ${result.confidence.toFixed(3)} is under the ${result.min_confidence} asked for.`;
 }
 
 // `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be). `why`: the
@@ -1263,7 +1285,9 @@ function init() {
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
   $("rerank").addEventListener("change", () => classifyWhenSettled(0));
-  for (const id of ["template", "vote", "k"]) $(id).addEventListener("change", () => classifyWhenSettled(600));
+  for (const id of ["template", "vote", "k", "min-confidence"]) {
+    $(id).addEventListener("change", () => classifyWhenSettled(600));
+  }
   loadStats();
   loadTemplates();
 }
