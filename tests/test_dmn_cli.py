@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_image
@@ -75,6 +76,43 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
     assert again.exit_code == 1
     bad = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--mode", "psychic"])
     assert bad.exit_code == 2 and "mode" in bad.output
+
+
+def test_dmn_classify_marks_answers_under_min_confidence_its_fused_probability(tmp_path, tiny_clip_dir):  # noqa: F811
+    write_folder(tmp_path / "train", (-20, 0, 20))
+    write_folder(tmp_path / "query", (-10, 10))
+    mem = str(tmp_path / "memory")
+    built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
+                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    args = ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--mode", "few-shot", "--truth-from-dirs"]
+
+    # A dmn answer's confidence is the fused probability of its label: its `scores` entry, the scores summing to 1
+    plain = runner.invoke(app, [*args, "--json"])
+    answers = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert len(answers) == 6
+    for a in answers:
+        assert a["confidence"] == a["scores"][a["label"]] == max(a["scores"].values())
+        assert sum(a["scores"].values()) == pytest.approx(1, abs=1e-3)  # scores under 1e-4 are left out
+        assert (a["min_confidence"], a["unsure"]) == (None, False)
+
+    # Few-shot, the random tiny CLIP's text half splits some answers between two labels: a threshold above those
+    # marks them, with why, and counts them
+    threshold = 0.75
+    under = sum(a["confidence"] < threshold for a in answers)
+    assert 0 < under < 6
+    marked = runner.invoke(app, [*args, "--min-confidence", str(threshold)])
+    assert marked.exit_code == 0, marked.output
+    assert marked.stdout.count("[unsure: confidence ") == under
+    assert f"unsure: {under} of 6 answers under min confidence {threshold:g} (for a person to check); " \
+           f"{6 - under} answered" in marked.stdout
+    judged = runner.invoke(app, [*args, "--min-confidence", str(threshold), "--json"])
+    reasons = [json.loads(line)["unsure_reason"] for line in judged.stdout.splitlines()]
+    assert sum(r is not None for r in reasons) == under
+    assert all(" (the DMN probability of '" in r for r in reasons if r)  # no vote share: said as what it is
+
+    bad = runner.invoke(app, [*args, "--min-confidence", "1.5"])
+    assert bad.exit_code == 2 and "--min-confidence" in bad.output
 
 
 def test_streams_of_an_earlier_featurizer_are_reported_not_a_crash(tmp_path):

@@ -80,15 +80,18 @@ def check_min_confidence(min_confidence: float | None) -> None:
                          f"keeps a target accuracy), not {min_confidence!r}")
 
 
-def unsure_of(label: str | None, confidence: float | None, min_confidence: float | None) -> tuple[bool, str | None]:
-    """(unsure, why) for an answer of this label and confidence against `min_confidence` (None: never unsure)."""
+def unsure_of(label: str | None, confidence: float | None, min_confidence: float | None,
+              rule: str | None = None) -> tuple[bool, str | None]:
+    """(unsure, why) for an answer of this label and confidence against `min_confidence` (None: never unsure); `rule`
+    the answer's (`dmn`'s confidence is no vote share, but the fused probability of its label)."""
     if min_confidence is None:
         return False, None
     if label is None or confidence is None:
         return True, "no answer: no memory point could vote"
     if float(rounded_confidence(confidence)) >= float(rounded_confidence(min_confidence)):  # both: 1/3 meets 1/3
         return False, None
-    return True, (f"confidence {confidence:.3f} (the vote share of {visible(label)!r}) is under "
+    share = "the DMN probability" if rule == "dmn" else "the vote share"
+    return True, (f"confidence {confidence:.3f} ({share} of {visible(label)!r}) is under "
                   f"min_confidence {min_confidence:g}: the label is a suggestion, for a person to check")
 
 
@@ -122,7 +125,8 @@ class Classification(BaseModel):
     unsure_reason: str | None = Field(default=None, description="why the answer is unsure, in a line")
 
     @computed_field(description="the vote share of the label answered (its `scores` entry; with rerank, the "  # type: ignore[prop-decorator]
-                    "vote's share of the VLM's answer): what `min_confidence` compares; null with no answer")
+                    "vote's share of the VLM's answer; with the dmn rule, the fused probability of its label): "
+                    "what `min_confidence` compares; null with no answer")
     @property
     def confidence(self) -> float | None:
         return None if self.label is None else self.scores.get(self.label, 0.0)
@@ -130,7 +134,7 @@ class Classification(BaseModel):
     def judged(self, min_confidence: float | None) -> Classification:
         """This answer marked `unsure`, with the reason, when its confidence is under `min_confidence` (a copy;
         None: as it is)."""
-        unsure, reason = unsure_of(self.label, self.confidence, min_confidence)
+        unsure, reason = unsure_of(self.label, self.confidence, min_confidence, self.vote.rule)
         return self.model_copy(update={"min_confidence": min_confidence, "unsure": unsure, "unsure_reason": reason})
 
     def __repr__(self) -> str:

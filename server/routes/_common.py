@@ -148,7 +148,7 @@ async def unknown_labels(service: ClassifierService, unknown: list[str]) -> NoRe
 def classification_out(request: Request, answer: Answer, min_confidence: float | None = None) -> ClassificationOut:
     r = answer.result
     # Judged here, not stored on the answer: a cached answer serves requests asking other thresholds.
-    unsure, unsure_reason = unsure_of(r.label, r.confidence, min_confidence)
+    unsure, unsure_reason = unsure_of(r.label, r.confidence, min_confidence, r.vote.rule)
     names = {n.label: n.label_name for n in r.neighbors if n.label_name}
     return ClassificationOut(
         source=r.source, label=r.label, label_name=r.label_name, scores=r.scores,

@@ -20,7 +20,7 @@ from ._common import (
     open_memory,
     require_points,
 )
-from .memory import classify_in_parts
+from .memory import classify_in_parts, unsure_summary
 
 app = typer.Typer(help="Dual Memory Networks: classify with static + dynamic (+ CLIP text) memories; manage streams.",
                   no_args_is_help=True)
@@ -57,6 +57,12 @@ def classify(
                                 "reads an ImageFolder), or its parent folder, is its true label: print accuracy")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    min_confidence: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, metavar="SHARE",
+        help="mark an answer whose confidence (the fused DMN probability of its label) is under this as unsure: its "
+             "label a suggestion, for a person to check (--json: confidence, unsure, unsure_reason); vmem eval's "
+             "thresholds are for the vote rules, not dmn: choose this one on labelled images (--truth-from-dirs "
+             "says how often the answers kept were right)")] = None,
 ) -> None:
     """Classify images with the dmn rule (a stream is a sequence: images are processed in order)."""
     from vmem.dmn_classifier import DmnOptions
@@ -80,7 +86,8 @@ def classify(
         check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
         # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
         results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
-                                            json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label)
+                                            json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label,
+                                            min_confidence=min_confidence)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -88,6 +95,8 @@ def classify(
         typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
                    f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",
                    err=json_out)
+    if min_confidence is not None:
+        typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
 
 
 @app.command()
