@@ -381,6 +381,13 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
     return written
 
 
+def short_name(location: str) -> str:
+    """A dataset's or memory's name for a plot's title: the last two parts of its path ("tiny-imagenet-200/val"),
+    or of a server's address (its host and collection); results.json keeps the whole."""
+    parts = [p for p in location.replace("\\", "/").split("/") if p]
+    return "/".join(parts[-2:]) or location
+
+
 def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, str]) -> list[Path]:
     written = [out / "results.json"]
     write_atomically(written[0], report.model_dump_json(indent=1))
@@ -435,6 +442,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     if plots:
         for name, s in v.items():
             written += plot_all(s, out, prefix="" if name == "all" else f"{name}_",
-                                # which run: two memories' plots over one dataset had had one title
-                                title=f"{r.dataset} ({name}) against {r.memory}, {r.featurizer}", names=names)
+                                # which run: two memories' plots over one dataset had had one title. Named by
+                                # their last two parts: a whole path made a title wider than the plot.
+                                title=f"{short_name(r.dataset)} ({name}) against {short_name(r.memory)}, "
+                                      f"{r.featurizer}", names=names)
     return written

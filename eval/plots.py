@@ -35,9 +35,34 @@ def _save(fig, path: Path) -> Path:
     with warnings.catch_warnings():  # one per character, twice a plot: said once instead (above)
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
+        if _wrap_titles_to_fit(fig):
+            fig.tight_layout()  # room above the axes for the lines added
         fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
+
+
+def _wrap_titles_to_fit(fig) -> bool:
+    """Each axes' title broken into lines that fit in the figure (whether one was): a title is drawn whole, centred
+    over its axes, so one wider than the room on either side of the axes' centre was cut at the figure's edges (a
+    run's dataset and memory named by long paths)."""
+    import textwrap
+
+    renderer = fig.canvas.get_renderer()
+    wrapped = False
+    for ax in fig.get_axes():
+        text = ax.title.get_text()
+        centre = (ax.bbox.x0 + ax.bbox.x1) / 2 - fig.bbox.x0
+        room = 0.96 * 2 * min(centre, fig.bbox.width - centre)
+        width = ax.title.get_window_extent(renderer).width
+        if not text or width <= room:
+            continue
+        longest = max(len(line) for line in text.splitlines())
+        chars = max(10, int(longest * room / width))  # its characters' mean width, as drawn
+        ax.title.set_text("\n".join(textwrap.fill(line, chars, break_long_words=True, break_on_hyphens=False)
+                                     for line in text.splitlines()))
+        wrapped = True
+    return wrapped
 
 
 _font_chars: dict[str, set[int]] | None = None  # each installed font family's characters, read once

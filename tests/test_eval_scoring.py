@@ -282,6 +282,30 @@ def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     assert {p.name for p in tmp_path.glob("*.png")} == {"mine.png"}
 
 
+def test_a_run_of_long_paths_gets_plot_titles_drawn_whole(tmp_path):
+    from PIL import Image
+
+    m = random_unit_vectors(200, 8, seed=5)
+    labels = [f"c{i % 4}" for i in range(200)]
+    queries = QuerySet(m[:40] + 0.01, [f"q{i}" for i in range(40)], [(labels[i],) for i in range(40)], [])
+    # As vmem eval records them: the dataset and the memory as given, absolute paths
+    run = RunInfo(dataset="/work/shared/data/tiny-imagenet-200/val", format="imagefolder", queries=40,
+                  memory="/home/someone/experiments/2026-12/memories/tiny-imagenet-30-classes", memory_points=200,
+                  featurizer="efficientnet-lite0", search="exact")
+    report = evaluate(MemoryArrays(m, labels, [str(i) for i in range(200)]), queries, run)
+    pngs = sorted(p for p in write_report(report, tmp_path) if p.suffix == ".png")
+    assert len(pngs) == 6
+    for png in pngs:
+        # The title is the only ink in the band above the axes: none at the image's edges, where a title wider than
+        # the figure had been cut off ("...a/tiny-imagenet-200/val (all) against /home/someone/...")
+        pixels = np.asarray(Image.open(png).convert("L"))
+        band = pixels[: pixels.shape[0] // 12]
+        assert (band < 250).any(), png.name  # a title was drawn
+        edges = np.concatenate([band[:, :4], band[:, -4:]], axis=1)
+        assert (edges >= 250).all(), f"{png.name}: its title runs off the image"
+    assert json.loads((tmp_path / "results.json").read_text())["run"]["dataset"] == run.dataset  # the whole kept
+
+
 def test_evaluating_a_memory_with_nothing_to_search_is_refused_not_scored_zero(tmp_path):
     from retrieval import FeaturizerSpec, Preprocessing, open_store
     from retrieval.store import EXCLUDED_KEY
