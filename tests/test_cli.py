@@ -1443,7 +1443,7 @@ def test_a_command_builds_and_imports_only_itself_and_the_help_still_lists_every
     listed = [line.split()[1] for line in run("--help").stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
     assert listed == ["--verbose", "--version", "--help", "build", "classify", "forget", "relabel", "info",
                       "labels", "names", "points", "export", "import", "history", "answers", "copy", "backup",
-                      "erase", "serve", "key", "eval", "prune", "suspects", "experiment", "tune", "templates",
+                      "diff", "erase", "serve", "key", "eval", "prune", "suspects", "experiment", "tune", "templates",
                       "bench", "dmn"]
 
 

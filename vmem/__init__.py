@@ -18,6 +18,7 @@ from prompts import TemplateLoadError, UnknownTemplateError
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryStoreError
 from retrieval.journal import JournalEntry
 
+from .diff import MemoryDiff
 from .results import (
     AddResult,
     BackupResult,
@@ -63,6 +64,7 @@ __all__ = [
     "FewPoints",
     "ImageDecodeError",
     "JournalEntry",
+    "MemoryDiff",
     "MemoryPoint",
     "MemoryStoreError",
     "NearDuplicate",

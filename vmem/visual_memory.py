@@ -100,6 +100,7 @@ if TYPE_CHECKING:
     from retrieval import Featurizer
 
 from .answer_log import AnswerLog, Asked, image_sha256
+from .diff import VECTOR_TOLERANCE, MemoryDiff, diff_memories
 from .export import PointBatch, check_export_path, export_meta, write_export
 from .import_points import (
     ImportBatch,
@@ -2454,6 +2455,25 @@ class VisualMemory:
                     "excluded": excluded})
         return write_export(path, self.point_batches(label, source_prefix, excluded, batch_size), self.store.dim,
                             header, overwrite=overwrite, progress=progress)
+
+    def diff(self, other: VisualMemory, label: str | None = None, limit: int | None = 20,
+             tolerance: float = VECTOR_TOLERANCE, progress: Callable[[int], None] | None = None) -> MemoryDiff:
+        """What changed from this memory (A) to `other` (B), `vmem diff`: points only in A, only in B, relabelled,
+        re-embedded (1 - cosine of the stored vectors above `tolerance`), their pruning or tags changed; per label
+        counts, label names and settings that differ, and the journal entries each holds that the other does not.
+        Counts are exact; `details` lists the first `limit` points of each kind in id order (None: all), of those
+        with `label` in A or B where given. Both memories are paged through in id order together, a page at a
+        time: neither is held in RAM. `progress` is called with the points read.
+
+        Example:
+            >>> from vmem.diff import open_to_compare
+            >>> with open_to_compare("backups/monday") as before, open_to_compare("memory") as now:
+            ...     changes = before.diff(now)
+            >>> changes.counts["only_in_b"], [c.label for c in changes.labels]
+
+        Raises ValueError for a tolerance outside 0..2 or a negative limit.
+        """
+        return diff_memories(self, other, label=label, limit=limit, tolerance=tolerance, progress=progress)
 
     # ------------------------------------------------------------------ importing
 

@@ -29,7 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "relabel": ("memory", "relabel"), "info": ("memory", "info"), "labels": ("memory", "labels"),
     "names": ("memory", "names"), "points": ("memory", "points"), "export": ("memory", "export"),
     "import": ("memory", "import_"), "history": ("memory", "history"), "answers": ("answers", "answers"),
-    "copy": ("memory", "copy"), "backup": ("memory", "backup"), "erase": ("memory", "erase"),
+    "copy": ("memory", "copy"), "backup": ("memory", "backup"), "diff": ("diff", "diff"), "erase": ("memory", "erase"),
     "serve": ("serve", "serve"), "key": ("keys", "key"), "eval": ("eval", "eval"), "prune": ("prune", "prune"),
     "suspects": ("prune", "suspects"), "experiment": ("experiment", "experiment"), "tune": ("tune", "tune"),
 }
