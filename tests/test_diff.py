@@ -234,3 +234,23 @@ def test_a_tiny_imagenet_memory_against_its_backup_after_forget_relabel_names_an
 
 def again_source(points, pid: str) -> str:
     return next(p.source for p in points if p.id == pid)
+
+
+def test_a_memory_vmem_serve_holds_is_refused_naming_the_service_and_to_diff_a_backup(tmp_path):
+    from tests.test_held_memory import SERVED_AT, holding
+
+    make_memory(tmp_path / "backup").close()
+    make_memory(tmp_path / "memory").close()
+    with holding(tmp_path / "memory", SERVED_AT) as holder:
+        refused = vmem("diff", tmp_path / "backup", tmp_path / "memory")
+    assert refused.exit_code == 75, refused.output
+    assert f"is open in another process (process {holder.pid}" in said(refused)
+    assert "Compare a backup of it instead (vmem backup; POST /v1/memory/backup" in said(refused)
+    assert refused.stderr.splitlines()[-1] == f"It is served by vmem serve (pid {holder.pid}) at {SERVED_AT}"
+    # A qdrant-local memory another process holds: refused in words too, no traceback
+    location = f"qdrant-local:{tmp_path / 'local'}"
+    make_memory(location).close()
+    with holding(location, SERVED_AT):
+        refused = vmem("diff", tmp_path / "backup", location)
+    assert refused.exit_code == 75 and "open in another process" in said(refused), refused.output
+    assert "Traceback" not in refused.output
