@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -165,6 +166,32 @@ def test_points_whose_sources_are_written_with_dot_dot_record_no_folder_at_the_t
             assert sorted(mem.source_roots) == sorted([str(tmp_path), str(shm)])
     finally:
         shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_points_whose_sources_lead_through_a_link_to_the_top_of_the_disk_record_no_folder_there(lite0, tmp_path):
+    # Sources are data (a memory made before vmem recorded its folders takes them from its points): named through a
+    # link to "/" (/proc/self/root, on every Linux), or a file directly in "/", the folder recorded held every file
+    # of the machine, shown as a thumbnail and sent to the re-ranker
+    from retrieval.files import is_under
+    from vmem import VisualMemory
+
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "a.png").write_bytes(b"an image")
+    (tmp_path / "top").symlink_to("/")
+    top_file = next((f for f in sorted(os.listdir("/")) if os.path.isfile(f"/{f}")), None)  # /.dockerenv, ...
+    for sources in ([f"/proc/self/root{tmp_path}/cats/a.png", "/proc/self/root/proc/version"],
+                    [f"{tmp_path}/top/{top_file}", f"/{top_file}"] if top_file else []):
+        if not sources:
+            continue
+        shutil.rmtree(tmp_path / "memory", ignore_errors=True)
+        store = open_store(tmp_path / "memory", lite0.spec)
+        store.add(np.ones((len(sources), lite0.spec.dim), np.float32), ["red"] * len(sources), sources)
+        with VisualMemory(store, lite0, reranker=None) as mem:
+            roots = mem.source_roots
+            assert not is_under("/etc/passwd", roots), roots
+            assert "source_roots" in mem.store.meta.settings  # worked out once, not at each thumbnail
+        if "cats" in sources[0]:  # their own folders, through the link
+            assert sorted(os.path.realpath(r) for r in roots) == ["/proc", str(tmp_path / "cats")], roots
 
 
 def test_a_memory_made_before_image_roots_were_recorded_gets_them_from_its_points(lite0, photos, tmp_path):

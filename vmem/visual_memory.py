@@ -374,8 +374,16 @@ def _source_roots_of(sources: Sequence[str]) -> tuple[str | None, list[str]]:
     root = os.path.commonpath(local)
     root = root if Path(root).is_dir() else str(Path(root).parent)
     # A common folder at the top of the disk ("/", "/home") would let the service show any image under it:
-    # then the images' own folders are the roots.
-    return root, [root] if len(Path(root).parts) > 2 else sorted({str(Path(src).parent) for src in local})
+    # then the images' own folders are the roots, never "/" itself (a file directly in it). Judged as the folders
+    # really are, as `is_under` reads them: named through a link to "/" (/proc/self/root), a folder passed for deep.
+    if _depth(root) > 2:
+        return root, [root]
+    return root, sorted({folder for src in local if _depth(folder := str(Path(src).parent)) > 1})
+
+
+def _depth(folder: str) -> int:
+    """How many parts `folder` has as it really is, links followed ("/" has 1, "/home" 2)."""
+    return len(Path(os.path.realpath(folder)).parts)
 
 
 def _files_outside(sources: Sequence[str], roots: Sequence[str]) -> int:
@@ -1202,7 +1210,8 @@ class VisualMemory:
         if "source_roots" not in self.store.meta.settings:
             with self._edit_lock:
                 if "source_roots" not in self.store.meta.settings:
-                    if self._record_source_roots(self._all_sources()) is None:  # none to record, and none later
+                    self._record_source_roots(self._all_sources())
+                    if "source_roots" not in self.store.meta.settings:  # none to record, and none later
                         with self.store.meta_edit() as meta:
                             meta.settings["source_roots"] = []
                     log.info("recorded the folders of this memory's images, made before vmem kept them: %s",
