@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, BinaryIO, NamedTuple
 
-from .text import escape_control_characters
+from .text import visible
 
 # What a write that finds no room raises: the disk full, the user's quota, a file-size limit (`ulimit -f`).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -366,7 +366,7 @@ def _processes_with_open(path: Path) -> list[int]:
 def _process_name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-            return escape_control_characters(fh.read(64).strip()) or "?"
+            return visible(fh.read(64).strip()) or "?"
     except OSError:
         return "?"
 
@@ -387,11 +387,11 @@ def holder_note(folder: str | Path) -> Holder:
     else:
         if not _writer_gone(host, pid, start):
             typed = " ".join(w if w == "…" else shlex.quote(w) for w in words)  # "…": left out (`_holder_words`)
-            typed = escape_control_characters(typed if len(typed) <= 300 else typed[:299] + "…")
-            where = "" if host == _host() else f" on {escape_control_characters(host)}"
-            since = f" since {escape_control_characters(str(said['since']))}" if said.get("since") else ""
+            typed = visible(typed if len(typed) <= 300 else typed[:299] + "…")
+            where = "" if host == _host() else f" on {visible(host)}"
+            since = f" since {visible(str(said['since']))}" if said.get("since") else ""
             return Holder(f"process {pid}{where} ({typed}){since}",
-                          escape_control_characters(str(command)) if isinstance(command, str) else None)
+                          visible(str(command)) if isinstance(command, str) else None)
     if host != _host() or not (orphans := _processes_with_open(lock)):
         return Holder("")
     named = ", ".join(f"process {p} ({_process_name(p)})" for p in orphans[:5]) + (" ..." if len(orphans) > 5 else "")

@@ -56,7 +56,7 @@ from .files import (
 )
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
 from .preprocessing import FeaturizerError, FeaturizerSpec
-from .text import escape_control_characters
+from .text import visible
 
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
@@ -1079,7 +1079,7 @@ def _held_elsewhere(folder: Path) -> str:
     served = served_by(folder)
     if command == "serve" or served is not None:
         urls = served.get("urls") if served is not None else None
-        at = f" at {escape_control_characters(str(urls[0]))}" if isinstance(urls, list) and urls else ""
+        at = f" at {visible(str(urls[0]))}" if isinstance(urls, list) and urls else ""
         return (f"{said}: {who}, which serves it{at}. Ask the service over HTTP instead (POST /v1/classify; POST "
                 "/v1/memory adds, DELETE /v1/memory forgets, POST /v1/memory/relabel, GET /v1/memory/points, POST "
                 "/v1/memory/backup), or stop it")

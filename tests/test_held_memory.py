@@ -215,6 +215,21 @@ def test_a_memory_a_python_session_holds_is_refused_naming_that_process_and_how_
         assert store.count() == 4
 
 
+def test_a_holder_note_that_would_read_as_other_text_is_shown_escaped(memory):
+    # The lock file's note is any writer's of the memory's folder, as the served note is: a U+202E RIGHT-TO-LEFT
+    # OVERRIDE in its command line had the refusal read backwards from there, a zero-width space hid in it
+    with holding(memory) as holder:
+        lock = memory / ".vmem-open.lock"
+        note = json.loads(lock.read_text())
+        lock.write_text(json.dumps({**note, "argv": ["vmem", "serve\u202e", "x\u200by"], "since": "now\u2066"}))
+        with pytest.raises(MemoryInUseError) as refused:
+            open_store(memory)
+        points = run("points", "--memory", memory)
+    said = f"process {holder.pid} (vmem 'serve\\u202e' 'x\\u200by') since now\\u2066"
+    assert said in str(refused.value) and said in points.stderr, (str(refused.value), points.stderr)
+    assert not {"\u202e", "\u200b", "\u2066"} & set(str(refused.value) + points.stderr)
+
+
 def test_a_memory_a_running_build_holds_is_refused_naming_the_build_which_then_ends_whole(tmp_path, encoder):
     # Two `vmem build`s at once on one memory: the second is refused at once, naming the first and to wait for
     # it, and the first, refused nothing, adds every image
