@@ -350,7 +350,7 @@ class FileJournal(Journal):
         if not self.path.exists():
             return False
         pid, op = f'"pid":{note.pid}', f'"op":"{note.op}"'
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:  # a torn tail may cut a character (`_entries`)
             f.seek(min(note.journal_size, self.path.stat().st_size))
             for line in f:
                 if (line.endswith("\n") and op in line and pid in line
@@ -398,7 +398,7 @@ class FileJournal(Journal):
             return super().newest(query, limit)
         newest: list[tuple[str, int, str]] = []  # the `limit` newest matches as (at, line number, line), a heap
         matched = 0
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:  # a torn tail may cut a character (`_entries`)
             for number, line in enumerate(f):
                 if not line.endswith("\n"):
                     break  # torn by a crash mid-write
@@ -421,7 +421,10 @@ class FileJournal(Journal):
         return entries, matched - len(entries)
 
     def _entries(self) -> Iterator[JournalEntry]:
-        with open(self.path, encoding="utf-8") as f:
+        # Decoded with replacement: a write stopped partway (a kill during a long write, a full disk) may cut a
+        # character in two at the torn line's end, which raised UnicodeDecodeError (no history, and no opening
+        # where a note was to be settled); that line, with no newline, is skipped as torn
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if not line.endswith("\n"):
                     return  # torn by a crash mid-write: the edit itself was made; its entry is lost

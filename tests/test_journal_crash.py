@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from retrieval.journal import PENDING_DIR
+from retrieval.journal import PENDING_DIR, JournalQuery
 from tests.conftest import REPO, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
@@ -165,3 +165,24 @@ def test_a_relabel_failing_between_its_writes_is_journaled_as_far_as_it_went(tmp
         assert (relabel.points, relabel.labels, relabel.to) == (4096, {"cat": 4096}, "feline")
         assert relabel.detail == {}  # journaled by the process that made it, as it failed: as any entry
     assert not any((tmp_path / "memory" / PENDING_DIR).iterdir())
+
+
+def test_a_memory_whose_entry_was_cut_inside_a_character_opens_and_journals_the_forget(tmp_path):
+    # A write stopped partway (a kill during a long write stops it at a page; a full disk at its last block) can cut
+    # a label's character in two: reading the journal to settle the note raised UnicodeDecodeError, and the memory
+    # no longer opened (its history failed too)
+    with open_store(tmp_path / "memory", SPEC) as store:
+        ids = store.add(random_unit_vectors(3, 8), ["猫", "猫", "dog"], [f"/data/{i}.jpg" for i in range(3)])
+        note = store.journal.intend("forget", {ids[0]: "猫"}, selector={"label": "猫"})
+        assert note is not None
+        store.delete_ids([ids[0]])
+        entry = '{"at":"2026-12-07T00:00:00+00:00","op":"forget","labels":{"猫":1}}'.encode()
+        with open(store.journal.path, "ab") as f:
+            f.write(entry[: entry.index("猫".encode()) + 1])
+        assert store.journal.read() == []  # read up to the torn line (the store journals no add of its own)
+        assert store.journal.newest(JournalQuery(), limit=5) == ([], 0)  # vmem history, the page's recent edits
+    with open_store(tmp_path / "memory") as store:
+        assert store.count() == 2
+        forgets = [e for e in store.journal.read() if e.op == "forget"]
+        assert [(e.ids, e.labels) for e in forgets] == [([ids[0]], {"猫": 1})]
+        assert not list((tmp_path / "memory" / PENDING_DIR).iterdir())
