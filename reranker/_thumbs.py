@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from retrieval import ImageDecodeError, load_image
-from retrieval.files import OutsideFolders, is_under, read_under
+from retrieval.files import OutsideFolders, decodable, is_under, open_under
 
 DEFAULT_THUMB_SIZE = 224
 DEFAULT_QUERY_SIZE = 512
@@ -103,8 +103,11 @@ class ThumbnailCache:
                 # thumbnail is a fraction of the work, and a prompt may need 50 of them at once.
                 # Read from the file opened, checked again there: a link swapped in since `local_path` (by whoever
                 # may write in an image folder) would lead out of the roots
-                image = load_image(path if roots is None else read_under(path, roots), min_side=self.longest_side,
-                                   name=str(path))
+                if roots is None:
+                    image = load_image(path, min_side=self.longest_side)
+                else:
+                    with open_under(path, roots) as f:
+                        image = load_image(decodable(f), min_side=self.longest_side, name=str(path))
                 data = encode_jpeg(image, self.longest_side, self.quality)
             except (ImageDecodeError, OutsideFolders, OSError) as exc:
                 with self._lock:

@@ -112,7 +112,8 @@ def load_image(source: ImageInput, min_side: int | None = None, name: str | None
         source: a file path (str or Path), the encoded bytes, or an already decoded PIL image.
         min_side: a JPEG whose shorter side is at least twice this is decoded at 1/2, 1/4 or 1/8 of its
             size (libjpeg's DCT scaling: far less work), the shorter side staying >= min_side.
-        name: what errors call the image where `source` is bytes (a file read by the caller); "upload" if not given.
+        name: what errors call the image: its path if not given, or "upload" for bytes (where a caller read or
+            opened the file itself, its name).
 
     Returns:
         An RGB `PIL.Image.Image`; animated images give their first frame.
@@ -139,7 +140,7 @@ def load_image(source: ImageInput, min_side: int | None = None, name: str | None
                 raise ImageDecodeError(f"{source}: a URL, and vmem reads images from files, bytes or arrays, not "
                                        "from the network: download it first")
             fp = Path(os.path.expanduser(source))  # a notebook has no shell to expand ~ (`~name` no user: as is)
-            name = str(fp)
+            name = name or str(fp)
             if fp.is_dir():
                 raise ImageDecodeError(f"{name}: a directory, not an image file")
             if not fp.is_file():

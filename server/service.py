@@ -29,12 +29,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from PIL import Image
 
 from retrieval import ImageDecodeError, is_local_source, load_image, point_id_for
-from retrieval.files import NotASmallFile, OutsideFolders, is_under, read_small_file, read_under, write_atomically
+from retrieval.files import (
+    NotASmallFile,
+    OutsideFolders,
+    decodable,
+    is_under,
+    open_under,
+    read_small_file,
+    write_atomically,
+)
 from retrieval.store import (
     THUMBNAILS_DIR,
     IndexUpkeep,
@@ -947,11 +955,11 @@ class ClassifierService:
         """Only files under an allowed root: a point's source is data, and may name any file on the host."""
         return is_under(path, self.memory.shown_roots)
 
-    def _read_shown(self, source: str) -> bytes:
-        """The bytes of a point's image, read from the file opened and checked there: a link swapped in after the
-        name was checked (by whoever may write in an image folder) had led out of the roots."""
+    def _open_shown(self, source: str) -> BinaryIO:
+        """A point's image file, opened and checked there: a link swapped in after the name was checked (by whoever
+        may write in an image folder) had led out of the roots."""
         try:
-            return read_under(source, self.memory.shown_roots)
+            return open_under(source, self.memory.shown_roots)
         except OutsideFolders:
             raise ThumbnailUnavailable("the point's image is outside the directories this service serves images "
                                        "from (the memory's build roots, or VMEM_SOURCE_ROOTS)") from None
@@ -994,9 +1002,9 @@ class ClassifierService:
         try:
             # Decoded at the scale the thumbnail needs (a JPEG's draft), a few at a time: 15 thumbnails of 24 MP photos
             # asked at once, without a key, had taken 2.6 GB decoded whole
-            with self._thumbnail_builds:
-                data = self._read_shown(source)
-                jpeg = self.thumbnails.save(point_id, load_image(data, min_side=self.thumbnails.size, name=source))
+            with self._thumbnail_builds, self._open_shown(source) as f:
+                jpeg = self.thumbnails.save(point_id, load_image(decodable(f), min_side=self.thumbnails.size,
+                                                                 name=source))
         except ImageDecodeError as exc:
             raise ThumbnailUnavailable(f"the point's image file could not be decoded: {exc}") from exc
         # A forget between the check above and the save would find no thumbnail to delete, and leave this one

@@ -105,3 +105,43 @@ def test_the_re_ranker_sends_no_image_a_link_in_an_image_folder_leads_out_to(dis
     assert thumbs.get(str(img / "mine.png"), [str(disk / "img-link")])[:3] == b"\xff\xd8\xff"  # a JPEG
     with pytest.raises(ThumbnailError, match="outside the memory's source roots"):
         thumbs.get(str(img / "private.png"), [str(img)])
+
+
+def test_a_file_opened_under_its_folder_is_decoded_as_opened_whatever_its_name_leads_to_since(disk):
+    from retrieval.files import decodable, open_under
+
+    with open_under(disk / "data" / "img" / "a.jpg", [disk / "data" / "img"]) as f:
+        (disk / "data" / "img" / "a.jpg").unlink()  # flipped to a link out after the check
+        (disk / "data" / "img" / "a.jpg").symlink_to(disk / "secret" / "private.jpg")
+        readable = decodable(f)
+        assert (readable.read_bytes() if isinstance(readable, Path) else readable) == b"mine"
+
+
+_THUMBNAIL_OF_A_BIG_FILE = """
+import resource, sys
+from reranker._thumbs import ThumbnailCache, ThumbnailError
+try:
+    ThumbnailCache().get(sys.argv[1], [sys.argv[2]])
+except ThumbnailError as exc:
+    print(str(exc).split("(")[0].strip())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="decoded from the file opened by its /proc name")
+def test_a_thumbnail_of_a_big_file_that_is_no_image_reads_no_more_of_it_than_its_header(disk):
+    # A source under the roots swapped for a 1 GB file (or a link to one): read whole to check and decode it, each
+    # keyless thumbnail request held 1 GB, four at a time. (Sparse: no disk taken.)
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    big = disk / "data" / "img" / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)
+    done = subprocess.run([sys.executable, "-c", _THUMBNAIL_OF_A_BIG_FILE, str(big), str(disk / "data" / "img")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    said, peak_mb = done.stdout.split("\n")[:2]
+    assert said == "image not decodable", done.stderr
+    assert int(peak_mb) < 512, f"peak RSS {peak_mb} MB"
