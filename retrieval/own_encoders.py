@@ -1,0 +1,210 @@
+"""Encoders vmem does not ship: any Hugging Face `transformers` vision backbone (`hf:`). `featurizers.load_featurizer`
+hands these names here.
+
+`hf:<Hub id or folder>[#pooling]`
+    The model's saved image processor (preprocessor_config.json) becomes the memory's `Preprocessing`, so a query is
+    embedded as the memory was; the model is `AutoModel` (of a two-tower model such as CLIP or SigLIP, its image
+    side). The feature is one of POOLINGS, chosen from the config where `#pooling` is not given, and always named
+    in the featurizer's name (`hf:/models/vit#cls`): another pooling's features are another encoder's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .featurizers import Featurizer, from_hub_or_folder
+from .preprocessing import FeaturizerError, Preprocessing
+
+# cls: the first token of the last hidden state (ViT, DINOv2 and DINOv2 with registers, BEiT); mean: the mean of
+# the last hidden state over its tokens or its spatial positions; pooler: the model's own `pooler_output` (ConvNeXt's
+# and ResNet's pooled map, SigLIP's attention-pooling head); image: a two-tower model's image embedding
+# (`get_image_features`: CLIP's projected one).
+POOLINGS = ("cls", "mean", "pooler", "image")
+_PIL_FILTERS: dict[int, Literal["bicubic", "bilinear"]] = {2: "bilinear", 3: "bicubic"}
+
+
+def split_hf_name(name: str) -> tuple[str, str | None]:
+    """`hf:REF#pooling` -> (REF, pooling or None)."""
+    ref, _, pooling = name.removeprefix("hf:").partition("#")
+    if not ref:
+        raise FeaturizerError(f"{name!r}: name a Hugging Face model after hf: (a Hub id or a folder)")
+    if pooling and pooling not in POOLINGS:
+        raise FeaturizerError(f"{name!r}: unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return ref, pooling or None
+
+
+def default_pooling(config: Any) -> str:
+    """The feature a model is made to give: a two-tower model's image embedding, a convolutional net's or SigLIP's
+    pooled output, else the CLS token (ViT's `pooler` is a dense + tanh that many checkpoints never trained)."""
+    if getattr(config, "vision_config", None) is not None:
+        return "image"
+    if getattr(config, "hidden_sizes", None) or str(getattr(config, "model_type", "")).startswith("siglip"):
+        return "pooler"
+    return "cls"
+
+
+def config_dim(config: Any, pooling: str) -> int | None:
+    """The feature size `pooling` gives, from the config alone (None where it does not say)."""
+    if getattr(config, "vision_config", None) is not None:
+        if pooling == "image" and getattr(config, "projection_dim", None):
+            return int(config.projection_dim)
+        config = config.vision_config
+    if getattr(config, "hidden_sizes", None):
+        return int(config.hidden_sizes[-1])
+    return int(config.hidden_size) if getattr(config, "hidden_size", None) else None
+
+
+def hf_preprocessing(processor: dict[str, Any], where: str) -> Preprocessing:
+    """The `Preprocessing` equal to a saved Hugging Face image processor (its preprocessor_config.json), to within
+    a pixel of rounding in the resized size; FeaturizerError for one it cannot express."""
+    def refuse(why: str) -> FeaturizerError:
+        return FeaturizerError(f"{where}: its image processor {why}; vmem cannot embed as it does. Embed the images "
+                               "elsewhere and `vmem import` the vectors")
+
+    if not processor.get("do_resize", True):
+        raise refuse("does not resize (do_resize false), so its inputs have no one size")
+    if processor.get("do_pad"):
+        raise refuse("pads (do_pad)")
+    if processor.get("do_rescale", True) and abs(float(processor.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise refuse(f"rescales by {processor.get('rescale_factor')}, not 1/255")
+    if not processor.get("do_rescale", True):
+        raise refuse("does not rescale pixels to [0, 1]")
+    resample = processor.get("resample", 3)
+    if resample not in _PIL_FILTERS:
+        raise refuse(f"resamples with PIL filter {resample} (vmem has bilinear, 2, and bicubic, 3)")
+    size = processor.get("size") or {}
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    crop_size = processor.get("crop_size") or {}
+    if isinstance(crop_size, int):
+        crop_size = {"height": crop_size, "width": crop_size}
+    cropping = bool(processor.get("do_center_crop")) and crop_size
+    if cropping and crop_size.get("height") != crop_size.get("width"):
+        raise refuse(f"crops to a rectangle ({crop_size})")
+    squash = False
+    if set(size) == {"height", "width"}:
+        if size["height"] != size["width"]:
+            raise refuse(f"resizes to a rectangle ({size})")
+        resize, squash = int(size["height"]), True
+        crop = int(crop_size["height"]) if cropping else resize
+    elif set(size) == {"shortest_edge"} and processor.get("crop_pct") is not None and not cropping:
+        # ConvNeXt's: below 384 px, shorter side to size / crop_pct and a centre crop of size; else a warp to size.
+        edge = int(size["shortest_edge"])
+        if edge < 384:
+            resize, crop = int(edge / float(processor["crop_pct"])), edge
+        else:
+            resize, crop, squash = edge, edge, True
+    elif set(size) == {"shortest_edge"} and cropping:
+        resize, crop = int(size["shortest_edge"]), int(crop_size["height"])
+    else:
+        raise refuse(f"resizes to {size} without a square centre crop")
+    if crop > resize:
+        raise refuse(f"crops {crop} px out of {resize} px")
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if processor.get("do_normalize", True):
+        mean, std = _three(processor.get("image_mean"), "image_mean", refuse), \
+            _three(processor.get("image_std"), "image_std", refuse)
+    return Preprocessing(resize=resize, crop=crop, interpolation=_PIL_FILTERS[resample], mean=mean, std=std,
+                         squash=squash)
+
+
+def _three(value: Any, key: str, refuse: Any) -> tuple[float, float, float]:
+    values = [value] * 3 if isinstance(value, int | float) else list(value or [])
+    if len(values) != 3:
+        raise refuse(f"has {key} {value!r}, not one value per RGB channel")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def _processor_config(ref: str) -> dict[str, Any]:
+    """A model's preprocessor_config.json: its folder's, or the Hub's (from the cache where it is there)."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        file = folder / "preprocessor_config.json"
+        if not file.is_file():
+            raise FeaturizerError(f"hf:{ref}: the folder holds no preprocessor_config.json, so how the model takes "
+                                  "images is unknown: save its image processor there too "
+                                  "(`AutoImageProcessor.from_pretrained(...).save_pretrained(folder)`)")
+        return dict(json.loads(file.read_text()))
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = from_hub_or_folder(AutoImageProcessor.from_pretrained, ref)
+    except (OSError, ValueError) as exc:
+        raise FeaturizerError(f"hf:{ref}: could not read its image processor ({exc}). On a machine without the "
+                              "Hugging Face Hub, save the model and its processor elsewhere and pass hf:/path/to/dir"
+                              ) from None
+    return dict(processor.to_dict())
+
+
+def _config(ref: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return from_hub_or_folder(AutoConfig.from_pretrained, ref)
+    except (OSError, ValueError) as exc:
+        raise FeaturizerError(f"hf:{ref}: no model config could be read ({exc}). On a machine without the Hugging "
+                              "Face Hub, save the model elsewhere and pass hf:/path/to/dir") from None
+
+
+def hf_spec_parts(name: str) -> tuple[str, Preprocessing, int | None]:
+    """(canonical name, preprocessing, dim or None) of `hf:` `name`, from its config files alone (no weights)."""
+    ref, pooling = split_hf_name(name)
+    config = _config(ref)
+    pooling = pooling or default_pooling(config)
+    where = f"hf:{ref}"
+    return f"hf:{ref}#{pooling}", hf_preprocessing(_processor_config(ref), where), config_dim(config, pooling)
+
+
+class HfFeaturizer(Featurizer):
+    """A `transformers` vision model's pooled feature, preprocessed as its saved image processor says."""
+
+    def __init__(self, name: str, device: str | torch.device | None = None) -> None:
+        super().__init__(device)
+        from transformers import AutoModel
+
+        ref, _ = split_hf_name(name)
+        self.name, self.preprocessing, dim = hf_spec_parts(name)
+        self.pooling = self.name.rpartition("#")[2]
+        try:
+            model = from_hub_or_folder(functools.partial(AutoModel.from_pretrained, dtype=self.dtype), ref)
+        except (OSError, ValueError) as exc:
+            raise FeaturizerError(f"hf:{ref}: could not load the model ({exc})") from None
+        self.model = model.to(self.device).eval()
+        two_tower = getattr(model.config, "vision_config", None) is not None
+        if self.pooling == "image" and not hasattr(model, "get_image_features"):
+            raise FeaturizerError(f"{self.name}: {type(model).__name__} has no image embedding "
+                                  "(get_image_features): choose another pooling")
+        # A two-tower model's tower alone for the token poolings; `image` goes through the whole model's method.
+        self._tower = getattr(model, "vision_model", model) if two_tower else model
+        self.dim = dim or 0
+        with torch.inference_mode():
+            probe = self.forward(torch.zeros(1, 3, self.preprocessing.crop, self.preprocessing.crop,
+                                             device=self.device, dtype=self.dtype))
+        if probe.ndim != 2 or (dim is not None and probe.shape[1] != dim):
+            raise FeaturizerError(f"{self.name}: gives features of shape {tuple(probe.shape[1:])}, where its config "
+                                  f"says {dim}-d: choose another pooling (#{', #'.join(POOLINGS)})")
+        self.dim = int(probe.shape[1])
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.contiguous()
+        if self.pooling == "image":
+            out = self.model.get_image_features(pixel_values=batch)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+        out = self._tower(pixel_values=batch)
+        if self.pooling == "pooler":
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                raise FeaturizerError(f"{self.name}: {type(self._tower).__name__} has no pooler_output; "
+                                      "choose #cls or #mean")
+            return pooled.flatten(1)  # ResNet's is [n, c, 1, 1]
+        hidden = out.last_hidden_state
+        if hidden.ndim == 4:  # a convolutional map [n, c, h, w]: no token is a CLS
+            if self.pooling == "cls":
+                raise FeaturizerError(f"{self.name}: a convolutional model has no CLS token; choose #mean or #pooler")
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
