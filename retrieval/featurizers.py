@@ -10,6 +10,7 @@ Names understood by `load_featurizer`:
     clip-vit-b16 | clip-vit-b32 | clip-vit-l14                  (Hugging Face Hub ids; image + text)
     clip:/path/to/local/dir                                     (a saved CLIPModel + its tokenizer)
     hf:<Hub id or /path/to/dir>[#cls|#mean|#pooler|#image]      (any transformers vision model: own_encoders)
+    python:package.module:factory                               (your own torch model: own_encoders)
 """
 
 from __future__ import annotations
@@ -607,7 +608,7 @@ class ClipFeaturizer(Featurizer):
 
 def featurizer_names() -> list[str]:
     return [*DINOV2_HUB_IDS, *_LITE_PARAMS, *CLIP_HUB_IDS, "dinov2:/path/to/dir", "clip:/path/to/dir",
-            "hf:<Hub id or /path/to/dir>[#pooling]"]
+            "hf:<Hub id or /path/to/dir>[#pooling]", "python:package.module:factory"]
 
 
 def _local_folder(name: str) -> str | None:
@@ -629,14 +630,22 @@ def local_weights_sha256(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_featurizer(name: str, device: str | torch.device | None = None) -> Featurizer:
+def load_featurizer(name: str, device: str | torch.device | None = None, trusted: bool = True) -> Featurizer:
     """Create a featurizer by name (see the module docstring for the names).
+
+    `trusted`: the caller named `name` itself, so a `python:` plugin it names may be imported. False where the name
+    came from elsewhere (a memory's settings, a request): a plugin is then imported only if VMEM_PLUGINS lists its
+    module (`own_encoders.load_plugin`).
 
     Example:
         >>> f = load_featurizer("efficientnet-lite0")
         >>> f.embed(["cat.jpg"]).shape
         (1, 1280)
     """
+    if name.startswith("python:"):
+        from .own_encoders import load_plugin
+
+        return load_plugin(name, device, trusted)
     feat = _featurizer_named(name, device)
     local = _local_folder(name)
     if local is not None and Path(local).is_dir():
@@ -659,6 +668,8 @@ def featurizer_spec(name: str) -> FeaturizerSpec:
     hub = {f"facebook/{n}": n for n in DINOV2_DIMS}
     local = _local_folder(name)
     spec: FeaturizerSpec | None = None
+    if name.startswith("python:"):
+        return load_featurizer(name, "cpu", trusted=False).spec  # its module says; imported only where trusted
     if name.startswith("hf:"):
         from .own_encoders import hf_spec_parts
 

@@ -1,21 +1,29 @@
-"""Encoders vmem does not ship: any Hugging Face `transformers` vision backbone (`hf:`). `featurizers.load_featurizer`
-hands these names here.
+"""Encoders vmem does not ship: any Hugging Face `transformers` vision backbone (`hf:`) and a user's own torch model
+(`python:` plugins). `featurizers.load_featurizer` hands these names here.
 
 `hf:<Hub id or folder>[#pooling]`
     The model's saved image processor (preprocessor_config.json) becomes the memory's `Preprocessing`, so a query is
     embedded as the memory was; the model is `AutoModel` (of a two-tower model such as CLIP or SigLIP, its image
     side). The feature is one of POOLINGS, chosen from the config where `#pooling` is not given, and always named
     in the featurizer's name (`hf:/models/vit#cls`): another pooling's features are another encoder's.
+
+`python:package.module:factory`
+    `factory(device)` returns a `Featurizer` (see README, "Your own encoder"). Importing a module runs its code, so
+    a plugin is imported only where the user named it: an explicit `load_featurizer` / `--featurizer`, or its
+    module listed in VMEM_PLUGINS. A memory records the name, and opening it never imports what it names.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 
 from .featurizers import Featurizer, from_hub_or_folder
 from .preprocessing import FeaturizerError, Preprocessing
@@ -25,6 +33,7 @@ from .preprocessing import FeaturizerError, Preprocessing
 # and ResNet's pooled map, SigLIP's attention-pooling head); image: a two-tower model's image embedding
 # (`get_image_features`: CLIP's projected one).
 POOLINGS = ("cls", "mean", "pooler", "image")
+PLUGINS_ENV = "VMEM_PLUGINS"
 _PIL_FILTERS: dict[int, Literal["bicubic", "bilinear"]] = {2: "bilinear", 3: "bicubic"}
 
 
@@ -63,8 +72,8 @@ def hf_preprocessing(processor: dict[str, Any], where: str) -> Preprocessing:
     """The `Preprocessing` equal to a saved Hugging Face image processor (its preprocessor_config.json), to within
     a pixel of rounding in the resized size; FeaturizerError for one it cannot express."""
     def refuse(why: str) -> FeaturizerError:
-        return FeaturizerError(f"{where}: its image processor {why}; vmem cannot embed as it does. Embed the images "
-                               "elsewhere and `vmem import` the vectors")
+        return FeaturizerError(f"{where}: its image processor {why}; vmem cannot embed as it does. Wrap the model "
+                               "in a python: plugin with preprocessing of your own (README, \"Your own encoder\")")
 
     if not processor.get("do_resize", True):
         raise refuse("does not resize (do_resize false), so its inputs have no one size")
@@ -208,3 +217,80 @@ class HfFeaturizer(Featurizer):
                 raise FeaturizerError(f"{self.name}: a convolutional model has no CLS token; choose #mean or #pooler")
             return hidden.mean(dim=(2, 3))
         return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
+
+
+# ---------------------------------------------------------------- python: plugins
+
+
+class ModuleFeaturizer(Featurizer):
+    """A torch module as a featurizer: `module(batch)` -> [n, dim] for a normalised batch [n, 3, crop, crop].
+
+    What a plugin's factory can return for its own model:
+
+        def factory(device):
+            return ModuleFeaturizer(MyNet().load_state_dict(...), dim=512,
+                                    preprocessing=Preprocessing(resize=256, crop=224), device=device)
+    """
+
+    def __init__(self, module: torch.nn.Module, dim: int, preprocessing: Preprocessing,
+                 device: str | torch.device | None = None, name: str = "module") -> None:
+        super().__init__(device)
+        self.name, self.dim, self.preprocessing = name, dim, preprocessing
+        self.module = module.to(self.device, self.dtype).eval()
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module(batch)
+
+
+def trusted_plugin_modules() -> set[str]:
+    """The modules VMEM_PLUGINS names (comma-separated): plugins a memory's own name may import."""
+    return {m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()}
+
+
+def split_plugin_name(name: str) -> tuple[str, str]:
+    module, _, factory = name.removeprefix("python:").partition(":")
+    if not module or not factory or not all(part.isidentifier() for part in [*module.split("."), factory]):
+        raise FeaturizerError(f"{name!r}: name a plugin as python:package.module:factory")
+    return module, factory
+
+
+def load_plugin(name: str, device: str | torch.device | None, trusted: bool) -> Featurizer:
+    """`factory(device)` of `python:module:factory`, checked; imported only if `trusted` (the user named it here)
+    or VMEM_PLUGINS lists the module."""
+    module_name, factory_name = split_plugin_name(name)
+    if not trusted and module_name not in trusted_plugin_modules():
+        raise FeaturizerError(
+            f"{name} is a plugin, and vmem imports a plugin (which runs its code) only where you name it: pass "
+            f"--featurizer {name} (Python: featurizer={name!r}), or set {PLUGINS_ENV}={module_name} to trust it")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a plugin's own import error, whatever it is, is the user's to see
+        raise FeaturizerError(f"{name}: its module {module_name} could not be imported "
+                              f"({type(exc).__name__}: {exc}); is it on PYTHONPATH or installed?") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise FeaturizerError(f"{name}: module {module_name} has no function {factory_name}")
+    try:
+        feat = factory(device)
+    except FeaturizerError:
+        raise
+    except Exception as exc:
+        raise FeaturizerError(f"{name}: {factory_name}(device) failed ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(feat, Featurizer):
+        raise FeaturizerError(f"{name}: {factory_name}(device) returned a {type(feat).__name__}, not a "
+                              "retrieval.Featurizer (subclass it, or wrap a torch module in "
+                              "retrieval.own_encoders.ModuleFeaturizer)")
+    if not isinstance(getattr(feat, "dim", None), int) or feat.dim < 1 \
+            or not isinstance(getattr(feat, "preprocessing", None), Preprocessing):
+        raise FeaturizerError(f"{name}: the featurizer needs an int dim >= 1 and a retrieval.Preprocessing "
+                              f"(has dim {getattr(feat, 'dim', None)!r}, preprocessing "
+                              f"{type(getattr(feat, 'preprocessing', None)).__name__})")
+    feat.name = name  # what the memory records, and loads again
+    try:
+        probe = feat.embed([Image.new("RGB", (feat.preprocessing.crop,) * 2, (127, 127, 127))])
+    except Exception as exc:
+        raise FeaturizerError(f"{name}: embedding one image failed ({type(exc).__name__}: {exc}): forward must "
+                              f"return [n, {feat.dim}] features") from None
+    if not torch.isfinite(torch.from_numpy(probe)).all():
+        raise FeaturizerError(f"{name}: embedding one grey image gave features that are not finite")
+    return feat

@@ -1,19 +1,23 @@
-"""Encoders vmem does not ship: any `transformers` vision backbone (`hf:`), building a memory of real Tiny-ImageNet
-images. The models are tiny, random, built from
+"""Encoders vmem does not ship: any `transformers` vision backbone (`hf:`) and a researcher's own torch model
+(`python:` plugins), each building a memory of real Tiny-ImageNet images. The models are tiny, random, built from
 configs and saved to temp dirs (no Hub)."""
 
 from __future__ import annotations
 
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from retrieval import FeaturizerMismatchError, LabelledImage, featurizer_spec, load_featurizer
 from retrieval.preprocessing import FeaturizerError, Preprocessing
 from tests.conftest import TINY_IMAGENET, require_tiny_imagenet
 from vmem import VisualMemory
+from vmem.cli import app
 
 CLASSES = ("n01443537", "n01629819", "n01641577")  # goldfish, European fire salamander, bullfrog
 
@@ -146,3 +150,84 @@ def test_unused_squash_leaves_the_recorded_preprocessing_as_it_was():
     # The feature cache's folder name hashes this JSON: caches made before `squash` existed are still found.
     assert "squash" not in Preprocessing(resize=256, crop=224).model_dump_json()
     assert Preprocessing.model_validate_json(Preprocessing(resize=32, crop=32, squash=True).model_dump_json()).squash
+
+
+# ---------------------------------------------------------------- python: plugins
+
+PLUGIN = textwrap.dedent('''
+    import torch
+    from retrieval import Featurizer, Preprocessing
+    from retrieval.own_encoders import ModuleFeaturizer
+
+    class ColourStats(torch.nn.Module):
+        """A researcher's own encoder: per-channel means and spreads over a 4x4 grid."""
+
+        def forward(self, x):
+            pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+            return torch.cat([pooled, x.flatten(2).std(dim=2)], dim=1)
+
+    def colour_stats(device):
+        return ModuleFeaturizer(ColourStats(), dim=51, preprocessing=Preprocessing(resize=64, crop=56), device=device)
+
+    def not_a_featurizer(device):
+        return ColourStats()
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch) -> str:
+    monkeypatch.delenv("VMEM_PLUGINS", raising=False)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "my_encoders.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    yield "python:my_encoders:colour_stats"
+    sys.modules.pop("my_encoders", None)
+
+
+def test_a_plugin_encoder_builds_with_vmem_and_opening_its_memory_never_imports_it(plugin, tmp_path, monkeypatch):
+    train = tmp_path / "train"
+    for item in tiny_imagenet_items():
+        (train / item.label).mkdir(parents=True, exist_ok=True)
+        (train / item.label / Path(item.source).name).symlink_to(item.source)
+    (train / CLASSES[0] / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, as with any encoder
+    memory = tmp_path / "memory"
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(train), "--memory", str(memory), "--featurizer", plugin,
+                                "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    assert "broken.jpg" in built.output
+    query = str(next((train / CLASSES[1]).iterdir()))
+
+    # The memory names the plugin, and classifying with it does not import it on that say-so ...
+    refused = runner.invoke(app, ["classify", query, "--memory", str(memory)])
+    assert refused.exit_code != 0
+    assert "VMEM_PLUGINS=my_encoders" in refused.output and "Traceback" not in refused.output
+    # ... only where the user trusts it.
+    monkeypatch.setenv("VMEM_PLUGINS", "my_encoders")
+    answered = runner.invoke(app, ["classify", query, "--memory", str(memory), "--k", "1", "--json"])
+    assert answered.exit_code == 0, answered.output
+    assert CLASSES[1] in answered.output
+    mem = VisualMemory.open(memory, reranker=None)
+    assert (mem.store.meta.featurizer.name, mem.store.meta.featurizer.dim) == (plugin, 51)
+    mem.close()
+
+
+def test_a_plugin_named_by_someone_else_is_not_imported(plugin, monkeypatch):
+    # `vmem import`'s (and the HTTP import's) --featurizer goes through featurizer_spec: a name in a request must
+    # not run code on the server.
+    with pytest.raises(FeaturizerError, match="VMEM_PLUGINS"):
+        featurizer_spec(plugin)
+    assert "my_encoders" not in sys.modules
+    monkeypatch.setenv("VMEM_PLUGINS", "my_encoders")
+    assert featurizer_spec(plugin).dim == 51
+
+
+def test_a_plugin_that_cannot_be_used_is_refused_with_the_reason(plugin):
+    with pytest.raises(FeaturizerError, match=r"could not be imported .*ModuleNotFoundError"):
+        load_featurizer("python:no_such_module:factory")
+    with pytest.raises(FeaturizerError, match="has no function missing"):
+        load_featurizer("python:my_encoders:missing")
+    with pytest.raises(FeaturizerError, match=r"returned a ColourStats, not a retrieval.Featurizer"):
+        load_featurizer("python:my_encoders:not_a_featurizer")
+    with pytest.raises(FeaturizerError, match=r"python:package.module:factory"):
+        load_featurizer("python:my_encoders")

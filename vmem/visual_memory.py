@@ -504,7 +504,9 @@ class VisualMemory:
             if self._featurizer is None:
                 from retrieval import load_featurizer
 
-                feat = load_featurizer(self.store.meta.featurizer.name, getattr(self, "_device", None))
+                # trusted=False: the name is the memory's, and a python: plugin it names is imported only where
+                # the user trusts it (VMEM_PLUGINS), never because a memory says so.
+                feat = load_featurizer(self.store.meta.featurizer.name, getattr(self, "_device", None), trusted=False)
                 self.store.check_featurizer(feat.spec)
                 self._featurizer = feat
             return self._featurizer

@@ -100,7 +100,8 @@ def build(
         "encoder for a new memory (default dinov2-small): dinov2-small|base|large|giant, dinov2:DIR, "
         "efficientnet-lite0|1|2, clip-vit-b16|b32|l14, clip:DIR, hf:HUB_ID_OR_DIR (any "
         "transformers vision model, preprocessed as its saved image processor; #cls, #mean, #pooler or #image after "
-        "it chooses the feature; README, \"Your own encoder\")"))] = None,
+        "it chooses the feature), python:package.module:factory "
+        "(your own torch model; README, \"Your own encoder\")"))] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int | None, typer.Option(help="decode workers (default: cores - 1)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE stored on every point; repeatable")] = None,
