@@ -95,6 +95,9 @@ def hf_preprocessing(processor: dict[str, Any], where: str) -> Preprocessing:
     cropping = bool(processor.get("do_center_crop")) and crop_size
     if cropping and crop_size.get("height") != crop_size.get("width"):
         raise refuse(f"crops to a rectangle ({crop_size})")
+    if processor.get("crop_pct") is not None and (cropping or set(size) != {"shortest_edge"}):
+        # PoolFormer's and others' crop_pct scale the resize before their crop, each its own way
+        raise refuse(f"resizes by crop_pct {processor['crop_pct']} to {size}, then crops ({crop_size})")
     squash = False
     if set(size) == {"height", "width"}:
         if size["height"] != size["width"]:

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerMismatchError, LabelledImage, featurizer_spec, load_featurizer
+from retrieval.own_encoders import hf_preprocessing
 from retrieval.preprocessing import FeaturizerError, Preprocessing
 from tests.conftest import TINY_IMAGENET, require_tiny_imagenet
 from vmem import VisualMemory
@@ -144,6 +145,16 @@ def test_a_model_folder_without_its_image_processor_is_refused_clearly(hf_models
     (bare / "preprocessor_config.json").unlink()
     with pytest.raises(FeaturizerError, match=r"no preprocessor_config.json"):
         load_featurizer(f"hf:{bare}", device="cpu")
+
+
+def test_an_image_processor_vmem_cannot_follow_is_refused_naming_what():
+    # PoolFormer's: shorter side to 224 / 0.9, then a 224 crop; a rectangle; padding
+    for processor, says in (({"size": {"shortest_edge": 224}, "crop_pct": 0.9, "do_center_crop": True,
+                              "crop_size": {"height": 224, "width": 224}}, "crop_pct 0.9"),
+                            ({"size": {"height": 224, "width": 320}}, "resizes to a rectangle"),
+                            ({"size": {"height": 224, "width": 224}, "do_pad": True}, "pads")):
+        with pytest.raises(FeaturizerError, match=says):
+            hf_preprocessing(processor, "hf:/models/x")
 
 
 def test_unused_squash_leaves_the_recorded_preprocessing_as_it_was():
