@@ -128,6 +128,20 @@ def test_hf_preprocessing_matches_the_models_own_image_processor(hf_models, kind
         assert ours.shape == theirs.shape and levels.max() < 1.01 and levels.mean() < 0.1
 
 
+def test_vmem_info_says_the_memory_squashes_images(hf_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    mem = VisualMemory.open(tmp_path / "memory", featurizer=f"hf:{hf_models['vit']}", create=True, device="cpu",
+                            reranker=None)
+    mem.build(tiny_imagenet_items(1), num_workers=0)
+    mem.close()
+    info = CliRunner().invoke(app, ["info", "--memory", str(tmp_path / "memory")])
+    assert info.exit_code == 0, info.output
+    assert f"hf:{hf_models['vit']}#cls (16-d, resize 32x32 (aspect not kept), crop 32)" in info.output
+
+
 def test_hf_pooling_can_be_chosen_and_a_wrong_one_is_named(hf_models):
     feat = load_featurizer(f"hf:{hf_models['vit']}#mean", device="cpu")
     assert feat.name.endswith("#mean") and feat.dim == 16

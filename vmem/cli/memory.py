@@ -1358,8 +1358,11 @@ def _upkeep_lines(upkeep: dict[str, Any] | None, embedded: bool) -> None:
 def _info_head(stats: dict[str, Any]) -> None:
     f = stats["featurizer"]
     typer.echo(f"memory     {stats['location']}")
-    typer.echo(f"featurizer {one_line(f['name'])} ({f['dim']}-d, resize {f['preprocessing']['resize']}, "
-               f"crop {f['preprocessing']['crop']})")
+    pre = f["preprocessing"]
+    # A squashing processor (hf: ViT, SigLIP) resizes the whole image to a square, not its shorter side
+    resize = f"resize {pre['resize']}x{pre['resize']} (aspect not kept)" if pre.get("squash") else \
+        f"resize {pre['resize']}"
+    typer.echo(f"featurizer {one_line(f['name'])} ({f['dim']}-d, {resize}, crop {pre['crop']})")
     typer.echo(f"index      {' '.join(f'{k}={v}' for k, v in stats['index'].items())}")
 
 
