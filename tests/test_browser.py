@@ -1335,6 +1335,8 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     assert said[-1] == f"teach-note: {note}"
     assert said.count(f"teach-note: {note}") == 1, said  # read where the keyboard lands (a live region too had said it)
     assert not [s for s in said if s.startswith("teach-hint")], said
+    # ... nor the stats line's new count, there to be read: the note says what changed (it had been said as well)
+    assert not [s for s in said if s.startswith("stats")], said
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card] .label")[0].text == "monarch")
     nearest = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     added = nearest.get_attribute("data-point-id")
@@ -1367,7 +1369,9 @@ def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undon
     # starts over) until the answer, asked again without the point, came back
     assert browser.switch_to.active_element.get_attribute("id") == "edit-note"
     assert focus_dropped(browser) == []
-    assert live_regions_said(browser).count("edit-note: forgot a point labelled monarch (n02279972)") == 1
+    said = live_regions_said(browser)
+    assert said.count("edit-note: forgot a point labelled monarch (n02279972)") == 1
+    assert not [s for s in said if s.startswith("stats")], said
     assert not undo.is_displayed() and browser.find_element(By.ID, "teach-note").text == ""
 
 
