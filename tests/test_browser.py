@@ -1196,7 +1196,7 @@ def test_an_edit_left_for_another_answer_is_not_carried_out_by_enter_in_the_key_
     assert browser.find_element(By.ID, "edit-note").text == ""
 
 
-def test_a_label_too_few_to_win_the_vote_is_marked_and_an_answer_it_lost_offers_the_k_that_fits(browser, tmp_path,
+def test_a_label_too_few_to_win_the_vote_is_marked_and_an_answer_it_lost_offers_the_k_that_wins(browser, tmp_path,
                                                                                                 named_page_url):
     import httpx
     from selenium.webdriver.common.by import By
@@ -1230,14 +1230,18 @@ def test_a_label_too_few_to_win_the_vote_is_marked_and_an_answer_it_lost_offers_
     note = browser.find_element(By.ID, "few-answer")
     assert note.is_displayed() and note.text == (
         "The nearest neighbour is yellow, a label of 1 point: too few to win this rank vote of k = 50. Add images of "
-        "it, or Classify with k = 2 for yellow")
+        "it, or Find the k at which yellow wins")
     assert "nearest neighbour is yellow, too few points to win at this k" in browser.find_element(
         By.ID, "announce").get_attribute("textContent")
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-few-points.png"))
 
-    # Its button classifies with the k that fits, and the keyboard goes to that k (the note, and the button, go)
+    # Its button asks why not yellow, which finds the k at which it wins; that k's button classifies with it, and
+    # the keyboard goes to that k (the note, and the button, go)
     note.find_element(By.TAG_NAME, "button").click()
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "why-not-reason")
+    assert note.text.endswith("or classify with k = 2 (below).")
+    browser.find_element(By.CSS_SELECTOR, "#why-not-k button").click()
     wait.until(lambda d: d.find_element(By.ID, "prediction").text == "yellow")
     assert browser.find_element(By.ID, "k").get_attribute("value") == "2"
     assert not browser.find_element(By.ID, "few-answer").is_displayed()
@@ -1270,6 +1274,48 @@ def test_why_not_a_nearest_label_of_too_few_points_offers_one_classify_with_k_an
         "it, or classify with k = 2 (below).")
     shown = [b.text for b in browser.find_elements(By.CLASS_NAME, "classify-with-k") if b.is_displayed()]
     assert shown == ["Classify with k = 2 for yellow"]
+
+
+def test_an_outvoted_nearest_label_whose_points_are_not_all_the_nearest_is_offered_the_k_at_which_it_wins(
+        browser, tmp_path, named_page_url):
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    # "orange" of 2 points beside 10 reds: a copy of the query (its nearest neighbour) and a green patch, far from
+    # it. Its count allows k = 6 (`k_that_fits`, its 2 points the nearest), but here the reds come next: it loses
+    # at 6 and wins at 2 only. The note's button had offered "Classify with k = 6", which answered red again.
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4244))
+    with httpx.Client(base_url=named_page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
+        http.post("/v1/memory", data={"label": "red"}, files=[
+            ("images", (f"r{i}.png", texture(COLORS["red"], seed=500 + i), "image/png")) for i in range(6)])
+        added = http.post("/v1/memory", data={"label": "orange"}, files=[
+            ("images", ("copy.png", query.read_bytes(), "image/png")),
+            ("images", ("g.png", texture(COLORS["green"], seed=77), "image/png"))])
+        assert [(f["label"], f["k_that_fits"]) for f in added.json()["few_points"]] == [("orange", 6)]
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=50, points=20)
+    assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+    first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    assert first.find_element(By.CLASS_NAME, "label").text == "orange"
+
+    # No k is offered before one is known to win: the note's button asks why not orange, which searches for it
+    note = browser.find_element(By.ID, "few-answer")
+    assert note.text == ("The nearest neighbour is orange, a label of 2 points: too few to win this rank vote of "
+                         "k = 50. Add images of it, or Find the k at which orange wins")
+    assert not [b for b in browser.find_elements(By.CLASS_NAME, "classify-with-k") if b.is_displayed()]
+    note.find_element(By.TAG_NAME, "button").click()
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "why-not-reason")
+    assert browser.find_element(By.ID, "why-not-label").get_attribute("value") == "orange"
+    reason = browser.find_element(By.ID, "why-not-reason").text
+    assert reason.startswith("Why not orange? ") and reason.endswith("; it would win at k = 2."), reason
+    assert note.text.endswith("or classify with k = 2 (below).")
+
+    # ... and the k offered then wins
+    shown = [b for b in browser.find_elements(By.CLASS_NAME, "classify-with-k") if b.is_displayed()]
+    assert [b.text for b in shown] == ["Classify with k = 2 for orange"]
+    shown[0].click()
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "orange")
+    assert browser.find_element(By.ID, "k").get_attribute("value") == "2"
 
 
 @pytest.fixture

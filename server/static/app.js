@@ -426,8 +426,9 @@ function showUnsure(result) {
 }
 
 // `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be). `why`: the
-// answer's `why_not`. Asked of this label, it has searched the k at which the label wins, where `k_that_fits` is the
-// k its points' count allows (at which it loses, its points not the nearest): its k is said, and its button, below,
+// answer's `why_not`. `k_that_fits` is the k the label's points' count allows, at which it still loses where its
+// points are not all the nearest: no k is offered until why-not, asked of this label, has searched the k at which it
+// wins (a "Classify with k = 6" had answered the same other label again). Then its k is said, and its button, below,
 // is the one offered (two "Classify with k = 2" had shown, or two ks for one label).
 function showFewAnswer(few, nearest, k, why) {
   const note = $("few-answer");
@@ -436,11 +437,25 @@ function showFewAnswer(few, nearest, k, why) {
   const said = `The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
     + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it`;
   if (!why || why.label !== nearest.label) {
-    note.replaceChildren(`${said}, or `, classifyWithK(few.k_that_fits, nearest));
+    note.replaceChildren(`${said}, or `, findWinningK(nearest));
   } else {
     note.replaceChildren(why.k_that_wins === null ? `${said}.`
       : `${said}, or classify with k = ${why.k_that_wins} (below).`);
   }
+}
+
+// A button that asks why not the label `target` (filled in the why-not field, as if typed there): the answer comes
+// back with the k at which it wins, if one does, and the button that classifies with it.
+function findWinningK(target) {
+  const find = document.createElement("button");
+  find.type = "button";
+  find.className = "find-k";
+  find.textContent = `Find the k at which ${named(target.label, target.label_name)} wins`;
+  find.addEventListener("click", () => {
+    $("why-not-label").value = target.label;
+    askWhyNot();
+  });
+  return find;
 }
 
 // A button that classifies again with another k, for the label `target` (and, given `whyNot`, asks again why not
