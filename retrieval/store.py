@@ -317,7 +317,9 @@ class MemoryInUseError(MemoryStoreError):
 
     def __init__(self, message: str, folder: Path | None = None) -> None:
         super().__init__(message)
-        self.folder = folder  # the memory's folder: where a service that holds it says so (`served_by`)
+        # The memory's folder: where a service that holds it says so (`served_by`). None where it is open in this
+        # process, or is being created by another (no files to read yet)
+        self.folder = folder
         # What is so, without the advice after it: said alone where a service that holds the memory answers for
         # it, its route being the advice that helps
         said = message.find(_IN_USE)
@@ -1090,6 +1092,30 @@ def _held_elsewhere(folder: Path) -> str:
     return f"{said}: {who}. Close the memory there (mem.close()), or end that process{share}"
 
 
+def _being_created(folder: Path) -> str | None:
+    """Why `folder`, which has no vmem.json, is refused where another process is creating a memory there: its open
+    lock is taken before any file is made and vmem.json written last, so a second `vmem build` in between had been
+    told "no memory ... build one first" and loaded an encoder to make one. None where no process holds the lock
+    (no memory, or a creation that died: made again by the next build)."""
+    import fcntl
+
+    try:
+        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below; read only: nothing made here
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go as it closes
+        except BlockingIOError:
+            pass
+        else:
+            return None
+    who, command, _ = holder_note(folder)
+    resumes = " (vmem build carries on where it stopped when run again)" if command == "build" else ""
+    return (f"the memory at {folder} is being created by another process"
+            f"{f': {who}' if who else ' (a vmem build?)'}. Wait for it to end, or stop it{resumes}")
+
+
 @contextmanager
 def _shared_open_lock(folder: Path) -> Iterator[None]:
     """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write
@@ -1260,6 +1286,8 @@ class EdgeMemoryStore(MemoryStore):
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
         if not meta_path.exists() and meta is None:
+            if (creating := _being_created(self.path)) is not None:
+                raise MemoryInUseError(creating)
             raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)

@@ -245,7 +245,8 @@ def test_a_memory_a_running_build_holds_is_refused_naming_the_build_which_then_e
         build = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while not (lock.exists() and '"vmem_command": "build"' in lock.read_text()):  # it holds the memory
+        # It holds the memory, made (before vmem.json, it is said to be being created: the test below)
+        while not (lock.exists() and '"vmem_command": "build"' in lock.read_text() and (memory / "vmem.json").exists()):
             assert build.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.005)
         os.kill(build.pid, signal.SIGSTOP)  # held midway for as long as the second one takes
@@ -266,6 +267,67 @@ def test_a_memory_a_running_build_holds_is_refused_naming_the_build_which_then_e
     with open_store(memory) as store:
         assert store.count() == 400
     assert lock.read_text() == ""  # closed: the note names no process that has let go
+
+
+# `vmem build`, stopped (SIGSTOP, by itself) as it creates its memory: its lock taken, vmem.json not written yet
+BUILD_STOPPED_CREATING = """
+import os, signal, sys
+from retrieval.store import EdgeMemoryStore
+from vmem.cli import app
+
+creating = EdgeMemoryStore._open
+def stopped_creating(self, meta, meta_path, shard_path):
+    if meta is not None and not meta_path.exists():
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return creating(self, meta, meta_path, shard_path)
+EdgeMemoryStore._open = stopped_creating
+sys.argv = ["vmem", *sys.argv[1:]]
+app(prog_name="vmem")
+"""
+
+
+def test_a_second_build_while_the_first_creates_the_memory_is_told_so_and_loads_no_encoder(tmp_path, encoder):
+    # The first build has taken the memory's lock and not yet written vmem.json. The second, without --featurizer,
+    # had been told "no memory ... build one first", then loaded the default encoder to make one, and failed
+    # offline with "could not load DINOv2 weights" (exit 2): nothing said another build was making it
+    data = tmp_path / "data"
+    for i in range(6):
+        (data / ("ant" if i % 2 else "bee")).mkdir(parents=True, exist_ok=True)
+        (data / ("ant" if i % 2 else "bee") / f"{i}.png").write_bytes(noise_png(i))
+    memory = tmp_path / "memory"
+    args = ["build", str(data), "--memory", str(memory)]
+    log = tmp_path / "build.log"
+    with log.open("w") as out:
+        first = subprocess.Popen([sys.executable, "-c", BUILD_STOPPED_CREATING, *args, "--featurizer", encoder,
+                                  "--workers", "0"], cwd=tmp_path, env=subprocess_env(), stdout=out,
+                                 stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        stat = Path(f"/proc/{first.pid}/stat")
+        while stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] != "T":  # stopped there
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        assert (memory / ".vmem-open.lock").exists() and not (memory / "vmem.json").exists()
+        try:
+            second = subprocess.run([sys.executable, "-m", "vmem", *args], cwd=tmp_path, env=subprocess_env(),
+                                    capture_output=True, text=True, timeout=120)
+            info = subprocess.run([sys.executable, "-m", "vmem", "info", "--memory", str(memory)], cwd=tmp_path,
+                                  env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert second.returncode == 75, second.stderr  # as every refusal of a memory another process holds
+    assert (f"Error: the memory at {memory} is being created by another process: process {first.pid} (vmem build "
+            f"{data} --memory {memory} --featurizer {encoder} --workers 0) since ") in second.stderr
+    assert "Wait for it to end, or stop it (vmem build carries on where it stopped when run again)" in second.stderr
+    assert "DINOv2" not in second.stderr and "build one first" not in second.stderr
+    assert info.returncode == 75 and "is being created by another process: process " in info.stderr, info.stderr
+    with open_store(memory) as store:  # the first, refused nothing, made it whole
+        assert store.count() == 6
 
 
 def test_a_python_session_refused_a_memory_vmem_serve_holds_is_told_where_to_ask_it(tmp_path, encoder):

@@ -1172,7 +1172,8 @@ def history(
     try:
         mem = open_memory(memory, qdrant_url)
     except MemoryInUseError as exc:
-        if qdrant_url is not None or exc.folder is None:  # no folder: open in this process (a notebook's), said so
+        # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
+        if qdrant_url is not None or exc.folder is None:
             raise
         # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
         entries, earlier, meta = _edits(lambda: history_from_files(
@@ -1312,7 +1313,8 @@ def info(
     try:
         mem = open_memory(memory, qdrant_url)
     except MemoryInUseError as exc:
-        if qdrant_url is not None or exc.folder is None:  # no folder: open in this process (a notebook's), said so
+        # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
+        if qdrant_url is not None or exc.folder is None:
             raise
         _info_from_files(memory, exc, json_out)
         return
