@@ -6,11 +6,12 @@ its source, so a source can be looked up without the journal keeping any path). 
 per label: an added point carries its own `added_at`.
 
 An entry is written after its edit has succeeded, so the journal never claims an edit that was not made. A
-forget, relabel or naming of an embedded memory is also noted before its first write (`FileJournal.intend`, a
-file in `journal.pending/` naming the points and their labels before, or the names), and the note removed once
+forget, relabel, naming or erase of an embedded memory is also noted before its first write (`FileJournal.intend`,
+a file in `journal.pending/` naming the points and their labels before, or the names), and the note removed once
 its entry is written: a process killed in between leaves the note, and the memory's next opening journals what the
-points (names) show was done (`settle`), so that no forget is missing from `vmem history`. Adds, prunes,
-erasures, tunes and copies are not noted: a process killed between one and its entry leaves it unjournaled. A
+points (names; an erase: the memory's files) show was done (`settle`), so that no forget or erasure is missing
+from `vmem history`. Adds, prunes, tunes and copies are not noted: a process killed between one and its entry
+leaves it unjournaled. A
 journal on a Qdrant server keeps no notes.
 """
 
@@ -38,9 +39,10 @@ from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
-NotedOp = Literal["forget", "relabel", "name"]  # the edits noted before they are made (`PendingEdit`)
+NotedOp = Literal["forget", "relabel", "name", "erase"]  # the edits noted before they are made (`PendingEdit`)
 JOURNAL_FILE = "journal.jsonl"
-# Beside it: one note per forget, relabel or naming in progress (`PendingEdit`), removed once its entry is written.
+# Beside it: one note per forget, relabel, naming or erase in progress (`PendingEdit`), removed once its entry is
+# written.
 PENDING_DIR = "journal.pending"
 _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
@@ -93,9 +95,9 @@ class JournalEntry(BaseModel):
 
 
 class PendingEdit(BaseModel):
-    """A forget, relabel or naming about to be made, noted before its first write (`FileJournal.intend`): what its
-    entry will say, and each point it is to change with its label before, so that what the points (a naming: the
-    memory's label names) show afterwards says how much of it was made."""
+    """A forget, relabel, naming or erase about to be made, noted before its first write (`FileJournal.intend`): what
+    its entry will say, and each point it is to change with its label before, so that what the points (a naming: the
+    memory's label names; an erase: its files) show afterwards says how much of it was made."""
 
     token: str = Field(description="the note's name in journal.pending/")
     begun: IsoTime = Field(description="when the edit began: the entry's `at` if the edit is journaled by `settle`")
@@ -108,10 +110,14 @@ class PendingEdit(BaseModel):
     pid: int
     journal_size: int = Field(description="the journal file's length when the edit began: its entry comes after")
 
-    def made(self, labels_now: Mapping[str, str], names_now: Mapping[str, str]) -> list[str]:
+    def made(self, labels_now: Mapping[str, str], names_now: Mapping[str, str], erased: bool = False) -> list[str]:
         """The points the edit shows made, given the labels of those of its points that exist now: a forget's
         are gone, a relabel's hold its new label. A naming (one write of vmem.json: whole or not at all): the
-        labels it named or dropped the names of, where the memory's names (`names_now`) are as it left them."""
+        labels it named or dropped the names of, where the memory's names (`names_now`) are as it left them. An
+        erase: one item, "erase", where the memory's files hold no vector of a deleted point (`erased`), what an
+        erase leaves (and what its entry tells an audit)."""
+        if self.op == "erase":
+            return ["erase"] if erased else []
         if self.op == "forget":
             return [pid for pid in self.before if pid not in labels_now]
         if self.op == "relabel":
@@ -210,8 +216,8 @@ class Journal(ABC):
         return False
 
     def intend(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> PendingEdit | None:
-        """Note a forget or relabel of these points ({id: label before}), or a naming, before its first write,
-        where this journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be
+        """Note a forget or relabel of these points ({id: label before}), or a naming or an erase, before its first
+        write, where this journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be
         written (logged: the edit goes on, journaled after it as before)."""
         return None
 
@@ -223,19 +229,19 @@ class Journal(ABC):
         return []
 
     def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str],
-               at_open: bool = True) -> int:
+               at_open: bool = True, erased: bool = False) -> int:
         """Journal what a noted edit made, as the labels of its points that exist now (a naming: the memory's
         names) show it (`PendingEdit.made`), unless its entry was written before the note could go; then remove
         the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
         it shows is then what the edit left. `at_open`: a note a dead process left, journaled at the edit's start
         with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now."""
-        made = note.made(labels_now, names_now)
+        made = note.made(labels_now, names_now, erased)
         if made and not self._holds_entry_of(note):
             fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
                       if at_open else note.fields)
             at = note.begun if at_open else None
-            if note.op == "name":
-                self.append(entries_for("name", at=at, host=note.host, pid=note.pid, **fields))
+            if note.op in ("name", "erase"):
+                self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, **fields))
             else:
                 self.append(entries_for(note.op, made, at=at, points=len(made),
                                         labels=label_counts([note.before[pid] for pid in made]), host=note.host,
@@ -346,7 +352,8 @@ class FileJournal(Journal):
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         """Whether the journal holds the noted edit's entry: one of its process, op and points (a naming: its
-        names), after where the journal ended as it began (its own lines only, however long the journal)."""
+        names; an erase: its detail, none), after where the journal ended as it began (its own lines only, however
+        long the journal)."""
         if not self.path.exists():
             return False
         pid, op = f'"pid":{note.pid}', f'"op":"{note.op}"'
@@ -355,8 +362,8 @@ class FileJournal(Journal):
             for line in f:
                 if (line.endswith("\n") and op in line and pid in line
                         and (e := _parsed(line)) is not None and e.host == note.host and e.pid == note.pid
-                        and e.op == note.op and (set(e.ids) & note.before.keys() if note.op != "name"
-                                                 else e.detail == note.fields.get("detail"))):
+                        and e.op == note.op and (set(e.ids) & note.before.keys() if note.op in ("forget", "relabel")
+                                                 else e.detail == note.fields.get("detail", {}))):
                     return True
         return False
 

@@ -54,7 +54,7 @@ from .files import (
     served_by,
     write_atomically,
 )
-from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal
+from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, PendingEdit
 from .preprocessing import FeaturizerError, FeaturizerSpec
 from .text import visible
 
@@ -776,7 +776,7 @@ class MemoryStore(ABC):
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def settle_journal(self) -> int:
-        """Journal the forgets, relabels and namings that a process killed before their entries made
+        """Journal the forgets, relabels, namings and erasures that a process killed before their entries made
         (`Journal.settle`: their notes, and what the points or names show now); returns the points (labels named)
         so journaled. Called as an embedded
         memory opens, when no other process edits it. A journal that cannot be written leaves its notes for the
@@ -784,15 +784,26 @@ class MemoryStore(ABC):
         n = 0
         try:
             for note in self.journal.pending():
-                if made := self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names):
-                    log.warning("journaled a %s of %d points or names that process %d on %s made at %s and was stopped "
-                                "before journaling", note.op, made, note.pid, note.host, note.begun)
+                if made := self.settle_note(note):
+                    log.warning("journaled %s that process %d on %s made at %s and was stopped before journaling",
+                                "an erase" if note.op == "erase" else f"a {note.op} of {made} points or names",
+                                note.pid, note.host, note.begun)
                 n += made
         except OSError as exc:
             log.error("the memory's journal could not record the edits a stopped process left unjournaled "
                       "(%s: %s); the next opening tries again", exc.strerror or exc, getattr(exc, "filename", "")
                       or "")
         return n
+
+    def settle_note(self, note: PendingEdit, at_open: bool = True) -> int:
+        """`Journal.settle` of one note, with what this memory shows now of its edit."""
+        return self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names, at_open,
+                                   erased=note.op == "erase" and self.holds_no_deleted_vectors())
+
+    def holds_no_deleted_vectors(self) -> bool:
+        """Whether the memory's files hold no vector of a deleted point (what `erase_forgotten` leaves); False where
+        that is not known here."""
+        return False
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         return set(self.existing_labels(ids))
@@ -1828,6 +1839,22 @@ class EdgeMemoryStore(MemoryStore):
             self._count_unindexed()
 
     erases_on_demand = True
+
+    def holds_no_deleted_vectors(self) -> bool:
+        # Each segment's id tracker keeps 8 bytes of version per vector its files hold, deleted ones included (a
+        # deleted point's vector stays until its segment is rewritten), so they hold none deleted where that
+        # counts the points. Flushed first: the files may be behind the engine (a write-ahead log replayed).
+        with self._write_lock:
+            try:
+                self.shard.flush()
+            except Exception as exc:  # an OSError: the note is kept for the next opening (`settle_journal`)
+                raise OSError(f"the memory's files could not be flushed to read whether an erase was made: {exc}") \
+                    from exc
+            held = sum((segment / name).stat().st_size // 8
+                       for segment in (self.path / SHARD_DIR / "segments").iterdir()
+                       for name in ("id_tracker.versions", "mutable_id_tracker.versions")
+                       if (segment / name).exists())
+            return held == self.shard.info().points_count
 
     def erase_forgotten(self) -> None:
         """Rewrite every segment that holds deleted points, without them (vmem's copy of the originals, with

@@ -8,8 +8,10 @@ For an edit command (`vmem forget --label cat`, `vmem relabel --to feline --labe
    the memory is reopened (which settles what the journal noted) and checked:
    - it agrees with itself: it opens, ids are unique, its count equals its points and the sum of its labels';
    - its journal agrees with it: every point gone is cited by a new forget entry, every point whose label changed
-     by a relabel entry to that label, every label whose name changed by a name entry, and no new entry cites a
-     point it did not forget or relabel; no note of an edit in progress is left;
+     by a relabel entry to that label, every label whose name changed by a name entry, the vectors of deleted
+     points gone from its files by an erase entry (where the command erases: vmem's own index upkeep rewrites
+     segments too), and no new entry cites a point it did not forget or relabel, nor an erase the files do not
+     show; no note of an edit in progress is left;
 3. the command runs again, whole, and the memory must equal the one of step 1: its points, labels, payloads (but
    the times of the edits), vectors, label names, the thumbnails and uploads left, and the points the journal says
    were forgotten and relabelled.
@@ -54,6 +56,8 @@ class Snapshot:
     names: dict[str, str] = field(default_factory=dict)  # the memory's label names
     named: set[str] = field(default_factory=set)  # labels new name entries named or dropped names of
     pending: int = 0  # notes of edits in progress left in journal.pending/
+    erased: bool = False  # a new erase entry
+    deleted_held: bool = False  # whether the files hold vectors of deleted points (an erase removes them)
 
 
 def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -> tuple[Snapshot, list[str]]:
@@ -71,6 +75,7 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
             problems.append(f"label counts sum to {sum(store.label_counts().values())}, {store.count()} counted")
         entries = [e for e in store.journal.read() if journal_before is None or e.key() not in journal_before]
         names = dict(store.meta.label_names)
+        deleted_held = not store.holds_no_deleted_vectors()
     snap = Snapshot(
         points={p.id: {**{k: v for k, v in p.payload.items() if not k.endswith("_at")},
                        "vector": [round(float(x), 3) for x in (p.vector if p.vector is not None else [])]}
@@ -78,7 +83,7 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
         files=sorted(str(f.relative_to(memory)) for d in ("thumbnails", "uploads") if (memory / d).is_dir()
                      for f in (memory / d).rglob("*") if f.is_file()),
         pending=len(list((memory / PENDING_DIR).glob("*.json"))) if (memory / PENDING_DIR).is_dir() else 0,
-        names=names)
+        names=names, deleted_held=deleted_held, erased=any(e.op == "erase" for e in entries))
     for e in entries:
         if e.op == "forget":
             snap.forgotten |= set(e.ids)
@@ -95,9 +100,13 @@ def journal_keys(memory: Path) -> set[tuple[Any, ...]]:
     return {e.key() for e in FileJournal(memory / JOURNAL_FILE).read()}
 
 
-def agrees_with_journal(before: Snapshot, after: Snapshot) -> list[str]:
-    """What the journal misses or claims of the edit from `before` to `after`."""
+def agrees_with_journal(before: Snapshot, after: Snapshot, erases: bool = False) -> list[str]:
+    """What the journal misses or claims of the edit from `before` to `after` (`erases`: the edit erases)."""
     problems = []
+    if erases and before.deleted_held and not after.deleted_held and not after.erased:
+        problems.append("the files no longer hold the vectors of deleted points, and no erase entry says so")
+    if after.erased and after.deleted_held:
+        problems.append("an erase entry, and the files still hold vectors of deleted points")
     gone = before.points.keys() - after.points.keys()
     if missed := gone - after.forgotten:
         problems.append(f"{len(missed)} points gone that no forget entry cites (e.g. {min(missed)})")
@@ -135,6 +144,8 @@ def differences(killed: Snapshot, whole: Snapshot) -> list[str]:
         problems.append("the journal's forgotten points differ from run whole")
     if killed.relabelled != whole.relabelled:
         problems.append("the journal's relabelled points differ from run whole")
+    if (killed.erased, killed.deleted_held) != (whole.erased, whole.deleted_held):
+        problems.append("the journal's erase, or the vectors of deleted points in the files, differ from run whole")
     return problems
 
 
@@ -186,7 +197,7 @@ def sweep(memory: Path, command: Sequence[str], work: Path, most: int = 14, seed
     writes = [line.split("\t", 1)[1].replace(str(work / "whole"), "{memory}")
               for line in log.read_text().splitlines()] if log.exists() else []
     whole, problems = snapshot(work / "whole", keys)
-    if problems or (problems := agrees_with_journal(before, whole)):
+    if problems or (problems := agrees_with_journal(before, whole, whole.erased)):
         raise SystemExit(f"the command run whole leaves a memory that disagrees: {'; '.join(problems)}")
     points = kill_points(writes, most, seed, matching)
     say(f"{len(writes)} writes run whole; killing before {len(points)} of them")
@@ -197,7 +208,7 @@ def sweep(memory: Path, command: Sequence[str], work: Path, most: int = 14, seed
         outcome = "killed" if child.returncode == -signal.SIGKILL else f"finished ({child.returncode})"
         try:
             after, problems = snapshot(copy, keys)
-            problems += agrees_with_journal(before, after)
+            problems += agrees_with_journal(before, after, whole.erased)
             # Run again, it may refuse with nothing left to do (a relabel of a label no point has now): what
             # matters is that it ends as run whole.
             again = run_edit(command, copy, hooked=False)

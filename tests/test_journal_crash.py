@@ -38,8 +38,10 @@ journal, store = mem.store.journal, mem.store
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
+if edit == "erase":
+    mem.forget(label="cat")  # made and journaled: what is killed is the erase of its vectors after it
 if step == "before the edit":
-    store.delete_ids = store.relabel = store.save_meta = killed
+    store.delete_ids = store.relabel = store.save_meta = store.erase_forgotten = killed
 elif step == "after the edit":
     journal.append = killed
 elif step == "after the entry":
@@ -48,6 +50,8 @@ if edit == "forget":
     mem.forget(label="cat")
 elif edit == "name":
     mem.set_label_names({"cat": "house cat"})
+elif edit == "erase":
+    mem.erase_forgotten()
 else:
     mem.relabel("feline", label="cat")
 """
@@ -107,20 +111,35 @@ def test_a_naming_killed_before_its_entry_is_in_the_history_once_the_memory_open
         assert mem.history(label="cat") == [name]
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name"])
+def test_an_erase_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory):
+    # When a forgotten image's vector left the disk is the fact an audit asks after the forget: the erase was made
+    # and its process killed before its entry, and the history said the vector was still on disk.
+    killed(memory, "after the edit", "erase")
+    with VisualMemory.open(memory) as mem:
+        assert [e.op for e in mem.history()] == ["erase", "forget"]
+        [erase] = mem.history(op="erase")
+        assert "journaled_at_open" in erase.detail and erase.at > mem.history(op="forget")[0].at
+        assert mem.store.holds_no_deleted_vectors()
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase"])
 def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edit):
     killed(memory, "before the edit", edit)
     with VisualMemory.open(memory) as mem:
+        if edit == "erase":  # the forget before it is; the vectors it forgot are still in the files
+            assert [e.op for e in mem.history()] == ["forget"] and not mem.store.holds_no_deleted_vectors()
+            return
         assert mem.history() == []  # noted, never made: the journal claims nothing
         assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10} and mem.label_names == {}
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name"])
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase"])
 def test_an_edit_killed_after_its_entry_is_in_the_history_once(memory, edit):
     killed(memory, "after the entry", edit)
     with VisualMemory.open(memory) as mem:
-        assert [e.op for e in mem.history()] == [edit]
+        assert [e.op for e in mem.history()] == ([edit] if edit != "erase" else ["erase", "forget"])
         assert "journaled_at_open" not in mem.history()[0].detail
 
 

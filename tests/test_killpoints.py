@@ -24,3 +24,19 @@ def test_a_forget_and_a_relabel_killed_around_their_edit_leave_no_problem(tmp_pa
         assert [p.write.split("\t")[0] for p in found] == ["open ab", "engine update", "open ab"], said
         assert all(p.outcome.startswith("killed") for p in found), said
         assert [p.problems for p in found] == [[], [], []], said
+
+
+def test_an_erase_killed_around_its_rewrite_leaves_no_problem(tmp_path):
+    # Killed after the rewrite and before its entry, an erase had left the forgotten vectors gone from the files and
+    # no entry saying when: the harness said "the files no longer hold the vectors of deleted points, and no erase
+    # entry says so".
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        store.add(random_unit_vectors(30, 8), ["cat", "dog", "fox"] * 10, [f"/data/{i}.jpg" for i in range(30)])
+        store.delete_ids(store.ids_where(label="cat"))  # forgotten, their vectors in the files
+    said: list[str] = []
+    found = sweep(tmp_path / "memory", ["erase"], tmp_path / "work", most=0,
+                  matching=r"engine optimize|journal\.jsonl", say=said.append)
+    assert [p.write.split("\t")[0] for p in found] == ["open ab", "engine optimize", "open ab"], said
+    assert all(p.outcome.startswith("killed") for p in found), said
+    assert [p.problems for p in found] == [[], [], []], said

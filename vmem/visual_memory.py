@@ -1415,21 +1415,20 @@ class VisualMemory:
 
     @contextmanager
     def _noted(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> Iterator[PendingEdit | None]:
-        """Note a forget or relabel of these points ({id: label before}), or a naming, in the journal before its
-        first write
+        """Note a forget or relabel of these points ({id: label before}), a naming or an erase, in the journal
+        before its first write
         (`Journal.intend`), for the block to make and journal, and settle it (`Journal.settled`) once journaled.
         A process killed in between leaves the note for the memory's next opening to journal what was made; an
         edit that raises midway (a full disk after some of a relabel's writes) is journaled here as far as it
         went. A note left by an entry that could not be written is settled at the next opening too."""
         note = (self.store.journal.intend(op, before, via=self.via, by=KEY_NAME.get(), **fields)
-                if before or op == "name" else None)
+                if before or op in ("name", "erase") else None)
         try:
             yield note
         except BaseException:
             if note is not None:
                 try:
-                    self.store.journal.settle(note, self.store.existing_labels(list(note.before)),
-                                              self.store.meta.label_names, at_open=False)
+                    self.store.settle_note(note, at_open=False)
                 except Exception:  # the store or the journal failing too: the next opening settles the note
                     log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
                               "journal what it made", op, exc_info=True)
@@ -2007,8 +2006,12 @@ class VisualMemory:
         last indexed are indexed too: a memory forgotten from and added to for months needs this on a schedule,
         or its searches drift from exact ones (README, "Upkeep").
         """
-        self.store.erase_forgotten()
-        self._journal("erase")
+        # Noted before: a process killed between the rewrite and its entry leaves an erase the next opening
+        # journals, where the files show it made (when the vectors left the disk is what an audit asks).
+        with self._noted("erase", {}) as note:
+            self.store.erase_forgotten()
+            if self._journal("erase"):
+                self.store.journal.settled(note)
 
     # ------------------------------------------------------------------ copying
 
