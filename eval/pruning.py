@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore, VoteRule
+from retrieval.journal import PendingEdit
 from retrieval.store import (
     EXCLUDED_KEY,  # payload key the store filters on (any non-empty value excludes a point)
     RELIABILITY_KEY,
@@ -134,10 +135,25 @@ def _reindex(store: MemoryStore) -> None:
 
 def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) -> int:
     """Bring back hard-pruned points and reset soft factors; returns how many points changed. Recorded in the
-    memory's journal (`via`: who asked) unless nothing changed, or `journal` is off (a prune undoing the last)."""
-    touched = [p.id for batch in store.scroll(batch_size=SCROLL_PAGE) for p in batch
-               if p.payload.get(EXCLUDED_KEY) or p.payload.get(COUNT_KEY) is not None
-               or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
+    memory's journal (`via`: who asked) unless nothing changed, or `journal` is off (a prune undoing the last).
+    Noted in the journal before its first write (`MemoryStore.noted`): a process killed before the entry leaves an
+    unprune the memory's next opening journals, as far as it went."""
+    touched = store.marked_by_pruning(SCROLL_PAGE)
+    if not journal:
+        return _undo_pruning(store, touched)
+    with store.noted("unprune", begun_with=store.pruning_state(len(touched))[1], via=via) as note:
+
+        def record(touched: int, changed: bool) -> None:
+            # The note stays where the entry could not be written: the next opening journals the unprune.
+            if not changed or store.journal.record("unprune", points=touched, via=via):
+                store.journal.settled(note)
+
+        return _undo_pruning(store, touched, record)
+
+
+def _undo_pruning(store: MemoryStore, touched: list[str], record: Callable[[int, bool], object] | None = None) -> int:
+    """`undo_pruning` of the points marked (`touched`), told to `record` (points changed, whether anything changed)
+    before the re-index."""
     for start in range(0, len(touched), SERVER_REQUEST_IDS):
         # A null `excluded` is empty to the store's filter; reliability 1 is the neutral factor.
         store.set_payload_of_existing(touched[start : start + SERVER_REQUEST_IDS],
@@ -146,8 +162,8 @@ def undo_pruning(store: MemoryStore, via: str = "python", journal: bool = True) 
     if pruned:
         store.meta.settings.pop("pruning")
         store.save_meta()
-    if journal and (touched or pruned):  # before the re-index, as a prune's (see prune_store)
-        store.journal.record("unprune", points=len(touched), via=via)
+    if record is not None:  # before the re-index, as a prune's entry (see prune_store)
+        record(len(touched), bool(touched or pruned))
     if touched:
         _reindex(store)
     return len(touched)
@@ -183,7 +199,18 @@ def prune_store(
         >>> prune_store(open_store("./memory"), "soft").summary()
     """
     mode = PruneMode(mode)
-    undo_pruning(store, journal=False)
+    # Noted before its first write (the undo of the last pruning): a process killed before its entry leaves a prune
+    # the memory's next opening journals, as far as it went (`PendingEdit.pruning_entry`).
+    touched = store.marked_by_pruning(SCROLL_PAGE)
+    with store.noted("prune", begun_with=store.pruning_state(len(touched))[1], via=via) as note:
+        return _prune(store, note, touched, mode, threshold, k, rule, alpha, blame, progress, via, search)
+
+
+def _prune(store: MemoryStore, note: PendingEdit | None, touched: list[str], mode: PruneMode, threshold: int, k: int,
+           rule: VoteRule | str, alpha: float, blame: Blame, progress: Callable[[int], object] | None, via: str,
+           search: SelfSearch) -> PruneReport:
+    """`prune_store`, noted as `note`, the points pruning marked before (`touched`) unmarked first."""
+    _undo_pruning(store, touched)
     points, payloads, vectors = self_search_points(store, search)
     labels = [p["label"] for p in payloads]
     if not points:
@@ -213,6 +240,7 @@ def prune_store(
     # Journaled before the re-index, which only makes searches fast again (minutes at scale): a process killed
     # during it left the marks in force and the journal saying nothing of them.
     marked = report.down_weighted if mode is PruneMode.soft else report.excluded
-    store.journal.record("prune", points=marked or 0, detail=report.model_dump(mode="json"), via=via)
+    if store.journal.record("prune", points=marked or 0, detail=report.model_dump(mode="json"), via=via):
+        store.journal.settled(note)
     _reindex(store)
     return report

@@ -6,13 +6,13 @@ its source, so a source can be looked up without the journal keeping any path). 
 per label: an added point carries its own `added_at`.
 
 An entry is written after its edit has succeeded, so the journal never claims an edit that was not made. A
-forget, relabel, naming or erase of an embedded memory is also noted before its first write (`FileJournal.intend`,
-a file in `journal.pending/` naming the points and their labels before, or the names), and the note removed once
-its entry is written: a process killed in between leaves the note, and the memory's next opening journals what the
-points (names; an erase: the memory's files) show was done (`settle`), so that no forget or erasure is missing
-from `vmem history`. Adds, prunes, tunes and copies are not noted: a process killed between one and its entry
-leaves it unjournaled. A
-journal on a Qdrant server keeps no notes.
+forget, relabel, naming, erase, prune or unprune of an embedded memory is also noted before its first write
+(`FileJournal.intend`, a file in `journal.pending/` naming the points and their labels before, or the names), and
+the note removed once its entry is written: a process killed in between leaves the note, and the memory's next
+opening journals what the points (names; an erase: the memory's files; a prune: its marks and report) show was done
+(`settle`), so that no forget, erasure or pruning is missing from `vmem history`. Adds, tunes and copies are not
+noted: a process killed between one and its entry leaves it unjournaled. A journal on a Qdrant server keeps no
+notes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
-NotedOp = Literal["forget", "relabel", "name", "erase"]  # the edits noted before they are made (`PendingEdit`)
+# The edits noted before they are made (`PendingEdit`).
+NotedOp = Literal["forget", "relabel", "name", "erase", "prune", "unprune"]
 JOURNAL_FILE = "journal.jsonl"
 # Beside it: one note per forget, relabel, naming or erase in progress (`PendingEdit`), removed once its entry is
 # written.
@@ -109,6 +110,26 @@ class PendingEdit(BaseModel):
     host: str
     pid: int
     journal_size: int = Field(description="the journal file's length when the edit began: its entry comes after")
+    begun_with: dict[str, Any] = Field(default_factory=dict,
+                                       description="prune, unprune: the memory's points marked by pruning "
+                                                   "(`marked`) and its pruning's time (`pruning_at`) as it began")
+
+    def pruning_entry(self, pruning_now: Mapping[str, Any] | None,
+                      marked_now: int) -> tuple[int, dict[str, Any]] | None:
+        """A prune's or unprune's entry (points, detail) as the memory shows it made, given its pruning report and
+        points marked now; None where it shows nothing made. A prune is whole where the memory holds a report made
+        after it began (written after its marks), an unprune where nothing is marked or reported; an edit killed
+        between its marks is journaled as far as it went, with `detail.incomplete` (run again, it ends whole)."""
+        at_now = (pruning_now or {}).get("at")
+        if self.op == "prune" and pruning_now is not None and at_now is not None and at_now >= self.begun:
+            marked = pruning_now.get("down_weighted" if pruning_now.get("mode") == "soft" else "excluded")
+            return int(marked or 0), dict(pruning_now)
+        if (marked_now, at_now) == (self.begun_with.get("marked"), self.begun_with.get("pruning_at")):
+            return None  # as it began: killed before its first write
+        if self.op == "prune":
+            return marked_now, {"incomplete": True}
+        return (max(0, int(self.begun_with.get("marked") or 0) - marked_now),
+                {"incomplete": True} if marked_now or at_now else {})
 
     def made(self, labels_now: Mapping[str, str], names_now: Mapping[str, str], erased: bool = False) -> list[str]:
         """The points the edit shows made, given the labels of those of its points that exist now: a forget's
@@ -215,10 +236,12 @@ class Journal(ABC):
                       fields.get("points", len(ids)), exc_info=True)
         return False
 
-    def intend(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> PendingEdit | None:
+    def intend(self, op: NotedOp, before: Mapping[str, str], begun_with: Mapping[str, Any] | None = None,
+               **fields: Any) -> PendingEdit | None:
         """Note a forget or relabel of these points ({id: label before}), or a naming or an erase, before its first
         write, where this journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be
-        written (logged: the edit goes on, journaled after it as before)."""
+        written (logged: the edit goes on, journaled after it as before). `begun_with`: a prune's or unprune's
+        state of the memory as it begins (`PendingEdit.begun_with`)."""
         return None
 
     def settled(self, note: PendingEdit | None) -> None:  # noqa: B027  # no notes kept here: nothing to remove
@@ -229,18 +252,27 @@ class Journal(ABC):
         return []
 
     def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str],
-               at_open: bool = True, erased: bool = False) -> int:
+               at_open: bool = True, erased: bool = False,
+               pruning: tuple[Mapping[str, Any] | None, int] | None = None) -> int:
         """Journal what a noted edit made, as the labels of its points that exist now (a naming: the memory's
         names) show it (`PendingEdit.made`), unless its entry was written before the note could go; then remove
         the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
         it shows is then what the edit left. `at_open`: a note a dead process left, journaled at the edit's start
         with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now."""
-        made = note.made(labels_now, names_now, erased)
+        if note.op in ("prune", "unprune"):  # what the memory's pruning report and marks show (`pruning`)
+            entry = note.pruning_entry(*pruning) if pruning is not None else None
+            made: list[str] = [note.op] if entry is not None else []
+        else:
+            made = note.made(labels_now, names_now, erased)
         if made and not self._holds_entry_of(note):
             fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
                       if at_open else note.fields)
             at = note.begun if at_open else None
-            if note.op in ("name", "erase"):
+            if note.op in ("prune", "unprune"):
+                points, detail = entry  # type: ignore[misc]  # not None where made
+                fields = {**fields, "detail": {**detail, **fields.get("detail", {})}}
+                self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, points=points, **fields))
+            elif note.op in ("name", "erase"):
                 self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, **fields))
             else:
                 self.append(entries_for(note.op, made, at=at, points=len(made),
@@ -312,14 +344,16 @@ class FileJournal(Journal):
             if self._newest_at is not False:
                 self._newest_at = max(self._newest_at or "", *(e.at for e in entries))
 
-    def intend(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> PendingEdit | None:
+    def intend(self, op: NotedOp, before: Mapping[str, str], begun_with: Mapping[str, Any] | None = None,
+               **fields: Any) -> PendingEdit | None:
         try:
             with self._lock, open(self.path, "ab") as f:
                 # Cut now, not at the entry's append: the entry then begins at or after `journal_size`.
                 self._cut_torn_tail(f)
                 size = f.seek(0, os.SEEK_END)
             note = PendingEdit(token=uuid.uuid4().hex, begun=now(), op=op, before=dict(before), fields=fields,
-                               host=socket.gethostname(), pid=os.getpid(), journal_size=size)
+                               host=socket.gethostname(), pid=os.getpid(), journal_size=size,
+                               begun_with=dict(begun_with or {}))
             self.pending_dir.mkdir(exist_ok=True)
             # Written whole before the edit's first write: a note cut short was never followed by one (`pending`
             # removes it). Not synced: a process killed keeps what it wrote, and syncing a new file made a one-point
@@ -352,8 +386,8 @@ class FileJournal(Journal):
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         """Whether the journal holds the noted edit's entry: one of its process, op and points (a naming: its
-        names; an erase: its detail, none), after where the journal ended as it began (its own lines only, however
-        long the journal)."""
+        names; an erase, prune or unprune: its op alone), after where the journal ended as it began (its own lines
+        only, however long the journal)."""
         if not self.path.exists():
             return False
         pid, op = f'"pid":{note.pid}', f'"op":"{note.op}"'
@@ -363,7 +397,8 @@ class FileJournal(Journal):
                 if (line.endswith("\n") and op in line and pid in line
                         and (e := _parsed(line)) is not None and e.host == note.host and e.pid == note.pid
                         and e.op == note.op and (set(e.ids) & note.before.keys() if note.op in ("forget", "relabel")
-                                                 else e.detail == note.fields.get("detail", {}))):
+                                                 else e.detail == note.fields.get("detail", {}) if note.op == "name"
+                                                 else True)):
                     return True
         return False
 

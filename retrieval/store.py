@@ -28,7 +28,7 @@ import threading
 import uuid
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +54,7 @@ from .files import (
     served_by,
     write_atomically,
 )
-from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, PendingEdit
+from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, NotedOp, PendingEdit
 from .preprocessing import FeaturizerError, FeaturizerSpec
 from .text import visible
 
@@ -797,8 +797,45 @@ class MemoryStore(ABC):
 
     def settle_note(self, note: PendingEdit, at_open: bool = True) -> int:
         """`Journal.settle` of one note, with what this memory shows now of its edit."""
+        pruning = self.pruning_state() if note.op in ("prune", "unprune") else None
         return self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names, at_open,
-                                   erased=note.op == "erase" and self.holds_no_deleted_vectors())
+                                   erased=note.op == "erase" and self.holds_no_deleted_vectors(),
+                                   pruning=(pruning[0], pruning[1]["marked"]) if pruning is not None else None)
+
+    @contextmanager
+    def noted(self, op: NotedOp, before: Mapping[str, str] = {},  # read, never changed
+              begun_with: Mapping[str, Any] | None = None, **fields: Any) -> Iterator[PendingEdit | None]:
+        """Note an edit in the journal before its first write (`Journal.intend`: a forget's or relabel's points
+        {id: label before}, a prune's `begun_with`), for the block to make and journal and settle
+        (`Journal.settled`) once journaled. A process killed in between leaves the note for the memory's next
+        opening to journal what was made; an edit that raises midway (a full disk after some of a relabel's
+        writes) is journaled here as far as it went. A note left by an entry that could not be written is settled
+        at the next opening too."""
+        note = (self.journal.intend(op, before, begun_with=begun_with, **fields)
+                if before or op not in ("forget", "relabel") else None)
+        try:
+            yield note
+        except BaseException:
+            if note is not None:
+                try:
+                    self.settle_note(note, at_open=False)
+                except Exception:  # the store or the journal failing too: the next opening settles the note
+                    log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
+                              "journal what it made", op, exc_info=True)
+            raise
+
+    def marked_by_pruning(self, batch_size: int = 1024) -> list[str]:
+        """The points pruning marks: excluded, blamed or down-weighted (what `vmem prune --undo` clears)."""
+        return [p.id for batch in self.scroll(batch_size, payload_keys=[EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY])
+                for p in batch if p.payload.get(EXCLUDED_KEY) or p.payload.get(PRUNE_COUNT_KEY) is not None
+                or p.payload.get(RELIABILITY_KEY, 1.0) != 1.0]
+
+    def pruning_state(self, marked: int | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The memory's pruning report (None: not pruned), and as a prune's note keeps it (`PendingEdit.begun_with`):
+        the points pruning marks (`marked`, counted where not given) and the report's time."""
+        report = self.meta.settings.get("pruning")
+        return report, {"marked": len(self.marked_by_pruning()) if marked is None else marked,
+                        "pruning_at": (report or {}).get("at")}
 
     def holds_no_deleted_vectors(self) -> bool:
         """Whether the memory's files hold no vector of a deleted point (what `erase_forgotten` leaves); False where

@@ -10,8 +10,9 @@ For an edit command (`vmem forget --label cat`, `vmem relabel --to feline --labe
    - its journal agrees with it: every point gone is cited by a new forget entry, every point whose label changed
      by a relabel entry to that label, every label whose name changed by a name entry, the vectors of deleted
      points gone from its files by an erase entry (where the command erases: vmem's own index upkeep rewrites
-     segments too), and no new entry cites a point it did not forget or relabel, nor an erase the files do not
-     show; no note of an edit in progress is left;
+     segments too), pruning's marks or report changed by a prune or unprune entry, and no new entry cites a
+     point it did not forget or relabel, nor an erase the files do not show; no note of an edit in progress is
+     left;
 3. the command runs again, whole, and the memory must equal the one of step 1: its points, labels, payloads (but
    the times of the edits), vectors, label names, the thumbnails and uploads left, and the points the journal says
    were forgotten and relabelled.
@@ -58,6 +59,8 @@ class Snapshot:
     pending: int = 0  # notes of edits in progress left in journal.pending/
     erased: bool = False  # a new erase entry
     deleted_held: bool = False  # whether the files hold vectors of deleted points (an erase removes them)
+    pruning: Any = None  # the memory's pruning report (vmem prune)
+    pruned: bool = False  # a new prune or unprune entry
 
 
 def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -> tuple[Snapshot, list[str]]:
@@ -76,6 +79,7 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
         entries = [e for e in store.journal.read() if journal_before is None or e.key() not in journal_before]
         names = dict(store.meta.label_names)
         deleted_held = not store.holds_no_deleted_vectors()
+        pruning = store.meta.settings.get("pruning")
     snap = Snapshot(
         points={p.id: {**{k: v for k, v in p.payload.items() if not k.endswith("_at")},
                        "vector": [round(float(x), 3) for x in (p.vector if p.vector is not None else [])]}
@@ -83,7 +87,8 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
         files=sorted(str(f.relative_to(memory)) for d in ("thumbnails", "uploads") if (memory / d).is_dir()
                      for f in (memory / d).rglob("*") if f.is_file()),
         pending=len(list((memory / PENDING_DIR).glob("*.json"))) if (memory / PENDING_DIR).is_dir() else 0,
-        names=names, deleted_held=deleted_held, erased=any(e.op == "erase" for e in entries))
+        names=names, deleted_held=deleted_held, erased=any(e.op == "erase" for e in entries), pruning=pruning,
+        pruned=any(e.op in ("prune", "unprune") for e in entries))
     for e in entries:
         if e.op == "forget":
             snap.forgotten |= set(e.ids)
@@ -119,6 +124,14 @@ def agrees_with_journal(before: Snapshot, after: Snapshot, erases: bool = False)
                         f"(e.g. {min(missed)})")
     if claimed := {i for i in after.relabelled if i not in changed}:
         problems.append(f"a relabel entry cites {len(claimed)} points not relabelled (e.g. {min(claimed)})")
+    def marks(payload: dict[str, Any]) -> tuple[Any, ...]:  # as pruning reads them (absent: none)
+        return bool(payload.get("excluded")), payload.get("prune_count"), payload.get("reliability", 1.0)
+
+    # A relabel clears the marks of its points too (its entry says so): only the points whose label it kept.
+    if (before.pruning != after.pruning or any(
+            marks(before.points[i]) != marks(p) for i, p in after.points.items()
+            if i in before.points and before.points[i]["label"] == p["label"])) and not after.pruned:
+        problems.append("pruning's marks or report changed, and no prune or unprune entry says so")
     renamed = {label for label in before.names.keys() | after.names.keys()
                if before.names.get(label) != after.names.get(label)}
     if missed := renamed - after.named:
@@ -136,6 +149,8 @@ def differences(killed: Snapshot, whole: Snapshot) -> list[str]:
                         f"{len(whole.points.keys() - killed.points.keys())} fewer than run whole")
     elif changed := [i for i in killed.points if killed.points[i] != whole.points[i]]:
         problems.append(f"{len(changed)} points differ from run whole (e.g. {changed[0]})")
+    if (killed.pruning or {}).keys() != (whole.pruning or {}).keys():
+        problems.append("the memory's pruning report differs from run whole")
     if killed.names != whole.names:
         problems.append("label names differ from run whole")
     if killed.files != whole.files:

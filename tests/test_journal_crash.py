@@ -28,6 +28,7 @@ SPEC = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, cro
 # The child edits the memory and is killed where `step` says: at its delete, its entry, or the note's removal.
 _KILLED_AT = """
 import os, signal, sys
+from eval.pruning import prune_store, undo_pruning
 from retrieval import open_store
 from vmem import VisualMemory
 
@@ -40,8 +41,11 @@ def killed(*args, **kwargs):
 
 if edit == "erase":
     mem.forget(label="cat")  # made and journaled: what is killed is the erase of its vectors after it
+elif edit == "unprune":
+    prune_store(store, "hard", threshold=1)  # made and journaled: what is killed is its undo
 if step == "before the edit":
     store.delete_ids = store.relabel = store.save_meta = store.erase_forgotten = killed
+    store.set_payload_of_existing = killed
 elif step == "after the edit":
     journal.append = killed
 elif step == "after the entry":
@@ -52,6 +56,10 @@ elif edit == "name":
     mem.set_label_names({"cat": "house cat"})
 elif edit == "erase":
     mem.erase_forgotten()
+elif edit == "prune":
+    prune_store(store, "hard", threshold=1)
+elif edit == "unprune":
+    undo_pruning(store)
 else:
     mem.relabel("feline", label="cat")
 """
@@ -123,23 +131,42 @@ def test_an_erase_killed_before_its_entry_is_in_the_history_once_the_memory_open
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase"])
+@pytest.mark.parametrize("edit", ["prune", "unprune"])
+def test_a_prune_or_undo_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory, edit):
+    # Which points were out of every search, and since when, is the journal's to say: a prune killed after its
+    # marks and report and before its entry left points excluded that no entry named (an undo, points back).
+    killed(memory, "after the edit", edit)
+    with VisualMemory.open(memory) as mem:
+        entry = mem.history()[0]
+        assert entry.op == edit and "journaled_at_open" in entry.detail
+        if edit == "prune":
+            assert entry.points == mem.store.meta.settings["pruning"]["excluded"] > 0
+            assert entry.detail["threshold"] == 1
+        else:
+            assert "pruning" not in mem.store.meta.settings and [e.op for e in mem.history()] == ["unprune", "prune"]
+            assert entry.points == mem.history()[1].points > 0  # blamed points' marks all cleared
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune"])
 def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edit):
     killed(memory, "before the edit", edit)
     with VisualMemory.open(memory) as mem:
-        if edit == "erase":  # the forget before it is; the vectors it forgot are still in the files
-            assert [e.op for e in mem.history()] == ["forget"] and not mem.store.holds_no_deleted_vectors()
+        if edit in ("erase", "unprune"):  # the edit before it is; its undo is not
+            assert [e.op for e in mem.history()] == [{"erase": "forget", "unprune": "prune"}[edit]]
+            assert not mem.store.holds_no_deleted_vectors() if edit == "erase" else mem.store.meta.settings["pruning"]
             return
         assert mem.history() == []  # noted, never made: the journal claims nothing
         assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10} and mem.label_names == {}
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase"])
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune"])
 def test_an_edit_killed_after_its_entry_is_in_the_history_once(memory, edit):
     killed(memory, "after the entry", edit)
     with VisualMemory.open(memory) as mem:
-        assert [e.op for e in mem.history()] == ([edit] if edit != "erase" else ["erase", "forget"])
+        assert [e.op for e in mem.history()] == {"erase": ["erase", "forget"],
+                                                 "unprune": ["unprune", "prune"]}.get(edit, [edit])
         assert "journaled_at_open" not in mem.history()[0].detail
 
 

@@ -40,3 +40,17 @@ def test_an_erase_killed_around_its_rewrite_leaves_no_problem(tmp_path):
     assert [p.write.split("\t")[0] for p in found] == ["open ab", "engine optimize", "open ab"], said
     assert all(p.outcome.startswith("killed") for p in found), said
     assert [p.problems for p in found] == [[], [], []], said
+
+
+def test_a_prune_killed_around_its_marks_leaves_no_problem(tmp_path):
+    # Killed after its marks (or some of them) and before its entry, a prune had left points out of every search
+    # that no entry named: "pruning's marks or report changed, and no prune or unprune entry says so".
+    spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+    with open_store(tmp_path / "memory", spec) as store:
+        store.add(random_unit_vectors(30, 8), ["cat", "dog", "fox"] * 10, [f"/data/{i}.jpg" for i in range(30)])
+    said: list[str] = []
+    found = sweep(tmp_path / "memory", ["prune"], tmp_path / "work", most=0,
+                  matching=AROUND_THE_EDIT, say=said.append)
+    assert [p.write.split("\t")[0] for p in found] == ["open ab", "engine update", "engine update", "open ab"], said
+    assert all(p.outcome.startswith("killed") for p in found), said
+    assert [p.problems for p in found] == [[], [], [], []], said

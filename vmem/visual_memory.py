@@ -1415,24 +1415,9 @@ class VisualMemory:
 
     @contextmanager
     def _noted(self, op: NotedOp, before: Mapping[str, str], **fields: Any) -> Iterator[PendingEdit | None]:
-        """Note a forget or relabel of these points ({id: label before}), a naming or an erase, in the journal
-        before its first write
-        (`Journal.intend`), for the block to make and journal, and settle it (`Journal.settled`) once journaled.
-        A process killed in between leaves the note for the memory's next opening to journal what was made; an
-        edit that raises midway (a full disk after some of a relabel's writes) is journaled here as far as it
-        went. A note left by an entry that could not be written is settled at the next opening too."""
-        note = (self.store.journal.intend(op, before, via=self.via, by=KEY_NAME.get(), **fields)
-                if before or op in ("name", "erase") else None)
-        try:
+        """`MemoryStore.noted`, as made by this object's `via` (and the request's API key)."""
+        with self.store.noted(op, before, via=self.via, by=KEY_NAME.get(), **fields) as note:
             yield note
-        except BaseException:
-            if note is not None:
-                try:
-                    self.store.settle_note(note, at_open=False)
-                except Exception:  # the store or the journal failing too: the next opening settles the note
-                    log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
-                              "journal what it made", op, exc_info=True)
-            raise
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None,
