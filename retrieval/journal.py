@@ -264,6 +264,10 @@ class Journal(ABC):
             made: list[str] = [note.op] if entry is not None else []
         else:
             made = note.made(labels_now, names_now, erased)
+        if made and note.op in ("forget", "relabel", "name") and (later := self._changed_by_others_since(note)):
+            # An older vmem (a rollback) keeps no notes and left this one: its edits since judge these points
+            # (names), not the note; a point it forgot was still there, so this edit had not forgotten it
+            made = [] if note.op == "name" else [pid for pid in made if pid not in later]
         if made and not self._holds_entry_of(note):
             fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
                       if at_open else note.fields)
@@ -285,6 +289,11 @@ class Journal(ABC):
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         return False
+
+    def _changed_by_others_since(self, note: PendingEdit) -> set[str]:
+        """The points (a naming: labels) that entries of other processes, written since the noted edit began,
+        forgot, relabelled or named."""
+        return set()
 
     @abstractmethod
     def read(self) -> list[JournalEntry]:
@@ -401,6 +410,26 @@ class FileJournal(Journal):
                                                  else True)):
                     return True
         return False
+
+    def _changed_by_others_since(self, note: PendingEdit) -> set[str]:
+        # Entries after where the journal ended as the edit began, by another process: only a vmem that keeps no
+        # notes writes them before the memory's next opening settles this one (`MemoryStore.settle_journal`)
+        if not self.path.exists():
+            return set()
+        changed: set[str] = set()
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            f.seek(min(note.journal_size, self.path.stat().st_size))
+            for line in f:
+                if (line.endswith("\n") and (e := _parsed(line)) is not None
+                        and (e.host, e.pid) != (note.host, note.pid)):
+                    if e.op in ("forget", "relabel"):
+                        changed.update(e.ids)
+                    elif e.op == "name":
+                        changed.update(e.detail.get("names", {}), e.detail.get("dropped", []))
+        if note.op != "name":
+            return changed & note.before.keys()
+        detail = note.fields.get("detail", {})
+        return changed & {*detail.get("names", {}), *detail.get("dropped", [])}
 
     @staticmethod
     def _cut_torn_tail(f: Any) -> None:

@@ -9,6 +9,7 @@ unlearning request.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,27 @@ def test_a_memory_whose_entry_was_cut_inside_a_character_opens_and_journals_the_
         forgets = [e for e in store.journal.read() if e.op == "forget"]
         assert [(e.ids, e.labels) for e in forgets] == [([ids[0]], {"猫": 1})]
         assert not list((tmp_path / "memory" / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name"])
+def test_an_edit_killed_before_it_was_made_and_then_made_by_an_older_vmem_is_journaled_once(memory, edit):
+    # A rollback after an upgrade: this vmem was killed before its edit's first write, leaving its note, and the
+    # user made the edit again with the vmem before (bd12890), which keeps no notes and never reads them (it is as
+    # if the folder were not there). The next opening by this vmem journaled the note as well: a second entry,
+    # naming the killed process, which had made nothing.
+    killed(memory, "before the edit", edit)
+    hidden = memory.parent / "pending.seen-by-no-one"
+    (memory / PENDING_DIR).rename(hidden)
+    with VisualMemory.open(memory) as mem:  # the older vmem's edit, and its entry
+        if edit == "forget":
+            mem.forget(label="cat")
+        elif edit == "name":
+            mem.set_label_names({"cat": "house cat"})
+        else:
+            mem.relabel("feline", label="cat")
+        made_by = mem.history()[0]
+    shutil.rmtree(memory / PENDING_DIR)
+    hidden.rename(memory / PENDING_DIR)
+    with VisualMemory.open(memory) as mem:
+        assert mem.history() == [made_by]
+    assert not any((memory / PENDING_DIR).iterdir())
