@@ -44,11 +44,48 @@ def visible(text: str) -> str:
     """`text` as a terminal should show it: each character that is not shown as itself written as Python escapes it
     (`\\n`, `\\x1b`, `\\u202e`). "\\u202etac" reads "cat" on screen, and a zero-width space makes "cat\\u200b" a
     label other than "cat" that reads the same: a label, name, source or journal line of someone else's making
-    printed by the CLI reads as it is. For text a person reads only; JSON and the stored text stay exact."""
+    printed by the CLI reads as it is. A joiner that joins (`_joins`) is shown as itself. For text a person reads
+    only; JSON and the stored text stay exact."""
     if not any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in text):
         return text
-    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in _HIDDEN_CATEGORIES else c
-                   for c in text)
+    return "".join(c.encode("unicode_escape").decode()
+                   if unicodedata.category(c) in _HIDDEN_CATEGORIES and not _joins(text, i) else c
+                   for i, c in enumerate(text))
+
+
+ZWNJ, ZWJ = "\u200c", "\u200d"
+# Scripts whose letters join, where a ZERO WIDTH NON-JOINER between two of them changes how they are drawn
+_JOINING_SCRIPTS = ("ARABIC", "SYRIAC", "NKO", "MONGOLIAN", "MANDAIC", "ADLAM", "HANIFI ROHINGYA")
+
+
+def _joins(text: str, i: int) -> bool:
+    """Whether the joiner at `text[i]` is part of how its text is written, and shows (IDNA's CONTEXTJ rules, RFC
+    5892 A.1 and A.2, nearly): after a virama (Devanagari, Bengali, Malayalam...); a non-joiner between two letters of
+    a joining script (Persian "نیم‌رخ"); a joiner inside an emoji sequence (a family: 👨‍👩‍👧). Escaped, every such
+    label printed by the CLI, from a memory that vmem had printed as it was, read as escapes."""
+    c = text[i]
+    if c not in (ZWNJ, ZWJ) or i == 0 or i == len(text) - 1:
+        return False
+    before, after = text[i - 1], text[i + 1]
+    if unicodedata.combining(before) == 9:  # a virama
+        return True
+    if c == ZWNJ:
+        return _in_joining_script(_base(text, i, -1)) and _in_joining_script(_base(text, i, 1))
+    return unicodedata.category(_base(text, i, -1)) == "So" and unicodedata.category(after) == "So"
+
+
+def _base(text: str, i: int, step: int) -> str:
+    """The character next to `text[i]` that way, past marks, variation selectors and emoji skin tones."""
+    j = i + step
+    while 0 <= j < len(text) and (unicodedata.category(text[j]) in ("Mn", "Me", "Sk")
+                                  or "\ufe00" <= text[j] <= "\ufe0f"):
+        j += step
+    return text[j] if 0 <= j < len(text) else ""
+
+
+def _in_joining_script(c: str) -> bool:
+    return bool(c) and unicodedata.category(c).startswith("L") and unicodedata.name(c, "").startswith(
+        _JOINING_SCRIPTS)
 
 
 def canonical_label(text: str) -> str:

@@ -1566,11 +1566,13 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
     from selenium.webdriver.support.ui import WebDriverWait
 
     # "\u202etac" is drawn "cat" (U+202E RIGHT-TO-LEFT OVERRIDE), and the rest of its line backwards; a name with a
-    # zero-width space reads as one without. Shown escaped, as the CLI prints them; sent back as they are.
-    spoofed, name = "\u202etac", "emerald\u200b"
+    # zero-width space reads as one without. Shown escaped, as the CLI prints them; sent back as they are. A Persian
+    # label's ZERO WIDTH NON-JOINER is how the word is written, and shows: the label is shown as it is.
+    spoofed, name, persian = "\u202etac", "emerald\u200b", "نیم\u200cرخ"
     images = make_memory_images(tmp_path / "images", lite0)
     mem = fill_memory(":memory:", lite0, images)
     mem.relabel(spoofed, label="red")
+    mem.relabel(persian, label="blue")
     mem.set_label_names({"green": name})
     with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
         wait = WebDriverWait(browser, 30)
@@ -1578,7 +1580,7 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
         browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
         rows = lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "#label-list li")]  # noqa: E731
-        assert sorted(rows(browser)) == ["\\u202etac\n4", "blue\n4", "emerald\\u200b (green)\n4"]
+        assert sorted(rows(browser)) == ["\\u202etac\n4", "emerald\\u200b (green)\n4", f"{persian}\n4"]
         browser.find_element(By.ID, "label-filter").send_keys("tac")
         wait.until(lambda d: len(rows(d)) == 1)
         browser.find_element(By.CSS_SELECTOR, "#label-list button").click()  # the label itself asked for

@@ -325,6 +325,28 @@ def test_labels_names_and_sources_that_would_read_as_other_text_are_printed_esca
     assert (answer["label"], answer["label_name"], answer["source"]) == (spoofed, name, str(query))
 
 
+def test_labels_written_with_joiners_are_printed_as_they_are_written(built, image_folder, tmp_path):
+    # A Persian word holds a ZERO WIDTH NON-JOINER, a Devanagari conjunct a joiner after its virama, a family emoji
+    # joiners between its people: each shows, and is how the label is written. vmem printed them as they were
+    # until it escaped every format character, which showed a memory's own labels as "نیم\u200cرخ" after an upgrade.
+    # A joiner between Latin letters ("ca\u200ct" reads "cat") is still escaped.
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    labels = ["نیم\u200cرخ", "क्\u200dष", "👨\u200d👩\u200d👧", "ca\u200ct"]
+    photos = []
+    for i in range(len(labels)):
+        photos.append(tmp_path / f"{i}.png")
+        photos[-1].write_bytes(make_image((200, 40 * i, 220), fmt="PNG"))
+    with VisualMemory.open(memory, reranker=None) as mem:
+        mem.add(photos, labels)
+    shown = run("labels", "--memory", memory).stdout
+    for label in labels[:3]:
+        assert f"\t{label}\t" in shown
+    assert "\tca\\u200ct\t" in shown and "ca\u200ct" not in shown
+
+
 def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     memory, _ = built
     import shutil

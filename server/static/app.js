@@ -544,14 +544,34 @@ async function askWhyNot() {
 // OVERRIDE and the other bidi controls, zero-width spaces, U+FEFF; line and paragraph separators), written as
 // Python escapes them, as the CLI prints them: "\u202etac" had read "cat", and the rest of its sentence backwards.
 // For what is shown only: the label itself is what is sent back.
-const HIDDEN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+const HIDDEN = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]$/u;
 const ESCAPED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+// A joiner that joins is shown as itself, as retrieval.text.visible shows it (its _joins): after a virama, a non-joiner
+// between two letters of a joining script (Persian "نیم‌رخ"), a joiner inside an emoji sequence (👨‍👩‍👧).
+const VIRAMA = /[\u{94d}\u{9cd}\u{a4d}\u{acd}\u{b4d}\u{bcd}\u{c4d}\u{ccd}\u{d3b}\u{d3c}\u{d4d}\u{dca}\u{e3a}\u{eba}\u{f84}\u{1039}\u{103a}\u{1714}\u{1715}\u{1734}\u{17d2}\u{1a60}\u{1b44}\u{1baa}\u{1bab}\u{1bf2}\u{1bf3}\u{2d7f}\u{a806}\u{a82c}\u{a8c4}\u{a953}\u{a9c0}\u{aaf6}\u{abed}\u{10a3f}\u{11046}\u{11070}\u{1107f}\u{110b9}\u{11133}\u{11134}\u{111c0}\u{11235}\u{112ea}\u{1134d}\u{11442}\u{114c2}\u{115bf}\u{1163f}\u{116b6}\u{1172b}\u{11839}\u{1193d}\u{1193e}\u{119e0}\u{11a34}\u{11a47}\u{11a99}\u{11c3f}\u{11d44}\u{11d45}\u{11d97}]/u;
+const JOINING_LETTER = /^(?=\p{L})[\p{Script=Arabic}\p{Script=Syriac}\p{Script=Nko}\p{Script=Mongolian}\p{Script=Mandaic}\p{Script=Adlam}\p{Script=Hanifi_Rohingya}]$/u;
+const PASSED = /^[\p{Mn}\p{Me}\p{Sk}\u{fe00}-\u{fe0f}]$/u;
+function joins(chars, i) {
+  const c = chars[i];
+  if ((c !== "\u200c" && c !== "\u200d") || i === 0 || i === chars.length - 1) return false;
+  if (VIRAMA.test(chars[i - 1])) return true;
+  const base = (step) => {
+    let j = i + step;
+    while (j >= 0 && j < chars.length && PASSED.test(chars[j])) j += step;
+    return chars[j] ?? "";
+  };
+  if (c === "\u200c") return JOINING_LETTER.test(base(-1)) && JOINING_LETTER.test(base(1));
+  return /^\p{So}$/u.test(base(-1)) && /^\p{So}$/u.test(chars[i + 1]);
+}
+
 function visible(text) {
-  return String(text ?? "").replace(HIDDEN, (c) => {
+  const chars = [...String(text ?? "")];
+  return chars.map((c, i) => {
+    if (!HIDDEN.test(c) || joins(chars, i)) return c;
     const code = c.codePointAt(0);
     const hex = (digits) => code.toString(16).padStart(digits, "0");
     return ESCAPED[c] ?? (code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);
-  });
+  }).join("");
 }
 
 function named(label, name) {
