@@ -72,11 +72,13 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     return items
 
 
-def read_manifest(path: str | Path) -> list[LabelledImage]:
+def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list[LabelledImage]:
     """A UTF-8 CSV with a `path,label` header; relative paths are relative to the CSV's folder.
 
-    A leading byte-order mark (Excel's "CSV UTF-8") is allowed. DatasetError if the file is not UTF-8 text
-    or not in this layout.
+    A leading byte-order mark (Excel's "CSV UTF-8") is allowed. A row whose label is empty is left out: a person
+    reviewing `vmem classify --review-csv`'s queue blanks the label of an image they cannot tell. Its line number is
+    appended to `unlabelled`, for the caller to say; without one, a warning says them. DatasetError if the file is
+    not UTF-8 text or not in this layout, or a row has a label and no path.
     """
     path = Path(path)
     # utf-8-sig: the same as utf-8, but a BOM before the header is not read as part of the name "path".
@@ -88,13 +90,17 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
             items = []
+            blank: list[int] = []
             for n, row in enumerate(reader, start=2):
                 if None in row:  # more cells than the header names: an unquoted comma in a path moved the label
                     raise DatasetError(f"{path}:{n}: {len(reader.fieldnames) + len(row[None])} cells where the header "
                                        f"has {len(reader.fieldnames)}: put a path or label holding a comma in quotes")
                 label = canonical_label(row["label"] or "")
-                if not row["path"] or not label:
-                    raise DatasetError(f"{path}:{n}: empty path or label")
+                if not label:
+                    blank.append(n)
+                    continue
+                if not row["path"]:
+                    raise DatasetError(f"{path}:{n}: the label {label!r} has no path: give the image's path")
                 src = row["path"]
                 if "://" not in src and not Path(src).is_absolute():
                     src = str(path.parent / src)
@@ -107,18 +113,34 @@ def read_manifest(path: str | Path) -> list[LabelledImage]:
         except csv.Error as exc:
             raise DatasetError(f"{path}: not a readable CSV ({exc}): save it as a path,label CSV") from exc
     if not items:  # as an empty ImageFolder is: refused before a memory is made for nothing
+        if blank:
+            raise DatasetError(f"{path}: no row has a label ({len(blank):,} left empty, and a row whose label is "
+                               "empty is skipped): nothing to add")
         raise DatasetError(f"{path} lists no images: add a path,label row for each image under its header")
+    if unlabelled is not None:
+        unlabelled += blank
+    elif blank:
+        log.warning("%s", unlabelled_rows_message(path, blank))
     return items
 
 
-def read_labelled(dataset: str | Path, label: str | None = None) -> list[LabelledImage]:
-    """An ImageFolder directory or a `.csv` manifest; with `label`, every image below a folder (or one image
-    file), all of that label: a class added from the folder its images came in."""
+def unlabelled_rows_message(path: str | Path, rows: Sequence[int]) -> str:
+    """What a manifest's rows left with no label came to (skipped), naming their lines."""
+    shown = ", ".join(str(n) for n in rows[:10]) + (", ..." if len(rows) > 10 else "")
+    return (f"{path}: {len(rows):,} row{'s' if len(rows) != 1 else ''} with no label left out (line"
+            f"{'s' if len(rows) != 1 else ''} {shown}): a row whose label is empty is skipped")
+
+
+def read_labelled(dataset: str | Path, label: str | None = None,
+                  unlabelled: list[int] | None = None) -> list[LabelledImage]:
+    """An ImageFolder directory or a `.csv` manifest (its rows with no label left out, as `read_manifest`'s);
+    with `label`, every image below a folder (or one image file), all of that label: a class added from the folder
+    its images came in."""
     p = Path(dataset)
     if label is not None:
         return images_as_label(p, label)
     if p.is_file() and p.suffix.lower() == ".csv":
-        return read_manifest(p)
+        return read_manifest(p, unlabelled)
     return scan_imagefolder(p)
 
 

@@ -78,9 +78,24 @@ def test_a_manifests_labels_are_read_without_their_outer_spaces(photos, tmp_path
     manifest.write_text(f'path, label\n{photos}/a.png, gold fish\n"{photos}/b.png", gold fish \n'
                         f"{photos}/c.png,gold fish\n")
     assert [it.label for it in read_labelled(manifest)] == ["gold fish"] * 3
-    manifest.write_text(f"path,label\n{photos}/a.png,   \n")
-    with pytest.raises(DatasetError, match=r"set\.csv:2: empty path or label"):
+    manifest.write_text(f"path,label\n{photos}/a.png,   \n")  # a label of spaces alone is no label
+    with pytest.raises(DatasetError, match=r"set\.csv: no row has a label \(1 left empty"):
         read_labelled(manifest)
+    manifest.write_text("path,label\n,cat\n")
+    with pytest.raises(DatasetError, match=r"set\.csv:2: the label 'cat' has no path"):
+        read_labelled(manifest)
+
+
+def test_a_manifest_row_left_with_no_label_is_skipped_and_said(photos, tmp_path, caplog):
+    # A review queue a person went through: b.png they could not tell, so they emptied its label.
+    manifest = tmp_path / "queue.csv"
+    manifest.write_text(f"path,label\n{photos}/a.png,cat\n{photos}/b.png,\n,\n{photos}/c.png,dog\n")
+    unlabelled: list[int] = []
+    assert [(Path(it.source).name, it.label) for it in read_labelled(manifest, unlabelled=unlabelled)] == [
+        ("a.png", "cat"), ("c.png", "dog")]
+    assert unlabelled == [3, 4]  # line numbers, the header's being 1
+    read_labelled(manifest)  # a caller that does not collect them is told in a warning
+    assert "queue.csv: 2 rows with no label left out (lines 3, 4)" in caplog.text
 
 
 def test_a_manifest_row_with_more_cells_than_its_header_is_refused(photos, tmp_path):

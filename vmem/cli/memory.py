@@ -33,6 +33,7 @@ from retrieval import (
 )
 from retrieval.files import LATEST_BACKUP, holder_note, link_latest
 from retrieval.images import failure_line
+from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import is_embedded_location, local_folder, point_id_for
 from retrieval.text import utf8_text
@@ -168,8 +169,9 @@ def build(
     ] = None,
 ) -> None:
     """Embed a labelled image set into the memory (resumable; bad images are skipped and listed)."""
+    unlabelled: list[int] = []  # a review queue's rows a person left with no label: skipped, and said
     try:
-        items = read_labelled(dataset, label)
+        items = read_labelled(dataset, label, unlabelled)
         unique_sources(items)  # a file given two labels: refused before the memory is created or touched
     except (DatasetError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="DATASET") from exc
@@ -264,6 +266,8 @@ def build(
             raise typer.Exit(130) from None
         few = mem.few_point_labels(mem.stored_labels(sorted(dataset_labels)))
     typer.echo(report.summary(failures=False))
+    if unlabelled:
+        typer.echo(unlabelled_rows_message(dataset, unlabelled))
     say_few_points(few)
     if report.failed:  # notes, on stderr, as classify's skipped images are: stdout is the summary alone
         typer.echo(report.failures(), err=True)
