@@ -372,6 +372,15 @@ def classify(
         help="mark an answer whose confidence (the vote share of its label) is under this as unsure: its label a "
              "suggestion, for a person to check (--json: confidence, unsure, unsure_reason); vmem eval's table.md "
              "gives the threshold that keeps a target accuracy")] = None,
+    csv_out: Annotated[Path | None, typer.Option(
+        "--csv", metavar="FILE",
+        help="also write every answer to this CSV: path, label, label_name, confidence, unsure, reason (rewritten "
+             "atomically as each part of the images is done)")] = None,
+    review_csv: Annotated[Path | None, typer.Option(
+        "--review-csv", metavar="FILE",
+        help="with --min-confidence: write the unsure answers to this CSV as path,label rows, the suggestion as the "
+             "label, for a person to correct (or empty a label to skip the image) and add with `vmem build FILE`")
+    ] = None,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
@@ -386,6 +395,9 @@ def classify(
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
+    from .answer_sheets import AnswerSheets  # here: a command imports only its own modules (vmem --version none)
+
+    sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence)
     if answer_log is not None:  # asked to log, it does not answer unlogged (a service goes on: it serves others)
         try:
             with open(answer_log.expanduser(), "a", encoding="utf-8"):
@@ -406,7 +418,8 @@ def classify(
         results, failed = classify_in_parts(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
-            exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence)
+            exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence,
+            on_part=sheets.add if sheets is not None else None)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -416,6 +429,8 @@ def classify(
                    err=json_out)
     if min_confidence is not None:
         typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
+    if sheets is not None:
+        typer.echo(sheets.summary(), err=True)
     if flags is not None:
         typer.echo(flags.summary(results), err=True)
 
@@ -490,10 +505,11 @@ CLASSIFY_PART_MAX = 4096
 
 
 def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: bool, json_out: bool,
-                      flags: NoveltyFlags | None = None, **options) -> tuple[list, list]:
+                      flags: NoveltyFlags | None = None, on_part: Callable[[list], None] | None = None,
+                      **options) -> tuple[list, list]:
     """`mem.classify_many(paths, rerank=rerank, **options)`, printed as each part is done (answers on stdout,
-    skips on stderr), for `vmem classify` and `vmem dmn classify`; `flags` marks the unfamiliar ones (--ood).
-    Returns (answers, failures)."""
+    skips on stderr), for `vmem classify` and `vmem dmn classify`; `flags` marks the unfamiliar ones (--ood);
+    `on_part` is given each part's answers once they are printed (--csv). Returns (answers, failures)."""
     names = mem.label_names
     results: list = []
     failed: list = []
@@ -514,6 +530,8 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
                 print_classification(res, names, rerank, json_out, flags)
             for f in part_failed:  # with its part: a run interrupted later still said it
                 typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
+            if on_part is not None:
+                on_part(done)
             results += done
             failed += part_failed
             bar.update(len(part))
