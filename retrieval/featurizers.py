@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .files import file_sha256
+from .files import OutsideFolders, decodable, file_sha256, open_under
 from .images import ImageDecodeError, ImageInput
 
 # Re-exported (`X as X`, as type checkers read an export): where they were defined before
@@ -73,21 +73,41 @@ def default_device() -> torch.device:
 class _DecodeDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses in DataLoader workers; a bad image becomes an error string."""
 
-    def __init__(self, items: Sequence[ImageInput], transform: Preprocessing) -> None:
+    def __init__(self, items: Sequence[ImageInput], transform: Preprocessing,
+                 under: Sequence[Sequence[str | Path] | None] | None = None) -> None:
         self.items = items
         self.transform = transform
+        self.under = under
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        item = self.items[i]
+        roots = None if self.under is None else self.under[i]
         try:
             # uint8 crops: a quarter of the bytes a float tensor would move between processes.
-            return i, self.transform.load(self.items[i]), ""
+            if roots is None or not isinstance(item, str | Path):
+                return i, self.transform.load(item), ""
+            # The file opened under the roots is the one decoded: a link swapped in after the caller checked the
+            # name (by whoever may write in an image folder) would have a file outside them embedded.
+            with open_under(item, roots) as f:
+                return i, self.transform.load(decodable(f), name=str(item)), ""
         except ImageDecodeError as exc:
             return i, None, str(exc)
+        except OutsideFolders:
+            return i, None, f"{_describe(item)}: {OUTSIDE_REASON}"
+        except OSError as exc:  # gone, or no plain file, since the caller's check
+            return i, None, f"{_describe(item)}: {exc.strerror or exc}"
         except Exception as exc:  # any decoder bug must cost one image, not the run
             return i, None, f"{type(exc).__name__}: {exc}"
+
+
+# A decoded batch: the items' indices, their crops, and (index, why) of those that failed
+_Batch = tuple[list[int], "torch.Tensor | None", list[tuple[int, str]]]
+
+# Why an image `iter_embed` was to read under folders was not read
+OUTSIDE_REASON = "outside the folders its images are read from"
 
 
 def _collate(batch: list[tuple[int, torch.Tensor | None, str]]):
@@ -265,22 +285,25 @@ class Featurizer(ABC):
         items: Sequence[ImageInput],
         batch_size: int = 64,
         num_workers: int | None = None,
+        under: Sequence[Sequence[str | Path] | None] | None = None,
     ) -> Iterator[EmbedResult]:
         """Embed many images, decoded in DataLoader worker processes or (with none) by threads between
         forwards; yields one result per batch.
 
-        Corrupt images are reported in `failures` and never stop the run.
+        Corrupt images are reported in `failures` and never stop the run. `under`, one per item: the folders a
+        path item's file must be inside, checked on the file opened and decoded (`open_under`; None: read by
+        name); one outside is a failure (`OUTSIDE_REASON`).
         """
         num_workers = self.loader_workers(len(items), batch_size, num_workers)
-        decoded = (self._decoded_by_threads(items, batch_size) if num_workers == 0
-                   else self._decoded_by_workers(items, batch_size, num_workers))
+        decoded = (self._decoded_by_threads(items, batch_size, under) if num_workers == 0
+                   else self._decoded_by_workers(items, batch_size, num_workers, under))
         for idx, xs, bad in decoded:
             failures = [EmbedFailure(i, _describe(items[i]), err) for i, err in bad]
             feats = self.embed_tensors(xs) if xs is not None else np.zeros((0, self.dim), np.float32)
             yield EmbedResult(feats, idx, failures)
 
-    def _decoded_by_workers(self, items: Sequence[ImageInput], batch_size: int,
-                            num_workers: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    def _decoded_by_workers(self, items: Sequence[ImageInput], batch_size: int, num_workers: int,
+                            under: Sequence[Sequence[str | Path] | None] | None = None) -> Iterator[_Batch]:
         """`_collate`d batches of `items`, decoded in DataLoader worker processes while the forward runs."""
         # A DataLoader hands each of its batches to one worker. Workers therefore decode chunks of at most
         # DECODE_CHUNK images, gathered here into the forward's batches: with the forward's batch as the
@@ -289,7 +312,7 @@ class Featurizer(ABC):
         chunks_per_batch = -(-batch_size // DECODE_CHUNK)
         chunk = batch_size // chunks_per_batch  # so a gathered batch never exceeds batch_size
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset(items, self.preprocessing),
+            _DecodeDataset(items, self.preprocessing, under),
             batch_size=chunk,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -312,10 +335,10 @@ class Featurizer(ABC):
             yield idx, torch.cat(xs) if xs else None, bad
             idx, xs, bad = [], [], []
 
-    def _decoded_by_threads(self, items: Sequence[ImageInput],
-                            batch_size: int) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    def _decoded_by_threads(self, items: Sequence[ImageInput], batch_size: int,
+                            under: Sequence[Sequence[str | Path] | None] | None = None) -> Iterator[_Batch]:
         """`_collate`d batches of `items`, each decoded in this process by a pool of threads, between forwards."""
-        dataset = _DecodeDataset(items, self.preprocessing)
+        dataset = _DecodeDataset(items, self.preprocessing, under)
         threads = self.decode_threads or decode_threads()
         with ThreadPoolExecutor(threads, thread_name_prefix="vmem-decode", initializer=_single_threaded_torch) as pool:
             for start in range(0, len(items), batch_size):

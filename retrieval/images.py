@@ -296,7 +296,7 @@ def jpeg_scans(data: bytes) -> int:
     return scans
 
 
-def load_pixels(source: ImageInput, min_side: int | None = None) -> np.ndarray:
+def load_pixels(source: ImageInput, min_side: int | None = None, name: str | None = None) -> np.ndarray:
     """`load_image` as a uint8 RGB array [height, width, 3]: the same pixels, plain JPEGs decoded faster.
 
     A plain JPEG (colour or grey, upright, within the pixel limit) is decoded by simplejpeg straight into
@@ -309,7 +309,7 @@ def load_pixels(source: ImageInput, min_side: int | None = None) -> np.ndarray:
         pixels = _decode_plain_jpeg(source, min_side)
         if pixels is not None:
             return pixels
-    return np.array(load_image(source, min_side), dtype=np.uint8)
+    return np.array(load_image(source, min_side, name), dtype=np.uint8)
 
 
 def _decode_plain_jpeg(source: str | Path | bytes | bytearray, min_side: int | None) -> np.ndarray | None:

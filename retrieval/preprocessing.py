@@ -65,15 +65,16 @@ class Preprocessing(BaseModel):
         """The model input for one image: float32 [3, crop, crop], normalised."""
         return self.normalize(self.resize_crop(img).unsqueeze(0))[0]
 
-    def decode(self, source: ImageInput) -> Image.Image:
-        """`load_image` with this preprocessing's JPEG draft: the image every path embeds."""
-        return load_image(source, min_side=self._min_side)
+    def decode(self, source: ImageInput, name: str | None = None) -> Image.Image:
+        """`load_image` with this preprocessing's JPEG draft: the image every path embeds (`name`: what errors call
+        it, as `load_image` takes it)."""
+        return load_image(source, min_side=self._min_side, name=name)
 
-    def load(self, source: ImageInput) -> torch.Tensor:
+    def load(self, source: ImageInput, name: str | None = None) -> torch.Tensor:
         """Decode and resize-crop one image: `resize_crop(decode(source))`, plain JPEGs by the faster decoder."""
         if self.resampler == "pil" or isinstance(source, Image.Image):
-            return self.resize_crop(self.decode(source))
-        return self.resize_crop(load_pixels(source, min_side=self._min_side))
+            return self.resize_crop(self.decode(source, name))
+        return self.resize_crop(load_pixels(source, min_side=self._min_side, name=name))
 
     @property
     def _min_side(self) -> int | None:

@@ -4,6 +4,7 @@ left out and listed; the old memory untouched; resumable; nonsense refused."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
@@ -186,6 +187,35 @@ def test_a_point_naming_a_file_outside_the_memorys_image_folders_is_not_embedded
                                                     "(source_roots, vmem info)"] * 3
         assert not any(p.source == str(link) for page in new.store.scroll() for p in page)
         assert not any(".private" in p.source for page in new.store.scroll() for p in page)
+
+
+def test_a_link_swapped_in_after_the_check_is_not_embedded(tmp_path, lite1, photos, monkeypatch):
+    """Whoever may write in an image folder swaps an image for a link to a private photo just after vmem checked
+    its name: the file read is the one checked under the folders, so the private photo's features stay out."""
+    import vmem.reembed as reembed
+
+    private = tmp_path / "home" / ".private" / "me.jpg"
+    private.parent.mkdir(parents=True)
+    shutil.copy(photos[4].source, private)
+    swapped = photos[1].source
+    checked = reembed._image_of
+
+    def check_then_swap(point, folder, roots):
+        found = checked(point, folder, roots)
+        if point.source == swapped:
+            os.unlink(swapped)
+            os.symlink(private, swapped)
+        return found
+
+    monkeypatch.setattr(reembed, "_image_of", check_then_swap)
+    with VisualMemory.open(tmp_path / "lite0", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        mem.build(photos[:3])
+        new, done = mem.reembed_to(tmp_path / "lite1", lite1)
+    with new:
+        assert done.embedded == 2 and new.store.count() == 2
+        assert [(s.source, s.reason) for s in done.skipped] == [
+            (swapped, "outside the folders this memory's images were read from (source_roots, vmem info)")]
+        assert swapped not in {p.source for page in new.store.scroll() for p in page}
 
 
 def test_what_vmem_copy_featurizer_leaves_out_is_said_one_line_a_point(tmp_path, photos):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval import is_local_source, open_store
 from retrieval.doubtful import ROW_KEY
+from retrieval.featurizers import OUTSIDE_REASON
 from retrieval.files import is_under
 from retrieval.store import (
     EXCLUDED_KEY,
@@ -53,13 +54,19 @@ PRUNING_KEYS = (EXCLUDED_KEY, PRUNE_COUNT_KEY, RELIABILITY_KEY)
 NOT_CARRIED_SETTINGS = ("vote", "tuning", "pruning", "thumbnail_dirs", REEMBEDDED_FROM_KEY, COPIES_BEGUN_KEY)
 
 
-def _image_of(point: StoredPoint, folder: Path | None, roots: list[str] | None) -> tuple[str | None, str | None]:
-    """(the file to embed a point again from, None) or (None, why it cannot be): an upload from the image a service
-    kept as sent (VMEM_KEEP_UPLOADS) in the memory's `folder`, any other point from its source under `roots`."""
+OUTSIDE = "outside the folders this memory's images were read from (source_roots, vmem info)"
+
+
+def _image_of(point: StoredPoint, folder: Path | None,
+              roots: list[str] | None) -> tuple[str | None, list[str] | None, str | None]:
+    """(the file to embed a point again from, the folders it is to be read under, None) or (None, None, why it
+    cannot be): an upload from the image a service kept as sent (VMEM_KEEP_UPLOADS) in the memory's `folder`, any
+    other point from its source under `roots`. The featurizer reads the file under those folders again, as it opens
+    it: the name checked here may lead elsewhere by then."""
     if (point.source.startswith("upload:") and folder is not None and upload_file(folder, point.id).is_file()
             and is_under(upload_file(folder, point.id), [folder / UPLOADS_DIR])):  # a link there leads elsewhere
-        return str(upload_file(folder, point.id)), None
-    return (point.source, None) if (why := _no_image(point.source, roots)) is None else (None, why)
+        return str(upload_file(folder, point.id)), [str(folder / UPLOADS_DIR)], None
+    return (point.source, roots, None) if (why := _no_image(point.source, roots)) is None else (None, None, why)
 
 
 def _no_image(source: str, roots: list[str] | None) -> str | None:
@@ -85,8 +92,13 @@ def _no_image(source: str, roots: list[str] | None) -> str | None:
         # collection): a private photo's features would go into the new memory, and its path be answered to every
         # query near it. The thumbnails and the re-ranker keep to the roots too (docs/reliability.md), by the
         # same check: a link in an image folder to a file outside it is outside, as they do not show it.
-        return "outside the folders this memory's images were read from (source_roots, vmem info)"
+        return OUTSIDE
     return None
+
+
+def _reason(failed: str) -> str:
+    """Why the featurizer did not embed a file, as `_no_image` says it of one outside before it is read."""
+    return OUTSIDE if failed == OUTSIDE_REASON else failed
 
 
 def same_encoder(a: FeaturizerSpec, b: FeaturizerSpec) -> bool:
@@ -211,26 +223,28 @@ def _reembed_page(page: list[StoredPoint], dest: MemoryStore, feat: Featurizer, 
     result.already_there += len(there)
     todo: list[StoredPoint] = []
     files: list[str] = []
+    under: list[list[str] | None] = []
     for p in page:
         if p.id in there:
             continue
         result.unpruned += _marks(p.payload)
-        file, why = _image_of(p, folder, roots)
+        file, within, why = _image_of(p, folder, roots)
         if file is None:
             result.skipped.append(SkippedPoint(id=p.id, label=p.label, source=p.source, reason=str(why)))
         else:
             todo.append(p)
             files.append(file)
+            under.append(within)
     if progress is not None:
         progress(len(page) - len(todo))
     if not todo:
         return
     feat.embed_as_stored()  # a run resumed stores the vectors one run whole would have
-    for res in feat.iter_embed(files, batch_size, num_workers):
+    for res in feat.iter_embed(files, batch_size, num_workers, under=under):
         dest.put([StoredPoint(todo[i].id, wanted[todo[i].id], res.features[row]) for row, i in enumerate(res.indices)])
         result.embedded += len(res.indices)
         result.skipped += [SkippedPoint(id=todo[f.index].id, label=todo[f.index].label, source=todo[f.index].source,
-                                        reason=f.reason.removeprefix(f"{todo[f.index].source}: "))  # named beside it
+                                        reason=_reason(f.reason.removeprefix(f"{files[f.index]}: ")))  # named beside
                            for f in res.failures]
         if progress is not None:
             progress(len(res.indices) + len(res.failures))
