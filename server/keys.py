@@ -82,8 +82,27 @@ def new_key_line(name: str, scopes: tuple[str, ...] = ()) -> tuple[str, str]:
 
 
 def read_keys_file(path: Path) -> list[ApiKey]:
-    """The keys of a keys file; KeysFileError says which line is wrong and how."""
-    return keys_in(path, keys_file_text(path))
+    """The keys of a keys file, read once it is whole as a service serving takes it (`KeyRing`); KeysFileError says
+    which line is wrong and how.
+
+    Read at start (settings, the service's keys): a service started while a deploy wrote the file had stopped on its
+    cut last line ("rer" is no scope). Read again until the read ends at a line's end and the file did not change
+    as it was read, or its last line has not changed for `_SETTLED_S`; refused, saying so, after twice that."""
+    started = time.monotonic()
+    first: tuple[tuple[int, int, int] | None, float] = (None, started)  # a signature, and when first read with it
+    while True:
+        signature = _signature(path)
+        text = keys_file_text(path)
+        now = time.monotonic()
+        if signature != first[0]:
+            first = (signature, now)
+        if signature is not None and _signature(path) == signature and (
+                text.endswith("\n") or time.time() - signature[0] / 1e9 > _SETTLED_S or now - first[1] > _SETTLED_S):
+            return keys_in(path, text)
+        if now - started > 2 * _SETTLED_S:
+            raise KeysFileError(path, f"still being written: it changed as it was read for {2 * _SETTLED_S:g} s; "
+                                "start the service again once it is written")
+        time.sleep(min(0.05, _SETTLED_S / 4))
 
 
 def keys_file_text(path: Path) -> str:

@@ -255,6 +255,46 @@ def test_a_keys_file_whose_last_line_has_no_newline_is_read_once_it_has_settled(
     assert ring.find(BOB).name == "bob"
 
 
+def test_a_keys_file_read_at_start_while_it_is_written_waits_for_it_whole(tmp_path, monkeypatch):
+    # `vmem serve` started while a deploy writes the keys file: its last line cut inside what kiosk may do ("rer")
+    # had stopped the service, saying "rer" is no scope (the re-read while serving waits for the file whole; the
+    # first read had not)
+    from server import keys as keys_module
+
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE) + line("kiosk", KIOSK, "rerank")[:-4])
+    real_read = keys_module.keys_file_text
+
+    def read_then_written_on(path):
+        text = real_read(path)
+        with open(path, "a", encoding="utf-8") as editor:  # the writer goes on as the service reads
+            editor.write("" if text.endswith("\n") else "ank\n")
+        return text
+
+    monkeypatch.setattr(keys_module, "keys_file_text", read_then_written_on)
+    ring = keys_module.KeyRing(path=keys)
+    assert ring.find(KIOSK).scopes == {"rerank"} and ring.find(ALICE).name == "alice"
+
+
+def test_a_keys_file_that_never_stops_changing_at_start_is_refused_in_words(tmp_path, monkeypatch):
+    from server import keys as keys_module
+
+    keys = tmp_path / "keys"
+    keys.write_text(line("alice", ALICE))
+    monkeypatch.setattr(keys_module, "_SETTLED_S", 0.05)  # gives up in a tenth of a second, not four
+    real_read = keys_module.keys_file_text
+
+    def read_then_changed(path):
+        text = real_read(path)
+        with open(path, "a", encoding="utf-8") as editor:
+            editor.write("# still writing\n")
+        return text
+
+    monkeypatch.setattr(keys_module, "keys_file_text", read_then_changed)
+    with pytest.raises(keys_module.KeysFileError, match=r"still being written.*start the service again"):
+        keys_module.KeyRing(path=keys)
+
+
 def test_vmem_key_refuses_the_name_default_which_is_vmem_api_keys(tmp_path):
     # A line named default is refused by the service (at start, or kept out while serving): made, it had been
     # printed as a key to hand out while the file it went into stopped the service's next start
