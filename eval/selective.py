@@ -76,8 +76,12 @@ class Selective(BaseModel):
 
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds, highest first; queries kept at each; correct answers among them): one entry per distinct
-    (rounded) confidence, keeping every query whose confidence is at least it."""
+    (rounded) confidence, keeping every query whose confidence is at least it. A query with no answer (confidence
+    0: an answer's share is never 0) is kept at none, threshold 0 included: there is nothing to keep, and classify
+    calls it unsure at every `min_confidence` (`vmem.results.unsure_of`)."""
     conf = rounded_confidence(np.asarray(confidence, dtype=np.float64))
+    answered = conf > 0
+    conf, correct = conf[answered], np.asarray(correct, dtype=bool)[answered]
     order = np.argsort(-conf, kind="stable")
     conf, right = conf[order], np.asarray(correct, dtype=bool)[order]
     hits = np.cumsum(right)
@@ -122,14 +126,17 @@ def selective_scores(confidence: np.ndarray, correct: np.ndarray, rule: str, k: 
         rel.append(ReliabilityBin(lower=b / bins, upper=(b + 1) / bins, queries=m, mean_confidence=mc, accuracy=ma))
     # AURC: the mean over queries, kept one by one most confident first, of the risk once each is kept (a run of
     # equal confidences kept at once: each of them at the run's risk)
-    risk_each = 1.0 - np.repeat(acc, np.diff(np.r_[0, kept])) if n else np.zeros(0)
+    # (over the queries answered: one with no answer is kept at no threshold)
+    risk_each = 1.0 - np.repeat(acc, np.diff(np.r_[0, kept]))
     shown = np.arange(len(thresholds))
     if len(shown) > CURVE_POINTS:
-        shown = np.unique(np.r_[np.searchsorted(kept / n, np.linspace(0, 1, CURVE_POINTS + 1)[1:]), len(kept) - 1])
+        shown = np.unique(np.r_[np.minimum(np.searchsorted(kept / n, np.linspace(0, 1, CURVE_POINTS + 1)[1:]),
+                                           len(kept) - 1), len(kept) - 1])
     return Selective(
         rule=rule, k=k, queries=n, accuracy=float(right.mean()) if n else 0.0,
         mean_confidence=float(conf.mean()) if n else 0.0, ece=float(ece),
-        aurc=float(risk_each.mean()) if n else 0.0, at_accuracy=at, reliability=rel,
+        aurc=float(risk_each.mean()) if len(risk_each) else float(n > 0),  # no answer at all: all risk
+        at_accuracy=at, reliability=rel,
         risk_coverage=[RiskCoveragePoint(min_confidence=float(thresholds[j]), kept=int(kept[j]),
                                          coverage=float(kept[j] / n), accuracy=float(acc[j])) for j in shown])
 

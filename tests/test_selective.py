@@ -14,6 +14,7 @@ from eval.harness import QuerySet, RunInfo, evaluate, write_report
 from eval.scoring import MemoryArrays, NeighborTable, score, winner_share
 from eval.selective import selective_scores
 from retrieval import VoteRule, vote
+from vmem.results import unsure_of
 
 # Six answers, most confident first: right, right, right, wrong, right, wrong.
 CONFIDENCE = np.array([1.0, 1.0, 0.7, 0.6, 0.6, 0.3])
@@ -47,6 +48,20 @@ def test_reliability_bins_and_expected_calibration_error():
     assert s.ece == pytest.approx(0.8 / 6)
     # The risk once each answer is kept, most confident first: 0, 0, 0, 0.2, 0.2, 1/3.
     assert s.aurc == pytest.approx((0.4 + 1 / 3) / 6)
+
+
+def test_a_query_with_no_answer_is_kept_at_no_threshold_as_classify_calls_it_unsure():
+    # An empty memory's neighbourhood, or no point allowed to vote: confidence 0. At min_confidence 0 classify says
+    # unsure ("no answer"); the curve had kept it at a threshold 0, as an answer, wrong.
+    s = selective_scores(np.r_[CONFIDENCE, 0.0], np.r_[CORRECT, False], "plurality", 10)
+    assert [(p.min_confidence, p.kept) for p in s.risk_coverage] == [(1.0, 2), (0.7, 3), (0.6, 5), (0.3, 6)]
+    assert s.risk_coverage[-1].coverage == pytest.approx(6 / 7) and s.queries == 7
+    assert unsure_of(None, None, 0.0) == (True, "no answer: no memory point could vote")
+    # Many thresholds, shown one per 0.5 % of coverage, and some queries unanswered: the curve ends where answers do.
+    many = selective_scores(np.r_[np.linspace(0.01, 1, 3000), np.zeros(500)], np.ones(3500, bool), "plurality", 10)
+    assert many.risk_coverage[-1].kept == 3000 and many.aurc == 0.0
+    nothing = selective_scores(np.zeros(3), np.zeros(3, bool), "plurality", 10)
+    assert (nothing.risk_coverage, nothing.aurc) == ([], 1.0)
 
 
 @pytest.mark.parametrize("rule", list(VoteRule))
