@@ -572,18 +572,28 @@ class CollectionJournal(Journal):
     @property
     def newest_at(self) -> str | None:
         """The newest entry's time, asked of the server each time (one request ordered by `at`, made only for
-        the answer log): every process sharing the memory writes this journal, so no process can keep it. A
-        server that will not order the entries (a key that may read but not index) leaves it None."""
+        the answer log): every process sharing the memory writes this journal, so no process can keep it. Its
+        existence is asked until it is found, then remembered: asked at every classify, it was a second request.
+        A server that will not order the entries (a key that may read but not index) leaves it None."""
         from qdrant_client import models as qm
         from qdrant_client.http.exceptions import UnexpectedResponse
 
-        if self._unordered or not self.client.collection_exists(self.collection):
+        if self._unordered or not (self._exists or self.client.collection_exists(self.collection)):
             return None
+        self._exists = True
         try:
             self._index_time()
             recs, _ = self.client.scroll(self.collection, limit=1, with_payload=["at"], with_vectors=False,
                                          order_by=qm.OrderBy(key="at", direction=qm.Direction.DESC))
-        except UnexpectedResponse as exc:  # said once: asked again, it was a refused request and a warning an answer
+        except (UnexpectedResponse, ValueError) as exc:  # a server's refusal; local mode's "not found"
+            if not self.client.collection_exists(self.collection):
+                # Dropped since it was found (by another process sharing the memory): no journal now, which the
+                # next edit makes again, its index with it; the server refused nothing
+                self._exists = self._time_indexed = False
+                return None
+            if not isinstance(exc, UnexpectedResponse):
+                raise
+            # Said once: asked again, it was a refused request and a warning an answer
             log.warning("the journal's server would not order its entries (%s): no edit_at for the answer log", exc)
             self._unordered = True
             return None

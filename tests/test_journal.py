@@ -430,6 +430,34 @@ def test_a_shared_memorys_recent_edits_are_one_page_from_the_server_and_agree_wi
     assert len(sent) == 4 and [e.part for e in shown] == [1] and earlier == len(entries) - 1
 
 
+def test_the_answer_logs_edit_at_costs_a_shared_memory_one_request_a_classify(tmp_path, caplog):
+    # README: a memory on a Qdrant server asks for its newest edit "once per classify call (one request)"; its
+    # journal's existence had been asked too, every time. qdrant-local: qdrant-client's code, a folder as a server.
+    from retrieval.journal import CollectionJournal
+
+    entries, _ = a_long_journal()
+    client = QdrantClient(path=str(tmp_path / "server"))
+    journal = CollectionJournal(client, "vmem-journal")
+    asked: list[str] = []
+    for name in ("collection_exists", "scroll", "create_payload_index", "create_collection", "upsert"):
+        def counted(*args, _real=getattr(client, name), _name=name, **kwargs):
+            asked.append(_name)
+            return _real(*args, **kwargs)
+        setattr(client, name, counted)
+
+    assert journal.newest_at is None and asked == ["collection_exists"]  # no journal yet: asked each time
+    journal.append(entries[:10])
+    journal.newest_at  # noqa: B018 - its index made once
+    asked.clear()
+    newest = max(e.at for e in entries[:10])
+    assert [journal.newest_at for _ in range(3)] == [newest] * 3 and asked == ["scroll"] * 3
+    # Dropped by another process sharing the memory: no journal now, not a server that will not order it
+    QdrantClient.delete_collection(client, "vmem-journal")
+    assert journal.newest_at is None and "would not order" not in caplog.text
+    journal.append(entries[10:20])  # made again, and ordered again
+    assert journal.newest_at == max(e.at for e in entries[10:20])
+
+
 def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
     from qdrant_client.http.exceptions import UnexpectedResponse
 
