@@ -132,6 +132,21 @@ def _three(value: Any, key: str, refuse: Any) -> tuple[float, float, float]:
     return float(values[0]), float(values[1]), float(values[2])
 
 
+def _no_code(load: Any, **kwargs: Any) -> Any:
+    """`load` (a `from_pretrained`) that never runs a model's own code: the name may be a memory's, not the user's,
+    and transformers, left to decide (trust_remote_code None), asks on stdin whether to run a folder's or a Hub
+    repository's code, so a `y` typed there (or piped in) ran code the user never named."""
+    return functools.partial(load, trust_remote_code=False, **kwargs)
+
+
+def _refuse_own_code(ref: str, exc: Exception) -> None:
+    """FeaturizerError, said for vmem, where transformers refused a model that needs code of its own."""
+    if "trust_remote_code" in str(exc):
+        raise FeaturizerError(f"hf:{ref}: the model needs code of its own to load (its config's auto_map), and vmem "
+                              "runs no model's code on the say-so of a name (a memory's may not be yours): wrap it "
+                              "in a python: plugin that loads it (README, \"Your own encoder\")") from None
+
+
 def _processor_config(ref: str) -> dict[str, Any]:
     """A model's preprocessor_config.json: its folder's, or the Hub's (from the cache where it is there)."""
     folder = Path(ref).expanduser()
@@ -145,8 +160,9 @@ def _processor_config(ref: str) -> dict[str, Any]:
     from transformers import AutoImageProcessor
 
     try:
-        processor = from_hub_or_folder(AutoImageProcessor.from_pretrained, ref)
+        processor = from_hub_or_folder(_no_code(AutoImageProcessor.from_pretrained), ref)
     except (OSError, ValueError) as exc:
+        _refuse_own_code(ref, exc)
         raise FeaturizerError(f"hf:{ref}: could not read its image processor ({exc}). On a machine without the "
                               "Hugging Face Hub, save the model and its processor elsewhere and pass hf:/path/to/dir"
                               ) from None
@@ -157,8 +173,9 @@ def _config(ref: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return from_hub_or_folder(AutoConfig.from_pretrained, ref)
+        return from_hub_or_folder(_no_code(AutoConfig.from_pretrained), ref)
     except (OSError, ValueError) as exc:
+        _refuse_own_code(ref, exc)
         raise FeaturizerError(f"hf:{ref}: no model config could be read ({exc}). On a machine without the Hugging "
                               "Face Hub, save the model elsewhere and pass hf:/path/to/dir") from None
 
@@ -183,8 +200,9 @@ class HfFeaturizer(Featurizer):
         self.name, self.preprocessing, dim = hf_spec_parts(name)
         self.pooling = self.name.rpartition("#")[2]
         try:
-            model = from_hub_or_folder(functools.partial(AutoModel.from_pretrained, dtype=self.dtype), ref)
+            model = from_hub_or_folder(_no_code(AutoModel.from_pretrained, dtype=self.dtype), ref)
         except (OSError, ValueError) as exc:
+            _refuse_own_code(ref, exc)
             raise FeaturizerError(f"hf:{ref}: could not load the model ({exc})") from None
         self.model = model.to(self.device).eval()
         two_tower = getattr(model.config, "vision_config", None) is not None

@@ -256,3 +256,38 @@ def test_a_plugin_that_cannot_be_used_is_refused_with_the_reason(plugin):
         load_featurizer("python:my_encoders:not_a_featurizer")
     with pytest.raises(FeaturizerError, match=r"python:package.module:factory"):
         load_featurizer("python:my_encoders")
+
+
+def test_a_model_that_needs_its_own_code_is_refused_even_where_someone_answers_yes(tmp_path):
+    # A memory copied from elsewhere may name any folder or Hub repository. One whose config maps its classes to a
+    # module of its own (auto_map) had transformers ask on stdin whether to run that code: a `y` there, typed or
+    # piped in, ran it while vmem only opened a memory. vmem never lets it ask.
+    import subprocess
+
+    model = tmp_path / "own-code"
+    model.mkdir()
+    ran = tmp_path / "ran"
+    (model / "config.json").write_text('{"model_type": "mynet", "hidden_size": 8, "auto_map": '
+                                       '{"AutoConfig": "mynet.MyConfig", "AutoModel": "mynet.MyModel"}}')
+    (model / "preprocessor_config.json").write_text('{"size": {"height": 32, "width": 32}, "resample": 2, '
+                                                    '"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}')
+    (model / "mynet.py").write_text(f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n"
+                                    "from transformers import PretrainedConfig\n"
+                                    "class MyConfig(PretrainedConfig):\n    model_type = 'mynet'\n")
+    name = f"hf:{model}"
+    script = textwrap.dedent(f"""
+        from retrieval import featurizer_spec, load_featurizer
+        from retrieval.preprocessing import FeaturizerError
+        for load in (featurizer_spec, lambda name: load_featurizer(name, "cpu", trusted=False)):
+            try:
+                load({name!r})
+                print("loaded")
+            except FeaturizerError as exc:
+                print("refused:", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], input="y\ny\ny\ny\n", capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parent.parent)
+    assert not ran.exists(), done.stdout + done.stderr
+    said = done.stdout.splitlines()
+    assert len(said) == 2 and all("needs code of its own" in line and "python: plugin" in line for line in said), \
+        done.stdout + done.stderr
