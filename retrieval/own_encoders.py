@@ -148,15 +148,22 @@ def _refuse_own_code(ref: str, exc: Exception) -> None:
 
 
 def _processor_config(ref: str) -> dict[str, Any]:
-    """A model's preprocessor_config.json: its folder's, or the Hub's (from the cache where it is there)."""
+    """A model's preprocessor_config.json: its folder's, or the Hub's (from the cache where it is there). A folder
+    a whole processor was saved to (`CLIPProcessor.save_pretrained`, transformers 5) has none: its
+    processor_config.json holds the image processor's, under "image_processor"."""
     folder = Path(ref).expanduser()
     if folder.is_dir():
         file = folder / "preprocessor_config.json"
-        if not file.is_file():
-            raise FeaturizerError(f"hf:{ref}: the folder holds no preprocessor_config.json, so how the model takes "
-                                  "images is unknown: save its image processor there too "
-                                  "(`AutoImageProcessor.from_pretrained(...).save_pretrained(folder)`)")
-        return dict(json.loads(file.read_text()))
+        if file.is_file():
+            return dict(json.loads(file.read_text()))
+        whole = folder / "processor_config.json"
+        nested = json.loads(whole.read_text()).get("image_processor") if whole.is_file() else None
+        if not isinstance(nested, dict):
+            raise FeaturizerError(f"hf:{ref}: the folder holds no preprocessor_config.json (nor an image processor in "
+                                  "a processor_config.json), so how the model takes images is unknown: save its "
+                                  "image processor there too (`AutoImageProcessor.from_pretrained(...)"
+                                  ".save_pretrained(folder)`)")
+        return dict(nested)
     from transformers import AutoImageProcessor
 
     try:

@@ -291,3 +291,35 @@ def test_a_model_that_needs_its_own_code_is_refused_even_where_someone_answers_y
     said = done.stdout.splitlines()
     assert len(said) == 2 and all("needs code of its own" in line and "python: plugin" in line for line in said), \
         done.stdout + done.stderr
+
+
+def test_a_folder_saved_with_a_two_tower_models_whole_processor_is_read(tmp_path):
+    # `CLIPProcessor(...).save_pretrained(dir)` (as `AutoProcessor`'s of CLIP or SigLIP) writes processor_config.json,
+    # the image processor nested in it, and no preprocessor_config.json: such a folder had been refused.
+    import json
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
+    (vocab / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = CLIPModel(CLIPConfig(text_config=dict(**tower, vocab_size=64), projection_dim=12,
+                                 vision_config=dict(**tower, image_size=32, patch_size=8)))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    folder = tmp_path / "clip"
+    model.eval().save_pretrained(folder)
+    CLIPProcessor(image_processor=image_processor,
+                  tokenizer=CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"))).save_pretrained(folder)
+    assert not (folder / "preprocessor_config.json").exists() and (folder / "processor_config.json").exists()
+
+    spec = featurizer_spec(f"hf:{folder}")
+    assert spec == load_featurizer(f"hf:{folder}", "cpu").spec
+    assert (spec.name, spec.dim) == (f"hf:{folder}#image", 12)
+    assert spec.preprocessing == hf_preprocessing(image_processor.to_dict(), "clip")
+    assert (spec.preprocessing.resize, spec.preprocessing.crop) == (40, 32)
+    features = load_featurizer(f"hf:{folder}", "cpu").embed([item.source for item in tiny_imagenet_items(1)])
+    assert features.shape == (3, 12) and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
