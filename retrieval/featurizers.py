@@ -682,17 +682,18 @@ DINOV2_DIMS = {"dinov2-small": 384, "dinov2-base": 768, "dinov2-large": 1024, "d
 CLIP_SIZES = {"clip-vit-b16": (512, 224), "clip-vit-b32": (512, 224), "clip-vit-l14": (768, 224)}  # (dim, input)
 
 
-def featurizer_spec(name: str) -> FeaturizerSpec:
+def featurizer_spec(name: str, trusted: bool = False) -> FeaturizerSpec:
     """What a memory records of the encoder `name` (name, dim, preprocessing, a local folder's weights digest),
     as `load_featurizer(name).spec` gives it, without loading the weights where vmem knows it: built-in
     EfficientNet-Lite, the Hub's DINOv2 and CLIP names, and a local folder's `config.json`. Vectors made on
-    another machine (`vmem import`) need only this here; an unknown Hub id is loaded to know it.
+    another machine (`vmem import`) need only this here; an unknown Hub id is loaded to know it. `trusted`: as
+    `load_featurizer`'s (a `python:` plugin is imported to know it), False unless the caller named `name` itself.
     """
     hub = {f"facebook/{n}": n for n in DINOV2_DIMS}
     local = _local_folder(name)
     spec: FeaturizerSpec | None = None
     if name.startswith("python:"):
-        return load_featurizer(name, "cpu", trusted=False).spec  # its module says; imported only where trusted
+        return load_featurizer(name, "cpu", trusted=trusted).spec  # its module says; imported only where trusted
     if name.startswith("hf:"):
         from .own_encoders import hf_spec_parts
 

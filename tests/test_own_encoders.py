@@ -238,8 +238,7 @@ def test_a_plugin_encoder_builds_with_vmem_and_opening_its_memory_never_imports_
 
 
 def test_a_plugin_named_by_someone_else_is_not_imported(plugin, monkeypatch):
-    # `vmem import`'s (and the HTTP import's) --featurizer goes through featurizer_spec: a name in a request must
-    # not run code on the server.
+    # featurizer_spec, told nothing of where a name came from, takes it as not the user's: it imports no plugin.
     with pytest.raises(FeaturizerError, match="VMEM_PLUGINS"):
         featurizer_spec(plugin)
     assert "my_encoders" not in sys.modules
@@ -323,3 +322,25 @@ def test_a_folder_saved_with_a_two_tower_models_whole_processor_is_read(tmp_path
     assert (spec.preprocessing.resize, spec.preprocessing.crop) == (40, 32)
     features = load_featurizer(f"hf:{folder}", "cpu").embed([item.source for item in tiny_imagenet_items(1)])
     assert features.shape == (3, 12) and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+
+
+def test_vmem_import_takes_the_plugin_its_user_names_and_an_import_into_a_memory_imports_none(plugin, tmp_path):
+    # Vectors a researcher's own encoder made elsewhere: `vmem import --featurizer python:...` names it, as a
+    # build does. It had been refused, telling the user to pass the --featurizer just passed.
+    vectors = np.random.default_rng(0).normal(size=(4, 51)).astype(np.float32)
+    np.savez(tmp_path / "vectors.npz", vectors=vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+             labels=np.array(["a", "a", "b", "b"]))
+    imported = CliRunner().invoke(app, ["import", str(tmp_path / "vectors.npz"), "--memory", str(tmp_path / "memory"),
+                                        "--featurizer", plugin])
+    assert imported.exit_code == 0, imported.output
+    with VisualMemory.open(tmp_path / "memory", reranker=None) as mem:
+        assert (mem.store.meta.featurizer.name, mem.store.count()) == (plugin, 4)
+    sys.modules.pop("my_encoders", None)
+
+    # An import into a memory (what POST /v1/memory/import does, a client naming the encoder) compares the name
+    # with the memory's and imports nothing.
+    other = VisualMemory.open(tmp_path / "other", featurizer="efficientnet-lite0", create=True, device="cpu",
+                              reranker=None)
+    with other, pytest.raises(FeaturizerMismatchError):
+        other.import_points(tmp_path / "vectors.npz", featurizer=plugin)
+    assert "my_encoders" not in sys.modules

@@ -597,7 +597,9 @@ def spec_for_new_memory(points: PointsFile) -> FeaturizerSpec:
         return points.spec
     from retrieval import featurizer_spec  # torch: imported only when an encoder is needed
 
-    spec = featurizer_spec(points.featurizer)
+    # trusted: a file of vectors names no encoder; this name is the importer's own (--featurizer, featurizer=).
+    # An import into a memory (HTTP's) only compares the name with the memory's (`check_featurizer`).
+    spec = featurizer_spec(points.featurizer, trusted=True)
     if spec.dim != points.dim:
         raise PointsFileError(f"{points.name} holds {points.dim}-d vectors, and {spec.name} makes {spec.dim}-d "
                               "features: they were made by another encoder; name that one", option="featurizer")
