@@ -53,6 +53,17 @@ def featurizer_key(featurizer: Featurizer) -> str:
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+_SAID_UNCACHED: set[str] = set()  # plugins already warned of, once each per process
+
+
+def cacheable(featurizer: Featurizer) -> bool:
+    """Whether `featurizer`'s features may be cached under its key. A `python:` plugin's name is its code's, which
+    stays when the model is retrained: without a digest of its weights (`ModuleFeaturizer` takes one; a plugin's own
+    Featurizer may set `weights_sha256`), its old features would be read back as the new model's. Built-in and Hub
+    models are fixed by their name."""
+    return not featurizer.name.startswith("python:") or bool(featurizer.weights_sha256)
+
+
 def _say_what_is_not_used(root: Path, key: str, featurizer: Featurizer) -> None:
     """Warn of the caches of the same model here that this one does not read: made by a vmem whose preprocessing
     settings had another form, or with other weights. An upgrade embedded a whole dataset again without a word,
@@ -102,6 +113,17 @@ class FeatureCache:
     def __init__(self, root: str | Path, featurizer: Featurizer) -> None:
         self.featurizer = featurizer
         self.dir = Path(root) / featurizer_key(featurizer)
+        self.index: dict[str, int] = {}
+        self.features = np.zeros((0, featurizer.dim), np.float32)
+        # A featurizer whose weights the key cannot tell apart embeds every time, nothing read or written here.
+        self.uncached = not cacheable(featurizer)
+        if self.uncached:
+            if featurizer.name not in _SAID_UNCACHED:
+                _SAID_UNCACHED.add(featurizer.name)
+                log.warning("%s sets no weights_sha256, so its features are not cached (a retrained model keeps "
+                            "its name): images are embedded each time. Set weights_sha256 on the featurizer, or "
+                            "wrap the model in retrieval.own_encoders.ModuleFeaturizer, which does", featurizer.name)
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self._feats_path = self.dir / "features.f32"
         self._hashes_path = self.dir / "hashes.txt"
@@ -113,10 +135,8 @@ class FeatureCache:
         self._file_hashes_compacted = False  # checked once per cache object, on its first full read
         self._lock_path = self.dir / ".lock"
         self._row_bytes = featurizer.dim * 4
-        self.index: dict[str, int] = {}
         self._rows = 0  # rows with a hash, read so far
         self._hashes_offset = 0  # bytes of hashes.txt read so far
-        self.features = np.zeros((0, featurizer.dim), np.float32)
         self._not_kept: dict[str, np.ndarray] = {}  # hash -> features the disk took no more of (`_append_or_keep`)
         remove_stale_temporaries(self.dir)  # a compaction of file-hashes.txt killed before its rename
         _say_what_is_not_used(Path(root), self.dir.name, featurizer)
@@ -183,6 +203,16 @@ class FeatureCache:
         Returns:
             (features [n_ok, dim], indices of `paths` they belong to, failures)
         """
+        if self.uncached:
+            self.featurizer.embed_as_stored()
+
+            def count(n: int) -> None:
+                if on_batch:
+                    on_batch(n)
+
+            res = self.featurizer.embed_many([str(p) for p in paths], batch_size, num_workers, count)
+            order = np.argsort(res.indices, kind="stable")
+            return res.features[order], [res.indices[i] for i in order], res.failures
         with self._locked():  # what other writers added since: reading it is incremental, so cheap
             self._load()
             self._load_file_hashes()

@@ -344,3 +344,89 @@ def test_vmem_import_takes_the_plugin_its_user_names_and_an_import_into_a_memory
     with other, pytest.raises(FeaturizerMismatchError):
         other.import_points(tmp_path / "vectors.npz", featurizer=plugin)
     assert "my_encoders" not in sys.modules
+
+
+RETRAINABLE = textwrap.dedent('''
+    from pathlib import Path
+
+    import torch
+    from retrieval import Featurizer, Preprocessing
+    from retrieval.own_encoders import ModuleFeaturizer
+
+    WEIGHTS = Path(__file__).with_name("weights.pt")
+
+    def projection(device):
+        """A researcher's model, loaded from the weights their last training run saved."""
+        net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 8))
+        net.load_state_dict(torch.load(WEIGHTS))
+        return ModuleFeaturizer(net, dim=8, preprocessing=Preprocessing(resize=64, crop=56), device=device)
+
+    class OwnMeans(Featurizer):
+        """A plugin's own Featurizer that says nothing of its weights."""
+
+        dim, preprocessing = 3, Preprocessing(resize=64, crop=56)
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) + 1.0
+
+    def own_means(device):
+        return OwnMeans(device)
+''')
+
+
+@pytest.fixture
+def retrainable(tmp_path, monkeypatch):
+    """A plugin whose weights file a training run rewrites, and `train(seed)` to rewrite it."""
+    import torch
+
+    monkeypatch.delenv("VMEM_PLUGINS", raising=False)
+    folder = tmp_path / "retrainable"
+    folder.mkdir()
+    (folder / "retrainable_encoders.py").write_text(RETRAINABLE)
+    monkeypatch.syspath_prepend(str(folder))
+
+    def train(seed: int) -> None:
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 8))
+        torch.save(net.state_dict(), folder / "weights.pt")
+
+    train(0)
+    yield train
+    sys.modules.pop("retrainable_encoders", None)
+
+
+def test_a_retrained_plugin_model_is_not_served_its_old_cached_features(retrainable, tmp_path):
+    from retrieval.feature_cache import FeatureCache
+
+    name = "python:retrainable_encoders:projection"
+    files = [item.source for item in tiny_imagenet_items(per_class=2)]
+    first = load_featurizer(name, "cpu")
+    cached, ok, _ = FeatureCache(tmp_path / "cache", first).features_for(files, num_workers=0)
+    assert len(ok) == len(files)
+
+    retrainable(1)  # a training run saves new weights under the same plugin name
+    retrained = load_featurizer(name, "cpu")
+    got, _, _ = FeatureCache(tmp_path / "cache", retrained).features_for(files, num_workers=0)
+    want = retrained.embed_many(files, num_workers=0).features
+    assert np.allclose(got, want, atol=1e-6) and not np.allclose(got, cached, atol=1e-3)
+    # What tells them apart: a ModuleFeaturizer's digest of its module's weights, the same for the same weights.
+    assert first.weights_sha256 and retrained.weights_sha256 != first.weights_sha256
+    retrainable(0)
+    assert load_featurizer(name, "cpu").weights_sha256 == first.weights_sha256
+
+
+def test_a_plugin_featurizer_without_a_weights_digest_is_embedded_each_time_not_cached(retrainable, tmp_path,
+                                                                                        caplog):
+    from retrieval.feature_cache import FeatureCache
+
+    own = load_featurizer("python:retrainable_encoders:own_means", "cpu")
+    assert own.weights_sha256 is None
+    files = [item.source for item in tiny_imagenet_items(per_class=2)]
+    with caplog.at_level("WARNING", logger="retrieval.feature_cache"):
+        for _ in range(2):
+            feats, ok, failures = FeatureCache(tmp_path / "cache", own).features_for(files, num_workers=0)
+            assert (len(ok), failures) == (len(files), [])
+            assert np.allclose(feats, own.embed_many(files, num_workers=0).features, atol=1e-6)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    said = [r.getMessage() for r in caplog.records if "not cached" in r.getMessage()]
+    assert len(said) == 1 and "weights_sha256" in said[0]
