@@ -641,6 +641,17 @@ def _local_folder(name: str) -> str | None:
     return next((name.removeprefix(p) for p in ("dinov2:", "clip:") if name.startswith(p)), None)
 
 
+def absolute_folder_name(name: str) -> str:
+    """`name` with a local model folder given relative to the working directory (or under `~`) made absolute, as a
+    memory must record it: `hf:models/vit` is also a Hub id, which the memory opened from another directory would
+    have loaded in its place. A name whose folder is not here is left as it is (a Hub id)."""
+    local = _local_folder(name)
+    if local is None or Path(local).is_absolute() or not Path(local).expanduser().is_dir():
+        return name
+    prefix = next(p for p in ("hf:", "dinov2:", "clip:") if name.startswith(p))
+    return f"{prefix}{os.path.abspath(Path(local).expanduser())}{name[len(prefix) + len(local):]}"
+
+
 def local_weights_sha256(folder: str | Path) -> str:
     """One digest of a saved model's files (their paths and contents; hidden files such as `.git` left out).
     A few seconds for a model of gigabytes, paid when the model is loaded, which takes longer."""
@@ -669,6 +680,7 @@ def load_featurizer(name: str, device: str | torch.device | None = None, trusted
         from .own_encoders import load_plugin
 
         return load_plugin(name, device, trusted)
+    name = absolute_folder_name(name)
     feat = _featurizer_named(name, device)
     local = _local_folder(name)
     if local is not None and Path(local).is_dir():
@@ -690,6 +702,8 @@ def featurizer_spec(name: str, trusted: bool = False) -> FeaturizerSpec:
     `load_featurizer`'s (a `python:` plugin is imported to know it), False unless the caller named `name` itself.
     """
     hub = {f"facebook/{n}": n for n in DINOV2_DIMS}
+    if not name.startswith("python:"):
+        name = absolute_folder_name(name)
     local = _local_folder(name)
     spec: FeaturizerSpec | None = None
     if name.startswith("python:"):

@@ -634,6 +634,14 @@ class MemoryStore(ABC):
                 f"{spec.name} ({spec.dim}-d, crop {spec.preprocessing.crop}) cannot be used with it. "
                 "Use the memory's own featurizer, or build a new memory."
             )
+        if mine.weights_sha256 and not spec.weights_sha256:
+            # Built from a folder, now no folder of that name here: a relative one (`hf:models/vit`, before vmem
+            # recorded it absolute) read from another directory is a Hub id, another model under the same name.
+            raise FeaturizerMismatchError(
+                f"this memory was built from the model folder {mine.name} (files' digest "
+                f"{mine.weights_sha256[:12]}), which is not a folder here (working directory {os.getcwd()}), so "
+                "its name would load another model (a Hub id's). Open it from the directory it was built in (there, "
+                "vmem copy --featurizer with the folder's absolute path makes a memory that opens anywhere).")
         if mine.weights_sha256 and spec.weights_sha256 and mine.weights_sha256 != spec.weights_sha256:
             raise FeaturizerMismatchError(
                 f"the model at {spec.name} holds other weights than those this memory was built with (files' "

@@ -151,6 +151,31 @@ def test_hf_pooling_can_be_chosen_and_a_wrong_one_is_named(hf_models):
         load_featurizer(f"hf:{hf_models['vit']}#avg", device="cpu")
 
 
+def test_a_memory_built_from_a_relative_model_folder_opens_from_anywhere(hf_models, tmp_path, monkeypatch):
+    # `hf:models/vit` is a folder here, and a Hub id anywhere else: the memory records the folder's absolute path.
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "models" / "vit").symlink_to(hf_models["vit"])
+    items = tiny_imagenet_items(per_class=2)
+    monkeypatch.chdir(project)
+    mem = VisualMemory.open(tmp_path / "memory", featurizer="hf:models/vit", create=True, device="cpu", reranker=None)
+    mem.build(items, num_workers=0)
+    mem.close()
+    assert VisualMemory.open(tmp_path / "memory", reranker=None).store.meta.featurizer.name == \
+        f"hf:{project}/models/vit#cls"
+
+    monkeypatch.chdir(tmp_path)  # e.g. `vmem serve` started elsewhere
+    again = VisualMemory.open(tmp_path / "memory", reranker=None, device="cpu")
+    [res] = again.classify([items[3].source], k=1)
+    assert res.label == items[3].label and res.neighbors[0].similarity == pytest.approx(1.0, abs=2e-3)
+    # A memory built from a folder never takes an encoder of its name without that folder's digest: the Hub's
+    # model of that id, which a memory recorded relative before opened elsewhere.
+    spec = again.store.meta.featurizer
+    with pytest.raises(FeaturizerMismatchError, match="not a folder here"):
+        again.store.check_featurizer(spec.model_copy(update={"weights_sha256": None}))
+    again.close()
+
+
 def test_a_model_folder_without_its_image_processor_is_refused_clearly(hf_models, tmp_path):
     import shutil
 
