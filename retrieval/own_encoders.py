@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .featurizers import Featurizer, from_hub_or_folder
+from .featurizers import Featurizer, absolute_folder_name, from_hub_or_folder
 from .preprocessing import FeaturizerError, Preprocessing
 
 # cls: the first token of the last hidden state (ViT, DINOv2 and DINOv2 with registers, BEiT); mean: the mean of
@@ -190,7 +190,7 @@ def _config(ref: str) -> Any:
 
 def hf_spec_parts(name: str) -> tuple[str, Preprocessing, int | None]:
     """(canonical name, preprocessing, dim or None) of `hf:` `name`, from its config files alone (no weights)."""
-    ref, pooling = split_hf_name(name)
+    ref, pooling = split_hf_name(absolute_folder_name(name))
     config = _config(ref)
     pooling = pooling or default_pooling(config)
     where = f"hf:{ref}"
@@ -204,7 +204,7 @@ class HfFeaturizer(Featurizer):
         super().__init__(device)
         from transformers import AutoModel
 
-        ref, _ = split_hf_name(name)
+        ref, _ = split_hf_name(absolute_folder_name(name))  # as the memory records it
         self.name, self.preprocessing, dim = hf_spec_parts(name)
         self.pooling = self.name.rpartition("#")[2]
         try:

@@ -634,6 +634,12 @@ class MemoryStore(ABC):
                 f"{spec.name} ({spec.dim}-d, crop {spec.preprocessing.crop}) cannot be used with it. "
                 "Use the memory's own featurizer, or build a new memory."
             )
+        if mine.weights_sha256 and not spec.weights_sha256 and mine.name.startswith("python:"):
+            raise FeaturizerMismatchError(
+                f"this memory was built with {mine.name} when it gave a digest of its weights "
+                f"({mine.weights_sha256[:12]}), and it gives none now, so whether its weights are the memory's "
+                "is unknown: return a retrieval.own_encoders.ModuleFeaturizer from the plugin (or set "
+                "weights_sha256 on its featurizer), or build a new memory.")
         if mine.weights_sha256 and not spec.weights_sha256:
             # Built from a folder, now no folder of that name here: a relative one (`hf:models/vit`, before vmem
             # recorded it absolute) read from another directory is a Hub id, another model under the same name.

@@ -455,3 +455,23 @@ def test_a_plugin_featurizer_without_a_weights_digest_is_embedded_each_time_not_
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     said = [r.getMessage() for r in caplog.records if "not cached" in r.getMessage()]
     assert len(said) == 1 and "weights_sha256" in said[0]
+
+
+def test_a_memory_built_with_a_plugin_refuses_its_retrained_weights(retrainable, tmp_path):
+    name = "python:retrainable_encoders:projection"
+    items = tiny_imagenet_items(per_class=2)
+    mem = VisualMemory.open(tmp_path / "memory", featurizer=name, create=True, device="cpu", reranker=None)
+    mem.build(items, num_workers=0)
+    spec = mem.store.meta.featurizer
+    mem.close()
+    assert spec.weights_sha256  # the module's digest, recorded with the memory
+
+    retrainable(1)
+    with pytest.raises(FeaturizerMismatchError, match="other weights"):
+        VisualMemory.open(tmp_path / "memory", featurizer=name, device="cpu", reranker=None)
+    retrainable(0)  # the memory's own weights back: it opens
+    again = VisualMemory.open(tmp_path / "memory", featurizer=name, device="cpu", reranker=None)
+    # A plugin that stops giving a digest cannot say its weights are the memory's: refused, saying what to do.
+    with pytest.raises(FeaturizerMismatchError, match="gives none now.*ModuleFeaturizer"):
+        again.store.check_featurizer(spec.model_copy(update={"weights_sha256": None}))
+    again.close()
