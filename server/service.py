@@ -745,7 +745,8 @@ class ClassifierService:
             answers = self._classify(uploads, q, asked_at)
         if self.answer_log is not None:
             done = [(a, up) for a, up in zip(answers, uploads, strict=True) if isinstance(a, Answer)]
-            self.memory.log_answers([a.result for a, _ in done],
+            # judged as the response is (classification_out): the log keeps which answers were unsure
+            self.memory.log_answers([a.result.judged(q.min_confidence) for a, _ in done],
                                     [Asked(up.sha256, up.filename, a.cached, a.asked_at if a.cached else None)
                                      for a, up in done], client=client, to=self.answer_log, asked_at=asked_at)
         return answers

@@ -303,3 +303,40 @@ def test_each_logged_answer_names_the_newest_edit_then_whichever_engine_holds_th
         forget, relabel = sorted(mem.history(), key=lambda e: e.at)
     # As `vmem history` lists them: no edit before the first two answers, then the forget, then the relabel
     assert [line["edit_at"] for line in lines_of(log)] == [None, None, forget.at, relabel.at]
+
+
+def test_the_log_keeps_how_sure_each_answer_was_and_vmem_answers_lists_those_flagged_unsure(tmp_path, lite0, images):
+    location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
+    mem = fill_memory(location, lite0, images)
+    settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
+    with TestClient(create_app(settings, memory=mem)) as client:
+        # k=12: every point votes, so red's share is under 1; the same image asked with and without a threshold
+        sure = client.post("/v1/classify?k=12", files={"image": ("sure.png", RED, "image/png")}).json()
+        flagged = client.post("/v1/classify?k=12&min_confidence=0.99",
+                              files={"image": ("flagged.png", RED, "image/png")}).json()
+    mem.close()
+    assert flagged["unsure"] and not sure["unsure"]
+    query = tmp_path / "query.png"
+    query.write_bytes(RED)
+    cli = CliRunner().invoke(app, ["classify", str(query), "--memory", location, "--k", "12",
+                                   "--min-confidence", "0.99", "--answer-log", str(log)])
+    assert cli.exit_code == 0, cli.output
+    with log.open("a") as f:  # a line logged before answers said how sure: it still reads, never as unsure
+        old = {k: v for k, v in lines_of(log)[0].items() if k not in ("confidence", "min_confidence", "unsure")}
+        f.write(json.dumps({**old, "filename": "old.png"}) + "\n")
+
+    first, second, by_cli, _ = lines_of(log)
+    assert (first["confidence"], first["min_confidence"], first["unsure"]) == (sure["confidence"], None, False)
+    assert (second["confidence"], second["min_confidence"], second["unsure"]) == (flagged["confidence"], 0.99, True)
+    assert (by_cli["via"], by_cli["min_confidence"], by_cli["unsure"]) == ("cli", 0.99, True)
+
+    runner = CliRunner()
+    every = runner.invoke(app, ["answers", "--log", str(log)])
+    assert every.exit_code == 0, every.output
+    assert [line.split("\t")[2].split(" ")[0] for line in every.stdout.splitlines()] == [
+        "sure.png", "flagged.png", "query.png", "old.png"]
+    unsure = runner.invoke(app, ["answers", "--log", str(log), "--unsure"])
+    assert unsure.exit_code == 0, unsure.output
+    listed = unsure.stdout.splitlines()
+    assert [line.split("\t")[2].split(" ")[0] for line in listed] == ["flagged.png", "query.png"]
+    assert f"-> red [unsure: confidence {flagged['confidence']:.3f} under 0.99]" in listed[0]

@@ -163,6 +163,8 @@ def answer_line(res: Classification, asked: Asked, *, at: str, via: str, client:
         "reranked": res.reranked, "model": res.model, "template": res.template, "fallback_reason": res.fallback_reason,
         "cached": asked.cached, "cached_at": asked.repeats[0] if asked.repeats else None,
         "k": res.vote.k, "rule": str(res.vote.rule),
+        # how sure, and whether it was flagged for a person (`min_confidence` null: no threshold asked for)
+        "confidence": res.confidence, "min_confidence": res.min_confidence, "unsure": res.unsure,
         "memory": memory, "edit_at": asked.repeats[1] if asked.repeats else edit_at,
         "neighbors": [{"id": n.id, "label": n.label, "similarity": round(n.similarity, 6), "rank": n.rank}
                       for n in res.neighbors],
@@ -240,6 +242,7 @@ class AnswerQuery:
     label: str | None = None
     since: str | None = None  # ISO 8601 in UTC: at or after it
     by: str | None = None  # answers asked with the API key of this name (a re-rank's)
+    unsure: bool = False  # only answers flagged unsure (under the min_confidence asked for; older lines: never)
 
     def may_match(self, line: str) -> bool:
         """False for a line that cannot match, found without parsing it."""
@@ -250,6 +253,8 @@ class AnswerQuery:
         # written as `record` writes it
         if self.by is not None and f'"by":{json.dumps(self.by, ensure_ascii=False)}' not in line:
             return False
+        if self.unsure and '"unsure":true' not in line:
+            return False
         return self.points is None or any(pid in line for pid in self.points)
 
     def used(self, answer: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -259,6 +264,7 @@ class AnswerQuery:
                 or (self.via is not None and answer.get("via") != self.via)
                 or (self.by is not None and answer.get("by") != self.by)
                 or (self.label is not None and answer.get("label") != self.label)
+                or (self.unsure and answer.get("unsure") is not True)
                 or (self.since is not None and str(answer.get("at")) < self.since)):
             return None
         if self.points is None and self.forgotten is None:

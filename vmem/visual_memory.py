@@ -680,9 +680,10 @@ class VisualMemory:
             why_not = self.check_why_not(why_not, self.stored_labels(labels), settings.rule == "dmn")
         asked_at = self.answer_state() if self.answer_log is not None else None
         results = self._vote_vectors(vectors, settings, labels, sources, exact, why_not)
+        results = _judged(results, min_confidence)  # before the log: it keeps which answers were unsure
         if self.answer_log is not None:
             self.log_answers(results, [Asked()] * len(results), asked_at=asked_at)
-        return _judged(results, min_confidence)
+        return results
 
     def _vote_vectors(self, vectors: np.ndarray, settings: VoteSettings | None, labels: Sequence[str] | None,
                       sources: Sequence[str | None] | None, exact: bool,
@@ -880,9 +881,10 @@ class VisualMemory:
         results = self._classify_embedded(vectors, lambda: [self.decode(im) for im in images], sources, settings,
                                           labels=labels, rerank=rerank, template=template, exact=exact,
                                           dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
+        results = _judged(results, min_confidence)  # before the log: it keeps which answers were unsure
         if self.answer_log is not None:
             self.log_answers(results, [_asked(im) for im in images], asked_at=asked_at)
-        return _judged(results, min_confidence)
+        return results
 
     def classify_many(
         self,
@@ -922,9 +924,10 @@ class VisualMemory:
         results = self._classify_embedded(
             res.features, lambda: [self.decode(src) for src in ok_sources], ok_sources, settings, labels=labels,
             rerank=rerank, template=template, exact=exact, dmn_stream=dmn_stream, dmn=dmn, why_not=why_not)
+        results = _judged(results, min_confidence)  # before the log: it keeps which answers were unsure
         if self.answer_log is not None:
             self.log_answers(results, [_asked(src) for src in ok_sources], asked_at=asked_at)
-        return _judged(results, min_confidence), [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
+        return results, [FailedImage(source=f.source, reason=f.reason) for f in res.failures]
 
     def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
                      dmn_stream: str | None, dmn: Any) -> VoteSettings | None:

@@ -42,6 +42,8 @@ def answers(
     by: Annotated[str | None, typer.Option(help="only decisions asked with the API key of this name (a re-rank "
                                                 "over HTTP)")] = None,
     label: Annotated[str | None, typer.Option(help="only decisions that gave this label")] = None,
+    unsure: Annotated[bool, typer.Option("--unsure", help="only decisions flagged unsure: under the "
+                                                          "min_confidence asked for, for a person to check")] = False,
     since: Annotated[str | None, typer.Option(help="only decisions from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per decision: the logged line, and "
@@ -80,7 +82,7 @@ def answers(
             raise typer.BadParameter(str(exc), param_hint="--forgotten") from None
     query = AnswerQuery(points=frozenset(ids) if ids else None, forgotten=times, memory=key,
                         via=None if via is None else via.value, label=label,
-                        since=after, by=by)
+                        since=after, by=by, unsure=unsure)
     skipped = Skipped()
     found = 0
     try:
@@ -107,6 +109,10 @@ def _line(answer: dict, used: list[dict]) -> str:
         image = f"{image} (sha256 {answer['image_sha256'][:12]})".strip()
     how = " [cached]" if answer.get("cached") else ""
     how += " [re-ranked]" if answer.get("reranked") else ""
+    if answer.get("unsure"):  # flagged for a person; lines logged before answers said how sure have no such field
+        sure = answer.get("confidence")
+        how += f" [unsure: confidence {sure:.3f} under {answer.get('min_confidence')}]" if isinstance(
+            sure, int | float) else " [unsure]"
     cited = "; ".join(f"{n['id']} ({n['label']}, rank {n['rank']}, similarity {n['similarity']:.3f})"
                       + (f" forgotten {n['forgotten_at'][:19].replace('T', ' ')}" if n.get("forgotten_at") else "")
                       for n in used)
