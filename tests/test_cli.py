@@ -323,6 +323,10 @@ def test_labels_names_and_sources_that_would_read_as_other_text_are_printed_esca
     # JSON, for a program, is exact
     answer = json.loads(run("classify", query, "--k", "1", "--memory", memory, "--json").stdout)
     assert (answer["label"], answer["label_name"], answer["source"]) == (spoofed, name, str(query))
+    # A refusal that lists the memory's labels (a label it lacks) lists them escaped too
+    refused = run("relabel", "--label", "nosuch", "--to", "red", "--memory", memory)
+    assert refused.exit_code == 1 and "the memory has no label 'nosuch'" in refused.stderr
+    assert "\\u202etac" in refused.stderr and not any(c in refused.output for c in shown)
 
 
 def test_labels_written_with_joiners_are_printed_as_they_are_written(built, image_folder, tmp_path):

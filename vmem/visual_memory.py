@@ -93,7 +93,7 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
-from retrieval.text import canonical_label, label_forms, label_problem
+from retrieval.text import canonical_label, label_forms, label_problem, visible
 from retrieval.voting import fewest_to_win, wins_nearest
 
 if TYPE_CHECKING:
@@ -1070,7 +1070,8 @@ class VisualMemory:
             text += f" ({hints})"
         if not known:
             return text + ": it holds no points"
-        some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+        # stored labels of anyone's making: escaped, as the CLI prints labels (a "\u202etac" read "cat" here)
+        some = ", ".join(map(visible, list(known)[:10])) + (", ..." if len(known) > 10 else "")
         text += f": it has {len(known)} label{'s' if len(known) > 1 else ''} ({some}; {listed_by} lists them)"
         return text + (f"; {said}" if said else "")
 
