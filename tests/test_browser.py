@@ -607,6 +607,41 @@ def test_a_point_forgotten_elsewhere_while_its_question_is_open_leaves_the_page(
     wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
 
 
+def test_a_memory_the_page_cannot_read_after_an_edit_is_said_to_a_screen_reader(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from starlette.responses import JSONResponse
+
+    # The stats line stopped being a live region (it changes with every edit): its "memory unavailable" and
+    # "the service did not answer" went unheard. Here the memory's stats fail from the edit on.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    service = create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)
+    stats_fail = False
+
+    async def failing_stats(scope, receive, send):
+        if stats_fail and scope["type"] == "http" and scope["path"] == "/v1/memory/stats":
+            problem = JSONResponse({"title": "memory unavailable", "detail": "the memory's folder cannot be read"},
+                                   503, media_type="application/problem+json")
+            return await problem(scope, receive, send)
+        return await service(scope, receive, send)
+
+    with live_server(failing_stats) as url:
+        wait, card, _ = forget_asked_of_the_nearest(browser, url, tmp_path)
+        watch_live_regions(browser)
+        stats_fail = True
+        card.find_element(By.CLASS_NAME, "forget-one").click()
+        said = "memory unavailable: the memory's folder cannot be read"
+        wait.until(lambda d: d.find_element(By.ID, "stats").text == said)
+        assert f"announce: {said}" in live_regions_said(browser)
+    mem.close()
+    # The service gone while the page is open: the next read of the stats (after any edit) has no answer
+    watch_live_regions(browser)
+    browser.execute_script("loadStats()")
+    wait.until(lambda d: d.find_element(By.ID, "stats").text.startswith("the service did not answer ("))
+    stats = browser.find_element(By.ID, "stats").text
+    assert f"announce: {stats}" in live_regions_said(browser)
+
+
 def classify_on_the_page(browser, page: str, query: Path, k: int, points: int = 12):
     """Open the page on the 12-point test memory (or one of `points`), upload `query` with this k, wait for the
     prediction."""

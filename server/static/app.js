@@ -72,16 +72,23 @@ function showError(message) {
   if (message) $("error").scrollIntoView({ block: "nearest" });
 }
 
+// The stats line is no live region (it changes with every edit), so its failure is said aloud too: unheard, a
+// screen reader's user went on editing a memory the page could no longer read.
+function statsFailed(message) {
+  $("stats").textContent = message;
+  announce(message);
+}
+
 async function loadStats() {
   let resp;
   try {
     resp = await fetch("v1/memory/stats");
   } catch (err) {
-    $("stats").textContent = `the service did not answer (${err})`;
+    statsFailed(`the service did not answer (${err})`);
     return;
   }
   if (!resp.ok) {
-    $("stats").textContent = `memory unavailable: ${await problemText(resp)}`;
+    statsFailed(`memory unavailable: ${await problemText(resp)}`);
     return;
   }
   const s = await resp.json();
