@@ -472,6 +472,6 @@ def test_a_memory_built_with_a_plugin_refuses_its_retrained_weights(retrainable,
     retrainable(0)  # the memory's own weights back: it opens
     again = VisualMemory.open(tmp_path / "memory", featurizer=name, device="cpu", reranker=None)
     # A plugin that stops giving a digest cannot say its weights are the memory's: refused, saying what to do.
-    with pytest.raises(FeaturizerMismatchError, match="gives none now.*ModuleFeaturizer"):
+    with pytest.raises(FeaturizerMismatchError, match=r"gives none now.*ModuleFeaturizer"):
         again.store.check_featurizer(spec.model_copy(update={"weights_sha256": None}))
     again.close()
