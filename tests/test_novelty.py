@@ -183,7 +183,9 @@ def test_classify_without_ood_prints_what_it_printed_before(on_disk):
     assert "out of distribution" not in text.output
     answer = json.loads(run("classify", queries, "--memory", memory, "--k", "3", "--json").stdout.splitlines()[3])
     assert list(answer) == ["source", "label", "label_name", "scores", "neighbors", "vote", "novelty", "reranked",
-                            "fallback_reason", "template", "template_hash", "model", "usage", "trace", "dmn", "why_not"]
+                            "fallback_reason", "template", "template_hash", "model", "usage", "trace", "dmn", "why_not",
+                            # added since, at the end: how sure the answer is (`--min-confidence`)
+                            "min_confidence", "unsure", "unsure_reason", "confidence"]
 
 
 def test_classify_ood_among_some_labels_uses_their_threshold(on_disk):
