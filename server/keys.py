@@ -88,18 +88,13 @@ def read_keys_file(path: Path) -> list[ApiKey]:
     Read at start (settings, the service's keys): a service started while a deploy wrote the file had stopped on its
     cut last line ("rer" is no scope). Read again until the read ends at a line's end and the file did not change
     as it was read, or its last line has not changed for `_SETTLED_S`; refused, saying so, after twice that."""
-    started = time.monotonic()
-    first: tuple[tuple[int, int, int] | None, float] = (None, started)  # a signature, and when first read with it
+    started, settling = time.monotonic(), _Settling()
     while True:
         signature = _signature(path)
         text = keys_file_text(path)
-        now = time.monotonic()
-        if signature != first[0]:
-            first = (signature, now)
-        if signature is not None and _signature(path) == signature and (
-                text.endswith("\n") or time.time() - signature[0] / 1e9 > _SETTLED_S or now - first[1] > _SETTLED_S):
+        if signature is not None and settling.whole(path, signature, text):
             return keys_in(path, text)
-        if now - started > 2 * _SETTLED_S:
+        if time.monotonic() - started > 2 * _SETTLED_S:
             raise KeysFileError(path, f"still being written: it changed as it was read for {2 * _SETTLED_S:g} s; "
                                 "start the service again once it is written")
         time.sleep(min(0.05, _SETTLED_S / 4))
@@ -149,6 +144,29 @@ def keys_in(path: Path, text: str) -> list[ApiKey]:
     return list(keys.values())
 
 
+class _Settling:
+    """Whether a keys file read is of the whole file (`read_keys_file` at start, `KeyRing` at each change), and when
+    it was first read with a signature (mtime_ns, size, inode): one judgement for both reads."""
+
+    def __init__(self) -> None:
+        self._first: tuple[tuple[int, int, int] | None, float] = (None, 0.0)  # a signature, first read when
+
+    def settled(self, signature: tuple[int, int, int] | None) -> bool:
+        """Whether the file with this signature has not changed for a while: by its modification time, or first
+        read with it that long ago (time.monotonic)."""
+        if signature is None:
+            return False
+        now = time.monotonic()
+        if self._first[0] != signature:
+            self._first = (signature, now)
+        return time.time() - signature[0] / 1e9 > _SETTLED_S or now - self._first[1] > _SETTLED_S
+
+    def whole(self, path: Path, signature: tuple[int, int, int] | None, text: str) -> bool:
+        """Whether `text`, read from `path` whose signature was `signature` before, is the whole file: it did not
+        change as it was read, and its last line is ended, or has settled."""
+        return _signature(path) == signature and (text.endswith("\n") or self.settled(signature))
+
+
 class KeyRing:
     """The keys the service takes: VMEM_API_KEY's and those of VMEM_API_KEYS_FILE, that file read again when its
     modification time, size or inode changes (a stat per request: about a microsecond). A file turned unreadable
@@ -160,7 +178,7 @@ class KeyRing:
         self.path = path
         self._lock = threading.Lock()
         self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file as last read
-        self._first_read: tuple[tuple[int, int, int] | None, float] = (None, 0.0)  # a signature, first read when
+        self._settling = _Settling()
         self._from_file: tuple[ApiKey, ...] = ()
         self.file_valid = True
         self._said: str | None = None  # the last problem logged, said once
@@ -192,7 +210,7 @@ class KeyRing:
                 return
             try:
                 text = keys_file_text(path)
-                if _signature(path) != signature or not (text.endswith("\n") or self._settled(signature)):
+                if not self._settling.whole(path, signature, text):
                     # Still being written (edited in place: truncated, then written): its last line may be cut, a
                     # key's scopes lost from it (which gave it both), or keys not written yet missing. The keys
                     # read before stay until a read finds it whole: this one is not remembered, so the next
@@ -215,18 +233,9 @@ class KeyRing:
     def _remember(self, signature: tuple[int, int, int] | None) -> None:
         """Take the file as read until its signature changes, once it has not changed for a while: by its
         modification time, or read with this signature that long ago (time.monotonic)."""
-        if signature is not None and self._settled(signature):
+        if signature is not None and self._settling.settled(signature):
             self._seen = signature
 
-    def _settled(self, signature: tuple[int, int, int] | None) -> bool:
-        """Whether the file with this signature has not changed for a while: by its modification time, or first
-        read with it that long ago (time.monotonic)."""
-        if signature is None:
-            return False
-        now = time.monotonic()
-        if self._first_read[0] != signature:
-            self._first_read = (signature, now)
-        return time.time() - signature[0] / 1e9 > _SETTLED_S or now - self._first_read[1] > _SETTLED_S
 
 
 def _say_if_anyone_may_write(path: Path) -> None:
