@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 import warnings
 from abc import ABC, abstractmethod
@@ -1103,8 +1104,53 @@ def _remove_dead_segment_builds(shard_path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _hold_open_lock(folder: Path) -> Any:
-    """An exclusive lock for as long as this store holds the memory, taken before any of its files is touched.
+def _deadline(wait: float) -> float:
+    """The time (`time.monotonic`) until which an opening waits `wait` seconds for a memory's holder to let go."""
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:  # NaN too
+        raise ValueError(f"wait is the seconds to wait for the process holding the memory to let go, 0 or more "
+                         f"(math.inf: no limit): got {wait!r}")
+    return time.monotonic() + wait
+
+
+# How soon an opening that waits tries the lock again: the first pause, doubled up to the longest. Tried, not
+# blocked on: a blocking flock cannot be given up at a deadline but by a signal (the main thread's only) or by a
+# thread left behind to take the lock later.
+WAIT_FIRST_PAUSE_S, WAIT_LONGEST_PAUSE_S = 0.05, 0.5
+
+
+def _flock_within(fh: Any, how: int, folder: Path, deadline: float, holding: str = _IN_USE) -> bool:
+    """Take the flock `how` (LOCK_EX, LOCK_SH) on `fh`, the lock file of the memory in `folder`; while another
+    process holds it and `deadline` is not past, try again after a pause, having said once (a warning) who holds it
+    and that this waits. False where it is held still at the deadline (at once where there is none)."""
+    import fcntl
+
+    pause, said = WAIT_FIRST_PAUSE_S, False
+    while True:
+        try:
+            fcntl.flock(fh, how | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if not said:
+                who = holder_note(folder).who
+                limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
+                log.warning("the memory at %s %s%s: waiting for it to let go (%s)", folder, holding,
+                            f": {who}" if who else "", limit)
+                said = True
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, WAIT_LONGEST_PAUSE_S)
+
+
+def held_here(location: str | Path) -> bool:
+    """Whether this process (not a forked child's parent) has the embedded memory at `location` open."""
+    return _open_folders.get(Path(os.path.realpath(os.path.expanduser(location)))) == os.getpid()
+
+
+def _hold_open_lock(folder: Path, deadline: float = 0.0) -> Any:
+    """An exclusive lock for as long as this store holds the memory, taken before any of its files is touched;
+    waited for until `deadline` (`_deadline`) where another process holds it.
 
     The engine locks its write-ahead log only once it has opened the segments, and a second opening that got
     that far (a `vmem info` beside a Python session) left the first unable to flush or close ("tracker_journal.dat
@@ -1115,15 +1161,17 @@ def _hold_open_lock(folder: Path) -> Any:
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.close()
-        if _open_folders.get(Path(os.path.realpath(folder))) == os.getpid():  # not a forked child's parent's
+        if held_here(folder):  # never let go while this waits: refused at once
+            fh.close()
             # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
             raise MemoryInUseError(
                 f"the memory at {folder} is already open in this process: close the object that opened it "
                 "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
                 "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
                 "Out[n].close()") from None
-        raise MemoryInUseError(_held_elsewhere(folder), folder=folder) from None
+        if not _flock_within(fh, fcntl.LOCK_EX, folder, deadline):
+            fh.close()
+            raise MemoryInUseError(_held_elsewhere(folder), folder=folder) from None
     note_holder(fh)
     return fh
 
@@ -1154,24 +1202,34 @@ def _held_elsewhere(folder: Path) -> str:
     return f"{said}: {who}. Close the memory there (mem.close()), or end that process{share}"
 
 
-def _being_created(folder: Path) -> str | None:
-    """Why `folder`, which has no vmem.json, is refused where another process is creating a memory there: its open
-    lock is taken before any file is made and vmem.json written last, so a second `vmem build` in between had been
-    told "no memory ... build one first" and loaded an encoder to make one. None where no process holds the lock
-    (no memory, or a creation that died: made again by the next build)."""
+@contextmanager
+def _lock_shared(folder: Path, deadline: float, holding: str = _IN_USE) -> Iterator[bool | None]:
+    """The open lock of the memory in `folder` taken shared for the block, waited for until `deadline` where a
+    process holds it (open, or being created): True; False where it is held still then; None where there is no
+    lock file (no memory, or one made by hand). The file is opened to be read: the folder may be a read-only mount,
+    and nothing is made here."""
     import fcntl
 
     try:
-        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below; read only: nothing made here
-    except OSError:
-        return None
+        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below, which releases the lock
+    except FileNotFoundError:
+        yield None
+        return
     with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go as it closes
-        except BlockingIOError:
-            pass
-        else:
-            return None
+        yield _flock_within(fh, fcntl.LOCK_SH, folder, deadline, holding)
+
+
+def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
+    """Why `folder`, which has no vmem.json, is refused where another process is creating a memory there: its open
+    lock is taken before any file is made and vmem.json written last, so a second `vmem build` in between had been
+    told "no memory ... build one first" and loaded an encoder to make one. None where no process holds the lock,
+    or none does by `deadline` (no memory, a creation that died, or one that ended meanwhile: look again)."""
+    try:
+        with _lock_shared(folder, deadline, "is being created by another process") as taken:
+            if taken is not False:
+                return None
+    except OSError:  # a lock file this user cannot read: as before the lock, no memory said to be made there
+        return None
     who, command, _ = holder_note(folder)
     resumes = " (vmem build carries on where it stopped when run again)" if command == "build" else ""
     return (f"the memory at {folder} is being created by another process"
@@ -1179,25 +1237,20 @@ def _being_created(folder: Path) -> str | None:
 
 
 @contextmanager
-def _shared_open_lock(folder: Path) -> Iterator[None]:
+def _shared_open_lock(folder: Path, deadline: float = 0.0) -> Iterator[None]:
     """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write
-    (its files change under the copy), and taken beside other copies. The lock file is opened to be read: the
-    folder may be a read-only mount. A memory without one (made by hand) is copied unlocked."""
-    import fcntl
-
-    try:
-        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below, which releases the lock
-    except FileNotFoundError:
-        yield
-        return
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+    (its files change under the copy), waited for until `deadline`, and taken beside other copies. A memory
+    without one (made by hand) is copied unlocked."""
+    if held_here(folder):
+        raise MemoryInUseError(
+            f"the memory at {folder} is open in this process, to write: a read-only opening copies the memory, which "
+            "needs it at rest. Use the object that holds it, or close that first (mem.close())")
+    with _lock_shared(folder, deadline) as taken:
+        if taken is False:
             # where a service that holds it says so, and where to ask it for that backup
             who = holder_note(folder).who
             raise MemoryInUseError(
-                f"the memory at {folder} is open in another process ({who or 'a running vmem serve or build?'}): a "
+                f"the memory at {folder} {_IN_USE} ({who or 'a running vmem serve or build?'}): a "
                 "read-only service copies the memory as it starts, which needs it at rest. Stop that process, or "
                 "serve a backup of it (POST /v1/memory/backup) read-only", folder=folder) from None
         yield
@@ -1207,23 +1260,28 @@ def _shared_open_lock(folder: Path) -> Iterator[None]:
 READ_ONLY_COPY_PREFIX = "vmem-read-only-"
 
 
-def open_read_only(location: str | Path) -> EdgeMemoryStore:
+def open_read_only(location: str | Path, wait: float = 0.0) -> EdgeMemoryStore:
     """Open the embedded memory at `location` for searches only, where its folder cannot be written (a read-only
     mount, files of another user) or while other services serve it the same way.
 
     The engine opens its files to write them even to search (it maps them writable and keeps a write-ahead log),
     so the memory's folder is copied into a private folder of the temporary folder (TMPDIR), which is opened and
     removed at close; the copies of processes gone without closing (killed) are removed here. Every edit is
-    refused with MemoryReadOnlyError; an edit made to the memory meanwhile is seen after the next opening.
+    refused with MemoryReadOnlyError; an edit made to the memory meanwhile is seen after the next opening. Where a
+    process has it open to write, or is creating it, this waits up to `wait` seconds for that one to let go.
 
     Raises:
-        MemoryStoreError: no memory there; MemoryInUseError: a process has it open to write;
-        MemoryFullError: the temporary folder has no room for the copy.
+        MemoryStoreError: no memory there; MemoryInUseError: a process has it open to write, or is creating it
+        (past `wait`); MemoryFullError: the temporary folder has no room for the copy; ValueError: a negative wait.
     """
+    deadline = _deadline(wait)
     # A link (a backup folder's `latest`) is followed once: the copy is of the one memory it named as it started
     source = Path(os.path.expanduser(location)).resolve()
     if not (source / META_FILE).is_file():
-        raise MemoryError(f"no memory at {source}: build one first (vmem build)")
+        if (creating := _being_created(source, deadline)) is not None:
+            raise MemoryInUseError(creating)
+        if not (source / META_FILE).is_file():  # looked at again: one may have been made while this waited
+            raise MemoryError(f"no memory at {source}: build one first (vmem build)")
     # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted
     dead_copies = remove_dead_private_folders(READ_ONLY_COPY_PREFIX)
     for dead in dead_copies:
@@ -1231,7 +1289,7 @@ def open_read_only(location: str | Path) -> EdgeMemoryStore:
     private = make_private_folder(READ_ONLY_COPY_PREFIX)
     copy = private / "memory"
     try:
-        with _shared_open_lock(source):
+        with _shared_open_lock(source, deadline):
             # The kept uploads are left out: a read-only service embeds none again, and they may be most of the folder
             needed = _allocated_bytes(source, follow_links=True) - _allocated_bytes(source / UPLOADS_DIR, True)
             free = shutil.disk_usage(private).free
@@ -1320,9 +1378,12 @@ class EdgeMemoryStore(MemoryStore):
     def shard(self, shard: Any) -> None:
         self._shard = shard
 
-    def __init__(self, path: str | Path, meta: MemoryMeta | None = None):
+    def __init__(self, path: str | Path, meta: MemoryMeta | None = None, wait: float = 0.0):
+        """Open the memory in the folder `path`, or make it there from `meta` where it has none; wait up to `wait`
+        seconds for a process that holds it (open, or creating it) to let go (MemoryInUseError past that)."""
         import qdrant_edge as qe
 
+        deadline = _deadline(wait)
         self._qe = qe
         # Absolute for the engine and vmem's own files, so that a chdir (a notebook's %cd) leaves it working;
         # the location as given, for messages.
@@ -1348,12 +1409,13 @@ class EdgeMemoryStore(MemoryStore):
         meta_path = self.path / META_FILE
         shard_path = self.path / SHARD_DIR
         if not meta_path.exists() and meta is None:
-            if (creating := _being_created(self.path)) is not None:
+            if (creating := _being_created(self.path, deadline)) is not None:
                 raise MemoryInUseError(creating)
-            raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+            if not meta_path.exists():  # looked at again: one may have been made while this waited
+                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._open_lock = _hold_open_lock(self.path)
+        self._open_lock = _hold_open_lock(self.path, deadline)
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
         folder = os.stat(self.path)
         self._folder_identity = (folder.st_dev, folder.st_ino)
@@ -2363,6 +2425,7 @@ def open_store(
     api_key: str | None = None,
     index: IndexSettings | None = None,
     read_only: bool = False,
+    wait: float = 0.0,
 ) -> MemoryStore:
     """Open the memory at `location`, creating it when `featurizer` is given and none exists.
 
@@ -2374,18 +2437,22 @@ def open_store(
             raises `FeaturizerMismatchError` if the memory was built with another one.
         index: HNSW and quantization settings for a new memory (ignored for an existing one).
         read_only: an embedded memory for searches only, edits refused (`open_read_only`).
+        wait: seconds an embedded memory that another process holds (open, or creating it) is waited for, tried
+            again after pauses of up to half a second; refused with MemoryInUseError past that (0: at once;
+            `math.inf`: no limit). A memory held by this same process is refused at once.
 
     Returns:
         A `MemoryStore`.
     """
+    _deadline(wait)  # a wait that is no number of seconds is refused wherever the memory is
     if read_only:
         if not is_embedded_location(location):
             raise MemoryError(f"{location} cannot be opened read-only: only an embedded memory (a folder) can")
-        return open_read_only(location)
+        return open_read_only(location, wait)
     meta = MemoryMeta(featurizer=featurizer, index=index or IndexSettings()) if featurizer is not None else None
     loc = str(location)
     if is_embedded_location(loc):
-        return EdgeMemoryStore(loc, meta)
+        return EdgeMemoryStore(loc, meta, wait)
     if loc.startswith(LOCAL_MODE_PREFIX):
         return QdrantServerStore(loc, meta, collection=collection)
     return QdrantServerStore(loc, meta, collection=collection, api_key=api_key)

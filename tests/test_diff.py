@@ -17,6 +17,7 @@ from tests.conftest import FEATURE_CACHE, random_unit_vectors
 from tests.realdata import cached_features, train_subset
 from tests.test_copy import SPEC as SPEC_16
 from tests.test_copy import make_memory
+from tests.test_held_memory import holding
 from vmem import VisualMemory
 from vmem.cli import app
 from vmem.diff import open_to_compare
@@ -149,7 +150,8 @@ def test_a_server_copy_differs_only_in_its_key_and_a_reembedding_is_said(tmp_pat
 
 def test_a_memory_held_to_write_is_refused_with_what_to_do(tmp_path):
     make_memory(tmp_path / "a").close()
-    with make_memory(tmp_path / "b"):  # held open in this process, as a vmem serve would hold it
+    make_memory(tmp_path / "b").close()
+    with holding(tmp_path / "b"):  # held open by another process, as a vmem serve would hold it
         result = vmem("diff", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.exit_code == 75, result.output
     assert "open in another process" in said(result) and "backup" in said(result)

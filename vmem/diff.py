@@ -27,7 +27,13 @@ from pydantic import BaseModel, Field
 
 from retrieval.files import holder_note
 from retrieval.journal import JournalEntry
-from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, MemoryInUseError, StoredPoint, is_embedded_location
+from retrieval.store import (
+    EXCLUDED_KEY,
+    RELIABILITY_KEY,
+    MemoryInUseError,
+    StoredPoint,
+    is_embedded_location,
+)
 
 if TYPE_CHECKING:
     from .visual_memory import VisualMemory
@@ -120,9 +126,10 @@ class MemoryDiff(BaseModel):
                     or self.journal.only_in_b)
 
 
-def open_to_compare(location: str | Path) -> VisualMemory:
+def open_to_compare(location: str | Path, wait: float = 0.0) -> VisualMemory:
     """The memory at `location` opened to be read: an embedded one read-only (a private copy of its folder in
-    TMPDIR, removed at close: nothing of it is written), a Qdrant server's as it is.
+    TMPDIR, removed at close: nothing of it is written), a Qdrant server's as it is. `wait`: seconds to wait for a
+    process that has the embedded memory open to write to let go (`VisualMemory.open`).
 
     Raises MemoryStoreError: no memory there; MemoryInUseError: a process has the embedded memory open to write
     (its files change under a copy)."""
@@ -131,7 +138,7 @@ def open_to_compare(location: str | Path) -> VisualMemory:
     if not is_embedded_location(location):
         return VisualMemory.open(location, reranker=None)
     try:
-        return VisualMemory.open(location, reranker=None, read_only=True)
+        return VisualMemory.open(location, reranker=None, read_only=True, wait=wait)
     except MemoryInUseError as exc:
         who = holder_note(exc.folder).who if exc.folder is not None else ""
         raise MemoryInUseError(

@@ -459,6 +459,7 @@ class VisualMemory:
         reranker: Any = AUTO_RERANKER,
         index: IndexSettings | None = None,
         read_only: bool = False,
+        wait: float = 0.0,
     ) -> VisualMemory:
         """Open (or with `create=True`, create) the memory at `location`.
 
@@ -474,13 +475,18 @@ class VisualMemory:
                 processes serve it too: a private copy is opened (`retrieval.store.open_read_only`), every edit
                 refused (`retrieval.MemoryReadOnlyError`, a `MemoryStoreError`). DMN streams are read from their
                 files and updated in this process only.
+            wait: seconds to wait for another process that holds the embedded memory (a build, a service, a
+                notebook; or one creating it) to let go, said once as a warning (`logging`); 0 refuses at once,
+                `math.inf` waits for good. Never taken from a live process: a killed one lets go as it dies.
 
         Raises:
-            vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process.
+            vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process (still,
+                after `wait`: `vmem.MemoryInUseError`). ValueError: a negative wait.
             vmem.FeaturizerMismatchError: `featurizer` is not the memory's own encoder.
         """
+        until = time.monotonic() + wait if isinstance(wait, int | float) and wait >= 0 else 0.0  # else refused below
         try:
-            store = open_store(location, read_only=read_only)
+            store = open_store(location, read_only=read_only, wait=wait)
         except Exception as exc:
             if not create or read_only or "build one first" not in str(exc):
                 raise
@@ -490,7 +496,9 @@ class VisualMemory:
 
             feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
             if store is None:
-                return cls(open_store(location, feat.spec, index=index), feat, reranker)
+                # what is left of the wait: a build may have begun making it meanwhile
+                left = max(0.0, until - time.monotonic())
+                return cls(open_store(location, feat.spec, index=index, wait=left), feat, reranker)
             store.check_featurizer(feat.spec)
             return cls(store, feat, reranker)
         mem = cls(store, reranker=reranker)
@@ -2482,17 +2490,18 @@ class VisualMemory:
 
     @classmethod
     def open_for_import(cls, location: str | Path, points: PointsFile, index: IndexSettings | None = None,
-                        create: bool = True, reranker: Any = AUTO_RERANKER) -> VisualMemory:
+                        create: bool = True, reranker: Any = AUTO_RERANKER, wait: float = 0.0) -> VisualMemory:
         """The memory at `location`, to import the file `read_points_file` read into: as it is where its encoder
         made the file's vectors (FeaturizerMismatchError, naming both, where not); made with the file's encoder
         where there is no memory yet (`index`: its settings; by default an export's own, else the defaults). No
         encoder is loaded: an export's meta, or `featurizer_spec`, says what it is.
 
         With `create` false (a dry run), a memory not made yet is not made: an empty one of the file's encoder,
-        held in this process, stands for it.
+        held in this process, stands for it. `wait`: seconds to wait for a process that holds it to let go (`open`).
         """
+        until = time.monotonic() + wait if isinstance(wait, int | float) and wait >= 0 else 0.0  # else refused below
         try:
-            store = open_store(location)
+            store = open_store(location, wait=wait)
         except MemoryStoreError as exc:
             if "build one first" not in str(exc):
                 raise
@@ -2505,7 +2514,8 @@ class VisualMemory:
                     return cls(open_store(":memory:", spec), reranker=None)
             if index is None and points.is_export:
                 index = _exported_index(points.meta.get("index"), location)
-            return cls(open_store(location, spec, index=index), reranker=reranker)
+            return cls(open_store(location, spec, index=index, wait=max(0.0, until - time.monotonic())),
+                       reranker=reranker)
         try:
             check_featurizer(store.meta.featurizer, points)
         except BaseException:

@@ -29,6 +29,12 @@ MemoryOpt = Annotated[Path, typer.Option("--memory", "-m", envvar="VMEM_MEMORY",
 QdrantUrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="use a Qdrant server (http://host:6333) instead")
 ]
+# How long a command waits for another process that holds the embedded memory (a notebook, a service, a build) to
+# let go: a nightly `vmem build` beside a notebook had been refused at once (exit 75).
+WaitOpt = Annotated[float, typer.Option(
+    "--wait", min=0, envvar="VMEM_WAIT", show_envvar=False, show_default=False, metavar="SECONDS",
+    help="wait up to SECONDS for another process that holds the embedded memory to let go (said once, who it "
+         "is), then go on; refused as without it (exit 75) past that \\[default: $VMEM_WAIT, else 0: at once]")]
 DEFAULT_MEMORY = Path("memory")
 LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
@@ -104,9 +110,10 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
 
 
 def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
-                index: IndexSettings | None = None, opener: Callable[[str], Any] | None = None):
+                index: IndexSettings | None = None, opener: Callable[[str], Any] | None = None, wait: float = 0.0):
     """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes).
-    `opener`: opens the memory at a location in place of `VisualMemory.open` (`VisualMemory.open_for_import`)."""
+    `opener`: opens the memory at a location in place of `VisualMemory.open` (`VisualMemory.open_for_import`);
+    `wait`: seconds to wait for another process that holds it to let go (--wait)."""
     from vmem import VisualMemory
 
     if qdrant_url is not None and memory == Path(os.environ.get("VMEM_MEMORY") or DEFAULT_MEMORY):
@@ -116,7 +123,7 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     try:
         location = memory_location(memory, qdrant_url)
         mem = opener(location) if opener is not None else VisualMemory.open(location, featurizer=featurizer,
-                                                                             create=create, index=index)
+                                                                             create=create, index=index, wait=wait)
         mem.via = "cli"  # as the journal records who edited
         return mem
     except Exception as exc:

@@ -15,7 +15,15 @@ from retrieval.store import META_FILE, is_embedded_location, same_location
 
 from ..diff import KINDS, VECTOR_TOLERANCE, DiffKind, MemoryDiff, PointChange, open_to_compare
 from ..visual_memory import VisualMemory
-from ._common import DEFAULT_MEMORY, check_memory_location, n_points, named_label, one_line, open_failure
+from ._common import (
+    DEFAULT_MEMORY,
+    WaitOpt,
+    check_memory_location,
+    n_points,
+    named_label,
+    one_line,
+    open_failure,
+)
 from .memory import _edit_line
 
 # Each kind of change as the summary and the details say it.
@@ -37,6 +45,7 @@ def diff(
     tolerance: Annotated[float, typer.Option(min=0.0, max=2.0, help="1 - cosine of a point's two stored vectors "
                                                                     "above which it counts as re-embedded")]
     = VECTOR_TOLERANCE,
+    wait: WaitOpt = 0.0,
     json_out: Annotated[bool, typer.Option("--json", help="the whole diff as one JSON object: counts exact, "
                                                           "details as --limit and --label choose")] = False,
 ) -> None:
@@ -54,8 +63,8 @@ def diff(
         raise typer.BadParameter(f"A and B are both {a}: give two memories (a memory and its backup, say)",
                                  param_hint="B")
     with ExitStack() as stack:
-        mem_a = stack.enter_context(_open(a, "A"))
-        mem_b = stack.enter_context(_open(b, "B"))
+        mem_a = stack.enter_context(_open(a, "A", wait))
+        mem_b = stack.enter_context(_open(b, "B", wait))
         if label is not None and not any(m.store.count(label=m.stored_label(label)) for m in (mem_a, mem_b)):
             raise typer.BadParameter(f"neither memory holds a point labelled {label!r} (vmem labels lists them)",
                                      param_hint="--label")
@@ -87,9 +96,9 @@ def _check_location(text: str, hint: str) -> None:
                                  "(vmem backup)", param_hint=hint)
 
 
-def _open(location: str, hint: str) -> VisualMemory:
+def _open(location: str, hint: str, wait: float) -> VisualMemory:
     try:
-        return open_to_compare(location)
+        return open_to_compare(location, wait)
     except Exception as exc:
         embedded = is_embedded_location(location)
         problem = open_failure(Path(location) if embedded else DEFAULT_MEMORY, None if embedded else location, exc,

@@ -14,6 +14,7 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    WaitOpt,
     check_label_filter,
     expand_images,
     finish_classify,
@@ -36,6 +37,7 @@ StreamArg = Annotated[str, typer.Argument(help="stream name")]
 def classify(
     images: Annotated[list[Path], typer.Argument(help="image files or directories, classified in this order")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     stream: Annotated[str | None, typer.Option("--stream", "--dmn-stream",
                                                help="dynamic memory to write and read (default: off)")] = None,
@@ -76,7 +78,7 @@ def classify(
                           classes_file=str(classes_file) if classes_file else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         try:
             if mem.dmn.resolve_mode(opts.mode) == "memory-only":  # no text classifier to answer from: points only
@@ -100,9 +102,9 @@ def classify(
 
 
 @app.command()
-def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None) -> None:
+def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None, wait: WaitOpt = 0.0) -> None:
     """List this memory's dynamic-memory streams (name, entries, queries seen)."""
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         names = mem.dmn.streams()
         for name in names:
@@ -118,9 +120,9 @@ def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None)
 
 @app.command()
 def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None,
-         json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+         json_out: Annotated[bool, typer.Option("--json")] = False, wait: WaitOpt = 0.0) -> None:
     """Show a stream: entries per pseudo-label and their mean prediction entropy."""
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         if stream not in mem.dmn.streams():
             raise typer.BadParameter(f"no stream {stream!r}; have {mem.dmn.streams()}", param_hint="STREAM")
@@ -144,9 +146,10 @@ def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: Qdra
 
 
 @app.command()
-def reset(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None) -> None:
+def reset(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None,
+          wait: WaitOpt = 0.0) -> None:
     """Empty a stream's dynamic memory (the labelled memory is untouched)."""
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         try:
             existed = mem.dmn.reset(stream)

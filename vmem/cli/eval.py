@@ -27,6 +27,7 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    WaitOpt,
     check_reranker_settings,
     check_vote_value,
     dataset_format,
@@ -54,6 +55,7 @@ def eval(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for results.json, CSVs, table.md, plots")] = Path(
         "eval-results"),
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     memory_dataset: Annotated[Path | None, typer.Option(
         help="use a labelled dataset's cached features as the memory instead of a built one")] = None,
@@ -153,7 +155,7 @@ def eval(
         memory_name, memory_labels = str(memory_dataset), memory_obj.labels
         search_used = "exact"
     else:
-        mem = open_memory(memory, qdrant_url)
+        mem = open_memory(memory, qdrant_url, wait=wait)
         try:
             require_points(mem)
             if rerank:  # an unknown template, before the vote's evaluation (it had been a traceback after it)

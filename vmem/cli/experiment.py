@@ -13,6 +13,7 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    WaitOpt,
     dataset_format,
     feature_cache_root,
     open_memory,
@@ -43,6 +44,7 @@ def experiment(
     queries: Annotated[Path, typer.Option("--queries", "-q", help="labelled query set (e.g. a val folder)")],
     queries_format: Annotated[str, typer.Option(help="layout of --queries (see vmem eval --format)")] = "imagefolder",
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     memory_dataset: Annotated[Path | None, typer.Option(
         help="use a labelled dataset's cached features as the memory instead of a built one")] = None,
@@ -101,7 +103,7 @@ def experiment(
             arrays = memory_from_dataset(read_dataset(memory_dataset, dataset_format(memory_dataset, "imagefolder")),
                                          feat, cache_root)
         else:
-            with open_memory(memory, qdrant_url) as mem:
+            with open_memory(memory, qdrant_url, wait=wait) as mem:
                 require_points(mem)
                 feat = mem.featurizer
                 arrays = MemoryArrays.from_store(mem.store)

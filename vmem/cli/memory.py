@@ -60,6 +60,7 @@ from ._common import (
     QdrantUrlOpt,
     Quantization,
     VectorsDtype,
+    WaitOpt,
     answers_right,
     check_label_filter,
     check_memory_location,
@@ -96,6 +97,7 @@ def build(
     dataset: Annotated[Path, typer.Argument(help="ImageFolder root (ROOT/<label>/<image>) or a path,label CSV; "
                                                  "with --label, a folder (or image) of one class")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     featurizer: Annotated[str | None, typer.Option(help=(
         "encoder for a new memory (default dinov2-small): dinov2-small|base|large|giant, dinov2:DIR, "
@@ -198,7 +200,7 @@ def build(
         index = IndexSettings(**asked, **searching)
     except ValueError as exc:  # pydantic's, e.g. --rescore-doubtful on a memory without codes
         raise typer.BadParameter(str(exc.errors()[0]["msg"]) if hasattr(exc, "errors") else str(exc)) from exc
-    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index)
+    mem = open_memory(memory, qdrant_url, featurizer, create=True, index=index, wait=wait)
     stored = mem.store.meta.index
     if rescore_doubtful and not stored.rescore_doubtful:
         # Refused before --no-rescore is saved: alone it would leave the memory answering from its codes.
@@ -335,6 +337,7 @@ def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) ->
 def classify(
     images: Annotated[list[Path], typer.Argument(help="image files or directories of images")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     k: Annotated[int | None, typer.Option("--k", min=1, max=1000,
                                           help="neighbours (default: the memory's tuned k, else 50)")] = None,
@@ -405,7 +408,7 @@ def classify(
         except OSError as exc:
             raise typer.BadParameter(f"cannot write {answer_log} ({exc.strerror or exc})",
                                      param_hint="--answer-log") from None
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     if answer_log is not None:
         mem.answer_log = AnswerLog(answer_log)
     with mem:
@@ -570,6 +573,7 @@ def print_classification(res, names: dict[str, str], rerank: bool, json_out: boo
 
 def forget(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
     label: Annotated[str | None, typer.Option(help="forget every point with this label")] = None,
@@ -594,9 +598,9 @@ def forget(
                                  param_hint="--min-similarity")
     if like is not None:
         _forget_like(memory, qdrant_url, like, COPY_SIMILARITY if min_similarity is None else min_similarity,
-                     erase, dry_run)
+                     erase, dry_run, wait)
         return
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         if erase:
             _check_erase_first(mem)
@@ -646,7 +650,8 @@ def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) ->
                    f"({time.perf_counter() - started:.1f} s)")
 
 
-def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: bool, dry_run: bool) -> None:
+def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: bool, dry_run: bool,
+                 wait: float = 0.0) -> None:
     """`vmem forget --like IMAGE`: the points whose image looks like it, each on stdout as `vmem points` lists a
     point (id, label, source) with its similarity; how many on stderr (a dry run) or after them."""
     if not 0 < min_similarity <= 1:
@@ -660,7 +665,7 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
     point_id = None if is_file else _as_point_id(str(image))
     if not is_file and point_id is None:
         raise typer.BadParameter(f"{image}: no such file (nor a point id)", param_hint="--like")
-    with open_memory(memory, qdrant_url) as mem:
+    with open_memory(memory, qdrant_url, wait=wait) as mem:
         if erase and not dry_run:
             _check_erase_first(mem)
         started = time.perf_counter()
@@ -691,6 +696,7 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
 def relabel(
     to: Annotated[str, typer.Option("--to", help="the new label (a label, not a name: see vmem labels)")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     id: Annotated[list[str] | None, typer.Option("--id", help="point id; repeatable")] = None,
     label: Annotated[str | None, typer.Option(help="relabel every point with this label (rename or merge a class)")
@@ -701,7 +707,7 @@ def relabel(
     """Give points another label (by id, label or source prefix), embedding nothing again: correct a mislabelled
     image, rename or merge classes. Their pruning marks go; each keeps the label it held before."""
     id, source = _chosen_points(id, label, source, "relabel")
-    with open_memory(memory, qdrant_url) as mem:
+    with open_memory(memory, qdrant_url, wait=wait) as mem:
         if label is not None and label == to.strip():
             raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
         if label is not None:  # a name for a label is a mistake in the command, as forget refuses it
@@ -795,6 +801,7 @@ DESTINATION_OPTIONS = ("--to-memory", "--to-qdrant-url")
 
 def copy(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     to_memory: Annotated[Path | None, typer.Option(help="copy into this embedded memory directory")] = None,
     to_qdrant_url: Annotated[str | None, typer.Option(help="copy into a Qdrant server (http://host:6333)")] = None,
@@ -814,7 +821,7 @@ def copy(
         raise typer.BadParameter("give exactly one of --to-memory DIR or --to-qdrant-url URL")
     check_memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url, DESTINATION_OPTIONS)
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     if featurizer is not None:
         _reembed(mem, destination, featurizer, batch_size, workers, to_memory, to_qdrant_url)
         return
@@ -892,6 +899,7 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
 def backup(
     to: Annotated[Path, typer.Option("--to", help="the backup's folder (new; its parent must exist)")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     link_latest_: Annotated[bool, typer.Option(
         "--link-latest", help="point a link `latest` beside the backup at it, as each backup over HTTP does: "
                               "read-only replicas and scripts start on that one path")] = False,
@@ -906,7 +914,7 @@ def backup(
     if link_latest_ and os.path.lexists(latest) and not latest.is_symlink():  # before the copy, not after it
         raise typer.BadParameter(f"{latest} is not a link (a folder or file of yours): --link-latest would replace "
                                  "it; move it, or leave out --link-latest", param_hint="--link-latest")
-    mem = open_memory(memory, None)
+    mem = open_memory(memory, None, wait=wait)
     with mem:
         try:
             done = mem.backup(to)
@@ -934,11 +942,11 @@ def backup(
         typer.echo(f"{latest} -> {Path(done.path).name}")
 
 
-def erase(memory: MemoryOpt = DEFAULT_MEMORY) -> None:
+def erase(memory: MemoryOpt = DEFAULT_MEMORY, wait: WaitOpt = 0.0) -> None:
     """Rewrite an embedded memory's segments without the points forgotten so far, and index the points added
     since: the upkeep a memory edited for months needs (README, "Upkeep"). A memory `vmem serve` holds is
     erased through the service (POST /v1/memory/erase)."""
-    mem = open_memory(memory, None)
+    mem = open_memory(memory, None, wait=wait)
     with mem:
         if not mem.store.erases_on_demand:  # said of vmem erase itself: forget's --erase message named an option
             raise typer.BadParameter(  # this command has not, and a forget it makes none of
@@ -971,6 +979,7 @@ PointsExcludedOpt = Annotated[bool | None, typer.Option(
 
 def points(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     label: PointsLabelOpt = None,
     source: PointsSourceOpt = None,
@@ -982,7 +991,7 @@ def points(
                                                       "--all --json > points.jsonl to analyse the memory")] = False,
 ) -> None:
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
@@ -1004,6 +1013,7 @@ def points(
 def export(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="the .npz file to write", show_default=False)],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     label: PointsLabelOpt = None,
     source: PointsSourceOpt = None,
@@ -1033,7 +1043,7 @@ def export(
     if source is not None and not source.strip():
         raise typer.BadParameter("is empty: give the folder, file or URI prefix of the images to export",
                                  param_hint="--source")
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
@@ -1065,6 +1075,7 @@ _IMPORT_OPTIONS = {"featurizer": "--featurizer", "label": "--label"}
 def import_(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="the .npz file to read", show_default=False)],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     featurizer: Annotated[str | None, typer.Option(
         help="the encoder that made the vectors, for a file vmem export did not write (e.g. dinov2-small, "
@@ -1108,7 +1119,8 @@ def import_(
     try:
         points = read_points_file(path, featurizer)
         mem = open_memory(memory, qdrant_url,  # refused: e.g. vectors of another dim than the encoder named makes
-                          opener=lambda location: VisualMemory.open_for_import(location, points, create=not dry_run))
+                          opener=lambda location: VisualMemory.open_for_import(location, points, create=not dry_run,
+                                                                               wait=wait))
     except PointsFileError as exc:
         raise _points_file_problem(exc) from None
     with mem, tqdm(total=points.n, unit="row", desc="import", file=sys.stderr) as bar, sigterm_as_interrupt():
@@ -1275,11 +1287,12 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
 
 def labels(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per label")] = False,
 ) -> None:
     """Every label of the memory with its points and name, most points first (vmem info shows ten)."""
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         counts, names = mem.store.label_counts(), mem.label_names
         searchable = {lab: mem.store.count(label=lab, searchable=True) for lab in counts} if mem.store.count(
@@ -1299,6 +1312,7 @@ def names(
     names_file: Annotated[Path, typer.Argument(metavar="FILE", help="label<TAB>name lines (classes.tsv, words.txt), "
                                                "`label name, ...` lines, or a .csv of label,name rows")],
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     replace: Annotated[bool, typer.Option(help="the file's names replace all the stored ones (else merged)")] = False,
 ) -> None:
@@ -1310,7 +1324,7 @@ def names(
         raise typer.BadParameter(str(exc), param_hint="FILE") from exc
     if not given:
         raise typer.BadParameter(f"{names_file} names no label", param_hint="FILE")
-    with open_memory(memory, qdrant_url) as mem:
+    with open_memory(memory, qdrant_url, wait=wait) as mem:
         before = mem.label_names
         try:
             mem.set_label_names(given, replace=replace)

@@ -19,6 +19,7 @@ from ._common import (
     LISTED_BY,
     MemoryOpt,
     QdrantUrlOpt,
+    WaitOpt,
     n_points,
     named_label,
     one_line,
@@ -37,6 +38,7 @@ SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows
 
 def prune(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     mode: Annotated[PruneModeChoice, typer.Option(
         help="soft: reliability 1.75/(1+count); hard: exclude count >= threshold")] = PruneModeChoice.soft,
@@ -51,7 +53,7 @@ def prune(
     from eval.pruning import prune_store, undo_pruning
 
     mode, blame = mode.value, blame.value  # type: ignore[assignment]  # as the pruning takes them
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         store = mem.store
         if undo:
@@ -71,6 +73,7 @@ def prune(
 
 def suspects(
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours voting for each point (rank voting)")] = 50,
     min_share: Annotated[float, typer.Option(
@@ -85,7 +88,7 @@ def suspects(
     `vmem relabel --id ID --to LABEL` (or `vmem forget --id ID`)."""
     from eval.label_audit import audit_labels
 
-    with open_memory(memory, qdrant_url) as mem:
+    with open_memory(memory, qdrant_url, wait=wait) as mem:
         require_points(mem)
         store = mem.store
         label = mem.stored_label(label) if label is not None else None

@@ -23,6 +23,7 @@ from ._common import (
     EXIT_TEMPORARY,
     TemporaryFailure,
     Terminated,
+    WaitOpt,
     check_memory_location,
     check_reranker_settings,
     open_failure,
@@ -335,6 +336,7 @@ def serve(
     env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
                                                   "this file \\[default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
+    wait: WaitOpt = 0.0,
     read_only: Annotated[bool, typer.Option("--read-only", help="classify only, every edit refused (as "
                                             "$VMEM_READ_ONLY=true): a copy of the memory in TMPDIR is served, so its "
                                             "folder may be read-only and other services may serve it too")] = False,
@@ -382,7 +384,7 @@ def serve(
     with _stop_asked_before_serving(say), sigterm_as_interrupt(), _errors_said_as(settings.log_format):
         check_memory_location(memory_path, url, SERVE_MEMORY_OPTIONS)
         try:
-            mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
+            mem = open_memory(settings, wait)  # opened here, so a missing memory is a one-line error, not a traceback
         except Exception as exc:
             or_read_only = "" if settings.read_only else (
                 "; or serve it as it is, for classify only: vmem serve --read-only (VMEM_READ_ONLY=true)")

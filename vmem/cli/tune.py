@@ -19,6 +19,7 @@ from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
     QdrantUrlOpt,
+    WaitOpt,
     check_vote_value,
     dataset_format,
     feature_cache_root,
@@ -62,9 +63,9 @@ def _require_validation(val_rows: np.ndarray, correct: Sequence[Sequence[str]], 
             "names the ids as the memory does)", param_hint="--dataset")
 
 
-def _reset(memory: Path, qdrant_url: str | None, dry_run: bool) -> None:
+def _reset(memory: Path, qdrant_url: str | None, dry_run: bool, wait: float = 0.0) -> None:
     """Drop the memory's tuned vote settings, journaled: the only way back had been tuning again."""
-    with open_memory(memory, qdrant_url) as mem:
+    with open_memory(memory, qdrant_url, wait=wait) as mem:
         before = mem.store.meta.settings.get("vote")
         if before is None:
             typer.echo("the memory has no tuned settings: it votes with the defaults already")
@@ -83,6 +84,7 @@ def tune(
                        ] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="any layout `vmem eval` reads")] = "imagefolder",
     memory: MemoryOpt = DEFAULT_MEMORY,
+    wait: WaitOpt = 0.0,
     qdrant_url: QdrantUrlOpt = None,
     val_fraction: Annotated[float, typer.Option(
         min=0.01, max=1.0, help="share of --dataset to tune on; the rest is held out and only reported")] = 0.5,
@@ -106,7 +108,7 @@ def tune(
     if reset:
         if dataset is not None:
             raise typer.BadParameter("--reset tunes nothing: give it without --dataset", param_hint="--reset")
-        _reset(memory, qdrant_url, dry_run)
+        _reset(memory, qdrant_url, dry_run, wait)
         return
     if dataset is None:
         raise typer.BadParameter("give the labelled queries to tune on (or --reset)", param_hint="--dataset")
@@ -120,7 +122,7 @@ def tune(
     alpha_grid, tau_grid = _grid(alphas, "alpha"), _grid(taus, "tau")
     cache_root = feature_cache_root(cache)
     names = read_classes_option(classes)
-    mem = open_memory(memory, qdrant_url)
+    mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
         require_points(mem)
         store = mem.store

@@ -1,0 +1,212 @@
+"""Waiting for a memory another process holds (`wait=` in Python, `--wait SECONDS` / VMEM_WAIT on the command line).
+
+A nightly `vmem build new/` run while a notebook holds the memory had failed at once (exit 75): now it waits for
+the holder to let go, says once who that is, and goes on; past its time it is refused as before. The holders here
+are real processes; each waits on a pipe the test writes to, so every wait is bounded by the test's own steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from retrieval import FeaturizerSpec, MemoryInUseError, Preprocessing, open_store
+from retrieval.store import open_read_only
+from tests._reliability_fixtures import image_folder, subprocess_env, tiny_memory
+from tests.conftest import REPO, random_unit_vectors
+from vmem import VisualMemory
+
+DIM = 16
+SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
+# Holds the memory open until a line comes on its stdin, then closes it and exits
+HOLD = ("import sys; from retrieval import open_store; store = open_store(sys.argv[1]); print('held', flush=True); "
+        "sys.stdin.readline(); store.close()")
+# Makes a memory, stopping (the lock taken, no vmem.json yet) until a line comes on its stdin
+CREATE = """
+import sys
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.store import EdgeMemoryStore
+create = EdgeMemoryStore._create
+def create_when_told(self, meta, shard_path):
+    print('creating', flush=True)
+    sys.stdin.readline()
+    create(self, meta, shard_path)
+EdgeMemoryStore._create = create_when_told
+spec = FeaturizerSpec(name="test-encoder", dim=16, preprocessing=Preprocessing(resize=256, crop=224))
+open_store(sys.argv[1], spec).close()
+"""
+
+
+@pytest.fixture
+def memory(tmp_path):
+    location = tmp_path / "memory"
+    with open_store(location, SPEC) as store:
+        store.add(random_unit_vectors(3, DIM, seed=1), ["cat", "cat", "dog"], [f"/data/{i}.jpg" for i in range(3)])
+    return location
+
+
+@contextmanager
+def process(code: str, memory: Path, ready: str):
+    """A process running `code` on `memory`, once it has said `ready`; let go by `release`, ended at the block's end."""
+    proc = subprocess.Popen([sys.executable, "-c", code, str(memory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=REPO, env=subprocess_env())
+    try:
+        assert proc.stdout.readline().strip() == ready
+        yield proc
+    finally:
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def release(proc: subprocess.Popen) -> None:
+    """Tell the process to let go of the memory (it closes it, then exits)."""
+    proc.stdin.write("go\n")
+    proc.stdin.close()
+
+
+def release_once_waited_for(proc: subprocess.Popen, caplog) -> threading.Thread:
+    """Let go of the memory as soon as this process says it waits for it (the first warning logged)."""
+    def watch() -> None:
+        while not any("waiting for it to let go" in r.getMessage() for r in list(caplog.records)):
+            threading.Event().wait(0.02)
+        release(proc)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def waits(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "waiting for it to let go" in r.getMessage()]
+
+
+def test_an_opening_that_waits_goes_on_once_the_holder_lets_go_having_said_once_who_it_is(memory, caplog):
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    with process(HOLD, memory, "held") as holder:
+        release_once_waited_for(holder, caplog)
+        with VisualMemory.open(memory, reranker=None, wait=120) as mem:
+            assert holder.wait(timeout=60) == 0  # opened only once the holder had closed it
+            assert mem.store.count() == 3
+            mem.store.add(random_unit_vectors(1, DIM, seed=2), ["dog"], ["/data/new.jpg"])  # and it may write
+    [said] = waits(caplog)  # said once, however many times it looked
+    assert said.startswith(f"the memory at {memory} is open in another process: process {holder.pid} (")
+    assert said.endswith("waiting for it to let go (up to 120 s)")
+    with open_store(memory) as store:
+        assert store.count() == 4
+
+
+def test_a_wait_that_runs_out_is_refused_as_before_and_the_live_holder_keeps_the_memory(memory, caplog):
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    with process(HOLD, memory, "held") as holder:
+        with pytest.raises(MemoryInUseError) as refused:
+            VisualMemory.open(memory, reranker=None, wait=0.3)
+        assert holder.poll() is None  # never taken from a live process
+        release(holder)
+    assert f"is open in another process: process {holder.pid} (" in str(refused.value)
+    assert "Close the memory there (mem.close()), or end that process" in str(refused.value)
+    assert len(waits(caplog)) == 1
+
+
+def test_without_a_wait_an_opening_is_refused_at_once_and_says_nothing_of_waiting(memory, caplog):
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    with process(HOLD, memory, "held"), pytest.raises(MemoryInUseError):
+        open_store(memory)
+    assert waits(caplog) == []
+
+
+def test_a_memory_this_process_holds_is_refused_at_once_whatever_the_wait(memory, caplog):
+    # Waiting for itself would never end: a notebook's cell run again is told to use or close the first object
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    with VisualMemory.open(memory, reranker=None), pytest.raises(MemoryInUseError, match="already open in this "
+                                                                                          "process"):
+        VisualMemory.open(memory, reranker=None, wait=600)
+    assert waits(caplog) == []
+
+
+@pytest.mark.parametrize("wait", [-1, float("nan"), "10"])
+def test_a_wait_that_is_no_number_of_seconds_is_refused(memory, wait):
+    with pytest.raises(ValueError, match="wait is the seconds to wait"):
+        VisualMemory.open(memory, reranker=None, wait=wait)
+
+
+def test_a_memory_being_created_is_said_to_be_so_to_a_read_only_opening_and_waited_for(tmp_path, caplog):
+    # `vmem serve --read-only` on a memory a first build was still creating had been told "build one first"
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    memory = tmp_path / "memory"
+    with process(CREATE, memory, "creating") as creator:
+        with pytest.raises(MemoryInUseError, match=f"is being created by another process: process {creator.pid} "):
+            open_read_only(memory)
+        release_once_waited_for(creator, caplog)
+        with open_read_only(memory, wait=120) as store:
+            assert store.count() == 0 and store.meta.featurizer.name == "test-encoder"
+    [said] = waits(caplog)
+    assert said.startswith(f"the memory at {memory.resolve()} is being created by another process: process "
+                           f"{creator.pid} (")
+
+
+def test_an_opening_to_write_waits_for_a_memory_being_created(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    memory = tmp_path / "memory"
+    with process(CREATE, memory, "creating") as creator:
+        release_once_waited_for(creator, caplog)
+        with open_store(memory, wait=120) as store:  # not "no memory ... build one first"
+            assert store.meta.featurizer.name == "test-encoder"
+
+
+def test_a_read_only_opening_of_a_memory_this_process_holds_says_to_use_that_object(memory):
+    # It had said "open in another process"
+    with VisualMemory.open(memory, reranker=None) as mem:
+        with pytest.raises(MemoryInUseError, match="is open in this process, to write"):
+            open_read_only(memory, wait=600)  # at once: this process will not let go while it waits
+        assert mem.store.count() == 3
+
+
+def test_vmem_build_with_wait_goes_on_once_a_notebook_lets_go(tmp_path, encoder):
+    # The nightly script's `vmem build new/` while a notebook holds the memory: exit 75 at once, before --wait
+    memory = tmp_path / "memory"
+    tiny_memory(encoder, str(memory)).close()  # 12 points
+    data = tmp_path / "new"
+    image_folder(data, ["ant", "bee"], 2)
+    with process(HOLD, memory, "held") as holder:
+        build = subprocess.Popen([sys.executable, "-m", "vmem", "build", str(data), "--memory", str(memory),
+                                  "--wait", "120", "--workers", "0"], cwd=tmp_path, env=subprocess_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = build.stderr.readline()  # it says it waits, and waits (or, refused, ends: then no line says so)
+        release(holder)
+        out, err = build.communicate(timeout=300)
+    assert said.startswith(f"WARNING the memory at {memory} is open in another process: process {holder.pid} ("), \
+        said + err
+    assert said.rstrip().endswith("waiting for it to let go (up to 120 s)")
+    assert build.returncode == 0, err
+    assert "waiting" not in err  # said once
+    with open_store(memory) as store:
+        assert store.count() == 16
+
+
+def test_vmem_wait_is_also_read_from_vmem_wait(memory, tmp_path, monkeypatch):
+    # A script sets it once for every command it runs
+    with process(HOLD, memory, "held") as holder:
+        labels = subprocess.Popen([sys.executable, "-m", "vmem", "labels", "--memory", str(memory)], cwd=tmp_path,
+                                  env=subprocess_env(VMEM_WAIT="120"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        said = labels.stderr.readline()
+        release(holder)
+        out, err = labels.communicate(timeout=300)
+    assert "waiting for it to let go (up to 120 s)" in said, said + err
+    assert labels.returncode == 0, err
+    assert "cat" in out and "dog" in out
+
+
+@pytest.mark.parametrize("wait", ["-1", "nan"])
+def test_a_wait_given_that_is_no_number_of_seconds_is_a_usage_error(memory, wait):
+    refused = subprocess.run([sys.executable, "-m", "vmem", "labels", "--memory", str(memory), "--wait", wait],
+                             env=subprocess_env(COLUMNS="200"), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert "Invalid value for '--wait': Input should be greater than or equal to 0" in refused.stderr
