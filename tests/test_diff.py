@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from retrieval import open_store
+from retrieval import MemoryInUseError, open_store
 from retrieval.store import EXCLUDED_KEY, StoredPoint
 from tests.conftest import FEATURE_CACHE, random_unit_vectors
 from tests.realdata import cached_features, train_subset
@@ -155,6 +155,11 @@ def test_a_memory_held_to_write_is_refused_with_what_to_do(tmp_path):
         result = vmem("diff", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.exit_code == 75, result.output
     assert "open in another process" in said(result) and "backup" in said(result)
+    with VisualMemory.open(tmp_path / "b", reranker=None) as held:  # held by this process: that object compares it
+        with pytest.raises(MemoryInUseError, match=r"open in this process: call mem\.diff\(\.\.\.\) on the object"):
+            open_to_compare(tmp_path / "b")
+        with open_to_compare(tmp_path / "a") as a:
+            assert a.diff(held).counts["only_in_a"] == a.diff(held).counts["only_in_b"] == 0
     nothing = vmem("diff", str(tmp_path / "a"), str(tmp_path / "none"))
     assert nothing.exit_code == 2 and "holds no memory (no such folder)" in said(nothing)
     same = vmem("diff", str(tmp_path / "a"), str(tmp_path / "a") + "/")

@@ -21,6 +21,7 @@ from retrieval.store import open_read_only
 from tests._reliability_fixtures import image_folder, subprocess_env, tiny_memory
 from tests.conftest import REPO, random_unit_vectors
 from vmem import VisualMemory
+from vmem.diff import open_to_compare
 
 DIM = 16
 SPEC = FeaturizerSpec(name="test-encoder", dim=DIM, preprocessing=Preprocessing(resize=256, crop=224))
@@ -161,8 +162,12 @@ def test_an_opening_to_write_waits_for_a_memory_being_created(tmp_path, caplog):
 
 
 def test_a_read_only_opening_of_a_memory_this_process_holds_says_to_use_that_object(memory):
-    # It had said "open in another process"
+    # `vmem.diff.open_to_compare` beside a memory open here had said "open in another process"
     with VisualMemory.open(memory, reranker=None) as mem:
+        with pytest.raises(MemoryInUseError) as refused:
+            open_to_compare(memory)
+        assert "is open in this process" in str(refused.value)
+        assert "call mem.diff(...) on the object that holds it" in str(refused.value)
         with pytest.raises(MemoryInUseError, match="is open in this process, to write"):
             open_read_only(memory, wait=600)  # at once: this process will not let go while it waits
         assert mem.store.count() == 3

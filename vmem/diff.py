@@ -32,6 +32,7 @@ from retrieval.store import (
     RELIABILITY_KEY,
     MemoryInUseError,
     StoredPoint,
+    held_here,
     is_embedded_location,
 )
 
@@ -132,11 +133,16 @@ def open_to_compare(location: str | Path, wait: float = 0.0) -> VisualMemory:
     process that has the embedded memory open to write to let go (`VisualMemory.open`).
 
     Raises MemoryStoreError: no memory there; MemoryInUseError: a process has the embedded memory open to write
-    (its files change under a copy)."""
+    (its files change under a copy), this one included."""
     from .visual_memory import VisualMemory
 
     if not is_embedded_location(location):
         return VisualMemory.open(location, reranker=None)
+    if held_here(location):  # the object that holds it compares it as it is, no copy needed
+        raise MemoryInUseError(
+            f"the memory at {location} is open in this process: call mem.diff(...) on the object that holds it "
+            "(held.diff(other): what changed from it to the other; other.diff(held): the other way), or close it "
+            "first (mem.close())")
     try:
         return VisualMemory.open(location, reranker=None, read_only=True, wait=wait)
     except MemoryInUseError as exc:
