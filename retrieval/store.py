@@ -1118,21 +1118,29 @@ def _deadline(wait: float) -> float:
 WAIT_FIRST_PAUSE_S, WAIT_LONGEST_PAUSE_S = 0.05, 0.5
 
 
-def _flock_within(fh: Any, how: int, folder: Path, deadline: float, holding: str = _IN_USE) -> bool:
-    """Take the flock `how` (LOCK_EX, LOCK_SH) on `fh`, the lock file of the memory in `folder`; while another
-    process holds it and `deadline` is not past, try again after a pause, having said once (a warning) who holds it
-    and that this waits. False where it is held still at the deadline (at once where there is none)."""
+def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline: float, held_here_says: str,
+                  holding: str = _IN_USE) -> Any:
+    """The lock file of the memory in `folder`, opened by `open_lock`, with the flock `how` (LOCK_EX, LOCK_SH)
+    taken on it; while another process holds it and `deadline` is not past, tried again after a pause, having said
+    once (a warning) who holds it and that this waits. None where it is held still at the deadline (at once where
+    there is none). Opened anew for each try, and closed between: where the holder noted is gone, `holder_note`
+    names the processes that have the file open, and a process waiting beside them was named as one to end.
+    Refused at once, MemoryInUseError(`held_here_says`), where this process holds the memory: it would never let go."""
     import fcntl
 
     pause, said = WAIT_FIRST_PAUSE_S, False
     while True:
+        fh = open_lock()
         try:
             fcntl.flock(fh, how | fcntl.LOCK_NB)
-            return True
+            return fh
         except BlockingIOError:
+            fh.close()
+            if held_here(folder):
+                raise MemoryInUseError(held_here_says) from None
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None
             if not said:
                 who = holder_note(folder).who
                 limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
@@ -1157,21 +1165,16 @@ def _hold_open_lock(folder: Path, deadline: float = 0.0) -> Any:
     is shorter than expected"). Held on an open file (fcntl), so a process that dies releases it."""
     import fcntl
 
-    fh = open(folder / OPEN_LOCK_FILE, "a", encoding="utf-8")  # noqa: SIM115 - held open for the store's lifetime
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if held_here(folder):  # never let go while this waits: refused at once
-            fh.close()
-            # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
-            raise MemoryInUseError(
-                f"the memory at {folder} is already open in this process: close the object that opened it "
-                "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
-                "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: "
-                "Out[n].close()") from None
-        if not _flock_within(fh, fcntl.LOCK_EX, folder, deadline):
-            fh.close()
-            raise MemoryInUseError(_held_elsewhere(folder), folder=folder) from None
+    def open_lock() -> Any:
+        return open(folder / OPEN_LOCK_FILE, "a", encoding="utf-8")  # held for the store's lifetime
+
+    # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
+    here = (f"the memory at {folder} is already open in this process: close the object that opened it "
+            "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
+            "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: Out[n].close()")
+    fh = _flock_within(open_lock, fcntl.LOCK_EX, folder, deadline, here)
+    if fh is None:
+        raise MemoryInUseError(_held_elsewhere(folder), folder=folder)
     note_holder(fh)
     return fh
 
@@ -1203,20 +1206,26 @@ def _held_elsewhere(folder: Path) -> str:
 
 
 @contextmanager
-def _lock_shared(folder: Path, deadline: float, holding: str = _IN_USE) -> Iterator[bool | None]:
+def _lock_shared(folder: Path, deadline: float, held_here_says: str, holding: str = _IN_USE) -> Iterator[bool | None]:
     """The open lock of the memory in `folder` taken shared for the block, waited for until `deadline` where a
     process holds it (open, or being created): True; False where it is held still then; None where there is no
     lock file (no memory, or one made by hand). The file is opened to be read: the folder may be a read-only mount,
     and nothing is made here."""
     import fcntl
 
+    def open_lock() -> Any:
+        return open(folder / OPEN_LOCK_FILE, "rb")  # closed below, which releases the lock
+
     try:
-        fh = open(folder / OPEN_LOCK_FILE, "rb")  # noqa: SIM115 - closed below, which releases the lock
-    except FileNotFoundError:
+        fh = _flock_within(open_lock, fcntl.LOCK_SH, folder, deadline, held_here_says, holding)
+    except FileNotFoundError:  # none, or removed meanwhile (a creation that failed removes its own)
         yield None
         return
+    if fh is None:
+        yield False
+        return
     with fh:
-        yield _flock_within(fh, fcntl.LOCK_SH, folder, deadline, holding)
+        yield True
 
 
 def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
@@ -1225,7 +1234,8 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
     told "no memory ... build one first" and loaded an encoder to make one. None where no process holds the lock,
     or none does by `deadline` (no memory, a creation that died, or one that ended meanwhile: look again)."""
     try:
-        with _lock_shared(folder, deadline, "is being created by another process") as taken:
+        here = f"the memory at {folder} is being created by this process: use the memory it makes"
+        with _lock_shared(folder, deadline, here, "is being created by another process") as taken:
             if taken is not False:
                 return None
     except OSError:  # a lock file this user cannot read: as before the lock, no memory said to be made there
@@ -1241,11 +1251,9 @@ def _shared_open_lock(folder: Path, deadline: float = 0.0) -> Iterator[None]:
     """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write
     (its files change under the copy), waited for until `deadline`, and taken beside other copies. A memory
     without one (made by hand) is copied unlocked."""
-    if held_here(folder):
-        raise MemoryInUseError(
-            f"the memory at {folder} is open in this process, to write: a read-only opening copies the memory, which "
-            "needs it at rest. Use the object that holds it, or close that first (mem.close())")
-    with _lock_shared(folder, deadline) as taken:
+    here = (f"the memory at {folder} is open in this process, to write: a read-only opening copies the memory, "
+            "which needs it at rest. Use the object that holds it, or close that first (mem.close())")
+    with _lock_shared(folder, deadline, here) as taken:
         if taken is False:
             # where a service that holds it says so, and where to ask it for that backup
             who = holder_note(folder).who

@@ -8,6 +8,8 @@ are real processes; each waits on a pipe the test writes to, so every wait is bo
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -215,3 +217,44 @@ def test_a_wait_given_that_is_no_number_of_seconds_is_a_usage_error(memory, wait
                              env=subprocess_env(COLUMNS="200"), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2, refused.stderr
     assert "Invalid value for '--wait': Input should be greater than or equal to 0" in refused.stderr
+
+
+# Opens the memory, forks a child that keeps its lock (as a process it started would), and prints the child's id
+HOLD_AND_FORK = """
+import os, sys, time
+from retrieval import open_store
+store = open_store(sys.argv[1])
+child = os.fork()
+if child == 0:
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+def test_a_process_waiting_beside_an_orphaned_lock_is_not_named_as_one_to_end(memory, tmp_path, caplog):
+    # Where the holder noted is gone, the refusal names the processes that have the lock file open: a waiter that
+    # kept it open between its tries was named too ("End it (kill <child> <waiter>)")
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(memory)], cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    holder.kill()
+    holder.wait(timeout=60)
+    waiter = None
+    try:
+        waiter = subprocess.Popen([sys.executable, "-m", "vmem", "labels", "--memory", str(memory), "--wait", "120"],
+                                  cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        said = waiter.stderr.readline()
+        assert "waiting for it to let go" in said and f"process {child} (" in said, said
+        with pytest.raises(MemoryInUseError) as refused:
+            open_store(memory, wait=0.2)
+        assert f"End it (kill {child}) if it no longer uses the memory" in str(refused.value)
+        assert str(waiter.pid) not in str(refused.value)
+    finally:
+        os.kill(child, signal.SIGKILL)  # the orphan ended: the waiter goes on
+    out, err = waiter.communicate(timeout=300)
+    assert waiter.returncode == 0, err
+    assert "cat" in out
