@@ -258,3 +258,16 @@ def test_a_process_waiting_beside_an_orphaned_lock_is_not_named_as_one_to_end(me
     out, err = waiter.communicate(timeout=300)
     assert waiter.returncode == 0, err
     assert "cat" in out
+
+
+def test_vmem_serve_read_only_on_a_memory_being_created_says_so(tmp_path):
+    # It had said "no memory at ...: build one first (vmem build)" while the first build was making it
+    memory = tmp_path / "memory"
+    with process(CREATE, memory, "creating") as creator:
+        serve = subprocess.run([sys.executable, "-m", "vmem", "serve", "--read-only", "--no-auth", "--port", "0",
+                                "--memory", str(memory)], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                               text=True, timeout=300)
+        release(creator)
+    assert serve.returncode == 75, serve.stderr
+    assert f"is being created by another process: process {creator.pid} (" in serve.stderr
+    assert "build one first" not in serve.stderr
