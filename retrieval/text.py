@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Collection, Iterable
 
@@ -45,12 +46,32 @@ def visible(text: str) -> str:
     (`\\n`, `\\x1b`, `\\u202e`). "\\u202etac" reads "cat" on screen, and a zero-width space makes "cat\\u200b" a
     label other than "cat" that reads the same: a label, name, source or journal line of someone else's making
     printed by the CLI reads as it is. A joiner that joins (`_joins`) is shown as itself. For text a person reads
-    only; JSON and the stored text stay exact."""
-    if not any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in text):
+    only; JSON and the stored text stay exact.
+
+    Unambiguous: the text's own backslashes are doubled where what follows them would read as an escape (`n`, `t`,
+    `r`, `xHH`, `uHHHH`, `UHHHHHHHH`, or a character escaped), so a label typed as the six characters `\\u202e`
+    shows `\\\\u202e`, not as the override itself does; elsewhere a backslash is itself, so that `C:\\data` and
+    `\\\\server\\share` read as they are (`C:\\new` shows `C:\\\\new`). Escape once, the raw text: shown text
+    escaped again shows its escapes' backslashes doubled."""
+    if "\\" not in text and not any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in text):
         return text
-    return "".join(c.encode("unicode_escape").decode()
-                   if unicodedata.category(c) in _HIDDEN_CATEGORIES and not _joins(text, i) else c
-                   for i, c in enumerate(text))
+    escaped = [unicodedata.category(c) in _HIDDEN_CATEGORIES and not _joins(text, i) for i, c in enumerate(text)]
+    out = []
+    for i, c in enumerate(text):
+        if escaped[i]:
+            out.append(c.encode("unicode_escape").decode())
+        elif c == "\\":
+            j = i + 1
+            while j < len(text) and text[j] == "\\":  # a run of backslashes is doubled whole, or not at all
+                j += 1
+            out.append("\\\\" if j < len(text) and (escaped[j] or _ESCAPE_TAIL.match(text, j)) else c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+# What follows the backslash of an escape `visible` writes (unicode_escape's, for the characters it escapes)
+_ESCAPE_TAIL = re.compile(r"[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}")
 
 
 ZWNJ, ZWJ = "\u200c", "\u200d"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.text import visible
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
 from tests.conftest import IN_CI, REPO
@@ -1629,4 +1630,8 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         wait.until(lambda d: "to \\u202etac" in d.find_element(By.ID, "history-list").text)
         page = browser.find_element(By.TAG_NAME, "body").text
         assert not any(c in page for c in ("\u202e", "\u200b"))
+        # The page's escape is the CLI's, to the character: a label typed as the six characters \u202e is shown
+        # other than the override, a Windows path as it is
+        texts = [spoofed, "\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", persian, "\\\\x1b\x1b"]
+        assert browser.execute_script("return arguments[0].map(visible)", texts) == [visible(t) for t in texts]
     mem.close()

@@ -571,10 +571,20 @@ function joins(chars, i) {
   return /^\p{So}$/u.test(base(-1)) && /^\p{So}$/u.test(chars[i + 1]);
 }
 
+// Unambiguous, as visible() in Python is: the text's own backslashes are doubled where what follows them would read
+// as an escape (a run of them doubled whole), so a label typed as the six characters \u202e shows \\u202e, not as
+// the override itself does; elsewhere a backslash is itself (C:\data).
+const ESCAPE_TAIL = /^(?:[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})/;
 function visible(text) {
   const chars = [...String(text ?? "")];
+  const escaped = chars.map((c, i) => HIDDEN.test(c) && !joins(chars, i));
   return chars.map((c, i) => {
-    if (!HIDDEN.test(c) || joins(chars, i)) return c;
+    if (c === "\\") {
+      let j = i + 1;
+      while (chars[j] === "\\") j += 1;
+      return j < chars.length && (escaped[j] || ESCAPE_TAIL.test(chars.slice(j, j + 9).join(""))) ? "\\\\" : c;
+    }
+    if (!escaped[i]) return c;
     const code = c.codePointAt(0);
     const hex = (digits) => code.toString(16).padStart(digits, "0");
     return ESCAPED[c] ?? (code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);

@@ -1,0 +1,62 @@
+"""Text shown to people (a terminal, the page): escaped once, so that it reads as what it is, and unambiguously."""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import re
+
+from retrieval.text import visible
+
+_ESCAPE = re.compile(r"[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}")
+
+
+def read_back(shown: str) -> str:
+    """The text `visible` showed as `shown`, read as docs/service.md tells a person to read it: a run of backslashes
+    before what reads as an escape is the text's own backslashes doubled, then (an odd one left) an escape; any
+    other backslash is itself."""
+    out, i = [], 0
+    while i < len(shown):
+        if shown[i] != "\\":
+            out.append(shown[i])
+            i += 1
+            continue
+        j = i
+        while j < len(shown) and shown[j] == "\\":
+            j += 1
+        if (tail := _ESCAPE.match(shown, j)) is None:
+            out.append(shown[i:j])
+            i = j
+            continue
+        out.append("\\" * ((j - i) // 2))
+        if (j - i) % 2:
+            out.append(codecs.decode(shown[j - 1:tail.end()], "unicode_escape"))
+            i = tail.end()
+        else:
+            i = j
+    return "".join(out)
+
+
+def test_a_label_typed_as_an_escape_reads_other_than_the_character_it_names():
+    # "\u202etac" (the override, then "tac") is shown as the escape; the same six characters typed are another label
+    assert visible("\u202etac") == "\\u202etac"
+    assert visible("\\u202etac") == "\\\\u202etac"
+    assert visible("tab\\there") == "tab\\\\there" and visible("tab\there") == "tab\\there"
+
+
+def test_a_backslash_that_starts_no_escape_is_shown_as_it_is():
+    # Windows paths read as they are, unless a folder's name would read as an escape (\new: a newline)
+    assert visible("C:\\data\\cats") == "C:\\data\\cats"
+    assert visible("\\\\server\\share") == "\\\\server\\share"
+    assert visible("C:\\new") == "C:\\\\new"
+    assert visible("plain") == "plain" and visible("نیم\u200cرخ") == "نیم\u200cرخ"  # a joiner that joins
+
+
+def test_every_text_shown_reads_back_as_itself():
+    # Every string of up to 4 of these characters, some of which make escapes of each other: none is shown as
+    # another is, and each reads back as itself
+    alphabet = ["\\", "x", "1", "b", "\x1b", "n", "\n", "\u202e", "u"]
+    texts = ["".join(t) for n in range(5) for t in itertools.product(alphabet, repeat=n)]
+    texts += ["\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", "\\U0001f600", "😀\\\U000e0001"]
+    for text in texts:
+        assert read_back(visible(text)) == text, text
