@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Collection, Iterable
@@ -21,9 +22,9 @@ def label_problem(label: str) -> str | None:
     every surface, so that a label made through Python or the CLI can be reached through the service. A newline
     in a label broke the re-ranker's list of candidates into lines of instructions."""
     if (bad := control_character(label)) is not None:
-        return f"label {label[:40]!r} holds the control character {bad!r}: a label is one line of text"
+        return f"label {quoted(label[:40])} holds the control character {quoted(bad)}: a label is one line of text"
     if len(label) > MAX_LABEL_CHARS:
-        return f"label {label[:40]!r}... is {len(label):,} characters: at most {MAX_LABEL_CHARS:,}"
+        return f"label {quoted(label[:40])}... is {len(label):,} characters: at most {MAX_LABEL_CHARS:,}"
     return None
 
 
@@ -68,6 +69,24 @@ def visible(text: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+def quoted(text: str) -> str:
+    """`text` quoted in a sentence shown to a person (an error, a note): 'cat', escaped by `visible`. In place of
+    `repr`, which escapes a joiner that shows (a Persian label read "نیم\\u200cرخ"), doubles every backslash of a
+    Windows path, and escaped again by a message's `visible` read "\\\\u202e"."""
+    return f"'{visible(text)}'"
+
+
+def visible_json(value: object) -> str:
+    """`value` as one line of JSON a person reads: other scripts as they are, and what `visible` escapes written as
+    JSON escapes it (`\\u202e`). JSON's own rule (every backslash doubled, `C:\\\\data`) is unambiguous already:
+    `visible` of the JSON doubled its backslashes again where an escape followed."""
+    text = json.dumps(value, ensure_ascii=False)
+    if not any(unicodedata.category(c) in _HIDDEN_CATEGORIES for c in text):
+        return text
+    return "".join(json.dumps(c)[1:-1] if unicodedata.category(c) in _HIDDEN_CATEGORIES and not _joins(text, i)
+                   else c for i, c in enumerate(text))
 
 
 # What follows the backslash of an escape `visible` writes (unicode_escape's, for the characters it escapes)

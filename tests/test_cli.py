@@ -329,6 +329,28 @@ def test_labels_names_and_sources_that_would_read_as_other_text_are_printed_esca
     assert "\\u202etac" in refused.stderr and not any(c in refused.output for c in shown)
 
 
+def test_what_a_message_names_is_escaped_once_as_a_label_is_printed(built, tmp_path):
+    # A message quotes a label, a name or a path as `vmem labels` prints it: repr escaped a Persian label's joiner
+    # that shows, and text escaped twice (a label escaped, then its whole line) read as a label typed with a
+    # backslash reads (\\\\u202etac), not as the override
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    persian = "نیم\u200cرخ"
+    refused = run("relabel", "--label", persian, "--to", "red", "--memory", memory)
+    assert refused.exit_code == 1 and f"the memory has no label '{persian}'" in refused.stderr
+    refused = run("relabel", "--label", "\u202egod", "--to", "red", "--memory", memory)
+    assert "no label '\\u202egod'" in refused.stderr
+    nowhere = run("relabel", "--source", "/nowhere\u202e/", "--to", "red", "--memory", memory)
+    assert nowhere.exit_code == 1 and "no point's source starts with /nowhere\\u202e/" in nowhere.stderr
+    assert "\u202e" not in nowhere.output
+    moved = run("relabel", "--label", "red", "--to", "\u202etac", "--memory", memory)
+    assert moved.exit_code == 0 and "relabelled 4 points to '\\u202etac'" in moved.stdout
+    [edit] = [line for line in run("history", "--memory", memory).stdout.splitlines() if "\trelabel\t" in line]
+    assert "(red: 4) to \\u202etac\tby label 'red'\tvia cli" in edit and "\\\\u202e" not in edit
+
+
 def test_labels_written_with_joiners_are_printed_as_they_are_written(built, image_folder, tmp_path):
     # A Persian word holds a ZERO WIDTH NON-JOINER, a Devanagari conjunct a joiner after its virama, a family emoji
     # joiners between its people: each shows, and is how the label is written. vmem printed them as they were

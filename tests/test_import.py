@@ -487,6 +487,21 @@ def test_what_someone_elses_file_says_is_printed_one_line_each_its_control_chara
     assert "written by vmem 9.0\\x1b]0;pwned\\x07" in said(later)
 
 
+def test_the_report_names_a_file_s_labels_escaped_once(tmp_path):
+    # A label of the file quoted in the report, and a row skipped for its label, read as `vmem labels` prints a
+    # label: repr's escape, escaped again with the line, had read '\\\\u202etac' (a label typed with a backslash)
+    open_store(tmp_path / "memory", SPEC).close()
+    first = vectors_file(tmp_path / "first.npz", random_unit_vectors(1, 8, seed=1), ["cat"], ["/a/0.jpg"])
+    assert run("import", first, "--memory", tmp_path / "memory", "--featurizer", "dummy").exit_code == 0
+    theirs = vectors_file(tmp_path / "theirs.npz", random_unit_vectors(2, 8, seed=2), ["\u202etac", "a\nb"],
+                          ["/a/0.jpg", "/a/1.jpg"])
+    done = run("import", theirs, "--memory", tmp_path / "memory", "--featurizer", "dummy")
+    assert done.exit_code == 0, done.output
+    assert "  /a/0.jpg: stored 'cat', file '\\u202etac'" in done.stdout.splitlines()
+    assert "skipped 1 row: label 'a\\nb' holds the control character '\\n': a label is one line of text" in said(done)
+    assert "\\\\" not in done.output
+
+
 # ------------------------------------------------------------------ choosing, and a dry run
 
 

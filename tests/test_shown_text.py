@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import json
 import re
 
-from retrieval.text import visible
+from retrieval.text import quoted, visible, visible_json
 
 _ESCAPE = re.compile(r"[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}")
 
@@ -60,3 +61,15 @@ def test_every_text_shown_reads_back_as_itself():
     texts += ["\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", "\\U0001f600", "😀\\\U000e0001"]
     for text in texts:
         assert read_back(visible(text)) == text, text
+
+
+def test_a_message_quotes_a_label_as_it_is_shown_not_as_repr_writes_it():
+    # repr escapes a joiner that shows and doubles every backslash: a message named a label other than it is shown
+    assert quoted("نیم\u200cرخ") == "'نیم\u200cرخ'" and repr("نیم\u200cرخ") != quoted("نیم\u200cرخ")
+    assert quoted("C:\\data") == "'C:\\data'" and quoted("\u202etac") == "'\\u202etac'"
+
+
+def test_settings_shown_as_json_read_back_exactly_and_show_no_override():
+    settings = {"source_roots": ["C:\\new", "/photos/\u202egpj", "/photos/猫"], "note": "a\\u202e"}
+    shown = visible_json(settings)
+    assert "\u202e" not in shown and "猫" in shown and json.loads(shown) == settings

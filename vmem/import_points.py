@@ -63,7 +63,7 @@ from retrieval.store import (
     is_local_source,
     normalize_source,
 )
-from retrieval.text import canonical_label, label_problem, utf8_text, visible
+from retrieval.text import canonical_label, label_problem, quoted, utf8_text, visible
 
 from .export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 
@@ -88,7 +88,8 @@ class PointsFileError(ValueError):
 
     def __init__(self, message: str, option: str | None = None) -> None:
         # One line, whatever of the file it quotes (a source, the writer's version): a newline or an escape
-        # sequence of someone else's file forged lines of the error, or retitled the terminal
+        # sequence of someone else's file forged lines of the error, or retitled the terminal. Escaped once, here:
+        # the message quotes the file's text raw ('label', not repr's escapes, which this would escape again)
         super().__init__(visible(message))
         self.option = option
 
@@ -392,16 +393,19 @@ class ImportReport:
         """What the import did, for people: counts, labels; with `skipped`, the rows skipped too. `trusting`: how
         to record the image folders of points outside them, as the caller takes it."""
         verb = "would import" if self.dry_run else "imported"
-        kind = f"a vmem export of {self.featurizer}" if self.format == EXPORT_FORMAT else f"{self.featurizer} vectors"
+        # Each part one line of what it is: sources, labels and the encoder's name are the file's writer's text (a
+        # newline forged a line of the report, an escape sequence retitled the terminal), escaped once, here
+        encoder = visible(self.featurizer)
+        kind = f"a vmem export of {encoder}" if self.format == EXPORT_FORMAT else f"{encoder} vectors"
         of = f"{self.chosen:,} of {self.rows:,} rows" if self.chosen != self.rows else f"{self.rows:,} rows"
-        lines = [f"{verb} {self.added:,} point{'s' if self.added != 1 else ''} from {self.file} ({kind}, "
+        lines = [f"{verb} {self.added:,} point{'s' if self.added != 1 else ''} from {visible(self.file)} ({kind}, "
                  f"{self.dim}-d; {of}): {self.already_in_memory:,} already in memory, "
                  + (f"{self.duplicates:,} repeated rows, " if self.duplicates else "")
                  + f"{sum(self.skipped.values()):,} skipped"
                  + ("" if self.dry_run else f"; memory now holds {self.memory_points:,} points")
                  + (f" ({self.seconds:.1f} s)" if self.seconds and not self.dry_run else "")]
         if self.added_per_label:
-            shown = ", ".join(f"{lab}: {n:,}" for lab, n in list(self.added_per_label.items())[:10])
+            shown = ", ".join(f"{visible(lab)}: {n:,}" for lab, n in list(self.added_per_label.items())[:10])
             more = f" and {len(self.added_per_label) - 10} more" if len(self.added_per_label) > 10 else ""
             lines.append(f"  labels: {shown}{more}")
         if self.other_label:
@@ -410,7 +414,8 @@ class ImportReport:
                          + ("would be relabelled as the file labels them:" if self.dry_run and self.relabel_applied
                             else "relabelled as the file labels them:" if self.relabel_applied
                             else "kept as stored (import again with --relabel to take the file's labels):"))
-            lines += [f"  {src}: stored {old!r}, file {new!r}" for src, old, new in self.other_label[:10]]
+            lines += [f"  {visible(src)}: stored {quoted(old)}, file {quoted(new)}"
+                      for src, old, new in self.other_label[:10]]
             if n > 10:
                 lines.append(f"  ... and {n - 10:,} more")
         if skipped:
@@ -418,22 +423,20 @@ class ImportReport:
         if self.names:
             lines.append(f"label names: {len(self.names)} {'would be ' if self.dry_run else ''}given from the file")
         if self.vote:
-            lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {self.vote}")
+            lines.append(f"tuned vote settings {'would be ' if self.dry_run else ''}carried: {visible(str(self.vote))}")
         if self.source_roots:
             lines.append(f"image folders {'would be ' if self.dry_run else ''}recorded (thumbnails shown and images "
-                         f"sent to the re-ranker from under them): {', '.join(self.source_roots)}")
+                         f"sent to the re-ranker from under them): {', '.join(map(visible, self.source_roots))}")
         if self.outside_roots:
             n = self.outside_roots
             lines.append(f"the images of {n:,} point{'s' if n != 1 else ''} are files on this machine outside the "
                          "memory's image folders (source_roots, vmem info): none is shown as a thumbnail or sent to "
                          f"the re-ranker, since a file's sources are its writer's; {trusting}")
-        # Each line one line: sources and the encoder's name are the file's writer's text (a newline forged a line
-        # of the report, an escape sequence retitled the terminal)
-        return "\n".join(visible(line) for line in lines if line)
+        return "\n".join(line for line in lines if line)
 
     def skipped_lines(self) -> str:
         """The rows skipped, a line per reason with the first few rows' numbers (from 0)."""
-        return "\n".join(map(visible, self._skipped_lines()))
+        return "\n".join(self._skipped_lines())  # reasons made for people (`label_problem`'s), escaped there
 
     def _skipped_lines(self) -> list[str]:
         lines = []
@@ -471,8 +474,8 @@ def plan_rows(points: PointsFile, report: ImportReport, stored_labels: Callable[
         wanted = {label, canonical_label(label), *stored_labels([canonical_label(label)])}
         chosen = np.array([lab in wanted for lab in spelled], dtype=bool)[inverse] if n else usable
         if not chosen.any():
-            held = ", ".join(repr(lab) for lab in spelled[:10]) + (", ..." if len(spelled) > 10 else "")
-            raise PointsFileError(f"{points.name} has no row labelled {label!r} (its labels: {held or 'none'})",
+            held = ", ".join(f"'{lab}'" for lab in spelled[:10]) + (", ..." if len(spelled) > 10 else "")
+            raise PointsFileError(f"{points.name} has no row labelled '{label}' (its labels: {held or 'none'})",
                                   option="label")
         usable &= chosen
     report.chosen = int(usable.sum())
@@ -523,7 +526,7 @@ def _repeated_rows(points: PointsFile, labels: np.ndarray, ids: np.ndarray, usab
         a, b = int(firsts[clash[0]]), int(later[clash[0]])
         more = f" ({len(clash) - 1:,} more rows so)" if len(clash) > 1 else ""
         raise PointsFileError(f"{points.name}: rows {a} and {b} are one point ({points.source_of(a)}), labelled "
-                              f"{str(labels[a])!r} and {str(labels[b])!r}{more}: a point has one label; which is meant "
+                              f"'{labels[a]}' and '{labels[b]}'{more}: a point has one label; which is meant "
                               "cannot be known, so nothing was imported")
     report.duplicates = len(later)
     usable[later] = False

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 from retrieval.schema_types import IsoTime, PointIdText
-from retrieval.text import utf8_text, visible
+from retrieval.text import quoted, utf8_text, visible
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
@@ -91,7 +91,7 @@ def unsure_of(label: str | None, confidence: float | None, min_confidence: float
     if float(rounded_confidence(confidence)) >= float(rounded_confidence(min_confidence)):  # both: 1/3 meets 1/3
         return False, None
     share = "the DMN probability" if rule == "dmn" else "the vote share"
-    return True, (f"confidence {confidence:.3f} ({share} of {visible(label)!r}) is under "
+    return True, (f"confidence {confidence:.3f} ({share} of {quoted(label)}) is under "
                   f"min_confidence {min_confidence:g}: the label is a suggestion, for a person to check")
 
 

@@ -93,7 +93,7 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
-from retrieval.text import canonical_label, label_forms, label_problem, visible
+from retrieval.text import canonical_label, label_forms, label_problem, quoted, visible
 from retrieval.voting import fewest_to_win, wins_nearest
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def local_source_prefix(prefix: str) -> str:
     try:
         norm = normalize_source(prefix)
     except (ValueError, RuntimeError) as exc:  # a NUL byte; `~user` with no such user
-        raise ValueError(f"source_prefix {prefix!r} is not a path on this host: {exc}") from None
+        raise ValueError(f"source_prefix {quoted(prefix)} is not a path on this host: {exc}") from None
     if (prefix.endswith("/") or Path(norm).is_dir()) and not norm.endswith("/"):
         norm += "/"
     return norm
@@ -722,7 +722,7 @@ class VisualMemory:
                              "memories instead: ask with a vote rule (rank, plurality, distance or softmax)")
         stored = self.stored_label(label)
         if labels is not None and stored not in labels:
-            raise ValueError(f"why_not label {label!r} is not among the labels the vote chooses from: add it to "
+            raise ValueError(f"why_not label {quoted(label)} is not among the labels the vote chooses from: add it to "
                              "them, or leave the label filter out")
         if self.store.count(label=stored, searchable=True) == 0:
             said = self.unknown_labels_message([stored], listed_by)
@@ -731,9 +731,9 @@ class VisualMemory:
             close = [] if self.name_hints([label]) else close_labels(label, self.store.label_counts(),
                                                                        self.store.meta.label_names)
             if close:
+                named = self.store.meta.label_names
                 said += "; spelled or named like it: " + ", ".join(
-                    f"{lab!r}" + (f" ({self.store.meta.label_names[lab]})" if lab in self.store.meta.label_names
-                                  else "") for lab in close)
+                    quoted(lab) + (f" ({visible(named[lab])})" if lab in named else "") for lab in close)
             raise NoSuchLabelsError(said)
         return stored
 
@@ -1042,7 +1042,7 @@ class VisualMemory:
         # Keyed as the memory spells its labels (a names file read canonically, an older memory's decomposed café)
         clean = dict(zip(self.stored_labels(list(given)), given.values(), strict=True))
         if empty := [label for label, name in clean.items() if not name]:
-            raise ValueError(f"empty name for label {empty[0]!r}: leave the label out instead")
+            raise ValueError(f"empty name for label {quoted(empty[0])}: leave the label out instead")
         self.refresh()  # merged with the names stored now, not those this process read earlier
         before = self.store.meta.label_names
         after = clean if replace else {**before, **clean}
@@ -1067,13 +1067,13 @@ class VisualMemory:
         """What the CLI and HTTP say of labels the memory lacks: which they are, the labels they name when they
         are names ("Egyptian cat" for n02124075), and some labels it has, with where to see them all."""
         known = self.store.label_counts()
-        pruned = [f"{label!r} ({known[label]:,} point{'s' if known[label] > 1 else ''})"
+        pruned = [f"{quoted(label)} ({known[label]:,} point{'s' if known[label] > 1 else ''})"
                   for label in unknown if known.get(label)]
         said = ("every point of label " + ", ".join(pruned) + " is excluded by hard pruning, and no search returns"
                 " it (vmem prune --undo restores them)") if pruned else ""
         if not (missing := [label for label in unknown if not known.get(label)]):
             return said
-        text = f"the memory has no label {', '.join(map(repr, missing))}"
+        text = f"the memory has no label {', '.join(map(quoted, missing))}"
         if hints := self.name_hints(missing):
             text += f" ({hints})"
         if not known:
@@ -1328,8 +1328,8 @@ class VisualMemory:
         if conflicts:
             j, i = conflicts[0]
             twice = ok_sources[i] if ok_sources[i] == ok_sources[j] else f"{ok_sources[j]} and {ok_sources[i]}"
-            raise ValueError(f"the same image ({twice}) is given twice, labelled {ok_labels[j]!r} and "
-                             f"{ok_labels[i]!r}: an image is one point with one label")
+            raise ValueError(f"the same image ({visible(twice)}) is given twice, labelled {quoted(ok_labels[j])} and "
+                             f"{quoted(ok_labels[i])}: an image is one point with one label")
         id_of = {keys[j]: point_id_for(ok_sources[j]) for j in keep}
         source_of = {keys[j]: ok_sources[j] for j in keep}
         stored = self.store.existing_labels(list(id_of.values()))
@@ -1679,7 +1679,7 @@ class VisualMemory:
         one ("Egyptian cat" for n02124075): they take labels, and an unlearning script told "0 points" reads it as
         "none left"."""
         if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
-            raise ValueError(f"the memory has no label {label!r} ({hints}): give the label")
+            raise ValueError(f"the memory has no label {quoted(label)} ({hints}): give the label")
 
     def check_erase_on_demand(self) -> None:
         """ValueError where the memory cannot erase forgotten points when asked: checked before anything is
@@ -1878,13 +1878,13 @@ class VisualMemory:
             else len(chosen)
         if chosen and set(chosen.values()) == {to} and len(chosen) == asked:
             chosen_are = "the point chosen has" if len(chosen) == 1 else f"the {len(chosen)} points chosen have"
-            return True, f"nothing to do: {chosen_are} the label {to!r} already"
+            return True, f"nothing to do: {chosen_are} the label {quoted(to)} already"
         if ids is not None:
             if chosen:
                 return False, (f"{asked - len(chosen)} of the {asked} ids are no point of the memory; the rest have "
-                               f"the label {to!r} already")
+                               f"the label {quoted(to)} already")
             return False, "the memory holds no point with " + ("these ids" if asked > 1 else "this id")
-        return False, f"no point's source starts with {source_prefix}"
+        return False, f"no point's source starts with {visible(source_prefix or '')}"
 
     def _chosen_ids(self, ids: Sequence[str] | None, label: str | None, source_prefix: str | None,
                     verb: str) -> list[str]:
@@ -2910,7 +2910,8 @@ def name_hints(named: Mapping[str, str], texts: Sequence[str]) -> str:
         by_name.setdefault(canonical_label(name).casefold(), []).append(label)
     # A label the memory names is a label, even named as itself ("cat" named "Cat"), and even with no points
     # yet (names may come before the images).
-    hints = [f"{text!r} is the name of label{'s' if len(found) > 1 else ''} {', '.join(sorted(found))}"
+    hints = [f"{quoted(text)} is the name of label{'s' if len(found) > 1 else ''} "
+             f"{', '.join(map(visible, sorted(found)))}"
              for text in dict.fromkeys(texts)
              if text not in named and (found := by_name.get(canonical_label(text).casefold()))]
     return "; ".join(hints)

@@ -18,7 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.text import canonical_label, visible
+from retrieval.text import canonical_label, quoted, visible
 
 from ..results import FewPoints
 
@@ -408,7 +408,7 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
     truths = true_labels(results, images)
     known = {canonical_label(lab) for lab in known_labels} if known_labels is not None else set()
     if known_labels is not None and (unknown := Counter(t for t in truths if t not in known)):
-        shown = ", ".join(f"{one_line(t)!r} ({n:,})" for t, n in unknown.most_common(5))
+        shown = ", ".join(f"{quoted(t)} ({n:,})" for t, n in unknown.most_common(5))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         typer.echo(f"note: {sum(unknown.values()):,} of the {len(truths):,} images are in folders that are no label "
                    f"of this memory, and are counted wrong: {shown}{more} (vmem labels lists its labels)", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from tqdm import tqdm
 
 from retrieval.store import META_FILE, is_embedded_location, same_location
+from retrieval.text import quoted, visible_json
 
 from ..diff import KINDS, VECTOR_TOLERANCE, DiffKind, MemoryDiff, PointChange, open_to_compare
 from ..visual_memory import VisualMemory
@@ -131,7 +131,7 @@ def _say(d: MemoryDiff, names: dict[str, str]) -> None:
         typer.echo(f"\t{one_line(n.label)}\t{_name(n.a)} -> {_name(n.b)}")
     typer.echo(f"settings\t{len(d.settings):,} changed")
     for s in d.settings:
-        typer.echo(f"\t{s.key}\t{one_line(repr(s.a))} -> {one_line(repr(s.b))}")
+        typer.echo(f"\t{s.key}\t{_value(s.a)} -> {_value(s.b)}")
     j = d.journal
     if j.shared == 0 and (j.only_in_a or j.only_in_b):
         history = "no edit in common: not one memory's history"
@@ -165,7 +165,13 @@ def _entries(n: int) -> str:
 
 
 def _name(name: str | None) -> str:
-    return one_line(repr(name)) if name is not None else "(none)"
+    return quoted(name) if name is not None else "(none)"
+
+
+def _value(value: object) -> str:
+    """A setting as a person reads it, escaped once: repr's escapes, escaped again, had doubled their backslashes."""
+    return quoted(value) if isinstance(value, str) else visible_json(value) if isinstance(value, list | dict) \
+        else one_line(repr(value))
 
 
 def _point_line(kind: DiffKind, p: PointChange, names: dict[str, str]) -> str:
@@ -180,8 +186,8 @@ def _point_line(kind: DiffKind, p: PointChange, names: dict[str, str]) -> str:
     elif kind == "pruning":
         what = f"{_pruned(p.excluded_a, p.reliability_a)} -> {_pruned(p.excluded_b, p.reliability_b)}"
     elif kind == "tags":
-        what = f"{json.dumps(p.tags_a, ensure_ascii=False)} -> {json.dumps(p.tags_b, ensure_ascii=False)}"
-    return "\t".join(x for x in (p.id, label, one_line(p.source), one_line(what)) if x)
+        what = f"{visible_json(p.tags_a)} -> {visible_json(p.tags_b)}"
+    return "\t".join(x for x in (p.id, label, one_line(p.source), what) if x)
 
 
 def _pruned(excluded: bool | None, reliability: float | None) -> str:

@@ -36,7 +36,7 @@ from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import is_embedded_location, local_folder, point_id_for
-from retrieval.text import utf8_text
+from retrieval.text import quoted, utf8_text, visible_json
 
 from ..answer_log import AnswerLog
 from ..export import check_export_path
@@ -678,7 +678,7 @@ def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: 
             raise typer.BadParameter(str(exc), param_hint="--min-similarity") from None
         names = mem.label_names
         for d in found:
-            typer.echo("\t".join([d.id, one_line(named_label(d.label, names)), one_line(d.source),
+            typer.echo("\t".join([d.id, named_label(d.label, names), one_line(d.source),
                                   f"{d.similarity:.4f}"]))
         # Said of a dry run too, when it is most wanted: how to see how close the nearest points are.
         nothing = (f"note: no point is at least {min_similarity:g} similar to it; `vmem forget --like {image} "
@@ -730,7 +730,7 @@ def relabel(
             raise typer.BadParameter(str(exc), param_hint="--to") from None
         to = mem.stored_label(to)
         name = mem.label_names.get(to)
-        typer.echo(f"relabelled {n_points(n)} to {to!r}" + (f" ({one_line(name)})" if name else "")
+        typer.echo(f"relabelled {n_points(n)} to {quoted(to)}" + (f" ({one_line(name)})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
             # Points that have the label already: done, as a forget of what is gone is (a corrections script run
@@ -1261,10 +1261,11 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     elif e.op == "tune":
         vote = e.detail.get("vote", {})
         what = ("tuned settings forgotten: back to the defaults" if e.detail.get("reset")
-                else f"vote {vote.get('rule')}, k={vote.get('k')}")
+                else one_line(f"vote {vote.get('rule')}, k={vote.get('k')}"))
     elif e.op == "settings":
         before = e.detail.get("before", {})
-        what = ", ".join(f"{_SEARCH_SETTING_NAMES.get(name, name)} {_shown(before.get(name))} -> {_shown(value)}"
+        what = ", ".join(f"{_SEARCH_SETTING_NAMES.get(name, name)} {one_line(_shown(before.get(name)))} -> "
+                         f"{one_line(_shown(value))}"
                          for name, value in e.detail.get("search", {}).items())
     elif e.op == "erase":
         what = ""
@@ -1275,13 +1276,14 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
         if e.op == "relabel":
             what += f" to {named_label(e.to or '', names)}"
         if e.op == "copy" and (moved := e.detail.get("reembedded")):
-            what += f", embedded again with {moved.get('to')} (from {moved.get('from')})"
-    chosen = ", ".join(k if v is True else f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}"  # "by build"
-                       for k, v in e.selector.items())
+            what += one_line(f", embedded again with {moved.get('to')} (from {moved.get('from')})")
+    # Each part escaped once, where it is put in: `what` holds labels named_label has escaped already
+    chosen = ", ".join(one_line(k) if v is True else f"{one_line(k)} {quoted(v)}" if isinstance(v, str)  # "by build"
+                       else one_line(f"{k} {v}") for k, v in e.selector.items())
     part = f" [part {e.part + 1}]" if e.part is not None else ""
-    return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, one_line(what),
-                                 one_line(f"by {chosen}") if chosen else "",
-                                 one_line(f"via {e.via}{f' (key {e.by})' if e.by else ''} on {e.host} (pid {e.pid})"))
+    return "\t".join(x for x in (e.at[:19].replace("T", " "), e.op + part, what, f"by {chosen}" if chosen else "",
+                                 f"via {one_line(e.via)}{f' (key {one_line(e.by)})' if e.by else ''} on "
+                                 f"{one_line(e.host)} (pid {e.pid})")
                      if x)
 
 
@@ -1373,7 +1375,7 @@ def info(
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     _upkeep_lines(stats["index_upkeep"], embedded=is_embedded_location(stats["location"]))
     if stats["settings"]:  # folders' names (source_roots) as they are, but what a terminal would not show
-        typer.echo(f"settings   {one_line(json.dumps(stats['settings'], ensure_ascii=False))}")
+        typer.echo(f"settings   {visible_json(stats['settings'])}")
     say_few_points([FewPoints(**few) for few in stats["few_points"]])
 
 
@@ -1431,4 +1433,4 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
         parts = ", ".join(f"{name} {_size(n)}" for name, n in list(disk.items())[1:4])
         typer.echo(f"disk       {_size(disk['total'])} ({parts})")
     if stats["settings"]:
-        typer.echo(f"settings   {one_line(json.dumps(stats['settings'], ensure_ascii=False))}")
+        typer.echo(f"settings   {visible_json(stats['settings'])}")
