@@ -362,7 +362,7 @@ def test_a_memory_served_read_only_is_said_so_and_offers_no_edit(browser, tmp_pa
         browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()  # the key re-ranks: its box stays
         assert browser.find_element(By.CSS_SELECTOR, "#key-box summary").text == "API key (to re-rank with the VLM)"
         # The memory is read as ever: a label's points, the audit, the history, without an edit among them.
-        browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='red']").click()
+        browser.find_element(By.XPATH, "//ol[@id='scores']//button[.='red']").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 3)
         browser.find_element(By.CSS_SELECTOR, "#suspects-box summary").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#suspects-list li"))
@@ -684,7 +684,7 @@ def test_the_page_shows_the_label_names(browser, tmp_path, named_page_url):
     browser.save_screenshot(str(ARTIFACTS / "page-label-names.png"))
 
     # A label opens what the memory holds for it: every point of "navy", not only those that voted.
-    browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+    browser.find_element(By.XPATH, "//ol[@id='scores']//button[.='navy (blue)']").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
     assert browser.find_element(By.ID, "label-title").text == "navy (blue)"
     assert browser.find_element(By.ID, "label-note").text == "4 of 4 points shown"
@@ -803,7 +803,7 @@ def test_a_neighbour_is_relabelled_on_the_page(browser, tmp_path, named_page_url
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
 
     # Its label's list shows it, with the label it had.
-    browser.find_element(By.XPATH, "//ol[@id='scores']//button[text()='navy (blue)']").click()
+    browser.find_element(By.XPATH, "//ol[@id='scores']//button[.='navy (blue)']").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 5)
     moved = browser.find_element(By.CSS_SELECTOR, f"[data-testid=point-card][data-point-id='{point_id}']")
     assert "was crimson (red)" in moved.find_element(By.CLASS_NAME, "numbers").text
@@ -1622,6 +1622,11 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         browser.find_element(By.CSS_SELECTOR, "#label-list button").click()  # the label itself asked for
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
         assert browser.find_element(By.ID, "label-title").text == "\\u202etac"
+        # Each label, name and source is isolated in its line (<bdi>): a right-to-left label took the punctuation and
+        # count beside it into its own run ("(نیم‌رخ: 4)" drew the 4 first)
+        isolated = lambda css: [b.text for b in browser.find_elements(By.CSS_SELECTOR, css)]  # noqa: E731
+        assert isolated("#label-title bdi") == isolated("#label-list .label-link bdi") == ["\\u202etac"]
+        assert len(isolated("[data-testid=point-card] .label bdi")) == 4
         query = tmp_path / "query.png"
         query.write_bytes(texture(COLORS["red"], seed=4245))
         classify_on_the_page(browser, url + "/", query, k=5)
@@ -1630,6 +1635,8 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         wait.until(lambda d: "to \\u202etac" in d.find_element(By.ID, "history-list").text)
         page = browser.find_element(By.TAG_NAME, "body").text
         assert not any(c in page for c in ("\u202e", "\u200b"))
+        assert isolated("#prediction bdi") == ["\\u202etac"]
+        assert {"\\u202etac", persian, "blue", "red"} <= set(isolated("#history-list bdi"))
         # The page's escape is the CLI's, to the character: a label typed as the six characters \u202e is shown
         # other than the override, a Windows path as it is
         texts = [spoofed, "\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", persian, "\\\\x1b\x1b"]

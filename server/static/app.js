@@ -117,9 +117,9 @@ function showFewPoints(few, total) {
   if (total === 0) note.textContent = "";
   else if (total === 1) {
     const f = few[0];
-    note.textContent = `${named(f.label, labelNames[f.label])} has too few points to win the default ${f.rule} vote ` +
-      `of k = ${f.k} against a fuller label near it (${f.points} of ${f.needed}): add images of it, or classify ` +
-      `with k = ${f.k_that_fits} or less.`;
+    note.replaceChildren(...namedNodes(f.label, labelNames[f.label]), ` has too few points to win the default ` +
+      `${f.rule} vote of k = ${f.k} against a fuller label near it (${f.points} of ${f.needed}): add images of it, ` +
+      `or classify with k = ${f.k_that_fits} or less.`);
   } else {
     note.textContent = `${total} labels have too few points to win the default ${few[0].rule} vote of k = ` +
       `${few[0].k} against a fuller label near them (marked “too few”): add images of them, or classify with a ` +
@@ -353,7 +353,8 @@ let answerSaid = "";
 function render(result, whyNot = false) {
   $("answer").hidden = false;
   $("neighbors-section").hidden = false;
-  $("prediction").textContent = result.label === null ? "— (no neighbours)" : named(result.label, result.label_name);
+  $("prediction").replaceChildren(...(result.label === null ? ["— (no neighbours)"]
+    : namedNodes(result.label, result.label_name)));
   $("badges").replaceChildren();
   if (result.reranked) badge(`re-ranked by ${result.model || "the VLM"}`, "good", result.template || "");
   if (result.fallback_reason) badge(`vote used: ${result.fallback_reason}`, "warn");
@@ -386,7 +387,7 @@ function render(result, whyNot = false) {
   for (const [label, share] of Object.entries(result.scores).sort((a, b) => b[1] - a[1]).slice(0, 5)) {
     const li = document.createElement("li");
     const names = byLabel(result.label_names);
-    const name = labelLink(label, names[label], named(label, names[label]));
+    const name = labelLink(label, names[label]);
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.style.width = `${Math.max(1, share * 100)}%`;
@@ -595,16 +596,34 @@ function named(label, name) {
   return name ? `${visible(name)} (${visible(label)})` : visible(label);
 }
 
+// A label, name, source or key name put in a line of the page, escaped and isolated: right-to-left letters (Hebrew,
+// Arabic) otherwise take the punctuation and numbers beside them into their own run, so "שלום (n01): 4" drew its
+// parentheses and count out of order. For element text; a title or aria-label takes named()'s text.
+function bdi(text) {
+  return isolated(visible(text));
+}
+
+function isolated(shown) {
+  const node = document.createElement("bdi");
+  node.textContent = shown;
+  return node;
+}
+
+// named() as nodes: the name and the label each isolated.
+function namedNodes(label, name) {
+  return name ? [bdi(name), " (", bdi(label), ")"] : [bdi(label)];
+}
+
 function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 // A label that opens its memory points below: what the memory holds for it, not only what voted.
-function labelLink(label, name, text) {
+function labelLink(label, name, nodes = namedNodes(label, name)) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "label-link";
-  button.textContent = text;
+  button.replaceChildren(...nodes);
   button.title = `show the memory's points labelled ${named(label, name)}`;
   button.addEventListener("click", () => showLabel(label, name));
   return button;
@@ -644,7 +663,7 @@ async function showLabel(label, name, cursor = null) {
     firstNew = firstNew || node;
   }
   labelShown = { label, name, cursor: page.next_cursor };
-  $("label-title").textContent = named(label, name);
+  $("label-title").replaceChildren(...namedNodes(label, name));
   updateLabelNote();
   $("label-more").hidden = !page.next_cursor;
   $("label-section").hidden = false;
@@ -680,7 +699,7 @@ function listLabels(say = false) {
     const n = document.createElement("span");
     n.className = "muted";
     n.textContent = fewPoints[label] ? `${count} · too few` : String(count); // said in words: the note above says why
-    li.append(labelLink(label, name, named(label, name)), n);
+    li.append(labelLink(label, name), n);
     list.appendChild(li);
   }
   const matched = list.children.length + hidden;
@@ -745,21 +764,22 @@ async function loadHistory() {
   const items = body.entries.map((e) => {
     const li = document.createElement("li");
     li.dataset.op = e.op;
-    const labels = Object.entries(e.labels).slice(0, 3).map(([l, n]) => `${named(l, labelNames[l])}: ${n}`);
+    const labels = Object.entries(e.labels).slice(0, 3).flatMap(([l, n], i) =>
+      [...(i ? [", "] : []), ...namedNodes(l, labelNames[l]), `: ${n}`]);
     // named, or their names dropped (a `replace`)
     const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length +
       ((e.detail && e.detail.dropped) || []).length;
-    const what = e.op === "name" ? ` ${plural(labelsNamed, "label")}` : ["erase", "tune", "settings"].includes(e.op) ? "" :
-      ` ${plural(e.points, "point")}` +
-      (labels.length ? ` (${labels.join(", ")}${Object.keys(e.labels).length > 3 ? ", …" : ""})` : "") +
-      (e.to ? ` to ${named(e.to, labelNames[e.to])}` : "");
+    const what = e.op === "name" ? [` ${plural(labelsNamed, "label")}`] : ["erase", "tune", "settings"].includes(e.op)
+      ? [] : [` ${plural(e.points, "point")}`,
+        ...(labels.length ? [" (", ...labels, `${Object.keys(e.labels).length > 3 ? ", …" : ""})`] : []),
+        ...(e.to ? [" to ", ...namedNodes(e.to, labelNames[e.to])] : [])];
     const when = document.createElement("time");
     when.dateTime = e.at;
     when.textContent = new Date(e.at).toLocaleString();
     const via = document.createElement("span");
     via.className = "muted";
-    via.textContent = ` via ${visible(e.via)}` + (e.by ? ` (key ${e.by})` : "");  // the API key's name: who made it
-    li.append(when, ` ${e.op}${what}`, via);
+    via.append(" via ", bdi(e.via), ...(e.by ? [" (key ", bdi(e.by), ")"] : []));  // the API key's name: who made it
+    li.append(when, ` ${e.op}`, ...what, via);
     return li;
   });
   if (!items.length) {
@@ -825,8 +845,7 @@ function suspectItem(s) {
   img.alt = "";
   img.loading = "lazy";
   const text = document.createElement("span");
-  text.append(labelLink(s.label, s.label_name, named(s.label, s.label_name)), " → ",
-    labelLink(s.suggested, s.suggested_name, named(s.suggested, s.suggested_name)));
+  text.append(labelLink(s.label, s.label_name), " → ", labelLink(s.suggested, s.suggested_name));
   const share = document.createElement("span");
   share.className = "muted";
   share.textContent = ` ${Math.round(100 * s.share)} % of the vote`;
@@ -868,11 +887,12 @@ function pointCard(p) {
   img.addEventListener("error", () => { img.hidden = true; node.querySelector(".no-thumb").hidden = false; });
   node.querySelector(".no-thumb").textContent = "no thumbnail";
   img.src = p.thumbnail_url;
-  node.querySelector(".label").textContent = shortSource(p.source);
+  node.querySelector(".label").replaceChildren(isolated(shortSource(p.source)));
   node.querySelector(".label").title = visible(p.source);
-  const misled = (p.prune_count ? ` · misled ${p.prune_count}` : "")
-    + (p.relabelled_from ? ` · was ${named(p.relabelled_from, labelNames[p.relabelled_from])}` : "");
-  node.querySelector(".numbers").textContent = (p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10)) + misled;
+  const misled = [p.prune_count ? ` · misled ${p.prune_count}` : "",
+    ...(p.relabelled_from ? [" · was ", ...namedNodes(p.relabelled_from, labelNames[p.relabelled_from])] : [])];
+  node.querySelector(".numbers").replaceChildren(p.excluded ? "excluded (pruned)" : (p.added_at || "").slice(0, 10),
+    ...misled);
   node.querySelector(".numbers").title = p.prune_count ? "leave-one-out decisions this point misled (vmem prune)" : "";
   wireForget(node, p);
   wireRelabel(node, p);
@@ -912,7 +932,7 @@ function card(n, predicted) {
     } catch { /* the service is gone: "no thumbnail" stands */ }
   });
   img.src = n.thumbnail_url;
-  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, visible(n.label_name || n.label)));
+  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, [bdi(n.label_name || n.label)]));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   wireForget(node, n);
@@ -1198,8 +1218,9 @@ function showTeach(result) {
   const same = result.neighbors.find((n) => n.similarity >= SAME_IMAGE_SIMILARITY);
   $("teach-form").hidden = Boolean(same);
   $("teach-known").hidden = !same;
-  $("teach-known").textContent = !same ? "" : `This image is in the memory, labelled ${named(same.label, same.label_name)}`
-    + ` (${shortSource(same.source)}): its card below relabels or forgets it.`;
+  $("teach-known").replaceChildren(...(!same ? [] : ["This image is in the memory, labelled ",
+    ...namedNodes(same.label, same.label_name), " (", isolated(shortSource(same.source)),
+    "): its card below relabels or forgets it."]));
 }
 
 // What the label typed is: said as it is typed, since a new label is allowed but should be meant. `event`: the
