@@ -51,6 +51,7 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
+from retrieval.text import visible
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
 from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
@@ -965,7 +966,7 @@ class ClassifierService:
             raise ThumbnailUnavailable("the point's image is outside the directories this service serves images "
                                        "from (the memory's build roots, or VMEM_SOURCE_ROOTS)") from None
         except OSError as exc:
-            raise ThumbnailUnavailable(f"the point's image file could not be read at {source} "
+            raise ThumbnailUnavailable(f"the point's image file could not be read at {visible(source)} "
                                        f"({exc.strerror or exc})") from None
 
     def serves_from(self, source_prefix: str) -> bool:
@@ -994,12 +995,12 @@ class ClassifierService:
                                        "(it was added through another server or another thumbnail directory, or "
                                        "its thumbnail could not be written: the server log says)")
         if "://" in source:
-            raise ThumbnailUnavailable(f"the point's image is at {source}, which this service does not fetch")
+            raise ThumbnailUnavailable(f"the point's image is at {visible(source)}, which this service does not fetch")
         if not self._servable(Path(source)):
             raise ThumbnailUnavailable("the point's image is outside the directories this service serves images "
                                        "from (the memory's build roots, or VMEM_SOURCE_ROOTS)")
         if not Path(source).is_file():
-            raise ThumbnailUnavailable(f"the point's image file is no longer at {source}")
+            raise ThumbnailUnavailable(f"the point's image file is no longer at {visible(source)}")
         try:
             # Decoded at the scale the thumbnail needs (a JPEG's draft), a few at a time: 15 thumbnails of 24 MP photos
             # asked at once, without a key, had taken 2.6 GB decoded whole

@@ -12,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from retrieval.text import quoted
+
 from .problems import ProblemError
 from .schemas import FileName
 
@@ -80,12 +82,12 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name != field:
-                    raise _invalid(name, f"unexpected file field {name!r}: send images as {field!r}")
+                    raise _invalid(name, f"unexpected file field {quoted(name)}: send images as {field!r}")
                 files.append((await value.read(), _file_name(field, value.filename)))
             elif name == field:
                 raise _invalid(name, f"{field!r} must be a file (multipart upload), not a text field")
             elif name not in text_fields:
-                raise _invalid(name, f"unexpected form field {name!r}: {other_fields}")
+                raise _invalid(name, f"unexpected form field {quoted(name)}: {other_fields}")
             else:
                 fields.setdefault(name, []).append(value)
         if not files:

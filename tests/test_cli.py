@@ -329,7 +329,7 @@ def test_labels_names_and_sources_that_would_read_as_other_text_are_printed_esca
     assert "\\u202etac" in refused.stderr and not any(c in refused.output for c in shown)
 
 
-def test_what_a_message_names_is_escaped_once_as_a_label_is_printed(built, tmp_path):
+def test_what_a_message_names_is_escaped_once_as_a_label_is_printed(built, image_folder, tmp_path):
     # A message quotes a label, a name or a path as `vmem labels` prints it: repr escaped a Persian label's joiner
     # that shows, and text escaped twice (a label escaped, then its whole line) read as a label typed with a
     # backslash reads (\\\\u202etac), not as the override
@@ -349,6 +349,10 @@ def test_what_a_message_names_is_escaped_once_as_a_label_is_printed(built, tmp_p
     assert moved.exit_code == 0 and "relabelled 4 points to '\\u202etac'" in moved.stdout
     [edit] = [line for line in run("history", "--memory", memory).stdout.splitlines() if "\trelabel\t" in line]
     assert "(red: 4) to \\u202etac\tby label 'red'\tvia cli" in edit and "\\\\u202e" not in edit
+    # why not another label: the reason names the answer's label as the lines above do
+    why = run("classify", image_folder / "query" / "red" / "q.jpg", "--why-not", "blue", "--memory", memory)
+    [reason] = [line for line in why.stdout.splitlines() if line.startswith("  why not blue: ")]
+    assert "'\\u202etac'" in reason and "\\\\u202e" not in reason
 
 
 def test_labels_written_with_joiners_are_printed_as_they_are_written(built, image_folder, tmp_path):

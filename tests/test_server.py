@@ -1618,6 +1618,21 @@ def test_thumbnails_come_only_from_the_memorys_own_image_roots(make_client, lite
     assert allowed.get(f"/v1/memory/points/{pid}/thumbnail").status_code == 200
 
 
+def test_a_refusal_names_a_source_or_template_escaped_as_the_page_shows_it(make_client, lite0, tmp_path):
+    # A 4xx detail is read by a person (the page shows it): a source holding U+202E RIGHT-TO-LEFT OVERRIDE had
+    # turned the rest of "no longer at ..." backwards, and repr had escaped a Persian template name's joiner
+    gone = tmp_path / "gone.png"
+    gone.write_bytes(texture(COLORS["red"], 9))
+    client = make_client()
+    service = client.app.state.service
+    [root] = service.memory.shown_roots
+    [pid] = service.memory.store.add(lite0.embed([gone]), ["red"], [str(Path(root) / "cat\u202egnp.png")])
+    body = assert_problem(client.get(f"/v1/memory/points/{pid}/thumbnail"), 404, "no-thumbnail", "no longer at")
+    assert body["detail"].endswith("cat\\u202egnp.png") and "\u202e" not in body["detail"]
+    refused = client.post("/v1/classify?template=نیم\u200cرخ", files=upload(texture(COLORS["red"], 61), "a.png"))
+    assert_problem(refused, 422, "unused-vote-option", "template 'نیم\u200cرخ' chooses the re-ranker's prompt")
+
+
 def test_a_thumbnail_is_never_of_a_file_a_link_in_an_image_folder_leads_out_to(make_client, lite0, tmp_path):
     secret = tmp_path / "private.png"
     secret.write_bytes(texture(COLORS["red"], 9))

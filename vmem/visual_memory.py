@@ -946,7 +946,7 @@ class VisualMemory:
         """An unknown or broken template is refused before any image is embedded (minutes for a folder), not
         when the re-ranker first reads it."""
         if template is not None and not rerank:  # as the CLI refuses --template without --rerank
-            raise ValueError(f"template {template!r} chooses the re-ranker's prompt: give rerank=True too")
+            raise ValueError(f"template {quoted(template)} chooses the re-ranker's prompt: give rerank=True too")
         reranker = self._get_reranker() if rerank else None
         if reranker is not None and hasattr(reranker, "template"):
             reranker.template(template)

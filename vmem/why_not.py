@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from retrieval.store import Neighbor
+from retrieval.text import quoted, visible
 from retrieval.voting import TIE_RTOL, neighbor_weights
 
 from .results import Classification, FewPoints, VoteSettings, WhyNot, WhyNotPoint
@@ -127,7 +128,11 @@ def winners_at_every_k(ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _named(label: str | None, names: Mapping[str, str]) -> str:
-    return f"{label!r}" + (f" ({names[label]})" if label is not None and label in names else "")
+    """A label in a reason or note, escaped once, here: the CLI and the page show the sentence as it is (a name
+    holding U+202E had turned the page's why-not sentence backwards; the CLI escaped repr's escapes again)."""
+    if label is None:
+        return "None"
+    return quoted(label) + (f" ({visible(names[label])})" if label in names else "")
 
 
 def _ordinal(n: int) -> str:

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from retrieval.text import quoted, visible
 from vmem.results import unsure_of
 
 from ..problems import ProblemError
@@ -81,8 +82,9 @@ def check_template(service: ClassifierService, q: ClassifyQuery) -> None:
     if q.template is None and not q.rerank:
         return
     if not q.rerank:  # as the CLI and Python refuse it: a template no re-rank reads is a mistake to tell
-        raise ProblemError(422, f"template {q.template!r} chooses the re-ranker's prompt: send rerank=true too, "
-                           "or leave template out", "unused-vote-option", "Option not used by this vote")
+        raise ProblemError(422, f"template {quoted(q.template or '')} chooses the re-ranker's prompt: send "
+                           "rerank=true too, or leave template out", "unused-vote-option",
+                           "Option not used by this vote")
     registry = service.template_registry()
     name = q.template or DEFAULT_TEMPLATE
     try:
@@ -100,15 +102,15 @@ def template_problem(service: ClassifierService, q: ClassifyQuery, exc: Exceptio
     name = q.template or DEFAULT_TEMPLATE
     if isinstance(exc, UnknownTemplateError):
         registry = service.template_registry()
-        available = ", ".join(registry.names() if registry is not None else []) or "none are installed"
-        return ProblemError(422, f"unknown template {name!r}; available: {available}", "unknown-template",
+        available = ", ".join(map(visible, registry.names() if registry is not None else [])) or "none are installed"
+        return ProblemError(422, f"unknown template {quoted(name)}; available: {available}", "unknown-template",
                             "Unknown template")
     # The file's own error, without the server's path to it.
     reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("/") else str(exc)
     if q.template is not None:
-        return ProblemError(422, f"the template {name!r} could not be loaded: {reason}", "invalid-template",
+        return ProblemError(422, f"the template {quoted(name)} could not be loaded: {reason}", "invalid-template",
                             "Invalid template")
-    return ProblemError(500, f"the service's default template {name!r} could not be loaded: {reason}",
+    return ProblemError(500, f"the service's default template {quoted(name)} could not be loaded: {reason}",
                         "invalid-template", "Invalid template")
 
 

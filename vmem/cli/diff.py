@@ -66,7 +66,7 @@ def diff(
         mem_a = stack.enter_context(_open(a, "A", wait))
         mem_b = stack.enter_context(_open(b, "B", wait))
         if label is not None and not any(m.store.count(label=m.stored_label(label)) for m in (mem_a, mem_b)):
-            raise typer.BadParameter(f"neither memory holds a point labelled {label!r} (vmem labels lists them)",
+            raise typer.BadParameter(f"neither memory holds a point labelled {quoted(label)} (vmem labels lists them)",
                                      param_hint="--label")
         total = mem_a.store.count() + mem_b.store.count()
         with tqdm(total=total, unit="pt", desc="diff", file=sys.stderr, disable=total < 50_000) as bar:
@@ -152,7 +152,7 @@ def _say(d: MemoryDiff, names: dict[str, str]) -> None:
         shown = d.details[kind]
         if not shown:
             continue
-        chosen = f" labelled {d.label!r} in A or B" if d.label is not None else ""
+        chosen = f" labelled {quoted(d.label)} in A or B" if d.label is not None else ""
         typer.echo(f"\n{_SAID[kind]} ({d.counts[kind]:,}; the first {len(shown):,}{chosen}, in id order)")
         for p in shown:
             typer.echo(_point_line(kind, p, names))

@@ -568,7 +568,7 @@ def print_classification(res, names: dict[str, str], rerank: bool, json_out: boo
         typer.echo(f"{one_line(res.source)}\t{one_line(res.label)}{named}\t({top}){extra}")
         if (why := res.why_not) is not None:  # indented under its answer: a line per image stays first
             asked = one_line(why.label) + (f" ({one_line(why.label_name)})" if why.label_name else "")
-            typer.echo(f"  why not {asked}: {one_line(why.reason)}" + (f" ({one_line(why.note)})" if why.note else ""))
+            typer.echo(f"  why not {asked}: {why.reason}" + (f" ({why.note})" if why.note else ""))  # escaped
 
 
 def forget(
@@ -709,7 +709,7 @@ def relabel(
     id, source = _chosen_points(id, label, source, "relabel")
     with open_memory(memory, qdrant_url, wait=wait) as mem:
         if label is not None and label == to.strip():
-            raise typer.BadParameter(f"the points already have the label {label!r}", param_hint="--to")
+            raise typer.BadParameter(f"the points already have the label {quoted(label)}", param_hint="--to")
         if label is not None:  # a name for a label is a mistake in the command, as forget refuses it
             try:
                 mem.check_chosen_label(label)
@@ -1229,7 +1229,8 @@ def history(
                      if now is not None else "not in the memory now")
             hints = mem.name_hints([label]) if not entries and label is not None else ""
     if hints:
-        raise typer.BadParameter(f"no edits of label {label!r} ({hints}): give the label", param_hint="--label")
+        raise typer.BadParameter(f"no edits of label {quoted(label or '')} ({hints}): give the label",
+                                 param_hint="--label")
     if point_id is not None or source is not None:
         who = point_id or source
         typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)

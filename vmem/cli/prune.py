@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from retrieval.text import quoted
+
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
@@ -111,7 +113,7 @@ def suspects(
             else:
                 typer.echo(f"{s.id}\t{named_label(s.label, names)}\t-> {named_label(s.suggested, names)}\t"
                            f"share {s.share:.2f} (own {s.own_share:.2f})\t{one_line(s.source)}")
-    scope = f" with or toward {label!r}" if label is not None else ""
+    scope = f" with or toward {quoted(label)}" if label is not None else ""
     typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
                f"{min_share:g} of their {min(k, len(votes.ids) - 1)} nearest others' rank vote"
                + (f"; the first {limit} shown (--limit)" if len(found) > limit else "")

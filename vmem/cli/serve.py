@@ -26,6 +26,7 @@ from ._common import (
     WaitOpt,
     check_memory_location,
     check_reranker_settings,
+    one_line,
     open_failure,
     refuse_both,
     settings_problems,
@@ -267,7 +268,7 @@ def _startup_summary(mem: Any, settings: Any) -> str:
     rerank = (f"re-rank with {GeminiSettings().model}" if api_key_from_env()
               else "no Gemini key (GEMINI_API_KEY): re-ranked requests fall back to the vote")
     source = getattr(mem.store, "source", None)  # which backup a replica started on a backup folder's `latest` serves
-    edits = ((f"read-only (a copy of {source})" if source else "read-only") + ": every edit is refused"
+    edits = ((f"read-only (a copy of {one_line(str(source))})" if source else "read-only") + ": every edit is refused"
              if settings.read_only else
              "anyone may edit" if settings.auth_disabled else "edits need the API key")
     if settings.api_keys_file is not None and not settings.auth_disabled and not settings.read_only:
