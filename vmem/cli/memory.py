@@ -377,8 +377,8 @@ def classify(
              "gives the threshold that keeps a target accuracy")] = None,
     csv_out: Annotated[Path | None, typer.Option(
         "--csv", metavar="FILE",
-        help="also write every answer to this CSV: path, label, label_name, confidence, unsure, reason (rewritten "
-             "atomically as each part of the images is done)")] = None,
+        help="also write every answer to this CSV: path, label, label_name, confidence, unsure, reason (added to "
+             "as each part of the images is done)")] = None,
     review_csv: Annotated[Path | None, typer.Option(
         "--review-csv", metavar="FILE",
         help="with --min-confidence: write the unsure answers to this CSV as path,label rows, the suggestion as the "
