@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import FEATURE_CACHE, REPO
+from vmem.cli import app
 from vmem.cli.answer_sheets import AnswerSheets
 
 
@@ -37,3 +46,82 @@ def test_a_reader_following_the_sheets_sees_each_part_added(tmp_path: Path):
     assert sheets.summary().startswith(f"3 answers written to {answers}; 2 unsure ones to {queue}")
     with answers.open(newline="", encoding="utf-8-sig") as f:  # as vmem build and a spreadsheet read it
         assert [r["path"] for r in csv.DictReader(f)] == [f"/photos/IMG_{i:04d}.JPG" for i in range(3)]
+
+
+def run(*args: object, code: int = 0):
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    assert result.exit_code == code, result.output
+    return result
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def camera_trap(tiny_imagenet, tmp_path_factory) -> tuple[Path, Path]:
+    """A memory of 3 classes (10 images each) and a season's folder of 150 new photos."""
+    root = tmp_path_factory.mktemp("trap")
+    classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir())[:3]
+    for split, n in (("train", 10), ("season", 50)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((tiny_imagenet / ("train" if split == "train" else "val") / c).iterdir())[:n]:
+                (root / split / c / f.name).symlink_to(f)
+    run("build", root / "train", "--memory", root / "memory", "--featurizer", "efficientnet-lite0", "--workers", "0",
+        "--feature-cache", FEATURE_CACHE)
+    return root / "memory", root / "season"
+
+
+def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_trap, tmp_path):
+    memory, season = camera_trap
+    answers, queue = tmp_path / "answers.csv", tmp_path / "queue.csv"
+    command = ["classify", season, "--memory", memory, "--exact", "--k", "10", "--min-confidence", "0.6",
+               "--csv", answers, "--review-csv", queue, "--batch-size", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "vmem", *map(str, command)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and (not answers.exists() or len(answers.read_bytes().splitlines()) < 1 + 4 + 8):
+        # until two parts are answered
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command with --resume to classify only those" in err
+    before = read_rows(answers)  # whole rows, readable as the run left them
+    assert 12 <= len(before) < 150, "the run ended before Ctrl-C reached it"
+    with answers.open("ab") as f:  # and a kill in the middle of a part's write had cut its last row short
+        f.write(str(season / "n0_cut_short.JPEG").encode() + b",n014")
+
+    out = run(*command, "--resume")
+    assert f"resuming: {len(before)} of the 150 images are answered in {answers} already; classifying the " \
+           f"other {150 - len(before)}" in out.stderr
+    assert f"{150 - len(before)} answers added to {answers} (150 in all)" in out.stderr
+    rows = read_rows(answers)
+    assert rows[:len(before)] == before
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in season.glob("*/*"))  # each once, none cut
+    # The sheets are what one run without a stop writes
+    whole = tmp_path / "whole.csv"
+    run(*command[:-6], "--min-confidence", "0.6", "--csv", whole, "--review-csv", tmp_path / "whole-queue.csv",
+        "--batch-size", "4")
+    assert sorted(map(str, rows)) == sorted(map(str, read_rows(whole)))
+    assert sorted(map(str, read_rows(queue))) == sorted(map(str, read_rows(tmp_path / "whole-queue.csv")))
+    assert "are answered" in run(*command, "--resume").stderr  # nothing left: said, exit 0
+
+
+def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera_trap, tmp_path):
+    memory, season = camera_trap
+    answers = tmp_path / "answers.csv"
+    some = sorted(season.glob("*/*"))[:3]
+    run("classify", *some, "--memory", memory, "--k", "10", "--csv", answers)
+    out = run("classify", season, "--memory", memory, "--k", "5", "--csv", answers, "--resume", code=2)
+    assert "was answered with other settings (k 10 then, 5 now)" in out.output
+    assert len(read_rows(answers)) == 3  # nothing lost
+    out = run("classify", season, "--memory", memory, "--resume", code=2)
+    assert "give --csv FILE too" in out.output
+    other = tmp_path / "other.csv"
+    other.write_bytes(b"name,score\r\na,1\r\n")
+    out = run("classify", season, "--memory", memory, "--csv", other, "--resume", code=2)
+    assert "is not a sheet vmem classify wrote" in out.output
+    assert other.read_bytes() == b"name,score\r\na,1\r\n"
+

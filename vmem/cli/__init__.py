@@ -166,7 +166,8 @@ _INTERRUPTED = {
     "export": "nothing was written (a file that was there is as it was): run the command again",
     "import": "the memory holds the points imported so far (journaled); run the same command again to import the "
               "rest (points already in it are skipped)",
-    "classify": "the answers printed are whole; the images after them were not classified",
+    "classify": "the answers printed are whole, and a --csv sheet holds each of them; the images after them were "
+                "not classified: with --csv, run the same command with --resume to classify only those",
     "dmn": "the answers printed are whole; the images after them were not classified nor written to the stream",
 }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,6 +17,8 @@ from retrieval.files import write_atomically
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
 REVIEW_HEADER = ("path", "label", "suggested_name", "confidence")
+# Beside the --csv sheet: the settings it was answered with, that `--resume` holds a run to
+SETTINGS_SUFFIX = ".vmem-run.json"
 
 
 def absolute(source: str) -> str:
@@ -34,11 +38,18 @@ class AnswerSheets:
     def __init__(self, answers: Path | None, review: Path | None) -> None:
         self.answers, self.review = answers, review
         self.answered = self.unsure = 0  # counts, not rows: a run's memory does not grow with its sheets
+        self.done: set[str] = set()  # with --resume: the paths the --csv sheet answered already
+        self.resumed = False
 
     @staticmethod
-    def checked(answers: Path | None, review: Path | None, min_confidence: float | None) -> AnswerSheets | None:
+    def checked(answers: Path | None, review: Path | None, min_confidence: float | None,
+                resume: bool = False) -> AnswerSheets | None:
         """The sheets asked for (None: neither), refused (BadParameter) before any image is embedded where they
-        cannot be written or the queue would be empty by design."""
+        cannot be written or the queue would be empty by design. With `resume`, a --csv sheet there already is
+        read (`done`) and added to, not emptied."""
+        if resume and answers is None:
+            raise typer.BadParameter("it goes on from the answers a --csv sheet holds: give --csv FILE too",
+                                     param_hint="--resume")
         if review is not None and min_confidence is None:
             raise typer.BadParameter("the queue holds the answers under --min-confidence: give --min-confidence "
                                      "SHARE too", param_hint="--review-csv")
@@ -47,8 +58,13 @@ class AnswerSheets:
             raise typer.BadParameter("it is the file given to --csv: give the queue a file of its own",
                                      param_hint="--review-csv")
         sheets = AnswerSheets(answers and answers.expanduser(), review and review.expanduser())
+        if resume and sheets.answers is not None and sheets.answers.is_file() and sheets.answers.stat().st_size:
+            sheets.resumed = True
+            sheets.done = set(_read_sheet(sheets.answers, ANSWERS_HEADER, "--csv"))
+            if sheets.review is not None and sheets.review.is_file():
+                _read_sheet(sheets.review, REVIEW_HEADER, "--review-csv")  # ours, and its torn row dropped
         for path, hint in ((sheets.answers, "--csv"), (sheets.review, "--review-csv")):
-            if path is not None:
+            if path is not None and not (sheets.resumed and path.is_file()):
                 try:  # the empty sheet: a folder missing or read-only is said now, not after an hour of embedding
                     # With a byte-order mark: Excel reads the file as UTF-8 only so (a non-ASCII path came out
                     # garbled, and was saved back so), and vmem build, eval and utf-8-sig read it as the header's
@@ -58,6 +74,33 @@ class AnswerSheets:
                 except OSError as exc:
                     raise typer.BadParameter(f"cannot write {path} ({exc.strerror or exc})", param_hint=hint) from None
         return sheets if (answers or review) else None
+
+    def begin(self, settings: dict[str, Any]) -> None:
+        """Keep the run's `settings` beside the --csv sheet; resumed, refuse (BadParameter) settings other than
+        those it was answered with: a sheet of answers from two memories, or two k, would read as one."""
+        if self.answers is None:
+            return
+        kept = self.answers.with_name(self.answers.name + SETTINGS_SUFFIX)
+        wanted = json.loads(json.dumps(settings))  # as read back: tuples as lists
+        if self.resumed:
+            try:
+                then = json.loads(kept.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise typer.BadParameter(
+                    f"cannot tell which settings answered {self.answers}: {kept} is not readable ({exc}); give "
+                    "another --csv to begin afresh, or leave --resume out to write this one again",
+                    param_hint="--resume") from None
+            changed = [f"{name} {then.get(name)!r} then, {wanted.get(name)!r} now"
+                       for name in sorted(set(then) | set(wanted)) if then.get(name) != wanted.get(name)]
+            if changed:
+                raise typer.BadParameter(
+                    f"{self.answers} was answered with other settings ({'; '.join(changed)}): resume with the "
+                    "same ones, or give another --csv to begin afresh", param_hint="--resume")
+            return
+        try:
+            write_atomically(kept, json.dumps(wanted, indent=1) + "\n", durable=False)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot write {kept} ({exc.strerror or exc})", param_hint="--csv") from None
 
     def add(self, results: list) -> None:
         """Record a part's answers: append them to the sheets."""
@@ -80,11 +123,33 @@ class AnswerSheets:
     def summary(self) -> str:
         """Where the answers went, for stderr."""
         n, m = self.answered, self.unsure
-        said = [f"{n:,} answer{'s' if n != 1 else ''} written to {self.answers}"] if self.answers else []
+        written, before = ("added", f" ({n + len(self.done):,} in all)") if self.resumed else ("written", "")
+        said = [f"{n:,} answer{'s' if n != 1 else ''} {written} to {self.answers}{before}"] if self.answers else []
         if self.review is not None:
             said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {self.review} for a person to check: correct a "
                         f"label or empty it to skip the image, then `vmem build {self.review}` adds them")
         return "; ".join(said)
+
+
+def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[str]:
+    """The first cells (paths) of a sheet a run wrote, for --resume; a last row a kill cut short is cut off the
+    file. BadParameter for a file that is no such sheet (nothing of it changed)."""
+    try:
+        data = path.read_bytes()
+        first = data[:data.find(b"\n") + 1].decode("utf-8-sig")
+        if next(csv.reader([first]), None) != list(header):
+            raise typer.BadParameter(
+                f"{path} is not a sheet vmem classify wrote (its first row is {first.strip()[:80]!r}, not "
+                f"{','.join(header)!r}): give another file, or leave --resume out to write it afresh",
+                param_hint=hint)
+        if not data.endswith(b"\n"):  # each part is one write of whole rows: a kill in it cut the last row
+            data = data[:data.rfind(b"\n") + 1]
+            os.truncate(path, len(data))
+        with io.StringIO(data.decode("utf-8-sig"), newline="") as text:
+            return [row[0] for row in list(csv.reader(text))[1:] if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise typer.BadParameter(f"cannot read {path} as the sheet of a run to resume ({exc})",
+                                 param_hint=hint) from None
 
 
 def rows_text(rows: list[tuple[str, ...]]) -> str:
@@ -95,7 +160,7 @@ def rows_text(rows: list[tuple[str, ...]]) -> str:
 
 def append_rows(path: Path, rows: list[tuple[str, ...]]) -> None:
     """`rows` at the end of the sheet at `path`, in one write (the part's rows land whole, or a kill during the
-    write cuts at most its last row), flushed to the system: another process reads them at
+    write cuts at most its last row, which --resume cuts off), flushed to the system: another process reads them at
     once, and a kill of this one loses none."""
     if not rows:
         return

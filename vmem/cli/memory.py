@@ -384,6 +384,11 @@ def classify(
         help="with --min-confidence: write the unsure answers to this CSV as path,label rows, the suggestion as the "
              "label, for a person to correct (or empty a label to skip the image) and add with `vmem build FILE`")
     ] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="with --csv: go on with a run stopped or killed: the images the --csv sheet answered "
+                         "already are not classified again, and the answers of the others are added to it (and "
+                         "to --review-csv's); refused where the sheet was answered with other settings (memory, "
+                         "its points, k, vote, ...). Without it, --csv begins the sheet afresh")] = False,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
@@ -398,9 +403,9 @@ def classify(
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
-    from .answer_sheets import AnswerSheets  # here: a command imports only its own modules (vmem --version none)
+    from .answer_sheets import AnswerSheets, absolute  # here: a command imports only its own modules
 
-    sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence)
+    sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence, resume)
     if answer_log is not None:  # asked to log, it does not answer unlogged (a service goes on: it serves others)
         try:
             with open(answer_log.expanduser(), "a", encoding="utf-8"):
@@ -418,6 +423,21 @@ def classify(
         if why_not is not None:  # before any image is embedded, with its option named
             _check_why_not(mem, why_not, label, (vote is not None and vote.value == "dmn") or dmn_stream is not None)
         flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
+        if sheets is not None:
+            sheets.begin({  # what makes an answer what it is: a resumed sheet must have been answered so
+                "memory": str(mem.store.location), "points": mem.store.count(),
+                "featurizer": mem.store.meta.featurizer.model_dump(mode="json"), "k": k,
+                "vote": vote and vote.value, "alpha": alpha, "tau": tau, "dmn_stream": dmn_stream,
+                "label": sorted(label or []), "rerank": rerank, "template": template, "exact": exact,
+                "min_confidence": min_confidence, "ood": ood,
+                "review_csv": sheets.review and os.path.abspath(sheets.review)})
+            if sheets.resumed:
+                left = [p for p in paths if absolute(str(p)) not in sheets.done]
+                typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
+                           f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
+                if not left:
+                    return
+                paths = left
         results, failed = classify_in_parts(
             mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
