@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import FEATURE_CACHE, REPO
+from vmem import VisualMemory
 from vmem.cli import app
 from vmem.cli.answer_sheets import AnswerSheets
+from vmem.cli.memory import classify_in_parts
 
 
 def answer(i: int, unsure: bool = False) -> SimpleNamespace:
@@ -125,3 +129,15 @@ def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera
     assert "is not a sheet vmem classify wrote" in out.output
     assert other.read_bytes() == b"name,score\r\na,1\r\n"
 
+
+def test_a_long_run_keeps_of_each_answer_only_what_its_summaries_read(camera_trap):
+    memory, season = camera_trap
+    with VisualMemory.open(memory) as mem, redirect_stdout(io.StringIO()) as printed:
+        results, failed = classify_in_parts(mem, sorted(season.glob("*/*"))[:20], desc="classify", batch_size=8,
+                                            rerank=False, json_out=True, k=10, min_confidence=0.6)
+    said = [json.loads(line) for line in printed.getvalue().splitlines()]
+    assert len(said) == len(results) == 20 and not failed
+    assert all(len(a["neighbors"]) == 10 for a in said)  # printed whole
+    for r, a in zip(results, said, strict=True):  # kept: no neighbours, the label's own score
+        assert (r.source, r.label, r.confidence, r.unsure, r.neighbors) == (
+            a["source"], a["label"], a["confidence"], a["unsure"], [])

@@ -532,7 +532,8 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
                       **options) -> tuple[list, list]:
     """`mem.classify_many(paths, rerank=rerank, **options)`, printed as each part is done (answers on stdout,
     skips on stderr), for `vmem classify` and `vmem dmn classify`; `flags` marks the unfamiliar ones (--ood);
-    `on_part` is given each part's answers once they are printed (--csv). Returns (answers, failures)."""
+    `on_part` is given each part's answers once they are printed (--csv). Returns (answers, failures): the answers
+    `for_summaries`, without what was printed of them only."""
     names = mem.label_names
     results: list = []
     failed: list = []
@@ -555,10 +556,19 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
                 typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
             if on_part is not None:
                 on_part(done)
-            results += done
+            results += map(for_summaries, done)
             failed += part_failed
             bar.update(len(part))
     return results, failed
+
+
+def for_summaries(res):
+    """An answer as a run keeps it once printed, for its summaries (accuracy, unsure, out of distribution): its
+    neighbours, the other labels' scores and why-not left out. Kept whole (50 neighbours each at the default k), a
+    run held 70 KB more each answer, 7 GB at 100,000 images; so, 1.7 KB (docs/benchmarks.md, "A long classify
+    run")."""
+    own = {res.label: res.scores[res.label]} if res.label in res.scores else {}
+    return res.model_copy(update={"neighbors": [], "scores": own, "why_not": None, "trace": None})
 
 
 def growing_parts(items: list, first: int, largest: int):
