@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
     assert f"resuming: {len(before)} of the 150 images are answered in {answers} already; classifying the " \
            f"other {150 - len(before)}" in out.stderr
     assert f"{150 - len(before)} answers added to {answers} (150 in all)" in out.stderr
+    # stderr no terminal (a log): a line each part says how far the run is, and how fast
+    assert re.search(rf"classify: [0-9]+ of {150 - len(before)} images \([0-9.]+%\), [0-9.]+ images/s, about "
+                     r"[0-9.]+ (s|min|h) left", out.stderr), out.stderr
     rows = read_rows(answers)
     assert rows[:len(before)] == before
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in season.glob("*/*"))  # each once, none cut

@@ -540,6 +540,7 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
     # Answers are printed as each part is done, not after the last image: `| head`, a log, and a Ctrl-C after
     # hours keep what was done. Parts grow so that the first answers come at once and a large folder pays each
     # part's start (a loader's workers) rarely.
+    started, gone = time.monotonic(), 0
     with tqdm(total=len(paths), unit="img", desc=desc, file=sys.stderr, disable=None, leave=False) as bar:
         for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
             try:
@@ -559,7 +560,21 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
             results += map(for_summaries, done)
             failed += part_failed
             bar.update(len(part))
+            gone += len(part)
+            if bar.disable and gone < len(paths):  # no terminal (nohup, a log): how far, a line each part
+                typer.echo(progress_line(desc, gone, len(paths), time.monotonic() - started), err=True)
     return results, failed
+
+
+def progress_line(desc: str, done: int, total: int, seconds: float) -> str:
+    """What the progress bar says, as a line for a log: a run left overnight with stderr to a file showed nothing
+    between its first answers and its summary."""
+    rate = done / seconds if seconds > 0 else 0.0
+    left = (total - done) / rate if rate else None
+    eta = "" if left is None else (f", about {left / 3600:.1f} h left" if left >= 5400 else
+                                   f", about {round(left / 60)} min left" if left >= 90 else
+                                   f", about {round(left)} s left")
+    return f"{desc}: {done:,} of {total:,} images ({100 * done / total:.1f}%), {rate:.1f} images/s{eta}"
 
 
 def for_summaries(res):
