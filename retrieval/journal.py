@@ -10,14 +10,17 @@ forget, relabel, naming, erase, prune or unprune of an embedded memory is also n
 (`FileJournal.intend`, a file in `journal.pending/` naming the points and their labels before, or the names), and
 the note removed once its entry is written: a process killed in between leaves the note, and the memory's next
 opening journals what the points (names; an erase: the memory's files; a prune: its marks and report) show was done
-(`settle`), so that no forget, erasure or pruning is missing from `vmem history`. Adds, tunes and copies are not
-noted: a process killed between one and its entry leaves it unjournaled. A journal on a Qdrant server keeps no
+(`settle`), so that no forget, erasure or pruning is missing from `vmem history`. An add (a build, an import) is
+noted as it begins, and the ids and labels of each batch are appended beside its note (`FileJournal.note_adds`)
+before the batch is written: the next opening journals those of them the memory holds that no entry of the add
+counted. Tunes and copies are not noted (docs/reliability.md says why). A journal on a Qdrant server keeps no
 notes.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import os
 import socket
@@ -40,11 +43,13 @@ from .schema_types import IsoTime, PointIdText
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
 # The edits noted before they are made (`PendingEdit`).
-NotedOp = Literal["forget", "relabel", "name", "erase", "prune", "unprune"]
+NotedOp = Literal["forget", "relabel", "name", "erase", "prune", "unprune", "add", "tune", "settings"]
 JOURNAL_FILE = "journal.jsonl"
 # Beside it: one note per forget, relabel, naming or erase in progress (`PendingEdit`), removed once its entry is
 # written.
 PENDING_DIR = "journal.pending"
+# Beside an add's note: a line per point it is about to write, `["id", "label"]`, appended batch by batch.
+ADDS_SUFFIX = ".adds"
 _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
@@ -96,9 +101,10 @@ class JournalEntry(BaseModel):
 
 
 class PendingEdit(BaseModel):
-    """A forget, relabel, naming or erase about to be made, noted before its first write (`FileJournal.intend`): what
-    its entry will say, and each point it is to change with its label before, so that what the points (a naming: the
-    memory's label names; an erase: its files) show afterwards says how much of it was made."""
+    """A forget, relabel, naming, erase, prune, tune or add about to be made, noted before its first write
+    (`FileJournal.intend`): what its entry will say, and each point it is to change with its label before, so that
+    what the points (a naming: the memory's label names; an erase: its files; a tune: its settings) show afterwards
+    says how much of it was made. An add's points are listed beside the note as it goes (`Journal.note_adds`)."""
 
     token: str = Field(description="the note's name in journal.pending/")
     begun: IsoTime = Field(description="when the edit began: the entry's `at` if the edit is journaled by `settle`")
@@ -131,14 +137,26 @@ class PendingEdit(BaseModel):
         return (max(0, int(self.begun_with.get("marked") or 0) - marked_now),
                 {"incomplete": True} if marked_now or at_now else {})
 
+    def settings_made(self, settings: Mapping[str, Any], index: Mapping[str, Any]) -> bool:
+        """A tune's or a search settings' change (one write of vmem.json: whole or not at all): whether the memory's
+        settings (`settings`; its index settings, `index`) are as it left them. A tune that set what was there
+        already shows made, as it is journaled run whole."""
+        detail = self.fields.get("detail", {})
+        if self.op == "settings":
+            return all(index.get(name) == value for name, value in detail.get("search", {}).items())
+        if detail.get("reset"):
+            return "vote" not in settings
+        return settings.get("vote") == detail.get("vote") and (
+            "tuning" not in detail or settings.get("tuning") == detail["tuning"])
+
     def made(self, labels_now: Mapping[str, str], names_now: Mapping[str, str], erased: bool = False) -> list[str]:
         """The points the edit shows made, given the labels of those of its points that exist now: a forget's
         are gone, a relabel's hold its new label. A naming (one write of vmem.json: whole or not at all): the
         labels it named or dropped the names of, where the memory's names (`names_now`) are as it left them. An
         erase: one item, "erase", where the memory's files hold no vector of a deleted point (`erased`), what an
         erase leaves (and what its entry tells an audit)."""
-        if self.op == "erase":
-            return ["erase"] if erased else []
+        if self.op in ("erase", "tune", "settings"):  # `erased`: what the memory shows of it (`settings_made`)
+            return [self.op] if erased else []
         if self.op == "forget":
             return [pid for pid in self.before if pid not in labels_now]
         if self.op == "relabel":
@@ -259,6 +277,15 @@ class Journal(ABC):
         the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
         it shows is then what the edit left. `at_open`: a note a dead process left, journaled at the edit's start
         with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now."""
+        if note.op == "add":  # `before`: the points it listed (`noted_adds`); those held and counted by no entry of it
+            counts = Counter(note.before[pid] for pid in note.before if pid in labels_now) - self._journaled_adds(note)
+            if counts:
+                fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
+                          if at_open else note.fields)
+                self.append(entries_for("add", at=note.begun if at_open else None, host=note.host, pid=note.pid,
+                                        points=sum(counts.values()), labels=most_first(counts), **fields))
+            self.settled(note)
+            return sum(counts.values())
         if note.op in ("prune", "unprune"):  # what the memory's pruning report and marks show (`pruning`)
             entry = note.pruning_entry(*pruning) if pruning is not None else None
             made: list[str] = [note.op] if entry is not None else []
@@ -276,7 +303,7 @@ class Journal(ABC):
                 points, detail = entry  # type: ignore[misc]  # not None where made
                 fields = {**fields, "detail": {**detail, **fields.get("detail", {})}}
                 self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, points=points, **fields))
-            elif note.op in ("name", "erase"):
+            elif note.op in ("name", "erase", "tune", "settings"):
                 self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, **fields))
             else:
                 self.append(entries_for(note.op, made, at=at, points=len(made),
@@ -289,6 +316,18 @@ class Journal(ABC):
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         return False
+
+    def note_adds(self, note: PendingEdit | None, ids: Sequence[str],  # noqa: B027  # no notes kept here
+                  labels: Sequence[str]) -> None:
+        """List points an add is about to write beside its note (`FileJournal`); nothing where no notes are kept."""
+
+    def noted_adds(self, note: PendingEdit) -> dict[str, str]:
+        """The points an add's note lists ({id: label}), as far as they were written whole."""
+        return dict(note.before)
+
+    def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
+        """Points per label that entries of the noted add's process, written since it began, journaled added."""
+        return Counter()
 
     def _changed_by_others_since(self, note: PendingEdit) -> set[str]:
         """The points (a naming: labels) that entries of other processes, written since the noted edit began,
@@ -379,7 +418,56 @@ class FileJournal(Journal):
 
     def settled(self, note: PendingEdit | None) -> None:
         if note is not None:
+            # The list first: a note whose list is gone was settled (its entry written), one without its note is
+            # never read
+            (self.pending_dir / f"{note.token}{ADDS_SUFFIX}").unlink(missing_ok=True)
             (self.pending_dir / f"{note.token}.json").unlink(missing_ok=True)
+
+    def note_adds(self, note: PendingEdit | None, ids: Sequence[str], labels: Sequence[str]) -> None:
+        if note is None or not ids:
+            return
+        # Appended, not synced, as the note is written (`intend`): one write a batch. A kill leaves whole lines and
+        # at most one torn line, of a batch not yet written to the memory.
+        data = "".join(json.dumps([pid, label], ensure_ascii=False) + "\n" for pid, label in zip(ids, labels,
+                                                                                                 strict=True))
+        try:
+            with open(self.pending_dir / f"{note.token}{ADDS_SUFFIX}", "ab") as f:
+                f.write(data.encode())
+        except OSError as exc:  # the add goes on: a crash before its entry would leave these points unjournaled
+            log.error("the memory's journal could not note %d points before adding them (%s: %s)", len(ids),
+                      exc.strerror or exc, getattr(exc, "filename", None) or "")
+
+    def noted_adds(self, note: PendingEdit) -> dict[str, str]:
+        path = self.pending_dir / f"{note.token}{ADDS_SUFFIX}"
+        listed = dict(note.before)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if not line.endswith("\n"):
+                        break  # torn by a kill as it was written: its batch was not written
+                    try:
+                        pid, label = json.loads(line)
+                    except ValueError:
+                        continue
+                    listed[str(pid)] = str(label)
+        except FileNotFoundError:
+            pass
+        return listed
+
+    def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        if not self.path.exists():
+            return counts
+        pid = f'"pid":{note.pid}'
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            f.seek(min(note.journal_size, self.path.stat().st_size))
+            for line in f:
+                if (line.endswith("\n") and '"op":"add"' in line and pid in line and (e := _parsed(line)) is not None
+                        and (e.op, e.host, e.pid) == ("add", note.host, note.pid) and e.at >= note.begun
+                        and _add_kind(e.selector, e.detail) == _add_kind(note.fields.get("selector", {}),
+                                                                         note.fields.get("detail", {}))):
+                    counts.update(e.labels)
+        return counts
 
     def pending(self) -> list[PendingEdit]:
         if not self.pending_dir.is_dir():
@@ -501,6 +589,13 @@ class FileJournal(Journal):
                     return  # torn by a crash mid-write: the edit itself was made; its entry is lost
                 if (entry := _parsed(line)) is not None:
                     yield entry
+
+
+def _add_kind(selector: Mapping[str, Any], detail: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Which add an entry (a note) is of, within its process: a service imports a file in one thread while another
+    adds images, and the entries of one must not count as the other's (`FileJournal._journaled_adds`)."""
+    kind = "build" if "build" in detail else ("import", detail["import"].get("sha256")) if "import" in detail else None
+    return tuple(sorted((str(k), str(v)) for k, v in selector.items())), kind
 
 
 def _last_time(path: Path) -> str | None:

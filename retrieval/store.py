@@ -31,6 +31,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +147,8 @@ _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
 _NO_POINT_ID = str(uuid.UUID(int=0))  # no source's: see point_id_for
+# The add this thread is making (`MemoryStore.adding`): its note lists each point `add` or `put` writes, first.
+_ADDING: ContextVar[tuple[int, PendingEdit] | None] = ContextVar("vmem_adding", default=None)
 
 
 def point_id_for(source: str) -> str:
@@ -675,6 +678,7 @@ class MemoryStore(ABC):
                 raise ValueError(f"label must be a non-empty string, got {label!r}")
             ids.append(point_id_for(source))
             payloads.append({"label": label, "source": source, "tags": check_tags(t), "added_at": now})
+        self._note_adds(ids, labels)
         if len(set(ids)) < len(ids):
             # A source twice in one call is one point, its last version (what the engine keeps): written once,
             # or the embedded memory's copy of the originals kept the earlier version's row past a forget.
@@ -687,6 +691,20 @@ class MemoryStore(ABC):
     @abstractmethod
     def _upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None: ...
 
+    @contextmanager
+    def adding(self, note: PendingEdit | None) -> Iterator[None]:
+        """Within the block, each point this thread writes (`add`, `put`) is first listed beside the add's note
+        (`Journal.note_adds`), so that the next opening journals what a process killed before its entry added."""
+        token = _ADDING.set((id(self), note) if note is not None else None)
+        try:
+            yield
+        finally:
+            _ADDING.reset(token)
+
+    def _note_adds(self, ids: Sequence[str], labels: Sequence[str]) -> None:
+        if (adding := _ADDING.get()) is not None and adding[0] == id(self):
+            self.journal.note_adds(adding[1], ids, labels)
+
     def put(self, points: Sequence[StoredPoint]) -> None:
         """Write points as another memory stored them, ids and payloads kept (copying a memory): unlike `add`,
         nothing is made anew (`added_at`, tags and pruning state stay). Each needs its vector."""
@@ -697,7 +715,9 @@ class MemoryStore(ABC):
         vectors = check_vectors(np.stack([p.vector for p in points]), self.dim)  # type: ignore[misc]
         # The row of a copy of the originals is the source memory's own (rescore_doubtful): never carried over.
         payloads = [{k: v for k, v in p.payload.items() if k != ROW_KEY} for p in points]
-        self._upsert([str(uuid.UUID(str(p.id))) for p in points], vectors, payloads)
+        ids = [str(uuid.UUID(str(p.id))) for p in points]
+        self._note_adds(ids, [str(p["label"]) for p in payloads])
+        self._upsert(ids, vectors, payloads)
 
     @abstractmethod
     def delete_ids(self, ids: Sequence[str]) -> int:
@@ -791,18 +811,19 @@ class MemoryStore(ABC):
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
     def settle_journal(self) -> int:
-        """Journal the forgets, relabels, namings and erasures that a process killed before their entries made
-        (`Journal.settle`: their notes, and what the points or names show now); returns the points (labels named)
-        so journaled. Called as an embedded
-        memory opens, when no other process edits it. A journal that cannot be written leaves its notes for the
-        next opening (logged: the memory opens)."""
+        """Journal the adds, forgets, relabels, namings, erasures, prunings, tunes and changes of search settings
+        that a process killed before their entries made (`Journal.settle`: their notes, and what the points or names
+        show now); returns the points (labels named) so journaled. Called as an embedded memory opens, when no
+        other process edits it. A journal that cannot be written leaves its notes for the next opening (logged:
+        the memory opens)."""
         n = 0
         try:
             for note in self.journal.pending():
                 if made := self.settle_note(note):
+                    what = {"erase": "an erase", "tune": "a tune", "settings": "a change of search settings",
+                            "add": f"an add of {made} points"}.get(note.op, f"a {note.op} of {made} points or names")
                     log.warning("journaled %s that process %d on %s made at %s and was stopped before journaling",
-                                "an erase" if note.op == "erase" else f"a {note.op} of {made} points or names",
-                                note.pid, note.host, note.begun)
+                                what, note.pid, note.host, note.begun)
                 n += made
         except OSError as exc:
             log.error("the memory's journal could not record the edits a stopped process left unjournaled "
@@ -813,8 +834,12 @@ class MemoryStore(ABC):
     def settle_note(self, note: PendingEdit, at_open: bool = True) -> int:
         """`Journal.settle` of one note, with what this memory shows now of its edit."""
         pruning = self.pruning_state() if note.op in ("prune", "unprune") else None
+        if note.op == "add":  # the points it listed as it went
+            note = note.model_copy(update={"before": self.journal.noted_adds(note)})
+        shown = (self.holds_no_deleted_vectors() if note.op == "erase" else note.settings_made(
+            self.meta.settings, self.meta.index.model_dump(mode="json")) if note.op in ("tune", "settings") else False)
         return self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names, at_open,
-                                   erased=note.op == "erase" and self.holds_no_deleted_vectors(),
+                                   erased=shown,
                                    pruning=(pruning[0], pruning[1]["marked"]) if pruning is not None else None)
 
     @contextmanager

@@ -1,10 +1,10 @@
-"""The journal misses no forget, relabel or naming a process killed before its entry made, and claims none it did
-not.
+"""The journal misses no add, forget, relabel, naming or tune a process killed before its entry made, and claims none
+it did not.
 
-A forget or relabel notes its points (a naming its names) in `journal.pending/` before its first write; the
-memory's next opening journals what the memory shows was made (retrieval/journal.py). Each test kills a child
-process (SIGKILL) at one step of an edit, reopens the memory, and reads its history as a user would after an
-unlearning request.
+A forget or relabel notes its points (a naming its names, a tune its settings) in `journal.pending/` before its first
+write, an add each batch's points before the batch; the memory's next opening journals what the memory shows was made
+(retrieval/journal.py). Each test kills a child process (SIGKILL) at one step of an edit, reopens the memory, and
+reads its history as a user would after an unlearning request.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from retrieval.journal import PENDING_DIR, JournalQuery
+from retrieval.journal import PENDING_DIR, FileJournal, JournalQuery, most_first
 from tests.conftest import REPO, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
@@ -44,9 +47,19 @@ if edit == "erase":
     mem.forget(label="cat")  # made and journaled: what is killed is the erase of its vectors after it
 elif edit == "unprune":
     prune_store(store, "hard", threshold=1)  # made and journaled: what is killed is its undo
-if step == "before the edit":
+if step == "before the edit" and edit == "import":  # at its first batch: noted, nothing added
+    store._upsert = killed
+elif step == "before the edit":
     store.delete_ids = store.relabel = store.save_meta = store.erase_forgotten = killed
     store.set_payload_of_existing = killed
+elif step == "at the second batch":  # an import of 3 batches: the first written
+    writes, upsert = [], store._upsert
+    def second_killed(*args, **kwargs):
+        writes.append(1)
+        if len(writes) == 2:
+            killed()
+        upsert(*args, **kwargs)
+    store._upsert = second_killed
 elif step == "after the edit":
     journal.append = killed
 elif step == "after the entry":
@@ -61,6 +74,12 @@ elif edit == "prune":
     prune_store(store, "hard", threshold=1)
 elif edit == "unprune":
     undo_pruning(store)
+elif edit == "import":  # 30 new points of vectors made elsewhere, 10 a batch
+    mem.import_points(os.path.join(os.path.dirname(memory), "points.npz"), featurizer="t", batch_size=10)
+elif edit == "tune":
+    mem.store_vote_settings({"rule": "distance", "k": 7})
+elif edit == "search settings":
+    mem.set_search_settings(hnsw_ef=77)
 else:
     mem.relabel("feline", label="cat")
 """
@@ -71,6 +90,9 @@ def memory(tmp_path) -> Path:
     location = tmp_path / "memory"
     with open_store(location, SPEC) as store:
         store.add(random_unit_vectors(30, 8), ["cat", "dog", "fox"] * 10, [f"/data/{i}.jpg" for i in range(30)])
+    # What the import edit adds: 30 points of its own, 20 cats and 10 owls
+    np.savez(tmp_path / "points.npz", vectors=random_unit_vectors(30, 8, seed=1),
+             labels=np.array(["cat", "cat", "owl"] * 10), sources=np.array([f"/data/{i}.jpg" for i in range(30, 60)]))
     return location
 
 
@@ -149,7 +171,44 @@ def test_a_prune_or_undo_killed_before_its_entry_is_in_the_history_once_the_memo
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune"])
+@pytest.mark.parametrize(("step", "added"), [("after the edit", {"cat": 20, "owl": 10}),
+                                             ("at the second batch", {"cat": 7, "owl": 3})])
+def test_an_import_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory, step, added):
+    # The points were in the memory and no add entry said so: killed before the import's entry (or between its
+    # batches, before the next entry a long import writes every minute), `vmem history --label owl` showed no
+    # edit of the label the memory held 10 (or 3) points of, and run again, the import counted them "already in
+    # memory": never journaled.
+    killed(memory, step, "import")
+    with VisualMemory.open(memory) as mem:
+        assert mem.store.label_counts() == most_first(Counter({"cat": 10, "dog": 10, "fox": 10}) + Counter(added))
+        [add] = mem.history(op="add")
+        assert (add.points, add.labels) == (sum(added.values()), added)
+        assert "journaled_at_open" in add.detail and add.detail["import"]["file"] == "points.npz"
+        assert mem.history(label="owl") == [add]
+        assert mem.import_points(memory.parent / "points.npz", featurizer="t").added == 30 - add.points
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["tune", "search settings"])
+def test_a_tune_or_settings_change_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(memory,
+                                                                                                         edit):
+    # vmem.json was written and the process killed before the entry: the memory voted (searched) otherwise from then
+    # on, and its history said nothing of when or by whom.
+    killed(memory, "after the edit", edit)
+    with VisualMemory.open(memory) as mem:
+        [entry] = mem.history()
+        assert "journaled_at_open" in entry.detail
+        if edit == "tune":
+            assert entry.op == "tune" and entry.detail["vote"] == mem.store.meta.settings["vote"] == {
+                "rule": "distance", "k": 7}
+        else:
+            assert entry.op == "settings" and entry.detail["search"] == {"hnsw_ef": 77} == {
+                "hnsw_ef": mem.store.meta.index.hnsw_ef}
+    assert not any((memory / PENDING_DIR).iterdir())
+
+
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune", "import", "tune",
+                                  "search settings"])
 def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edit):
     killed(memory, "before the edit", edit)
     with VisualMemory.open(memory) as mem:
@@ -159,15 +218,17 @@ def test_an_edit_killed_before_its_first_write_is_not_in_the_history(memory, edi
             return
         assert mem.history() == []  # noted, never made: the journal claims nothing
         assert mem.store.label_counts() == {"cat": 10, "dog": 10, "fox": 10} and mem.label_names == {}
+        assert "vote" not in mem.store.meta.settings and mem.store.meta.index.hnsw_ef != 77
     assert not any((memory / PENDING_DIR).iterdir())
 
 
-@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune"])
+@pytest.mark.parametrize("edit", ["forget", "relabel", "name", "erase", "prune", "unprune", "import", "tune",
+                                  "search settings"])
 def test_an_edit_killed_after_its_entry_is_in_the_history_once(memory, edit):
     killed(memory, "after the entry", edit)
     with VisualMemory.open(memory) as mem:
-        assert [e.op for e in mem.history()] == {"erase": ["erase", "forget"],
-                                                 "unprune": ["unprune", "prune"]}.get(edit, [edit])
+        assert [e.op for e in mem.history()] == {"erase": ["erase", "forget"], "unprune": ["unprune", "prune"],
+                                                 "import": ["add"], "search settings": ["settings"]}.get(edit, [edit])
         assert "journaled_at_open" not in mem.history()[0].detail
 
 
@@ -257,3 +318,47 @@ def test_an_edit_killed_before_it_was_made_and_then_made_by_an_older_vmem_is_jou
     with VisualMemory.open(memory) as mem:
         assert mem.history() == [made_by]
     assert not any((memory / PENDING_DIR).iterdir())
+
+
+_ADD_KILLED = """
+import os, signal, sys
+from tests.conftest import make_image
+from vmem import VisualMemory
+
+memory, encoder = sys.argv[1:3]
+mem = VisualMemory.open(memory, encoder, create=True, reranker=None)
+mem.add([make_image((200, 30, 30))], "cat")  # made and journaled
+mem.store.journal.append = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+mem.add([make_image((30, 200, 30)), make_image((30, 30, 200))], ["owl", "cat"])
+"""
+
+
+def test_an_add_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(tmp_path, encoder):
+    # As an HTTP add makes it: the points were written and the process killed before their entry, and the memory
+    # held 2 points no add entry counted (`vmem history --label owl`: no edit of a label it held a point of).
+    child = subprocess.run([sys.executable, "-c", _ADD_KILLED, str(tmp_path / "memory"), encoder], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    with VisualMemory.open(tmp_path / "memory", reranker=None) as mem:
+        assert mem.store.label_counts() == {"cat": 2, "owl": 1}
+        second, first = mem.history(op="add")
+        assert (first.points, first.labels) == (1, {"cat": 1}) and "journaled_at_open" not in first.detail
+        assert (second.points, second.labels) == (2, {"cat": 1, "owl": 1}) and "journaled_at_open" in second.detail
+        assert mem.history(label="owl") == [second]
+    assert not any((tmp_path / "memory" / PENDING_DIR).iterdir())
+
+
+def test_the_entries_of_another_add_of_the_same_process_do_not_count_as_a_killed_adds(tmp_path):
+    # A service imports a file in one thread while another adds an image: the import's entry, written between the
+    # add's note and its kill, counts the import's cats, not the add's; counted as the add's, the add's cat was
+    # never journaled.
+    journal = FileJournal(tmp_path / "journal.jsonl")
+    note = journal.intend("add", {}, detail={})
+    assert note is not None
+    cat = str(uuid.uuid4())
+    journal.note_adds(note, [cat], ["cat"])
+    journal.record("add", points=1, labels={"cat": 1}, selector={"import": "points.npz"},
+                   detail={"import": {"file": "points.npz", "sha256": "ab12"}})
+    listed = note.model_copy(update={"before": journal.noted_adds(note)})
+    assert journal.settle(listed, {cat: "cat"}, {}) == 1
+    assert [(e.points, e.selector) for e in journal.read()] == [(1, {}), (1, {"import": "points.npz"})]  # by time

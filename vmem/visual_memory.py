@@ -8,6 +8,7 @@ directly, through `eval`; its re-ranking runs through this API).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -562,21 +563,28 @@ class VisualMemory:
             raise ValueError(f"vote settings are a rule (plurality, distance, softmax, rank), k, alpha, tau and "
                              f"soft_pruning; got {sorted(vote)}")
         VoteSettings(**vote)  # checked as every vote is: a rule, k from 1 to 1000, alpha and tau in bounds
-        with self.store.meta_edit() as meta:
-            meta.settings["vote"] = dict(vote)
-            if tuning is not None:
-                meta.settings["tuning"] = dict(tuning)
-        self._journal("tune", detail={"vote": dict(vote), **({"tuning": dict(tuning)} if tuning is not None else {})})
+        detail = {"vote": dict(vote), **({"tuning": dict(tuning)} if tuning is not None else {})}
+        # Noted first, as a naming is: a kill between the settings and the entry is journaled at the next opening
+        with self._noted("tune", {}, detail=detail) as note:
+            with self.store.meta_edit() as meta:
+                meta.settings["vote"] = dict(vote)
+                if tuning is not None:
+                    meta.settings["tuning"] = dict(tuning)
+            if self._journal("tune", detail=detail):
+                self.store.journal.settled(note)
 
     def reset_vote_settings(self) -> dict[str, Any] | None:
         """Forget the tuned vote settings (journaled): the defaults again. Returns what they were (None: none)."""
         before = self.store.meta.settings.get("vote")
         if before is None:
             return None
-        with self.store.meta_edit() as meta:
-            meta.settings.pop("vote", None)
-            meta.settings.pop("tuning", None)
-        self._journal("tune", detail={"reset": True, "before": before})
+        detail = {"reset": True, "before": before}
+        with self._noted("tune", {}, detail=detail) as note:
+            with self.store.meta_edit() as meta:
+                meta.settings.pop("vote", None)
+                meta.settings.pop("tuning", None)
+            if self._journal("tune", detail=detail):
+                self.store.journal.settled(note)
         return before
 
     def set_search_settings(self, **changed: Any) -> dict[str, Any]:
@@ -592,9 +600,12 @@ class VisualMemory:
             return {}
         before = {name: getattr(stored, name) for name in changed}
         updated = IndexSettings.model_validate({**stored.model_dump(), **changed})  # bounds checked, as at a build
-        with self.store.meta_edit() as meta:
-            meta.index = updated
-        self._journal("settings", detail={"search": changed, "before": before})
+        detail = {"search": changed, "before": before}
+        with self._noted("settings", {}, detail=detail) as note:
+            with self.store.meta_edit() as meta:
+                meta.index = updated
+            if self._journal("settings", detail=detail):
+                self.store.journal.settled(note)
         return before
 
     def vote_settings(
@@ -1173,17 +1184,19 @@ class VisualMemory:
         report = BuildReport()
         journaled: dict[str, int] = {}  # points per label in the build's entries so far
         last_entry = time.monotonic()
+        all_journaled = True
+        selector = {"source_root": root} if root else {}
 
         def journal_the_adds(**more: Any) -> None:
             # The points added since the build's last entry: a resumed build counts what a stopped one added as
-            # already there, so what is not journaled by the time the process dies never is.
-            nonlocal last_entry
+            # already there, so what a kill leaves unjournaled here is journaled by the note (below) or never.
+            nonlocal last_entry, all_journaled
             new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
                    if n > journaled.get(lab, 0)}
             last_entry = time.monotonic()
             if new:
-                self._journal("add", points=sum(new.values()), labels=most_first(new),
-                              selector={"source_root": root} if root else {}, detail={
+                all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
+                                               selector=selector, detail={
                     "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
                               "failed": len(report.failed), **more}, **({"tags": tags} if tags else {})})
                 journaled.update(report.added_per_label)
@@ -1194,14 +1207,21 @@ class VisualMemory:
             if time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:  # a kill -9 loses at most this much
                 journal_the_adds(running=True)
 
-        try:
-            build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, batch_done, cache, report,
-                         skip_forgotten=skip_forgotten)
-        except BaseException:
-            # Stopped (Ctrl-C, the server gone): what was added since the last entry is journaled now or never.
-            journal_the_adds(interrupted=True)
-            raise
-        journal_the_adds()
+        # Noted before its first point: each batch's points are listed beside the note before they are written, and
+        # the memory's next opening journals those a kill left held and unjournaled (`Journal.settle`)
+        with self._noted("add", {}, selector=selector, detail={
+                "build": {"listed": report.total or len(items), "killed": True}, **({"tags": tags} if tags else {})
+        }) as note, self.store.adding(note):
+            try:
+                build_memory(self.store, self.featurizer, items, batch_size, num_workers, tags, batch_done, cache,
+                             report, skip_forgotten=skip_forgotten)
+            except BaseException:
+                # Stopped (Ctrl-C, the server gone): what was added since the last entry is journaled now.
+                journal_the_adds(interrupted=True)
+                raise
+            journal_the_adds()
+            if all_journaled:
+                self.store.journal.settled(note)
         if relabel and report.relabelled:
             by_label: dict[str, list[str]] = {}
             for source, _, listed in report.relabelled:
@@ -1351,12 +1371,19 @@ class VisualMemory:
             held_elsewhere(new)
             new_rows = [r for r, j in enumerate(new) if id_of[keys[j]] not in stored]
             new_classes = self._new_imagenet_classes({ok_labels[new[r]] for r in new_rows})
-            added = [] if vectors is None or not new_rows else self.store.add(
-                vectors[new_rows], [ok_labels[new[r]] for r in new_rows], [ok_sources[new[r]] for r in new_rows],
-                tags)
-            if added:  # journaled under it too (see forget): a backup holds the points with their line, or neither
-                self._journal("add", points=len(added), labels=label_counts([ok_labels[new[r]] for r in new_rows]),
-                              detail={"tags": tags} if tags else {})
+            added = []
+            if vectors is not None and new_rows:
+                # Noted first, as a build is: a kill between the points and their entry is journaled at the next
+                # opening
+                with self._noted("add", {}, detail={"tags": tags} if tags else {}) as note, self.store.adding(note):
+                    added = self.store.add(vectors[new_rows], [ok_labels[new[r]] for r in new_rows],
+                                           [ok_sources[new[r]] for r in new_rows], tags)
+                    # journaled under the lock too (see forget): a backup holds the points with their line, or
+                    # neither
+                    if self._journal("add", points=len(added),
+                                     labels=label_counts([ok_labels[new[r]] for r in new_rows]),
+                                     detail={"tags": tags} if tags else {}):
+                        self.store.journal.settled(note)
         if added:
             self._name_imagenet_classes(new_classes)
         relabel: dict[str, list[str]] = {}  # new label -> ids of images already stored under another
@@ -2593,53 +2620,66 @@ class VisualMemory:
         last_entry = time.monotonic()
         relabel_to: dict[str, list[str]] = {}
 
+        all_journaled = True
+        file_detail = {"file": points.path.name, "sha256": points.sha256, "format": points.format,
+                       "featurizer": points.featurizer, "rows": points.n}
+
         def journal_the_adds(**more: Any) -> None:  # the points added since the last entry, as a build journals
-            nonlocal last_entry
+            nonlocal last_entry, all_journaled
             new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
                    if n > journaled.get(lab, 0)}
             last_entry = time.monotonic()
             if new:
-                self._journal("add", points=sum(new.values()), labels=most_first(new), selector=selector, detail={
-                    "import": {"file": points.path.name, "sha256": points.sha256, "format": points.format,
-                               "featurizer": points.featurizer, "rows": points.n, "chosen": report.chosen,
-                               "already_in_memory": report.already_in_memory,
-                               "skipped": sum(report.skipped.values()), **more}})
+                all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
+                                               selector=selector, detail={"import": {
+                    **file_detail, "chosen": report.chosen, "already_in_memory": report.already_in_memory,
+                    "skipped": sum(report.skipped.values()), **more}})
                 journaled.update(report.added_per_label)
 
-        try:
-            for batch in usable_batches(points, plan, report, batch_size, progress):
-                with self._edit_lock:  # checked and written at once: another thread's add counts
-                    stored = self.store.existing_labels(batch.ids)
-                    new = [j for j, pid in enumerate(batch.ids) if pid not in stored]
-                    if new and not dry_run:
-                        fresh = ImportBatch(rows=batch.rows[new], ids=[batch.ids[j] for j in new],
-                                            labels=[batch.labels[j] for j in new], vectors=batch.vectors[new])
-                        self.store.put(fresh.points(payloads(points, fresh, added_at)))
-                    for j in new:
-                        report.added_per_label[batch.labels[j]] = report.added_per_label.get(batch.labels[j], 0) + 1
-                    report.added += len(new)
-                for row, pid, lab in zip(batch.rows, batch.ids, batch.labels, strict=True):
-                    if pid not in stored:
-                        continue
-                    if stored[pid] == lab:
-                        report.already_in_memory += 1
-                    else:
-                        report.other_label.append((points.source_of(int(row)), stored[pid], lab))
-                        if relabel:
-                            relabel_to.setdefault(lab, []).append(pid)
-                if not dry_run and time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:
-                    journal_the_adds(running=True)
-        except BaseException as exc:
-            if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
-                journal_the_adds(interrupted=True)
-                if isinstance(exc, PointsFileError) and report.added:  # found corrupt part-way: not "nothing"
-                    raise PointsFileError(
-                        f"{exc}; the {report.added:,} points read before it were added (journaled): import the "
-                        "file again once it is mended, and they are skipped", exc.option) from None
-            raise
-        report.added_per_label = most_first(report.added_per_label)
+        # Noted before its first point, as a build is (`build`): a kill before the entry is journaled at the next
+        # opening, as far as the memory holds the points listed
+        with contextlib.ExitStack() as noting:
+            note = None if dry_run else noting.enter_context(self._noted("add", {}, selector=selector, detail={
+                "import": {**file_detail, "killed": True}}))
+            noting.enter_context(self.store.adding(note))
+            try:
+                for batch in usable_batches(points, plan, report, batch_size, progress):
+                    with self._edit_lock:  # checked and written at once: another thread's add counts
+                        stored = self.store.existing_labels(batch.ids)
+                        new = [j for j, pid in enumerate(batch.ids) if pid not in stored]
+                        if new and not dry_run:
+                            fresh = ImportBatch(rows=batch.rows[new], ids=[batch.ids[j] for j in new],
+                                                labels=[batch.labels[j] for j in new], vectors=batch.vectors[new])
+                            self.store.put(fresh.points(payloads(points, fresh, added_at)))
+                        for j in new:
+                            lab = batch.labels[j]
+                            report.added_per_label[lab] = report.added_per_label.get(lab, 0) + 1
+                        report.added += len(new)
+                    for row, pid, lab in zip(batch.rows, batch.ids, batch.labels, strict=True):
+                        if pid not in stored:
+                            continue
+                        if stored[pid] == lab:
+                            report.already_in_memory += 1
+                        else:
+                            report.other_label.append((points.source_of(int(row)), stored[pid], lab))
+                            if relabel:
+                                relabel_to.setdefault(lab, []).append(pid)
+                    if not dry_run and time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:
+                        journal_the_adds(running=True)
+            except BaseException as exc:
+                if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
+                    journal_the_adds(interrupted=True)
+                    if isinstance(exc, PointsFileError) and report.added:  # found corrupt part-way: not "nothing"
+                        raise PointsFileError(
+                            f"{exc}; the {report.added:,} points read before it were added (journaled): import the "
+                            "file again once it is mended, and they are skipped", exc.option) from None
+                raise
+            report.added_per_label = most_first(report.added_per_label)
+            if not dry_run:
+                journal_the_adds()
+                if all_journaled:
+                    self.store.journal.settled(note)
         if not dry_run:
-            journal_the_adds()
             self._name_imagenet_classes(new_classes if report.added else {})
         imported = set(chosen_labels)
         report.names = {lab: name for lab, name in points.label_names.items()
