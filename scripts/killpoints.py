@@ -7,10 +7,12 @@ For an edit command (`vmem forget --label cat`, `vmem relabel --to feline --labe
 2. for each kill point N, on a fresh copy, the command runs again and is killed (SIGKILL) just before write N;
    the memory is reopened (which settles what the journal noted) and checked:
    - it agrees with itself: it opens, ids are unique, its count equals its points and the sum of its labels';
-   - its journal agrees with it: every point gone is cited by a new forget entry, every point whose label changed
+   - its journal agrees with it: the points new since the edit began are counted, per label, by its new add
+     entries, no more and no fewer; every point gone is cited by a new forget entry, every point whose label changed
      by a relabel entry to that label, every label whose name changed by a name entry, the vectors of deleted
      points gone from its files by an erase entry (where the command erases: vmem's own index upkeep rewrites
-     segments too), pruning's marks or report changed by a prune or unprune entry, and no new entry cites a
+     segments too), pruning's marks or report changed by a prune or unprune entry, tuned vote settings or search
+     settings changed by a tune or settings entry that says what the memory holds, and no new entry cites a
      point it did not forget or relabel, nor an erase the files do not show; no note of an edit in progress is
      left;
 3. the command runs again, whole, and the memory must equal the one of step 1: its points, labels, payloads (but
@@ -36,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,11 @@ class Snapshot:
     deleted_held: bool = False  # whether the files hold vectors of deleted points (an erase removes them)
     pruning: Any = None  # the memory's pruning report (vmem prune)
     pruned: bool = False  # a new prune or unprune entry
+    added: Counter[str] = field(default_factory=Counter)  # points per label new add entries count
+    vote: Any = None  # the memory's tuned vote settings and what they were tuned on (vmem tune)
+    search: dict[str, Any] = field(default_factory=dict)  # its search settings (hnsw_ef, rescore)
+    tunes: list[dict[str, Any]] = field(default_factory=list)  # the details of new tune entries, oldest first
+    searches: list[dict[str, Any]] = field(default_factory=list)  # and of new settings entries
 
 
 def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -> tuple[Snapshot, list[str]]:
@@ -80,6 +88,8 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
         names = dict(store.meta.label_names)
         deleted_held = not store.holds_no_deleted_vectors()
         pruning = store.meta.settings.get("pruning")
+        vote = (store.meta.settings.get("vote"), store.meta.settings.get("tuning"))
+        search = {name: getattr(store.meta.index, name) for name in ("hnsw_ef", "rescore")}
     snap = Snapshot(
         points={p.id: {**{k: v for k, v in p.payload.items() if not k.endswith("_at")},
                        "vector": [round(float(x), 3) for x in (p.vector if p.vector is not None else [])]}
@@ -88,9 +98,15 @@ def snapshot(memory: Path, journal_before: set[tuple[Any, ...]] | None = None) -
                      for f in (memory / d).rglob("*") if f.is_file()),
         pending=len(list((memory / PENDING_DIR).glob("*.json"))) if (memory / PENDING_DIR).is_dir() else 0,
         names=names, deleted_held=deleted_held, erased=any(e.op == "erase" for e in entries), pruning=pruning,
-        pruned=any(e.op in ("prune", "unprune") for e in entries))
-    for e in entries:
-        if e.op == "forget":
+        pruned=any(e.op in ("prune", "unprune") for e in entries), vote=vote, search=search)
+    for e in sorted(entries, key=lambda e: e.at):
+        if e.op == "add":
+            snap.added.update(e.labels)
+        elif e.op == "tune":
+            snap.tunes.append(e.detail)
+        elif e.op == "settings":
+            snap.searches.append(e.detail)
+        elif e.op == "forget":
             snap.forgotten |= set(e.ids)
         elif e.op == "relabel":
             snap.relabelled |= dict.fromkeys(e.ids, e.to or "")
@@ -136,6 +152,20 @@ def agrees_with_journal(before: Snapshot, after: Snapshot, erases: bool = False)
                if before.names.get(label) != after.names.get(label)}
     if missed := renamed - after.named:
         problems.append(f"{len(missed)} labels named anew that no name entry names (e.g. {min(missed)})")
+    added = Counter(p["label"] for i, p in after.points.items() if i not in before.points)
+    if missed := added - after.added:
+        problems.append(f"{sum(missed.values())} points added that no add entry counts (e.g. of {min(missed)!r})")
+    if claimed := after.added - added:
+        problems.append(f"add entries count {sum(claimed.values())} points not added (e.g. of {min(claimed)!r})")
+    if before.vote != after.vote and not after.tunes:
+        problems.append("the tuned vote settings changed, and no tune entry says so")
+    if after.tunes and (None if after.tunes[-1].get("reset") else after.tunes[-1].get("vote")) != after.vote[0]:
+        problems.append("the newest tune entry says other vote settings than the memory's")
+    if before.search != after.search and not after.searches:
+        problems.append("search settings changed, and no settings entry says so")
+    if after.searches and any(after.search.get(name) != value
+                              for name, value in after.searches[-1].get("search", {}).items()):
+        problems.append("the newest settings entry says other search settings than the memory's")
     if after.pending:
         problems.append(f"{after.pending} notes of edits in progress left in the journal after the opening")
     return problems
@@ -153,6 +183,10 @@ def differences(killed: Snapshot, whole: Snapshot) -> list[str]:
         problems.append("the memory's pruning report differs from run whole")
     if killed.names != whole.names:
         problems.append("label names differ from run whole")
+    if (killed.vote, killed.search) != (whole.vote, whole.search):
+        problems.append("vote or search settings differ from run whole")
+    if killed.added != whole.added:
+        problems.append("the journal's added points per label differ from run whole")
     if killed.files != whole.files:
         problems.append(f"files left: {sorted(set(killed.files) ^ set(whole.files))[:3]} differ from run whole")
     if killed.forgotten != whole.forgotten:
