@@ -91,3 +91,39 @@ def test_a_review_queue_needs_a_threshold_and_a_file_of_its_own(tiny_imagenet, t
     assert "a file of its own" in out.output
     out = run("classify", image, "--memory", tmp_path / "memory", "--csv", tmp_path / "no" / "a.csv", code=2)
     assert "cannot write" in out.output and not (tmp_path / "memory").exists()
+
+
+def test_dmn_classify_writes_the_same_sheets(tiny_imagenet, tmp_path):
+    """`vmem dmn classify` answers with the fused DMN probability as its confidence; its sheets are classify's."""
+    classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir())[:4]
+    for split, n in (("train", 10), ("val", 6)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for f in sorted((tiny_imagenet / split / c).iterdir())[:n]:
+                (tmp_path / split / c / f.name).symlink_to(f)
+    memory = tmp_path / "memory"
+    run("build", tmp_path / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0",
+        "--feature-cache", FEATURE_CACHE)
+    answers, queue = tmp_path / "answers.csv", tmp_path / "queue.csv"
+    out = run("dmn", "classify", tmp_path / "val", "--memory", memory, "--mode", "memory-only", "--no-update",
+              "--json", "--min-confidence", "0.7", "--csv", answers, "--review-csv", queue)
+    said = {a["source"]: a for a in map(json.loads, out.stdout.splitlines())}
+    rows = read_rows(answers)
+    assert len(rows) == len(said) == 24
+    for r in rows:
+        a = said[r["path"]]
+        assert a["vote"]["rule"] == "dmn"
+        assert (r["label"], float(r["confidence"]), r["unsure"] == "true", r["reason"]) == (
+            a["label"], round(a["confidence"], 6), a["unsure"], a["unsure_reason"] or "")
+    unsure = [r["path"] for r in rows if r["unsure"] == "true"]
+    assert 0 < len(unsure) < 24, len(unsure)
+    assert "the DMN probability" in next(r["reason"] for r in rows if r["unsure"] == "true")
+    assert [q["path"] for q in read_rows(queue)] == unsure
+    assert f"{len(unsure)} unsure ones to {queue}" in out.stderr
+
+    # As classify refuses them: a queue without a threshold, or in the answers' own file
+    refused = run("dmn", "classify", tmp_path / "val", "--memory", memory, "--review-csv", queue, code=2)
+    assert "give --min-confidence" in refused.output
+    refused = run("dmn", "classify", tmp_path / "val", "--memory", memory, "--min-confidence", "0.5",
+                  "--csv", queue, "--review-csv", queue, code=2)
+    assert "a file of its own" in refused.output

@@ -65,13 +65,26 @@ def classify(
              "label a suggestion, for a person to check (--json: confidence, unsure, unsure_reason); vmem eval's "
              "thresholds are for the vote rules, not dmn: choose this one on labelled images (--truth-from-dirs "
              "says how often the answers kept were right)")] = None,
+    csv_out: Annotated[Path | None, typer.Option(
+        "--csv", metavar="FILE",
+        help="also write every answer to this CSV, as vmem classify --csv does: path, label, label_name, confidence "
+             "(the DMN probability), unsure, reason")] = None,
+    review_csv: Annotated[Path | None, typer.Option(
+        "--review-csv", metavar="FILE",
+        help="with --min-confidence: write the unsure answers to this CSV as path,label rows, the suggestion as the "
+             "label, for a person to correct (or empty a label to skip the image) and add with `vmem build FILE`")
+    ] = None,
 ) -> None:
     """Classify images with the dmn rule (a stream is a sequence: images are processed in order)."""
     from vmem.dmn_classifier import DmnOptions
 
+    from .answer_sheets import AnswerSheets
+
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
+    # Before any image is embedded, as vmem classify checks them: a folder that cannot be written is said now.
+    sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence)
     try:
         opts = DmnOptions(mode=mode.value, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic,
                           alpha_static=alpha_static, static_k=static_k, static_cap=static_cap, update=update,
@@ -89,7 +102,8 @@ def classify(
         # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
         results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
                                             json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label,
-                                            min_confidence=min_confidence)
+                                            min_confidence=min_confidence,
+                                            on_part=sheets.add if sheets is not None else None)
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
@@ -99,6 +113,8 @@ def classify(
                    err=json_out)
     if min_confidence is not None:
         typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
+    if sheets is not None:
+        typer.echo(sheets.summary(), err=True)
 
 
 @app.command()
