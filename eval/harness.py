@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from retrieval import Featurizer
 
 from .datasets import EvalDataset
-from .plots import PLOT_FILES, plot_all
+from .dmn_eval import DmnReport
+from .plots import PLOT_FILES, plot_all, plot_trust
 from .scoring import (
     K_MAX,
     TABLE_KS,
@@ -72,6 +73,7 @@ from .scoring import (
     score,
     truth_arrays,
 )
+from .selective import decision_name
 
 # Exact search loads the memory's vectors: do so up to this size, else use the Qdrant index.
 MAX_EXACT_BYTES = 8 << 30
@@ -237,6 +239,8 @@ class EvalReport(BaseModel):
     run: RunInfo
     variants: dict[str, Scores] = Field(description="'all': full memory; 'restricted': the dataset's classes only")
     rerank: dict[str, Any] | None = None
+    dmn: DmnReport | None = Field(default=None, description="`vmem eval --dmn`: the dmn rule's answers (no stream) "
+                                  "and the trust of its confidence, the fused probability")
     # The queries scored, in order, for predictions.csv (kept out of results.json, as the decisions are).
     query_sources: list[str] = Field(default_factory=list, exclude=True)
     query_labels: list[tuple[str, ...]] = Field(default_factory=list, exclude=True)
@@ -335,11 +339,11 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
     return "\n".join(lines) + "\n"
 
 
-def trust_table(sel: Selective) -> str:
-    """When to trust an answer: the confidence threshold (`--min-confidence`) that keeps the most answers at each
-    target accuracy, and how well calibrated the confidence is."""
-    lines = [f"**when to trust an answer** ({sel.rule} voting, k={sel.k}; confidence: the answer's vote share; "
-             f"risk_coverage.csv, reliability.csv)", "",
+def trust_table(sel: Selective, command: str = "vmem classify") -> str:
+    """When to trust an answer: the confidence threshold (`--min-confidence` of `command`) that keeps the most
+    answers at each target accuracy, and how well calibrated the confidence is."""
+    lines = [f"**when to trust an answer of `{command}`** ({decision_name(sel)}; confidence: the "
+             f"{sel.confidence}; risk_coverage.csv, reliability.csv)", "",
              f"all answers: {100 * sel.accuracy:.2f}% right at mean confidence {sel.mean_confidence:.3f}; "
              f"ECE {sel.ece:.4f}, AURC {sel.aurc:.4f}", "",
              "| target accuracy | --min-confidence | answers kept | their accuracy |", "|---|---|---|---|"]
@@ -374,7 +378,7 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
             os.replace(staging / f.name, f)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_") for f in PLOT_FILES] + [
+    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_", "dmn_") for f in PLOT_FILES] + [
             out / "predictions.csv"]:
         if stale not in written:
             stale.unlink(missing_ok=True)
@@ -402,16 +406,22 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     written.append(write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
         (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
         for name, s in v.items() for b in s.calibration]))
+    # Each decision measured, by the variant its answers came from: the vote's per variant, dmn's (rule dmn) over
+    # the dataset's classes where they restrict the answers, else all.
+    trusted = [(name, s.selective) for name, s in v.items() if s.selective]
+    if report.dmn is not None:
+        trusted.append(("restricted" if "restricted" in v else "all", report.dmn.selective))
+
     written.append(write_csv(out / "risk_coverage.csv", [
         "variant", "rule", "k", "min_confidence", "kept", "coverage", "accuracy"], [
         (name, sel.rule, sel.k, f"{p.min_confidence:.6f}", p.kept, f"{p.coverage:.6f}", f"{p.accuracy:.6f}")
-        for name, s in v.items() if (sel := s.selective) for p in sel.risk_coverage]))
+        for name, sel in trusted for p in sel.risk_coverage]))
     written.append(write_csv(out / "reliability.csv", [
         "variant", "rule", "k", "lower", "upper", "queries", "mean_confidence", "accuracy"], [
         (name, sel.rule, sel.k, f"{b.lower:g}", f"{b.upper:g}", b.queries,
          "" if b.mean_confidence is None else f"{b.mean_confidence:.6f}",
          "" if b.accuracy is None else f"{b.accuracy:.6f}")
-        for name, s in v.items() if (sel := s.selective) for b in sel.reliability]))
+        for name, sel in trusted for b in sel.reliability]))
     written.append(write_csv(out / "per_class.csv", [
         "variant", "rule", "k", "label", "name", "queries", "correct", "accuracy", "confused_with"], [
         (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
@@ -437,6 +447,11 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         md.append(hardest_classes_table(v["all"].per_class, names))
     if v["all"].selective:
         md.append(trust_table(v["all"].selective))
+    if report.dmn is not None:
+        dm = report.dmn
+        md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of {dm.queries} queries "
+                  "right\n")
+        md.append(trust_table(dm.selective, "vmem dmn classify"))
     write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:
@@ -446,4 +461,7 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
                                 # their last two parts: a whole path made a title wider than the plot.
                                 title=f"{short_name(r.dataset)} ({name}) against {short_name(r.memory)}, "
                                       f"{r.featurizer}", names=names)
+        if report.dmn is not None and report.dmn.queries:
+            written += plot_trust(report.dmn.selective, out, "dmn_", f"{short_name(r.dataset)}, dmn rule, against "
+                                  f"{short_name(r.memory)}, {r.featurizer}")
     return written

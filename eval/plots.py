@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .scoring import Scores
-from .selective import Selective
+from .selective import Selective, decision_name
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def plot_risk_coverage(sel: Selective, path: str | Path, title: str = "") -> Pat
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     pts = sel.risk_coverage
     ax.plot([100 * p.coverage for p in pts], [100 * p.accuracy for p in pts], marker="o", markersize=2,
-            label=f"{sel.rule} voting, k={sel.k}")
+            label=decision_name(sel))
     for j, a in enumerate(x for x in sel.at_accuracy if x.accuracy is not None):
         ax.plot([100 * a.coverage], [100 * (a.accuracy or 0.0)], marker=MARKERS[(j + 1) % len(MARKERS)],
                 linestyle="none", color="black", label=f"{100 * a.target:g}%: min confidence {a.min_confidence:.3g}, "
@@ -195,7 +195,7 @@ def plot_risk_coverage(sel: Selective, path: str | Path, title: str = "") -> Pat
     ax.set_xlabel("answers kept (% of queries)")
     ax.set_ylabel("accuracy of the answers kept (%)")
     ax.set_xlim(0, 100)
-    ax.set_title(title or "risk-coverage (confidence: the answer's vote share)")
+    ax.set_title(title or f"risk-coverage (confidence: the {sel.confidence})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return _save(fig, Path(path))
@@ -208,7 +208,7 @@ def plot_reliability(sel: Selective, path: str | Path, title: str = "") -> Path:
     full = [b for b in sel.reliability if b.queries]
     ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="calibrated")
     ax.plot([100 * b.mean_confidence for b in full], [100 * b.accuracy for b in full],  # type: ignore[operator]
-            marker="o", label=f"{sel.rule} voting, k={sel.k}: ECE {sel.ece:.3f}")
+            marker="o", label=f"{decision_name(sel)}: ECE {sel.ece:.3f}")
     share = ax.twinx()
     share.bar([100 * (b.lower + b.upper) / 2 for b in sel.reliability],
               [100 * b.queries / max(1, sel.queries) for b in sel.reliability],
@@ -216,7 +216,7 @@ def plot_reliability(sel: Selective, path: str | Path, title: str = "") -> Path:
     share.set_ylabel("queries in the bin (%)")
     ax.set_zorder(share.get_zorder() + 1)  # the curve above the bars
     ax.patch.set_visible(False)
-    ax.set_xlabel("confidence: the answer's vote share (%)")
+    ax.set_xlabel(f"confidence: the {sel.confidence} (%)")
     ax.set_ylabel("accuracy (%)")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
@@ -280,6 +280,13 @@ def plot_histograms(
 # The files `plot_all` may write, after its prefix.
 PLOT_FILES = ("accuracy_vs_k.png", "hit_rate_vs_k.png", "neighbor_reliability.png", "per_class_accuracy.png",
               "risk_coverage.png", "reliability.png")
+
+
+def plot_trust(sel: Selective, out_dir: str | Path, prefix: str, title: str) -> list[Path]:
+    """The risk-coverage curve and the reliability diagram of one decision's confidence."""
+    out = Path(out_dir)
+    return [plot_risk_coverage(sel, out / f"{prefix}risk_coverage.png", f"{title}: risk-coverage"),
+            plot_reliability(sel, out / f"{prefix}reliability.png", f"{title}: reliability")]
 
 
 def plot_all(scores: Scores, out_dir: str | Path, prefix: str = "", title: str = "",

@@ -74,6 +74,11 @@ class Selective(BaseModel):
                     f"{CURVE_POINTS}")
 
 
+def decision_name(sel: Selective) -> str:
+    """The decision a Selective measures, for a table or a plot: "rank voting, k=50", "dmn (static_k=256)"."""
+    return f"dmn (static_k={sel.k})" if sel.rule == "dmn" else f"{sel.rule} voting, k={sel.k}"
+
+
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds, highest first; queries kept at each; correct answers among them): one entry per distinct
     (rounded) confidence, keeping every query whose confidence is at least it. A query with no answer (confidence
@@ -142,4 +147,4 @@ def selective_scores(confidence: np.ndarray, correct: np.ndarray, rule: str, k: 
 
 
 __all__ = ["TARGET_ACCURACIES", "CoverageAtAccuracy", "ReliabilityBin", "RiskCoveragePoint",
-           "Selective", "risk_coverage", "selective_scores"]
+           "Selective", "decision_name", "risk_coverage", "selective_scores"]

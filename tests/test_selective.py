@@ -158,3 +158,49 @@ def test_on_real_images_the_threshold_eval_reads_off_keeps_those_answers_in_clas
     assert len(sure) == kept
     right = sum(int(scored[Path(a["source"]).name]["correct"]) for a in sure)
     assert right / kept == pytest.approx(float(point["accuracy"]), abs=1e-6)
+
+
+def test_eval_dmn_gives_the_threshold_that_vmem_dmn_classify_keeps_at_that_accuracy(tiny_imagenet, tmp_path):
+    """`vmem eval --dmn` scores the dmn rule's own confidence (the fused probability, no stream) on real images
+    (EfficientNet-Lite0, 5 Tiny-ImageNet classes x 20 train images, 50 val images): a threshold read off its
+    risk-coverage rows keeps, in `vmem dmn classify --min-confidence`, the answers and the accuracy the row says."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import FEATURE_CACHE
+    from vmem.cli import app
+
+    classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir())[5:10]
+    for split, n in (("train", 20), ("val", 10)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for f in sorted((tiny_imagenet / split / c).iterdir())[:n]:
+                (tmp_path / split / c / f.name).symlink_to(f)
+    memory = tmp_path / "memory"
+
+    def run(*args: object):
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("build", tmp_path / "train", "--memory", memory, "--featurizer", "efficientnet-lite0", "--workers", "0",
+        "--feature-cache", FEATURE_CACHE)
+    out = run("eval", "--memory", memory, "--dataset", tmp_path / "val", "--out", tmp_path / "eval", "--cache",
+              FEATURE_CACHE, "--no-plots", "--dmn")
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())["dmn"]
+    assert report["queries"] == 50 and report["mode"] == "memory-only"
+    assert report["selective"]["confidence"] == "fused DMN probability of the label answered"
+    assert "when to trust an answer of `vmem dmn classify`" in (tmp_path / "eval" / "table.md").read_text()
+    assert f"dmn (memory-only, no stream) on 50 queries: {100 * report['accuracy']:.2f}% right" in out.stdout
+    with (tmp_path / "eval" / "risk_coverage.csv").open(newline="") as f:
+        curve = [row for row in csv.DictReader(f) if row["rule"] == "dmn"]
+    assert len(curve) > 2 and curve[-1]["kept"] == "50"  # every answer kept at the lowest threshold
+    point = curve[len(curve) // 2]
+    threshold, kept = float(point["min_confidence"]), int(point["kept"])
+    assert 0 < kept < 50
+
+    out = run("dmn", "classify", tmp_path / "val", "--memory", memory, "--no-update", "--json",
+              "--min-confidence", threshold)
+    sure = [a for a in map(json.loads, out.stdout.splitlines()) if not a["unsure"]]
+    assert len(sure) == kept
+    right = sum(Path(a["source"]).parent.name == a["label"] for a in sure)
+    assert right / kept == pytest.approx(float(point["accuracy"]), abs=1e-6)

@@ -62,9 +62,9 @@ def classify(
     min_confidence: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, metavar="SHARE",
         help="mark an answer whose confidence (the fused DMN probability of its label) is under this as unsure: its "
-             "label a suggestion, for a person to check (--json: confidence, unsure, unsure_reason); vmem eval's "
-             "thresholds are for the vote rules, not dmn: choose this one on labelled images (--truth-from-dirs "
-             "says how often the answers kept were right)")] = None,
+             "label a suggestion, for a person to check (--json: confidence, unsure, unsure_reason); `vmem eval --dmn` "
+             "gives the threshold that keeps a target accuracy (the vote's thresholds are no guide: a probability "
+             "is no vote share)")] = None,
     csv_out: Annotated[Path | None, typer.Option(
         "--csv", metavar="FILE",
         help="also write every answer to this CSV, as vmem classify --csv does: path, label, label_name, confidence "

@@ -81,6 +81,10 @@ def eval(
         help="also re-rank the sample with the VLM and compare with rank voting")] = False,
     template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
     rerank_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours shown to the re-ranker")] = 50,
+    dmn: Annotated[bool, typer.Option(
+        "--dmn", help="also classify the queries with the dmn rule (no stream), as vmem dmn classify does, and "
+                      "score its confidence, the fused probability: the --min-confidence of vmem dmn classify that "
+                      "keeps each target accuracy")] = False,
     price_in: Annotated[float | None, typer.Option(help="USD per 1M prompt tokens, for the cost estimate")] = None,
     price_out: Annotated[float | None, typer.Option(help="USD per 1M output tokens, for the cost estimate")] = None,
     cache: Annotated[Path | None, typer.Option("--cache", "--feature-cache", help="feature cache (default "
@@ -96,6 +100,7 @@ def eval(
         read_dataset,
         sample_items,
     )
+    from eval.dmn_eval import evaluate_dmn
     from eval.harness import (
         MAX_EXACT_BYTES,
         MemoryArrays,
@@ -139,8 +144,9 @@ def eval(
     mem = None
     n_points: int | None = None
     if memory_dataset is not None:
-        if rerank:
-            raise typer.BadParameter("--rerank needs a built memory (--memory), not --memory-dataset")
+        if rerank or dmn:
+            raise typer.BadParameter(f"{'--rerank' if rerank else '--dmn'} needs a built memory (--memory), not "
+                                     "--memory-dataset")
         if featurizer is None:
             raise typer.BadParameter("--memory-dataset needs --featurizer")
         try:
@@ -223,6 +229,15 @@ def eval(
         rr = evaluate_rerank(mem, sample, k=rerank_k, template=template, labels=restrict,
                              price_in=price_in, price_out=price_out, seed=seed)
         report.rerank = rr.model_dump(mode="json")
+    if dmn:
+        assert mem is not None
+        try:
+            report.dmn = evaluate_dmn(mem, queries.features, queries.sources, queries.correct_labels,
+                                      labels=restrict, exact=search_used == "exact")
+        except ValueError as exc:  # a memory dmn cannot answer from (no labels): after the vote's numbers, said
+            mem.close()
+            raise typer.BadParameter(str(exc), param_hint="--dmn") from exc
+        run.seconds["dmn"] = report.dmn.seconds
     run.seconds["total"] = round(time.perf_counter() - t_start, 3)
     # Names for the per-class table: the memory's (or the names file beside --memory-dataset, as `vmem build` would
     # have named them), else --classes', else vmem's own for ImageNet-1k ids.
@@ -253,6 +268,12 @@ def eval(
                    f"fallback rate {100 * r['fallback_rate']:.1f}% {r['fallback_reasons']}; "
                    f"tokens {r['usage'].get('total_tokens', 0)}"
                    + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
+    if report.dmn is not None:
+        d = report.dmn
+        kept = ", ".join(f"{100 * a.target:g}% at --min-confidence {a.min_confidence:.6g} ({100 * a.coverage:.1f}% "
+                         "kept)" for a in d.selective.at_accuracy if a.min_confidence is not None)
+        typer.echo(f"dmn ({d.mode}, no stream) on {d.queries} queries: {100 * d.accuracy:.2f}% right; "
+                   + (kept or "no threshold reaches 90% accuracy"))
     for f in queries.failed[:20]:
         typer.echo(f"skipped {f}", err=True)
     typer.echo(f"wrote {len(written)} files to {out}", err=True)
