@@ -35,9 +35,10 @@ for c in $(ls "$D/train" | head -30); do
   ln -s "$(realpath "$D/train/$c")" "$T/train/$c"; ln -s "$(realpath "$D/val/$c")" "$T/val/$c"
 done
 vmem build "$T/train" --memory "$T/memory" --featurizer efficientnet-lite0 --feature-cache "$VMEM_FEATURE_CACHE"
-vmem eval --memory "$T/memory" --dataset "$T/val" --classes "$D/classes.tsv" --out "$T/eval"
+vmem eval --memory "$T/memory" --dataset "$T/val" --classes "$D/classes.tsv" --out "$T/eval" --dmn
 python docs/benchmarks/selective_holdout.py "$T/eval/predictions.csv" --out docs/benchmarks/selective-holdout.json
 mkdir -p "$OUT/trust-30-lite0"
 cp "$T"/eval/{table.md,results.json,calibration.csv,risk_coverage.csv,reliability.csv,risk_coverage.png,reliability.png} \
+  "$T"/eval/dmn_{risk_coverage,reliability}.png \
   "$OUT/trust-30-lite0/"
 rm -rf "$T"
