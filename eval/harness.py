@@ -357,6 +357,12 @@ def trust_table(sel: Selective, command: str = "vmem classify") -> str:
     return "\n".join(lines) + "\n"
 
 
+def rerank_selective(report: EvalReport) -> Selective | None:
+    """The re-ranked answers' trust, where the run re-ranked (the report keeps the re-rank's as a dict)."""
+    found = (report.rerank or {}).get("selective")
+    return Selective.model_validate(found) if found else None
+
+
 def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
                  names: dict[str, str] | None = None) -> list[Path]:
     """Every file of a run; `names` (label -> name) go into the per-class files beside the labels.
@@ -378,7 +384,8 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
             os.replace(staging / f.name, f)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_", "dmn_") for f in PLOT_FILES] + [
+    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_", "dmn_", "rerank_")
+                                    for f in PLOT_FILES] + [
             out / "predictions.csv"]:
         if stale not in written:
             stale.unlink(missing_ok=True)
@@ -409,9 +416,12 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     # Each decision measured, by the variant its answers came from: the vote's per variant, dmn's (rule dmn) over
     # the dataset's classes where they restrict the answers, else all.
     trusted = [(name, s.selective) for name, s in v.items() if s.selective]
+    answered_in = "restricted" if "restricted" in v else "all"
     if report.dmn is not None:
-        trusted.append(("restricted" if "restricted" in v else "all", report.dmn.selective))
-
+        trusted.append((answered_in, report.dmn.selective))
+    reranked = rerank_selective(report)
+    if reranked is not None:
+        trusted.append((answered_in, reranked))
     written.append(write_csv(out / "risk_coverage.csv", [
         "variant", "rule", "k", "min_confidence", "kept", "coverage", "accuracy"], [
         (name, sel.rule, sel.k, f"{p.min_confidence:.6f}", p.kept, f"{p.coverage:.6f}", f"{p.accuracy:.6f}")
@@ -452,6 +462,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of {dm.queries} queries "
                   "right\n")
         md.append(trust_table(dm.selective, "vmem dmn classify"))
+    if reranked is not None:
+        md.append(trust_table(reranked, "vmem classify --rerank"))
     write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:
@@ -461,6 +473,9 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
                                 # their last two parts: a whole path made a title wider than the plot.
                                 title=f"{short_name(r.dataset)} ({name}) against {short_name(r.memory)}, "
                                       f"{r.featurizer}", names=names)
+        if reranked is not None and reranked.queries:
+            written += plot_trust(reranked, out, "rerank_", f"{short_name(r.dataset)}, re-ranked, against "
+                                  f"{short_name(r.memory)}, {r.featurizer}")
         if report.dmn is not None and report.dmn.queries:
             written += plot_trust(report.dmn.selective, out, "dmn_", f"{short_name(r.dataset)}, dmn rule, against "
                                   f"{short_name(r.memory)}, {r.featurizer}")

@@ -14,12 +14,22 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from retrieval import VoteRule
 
 from .datasets import EvalImage
+from .selective import Selective, selective_scores
+
+RERANK_CONFIDENCE = "vote share of the label answered (the VLM's label where it re-ranked)"
+
+
+class AnswerGroup(BaseModel):
+    queries: int
+    accuracy: float | None = Field(description="null when there are none")
+    mean_confidence: float | None = Field(description="their mean confidence (the vote's share of their label)")
 
 TOKEN_KEYS = ("requests", "prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens", "images")
 
@@ -50,6 +60,12 @@ class RerankReport(BaseModel):
                                              description="from --price-in/--price-out (USD per 1M tokens)")
     seconds: float
     failed: list[str] = Field(default_factory=list)
+    selective: Selective | None = Field(default=None, description="the final answers' confidence as classify gives "
+                                        "it (the vote's share of the label answered), scored as the vote's is: "
+                                        "the --min-confidence of `vmem classify --rerank` for each target accuracy")
+    agreed: AnswerGroup | None = Field(default=None, description="re-ranked answers that kept the vote's label")
+    overrode: AnswerGroup | None = Field(default=None, description="re-ranked answers of another label than the "
+                                         "vote's: their confidence is that label's share of the vote")
 
 
 # Reasons that quote Gemini's answer before any parenthesis: the quote is what differs between queries.
@@ -137,6 +153,19 @@ def evaluate_rerank(
         cost = (usage["prompt_tokens"] * price_in
                 + (usage["output_tokens"] + usage["thinking_tokens"]) * price_out) / 1e6
     n_rr = sum(reranked)
+    # The answers' confidence as classify gives it (`Classification.confidence`), 0 for no answer: kept at no threshold
+    confidence = [r.confidence or 0.0 for _, r in finals]
+    selective = selective_scores(np.asarray(confidence, dtype=np.float64), np.asarray(right_final, dtype=bool),
+                                 "rerank", k)
+    selective.confidence = RERANK_CONFIDENCE
+
+    def group(which: list[int]) -> AnswerGroup:
+        return AnswerGroup(queries=len(which),
+                           accuracy=sum(right_final[i] for i in which) / len(which) if which else None,
+                           mean_confidence=sum(confidence[i] for i in which) / len(which) if which else None)
+
+    kept = [i for i in range(n) if reranked[i] and finals[i][1].label == votes[i][1]]
+    overrode = [i for i in range(n) if reranked[i] and finals[i][1].label != votes[i][1]]
     model = next((r.model for _, r in finals if r.model), None)
     # The template as used, not as named: the name may be left out (neighbors-v1), a user's file may stand in for a
     # built-in of that name, and an edit may keep the version. The most common, should a file change mid-run.
@@ -156,4 +185,5 @@ def evaluate_rerank(
         broken=sum(v and not f for f, v in zip(right_final, right_vote, strict=True)),
         usage=dict(usage), cached=cached, estimated_cost_usd=cost,
         seconds=round(time.perf_counter() - t0, 2), failed=failed,
+        selective=selective, agreed=group(kept), overrode=group(overrode),
     )

@@ -75,8 +75,11 @@ class Selective(BaseModel):
 
 
 def decision_name(sel: Selective) -> str:
-    """The decision a Selective measures, for a table or a plot: "rank voting, k=50", "dmn (static_k=256)"."""
-    return f"dmn (static_k={sel.k})" if sel.rule == "dmn" else f"{sel.rule} voting, k={sel.k}"
+    """The decision a Selective measures, for a table or a plot: "rank voting, k=50", "dmn (static_k=256)",
+    "re-ranked (rank voting, k=50)"."""
+    if sel.rule == "dmn":
+        return f"dmn (static_k={sel.k})"
+    return f"re-ranked (rank voting, k={sel.k})" if sel.rule == "rerank" else f"{sel.rule} voting, k={sel.k}"
 
 
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

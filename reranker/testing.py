@@ -11,7 +11,9 @@ nothing is mocked. It speaks `POST /v1beta/models/{model}:generateContent` and a
     ...     fake.requests[-1].body
 
 With the script empty it answers the first candidate label of each request (from the enum schema,
-or from the `answer` function's enum in agentic mode). Every request is recorded.
+or from the `answer` function's enum in agentic mode), or what `fake.responder(body)` returns where one is set
+(a VLM simulated per request: `lambda body: fake.answer(candidates_of(body)[-1])`, its choice made from what the
+request holds, whatever order concurrent requests arrive in). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -110,6 +113,8 @@ class FakeGemini:
         self._stop = threading.Event()
         self._hangs_released = threading.Event()
         self.latency_s = 0.0  # added to every answer (throughput benchmarks)
+        # The answer to a request the script has none for: called with the request's body (module docstring)
+        self.responder: Callable[[dict[str, Any]], Action] | None = None
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests it was answering at once
         fake = self
@@ -258,7 +263,9 @@ class FakeGemini:
         with self._lock:
             self.requests.append(Recorded(m["model"], body, {k.lower(): v for k, v in h.headers.items()},
                                           time.monotonic()))
-            action = self.script.popleft() if self.script else Action("answer")
+            action = self.script.popleft() if self.script else None
+        if action is None:  # outside the lock: a responder may take its time, and requests are answered at once
+            action = self.responder(body) if self.responder is not None else Action("answer")
         if not (h.headers.get("x-goog-api-key") or "key=" in h.path):
             return self._send(h, 401, {"error": {"code": 401, "message": "API key missing",
                                                  "status": "UNAUTHENTICATED"}})

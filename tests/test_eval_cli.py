@@ -177,6 +177,38 @@ def test_eval_rerank_counts_fallback_reasons_by_kind_not_one_key_per_label(built
     assert rr["fallback_examples"]["only one candidate label"].startswith("only one candidate label (n0000000")
 
 
+def test_eval_rerank_scores_the_confidence_of_the_answers_the_vlm_gave(built, tmp_path, monkeypatch):
+    """The re-ranked answers' confidence, as classify gives it, scored as the vote's is. The VLM (the fake Gemini
+    server, through the real SDK) answers each request's last candidate, the one the vote liked least: the answers
+    it changed carry that label's small share, and classify --rerank marks them unsure at the threshold eval gives."""
+    from reranker.testing import FakeGemini, candidates_of
+
+    root, val = built
+    with FakeGemini() as fake:
+        fake.responder = lambda body: fake.answer(candidates_of(body)[-1])
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        out = run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache",
+                  tmp_path / "cache", "--k-max", "5", "--rerank", "--rerank-k", "8")
+        rr = json.loads((tmp_path / "out" / "results.json").read_text())["rerank"]
+        answers = [json.loads(line) for line in run("classify", val, "--memory", root / "memory", "--rerank",
+                                                    "--k", "8", "--json").splitlines() if line.startswith("{")]
+    assert rr["reranked"] == 6 and rr["overrode"]["queries"] == rr["changed"] > 0
+    sel = rr["selective"]
+    assert sel["rule"] == "rerank" and sel["queries"] == 6 and sel["accuracy"] == rr["rerank_accuracy"]
+    # The confidence scored is the one classify gives its answers: the vote's share of the VLM's label
+    shares = sorted(a["scores"][a["label"]] for a in answers)
+    assert sorted(a["confidence"] for a in answers) == shares
+    assert sel["mean_confidence"] == pytest.approx(sum(shares) / 6, abs=1e-6)  # rounded as thresholds compare
+    changed = [a["confidence"] for a in answers if a["label"] != next(iter(a["scores"]))]
+    assert rr["overrode"]["mean_confidence"] == pytest.approx(sum(changed) / len(changed))
+    assert "when to trust an answer of `vmem classify --rerank`" in (tmp_path / "out" / "table.md").read_text()
+    assert f"the VLM changed {rr['changed']} answers" in out
+    rows = (tmp_path / "out" / "risk_coverage.csv").read_text().splitlines()
+    assert any(",rerank,8," in row for row in rows)
+    assert all((tmp_path / "out" / f"rerank_{plot}.png").exists() for plot in ("risk_coverage", "reliability"))
+
+
 @pytest.mark.parametrize(("options", "env", "says"), [
     (["--alpha", "nan"], {}, "alpha nan is not a valid vote setting"),
     (["--tau", "0"], {}, "tau 0 is not a valid vote setting"),

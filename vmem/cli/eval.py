@@ -78,7 +78,8 @@ def eval(
         "--limit", "--sample", min=1, help="evaluate a fixed random sample of this many queries")] = None,
     seed: Annotated[int, typer.Option(help="seed of --limit's sample")] = 0,
     rerank: Annotated[bool, typer.Option(
-        help="also re-rank the sample with the VLM and compare with rank voting")] = False,
+        help="also re-rank the sample with the VLM and compare with rank voting; score the re-ranked answers' "
+             "confidence (the vote's share of the VLM's label): the --min-confidence of classify --rerank")] = False,
     template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
     rerank_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours shown to the re-ranker")] = 50,
     dmn: Annotated[bool, typer.Option(
@@ -268,6 +269,10 @@ def eval(
                    f"fallback rate {100 * r['fallback_rate']:.1f}% {r['fallback_reasons']}; "
                    f"tokens {r['usage'].get('total_tokens', 0)}"
                    + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
+        if r["overrode"]["queries"]:  # the answers the VLM changed: their confidence is their label's share
+            o = r["overrode"]
+            typer.echo(f"the VLM changed {o['queries']} answers: {100 * o['accuracy']:.2f}% right at mean confidence "
+                       f"{o['mean_confidence']:.3f} (table.md: the re-ranked answers' --min-confidence)")
     if report.dmn is not None:
         d = report.dmn
         kept = ", ".join(f"{100 * a.target:g}% at --min-confidence {a.min_confidence:.6g} ({100 * a.coverage:.1f}% "
