@@ -265,7 +265,10 @@ class FakeGemini:
                                           time.monotonic()))
             action = self.script.popleft() if self.script else None
         if action is None:  # outside the lock: a responder may take its time, and requests are answered at once
-            action = self.responder(body) if self.responder is not None else Action("answer")
+            try:
+                action = self.responder(body) if self.responder is not None else Action("answer")
+            except Exception as exc:  # said to the client: a dropped connection was retried without a word
+                action = Action("status", status=500, message=f"the fake's responder failed: {exc!r}")
         if not (h.headers.get("x-goog-api-key") or "key=" in h.path):
             return self._send(h, 401, {"error": {"code": 401, "message": "API key missing",
                                                  "status": "UNAUTHENTICATED"}})

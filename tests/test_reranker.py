@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image, random_unit_vectors
-from fake_gemini import FakeGemini
+from fake_gemini import FakeGemini, candidates_of
 from PIL import Image
 
 from prompts import TemplateRegistry, UnknownTemplateError
@@ -246,6 +246,17 @@ def test_server_errors_until_retries_run_out_fall_back(fake, make_rr, images):
     fake.enqueue(*[fake.status(503)] * 3)
     out = make_rr(max_attempts=3).rerank_one(request(images))
     assert out.error == "UpstreamError" and "503" in out.fallback_reason and fake.count == 3
+
+
+def test_the_fake_answers_from_its_responder_and_says_when_the_responder_fails(fake, make_rr, images):
+    # A VLM simulated per request: it reads the candidates the request allows and picks the vote's last
+    fake.responder = lambda body: fake.answer(candidates_of(body)[-1])
+    out = make_rr().rerank_one(request(images, vote="cat"))
+    assert out.reranked and out.label == candidates_of(fake.requests[0].body)[-1] != "cat"
+    # A responder that fails is a 500 (its body names the error), not a connection dropped without a word
+    fake.responder = lambda body: {}["no such query"]
+    out = make_rr(max_attempts=1, cache=False).rerank_one(request(images, vote="cat"))
+    assert not out.reranked and out.fallback_reason == "Gemini unavailable (500 INTERNAL) after 1 attempt(s)"
 
 
 def test_a_client_error_is_not_retried(fake, make_rr, images):
