@@ -1,5 +1,6 @@
 """Which confidence to trust a re-ranked answer by: the vote's share of the label answered (what classify gives),
-or the vote's own share of its winner, measured on real images with simulated VLMs.
+the vote's own share of its winner, or the answer's share with every answer the VLM changed ranked last, measured
+on real images with simulated VLMs.
 
 The memory and queries are real (a memory built with `vmem build`, e.g. the 30 Tiny-ImageNet classes of
 docs/results/eval.md, EfficientNet-Lite0); the re-ranker is vmem's own, through the real google-genai SDK, against
@@ -95,7 +96,11 @@ def main() -> None:
                     "accuracy": float(right.mean()), "changed": int(changed.sum()),
                     "changed_accuracy": float(right[changed].mean()) if changed.any() else None,
                     "changed_mean_answer_share": float(answer_share[changed].mean()) if changed.any() else None}
-                for name, conf in (("answer_share", answer_share), ("vote_share", vote_share)):
+                # A third: the answer's share where the VLM kept the vote's label, and every changed answer
+                # ranked below all of those (its share scaled into (0, 1e-3]: a changed answer is always unsure)
+                agreed_first = np.where(changed, answer_share * 1e-3, answer_share)
+                for name, conf in (("answer_share", answer_share), ("vote_share", vote_share),
+                                   ("agreed_first", agreed_first)):
                     sel = selective_scores(conf, right, "rerank", args.k)
                     row[name] = {"aurc": round(sel.aurc, 4), "ece": round(sel.ece, 4),
                                  "at_accuracy": {f"{a.target:g}": [a.min_confidence, round(a.coverage, 4)]
