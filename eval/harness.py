@@ -384,9 +384,8 @@ def write_report(report: EvalReport, out_dir: str | Path, plots: bool = True,
             os.replace(staging / f.name, f)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for stale in [out / f"{prefix}{f}" for prefix in ("", "restricted_", "dmn_", "rerank_")
-                                    for f in PLOT_FILES] + [
-            out / "predictions.csv"]:
+    prefixes = ("", "restricted_", "dmn_", "rerank_")
+    for stale in [out / f"{prefix}{f}" for prefix in prefixes for f in PLOT_FILES] + [out / "predictions.csv"]:
         if stale not in written:
             stale.unlink(missing_ok=True)
     return written
@@ -413,8 +412,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     written.append(write_csv(out / "calibration.csv", ["variant", "k", "votes", "queries", "accuracy"], [
         (name, s.calibration_k, b.votes, b.queries, "" if b.accuracy is None else f"{b.accuracy:.6f}")
         for name, s in v.items() for b in s.calibration]))
-    # Each decision measured, by the variant its answers came from: the vote's per variant, dmn's (rule dmn) over
-    # the dataset's classes where they restrict the answers, else all.
+    # Each decision measured, by the variant its answers came from: the vote's per variant; dmn's and the
+    # re-ranker's (rules dmn, rerank) over the dataset's classes where they restrict the answers, else all.
     trusted = [(name, s.selective) for name, s in v.items() if s.selective]
     answered_in = "restricted" if "restricted" in v else "all"
     if report.dmn is not None:
