@@ -122,6 +122,33 @@ def test_dynamic_readout_equals_the_plain_readout_over_its_entries():
     np.testing.assert_allclose(mem.probabilities(q, ["b", "a", "c"], scale=20.0), expected, rtol=1e-5)
 
 
+def test_dynamic_readout_of_a_young_stream_and_of_a_full_one_equals_the_plain_readout():
+    """A stream with most slots empty reads only its used ones; a full one reads all: the same readout either way,
+    forgotten labels' stale slots included (their queue emptied, their features left in place)."""
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(20)]
+    mem = DynamicMemory(dim=64, slots=5)
+
+    def check() -> None:
+        for q in rng.normal(size=(5, 64)):
+            q /= np.linalg.norm(q)
+            held = [(f, lab) for lab in classes for f in mem.entries(lab)[0]]
+            keys = np.stack([f for f, _ in held])
+            expected = readout(q, keys, np.array([classes.index(lab) for _, lab in held]), len(classes))
+            np.testing.assert_allclose(mem.probabilities(q, classes), expected, rtol=1e-5, atol=1e-12)
+
+    for n in range(200):
+        f = rng.normal(size=64).astype(np.float32)
+        f /= np.linalg.norm(f)
+        mem.write(f, classes[n % 20 if n < 30 else rng.integers(20)], float(rng.random()))
+        if n == 29:  # 30 of 100 slots used
+            check()
+            mem.drop_labels_except(set(classes[2:]))
+            check()
+    assert len(mem) == 100  # every queue full
+    check()
+
+
 def test_dynamic_memory_round_trips_through_npz_and_resets(tmp_path):
     mem = DynamicMemory(dim=2, slots=2, featurizer="lite0")
     mem.write(unit(1, 0), "a", 0.3)
