@@ -239,10 +239,16 @@ class FeatureCache:
         failed_hashes = {hashes[f.index] for f in failures}
         ok = [i for i, h in enumerate(hashes)
               if (h in self.index or h in self._not_kept) and h not in failed_hashes]  # "": in no row
-        if not ok:
-            return np.zeros((0, self.featurizer.dim), np.float32), ok, failures
-        return np.stack([self.features[self.index[hashes[i]]] if hashes[i] in self.index else
-                         self._not_kept[hashes[i]] for i in ok]), ok, failures
+        found = np.zeros((len(ok), self.featurizer.dim), np.float32)
+        # The map's rows in one gather: indexed row by row, each became a memmap object of its own (6,660 rows:
+        # 48 ms against 3.5 ms, of a 0.15 s lookup).
+        mapped = [(j, self.index[hashes[i]]) for j, i in enumerate(ok) if hashes[i] in self.index]
+        if mapped:
+            found[[j for j, _ in mapped]] = self.features[[row for _, row in mapped]]
+        for j, i in enumerate(ok):
+            if hashes[i] not in self.index:
+                found[j] = self._not_kept[hashes[i]]
+        return found, ok, failures
 
     def _append_or_keep(self, rows: list[np.ndarray], hashes: list[str]) -> None:
         """`_append`, or where the disk takes no more (full, a quota, a file-size limit), the rows kept for this
