@@ -6,7 +6,8 @@ before and after it reads only its used slots, alternated in one run; the answer
 Memory: the real-data tests' (tests/realdata.py): the first 30 Tiny-ImageNet train images of each class, 6,060
 points; queries: a seeded sample of val, classified in one call, in order, exact search, each run with a new
 stream. Features from the shared feature cache (.cache/features, or $VMEM_FEATURE_CACHE; computed on first use).
-Prints one JSON line per run, then one JSON object with the medians (queries/s).
+Then the readout alone, before and now, on a young stream (600 entries) and a full one (10,000: 200 classes x 50
+slots), random unit 1280-d features. Prints one JSON line per run, then one JSON object with the medians.
 """
 
 from __future__ import annotations
@@ -100,6 +101,28 @@ for repeat in range(args.repeats):
                           "queries_per_s": round(len(queries) / times[way][-1], 1)}), flush=True)
 DynamicMemory.probabilities = now  # type: ignore[method-assign]
 
+# The readout alone, on a young stream and a full one (random unit features, 200 classes x 50 slots, 1280-d).
+rng = np.random.default_rng(0)
+classes = [f"c{i}" for i in range(200)]
+readout_ms: dict[str, dict[str, float]] = {}
+for entries in (600, 10_000):
+    stream = DynamicMemory(1280, 50)
+    for i, f in enumerate(rng.normal(size=(entries, 1280)).astype(np.float32)):
+        stream.write(f / np.linalg.norm(f), classes[i % 200], 1.0)
+    probes = rng.normal(size=(40, 1280)).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    took: dict[str, list[float]] = {"before": [], "now": []}
+    for _ in range(args.repeats):
+        for way, readout in (("before", every_slot_probabilities), ("now", now)):
+            start = time.perf_counter()
+            for q in probes:
+                readout(stream, q, classes)
+            took[way].append((time.perf_counter() - start) / len(probes) * 1e3)
+    gap = max(float(np.abs(every_slot_probabilities(stream, q, classes) - now(stream, q, classes)).max())
+              for q in probes)
+    readout_ms[f"{entries} entries"] = {**{way: round(statistics.median(t), 2) for way, t in took.items()},
+                                        "max_probability_difference": gap}
+
 before, after = answers["stream, before"], answers["stream, now"]
 labels_equal = [a.label for a in before] == [b.label for b in after]
 score_gap = max(abs(a.scores.get(c, 0.0) - b.scores.get(c, 0.0)) for a, b in zip(before, after, strict=True)
@@ -108,6 +131,7 @@ print(json.dumps({
     "machine": machine_info(), "featurizer": args.featurizer, "memory_points": len(train), "queries": len(queries),
     "repeats": args.repeats,
     "queries_per_s_median": {way: round(len(queries) / statistics.median(t), 1) for way, t in times.items()},
+    "readout_ms_per_query_median": readout_ms,
     "stream_answers_equal": labels_equal, "stream_max_score_difference": score_gap,
     "accuracy": {way: round(float(np.mean([r.label == it.label for r, it in zip(res, val, strict=True)])), 4)
                  for way, res in answers.items()},
