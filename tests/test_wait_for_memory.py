@@ -7,6 +7,7 @@ are real processes; each waits on a pipe the test writes to, so every wait is bo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -209,6 +210,29 @@ def test_vmem_wait_is_also_read_from_vmem_wait(memory, tmp_path, monkeypatch):
     assert "waiting for it to let go (up to 120 s)" in said, said + err
     assert labels.returncode == 0, err
     assert "cat" in out and "dog" in out
+
+
+def test_vmem_serve_with_json_logs_says_it_waits_in_a_json_line(memory, tmp_path):
+    # VMEM_LOG_FORMAT=json: every line a JSON object, for a log collector. The line saying it waits had come out as
+    # text ("WARNING the memory at ..."), through the CLI's own handler, before uvicorn's logging was set up
+    with process(HOLD, memory, "held") as holder:
+        serve = subprocess.Popen([sys.executable, "-m", "vmem", "serve", "--no-auth", "--port", "0", "--memory",
+                                  str(memory), "--wait", "120"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=subprocess_env(VMEM_LOG_FORMAT="json"))
+        lines = []
+        while not lines or "waiting for it to let go" not in lines[-1]:  # or, refused, it ends: then "" comes
+            line = serve.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        serve.send_signal(signal.SIGTERM)  # docker stop while it waits
+        out, err = serve.communicate(timeout=300)
+        release(holder)
+    said = [json.loads(line) for line in lines + err.splitlines()]
+    assert serve.returncode == 0, err
+    [waits_line] = [e for e in said if "waiting for it to let go" in e["message"]]
+    assert (waits_line["level"], waits_line["logger"]) == ("WARNING", "retrieval.store")
+    assert f"process {holder.pid} (" in waits_line["message"]
+    assert said[-1]["message"] == "stopped (SIGTERM) before serving"
 
 
 @pytest.mark.parametrize("wait", ["-1", "nan"])

@@ -367,6 +367,11 @@ def serve(
     with _errors_said_as(os.environ.get("VMEM_LOG_FORMAT", "")):  # the settings are not read yet
         settings = checked_settings(env_file, overrides)
     log_config = _service_log_config(settings.log_format)  # VMEM_LOG_FORMAT of the environment or the env file
+    # Taken now, not at uvicorn's start: vmem's lines before it (a --wait for the memory's holder, said once) had come
+    # out through the CLI's plain handler, a text line among the JSON ones
+    from logging.config import dictConfig
+
+    dictConfig(log_config)
 
     def say(message: str, level: int = logging.INFO) -> None:
         """A line of vmem serve's own, before uvicorn's logging starts: as a JSON object too where asked."""
