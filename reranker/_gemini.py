@@ -42,6 +42,7 @@ from google.genai import types
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 from retrieval.files import NoHomeError
+from retrieval.text import quoted, visible
 
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_path
@@ -428,7 +429,9 @@ class GeminiReranker:
         if len(candidates) < 2:
             only = candidates[0] if candidates else "none"
             # With its name where the memory names it: a WordNet id alone says nothing to the reader
-            named = f"{only} {name!r}" if (name := (req.label_names or {}).get(only)) else only
+            # Escaped: the reason is shown as it is (the page's badge, the CLI's line), and a label of the memory
+            # holding U+202E turned the rest of it backwards
+            named = visible(only) + (f" {quoted(name)}" if (name := (req.label_names or {}).get(only)) else "")
             return fallback(NothingToRerankError(f"only one candidate label ({named}): nothing to re-rank"))
 
         query = await asyncio.to_thread(encode_query, req, self.settings.query_size)

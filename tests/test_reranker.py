@@ -420,6 +420,14 @@ def test_a_single_candidate_needs_no_call(fake, make_rr, images):
     assert named.fallback_reason == "only one candidate label (n02123045 'tabby'): nothing to re-rank"
 
 
+def test_a_lone_candidate_is_named_in_the_reason_as_a_label_is_shown(fake, make_rr, images):
+    # The reason is shown as it is (the page's "vote used: ...", the CLI's [fallback: ...]): a label holding U+202E
+    # RIGHT-TO-LEFT OVERRIDE turned the rest of it backwards, and repr escaped a Persian name's joiner that shows
+    out = make_rr().rerank_one(request(images, labels=("\u202etac",) * 3, vote="\u202etac",
+                                       label_names={"\u202etac": "نیم\u200cرخ"}))
+    assert out.fallback_reason == "only one candidate label (\\u202etac 'نیم\u200cرخ'): nothing to re-rank"
+
+
 # ------------------------------------------------------------------ cache
 
 
