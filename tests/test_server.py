@@ -1271,6 +1271,17 @@ def test_the_same_image_twice_in_one_add_is_one_point_and_two_labels_are_refused
     assert client.get("/v1/memory/stats").json()["points"] == body["points"]
 
 
+def test_a_refusal_quotes_the_labels_it_names_as_they_are_shown(client):
+    # As the CLI and Python quote them (retrieval.text.quoted): repr had escaped a Persian label's joiner that shows
+    # ('\\u200c') and doubled a backslash, so the page's error named labels other than those sent
+    persian = "نیم\u200cرخ"
+    twice = [("images", ("same.png", texture((90, 200, 10), 4), "image/png"))] * 2
+    resp = client.post("/v1/memory", headers=AUTH, files=twice, data={"label": [persian, "C:\\cats"]})
+    assert_problem(resp, 422, "invalid-parameters", f"labelled '{persian}' and 'C:\\cats': an image is one point")
+    same = client.post("/v1/memory/relabel", headers=AUTH, json={"label": persian, "to": persian})
+    assert_problem(same, 422, "invalid-parameters", f"the points already have the label '{persian}'")
+
+
 def test_add_where_nothing_decodes_is_400(client):
     resp = client.post("/v1/memory", headers=AUTH, files={"images": ("a.png", b"nope")}, data={"label": "x"})
     assert_problem(resp, 400, "bad-image", "no image could be decoded")

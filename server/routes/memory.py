@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
 from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest
+from retrieval.text import quoted
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
 
@@ -135,7 +136,7 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
     if conflicts:
         j, i = (readable[c] for c in conflicts[0])
         raise ProblemError(422, f"images {j} and {i} are the same image (the same bytes) labelled "
-                           f"{labels[j]!r} and {labels[i]!r}: an image is one point with one label",
+                           f"{quoted(labels[j])} and {quoted(labels[i])}: an image is one point with one label",
                            "invalid-parameters", "Invalid parameters")
     try:
         added, failed, result = await service.run_edit(service.add, [uploads[i] for i in keep],
@@ -393,7 +394,7 @@ async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> Relabe
     body = await read_json(request, RelabelIn)
     to = body.to.strip()
     if body.label is not None and body.label == to:
-        raise ProblemError(422, f"the points already have the label {to!r}", "invalid-parameters",
+        raise ProblemError(422, f"the points already have the label {quoted(to)}", "invalid-parameters",
                            "Invalid parameters")
 
     def apply() -> RelabelOut:
