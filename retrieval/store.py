@@ -1257,7 +1257,8 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
     """Why `folder`, which has no vmem.json, is refused where another process is creating a memory there: its open
     lock is taken before any file is made and vmem.json written last, so a second `vmem build` in between had been
     told "no memory ... build one first" and loaded an encoder to make one. None where no process holds the lock,
-    or none does by `deadline` (no memory, a creation that died, or one that ended meanwhile: look again)."""
+    or none does by `deadline` (no memory, a creation that died, or one that ended meanwhile: look again), or the
+    memory was made meanwhile (its holder named by the opening, as of any memory open elsewhere)."""
     try:
         here = f"the memory at {folder} is being created by this process: use the memory it makes"
         with _lock_shared(folder, deadline, here, "is being created by another process") as taken:
@@ -1265,6 +1266,8 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
                 return None
     except OSError:  # a lock file this user cannot read: as before the lock, no memory said to be made there
         return None
+    if (folder / META_FILE).is_file():  # made while this waited, and held still (a first build adds its images):
+        return None  # the opening goes on to say it is open in another process
     who, command, _ = holder_note(folder)
     resumes = " (vmem build carries on where it stopped when run again)" if command == "build" else ""
     return (f"the memory at {folder} is being created by another process"

@@ -46,6 +46,12 @@ spec = FeaturizerSpec(name="test-encoder", dim=16, preprocessing=Preprocessing(r
 open_store(sys.argv[1], spec).close()
 """
 
+# As CREATE, then holds the memory it made until a second line comes (a first `vmem build` goes on to add its images)
+CREATE_THEN_HOLD = CREATE.replace("open_store(sys.argv[1], spec).close()", """store = open_store(sys.argv[1], spec)
+print('created', flush=True)
+sys.stdin.readline()
+store.close()""")
+
 
 @pytest.fixture
 def memory(tmp_path):
@@ -153,6 +159,33 @@ def test_a_memory_being_created_is_said_to_be_so_to_a_read_only_opening_and_wait
     [said] = waits(caplog)
     assert said.startswith(f"the memory at {memory.resolve()} is being created by another process: process "
                            f"{creator.pid} (")
+
+
+@pytest.mark.parametrize("opening", [open_store, open_read_only])
+def test_a_memory_made_while_an_opening_waited_is_said_to_be_open_once_the_wait_runs_out(tmp_path, opening):
+    # A `vmem classify --wait 60` begun as the first build was creating the memory: that build made it, then held it
+    # to add its images for longer than the wait, and the refusal said it was still "being created"
+    memory = tmp_path / "memory"
+    with process(CREATE_THEN_HOLD, memory, "creating") as creator:
+        class MadeAsItWaits(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:  # in the waiting thread: it goes on once made
+                if "waiting for it to let go" in record.getMessage():
+                    creator.stdin.write("go\n")
+                    creator.stdin.flush()
+                    assert creator.stdout.readline().strip() == "created"
+
+        logger, made_as_it_waits = logging.getLogger("retrieval.store"), MadeAsItWaits()
+        logger.addHandler(made_as_it_waits)
+        try:
+            with pytest.raises(MemoryInUseError) as refused:
+                opening(memory, wait=0.5)
+        finally:
+            logger.removeHandler(made_as_it_waits)
+        assert creator.poll() is None  # still holding the memory it made
+        release(creator)
+    assert f"is open in another process (process {creator.pid} (" in str(refused.value) or \
+        f"is open in another process: process {creator.pid} (" in str(refused.value), str(refused.value)
+    assert "being created" not in str(refused.value)
 
 
 def test_an_opening_to_write_waits_for_a_memory_being_created(tmp_path, caplog):
