@@ -231,6 +231,28 @@ def test_vmem_build_with_wait_goes_on_once_a_notebook_lets_go(tmp_path, encoder)
         assert store.count() == 16
 
 
+def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp_path):
+    # A nightly `vmem copy --to-memory replica --wait 600` while a notebook holds the replica: the wait had been for
+    # the memory copied from only, and the replica refused at once (exit 75)
+    replica = tmp_path / "replica"
+    open_store(replica, SPEC).close()
+    with process(HOLD, replica, "held") as holder:
+        copy = subprocess.Popen([sys.executable, "-m", "vmem", "copy", "--memory", str(memory), "--to-memory",
+                                 str(replica), "--wait", "120"], cwd=tmp_path, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = [""]
+        while "waiting for it to let go" not in lines[-1]:  # after the progress bar's start (or, refused, it ends)
+            lines.append(copy.stderr.readline())
+            assert lines[-1], "".join(lines)
+        said = lines[-1]
+        release(holder)
+        out, err = copy.communicate(timeout=300)
+    assert f"the memory at {replica} is open in another process: process {holder.pid} (" in said, said + err
+    assert copy.returncode == 0, err
+    with open_store(replica) as store:
+        assert store.count() == 3
+
+
 def test_vmem_wait_is_also_read_from_vmem_wait(memory, tmp_path, monkeypatch):
     # A script sets it once for every command it runs
     with process(HOLD, memory, "held") as holder:

@@ -121,7 +121,7 @@ def _marks(payload: dict[str, Any]) -> bool:
 
 def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: IndexSettings | None,
             batch_size: int, num_workers: int | None,
-            progress: Callable[[int], None] | None) -> tuple[MemoryStore, ReembedResult]:
+            progress: Callable[[int], None] | None, wait: float = 0.0) -> tuple[MemoryStore, ReembedResult]:
     """`VisualMemory.reembed_to`, with the encoder loaded. Returns the new memory's store, open."""
     started = time.perf_counter()
     mine, spec = mem.store.meta.featurizer, feat.spec
@@ -136,7 +136,7 @@ def reembed(mem: VisualMemory, location: str | Path, feat: Featurizer, index: In
         if index.rescore_doubtful and not is_embedded_location(location):
             index = index.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
     try:
-        dest = open_store(location, spec, index=index)
+        dest = open_store(location, spec, index=index, wait=wait)
     except FeaturizerMismatchError:
         # Said of the destination: the store's own words ("this memory holds ...; use the memory's own
         # featurizer") read as if about the memory being moved

@@ -2106,7 +2106,7 @@ class VisualMemory:
                             removed_partials=[str(p) for p in removed], unnamed_partials=[str(p) for p in unnamed])
 
     def copy_to(self, location: str | Path, index: IndexSettings | None = None, batch_size: int = 1024,
-                progress: Callable[[int], None] | None = None) -> tuple[MemoryStore, list[str]]:
+                progress: Callable[[int], None] | None = None, wait: float = 0.0) -> tuple[MemoryStore, list[str]]:
         """Copy every point, as stored, into the memory at `location` (made if missing): no image is embedded
         again. Moves an embedded memory to a Qdrant server, or back, or into other index settings.
 
@@ -2119,6 +2119,7 @@ class VisualMemory:
         Args:
             index: a new memory's index settings (default: this memory's; an embedded-only setting is dropped
                 for a server, which rescores on its own).
+            wait: seconds to wait for another process that holds the embedded memory at `location` (`open`).
 
         Returns:
             (the destination store, open; notes on what was changed to fit it).
@@ -2134,7 +2135,7 @@ class VisualMemory:
                 index = index.model_copy(update={"rescore_doubtful": False, "doubt_margin": None, "rescore": True})
                 notes.append("rescore_doubtful keeps a file beside an embedded memory: the server copy rescores "
                              "by its original vectors instead")
-        dest = open_store(location, self.store.meta.featurizer, index=index)
+        dest = open_store(location, self.store.meta.featurizer, index=index, wait=wait)
         copied = 0
         uploads: list[str] = []
         try:
@@ -2161,7 +2162,8 @@ class VisualMemory:
 
     def reembed_to(self, location: str | Path, featurizer: str | Featurizer, index: IndexSettings | None = None,
                    batch_size: int = 64, num_workers: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> tuple[VisualMemory, ReembedResult]:
+                   progress: Callable[[int], None] | None = None, wait: float = 0.0
+                   ) -> tuple[VisualMemory, ReembedResult]:
         """Copy every point into a new memory at `location`, embedded again from its image by another encoder:
         the memory moved to a better encoder with its curation. This memory is left as it was.
 
@@ -2179,6 +2181,7 @@ class VisualMemory:
             featurizer: the new encoder: a name (`efficientnet-lite2`, `dinov2-base`) or a loaded `Featurizer`.
             index: the new memory's index settings (default: this memory's).
             progress: called with the number of points done after each batch.
+            wait: seconds to wait for another process that holds the embedded memory at `location` (`open`).
 
         Returns:
             (the new memory, open with the new encoder: close it; what was done).
@@ -2198,7 +2201,7 @@ class VisualMemory:
 
         feat = load_featurizer(featurizer, getattr(self, "_device", None)) if isinstance(featurizer, str) \
             else featurizer
-        dest, result = reembed(self, location, feat, index, batch_size, num_workers, progress)
+        dest, result = reembed(self, location, feat, index, batch_size, num_workers, progress, wait)
         new = VisualMemory(dest, feat)
         new.via = self.via
         return new, result

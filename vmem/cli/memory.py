@@ -868,12 +868,12 @@ def copy(
     destination = memory_location(to_memory or DEFAULT_MEMORY, to_qdrant_url)
     mem = open_memory(memory, qdrant_url, wait=wait)
     if featurizer is not None:
-        _reembed(mem, destination, featurizer, batch_size, workers, to_memory, to_qdrant_url)
+        _reembed(mem, destination, featurizer, batch_size, workers, to_memory, to_qdrant_url, wait)
         return
     with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
         started = time.perf_counter()
         try:
-            dest, notes = mem.copy_to(destination, progress=bar.update)
+            dest, notes = mem.copy_to(destination, progress=bar.update, wait=wait)  # --wait for both memories
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
         except Exception as exc:
@@ -888,7 +888,7 @@ def copy(
 
 
 def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: int | None,
-             to_memory: Path | None, to_qdrant_url: str | None) -> None:
+             to_memory: Path | None, to_qdrant_url: str | None, wait: float = 0.0) -> None:
     """`vmem copy --featurizer`: `VisualMemory.reembed_to`, with a progress bar and what was left out said."""
     from retrieval import FeaturizerMismatchError, load_featurizer
 
@@ -908,7 +908,7 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
             try:
                 with sigterm_as_interrupt():
                     new, done = mem.reembed_to(destination, feat, batch_size=batch_size, num_workers=workers,
-                                               progress=bar.update)
+                                               progress=bar.update, wait=wait)
             except FeaturizerMismatchError as exc:
                 raise typer.BadParameter(str(exc), param_hint=hint) from None
             except ValueError as exc:
