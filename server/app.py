@@ -55,10 +55,10 @@ def _named_enums(node: Any) -> Any:
     return {k: _named_enums(v) for k, v in node.items()}
 
 
-def open_memory(settings: Settings, wait: float = 0.0) -> VisualMemory:
-    """The memory `settings` name; `wait`: seconds to wait for another process that holds it to let go."""
+def open_memory(settings: Settings) -> VisualMemory:
+    """The memory `settings` name, waited for `settings.wait` seconds where another process holds it."""
     return VisualMemory.open(settings.location, featurizer=settings.featurizer, create=settings.create_memory,
-                             device=settings.device, read_only=settings.read_only, wait=wait)
+                             device=settings.device, read_only=settings.read_only, wait=settings.wait)
 
 
 def create_app(settings: Settings | None = None, memory: VisualMemory | None = None,

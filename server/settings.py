@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         "of it in the temporary folder is opened, so its folder may be a read-only mount and other services may "
         "serve it the same way")
     device: str | None = Field(default=None, description="torch device for the encoder (default: cuda if present)")
+    wait: float = Field(
+        default=0.0, ge=0, description="seconds the start waits for another process that holds the embedded memory "
+        "(a build, a notebook) to let go (`vmem serve --wait`); 0 refuses at once")
 
     api_key: SecretStr | None = Field(default=None, description="key required in X-API-Key to edit the memory")
     api_keys_file: Path | None = Field(

@@ -290,6 +290,25 @@ def test_vmem_serve_with_json_logs_says_it_waits_in_a_json_line(memory, tmp_path
     assert said[-1]["message"] == "stopped (SIGTERM) before serving"
 
 
+def test_vmem_serve_reads_vmem_wait_from_its_env_file_as_every_setting(memory, tmp_path):
+    # The service's settings come from the environment or its .env: VMEM_WAIT in the .env had been ignored (typer read
+    # the environment's only), and the start refused at once
+    (tmp_path / ".env").write_text("VMEM_WAIT=120\nVMEM_AUTH_DISABLED=true\n")
+    with process(HOLD, memory, "held") as holder:
+        serve = subprocess.Popen([sys.executable, "-m", "vmem", "serve", "--port", "0", "--memory", str(memory)],
+                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=subprocess_env())
+        lines = [""]
+        while "waiting for it to let go" not in lines[-1]:  # or, refused, it ends: then "" comes
+            lines.append(serve.stderr.readline())
+            assert lines[-1], "".join(lines)
+        serve.send_signal(signal.SIGTERM)
+        out, err = serve.communicate(timeout=300)
+        release(holder)
+    assert f"process {holder.pid} (" in lines[-1] and "(up to 120 s)" in lines[-1]
+    assert serve.returncode == 0 and "stopped (SIGTERM) before serving" in err, err
+
+
 @pytest.mark.parametrize("wait", ["-1", "nan"])
 def test_a_wait_given_that_is_no_number_of_seconds_is_a_usage_error(memory, wait):
     refused = subprocess.run([sys.executable, "-m", "vmem", "labels", "--memory", str(memory), "--wait", wait],

@@ -31,10 +31,11 @@ QdrantUrlOpt = Annotated[
 ]
 # How long a command waits for another process that holds the embedded memory (a notebook, a service, a build) to
 # let go: a nightly `vmem build` beside a notebook had been refused at once (exit 75).
+WAIT_HELP = ("wait up to SECONDS for another process that holds the embedded memory to let go (said once, who it "
+             "is), then go on; refused as without it (exit 75) past that")
 WaitOpt = Annotated[float, typer.Option(
     "--wait", min=0, envvar="VMEM_WAIT", show_envvar=False, show_default=False, metavar="SECONDS",
-    help="wait up to SECONDS for another process that holds the embedded memory to let go (said once, who it "
-         "is), then go on; refused as without it (exit 75) past that \\[default: $VMEM_WAIT, else 0: at once]")]
+    help=WAIT_HELP + " \\[default: $VMEM_WAIT, else 0: at once]")]
 DEFAULT_MEMORY = Path("memory")
 LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.

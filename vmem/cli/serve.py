@@ -21,9 +21,9 @@ from retrieval.store import LOCAL_MODE_PREFIX, EdgeMemoryStore, MemoryInUseError
 
 from ._common import (
     EXIT_TEMPORARY,
+    WAIT_HELP,
     TemporaryFailure,
     Terminated,
-    WaitOpt,
     check_memory_location,
     check_reranker_settings,
     one_line,
@@ -337,7 +337,11 @@ def serve(
     env_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="read VMEM_* settings from "
                                                   "this file \\[default: ./.env when present]")] = None,
     threads: Annotated[int | None, typer.Option(min=1, max=64, help="threads that embed images")] = None,
-    wait: WaitOpt = 0.0,
+    # A setting of the service's (VMEM_WAIT, of the environment or the env file), as --read-only is: typer's own
+    # reading of VMEM_WAIT took the environment's only, and one in the service's .env was ignored
+    wait: Annotated[float | None, typer.Option(
+        "--wait", min=0, show_default=False, metavar="SECONDS", help=WAIT_HELP + " \\[default: $VMEM_WAIT, else 0]")
+    ] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="classify only, every edit refused (as "
                                             "$VMEM_READ_ONLY=true): a copy of the memory in TMPDIR is served, so its "
                                             "folder may be read-only and other services may serve it too")] = False,
@@ -360,7 +364,7 @@ def serve(
                                  param_hint="--root-path")
     overrides: dict[str, Any] = {"memory": str(memory) if memory else None, "qdrant_url": qdrant_url,
                                  "featurize_threads": threads, "auth_disabled": True if no_auth else None,
-                                 "read_only": True if read_only else None}
+                                 "read_only": True if read_only else None, "wait": wait}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if memory and not qdrant_url:  # an explicit --memory is served, whatever VMEM_QDRANT_URL says
         overrides["qdrant_url"] = None
@@ -390,7 +394,7 @@ def serve(
     with _stop_asked_before_serving(say), sigterm_as_interrupt(), _errors_said_as(settings.log_format):
         check_memory_location(memory_path, url, SERVE_MEMORY_OPTIONS)
         try:
-            mem = open_memory(settings, wait)  # opened here, so a missing memory is a one-line error, not a traceback
+            mem = open_memory(settings)  # opened here, so a missing memory is a one-line error, not a traceback
         except Exception as exc:
             or_read_only = "" if settings.read_only else (
                 "; or serve it as it is, for classify only: vmem serve --read-only (VMEM_READ_ONLY=true)")
