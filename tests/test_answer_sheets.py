@@ -127,6 +127,12 @@ def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera
     assert len(read_rows(answers)) == 3  # nothing lost
     out = run("classify", season, "--memory", memory, "--resume", code=2)
     assert "give --csv FILE too" in out.output
+    # A sheet a vmem before --resume wrote (4f6c9ae: no settings beside it), resumed after an upgrade
+    answers.with_name("answers.csv.vmem-run.json").unlink()
+    out = run("classify", season, "--memory", memory, "--k", "10", "--csv", answers, "--resume", code=2)
+    assert "no answers.csv.vmem-run.json beside it, as a vmem before --resume (4f6c9ae and older) wrote" in \
+        " ".join(out.output.replace("│", "").split())
+    assert len(read_rows(answers)) == 3
     other = tmp_path / "other.csv"
     other.write_bytes(b"name,score\r\na,1\r\n")
     out = run("classify", season, "--memory", memory, "--csv", other, "--resume", code=2)

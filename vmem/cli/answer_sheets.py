@@ -85,6 +85,12 @@ class AnswerSheets:
         if self.resumed:
             try:
                 then = json.loads(kept.read_text(encoding="utf-8"))
+            except FileNotFoundError:  # a sheet of a vmem before --resume (4f6c9ae and older) keeps none
+                raise typer.BadParameter(
+                    f"cannot tell which settings answered {self.answers}: no {kept.name} beside it, as a vmem "
+                    "before --resume (4f6c9ae and older) wrote sheets, or it was removed. Give another --csv to "
+                    "begin afresh (this sheet is left as it is), or leave --resume out to write this one again",
+                    param_hint="--resume") from None
             except (OSError, ValueError) as exc:
                 raise typer.BadParameter(
                     f"cannot tell which settings answered {self.answers}: {kept} is not readable ({exc}); give "
