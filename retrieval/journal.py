@@ -474,11 +474,30 @@ class FileJournal(Journal):
             return []
         notes = []
         for path in sorted(self.pending_dir.glob("*.json")):
+            data = path.read_bytes()
             try:
-                notes.append(PendingEdit.model_validate_json(path.read_bytes()))
-            except ValueError:  # cut short by a crash as it was written: its edit had not begun
+                notes.append(PendingEdit.model_validate_json(data))
+            except ValueError:
+                if _whole_object(data):
+                    # Whole, but of an edit this vmem does not know (a newer vmem's, before a rollback): left for
+                    # that vmem to settle. The vmem of 4f6c9ae removed such a note as cut short, and with it the
+                    # journaling of the add or tune it noted.
+                    log.warning("left %s in %s, a note of an edit this vmem cannot read (a newer vmem's?): the vmem "
+                                "that wrote it journals that edit when it opens the memory again", path.name,
+                                self.pending_dir)
+                    continue
+                # cut short by a crash as it was written: its edit had not begun
                 log.warning("removed %s, a note of an edit whose process died before the edit began", path.name)
                 path.unlink(missing_ok=True)
+                (self.pending_dir / f"{path.stem}{ADDS_SUFFIX}").unlink(missing_ok=True)
+        listed = {path.stem for path in self.pending_dir.glob("*.json")}
+        for orphan in sorted(self.pending_dir.glob(f"*{ADDS_SUFFIX}")):
+            if orphan.stem not in listed:  # its note was removed by a vmem that knows no add notes (4f6c9ae)
+                points = orphan.read_bytes().count(b"\n")
+                log.warning("removed %s, the points (%d) an add listed before writing them, whose note an older vmem "
+                            "removed: if a kill stopped that add before its entry, the points it added are not in "
+                            "the history", orphan.name, points)
+                orphan.unlink(missing_ok=True)
         return sorted(notes, key=lambda n: n.begun)
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
@@ -589,6 +608,15 @@ class FileJournal(Journal):
                     return  # torn by a crash mid-write: the edit itself was made; its entry is lost
                 if (entry := _parsed(line)) is not None:
                     yield entry
+
+
+def _whole_object(data: bytes) -> bool:
+    """Whether a note's bytes are a whole JSON object: one that is not a `PendingEdit` this vmem reads was written
+    whole by another vmem, not cut short by a kill."""
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
 
 
 def _add_kind(selector: Mapping[str, Any], detail: Mapping[str, Any]) -> tuple[Any, ...]:

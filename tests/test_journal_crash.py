@@ -320,6 +320,35 @@ def test_an_edit_killed_before_it_was_made_and_then_made_by_an_older_vmem_is_jou
     assert not any((memory / PENDING_DIR).iterdir())
 
 
+def test_a_whole_note_of_an_edit_this_vmem_does_not_know_is_left_for_the_vmem_that_wrote_it(memory, caplog):
+    # A rollback from a newer vmem: its note of an edit this one has no op for (here "copy") is whole JSON, not
+    # cut short by a kill. The vmem of 4f6c9ae removed such notes as cut short (this one's add and tune notes,
+    # after a kill), so that going forward again the edit they noted was never journaled.
+    newer = memory / PENDING_DIR / "4567.json"
+    with VisualMemory.open(memory) as mem:
+        mem.forget(label="fox")
+    newer.write_text('{"token": "4567", "begun": "2026-12-08T01:02:03+00:00", "op": "copy", "before": {}}')
+    (memory / PENDING_DIR / "4567.adds").write_text('["a", "cat"]\n')
+    with VisualMemory.open(memory) as mem:
+        mem.relabel("hound", label="dog")
+        assert [e.op for e in mem.history()] == ["relabel", "forget"]
+    assert sorted(p.name for p in (memory / PENDING_DIR).iterdir()) == ["4567.adds", "4567.json"]
+    assert "4567.json" in caplog.text and "cannot read" in caplog.text
+
+
+def test_the_list_of_an_add_whose_note_an_older_vmem_removed_is_removed_and_said(memory, caplog):
+    # An import of 3 batches killed at its second (note and list left), then opened by the vmem of 4f6c9ae, which
+    # knows no add notes: it removed the note as cut short, and the list beside it stayed for good.
+    killed(memory, "at the second batch", "import")
+    (note,) = (memory / PENDING_DIR).glob("*.json")
+    note.unlink()  # what the older vmem does at its opening
+    with VisualMemory.open(memory) as mem:
+        assert mem.store.count() == 40  # the first batch's 10 points stay, journaled by no entry (said)
+        assert [e.op for e in mem.history()] == []
+    assert not any((memory / PENDING_DIR).iterdir())
+    assert f"removed {note.stem}.adds, the points (20) an add listed" in caplog.text
+
+
 _ADD_KILLED = """
 import os, signal, sys
 from tests.conftest import make_image
