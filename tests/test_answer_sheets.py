@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from tests.conftest import FEATURE_CACHE, REPO
@@ -95,6 +96,11 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
     assert "run the same command with --resume to classify only those" in err
     before = read_rows(answers)  # whole rows, readable as the run left them
     assert 12 <= len(before) < 150, "the run ended before Ctrl-C reached it"
+    # The same command without --resume would begin the sheet afresh: refused, the answers kept
+    out = run(*command, code=2)
+    assert f"{answers} holds {len(before)} answers of a run that did not finish" in out.output
+    assert "add --resume to go on with it" in out.output
+    assert read_rows(answers) == before
     with answers.open("ab") as f:  # and a kill in the middle of a part's write had cut its last row short
         f.write(str(season / "n0_cut_short.JPEG").encode() + b",n014")
 
@@ -151,3 +157,22 @@ def test_a_long_run_keeps_of_each_answer_only_what_its_summaries_read(camera_tra
     for r, a in zip(results, said, strict=True):  # kept: no neighbours, the label's own score
         assert (r.source, r.label, r.confidence, r.unsure, r.neighbors) == (
             a["source"], a["label"], a["confidence"], a["unsure"], [])
+
+
+def test_a_finished_run_s_sheet_is_begun_afresh_and_an_unfinished_one_is_not(tmp_path: Path):
+    answers = tmp_path / "answers.csv"
+    sheets = AnswerSheets.checked(answers, None, None)
+    assert sheets is not None
+    sheets.begin({"memory": str(tmp_path / "memory"), "k": 10})
+    sheets.add([answer(0), answer(1)])  # then the run is stopped: no finish
+    with pytest.raises(typer.BadParameter, match="holds 2 answers of a run that did not finish"):
+        AnswerSheets.checked(answers, None, None)
+    assert [r["path"] for r in read_rows(answers)] == ["/photos/IMG_0000.JPG", "/photos/IMG_0001.JPG"]
+    resumed = AnswerSheets.checked(answers, None, None, resume=True)
+    assert resumed is not None
+    resumed.begin({"memory": str(tmp_path / "memory"), "k": 10})
+    resumed.add([answer(2)])
+    resumed.finish()
+    AnswerSheets.checked(answers, None, None)  # a finished run's sheet: run again, it begins afresh
+    assert read_rows(answers) == []
+

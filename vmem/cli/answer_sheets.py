@@ -17,8 +17,10 @@ from retrieval.files import write_atomically
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
 REVIEW_HEADER = ("path", "label", "suggested_name", "confidence")
-# Beside the --csv sheet: the settings it was answered with, that `--resume` holds a run to
+# Beside the --csv sheet: the settings it was answered with, that `--resume` holds a run to, and whether the run
+# finished (FINISHED: false while it goes on, and after a stop or a kill)
 SETTINGS_SUFFIX = ".vmem-run.json"
+FINISHED = "finished"
 
 
 def absolute(source: str) -> str:
@@ -58,6 +60,8 @@ class AnswerSheets:
             raise typer.BadParameter("it is the file given to --csv: give the queue a file of its own",
                                      param_hint="--review-csv")
         sheets = AnswerSheets(answers and answers.expanduser(), review and review.expanduser())
+        if not resume and sheets.answers is not None:
+            sheets._refuse_unfinished()
         if resume and sheets.answers is not None and sheets.answers.is_file() and sheets.answers.stat().st_size:
             sheets.resumed = True
             sheets.done = set(_read_sheet(sheets.answers, ANSWERS_HEADER, "--csv"))
@@ -75,12 +79,36 @@ class AnswerSheets:
                     raise typer.BadParameter(f"cannot write {path} ({exc.strerror or exc})", param_hint=hint) from None
         return sheets if (answers or review) else None
 
+    @property
+    def kept(self) -> Path | None:
+        """The file the run's settings are kept in, beside the --csv sheet."""
+        return self.answers and self.answers.with_name(self.answers.name + SETTINGS_SUFFIX)
+
+    def _refuse_unfinished(self) -> None:
+        """BadParameter where the --csv sheet holds answers of a run that did not finish: a run begun afresh empties
+        it, and a user who left out --resume after hours of a run stopped had lost them. A finished run's sheet
+        (or a sheet without our settings beside it) is written afresh, as before."""
+        assert self.answers is not None and self.kept is not None
+        try:
+            if json.loads(self.kept.read_text(encoding="utf-8")).get(FINISHED, True):
+                return
+            with self.answers.open(newline="", encoding="utf-8-sig") as f:
+                answered = sum(1 for row in csv.reader(f) if row) - 1
+        except (OSError, ValueError, AttributeError, csv.Error):  # none, or not ours to judge: as before
+            return
+        if answered > 0:
+            raise typer.BadParameter(
+                f"{self.answers} holds {answered:,} answer{'s' if answered != 1 else ''} of a run that did not "
+                f"finish (stopped, killed, or still going): add --resume to go on with it, classifying only the "
+                f"images it has not answered; to begin afresh, remove it (and {self.kept.name} beside it) or give "
+                "another --csv", param_hint="--csv")
+
     def begin(self, settings: dict[str, Any]) -> None:
         """Keep the run's `settings` beside the --csv sheet; resumed, refuse (BadParameter) settings other than
         those it was answered with: a sheet of answers from two memories, or two k, would read as one."""
-        if self.answers is None:
+        kept = self.kept
+        if kept is None:
             return
-        kept = self.answers.with_name(self.answers.name + SETTINGS_SUFFIX)
         wanted = json.loads(json.dumps(settings))  # as read back: tuples as lists
         if self.resumed:
             try:
@@ -96,17 +124,28 @@ class AnswerSheets:
                     f"cannot tell which settings answered {self.answers}: {kept} is not readable ({exc}); give "
                     "another --csv to begin afresh, or leave --resume out to write this one again",
                     param_hint="--resume") from None
+            then.pop(FINISHED, None)
             changed = [f"{name} {then.get(name)!r} then, {wanted.get(name)!r} now"
                        for name in sorted(set(then) | set(wanted)) if then.get(name) != wanted.get(name)]
             if changed:
                 raise typer.BadParameter(
                     f"{self.answers} was answered with other settings ({'; '.join(changed)}): resume with the "
                     "same ones, or give another --csv to begin afresh", param_hint="--resume")
-            return
+        self._keep(wanted, finished=False)
+
+    def finish(self) -> None:
+        """Note that the run finished: a run begun afresh over its sheet then needs no --resume."""
+        if self.kept is not None and self.kept.is_file():
+            self._keep(json.loads(self.kept.read_text(encoding="utf-8")), finished=True)
+
+    def _keep(self, settings: dict[str, Any], finished: bool) -> None:
+        assert self.kept is not None
         try:
-            write_atomically(kept, json.dumps(wanted, indent=1) + "\n", durable=False)
+            write_atomically(self.kept, json.dumps({**settings, FINISHED: finished}, indent=1) + "\n",
+                             durable=False)
         except OSError as exc:
-            raise typer.BadParameter(f"cannot write {kept} ({exc.strerror or exc})", param_hint="--csv") from None
+            raise typer.BadParameter(f"cannot write {self.kept} ({exc.strerror or exc})", param_hint="--csv") \
+                from None
 
     def add(self, results: list) -> None:
         """Record a part's answers: append them to the sheets."""

@@ -388,7 +388,8 @@ def classify(
         "--resume", help="with --csv: go on with a run stopped or killed: the images the --csv sheet answered "
                          "already are not classified again, and the answers of the others are added to it (and "
                          "to --review-csv's); refused where the sheet was answered with other settings (memory, "
-                         "its points, k, vote, ...). Without it, --csv begins the sheet afresh")] = False,
+                         "its points, k, vote, ...). Without it, --csv begins the sheet afresh once its run "
+                         "finished, and is refused where it holds answers of a run that did not")] = False,
 ) -> None:
     """Classify images from their nearest labelled neighbours (exit 1 when none could be classified)."""
     if template is not None and not rerank:
@@ -436,6 +437,7 @@ def classify(
                 typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
                            f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
                 if not left:
+                    sheets.finish()
                     return
                 paths = left
         results, failed = classify_in_parts(
@@ -443,6 +445,8 @@ def classify(
             rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
             exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence,
             on_part=sheets.add if sheets is not None else None)
+        if sheets is not None:  # every image answered or failed: begun afresh, its sheet needs no --resume
+            sheets.finish()
         known = set(mem.store.label_counts()) if truth_from_dirs else None
     correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
     if truth_from_dirs:
