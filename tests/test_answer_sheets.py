@@ -176,3 +176,29 @@ def test_a_finished_run_s_sheet_is_begun_afresh_and_an_unfinished_one_is_not(tmp
     AnswerSheets.checked(answers, None, None)  # a finished run's sheet: run again, it begins afresh
     assert read_rows(answers) == []
 
+
+def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_queue(tmp_path, monkeypatch):
+    from vmem.cli import answer_sheets
+
+    answers, queue = tmp_path / "answers.csv", tmp_path / "queue.csv"
+    sheets = AnswerSheets.checked(answers, queue, min_confidence=0.5)
+    assert sheets is not None
+    sheets.add([answer(0, unsure=True), answer(1)])
+    appended = answer_sheets.append_rows
+
+    def killed_after_the_first_write(path, rows):
+        appended(path, rows)
+        raise KeyboardInterrupt  # as a kill -9 there: the part's second sheet not written
+
+    monkeypatch.setattr(answer_sheets, "append_rows", killed_after_the_first_write)
+    with pytest.raises(KeyboardInterrupt):
+        sheets.add([answer(2, unsure=True), answer(3), answer(4, unsure=True)])
+    monkeypatch.setattr(answer_sheets, "append_rows", appended)
+
+    resumed = AnswerSheets.checked(answers, queue, min_confidence=0.5, resume=True)
+    assert resumed is not None
+    resumed.add([answer(i, unsure=i % 2 == 0) for i in range(5) if answer(i).source not in resumed.done])
+    # Each unsure answer queued once, as a run without a kill queues them
+    assert [r["path"] for r in read_rows(queue)] == [answer(i).source for i in (0, 2, 4)]
+    assert sorted(r["path"] for r in read_rows(answers)) == [answer(i).source for i in range(5)]
+

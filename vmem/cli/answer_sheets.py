@@ -64,9 +64,9 @@ class AnswerSheets:
             sheets._refuse_unfinished()
         if resume and sheets.answers is not None and sheets.answers.is_file() and sheets.answers.stat().st_size:
             sheets.resumed = True
-            sheets.done = set(_read_sheet(sheets.answers, ANSWERS_HEADER, "--csv"))
-            if sheets.review is not None and sheets.review.is_file():
-                _read_sheet(sheets.review, REVIEW_HEADER, "--review-csv")  # ours, and its torn row dropped
+            sheets.done = {row[0] for row in _read_sheet(sheets.answers, ANSWERS_HEADER, "--csv")}
+            if sheets.review is not None and sheets.review.is_file():  # ours, and its torn row dropped
+                _cut_unanswered_tail(sheets.review, sheets.done)
         for path, hint in ((sheets.answers, "--csv"), (sheets.review, "--review-csv")):
             if path is not None and not (sheets.resumed and path.is_file()):
                 try:  # the empty sheet: a folder missing or read-only is said now, not after an hour of embedding
@@ -158,10 +158,13 @@ class AnswerSheets:
                                 "true" if r.unsure else "false", r.unsure_reason or ""))
             if r.unsure:  # the suggestion as the label: a person corrects it, or empties it to skip the image
                 review_rows.append((path, r.label or "", r.label_name or "", confidence))
-        if self.answers is not None:
-            append_rows(self.answers, answer_rows)
+        # The queue first: a kill between the two writes leaves queued images the --csv sheet has not answered,
+        # which --resume cuts off the queue and classifies again; the other way, it left answered images out of the
+        # queue for good (--resume skips them).
         if self.review is not None:
             append_rows(self.review, review_rows)
+        if self.answers is not None:
+            append_rows(self.answers, answer_rows)
         self.answered += len(answer_rows)
         self.unsure += len(review_rows)
 
@@ -176,8 +179,8 @@ class AnswerSheets:
         return "; ".join(said)
 
 
-def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[str]:
-    """The first cells (paths) of a sheet a run wrote, for --resume; a last row a kill cut short is cut off the
+def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[list[str]]:
+    """The rows (after the header) of a sheet a run wrote, for --resume; a last row a kill cut short is cut off the
     file. BadParameter for a file that is no such sheet (nothing of it changed)."""
     try:
         data = path.read_bytes()
@@ -191,10 +194,30 @@ def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[str]:
             data = data[:data.rfind(b"\n") + 1]
             os.truncate(path, len(data))
         with io.StringIO(data.decode("utf-8-sig"), newline="") as text:
-            return [row[0] for row in list(csv.reader(text))[1:] if row]
+            return [row for row in list(csv.reader(text))[1:] if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise typer.BadParameter(f"cannot read {path} as the sheet of a run to resume ({exc})",
                                  param_hint=hint) from None
+
+
+def _cut_unanswered_tail(review: Path, answered: set[str]) -> None:
+    """Cut off the end of the --review-csv queue the rows of images the --csv sheet does not hold: a kill between
+    a part's two writes (the queue's first) left them, and the resumed run classifies them again. Only the last
+    part can be so: a row further up is left as it is (a person may have edited the queue)."""
+    rows = _read_sheet(review, REVIEW_HEADER, "--review-csv")
+    keep = len(rows)
+    while keep and rows[keep - 1][0] not in answered:
+        keep -= 1
+    if keep == len(rows):
+        return
+    data = review.read_bytes()
+    text = io.StringIO(data.decode("utf-8-sig"), newline="")
+    reader = csv.reader(text)
+    next(reader)  # the header
+    while keep:  # the rows kept (an empty line, which _read_sheet passes over, is kept with them)
+        keep -= bool(next(reader))
+    bom = len("\ufeff".encode()) if data.startswith(b"\xef\xbb\xbf") else 0
+    os.truncate(review, bom + len(text.getvalue()[:text.tell()].encode()))
 
 
 def rows_text(rows: list[tuple[str, ...]]) -> str:
