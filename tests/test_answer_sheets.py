@@ -177,6 +177,22 @@ def test_a_finished_run_s_sheet_is_begun_afresh_and_an_unfinished_one_is_not(tmp
     assert read_rows(answers) == []
 
 
+def test_a_row_a_kill_cut_short_in_a_path_s_line_break_is_cut_off(tmp_path: Path):
+    answers = tmp_path / "answers.csv"
+    sheets = AnswerSheets.checked(answers, None, None)
+    assert sheets is not None
+    sheets.begin({"k": 10})
+    in_two_lines = SimpleNamespace(**{**vars(answer(0)), "source": "/photos/day 1\nIMG_0000.JPG"})
+    sheets.add([in_two_lines])
+    with answers.open("ab") as f:  # the next part's write cut in its first path's line break
+        f.write(b'"/photos/day 1\n')
+    resumed = AnswerSheets.checked(answers, None, None, resume=True)
+    assert resumed is not None and resumed.done == {"/photos/day 1\nIMG_0000.JPG"}
+    resumed.begin({"k": 10})
+    resumed.add([answer(1)])
+    assert [r["path"] for r in read_rows(answers)] == ["/photos/day 1\nIMG_0000.JPG", "/photos/IMG_0001.JPG"]
+
+
 def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_queue(tmp_path, monkeypatch):
     from vmem.cli import answer_sheets
 

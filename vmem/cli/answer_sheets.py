@@ -190,14 +190,24 @@ def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[list[str
                 f"{path} is not a sheet vmem classify wrote (its first row is {first.strip()[:80]!r}, not "
                 f"{','.join(header)!r}): give another file, or leave --resume out to write it afresh",
                 param_hint=hint)
-        if not data.endswith(b"\n"):  # each part is one write of whole rows: a kill in it cut the last row
-            data = data[:data.rfind(b"\n") + 1]
-            os.truncate(path, len(data))
+        if (whole := _whole_rows(data)) < len(data):  # a part is one write of whole rows: a kill cut its last row
+            data = data[:whole]
+            os.truncate(path, whole)
         with io.StringIO(data.decode("utf-8-sig"), newline="") as text:
             return [row for row in list(csv.reader(text))[1:] if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise typer.BadParameter(f"cannot read {path} as the sheet of a run to resume ({exc})",
                                  param_hint=hint) from None
+
+
+def _whole_rows(data: bytes) -> int:
+    """Where the whole rows of a sheet's bytes end: after its last line break outside quotes. A path may hold a line
+    break (quoted): a kill that cut a row there, cut at the line break, left a quote open that took in the rows
+    added after it."""
+    end = len(data)
+    while end and not (data.endswith(b"\n", 0, end) and data.count(b'"', 0, end) % 2 == 0):
+        end = data.rfind(b"\n", 0, end - 1) + 1
+    return end
 
 
 def _cut_unanswered_tail(review: Path, answered: set[str]) -> None:
