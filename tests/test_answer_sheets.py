@@ -123,11 +123,16 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
     assert "are answered" in run(*command, "--resume").stderr  # nothing left: said, exit 0
 
 
-def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera_trap, tmp_path):
+def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera_trap, tmp_path, monkeypatch):
     memory, season = camera_trap
     answers = tmp_path / "answers.csv"
     some = sorted(season.glob("*/*"))[:3]
-    run("classify", *some, "--memory", memory, "--k", "10", "--csv", answers)
+    monkeypatch.chdir(memory.parent)
+    run("classify", *some, "--memory", memory.name, "--k", "10", "--csv", answers)
+    # The memory named otherwise (absolute, from another folder) is the same memory
+    monkeypatch.chdir(tmp_path)
+    out = run("classify", *some, "--memory", memory, "--k", "10", "--csv", answers, "--resume")
+    assert "3 of the 3 images are answered" in out.stderr
     out = run("classify", season, "--memory", memory, "--k", "5", "--csv", answers, "--resume", code=2)
     assert "was answered with other settings (k 10 then, 5 now)" in out.output
     assert len(read_rows(answers)) == 3  # nothing lost

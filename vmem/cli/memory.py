@@ -426,7 +426,7 @@ def classify(
         flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
         if sheets is not None:
             sheets.begin({  # what makes an answer what it is: a resumed sheet must have been answered so
-                "memory": str(mem.store.location), "points": mem.store.count(),
+                "memory": run_location(str(mem.store.location)), "points": mem.store.count(),
                 "featurizer": mem.store.meta.featurizer.model_dump(mode="json"), "k": k,
                 "vote": vote and vote.value, "alpha": alpha, "tau": tau, "dmn_stream": dmn_stream,
                 "label": sorted(label or []), "rerank": rerank, "template": template, "exact": exact,
@@ -460,6 +460,12 @@ def classify(
         typer.echo(sheets.summary(), err=True)
     if flags is not None:
         typer.echo(flags.summary(results), err=True)
+
+
+def run_location(location: str) -> str:
+    """The memory as a --csv run keeps it: a folder by its absolute path (a resume from another folder, or with
+    `-m` spelled otherwise, names the same memory so; a relative one named another memory there)."""
+    return os.path.abspath(os.path.expanduser(location)) if is_embedded_location(location) else location
 
 
 def unsure_summary(results: list, min_confidence: float, images: list[Path] | None) -> str:
