@@ -42,7 +42,7 @@ from google.genai import types
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 from retrieval.files import NoHomeError
-from retrieval.text import quoted, visible
+from retrieval.text import quoted, visible, without_secrets
 
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_path
@@ -202,12 +202,6 @@ with contextlib.suppress(ImportError):  # the SDK sends async requests through a
     _TRANSPORT = (*_TRANSPORT, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
-def _without_secrets(text: str) -> str:
-    """`text` with any URL's user and password, and its query, taken out."""
-    return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@", r"\g<scheme>", re.sub(
-        r"(://[^\s?#]*)\?[^\s#]*", r"\1", text))
-
-
 def _no_candidate(response: types.GenerateContentResponse) -> InvalidAnswerError:
     """The error for a reply with no candidate: a prompt Gemini refused says why (`promptFeedback.blockReason`, as
     Gemini names it: "SAFETY", not the SDK's "BlockedReason.SAFETY")."""
@@ -343,7 +337,7 @@ class GeminiReranker:
         """Where requests go, as said in messages: a proxy's user and password, and a query (`?key=`), left
         out, for messages reach answers and logs."""
         url = self.settings.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GOOGLE_ENDPOINT
-        return _without_secrets(url)
+        return without_secrets(url)
 
     # ------------------------------------------------------------------ public API
 
@@ -473,7 +467,7 @@ class GeminiReranker:
             log.warning("re-ranking failed unexpectedly", exc_info=True)
             self.breaker.failure(permit, type(exc).__name__)
             return fallback(UnexpectedError(
-                f"re-ranking failed unexpectedly ({type(exc).__name__}: {_without_secrets(str(exc))})"))
+                f"re-ranking failed unexpectedly ({type(exc).__name__}: {without_secrets(str(exc))})"))
         except BaseException:  # cancelled: neither a success nor a failure of Gemini's
             self.breaker.release(permit)
             raise
@@ -667,7 +661,7 @@ class GeminiReranker:
         except _TRANSPORT as exc:
             raise ConnectionFailedError(
                 f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "
-                f"({type(exc).__name__}: {_without_secrets(str(exc))})") from exc
+                f"({type(exc).__name__}: {without_secrets(str(exc))})") from exc
         except genai_errors.UnknownApiResponseError as exc:
             raise InvalidAnswerError("Gemini's reply could not be parsed (not valid JSON)") from exc
         except json.JSONDecodeError as exc:

@@ -89,6 +89,13 @@ def visible_json(value: object) -> str:
                    else c for i, c in enumerate(text))
 
 
+def without_secrets(text: str) -> str:
+    """`text` with any URL's user and password, and its query (`?key=`, `?api_key=`), taken out: for what is
+    shown or written down (a message, a log, a file beside a run) of a URL that may hold them."""
+    return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@", r"\g<scheme>", re.sub(
+        r"(://[^\s?#]*)\?[^\s#]*", r"\1", text))
+
+
 # What follows the backslash of an escape `visible` writes (unicode_escape's, for the characters it escapes)
 _ESCAPE_TAIL = re.compile(r"[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}")
 

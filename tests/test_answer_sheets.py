@@ -223,3 +223,21 @@ def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_q
     assert [r["path"] for r in read_rows(queue)] == [answer(i).source for i in (0, 2, 4)]
     assert sorted(r["path"] for r in read_rows(answers)) == [answer(i).source for i in range(5)]
 
+
+
+def test_a_server_s_credentials_are_not_kept_beside_the_sheet(tmp_path: Path):
+    answers = tmp_path / "answers.csv"
+    url = "https://reader:hunter2@qdrant.example.com:6333/?api_key=s3cret"
+    sheets = AnswerSheets.checked(answers, None, None)
+    assert sheets is not None
+    sheets.begin({"memory": url, "k": 10})
+    kept = answers.with_name("answers.csv.vmem-run.json").read_text(encoding="utf-8")
+    assert "hunter2" not in kept and "s3cret" not in kept
+    assert json.loads(kept)["memory"] == "https://qdrant.example.com:6333/"
+    sheets.add([answer(0)])
+    resumed = AnswerSheets.checked(answers, None, None, resume=True)
+    assert resumed is not None
+    with pytest.raises(typer.BadParameter) as refused:  # nor said when a resume is refused
+        resumed.begin({"memory": url.replace("hunter2", "other"), "k": 5})
+    assert "k 10 then, 5 now" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert "memory" not in str(refused.value)  # another password for the same server is the same memory

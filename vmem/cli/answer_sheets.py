@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from retrieval.files import write_atomically
+from retrieval.text import without_secrets
 
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
@@ -110,6 +111,8 @@ class AnswerSheets:
         if kept is None:
             return
         wanted = json.loads(json.dumps(settings))  # as read back: tuples as lists
+        if isinstance(wanted.get("memory"), str):  # a server's URL may hold a user, password or api_key: not kept
+            wanted["memory"] = without_secrets(wanted["memory"])
         if self.resumed:
             try:
                 then = json.loads(kept.read_text(encoding="utf-8"))
