@@ -90,6 +90,8 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
     while proc.poll() is None and (not answers.exists() or len(answers.read_bytes().splitlines()) < 1 + 4 + 8):
         # until two parts are answered
         time.sleep(0.05)
+    # Meanwhile, another run given the sheet (which --wait would have had answer the same images again) is refused
+    assert "another vmem classify is writing" in run(*command, "--resume", code=2).output
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -170,6 +172,7 @@ def test_a_finished_run_s_sheet_is_begun_afresh_and_an_unfinished_one_is_not(tmp
     assert sheets is not None
     sheets.begin({"memory": str(tmp_path / "memory"), "k": 10})
     sheets.add([answer(0), answer(1)])  # then the run is stopped: no finish
+    sheets.close()  # as its process ends
     with pytest.raises(typer.BadParameter, match="holds 2 answers of a run that did not finish"):
         AnswerSheets.checked(answers, None, None)
     assert [r["path"] for r in read_rows(answers)] == ["/photos/IMG_0000.JPG", "/photos/IMG_0001.JPG"]
@@ -178,6 +181,7 @@ def test_a_finished_run_s_sheet_is_begun_afresh_and_an_unfinished_one_is_not(tmp
     resumed.begin({"memory": str(tmp_path / "memory"), "k": 10})
     resumed.add([answer(2)])
     resumed.finish()
+    resumed.close()
     AnswerSheets.checked(answers, None, None)  # a finished run's sheet: run again, it begins afresh
     assert read_rows(answers) == []
 
@@ -189,6 +193,7 @@ def test_a_row_a_kill_cut_short_in_a_path_s_line_break_is_cut_off(tmp_path: Path
     sheets.begin({"k": 10})
     in_two_lines = SimpleNamespace(**{**vars(answer(0)), "source": "/photos/day 1\nIMG_0000.JPG"})
     sheets.add([in_two_lines])
+    sheets.close()
     with answers.open("ab") as f:  # the next part's write cut in its first path's line break
         f.write(b'"/photos/day 1\n')
     resumed = AnswerSheets.checked(answers, None, None, resume=True)
@@ -214,6 +219,7 @@ def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_q
     monkeypatch.setattr(answer_sheets, "append_rows", killed_after_the_first_write)
     with pytest.raises(KeyboardInterrupt):
         sheets.add([answer(2, unsure=True), answer(3), answer(4, unsure=True)])
+    sheets.close()  # its process ends
     monkeypatch.setattr(answer_sheets, "append_rows", appended)
 
     resumed = AnswerSheets.checked(answers, queue, min_confidence=0.5, resume=True)
@@ -235,9 +241,26 @@ def test_a_server_s_credentials_are_not_kept_beside_the_sheet(tmp_path: Path):
     assert "hunter2" not in kept and "s3cret" not in kept
     assert json.loads(kept)["memory"] == "https://qdrant.example.com:6333/"
     sheets.add([answer(0)])
+    sheets.close()
     resumed = AnswerSheets.checked(answers, None, None, resume=True)
     assert resumed is not None
     with pytest.raises(typer.BadParameter) as refused:  # nor said when a resume is refused
         resumed.begin({"memory": url.replace("hunter2", "other"), "k": 5})
     assert "k 10 then, 5 now" in str(refused.value) and "hunter2" not in str(refused.value)
     assert "memory" not in str(refused.value)  # another password for the same server is the same memory
+
+
+def test_a_second_run_given_a_sheet_another_run_writes_is_refused(tmp_path: Path):
+    answers = tmp_path / "answers.csv"
+    first = AnswerSheets.checked(answers, None, None)
+    assert first is not None
+    first.begin({"k": 10})
+    for resume in (False, True):  # begun afresh, it had emptied the sheet under the first; resumed, answered its
+        with pytest.raises(typer.BadParameter, match="another vmem classify is writing"):  # images again
+            AnswerSheets.checked(answers, None, None, resume=resume)
+    first.add([answer(0)])
+    first.finish()
+    first.close()  # the first run ends
+    again = AnswerSheets.checked(answers, None, None)
+    assert again is not None
+    again.close()

@@ -4,6 +4,7 @@ person to correct and give back to `vmem build`."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -43,6 +44,7 @@ class AnswerSheets:
         self.answered = self.unsure = 0  # counts, not rows: a run's memory does not grow with its sheets
         self.done: set[str] = set()  # with --resume: the paths the --csv sheet answered already
         self.resumed = False
+        self._held: int | None = None  # the --csv sheet's descriptor, flock-ed for the run (`hold`)
 
     @staticmethod
     def checked(answers: Path | None, review: Path | None, min_confidence: float | None,
@@ -61,24 +63,64 @@ class AnswerSheets:
             raise typer.BadParameter("it is the file given to --csv: give the queue a file of its own",
                                      param_hint="--review-csv")
         sheets = AnswerSheets(answers and answers.expanduser(), review and review.expanduser())
-        if not resume and sheets.answers is not None:
-            sheets._refuse_unfinished()
-        if resume and sheets.answers is not None and sheets.answers.is_file() and sheets.answers.stat().st_size:
-            sheets.resumed = True
-            sheets.done = {row[0] for row in _read_sheet(sheets.answers, ANSWERS_HEADER, "--csv")}
-            if sheets.review is not None and sheets.review.is_file():  # ours, and its torn row dropped
-                _cut_unanswered_tail(sheets.review, sheets.done)
-        for path, hint in ((sheets.answers, "--csv"), (sheets.review, "--review-csv")):
-            if path is not None and not (sheets.resumed and path.is_file()):
-                try:  # the empty sheet: a folder missing or read-only is said now, not after an hour of embedding
-                    # With a byte-order mark: Excel reads the file as UTF-8 only so (a non-ASCII path came out
-                    # garbled, and was saved back so), and vmem build, eval and utf-8-sig read it as the header's
-                    # first character.
-                    write_atomically(path, "\ufeff" + rows_text([ANSWERS_HEADER if hint == "--csv" else
-                                                                  REVIEW_HEADER]), durable=False)
-                except OSError as exc:
-                    raise typer.BadParameter(f"cannot write {path} ({exc.strerror or exc})", param_hint=hint) from None
+        try:
+            if sheets.answers is not None and sheets.answers.is_file():
+                sheets._take(sheets.answers)  # before reading or emptying it: another run may be writing it now
+                if not resume:
+                    sheets._refuse_unfinished()
+            if resume and sheets.answers is not None and sheets.answers.is_file() and sheets.answers.stat().st_size:
+                sheets.resumed = True
+                sheets.done = {row[0] for row in _read_sheet(sheets.answers, ANSWERS_HEADER, "--csv")}
+                if sheets.review is not None and sheets.review.is_file():  # ours, and its torn row dropped
+                    _cut_unanswered_tail(sheets.review, sheets.done)
+            for path, hint in ((sheets.answers, "--csv"), (sheets.review, "--review-csv")):
+                if path is not None and not (sheets.resumed and path.is_file()):
+                    try:  # the empty sheet: a folder missing or read-only is said now, not after an hour of embedding
+                        # With a byte-order mark: Excel reads the file as UTF-8 only so (a non-ASCII path came out
+                        # garbled, and was saved back so), and vmem build, eval and utf-8-sig read it as the header's
+                        # first character.
+                        write_atomically(path, "\ufeff" + rows_text([ANSWERS_HEADER if hint == "--csv" else
+                                                                      REVIEW_HEADER]), durable=False)
+                    except OSError as exc:
+                        raise typer.BadParameter(f"cannot write {path} ({exc.strerror or exc})",
+                                                 param_hint=hint) from None
+            if sheets.answers is not None and not sheets.resumed:  # begun afresh: a new file, taken in its turn
+                sheets._take(sheets.answers)
+        except BaseException:  # refused: the sheet let go of (a test or a notebook runs on)
+            sheets.close()
+            raise
         return sheets if (answers or review) else None
+
+    def _take(self, path: Path) -> None:
+        """Hold the --csv sheet for this run (flock, let go by `close` or as the process ends): a second run given
+        it while this one goes on, resumed or not, is refused; it would answer the same images again into it, or
+        empty it under this one. (An embedded memory held by the first refused the second, but `--wait` had it
+        read the sheet first and answer again all the first answered meanwhile; a server's memory is shared.)"""
+        self.close()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {path} ({exc.strerror or exc})", param_hint="--csv") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise typer.BadParameter(
+                f"another vmem classify is writing {path} now: let it finish (or stop it, then go on with it with "
+                "--resume), or give this run another --csv", param_hint="--csv") from None
+        self._held = fd
+
+    def close(self) -> None:
+        """Let go of the --csv sheet (`_take`)."""
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+
+    def __enter__(self) -> AnswerSheets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def kept(self) -> Path | None:

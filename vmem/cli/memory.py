@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -407,59 +408,62 @@ def classify(
     from .answer_sheets import AnswerSheets, absolute  # here: a command imports only its own modules
 
     sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence, resume)
-    if answer_log is not None:  # asked to log, it does not answer unlogged (a service goes on: it serves others)
-        try:
-            with open(answer_log.expanduser(), "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise typer.BadParameter(f"cannot write {answer_log} ({exc.strerror or exc})",
-                                     param_hint="--answer-log") from None
-    mem = open_memory(memory, qdrant_url, wait=wait)
-    if answer_log is not None:
-        mem.answer_log = AnswerLog(answer_log)
-    with mem:
-        if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
-            require_points(mem)  # dmn answers from its text classifier alone only with CLIP
-        check_label_filter(mem, label or [])
-        if why_not is not None:  # before any image is embedded, with its option named
-            _check_why_not(mem, why_not, label, (vote is not None and vote.value == "dmn") or dmn_stream is not None)
-        flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
+    # The --csv sheet is this run's until it ends: another run given it is refused meanwhile (AnswerSheets.hold)
+    with sheets if sheets is not None else contextlib.nullcontext():
+        if answer_log is not None:  # asked to log, it does not answer unlogged (a service goes on: it serves others)
+            try:
+                with open(answer_log.expanduser(), "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise typer.BadParameter(f"cannot write {answer_log} ({exc.strerror or exc})",
+                                         param_hint="--answer-log") from None
+        mem = open_memory(memory, qdrant_url, wait=wait)
+        if answer_log is not None:
+            mem.answer_log = AnswerLog(answer_log)
+        with mem:
+            if vote is None or vote.value != "dmn" or mem.dmn.resolve_mode("auto") == "memory-only":
+                require_points(mem)  # dmn answers from its text classifier alone only with CLIP
+            check_label_filter(mem, label or [])
+            if why_not is not None:  # before any image is embedded, with its option named
+                _check_why_not(mem, why_not, label,
+                               (vote is not None and vote.value == "dmn") or dmn_stream is not None)
+            flags = _novelty_flags(mem, k, label, exact) if ood else None  # once, before any image is embedded
+            if sheets is not None:
+                sheets.begin({  # what makes an answer what it is: a resumed sheet must have been answered so
+                    "memory": run_location(str(mem.store.location)), "points": mem.store.count(),
+                    "featurizer": mem.store.meta.featurizer.model_dump(mode="json"), "k": k,
+                    "vote": vote and vote.value, "alpha": alpha, "tau": tau, "dmn_stream": dmn_stream,
+                    "label": sorted(label or []), "rerank": rerank, "template": template, "exact": exact,
+                    "min_confidence": min_confidence, "ood": ood,
+                    "review_csv": sheets.review and os.path.abspath(sheets.review)})
+                if sheets.resumed:
+                    left = [p for p in paths if absolute(str(p)) not in sheets.done]
+                    typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
+                               f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
+                    if not left:
+                        sheets.finish()
+                        return
+                    paths = left
+            results, failed = classify_in_parts(
+                mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
+                rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
+                exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence,
+                on_part=sheets.add if sheets is not None else None)
+            if sheets is not None:  # every image answered or failed: begun afresh, its sheet needs no --resume
+                sheets.finish()
+            known = set(mem.store.label_counts()) if truth_from_dirs else None
+        correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
+        if truth_from_dirs:
+            s = results[0].vote
+            typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
+                       f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
+                       err=json_out)
+        if min_confidence is not None:
+            typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
         if sheets is not None:
-            sheets.begin({  # what makes an answer what it is: a resumed sheet must have been answered so
-                "memory": run_location(str(mem.store.location)), "points": mem.store.count(),
-                "featurizer": mem.store.meta.featurizer.model_dump(mode="json"), "k": k,
-                "vote": vote and vote.value, "alpha": alpha, "tau": tau, "dmn_stream": dmn_stream,
-                "label": sorted(label or []), "rerank": rerank, "template": template, "exact": exact,
-                "min_confidence": min_confidence, "ood": ood,
-                "review_csv": sheets.review and os.path.abspath(sheets.review)})
-            if sheets.resumed:
-                left = [p for p in paths if absolute(str(p)) not in sheets.done]
-                typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
-                           f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
-                if not left:
-                    sheets.finish()
-                    return
-                paths = left
-        results, failed = classify_in_parts(
-            mem, paths, desc="classify", batch_size=batch_size, rerank=rerank, json_out=json_out, k=k,
-            rule=vote and vote.value, alpha=alpha, tau=tau, labels=label, template=template, dmn_stream=dmn_stream,
-            exact=exact, flags=flags, why_not=why_not, min_confidence=min_confidence,
-            on_part=sheets.add if sheets is not None else None)
-        if sheets is not None:  # every image answered or failed: begun afresh, its sheet needs no --resume
-            sheets.finish()
-        known = set(mem.store.label_counts()) if truth_from_dirs else None
-    correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
-    if truth_from_dirs:
-        s = results[0].vote
-        typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
-                   f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
-                   err=json_out)
-    if min_confidence is not None:
-        typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
-    if sheets is not None:
-        typer.echo(sheets.summary(), err=True)
-    if flags is not None:
-        typer.echo(flags.summary(results), err=True)
+            typer.echo(sheets.summary(), err=True)
+        if flags is not None:
+            typer.echo(flags.summary(results), err=True)
 
 
 def run_location(location: str) -> str:
