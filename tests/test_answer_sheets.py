@@ -228,6 +228,9 @@ def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_q
     # Each unsure answer queued once, as a run without a kill queues them
     assert [r["path"] for r in read_rows(queue)] == [answer(i).source for i in (0, 2, 4)]
     assert sorted(r["path"] for r in read_rows(answers)) == [answer(i).source for i in range(5)]
+    # Said as of the answers: those added, and the queue's in all
+    assert resumed.summary().startswith(f"3 answers added to {answers} (5 in all); 2 unsure ones to {queue} (3 in "
+                                        "all) for a person to check")
 
 
 

@@ -43,6 +43,7 @@ class AnswerSheets:
         self.answers, self.review = answers, review
         self.answered = self.unsure = 0  # counts, not rows: a run's memory does not grow with its sheets
         self.done: set[str] = set()  # with --resume: the paths the --csv sheet answered already
+        self.queued = 0  # with --resume: the rows the --review-csv queue held already
         self.resumed = False
         self._held: int | None = None  # the --csv sheet's descriptor, flock-ed for the run (`hold`)
 
@@ -72,7 +73,7 @@ class AnswerSheets:
                 sheets.resumed = True
                 sheets.done = {row[0] for row in _read_sheet(sheets.answers, ANSWERS_HEADER, "--csv")}
                 if sheets.review is not None and sheets.review.is_file():  # ours, and its torn row dropped
-                    _cut_unanswered_tail(sheets.review, sheets.done)
+                    sheets.queued = _cut_unanswered_tail(sheets.review, sheets.done)
             for path, hint in ((sheets.answers, "--csv"), (sheets.review, "--review-csv")):
                 if path is not None and not (sheets.resumed and path.is_file()):
                     try:  # the empty sheet: a folder missing or read-only is said now, not after an hour of embedding
@@ -219,8 +220,9 @@ class AnswerSheets:
         written, before = ("added", f" ({n + len(self.done):,} in all)") if self.resumed else ("written", "")
         said = [f"{n:,} answer{'s' if n != 1 else ''} {written} to {self.answers}{before}"] if self.answers else []
         if self.review is not None:
-            said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {self.review} for a person to check: correct a "
-                        f"label or empty it to skip the image, then `vmem build {self.review}` adds them")
+            queued = f" ({m + self.queued:,} in all)" if self.resumed else ""
+            said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {self.review}{queued} for a person to check: "
+                        f"correct a label or empty it to skip the image, then `vmem build {self.review}` adds them")
         return "; ".join(said)
 
 
@@ -255,16 +257,18 @@ def _whole_rows(data: bytes) -> int:
     return end
 
 
-def _cut_unanswered_tail(review: Path, answered: set[str]) -> None:
+def _cut_unanswered_tail(review: Path, answered: set[str]) -> int:
     """Cut off the end of the --review-csv queue the rows of images the --csv sheet does not hold: a kill between
     a part's two writes (the queue's first) left them, and the resumed run classifies them again. Only the last
-    part can be so: a row further up is left as it is (a person may have edited the queue)."""
+    part can be so: a row further up is left as it is (a person may have edited the queue). Returns the rows
+    kept."""
     rows = _read_sheet(review, REVIEW_HEADER, "--review-csv")
     keep = len(rows)
     while keep and rows[keep - 1][0] not in answered:
         keep -= 1
     if keep == len(rows):
-        return
+        return keep
+    kept = keep
     data = review.read_bytes()
     text = io.StringIO(data.decode("utf-8-sig"), newline="")
     reader = csv.reader(text)
@@ -273,6 +277,7 @@ def _cut_unanswered_tail(review: Path, answered: set[str]) -> None:
         keep -= bool(next(reader))
     bom = len("\ufeff".encode()) if data.startswith(b"\xef\xbb\xbf") else 0
     os.truncate(review, bom + len(text.getvalue()[:text.tell()].encode()))
+    return kept
 
 
 def rows_text(rows: list[tuple[str, ...]]) -> str:
