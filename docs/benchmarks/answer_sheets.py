@@ -79,6 +79,7 @@ def one_run(kind: str, results: list, folder: Path) -> tuple[float, int, int]:
     assert sheets is not None
     for part in growing_parts(results, first=64, largest=CLASSIFY_PART_MAX):
         sheets.add(part)
+    sheets.close()  # as the run ends: the --csv sheet let go of
     return time.perf_counter() - start, wchar() - written, answers_csv.stat().st_size + queue_csv.stat().st_size
 
 
