@@ -153,6 +153,21 @@ def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera
     assert other.read_bytes() == b"name,score\r\na,1\r\n"
 
 
+def test_a_resume_with_only_failed_images_left_ends_as_the_whole_run_would(camera_trap, tmp_path):
+    memory, season = camera_trap
+    folder = tmp_path / "card"
+    folder.mkdir()
+    for image in sorted(season.glob("*/*"))[:2]:
+        (folder / image.name).symlink_to(image)
+    (folder / "IMG_0003.JPG").write_bytes(b"a card's torn file")
+    answers = tmp_path / "answers.csv"
+    command = ["classify", folder, "--memory", memory, "--k", "10", "--min-confidence", "0.6", "--csv", answers]
+    run(*command)  # 2 answered, 1 skipped: exit 0
+    out = run(*command, "--resume")  # only the one that failed is left, and fails again: not exit 1
+    assert "none of the 1 image left could be classified (skipped, above); 0 answers added to" in out.stderr
+    assert "(2 in all)" in out.stderr and "no image could be classified" not in out.stderr
+
+
 def test_a_long_run_keeps_of_each_answer_only_what_its_summaries_read(camera_trap):
     memory, season = camera_trap
     with VisualMemory.open(memory) as mem, redirect_stdout(io.StringIO()) as printed:

@@ -452,6 +452,12 @@ def classify(
             if sheets is not None:  # every image answered or failed: begun afresh, its sheet needs no --resume
                 sheets.finish()
             known = set(mem.store.label_counts()) if truth_from_dirs else None
+        if sheets is not None and sheets.resumed and not results and failed:
+            # Only images that failed before were left: the run as a whole did classify (exit 0, as one run of the
+            # same images does), and "no image could be classified: give image files" would misread it
+            typer.echo(f"none of the {len(failed):,} image{'s' if len(failed) != 1 else ''} left could be classified "
+                       f"(skipped, above); {sheets.summary()}", err=True)
+            return
         correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
         if truth_from_dirs:
             s = results[0].vote
