@@ -50,6 +50,8 @@ JOURNAL_FILE = "journal.jsonl"
 PENDING_DIR = "journal.pending"
 # Beside an add's note: a line per point it is about to write, `["id", "label"]`, appended batch by batch.
 ADDS_SUFFIX = ".adds"
+# In an add's entries' detail: its note's token, so that settling the note counts that add's own entries alone
+ADD_NOTE_KEY = "note"
 _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read without parsing the rest
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
@@ -219,6 +221,11 @@ def entries_for(op: JournalOp, ids: Sequence[str] = (), at: str | None = None, *
             for i, start in enumerate(range(0, len(ids), IDS_PER_ENTRY))]
 
 
+def add_note_detail(note: PendingEdit | None) -> dict[str, str]:
+    """What an add's entry adds to its detail: the add's note (`ADD_NOTE_KEY`), where it has one."""
+    return {ADD_NOTE_KEY: note.token} if note is not None else {}
+
+
 def label_counts(labels: Mapping[str, str] | Sequence[str]) -> dict[str, int]:
     """Points per label, most first, from labels (or {id: label})."""
     values = labels.values() if isinstance(labels, Mapping) else labels
@@ -280,8 +287,9 @@ class Journal(ABC):
         if note.op == "add":  # `before`: the points it listed (`noted_adds`); those held and counted by no entry of it
             counts = Counter(note.before[pid] for pid in note.before if pid in labels_now) - self._journaled_adds(note)
             if counts:
-                fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
-                          if at_open else note.fields)
+                # Naming its note as the add's own entries do: an opening killed before the note went counts it then
+                fields = {**note.fields, "detail": {**note.fields.get("detail", {}), **add_note_detail(note),
+                                                    **({"journaled_at_open": now()} if at_open else {})}}
                 self.append(entries_for("add", at=note.begun if at_open else None, host=note.host, pid=note.pid,
                                         points=sum(counts.values()), labels=most_first(counts), **fields))
             self.settled(note)
@@ -326,7 +334,7 @@ class Journal(ABC):
         return dict(note.before)
 
     def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
-        """Points per label that entries of the noted add's process, written since it began, journaled added."""
+        """Points per label that the noted add's own entries (those naming its note, `add_note_detail`) journaled."""
         return Counter()
 
     def _changed_by_others_since(self, note: PendingEdit) -> set[str]:
@@ -455,17 +463,18 @@ class FileJournal(Journal):
         return listed
 
     def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
+        # Only the add's own entries, which name its note (`ADD_NOTE_KEY`): by process and kind, the entry of a later
+        # add of the same label (a service going on after this one's entry could not be written) or of a second
+        # import of the same file counted as this one's, and its points were never journaled
         counts: Counter[str] = Counter()
         if not self.path.exists():
             return counts
-        pid = f'"pid":{note.pid}'
         with open(self.path, encoding="utf-8", errors="replace") as f:
             f.seek(min(note.journal_size, self.path.stat().st_size))
             for line in f:
-                if (line.endswith("\n") and '"op":"add"' in line and pid in line and (e := _parsed(line)) is not None
-                        and (e.op, e.host, e.pid) == ("add", note.host, note.pid) and e.at >= note.begun
-                        and _add_kind(e.selector, e.detail) == _add_kind(note.fields.get("selector", {}),
-                                                                         note.fields.get("detail", {}))):
+                if (line.endswith("\n") and note.token in line and (e := _parsed(line)) is not None
+                        and (e.op, e.host, e.pid) == ("add", note.host, note.pid)
+                        and e.detail.get(ADD_NOTE_KEY) == note.token):
                     counts.update(e.labels)
         return counts
 
@@ -617,13 +626,6 @@ def _whole_object(data: bytes) -> bool:
         return isinstance(json.loads(data), dict)
     except ValueError:
         return False
-
-
-def _add_kind(selector: Mapping[str, Any], detail: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Which add an entry (a note) is of, within its process: a service imports a file in one thread while another
-    adds images, and the entries of one must not count as the other's (`FileJournal._journaled_adds`)."""
-    kind = "build" if "build" in detail else ("import", detail["import"].get("sha256")) if "import" in detail else None
-    return tuple(sorted((str(k), str(v)) for k, v in selector.items())), kind
 
 
 def _last_time(path: Path) -> str | None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
 from retrieval.journal import PENDING_DIR, FileJournal, JournalQuery, most_first
-from tests.conftest import REPO, random_unit_vectors
+from tests.conftest import REPO, make_image, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
 
@@ -391,3 +391,44 @@ def test_the_entries_of_another_add_of_the_same_process_do_not_count_as_a_killed
     listed = note.model_copy(update={"before": journal.noted_adds(note)})
     assert journal.settle(listed, {cat: "cat"}, {}) == 1
     assert [(e.points, e.selector) for e in journal.read()] == [(1, {}), (1, {"import": "points.npz"})]  # by time
+
+
+def test_an_add_whose_entry_could_not_be_written_is_journaled_though_the_process_added_more(tmp_path, encoder):
+    # A served memory: the journal could not be written for one add (a full disk, briefly), so its note stayed for the
+    # next opening; the service went on adding, and a later add of the same label was journaled. That later entry,
+    # of the same process and kind, was counted as the first add's own: the first cat was never journaled.
+    with VisualMemory.open(tmp_path / "memory", encoder, create=True, reranker=None) as mem:
+        append = mem.store.journal.append
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        mem.store.journal.append = full  # type: ignore[method-assign]
+        mem.add([make_image((200, 30, 30))], "cat")
+        mem.store.journal.append = append  # type: ignore[method-assign]
+        mem.add([make_image((30, 200, 30))], "cat")
+        assert [e.points for e in mem.history(op="add")] == [1]  # the second add's; the first's note is kept
+    with VisualMemory.open(tmp_path / "memory", reranker=None) as mem:
+        assert mem.store.label_counts() == {"cat": 2}
+        assert sum(e.points for e in mem.history(op="add")) == 2
+        assert sum("journaled_at_open" in e.detail for e in mem.history(op="add")) == 1
+    assert not any((tmp_path / "memory" / PENDING_DIR).iterdir())
+
+
+def test_an_add_settled_at_an_opening_killed_before_its_note_went_is_journaled_once(tmp_path):
+    # The opening journals a killed add's points, and is itself killed before the note is removed: the next opening
+    # finds the note again, and must count the entry the first one wrote as the add's own.
+    journal = FileJournal(tmp_path / "journal.jsonl")
+    note = journal.intend("add", {}, detail={})
+    assert note is not None
+    cat = str(uuid.uuid4())
+    journal.note_adds(note, [cat], ["cat"])
+    listed = note.model_copy(update={"before": journal.noted_adds(note)})
+    settled = journal.settled
+    journal.settled = lambda note: None  # type: ignore[method-assign]  # killed before the note went
+    assert journal.settle(listed, {cat: "cat"}, {}) == 1
+    journal.settled = settled  # type: ignore[method-assign]
+    [again] = journal.pending()
+    assert journal.settle(again.model_copy(update={"before": journal.noted_adds(again)}), {cat: "cat"}, {}) == 0
+    assert [(e.points, e.labels) for e in journal.read()] == [(1, {"cat": 1})]
+    assert journal.pending() == []

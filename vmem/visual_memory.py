@@ -67,6 +67,7 @@ from retrieval.journal import (
     JournalQuery,
     NotedOp,
     PendingEdit,
+    add_note_detail,
     label_counts,
     most_first,
     now,
@@ -1198,7 +1199,8 @@ class VisualMemory:
                 all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
                                                selector=selector, detail={
                     "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
-                              "failed": len(report.failed), **more}, **({"tags": tags} if tags else {})})
+                              "failed": len(report.failed), **more}, **({"tags": tags} if tags else {}),
+                    **add_note_detail(note)})
                 journaled.update(report.added_per_label)
 
         def batch_done(n: int) -> None:
@@ -1382,7 +1384,7 @@ class VisualMemory:
                     # neither
                     if self._journal("add", points=len(added),
                                      labels=label_counts([ok_labels[new[r]] for r in new_rows]),
-                                     detail={"tags": tags} if tags else {}):
+                                     detail={**({"tags": tags} if tags else {}), **add_note_detail(note)}):
                         self.store.journal.settled(note)
         if added:
             self._name_imagenet_classes(new_classes)
@@ -2636,7 +2638,7 @@ class VisualMemory:
                 all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
                                                selector=selector, detail={"import": {
                     **file_detail, "chosen": report.chosen, "already_in_memory": report.already_in_memory,
-                    "skipped": sum(report.skipped.values()), **more}})
+                    "skipped": sum(report.skipped.values()), **more}, **add_note_detail(note)})
                 journaled.update(report.added_per_label)
 
         # Noted before its first point, as a build is (`build`): a kill before the entry is journaled at the next
