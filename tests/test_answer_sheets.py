@@ -143,7 +143,8 @@ def test_resume_holds_the_run_to_the_settings_its_sheet_was_answered_with(camera
     # A sheet a vmem before --resume wrote (4f6c9ae: no settings beside it), resumed after an upgrade
     answers.with_name("answers.csv.vmem-run.json").unlink()
     out = run("classify", season, "--memory", memory, "--k", "10", "--csv", answers, "--resume", code=2)
-    assert "no answers.csv.vmem-run.json beside it, as a vmem before --resume (4f6c9ae and older) wrote" in \
+    assert "no answers.csv.vmem-run.json beside it (`vmem dmn classify`, and a vmem before --resume (4f6c9ae and " \
+           "older), write sheets without one" in \
         " ".join(out.output.replace("│", "").split())
     assert len(read_rows(answers)) == 3
     other = tmp_path / "other.csv"
@@ -282,3 +283,18 @@ def test_a_second_run_given_a_sheet_another_run_writes_is_refused(tmp_path: Path
     again = AnswerSheets.checked(answers, None, None)
     assert again is not None
     again.close()
+
+
+def test_a_sheet_another_command_wrote_again_is_not_resumed_as_the_run_before_it(camera_trap, tmp_path):
+    # vmem dmn classify writes the same sheets as vmem classify and keeps no settings beside them: the settings of
+    # the vmem classify run that had written the sheet before stayed, and `vmem classify --resume` took the dmn
+    # rule's answers as its own, classifying only the images they left out.
+    memory, season = camera_trap
+    answers = tmp_path / "answers.csv"
+    some = sorted(season.glob("*/*"))[:3]
+    run("classify", *some, "--memory", memory, "--k", "10", "--csv", answers)
+    run("dmn", "classify", *some, "--memory", memory, "--mode", "memory-only", "--csv", answers)
+    out = run("classify", *some, "--memory", memory, "--k", "10", "--csv", answers, "--resume", code=2)
+    said = " ".join(out.output.replace("│", "").split())  # a rich box, wrapped where the terminal is narrow
+    assert "cannot tell which settings answered" in said and "vmem dmn classify" in said
+    assert len(read_rows(answers)) == 3  # nothing lost

@@ -87,6 +87,9 @@ class AnswerSheets:
                                                  param_hint=hint) from None
             if sheets.answers is not None and not sheets.resumed:  # begun afresh: a new file, taken in its turn
                 sheets._take(sheets.answers)
+                # The settings of the run that wrote the sheet before are no longer its. Left, a sheet vmem dmn
+                # classify wrote again (it keeps none: `begin`) was resumed by vmem classify as its own.
+                sheets.answers.with_name(sheets.answers.name + SETTINGS_SUFFIX).unlink(missing_ok=True)
         except BaseException:  # refused: the sheet let go of (a test or a notebook runs on)
             sheets.close()
             raise
@@ -161,9 +164,10 @@ class AnswerSheets:
                 then = json.loads(kept.read_text(encoding="utf-8"))
             except FileNotFoundError:  # a sheet of a vmem before --resume (4f6c9ae and older) keeps none
                 raise typer.BadParameter(
-                    f"cannot tell which settings answered {self.answers}: no {kept.name} beside it, as a vmem "
-                    "before --resume (4f6c9ae and older) wrote sheets, or it was removed. Give another --csv to "
-                    "begin afresh (this sheet is left as it is), or leave --resume out to write this one again",
+                    f"cannot tell which settings answered {self.answers}: no {kept.name} beside it (`vmem dmn "
+                    "classify`, and a vmem before --resume (4f6c9ae and older), write sheets without one; or it was "
+                    "removed). Give another --csv to begin afresh (this sheet is left as it is), or leave --resume "
+                    "out to write this one again",
                     param_hint="--resume") from None
             except (OSError, ValueError) as exc:
                 raise typer.BadParameter(

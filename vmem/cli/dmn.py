@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from enum import StrEnum
@@ -85,36 +86,39 @@ def classify(
         raise typer.BadParameter("no images found", param_hint="IMAGES")
     # Before any image is embedded, as vmem classify checks them: a folder that cannot be written is said now.
     sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence)
-    try:
-        opts = DmnOptions(mode=mode.value, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic,
-                          alpha_static=alpha_static, static_k=static_k, static_cap=static_cap, update=update,
-                          classes_file=str(classes_file) if classes_file else None)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    mem = open_memory(memory, qdrant_url, wait=wait)
-    with mem:
+    # Held (the --csv sheet's flock) for the run, and let go at its end: in one process (a test, a notebook)
+    # a second run given the sheet was refused as if another were writing it.
+    with sheets if sheets is not None else contextlib.nullcontext():
         try:
-            if mem.dmn.resolve_mode(opts.mode) == "memory-only":  # no text classifier to answer from: points only
-                require_points(mem)
-        except ValueError as exc:  # zero-shot or few-shot of a memory without CLIP
-            raise typer.BadParameter(str(exc), param_hint="--mode") from exc
-        check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
-        # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
-        results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
-                                            json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts, labels=label,
-                                            min_confidence=min_confidence,
-                                            on_part=sheets.add if sheets is not None else None)
-        known = set(mem.store.label_counts()) if truth_from_dirs else None
-    correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
-    if truth_from_dirs:
-        d = results[0].dmn
-        typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
-                   f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",
-                   err=json_out)
-    if min_confidence is not None:
-        typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
-    if sheets is not None:
-        typer.echo(sheets.summary(), err=True)
+            opts = DmnOptions(mode=mode.value, alpha_text=alpha_text, alpha_dynamic=alpha_dynamic,
+                              alpha_static=alpha_static, static_k=static_k, static_cap=static_cap, update=update,
+                              classes_file=str(classes_file) if classes_file else None)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        mem = open_memory(memory, qdrant_url, wait=wait)
+        with mem:
+            try:
+                if mem.dmn.resolve_mode(opts.mode) == "memory-only":  # no text classifier to answer from: points only
+                    require_points(mem)
+            except ValueError as exc:  # zero-shot or few-shot of a memory without CLIP
+                raise typer.BadParameter(str(exc), param_hint="--mode") from exc
+            check_label_filter(mem, label or [])  # as vmem classify --vote dmn: an empty answer for every image
+            # Printed part by part, in order, as vmem classify prints (a stream's images are a sequence either way).
+            results, failed = classify_in_parts(mem, paths, desc="dmn", batch_size=batch_size, rerank=False,
+                                                json_out=json_out, rule="dmn", dmn_stream=stream, dmn=opts,
+                                                labels=label, min_confidence=min_confidence,
+                                                on_part=sheets.add if sheets is not None else None)
+            known = set(mem.store.label_counts()) if truth_from_dirs else None
+        correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
+        if truth_from_dirs:
+            d = results[0].dmn
+            typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
+                       f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",
+                       err=json_out)
+        if min_confidence is not None:
+            typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
+        if sheets is not None:
+            typer.echo(sheets.summary(), err=True)
 
 
 @app.command()
