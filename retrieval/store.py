@@ -810,6 +810,11 @@ class MemoryStore(ABC):
     @abstractmethod
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
 
+    @property
+    def journal_in_read_only_copy(self) -> bool:
+        """Whether this memory is a read-only service's private copy (`open_read_only`), journal and notes too."""
+        return False
+
     def settle_journal(self) -> int:
         """Journal the adds, forgets, relabels, namings, erasures, prunings, tunes and changes of search settings
         that a process killed before their entries made (`Journal.settle`: their notes, and what the points or names
@@ -822,8 +827,12 @@ class MemoryStore(ABC):
                 if made := self.settle_note(note):
                     what = {"erase": "an erase", "tune": "a tune", "settings": "a change of search settings",
                             "add": f"an add of {made} points"}.get(note.op, f"a {note.op} of {made} points or names")
-                    log.warning("journaled %s that process %d on %s made at %s and was stopped before journaling",
-                                what, note.pid, note.host, note.begun)
+                    # A read-only service settles its private copy (`open_read_only`): the memory's own journal is
+                    # untouched, and said so, or "journaled" read as done for good
+                    where = (" (in this read-only copy only: the memory's own journal records it at its next opening "
+                             "for edits)" if self.journal_in_read_only_copy else "")
+                    log.warning("journaled %s that process %d on %s made at %s and was stopped before journaling%s",
+                                what, note.pid, note.host, note.begun, where)
                 n += made
         except OSError as exc:
             log.error("the memory's journal could not record the edits a stopped process left unjournaled "
@@ -1988,6 +1997,11 @@ class EdgeMemoryStore(MemoryStore):
             self._count_unindexed()
 
     erases_on_demand = True
+
+    @property
+    def journal_in_read_only_copy(self) -> bool:
+        # Settled as it opens, before `open_read_only` marks it read-only: told by its private folder's name
+        return self.path.parent.name.startswith(READ_ONLY_COPY_PREFIX)
 
     def holds_no_deleted_vectors(self) -> bool:
         # Each segment's id tracker keeps 8 bytes of version per vector its files hold, deleted ones included (a

@@ -9,6 +9,7 @@ reads its history as a user would after an unlearning request.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
 from retrieval.journal import PENDING_DIR, FileJournal, JournalQuery, most_first
+from retrieval.store import open_read_only
 from tests.conftest import REPO, make_image, random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
@@ -432,3 +434,24 @@ def test_an_add_settled_at_an_opening_killed_before_its_note_went_is_journaled_o
     assert journal.settle(again.model_copy(update={"before": journal.noted_adds(again)}), {cat: "cat"}, {}) == 0
     assert [(e.points, e.labels) for e in journal.read()] == [(1, {"cat": 1})]
     assert journal.pending() == []
+
+
+def test_a_read_only_service_says_it_journals_a_killed_add_in_its_copy_only(memory, caplog):
+    # vmem serve --read-only copies the memory, notes included, and settles the copy: its log said "journaled an add",
+    # while the memory's own journal still lacked it (its next opening for edits journals it).
+    with open_store(memory, SPEC) as store:
+        note = store.journal.intend("add", {}, detail={})
+        with store.adding(note):
+            store.add(random_unit_vectors(2, 8, seed=3), ["owl", "owl"], ["/data/owl-0.jpg", "/data/owl-1.jpg"])
+        # the process killed here, before the add's entry: its note stays (closed only to let go of the memory)
+    with caplog.at_level(logging.WARNING, logger="retrieval.store"):
+        replica = open_read_only(memory)
+        try:
+            assert [(e.points, e.labels) for e in replica.journal.read() if e.op == "add"] == [(2, {"owl": 2})]
+        finally:
+            replica.close()
+    assert "journaled an add of 2 points" in caplog.text and "in this read-only copy only" in caplog.text
+    assert any((memory / PENDING_DIR).glob("*.json"))
+    with VisualMemory.open(memory) as mem:
+        [add] = mem.history(op="add")
+        assert add.labels == {"owl": 2} and "journaled_at_open" in add.detail
