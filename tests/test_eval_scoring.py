@@ -449,3 +449,27 @@ def test_exact_evaluation_finds_the_neighbours_classify_exact_finds_in_a_float16
         assert np.array_equal(table.label_ids, want_labels)
         assert np.allclose(table.similarities, want_sims, rtol=0, atol=1e-6)  # not the 1e-4 of an unrounded query
     store.close()
+
+
+def test_a_memory_read_into_ram_for_exact_search_holds_its_vectors_and_labels_not_its_sources(tmp_path):
+    # Exact evaluation reads every point: with each point's payload kept whole while the vectors were read, a
+    # memory's sources (long paths) were held beside the matrix, ~0.5 KB a point (0.5 GB at 1M points)
+    import tracemalloc
+
+    spec = FeaturizerSpec(name="test", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
+    store = open_store(str(tmp_path / "m"), spec)
+    n = 2_000
+    long_folder = "/data/" + "a-long-folder-name/" * 500  # ~10 KB a source, 20 MB in all
+    store.add(random_unit_vectors(n, 8, seed=3), [f"c{i % 4}" for i in range(n)],
+              [f"{long_folder}{i}.jpg" for i in range(n)])
+    tracemalloc.start()
+    try:
+        arrays = MemoryArrays.from_store(store)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert len(arrays) == n and arrays.features.shape == (n, 8)
+    assert sorted(arrays.labels) == sorted(f"c{i % 4}" for i in range(n))
+    assert peak < n * len(long_folder) / 4  # the sources were never all held (a page of points is ~2 MB)
+    assert len({id(label) for label in arrays.labels}) == 4  # one string a label, not one a point
