@@ -46,9 +46,10 @@ SOFT_SUFFIX = "+soft"
 SEARCH_PAYLOAD_KEYS = ("label", "source", EXCLUDED_KEY, RELIABILITY_KEY)
 
 
-def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Callable[[int], object] | None = None
+def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Callable[[int], object] | None = None,
+                 payload_keys: Sequence[str] = SEARCH_PAYLOAD_KEYS
                  ) -> tuple[list[str], list[dict[str, Any]], np.ndarray]:
-    """Every point's id, payload (`SEARCH_PAYLOAD_KEYS` of it) and vector (hard-pruned points left out when
+    """Every point's id, payload (`payload_keys` of it) and vector (hard-pruned points left out when
     `searchable_only`), the vectors as the rows of one float32 matrix.
 
     The rows are filled as the pages are read. Stacking per-point arrays afterwards, as this did before, held
@@ -62,7 +63,7 @@ def read_vectors(store: MemoryStore, searchable_only: bool = False, progress: Ca
         ids.append(point_id)
         payloads.append(payload)
 
-    rows = _fill_rows(store, searchable_only, SEARCH_PAYLOAD_KEYS, keep, progress)
+    rows = _fill_rows(store, searchable_only, payload_keys, keep, progress)
     return ids, payloads, rows
 
 
@@ -72,7 +73,8 @@ def _fill_rows(store: MemoryStore, searchable_only: bool, payload_keys: Sequence
     matrix, filled a page at a time; `keep(id, payload)` is called for each row, in order."""
     rows = np.empty((store.count(searchable=searchable_only), store.dim), np.float32)
     n = 0
-    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True, payload_keys=list(payload_keys)):
+    asked = list(dict.fromkeys([*payload_keys, EXCLUDED_KEY] if searchable_only else payload_keys))
+    for batch in store.scroll(batch_size=SCROLL_PAGE, with_vectors=True, payload_keys=asked):
         for p in batch:
             if searchable_only and p.payload.get(EXCLUDED_KEY):
                 continue
@@ -221,14 +223,16 @@ def asks_index(store: MemoryStore, search: SelfSearch) -> bool:
     return search == "index" or (search == "auto" and store.count() > EXACT_SELF_SEARCH_MAX)
 
 
-def self_search_points(store: MemoryStore, search: SelfSearch, searchable_only: bool = False
+def self_search_points(store: MemoryStore, search: SelfSearch, searchable_only: bool = False,
+                       payload_keys: Sequence[str] = SEARCH_PAYLOAD_KEYS
                        ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
-    """What a self-search (pruning, the label audit) reads: every point's id and payload, and for exact search
-    their vectors (`read_vectors`); through the index, no vectors (`index_self_search` reads them a page at a
-    time). `searchable_only`: hard-pruned points left out."""
+    """What a self-search (pruning, the label audit) reads: every point's id and payload (`payload_keys` of it),
+    and for exact search their vectors (`read_vectors`); through the index, no vectors (`index_self_search` reads
+    them a page at a time). `searchable_only`: hard-pruned points left out."""
     if not asks_index(store, search):
-        return read_vectors(store, searchable_only=searchable_only)
-    points = [p for page in store.scroll(batch_size=SCROLL_PAGE, payload_keys=SEARCH_PAYLOAD_KEYS) for p in page
+        return read_vectors(store, searchable_only=searchable_only, payload_keys=payload_keys)
+    asked = list(dict.fromkeys([*payload_keys, EXCLUDED_KEY] if searchable_only else payload_keys))
+    points = [p for page in store.scroll(batch_size=SCROLL_PAGE, payload_keys=asked) for p in page
               if not (searchable_only and p.payload.get(EXCLUDED_KEY))]
     return [p.id for p in points], [p.payload for p in points], None
 

@@ -176,3 +176,36 @@ def test_pruning_by_the_index_blames_the_points_exact_search_blames(location, mo
     with pytest.raises(RuntimeError, match="asked the index"):
         prune_store(store, "soft", k=10)
     store.close()
+
+
+@pytest.mark.parametrize("search", ["index", "exact"])
+def test_pruning_holds_every_points_label_through_its_self_search_not_its_source(search, tmp_path, monkeypatch):
+    # Pruning reads every point before it searches their neighbours (minutes at scale): it kept each point's payload
+    # whole, its source (an image's path) with it, all through the search; it needs only the labels
+    import tracemalloc
+
+    import eval.pruning as pruning
+
+    spec = FeaturizerSpec(name="test", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
+    store = open_store(str(tmp_path / "m"), spec)
+    n = 1_000
+    long_folder = "/data/" + "a-long-folder-name/" * 500  # ~10 KB a source, 10 MB in all
+    store.add(random_unit_vectors(n, 8, seed=3), [f"c{i % 4}" for i in range(n)],
+              [f"{long_folder}{i}.jpg" for i in range(n)])
+    held_while_searching: list[int] = []
+    searches = {"index": "index_self_search", "exact": "wrong_decision_counts"}
+    search_of = getattr(pruning, searches[search])
+
+    def watched(*args, **kwargs):
+        held_while_searching.append(tracemalloc.get_traced_memory()[0])
+        return search_of(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, searches[search], watched)
+    tracemalloc.start()
+    try:
+        report = prune_store(store, mode="soft", k=10, search=search)
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert report.points == n and held_while_searching
+    assert max(held_while_searching) < n * len(long_folder) / 4  # the sources (10 MB) are not held
