@@ -294,7 +294,10 @@ class DynamicMemory:
             return True
 
     def _update_gram(self, i: int, slot: int) -> None:
-        row = self._feats[i].astype(np.float64) @ self._feats[i, slot].astype(np.float64)
+        # einsum, as the readout's similarities: the same products however many slots a class has (BLAS picks its
+        # kernel by the row count), ~0.03 ms an update.
+        feats = self._feats[i].astype(np.float64)
+        row = np.einsum("nd,d->n", feats, feats[slot])
         self._gram[i, slot, :] = row
         self._gram[i, :, slot] = row
 
@@ -310,15 +313,18 @@ class DynamicMemory:
             feats = self._feats[:held].reshape(-1, self.dim)
             used = np.arange(self.slots)[None, :] < self._n[:held, None]
             filled = np.flatnonzero(used.ravel())
+            # By einsum, which runs on this thread, full stream or young: BLAS's threads, beside other work on 2
+            # cores, took 4.0 ms p50 (p99 16 ms) for 600 rows against 0.15 ms, and 11.7 ms (p99 85 ms) for a full
+            # stream's 10,000 against 4.1 ms (docs/benchmarks.md, "BLAS threads"). One way also keeps a stream's
+            # answers the same bit for bit however full it is.
             if 2 * len(filled) < len(feats):
                 # Mostly empty slots (a young stream: 600 queries fill 600 of 200 classes x 50): only the used rows
-                # are read, not all 51 MB of 200 classes' slots. By einsum, which runs on this thread: BLAS's
-                # threads, beside other work on 2 cores, took ~20 ms for these 600 rows (0.3 ms alone).
+                # are read, not all 51 MB of 200 classes' slots.
                 flat = np.zeros(len(feats), np.float32)
                 flat[filled] = np.einsum("nd,d->n", feats[filled], q)
                 sims = flat.reshape(held, self.slots).astype(np.float64)
             else:
-                sims = (feats @ q).reshape(held, self.slots).astype(np.float64)
+                sims = np.einsum("nd,d->n", feats, q).reshape(held, self.slots).astype(np.float64)
             w = np.where(used, np.exp(-beta * (1.0 - sims)), 0.0)
             # <normalise(sum_j w_j k_j), q> = (w . s) / sqrt(w^T G w), without forming the prototypes; over the
             # slots any class uses (w is 0 past them), by matmul (einsum's three-operand loop was ~2 ms a query).

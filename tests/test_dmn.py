@@ -149,6 +149,25 @@ def test_dynamic_readout_of_a_young_stream_and_of_a_full_one_equals_the_plain_re
     check()
 
 
+def test_a_stream_answers_the_same_bit_for_bit_however_full_its_slots_are():
+    """The same entries in a stream of 2 slots a class (full: every row read) and of 50 (young: only the used rows
+    read) give identical probabilities: both read on the calling thread by the same einsum, never through BLAS's
+    threads, which beside other work on 2 cores took 2-3x longer for a full stream (docs/benchmarks.md, "BLAS
+    threads")."""
+    rng = np.random.default_rng(1)
+    classes = [f"c{i}" for i in range(30)]
+    full, young = DynamicMemory(dim=1280, slots=2), DynamicMemory(dim=1280, slots=50)
+    for lab in classes:
+        for _ in range(2):
+            f = rng.normal(size=1280).astype(np.float32)
+            f /= np.linalg.norm(f)
+            full.write(f, lab, 1.0)
+            young.write(f, lab, 1.0)
+    for q in rng.normal(size=(5, 1280)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        assert full.probabilities(q, classes).tolist() == young.probabilities(q, classes).tolist()
+
+
 def test_dynamic_memory_round_trips_through_npz_and_resets(tmp_path):
     mem = DynamicMemory(dim=2, slots=2, featurizer="lite0")
     mem.write(unit(1, 0), "a", 0.3)
