@@ -58,7 +58,7 @@ from .files import (
 )
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, NotedOp, PendingEdit
 from .preprocessing import FeaturizerError, FeaturizerSpec
-from .text import visible
+from .text import visible, without_secrets
 
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
@@ -392,7 +392,7 @@ class ServerClient:
 
     def __init__(self, client: Any, location: str) -> None:
         self.client = client
-        self.location = location
+        self.location = without_secrets(location)  # as its messages show it: no user, password or ?api_key=
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.client, name)
@@ -407,8 +407,8 @@ class ServerClient:
                 return attr(*args, **kwargs)
             except ResponseHandlingException as exc:  # no answer: refused, reset, timed out, no such host
                 raise MemoryUnavailableError(
-                    f"could not reach the Qdrant server at {self.location} ({exc.source or exc}): check the URL "
-                    "and that the server is running") from exc
+                    f"could not reach the Qdrant server at {self.location} ({without_secrets(str(exc.source or exc))}):"
+                    " check the URL and that the server is running") from exc
             except UnexpectedResponse as exc:
                 if exc.status_code is None or not (exc.status_code >= 500 or exc.status_code == 429):
                     raise
@@ -2227,7 +2227,8 @@ class QdrantServerStore(MemoryStore):
         made_here = client is None
         if client is None and meta is None and (folder := local_folder(location)) is not None and not folder.exists():
             # Said before qdrant-client's local mode makes the folder: a mistyped path was left behind as a folder
-            raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
+            raise MemoryError(f"no collection {collection!r} at {without_secrets(location)}: build one first "
+                              "(vmem build)")
         if client is None:
             if location == ":memory:":
                 client = QdrantClient(":memory:")
@@ -2241,7 +2242,7 @@ class QdrantServerStore(MemoryStore):
             if self.client.collection_exists(collection):
                 raw = self.client.get_collection(collection).config.metadata or {}
                 if "vmem" not in raw:
-                    raise MemoryError(f"collection {collection!r} at {location} was not made by vmem")
+                    raise MemoryError(f"collection {collection!r} at {without_secrets(location)} was not made by vmem")
                 stored = MemoryMeta.model_validate(raw["vmem"])
                 self.meta = stored
                 self._meta_read = stored.model_copy(deep=True)  # what `merge_meta` compares this process's edits to
@@ -2250,7 +2251,8 @@ class QdrantServerStore(MemoryStore):
                     self.check_featurizer(meta.featurizer)
             else:
                 if meta is None:
-                    raise MemoryError(f"no collection {collection!r} at {location}: build one first (vmem build)")
+                    raise MemoryError(f"no collection {collection!r} at {without_secrets(location)}: build one first "
+                              "(vmem build)")
                 if meta.index.rescore_doubtful:
                     raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
                                       "rescores on its own (rescore on, or off for the codes alone)")

@@ -114,3 +114,16 @@ def test_a_build_whose_server_stops_answering_midway_says_so_and_resumes_when_ru
     store = open_store(f"qdrant-local:{tmp_path / 'q'}", lite0.spec)
     assert store.count() == len(images.paths)  # the first batch was kept, the rest added now
     store.close()
+
+
+def test_a_server_url_with_credentials_is_named_without_them():
+    url = dead_url()
+    host = url.removeprefix("http://")
+    with pytest.raises(MemoryUnavailableError) as unreachable:
+        open_store(f"http://admin:hunter2@{host}/?api_key=s3cret", None)
+    assert f"could not reach the Qdrant server at http://{host}/" in str(unreachable.value)
+    assert "hunter2" not in str(unreachable.value) and "s3cret" not in str(unreachable.value)
+    with pytest.raises(MemoryUnavailableError) as failing:
+        ServerClient(FailingServerClient(503), "https://admin:hunter2@qdrant:6333").count("vmem")
+    assert "the Qdrant server at https://qdrant:6333 answered 503" in str(failing.value)
+    assert "hunter2" not in str(failing.value)

@@ -95,7 +95,7 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
-from retrieval.text import canonical_label, label_forms, label_problem, quoted, visible
+from retrieval.text import canonical_label, label_forms, label_problem, quoted, visible, without_secrets
 from retrieval.voting import fewest_to_win, wins_nearest
 
 if TYPE_CHECKING:
@@ -548,7 +548,7 @@ class VisualMemory:
     def __repr__(self) -> str:
         spec = self.store.meta.featurizer
         closed = ", closed" if self.store.closed else ""
-        return f"<VisualMemory {self.store.location} ({spec.name}, {spec.dim}-d{closed})>"
+        return f"<VisualMemory {without_secrets(self.store.location)} ({spec.name}, {spec.dim}-d{closed})>"
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -774,7 +774,7 @@ class VisualMemory:
     def _check_searchable(self) -> None:
         """NothingToSearchError unless some point of the memory can be returned by a search."""
         if not self.store.count(searchable=True):
-            raise NothingToSearchError.of(self.store.count(), f"the memory at {self.store.location}")
+            raise NothingToSearchError.of(self.store.count(), f"the memory at {without_secrets(self.store.location)}")
 
     def _decide(self, neighbors: list[Neighbor], settings: VoteSettings, source: str | None) -> Classification:
         sims = np.array([n.similarity for n in neighbors], dtype=np.float64)
@@ -2102,7 +2102,7 @@ class VisualMemory:
                                       "was left under its name; free some space, or back it up elsewhere") from None
             raise
         seconds = time.perf_counter() - started
-        log.info("backed up %s (%d points, %.0f MB) to %s in %.1f s", self.store.location, points,
+        log.info("backed up %s (%d points, %.0f MB) to %s in %.1f s", without_secrets(self.store.location), points,
                  written / 2**20, dest, seconds)
         return BackupResult(path=str(dest), points=points, bytes=written, seconds=seconds,
                             removed_partials=[str(p) for p in removed], unnamed_partials=[str(p) for p in unnamed])
@@ -2736,7 +2736,7 @@ class VisualMemory:
         self._refresh_for_reading()
         counts = self.store.label_counts()
         return {
-            "location": self.store.location,
+            "location": without_secrets(self.store.location),
             "points": self.store.count(),
             "labels": len(counts),
             "per_label": counts,

@@ -18,7 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.text import canonical_label, quoted, visible
+from retrieval.text import canonical_label, quoted, visible, without_secrets
 
 from ..results import FewPoints
 
@@ -136,7 +136,7 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
 def refuse_both(memory: Path | None, qdrant_url: str | None) -> None:
     """BadParameter for a --memory given beside a --qdrant-url: one of them would be ignored without a word."""
     if memory is not None and qdrant_url is not None:
-        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {qdrant_url}, not both",
+        raise typer.BadParameter(f"give --memory {memory} or --qdrant-url {without_secrets(qdrant_url)}, not both",
                                  param_hint="--qdrant-url")
 
 
@@ -278,7 +278,7 @@ def _check_qdrant_url(url: str, option: str = "--qdrant-url") -> None:
     except ValueError:  # e.g. a port out of range, an unclosed [IPv6 address
         ok = False
     if not ok:
-        raise typer.BadParameter(f"{url!r} is not a Qdrant server URL: give it as http://host:6333",
+        raise typer.BadParameter(f"{without_secrets(url)!r} is not a Qdrant server URL: give it as http://host:6333",
                                  param_hint=option)
 
 
@@ -294,8 +294,8 @@ def _bad_metadata(memory: Path, qdrant_url: str | None, exc: ValueError) -> str:
         if len(exc.errors()) > 1:  # type: ignore[attr-defined]
             detail += f"; and {len(exc.errors()) - 1} more problems"  # type: ignore[attr-defined, operator]
     if qdrant_url is not None:
-        return (f"the vmem metadata of the collection at {qdrant_url} is not valid ({detail}): build the memory "
-                "again in a new collection")
+        return (f"the vmem metadata of the collection at {without_secrets(qdrant_url)} is not valid ({detail}): "
+                "build the memory again in a new collection")
     return (f"{memory / META_FILE}, the memory's metadata, is corrupt ({detail}): restore it from a backup, "
             "or build the memory again in a new directory")
 
@@ -307,7 +307,7 @@ def _qdrant_problem(url: str, exc: Exception) -> str | None:
     # One that could not be reached, or failed (5xx), is the store's MemoryUnavailableError, said as it is.
     if isinstance(exc, UnexpectedResponse):
         status = f"{exc.status_code} {exc.reason_phrase}".strip()
-        return (f"the server at {url} answered {status}, not as a Qdrant server does: check the URL "
+        return (f"the server at {without_secrets(url)} answered {status}, not as a Qdrant server does: check the URL "
                 "(http://host:6333)")
     return None
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from retrieval.store import MemoryStoreError, is_embedded_location, normalize_source, point_id_for
+from retrieval.text import without_secrets
 
 from ..answer_log import AnswerQuery, Skipped, decisions, embedded_forgets, forget_times, log_files
 from ..visual_memory import _utc_iso, parse_point_id
@@ -67,8 +68,8 @@ def answers(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     if qdrant_url is not None and forgotten is not None:
-        raise typer.BadParameter(f"give --forgotten {qdrant_url} (the server's memory) or --forgotten {forgotten}, "
-                                 "not both", param_hint="--qdrant-url")
+        raise typer.BadParameter(f"give --forgotten {without_secrets(qdrant_url)} (the server's memory) or "
+                                 f"--forgotten {forgotten}, not both", param_hint="--qdrant-url")
     key, times = None, None
     # A server's memory is named by its URL (a Path had made http:// of it http:/, a folder that is not there)
     server = qdrant_url or (forgotten if forgotten is not None and not is_embedded_location(forgotten) else None)
