@@ -1152,6 +1152,12 @@ def _deadline(wait: float) -> float:
 WAIT_FIRST_PAUSE_S, WAIT_LONGEST_PAUSE_S = 0.05, 0.5
 
 
+def _shown(folder: Path) -> str:
+    """A memory's folder as its waits and refusals name it: absolute, `..` taken out (`/a/repo/../mem` read as
+    another folder than `/a/mem`), and escaped by `visible` (a folder's name is of someone else's making)."""
+    return visible(os.path.abspath(folder))
+
+
 def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline: float, held_here_says: str,
                   holding: str = _IN_USE) -> Any:
     """The lock file of the memory in `folder`, opened by `open_lock`, with the flock `how` (LOCK_EX, LOCK_SH)
@@ -1178,7 +1184,7 @@ def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline
             if not said:
                 who = holder_note(folder).who
                 limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
-                log.warning("the memory at %s %s%s: waiting for it to let go (%s)", folder, holding,
+                log.warning("the memory at %s %s%s: waiting for it to let go (%s)", _shown(folder), holding,
                             f": {who}" if who else "", limit)
                 said = True
             time.sleep(min(pause, left))
@@ -1203,7 +1209,7 @@ def _hold_open_lock(folder: Path, deadline: float = 0.0) -> Any:
         return open(folder / OPEN_LOCK_FILE, "a", encoding="utf-8")  # held for the store's lifetime
 
     # A notebook's cell run again: the earlier object still holds it, perhaps only through Out[n]
-    here = (f"the memory at {folder} is already open in this process: close the object that opened it "
+    here = (f"the memory at {_shown(folder)} is already open in this process: close the object that opened it "
             "(mem.close(); `with VisualMemory.open(...) as mem:` closes it at the block's end) or use that one. "
             "In a notebook, a memory shown as a cell's output is still held by Out[n] after `del`: Out[n].close()")
     fh = _flock_within(open_lock, fcntl.LOCK_EX, folder, deadline, here)
@@ -1217,7 +1223,7 @@ def _held_elsewhere(folder: Path) -> str:
     """Why `folder`'s memory is refused: the process that holds it, as its lock file names it (`holder_note`), and
     what to do about that one; a guess at it where no note says (a process it started holds the lock)."""
     who, command, orphans = holder_note(folder)
-    said = f"the memory at {folder} {_IN_USE}"
+    said = f"the memory at {_shown(folder)} {_IN_USE}"
     if orphans:
         ids = " ".join(str(p) for p in orphans)
         return (f"{said}: {who}. End it (kill {ids}) if it no longer uses the memory; it lets go as it exits")
@@ -1269,7 +1275,7 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
     or none does by `deadline` (no memory, a creation that died, or one that ended meanwhile: look again), or the
     memory was made meanwhile (its holder named by the opening, as of any memory open elsewhere)."""
     try:
-        here = f"the memory at {folder} is being created by this process: use the memory it makes"
+        here = f"the memory at {_shown(folder)} is being created by this process: use the memory it makes"
         with _lock_shared(folder, deadline, here, "is being created by another process") as taken:
             if taken is not False:
                 return None
@@ -1279,7 +1285,7 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
         return None  # the opening goes on to say it is open in another process
     who, command, _ = holder_note(folder)
     resumes = " (vmem build carries on where it stopped when run again)" if command == "build" else ""
-    return (f"the memory at {folder} is being created by another process"
+    return (f"the memory at {_shown(folder)} is being created by another process"
             f"{f': {who}' if who else ' (a vmem build?)'}. Wait for it to end, or stop it{resumes}")
 
 
@@ -1288,14 +1294,14 @@ def _shared_open_lock(folder: Path, deadline: float = 0.0) -> Iterator[None]:
     """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write
     (its files change under the copy), waited for until `deadline`, and taken beside other copies. A memory
     without one (made by hand) is copied unlocked."""
-    here = (f"the memory at {folder} is open in this process, to write: a read-only opening copies the memory, "
+    here = (f"the memory at {_shown(folder)} is open in this process, to write: a read-only opening copies the memory, "
             "which needs it at rest. Use the object that holds it, or close that first (mem.close())")
     with _lock_shared(folder, deadline, here) as taken:
         if taken is False:
             # where a service that holds it says so, and where to ask it for that backup
             who = holder_note(folder).who
             raise MemoryInUseError(
-                f"the memory at {folder} {_IN_USE} ({who or 'a running vmem serve or build?'}): a "
+                f"the memory at {_shown(folder)} {_IN_USE} ({who or 'a running vmem serve or build?'}): a "
                 "read-only service copies the memory as it starts, which needs it at rest. Stop that process, or "
                 "serve a backup of it (POST /v1/memory/backup) read-only", folder=folder) from None
         yield

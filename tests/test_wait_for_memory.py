@@ -124,6 +124,22 @@ def test_a_wait_that_runs_out_is_refused_as_before_and_the_live_holder_keeps_the
     assert len(waits(caplog)) == 1
 
 
+def test_a_wait_and_its_refusal_name_the_folder_as_it_is_whatever_the_path_given(tmp_path, caplog):
+    # A folder named with a right-to-left override, given through `..`: shown escaped, and as the one folder it is
+    folder = tmp_path / "mem\u202e1"
+    with open_store(folder, SPEC) as store:
+        store.add(random_unit_vectors(1, DIM, seed=1), ["cat"], ["/data/0.jpg"])
+    (tmp_path / "repo").mkdir()
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    with process(HOLD, folder, "held") as holder:
+        with pytest.raises(MemoryInUseError) as refused:
+            open_store(tmp_path / "repo" / ".." / "mem\u202e1", wait=0.3)
+        release(holder)
+    shown = f"the memory at {tmp_path}/mem\\u202e1 is open in another process"
+    [said] = waits(caplog)
+    assert said.startswith(shown) and str(refused.value).startswith(shown), (said, str(refused.value))
+
+
 def test_without_a_wait_an_opening_is_refused_at_once_and_says_nothing_of_waiting(memory, caplog):
     caplog.set_level(logging.WARNING, logger="retrieval.store")
     with process(HOLD, memory, "held"), pytest.raises(MemoryInUseError):
