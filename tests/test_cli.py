@@ -221,8 +221,12 @@ def test_the_python_api_marks_answers_under_min_confidence(built, image_folder):
         many, _ = mem.classify_many(queries, k=12, rule="plurality", min_confidence=1 / 3)  # at the share: kept
         assert [a.unsure for a in many] == [False] * 3
         assert not mem.classify(queries[:1], k=12, rule="plurality")[0].unsure  # none asked: never unsure
-        with pytest.raises(ValueError, match="min_confidence is a vote share between 0 and 1"):
+        with pytest.raises(ValueError, match="min_confidence is a confidence between 0 and 1: the vote share of the "
+                           "label answered, or with the dmn rule its fused DMN probability"):
             mem.classify(queries, min_confidence=float("nan"))
+        with pytest.raises(ValueError, match="with the dmn rule its fused DMN probability") as refused:
+            mem.classify(queries, rule="dmn", min_confidence=1.5)  # dmn's confidence is no vote share
+        assert "not 1.5" in str(refused.value)
 
 
 def test_truth_from_dirs_says_which_folders_are_no_label_of_the_memory(built, image_folder, tmp_path):

@@ -73,11 +73,13 @@ def rounded_confidence(confidence: Any) -> Any:
 
 
 def check_min_confidence(min_confidence: float | None) -> None:
-    """ValueError for a threshold that is no confidence (a vote share lies in 0-1)."""
+    """ValueError for a threshold that is no confidence (a vote share, or the dmn rule's fused probability, lies in
+    0-1). Checked before the rule is known (a memory's default may be dmn): the message names both."""
     if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(min_confidence, int | float)
                                        or not 0 <= min_confidence <= 1):  # NaN too: no comparison holds
-        raise ValueError("min_confidence is a vote share between 0 and 1 (vmem eval's table.md gives the one that "
-                         f"keeps a target accuracy), not {min_confidence!r}")
+        raise ValueError("min_confidence is a confidence between 0 and 1: the vote share of the label answered, or "
+                         "with the dmn rule its fused DMN probability (vmem eval's table.md gives the one that keeps "
+                         f"a target accuracy; vmem eval --dmn the dmn rule's), not {min_confidence!r}")
 
 
 def unsure_of(label: str | None, confidence: float | None, min_confidence: float | None,
