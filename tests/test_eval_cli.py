@@ -166,6 +166,28 @@ def test_eval_rerank_without_an_api_key_falls_back_to_the_vote(built, tmp_path):
     assert (rr["template"], rr["template_hash"]) == ("neighbors-v1@1", used.content_hash)
 
 
+def test_eval_dmn_that_cannot_be_scored_still_writes_the_votes_results(built, tmp_path, monkeypatch):
+    # DMN's CLIP-only modes refuse this EfficientNet memory (a ValueError of its own), as any memory DMN cannot
+    # answer from: the vote's numbers, computed first, had been thrown away with the refusal.
+    import vmem.dmn_classifier as dmn_classifier
+
+    class ZeroShotOptions(dmn_classifier.DmnOptions):
+        mode: dmn_classifier.Mode = "zero-shot"
+
+    monkeypatch.setattr(dmn_classifier, "DmnOptions", ZeroShotOptions)
+    root, val = built
+    res = CliRunner().invoke(app, [str(a) for a in ("eval", "--memory", root / "memory", "--dataset", val, "--out",
+                                                     tmp_path / "out", "--cache", tmp_path / "cache", "--k-max", "5",
+                                                     "--no-plots", "--dmn")], env={"COLUMNS": "250"})
+    assert res.exit_code == 2, res.output
+    said = "".join("".join(line.strip("│ ") for line in res.output.splitlines()).split())  # the error's box unwrapped
+    assert "dmnwasnotscored(DMNzero-shotmodeneedsaCLIPfeaturizer" in said
+    assert f"thevote'sresultsarewrittento{tmp_path / 'out'}" in said
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["variants"]["all"]["accuracy"]["rank"][0] == 1.0 and written.get("dmn") is None
+    assert "| rank |" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_eval_rerank_counts_fallback_reasons_by_kind_not_one_key_per_label(built, tmp_path):
     root, val = built
     # One neighbour: every query's vote is unanimous, each with its own label in the reason.
