@@ -687,14 +687,14 @@ class GeminiReranker:
                       if isinstance(v, dict) and v.get("quotaId")]
             said = "".join(f"; {q}" for q in quotas)
             return QuotaExceededError(f"Gemini quota exceeded ({_status(exc)}{said}) {after}")
-        if exc.code in RETRYABLE_STATUS:
-            return UpstreamError(f"Gemini unavailable ({_status(exc)}) {after}")
         msg = f": {exc.message}" if exc.message else ""
-        if not (isinstance(exc.details, dict) and "error" in exc.details):
-            if exc.message:  # not Google's JSON error but a page (the SDK passes its whole text on)
-                msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
-        elif exc.code in (401, 403) or any(str(d["reason"]).startswith("API_KEY")
-                                           for d in _error_details(exc, "reason")):
+        googles = isinstance(exc.details, dict) and "error" in exc.details
+        if not googles and exc.message:  # not Google's JSON error but a page (the SDK passes its whole text on)
+            msg = f": the reply is not Gemini's (a proxy on the way?): {_page_text(exc.message)!r}"
+        if exc.code in RETRYABLE_STATUS:  # what the server said of its failure ("overloaded", "internal error")
+            return UpstreamError(f"Gemini unavailable ({_status(exc)}{msg}) {after}")
+        if googles and (exc.code in (401, 403) or any(str(d["reason"]).startswith("API_KEY")
+                                                      for d in _error_details(exc, "reason"))):
             # A bad key is a 400 (API_KEY_INVALID); a leaked or blocked one, or a project without the API, a 403
             msg = f"{msg.rstrip('.')}. Check the key {self._key_source()}"
             return KeyRefusedError(f"Gemini rejected the request ({_status(exc)}){msg}")

@@ -256,7 +256,19 @@ def test_the_fake_answers_from_its_responder_and_says_when_the_responder_fails(f
     # A responder that fails is a 500 (its body names the error), not a connection dropped without a word
     fake.responder = lambda body: {}["no such query"]
     out = make_rr(max_attempts=1, cache=False).rerank_one(request(images, vote="cat"))
-    assert not out.reranked and out.fallback_reason == "Gemini unavailable (500 INTERNAL) after 1 attempt(s)"
+    assert not out.reranked and out.fallback_reason == (
+        "Gemini unavailable (500 INTERNAL: the fake's responder failed: KeyError('no such query')) after 1 attempt(s)")
+
+
+def test_a_server_error_falls_back_saying_what_the_server_said_of_it(fake, make_rr, images):
+    fake.enqueue(fake.status(503, message="The model is overloaded. Please try again later."))
+    out = make_rr(max_attempts=1).rerank_one(request(images))
+    assert out.error == "UpstreamError" and out.fallback_reason == (
+        "Gemini unavailable (503 UNAVAILABLE: The model is overloaded. Please try again later.) after 1 attempt(s)")
+    fake.enqueue(fake.page(502, "<html><title>502 Bad Gateway</title></html>"))  # a proxy's page, not Gemini's
+    out = make_rr(max_attempts=1, cache=False).rerank_one(request(images))
+    assert out.fallback_reason == ("Gemini unavailable (502 Bad Gateway: the reply is not Gemini's (a proxy on the "
+                                   "way?): '502 Bad Gateway') after 1 attempt(s)")
 
 
 def test_a_client_error_is_not_retried(fake, make_rr, images):
