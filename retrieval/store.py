@@ -316,6 +316,15 @@ class MemoryStoreError(RuntimeError):
 MemoryError = MemoryStoreError
 
 
+class WaitInterrupted(KeyboardInterrupt):
+    """Ctrl-C while an opening waited for another process to let go of the memory in `folder`: nothing had been done
+    to it yet, which the CLI says (not "what was done before it stopped is kept")."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(f"interrupted while waiting for the memory at {_shown(folder)}")
+        self.folder = folder
+
+
 class MemoryInUseError(MemoryStoreError):
     """The embedded memory is open in another process (a service, a build): worth a retry once that ends."""
 
@@ -1169,26 +1178,31 @@ def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline
     import fcntl
 
     pause, said = WAIT_FIRST_PAUSE_S, False
-    while True:
-        fh = open_lock()
-        try:
-            fcntl.flock(fh, how | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            fh.close()
-            if held_here(folder):
-                raise MemoryInUseError(held_here_says) from None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if not said:
-                who = holder_note(folder).who
-                limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
-                log.warning("the memory at %s %s%s: waiting for it to let go (%s)", _shown(folder), holding,
-                            f": {who}" if who else "", limit)
-                said = True
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, WAIT_LONGEST_PAUSE_S)
+    try:  # Ctrl-C anywhere in the wait (mostly its sleep): the memory was not touched
+        while True:
+            fh = open_lock()
+            try:
+                fcntl.flock(fh, how | fcntl.LOCK_NB)
+                return fh
+            except BlockingIOError:
+                fh.close()
+                if held_here(folder):
+                    raise MemoryInUseError(held_here_says) from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if not said:
+                    who = holder_note(folder).who
+                    limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
+                    log.warning("the memory at %s %s%s: waiting for it to let go (%s)", _shown(folder), holding,
+                                f": {who}" if who else "", limit)
+                    said = True
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, WAIT_LONGEST_PAUSE_S)
+    except KeyboardInterrupt as exc:
+        if type(exc) is not KeyboardInterrupt:  # the CLI's SIGTERM (`Terminated`): vmem serve says it stopped
+            raise
+        raise WaitInterrupted(folder) from None
 
 
 def held_here(location: str | Path) -> bool:

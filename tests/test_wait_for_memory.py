@@ -247,6 +247,24 @@ def test_vmem_build_with_wait_goes_on_once_a_notebook_lets_go(tmp_path, encoder)
         assert store.count() == 16
 
 
+def test_ctrl_c_while_only_waiting_for_the_memory_says_nothing_was_done(memory, tmp_path):
+    # It had said "what was done before it stopped is kept; run the command again to finish": nothing had been
+    (tmp_path / "query.png").write_bytes(b"not read: the command never got past waiting")
+    with process(HOLD, memory, "held"):
+        classify = subprocess.Popen([sys.executable, "-m", "vmem", "classify", str(tmp_path / "query.png"),
+                                     "--memory", str(memory), "--wait", "120"], cwd=tmp_path, env=subprocess_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = classify.stderr.readline()  # it says it waits, and waits
+        classify.send_signal(signal.SIGINT)
+        out, err = classify.communicate(timeout=120)
+    assert "waiting for it to let go" in said, said + err
+    assert classify.returncode == 130, err
+    assert err.strip() == (f"interrupted while waiting for the memory at {memory}: nothing was done to it; run the "
+                           "command again"), err
+    with open_store(memory) as store:
+        assert store.count() == 3
+
+
 def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp_path):
     # A nightly `vmem copy --to-memory replica --wait 600` while a notebook holds the replica: the wait had been for
     # the memory copied from only, and the replica refused at once (exit 75)

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnavailableError
 from retrieval.files import NoHomeError
+from retrieval.store import WaitInterrupted
 
 from ._common import EXIT_TEMPORARY, SERVED_ROUTES, served_note
 
@@ -125,6 +126,9 @@ class _Commands(TyperGroup):
         except NoHomeError as exc:  # vmem's default folders have no place (a container's unknown user)
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from exc
+        except WaitInterrupted as exc:  # stopped while only waiting for a memory: it was not touched
+            typer.echo(f"{exc}: nothing was done to it; run the command again", err=True)
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
             typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None

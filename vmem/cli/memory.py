@@ -36,7 +36,7 @@ from retrieval.files import LATEST_BACKUP, holder_note, link_latest
 from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp
-from retrieval.store import is_embedded_location, local_folder, point_id_for
+from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for
 from retrieval.text import quoted, utf8_text, visible_json
 
 from ..answer_log import AnswerLog
@@ -933,6 +933,8 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
                 raise typer.BadParameter(str(exc), param_hint=hint) from None
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint=hint) from None
+            except WaitInterrupted:  # only waited for the destination: nothing to resume, as vmem's main says
+                raise
             except KeyboardInterrupt:
                 bar.write("interrupted: run the same command again to resume (points already embedded there are "
                           "not embedded again)", file=sys.stderr)
