@@ -127,3 +127,18 @@ def test_a_server_url_with_credentials_is_named_without_them():
         ServerClient(FailingServerClient(503), "https://admin:hunter2@qdrant:6333").count("vmem")
     assert "the Qdrant server at https://qdrant:6333 answered 503" in str(failing.value)
     assert "hunter2" not in str(failing.value)
+
+
+def test_a_memory_on_a_server_named_with_credentials_shows_its_url_without_them(lite0):
+    # Two views of one collection, as two processes sharing a server have: the second named by a URL with secrets
+    from retrieval.store import MemoryMeta, QdrantServerStore
+    from vmem import VisualMemory
+
+    client = QdrantClient(":memory:")
+    made = QdrantServerStore(":memory:", MemoryMeta(featurizer=lite0.spec), client=client)
+    url = "https://admin:hunter2@qdrant.example:6333/?api_key=s3cret"
+    mem = VisualMemory(QdrantServerStore(url, client=client), lite0, reranker=None)
+    assert mem.stats()["location"] == "https://qdrant.example:6333/"  # vmem info, GET /v1/memory/stats
+    assert "hunter2" not in repr(mem) and "s3cret" not in repr(mem)
+    mem.close()
+    made.close()
