@@ -10,6 +10,7 @@ import socket
 
 import httpx
 import pytest
+import typer
 from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
@@ -140,5 +141,10 @@ def test_a_memory_on_a_server_named_with_credentials_shows_its_url_without_them(
     mem = VisualMemory(QdrantServerStore(url, client=client), lite0, reranker=None)
     assert mem.stats()["location"] == "https://qdrant.example:6333/"  # vmem info, GET /v1/memory/stats
     assert "hunter2" not in repr(mem) and "s3cret" not in repr(mem)
+    from vmem.cli._common import require_points
+
+    with pytest.raises(typer.BadParameter) as empty:  # a command refusing a memory with nothing to search
+        require_points(mem)
+    assert "the memory at https://qdrant.example:6333/ holds no points" in str(empty.value), str(empty.value)
     mem.close()
     made.close()

@@ -359,7 +359,8 @@ def require_points(mem, searchable: bool = True) -> None:
 
     total = mem.store.count()
     if total == 0 or (searchable and mem.store.count(searchable=True) == 0):
-        raise typer.BadParameter(str(NothingToSearchError.of(total, f"the memory at {mem.store.location}",
+        where = f"the memory at {without_secrets(mem.store.location)}"
+        raise typer.BadParameter(str(NothingToSearchError.of(total, where,
                                                              add="add labelled images with vmem build first")))
 
 

@@ -21,6 +21,7 @@ from retrieval import (
     imagenet_label_names,
     read_label_names,
 )
+from retrieval.text import without_secrets
 
 from ..results import VoteSettings
 from ._common import (
@@ -175,7 +176,7 @@ def eval(
             raise
         feat = mem.featurizer
         store = mem.store
-        memory_name = store.location
+        memory_name = without_secrets(store.location)  # results.json and table.md are shared
         fits = store.count() * store.dim * 4 <= MAX_EXACT_BYTES
         if search is SearchMode.exact or (search is SearchMode.auto and fits):
             memory_obj = MemoryArrays.from_store(store)

@@ -37,7 +37,7 @@ from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp
 from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for
-from retrieval.text import quoted, utf8_text, visible_json
+from retrieval.text import quoted, utf8_text, visible_json, without_secrets
 
 from ..answer_log import AnswerLog
 from ..export import check_export_path
@@ -238,7 +238,7 @@ def build(
     # crash tests read it there
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
-        bar.write(f"memory {mem.store.location}: {mem.store.meta.featurizer.name}, "
+        bar.write(f"memory {without_secrets(mem.store.location)}: {mem.store.meta.featurizer.name}, "
                   f"{len(items):,} image{'s' if len(items) != 1 else ''} in {len(dataset_labels):,} "
                   f"label{'s' if len(dataset_labels) != 1 else ''}", file=sys.stderr)
         if label_names is None:
