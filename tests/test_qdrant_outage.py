@@ -148,3 +148,30 @@ def test_a_memory_on_a_server_named_with_credentials_shows_its_url_without_them(
     assert "the memory at https://qdrant.example:6333/ holds no points" in str(empty.value), str(empty.value)
     mem.close()
     made.close()
+
+
+def test_a_copy_and_an_export_of_a_memory_named_with_credentials_keep_its_url_without_them(lite0, tmp_path):
+    # The copy's journal entry (vmem history) and the export's header are files kept and passed on
+    import numpy as np
+
+    from retrieval.journal import JournalQuery
+    from retrieval.store import MemoryMeta, QdrantServerStore
+    from vmem import VisualMemory
+
+    client = QdrantClient(":memory:")
+    made = QdrantServerStore(":memory:", MemoryMeta(featurizer=lite0.spec), client=client)
+    url = "https://admin:hunter2@qdrant.example:6333/?api_key=s3cret"
+    mem = VisualMemory(QdrantServerStore(url, client=client), lite0, reranker=None)
+    vector = np.ones(lite0.spec.dim, dtype=np.float32) / np.sqrt(lite0.spec.dim)
+    mem.store.add(vector[None, :], ["cat"], ["cat.jpg"])
+    mem.copy_to(tmp_path / "copy")
+    with open_store(tmp_path / "copy") as copy:
+        entries, _ = copy.journal.newest(JournalQuery(op="copy"))
+    said = str([e.model_dump(mode="json") for e in entries])
+    assert "https://qdrant.example:6333/" in said and "hunter2" not in said and "s3cret" not in said
+    mem.export_points(tmp_path / "points.npz")
+    with np.load(tmp_path / "points.npz") as points:
+        header = str(points["meta"])
+    assert "qdrant.example" in header and "hunter2" not in header and "s3cret" not in header
+    mem.close()
+    made.close()

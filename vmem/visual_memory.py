@@ -293,9 +293,11 @@ def _utc(when: str | None) -> datetime:
 
 def _journal_location(location: str) -> str:
     """A memory's location as a journal records it: a folder absolute (as typed, `vmem history` run elsewhere
-    could not tell which memory a copy came from, nor a later copy which copies were its own)."""
+    could not tell which memory a copy came from, nor a later copy which copies were its own); a server's URL
+    without a user, password or query (a journal, an export's header and a re-embedding's origin are files kept and
+    passed on: `https://admin:pw@host` went into them as typed). Copies are matched by key, not by this."""
     if (folder := local_folder(location)) is None:
-        return location
+        return without_secrets(location)
     return f"{LOCAL_MODE_PREFIX if location.startswith(LOCAL_MODE_PREFIX) else ''}{folder.resolve()}"
 
 
