@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ TINY_IMAGENET = Path(os.environ.get("VMEM_TINY_IMAGENET", REPO.parent / "shared"
 # Real-data features are cached by file content under a gitignored directory.
 FEATURE_CACHE = Path(os.environ.get("VMEM_FEATURE_CACHE", REPO / ".cache" / "features"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # A background job of a non-interactive shell (`bash -c '...' &`, nohup) starts with SIGINT ignored, and every
+    # process it starts inherits that: the tests' Ctrl-C to a vmem subprocess never arrived (a run went on to its
+    # end, exit 0; a wait went on to its limit). Handled here, the signal is default again in each child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
