@@ -316,7 +316,7 @@ def test_experiment_rejects_unknown_names(built, tmp_path):
     ("corruption", "--fractions=-0.1,0.5", "-0.1 is out of range: give numbers from 0 to 1"),
     ("granularity", "--exemplars=-1", "-1 is out of range: give whole numbers of at least 0"),
     ("scaling", "--per-class=0,1", "0 is out of range"),
-    ("pruning", "--blame=foo", "'foo' is not one of all, voters"),
+    ("pruning", "--blame=foo", "'foo' is not one of label, all, voters"),
     ("unlearning", "--forget-fraction=-1", "-1 is out of range"),
 ])
 def test_experiment_options_out_of_range_are_refused_before_any_work(built, name, option, says):

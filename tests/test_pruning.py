@@ -19,6 +19,10 @@ def slow_counts(feats: np.ndarray, labels: list[str], k: int, blame: str) -> np.
     sims = feats @ feats.T
     for i in range(len(labels)):
         order = [j for j in np.argsort(-sims[i], kind="stable") if j != i][:k]
+        if blame == "label":  # the paper's count: a neighbour of another label, whatever the vote decided
+            for j in order:
+                counts[j] += labels[j] != labels[i]
+            continue
         out = vote([labels[j] for j in order], sims[i, order], "rank")
         if out.label != labels[i]:
             for j in order:
@@ -27,13 +31,53 @@ def slow_counts(feats: np.ndarray, labels: list[str], k: int, blame: str) -> np.
     return counts
 
 
-@pytest.mark.parametrize("blame", ["all", "voters"])
+@pytest.mark.parametrize("blame", ["label", "all", "voters"])
 def test_counts_match_a_query_by_query_leave_one_out(blame):
     feats = random_unit_vectors(80, 16, seed=7)
     labels = [f"c{i % 3}" for i in range(80)]
     counts, wrong = wrong_decision_counts(feats, labels, k=9, blame=blame)
     assert counts.tolist() == slow_counts(feats, labels, 9, blame).tolist()
     assert wrong.sum() > 0  # random labels: plenty of errors to blame
+
+
+def test_the_papers_count_blames_each_neighbour_of_another_label_right_decisions_included():
+    # Four points on a circle at 0, 10, 30 and 70 degrees, labelled a, a, b, b; each queries the others, k = 2:
+    #   p0 (a): p1 a, p2 b    -> p2 +1                       rank vote: a (1/2 against 1/3), right
+    #   p1 (a): p0 a, p2 b    -> p2 +1                       a, right
+    #   p2 (b): p1 a, p0 a    -> p1 +1, p0 +1                a, wrong
+    #   p3 (b): p2 b, p1 a    -> p1 +1                       b, right
+    # The authors' code (google-deepmind/visual-memory, get_wrong_and_correct_neighbors) counts these "wrong
+    # neighbours" over every query; its counts at k = 100 give the paper's 26,257 points at >= 128.
+    angles = np.radians([0, 10, 30, 70])
+    feats = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = ["a", "a", "b", "b"]
+    counts, wrong = wrong_decision_counts(feats, labels, k=2, blame="label")
+    assert counts.tolist() == [1, 2, 2, 0]
+    assert wrong.tolist() == [False, False, True, False]
+    assert soft_factors(counts) == pytest.approx([1.75 / 2, 1.75 / 3, 1.75 / 3, 1.0])
+    # Blaming the neighbours of wrong decisions only (p2's) counts p0 and p1 once, and p2 never.
+    assert wrong_decision_counts(feats, labels, k=2, blame="all")[0].tolist() == [1, 1, 0, 0]
+
+
+def test_vmem_prune_blame_label_marks_a_memory_with_the_papers_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from vmem.cli import app
+
+    # The four points on a circle above, in a memory on disk, soft-pruned from the command line.
+    angles = np.radians([0, 10, 30, 70])
+    v = np.zeros((4, 16), np.float32)
+    v[:, 0], v[:, 1] = np.cos(angles), np.sin(angles)
+    with open_store(str(tmp_path / "memory"), SPEC) as store:
+        ids = store.add(v, ["a", "a", "b", "b"], [f"mem:{i}" for i in range(4)])
+    res = CliRunner().invoke(app, ["prune", "--memory", str(tmp_path / "memory"), "--mode", "soft", "--k", "2",
+                                   "--blame", "label"])
+    assert res.exit_code == 0, res.output
+    with open_store(str(tmp_path / "memory")) as store:
+        got = {p.id: p.payload for page in store.scroll() for p in page}
+        assert store.meta.settings["pruning"]["blame"] == "label"
+    assert [got[i].get("prune_count", 0) for i in ids] == [1, 2, 2, 0]
+    assert [got[i].get("reliability", 1.0) for i in ids] == pytest.approx([1.75 / 2, 1.75 / 3, 1.75 / 3, 1.0])
 
 
 def test_counts_need_the_vectors_or_their_hits():

@@ -71,7 +71,7 @@ def experiment(
     exemplars: Annotated[str, typer.Option(help="granularity: exemplars added back per class")] = (
         "0,1,2,5,10,20,50,100"),
     thresholds: Annotated[str, typer.Option(help="pruning: hard-pruning thresholds")] = "128,64,32,16",
-    blame: Annotated[str, typer.Option(help="pruning: all | voters")] = "all",
+    blame: Annotated[str, typer.Option(help="pruning: label | all | voters (vmem prune --blame)")] = "all",
     forget_fraction: Annotated[float, typer.Option(help="unlearning: fraction of points forgotten at random")] = 0.01,
     plots: Annotated[bool, typer.Option(help="write a PNG where the experiment has one")] = True,
 ) -> None:
@@ -89,8 +89,8 @@ def experiment(
     _within(_floats(exemplars), 0, None, "--exemplars", whole=True)
     _within(_floats(thresholds), 1, None, "--thresholds", whole=True)
     _within([forget_fraction], 0, 1, "--forget-fraction")
-    if blame not in ("all", "voters"):
-        raise typer.BadParameter(f"{blame!r} is not one of all, voters", param_hint="--blame")
+    if blame not in ("label", "all", "voters"):
+        raise typer.BadParameter(f"{blame!r} is not one of label, all, voters", param_hint="--blame")
     cache_root = feature_cache_root(cache)
     names = read_classes_option(classes)
     try:

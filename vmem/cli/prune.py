@@ -32,7 +32,7 @@ from ._common import (
 # How a self-search finds neighbours (eval.scoring.SelfSearch), without importing eval for every command.
 SelfSearchChoice = StrEnum("SelfSearchChoice", {"auto": "auto", "exact": "exact", "index": "index"})
 PruneModeChoice = StrEnum("PruneModeChoice", {"soft": "soft", "hard": "hard"})
-BlameChoice = StrEnum("BlameChoice", {"all": "all", "voters": "voters"})
+BlameChoice = StrEnum("BlameChoice", {"label": "label", "all": "all", "voters": "voters"})
 SELF_SEARCH_HELP = ("exact: every vector against every other, in RAM (time grows with the square of the points); "
                     "index: each point's neighbours from the memory's index, a page at a time (grows with the "
                     "points); auto: exact up to 100,000 points")
@@ -46,8 +46,9 @@ def prune(
         help="soft: reliability 1.75/(1+count); hard: exclude count >= threshold")] = PruneModeChoice.soft,
     threshold: Annotated[int, typer.Option(min=1, help="hard pruning: blame count that excludes a point")] = 128,
     k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours per leave-one-out decision")] = 100,
-    blame: Annotated[BlameChoice, typer.Option(help="all: every neighbour of a wrong decision; voters: only those "
-                                                    "with the wrongly chosen label")] = BlameChoice.all,
+    blame: Annotated[BlameChoice, typer.Option(
+        help="label: every neighbour of another label than the point that found it (the paper's count); all: every "
+             "neighbour of a wrong decision; voters: only those with the wrongly chosen label")] = BlameChoice.all,
     undo: Annotated[bool, typer.Option("--undo", help="restore every point and factor, then stop")] = False,
     search: Annotated[SelfSearchChoice, typer.Option(help=SELF_SEARCH_HELP)] = SelfSearchChoice.auto,
 ) -> None:
