@@ -236,6 +236,24 @@ def test_index_search_agrees_with_exact_search_on_a_qdrant_store():
     assert np.allclose(exact.similarities, index.similarities, atol=1e-5)
 
 
+def test_a_200_class_set_is_scored_against_the_whole_memory_and_with_the_memory_cut_to_its_classes():
+    # ImageNet-A/-R's two variants, by hand. On a circle, the query (true class a) at 0 degrees; the memory: x at 5
+    # and 10 degrees, a at 20, b at 25, x at 30 (x: a class the dataset does not have). At k = 2 and k = 3:
+    #   all:        x, x (, a)          -> x, x: wrong at both k
+    #   restricted: a, b (, nothing)    -> a (a tie at k = 2 goes to the nearer a): right at both k
+    degrees = np.radians([5, 10, 20, 25, 30])
+    m = np.stack([np.cos(degrees), np.sin(degrees)], axis=1).astype(np.float32)
+    memory = MemoryArrays(m, ["x", "x", "a", "b", "x"], [str(i) for i in range(5)])
+    queries = QuerySet(np.array([[1.0, 0.0]], np.float32), ["q0"], [("a",)], [])
+    run = RunInfo(dataset="toy", format="imagenet-a", queries=1, memory="toy", memory_points=5,
+                  featurizer="none", search="exact", k_max=3)
+    report = evaluate(memory, queries, run, restrict_to=["a", "b"])
+    for rule in VoteRule:
+        assert report.variants["all"].accuracy[rule.value] == [0.0, 0.0, 0.0]
+        assert report.variants["restricted"].accuracy[rule.value] == [1.0, 1.0, 1.0]
+    assert report.variants["restricted"].hit_rate == [1.0, 1.0, 1.0] and report.run.restricted_classes == 2
+
+
 def test_evaluate_writes_json_csv_table_and_plots(tmp_path):
     m = random_unit_vectors(200, 8, seed=5)
     labels = [f"c{i % 4}" for i in range(200)]
