@@ -306,6 +306,15 @@ def test_experiment_novelty_holds_classes_out_and_writes_its_table_and_histogram
     assert (tmp_path / "x" / "novelty.png").exists()
 
 
+@pytest.mark.parametrize(("given", "counted_at"), [([], 100), (["--k", "3"], 3)])
+def test_experiment_pruning_counts_blame_at_the_k_given(built, tmp_path, given, counted_at):
+    # The paper's soft pruning counted at k = 10, its hard pruning at 100: --k had reached every experiment but this
+    root, val = built
+    run("experiment", "pruning", "--memory", root / "memory", "--queries", val, "--out", tmp_path / "x",
+        "--cache", tmp_path / "cache", "--thresholds", "2", *given)
+    assert json.loads((tmp_path / "x" / "pruning.json").read_text())["params"]["k"] == counted_at
+
+
 def test_experiment_rejects_unknown_names(built, tmp_path):
     root, val = built
     res = CliRunner().invoke(app, ["experiment", "nope", "--memory", str(root / "memory"), "--queries", str(val)])

@@ -57,8 +57,10 @@ def experiment(
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", "--sample", min=1,
                                               help="a fixed random sample of this many queries")] = None,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="k for ood-classes, unlearning and label-noise; novelty: "
-                                                       "the vote's k for the accuracy of the queries it flags")] = 50,
+    k: Annotated[int | None, typer.Option(
+        min=1, max=1000, help="k for ood-classes, unlearning and label-noise (default 50); novelty: the vote's k for "
+                              "the accuracy of the queries it flags (50); pruning: neighbours per leave-one-out "
+                              "decision that blame (100; the paper's soft pruning counted at 10)")] = None,
     per_class: Annotated[str, typer.Option(help="scaling: exemplars per class")] = "1,2,5,10,20,50,100",
     fractions: Annotated[str | None, typer.Option(
         help="corruption: fractions of random labels (default 0,0.1,...,0.9); label-noise: fractions of labels "
@@ -126,18 +128,20 @@ def experiment(
     ids = arrays.ids if memory_dataset is None else [point_id_for(source) for source in arrays.ids]
     mem_arrays = LabelledArrays(arrays.features, arrays.labels, ids)
     q_arrays = LabelledArrays(qs.features, [labs[0] for labs in qs.correct_labels])
+    k_vote = 50 if k is None else k
     options = {
         "scaling": lambda: {"per_class": [int(x) for x in _floats(per_class)], "seed": seed},
         "corruption": lambda: {"fractions": _floats(fractions or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"),
                                "seed": seed},
-        "label-noise": lambda: {"fractions": _floats(fractions or "0.01,0.02,0.05,0.1"), "k": k,
+        "label-noise": lambda: {"fractions": _floats(fractions or "0.01,0.02,0.05,0.1"), "k": k_vote,
                                 "min_share": min_share, "seed": seed},
-        "ood-classes": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
+        "ood-classes": lambda: {"new_classes": new_classes, "k": k_vote, "seed": seed},
         "granularity": lambda: {"held_out": held_out, "exemplars": [int(x) for x in _floats(exemplars)],
                                 "seed": seed, "names": names},
-        "pruning": lambda: {"thresholds": [int(x) for x in _floats(thresholds)], "blame": blame},
-        "unlearning": lambda: {"forget_fraction": forget_fraction, "k": k, "seed": seed},
-        "novelty": lambda: {"new_classes": new_classes, "k": k, "seed": seed},
+        "pruning": lambda: {"thresholds": [int(x) for x in _floats(thresholds)], "blame": blame,
+                            **({} if k is None else {"k": k})},
+        "unlearning": lambda: {"forget_fraction": forget_fraction, "k": k_vote, "seed": seed},
+        "novelty": lambda: {"new_classes": new_classes, "k": k_vote, "seed": seed},
     }[name]()
     try:
         result = EXPERIMENTS[name](mem_arrays, q_arrays, **options)  # type: ignore[arg-type]  # each lambda gives a dict
