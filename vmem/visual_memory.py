@@ -175,6 +175,34 @@ BUILD_JOURNAL_EVERY_S = 60.0
 LISTING_REUSE_S = 60.0
 
 
+class _AddEntries:
+    """The journal entries of one run that adds points in batches (`build`, `import_points`): each entry says the
+    points added since the run's last one (`journal`), and the run makes one when `due` (a kill -9 loses at most
+    BUILD_JOURNAL_EVERY_S of its adds), when stopped and at its end. A resumed run counts what a stopped one added
+    as already there, so what a kill leaves unjournaled is journaled by the run's note (`Journal.settle`) or never.
+    """
+
+    def __init__(self, journal: Callable[..., bool], selector: dict[str, Any]) -> None:
+        self._journal, self._selector = journal, selector
+        self._journaled: dict[str, int] = {}  # points per label in the run's entries so far
+        self._last = time.monotonic()
+        self.all_journaled = True  # every entry recorded: the run's note can be settled
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= BUILD_JOURNAL_EVERY_S
+
+    def journal(self, added_per_label: Mapping[str, int], detail: dict[str, Any]) -> None:
+        """One "add" entry of the points of `added_per_label` (the run's so far) its entries so far leave out (none
+        left out: no entry). `detail`: the entry's, the run's counts and the note's token."""
+        new = {lab: n - self._journaled.get(lab, 0) for lab, n in added_per_label.items()
+               if n > self._journaled.get(lab, 0)}
+        self._last = time.monotonic()
+        if new:
+            self.all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
+                                                selector=self._selector, detail=detail)
+            self._journaled.update(added_per_label)
+
+
 _SAID_OUT_OF_BOUNDS: set[tuple[str, float]] = set()
 
 
@@ -1185,30 +1213,19 @@ class VisualMemory:
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
         root = self._record_source_roots([it.source for it in items])
         report = BuildReport()
-        journaled: dict[str, int] = {}  # points per label in the build's entries so far
-        last_entry = time.monotonic()
-        all_journaled = True
         selector = {"source_root": root} if root else {}
+        entries = _AddEntries(self._journal, selector)
 
         def journal_the_adds(**more: Any) -> None:
-            # The points added since the build's last entry: a resumed build counts what a stopped one added as
-            # already there, so what a kill leaves unjournaled here is journaled by the note (below) or never.
-            nonlocal last_entry, all_journaled
-            new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
-                   if n > journaled.get(lab, 0)}
-            last_entry = time.monotonic()
-            if new:
-                all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
-                                               selector=selector, detail={
-                    "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
-                              "failed": len(report.failed), **more}, **({"tags": tags} if tags else {}),
-                    **add_note_detail(note)})
-                journaled.update(report.added_per_label)
+            entries.journal(report.added_per_label, {
+                "build": {"listed": report.total, "already_in_memory": report.skipped_existing,
+                          "failed": len(report.failed), **more}, **({"tags": tags} if tags else {}),
+                **add_note_detail(note)})
 
         def batch_done(n: int) -> None:
             if progress is not None:
                 progress(n)
-            if time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:  # a kill -9 loses at most this much
+            if entries.due():
                 journal_the_adds(running=True)
 
         # Noted before its first point: each batch's points are listed beside the note before they are written, and
@@ -1224,7 +1241,7 @@ class VisualMemory:
                 journal_the_adds(interrupted=True)
                 raise
             journal_the_adds()
-            if all_journaled:
+            if entries.all_journaled:
                 self.store.journal.settled(note)
         if relabel and report.relabelled:
             by_label: dict[str, list[str]] = {}
@@ -2623,25 +2640,16 @@ class VisualMemory:
             report.outside_roots = _files_outside(sources, [*before, *report.source_roots])
         added_at = datetime.now(UTC).isoformat()
         selector = {"import": points.path.name, **({"label": label} if label is not None else {})}
-        journaled: dict[str, int] = {}
-        last_entry = time.monotonic()
+        entries = _AddEntries(self._journal, selector)  # as a build journals its adds
         relabel_to: dict[str, list[str]] = {}
 
-        all_journaled = True
         file_detail = {"file": points.path.name, "sha256": points.sha256, "format": points.format,
                        "featurizer": points.featurizer, "rows": points.n}
 
-        def journal_the_adds(**more: Any) -> None:  # the points added since the last entry, as a build journals
-            nonlocal last_entry, all_journaled
-            new = {lab: n - journaled.get(lab, 0) for lab, n in report.added_per_label.items()
-                   if n > journaled.get(lab, 0)}
-            last_entry = time.monotonic()
-            if new:
-                all_journaled &= self._journal("add", points=sum(new.values()), labels=most_first(new),
-                                               selector=selector, detail={"import": {
-                    **file_detail, "chosen": report.chosen, "already_in_memory": report.already_in_memory,
-                    "skipped": sum(report.skipped.values()), **more}, **add_note_detail(note)})
-                journaled.update(report.added_per_label)
+        def journal_the_adds(**more: Any) -> None:
+            entries.journal(report.added_per_label, {"import": {
+                **file_detail, "chosen": report.chosen, "already_in_memory": report.already_in_memory,
+                "skipped": sum(report.skipped.values()), **more}, **add_note_detail(note)})
 
         # Noted before its first point, as a build is (`build`): a kill before the entry is journaled at the next
         # opening, as far as the memory holds the points listed
@@ -2671,7 +2679,7 @@ class VisualMemory:
                             report.other_label.append((points.source_of(int(row)), stored[pid], lab))
                             if relabel:
                                 relabel_to.setdefault(lab, []).append(pid)
-                    if not dry_run and time.monotonic() - last_entry >= BUILD_JOURNAL_EVERY_S:
+                    if not dry_run and entries.due():
                         journal_the_adds(running=True)
             except BaseException as exc:
                 if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
@@ -2684,7 +2692,7 @@ class VisualMemory:
             report.added_per_label = most_first(report.added_per_label)
             if not dry_run:
                 journal_the_adds()
-                if all_journaled:
+                if entries.all_journaled:
                     self.store.journal.settled(note)
         if not dry_run:
             self._name_imagenet_classes(new_classes if report.added else {})
