@@ -249,6 +249,24 @@ def test_a_kill_between_a_part_s_two_writes_leaves_no_unsure_answer_out_of_the_q
 
 
 
+def test_a_resume_whose_settings_file_is_not_ours_is_refused_saying_why(tmp_path: Path):
+    answers = tmp_path / "answers.csv"
+    sheets = AnswerSheets.checked(answers, None, None)
+    assert sheets is not None
+    sheets.begin({"k": 10})
+    sheets.add([answer(0)])
+    sheets.close()
+    kept = answers.with_name("answers.csv.vmem-run.json")
+    kept.write_text('["k", 10]', encoding="utf-8")  # JSON, but not the settings a run keeps
+    resumed = AnswerSheets.checked(answers, None, None, resume=True)
+    assert resumed is not None
+    with pytest.raises(typer.BadParameter, match=r"is not readable \(Input should be an object\); give another --csv"):
+        resumed.begin({"k": 10})
+    resumed.close()
+    assert [r["path"] for r in read_rows(answers)] == ["/photos/IMG_0000.JPG"]  # nothing lost
+    assert kept.read_text(encoding="utf-8") == '["k", 10]'
+
+
 def test_a_server_s_credentials_are_not_kept_beside_the_sheet(tmp_path: Path):
     answers = tmp_path / "answers.csv"
     url = "https://reader:hunter2@qdrant.example.com:6333/?api_key=s3cret"

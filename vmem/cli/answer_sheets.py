@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from retrieval.files import write_atomically
 from retrieval.text import without_secrets
@@ -23,6 +24,29 @@ REVIEW_HEADER = ("path", "label", "suggested_name", "confidence")
 # finished (FINISHED: false while it goes on, and after a stop or a kill)
 SETTINGS_SUFFIX = ".vmem-run.json"
 FINISHED = "finished"
+
+
+class KeptRun(BaseModel):
+    """The file beside a --csv sheet (SETTINGS_SUFFIX): the settings its run answered with (`begin`'s, any keys, as
+    JSON reads them back) and whether the run finished."""
+
+    model_config = ConfigDict(extra="allow")
+    finished: StrictBool = True  # a file without it: as a finished run's
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def read_kept(path: Path) -> KeptRun:
+    """The run's file at `path`. Raises OSError (FileNotFoundError: there is none), ValueError: not a JSON object
+    with `finished` true or false, so not one vmem classify wrote."""
+    try:
+        return KeptRun.model_validate_json(path.read_bytes())
+    except ValidationError as exc:  # said in a line (pydantic's takes three, and a link)
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise ValueError(f"{where + ': ' if where else ''}{error['msg']}") from None
 
 
 def absolute(source: str) -> str:
@@ -89,7 +113,8 @@ class AnswerSheets:
                 sheets._take(sheets.answers)
                 # The settings of the run that wrote the sheet before are no longer its. Left, a sheet vmem dmn
                 # classify wrote again (it keeps none: `begin`) was resumed by vmem classify as its own.
-                sheets.answers.with_name(sheets.answers.name + SETTINGS_SUFFIX).unlink(missing_ok=True)
+                assert sheets.kept is not None
+                sheets.kept.unlink(missing_ok=True)
         except BaseException:  # refused: the sheet let go of (a test or a notebook runs on)
             sheets.close()
             raise
@@ -137,11 +162,11 @@ class AnswerSheets:
         (or a sheet without our settings beside it) is written afresh, as before."""
         assert self.answers is not None and self.kept is not None
         try:
-            if json.loads(self.kept.read_text(encoding="utf-8")).get(FINISHED, True):
+            if read_kept(self.kept).finished:
                 return
             with self.answers.open(newline="", encoding="utf-8-sig") as f:
                 answered = sum(1 for row in csv.reader(f) if row) - 1
-        except (OSError, ValueError, AttributeError, csv.Error):  # none, or not ours to judge: as before
+        except (OSError, ValueError, csv.Error):  # none, or not ours to judge: as before
             return
         if answered > 0:
             raise typer.BadParameter(
@@ -161,7 +186,7 @@ class AnswerSheets:
             wanted["memory"] = without_secrets(wanted["memory"])
         if self.resumed:
             try:
-                then = json.loads(kept.read_text(encoding="utf-8"))
+                then = read_kept(kept).settings
             except FileNotFoundError:  # a sheet of a vmem before --resume (4f6c9ae and older) keeps none
                 raise typer.BadParameter(
                     f"cannot tell which settings answered {self.answers}: no {kept.name} beside it (`vmem dmn "
@@ -174,7 +199,6 @@ class AnswerSheets:
                     f"cannot tell which settings answered {self.answers}: {kept} is not readable ({exc}); give "
                     "another --csv to begin afresh, or leave --resume out to write this one again",
                     param_hint="--resume") from None
-            then.pop(FINISHED, None)
             changed = [f"{name} {then.get(name)!r} then, {wanted.get(name)!r} now"
                        for name in sorted(set(then) | set(wanted)) if then.get(name) != wanted.get(name)]
             if changed:
@@ -186,7 +210,7 @@ class AnswerSheets:
     def finish(self) -> None:
         """Note that the run finished: a run begun afresh over its sheet then needs no --resume."""
         if self.kept is not None and self.kept.is_file():
-            self._keep(json.loads(self.kept.read_text(encoding="utf-8")), finished=True)
+            self._keep(read_kept(self.kept).settings, finished=True)
 
     def _keep(self, settings: dict[str, Any], finished: bool) -> None:
         assert self.kept is not None
