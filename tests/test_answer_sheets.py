@@ -168,6 +168,28 @@ def test_a_resume_with_only_failed_images_left_ends_as_the_whole_run_would(camer
     assert "(2 in all)" in out.stderr and "no image could be classified" not in out.stderr
 
 
+def test_a_run_resumed_from_another_folder_through_a_link_answers_no_image_again(camera_trap, tmp_path, monkeypatch):
+    # The photos are on a card, and ~/photos links to it: the first run was given them from there by relative
+    # paths (the sheet holds the card's own path: a process's working folder has its links resolved), the resumed
+    # one from the home folder as ~/photos/DCIM
+    memory, season = camera_trap
+    card, home = tmp_path / "card", tmp_path / "home"
+    (card / "DCIM").mkdir(parents=True)
+    home.mkdir()
+    for image in sorted(season.glob("*/*"))[:3]:
+        (card / "DCIM" / image.name).symlink_to(image)
+    (home / "photos").symlink_to(card)
+    answers = home / "answers.csv"
+    first_two = sorted(p.name for p in (card / "DCIM").iterdir())[:2]
+    monkeypatch.chdir(home / "photos")
+    run("classify", *[f"DCIM/{name}" for name in first_two], "--memory", memory, "--k", "10", "--csv", answers)
+    monkeypatch.chdir(home)
+    out = run("classify", "photos/DCIM", "--memory", memory, "--k", "10", "--csv", answers, "--resume")
+    assert "resuming: 2 of the 3 images are answered" in out.stderr
+    rows = read_rows(answers)
+    assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(p.name for p in (card / "DCIM").iterdir())
+
+
 def test_a_long_run_keeps_of_each_answer_only_what_its_summaries_read(camera_trap):
     memory, season = camera_trap
     with VisualMemory.open(memory) as mem, redirect_stdout(io.StringIO()) as printed:

@@ -67,6 +67,8 @@ class AnswerSheets:
         self.answers, self.review = answers, review
         self.answered = self.unsure = 0  # counts, not rows: a run's memory does not grow with its sheets
         self.done: set[str] = set()  # with --resume: the paths the --csv sheet answered already
+        self._done_files: set[str] | None = None  # `done` as `answered_already` matches them, made on its first call
+        self._real_folders: dict[str, str] = {}
         self.queued = 0  # with --resume: the rows the --review-csv queue held already
         self.resumed = False
         self._held: int | None = None  # the --csv sheet's descriptor, flock-ed for the run (`hold`)
@@ -150,6 +152,26 @@ class AnswerSheets:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def answered_already(self, image: str | Path) -> bool:
+        """Whether the --csv sheet answered the file `image` names already (with --resume), however either names
+        it: relative to another working folder, or through a linked folder (`~/photos` -> `/mnt/card`; a process's
+        working folder has its links resolved, so a run given relative paths wrote the card's own). Compared by
+        the real folder a file is in and its own name: a link to an image is an image of its own, as it is a row
+        of its own in the sheet."""
+        if self._done_files is None:
+            self._done_files = {self._file(path) for path in self.done}
+        return self._file(str(image)) in self._done_files
+
+    def _file(self, path: str) -> str:
+        if not path or "://" in path:
+            return path
+        folder, name = os.path.split(os.path.join(os.getcwd(), path))
+        if name in ("", ".", ".."):  # no file's name: a folder's
+            return os.path.realpath(os.path.join(folder, name))
+        if (real := self._real_folders.get(folder)) is None:  # a folder's images share it: resolved once
+            real = self._real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real, name)
 
     @property
     def kept(self) -> Path | None:

@@ -405,7 +405,7 @@ def classify(
     paths = expand_images(images, sample, seed)
     if not paths:
         raise typer.BadParameter("no images found", param_hint="IMAGES")
-    from .answer_sheets import AnswerSheets, absolute  # here: a command imports only its own modules
+    from .answer_sheets import AnswerSheets  # here: a command imports only its own modules
 
     sheets = AnswerSheets.checked(csv_out, review_csv, min_confidence, resume)
     # The --csv sheet is this run's until it ends: another run given it is refused meanwhile (AnswerSheets.hold)
@@ -437,7 +437,7 @@ def classify(
                     "min_confidence": min_confidence, "ood": ood,
                     "review_csv": sheets.review and os.path.abspath(sheets.review)})
                 if sheets.resumed:
-                    left = [p for p in paths if absolute(str(p)) not in sheets.done]
+                    left = [p for p in paths if not sheets.answered_already(p)]
                     typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
                                f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
                     if not left:
