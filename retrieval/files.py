@@ -517,7 +517,8 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], 
 
     A temporary file beside it is written, then renamed over it. With `durable` the temporary file is
     flushed to disk before the rename and the directory after it, so that a power loss cannot leave
-    an empty file under the new name (a rename can reach the disk before the data it names).
+    an empty file under the new name (a rename can reach the disk before the data it names); a file system
+    that cannot sync a folder (`_sync_folder`) leaves the rename to reach the disk in its own time.
     The temporary file is made with open(), so the result has the usual permissions (umask), as
     write_text's would: a memory directory may be read by a service running as another user.
     """
@@ -541,11 +542,7 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[BinaryIO], 
             os.unlink(tmp)
         raise
     if durable:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_folder(path.parent)
 
 
 def copy_file_sparse(source: str | Path, target: str | Path) -> int:

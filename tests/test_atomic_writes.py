@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -46,3 +47,21 @@ def test_durable_writes_reach_the_disk_before_and_after_the_rename(tmp_path, mon
     synced.clear()
     write_atomically(tmp_path / "thumb.jpg", b"\xff\xd8", durable=False)  # a cache: rebuilt if lost
     assert synced == []
+
+
+def test_a_file_system_that_cannot_sync_a_folder_still_takes_durable_writes(tmp_path, monkeypatch):
+    # Some mounts (network shares, FUSE) answer EINVAL to a folder's fsync: the file is written and renamed into
+    # place by then, and was said not to be (every durable write there failed, a memory's vmem.json among them)
+    real_fsync = os.fsync
+
+    def no_folder_sync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    path = tmp_path / "vmem.json"
+    path.write_text("old")
+    write_atomically(path, b'{"new": true}')
+    assert path.read_bytes() == b'{"new": true}'
+    assert os.listdir(tmp_path) == ["vmem.json"]
