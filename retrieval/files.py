@@ -639,10 +639,23 @@ def _identity(path: str | Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+# What a file system that cannot sync a folder answers (network shares, FUSE, some containers' mounts); an error
+# else (EIO: the disk failed the write) is a write that may not have reached the disk, and is raised
+_FOLDER_SYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM, errno.EBADF,
+                            errno.EISDIR, errno.ENOSYS}
+
+
 def _sync_folder(folder: str | Path) -> None:
-    with suppress(OSError):  # some file systems cannot open a folder to sync it
+    try:
         fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except OSError as exc:
+        if exc.errno in _FOLDER_SYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _FOLDER_SYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)

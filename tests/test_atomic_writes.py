@@ -65,3 +65,17 @@ def test_a_file_system_that_cannot_sync_a_folder_still_takes_durable_writes(tmp_
     write_atomically(path, b'{"new": true}')
     assert path.read_bytes() == b'{"new": true}'
     assert os.listdir(tmp_path) == ["vmem.json"]
+
+
+def test_a_folder_sync_that_fails_for_the_disk_is_raised_not_taken_for_a_mount_that_cannot(tmp_path, monkeypatch):
+    # EIO from a folder's fsync is a rename that may not reach the disk: a durable write must not say it was made
+    real_fsync = os.fsync
+
+    def failing_disk(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_disk)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_atomically(tmp_path / "vmem.json", b"{}")
