@@ -11,13 +11,16 @@ import functools
 import re
 import shlex
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args, get_origin
 
+import numpy as np
 import pytest
 import typer.main
 
+from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse
 from vmem.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,3 +276,157 @@ def test_a_line_marked_wrong_on_purpose_is_left_out(tmp_path, monkeypatch):
                    "```bash\nvmem classify x.jpg --k 5 \\\n    --json   # both\n```\n", encoding="utf-8")
     assert [(c.where, c.words) for c in doc_commands(doc)] == [
         ("doc.md:1", ("info", "--json")), ("doc.md:6", ("classify", "x.jpg", "--k", "5", "--json"))]
+
+
+# ---------------------------------------------------------------- README's Python, run for real
+
+def readme_python_blocks() -> list[tuple[int, str]]:
+    """README's ```python blocks: (the line of each block's first line, its code)."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() == "```python":
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            blocks.append((i + 2, "\n".join(lines[i + 1:end]) + "\n"))
+    return blocks
+
+
+def run_block(code: str, names: dict, first_line: int, renamed: dict[str, str] | None = None) -> dict:
+    """A README block run as written, but for the string literals in `renamed` (a server's address, an encoder
+    this machine has no weights for) and the names it takes as given (`photo_bytes`), which the test supplies.
+    A failure points at README's own line."""
+    for said, meant in (renamed or {}).items():
+        assert said in code, f"README's block at line {first_line} no longer says {said}"
+        code = code.replace(said, meant)
+    exec(compile("\n" * (first_line - 1) + code, str(REPO / "README.md"), "exec"), names)
+    return names
+
+
+def _real_images(root: Path, split: str, wnid: str, n: int) -> list[Path]:
+    return sorted((root / split / wnid).rglob("*.JPEG"))[:n]
+
+
+TABBY, EGYPTIAN, PERSIAN, LION, BISON = "n02123045", "n02124075", "n02123394", "n02129165", "n02410509"
+
+
+@pytest.fixture
+def readme_place(tmp_path, tiny_imagenet, monkeypatch):
+    """A folder as README's Python API block expects one: ./memory (real Tiny-ImageNet images, EfficientNet-Lite0,
+    the cats under their ImageNet ids, Persian cats as `kitty`), cat.jpg, photo.jpg (a copy of a stored image,
+    saved again), new/okapi1.jpg and new/okapi2.jpg (two new images) and feats.npz (vectors made elsewhere)."""
+    from PIL import Image
+
+    from retrieval import LabelledImage, load_featurizer
+    from retrieval.feature_cache import FeatureCache
+    from vmem import VisualMemory
+
+    monkeypatch.chdir(tmp_path)
+    items = [LabelledImage(str(p), label) for wnid, label in
+             ((TABBY, TABBY), (EGYPTIAN, EGYPTIAN), (PERSIAN, "kitty"), (LION, LION)) for p in
+             _real_images(tiny_imagenet, "train", wnid, 6)]
+    with VisualMemory.open("memory", featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
+        report = mem.build(items)
+        assert report.added == len(items)
+    (tmp_path / "cat.jpg").write_bytes(_real_images(tiny_imagenet, "val", TABBY, 1)[0].read_bytes())
+    Image.open(items[0].source).convert("RGB").save(tmp_path / "photo.jpg", quality=90)
+    (tmp_path / "new").mkdir()
+    for i, p in enumerate(_real_images(tiny_imagenet, "val", BISON, 2), 1):
+        (tmp_path / "new" / f"okapi{i}.jpg").write_bytes(p.read_bytes())
+    elsewhere = _real_images(tiny_imagenet, "train", BISON, 3)
+    featurizer = load_featurizer("efficientnet-lite0", device="cpu")
+    X, _, failed = FeatureCache(tmp_path / "features", featurizer).features_for([str(p) for p in elsewhere])
+    assert not failed
+    np.savez("feats.npz", vectors=np.asarray(X, dtype=np.float32), labels=np.array(["bison"] * len(elsewhere)),
+             sources=np.array([str(p) for p in elsewhere]))
+    return tmp_path
+
+
+@pytest.mark.realdata
+def test_readme_python_api_block_runs_as_written(readme_place, tiny_imagenet):
+    (first, code), *_ = readme_python_blocks()
+    photo_bytes = _real_images(tiny_imagenet, "val", LION, 1)[0].read_bytes()
+    names = run_block(code, {"photo_bytes": photo_bytes}, first, renamed={
+        # No Qdrant server here: the copy goes to an embedded memory's folder, as copy_to takes either.
+        '"http://qdrant:6333")': f'"{readme_place / "copied"}")',
+        # Vectors made elsewhere are named by their encoder: here Lite0's, which this memory holds.
+        'featurizer="dinov2-small"': 'featurizer="efficientnet-lite0"',
+    })
+    res = names["res"]
+    assert res.why_not is not None  # the block's second classify asked why not the tabby
+    assert names["page"].points and all(p.label == "okapi" for p in names["page"].points)
+    assert (readme_place / "okapi.npz").is_file() and (readme_place / "copied").is_dir()
+    from vmem import VisualMemory
+
+    # What the block did stayed done: okapis forgotten, the kitties renamed cat, the bison imported.
+    with VisualMemory.open(readme_place / "memory", reranker=None) as again:
+        labels = {p.label for p in again.points(limit=1000).points}
+    assert "okapi" not in labels and "kitty" not in labels and {"cat", "bison", "giraffe"} <= labels
+
+
+@pytest.mark.realdata
+def test_readme_building_block_runs_as_written(tmp_path, tiny_imagenet, monkeypatch):
+    (first, code) = readme_python_blocks()[1]
+    monkeypatch.chdir(tmp_path)
+    for wnid in (TABBY, LION):  # data/train as class folders, with Tiny-ImageNet's classes.tsv beside them
+        (tmp_path / "data" / "train" / wnid).mkdir(parents=True)
+        for p in _real_images(tiny_imagenet, "train", wnid, 5):
+            (tmp_path / "data" / "train" / wnid / p.name).symlink_to(p)
+    (tmp_path / "data" / "classes.tsv").symlink_to(tiny_imagenet / "classes.tsv")
+    from vmem import VisualMemory
+
+    paths = [str(p) for p in _real_images(tiny_imagenet, "val", LION, 3)]
+    names = run_block(code, {"VisualMemory": VisualMemory, "paths": paths}, first)
+    mem, results, failed = names["mem"], names["results"], names["failed"]
+    try:
+        assert names["report"].added == 10 and not failed and len(results) == 3
+        assert mem.label_names[TABBY] == names["names"][TABBY]
+    finally:
+        mem.close()
+
+
+@pytest.mark.realdata
+def test_readme_own_encoder_module_builds_a_memory(tmp_path, tiny_imagenet, monkeypatch):
+    """The `python:` plugin block, with the user's own MyResNet (here a tiny one) and its weights beside it."""
+    import torch
+    from typer.testing import CliRunner
+
+    (first, code) = readme_python_blocks()[2]
+    assert code.startswith("# my_encoders.py")
+    my_resnet = textwrap.dedent('''
+        import torch
+
+        class MyResNet(torch.nn.Module):  # the reader's own network: pooled colours, a 2048-d layer, a head
+            def __init__(self):
+                super().__init__()
+                self.body = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                                torch.nn.Linear(48, 2048))
+                self.fc = torch.nn.Linear(2048, 10)
+
+            def forward(self, x):
+                return self.fc(self.body(x))
+    ''')
+    (tmp_path / "my_encoders.py").write_text(my_resnet + code, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_encoders", raising=False)
+    ns: dict = {}
+    exec(my_resnet, ns)
+    torch.manual_seed(0)
+    torch.save(ns["MyResNet"]().state_dict(), tmp_path / "weights.pt")
+    for wnid in (TABBY, LION):
+        (tmp_path / "photos" / wnid).mkdir(parents=True)
+        for p in _real_images(tiny_imagenet, "train", wnid, 3):
+            (tmp_path / "photos" / wnid / p.name).symlink_to(p)
+    from vmem.cli import app as vmem_app
+
+    try:
+        built = CliRunner().invoke(vmem_app, ["build", "photos/", "--featurizer", "python:my_encoders:resnet_features",
+                                              "--workers", "0"])
+    finally:
+        sys.modules.pop("my_encoders", None)
+    assert built.exit_code == 0, built.output
+    from vmem import VisualMemory
+
+    with VisualMemory.open("memory", reranker=None) as mem:  # ./memory, the default
+        assert len(mem.points(limit=100).points) == 6
+        assert mem.store.meta.featurizer.name == "python:my_encoders:resnet_features"
