@@ -7,14 +7,19 @@ A line that shows a mistake on purpose is marked `<!-- docs-check: wrong on purp
 
 from __future__ import annotations
 
+import ast
+import collections.abc
 import functools
+import importlib
+import inspect
 import re
 import shlex
 import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pytest
@@ -430,3 +435,184 @@ def test_readme_own_encoder_module_builds_a_memory(tmp_path, tiny_imagenet, monk
     with VisualMemory.open("memory", reranker=None) as mem:  # ./memory, the default
         assert len(mem.points(limit=100).points) == 6
         assert mem.store.meta.featurizer.name == "python:my_encoders:resnet_features"
+
+
+# ---------------------------------------------------------------- the docstrings' >>> examples, read
+
+PACKAGES = ("vmem", "retrieval", "reranker", "prompts", "server", "eval")
+
+
+@dataclass
+class Example:
+    module: str
+    where: str  # retrieval/voting.py:126
+    code: str  # one statement: its `>>>` line and `...` continuations
+
+
+def docstring_examples() -> list[Example]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for i, line in enumerate(lines):
+                if (start := re.match(r"^\s*>>> ?(.*)$", line)) is None:
+                    continue
+                code = [start.group(1)]
+                for more in lines[i + 1:]:
+                    if (going := re.match(r"^\s*\.\.\. ?(.*)$", more)) is None:
+                        break
+                    code.append(going.group(1))
+                found.append(Example(module, f"{path.relative_to(REPO).as_posix()}:{i + 1}", "\n".join(code)))
+    return found
+
+
+def docs_python_examples() -> list[Example]:
+    """The docs' ```python blocks, statement by statement (README's are also run, above)."""
+    found = []
+    for doc in DOCS:
+        lines = doc.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() != "```python":
+                continue
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            code = "\n".join(lines[i + 1:end])
+            for statement in ast.parse(code).body:
+                found.append(Example("vmem", f"{doc.relative_to(REPO).as_posix()}:{i + 1 + statement.lineno}",
+                                     ast.get_source_segment(code, statement) or ""))
+    return found
+
+
+def _statement(code: str) -> ast.Module | None:
+    """The example as Python: a compound statement's header (`for x in y:`) is given an empty body."""
+    code = re.sub(r"\s+#.*$", "", code, flags=re.M) if "#" in code else code
+    for attempt in (code, code.rstrip() + "\n    pass"):
+        try:
+            return ast.parse(attempt)
+        except SyntaxError:
+            continue
+    return None
+
+
+def _returned(function) -> object:
+    """What a function is annotated to return: a class, a tuple[...] or list[...], or None if not known."""
+    if isinstance(function, type):
+        return function
+    try:
+        hints = get_type_hints(function)
+    except Exception:
+        return None
+    returned = hints.get("return")
+    if get_origin(returned) in (Union, types.UnionType):
+        kinds = [a for a in get_args(returned) if a is not type(None)]
+        returned = kinds[0] if len(kinds) == 1 else None
+    return returned
+
+
+class _Reader:
+    """Reads one module's examples in order, as a person does: what each name holds follows from the imports and
+    the assignments before it (`page = mem.points(...)`: a PointPage), and `mem` is a VisualMemory."""
+
+    def __init__(self, module: str) -> None:
+        from vmem import VisualMemory
+
+        self.names: dict[str, object] = {}
+        for package in PACKAGES:  # what a package exports may be named in another's example (VisualMemory)
+            self.names.update({k: v for k, v in vars(importlib.import_module(package)).items()
+                               if not k.startswith("_")})
+        self.names.update(vars(importlib.import_module(module)))
+        self.kinds: dict[str, object] = {"mem": VisualMemory}
+        self.checked = 0
+
+    def kind_of(self, node: ast.expr) -> object:
+        if isinstance(node, ast.Name):
+            return self.kinds.get(node.id)
+        if isinstance(node, ast.Call):
+            function = self.callable_of(node.func)
+            return _returned(function[0]) if function else None
+        return None
+
+    def callable_of(self, node: ast.expr) -> tuple[object, bool] | None:
+        """The function a call calls, and whether it is called on an instance (its `self` not written)."""
+        if isinstance(node, ast.Name):
+            found = self.names.get(node.id)
+            return (found, False) if callable(found) else None
+        if isinstance(node, ast.Attribute):
+            owner = self.kind_of(node.value)
+            if owner is None and isinstance(node.value, ast.Name):  # a module or class by name: np.load, Cls.open
+                holder = self.names.get(node.value.id)
+                if holder is not None and hasattr(holder, node.attr):
+                    return getattr(holder, node.attr), False
+                return None
+            if not isinstance(owner, type):
+                return None
+            if not hasattr(owner, node.attr):
+                raise AttributeError(f"{owner.__qualname__} has no attribute {node.attr}")
+            static = inspect.getattr_static(owner, node.attr)
+            if isinstance(static, property):
+                return None
+            return getattr(owner, node.attr), not isinstance(static, (classmethod, staticmethod))
+        return None
+
+    def problems(self, example: Example) -> list[str]:
+        tree = _statement(example.code)
+        if tree is None:
+            return [f"{example.where}: not Python: {example.code}"]
+        said = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                exec(compile(ast.Module([node], []), example.where, "exec"), self.names)
+            if not isinstance(node, ast.Call):
+                continue
+            try:
+                found = self.callable_of(node.func)
+            except AttributeError as exc:
+                said.append(f"{example.where}: {exc}")
+                continue
+            if found is None or any(isinstance(a, ast.Starred) for a in node.args) or None in [
+                    k.arg for k in node.keywords]:
+                continue
+            function, on_instance = found
+            try:
+                signature = inspect.signature(function)
+            except (TypeError, ValueError):  # a builtin without one
+                continue
+            self.checked += 1
+            try:
+                signature.bind(*([None] if on_instance and not isinstance(function, type) else []),
+                               *[None] * len(node.args), **{k.arg: None for k in node.keywords if k.arg})
+            except TypeError as exc:
+                said.append(f"{example.where}: {ast.unparse(node)}: {exc} ({getattr(function, '__qualname__', '')}"
+                            f"{signature})")
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                self._remember(node.targets[0], self.kind_of(node.value))
+            elif isinstance(node, ast.For):
+                self._remember(node.target, None)
+        return said
+
+    def _remember(self, target: ast.expr, kind: object) -> None:
+        if isinstance(target, ast.Name):
+            self.kinds[target.id] = kind if isinstance(kind, type) else None
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            parts = get_args(kind) if get_origin(kind) is tuple else [get_args(kind)[0]] * len(target.elts) \
+                if get_origin(kind) in (list, collections.abc.Sequence) and get_args(kind) else []
+            for i, element in enumerate(target.elts):
+                self._remember(element, parts[i] if i < len(parts) else None)
+
+
+def test_the_docstrings_examples_call_what_there_is_as_it_is_called():
+    """Each `>>>` line's calls, and each statement of the docs' Python blocks, read (not run): the function or
+    method exists and takes the arguments given."""
+    examples = docstring_examples()
+    assert len(examples) > 60
+    examples += docs_python_examples()
+    said: list[str] = []
+    checked = 0
+    readers: dict[str, _Reader] = {}
+    for example in examples:
+        reader = readers.setdefault(example.module, _Reader(example.module))
+        said += reader.problems(example)
+    checked = sum(r.checked for r in readers.values())
+    assert not said, "\n".join(said)
+    assert checked >= 100, checked  # most calls are found: a reader that resolved none would pass
