@@ -57,6 +57,7 @@ from .files import (
     write_atomically,
 )
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, NotedOp, PendingEdit
+from .kept_counts import KeptCounts, forget_kept_counts, keep_counts, read_kept_counts
 from .preprocessing import FeaturizerError, FeaturizerSpec
 from .text import visible, without_secrets
 
@@ -1321,6 +1322,22 @@ def _shared_open_lock(folder: Path, deadline: float = 0.0) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def at_rest(location: str | Path) -> Iterator[Path | None]:
+    """The folder of the embedded memory at `location`, with its open lock taken shared for the block, where no
+    process has it open (none opens it meanwhile), for what its files alone answer (`read_kept_counts`, its
+    journal); None where one has it open (this process too), it is being created, or it has no lock file (no
+    memory, or one never opened by vmem). Never waits."""
+    folder = Path(os.path.expanduser(location)).absolute()
+    here = f"the memory at {_shown(folder)} is open in this process"
+    with contextlib.ExitStack() as stack:
+        try:
+            taken = stack.enter_context(_lock_shared(folder, _deadline(0.0), here))
+        except (MemoryInUseError, OSError):  # open here (that object answers), a lock file this user cannot read
+            taken = None
+        yield folder if taken and (folder / META_FILE).is_file() else None
+
+
 # A read-only service's copy of its memory: TMPDIR/vmem-read-only-RANDOM.PID.START@HOST (`make_private_folder`)
 READ_ONLY_COPY_PREFIX = "vmem-read-only-"
 
@@ -1463,6 +1480,7 @@ class EdgeMemoryStore(MemoryStore):
         self._whole_edit = threading.Lock()
         self._writes = 0  # writes begun: what a cached answer about the points was computed after
         self._label_counts: tuple[int, dict[str, int]] | None = None
+        self._searchable_kept: tuple[int, dict[str, int]] | None = None  # per label, as the memory opened
         self._write_failed: str | None = None  # the engine's error, once it has failed a write and takes no more
         # Points written since the engine last indexed, counted here: the engine's count of indexed vectors holds
         # the forgotten ones too, so "points - indexed" fell short by every forget, and a memory forgotten from
@@ -1481,12 +1499,19 @@ class EdgeMemoryStore(MemoryStore):
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path, deadline)
+        # Read, then removed, before the engine touches a file: they stand for the memory as last closed, which
+        # is as it opens (their fingerprint says), and from here until its close they may not
+        kept = read_kept_counts(self.path)
+        forget_kept_counts(self.path)
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
         folder = os.stat(self.path)
         self._folder_identity = (folder.st_dev, folder.st_ino)
         _open_folders[self._folder] = os.getpid()
         try:
             self._open(meta, meta_path, shard_path)
+            if kept is not None:  # counted until the first write, as `label_counts` keeps its own
+                self._label_counts = (self._writes, dict(kept.per_label))
+                self._searchable_kept = (self._writes, dict(kept.searchable_per_label))
         except BaseException:
             if made and not meta_path.exists():  # a memory this call began and never completed (a full disk)
                 # Removed while the lock is held (another process that tried meanwhile was refused), and only what
@@ -2182,12 +2207,41 @@ class EdgeMemoryStore(MemoryStore):
                     log.warning("the memory's last writes could not be flushed to its segments at close (%s); the "
                                 "engine applies them again from its log when the memory is next opened",
                                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                # Not on a full disk: counting flushes (index_upkeep), and the file is a write
+                counts = self._counts_to_keep() if free is None or free >= EDIT_HEADROOM_BYTES else None
                 shard.close()
+                if counts is not None:  # after the engine's close, which rewrites its files, and under the lock
+                    keep_counts(self.path, counts)
             self.shard = None
         self._release_open_lock()
         if self._read_only_copy is not None:
             shutil.rmtree(self._read_only_copy, ignore_errors=True)
             self._read_only_copy = None
+
+    def _counts_to_keep(self) -> KeptCounts | None:
+        """The counts `vmem info` and `vmem labels` show, kept beside the memory at close (`retrieval.kept_counts`):
+        the next of them reads them rather than opening the engine. None for a read-only service's copy (removed
+        at close), or where the engine fails to count (its close says why, if it matters)."""
+        if self._read_only_copy is not None:
+            return None
+        try:
+            counts = self.label_counts()
+            if self._searchable_kept is not None and self._searchable_kept[0] == self._writes:
+                searchable = self._searchable_kept[1]  # no write since it opened
+            elif self._any_excluded:
+                resp = self.shard.facet(self._qe.FacetRequest(key="label", limit=max(1, len(counts)), exact=True,
+                                                              filter=self._filter(searchable=True)))
+                found = {str(h.value): int(h.count) for h in resp}
+                searchable = {lab: found.get(lab, 0) for lab in counts}
+            else:
+                searchable = counts
+            points, searchable_points = self.count(), self.count(searchable=True)
+            upkeep = self.index_upkeep(wait=False)
+        except Exception:  # a count is no reason to fail a close
+            log.debug("the memory's counts were not kept at close", exc_info=True)
+            return None
+        return KeptCounts(points=points, searchable=searchable_points, per_label=counts,
+                          searchable_per_label=searchable, index_upkeep=upkeep.as_dict() if upkeep else None)
 
     def _acknowledge_last_add(self) -> None:
         """End the write-ahead log with a write that changes a segment, so that opening the memory replays next to

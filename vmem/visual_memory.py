@@ -61,6 +61,7 @@ from retrieval.images import ImageDecodeError, ImageInput
 from retrieval.journal import (
     JOURNAL_FILE,
     KEY_NAME,
+    PENDING_DIR,
     FileJournal,
     JournalEntry,
     JournalOp,
@@ -72,6 +73,7 @@ from retrieval.journal import (
     most_first,
     now,
 )
+from retrieval.kept_counts import KeptCounts, read_kept_counts
 from retrieval.store import (
     DEFAULT_COLLECTION,
     EDIT_HEADROOM_BYTES,
@@ -88,6 +90,7 @@ from retrieval.store import (
     MemoryMeta,
     MemoryStoreError,
     StoredPoint,
+    at_rest,
     is_embedded_location,
     local_folder,
     read_meta_file,
@@ -2787,31 +2790,7 @@ class VisualMemory:
             kept = self.store.label_counts_kept()
             counts = {**kept, **own} if kept is not None else None
         counts = self.store.label_counts() if counts is None else counts
-        if len(counts) < 2:
-            return []
-        fullest = sorted(counts.values(), reverse=True)[:2]
-        k, rule, alpha = settings.k, settings.rule, settings.alpha
-
-        def few(n: int, rival: int) -> FewPoints | None:
-            needed = fewest_to_win(k, rule, alpha, rival)  # None: a rule without a threshold
-            if needed is None or n >= needed:
-                return None
-            fits = n  # n points fill a vote of n: from there up, the vote only grows harder to win
-            while wins_nearest(n, fits + 1, rule, alpha, rival):
-                fits += 1
-            return FewPoints(label="", points=n, needed=needed, k=k, rule=str(rule), k_that_fits=fits)
-
-        names = self.store.meta.label_names
-        known: dict[tuple[int, int], FewPoints | None] = {}  # by (points, rival): a memory may have 50,000 labels
-        flagged = []
-        for lab in counts if labels is None else [lab for lab in dict.fromkeys(labels) if lab in counts]:
-            n = counts[lab]
-            rival = fullest[1] if n == fullest[0] else fullest[0]
-            if (n, rival) not in known:
-                known[n, rival] = few(n, rival)
-            if (found := known[n, rival]) is not None:
-                flagged.append(found.model_copy(update={"label": lab, "label_name": names.get(lab)}))
-        return sorted(flagged, key=lambda f: (f.points, f.label))
+        return _few_points(counts, settings, self.store.meta.label_names, labels)
 
     def disk_usage(self) -> dict[str, int] | None:
         """Bytes on disk of an embedded memory's folder, by what holds them (the engine's `shard`, `thumbnails`,
@@ -2819,6 +2798,96 @@ class VisualMemory:
         keeps forgotten points' vectors until they are erased (`erase_forgotten`), so its figure says what an
         erase could give back."""
         return disk_usage_of(folder) if (folder := local_folder(self.store.location)) is not None else None
+
+
+
+def _few_points(counts: Mapping[str, int], settings: VoteSettings, names: Mapping[str, str],
+                labels: Sequence[str] | None = None) -> list[FewPoints]:
+    """`VisualMemory.few_point_labels` of a memory holding `counts` (label -> points), under vote `settings`."""
+    if len(counts) < 2:
+        return []
+    fullest = sorted(counts.values(), reverse=True)[:2]
+    k, rule, alpha = settings.k, settings.rule, settings.alpha
+
+    def few(n: int, rival: int) -> FewPoints | None:
+        needed = fewest_to_win(k, rule, alpha, rival)  # None: a rule without a threshold
+        if needed is None or n >= needed:
+            return None
+        fits = n  # n points fill a vote of n: from there up, the vote only grows harder to win
+        while wins_nearest(n, fits + 1, rule, alpha, rival):
+            fits += 1
+        return FewPoints(label="", points=n, needed=needed, k=k, rule=str(rule), k_that_fits=fits)
+
+    known: dict[tuple[int, int], FewPoints | None] = {}  # by (points, rival): a memory may have 50,000 labels
+    flagged = []
+    for lab in counts if labels is None else [lab for lab in dict.fromkeys(labels) if lab in counts]:
+        n = counts[lab]
+        rival = fullest[1] if n == fullest[0] else fullest[0]
+        if (n, rival) not in known:
+            known[n, rival] = few(n, rival)
+        if (found := known[n, rival]) is not None:
+            flagged.append(found.model_copy(update={"label": lab, "label_name": names.get(lab)}))
+    return sorted(flagged, key=lambda f: (f.points, f.label))
+
+
+def stats_from_files(location: str | Path) -> dict[str, Any] | None:
+    """`VisualMemory.stats` of an embedded memory at rest, without opening it: from the counts its last close kept
+    beside it (`retrieval.kept_counts`) and its files, in a few milliseconds where opening takes seconds on a large
+    memory. None where no sound answer is in the files: it is open in a process (this one too), or edited since
+    those counts were kept (by a process killed before its close, or a vmem that keeps none), or none were.
+
+    Example:
+        >>> stats = stats_from_files("./memory") or VisualMemory.open("./memory").stats()
+    """
+    read = _kept_counts(location)
+    if read is None:
+        return None
+    kept, meta, disk = read
+    try:
+        tuned = meta.settings.get("vote") or {}
+        few = _few_points(kept.per_label, _stored_vote(tuned) if tuned else VoteSettings(), meta.label_names)
+    except ValueError:  # tuned settings this vmem cannot read, as `few_point_labels` says
+        few = []
+    return {
+        "location": without_secrets(str(Path(location))),
+        "points": kept.points,
+        "labels": len(kept.per_label),
+        "per_label": dict(kept.per_label),
+        "label_names": dict(meta.label_names),
+        "featurizer": meta.featurizer.model_dump(),
+        "index": meta.index.model_dump(),
+        "settings": meta.settings,
+        "disk_bytes": disk,
+        "few_points": [f.model_dump() for f in few],
+        "index_upkeep": kept.index_upkeep,
+    }
+
+
+def label_counts_from_files(location: str | Path) -> tuple[dict[str, int], dict[str, int], dict[str, str]] | None:
+    """An embedded memory's points per label (most first), those of them searchable (not excluded by pruning) and
+    its label names, from the counts its last close kept, without opening it; None where they may not stand for
+    it (as `stats_from_files`)."""
+    read = _kept_counts(location, disk=False)
+    if read is None:
+        return None
+    kept, meta, _ = read
+    return dict(kept.per_label), dict(kept.searchable_per_label), dict(meta.label_names)
+
+
+def _kept_counts(location: str | Path,
+                 disk: bool = True) -> tuple[KeptCounts, MemoryMeta, dict[str, int] | None] | None:
+    """The kept counts, metadata and disk use of the embedded memory at `location`, read at rest (no process
+    opens it meanwhile), where the counts stand for its files."""
+    if not is_embedded_location(location):
+        return None
+    with at_rest(location) as folder:
+        if folder is None or (kept := read_kept_counts(folder)) is None:
+            return None
+        try:
+            meta = read_meta_file(folder)
+        except (MemoryStoreError, OSError, ValueError):  # the opening says what is wrong with it
+            return None
+        return kept, meta, disk_usage_of(folder) if disk else None
 
 
 def disk_usage_of(folder: str | Path) -> dict[str, int] | None:
@@ -3028,6 +3097,24 @@ def history_from_files(location: str | Path, point_id: str | None = None, source
         if len(spellings) > 1:  # as `stored_labels`, by the journal's labels rather than the points'
             label = next((f for f in spellings if in_journal(JournalQuery(label=f))), forms[0])
     return (*journal.newest(_journal_query(op, point_id, label, since, by), limit), meta)
+
+
+def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: int | None = None,
+                    since: str | None = None,
+                    by: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta] | None:
+    """`history_from_files` of an embedded memory at rest, which is what opening it would answer: no process has it
+    open (none opens it meanwhile), and no edit of a process killed before journaling it is left noted (opening
+    journals those first). None where either is not so, or it is no embedded memory: open it.
+
+    Raises:
+        ValueError: a filter that is none (an op, a time).
+    """
+    if not is_embedded_location(location):
+        return None
+    with at_rest(location) as folder:
+        if folder is None or any((folder / PENDING_DIR).glob("*.json")):
+            return None
+        return history_from_files(folder, op=op, limit=limit, since=since, by=by)
 
 
 def parse_point_id(text: str) -> str:

@@ -110,6 +110,15 @@ def memory_location(memory: Path, qdrant_url: str | None) -> str:
     return qdrant_url or str(memory)
 
 
+def at_rest_location(memory: Path, qdrant_url: str | None) -> str | None:
+    """Where a command that only reads may first try the memory's files alone (`stats_from_files`): an embedded
+    memory's folder, checked as `open_memory` checks it; None for a memory on a server."""
+    if qdrant_url is not None:
+        return None
+    check_memory_location(memory, None)
+    return str(memory)
+
+
 def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = None, create: bool = False,
                 index: IndexSettings | None = None, opener: Callable[[str], Any] | None = None, wait: float = 0.0):
     """The memory, or a BadParameter that says what is wrong with it (never a traceback for the usual mistakes).

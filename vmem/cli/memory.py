@@ -49,10 +49,13 @@ from ..visual_memory import (
     UnknownPointError,
     VisualMemory,
     disk_usage_of,
+    history_at_rest,
     history_from_files,
+    label_counts_from_files,
     local_source_prefix,
     name_hints,
     parse_point_id,
+    stats_from_files,
 )
 from ._common import (
     DEFAULT_MEMORY,
@@ -63,6 +66,7 @@ from ._common import (
     VectorsDtype,
     WaitOpt,
     answers_right,
+    at_rest_location,
     check_label_filter,
     check_memory_location,
     check_reranker_settings,
@@ -1270,6 +1274,18 @@ def history(
     if point is not None and source is not None:
         raise typer.BadParameter("give --id or --source, not both")
     point_id = _point_id(point) if point is not None else None
+    # An embedded memory at rest, all its edits journaled, asked for no point or label: its journal answers alone,
+    # as opening it would (seconds saved on a large memory)
+    at_rest = (_edits(lambda: history_at_rest(location, op=cast(JournalOp, op.value) if op else None, limit=limit,
+                                             since=since, by=by))
+               if point is None and source is None and label is None
+               and (location := at_rest_location(memory, qdrant_url)) else None)
+    if at_rest is not None:
+        entries, earlier, meta = at_rest
+        for e in entries:
+            typer.echo(e.model_dump_json() if json_out else _edit_line(e, dict(meta.label_names)))
+        _say_earlier_or_none(earlier, bool(entries), False, op, label, since, by)
+        return
     try:
         mem = open_memory(memory, qdrant_url)
     except MemoryInUseError as exc:
@@ -1303,12 +1319,18 @@ def history(
         typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
+    _say_earlier_or_none(earlier, bool(entries), point_id is not None or source is not None, op, label, since, by)
+
+
+def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label: str | None, since: str | None,
+                         by: str | None) -> None:
+    """After a history's edits: how many more the limit left out, or that none matched (stderr)."""
     if earlier:
         typer.echo(f"... and {earlier} earlier edits (--limit)", err=True)
-    if not entries:
+    if not shown:
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
                                                             ("since", since), ("by", by)) if value is not None]
-        typer.echo("no edits recorded" + (" for it" if point_id or source else "")
+        typer.echo("no edits recorded" + (" for it" if of_one else "")
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
 
@@ -1362,11 +1384,14 @@ def labels(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per label")] = False,
 ) -> None:
     """Every label of the memory with its points and name, most points first (vmem info shows ten)."""
-    mem = open_memory(memory, qdrant_url, wait=wait)
-    with mem:
-        counts, names = mem.store.label_counts(), mem.label_names
-        searchable = {lab: mem.store.count(label=lab, searchable=True) for lab in counts} if mem.store.count(
-            searchable=True) != mem.store.count() else counts
+    kept = label_counts_from_files(location) if (location := at_rest_location(memory, qdrant_url)) else None
+    if kept is not None:  # as in vmem info
+        counts, searchable, names = kept
+    else:
+        with open_memory(memory, qdrant_url, wait=wait) as mem:
+            counts, names = mem.store.label_counts(), mem.label_names
+            searchable = {lab: mem.store.count(label=lab, searchable=True) for lab in counts} if mem.store.count(
+                searchable=True) != mem.store.count() else counts
     for lab, n in counts.items():
         if json_out:
             # "label_name" as in every other answer; "name" kept for the scripts that read it
@@ -1416,16 +1441,20 @@ def info(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show what the memory holds: points, labels, featurizer, settings."""
-    try:
-        mem = open_memory(memory, qdrant_url)
-    except MemoryInUseError as exc:
-        # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
-        if qdrant_url is not None or exc.folder is None:
-            raise
-        _info_from_files(memory, exc, json_out)
-        return
-    with mem:
-        stats = mem.stats()
+    # An embedded memory at rest: the counts its last close kept, where they still stand for it (seconds of
+    # opening saved on a large memory); else it is opened, as it always was
+    stats = stats_from_files(location) if (location := at_rest_location(memory, qdrant_url)) else None
+    if stats is None:
+        try:
+            mem = open_memory(memory, qdrant_url)
+        except MemoryInUseError as exc:
+            # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
+            if qdrant_url is not None or exc.folder is None:
+                raise
+            _info_from_files(memory, exc, json_out)
+            return
+        with mem:
+            stats = mem.stats()
     if json_out:
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
         return

@@ -1,0 +1,149 @@
+"""`vmem info`, `labels` and `history` of an embedded memory at rest read its files alone (the counts its last
+close kept beside it, its journal), rather than opening the engine, which takes seconds on a large memory: never
+counts that no longer stand for the memory (edited since by a process killed before its close, or by a vmem
+that keeps none), and never while a process holds it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval.kept_counts import COUNTS_FILE
+from retrieval.store import EXCLUDED_KEY
+from tests.conftest import REPO, random_unit_vectors
+from vmem import VisualMemory
+from vmem.cli import app
+from vmem.visual_memory import history_at_rest, label_counts_from_files, stats_from_files
+
+SPEC = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
+
+
+@pytest.fixture
+def memory(tmp_path) -> Path:
+    """30 points, 20 cats and 10 dogs, closed."""
+    with open_store(tmp_path / "memory", SPEC) as store:
+        store.add(random_unit_vectors(30, 8), ["cat"] * 20 + ["dog"] * 10, [f"/d/{i}.jpg" for i in range(30)])
+    return tmp_path / "memory"
+
+
+def cli(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def held(memory: Path) -> tuple[int, dict, dict]:
+    """What the memory holds, read point by point: its points, per label, and those not excluded by pruning."""
+    with open_store(memory) as store:
+        points = [p for batch in store.scroll() for p in batch]
+        return len(points), dict(Counter(p.label for p in points)), dict(
+            Counter(p.label for p in points if not p.payload.get(EXCLUDED_KEY)))
+
+
+def opened_stats(memory: Path) -> dict:
+    """What opening the memory answers (and its close keeps again), but the disk, which the counts file is part of."""
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        return {k: v for k, v in mem.stats().items() if k != "disk_bytes"}
+
+
+def test_info_and_labels_read_the_counts_each_close_kept_and_they_follow_every_kind_of_edit(memory):
+    edits = [
+        lambda mem: mem.store.add(random_unit_vectors(4, 8, 1), ["fox"] * 4, [f"/f/{i}.jpg" for i in range(4)]),
+        lambda mem: mem.forget(label="dog"),
+        lambda mem: mem.relabel("feline", label="cat"),
+        lambda mem: mem.store.set_payload(mem.store.ids_where(label="fox")[:3], {EXCLUDED_KEY: "pruned"}),
+    ]
+    for edit in [None, *edits]:
+        if edit is not None:
+            with VisualMemory(open_store(memory), reranker=None) as mem:
+                edit(mem)
+        at_rest = stats_from_files(memory)
+        kept = label_counts_from_files(memory)
+        assert at_rest is not None and kept is not None, "a memory closed after its edit has its counts kept"
+        points, per_label, searchable = held(memory)
+        assert (at_rest["points"], at_rest["per_label"]) == (points, per_label)
+        assert (kept[0], {lab: n for lab, n in kept[1].items() if n}) == (per_label, searchable)
+        assert {k: v for k, v in at_rest.items() if k != "disk_bytes"} == opened_stats(memory)
+    assert kept[0] == {"feline": 20, "fox": 4} and kept[1] == {"feline": 20, "fox": 1}
+    # The commands print them as opening the memory did
+    assert json.loads(cli("info", "--memory", memory, "--json"))["per_label"] == {"feline": 20, "fox": 4}
+    assert cli("labels", "--memory", memory) == "20\tfeline\t\n4\tfox\t\t(3 excluded by pruning)\n"
+
+
+def test_a_memory_held_open_is_not_read_from_its_files(memory):
+    with open_store(memory) as store:
+        assert not (memory / COUNTS_FILE).exists()  # removed as it opened: from here, they may not stand
+        assert stats_from_files(memory) is None and label_counts_from_files(memory) is None
+        assert history_at_rest(memory) is None
+        store.delete_ids(store.ids_where(label="dog"))
+    assert stats_from_files(memory)["per_label"] == {"cat": 20}  # kept again at its close
+
+
+_KILLED_AT_ITS_FIRST_WRITE = """
+import os, signal, sys
+from retrieval import open_store
+from vmem import VisualMemory
+
+class KilledAfterItsWrite:  # the engine's shard, but the process dies right after its first write
+    def __init__(self, shard):
+        self.shard = shard
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+    def update(self, operation):
+        self.shard.update(operation)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+store = open_store(sys.argv[1])
+store.shard = KilledAfterItsWrite(store.shard)
+VisualMemory(store, reranker=None).forget(label="dog")
+"""
+
+
+def test_a_process_killed_between_an_edit_and_its_close_leaves_no_counts_to_read(memory):
+    assert stats_from_files(memory)["points"] == 30
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_ITS_FIRST_WRITE, str(memory)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # The dogs are forgotten (the engine has the write in its log), and the kept counts said 30 points
+    assert stats_from_files(memory) is None and label_counts_from_files(memory) is None
+    # ... and its forget is noted, not journaled yet: the history from the files alone would miss it
+    assert history_at_rest(memory) is None
+    assert "\tforget\t10 points (dog: 10)\tby label" in cli("history", "--memory", memory)  # opened: journaled
+    info = json.loads(cli("info", "--memory", memory, "--json"))
+    assert info["points"] == 20 and info["per_label"] == {"cat": 20}
+    assert stats_from_files(memory)["per_label"] == {"cat": 20}  # that opening's close kept them
+
+
+def test_counts_kept_by_this_vmem_are_not_read_after_another_program_wrote_the_memory(memory):
+    # An older vmem keeps no counts and leaves the file as it is; any opening of the engine rewrites its files
+    import qdrant_edge as qe
+
+    with open_store(memory) as store:
+        dogs = store.ids_where(label="dog")
+    shard = qe.EdgeShard.load(str(memory / "shard"))
+    shard.update(qe.UpdateOperation.delete_points(dogs))
+    shard.flush()
+    shard.close()
+    assert (memory / COUNTS_FILE).exists()
+    assert stats_from_files(memory) is None and label_counts_from_files(memory) is None
+    assert cli("labels", "--memory", memory) == "20\tcat\t\n"
+
+
+def test_history_of_a_memory_at_rest_is_read_from_its_journal_as_opening_would_answer(memory):
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        mem.forget(label="dog")
+        mem.relabel("feline", label="cat")
+    entries, earlier, meta = history_at_rest(memory)
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        assert (entries, earlier) == mem.history_page()
+    assert [e.op for e in entries] == ["relabel", "forget"]
+    shown = cli("history", "--memory", memory, "--op", "forget")
+    assert shown.count("\n") == 1 and "\tforget\t10 points (dog: 10)\tby label" in shown
