@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrieval.text import quoted, visible
+
 from ._template import PromptTemplate, TemplateLoadError, UnknownTemplateError, load_template_file
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
@@ -71,7 +73,7 @@ class TemplateRegistry:
             if not directory.is_dir():
                 if origin == "user":  # a mistyped $VMEM_TEMPLATES_DIR must not pass for "no templates of mine"
                     errors[f"${TEMPLATES_DIR_ENV}"] = TemplateLoadError(
-                        f"{directory} is not a directory: none of your templates were loaded")
+                        f"{visible(str(directory))} is not a directory: none of your templates were loaded")
                 continue
             files: dict[str, list[Path]] = {}
             for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
@@ -79,8 +81,8 @@ class TemplateRegistry:
             for stem, paths in sorted(files.items()):
                 if len(paths) > 1:  # which one is meant? Neither is used: the .yml had silently won
                     errors[stem] = TemplateLoadError(
-                        f"{paths[0]}: {paths[0].name} and {paths[1].name} both define the template {stem!r}; "
-                        "keep one of them (neither is used until then)")
+                        f"{visible(paths[0].name)} and {visible(paths[1].name)} both define the template "
+                        f"{quoted(stem)}; keep one of them (neither is used until then)", paths[0])
                     entries.pop(stem, None)  # nor the built-in it may have meant to replace
                     continue
                 [path] = paths
@@ -111,10 +113,10 @@ class TemplateRegistry:
         try:
             return self._entries[name]
         except KeyError:
-            available = ", ".join(self.names()) or "none"
-            where = f" (user templates are read from {self.user_dir})" if self.user_dir else (
+            available = ", ".join(self.names()) or "none"  # names are [a-z0-9._-]: as they are
+            where = f" (user templates are read from {visible(str(self.user_dir))})" if self.user_dir else (
                 f" (add your own in a directory named by ${TEMPLATES_DIR_ENV})")
-            raise UnknownTemplateError(f"unknown template {name!r}; available: {available}{where}") from None
+            raise UnknownTemplateError(f"unknown template {quoted(name)}; available: {available}{where}") from None
 
     def get(self, name: str | None = None) -> PromptTemplate:
         """The template called `name` (default `neighbors-v1`).

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from retrieval.text import quoted, visible
+
 ToolName = Literal["exemplars", "more_neighbors"]
 
 # Which variables each text field may use. `rank` and `index` are 1-based for the model's benefit.
@@ -38,7 +40,12 @@ class TemplateError(ValueError):
 
 
 class TemplateLoadError(TemplateError):
-    """A template file could not be read, parsed or validated."""
+    """A template file could not be read, parsed or validated: `reason`, after the file's path (`visible`) when
+    there is one. The service says `reason` alone, without its own path to the file."""
+
+    def __init__(self, reason: str, path: Path | None = None) -> None:
+        super().__init__(f"{visible(str(path))}: {reason}" if path is not None else reason)
+        self.reason, self.path = reason, path
 
 
 class UnknownTemplateError(TemplateError, KeyError):
@@ -164,7 +171,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                raise yaml.constructor.ConstructorError(None, None, f"the key {quoted(str(key))} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -183,19 +190,20 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
     except OSError as exc:
-        raise TemplateLoadError(f"{p}: cannot read template ({exc.strerror or exc})") from exc
+        raise TemplateLoadError(f"cannot read template ({exc.strerror or exc})", p) from exc
     except UnicodeDecodeError as exc:
-        raise TemplateLoadError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
-                                "the template as UTF-8") from exc
+        raise TemplateLoadError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
+                                "the template as UTF-8", p) from exc
     except yaml.YAMLError as exc:
-        raise TemplateLoadError(f"{p}: not valid YAML ({exc})") from exc
+        raise TemplateLoadError(f"not valid YAML ({exc})", p) from exc
     if not isinstance(data, dict):
-        raise TemplateLoadError(f"{p}: a template is a YAML mapping of fields, got {type(data).__name__}")
+        raise TemplateLoadError(f"a template is a YAML mapping of fields, got {type(data).__name__}", p)
     try:
         template = PromptTemplate.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{'.'.join(str(x) for x in e['loc']) or 'template'}: {e['msg']}" for e in exc.errors()]
-        raise TemplateLoadError(f"{p}: invalid template:\n  " + "\n  ".join(lines)) from exc
+    except ValidationError as exc:  # a key's name is the file's text: shown escaped (an unknown key is named)
+        lines = [f"{visible('.'.join(str(x) for x in e['loc'])) or 'template'}: {e['msg']}" for e in exc.errors()]
+        raise TemplateLoadError("invalid template:\n  " + "\n  ".join(lines), p) from exc
     if template.name != p.stem:
-        raise TemplateLoadError(f"{p}: the template's name {template.name!r} must match its file name {p.stem!r}")
+        raise TemplateLoadError(f"the template's name {quoted(template.name)} must match its file name "
+                                f"{quoted(p.stem)}", p)
     return template

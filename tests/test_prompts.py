@@ -177,6 +177,28 @@ def test_a_yaml_and_a_yml_of_one_name_are_both_refused_naming_the_two_files(tmp_
     assert reg.get("neighbors-v1").version == 2
 
 
+def test_a_templates_problem_shows_the_names_and_files_it_quotes_escaped(tmp_path):
+    # A file name and a requested name are the user's text: U+202E in one turned the rest of the error backwards.
+    folder = tmp_path / "my\u202etemplates"
+    folder.mkdir()
+    write(folder, "mine\u202ev2", MINIMAL)  # its name says "mine"
+    (folder / "extra.yaml").write_text("name: extra\nversion: 1\nsystem: A.\nsystem\u202e: B.\n")
+    reg = TemplateRegistry(folder)
+    with pytest.raises(TemplateLoadError) as err:
+        reg.get("mine\u202ev2")
+    assert str(err.value) == (f"{tmp_path}/my\\u202etemplates/mine\\u202ev2.yaml: the template's name 'mine' must "
+                              "match its file name 'mine\\u202ev2'")
+    assert err.value.reason.startswith("the template's name") and err.value.path == folder / "mine\u202ev2.yaml"
+    with pytest.raises(TemplateLoadError, match=r"system\\u202e: Extra inputs are not permitted"):
+        reg.get("extra")
+    with pytest.raises(UnknownTemplateError) as unknown:
+        reg.get("no\u202eone")
+    assert str(unknown.value).startswith("unknown template 'no\\u202eone'; available:")
+    assert "(user templates are read from " + str(tmp_path) + "/my\\u202etemplates)" in str(unknown.value)
+    res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(folder)})
+    assert "\u202e" not in res.output and "broken template mine\\u202ev2: " in res.output
+
+
 def test_a_dollar_sign_is_written_as_two():
     t = PromptTemplate(name="mine", version=1, system="Classify.", answer="Costs $$5; pick one of $n_candidates.")
     assert t.render("answer", n_candidates=2) == "Costs $5; pick one of 2."

@@ -1768,6 +1768,19 @@ def test_stats_describe_the_memory(client, backend):
     assert body["default_vote"]["k"] == 50 and body["ood_threshold"] > 0
 
 
+def test_a_broken_template_in_a_folder_whose_path_holds_a_colon_is_refused_without_the_path(client, tmp_path,
+                                                                                             monkeypatch):
+    # The reason was cut from the message at its first ": ", so a folder "2024: templates" gave part of its path.
+    folder = tmp_path / "2024: templates"
+    folder.mkdir()
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(folder))
+    (folder / "mine.yaml").write_text("name: mine\nversion: 1\n")
+    resp = client.post("/v1/classify?rerank=true&template=mine", files=upload(texture(COLORS["red"], 1)),
+                       headers=AUTH)
+    body = assert_problem(resp, 422, "invalid-template", "the template 'mine' could not be loaded: invalid template")
+    assert "templates" not in body["detail"] and "system: Field required" in body["detail"]
+
+
 def test_templates_list_the_registry(client):
     from prompts import default_registry
 

@@ -97,7 +97,7 @@ def check_template(service: ClassifierService, q: ClassifyQuery) -> None:
 
 def template_problem(service: ClassifierService, q: ClassifyQuery, exc: Exception) -> ProblemError:
     """The problem for a template that is unknown (422) or does not load (422; 500 for the service's default)."""
-    from prompts import DEFAULT_TEMPLATE, UnknownTemplateError
+    from prompts import DEFAULT_TEMPLATE, TemplateLoadError, UnknownTemplateError
 
     name = q.template or DEFAULT_TEMPLATE
     if isinstance(exc, UnknownTemplateError):
@@ -105,8 +105,8 @@ def template_problem(service: ClassifierService, q: ClassifyQuery, exc: Exceptio
         available = ", ".join(map(visible, registry.names() if registry is not None else [])) or "none are installed"
         return ProblemError(422, f"unknown template {quoted(name)}; available: {available}", "unknown-template",
                             "Unknown template")
-    # The file's own error, without the server's path to it.
-    reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("/") else str(exc)
+    # The file's own error, without the server's path to it (a path may hold ": " itself).
+    reason = exc.reason if isinstance(exc, TemplateLoadError) else str(exc)
     if q.template is not None:
         return ProblemError(422, f"the template {quoted(name)} could not be loaded: {reason}", "invalid-template",
                             "Invalid template")

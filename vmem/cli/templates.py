@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from prompts import TEMPLATES_DIR_ENV, TemplateError, TemplateRegistry
+from retrieval.text import visible
 
 app = typer.Typer(name="templates", help="List and inspect the re-ranker's prompt templates.", no_args_is_help=True)
 
@@ -24,9 +25,9 @@ def list_templates(json_out: Annotated[bool, typer.Option("--json", help="one JS
                                    "agentic": t.agentic, "path": str(e.path), "description": t.description},
                                   ensure_ascii=False))
         else:
-            typer.echo(f"{t.name:<16} v{t.version:<3} {e.origin:<8} {t.content_hash}  {t.description}")
+            typer.echo(f"{t.name:<16} v{t.version:<3} {e.origin:<8} {t.content_hash}  {visible(t.description)}")
     for stem, err in sorted(reg.errors.items()):
-        typer.echo(f"{stem}: {err}" if stem.startswith("$") else f"broken template {stem}: {err}", err=True)
+        typer.echo(f"{stem}: {err}" if stem.startswith("$") else f"broken template {visible(stem)}: {err}", err=True)
 
 
 @app.command()
@@ -37,7 +38,7 @@ def show(name: Annotated[str, typer.Argument(help="template name, e.g. neighbors
     except TemplateError as exc:
         raise typer.BadParameter(str(exc), param_hint="NAME") from exc
     t = entry.template
-    typer.echo(f"# {t.ref} ({entry.origin}) {entry.path}\n# hash {t.content_hash}")
+    typer.echo(f"# {t.ref} ({entry.origin}) {visible(str(entry.path))}\n# hash {t.content_hash}")
     typer.echo(entry.path.read_text(encoding="utf-8").rstrip())
 
 
