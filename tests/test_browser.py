@@ -1599,7 +1599,7 @@ def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_
 
 def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_its_points(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     # "\u202etac" is drawn "cat" (U+202E RIGHT-TO-LEFT OVERRIDE), and the rest of its line backwards; a name with a
     # zero-width space reads as one without. Shown escaped, as the CLI prints them; sent back as they are. A Persian
@@ -1637,6 +1637,30 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         assert not any(c in page for c in ("\u202e", "\u200b"))
         assert isolated("#prediction bdi") == ["\\u202etac"]
         assert {"\\u202etac", persian, "blue", "red"} <= set(isolated("#history-list bdi"))
+        # ... and so in every sentence that names one: the label typed to add, the question before a forget, what an
+        # add did, a threshold's note (they had been the sentence's plain text)
+        browser.execute_script("const f = document.getElementById('teach-label'); f.value = arguments[0];"
+                               "f.dispatchEvent(new Event('input'))", spoofed)
+        wait.until(lambda d: d.find_element(By.ID, "teach-hint").text == "\\u202etac: 4 points in the memory")
+        assert isolated("#teach-hint bdi") == ["\\u202etac"]
+        browser.execute_script("document.getElementById('api-key').value = arguments[0]", API_KEY)
+        neighbour = browser.find_element(By.CSS_SELECTOR, "[data-testid=neighbor-card]")
+        neighbour.find_element(By.CLASS_NAME, "forget").click()
+        question = neighbour.find_element(By.CLASS_NAME, "forget-question")
+        wait.until(lambda d: question.text.startswith("Forget this point (\\u202etac)?"))
+        assert isolated("[data-testid=neighbor-card] .forget-question bdi")[0] == "\\u202etac"
+        neighbour.find_element(By.CLASS_NAME, "forget-cancel").click()
+        browser.find_element(By.ID, "teach-add").click()
+        wait.until(lambda d: d.find_element(By.ID, "teach-note").text.startswith(
+            "added this image to the memory as \\u202etac, now a label of 5 points"))
+        assert isolated("#teach-note bdi") == ["\\u202etac"]
+        Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # of all 13: 5/13 at most
+        browser.find_element(By.ID, "k").clear()
+        browser.find_element(By.ID, "k").send_keys("13")
+        browser.find_element(By.ID, "min-confidence").send_keys("0.5")
+        browser.find_element(By.ID, "classify-btn").click()
+        wait.until(lambda d: d.find_element(By.ID, "unsure-note").text)
+        assert isolated("#unsure-note bdi") == ["\\u202etac"]
         # The page's escape is the CLI's, to the character: a label typed as the six characters \u202e is shown
         # other than the override, a Windows path as it is
         texts = [spoofed, "\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", persian, "\\\\x1b\x1b"]

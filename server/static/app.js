@@ -64,12 +64,24 @@ function announce(text) {
 // the answer's options takes away. Any other error (a relabel refused) stays until the next request clears it.
 let optionsErrorShown = false;
 
+// `message`: text, or a sentence's parts (text and nodes: a label isolated by namedNodes or bdi).
 function showError(message) {
   optionsErrorShown = false;
-  $("error").textContent = message || "";
-  $("error").hidden = !message;
+  const parts = sentenceParts(message);
+  $("error").replaceChildren(...parts);
+  $("error").hidden = !parts.length;
   // An edit made far down the page (a label's list) reports up here: bring it into view.
-  if (message) $("error").scrollIntoView({ block: "nearest" });
+  if (parts.length) $("error").scrollIntoView({ block: "nearest" });
+}
+
+// A sentence as the parts an element is given: none for no text.
+function sentenceParts(message) {
+  return Array.isArray(message) ? message : message ? [message] : [];
+}
+
+// The text a sentence's parts read as.
+function textOf(parts) {
+  return parts.map((p) => (typeof p === "string" ? p : p.textContent)).join("");
 }
 
 // The stats line is no live region (it changes with every edit), so its failure is said aloud too: unheard, a
@@ -192,7 +204,8 @@ function showTemplateErrors(errors) {
   for (const [name, why] of broken) {
     const item = document.createElement("li");
     // A file's error starts with the server's path to it, which the name already says; a folder's is kept whole.
-    item.textContent = `${name}: ${name.startsWith("$") ? why : why.replace(/^\/[^\n]*?\.ya?ml: /, "")}`;
+    item.append(name.startsWith("$") ? name : bdi(name), `: ${name.startsWith("$") ? why
+      : why.replace(/^\/[^\n]*?\.ya?ml: /, "")}`);
     list.append(item);
   }
   note.append(list);
@@ -217,7 +230,7 @@ function chooseFile(file) {
   hideEditNote(); // about an edit made for the image before
   untaught(null); // its add, and its Undo, are the image before's (the label typed stays: a class of several images)
   const preview = $("preview");
-  preview.alt = file.name; // named, and said where the file is no image a browser shows
+  preview.alt = visible(file.name); // named, and said where the file is no image a browser shows
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-hint").hidden = true;
@@ -427,10 +440,11 @@ function showUnsure(result) {
   const note = $("unsure-note");
   note.hidden = !result.unsure;
   if (!result.unsure) { note.textContent = ""; return; }
-  note.textContent = result.label === null
-    ? "Unsure: no memory point could vote. A person should classify this image."
-    : `Unsure: a person should check this answer. ${named(result.label, result.label_name)} is a suggestion: its `
-      + `confidence ${result.confidence.toFixed(3)} is under the ${result.min_confidence} asked for.`;
+  note.replaceChildren(...(result.label === null
+    ? ["Unsure: no memory point could vote. A person should classify this image."]
+    : ["Unsure: a person should check this answer. ", ...namedNodes(result.label, result.label_name),
+      ` is a suggestion: its confidence ${result.confidence.toFixed(3)} is under the ${result.min_confidence} `
+      + "asked for."]));
 }
 
 // `k`: this answer's (the stats' `few.k` is the default vote's, which a k typed in had been said to be). `why`: the
@@ -442,13 +456,12 @@ function showFewAnswer(few, nearest, k, why) {
   const note = $("few-answer");
   note.hidden = !few;
   if (!few) { note.replaceChildren(); return; }
-  const said = `The nearest neighbour is ${named(nearest.label, nearest.label_name)}, a label of `
-    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it`;
+  const said = ["The nearest neighbour is ", ...namedNodes(nearest.label, nearest.label_name), ", a label of "
+    + `${plural(few.points, "point")}: too few to win this ${few.rule} vote of k = ${k}. Add images of it`];
   if (!why || why.label !== nearest.label) {
-    note.replaceChildren(`${said}, or `, findWinningK(nearest));
+    note.replaceChildren(...said, ", or ", findWinningK(nearest));
   } else {
-    note.replaceChildren(why.k_that_wins === null ? `${said}.`
-      : `${said}, or classify with k = ${why.k_that_wins} (below).`);
+    note.replaceChildren(...said, why.k_that_wins === null ? "." : `, or classify with k = ${why.k_that_wins} (below).`);
   }
 }
 
@@ -458,7 +471,7 @@ function findWinningK(target) {
   const find = document.createElement("button");
   find.type = "button";
   find.className = "find-k";
-  find.textContent = `Find the k at which ${named(target.label, target.label_name)} wins`;
+  find.replaceChildren("Find the k at which ", ...namedNodes(target.label, target.label_name), " wins");
   find.addEventListener("click", () => {
     $("why-not-label").value = target.label;
     askWhyNot();
@@ -472,7 +485,7 @@ function classifyWithK(k, target, whyNot = null) {
   const retry = document.createElement("button");
   retry.type = "button";
   retry.className = "classify-with-k";
-  retry.textContent = `Classify with k = ${k} for ${named(target.label, target.label_name)}`;
+  retry.replaceChildren(`Classify with k = ${k} for `, ...namedNodes(target.label, target.label_name));
   retry.addEventListener("click", () => {
     // Focus goes to the k: the answer's why-not reason is heard from its live region
     $("why-not-reason").setAttribute("aria-live", "polite");
@@ -488,15 +501,16 @@ function classifyWithK(k, target, whyNot = null) {
 function showWhyNot(result) {
   const why = result.why_not;
   $("why-not-label").removeAttribute("aria-invalid");
-  let reason = "";
+  let reason = [];
   if (why) {
     const few = why.few_points;
     // The API's "see few_points", said here as the labels' list says it (`few` is of the answer's k)
     const said = !few ? why.reason : why.reason.replace(": see few_points",
       ` (it takes ${few.needed} against a fuller label near it): add images of it`);
-    reason = `Why not ${named(why.label, why.label_name)}? ${said.charAt(0).toUpperCase()}${said.slice(1)}.`;
+    reason = ["Why not ", ...namedNodes(why.label, why.label_name),
+      `? ${said.charAt(0).toUpperCase()}${said.slice(1)}.`];
   }
-  $("why-not-reason").textContent = reason;
+  $("why-not-reason").replaceChildren(...reason);
   $("why-not-note").hidden = !why || !why.note;
   $("why-not-note").textContent = why && why.note ? `${why.note.charAt(0).toUpperCase()}${why.note.slice(1)}.` : "";
   const wins = why && why.label !== why.vote_label ? why.k_that_wins : null;
@@ -641,14 +655,14 @@ async function showLabel(label, name, cursor = null) {
   try {
     resp = await fetch(`v1/memory/points?${params}`);
   } catch (err) {
-    if (seq === labelSeq) showError(`could not list ${named(label, name)}: the service did not answer (${err})`);
+    if (seq === labelSeq) showError(["could not list ", ...namedNodes(label, name), `: the service did not answer (${err})`]);
     return;
   } finally {
     if (seq === labelSeq) $("label-more").disabled = false;
   }
   if (seq !== labelSeq) return;
   if (!resp.ok) {
-    showError(`could not list ${named(label, name)}: ${await problemText(resp)}`);
+    showError(["could not list ", ...namedNodes(label, name), `: ${await problemText(resp)}`]);
     return;
   }
   const page = await resp.json();
@@ -963,7 +977,7 @@ function apiKeyFor(action, retry) {
 // said by the live region as well, it was heard twice.
 function showEditNote(text, focused = false) {
   $("edit-note").setAttribute("aria-live", focused ? "off" : "polite");
-  $("edit-note").textContent = text;
+  $("edit-note").replaceChildren(...sentenceParts(text));
   $("edit-note").scrollIntoView({ block: "nearest" });
 }
 
@@ -1041,7 +1055,7 @@ async function askForget(n, node) {
       return;
     }
     if (resp.status === 401 || resp.status === 403) {
-      showError(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`);
+      showError(["could not forget ", ...namedNodes(n.label, n.label_name), `: ${await problemText(resp)}`]);
       return;
     }
     if (resp.ok) copies = (await resp.json()).matched.filter((m) => m.id !== n.id);
@@ -1052,19 +1066,20 @@ async function askForget(n, node) {
     whileEditing(n.id, false);
   }
   const erase = $("erase").checked && !$("erase").disabled;
-  let question = `Forget this point (${named(n.label, n.label_name)})? No answer will cite it again`
-    + (erase ? "; its vector is erased from the memory's files: this cannot be undone." : ".");
-  if (copies === null) question += ` Its copies were not looked for: ${unchecked}`;
+  const question = ["Forget this point (", ...namedNodes(n.label, n.label_name), ")? No answer will cite it again"
+    + (erase ? "; its vector is erased from the memory's files: this cannot be undone." : ".")];
+  if (copies === null) question.push(` Its copies were not looked for: ${unchecked}`);
   else if (copies.length) {
-    const shown = copies.slice(0, SHOWN_COPIES).map((m) =>
-      `${shortSource(m.source)} (${named(m.label, m.label_name)}, ${m.similarity.toFixed(3)})`).join(", ");
-    question += ` ${copies.length === 1 ? "1 other point looks" : `${copies.length} other points look`} like a copy `
-      + `of its image: ${shown}${copies.length > SHOWN_COPIES ? ", …" : ""}.`;
+    question.push(` ${copies.length === 1 ? "1 other point looks" : `${copies.length} other points look`} like a `
+      + "copy of its image: ");
+    copies.slice(0, SHOWN_COPIES).forEach((m, i) => question.push(...(i ? [", "] : []), isolated(shortSource(m.source)),
+      " (", ...namedNodes(m.label, m.label_name), `, ${m.similarity.toFixed(3)})`));
+    question.push(`${copies.length > SHOWN_COPIES ? ", …" : ""}.`);
   }
   const box = node.querySelector(".forget-confirm");
   box.dataset.erase = String(erase);
   const asked = box.querySelector(".forget-question");
-  asked.textContent = question;
+  asked.replaceChildren(...question);
   // A screen reader lands on "Forget it": the question (what cannot be undone, which copies) is its description
   asked.id ||= `forget-question-${Math.random().toString(36).slice(2, 10)}`; // a point may have two cards
   box.setAttribute("aria-describedby", asked.id);
@@ -1079,7 +1094,8 @@ async function askForget(n, node) {
 
 // A point gone before an edit of it reached the service: its cards go too, and the page says why.
 async function forgottenElsewhere(n) {
-  showEditNote(`a point labelled ${named(n.label, n.label_name)} was forgotten already (elsewhere, meanwhile)`, true);
+  showEditNote(["a point labelled ", ...namedNodes(n.label, n.label_name),
+    " was forgotten already (elsewhere, meanwhile)"], true);
   $("edit-note").focus({ preventScroll: true }); // before the control pressed goes, as after a forget
   for (const card of cardsOf(n.id)) card.remove();
   dropSuspect(n.id);
@@ -1104,7 +1120,7 @@ async function forget(n, withCopies, erase) {
       method: withCopies ? "POST" : "DELETE", headers: { "X-API-Key": key },
     });
   } catch (err) {
-    showError(`could not forget ${named(n.label, n.label_name)}: the service did not answer (${err})`);
+    showError(["could not forget ", ...namedNodes(n.label, n.label_name), `: the service did not answer (${err})`]);
     return false;
   } finally {
     whileEditing(n.id, false);
@@ -1114,14 +1130,15 @@ async function forget(n, withCopies, erase) {
     return false;
   }
   if (!resp.ok) {
-    await editFailed(`could not forget ${named(n.label, n.label_name)}: ${await problemText(resp)}`, resp);
+    await editFailed(["could not forget ", ...namedNodes(n.label, n.label_name), `: ${await problemText(resp)}`],
+      resp);
     return false;
   }
   const body = await resp.json();
   const others = body.deleted - 1;
-  showEditNote(`forgot a point labelled ${named(n.label, n.label_name)}`
-    + (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
-    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : ""),
+  showEditNote(["forgot a point labelled ", ...namedNodes(n.label, n.label_name),
+    (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
+    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : "")],
   true);
   // The keyboard goes to what happened before the control pressed (a card's, the add's Undo) goes with the point:
   // after, it fell to the page (<body>, where a screen reader starts over) until the answer was asked again.
@@ -1182,19 +1199,20 @@ async function relabel(p, to) {
       body: JSON.stringify({ label: to }),
     });
   } catch (err) {
-    showError(`could not relabel the point labelled ${named(p.label, p.label_name)}: the service did not answer (${err})`);
+    showError(["could not relabel the point labelled ", ...namedNodes(p.label, p.label_name),
+      `: the service did not answer (${err})`]);
     return false;
   } finally {
     whileEditing(p.id, false);
   }
   if (!resp.ok) {
-    await editFailed(`could not relabel the point labelled ${named(p.label, p.label_name)}: ${await problemText(resp)}`,
-      resp);
+    await editFailed(["could not relabel the point labelled ", ...namedNodes(p.label, p.label_name),
+      `: ${await problemText(resp)}`], resp);
     return false;
   }
   const point = await resp.json();
-  showEditNote(`relabelled a point from ${named(p.label, p.label_name)} to ${named(point.label, point.label_name)}`,
-    true);
+  showEditNote(["relabelled a point from ", ...namedNodes(p.label, p.label_name), " to ",
+    ...namedNodes(point.label, point.label_name)], true);
   // Listed under a label it no longer has (from its own card or its neighbour card): it goes from the list.
   if (labelShown && point.label !== labelShown.label) {
     for (const card of cardsOf(p.id)) if (card.parentElement === $("label-points")) card.remove();
@@ -1229,15 +1247,16 @@ function showTeach(result) {
 function teachHint(event = null) {
   $("teach-hint").setAttribute("aria-live", event ? "polite" : "off");
   const typed = $("teach-label").value.trim().normalize("NFC");
-  let hint = "";
+  let hint = [];
   if (typed && Object.hasOwn(perLabel, typed)) {
-    hint = `${named(typed, labelNames[typed])}: ${plural(perLabel[typed], "point")} in the memory`;
+    hint = [...namedNodes(typed, labelNames[typed]), `: ${plural(perLabel[typed], "point")} in the memory`];
   } else if (typed) {
     const owner = labelsByPoints.find((l) => labelNames[l] && folded(labelNames[l]) === folded(typed));
-    hint = owner ? `the name of the label ${owner}: add the image under ${owner}`
-      : "a new label: no point of the memory has it yet";
+    hint = owner ? ["the name of the label ", bdi(owner), ": add the image under ", bdi(owner)]
+      : ["a new label: no point of the memory has it yet"];
   }
-  if ($("teach-hint").textContent !== hint) $("teach-hint").textContent = hint; // said again only if new
+  // said again only if new
+  if ($("teach-hint").textContent !== textOf(hint)) $("teach-hint").replaceChildren(...hint);
 }
 
 // The add (and its Undo) done with: the point went, or another image was chosen.
@@ -1269,44 +1288,44 @@ async function teach() {
     form.append("label", label);
     resp = await fetch("v1/memory", { method: "POST", body: form, headers: { "X-API-Key": key } });
   } catch (err) {
-    showError(`could not add the image as ${label}: the service did not answer (${err})`);
+    showError(["could not add the image as ", bdi(label), `: the service did not answer (${err})`]);
     return;
   } finally {
     add.removeAttribute("aria-disabled");
   }
   if (!resp.ok) {
-    await editFailed(`could not add the image as ${label}: ${await problemText(resp)}`, resp);
+    await editFailed(["could not add the image as ", bdi(label), `: ${await problemText(resp)}`], resp);
     return;
   }
   const body = await resp.json();
   const point = body.added[0];
   const wasNew = !Object.hasOwn(perLabel, point.label);
   await loadStats();
-  const as = named(point.label, point.label_name);
-  let note = point.relabelled_from
-    ? `this image was in the memory as ${named(point.relabelled_from, labelNames[point.relabelled_from])}: it is `
-      + `labelled ${as} now`
-    : !point.new ? `this image was in the memory already as ${as}: not added again`
-    : `added this image to the memory as ${as}, ` + (wasNew ? "a new label"
-      : `now a label of ${plural(perLabel[point.label] ?? 1, "point")}`);
+  const as = () => namedNodes(point.label, point.label_name); // nodes: a second use would move the first
+  const note = point.relabelled_from
+    ? ["this image was in the memory as ", ...namedNodes(point.relabelled_from, labelNames[point.relabelled_from]),
+      ": it is labelled ", ...as(), " now"]
+    : !point.new ? ["this image was in the memory already as ", ...as(), ": not added again"]
+    : ["added this image to the memory as ", ...as(), ", " + (wasNew ? "a new label"
+      : `now a label of ${plural(perLabel[point.label] ?? 1, "point")}`)];
   const few = (body.few_points || []).find((f) => f.label === point.label);
   if (few) {
-    note += `. It has too few points to win the default ${few.rule} vote of k = ${few.k} against a fuller label `
+    note.push(`. It has too few points to win the default ${few.rule} vote of k = ${few.k} against a fuller label `
       + `near it (${few.points} of ${few.needed}): add more images of it, or classify with k = ${few.k_that_fits} `
-      + "or less.";
+      + "or less.");
   }
   if (file !== currentFile) { // another image was chosen meanwhile: its answer is the one on show
-    showEditNote(`${file.name}: ${note}`);
+    showEditNote([bdi(file.name), ": ", ...note]);
     return;
   }
   if (point.new) taught = { id: point.id, label: point.label, label_name: point.label_name };
   await classify(); // the answer with the new point among the neighbours
-  $("teach-note").textContent = note;
+  $("teach-note").replaceChildren(...note);
   const undo = $("teach-undo");
   undo.hidden = !taught;
   undo.textContent = "Undo: forget the point added";
   // Begun with the words shown (WCAG 2.5.3): speech input says what it sees
-  undo.setAttribute("aria-label", `${undo.textContent} as ${as}`);
+  undo.setAttribute("aria-label", `${undo.textContent} as ${named(point.label, point.label_name)}`);
   $("teach-note").focus({ preventScroll: true }); // the form went with the image now in memory: focus on what happened
 }
 
