@@ -38,15 +38,17 @@ def escape_control_characters(text: str) -> str:
 
 # What a terminal shows other than as it is: control characters (Cc: a newline, an escape sequence), format
 # characters (Cf: U+202E RIGHT-TO-LEFT OVERRIDE and the other bidi controls U+202A-202E and U+2066-2069, the zero-
-# width U+200B-200F, U+2060-2064, U+FEFF, tags), and the line and paragraph separators U+2028 and U+2029.
-_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# width U+200B-200F, U+2060-2064, U+FEFF, tags), the line and paragraph separators U+2028 and U+2029, and lone
+# surrogates (Cs: how Python reads the bytes of a file name that are not UTF-8, which no terminal can print).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def visible(text: str) -> str:
     """`text` as a terminal should show it: each character that is not shown as itself written as Python escapes it
     (`\\n`, `\\x1b`, `\\u202e`). "\\u202etac" reads "cat" on screen, and a zero-width space makes "cat\\u200b" a
     label other than "cat" that reads the same: a label, name, source or journal line of someone else's making
-    printed by the CLI reads as it is. A joiner that joins (`_joins`) is shown as itself. For text a person reads
+    printed by the CLI reads as it is. A joiner that joins (`_joins`) is shown as itself. A byte of a file name that
+    is not UTF-8 (read by Python as a lone surrogate) is written as the byte, `\\xe9`. For text a person reads
     only; JSON and the stored text stay exact.
 
     Unambiguous: the text's own backslashes are doubled where what follows them would read as an escape (`n`, `t`,
@@ -60,7 +62,7 @@ def visible(text: str) -> str:
     out = []
     for i, c in enumerate(text):
         if escaped[i]:
-            out.append(c.encode("unicode_escape").decode())
+            out.append(_escape(c))
         elif c == "\\":
             j = i + 1
             while j < len(text) and text[j] == "\\":  # a run of backslashes is doubled whole, or not at all
@@ -94,6 +96,14 @@ def without_secrets(text: str) -> str:
     shown or written down (a message, a log, a file beside a run) of a URL that may hold them."""
     return re.sub(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@", r"\g<scheme>", re.sub(
         r"(://[^\s?#]*)\?[^\s#]*", r"\1", text))
+
+
+def _escape(c: str) -> str:
+    """One character `visible` escapes, as Python escapes it; a byte `surrogateescape` read as U+DC80-U+DCFF as
+    that byte (`\\xe9`), as `utf8_text` writes it."""
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return c.encode("unicode_escape").decode()
 
 
 # What follows the backslash of an escape `visible` writes (unicode_escape's, for the characters it escapes)
@@ -186,7 +196,8 @@ def not_utf8_problem(source: str, labels: Iterable[str]) -> str | None:
     if utf8_text(source) != source:
         what = "its path"
     elif (bad := next((lab for lab in labels if utf8_text(lab) != lab), None)) is not None:
-        what = f"its label folder {utf8_text(bad)!r}"
+        # quoted: its bytes as `\xe9`, and a backslash of its own doubled before what would read as one (`\\xe9`)
+        what = f"its label folder {quoted(bad)}"
     else:
         return None
     return f"{what} is not UTF-8 text (bytes of another encoding): rename it in UTF-8"

@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 
-from retrieval.text import quoted, visible, visible_json
+from retrieval.text import not_utf8_problem, quoted, visible, visible_json
 
 _ESCAPE = re.compile(r"[ntr]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}")
 
@@ -67,6 +67,19 @@ def test_a_message_quotes_a_label_as_it_is_shown_not_as_repr_writes_it():
     # repr escapes a joiner that shows and doubles every backslash: a message named a label other than it is shown
     assert quoted("نیم\u200cرخ") == "'نیم\u200cرخ'" and repr("نیم\u200cرخ") != quoted("نیم\u200cرخ")
     assert quoted("C:\\data") == "'C:\\data'" and quoted("\u202etac") == "'\\u202etac'"
+
+
+def test_a_folder_name_that_is_not_utf8_is_shown_by_its_bytes_and_never_as_another_name():
+    import os
+
+    # Its bytes as \xe9, by visible's rule: a name holding the four characters \xe9 too had read as one without them
+    # ('a\\xe9\\xe9' for both of these, by repr)
+    folders = [os.fsdecode(b"a\\xe9\xe9"), os.fsdecode(b"a\xe9\\xe9"), os.fsdecode(b"a\xe9\xe9")]
+    said = [not_utf8_problem("photo.png", ["cats", folder]) for folder in folders]
+    assert said[0] == ("its label folder 'a\\\\xe9\\xe9' is not UTF-8 text (bytes of another encoding): rename it "
+                       "in UTF-8")
+    assert [s.split("'")[1] for s in said] == ["a\\\\xe9\\xe9", "a\\xe9\\\\xe9", "a\\xe9\\xe9"]
+    assert visible("caf\udce9") == "caf\\xe9" != visible("café") and visible("\ud800") == "\\ud800"
 
 
 def test_settings_shown_as_json_read_back_exactly_and_show_no_override():
