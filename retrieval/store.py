@@ -319,11 +319,12 @@ MemoryError = MemoryStoreError
 
 class WaitInterrupted(KeyboardInterrupt):
     """Ctrl-C while an opening waited for another process to let go of the memory in `folder`: nothing had been done
-    to it yet, which the CLI says (not "what was done before it stopped is kept")."""
+    to it yet, which the CLI says (not "what was done before it stopped is kept"). `interrupt`: the interrupt itself,
+    for a caller that raises its own for a signal (the CLI's SIGTERM, `Terminated`) and tells them apart."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, interrupt: KeyboardInterrupt | None = None) -> None:
         super().__init__(f"interrupted while waiting for the memory at {_shown(folder)}")
-        self.folder = folder
+        self.folder, self.interrupt = folder, interrupt
 
 
 class MemoryInUseError(MemoryStoreError):
@@ -1200,10 +1201,8 @@ def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline
                     said = True
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, WAIT_LONGEST_PAUSE_S)
-    except KeyboardInterrupt as exc:
-        if type(exc) is not KeyboardInterrupt:  # the CLI's SIGTERM (`Terminated`): vmem serve says it stopped
-            raise
-        raise WaitInterrupted(folder) from None
+    except KeyboardInterrupt as exc:  # the CLI's SIGTERM (`Terminated`) too: it had said "what was done is kept"
+        raise WaitInterrupted(folder, exc) from None
 
 
 def held_here(location: str | Path) -> bool:

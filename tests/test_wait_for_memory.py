@@ -265,6 +265,25 @@ def test_ctrl_c_while_only_waiting_for_the_memory_says_nothing_was_done(memory, 
         assert store.count() == 3
 
 
+def test_sigterm_while_only_waiting_for_the_memory_says_nothing_was_done(memory, tmp_path):
+    # `timeout 60 vmem classify ... --wait 600`, a CI job's limit: SIGTERM had ended it without a word (killed by the
+    # signal), where Ctrl-C said nothing was done
+    (tmp_path / "query.png").write_bytes(b"not read: the command never got past waiting")
+    with process(HOLD, memory, "held"):
+        classify = subprocess.Popen([sys.executable, "-m", "vmem", "classify", str(tmp_path / "query.png"),
+                                     "--memory", str(memory), "--wait", "120"], cwd=tmp_path, env=subprocess_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = classify.stderr.readline()  # it says it waits, and waits
+        classify.send_signal(signal.SIGTERM)
+        out, err = classify.communicate(timeout=120)
+    assert "waiting for it to let go" in said, said + err
+    assert classify.returncode == 130, err  # as an interrupted command (a build stopped by SIGTERM too)
+    assert err.strip() == (f"stopped (SIGTERM) while waiting for the memory at {memory}: nothing was done to it; run "
+                           "the command again"), err
+    with open_store(memory) as store:
+        assert store.count() == 3
+
+
 def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp_path):
     # A nightly `vmem copy --to-memory replica --wait 600` while a notebook holds the replica: the wait had been for
     # the memory copied from only, and the replica refused at once (exit 75)

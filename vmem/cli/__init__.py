@@ -20,7 +20,7 @@ from retrieval import FeaturizerError, MemoryError, MemoryInUseError, MemoryUnav
 from retrieval.files import NoHomeError
 from retrieval.store import WaitInterrupted
 
-from ._common import EXIT_TEMPORARY, SERVED_ROUTES, served_note
+from ._common import EXIT_TEMPORARY, SERVED_ROUTES, Terminated, served_note
 
 # vmem's commands, in the order `vmem --help` lists them (typer's: commands, then groups), each as its module in
 # vmem.cli and the function, or the group's Typer. A command's module is imported, and the command built from its
@@ -127,8 +127,10 @@ class _Commands(TyperGroup):
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from exc
         except WaitInterrupted as exc:  # stopped while only waiting for a memory: it was not touched
-            typer.echo(f"{exc}: nothing was done to it; run the command again", err=True)
-            raise typer.Exit(130) from None
+            said = str(exc) if not isinstance(exc.interrupt, Terminated) else (
+                f"stopped (SIGTERM) {str(exc).removeprefix('interrupted ')}")
+            typer.echo(f"{said}: nothing was done to it; run the command again", err=True)
+            raise typer.Exit(130) from None  # as any interrupted command, SIGTERM too
         except KeyboardInterrupt:  # typer's own handling exits 130 without a word; vmem build says more itself
             typer.echo(f"interrupted: {_INTERRUPTED.get(ctx.invoked_subcommand or '', _INTERRUPTED[''])}", err=True)
             raise typer.Exit(130) from None

@@ -132,8 +132,10 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
     check_memory_location(memory, qdrant_url)
     try:
         location = memory_location(memory, qdrant_url)
-        mem = opener(location) if opener is not None else VisualMemory.open(location, featurizer=featurizer,
-                                                                             create=create, index=index, wait=wait)
+        # SIGTERM while it waits (`timeout`, a CI job's limit) said as Ctrl-C is, nothing done: it had ended unsaid
+        with sigterm_as_interrupt():
+            mem = opener(location) if opener is not None else VisualMemory.open(location, featurizer=featurizer,
+                                                                                 create=create, index=index, wait=wait)
         mem.via = "cli"  # as the journal records who edited
         return mem
     except Exception as exc:

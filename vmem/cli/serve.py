@@ -17,7 +17,14 @@ import typer
 from pydantic import ValidationError
 
 from retrieval.files import mark_served
-from retrieval.store import LOCAL_MODE_PREFIX, EdgeMemoryStore, MemoryInUseError, MemoryStoreError, local_folder
+from retrieval.store import (
+    LOCAL_MODE_PREFIX,
+    EdgeMemoryStore,
+    MemoryInUseError,
+    MemoryStoreError,
+    WaitInterrupted,
+    local_folder,
+)
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -176,7 +183,9 @@ def _stop_asked_before_serving(say: Callable[[str], None]) -> Iterator[None]:
     "interrupted: ... run the command again to finish"."""
     try:
         yield
-    except Terminated:
+    except (Terminated, WaitInterrupted) as exc:  # the opening's wait says which interrupt stopped it
+        if not isinstance(exc, Terminated) and not isinstance(exc.interrupt, Terminated):
+            raise  # Ctrl-C while it waited: as any command's
         say("stopped (SIGTERM) before serving")
         raise typer.Exit(0) from None
 
