@@ -1552,8 +1552,8 @@ class EdgeMemoryStore(MemoryStore):
                 # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
                     raise MemoryInUseError(
-                        f"the memory at {self.path} is open in another process (a running vmem serve or build?); "
-                        "stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it",
+                        f"the memory at {_shown(self.path)} is open in another process (a running vmem serve or "
+                        "build?); stop it first, or put the memory on a Qdrant server (--qdrant-url) to share it",
                         folder=self.path) from exc
                 if not shard_path.is_dir():  # a vmem.json copied without its shard, or the shard removed
                     raise MemoryError(f"the memory at {self.path} has its {meta_path.name} but not its vectors "
@@ -2537,10 +2537,11 @@ def _local_mode_client(location: str) -> Any:
     except RuntimeError as exc:
         if "already accessed by another instance" not in str(exc):
             raise
-        raise MemoryInUseError(
-            f"the memory at {location} is open in another process (a running vmem serve or build?): qdrant-client's "
-            "local mode opens it in one process at a time, its journal included. Stop that process, or put the "
-            "memory on a Qdrant server (--qdrant-url http://...) to share it", folder=folder) from None
+        raise MemoryInUseError(  # a folder's name is of someone else's making: escaped, as _shown does
+            f"the memory at {visible(without_secrets(location))} is open in another process (a running vmem serve or "
+            "build?): qdrant-client's local mode opens it in one process at a time, its journal included. Stop that "
+            "process, or put the memory on a Qdrant server (--qdrant-url http://...) to share it", folder=folder
+        ) from None
 
 
 def open_store(

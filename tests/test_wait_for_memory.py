@@ -284,6 +284,27 @@ def test_sigterm_while_only_waiting_for_the_memory_says_nothing_was_done(memory,
         assert store.count() == 3
 
 
+# Another program than vmem holding the engine's files (not vmem's lock): the engine's own "WouldBlock"
+HOLD_SHARD = ("import sys; import qdrant_edge as qe; shard = qe.EdgeShard.load(sys.argv[1] + '/shard'); "
+              "print('held', flush=True); sys.stdin.readline()")
+
+
+def test_a_memory_in_use_elsewhere_is_named_escaped_whichever_way_it_is_held(tmp_path):
+    # A folder's name is of someone else's making: U+202E turned the rest of the refusal backwards where the location
+    # was written as given (qdrant-client's local mode, the engine's own lock), as the wait's refusal never did
+    local = tmp_path / "shared\u202eqdrant"
+    open_store(f"qdrant-local:{local}", SPEC).close()
+    with process(HOLD, f"qdrant-local:{local}", "held"), pytest.raises(MemoryInUseError) as refused:
+        open_store(f"qdrant-local:{local}")
+    assert str(refused.value).startswith(f"the memory at qdrant-local:{tmp_path}/shared\\u202eqdrant is open in "
+                                         "another process")
+    embedded = tmp_path / "embedded\u202ememory"
+    open_store(embedded, SPEC).close()
+    with process(HOLD_SHARD, embedded, "held"), pytest.raises(MemoryInUseError) as refused:
+        open_store(embedded)
+    assert str(refused.value).startswith(f"the memory at {tmp_path}/embedded\\u202ememory is open in another process")
+
+
 def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp_path):
     # A nightly `vmem copy --to-memory replica --wait 600` while a notebook holds the replica: the wait had been for
     # the memory copied from only, and the replica refused at once (exit 75)
