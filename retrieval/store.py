@@ -1303,6 +1303,35 @@ def _being_created(folder: Path, deadline: float = 0.0) -> str | None:
             f"{f': {who}' if who else ' (a vmem build?)'}. Wait for it to end, or stop it{resumes}")
 
 
+def wait_until_created(location: str | Path, wait: float) -> None:
+    """Wait up to `wait` seconds for another process creating the embedded memory at `location` (a first vmem
+    build, its lock taken and its vmem.json not written yet) to make it, said once as an opening's wait is: for a
+    reader of its files (`vmem info`, `vmem history`), which needs the memory made, not let go. At once where it is
+    made, where no process is creating it, and for a server."""
+    import fcntl
+
+    deadline = _deadline(wait)
+    folder = local_folder(str(location))
+    if folder is None:
+        return
+
+    class Made(Exception):
+        pass
+
+    def open_lock() -> Any:  # at each try: made, the wait is over, held still or not (a first build adds its images)
+        if (folder / META_FILE).is_file():
+            raise Made
+        return open(folder / OPEN_LOCK_FILE, "rb")
+
+    here = f"the memory at {_shown(folder)} is being created by this process: use the memory it makes"
+    try:
+        fh = _flock_within(open_lock, fcntl.LOCK_SH, folder, deadline, here, "is being created by another process")
+    except (Made, OSError):  # made, or no lock file (no memory, none being made): nothing to wait for
+        return
+    if fh is not None:
+        fh.close()
+
+
 @contextmanager
 def _shared_open_lock(folder: Path, deadline: float = 0.0) -> Iterator[None]:
     """The open lock taken shared, for a copy of the memory at rest: refused while a process has it open to write

@@ -305,6 +305,30 @@ def test_a_memory_in_use_elsewhere_is_named_escaped_whichever_way_it_is_held(tmp
     assert str(refused.value).startswith(f"the memory at {tmp_path}/embedded\\u202ememory is open in another process")
 
 
+@pytest.mark.parametrize("command, env", [(["info", "--wait", "120"], {}), (["history"], {"VMEM_WAIT": "120"})])
+def test_vmem_info_and_history_wait_for_a_memory_being_created_and_read_a_held_one_at_once(tmp_path, command, env):
+    # They had no --wait (nor read VMEM_WAIT): beside a first build still creating the memory, a script's `vmem info`
+    # was refused at once (exit 75) whatever it asked
+    memory = tmp_path / "memory"
+    with process(CREATE_THEN_HOLD, memory, "creating") as creator:
+        reader = subprocess.Popen([sys.executable, "-m", "vmem", *command, "--memory", str(memory)], cwd=tmp_path,
+                                  env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = reader.stderr.readline()  # it says it waits, and waits (or, refused, ends: then no line says so)
+        creator.stdin.write("go\n")  # made: its files are there, and it holds it still (a first build adds its images)
+        creator.stdin.flush()
+        assert creator.stdout.readline().strip() == "created"
+        # ... which the wait is not for: its files are read at once, as without a wait
+        out, err = reader.communicate(timeout=120)
+    assert said.startswith(f"WARNING the memory at {memory} is being created by another process: process "
+                           f"{creator.pid} ("), said + err
+    assert reader.returncode == 0, said + err
+    assert "waiting" not in err  # said once
+    if command[0] == "info":
+        assert "featurizer test-encoder" in out and "this is what its files say" in out, out
+    else:
+        assert "read from its files: the memory is open in another process" in err, err
+
+
 def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp_path):
     # A nightly `vmem copy --to-memory replica --wait 600` while a notebook holds the replica: the wait had been for
     # the memory copied from only, and the replica refused at once (exit 75)

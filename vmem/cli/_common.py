@@ -36,6 +36,12 @@ WAIT_HELP = ("wait up to SECONDS for another process that holds the embedded mem
 WaitOpt = Annotated[float, typer.Option(
     "--wait", min=0, envvar="VMEM_WAIT", show_envvar=False, show_default=False, metavar="SECONDS",
     help=WAIT_HELP + " \\[default: $VMEM_WAIT, else 0: at once]")]
+# vmem info and history read a memory another process holds from its files at once: they wait only for one being made
+CreatedWaitOpt = Annotated[float, typer.Option(
+    "--wait", min=0, envvar="VMEM_WAIT", show_envvar=False, show_default=False, metavar="SECONDS",
+    help="wait up to SECONDS for another process creating the embedded memory (a first vmem build) to make it "
+         "(said once, who it is), then go on; refused as without it (exit 75) past that. A memory another process "
+         "holds is read from its files at once \\[default: $VMEM_WAIT, else 0: at once]")]
 DEFAULT_MEMORY = Path("memory")
 LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.

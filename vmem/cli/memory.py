@@ -36,7 +36,7 @@ from retrieval.files import LATEST_BACKUP, holder_note, link_latest
 from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp
-from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for
+from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for, wait_until_created
 from retrieval.text import quoted, utf8_text, visible_json, without_secrets
 
 from ..answer_log import AnswerLog
@@ -60,6 +60,7 @@ from ..visual_memory import (
 from ._common import (
     DEFAULT_MEMORY,
     LISTED_BY,
+    CreatedWaitOpt,
     MemoryOpt,
     QdrantUrlOpt,
     Quantization,
@@ -1267,6 +1268,7 @@ def history(
                                                 "NAME; default: VMEM_API_KEY's)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per edit, with the ids it changed")] = False,
+    wait: CreatedWaitOpt = 0.0,
 ) -> None:
     """The memory's edits, newest first: when, what, how many points of which labels, and who (cli, http,
     python; host and process). A forget lists the ids it deleted: `--source` answers whether and when an image
@@ -1287,7 +1289,7 @@ def history(
         _say_earlier_or_none(earlier, bool(entries), False, op, label, since, by)
         return
     try:
-        mem = open_memory(memory, qdrant_url)
+        mem = _open_to_read(memory, qdrant_url, wait)
     except MemoryInUseError as exc:
         # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
         if qdrant_url is not None or exc.folder is None:
@@ -1435,10 +1437,22 @@ def names(
                + (f", {len(unheld)} of them not in it yet (kept for when they come)" if unheld else ""))
 
 
+def _open_to_read(memory: Path, qdrant_url: str | None, wait: float):
+    """`open_memory` for vmem info and history, once a memory another process is creating is made (waited for up
+    to `wait` seconds: `wait_until_created`). Not waited for to be let go: a MemoryInUseError for a memory another
+    process holds, whose files the caller reads at once (with VMEM_WAIT set for a script's every command, `vmem
+    info` beside a running service would otherwise wait out its whole wait)."""
+    if wait and qdrant_url is None:
+        with sigterm_as_interrupt():  # stopped as it waits: nothing done, said as an opening's wait says it
+            wait_until_created(memory, wait)
+    return open_memory(memory, qdrant_url)
+
+
 def info(
     memory: MemoryOpt = DEFAULT_MEMORY,
     qdrant_url: QdrantUrlOpt = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
+    wait: CreatedWaitOpt = 0.0,
 ) -> None:
     """Show what the memory holds: points, labels, featurizer, settings."""
     # An embedded memory at rest: the counts its last close kept, where they still stand for it (seconds of
@@ -1446,7 +1460,7 @@ def info(
     stats = stats_from_files(location) if (location := at_rest_location(memory, qdrant_url)) else None
     if stats is None:
         try:
-            mem = open_memory(memory, qdrant_url)
+            mem = _open_to_read(memory, qdrant_url, wait)
         except MemoryInUseError as exc:
             # No folder: open in this process (a notebook's), or being created (no files to read yet): said so
             if qdrant_url is not None or exc.folder is None:
