@@ -555,14 +555,24 @@ class ClassifierService:
         result = AddResult(ids=[])
         for step in self._decoded_in_steps(enumerate(uploads), failed):
             sources = [uploads[i].source for i, _ in step]
+            written: dict[str, list[Path]] = {}  # files this step made, by point id: removed if its add fails
             # Thumbnails first: once a point is searchable, its thumbnail must already be there.
             for (i, img), src in zip(step, sources, strict=True):
+                pid = point_id_for(src)
                 if self.keep_uploads_in is not None:  # durable: the one copy an encoder can read again
-                    (kept_as_sent := upload_file(self.keep_uploads_in, point_id_for(src))).parent.mkdir(exist_ok=True)
+                    (kept_as_sent := upload_file(self.keep_uploads_in, pid)).parent.mkdir(exist_ok=True)
+                    if not kept_as_sent.exists():
+                        written.setdefault(pid, []).append(kept_as_sent)
                     write_atomically(kept_as_sent, uploads[i].data)
-                self.thumbnails.save(point_id_for(src), img)
-            done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step], sources=sources,
-                                          tags={"added_via": "api"})
+                if not self.thumbnails.path(pid).exists():
+                    written.setdefault(pid, []).append(self.thumbnails.path(pid))
+                self.thumbnails.save(pid, img)
+            try:
+                done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step],
+                                              sources=sources, tags={"added_via": "api"})
+            except BaseException:
+                self._remove_unless_points(written)
+                raise
             self._keep_for_holders(sources, done.ids)
             kept += [(i, src) for (i, _), src in zip(step, done.sources, strict=True)]
             result = AddResult(ids=result.ids + done.ids, added=result.added + done.added,
@@ -573,6 +583,24 @@ class ClassifierService:
         self.metrics.edits.labels("relabel").inc(len(result.relabelled))
         self._count_names_since(names)
         return ([(i, pid, labels[i], src) for (i, src), pid in zip(kept, result.ids, strict=True)], failed, result)
+
+    def _remove_unless_points(self, written: dict[str, list[Path]]) -> None:
+        """Remove the files an add wrote before the memory refused it (a nearly full disk, a Qdrant server down),
+        except those of points it holds after all: each refused add had left its thumbnail and bytes as sent, files
+        of no point until a restart, and a client retrying for days filled the disk that was already nearly full."""
+        if not written:
+            return
+        try:
+            points = self.memory.store.existing_ids(list(written))
+        except Exception:  # the memory cannot say which were written: a point's only copy of its image is kept
+            log.warning("an add failed, and %d upload(s) it may have written are kept: the memory could not say "
+                        "whether it holds them", len(written), exc_info=True)
+            return
+        for pid, files in written.items():
+            if pid not in points:
+                for path in files:
+                    with contextlib.suppress(OSError):  # a read-only folder: as a forget leaves it
+                        path.unlink(missing_ok=True)
 
     def _keep_for_holders(self, sources: Sequence[str], ids: Sequence[str]) -> None:
         """The thumbnail and kept bytes written for an upload whose bytes a point held under another name: that

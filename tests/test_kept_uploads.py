@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retrieval import load_featurizer
-from retrieval.store import UPLOADS_DIR, open_read_only, upload_file
+from retrieval.store import THUMBNAILS_DIR, UPLOADS_DIR, open_read_only, upload_file
 from server import create_app
 from server.settings import Settings
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse
@@ -164,6 +164,31 @@ def test_a_full_disk_is_refused_before_an_upload_is_kept(service, photos, monkey
     assert resp.status_code == 507, resp.text
     assert "VMEM_KEEP_UPLOADS" in resp.json()["detail"] and "nothing was added" in resp.json()["detail"]
     assert client.get("/v1/memory/stats").json()["points"] == 12 and not (folder / UPLOADS_DIR).exists()
+
+
+def kept_images(folder: Path) -> list[Path]:
+    """The thumbnails and uploads as sent kept in a memory's folder."""
+    return sorted(p.relative_to(folder) for sub in (THUMBNAILS_DIR, UPLOADS_DIR) for p in (folder / sub).rglob("*")
+                  if p.is_file())
+
+
+def test_adds_the_memory_refuses_leave_no_thumbnail_nor_image_behind(service, photos, monkeypatch):
+    # A disk with room for an upload's thumbnail and bytes (checked first) but not for the engine's edit (64 MB of
+    # headroom): the store refuses the add after they were written, and each refused add had left them there, files
+    # of no point, until a restart, on the disk that was already nearly full: a client retrying for days filled it.
+    client, folder = service(keep_uploads=True)
+    [kept] = add(client, GOLDFISH, photos[GOLDFISH][:1])  # a point's: its files stay
+    images_kept = kept_images(folder)
+    assert len(images_kept) == 2  # its thumbnail and its bytes as sent
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 50 << 20))
+    for i, photo in enumerate(photos[STORK] + photos[GOLDFISH][:1]):  # new images, and the point's own again
+        resp = client.post("/v1/memory", headers=AUTH, data={"label": STORK},
+                           files=[("images", (f"retry{i}.jpg", photo, "image/jpeg"))])
+        assert resp.status_code == 507 and "has 50 MB free" in resp.json()["detail"], resp.text
+    assert kept_images(folder) == images_kept
+    assert client.get(f"/v1/memory/points/{kept}/thumbnail").status_code == 200
+    assert upload_file(folder, kept).read_bytes() == photos[GOLDFISH][0]
 
 
 def test_backups_and_copies_take_the_kept_images_and_a_read_only_replica_leaves_them(service, photos, tmp_path):
