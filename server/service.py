@@ -20,7 +20,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import weakref
@@ -39,8 +38,10 @@ from retrieval.files import (
     OutsideFolders,
     decodable,
     is_under,
+    make_private_folder,
     open_under,
     read_small_file,
+    remove_dead_private_folders,
     write_atomically,
 )
 from retrieval.store import (
@@ -71,6 +72,12 @@ _MAX_OOD_ENTRIES = 256
 # Decoded pixels a request holds before embedding them (then the next step's are decoded): a 64-megapixel
 # image's worth, so a batch of ordinary photos is one step and a batch of huge ones never more than two at once.
 DECODED_PIXELS_PER_STEP = 64_000_000
+# The service's folders in the temporary folder (TMPDIR), each named for its process (`make_private_folder`): an
+# export's file, an import's as it arrives (up to VMEM_MAX_IMPORT_BYTES), a memory without a folder's thumbnails.
+# Those of a service killed before it removed them are removed when one starts (`warm_up`).
+EXPORT_FOLDER_PREFIX = "vmem-export-"
+IMPORT_FOLDER_PREFIX = "vmem-import-"
+THUMBNAILS_FOLDER_PREFIX = "vmem-thumbnails-"
 
 
 @dataclass(frozen=True)
@@ -342,7 +349,7 @@ class ClassifierService:
         folder = local_folder(self.memory.store.location)
         if not self.settings.qdrant_url and folder is not None:
             return folder / THUMBNAILS_DIR  # kept with the memory, deleted with it
-        self._tmp_thumbs = tempfile.mkdtemp(prefix="vmem-thumbnails-")
+        self._tmp_thumbs = str(make_private_folder(THUMBNAILS_FOLDER_PREFIX))
         weakref.finalize(self, shutil.rmtree, self._tmp_thumbs, True)  # also at interpreter exit
         log.warning("thumbnails of added images are kept in %s until the server stops; "
                     "set VMEM_THUMBNAIL_DIR to keep them", self._tmp_thumbs)
@@ -432,7 +439,8 @@ class ClassifierService:
 
     def warm_up(self) -> None:
         """Load the encoder, run it once, and calibrate novelty at the default k, before taking traffic; and remove
-        the thumbnails of points forgotten by a process killed before it removed them (no add is in flight yet)."""
+        the thumbnails of points forgotten by a process killed before it removed them (no add is in flight yet), and
+        the temporary folders of services killed before they removed them (an import's file: gigabytes)."""
         # An embedded memory only: this process alone holds it. Services sharing a Qdrant server may share a
         # thumbnail folder, and another one's add in flight has its thumbnail written before its point.
         if local_folder(self.memory.store.location) is not None and (
@@ -440,6 +448,9 @@ class ClassifierService:
             log.info("removed %d thumbnails of points forgotten earlier", orphans)
         if not self.memory.store.read_only and (orphans := self.memory.remove_orphan_uploads()):
             log.info("removed %d uploaded images of points forgotten earlier", orphans)
+        for prefix in (EXPORT_FOLDER_PREFIX, IMPORT_FOLDER_PREFIX, THUMBNAILS_FOLDER_PREFIX):
+            for dead in remove_dead_private_folders(prefix):
+                log.info("removed %s, a temporary folder of a service killed before it removed it", dead)
         self.memory.featurizer.warm_up()
         self.ood_threshold(self.memory.vote_settings().k)
         self.ready = True

@@ -401,6 +401,29 @@ def test_vmem_serve_stopped_by_sigterm_closes_its_memory_and_exits_0(tmp_path, l
     assert list((tmp_path / "tmp").iterdir()) == []  # closed: the copy removed
 
 
+def test_the_temporary_files_of_a_killed_service_are_removed_when_it_starts_again(tmp_path, lite0, memory_images):
+    # An import is written to the temporary folder as it arrives (up to VMEM_MAX_IMPORT_BYTES, gigabytes): a service
+    # killed meanwhile (an OOM kill, kill -9) had left it there, and each restart under systemd one more.
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with vmem_serve(tmp_path / "memory", env={"TMPDIR": str(tmp)}) as (proc, url):
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        with socket.create_connection((host, int(port))) as upload:  # half of the file sent, the rest never
+            upload.sendall(f"POST /v1/memory/import?filename=big.npz HTTP/1.1\r\nHost: {host}\r\nX-API-Key: "
+                           f"{API_KEY}\r\nContent-Type: application/octet-stream\r\nContent-Length: {8 << 20}\r\n"
+                           f"\r\n".encode() + b"\0" * (4 << 20))
+            deadline = time.monotonic() + 30
+            while sum(f.stat().st_size for f in tmp.rglob("big.npz")) < (4 << 20):
+                assert time.monotonic() < deadline, "the import's file never reached the temporary folder"
+                time.sleep(0.1)
+            proc.kill()
+            proc.wait()
+    assert [f.name for f in tmp.rglob("*") if f.is_file()] == ["big.npz"]
+    with vmem_serve(tmp_path / "memory", env={"TMPDIR": str(tmp)}):
+        assert list(tmp.iterdir()) == []  # removed before it was ready
+
+
 def test_bench_load_reports_latency_throughput_and_no_errors(tmp_path, lite0, memory_images):
     from typer.testing import CliRunner
 

@@ -7,7 +7,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
-from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest
+from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest, make_private_folder
 from retrieval.text import quoted
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
@@ -66,7 +65,14 @@ from ..schemas import (
     SuspectsQuery,
     printable,
 )
-from ..service import ClassifierService, EraseFailedError, ThumbnailUnavailable, Upload
+from ..service import (
+    EXPORT_FOLDER_PREFIX,
+    IMPORT_FOLDER_PREFIX,
+    ClassifierService,
+    EraseFailedError,
+    ThumbnailUnavailable,
+    Upload,
+)
 from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, require_media_type, too_many_images
 from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
@@ -597,7 +603,7 @@ async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep,
     if q.label is not None and not await run_in_threadpool(
             service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)):
         await unknown_labels(service, [q.label])
-    folder = FilePath(tempfile.mkdtemp(prefix="vmem-export-"))
+    folder = make_private_folder(EXPORT_FOLDER_PREFIX)  # named for this process: a killed one's is removed at start
     try:
         n = await service.run_read(service.memory.export_points, folder / "points.npz", q.label, q.source_prefix,
                                    q.excluded)
@@ -686,7 +692,7 @@ async def import_points(request: Request, q: Annotated[ImportQuery, Query()], se
     if not q.dry_run:  # served read-only: refused before the file is received (up to VMEM_MAX_IMPORT_BYTES)
         service.memory.store.check_writable()
     started = threading.Event()
-    folder = FilePath(tempfile.mkdtemp(prefix="vmem-import-"))
+    folder = make_private_folder(IMPORT_FOLDER_PREFIX)  # named for this process: a killed one's is removed at start
     path = folder / q.filename
 
     def work() -> ImportReport:
