@@ -424,6 +424,30 @@ def test_the_temporary_files_of_a_killed_service_are_removed_when_it_starts_agai
         assert list(tmp.iterdir()) == []  # removed before it was ready
 
 
+def test_a_connection_whose_request_never_ends_is_probed_so_a_vanished_client_lets_go(tmp_path, lite0, memory_images):
+    # uvicorn waits for the rest of a request without end. A client gone without a word mid-request (its host off, a
+    # NAT's mapping dropped, a network cut: no FIN ever comes) had held its connection, a file, for good: a service up
+    # for weeks ran out of them. TCP keep-alive probes tell such a peer gone; loopback's peer answers them, so what is
+    # checked is that the kernel probes each of the service's connections (`ss` shows its keepalive timer).
+    fill_memory(str(tmp_path / "memory"), lite0, memory_images).close()
+    with vmem_serve(tmp_path / "memory", "--port", str(_free_port())) as (_, url):
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        stalled = []
+        for begun in (b"", b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n",
+                      b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n\r\n--"):
+            stalled.append(socket.create_connection((host, int(port))))
+            stalled[-1].sendall(begun)
+        time.sleep(0.5)
+        ours = {f"{host}:{s.getsockname()[1]}" for s in stalled}
+        listed = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+        timers = {line.split()[3]: line for line in listed if line.split()[3] in ours}
+        for s in stalled:
+            s.close()
+    assert len(timers) == 3, listed
+    assert all("timer:(keepalive," in line for line in timers.values()), timers
+
+
 def test_bench_load_reports_latency_throughput_and_no_errors(tmp_path, lite0, memory_images):
     from typer.testing import CliRunner
 

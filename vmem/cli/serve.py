@@ -438,7 +438,7 @@ def serve(
             forced = run_uvicorn(
                 app, host=host, port=port, log_level=log_level.value, root_path=prefix,
                 forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                timeout_graceful_shutdown=_graceful_shutdown_s())
+                timeout_graceful_shutdown=_graceful_shutdown_s(), http=_probing_http_protocol())
         finally:
             if served is not None:
                 served.unlink(missing_ok=True)
@@ -451,6 +451,38 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+
+
+# A client gone without a word mid-request (its host off, a NAT's mapping dropped, a network cut: no FIN ever comes):
+# uvicorn waits for the rest of its request without end, and each such connection had held a file for good, until a
+# service up for weeks ran out of them. The kernel probes a connection idle this long, and closes it once this many
+# probes this far apart go unanswered: about 2 minutes. A live client's kernel answers the probes, whatever it sends.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 15, 4
+
+
+def probe_idle_peers(sock: Any) -> None:
+    """Turn TCP keep-alive probes on for an accepted connection (a Unix socket is left as it is)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                            ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, name):  # Linux's; elsewhere the system's defaults (hours) apply
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _probing_http_protocol() -> type:
+    """uvicorn's HTTP protocol, each connection's peer probed (`probe_idle_peers`)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class ProbingHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: Any) -> None:
+            if (sock := transport.get_extra_info("socket")) is not None:
+                probe_idle_peers(sock)
+            super().connection_made(transport)
+
+    return ProbingHTTPProtocol
 
 
 def run_uvicorn(app: Any, **options: Any) -> bool:
