@@ -567,18 +567,18 @@ class ClassifierService:
         for step in self._decoded_in_steps(enumerate(uploads), failed):
             sources = [uploads[i].source for i, _ in step]
             written: dict[str, list[Path]] = {}  # files this step made, by point id: removed if its add fails
-            # Thumbnails first: once a point is searchable, its thumbnail must already be there.
-            for (i, img), src in zip(step, sources, strict=True):
-                pid = point_id_for(src)
-                if self.keep_uploads_in is not None:  # durable: the one copy an encoder can read again
-                    (kept_as_sent := upload_file(self.keep_uploads_in, pid)).parent.mkdir(exist_ok=True)
-                    if not kept_as_sent.exists():
-                        written.setdefault(pid, []).append(kept_as_sent)
-                    write_atomically(kept_as_sent, uploads[i].data)
-                if not self.thumbnails.path(pid).exists():
-                    written.setdefault(pid, []).append(self.thumbnails.path(pid))
-                self.thumbnails.save(pid, img)
             try:
+                # Thumbnails first: once a point is searchable, its thumbnail must already be there.
+                for (i, img), src in zip(step, sources, strict=True):
+                    pid = point_id_for(src)
+                    if self.keep_uploads_in is not None:  # durable: the one copy an encoder can read again
+                        (kept_as_sent := upload_file(self.keep_uploads_in, pid)).parent.mkdir(exist_ok=True)
+                        if not kept_as_sent.exists():
+                            written.setdefault(pid, []).append(kept_as_sent)
+                        write_atomically(kept_as_sent, uploads[i].data)
+                    if not self.thumbnails.path(pid).exists():
+                        written.setdefault(pid, []).append(self.thumbnails.path(pid))
+                    self.thumbnails.save(pid, img)
                 done = self.memory.add_images([img for _, img in step], [labels[i] for i, _ in step],
                                               sources=sources, tags={"added_via": "api"})
             except BaseException:

@@ -191,6 +191,27 @@ def test_adds_the_memory_refuses_leave_no_thumbnail_nor_image_behind(service, ph
     assert upload_file(folder, kept).read_bytes() == photos[GOLDFISH][0]
 
 
+def test_an_add_whose_second_image_cannot_be_kept_leaves_the_first_one_s_files_neither(service, photos, monkeypatch):
+    import errno
+
+    import server.service
+
+    client, folder = service(keep_uploads=True)
+    real_write, writes = server.service.write_atomically, []
+
+    def full_on_the_second_image(path, data, **kwargs):  # writes: its bytes, its thumbnail, then the second
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(server.service, "write_atomically", full_on_the_second_image)
+    resp = client.post("/v1/memory", headers=AUTH, data={"label": STORK},
+                       files=[("images", (f"s{i}.jpg", photo, "image/jpeg")) for i, photo in enumerate(photos[STORK])])
+    assert resp.status_code >= 500 and len(writes) == 3
+    assert kept_images(folder) == [] and client.get("/v1/memory/stats").json()["points"] == 12
+
+
 def test_backups_and_copies_take_the_kept_images_and_a_read_only_replica_leaves_them(service, photos, tmp_path):
     client, folder = service(keep_uploads=True)
     [fish] = add(client, GOLDFISH, photos[GOLDFISH][:1])
