@@ -10,8 +10,14 @@ threads, resident memory, the files in its TMPDIR, its VMEM_HOME (the re-ranker'
 folder, the log, the answer log, and the series /metrics exports. What grows with the rounds after the first
 grows without bound in a service left up for weeks.
 
-    python docs/benchmarks/long_serve.py --memory /tmp/vmem-lite0-10 \
-        --images ../shared/data/tiny-imagenet-200/val --rounds 12 --per-round 400 > docs/benchmarks/long-serve.json
+    python docs/benchmarks/long_serve.py --memory /tmp/vmem-lite0-8 --images /tmp/val8 \
+        --rounds 10 --per-round 500 > docs/benchmarks/long-serve.json
+    python docs/benchmarks/long_serve.py --memory /tmp/vmem-lite0-8 --images /tmp/val8 \
+        --rounds 7 --per-round 200 --kill-every 2 > docs/benchmarks/long-serve-kills-after.json
+
+(/tmp/vmem-lite0-8: `vmem build` of 8 Tiny-ImageNet classes' train images, 800 points, efficientnet-lite0;
+/tmp/val8: links to the same 8 classes' val folders.) `--kill-every N` kills the service with SIGKILL every N
+rounds, half of an import received, and starts it again: what a killed service leaves shows in TMPDIR.
 
 The memory is copied first (the run edits it); adds take their images from `--images` and are forgotten again
 within the run, so the memory's size stays bounded. Everything the service writes is under one temporary folder
