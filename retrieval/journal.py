@@ -13,12 +13,14 @@ opening journals what the points (names; an erase: the memory's files; a prune: 
 (`settle`), so that no forget, erasure or pruning is missing from `vmem history`. An add (a build, an import) is
 noted as it begins, and the ids and labels of each batch are appended beside its note (`FileJournal.note_adds`)
 before the batch is written: the next opening journals those of them the memory holds that no entry of the add
-counted. Tunes and copies are not noted (docs/reliability.md says why). A journal on a Qdrant server keeps no
-notes.
+counted. Copies are not noted (docs/reliability.md says why). A journal on a Qdrant server keeps its notes in a
+collection beside its own (`CollectionJournal`), and an opening settles only those of processes known to have ended,
+as others may be editing the memory meanwhile.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -38,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .files import _process_start, _writer_alive
 from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,12 @@ _AT_OPENING = '{"at":"'  # how an entry's JSON line begins: its time is read wit
 # Ids per entry: a forget of more points is written as several entries (parts), each within a Qdrant
 # server's request size limit (32 MB by default; an id is 36 characters of JSON, plus quotes).
 IDS_PER_ENTRY = 100_000
+# A server memory's notes (`CollectionJournal.intend`) are kept in the collection beside its journal's of this name
+# (`vmem-journal-pending`); a list of a note's points is a point of it per this many points.
+PENDING_COLLECTION_SUFFIX = "-pending"
+PAIRS_PER_LIST = 20_000
+# The namespace of the ids of entries written by settling a note (`CollectionJournal._append_settled`)
+_SETTLED_IDS = uuid.UUID("6f1e3c52-8a8e-4b8f-9d55-2f0a4c1b7e31")
 # The name of the API key the request being served came with (the service sets it as it checks the key; None: no
 # key): the journal records it as who made an edit (`by`), the answer log as who asked for a re-rank.
 KEY_NAME: ContextVar[str | None] = ContextVar("vmem_key_name", default=None)
@@ -264,9 +273,9 @@ class Journal(ABC):
     def intend(self, op: NotedOp, before: Mapping[str, str], begun_with: Mapping[str, Any] | None = None,
                **fields: Any) -> PendingEdit | None:
         """Note a forget or relabel of these points ({id: label before}), or a naming or an erase, before its first
-        write, where this journal keeps notes (`FileJournal`); None where it keeps none, or where the note could not be
-        written (logged: the edit goes on, journaled after it as before). `begun_with`: a prune's or unprune's
-        state of the memory as it begins (`PendingEdit.begun_with`)."""
+        write, where this journal keeps notes (`FileJournal`, `CollectionJournal`); None where it keeps none, or
+        where the note could not be written (logged: the edit goes on, journaled after it as before). `begun_with`:
+        a prune's or unprune's state of the memory as it begins (`PendingEdit.begun_with`)."""
         return None
 
     def settled(self, note: PendingEdit | None) -> None:  # noqa: B027  # no notes kept here: nothing to remove
@@ -290,8 +299,9 @@ class Journal(ABC):
                 # Naming its note as the add's own entries do: an opening killed before the note went counts it then
                 fields = {**note.fields, "detail": {**note.fields.get("detail", {}), **add_note_detail(note),
                                                     **({"journaled_at_open": now()} if at_open else {})}}
-                self.append(entries_for("add", at=note.begun if at_open else None, host=note.host, pid=note.pid,
-                                        points=sum(counts.values()), labels=most_first(counts), **fields))
+                self._append_settled(note, entries_for(
+                    "add", at=note.begun if at_open else None, host=note.host, pid=note.pid,
+                    points=sum(counts.values()), labels=most_first(counts), **fields))
             self.settled(note)
             return sum(counts.values())
         if note.op in ("prune", "unprune"):  # what the memory's pruning report and marks show (`pruning`)
@@ -310,17 +320,23 @@ class Journal(ABC):
             if note.op in ("prune", "unprune"):
                 points, detail = entry  # type: ignore[misc]  # not None where made
                 fields = {**fields, "detail": {**detail, **fields.get("detail", {})}}
-                self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, points=points, **fields))
+                self._append_settled(note, entries_for(note.op, at=at, host=note.host, pid=note.pid, points=points,
+                                                       **fields))
             elif note.op in ("name", "erase", "tune", "settings"):
-                self.append(entries_for(note.op, at=at, host=note.host, pid=note.pid, **fields))
+                self._append_settled(note, entries_for(note.op, at=at, host=note.host, pid=note.pid, **fields))
             else:
-                self.append(entries_for(note.op, made, at=at, points=len(made),
-                                        labels=label_counts([note.before[pid] for pid in made]), host=note.host,
-                                        pid=note.pid, **fields))
+                self._append_settled(note, entries_for(note.op, made, at=at, points=len(made),
+                                                       labels=label_counts([note.before[pid] for pid in made]),
+                                                       host=note.host, pid=note.pid, **fields))
         else:
             made = []
         self.settled(note)
         return len(made)
+
+    def _append_settled(self, note: PendingEdit, entries: Sequence[JournalEntry]) -> None:
+        """Append the entries `settle` makes of a note (`CollectionJournal`: under ids of the note's, so that two
+        processes settling one note at once write one entry)."""
+        self.append(entries)
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         return False
@@ -663,26 +679,35 @@ def _parsed(line: str) -> JournalEntry | None:
 
 class CollectionJournal(Journal):
     """Entries as the payloads of points of their own collection beside the memory's on a Qdrant server (one
-    1-d vector each: every collection needs vectors), so that every process sharing the memory writes it."""
+    1-d vector each: every collection needs vectors), so that every process sharing the memory writes it. The notes
+    of edits in progress (`intend`), and the lists of their points, are points of a second collection beside it."""
 
     def __init__(self, client: Any, collection: str) -> None:
         self.client = client
         self.collection = collection
+        # The notes of edits in progress, and the lists of their points (`intend`), in a collection of their own:
+        # the journal's is read whole by histories and copies, which would take a note for an entry.
+        self.pending_collection = f"{collection}{PENDING_COLLECTION_SUFFIX}"
+        self._pending_exists = False
         self._exists = False  # known to exist: asked once per process, not once per edit
         self._time_indexed = False  # its `at` indexed by this process (a journal written by an older vmem is not)
         self._unordered = False  # the server refused to order it by `at`: no `newest_at` asked of it again
 
     def _create(self) -> None:
+        if not self._exists:
+            self._make(self.collection)
+        self._exists = True
+
+    def _make(self, collection: str) -> None:
         from qdrant_client import models as qm
 
-        if not self._exists and not self.client.collection_exists(self.collection):
+        if not self.client.collection_exists(collection):
             try:
-                self.client.create_collection(self.collection, vectors_config=qm.VectorParams(
+                self.client.create_collection(collection, vectors_config=qm.VectorParams(
                     size=1, distance=qm.Distance.DOT), on_disk_payload=True)
             except Exception:
-                if not self.client.collection_exists(self.collection):  # not made by another process meanwhile
+                if not self.client.collection_exists(collection):  # not made by another process meanwhile
                     raise
-        self._exists = True
 
     def _index_time(self) -> None:
         """A datetime index on `at`: a Qdrant server orders by a payload key only through a range index on it.
@@ -725,6 +750,9 @@ class CollectionJournal(Journal):
         return (recs[0].payload or {}).get("at") if recs else None
 
     def append(self, entries: Sequence[JournalEntry]) -> None:
+        self._append(entries, [str(uuid.uuid4()) for _ in entries])
+
+    def _append(self, entries: Sequence[JournalEntry], ids: Sequence[str]) -> None:
         from qdrant_client import models as qm
 
         if not entries:
@@ -732,9 +760,170 @@ class CollectionJournal(Journal):
         self._create()
         seq = time.time_ns()  # orders the entries of one edit, and edits within a clock tick
         self.client.upsert(self.collection, wait=True, points=[
-            qm.PointStruct(id=str(uuid.uuid4()), vector=[1.0],
-                           payload={**e.model_dump(mode="json"), "seq": seq + i})
-            for i, e in enumerate(entries)])
+            qm.PointStruct(id=pid, vector=[1.0], payload={**e.model_dump(mode="json"), "seq": seq + i})
+            for i, (pid, e) in enumerate(zip(ids, entries, strict=True))])
+
+    def _append_settled(self, note: PendingEdit, entries: Sequence[JournalEntry]) -> None:
+        # Two processes opening the memory at once both find a dead process's note: each writes its entries under
+        # the same ids, so that the second overwrites the first's, and the edit is journaled once.
+        self._append(entries, [str(uuid.uuid5(_SETTLED_IDS, f"{note.token}/{i}")) for i in range(len(entries))])
+
+    # ---- notes of edits in progress: points of `pending_collection`, each carrying its note's token and the
+    # process that wrote it (host, pid, and when it started: a later process given the same id is not it)
+
+    def _write_pending(self, note: PendingEdit, points: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        from qdrant_client import models as qm
+
+        if not points:
+            return
+        if not self._pending_exists:
+            self._make(self.pending_collection)
+            self._pending_exists = True
+        writer = {"token": note.token, "host": note.host, "pid": note.pid, "started": _started_here(),
+                  "pids": _pid_namespace()}
+        self.client.upsert(self.pending_collection, wait=True, points=[
+            qm.PointStruct(id=pid, vector=[1.0], payload={**writer, **payload}) for pid, payload in points])
+
+    def _write_list(self, note: PendingEdit, pairs: Sequence[tuple[str, str]],
+                    then: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        """The pairs as points of the notes' collection, in parts within a server's request size limit (a forget's
+        points can be a million); `then`, points written with the last part, in its request."""
+        parts = [[list(p) for p in pairs[start : start + PAIRS_PER_LIST]]
+                 for start in range(0, len(pairs), PAIRS_PER_LIST)] or [[]]
+        for i, part in enumerate(parts):
+            points = [(str(uuid.uuid4()), {"kind": "list", "pairs": part})] if part else []
+            self._write_pending(note, [*points, *(then if i == len(parts) - 1 else ())])
+
+    def intend(self, op: NotedOp, before: Mapping[str, str], begun_with: Mapping[str, Any] | None = None,
+               **fields: Any) -> PendingEdit | None:
+        note = PendingEdit(token=uuid.uuid4().hex, begun=now(), op=op, fields=fields, host=socket.gethostname(),
+                           pid=os.getpid(), journal_size=0, begun_with=dict(begun_with or {}))
+        try:
+            # Few points go in the note itself, one point written; more, in lists before it, the note with their last
+            # part: a list whose note was never written is never read, and is removed once its process is gone
+            # (`pending`). Written with `wait`: applied before the edit's first write.
+            few = len(before) <= PAIRS_PER_LIST
+            shown = note.model_copy(update={"before": dict(before)}) if few else note
+            the_note = (str(uuid.UUID(hex=note.token)), {"kind": "note", "note": shown.model_dump(mode="json")})
+            self._write_list(note, [] if few else list(before.items()), then=[the_note])
+        except Exception as exc:  # the server refusing it (a read-only key) or gone: the edit goes on, or fails itself
+            log.error("the memory's journal could not note a %s of %d points before making it (%s): a crash before "
+                      "its entry would leave it unjournaled", op, len(before), exc)
+            return None
+        return note.model_copy(update={"before": dict(before)})
+
+    def note_adds(self, note: PendingEdit | None, ids: Sequence[str], labels: Sequence[str]) -> None:
+        if note is None or not ids:
+            return
+        try:
+            self._write_list(note, list(zip(ids, labels, strict=True)))
+        except Exception as exc:  # the add goes on: a crash before its entry would leave these points unjournaled
+            log.error("the memory's journal could not note %d points before adding them (%s)", len(ids), exc)
+
+    def _lists(self, token: str) -> dict[str, str]:
+        from qdrant_client import models as qm
+
+        listed: dict[str, str] = {}
+        for p in self._payloads(qm.Filter(must=[_matches("token", token), _matches("kind", "list")]),
+                                self.pending_collection):
+            listed.update((str(pid), str(label)) for pid, label in p.get("pairs", []))
+        return listed
+
+    def noted_adds(self, note: PendingEdit) -> dict[str, str]:
+        return {**note.before, **self._lists(note.token)}
+
+    def settled(self, note: PendingEdit | None) -> None:
+        from qdrant_client import models as qm
+
+        if note is None:
+            return
+        try:  # the note and its lists, in one request
+            self.client.delete(self.pending_collection, wait=True, points_selector=qm.FilterSelector(
+                filter=qm.Filter(must=[_matches("token", note.token)])))
+        except Exception as exc:  # its entry is written: the next opening finds it, and removes the note then
+            log.warning("the note of a %s could not be removed once journaled (%s): the memory's next opening "
+                        "removes it", note.op, exc)
+
+    def pending(self) -> list[PendingEdit]:
+        """The notes of processes known to have ended: on this host, a process id no longer running (or running a
+        later process). A note of a running process is an edit in progress, that process's to journal; one written
+        on another host is left for an opening there, as nothing here tells whether its process is still running."""
+        if not self.client.collection_exists(self.pending_collection):
+            return []
+        self._pending_exists = True
+        notes: dict[str, PendingEdit] = {}
+        writers: dict[str, dict[str, Any]] = {}
+        # Whose each point is, and the notes: not the lists' points, read for the notes to settle alone (`_lists`)
+        for p in self._payloads(None, self.pending_collection, ("token", "kind", "host", "pid", "started", "pids",
+                                                                 "note")):
+            token = str(p.get("token"))
+            writers.setdefault(token, p)
+            if p.get("kind") == "note":
+                try:
+                    notes[token] = PendingEdit.model_validate(p.get("note"))
+                except ValueError:  # written whole (`wait`): a newer vmem's edit, for that vmem to settle
+                    log.warning("left the note %s of an edit this vmem cannot read (a newer vmem's?) in %s", token,
+                                self.pending_collection)
+                    writers[token] = {}  # its lists stay too
+        ended = [token for token, p in writers.items() if p and _writer_ended(p)]
+        for token in ended:
+            if token not in notes:  # lists whose note was never written: that process died before its edit began
+                self.settled(PendingEdit(token=token, begun="", op="add", host="", pid=0, journal_size=0))
+        here = (socket.gethostname(), _pid_namespace())
+        elsewhere = sum(1 for token, p in writers.items() if token in notes and (p.get("host"), p.get("pids")) != here)
+        if elsewhere:
+            # Said, not settled: nothing here tells whether their processes are running
+            log.info("%d edits noted by processes on other hosts (or containers) are not journaled yet: an opening "
+                     "of the memory where each was made journals it, if its process was stopped", elsewhere)
+        found = [notes[token].model_copy(update={"before": {**notes[token].before, **self._lists(token)}})
+                 for token in ended if token in notes]
+        return sorted(found, key=lambda n: n.begun)
+
+    def _holds_entry_of(self, note: PendingEdit) -> bool:
+        """Whether the journal holds the noted edit's entry: one of its process and op at or after its start, and
+        of its points (a naming: its names)."""
+        from qdrant_client import models as qm
+
+        if not self.client.collection_exists(self.collection):
+            return False
+        flt = qm.Filter(must=[_matches("host", note.host), _matches("pid", note.pid), _matches("op", note.op)])
+        for p in self._payloads(flt):
+            if p.get("at", "") >= note.begun and (
+                    set(p.get("ids", [])) & note.before.keys() if note.op in ("forget", "relabel")
+                    else p.get("detail", {}) == note.fields.get("detail", {}) if note.op == "name" else True):
+                return True
+        return False
+
+    def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
+        from qdrant_client import models as qm
+
+        counts: Counter[str] = Counter()
+        if self.client.collection_exists(self.collection):
+            flt = qm.Filter(must=[_matches("op", "add"), _matches("host", note.host), _matches("pid", note.pid),
+                                  _matches(f"detail.{ADD_NOTE_KEY}", note.token)])
+            for p in self._payloads(flt):
+                counts.update(p.get("labels", {}))
+        return counts
+
+    def _changed_by_others_since(self, note: PendingEdit) -> set[str]:
+        # Other processes share a memory on a server: the points (names) their entries since this edit began say
+        # they forgot, relabelled or named are theirs, not this edit's
+        from qdrant_client import models as qm
+
+        if not self.client.collection_exists(self.collection):
+            return set()
+        changed: set[str] = set()
+        for p in self._payloads(qm.Filter(must=[qm.FieldCondition(key="op", match=qm.MatchAny(
+                any=["forget", "relabel", "name"]))])):
+            if p.get("at", "") >= note.begun and (p.get("host"), p.get("pid")) != (note.host, note.pid):
+                if p.get("op") == "name":
+                    changed.update(p.get("detail", {}).get("names", {}), p.get("detail", {}).get("dropped", []))
+                else:
+                    changed.update(p.get("ids", []))
+        if note.op != "name":
+            return changed & note.before.keys()
+        detail = note.fields.get("detail", {})
+        return changed & {*detail.get("names", {}), *detail.get("dropped", [])}
 
     def read(self) -> list[JournalEntry]:
         if not self.client.collection_exists(self.collection):
@@ -779,14 +968,49 @@ class CollectionJournal(Journal):
         entries = [_entry(p) for p in payloads[:limit]]
         return entries, matched - len(entries)
 
-    def _payloads(self, flt: Any = None) -> Iterator[dict[str, Any]]:
+    def _payloads(self, flt: Any = None, collection: str | None = None,
+                  keys: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         offset = None
         while True:
-            recs, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=256, offset=offset,
-                                              with_payload=True, with_vectors=False)
+            recs, offset = self.client.scroll(collection or self.collection, scroll_filter=flt, limit=256,
+                                              offset=offset, with_payload=True if keys is None else list(keys),
+                                              with_vectors=False)
             yield from (r.payload or {} for r in recs)
             if offset is None or not recs:
                 return
+
+
+def _matches(key: str, value: Any) -> Any:
+    from qdrant_client import models as qm
+
+    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
+@functools.cache
+def _started_here() -> int:
+    """When this process started (clock ticks after boot; 0 where unknown), as its notes record it."""
+    return _process_start(os.getpid()) or 0
+
+
+@functools.cache
+def _pid_namespace() -> str:
+    """Which process ids this process sees (Linux's pid namespace; "" where unknown): a container sharing the host's
+    name (`--network host`) numbers its processes apart, and its process 7 is not the host's."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _writer_ended(payload: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote a point of the notes' collection is known to have ended: on this host, among
+    the process ids this process sees, and its id no longer that of a running process that started when it did.
+    Never this process (another thread's edit)."""
+    pid = payload.get("pid")
+    if (payload.get("host"), payload.get("pids")) != (socket.gethostname(), _pid_namespace()) or (
+            not isinstance(pid, int) or pid == os.getpid()):
+        return False
+    return not _writer_alive(pid, int(payload.get("started") or 0))
 
 
 def _in_time_order(payload: dict[str, Any]) -> tuple[str, int]:

@@ -2340,8 +2340,9 @@ class QdrantServerStore(MemoryStore):
                 client = _local_mode_client(location)
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
+        existed = False
         try:
-            if self.client.collection_exists(collection):
+            if existed := self.client.collection_exists(collection):
                 raw = self.client.get_collection(collection).config.metadata or {}
                 if "vmem" not in raw:
                     raise MemoryError(f"collection {collection!r} at {without_secrets(location)} was not made by vmem")
@@ -2379,6 +2380,22 @@ class QdrantServerStore(MemoryStore):
             if made_here:
                 self.client.close()
             raise
+        if existed:  # the notes of edits its processes were stopped in before their entries (a new memory has none)
+            self.settle_journal()
+
+    def settle_journal(self) -> int:
+        """As `MemoryStore.settle_journal`, of the notes of processes known to have ended (`CollectionJournal.pending`:
+        others may be editing the memory now). A server refusing it (a key that may only read) or failing leaves the
+        notes for a later opening, and the memory opens."""
+        try:
+            return super().settle_journal()
+        except MemoryStoreError:
+            raise  # the server unreachable: the opening fails as any request of it would
+        except Exception as exc:
+            log.error("the memory's journal could not record the edits a stopped process left unjournaled (%s); a "
+                      "later opening tries again", str(exc).strip().splitlines()[0] if str(exc).strip() else
+                      type(exc).__name__)
+            return 0
 
     def _stored_metadata(self) -> dict[str, Any]:
         return self.client.get_collection(self.collection).config.metadata or {}

@@ -66,6 +66,15 @@ elif step == "after the edit":
     journal.append = killed
 elif step == "after the entry":
     journal.settled = killed
+elif step == "after the list":  # a memory on a server: a forget's points listed in parts, its note not written
+    import retrieval.journal
+    retrieval.journal.PAIRS_PER_LIST = 4  # 10 points: 3 parts, the note sent with the last
+    write = journal._write_pending
+    def note_killed(note, points):
+        if any(payload["kind"] == "note" for _, payload in points):
+            killed()
+        write(note, points)
+    journal._write_pending = note_killed
 if edit == "forget":
     mem.forget(label="cat")
 elif edit == "name":
@@ -77,7 +86,8 @@ elif edit == "prune":
 elif edit == "unprune":
     undo_pruning(store)
 elif edit == "import":  # 30 new points of vectors made elsewhere, 10 a batch
-    mem.import_points(os.path.join(os.path.dirname(memory), "points.npz"), featurizer="t", batch_size=10)
+    folder = memory.removeprefix("qdrant-local:")  # a memory in qdrant-client's local mode (test_journal_crash_server)
+    mem.import_points(os.path.join(os.path.dirname(folder), "points.npz"), featurizer="t", batch_size=10)
 elif edit == "tune":
     mem.store_vote_settings({"rule": "distance", "k": 7})
 elif edit == "search settings":
