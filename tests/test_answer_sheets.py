@@ -190,6 +190,37 @@ def test_a_run_resumed_from_another_folder_through_a_link_answers_no_image_again
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(p.name for p in (card / "DCIM").iterdir())
 
 
+def test_a_run_resumed_through_a_link_takes_its_queue_and_memory_given_so_as_the_same(camera_trap, tmp_path,
+                                                                                       monkeypatch):
+    # As above, the queue beside the photos on the card and the memory copied there, each given as the run was:
+    # by relative paths from inside ~/photos, then through the link from the home folder. The same files, so the
+    # same settings: the resume goes on (it was refused, "answered with other settings (memory ... review_csv
+    # '.../card/queue.csv' then, '.../home/photos/queue.csv' now)")
+    memory, season = camera_trap
+    card, home = tmp_path / "card", tmp_path / "home"
+    (card / "DCIM").mkdir(parents=True)
+    home.mkdir()
+    for image in sorted(season.glob("*/*"))[:3]:
+        (card / "DCIM" / image.name).symlink_to(image)
+    (card / "memory").symlink_to(memory)  # the memory's folder a link of its own: named, not resolved
+    (home / "photos").symlink_to(card)
+    answers = home / "answers.csv"
+    first_two = sorted(p.name for p in (card / "DCIM").iterdir())[:2]
+    monkeypatch.chdir(home / "photos")
+    run("classify", *[f"DCIM/{name}" for name in first_two], "--memory", "memory", "--k", "10", "--csv", answers,
+        "--review-csv", "queue.csv", "--min-confidence", "0.99")
+    monkeypatch.chdir(home)
+    out = run("classify", "photos/DCIM", "--memory", "photos/memory", "--k", "10", "--csv", answers,
+              "--review-csv", "photos/queue.csv", "--min-confidence", "0.99", "--resume")
+    assert "resuming: 2 of the 3 images are answered" in out.stderr
+    assert len(read_rows(answers)) == 3 and len(read_rows(card / "queue.csv")) <= 3
+    # Another memory, though, is still another memory: a link is named, not followed
+    (card / "other").symlink_to(memory)
+    refused = run("classify", "photos/DCIM", "--memory", "photos/other", "--k", "10", "--csv", answers,
+                  "--review-csv", "photos/queue.csv", "--min-confidence", "0.99", "--resume", code=2)
+    assert "answered with other settings (memory" in refused.output
+
+
 def test_a_long_run_keeps_of_each_answer_only_what_its_summaries_read(camera_trap):
     memory, season = camera_trap
     with VisualMemory.open(memory) as mem, redirect_stdout(io.StringIO()) as printed:

@@ -24,6 +24,8 @@ REVIEW_HEADER = ("path", "label", "suggested_name", "confidence")
 # finished (FINISHED: false while it goes on, and after a stop or a kill)
 SETTINGS_SUFFIX = ".vmem-run.json"
 FINISHED = "finished"
+# The settings that name a file or folder (`AnswerSheets._same`); a server's URL is compared as it is
+_FILE_SETTINGS = ("memory", "review_csv")
 
 
 class KeptRun(BaseModel):
@@ -173,6 +175,15 @@ class AnswerSheets:
             real = self._real_folders[folder] = os.path.realpath(folder)
         return os.path.join(real, name)
 
+    def _same(self, name: str, then: dict[str, Any], now: dict[str, Any]) -> bool:
+        """Whether a setting is the same in the run resumed and this one; the memory's folder and the queue as
+        files (`_file`), as the images are: each run made them absolute against its working folder, whose links
+        are resolved, so the same ones given through a linked folder read as others."""
+        a, b = then.get(name), now.get(name)
+        if name in _FILE_SETTINGS and isinstance(a, str) and isinstance(b, str):
+            return self._file(a) == self._file(b)
+        return a == b
+
     @property
     def kept(self) -> Path | None:
         """The file the run's settings are kept in, beside the --csv sheet."""
@@ -222,7 +233,7 @@ class AnswerSheets:
                     "another --csv to begin afresh, or leave --resume out to write this one again",
                     param_hint="--resume") from None
             changed = [f"{name} {then.get(name)!r} then, {wanted.get(name)!r} now"
-                       for name in sorted(set(then) | set(wanted)) if then.get(name) != wanted.get(name)]
+                       for name in sorted(set(then) | set(wanted)) if not self._same(name, then, wanted)]
             if changed:
                 raise typer.BadParameter(
                     f"{self.answers} was answered with other settings ({'; '.join(changed)}): resume with the "
