@@ -58,7 +58,9 @@ def files_fingerprint(folder: Path) -> str | None:
 
     def add(path: Path, rel: str) -> None:
         st = os.lstat(path)
-        digest.update(f"{rel}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        # The name as the file system holds it: one that is not UTF-8 (a file copied from another system) is read
+        # by Python with surrogates, which .encode() refuses, and every opening of the memory had failed so
+        digest.update(os.fsencode(rel) + f"\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
 
     try:
         for name in _FINGERPRINTED:

@@ -6,6 +6,7 @@ that keeps none), and never while a process holds it."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,3 +148,14 @@ def test_history_of_a_memory_at_rest_is_read_from_its_journal_as_opening_would_a
     assert [e.op for e in entries] == ["relabel", "forget"]
     shown = cli("history", "--memory", memory, "--op", "forget")
     assert shown.count("\n") == 1 and "\tforget\t10 points (dog: 10)\tby label" in shown
+
+
+def test_a_file_whose_name_is_not_utf8_in_the_engines_folder_leaves_the_memory_opened_and_its_counts_kept(memory):
+    # A file copied in from a system of another encoding: Python reads its name with surrogates, which the
+    # fingerprint refused to encode, so every command that opened the memory (info, points, classify) ended in a
+    # UnicodeEncodeError, as it opened and as it closed
+    stray = os.fsencode(memory / "shard") + b"/notes-\xe9t\xe9.txt"
+    os.close(os.open(stray, os.O_CREAT | os.O_WRONLY))
+    assert label_counts_from_files(memory) is None  # the counts were kept before the file came
+    assert cli("labels", "--memory", memory) == "20\tcat\t\n10\tdog\t\n"  # opened
+    assert stats_from_files(memory)["per_label"] == {"cat": 20, "dog": 10}  # and kept at its close
