@@ -159,3 +159,14 @@ def test_a_file_whose_name_is_not_utf8_in_the_engines_folder_leaves_the_memory_o
     assert label_counts_from_files(memory) is None  # the counts were kept before the file came
     assert cli("labels", "--memory", memory) == "20\tcat\t\n10\tdog\t\n"  # opened
     assert stats_from_files(memory)["per_label"] == {"cat": 20, "dog": 10}  # and kept at its close
+
+
+def test_history_of_a_memory_whose_metadata_is_corrupt_says_so_as_opening_it_does(memory):
+    # Read at rest, its journal alone had answered "no vmem memory at ..." with pydantic's three lines and a link;
+    # opening it says what is wrong and what to do, as vmem info and labels say
+    (memory / "vmem.json").write_text('{"created_at": ', encoding="utf-8")
+    assert history_at_rest(memory) is None
+    for command in ("history", "info", "labels"):
+        result = CliRunner().invoke(app, [command, "--memory", str(memory)], env={"COLUMNS": "250"})
+        assert result.exit_code == 2 and "the memory's metadata, is corrupt" in result.output, (command, result.output)
+        assert "restore it from a backup" in result.output and "no vmem memory" not in result.output

@@ -3104,7 +3104,8 @@ def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: in
                     by: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta] | None:
     """`history_from_files` of an embedded memory at rest, which is what opening it would answer: no process has it
     open (none opens it meanwhile), and no edit of a process killed before journaling it is left noted (opening
-    journals those first). None where either is not so, or it is no embedded memory: open it.
+    journals those first). None where either is not so, its metadata cannot be read, or it is no embedded memory:
+    open it (which says what is wrong).
 
     Raises:
         ValueError: a filter that is none (an op, a time).
@@ -3114,7 +3115,10 @@ def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: in
     with at_rest(location) as folder:
         if folder is None or any((folder / PENDING_DIR).glob("*.json")):
             return None
-        return history_from_files(folder, op=op, limit=limit, since=since, by=by)
+        try:
+            return history_from_files(folder, op=op, limit=limit, since=since, by=by)
+        except MemoryStoreError:  # its vmem.json unreadable (corrupt, a newer vmem's): the opening says what to do
+            return None
 
 
 def parse_point_id(text: str) -> str:
