@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .files import write_atomically
+from .files import read_small_file, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ COUNTS_FILE = ".vmem-counts.json"
 # The files the fingerprint covers, besides every entry under the shard's folder (as store.py names them)
 _FINGERPRINTED = ("vmem.json", "original-rows.bin")
 _SHARD = "shard"
+# The most a counts file is read to (a label and its two counts: ~100 bytes; 1M labels fit): past it, the memory is
+# opened, as for any file this vmem cannot take
+_MOST_COUNTS_BYTES = 256 << 20
 
 
 class KeptCounts(BaseModel):
@@ -108,8 +111,10 @@ def read_kept_counts(folder: Path) -> KeptCounts | None:
     """The counts kept beside the memory `folder`, where they still stand for its files; else None. The caller
     holds the memory's open lock (shared, at least): no process edits it meanwhile."""
     try:
-        counts = KeptCounts.model_validate_json((folder / COUNTS_FILE).read_bytes())
-    except (OSError, ValidationError, ValueError):
+        # Read only where it is a plain file, not through a link: every opening reads it, in a folder others may
+        # write, where a FIFO of its name had held every command that opens the memory (vmem points too) forever
+        counts = KeptCounts.model_validate_json(read_small_file(folder / COUNTS_FILE, _MOST_COUNTS_BYTES))
+    except (OSError, ValidationError, ValueError):  # ValueError: NotASmallFile too
         return None
     if counts.version != 1 or not counts.files or counts.files != files_fingerprint(folder):
         return None

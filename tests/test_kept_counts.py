@@ -170,3 +170,20 @@ def test_history_of_a_memory_whose_metadata_is_corrupt_says_so_as_opening_it_doe
         result = CliRunner().invoke(app, [command, "--memory", str(memory)], env={"COLUMNS": "250"})
         assert result.exit_code == 2 and "the memory's metadata, is corrupt" in result.output, (command, result.output)
         assert "restore it from a backup" in result.output and "no vmem memory" not in result.output
+
+
+def test_a_fifo_in_the_place_of_the_counts_file_holds_no_command_that_opens_the_memory(memory):
+    # Every opening reads the counts file, in a folder others may write: a FIFO of its name had it wait for a
+    # writer forever (vmem points, classify, info, labels all hung). Read only where it is a plain file, it is
+    # passed over: the memory is opened
+    (memory / COUNTS_FILE).unlink()
+    os.mkfifo(memory / COUNTS_FILE)
+
+    def vmem(*args) -> str:
+        done = subprocess.run([sys.executable, "-m", "vmem", *args, "--memory", str(memory)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    assert vmem("labels") == "20\tcat\t\n10\tdog\t\n"
+    assert vmem("points", "--limit", "100").count("/d/") == 30
