@@ -56,6 +56,11 @@ EXCLUDED_VALUE = "pruned"
 Blame = Literal["label", "all", "voters"]
 
 
+# What each blame counts, as the summary says it (the module's docstring says it at length)
+_BLAMED = {"label": "neighbours of another label, any decision", "all": "neighbours of wrong decisions",
+           "voters": "wrong decisions' voters for the label chosen"}
+
+
 class PruneMode(StrEnum):
     soft = "soft"
     hard = "hard"
@@ -125,7 +130,8 @@ class PruneReport(BaseModel):
                 if self.mode is PruneMode.hard else
                 f"{self.down_weighted} points down-weighted by {SOFT_GAMMA}/(1+count)")
         return (f"{self.mode} pruning of {self.points} points: {self.wrong_decisions} leave-one-out errors "
-                f"({self.rule} voting, k={self.k}); blame count max {self.count_max}, mean {self.count_mean:.2f}; "
+                f"({self.rule} voting, k={self.k}); blame ({self.blame}: {_BLAMED.get(self.blame, '?')}) count max "
+                f"{self.count_max}, mean {self.count_mean:.2f}; "
                 f"{what}. Undo with `vmem prune --undo`.")
 
 

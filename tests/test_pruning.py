@@ -73,6 +73,8 @@ def test_vmem_prune_blame_label_marks_a_memory_with_the_papers_counts(tmp_path):
     res = CliRunner().invoke(app, ["prune", "--memory", str(tmp_path / "memory"), "--mode", "soft", "--k", "2",
                                    "--blame", "label"])
     assert res.exit_code == 0, res.output
+    # The summary says what was counted: these counts are not of errors (it had said "blame count" alone)
+    assert "blame (label: neighbours of another label, any decision) count max 2" in res.output
     with open_store(str(tmp_path / "memory")) as store:
         got = {p.id: p.payload for page in store.scroll() for p in page}
         assert store.meta.settings["pruning"]["blame"] == "label"
