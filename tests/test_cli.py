@@ -1351,7 +1351,8 @@ def test_a_memory_whose_files_the_user_may_not_write_is_one_line(built, monkeypa
 
     monkeypatch.setattr(VisualMemory, "open", engine_refuses)
     memory, _ = built
-    out = run("info", "--memory", memory)
+    # vmem points opens the engine (vmem info of a memory at rest reads the counts its last close kept)
+    out = run("points", "--memory", memory)
     assert out.exit_code == 2 and "cannot open the memory's files in" in out.output, out.output
     assert "(Failed to open mmap payload storage: Permission denied (os error 13))" in out.output
     assert "they must be writable by this user, even to read them" in out.output
@@ -1383,7 +1384,7 @@ def test_a_memory_restored_by_another_user_says_whose_it_is_and_how_to_serve_it(
     assert f"(its files belong to uid {owner}" in said(out) and f"runs as uid {owner + 54321}" in said(out)
     assert f"`chown -R {owner + 54321} {memory}`" in said(out)
     assert "or serve it as it is, for classify only: vmem serve --read-only (VMEM_READ_ONLY=true)" in said(out)
-    out = run("info", "--memory", memory)  # the other commands say whose it is too
+    out = run("points", "--memory", memory)  # the other commands that open it say whose it is too
     assert out.exit_code == 2 and f"(its files belong to uid {owner}" in said(out) and "--read-only" not in said(out)
 
     # With VMEM_LOG_FORMAT=json, the error that ends the start is one JSON line, as every other line of the log
