@@ -73,7 +73,7 @@ class TemplateRegistry:
             if not directory.is_dir():
                 if origin == "user":  # a mistyped $VMEM_TEMPLATES_DIR must not pass for "no templates of mine"
                     errors[f"${TEMPLATES_DIR_ENV}"] = TemplateLoadError(
-                        f"{visible(str(directory))} is not a directory: none of your templates were loaded")
+                        "not a directory: none of your templates were loaded", directory)
                 continue
             files: dict[str, list[Path]] = {}
             for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):

@@ -706,7 +706,7 @@ class TemplatesOut(Answer):
     templates: list[TemplateOut] = Field(description="templates by name")
     errors: dict[str, str] = Field(default_factory=dict,
                                    description="templates that could not be loaded, by file name: why (as `vmem "
-                                               "templates list` says it)")
+                                               "templates list` says it, without the server's path)")
 
 
 class HealthOut(Answer):

@@ -116,7 +116,7 @@ def test_a_templates_dir_that_does_not_exist_is_reported_not_ignored(tmp_path, m
     monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "tempaltes"))
     reg = default_registry()
     assert "neighbors-v1" in reg  # the built-ins still load
-    assert "tempaltes is not a directory" in str(reg.errors["$VMEM_TEMPLATES_DIR"])
+    assert "tempaltes: not a directory" in str(reg.errors["$VMEM_TEMPLATES_DIR"])
 
 
 def test_a_template_added_after_start_is_found(tmp_path):

@@ -1801,6 +1801,19 @@ def test_a_template_that_does_not_load_is_listed_with_why(client, tmp_path, monk
     assert list(body["errors"]) == ["broken-v1"] and body["errors"]["broken-v1"]
 
 
+def test_the_templates_that_do_not_load_are_said_without_the_servers_path(client, tmp_path, monkeypatch):
+    # The list gave each error after the server's path to the file (or to $VMEM_TEMPLATES_DIR): the name says which.
+    folder = tmp_path / "2024: templates"
+    folder.mkdir()
+    (folder / "broken-v1.yaml").write_text("name: broken-v1\nversion: 1\n")
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(folder))
+    errors = client.get("/v1/templates").json()["errors"]
+    assert errors == {"broken-v1": "invalid template:\n  system: Field required"}
+    monkeypatch.setenv("VMEM_TEMPLATES_DIR", str(tmp_path / "tempaltes"))
+    errors = client.get("/v1/templates").json()["errors"]
+    assert errors == {"$VMEM_TEMPLATES_DIR": "not a directory: none of your templates were loaded"}
+
+
 def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path, caplog):
     # The engine answers from the files it holds open: the service said "ready" and "201 added" for points
     # written into deleted files, lost at its restart.

@@ -22,9 +22,10 @@ def _list(request: Request) -> TemplatesOut:
     out = [TemplateOut(name=e.template.name, version=e.template.version, ref=e.template.ref,
                        description=e.template.description, agentic=e.template.agentic, origin=e.origin,
                        hash=e.template.content_hash) for e in registry.entries()]
-    # A broken one is said, not left out: classifying with it is refused as "could not be loaded".
+    # A broken one is said, not left out: classifying with it is refused as "could not be loaded". Its reason
+    # alone: the name says which file, and the server's path to it (or to $VMEM_TEMPLATES_DIR) is not the client's.
     return TemplatesOut(default=DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in registry else None, templates=out,
-                        errors={name: str(exc) for name, exc in sorted(registry.errors.items())})
+                        errors={name: exc.reason for name, exc in sorted(registry.errors.items())})
 
 
 @router.get("", summary="List re-ranker templates", response_model=TemplatesOut)

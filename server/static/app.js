@@ -203,9 +203,8 @@ function showTemplateErrors(errors) {
   const list = document.createElement("ul");
   for (const [name, why] of broken) {
     const item = document.createElement("li");
-    // A file's error starts with the server's path to it, which the name already says; a folder's is kept whole.
-    item.append(name.startsWith("$") ? name : bdi(name), `: ${name.startsWith("$") ? why
-      : why.replace(/^\/[^\n]*?\.ya?ml: /, "")}`);
+    // The service says the reason alone (not its path to the file): the name says which one.
+    item.append(name.startsWith("$") ? name : bdi(name), `: ${why}`);
     list.append(item);
   }
   note.append(list);
