@@ -1391,7 +1391,7 @@ def open_read_only(location: str | Path, wait: float = 0.0) -> EdgeMemoryStore:
         if (creating := _being_created(source, deadline)) is not None:
             raise MemoryInUseError(creating)
         if not (source / META_FILE).is_file():  # looked at again: one may have been made while this waited
-            raise MemoryError(f"no memory at {source}: build one first (vmem build)")
+            raise MemoryError(f"no memory at {_shown(source)}: build one first (vmem build)")
     # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted
     dead_copies = remove_dead_private_folders(READ_ONLY_COPY_PREFIX)
     for dead in dead_copies:
@@ -1523,7 +1523,7 @@ class EdgeMemoryStore(MemoryStore):
             if (creating := _being_created(self.path, deadline)) is not None:
                 raise MemoryInUseError(creating)
             if not meta_path.exists():  # looked at again: one may have been made while this waited
-                raise MemoryError(f"no memory at {self.path}: build one first (vmem build)")
+                raise MemoryError(f"no memory at {_shown(self.path)}: build one first (vmem build)")
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path, deadline)

@@ -23,7 +23,7 @@ from retrieval import FeaturizerSpec, MemoryInUseError, Preprocessing, open_stor
 from retrieval.store import open_read_only
 from tests._reliability_fixtures import image_folder, subprocess_env, tiny_memory
 from tests.conftest import REPO, random_unit_vectors
-from vmem import VisualMemory
+from vmem import MemoryStoreError, VisualMemory
 from vmem.diff import open_to_compare
 
 DIM = 16
@@ -223,6 +223,20 @@ def test_a_read_only_opening_of_a_memory_this_process_holds_says_to_use_that_obj
         with pytest.raises(MemoryInUseError, match="is open in this process, to write"):
             open_read_only(memory, wait=600)  # at once: this process will not let go while it waits
         assert mem.store.count() == 3
+
+
+def test_a_memory_named_by_a_folder_of_someone_elses_making_is_named_escaped(tmp_path):
+    # "no memory at" and "is open in this process" wrote the location raw: a name holding a newline or a
+    # right-to-left override read as another folder on screen (the waits already name it escaped).
+    folder = tmp_path / "mem\u202egpj.exe\nx"
+    shown = f"{tmp_path}/mem\\u202egpj.exe\\nx"
+    for read_only in (False, True):
+        with pytest.raises(MemoryStoreError) as refused:
+            VisualMemory.open(folder, reranker=None, read_only=read_only)
+        assert f"no memory at {shown}: build one first" in str(refused.value)
+    with open_store(folder, SPEC), pytest.raises(MemoryInUseError) as refused:
+        open_to_compare(folder)
+    assert f"the memory at {shown} is open in this process" in str(refused.value)
 
 
 def test_vmem_build_with_wait_goes_on_once_a_notebook_lets_go(tmp_path, encoder):

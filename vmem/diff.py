@@ -35,6 +35,7 @@ from retrieval.store import (
     held_here,
     is_embedded_location,
 )
+from retrieval.text import visible
 
 if TYPE_CHECKING:
     from .visual_memory import VisualMemory
@@ -140,9 +141,9 @@ def open_to_compare(location: str | Path, wait: float = 0.0) -> VisualMemory:
         return VisualMemory.open(location, reranker=None)
     if held_here(location):  # the object that holds it compares it as it is, no copy needed
         raise MemoryInUseError(
-            f"the memory at {location} is open in this process: call mem.diff(...) on the object that holds it "
-            "(held.diff(other): what changed from it to the other; other.diff(held): the other way), or close it "
-            "first (mem.close())")
+            f"the memory at {visible(str(location))} is open in this process: call mem.diff(...) on the object that "
+            "holds it (held.diff(other): what changed from it to the other; other.diff(held): the other way), or "
+            "close it first (mem.close())")
     try:
         return VisualMemory.open(location, reranker=None, read_only=True, wait=wait)
     except MemoryInUseError as exc:
