@@ -365,6 +365,28 @@ def test_vmem_copy_with_wait_waits_for_the_memory_it_copies_into_too(memory, tmp
         assert store.count() == 3
 
 
+def test_sigterm_while_vmem_copy_waits_for_the_memory_it_copies_into_says_nothing_was_done(memory, tmp_path):
+    # `timeout 600 vmem copy --to-memory replica --wait 3600`: the wait for the replica was not under vmem's SIGTERM
+    # handling (the wait for the memory copied from was), so SIGTERM there ended it without a word
+    replica = tmp_path / "replica"
+    open_store(replica, SPEC).close()
+    with process(HOLD, replica, "held"):
+        copy = subprocess.Popen([sys.executable, "-m", "vmem", "copy", "--memory", str(memory), "--to-memory",
+                                 str(replica), "--wait", "120"], cwd=tmp_path, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = [""]
+        while "waiting for it to let go" not in lines[-1]:  # after the progress bar's start (or, refused, it ends)
+            lines.append(copy.stderr.readline())
+            assert lines[-1], "".join(lines)
+        copy.send_signal(signal.SIGTERM)
+        out, err = copy.communicate(timeout=120)
+    assert copy.returncode == 130, "".join(lines) + err
+    assert err.strip().splitlines()[-1] == (f"stopped (SIGTERM) while waiting for the memory at {replica}: nothing "
+                                            "was done to it; run the command again"), err
+    with open_store(replica) as store:
+        assert store.count() == 0
+
+
 def test_vmem_wait_is_also_read_from_vmem_wait(memory, tmp_path, monkeypatch):
     # A script sets it once for every command it runs
     with process(HOLD, memory, "held") as holder:

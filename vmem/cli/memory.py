@@ -898,7 +898,10 @@ def copy(
     with mem, tqdm(total=mem.store.count(), unit="pt", desc="copy", file=sys.stderr) as bar:
         started = time.perf_counter()
         try:
-            dest, notes = mem.copy_to(destination, progress=bar.update, wait=wait)  # --wait for both memories
+            # SIGTERM while it waits for the destination said as the opening's wait says it (it ended unsaid), and
+            # mid-copy as Ctrl-C is: what was copied is kept
+            with sigterm_as_interrupt():
+                dest, notes = mem.copy_to(destination, progress=bar.update, wait=wait)  # --wait for both memories
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to-memory" if to_memory else "--to-qdrant-url") from exc
         except Exception as exc:
