@@ -50,7 +50,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import escape_control_characters, not_utf8_problem, utf8_text
+from retrieval.text import escape_control_characters, not_utf8_problem, visible
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 from vmem.visual_memory import NothingToSearchError
 
@@ -129,7 +129,7 @@ def _utf8_named(items: Sequence[Any]) -> tuple[list[Any], list[str]]:
         if (problem := not_utf8_problem(it.source, labels)) is None:
             ok.append(it)
         else:
-            failed.append(failure_line(utf8_text(it.source) or "", problem))
+            failed.append(failure_line(visible(it.source), problem))  # unambiguous, as a build's skipped image
     return ok, failed
 
 

@@ -27,7 +27,7 @@ from .images import (
 from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, label_problem, not_utf8_problem, utf8_text
+from .text import as_held, canonical_label, label_problem, not_utf8_problem, visible
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -364,7 +364,9 @@ def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[E
         if (problem := not_utf8_problem(it.source, [it.label])) is None:
             ok.append(it)
         else:
-            failed.append(EmbedFailure(i, utf8_text(it.source) or "", f"{problem} to add it"))
+            # By its bytes with visible's backslash rule (\xe9 a byte, \\xe9 the name's own characters), as
+            # not_utf8_problem names a label folder: utf8_text wrote both as \xe9
+            failed.append(EmbedFailure(i, visible(it.source), f"{problem} to add it"))
     return ok, failed
 
 

@@ -142,6 +142,21 @@ def test_a_link_whose_image_is_gone_is_listed_as_failed_not_dropped_unseen(lite0
     store.close()
 
 
+def test_files_named_in_another_encoding_are_listed_by_their_bytes_each_as_itself(lite0, photos, tmp_path):
+    # A Latin-1 byte and the four characters \xe9 were both written \xe9, so these two names read as one
+    (photos / "red").mkdir()
+    names = [os.fsdecode(b"a\\xe9\xe9.png"), os.fsdecode(b"a\xe9\\xe9.png")]
+    for name in names:
+        (photos / "red" / name).write_bytes(make_image((200, 40, 40), fmt="PNG"))
+    store = open_store(tmp_path / "memory", lite0.spec)
+    report = build_memory(store, lite0, read_labelled(photos), num_workers=0)
+    assert report.added == 0
+    # By visible's rule: a byte as \xe9, a backslash of the name's own doubled where an escape would follow
+    assert sorted(f.source.rsplit("/", 1)[1] for f in report.failed) == ["a\\\\xe9\\xe9.png", "a\\xe9\\\\xe9.png"]
+    assert "its path is not UTF-8 text" in report.failures()
+    store.close()
+
+
 def test_the_folders_a_build_records_as_image_roots_never_reach_the_top_of_the_disk(lite0, photos, tmp_path):
     # The service shows thumbnails only from under these roots: "/" would let it show any image on the host.
     from vmem import VisualMemory
