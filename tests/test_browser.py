@@ -8,6 +8,7 @@ locally without Chromium; FAILS in CI, where it must run.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -303,6 +304,19 @@ def test_the_page_says_which_templates_could_not_be_loaded_and_why(browser, page
     assert str(tmp_path) not in note.text  # the server's path to the file: the name says which one
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-template-errors.png"))
+
+
+def test_the_page_escapes_a_lone_surrogate_as_the_cli_does(browser, page_url):
+    # JSON's "\udce9" is a lone surrogate in the page: Python's visible writes it as the byte of a file name that
+    # is not UTF-8 (\xe9), another as \ud800; the page had drawn it as a box (or nothing). Built in the page, by
+    # code unit, and brought back as JSON text: WebDriver's JSON would carry one neither way.
+    texts = [[0x63, 0x61, 0x66, 0xDCE9, 0x2E, 0x70, 0x6E, 0x67], [0x61, 0xD800, 0x62], [0x5C, 0xDCE9],
+             [0x5C, 0x78, 0x65, 0x39, 0xDCE9], [0xDFFF]]
+    browser.get(page_url + "/")
+    shown = json.loads(browser.execute_script(
+        "return JSON.stringify(arguments[0].map((units) => visible(String.fromCharCode(...units))))", texts))
+    assert shown == [visible("".join(map(chr, units))) for units in texts]
+    assert shown[:2] == ["caf\\xe9.png", "a\\ud800b"]
 
 
 def test_a_memory_on_a_qdrant_server_offers_no_erase(browser, tmp_path, lite0):

@@ -564,8 +564,9 @@ async function askWhyNot() {
 // Control characters, and those a page shows as nothing or that reorder the text around them (U+202E RIGHT-TO-LEFT
 // OVERRIDE and the other bidi controls, zero-width spaces, U+FEFF; line and paragraph separators), written as
 // Python escapes them, as the CLI prints them: "\u202etac" had read "cat", and the rest of its sentence backwards.
-// For what is shown only: the label itself is what is sent back.
-const HIDDEN = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]$/u;
+// For what is shown only: the label itself is what is sent back. A lone surrogate too (a JSON "\udce9" gives one),
+// which no page can draw: U+DC80-DCFF as the byte of a file name that is not UTF-8 (\xe9), as Python's visible does.
+const HIDDEN = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]$/u;
 const ESCAPED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
 // A joiner that joins is shown as itself, as retrieval.text.visible shows it (its _joins): after a virama, a non-joiner
 // between two letters of a joining script (Persian "نیم‌رخ"), a joiner inside an emoji sequence (👨‍👩‍👧).
@@ -601,6 +602,7 @@ function visible(text) {
     if (!escaped[i]) return c;
     const code = c.codePointAt(0);
     const hex = (digits) => code.toString(16).padStart(digits, "0");
+    if (code >= 0xdc80 && code <= 0xdcff) return `\\x${(code - 0xdc00).toString(16).padStart(2, "0")}`;
     return ESCAPED[c] ?? (code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);
   }).join("");
 }
