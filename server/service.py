@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -251,6 +251,12 @@ def _read_thumbnail(path: Path) -> bytes | None:
     return data
 
 
+def _unlink_all(files: Iterable[Path]) -> None:
+    for path in files:
+        with contextlib.suppress(OSError):  # a read-only folder: as a forget leaves it
+            path.unlink(missing_ok=True)
+
+
 def template_registry(memory: VisualMemory | None = None) -> Any | None:
     """The template registry the memory's re-ranker reads (`GeminiReranker(registry=...)`), else `prompts`' default
     one (the built-ins and `$VMEM_TEMPLATES_DIR`, which the default re-ranker reads, built at the first re-rank), or
@@ -322,6 +328,12 @@ class ClassifierService:
         self._ood_last: dict[tuple[int, tuple[str, ...] | None], tuple[int, float | None]] = {}
         self._recalibrating: set[tuple[int, tuple[str, ...] | None]] = set()
         self._tmp_thumbs: str | None = None
+        # Files of failed adds whose points the memory could not say it holds (a Qdrant server down): asked again
+        # after the next add that succeeds (`_settle_unsettled`). By point id; each list a new object when put, so
+        # that an answer asked about one is not applied to the files of a later failed add of the same image.
+        self._unsettled: dict[str, list[Path]] = {}
+        self._adding: Counter[str] = Counter()  # point ids whose files an add is writing, or deciding on, now
+        self._unsettled_lock = threading.Lock()
         own = local_folder(memory.store.location)
         self.thumbnails = ThumbnailStore(self._thumbnail_dir(), settings.thumbnail_size,
                                          shared=settings.thumbnail_dir is not None,
@@ -566,11 +578,13 @@ class ClassifierService:
         result = AddResult(ids=[])
         for step in self._decoded_in_steps(enumerate(uploads), failed):
             sources = [uploads[i].source for i, _ in step]
-            written: dict[str, list[Path]] = {}  # files this step made, by point id: removed if its add fails
+            pids = [point_id_for(src) for src in sources]
+            # Files this step made, by point id, removed if its add fails; with those an earlier failed add of the
+            # same image left unsettled, which this add now decides on
+            written = self._claim(pids)
             try:
                 # Thumbnails first: once a point is searchable, its thumbnail must already be there.
-                for (i, img), src in zip(step, sources, strict=True):
-                    pid = point_id_for(src)
+                for (i, img), pid in zip(step, pids, strict=True):
                     if self.keep_uploads_in is not None:  # durable: the one copy an encoder can read again
                         (kept_as_sent := upload_file(self.keep_uploads_in, pid)).parent.mkdir(exist_ok=True)
                         if not kept_as_sent.exists():
@@ -584,6 +598,9 @@ class ClassifierService:
             except BaseException:
                 self._remove_unless_points(written)
                 raise
+            finally:
+                self._release(pids)
+            self._settle_unsettled()  # the memory answers again: the files earlier failed adds left are decided
             self._keep_for_holders(sources, done.ids)
             kept += [(i, src) for (i, _), src in zip(step, done.sources, strict=True)]
             result = AddResult(ids=result.ids + done.ids, added=result.added + done.added,
@@ -604,14 +621,53 @@ class ClassifierService:
         try:
             points = self.memory.store.existing_ids(list(written))
         except Exception:  # the memory cannot say which were written: a point's only copy of its image is kept
-            log.warning("an add failed, and %d upload(s) it may have written are kept: the memory could not say "
-                        "whether it holds them", len(written), exc_info=True)
+            log.warning("an add failed, and %d upload(s) it may have written are kept until the memory can say "
+                        "whether it holds them (at the next add that succeeds)", len(written), exc_info=True)
+            with self._unsettled_lock:
+                for pid, files in written.items():
+                    self._unsettled[pid] = list(files)
             return
         for pid, files in written.items():
             if pid not in points:
-                for path in files:
-                    with contextlib.suppress(OSError):  # a read-only folder: as a forget leaves it
-                        path.unlink(missing_ok=True)
+                _unlink_all(files)
+
+    def _claim(self, pids: Sequence[str]) -> dict[str, list[Path]]:
+        """Mark these point ids as being added (no settling touches their files meanwhile), and hand over the
+        files an earlier failed add of them left unsettled: this add's outcome decides on them."""
+        with self._unsettled_lock:
+            self._adding.update(pids)
+            return {pid: files for pid in dict.fromkeys(pids) if (files := self._unsettled.pop(pid, None))}
+
+    def _release(self, pids: Sequence[str]) -> None:
+        with self._unsettled_lock:
+            self._adding.subtract(pids)
+            self._adding += Counter()  # drops the ids at zero
+
+    def _settle_unsettled(self) -> None:
+        """Remove the files failed adds left for points the memory does not hold after all, now that it answers;
+        those of points it holds stay. Left for the next add where it still cannot say."""
+        with self._unsettled_lock:
+            asked = {pid: files for pid, files in self._unsettled.items() if not self._adding[pid]}
+        if not asked:
+            return
+        try:
+            points = self.memory.store.existing_ids(list(asked))
+        except Exception:
+            return
+        removed = 0
+        with self._unsettled_lock:
+            for pid, files in asked.items():
+                # An add of the same image claimed them meanwhile (its own outcome decides), or failed and left
+                # them again (a newer list): this answer may be older than its write
+                if self._unsettled.get(pid) is not files or self._adding[pid]:
+                    continue
+                del self._unsettled[pid]
+                if pid not in points:
+                    _unlink_all(files)
+                    removed += 1
+        if removed:
+            log.info("removed the files of %d upload(s) that failed adds had left: the memory does not hold them",
+                     removed)
 
     def _keep_for_holders(self, sources: Sequence[str], ids: Sequence[str]) -> None:
         """The thumbnail and kept bytes written for an upload whose bytes a point held under another name: that

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from retrieval import MemoryUnavailableError, open_store
+from retrieval import MemoryUnavailableError, open_store, point_id_for
 from retrieval.store import ServerClient
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
@@ -175,3 +175,51 @@ def test_a_copy_and_an_export_of_a_memory_named_with_credentials_keep_its_url_wi
     assert "qdrant.example" in header and "hunter2" not in header and "s3cret" not in header
     mem.close()
     made.close()
+
+
+def test_the_thumbnails_an_add_left_while_the_server_was_down_are_settled_at_the_next_add(tmp_path, lite0,
+                                                                                          monkeypatch):
+    # The server went away as an add wrote: the memory could not say whether it held the new points, so their
+    # thumbnails were kept (a point's only copy of its image), and stayed, files of no point, until a restart
+    from retrieval.store import QdrantServerStore
+    from server.service import Upload
+
+    mem = fill_memory(":memory:", lite0, make_memory_images(tmp_path / "images", lite0))
+    settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    working, upsert = mem.store.client, QdrantServerStore._upsert
+    url = dead_url()
+    dead = ServerClient(QdrantClient(url=url, timeout=5, check_compatibility=False), url)
+
+    def gone_before_the_write(store, ids, vectors, payloads):
+        store.client = dead
+        return upsert(store, ids, vectors, payloads)
+
+    def gone_once_written(store, ids, vectors, payloads):  # the write landed, its answer was lost
+        upsert(store, ids, vectors, payloads)
+        store.client = dead
+        return upsert(store, ids, vectors, payloads)
+
+    photos = {name: texture(COLORS["red"], seed=seed) for name, seed in (("lost", 21), ("landed", 22), ("next", 23))}
+    with TestClient(create_app(settings, memory=mem)) as client:
+        service = client.app.state.service
+        thumbnail = {name: service.thumbnails.path(point_id_for(Upload(data, f"{name}.png").source))
+                     for name, data in photos.items()}
+        for name, outage in (("lost", gone_before_the_write), ("landed", gone_once_written)):
+            monkeypatch.setattr(QdrantServerStore, "_upsert", outage)
+            resp = client.post("/v1/memory", headers=KEY, data={"label": "red"},
+                               files=[("images", (f"{name}.png", photos[name], "image/png"))])
+            assert resp.status_code == 503, resp.text
+            assert thumbnail[name].exists()  # the memory could not say: kept, for now
+            mem.store.client = working  # back
+        monkeypatch.setattr(QdrantServerStore, "_upsert", upsert)
+        resp = client.post("/v1/memory", headers=KEY, data={"label": "red"},
+                           files=[("images", ("next.png", photos["next"], "image/png"))])
+        assert resp.status_code == 201, resp.text
+        # Asked again now that it answers: the point that was never written leaves no file, the one written keeps its
+        assert not thumbnail["lost"].exists()
+        assert thumbnail["landed"].exists() and thumbnail["next"].exists()
+        assert client.get("/v1/memory/stats").json()["per_label"]["red"] == 6
+        resp = client.post("/v1/memory", headers=KEY, data={"label": "red"},  # the client's retry, all well
+                           files=[("images", ("lost.png", photos["lost"], "image/png"))])
+        assert resp.status_code == 201 and thumbnail["lost"].exists()
+    mem.close()
