@@ -194,8 +194,9 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     except UnicodeDecodeError as exc:
         raise TemplateLoadError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
                                 "the template as UTF-8", p) from exc
-    except yaml.YAMLError as exc:
-        raise TemplateLoadError(f"not valid YAML ({exc})", p) from exc
+    except yaml.YAMLError as exc:  # its snippet quotes the file's own lines: each escaped, as the names above
+        raise TemplateLoadError("not valid YAML ({})".format("\n".join(map(visible, str(exc).split("\n")))),
+                                p) from exc
     if not isinstance(data, dict):
         raise TemplateLoadError(f"a template is a YAML mapping of fields, got {type(data).__name__}", p)
     try:

@@ -199,6 +199,21 @@ def test_a_templates_problem_shows_the_names_and_files_it_quotes_escaped(tmp_pat
     assert "\u202e" not in res.output and "broken template mine\\u202ev2: " in res.output
 
 
+def test_a_yaml_error_quotes_the_templates_line_escaped(tmp_path):
+    # YAML's error shows the line it stopped at: the file's own text, whose U+202E turned the rest of the error
+    # (vmem templates list, a classify's refusal, the service's 422) backwards, as a name in it had before.
+    write(tmp_path, "twice", "name: twice\nversion: 1\nsystem: A.\nsystem: B\u202e is new.\n")
+    write(tmp_path, "open", 'name: open\nversion: 1\nsystem: "A\u202e\n')
+    reg = TemplateRegistry(tmp_path)
+    for name, said in (("twice", "the key 'system' is given twice"), ("open", "while scanning a quoted scalar")):
+        with pytest.raises(TemplateLoadError) as err:
+            reg.get(name)
+        assert said in err.value.reason and "\u202e" not in str(err.value), str(err.value)
+        assert "\\u202e" in err.value.reason and "\n" in err.value.reason  # escaped, its lines kept as lines
+    res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(tmp_path)})
+    assert "\u202e" not in res.output and "system: B\\u202e is new." in res.output
+
+
 def test_a_dollar_sign_is_written_as_two():
     t = PromptTemplate(name="mine", version=1, system="Classify.", answer="Costs $$5; pick one of $n_candidates.")
     assert t.render("answer", n_candidates=2) == "Costs $5; pick one of 2."
