@@ -986,10 +986,16 @@ def _matches(key: str, value: Any) -> Any:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
-@functools.cache
 def _started_here() -> int:
-    """When this process started (clock ticks after boot; 0 where unknown), as its notes record it."""
-    return _process_start(os.getpid()) or 0
+    """When this process started (clock ticks after boot; 0 where unknown), as its notes record it. Kept by process
+    id: a child forked after an edit (multiprocessing's fork) had written its parent's time, and an opening
+    elsewhere took it, running, for a later process given its id, and journaled its edit in progress."""
+    return _started(os.getpid())
+
+
+@functools.cache
+def _started(pid: int) -> int:
+    return _process_start(pid) or 0
 
 
 @functools.cache

@@ -8,6 +8,7 @@ local mode (the server's code path, in a folder), reopens it, and reads its hist
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -141,6 +142,49 @@ def test_the_note_of_a_process_still_editing_is_left_to_it_and_journaled_once_it
     with VisualMemory.open(memory) as mem:
         [forget] = mem.history()
         assert (forget.op, forget.points, forget.pid) == ("forget", 10, child.pid) and notes_left(mem) == 0
+
+
+# A program that edits the memory, then forks a worker (multiprocessing's fork, a pre-forking server) that edits it
+# too and is still running, its forget made and its entry not yet written.
+_FORKED_STILL_RUNNING = """
+import os, sys, time
+from retrieval import open_store
+from vmem import VisualMemory
+
+with VisualMemory(open_store(sys.argv[1]), reranker=None) as mem:
+    mem.set_label_names({"dog": "hound"})  # noted: the parent knows when it started
+if os.fork():
+    os.wait()
+    sys.exit(0)
+mem = VisualMemory(open_store(sys.argv[1]), reranker=None)
+
+def paused(*args, **kwargs):
+    mem.store.client.close()
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+
+mem.store.journal.append = paused
+mem.forget(label="cat")
+"""
+
+
+def test_the_note_of_a_forked_worker_still_editing_is_left_to_it(memory):
+    # Its note said when its process started with its parent's time, kept from before the fork: an opening took the
+    # worker, running, for a later process given the same id, and journaled its forget in progress as cut short.
+    parent = subprocess.Popen([sys.executable, "-c", _FORKED_STILL_RUNNING, memory], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    try:
+        with VisualMemory.open(memory) as mem:
+            assert mem.store.label_counts() == {"dog": 10, "fox": 10}
+            assert [e.op for e in mem.history()] == ["name"] and notes_left(mem) == 1  # left to the worker
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        parent.wait(timeout=60)  # the worker reaped: ended
+    with VisualMemory.open(memory) as mem:
+        forget, _ = mem.history()
+        assert (forget.op, forget.points, forget.pid) == ("forget", 10, worker) and notes_left(mem) == 0
 
 
 def test_two_openings_settling_one_note_at_once_journal_it_once(memory):
