@@ -1814,6 +1814,19 @@ def test_the_templates_that_do_not_load_are_said_without_the_servers_path(client
     assert errors == {"$VMEM_TEMPLATES_DIR": "not a directory: none of your templates were loaded"}
 
 
+@pytest.mark.parametrize("folder", ["templates", "2024: templates"])
+def test_a_broken_template_is_listed_without_the_server_s_path_to_it(client, tmp_path, monkeypatch, folder):
+    # A classify asking for it is refused without the path (dea1736); the list anyone may read gave it whole, and
+    # the page cut it off again only where it began with "/" (not under a relative VMEM_TEMPLATES_DIR).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "broken-v1.yaml").write_text("name: broken-v1\nversion: 1\n")
+    for given in (str(tmp_path / folder), folder):
+        monkeypatch.setenv("VMEM_TEMPLATES_DIR", given)
+        body = client.get("/v1/templates").json()
+        assert body["errors"] == {"broken-v1": "invalid template:\n  system: Field required"}, body["errors"]
+
+
 def test_a_memory_folder_removed_under_the_service_is_not_ready_and_takes_no_edit(client, tmp_path, caplog):
     # The engine answers from the files it holds open: the service said "ready" and "201 added" for points
     # written into deleted files, lost at its restart.
