@@ -1170,13 +1170,14 @@ def _shown(folder: Path) -> str:
 
 
 def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline: float, held_here_says: str,
-                  holding: str = _IN_USE) -> Any:
+                  holding: str = _IN_USE, waiting: str = "waiting for it to let go") -> Any:
     """The lock file of the memory in `folder`, opened by `open_lock`, with the flock `how` (LOCK_EX, LOCK_SH)
     taken on it; while another process holds it and `deadline` is not past, tried again after a pause, having said
     once (a warning) who holds it and that this waits. None where it is held still at the deadline (at once where
     there is none). Opened anew for each try, and closed between: where the holder noted is gone, `holder_note`
     names the processes that have the file open, and a process waiting beside them was named as one to end.
-    Refused at once, MemoryInUseError(`held_here_says`), where this process holds the memory: it would never let go."""
+    Refused at once, MemoryInUseError(`held_here_says`), where this process holds the memory: it would never let go.
+    `waiting`: what the warning says it waits for."""
     import fcntl
 
     pause, said = WAIT_FIRST_PAUSE_S, False
@@ -1196,8 +1197,8 @@ def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline
                 if not said:
                     who = holder_note(folder).who
                     limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
-                    log.warning("the memory at %s %s%s: waiting for it to let go (%s)", _shown(folder), holding,
-                                f": {who}" if who else "", limit)
+                    log.warning("the memory at %s %s%s: %s (%s)", _shown(folder), holding,
+                                f": {who}" if who else "", waiting, limit)
                     said = True
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, WAIT_LONGEST_PAUSE_S)
@@ -1325,7 +1326,9 @@ def wait_until_created(location: str | Path, wait: float) -> None:
 
     here = f"the memory at {_shown(folder)} is being created by this process: use the memory it makes"
     try:
-        fh = _flock_within(open_lock, fcntl.LOCK_SH, folder, deadline, here, "is being created by another process")
+        # Not "to let go": the wait ends once the memory is made, the files read beside its holder
+        fh = _flock_within(open_lock, fcntl.LOCK_SH, folder, deadline, here, "is being created by another process",
+                           "waiting for it to be made")
     except (Made, OSError):  # made, or no lock file (no memory, none being made): nothing to wait for
         return
     if fh is not None:

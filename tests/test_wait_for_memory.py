@@ -335,6 +335,7 @@ def test_vmem_info_and_history_wait_for_a_memory_being_created_and_read_a_held_o
         out, err = reader.communicate(timeout=120)
     assert said.startswith(f"WARNING the memory at {memory} is being created by another process: process "
                            f"{creator.pid} ("), said + err
+    assert "waiting for it to be made (up to 120 s)" in said, said  # not "to let go": it reads a held memory at once
     assert reader.returncode == 0, said + err
     assert "waiting" not in err  # said once
     if command[0] == "info":
