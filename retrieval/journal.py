@@ -31,7 +31,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -537,9 +537,7 @@ class FileJournal(Journal):
             for line in f:
                 if (line.endswith("\n") and op in line and pid in line
                         and (e := _parsed(line)) is not None and e.host == note.host and e.pid == note.pid
-                        and e.op == note.op and (set(e.ids) & note.before.keys() if note.op in ("forget", "relabel")
-                                                 else e.detail == note.fields.get("detail", {}) if note.op == "name"
-                                                 else True)):
+                        and e.op == note.op and _is_entry_of(note, e.ids, e.detail)):
                     return True
         return False
 
@@ -548,20 +546,11 @@ class FileJournal(Journal):
         # notes writes them before the memory's next opening settles this one (`MemoryStore.settle_journal`)
         if not self.path.exists():
             return set()
-        changed: set[str] = set()
         with open(self.path, encoding="utf-8", errors="replace") as f:
             f.seek(min(note.journal_size, self.path.stat().st_size))
-            for line in f:
-                if (line.endswith("\n") and (e := _parsed(line)) is not None
-                        and (e.host, e.pid) != (note.host, note.pid)):
-                    if e.op in ("forget", "relabel"):
-                        changed.update(e.ids)
-                    elif e.op == "name":
-                        changed.update(e.detail.get("names", {}), e.detail.get("dropped", []))
-        if note.op != "name":
-            return changed & note.before.keys()
-        detail = note.fields.get("detail", {})
-        return changed & {*detail.get("names", {}), *detail.get("dropped", [])}
+            others = (e for line in f if line.endswith("\n") and (e := _parsed(line)) is not None
+                      and (e.host, e.pid) != (note.host, note.pid))  # read as judged: a journal may be long
+            return _changed_of(note, ((e.op, e.ids, e.detail) for e in others))
 
     @staticmethod
     def _cut_torn_tail(f: Any) -> None:
@@ -887,12 +876,8 @@ class CollectionJournal(Journal):
         if not self.client.collection_exists(self.collection):
             return False
         flt = qm.Filter(must=[_matches("host", note.host), _matches("pid", note.pid), _matches("op", note.op)])
-        for p in self._payloads(flt):
-            if p.get("at", "") >= note.begun and (
-                    set(p.get("ids", [])) & note.before.keys() if note.op in ("forget", "relabel")
-                    else p.get("detail", {}) == note.fields.get("detail", {}) if note.op == "name" else True):
-                return True
-        return False
+        return any(p.get("at", "") >= note.begun and _is_entry_of(note, p.get("ids", []), p.get("detail", {}))
+                   for p in self._payloads(flt))
 
     def _journaled_adds(self, note: PendingEdit) -> Counter[str]:
         from qdrant_client import models as qm
@@ -912,18 +897,10 @@ class CollectionJournal(Journal):
 
         if not self.client.collection_exists(self.collection):
             return set()
-        changed: set[str] = set()
-        for p in self._payloads(qm.Filter(must=[qm.FieldCondition(key="op", match=qm.MatchAny(
-                any=["forget", "relabel", "name"]))])):
-            if p.get("at", "") >= note.begun and (p.get("host"), p.get("pid")) != (note.host, note.pid):
-                if p.get("op") == "name":
-                    changed.update(p.get("detail", {}).get("names", {}), p.get("detail", {}).get("dropped", []))
-                else:
-                    changed.update(p.get("ids", []))
-        if note.op != "name":
-            return changed & note.before.keys()
-        detail = note.fields.get("detail", {})
-        return changed & {*detail.get("names", {}), *detail.get("dropped", [])}
+        flt = qm.Filter(must=[qm.FieldCondition(key="op", match=qm.MatchAny(any=["forget", "relabel", "name"]))])
+        others = [p for p in self._payloads(flt)
+                  if p.get("at", "") >= note.begun and (p.get("host"), p.get("pid")) != (note.host, note.pid)]
+        return _changed_of(note, [(p.get("op"), p.get("ids", []), p.get("detail", {})) for p in others])
 
     def read(self) -> list[JournalEntry]:
         if not self.client.collection_exists(self.collection):
@@ -978,6 +955,30 @@ class CollectionJournal(Journal):
             yield from (r.payload or {} for r in recs)
             if offset is None or not recs:
                 return
+
+
+def _is_entry_of(note: PendingEdit, ids: Collection[str], detail: Mapping[str, Any]) -> bool:
+    """Whether an entry of the noted edit's process and op, with these ids and detail, is its entry: of its points (a
+    forget, a relabel), of its names (a naming); any such entry, for the others. Both journals judge so."""
+    if note.op in ("forget", "relabel"):
+        return bool(set(ids) & note.before.keys())
+    return detail == note.fields.get("detail", {}) if note.op == "name" else True
+
+
+def _changed_of(note: PendingEdit, entries: Iterable[tuple[str | None, Sequence[str], Mapping[str, Any]]]
+                ) -> set[str]:
+    """Of the noted edit's points (a naming: its labels), those these entries of other processes (op, ids, detail),
+    written since it began, forgot, relabelled or named: theirs, not this edit's."""
+    changed: set[str] = set()
+    for op, ids, detail in entries:
+        if op in ("forget", "relabel"):
+            changed.update(ids)
+        elif op == "name":
+            changed.update(detail.get("names", {}), detail.get("dropped", []))
+    if note.op != "name":
+        return changed & note.before.keys()
+    named = note.fields.get("detail", {})
+    return changed & {*named.get("names", {}), *named.get("dropped", [])}
 
 
 def _matches(key: str, value: Any) -> Any:
