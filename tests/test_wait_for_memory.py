@@ -388,6 +388,24 @@ def test_sigterm_while_vmem_copy_waits_for_the_memory_it_copies_into_says_nothin
         assert store.count() == 0
 
 
+def test_sigterm_while_vmem_diff_waits_for_a_memory_says_nothing_was_done(memory, tmp_path):
+    # vmem diff opens its two memories to compare (read-only), not through the opening the other commands share:
+    # SIGTERM as it waited had ended it unsaid (-15)
+    other = tmp_path / "other"
+    open_store(other, SPEC).close()
+    with process(HOLD, other, "held"):
+        diff = subprocess.Popen([sys.executable, "-m", "vmem", "diff", str(memory), str(other), "--wait", "120"],
+                                cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        said = diff.stderr.readline()  # it says it waits, and waits
+        diff.send_signal(signal.SIGTERM)
+        out, err = diff.communicate(timeout=120)
+    assert "waiting for it to let go" in said, said + err
+    assert diff.returncode == 130, err
+    assert err.strip() == (f"stopped (SIGTERM) while waiting for the memory at {other}: nothing was done to it; run "
+                           "the command again"), err
+
+
 def test_vmem_wait_is_also_read_from_vmem_wait(memory, tmp_path, monkeypatch):
     # A script sets it once for every command it runs
     with process(HOLD, memory, "held") as holder:

@@ -23,6 +23,7 @@ from ._common import (
     named_label,
     one_line,
     open_failure,
+    sigterm_as_interrupt,
 )
 from .memory import _edit_line
 
@@ -98,7 +99,8 @@ def _check_location(text: str, hint: str) -> None:
 
 def _open(location: str, hint: str, wait: float) -> VisualMemory:
     try:
-        return open_to_compare(location, wait)
+        with sigterm_as_interrupt():  # SIGTERM as it waits (--wait): said as open_memory's wait says it, not -15
+            return open_to_compare(location, wait)
     except Exception as exc:
         embedded = is_embedded_location(location)
         problem = open_failure(Path(location) if embedded else DEFAULT_MEMORY, None if embedded else location, exc,
