@@ -100,9 +100,13 @@ def without_secrets(text: str) -> str:
 
 def _escape(c: str) -> str:
     """One character `visible` escapes, as Python escapes it; a byte `surrogateescape` read as U+DC80-U+DCFF as
-    that byte (`\\xe9`), as `utf8_text` writes it."""
+    that byte (`\\xe9`), as `utf8_text` writes it. A character U+0080-U+00FF (a C1 control, a soft hyphen) is
+    written `\\u0085`, not Python's `\\x85`: that is the byte 0x85's, and a folder named with either had read as
+    the other."""
     if "\udc80" <= c <= "\udcff":
         return f"\\x{ord(c) - 0xDC00:02x}"
+    if "\x80" <= c <= "\xff":
+        return f"\\u{ord(c):04x}"
     return c.encode("unicode_escape").decode()
 
 

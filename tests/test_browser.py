@@ -1677,6 +1677,7 @@ def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_it
         assert isolated("#unsure-note bdi") == ["\\u202etac"]
         # The page's escape is the CLI's, to the character: a label typed as the six characters \u202e is shown
         # other than the override, a Windows path as it is
-        texts = [spoofed, "\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", persian, "\\\\x1b\x1b"]
+        texts = [spoofed, "\\u202etac", "C:\\data\\new", "\\\\server\\share", "a\\\u200cb", persian, "\\\\x1b\x1b",
+                 "soft\u00adhyphen\x85"]
         assert browser.execute_script("return arguments[0].map(visible)", texts) == [visible(t) for t in texts]
     mem.close()

@@ -82,6 +82,17 @@ def test_a_folder_name_that_is_not_utf8_is_shown_by_its_bytes_and_never_as_anoth
     assert visible("caf\udce9") == "caf\\xe9" != visible("café") and visible("\ud800") == "\\ud800"
 
 
+def test_a_character_and_a_byte_of_the_same_number_are_shown_apart():
+    import os
+
+    # U+00AD (a soft hyphen: unseen) and U+0085 (a control) are escaped, and Python writes them \xad and \x85: as a
+    # Latin-1 folder's bytes 0xAD and 0x85 are written. Two folders read as one; a character is \u00ad now.
+    for n in (0x85, 0xAD, 0xFF):
+        assert visible(f"caf{chr(n)}") != visible(os.fsdecode(b"caf" + bytes([n]))), hex(n)
+    assert visible("caf\u00ad") == "caf\\u00ad" and visible(os.fsdecode(b"caf\xad")) == "caf\\xad"
+    assert visible("\x1b\x7f") == "\\x1b\\x7f" and read_back(visible("caf\u00ad\x85")) == "caf\u00ad\x85"
+
+
 def test_settings_shown_as_json_read_back_exactly_and_show_no_override():
     settings = {"source_roots": ["C:\\new", "/photos/\u202egpj", "/photos/猫"], "note": "a\\u202e"}
     shown = visible_json(settings)

@@ -603,7 +603,8 @@ function visible(text) {
     const code = c.codePointAt(0);
     const hex = (digits) => code.toString(16).padStart(digits, "0");
     if (code >= 0xdc80 && code <= 0xdcff) return `\\x${(code - 0xdc00).toString(16).padStart(2, "0")}`;
-    return ESCAPED[c] ?? (code < 0x100 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);
+    // U+0080-U+00FF as \u0085, as the CLI writes it: its \x85 is a byte of a file name that is not UTF-8
+    return ESCAPED[c] ?? (code < 0x80 ? `\\x${hex(2)}` : code < 0x10000 ? `\\u${hex(4)}` : `\\U${hex(8)}`);
   }).join("");
 }
 
