@@ -413,9 +413,19 @@ def holder_note(folder: str | Path) -> Holder:
                           visible(str(command)) if isinstance(command, str) else None)
     if host != _host() or not (orphans := _processes_with_open(lock)):
         return Holder("")
-    named = ", ".join(f"process {p} ({_process_name(p)})" for p in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
     started = f", holding the lock it inherited from process {pid}, now gone" if pid else ""
-    return Holder(f"{named}{started}", None, tuple(orphans))
+    return Holder(f"{_named(orphans)}{started}", None, tuple(orphans))
+
+
+def _named(pids: Sequence[int]) -> str:
+    return ", ".join(f"process {p} ({_process_name(p)})" for p in pids[:5]) + (" ..." if len(pids) > 5 else "")
+
+
+def lock_openers(folder: str | Path) -> str:
+    """The processes of this user, other than this one, that have the open lock file of the memory in `folder`
+    open, as `holder_note` names them (`process 8140 (python)`): who holds it shared, to read the memory at rest,
+    whom no note names. Empty where none is known (no /proc, another user's)."""
+    return _named(_processes_with_open(Path(folder) / OPEN_LOCK_FILE))
 
 
 # In a service's backup folder (VMEM_BACKUP_DIR): a link to its newest backup, what read-only replicas serve

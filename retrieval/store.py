@@ -49,6 +49,7 @@ from .files import (
     SERVED_FILE,
     copy_folder_sparse,
     holder_note,
+    lock_openers,
     make_private_folder,
     note_holder,
     remove_dead_private_folders,
@@ -1195,9 +1196,10 @@ def _flock_within(open_lock: Callable[[], Any], how: int, folder: Path, deadline
                 if left <= 0:
                     return None
                 if not said:
-                    who = holder_note(folder).who
+                    readers = _readers(folder) if how == fcntl.LOCK_EX else None
+                    holds, who = (holding, holder_note(folder).who) if readers is None else (_READ, readers)
                     limit = "no time limit" if left == float("inf") else f"up to {left:,.0f} s"
-                    log.warning("the memory at %s %s%s: %s (%s)", _shown(folder), holding,
+                    log.warning("the memory at %s %s%s: %s (%s)", _shown(folder), holds,
                                 f": {who}" if who else "", waiting, limit)
                     said = True
                 time.sleep(min(pause, left))
@@ -1234,9 +1236,37 @@ def _hold_open_lock(folder: Path, deadline: float = 0.0) -> Any:
     return fh
 
 
+# Said of a memory whose open lock is held shared only (`_readers`)
+_READ = "is being read by another process"
+
+
+def _readers(folder: Path) -> str | None:
+    """Who holds the open lock of the memory in `folder` shared, where no process holds it exclusive (open): a
+    reader of its files at rest (vmem info, labels, history: `at_rest`), a read-only service copying it as it
+    starts, a process waiting for its creation; each lets go once it has read what it reads. Named by the processes
+    that have the lock file open (`lock_openers`; '' where unknown), not by the note, which is of the last process
+    that held it open. None where it is held exclusive (or cannot be read); where no one holds it now (let go
+meanwhile), as read: trying again is the advice there too.
+
+    Told by taking the lock shared, and letting go at once: flock grants that beside shared holders only."""
+    import fcntl
+
+    try:
+        with open(folder / OPEN_LOCK_FILE, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held exclusive (BlockingIOError), or the file gone or unreadable: as a holder
+        return None
+    return lock_openers(folder)
+
+
 def _held_elsewhere(folder: Path) -> str:
     """Why `folder`'s memory is refused: the process that holds it, as its lock file names it (`holder_note`), and
-    what to do about that one; a guess at it where no note says (a process it started holds the lock)."""
+    what to do about that one; a guess at it where no note says (a process it started holds the lock). Where only
+    readers of its files hold it (`_readers`, milliseconds), to try again: ending them was no advice."""
+    if (readers := _readers(folder)) is not None:
+        return (f"the memory at {_shown(folder)} {_READ}{f': {readers}' if readers else ''} (vmem info, labels or "
+                "history reading its files, or a read-only vmem serve copying it as it starts), which lets go once "
+                "it has read them: try again, or wait for it (--wait SECONDS; wait= in Python)")
     who, command, orphans = holder_note(folder)
     said = f"the memory at {_shown(folder)} {_IN_USE}"
     if orphans:

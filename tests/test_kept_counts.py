@@ -6,6 +6,7 @@ that keeps none), and never while a process holds it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import FeaturizerSpec, Preprocessing, open_store
+from retrieval import FeaturizerSpec, MemoryInUseError, Preprocessing, open_store
 from retrieval.kept_counts import COUNTS_FILE
 from retrieval.store import EXCLUDED_KEY
 from tests.conftest import REPO, random_unit_vectors
@@ -187,3 +188,39 @@ def test_a_fifo_in_the_place_of_the_counts_file_holds_no_command_that_opens_the_
 
     assert vmem("labels") == "20\tcat\t\n10\tdog\t\n"
     assert vmem("points", "--limit", "100").count("/d/") == 30
+
+
+# Reads the memory at rest as vmem info, labels and history do, holding its lock shared until it is killed
+READ_AT_REST = """
+import sys, time
+from retrieval.store import at_rest
+with at_rest(sys.argv[1]) as folder:
+    print(folder is not None, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_an_opening_refused_beside_a_reader_at_rest_is_told_to_try_again_not_to_end_it(memory, caplog):
+    # A reader of the files holds the lock shared for milliseconds: it had been named as the process that holds
+    # the memory open, "End it (kill N) if it no longer uses the memory" (or the last holder, long gone or closed,
+    # told to close the memory there)
+    caplog.set_level(logging.WARNING, logger="retrieval.store")
+    reader = subprocess.Popen([sys.executable, "-c", READ_AT_REST, str(memory)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert reader.stdout.readline() == "True\n"
+        with pytest.raises(MemoryInUseError) as refused:
+            open_store(memory)
+        with pytest.raises(MemoryInUseError):  # a wait says so too
+            open_store(memory, wait=0.1)
+    finally:
+        reader.kill()
+        reader.wait(timeout=60)
+    said = str(refused.value)
+    assert f"is being read by another process: process {reader.pid} (" in said, said
+    assert "try again, or wait for it (--wait SECONDS" in said, said
+    assert "kill" not in said and "mem.close()" not in said, said
+    assert f"is being read by another process: process {reader.pid} (" in caplog.text, caplog.text
+    assert "waiting for it to let go" in caplog.text and "inherited" not in caplog.text, caplog.text
+    with open_store(memory) as store:  # let go: opened
+        assert store.count() == 30
