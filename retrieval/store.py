@@ -47,11 +47,13 @@ from .files import (
     DISK_FULL_ERRNOS,
     OPEN_LOCK_FILE,
     SERVED_FILE,
+    NotASmallFile,
     copy_folder_sparse,
     holder_note,
     lock_openers,
     make_private_folder,
     note_holder,
+    read_small_file,
     remove_dead_private_folders,
     remove_stale_temporaries,
     served_by,
@@ -592,11 +594,27 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return v
 
 
+# The most a vmem.json is read to: its label names are most of it (a million of 100 bytes fit)
+_MOST_META_BYTES = 256 << 20
+
+
+def _meta_bytes(path: Path) -> bytes:
+    """The bytes of a memory's vmem.json, `path`, read only where it is a plain file (`read_small_file`; through a
+    link, which a memory put together by hand may hold): every command reads it, and a FIFO of its name had each
+    wait for a writer forever, a link to /dev/zero read until memory ran out. MemoryStoreError saying so where it
+    is not; OSError where it cannot be opened."""
+    try:
+        return read_small_file(path, _MOST_META_BYTES, follow_links=True)
+    except NotASmallFile as exc:
+        raise MemoryStoreError(f"{path}, the memory's metadata, is {exc}: restore it from a backup, or build the "
+                               "memory again in a new directory") from None
+
+
 def read_meta_file(folder: Path) -> MemoryMeta:
     """An embedded memory's metadata read from its file, without opening the memory (one another process holds);
-    MemoryStoreError where the folder holds none."""
+    MemoryStoreError where the folder holds none, or its vmem.json is no plain file (`_meta_bytes`)."""
     try:
-        return MemoryMeta.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+        return MemoryMeta.model_validate_json(_meta_bytes(folder / META_FILE).decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise MemoryStoreError(f"no vmem memory at {folder} ({META_FILE}: {exc})") from None
 
@@ -1601,7 +1619,7 @@ class EdgeMemoryStore(MemoryStore):
         if meta is not None and not meta_path.exists():
             self._create(meta, shard_path)
         else:
-            stored = MemoryMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+            stored = MemoryMeta.model_validate_json(_meta_bytes(meta_path).decode("utf-8"))
             if meta is not None:
                 probe = EdgeMemoryStore.__new__(EdgeMemoryStore)
                 probe.meta = stored
