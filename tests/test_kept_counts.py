@@ -246,3 +246,15 @@ def test_a_fifo_or_a_device_in_the_place_of_the_metadata_is_said_to_be_no_plain_
     meta.unlink()
     meta.write_bytes(kept)
     assert cli("labels", "--memory", memory) == "20\tcat\t\n10\tdog\t\n"
+
+
+def test_info_at_rest_judges_labels_of_few_points_by_the_memorys_tuned_vote_as_opening_it_does(memory):
+    # A label of 1 point wins no rank vote of the default k against 20 cats; tuned to k = 2, it does
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        mem.store.add(random_unit_vectors(1, 8, 2), ["fox"], ["/f/0.jpg"])
+    assert [few["label"] for few in stats_from_files(memory)["few_points"]] == ["fox"]
+    with VisualMemory(open_store(memory), reranker=None) as mem:
+        mem.store_vote_settings({"rule": "rank", "k": 2})
+    at_rest = stats_from_files(memory)
+    assert at_rest is not None and at_rest["few_points"] == []
+    assert {k: v for k, v in at_rest.items() if k != "disk_bytes"} == opened_stats(memory)

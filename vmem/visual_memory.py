@@ -232,6 +232,14 @@ def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
                          "defaults), or use the vmem that tuned it") from None
 
 
+def _tuned_vote(meta: MemoryMeta) -> VoteSettings:
+    """The vote a memory classifies with where no setting is given: its tuned settings (`_stored_vote`), else the
+    defaults. ValueError where they cannot be read by this vmem. Of an opened memory (`vote_settings`) and of one
+    read at rest (`stats_from_files`), which must judge its labels of few points alike."""
+    tuned = meta.settings.get("vote") or {}
+    return _stored_vote(tuned) if tuned else VoteSettings()
+
+
 def _asked(image: Any) -> Asked:
     """What the answer log keeps of an image classify was given: its bytes' sha256 and its file's name."""
     if isinstance(image, str | Path):
@@ -654,8 +662,7 @@ class VisualMemory:
         Raises ValueError for an alpha or tau the resulting rule would not read (alpha weights rank voting,
         tau softmax voting): silently ignored, it would be echoed in the result as if it had been used.
         """
-        tuned = self.store.meta.settings.get("vote") or {}
-        base = _stored_vote(tuned) if tuned else VoteSettings()
+        base = _tuned_vote(self.store.meta)
         given = {n: v for n, v in {"rule": rule, "k": k, "alpha": alpha, "tau": tau}.items() if v is not None}
         if not given:
             return base
@@ -2844,8 +2851,7 @@ def stats_from_files(location: str | Path) -> dict[str, Any] | None:
         return None
     kept, meta, disk = read
     try:
-        tuned = meta.settings.get("vote") or {}
-        few = _few_points(kept.per_label, _stored_vote(tuned) if tuned else VoteSettings(), meta.label_names)
+        few = _few_points(kept.per_label, _tuned_vote(meta), meta.label_names)
     except ValueError:  # tuned settings this vmem cannot read, as `few_point_labels` says
         few = []
     return {
