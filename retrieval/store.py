@@ -606,8 +606,8 @@ def _meta_bytes(path: Path) -> bytes:
     try:
         return read_small_file(path, _MOST_META_BYTES, follow_links=True)
     except NotASmallFile as exc:
-        raise MemoryStoreError(f"{path}, the memory's metadata, is {exc}: restore it from a backup, or build the "
-                               "memory again in a new directory") from None
+        raise MemoryStoreError(f"{_shown(path)}, the memory's metadata, is {exc}: restore it from a backup, or "
+                               "build the memory again in a new directory") from None
 
 
 def read_meta_file(folder: Path) -> MemoryMeta:
