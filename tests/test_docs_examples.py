@@ -1,5 +1,8 @@
 """The docs' examples are true: every `vmem` command line in README.md and docs/**/*.md parses against the real
-command line (its subcommands, options, option values and arguments), without running it.
+command line (its subcommands, options, option values and arguments, and that what it needs is given), without
+running it. Looked for: shell code blocks' lines, a shell comment's command line (one giving an option: `# page
+after page: vmem points --all --json`), and inline spans that run vmem (`vmem labels`, `for f in *.jpg; do vmem
+classify "$f"; done`). A span names a command and may leave out what it needs; a line's `...` stands for it.
 
 A line that shows a mistake on purpose is marked `<!-- docs-check: wrong on purpose -->` on the line before it
 (a fenced block: before its fence), and left out.
@@ -35,6 +38,11 @@ WRONG_ON_PURPOSE = "<!-- docs-check: wrong on purpose -->"
 # A value that stands for one: a shell variable ($M), a placeholder (K, FILE.npz, IMAGE_OR_DIR) or <one>.
 PLACEHOLDER = re.compile(r"\$|<|^[A-Z][A-Z0-9_]*(\.\w+)?$")
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
+# A span that runs vmem: `vmem classify ...`, or a shell line's command (`for f in *.jpg; do vmem classify "$f";
+# done`, `VMEM_KEY=k vmem serve`), not a message quoting one (`process 8140 (vmem build data) since ...`)
+SHELL_VMEM = re.compile(r"(?:^|[;&|]\s*|\$\(|\b(?:do|then|else|time|exec|nohup|sudo)\s+|^(?:[A-Z_][A-Z0-9_]*=\S*\s+)+)"
+                        r"vmem\s")
+ELIDED = "..."
 REDIRECTS = re.compile(r"^\d?(>>?|<)(&\d)?$")
 
 
@@ -61,9 +69,15 @@ def _split_commands(text: str, variables: dict[str, list[str]] | None = None) ->
     current: list[str] | None = None
     depth = 0
     skip_next = False
+    # `do vmem classify "$f"; done`: a `;` closing a word ends its command as a spaced one does
+    tokens = [part for token in tokens for part in
+              ([token[:-1], ";"] if token.endswith(";") and len(token) > 1 else [token])]
     for raw in tokens:
         if skip_next:
             skip_next = False
+            continue
+        if raw in ("...", "…") and current is not None:  # `vmem classify ... --json`: what it needs, left out
+            current.append(ELIDED)
             continue
         raw = raw.removesuffix("...").removesuffix("…")  # `[--label L]...`, `IMAGE_OR_DIR...`: one or more
         opened = len(raw) - len(raw.lstrip("[("))
@@ -136,6 +150,15 @@ def doc_commands(path: Path) -> list[DocCommand]:
                 continue
             for words in _split_commands(text, variables):
                 found.append(DocCommand(f"{name}:{first + 1}", " ".join(text.split()), tuple(words)))
+        # A comment's command line (`# ...: vmem points --all --json > points.jsonl`), told from prose that names a
+        # command (`# vmem serve holds it`) by an option given
+        for k in range(start, end):
+            said = re.search(r"(?:^|\s)#(.*)$", lines[k])
+            shown = re.search(r"(?:^|[\s;&|(])(vmem\s.*)$", said.group(1)) if said else None
+            if shown is None or _marked(lines, k) or not re.search(r"\s-", shown.group(1)):
+                continue
+            for words in _split_commands(shown.group(1), variables):
+                found.append(DocCommand(f"{name}:{k + 1}", " ".join(shown.group(1).split()), tuple(words)))
     # Inline spans may wrap onto the next line: found in each paragraph's text.
     paragraph: list[tuple[int, str]] = []
     for number, line in [*prose, (len(lines), "")]:
@@ -145,7 +168,7 @@ def doc_commands(path: Path) -> list[DocCommand]:
         text = "\n".join(line for _, line in paragraph)
         for span in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text):
             code = " ".join(span.group(1).split())
-            if not code.startswith("vmem "):
+            if not SHELL_VMEM.search(code):
                 continue
             row = paragraph[0][0] + text.count("\n", 0, span.start())
             if _marked(lines, row) or WRONG_ON_PURPOSE in text[text.rfind("\n", 0, span.start()) + 1:span.start()]:
@@ -183,10 +206,14 @@ def _checked(param) -> bool:
 def problems_of(words: tuple[str, ...], inline: bool = False) -> list[str]:
     """What the real command line says of `vmem WORDS`, parsed as it parses them (click's parser over typer's
     commands) but neither run nor converted: a placeholder stands for any value. Empty: it would be taken.
-    `inline`: prose's mention of an option (`vmem build --featurizer`) stands for it with any value."""
-    said = _problems_of(words)
+    `inline`: prose's mention of an option (`vmem build --featurizer`) stands for it with any value, and of a
+    command (`vmem build`, `vmem experiment NAME`) for it with what it needs, but for arguments it gives some of
+    (`vmem diff A` is no command). A line's `...` stands for what it needs."""
+    needs = "none" if ELIDED in words else "arguments" if inline else "all"
+    words = tuple(w for w in words if w != ELIDED)
+    said = _problems_of(words, needs)
     if inline and said and said[0].endswith(f"Option '{words[-1]}' requires an argument."):
-        return _problems_of((*words, "VALUE"))
+        return _problems_of((*words, "VALUE"), needs)
     return said
 
 
@@ -195,7 +222,9 @@ def _vmem():
     return typer.main.get_command(app)
 
 
-def _problems_of(words: tuple[str, ...]) -> list[str]:
+def _problems_of(words: tuple[str, ...], needs: str = "all") -> list[str]:
+    """`needs`: which of what the command needs are looked for: "all" (its arguments and required options),
+    "arguments" (all its arguments, where some are given) or "none"."""
     command = _vmem()
     ctx = None
     name = "vmem"
@@ -233,7 +262,16 @@ def _problems_of(words: tuple[str, ...]) -> list[str]:
             continue
         if rest:
             return [f"{ctx.command_path}: takes no more arguments, given {' '.join(rest)}"]
-        return []
+        # What it cannot run without (`vmem diff A B`'s B, `vmem backup --to DIR`), but where an environment
+        # variable may give it (`vmem key`'s --file, VMEM_API_KEYS_FILE)
+        given = {name for name, value in opts.items() if value not in (None, (), [])}
+        arguments = [p for p in command.get_params(ctx) if p.param_type_name == "argument"]
+        looked_for = [] if needs == "none" else arguments if needs == "arguments" else command.get_params(ctx)
+        if needs == "arguments" and not given & {p.name for p in arguments}:
+            looked_for = []
+        missing = [param.opts[0] if param.param_type_name == "option" else (param.metavar or param.name or "").upper()
+                   for param in looked_for if param.required and param.name not in given and not param.envvar]
+        return [f"{ctx.command_path}: {', '.join(missing)} not given"] if missing else []
 
 
 ALL = [c for path in DOCS for c in doc_commands(path)]
@@ -264,6 +302,13 @@ def test_every_vmem_command_line_in_the_docs_is_one_vmem_takes():
     ("vmem templates remove x", "no command remove"),
     ("vmem classfy photo.jpg", "no command classfy"),
     ("vmem diff A B C", "takes no more arguments, given C"),
+    ("vmem diff A", "vmem diff: B not given"),
+    ("vmem backup", "vmem backup: --to not given"),
+    ("vmem backup --to DIR", None),
+    ("vmem classify ... --answer-log answers.jsonl", None),
+    ("vmem key show", None),  # its --file may be VMEM_API_KEYS_FILE's
+    ("for f in *.jpg; do vmem classify \"$f\"; done", None),
+    ("for f in *.jpg; do vmem classify \"$f\" --colour; done", "No such option: --colour"),
 ])
 def test_a_wrong_line_is_told_apart_from_a_right_one(line, said):
     [words] = _split_commands(line)
@@ -272,6 +317,33 @@ def test_a_wrong_line_is_told_apart_from_a_right_one(line, said):
         assert problems == []
     else:
         assert problems and said in problems[0], problems
+
+
+@pytest.mark.parametrize(("span", "said"), [
+    ("vmem build", None),  # a command named, not run
+    ("vmem experiment NAME", None),
+    ("vmem classify --json", None),
+    ("vmem diff A", "vmem diff: B not given"),  # some of its arguments given: all of them are
+])
+def test_prose_names_a_command_without_what_it_needs(span, said):
+    [words] = _split_commands(span)
+    problems = problems_of(tuple(words), inline=True)
+    if said is None:
+        assert problems == []
+    else:
+        assert problems and said in problems[0], problems
+
+
+def test_comments_and_shell_lines_show_commands_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    doc = tmp_path / "doc.md"
+    doc.write_text("A loop, `for f in *.jpg; do vmem classify \"$f\"; done`, and a message quoting one,\n"
+                   "`process 8140 (vmem build data -m memory) since 2026-12-07`.\n\n"
+                   "```\nvmem points [--json]\n       [--all]   # page after page: vmem points --all --jsn\n"
+                   "vmem backup --to DIR   # vmem serve holds is backed up through it\n```\n", encoding="utf-8")
+    assert [(c.where, c.words) for c in doc_commands(doc)] == [
+        ("doc.md:1", ("classify", "$f")), ("doc.md:5", ("points", "--json", "--all")),
+        ("doc.md:6", ("points", "--all", "--jsn")), ("doc.md:7", ("backup", "--to", "DIR"))]
 
 
 def test_a_line_marked_wrong_on_purpose_is_left_out(tmp_path, monkeypatch):
