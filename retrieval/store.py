@@ -2360,6 +2360,11 @@ def server_quantization_config(index: IndexSettings) -> Any:
     return None
 
 
+# The Qdrant memories (location, collection) whose notes this process was refused the settling of, as a key that
+# may only read is at each opening: said once.
+_TOLD_READ_ONLY_UNSETTLED: set[tuple[str, str]] = set()
+
+
 class QdrantServerStore(MemoryStore):
     """A collection on a Qdrant server (`url`), or in qdrant-client's local mode (":memory:")."""
 
@@ -2438,11 +2443,24 @@ class QdrantServerStore(MemoryStore):
         """As `MemoryStore.settle_journal`, of the notes of processes known to have ended (`CollectionJournal.pending`:
         others may be editing the memory now). A server refusing it (a key that may only read) or failing leaves the
         notes for a later opening, and the memory opens."""
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
         try:
             return super().settle_journal()
         except MemoryStoreError:
             raise  # the server unreachable: the opening fails as any request of it would
         except Exception as exc:
+            if isinstance(exc, UnexpectedResponse) and exc.status_code == 403:
+                # A key that may only read: refused so at every opening until one with a key that may write, an
+                # ERROR each time in a service's log for what is no failure. Said once a process, with what to do.
+                memory = (without_secrets(self.location), self.collection)
+                if memory not in _TOLD_READ_ONLY_UNSETTLED:
+                    _TOLD_READ_ONLY_UNSETTLED.add(memory)
+                    log.warning("this memory's journal holds notes of edits that stopped processes made and never "
+                                "journaled, and the server refuses this key their writing (403 Forbidden: a key that "
+                                "may only read): they are missing from the memory's history until it is opened once "
+                                "with a key that may write (any vmem command, e.g. vmem info)")
+                return 0
             log.error("the memory's journal could not record the edits a stopped process left unjournaled (%s); a "
                       "later opening tries again", str(exc).strip().splitlines()[0] if str(exc).strip() else
                       type(exc).__name__)

@@ -8,17 +8,21 @@ local mode (the server's code path, in a folder), reopens it, and reads its hist
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
 
+import httpx
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from retrieval import open_store
+import retrieval.store
+from retrieval import QdrantServerStore, open_store
 from retrieval.journal import CollectionJournal, most_first
 from tests.conftest import REPO, random_unit_vectors
 from tests.test_journal_crash import _KILLED_AT, SPEC
@@ -225,3 +229,48 @@ def test_the_points_of_a_note_never_written_are_removed_once_their_process_has_e
     with VisualMemory.open(memory) as mem:
         assert mem.history() == [] and mem.store.count() == 30 and notes_left(mem) == 0
 
+
+
+class ReadOnlyKey:
+    """A client whose key may only read: its writes are refused as a Qdrant server refuses a read-only API key's
+    (403 Forbidden), its reads made. (qdrant-client's local mode has no keys.)"""
+
+    WRITES = frozenset({"upsert", "delete", "set_payload", "overwrite_payload", "delete_payload", "clear_payload",
+                        "update_vectors", "delete_vectors", "batch_update_points", "update_collection",
+                        "create_collection", "delete_collection", "create_payload_index", "delete_payload_index"})
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str):
+        if name in self.WRITES:
+            def refused(*args, **kwargs):
+                raise UnexpectedResponse(403, "Forbidden", b'{"status":{"error":"Forbidden: Write access is '
+                                         b'required"},"time":0.0}', httpx.Headers())
+            return refused
+        return getattr(self.client, name)
+
+    def close(self) -> None:  # the test closes the client it made
+        pass
+
+
+def test_a_key_that_may_only_read_leaves_the_notes_and_says_so_once_a_process(memory, caplog, monkeypatch):
+    # A service on a read-only key reopened the memory (or each CLI command of a long script did): each opening
+    # logged an ERROR that its journal could not record the stopped process's edits, for what is no failure.
+    killed(memory, "after the edit", "forget")
+    monkeypatch.setattr(retrieval.store, "_TOLD_READ_ONLY_UNSETTLED", set())  # this process told of no memory yet
+    client = QdrantClient(path=memory.removeprefix("qdrant-local:"))
+    try:
+        with caplog.at_level(logging.INFO, logger="retrieval.store"):
+            for _ in range(3):
+                store = QdrantServerStore(memory, client=ReadOnlyKey(client))
+                assert store.count() == 20 and store.journal.read() == []  # it opens; the forget not journaled
+                store.close()
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "retrieval.store"]
+        [(level, message)] = said
+        assert level == "WARNING" and "opened once with a key that may write" in message
+        assert client.count(PENDING).count > 0  # the note kept for that opening
+    finally:
+        client.close()
+    with VisualMemory.open(memory) as mem:  # a key that may write: journaled then
+        assert [e.op for e in mem.history()] == ["forget"] and notes_left(mem) == 0
