@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -445,7 +445,7 @@ class ClosedClient:
         self.location = location
 
     def __getattr__(self, name: str) -> Any:
-        raise MemoryError(f"the memory at {self.location} is closed: open it again to use it")
+        raise MemoryError(f"the memory at {without_secrets(self.location)} is closed: open it again to use it")
 
 
 class FeaturizerMismatchError(FeaturizerError):
@@ -2391,7 +2391,8 @@ class QdrantServerStore(MemoryStore):
             if location == ":memory:":
                 client = QdrantClient(":memory:")
             elif "://" in location:
-                client = QdrantClient(url=location, api_key=api_key)
+                url, key = server_url_and_key(location, api_key)
+                client = QdrantClient(url=url, api_key=key)
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
                 client = _local_mode_client(location)
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
@@ -2707,6 +2708,28 @@ def _parses_as_uuid(text: str) -> bool:
     return True
 
 
+# The environment variable Qdrant's own tools and Qdrant Cloud's examples read a server's API key from
+QDRANT_API_KEY_ENV = "QDRANT_API_KEY"
+
+
+def server_url_and_key(location: str, api_key: str | None = None) -> tuple[str, str | None]:
+    """A Qdrant server's URL as qdrant-client is to be given it, and the API key to send (`api-key` header):
+    `api_key` if given, else the URL's `?api_key=` (taken out of the URL: qdrant-client reads no key from a
+    query, and sent none), else `$QDRANT_API_KEY` (empty: none). The location itself keeps its query, so that a
+    memory reopened from it (a copy, a re-embedding) is sent the key again; it is shown `without_secrets`."""
+    url = urlsplit(location)
+    query = parse_qsl(url.query, keep_blank_values=True)
+    in_url = [value for name, value in query if name == "api_key"]
+    if in_url:
+        if len(set(in_url)) > 1:
+            raise MemoryError(f"{without_secrets(location)} names two API keys (?api_key=): give one")
+        if not in_url[0]:  # `?api_key=$KEY` of a variable unset: no key at all had been refused as a wrong one
+            raise MemoryError(f"{without_secrets(location)}'s ?api_key= is empty: give the key, or leave it out "
+                              f"(${QDRANT_API_KEY_ENV} is read then)")
+        location = urlunsplit(url._replace(query=urlencode([(n, v) for n, v in query if n != "api_key"])))
+    return location, api_key or (in_url[0] if in_url else None) or os.environ.get(QDRANT_API_KEY_ENV) or None
+
+
 def is_embedded_location(location: str | Path) -> bool:
     """Whether `open_store` makes an embedded (Qdrant Edge) memory there: a directory, not a URL or a
     qdrant-client mode."""
@@ -2730,7 +2753,7 @@ def same_location(a: str | Path, b: str | Path) -> bool:
         if (folder := local_folder(loc)) is not None:
             return f"{LOCAL_MODE_PREFIX if loc.startswith(LOCAL_MODE_PREFIX) else ''}{folder.resolve()}"
         if "://" in loc:
-            url = urlsplit(loc)
+            url = urlsplit(server_url_and_key(loc)[0])  # two keys to one server: one place
             return urlunsplit((url.scheme.lower(), url.netloc.lower(), url.path.rstrip("/"), url.query, ""))
         return loc
 

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.journal import JournalOp
+from retrieval.text import without_secrets
 from vmem import VisualMemory
 
 from . import schemas
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.service is None:
-            log.info("opening memory at %s", settings.location)
+            log.info("opening memory at %s", without_secrets(settings.location))
             loaded = await run_in_threadpool(open_memory, settings)
             app.state.service = ClassifierService(loaded, settings, metrics, owns_memory=True, auditor=auditor)
         service: ClassifierService = app.state.service

@@ -124,3 +124,110 @@ def test_verbose_cli_logs_no_credentials_of_the_gemini_endpoint(lite0, fake, tmp
     assert fake.count == 1  # the request did go out, through the logged client
     assert password not in ran.stderr + ran.stdout
     assert_no_secret("vmem -v's output", ran.stderr + ran.stdout)
+
+
+QDRANT_KEY = "qdrant-SECRET-cloudkey-5e8d2a"
+
+
+class HeadersListener:
+    """A loopback TCP port that reads each connection's first HTTP request head, keeps it, and closes the
+    connection without answering: it shows what a client sends, and is no Qdrant server."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.heads: list[str] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set() and len(self.heads) < 50:
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    if not (chunk := conn.recv(4096)):
+                        break
+                    head += chunk
+                self.heads.append(head.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+
+    def api_keys(self) -> set[str]:
+        return {line.split(":", 1)[1].strip() for head in self.heads for line in head.split("\r\n")[1:]
+                if line.lower().startswith("api-key:")}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@pytest.mark.parametrize("command", [["info"], ["serve", "--no-auth", "--port", "0"]])
+@pytest.mark.parametrize("given", ["QDRANT_API_KEY", "?api_key="])
+def test_a_qdrant_servers_api_key_is_sent_and_never_shown(command, given):
+    # A secured Qdrant server (Qdrant Cloud) takes its key in an `api-key` header: no command could send one, and
+    # a URL's ?api_key= was dropped by qdrant-client (it reads no key from a query).
+    import subprocess
+
+    from tests._reliability_fixtures import VMEM, subprocess_env
+
+    listener = HeadersListener()
+    try:
+        env = subprocess_env(**({"QDRANT_API_KEY": QDRANT_KEY} if given == "QDRANT_API_KEY" else {}))
+        if given != "QDRANT_API_KEY":
+            env.pop("QDRANT_API_KEY", None)
+        url = listener.url if given == "QDRANT_API_KEY" else f"{listener.url}/?api_key={QDRANT_KEY}"
+        ran = subprocess.run([*VMEM, "-v", *command, "--qdrant-url", url], env=env, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        listener.close()
+    assert ran.returncode == 75, ran.stderr[-3000:]  # nobody answered: worth a retry
+    assert "could not reach the Qdrant server" in ran.stderr, ran.stderr[-3000:]
+    assert listener.heads and listener.api_keys() == {QDRANT_KEY}, listener.heads
+    # sent as typed: plain http to a loopback server (qdrant-client turns to https for a key only without a scheme)
+    assert all(head.startswith(("GET ", "POST ", "PUT ")) for head in listener.heads)
+    assert not any("api_key" in head.split("\r\n")[0] for head in listener.heads)  # out of the request's path
+    assert QDRANT_KEY not in ran.stdout + ran.stderr
+    assert_no_secret_of(QDRANT_KEY, "the command's output", ran.stdout + ran.stderr)
+
+
+def assert_no_secret_of(secret: str, where: str, text: str) -> None:
+    leaked = [p for p in pieces(secret) if p in text]
+    assert not leaked, f"{where} contains part of a key: {leaked[0]!r}"
+
+
+def test_an_empty_api_key_in_a_qdrant_url_is_refused_as_such():
+    from retrieval import MemoryError
+    from retrieval.store import same_location, server_url_and_key
+
+    assert server_url_and_key(f"https://q.example:6333/?api_key={QDRANT_KEY}") == ("https://q.example:6333/",
+                                                                                   QDRANT_KEY)
+    assert same_location(f"https://q.example:6333?api_key={QDRANT_KEY}", "https://q.example:6333")
+    with pytest.raises(MemoryError, match=r"\?api_key= is empty"):  # `?api_key=$KEY` with $KEY unset
+        server_url_and_key("https://q.example:6333/?api_key=")
+
+
+def test_the_service_logs_the_qdrant_server_it_opens_without_the_urls_api_key(caplog, monkeypatch):
+    from retrieval import MemoryUnavailableError
+    from server import Settings, create_app
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("QDRANT_API_KEY", raising=False)
+    listener = HeadersListener()
+    try:
+        app = create_app(Settings(qdrant_url=f"{listener.url}?api_key={QDRANT_KEY}", auth_disabled=True))
+        with pytest.raises(MemoryUnavailableError), TestClient(app):
+            pass
+    finally:
+        listener.close()
+    assert listener.api_keys() == {QDRANT_KEY}
+    assert f"opening memory at {listener.url}" in caplog.text
+    assert_no_secret_of(QDRANT_KEY, "the service's log", caplog.text)

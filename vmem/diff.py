@@ -35,7 +35,7 @@ from retrieval.store import (
     held_here,
     is_embedded_location,
 )
-from retrieval.text import visible
+from retrieval.text import visible, without_secrets
 
 if TYPE_CHECKING:
     from .visual_memory import VisualMemory
@@ -183,7 +183,7 @@ def diff_memories(a: VisualMemory, b: VisualMemory, label: str | None = None, li
 
 def _where(mem: VisualMemory) -> str:
     """A memory's location as the user named it (a read-only one's folder, not its private copy)."""
-    return str(getattr(mem.store, "source", None) or mem.store.location)
+    return without_secrets(str(getattr(mem.store, "source", None) or mem.store.location))
 
 
 def _points(mem: VisualMemory, name: str) -> Iterator[StoredPoint]:

@@ -56,6 +56,7 @@ from retrieval.dmn import (
 )
 from retrieval.files import remove_stale_temporaries, user_folder
 from retrieval.store import DEFAULT_COLLECTION, LOCAL_MODE_PREFIX, local_folder
+from retrieval.text import without_secrets
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
 
@@ -181,8 +182,8 @@ class DmnClassifier:
                 # had copied streams with it)
                 if max((f.stat().st_ctime for f in old.glob("*.npz")), default=0.0) > made:
                     old.rename(self.dir)
-                    log.info("DMN streams of %s moved from %s to %s (one folder per memory now)", store.location,
-                             old, self.dir)
+                    log.info("DMN streams of %s moved from %s to %s (one folder per memory now)",
+                             without_secrets(store.location), old, self.dir)
             except (OSError, ValueError) as exc:  # left where they are: a stream can be built again
                 log.warning("DMN streams in %s could not be moved to %s: %s", old, self.dir, exc)
 

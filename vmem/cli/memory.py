@@ -963,7 +963,7 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
     with new:
         typer.echo(f"re-embedded {done.embedded:,} points with {done.featurizer} (from {done.from_featurizer}) in "
                    f"{done.seconds:.1f} s, {done.already_there:,} already there, {len(done.skipped):,} left out; "
-                   f"{new.store.location} now holds {done.memory_points:,} points")
+                   f"{without_secrets(new.store.location)} now holds {done.memory_points:,} points")
         # Its vote is not the old memory's (tuned settings stay behind), and points may have been left out
         say_few_points(new.few_point_labels())
     if done.skipped and not (done.embedded or done.already_there):

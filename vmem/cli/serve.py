@@ -25,6 +25,7 @@ from retrieval.store import (
     WaitInterrupted,
     local_folder,
 )
+from retrieval.text import without_secrets
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -425,7 +426,7 @@ def serve(
                 served = mark_served(folder, [f"http://{_local_host(host)}:{port}"] if port else [])
             where = (f"http://{_url_host(host)}:{port}" if port
                      else f"a free port of {host} (uvicorn's line below names it)")
-            say(f"serving {settings.location} on {where} (page at /, API docs at /docs)"
+            say(f"serving {without_secrets(settings.location)} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
             files = open_files_limit()
             if files < FEW_OPEN_FILES:

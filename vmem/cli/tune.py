@@ -14,6 +14,7 @@ import typer
 
 from retrieval import DatasetError
 from retrieval.files import write_atomically
+from retrieval.text import without_secrets
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -177,7 +178,7 @@ def tune(
         # With what the choice depends on, as eval's results.json has it: tune.json had held the choice alone
         run = {"dataset": str(dataset), "val_dataset": str(val_dataset) if val_dataset else None,
                "val_fraction": None if val_dataset else val_fraction, "seed": seed, "dry_run": dry_run,
-               "memory": str(qdrant_url or memory), "featurizer": featurizer_name, "k_max": k_max,
+               "memory": without_secrets(str(qdrant_url or memory)), "featurizer": featurizer_name, "k_max": k_max,
                "alphas": alpha_grid, "taus": tau_grid, "vmem_version": vmem_version,
                "created_at": datetime.now(UTC).isoformat(), "seconds": round(time.perf_counter() - t0, 3)}
         write_atomically(out / "tune.json", json.dumps({"run": run, **report.model_dump(mode="json")}, indent=2))
