@@ -578,6 +578,11 @@ class StoredPoint:
         return self.payload["source"]
 
 
+def _first_line(exc: BaseException) -> str:
+    """An error's first line, for a log line of its own (else its type's name)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
     if v.ndim == 1:
@@ -898,9 +903,11 @@ class MemoryStore(ABC):
             if note is not None:
                 try:
                     self.settle_note(note, at_open=False)
-                except Exception:  # the store or the journal failing too: the next opening settles the note
-                    log.error("a %s that failed midway could not be journaled now; the memory's next opening will "
-                              "journal what it made", op, exc_info=True)
+                except Exception as exc:  # the store or the journal failing too: the next opening settles the note
+                    # One line, as the edit's own error is (a Qdrant server gone midway fails both): the trace at debug
+                    log.error("a %s that failed midway could not be journaled now (%s); the memory's next opening will "
+                              "journal what it made", op, _first_line(exc))
+                    log.debug("the settling that failed", exc_info=True)
             raise
 
     def marked_by_pruning(self, batch_size: int = 1024) -> list[str]:
@@ -2285,7 +2292,7 @@ class EdgeMemoryStore(MemoryStore):
                 except Exception as exc:  # e.g. no space left: what is not flushed is in the write-ahead log
                     log.warning("the memory's last writes could not be flushed to its segments at close (%s); the "
                                 "engine applies them again from its log when the memory is next opened",
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                                _first_line(exc))
                 # Not on a full disk: counting flushes (index_upkeep), and the file is a write
                 counts = self._counts_to_keep() if free is None or free >= EDIT_HEADROOM_BYTES else None
                 shard.close()
@@ -2463,8 +2470,7 @@ class QdrantServerStore(MemoryStore):
                                 "with a key that may write (any vmem command, e.g. vmem info)")
                 return 0
             log.error("the memory's journal could not record the edits a stopped process left unjournaled (%s); a "
-                      "later opening tries again", str(exc).strip().splitlines()[0] if str(exc).strip() else
-                      type(exc).__name__)
+                      "later opening tries again", _first_line(exc))
             return 0
 
     def _stored_metadata(self) -> dict[str, Any]:
