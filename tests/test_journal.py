@@ -399,6 +399,29 @@ def test_recent_edits_parse_only_what_they_show_and_agree_with_reading_the_whole
     assert [e.at for e in shown] == sorted((e.at for e in entries), reverse=True)[:20]
 
 
+def test_recent_edits_read_as_a_torn_line_is_cut_off_are_the_journal_as_the_read_began(tmp_path):
+    from dataclasses import dataclass
+
+    from retrieval.journal import JournalQuery
+
+    journal = FileJournal(tmp_path / JOURNAL_FILE)
+    journal.append([JournalEntry(at=f"2026-12-05T00:00:0{i}+00:00", op="add", points=1) for i in (1, 2)])
+    with open(journal.path, "a", encoding="utf-8") as f:
+        f.write('{"at":"2026-12-05T00:00:03+00:00","op":"fo')  # a crash mid-write
+
+    @dataclass(frozen=True)
+    class EditedMeanwhile(JournalQuery):  # another thread's edit lands as the page reads the journal's first line
+        def may_match(self, line: str) -> bool:
+            if not journal.path.read_bytes().endswith(b"\n"):
+                journal.append([JournalEntry(at="2026-12-05T00:00:04+00:00", op="forget", points=9, ids=["x"] * 9)])
+            return super().may_match(line)
+
+    shown, earlier = journal.newest(EditedMeanwhile(), 10)
+    # Not the torn bytes and the new entry's end read as one line (skipped, yet counted as an earlier edit)
+    assert ([e.at[17:19] for e in shown], earlier) == (["02", "01"], 0)
+    assert [e.op for e in journal.newest(JournalQuery(), 10)[0]] == ["forget", "add", "add"]
+
+
 def test_a_shared_memorys_recent_edits_are_one_page_from_the_server_and_agree_with_reading_them_all():
     from retrieval.journal import CollectionJournal, Journal, JournalQuery
 
