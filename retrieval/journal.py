@@ -890,11 +890,20 @@ class CollectionJournal(Journal):
             if token not in notes:  # lists whose note was never written: that process died before its edit began
                 self.settled(PendingEdit(token=token, begun="", op="add", host="", pid=0, journal_size=0))
         here = (socket.gethostname(), _pid_namespace())
-        elsewhere = sum(1 for token, p in writers.items() if token in notes and (p.get("host"), p.get("pids")) != here)
+        elsewhere = Counter(str(p.get("host")) for token, p in writers.items()
+                            if token in notes and (p.get("host"), p.get("pids")) != here)
         if elsewhere:
-            # Said, not settled: nothing here tells whether their processes are running
-            log.info("%d edits noted by processes on other hosts (or containers) are not journaled yet: an opening "
-                     "of the memory where each was made journals it, if its process was stopped", elsewhere)
+            # Said, not settled: nothing here tells whether their processes are running. Nor whether their container
+            # (pid namespace) still exists: one started again (`docker restart`) has the same hostname and a new
+            # namespace, so no opening anywhere settles its notes; "journaled where it was made" was untrue then.
+            log.info("%d edits noted by processes on other hosts or containers (%s) are not journaled yet: an opening "
+                     "of the memory on the same host, in the same container, journals each once its process has "
+                     "stopped. A note of a container started again since (same hostname, new pid namespace) or of a "
+                     "host gone is never journaled: its edit was made, and stays out of the history. Such a note "
+                     "costs nothing; deleting it (its points in %s whose payload's host is that one) only ends this "
+                     "line, and must wait until its process is surely gone (docs/reliability.md, \"Not covered\")",
+                     elsewhere.total(), ", ".join(f"{host}: {n}" for host, n in sorted(elsewhere.items())),
+                     self.pending_collection)
         found = [notes[token].model_copy(update={"before": {**notes[token].before, **self._lists(token)}})
                  for token in ended if token in notes]
         return sorted(found, key=lambda n: n.begun)

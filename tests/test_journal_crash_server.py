@@ -18,7 +18,7 @@ from collections import Counter
 import httpx
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 import retrieval.store
@@ -274,3 +274,19 @@ def test_a_key_that_may_only_read_leaves_the_notes_and_says_so_once_a_process(me
         client.close()
     with VisualMemory.open(memory) as mem:  # a key that may write: journaled then
         assert [e.op for e in mem.history()] == ["forget"] and notes_left(mem) == 0
+
+
+def test_the_note_of_a_container_started_again_is_left_and_the_log_says_it_never_settles(memory, caplog):
+    # A container restarted (same hostname, a new pid namespace) never sees its killed process's namespace again:
+    # the opening's INFO line had said an opening where the edit was made would journal it.
+    killed(memory, "after the edit", "forget")
+    client = QdrantClient(path=memory.removeprefix("qdrant-local:"))
+    try:
+        client.set_payload(PENDING, {"pids": "pid:[4026530000]"}, points=models.Filter())  # the old namespace
+    finally:
+        client.close()
+    with caplog.at_level(logging.INFO, logger="retrieval.journal"), VisualMemory.open(memory) as mem:
+        assert mem.history() == [] and notes_left(mem) > 0  # left: nothing here tells whether its process runs
+    [said] = [r.getMessage() for r in caplog.records if "not journaled yet" in r.getMessage()]
+    assert f"({os.uname().nodename}: 1)" in said and "container started again since" in said
+    assert "is never journaled" in said and PENDING in said
