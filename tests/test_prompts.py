@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -197,6 +201,29 @@ def test_a_templates_problem_shows_the_names_and_files_it_quotes_escaped(tmp_pat
     assert "(user templates are read from " + str(tmp_path) + "/my\\u202etemplates)" in str(unknown.value)
     res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(folder)})
     assert "\u202e" not in res.output and "broken template mine\\u202ev2: " in res.output
+
+
+def test_a_template_that_cannot_be_read_says_why_without_its_path(tmp_path, monkeypatch):
+    # The reason is what the service tells a client, without the server's path: an OSError with no words of its
+    # own (strerror empty) read "[Errno 5] : '/srv/.../mine.yaml'" in it.
+    (tmp_path / "folder.yaml").mkdir()
+    write(tmp_path, "mine", MINIMAL)
+    reg = TemplateRegistry(tmp_path)
+    with pytest.raises(TemplateLoadError) as err:
+        reg.get("folder")
+    assert err.value.reason == "cannot read template (Is a directory)"
+    real_read_text = Path.read_text
+
+    def read_text_without_words(self: Path, *args: object, **kwargs: object) -> str:
+        if self.name == "mine.yaml":
+            raise OSError(errno.EIO, "", str(self))
+        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text_without_words)
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(tmp_path / "mine.yaml")
+    assert err.value.reason == f"cannot read template ({os.strerror(errno.EIO)})"
+    assert str(err.value) == f"{tmp_path}/mine.yaml: cannot read template ({os.strerror(errno.EIO)})"
 
 
 def test_a_yaml_error_quotes_the_templates_line_escaped(tmp_path):
