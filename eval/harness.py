@@ -50,7 +50,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import escape_control_characters, not_utf8_problem, visible
+from retrieval.text import escape_control_characters, not_utf8_problem
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 from vmem.visual_memory import NothingToSearchError
 
@@ -117,7 +117,7 @@ def cached_features(
     with tqdm(total=len(sources), desc=f"{desc} ({featurizer.name})", unit="img", file=sys.stderr,
               mininterval=2, disable=None) as bar:
         feats, ok, failures = cache.features_for(list(sources), on_batch=bar.update)
-    return feats, ok, [failure_line(f.source, f.reason) for f in failures]
+    return feats, ok, [failure_line(f.source, f.reason, escaped=True) for f in failures]
 
 
 def _utf8_named(items: Sequence[Any]) -> tuple[list[Any], list[str]]:
@@ -129,7 +129,7 @@ def _utf8_named(items: Sequence[Any]) -> tuple[list[Any], list[str]]:
         if (problem := not_utf8_problem(it.source, labels)) is None:
             ok.append(it)
         else:
-            failed.append(failure_line(visible(it.source), problem))  # unambiguous, as a build's skipped image
+            failed.append(failure_line(it.source, problem, escaped=True))  # unambiguous, as a build's skipped image
     return ok, failed
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .text import escape_control_characters
+from .text import escape_control_characters, visible
 
 log = logging.getLogger(__name__)
 
@@ -343,12 +343,15 @@ def _decode_plain_jpeg(source: str | Path | bytes | bytearray, min_side: int | N
     return pixels if pixels.shape == (*size, 3) else None
 
 
-def failure_line(source: str, reason: str) -> str:
-    """`SOURCE: REASON` for an image that failed, naming the source once (load_image's reasons start with it)."""
+def failure_line(source: str, reason: str, escaped: bool = False) -> str:
+    """`SOURCE: REASON` for an image that failed, naming the source once (load_image's reasons start with it).
+    With `escaped`, the source is the raw path (any bytes, any characters) and is named by `visible`: once, here,
+    so that a name not UTF-8 and one with U+202E read alike, each as itself."""
+    shown = visible(source) if escaped else source
     for prefix in (f"{source}: ", f"{Path(source)}: "):
         if reason.startswith(prefix):
-            return f"{source}: {reason.removeprefix(prefix)}"
-    return f"{source}: {reason}"
+            return f"{shown}: {reason.removeprefix(prefix)}"
+    return f"{shown}: {reason}"
 
 
 def files_under(folder: Path) -> list[Path]:

@@ -289,11 +289,11 @@ class BuildReport:
         if self.relabelled and self.relabel_applied:
             lines.append(f"{len(self.relabelled)} already in memory under another label, relabelled as listed "
                          "(not embedded again):")
-            lines += [f"  {src}: {old!r} -> {new!r}" for src, old, new in self.relabelled[:10]]
+            lines += [f"  {visible(src)}: {old!r} -> {new!r}" for src, old, new in self.relabelled[:10]]
         elif self.relabelled:
             lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (build "
                          "again with --relabel to take the listed labels):")
-            lines += [f"  {src}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
+            lines += [f"  {visible(src)}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
         if len(self.relabelled) > 10:
             lines.append(f"  ... and {len(self.relabelled) - 10} more")
         if self.forgotten_before:
@@ -301,7 +301,7 @@ class BuildReport:
             lines.append(f"{n} listed image{'s' if n > 1 else ''} had been forgotten from this memory (vmem history "
                          + ("--source PATH): left out, as asked (--skip-forgotten):" if self.forgotten_skipped else
                             "--source PATH): added again; build with --skip-forgotten to leave such images out:"))
-            lines += [f"  {src}" for src in self.forgotten_before[:10]]
+            lines += [f"  {visible(src)}" for src in self.forgotten_before[:10]]
             if n > 10:
                 lines.append(f"  ... and {n - 10} more")
         if failures:
@@ -310,7 +310,8 @@ class BuildReport:
 
     def failures(self) -> str:
         """The images that failed, one line each (the first 50)."""
-        lines = [f"  skipped {failure_line(f.source, f.reason)}" for f in self.failed[:50]]
+        # Each source escaped here, once: a UTF-8 name's U+202E or control character turned its line around
+        lines = [f"  skipped {failure_line(f.source, f.reason, escaped=True)}" for f in self.failed[:50]]
         if len(self.failed) > 50:
             lines.append(f"  ... and {len(self.failed) - 50} more")
         return "\n".join(lines)
@@ -364,9 +365,9 @@ def _utf8_named(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[E
         if (problem := not_utf8_problem(it.source, [it.label])) is None:
             ok.append(it)
         else:
-            # By its bytes with visible's backslash rule (\xe9 a byte, \\xe9 the name's own characters), as
-            # not_utf8_problem names a label folder: utf8_text wrote both as \xe9
-            failed.append(EmbedFailure(i, visible(it.source), f"{problem} to add it"))
+            # As it is: failures() names it by its bytes with visible's backslash rule (\xe9 a byte, \\xe9 the
+            # name's own characters), as not_utf8_problem names a label folder, and as it names the others
+            failed.append(EmbedFailure(i, it.source, f"{problem} to add it"))
     return ok, failed
 
 

@@ -152,8 +152,27 @@ def test_files_named_in_another_encoding_are_listed_by_their_bytes_each_as_itsel
     report = build_memory(store, lite0, read_labelled(photos), num_workers=0)
     assert report.added == 0
     # By visible's rule: a byte as \xe9, a backslash of the name's own doubled where an escape would follow
-    assert sorted(f.source.rsplit("/", 1)[1] for f in report.failed) == ["a\\\\xe9\\xe9.png", "a\\xe9\\\\xe9.png"]
-    assert "its path is not UTF-8 text" in report.failures()
+    assert sorted(line.rsplit("/", 1)[1] for line in report.failures().splitlines()) == [
+        "a\\\\xe9\\xe9.png: its path is not UTF-8 text (bytes of another encoding): rename it in UTF-8 to add it",
+        "a\\xe9\\\\xe9.png: its path is not UTF-8 text (bytes of another encoding): rename it in UTF-8 to add it"]
+    store.close()
+
+
+def test_a_failed_image_named_with_a_control_character_or_U202E_is_listed_escaped_once(lite0, photos, tmp_path):
+    # Another failure's source was listed raw: U+202E turned the rest of its line around, an ESC reached the
+    # terminal. Escaped once, as a name not UTF-8 is: the report keeps the path as it is.
+    (photos / "red").mkdir()
+    for name in ("gnp.\u202ecat.png", "bell\x1b[2J.png"):
+        (photos / "red" / name).write_bytes(b"not an image")
+    (photos / "red" / os.fsdecode(b"caf\xe9.png")).write_bytes(make_image((200, 40, 40), fmt="PNG"))
+    store = open_store(tmp_path / "memory", lite0.spec)
+    report = build_memory(store, lite0, read_labelled(photos), num_workers=0)
+    assert report.added == 0 and {f.source.rsplit("/", 1)[1] for f in report.failed} == {
+        "gnp.\u202ecat.png", "bell\x1b[2J.png", os.fsdecode(b"caf\xe9.png")}
+    listed = report.failures()
+    assert "\u202e" not in listed and "\x1b" not in listed
+    assert sorted(line.rsplit("/", 1)[1].split(":")[0] for line in listed.splitlines()) == [
+        "bell\\x1b[2J.png", "caf\\xe9.png", "gnp.\\u202ecat.png"]
     store.close()
 
 
