@@ -190,6 +190,25 @@ def test_a_run_resumed_from_another_folder_through_a_link_answers_no_image_again
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(p.name for p in (card / "DCIM").iterdir())
 
 
+def test_an_image_given_through_a_link_and_dot_dot_is_written_as_the_file_classified(camera_trap, tmp_path,
+                                                                                     monkeypatch):
+    # ~/photos/card links to /mnt/card/DCIM: photos/card/../x.jpg opens /mnt/card/x.jpg, which the sheet named
+    # ~/photos/x.jpg (another image there, or none), taking `card/..` out by the name
+    memory, season = camera_trap
+    shot, other = sorted(season.glob("*/*"))[:2]
+    mnt, home = tmp_path / "mnt" / "card", tmp_path / "home"
+    (mnt / "DCIM").mkdir(parents=True)
+    (home / "photos").mkdir(parents=True)
+    (mnt / "x.jpg").symlink_to(shot)
+    (home / "photos" / "x.jpg").symlink_to(other)
+    (home / "photos" / "card").symlink_to(mnt / "DCIM")
+    monkeypatch.chdir(home)
+    answers = tmp_path / "answers.csv"
+    out = run("classify", "photos/card/../x.jpg", "--memory", memory, "--k", "10", "--csv", answers, "--json")
+    assert [r["path"] for r in read_rows(answers)] == [str(mnt / "x.jpg")]
+    assert json.loads(out.stdout)["source"] == "photos/card/../x.jpg"  # the answer names it as it was given
+
+
 def test_a_run_resumed_through_a_link_takes_its_queue_and_memory_given_so_as_the_same(camera_trap, tmp_path,
                                                                                        monkeypatch):
     # As above, the queue beside the photos on the card and the memory copied there, each given as the run was:

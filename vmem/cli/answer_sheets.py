@@ -53,8 +53,18 @@ def read_kept(path: Path) -> KeptRun:
 
 def absolute(source: str) -> str:
     """A file given by a relative path (`vmem classify new/`) as an absolute one, links kept: vmem build reads a
-    manifest's relative paths from the manifest's folder, where the queue's images are not."""
-    return source if not source or "://" in source or os.path.isabs(source) else os.path.abspath(source)
+    manifest's relative paths from the manifest's folder, where the queue's images are not. A `..` is taken out
+    where the file was opened through it: the folder up to the last one resolved (`link/../x.jpg` is the x.jpg
+    beside the folder `link` leads to, as the resume's matching reads it), where `abspath` took `link/..` out by
+    the name and wrote another file than the one classified."""
+    if not source or "://" in source:
+        return source
+    parts = os.path.join(os.getcwd(), source).split(os.sep)
+    if ".." not in parts:
+        return source if os.path.isabs(source) else os.path.abspath(source)
+    last = len(parts) - 1 - parts[::-1].index("..")
+    return os.path.normpath(os.path.join(os.path.realpath(os.sep.join(parts[:last + 1]) or os.sep),
+                                         *parts[last + 1:]))
 
 
 class AnswerSheets:
