@@ -220,9 +220,17 @@ def read_small_file(path: Path, most_bytes: int, follow_links: bool = False) -> 
     OSError where it cannot be opened (ELOOP: a link not followed)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     fd = os.open(path, flags)
+    try:
+        # Before fdopen, which refuses a folder with an IsADirectoryError whose filename is the descriptor (a
+        # folder named vmem.json ended each command in a TypeError traceback)
+        plain = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not plain:
+        os.close(fd)
+        raise NotASmallFile("not a plain file (a FIFO, a device or a folder)")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotASmallFile("not a plain file (a FIFO, a device or a folder)")
         data = f.read(most_bytes + 1)
     if len(data) > most_bytes:
         raise NotASmallFile(f"larger than {most_bytes:,} bytes", too_large=True)

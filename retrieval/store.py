@@ -315,6 +315,12 @@ class MemoryStoreError(RuntimeError):
     """The memory could not be opened or used as asked."""
 
 
+class MemoryMetadataError(MemoryStoreError, ValueError):
+    """The memory's vmem.json is there but is no plain file (a FIFO, a device, a folder): a ValueError, as a
+    corrupt one's (pydantic's ValidationError) is, and refused by the CLI as that one is (exit 2), where it had
+    exited 1 as a memory that could not be opened."""
+
+
 # The name it had first, kept for code that imports it. Not the class's own name: a traceback reading
 # "MemoryError: the memory at ... is closed" looked like Python's out-of-RAM MemoryError.
 MemoryError = MemoryStoreError
@@ -607,11 +613,11 @@ def _meta_bytes(path: Path) -> bytes:
     """The bytes of a memory's vmem.json, `path`, read only where it is a plain file (`read_small_file`; through a
     link, which a memory put together by hand may hold): every command reads it, and a FIFO of its name had each
     wait for a writer forever, a link to /dev/zero read until memory ran out. MemoryStoreError saying so where it
-    is not; OSError where it cannot be opened."""
+    is not (MemoryMetadataError); OSError where it cannot be opened."""
     try:
         return read_small_file(path, _MOST_META_BYTES, follow_links=True)
     except NotASmallFile as exc:
-        raise MemoryStoreError(f"{_shown(path)}, the memory's metadata, is {exc}: restore it from a backup, or "
+        raise MemoryMetadataError(f"{_shown(path)}, the memory's metadata, is {exc}: restore it from a backup, or "
                                "build the memory again in a new directory") from None
 
 

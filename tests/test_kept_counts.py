@@ -227,24 +227,29 @@ def test_an_opening_refused_beside_a_reader_at_rest_is_told_to_try_again_not_to_
         assert store.count() == 30
 
 
-@pytest.mark.parametrize("replace", ["fifo", "link to /dev/zero"])
+@pytest.mark.parametrize("replace", ["fifo", "link to /dev/zero", "folder"])
 def test_a_fifo_or_a_device_in_the_place_of_the_metadata_is_said_to_be_no_plain_file(memory, replace):
     # Every command reads vmem.json: a FIFO of its name had each wait for a writer forever (a link to /dev/zero
-    # had them read until memory ran out). Now it says what is wrong and what to do; the memory's files stay
+    # had them read until memory ran out; a folder ended in a TypeError traceback). Now it says what is wrong and
+    # what to do, exit 2 as a corrupt vmem.json is (it was 1); the memory's files stay
     meta = memory / "vmem.json"
     kept = meta.read_bytes()
     meta.unlink()
     if replace == "fifo":
         os.mkfifo(meta)
+    elif replace == "folder":
+        meta.mkdir()
     else:
         meta.symlink_to("/dev/zero")
     for command in ["points"], ["info"], ["history"], ["labels"]:
         done = subprocess.run([sys.executable, "-m", "vmem", *command, "--memory", str(memory)], cwd=REPO,
                               capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
-        assert done.returncode == 1, (command, done.stderr[-2000:])
+        assert done.returncode == 2, (command, done.stderr[-2000:])
         assert (f"{meta}, the memory's metadata, is not a plain file (a FIFO, a device or a folder): restore it from "
-                "a backup") in done.stderr, (command, done.stderr[-2000:])
-    meta.unlink()
+                "a backup") in " ".join(done.stderr.replace("│", " ").split()), (command, done.stderr[-2000:])
+    with pytest.raises(ValueError, match="is not a plain file"):  # as a corrupt one's ValidationError is
+        open_store(memory)
+    meta.rmdir() if meta.is_dir() else meta.unlink()
     meta.write_bytes(kept)
     assert cli("labels", "--memory", memory) == "20\tcat\t\n10\tdog\t\n"
 

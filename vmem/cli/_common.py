@@ -18,6 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
+from retrieval.store import MemoryMetadataError
 from retrieval.text import canonical_label, quoted, visible, without_secrets
 
 from ..results import FewPoints
@@ -219,6 +220,8 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
 
     if isinstance(exc, MemoryUnavailableError):
         return TemporaryFailure(str(exc))
+    if isinstance(exc, MemoryMetadataError):  # no plain file: refused as a corrupt one is (exit 2)
+        return typer.BadParameter(str(exc))
     if isinstance(exc, MemoryError):  # in use by another process: the command was right (vmem's main says it)
         return None
     if isinstance(exc, FeaturizerError):
