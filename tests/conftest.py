@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 from pathlib import Path
@@ -28,10 +29,26 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def _isolated_env(tmp_path, monkeypatch):
     """No test sees a real API key, a user's config or another test's state."""
     for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "VMEM_API_KEY", "VMEM_MEMORY",
-                "VMEM_QDRANT_URL"):
+                "VMEM_QDRANT_URL", "QDRANT_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VMEM_HOME", str(tmp_path / "vmem-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_on_a_closed_stream():
+    """`vmem serve` run in this process (click's CliRunner) configures logging as a service's own process does
+    (dictConfig: the root logger's handler on sys.stderr as it is then, the runner's, closed once it returns). Left
+    there, a later test's log line went to the closed stream, and logging printed "--- Logging error ---" with the
+    exception being handled into that test's output (a build's "Traceback" where one line was asserted). Removed
+    after each test, as such a process would have ended."""
+    yield
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                logger.removeHandler(handler)
 
 
 def require_tiny_imagenet() -> Path:
