@@ -2755,19 +2755,9 @@ class VisualMemory:
         Qdrant server, which keeps its index itself)."""
         self._refresh_for_reading()
         counts = self.store.label_counts()
-        return {
-            "location": without_secrets(self.store.location),
-            "points": self.store.count(),
-            "labels": len(counts),
-            "per_label": counts,
-            "label_names": dict(self.store.meta.label_names),
-            "featurizer": self.store.meta.featurizer.model_dump(),
-            "index": self.store.meta.index.model_dump(),
-            "settings": self.store.meta.settings,
-            "disk_bytes": self.disk_usage(),
-            "few_points": [few.model_dump() for few in self.few_point_labels(counts=counts)],
-            "index_upkeep": upkeep.as_dict() if (upkeep := self.store.index_upkeep()) is not None else None,
-        }
+        upkeep = self.store.index_upkeep()
+        return _stats(self.store.location, self.store.count(), counts, self.store.meta, self.disk_usage(),
+                      self.few_point_labels(counts=counts), upkeep.as_dict() if upkeep is not None else None)
 
     def few_point_labels(self, labels: Sequence[str] | None = None, counts: Mapping[str, int] | None = None,
                          settings: VoteSettings | None = None) -> list[FewPoints]:
@@ -2854,18 +2844,25 @@ def stats_from_files(location: str | Path) -> dict[str, Any] | None:
         few = _few_points(kept.per_label, _tuned_vote(meta), meta.label_names)
     except ValueError:  # tuned settings this vmem cannot read, as `few_point_labels` says
         few = []
+    return _stats(str(Path(location)), kept.points, dict(kept.per_label), meta, disk, few, kept.index_upkeep)
+
+
+def _stats(location: str, points: int, per_label: dict[str, int], meta: MemoryMeta, disk: Any,
+           few: Sequence[FewPoints], upkeep: dict[str, Any] | None) -> dict[str, Any]:
+    """`VisualMemory.stats`' answer, as an opened memory and the counts kept at rest (`stats_from_files`) both give
+    it: one shape, so that `vmem info` shows the same either way."""
     return {
-        "location": without_secrets(str(Path(location))),
-        "points": kept.points,
-        "labels": len(kept.per_label),
-        "per_label": dict(kept.per_label),
+        "location": without_secrets(location),
+        "points": points,
+        "labels": len(per_label),
+        "per_label": per_label,
         "label_names": dict(meta.label_names),
         "featurizer": meta.featurizer.model_dump(),
         "index": meta.index.model_dump(),
         "settings": meta.settings,
         "disk_bytes": disk,
         "few_points": [f.model_dump() for f in few],
-        "index_upkeep": kept.index_upkeep,
+        "index_upkeep": upkeep,
     }
 
 
