@@ -246,6 +246,22 @@ def most_first(counts: Mapping[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+# What is known of the process that wrote a note left unjournaled (`LeftNote`)
+NoteProcess = Literal["ended", "running", "unknown"]
+
+
+@dataclass(frozen=True)
+class LeftNote:
+    """A note of an edit begun and not journaled yet (`Journal.notes`: `vmem history --notes`), with what this process
+    can tell of the process that wrote it: `ended` (on this host, in this pid namespace, and no longer running: any
+    opening journals it), `running` (here, still running: its edit is in progress, for it to journal), or `unknown`
+    (on another host or container, where nothing here tells; an operator who knows it gone settles it by hand,
+    `VisualMemory.settle_notes`)."""
+
+    note: PendingEdit  # its points (`before`) with the lists written beside it
+    process: NoteProcess
+
+
 class Journal(ABC):
     """Where a memory's entries are kept."""
 
@@ -286,20 +302,32 @@ class Journal(ABC):
         """The notes of edits begun and never settled: their process was killed (or could not write the entry)."""
         return []
 
+    def notes(self) -> list[LeftNote]:
+        """Every note of an edit begun and not journaled yet that this vmem can read, oldest first, its points listed
+        (an add's too). An embedded memory is held by one process at a time: a note of another is of one ended, and
+        its opening journals it (only this process's own threads' are running)."""
+        here = socket.gethostname()
+        return [LeftNote(note.model_copy(update={"before": self.noted_adds(note)}) if note.op == "add" else note,
+                         "running" if (note.host, note.pid) == (here, os.getpid()) else "ended")
+                for note in self.pending()]
+
     def settle(self, note: PendingEdit, labels_now: Mapping[str, str], names_now: Mapping[str, str],
                at_open: bool = True, erased: bool = False,
-               pruning: tuple[Mapping[str, Any] | None, int] | None = None) -> int:
+               pruning: tuple[Mapping[str, Any] | None, int] | None = None, by_hand: bool = False) -> int:
         """Journal what a noted edit made, as the labels of its points that exist now (a naming: the memory's
         names) show it (`PendingEdit.made`), unless its entry was written before the note could go; then remove
         the note. Returns the points (labels named) journaled here. Only for a memory no process is editing: what
         it shows is then what the edit left. `at_open`: a note a dead process left, journaled at the edit's start
-        with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now."""
+        with `detail.journaled_at_open` saying when; else the edit's own process, whose edit failed midway, now.
+        `by_hand`: settled because an operator said its process was gone (`vmem history --settle`), not because
+        this process saw it ended: `detail.settled_by_hand`, for an audit to tell."""
+        opened = {"journaled_at_open": now(), **({"settled_by_hand": True} if by_hand else {})} if at_open else {}
         if note.op == "add":  # `before`: the points it listed (`noted_adds`); those held and counted by no entry of it
             counts = Counter(note.before[pid] for pid in note.before if pid in labels_now) - self._journaled_adds(note)
             if counts:
                 # Naming its note as the add's own entries do: an opening killed before the note went counts it then
                 fields = {**note.fields, "detail": {**note.fields.get("detail", {}), **add_note_detail(note),
-                                                    **({"journaled_at_open": now()} if at_open else {})}}
+                                                    **opened}}
                 self._append_settled(note, entries_for(
                     "add", at=note.begun if at_open else None, host=note.host, pid=note.pid,
                     points=sum(counts.values()), labels=most_first(counts), **fields))
@@ -315,7 +343,7 @@ class Journal(ABC):
             # (names), not the note; a point it forgot was still there, so this edit had not forgotten it
             made = [] if note.op == "name" else [pid for pid in made if pid not in later]
         if made and not self._holds_entry_of(note):
-            fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), "journaled_at_open": now()}}
+            fields = ({**note.fields, "detail": {**note.fields.get("detail", {}), **opened}}
                       if at_open else note.fields)
             at = note.begun if at_open else None
             if note.op in ("prune", "unprune"):
@@ -870,21 +898,7 @@ class CollectionJournal(Journal):
         on another host is left for an opening there, as nothing here tells whether its process is still running."""
         if not self.client.collection_exists(self.pending_collection):
             return []
-        self._pending_exists = True
-        notes: dict[str, PendingEdit] = {}
-        writers: dict[str, dict[str, Any]] = {}
-        # Whose each point is, and the notes: not the lists' points, read for the notes to settle alone (`_lists`)
-        for p in self._payloads(None, self.pending_collection, ("token", "kind", "host", "pid", "started", "pids",
-                                                                 "note")):
-            token = str(p.get("token"))
-            writers.setdefault(token, p)
-            if p.get("kind") == "note":
-                try:
-                    notes[token] = PendingEdit.model_validate(p.get("note"))
-                except ValueError:  # written whole (`wait`): a newer vmem's edit, for that vmem to settle
-                    log.warning("left the note %s of an edit this vmem cannot read (a newer vmem's?) in %s", token,
-                                self.pending_collection)
-                    writers[token] = {}  # its lists stay too
+        notes, writers = self._read_notes()
         ended = [token for token, p in writers.items() if p and _writer_ended(p)]
         for token in ended:
             if token not in notes:  # lists whose note was never written: that process died before its edit began
@@ -907,6 +921,39 @@ class CollectionJournal(Journal):
         found = [notes[token].model_copy(update={"before": {**notes[token].before, **self._lists(token)}})
                  for token in ended if token in notes]
         return sorted(found, key=lambda n: n.begun)
+
+    def notes(self) -> list[LeftNote]:
+        """Every note this vmem can read, whoever wrote it (`LeftNote.process`: ended, running here, or unknown: on
+        another host or container), oldest first, its points listed."""
+        if not self.client.collection_exists(self.pending_collection):
+            return []
+        notes, writers = self._read_notes()
+        here = (socket.gethostname(), _pid_namespace())
+        left = [LeftNote(note.model_copy(update={"before": {**note.before, **self._lists(token)}}),
+                         "ended" if _writer_ended(writer := writers[token]) else
+                         "running" if (writer.get("host"), writer.get("pids")) == here else "unknown")
+                for token, note in notes.items()]
+        return sorted(left, key=lambda n: n.note.begun)
+
+    def _read_notes(self) -> tuple[dict[str, PendingEdit], dict[str, dict[str, Any]]]:
+        """The notes this vmem can read by token, and the writer (host, pid, started, pids) of each token's points:
+        {} for a note it cannot read, whose lists stay with it."""
+        self._pending_exists = True
+        notes: dict[str, PendingEdit] = {}
+        writers: dict[str, dict[str, Any]] = {}
+        # Whose each point is, and the notes: not the lists' points, read for the notes to settle alone (`_lists`)
+        for p in self._payloads(None, self.pending_collection, ("token", "kind", "host", "pid", "started", "pids",
+                                                                 "note")):
+            token = str(p.get("token"))
+            writers.setdefault(token, p)
+            if p.get("kind") == "note":
+                try:
+                    notes[token] = PendingEdit.model_validate(p.get("note"))
+                except ValueError:  # written whole (`wait`): a newer vmem's edit, for that vmem to settle
+                    log.warning("left the note %s of an edit this vmem cannot read (a newer vmem's?) in %s", token,
+                                self.pending_collection)
+                    writers[token] = {}  # its lists stay too
+        return notes, writers
 
     def _holds_entry_of(self, note: PendingEdit) -> bool:
         """Whether the journal holds the noted edit's entry: one of its process and op at or after its start, and

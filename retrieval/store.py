@@ -881,8 +881,8 @@ class MemoryStore(ABC):
                       or "")
         return n
 
-    def settle_note(self, note: PendingEdit, at_open: bool = True) -> int:
-        """`Journal.settle` of one note, with what this memory shows now of its edit."""
+    def settle_note(self, note: PendingEdit, at_open: bool = True, by_hand: bool = False) -> int:
+        """`Journal.settle` of one note, with what this memory shows now of its edit (`by_hand`: an operator's)."""
         pruning = self.pruning_state() if note.op in ("prune", "unprune") else None
         if note.op == "add":  # the points it listed as it went
             note = note.model_copy(update={"before": self.journal.noted_adds(note)})
@@ -890,7 +890,8 @@ class MemoryStore(ABC):
             self.meta.settings, self.meta.index.model_dump(mode="json")) if note.op in ("tune", "settings") else False)
         return self.journal.settle(note, self.existing_labels(list(note.before)), self.meta.label_names, at_open,
                                    erased=shown,
-                                   pruning=(pruning[0], pruning[1]["marked"]) if pruning is not None else None)
+                                   pruning=(pruning[0], pruning[1]["marked"]) if pruning is not None else None,
+                                   by_hand=by_hand)
 
     @contextmanager
     def noted(self, op: NotedOp, before: Mapping[str, str] = {},  # read, never changed

@@ -22,7 +22,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, overload
 
@@ -66,6 +66,7 @@ from retrieval.journal import (
     JournalEntry,
     JournalOp,
     JournalQuery,
+    LeftNote,
     NotedOp,
     PendingEdit,
     add_note_detail,
@@ -1519,6 +1520,50 @@ class VisualMemory:
             point_id = parse_point_id(point_id)
         query = _journal_query(op, point_id, self.stored_label(label) if label is not None else None, since, by)
         return self.store.journal.newest(query, limit)
+
+    def notes_left(self) -> list[LeftNote]:
+        """The notes of edits begun and not journaled yet, oldest first: this opening journaled those of processes it
+        knows ended, so on a memory on a Qdrant server these are of processes running on this host, or of processes
+        on another host or container (`LeftNote.process`: nothing here tells whether they still run). A process
+        killed in a container that never runs again, or one started again since (`docker restart`: same host name,
+        a new pid namespace), leaves such a note for good: `settle_notes` journals it."""
+        return self.store.journal.notes()
+
+    def settle_notes(self, tokens: Sequence[str] = (), older_than: float | None = None) -> list[tuple[LeftNote, int]]:
+        """Journal the edits of notes left by processes that an operator knows are gone (`notes_left`), as an
+        opening journals those of processes it sees ended (what the memory shows made, at the edit's start, with
+        `detail.journaled_at_open` and `detail.settled_by_hand`), and remove the notes. `tokens`: the notes named
+        (a token, or a unique prefix of it of 6 or more characters); `older_than`: every note begun at least this
+        many seconds ago, but those of processes running on this host. Returns each note settled with the points
+        (labels named) journaled: 0 where its edit made nothing or its entry was written already.
+
+        A note of a process still running elsewhere is its edit in progress: settled now, the edit is journaled as
+        far as it went, and again by that process once it ends it. Name only notes whose process is surely gone.
+
+        Raises:
+            ValueError: neither tokens nor an age given; a token that names no note or several; a note named of a
+                process running on this host (its edit in progress). Nothing is settled then.
+        """
+        if not tokens and older_than is None:
+            raise ValueError("name the notes to settle (their tokens, as notes_left lists them) or an age")
+        left = self.notes_left()
+        chosen: dict[str, LeftNote] = {}
+        for token in tokens:
+            found = [n for n in left if len(token) >= 6 and n.note.token.startswith(token.lower())]
+            if len(found) != 1:
+                raise ValueError(f"no note {token!r} is left (vmem history --notes lists them)" if not found else
+                                 f"{len(found)} notes begin with {token!r}: give more of the token")
+            if (n := found[0]).process == "running":
+                raise ValueError(f"the note {n.note.token} is of process {n.note.pid} on this host, which is running: "
+                                 "its edit is in progress, for it to journal")
+            chosen[n.note.token] = n
+        if older_than is not None:
+            cut = datetime.now(UTC) - timedelta(seconds=older_than)
+            chosen.update((n.note.token, n) for n in left
+                          if n.process != "running" and datetime.fromisoformat(n.note.begun) <= cut)
+        with self._edit_lock:  # as an edit of this process: its own edits' entries are not interleaved with these
+            return [(n, self.store.settle_note(n.note, by_hand=True))
+                    for n in sorted(chosen.values(), key=lambda n: n.note.begun)]
 
     @staticmethod
     def _tell(listeners: list[PointsListener], ids: list[str], edit: str) -> None:

@@ -35,7 +35,7 @@ from retrieval import (
 from retrieval.files import LATEST_BACKUP, holder_note, link_latest
 from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
-from retrieval.journal import JournalEntry, JournalOp
+from retrieval.journal import JournalEntry, JournalOp, LeftNote, label_counts
 from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for, wait_until_created
 from retrieval.text import quoted, utf8_text, visible_json, without_secrets
 
@@ -1272,12 +1272,33 @@ def history(
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per edit, with the ids it changed")] = False,
     wait: CreatedWaitOpt = 0.0,
+    notes: Annotated[bool, typer.Option(
+        "--notes", help="list the notes of edits begun and not journaled yet (their process killed midway), not the "
+                        "edits: on a Qdrant server, those of processes running here or on another host or container")
+    ] = False,
+    settle: Annotated[list[str] | None, typer.Option(
+        metavar="TOKEN", help="journal the edit of this note (--notes lists them) as the memory shows it made, and "
+                              "remove the note: for a process surely gone (a container that will not run again, or "
+                              "started again since); refused for one running on this host. Repeatable")] = None,
+    settle_older_than: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="as --settle, every note begun at least this long ago (90m, 12h, 7d), but those of "
+                                 "processes running on this host")] = None,
 ) -> None:
     """The memory's edits, newest first: when, what, how many points of which labels, and who (cli, http,
     python; host and process). A forget lists the ids it deleted: `--source` answers whether and when an image
-    was forgotten."""
+    was forgotten. `--notes` lists the edits begun and not journaled yet; `--settle` journals one whose process is
+    gone."""
     if point is not None and source is not None:
         raise typer.BadParameter("give --id or --source, not both")
+    if notes or settle or settle_older_than is not None:
+        given = [f"--{name}" for name, value in (("id", point), ("source", source), ("op", op), ("label", label),
+                                                 ("since", since), ("by", by)) if value is not None]
+        if given:
+            raise typer.BadParameter(f"{' '.join(given)} chooses edits, not notes: give it without --notes or --settle",
+                                     param_hint=given[0])
+        _history_notes(memory, qdrant_url, wait, settle or [],
+                       _duration(settle_older_than) if settle_older_than is not None else None, json_out)
+        return
     point_id = _point_id(point) if point is not None else None
     # An embedded memory at rest, all its edits journaled, asked for no point or label: its journal answers alone,
     # as opening it would (seconds saved on a large memory)
@@ -1325,6 +1346,107 @@ def history(
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
     _say_earlier_or_none(earlier, bool(entries), point_id is not None or source is not None, op, label, since, by)
+
+
+def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: list[str], older_than: float | None,
+                   json_out: bool) -> None:
+    """vmem history --notes (list), --settle, --settle-older-than (settle, then say what each journaled)."""
+    with _open_to_read(memory, qdrant_url, wait) as mem:
+        names = mem.label_names
+        if not tokens and older_than is None:
+            left = mem.notes_left()
+            for n in left:
+                typer.echo(json.dumps(_note_json(n)) if json_out else _note_line(n, names))
+            if not left:
+                typer.echo("no notes left: every edit begun is journaled", err=True)
+            return
+        try:
+            settled = mem.settle_notes(tokens, older_than)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--settle") from None
+        for n, made in settled:
+            what = _noted_edit(n, names)
+            typer.echo(json.dumps({**_note_json(n), "journaled": made}) if json_out else
+                       f"{n.note.token}\t{what}\t"
+                       + (f"journaled ({n_points(made) if n.note.op in ('forget', 'relabel', 'add') else 'made'})"
+                          if made else "nothing more to journal: it made nothing, or its entry was written")
+                       + "; note removed")
+        if older_than is not None:
+            running = [n for n in mem.notes_left() if n.process == "running"]
+            if running:
+                typer.echo(f"left {len(running)} notes of processes running on this host: their edits are in "
+                           "progress", err=True)
+            if not settled:
+                typer.echo(f"no notes begun {_age(older_than)} ago or earlier", err=True)
+
+
+def _noted_edit(n: LeftNote, names: dict[str, str]) -> str:
+    """What a note's edit was to do: `forget of 10 points (cat: 10)`, `name`."""
+    note = n.note
+    if note.op not in ("forget", "relabel", "add"):
+        return note.op
+    counts = list(label_counts(note.before).items())
+    labels = ", ".join(f"{named_label(lab, names)}: {k}" for lab, k in counts[:5])
+    more = f" and {len(counts) - 5} more labels" if len(counts) > 5 else ""
+    to = f" to {named_label(str(note.fields.get('to') or ''), names)}" if note.op == "relabel" else ""
+    return f"{note.op} of {n_points(len(note.before))}" + (f" ({labels}{more})" if labels else "") + to
+
+
+def _note_line(n: LeftNote, names: dict[str, str]) -> str:
+    """A note left, tab-separated: its token, when its edit began (how long ago), what, whose, and what is known of
+    its process."""
+    note, age = n.note, _age(_note_age(n))
+    whose = {"ended": "its process has ended: the memory's next opening journals it",
+             "running": "its process is running on this host: its edit is in progress",
+             "unknown": "another container of this host (or this one before a restart)" if note.host == _hostname()
+             else "another host"}[n.process]
+    if n.process == "unknown":
+        whose += ": whether its process runs, nothing here tells (--settle TOKEN once it is surely gone)"
+    return "\t".join([note.token, f"begun {note.begun[:19].replace('T', ' ')} ({age} ago)",
+                      one_line(_noted_edit(n, names)), f"on {one_line(note.host)} (pid {note.pid})", whose])
+
+
+def _note_json(n: LeftNote) -> dict[str, Any]:
+    return {**n.note.model_dump(mode="json", include={"token", "begun", "op", "host", "pid", "fields"}),
+            "points": len(n.note.before), "labels": label_counts(n.note.before), "process": n.process,
+            "age_s": round(_note_age(n))}
+
+
+def _note_age(n: LeftNote) -> float:
+    from datetime import UTC, datetime
+
+    return (datetime.now(UTC) - datetime.fromisoformat(n.note.begun)).total_seconds()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of a duration as a person writes it: `90m`, `12h`, `7d`, `2w` (s, m, h, d, w)."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise typer.BadParameter(f"{quoted(text)} is no duration: give a number and a unit, s, m, h, d or w (90m, "
+                                 "12h, 7d)", param_hint="--settle-older-than")
+    return seconds
+
+
+def _age(seconds: float) -> str:
+    """A duration for a person: `3 d 4 h`, `5 h 2 min`, `40 min`, `12 s`."""
+    s = max(0, int(seconds))
+    for big, big_name, small, small_name in ((86400, "d", 3600, "h"), (3600, "h", 60, "min")):
+        if s >= big:
+            return f"{s // big} {big_name}" + (f" {s % big // small} {small_name}" if s % big // small else "")
+    return f"{s // 60} min" if s >= 60 else f"{s} s"
 
 
 def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label: str | None, since: str | None,

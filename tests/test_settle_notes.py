@@ -1,0 +1,141 @@
+"""An operator settles by hand the notes no opening ever settles: `vmem history --notes` lists the notes of edits begun
+and not journaled yet, `--settle TOKEN` and `--settle-older-than DURATION` journal them.
+
+A memory on a Qdrant server settles at an opening only the notes of processes it sees ended, on its own host and in
+its pid namespace (retrieval/journal.py, `CollectionJournal.pending`): a process killed in a container that never runs
+again, or one started again since, left its note for good, its edit (a forget: the unlearning audit's answer) out of
+the history. Each test kills a child (SIGKILL) after its edit's write, as tests/test_journal_crash_server.py does, in
+qdrant-client's local mode (the server's code path, in a folder), and moves its note to "another host" or container
+by rewriting the payload that says where it was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+from qdrant_client import QdrantClient
+from typer.testing import CliRunner
+
+from tests.conftest import REPO
+from tests.test_journal_crash_server import _STILL_RUNNING, PENDING, killed, memory, notes_left  # noqa: F401 - the fixture reused
+from vmem import VisualMemory
+from vmem.cli import app
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def written_elsewhere(location: str, host: str | None = None, pids: str | None = None, days_ago: float = 0) -> None:
+    """The notes this host wrote, as another host (`host`) or container (`pids`: a pid namespace not this one's)
+    would have written them, `days_ago` days ago."""
+    client = QdrantClient(path=location.removeprefix("qdrant-local:"))
+    try:
+        recs, _ = client.scroll(PENDING, limit=1000, with_payload=True)
+        for r in recs:
+            payload = dict(r.payload or {})
+            if payload["host"] != socket.gethostname() or payload["pids"] != os.readlink("/proc/self/ns/pid"):
+                continue  # another's already
+            payload.update(host=host or payload["host"], pids=pids or payload["pids"])
+            if payload["kind"] == "note":
+                begun = datetime.fromisoformat(payload["note"]["begun"]) - timedelta(days=days_ago)
+                payload["note"] = {**payload["note"], "host": payload["host"], "begun": begun.isoformat()}
+            client.overwrite_payload(PENDING, payload, points=[r.id])
+    finally:
+        client.close()
+
+
+def test_a_note_of_another_host_is_left_by_an_opening_and_settled_by_the_command_once(memory):  # noqa: F811
+    killed(memory, "after the edit", "forget")
+    written_elsewhere(memory, host="gone-host")
+    with VisualMemory.open(memory) as mem:
+        assert mem.history() == [] and notes_left(mem) == 1  # left: nothing here tells whether its process runs
+        assert mem.store.label_counts() == {"dog": 10, "fox": 10}  # the forget was made
+    listed = run("history", "--memory", memory, "--notes")
+    assert listed.exit_code == 0, listed.output
+    [line] = listed.stdout.splitlines()
+    token, begun, what, whose, process = line.split("\t")
+    assert what == "forget of 10 points (cat: 10)" and whose.startswith("on gone-host (pid ")
+    assert process.startswith("another host: whether its process runs, nothing here tells")
+
+    settled = run("history", "--memory", memory, "--settle", token[:8])
+    assert settled.exit_code == 0, settled.output
+    assert settled.stdout == f"{token}\tforget of 10 points (cat: 10)\tjournaled (10 points); note removed\n"
+    with VisualMemory.open(memory) as mem:
+        [forget] = mem.history()
+        assert (forget.op, forget.points, forget.labels, forget.host) == ("forget", 10, {"cat": 10}, "gone-host")
+        assert forget.at == begun.removeprefix("begun ")[:19].replace(" ", "T") + forget.at[19:]  # at its start
+        assert forget.detail["settled_by_hand"] is True and "journaled_at_open" in forget.detail
+        assert mem.history(source="/data/0.jpg") == [forget] and notes_left(mem) == 0
+
+    again = run("history", "--memory", memory, "--settle", token)  # settled once: no note of it is left
+    assert again.exit_code == 2 and f"no note '{token}' is left" in again.output
+    assert "no notes left" in run("history", "--memory", memory, "--notes").output
+    with VisualMemory.open(memory) as mem:
+        assert [e.op for e in mem.history()] == ["forget"]
+
+
+def test_notes_older_than_a_bound_are_settled_and_newer_ones_left(memory):  # noqa: F811
+    # A forget noted ten days ago on a host gone, and a tune noted now in a container started again since (this
+    # host's name, another pid namespace): an operator settles what is older than a week.
+    killed(memory, "after the edit", "forget")
+    written_elsewhere(memory, host="gone-host", days_ago=10)
+    killed(memory, "after the edit", "tune")
+    written_elsewhere(memory, pids="pid:[4026530000]")
+    listed = run("history", "--memory", memory, "--notes", "--json")
+    assert listed.exit_code == 0, listed.output
+    old, new = map(json.loads, listed.stdout.splitlines())  # oldest first
+    assert (old["op"], old["host"], old["points"], old["process"]) == ("forget", "gone-host", 10, "unknown")
+    assert (new["op"], new["host"], new["process"]) == ("tune", socket.gethostname(), "unknown")
+    assert old["age_s"] >= 10 * 86400 > new["age_s"]
+    assert "another container of this host" in run("history", "--memory", memory, "--notes").stdout
+
+    settled = run("history", "--memory", memory, "--settle-older-than", "7d")
+    assert settled.exit_code == 0, settled.output
+    assert settled.stdout.startswith(f"{old['token']}\tforget of 10 points") and settled.stdout.count("\n") == 1
+    with VisualMemory.open(memory) as mem:
+        assert [(e.op, e.points) for e in mem.history()] == [("forget", 10)] and notes_left(mem) == 1
+        [left] = mem.notes_left()
+        assert left.note.op == "tune"
+
+
+def test_a_note_of_a_process_running_on_this_host_is_refused(memory):  # noqa: F811
+    # Its edit is in progress: settled now, its forget would be journaled twice, here and by its process.
+    child = subprocess.Popen([sys.executable, "-c", _STILL_RUNNING, memory], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "forgotten\n"
+        listed = run("history", "--memory", memory, "--notes")
+        [line] = listed.stdout.splitlines()
+        token = line.split("\t")[0]
+        assert line.endswith("its process is running on this host: its edit is in progress")
+        refused = run("history", "--memory", memory, "--settle", token)
+        assert refused.exit_code == 2 and f"process {child.pid} on this host, which is running" in refused.output
+        by_age = run("history", "--memory", memory, "--settle-older-than", "0s")
+        assert by_age.exit_code == 0 and by_age.stdout == ""
+        assert "left 1 notes of processes running on this host" in by_age.stderr
+        with VisualMemory.open(memory) as mem:
+            assert mem.history() == [] and notes_left(mem) == 1
+    finally:
+        child.kill()
+        child.wait()
+    with VisualMemory.open(memory) as mem:  # ended: the opening journals it, once
+        [forget] = mem.history()
+        assert (forget.op, forget.points) == ("forget", 10) and "settled_by_hand" not in forget.detail
+
+
+def test_what_to_settle_is_refused_when_unclear(memory):  # noqa: F811
+    killed(memory, "after the edit", "forget")
+    written_elsewhere(memory, host="gone-host")
+    for args, said in [(["--settle-older-than", "soon"], "'soon' is no duration"),
+                       (["--settle", "abc"], "no note 'abc' is left"),  # too short a prefix to name one
+                       (["--notes", "--op", "forget"], "--op chooses edits, not notes")]:
+        out = run("history", "--memory", memory, *args)
+        assert out.exit_code == 2 and said in out.output, out.output
+    with VisualMemory.open(memory) as mem:
+        assert mem.history() == [] and notes_left(mem) == 1
