@@ -909,13 +909,14 @@ class CollectionJournal(Journal):
         if elsewhere:
             # Said, not settled: nothing here tells whether their processes are running. Nor whether their container
             # (pid namespace) still exists: one started again (`docker restart`) has the same hostname and a new
-            # namespace, so no opening anywhere settles its notes; "journaled where it was made" was untrue then.
+            # namespace, so no opening anywhere settles its notes, and an operator who knows it gone does
+            # (`vmem history --settle`). Deleting the note, as this line had offered, dropped its edit for good.
             log.info("%d edits noted by processes on other hosts or containers (%s) are not journaled yet: an opening "
                      "of the memory on the same host, in the same container, journals each once its process has "
                      "stopped. A note of a container started again since (same hostname, new pid namespace) or of a "
-                     "host gone is never journaled: its edit was made, and stays out of the history. Such a note "
-                     "costs nothing; deleting it (its points in %s whose payload's host is that one) only ends this "
-                     "line, and must wait until its process is surely gone (docs/reliability.md, \"Not covered\")",
+                     "host gone is never journaled by an opening: `vmem history --notes` lists the notes (in %s), and "
+                     "`vmem history --settle TOKEN` journals what the memory shows its edit made, once its process is "
+                     "surely gone (docs/reliability.md, \"Not covered\")",
                      elsewhere.total(), ", ".join(f"{host}: {n}" for host, n in sorted(elsewhere.items())),
                      self.pending_collection)
         found = [notes[token].model_copy(update={"before": {**notes[token].before, **self._lists(token)}})

@@ -12,6 +12,7 @@ by rewriting the payload that says where it was written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -139,3 +140,21 @@ def test_what_to_settle_is_refused_when_unclear(memory):  # noqa: F811
         assert out.exit_code == 2 and said in out.output, out.output
     with VisualMemory.open(memory) as mem:
         assert mem.history() == [] and notes_left(mem) == 1
+
+
+def test_the_log_line_of_a_note_no_opening_settles_names_the_command_that_does(memory, caplog):  # noqa: F811
+    # A container started again (same hostname, a new pid namespace): the INFO line had said such a note is never
+    # journaled and that its edit was made (not so where the kill came before its first write), and offered
+    # deleting its points, which drops the edit from the history for good.
+    killed(memory, "after the edit", "forget")
+    written_elsewhere(memory, pids="pid:[4026530000]")
+    with caplog.at_level(logging.INFO, logger="retrieval.journal"), VisualMemory.open(memory) as mem:
+        assert mem.history() == [] and notes_left(mem) == 1
+    [said] = [r.getMessage() for r in caplog.records if "not journaled yet" in r.getMessage()]
+    assert f"({socket.gethostname()}: 1)" in said and "is never journaled by an opening" in said
+    assert "`vmem history --notes` lists the notes (in vmem-journal-pending)" in said
+    assert "`vmem history --settle TOKEN` journals" in said and "deleting" not in said
+    [token] = [line.split("\t")[0] for line in run("history", "--memory", memory, "--notes").stdout.splitlines()]
+    assert run("history", "--memory", memory, "--settle", token).exit_code == 0  # as the line says
+    with VisualMemory.open(memory) as mem:
+        assert [(e.op, e.points) for e in mem.history()] == [("forget", 10)] and notes_left(mem) == 0
