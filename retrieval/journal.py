@@ -64,6 +64,14 @@ IDS_PER_ENTRY = 100_000
 # (`vmem-journal-pending`); a list of a note's points is a point of it per this many points.
 PENDING_COLLECTION_SUFFIX = "-pending"
 PAIRS_PER_LIST = 20_000
+# The payload keys a server journal's lookups filter by, and their kinds (Qdrant's payload schema types): a server
+# without an index on a key reads every point's payload to filter by it, and an opening's settling reads the journal
+# so for each note (`_holds_entry_of`, `_changed_by_others_since`, `_journaled_adds`; `newest`'s `--op`); each edit
+# deletes its note by `token`, and the notes' lists are read by `token` and `kind`.
+JOURNAL_INDEXES = {"op": "keyword", "host": "keyword", "pid": "integer", f"detail.{ADD_NOTE_KEY}": "keyword"}
+PENDING_INDEXES = {"token": "keyword", "kind": "keyword"}
+# The collections (journal, notes) this process was refused the indexes of: said once
+_TOLD_UNINDEXED: set[str] = set()
 # The namespace of the ids of entries written by settling a note (`CollectionJournal._append_settled`)
 _SETTLED_IDS = uuid.UUID("6f1e3c52-8a8e-4b8f-9d55-2f0a4c1b7e31")
 # The name of the API key the request being served came with (the service sets it as it checks the key; None: no
@@ -756,6 +764,46 @@ class CollectionJournal(Journal):
             except Exception:
                 if not self.client.collection_exists(collection):  # not made by another process meanwhile
                     raise
+                return  # made by that process, which indexes it
+            self._index(collection, {})
+
+    def index_lookups(self) -> None:
+        """At an opening: the payload indexes the journal's and the notes' lookups filter by (`JOURNAL_INDEXES`,
+        `PENDING_INDEXES`), on those of their collections that exist, made by a vmem before these indexes (or by
+        this one where the server refused them). A server that holds them is asked for none (its `payload_schema`);
+        qdrant-client's local mode, which keeps no payload index and lists none, is asked each time (its warning
+        filtered, retrieval/store.py). A collection not made yet is indexed when it is made (`_make`)."""
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        for collection in (self.collection, self.pending_collection):
+            try:
+                schema = self.client.get_collection(collection).payload_schema or {}
+            except (UnexpectedResponse, ValueError):  # none (a server's 404; local mode's ValueError)
+                continue
+            if collection == self.collection:
+                self._exists = True
+            else:
+                self._pending_exists = True
+            self._index(collection, schema)
+
+    def _index(self, collection: str, schema: Mapping[str, Any]) -> None:
+        """Ask for the lookups' indexes of `collection` that `schema` (its payload schema) lacks. Asked again, an
+        index a server holds changes nothing. A refusal (a key that may write points but not make indexes) leaves
+        the lookups to read every payload, as before: said once, at INFO."""
+        from qdrant_client import models as qm
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        wanted = PENDING_INDEXES if collection == self.pending_collection else JOURNAL_INDEXES
+        try:
+            for key, kind in wanted.items():
+                if key not in schema:
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType(kind))
+        except UnexpectedResponse as exc:
+            if collection not in _TOLD_UNINDEXED:
+                _TOLD_UNINDEXED.add(collection)
+                log.info("the Qdrant server refused payload indexes on %s (%s): its lookups read every point's "
+                         "payload, slower on a long journal; an opening with a key that may make indexes makes them",
+                         collection, str(exc).splitlines()[0])
 
     def _index_time(self) -> None:
         """A datetime index on `at`: a Qdrant server orders by a payload key only through a range index on it.

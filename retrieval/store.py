@@ -2452,6 +2452,7 @@ class QdrantServerStore(MemoryStore):
                 self.client.close()
             raise
         if existed:  # the notes of edits its processes were stopped in before their entries (a new memory has none)
+            self.journal.index_lookups()  # their lookups' indexes, on a journal a vmem before them made
             self.settle_journal()
 
     def settle_journal(self) -> int:

@@ -22,8 +22,18 @@ from datetime import datetime, timedelta
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-from tests.conftest import REPO
-from tests.test_journal_crash_server import _STILL_RUNNING, PENDING, killed, memory, notes_left  # noqa: F401 - the fixture reused
+import retrieval.journal
+from retrieval import MemoryMeta, QdrantServerStore
+from tests.conftest import REPO, random_unit_vectors
+from tests.test_journal_crash import SPEC
+from tests.test_journal_crash_server import (  # noqa: F401 - the fixture reused
+    _STILL_RUNNING,
+    PENDING,
+    ReadOnlyKey,
+    killed,
+    memory,
+    notes_left,
+)
 from vmem import VisualMemory
 from vmem.cli import app
 
@@ -158,3 +168,74 @@ def test_the_log_line_of_a_note_no_opening_settles_names_the_command_that_does(m
     assert run("history", "--memory", memory, "--settle", token).exit_code == 0  # as the line says
     with VisualMemory.open(memory) as mem:
         assert [(e.op, e.points) for e in mem.history()] == [("forget", 10)] and notes_left(mem) == 0
+
+
+class IndexesAsked:
+    """qdrant-client's local mode, each payload index asked of it recorded: it keeps none and its collections'
+    `payload_schema` is always empty, so what a server would hold cannot be read back from it; what is asked can."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client, self.asked = client, []
+
+    def create_payload_index(self, collection_name, field_name, field_schema=None, **kwargs):
+        self.asked.append((collection_name, field_name, str(getattr(field_schema, "value", field_schema))))
+        return self.client.create_payload_index(collection_name, field_name, field_schema, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+JOURNAL_LOOKUPS = {("vmem-journal", "op", "keyword"), ("vmem-journal", "host", "keyword"),
+                   ("vmem-journal", "pid", "integer"), ("vmem-journal", "detail.note", "keyword")}
+NOTES_LOOKUPS = {(PENDING, "token", "keyword"), (PENDING, "kind", "keyword")}
+
+
+def test_the_journals_lookups_are_indexed_as_its_collections_are_made():
+    # An opening's settling filtered the journal by host, pid and op, and each edit deleted its note by token, on a
+    # server holding no index of them: every point's payload read, for each note of a long-lived memory's journal.
+    client = IndexesAsked(QdrantClient(":memory:"))
+    mem = VisualMemory(QdrantServerStore(":memory:", MemoryMeta(featurizer=SPEC), client=client), reranker=None)
+    mem.store.add(random_unit_vectors(6, 8), ["cat", "dog"] * 3, [f"/data/{i}.jpg" for i in range(6)])
+    mem.forget(label="cat")  # noted: the notes' collection made
+    journal_asked = {a for a in client.asked if a[0].startswith("vmem-journal")}
+    assert journal_asked == JOURNAL_LOOKUPS | NOTES_LOOKUPS
+    assert len(journal_asked) == len([a for a in client.asked if a[0].startswith("vmem-journal")])  # each once
+    assert [(e.op, e.points) for e in mem.history()] == [("forget", 3)]
+
+
+def test_a_journal_made_before_the_indexes_is_indexed_at_an_opening(memory):  # noqa: F811
+    # A vmem before them made this memory's journal and notes: each opening asks for what the server's payload
+    # schema lacks (local mode lists none: asked at every opening, the journal unchanged by it).
+    with VisualMemory.open(memory) as mem:
+        mem.set_label_names({"dog": "hound"})  # the journal made
+    killed(memory, "after the edit", "forget")
+    written_elsewhere(memory, host="gone-host")  # a note that stays, so that its lookups run at each opening
+    for _ in range(2):
+        client = IndexesAsked(QdrantClient(path=memory.removeprefix("qdrant-local:")))
+        try:
+            store = QdrantServerStore(memory, client=client)
+            assert set(client.asked) >= JOURNAL_LOOKUPS | NOTES_LOOKUPS
+            assert [e.op for e in store.journal.read()] == ["name"] and len(store.journal.notes()) == 1
+            store.close()
+        finally:
+            client.close()
+
+
+def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memory, caplog, monkeypatch):  # noqa: F811
+    with VisualMemory.open(memory) as mem:
+        mem.set_label_names({"dog": "hound"})  # the journal made
+    killed(memory, "after the edit", "forget")
+    monkeypatch.setattr(retrieval.journal, "_TOLD_UNINDEXED", set())
+    client = QdrantClient(path=memory.removeprefix("qdrant-local:"))
+    try:
+        with caplog.at_level(logging.INFO, logger="retrieval.journal"):
+            for _ in range(2):
+                store = QdrantServerStore(memory, client=ReadOnlyKey(client))
+                assert store.count() == 20
+                store.close()
+        said = [r.getMessage() for r in caplog.records if "refused payload indexes" in r.getMessage()]
+        assert len(said) == 2 and {s.split(" (")[0] for s in said} == {
+            "the Qdrant server refused payload indexes on vmem-journal",
+            "the Qdrant server refused payload indexes on vmem-journal-pending"}
+    finally:
+        client.close()
