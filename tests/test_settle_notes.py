@@ -113,6 +113,10 @@ def test_notes_older_than_a_bound_are_settled_and_newer_ones_left(memory):  # no
         assert [(e.op, e.points) for e in mem.history()] == [("forget", 10)] and notes_left(mem) == 1
         [left] = mem.notes_left()
         assert left.note.op == "tune"
+    tuned = run("history", "--memory", memory, "--settle", new["token"])  # named: settled whatever its age
+    assert tuned.stdout == f"{new['token']}\ttune\tjournaled; note removed\n", tuned.output
+    with VisualMemory.open(memory) as mem:
+        assert [e.op for e in mem.history()] == ["tune", "forget"] and notes_left(mem) == 0  # newest first
 
 
 def test_a_note_of_a_process_running_on_this_host_is_refused(memory):  # noqa: F811

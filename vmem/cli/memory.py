@@ -1368,8 +1368,10 @@ def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: li
             what = _noted_edit(n, names)
             typer.echo(json.dumps({**_note_json(n), "journaled": made}) if json_out else
                        f"{n.note.token}\t{what}\t"
-                       + (f"journaled ({n_points(made) if n.note.op in ('forget', 'relabel', 'add') else 'made'})"
-                          if made else "nothing more to journal: it made nothing, or its entry was written")
+                       + (("journaled" + (f" ({n_points(made)})" if n.note.op in ("forget", "relabel", "add") else
+                                          f" ({made} label{'s' if made != 1 else ''} named)" if n.note.op == "name"
+                                          else "")) if made
+                          else "nothing more to journal: it made nothing, or its entry was written")
                        + "; note removed")
         if older_than is not None:
             running = [n for n in mem.notes_left() if n.process == "running"]
