@@ -90,6 +90,8 @@ def answers(
         for answer, used in decisions(log, query, skipped):
             found += 1
             typer.echo(json.dumps({**answer, "used": used}, ensure_ascii=False) if json_out else _line(answer, used))
+    except BrokenPipeError:  # stdout's reader left (`| head`): click ends it quietly, as any command so piped
+        raise
     except OSError as exc:  # a file of the log this user may not read
         raise typer.BadParameter(f"cannot read {exc.filename or log} ({exc.strerror or exc})", param_hint="--log"
                                  ) from None
