@@ -524,7 +524,9 @@ class Dinov2Featurizer(Featurizer):
         except OSError as exc:
             raise FeaturizerError(
                 f"could not load DINOv2 weights {model_id!r}: {exc}. On a machine without access to the "
-                "Hugging Face Hub, download the model elsewhere and pass dinov2:/path/to/dir."
+                "Hugging Face Hub, download the model elsewhere and pass dinov2:/path/to/dir; a new memory can use "
+                "--featurizer efficientnet-lite0 instead (featurizer= in Python), whose weights come with vmem's "
+                "packages and need no network"
             ) from exc
         self.dim = int(self.model.config.hidden_size)
 

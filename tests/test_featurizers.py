@@ -64,6 +64,15 @@ def test_a_hub_model_with_no_hub_to_reach_is_a_clear_error_at_once(monkeypatch):
         load_featurizer("dinov2:facebook/dinov2-vmem-test-absent", device="cpu")
 
 
+def test_the_default_encoder_with_no_hub_names_the_encoder_that_needs_none(monkeypatch):
+    # vmem build's default is dinov2-small, from the Hub: offline, a new user's first build stopped at "download the
+    # model elsewhere", though efficientnet-lite0's weights came with vmem's dependencies all along.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.vmem-test.invalid")
+    with pytest.raises(FeaturizerError, match=r"a new memory can use --featurizer efficientnet-lite0 instead"):
+        load_featurizer("dinov2:facebook/dinov2-vmem-test-absent", device="cpu")
+
+
 def test_a_memory_refuses_retrained_weights_saved_where_its_model_was(tmp_path):
     # `dinov2:/path` names a folder: new weights saved there would give features unlike the memory's own.
     from transformers import Dinov2Config, Dinov2Model
