@@ -2,7 +2,10 @@
 
 The errors a user of `VisualMemory` meets, to catch by name:
     MemoryStoreError         no memory there, it is open in another process, or it is closed
-                             (`retrieval.MemoryError`; named so as not to shadow Python's own MemoryError)
+                             (`retrieval.MemoryError`; named so as not to shadow Python's own MemoryError); of it:
+      MemoryInUseError       open in another process (or by another object here): retry once it lets go (`wait=`)
+      MemoryFullError        an edit refused before any write: its disk has too little room
+      MemoryUnavailableError its Qdrant server did not answer: retry once it does
     FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
     ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
     NoSuchLabelsError        a label filter that no point passes
@@ -15,7 +18,14 @@ Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which
 from importlib import metadata as _metadata
 
 from prompts import TemplateLoadError, UnknownTemplateError
-from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryStoreError
+from retrieval import (
+    FeaturizerMismatchError,
+    ImageDecodeError,
+    MemoryFullError,
+    MemoryInUseError,
+    MemoryStoreError,
+    MemoryUnavailableError,
+)
 from retrieval.journal import JournalEntry
 
 from .diff import MemoryDiff
@@ -65,8 +75,11 @@ __all__ = [
     "ImageDecodeError",
     "JournalEntry",
     "MemoryDiff",
+    "MemoryFullError",
+    "MemoryInUseError",
     "MemoryPoint",
     "MemoryStoreError",
+    "MemoryUnavailableError",
     "NearDuplicate",
     "NeighborVote",
     "NoSuchLabelsError",
