@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -335,6 +336,21 @@ def _reserve_free_port(host: str) -> tuple[int, socket.socket | None]:
     return port, sock
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """TemporaryFailure where another process listens on `host:port`, where uvicorn's bind had found it once the
+    encoder was warmed up, exiting 3 with "[Errno 98] ... address already in use". Bound as uvicorn binds it
+    (SO_REUSEADDR: a port left in TIME_WAIT by a service just stopped is free), then let go at once."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:  # uvicorn's choice
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:  # a host that cannot be bound: uvicorn says so, as before
+            return
+        raise TemporaryFailure(f"port {port} of {host} is taken by another process (another vmem serve?): stop it, "
+                               "or give another --port (--port 0: a free one)") from None
+
+
 def serve(
     memory: Annotated[Path | None, typer.Option("--memory", "-m", help="embedded memory directory "
                                                 "\\[default: $VMEM_MEMORY or ./memory]")] = None,
@@ -414,6 +430,7 @@ def serve(
         for dead in getattr(mem.store, "dead_copies_removed", ()):  # logged as it opened, before any logging here
             say(f"removed {dead}: the copy of a memory a read-only service killed before its close had served")
         served = reserved = None
+        given_port = port != 0  # not one found free here (--port 0), which this process holds meanwhile
         try:
             if port == 0:
                 with suppress(OSError):  # a host that cannot be bound: uvicorn says so, as before
@@ -439,7 +456,8 @@ def serve(
             forced = run_uvicorn(
                 app, host=host, port=port, log_level=log_level.value, root_path=prefix,
                 forwarded_allow_ips=forwarded_allow_ips, log_config=log_config,
-                timeout_graceful_shutdown=_graceful_shutdown_s(), http=_probing_http_protocol())
+                timeout_graceful_shutdown=_graceful_shutdown_s(), http=_probing_http_protocol(),
+                check_port=given_port)
         finally:
             if served is not None:
                 served.unlink(missing_ok=True)
@@ -486,9 +504,14 @@ def _probing_http_protocol() -> type:
     return ProbingHTTPProtocol
 
 
-def run_uvicorn(app: Any, **options: Any) -> bool:
-    """`uvicorn.run(app, **options)`, a second Ctrl-C included (`_server`): whether the stop was forced so."""
+def run_uvicorn(app: Any, check_port: bool = False, **options: Any) -> bool:
+    """`uvicorn.run(app, **options)`, a second Ctrl-C included (`_server`): whether the stop was forced so.
+    `check_port`: a port another process listens on is a TemporaryFailure, said before the app's start (the encoder
+    warmed up) and not as uvicorn's bind error, exit 3."""
     import uvicorn
+
+    if check_port:
+        _check_port_free(options.get("host", "127.0.0.1"), int(options.get("port", 8000)))
 
     server = _server(uvicorn.Config(app, **options))
     with suppress(KeyboardInterrupt):  # as uvicorn.run: the Ctrl-C it raises again once stopped
