@@ -1597,3 +1597,18 @@ def test_vmem_erase_of_a_memory_that_is_no_folder_says_erase_is_a_folders_and_wh
     # Not "Invalid value for --erase ... forget without erase": vmem erase has no --erase, and forgets nothing
     assert "Invalid value for --memory: vmem erase rewrites an embedded memory's folder" in out.output, out.output
     assert "--erase" not in out.output and "forget without erase" not in out.output
+
+
+def test_vmem_history_counts_the_edits_its_limit_left_out_in_words(built, tmp_path):
+    # "... and 1 earlier edits (--limit)" is what a user read after `vmem history --limit 5` of six edits
+    memory, _ = built
+    copy = tmp_path / "memory"
+    assert run("copy", "--memory", memory, "--to-memory", copy).exit_code == 0
+    (tmp_path / "names.tsv").write_text("red\tRed\n")
+    assert run("names", tmp_path / "names.tsv", "--memory", copy).exit_code == 0
+    edits = len(run("history", "--memory", copy, "--json").stdout.splitlines())
+    assert edits >= 2
+    one_left = run("history", "--memory", copy, "--limit", edits - 1)
+    assert one_left.exit_code == 0 and "... and 1 earlier edit (--limit)" in one_left.stderr, one_left.stderr
+    two_left = run("history", "--memory", copy, "--limit", edits - 2)
+    assert "... and 2 earlier edits (--limit)" in two_left.stderr, two_left.stderr
