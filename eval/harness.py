@@ -50,7 +50,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import escape_control_characters, not_utf8_problem
+from retrieval.text import not_utf8_problem, visible
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 from vmem.visual_memory import NothingToSearchError
 
@@ -326,9 +326,10 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
     """The `n` classes with the lowest accuracy under one decision, and what their queries were taken for."""
 
     def shown(label: str) -> str:
-        # One cell each: Markdown splits a row at a bar, and a newline ends the table
+        # One cell each: Markdown splits a row at a bar, and a newline ends the table; shown as every line of vmem's
+        # output shows a label (`visible`: a U+202E had turned the row around)
         text = f"{label} ({names[label]})" if label in names else label
-        return escape_control_characters(text).replace("|", "\\|")
+        return visible(text).replace("|", "\\|")
 
     lines = [f"**hardest {min(n, len(per_class.classes))} of {len(per_class.classes)} classes** "
              f"({per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",
@@ -447,7 +448,7 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
             for name, s in v.items() if (d := s.decisions)
             for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
     r = report.run
-    md = [f"# {r.dataset} ({r.format}) against {r.memory}\n",
+    md = [f"# {visible(r.dataset)} ({r.format}) against {visible(r.memory)}\n",
           f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "
           f"alpha={r.alpha}, tau={r.tau}\n"]
     md += [markdown_table(s, f"{name} classes" if name == "all" else f"restricted to {r.restricted_classes} classes")

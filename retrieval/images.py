@@ -22,7 +22,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .text import escape_control_characters, visible
+from .text import visible
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def files_under(folder: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not is_system_folder(d))
         found += [Path(dirpath) / name for name in filenames]
     if unreadable:
-        shown = "; ".join(f"{e.filename}: {e.strerror}" for e in unreadable[:3])
+        shown = "; ".join(f"{visible(str(e.filename))}: {e.strerror}" for e in unreadable[:3])
         log.warning("%d folder%s could not be read, and the images in %s are left out: %s%s", len(unreadable),
                     "s" if len(unreadable) > 1 else "", "them" if len(unreadable) > 1 else "it", shown,
                     "; ..." if len(unreadable) > 3 else "")
@@ -408,7 +408,7 @@ def unread_files_message(unread: Sequence[Path]) -> str:
     photos = [p for p in unread if p.suffix.lower() in UNDECODED_PHOTO_SUFFIXES]
     ordered = photos + [p for p in unread if p.suffix.lower() not in UNDECODED_PHOTO_SUFFIXES]
     # A macOS folder's "Icon\r" had moved the terminal's cursor back over the warning
-    shown = ", ".join(escape_control_characters(p.name) for p in ordered[:3]) + (", ..." if len(unread) > 3 else "")
+    shown = ", ".join(visible(p.name) for p in ordered[:3]) + (", ..." if len(unread) > 3 else "")
     advice = "name a file so, or list it"
     if photos:
         kinds = sorted({p.suffix.lower() for p in photos})

@@ -27,7 +27,7 @@ from .images import (
 from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, label_problem, not_utf8_problem, visible
+from .text import as_held, canonical_label, label_problem, not_utf8_problem, quoted, visible
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -63,12 +63,13 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
                            + ("; for a folder of one class's images, give the class: vmem build FOLDER --label LABEL"
                               if one_class else ""))
     linked = {it.source for it in items}  # a file at the root that a label folder links to is in, through the link
-    if loose := [p.name for p in sorted(root.iterdir())
+    if loose := [visible(p.name) for p in sorted(root.iterdir())
                  if p.is_file() and is_image_path(p) and normalize_source(p) not in linked]:
         # No folder, so no label: left out, but said, or a user wonders where they went.
         log.warning("%d image%s directly under %s (%s%s) %s in no label folder, and left out: "
                     "ROOT/<label>/<image> labels an image by its folder", len(loose), "s" if len(loose) > 1 else "",
-                    root, ", ".join(loose[:3]), ", ..." if len(loose) > 3 else "", "are" if len(loose) > 1 else "is")
+                    visible(str(root)), ", ".join(loose[:3]), ", ..." if len(loose) > 3 else "",
+                    "are" if len(loose) > 1 else "is")
     return items
 
 
@@ -100,7 +101,7 @@ def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list
                     blank.append(n)
                     continue
                 if not row["path"]:
-                    raise DatasetError(f"{path}:{n}: the label {label!r} has no path: give the image's path")
+                    raise DatasetError(f"{path}:{n}: the label {quoted(label)} has no path: give the image's path")
                 src = row["path"]
                 if "://" not in src and not Path(src).is_absolute():
                     src = str(path.parent / src)
@@ -180,7 +181,7 @@ def _images_below(folder: Path, label: str, unread: list[Path], broken: list[str
         if (is_file or dangling) and is_image_path(path):
             items.append(LabelledImage(normalize_source(path), label))
             if dangling:
-                broken.append(f"{path} -> {items[-1].source}")
+                broken.append(f"{visible(str(path))} -> {visible(items[-1].source)}")
         elif is_file and is_unread_file(path):
             unread.append(path)
     return items
@@ -188,8 +189,9 @@ def _images_below(folder: Path, label: str, unread: list[Path], broken: list[str
 
 def _warn_left_out(root: Path, unread: list[Path], broken: list[str]) -> None:
     if broken:  # its failure names the missing target (a source is a resolved path): say which link led there
-        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "", root,
-                    "" if len(broken) > 1 else "s", "; ".join(broken[:3]), "; ..." if len(broken) > 3 else "")
+        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "",
+                    visible(str(root)), "" if len(broken) > 1 else "s", "; ".join(broken[:3]),
+                    "; ..." if len(broken) > 3 else "")
     if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
         log.warning("%s", unread_files_message(unread))
 
@@ -289,11 +291,12 @@ class BuildReport:
         if self.relabelled and self.relabel_applied:
             lines.append(f"{len(self.relabelled)} already in memory under another label, relabelled as listed "
                          "(not embedded again):")
-            lines += [f"  {visible(src)}: {old!r} -> {new!r}" for src, old, new in self.relabelled[:10]]
+            lines += [f"  {visible(src)}: {quoted(old)} -> {quoted(new)}" for src, old, new in self.relabelled[:10]]
         elif self.relabelled:
             lines.append(f"{len(self.relabelled)} already in memory under another label, kept as stored (build "
                          "again with --relabel to take the listed labels):")
-            lines += [f"  {visible(src)}: stored {old!r}, listed {new!r}" for src, old, new in self.relabelled[:10]]
+            lines += [f"  {visible(src)}: stored {quoted(old)}, listed {quoted(new)}"
+                      for src, old, new in self.relabelled[:10]]
         if len(self.relabelled) > 10:
             lines.append(f"  ... and {len(self.relabelled) - 10} more")
         if self.forgotten_before:
@@ -338,7 +341,8 @@ def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
     """
     keep, conflicts = first_occurrences([it.source for it in items], [it.label for it in items])
     if conflicts:
-        named = [f"{items[i].source} ({items[j].label!r} and {items[i].label!r})" for j, i in conflicts[:5]]
+        named = [f"{visible(items[i].source)} ({quoted(items[j].label)} and {quoted(items[i].label)})"
+                 for j, i in conflicts[:5]]
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
         raise DatasetError(f"{len(conflicts)} images are listed with two labels: {'; '.join(named)}{more}. "
                            "An image is one point with one label: list each file once")

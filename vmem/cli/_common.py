@@ -422,7 +422,7 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
     accuracy of 0 % had come with no word why (a class just forgotten, a folder named by the label's name).
     """
     for f in [] if skips_said else failed:
-        typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
+        typer.echo(f"skipped {failure_line(f.source, f.reason, escaped=True)}", err=True)
     if not results:
         typer.echo(f"no image could be classified ({len(failed)} skipped): give image files (JPEG, PNG, ...) "
                    "or folders of them", err=True)

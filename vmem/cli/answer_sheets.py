@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from retrieval.files import write_atomically
-from retrieval.text import without_secrets
+from retrieval.text import quoted, visible, without_secrets
 
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
@@ -289,11 +289,13 @@ class AnswerSheets:
         """Where the answers went, for stderr."""
         n, m = self.answered, self.unsure
         written, before = ("added", f" ({n + len(self.done):,} in all)") if self.resumed else ("written", "")
-        said = [f"{n:,} answer{'s' if n != 1 else ''} {written} to {self.answers}{before}"] if self.answers else []
+        said = ([f"{n:,} answer{'s' if n != 1 else ''} {written} to {visible(str(self.answers))}{before}"]
+                if self.answers else [])
         if self.review is not None:
             queued = f" ({m + self.queued:,} in all)" if self.resumed else ""
-            said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {self.review}{queued} for a person to check: "
-                        f"correct a label or empty it to skip the image, then `vmem build {self.review}` adds them")
+            review = visible(str(self.review))
+            said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {review}{queued} for a person to check: "
+                        f"correct a label or empty it to skip the image, then `vmem build {review}` adds them")
         return "; ".join(said)
 
 
@@ -305,8 +307,9 @@ def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[list[str
         first = data[:data.find(b"\n") + 1].decode("utf-8-sig")
         if next(csv.reader([first]), None) != list(header):
             raise typer.BadParameter(
-                f"{path} is not a sheet vmem classify wrote (its first row is {first.strip()[:80]!r}, not "
-                f"{','.join(header)!r}): give another file, or leave --resume out to write it afresh",
+                f"{visible(str(path))} is not a sheet vmem classify wrote (its first row is "
+                f"{quoted(first.strip()[:80])}, not {quoted(','.join(header))}): give another file, or leave --resume "
+                "out to write it afresh",
                 param_hint=hint)
         if (whole := _whole_rows(data)) < len(data):  # a part is one write of whole rows: a kill cut its last row
             data = data[:whole]

@@ -21,7 +21,7 @@ from retrieval import (
     imagenet_label_names,
     read_label_names,
 )
-from retrieval.text import without_secrets
+from retrieval.text import visible, without_secrets
 
 from ..results import VoteSettings
 from ._common import (
@@ -128,10 +128,11 @@ def eval(
         raise typer.BadParameter("it chooses the re-ranker's prompt: give --rerank too", param_hint="--template")
     if rerank:
         check_reranker_settings()
+    out_shown = visible(str(out))  # as every line of output names a file: a newline or U+202E as its escape
     if out.exists() and not out.is_dir():  # found once every number was computed, as a traceback
-        raise typer.BadParameter(f"{out} is a file: give a folder for the run's files", param_hint="--out")
+        raise typer.BadParameter(f"{out_shown} is a file: give a folder for the run's files", param_hint="--out")
     if (out / "results.json").exists():
-        typer.echo(f"note: the run in {out} will be replaced by this one", err=True)
+        typer.echo(f"note: the run in {out_shown} will be replaced by this one", err=True)
     try:
         fmt = DatasetFormat(dataset_format(dataset, format))
     except ValueError as exc:
@@ -248,7 +249,7 @@ def eval(
     try:
         written = write_report(report, out, plots=plots, names=label_names)
     except OSError as exc:  # a full disk: after minutes of work, one line, and what the folder holds now
-        typer.echo(f"Error: the results could not be written into {out} ({exc.strerror or exc}): it holds the "
+        typer.echo(f"Error: the results could not be written into {out_shown} ({exc.strerror or exc}): it holds the "
                    "files it held before, as they were", err=True)
         raise typer.Exit(1) from None
     finally:
@@ -282,9 +283,9 @@ def eval(
                    + (kept or "no threshold reaches 90% accuracy"))
     for f in queries.failed[:20]:
         typer.echo(f"skipped {f}", err=True)
-    typer.echo(f"wrote {len(written)} files to {out}", err=True)
+    typer.echo(f"wrote {len(written)} files to {out_shown}", err=True)
     if dmn_refused is not None:  # after the vote's results, written: exit 2 still, as --dmn was not done
-        raise typer.BadParameter(f"dmn was not scored ({dmn_refused}); the vote's results are written to {out}",
+        raise typer.BadParameter(f"dmn was not scored ({dmn_refused}); the vote's results are written to {out_shown}",
                                  param_hint="--dmn")
 
 

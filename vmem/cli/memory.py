@@ -37,7 +37,7 @@ from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp, LeftNote, label_counts
 from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for, wait_until_created
-from retrieval.text import quoted, utf8_text, visible_json, without_secrets
+from retrieval.text import quoted, utf8_text, visible, visible_json, without_secrets
 
 from ..answer_log import AnswerLog
 from ..export import check_export_path
@@ -243,7 +243,7 @@ def build(
     # crash tests read it there
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
-        bar.write(f"memory {without_secrets(mem.store.location)}: {mem.store.meta.featurizer.name}, "
+        bar.write(f"memory {visible(without_secrets(mem.store.location))}: {mem.store.meta.featurizer.name}, "
                   f"{len(items):,} image{'s' if len(items) != 1 else ''} in {len(dataset_labels):,} "
                   f"label{'s' if len(dataset_labels) != 1 else ''}", file=sys.stderr)
         if label_names is None:
@@ -254,7 +254,7 @@ def build(
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
             if new:
                 mem.set_label_names(new)
-            bar.write(f"label names: {len(names)} of {len(dataset_labels)} labels named by {names_file}"
+            bar.write(f"label names: {len(names)} of {len(dataset_labels)} labels named by {visible(names_file or '')}"
                       + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), file=sys.stderr)
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
@@ -329,13 +329,13 @@ def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) ->
     except (DatasetError, OSError) as exc:
         if given:
             raise typer.BadParameter(str(exc), param_hint="--label-names") from exc
-        typer.echo(f"note: {path} looks like a file of label names but is not readable as one ({exc}); "
+        typer.echo(f"note: {visible(str(path))} looks like a file of label names but is not readable as one ({exc}); "
                    "labels stay unnamed", err=True)
         return {}, None
     named = {label: names[label] for label in sorted(labels) if label in names}
     if not named and given:
-        raise typer.BadParameter(f"{path} names none of the dataset's {len(labels)} labels (e.g. "
-                                 f"{sorted(labels)[0]!r}; it names {next(iter(names))!r}, ...)",
+        raise typer.BadParameter(f"{visible(str(path))} names none of the dataset's {len(labels)} labels (e.g. "
+                                 f"{quoted(sorted(labels)[0])}; it names {quoted(next(iter(names)))}, ...)",
                                  param_hint="--label-names")
     return named, str(path)
 
@@ -579,7 +579,7 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
             for res in done:
                 print_classification(res, names, rerank, json_out, flags)
             for f in part_failed:  # with its part: a run interrupted later still said it
-                typer.echo(f"skipped {failure_line(f.source, f.reason)}", err=True)
+                typer.echo(f"skipped {failure_line(f.source, f.reason, escaped=True)}", err=True)
             if on_part is not None:
                 on_part(done)
             results += map(for_summaries, done)

@@ -1,0 +1,96 @@
+"""Every line of vmem build, classify and eval that names a file or a label shows it as `retrieval.text.visible`
+does: a newline in a file's name starts no line of its own, a U+202E turns no line around, a joiner that shows is
+itself. The names are someone else's (a folder unpacked from a zip, a colleague's labels)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval import DatasetError, LabelledImage, scan_imagefolder, unique_sources
+from tests.conftest import make_image, make_scene
+from vmem.cli import app
+
+PERSIAN = "نیم\u200cرخ"  # a non-joiner between two Arabic-script letters: part of the word, shown as itself
+
+
+def vmem(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+@pytest.fixture
+def memory(tmp_path):
+    """A memory of two labels, one of which holds U+202E ("a\\u202eb", as a folder named so makes it)."""
+    photos = tmp_path / "photos"
+    for i, label in enumerate(["cats", "a\u202eb"]):
+        (photos / label).mkdir(parents=True)
+        for j in range(2):
+            (photos / label / f"{j}.png").write_bytes(make_scene(10 * i + j))
+    out = vmem("build", str(photos), "--memory", str(tmp_path / "memory"), "--featurizer", "efficientnet-lite0")
+    assert out.exit_code == 0, out.output
+    return tmp_path / "memory"
+
+
+def test_classify_names_an_image_it_skipped_as_every_other_line_names_a_file(memory, tmp_path):
+    # The skipped image's line was the one printed raw: its name's newline split it in two, its U+202E turned it
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "ok.png").write_bytes(make_scene(0))
+    (queries / "broken\nname.png").write_bytes(b"not an image")
+    (queries / "gnp.\u202ecat.png").write_bytes(b"not an image either")
+    out = vmem("classify", str(queries), "--memory", str(memory))
+    assert out.exit_code == 0, out.output
+    assert "\u202e" not in out.stderr and "\nname.png" not in out.stderr
+    skipped = sorted(line for line in out.stderr.splitlines() if line.startswith("skipped "))
+    assert skipped == [f"skipped {queries}/broken\\nname.png: not a recognised image format (JPEG, PNG, WebP, GIF, "
+                       "BMP, TIFF, ICO or AVIF)",
+                       f"skipped {queries}/gnp.\\u202ecat.png: not a recognised image format (JPEG, PNG, WebP, GIF, "
+                       "BMP, TIFF, ICO or AVIF)"]
+    assert out.stdout.splitlines()[0].startswith(f"{queries}/ok.png\tcats\t")  # the answers' lines, as they were
+
+
+def test_evals_table_shows_a_label_as_classify_shows_it(memory, tmp_path):
+    # The hardest classes' table escaped control characters only: a label's U+202E turned its row around
+    out = vmem("eval", "--dataset", str(memory.parent / "photos"), "--memory", str(memory), "--out",
+               str(tmp_path / "run"), "--no-plots")
+    assert out.exit_code == 0, out.output
+    assert "\u202e" not in out.output and "\u202e" not in (tmp_path / "run" / "table.md").read_text()
+    assert "| a\\u202eb | 2 |" in out.stdout
+
+
+def test_a_builds_report_quotes_a_label_as_shown_not_as_repr_writes_it(lite0, tmp_path):
+    # repr escaped the joiner of a Persian label that the build's other lines show as itself
+    from retrieval import build_memory, open_store
+
+    (tmp_path / "a.png").write_bytes(make_image((200, 30, 30), fmt="PNG"))
+    store = open_store(tmp_path / "memory", lite0.spec)
+    build_memory(store, lite0, [LabelledImage(str(tmp_path / "a.png"), PERSIAN)], num_workers=0)
+    again = build_memory(store, lite0, [LabelledImage(str(tmp_path / "a.png"), "C:\\data")], num_workers=0)
+    store.close()
+    assert f"  {tmp_path}/a.png: stored '{PERSIAN}', listed 'C:\\data'" in again.summary().splitlines()
+
+
+def test_a_file_listed_with_two_labels_is_named_escaped(tmp_path):
+    source = f"{tmp_path}/gnp.\u202ecat\n.png"
+    with pytest.raises(DatasetError) as exc:
+        unique_sources([LabelledImage(source, "cats"), LabelledImage(source, PERSIAN)])
+    assert str(exc.value).startswith(f"1 images are listed with two labels: {tmp_path}/gnp.\\u202ecat\\n.png "
+                                     f"('cats' and '{PERSIAN}')")
+
+
+def test_the_files_a_folders_walk_leaves_out_are_named_escaped(tmp_path, caplog):
+    # A loose image at the root, a link to no file, and a file not named as an image: each warning named it raw, or
+    # (the last) with its control characters escaped but a U+202E as it is
+    (tmp_path / "set" / "cats").mkdir(parents=True)
+    (tmp_path / "set" / "cats" / "a.png").write_bytes(make_image(fmt="PNG"))
+    (tmp_path / "set" / "loose\u202e.png").write_bytes(make_image(fmt="PNG"))
+    (tmp_path / "set" / "cats" / "gone\u202e.png").symlink_to(tmp_path / "nowhere\n.png")
+    (tmp_path / "set" / "cats" / "Icon\u202e.heic").write_bytes(b"a photo vmem does not decode")
+    with caplog.at_level(logging.WARNING):
+        scan_imagefolder(tmp_path / "set")
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\u202e" not in said and "\n.png" not in said
+    assert "(loose\\u202e.png)" in said and "gone\\u202e.png -> " in said and "nowhere\\n.png" in said
+    assert "(Icon\\u202e.heic)" in said
