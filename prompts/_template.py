@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from retrieval.files import os_error_reason
 from retrieval.text import quoted, visible
 
 ToolName = Literal["exemplars", "more_neighbors"]
@@ -178,15 +178,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _os_reason(exc: OSError) -> str:
-    """Why `exc` could not read the file, in words without its path: the service says a `TemplateLoadError`'s
-    reason to a client, and `str(exc)` of an error with no words of its own ("[Errno 5] : '/srv/...'") names the
-    server's path to the file."""
-    if exc.strerror:
-        return exc.strerror
-    return os.strerror(exc.errno) if exc.errno else type(exc).__name__
-
-
 def load_template_file(path: str | Path) -> PromptTemplate:
     """Read and validate one `<name>.yaml`; every failure becomes one `TemplateLoadError`.
 
@@ -200,7 +191,8 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
     except OSError as exc:
-        raise TemplateLoadError(f"cannot read template ({_os_reason(exc)})", p) from exc
+        # In words without its path: the service says the reason to a client, without the server's path
+        raise TemplateLoadError(f"cannot read template ({os_error_reason(exc)})", p) from exc
     except UnicodeDecodeError as exc:
         raise TemplateLoadError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
                                 "the template as UTF-8", p) from exc

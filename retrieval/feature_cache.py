@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .files import DISK_FULL_ERRNOS, file_sha256, remove_stale_temporaries, write_atomically
+from .files import DISK_FULL_ERRNOS, file_sha256, os_error_reason, remove_stale_temporaries, write_atomically
 from .preprocessing import EmbedFailure
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ class FeatureCache:
                 raise
             if not self._not_kept:
                 log.warning("the feature cache in %s takes no more (%s): features computed now are used, not kept",
-                            self.dir, exc.strerror or exc)
+                            self.dir, os_error_reason(exc))
             for row, h in zip(np.concatenate(rows) if rows else [], hashes, strict=True):
                 self._not_kept[h] = row
 
@@ -279,7 +279,7 @@ class FeatureCache:
                     digest = file_sha256(path)
             except OSError as exc:
                 unreadable[n] = f"{p}: no such file" if isinstance(exc, FileNotFoundError) else \
-                    f"{p}: cannot be read ({exc.strerror or exc})"
+                    f"{p}: cannot be read ({os_error_reason(exc)})"
                 hashes.append("")
                 continue
             # Recorded, but not for a file modified in the last seconds: a rewrite within the clock's tick (ms)

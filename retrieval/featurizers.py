@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .files import OutsideFolders, decodable, file_sha256, open_under
+from .files import OutsideFolders, decodable, file_sha256, open_under, os_error_reason
 from .images import ImageDecodeError, ImageInput
 
 # Re-exported (`X as X`, as type checkers read an export): where they were defined before
@@ -98,7 +98,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         except OutsideFolders:
             return i, None, f"{_describe(item)}: {OUTSIDE_REASON}"
         except OSError as exc:  # gone, or no plain file, since the caller's check
-            return i, None, f"{_describe(item)}: {exc.strerror or exc}"
+            return i, None, f"{_describe(item)}: {os_error_reason(exc)}"
         except Exception as exc:  # any decoder bug must cost one image, not the run
             return i, None, f"{type(exc).__name__}: {exc}"
 
@@ -558,7 +558,7 @@ def from_hub_or_folder(load: Callable[..., Any], model_id: str) -> Any:
         socket.getaddrinfo(host, 443)
     except OSError as exc:
         raise OSError(f"{model_id!r} is not in the local Hugging Face cache, and the Hub ({host}) cannot be "
-                      f"reached ({exc.strerror or exc})") from exc
+                      f"reached ({os_error_reason(exc)})") from exc
     return load(model_id)
 
 
@@ -742,7 +742,7 @@ def featurizer_spec(name: str, trusted: bool = False) -> FeaturizerSpec:
                                       preprocessing=_clip_preprocessing(int(config["vision_config"]["image_size"])))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FeaturizerError(f"{name}: no model's config.json could be read at {config_file} "
-                                  f"({getattr(exc, 'strerror', None) or exc}): give the folder the model is saved "
+                                  f"({os_error_reason(exc)}): give the folder the model is saved "
                                   "in on this machine") from None
         if Path(local).is_dir():  # as load_featurizer records it
             spec = spec.model_copy(update={"weights_sha256": local_weights_sha256(local)})

@@ -26,6 +26,20 @@ from .text import visible
 # What a write that finds no room raises: the disk full, the user's quota, a file-size limit (`ulimit -f`).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
+
+def os_error_reason(exc: BaseException) -> str:
+    """Why `exc` failed, in words without its path, for a message that names the file itself: the error's own
+    words (`Permission denied`), else its number's (`Input/output error`), else what it says, escaped (`visible`).
+    `exc.strerror or exc` showed an OSError with no words of its own as `[Errno 5] : '/srv/...'`, the whole path
+    again and raw (a newline in a name split the message). Any other exception: what it says, escaped."""
+    if isinstance(exc, OSError):
+        if exc.strerror:
+            return exc.strerror
+        if exc.errno:
+            return os.strerror(exc.errno)
+    return visible(str(exc)) or type(exc).__name__
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .files import _process_start, _writer_alive
+from .files import _process_start, _writer_alive, os_error_reason
 from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class Journal(ABC):
             return True
         except OSError as exc:  # a full or read-only disk: the reason is the whole story, no traceback each edit
             log.error("the memory's journal could not record a %s of %d points (%s: %s); the edit itself was made",
-                      op, fields.get("points", len(ids)), exc.strerror or exc, getattr(exc, "filename", None) or "")
+                      op, fields.get("points", len(ids)), os_error_reason(exc), getattr(exc, "filename", None) or "")
         except Exception:
             log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
                       fields.get("points", len(ids)), exc_info=True)
@@ -473,7 +473,7 @@ class FileJournal(Journal):
             return note
         except OSError as exc:
             log.error("the memory's journal could not note a %s of %d points before making it (%s: %s): a crash "
-                      "before its entry would leave it unjournaled", op, len(before), exc.strerror or exc,
+                      "before its entry would leave it unjournaled", op, len(before), os_error_reason(exc),
                       getattr(exc, "filename", None) or "")
             return None
 
@@ -496,7 +496,7 @@ class FileJournal(Journal):
                 f.write(data.encode())
         except OSError as exc:  # the add goes on: a crash before its entry would leave these points unjournaled
             log.error("the memory's journal could not note %d points before adding them (%s: %s)", len(ids),
-                      exc.strerror or exc, getattr(exc, "filename", None) or "")
+                      os_error_reason(exc), getattr(exc, "filename", None) or "")
 
     def noted_adds(self, note: PendingEdit) -> dict[str, str]:
         path = self.pending_dir / f"{note.token}{ADDS_SUFFIX}"

@@ -53,6 +53,7 @@ from .files import (
     lock_openers,
     make_private_folder,
     note_holder,
+    os_error_reason,
     read_small_file,
     remove_dead_private_folders,
     remove_stale_temporaries,
@@ -877,7 +878,7 @@ class MemoryStore(ABC):
                 n += made
         except OSError as exc:
             log.error("the memory's journal could not record the edits a stopped process left unjournaled "
-                      "(%s: %s); the next opening tries again", exc.strerror or exc, getattr(exc, "filename", "")
+                      "(%s: %s); the next opening tries again", os_error_reason(exc), getattr(exc, "filename", "")
                       or "")
         return n
 

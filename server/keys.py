@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retrieval.files import NotASmallFile, read_small_file
+from retrieval.files import NotASmallFile, os_error_reason, read_small_file
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def keys_file_text(path: Path) -> str:
     except UnicodeDecodeError:
         raise KeysFileError(path, "not UTF-8 text") from None
     except OSError as exc:
-        raise KeysFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise KeysFileError(path, f"cannot be read ({os_error_reason(exc)})") from None
     return text
 
 

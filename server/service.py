@@ -40,6 +40,7 @@ from retrieval.files import (
     is_under,
     make_private_folder,
     open_under,
+    os_error_reason,
     read_small_file,
     remove_dead_private_folders,
     write_atomically,
@@ -240,7 +241,7 @@ def _read_thumbnail(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP: a link
-        log.warning("not serving %s as a thumbnail: %s", path, exc.strerror or exc)
+        log.warning("not serving %s as a thumbnail: %s", path, os_error_reason(exc))
         return None
     except NotASmallFile as exc:
         log.warning("not serving %s as a thumbnail: %s", path, "not a thumbnail JPEG" if exc.too_large else exc)
@@ -1062,7 +1063,7 @@ class ClassifierService:
                                        "from (the memory's build roots, or VMEM_SOURCE_ROOTS)") from None
         except OSError as exc:
             raise ThumbnailUnavailable(f"the point's image file could not be read at {visible(source)} "
-                                       f"({exc.strerror or exc})") from None
+                                       f"({os_error_reason(exc)})") from None
 
     def serves_from(self, source_prefix: str) -> bool:
         """Whether a source prefix is a local path inside the folders this service serves images from (the

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.files import file_sha256
+from retrieval.files import file_sha256, os_error_reason
 from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, now
 from retrieval.store import memory_key, read_meta_file
 
@@ -122,7 +122,7 @@ class AnswerLog:
                         f.write(b"\n")
         except OSError as exc:
             log.warning("the answer log %s cannot be written (%s): answers go on, unlogged", self.path,
-                        exc.strerror or exc)
+                        os_error_reason(exc))
 
     def _failed(self) -> None:
         with self._lock:

@@ -54,7 +54,7 @@ from retrieval.dmn import (
     static_entries,
     text_classifier,
 )
-from retrieval.files import remove_stale_temporaries, user_folder
+from retrieval.files import os_error_reason, remove_stale_temporaries, user_folder
 from retrieval.store import DEFAULT_COLLECTION, LOCAL_MODE_PREFIX, local_folder
 from retrieval.text import without_secrets
 
@@ -244,7 +244,7 @@ class DmnClassifier:
                 with self._lock:
                     self._dirty.add(name)
                 log.warning("DMN stream %r could not be saved (%s); it is kept here and saved again later", name,
-                            exc.strerror or exc)
+                            os_error_reason(exc))
 
     def flush(self) -> None:
         """Save every stream with unsaved updates."""

@@ -54,6 +54,7 @@ from retrieval.files import (
     is_under,
     make_partial_folder,
     on_disk_spelling,
+    os_error_reason,
     remove_dead_partials,
     write_atomically,
 )
@@ -448,7 +449,7 @@ def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None
     if failed:
         log.warning("after a forget (made): %d %s%s of forgotten points could not be deleted from %s (%s): delete "
                     "them there, or forget the same points again once it can be written", len(failed), what,
-                    "s" if len(failed) > 1 else "", folder, failed[0].strerror or failed[0])
+                    "s" if len(failed) > 1 else "", folder, os_error_reason(failed[0]))
 
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""

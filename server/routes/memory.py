@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
-from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest, make_private_folder
+from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest, make_private_folder, os_error_reason
 from retrieval.text import quoted
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
@@ -659,7 +659,7 @@ async def _receive_file(request: Request, path: FilePath) -> None:
             await run_in_threadpool(_write, f, buffer)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
-            raise _no_room(exc.strerror or str(exc)) from None
+            raise _no_room(os_error_reason(exc)) from None
         raise
 
 

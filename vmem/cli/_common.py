@@ -16,7 +16,7 @@ from typing import Annotated, Any, get_args
 import typer
 
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
-from retrieval.files import DISK_FULL_ERRNOS, served_by
+from retrieval.files import DISK_FULL_ERRNOS, os_error_reason, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.store import MemoryMetadataError
 from retrieval.text import canonical_label, quoted, visible, without_secrets
@@ -238,7 +238,7 @@ def open_failure(memory: Path, qdrant_url: str | None, exc: Exception,
                                 "memory): free some space, then run the command again")
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != memory else ""
-        return typer.BadParameter(f"cannot open or create the memory directory {memory}: {exc.strerror or exc}"
+        return typer.BadParameter(f"cannot open or create the memory directory {memory}: {os_error_reason(exc)}"
                                   f"{where}: give a directory you can write to{_owner_note(memory)}{unwritable_also}",
                                   param_hint=options[0])
     if any(words in str(exc) for words in ENGINE_ACCESS_ERRORS):
@@ -348,7 +348,7 @@ def feature_cache_root(cache: Path | None) -> Path:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "permission denied", str(existing))
     except OSError as exc:
-        raise typer.BadParameter(f"dataset features cannot be cached at {root} ({exc.strerror or exc}): give "
+        raise typer.BadParameter(f"dataset features cannot be cached at {root} ({os_error_reason(exc)}): give "
                                  "--cache DIR, or set VMEM_FEATURE_CACHE or VMEM_HOME to a writable folder",
                                  param_hint="--cache") from None
     return root

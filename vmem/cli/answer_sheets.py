@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
-from retrieval.files import write_atomically
+from retrieval.files import os_error_reason, write_atomically
 from retrieval.text import quoted, visible, without_secrets
 
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
@@ -121,7 +121,7 @@ class AnswerSheets:
                         write_atomically(path, "\ufeff" + rows_text([ANSWERS_HEADER if hint == "--csv" else
                                                                       REVIEW_HEADER]), durable=False)
                     except OSError as exc:
-                        raise typer.BadParameter(f"cannot write {path} ({exc.strerror or exc})",
+                        raise typer.BadParameter(f"cannot write {path} ({os_error_reason(exc)})",
                                                  param_hint=hint) from None
             if sheets.answers is not None and not sheets.resumed:  # begun afresh: a new file, taken in its turn
                 sheets._take(sheets.answers)
@@ -143,7 +143,7 @@ class AnswerSheets:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise typer.BadParameter(f"cannot read {path} ({exc.strerror or exc})", param_hint="--csv") from None
+            raise typer.BadParameter(f"cannot read {path} ({os_error_reason(exc)})", param_hint="--csv") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -261,7 +261,7 @@ class AnswerSheets:
             write_atomically(self.kept, json.dumps({**settings, FINISHED: finished}, indent=1) + "\n",
                              durable=False)
         except OSError as exc:
-            raise typer.BadParameter(f"cannot write {self.kept} ({exc.strerror or exc})", param_hint="--csv") \
+            raise typer.BadParameter(f"cannot write {self.kept} ({os_error_reason(exc)})", param_hint="--csv") \
                 from None
 
     def add(self, results: list) -> None:

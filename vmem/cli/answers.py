@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from retrieval.files import os_error_reason
 from retrieval.store import MemoryStoreError, is_embedded_location, normalize_source, point_id_for
 from retrieval.text import without_secrets
 
@@ -93,7 +94,7 @@ def answers(
     except BrokenPipeError:  # stdout's reader left (`| head`): click ends it quietly, as any command so piped
         raise
     except OSError as exc:  # a file of the log this user may not read
-        raise typer.BadParameter(f"cannot read {exc.filename or log} ({exc.strerror or exc})", param_hint="--log"
+        raise typer.BadParameter(f"cannot read {exc.filename or log} ({os_error_reason(exc)})", param_hint="--log"
                                  ) from None
     if skipped.lines:
         many = skipped.lines != 1

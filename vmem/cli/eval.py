@@ -21,6 +21,7 @@ from retrieval import (
     imagenet_label_names,
     read_label_names,
 )
+from retrieval.files import os_error_reason
 from retrieval.text import visible, without_secrets
 
 from ..results import VoteSettings
@@ -249,7 +250,7 @@ def eval(
     try:
         written = write_report(report, out, plots=plots, names=label_names)
     except OSError as exc:  # a full disk: after minutes of work, one line, and what the folder holds now
-        typer.echo(f"Error: the results could not be written into {out_shown} ({exc.strerror or exc}): it holds the "
+        typer.echo(f"Error: the results could not be written into {out_shown} ({os_error_reason(exc)}): it holds the "
                    "files it held before, as they were", err=True)
         raise typer.Exit(1) from None
     finally:

@@ -28,7 +28,7 @@ def key(
     """Make a new API key for the service: its line (its name and hash) is added to the keys file, the key printed."""
     import os
 
-    from retrieval.files import write_atomically
+    from retrieval.files import os_error_reason, write_atomically
     from server.keys import KeysFileError, keys_file_text, keys_in, new_key_line
 
     def rewrite(text: str) -> None:
@@ -45,7 +45,8 @@ def key(
         try:
             write_atomically(target, write)
         except OSError as exc:  # a folder not there or not writable: said, not a traceback, and no key printed
-            raise typer.BadParameter(f"{file} cannot be written ({exc.strerror or exc})", param_hint="--file") from None
+            raise typer.BadParameter(f"{file} cannot be written ({os_error_reason(exc)})",
+                                     param_hint="--file") from None
 
     try:  # read once: the lines kept are those whose names were checked
         text = keys_file_text(file) if file.exists() else ""

@@ -32,7 +32,7 @@ from retrieval import (
     read_labelled,
     unique_sources,
 )
-from retrieval.files import LATEST_BACKUP, holder_note, link_latest
+from retrieval.files import LATEST_BACKUP, holder_note, link_latest, os_error_reason
 from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp, LeftNote, label_counts
@@ -420,7 +420,7 @@ def classify(
                 with open(answer_log.expanduser(), "a", encoding="utf-8"):
                     pass
             except OSError as exc:
-                raise typer.BadParameter(f"cannot write {answer_log} ({exc.strerror or exc})",
+                raise typer.BadParameter(f"cannot write {answer_log} ({os_error_reason(exc)})",
                                          param_hint="--answer-log") from None
         mem = open_memory(memory, qdrant_url, wait=wait)
         if answer_log is not None:
@@ -1135,7 +1135,7 @@ def export(
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--source") from None
             except OSError as exc:  # a full disk: nothing written, the file there before (if any) as it was
-                typer.echo(f"Error: {path} could not be written ({exc.strerror or exc}): nothing was written"
+                typer.echo(f"Error: {path} could not be written ({os_error_reason(exc)}): nothing was written"
                            + (", the file there is as it was" if path.exists() else ""), err=True)
                 raise typer.Exit(1) from None
         dim = mem.store.dim

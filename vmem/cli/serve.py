@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from retrieval.files import mark_served
+from retrieval.files import mark_served, os_error_reason
 from retrieval.store import (
     LOCAL_MODE_PREFIX,
     EdgeMemoryStore,
@@ -113,7 +113,7 @@ def _check_thumbnail_dir(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         writable = os.access(folder, os.W_OK | os.X_OK)
     except OSError as exc:
-        raise typer.BadParameter(f"VMEM_THUMBNAIL_DIR: {folder} cannot be made ({exc.strerror or exc})",
+        raise typer.BadParameter(f"VMEM_THUMBNAIL_DIR: {folder} cannot be made ({os_error_reason(exc)})",
                                  param_hint="the settings") from None
     if not writable:
         raise typer.BadParameter(f"VMEM_THUMBNAIL_DIR: {folder} is not writable by this user: the thumbnails of "
