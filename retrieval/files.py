@@ -163,11 +163,17 @@ def _process_stat(pid: int) -> tuple[bytes, int] | None:
         return None
 
 
-def _process_start(pid: int) -> int | None:
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (None where unknown: not Linux, or no such process).
+    With its id, it names one process: a note or a folder named for its writer keeps both (`_writer_tag`, a served
+    memory's note, the journal's notes), so that a later process given the same id is not taken for it."""
     return None if (stat := _process_stat(pid)) is None else stat[1]
 
 
-def _writer_alive(pid: int, start: int) -> bool:
+def process_running(pid: int, start: int) -> bool:
+    """Whether process `pid`, started at `start` (`process_start`'s; 0 where it was not known), is still running:
+    alive, no zombie, and the same process where both starts are known. True where this cannot be told, so that
+    nothing a live process holds is taken from it (its folder removed, its edit journaled as if it had ended)."""
     if not _process_alive(pid):
         return False
     if (stat := _process_stat(pid)) is None:
@@ -181,13 +187,13 @@ def _writer_alive(pid: int, start: int) -> bool:
 def _writer_tag() -> str:
     """`.PID.START@HOST`, naming a folder for the process that writes it: this one."""
     pid = os.getpid()
-    return f".{pid}.{_process_start(pid) or 0}@{_host()}"
+    return f".{pid}.{process_start(pid) or 0}@{_host()}"
 
 
 def _writer_gone(host: str, pid: int, start: int) -> bool:
     """Whether the writer process `pid` of `host`, started at `start` (a `_WRITER_TAG`'s, a served memory's
     note's), is gone: only one of this host can be told so."""
-    return host == _host() and not _writer_alive(pid, start)
+    return host == _host() and not process_running(pid, start)
 
 
 def _remove_if_writer_gone(path: str, m: re.Match[str]) -> bool:
@@ -209,7 +215,7 @@ def mark_served(folder: str | Path, urls: Sequence[str]) -> Path:
     one a killed service left is told by its process being gone, as `remove_dead_partials` tells its folders."""
     pid = os.getpid()
     path = Path(folder) / SERVED_FILE
-    write_atomically(path, json.dumps({"pid": pid, "start": _process_start(pid) or 0, "host": _host(),
+    write_atomically(path, json.dumps({"pid": pid, "start": process_start(pid) or 0, "host": _host(),
                                        "urls": list(urls), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}),
                      durable=False)
     return path
@@ -364,7 +370,7 @@ def note_holder(fh: IO[str]) -> None:
     holder's note is told by its process being gone, as a served memory's is."""
     pid = os.getpid()
     words, command = _holder_words()
-    note = {"pid": pid, "start": _process_start(pid) or 0, "host": _host(), "argv": [w[:200] for w in words[:30]],
+    note = {"pid": pid, "start": process_start(pid) or 0, "host": _host(), "argv": [w[:200] for w in words[:30]],
             "vmem_command": command, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with suppress(OSError):
         fh.seek(0)

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .files import _process_start, _writer_alive, os_error_reason
+from .files import os_error_reason, process_running, process_start
 from .schema_types import IsoTime, PointIdText
 
 log = logging.getLogger(__name__)
@@ -1132,7 +1132,7 @@ def _started_here() -> int:
 
 @functools.cache
 def _started(pid: int) -> int:
-    return _process_start(pid) or 0
+    return process_start(pid) or 0
 
 
 @functools.cache
@@ -1153,7 +1153,7 @@ def _writer_ended(payload: Mapping[str, Any]) -> bool:
     if (payload.get("host"), payload.get("pids")) != (socket.gethostname(), _pid_namespace()) or (
             not isinstance(pid, int) or pid == os.getpid()):
         return False
-    return not _writer_alive(pid, int(payload.get("started") or 0))
+    return not process_running(pid, int(payload.get("started") or 0))
 
 
 def _in_time_order(payload: dict[str, Any]) -> tuple[str, int]:
