@@ -236,6 +236,7 @@ class FeatureCache:
                     self._append_or_keep(new_rows, new_hashes)
                     new_rows, new_hashes = [], []
             self._append_or_keep(new_rows, new_hashes)
+        failures = _each_copy_failed(failures, hashes, paths)
         failed_hashes = {hashes[f.index] for f in failures}
         ok = [i for i, h in enumerate(hashes)
               if (h in self.index or h in self._not_kept) and h not in failed_hashes]  # "": in no row
@@ -350,3 +351,20 @@ class FeatureCache:
             fresh.sort(key=lambda item: item[1])
             self._write_rows(new[[j for _, j in fresh]], [h for h, _ in fresh])
             self._load()
+
+
+def _each_copy_failed(failures: list[EmbedFailure], hashes: Sequence[str], paths: Sequence[str | Path],
+                      ) -> list[EmbedFailure]:
+    """`failures`, with one for each other file of a failed file's contents, by index: a content is embedded once,
+    for its first file, and its copies (the same broken download saved under two names) were neither answered nor
+    failed, gone from an evaluation's count and a build's report without a word. Each copy's reason names itself."""
+    failed = {f.index for f in failures}
+    first = {hashes[f.index]: f for f in failures if hashes[f.index]}  # "": unreadable, each failed already
+    copies = []
+    for i, h in enumerate(hashes):
+        if i not in failed and (f := first.get(h)) is not None:
+            source = str(paths[i])
+            said = next((f"{source}: {f.reason.removeprefix(prefix)}" for prefix in (f"{f.source}: ",
+                         f"{Path(f.source)}: ") if f.reason.startswith(prefix)), f.reason)
+            copies.append(EmbedFailure(i, source, said))
+    return sorted(failures + copies, key=lambda f: f.index) if copies else failures

@@ -359,3 +359,17 @@ def test_a_cache_the_disk_takes_no_more_of_still_gives_every_feature(tmp_path, m
     monkeypatch.undo()
     FeatureCache(tmp_path / "cache", enc).features_for(files, num_workers=0)
     assert enc.embedded == 1 + 2 + 2  # the two not kept are embedded again, once there is room
+
+
+def test_each_copy_of_a_broken_file_fails_under_its_own_name(tmp_path):
+    # A content is embedded once, for its first file: the copies of a broken one were neither answered nor failed,
+    # and vanished from an evaluation's count (6 broken queries, 1 failed) and a cached build's report
+    files = [tmp_path / "ok.png", tmp_path / "broken.jpg", tmp_path / "copy of broken.jpg", tmp_path / "again.jpg"]
+    files[0].write_bytes(make_image(fmt="PNG"))
+    for f in files[1:]:
+        f.write_bytes(b"the same broken download")
+    feats, ok, failures = FeatureCache(tmp_path / "cache", MeanColour()).features_for(files, num_workers=0)
+    assert ok == [0] and len(feats) == 1
+    assert [(f.index, f.source) for f in failures] == [(i, str(files[i])) for i in (1, 2, 3)]
+    assert [f.reason for f in failures] == [f"{files[i]}: not a recognised image format (JPEG, PNG, WebP, GIF, BMP, "
+                                            "TIFF, ICO or AVIF)" for i in (1, 2, 3)]
