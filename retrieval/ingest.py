@@ -49,7 +49,7 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     """`ROOT/<label>/*.{jpg,png,...}` (nested folders below a label are included), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root} is not a directory")
+        raise DatasetError(f"{visible(str(root))} is not a directory")
     items: list[LabelledImage] = []
     unread: list[Path] = []
     broken: list[str] = []
@@ -59,7 +59,7 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     _warn_left_out(root, unread, broken)
     if not items:
         one_class = any(is_image_path(p) for p in files_under(root))
-        raise DatasetError(f"{root} holds no images in ROOT/<label>/<image> layout"
+        raise DatasetError(f"{visible(str(root))} holds no images in ROOT/<label>/<image> layout"
                            + ("; for a folder of one class's images, give the class: vmem build FOLDER --label LABEL"
                               if one_class else ""))
     linked = {it.source for it in items}  # a file at the root that a label folder links to is in, through the link
@@ -82,6 +82,7 @@ def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list
     not UTF-8 text or not in this layout, or a row has a label and no path.
     """
     path = Path(path)
+    shown = visible(str(path))  # as every line of output names a file (a manifest's name is any text)
     # utf-8-sig: the same as utf-8, but a BOM before the header is not read as part of the name "path".
     with path.open(newline="", encoding="utf-8-sig") as fh:
         try:
@@ -89,35 +90,36 @@ def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list
             # of it: " cat" and "cat" were two classes, and `vmem relabel --to` (which strips) could reach only one.
             reader = csv.DictReader(fh, skipinitialspace=True)
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-                raise DatasetError(f"{path}: expected a header with columns path,label; got {reader.fieldnames}")
+                got = ", ".join(map(quoted, reader.fieldnames or [])) or "none"  # the file's own text, escaped
+                raise DatasetError(f"{shown}: expected a header with columns path,label; got {got}")
             items = []
             blank: list[int] = []
             for n, row in enumerate(reader, start=2):
                 if None in row:  # more cells than the header names: an unquoted comma in a path moved the label
-                    raise DatasetError(f"{path}:{n}: {len(reader.fieldnames) + len(row[None])} cells where the header "
+                    raise DatasetError(f"{shown}:{n}: {len(reader.fieldnames) + len(row[None])} cells where the header "
                                        f"has {len(reader.fieldnames)}: put a path or label holding a comma in quotes")
                 label = canonical_label(row["label"] or "")
                 if not label:
                     blank.append(n)
                     continue
                 if not row["path"]:
-                    raise DatasetError(f"{path}:{n}: the label {quoted(label)} has no path: give the image's path")
+                    raise DatasetError(f"{shown}:{n}: the label {quoted(label)} has no path: give the image's path")
                 src = row["path"]
                 if "://" not in src and not Path(src).is_absolute():
                     src = str(path.parent / src)
                 items.append(LabelledImage(normalize_source(src), label))
         except UnicodeDecodeError as exc:  # decoded as it is read: raised by any row
             raise DatasetError(
-                f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be UTF-8: saved as Latin-1 "
+                f"{shown} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be UTF-8: saved as Latin-1 "
                 "or Windows-1252?): save the manifest as UTF-8 (\"CSV UTF-8\") and try again"
             ) from exc
         except csv.Error as exc:
-            raise DatasetError(f"{path}: not a readable CSV ({exc}): save it as a path,label CSV") from exc
+            raise DatasetError(f"{shown}: not a readable CSV ({exc}): save it as a path,label CSV") from exc
     if not items:  # as an empty ImageFolder is: refused before a memory is made for nothing
         if blank:
-            raise DatasetError(f"{path}: no row has a label ({len(blank):,} left empty, and a row whose label is "
+            raise DatasetError(f"{shown}: no row has a label ({len(blank):,} left empty, and a row whose label is "
                                "empty is skipped): nothing to add")
-        raise DatasetError(f"{path} lists no images: add a path,label row for each image under its header")
+        raise DatasetError(f"{shown} lists no images: add a path,label row for each image under its header")
     if unlabelled is not None:
         unlabelled += blank
     elif blank:
@@ -128,7 +130,7 @@ def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list
 def unlabelled_rows_message(path: str | Path, rows: Sequence[int]) -> str:
     """What a manifest's rows left with no label came to (skipped), naming their lines."""
     shown = ", ".join(str(n) for n in rows[:10]) + (", ..." if len(rows) > 10 else "")
-    return (f"{path}: {len(rows):,} row{'s' if len(rows) != 1 else ''} with no label left out (line"
+    return (f"{visible(str(path))}: {len(rows):,} row{'s' if len(rows) != 1 else ''} with no label left out (line"
             f"{'s' if len(rows) != 1 else ''} {shown}): a row whose label is empty is skipped")
 
 
@@ -155,10 +157,10 @@ def images_as_label(path: str | Path, label: str) -> list[LabelledImage]:
         raise DatasetError(problem)
     if path.is_file():
         if not is_image_path(path):
-            raise DatasetError(f"{path} is not an image file (by its extension)")
+            raise DatasetError(f"{visible(str(path))} is not an image file (by its extension)")
         return [LabelledImage(normalize_source(path), stored)]
     if not path.is_dir():
-        raise DatasetError(f"{path} is not a folder or an image file")
+        raise DatasetError(f"{visible(str(path))} is not a folder or an image file")
     unread: list[Path] = []
     broken: list[str] = []
     items = _images_below(path, stored, unread, broken)
@@ -166,8 +168,8 @@ def images_as_label(path: str | Path, label: str) -> list[LabelledImage]:
     # the error below when nothing is left: not twice)
     _warn_left_out(path, unread if items else [], broken)
     if not items:
-        raise DatasetError(f"{path} holds no images" + (f" vmem reads: {unread_files_message(unread)}" if unread
-                                                        else ""))
+        raise DatasetError(f"{visible(str(path))} holds no images"
+                           + (f" vmem reads: {unread_files_message(unread)}" if unread else ""))
     return items
 
 
@@ -213,10 +215,11 @@ def read_label_names(path: str | Path) -> dict[str, str]:
         'Egyptian cat'
     """
     path = Path(path)
+    shown = visible(str(path))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text: save it as UTF-8 and try again") from exc
+        raise DatasetError(f"{shown} is not UTF-8 text: save it as UTF-8 and try again") from exc
     if path.suffix.lower() == ".csv":
         rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), start=1) if r]
         if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["label", "name"]:
@@ -232,10 +235,11 @@ def read_label_names(path: str | Path) -> dict[str, str]:
         # the head of a list of synonyms, except in a CSV, whose quoting keeps a name's own commas
         name = (row[1] if csv_cells else row[1].split(",")[0]).strip() if len(row) >= 2 else ""
         if not row[0].strip() or not name:
-            raise DatasetError(f"{path}:{n}: expected a label and its name, got {row!r}")
+            cells = ", ".join(map(quoted, row))  # the file's own text, escaped
+            raise DatasetError(f"{shown}:{n}: expected a label and its name, got [{cells}]")
         out[canonical_label(row[0])] = name
     if not out:
-        raise DatasetError(f"{path} names no labels")
+        raise DatasetError(f"{shown} names no labels")
     return out
 
 

@@ -94,3 +94,52 @@ def test_the_files_a_folders_walk_leaves_out_are_named_escaped(tmp_path, caplog)
     assert "\u202e" not in said and "\n.png" not in said
     assert "(loose\\u202e.png)" in said and "gone\\u202e.png -> " in said and "nowhere\\n.png" in said
     assert "(Icon\\u202e.heic)" in said
+
+
+def test_a_manifest_and_a_names_file_are_named_escaped_with_the_text_they_hold(tmp_path):
+    # A dataset's files are named by whoever made them, and hold their text: both were said raw, or by repr
+    from retrieval import read_label_names, read_labelled
+
+    empty = tmp_path / "set\u202e.csv"
+    empty.write_text("path,label\n")
+    with pytest.raises(DatasetError) as exc:
+        read_labelled(empty)
+    assert str(exc.value) == (f"{tmp_path}/set\\u202e.csv lists no images: add a path,label row for each image "
+                              "under its header")
+    headless = tmp_path / "headless.csv"
+    headless.write_text(f"file,{PERSIAN}\n")
+    with pytest.raises(DatasetError) as exc:
+        read_labelled(headless)
+    assert str(exc.value).endswith(f"expected a header with columns path,label; got 'file', '{PERSIAN}'")
+    names = tmp_path / "classes.tsv"
+    names.write_text("cats\tcat\nn01\u202e\t\n")
+    with pytest.raises(DatasetError) as exc:
+        read_label_names(names)
+    assert str(exc.value) == f"{names}:2: expected a label and its name, got ['n01\\u202e', '']"
+
+
+def test_a_classify_sheet_is_named_escaped_in_its_refusals_and_summary(tmp_path):
+    import typer
+
+    from vmem.cli.answer_sheets import AnswerSheets
+
+    sheet = tmp_path / "answers\u202e.csv"
+    sheet.write_text("not\u202e,a sheet\n")
+    with pytest.raises(typer.BadParameter) as exc:
+        AnswerSheets.checked(sheet, None, None, resume=True)
+    assert str(exc.value.message).startswith(f"{tmp_path}/answers\\u202e.csv is not a sheet vmem classify wrote "
+                                             "(its first row is 'not\\u202e,a sheet', not ")
+    # A run that did not finish: its sheet, and the settings' file beside it, named in the refusal to empty it
+    sheet.write_text("path,label,label_name,confidence,unsure,reason\n/photos/a.jpg,cats,,0.9,false,\n")
+    (tmp_path / "answers\u202e.csv.vmem-run.json").write_text('{"finished": false}')
+    with pytest.raises(typer.BadParameter) as exc:
+        AnswerSheets.checked(sheet, None, None)
+    said = str(exc.value.message)
+    assert said.startswith(f"{tmp_path}/answers\\u202e.csv holds 1 answer of a run that did not finish")
+    assert "(and answers\\u202e.csv.vmem-run.json beside it)" in said
+    sheets = AnswerSheets.checked(tmp_path / "new\u202e.csv", tmp_path / "queue\n.csv", 0.5)
+    assert sheets is not None
+    with sheets:
+        assert sheets.summary() == (f"0 answers written to {tmp_path}/new\\u202e.csv; 0 unsure ones to {tmp_path}/"
+                                    "queue\\n.csv for a person to check: correct a label or empty it to skip the "
+                                    f"image, then `vmem build {tmp_path}/queue\\n.csv` adds them")

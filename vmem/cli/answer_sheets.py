@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from retrieval.files import os_error_reason, write_atomically
-from retrieval.text import quoted, visible, without_secrets
+from retrieval.text import quoted, visible, visible_json, without_secrets
 
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
@@ -49,6 +49,17 @@ def read_kept(path: Path) -> KeptRun:
         error = exc.errors()[0]
         where = ".".join(map(str, error["loc"]))
         raise ValueError(f"{where + ': ' if where else ''}{error['msg']}") from None
+
+
+def _shown(path: Path | str | None) -> str:
+    """A sheet or its settings' file as every line of output names a file (`visible`)."""
+    return visible(str(path))
+
+
+def _value(value: Any) -> str:
+    """A setting as a refusal names it: text quoted as shown (a folder's name is any text), the rest as JSON (a
+    list of labels, escaped once: repr's own escapes, escaped again, read as other text)."""
+    return quoted(value) if isinstance(value, str) else visible_json(value)
 
 
 def absolute(source: str) -> str:
@@ -121,7 +132,7 @@ class AnswerSheets:
                         write_atomically(path, "\ufeff" + rows_text([ANSWERS_HEADER if hint == "--csv" else
                                                                       REVIEW_HEADER]), durable=False)
                     except OSError as exc:
-                        raise typer.BadParameter(f"cannot write {path} ({os_error_reason(exc)})",
+                        raise typer.BadParameter(f"cannot write {_shown(path)} ({os_error_reason(exc)})",
                                                  param_hint=hint) from None
             if sheets.answers is not None and not sheets.resumed:  # begun afresh: a new file, taken in its turn
                 sheets._take(sheets.answers)
@@ -143,14 +154,15 @@ class AnswerSheets:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise typer.BadParameter(f"cannot read {path} ({os_error_reason(exc)})", param_hint="--csv") from None
+            raise typer.BadParameter(f"cannot read {_shown(path)} ({os_error_reason(exc)})",
+                                     param_hint="--csv") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise typer.BadParameter(
-                f"another vmem classify is writing {path} now: let it finish (or stop it, then go on with it with "
-                "--resume), or give this run another --csv", param_hint="--csv") from None
+                f"another vmem classify is writing {_shown(path)} now: let it finish (or stop it, then go on with it "
+                "with --resume), or give this run another --csv", param_hint="--csv") from None
         self._held = fd
 
     def close(self) -> None:
@@ -213,10 +225,10 @@ class AnswerSheets:
             return
         if answered > 0:
             raise typer.BadParameter(
-                f"{self.answers} holds {answered:,} answer{'s' if answered != 1 else ''} of a run that did not "
+                f"{_shown(self.answers)} holds {answered:,} answer{'s' if answered != 1 else ''} of a run that did not "
                 f"finish (stopped, killed, or still going): add --resume to go on with it, classifying only the "
-                f"images it has not answered; to begin afresh, remove it (and {self.kept.name} beside it) or give "
-                "another --csv", param_hint="--csv")
+                f"images it has not answered; to begin afresh, remove it (and {_shown(self.kept.name)} beside it) or "
+                "give another --csv", param_hint="--csv")
 
     def begin(self, settings: dict[str, Any]) -> None:
         """Keep the run's `settings` beside the --csv sheet; resumed, refuse (BadParameter) settings other than
@@ -232,21 +244,21 @@ class AnswerSheets:
                 then = read_kept(kept).settings
             except FileNotFoundError:  # a sheet of a vmem before --resume (4f6c9ae and older) keeps none
                 raise typer.BadParameter(
-                    f"cannot tell which settings answered {self.answers}: no {kept.name} beside it (`vmem dmn "
-                    "classify`, and a vmem before --resume (4f6c9ae and older), write sheets without one; or it was "
-                    "removed). Give another --csv to begin afresh (this sheet is left as it is), or leave --resume "
-                    "out to write this one again",
+                    f"cannot tell which settings answered {_shown(self.answers)}: no {_shown(kept.name)} beside it "
+                    "(`vmem dmn classify`, and a vmem before --resume (4f6c9ae and older), write sheets without one; "
+                    "or it was removed). Give another --csv to begin afresh (this sheet is left as it is), or leave "
+                    "--resume out to write this one again",
                     param_hint="--resume") from None
             except (OSError, ValueError) as exc:
                 raise typer.BadParameter(
-                    f"cannot tell which settings answered {self.answers}: {kept} is not readable ({exc}); give "
-                    "another --csv to begin afresh, or leave --resume out to write this one again",
+                    f"cannot tell which settings answered {_shown(self.answers)}: {_shown(kept)} is not readable "
+                    f"({exc}); give another --csv to begin afresh, or leave --resume out to write this one again",
                     param_hint="--resume") from None
-            changed = [f"{name} {then.get(name)!r} then, {wanted.get(name)!r} now"
+            changed = [f"{name} {_value(then.get(name))} then, {_value(wanted.get(name))} now"
                        for name in sorted(set(then) | set(wanted)) if not self._same(name, then, wanted)]
             if changed:
                 raise typer.BadParameter(
-                    f"{self.answers} was answered with other settings ({'; '.join(changed)}): resume with the "
+                    f"{_shown(self.answers)} was answered with other settings ({'; '.join(changed)}): resume with the "
                     "same ones, or give another --csv to begin afresh", param_hint="--resume")
         self._keep(wanted, finished=False)
 
@@ -261,7 +273,7 @@ class AnswerSheets:
             write_atomically(self.kept, json.dumps({**settings, FINISHED: finished}, indent=1) + "\n",
                              durable=False)
         except OSError as exc:
-            raise typer.BadParameter(f"cannot write {self.kept} ({os_error_reason(exc)})", param_hint="--csv") \
+            raise typer.BadParameter(f"cannot write {_shown(self.kept)} ({os_error_reason(exc)})", param_hint="--csv") \
                 from None
 
     def add(self, results: list) -> None:
@@ -317,7 +329,7 @@ def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[list[str
         with io.StringIO(data.decode("utf-8-sig"), newline="") as text:
             return [row for row in list(csv.reader(text))[1:] if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise typer.BadParameter(f"cannot read {path} as the sheet of a run to resume ({exc})",
+        raise typer.BadParameter(f"cannot read {_shown(path)} as the sheet of a run to resume ({exc})",
                                  param_hint=hint) from None
 
 
