@@ -171,10 +171,11 @@ def environment() -> dict[str, Any]:
 
 
 def memory_from_dataset(dataset: EvalDataset, featurizer: Featurizer, cache_root: str | Path) -> MemoryArrays:
-    """A memory made of a labelled dataset's cached features (dataset-vs-dataset evaluation)."""
-    named, _ = _utf8_named(dataset.items)  # left out, as a build leaves them out
-    feats, ok, _ = cached_features([it.source for it in named], featurizer, cache_root, "memory")
-    return MemoryArrays(feats, [named[i].label for i in ok], [named[i].source for i in ok])
+    """A memory made of a labelled dataset's cached features (dataset-vs-dataset evaluation); the images left out
+    (not UTF-8, not decoded) in its `skipped`, as a build lists them: they had been left out without a word."""
+    named, not_utf8 = _utf8_named(dataset.items)  # left out, as a build leaves them out
+    feats, ok, failed = cached_features([it.source for it in named], featurizer, cache_root, "memory")
+    return MemoryArrays(feats, [named[i].label for i in ok], [named[i].source for i in ok], skipped=not_utf8 + failed)
 
 
 def memory_fingerprint(memory: MemoryArrays | MemoryStore) -> str | None:

@@ -17,7 +17,7 @@ table, `score` computes, vectorised over queries:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -108,6 +108,8 @@ class MemoryArrays:
     ids: list[str]
     reliability: np.ndarray | None = None  # float64 [n]; None = every point 1
     vectors_dtype: str = "float32"  # as the store keeps them: queries are compared as it compares them
+    # `SOURCE: REASON` of a dataset's images left out of it (`memory_from_dataset`), escaped, for the run to say
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)

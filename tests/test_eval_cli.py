@@ -493,3 +493,32 @@ def test_eval_samples_queries_with_the_option_classify_samples_with(built, tmp_p
     run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache",
         tmp_path / "cache", "--k-max", "3", "--no-plots", "--sample", "4", "--seed", "1")
     assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["queries"] == 4
+
+
+def test_a_memory_datasets_images_that_cannot_be_read_are_named_as_left_out(built, tmp_path):
+    # --memory-dataset's broken images were left out of the memory scored without a word (a build lists them)
+    root, val = built
+    train = image_folder(tmp_path / "train", 2)
+    (train / CLASSES[0] / "broken\u202e.png").write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["eval", "--memory-dataset", str(train), "--featurizer", "efficientnet-lite0",
+                                   "--dataset", str(val), "--out", str(tmp_path / "out"), "--cache",
+                                   str(tmp_path / "cache"), "--k-max", "3", "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["memory_points"] == 6
+    assert (f"left out of the memory: {train}/{CLASSES[0]}/broken\\u202e.png: not a recognised image format"
+            in res.stderr)
+
+
+def test_eval_says_how_many_more_queries_it_skipped_than_it_names(built, tmp_path):
+    # The first 20 are named; the rest had gone unsaid but for results.json's count
+    root, _ = built
+    queries = image_folder(tmp_path / "val", 1)
+    for i in range(22):
+        (queries / CLASSES[1] / f"broken{i:02d}.png").write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["eval", "--memory", str(root / "memory"), "--dataset", str(queries), "--out",
+                                   str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--k-max", "3",
+                                   "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert len([line for line in res.stderr.splitlines() if line.startswith("skipped ")]) == 20
+    assert "... and 2 more queries skipped (failed_queries in results.json)" in res.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["failed_queries"] == 22

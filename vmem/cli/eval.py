@@ -284,6 +284,14 @@ def eval(
                    + (kept or "no threshold reaches 90% accuracy"))
     for f in queries.failed[:20]:
         typer.echo(f"skipped {f}", err=True)
+    if len(queries.failed) > 20:
+        typer.echo(f"... and {len(queries.failed) - 20:,} more queries skipped (failed_queries in results.json)",
+                   err=True)
+    left_out = memory_obj.skipped if isinstance(memory_obj, MemoryArrays) and memory_dataset is not None else []
+    for f in left_out[:20]:  # --memory-dataset's images that are not in the memory scored
+        typer.echo(f"left out of the memory: {f}", err=True)
+    if len(left_out) > 20:
+        typer.echo(f"... and {len(left_out) - 20:,} more left out of the memory", err=True)
     typer.echo(f"wrote {len(written)} files to {out_shown}", err=True)
     if dmn_refused is not None:  # after the vote's results, written: exit 2 still, as --dmn was not done
         raise typer.BadParameter(f"dmn was not scored ({dmn_refused}); the vote's results are written to {out_shown}",
