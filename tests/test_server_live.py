@@ -437,11 +437,19 @@ def test_a_connection_whose_request_never_ends_is_probed_so_a_vanished_client_le
                       b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n\r\n--"):
             stalled.append(socket.create_connection((host, int(port))))
             stalled[-1].sendall(begun)
-        time.sleep(0.5)
         ours = {f"{host}:{s.getsockname()[1]}" for s in stalled}
-        listed = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} )"], capture_output=True,
-                                text=True, check=True).stdout.splitlines()
-        timers = {line.split()[3]: line for line in listed if line.split()[3] in ours}
+        # The kernel lists a connection as established once it is queued, before the service's event loop accepts
+        # it and turns its probes on (a loaded machine: past the half second this waited once): asked until all three
+        # are probed, or a minute has passed
+        deadline = time.monotonic() + 60
+        while True:
+            listed = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} )"],
+                                    capture_output=True, text=True, check=True).stdout.splitlines()
+            timers = {line.split()[3]: line for line in listed if line.split()[3] in ours}
+            probed = len(timers) == 3 and all("timer:(keepalive," in line for line in timers.values())
+            if probed or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         for s in stalled:
             s.close()
     assert len(timers) == 3, listed
