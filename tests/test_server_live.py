@@ -142,7 +142,11 @@ def test_a_request_a_stop_cuts_short_is_a_503_saying_so_not_a_bare_500(tmp_path,
         asking = threading.Thread(target=lambda: answers.append(httpx.post(
             f"{url}/v1/classify", files={"image": ("q.png", texture(COLORS["blue"], 7))}, timeout=30)))
         asking.start()
-        time.sleep(0.5)
+        # The stop begins once the classify waits for that thread (a stop before it arrived refuses its connection)
+        deadline = time.monotonic() + 60
+        while 'vmem_work_queued{pool="embedding"} 1.0' not in httpx.get(f"{url}/metrics", timeout=30).text:
+            assert asking.is_alive() and time.monotonic() < deadline, answers
+            time.sleep(0.05)
         threading.Timer(3, release.set).start()  # the stop itself may wait on the busy thread
     asking.join(timeout=30)
     assert busy.result(timeout=30)
