@@ -1931,9 +1931,8 @@ def test_health_stays_fast_while_every_embedding_thread_is_busy(client):
     release = threading.Event()
     busy = [service.executor.submit(release.wait, 30) for _ in range(service.settings.featurize_threads)]
     try:
-        start = time.perf_counter()
         assert client.get("/healthz").status_code == 200
-        assert time.perf_counter() - start < 1.0
+        assert not any(f.done() for f in busy)  # answered while every embedding thread still waits
     finally:
         release.set()
     assert all(f.result(timeout=5) for f in busy)
