@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -63,12 +62,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Served:
     proc: subprocess.Popen
@@ -82,13 +75,19 @@ class Served:
 @contextmanager
 def vmem_serve(memory: Path, workdir: Path, *args: str, env: dict[str, str] | None = None,
                ready_timeout: float = 120.0) -> Iterator[Served]:
-    """`vmem serve` as a child process on a free loopback port, ready when this yields; stopped after."""
-    port = free_port()
-    log = workdir / f"serve-{port}.log"
+    """`vmem serve` as a child process on a free loopback port, ready when this yields; stopped after.
+
+    The port is the one vmem serve finds itself (--port 0), held from its start, and named in the note it writes in
+    the memory's folder (`served_by`): a port found free here and bound seconds later, once the child had imported
+    torch and opened the memory, could be taken meanwhile (a client connection's own port is drawn from the same
+    range), and the service then failed to start."""
+    from retrieval.files import served_by
+
+    log = workdir / f"serve-{time.monotonic_ns()}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*VMEM, "serve", "--memory", str(memory), "--port", str(port), *args],
+        proc = subprocess.Popen([*VMEM, "serve", "--memory", str(memory), "--port", "0", *args],
                                 env=env or subprocess_env(), cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    served = Served(proc, f"http://127.0.0.1:{port}", log)
+    served = Served(proc, "", log)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -96,11 +95,14 @@ def vmem_serve(memory: Path, workdir: Path, *args: str, env: dict[str, str] | No
                 raise RuntimeError(f"vmem serve exited with {proc.returncode}:\n{served.output()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vmem serve not ready in {ready_timeout:g} s:\n{served.output()}")
-            try:
-                if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+            note = served_by(memory)
+            if note is not None and note.get("pid") == proc.pid and note.get("urls"):
+                served.url = str(note["urls"][0])  # type: ignore[index]
+                try:
+                    if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
             time.sleep(0.2)
         yield served
     finally:
