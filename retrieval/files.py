@@ -391,8 +391,10 @@ class Holder(NamedTuple):
 
 def _processes_with_open(path: Path) -> list[int]:
     """The processes of this user, other than this one, that have `path` open (Linux's /proc; none where it is not
-    there): who holds a lock the process that took it is gone from (a fork inherits it)."""
-    target, found = os.path.realpath(path), list[int]()
+    there): who holds a lock the process that took it is gone from (a fork inherits it). Those whose open file holds
+    a lock on it, where /proc says which do (its fdinfo's `lock:` lines, Linux 3.14 on): a process waiting for the
+    lock opens the file at each try, and one caught between its open and its close had been named as a holder."""
+    target, found, locking = os.path.realpath(path), list[int](), list[int]()
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
     except OSError:
@@ -402,12 +404,28 @@ def _processes_with_open(path: Path) -> list[int]:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # another user's, or gone
             continue
-        for fd in fds:
-            with suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    found.append(pid)
-                    break
-    return found
+        opened = [fd for fd in fds if _links_to(f"/proc/{pid}/fd/{fd}", target)]
+        if opened:
+            found.append(pid)
+            if any(_holds_a_lock(f"/proc/{pid}/fdinfo/{fd}") for fd in opened):
+                locking.append(pid)
+    return locking or found  # none said to lock it: a system whose /proc does not say (or none holds it now)
+
+
+def _links_to(link: str, target: str) -> bool:
+    try:
+        return os.readlink(link) == target
+    except OSError:
+        return False
+
+
+def _holds_a_lock(fdinfo: str) -> bool:
+    """Whether the open file of /proc's `fdinfo` holds a lock (flock, or a POSIX lock) on its file."""
+    try:
+        with open(fdinfo, encoding="utf-8", errors="replace") as fh:
+            return any(line.startswith("lock:") for line in fh)
+    except OSError:
+        return False
 
 
 def _process_name(pid: int) -> str:

@@ -511,6 +511,32 @@ def test_a_process_waiting_beside_an_orphaned_lock_is_not_named_as_one_to_end(me
     assert "cat" in out
 
 
+# Has the memory's lock file open, taking no lock on it: a waiter caught between opening the file and closing it
+# again at one of its tries (microseconds each, but under load it may be descheduled right there)
+OPEN_NOT_LOCKED = "import sys; lock = open(sys.argv[1] + '/.vmem-open.lock', 'rb'); print('open', flush=True); " \
+                  "sys.stdin.readline()"
+
+
+def test_a_process_that_has_the_lock_file_open_without_its_lock_is_not_named_as_one_to_end(memory):
+    # The refusal names the processes that have the lock file open where the holder noted is gone: a waiter whose
+    # try was under way as they were looked for was named beside the orphan that holds the lock ("kill <child>
+    # <waiter>"): the test above, by chance, where the waiter's try and the refusal's look met
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(memory)], cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    holder.kill()
+    holder.wait(timeout=60)
+    try:
+        with process(OPEN_NOT_LOCKED, memory, "open") as waiter:
+            with pytest.raises(MemoryInUseError) as refused:
+                open_store(memory)
+            release(waiter)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert f"End it (kill {child}) if it no longer uses the memory" in str(refused.value), str(refused.value)
+    assert str(waiter.pid) not in str(refused.value)
+
+
 def test_vmem_serve_read_only_on_a_memory_being_created_says_so(tmp_path):
     # It had said "no memory at ...: build one first (vmem build)" while the first build was making it
     memory = tmp_path / "memory"
