@@ -110,7 +110,7 @@ def test_a_fifo_in_the_memorys_folder_neither_holds_the_backup_nor_goes_into_it(
         os.mkfifo(fifo)
         backup = threading.Thread(target=mem.backup, args=(tmp_path / "backup",), daemon=True)
         backup.start()
-        backup.join(10)
+        backup.join(60)  # a small memory's backup: 1.5 s on a loaded machine; one stuck on the FIFO never ends
         if stuck := backup.is_alive():
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer, for the test to end
             backup.join(10)
@@ -437,6 +437,12 @@ def test_a_memory_on_a_qdrant_server_refuses_a_backup_over_http(tmp_path, serve,
     assert refused.status_code == 422 and "snapshots" in refused.json()["detail"]
 
 
+def _edits_in(metrics: str) -> float:
+    """The edits the service holds, waiting for a thread of the edit pool or on one (for the edit lock)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith(('vmem_work_queued{pool="edit"}', 'vmem_work_running{pool="edit"}')))
+
+
 def test_classify_is_answered_while_edits_wait_for_a_backup_over_http(tmp_path, serve, memory_images, monkeypatch):
     # Edits sent during a backup wait for its copy (a large memory's: minutes). They wait on threads of their own:
     # on the two embedding threads, two of them had left every classify waiting for the backup too.
@@ -456,7 +462,12 @@ def test_classify_is_answered_while_edits_wait_for_a_backup_over_http(tmp_path, 
         assert copying.wait(30)
         edits = [pool.submit(client.post, "/v1/memory/relabel", headers=AUTH, json={"to": "crimson", "label": "red"}),
                  pool.submit(client.delete, "/v1/memory", params={"label": "blue"}, headers=AUTH)]
-        time.sleep(0.5)  # both edits in, waiting for the copy
+        # Both edits in, waiting for the copy, before the question: a sleep here let a loaded machine ask first, and
+        # the test pass whatever the edits did
+        deadline = time.monotonic() + 60
+        while _edits_in(client.get("/metrics").text) < 2:
+            assert time.monotonic() < deadline and not any(e.done() for e in edits), "the edits never came in"
+            time.sleep(0.02)
         classified = pool.submit(client.post, "/v1/classify", files=image)
         try:
             answer = classified.result(timeout=30)
