@@ -33,7 +33,7 @@ from pathlib import Path
 
 from retrieval import DatasetError, normalize_source, read_label_names, read_manifest, scan_imagefolder
 from retrieval.images import is_image_path
-from retrieval.text import as_held
+from retrieval.text import as_held, counted
 
 LOC_SOLUTION = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -210,7 +210,8 @@ def read_imagenet_val(root: str | Path, labels_file: str | Path | None = None,
     except ValueError as exc:
         raise DatasetError(f"{labels_file} holds something that is no devkit class id ({exc})") from None
     if len(ids) != len(files):
-        raise DatasetError(f"{labels_file} has {len(ids)} labels for {len(files)} images in {root}")
+        raise DatasetError(f"{labels_file} has {counted(len(ids), 'label')} for {counted(len(files), 'image')} in "
+                           f"{root}")
     meta = Path(devkit_synsets) if devkit_synsets else (_find_upwards(labels_file.parent, DEVKIT_META, 1))
     if meta is None:
         raise DatasetError(f"{labels_file.name} holds devkit ids: give the devkit's {DEVKIT_META} "
@@ -255,7 +256,8 @@ def read_real(root: str | Path, real_json: str | Path | None = None) -> EvalData
         raise DatasetError(f"{real_json} is not ReaL's layout: a list of label lists, one per val image")
     files = _images_flat(root)
     if len(real) != len(files):
-        raise DatasetError(f"{real_json} has {len(real)} entries for {len(files)} images in {root}")
+        raise DatasetError(f"{real_json} has {counted(len(real), 'entry', 'entries')} for "
+                           f"{counted(len(files), 'image')} in {root}")
     wnids = imagenet_wnids()
     items, skipped = [], []
     for n, (f, labs) in enumerate(zip(files, real, strict=True)):

@@ -79,7 +79,7 @@ _QUOTING = [
 def fallback_kind(reason: str) -> str:
     """A fallback reason without what is particular to one query, to count reasons by: 'only one candidate label
     (n01443537): nothing to re-rank' is 'only one candidate label', 'Gemini quota exceeded (429 RESOURCE_EXHAUSTED)
-    after 4 attempt(s)' is 'Gemini quota exceeded'. The specifics follow the kind in a parenthesis or after a colon.
+    after 4 attempts' is 'Gemini quota exceeded'. The specifics follow the kind in a parenthesis or after a colon.
 
     >>> fallback_kind("circuit open: Gemini failed 5 times in a row; calls resume after a 30 s cool-down")
     'circuit open'

@@ -96,7 +96,8 @@ class CircuitBreaker:
             self.rejected += 1
             if self._state == "half-open":
                 return "circuit open: Gemini has been failing and a trial call is in flight; this one was not made"
-            why = self._tripped or f"Gemini failed {self.threshold} times in a row"
+            times = "once" if self.threshold == 1 else f"{self.threshold} times in a row"
+            why = self._tripped or f"Gemini failed {times}"
             return f"circuit open: {why}; calls resume after a {self.cooldown_s:g} s cool-down"
 
     def success(self, permit: Permit) -> None:

@@ -42,7 +42,7 @@ from google.genai import types
 from prompts import PromptTemplate, TemplateRegistry, default_registry
 from retrieval import MemoryStore
 from retrieval.files import NoHomeError
-from retrieval.text import quoted, visible, without_secrets
+from retrieval.text import counted, quoted, visible, without_secrets
 
 from ._breaker import CircuitBreaker
 from ._cache import AnswerCache, cache_key, default_cache_path
@@ -654,13 +654,15 @@ class GeminiReranker:
                 raise DeadlineExceededError(self._deadline_message(ctx)) from exc
             tried = ctx.attempts - attempts_before
             if all(isinstance(e, _TIMEOUTS) for e in errors):  # slow, not failing: counted apart
-                raise AttemptsTimedOutError(f"Gemini timed out on all {tried} attempts") from exc
+                every = "all " if tried != 1 else ""
+                raise AttemptsTimedOutError(f"Gemini timed out on {every}{counted(tried, 'attempt')}") from exc
             timed_out = sum(isinstance(e, _TIMEOUTS) for e in errors)
-            raise UpstreamError(f"Gemini failed on {tried} attempts ({timed_out} timed out, the last among them; "
-                                f"{len(errors) - timed_out} failed)") from exc
+            raise UpstreamError(f"Gemini failed on {counted(tried, 'attempt')} ({timed_out} timed out, the last among "
+                                f"them; {len(errors) - timed_out} failed)") from exc
         except _TRANSPORT as exc:
             raise ConnectionFailedError(
-                f"could not reach Gemini at {self.endpoint()} after {ctx.attempts - attempts_before} attempts "
+                f"could not reach Gemini at {self.endpoint()} after "
+                f"{counted(ctx.attempts - attempts_before, 'attempt')} "
                 f"({type(exc).__name__}: {without_secrets(str(exc))})") from exc
         except genai_errors.UnknownApiResponseError as exc:
             raise InvalidAnswerError("Gemini's reply could not be parsed (not valid JSON)") from exc
@@ -674,10 +676,10 @@ class GeminiReranker:
         return response
 
     def _deadline_message(self, ctx: _Ctx) -> str:
-        return f"no answer within the {ctx.deadline_s:g} s deadline ({ctx.attempts} attempt(s))"
+        return f"no answer within the {ctx.deadline_s:g} s deadline ({counted(ctx.attempts, 'attempt')})"
 
     def _api_error(self, ctx: _Ctx, exc: genai_errors.APIError, attempts: int) -> RerankError:
-        after = f"after {attempts} attempt(s)"
+        after = f"after {counted(attempts, 'attempt')}"
         if ctx.stopped_for_deadline and exc.code in RETRYABLE_STATUS:
             wait = f"the server asked to retry in {ctx.server_delay:g} s, " if ctx.server_delay else ""
             after += f"; {wait}which would pass the {ctx.deadline_s:g} s deadline"

@@ -27,7 +27,7 @@ from .images import (
 from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, label_problem, not_utf8_problem, quoted, visible
+from .text import as_held, canonical_label, counted, label_problem, not_utf8_problem, quoted, visible
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -289,8 +289,9 @@ class BuildReport:
         lines = [
             f"{self.added} added, {self.skipped_existing} already in memory, "
             + (f"{self.duplicates} listed twice, " if self.duplicates else "")
-            + f"{len(self.failed)} failed of {self.total} images in {self.seconds:.1f}s ({rate:.1f} images/s); "
-            f"index built in {self.index_seconds:.1f}s; memory now holds {self.memory_points} points"
+            + f"{len(self.failed)} failed of {counted(self.total, 'image')} in {self.seconds:.1f}s "
+            f"({rate:.1f} images/s); "
+            f"index built in {self.index_seconds:.1f}s; memory now holds {counted(self.memory_points, 'point')}"
         ]
         if self.relabelled and self.relabel_applied:
             lines.append(f"{len(self.relabelled)} already in memory under another label, relabelled as listed "
@@ -348,8 +349,9 @@ def unique_sources(items: Sequence[LabelledImage]) -> list[LabelledImage]:
         named = [f"{visible(items[i].source)} ({quoted(items[j].label)} and {quoted(items[i].label)})"
                  for j, i in conflicts[:5]]
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
-        raise DatasetError(f"{len(conflicts)} images are listed with two labels: {'; '.join(named)}{more}. "
-                           "An image is one point with one label: list each file once")
+        are = "is" if len(conflicts) == 1 else "are"
+        raise DatasetError(f"{counted(len(conflicts), 'image')} {are} listed with two labels: "
+                           f"{'; '.join(named)}{more}. An image is one point with one label: list each file once")
     return [items[i] for i in keep]
 
 

@@ -63,7 +63,7 @@ from .files import (
 from .journal import JOURNAL_FILE, CollectionJournal, FileJournal, Journal, NotedOp, PendingEdit
 from .kept_counts import KeptCounts, forget_kept_counts, keep_counts, read_kept_counts
 from .preprocessing import FeaturizerError, FeaturizerSpec
-from .text import visible, without_secrets
+from .text import counted, visible, without_secrets
 
 DEFAULT_COLLECTION = "vmem"
 LOCAL_MODE_PREFIX = "qdrant-local:"  # qdrant-client's on-disk local mode in a folder: `qdrant-local:PATH`
@@ -601,7 +601,8 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     if not np.isfinite(v).all():
         # The embedded engine stored such a point and never returned it; a Qdrant server refuses it.
         bad = np.flatnonzero(~np.isfinite(v).all(axis=1))
-        raise ValueError(f"{len(bad)} of the {len(v)} vectors hold NaN or infinite values (the first: row "
+        hold = "holds" if len(bad) == 1 else "hold"
+        raise ValueError(f"{len(bad)} of the {counted(len(v), 'vector')} {hold} NaN or infinite values (the first: row "
                          f"{bad[0]}): no search could ever find them")
     return v
 
@@ -868,7 +869,8 @@ class MemoryStore(ABC):
             for note in self.journal.pending():
                 if made := self.settle_note(note):
                     what = {"erase": "an erase", "tune": "a tune", "settings": "a change of search settings",
-                            "add": f"an add of {made} points"}.get(note.op, f"a {note.op} of {made} points or names")
+                            "add": f"an add of {counted(made, 'point')}"}.get(
+                                note.op, f"a {note.op} of {made} points or names")
                     # A read-only service settles its private copy (`open_read_only`): the memory's own journal is
                     # untouched, and said so, or "journaled" read as done for good
                     where = (" (in this read-only copy only: the memory's own journal records it at its next opening "

@@ -12,6 +12,16 @@ from collections.abc import Collection, Iterable
 MAX_LABEL_CHARS = 1024
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and `noun`, plural unless `n` is 1, as a message says a count: '1 image', '0 images', '1,200 points';
+    `plural` where an added s does not make it ('entry', 'entries'). A user who sends one image reads of one image.
+
+    >>> counted(1, "image"), counted(0, "label"), counted(1200, "point"), counted(2, "entry", "entries")
+    ('1 image', '0 labels', '1,200 points', '2 entries')
+    """
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def control_character(text: str) -> str | None:
     """The first control character in `text`, if any: labels, names and file names are one line of text."""
     return next((c for c in text if unicodedata.category(c) == "Cc"), None)

@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retrieval.files import NotASmallFile, os_error_reason, read_small_file
+from retrieval.text import counted
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ def keys_in(path: Path, text: str) -> list[ApiKey]:
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise KeysFileError(path, f"{len(fields)} fields where a name, the key's sha256 and (optionally) what it "
-                                "may do were expected", number)
+            raise KeysFileError(path, f"{counted(len(fields), 'field')} where a name, the key's sha256 and "
+                                "(optionally) what it may do were expected", number)
         name, hashed = fields[:2]
         if not _NAME.fullmatch(name):
             raise KeysFileError(path, f"{name!r} is no key name: letters, digits and . _ @ + -, up to 64", number)

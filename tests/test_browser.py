@@ -849,7 +849,7 @@ def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_pa
         [item] = browser.find_elements(By.CSS_SELECTOR, "#suspects-list li")
         assert item.get_attribute("data-point-id") == wrong
         assert item.text.startswith("navy (blue) → crimson (red)")
-        assert browser.find_element(By.ID, "suspects-note").text.startswith("1 of 12 points are voted another label")
+        assert browser.find_element(By.ID, "suspects-note").text.startswith("1 of 12 points is voted another label")
         wait.until(lambda d: d.execute_script(
             "return [...document.querySelectorAll('#suspects-list img')].every(i => i.complete && i.naturalWidth > 0)"))
         ARTIFACTS.mkdir(exist_ok=True)

@@ -238,7 +238,7 @@ def test_truth_from_dirs_says_which_folders_are_no_label_of_the_memory(built, im
     result = run("classify", tmp_path / "query", "--memory", memory, "--k", "3", "--truth-from-dirs")
     assert result.exit_code == 0, result.output
     assert "accuracy 0.00% (0/1)" in result.stdout
-    assert ("note: 1 of the 1 images are in folders that are no label of this memory, and are counted wrong: "
+    assert ("note: 1 of the 1 image is in a folder that is no label of this memory, and is counted wrong: "
             "'crimson' (1) (vmem labels lists its labels)") in result.stderr
 
 

@@ -143,7 +143,7 @@ def test_real_json_lists_per_sorted_file_and_skips_empty(tmp_path):
 def test_real_json_length_must_match_the_images(tmp_path):
     put(tmp_path / "val" / val_name(1))
     (tmp_path / "real.json").write_text("[[1], [2]]")
-    with pytest.raises(DatasetError, match="2 entries for 1 images"):
+    with pytest.raises(DatasetError, match="2 entries for 1 image "):
         read_dataset(tmp_path / "val", "real")
 
 

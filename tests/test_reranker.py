@@ -184,9 +184,9 @@ def test_a_quota_fallback_names_the_quota_google_says_ran_out(fake, make_rr, ima
                  fake.status(429, retry_delay="20000s", quota=(per_day + "-FreeTier", "0")))
     out = make_rr(max_attempts=1).rerank_one(request(images))
     assert out.fallback_reason == (f"Gemini quota exceeded (429 RESOURCE_EXHAUSTED; quota {per_minute}, limit 250000) "
-                                   "after 1 attempt(s)")
+                                   "after 1 attempt")
     out = make_rr(max_attempts=2).rerank_one(request(images, query_rgb=(1, 2, 3)))
-    assert "quota GenerateRequestsPerDayPerProjectPerModel-FreeTier, limit 0) after 1 attempt(s); the server asked " \
+    assert "quota GenerateRequestsPerDayPerProjectPerModel-FreeTier, limit 0) after 1 attempt; the server asked " \
            "to retry in 20000 s" in out.fallback_reason
 
 
@@ -257,18 +257,18 @@ def test_the_fake_answers_from_its_responder_and_says_when_the_responder_fails(f
     fake.responder = lambda body: {}["no such query"]
     out = make_rr(max_attempts=1, cache=False).rerank_one(request(images, vote="cat"))
     assert not out.reranked and out.fallback_reason == (
-        "Gemini unavailable (500 INTERNAL: the fake's responder failed: KeyError('no such query')) after 1 attempt(s)")
+        "Gemini unavailable (500 INTERNAL: the fake's responder failed: KeyError('no such query')) after 1 attempt")
 
 
 def test_a_server_error_falls_back_saying_what_the_server_said_of_it(fake, make_rr, images):
     fake.enqueue(fake.status(503, message="The model is overloaded. Please try again later."))
     out = make_rr(max_attempts=1).rerank_one(request(images))
     assert out.error == "UpstreamError" and out.fallback_reason == (
-        "Gemini unavailable (503 UNAVAILABLE: The model is overloaded. Please try again later.) after 1 attempt(s)")
+        "Gemini unavailable (503 UNAVAILABLE: The model is overloaded. Please try again later.) after 1 attempt")
     fake.enqueue(fake.page(502, "<html><title>502 Bad Gateway</title></html>"))  # a proxy's page, not Gemini's
     out = make_rr(max_attempts=1, cache=False).rerank_one(request(images))
     assert out.fallback_reason == ("Gemini unavailable (502 Bad Gateway: the reply is not Gemini's (a proxy on the "
-                                   "way?): '502 Bad Gateway') after 1 attempt(s)")
+                                   "way?): '502 Bad Gateway') after 1 attempt")
 
 
 def test_a_client_error_is_not_retried(fake, make_rr, images):

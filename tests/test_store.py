@@ -202,7 +202,7 @@ def test_labels_that_parse_as_uuids_are_counted_as_spelt(store):
 def test_vectors_with_nan_or_blank_labels_are_refused_on_every_backend(store):
     vecs = random_unit_vectors(3, DIM, seed=4)
     vecs[1, 0] = np.nan  # the embedded engine stored it and never returned it; a server refused it
-    with pytest.raises(ValueError, match=r"1 of the 3 vectors hold NaN or infinite values \(the first: row 1\)"):
+    with pytest.raises(ValueError, match=r"1 of the 3 vectors holds NaN or infinite values \(the first: row 1\)"):
         store.add(vecs, ["a", "b", "c"], ["/x/0.jpg", "/x/1.jpg", "/x/2.jpg"])
     with pytest.raises(ValueError, match="NaN or infinite"):
         store.query_batch(vecs, 3)

@@ -479,9 +479,9 @@ def test_what_is_no_image_is_refused_by_type_before_anything_is_embedded(memory,
 def test_sources_are_one_per_image_and_kept_as_given(memory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shades = [make_image((0, 0, 200 - 20 * i)) for i in range(2)]
-    with pytest.raises(ValueError, match="got 1 sources for 2 images"):
+    with pytest.raises(ValueError, match="got 1 source for 2 images"):
         memory.add(shades, "navy", sources=["camera/a.jpg"])
-    with pytest.raises(ValueError, match="got 1 sources for 2 images"):
+    with pytest.raises(ValueError, match="got 1 source for 2 images"):
         memory.classify(shades, sources=["a"])
     with pytest.raises(TypeError, match="list of sources"):
         memory.add(shades, "navy", sources="ab")  # not one source per letter

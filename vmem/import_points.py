@@ -63,7 +63,7 @@ from retrieval.store import (
     is_local_source,
     normalize_source,
 )
-from retrieval.text import canonical_label, label_problem, quoted, utf8_text, visible
+from retrieval.text import canonical_label, counted, label_problem, quoted, utf8_text, visible
 
 from .export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 
@@ -397,12 +397,13 @@ class ImportReport:
         # newline forged a line of the report, an escape sequence retitled the terminal), escaped once, here
         encoder = visible(self.featurizer)
         kind = f"a vmem export of {encoder}" if self.format == EXPORT_FORMAT else f"{encoder} vectors"
-        of = f"{self.chosen:,} of {self.rows:,} rows" if self.chosen != self.rows else f"{self.rows:,} rows"
+        rows = counted(self.rows, "row")
+        of = f"{self.chosen:,} of {rows}" if self.chosen != self.rows else rows
         lines = [f"{verb} {self.added:,} point{'s' if self.added != 1 else ''} from {visible(self.file)} ({kind}, "
                  f"{self.dim}-d; {of}): {self.already_in_memory:,} already in memory, "
                  + (f"{self.duplicates:,} repeated rows, " if self.duplicates else "")
                  + f"{sum(self.skipped.values()):,} skipped"
-                 + ("" if self.dry_run else f"; memory now holds {self.memory_points:,} points")
+                 + ("" if self.dry_run else f"; memory now holds {counted(self.memory_points, 'point')}")
                  + (f" ({self.seconds:.1f} s)" if self.seconds and not self.dry_run else "")]
         if self.added_per_label:
             shown = ", ".join(f"{visible(lab)}: {n:,}" for lab, n in list(self.added_per_label.items())[:10])

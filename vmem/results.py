@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 from retrieval.schema_types import IsoTime, PointIdText
-from retrieval.text import quoted, utf8_text, visible
+from retrieval.text import counted, quoted, utf8_text, visible
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
@@ -148,7 +148,7 @@ class Classification(BaseModel):
         nearest = ", ".join(f"{n.label!r} {n.similarity:.2f} {n.source}" for n in self.neighbors[:3])
         how = "re-ranked by the VLM" if self.reranked else f"{self.vote.rule} vote, k={self.vote.k}" + (
             f"; re-ranking fell back: {self.fallback_reason}" if self.fallback_reason else "")
-        return (f"Classification({label}, {how}, scores {{{top}{more}}}, {len(self.neighbors)} neighbours"
+        return (f"Classification({label}, {how}, scores {{{top}{more}}}, {counted(len(self.neighbors), 'neighbour')}"
                 + (f", nearest: {nearest}" if nearest else "") + (f", source={self.source!r}" if self.source else "")
                 + ")")
 

@@ -100,7 +100,15 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
-from retrieval.text import canonical_label, label_forms, label_problem, quoted, visible, without_secrets
+from retrieval.text import (
+    canonical_label,
+    counted,
+    label_forms,
+    label_problem,
+    quoted,
+    visible,
+    without_secrets,
+)
 from retrieval.voting import fewest_to_win, wins_nearest
 
 if TYPE_CHECKING:
@@ -365,7 +373,8 @@ class NothingToSearchError(ValueError):
         """The error for a memory of `total` points none of which a search can return, said of `memory`; `add`:
         what to do where it holds none (each caller names its own way to add images)."""
         if total:
-            return cls(f"all {total:,} points of {memory} are hard-pruned, so no search can return one: "
+            every = "the 1 point of" if total == 1 else f"all {total:,} points of"
+            return cls(f"{every} {memory} {'is' if total == 1 else 'are'} hard-pruned, so no search can return one: "
                        "`vmem prune --undo` restores them", total)
         return cls(f"{memory} holds no points: {add}", total)
 
@@ -1354,7 +1363,8 @@ class VisualMemory:
         if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)
             labels = [labels] * len(images)
         if len(images) != len(labels):
-            raise ValueError(f"got {len(labels)} labels for {len(images)} images: give one label, or one per image")
+            raise ValueError(f"got {counted(len(labels), 'label')} for {counted(len(images), 'image')}: give one "
+                             "label, or one per image")
         # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
         # label, and `relabel` could never give it back).
         # ... and "café" is the label the memory has, however it is spelled (`stored_labels`)
@@ -1985,8 +1995,11 @@ class VisualMemory:
             return True, f"nothing to do: {chosen_are} the label {quoted(to)} already"
         if ids is not None:
             if chosen:
-                return False, (f"{asked - len(chosen)} of the {asked} ids are no point of the memory; the rest have "
-                               f"the label {quoted(to)} already")
+                missing = asked - len(chosen)
+                are = "is" if missing == 1 else "are"
+                rest = "the other has" if len(chosen) == 1 else "the rest have"
+                return False, (f"{missing} of the {asked} ids {are} no point of the memory; {rest} the label "
+                               f"{quoted(to)} already")
             return False, "the memory holds no point with " + ("these ids" if asked > 1 else "this id")
         return False, f"no point's source starts with {visible(source_prefix or '')}"
 
@@ -2741,9 +2754,10 @@ class VisualMemory:
                 if not dry_run:  # stopped (Ctrl-C, the server gone): what was added is journaled now or never
                     journal_the_adds(interrupted=True)
                     if isinstance(exc, PointsFileError) and report.added:  # found corrupt part-way: not "nothing"
+                        were, they = ("was", "it is") if report.added == 1 else ("were", "they are")
                         raise PointsFileError(
-                            f"{exc}; the {report.added:,} points read before it were added (journaled): import the "
-                            "file again once it is mended, and they are skipped", exc.option) from None
+                            f"{exc}; the {counted(report.added, 'point')} read before it {were} added (journaled): "
+                            f"import the file again once it is mended, and {they} skipped", exc.option) from None
                 raise
             report.added_per_label = most_first(report.added_per_label)
             if not dry_run:
@@ -3004,7 +3018,7 @@ def _source_list(sources: Sequence[Any] | None, n: int, method: str) -> list[Any
         raise TypeError(f"{method} takes a list of sources, one per image, not one {type(sources).__name__}")
     listed = list(sources)
     if len(listed) != n:
-        raise ValueError(f"got {len(listed)} sources for {n} images: give one per image")
+        raise ValueError(f"got {counted(len(listed), 'source')} for {counted(n, 'image')}: give one per image")
     return listed
 
 

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
 from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest, make_private_folder, os_error_reason
-from retrieval.text import quoted
+from retrieval.text import counted, quoted
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
 
@@ -120,7 +120,8 @@ async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: A
             labels *= len(uploads)
         if len(labels) != len(uploads):
             raise ProblemError(422, f"send one non-blank `label` (at most {MAX_LABEL_CHARS:,} characters) per "
-                               f"image, or one for all: got {len(labels)} labels for {len(uploads)} images",
+                               f"image, or one for all: got {counted(len(labels), 'label')} for "
+                               f"{counted(len(uploads), 'image')}",
                                "invalid-parameters", "Invalid parameters")
         if (bad := next((i for i, lab in enumerate(labels) if not 0 < len(lab) <= MAX_LABEL_CHARS), None)) is not None:
             what = "blank" if not labels[bad] else f"{len(labels[bad])} characters long"

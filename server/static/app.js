@@ -833,7 +833,7 @@ async function loadSuspects() {
   }
   if (resp.status === 202) {
     const body = await resp.json();
-    $("suspects-note").textContent = `auditing the memory's labels: ${body.searched} of ${body.points} points searched…`;
+    $("suspects-note").textContent = `auditing the memory's labels: ${body.searched} of ${plural(body.points, "point")} searched…`;
     suspectsTimer = setTimeout(loadSuspects, 2000);
     return;
   }
@@ -849,8 +849,9 @@ async function loadSuspects() {
 
 function showSuspectsNote() {
   const body = suspectsShown;
-  $("suspects-note").textContent = `${body.total_suspects} of ${body.points} points are voted another label by ` +
-    `their nearest others (audit: ${body.seconds} s)` + (body.total_suspects > body.suspects.length ? `; the ${body.suspects.length} surest:` : "");
+  const are = body.total_suspects === 1 ? "is" : "are";
+  $("suspects-note").textContent = `${body.total_suspects} of ${plural(body.points, "point")} ${are} voted another ` +
+    `label by their nearest others (audit: ${body.seconds} s)` + (body.total_suspects > body.suspects.length ? `; the ${body.suspects.length} surest:` : "");
 }
 
 function suspectItem(s) {
@@ -890,7 +891,7 @@ function dropSuspect(pointId) {
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
-  $("label-note").textContent = `${$("label-points").children.length} of ${total} points shown`;
+  $("label-note").textContent = `${$("label-points").children.length} of ${plural(total, "point")} shown`;
 }
 
 function pointCard(p) {

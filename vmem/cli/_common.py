@@ -19,7 +19,7 @@ from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError,
 from retrieval.files import DISK_FULL_ERRNOS, os_error_reason, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
 from retrieval.store import MemoryMetadataError
-from retrieval.text import canonical_label, quoted, visible, without_secrets
+from retrieval.text import canonical_label, counted, quoted, visible, without_secrets
 
 from ..results import FewPoints
 
@@ -432,8 +432,11 @@ def finish_classify(results: list, failed: list, images: list[Path], skips_said:
     if known_labels is not None and (unknown := Counter(t for t in truths if t not in known)):
         shown = ", ".join(f"{quoted(t)} ({n:,})" for t, n in unknown.most_common(5))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        typer.echo(f"note: {sum(unknown.values()):,} of the {len(truths):,} images are in folders that are no label "
-                   f"of this memory, and are counted wrong: {shown}{more} (vmem labels lists its labels)", err=True)
+        n_unknown = sum(unknown.values())
+        are = "is" if n_unknown == 1 else "are"
+        folders = "a folder that is" if len(unknown) == 1 else "folders that are"
+        typer.echo(f"note: {n_unknown:,} of the {counted(len(truths), 'image')} {are} in {folders} no label of this "
+                   f"memory, and {are} counted wrong: {shown}{more} (vmem labels lists its labels)", err=True)
     return sum(answers_right(results, truths))
 
 

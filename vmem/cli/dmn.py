@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from retrieval.text import counted
+
 from ._common import (
     DEFAULT_MEMORY,
     MemoryOpt,
@@ -113,7 +115,7 @@ def classify(
         if truth_from_dirs:
             d = results[0].dmn
             typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) with dmn "
-                       f"({d.mode if d else mode}, stream {stream or 'off'}); {len(failed)} images skipped",
+                       f"({d.mode if d else mode}, stream {stream or 'off'}); {counted(len(failed), 'image')} skipped",
                        err=json_out)
         if min_confidence is not None:
             typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)

@@ -37,7 +37,7 @@ from retrieval.images import failure_line
 from retrieval.ingest import unlabelled_rows_message
 from retrieval.journal import JournalEntry, JournalOp, LeftNote, label_counts
 from retrieval.store import WaitInterrupted, is_embedded_location, local_folder, point_id_for, wait_until_created
-from retrieval.text import quoted, utf8_text, visible, visible_json, without_secrets
+from retrieval.text import counted, quoted, utf8_text, visible, visible_json, without_secrets
 
 from ..answer_log import AnswerLog
 from ..export import check_export_path
@@ -254,7 +254,8 @@ def build(
             new = {lab: name for lab, name in names.items() if mem.store.meta.label_names.get(lab) != name}
             if new:
                 mem.set_label_names(new)
-            bar.write(f"label names: {len(names)} of {len(dataset_labels)} labels named by {visible(names_file or '')}"
+            bar.write(f"label names: {len(names)} of {counted(len(dataset_labels), 'label')} named by "
+                      f"{visible(names_file or '')}"
                       + (f" ({len(new)} new or changed)" if len(new) != len(names) else ""), file=sys.stderr)
         mem.store.on_segment_indexing = lambda n: bar.write(
             f"indexing {n:,} points as a segment of their own (minutes for 640k; the bar resumes after)",
@@ -265,12 +266,12 @@ def build(
                                    progress=bar.update, feature_cache=feature_cache, relabel=relabel,
                                    skip_forgotten=skip_forgotten)
         except MemoryFullError as exc:  # as Ctrl-C: what was added before is kept and journaled
-            bar.write(f"stopped: {exc}. The memory holds {mem.store.count():,} points; once there is room, run the "
-                      "same command again to resume (images already in it are skipped)", file=sys.stderr)
+            bar.write(f"stopped: {exc}. The memory holds {counted(mem.store.count(), 'point')}; once there is room, "
+                      "run the same command again to resume (images already in it are skipped)", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C: what was added is kept (and journaled); say so, and how to go on
-            bar.write(f"interrupted: the memory holds {mem.store.count():,} points; run the same command again to "
-                      "resume (images already in it are skipped)", file=sys.stderr)
+            bar.write(f"interrupted: the memory holds {counted(mem.store.count(), 'point')}; run the same command "
+                      "again to resume (images already in it are skipped)", file=sys.stderr)
             raise typer.Exit(130) from None
         few = mem.few_point_labels(mem.stored_labels(sorted(dataset_labels)))
     typer.echo(report.summary(failures=False))
@@ -282,7 +283,8 @@ def build(
     # As vmem classify does when nothing could be classified: a script can tell. Whether or not the memory held
     # points before: a daily add from a mount gone bad had exited 0 into a memory that was not empty.
     if report.failed and not (report.added or report.skipped_existing or report.duplicates or report.relabelled):
-        typer.echo(f"nothing could be added: all {len(report.failed)} images failed", err=True)
+        every = "the 1 image" if len(report.failed) == 1 else f"all {len(report.failed):,} images"
+        typer.echo(f"nothing could be added: {every} failed", err=True)
         raise typer.Exit(1)
 
 
@@ -443,8 +445,8 @@ def classify(
                     "review_csv": sheets.review and os.path.abspath(sheets.review)})
                 if sheets.resumed:
                     left = [p for p in paths if not sheets.answered_already(p)]
-                    typer.echo(f"resuming: {len(paths) - len(left):,} of the {len(paths):,} images are answered in "
-                               f"{sheets.answers} already; classifying the other {len(left):,}", err=True)
+                    typer.echo(f"resuming: {len(paths) - len(left):,} of the {counted(len(paths), 'image')} are "
+                               f"answered in {sheets.answers} already; classifying the other {len(left):,}", err=True)
                     if not left:
                         sheets.finish()
                         return
@@ -467,7 +469,7 @@ def classify(
         if truth_from_dirs:
             s = results[0].vote
             typer.echo(f"accuracy {100 * correct / len(results):.2f}% ({correct}/{len(results)}) "
-                       f"with {s.rule} voting, k={s.k} ({s.origin} settings); {len(failed)} images skipped",
+                       f"with {s.rule} voting, k={s.k} ({s.origin} settings); {counted(len(failed), 'image')} skipped",
                        err=json_out)
         if min_confidence is not None:
             typer.echo(unsure_summary(results, min_confidence, images if truth_from_dirs else None), err=json_out)
@@ -488,8 +490,8 @@ def unsure_summary(results: list, min_confidence: float, images: list[Path] | No
     answers kept and those left were right."""
     sure = [not r.unsure for r in results]
     kept = sum(sure)
-    said = (f"unsure: {len(results) - kept:,} of {len(results):,} answers under min confidence {min_confidence:g} "
-            f"(for a person to check); {kept:,} answered ({100 * kept / len(results):.1f}%)")
+    said = (f"unsure: {len(results) - kept:,} of {counted(len(results), 'answer')} under min confidence "
+            f"{min_confidence:g} (for a person to check); {kept:,} answered ({100 * kept / len(results):.1f}%)")
     if images is None:
         return said
     right = answers_right(results, true_labels(results, images))
@@ -911,8 +913,8 @@ def copy(
         with dest:
             for note in notes:
                 bar.write(f"note: {note}", file=sys.stderr)
-            typer.echo(f"copied {bar.n:,} points in {time.perf_counter() - started:.1f} s; {dest.location} now "
-                       f"holds {dest.count():,} points")
+            typer.echo(f"copied {counted(int(bar.n), 'point')} in {time.perf_counter() - started:.1f} s; "
+                       f"{dest.location} now holds {counted(dest.count(), 'point')}")
 
 
 def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: int | None,
@@ -961,13 +963,15 @@ def _reembed(mem, destination: str, featurizer: str, batch_size: int, workers: i
             for note in done.notes:  # naming settings read from the memory's vmem.json, which may hold any text
                 bar.write(f"note: {one_line(note)}", file=sys.stderr)
     with new:
-        typer.echo(f"re-embedded {done.embedded:,} points with {done.featurizer} (from {done.from_featurizer}) in "
-                   f"{done.seconds:.1f} s, {done.already_there:,} already there, {len(done.skipped):,} left out; "
-                   f"{without_secrets(new.store.location)} now holds {done.memory_points:,} points")
+        typer.echo(f"re-embedded {counted(done.embedded, 'point')} with {done.featurizer} (from "
+                   f"{done.from_featurizer}) in {done.seconds:.1f} s, {done.already_there:,} already there, "
+                   f"{len(done.skipped):,} left out; "
+                   f"{without_secrets(new.store.location)} now holds {counted(done.memory_points, 'point')}")
         # Its vote is not the old memory's (tuned settings stay behind), and points may have been left out
         say_few_points(new.few_point_labels())
     if done.skipped and not (done.embedded or done.already_there):
-        typer.echo(f"nothing could be embedded again: all {len(done.skipped):,} points were left out", err=True)
+        every = "the 1 point was" if len(done.skipped) == 1 else f"all {len(done.skipped):,} points were"
+        typer.echo(f"nothing could be embedded again: {every} left out", err=True)
         raise typer.Exit(1)
 
 
@@ -1003,7 +1007,7 @@ def backup(
     for path in done.unnamed_partials:
         typer.echo(f"note: {path} may be the folder of a backup killed midway, left by an older vmem (whose it is, "
                    f"nothing tells): once no backup is writing beside it, remove it by hand (rm -r)", err=True)
-    typer.echo(f"backed up {done.points:,} points ({done.bytes / 2**20:,.1f} MB) to {done.path} in "
+    typer.echo(f"backed up {counted(done.points, 'point')} ({done.bytes / 2**20:,.1f} MB) to {done.path} in "
                f"{done.seconds:.1f} s")
     if link_latest_:
         try:
@@ -1208,14 +1212,16 @@ def import_(
         except ValueError as exc:  # a label that is another label's name, refused before anything is written
             raise typer.BadParameter(str(exc), param_hint="--label" if label is not None else "FILE") from None
         except MemoryFullError as exc:  # as a build: what was imported before is kept and journaled
-            bar.write(f"stopped: {exc}. The memory holds {mem.store.count():,} points; once there is room, run "
-                      "the same command again (points already in it are skipped)", file=sys.stderr)
+            bar.write(f"stopped: {exc}. The memory holds {counted(mem.store.count(), 'point')}; once there is room, "
+                      "run the same command again (points already in it are skipped)", file=sys.stderr)
             raise typer.Exit(1) from None
     typer.echo(report.summary(skipped=False) + ("\ndry run: nothing was written" if dry_run else ""))
     if report.skipped:  # notes, on stderr, as a build's failed images are: stdout is the summary alone
         typer.echo(report.skipped_lines(), err=True)
     if report.skipped and not (report.added or report.already_in_memory or report.duplicates or report.other_label):
-        typer.echo(f"nothing could be imported: all {sum(report.skipped.values()):,} rows were skipped", err=True)
+        skipped = sum(report.skipped.values())
+        every = "the 1 row was" if skipped == 1 else f"all {skipped:,} rows were"
+        typer.echo(f"nothing could be imported: {every} skipped", err=True)
         raise typer.Exit(1)
 
 
@@ -1248,7 +1254,7 @@ def _point_line(p: MemoryPoint) -> str:
     """One point, tab-separated: id, label (name), source, and what pruning made of it."""
     state = ["excluded"] if p.excluded else [f"reliability {p.reliability:.2f}"] if p.reliability != 1 else []
     if p.prune_count:
-        state.append(f"misled {p.prune_count} decisions")
+        state.append(f"misled {counted(p.prune_count, 'decision')}")
     label = f"{p.label} ({p.label_name})" if p.label_name and p.label_name != p.label else p.label
     return "\t".join([p.id, one_line(label), one_line(p.source), *([", ".join(state)] if state else [])])
 
@@ -1376,8 +1382,8 @@ def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: li
         if older_than is not None:
             running = [n for n in mem.notes_left() if n.process == "running"]
             if running:
-                typer.echo(f"left {len(running)} notes of processes running on this host: their edits are in "
-                           "progress", err=True)
+                typer.echo(f"left {counted(len(running), 'note')} of processes running on this host: their edits "
+                           "are in progress", err=True)
             if not settled:
                 typer.echo(f"no notes begun {_age(older_than)} ago or earlier", err=True)
 
@@ -1624,8 +1630,8 @@ def _upkeep_lines(upkeep: dict[str, Any] | None, embedded: bool) -> None:
                                     else "not tracked: a Qdrant server indexes and vacuums its collection itself"))
         return
     if upkeep["indexed"] == upkeep["deleted_in_index"] == 0:  # a memory of a few thousand points: exact anyway
-        typer.echo(f"upkeep     no index: all {upkeep['points']:,} points searched in full, exactly (too few to "
-                   "index, or added since the last build, import, copy or erase)")
+        typer.echo(f"upkeep     no index: all {counted(upkeep['points'], 'point')} searched in full, exactly (too "
+                   "few to index, or added since the last build, import, copy or erase)")
         return
     typer.echo(f"upkeep     {upkeep['indexed']:,} points indexed, {upkeep['unindexed']:,} searched in full; the index "
                f"holds {upkeep['deleted_in_index']:,} forgotten or edited ({upkeep['deleted_share']:.0%} of it)")
@@ -1664,7 +1670,7 @@ def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> Non
                + (f", {served}" if served else f" ({held_by or 'a running vmem serve or build?'}); this is what its "
                   "files say"))
     if names := stats["label_names"]:
-        typer.echo(f"names      {len(names):,} labels named")
+        typer.echo(f"names      {counted(len(names), 'label')} named")
     if last:
         typer.echo(f"last edit  {_edit_line(last[0], names)}")
     if disk := stats["disk_bytes"]:

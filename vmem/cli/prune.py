@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from retrieval.text import quoted
+from retrieval.text import counted, quoted
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -115,8 +115,8 @@ def suspects(
                 typer.echo(f"{s.id}\t{named_label(s.label, names)}\t-> {named_label(s.suggested, names)}\t"
                            f"share {s.share:.2f} (own {s.own_share:.2f})\t{one_line(s.source)}")
     scope = f" with or toward {quoted(label)}" if label is not None else ""
-    typer.echo(f"{len(found)} suspects{scope} among {len(votes.ids)} points: another label holds >= "
-               f"{min_share:g} of their {min(k, len(votes.ids) - 1)} nearest others' rank vote"
+    typer.echo(f"{counted(len(found), 'suspect')}{scope} among {counted(len(votes.ids), 'point')}: another label "
+               f"holds >= {min_share:g} of their {min(k, len(votes.ids) - 1)} nearest others' rank vote"
                + (f"; the first {limit} shown (--limit)" if len(found) > limit else "")
                + ". Check each image, then `vmem relabel --id ID --to LABEL` or `vmem forget --id ID`",
                err=True)

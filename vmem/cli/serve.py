@@ -26,7 +26,7 @@ from retrieval.store import (
     WaitInterrupted,
     local_folder,
 )
-from retrieval.text import without_secrets
+from retrieval.text import counted, without_secrets
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -289,7 +289,7 @@ def _startup_summary(mem: Any, settings: Any) -> str:
                  for k in read_keys_file(settings.api_keys_file)]
         edits = (f"edits need an API key: {'VMEM_API_KEY or ' if settings.api_key else ''}one of "
                  f"{settings.api_keys_file} ({', '.join(named)})")
-    return (f"{mem.store.count():,} points, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
+    return (f"{counted(mem.store.count(), 'point')}, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
 
 
 def _graceful_shutdown_s() -> float:

@@ -14,7 +14,7 @@ import typer
 
 from retrieval import DatasetError
 from retrieval.files import write_atomically
-from retrieval.text import without_secrets
+from retrieval.text import counted, without_secrets
 
 from ._common import (
     DEFAULT_MEMORY,
@@ -52,7 +52,7 @@ def _require_validation(val_rows: np.ndarray, correct: Sequence[Sequence[str]], 
     "val 0.00 %") would be stored as the memory's defaults and used by every classify after it."""
     if not len(val_rows):
         raise typer.BadParameter(f"no validation query could be read from {dataset}"
-                                 + (f" ({len(failed)} images failed to decode)" if failed else ""),
+                                 + (f" ({counted(len(failed), 'image')} failed to decode)" if failed else ""),
                                  param_hint="--dataset")
     if not any(memory_labels.intersection(correct[i]) for i in val_rows):
         theirs = sorted({lab for i in val_rows for lab in correct[i]})

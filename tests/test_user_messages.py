@@ -1,0 +1,67 @@
+"""What a new user reads: messages that count say '1 image', not '1 images' (a walkthrough's leftovers)."""
+
+from __future__ import annotations
+
+import pytest
+from fake_gemini import FakeGemini
+from fastapi.testclient import TestClient
+
+from reranker import GeminiReranker
+from retrieval.text import counted
+from server.app import create_app
+from server.settings import Settings
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+def service(tmp_path, mem) -> TestClient:
+    return TestClient(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY,
+                                          thumbnail_dir=tmp_path / "thumbs"), memory=mem), headers=AUTH)
+
+
+def test_counted_says_one_of_a_thing_in_the_singular():
+    assert [counted(n, "image") for n in (0, 1, 2, 1200)] == ["0 images", "1 image", "2 images", "1,200 images"]
+    assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"
+
+
+def test_one_image_added_over_http_without_a_label_is_refused_as_one_image(tmp_path, lite0, memory_images):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    try:
+        with service(tmp_path, mem) as client:
+            resp = client.post("/v1/memory", files=[("images", ("red.png", texture(COLORS["red"], 90), "image/png"))])
+            assert resp.status_code == 422
+            assert resp.json()["detail"].endswith("or one for all: got 0 labels for 1 image"), resp.json()["detail"]
+    finally:
+        mem.close()
+
+
+def test_python_add_counts_one_image_in_the_singular(tmp_path, lite0, memory_images):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    try:
+        with pytest.raises(ValueError, match=r"^got 2 labels for 1 image: give one label, or one per image$"):
+            mem.add([texture(COLORS["red"], 91)], ["red", "crimson"])
+    finally:
+        mem.close()
+
+
+def test_a_gemini_not_reached_on_its_one_attempt_is_said_so_in_the_fallback_reason(tmp_path, lite0, memory_images):
+    closed = FakeGemini()  # bound, never started, then closed: the port refuses connections
+    url = closed.url
+    closed._server.server_close()
+    rr = GeminiReranker(api_key="test-key", base_url=url, cache_path=None, max_attempts=1, deadline_s=10,
+                        attempt_timeout_s=5)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images, reranker=rr)
+    try:
+        with service(tmp_path, mem) as client:
+            body = client.post("/v1/classify?k=12&rerank=true",
+                               files={"image": ("q.png", texture(COLORS["red"], 92), "image/png")}).json()
+        assert body["reranked"] is False and body["label"] == "red"
+        assert body["fallback_reason"].startswith(f"could not reach Gemini at {url} after 1 attempt ("), body
+    finally:
+        mem.close()  # closes its re-ranker too
