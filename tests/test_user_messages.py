@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 from fake_gemini import FakeGemini
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from reranker import GeminiReranker
 from retrieval.text import counted
 from server.app import create_app
 from server.settings import Settings
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+from tests.test_copy import make_memory
+from vmem import VisualMemory
+from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
 
@@ -65,3 +69,24 @@ def test_a_gemini_not_reached_on_its_one_attempt_is_said_so_in_the_fallback_reas
         assert body["fallback_reason"].startswith(f"could not reach Gemini at {url} after 1 attempt ("), body
     finally:
         mem.close()  # closes its re-ranker too
+
+
+def test_vmem_backup_makes_the_folders_above_its_backup_as_the_service_makes_its_backup_dir(tmp_path):
+    make_memory(tmp_path / "memory").close()
+    to = tmp_path / "backups" / "daily" / "first"  # backups/ is not there yet
+    done = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(to)])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("backed up 60 points (")
+    with VisualMemory.open(to) as backup:
+        assert backup.store.count() == 60
+
+
+def test_a_refused_vmem_backup_leaves_no_folder_it_made(tmp_path):
+    make_memory(tmp_path / "memory").close()
+    inside = tmp_path / "memory" / "backups" / "first"  # inside the memory's folder: refused after the folders
+    done = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(inside)])
+    assert done.exit_code == 2 and "inside the memory's folder" in " ".join(done.output.split())
+    assert not (tmp_path / "memory" / "backups").exists()
+    # A memory that does not open makes no folder either
+    gone = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "nomem"), "--to", str(tmp_path / "b" / "x")])
+    assert gone.exit_code != 0 and not (tmp_path / "b").exists()
