@@ -354,6 +354,15 @@ class MemoryInUseError(MemoryStoreError):
 _IN_USE = "is open in another process"
 
 
+class NoMemoryError(MemoryStoreError):
+    """No memory at the location, and none made: `fact` says so, `advice` what to do (for the command line by
+    default; `VisualMemory.open` says it for a Python caller, who makes one with `create=True`)."""
+
+    def __init__(self, fact: str, advice: str = "build one first (vmem build)") -> None:
+        super().__init__(f"{fact}: {advice}")
+        self.fact = fact
+
+
 class MemoryUnavailableError(MemoryStoreError):
     """The memory's Qdrant server did not answer: unreachable, timed out, overloaded or failing. Worth a retry."""
 
@@ -1459,7 +1468,7 @@ def open_read_only(location: str | Path, wait: float = 0.0) -> EdgeMemoryStore:
         if (creating := _being_created(source, deadline)) is not None:
             raise MemoryInUseError(creating)
         if not (source / META_FILE).is_file():  # looked at again: one may have been made while this waited
-            raise MemoryError(f"no memory at {_shown(source)}: build one first (vmem build)")
+            raise NoMemoryError(f"no memory at {_shown(source)}")
     # The copies of services killed before their close (kill -9, the OOM killer) first: they take the room counted
     dead_copies = remove_dead_private_folders(READ_ONLY_COPY_PREFIX)
     for dead in dead_copies:
@@ -1591,7 +1600,7 @@ class EdgeMemoryStore(MemoryStore):
             if (creating := _being_created(self.path, deadline)) is not None:
                 raise MemoryInUseError(creating)
             if not meta_path.exists():  # looked at again: one may have been made while this waited
-                raise MemoryError(f"no memory at {_shown(self.path)}: build one first (vmem build)")
+                raise NoMemoryError(f"no memory at {_shown(self.path)}")
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._open_lock = _hold_open_lock(self.path, deadline)
@@ -2402,8 +2411,7 @@ class QdrantServerStore(MemoryStore):
         made_here = client is None
         if client is None and meta is None and (folder := local_folder(location)) is not None and not folder.exists():
             # Said before qdrant-client's local mode makes the folder: a mistyped path was left behind as a folder
-            raise MemoryError(f"no collection {collection!r} at {without_secrets(location)}: build one first "
-                              "(vmem build)")
+            raise NoMemoryError(f"no collection {collection!r} at {without_secrets(location)}")
         if client is None:
             if location == ":memory:":
                 client = QdrantClient(":memory:")
@@ -2428,8 +2436,7 @@ class QdrantServerStore(MemoryStore):
                     self.check_featurizer(meta.featurizer)
             else:
                 if meta is None:
-                    raise MemoryError(f"no collection {collection!r} at {without_secrets(location)}: build one first "
-                              "(vmem build)")
+                    raise NoMemoryError(f"no collection {collection!r} at {without_secrets(location)}")
                 if meta.index.rescore_doubtful:
                     raise MemoryError("rescore_doubtful keeps a file beside the embedded memory: a Qdrant server "
                                       "rescores on its own (rescore on, or off for the codes alone)")

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.journal import JournalOp
+from retrieval.store import NoMemoryError
 from retrieval.text import without_secrets
 from vmem import VisualMemory
 
@@ -58,8 +59,11 @@ def _named_enums(node: Any) -> Any:
 
 def open_memory(settings: Settings) -> VisualMemory:
     """The memory `settings` name, waited for `settings.wait` seconds where another process holds it."""
-    return VisualMemory.open(settings.location, featurizer=settings.featurizer, create=settings.create_memory,
-                             device=settings.device, read_only=settings.read_only, wait=settings.wait)
+    try:
+        return VisualMemory.open(settings.location, featurizer=settings.featurizer, create=settings.create_memory,
+                                 device=settings.device, read_only=settings.read_only, wait=settings.wait)
+    except NoMemoryError as exc:  # said for the service's operator, as the CLI says it: not VisualMemory.open's way
+        raise NoMemoryError(exc.fact) from None
 
 
 def create_app(settings: Settings | None = None, memory: VisualMemory | None = None,

@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 from reranker import GeminiReranker
 from retrieval.text import counted
-from server.app import create_app
+from server.app import create_app, open_memory
 from server.settings import Settings
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
 from tests.test_copy import make_memory
-from vmem import VisualMemory
+from vmem import NoMemoryError, VisualMemory
 from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
@@ -90,3 +90,25 @@ def test_a_refused_vmem_backup_leaves_no_folder_it_made(tmp_path):
     # A memory that does not open makes no folder either
     gone = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "nomem"), "--to", str(tmp_path / "b" / "x")])
     assert gone.exit_code != 0 and not (tmp_path / "b").exists()
+
+
+def test_opening_no_memory_from_python_says_how_to_make_one_there(tmp_path):
+    nomem = tmp_path / "nomem"
+    with pytest.raises(NoMemoryError, match=r"^no memory at .*nomem: build one first, from Python with "
+                                            r"VisualMemory\.open\(.*nomem', create=True, featurizer='dinov2-small'\)") \
+            as refused:
+        VisualMemory.open(nomem)
+    assert "featurizer: the encoder" in str(refused.value) and "vmem build" in str(refused.value)
+    with pytest.raises(NoMemoryError, match=r"create=True, featurizer='efficientnet-lite0'\)"):
+        VisualMemory.open(nomem, featurizer="efficientnet-lite0")  # the encoder asked for is the one to make it with
+    with pytest.raises(NoMemoryError, match=r"build one first \(VisualMemory\.open\(.*, then open it read-only$"):
+        VisualMemory.open(nomem, read_only=True)
+    assert not nomem.exists()
+
+
+def test_the_cli_and_the_service_still_say_vmem_build(tmp_path):
+    nomem = tmp_path / "nomem"
+    said = CliRunner().invoke(app, ["info", "--memory", str(nomem)])
+    assert said.exit_code == 1 and said.output.strip() == f"Error: no memory at {nomem}: build one first (vmem build)"
+    with pytest.raises(NoMemoryError, match=r"^no memory at .*nomem: build one first \(vmem build\)$"):
+        open_memory(Settings(memory=str(nomem), api_key=API_KEY))

@@ -3,6 +3,7 @@
 The errors a user of `VisualMemory` meets, to catch by name:
     MemoryStoreError         no memory there, it is open in another process, or it is closed
                              (`retrieval.MemoryError`; named so as not to shadow Python's own MemoryError); of it:
+      NoMemoryError          no memory at the location: make one with `create=True` (or `vmem build`)
       MemoryInUseError       open in another process (or by another object here): retry once it lets go (`wait=`)
       MemoryFullError        an edit refused before any write: its disk has too little room
       MemoryUnavailableError its Qdrant server did not answer: retry once it does
@@ -25,6 +26,7 @@ from retrieval import (
     MemoryInUseError,
     MemoryStoreError,
     MemoryUnavailableError,
+    NoMemoryError,
 )
 from retrieval.journal import JournalEntry
 
@@ -82,6 +84,7 @@ __all__ = [
     "MemoryUnavailableError",
     "NearDuplicate",
     "NeighborVote",
+    "NoMemoryError",
     "NoSuchLabelsError",
     "NothingToSearchError",
     "PointPage",

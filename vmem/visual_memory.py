@@ -91,6 +91,7 @@ from retrieval.store import (
     MemoryFullError,
     MemoryMeta,
     MemoryStoreError,
+    NoMemoryError,
     StoredPoint,
     at_rest,
     is_embedded_location,
@@ -534,16 +535,17 @@ class VisualMemory:
                 `math.inf` waits for good. Never taken from a live process: a killed one lets go as it dies.
 
         Raises:
-            vmem.MemoryStoreError: no memory there (and not `create`), or it is open in another process (still,
-                after `wait`: `vmem.MemoryInUseError`). ValueError: a negative wait.
+            vmem.MemoryStoreError: no memory there (and not `create`: `vmem.NoMemoryError`, saying how to make
+                one), or it is open in another process (still, after `wait`: `vmem.MemoryInUseError`).
+                ValueError: a negative wait.
             vmem.FeaturizerMismatchError: `featurizer` is not the memory's own encoder.
         """
         until = time.monotonic() + wait if isinstance(wait, int | float) and wait >= 0 else 0.0  # else refused below
         try:
             store = open_store(location, read_only=read_only, wait=wait)
-        except Exception as exc:
-            if not create or read_only or "build one first" not in str(exc):
-                raise
+        except NoMemoryError as exc:
+            if not create or read_only:  # said for a Python caller: the store's "(vmem build)" is the CLI's way
+                raise NoMemoryError(exc.fact, _how_to_make(location, featurizer, read_only)) from None
             store = None
         if store is None or featurizer is not None:
             from retrieval import load_featurizer  # torch: imported only when an encoder is needed
@@ -3007,6 +3009,17 @@ def _image_list(images: Any, method: str) -> list[Any]:
             raise TypeError(f"image {i} is a {type(image).__name__}: an image is a path, bytes, a PIL image or a "
                             "numpy array")
     return listed
+
+
+def _how_to_make(location: str | Path, featurizer: str | None, read_only: bool) -> str:
+    """What `VisualMemory.open` says to do where there is no memory: make one from Python (`create=True`, its
+    encoder chosen with `featurizer=`), or build one from a dataset with the CLI."""
+    # repr: the location as the caller would type it again, a control character in it escaped
+    make = f"VisualMemory.open({str(location)!r}, create=True, featurizer={featurizer or DEFAULT_FEATURIZER!r})"
+    if read_only:
+        return f"build one first ({make}, then add images; or vmem build), then open it read-only"
+    return (f"build one first, from Python with {make} (featurizer: the encoder that embeds its images, "
+            f"{DEFAULT_FEATURIZER!r} by default) and then add images, or from a dataset with vmem build")
 
 
 def _source_list(sources: Sequence[Any] | None, n: int, method: str) -> list[Any] | None:

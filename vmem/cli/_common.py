@@ -18,7 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, os_error_reason, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.store import MemoryMetadataError
+from retrieval.store import MemoryMetadataError, NoMemoryError
 from retrieval.text import canonical_label, counted, quoted, visible, without_secrets
 
 from ..results import FewPoints
@@ -145,6 +145,8 @@ def open_memory(memory: Path, qdrant_url: str | None, featurizer: str | None = N
                                                                                  create=create, index=index, wait=wait)
         mem.via = "cli"  # as the journal records who edited
         return mem
+    except NoMemoryError as exc:  # said for the command line: vmem build, not VisualMemory.open's create=True
+        raise NoMemoryError(exc.fact) from None
     except Exception as exc:
         if (problem := open_failure(memory, qdrant_url, exc)) is None:
             raise
