@@ -76,7 +76,7 @@ def test_a_file_listed_with_two_labels_is_named_escaped(tmp_path):
     source = f"{tmp_path}/gnp.\u202ecat\n.png"
     with pytest.raises(DatasetError) as exc:
         unique_sources([LabelledImage(source, "cats"), LabelledImage(source, PERSIAN)])
-    assert str(exc.value).startswith(f"1 images are listed with two labels: {tmp_path}/gnp.\\u202ecat\\n.png "
+    assert str(exc.value).startswith(f"1 image is listed with two labels: {tmp_path}/gnp.\\u202ecat\\n.png "
                                      f"('cats' and '{PERSIAN}')")
 
 
