@@ -338,12 +338,19 @@ def _reserve_free_port(host: str) -> tuple[int, socket.socket | None]:
 
 def _check_port_free(host: str, port: int) -> None:
     """TemporaryFailure where another process listens on `host:port`, where uvicorn's bind had found it once the
-    encoder was warmed up, exiting 3 with "[Errno 98] ... address already in use". Bound as uvicorn binds it
-    (SO_REUSEADDR: a port left in TIME_WAIT by a service just stopped is free), then let go at once."""
+    encoder was warmed up, exiting 3 with "[Errno 98] ... address already in use". Bound by the call uvicorn makes
+    (asyncio's create_server), then let go at once: each address the host names (`localhost`: 127.0.0.1 and ::1),
+    SO_REUSEADDR (a port left in TIME_WAIT by a service just stopped is free), and IPv6 only (`::` beside another
+    process's 0.0.0.0 binds, where a socket of both families, as a plain bind of `::` makes, did not)."""
+    import asyncio
+
+    async def bind() -> None:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+        server.close()
+        await server.wait_closed()
+
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:  # uvicorn's choice
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+        asyncio.run(bind())
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:  # a host that cannot be bound: uvicorn says so, as before
             return
