@@ -465,3 +465,25 @@ def test_a_label_starting_with_a_hash_is_named_and_a_comment_line_is_skipped(tmp
     names = tmp_path / "classes.tsv"
     names.write_text("# labels of the hashtag dataset\n#cats\tcats on the internet\ndogs\tdogs\n", encoding="utf-8")
     assert read_label_names(names) == {"#cats": "cats on the internet", "dogs": "dogs"}
+
+
+def test_a_names_file_that_cannot_be_read_is_said_so_under_its_own_option(tmp_path):
+    # Refused as Python's text, "[Errno 2] No such file or directory: '/data/classes.tsv'", and by vmem eval under
+    # --dataset: a user checked the dataset's folder for a file that was the --classes one. Now each names its
+    # option and says why in words: "cannot read FILE (No such file or directory)"
+    dataset = tmp_path / "val"
+    (dataset / "n01443537").mkdir(parents=True)
+    (dataset / "n01443537" / "a.png").write_bytes(make_image(fmt="PNG"))
+    missing = tmp_path / "classes.tsv"
+    for args, option, why in [
+            (["names", missing, "--memory", tmp_path / "memory"], "FILE", "No such file or directory"),
+            (["eval", "--dataset", dataset, "--classes", missing, "--memory", tmp_path / "memory"], "--classes",
+             "No such file or directory"),
+            (["build", dataset, "--memory", tmp_path / "memory", "--label-names", tmp_path], "--label-names",
+             "Is a directory")]:
+        refused = run(*args)
+        said = " ".join(refused.output.replace("│", " ").split())
+        name = missing if option != "--label-names" else tmp_path
+        assert refused.exit_code == 2 and f"Invalid value for {option}: cannot read {name} ({why})" in said, said
+        assert "Errno" not in said
+    assert not (tmp_path / "memory").exists()

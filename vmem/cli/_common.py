@@ -356,6 +356,16 @@ def feature_cache_root(cache: Path | None) -> Path:
     return root
 
 
+def unread_file_said(exc: Exception) -> str:
+    """A file given that could not be read, as a refusal says it: a DatasetError's own words; an OSError as `cannot
+    read names.tsv (No such file or directory)`, its name shown as `visible` does, where its text had been Python's
+    `[Errno 2] No such file or directory: 'names.tsv'` (the name by repr)."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    name = f" {visible(os.fsdecode(exc.filename))}" if isinstance(exc.filename, str | bytes) else ""
+    return f"cannot read{name} ({os_error_reason(exc)})"
+
+
 def read_classes_option(classes: Path | None) -> dict[str, str] | None:
     """A `--classes` file (WordNet id to name), or BadParameter naming the option."""
     from eval.datasets import read_classes_file
@@ -363,7 +373,7 @@ def read_classes_option(classes: Path | None) -> dict[str, str] | None:
     try:
         return read_classes_file(classes) if classes else None
     except (DatasetError, OSError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--classes") from exc
+        raise typer.BadParameter(unread_file_said(exc), param_hint="--classes") from exc
 
 
 def check_label_filter(mem, labels: list[str]) -> None:

@@ -35,7 +35,9 @@ from ._common import (
     dataset_format,
     feature_cache_root,
     open_memory,
+    read_classes_option,
     require_points,
+    unread_file_said,
 )
 
 
@@ -99,7 +101,6 @@ def eval(
         RESTRICTED_FORMATS,
         DatasetFormat,
         align_labels,
-        read_classes_file,
         read_dataset,
         sample_items,
     )
@@ -141,9 +142,9 @@ def eval(
     cache_root = feature_cache_root(cache)
     try:
         ds = read_dataset(dataset, fmt, labels_file, devkit_synsets)
-        names = read_classes_file(classes) if classes else None
     except (DatasetError, OSError) as exc:
-        raise _fail(exc, "--dataset") from exc
+        raise typer.BadParameter(unread_file_said(exc), param_hint="--dataset") from exc
+    names = read_classes_option(classes)  # its refusal names --classes, not --dataset
     t_start = time.perf_counter()
     mem = None
     n_points: int | None = None

@@ -85,6 +85,7 @@ from ._common import (
     served_note,
     sigterm_as_interrupt,
     true_labels,
+    unread_file_said,
 )
 
 # The voting rules plus `dmn` (Dual Memory Networks, vmem.dmn_classifier), which is not a neighbour vote.
@@ -330,8 +331,9 @@ def _dataset_label_names(dataset: Path, given: Path | None, labels: set[str]) ->
         names = read_label_names(path)
     except (DatasetError, OSError) as exc:
         if given:
-            raise typer.BadParameter(str(exc), param_hint="--label-names") from exc
-        typer.echo(f"note: {visible(str(path))} looks like a file of label names but is not readable as one ({exc}); "
+            raise typer.BadParameter(unread_file_said(exc), param_hint="--label-names") from exc
+        why = os_error_reason(exc) if isinstance(exc, OSError) else str(exc)
+        typer.echo(f"note: {visible(str(path))} looks like a file of label names but is not readable as one ({why}); "
                    "labels stay unnamed", err=True)
         return {}, None
     named = {label: names[label] for label in sorted(labels) if label in names}
@@ -1583,7 +1585,7 @@ def names(
     try:
         given = read_label_names(names_file)
     except (DatasetError, OSError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="FILE") from exc
+        raise typer.BadParameter(unread_file_said(exc), param_hint="FILE") from exc
     if not given:
         raise typer.BadParameter(f"{names_file} names no label", param_hint="FILE")
     with open_memory(memory, qdrant_url, wait=wait) as mem:
