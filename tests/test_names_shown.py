@@ -143,3 +143,22 @@ def test_a_classify_sheet_is_named_escaped_in_its_refusals_and_summary(tmp_path)
         assert sheets.summary() == (f"0 answers written to {tmp_path}/new\\u202e.csv; 0 unsure ones to {tmp_path}/"
                                     "queue\\n.csv for a person to check: correct a label or empty it to skip the "
                                     f"image, then `vmem build {tmp_path}/queue\\n.csv` adds them")
+
+
+def test_a_classify_sheets_unreadable_settings_are_said_in_words(tmp_path):
+    # Its OSError was quoted whole, "... is not readable ([Errno 21] Is a directory: '/.../answers.csv.vmem-run
+    # .json')": the file a second time, by repr
+    import typer
+
+    from vmem.cli.answer_sheets import AnswerSheets
+
+    sheet = tmp_path / "answers.csv"
+    sheet.write_text("path,label,label_name,confidence,unsure,reason\n/photos/a.jpg,cats,,0.9,false,\n")
+    (tmp_path / "answers.csv.vmem-run.json").mkdir()
+    sheets = AnswerSheets.checked(sheet, None, None, resume=True)
+    assert sheets is not None
+    with sheets, pytest.raises(typer.BadParameter) as exc:
+        sheets.begin({"memory": "memory", "k": 10})  # a resumed run's settings, compared with those kept
+    said = str(exc.value.message)
+    assert f"{tmp_path}/answers.csv.vmem-run.json is not readable (Is a directory); give another --csv" in said, said
+    assert "Errno" not in said

@@ -252,7 +252,8 @@ class AnswerSheets:
             except (OSError, ValueError) as exc:
                 raise typer.BadParameter(
                     f"cannot tell which settings answered {_shown(self.answers)}: {_shown(kept)} is not readable "
-                    f"({exc}); give another --csv to begin afresh, or leave --resume out to write this one again",
+                    f"({os_error_reason(exc)}); give another --csv to begin afresh, or leave --resume out to write "
+                    "this one again",
                     param_hint="--resume") from None
             changed = [f"{name} {_value(then.get(name))} then, {_value(wanted.get(name))} now"
                        for name in sorted(set(then) | set(wanted)) if not self._same(name, then, wanted)]
@@ -329,7 +330,7 @@ def _read_sheet(path: Path, header: tuple[str, ...], hint: str) -> list[list[str
         with io.StringIO(data.decode("utf-8-sig"), newline="") as text:
             return [row for row in list(csv.reader(text))[1:] if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise typer.BadParameter(f"cannot read {_shown(path)} as the sheet of a run to resume ({exc})",
+        raise typer.BadParameter(f"cannot read {_shown(path)} as the sheet of a run to resume ({os_error_reason(exc)})",
                                  param_hint=hint) from None
 
 
