@@ -1416,8 +1416,9 @@ def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: li
         if older_than is not None:
             running = [n for n in mem.notes_left() if n.process == "running"]
             if running:
-                typer.echo(f"left {counted(len(running), 'note')} of processes running on this host: their edits "
-                           "are in progress", err=True)
+                typer.echo("left 1 note of a process running on this host: its edit is in progress"
+                           if len(running) == 1 else f"left {len(running)} notes of processes running on this host: "
+                           "their edits are in progress", err=True)
             if not settled:
                 typer.echo(f"no notes begun {_age(older_than)} ago or earlier", err=True)
 
