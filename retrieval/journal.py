@@ -797,7 +797,9 @@ class CollectionJournal(Journal):
         try:
             for key, kind in wanted.items():
                 if key not in schema:
-                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType(kind))
+                    # Not waited for: a long journal's index is built in the server's own time (a wait could
+                    # time out, failing an opening); lookups find the same points before it is there
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType(kind), wait=False)
         except UnexpectedResponse as exc:
             if collection not in _TOLD_UNINDEXED:
                 _TOLD_UNINDEXED.add(collection)

@@ -2462,8 +2462,23 @@ class QdrantServerStore(MemoryStore):
                 self.client.close()
             raise
         if existed:  # the notes of edits its processes were stopped in before their entries (a new memory has none)
-            self.journal.index_lookups()  # their lookups' indexes, on a journal a vmem before them made
+            self.index_journal()
             self.settle_journal()
+
+    def index_journal(self) -> None:
+        """The journal's lookups' indexes (`CollectionJournal.index_lookups`), on a journal a vmem before them made.
+        They make lookups faster, never different: a server failing to make them (a 500, an odd reply) leaves the
+        memory to open as before, logged; one not answering fails the opening, as any request of it would."""
+        if not isinstance(self.journal, CollectionJournal):
+            return
+        try:
+            self.journal.index_lookups()
+        except MemoryStoreError:
+            raise
+        except Exception as exc:
+            log.warning("the Qdrant server did not make the journal's payload indexes (%s): its lookups read every "
+                        "point's payload, slower on a long journal; the next opening asks again",
+                        without_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
 
     def settle_journal(self) -> int:
         """As `MemoryStore.settle_journal`, of the notes of processes known to have ended (`CollectionJournal.pending`:

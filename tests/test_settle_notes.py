@@ -179,10 +179,11 @@ class IndexesAsked:
     `payload_schema` is always empty, so what a server would hold cannot be read back from it; what is asked can."""
 
     def __init__(self, client: QdrantClient) -> None:
-        self.client, self.asked = client, []
+        self.client, self.asked, self.waited = client, [], []
 
     def create_payload_index(self, collection_name, field_name, field_schema=None, **kwargs):
         self.asked.append((collection_name, field_name, str(getattr(field_schema, "value", field_schema))))
+        self.waited.append(kwargs.get("wait", True))
         return self.client.create_payload_index(collection_name, field_name, field_schema, **kwargs)
 
     def __getattr__(self, name):
@@ -219,6 +220,7 @@ def test_a_journal_made_before_the_indexes_is_indexed_at_an_opening(memory):  # 
         try:
             store = QdrantServerStore(memory, client=client)
             assert set(client.asked) >= JOURNAL_LOOKUPS | NOTES_LOOKUPS
+            assert not any(client.waited)  # a long journal's index is built in the server's time, not the opening's
             assert [e.op for e in store.journal.read()] == ["name"] and len(store.journal.notes()) == 1
             store.close()
         finally:
@@ -241,5 +243,29 @@ def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memor
         assert len(said) == 2 and {s.split(" (")[0] for s in said} == {
             "the Qdrant server refused payload indexes on vmem-journal",
             "the Qdrant server refused payload indexes on vmem-journal-pending"}
+    finally:
+        client.close()
+
+
+class IndexesFail(IndexesAsked):
+    """A server that answers, but fails each payload index asked of it (a 500, a proxy's odd reply)."""
+
+    def create_payload_index(self, collection_name, field_name, field_schema=None, **kwargs):
+        raise RuntimeError("Unexpected Response: 500 (Internal Server Error)")
+
+
+def test_a_server_failing_to_make_the_indexes_still_opens_the_memory_and_settles_its_notes(memory, caplog):  # noqa: F811
+    # The indexes make lookups faster, never different: a failure making them had failed the whole opening
+    with VisualMemory.open(memory) as mem:
+        mem.set_label_names({"dog": "hound"})  # the journal made
+    killed(memory, "after the edit", "forget")
+    client = IndexesFail(QdrantClient(path=memory.removeprefix("qdrant-local:")))
+    try:
+        with caplog.at_level(logging.WARNING, logger="retrieval.store"):
+            store = QdrantServerStore(memory, client=client)
+        assert [e.op for e in store.journal.read()] == ["name", "forget"]  # the killed forget journaled at opening
+        store.close()
+        assert any("did not make the journal's payload indexes (Unexpected Response: 500" in r.getMessage()
+                   for r in caplog.records)
     finally:
         client.close()
