@@ -162,3 +162,19 @@ def test_a_classify_sheets_unreadable_settings_are_said_in_words(tmp_path):
     said = str(exc.value.message)
     assert f"{tmp_path}/answers.csv.vmem-run.json is not readable (Is a directory); give another --csv" in said, said
     assert "Errno" not in said
+
+
+def test_an_export_or_answer_log_path_that_cannot_be_written_is_named_escaped(memory, tmp_path):
+    # Both refusals named the path the user typed raw: a folder name holding a newline split the message in two
+    odd = tmp_path / "no\nsuch\u202efolder"
+    exported = vmem("export", str(odd / "points.npz"), "--memory", str(memory))
+    assert exported.exit_code == 2
+    assert "no\\nsuch\\u202efolder is not a folder" in exported.output and "no\nsuch" not in exported.output
+    (tmp_path / "a\nb.npz").write_bytes(b"")
+    kept = vmem("export", str(tmp_path / "a\nb.npz"), "--memory", str(memory))
+    assert kept.exit_code == 2 and "a\\nb.npz exists: give --force" in kept.output
+    logged = vmem("classify", str(tmp_path / "photos" / "cats" / "0.png"), "--memory", str(memory),
+                  "--answer-log", str(odd / "answers.jsonl"))
+    assert logged.exit_code == 2
+    assert "cannot write" in logged.output and "no\\nsuch\\u202efolder" in logged.output
+    assert "no\nsuch" not in logged.output

@@ -48,6 +48,7 @@ import numpy as np
 
 from retrieval.files import write_atomically
 from retrieval.store import EXCLUDED_KEY, RELIABILITY_KEY, StoredPoint
+from retrieval.text import visible
 
 EXPORT_FORMAT = "vmem-points"
 EXPORT_FORMAT_VERSION = 1
@@ -93,12 +94,13 @@ def check_export_path(path: str | Path, overwrite: bool = False) -> Path:
     read, so that a long export does not fail at its end."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder: give the name of the .npz file to write")
+        raise IsADirectoryError(f"{visible(str(path))} is a folder: give the name of the .npz file to write")
     if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists: give another name, or replace it (overwrite=True, vmem export "
-                              "--force)")
+        raise FileExistsError(f"{visible(str(path))} exists: give another name, or replace it (overwrite=True, "
+                              "vmem export --force)")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent} is not a folder: make it first, or write the export elsewhere")
+        raise FileNotFoundError(f"{visible(str(path.parent))} is not a folder: make it first, or write the export "
+                                "elsewhere")
     return path
 
 

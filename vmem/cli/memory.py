@@ -424,7 +424,7 @@ def classify(
                 with open(answer_log.expanduser(), "a", encoding="utf-8"):
                     pass
             except OSError as exc:
-                raise typer.BadParameter(f"cannot write {answer_log} ({os_error_reason(exc)})",
+                raise typer.BadParameter(f"cannot write {visible(str(answer_log))} ({os_error_reason(exc)})",
                                          param_hint="--answer-log") from None
         mem = open_memory(memory, qdrant_url, wait=wait)
         if answer_log is not None:
@@ -1149,7 +1149,7 @@ def export(
     try:  # before the memory opens and its points are read: not after
         check_export_path(path, overwrite=force)
     except FileExistsError:
-        raise typer.BadParameter(f"{path} exists: give --force to replace it, or another name",
+        raise typer.BadParameter(f"{visible(str(path))} exists: give --force to replace it, or another name",
                                  param_hint="FILE") from None
     except OSError as exc:
         raise typer.BadParameter(str(exc), param_hint="FILE") from None
@@ -1168,7 +1168,7 @@ def export(
                 n = mem.export_points(path, label=label, source_prefix=source, excluded=excluded, overwrite=force,
                                       progress=bar.update)
             except FileExistsError:  # made meanwhile
-                raise typer.BadParameter(f"{path} exists: give --force to replace it, or another name",
+                raise typer.BadParameter(f"{visible(str(path))} exists: give --force to replace it, or another name",
                                          param_hint="FILE") from None
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--source") from None
