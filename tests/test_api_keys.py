@@ -144,7 +144,7 @@ def test_vmem_serve_says_at_start_which_keys_edits_take(tmp_path, lite0, memory_
 
 
 @pytest.mark.parametrize(("content", "says"), [
-    (line("alice", ALICE) + "bob\n", "line 2: 1 fields where a name, the key's sha256"),
+    (line("alice", ALICE) + "bob\n", "line 2: 1 field where a name, the key's sha256"),
     (line("alice", ALICE) + line("alice", BOB), "line 2: the name alice is taken by an earlier line"),
     (line("default", ALICE), "line 1: the name default is taken (VMEM_API_KEY's)"),
     (line("alice", ALICE, "delete"), "line 1: delete: a key may edit or rerank"),
