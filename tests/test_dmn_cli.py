@@ -200,3 +200,25 @@ def test_a_mode_that_is_not_one_is_refused_with_the_choices(tmp_path):
     out = runner.invoke(app, ["dmn", "classify", str(tmp_path / "q.jpg"), "--mode", "bogus"], env={"COLUMNS": "250"})
     assert out.exit_code == 2 and "'bogus' is not one of 'auto', 'zero-shot', 'few-shot', 'memory-only'" in out.output
     assert "pydantic" not in out.output
+
+
+def test_counts_of_one_read_as_one(tmp_path, tiny_clip_dir):  # noqa: F811
+    """A stream that has seen one query lists '1 entry in 1 label', '1 query seen', not '1 entries'; and a build's
+    progress line in a log, of one image, says '0 of 1 image'."""
+    write_folder(tmp_path / "train", (-20, 0, 20))
+    write_folder(tmp_path / "query", (-10,))
+    mem = str(tmp_path / "memory")
+    built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
+                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
+    assert built.exit_code == 0, built.output
+    one = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query" / "red" / "10.jpg"), "--memory", mem,
+                              "--stream", "one", "--mode", "memory-only"])
+    assert one.exit_code == 0, one.output
+
+    listed = runner.invoke(app, ["dmn", "streams", "--memory", mem])
+    assert listed.stdout == "one\t1 entry in 1 label\t1 query seen\n"
+    shown = runner.invoke(app, ["dmn", "show", "one", "--memory", mem])
+    assert "entries  1 entry in 1 label, 50 slots each; 1 query seen\n" in shown.stdout
+
+    from vmem.cli.memory import progress_line
+    assert progress_line("embedding", 0, 1, 2.0) == "embedding: 0 of 1 image (0.0%), 0.0 images/s"

@@ -135,7 +135,8 @@ def streams(memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: QdrantUrlOpt = None,
             except ValueError as exc:  # e.g. features of the memory's earlier featurizer: still list the rest
                 typer.echo(f"{name}\tunusable: {exc}")
                 continue
-            typer.echo(f"{name}\t{len(s)} entries in {len(s.counts())} labels\t{s.updates} queries seen")
+            typer.echo(f"{name}\t{counted(len(s), 'entry', 'entries')} in {counted(len(s.counts()), 'label')}\t"
+                       f"{counted(s.updates, 'query', 'queries')} seen")
         if not names:
             typer.echo(f"no streams (they live under {mem.dmn.dir})", err=True)
 
@@ -160,7 +161,8 @@ def show(stream: StreamArg, memory: MemoryOpt = DEFAULT_MEMORY, qdrant_url: Qdra
         typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
     typer.echo(f"stream   {stream} ({info['path']})")
-    typer.echo(f"entries  {len(s)} in {len(per_label)} labels, {s.slots} slots each; {s.updates} queries seen")
+    typer.echo(f"entries  {counted(len(s), 'entry', 'entries')} in {counted(len(per_label), 'label')}, "
+               f"{counted(s.slots, 'slot')} each; {counted(s.updates, 'query', 'queries')} seen")
     for lab, v in list(per_label.items())[:20]:
         typer.echo(f"  {v['entries']:4d}  {lab}  (mean entropy {v['mean_entropy']:.3f})")
     if len(per_label) > 20:

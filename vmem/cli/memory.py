@@ -603,7 +603,7 @@ def progress_line(desc: str, done: int, total: int, seconds: float) -> str:
     eta = "" if left is None else (f", about {left / 3600:.1f} h left" if left >= 5400 else
                                    f", about {round(left / 60)} min left" if left >= 90 else
                                    f", about {round(left)} s left")
-    return f"{desc}: {done:,} of {total:,} images ({100 * done / total:.1f}%), {rate:.1f} images/s{eta}"
+    return f"{desc}: {done:,} of {counted(total, 'image')} ({100 * done / total:.1f}%), {rate:.1f} images/s{eta}"
 
 
 def for_summaries(res):
@@ -1668,8 +1668,9 @@ def _upkeep_lines(upkeep: dict[str, Any] | None, embedded: bool) -> None:
         typer.echo(f"upkeep     no index: all {counted(upkeep['points'], 'point')} searched in full, exactly (too "
                    "few to index, or added since the last build, import, copy or erase)")
         return
-    typer.echo(f"upkeep     {upkeep['indexed']:,} points indexed, {upkeep['unindexed']:,} searched in full; the index "
-               f"holds {upkeep['deleted_in_index']:,} forgotten or edited ({upkeep['deleted_share']:.0%} of it)")
+    typer.echo(f"upkeep     {counted(upkeep['indexed'], 'point')} indexed, {upkeep['unindexed']:,} searched in full; "
+               f"the index holds {upkeep['deleted_in_index']:,} forgotten or edited "
+               f"({upkeep['deleted_share']:.0%} of it)")
     if upkeep["advice"]:
         typer.echo(f"           {upkeep['advice']}")
 
