@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, VoteRule
 from retrieval.files import write_atomically
+from retrieval.text import counted
 from retrieval.voting import vote_last_k
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
 from vmem.results import DEFAULT_K
@@ -140,7 +141,7 @@ def scaling(memory: LabelledArrays, queries: LabelledArrays, per_class: Sequence
                                            "a": float(a2), "b": float(b2)}
     r = fit.get("rank", {})
     summary = (f"rank voting: error falls as memory^{r['a']:.3f} (log-log slope) from {rows[0]['memory_size']} "
-               f"to {rows[-1]['memory_size']} points" if r else "")
+               f"to {counted(rows[-1]['memory_size'], 'point')}" if r else "")
     return ExperimentResult(name="scaling", params={"per_class": list(per_class), "ks": list(ks), "seed": seed},
                             rows=rows, fit=fit, summary=summary, seconds=round(time.perf_counter() - t0, 2))
 
@@ -191,8 +192,9 @@ def _split_classes(labels: list[str], query_labels: list[str], n: int, seed: int
     asked = sorted(set(classes) & set(query_labels))
     most = min(len(asked), len(classes) - 1)
     if not 0 < n <= most:
-        raise ValueError(f"choose between 1 and {most} classes to hold out (got {n}): of the memory's "
-                         f"{len(classes)} classes, {len(asked)} have queries" if most > 0 else
+        raise ValueError(f"choose between 1 and {counted(most, 'class', 'classes')} to hold out (got {n}): of the "
+                         f"memory's {len(classes)} classes, {'1 has' if len(asked) == 1 else f'{len(asked)} have'} "
+                         "queries" if most > 0 else
                          "no class of the memory has queries, and one must be kept: nothing to hold out")
     chosen = set(np.random.default_rng(seed).choice(asked, size=n, replace=False).tolist())
     return set(classes) - chosen, chosen
@@ -295,7 +297,8 @@ def pruning(memory: LabelledArrays, queries: LabelledArrays, thresholds: Sequenc
     rows.append({"variant": f"soft {SOFT_GAMMA}/(1+count)", "points": len(memory),
                  **{key.replace("+soft", ""): v for key, v in soft_row.items()}})
     none, s = rows[0], rows[-1]
-    summary = (f"{int(wrong.sum())} of {len(memory)} points misclassified leave-one-out; count max {counts.max()}; "
+    summary = (f"{int(wrong.sum())} of {counted(len(memory), 'point')} misclassified leave-one-out; "
+               f"count max {counts.max()}; "
                f"rank best: none {100 * none['rank_best']:.2f}%, soft {100 * s['rank_best']:.2f}%, "
                + ", ".join(f"{r['variant']} ({len(memory) - r['points']} out) {100 * r['rank_best']:.2f}%"
                            for r in rows[1:-1]))
@@ -365,8 +368,8 @@ def unlearning(memory: LabelledArrays, queries: LabelledArrays, forget_fraction:
              "forget_class_ms": round(1000 * (t_mid - t_del), 2),
              "forget_sample_ms_per_point": round(1000 * (t_end - t_mid) / max(1, n_sample), 3)}]
     r = rows[0]
-    summary = (f"forgot class {gone_class} ({n_class} points) and {n_sample} random points: "
-               f"{cited} citations of forgotten points in {len(q)} results (was {cited_before}); "
+    summary = (f"forgot class {gone_class} ({counted(n_class, 'point')}) and {counted(n_sample, 'random point')}: "
+               f"{counted(cited, 'citation')} of forgotten points in {counted(len(q), 'result')} (was {cited_before}); "
                f"other classes {100 * (r['rest_accuracy_before'] or 0):.2f}% -> "
                f"{100 * (r['rest_accuracy_after'] or 0):.2f}% (rank, k={k}); "
                f"{r['forget_sample_ms_per_point']} ms per point, amortised over one forget of {n_sample} "
@@ -445,7 +448,8 @@ def label_noise(memory: LabelledArrays, queries: LabelledArrays, fractions: Sequ
     summary = (f"{100 * r['fraction']:g}% of labels flipped ({r['flipped']}): the audit ranks "
                f"{100 * r['audit_precision']:.1f}% flipped among its first {r['flipped']} (pruning's blame count "
                f"{100 * r['blame_precision']:.1f}%, chance {100 * r['chance_precision']:.1f}%); its "
-               f"{r['suspects']} suspects hold {r['suspects_flipped']} flipped points, "
+               f"{counted(r['suspects'], 'suspect')} {'holds' if r['suspects'] == 1 else 'hold'} "
+               f"{counted(r['suspects_flipped'], 'flipped point')}, "
                f"{100 * r['suggestion_true']:.0f}% of them given back their true label; rank@{k} accuracy "
                f"clean {100 * r['clean_accuracy']:.2f}%, noisy {100 * r['noisy_accuracy']:.2f}%, suspects relabelled "
                f"{100 * r['corrected_accuracy']:.2f}%, suspects forgotten {100 * r['forgotten_accuracy']:.2f}%")
@@ -520,7 +524,8 @@ def novelty(memory: LabelledArrays, queries: LabelledArrays, new_classes: int = 
     reduced = memory.where(lambda lab: lab in kept)
     familiar, unfamiliar = queries.where(lambda lab: lab in kept), queries.where(lambda lab: lab in held)
     if not len(familiar):
-        raise ValueError(f"no query is of a class kept in the memory: hold out fewer than {new_classes} classes")
+        raise ValueError("no query is of a class kept in the memory: hold out fewer than "
+                         f"{counted(new_classes, 'class', 'classes')}")
     ks = sorted({min(x, len(reduced)) for x in ks})
     k_vote = min(k, len(reduced))
     thresholds = novelty_thresholds(reduced, ks, sample_size, percentile, seed)
@@ -556,9 +561,9 @@ def novelty(memory: LabelledArrays, queries: LabelledArrays, new_classes: int = 
     caught = (f"; rank voting at k={k_vote} gets {pct(last['accuracy_flagged'])} of the familiar ones flagged "
               f"right, {pct(last['accuracy_unflagged'])} of the others" if last["familiar_flagged_queries"] else "")
     summary = (f"{len(held)} of {len(kept) + len(held)} classes held out of the memory: at k={last['k']} novelty "
-               f"tells their {len(unfamiliar):,} queries from the {len(familiar):,} of the kept classes with AUROC "
-               f"{last['auroc']:.3f} (FPR {pct(last['fpr@95tpr'])} at 95% TPR); the memory's p{percentile:g} "
-               f"threshold flags {pct(last['unfamiliar_flagged'])} of the unfamiliar and "
+               f"tells their {counted(len(unfamiliar), 'query', 'queries')} from the {len(familiar):,} of the kept "
+               f"classes with AUROC {last['auroc']:.3f} (FPR {pct(last['fpr@95tpr'])} at 95% TPR); the memory's "
+               f"p{percentile:g} threshold flags {pct(last['unfamiliar_flagged'])} of the unfamiliar and "
                f"{pct(last['familiar_flagged'])} of the familiar queries{caught}")
     return ExperimentResult(
         name="novelty", params={"new_classes": sorted(held), "ks": ks, "vote_k": k_vote, "rule": "rank",

@@ -50,7 +50,7 @@ from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, MemoryStore
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import user_folder, write_atomically
 from retrieval.images import failure_line
-from retrieval.text import not_utf8_problem, visible
+from retrieval.text import counted, not_utf8_problem, visible
 from vmem.results import DEFAULT_K, DEFAULT_RULE
 from vmem.visual_memory import NothingToSearchError
 
@@ -332,7 +332,7 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
         text = f"{label} ({names[label]})" if label in names else label
         return visible(text).replace("|", "\\|")
 
-    lines = [f"**hardest {min(n, len(per_class.classes))} of {len(per_class.classes)} classes** "
+    lines = [f"**hardest {min(n, len(per_class.classes))} of {counted(len(per_class.classes), 'class', 'classes')}** "
              f"({per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",
              "| class | queries | accuracy | most often taken for |", "|---|---|---|---|"]
     for c in per_class.classes[:n]:
@@ -450,9 +450,11 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
             for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
     r = report.run
     md = [f"# {visible(r.dataset)} ({r.format}) against {visible(r.memory)}\n",
-          f"{r.queries} queries, {r.memory_points} memory points, {r.featurizer}, {r.search} search, "
+          f"{counted(r.queries, 'query', 'queries')}, {counted(r.memory_points, 'memory point')}, {r.featurizer}, "
+          f"{r.search} search, "
           f"alpha={r.alpha}, tau={r.tau}\n"]
-    md += [markdown_table(s, f"{name} classes" if name == "all" else f"restricted to {r.restricted_classes} classes")
+    md += [markdown_table(s, f"{name} classes" if name == "all"
+                          else f"restricted to {counted(r.restricted_classes or 0, 'class', 'classes')}")
            for name, s in v.items()]
     if v["all"].per_class:
         md.append(hardest_classes_table(v["all"].per_class, names))
@@ -460,8 +462,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         md.append(trust_table(v["all"].selective))
     if report.dmn is not None:
         dm = report.dmn
-        md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of {dm.queries} queries "
-                  "right\n")
+        md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of "
+                  f"{counted(dm.queries, 'query', 'queries')} right\n")
         md.append(trust_table(dm.selective, "vmem dmn classify"))
     if reranked is not None:
         md.append(trust_table(reranked, "vmem classify --rerank"))

@@ -38,6 +38,7 @@ from retrieval.store import (
     SERVER_REQUEST_IDS,
 )
 from retrieval.store import PRUNE_COUNT_KEY as COUNT_KEY
+from retrieval.text import counted
 
 from .scoring import (
     K_MAX,
@@ -126,10 +127,11 @@ class PruneReport(BaseModel):
     at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def summary(self) -> str:
-        what = (f"{self.excluded} points with count >= {self.threshold} excluded from search"
+        what = (f"{counted(self.excluded, 'point')} with count >= {self.threshold} excluded from search"
                 if self.mode is PruneMode.hard else
-                f"{self.down_weighted} points down-weighted by {SOFT_GAMMA}/(1+count)")
-        return (f"{self.mode} pruning of {self.points} points: {self.wrong_decisions} leave-one-out errors "
+                f"{counted(self.down_weighted, 'point')} down-weighted by {SOFT_GAMMA}/(1+count)")
+        return (f"{self.mode} pruning of {counted(self.points, 'point')}: "
+                f"{counted(self.wrong_decisions, 'leave-one-out error')} "
                 f"({self.rule} voting, k={self.k}); blame ({self.blame}: {_BLAMED.get(self.blame, '?')}) count max "
                 f"{self.count_max}, mean {self.count_mean:.2f}; "
                 f"{what}. Undo with `vmem prune --undo`.")

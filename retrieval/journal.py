@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 
 from .files import os_error_reason, process_running, process_start
 from .schema_types import IsoTime, PointIdText
+from .text import counted
 
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
@@ -288,11 +289,12 @@ class Journal(ABC):
             self.append(entries_for(op, ids, **fields))
             return True
         except OSError as exc:  # a full or read-only disk: the reason is the whole story, no traceback each edit
-            log.error("the memory's journal could not record a %s of %d points (%s: %s); the edit itself was made",
-                      op, fields.get("points", len(ids)), os_error_reason(exc), getattr(exc, "filename", None) or "")
+            log.error("the memory's journal could not record a %s of %s (%s: %s); the edit itself was made",
+                      op, counted(fields.get("points", len(ids)), "point"), os_error_reason(exc),
+                      getattr(exc, "filename", None) or "")
         except Exception:
-            log.error("the memory's journal could not record a %s of %d points; the edit itself was made", op,
-                      fields.get("points", len(ids)), exc_info=True)
+            log.error("the memory's journal could not record a %s of %s; the edit itself was made", op,
+                      counted(fields.get("points", len(ids)), "point"), exc_info=True)
         return False
 
     def intend(self, op: NotedOp, before: Mapping[str, str], begun_with: Mapping[str, Any] | None = None,

@@ -878,8 +878,9 @@ class MemoryStore(ABC):
             for note in self.journal.pending():
                 if made := self.settle_note(note):
                     what = {"erase": "an erase", "tune": "a tune", "settings": "a change of search settings",
-                            "add": f"an add of {counted(made, 'point')}"}.get(
-                                note.op, f"a {note.op} of {made} points or names")
+                            "add": f"an add of {counted(made, 'point')}",
+                            "name": f"a naming of {counted(made, 'label')}"}.get(
+                                note.op, f"a {note.op} of {counted(made, 'point')}")
                     # A read-only service settles its private copy (`open_read_only`): the memory's own journal is
                     # untouched, and said so, or "journaled" read as done for good
                     where = (" (in this read-only copy only: the memory's own journal records it at its next opening "

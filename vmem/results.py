@@ -215,9 +215,9 @@ class FewPoints(BaseModel):
     @property
     def note(self) -> str:
         named = f" ({visible(self.label_name)})" if self.label_name not in (None, self.label) else ""
-        return (f"label {quoted(self.label)}{named} has {self.points} point{'s' * (self.points != 1)}, fewer than the "
-                f"{self.needed} it takes to win a {self.rule} vote of k = {self.k} neighbours against a fuller "
-                f"class near it: add images of it, or classify with k = {self.k_that_fits} or less "
+        return (f"label {quoted(self.label)}{named} has {counted(self.points, 'point')}, fewer than the "
+                f"{self.needed} it takes to win a {self.rule} vote of k = {counted(self.k, 'neighbour')} against a "
+                f"fuller class near it: add images of it, or classify with k = {self.k_that_fits} or less "
                 f"(README, 'A class of a few images')")
 
 

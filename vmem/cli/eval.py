@@ -22,7 +22,7 @@ from retrieval import (
     read_label_names,
 )
 from retrieval.files import os_error_reason
-from retrieval.text import visible, without_secrets
+from retrieval.text import counted, visible, without_secrets
 
 from ..results import VoteSettings
 from ._common import (
@@ -268,32 +268,34 @@ def eval(
                    f"{100 * t['accuracy']:.2f}% top-1 here{given}")
     if report.rerank:
         r = report.rerank
-        typer.echo(f"re-rank on {r['queries']} queries (k={r['k']}, template {r['template']}): "
+        typer.echo(f"re-rank on {counted(r['queries'], 'query', 'queries')} (k={r['k']}, template {r['template']}): "
                    f"{100 * r['rerank_accuracy']:.2f}% vs rank voting {100 * r['rank_accuracy']:.2f}%; "
                    f"fallback rate {100 * r['fallback_rate']:.1f}% {r['fallback_reasons']}; "
                    f"tokens {r['usage'].get('total_tokens', 0)}"
                    + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
         if r["overrode"]["queries"]:  # the answers the VLM changed: their confidence is their label's share
             o = r["overrode"]
-            typer.echo(f"the VLM changed {o['queries']} answers: {100 * o['accuracy']:.2f}% right at mean confidence "
-                       f"{o['mean_confidence']:.3f} (table.md: the re-ranked answers' --min-confidence)")
+            typer.echo(f"the VLM changed {counted(o['queries'], 'answer')}: {100 * o['accuracy']:.2f}% right at mean "
+                       f"confidence {o['mean_confidence']:.3f} (table.md: the re-ranked answers' --min-confidence)")
     if report.dmn is not None:
         d = report.dmn
         kept = ", ".join(f"{100 * a.target:g}% at --min-confidence {a.min_confidence:.6g} ({100 * a.coverage:.1f}% "
                          "kept)" for a in d.selective.at_accuracy if a.min_confidence is not None)
-        typer.echo(f"dmn ({d.mode}, no stream) on {d.queries} queries: {100 * d.accuracy:.2f}% right; "
+        typer.echo(f"dmn ({d.mode}, no stream) on {counted(d.queries, 'query', 'queries')}: "
+                   f"{100 * d.accuracy:.2f}% right; "
                    + (kept or "no threshold reaches 90% accuracy"))
     for f in queries.failed[:20]:
         typer.echo(f"skipped {f}", err=True)
     if len(queries.failed) > 20:
-        typer.echo(f"... and {len(queries.failed) - 20:,} more queries skipped (failed_queries in results.json)",
+        typer.echo(f"... and {counted(len(queries.failed) - 20, 'more query', 'more queries')} skipped "
+                   "(failed_queries in results.json)",
                    err=True)
     left_out = memory_obj.skipped if isinstance(memory_obj, MemoryArrays) and memory_dataset is not None else []
     for f in left_out[:20]:  # --memory-dataset's images that are not in the memory scored
         typer.echo(f"left out of the memory: {f}", err=True)
     if len(left_out) > 20:
         typer.echo(f"... and {len(left_out) - 20:,} more left out of the memory", err=True)
-    typer.echo(f"wrote {len(written)} files to {out_shown}", err=True)
+    typer.echo(f"wrote {counted(len(written), 'file')} to {out_shown}", err=True)
     if dmn_refused is not None:  # after the vote's results, written: exit 2 still, as --dmn was not done
         raise typer.BadParameter(f"dmn was not scored ({dmn_refused}); the vote's results are written to {out_shown}",
                                  param_hint="--dmn")
