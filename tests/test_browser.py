@@ -870,23 +870,30 @@ def test_a_probable_mislabel_is_listed_and_corrected_on_the_page(browser, tmp_pa
 
 @pytest.fixture
 def slow_default_page(tmp_path, lite0):
-    """The page over the 12-point memory, its service slow (2.5 s) to answer a query with the default vote."""
+    """(url, held): the page over the 12-point memory, its service holding each query with the default vote until
+    the test lets it through (`held.release()`). It had slept 2.5 s: a loaded machine could take longer between two
+    of the test's steps, and the answer came before the step that was to see it pending."""
+    import threading
+
     images = make_memory_images(tmp_path / "images", lite0)
     mem = fill_memory(":memory:", lite0, images)
     app = create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)
     service = app.state.service
     classify = service.classify
+    held = threading.Semaphore(0)
 
     def slow_unless_a_vote_is_chosen(uploads, q, *asked_by):
-        import time
-
         if q.vote is None:
-            time.sleep(2.5)
+            assert held.acquire(timeout=60), "the test never let the query through"
         return classify(uploads, q, *asked_by)
 
     service.classify = slow_unless_a_vote_is_chosen
     with live_server(app) as url:
-        yield url
+        try:
+            yield url, held
+        finally:
+            for _ in range(8):  # a query still held: answered, so that the service can stop
+                held.release()
     mem.close()
 
 
@@ -897,14 +904,16 @@ def test_the_page_shows_only_the_latest_answer_and_an_error_replaces_the_answer(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    url, held = slow_default_page
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4243))
     wait = WebDriverWait(browser, 30)
-    browser.get(slow_default_page + "/")
+    browser.get(url + "/")
     wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-    browser.find_element(By.ID, "file").send_keys(str(query))  # asked with the default vote: slow
-    Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # asked again: fast
+    browser.find_element(By.ID, "file").send_keys(str(query))  # asked with the default vote: held
+    Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # asked again: answered
     wait.until(lambda d: "plurality vote" in d.find_element(By.ID, "badges").text)
+    held.release()  # only now the first query's answer, after the second's
     # Until the browser has both answers (a resource timing entry is there once its response has ended): the
     # first, slower one must not replace the second.
     wait.until(lambda d: d.execute_script(
@@ -1046,10 +1055,12 @@ def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(brow
 
     query = tmp_path / "query.png"
     query.write_bytes(texture(COLORS["red"], seed=4248))
+    url, held = slow_default_page
     wait = WebDriverWait(browser, 30)
-    browser.get(slow_default_page + "/")
+    browser.get(url + "/")
     wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-    browser.find_element(By.ID, "file").send_keys(str(query))  # classified once (2.5 s)
+    held.release()
+    browser.find_element(By.ID, "file").send_keys(str(query))  # classified once
     wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
     wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classify")
     requests = ("return performance.getEntriesByType('resource')"
@@ -1061,7 +1072,8 @@ def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(brow
     wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classifying…")
     # Disabled while it ran, the button had dropped the focus to the page (<body>) until the user tabbed again.
     assert focused(browser) == "classify-btn"
-    ActionChains(browser).send_keys(Keys.ENTER).perform()  # pressed again meanwhile: not asked twice
+    ActionChains(browser).send_keys(Keys.ENTER).perform()  # pressed again meanwhile (held): not asked twice
+    held.release()
     wait.until(lambda d: d.find_element(By.ID, "classify-btn").text == "Classify")
     assert focused(browser) == "classify-btn"
     assert browser.execute_script(requests) == 2
