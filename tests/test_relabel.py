@@ -274,7 +274,7 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     # ... but not when an id is not there: it is said, and the exit says it
     partly = runner.invoke(app, ["relabel", "--memory", location, "--id", red[0], "--id",
                                  "00000000-0000-4000-8000-000000000000", "--to", "blue"])
-    assert partly.exit_code == 1 and "1 of the 2 ids are no point of the memory" in partly.stderr
+    assert partly.exit_code == 1 and "1 of the 2 ids is no point of the memory" in partly.stderr
     gone = runner.invoke(app, ["relabel", "--memory", location, "--source", str(tmp_path / "nowhere"), "--to", "blue"])
     assert gone.exit_code == 1 and "no point's source starts with" in gone.stderr
     points = runner.invoke(app, ["points", "--memory", location, "--label", "blue", "--json"])
