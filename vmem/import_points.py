@@ -399,7 +399,7 @@ class ImportReport:
         kind = f"a vmem export of {encoder}" if self.format == EXPORT_FORMAT else f"{encoder} vectors"
         rows = counted(self.rows, "row")
         of = f"{self.chosen:,} of {rows}" if self.chosen != self.rows else rows
-        lines = [f"{verb} {self.added:,} point{'s' if self.added != 1 else ''} from {visible(self.file)} ({kind}, "
+        lines = [f"{verb} {counted(self.added, 'point')} from {visible(self.file)} ({kind}, "
                  f"{self.dim}-d; {of}): {self.already_in_memory:,} already in memory, "
                  + (f"{self.duplicates:,} repeated rows, " if self.duplicates else "")
                  + f"{sum(self.skipped.values()):,} skipped"
@@ -430,7 +430,7 @@ class ImportReport:
                          f"sent to the re-ranker from under them): {', '.join(map(visible, self.source_roots))}")
         if self.outside_roots:
             n = self.outside_roots
-            lines.append(f"the images of {n:,} point{'s' if n != 1 else ''} are files on this machine outside the "
+            lines.append(f"the images of {counted(n, 'point')} are files on this machine outside the "
                          "memory's image folders (source_roots, vmem info): none is shown as a thumbnail or sent to "
                          f"the re-ranker, since a file's sources are its writer's; {trusting}")
         return "\n".join(line for line in lines if line)
@@ -444,7 +444,7 @@ class ImportReport:
         for reason, n in self.skipped.most_common():
             rows = ", ".join(map(str, self.skipped_rows[reason])) + (", ..." if n > len(self.skipped_rows[reason])
                                                                       else "")
-            lines.append(f"  skipped {n:,} row{'s' if n != 1 else ''}: {reason} (row{'s' if n != 1 else ''} {rows})")
+            lines.append(f"  skipped {counted(n, 'row')}: {reason} (row{'s' if n != 1 else ''} {rows})")
         return lines
 
 

@@ -36,6 +36,7 @@ from retrieval.store import (
     same_location,
     upload_file,
 )
+from retrieval.text import counted
 
 from .results import ReembedResult, SkippedPoint
 from .visual_memory import COPIES_BEGUN_KEY, _journal_location, carry_meta
@@ -107,7 +108,7 @@ def same_encoder(a: FeaturizerSpec, b: FeaturizerSpec) -> bool:
 
 
 def _points(n: int) -> str:
-    return f"{n:,} point{'s' if n != 1 else ''}"
+    return counted(n, "point")
 
 
 def _whole(value: object) -> bool:

@@ -2415,7 +2415,7 @@ class VisualMemory:
                 shutil.copy2(found, there)
                 kept += 1
         if kept:
-            notes.append(f"{kept:,} thumbnail{'s' if kept != 1 else ''} of uploaded points (their only images) "
+            notes.append(f"{counted(kept, 'thumbnail')} of uploaded points (their only images) "
                          "copied along")
         originals = 0
         if (own := local_folder(self.store.location)) is not None and (own / UPLOADS_DIR).is_dir():
@@ -2425,7 +2425,7 @@ class VisualMemory:
                     write_atomically(there, found.read_bytes())  # whole or not at all: a copy cut short resumes
                     originals += 1
         if originals:
-            notes.append(f"{originals:,} uploaded image{'s' if originals != 1 else ''} kept as sent copied along")
+            notes.append(f"{counted(originals, 'uploaded image')} kept as sent copied along")
 
     def _copy_dmn_streams(self, dest: MemoryStore) -> int:
         """Copy this memory's DMN dynamic memories (files under `dmn_home()`, keyed by memory) to `dest`'s;

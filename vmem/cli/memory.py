@@ -1496,7 +1496,7 @@ def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label
                          by: str | None) -> None:
     """After a history's edits: how many more the limit left out, or that none matched (stderr)."""
     if earlier:
-        typer.echo(f"... and {earlier} earlier edit{'s' if earlier != 1 else ''} (--limit)", err=True)
+        typer.echo(f"... and {counted(earlier, 'earlier edit')} (--limit)", err=True)
     if not shown:
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
                                                             ("since", since), ("by", by)) if value is not None]
