@@ -14,9 +14,15 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q "torch==2.13.0"
-pip install -q -e '.[dev]'
+# The versions the tests last passed with (scripts/tested-versions.txt), as constraints: pyproject.toml's floors
+# alone let a fresh machine get whatever the index serves that day, and one upstream release could break a setup
+# (or CI) that passed here. VMEM_UNPINNED=1 takes the newest within pyproject.toml's ranges instead.
+# (${PINS[@]+...}: an empty array under set -u is an error in the bash 3.2 a Mac has.)
+PINS=(-c scripts/tested-versions.txt)
+[ "${VMEM_UNPINNED:-0}" != 1 ] || PINS=()
+pip install -q --upgrade ${PINS[@]+"${PINS[@]}"} pip
+pip install -q ${PINS[@]+"${PINS[@]}"} "torch==2.13.0"
+pip install -q ${PINS[@]+"${PINS[@]}"} -e '.[dev]'
 
 # Headless Chromium for the browser test of the page (Debian's package; the test fails in CI without it).
 # Both: the test drives the browser through chromedriver, which a machine with chromium alone lacks.

@@ -165,3 +165,29 @@ def test_every_package_the_code_imports_is_a_declared_dependency():
                     if not owners & declared:
                         undeclared.add(f"{top} ({', '.join(sorted(owners))}) in {path.relative_to(REPO)}")
     assert sorted(undeclared) == []
+
+
+def test_the_tested_versions_pin_every_declared_dependency_within_its_range():
+    # scripts/install.sh (so CI) installs scripts/tested-versions.txt as constraints: a dependency added to
+    # pyproject.toml without a pin there would come in at whatever version the index serves that day, and a pin
+    # outside pyproject.toml's range would make the install fail. scripts/pin-tested-versions.sh rewrites the file.
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "scripts" / "tested-versions.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and "+" not in version, f"not a plain name==version pin: {line!r}"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in
+                [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]]
+    unpinned = [str(r) for r in declared if canonicalize_name(r.name) not in pins]
+    outside = [f"{r} (pinned {pins[canonicalize_name(r.name)]})" for r in declared
+               if canonicalize_name(r.name) in pins and not r.specifier.contains(pins[canonicalize_name(r.name)],
+                                                                                 prereleases=True)]
+    assert (unpinned, outside) == ([], [])
+    assert "vmem" not in pins, "the project itself is installed from the checkout, not pinned"
