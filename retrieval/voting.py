@@ -4,7 +4,7 @@ With cosine distance d = 1 - cos and neighbours ranked i = 0, 1, 2, ...:
 
     plurality  w = 1
     distance   w = exp(-d)
-    softmax    w = exp((1 - d) / tau)      tau = 0.07
+    softmax    w = exp((1 - d) / tau)      tau = 0.07   (shown divided by e^(1/tau): exp(-d/tau))
     rank       w = 1 / (alpha + i)         alpha = 2
 
 Weights are multiplied by optional per-neighbour reliability factors (soft pruning),
@@ -25,6 +25,10 @@ DEFAULT_ALPHA = 2.0
 DEFAULT_TAU = 0.07
 # Relative tolerance under which two label totals count as tied (summation order noise).
 TIE_RTOL = 1e-9
+# The least exponent of a softmax weight as shown, exp(-d/tau): below it a row of weights is scaled by its nearest's
+# (`neighbor_weights`). Far above float64's least (about -745), so that the weights beside the nearest's that
+# underflow still would weigh under e^-100 of it: nothing any vote or tie can feel.
+SOFTMAX_LEAST_EXPONENT = -600.0
 
 
 class VoteRule(StrEnum):
@@ -60,8 +64,13 @@ def neighbor_weights(
     elif rule is VoteRule.distance:
         w = np.exp(-(1.0 - sims))
     elif rule is VoteRule.softmax:
-        # exp((1-d)/tau) = exp(cos/tau); subtracting 1/tau keeps it finite and changes no decision.
-        w = np.exp((sims - 1.0) / tau)
+        # exp((1-d)/tau) = exp(cos/tau); subtracting 1/tau keeps it finite and changes no decision. Where even the
+        # nearest's weight would be below e^SOFTMAX_LEAST_EXPONENT (tau near its least, every neighbour far), the
+        # row is divided by the nearest's instead: at tau 0.001 and cosines of 0.2 every weight had been e^-800,
+        # 0 in floating point, so every label tied at 0 and the nearest's won, whatever the others' weights.
+        top = np.max(sims, axis=-1, keepdims=True, initial=-np.inf, where=np.isfinite(sims))
+        far = np.isfinite(top) & ((top - 1.0) / tau < SOFTMAX_LEAST_EXPONENT)
+        w = np.exp((sims - np.where(far, top, 1.0)) / tau)
     else:
         ranks = np.arange(sims.shape[-1], dtype=np.float64)
         w = np.broadcast_to(1.0 / (alpha + ranks), sims.shape).copy()
