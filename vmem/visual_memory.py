@@ -47,6 +47,7 @@ from retrieval import (
     point_id_for,
     vote,
 )
+from retrieval.doubtful import unit_rows
 from retrieval.feature_cache import FeatureCache
 from retrieval.files import (
     DISK_FULL_ERRNOS,
@@ -1077,6 +1078,9 @@ class VisualMemory:
         from .dmn_classifier import DmnOptions
 
         opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
+        # The readouts take cos(q, k) as <q, k> of unit vectors: a query 3x as long read out sharper, and its stream
+        # kept it so. Unit rows, as the engines compare every vote's query (an encoder's are unit already).
+        vectors = unit_rows(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
         # Only the labelled memory answers (no CLIP text classifier): as a vote, a memory with no point a search
         # can return is refused, not answered label None (counted only then)
         memory_only = self.dmn.resolve_mode(opts.mode) == "memory-only"
