@@ -91,10 +91,10 @@ def _fill_rows(store: MemoryStore, searchable_only: bool, payload_keys: Sequence
 
 
 def as_compared(queries: np.ndarray, vectors_dtype: str) -> np.ndarray:
-    """Queries as a memory whose originals are `vectors_dtype` compares them: the engines (embedded and server)
-    round the query to float16 against float16 vectors. Unrounded, similarities were up to 1e-4 off the memory's
-    own and near neighbours changed places (a seventh of Tiny-ImageNet val queries at k = 50): exact evaluation
-    and tuning did not score the neighbours `vmem classify --exact` votes over."""
+    """Queries as a memory that compares in `vectors_dtype` (`MemoryStore.compared_dtype`) compares them: the
+    engines (embedded and server) round the query to float16 against float16 vectors. Unrounded, similarities were
+    up to 1e-4 off the memory's own and near neighbours changed places (a seventh of Tiny-ImageNet val queries at
+    k = 50): exact evaluation and tuning did not score the neighbours `vmem classify --exact` votes over."""
     q = np.asarray(queries, dtype=np.float32)
     return q.astype(np.float16).astype(np.float32) if vectors_dtype == "float16" else q
 
@@ -107,7 +107,7 @@ class MemoryArrays:
     labels: list[str]
     ids: list[str]
     reliability: np.ndarray | None = None  # float64 [n]; None = every point 1
-    vectors_dtype: str = "float32"  # as the store keeps them: queries are compared as it compares them
+    vectors_dtype: str = "float32"  # as the store compares them (`compared_dtype`): queries are compared so too
     # `SOURCE: REASON` of a dataset's images left out of it (`memory_from_dataset`), escaped, for the run to say
     skipped: list[str] = field(default_factory=list)
 
@@ -131,7 +131,7 @@ class MemoryArrays:
 
         vectors = _fill_rows(store, True, ("label", EXCLUDED_KEY, RELIABILITY_KEY), keep, progress)
         r = np.asarray(reliability, dtype=np.float64)
-        return cls(vectors, labels, ids, r if np.any(r != 1.0) else None, store.meta.index.vectors_dtype)
+        return cls(vectors, labels, ids, r if np.any(r != 1.0) else None, store.compared_dtype)
 
     def subset(self, mask: np.ndarray) -> MemoryArrays:
         idx = np.flatnonzero(mask)
@@ -187,7 +187,7 @@ def neighbors_exact_paged(store: MemoryStore, queries: np.ndarray, classes: list
     it, as `neighbors_exact` did) with one page of vectors in RAM, where
     `MemoryArrays.from_store` holds them all (6.5 GB at 1.28M x 1280) for a few dozen queries. Returns the
     table and the labels of the points searched, one per point."""
-    q = np.ascontiguousarray(as_compared(queries, store.meta.index.vectors_dtype))
+    q = np.ascontiguousarray(as_compared(queries, store.compared_dtype))
     best_idx, best_sims = np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
     labels: list[str] = []
     reliability: list[float] = []

@@ -672,6 +672,12 @@ class MemoryStore(ABC):
     def dim(self) -> int:
         return self.meta.featurizer.dim
 
+    @property
+    def compared_dtype(self) -> str:
+        """The type a search compares the query and the points in: the originals' (`IndexSettings.vectors_dtype`;
+        the engine rounds the query to float16 against float16 ones), which exact evaluation must compare in too."""
+        return self.meta.index.vectors_dtype
+
     def check_writable(self) -> None:
         """Raise MemoryReadOnlyError where the memory was opened read-only (`open_read_only`), as every edit does:
         for a caller to ask before work only an edit would use (images decoded and embedded, thumbnails kept)."""
@@ -2422,6 +2428,8 @@ class QdrantServerStore(MemoryStore):
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
                 client = _local_mode_client(location)
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
+        # qdrant-client's local modes keep and compare float32 vectors whatever datatype the collection asks for
+        self._local_mode = type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         existed = False
         try:
@@ -2612,6 +2620,10 @@ class QdrantServerStore(MemoryStore):
                 for p in batch:
                     counts[p.label] = counts.get(p.label, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
+    def compared_dtype(self) -> str:
+        return "float32" if self._local_mode else self.meta.index.vectors_dtype
 
     def _nearest(self, v, k, labels, exact) -> list[list[Neighbor]]:
         qm = self._qm
