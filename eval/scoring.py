@@ -91,11 +91,19 @@ def _fill_rows(store: MemoryStore, searchable_only: bool, payload_keys: Sequence
 
 
 def as_compared(queries: np.ndarray, vectors_dtype: str) -> np.ndarray:
-    """Queries as a memory that compares in `vectors_dtype` (`MemoryStore.compared_dtype`) compares them: the
-    engines (embedded and server) round the query to float16 against float16 vectors. Unrounded, similarities were
-    up to 1e-4 off the memory's own and near neighbours changed places (a seventh of Tiny-ImageNet val queries at
-    k = 50): exact evaluation and tuning did not score the neighbours `vmem classify --exact` votes over."""
+    """Queries as a memory that compares in `vectors_dtype` (`MemoryStore.compared_dtype`) compares them: unit
+    length (cosine similarity: the engines compare directions; a longer query had scored its length times the
+    cosines), then rounded to float16 where the engine (embedded, or a server's) rounds it against float16
+    vectors. Unrounded, similarities were up to 1e-4 off the memory's own and near neighbours changed places (a
+    seventh of Tiny-ImageNet val queries at k = 50): exact evaluation and tuning did not score the neighbours
+    `vmem classify --exact` votes over."""
     q = np.asarray(queries, dtype=np.float32)
+    # Scaled as Qdrant scales a query for cosine (`cosine_preprocess`): a row of squared length within 1e-6 of 1, or
+    # of none, as it is. Scaled anyway, an encoder's unit rows changed in their last bits, and some of them then
+    # rounded to the other float16.
+    squared = np.einsum("ij,ij->i", q, q)
+    as_is = (np.abs(squared - 1.0) <= 1e-6) | (squared < np.finfo(np.float32).eps)
+    q = np.where(as_is[:, None], q, q / np.sqrt(np.where(as_is, 1.0, squared))[:, None]).astype(np.float32)
     return q.astype(np.float16).astype(np.float32) if vectors_dtype == "float16" else q
 
 
