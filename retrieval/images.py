@@ -22,7 +22,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .text import visible
+from .text import counted, visible
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +374,8 @@ def files_under(folder: Path) -> list[Path]:
         found += [Path(dirpath) / name for name in filenames]
     if unreadable:
         shown = "; ".join(f"{visible(str(e.filename))}: {e.strerror}" for e in unreadable[:3])
-        log.warning("%d folder%s could not be read, and the images in %s are left out: %s%s", len(unreadable),
-                    "s" if len(unreadable) > 1 else "", "them" if len(unreadable) > 1 else "it", shown,
+        log.warning("%s could not be read, and the images in %s are left out: %s%s",
+                    counted(len(unreadable), "folder"), "it" if len(unreadable) == 1 else "them", shown,
                     "; ..." if len(unreadable) > 3 else "")
     return sorted(found)
 
@@ -415,5 +415,5 @@ def unread_files_message(unread: Sequence[Path]) -> str:
         advice = (f"{len(photos)} of them {'is' if len(photos) == 1 else 'are'} {'/'.join(kinds)}, which vmem does not "
                   f"decode: convert {'it' if len(photos) == 1 else 'them'} to JPEG" + (
                       f"; for the others, {advice}" if len(photos) < len(unread) else ""))
-    return (f"{len(unread)} file{'s' if len(unread) > 1 else ''} not named as images left out ({shown}): vmem reads "
+    return (f"{counted(len(unread), 'file')} not named as images left out ({shown}): vmem reads "
             f"{', '.join(sorted(s for s in IMAGE_SUFFIXES))} files in a folder; {advice}")

@@ -66,10 +66,10 @@ def scan_imagefolder(root: str | Path) -> list[LabelledImage]:
     if loose := [visible(p.name) for p in sorted(root.iterdir())
                  if p.is_file() and is_image_path(p) and normalize_source(p) not in linked]:
         # No folder, so no label: left out, but said, or a user wonders where they went.
-        log.warning("%d image%s directly under %s (%s%s) %s in no label folder, and left out: "
-                    "ROOT/<label>/<image> labels an image by its folder", len(loose), "s" if len(loose) > 1 else "",
+        log.warning("%s directly under %s (%s%s) %s in no label folder, and left out: "
+                    "ROOT/<label>/<image> labels an image by its folder", counted(len(loose), "image"),
                     visible(str(root)), ", ".join(loose[:3]), ", ..." if len(loose) > 3 else "",
-                    "are" if len(loose) > 1 else "is")
+                    "is" if len(loose) == 1 else "are")
     return items
 
 
@@ -191,8 +191,8 @@ def _images_below(folder: Path, label: str, unread: list[Path], broken: list[str
 
 def _warn_left_out(root: Path, unread: list[Path], broken: list[str]) -> None:
     if broken:  # its failure names the missing target (a source is a resolved path): say which link led there
-        log.warning("%d link%s in %s lead%s to no file: %s%s", len(broken), "s" if len(broken) > 1 else "",
-                    visible(str(root)), "" if len(broken) > 1 else "s", "; ".join(broken[:3]),
+        log.warning("%s in %s lead%s to no file: %s%s", counted(len(broken), "link"),
+                    visible(str(root)), "s" if len(broken) == 1 else "", "; ".join(broken[:3]),
                     "; ..." if len(broken) > 3 else "")
     if unread:  # a folder of .heic or extensionless images would otherwise vanish from the build unsaid
         log.warning("%s", unread_files_message(unread))
@@ -306,7 +306,7 @@ class BuildReport:
             lines.append(f"  ... and {len(self.relabelled) - 10} more")
         if self.forgotten_before:
             n = len(self.forgotten_before)
-            lines.append(f"{n} listed image{'s' if n > 1 else ''} had been forgotten from this memory (vmem history "
+            lines.append(f"{counted(n, 'listed image')} had been forgotten from this memory (vmem history "
                          + ("--source PATH): left out, as asked (--skip-forgotten):" if self.forgotten_skipped else
                             "--source PATH): added again; build with --skip-forgotten to leave such images out:"))
             lines += [f"  {visible(src)}" for src in self.forgotten_before[:10]]

@@ -53,7 +53,7 @@ from retrieval.store import (
     thumbnail_file,
     upload_file,
 )
-from retrieval.text import visible
+from retrieval.text import counted, visible
 from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
 from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
@@ -228,7 +228,7 @@ class ThumbnailStore:
             except OSError:  # a read-only folder: the forget's own warning says what stayed (no traceback each)
                 failed += 1
         if failed:
-            log.warning("%d thumbnail%s could not be deleted from %s", failed, "s" if failed > 1 else "", self.root)
+            log.warning("%s could not be deleted from %s", counted(failed, "thumbnail"), self.root)
 
 
 def _read_thumbnail(path: Path) -> bytes | None:

@@ -457,7 +457,7 @@ def test_a_stream_keeps_its_slot_count_and_refuses_another(memory):
     q, _ = queries(6)
     memory.classify_dmn(q[:3], stream="s", options={"slots": 1})
     assert memory.dmn.stream("s").slots == 1
-    with pytest.raises(ValueError, match="1 slots per class"):
+    with pytest.raises(ValueError, match="has 1 slot per class"):
         memory.classify_dmn(q[3:], stream="s", options={"slots": 3})
     # Without an explicit L the stream's own applies; no queue ever holds more than it.
     memory.classify_dmn(q[3:], stream="s")
@@ -468,7 +468,7 @@ def test_a_copied_memory_takes_its_streams_along(stored_memory, tmp_path):
     q, _ = queries(6)
     stored_memory.classify_dmn(q, stream="cam1")  # not saved yet (throttled): the copy saves it first
     dest, notes = stored_memory.copy_to(tmp_path / "copy")
-    assert notes == ["1 DMN dynamic memories copied along (vmem dmn streams)"]
+    assert notes == ["1 DMN dynamic memory copied along (vmem dmn streams)"]
     with VisualMemory(dest, reranker=None) as copied:
         assert copied.dmn.streams() == ["cam1"] and len(copied.dmn.stream("cam1")) == 6
         copied.classify_dmn(queries(4, seed=2)[0], stream="cam1")  # the copy goes on learning

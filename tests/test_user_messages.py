@@ -8,11 +8,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from reranker import GeminiReranker
+from retrieval import open_store
 from retrieval.text import counted
 from server.app import create_app, open_memory
 from server.settings import Settings
 from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
-from tests.test_copy import make_memory
+from tests.conftest import random_unit_vectors
+from tests.test_copy import SPEC, make_memory
 from vmem import NoMemoryError, VisualMemory
 from vmem.cli import app
 
@@ -69,6 +71,15 @@ def test_a_gemini_not_reached_on_its_one_attempt_is_said_so_in_the_fallback_reas
         assert body["fallback_reason"].startswith(f"could not reach Gemini at {url} after 1 attempt ("), body
     finally:
         mem.close()  # closes its re-ranker too
+
+
+def test_a_memory_of_thousands_of_labels_counts_them_as_every_count_is_written(tmp_path):
+    labels = [f"class{i:04d}" for i in range(1200)]
+    store = open_store(tmp_path / "memory", SPEC)
+    store.add(random_unit_vectors(1200, 16, seed=1), labels, [f"/data/{label}.jpg" for label in labels])
+    with VisualMemory(store, reranker=None) as mem:
+        said = mem.unknown_labels_message(["okapi"], "vmem labels")
+    assert said.startswith("the memory has no label 'okapi': it has 1,200 labels (class0000, class0001,"), said
 
 
 def test_vmem_backup_makes_the_folders_above_its_backup_as_the_service_makes_its_backup_dir(tmp_path):

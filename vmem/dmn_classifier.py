@@ -56,7 +56,7 @@ from retrieval.dmn import (
 )
 from retrieval.files import os_error_reason, remove_stale_temporaries, user_folder
 from retrieval.store import DEFAULT_COLLECTION, LOCAL_MODE_PREFIX, local_folder
-from retrieval.text import without_secrets
+from retrieval.text import counted, without_secrets
 
 from .results import Classification, DmnDetails, NeighborVote, VoteSettings
 
@@ -415,7 +415,7 @@ class DmnClassifier:
         dyn = self.stream(stream, opts.slots) if stream is not None else None
         # L is fixed when a stream is made (created, or loaded from disk): an explicit other L would be ignored.
         if dyn is not None and "slots" in opts.model_fields_set and dyn.slots != opts.slots:
-            raise ValueError(f"DMN stream {stream!r} has {dyn.slots} slots per class, not {opts.slots}: "
+            raise ValueError(f"DMN stream {stream!r} has {counted(dyn.slots, 'slot')} per class, not {opts.slots}: "
                              "reset the stream to change it")
         if dyn is not None and stored:  # whatever the filter: a forgotten label named in it must not come back
             dyn.drop_labels_except(set(stored))  # forgotten labels leave the dynamic memory too

@@ -264,5 +264,5 @@ def _carry_meta(mem: VisualMemory, dest: MemoryStore, notes: list[str]) -> None:
                      "were not carried: a new encoder's similarities differ; tune the new memory (vmem tune)")
     if mem.store.location != ":memory:" and (streams := dmn_home() / stream_dir_key(mem.store)).is_dir() and \
             (n := len(list(streams.glob("*.npz")))):
-        notes.append(f"{n} DMN dynamic memor{'ies' if n > 1 else 'y'} of past queries hold {mine.featurizer.name} "
-                     "features and were not carried")
+        notes.append(f"{counted(n, 'DMN dynamic memory', 'DMN dynamic memories')} of past queries hold "
+                     f"{mine.featurizer.name} features and were not carried")

@@ -458,9 +458,9 @@ def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None
         except OSError as exc:
             failed.append(exc)
     if failed:
-        log.warning("after a forget (made): %d %s%s of forgotten points could not be deleted from %s (%s): delete "
-                    "them there, or forget the same points again once it can be written", len(failed), what,
-                    "s" if len(failed) > 1 else "", folder, os_error_reason(failed[0]))
+        log.warning("after a forget (made): %s of forgotten points could not be deleted from %s (%s): delete "
+                    "them there, or forget the same points again once it can be written", counted(len(failed), what),
+                    folder, os_error_reason(failed[0]))
 
 class VisualMemory:
     """A memory of labelled feature vectors plus the encoder that made them."""
@@ -1136,7 +1136,7 @@ class VisualMemory:
         """What the CLI and HTTP say of labels the memory lacks: which they are, the labels they name when they
         are names ("Egyptian cat" for n02124075), and some labels it has, with where to see them all."""
         known = self.store.label_counts()
-        pruned = [f"{quoted(label)} ({known[label]:,} point{'s' if known[label] > 1 else ''})"
+        pruned = [f"{quoted(label)} ({counted(known[label], 'point')})"
                   for label in unknown if known.get(label)]
         said = ("every point of label " + ", ".join(pruned) + " is excluded by hard pruning, and no search returns"
                 " it (vmem prune --undo restores them)") if pruned else ""
@@ -1149,7 +1149,7 @@ class VisualMemory:
             return text + ": it holds no points"
         # stored labels of anyone's making: escaped, as the CLI prints labels (a "\u202etac" read "cat" here)
         some = ", ".join(map(visible, list(known)[:10])) + (", ..." if len(known) > 10 else "")
-        text += f": it has {len(known)} label{'s' if len(known) > 1 else ''} ({some}; {listed_by} lists them)"
+        text += f": it has {counted(len(known), 'label')} ({some}; {listed_by} lists them)"
         return text + (f"; {said}" if said else "")
 
     def _named(self, results: list[Classification]) -> list[Classification]:
@@ -2247,7 +2247,8 @@ class VisualMemory:
             dest.save_meta()
             self._carry_history(dest, copied, notes)
             if streams := self._copy_dmn_streams(dest):
-                notes.append(f"{streams} DMN dynamic memories copied along (vmem dmn streams)")
+                notes.append(f"{counted(streams, 'DMN dynamic memory', 'DMN dynamic memories')} copied along "
+                             "(vmem dmn streams)")
             self._copy_upload_thumbnails(dest, uploads, notes)
             dest.flush()
             dest.optimize()
@@ -2370,7 +2371,7 @@ class VisualMemory:
             there._remove_thumbnails(copied)  # an upload's: its copied thumbnail goes too
             there._remove_uploads(copied)  # and its image copied as sent
         if n:
-            notes.append(f"{n:,} point{'s' if n > 1 else ''} an earlier copy put there {'were' if n > 1 else 'was'} "
+            notes.append(f"{counted(n, 'point')} an earlier copy put there {'was' if n == 1 else 'were'} "
                          "forgotten here since: forgotten there too")
         # Erased there too where they were here; also when a copy cut short had deleted them but not erased them
         # (its history not carried yet, so here again): its journal would say "erase" over vectors still there.

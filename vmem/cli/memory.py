@@ -534,7 +534,7 @@ class NoveltyFlags:
         return f" [out of distribution: novelty {res.novelty:.3f} > {self.threshold:.3f}]" if self.flag(res) else ""
 
     def summary(self, results: list) -> str:
-        among = f" among {len(self.labels)} label{'s' if len(self.labels) > 1 else ''}" if self.labels else ""
+        among = f" among {counted(len(self.labels), 'label')}" if self.labels else ""
         if self.threshold is None:
             return (f"out of distribution: none flagged: the memory has too few points{among} to calibrate a "
                     f"novelty threshold at k={self.k} (2 are needed)")
@@ -709,9 +709,9 @@ def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) ->
     # Thumbnails an earlier forget killed midway left behind (this process alone holds an embedded memory:
     # no add is in flight).
     if orphans := mem.remove_orphan_thumbnails():
-        typer.echo(f"removed {orphans} thumbnail{'s' if orphans > 1 else ''} of points forgotten earlier")
+        typer.echo(f"removed {counted(orphans, 'thumbnail')} of points forgotten earlier")
     if orphans := mem.remove_orphan_uploads():
-        typer.echo(f"removed {orphans} uploaded image{'s' if orphans > 1 else ''} of points forgotten earlier")
+        typer.echo(f"removed {counted(orphans, 'uploaded image')} of points forgotten earlier")
     if note:
         typer.echo(note, err=True)
     if n and (pruned := mem.store.meta.settings.get("pruning")):
