@@ -40,6 +40,14 @@ def os_error_reason(exc: BaseException) -> str:
     return visible(str(exc)) or type(exc).__name__
 
 
+def error_line(exc: BaseException) -> str:
+    """An error's first line, escaped (`visible`), for a log line of its own; else its type's name. A Qdrant
+    client's UnexpectedResponse says its status on the first line and the server's whole raw reply after it. Cut at
+    a newline only: `splitlines` also cut at a lone \\r or \\x1c, and the rest of that line went unsaid."""
+    text = str(exc).strip()
+    return visible(text.split("\n", 1)[0].rstrip("\r")) if text else type(exc).__name__
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .files import os_error_reason, process_running, process_start
+from .files import error_line, os_error_reason, process_running, process_start
 from .schema_types import IsoTime, PointIdText
 from .text import counted
 
@@ -807,7 +807,7 @@ class CollectionJournal(Journal):
                 _TOLD_UNINDEXED.add(collection)
                 log.info("the Qdrant server refused payload indexes on %s (%s): its lookups read every point's "
                          "payload, slower on a long journal; an opening with a key that may make indexes makes them",
-                         collection, str(exc).splitlines()[0])
+                         collection, error_line(exc))
 
     def _index_time(self) -> None:
         """A datetime index on `at`: a Qdrant server orders by a payload key only through a range index on it.

@@ -49,6 +49,7 @@ from .files import (
     SERVED_FILE,
     NotASmallFile,
     copy_folder_sparse,
+    error_line,
     holder_note,
     lock_openers,
     make_private_folder,
@@ -594,11 +595,6 @@ class StoredPoint:
         return self.payload["source"]
 
 
-def _first_line(exc: BaseException) -> str:
-    """An error's first line, for a log line of its own (else its type's name)."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
     if v.ndim == 1:
@@ -932,7 +928,7 @@ class MemoryStore(ABC):
                 except Exception as exc:  # the store or the journal failing too: the next opening settles the note
                     # One line, as the edit's own error is (a Qdrant server gone midway fails both): the trace at debug
                     log.error("a %s that failed midway could not be journaled now (%s); the memory's next opening will "
-                              "journal what it made", op, _first_line(exc))
+                              "journal what it made", op, error_line(exc))
                     log.debug("the settling that failed", exc_info=True)
             raise
 
@@ -2318,7 +2314,7 @@ class EdgeMemoryStore(MemoryStore):
                 except Exception as exc:  # e.g. no space left: what is not flushed is in the write-ahead log
                     log.warning("the memory's last writes could not be flushed to its segments at close (%s); the "
                                 "engine applies them again from its log when the memory is next opened",
-                                _first_line(exc))
+                                error_line(exc))
                 # Not on a full disk: counting flushes (index_upkeep), and the file is a write
                 counts = self._counts_to_keep() if free is None or free >= EDIT_HEADROOM_BYTES else None
                 shard.close()
@@ -2487,7 +2483,7 @@ class QdrantServerStore(MemoryStore):
         except Exception as exc:
             log.warning("the Qdrant server did not make the journal's payload indexes (%s): its lookups read every "
                         "point's payload, slower on a long journal; the next opening asks again",
-                        without_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+                        without_secrets(error_line(exc)))
 
     def settle_journal(self) -> int:
         """As `MemoryStore.settle_journal`, of the notes of processes known to have ended (`CollectionJournal.pending`:
@@ -2512,7 +2508,7 @@ class QdrantServerStore(MemoryStore):
                                 "with a key that may write (any vmem command, e.g. vmem info)")
                 return 0
             log.error("the memory's journal could not record the edits a stopped process left unjournaled (%s); a "
-                      "later opening tries again", _first_line(exc))
+                      "later opening tries again", error_line(exc))
             return 0
 
     def _stored_metadata(self) -> dict[str, Any]:

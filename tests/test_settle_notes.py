@@ -19,7 +19,9 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 
+import httpx
 from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
 from typer.testing import CliRunner
 
 import retrieval.journal
@@ -269,3 +271,37 @@ def test_a_server_failing_to_make_the_indexes_still_opens_the_memory_and_settles
                    for r in caplog.records)
     finally:
         client.close()
+
+
+class IndexesRefusedOddly(IndexesAsked):
+    """A proxy before the server that refuses payload indexes with a reason phrase of its own making, or fails them
+    with an error whose words hold a terminal's control sequence."""
+
+    def __init__(self, client: QdrantClient, error: Exception) -> None:
+        super().__init__(client)
+        self.error = error
+
+    def create_payload_index(self, collection_name, field_name, field_schema=None, **kwargs):
+        raise self.error
+
+
+def test_a_failure_to_make_the_indexes_is_logged_escaped_on_one_line(memory, caplog, monkeypatch):  # noqa: F811
+    # Its words were logged raw: an escape sequence in them cleared the operator's terminal ("\x1b[2J"), a
+    # carriage return wrote over the start of the line
+    with VisualMemory.open(memory) as mem:
+        mem.set_label_names({"dog": "hound"})  # the journal made
+    killed(memory, "after the edit", "forget")
+    monkeypatch.setattr(retrieval.journal, "_TOLD_UNINDEXED", set())
+    refused = UnexpectedResponse(403, "Forbidden\x1b[2J", b'{"status":{"error":"no"}}', httpx.Headers())
+    failed = RuntimeError("the proxy \x1b[2Jfailed\rit\nwith its whole page on the lines after")
+    for error, logger, said in ((refused, "retrieval.journal", "(Unexpected Response: 403 (Forbidden\\x1b[2J))"),
+                                (failed, "retrieval.store", "(the proxy \\x1b[2Jfailed\\rit)")):
+        client = IndexesRefusedOddly(QdrantClient(path=memory.removeprefix("qdrant-local:")), error)
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger=logger):
+                QdrantServerStore(memory, client=client).close()
+            lines = [r.getMessage() for r in caplog.records if "payload indexes" in r.getMessage()]
+            assert lines and all(said in line and not {"\x1b", "\r", "\n"} & set(line) for line in lines), lines
+        finally:
+            client.close()
