@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -397,16 +398,18 @@ class Holder(NamedTuple):
     orphans: tuple[int, ...] = ()
 
 
-def _processes_with_open(path: Path) -> list[int]:
+def _processes_with_open(path: Path) -> tuple[list[int], bool | None]:
     """The processes of this user, other than this one, that have `path` open (Linux's /proc; none where it is not
-    there): who holds a lock the process that took it is gone from (a fork inherits it). Those whose open file holds
-    a lock on it, where /proc says which do (its fdinfo's `lock:` lines, Linux 3.14 on): a process waiting for the
-    lock opens the file at each try, and one caught between its open and its close had been named as a holder."""
+    there), and whether they hold a lock on it: who holds a lock the process that took it is gone from (a fork
+    inherits it). True: those whose open file holds one, as their fdinfo's `lock:` lines say (Linux 3.14 on).
+    False: /proc says which hold one, and none of these does: they only wait for it (a process waiting for the lock
+    opens the file at each try), the holder one this user cannot see (another user's), or none now; they had been
+    named as its holders, and told to be killed. None: /proc does not say, and each may hold it."""
     target, found, locking = os.path.realpath(path), list[int](), list[int]()
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
     except OSError:
-        return found
+        return found, None
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -417,7 +420,23 @@ def _processes_with_open(path: Path) -> list[int]:
             found.append(pid)
             if any(_holds_a_lock(f"/proc/{pid}/fdinfo/{fd}") for fd in opened):
                 locking.append(pid)
-    return locking or found  # none said to lock it: a system whose /proc does not say (or none holds it now)
+    if locking:
+        return locking, True
+    return found, (False if found and _fdinfo_says_locks() else None)
+
+
+@functools.cache
+def _fdinfo_says_locks() -> bool:
+    """Whether this system's /proc shows an open file's locks in its fdinfo (`lock:` lines): asked of a lock this
+    process takes on a file of its own, once."""
+    import fcntl
+
+    try:
+        with tempfile.TemporaryFile() as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return _holds_a_lock(f"/proc/self/fdinfo/{fh.fileno()}")
+    except OSError:
+        return False
 
 
 def _links_to(link: str, target: str) -> bool:
@@ -465,9 +484,16 @@ def holder_note(folder: str | Path) -> Holder:
             since = f" since {visible(str(said['since']))}" if said.get("since") else ""
             return Holder(f"process {pid}{where} ({typed}){since}",
                           visible(str(command)) if isinstance(command, str) else None)
-    if host != _host() or not (orphans := _processes_with_open(lock)):
+    if host != _host():
         return Holder("")
-    started = f", holding the lock it inherited from process {pid}, now gone" if pid else ""
+    orphans, holding = _processes_with_open(lock)
+    if not orphans:
+        return Holder("")
+    if holding is False:  # each only waits for it: none is to be ended
+        return Holder(f"a process this user cannot see (another user's?); {_named(orphans)} of this user only "
+                      f"wait{'s' if len(orphans) == 1 else ''} for it")
+    inherited = f" the lock it inherited from process {pid}, now gone" if pid else " its lock"
+    started = f", holding{inherited}" if holding else f", which may hold{inherited} (/proc does not say)"
     return Holder(f"{_named(orphans)}{started}", None, tuple(orphans))
 
 
@@ -478,8 +504,9 @@ def _named(pids: Sequence[int]) -> str:
 def lock_openers(folder: str | Path) -> str:
     """The processes of this user, other than this one, that have the open lock file of the memory in `folder`
     open, as `holder_note` names them (`process 8140 (python)`): who holds it shared, to read the memory at rest,
-    whom no note names. Empty where none is known (no /proc, another user's)."""
-    return _named(_processes_with_open(Path(folder) / OPEN_LOCK_FILE))
+    whom no note names. Empty where none is known (no /proc, another user's, or those seen only wait for it)."""
+    openers, holding = _processes_with_open(Path(folder) / OPEN_LOCK_FILE)
+    return "" if holding is False else _named(openers)
 
 
 # In a service's backup folder (VMEM_BACKUP_DIR): a link to its newest backup, what read-only replicas serve

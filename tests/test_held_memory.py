@@ -6,6 +6,7 @@ commands that need the engine say where the memory is served and which route ans
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import retrieval.files
 from retrieval import FeaturizerSpec, MemoryInUseError, Preprocessing, open_store
 from tests._reliability_fixtures import noise_png, subprocess_env, tiny_memory, vmem_serve
 from tests.conftest import REPO, random_unit_vectors
@@ -213,6 +215,44 @@ def test_a_memory_a_python_session_holds_is_refused_naming_that_process_and_how_
     assert (memory / ".vmem-open.lock").read_text() == ""  # let go: the note names no process that has
     with open_store(memory) as store:  # closed there: opened here at once
         assert store.count() == 4
+
+
+WAIT_AT_THE_LOCK = "import sys; fh = open(sys.argv[1], 'rb'); print('open', flush=True); sys.stdin.readline()"
+
+
+def test_a_process_that_only_waits_for_the_lock_is_not_named_as_its_holder(memory, monkeypatch):
+    # This process takes the lock as another user's process would hold it: unseen, as /proc shows the holder no
+    # process "other than this one". A process of this user with the lock file open and no lock (one waiting for
+    # it opens the file at each try) had been named as the holder, "holding the lock it inherited", to be killed
+    lock = memory / ".vmem-open.lock"
+    lock.write_text("")  # no note: as a killed holder's forked child that still held it would leave it
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT_AT_THE_LOCK, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline() == "open\n"
+        with open(lock, "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(MemoryInUseError) as refused:
+                open_store(memory)
+            said = str(refused.value)
+            assert (f"is open in another process: a process this user cannot see (another user's?); process "
+                    f"{waiter.pid} ({Path(sys.executable).name[:15]}) of this user only waits for it") in said, said
+            assert "kill" not in said and "inherited" not in said, said
+            # Where /proc does not say who holds a lock, the process with it open may hold it: said so
+            monkeypatch.setattr(retrieval.files, "_fdinfo_says_locks", lambda: False)
+            with pytest.raises(MemoryInUseError) as unsure:
+                open_store(memory)
+            assert f"process {waiter.pid} (" in str(unsure.value)
+            assert "which may hold its lock (/proc does not say). End it (kill" in str(unsure.value), unsure.value
+            monkeypatch.undo()
+            # Held shared, as a reader of the memory at rest holds it: the waiter is not named as the reader
+            fcntl.flock(held, fcntl.LOCK_SH)
+            with pytest.raises(MemoryInUseError) as read:
+                open_store(memory)
+            assert "is being read by another process (vmem info" in str(read.value), read.value
+    finally:
+        waiter.stdin.close()
+        waiter.wait(timeout=30)
 
 
 def test_a_holder_note_that_would_read_as_other_text_is_shown_escaped(memory):
