@@ -112,7 +112,9 @@ _COMPACT_MIN_RECORDS = 100_000
 class FeatureCache:
     def __init__(self, root: str | Path, featurizer: Featurizer) -> None:
         self.featurizer = featurizer
-        self.dir = Path(root) / featurizer_key(featurizer)
+        # `~/cache` from Python or `--feature-cache=~/cache` (no shell expands it there) is the home's, not a
+        # folder named ~ made in the working directory
+        self.dir = Path(root).expanduser() / featurizer_key(featurizer)
         self.index: dict[str, int] = {}
         self.features = np.zeros((0, featurizer.dim), np.float32)
         # A featurizer whose weights the key cannot tell apart embeds every time, nothing read or written here.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -104,6 +106,26 @@ def test_a_second_memory_builds_from_cached_features(tmp_path):
         mem.close()
     # 6 images embedded by the first build, none by the second, plus one query per classify call.
     assert enc.embedded == 6 + 2
+
+
+def test_a_cache_under_the_home_folder_is_taken_with_a_tilde(tmp_path, monkeypatch):
+    # `feature_cache="~/cache"` from Python, or `--feature-cache=~/cache` (no shell expands ~ after the =), made
+    # a folder named ~ in the working directory and cached there
+    from retrieval import open_store, scan_imagefolder
+    from vmem import VisualMemory
+    from vmem.cli._common import feature_cache_root
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    _colour_files(work / "data" / "red", [(250, 0, 0), (240, 0, 0)])
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    enc = MeanColour()
+    with VisualMemory(open_store(tmp_path / "memory", enc.spec), enc, reranker=None) as mem:
+        assert mem.build(scan_imagefolder(work / "data"), num_workers=0, feature_cache="~/cache").added == 2
+    assert [p.name for p in (home / "cache").iterdir()] == [FeatureCache(home / "cache", enc).dir.name]
+    assert not (work / "~").exists()
+    assert feature_cache_root(Path("~/features")) == home / "features"  # eval, tune and experiment's --cache
 
 
 def _colour_files(folder, colours) -> list:

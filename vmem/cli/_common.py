@@ -342,7 +342,7 @@ def feature_cache_root(cache: Path | None) -> Path:
 
     root: Path | str = cache or "the default folder"
     try:
-        root = cache or default_feature_cache_dir()
+        root = cache.expanduser() if cache else default_feature_cache_dir()  # as FeatureCache takes it
         # Checked, not made: the cache makes it when first used, and a command refused later leaves nothing.
         existing = next(p for p in (root, *root.absolute().parents) if os.path.lexists(p))
         if not existing.is_dir():  # a file, or a link leading nowhere (mkdir would then raise FileExistsError)
