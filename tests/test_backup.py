@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -216,12 +217,29 @@ def test_a_backup_is_refused_before_writing_where_it_would_not_fit(tmp_path, mon
 @pytest.mark.parametrize(("where", "error"), [
     ("memory/inside", "inside the memory's folder"),
     ("taken", "exists: a backup goes to a new folder"),
-    ("no/such/folder", "no folder"),
+    ("a file/backup", "is not a folder to write the backup backup in"),
 ])
 def test_a_backup_goes_to_a_new_folder_outside_the_memory(tmp_path, where, error):
     (tmp_path / "taken").mkdir()
+    (tmp_path / "a file").write_text("")
     with make_memory(tmp_path / "memory") as mem, pytest.raises((ValueError, OSError), match=error):
         mem.backup(tmp_path / where)
+    assert sorted(os.listdir(tmp_path)) == ["a file", "memory", "taken"]
+
+
+def test_a_backup_from_python_makes_the_folders_above_it_as_vmem_backup_does(tmp_path, monkeypatch):
+    # `vmem backup --to backups/daily/first` and the service's VMEM_BACKUP_DIR make the folders above the backup;
+    # mem.backup(...) refused the same destination: "no folder backups/daily"
+    with make_memory(tmp_path / "memory") as mem:
+        done = mem.backup(tmp_path / "backups" / "daily" / "first")
+        assert done.path == str(tmp_path / "backups" / "daily" / "first") and done.points == 60
+        # Refused for want of room: the folders it made are gone again, one there before it stays
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=1 << 20))
+        with pytest.raises(MemoryFullError):
+            mem.backup(tmp_path / "backups" / "weekly" / "w1" / "first")
+    assert sorted(os.listdir(tmp_path / "backups")) == ["daily"]
+    with VisualMemory.open(tmp_path / "backups" / "daily" / "first") as backup:
+        assert backup.store.count() == 60
 
 
 def test_a_memory_on_a_qdrant_server_is_backed_up_by_the_server(tmp_path):

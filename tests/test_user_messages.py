@@ -98,6 +98,12 @@ def test_a_refused_vmem_backup_leaves_no_folder_it_made(tmp_path):
     done = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(inside)])
     assert done.exit_code == 2 and "inside the memory's folder" in " ".join(done.output.split())
     assert not (tmp_path / "memory" / "backups").exists()
+    # A file where a folder above it would be: said, and the folders made up to there removed
+    (tmp_path / "a file").write_text("")
+    blocked = tmp_path / "a file" / "backups" / "first"
+    done = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "memory"), "--to", str(blocked)])
+    assert done.exit_code == 2 and "could not make the folders above" in done.output, done.output
+    assert "(Not a directory: " in " ".join(done.output.split()) and "Errno" not in done.output, done.output
     # A memory that does not open makes no folder either
     gone = CliRunner().invoke(app, ["backup", "--memory", str(tmp_path / "nomem"), "--to", str(tmp_path / "b" / "x")])
     assert gone.exit_code != 0 and not (tmp_path / "b").exists()

@@ -448,6 +448,25 @@ def _files_outside(sources: Sequence[str], roots: Sequence[str]) -> int:
     return sum(1 for src in sources if is_local_source(src) and os.path.isfile(src) and not is_under(src, roots))
 
 
+def _make_folders_above(path: Path) -> list[Path]:
+    """Make the missing folders above `path`; those made, outermost first. One that cannot be made removes those
+    made before it, and raises."""
+    made: list[Path] = []
+    missing = [p for p in (path.parent, *path.parent.parents) if not os.path.lexists(p)][::-1]
+    for folder in missing:
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: theirs, not removed
+            continue
+        except OSError:
+            for made_folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    made_folder.rmdir()
+            raise
+        made.append(folder)
+    return made
+
+
 def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
     """Delete files of forgotten points (their thumbnails, their uploads kept as sent). One that cannot be deleted
     is said, not raised: the forget is made, and failing it would say it was not."""
@@ -2148,7 +2167,9 @@ class VisualMemory:
         `copy_to` from it makes a memory of its own.
 
         Args:
-            destination: a folder that does not exist yet, outside the memory's, whose parent does.
+            destination: a folder that does not exist yet, outside the memory's. The folders above it are made
+                where missing (`backups/2026-12-07` with no `backups/` yet), as `vmem backup` and the service's
+                backup folder make them; a backup refused or cut short removes those it made.
 
         Returns:
             where it went, its points, the bytes copied and the seconds taken; the dead backups' folders removed.
@@ -2157,7 +2178,9 @@ class VisualMemory:
             ValueError: a memory on a Qdrant server (its server's snapshots back it up), or a destination inside
                 the memory.
             FileExistsError: something is at `destination` already.
+            NotADirectoryError: a file where a folder above it would be.
             MemoryFullError: too little room for it there; nothing is left under its name.
+            OSError: a folder above it that cannot be made (PermissionError), or the copy failing otherwise.
         """
         if not self.store.backs_up_files:
             raise ValueError("a memory on a Qdrant server is backed up by the server: take a snapshot of its "
@@ -2170,8 +2193,19 @@ class VisualMemory:
             raise ValueError(f"{destination} is inside the memory's folder {folder}: back it up somewhere else")
         if os.path.lexists(dest):
             raise FileExistsError(f"{destination} exists: a backup goes to a new folder (nothing was written)")
+        made = _make_folders_above(dest)
+        try:
+            return self._backup_into(dest, destination, folder)
+        except BaseException:
+            for made_folder in reversed(made):  # refused (no room) or cut short: no folder of its making left
+                with contextlib.suppress(OSError):
+                    made_folder.rmdir()
+            raise
+
+    def _backup_into(self, dest: Path, destination: str | Path, folder: Path) -> BackupResult:
+        """`backup` to `dest`, whose parent is there."""
         if not dest.parent.is_dir():
-            raise FileNotFoundError(f"no folder {dest.parent} to write the backup {dest.name} in")
+            raise NotADirectoryError(f"{dest.parent} is not a folder to write the backup {dest.name} in")
         removed, unnamed = remove_dead_partials(dest.parent)  # before the room is counted: they take some
         for path in removed:
             log.info("removed %s, the folder of a backup killed midway", path)

@@ -998,17 +998,22 @@ def backup(
                                  "it; move it, or leave out --link-latest", param_hint="--link-latest")
     mem = open_memory(memory, None, wait=wait)
     with mem:
-        made = _make_folders_above(to)  # once the memory opened: a memory that does not, leaves no folder made
-        try:
+        try:  # the folders above `to` made there, once the memory opened: one that does not, leaves none made
             done = mem.backup(to)
-        except BaseException as exc:
-            _remove_made(made)  # refused (inside the memory, on a server, no room) or cut short: no folder left
-            if isinstance(exc, ValueError | FileExistsError | FileNotFoundError):
+        except MemoryFullError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except (ValueError, FileExistsError, NotADirectoryError) as exc:
+            if not isinstance(exc, OSError) or exc.errno is None:  # refused, in its words: none of its folders left
                 raise typer.BadParameter(str(exc), param_hint="--to") from None
-            if isinstance(exc, MemoryFullError):
-                typer.echo(f"Error: {exc}", err=True)
-                raise typer.Exit(1) from None
-            raise
+            where = f": {visible(str(exc.filename))}" if exc.filename else ""  # a file above it
+            raise typer.BadParameter(f"could not make the folders above {visible(str(to))} ({os_error_reason(exc)}"
+                                     f"{where}): nothing was written", param_hint="--to") from None
+        except OSError as exc:  # a folder above it that cannot be made (PermissionError), or the copy failing
+            where = f": {visible(str(exc.filename))}" if exc.filename else ""
+            typer.echo(f"Error: could not back up to {visible(str(to))} ({os_error_reason(exc)}{where}): nothing was "
+                       "written", err=True)
+            raise typer.Exit(1) from None
     for path in done.removed_partials:
         typer.echo(f"removed {path}: the folder of a backup killed midway", err=True)
     for path in done.unnamed_partials:
@@ -1026,33 +1031,6 @@ def backup(
             typer.echo(f"Error: {latest} is not a link: it was left as it is, naming no backup", err=True)
             raise typer.Exit(1)
         typer.echo(f"{latest} -> {Path(done.path).name}")
-
-
-def _make_folders_above(to: Path) -> list[Path]:
-    """Make the missing folders above the backup's `to`, as the service makes its VMEM_BACKUP_DIR (`vmem backup
-    --to backups/2026-12-07` had been refused where backups/ was not there yet); the folders made, outermost first.
-    BadParameter where one cannot be made."""
-    made: list[Path] = []
-    parent = Path(os.path.expanduser(to)).absolute().parent
-    missing = [p for p in (parent, *parent.parents) if not os.path.lexists(p)][::-1]
-    for folder in missing:
-        try:
-            folder.mkdir()
-        except FileExistsError:  # made meanwhile by someone else: theirs, not removed
-            continue
-        except OSError as exc:
-            _remove_made(made)
-            raise typer.BadParameter(f"could not make the folder {folder} for the backup ({exc.strerror}): nothing "
-                                     "was written", param_hint="--to") from None
-        made.append(folder)
-    return made
-
-
-def _remove_made(made: list[Path]) -> None:
-    """Remove the folders `_make_folders_above` made, innermost first, where they are still empty."""
-    for folder in reversed(made):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def erase(memory: MemoryOpt = DEFAULT_MEMORY, wait: WaitOpt = 0.0) -> None:
