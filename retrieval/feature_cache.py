@@ -238,10 +238,11 @@ class FeatureCache:
                     self._append_or_keep(new_rows, new_hashes)
                     new_rows, new_hashes = [], []
             self._append_or_keep(new_rows, new_hashes)
-        failures = _each_copy_failed(failures, hashes, paths)
-        failed_hashes = {hashes[f.index] for f in failures}
+            failures += self._embed_copies(_copies_of_failed(failures, hashes), paths, hashes, batch_size,
+                                           num_workers)
+        failed = {f.index for f in failures}
         ok = [i for i, h in enumerate(hashes)
-              if (h in self.index or h in self._not_kept) and h not in failed_hashes]  # "": in no row
+              if (h in self.index or h in self._not_kept) and i not in failed]  # "": in no row
         found = np.zeros((len(ok), self.featurizer.dim), np.float32)
         # The map's rows in one gather: indexed row by row, each became a memmap object of its own (6,660 rows:
         # 48 ms against 3.5 ms, of a 0.15 s lookup).
@@ -251,7 +252,25 @@ class FeatureCache:
         for j, i in enumerate(ok):
             if hashes[i] not in self.index:
                 found[j] = self._not_kept[hashes[i]]
-        return found, ok, failures
+        return found, ok, sorted(failures, key=lambda f: f.index)
+
+    def _embed_copies(self, copies: list[int], paths: Sequence[str | Path], hashes: Sequence[str], batch_size: int,
+                      num_workers: int | None) -> list[EmbedFailure]:
+        """Embed the files of `copies` (of `paths`), each another file of contents that failed for its first file;
+        their failures. A content is embedded once, for its first file: its copies (the same broken download saved
+        under two names) were neither answered nor failed, and then failed with the first file's reason under their
+        own names, a HEIC hint of `x.heic` said of `x.jpg`. Each is read now: its failure is its own, and a copy
+        that decodes (the first file gone meanwhile) is embedded."""
+        failures: list[EmbedFailure] = []
+        rows, row_hashes = [], list[str]()
+        for res in self.featurizer.iter_embed([str(paths[i]) for i in copies], batch_size, num_workers):
+            for j, row in zip(res.indices, res.features, strict=True):
+                if hashes[copies[j]] not in row_hashes:  # one row for each content
+                    rows.append(row[None])
+                    row_hashes.append(hashes[copies[j]])
+            failures += [EmbedFailure(copies[f.index], f.source, f.reason) for f in res.failures]
+        self._append_or_keep(rows, row_hashes)
+        return failures
 
     def _append_or_keep(self, rows: list[np.ndarray], hashes: list[str]) -> None:
         """`_append`, or where the disk takes no more (full, a quota, a file-size limit), the rows kept for this
@@ -355,18 +374,8 @@ class FeatureCache:
             self._load()
 
 
-def _each_copy_failed(failures: list[EmbedFailure], hashes: Sequence[str], paths: Sequence[str | Path],
-                      ) -> list[EmbedFailure]:
-    """`failures`, with one for each other file of a failed file's contents, by index: a content is embedded once,
-    for its first file, and its copies (the same broken download saved under two names) were neither answered nor
-    failed, gone from an evaluation's count and a build's report without a word. Each copy's reason names itself."""
+def _copies_of_failed(failures: list[EmbedFailure], hashes: Sequence[str]) -> list[int]:
+    """The indices of the other files of a failed file's contents (`FeatureCache._embed_copies`)."""
     failed = {f.index for f in failures}
-    first = {hashes[f.index]: f for f in failures if hashes[f.index]}  # "": unreadable, each failed already
-    copies = []
-    for i, h in enumerate(hashes):
-        if i not in failed and (f := first.get(h)) is not None:
-            source = str(paths[i])
-            said = next((f"{source}: {f.reason.removeprefix(prefix)}" for prefix in (f"{f.source}: ",
-                         f"{Path(f.source)}: ") if f.reason.startswith(prefix)), f.reason)
-            copies.append(EmbedFailure(i, source, said))
-    return sorted(failures + copies, key=lambda f: f.index) if copies else failures
+    contents = {hashes[f.index] for f in failures} - {""}  # "": unreadable, each failed already
+    return [i for i, h in enumerate(hashes) if i not in failed and h in contents]

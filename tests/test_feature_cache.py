@@ -299,6 +299,19 @@ def test_odd_file_names_are_remembered_too(tmp_path, monkeypatch):
     assert len(read) == 3 and enc.embedded == 3
 
 
+def test_each_copy_of_a_broken_file_fails_for_its_own_reason(tmp_path):
+    # A copy's reason was its first file's with the name swapped: the HEIC hint of `photo.heic` was said of the
+    # same bytes saved as `photo.jpg`, which no conversion of a HEIC is needed to read
+    files = [tmp_path / "photo.heic", tmp_path / "photo.jpg", tmp_path / "photo copy.heic"]
+    for f in files:
+        f.write_bytes(b"the bytes of a photo the phone sent")
+    _, ok, failures = FeatureCache(tmp_path / "cache", MeanColour()).features_for(files, num_workers=0)
+    unknown = "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ICO or AVIF)"
+    hint = ": vmem does not decode .heic photos; convert them to JPEG"
+    assert not ok and [f.reason for f in failures] == [f"{files[0]}: {unknown}{hint}", f"{files[1]}: {unknown}",
+                                                       f"{files[2]}: {unknown}{hint}"]
+
+
 def test_the_table_of_file_hashes_is_compacted_when_changed_files_fill_it(tmp_path, monkeypatch):
     from retrieval import feature_cache
 
