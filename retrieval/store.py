@@ -141,8 +141,9 @@ EDGE_CONFIG_FILE = "edge_config.json"
 ERASE_ADVISED_DELETED_SHARE = 0.5
 VACUUM_THRESHOLDS: dict[str, Any] = {"deleted_threshold": 1e-9, "vacuum_min_vector_number": 1}
 # qdrant-client asks a server's version on a thread of its own and warns when it gets none, before every
-# unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. A version
-# it gets and finds incompatible is still warned of.
+# unreachable server's error, which vmem gives itself (MemoryUnavailableError) and a user can act on. vmem's own
+# clients ask no more (`check_compatibility=False`: `_check_server_version` asks instead); a client a caller gives
+# (`QdrantServerStore(client=...)`) may.
 warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
 # qdrant-client's local modes (`:memory:`, `qdrant-local:`) warn that they search every point exactly and keep no
 # payload index: the search parameters and indexes vmem sets for a server, and nothing a user can act on. Each
@@ -2420,7 +2421,9 @@ class QdrantServerStore(MemoryStore):
                 client = QdrantClient(":memory:")
             elif "://" in location:
                 url, key = server_url_and_key(location, api_key)
-                client = QdrantClient(url=url, api_key=key)
+                # Its version check warned "Set check_compatibility=False", which no vmem user can set, and asked
+                # again at every opening: `_check_server_version` asks once a process, and says it in vmem's words
+                client = QdrantClient(url=url, api_key=key, check_compatibility=False)
             else:  # `qdrant-local:PATH`, as opened; the location keeps its prefix, so it reopens as it was
                 client = _local_mode_client(location)
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
@@ -2429,7 +2432,10 @@ class QdrantServerStore(MemoryStore):
         self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
         existed = False
         try:
-            if existed := self.client.collection_exists(collection):
+            existed = self.client.collection_exists(collection)
+            if made_here and "://" in location:  # a server that answered: an unreachable one is said so already
+                _check_server_version(client, location)
+            if existed:
                 raw = self.client.get_collection(collection).config.metadata or {}
                 if "vmem" not in raw:
                     raise MemoryError(f"collection {collection!r} at {without_secrets(location)} was not made by vmem")
@@ -2758,6 +2764,41 @@ def _parses_as_uuid(text: str) -> bool:
 
 # The environment variable Qdrant's own tools and Qdrant Cloud's examples read a server's API key from
 QDRANT_API_KEY_ENV = "QDRANT_API_KEY"
+
+
+# The Qdrant servers (locations, without secrets) whose version this process has asked (`_check_server_version`)
+_VERSION_CHECKED: set[str] = set()
+
+
+def _check_server_version(client: Any, location: str) -> None:
+    """Warn where the Qdrant server at `location` runs a version qdrant-client is not made for: another major
+    version, or a minor version more than one away from the client's (qdrant-client's own rule, which its check
+    applied). Asked once a process for each server (GET /); a server that does not say is let be: what it answers
+    to vmem's requests tells."""
+    import importlib.metadata
+
+    shown = without_secrets(location)
+    if shown in _VERSION_CHECKED:
+        return
+    _VERSION_CHECKED.add(shown)
+    try:
+        server = str(client.info().version)
+        s_major, s_minor = (int(part) for part in server.split(".")[:2])
+        ours = importlib.metadata.version("qdrant-client")
+        c_major, c_minor = (int(part) for part in ours.split(".")[:2])
+    except Exception as exc:  # no version said, or one of another form
+        log.debug("the Qdrant server at %s did not say its version (%s)", shown, error_line(exc))
+        return
+    if s_major == c_major and abs(s_minor - c_minor) <= 1:
+        return
+    if (s_major, s_minor) < (c_major, c_minor):
+        advice = f"upgrade the server to Qdrant {c_major}.{max(c_minor - 1, 0)} or later"
+    else:
+        advice = (f"upgrade qdrant-client in vmem's environment to {s_major}.{max(s_minor - 1, 0)} or later "
+                  "(pip install -U qdrant-client)")
+    log.warning("the Qdrant server at %s runs Qdrant %s, and vmem's qdrant-client is %s, made for servers %d.%d to "
+                "%d.%d: requests may be refused or misread; %s", shown, visible(server), ours, c_major,
+                max(c_minor - 1, 0), c_major, c_minor + 1, advice)
 
 
 def server_url_and_key(location: str, api_key: str | None = None) -> tuple[str, str | None]:
