@@ -104,6 +104,15 @@ class Metrics:
             self.work_queued.labels(pool)
             self.work_running.labels(pool)
         # Seconds at 200k points, ~9 at 1.28M (one 640k-point segment rewritten): buckets up to minutes.
+        # Backups over HTTP (POST /v1/memory/backup), for an alert on one failing or none made for a day: no edit,
+        # the journal records none. `failed`: any refused once its key was taken (no VMEM_BACKUP_DIR, a name taken,
+        # a full or unwritable disk). The time is this process's: 0 until its first backup.
+        self.backups = Counter("vmem_backups", "Backups asked for over HTTP, by result (ok, failed)", ["result"],
+                               registry=r)
+        for result in ("ok", "failed"):
+            self.backups.labels(result)
+        self.backup_last_success = Gauge("vmem_backup_last_success_timestamp_seconds",
+                                         "When this process last made a backup (Unix time; 0: none yet)", registry=r)
         self.erase_seconds = Histogram("vmem_erase_duration_seconds",
                                        "Time to rewrite the memory's files without the forgotten points (erase=true)",
                                        buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160), registry=r)

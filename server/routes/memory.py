@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retrieval import FeaturizerMismatchError, ImageDecodeError, MemoryFullError, first_occurrences
 from retrieval.files import DISK_FULL_ERRNOS, LATEST_BACKUP, link_latest, make_private_folder, os_error_reason
+from retrieval.journal import KEY_NAME
 from retrieval.text import counted, quoted
 from vmem import UnknownPointError, VoteSettings
 from vmem.import_points import TRUSTING_HTTP, ImportReport, PointsFileError, read_points_file
@@ -334,6 +336,21 @@ async def backup(q: Annotated[BackupQuery, Query()], service: ServiceDep, _: Api
     before anything is written where the disk has too little room (507), and a copy that fails midway leaves nothing
     under the name. A memory on a Qdrant server refuses it (422): the server's snapshots back it up. Requires the
     API key."""
+    try:
+        done = await _backup(q, service)
+    except Exception:  # a refusal after the key was taken: a backup asked for and not made
+        service.metrics.backups.labels("failed").inc()
+        raise
+    service.metrics.backups.labels("ok").inc()
+    service.metrics.backup_last_success.set(time.time())
+    # No edit, so never journaled: who copied the memory out, and where, is said here (at WARNING, as the keys
+    # read again are: vmem serve shows it without -v)
+    log.warning("backup %s made: %s, %s bytes, in %.1f s (key %s)", done.path, counted(done.points, "point"),
+                f"{done.bytes:,}", done.seconds, KEY_NAME.get() or "none: authentication disabled")
+    return done
+
+
+async def _backup(q: BackupQuery, service: ClassifierService) -> BackupOut:
     # A server's memory is refused first: told to set a backup folder and restart, its operator was refused after
     if not service.memory.store.backs_up_files:
         raise ProblemError(422, "this memory is on a Qdrant server: back it up with the server's own snapshots of "

@@ -1,0 +1,92 @@
+"""Backups over HTTP as an operator watches them: in /metrics, for an alert on a backup failing or missing, and in
+the log, with the key that asked (a backup copies every point, and is no edit: the journal does not record it)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+@pytest.fixture
+def serve(tmp_path, lite0, memory_images):
+    """serve(**settings) -> a TestClient over a fresh embedded memory of 12 points."""
+    opened = []
+
+    def make(**overrides) -> TestClient:
+        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+        client = TestClient(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY, **overrides),
+                                       memory=mem)).__enter__()
+        opened.append((client, mem))
+        return client
+
+    yield make
+    for client, mem in opened:
+        client.__exit__(None, None, None)
+        mem.close()
+
+
+def sample(client: TestClient, series: str) -> float:
+    """One sample of /metrics by its name and labels as written there, e.g. `vmem_backups_total{result="ok"}`."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {series} in /metrics")
+
+
+def test_backups_are_counted_by_result_and_the_last_one_made_is_timed(tmp_path, serve, monkeypatch):
+    client = serve(backup_dir=tmp_path / "backups")
+    # There from the start, at 0: an alert on `increase(vmem_backups_total{result="failed"}[1d]) > 0` sees the
+    # first failure, and one on `time() - vmem_backup_last_success_timestamp_seconds` a service never backed up
+    assert sample(client, 'vmem_backups_total{result="ok"}') == 0
+    assert sample(client, 'vmem_backups_total{result="failed"}') == 0
+    assert sample(client, "vmem_backup_last_success_timestamp_seconds") == 0
+
+    before = time.time()
+    assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 200
+    assert sample(client, 'vmem_backups_total{result="ok"}') == 1
+    assert before <= sample(client, "vmem_backup_last_success_timestamp_seconds") <= time.time()
+
+    # A backup the server could not make is a failure; the last success keeps its time
+    made_at = sample(client, "vmem_backup_last_success_timestamp_seconds")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
+    assert client.post("/v1/memory/backup?name=full", headers=AUTH).status_code == 507
+    assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 409  # the name taken
+    assert sample(client, 'vmem_backups_total{result="failed"}') == 2
+    assert sample(client, 'vmem_backups_total{result="ok"}') == 1
+    assert sample(client, "vmem_backup_last_success_timestamp_seconds") == made_at
+
+
+def test_a_service_with_no_backup_folder_counts_a_backup_asked_of_it_as_failed(serve):
+    # A nightly job's curl against a service started without VMEM_BACKUP_DIR backs nothing up, every night
+    client = serve()
+    assert client.post("/v1/memory/backup", headers=AUTH).status_code == 409
+    assert sample(client, 'vmem_backups_total{result="failed"}') == 1
+
+
+def test_a_request_the_key_refuses_is_no_backup_tried(tmp_path, serve):
+    client = serve(backup_dir=tmp_path / "backups")
+    assert client.post("/v1/memory/backup").status_code == 401
+    assert sample(client, 'vmem_backups_total{result="failed"}') == 0
+
+
+def test_each_backup_is_logged_with_where_it_went_and_the_key_that_asked(tmp_path, serve, caplog):
+    client = serve(backup_dir=tmp_path / "backups")
+    with caplog.at_level(logging.WARNING, logger="server"):  # vmem serve's level, without -v
+        assert client.post("/v1/memory/backup?name=nightly", headers=AUTH).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("server")]
+    assert any(str(tmp_path / "backups" / "nightly") in line and "12 points" in line and "key default" in line
+               for line in lines), lines
