@@ -4,14 +4,17 @@ the log, with the key that asked (a backup copies every point, and is no edit: t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
+from retrieval import open_store
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from vmem import VisualMemory
 
 AUTH = {"X-API-Key": API_KEY}
 
@@ -90,3 +93,25 @@ def test_each_backup_is_logged_with_where_it_went_and_the_key_that_asked(tmp_pat
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("server")]
     assert any(str(tmp_path / "backups" / "nightly") in line and "12 points" in line and "key default" in line
                for line in lines), lines
+
+
+def test_a_backup_asked_of_a_read_only_replica_leaves_latest_at_the_writers_newest(tmp_path, serve, lite0):
+    # Writer and replicas share one settings file, VMEM_BACKUP_DIR with it, behind one load balancer: the nightly
+    # backup may reach a replica. Its memory is a copy of an older backup: `latest` moved to it, the replicas
+    # restarted onto it would serve the memory as it was before the writer's last backup.
+    backups = tmp_path / "backups"
+    writer = serve(backup_dir=backups)
+    assert writer.post("/v1/memory/backup?name=monday", headers=AUTH).status_code == 200
+    replica_memory = VisualMemory(open_store(backups / "latest", read_only=True), lite0)  # monday's 12 points
+    try:
+        assert writer.delete("/v1/memory", params={"label": "red"}, headers=AUTH).json()["deleted"] == 4
+        assert writer.post("/v1/memory/backup?name=tuesday", headers=AUTH).status_code == 200
+        with TestClient(create_app(Settings(memory=str(backups / "latest"), api_key=API_KEY, read_only=True,
+                                            backup_dir=backups), memory=replica_memory)) as replica:
+            made = replica.post("/v1/memory/backup?name=wednesday", headers=AUTH)
+            assert made.status_code == 200 and made.json()["points"] == 12, made.text  # a backup of what it serves
+    finally:
+        replica_memory.close()
+    assert os.readlink(backups / "latest") == "tuesday"
+    with open_store(backups / "latest", read_only=True) as newest:
+        assert newest.count() == 8

@@ -380,6 +380,13 @@ async def _backup(q: BackupQuery, service: ClassifierService) -> BackupOut:
         for path in done.unnamed_partials:
             log.warning("%s may be the folder of a backup killed midway, left by an older vmem (whose it is, nothing "
                         "tells): once no backup is writing beside it, remove it by hand", path)
+        if service.settings.read_only:
+            # A copy of an older backup (replicas serve the writer's): `latest` moved to it, replicas restarted would
+            # serve the memory as it was before the writer's newest backup
+            log.warning("%s left as it was: this service serves a read-only copy, not the memory the writer edits",
+                        folder / LATEST_BACKUP)
+            return BackupOut(name=name, path=done.path, points=done.points, bytes=done.bytes,
+                             seconds=round(done.seconds, 3))
         try:
             if not link_latest(folder, name):
                 log.warning("%s is not a link: it was left as it is, naming no backup", folder / LATEST_BACKUP)
