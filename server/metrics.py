@@ -71,6 +71,10 @@ class Metrics:
                                            registry=r)
         self.rerank_cache = Counter("vmem_rerank_cache_total", "Re-ranker answer cache lookups", ["result"],
                                     registry=r)
+        # /readyz's answer, for an alert from the scrape alone: a memory folder moved away (every edit a 503) or a
+        # Qdrant server gone left classify, /healthz and the size gauges as they were
+        self.ready = Gauge("vmem_ready", "1 while the service is ready (/readyz): the memory answers and its folder is "
+                           "the one opened; 0 otherwise", registry=r)
         self.memory_points = Gauge("vmem_memory_points", "Points in the memory", registry=r)
         self.memory_labels = Gauge("vmem_memory_labels", "Distinct labels in the memory", registry=r)
         self.edits = Counter("vmem_memory_edits_total",

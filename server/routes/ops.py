@@ -62,9 +62,14 @@ def _not_ready(request: Request, detail: str) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     """Requests and latency per route, re-rank fallbacks by reason, cache hits, memory size."""
     service = request.app.state.service
+    ready = 0.0
     if service is not None:
         # A scrape still reports the request metrics when the memory is down.
         with contextlib.suppress(Exception):
-            await run_in_threadpool(service.refresh_size_metrics)
+            await run_in_threadpool(service.refresh_size_metrics)  # a Qdrant server's count: it answers
+            if service.ready:
+                await run_in_threadpool(service.memory.store.check_available)  # the folder is the one opened
+                ready = 1.0
+    request.app.state.metrics.ready.set(ready)
     text = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,64 @@
+"""/metrics as an operator alerts on it: whether the service can answer, without a probe of its own on /readyz."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+from fastapi.testclient import TestClient
+from qdrant_client import QdrantClient
+
+from retrieval.store import ServerClient
+from server import Settings, create_app
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+
+
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
+def dead_url() -> str:
+    """A loopback address where nothing listens: a Qdrant server gone."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def sample(client: TestClient, series: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {series} in /metrics")
+
+
+def test_vmem_ready_says_what_readyz_says_when_the_memory_s_folder_goes(tmp_path, lite0, memory_images):
+    # A memory folder removed under the service turns /readyz 503 and every edit a 503 memory-gone, while classify,
+    # /healthz and the size gauges go on as before: scraped alone, /metrics showed nothing wrong.
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    try:
+        with TestClient(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as client:
+            assert client.get("/readyz").status_code == 200
+            assert sample(client, "vmem_ready") == 1
+            shutil.rmtree(tmp_path / "memory")
+            assert client.get("/readyz").status_code == 503
+            assert sample(client, "vmem_ready") == 0
+            assert sample(client, "vmem_memory_points") == 12  # as counted last: no sign of it there
+    finally:
+        mem.close()
+
+
+def test_vmem_ready_turns_0_while_the_qdrant_server_is_down_and_1_once_it_is_back(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)  # qdrant-client's local mode, the server path
+    try:
+        with TestClient(create_app(Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs"),
+                                   memory=mem)) as client:
+            assert sample(client, "vmem_ready") == 1
+            working, url = mem.store.client, dead_url()
+            mem.store.client = ServerClient(QdrantClient(url=url, timeout=5, check_compatibility=False), url)
+            assert sample(client, "vmem_ready") == 0
+            mem.store.client = working
+            assert sample(client, "vmem_ready") == 1
+    finally:
+        mem.close()
