@@ -87,7 +87,9 @@ class BodySizeLimitMiddleware:
                 await self._refuse(scope, receive, send, exc)
 
 
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Asked by an orchestrator or Prometheus by the pod's address, Host that address; none reads the memory's points
+# (readiness and /metrics say counts, no label or source)
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _route_path(scope: Scope) -> str:
@@ -109,8 +111,8 @@ class AllowedHostsMiddleware:
         return any(host == a or (a.startswith("*.") and host.endswith(a[1:])) or a == "*" for a in self.allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Not the probes: an orchestrator's name the pod by its address (readiness says the points' count and the
-        # encoder's name, no more). Their path under a proxy's prefix (--root-path) too.
+        # Not the probes and the scrape: an orchestrator's and Prometheus name the pod by its address (readiness
+        # says the points' count and the encoder's name, /metrics counts). Their path under a proxy's prefix too.
         if scope["type"] == "http" and _route_path(scope) not in PROBE_PATHS:
             header = Headers(scope=scope).get("host", "")
             # The port goes; an IPv6 literal keeps its brackets, as it is named in the setting

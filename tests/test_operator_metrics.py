@@ -62,3 +62,22 @@ def test_vmem_ready_turns_0_while_the_qdrant_server_is_down_and_1_once_it_is_bac
             assert sample(client, "vmem_ready") == 1
     finally:
         mem.close()
+
+
+def test_prometheus_scraping_a_pod_by_its_address_is_answered_where_the_service_names_its_hosts(
+        tmp_path, lite0, memory_images):
+    # Kubernetes' pod discovery scrapes http://<pod ip>:8000/metrics, Host the address: with VMEM_ALLOWED_HOSTS set
+    # as a proxy's name (docs/service.md), every scrape was a 400 and the target down, as the probes had been
+    mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
+    try:
+        settings = Settings(memory=str(tmp_path / "memory"), api_key=API_KEY, allowed_hosts="vmem.example.org")
+        with TestClient(create_app(settings, memory=mem)) as client:
+            pod = {"Host": "10.1.2.3:8000"}
+            scraped = client.get("/metrics", headers=pod)
+            assert scraped.status_code == 200 and "vmem_memory_points 12.0" in scraped.text
+            assert TestClient(client.app, root_path="/vmem").get("/vmem/metrics", headers=pod).status_code == 200
+            # The memory's own reads stay its named hosts' (DNS rebinding)
+            assert client.get("/v1/memory/stats", headers=pod).status_code == 400
+            assert client.get("/v1/memory/points", headers=pod).status_code == 400
+    finally:
+        mem.close()
