@@ -231,6 +231,8 @@ def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int =
                 names: dict[str, str] | None = None) -> ExperimentResult:
     """Leave classes out, then add n exemplars of each back; 1-NN accuracy on them and on the rest.
 
+    An n past the most exemplars a held-out class has is read as that most (one row), as scaling reads its sizes.
+
     With zero exemplars a held-out class cannot be named; `confused_with` shows where its queries go
     (the paper reads this at genus level on iNaturalist).
     """
@@ -246,9 +248,12 @@ def granularity(memory: LabelledArrays, queries: LabelledArrays, held_out: int =
     base_sim = b_sim[:, 0]
     # Similarity to every held-out exemplar, columns in each class's exemplar order.
     cols = {c: order[c] for c in sorted(out)}
+    # A count past the held-out classes' exemplars adds no more of them: a row "100" of a memory of 30 a class had
+    # said 100 of what was 30. Capped as scaling caps its sizes, the row says what the memory held.
+    most = max(len(v) for v in cols.values())
     rows: list[dict[str, Any]] = []
     zero_confusion: dict[str, int] = {}
-    for n in exemplars:
+    for n in sorted({min(n, most) for n in exemplars}):
         idx = [i for c in sorted(out) for i in cols[c][:n]]
         if idx:
             sims = queries.features @ memory.features[idx].T

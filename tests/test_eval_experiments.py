@@ -73,6 +73,13 @@ def test_granularity_held_out_classes_are_found_from_a_few_exemplars(data):
     assert sum(c["queries"] for c in res.params["confused_with_at_zero"]) == 40  # 2 classes x 20 queries
 
 
+def test_granularity_rows_say_how_many_exemplars_the_memory_had_not_how_many_were_asked(data):
+    memory, queries = data  # 60 points a class
+    res = granularity(memory, queries, held_out=2, exemplars=(0, 5, 60, 100, 200))
+    assert [r["exemplars"] for r in res.rows] == [0, 5, 60]
+    assert res.summary.startswith("2 held-out classes, 1-NN: ") and " with 60; " in res.summary
+
+
 def test_pruning_reports_none_hard_and_soft_on_the_same_queries(data):
     res = pruning(*data, thresholds=(1000, 2), k=20)
     assert [r["variant"] for r in res.rows] == ["none", "hard>=1000", "hard>=2", "soft 1.75/(1+count)"]
