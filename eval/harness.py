@@ -359,6 +359,24 @@ def trust_table(sel: Selective, command: str = "vmem classify") -> str:
     return "\n".join(lines) + "\n"
 
 
+def rerank_lines(r: dict[str, Any]) -> str:
+    """The re-rank's result as table.md says it: its accuracy against rank voting's on the same queries, with what
+    it was asked with and how often it fell back or changed the vote's answer. Tokens and cost are left to stdout:
+    a run again answered from the cache costs none, and table.md is the same for the same answers."""
+    template = (f"{r['template']}" + (f" ({r['template_hash']})" if r.get("template_hash") else "")
+                if r["template"] else "none")
+    reasons = ", ".join(f"{visible(kind)}: {n:,}" for kind, n in r["fallback_reasons"].items())
+    lines = [f"**re-ranking** (k={r['k']}, template {template}, model {r['model'] or 'none'}): "
+             f"re-rank on {counted(r['queries'], 'query', 'queries')}: {100 * r['rerank_accuracy']:.2f}% right against "
+             f"rank voting's {100 * r['rank_accuracy']:.2f}% on the same queries; fallback rate "
+             f"{100 * r['fallback_rate']:.1f}%" + (f" ({reasons})" if reasons else "")]
+    if (o := r.get("overrode")) and o["queries"]:  # the answers the VLM changed: their confidence is their share
+        lines.append(f"the VLM changed {counted(o['queries'], 'answer')} (fixed {r['fixed']:,}, broke "
+                     f"{r['broken']:,}): {100 * o['accuracy']:.2f}% right at mean confidence "
+                     f"{o['mean_confidence']:.3f}")
+    return "\n\n".join(lines) + "\n"
+
+
 def rerank_selective(report: EvalReport) -> Selective | None:
     """The re-ranked answers' trust, where the run re-ranked (the report keeps the re-rank's as a dict)."""
     found = (report.rerank or {}).get("selective")
@@ -465,6 +483,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of "
                   f"{counted(dm.queries, 'query', 'queries')} right\n")
         md.append(trust_table(dm.selective, "vmem dmn classify"))
+    if report.rerank:
+        md.append(rerank_lines(report.rerank))
     if reranked is not None:
         md.append(trust_table(reranked, "vmem classify --rerank"))
     write_atomically(out / "table.md", "\n".join(md))

@@ -231,6 +231,34 @@ def test_eval_rerank_scores_the_confidence_of_the_answers_the_vlm_gave(built, tm
     assert all((tmp_path / "out" / f"rerank_{plot}.png").exists() for plot in ("risk_coverage", "reliability"))
 
 
+def test_eval_rerank_writes_its_accuracy_against_the_vote_into_table_md(built, tmp_path, monkeypatch):
+    """A paper's number, the re-rank's accuracy against the vote's on the same queries, is in table.md with the
+    template (and its hash) and model it was asked with; the same run again, answered from the cache, writes the
+    same table.md and says on stdout that its answers cost no tokens now because they came from the cache."""
+    from reranker.testing import FakeGemini, candidates_of
+
+    root, val = built
+    with FakeGemini() as fake:
+        fake.responder = lambda body: fake.answer(candidates_of(body)[-1])  # the label the vote liked least
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        args = ["eval", "--memory", root / "memory", "--dataset", val, "--cache", tmp_path / "cache", "--k-max", "5",
+                "--rerank", "--rerank-k", "8", "--template", "labels-only", "--no-plots"]
+        first = run(*args, "--out", tmp_path / "first")
+        again = run(*args, "--out", tmp_path / "again")
+    rr = json.loads((tmp_path / "first" / "results.json").read_text())["rerank"]
+    table = (tmp_path / "first" / "table.md").read_text()
+    template = default_registry().get("labels-only")
+    assert (f"**re-ranking** (k=8, template labels-only@{template.version} ({rr['template_hash']}), "
+            f"model {rr['model']}): "
+            f"re-rank on 6 queries: {100 * rr['rerank_accuracy']:.2f}% right against rank voting's "
+            f"{100 * rr['rank_accuracy']:.2f}% on the same queries; fallback rate 0.0%") in table
+    assert f"the VLM changed {rr['changed']} answers (fixed {rr['fixed']}, broke {rr['broken']})" in table
+    assert f"re-rank tokens {rr['usage']['total_tokens']:,} in 6 requests" in first and "from the cache" not in first
+    assert (tmp_path / "again" / "table.md").read_text() == table
+    assert "re-rank tokens 0 in 0 requests (6 answers of 6 from the cache, asked in an earlier run)" in again
+
+
 @pytest.mark.parametrize(("options", "env", "says"), [
     (["--alpha", "nan"], {}, "alpha nan is not a valid vote setting"),
     (["--tau", "0"], {}, "tau 0 is not a valid vote setting"),

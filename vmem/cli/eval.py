@@ -266,17 +266,14 @@ def eval(
                  else f" (scored with the given α={used['alpha']:g}, τ={used['tau']:g})")
         typer.echo(f"the memory's tuned settings ({t['rule']}, k={t['k']}, α={t['alpha']:g}, τ={t['tau']:g}): "
                    f"{100 * t['accuracy']:.2f}% top-1 here{given}")
-    if report.rerank:
+    if report.rerank:  # its accuracy is in table.md, printed above; what it cost is this run's alone
         r = report.rerank
-        typer.echo(f"re-rank on {counted(r['queries'], 'query', 'queries')} (k={r['k']}, template {r['template']}): "
-                   f"{100 * r['rerank_accuracy']:.2f}% vs rank voting {100 * r['rank_accuracy']:.2f}%; "
-                   f"fallback rate {100 * r['fallback_rate']:.1f}% {r['fallback_reasons']}; "
-                   f"tokens {r['usage'].get('total_tokens', 0)}"
-                   + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else ""))
-        if r["overrode"]["queries"]:  # the answers the VLM changed: their confidence is their label's share
-            o = r["overrode"]
-            typer.echo(f"the VLM changed {counted(o['queries'], 'answer')}: {100 * o['accuracy']:.2f}% right at mean "
-                       f"confidence {o['mean_confidence']:.3f} (table.md: the re-ranked answers' --min-confidence)")
+        cached = (f" ({counted(r['cached'], 'answer')} of {r['queries']:,} from the cache, asked in an earlier run)"
+                  if r["cached"] else "")
+        usage = r["usage"]
+        typer.echo(f"re-rank tokens {usage.get('total_tokens', 0):,} in {counted(usage.get('requests', 0), 'request')}"
+                   + (f", about ${r['estimated_cost_usd']:.4f}" if r["estimated_cost_usd"] is not None else "")
+                   + cached)
     if report.dmn is not None:
         d = report.dmn
         kept = ", ".join(f"{100 * a.target:g}% at --min-confidence {a.min_confidence:.6g} ({100 * a.coverage:.1f}% "
