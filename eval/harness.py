@@ -359,6 +359,20 @@ def trust_table(sel: Selective, command: str = "vmem classify") -> str:
     return "\n".join(lines) + "\n"
 
 
+# Why a dataset's protocol leaves images out of the queries (EvalDataset.skipped), by format.
+_SKIPPED_WHY = {"real": "ReaL gives them no label", "imagenet-val": "the labels file does not list them"}
+
+
+def skipped_note(run: RunInfo) -> str | None:
+    """The images the dataset's protocol left out of the scores, said where the scores are read (ReaL's val images
+    with no label): a table of 179 queries had not said that 21 of the folder's 200 images were not scored."""
+    if not run.skipped_queries:
+        return None
+    why = _SKIPPED_WHY.get(run.format, "the dataset's protocol leaves them out")
+    return (f"{counted(run.skipped_queries, 'image')} of the dataset left out, not scored: {why} "
+            "(skipped_queries in results.json)")
+
+
 def rerank_lines(r: dict[str, Any]) -> str:
     """The re-rank's result as table.md says it: its accuracy against rank voting's on the same queries, with what
     it was asked with and how often it fell back or changed the vote's answer. Tokens and cost are left to stdout:
@@ -471,6 +485,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
           f"{counted(r.queries, 'query', 'queries')}, {counted(r.memory_points, 'memory point')}, {r.featurizer}, "
           f"{r.search} search, "
           f"alpha={r.alpha}, tau={r.tau}\n"]
+    if note := skipped_note(r):
+        md.append(note + "\n")
     md += [markdown_table(s, f"{name} classes" if name == "all"
                           else f"restricted to {counted(r.restricted_classes or 0, 'class', 'classes')}")
            for name, s in v.items()]

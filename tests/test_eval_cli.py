@@ -231,6 +231,21 @@ def test_eval_rerank_scores_the_confidence_of_the_answers_the_vlm_gave(built, tm
     assert all((tmp_path / "out" / f"rerank_{plot}.png").exists() for plot in ("risk_coverage", "reliability"))
 
 
+def test_eval_says_in_table_md_how_many_images_real_left_out(built, tmp_path):
+    """ReaL scores only the val images it gives a label: the table says how many of the folder's were left out."""
+    root, val = built
+    flat = tmp_path / "real" / "val"
+    flat.mkdir(parents=True)
+    for n, image in enumerate(sorted(val.rglob("*.png")), start=1):
+        (flat / f"ILSVRC2012_val_{n:08d}.png").symlink_to(image)
+    (tmp_path / "real" / "real.json").write_text(json.dumps([[1], [], [2, 3], [], [], [4]]))
+    out = run("eval", "--memory", root / "memory", "--dataset", flat, "--format", "real", "--out", tmp_path / "out",
+              "--cache", tmp_path / "cache", "--k-max", "5", "--no-plots")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["skipped_queries"] == 3
+    note = "3 images of the dataset left out, not scored: ReaL gives them no label (skipped_queries in results.json)"
+    assert note in (tmp_path / "out" / "table.md").read_text() and note in out
+
+
 def test_eval_rerank_writes_its_accuracy_against_the_vote_into_table_md(built, tmp_path, monkeypatch):
     """A paper's number, the re-rank's accuracy against the vote's on the same queries, is in table.md with the
     template (and its hash) and model it was asked with; the same run again, answered from the cache, writes the
