@@ -323,8 +323,9 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     return path
 
 
-def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 10) -> str:
-    """The `n` classes with the lowest accuracy under one decision, and what their queries were taken for."""
+def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 10, scope: str = "") -> str:
+    """The `n` classes with the lowest accuracy under one decision, and what their queries were taken for; `scope`
+    says which variant's answers they are where a run has two ("all classes: ...")."""
 
     def shown(label: str) -> str:
         # One cell each: Markdown splits a row at a bar, and a newline ends the table; shown as every line of vmem's
@@ -333,7 +334,7 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
         return visible(text).replace("|", "\\|")
 
     lines = [f"**hardest {min(n, len(per_class.classes))} of {counted(len(per_class.classes), 'class', 'classes')}** "
-             f"({per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",
+             f"({scope}{per_class.rule} voting, k={per_class.k}; all of them in per_class.csv)", "",
              "| class | queries | accuracy | most often taken for |", "|---|---|---|---|"]
     for c in per_class.classes[:n]:
         taken = ", ".join(f"{shown(lab)} ×{count}" for lab, count in c.confused_with.items())
@@ -341,10 +342,10 @@ def hardest_classes_table(per_class: PerClass, names: dict[str, str], n: int = 1
     return "\n".join(lines) + "\n"
 
 
-def trust_table(sel: Selective, command: str = "vmem classify") -> str:
+def trust_table(sel: Selective, command: str = "vmem classify", scope: str = "") -> str:
     """When to trust an answer: the confidence threshold (`--min-confidence` of `command`) that keeps the most
-    answers at each target accuracy, and how well calibrated the confidence is."""
-    lines = [f"**when to trust an answer of `{command}`** ({decision_name(sel)}; confidence: the "
+    answers at each target accuracy, and how well calibrated the confidence is; `scope` as hardest_classes_table's."""
+    lines = [f"**when to trust an answer of `{command}`** ({scope}{decision_name(sel)}; confidence: the "
              f"{sel.confidence}; risk_coverage.csv, reliability.csv)", "",
              f"all answers: {100 * sel.accuracy:.2f}% right at mean confidence {sel.mean_confidence:.3f}; "
              f"ECE {sel.ece:.4f}, AURC {sel.aurc:.4f}", "",
@@ -373,14 +374,14 @@ def skipped_note(run: RunInfo) -> str | None:
             "(skipped_queries in results.json)")
 
 
-def rerank_lines(r: dict[str, Any]) -> str:
+def rerank_lines(r: dict[str, Any], scope: str = "") -> str:
     """The re-rank's result as table.md says it: its accuracy against rank voting's on the same queries, with what
     it was asked with and how often it fell back or changed the vote's answer. Tokens and cost are left to stdout:
     a run again answered from the cache costs none, and table.md is the same for the same answers."""
     template = (f"{r['template']}" + (f" ({r['template_hash']})" if r.get("template_hash") else "")
                 if r["template"] else "none")
     reasons = ", ".join(f"{visible(kind)}: {n:,}" for kind, n in r["fallback_reasons"].items())
-    lines = [f"**re-ranking** (k={r['k']}, template {template}, model {r['model'] or 'none'}): "
+    lines = [f"**re-ranking** ({scope}k={r['k']}, template {template}, model {r['model'] or 'none'}): "
              f"re-rank on {counted(r['queries'], 'query', 'queries')}: {100 * r['rerank_accuracy']:.2f}% right against "
              f"rank voting's {100 * r['rank_accuracy']:.2f}% on the same queries; fallback rate "
              f"{100 * r['fallback_rate']:.1f}%" + (f" ({reasons})" if reasons else "")]
@@ -490,19 +491,24 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
     md += [markdown_table(s, f"{name} classes" if name == "all"
                           else f"restricted to {counted(r.restricted_classes or 0, 'class', 'classes')}")
            for name, s in v.items()]
+    # With a restricted variant (ImageNet-A, -R) the tables below follow its table: say whose answers each holds.
+    # The vote's are the whole memory's (as classify answers); dmn's and the re-ranker's, the dataset's classes'.
+    whole, among = (("all classes: the whole memory searched; ",
+                     f"restricted to the dataset's {counted(r.restricted_classes or 0, 'class', 'classes')}; ")
+                    if "restricted" in v else ("", ""))
     if v["all"].per_class:
-        md.append(hardest_classes_table(v["all"].per_class, names))
+        md.append(hardest_classes_table(v["all"].per_class, names, scope=whole))
     if v["all"].selective:
-        md.append(trust_table(v["all"].selective))
+        md.append(trust_table(v["all"].selective, scope=whole))
     if report.dmn is not None:
         dm = report.dmn
-        md.append(f"**the dmn rule** ({dm.mode}, no stream): {100 * dm.accuracy:.2f}% of "
+        md.append(f"**the dmn rule** ({among}{dm.mode}, no stream): {100 * dm.accuracy:.2f}% of "
                   f"{counted(dm.queries, 'query', 'queries')} right\n")
-        md.append(trust_table(dm.selective, "vmem dmn classify"))
+        md.append(trust_table(dm.selective, "vmem dmn classify", scope=among))
     if report.rerank:
-        md.append(rerank_lines(report.rerank))
+        md.append(rerank_lines(report.rerank, scope=among))
     if reranked is not None:
-        md.append(trust_table(reranked, "vmem classify --rerank"))
+        md.append(trust_table(reranked, "vmem classify --rerank", scope=among))
     write_atomically(out / "table.md", "\n".join(md))
     written.append(out / "table.md")
     if plots:

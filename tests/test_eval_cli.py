@@ -246,6 +246,26 @@ def test_eval_says_in_table_md_how_many_images_real_left_out(built, tmp_path):
     assert note in (tmp_path / "out" / "table.md").read_text() and note in out
 
 
+def test_eval_of_imagenet_a_says_whose_answers_each_table_after_the_restricted_one_holds(built, tmp_path, monkeypatch):
+    """ImageNet-A scores the whole memory (all) and the memory cut to its classes (restricted). The tables after the
+    restricted one had not said which they were: the vote's hardest classes and trust are the whole memory's, as
+    classify answers; the re-ranker answers among the dataset's classes."""
+    from reranker.testing import FakeGemini
+
+    root, val = built
+    with FakeGemini() as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        run("eval", "--memory", root / "memory", "--dataset", val, "--format", "imagenet-a", "--out", tmp_path / "out",
+            "--cache", tmp_path / "cache", "--k-max", "5", "--rerank", "--rerank-k", "8", "--no-plots")
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.index("**restricted to 3 classes**") < table.index("**hardest 3 of 3 classes**")
+    assert "**hardest 3 of 3 classes** (all classes: the whole memory searched; rank voting, k=5;" in table
+    assert "**when to trust an answer of `vmem classify`** (all classes: the whole memory searched; rank" in table
+    assert "**re-ranking** (restricted to the dataset's 3 classes; k=8, template neighbors-v1@" in table
+    assert "**when to trust an answer of `vmem classify --rerank`** (restricted to the dataset's 3 classes; " in table
+
+
 def test_eval_rerank_writes_its_accuracy_against_the_vote_into_table_md(built, tmp_path, monkeypatch):
     """A paper's number, the re-rank's accuracy against the vote's on the same queries, is in table.md with the
     template (and its hash) and model it was asked with; the same run again, answered from the cache, writes the
