@@ -34,7 +34,7 @@ from retrieval.voting import vote_last_k
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_excluded_novelties, threshold_of
 from vmem.results import DEFAULT_K
 
-from .harness import write_csv
+from .harness import short_name, write_csv
 from .label_audit import DEFAULT_MIN_SHARE, leave_one_out_votes
 from .pruning import SOFT_GAMMA, soft_factors, wrong_decision_counts
 from .scoring import K_MAX, NeighborTable, Scores, exact_search, score, self_search, table_from_hits, truth_arrays
@@ -635,23 +635,29 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
     write_atomically(written[2], markdown(result))
     rows = result.rows
     png = stem.with_suffix(".png")
+    # Which run, as eval's plots say it: two memories' or encoders' plots had had one title
+    p = result.params
+    run = (f" ({short_name(str(p['queries']))} against {short_name(str(p['memory']))}, {p['featurizer']})"
+           if {"queries", "memory", "featurizer"} <= p.keys() else "")
     if plots and result.name == "scaling":
         written.append(plot_curves([r["memory_size"] for r in rows],
                                    {rule: [100 * (1 - r[f"{rule}_best"]) for r in rows] for rule in RULES},
-                                   png, "memory size (points)", "top-1 error (%), best k", "error against memory size",
+                                   png, "memory size (points)", "top-1 error (%), best k",
+                                   "error against memory size" + run,
                                    logx=True, logy=True))
     elif plots and result.name == "corruption":
         curves = {f"{rule} (best k)": [100 * r[f"{rule}_best"] for r in rows] for rule in RULES}
         curves["1-NN"] = [100 * r["rank@1"] for r in rows]
         written.append(plot_curves([100 * r["fraction"] for r in rows], curves, png,
-                                   "memory labels replaced at random (%)", "top-1 accuracy (%)", "label corruption"))
+                                   "memory labels replaced at random (%)", "top-1 accuracy (%)",
+                                   "label corruption" + run))
     elif plots and result.name == "granularity":
         curves = {"held-out classes": [100 * r["held_out_accuracy"] for r in rows]}
         if rows[0]["kept_accuracy"] is not None:  # no query of a kept class: no such curve
             curves["kept classes"] = [100 * r["kept_accuracy"] for r in rows]
         written.append(plot_curves([r["exemplars"] for r in rows], curves,
                                    png, "exemplars per held-out class in memory", "1-NN accuracy (%)",
-                                   "leave-class-out granularity"))
+                                   "leave-class-out granularity" + run))
     elif plots and result.name == "label-noise":
         written.append(plot_curves([100 * r["fraction"] for r in rows],
                                    {"label audit (vmem suspects)": [100 * r["audit_precision"] for r in rows],
@@ -659,13 +665,13 @@ def write_experiment(result: ExperimentResult, out_dir: str | Path, plots: bool 
                                     "chance": [100 * r["chance_precision"] for r in rows]},
                                    png, "memory labels flipped to another class (%)",
                                    "flipped points among the first m ranked (%)",
-                                   "finding the m flipped labels"))
+                                   "finding the m flipped labels" + run))
     elif plots and result.name == "novelty":
         h = result.params["histogram"]
         lines = {f"threshold (p{result.params['percentile']:g} of the memory's own)": h["threshold"]}
         written.append(plot_histograms(h["edges"], {"familiar: classes in the memory": h["familiar"],
                                                     "unfamiliar: classes held out": h["unfamiliar"]},
                                        png, f"novelty at k={h['k']} (mean cosine distance to the neighbours)",
-                                       "novelty of queries of classes the memory holds and does not",
+                                       "novelty of queries of classes the memory holds and does not" + run,
                                        lines if h["threshold"] is not None else None))
     return written

@@ -171,6 +171,9 @@ def plot_per_class(scores: Scores, path: str | Path, names: dict[str, str] | Non
     hardest = "\n".join(f"{names.get(c.label, c.label)}: {100 * c.accuracy:.0f}%" for c in pc.classes[:marked])
     ax.text(0.02, 0.97, f"hardest:\n{hardest}", transform=ax.transAxes, va="top", fontsize=8,
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0.5})
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a class's place, not 2.5 of one
     ax.set_xlabel(f"class, hardest to easiest ({len(acc)} classes)")
     ax.set_ylabel("accuracy of its queries (%)")
     ax.set_ylim(0, 100)
@@ -240,10 +243,15 @@ def plot_curves(
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     for name, ys in curves.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
+    from matplotlib.ticker import LogFormatter
+
+    for on, axis, scale in ((logx, ax.xaxis, ax.set_xscale), (logy, ax.yaxis, ax.set_yscale)):
+        if on:
+            scale("log")
+            # Plain numbers (600, 40): matplotlib's own labels read "6 x 10^2", and its minor ones, "3 x 10^1" and
+            # "4 x 10^1" side by side, ran into each other on an axis of less than two decades.
+            axis.set_major_formatter(LogFormatter())
+            axis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

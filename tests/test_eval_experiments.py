@@ -80,6 +80,29 @@ def test_granularity_rows_say_how_many_exemplars_the_memory_had_not_how_many_wer
     assert res.summary.startswith("2 held-out classes, 1-NN: ") and " with 60; " in res.summary
 
 
+def test_experiment_plots_name_their_run_and_label_log_axes_in_plain_numbers(data, tmp_path, monkeypatch):
+    """Two memories' scaling plots had one title, "error against memory size"; and its log axes read "6 x 10^2"."""
+    import eval.plots as plots
+
+    seen = {}
+    save = plots._save
+
+    def looked_at(fig, path):  # the figure as it is saved: its title and every tick label drawn
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in [*ax.get_xticklabels(which="both"), *ax.get_yticklabels(which="both")]]
+        seen[path.name] = (ax.get_title(), [t for t in labels if t])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", looked_at)
+    res = scaling(*data, per_class=(1, 5, 60), ks=(1, 10))
+    res.params.update(memory="/data/memories/lite0", queries="/data/tiny/val", featurizer="efficientnet-lite0")
+    write_experiment(res, tmp_path)
+    title, labels = seen["scaling.png"]
+    assert title == "error against memory size (tiny/val against memories/lite0, efficientnet-lite0)"
+    assert "100" in labels and not [t for t in labels if "^" in t or "times" in t]
+
+
 def test_pruning_reports_none_hard_and_soft_on_the_same_queries(data):
     res = pruning(*data, thresholds=(1000, 2), k=20)
     assert [r["variant"] for r in res.rows] == ["none", "hard>=1000", "hard>=2", "soft 1.75/(1+count)"]
