@@ -374,16 +374,29 @@ def skipped_note(run: RunInfo) -> str | None:
             "(skipped_queries in results.json)")
 
 
-def rerank_lines(r: dict[str, Any], scope: str = "") -> str:
+def vote_said(vote: dict[str, Any] | None, soft_factors: bool) -> str:
+    """The vote a re-rank was compared with, where it is not the table's plain rank row at the default α."""
+    if not vote:
+        return ""
+    said = [f"α={vote['alpha']:g}"] if vote.get("alpha") != DEFAULT_ALPHA else []
+    if soft_factors and vote.get("soft_pruning", True):
+        said.append("the memory's soft-pruning factors weighing: its rank+soft row")
+    return f" ({', '.join(said)})" if said else ""
+
+
+def rerank_lines(r: dict[str, Any], scope: str = "", soft_factors: bool = False) -> str:
     """The re-rank's result as table.md says it: its accuracy against rank voting's on the same queries, with what
     it was asked with and how often it fell back or changed the vote's answer. Tokens and cost are left to stdout:
-    a run again answered from the cache costs none, and table.md is the same for the same answers."""
+    a run again answered from the cache costs none, and table.md is the same for the same answers. The vote it is
+    compared with is classify's, with the memory's α and, where `soft_factors` (the memory is soft-pruned), its
+    points' reliability factors: a rank+soft row of the table, not the rank row, where they weigh."""
     template = (f"{r['template']}" + (f" ({r['template_hash']})" if r.get("template_hash") else "")
                 if r["template"] else "none")
     reasons = ", ".join(f"{visible(kind)}: {n:,}" for kind, n in r["fallback_reasons"].items())
     lines = [f"**re-ranking** ({scope}k={r['k']}, template {template}, model {r['model'] or 'none'}): "
              f"re-rank on {counted(r['queries'], 'query', 'queries')}: {100 * r['rerank_accuracy']:.2f}% right against "
-             f"rank voting's {100 * r['rank_accuracy']:.2f}% on the same queries; fallback rate "
+             f"rank voting's {100 * r['rank_accuracy']:.2f}%{vote_said(r.get('vote'), soft_factors)} on the same "
+             "queries; fallback rate "
              f"{100 * r['fallback_rate']:.1f}%" + (f" ({reasons})" if reasons else "")]
     if (o := r.get("overrode")) and o["queries"]:  # the answers the VLM changed: their confidence is their share
         lines.append(f"the VLM changed {counted(o['queries'], 'answer')} (fixed {r['fixed']:,}, broke "
@@ -506,7 +519,7 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
                   f"{counted(dm.queries, 'query', 'queries')} right\n")
         md.append(trust_table(dm.selective, "vmem dmn classify", scope=among))
     if report.rerank:
-        md.append(rerank_lines(report.rerank, scope=among))
+        md.append(rerank_lines(report.rerank, scope=among, soft_factors="rank+soft" in v["all"].accuracy))
     if reranked is not None:
         md.append(trust_table(reranked, "vmem classify --rerank", scope=among))
     write_atomically(out / "table.md", "\n".join(md))

@@ -42,7 +42,10 @@ class RerankReport(BaseModel):
                                  "none was: re-ranking not configured)")
     template_hash: str | None = Field(default=None, description="its content hash, as `vmem templates list` shows it")
     model: str | None = None
-    rank_accuracy: float = Field(description="rank voting at k on the same sample")
+    rank_accuracy: float = Field(description="rank voting at k on the same sample, as classify votes (`vote`)")
+    vote: dict[str, Any] | None = Field(default=None, description="the vote the re-ranker was given and is compared "
+                                        "with, as classify gives it: rule, k, alpha, tau, soft_pruning (the points' "
+                                        "reliability factors weigh, where the memory has any), origin")
     rerank_accuracy: float = Field(description="final answers with re-ranking (fallbacks answer with the vote)")
     reranked: int = Field(description="answers that came from the re-ranker")
     reranked_accuracy: float | None = Field(default=None, description="accuracy on the re-ranked answers only")
@@ -167,13 +170,14 @@ def evaluate_rerank(
     kept = [i for i in range(n) if reranked[i] and finals[i][1].label == votes[i][1]]
     overrode = [i for i in range(n) if reranked[i] and finals[i][1].label != votes[i][1]]
     model = next((r.model for _, r in finals if r.model), None)
+    vote = next((r.vote.model_dump(mode="json") for _, r in finals if r.vote is not None), None)
     # The template as used, not as named: the name may be left out (neighbors-v1), a user's file may stand in for a
     # built-in of that name, and an edit may keep the version. The most common, should a file change mid-run.
     used = Counter((r.template, r.template_hash) for _, r in finals if r.template)
     (used_ref, used_hash), _ = used.most_common(1)[0] if used else ((None, None), 0)
     return RerankReport(
         queries=n, seed=seed, k=k, template=used_ref, template_hash=used_hash, model=model,
-        rank_accuracy=sum(right_vote) / n if n else 0.0,
+        rank_accuracy=sum(right_vote) / n if n else 0.0, vote=vote,
         rerank_accuracy=sum(right_final) / n if n else 0.0,
         reranked=n_rr,
         reranked_accuracy=(sum(f for f, rr in zip(right_final, reranked, strict=True) if rr) / n_rr) if n_rr else None,
