@@ -103,6 +103,7 @@ def evaluate_rerank(
     price_in: float | None = None,
     price_out: float | None = None,
     seed: int = 0,
+    alpha: float | None = None,
 ) -> RerankReport:
     """Classify `items` with and without re-ranking and compare.
 
@@ -114,14 +115,16 @@ def evaluate_rerank(
             the answers used, with its hash.
         labels: restrict neighbours to these labels (ImageNet-A/-R protocol).
         price_in, price_out: USD per million prompt / output tokens (thinking billed as output).
+        alpha: rank voting's α for the vote re-ranked and compared with (default: the memory's, as classify's):
+            `vmem eval` passes the α its table's rank row is scored with.
     """
     t0 = time.perf_counter()
     votes, finals, failed = [], [], []
     with tqdm(total=len(items), desc="rerank", unit="q", file=sys.stderr, disable=None) as bar:
         for start in range(0, len(items), chunk):
             part = list(items[start : start + chunk])
-            res, bad = memory.classify_many([it.source for it in part], k=k, rule=VoteRule.rank, labels=labels,
-                                            rerank=True, template=template)
+            res, bad = memory.classify_many([it.source for it in part], k=k, rule=VoteRule.rank, alpha=alpha,
+                                            labels=labels, rerank=True, template=template)
             failed += [f.source for f in bad]
             by_src = {r.source: r for r in res}
             for it in part:

@@ -318,6 +318,23 @@ def test_eval_rerank_on_a_soft_pruned_memory_names_the_vote_it_is_compared_with(
             "rank+soft row) on the same queries") in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_eval_rerank_compares_with_the_vote_at_the_alpha_its_table_is_scored_with(built, tmp_path, monkeypatch):
+    """--alpha 4 scores the table's rank row at α = 4: the vote re-ranked and compared with is voted so too (it had
+    been the memory's α, 2, whatever --alpha said)."""
+    from reranker.testing import FakeGemini
+
+    root, val = built
+    with FakeGemini() as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache",
+            tmp_path / "cache", "--k-max", "5", "--alpha", "4", "--rerank", "--rerank-k", "5", "--no-plots")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["run"]["alpha"] == 4 and res["rerank"]["vote"]["alpha"] == 4
+    assert res["rerank"]["rank_accuracy"] == res["variants"]["all"]["accuracy"]["rank"][4]
+    assert "against rank voting's 100.00% (α=4) on the same queries" in (tmp_path / "out" / "table.md").read_text()
+
+
 @pytest.mark.parametrize(("options", "env", "says"), [
     (["--alpha", "nan"], {}, "alpha nan is not a valid vote setting"),
     (["--tau", "0"], {}, "tau 0 is not a valid vote setting"),

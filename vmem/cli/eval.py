@@ -232,7 +232,7 @@ def eval(
         embedded = set(queries.sources)
         sample = [it for it in ds.items if it.source in embedded]
         rr = evaluate_rerank(mem, sample, k=rerank_k, template=template, labels=restrict,
-                             price_in=price_in, price_out=price_out, seed=seed)
+                             price_in=price_in, price_out=price_out, seed=seed, alpha=alpha)
         report.rerank = rr.model_dump(mode="json")
     dmn_refused: str | None = None
     if dmn:
