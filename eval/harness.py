@@ -20,7 +20,8 @@ Outputs in the run directory:
     predictions.csv          variant,rule,k,source,right_labels,predicted,predicted_name,correct,nearest,
                              nearest_similarity,confidence: each query's answer under that decision, in query
                              order (confidence: its vote share, as classify's);
-                             right_labels a JSON list, the labels that count as right: ["n01", "n02"]
+                             right_labels a JSON list, the labels that count as right: ["n01", "n02"];
+                             with --rerank, each re-ranked query's final answer too (rule rerank, k shown to the VLM)
     *.png                    accuracy against k, hit rate against k, neighbour reliability by rank, per-class
                              accuracy (hardest classes named), risk-coverage and reliability diagram
 """
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 from .datasets import EvalDataset
 from .dmn_eval import DmnReport
 from .plots import PLOT_FILES, plot_all, plot_trust
+from .rerank_eval import RerankAnswer
 from .scoring import (
     K_MAX,
     TABLE_KS,
@@ -245,6 +247,8 @@ class EvalReport(BaseModel):
     # The queries scored, in order, for predictions.csv (kept out of results.json, as the decisions are).
     query_sources: list[str] = Field(default_factory=list, exclude=True)
     query_labels: list[tuple[str, ...]] = Field(default_factory=list, exclude=True)
+    # The re-ranked answers of `rerank`'s sample, one a query, for predictions.csv (rule rerank)
+    rerank_answers: list[RerankAnswer] = Field(default_factory=list, exclude=True)
 
 
 def neighbor_table(
@@ -484,16 +488,22 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
         (name, s.per_class.rule, s.per_class.k, c.label, names.get(c.label, ""), c.queries, c.correct,
          f"{c.accuracy:.6f}", json.dumps(c.confused_with, ensure_ascii=False))
         for name, s in v.items() if s.per_class for c in s.per_class.classes]))
-    if report.query_sources and any(s.decisions for s in v.values()):
+    if (report.query_sources and any(s.decisions for s in v.values())) or report.rerank_answers:
+        rr_k = (report.rerank or {}).get("k", "")
         written.append(write_csv(out / "predictions.csv", [
             "variant", "rule", "k", "source", "right_labels", "predicted", "predicted_name", "correct", "nearest",
             "nearest_similarity", "confidence"], [
-            (name, d.rule, d.k, source, json.dumps(list(right), ensure_ascii=False), d.predicted[i] or "",
-             names.get(d.predicted[i] or "", ""), int(d.correct[i]), d.nearest[i] or "",
-             "" if d.nearest_similarity[i] is None else d.nearest_similarity[i],
-             d.confidence[i] if d.confidence else "")
-            for name, s in v.items() if (d := s.decisions)
-            for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))]))
+            *((name, d.rule, d.k, source, json.dumps(list(right), ensure_ascii=False), d.predicted[i] or "",
+               names.get(d.predicted[i] or "", ""), int(d.correct[i]), d.nearest[i] or "",
+               "" if d.nearest_similarity[i] is None else d.nearest_similarity[i],
+               d.confidence[i] if d.confidence else "")
+              for name, s in v.items() if (d := s.decisions)
+              for i, (source, right) in enumerate(zip(report.query_sources, report.query_labels, strict=True))),
+            # The re-ranked answers of the same queries (the sample re-ranked), for a paired comparison with the vote
+            *((answered_in, "rerank", rr_k, a.source, json.dumps(list(a.right_labels), ensure_ascii=False),
+               a.predicted or "", names.get(a.predicted or "", ""), int(a.correct), a.nearest or "",
+               "" if a.nearest_similarity is None else a.nearest_similarity, a.confidence)
+              for a in report.rerank_answers)]))
     r = report.run
     md = [f"# {visible(r.dataset)} ({r.format}) against {visible(r.memory)}\n",
           f"{counted(r.queries, 'query', 'queries')}, {counted(r.memory_points, 'memory point')}, {r.featurizer}, "

@@ -31,6 +31,19 @@ class AnswerGroup(BaseModel):
     accuracy: float | None = Field(description="null when there are none")
     mean_confidence: float | None = Field(description="their mean confidence (the vote's share of their label)")
 
+class RerankAnswer(BaseModel):
+    """One query's re-ranked answer, for predictions.csv (rule rerank): its source, the labels that count as right,
+    the final label (the VLM's, or the vote's where it fell back) and its confidence, and the nearest neighbour."""
+
+    source: str
+    right_labels: tuple[str, ...]
+    predicted: str | None
+    correct: bool
+    nearest: str | None
+    nearest_similarity: float | None
+    confidence: float
+
+
 TOKEN_KEYS = ("requests", "prompt_tokens", "output_tokens", "thinking_tokens", "total_tokens", "images")
 
 
@@ -69,6 +82,8 @@ class RerankReport(BaseModel):
     agreed: AnswerGroup | None = Field(default=None, description="re-ranked answers that kept the vote's label")
     overrode: AnswerGroup | None = Field(default=None, description="re-ranked answers of another label than the "
                                          "vote's: their confidence is that label's share of the vote")
+    # Each query's final answer, in the sample's order: predictions.csv's rerank rows (not in results.json)
+    answers: list[RerankAnswer] = Field(default_factory=list, exclude=True)
 
 
 # Reasons that quote Gemini's answer before any parenthesis: the quote is what differs between queries.
@@ -193,4 +208,9 @@ def evaluate_rerank(
         usage=dict(usage), cached=cached, estimated_cost_usd=cost,
         seconds=round(time.perf_counter() - t0, 2), failed=failed,
         selective=selective, agreed=group(kept), overrode=group(overrode),
+        answers=[RerankAnswer(source=it.source, right_labels=it.correct_labels, predicted=r.label, correct=right,
+                              nearest=r.neighbors[0].label if r.neighbors else None,
+                              nearest_similarity=round(r.neighbors[0].similarity, 6) if r.neighbors else None,
+                              confidence=round(c, 6))
+                 for (it, r), right, c in zip(finals, right_final, confidence, strict=True)],
     )

@@ -294,6 +294,32 @@ def test_eval_rerank_writes_its_accuracy_against_the_vote_into_table_md(built, t
     assert "re-rank tokens 0 in 0 requests (6 answers of 6 from the cache, asked in an earlier run)" in again
 
 
+def test_eval_rerank_writes_each_re_ranked_answer_into_predictions_csv(built, tmp_path, monkeypatch):
+    """A paired comparison of the re-ranker with the vote (McNemar's test, the queries it fixed and broke) needs
+    each query's two answers: predictions.csv holds the re-ranked ones beside the vote's, rule rerank."""
+    import csv
+
+    from reranker.testing import FakeGemini, candidates_of
+
+    root, val = built
+    with FakeGemini() as fake:
+        fake.responder = lambda body: fake.answer(candidates_of(body)[-1])  # the label the vote liked least
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        run("eval", "--memory", root / "memory", "--dataset", val, "--out", tmp_path / "out", "--cache",
+            tmp_path / "cache", "--k-max", "5", "--rerank", "--rerank-k", "8", "--no-plots")
+    rr = json.loads((tmp_path / "out" / "results.json").read_text())["rerank"]
+    with (tmp_path / "out" / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    vote = {r["source"]: r for r in rows if r["rule"] == "rank"}
+    reranked = [r for r in rows if r["rule"] == "rerank"]
+    assert len(reranked) == rr["queries"] == 6 and {r["source"] for r in reranked} == set(vote)
+    assert all(r["variant"] == "all" and r["k"] == "8" for r in reranked)
+    assert sum(int(r["correct"]) for r in reranked) / 6 == rr["rerank_accuracy"]
+    assert sum(r["predicted"] != vote[r["source"]]["predicted"] for r in reranked) == rr["changed"] > 0
+    assert all(json.loads(r["right_labels"]) == [Path(r["source"]).parent.name] for r in reranked)
+
+
 def test_eval_rerank_on_a_soft_pruned_memory_names_the_vote_it_is_compared_with(built, tmp_path, monkeypatch):
     """classify's vote, the one re-ranking starts from and is compared with, weighs a soft-pruned memory's points by
     their reliability factors: its accuracy is the table's rank+soft row, and table.md says so (on 200 Tiny-ImageNet

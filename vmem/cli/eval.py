@@ -234,6 +234,7 @@ def eval(
         rr = evaluate_rerank(mem, sample, k=rerank_k, template=template, labels=restrict,
                              price_in=price_in, price_out=price_out, seed=seed, alpha=alpha)
         report.rerank = rr.model_dump(mode="json")
+        report.rerank_answers = rr.answers
     dmn_refused: str | None = None
     if dmn:
         assert mem is not None
