@@ -82,8 +82,9 @@ def eval(
         "--limit", "--sample", min=1, help="evaluate a fixed random sample of this many queries")] = None,
     seed: Annotated[int, typer.Option(help="seed of --limit's sample")] = 0,
     rerank: Annotated[bool, typer.Option(
-        help="also re-rank the sample with the VLM and compare with rank voting; score the re-ranked answers' "
-             "confidence (the vote's share of the VLM's label): the --min-confidence of classify --rerank")] = False,
+        help="also re-rank the queries scored with the VLM (every one, or --limit's sample: a request each) and "
+             "compare with rank voting on them; score the re-ranked answers' confidence (the vote's share of the "
+             "VLM's label): the --min-confidence of classify --rerank")] = False,
     template: Annotated[str | None, typer.Option(help="re-ranker prompt template")] = None,
     rerank_k: Annotated[int, typer.Option(min=1, max=1000, help="neighbours shown to the re-ranker")] = 50,
     dmn: Annotated[bool, typer.Option(
