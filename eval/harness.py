@@ -214,6 +214,10 @@ class RunInfo(BaseModel):
     alpha: float = DEFAULT_ALPHA
     tau: float = DEFAULT_TAU
     restricted_classes: int | None = None
+    classes_not_in_memory: list[str] = Field(
+        default_factory=list, description="the queries' right labels no memory point carries: their queries cannot be "
+                                          "answered right")
+    queries_not_in_memory: int = Field(default=0, description="queries none of whose right labels is in the memory")
     # What else the numbers depend on, to reproduce them: a sample (limit, seed) of how many items, by which vmem,
     # from which encoder and preprocessing, through which index settings, over which points.
     dataset_items: int | None = Field(default=None, description="the dataset's items before --limit drew a sample")
@@ -388,6 +392,20 @@ def vote_said(vote: dict[str, Any] | None, soft_factors: bool) -> str:
     return f" ({', '.join(said)})" if said else ""
 
 
+def missing_classes_note(run: RunInfo) -> str | None:
+    """The queries' classes the memory lacks, said beside the scores: their queries count as wrong, and where none of
+    the classes is in the memory every score is 0 (a memory labelled by name scored on wnid folders without
+    --classes), which the table alone had shown without a word."""
+    if not run.classes_not_in_memory:
+        return None
+    missing = run.classes_not_in_memory
+    named = ", ".join(visible(c) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    are = "is" if len(missing) == 1 else "are"
+    return (f"{counted(len(missing), 'class', 'classes')} of the queries ({named}) {are} no label of the memory: "
+            f"{counted(run.queries_not_in_memory, 'query', 'queries')} cannot be answered "
+            "right (classes_not_in_memory in results.json)")
+
+
 def rerank_lines(r: dict[str, Any], scope: str = "", soft_factors: bool = False) -> str:
     """The re-rank's result as table.md says it: its accuracy against rank voting's on the same queries, with what
     it was asked with and how often it fell back or changed the vote's answer. Tokens and cost are left to stdout:
@@ -510,6 +528,8 @@ def _write_files(report: EvalReport, out: Path, plots: bool, names: dict[str, st
           f"{r.search} search, "
           f"alpha={r.alpha}, tau={r.tau}\n"]
     if note := skipped_note(r):
+        md.append(note + "\n")
+    if note := missing_classes_note(r):
         md.append(note + "\n")
     md += [markdown_table(s, f"{name} classes" if name == "all"
                           else f"restricted to {counted(r.restricted_classes or 0, 'class', 'classes')}")

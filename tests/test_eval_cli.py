@@ -266,6 +266,30 @@ def test_eval_of_imagenet_a_says_whose_answers_each_table_after_the_restricted_o
     assert "**when to trust an answer of `vmem classify --rerank`** (restricted to the dataset's 3 classes; " in table
 
 
+def test_eval_says_which_classes_of_the_queries_the_memory_lacks(built, tmp_path):
+    """A memory labelled by name scored on wnid folders without --classes scores 0 at every k: said, with the fix,
+    rather than a table of zeros alone; a class the memory lacks among others is counted in table.md."""
+    root, val = built
+    names = tmp_path / "names.csv"
+    names.write_text("path,label\n" + "".join(f"{p},{'stripes' if p.parent.name == 'n00000001' else 'other'}\n"
+                                              for p in sorted((root / "train").rglob("*.png"))))
+    run("build", names, "--memory", tmp_path / "named", "--featurizer", "efficientnet-lite0")
+    res = CliRunner().invoke(app, ["eval", "--memory", str(tmp_path / "named"), "--dataset", str(val), "--out",
+                                   str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--k-max", "5",
+                                   "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert "note: none of the queries' classes is a label of the memory (theirs: n00000001, ...; the memory's: " in \
+        res.output and "needs --classes FILE (label -> name)" in res.output
+    assert ("3 classes of the queries (n00000001, n00000002, n00000003) are no label of the memory: 6 queries cannot "
+            "be answered right") in (tmp_path / "out" / "table.md").read_text()
+    (tmp_path / "classes.tsv").write_text("n00000001\tstripes\n")
+    out = run("eval", "--memory", tmp_path / "named", "--dataset", val, "--out", tmp_path / "out", "--cache",
+              tmp_path / "cache", "--k-max", "5", "--no-plots", "--classes", tmp_path / "classes.tsv")
+    run_info = json.loads((tmp_path / "out" / "results.json").read_text())["run"]
+    assert run_info["classes_not_in_memory"] == ["n00000002", "n00000003"] and run_info["queries_not_in_memory"] == 4
+    assert "note: none of" not in out and "2 classes of the queries (n00000002, n00000003) are no label" in out
+
+
 def test_eval_rerank_writes_its_accuracy_against_the_vote_into_table_md(built, tmp_path, monkeypatch):
     """A paper's number, the re-rank's accuracy against the vote's on the same queries, is in table.md with the
     template (and its hash) and model it was asked with; the same run again, answered from the cache, writes the

@@ -218,6 +218,14 @@ def eval(
                   vectors_fingerprint=vectors_fingerprint(memory_obj), queries_fingerprint=queries_fingerprint(queries),
                   device=str(getattr(feat, "device", "")) or None, environment=environment())
     run.seconds["features"] = round(t_search - t_feat, 3)
+    held = set(memory_labels)
+    run.classes_not_in_memory = sorted({lab for labs in queries.correct_labels for lab in labs} - held)
+    run.queries_not_in_memory = sum(not held.intersection(labs) for labs in queries.correct_labels)
+    if run.queries and run.queries_not_in_memory == run.queries and memory_labels:  # every score 0: said at once
+        typer.echo(f"note: none of the queries' classes is a label of the memory (theirs: "
+                   f"{visible(run.classes_not_in_memory[0])}, ...; the memory's: {visible(memory_labels[0])}, ...): "
+                   "every answer will be wrong; a memory labelled by name needs --classes FILE (label -> name) to "
+                   "score wnid folders", err=True)
     # Per-class results for the decision classify makes with this memory: its tuned rule and k, else the defaults.
     decision = mem.vote_settings() if mem is not None else VoteSettings()
     report = evaluate(memory_obj, queries, run, restrict_to=restrict,
