@@ -8,7 +8,9 @@ Outputs in the run directory:
 
     results.json             every number below, keyed by variant and rule, plus the run's parameters
     accuracy.csv             variant,rule,k,accuracy
-    table.md                 accuracy at k = 10, 20, ..., 100 and the best k per rule
+    table.md                 accuracy at k = 10, 20, ..., 100 and the best k per rule (each variant), the images the
+                             dataset's protocol left out and the queries' classes the memory lacks, the hardest
+                             classes, when to trust an answer; with --dmn and --rerank their accuracy and trust
     hit_rate.csv             variant,k,hit_rate
     neighbor_accuracy.csv    variant,rank,accuracy
     calibration.csv          variant,k,votes,queries,accuracy (plurality agreement among the first k)
