@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image, random_unit_vectors
-from fake_gemini import FakeGemini, candidates_of
+from fake_gemini import Action, FakeGemini, candidates_of
 from PIL import Image
 
 from prompts import TemplateRegistry, UnknownTemplateError
@@ -641,8 +641,24 @@ def test_shared_neighbours_are_decoded_once(fake, make_rr, images):
 
 
 def test_a_batch_keeps_at_most_concurrency_requests_in_flight(fake, make_rr, images):
-    fake.latency_s = 0.1
-    rr = make_rr(cache=False, concurrency=2)
+    import threading
+
+    # Each call is answered once the next one has arrived (the last at once), so two meet in flight however slowly the
+    # batch sends them; a 0.1 s reply had left it to a loaded machine to send the second within that time.
+    arrived = 0
+    next_arrived = threading.Condition()
+
+    def answer_once_the_next_call_arrives(body: dict) -> Action:
+        nonlocal arrived
+        with next_arrived:
+            arrived += 1
+            mine = arrived
+            next_arrived.notify_all()
+            next_arrived.wait_for(lambda: arrived > mine or arrived == 6, timeout=60)
+        return fake.answer(candidates_of(body)[0])
+
+    fake.responder = answer_once_the_next_call_arrives
+    rr = make_rr(cache=False, concurrency=2, deadline_s=120.0, attempt_timeout_s=90.0)
     batch = rr.rerank_many([request(images, query_rgb=(i, 0, 0)) for i in range(6)])
     assert batch.reranked == 6 and fake.count == 6 and fake.max_in_flight == 2
 
