@@ -899,8 +899,6 @@ def slow_default_page(tmp_path, lite0):
 
 def test_the_page_shows_only_the_latest_answer_and_an_error_replaces_the_answer(browser, tmp_path,
                                                                                slow_default_page):
-    import time
-
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -910,16 +908,23 @@ def test_the_page_shows_only_the_latest_answer_and_an_error_replaces_the_answer(
     wait = WebDriverWait(browser, 30)
     browser.get(url + "/")
     wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    # Count the classify answers the page has read: a timeout set when one is read runs after the page's handler of it
+    # (which goes on from the read without waiting for anything), a stale answer's render included.
+    browser.execute_script("""window.classifyAnswersRead = 0;
+      const json = Response.prototype.json;
+      Response.prototype.json = function () {
+        const read = json.call(this);
+        const counted = () => setTimeout(() => { window.classifyAnswersRead += 1; });
+        if (this.url.includes("/v1/classify")) read.then(counted, counted);
+        return read;
+      };""")
     browser.find_element(By.ID, "file").send_keys(str(query))  # asked with the default vote: held
     Select(browser.find_element(By.ID, "vote")).select_by_visible_text("plurality")  # asked again: answered
     wait.until(lambda d: "plurality vote" in d.find_element(By.ID, "badges").text)
     held.release()  # only now the first query's answer, after the second's
-    # Until the browser has both answers (a resource timing entry is there once its response has ended): the
-    # first, slower one must not replace the second.
-    wait.until(lambda d: d.execute_script(
-        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/classify')"
-        " && e.responseEnd > 0).length") >= 2)
-    time.sleep(0.5)  # its handler runs right after: a render of the stale answer would be on the page by now
+    # Until the page has read both answers, and its handler of each has run: the first, slower one must not replace
+    # the second.
+    wait.until(lambda d: d.execute_script("return window.classifyAnswersRead") >= 2)
     assert "plurality vote" in browser.find_element(By.ID, "badges").text
     assert browser.find_element(By.ID, "classify-btn").text == "Classify"
 
