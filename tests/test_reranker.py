@@ -204,9 +204,10 @@ def test_a_retry_delay_past_the_deadline_gives_up_at_once(fake, make_rr, images)
 def test_a_retry_after_date_is_read_as_a_wait(fake, make_rr, images):
     from email.utils import format_datetime
 
-    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)  # HTTP's other Retry-After form
+    # An hour from now, against a 60 s deadline (a 2 s one could pass in a loaded machine's slow reply itself)
+    later = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)  # HTTP's other Retry-After form
     fake.enqueue(fake.status(429, retry_after=later))
-    out = make_rr(deadline_s=2.0).rerank_one(request(images))
+    out = make_rr(deadline_s=60.0).rerank_one(request(images))
     assert out.error == "QuotaExceededError" and "deadline" in out.fallback_reason and fake.count == 1
 
 
