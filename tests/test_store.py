@@ -109,22 +109,28 @@ def test_an_embedded_memory_counts_its_labels_once_until_its_next_edit(tmp_path)
 
 def test_counts_read_while_a_write_runs_are_not_kept_past_it(tmp_path):
     import threading
-    import time
 
     # A count begun half-way through an add and ended after it had been kept, under the add's number, until the
-    # next write: a class just added was missing from the page's stats and from DMN's classes.
+    # next write: a class just added was missing from the page's stats and from DMN's classes. The add's write waits
+    # until the count has read, and the count returns once the write has landed, whatever the machine's speed (sleeps
+    # of 0.3 s and 0.6 s had left the overlap to the scheduler).
     class SlowShard:
         def __init__(self, shard):
-            self.shard, self.in_update = shard, threading.Event()
+            self.shard = shard
+            self.in_update, self.counted, self.written = threading.Event(), threading.Event(), threading.Event()
 
         def update(self, op):
             self.in_update.set()
-            time.sleep(0.3)
-            return self.shard.update(op)
+            assert self.counted.wait(30)
+            out = self.shard.update(op)
+            self.written.set()
+            return out
 
         def facet(self, request):
             out = self.shard.facet(request)  # read before the write lands...
-            time.sleep(0.6)  # ...and returned after it
+            if self.in_update.is_set() and not self.written.is_set():
+                self.counted.set()
+                assert self.written.wait(30)  # ...and returned after it
             return out
 
         def __getattr__(self, name):
