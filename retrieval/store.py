@@ -385,6 +385,34 @@ ENGINE_STUCK_MESSAGE = "Not recovered from previous error"
 ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
 
 
+class MemoryDamagedError(MemoryStoreError):
+    """The embedded memory's engine files do not load (a file cut short, overwritten, or of another build): no
+    retry will open it; a backup restored, or a build again, will."""
+
+
+# How the embedded engine says, loading a memory, that a file of it does not read as its own (each seen on a damaged
+# segment: segment.json garbled, a payload page overwritten, a compressed value cut short). Not these: a file it may
+# not open, a full disk, the WAL lock, which are the user's or another process's to settle.
+_ENGINE_DAMAGE_WORDS = ("failed to load segment", "Failed to deserialize", "Failed to decompress",
+                        "Failed to read segment state", "corrupt", "Corrupt")
+
+
+def _engine_read_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return (any(words in text for words in _ENGINE_DAMAGE_WORDS)
+            and not any(words in text for words in ("Permission denied", "Operation not permitted",
+                                                    "Read-only file system", "No space left on device")))
+
+
+def _engine_damage_said(exc: BaseException) -> str:
+    """The engine's innermost words of a failed load, escaped: it nests them ("failed to load segment S: ... Failed to
+    read segment state S error: Failed to deserialize F: expected value at line 1 column 1"), and the last names the
+    file."""
+    line = error_line(exc).replace("Service runtime error: ", "")
+    at = line.rfind("Failed to ")
+    return line[at:] if at > 0 else line
+
+
 class MemoryReadOnlyError(MemoryStoreError):
     """The embedded memory's folder cannot be written (a read-only mount, another user's folder): an edit is refused,
     searches go on."""
@@ -1669,6 +1697,11 @@ class EdgeMemoryStore(MemoryStore):
                     raise MemoryError(f"the memory at {self.path} has its {meta_path.name} but not its vectors "
                                       f"({shard_path.name}/ is missing): copy the whole folder (vmem copy), or "
                                       "build the memory again") from exc
+                if _engine_read_failure(exc):
+                    raise MemoryDamagedError(
+                        f"the memory at {_shown(self.path)} cannot be read: its engine's files are damaged "
+                        f"({_engine_damage_said(exc)}); restore a backup of it (README, Backups), or build it "
+                        "again") from exc
                 raise
             _remove_dead_segment_builds(shard_path)
             self._drop_replaced_segments(shard_path)
