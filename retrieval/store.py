@@ -483,6 +483,34 @@ class ServerClient:
         return call
 
 
+def _name_folder(exc: Exception, opened_as: str, named: str) -> None:
+    """Have the engine's error `exc` say `named` where it says `opened_as` (the path it was given for the shard)."""
+    exc.args = tuple(a.replace(opened_as, named) if isinstance(a, str) else a for a in exc.args)
+
+
+class EngineShard:
+    """The engine's shard, opened through the memory folder's descriptor (`EdgeMemoryStore._engine_path`), whose
+    errors name its files by the memory's folder ("failed to load segment /srv/memory/shard/segments/..."), not
+    by /proc/self/fd/N, which means nothing to whoever reads them."""
+
+    def __init__(self, shard: Any, opened_as: str, named: str) -> None:
+        self.shard, self.opened_as, self.named = shard, opened_as, named
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.shard, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                _name_folder(exc, self.opened_as, self.named)
+                raise
+
+        return call
+
+
 class ClosedClient:
     """Where a closed store's client was: every use says the memory is closed (the client's own errors say
     "QdrantLocal instance is closed" or that an HTTP client was)."""
@@ -1578,6 +1606,10 @@ class EdgeMemoryStore(MemoryStore):
     """Qdrant Edge shard at `path/shard`, with the memory's metadata in `path/vmem.json`."""
 
     _open_lock: Any = None
+    # The memory's folder, opened for as long as the engine is (`_engine_path`); not inherited by a program run
+    # (os.open's descriptors close on exec). A store dropped without its close leaves it open: closed before the
+    # engine's own drop, the engine had written through a number another file may have taken.
+    _folder_fd: int | None = None
 
     _shard: Any = None
     # Opened by `open_read_only`: the memory's folder, and the private copy that is opened instead (removed at close)
@@ -1641,15 +1673,22 @@ class EdgeMemoryStore(MemoryStore):
         kept = read_kept_counts(self.path)
         forget_kept_counts(self.path)
         self._folder = Path(os.path.realpath(self.path))  # as /proc names the descriptors in it
-        folder = os.stat(self.path)
-        self._folder_identity = (folder.st_dev, folder.st_ino)
         _open_folders[self._folder] = os.getpid()
         try:
+            # Held until the engine is closed, which opens the shard through it (`_engine_path`); the folder's
+            # identity is the one of that descriptor, the folder the engine writes to.
+            self._folder_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            folder = os.fstat(self._folder_fd)
+            self._folder_identity = (folder.st_dev, folder.st_ino)
             self._open(meta, meta_path, shard_path)
             if kept is not None:  # counted until the first write, as `label_counts` keeps its own
                 self._label_counts = (self._writes, dict(kept.per_label))
                 self._searchable_kept = (self._writes, dict(kept.searchable_per_label))
         except BaseException:
+            if self._shard is not None:  # the engine first: it writes through the folder's descriptor
+                with contextlib.suppress(Exception):
+                    self._shard.close()
+                self._shard = None
             if made and not meta_path.exists():  # a memory this call began and never completed (a full disk)
                 # Removed while the lock is held (another process that tried meanwhile was refused), and only what
                 # this call made: rmdir refuses a folder that holds anything else.
@@ -1657,8 +1696,39 @@ class EdgeMemoryStore(MemoryStore):
                 with contextlib.suppress(OSError):
                     (self.path / OPEN_LOCK_FILE).unlink()
                     self.path.rmdir()
+            self._close_folder_fd()
             self._release_open_lock()
             raise
+
+    def _engine_path(self) -> str:
+        """The path the engine is given for the memory's shard (at every load and create): through the memory's
+        folder as this process opened it, /proc/self/fd/<its descriptor>/shard, not by its name. The engine writes
+        its last state (id trackers, segment.json, its log's index) by the path it was given, at its close and at
+        the process's exit: by name, a folder moved away and a backup put in its place under a running service had
+        that service's last state written into the backup (its forgets, or no longer opening: "Failed to decompress
+        LZ4 value"). Through the descriptor it writes to the folder it opened, wherever that is now. The engine
+        keeps no path in its files, so the memory opens by its own name next time. Where /proc/self/fd is not there
+        (macOS, BSD): by name, as before."""
+        fd = self._folder_fd
+        if fd is not None and os.path.isdir(f"/proc/self/fd/{fd}"):
+            return f"/proc/self/fd/{fd}/{SHARD_DIR}"
+        return str(self.path / SHARD_DIR)
+
+    def _engine(self, load: Callable[[str], Any]) -> EngineShard:
+        """The engine's shard, as `load` (EdgeShard.load, or its create) opens it by `_engine_path`."""
+        opened_as, named = self._engine_path(), str(self.path / SHARD_DIR)
+        try:
+            return EngineShard(load(opened_as), opened_as, named)
+        except Exception as exc:
+            _name_folder(exc, opened_as, named)
+            raise
+
+    def _close_folder_fd(self) -> None:
+        """After the engine's close: it may write through the descriptor up to then (`_engine_path`)."""
+        if self._folder_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._folder_fd)
+            self._folder_fd = None
 
     def _release_open_lock(self) -> None:
         if self._open_lock is not None:
@@ -1685,7 +1755,7 @@ class EdgeMemoryStore(MemoryStore):
             self.meta = stored
             _set_vacuum_thresholds(shard_path / EDGE_CONFIG_FILE)
             try:
-                self.shard = qe.EdgeShard.load(str(shard_path))
+                self.shard = self._engine(qe.EdgeShard.load)
             except Exception as exc:
                 # The engine locks its write-ahead log: another program than vmem gets an opaque "WouldBlock".
                 if "WouldBlock" in str(exc):
@@ -1748,7 +1818,7 @@ class EdgeMemoryStore(MemoryStore):
         )
         # The engine's first write-ahead-log file takes 32 MB at once: on a full disk the create died of SIGBUS.
         self._check_room(0, what="a new memory", goes_on="")
-        self.shard = qe.EdgeShard.create(str(shard_path), config)
+        self.shard = self._engine(lambda path: qe.EdgeShard.create(path, config))
         cold = qe.Memory.Cold
         self.shard.update(qe.UpdateOperation.create_field_index("label", qe.KeywordIndexParams(memory=cold)))
         self.shard.update(qe.UpdateOperation.create_field_index(
@@ -1934,7 +2004,7 @@ class EdgeMemoryStore(MemoryStore):
         for aside in shard_path.glob("replaced-*"):  # a check killed midway: back, and checked again
             self.shard.close()
             os.rename(aside, segments / aside.name.removeprefix("replaced-"))
-            self.shard = qe.EdgeShard.load(str(shard_path))
+            self.shard = self._engine(qe.EdgeShard.load)
         try:
             named = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -1955,7 +2025,7 @@ class EdgeMemoryStore(MemoryStore):
             aside = shard_path / f"replaced-{name}"  # outside segments/: not loaded
             self.shard.close()
             os.rename(segments / name, aside)
-            self.shard = qe.EdgeShard.load(str(shard_path))
+            self.shard = self._engine(qe.EdgeShard.load)
             now_total, now_ids = counted()
             if now_ids == ids and now_total < total:
                 log.warning("removed the segment %s, which an optimize killed midway had replaced: its points "
@@ -1965,7 +2035,7 @@ class EdgeMemoryStore(MemoryStore):
             else:
                 self.shard.close()
                 os.rename(aside, segments / name)
-                self.shard = qe.EdgeShard.load(str(shard_path))
+                self.shard = self._engine(qe.EdgeShard.load)
         if total != len(ids):
             log.warning("the memory counts %d points but holds %d", total, len(ids))
         marker.unlink(missing_ok=True)
@@ -2355,6 +2425,7 @@ class EdgeMemoryStore(MemoryStore):
                 if counts is not None:  # after the engine's close, which rewrites its files, and under the lock
                     keep_counts(self.path, counts)
             self.shard = None
+        self._close_folder_fd()
         self._release_open_lock()
         if self._read_only_copy is not None:
             shutil.rmtree(self._read_only_copy, ignore_errors=True)

@@ -1,5 +1,6 @@
 """A backup restored in the wrong order: put in the memory's place while a service still held the memory, the
-service stopped after. The stop's close had the engine write its last state by the folder's path, into the backup."""
+service stopped after. The stop's close had the engine write its last state by the folder's path, into the backup;
+opened through the folder's descriptor, it writes into the folder it opened, moved away."""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from retrieval import open_store
 from tests._server_fixtures import fill_memory, make_memory_images
 
 
-@pytest.mark.xfail(strict=True, reason="retrieval/store.py opens the engine by the folder's path, and its close "
-                   "writes there whatever folder lies there now (docs/service.md, memory-gone); opened through "
-                   "/proc/self/fd/<the folder's fd>/shard it wrote to the folder it opened, checked by hand")
 def test_a_backup_put_in_place_under_a_running_memory_is_left_as_it_was_by_its_close(tmp_path, lite0):
     mem = fill_memory(str(tmp_path / "memory"), lite0, make_memory_images(tmp_path / "images", lite0))
     try:
@@ -31,7 +29,29 @@ def test_a_backup_put_in_place_under_a_running_memory_is_left_as_it_was_by_its_c
     assert files_of(tmp_path / "memory" / "shard") == files_of(tmp_path / "monday" / "shard")
     with open_store(tmp_path / "memory") as restored:
         assert restored.count() == 12
+    with open_store(tmp_path / "memory.before") as moved_away:  # the service's last edit went where it was made
+        assert moved_away.count() == 9
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_engines_errors_name_the_memorys_folder_not_the_descriptor_it_is_opened_through(tmp_path, lite0):
+    fill_memory(str(tmp_path / "memory"), lite0, make_memory_images(tmp_path / "images", lite0)).close()
+    for state in (tmp_path / "memory" / "shard" / "segments").glob("*/segment.json"):
+        state.write_text("damaged")
+    with pytest.raises(Exception, match="failed to load segment") as failed:
+        open_store(tmp_path / "memory")
+    assert str(tmp_path / "memory" / "shard" / "segments") in str(failed.value)
+    assert "/proc/self/fd" not in str(failed.value)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's descriptors in /proc")
+def test_opening_and_closing_memories_leaves_no_descriptor_open(tmp_path, lite0):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, make_memory_images(tmp_path / "images", lite0))
+    mem.close()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        open_store(tmp_path / "memory").close()
+    assert len(os.listdir("/proc/self/fd")) == before

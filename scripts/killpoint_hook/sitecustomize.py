@@ -37,6 +37,8 @@ def _full(path: Any, dir_fd: int | None = None) -> str:
     if isinstance(path, int):
         return ""
     path = os.fsdecode(os.fspath(path))
+    if path.startswith("/proc/self/fd/"):  # the engine's shard, opened through its folder's descriptor
+        return os.path.realpath(path)
     if dir_fd is not None and not os.path.isabs(path):
         try:
             return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
