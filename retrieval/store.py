@@ -974,6 +974,9 @@ class MemoryStore(ABC):
         opening to journal what was made; an edit that raises midway (a full disk after some of a relabel's
         writes) is journaled here as far as it went. A note left by an entry that could not be written is settled
         at the next opening too."""
+        # A memory gone (its folder moved away, a backup put there) first: the journal is written by the folder's
+        # name, and a refused erase had journaled itself into the backup (its note settled as made: nothing to erase)
+        self.check_available()
         note = (self.journal.intend(op, before, begun_with=begun_with, **fields)
                 if before or op not in ("forget", "relabel") else None)
         try:
@@ -1872,9 +1875,15 @@ class EdgeMemoryStore(MemoryStore):
         except OSError:
             now, shard_there = None, False
         if now is None or (now.st_dev, now.st_ino) != self._folder_identity or not shard_there:
+            if self._engine_path() != str(self.path / SHARD_DIR):
+                written = ("nothing more is written to it (the engine's close writes its last state into the folder "
+                           "it opened, wherever that is now)")
+            else:  # no /proc/self/fd (macOS): the engine writes by the folder's name
+                written = ("its edits are refused, but the engine's close writes its last state there, into "
+                           "whatever folder is there then")
             raise MemoryGoneError(
-                f"the memory's folder {self.path} was removed or replaced while this process had it open: nothing "
-                "more is written to it; restart the service, or open the memory again")
+                f"the memory's folder {self.path} was removed or replaced while this process had it open: {written}; "
+                "restart the service, or open the memory again")
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

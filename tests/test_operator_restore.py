@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from retrieval import open_store
+from retrieval.store import MemoryGoneError
 from tests._server_fixtures import fill_memory, make_memory_images
 
 
@@ -31,6 +32,21 @@ def test_a_backup_put_in_place_under_a_running_memory_is_left_as_it_was_by_its_c
         assert restored.count() == 12
     with open_store(tmp_path / "memory.before") as moved_away:  # the service's last edit went where it was made
         assert moved_away.count() == 9
+
+
+def test_an_edit_refused_under_a_memory_gone_writes_nothing_into_the_folder_put_in_its_place(tmp_path, lite0):
+    mem = fill_memory(str(tmp_path / "memory"), lite0, make_memory_images(tmp_path / "images", lite0))
+    try:
+        mem.backup(tmp_path / "monday")
+        os.rename(tmp_path / "memory", tmp_path / "memory.before")
+        shutil.copytree(tmp_path / "monday", tmp_path / "memory", symlinks=True)
+        with pytest.raises(MemoryGoneError, match="nothing more is written to it"):
+            mem.erase_forgotten()  # its note had been journaled into the backup, as an erase made
+        with pytest.raises(MemoryGoneError):
+            mem.set_label_names({"red": "Red"})
+    finally:
+        mem.close()
+    assert files_of(tmp_path / "memory") == files_of(tmp_path / "monday")
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
