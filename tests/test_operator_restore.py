@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval import open_store
+from retrieval import MemoryDamagedError, open_store
 from retrieval.store import MemoryGoneError
 from tests._server_fixtures import fill_memory, make_memory_images
 
@@ -57,10 +57,13 @@ def test_the_engines_errors_name_the_memorys_folder_not_the_descriptor_it_is_ope
     fill_memory(str(tmp_path / "memory"), lite0, make_memory_images(tmp_path / "images", lite0)).close()
     for state in (tmp_path / "memory" / "shard" / "segments").glob("*/segment.json"):
         state.write_text("damaged")
-    with pytest.raises(Exception, match="failed to load segment") as failed:
+    with pytest.raises(MemoryDamagedError) as failed:
         open_store(tmp_path / "memory")
-    assert str(tmp_path / "memory" / "shard" / "segments") in str(failed.value)
-    assert "/proc/self/fd" not in str(failed.value)
+    engine_said = str(failed.value.__cause__)  # the engine's own error, which the damage is said from
+    assert "failed to load segment" in engine_said
+    for said in (str(failed.value), engine_said):
+        assert str(tmp_path / "memory" / "shard" / "segments") in said
+        assert "/proc/self/fd" not in said
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's descriptors in /proc")
