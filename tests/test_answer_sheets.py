@@ -66,12 +66,15 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+SEASON = 60  # photos: a run of 15 parts of 4, so a Ctrl-C after the second part stops it well before its end
+
+
 @pytest.fixture(scope="module")
 def camera_trap(tiny_imagenet, tmp_path_factory) -> tuple[Path, Path]:
-    """A memory of 3 classes (10 images each) and a season's folder of 150 new photos."""
+    """A memory of 3 classes (10 images each) and a season's folder of SEASON new photos."""
     root = tmp_path_factory.mktemp("trap")
     classes = sorted(p.name for p in (tiny_imagenet / "train").iterdir())[:3]
-    for split, n in (("train", 10), ("season", 50)):
+    for split, n in (("train", 10), ("season", SEASON // 3)):
         for c in classes:
             (root / split / c).mkdir(parents=True)
             for f in sorted((tiny_imagenet / ("train" if split == "train" else "val") / c).iterdir())[:n]:
@@ -96,7 +99,7 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
     assert proc.returncode == 130, err
     assert "run the same command with --resume to classify only those" in err
     before = read_rows(answers)  # whole rows, readable as the run left them
-    assert 12 <= len(before) < 150, "the run ended before Ctrl-C reached it"
+    assert 12 <= len(before) < SEASON, "the run ended before Ctrl-C reached it"
     # The same command without --resume would begin the sheet afresh: refused, the answers kept
     out = run(*command, code=2)
     assert f"{answers} holds {len(before)} answers of a run that did not finish" in out.output
@@ -106,11 +109,11 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_without_classifying_again(camera_tra
         f.write(str(season / "n0_cut_short.JPEG").encode() + b",n014")
 
     out = run(*command, "--resume")
-    assert f"resuming: {len(before)} of the 150 images are answered in {answers} already; classifying the " \
-           f"other {150 - len(before)}" in out.stderr
-    assert f"{150 - len(before)} answers added to {answers} (150 in all)" in out.stderr
+    assert f"resuming: {len(before)} of the {SEASON} images are answered in {answers} already; classifying the " \
+           f"other {SEASON - len(before)}" in out.stderr
+    assert f"{SEASON - len(before)} answers added to {answers} ({SEASON} in all)" in out.stderr
     # stderr no terminal (a log): a line each part says how far the run is, and how fast
-    assert re.search(rf"classify: [0-9]+ of {150 - len(before)} images \([0-9.]+%\), [0-9.]+ images/s, about "
+    assert re.search(rf"classify: [0-9]+ of {SEASON - len(before)} images \([0-9.]+%\), [0-9.]+ images/s, about "
                      r"[0-9.]+ (s|min|h) left", out.stderr), out.stderr
     rows = read_rows(answers)
     assert rows[:len(before)] == before
