@@ -363,21 +363,23 @@ def test_the_list_of_an_add_whose_note_an_older_vmem_removed_is_removed_and_said
 
 _ADD_KILLED = """
 import os, signal, sys
+from retrieval import open_store
 from tests.conftest import make_image
+from tests.test_feature_cache import MeanColour
 from vmem import VisualMemory
 
-memory, encoder = sys.argv[1:3]
-mem = VisualMemory.open(memory, encoder, create=True, reranker=None)
+# A mean-colour encoder: torch only, no transformers to import (the encoder is not what is killed)
+mem = VisualMemory(open_store(sys.argv[1], MeanColour().spec), MeanColour(), reranker=None)
 mem.add([make_image((200, 30, 30))], "cat")  # made and journaled
 mem.store.journal.append = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 mem.add([make_image((30, 200, 30)), make_image((30, 30, 200))], ["owl", "cat"])
 """
 
 
-def test_an_add_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(tmp_path, encoder):
+def test_an_add_killed_before_its_entry_is_in_the_history_once_the_memory_opens_again(tmp_path):
     # As an HTTP add makes it: the points were written and the process killed before their entry, and the memory
     # held 2 points no add entry counted (`vmem history --label owl`: no edit of a label it held a point of).
-    child = subprocess.run([sys.executable, "-c", _ADD_KILLED, str(tmp_path / "memory"), encoder], cwd=REPO,
+    child = subprocess.run([sys.executable, "-c", _ADD_KILLED, str(tmp_path / "memory")], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     with VisualMemory.open(tmp_path / "memory", reranker=None) as mem:
