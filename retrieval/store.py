@@ -397,11 +397,14 @@ _ENGINE_DAMAGE_WORDS = ("failed to load segment", "Failed to deserialize", "Fail
                         "Failed to read segment state", "corrupt", "Corrupt")
 
 
+# How the embedded engine's errors say it may not open a file (the CLI says these as the user's to fix).
+ENGINE_ACCESS_ERRORS = ("Permission denied", "Operation not permitted", "Read-only file system")
+
+
 def _engine_read_failure(exc: BaseException) -> bool:
     text = str(exc)
     return (any(words in text for words in _ENGINE_DAMAGE_WORDS)
-            and not any(words in text for words in ("Permission denied", "Operation not permitted",
-                                                    "Read-only file system", "No space left on device")))
+            and not any(words in text for words in (*ENGINE_ACCESS_ERRORS, "No space left on device")))
 
 
 def _engine_damage_said(exc: BaseException) -> str:

@@ -459,12 +459,17 @@ def _make_folders_above(path: Path) -> list[Path]:
         except FileExistsError:  # made meanwhile by someone else: theirs, not removed
             continue
         except OSError:
-            for made_folder in reversed(made):
-                with contextlib.suppress(OSError):
-                    made_folder.rmdir()
+            _remove_folders_made(made)
             raise
         made.append(folder)
     return made
+
+
+def _remove_folders_made(made: list[Path]) -> None:
+    """Remove the folders `_make_folders_above` made, innermost first, where still empty."""
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _delete_after_forget(files: Sequence[Path], what: str, folder: Path) -> None:
@@ -2197,9 +2202,7 @@ class VisualMemory:
         try:
             return self._backup_into(dest, destination, folder)
         except BaseException:
-            for made_folder in reversed(made):  # refused (no room) or cut short: no folder of its making left
-                with contextlib.suppress(OSError):
-                    made_folder.rmdir()
+            _remove_folders_made(made)  # refused (no room) or cut short: no folder of its making left
             raise
 
     def _backup_into(self, dest: Path, destination: str | Path, folder: Path) -> BackupResult:

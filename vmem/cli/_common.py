@@ -18,7 +18,7 @@ import typer
 from retrieval import DatasetError, FeaturizerError, IndexSettings, MemoryError, MemoryUnavailableError
 from retrieval.files import DISK_FULL_ERRNOS, os_error_reason, served_by
 from retrieval.images import failure_line, files_under, is_image_path, is_unread_file, unread_files_message
-from retrieval.store import MemoryMetadataError, NoMemoryError
+from retrieval.store import ENGINE_ACCESS_ERRORS, MemoryMetadataError, NoMemoryError
 from retrieval.text import canonical_label, counted, quoted, visible, without_secrets
 
 from ..results import FewPoints
@@ -283,9 +283,6 @@ def _user_name(uid: int) -> str:
     except KeyError:  # a container's user with no entry in /etc/passwd
         return f"uid {uid}"
 
-
-# How the embedded engine's errors say it may not open a file.
-ENGINE_ACCESS_ERRORS = ("Permission denied", "Operation not permitted", "Read-only file system")
 
 
 def _check_qdrant_url(url: str, option: str = "--qdrant-url") -> None:
