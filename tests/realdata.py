@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import random
 from collections import Counter
@@ -71,6 +72,17 @@ _already_read: dict[tuple[str, str, tuple[LabelledImage, ...]], LabelledFeatures
 
 
 def _read_features(cache_dir: Path, featurizer, items: list[LabelledImage]) -> LabelledFeatures:
+    # One test worker embeds what the cache lacks while the other waits, then reads it: two pytest-xdist workers
+    # embedding the same 7,060 images at once on a fresh machine would share its 2 cores and each take twice as long.
+    # The lock file lies beside the cache, not in it, which is the product's folder.
+    lock = Path(f"{cache_dir}.tests-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _features_from_cache(cache_dir, featurizer, items)
+
+
+def _features_from_cache(cache_dir: Path, featurizer, items: list[LabelledImage]) -> LabelledFeatures:
     from tqdm import tqdm
 
     cache = FeatureCache(cache_dir, featurizer)
