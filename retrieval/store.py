@@ -386,8 +386,9 @@ ENGINE_NO_ROOM_MESSAGE = "Not enough space available"
 
 
 class MemoryDamagedError(MemoryStoreError):
-    """The embedded memory's engine files do not load (a file cut short, overwritten, or of another build): no
-    retry will open it; a backup restored, or a build again, will."""
+    """The embedded memory's engine files do not load (a file cut short, overwritten, or of another build), or fail
+    when a search or an edit reads them after it opened: no retry will read them; a backup restored, or a build
+    again, will."""
 
 
 # How the embedded engine says, loading a memory, that a file of it does not read as its own (each seen on a damaged
@@ -414,6 +415,17 @@ def _engine_damage_said(exc: BaseException) -> str:
     line = error_line(exc).replace("Service runtime error: ", "")
     at = line.rfind("Failed to ")
     return line[at:] if at > 0 else line
+
+
+def _damaged(shown: str, said: str) -> MemoryDamagedError:
+    return MemoryDamagedError(f"the memory at {shown} cannot be read: its engine's files are damaged ({said}); "
+                              "restore a backup of it (README, Backups), or build it again")
+
+
+def _engine_panic(exc: BaseException) -> bool:
+    """A Rust panic in the engine, which pyo3 raises as its `pyo3_runtime.PanicException`: a BaseException, made at
+    run time and importable from no module, so known by its class's module and name."""
+    return type(exc).__module__ == "pyo3_runtime" and type(exc).__name__ == "PanicException"
 
 
 class MemoryReadOnlyError(MemoryStoreError):
@@ -494,10 +506,15 @@ def _name_folder(exc: Exception, opened_as: str, named: str) -> None:
 class EngineShard:
     """The engine's shard, opened through the memory folder's descriptor (`EdgeMemoryStore._engine_path`), whose
     errors name its files by the memory's folder ("failed to load segment /srv/memory/shard/segments/..."), not
-    by /proc/self/fd/N, which means nothing to whoever reads them."""
+    by /proc/self/fd/N, which means nothing to whoever reads them.
 
-    def __init__(self, shard: Any, opened_as: str, named: str) -> None:
-        self.shard, self.opened_as, self.named = shard, opened_as, named
+    A file damaged after the memory opened is met only when a search or an edit reads it: the engine says so
+    ("Failed to decompress LZ4 value", a payload page overwritten) or panics (a graph's links overwritten), which
+    reached the user as the raw error, or a PanicException past every `except Exception`. Both are a
+    `MemoryDamagedError` naming the memory (`shown`), as a damaged file found at load is."""
+
+    def __init__(self, shard: Any, opened_as: str, named: str, shown: str) -> None:
+        self.shard, self.opened_as, self.named, self.shown = shard, opened_as, named, shown
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.shard, name)
@@ -509,7 +526,13 @@ class EngineShard:
                 return attr(*args, **kwargs)
             except Exception as exc:
                 _name_folder(exc, self.opened_as, self.named)
+                if _engine_read_failure(exc):
+                    raise _damaged(self.shown, _engine_damage_said(exc)) from exc
                 raise
+            except BaseException as exc:  # re-raised at once unless the engine's panic (KeyboardInterrupt...)
+                if not _engine_panic(exc):
+                    raise
+                raise _damaged(self.shown, f"the engine failed reading them: {error_line(exc)}") from exc
 
         return call
 
@@ -1724,7 +1747,7 @@ class EdgeMemoryStore(MemoryStore):
         """The engine's shard, as `load` (EdgeShard.load, or its create) opens it by `_engine_path`."""
         opened_as, named = self._engine_path(), str(self.path / SHARD_DIR)
         try:
-            return EngineShard(load(opened_as), opened_as, named)
+            return EngineShard(load(opened_as), opened_as, named, _shown(self.path))
         except Exception as exc:
             _name_folder(exc, opened_as, named)
             raise
@@ -1774,10 +1797,7 @@ class EdgeMemoryStore(MemoryStore):
                                       f"({shard_path.name}/ is missing): copy the whole folder (vmem copy), or "
                                       "build the memory again") from exc
                 if _engine_read_failure(exc):
-                    raise MemoryDamagedError(
-                        f"the memory at {_shown(self.path)} cannot be read: its engine's files are damaged "
-                        f"({_engine_damage_said(exc)}); restore a backup of it (README, Backups), or build it "
-                        "again") from exc
+                    raise _damaged(_shown(self.path), _engine_damage_said(exc)) from exc
                 raise
             _remove_dead_segment_builds(shard_path)
             self._drop_replaced_segments(shard_path)

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval.images import ImageDecodeError
 from retrieval.store import (
+    MemoryDamagedError,
     MemoryFullError,
     MemoryGoneError,
     MemoryReadOnlyError,
@@ -209,6 +210,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.error("%s: %s", described(request), exc)
         # No Retry-After: it is no outage, and no retry brings the folder back.
         return problem_response(request, 503, str(exc), "memory-gone", "The memory's folder is gone")
+
+    @app.exception_handler(MemoryDamagedError)
+    async def _memory_damaged(request: Request, exc: MemoryDamagedError) -> JSONResponse:
+        log.error("%s: %s", described(request), exc)
+        # No Retry-After: the files stay damaged until a backup is restored or the memory is built again.
+        return problem_response(request, 503, str(exc), "memory-damaged", "The memory's files are damaged")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -7,7 +7,7 @@ The errors a user of `VisualMemory` meets, to catch by name:
       MemoryInUseError       open in another process (or by another object here): retry once it lets go (`wait=`)
       MemoryFullError        an edit refused before any write: its disk has too little room
       MemoryUnavailableError its Qdrant server did not answer: retry once it does
-      MemoryDamagedError     its engine's files do not load: restore a backup, or build it again
+      MemoryDamagedError     its engine's files do not load, or fail a search: restore a backup, or build again
     FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
     ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
     NoSuchLabelsError        a label filter that no point passes
