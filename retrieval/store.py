@@ -456,9 +456,9 @@ EDIT_GOES_ON = f"searches go on, and forgets until {FORGET_HEADROOM_BYTES >> 20}
 
 def _no_room_to_index(exc: Exception) -> str:
     """The engine's refusal to index for want of room, said with what to do."""
-    detail = str(exc).strip().splitlines()[0]
-    return (f"the disk has too little room for the index ({detail}); searches find them unindexed, more slowly. "
-            "Free some space, then index them: vmem erase (POST /v1/memory/erase to a service), or store.optimize()")
+    return (f"the disk has too little room for the index ({error_line(exc)}); searches find them unindexed, more "
+            "slowly. Free some space, then index them: vmem erase (POST /v1/memory/erase to a service), or "
+            "store.optimize()")
 
 
 class ServerClient:
@@ -491,9 +491,12 @@ class ServerClient:
                 raise MemoryUnavailableError(f"the Qdrant server at {self.location} answered {status}: it is "
                                              "failing or overloaded; try again shortly") from exc
             except (json.JSONDecodeError, AssertionError, PydanticValidationError) as exc:
-                # 200s the client cannot read (an HTML page, JSON of another API): a traceback before
-                raise MemoryError(f"{self.location} does not answer as a Qdrant server does ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0]}): check the URL (Qdrant's REST port is 6333)") from exc
+                # 200s the client cannot read (an HTML page, JSON of another API): a traceback before. Its first
+                # line escaped (a bare assert has none: that had been an IndexError)
+                said = error_line(exc)
+                error = said if said == type(exc).__name__ else f"{type(exc).__name__}: {said}"
+                raise MemoryError(f"{self.location} does not answer as a Qdrant server does ({error}): check the URL "
+                                  "(Qdrant's REST port is 6333)") from exc
 
         return call
 

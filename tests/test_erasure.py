@@ -303,19 +303,27 @@ def test_an_index_the_disk_has_no_room_for_says_the_edit_is_made_and_how_to_inde
         store.add(random_unit_vectors(10, 384, seed=1), ["a"] * 10, [f"/v/{i}" for i in range(10)])
 
         class NoRoom:  # the engine is a compiled object: its methods cannot be patched
-            def __init__(self, shard):
-                self.shard = shard
+            def __init__(self, shard, says):
+                self.shard, self.says = shard, says
 
             def __getattr__(self, name):
                 return getattr(self.shard, name)
 
             def optimize(self):
-                raise RuntimeError("Service internal error: Not enough space available for optimization, needed: "
-                                   "231.00 MiB, available: 96.00 MiB")
+                raise RuntimeError(self.says)
 
-        engine, store.shard = store.shard, NoRoom(store.shard)
+        engine = store.shard
+        store.shard = NoRoom(engine, "Service internal error: Not enough space available for optimization, needed: "
+                                     "231.00 MiB, available: 96.00 MiB")
         with pytest.raises(MemoryFullError, match=r"edit is made, but its index could not be built: .*needed: 231"):
             store.optimize()
+        # Its first line as shown: escaped, and not cut at a lone \r or \x1c (`splitlines` had cut there)
+        store.shard = NoRoom(engine, "Service internal error: Not enough space available\x1b[31m, needed:\r "
+                                     "231.00 MiB\x1c, available: 96\nsecond line")
+        with pytest.raises(MemoryFullError) as raised:
+            store.optimize()
+        assert ("(Service internal error: Not enough space available\\x1b[31m, needed:\\r 231.00 MiB\\x1c, "
+                "available: 96); searches find them unindexed") in str(raised.value)
         store.shard = engine
         assert store.count() == 10
 

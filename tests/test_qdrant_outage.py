@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from retrieval import MemoryUnavailableError, open_store, point_id_for
+from retrieval import MemoryError, MemoryUnavailableError, open_store, point_id_for
 from retrieval.store import ServerClient
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
@@ -80,6 +80,27 @@ def test_a_failing_server_is_unavailable_and_a_refused_request_is_not():
         ServerClient(FailingServerClient(503), "http://qdrant:6333").count("vmem")
     with pytest.raises(UnexpectedResponse):  # a request the server refuses: the caller's mistake, raised as is
         ServerClient(FailingServerClient(404), "http://qdrant:6333").count("vmem")
+
+
+class UnreadableServerClient:
+    """Stands in for a QdrantClient that cannot read the server's 200: its own check fails, with these words."""
+
+    def __init__(self, words: str) -> None:
+        self.words = words
+
+    def count(self, *args, **kwargs):
+        raise AssertionError(self.words) if self.words else AssertionError
+
+
+@pytest.mark.parametrize(("words", "said"), [
+    ("Count returned None\x1b[2J\nsecond line", "(AssertionError: Count returned None\\x1b[2J)"),
+    ("", "(AssertionError)"),  # a bare assert: the first line of nothing had been an IndexError
+])
+def test_a_server_the_client_cannot_read_is_said_so_in_one_line_escaped(words, said):
+    with pytest.raises(MemoryError) as raised:
+        ServerClient(UnreadableServerClient(words), "http://qdrant:6333").count("vmem")
+    assert str(raised.value) == (f"http://qdrant:6333 does not answer as a Qdrant server does {said}: check the URL "
+                                 "(Qdrant's REST port is 6333)")
 
 
 def test_a_build_whose_server_stops_answering_midway_says_so_and_resumes_when_run_again(tmp_path, lite0, monkeypatch,
