@@ -437,6 +437,21 @@ def test_a_backup_over_http_is_refused_until_a_backup_folder_is_set(tmp_path, se
     assert refused.json()["type"] == "urn:vmem:problem:backups-off" and "VMEM_BACKUP_DIR" in refused.json()["detail"]
 
 
+@pytest.mark.parametrize("backup_dir", ["backups", "backups/nightly"], ids=["a file", "under a file"])
+def test_a_backup_folder_that_is_a_file_is_said_so_to_whoever_asks_for_a_backup(tmp_path, serve, backup_dir):
+    # The service's start refuses a file (Settings); one put in its place after had been answered "a backup named
+    # ... exists already" (409), and a file above it a bare 500
+    client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / backup_dir)
+    (tmp_path / "backups").write_text("a file, not a folder")
+    refused = client.post("/v1/memory/backup?name=monday", headers=AUTH)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["type"] == "urn:vmem:problem:backup-dir-unwritable"
+    assert refused.json()["detail"] == (
+        f"VMEM_BACKUP_DIR {tmp_path / backup_dir} cannot be made: {tmp_path / 'backups'} is a file, not a folder; "
+        "nothing was written. Move the file away, or give the service another backup folder")
+    assert (tmp_path / "backups").read_text() == "a file, not a folder"
+
+
 def test_a_backup_with_no_room_is_a_507_before_anything_is_written(tmp_path, serve, monkeypatch):
     client = serve(str(tmp_path / "memory"), backup_dir=tmp_path / "backups")
     monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))

@@ -367,7 +367,14 @@ async def _backup(q: BackupQuery, service: ClassifierService) -> BackupOut:
 
     def work() -> BackupOut:
         nonlocal name
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            # A file put there after the start (which refuses one): had been "a backup named ... exists" or a 500
+            file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+            raise ProblemError(503, f"VMEM_BACKUP_DIR {folder} cannot be made: {file} is a file, not a folder; "
+                                    "nothing was written. Move the file away, or give the service another backup "
+                                    "folder", "backup-dir-unwritable", "The backup folder cannot be written") from None
         if q.name is None:  # a second backup in the same second took the time's name: the client named none
             stamp = name
             for i in itertools.count(2):
