@@ -130,7 +130,7 @@ def read_manifest(path: str | Path, unlabelled: list[int] | None = None) -> list
 def unlabelled_rows_message(path: str | Path, rows: Sequence[int]) -> str:
     """What a manifest's rows left with no label came to (skipped), naming their lines."""
     shown = ", ".join(str(n) for n in rows[:10]) + (", ..." if len(rows) > 10 else "")
-    return (f"{visible(str(path))}: {len(rows):,} row{'s' if len(rows) != 1 else ''} with no label left out (line"
+    return (f"{visible(str(path))}: {counted(len(rows), 'row')} with no label left out (line"
             f"{'s' if len(rows) != 1 else ''} {shown}): a row whose label is empty is skipped")
 
 

@@ -199,7 +199,7 @@ class ThumbnailStore:
         need = THUMBNAIL_HEADROOM_BYTES + images * THUMBNAIL_BYTES
         if free < need:
             raise MemoryFullError(f"the disk holding the thumbnail folder {self.root} has {free / 2**20:.0f} MB free, "
-                                  f"and {images} upload{'s' if images != 1 else ''} need{'s' if images == 1 else ''} "
+                                  f"and {counted(images, 'upload')} need{'s' if images == 1 else ''} "
                                   f"{need / 2**20:.0f} MB for their thumbnails, an upload's only copy of its image: "
                                   "nothing was added; free some space, then retry (classify goes on)")
 
@@ -698,7 +698,7 @@ class ClassifierService:
         sent = sum(len(u.data) for u in uploads)
         if free < (need := THUMBNAIL_HEADROOM_BYTES + sent):
             raise MemoryFullError(f"the disk holding the memory {self.keep_uploads_in} has {free / 2**20:.0f} MB free, "
-                                  f"and keeping {len(uploads)} upload{'s' if len(uploads) != 1 else ''} as sent "
+                                  f"and keeping {counted(len(uploads), 'upload')} as sent "
                                   f"(VMEM_KEEP_UPLOADS) needs {need / 2**20:.0f} MB: nothing was added; free some "
                                   "space, then retry (classify goes on)")
 

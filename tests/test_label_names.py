@@ -487,3 +487,17 @@ def test_a_names_file_that_cannot_be_read_is_said_so_under_its_own_option(tmp_pa
         assert refused.exit_code == 2 and f"Invalid value for {option}: cannot read {name} ({why})" in said, said
         assert "Errno" not in said
     assert not (tmp_path / "memory").exists()
+
+
+def test_names_by_the_thousand_are_counted_as_every_other_count_is(tmp_path):
+    # "1200 names new or changed; the memory names 1202 labels" and a history line of "1200 names", where every
+    # other count vmem says reads "1,200"
+    from tests.test_copy import make_memory
+
+    make_memory(tmp_path / "memory").close()  # names cat and fox
+    (tmp_path / "many.tsv").write_text("".join(f"n{i:08d}\tclass {i}\n" for i in range(1200)))
+    named = run("names", tmp_path / "many.tsv", "--memory", tmp_path / "memory")
+    assert named.exit_code == 0, named.output
+    assert ("1,200 names new or changed; the memory names 1,202 labels, 1,200 of them not in it yet"
+            in named.output), named.output
+    assert "\tname\t1,200 names\t" in run("history", "--memory", tmp_path / "memory").output

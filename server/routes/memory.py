@@ -555,7 +555,7 @@ async def suspects(q: Annotated[SuspectsQuery, Query()], request: Request, servi
     # Points searches can return: a hard-pruned memory failed the audit with a 500 that said to ask again, forever.
     if (searchable := await service.run(service.memory.store.count, None, True)) < 2:
         total = await service.run(service.memory.store.count)
-        raise ProblemError(422, f"the memory holds {searchable} point{'s' if searchable != 1 else ''} a search can "
+        raise ProblemError(422, f"the memory holds {counted(searchable, 'point')} a search can "
                            "return" + (f" ({total - searchable} of its {total} are hard-pruned: `vmem prune --undo` "
                                        "restores them)" if total > searchable else "")
                            + ": at least 2 are needed for each to have neighbours to vote", "invalid-parameters",

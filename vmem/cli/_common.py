@@ -104,7 +104,7 @@ def say_few_points(few: list[FewPoints], most: int = 5) -> None:
 
 def n_points(n: int) -> str:
     """`1 point`, `2 points`."""
-    return f"{n:,} point" + ("" if n == 1 else "s")
+    return counted(n, "point")
 
 
 def named_label(label: str, names: dict[str, str]) -> str:

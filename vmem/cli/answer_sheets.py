@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from retrieval.files import os_error_reason, write_atomically
-from retrieval.text import quoted, visible, visible_json, without_secrets
+from retrieval.text import counted, quoted, visible, visible_json, without_secrets
 
 ANSWERS_HEADER = ("path", "label", "label_name", "confidence", "unsure", "reason")
 # path,label first, as vmem build reads a manifest; the rest are there for the person (build ignores them)
@@ -225,7 +225,7 @@ class AnswerSheets:
             return
         if answered > 0:
             raise typer.BadParameter(
-                f"{_shown(self.answers)} holds {answered:,} answer{'s' if answered != 1 else ''} of a run that did not "
+                f"{_shown(self.answers)} holds {counted(answered, 'answer')} of a run that did not "
                 f"finish (stopped, killed, or still going): add --resume to go on with it, classifying only the "
                 f"images it has not answered; to begin afresh, remove it (and {_shown(self.kept.name)} beside it) or "
                 "give another --csv", param_hint="--csv")
@@ -302,12 +302,12 @@ class AnswerSheets:
         """Where the answers went, for stderr."""
         n, m = self.answered, self.unsure
         written, before = ("added", f" ({n + len(self.done):,} in all)") if self.resumed else ("written", "")
-        said = ([f"{n:,} answer{'s' if n != 1 else ''} {written} to {visible(str(self.answers))}{before}"]
+        said = ([f"{counted(n, 'answer')} {written} to {visible(str(self.answers))}{before}"]
                 if self.answers else [])
         if self.review is not None:
             queued = f" ({m + self.queued:,} in all)" if self.resumed else ""
             review = visible(str(self.review))
-            said.append(f"{m:,} unsure one{'s' if m != 1 else ''} to {review}{queued} for a person to check: "
+            said.append(f"{counted(m, 'unsure one')} to {review}{queued} for a person to check: "
                         f"correct a label or empty it to skip the image, then `vmem build {review}` adds them")
         return "; ".join(said)
 

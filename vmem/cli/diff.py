@@ -11,7 +11,7 @@ import typer
 from tqdm import tqdm
 
 from retrieval.store import META_FILE, is_embedded_location, same_location
-from retrieval.text import quoted, visible_json
+from retrieval.text import counted, quoted, visible_json
 
 from ..diff import KINDS, VECTOR_TOLERANCE, DiffKind, MemoryDiff, PointChange, open_to_compare
 from ..visual_memory import VisualMemory
@@ -163,7 +163,7 @@ def _say(d: MemoryDiff, names: dict[str, str]) -> None:
 
 
 def _entries(n: int) -> str:
-    return f"{n:,} entr{'y' if n == 1 else 'ies'}"
+    return counted(n, "entry", "entries")
 
 
 def _name(name: str | None) -> str:

@@ -245,8 +245,7 @@ def build(
     with mem, tqdm(total=len(items), unit="img", desc="build", file=sys.stderr) as bar:
         # Through the bar, which clears its line first: echoed, these lines were glued onto the bar's first one.
         bar.write(f"memory {visible(without_secrets(mem.store.location))}: {mem.store.meta.featurizer.name}, "
-                  f"{len(items):,} image{'s' if len(items) != 1 else ''} in {len(dataset_labels):,} "
-                  f"label{'s' if len(dataset_labels) != 1 else ''}", file=sys.stderr)
+                  f"{counted(len(items), 'image')} in {counted(len(dataset_labels), 'label')}", file=sys.stderr)
         if label_names is None:
             # Found beside the dataset (or vmem's own): a fallback, naming only labels without a name. A resume is
             # the same command run again, and must not undo names given since (--label-names, PUT label-names).
@@ -464,7 +463,7 @@ def classify(
         if sheets is not None and sheets.resumed and not results and failed:
             # Only images that failed before were left: the run as a whole did classify (exit 0, as one run of the
             # same images does), and "no image could be classified: give image files" would misread it
-            typer.echo(f"none of the {len(failed):,} image{'s' if len(failed) != 1 else ''} left could be classified "
+            typer.echo(f"none of the {counted(len(failed), 'image')} left could be classified "
                        f"(skipped, above); {sheets.summary()}", err=True)
             return
         correct = finish_classify(results, failed, images, skips_said=True, known_labels=known)
@@ -539,7 +538,7 @@ class NoveltyFlags:
             return (f"out of distribution: none flagged: the memory has too few points{among} to calibrate a "
                     f"novelty threshold at k={self.k} (2 are needed)")
         n = sum(bool(self.flag(r)) for r in results)
-        return (f"out of distribution: {n:,} of {len(results):,} image{'s' if len(results) != 1 else ''} flagged "
+        return (f"out of distribution: {n:,} of {counted(len(results), 'image')} flagged "
                 f"(novelty above {self.threshold:.4f}, the {OOD_PERCENTILE:g}th percentile of the memory's points' "
                 f"own at k={self.k}{among})")
 
@@ -1387,7 +1386,7 @@ def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: li
             typer.echo(json.dumps({**_note_json(n), "journaled": made}) if json_out else
                        f"{n.note.token}\t{what}\t"
                        + (("journaled" + (f" ({n_points(made)})" if n.note.op in ("forget", "relabel", "add") else
-                                          f" ({made} label{'s' if made != 1 else ''} named)" if n.note.op == "name"
+                                          f" ({counted(made, 'label')} named)" if n.note.op == "name"
                                           else "")) if made
                           else "nothing more to journal: it made nothing, or its entry was written")
                        + "; note removed")
@@ -1494,7 +1493,7 @@ def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
     """One edit, tab-separated: when, what, how the points were chosen, who."""
     if e.op == "name":
         n, dropped = len(e.detail.get("names", {})), len(e.detail.get("dropped", ()))
-        what = (f"{n} name{'s' if n != 1 else ''}" + (f", {dropped} dropped" if dropped else "")
+        what = (counted(n, "name") + (f", {dropped:,} dropped" if dropped else "")
                 + (" (replacing all)" if e.detail.get("replace") else ""))
     elif e.op == "tune":
         vote = e.detail.get("vote", {})
@@ -1577,10 +1576,10 @@ def names(
     changed = sum(before.get(k) != after[k] for k in after)
     dropped = len(before.keys() - after.keys())
     unheld = [label for label in after if label not in held]
-    typer.echo(f"{changed} name{'s' if changed != 1 else ''} new or changed"
-               + (f", {dropped} dropped" if dropped else "")
-               + f"; the memory names {len(after)} label{'s' if len(after) != 1 else ''}"
-               + (f", {len(unheld)} of them not in it yet (kept for when they come)" if unheld else ""))
+    typer.echo(f"{counted(changed, 'name')} new or changed"
+               + (f", {dropped:,} dropped" if dropped else "")
+               + f"; the memory names {counted(len(after), 'label')}"
+               + (f", {len(unheld):,} of them not in it yet (kept for when they come)" if unheld else ""))
 
 
 def _open_to_read(memory: Path, qdrant_url: str | None, wait: float):
