@@ -121,11 +121,14 @@ def _images_flat(root: Path) -> list[Path]:
     return files
 
 
-def _find_upwards(root: Path, name: str, levels: int = 4) -> Path | None:
-    """`name` in `root` or one of its parents (Kaggle puts LOC_val_solution.csv 4 levels above val/)."""
+def _find_upwards(root: Path, *names: str, levels: int = 4) -> Path | None:
+    """The nearest file of one of `names` in `root` or one of its parents (Kaggle puts LOC_val_solution.csv 4 levels
+    above val/), the first name first where one folder holds two: a file beside the images is theirs, one further up
+    may be another copy's."""
     for d in [root, *list(root.resolve().parents)[:levels]]:
-        if (d / name).is_file():
-            return d / name
+        for name in names:
+            if (d / name).is_file():
+                return d / name
     return None
 
 
@@ -181,15 +184,15 @@ def read_imagenet_val(root: str | Path, labels_file: str | Path | None = None,
 
     Args:
         root: the folder of images.
-        labels_file: `LOC_val_solution.csv` or `ILSVRC2012_validation_ground_truth.txt`; looked for
-            in `root` and its parents when not given.
+        labels_file: `LOC_val_solution.csv` or `ILSVRC2012_validation_ground_truth.txt`; when not given, the
+            nearest of them in `root` or its parents (up to 4 levels), the first where one folder holds both.
         devkit_synsets: for the ground-truth file, the devkit's `meta.mat` (or a text file of wnids in
             ILSVRC2012_ID order); looked for next to the ground-truth file when not given.
     """
     root = Path(root)
     files = _images_flat(root)
     if labels_file is None:
-        labels_file = _find_upwards(root, LOC_SOLUTION) or _find_upwards(root, GROUND_TRUTH)
+        labels_file = _find_upwards(root, LOC_SOLUTION, GROUND_TRUTH)
         if labels_file is None:
             raise DatasetError(f"no {LOC_SOLUTION} or {GROUND_TRUTH} found in {root} or its parents")
     labels_file = Path(labels_file)
@@ -212,7 +215,7 @@ def read_imagenet_val(root: str | Path, labels_file: str | Path | None = None,
     if len(ids) != len(files):
         raise DatasetError(f"{labels_file} has {counted(len(ids), 'label')} for {counted(len(files), 'image')} in "
                            f"{root}")
-    meta = Path(devkit_synsets) if devkit_synsets else (_find_upwards(labels_file.parent, DEVKIT_META, 1))
+    meta = Path(devkit_synsets) if devkit_synsets else (_find_upwards(labels_file.parent, DEVKIT_META, levels=1))
     if meta is None:
         raise DatasetError(f"{labels_file.name} holds devkit ids: give the devkit's {DEVKIT_META} "
                            "(--devkit-synsets) to map them to wnids")

@@ -110,6 +110,22 @@ def test_imagenet_val_ground_truth_outside_the_devkit_ids_is_refused(tmp_path, g
     assert says in str(err.value)
 
 
+@pytest.mark.parametrize("beside", ["ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv"])
+def test_imagenet_val_takes_the_labels_file_nearest_its_images(tmp_path, beside):
+    # A LOC_val_solution.csv a few folders up (another copy's, Kaggle's layout) had won over the ground truth
+    # right beside the images, whatever the distance
+    val = tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    put(val / val_name(1))
+    (tmp_path / "ids.txt").write_text("n02119789\nn02100735\n")
+    files = {"ILSVRC2012_validation_ground_truth.txt": ("2\n", "n02100735"),  # devkit id 2 in ids.txt
+             "LOC_val_solution.csv": ("ImageId,PredictionString\nILSVRC2012_val_00000001,n01751748 0 0 5 5\n",
+                                      "n01751748")}
+    for name, (text, _) in files.items():
+        (val if name == beside else tmp_path / "kaggle").joinpath(name).write_text(text)  # the other 4 levels up
+    ds = read_dataset(val, "imagenet-val", devkit_synsets=tmp_path / "ids.txt")
+    assert [it.label for it in ds.items] == [files[beside][1]]
+
+
 def test_imagenet_val_without_labels_file_says_what_is_missing(tmp_path):
     put(tmp_path / "val" / val_name(1))
     with pytest.raises(DatasetError, match=r"LOC_val_solution\.csv"):

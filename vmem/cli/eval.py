@@ -68,7 +68,8 @@ def eval(
     classes: Annotated[Path | None, typer.Option(
         "--classes", "--label-names", help="wnid-to-name file (classes.tsv, LOC_synset_mapping.txt)")] = None,
     labels_file: Annotated[Path | None, typer.Option(
-        help="imagenet-val: LOC_val_solution.csv or the devkit ground truth; real: real.json")] = None,
+        help="imagenet-val: LOC_val_solution.csv or the devkit ground truth (default: the nearest of them upwards, 4 "
+             "levels); real: real.json")] = None,
     devkit_synsets: Annotated[Path | None, typer.Option(help="imagenet-val devkit meta.mat (or wnid per line)")] = None,
     k_max: Annotated[int, typer.Option(
         min=1, max=1000, help="neighbours searched; every k up to this is scored")] = 100,
