@@ -740,9 +740,12 @@ class CollectionJournal(Journal):
     1-d vector each: every collection needs vectors), so that every process sharing the memory writes it. The notes
     of edits in progress (`intend`), and the lists of their points, are points of a second collection beside it."""
 
-    def __init__(self, client: Any, collection: str) -> None:
+    def __init__(self, client: Any, collection: str, local_mode: bool = False) -> None:
         self.client = client
         self.collection = collection
+        # qdrant-client's local mode keeps no payload index (and reads every payload anyway): asked for one, it
+        # only warns, "Payload indexes have no effect in the local Qdrant"
+        self._indexes = not local_mode
         # The notes of edits in progress, and the lists of their points (`intend`), in a collection of their own:
         # the journal's is read whole by histories and copies, which would take a note for an entry.
         self.pending_collection = f"{collection}{PENDING_COLLECTION_SUFFIX}"
@@ -795,6 +798,8 @@ class CollectionJournal(Journal):
         from qdrant_client import models as qm
         from qdrant_client.http.exceptions import UnexpectedResponse
 
+        if not self._indexes:
+            return
         wanted = PENDING_INDEXES if collection == self.pending_collection else JOURNAL_INDEXES
         try:
             for key, kind in wanted.items():
@@ -816,7 +821,8 @@ class CollectionJournal(Journal):
         from qdrant_client import models as qm
 
         if not self._time_indexed:
-            self.client.create_payload_index(self.collection, "at", qm.PayloadSchemaType.DATETIME)
+            if self._indexes:  # local mode orders without one
+                self.client.create_payload_index(self.collection, "at", qm.PayloadSchemaType.DATETIME)
             self._time_indexed = True
 
     @property

@@ -145,11 +145,6 @@ VACUUM_THRESHOLDS: dict[str, Any] = {"deleted_threshold": 1e-9, "vacuum_min_vect
 # clients ask no more (`check_compatibility=False`: `_check_server_version` asks instead); a client a caller gives
 # (`QdrantServerStore(client=...)`) may.
 warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
-# qdrant-client's local modes (`:memory:`, `qdrant-local:`) warn that they search every point exactly and keep no
-# payload index: the search parameters and indexes vmem sets for a server, and nothing a user can act on. Each
-# classify, forget --like or history on such a memory printed a warning with a line of qdrant-client's source.
-warnings.filterwarnings("ignore", message="Local mode performs exact", category=UserWarning)
-warnings.filterwarnings("ignore", message="Payload indexes have no effect", category=UserWarning)
 _ID_NAMESPACE = uuid.UUID("6f1c1e4a-3a0c-5b8e-9d47-76d6e2b1a0f1")
 
 
@@ -2568,7 +2563,7 @@ class QdrantServerStore(MemoryStore):
         self.client: ServerClient | ClosedClient = ServerClient(client, location)
         # qdrant-client's local modes keep and compare float32 vectors whatever datatype the collection asks for
         self._local_mode = type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
-        self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}")
+        self.journal = CollectionJournal(self.client, f"{collection}{JOURNAL_COLLECTION_SUFFIX}", self._local_mode)
         existed = False
         try:
             existed = self.client.collection_exists(collection)
@@ -2602,7 +2597,9 @@ class QdrantServerStore(MemoryStore):
                     on_disk_payload=True,
                     metadata={"vmem": json.loads(meta.model_dump_json())},
                 )
-                for key in ("label", "source", EXCLUDED_KEY):  # (a local mode's warning of them is filtered above)
+                # Not in qdrant-client's local modes (`:memory:`, `qdrant-local:`), which keep no payload index and
+                # only warn of one asked for ("Payload indexes have no effect"), to a user with nothing to act on
+                for key in () if self._local_mode else ("label", "source", EXCLUDED_KEY):
                     self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD)
         except BaseException:
             # Refused (no collection there, another encoder's): the client made here lets go of what it holds. A
@@ -2772,7 +2769,10 @@ class QdrantServerStore(MemoryStore):
         ix = self.meta.index
         quant = (qm.QuantizationSearchParams(rescore=ix.rescore, oversampling=ix.oversampling)
                  if ix.quantized else None)
-        params = qm.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact, quantization=quant)
+        # None in a local mode, which searches every point exactly whatever it is asked, and warned ("search_params
+        # has no effect") where asked for a graph's, a quantization's or an exact search
+        params = None if self._local_mode else qm.SearchParams(hnsw_ef=max(ix.hnsw_ef, 2 * k), exact=exact,
+                                                               quantization=quant)
         reqs = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, params=params,
                                 with_payload=list(SEARCH_PAYLOAD)) for row in v]
         out = []
@@ -2784,7 +2784,8 @@ class QdrantServerStore(MemoryStore):
 
     def _similar(self, v, min_similarity, limit) -> list[Neighbor]:
         qm = self._qm
-        params = qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))
+        params = None if self._local_mode else qm.SearchParams(exact=True,  # (None: see query_batch)
+                                                               quantization=qm.QuantizationSearchParams(ignore=True))
         found = self.client.query_points(self.collection, query=v.tolist(), limit=limit, search_params=params,
                                          score_threshold=min_similarity, with_payload=list(SEARCH_PAYLOAD)).points
         return [Neighbor(_str_id(p.id), p.payload["label"], p.payload["source"], float(p.score), p.payload)
