@@ -387,10 +387,12 @@ class MemoryDamagedError(MemoryStoreError):
 
 
 # How the embedded engine says, loading a memory, that a file of it does not read as its own (each seen on a damaged
-# segment: segment.json garbled, a payload page overwritten, a compressed value cut short). Not these: a file it may
-# not open, a full disk, the WAL lock, which are the user's or another process's to settle.
+# segment: segment.json garbled, a payload page overwritten, a compressed value cut short, version.info overwritten
+# with text or with bytes that are none). Not these: a file it may not open, a full disk, the WAL lock, which are the
+# user's or another process's to settle.
 _ENGINE_DAMAGE_WORDS = ("failed to load segment", "Failed to deserialize", "Failed to decompress",
-                        "Failed to read segment state", "corrupt", "Corrupt")
+                        "Failed to read segment state", "corrupt", "Corrupt", "Can't parse version from",
+                        "invalid utf-8 sequence")
 
 
 # How the embedded engine's errors say it may not open a file (the CLI says these as the user's to fix).

@@ -22,23 +22,30 @@ from vmem import MemoryDamagedError, VisualMemory
 from vmem.cli import app
 
 
-def damaged_memory(folder: Path, file_name: str) -> Path:
+def damaged_memory(folder: Path, file_name: str, garbage: bytes = b"garbage, not the engine's") -> Path:
     make_memory(folder).close()
     (damaged,) = (folder / "shard" / "segments").glob(f"*/{file_name}")
-    damaged.write_bytes(b"garbage, not the engine's")
+    damaged.write_bytes(garbage)
     return damaged
 
 
-@pytest.mark.parametrize("file_name", ["segment.json", "mutable_id_tracker.mappings"])
-def test_a_memory_with_a_damaged_engine_file_is_said_to_be_damaged_with_what_to_do(tmp_path, file_name):
-    damaged = damaged_memory(tmp_path / "memory", file_name)
+@pytest.mark.parametrize(("file_name", "garbage"), [
+    ("segment.json", b"garbage, not the engine's"),
+    ("mutable_id_tracker.mappings", b"garbage, not the engine's"),
+    # The engine's "IO Error: Can't parse version from ...", and of bytes that are no text "invalid utf-8
+    # sequence": both had reached the user raw
+    ("version.info", b"garbage, not the engine's"),
+    ("version.info", b"\xff\xfe"),
+])
+def test_a_memory_with_a_damaged_engine_file_is_said_to_be_damaged_with_what_to_do(tmp_path, file_name, garbage):
+    damaged = damaged_memory(tmp_path / "memory", file_name, garbage)
     with pytest.raises(MemoryDamagedError) as raised:
         open_store(tmp_path / "memory")
     said = str(raised.value)
     assert said.startswith(f"the memory at {tmp_path / 'memory'} cannot be read: its engine's files are damaged")
     assert said.endswith("restore a backup of it (README, Backups), or build it again")
     assert "Service runtime error" not in said  # the engine's innermost words, not its nesting
-    if file_name == "segment.json":
+    if file_name == "segment.json" or (garbage.isascii() and file_name == "version.info"):
         assert str(damaged) in said
     with pytest.raises(MemoryDamagedError):
         VisualMemory.open(tmp_path / "memory")
