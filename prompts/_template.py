@@ -7,6 +7,7 @@ is about to be called.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import string
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
 
 from retrieval.files import os_error_reason
 from retrieval.text import quoted, visible
@@ -103,19 +104,20 @@ class PromptTemplate(BaseModel):
     tool_instructions: str = ""
     exemplar_line: str = 'Exemplar $index of "$label" (similarity $similarity)'
 
-    @model_validator(mode="after")
-    def _known_variables(self) -> PromptTemplate:
+    @field_validator(*FIELD_VARIABLES)
+    @classmethod
+    def _known_variables(cls, text: str, info: ValidationInfo) -> str:
+        """Each text field's variables, checked on the field: an error names the field (and, from a file, its line)."""
+        allowed = FIELD_VARIABLES[str(info.field_name)]
         problems = []
-        for field, allowed in FIELD_VARIABLES.items():
-            unknown = _identifiers(getattr(self, field)) - allowed
-            if _stray_dollar(getattr(self, field)):
-                problems.append(f"{field} has a `$` that starts no variable (write `$$` for a dollar sign)")
-            if unknown:
-                problems.append(f"{field} uses {', '.join('$' + u for u in sorted(unknown))} "
-                                f"(allowed: {', '.join('$' + a for a in sorted(allowed))})")
+        if _stray_dollar(text):
+            problems.append("has a `$` that starts no variable (write `$$` for a dollar sign)")
+        if unknown := _identifiers(text) - allowed:
+            problems.append(f"uses {', '.join('$' + u for u in sorted(unknown))}, which it may not "
+                            f"(allowed: {', '.join('$' + a for a in sorted(allowed))})")
         if problems:
-            raise ValueError("bad variables: " + "; ".join(problems))
-        return self
+            raise ValueError("; ".join(problems))
+        return text
 
     @property
     def agentic(self) -> bool:
@@ -164,8 +166,19 @@ _BlockDumper.add_representer(str, _str_representer)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice: the plain one keeps the last, so a pasted second `system:`
-    silently replaced the first."""
+    """YAML's safe loader, refusing a key given twice (the plain one keeps the last, so a pasted second `system:`
+    silently replaced the first), and noting the line of each top-level key, for errors to say where."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.key_lines: dict[str, int] = {}
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    self.key_lines.setdefault(str(key_node.value), key_node.start_mark.line + 1)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -178,8 +191,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _field_problem(error: Any, key_lines: dict[str, int]) -> str:
+    """One validation error as a line a template's author can act on: the field, its line in the file where it is
+    there, and what is wrong, in words (an unknown field with the one it was likely meant to be)."""
+    loc = [str(x) for x in error["loc"]]
+    field = loc[0] if loc else ""
+    where = visible(".".join(loc)) or "template"
+    if field in key_lines:
+        where += f" (line {key_lines[field]})"
+    if error["type"] == "extra_forbidden":
+        # "neighbour" (the docs' spelling) for the field `neighbor`: the likely one named, else every field
+        near = difflib.get_close_matches(field, PromptTemplate.model_fields, n=1, cutoff=0.6)
+        said = f"did you mean {near[0]}?" if near else f"the fields are {', '.join(PromptTemplate.model_fields)}"
+        return f"{where}: unknown field ({said})"
+    if error["type"] == "string_pattern_mismatch" and field == "name":
+        return (f"{where}: {quoted(str(error['input']))} is not a template name: lowercase letters, digits, `.`, `_` "
+                "and `-`, starting with a letter or digit (and the file named after it)")
+    if error["type"] == "value_error":  # our own validator's words, without pydantic's "Value error, "
+        return f"{where}: {error['ctx']['error']}"
+    return f"{where}: {error['msg']}"
+
+
 def load_template_file(path: str | Path) -> PromptTemplate:
-    """Read and validate one `<name>.yaml`; every failure becomes one `TemplateLoadError`.
+    """Read and validate one `<name>.yaml`; every failure becomes one `TemplateLoadError`, which names the line
+    where the file has one to name.
 
     Args:
         path: a YAML file whose `name` equals its file stem.
@@ -189,22 +224,30 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     """
     p = Path(path)
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         # In words without its path: the service says the reason to a client, without the server's path
         raise TemplateLoadError(f"cannot read template ({os_error_reason(exc)})", p) from exc
     except UnicodeDecodeError as exc:
-        raise TemplateLoadError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}): save "
-                                "the template as UTF-8", p) from exc
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (exc.object.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TemplateLoadError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}, column "
+                                f"{column}): save the template as UTF-8", p) from exc
+    loader = _UniqueKeyLoader(text)  # a SafeLoader: no object tags
+    loader.name = p.name  # YAML's errors say `in "mine.yaml", line 3`, not "<unicode string>" (read as text: quoted)
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:  # its snippet quotes the file's own lines: each escaped, as the names above
         raise TemplateLoadError("not valid YAML ({})".format("\n".join(map(visible, str(exc).split("\n")))),
                                 p) from exc
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise TemplateLoadError(f"a template is a YAML mapping of fields, got {type(data).__name__}", p)
     try:
         template = PromptTemplate.model_validate(data)
     except ValidationError as exc:  # a key's name is the file's text: shown escaped (an unknown key is named)
-        lines = [f"{visible('.'.join(str(x) for x in e['loc'])) or 'template'}: {e['msg']}" for e in exc.errors()]
+        lines = [_field_problem(e, loader.key_lines) for e in exc.errors()]
         raise TemplateLoadError("invalid template:\n  " + "\n  ".join(lines), p) from exc
     if template.name != p.stem:
         raise TemplateLoadError(f"the template's name {quoted(template.name)} must match its file name "

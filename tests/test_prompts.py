@@ -67,25 +67,60 @@ def test_a_template_round_trips_through_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    (MINIMAL + "colour: red\n", "colour: Extra inputs are not permitted"),
+    (MINIMAL + "colour: red\n", "colour (line 4): unknown field (the fields are name, version,"),
     ("name: mine\nversion: 1\n", "system: Field required"),
-    (MINIMAL + "neighbor: 'Neighbour $rank is $labl'\n", "neighbor uses $labl"),
-    (MINIMAL + "answer: 'one of $candidate_lines'\n", "answer uses $candidate_lines"),
-    (MINIMAL + "tools: [web_search]\n", "tools.0: Input should be 'exemplars' or 'more_neighbors'"),
-    ("name: mine\nversion: 0\nsystem: x\n", "version: Input should be greater than or equal to 1"),
+    (MINIMAL + "neighbor: 'Neighbour $rank is $labl'\n", "neighbor (line 4): uses $labl, which it may not"),
+    (MINIMAL + "answer: 'one of $candidate_lines'\n", "answer (line 4): uses $candidate_lines"),
+    (MINIMAL + "tools: [web_search]\n", "tools.0 (line 4): Input should be 'exemplars' or 'more_neighbors'"),
+    ("name: mine\nversion: 0\nsystem: x\n", "version (line 2): Input should be greater than or equal to 1"),
     ("name: [unclosed\n", "not valid YAML"),
     ("- a list\n", "a template is a YAML mapping"),
     ("name: other\nversion: 1\nsystem: x\n", "must match its file name 'mine'"),
     # a bare `$` would only fail when a request is built; `$$` is the literal dollar sign
-    (MINIMAL + "answer: 'Costs $5 per answer'\n", "answer has a `$` that starts no variable"),
+    (MINIMAL + "answer: 'Costs $5 per answer'\n", "answer (line 4): has a `$` that starts no variable"),
     # YAML's plain reading took `true` as version 1, and kept the last of two `system:` keys
-    ("name: mine\nversion: true\nsystem: x\n", "version: Input should be a valid integer"),
+    ("name: mine\nversion: true\nsystem: x\n", "version (line 2): Input should be a valid integer"),
     (MINIMAL + "system: a second instruction\n", "the key 'system' is given twice"),
 ])
 def test_invalid_templates_are_refused_on_load_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(TemplateLoadError, match=r"mine\.yaml") as err:
         load_template_file(write(tmp_path, "mine", text))
     assert message in str(err.value)
+
+
+def test_a_templates_error_names_the_line_and_the_field_it_was_likely_meant_to_be(tmp_path):
+    # A template copied from neighbors-v1 and edited: the docs spell "neighbours", the field is `neighbor`, and
+    # pydantic's words ("Extra inputs are not permitted", "Value error, bad variables") said neither where nor what.
+    text = ("name: mine\nversion: 1\n"
+            "system: |-\n  Classify the image.\n  Mind the $colour.\n"
+            "neighbour: 'Example $rank: $label'\n"
+            "neighbor: 'Example $rank of $n_candidates: $label'\n"
+            "colour: red\n")
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(write(tmp_path, "mine", text))
+    assert err.value.reason.splitlines() == [
+        "invalid template:",
+        "  system (line 3): uses $colour, which it may not (allowed: $n_candidates, $n_neighbors)",
+        "  neighbor (line 7): uses $n_candidates, which it may not (allowed: $id, $label, $rank, $similarity, "
+        "$weight)",
+        "  neighbour (line 6): unknown field (did you mean neighbor?)",
+        "  colour (line 8): unknown field (the fields are name, version, description, system, intro, show_neighbors, "
+        "neighbor_images, max_neighbors, neighbor, neighbor_missing, query, candidates, candidate_line, answer, "
+        "tools, max_steps, tool_instructions, exemplar_line)"]
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(write(tmp_path, "my-template", "name: My Template\nversion: 1\nsystem: x\n"))
+    assert err.value.reason == ("invalid template:\n  name (line 1): 'My Template' is not a template name: lowercase "
+                                "letters, digits, `.`, `_` and `-`, starting with a letter or digit (and the file "
+                                "named after it)")
+    # YAML's own errors name the file, where they had said `in "<unicode string>"`
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(write(tmp_path, "open", 'name: open\nversion: 1\nsystem: "Classify.\n'))
+    assert 'in "open.yaml", line 3, column 9' in err.value.reason and "<unicode string>" not in err.value.reason
+    # ... and a byte that is not UTF-8 is found by line and column, not by its offset in the file
+    (tmp_path / "latin.yaml").write_bytes(b"name: latin\nversion: 1\nsystem: caf\xe9\n")
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(tmp_path / "latin.yaml")
+    assert err.value.reason == "not UTF-8 text (byte 0xe9 at line 3, column 12): save the template as UTF-8"
 
 
 def test_rendering_without_a_variable_names_it():
@@ -193,7 +228,7 @@ def test_a_templates_problem_shows_the_names_and_files_it_quotes_escaped(tmp_pat
     assert str(err.value) == (f"{tmp_path}/my\\u202etemplates/mine\\u202ev2.yaml: the template's name 'mine' must "
                               "match its file name 'mine\\u202ev2'")
     assert err.value.reason.startswith("the template's name") and err.value.path == folder / "mine\u202ev2.yaml"
-    with pytest.raises(TemplateLoadError, match=r"system\\u202e: Extra inputs are not permitted"):
+    with pytest.raises(TemplateLoadError, match=r"system\\u202e \(line 4\): unknown field \(did you mean system\?\)"):
         reg.get("extra")
     with pytest.raises(UnknownTemplateError) as unknown:
         reg.get("no\u202eone")
