@@ -119,6 +119,15 @@ class PromptTemplate(BaseModel):
             raise ValueError("; ".join(problems))
         return text
 
+    @field_validator("tool_instructions")
+    @classmethod
+    def _tools_to_instruct(cls, text: str, info: ValidationInfo) -> str:
+        """Tool instructions are sent only in agentic mode: without tools, the prompt had silently left them out."""
+        if text.strip() and "tools" in info.data and not info.data["tools"]:
+            raise ValueError("it is sent only with tools (agentic mode): give `tools: [exemplars, more_neighbors]` "
+                             "(either or both), or leave tool_instructions out")
+        return text
+
     @property
     def agentic(self) -> bool:
         return bool(self.tools)

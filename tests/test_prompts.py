@@ -123,6 +123,26 @@ def test_a_templates_error_names_the_line_and_the_field_it_was_likely_meant_to_b
     assert err.value.reason == "not UTF-8 text (byte 0xe9 at line 3, column 12): save the template as UTF-8"
 
 
+def test_tool_instructions_without_tools_are_refused_not_left_out_of_the_prompt(tmp_path):
+    # agentic-v1 copied with its tools taken out, to compare without them: its tool_instructions ("You may use
+    # tools for at most 3 rounds") were silently never sent, the prompt no longer what the file said.
+    agentic = TemplateRegistry().get("agentic-v1").to_yaml().replace("agentic-v1", "no-tools")
+    text = agentic.replace("tools:\n- exemplars\n- more_neighbors\n", "")
+    assert "tool_instructions:" in text and "tools:" not in text
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(write(tmp_path, "no-tools", text))
+    line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("tool_instructions:"))) + 1
+    assert err.value.reason == (
+        f"invalid template:\n  tool_instructions (line {line}): it is sent only with tools (agentic mode): give "
+        "`tools: [exemplars, more_neighbors]` (either or both), or leave tool_instructions out")
+    # Without its tool_instructions it loads, and the prompt is what the file says; labels-only, as written out
+    # with every field (an empty tool_instructions among them), loads as before
+    load_template_file(write(tmp_path, "no-tools", text.replace(
+        next(x for x in text.splitlines() if x.startswith("tool_instructions:")) + "\n", "")))
+    labels_only = TemplateRegistry().get("labels-only")
+    assert load_template_file(write(tmp_path, "labels-only", labels_only.to_yaml())) == labels_only
+
+
 def test_rendering_without_a_variable_names_it():
     t = TemplateRegistry().get("neighbors-v1")
     with pytest.raises(MissingVariablesError, match=r"needs \$rank, \$similarity"):
