@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -419,3 +421,28 @@ def test_cli_show_of_an_unknown_template_is_a_usage_error():
     res = CliRunner().invoke(app, ["templates", "show", "nope"])
     flat = " ".join(res.output.replace("│", " ").split())  # the error box wraps lines
     assert res.exit_code == 2 and "available: agentic-v1, labels-only, neighbors-v1" in flat
+
+
+def test_vmem_serve_says_at_start_which_templates_it_cannot_offer(tmp_path, encoder):
+    # A service started with a broken template among the researcher's had said nothing of it: the template showed
+    # only in GET /v1/templates, or as a 422 when a request named it. Its start now says which, and why, as
+    # `vmem templates list` does; the other templates are offered. (A port taken stops it before the warm-up.)
+    from tests._reliability_fixtures import VMEM, subprocess_env, tiny_memory
+    from tests.conftest import REPO
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    write(templates, "mine", MINIMAL)
+    write(templates, "broken", "name: broken\nversion: 1\nsystem: Classify.\nneighbour: 'Example $rank'\n")
+    location = tmp_path / "memory"
+    tiny_memory(encoder, str(location)).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = subprocess_env(VMEM_AUTH_DISABLED="true", VMEM_TEMPLATES_DIR=str(templates))
+        done = subprocess.run([*VMEM, "serve", "--memory", str(location), "--port", str(taken.getsockname()[1])],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    said = done.stderr
+    assert f"warning: template broken is not offered: {templates}/broken.yaml: invalid template:\n" \
+           "  neighbour (line 4): unknown field (did you mean neighbor?)\n" in said, said
+    assert "template mine" not in said, said

@@ -26,7 +26,7 @@ from retrieval.store import (
     WaitInterrupted,
     local_folder,
 )
-from retrieval.text import counted, without_secrets
+from retrieval.text import counted, visible, without_secrets
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -292,6 +292,17 @@ def _startup_summary(mem: Any, settings: Any) -> str:
     return (f"{counted(mem.store.count(), 'point')}, {mem.store.meta.featurizer.name} features; {rerank}; {edits}")
 
 
+def _template_warnings(registry: Any) -> list[str]:
+    """A warning per template the service cannot offer (a broken file in $VMEM_TEMPLATES_DIR, or that folder missing),
+    as `vmem templates list` says it: said at the start, where it had shown only in GET /v1/templates and in the 422
+    of a request that named it."""
+    if registry is None:
+        return []
+    registry.names()  # read again if its files changed since it was made
+    return [f"warning: {name}: {err}" if name.startswith("$") else
+            f"warning: template {visible(name)} is not offered: {err}" for name, err in sorted(registry.errors.items())]
+
+
 def _graceful_shutdown_s() -> float:
     """How long a stop waits for requests in flight: past a re-rank's deadline (in flight, it falls back to the vote
     by then), and short of systemd's 90 s before its SIGKILL, which skips closing the memory. Unbounded, a client
@@ -389,6 +400,7 @@ def serve(
     """Serve the memory over HTTP: classify, add, forget, and a page at / that shows why."""
     from server import create_app
     from server.app import open_memory
+    from server.service import template_registry
 
     refuse_both(memory, qdrant_url)
     if root_path and not root_path.startswith("/"):
@@ -452,6 +464,8 @@ def serve(
                      else f"a free port of {host} (uvicorn's line below names it)")
             say(f"serving {without_secrets(settings.location)} on {where} (page at /, API docs at /docs)"
                 + (f", behind a proxy at {prefix}/" if prefix else "") + f": {_startup_summary(mem, settings)}")
+            for warning in _template_warnings(template_registry(mem)):
+                say(warning, logging.WARNING)
             files = open_files_limit()
             if files < FEW_OPEN_FILES:
                 # No limit_concurrency: uvicorn counts idle keep-alive connections, and past its limit answered every
