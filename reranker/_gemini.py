@@ -72,6 +72,7 @@ from ._prompt import (
     build_prompt,
     candidate_labels,
     encode_query,
+    shown_neighbors,
 )
 from ._settings import GeminiSettings
 from ._thumbs import ThumbnailCache, ThumbnailError
@@ -433,7 +434,7 @@ class GeminiReranker:
         if self.cache is not None:
             hit = await asyncio.to_thread(self.cache.get, key)
             cache_checked = True
-            if hit is not None and not await self._tools_would_show_the_same(hit, req, store):
+            if hit is not None and not await self._tools_would_show_the_same(hit, req, template, store):
                 hit = None  # the memory changed under the tools' searches: ask again (the new answer replaces it)
             if hit is not None:
                 return hit.model_copy(update={"cached": True, "cache_checked": True, "attempts": 0, "usage": Usage(),
@@ -486,7 +487,7 @@ class GeminiReranker:
                 log.warning("the re-ranker's answer could not be cached (%s): it is answered, not kept", exc)
         return outcome
 
-    async def _tools_would_show_the_same(self, hit: RerankOutcome, req: RerankRequest,
+    async def _tools_would_show_the_same(self, hit: RerankOutcome, req: RerankRequest, template: PromptTemplate,
                                          store: MemoryStore | None) -> bool:
         """Whether every tool call behind a cached agentic answer would show Gemini the same points today.
 
@@ -501,7 +502,7 @@ class GeminiReranker:
         if store is None or req.vector is None:
             return False  # cannot be checked: not served
         names = ShownLabels(req.label_names, list(hit.candidates))
-        seen = {n.id for n in req.neighbors}
+        seen = {n.id for n in shown_neighbors(template, req)}
         for step in steps:
             args = step.get("args") or {}
             if step["tool"] == "exemplars":
@@ -751,8 +752,10 @@ class GeminiReranker:
     async def _agentic(self, ctx: _Ctx, client: genai.Client, template: PromptTemplate, req: RerankRequest,
                        prompt: BuiltPrompt, store: MemoryStore | None) -> str:
         candidates = prompt.candidates  # more_neighbors extends it in place: the outcome lists them all
-        seen = {n.id for n in req.neighbors}
-        n_seen = len(req.neighbors)
+        # What the prompt showed, not every neighbour searched: agentic-v1 shows 20 of the default k=50, and
+        # more_neighbors(k=30), asking for the 21st to the 30th, had returned none of them as seen already
+        seen = {n.id for n in prompt.shown}
+        n_seen = len(prompt.shown)
         contents = [types.Content(role="user", parts=prompt.parts)]
         steps = 0
         while True:

@@ -85,6 +85,11 @@ class ShownLabels:
         return [self.show(label) for label in labels]
 
 
+def shown_neighbors(template: PromptTemplate, request: RerankRequest) -> list[RerankNeighbor]:
+    """The neighbours the prompt shows: the nearest `max_neighbors` of them, none where the template shows none."""
+    return list(request.neighbors[: template.max_neighbors]) if template.show_neighbors else []
+
+
 @dataclass
 class QueryImage:
     jpeg: bytes
@@ -125,7 +130,7 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
     A neighbour whose image cannot be read is shown by its label alone (`neighbor_missing`),
     and a note says why; the request still goes out.
     """
-    shown = request.neighbors[: template.max_neighbors] if template.show_neighbors else []
+    shown = shown_neighbors(template, request)
     names = ShownLabels(request.label_names, candidates)
     counts = {"n_neighbors": len(shown), "n_candidates": len(candidates)}
     parts: list[types.Part] = []
