@@ -119,13 +119,14 @@ class TemplateRegistry:
             raise UnknownTemplateError(f"unknown template {quoted(name)}; available: {available}{where}") from None
 
     def get(self, name: str | None = None) -> PromptTemplate:
-        """The template called `name` (default `neighbors-v1`).
+        """The template called `name` (None: `neighbors-v1`).
 
         Raises:
             UnknownTemplateError: no such template; the message lists the available ones.
             TemplateLoadError: the file with that name exists but is invalid.
         """
-        return self.entry(name or DEFAULT_TEMPLATE).template
+        # Only None is the default: an empty name (a script's unset variable) had silently been neighbors-v1
+        return self.entry(DEFAULT_TEMPLATE if name is None else name).template
 
     def __contains__(self, name: object) -> bool:
         self._reload_if_changed()

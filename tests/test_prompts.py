@@ -23,7 +23,15 @@ from prompts import (
     default_registry,
     load_template_file,
 )
-from reranker import RerankNeighbor, RerankRequest, ThumbnailCache, build_prompt, candidate_labels, encode_query
+from reranker import (
+    GeminiReranker,
+    RerankNeighbor,
+    RerankRequest,
+    ThumbnailCache,
+    build_prompt,
+    candidate_labels,
+    encode_query,
+)
 from vmem.cli import app
 
 MINIMAL = "name: mine\nversion: 1\nsystem: Classify the image.\n"
@@ -161,6 +169,20 @@ def test_an_unknown_name_lists_the_available_templates():
         TemplateRegistry().get("neighbours-v1")
     assert str(err.value).startswith(
         "unknown template 'neighbours-v1'; available: agentic-v1, labels-only, neighbors-v1")
+
+
+def test_an_empty_name_is_unknown_not_the_default():
+    # `vmem classify --rerank --template "$TEMPLATE"` with the variable unset: the run had silently used neighbors-v1
+    # (an experiment sweep's row measured the wrong prompt); no name at all (None) is still the default.
+    with pytest.raises(UnknownTemplateError, match=r"^unknown template ''; available: agentic-v1, labels-only"):
+        TemplateRegistry().get("")
+    assert TemplateRegistry().get(None).name == "neighbors-v1"
+    rr = GeminiReranker(api_key="test-key", cache=False)  # what VisualMemory.classify asks before any image is embedded
+    try:
+        with pytest.raises(UnknownTemplateError):
+            rr.template("")
+    finally:
+        rr.close()
 
 
 def test_user_templates_come_from_VMEM_TEMPLATES_DIR_and_override_builtins(tmp_path, monkeypatch):
