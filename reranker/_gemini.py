@@ -776,6 +776,9 @@ class GeminiReranker:
                 if call.name == "answer":
                     label = (call.args or {}).get("label")
                     ctx.trace.append({"step": steps, "tool": "answer", "args": dict(call.args or {})})
+                    if label is None:  # had read "Gemini answered None, which is not one of the candidate labels"
+                        given = ", ".join(visible(str(a)) for a in (call.args or {})) or "none"
+                        raise InvalidAnswerError(f"Gemini called answer without a label (its arguments: {given})")
                     return self._check_label(label, candidates, prompt.names)
             if final:
                 raise StepBudgetError(f"no answer within the agentic step budget of {template.max_steps} "

@@ -35,21 +35,27 @@ def memory(tmp_path):
     store.close()
 
 
-def test_more_neighbors_returns_those_the_template_did_not_show(tmp_path, memory):
-    # A template that shows 4 of the k=8 neighbours searched (agentic-v1 shows 20 of the default 50): Gemini's
-    # more_neighbors(k=6) asks for the 5th and 6th. They had counted as shown already, so the tool returned none.
-    store, vectors = memory
-    (templates := tmp_path / "templates").mkdir()
+def request_of_8(tmp_path, store, vectors):
+    """The 8 nearest neighbours of point 0, re-ranked with the user template `few` (which shows 4)."""
+    (templates := tmp_path / "templates").mkdir(exist_ok=True)
     (templates / "few.yaml").write_text(FEW)
     hits = store.query(vectors[0], 8)
     neighbors = [RerankNeighbor(id=h.id, label=h.label, source=h.source, similarity=h.similarity,
                                 weight=1 / (2 + i), rank=i) for i, h in enumerate(hits)]
     request = RerankRequest(image=Image.new("RGB", (40, 30), (5, 5, 5)), neighbors=neighbors, vector=vectors[0],
                             scores={"a": 0.5, "b": 0.3, "c": 0.2}, vote_label="a", template="few")
+    return request, hits, TemplateRegistry(templates)
+
+
+def test_more_neighbors_returns_those_the_template_did_not_show(tmp_path, memory):
+    # A template that shows 4 of the k=8 neighbours searched (agentic-v1 shows 20 of the default 50): Gemini's
+    # more_neighbors(k=6) asks for the 5th and 6th. They had counted as shown already, so the tool returned none.
+    store, vectors = memory
+    request, hits, registry = request_of_8(tmp_path, store, vectors)
     with FakeGemini() as fake:
         fake.enqueue(fake.call("more_neighbors", k=6), fake.answer("b"))
         rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=tmp_path / "rerank.sqlite",
-                            registry=TemplateRegistry(templates))
+                            registry=registry)
         try:
             out = rr.rerank_one(request, store=store)
             assert (out.label, out.reranked) == ("b", True), out.fallback_reason
@@ -62,3 +68,18 @@ def test_more_neighbors_returns_those_the_template_did_not_show(tmp_path, memory
             assert rr.rerank_one(request, store=store).cached and fake.count == 2
         finally:
             rr.close()
+
+
+def test_an_answer_call_without_a_label_says_so(tmp_path, memory):
+    # The reason had read "Gemini answered None, which is not one of the 3 candidate labels": no label was given.
+    store, vectors = memory
+    request, hits, registry = request_of_8(tmp_path, store, vectors)
+    with FakeGemini() as fake:
+        fake.enqueue(fake.call("answer", reason="looks like b"))
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache=False, registry=registry)
+        try:
+            out = rr.rerank_one(request, store=store)
+        finally:
+            rr.close()
+    assert (out.label, out.reranked, out.error) == ("a", False, "InvalidAnswerError")
+    assert out.fallback_reason == "Gemini called answer without a label (its arguments: reason)"
