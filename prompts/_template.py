@@ -252,7 +252,11 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise TemplateLoadError(f"a template is a YAML mapping of fields, got {type(data).__name__}", p)
+        fields = "a template is a YAML mapping of fields (name: ..., version: ..., system: ...)"
+        if data is None:  # `vmem templates show mine > mine.yaml` empties the file before it is read
+            raise TemplateLoadError(f"the file is empty: {fields}", p)
+        what = {list: "a list", str: "text", int: "a number", float: "a number", bool: "true or false"}
+        raise TemplateLoadError(f"{fields}, not {what.get(type(data), type(data).__name__)}", p)
     try:
         template = PromptTemplate.model_validate(data)
     except ValidationError as exc:  # a key's name is the file's text: shown escaped (an unknown key is named)

@@ -84,7 +84,12 @@ def test_a_template_round_trips_through_yaml(tmp_path):
     (MINIMAL + "tools: [web_search]\n", "tools.0 (line 4): Input should be 'exemplars' or 'more_neighbors'"),
     ("name: mine\nversion: 0\nsystem: x\n", "version (line 2): Input should be greater than or equal to 1"),
     ("name: [unclosed\n", "not valid YAML"),
-    ("- a list\n", "a template is a YAML mapping"),
+    ("- a list\n", "a template is a YAML mapping of fields (name: ..., version: ..., system: ...), not a list"),
+    # `vmem templates show mine > mine.yaml`: the shell empties the file before it is read ("got NoneType")
+    ("", "the file is empty: a template is a YAML mapping of fields (name: ..., version: ..., system: ...)"),
+    ("# only a comment\n", "the file is empty"),
+    ("Classify the image.\n", "a template is a YAML mapping of fields (name: ..., version: ..., system: ...), "
+                             "not text"),
     ("name: other\nversion: 1\nsystem: x\n", "must match its file name 'mine'"),
     # a bare `$` would only fail when a request is built; `$$` is the literal dollar sign
     (MINIMAL + "answer: 'Costs $5 per answer'\n", "answer (line 4): has a `$` that starts no variable"),
