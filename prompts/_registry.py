@@ -21,6 +21,12 @@ TEMPLATES_DIR_ENV = "VMEM_TEMPLATES_DIR"
 DEFAULT_TEMPLATE = "neighbors-v1"
 
 
+def _template_files(directory: Path) -> list[Path]:
+    """The folder's `*.yaml` and `*.yml` files, hidden ones left out: no name starts with a dot, and an editor's lock
+    file beside the one being edited (Emacs' `.#mine.yaml`) had been listed as a broken template."""
+    return [p for p in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")) if not p.name.startswith(".")]
+
+
 @dataclass(frozen=True)
 class TemplateEntry:
     template: PromptTemplate
@@ -53,7 +59,7 @@ class TemplateRegistry:
         if self.user_dir is None or not self.user_dir.is_dir():
             return ()
         files = []
-        for path in sorted(self.user_dir.glob("*.yaml")) + sorted(self.user_dir.glob("*.yml")):
+        for path in _template_files(self.user_dir):
             with contextlib.suppress(OSError):  # gone between the listing and the stat
                 st = path.stat()
                 files.append((path.name, st.st_size, st.st_mtime_ns))
@@ -76,7 +82,7 @@ class TemplateRegistry:
                         "not a directory: none of your templates were loaded", directory)
                 continue
             files: dict[str, list[Path]] = {}
-            for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+            for path in _template_files(directory):
                 files.setdefault(path.stem, []).append(path)
             for stem, paths in sorted(files.items()):
                 if len(paths) > 1:  # which one is meant? Neither is used: the .yml had silently won

@@ -473,3 +473,15 @@ def test_vmem_serve_says_at_start_which_templates_it_cannot_offer(tmp_path, enco
     assert f"warning: template broken is not offered: {templates}/broken.yaml: invalid template:\n" \
            "  neighbour (line 4): unknown field (did you mean neighbor?)\n" in said, said
     assert "template mine" not in said, said
+
+
+def test_hidden_files_in_the_templates_folder_are_not_templates(tmp_path):
+    # An editor's lock file beside the template being edited (Emacs writes `.#mine.yaml`, a link to nothing) had
+    # been listed as a broken template, and warned of at a service's start. A name cannot start with a dot.
+    write(tmp_path, "mine", MINIMAL)
+    (tmp_path / ".#mine.yaml").symlink_to("me@host.1234:1700000000")
+    (tmp_path / ".mine.yaml").write_text(MINIMAL)  # a hidden copy
+    reg = TemplateRegistry(tmp_path)
+    assert "mine" in reg and reg.errors == {}
+    res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(tmp_path)})
+    assert res.exit_code == 0 and "broken" not in res.output, res.output
