@@ -114,27 +114,36 @@ def test_streams_persist_per_memory_and_name_and_reset(stored_memory):
 
 def test_a_reset_during_a_save_stays_reset(stored_memory, monkeypatch):
     # The save had its stream in hand and was writing when the reset deleted the file: the write put it back.
+    # The save is held mid-write until the reset waits for the stream's lock, which the save holds.
     import threading
-    import time
+
+    from tests._handshakes import Waits
 
     memory = stored_memory
     q, _ = queries(12)
     memory.classify_dmn(q, stream="r")
     path = memory.dmn.stream_path("r")
+    stream, waits = memory.dmn.stream("r"), Waits()
+    monkeypatch.setattr(stream, "lock", waits.watch(stream.lock))
     real_save = DynamicMemory.save
-    writing = threading.Event()
+    writing, go_on = threading.Event(), threading.Event()
 
-    def slow_save(self, where):
+    def held_save(self, where):
         writing.set()
-        time.sleep(0.3)
+        assert go_on.wait(30)
         real_save(self, where)
 
-    monkeypatch.setattr(DynamicMemory, "save", slow_save)
-    saver = threading.Thread(target=memory.dmn.save, args=("r",), kwargs={"force": True})
-    saver.start()
-    assert writing.wait(10)
-    assert memory.dmn.reset("r") is True
-    saver.join()
+    monkeypatch.setattr(DynamicMemory, "save", held_save)
+    saver = waits.start(memory.dmn.save, "r", force=True)
+    assert writing.wait(30)
+    reset: list[bool] = []
+    resetter = waits.start(lambda: reset.append(memory.dmn.reset("r")))
+    assert waits.blocked(resetter) is stream.lock  # the reset waits for the write to finish...
+    assert path.exists()  # ...before it deletes the file
+    go_on.set()
+    saver.join(30)
+    resetter.join(30)
+    assert reset == [True]
     assert not path.exists() and len(memory.dmn.stream("r")) == 0
 
 
