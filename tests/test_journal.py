@@ -120,25 +120,32 @@ def test_edits_racing_each_other_record_each_point_once(memory):
 
 
 def test_a_relabel_and_a_forget_of_one_point_are_journaled_in_the_order_they_were_made(memory, monkeypatch):
+    # The relabel is made and held before its entry is journaled, until the forget waits for the edit lock: the
+    # relabel's entry goes in under it, so the forget's comes after it.
     import threading
-    import time
+
+    from tests._handshakes import Waits
 
     journal, record = memory.store.journal, memory.store.journal.record
-    relabelled = threading.Event()
+    waits = Waits()
+    monkeypatch.setattr(memory, "_edit_lock", waits.watch(memory._edit_lock))
+    relabelled, go_on = threading.Event(), threading.Event()
 
-    def slow_to_journal_relabels(op, *args, **kw):  # the relabel is made, and its entry is on its way
+    def held_before_journaling_relabels(op, *args, **kw):  # the relabel is made, and its entry is on its way
         if op == "relabel":
             relabelled.set()
-            time.sleep(0.3)
+            assert go_on.wait(30)
         return record(op, *args, **kw)
 
-    monkeypatch.setattr(journal, "record", slow_to_journal_relabels)
+    monkeypatch.setattr(journal, "record", held_before_journaling_relabels)
     [point] = memory.store.ids_where(label="blue")[:1]
-    relabel = threading.Thread(target=memory.relabel, args=("navy",), kwargs={"ids": [point]})
-    relabel.start()
+    relabel = waits.start(memory.relabel, "navy", ids=[point])
     assert relabelled.wait(30)  # the relabel has been applied; now another client forgets the point
-    memory.forget(ids=[point])
-    relabel.join()
+    forget = waits.start(memory.forget, ids=[point])
+    assert waits.blocked(forget) is memory._edit_lock  # it waits for the relabel's entry
+    go_on.set()
+    relabel.join(30)
+    forget.join(30)
     assert [e.op for e in memory.history(point_id=point)] == ["forget", "relabel"]  # newest first
 
 
