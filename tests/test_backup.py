@@ -27,6 +27,7 @@ from retrieval import MemoryFullError, open_store
 from retrieval import files as retrieval_files
 from retrieval import store as retrieval_store
 from server import Settings, create_app
+from tests._handshakes import Waits
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
 from tests.conftest import random_unit_vectors
 from tests.test_copy import make_memory, points_of
@@ -73,30 +74,31 @@ def test_edits_wait_for_the_backup_and_searches_go_on(tmp_path, monkeypatch):
     copying, go_on = threading.Event(), threading.Event()
     copy = retrieval_store.copy_folder_sparse
 
-    def slow_copy(*args, **kwargs):
+    def held_copy(*args, **kwargs):
         copying.set()
         assert go_on.wait(30)
         return copy(*args, **kwargs)
 
-    monkeypatch.setattr(retrieval_store, "copy_folder_sparse", slow_copy)
+    monkeypatch.setattr(retrieval_store, "copy_folder_sparse", held_copy)
     with make_memory(tmp_path / "memory") as mem:
+        waits = Waits()
+        monkeypatch.setattr(mem, "_edit_lock", waits.watch(mem._edit_lock))
+        monkeypatch.setattr(mem.store, "_write_lock", waits.watch(mem.store._write_lock))
         searched = answers(mem)
         backup = threading.Thread(target=mem.backup, args=(tmp_path / "backup",))
         backup.start()
         assert copying.wait(30)
-        edits = [threading.Thread(target=mem.forget, kwargs={"label": "fox"}),
-                 threading.Thread(target=mem.store.add, args=(random_unit_vectors(3, 16, seed=4), ["emu"] * 3,
-                                                              ["/e/1.jpg", "/e/2.jpg", "/e/3.jpg"]))]
-        for edit in edits:
-            edit.start()
+        forget = waits.start(mem.forget, label="fox")
+        add = waits.start(mem.store.add, random_unit_vectors(3, 16, seed=4), ["emu"] * 3,
+                          ["/e/1.jpg", "/e/2.jpg", "/e/3.jpg"])
         assert answers(mem) == searched  # classify goes on during the copy
-        for edit in edits:
-            edit.join(0.5)
-            assert edit.is_alive()  # waiting for the copy
+        # Waiting for the copy: a forget (an edit of this process) for the edit lock, a store's write for its own
+        assert waits.blocked(forget) is mem._edit_lock
+        assert waits.blocked(add) is mem.store._write_lock
         go_on.set()
         backup.join(30)
-        for edit in edits:
-            edit.join(30)
+        forget.join(30)
+        add.join(30)
         assert mem.store.count() == 43
     with open_store(tmp_path / "backup") as copied:
         assert copied.count() == 60 and copied.count(label="fox") == 20 and copied.count(label="emu") == 0
