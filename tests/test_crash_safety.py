@@ -238,9 +238,18 @@ def test_a_memory_killed_with_its_workers_alive_can_be_opened_at_once(tmp_path, 
 
 
 _MAKE_AND_ADD = """
-import sys, time
+import sys
 import numpy as np
 from retrieval import FeaturizerSpec, MemoryError, Preprocessing, open_store
+from retrieval.store import EdgeMemoryStore
+if sys.argv[3:] == ["held"]:  # held with its shard made and its vmem.json not yet written, till the test says go on
+    save_meta = EdgeMemoryStore.save_meta
+    def held(self):
+        EdgeMemoryStore.save_meta = save_meta
+        print("creating", flush=True)
+        sys.stdin.readline()
+        save_meta(self)
+    EdgeMemoryStore.save_meta = held
 spec = FeaturizerSpec(name="t", dim=8, preprocessing=Preprocessing(resize=8, crop=8))
 try:
     store = open_store(sys.argv[1], spec)
@@ -249,7 +258,6 @@ except MemoryError as exc:
     sys.exit(0)
 v = np.random.default_rng(int(sys.argv[2])).standard_normal((5, 8)).astype(np.float32)
 store.add(v, ["a"] * 5, [f"/p{sys.argv[2]}/{i}.jpg" for i in range(5)])
-time.sleep(0.5)
 store.close()
 print("added")
 """
@@ -257,16 +265,22 @@ print("added")
 
 def test_two_processes_making_one_new_memory_at_once_lose_nothing(tmp_path):
     # Each took the other's half-made shard for a crashed creation's leftovers and removed it: both failed
-    # with engine IO errors, and reopening found no memory at all.
-    for trial in range(3):
-        memory = tmp_path / f"m{trial}"
-        procs = [subprocess.Popen([sys.executable, "-c", _MAKE_AND_ADD, str(memory), str(i)], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-        outs = [p.communicate(timeout=120) for p in procs]
-        said = [out.strip().splitlines()[-1] if out.strip() else err for out, err in outs]
-        assert all(s == "added" or "open in another process" in s for s in said), said
-        with open_store(memory) as store:
-            assert store.count() == 5 * said.count("added")
+    # with engine IO errors, and reopening found no memory at all. The first is held halfway through making it
+    # while the second opens it.
+    memory = tmp_path / "memory"
+    first = subprocess.Popen([sys.executable, "-c", _MAKE_AND_ADD, str(memory), "0", "held"], cwd=REPO,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if held := first.stdout.readline() == "creating\n":
+            second = subprocess.run([sys.executable, "-c", _MAKE_AND_ADD, str(memory), "1"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=120)
+    finally:
+        out, err = first.communicate("go on\n", timeout=120)
+    assert held and out.splitlines()[-1:] == ["added"], err
+    said = second.stdout.strip().splitlines()[-1:] or [second.stderr]
+    assert said[0].startswith("refused:") and "open in another process" in said[0], said
+    with open_store(memory) as store:
+        assert store.count() == 5
 
 
 def killed_mid_write(target: Path) -> Path:
