@@ -223,18 +223,32 @@ def test_an_answer_cut_off_is_no_answer_and_is_not_cached(fake, make_rr, images,
 
 
 def test_a_query_stops_retrying_once_other_failures_open_the_circuit(fake, make_rr, images):
+    # Its first attempt failed and it found the circuit closed, so it waits to retry; other queries' failures open
+    # the circuit meanwhile. Held where it looked until the test has opened it (not raced against the retry delay).
     import threading
 
-    fake.enqueue(*[fake.status(503, retry_delay="3s")] * 4)
+    from reranker import CircuitBreaker
+
+    class OpenedWhileTheQueryWaits(CircuitBreaker):
+        looked, opened = threading.Event(), threading.Event()
+
+        @property
+        def state(self):
+            seen = super().state
+            if fake.count == 1 and not self.looked.is_set():  # its first attempt failed: does it retry?
+                self.looked.set()
+                assert self.opened.wait(30)
+            return seen
+
+    fake.enqueue(*[fake.status(503, retry_delay="1s")] * 4)
     rr = make_rr(max_attempts=4, deadline_s=20.0, breaker_failures=1)
+    rr.breaker = breaker = OpenedWhileTheQueryWaits(rr.settings.breaker_failures, rr.settings.breaker_cooldown_s)
     done: list = []
     asking = threading.Thread(target=lambda: done.append(rr.rerank_one(request(images))))
     asking.start()
-    for _ in range(400):
-        if fake.count:
-            break
-        time.sleep(0.01)
-    rr.breaker.failure(rr.breaker.acquire(), "another query's failures")  # the circuit opens meanwhile
+    assert breaker.looked.wait(30) and breaker.state == "closed"  # it will retry, after the server's delay
+    breaker.failure(breaker.acquire(), "another query's failures")  # the circuit opens meanwhile
+    breaker.opened.set()
     asking.join(30)
     assert not done[0].reranked and fake.count == 1  # no second attempt into an open circuit
 
