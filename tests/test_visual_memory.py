@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from retrieval import VoteRule, open_store
+from retrieval import IndexSettings, VoteRule, open_store
 from tests.conftest import make_image, make_scene, reencoded
 from vmem import COPY_SIMILARITY, VisualMemory, upload_source
 
@@ -358,8 +358,8 @@ def test_vote_settings_precedence_explicit_then_memory_then_defaults(memory):
     assert res.vote.origin == "memory" and len(res.neighbors) == 5
     assert memory.reset_vote_settings() == {"rule": "softmax", "k": 5, "tau": 0.1, "soft_pruning": True}
     assert memory.vote_settings().origin == "default" and memory.reset_vote_settings() is None
-    assert memory.set_search_settings(hnsw_ef=256) == {"hnsw_ef": memory.store.meta.index.model_fields["hnsw_ef"]
-                                                       .default} and memory.store.meta.index.hnsw_ef == 256
+    assert memory.set_search_settings(hnsw_ef=256) == {"hnsw_ef": IndexSettings.model_fields["hnsw_ef"].default}
+    assert memory.store.meta.index.hnsw_ef == 256
     # Checked as every vote and build checks them: stored unchecked, hnsw_ef=4 had made vmem.json unreadable, and
     # k=0 failed every classify after.
     for bad in ({"rule": "softmax", "k": 0}, {"rule": "bogus", "k": 5}, {"k": 5}):
