@@ -15,6 +15,7 @@ from fake_gemini import FakeGemini
 from fastapi.testclient import TestClient
 
 from server import Settings
+from tests._listeners import HeadersListener  # test_server_version imports it from here too
 from tests._reliability_fixtures import noise_png, tiny_app, tiny_memory
 
 API_KEY = "vmem-SECRET-apikey-7f3a9c1e5b"
@@ -127,52 +128,6 @@ def test_verbose_cli_logs_no_credentials_of_the_gemini_endpoint(lite0, fake, tmp
 
 
 QDRANT_KEY = "qdrant-SECRET-cloudkey-5e8d2a"
-
-
-class HeadersListener:
-    """A loopback TCP port that reads each connection's first HTTP request head, keeps it, and closes the
-    connection without answering: it shows what a client sends, and is no Qdrant server."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.heads: list[str] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set() and len(self.heads) < 50:
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    try:
-                        chunk = conn.recv(4096)
-                    except OSError:  # reset or silent: what it sent so far is all there is
-                        break
-                    if not chunk:
-                        break
-                    head += chunk
-                if head:  # a connection closed before it sent a byte is no request
-                    self.heads.append(head.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
-
-    def api_keys(self) -> set[str]:
-        return {line.split(":", 1)[1].strip() for head in self.heads for line in head.split("\r\n")[1:]
-                if line.lower().startswith("api-key:")}
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
 
 
 @pytest.mark.parametrize("command", [["info"], ["serve", "--no-auth", "--port", "0"]])
