@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,35 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
     store.meta.settings["source_roots"] = [os.path.commonpath([str(p.parent) for p in images.paths])]
     store.save_meta()
     return VisualMemory(store, featurizer, reranker=reranker)
+
+
+@contextmanager
+def services(featurizer, images: MemoryImages) -> Iterator[Callable[..., Any]]:
+    """open(location, filled=True, **settings) -> a TestClient, started, over a memory at `location` holding `images`
+    (filled=False: an empty one), served with `settings` (api_key API_KEY unless given). Every client is stopped
+    at the end, and its memory closed after it: a test file's `serve` fixture, around its own choice of location."""
+    from fastapi.testclient import TestClient
+
+    from retrieval import open_store
+    from server import Settings, create_app
+    from vmem import VisualMemory
+
+    opened = []
+
+    def open_service(location: str, filled: bool = True, **settings: Any) -> TestClient:
+        mem = fill_memory(location, featurizer, images) if filled else VisualMemory(
+            open_store(location, featurizer.spec), featurizer, reranker=None)
+        client = TestClient(create_app(Settings(**{"memory": location, "api_key": API_KEY, **settings}), memory=mem))
+        client.__enter__()
+        opened.append((client, mem))
+        return client
+
+    try:
+        yield open_service
+    finally:
+        for client, mem in opened:
+            client.__exit__(None, None, None)
+            mem.close()
 
 
 @contextmanager

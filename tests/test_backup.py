@@ -20,15 +20,13 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from retrieval import MemoryFullError, open_store
 from retrieval import files as retrieval_files
 from retrieval import store as retrieval_store
-from server import Settings, create_app
 from tests._handshakes import Waits
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, services, texture
 from tests.conftest import random_unit_vectors
 from tests.test_copy import make_memory, points_of
 from vmem import VisualMemory
@@ -307,21 +305,10 @@ def memory_images(tmp_path_factory, lite0):
 
 
 @pytest.fixture
-def serve(tmp_path, lite0, memory_images):
+def serve(lite0, memory_images):
     """serve(location, **settings) -> a TestClient over a fresh memory of 12 points there."""
-    opened = []
-
-    def make(location: str, **overrides) -> TestClient:
-        mem = fill_memory(location, lite0, memory_images)
-        service = create_app(Settings(**{"memory": location, "api_key": API_KEY, **overrides}), memory=mem)
-        client = TestClient(service).__enter__()
-        opened.append((client, mem))
-        return client
-
-    yield make
-    for client, mem in opened:
-        client.__exit__(None, None, None)
-        mem.close()
+    with services(lite0, memory_images) as open_service:
+        yield lambda location, **settings: open_service(location, **settings)
 
 
 def test_a_backup_over_http_is_written_under_the_servers_backup_folder(tmp_path, serve, memory_images):

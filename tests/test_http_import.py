@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import itertools
 import json
 import pickle
 import tempfile
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from server import Settings, create_app
-from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, make_memory_images, services, texture
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 
@@ -47,23 +46,10 @@ def tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def serve(tmp_path, lite0, memory_images):
     """serve(filled=True, **settings) -> a TestClient over a memory of the 12 test images (or an empty one)."""
-    opened = []
-
-    def make(filled: bool = True, **overrides) -> TestClient:
-        location = str(tmp_path / f"memory{len(opened)}")
-        mem = fill_memory(location, lite0, memory_images) if filled else VisualMemory(
-            open_store(location, lite0.spec), lite0, reranker=None)
-        settings = Settings(**{"memory": location, "api_key": API_KEY, "thumbnail_dir": tmp_path / "thumbs",
-                               **overrides})
-        client = TestClient(create_app(settings, memory=mem))
-        client.__enter__()
-        opened.append((client, mem))
-        return client
-
-    yield make
-    for client, mem in opened:
-        client.__exit__(None, None, None)
-        mem.close()
+    made = itertools.count()
+    with services(lite0, memory_images) as open_service:
+        yield lambda filled=True, **settings: open_service(
+            str(tmp_path / f"memory{next(made)}"), filled, **{"thumbnail_dir": tmp_path / "thumbs", **settings})
 
 
 def npz(**arrays) -> bytes:

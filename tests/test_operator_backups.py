@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from retrieval import open_store
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from tests._server_fixtures import API_KEY, make_memory_images, services
 from vmem import VisualMemory
 
 AUTH = {"X-API-Key": API_KEY}
@@ -27,19 +27,8 @@ def memory_images(tmp_path_factory, lite0):
 @pytest.fixture
 def serve(tmp_path, lite0, memory_images):
     """serve(**settings) -> a TestClient over a fresh embedded memory of 12 points."""
-    opened = []
-
-    def make(**overrides) -> TestClient:
-        mem = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
-        client = TestClient(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY, **overrides),
-                                       memory=mem)).__enter__()
-        opened.append((client, mem))
-        return client
-
-    yield make
-    for client, mem in opened:
-        client.__exit__(None, None, None)
-        mem.close()
+    with services(lite0, memory_images) as open_service:
+        yield lambda **settings: open_service(str(tmp_path / "memory"), **settings)
 
 
 def sample(client: TestClient, series: str) -> float:
