@@ -77,6 +77,15 @@ def fill_memory(location: str, featurizer, images: MemoryImages, reranker=None):
     return VisualMemory(store, featurizer, reranker=reranker)
 
 
+def sample(client, series: str) -> float:
+    """One sample of the client's service's /metrics by its name and labels as written there, e.g.
+    `vmem_backups_total{result="ok"}`; AssertionError where it has none."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {series} in /metrics")
+
+
 @contextmanager
 def services(featurizer, images: MemoryImages) -> Iterator[Callable[..., Any]]:
     """open(location, filled=True, **settings) -> a TestClient, started, over a memory at `location` holding `images`

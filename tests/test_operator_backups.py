@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from retrieval import open_store
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, make_memory_images, services
+from tests._server_fixtures import API_KEY, make_memory_images, sample, services
 from vmem import VisualMemory
 
 AUTH = {"X-API-Key": API_KEY}
@@ -29,14 +29,6 @@ def serve(tmp_path, lite0, memory_images):
     """serve(**settings) -> a TestClient over a fresh embedded memory of 12 points."""
     with services(lite0, memory_images) as open_service:
         yield lambda **settings: open_service(str(tmp_path / "memory"), **settings)
-
-
-def sample(client: TestClient, series: str) -> float:
-    """One sample of /metrics by its name and labels as written there, e.g. `vmem_backups_total{result="ok"}`."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {series} in /metrics")
 
 
 def test_backups_are_counted_by_result_and_the_last_one_made_is_timed(tmp_path, serve, monkeypatch):

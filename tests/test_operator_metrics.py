@@ -11,7 +11,7 @@ from qdrant_client import QdrantClient
 
 from retrieval.store import ServerClient
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, sample
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,6 @@ def dead_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def sample(client: TestClient, series: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {series} in /metrics")
 
 
 def test_vmem_ready_says_what_readyz_says_when_the_memory_s_folder_goes(tmp_path, lite0, memory_images):
