@@ -191,6 +191,13 @@ class ClassifyQuery(BaseModel):
                     "suggestion, for a person to check (`vmem eval` gives the threshold for a target accuracy)")
 
 
+class NoOptions(BaseModel):
+    """The query of an edit that takes no options: one sent is refused, not ignored (forget-like and import take
+    `dry_run`, and an add or a relabel sent `?dry_run=true` had been made for real)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ForgetQuery(BaseModel):
     """Which points to forget: exactly one of `ids`, `label` or `source_prefix`."""
 

@@ -882,6 +882,25 @@ def test_405_says_which_methods_the_path_takes(client):
         assert resp.headers["allow"] == allow, (method, path)
 
 
+
+@SHARED
+@pytest.mark.parametrize(("method", "path", "kwargs"), [
+    ("POST", "/v1/memory", {"files": {"images": ("a.png", texture((1, 1, 1), 1))}, "data": {"label": "x"}}),
+    ("POST", "/v1/memory/relabel", {"json": {"to": "crimson", "label": "red"}}),
+    ("PATCH", "/v1/memory/points/{id}", {"json": {"label": "crimson"}}),
+    ("PUT", "/v1/memory/label-names", {"json": {"names": {"red": "Red"}}}),
+    ("POST", "/v1/memory/erase", {}),
+])
+def test_an_edit_given_an_option_it_does_not_take_is_refused_not_made(client, method, path, kwargs):
+    # forget-like and import take `dry_run`, so a client may well try it on an add or a relabel: ignored, the edit
+    # had been made for real
+    point = client.get("/v1/memory/points?limit=1").json()["points"][0]["id"]
+    resp = client.request(method, path.format(id=point) + "?dry_run=true", headers=AUTH, **kwargs)
+    body = assert_problem(resp, 422, "invalid-parameters", "query.dry_run")
+    assert body["errors"][0]["loc"] == ["query", "dry_run"]
+    stats = client.get("/v1/memory/stats").json()
+    assert stats["points"] == 12 and "crimson" not in stats["per_label"] and "red" not in stats["label_names"]
+
 # ------------------------------------------------------------------ editing the memory
 
 

@@ -53,6 +53,7 @@ from ..schemas import (
     IndexUpkeepOut,
     LabelNamesIn,
     LabelNamesOut,
+    NoOptions,
     OtherLabelOut,
     PointLabelIn,
     PointOut,
@@ -78,6 +79,8 @@ from ..service import (
 from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, require_media_type, too_many_images
 from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
+NoOptionsDep = Annotated[NoOptions, Query()]
+
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 PointId = Annotated[uuid.UUID, Path(description="the point's id, as listed in a classification's neighbours")]
@@ -98,7 +101,8 @@ TOO_MANY = "add fewer images per request, splitting them across several requests
     responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
     openapi_extra=image_body("AddJSON", "images", many=True, text_fields=_LABEL_FIELD),
 )
-async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: ApiKeyDep) -> AddOut:
+async def add(request: Request, service: ServiceDep, settings: SettingsDep, _: ApiKeyDep,
+              _options: NoOptionsDep) -> AddOut:
     """Add one or many labelled images; a new label is simply new points. Requires the API key.
 
     Multipart: files in repeated `images` fields and a `label` field per image (or one for all).
@@ -309,7 +313,7 @@ async def _forget_like(service: ClassifierService, q: ForgetLikeQuery, upload: U
     response_model=EraseOut,
     responses=problem_responses(401, 403, 422, 503, 507),
 )
-async def erase(service: ServiceDep, _: ApiKeyDep) -> EraseOut:
+async def erase(service: ServiceDep, _: ApiKeyDep, _options: NoOptionsDep) -> EraseOut:
     """Rewrite the embedded memory's files without the vectors of every point forgotten so far: those forgotten
     without `erase` (the page's Forget), or whose erase failed. Other requests wait for it: the engine holds
     Python's lock while it rewrites (README, "Forgetting"). A memory on a Qdrant
@@ -424,7 +428,7 @@ async def _backup(q: BackupQuery, service: ClassifierService) -> BackupOut:
     responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
     openapi_extra=json_body("RelabelIn"),
 )
-async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> RelabelOut:
+async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep, _options: NoOptionsDep) -> RelabelOut:
     """Give points another label, embedding nothing again: correct mislabelled images (`ids`), rename or merge a
     class (`label`), or relabel a folder (`source_prefix`). Their pruning marks go; each keeps the label it held
     before (`relabelled_from`). From then on no answer (cached or not) votes with the old label. Requires the
@@ -457,7 +461,8 @@ async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep) -> Relabe
     responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503, 507),
     openapi_extra=json_body("PointLabelIn"),
 )
-async def relabel_point(point_id: PointId, request: Request, service: ServiceDep, _: ApiKeyDep) -> PointOut:
+async def relabel_point(point_id: PointId, request: Request, service: ServiceDep, _: ApiKeyDep,
+                        _options: NoOptionsDep) -> PointOut:
     """Give one point another label (a mislabelled image corrected), embedding nothing again; answers the
     point as stored afterwards. Requires the API key."""
     body = await read_json(request, PointLabelIn)
@@ -504,7 +509,8 @@ async def stats(service: ServiceDep) -> StatsOut:
 @router.put("/label-names", summary="Name labels", response_model=LabelNamesOut,
             responses=problem_responses(400, 401, 403, 413, 415, 422, 503, 507),
             openapi_extra=json_body("LabelNamesIn"))
-async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep) -> LabelNamesOut:
+async def set_label_names(request: Request, service: ServiceDep, _: ApiKeyDep,
+                          _options: NoOptionsDep) -> LabelNamesOut:
     """Give labels the names answers (`label_name`), the page and the re-ranker show (WordNet ids say nothing
     to a person or to Gemini). Merged with the stored names unless `replace`. Requires the API key."""
     body = await read_json(request, LabelNamesIn)
