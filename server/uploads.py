@@ -59,6 +59,19 @@ def too_many_images(limit: int, advice: str, sent: int | None = None) -> Problem
                         "too-many-images", "Too many images")
 
 
+def bad_multipart(reason: str, field: str) -> ProblemError:
+    """400 `bad-multipart`: a multipart/form-data body that does not parse, with what to do about it."""
+    if "boundary" in reason.lower():
+        # The usual cause: a client that sets `Content-Type: multipart/form-data` itself, which drops the boundary
+        # its HTTP library would have written (requests' and httpx' `files=` write the header whole).
+        advice = ("the Content-Type names no boundary (multipart/form-data; boundary=...): let the HTTP client "
+                  "write that header for a multipart upload rather than setting it by hand")
+    else:
+        advice = f"send the image as a file part named {field!r} (curl -F {field}=@photo.jpg)"
+    return ProblemError(400, f"the multipart/form-data body does not parse ({reason.rstrip('.')}): {advice}",
+                        "bad-multipart", "Malformed multipart body")
+
+
 async def read_files(request: Request, field: str, max_files: int, *, too_many: str,
                      text_fields: Collection[str] = (), other_fields: str = OPTIONS_IN_QUERY,
                      ) -> tuple[list[tuple[bytes, str | None]], dict[str, list[str]]]:
@@ -75,7 +88,9 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
         # Starlette's parser refuses the file past `max_files` with a 400 naming no status of ours.
         if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
             raise too_many_images(max_files, too_many) from None
-        raise  # a malformed body (Starlette's 400, as a problem)
+        if exc.status_code == 400:  # a body that is no multipart form: about:blank and Starlette's words had said so
+            raise bad_multipart(str(exc.detail), field) from None
+        raise
     try:
         files: list[tuple[bytes, str | None]] = []
         fields: dict[str, list[str]] = {}

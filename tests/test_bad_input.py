@@ -120,6 +120,31 @@ def test_bad_requests_are_clear_4xx_problems(client, case):
         assert says in resp.json()["detail"], resp.json()["detail"]
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/classify/batch", "/v1/memory"])
+def test_a_multipart_body_that_does_not_parse_is_a_bad_multipart_problem_saying_what_to_do(client, endpoint):
+    # The usual slip: `Content-Type: multipart/form-data` set by hand, beside a body the library encoded with a
+    # boundary of its own. It had been an about:blank 400, "Missing boundary in multipart."
+    field = "image" if endpoint == "/v1/classify" else "images"
+    def part(name: str, value: bytes, file: str = "") -> bytes:
+        return (f'--b0undary\r\nContent-Disposition: form-data; name="{name}"{file}\r\n\r\n'.encode() + value
+                + b"\r\n")
+
+    label = part("label", b"multipart") if endpoint == "/v1/memory" else b""
+    body = label + part(field, noise_png(10_001), '; filename="q.png"') + b"--b0undary--\r\n"
+    with_boundary = client.post(endpoint, content=body,
+                                headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    assert with_boundary.status_code in (200, 201), with_boundary.text
+    by_hand = client.post(endpoint, content=body, headers={"content-type": "multipart/form-data"})
+    assert by_hand.status_code == 400 and by_hand.headers["content-type"] == PROBLEM
+    problem = by_hand.json()
+    assert problem["type"] == "urn:vmem:problem:bad-multipart"
+    assert "no boundary" in problem["detail"] and "rather than setting it by hand" in problem["detail"]
+    nameless = client.post(endpoint, content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n",
+                           headers={"content-type": "multipart/form-data; boundary=b"})
+    assert nameless.status_code == 400 and nameless.json()["type"] == "urn:vmem:problem:bad-multipart"
+    assert f"send the image as a file part named '{field}'" in nameless.json()["detail"]
+
+
 # ------------------------------------------------------------------ odd but valid images: answered
 
 def _exif_rotated() -> bytes:
