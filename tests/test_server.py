@@ -884,6 +884,20 @@ def test_405_says_which_methods_the_path_takes(client):
 
 
 @SHARED
+def test_a_key_sent_as_a_bearer_token_is_refused_saying_where_it_goes(client):
+    # openapi-python-client's AuthenticatedClient sends `Authorization: Bearer KEY` unless told otherwise
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    body = assert_problem(client.delete("/v1/memory?label=red", headers=bearer), 401, "missing-api-key")
+    assert "Authorization header, which is not read here: send X-API-Key: KEY" in body["detail"]
+    assert API_KEY not in body["detail"]
+    rerank = client.post("/v1/classify?rerank=true", headers=bearer, files=upload(texture(COLORS["red"], 1)))
+    assert "not Authorization: Bearer KEY" in assert_problem(rerank, 401, "missing-api-key")["detail"]
+    plain = assert_problem(client.delete("/v1/memory?label=red"), 401, "missing-api-key")  # no header: as before
+    assert plain["detail"] == "this endpoint edits the memory: send the API key in the X-API-Key header"
+    assert client.get("/v1/memory/stats").json()["points"] == 12
+
+
+@SHARED
 @pytest.mark.parametrize(("method", "path", "kwargs"), [
     ("POST", "/v1/memory", {"files": {"images": ("a.png", texture((1, 1, 1), 1))}, "data": {"label": "x"}}),
     ("POST", "/v1/memory/relabel", {"json": {"to": "crimson", "label": "red"}}),
