@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -44,8 +45,22 @@ def _decode_base64(value: object) -> bytes:
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("not valid base64") from None
+        raise ValueError(f"not valid base64{_why_not_base64(value)}") from None
     return data  # empty bytes fail as that image's own decode error ("the image is empty"), not the request's
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_SAFE_BASE64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def _why_not_base64(text: str) -> str:
+    """What a client most likely sent instead of base64, where it is plain (else nothing): the two that read as
+    base64 at a glance, yet do not decode."""
+    if _URL.match(text):  # an image's address: the service reaches out to nothing
+        return ": it is a URL, and the service fetches none: send the image's bytes as base64 (or a data: URL)"
+    if _URL_SAFE_BASE64.fullmatch("".join(text.split())) and any(c in text for c in "-_"):
+        return ": it is in the URL-safe alphabet (- and _): send standard base64 (+ and /, RFC 4648 section 4)"
+    return ""
 
 
 _BASE64_SCHEMA = WithJsonSchema({"type": "string", "contentEncoding": "base64",

@@ -765,6 +765,9 @@ def test_an_image_that_does_not_decode_is_a_400(client, data, says):
 @SHARED
 @pytest.mark.parametrize(("body", "says"), [
     ({"image": "%%%not base64%%%"}, "not valid base64"),
+    # what a client sends that reads as base64 at a glance: each says what to send instead
+    ({"image": "https://example.com/cat.jpg"}, "it is a URL, and the service fetches none: send the image's bytes"),
+    ({"image": base64.urlsafe_b64encode(b"\xfb\xff" * 30).decode()}, "URL-safe alphabet (- and _): send standard"),
     ({"img": "AAAA"}, "body.image"),
     ({"image": "data:image/png,raw"}, "base64-encoded"),
 ])
