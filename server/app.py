@@ -66,6 +66,12 @@ def open_memory(settings: Settings) -> VisualMemory:
         raise NoMemoryError(exc.fact) from None
 
 
+# The answers' headers a page of another origin may read: by default a browser shows it none past the CORS-safelisted
+# few, so such a page could not read when to ask the label audit again (its 202's Retry-After), nor a 503's, nor how
+# many points an export holds (X-Vmem-Points) or its file's name, all of which docs/service.md has a client read.
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "X-Vmem-Points", "Content-Disposition"]
+
+
 def create_app(settings: Settings | None = None, memory: VisualMemory | None = None,
                auditor: Auditor | None = None) -> FastAPI:
     """Build the service.
@@ -131,7 +137,7 @@ def create_app(settings: Settings | None = None, memory: VisualMemory | None = N
     if settings.cors_origins:  # closed unless origins are named
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                           allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"], expose_headers=["X-Request-ID"])
+                           allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"], expose_headers=EXPOSED_HEADERS)
     if settings.allowed_hosts:  # a Host not named is a 400 before anything else runs
         app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

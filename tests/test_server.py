@@ -2075,6 +2075,18 @@ def test_cors_is_closed_unless_origins_are_named(make_client):
     assert "x-request-id" in resp.headers["access-control-expose-headers"].lower()
 
 
+def test_a_page_of_a_named_origin_may_read_the_headers_the_api_documents(make_client):
+    # A browser hides every answer header from another origin's page but a safelisted few unless the service
+    # exposes it: the page could not read when to ask the label audit again, nor how many points an export holds.
+    client = make_client(cors_origins=["http://ui.example"])
+    page = {"Origin": "http://ui.example"}
+    export = client.get("/v1/memory/export", headers={**page, **AUTH})
+    assert export.status_code == 200 and int(export.headers["x-vmem-points"]) == 12
+    for resp in (export, client.get("/v1/memory/stats", headers=page)):  # the audit's 202 and a 503: Retry-After
+        exposed = {h.strip().lower() for h in resp.headers["access-control-expose-headers"].split(",")}
+        assert {"retry-after", "x-vmem-points", "content-disposition", "x-request-id"} <= exposed
+
+
 @SHARED
 def test_openapi_describes_every_field(client):
     spec = client.get("/openapi.json").json()
