@@ -556,8 +556,10 @@ class ForgetOut(Answer):
                                             "(asked for, and something was forgotten)")
     note: str | None = Field(default=None,
                              description="nothing forgotten by label: why (no such label, or a name given "
-                                               "for one), as `vmem forget` says it; or, with `erase`, why the "
-                                               "forgotten vectors are still in the files")
+                                               "for one), as `vmem forget` says it; by ids: how many named no "
+                                               "point (forgotten before, as by a retried forget, or never in the "
+                                               "memory); or, with `erase`, why the forgotten vectors are still in "
+                                               "the files")
 
 
 class SimilarPointOut(Answer):

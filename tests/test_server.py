@@ -1444,6 +1444,15 @@ def test_forget_several_points_by_id_in_one_request(client):
                          headers=AUTH)
     assert gone.status_code == 200, gone.text
     assert (gone.json()["deleted"], gone.json()["points"]) == (3, 9)  # the id not in the memory is not counted
+    assert gone.json()["note"].startswith("1 of the 4 ids named no point in the memory: forgotten before")
+    # The same forget sent again (its answer lost on the way): nothing goes, and the answer says why
+    again = client.delete("/v1/memory", params={"ids": ids}, headers=AUTH).json()
+    assert (again["deleted"], again["note"]) == (0, "3 of the 3 ids named no point in the memory: forgotten before, "
+                                                    "or never in it (GET /v1/memory/history?point_id=ID says when one "
+                                                    "was forgotten)")
+    assert client.delete("/v1/memory", params={"ids": ids[:1]}, headers=AUTH).json()["note"].startswith(
+        "the id named no point")
+    assert client.get("/v1/memory/history", params={"point_id": ids[0]}).json()["entries"][0]["op"] == "forget"
     assert all(client.get(f"/v1/memory/points/{i}").status_code == 404 for i in ids)
     assert_problem(client.delete("/v1/memory", params={"ids": ["not-an-id"]}, headers=AUTH), 422,
                    "invalid-parameters")

@@ -230,6 +230,13 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         return await _forgotten_not_erased(exc, service)
     note = await service.run(service.memory.unknown_labels_message, [q.label], LISTED_BY) \
         if n == 0 and q.label is not None else None
+    if q.ids is not None and n < (named := len({str(uuid.UUID(i)) for i in q.ids})):
+        # A client retrying a forget (its first answer lost) reads that those went before, not an unexplained count
+        missing = named - n
+        note = (f"{missing:,} of the {named:,} ids named no point in the memory: forgotten before, or never in it "
+                f"(GET /v1/memory/history?point_id=ID says when one was forgotten)" if named > 1 else
+                "the id named no point in the memory: forgotten before, or never in it "
+                "(GET /v1/memory/history?point_id=ID says when it was forgotten)")
     return ForgetOut(deleted=n, points=await run_in_threadpool(service.memory.store.count), erased=q.erase and n > 0,
                      note=note)
 
