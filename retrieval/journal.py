@@ -198,11 +198,12 @@ class JournalQuery:
     label: str | None = None  # the edits that touched this label
     since: str | None = None  # ISO 8601 in UTC, as entries' `at`: at or after it
     by: str | None = None  # the edits made with the API key of this name
+    until: str | None = None  # ISO 8601 in UTC, as entries' `at`: at or before it (a history read a page at a time)
 
     def matches(self, e: JournalEntry) -> bool:
         return ((self.op is None or e.op == self.op) and (self.point_id is None or e.cites(self.point_id))
                 and (self.label is None or e.touches(self.label)) and (self.since is None or e.at >= self.since)
-                and (self.by is None or e.by == self.by))
+                and (self.until is None or e.at <= self.until) and (self.by is None or e.by == self.by))
 
     def may_match(self, line: str) -> bool:
         """False for an entry's JSON line that cannot match: its op, the point id, the label or `by` is not in it.
@@ -218,7 +219,7 @@ class JournalQuery:
 
     @property
     def selective(self) -> bool:
-        """Whether an entry must be parsed to know (beyond `since`) that it matches."""
+        """Whether an entry must be parsed to know (beyond `since` and `until`) that it matches."""
         return self.op is not None or self.point_id is not None or self.label is not None or self.by is not None
 
 
@@ -632,7 +633,8 @@ class FileJournal(Journal):
         for number, line in enumerate(self._whole_lines()):
             if line.startswith(_AT_OPENING) and (end := line.find('"', len(_AT_OPENING))) > 0:
                 at = line[len(_AT_OPENING) : end]
-                if (query.since is not None and at < query.since) or not query.may_match(line):
+                if ((query.since is not None and at < query.since) or (query.until is not None and at > query.until)
+                        or not query.may_match(line)):
                     continue
                 if query.selective and not ((entry := _parsed(line)) is not None and query.matches(entry)):
                     continue
@@ -1066,8 +1068,8 @@ class CollectionJournal(Journal):
 
         must = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
                 for key, value in (("op", query.op), ("ids", query.point_id), ("by", query.by)) if value is not None]
-        if query.since is not None:
-            must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=query.since)))
+        if query.since is not None or query.until is not None:
+            must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=query.since, lte=query.until)))
         try:
             self._index_time()
             matched = self.client.count(self.collection, count_filter=qm.Filter(must=must), exact=True).count

@@ -333,6 +333,30 @@ def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
     mem.close()
 
 
+def test_http_pages_through_a_history_longer_than_its_limit_with_until(memory, tmp_path):
+    # `limit` is at most 1,000 and the history is newest first: an audit of every forget since the memory began had
+    # no way past the newest 1,000 edits (`earlier` counted them, and nothing reached them).
+    settings = Settings(memory=memory.store.location, api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(create_app(settings, memory=memory)) as client:
+        for i in range(7):
+            memory.set_label_names({"red": f"red {i}"})
+        whole = client.get("/v1/memory/history", params={"limit": 1000}).json()["entries"]
+        assert [e["op"] for e in whole] == ["name"] * 7
+        pages, seen, until = [], [], None
+        while True:
+            page = client.get("/v1/memory/history", params={"limit": 3, **({"until": until} if until else {})}).json()
+            new = [e for e in page["entries"] if e not in seen]
+            seen += new
+            pages.append(len(new))
+            if not page["earlier"]:
+                break
+            until = page["entries"][-1]["at"]
+        assert seen == whole and pages == [3, 2, 2]  # each page after the first repeats the entry it starts at
+        assert client.get("/v1/memory/history", params={"until": "2000-01-01"}).json() == {"entries": [],
+                                                                                            "earlier": 0}
+        assert client.get("/v1/memory/history", params={"until": "later"}).status_code == 422
+
+
 def test_journal_entries_round_trip_as_json_lines():
     entry = JournalEntry(at="2026-12-05T00:00:00+00:00", op="relabel", points=1, ids=["a"], to="b")
     assert JournalEntry.model_validate(json.loads(entry.model_dump_json())) == entry

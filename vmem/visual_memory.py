@@ -1533,7 +1533,7 @@ class VisualMemory:
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None,
-                by: str | None = None) -> list[JournalEntry]:
+                by: str | None = None, until: str | None = None) -> list[JournalEntry]:
         """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune, tune and copy made
         through vmem, when, by which process, and (forget, relabel) the ids of the points changed.
 
@@ -1541,17 +1541,20 @@ class VisualMemory:
         relabelled that point. Whether it is in the memory now, and since when, is `point(id)`. `label`: only
         the edits that touched the label's points (added, forgot, relabelled from or to it, named it).
         `since`: only edits at or after this ISO 8601 time or date (UTC when it names no zone). `by`: only the
-        edits made over HTTP with the API key of this name (`default`: VMEM_API_KEY's).
+        edits made over HTTP with the API key of this name (`default`: VMEM_API_KEY's). `until`: only edits at or
+        before this time: past the newest `limit`, the next page is `until` the oldest `at` shown, less the entries
+        shown (an edit of several entries shares its time).
 
         Example:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
             >>> mem.history(by="alice", limit=20)   # what the key named alice changed lately
         """
-        return self.history_page(point_id, source, op, limit, label, since, by)[0]
+        return self.history_page(point_id, source, op, limit, label, since, by, until)[0]
 
     def history_page(self, point_id: str | None = None, source: str | Path | None = None,
                      op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                     since: str | None = None, by: str | None = None) -> tuple[list[JournalEntry], int]:
+                     since: str | None = None, by: str | None = None,
+                     until: str | None = None) -> tuple[list[JournalEntry], int]:
         """`history`, and how many older edits match beyond `limit` (to say "... and 1,234 earlier")."""
         if point_id is not None and source is not None:
             raise ValueError("give a point id or a source, not both")
@@ -1559,7 +1562,8 @@ class VisualMemory:
             point_id = self.point_id_of_source(str(source))
         elif point_id is not None:
             point_id = parse_point_id(point_id)
-        query = _journal_query(op, point_id, self.stored_label(label) if label is not None else None, since, by)
+        query = _journal_query(op, point_id, self.stored_label(label) if label is not None else None, since, by,
+                               until)
         return self.store.journal.newest(query, limit)
 
     def notes_left(self) -> list[LeftNote]:
@@ -3172,12 +3176,12 @@ def _source_ids(source: str) -> tuple[str, list[str]]:
 
 
 def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None, since: str | None,
-                   by: str | None = None) -> JournalQuery:
+                   by: str | None = None, until: str | None = None) -> JournalQuery:
     """A history's filters as a JournalQuery; ValueError for an op or a time that is none."""
     if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
         raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
     return JournalQuery(op=op, point_id=point_id, label=label, since=_utc_iso(since) if since is not None else None,
-                        by=by)
+                        by=by, until=_utc_iso(until) if until is not None else None)
 
 
 def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,

@@ -542,8 +542,8 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
         # (one whose client gave up while it waited is not read: 30 such had held up the next for 21 s)
         entries, earlier = await unless_the_client_leaves(request, service.run_read(
             service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since,
-            by=q.by))
-    except ValueError as exc:  # a `since` that is no date
+            by=q.by, until=q.until))
+    except ValueError as exc:  # a `since` or `until` that is no date
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     if not q.ids:
         entries = [e.model_copy(update={"ids": []}) if e.ids else e for e in entries]
