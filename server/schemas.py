@@ -435,6 +435,26 @@ class WhyNotOut(WhyNot):
                                                        "alone), nearest first")
 
 
+class UsageOut(Answer):
+    """What re-ranking an image cost, and, where it fell back to the vote, the kind of failure, for a client to branch
+    on (`fallback_reason` says it to a person)."""
+
+    requests: int = Field(default=0, description="Gemini calls answered (billed); 0 for a cached or fallen-back answer")
+    prompt_tokens: int = Field(default=0, description="input tokens, as Gemini counted them")
+    output_tokens: int = Field(default=0, description="answer tokens")
+    thinking_tokens: int = Field(default=0, description="thinking tokens")
+    total_tokens: int = Field(default=0, description="every token billed")
+    images: int = Field(default=0, description="image parts sent")
+    cached: bool = Field(default=False, description="the re-ranker's (or the service's) cached answer: nothing spent")
+    cache_checked: bool = Field(default=False, description="the re-ranker's cache was looked in (a fallback decided "
+                                                           "before, such as one candidate label, looks in none)")
+    attempts: int = Field(default=0, description="HTTP attempts made, failed and retried ones included")
+    latency_s: float | None = Field(default=None, description="seconds the re-ranking took")
+    error: str | None = Field(default=None, description="with a fallback, its kind: `NoApiKeyError`, "
+                              "`DeadlineExceededError`, `QuotaExceededError`, `NothingToRerankError`, ... "
+                              "(docs/reranking.md, \"Why a result fell back\"); null when re-ranked")
+
+
 class ClassificationOut(Answer):
     """The answer for one image, with the neighbours that explain it."""
 
@@ -454,7 +474,8 @@ class ClassificationOut(Answer):
                                       "an edit that kept the version, or a user's template in place of a built-in "
                                       "of the same name, is told apart here")
     model: str | None = Field(default=None, description="the re-ranker model, when re-ranked")
-    usage: dict[str, Any] | None = Field(default=None, description="VLM tokens used, when re-ranked")
+    usage: UsageOut | None = Field(default=None, description="what the re-ranker spent, when re-ranking was asked "
+                                   "for (null otherwise); with a fallback, `error` names its kind")
     trace: list[dict[str, Any]] | None = Field(
         default=None, description="the agentic re-ranker's tool calls in order, and the neighbours it was shown by "
                                   "label alone (docs/reranking.md)")

@@ -150,6 +150,11 @@ class EraseFailedError(Exception):
         self.points = points or []  # the points forgotten, where the forget chose them by likeness
 
 
+# The kind of fallback of a re-rank asked of a memory opened without a re-ranker (in Python: `vmem serve`'s makes one),
+# as the metrics label it and an answer's usage.error names it: it has no re-ranker's error class.
+RERANK_NOT_CONFIGURED = "NotConfigured"
+
+
 class ThumbnailUnavailable(LookupError):
     """No thumbnail can be served for a point; the message says why."""
 
@@ -913,7 +918,7 @@ class ClassifierService:
             # Label by the error class, never the reason text: that holds attempt counts and endpoints,
             # and every distinct text would be a new time series.
             error = (res.usage or {}).get("error") or (
-                "NotConfigured" if res.fallback_reason.startswith("re-ranking is not configured") else "Other")
+                RERANK_NOT_CONFIGURED if res.fallback_reason.startswith("re-ranking is not configured") else "Other")
             self.metrics.rerank_fallbacks.labels(error).inc()
 
     def _answer(self, res: Classification, threshold: float | None, cached: bool,

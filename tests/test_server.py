@@ -496,6 +496,13 @@ def test_rerank_without_a_configured_reranker_falls_back_with_a_reason(client):
     assert body["fallback_reason"]
     metrics = client.get("/metrics").text
     assert "vmem_rerank_fallbacks_total{reason=" in metrics
+    # A client branches on usage.error, the fallback's kind (fallback_reason is for a person): the OpenAPI declares
+    # it, and each field usage has, where it had typed usage as any object
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    declared = spec[spec["ClassificationOut"]["properties"]["usage"]["anyOf"][0]["$ref"].rsplit("/", 1)[1]]
+    assert set(body["usage"]) == set(declared["properties"]) == set(declared["required"])
+    assert body["usage"]["error"] == "NotConfigured" and "docs/reranking.md" in declared["properties"]["error"][
+        "description"]
 
 
 def test_rerank_asks_gemini_and_so_needs_the_key_though_classifying_does_not(make_client):

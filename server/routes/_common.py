@@ -13,8 +13,8 @@ from retrieval.text import quoted, visible
 from vmem.results import unsure_of
 
 from ..problems import ProblemError
-from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut, WhyNotOut, WhyNotPointOut
-from ..service import Answer, ClassifierService
+from ..schemas import ClassificationOut, ClassifyQuery, NeighborOut, UsageOut, WhyNotOut, WhyNotPointOut
+from ..service import RERANK_NOT_CONFIGURED, Answer, ClassifierService
 from ..uploads import JSON, MULTIPART
 
 T = TypeVar("T")
@@ -152,11 +152,13 @@ def classification_out(request: Request, answer: Answer, min_confidence: float |
     # Judged here, not stored on the answer: a cached answer serves requests asking other thresholds.
     unsure, unsure_reason = unsure_of(r.label, r.confidence, min_confidence, r.vote.rule)
     names = {n.label: n.label_name for n in r.neighbors if n.label_name}
+    # A re-rank asked of a memory with no re-ranker fell back before any re-ranker could say why: its kind all the same
+    usage = UsageOut(error=RERANK_NOT_CONFIGURED) if r.usage is None and r.fallback_reason else r.usage
     return ClassificationOut(
         source=r.source, label=r.label, label_name=r.label_name, scores=r.scores,
         label_names={label: names[label] for label in r.scores if label in names},
         reranked=r.reranked, fallback_reason=r.fallback_reason,
-        template=r.template, template_hash=r.template_hash, model=r.model, usage=r.usage, trace=r.trace, vote=r.vote,
+        template=r.template, template_hash=r.template_hash, model=r.model, usage=usage, trace=r.trace, vote=r.vote,
         novelty=r.novelty, why_not=None if r.why_not is None else WhyNotOut(**dict(r.why_not, nearest=[
             WhyNotPointOut(**dict(p), thumbnail_url=thumbnail_url(request, p.id)) for p in r.why_not.nearest])),
         ood_threshold=answer.ood_threshold, out_of_distribution=answer.out_of_distribution,
