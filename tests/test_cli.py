@@ -1612,6 +1612,33 @@ def test_vmem_history_counts_the_edits_its_limit_left_out_in_words(built, tmp_pa
     edits = len(run("history", "--memory", copy, "--json").stdout.splitlines())
     assert edits >= 2
     one_left = run("history", "--memory", copy, "--limit", edits - 1)
-    assert one_left.exit_code == 0 and "... and 1 earlier edit (--limit)" in one_left.stderr, one_left.stderr
+    assert one_left.exit_code == 0 and "... and 1 earlier edit (--limit" in one_left.stderr, one_left.stderr
     two_left = run("history", "--memory", copy, "--limit", edits - 2)
-    assert "... and 2 earlier edits (--limit)" in two_left.stderr, two_left.stderr
+    assert "... and 2 earlier edits (--limit, or --until the oldest shown)" in two_left.stderr, two_left.stderr
+
+
+def test_vmem_history_is_read_whole_a_page_at_a_time_with_until(built, tmp_path):
+    # --limit shows the newest edits; an audit of them all pages back with --until the oldest shown, which each
+    # page shows again (the parts of one edit share its time)
+    memory, _ = built
+    copy = tmp_path / "memory"
+    assert run("copy", "--memory", memory, "--to-memory", copy).exit_code == 0
+    for n in range(3):
+        (tmp_path / "names.tsv").write_text(f"red\tRed {n}\n")
+        assert run("names", tmp_path / "names.tsv", "--memory", copy).exit_code == 0
+    whole = [json.loads(line) for line in run("history", "--memory", copy, "--json").stdout.splitlines()]
+    assert len(whole) >= 4
+    paged: list[dict] = []
+    until = None
+    while True:
+        page = run("history", "--memory", copy, "--json", "--limit", 2, *(["--until", until] if until else []))
+        assert page.exit_code == 0, page.output
+        entries = [json.loads(line) for line in page.stdout.splitlines()]
+        new = [e for e in entries if e not in paged]
+        paged += new
+        if not new or "earlier edit" not in page.stderr:
+            break
+        until = entries[-1]["at"]
+    assert paged == whole
+    bad = run("history", "--memory", copy, "--until", "last week")
+    assert bad.exit_code == 2 and "--until" in bad.output and "'last week' is not a date or time" in bad.output

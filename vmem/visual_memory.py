@@ -3186,7 +3186,8 @@ def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None
 
 def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,
                        op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                       since: str | None = None, by: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
+                       since: str | None = None, by: str | None = None,
+                       until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
     """`VisualMemory.history_page` of an embedded memory read from its files, without opening it, and the memory's
     metadata (its label names, featurizer, settings).
 
@@ -3202,12 +3203,13 @@ def history_from_files(location: str | Path, point_id: str | None = None, source
     if point_id is not None and source is not None:
         raise ValueError("give a point id or a source, not both")
     folder = Path(location).expanduser()
-    return _history_in(folder, read_meta_file(folder), point_id, source, op, limit, label, since, by)
+    return _history_in(folder, read_meta_file(folder), point_id, source, op, limit, label, since, by, until)
 
 
 def _history_in(folder: Path, meta: MemoryMeta, point_id: str | None = None, source: str | Path | None = None,
                 op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                since: str | None = None, by: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
+                since: str | None = None, by: str | None = None,
+                until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
     """`history_from_files` of the memory in `folder`, whose metadata `meta` has been read."""
     journal = FileJournal(folder / JOURNAL_FILE)
 
@@ -3224,12 +3226,12 @@ def _history_in(folder: Path, meta: MemoryMeta, point_id: str | None = None, sou
         spellings = list(dict.fromkeys([label, *forms]))
         if len(spellings) > 1:  # as `stored_labels`, by the journal's labels rather than the points'
             label = next((f for f in spellings if in_journal(JournalQuery(label=f))), forms[0])
-    return (*journal.newest(_journal_query(op, point_id, label, since, by), limit), meta)
+    return (*journal.newest(_journal_query(op, point_id, label, since, by, until), limit), meta)
 
 
 def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: int | None = None,
-                    since: str | None = None,
-                    by: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta] | None:
+                    since: str | None = None, by: str | None = None,
+                    until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta] | None:
     """`history_from_files` of an embedded memory at rest, which is what opening it would answer: no process has it
     open (none opens it meanwhile), and no edit of a process killed before journaling it is left noted (opening
     journals those first). None where either is not so, its metadata cannot be read, or it is no embedded memory:
@@ -3253,7 +3255,7 @@ def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: in
     # and edits it meanwhile adds entries this read sees or not, never half of one (a line without its newline is
     # skipped, as a crash's; one that does not parse too, should its first append cut a crash's torn line as this
     # reads it): what opening it would have answered as the read began, or since
-    return _history_in(folder, meta, op=op, limit=limit, since=since, by=by)
+    return _history_in(folder, meta, op=op, limit=limit, since=since, by=by, until=until)
 
 
 def parse_point_id(text: str) -> str:

@@ -1284,6 +1284,9 @@ def history(
     label: Annotated[str | None, typer.Option(help="only edits that touched this label's points (or named it)")] = None,
     since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
+    until: Annotated[str | None, typer.Option(help="only edits at or before this date or time: past the newest "
+                                                   "--limit, the next page is --until the oldest shown (which it "
+                                                   "shows again)")] = None,
     by: Annotated[str | None, typer.Option(help="only edits made over HTTP with the API key of this name (vmem key "
                                                 "NAME; default: VMEM_API_KEY's)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
@@ -1309,7 +1312,8 @@ def history(
         raise typer.BadParameter("give --id or --source, not both")
     if notes or settle or settle_older_than is not None:
         given = [f"--{name}" for name, value in (("id", point), ("source", source), ("op", op), ("label", label),
-                                                 ("since", since), ("by", by)) if value is not None]
+                                                 ("since", since), ("until", until), ("by", by))
+                 if value is not None]
         if given:
             raise typer.BadParameter(f"{' '.join(given)} chooses edits, not notes: give it without --notes or --settle",
                                      param_hint=given[0])
@@ -1320,14 +1324,14 @@ def history(
     # An embedded memory at rest, all its edits journaled, asked for no point or label: its journal answers alone,
     # as opening it would (seconds saved on a large memory)
     at_rest = (_edits(lambda: history_at_rest(location, op=cast(JournalOp, op.value) if op else None, limit=limit,
-                                             since=since, by=by))
+                                             since=since, by=by, until=until), until)
                if point is None and source is None and label is None
                and (location := at_rest_location(memory, qdrant_url)) else None)
     if at_rest is not None:
         entries, earlier, meta = at_rest
         for e in entries:
             typer.echo(e.model_dump_json() if json_out else _edit_line(e, dict(meta.label_names)))
-        _say_earlier_or_none(earlier, bool(entries), False, op, label, since, by)
+        _say_earlier_or_none(earlier, bool(entries), False, op, label, since, by, until)
         return
     try:
         mem = _open_to_read(memory, qdrant_url, wait)
@@ -1338,7 +1342,7 @@ def history(
         # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
         entries, earlier, meta = _edits(lambda: history_from_files(
             memory, point_id=point_id, source=source, op=cast(JournalOp, op.value) if op else None, limit=limit,
-            label=label, since=since, by=by))
+            label=label, since=since, by=by, until=until), until)
         names, state = dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
         served = served_note(exc.folder, None) or holder_note(exc.folder).who if exc.folder is not None else ""
@@ -1348,7 +1352,7 @@ def history(
         with mem:
             entries, earlier = _edits(lambda: mem.history_page(
                 point_id=point_id, source=source, op=op.value if op else None, limit=limit, label=label, since=since,
-                by=by))
+                by=by, until=until), until)
             now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
             names = mem.label_names
             state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
@@ -1362,7 +1366,8 @@ def history(
         typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
-    _say_earlier_or_none(earlier, bool(entries), point_id is not None or source is not None, op, label, since, by)
+    _say_earlier_or_none(earlier, bool(entries), point_id is not None or source is not None, op, label, since, by,
+                         until)
 
 
 def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: list[str], older_than: float | None,
@@ -1470,23 +1475,25 @@ def _age(seconds: float) -> str:
 
 
 def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label: str | None, since: str | None,
-                         by: str | None) -> None:
+                         by: str | None, until: str | None = None) -> None:
     """After a history's edits: how many more the limit left out, or that none matched (stderr)."""
     if earlier:
-        typer.echo(f"... and {counted(earlier, 'earlier edit')} (--limit)", err=True)
+        typer.echo(f"... and {counted(earlier, 'earlier edit')} (--limit, or --until the oldest shown)", err=True)
     if not shown:
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
-                                                            ("since", since), ("by", by)) if value is not None]
+                                                            ("since", since), ("until", until), ("by", by))
+                   if value is not None]
         typer.echo("no edits recorded" + (" for it" if of_one else "")
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
 
-def _edits(read: Callable[[], _T]) -> _T:
-    """A history's edits, a filter it refuses (a --since that is no time) as a usage error."""
+def _edits(read: Callable[[], _T], until: str | None = None) -> _T:
+    """A history's edits, a filter it refuses (a --since or --until that is no time) as a usage error."""
     try:
         return read()
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--since") from None
+        named = "--until" if until is not None and repr(until) in str(exc) else "--since"
+        raise typer.BadParameter(str(exc), param_hint=named) from None
 
 
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
