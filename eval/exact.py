@@ -60,6 +60,13 @@ _BF16_MOST_CROWDED = 0.25
 # queries x 384, k = 50: 100k rows 0.69 s against 0.38 s in float32, 300k 1.11 against 0.99, 640k 1.58
 # against 1.97, 1.28M 2.5 against 3.7.
 _BF16_MIN_ROWS = 500_000
+# Up to this many similarities (queries x memory rows) a search in float32 through numpy never imports torch
+# (_numpy_only_blocks), which took ~1.5 s of a 2.5 s `vmem prune` of 30 points. Same run, 2 busy AMD EPYC cores,
+# torch already imported, medians of 5 (docs/benchmarks/small_exact.py): self-searches at k = 100 ran faster in
+# numpy alone (1,000² x 1,280: 0.17 s against 0.35 s blocked); 4M similarities of a few queries against a wide
+# memory up to ~0.15 s slower (20 x 200,000 x 384, k = 10: 0.64 against 0.50 s), its top-k passes reading the
+# whole block. At 4M the block and its passes' copies (~5 arrays of 16 MB) stay small.
+_NUMPY_ONLY_SIMILARITIES = 4_000_000
 
 
 @functools.cache
@@ -118,8 +125,9 @@ def _bfloat16_speedup() -> float:
 
 def product_for(memory_rows: int) -> ProductBackend:
     """How `exact_search` multiplies by default over a memory of this many rows."""
-    product = default_product_backend()
-    return _float32_product() if product == "bfloat16" and memory_rows < _BF16_MIN_ROWS else product
+    if memory_rows < _BF16_MIN_ROWS:  # float32 whatever the CPU: no bfloat16 trial (it imports torch)
+        return _float32_product()
+    return default_product_backend()
 
 
 def _float32_product() -> ProductBackend:
@@ -157,19 +165,20 @@ def exact_search(
         chunk: memory rows per similarity block (default: a block of about 512 MiB; 1 GiB with numpy).
         product: "numpy", "torch" or "bfloat16" (see the module; default: the fastest on this CPU,
             `default_product_backend`, in float32 below 500,000 memory rows). Results are the same up
-            to float rounding.
+            to float rounding. With "numpy", up to 4M similarities (queries x memory rows) and no `chunk`
+            or `slab` given, the search runs in numpy alone (no torch imported), with the same similarities.
         slab: memory rows per torch product inside a chunk (default 8,192); numpy multiplies the
             whole chunk at once.
 
     Returns:
         (indices int64 [n, k], similarities float32 [n, k]), best first; equal similarities in row order.
+        Of the rows tied with the k-th best, numpy alone returns the first; the blocked search those that
+        torch's top-k picked.
         Similarities are float32 products.
 
     Example:
         >>> idx, sims = exact_search(q, m, k=100)
     """
-    import torch
-
     q = np.ascontiguousarray(queries, dtype=np.float32)
     m = np.ascontiguousarray(memory, dtype=np.float32)
     n, n_mem = len(q), len(m)
@@ -179,8 +188,20 @@ def exact_search(
     if n == 0 or kk == 0:
         return idx_out, sim_out
     product = product or product_for(n_mem)
-    dtype = torch.bfloat16 if product == "bfloat16" else torch.float32
     block = min(n, block or _QUERY_BLOCK)
+    if product == "numpy" and chunk is None and slab is None and n * n_mem <= _NUMPY_ONLY_SIMILARITIES:
+        found = _numpy_only_blocks(q, m, kk, exclude, block)
+        if found is not None:
+            for start, (part, part_sims) in zip(range(0, n, block), found, strict=True):
+                stop = min(n, start + block)
+                _put_in_order(idx_out, sim_out, start, stop, part, part_sims)
+                if progress:
+                    progress(stop - start)
+            return _without_excluded(idx_out, sim_out, exclude)
+
+    import torch
+
+    dtype = torch.bfloat16 if product == "bfloat16" else torch.float32
     block_bytes = _NUMPY_BLOCK_BYTES if product == "numpy" else _BLOCK_BYTES
     chunk = min(n_mem, chunk or max(_GROUP * kk, block_bytes // (dtype.itemsize * block)))
     # Each slab holds whole groups (the top groups are chosen over the whole chunk). numpy multiplies a
@@ -206,21 +227,67 @@ def exact_search(
                 best_sims, best_idx, unsure = found
             else:
                 best_sims, best_idx = _block_top_k(q[start:stop], m, kk, chunk, buffer, slab, product, excluded)
-            part, part_sims = best_idx.numpy(), best_sims.numpy()
-            # Sort by similarity, then by row, so equal similarities rank the same on every run.
-            order = np.lexsort((part, -part_sims), axis=1)
-            idx_out[start:stop, :kk] = np.take_along_axis(part, order, axis=1)
-            sim_out[start:stop, :kk] = np.take_along_axis(part_sims, order, axis=1)
+            _put_in_order(idx_out, sim_out, start, stop, best_idx.numpy(), best_sims.numpy())
             if len(unsure):  # rows too crowded near their k-th similarity to filter: float32 throughout
                 rows = start + unsure
                 idx_out[rows], sim_out[rows] = exact_search(
                     q[rows], m, k, None if excluded is None else excluded[unsure], product=_float32_product())
             if progress:
                 progress(stop - start)
+    return _without_excluded(idx_out, sim_out, exclude)
+
+
+def _put_in_order(idx_out: np.ndarray, sim_out: np.ndarray, start: int, stop: int, part: np.ndarray,
+                  part_sims: np.ndarray) -> None:
+    """A block's best (rows, similarities), unordered, into rows start:stop of the output, best first."""
+    # Sort by similarity, then by row, so equal similarities rank the same on every run.
+    order = np.lexsort((part, -part_sims), axis=1)
+    idx_out[start:stop, :part.shape[1]] = np.take_along_axis(part, order, axis=1)
+    sim_out[start:stop, :part.shape[1]] = np.take_along_axis(part_sims, order, axis=1)
+
+
+def _without_excluded(idx_out: np.ndarray, sim_out: np.ndarray, exclude: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     if exclude is not None:  # an excluded row can only surface when the memory is smaller than k
         dropped = ~np.isfinite(sim_out)
         idx_out[dropped] = -1
     return idx_out, sim_out
+
+
+def _numpy_only_blocks(q: np.ndarray, m: np.ndarray, k: int, exclude: np.ndarray | None, block: int
+                       ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The k best (rows, similarities) of each block of queries, unordered, in numpy alone: for a search too small
+    to pay for importing torch. The products are the numpy product's own (the same blocks of queries, the memory
+    cut where it cuts it), so the similarities are the same, bit for bit; of the rows whose similarity equals the
+    k-th best, the first ones are taken. None where a similarity is not finite: torch's top-k places NaN its own
+    way, and the search goes there.
+    """
+    width = len(m)
+    whole = width // _GROUP * _GROUP
+    # Taking group maxima, the numpy product multiplies a chunk's whole groups and the rest apart (_slab_products):
+    # so here too, that each sum runs as there.
+    bounds = [0, whole] + ([width] if whole < width else []) if _groups_pay(width, k) else [0, width]
+    found = []
+    for start in range(0, len(q), block):
+        qb = q[start: start + block]
+        sims = np.concatenate([np.matmul(qb, m[a:b].T) for a, b in itertools.pairwise(bounds)], axis=1)
+        if not np.isfinite(sims).all():
+            return None
+        if exclude is not None:
+            ex = np.asarray(exclude[start: start + block], dtype=np.int64)
+            hit = np.nonzero((ex >= 0) & (ex < width))[0]
+            sims[hit, ex[hit]] = -np.inf
+        if k < width:
+            kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1: k]
+            above, tied = sims > kth, sims == kth
+            # All those above the k-th best, then as many of those equal to it as are missing, first rows first.
+            missing = k - above.sum(axis=1, keepdims=True, dtype=np.int32)
+            take = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= missing))
+            part = np.nonzero(take)[1].reshape(len(qb), k)  # row by row, in column order: k a row
+        else:
+            part = np.broadcast_to(np.arange(width), sims.shape)
+        found.append((part, np.take_along_axis(sims, part, axis=1)))
+    return found
 
 
 def _populated_buffer(count: int, dtype):
