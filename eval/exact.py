@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import mmap
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -307,6 +308,24 @@ def _populated_buffer(count: int, dtype):
     return torch.frombuffer(pages, dtype=dtype)  # the tensor holds the mapping; unmapped when it is freed
 
 
+def _read_only_tensor(a: np.ndarray):
+    """torch.from_numpy(a), for a tensor the search only reads, of an array that may be read-only.
+
+    A memory mapped from a file (`np.load(..., mmap_mode="r")`) or read from bytes is read-only, and torch,
+    which has no read-only tensors, warned "The given NumPy array is not writable" to every user of such a
+    memory. The search only reads these tensors (products, norms, gathers), so that one warning is silenced
+    here rather than the whole memory copied to make it writable (torch says it once a process; the filter,
+    the process's, holds only for the conversion).
+    """
+    import torch
+
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(a)
+
+
 def _excluded_in(excluded: np.ndarray | None, lo: int, hi: int):
     """Each row's excluded column within memory rows [lo, hi), as a chunk column (-1 = none there)."""
     import torch
@@ -419,7 +438,7 @@ def _chunk_top_k(q: np.ndarray, m: np.ndarray, k: int, buffer, slab: int, produc
 
     width = len(m)
     grouped = _groups_pay(width, k)
-    slabs, group_max = _slab_products(torch.from_numpy(q), torch.from_numpy(m), buffer, slab, product,
+    slabs, group_max = _slab_products(_read_only_tensor(q), _read_only_tensor(m), buffer, slab, product,
                                       excluded, grouped)
     if not grouped:
         return torch.topk(slabs[0], k, dim=1, sorted=False)
@@ -450,7 +469,7 @@ class _BFloat16Memory:
     def __init__(self, m: np.ndarray) -> None:
         import torch
 
-        mt = torch.from_numpy(m)
+        mt = _read_only_tensor(m)
         # Into pages made up front: half the time of .bfloat16(), and no page faults during the copy.
         self.vectors = _populated_buffer(m.size, torch.bfloat16).view(m.shape).copy_(mt)
         max_norm = float(torch.linalg.vector_norm(mt, dim=1).max())
@@ -464,7 +483,7 @@ class _BFloat16Memory:
         import torch
 
         rows = len(q)
-        q32 = torch.from_numpy(q)
+        q32 = _read_only_tensor(q)
         window = (2 * self.eps_per_query_norm) * torch.linalg.vector_norm(q32, dim=1, keepdim=True)
         q16 = q32.bfloat16()
         kept = torch.empty((rows, 0))  # bfloat16 similarities (as float32) of the candidates so far
@@ -484,7 +503,7 @@ class _BFloat16Memory:
             kept, picked, crowded = _within_window(torch.cat([kept, approx], dim=1), k, window, cap)
             kept_idx = torch.cat([kept_idx, columns + lo], dim=1).gather(1, picked)
             unsure |= crowded
-        exact = _rescore(q32, torch.from_numpy(m), kept_idx)
+        exact = _rescore(q32, _read_only_tensor(m), kept_idx)
         exact[kept == -torch.inf] = -torch.inf  # excluded rows
         top_sims, pick = torch.topk(exact, k, dim=1, sorted=False)
         return top_sims, kept_idx.gather(1, pick), torch.nonzero(unsure).flatten().numpy()

@@ -1,4 +1,5 @@
-"""Small exact searches in numpy alone: the neighbours the blocked search finds, and no torch imported for them."""
+"""Small exact searches in numpy alone (the neighbours the blocked search finds, no torch imported for them), and
+read-only memories searched without torch's warning."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def test_a_self_search_of_a_small_memory_does_not_import_torch(command, tmp_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False", done.stdout
+
+
+def test_a_read_only_memory_is_searched_without_a_warning(tmp_path):
+    # A memory mapped from a file is read-only, and torch, having no read-only tensors, warned "The given NumPy
+    # array is not writable" to every user of one (once a process: hence a process of its own).
+    script = ("import sys, warnings\n"
+              "import numpy as np\n"
+              "warnings.simplefilter('error')\n"
+              "from eval.exact import exact_search\n"
+              "memory = np.load(sys.argv[1], mmap_mode='r')\n"
+              "queries = np.load(sys.argv[1], mmap_mode='r')[:40]\n"
+              "for product in ('numpy', 'torch', 'bfloat16'):\n"
+              "    idx, _ = exact_search(queries, memory, 5, np.arange(40), product=product, chunk=len(memory))\n"
+              "    assert not (idx == np.arange(40)[:, None]).any()\n"
+              "print(type(memory).__name__, memory.flags.writeable)")
+    np.save(tmp_path / "memory.npy", random_unit_vectors(3_000, 16))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "memory.npy")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["memmap", "False"]
