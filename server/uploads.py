@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from retrieval.text import quoted
 
@@ -72,6 +73,43 @@ def bad_multipart(reason: str, field: str) -> ProblemError:
                         "bad-multipart", "Malformed multipart body")
 
 
+class _ClosingBoundaryParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the body reached its closing boundary (`--boundary--`).
+
+    python-multipart calls `on_end` there and nowhere else, and its `finalize` checks nothing: a body cut off
+    inside a part had parsed as the parts before it, the unfinished one silently dropped."""
+
+    closed = False
+    parts = 0
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        super().on_part_begin()
+
+    def on_end(self) -> None:
+        self.closed = True
+
+
+async def _parse_form(request: Request, field: str, max_files: int, too_many: str) -> FormData:
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = _ClosingBoundaryParser(request.headers, stream, max_files=max_files, max_fields=max_files + 16)
+            form = await parser.parse()
+    except MultiPartException as exc:
+        # Starlette's parser refuses the file past `max_files` with words of its own and no status of ours.
+        if exc.message.startswith("Too many files"):
+            raise too_many_images(max_files, too_many) from None
+        raise bad_multipart(exc.message, field) from None  # about:blank and Starlette's words had said so
+    if not parser.closed:
+        await form.close()
+        what = ("the multipart/form-data body holds no part (it is empty): upload a file in the "
+                f"{field!r} field" if not parser.parts else
+                "the multipart/form-data body ended before its closing boundary (--boundary--): the upload was "
+                "cut off, or the client did not finish the body; send it again whole")
+        raise ProblemError(400, what, "bad-multipart", "Malformed multipart body")
+    return form
+
+
 async def read_files(request: Request, field: str, max_files: int, *, too_many: str,
                      text_fields: Collection[str] = (), other_fields: str = OPTIONS_IN_QUERY,
                      ) -> tuple[list[tuple[bytes, str | None]], dict[str, list[str]]]:
@@ -82,15 +120,7 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
     Any other text field is a 422 naming it and ending with `other_fields`: options travel in the
     query string, and a form field the route does not read must not be silently ignored.
     """
-    try:
-        form = await request.form(max_files=max_files, max_fields=max_files + 16)
-    except StarletteHTTPException as exc:
-        # Starlette's parser refuses the file past `max_files` with a 400 naming no status of ours.
-        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
-            raise too_many_images(max_files, too_many) from None
-        if exc.status_code == 400:  # a body that is no multipart form: about:blank and Starlette's words had said so
-            raise bad_multipart(str(exc.detail), field) from None
-        raise
+    form = await _parse_form(request, field, max_files, too_many)
     try:
         files: list[tuple[bytes, str | None]] = []
         fields: dict[str, list[str]] = {}

@@ -145,6 +145,27 @@ def test_a_multipart_body_that_does_not_parse_is_a_bad_multipart_problem_saying_
     assert f"send the image as a file part named '{field}'" in nameless.json()["detail"]
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/classify/batch", "/v1/memory"])
+def test_a_multipart_body_cut_off_before_its_closing_boundary_says_so(client, endpoint):
+    # The parser had dropped the unfinished part without a word, and the answer was a 422 "no image: upload a
+    # file in the 'image' field" to a client that had uploaded one (or a memory edit made of the parts before it).
+    field = "image" if endpoint == "/v1/classify" else "images"
+    label = b'--b\r\nContent-Disposition: form-data; name="label"\r\n\r\nant\r\n' if endpoint == "/v1/memory" else b""
+    whole = (label + f'--b\r\nContent-Disposition: form-data; name="{field}"; filename="q.png"\r\n'
+             f"Content-Type: image/png\r\n\r\n".encode() + noise_png(10_002) + b"\r\n--b--\r\n")
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    assert client.post(endpoint, content=whole, headers=headers).status_code in (200, 201)
+    for cut in (len(whole) - len(b"--b--\r\n"), len(whole) // 2):
+        resp = client.post(endpoint, content=whole[:cut], headers=headers)
+        assert resp.status_code == 400 and resp.headers["content-type"] == PROBLEM, resp.text
+        problem = resp.json()
+        assert problem["type"] == "urn:vmem:problem:bad-multipart"
+        assert "ended before its closing boundary" in problem["detail"] and "cut off" in problem["detail"]
+    empty = client.post(endpoint, content=b"", headers=headers)
+    assert empty.status_code == 400 and empty.json()["type"] == "urn:vmem:problem:bad-multipart"
+    assert f"holds no part (it is empty): upload a file in the '{field}' field" in empty.json()["detail"]
+
+
 # ------------------------------------------------------------------ odd but valid images: answered
 
 def _exif_rotated() -> bytes:
