@@ -1576,6 +1576,19 @@ def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, 
     assert list((tmp_path / "tmp").iterdir()) == []  # sent, then deleted
 
 
+def test_listing_a_label_whose_points_were_all_forgotten_is_an_empty_page_and_an_unknown_label_still_a_422(client):
+    # A client that forgot a label, then lists it to check nothing is left (or pages it as another client
+    # forgets), had been told "the memory has no label 'red'": a 422 it reads as a misspelt label.
+    forgot = client.delete("/v1/memory", params={"label": "red"}, headers=AUTH)
+    assert forgot.status_code == 200 and forgot.json()["deleted"] > 0
+    listed = client.get("/v1/memory/points", params={"label": "red"})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["points"] == [] and listed.json()["next_cursor"] is None
+    # A label no edit ever touched is still refused: an empty page would read as an empty class.
+    assert_problem(client.get("/v1/memory/points", params={"label": "purple"}), 422, "unknown-label",
+                   "the memory has no label 'purple'")
+
+
 @pytest.mark.parametrize("no_room", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG], ids=errno.errorcode.get)
 def test_an_export_the_temporary_folder_has_no_room_for_is_a_507_saying_what_to_do(client, tmp_path, monkeypatch,
                                                                                    no_room):

@@ -1829,6 +1829,12 @@ class VisualMemory:
         if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
             raise ValueError(f"the memory has no label {quoted(label)} ({hints}): give the label")
 
+    def had_label(self, label: str) -> bool:
+        """Whether the memory's journal records an edit that touched this label (added, forgot or relabelled its
+        points, or named it): a label with no points left is then one the memory knows, empty, not a misspelling.
+        Reads the whole journal (an entry names a label in four places): asked only of a label with no points."""
+        return bool(self.store.journal.newest(JournalQuery(label=self.stored_label(label)), 0)[1])
+
     def check_erase_on_demand(self) -> None:
         """ValueError where the memory cannot erase forgotten points when asked: checked before anything is
         forgotten."""

@@ -606,8 +606,11 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
     down-weighted it. Follow `next_cursor` (as `cursor`) until it is null.
     """
     if q.label is not None and not await run_in_threadpool(
-            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)):
-        # As the CLI says it: an empty page read as an empty class, for a label misspelt or given by its name.
+            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)) \
+            and not await run_in_threadpool(service.memory.had_label, q.label):
+        # An empty page read as an empty class, for a label misspelt or given by its name: refused. A label whose
+        # points were all forgotten (or relabelled) is empty, and a client paging it (or checking that a forget
+        # took them all) is answered so, not told the memory never had it.
         await unknown_labels(service, [q.label])
     try:
         # On the read threads: a source_prefix of a big folder is walked for links (seconds), and a request
