@@ -7,8 +7,10 @@ the origin is recorded so `vmem templates list` can show which one is in use.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ._template import PromptTemplate, TemplateLoadError, UnknownTemplateError, 
 BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATES_DIR_ENV = "VMEM_TEMPLATES_DIR"
 DEFAULT_TEMPLATE = "neighbors-v1"
+RECENT_S = 2  # a template changed this recently is told from its last read by its bytes, not its timestamps
 
 
 def _template_files(directory: Path) -> list[Path]:
@@ -36,7 +39,8 @@ class TemplateEntry:
 
 class TemplateRegistry:
     """Templates by name. The user directory is read again whenever its files change (a template added, edited
-    or mended takes effect without a restart), checked by their sizes and modification times.
+    or mended takes effect without a restart), checked by their sizes, inodes and times (and their bytes while
+    they were changed in the last 2 s).
 
     >>> reg = TemplateRegistry()
     >>> reg.get("labels-only").version
@@ -55,14 +59,23 @@ class TemplateRegistry:
         self.reload()
 
     def _user_files(self) -> tuple:
-        """(name, size, mtime) of each template file in the user directory: what tells that it changed."""
+        """What tells that a template file in the user directory changed: its name, size, inode, modification and
+        change times, and, while it was changed less than `RECENT_S` ago, a hash of its bytes.
+
+        Timestamps move in the file system's tick (a few ms on ext4), and an edit of the same length within one
+        tick of the read (a script writing twice, an editor saving twice quickly) had left the old prompt in use
+        until the next restart; hashing a template only while it is that recent keeps the usual check to a stat.
+        A file read while recent is read once more after (its key then has no hash): harmless."""
         if self.user_dir is None or not self.user_dir.is_dir():
             return ()
         files = []
+        now = time.time_ns()
         for path in _template_files(self.user_dir):
             with contextlib.suppress(OSError):  # gone between the listing and the stat
                 st = path.stat()
-                files.append((path.name, st.st_size, st.st_mtime_ns))
+                recent = now - max(st.st_mtime_ns, st.st_ctime_ns) < RECENT_S * 1_000_000_000
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if recent else None
+                files.append((path.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, digest))
         return tuple(files)
 
     def _reload_if_changed(self) -> None:

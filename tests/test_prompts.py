@@ -226,6 +226,21 @@ def test_a_template_mended_or_edited_while_running_is_read_again(tmp_path):
     assert reg.get("mine") is reg.get("mine")  # unchanged files are not read again
 
 
+def test_an_edit_of_the_same_length_within_one_mtime_tick_is_read_again(tmp_path):
+    # Size and modification time alone had missed it: an edit saved within the file system's timestamp tick of
+    # the one before (a script writing twice, an editor saving twice quickly), or by a tool that keeps the
+    # mtime, left a running service answering with the old prompt.
+    path = write(tmp_path, "mine", MINIMAL + "answer: 'Costs $$5 per answer'\n")
+    reg = TemplateRegistry(tmp_path)
+    assert reg.get("mine").answer == "Costs $$5 per answer"
+    before = path.stat()
+    write(tmp_path, "mine", MINIMAL + "answer: 'Costs $$6 per answer'\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert reg.get("mine").answer == "Costs $$6 per answer"
+    assert reg.get("mine") is reg.get("mine")  # and read once, not at each request
+
+
 def test_a_template_that_is_not_utf8_is_a_load_error_not_a_crash(tmp_path):
     (tmp_path / "latin.yaml").write_bytes(b"name: latin\nversion: 1\nsystem: caf\xe9\n")
     reg = TemplateRegistry(tmp_path)  # the others still load
