@@ -15,6 +15,7 @@ from ._registry import (
 )
 from ._template import (
     FIELD_VARIABLES,
+    MAX_TEMPLATE_BYTES,
     MissingVariablesError,
     PromptTemplate,
     TemplateError,
@@ -28,6 +29,7 @@ __all__ = [
     "BUILTIN_DIR",
     "DEFAULT_TEMPLATE",
     "FIELD_VARIABLES",
+    "MAX_TEMPLATE_BYTES",
     "TEMPLATES_DIR_ENV",
     "MissingVariablesError",
     "PromptTemplate",

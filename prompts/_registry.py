@@ -16,7 +16,13 @@ from pathlib import Path
 
 from retrieval.text import quoted, visible
 
-from ._template import PromptTemplate, TemplateLoadError, UnknownTemplateError, load_template_file
+from ._template import (
+    MAX_TEMPLATE_BYTES,
+    PromptTemplate,
+    TemplateLoadError,
+    UnknownTemplateError,
+    load_template_file,
+)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATES_DIR_ENV = "VMEM_TEMPLATES_DIR"
@@ -74,7 +80,8 @@ class TemplateRegistry:
             with contextlib.suppress(OSError):  # gone between the listing and the stat
                 st = path.stat()
                 recent = now - max(st.st_mtime_ns, st.st_ctime_ns) < RECENT_S * 1_000_000_000
-                digest = hashlib.sha256(path.read_bytes()).hexdigest() if recent else None
+                digest = (hashlib.sha256(path.read_bytes()).hexdigest()
+                          if recent and st.st_size <= MAX_TEMPLATE_BYTES else None)  # a larger one will not load
                 files.append((path.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, digest))
         return tuple(files)
 

@@ -8,9 +8,11 @@ is about to be called.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from retrieval.files import os_error_reason
 from retrieval.text import quoted, visible
 
 ToolName = Literal["exemplars", "more_neighbors"]
+MAX_TEMPLATE_BYTES = 256 * 1024  # a prompt far larger is a mistake (a log pasted in, the wrong file), not a prompt
 
 # Which variables each text field may use. `rank` and `index` are 1-based for the model's benefit.
 FIELD_VARIABLES: dict[str, frozenset[str]] = {
@@ -141,11 +144,19 @@ class PromptTemplate(BaseModel):
         """`name@version`, as recorded with every result."""
         return f"{self.name}@{self.version}"
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
-        """sha256 of the canonical content: any edit changes it, so cached answers never go stale."""
+        """sha256 of the canonical content: any edit changes it, so cached answers never go stale. Computed once:
+        the template is frozen (nothing changes a loaded one), and a request asked it several times (7 ms per MB
+        of template each)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> PromptTemplate:
+        copied = super().model_copy(update=update, deep=deep)
+        if update:  # the copy's fields differ: not the hash of this one's
+            copied.__dict__.pop("content_hash", None)
+        return copied
 
     def render(self, field: str, **values: Any) -> str:
         """Fill one text field; raises `MissingVariablesError` naming what was not given."""
@@ -233,10 +244,16 @@ def load_template_file(path: str | Path) -> PromptTemplate:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:  # no more than the limit and a byte read: a FIFO, /dev/zero had been read forever
+            raw = f.read(MAX_TEMPLATE_BYTES + 1)
     except OSError as exc:
         # In words without its path: the service says the reason to a client, without the server's path
         raise TemplateLoadError(f"cannot read template ({os_error_reason(exc)})", p) from exc
+    if len(raw) > MAX_TEMPLATE_BYTES:
+        raise TemplateLoadError(f"the file is over the limit of {MAX_TEMPLATE_BYTES // 1024} KB for a template: a "
+                                "prompt that large is likely the wrong file, or text pasted in by mistake", p)
+    try:  # read as read_text reads it: any line ending a "\n"
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         line = exc.object.count(b"\n", 0, exc.start) + 1
         column = exc.start - (exc.object.rfind(b"\n", 0, exc.start) + 1) + 1

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from prompts import (
+    MAX_TEMPLATE_BYTES,
     MissingVariablesError,
     PromptTemplate,
     TemplateLoadError,
@@ -241,6 +242,27 @@ def test_an_edit_of_the_same_length_within_one_mtime_tick_is_read_again(tmp_path
     assert reg.get("mine") is reg.get("mine")  # and read once, not at each request
 
 
+def test_a_templates_hash_is_computed_once_and_a_copy_with_edits_has_its_own():
+    t = PromptTemplate.model_validate({**TemplateRegistry().get("neighbors-v1").model_dump(), "version": 2})
+    assert t.content_hash is t.content_hash  # cached on the template: a request asks it several times
+    edited = t.model_copy(update={"answer": "Reply with the label."})
+    assert edited.content_hash != t.content_hash
+    assert edited.content_hash == PromptTemplate.model_validate(edited.model_dump()).content_hash
+
+
+def test_a_template_file_over_the_size_limit_is_a_load_error_naming_the_file_and_the_limit(tmp_path):
+    # A prompt of megabytes is a mistake (a log pasted in, the wrong file): it had been loaded, hashed at each
+    # request and sent to the model at each re-rank.
+    big = write(tmp_path, "big", MINIMAL + "intro: |\n" + "  a line of a log pasted in by mistake\n" * 8000)
+    assert big.stat().st_size > MAX_TEMPLATE_BYTES
+    with pytest.raises(TemplateLoadError, match=r"big\.yaml: the file is over the limit of 256 KB for a template"):
+        load_template_file(big)
+    reg = TemplateRegistry(tmp_path)  # the others still load
+    assert "neighbors-v1" in reg and "over the limit of 256 KB" in str(reg.errors["big"])
+    just = write(tmp_path, "just", MINIMAL.replace("mine", "just") + "intro: |\n" + "  a long prompt line\n" * 600)
+    assert load_template_file(just).intro.count("\n") == 600  # long prompts below it load
+
+
 def test_a_template_that_is_not_utf8_is_a_load_error_not_a_crash(tmp_path):
     (tmp_path / "latin.yaml").write_bytes(b"name: latin\nversion: 1\nsystem: caf\xe9\n")
     reg = TemplateRegistry(tmp_path)  # the others still load
@@ -311,14 +333,14 @@ def test_a_template_that_cannot_be_read_says_why_without_its_path(tmp_path, monk
     with pytest.raises(TemplateLoadError) as err:
         reg.get("folder")
     assert err.value.reason == "cannot read template (Is a directory)"
-    real_read_text = Path.read_text
+    real_open = Path.open
 
-    def read_text_without_words(self: Path, *args: object, **kwargs: object) -> str:
+    def open_without_words(self: Path, *args: object, **kwargs: object) -> object:
         if self.name == "mine.yaml":
             raise OSError(errno.EIO, "", str(self))
-        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Path, "read_text", read_text_without_words)
+    monkeypatch.setattr(Path, "open", open_without_words)
     with pytest.raises(TemplateLoadError) as err:
         load_template_file(tmp_path / "mine.yaml")
     assert err.value.reason == f"cannot read template ({os.strerror(errno.EIO)})"
