@@ -755,7 +755,6 @@ class GeminiReranker:
         # What the prompt showed, not every neighbour searched: agentic-v1 shows 20 of the default k=50, and
         # more_neighbors(k=30), asking for the 21st to the 30th, had returned none of them as seen already
         seen = {n.id for n in prompt.shown}
-        n_seen = len(prompt.shown)
         contents = [types.Content(role="user", parts=prompt.parts)]
         steps = 0
         while True:
@@ -788,17 +787,15 @@ class GeminiReranker:
             contents.append(response.candidates[0].content)  # keeps Gemini 3's thought signatures
             replies = []
             for call in calls:
-                reply, entry = await self._run_tool(call, steps, req, store, candidates, prompt.names, seen, n_seen,
-                                                    template)
+                reply, entry = await self._run_tool(call, steps, req, store, candidates, prompt.names, seen, template)
                 ctx.trace.append(entry)
                 ctx.cited.update(entry.get("ids", []))
-                n_seen = max(n_seen, entry.get("k", 0))
                 ctx.usage = ctx.usage.model_copy(update={"images": ctx.usage.images + entry.get("images", 0)})
                 replies.append(types.Part(function_response=reply))
             contents.append(types.Content(role="user", parts=replies))
 
     async def _run_tool(self, call: types.FunctionCall, step: int, req: RerankRequest, store: MemoryStore | None,
-                        candidates: list[str], names: ShownLabels, seen: set[str], n_seen: int,
+                        candidates: list[str], names: ShownLabels, seen: set[str],
                         template: PromptTemplate) -> tuple[types.FunctionResponse, dict[str, Any]]:
         args = dict(call.args or {})
         entry: dict[str, Any] = {"step": step, "tool": call.name, "args": args}
@@ -812,10 +809,16 @@ class GeminiReranker:
         if store is None or req.vector is None:
             return error("the memory cannot be searched from here")
         count = "n" if call.name == "exemplars" else "k"
+        most = self.settings.max_exemplars if count == "n" else self.settings.max_neighbors_total
+        given: Any = args.get(count)
+        if given is None and count == "n":  # n is optional (k is required): only a missing one is the default
+            given = DEFAULT_EXEMPLARS
         try:  # the schema says integer, but a reply is data: a bad one is Gemini's error to read, not a crash
-            wanted = int(args.get(count) or (DEFAULT_EXEMPLARS if count == "n" else 0))
+            wanted = int(given)
         except (TypeError, ValueError, OverflowError):
-            return error(f"{count} must be an integer, got {args.get(count)!r}")
+            return error(f"{count} must be an integer from 1 to {most}, got {given!r}")
+        if wanted < 1:  # `or` had read n=0 as no n (4 exemplars), and k=0 as k=1: what was asked is none
+            return error(f"{count} must be from 1 to {most}, got {wanted}")
         if call.name == "exemplars":
             asked = args.get("label")
             label = names.label(asked) if isinstance(asked, str) else None

@@ -883,6 +883,22 @@ def test_a_tool_call_with_a_count_that_is_no_number_gets_an_error_reply(fake, ma
     assert "'many'" in out.trace[0]["error"] and fake.count == 2
 
 
+@pytest.mark.parametrize(("call", "says"), [(("exemplars", {"label": "red", "n": 0}), "n must be from 1 to 8, got 0"),
+                                           (("more_neighbors", {"k": 0}), "k must be from 1 to 100, got 0"),
+                                           (("more_neighbors", {"k": -3}), "k must be from 1 to 100, got -3"),
+                                           (("more_neighbors", {}), "k must be an integer from 1 to 100, got None")])
+def test_a_tool_call_with_a_count_outside_the_schemas_range_gets_an_error_reply_naming_it(fake, make_rr, images,
+                                                                                          store, call, says):
+    # n=0 had been read as no n (the default 4 exemplars), k=0 or no k as k=1: Gemini was answered something
+    # else than it asked, and not told so.
+    s, *_ = store
+    name, args = call
+    fake.enqueue(fake.call(name, **args), fake.answer("red"))
+    out = make_rr().rerank_one(agentic_request(images, store), store=s)
+    assert (out.label, out.reranked) == ("red", True) and out.trace[0]["error"] == says and "ids" not in out.trace[0]
+    assert fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]["response"] == {"error": says}
+
+
 # ------------------------------------------------------------------ through VisualMemory
 
 
