@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from retrieval.files import os_error_reason
 from retrieval.text import quoted, visible
@@ -130,6 +139,34 @@ class PromptTemplate(BaseModel):
             raise ValueError("it is sent only with tools (agentic mode): give `tools: [exemplars, more_neighbors]` "
                              "(either or both), or leave tool_instructions out")
         return text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_neighbor_images_by_default_without_neighbors(cls, data: Any) -> Any:
+        """Without neighbours, neighbor_images is false unless given: the default true was never sent, and a
+        template's YAML (`vmem templates show`) would say it, to be refused when read back."""
+        if isinstance(data, dict) and data.get("show_neighbors") is False and "neighbor_images" not in data:
+            return {**data, "neighbor_images": False}
+        return data
+
+    @model_validator(mode="after")
+    def _nothing_of_neighbors_not_shown(self) -> PromptTemplate:
+        """With show_neighbors false, fields about the neighbours shown had been silently ignored (neighbor_images,
+        max_neighbors) or printed 0 ($n_neighbors): the author meant something the prompt does not do."""
+        if self.show_neighbors:
+            return self
+        problems = []
+        if self.neighbor_images:
+            problems.append("neighbor_images is true, and no neighbour image is sent")
+        if self.max_neighbors is not None:
+            problems.append(f"max_neighbors is {self.max_neighbors}, and no neighbour is listed")
+        if using := [f for f in ("system", "intro", "query") if "n_neighbors" in _identifiers(getattr(self, f))]:
+            problems.append(f"{', '.join(using)} {'uses' if len(using) == 1 else 'use'} $n_neighbors, which is "
+                            "always 0")
+        if problems:
+            raise ValueError(f"show_neighbors is false (no neighbours in the prompt), yet {'; '.join(problems)}: "
+                             "show the neighbours, or leave those out")
+        return self
 
     @property
     def agentic(self) -> bool:

@@ -263,6 +263,22 @@ def test_a_template_file_over_the_size_limit_is_a_load_error_naming_the_file_and
     assert load_template_file(just).intro.count("\n") == 600  # long prompts below it load
 
 
+def test_a_template_without_neighbours_refuses_fields_about_the_neighbours_it_would_show(tmp_path):
+    # They had been silently ignored (neighbor_images, max_neighbors) or printed 0 ($n_neighbors).
+    path = write(tmp_path, "mine", MINIMAL.replace("Classify the image.", "Look at $n_neighbors examples.")
+                 + "show_neighbors: false\nneighbor_images: true\nmax_neighbors: 5\n")
+    with pytest.raises(TemplateLoadError) as err:
+        load_template_file(path)
+    assert err.value.reason == (
+        "invalid template:\n  template: show_neighbors is false (no neighbours in the prompt), yet neighbor_images is "
+        "true, and no neighbour image is sent; max_neighbors is 5, and no neighbour is listed; system uses "
+        "$n_neighbors, which is always 0: show the neighbours, or leave those out")
+    # show_neighbors: false alone means no neighbour images either, and reads back from its own YAML
+    labels_only = load_template_file(write(tmp_path, "mine", MINIMAL + "show_neighbors: false\n"))
+    assert not labels_only.neighbor_images
+    assert load_template_file(write(tmp_path, "mine", labels_only.to_yaml())) == labels_only
+
+
 def test_a_template_that_is_not_utf8_is_a_load_error_not_a_crash(tmp_path):
     (tmp_path / "latin.yaml").write_bytes(b"name: latin\nversion: 1\nsystem: caf\xe9\n")
     reg = TemplateRegistry(tmp_path)  # the others still load
