@@ -1642,3 +1642,23 @@ def test_vmem_history_is_read_whole_a_page_at_a_time_with_until(built, tmp_path)
     assert paged == whole
     bad = run("history", "--memory", copy, "--until", "last week")
     assert bad.exit_code == 2 and "--until" in bad.output and "'last week' is not a date or time" in bad.output
+
+
+def test_a_label_whose_points_were_all_forgotten_lists_and_exports_nothing_and_an_unknown_one_is_refused(built,
+                                                                                                        tmp_path):
+    # As GET /v1/memory/points answers it: a user checking that a forget took a class whole had been told the memory
+    # never had that label ("Invalid value for --label"), as of a misspelt one
+    memory, _ = built
+    copy = tmp_path / "memory"
+    assert run("copy", "--memory", memory, "--to-memory", copy).exit_code == 0
+    gone = "blue"
+    forgot = run("forget", "--memory", copy, "--label", gone)
+    assert forgot.exit_code == 0, forgot.output
+    listed = run("points", "--memory", copy, "--label", gone, "--json")
+    assert listed.exit_code == 0 and listed.stdout == "", listed.output
+    exported = run("export", tmp_path / "gone.npz", "--memory", copy, "--label", gone)
+    assert exported.exit_code == 0, exported.output
+    assert len(np.load(tmp_path / "gone.npz")["ids"]) == 0
+    for command in (["points"], ["export", tmp_path / "none.npz"]):
+        refused = run(*command, "--memory", copy, "--label", "no-such-label")
+        assert refused.exit_code == 2 and "no label 'no-such-label'" in refused.output, refused.output

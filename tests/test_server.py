@@ -1584,6 +1584,10 @@ def test_listing_a_label_whose_points_were_all_forgotten_is_an_empty_page_and_an
     listed = client.get("/v1/memory/points", params={"label": "red"})
     assert listed.status_code == 200, listed.text
     assert listed.json()["points"] == [] and listed.json()["next_cursor"] is None
+    exported = client.get("/v1/memory/export", params={"label": "red"}, headers=AUTH)  # as points lists it
+    assert exported.status_code == 200 and exported.headers["X-Vmem-Points"] == "0", exported.text
+    assert_problem(client.get("/v1/memory/export", params={"label": "purple"}, headers=AUTH), 422, "unknown-label",
+                   "the memory has no label 'purple'")
     # A label no edit ever touched is still refused: an empty page would read as an empty class.
     assert_problem(client.get("/v1/memory/points", params={"label": "purple"}), 422, "unknown-label",
                    "the memory has no label 'purple'")

@@ -1829,6 +1829,12 @@ class VisualMemory:
         if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
             raise ValueError(f"the memory has no label {quoted(label)} ({hints}): give the label")
 
+    def knows_label(self, label: str) -> bool:
+        """Whether listing this label's points means anything: it has points (hard-pruned ones count), or had some
+        (all forgotten or relabelled away: an empty listing, not a misspelling). A label no edit touched, or a
+        label's name, is not known: listing it is refused (`unknown_labels_message`)."""
+        return bool(self.store.count(label=self.stored_label(label))) or self.had_label(label)
+
     def had_label(self, label: str) -> bool:
         """Whether the memory's journal records an edit that touched this label (added, forgot or relabelled its
         points, or named it): a label with no points left is then one the memory knows, empty, not a misspelling.

@@ -605,9 +605,7 @@ async def list_points(q: Annotated[PointsQuery, Query()], request: Request, serv
     Each has its label (and name), source, tags, when it was added, and whether pruning excluded or
     down-weighted it. Follow `next_cursor` (as `cursor`) until it is null.
     """
-    if q.label is not None and not await run_in_threadpool(
-            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)) \
-            and not await run_in_threadpool(service.memory.had_label, q.label):
+    if q.label is not None and not await run_in_threadpool(service.memory.knows_label, q.label):
         # An empty page read as an empty class, for a label misspelt or given by its name: refused. A label whose
         # points were all forgotten (or relabelled) is empty, and a client paging it (or checking that a forget
         # took them all) is answered so, not told the memory never had it.
@@ -648,9 +646,8 @@ async def export_points(q: Annotated[ExportQuery, Query()], service: ServiceDep,
     into another memory. Written to a temporary file first (the vectors are never all in RAM), sent, then
     deleted: the server's temporary folder needs room for about twice the vectors. Requires the API key (vectors
     say much of the images they come from)."""
-    if q.label is not None and not await run_in_threadpool(
-            service.memory.store.count, await run_in_threadpool(service.memory.stored_label, q.label)):
-        await unknown_labels(service, [q.label])
+    if q.label is not None and not await run_in_threadpool(service.memory.knows_label, q.label):
+        await unknown_labels(service, [q.label])  # one whose points were all forgotten exports an empty file
     folder = make_private_folder(EXPORT_FOLDER_PREFIX)  # named for this process: a killed one's is removed at start
     try:
         n = await service.run_read(service.memory.export_points, folder / "points.npz", q.label, q.source_prefix,

@@ -1083,7 +1083,7 @@ def points(
     """List memory points (id, label, source; excluded if hard-pruned), a page at a time in id order."""
     mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
-        if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
+        if label is not None and not mem.knows_label(label):  # one whose points were all forgotten: none listed
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         while True:
             try:
@@ -1135,7 +1135,7 @@ def export(
                                  param_hint="--source")
     mem = open_memory(memory, qdrant_url, wait=wait)
     with mem:
-        if label is not None and not mem.store.count(label=mem.stored_label(label)):  # hard-pruned ones count
+        if label is not None and not mem.knows_label(label):  # one whose points were all forgotten: none listed
             raise typer.BadParameter(mem.unknown_labels_message([label], LISTED_BY), param_hint="--label")
         total = _export_total(mem, label, source, excluded)
         started = time.perf_counter()
