@@ -355,6 +355,11 @@ def test_http_pages_through_a_history_longer_than_its_limit_with_until(memory, t
         assert client.get("/v1/memory/history", params={"until": "2000-01-01"}).json() == {"entries": [],
                                                                                             "earlier": 0}
         assert client.get("/v1/memory/history", params={"until": "later"}).status_code == 422
+        # The oldest `at` pasted into the URL as it is: its `+00:00` reads as ` 00:00` (a `+` in a query is a space)
+        pasted = client.get(f"/v1/memory/history?limit=3&until={whole[3]['at']}")
+        assert pasted.status_code == 422
+        assert pasted.json()["detail"].endswith("a `+` in a URL's query reads as a space: send it as %2B (or have "
+                                                "the HTTP client encode the parameters)"), pasted.json()["detail"]
 
 
 def test_journal_entries_round_trip_as_json_lines():

@@ -6,6 +6,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -80,6 +81,8 @@ from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, requ
 from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
 
 NoOptionsDep = Annotated[NoOptions, Query()]
+# A time whose zone's `+` a URL's query decoded as a space: 2026-12-07T21:19:28.013887 00:00
+_PLUS_AS_SPACE = re.compile(r"\d[T ][\d:.,]+ \d{2}(:?\d{2})?$")
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
@@ -544,7 +547,12 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
             service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since,
             by=q.by, until=q.until))
     except ValueError as exc:  # a `since` or `until` that is no date
-        raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
+        detail = str(exc)
+        if any(value is not None and _PLUS_AS_SPACE.search(value) for value in (q.since, q.until)):
+            # An `at` pasted into a URL (the next page's `until`): its `+00:00` had read as no date, with no reason
+            detail += "; a `+` in a URL's query reads as a space: send it as %2B (or have the HTTP client encode the " \
+                      "parameters)"
+        raise ProblemError(422, detail, "invalid-parameters", "Invalid parameters") from None
     if not q.ids:
         entries = [e.model_copy(update={"ids": []}) if e.ids else e for e in entries]
     return HistoryOut(entries=entries, earlier=earlier)
