@@ -379,10 +379,10 @@ class HistoryQuery(BaseModel):
                            description="only the edits made with the API key of this name (`default`: "
                                        "VMEM_API_KEY's)")
     until: str | None = Field(default=None, min_length=4, max_length=40,
-                              description="only edits from this ISO 8601 time back (UTC unless it names a zone): the "
-                                          "next page of a history longer than `limit` is `until` the oldest `at` "
-                                          "listed, leaving out the entries listed already (an edit of several "
-                                          "entries shares its time)")
+                              description="only edits from this ISO 8601 time back (UTC unless it names a zone; a "
+                                          "date: through that day): the next page of a history longer than "
+                                          "`limit` is `until` the oldest `at` listed, leaving out the entries "
+                                          "listed already (an edit of several entries shares its time)")
     limit: int = Field(default=50, ge=1, le=1000, description="edits listed, newest first (`earlier` counts those "
                                                               "left out: `until` pages to them)")
     ids: bool = Field(default=True, description="each forget's and relabel's point ids (false: left out, `points` "

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+from datetime import date, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -360,6 +361,19 @@ def test_http_pages_through_a_history_longer_than_its_limit_with_until(memory, t
         assert pasted.status_code == 422
         assert pasted.json()["detail"].endswith("a `+` in a URL's query reads as a space: send it as %2B (or have "
                                                 "the HTTP client encode the parameters)"), pasted.json()["detail"]
+
+
+def test_an_until_that_is_a_date_takes_in_that_whole_day(memory):
+    # As `since 2026-12-05` starts with that day, `until 2026-12-05` ends with it: read as its midnight, it had left
+    # out the whole day named, and `since D until D` found nothing of D
+    memory.set_label_names({"red": "crimson"})
+    newest = memory.history(limit=1)[0]
+    day = newest.at[:10]  # the journal writes UTC
+    assert memory.history(until=day, limit=1) == [newest]
+    assert memory.history(since=day, until=day, limit=1000) == memory.history(since=day, limit=1000)
+    assert memory.history(until=day) == memory.history()  # unlimited: every entry parsed, as a label query reads
+    before = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+    assert memory.history(until=before, limit=1000) == [e for e in memory.history(limit=1000) if e.at < day]
 
 
 def test_journal_entries_round_trip_as_json_lines():

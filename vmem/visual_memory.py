@@ -22,7 +22,8 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, overload
 
@@ -1542,8 +1543,8 @@ class VisualMemory:
         the edits that touched the label's points (added, forgot, relabelled from or to it, named it).
         `since`: only edits at or after this ISO 8601 time or date (UTC when it names no zone). `by`: only the
         edits made over HTTP with the API key of this name (`default`: VMEM_API_KEY's). `until`: only edits at or
-        before this time: past the newest `limit`, the next page is `until` the oldest `at` shown, less the entries
-        shown (an edit of several entries shares its time).
+        before this time (a date: through that day): past the newest `limit`, the next page is `until` the oldest
+        `at` shown, less the entries shown (an edit of several entries shares its time).
 
         Example:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
@@ -3100,12 +3101,16 @@ def _is_uuid(text: str) -> bool:
         return False
 
 
-def _utc_iso(when: str) -> str:
-    """An ISO 8601 time or date as the journal writes times (UTC), for comparing; ValueError if it is neither."""
+def _utc_iso(when: str, end_of_day: bool = False) -> str:
+    """An ISO 8601 time or date as the journal writes times (UTC), for comparing; ValueError if it is neither. A date
+    is its first instant, or with `end_of_day` its last (an `until`: the day it names is in)."""
     try:
         parsed = datetime.fromisoformat(when.strip())
     except ValueError:
         raise ValueError(f"{when!r} is not a date or time: give it as 2026-12-05 or 2026-12-05T14:30") from None
+    if end_of_day:
+        with contextlib.suppress(ValueError):  # a time as well is not a date alone
+            parsed = datetime.combine(date.fromisoformat(when.strip()), dt_time.max)
     try:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
     except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC, before datetime's first
@@ -3193,7 +3198,7 @@ def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None
     if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
         raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
     return JournalQuery(op=op, point_id=point_id, label=label, since=_utc_iso(since) if since is not None else None,
-                        by=by, until=_utc_iso(until) if until is not None else None)
+                        by=by, until=_utc_iso(until, end_of_day=True) if until is not None else None)
 
 
 def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,

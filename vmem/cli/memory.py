@@ -1284,9 +1284,9 @@ def history(
     label: Annotated[str | None, typer.Option(help="only edits that touched this label's points (or named it)")] = None,
     since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
-    until: Annotated[str | None, typer.Option(help="only edits at or before this date or time: past the newest "
-                                                   "--limit, the next page is --until the oldest shown (which it "
-                                                   "shows again)")] = None,
+    until: Annotated[str | None, typer.Option(help="only edits at or before this date or time (a date: through "
+                                                   "that day): past the newest --limit, the next page is --until "
+                                                   "the oldest shown (which it shows again)")] = None,
     by: Annotated[str | None, typer.Option(help="only edits made over HTTP with the API key of this name (vmem key "
                                                 "NAME; default: VMEM_API_KEY's)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
