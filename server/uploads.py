@@ -60,9 +60,13 @@ def too_many_images(limit: int, advice: str, sent: int | None = None) -> Problem
                         "too-many-images", "Too many images")
 
 
-def bad_multipart(reason: str, field: str) -> ProblemError:
+def bad_multipart(reason: str, field: str, other_fields: str = OPTIONS_IN_QUERY) -> ProblemError:
     """400 `bad-multipart`: a multipart/form-data body that does not parse, with what to do about it."""
-    if "boundary" in reason.lower():
+    if reason.startswith("Too many fields"):
+        # Starlette's parser stops past `max_fields` text fields (options sent as fields, say): the file is not what
+        # is wrong, and the fields cannot be named (fewer are each a 422 naming it)
+        advice = f"it holds more text fields than this route reads; {other_fields}"
+    elif "boundary" in reason.lower():
         # The usual cause: a client that sets `Content-Type: multipart/form-data` itself, which drops the boundary
         # its HTTP library would have written (requests' and httpx' `files=` write the header whole).
         advice = ("the Content-Type names no boundary (multipart/form-data; boundary=...): let the HTTP client "
@@ -90,7 +94,7 @@ class _ClosingBoundaryParser(MultiPartParser):
         self.closed = True
 
 
-async def _parse_form(request: Request, field: str, max_files: int, too_many: str) -> FormData:
+async def _parse_form(request: Request, field: str, max_files: int, too_many: str, other_fields: str) -> FormData:
     try:
         async with aclosing(request.stream()) as stream:
             parser = _ClosingBoundaryParser(request.headers, stream, max_files=max_files, max_fields=max_files + 16)
@@ -99,7 +103,7 @@ async def _parse_form(request: Request, field: str, max_files: int, too_many: st
         # Starlette's parser refuses the file past `max_files` with words of its own and no status of ours.
         if exc.message.startswith("Too many files"):
             raise too_many_images(max_files, too_many) from None
-        raise bad_multipart(exc.message, field) from None  # about:blank and Starlette's words had said so
+        raise bad_multipart(exc.message, field, other_fields) from None  # about:blank and Starlette's words had said so
     if not parser.closed:
         await form.close()
         what = ("the multipart/form-data body holds no part (it is empty): upload a file in the "
@@ -120,7 +124,7 @@ async def read_files(request: Request, field: str, max_files: int, *, too_many: 
     Any other text field is a 422 naming it and ending with `other_fields`: options travel in the
     query string, and a form field the route does not read must not be silently ignored.
     """
-    form = await _parse_form(request, field, max_files, too_many)
+    form = await _parse_form(request, field, max_files, too_many, other_fields)
     try:
         files: list[tuple[bytes, str | None]] = []
         fields: dict[str, list[str]] = {}

@@ -19,6 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from server.routes.memory import LABELS_ONLY
+from server.uploads import OPTIONS_IN_QUERY
 from tests._reliability_fixtures import LABELS, noise_png, tiny_app
 
 PROBLEM = "application/problem+json"
@@ -143,6 +145,13 @@ def test_a_multipart_body_that_does_not_parse_is_a_bad_multipart_problem_saying_
                            headers={"content-type": "multipart/form-data; boundary=b"})
     assert nameless.status_code == 400 and nameless.json()["type"] == "urn:vmem:problem:bad-multipart"
     assert f"send the image as a file part named '{field}'" in nameless.json()["detail"]
+    # A form that parses, of more text fields than the parser takes (options sent as fields, say): what to send
+    fields = {name: "5" for name in [f"option{i}" for i in range(200)]}
+    crowded = client.post(endpoint, data=fields, files={field: ("q.png", noise_png(10_002))})
+    assert crowded.status_code == 400 and crowded.json()["type"] == "urn:vmem:problem:bad-multipart"
+    said = crowded.json()["detail"]
+    assert "it holds more text fields than this route reads" in said and "file part" not in said, said
+    assert said.endswith(LABELS_ONLY if endpoint == "/v1/memory" else OPTIONS_IN_QUERY), said
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/classify", "/v1/classify/batch", "/v1/memory"])
