@@ -44,9 +44,11 @@ def api_key_of(request: Request, key: str | None, needed_for: str = "this endpoi
     if get_settings(request).auth_disabled:
         return None
     if not key:
-        # A generated client's default (openapi-python-client's AuthenticatedClient) sends the key as a bearer token
+        # A generated client's default (openapi-python-client's AuthenticatedClient) sends the key as a bearer token;
+        # a Basic one is a proxy's own login (nginx's auth_basic passes it on), no key sent in the wrong place
+        sent = request.headers.get("authorization", "")
         where = (f" (it came in the Authorization header, which is not read here: send {API_KEY_HEADER}: KEY, not "
-                 "Authorization: Bearer KEY)" if request.headers.get("authorization") else "")
+                 "Authorization: Bearer KEY)" if sent and not sent.lower().startswith("basic ") else "")
         raise ProblemError(401, f"{needed_for}: send the API key in the {API_KEY_HEADER} header{where}",
                            "missing-api-key", headers={"WWW-Authenticate": API_KEY_HEADER})
     keys: KeyRing = request.app.state.keys

@@ -904,6 +904,9 @@ def test_a_key_sent_as_a_bearer_token_is_refused_saying_where_it_goes(client):
     assert "not Authorization: Bearer KEY" in assert_problem(rerank, 401, "missing-api-key")["detail"]
     plain = assert_problem(client.delete("/v1/memory?label=red"), 401, "missing-api-key")  # no header: as before
     assert plain["detail"] == "this endpoint edits the memory: send the API key in the X-API-Key header"
+    # A proxy's own login (nginx's auth_basic passes its Authorization: Basic on) is no key sent in the wrong place
+    proxied = client.delete("/v1/memory?label=red", headers={"Authorization": "Basic dXNlcjpwYXNzd29yZA=="})
+    assert assert_problem(proxied, 401, "missing-api-key")["detail"] == plain["detail"]
     assert client.get("/v1/memory/stats").json()["points"] == 12
 
 
