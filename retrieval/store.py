@@ -526,7 +526,9 @@ class EngineShard:
                 return attr(*args, **kwargs)
             except Exception as exc:
                 _name_folder(exc, self.opened_as, self.named)
-                if _engine_read_failure(exc):
+                # Not an argument it refused (a ValueError or TypeError of pyo3's conversion), which quotes the
+                # argument: an id "corrupted-scan-7" had called the files damaged. Its own failures are Exceptions.
+                if not isinstance(exc, (ValueError, TypeError)) and _engine_read_failure(exc):
                     raise _damaged(self.shown, _engine_damage_said(exc)) from exc
                 raise
             except BaseException as exc:  # re-raised at once unless the engine's panic (KeyboardInterrupt...)

@@ -94,6 +94,18 @@ def test_a_file_damaged_under_an_open_memory_is_said_to_be_damaged_when_a_search
         assert_said_damaged(str(forgot.value), memory)
 
 
+def test_an_argument_the_engine_refuses_is_not_called_damage_for_the_words_it_echoes(tmp_path):
+    # The engine's refusal of an argument quotes it: an id named "corrupted-scan-7" is a bad id, and the memory's
+    # files, which nothing read, had been said damaged, to be restored from a backup
+    make_memory(tmp_path / "memory").close()
+    with open_store(tmp_path / "memory") as store:
+        for call in (store.retrieve, store.delete_ids, store.existing_ids):
+            with pytest.raises(ValueError, match="failed to parse corrupted-scan-7 as UUID") as refused:
+                call(["corrupted-scan-7"])
+            assert not isinstance(refused.value, MemoryDamagedError)
+        assert store.count() == 60
+
+
 class FirstPixels(Featurizer):
     """The memory's encoder as far as the service's start asks (it warms one up): no weights to load."""
 
