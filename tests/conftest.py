@@ -36,6 +36,16 @@ def _isolated_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _qdrant_client_warns_afresh(monkeypatch):
+    """qdrant-client warns each message once a process (client_warnings.SEEN_MESSAGES): a test that drove its local
+    mode as a server's stand-in, told to ignore the warning, used up the once, and the local-mode warnings that
+    pyproject.toml makes errors reached no later test on that worker. Each test starts as a fresh process would."""
+    from qdrant_client.common import client_warnings
+
+    monkeypatch.setattr(client_warnings, "SEEN_MESSAGES", set())
+
+
+@pytest.fixture(autouse=True)
 def _no_log_handler_left_on_a_closed_stream():
     """`vmem serve` run in this process (click's CliRunner) configures logging as a service's own process does
     (dictConfig: the root logger's handler on sys.stderr as it is then, the runner's, closed once it returns). Left

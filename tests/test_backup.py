@@ -32,8 +32,6 @@ from tests.test_copy import make_memory, points_of
 from vmem import VisualMemory
 from vmem.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 QUERIES = random_unit_vectors(5, 16, seed=9)
 AUTH = {"X-API-Key": API_KEY}
 

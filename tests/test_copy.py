@@ -14,8 +14,6 @@ from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 from vmem.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 SPEC = FeaturizerSpec(name="dummy", dim=16, preprocessing=Preprocessing(resize=32, crop=32))
 
 

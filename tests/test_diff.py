@@ -22,9 +22,6 @@ from vmem import VisualMemory
 from vmem.cli import app
 from vmem.diff import open_to_compare
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
-
 
 def vmem(*args) -> object:
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})

@@ -22,7 +22,6 @@ from vmem import VisualMemory, __version__
 from vmem.cli import app
 from vmem.export import EXPORT_ARRAYS
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
 
 

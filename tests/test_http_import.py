@@ -23,7 +23,6 @@ from tests._server_fixtures import API_KEY, COLORS, make_memory_images, services
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 AUTH = {"X-API-Key": API_KEY}
 NPZ = {**AUTH, "Content-Type": "application/octet-stream"}
 QUERY = {"image": ("query.png", texture(COLORS["green"], seed=999), "image/png")}

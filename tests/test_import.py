@@ -22,8 +22,6 @@ from vmem import VisualMemory
 from vmem.cli import app
 from vmem.import_points import PointsFileError, read_points_file
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
 BACKENDS = ["edge", "qdrant-client"]
 

@@ -27,8 +27,6 @@ from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, tex
 from vmem import VisualMemory
 from vmem.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 KEY = {"X-API-Key": API_KEY}
 
 
@@ -472,6 +470,8 @@ def test_recent_edits_read_as_a_torn_line_is_cut_off_are_the_journal_as_the_read
     assert [e.op for e in journal.newest(JournalQuery(), 10)[0]] == ["forget", "add", "add"]
 
 
+# qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
 def test_a_shared_memorys_recent_edits_are_one_page_from_the_server_and_agree_with_reading_them_all():
     from retrieval.journal import CollectionJournal, Journal, JournalQuery
 
@@ -506,6 +506,8 @@ def test_a_shared_memorys_recent_edits_are_one_page_from_the_server_and_agree_wi
     assert len(sent) == 4 and [e.part for e in shown] == [1] and earlier == len(entries) - 1
 
 
+# qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
 def test_the_answer_logs_edit_at_costs_a_shared_memory_one_request_a_classify(tmp_path, caplog):
     # README: a memory on a Qdrant server asks for its newest edit "once per classify call (one request)"; its
     # journal's existence had been asked too, every time. qdrant-local: qdrant-client's code, a folder as a server.
@@ -534,6 +536,8 @@ def test_the_answer_logs_edit_at_costs_a_shared_memory_one_request_a_classify(tm
     assert journal.newest_at == max(e.at for e in entries[10:20])
 
 
+# qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
 def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
     from qdrant_client.http.exceptions import UnexpectedResponse
 

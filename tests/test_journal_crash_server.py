@@ -191,6 +191,8 @@ def test_the_note_of_a_forked_worker_still_editing_is_left_to_it(memory):
         assert (forget.op, forget.points, forget.pid) == ("forget", 10, worker) and notes_left(mem) == 0
 
 
+# qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
 def test_two_openings_settling_one_note_at_once_journal_it_once(memory):
     # Two processes open the memory at once and find the same dead process's note: each journals it, the second
     # having looked for its entry before the first wrote it. Under ids of the note's, the second entry is the first.

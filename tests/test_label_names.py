@@ -24,8 +24,6 @@ from tests.conftest import make_image
 from vmem import VisualMemory
 from vmem.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
-
 
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})

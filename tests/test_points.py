@@ -22,7 +22,6 @@ from vmem import VisualMemory
 from vmem.cli import app
 from vmem.visual_memory import linked_sources
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 SPEC = FeaturizerSpec(name="dummy", dim=8, preprocessing=Preprocessing(resize=32, crop=32))
 
 

@@ -22,8 +22,6 @@ from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_ima
 from vmem import VisualMemory, upload_source
 from vmem.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 RED_QUERY = texture(COLORS["red"], seed=4242)
 
 

@@ -15,8 +15,6 @@ from eval.label_audit import audit_labels
 from server import Settings, create_app
 from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
 
-pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
-                                        "ignore:Local mode performs exact:UserWarning")
 KEY = {"X-API-Key": API_KEY}
 
 

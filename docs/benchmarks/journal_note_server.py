@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from retrieval import FeaturizerSpec, Preprocessing
 from retrieval.store import MemoryMeta, QdrantServerStore
 from vmem import VisualMemory
-
-warnings.filterwarnings("ignore", "Payload indexes have no effect")
 
 
 def main() -> None:
