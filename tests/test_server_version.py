@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import socket
 import threading
 import warnings
 
@@ -17,53 +16,18 @@ from qdrant_client import QdrantClient
 import retrieval.store
 from retrieval import MemoryUnavailableError, QdrantServerStore
 from retrieval.store import _check_server_version
-from tests.test_secrets import HeadersListener
+from tests._listeners import HeadersListener
 
 OURS = importlib.metadata.version("qdrant-client")
 MAJOR, MINOR = (int(part) for part in OURS.split(".")[:2])
 
 
-class VersionListener:
-    """A loopback port that answers each request `GET /` as a Qdrant server says its version (title and version,
-    nothing else: it is no Qdrant server), and keeps each request's first line."""
-
-    def __init__(self, version: str) -> None:
-        body = json.dumps({"title": "qdrant - vector search engine", "version": version}).encode()
-        self.answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                       b"content-length: %d\r\n\r\n" % len(body)) + body
-        self.requests: list[str] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set() and len(self.requests) < 20:
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    try:
-                        chunk = conn.recv(4096)
-                    except OSError:
-                        break
-                    if not chunk:
-                        break
-                    head += chunk
-                if head:
-                    self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
-                    conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
+def version_listener(version: str) -> HeadersListener:
+    """A loopback port that answers each request as a Qdrant server's `GET /` says its version (title and version,
+    nothing else: it is no Qdrant server), and keeps each request."""
+    body = json.dumps({"title": "qdrant - vector search engine", "version": version}).encode()
+    return HeadersListener(answer=(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                                   b"content-length: %d\r\n\r\n" % len(body)) + body, most=20)
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +43,7 @@ def _no_server_checked_yet(monkeypatch):
     ("dev", None),  # said in no form qdrant-client reads either: let be
 ])
 def test_a_server_qdrant_client_is_not_made_for_is_warned_of_once_in_vmems_words(version, advice, caplog):
-    listener = VersionListener(version)
+    listener = version_listener(version)
     client = QdrantClient(url=listener.url, check_compatibility=False)
     try:
         with caplog.at_level(logging.WARNING, logger="retrieval.store"):
@@ -88,7 +52,7 @@ def test_a_server_qdrant_client_is_not_made_for_is_warned_of_once_in_vmems_words
     finally:
         client.close()
         listener.close()
-    assert listener.requests == ["GET / HTTP/1.1"]
+    assert listener.request_lines == ["GET / HTTP/1.1"]
     said = [r.getMessage() for r in caplog.records]
     if advice is None:
         assert not said, said
