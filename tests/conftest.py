@@ -96,6 +96,15 @@ def lite0():
     return feat
 
 
+@pytest.fixture(scope="module")
+def memory_images(tmp_path_factory, lite0):
+    """The service tests' 12 images and their EfficientNet-Lite0 vectors (tests/_server_fixtures.py), made once a
+    module: fill_memory makes a fresh memory of them for each test."""
+    from tests._server_fixtures import make_memory_images
+
+    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+
+
 def make_image(color=(200, 30, 30), size=(32, 24), fmt="JPEG", mode="RGB") -> bytes:
     """A small solid-colour image, encoded."""
     img = Image.new(mode, size, color)

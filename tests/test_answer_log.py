@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from reranker import GeminiReranker
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, fill_memory, texture
 from vmem.answer_log import AnswerLog, log_files, read_answers
 from vmem.cli import app
 
@@ -27,18 +27,13 @@ KEY = {"X-API-Key": API_KEY}
 RED = texture((220, 30, 30), seed=777)  # a red image the memory has not seen
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
-
-
 def lines_of(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, lite0, images):
+def test_a_forgotten_point_names_the_served_decisions_it_took_part_in(tmp_path, lite0, memory_images):
     location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
     with TestClient(create_app(settings, memory=mem)) as client:
         answer = client.post("/v1/classify?k=3", files={"image": ("query.png", RED, "image/png")}).json()
@@ -84,9 +79,9 @@ class ForgetsWhileAsked:
         return self.gemini.rerank_many(requests, store=store)
 
 
-def test_a_point_forgotten_while_its_answer_was_re_ranked_names_that_decision(tmp_path, lite0, images):
+def test_a_point_forgotten_while_its_answer_was_re_ranked_names_that_decision(tmp_path, lite0, memory_images):
     location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
     with FakeGemini() as fake, TestClient(create_app(settings, memory=mem)) as client:
         mem.reranker = ForgetsWhileAsked(mem, GeminiReranker(api_key="test-key", base_url=fake.url, cache=False))
@@ -107,9 +102,9 @@ def test_a_point_forgotten_while_its_answer_was_re_ranked_names_that_decision(tm
     assert [(n["id"], n["forgotten_at"]) for n in decision["used"]] == [(nearest, forget.at)]
 
 
-def test_a_cached_answer_given_while_its_point_was_forgotten_is_one_of_its_decisions(tmp_path, lite0, images):
+def test_a_cached_answer_given_while_its_point_was_forgotten_is_one_of_its_decisions(tmp_path, lite0, memory_images):
     location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     during = []
     # Told of the forget before the service is (it drops its cached answers then): the forget is journaled, and a
     # repeat of the first question is answered from the cache meanwhile, as another request's can be
@@ -131,9 +126,9 @@ def test_a_cached_answer_given_while_its_point_was_forgotten_is_one_of_its_decis
     assert [(d["cached"], d["used"][0]["id"]) for d in decisions] == [(False, nearest), (True, nearest)]
 
 
-def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, images):
+def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, memory_images):
     log = tmp_path / "answers.jsonl"
-    mem = fill_memory(":memory:", lite0, images)
+    mem = fill_memory(":memory:", lite0, memory_images)
     settings = Settings(memory=":memory:", api_key=API_KEY, answer_log=log, featurize_threads=4,
                         result_cache_size=0)
     queries = [texture((220, 30, 30), seed=1000 + i) for i in range(24)]
@@ -147,8 +142,8 @@ def test_concurrent_classifies_log_whole_lines(tmp_path, lite0, images):
     assert all(len(a["neighbors"]) == 12 for a in logged)  # k=50 over 12 points
 
 
-def test_a_log_that_cannot_be_written_does_not_fail_classify(tmp_path, lite0, images, caplog):
-    mem = fill_memory(":memory:", lite0, images)
+def test_a_log_that_cannot_be_written_does_not_fail_classify(tmp_path, lite0, memory_images, caplog):
+    mem = fill_memory(":memory:", lite0, memory_images)
     nowhere = tmp_path / "no such folder" / "answers.jsonl"
     settings = Settings(memory=":memory:", api_key=API_KEY, answer_log=nowhere)
     with caplog.at_level(logging.WARNING), TestClient(create_app(settings, memory=mem)) as client:
@@ -162,8 +157,8 @@ def test_a_log_that_cannot_be_written_does_not_fail_classify(tmp_path, lite0, im
     assert "cannot be written" in said[0] and "could not be written" in said[1]
 
 
-def test_the_log_is_rotated_at_its_size_and_read_back_whole(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_the_log_is_rotated_at_its_size_and_read_back_whole(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     log = tmp_path / "answers.jsonl"
     mem.answer_log = AnswerLog(log, max_mb=0.01, backups=2)  # 10 kB a file: a k=3 answer's line is ~700 bytes
     for seed in (0, 20, 40):
@@ -178,9 +173,9 @@ def test_the_log_is_rotated_at_its_size_and_read_back_whole(tmp_path, lite0, ima
     assert [a["at"] for a in kept] == sorted(a["at"] for a in kept)  # oldest first, across the files
 
 
-def test_the_cli_logs_its_answers_and_a_torn_last_line_is_skipped_with_a_note(tmp_path, lite0, images):
+def test_the_cli_logs_its_answers_and_a_torn_last_line_is_skipped_with_a_note(tmp_path, lite0, memory_images):
     location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
-    with fill_memory(location, lite0, images):
+    with fill_memory(location, lite0, memory_images):
         pass
     query = tmp_path / "query.png"
     query.write_bytes(RED)
@@ -202,8 +197,8 @@ def test_the_cli_logs_its_answers_and_a_torn_last_line_is_skipped_with_a_note(tm
     assert (none.exit_code, none.stdout, none.stderr.splitlines()[-1]) == (0, "", "no logged decisions match")
 
 
-def test_a_log_deleted_or_moved_aside_while_in_use_is_started_again(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_a_log_deleted_or_moved_aside_while_in_use_is_started_again(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     log = tmp_path / "answers.jsonl"
     mem.answer_log = AnswerLog(log)
     mem.classify([texture((220, 30, 30), 1)], k=3)
@@ -231,9 +226,9 @@ def test_vmem_answers_says_what_is_wrong_with_the_log_it_is_given(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["--forgotten URL", "--qdrant-url URL"])
-def test_forgotten_reads_a_memory_that_is_not_a_folder_named_by_its_url(tmp_path, lite0, images, how):
+def test_forgotten_reads_a_memory_that_is_not_a_folder_named_by_its_url(tmp_path, lite0, memory_images, how):
     location, log = f"qdrant-local:{tmp_path / 'memory'}", tmp_path / "answers.jsonl"
-    with fill_memory(location, lite0, images) as mem:
+    with fill_memory(location, lite0, memory_images) as mem:
         mem.answer_log = AnswerLog(log)
         [answer] = mem.classify([RED], k=3)
         nearest = answer.neighbors[0].id
@@ -254,8 +249,8 @@ def test_forgotten_and_qdrant_url_together_are_refused_with_what_to_give(tmp_pat
     assert "give --forgotten http://localhost:6333 (the server's memory) or --forgotten memory, not both" in both.output
 
 
-def test_answers_from_vectors_embedded_elsewhere_are_logged_too(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_answers_from_vectors_embedded_elsewhere_are_logged_too(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     mem.answer_log = AnswerLog(tmp_path / "answers.jsonl")
     vectors = lite0.embed([texture((220, 30, 30), 1), texture((30, 40, 220), 2)])
     answers = mem.classify_vectors(vectors, sources=["camera-1/0001.jpg", None])
@@ -266,9 +261,9 @@ def test_answers_from_vectors_embedded_elsewhere_are_logged_too(tmp_path, lite0,
     assert [n["id"] for n in logged[0]["neighbors"]] == [n.id for n in answers[0].neighbors]
 
 
-def test_vmem_classify_refuses_an_answer_log_it_cannot_write_before_classifying(tmp_path, lite0, images):
+def test_vmem_classify_refuses_an_answer_log_it_cannot_write_before_classifying(tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory")
-    with fill_memory(location, lite0, images):
+    with fill_memory(location, lite0, memory_images):
         pass
     query = tmp_path / "query.png"
     query.write_bytes(RED)
@@ -288,12 +283,12 @@ def test_rotated_files_are_found_whatever_the_log_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["embedded", "server"])
-def test_each_logged_answer_names_the_newest_edit_then_whichever_engine_holds_the_memory(tmp_path, lite0, images,
+def test_each_logged_answer_names_the_newest_edit_then_whichever_engine_holds_the_memory(tmp_path, lite0, memory_images,
                                                                                          where):
     # The server path runs qdrant-client's own code against its local mode, a folder as a server's collection
     location = str(tmp_path / "memory") if where == "embedded" else f"qdrant-local:{tmp_path / 'memory'}"
     log = tmp_path / "answers.jsonl"
-    with fill_memory(location, lite0, images) as mem:
+    with fill_memory(location, lite0, memory_images) as mem:
         mem.answer_log = AnswerLog(log)
         mem.classify([RED], k=3)
         mem.forget([mem.classify([RED], k=3)[0].neighbors[0].id])
@@ -305,9 +300,10 @@ def test_each_logged_answer_names_the_newest_edit_then_whichever_engine_holds_th
     assert [line["edit_at"] for line in lines_of(log)] == [None, None, forget.at, relabel.at]
 
 
-def test_the_log_keeps_how_sure_each_answer_was_and_vmem_answers_lists_those_flagged_unsure(tmp_path, lite0, images):
+def test_the_log_keeps_how_sure_each_answer_was_and_vmem_answers_lists_those_flagged_unsure(tmp_path, lite0,
+                                                                                           memory_images):
     location, log = str(tmp_path / "memory"), tmp_path / "answers.jsonl"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     settings = Settings(memory=location, api_key=API_KEY, answer_log=log)
     with TestClient(create_app(settings, memory=mem)) as client:
         # k=12: every point votes, so red's share is under 1; the same image asked with and without a threshold

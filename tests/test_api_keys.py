@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, texture
 from tests.conftest import REPO
 from vmem.cli import app
 from vmem.cli.serve import _startup_summary
@@ -31,11 +31,6 @@ ALICE, BOB, KIOSK = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef", "k
 
 def line(name: str, key: str, may: str = "") -> str:
     return f"{name} {hashlib.sha256(key.encode()).hexdigest()} {may}".rstrip() + "\n"
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from retrieval import MemoryFullError, open_store
 from retrieval import files as retrieval_files
 from retrieval import store as retrieval_store
 from tests._handshakes import Waits
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, services, texture
+from tests._server_fixtures import API_KEY, fill_memory, services, texture
 from tests.conftest import random_unit_vectors
 from tests.test_copy import make_memory, points_of
 from vmem import VisualMemory
@@ -295,11 +295,6 @@ def test_vmem_backup_link_latest_points_a_link_beside_the_backups_at_the_newest(
 
 
 # ------------------------------------------------------------------ over HTTP
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

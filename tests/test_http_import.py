@@ -19,18 +19,13 @@ import numpy as np
 import pytest
 
 from retrieval import FeaturizerSpec, Preprocessing, open_store
-from tests._server_fixtures import API_KEY, COLORS, make_memory_images, services, texture
+from tests._server_fixtures import API_KEY, COLORS, services, texture
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 
 AUTH = {"X-API-Key": API_KEY}
 NPZ = {**AUTH, "Content-Type": "application/octet-stream"}
 QUERY = {"image": ("query.png", texture(COLORS["green"], seed=999), "image/png")}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

@@ -23,30 +23,25 @@ from retrieval.journal import JOURNAL_FILE, FileJournal, JournalEntry, entries_f
 from retrieval.store import QdrantServerStore, point_id_for
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, fill_memory, texture
 from vmem import VisualMemory
 from vmem.cli import app
 
 KEY = {"X-API-Key": API_KEY}
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
-
-
 @pytest.fixture(params=["edge", "qdrant-client"])
-def memory(request, tmp_path, lite0, images):
+def memory(request, tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     yield mem
     mem.close()
 
 
-def test_every_edit_is_recorded_newest_first_with_what_it_touched(memory, images, tmp_path):
+def test_every_edit_is_recorded_newest_first_with_what_it_touched(memory, memory_images, tmp_path):
     lime = [texture((120, 230, 60), seed=900 + i) for i in range(2)]
     memory.add(lime, ["lime", "lime"], sources=["upload:lime-0", "upload:lime-1"], tags={"batch": "7"})
-    green = [str(p) for p, label in zip(images.paths, images.labels, strict=True) if label == "green"]
+    green = [str(p) for p, label in zip(memory_images.paths, memory_images.labels, strict=True) if label == "green"]
     memory.relabel("verde", label="green")
     memory.set_label_names({"verde": "leaf green"})
     assert memory.forget(source_prefix=green[0]) == 1
@@ -193,9 +188,9 @@ def test_a_long_build_journals_its_adds_as_it_goes(lite0, tmp_path, monkeypatch)
         assert [e.detail["build"].get("running") for e in adds] == [True, True, True]
 
 
-def test_processes_sharing_a_server_write_one_journal(lite0, images):
+def test_processes_sharing_a_server_write_one_journal(lite0, memory_images):
     client = QdrantClient(":memory:")
-    first = fill_memory(":memory:", lite0, images)
+    first = fill_memory(":memory:", lite0, memory_images)
     a = VisualMemory(QdrantServerStore(":memory:", first.store.meta, client=client), lite0, reranker=None)
     first.close()
     b = VisualMemory(QdrantServerStore(":memory:", client=client), lite0, reranker=None)
@@ -204,10 +199,10 @@ def test_processes_sharing_a_server_write_one_journal(lite0, images):
     assert [e.op for e in a.history()] == [e.op for e in b.history()] == ["forget", "add"]
 
 
-def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_no_edit(tmp_path, lite0, images,
+def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_no_edit(tmp_path, lite0, memory_images,
                                                                                          caplog):
     location = tmp_path / "memory"
-    with fill_memory(str(location), lite0, images) as mem:
+    with fill_memory(str(location), lite0, memory_images) as mem:
         mem.forget(label="red")
     with open(location / JOURNAL_FILE, "a", encoding="utf-8") as f:
         f.write('{"at": "2026-12-05T00:00:00+00:00", "op": "forg')  # a crash mid-write
@@ -225,9 +220,9 @@ def test_a_torn_last_line_is_skipped_and_a_journal_that_cannot_be_written_fails_
 
 
 def test_an_edit_after_a_torn_line_is_journaled_whole_and_a_line_that_is_no_entry_fails_no_history(
-        tmp_path, lite0, images, caplog):
+        tmp_path, lite0, memory_images, caplog):
     location = tmp_path / "memory"
-    with fill_memory(str(location), lite0, images) as mem:
+    with fill_memory(str(location), lite0, memory_images) as mem:
         mem.forget(label="red")
     journal = location / JOURNAL_FILE
     with open(journal, "a", encoding="utf-8") as f:
@@ -248,12 +243,12 @@ def test_an_edit_after_a_torn_line_is_journaled_whole_and_a_line_that_is_no_entr
         copy.close()
 
 
-def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, images):
+def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory")
-    with fill_memory(location, lite0, images):
+    with fill_memory(location, lite0, memory_images):
         pass
     runner = CliRunner(env={"COLUMNS": "250"})
-    gone = str(images.paths[0])  # a red image
+    gone = str(memory_images.paths[0])  # a red image
     assert runner.invoke(app, ["forget", "--memory", location, "--source", gone]).exit_code == 0
     assert runner.invoke(app, ["relabel", "--memory", location, "--label", "blue", "--to", "navy"]).exit_code == 0
     assert runner.invoke(app, ["prune", "--memory", location, "--mode", "soft", "--k", "3"]).exit_code == 0
@@ -269,7 +264,7 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     one = runner.invoke(app, ["history", "--memory", location, "--source", gone])
     assert one.stderr.startswith(f"{gone}: not in the memory now") or one.stdout.startswith(f"{gone}: not in")
     assert [line.split("\t")[1] for line in one.stdout.splitlines()[1:]] == ["forget"]
-    kept = runner.invoke(app, ["history", "--memory", location, "--source", str(images.paths[5]), "--json"])
+    kept = runner.invoke(app, ["history", "--memory", location, "--source", str(memory_images.paths[5]), "--json"])
     assert "in the memory now, labelled green" in kept.stderr and kept.stdout == ""
     assert "no edits recorded for it" in kept.stderr
     as_json = [JournalEntry.model_validate_json(line) for line in runner.invoke(
@@ -285,12 +280,12 @@ def test_cli_prints_the_history_of_the_memory_and_of_one_image(tmp_path, lite0, 
     assert bad.exit_code == 2 and "'yesterday' is not a date or time" in bad.output
 
 
-def test_history_of_an_image_added_under_a_name_of_its_own_knows_it_is_still_there(tmp_path, lite0, images):
+def test_history_of_an_image_added_under_a_name_of_its_own_knows_it_is_still_there(tmp_path, lite0, memory_images):
     # A name given to add(sources=...) is stored as given: the CLI had looked for it as a path under the current
     # folder and said "not in the memory now" above the very point's relabel.
     location = str(tmp_path / "memory")
     with VisualMemory(open_store(location, lite0.spec), lite0) as mem:
-        mem.add([str(p) for p in images.paths[:2]], "red", sources=["cam/0.jpg", "cam/1.jpg"])
+        mem.add([str(p) for p in memory_images.paths[:2]], "red", sources=["cam/0.jpg", "cam/1.jpg"])
         mem.relabel("crimson", ids=[mem.point_id_of_source("cam/0.jpg")])
     shown = CliRunner().invoke(app, ["history", "--memory", location, "--source", "cam/0.jpg"])
     assert shown.exit_code == 0, shown.output
@@ -299,8 +294,8 @@ def test_history_of_an_image_added_under_a_name_of_its_own_knows_it_is_still_the
     assert [line.split("\t")[1] for line in edits] == ["relabel"]
 
 
-def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_http_lists_the_edits_made_through_the_service(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
     with TestClient(create_app(settings, memory=mem)) as client:
         added = client.post("/v1/memory", headers=KEY, data={"label": "lime"},
@@ -564,11 +559,11 @@ def test_a_server_that_will_not_order_the_journal_has_it_read_whole(caplog):
     assert caplog.text.count("no edit_at for the answer log") == 1
 
 
-def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_again(tmp_path, lite0, images):
+def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_again(tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory")
-    with fill_memory(location, lite0, images) as mem:
+    with fill_memory(location, lite0, memory_images) as mem:
         assert mem.store.journal.newest_at is None  # nothing journaled yet
-        mem.forget(source_prefix=str(images.paths[0]))
+        mem.forget(source_prefix=str(memory_images.paths[0]))
         [forget] = mem.history()
         assert mem.store.journal.newest_at == forget.at  # kept as it appends
     with open(os.path.join(location, JOURNAL_FILE), "a", encoding="utf-8") as f:
@@ -578,7 +573,7 @@ def test_an_embedded_memory_knows_its_newest_edit_without_reading_the_journal_ag
     # On a Qdrant server, every process sharing the memory writes the journal: each asks the server, and so
     # knows the edits of the others too
     client = QdrantClient(":memory:")
-    first = fill_memory(":memory:", lite0, images)
+    first = fill_memory(":memory:", lite0, memory_images)
     a = VisualMemory(QdrantServerStore(":memory:", first.store.meta, client=client), lite0, reranker=None)
     first.close()
     b = VisualMemory(QdrantServerStore(":memory:", client=client), lite0, reranker=None)

@@ -17,17 +17,12 @@ from retrieval.store import THUMBNAILS_DIR, UPLOADS_DIR, open_read_only, upload_
 from server import create_app
 from server.settings import Settings
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images
+from tests._server_fixtures import API_KEY, fill_memory
 from vmem import VisualMemory
 
 pytestmark = pytest.mark.realdata
 AUTH = {"X-API-Key": API_KEY}
 GOLDFISH, STORK = "n01443537", "n02002724"
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

@@ -14,17 +14,12 @@ import pytest
 from retrieval import FeaturizerSpec, Preprocessing, open_store, point_id_for
 from retrieval.store import EXCLUDED_KEY
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
-from tests._server_fixtures import checkerboard, fill_memory, make_memory_images, texture
+from tests._server_fixtures import checkerboard, fill_memory, texture
 from tests.conftest import random_unit_vectors
 from vmem import VisualMemory
 from vmem.novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE
 
 COLOUR = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

@@ -13,15 +13,10 @@ from fastapi.testclient import TestClient
 
 from retrieval import open_store
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, make_memory_images, sample, services
+from tests._server_fixtures import API_KEY, sample, services
 from vmem import VisualMemory
 
 AUTH = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

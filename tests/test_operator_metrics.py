@@ -5,18 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 
-import pytest
 from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 
 from retrieval.store import ServerClient
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, fill_memory, make_memory_images, sample
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
+from tests._server_fixtures import API_KEY, fill_memory, sample
 
 
 def dead_url() -> str:

@@ -18,22 +18,17 @@ from retrieval import open_store
 from retrieval.store import EXCLUDED_KEY, PRUNE_COUNT_KEY
 from server import Settings, create_app
 from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse: one Lite0 load for the module
-from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, texture
 from vmem import VisualMemory, upload_source
 from vmem.cli import app
 
 RED_QUERY = texture(COLORS["red"], seed=4242)
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
-
-
 @pytest.fixture(params=["edge", "qdrant-client"])
-def memory(request, tmp_path, lite0, images):
+def memory(request, tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory") if request.param == "edge" else ":memory:"
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
     yield mem
     mem.close()
@@ -68,8 +63,8 @@ def test_labels_the_service_could_not_reach_are_refused_on_every_surface(memory)
     assert memory.store.existing_labels(red) == {red[0]: "red"}
 
 
-def test_an_image_added_again_is_not_added_twice_and_another_label_relabels_it(memory, images):
-    red = str(images.paths[images.labels.index("red")])
+def test_an_image_added_again_is_not_added_twice_and_another_label_relabels_it(memory, memory_images):
+    red = str(memory_images.paths[memory_images.labels.index("red")])
     again = memory.add_images([red], ["red"])  # already there, with this label: nothing to do
     assert again.ids == [again.ids[0]] and again.added == [] and again.relabelled == {}
     assert memory.store.count() == 12 and [e.op for e in memory.history()] == ["name"]  # nothing journaled
@@ -86,8 +81,8 @@ def test_an_image_added_again_is_not_added_twice_and_another_label_relabels_it(m
     assert memory.add_images([red], [" blue "]).relabelled == {}  # " blue " is blue, as relabel takes it
 
 
-def test_http_add_of_an_image_already_in_memory_says_so_and_relabels_it(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_http_add_of_an_image_already_in_memory_says_so_and_relabels_it(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
     key = {"X-API-Key": API_KEY}
     image = texture((250, 120, 10), seed=5)
@@ -129,8 +124,8 @@ def test_the_same_bytes_under_another_name_are_the_point_that_holds_them(memory)
     assert memory.store.count() == 13
 
 
-def test_http_add_of_the_same_bytes_under_another_name_names_the_point_that_holds_them(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_http_add_of_the_same_bytes_under_another_name_names_the_point_that_holds_them(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
     key = {"X-API-Key": API_KEY}
     image = texture((250, 120, 10), seed=5)
@@ -209,9 +204,9 @@ def test_relabelling_tells_listeners_and_drops_cached_rerank_answers(memory):
     cache.close()
 
 
-def test_a_relabel_lasts_past_reopening_even_of_the_last_point_added(tmp_path, lite0, images):
+def test_a_relabel_lasts_past_reopening_even_of_the_last_point_added(tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory")
-    mem = fill_memory(location, lite0, images)
+    mem = fill_memory(location, lite0, memory_images)
     last = mem.store.ids_where(label="blue")  # the add's last point is blue
     mem.relabel("red", ids=last)  # the embedded store rewrites the last add's point when it closes
     mem.close()
@@ -248,9 +243,9 @@ def test_build_keeps_stored_labels_unless_asked_to_relabel(tmp_path):
     assert "1 point (green: 1) to blue\tby build\tvia cli" in history  # it had said "by build True"
 
 
-def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
+def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, memory_images):
     location = str(tmp_path / "memory")
-    with fill_memory(location, lite0, images) as mem:
+    with fill_memory(location, lite0, memory_images) as mem:
         mem.set_label_names({"blue": "navy"})
         red = mem.store.ids_where(label="red")
     runner = CliRunner(env={"COLUMNS": "250"})
@@ -280,8 +275,8 @@ def test_cli_relabels_by_id_or_label_and_refuses_names(tmp_path, lite0, images):
     assert moved[0]["relabelled_from"] == "red"
 
 
-def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, lite0, images):
-    mem = fill_memory(":memory:", lite0, images)
+def test_http_relabels_a_point_or_a_class_and_answers_change_at_once(tmp_path, lite0, memory_images):
+    mem = fill_memory(":memory:", lite0, memory_images)
     mem.set_label_names({"blue": "navy"})
     settings = Settings(memory=":memory:", api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
     key = {"X-API-Key": API_KEY}
@@ -360,15 +355,15 @@ def test_a_point_forgotten_while_a_relabel_reads_its_label_leaves_the_others_rel
     assert memory.store.label_counts() == {"blue": 7, "green": 4}
 
 
-def test_a_search_during_a_relabel_sees_it_whole_or_not_at_all(tmp_path, lite0, images, monkeypatch):
+def test_a_search_during_a_relabel_sees_it_whole_or_not_at_all(tmp_path, lite0, memory_images, monkeypatch):
     # A relabel is a write per old label (and per 4,096 points): a search between two had seen it half made, a
     # folder's classes renamed voting beside the ones not yet renamed.
-    memory = fill_memory(str(tmp_path / "memory"), lite0, images)
+    memory = fill_memory(str(tmp_path / "memory"), lite0, memory_images)
     write, seen, searches = memory.store.set_payload, [], []
 
     def a_search_after_each_write(ids, payload):
         write(ids, payload)
-        search = threading.Thread(target=lambda: seen.append({n.label for n in memory.search(images.vectors[:1],
+        search = threading.Thread(target=lambda: seen.append({n.label for n in memory.search(memory_images.vectors[:1],
                                                                                               12)[0]}))
         search.start()
         search.join(0.5)  # answered at once, unless searches wait for the relabel to end
@@ -376,7 +371,7 @@ def test_a_search_during_a_relabel_sees_it_whole_or_not_at_all(tmp_path, lite0, 
 
     monkeypatch.setattr(memory.store, "set_payload", a_search_after_each_write)
     try:
-        assert memory.relabel("colour", source_prefix=str(images.paths[0].parent.parent)) == 12
+        assert memory.relabel("colour", source_prefix=str(memory_images.paths[0].parent.parent)) == 12
         for search in searches:
             search.join(30)
         assert len(seen) == 3 and all(labels == {"colour"} for labels in seen), seen

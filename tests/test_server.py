@@ -25,16 +25,11 @@ from pydantic import ValidationError
 from reranker import GeminiReranker
 from reranker.testing import FakeGemini
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, COLORS, checkerboard, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, checkerboard, fill_memory, texture
 from tests.conftest import make_scene, reencoded
 
 PROBLEM = "application/problem+json"
 AUTH = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 def settings(tmp_path, **overrides) -> Settings:

@@ -21,17 +21,12 @@ from typer.testing import CliRunner
 
 from retrieval.files import served_by
 from server import Settings, create_app
-from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, live_server, texture
 from tests.conftest import REPO
 from vmem import VisualMemory
 from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 @pytest.fixture

@@ -12,18 +12,13 @@ from retrieval import open_store
 from retrieval.text import counted
 from server.app import create_app, open_memory
 from server.settings import Settings
-from tests._server_fixtures import API_KEY, COLORS, fill_memory, make_memory_images, texture
+from tests._server_fixtures import API_KEY, COLORS, fill_memory, texture
 from tests.conftest import random_unit_vectors
 from tests.test_copy import SPEC, make_memory
 from vmem import NoMemoryError, VisualMemory
 from vmem.cli import app
 
 AUTH = {"X-API-Key": API_KEY}
-
-
-@pytest.fixture(scope="module")
-def memory_images(tmp_path_factory, lite0):
-    return make_memory_images(tmp_path_factory.mktemp("images"), lite0)
 
 
 def service(tmp_path, mem) -> TestClient:
