@@ -7,24 +7,11 @@ import csv
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from tests.conftest import FEATURE_CACHE
-from vmem.cli import app
+from tests.test_answer_sheets import read_rows, run  # the CLI run and a CSV read as a spreadsheet writes it
 
 # Names a spreadsheet and a CSV must keep whole: a comma, a quote, non-ASCII letters
 ODD_NAMES = ('a,b.JPEG', 'say "cheese".JPEG', 'café ñandú 猫.JPEG')
-
-
-def run(*args: object, code: int = 0):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-    assert result.exit_code == code, result.output
-    return result
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        return list(csv.DictReader(f))
 
 
 def test_the_unsure_answers_go_to_a_person_and_their_corrections_into_the_memory(tiny_imagenet, tmp_path,
