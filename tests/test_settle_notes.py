@@ -20,6 +20,7 @@ import sys
 from datetime import datetime, timedelta
 
 import httpx
+import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 from typer.testing import CliRunner
@@ -176,9 +177,17 @@ def test_the_log_line_of_a_note_no_opening_settles_names_the_command_that_does(m
         assert [(e.op, e.points) for e in mem.history()] == [("forget", 10)] and notes_left(mem) == 0
 
 
+# qdrant-client's local mode standing for a server below: asked for what a server is asked (payload indexes,
+# search parameters), it warns that it ignores them
+AS_A_SERVER = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning",
+                                         "ignore:Local mode performs exact:UserWarning")
+
+
 class IndexesAsked:
     """qdrant-client's local mode, each payload index asked of it recorded: it keeps none and its collections'
     `payload_schema` is always empty, so what a server would hold cannot be read back from it; what is asked can."""
+
+    _client = None  # not read through: a store sees its local mode there and asks it for no index (since cadd056)
 
     def __init__(self, client: QdrantClient) -> None:
         self.client, self.asked, self.waited = client, [], []
@@ -197,6 +206,7 @@ JOURNAL_LOOKUPS = {("vmem-journal", "op", "keyword"), ("vmem-journal", "host", "
 NOTES_LOOKUPS = {(PENDING, "token", "keyword"), (PENDING, "kind", "keyword")}
 
 
+@AS_A_SERVER
 def test_the_journals_lookups_are_indexed_as_its_collections_are_made():
     # An opening's settling filtered the journal by host, pid and op, and each edit deleted its note by token, on a
     # server holding no index of them: every point's payload read, for each note of a long-lived memory's journal.
@@ -210,6 +220,7 @@ def test_the_journals_lookups_are_indexed_as_its_collections_are_made():
     assert [(e.op, e.points) for e in mem.history()] == [("forget", 3)]
 
 
+@AS_A_SERVER
 def test_a_journal_made_before_the_indexes_is_indexed_at_an_opening(memory):  # noqa: F811
     # A vmem before them made this memory's journal and notes: each opening asks for what the server's payload
     # schema lacks (local mode lists none: asked at every opening, the journal unchanged by it).
@@ -229,6 +240,7 @@ def test_a_journal_made_before_the_indexes_is_indexed_at_an_opening(memory):  # 
             client.close()
 
 
+@AS_A_SERVER
 def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memory, caplog, monkeypatch):  # noqa: F811
     with VisualMemory.open(memory) as mem:
         mem.set_label_names({"dog": "hound"})  # the journal made
@@ -238,7 +250,7 @@ def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memor
     try:
         with caplog.at_level(logging.INFO, logger="retrieval.journal"):
             for _ in range(2):
-                store = QdrantServerStore(memory, client=ReadOnlyKey(client))
+                store = QdrantServerStore(memory, client=ReadOnlyServerKey(client))
                 assert store.count() == 20
                 store.close()
         said = [r.getMessage() for r in caplog.records if "refused payload indexes" in r.getMessage()]
@@ -249,6 +261,12 @@ def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memor
         client.close()
 
 
+class ReadOnlyServerKey(ReadOnlyKey):
+    """A read-only key on a server: a store that saw local mode through the wrapper would ask it for no index."""
+
+    _client = None
+
+
 class IndexesFail(IndexesAsked):
     """A server that answers, but fails each payload index asked of it (a 500, a proxy's odd reply)."""
 
@@ -256,6 +274,7 @@ class IndexesFail(IndexesAsked):
         raise RuntimeError("Unexpected Response: 500 (Internal Server Error)")
 
 
+@AS_A_SERVER
 def test_a_server_failing_to_make_the_indexes_still_opens_the_memory_and_settles_its_notes(memory, caplog):  # noqa: F811
     # The indexes make lookups faster, never different: a failure making them had failed the whole opening
     with VisualMemory.open(memory) as mem:
@@ -285,6 +304,7 @@ class IndexesRefusedOddly(IndexesAsked):
         raise self.error
 
 
+@AS_A_SERVER
 def test_a_failure_to_make_the_indexes_is_logged_escaped_on_one_line(memory, caplog, monkeypatch):  # noqa: F811
     # Its words were logged raw: an escape sequence in them cleared the operator's terminal ("\x1b[2J"), a
     # carriage return wrote over the start of the line
