@@ -21,13 +21,19 @@ def write_folder(root, shades):
             (root / name / f"{s + 20}.jpg").write_bytes(make_image((r + s, g, b - s), size=(36, 32)))
 
 
-def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
+def built_memory(tmp_path, clip_dir) -> str:
+    """`vmem build` of three shades of each colour in tmp_path/train with the tiny CLIP: the memory's folder."""
     write_folder(tmp_path / "train", (-20, 0, 20))
-    write_folder(tmp_path / "query", (-10, 10))
     mem = str(tmp_path / "memory")
     built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
-                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
+                                "--featurizer", f"clip:{clip_dir}", "--workers", "0"])
     assert built.exit_code == 0, built.output
+    return mem
+
+
+def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
+    mem = built_memory(tmp_path, tiny_clip_dir)
+    write_folder(tmp_path / "query", (-10, 10))
 
     out = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--stream", "cam",
                               "--mode", "memory-only", "--truth-from-dirs"])
@@ -79,12 +85,8 @@ def test_dmn_commands(tmp_path, tiny_clip_dir):  # noqa: F811
 
 
 def test_dmn_classify_marks_answers_under_min_confidence_its_fused_probability(tmp_path, tiny_clip_dir):  # noqa: F811
-    write_folder(tmp_path / "train", (-20, 0, 20))
+    mem = built_memory(tmp_path, tiny_clip_dir)
     write_folder(tmp_path / "query", (-10, 10))
-    mem = str(tmp_path / "memory")
-    built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
-                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
-    assert built.exit_code == 0, built.output
     args = ["dmn", "classify", str(tmp_path / "query"), "--memory", mem, "--mode", "few-shot", "--truth-from-dirs"]
 
     # A dmn answer's confidence is the fused probability of its label: its `scores` entry, the scores summing to 1
@@ -205,12 +207,8 @@ def test_a_mode_that_is_not_one_is_refused_with_the_choices(tmp_path):
 def test_counts_of_one_read_as_one(tmp_path, tiny_clip_dir):  # noqa: F811
     """A stream that has seen one query lists '1 entry in 1 label', '1 query seen', not '1 entries'; and a build's
     progress line in a log, of one image, says '0 of 1 image'."""
-    write_folder(tmp_path / "train", (-20, 0, 20))
+    mem = built_memory(tmp_path, tiny_clip_dir)
     write_folder(tmp_path / "query", (-10,))
-    mem = str(tmp_path / "memory")
-    built = runner.invoke(app, ["build", str(tmp_path / "train"), "--memory", mem,
-                                "--featurizer", f"clip:{tiny_clip_dir}", "--workers", "0"])
-    assert built.exit_code == 0, built.output
     one = runner.invoke(app, ["dmn", "classify", str(tmp_path / "query" / "red" / "10.jpg"), "--memory", mem,
                               "--stream", "one", "--mode", "memory-only"])
     assert one.exit_code == 0, one.output
