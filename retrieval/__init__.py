@@ -71,7 +71,10 @@ if not TYPE_CHECKING:  # a module __getattr__ seen by a type checker makes every
 
     def __getattr__(name: str) -> Any:
         if name in _FROM_FEATURIZERS:
-            from . import featurizers
+            from ._uninterrupted import interrupt_after
+
+            with interrupt_after():  # a Ctrl-C halfway through torch's import left it unimportable in the process
+                from . import featurizers
 
             return getattr(featurizers, name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
