@@ -27,7 +27,7 @@ from .images import (
 from .journal import FileJournal, JournalQuery
 from .preprocessing import EmbedFailure, EmbedResult
 from .store import MemoryStore, normalize_source, point_id_for
-from .text import as_held, canonical_label, counted, label_problem, not_utf8_problem, quoted, visible
+from .text import as_held, canonical_label, counted, label_problem, not_utf8_problem, quoted, short_repr, visible
 
 if TYPE_CHECKING:
     from .featurizers import Featurizer
@@ -282,6 +282,11 @@ class BuildReport:
     seconds: float = 0.0
     index_seconds: float = 0.0  # building the HNSW index after inserting
     memory_points: int = 0
+
+    def __repr__(self) -> str:
+        """Each list cut short (a notebook's `report` of a build of 202 classes and its failures); all in the
+        fields, and `summary()` says it in words."""
+        return short_repr(self)
 
     def summary(self, failures: bool = True) -> str:
         """What the build did, for people; with `failures`, the images that failed too."""

@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from .files import error_line, os_error_reason, process_running, process_start
 from .schema_types import IsoTime, PointIdText
-from .text import counted
+from .text import counted, short_repr
 
 log = logging.getLogger(__name__)
 JournalOp = Literal["add", "forget", "relabel", "erase", "name", "prune", "unprune", "tune", "copy", "settings"]
@@ -109,6 +109,13 @@ class JournalEntry(BaseModel):
 
     def cites(self, point_id: str) -> bool:
         return point_id in self.ids
+
+    def __repr__(self) -> str:
+        """The entry with its ids (and long label counts) cut short: a history of label forgets shown in a notebook
+        ran to 40 characters an id. `.ids` holds them all."""
+        return short_repr(self)
+
+    __str__ = __repr__
 
     def touches(self, label: str) -> bool:
         """Whether the edit added, deleted or relabelled points of this label, relabelled to it, or named it (or

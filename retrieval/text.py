@@ -215,3 +215,34 @@ def not_utf8_problem(source: str, labels: Iterable[str]) -> str | None:
     else:
         return None
     return f"{what} is not UTF-8 text (bytes of another encoding): rename it in UTF-8"
+
+
+SHOWN_ITEMS = 5
+
+
+def short_repr(obj: object, items: int = SHOWN_ITEMS) -> str:
+    """A pydantic model's or a dataclass's repr with each list and dict longer than `items` cut to its first `items`
+    and a count of the rest: what a notebook shows of a forget of 10,000 points, whose whole repr ran to 400,000
+    characters of point ids. Every field is still there, whole (`.ids`, `.model_dump()`)."""
+    if hasattr(obj, "__repr_args__"):  # pydantic: the fields it shows (repr=True), computed ones included
+        args = [(name, value) for name, value in obj.__repr_args__()]
+    else:
+        import dataclasses
+
+        args = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr]  # type: ignore[arg-type]
+    shown = ", ".join(f"{name}={_short(value, items)}" if name else _short(value, items) for name, value in args)
+    return f"{type(obj).__name__}({shown})"
+
+
+def _short(value: object, items: int) -> str:
+    if isinstance(value, dict):
+        parts = [f"{k!r}: {_short(v, items)}" for k, v in list(value.items())[:items]]
+        more = [f"... {len(value) - items} more"] if len(value) > items else []
+        return "{" + ", ".join(parts + more) + "}"
+    if isinstance(value, list | tuple):
+        parts = [_short(v, items) for v in value[:items]]
+        more = [f"... {len(value) - items} more"] if len(value) > items else []
+        one = "," if isinstance(value, tuple) and len(value) == 1 else ""
+        opening, closing = ("[", "]") if isinstance(value, list) else ("(", ")")
+        return opening + ", ".join(parts + more) + one + closing
+    return repr(value)

@@ -6,7 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO
+from retrieval import LabelledImage, open_store
+from tests.conftest import REPO, make_image
+from vmem import VisualMemory
 
 # A notebook kernel, interrupted (Ctrl-C, Jupyter's "interrupt the kernel": SIGINT) while the first classify or add
 # imports the encoder's modules (torch: a second or more), then asked again. The signal is sent from an import hook
@@ -42,3 +44,29 @@ def test_ctrl_c_while_the_encoder_is_imported_leaves_the_kernel_usable():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["interrupted", "load_featurizer", "2"]
+
+
+
+def test_what_a_cell_shows_of_many_points_is_a_summary(lite0, tmp_path):
+    # A notebook shows a cell's value by its repr: each list of ids, paths or points had been shown whole (an add of
+    # 100 images 15,000 characters, a page of 100 points 32,000, a forget of a class 40 characters a point).
+    folder = tmp_path / "ferns"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"fern{i:02}.jpg").write_bytes(make_image((20 * i, 220 - 15 * i, 90)))
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        report = mem.build([LabelledImage(source=str(p), label="fern") for p in sorted(folder.iterdir())])
+        added = mem.add_images([make_image((250, 250, 0)), make_image((0, 250, 250))] * 6, "flower")
+        page = mem.points(limit=20)
+        assert mem.forget(label="fern") == 12
+        [forget] = mem.history(op="forget")
+
+        assert repr(report).startswith("BuildReport(total=12, added=12, added_per_label={'fern': 12}, ")
+        assert repr(added).startswith("AddResult(ids=[") and "... 7 more], sources=[" in repr(added)
+        assert len(added.ids) == 12 and len(added.added) == 2  # the same two images six times each: two points
+        assert repr(page).startswith("PointPage(points=[MemoryPoint(id=") and ", ... 11 more], next_cursor=None)" \
+            in repr(page)
+        assert len(page.points) == 14
+        assert repr(forget).startswith("JournalEntry(at=") and ", ... 7 more], to=None" in repr(forget)
+        assert str(forget) == repr(forget) and len(forget.ids) == 12
+        assert all(len(repr(shown)) < 1200 for shown in (report, added, page, forget))

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
 from retrieval.schema_types import IsoTime, PointIdText
-from retrieval.text import counted, quoted, utf8_text, visible
+from retrieval.text import counted, quoted, short_repr, utf8_text, visible
 
 DEFAULT_K = 50
 DEFAULT_RULE = VoteRule.rank
@@ -190,6 +190,12 @@ class PointPage(BaseModel):
     points: list[MemoryPoint] = Field(description="the page's points, in id order")
     next_cursor: str | None = Field(description="give it as `cursor` for the next page; null after the last")
 
+    def __repr__(self) -> str:
+        """The first points and a count of the rest (a page of 100 showed 32,000 characters); all in `.points`."""
+        return short_repr(self, items=3)
+
+    __str__ = __repr__
+
 
 class FailedImage(BaseModel):
     source: str
@@ -271,6 +277,12 @@ class AddResult(BaseModel):
     relabelled: dict[str, str] = Field(
         default_factory=dict, description="images already in the memory under another label: id -> the label "
                                           "they had (they take the label given, as `relabel` gives it)")
+
+    def __repr__(self) -> str:
+        """Each list cut short (an add of 100 images showed 15,000 characters of ids and paths); all in the fields."""
+        return short_repr(self)
+
+    __str__ = __repr__
 
 
 class BackupResult(BaseModel):
