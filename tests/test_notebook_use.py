@@ -6,6 +6,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import pytest
+
 from retrieval import LabelledImage, open_store
 from tests.conftest import REPO, make_image
 from vmem import VisualMemory
@@ -70,3 +73,23 @@ def test_what_a_cell_shows_of_many_points_is_a_summary(lite0, tmp_path):
         assert repr(forget).startswith("JournalEntry(at=") and ", ... 7 more], to=None" in repr(forget)
         assert str(forget) == repr(forget) and len(forget.ids) == 12
         assert all(len(repr(shown)) < 1200 for shown in (report, added, page, forget))
+
+
+def test_labels_that_are_no_labels_are_refused_saying_what_a_label_is(lite0, tmp_path):
+    # A dataset's class indices, or a forgotten argument, had failed deep inside: "'int' object is not iterable",
+    # "object of type 'NoneType' has no len()".
+    images = [make_image((200, 30, 30)), make_image((30, 40, 220))]
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        with pytest.raises(TypeError, match=r"^label 0 is int 0: a label is text \(for a class index, its class's "
+                                            r"name or str\(index\)\)$"):
+            mem.add(images, [0, 1])
+        with pytest.raises(TypeError, match=r"^label 0 is int64 np.int64\(1\): "):
+            mem.add(images, np.array([0, 1])[::-1])
+        with pytest.raises(TypeError, match=r"^add takes one label .* one per image; not NoneType$"):
+            mem.add(images, None)
+        with pytest.raises(ValueError, match=r"^got 3 labels for 2 images"):
+            mem.add(images, ["red", "blue", "green"])
+        assert mem.store.count() == 0  # nothing added
+        # What is text goes in: one label for all, or one each from a list, a tuple or a numpy array of str
+        ids, failed = mem.add(images, np.array(["red", "blue"]))
+        assert not failed and [mem.point(i).label for i in ids] == ["red", "blue"]

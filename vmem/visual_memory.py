@@ -20,7 +20,8 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -1367,6 +1368,15 @@ class VisualMemory:
         Returns:
             (the point id of each image that decoded, in order; images that failed to decode). The same
             image twice is one point (its id twice); given two labels, it is a ValueError and nothing is added.
+
+        Raises (before any image is embedded; nothing added):
+            TypeError: one image rather than a list, something that is no image, or a label that is no text (a
+                class index: give its name).
+            ValueError: labels neither one nor one per image; a label that is another label's name.
+            vmem.MemoryStoreError: the memory is closed, or opened read-only.
+
+        Example:
+            >>> ids, failed = mem.add(["okapi1.jpg", "okapi2.jpg"], "okapi")    # a new class is just new points
         """
         result = self.add_images(images, labels, sources, tags)
         return result.ids, result.failed
@@ -1391,11 +1401,7 @@ class VisualMemory:
         self.store.check_writable()  # a memory opened read-only: refused before any image is embedded
         images = _image_list(images, "add")
         sources = _source_list(sources, len(images), "add")
-        if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)
-            labels = [labels] * len(images)
-        if len(images) != len(labels):
-            raise ValueError(f"got {counted(len(labels), 'label')} for {counted(len(images), 'image')}: give one "
-                             "label, or one per image")
+        labels = _label_list(labels, len(images), "add")
         # As HTTP, manifests and relabel take them: " cat " is the label cat (an outer space is no part of a
         # label, and `relabel` could never give it back).
         # ... and "café" is the label the memory has, however it is spelled (`stored_labels`)
@@ -3067,6 +3073,25 @@ def _image_list(images: Any, method: str) -> list[Any]:
         if not isinstance(image, _IMAGE_TYPES):  # before any image is embedded, not midway
             raise TypeError(f"image {i} is a {type(image).__name__}: an image is a path, bytes, a PIL image or a "
                             "numpy array")
+    return listed
+
+
+def _label_list(labels: Any, n: int, method: str) -> list[str]:
+    """`labels` as one label per image: one str for them all, or one each; TypeError for what is no label, before any
+    image is embedded. Class indices (a dataset's 0, 1, 2) had failed as "'int' object is not iterable", and None as
+    "object of type 'NoneType' has no len()"."""
+    if isinstance(labels, str):  # one label for them all (a loop would give each a letter of it)
+        return [labels] * n
+    if labels is None or isinstance(labels, bytes | AbstractSet | Mapping) or not isinstance(labels, Iterable):
+        raise TypeError(f"{method} takes one label (a str) for every image, or a list of labels, one per image; "
+                        f"not {type(labels).__name__}")
+    listed = list(labels)
+    if len(listed) != n:
+        raise ValueError(f"got {counted(len(listed), 'label')} for {counted(n, 'image')}: give one label, or one "
+                         "per image")
+    if (bad := next((i for i, label in enumerate(listed) if not isinstance(label, str)), None)) is not None:
+        raise TypeError(f"label {bad} is {type(listed[bad]).__name__} {listed[bad]!r}: a label is text (for a "
+                        "class index, its class's name or str(index))")
     return listed
 
 
