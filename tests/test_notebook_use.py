@@ -93,3 +93,17 @@ def test_labels_that_are_no_labels_are_refused_saying_what_a_label_is(lite0, tmp
         # What is text goes in: one label for all, or one each from a list, a tuple or a numpy array of str
         ids, failed = mem.add(images, np.array(["red", "blue"]))
         assert not failed and [mem.point(i).label for i in ids] == ["red", "blue"]
+
+
+def test_a_numpy_column_of_paths_is_a_list_of_images(lite0, tmp_path):
+    # A notebook's paths often come as an array (a DataFrame's column, np.array(glob(...))): it was taken for one
+    # image and refused, "not one ndarray: pass [image]".
+    paths = []
+    for name, colour in {"red": (220, 20, 20), "blue": (30, 40, 220)}.items():
+        (tmp_path / f"{name}.jpg").write_bytes(make_image(colour))
+        paths.append(str(tmp_path / f"{name}.jpg"))
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        mem.add(np.array(paths), np.array(["red", "blue"]))
+        answers = mem.classify(np.array(paths), k=1)
+        assert [(a.label, a.source) for a in answers] == [("red", paths[0]), ("blue", paths[1])]
+        assert [a.label for a in mem.classify(np.array(paths, dtype=object), k=1)] == ["red", "blue"]

@@ -936,7 +936,8 @@ class VisualMemory:
         """Classify images (paths, bytes, PIL images or numpy arrays) from their nearest labelled neighbours.
 
         Args:
-            images: the queries; every one must decode (use `classify_many` to skip bad ones).
+            images: the queries, a list of them (a 4-d array is a batch of images, a 1-d array of paths a list of
+                paths); every one must decode (use `classify_many` to skip bad ones).
             k: neighbours that vote (default: the memory's tuned k, else 50).
             rule: plurality | distance | softmax | rank (default: tuned, else rank) | dmn (Dual Memory
                 Networks, see `vmem.dmn_classifier`; k, alpha and tau do not apply).
@@ -962,6 +963,10 @@ class VisualMemory:
             vmem.NothingToSearchError: the memory holds no point a search can return (empty, or all hard-pruned).
             vmem.UnknownTemplateError, vmem.TemplateLoadError: with `rerank`, before any image is embedded.
             ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
+
+        Example:
+            >>> [res] = mem.classify(["cat.jpg"], k=50, min_confidence=0.9)
+            >>> res.label, res.confidence, res.unsure, res.neighbors[0].source   # the answer, and the image behind it
         """
         images = _image_list(images, "classify")
         sources = _source_list(sources, len(images), "classify")
@@ -3062,9 +3067,10 @@ def _judged(results: list[Classification], min_confidence: float | None) -> list
 def _image_list(images: Any, method: str) -> list[Any]:
     """`images` as a list; TypeError for one image, which a loop would take apart (a path into characters,
     bytes into integers, an array into rows) into as many wrong "images", and for what is no image at all.
-    A 4-d array is a batch of images, [n, height, width, channels]."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
+    A 4-d array is a batch of images, [n, height, width, channels]; a 1-d array of text or objects a list of them
+    (a DataFrame's column of paths, `df.path.values`), which no image is."""
+    if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 1 and images.dtype.kind in "UO")):
+        return [str(image) if isinstance(image, np.str_) else image for image in images]
     if isinstance(images, _IMAGE_TYPES):
         raise TypeError(f"{method} takes a list of images, not one {type(images).__name__}: "
                         f"pass [image] (the answer is a list too)")
