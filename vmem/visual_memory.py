@@ -566,6 +566,11 @@ class VisualMemory:
                 one), or it is open in another process (still, after `wait`: `vmem.MemoryInUseError`).
                 ValueError: a negative wait.
             vmem.FeaturizerMismatchError: `featurizer` is not the memory's own encoder.
+
+        Example:
+            >>> mem = VisualMemory.open("./memory", featurizer="efficientnet-lite0", create=True)   # new, or as it is
+            >>> with VisualMemory.open("./memory") as mem:      # closed at the block's end: a cell run again opens it
+            ...     [res] = mem.classify(["cat.jpg"])
         """
         until = time.monotonic() + wait if isinstance(wait, int | float) and wait >= 0 else 0.0  # else refused below
         try:
@@ -1010,7 +1015,18 @@ class VisualMemory:
         min_confidence: float | None = None,
     ) -> tuple[list[Classification], list[FailedImage]]:
         """Classify files like `classify`, skipping (and reporting) the ones that do not decode. `progress` is
-        called with the images embedded since its last call (e.g. `tqdm(total=len(paths)).update`), as `build`'s."""
+        called with the images embedded since its last call (e.g. `tqdm(total=len(paths)).update`), as `build`'s.
+
+        Returns:
+            (one `Classification` per file that decoded, in order; the files that did not, each with the reason).
+
+        Raises:
+            TypeError: an image that is no path (`classify` takes images in memory); the rest as `classify`.
+
+        Example:
+            >>> results, failed = mem.classify_many(sorted(glob.glob("photos/*.jpg")), min_confidence=0.9)
+            >>> [(r.source, r.label) for r in results if r.unsure]               # the ones for a person to check
+        """
         check_min_confidence(min_confidence)
         listed = _image_list(images, "classify_many")
         if (bad := next((i for i, p in enumerate(listed) if not isinstance(p, str | Path)), None)) is not None:
@@ -1266,6 +1282,15 @@ class VisualMemory:
         (`report.relabelled`), unless `relabel`: then it takes the listed one, without being embedded again. An
         image the journal says was forgotten from this memory is added again and reported
         (`report.forgotten_before`), unless `skip_forgotten`: then it is left out.
+
+        Returns:
+            A `retrieval.BuildReport`: counts added per label, already there, failed (`report.failed`, each image
+            with its reason); `report.summary()` says it in words. Interrupted (Ctrl-C), the batches written stay,
+            journaled: run it again to go on.
+
+        Example:
+            >>> report = mem.build(read_labelled("data/train"), progress=tqdm(total=n).update)
+            >>> print(report.summary())
         """
         self.check_added_labels(self.stored_labels([it.label for it in items]))
         cache = FeatureCache(feature_cache, self.featurizer) if feature_cache else None
@@ -1694,7 +1719,17 @@ class VisualMemory:
         build through the links stored them under the targets' paths. Once this returns, no search returns
         them, and listeners have dropped what cited them. With `erase`, the memory's files are also
         rewritten without their vectors before it returns (`erase_forgotten`). An image and its copies, by
-        what they look like rather than where they are: `forget_like`.
+        what they look like rather than where they are: `forget_like`. Nothing to forget (a label the memory no
+        longer holds: a forget asked again) returns 0; `chosen_points` lists what a forget would take.
+
+        Raises:
+            ValueError: none or more than one of ids, label and source_prefix; a label that is only another
+                label's name (forgetting takes labels).
+            vmem.MemoryStoreError: the memory is closed or read-only; with `erase`, on a Qdrant server.
+
+        Example:
+            >>> mem.forget(label="okapi")                         # the class is gone: no search returns its points
+            >>> mem.forget(ids=[res.neighbors[0].id])             # one mislabelled point an answer cited
         """
         if erase:
             self.check_erase_on_demand()
