@@ -107,3 +107,16 @@ def test_a_numpy_column_of_paths_is_a_list_of_images(lite0, tmp_path):
         answers = mem.classify(np.array(paths), k=1)
         assert [(a.label, a.source) for a in answers] == [("red", paths[0]), ("blue", paths[1])]
         assert [a.label for a in mem.classify(np.array(paths, dtype=object), k=1)] == ["red", "blue"]
+
+
+def test_points_chosen_by_a_numpy_array_of_ids_are_relabelled_and_forgotten(lite0, tmp_path):
+    # Ids picked from a table of points (a DataFrame's column) come as an array: relabel and forget had failed on it,
+    # "The truth value of an array with more than one element is ambiguous".
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        ids, _ = mem.add([make_image((220, 20, 20)), make_image((200, 40, 30)), make_image((30, 40, 220))],
+                         ["red", "red", "blue"])
+        reds = np.array([p.id for p in mem.points(label="red").points])
+        assert mem.relabel("crimson", ids=reds) == 2
+        assert mem.history(op="relabel")[0].selector == {"ids": 2}
+        assert mem.forget(ids=reds) == 2 and mem.forget(ids=np.array([], dtype=str)) == 0
+        assert [p.label for p in mem.points().points] == ["blue"]

@@ -3191,7 +3191,8 @@ def _selector(ids: Sequence[str] | None, label: str | None, source_prefix: str |
         # Made absolute, as it chose files: a relative prefix means nothing without the folder it was given in
         absolute = local_source_prefix(source_prefix)
         return {"source_prefix": absolute, **({"as_given": source_prefix} if _relative_name(source_prefix) else {})}
-    return {"ids": 1 if isinstance(ids, str) else len(ids or [])}
+    # not `ids or []`: a numpy array of ids (a DataFrame's column) has no truth value
+    return {"ids": 1 if isinstance(ids, str) else 0 if ids is None else len(ids)}
 
 
 def _with_slack(min_similarity: float) -> float:
