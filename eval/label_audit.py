@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval import DEFAULT_ALPHA, MemoryStore, VoteRule
+from retrieval.text import short_repr
 from retrieval.voting import neighbor_weights, vote_last_k
 
 from .scoring import (
@@ -56,6 +57,13 @@ class LabelVotes(BaseModel):
                                                     "weight (None when every neighbour shares its label)")
     share: list[float] = Field(description="that label's share of the vote weight")
     own_share: list[float] = Field(description="the point's own label's share")
+
+    def __repr__(self) -> str:
+        """Six lists of one item a point, cut short: shown whole, a memory of 20,000 points filled a notebook's
+        cell with megabytes. `suspects()` is what to read."""
+        return short_repr(self)
+
+    __str__ = __repr__
 
     def suspects(self, min_share: float = DEFAULT_MIN_SHARE) -> list[Suspect]:
         """Points whose neighbours give another label at least `min_share` of the weight, and more than their

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from eval.label_audit import audit_labels
 from retrieval import LabelledImage, open_store
 from tests.conftest import REPO, make_image
 from vmem import VisualMemory
@@ -61,6 +62,7 @@ def test_what_a_cell_shows_of_many_points_is_a_summary(lite0, tmp_path):
         report = mem.build([LabelledImage(source=str(p), label="fern") for p in sorted(folder.iterdir())])
         added = mem.add_images([make_image((250, 250, 0)), make_image((0, 250, 250))] * 6, "flower")
         page = mem.points(limit=20)
+        votes = audit_labels(mem.store)  # every point's leave-one-out vote (README: `.suspects(min_share=0.8)`)
         assert mem.forget(label="fern") == 12
         [forget] = mem.history(op="forget")
 
@@ -72,7 +74,8 @@ def test_what_a_cell_shows_of_many_points_is_a_summary(lite0, tmp_path):
         assert len(page.points) == 14
         assert repr(forget).startswith("JournalEntry(at=") and ", ... 7 more], to=None" in repr(forget)
         assert str(forget) == repr(forget) and len(forget.ids) == 12
-        assert all(len(repr(shown)) < 1200 for shown in (report, added, page, forget))
+        assert repr(votes).startswith("LabelVotes(ids=[") and ", ... 9 more], labels=['f" in repr(votes)
+        assert all(len(repr(shown)) < 1200 for shown in (report, added, page, forget, votes))
 
 
 def test_labels_that_are_no_labels_are_refused_saying_what_a_label_is(lite0, tmp_path):
