@@ -54,7 +54,15 @@ from retrieval.store import (
     upload_file,
 )
 from retrieval.text import counted, visible
-from vmem import AddResult, Classification, NearDuplicate, NothingToSearchError, VisualMemory, upload_source
+from vmem import (
+    AddResult,
+    Classification,
+    NearDuplicate,
+    NoSuchLabelsError,
+    NothingToSearchError,
+    VisualMemory,
+    upload_source,
+)
 from vmem.answer_log import AnswerLog, Asked
 from vmem.import_points import ImportReport, PointsFile
 from vmem.novelty import out_of_distribution
@@ -761,7 +769,10 @@ class ClassifierService:
     def relabel(self, to: str, ids: Sequence[str] | None = None, label: str | None = None,
                 source_prefix: str | None = None) -> int:
         names = self.memory.label_names  # a copy
-        n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
+        try:
+            n = self.memory.relabel(to, ids=ids, label=label, source_prefix=source_prefix)
+        except NoSuchLabelsError:  # a label never held: 0, with the route's note naming the labels there are
+            return 0
         if n:  # cached answers that voted with the old labels went with the relabel (on_relabel)
             self.metrics.edits.labels("relabel").inc(n)
             self._count_names_since(names)
@@ -776,7 +787,10 @@ class ClassifierService:
 
     def forget(self, ids: Sequence[str] | None = None, label: str | None = None,
                source_prefix: str | None = None, erase: bool = False) -> int:
-        n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
+        try:
+            n = self.memory.forget(ids=ids, label=label, source_prefix=source_prefix)
+        except NoSuchLabelsError:  # a label never held: 0, with the route's note naming the labels there are
+            n = 0
         self._forgot(n, erase)
         return n
 

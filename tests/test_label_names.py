@@ -21,7 +21,7 @@ from retrieval import DatasetError, find_label_names_file, imagenet_label_names,
 from server import Settings, create_app
 from tests._server_fixtures import COLORS, fill_memory, make_memory_images, texture
 from tests.conftest import make_image
-from vmem import VisualMemory
+from vmem import NoSuchLabelsError, VisualMemory
 from vmem.cli import app
 
 
@@ -155,7 +155,8 @@ def test_forgetting_by_a_name_is_refused_and_says_which_label_it_names(memory):
     with pytest.raises(ValueError, match="has no label 'crimson' \\('crimson' is the name of label red\\): give the"):
         memory.forget(label="crimson")
     assert memory.store.count(label="red") == 3
-    assert memory.forget(label="purple") == 0  # neither a label nor a name: none left to forget
+    with pytest.raises(NoSuchLabelsError, match=r"^the memory has no label 'purple': it has 3 labels"):
+        memory.forget(label="purple")  # neither a label nor a name, nor one the memory had: a misspelling
 
 
 def test_a_name_typed_in_the_other_unicode_form_is_still_a_name(memory):

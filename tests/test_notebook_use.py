@@ -12,7 +12,7 @@ import pytest
 from eval.label_audit import audit_labels
 from retrieval import LabelledImage, open_store
 from tests.conftest import REPO, make_image
-from vmem import VisualMemory
+from vmem import NoSuchLabelsError, VisualMemory
 
 # A notebook kernel, interrupted (Ctrl-C, Jupyter's "interrupt the kernel": SIGINT) while the first classify or add
 # imports the encoder's modules (torch: a second or more), then asked again. The signal is sent from an import hook
@@ -123,3 +123,21 @@ def test_points_chosen_by_a_numpy_array_of_ids_are_relabelled_and_forgotten(lite
         assert mem.history(op="relabel")[0].selector == {"ids": 2}
         assert mem.forget(ids=reds) == 2 and mem.forget(ids=np.array([], dtype=str)) == 0
         assert [p.label for p in mem.points().points] == ["blue"]
+
+
+def test_a_label_the_memory_never_had_is_refused_naming_those_spelled_like_it(lite0, tmp_path):
+    # mem.relabel("cat", label="tabyy") and mem.forget(label="tabyy") had returned 0, read in a notebook as "done"
+    # (the CLI and HTTP said why; Python said nothing). A label whose points all went still answers 0: asked again.
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        mem.add([make_image((220, 20, 20)), make_image((30, 40, 220))], ["tabby", "okapi"])
+        with pytest.raises(NoSuchLabelsError, match=r"^the memory has no label 'tabyy': it has 2 labels \(.*"
+                                                    r"mem.store.label_counts\(\) lists them\); spelled or named "
+                                                    r"like it: 'tabby'$"):
+            mem.relabel("cat", label="tabyy")
+        with pytest.raises(NoSuchLabelsError, match=r"^the memory has no label 'okapii'.*like it: 'okapi'$"):
+            mem.forget(label="okapii")
+        assert sorted(mem.store.label_counts().items()) == [("okapi", 1), ("tabby", 1)]  # nothing changed
+
+        assert mem.relabel("cat", label="tabby") == 1 and mem.relabel("cat", label="tabby") == 0  # asked again
+        assert mem.forget(label="okapi") == 1 and mem.forget(label="okapi") == 0
+        assert mem.store.label_counts() == {"cat": 1}

@@ -822,17 +822,18 @@ class VisualMemory:
             raise ValueError(f"why_not label {quoted(label)} is not among the labels the vote chooses from: add it to "
                              "them, or leave the label filter out")
         if self.store.count(label=stored, searchable=True) == 0:
-            said = self.unknown_labels_message([stored], listed_by)
-            # A name already said whose label it is; a misspelling or a synonym had no hint (Tiny-ImageNet's
-            # "tabby cat" is n02123045, named "tabby")
-            close = [] if self.name_hints([label]) else close_labels(label, self.store.label_counts(),
-                                                                       self.store.meta.label_names)
-            if close:
-                named = self.store.meta.label_names
-                said += "; spelled or named like it: " + ", ".join(
-                    quoted(lab) + (f" ({visible(named[lab])})" if lab in named else "") for lab in close)
-            raise NoSuchLabelsError(said)
+            raise NoSuchLabelsError(self.unknown_labels_message([stored], listed_by) + self._spelled_like(label))
         return stored
+
+    def _spelled_like(self, label: str) -> str:
+        """"; spelled or named like it: ..." with the labels spelled or named like `label`, or "" where there are
+        none, or `label` is a label's name (`unknown_labels_message` says whose already)."""
+        # A misspelling or a synonym had no hint (Tiny-ImageNet's "tabby cat" is n02123045, named "tabby")
+        close = [] if self.name_hints([label]) else close_labels(label, self.store.label_counts(),
+                                                                   self.store.meta.label_names)
+        named = self.store.meta.label_names
+        return "; spelled or named like it: " + ", ".join(
+            quoted(lab) + (f" ({visible(named[lab])})" if lab in named else "") for lab in close) if close else ""
 
     def _explain_why_not(self, label: str, vectors: np.ndarray, neighbor_lists: list[list[Neighbor]],
                          results: list[Classification], settings: VoteSettings, labels: Sequence[str] | None,
@@ -1725,6 +1726,8 @@ class VisualMemory:
         Raises:
             ValueError: none or more than one of ids, label and source_prefix; a label that is only another
                 label's name (forgetting takes labels).
+            vmem.NoSuchLabelsError: a label the memory never had (a misspelling), naming those spelled like it;
+                one it had, all forgotten or relabelled since, returns 0.
             vmem.MemoryStoreError: the memory is closed or read-only; with `erase`, on a Qdrant server.
 
         Example:
@@ -1735,6 +1738,7 @@ class VisualMemory:
             self.check_erase_on_demand()
         if label is not None:
             self.check_chosen_label(label)
+            self.check_label_held(label)
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
         return self._forget_chosen(targets, _selector(ids, label, source_prefix), erase)[0]
 
@@ -1876,6 +1880,16 @@ class VisualMemory:
         if not self.store.count(label=self.stored_label(label)) and (hints := self.name_hints([label])):
             raise ValueError(f"the memory has no label {quoted(label)} ({hints}): give the label")
 
+    def check_label_held(self, label: str) -> None:
+        """NoSuchLabelsError where `label`, choosing points to forget or relabel, is one the memory never had: no
+        point has it and no edit touched it (`had_label`). A misspelt label had returned 0 from Python, read as
+        "none left"; one whose points all went (a forget asked again) passes, and 0 is then the answer. The CLI and
+        HTTP answer it as 0 points with a note (`unknown_labels_message`)."""
+        stored = self.stored_label(label)
+        if not self.store.count(label=stored) and not self.had_label(stored):
+            raise NoSuchLabelsError(self.unknown_labels_message([stored], "mem.store.label_counts()")
+                                    + self._spelled_like(label))
+
     def knows_label(self, label: str) -> bool:
         """Whether listing this label's points means anything: it has points (hard-pruned ones count), or had some
         (all forgotten or relabelled away: an empty listing, not a misspelling). A label no edit touched, or a
@@ -1998,11 +2012,14 @@ class VisualMemory:
             >>> mem.relabel("cat", label="kitty")                # every "kitty" point is now "cat"
 
         Raises ValueError for an empty `to`, or one that is no label of the memory but another label's name
-        (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels.
+        (`to="tabby"` where the memory calls n02123045 "tabby"): relabelling takes labels. `label=` the memory
+        never had (a misspelling) raises vmem.NoSuchLabelsError, naming those spelled like it; one it had, with
+        no points left (relabelled already), returns 0, as `forget` does.
         """
         to = self.check_new_label(to)
         if label is not None:
             self.check_chosen_label(label)
+            self.check_label_held(label)
         label = self.stored_label(label) if label is not None else None
         n = len(self._relabel_points(self._chosen_ids(ids, label, source_prefix, "relabel"), to,
                                      _selector(ids, label, source_prefix)))

@@ -46,6 +46,7 @@ from ..novelty import OOD_PERCENTILE, out_of_distribution
 from ..results import FewPoints, MemoryPoint
 from ..visual_memory import (
     COPY_SIMILARITY,
+    NoSuchLabelsError,
     UnknownPointError,
     VisualMemory,
     disk_usage_of,
@@ -686,7 +687,10 @@ def forget(
             _say_chosen(mem, "forget", mem.chosen_points(ids=id, label=label, source_prefix=source))
             return
         started = time.perf_counter()
-        n = mem.forget(ids=id, label=label, source_prefix=source)
+        try:
+            n = mem.forget(ids=id, label=label, source_prefix=source)
+        except NoSuchLabelsError:  # a label never held: 0, and the note below says which labels there are
+            n = 0
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
         _after_forget(mem, n, erase, started,
                       f"note: {mem.unknown_labels_message([label], LISTED_BY)}" if n == 0 and label is not None
@@ -799,6 +803,8 @@ def relabel(
             return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
+        except NoSuchLabelsError:  # a label never held: 0, and the note below says which labels there are
+            n = 0
         except ValueError as exc:  # the new label empty, or a name rather than a label
             raise typer.BadParameter(str(exc), param_hint="--to") from None
         to = mem.stored_label(to)
