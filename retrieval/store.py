@@ -430,6 +430,11 @@ class MemoryReadOnlyError(MemoryStoreError):
     searches go on."""
 
 
+# `MemoryStore.read_only_reason` of a memory a service serves read-only (VMEM_READ_ONLY, vmem serve --read-only)
+SERVED_READ_ONLY = ("served read-only (VMEM_READ_ONLY): nothing was changed; searches go on. Edit it where it is "
+                    "served for writing, then restart this service to serve the edit")
+
+
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
@@ -740,6 +745,10 @@ class MemoryStore(ABC):
     journal: Journal  # one entry per edit (retrieval.journal), kept with the memory
     # Opened by `open_read_only`: searches and reads only, every edit refused (MemoryReadOnlyError)
     read_only = False
+    # What an edit's refusal says of a memory opened read-only: who opened it so, and how to edit it. A service
+    # serving it so says its own (`SERVED_READ_ONLY`); Python's and the CLI's opening, this.
+    read_only_reason = ("opened read-only (read_only=True): nothing was changed. Open it without read_only to edit "
+                        "it, in a process that holds it alone")
 
     @property
     def key(self) -> str:
@@ -764,9 +773,7 @@ class MemoryStore(ABC):
         for a caller to ask before work only an edit would use (images decoded and embedded, thumbnails kept)."""
         if self.read_only:
             raise MemoryReadOnlyError(
-                f"the memory {getattr(self, 'source', None) or self.location} is served read-only (VMEM_READ_ONLY): "
-                "nothing was changed; searches go on. Edit it where it is served for writing, then restart this "
-                "service to serve the edit")
+                f"the memory {getattr(self, 'source', None) or self.location} is {self.read_only_reason}")
 
     def check_featurizer(self, spec: FeaturizerSpec) -> None:
         """Raise unless `spec` is the encoder this memory was built with."""

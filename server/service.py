@@ -46,6 +46,7 @@ from retrieval.files import (
     write_atomically,
 )
 from retrieval.store import (
+    SERVED_READ_ONLY,
     THUMBNAILS_DIR,
     IndexUpkeep,
     MemoryFullError,
@@ -310,6 +311,8 @@ class ClassifierService:
         self._audit: AuditJob | None = None
         self._audit_lock = threading.Lock()
         memory.via = "http"  # edits through the service, as the journal records them
+        if memory.store.read_only:  # its refusals say so in the service's words, not in those of Python's opening
+            memory.store.read_only_reason = SERVED_READ_ONLY
         # The re-ranker keeps to the folders whose images the service shows (`_servable`)
         memory.image_roots = [str(root) for root in settings.source_roots] if settings.source_roots else None
         self.settings = settings

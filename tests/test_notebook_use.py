@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eval.label_audit import audit_labels
-from retrieval import LabelledImage, open_store
+from retrieval import LabelledImage, MemoryReadOnlyError, open_store
 from tests.conftest import REPO, make_image
 from vmem import NoSuchLabelsError, VisualMemory
 
@@ -141,3 +141,19 @@ def test_a_label_the_memory_never_had_is_refused_naming_those_spelled_like_it(li
         assert mem.relabel("cat", label="tabby") == 1 and mem.relabel("cat", label="tabby") == 0  # asked again
         assert mem.forget(label="okapi") == 1 and mem.forget(label="okapi") == 0
         assert mem.store.label_counts() == {"cat": 1}
+
+
+def test_a_memory_opened_read_only_in_python_refuses_edits_in_its_own_words(lite0, tmp_path):
+    # The refusal had spoken as the service does ("served read-only (VMEM_READ_ONLY) ... restart this service") to a
+    # notebook that opened the memory with read_only=True itself.
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        mem.add([make_image((220, 20, 20))], "red")
+    with VisualMemory.open(tmp_path / "memory", reranker=None, read_only=True) as mem:
+        with pytest.raises(MemoryReadOnlyError) as refused:
+            mem.add([make_image((30, 40, 220))], "blue")
+        assert str(refused.value) == (f"the memory {tmp_path / 'memory'} is opened read-only (read_only=True): nothing "
+                                      "was changed. Open it without read_only to edit it, in a process that holds it "
+                                      "alone")
+        with pytest.raises(MemoryReadOnlyError, match=r"opened read-only \(read_only=True\)"):
+            mem.forget(label="red")
+        assert mem.store.label_counts() == {"red": 1}

@@ -1174,7 +1174,8 @@ def test_a_read_only_replica_classifies_refuses_edits_with_a_503_and_says_it_is_
             client.patch(f"/v1/memory/points/{victim}", headers=AUTH, json={"label": "blue"}),
             client.put("/v1/memory/label-names", headers=AUTH, json={"names": {"red": "crimson"}}),
         ):
-            body = assert_problem(refused, 503, "memory-read-only", "served read-only")
+            # in the service's words, though the memory it serves was opened read-only from Python
+            body = assert_problem(refused, 503, "memory-read-only", "served read-only (VMEM_READ_ONLY): nothing was")
             assert body["title"] == "The memory is served read-only" and "Retry-After" not in refused.headers
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # refused as asked: nothing to alert on
         assert client.get(f"/v1/memory/points/{victim}").json()["label"] == "red"

@@ -728,7 +728,7 @@ def test_a_memory_opened_read_only_searches_a_private_copy_and_refuses_every_edi
     for replica in (first, second):
         assert replica.read_only and replica.count() == len(ids)
         assert replica.query(vecs[0], 1)[0].id == ids[0]
-        with pytest.raises(MemoryReadOnlyError, match="served read-only"):
+        with pytest.raises(MemoryReadOnlyError, match=r"is opened read-only \(read_only=True\): nothing was changed"):
             replica.add(vecs[:1], ["cat"], ["/data/new.jpg"])
         with pytest.raises(MemoryReadOnlyError):
             replica.delete_ids(ids[:1])
