@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from eval.label_audit import audit_labels
 from retrieval import LabelledImage, MemoryReadOnlyError, open_store
@@ -157,3 +159,25 @@ def test_a_memory_opened_read_only_in_python_refuses_edits_in_its_own_words(lite
         with pytest.raises(MemoryReadOnlyError, match=r"opened read-only \(read_only=True\)"):
             mem.forget(label="red")
         assert mem.store.label_counts() == {"red": 1}
+
+
+def test_a_bad_vote_option_is_refused_in_one_line_naming_it(lite0, tmp_path):
+    # classify(k=0) had raised pydantic's ValidationError: several lines about "VoteSettings", a model the caller
+    # never named, and a link to pydantic's errors page.
+    with VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0) as mem:
+        mem.add([make_image((220, 20, 20)), make_image((30, 40, 220))], ["red", "blue"])
+        image = tmp_path / "query.jpg"
+        image.write_bytes(make_image((200, 30, 30)))
+        for options, said in [
+            ({"k": 0}, "k=0: k takes a whole number of neighbours from 1 to 1000"),
+            ({"k": -1}, "k=-1: k takes a whole number of neighbours from 1 to 1000"),
+            ({"k": "ten"}, "k='ten': k takes a whole number of neighbours from 1 to 1000"),
+            ({"rule": "majority"}, "rule='majority': rule takes one of plurality, distance, softmax, rank or dmn"),
+            ({"rule": "rank", "alpha": 0}, "alpha=0: alpha takes a number from 0.001 to 1e+06"),
+        ]:
+            with pytest.raises(ValueError) as refused:
+                mem.classify([image], **options)
+            assert str(refused.value) == said and not isinstance(refused.value, ValidationError)
+            with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+                mem.classify_many([str(image)], **options)
+        assert mem.classify([image], k="2")[0].label == "red"  # a number as text, as a form sends it, is a number

@@ -137,6 +137,8 @@ from .novelty import OOD_PERCENTILE, OOD_SAMPLE_SIZE, check_calibration, self_ex
 from .results import (
     MAX_ALPHA,
     MAX_TAU,
+    MIN_ALPHA,
+    MIN_TAU,
     AddResult,
     BackupResult,
     Classification,
@@ -244,6 +246,35 @@ def _stored_vote(tuned: dict[str, Any]) -> VoteSettings:
         raise ValueError(f"this memory's tuned vote settings ({tuned}, stored by vmem tune) cannot be read by this "
                          f"vmem: {field}: {problem['msg']}; run vmem tune again, or vmem tune --reset (back to the "
                          "defaults), or use the vmem that tuned it") from None
+
+
+# What each vote option takes, for a one-line refusal (VoteSettings' bounds: HTTP's)
+_VOTE_OPTIONS = {
+    "rule": "one of " + ", ".join(rule.value for rule in VoteRule) + " or dmn",
+    "k": "a whole number of neighbours from 1 to 1000",
+    "alpha": f"a number from {MIN_ALPHA:g} to {MAX_ALPHA:g}",
+    "tau": f"a number from {MIN_TAU:g} to {MAX_TAU:g}",
+}
+
+
+class VoteOptionError(ValueError):
+    """A vote option given to classify (or `vote_settings`) that it does not take, said in one line: the argument,
+    the value given and what it takes (`k=0: k takes a whole number of neighbours from 1 to 1000`)."""
+
+    def __init__(self, option: str, value: Any, takes: str) -> None:
+        self.option, self.value, self.takes = option, value, takes
+        super().__init__(f"{option}={value!r}: {option} takes {takes}")
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> ValueError:
+        """VoteSettings' refusal of an option as this (pydantic's is many lines and a URL, of a model the caller
+        never named)."""
+        problem = exc.errors()[0]
+        name = str(problem["loc"][0]) if problem["loc"] else "vote"
+        if name not in _VOTE_OPTIONS:  # none other is given by a caller: said as pydantic says it, on one line
+            return ValueError(f"{name}: {problem['msg']}")
+        value = problem.get("input")
+        return cls(name, getattr(value, "value", value), _VOTE_OPTIONS[name])  # a VoteRule as its text
 
 
 def _tuned_vote(meta: MemoryMeta) -> VoteSettings:
@@ -711,7 +742,10 @@ class VisualMemory:
         given = {n: v for n, v in {"rule": rule, "k": k, "alpha": alpha, "tau": tau}.items() if v is not None}
         if not given:
             return base
-        settings = VoteSettings(**{**base.model_dump(exclude={"origin"}), **given, "origin": "explicit"})
+        try:
+            settings = VoteSettings(**{**base.model_dump(exclude={"origin"}), **given, "origin": "explicit"})
+        except ValidationError as exc:  # pydantic's is many lines and a URL, of a model the caller never named
+            raise VoteOptionError.of(exc) from None
         for name, reader in (("alpha", VoteRule.rank), ("tau", VoteRule.softmax)):
             if name in given and settings.rule != reader:
                 used = getattr(settings.rule, "value", settings.rule)
@@ -968,7 +1002,8 @@ class VisualMemory:
             vmem.NoSuchLabelsError: no point passes the label filter, or has the `why_not` label.
             vmem.NothingToSearchError: the memory holds no point a search can return (empty, or all hard-pruned).
             vmem.UnknownTemplateError, vmem.TemplateLoadError: with `rerank`, before any image is embedded.
-            ValueError: options that do not fit (k < 1, an unknown rule, one image rather than a list: TypeError).
+            ValueError: options that do not fit, in a line naming the argument and what it takes (k=0, an unknown
+                rule: "k=0: k takes a whole number of neighbours from 1 to 1000"); one image, not a list: TypeError.
 
         Example:
             >>> [res] = mem.classify(["cat.jpg"], k=50, min_confidence=0.9)

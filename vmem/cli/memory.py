@@ -49,6 +49,7 @@ from ..visual_memory import (
     NoSuchLabelsError,
     UnknownPointError,
     VisualMemory,
+    VoteOptionError,
     disk_usage_of,
     history_at_rest,
     history_from_files,
@@ -574,9 +575,11 @@ def classify_in_parts(mem, paths: list, *, desc: str, batch_size: int, rerank: b
         for part in growing_parts(paths, first=batch_size, largest=CLASSIFY_PART_MAX):
             try:
                 done, part_failed = mem.classify_many(part, batch_size=batch_size, rerank=rerank, **options)
-            except ValidationError as exc:  # --alpha nan, --tau 0: the option and its bound, not pydantic's
+            except ValidationError as exc:  # the option and its bound, not pydantic's
                 raise typer.BadParameter("; ".join(f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"]
                                                    for e in exc.errors())) from None
+            except VoteOptionError as exc:  # --alpha nan, --tau 0: said as the option is spelled here
+                raise typer.BadParameter(f"--{exc.option} {exc.value}: takes {exc.takes}") from None
             except (FeaturizerError, ImageDecodeError, TemplateError, ValueError) as exc:
                 raise typer.BadParameter(str(exc)) from exc
             bar.clear()  # the answers on their own lines, the bar (a terminal's only) below them
