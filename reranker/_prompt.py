@@ -29,6 +29,15 @@ def candidate_labels(request: RerankRequest) -> list[str]:
     return [lab for lab in seen if allowed is None or lab in allowed]
 
 
+# Closing a sentence, not a label: what a model may put after the label it was asked for
+_TRAILING_PUNCTUATION = ".!,;:"
+
+
+def _loosely(text: str) -> str:
+    """A label's text as an answer that ignores case and closes it as a sentence reads the same."""
+    return canonical_label(text).rstrip(_TRAILING_PUNCTUATION).strip().casefold()
+
+
 class ShownLabels:
     """What Gemini reads for each label, and back: a label's name where it has one, else the label.
 
@@ -75,11 +84,18 @@ class ShownLabels:
     def label(self, shown: str) -> str | None:
         """The label shown as `shown` (None if no label was); an answer in another Unicode form or with outer
         spaces (a model echoing "café" composed, for a label shown decomposed) names it too, unless two
-        shown texts read the same that way."""
+        shown texts read the same that way. Else one in another case or with trailing punctuation ("Bullfrog",
+        " bullfrog." for "bullfrog": a Gemini-compatible endpoint that ignores the schema's enum), where exactly
+        one shown text reads so: the whole text, never a part ("cliff" names no "cliff dwelling")."""
         if (found := self._labels.get(shown)) is not None:
             return found
         same = {label for text, label in self._labels.items() if canonical_label(text) == canonical_label(shown)}
-        return same.pop() if len(same) == 1 else None
+        if same:
+            return same.pop() if len(same) == 1 else None
+        if not (loose := _loosely(shown)):
+            return None
+        alike = {label for text, label in self._labels.items() if _loosely(text) == loose}
+        return alike.pop() if len(alike) == 1 else None
 
     def texts(self, labels: list[str]) -> list[str]:
         return [self.show(label) for label in labels]

@@ -420,6 +420,36 @@ def test_free_text_is_not_mistaken_for_a_label(fake, make_rr, images):
     assert out.label == "cat" and out.error == "NonCandidateAnswerError"
 
 
+@pytest.mark.parametrize("said", ["Bullfrog", " bullfrog.", "BULLFROG!", "bullfrog:"])
+def test_an_answer_in_another_case_or_closed_as_a_sentence_names_its_candidate(fake, make_rr, images, said):
+    # A Gemini-compatible endpoint that ignores the schema's enum writes the label as a sentence: it had fallen back
+    # to the vote ("Gemini answered 'Bullfrog', which is not one of the 2 candidate labels").
+    fake.enqueue(fake.text(said))
+    out = make_rr().rerank_one(request(images, labels=("cliff", "bullfrog", "cliff"), vote="cliff"))
+    assert (out.label, out.reranked, out.error) == ("bullfrog", True, None)
+
+
+@pytest.mark.parametrize(("labels", "said"), [
+    (("cliff dwelling", "bullfrog", "cliff dwelling"), "cliff"),  # a part of a label names none
+    (("cliff dwelling", "bullfrog", "cliff dwelling"), "Cliff."),
+    (("Cat", "cat", "bullfrog"), "CAT"),  # two labels read alike: which one is not guessed
+    (("cliff", "bullfrog", "cliff"), "bullfrogs"),
+])
+def test_an_answer_that_reads_as_no_single_candidate_is_still_refused(fake, make_rr, images, labels, said):
+    fake.enqueue(fake.text(said))
+    out = make_rr().rerank_one(request(images, labels=labels, vote=labels[0]))
+    assert (out.label, out.reranked, out.error) == (labels[0], False, "NonCandidateAnswerError")
+
+
+def test_an_agentic_answer_in_another_case_names_its_candidate(fake, make_rr, images, store):
+    s, *_ = store
+    req = agentic_request(images, store)
+    other = next(n.label for n in req.neighbors if n.label != req.vote_label)
+    fake.enqueue(fake.call("answer", label=f" {other.upper()}."))
+    out = make_rr().rerank_one(req, store=s)
+    assert (out.label, out.reranked, out.error) == (other, True, None)
+
+
 def test_an_unreachable_endpoint_is_a_connection_fallback(make_rr, images):
     closed = FakeGemini()  # bound, never started, then closed: the port refuses connections
     url = closed.url
