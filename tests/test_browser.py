@@ -1225,6 +1225,43 @@ def test_enter_in_the_key_field_carries_on_with_the_forget_that_asked_for_the_ke
                           for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")]
 
 
+
+def test_a_key_the_service_refuses_is_asked_for_again_and_enter_carries_on(browser, tmp_path, named_page_url):
+    # A mistyped key: the service says it is not valid; the key field is offered again (opened, the keyboard in it,
+    # the wrong key selected to be typed over), and Enter carries on with what was refused, as for a key missing. It
+    # had said "the API key is not valid" and left the keyboard where it was: Enter in the key field did nothing, and
+    # the wrong key was kept for the tab.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4261))
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=3)
+    browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+    browser.find_element(By.ID, "api-key").send_keys("not-the-key-0123456789")
+    card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+    card.find_element(By.CLASS_NAME, "forget").click()
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+    assert browser.find_element(By.ID, "error").text == "could not forget crimson (red): the API key is not valid"
+    assert browser.execute_script("return sessionStorage.getItem('vmem-api-key')") is None  # not kept
+    ActionChains(browser).send_keys(API_KEY, Keys.ENTER).perform()  # typed over the wrong one
+    wait.until(lambda d: d_active_class(d) == "forget-one")  # the card asks, now with the key
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+
+    # Re-ranking, refused for the key too, goes on with the right one from the key field.
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    browser.find_element(By.ID, "api-key").clear()
+    browser.find_element(By.ID, "api-key").send_keys("not-the-key-0123456789")
+    browser.find_element(By.ID, "rerank").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").text == "the API key is not valid")
+    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+    ActionChains(browser).send_keys(API_KEY, Keys.ENTER).perform()
+    wait.until(lambda d: d.find_element(By.ID, "answer").is_displayed())
+    assert browser.find_element(By.ID, "prediction").text.startswith("crimson")
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+
+
 def test_the_template_chooser_shows_a_template_s_name_whole(browser, named_page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

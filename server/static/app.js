@@ -28,6 +28,9 @@ const PROXY_STATUS = {
 };
 
 const UNKNOWN_LABEL = "urn:vmem:problem:unknown-label"; // a `why_not` label refused (server/problems.py's type)
+// A key sent and refused (server/deps.py): not one the service knows, or one that may not do what was asked
+const INVALID_KEY = "urn:vmem:problem:invalid-api-key";
+const KEY_REFUSED = [INVALID_KEY, "urn:vmem:problem:key-not-allowed"];
 
 // A problem's `type`, read from a copy: its text is read after.
 async function problemType(resp) {
@@ -39,11 +42,12 @@ async function problemType(resp) {
 }
 
 async function problemText(resp) {
-  // Errors are RFC 9457 problem details: show `detail`, else the title, else what the status means.
+  // Errors are RFC 9457 problem details: show `detail`, else the title, else what the status means. Read from a
+  // copy: its type is read after (keyRefused).
   const fallback = PROXY_STATUS[resp.status]
     ? `${PROXY_STATUS[resp.status]} (HTTP ${resp.status})` : `HTTP ${resp.status}`;
   try {
-    const body = await resp.json();
+    const body = await resp.clone().json();
     return body.detail || body.title || fallback;
   } catch {
     return fallback;
@@ -160,10 +164,27 @@ function showReadOnly(readOnly) {
 }
 
 // An edit's failure, said where errors are. A 503 may be a service restarted read-only since the page was loaded
-// (`memory-read-only`): the stats, read again, say so, and the page offers no more edits.
-async function editFailed(message, resp) {
+// (`memory-read-only`): the stats, read again, say so, and the page offers no more edits. `retry`: the edit again,
+// offered from the key field where the key was refused.
+async function editFailed(message, resp, retry = null) {
   showError(message);
   if (resp && resp.status === 503) await loadStats();
+  if (resp && retry) await keyRefused(resp, retry);
+}
+
+// A key the service refused (mistyped, revoked, or one that may not do this): the key field is offered again as for
+// a key missing (opened, the keyboard in it, the key selected to be typed over), and Enter there carries on with
+// `retry`. A key not valid is no longer kept for the tab. Returns whether the key was refused.
+async function keyRefused(resp, retry) {
+  if (resp.status !== 403 && resp.status !== 401) return false;
+  const type = await problemType(resp);
+  if (!KEY_REFUSED.includes(type)) return false;
+  if (type === INVALID_KEY) sessionStorage.removeItem("vmem-api-key");
+  retryWithKey = retry;
+  $("key-box").open = true;
+  $("api-key").focus();
+  $("api-key").select();
+  return true;
 }
 
 async function loadTemplates() {
@@ -285,11 +306,12 @@ async function classify(whyNot = null) {
   }
   // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
   const headers = {};
+  const again = () => { // with the key entered: on from the Classify button, as if it had been pressed
+    $("classify-btn").focus();
+    classify(whyNot);
+  };
   if ($("rerank").checked) {
-    const key = apiKeyFor("re-rank with the VLM", () => {
-      $("classify-btn").focus();
-      classify(whyNot);
-    });
+    const key = apiKeyFor("re-rank with the VLM", again);
     if (!key) {
       optionsErrorShown = true;
       hideAnswer(); // the answer on show is not a re-ranked one
@@ -329,6 +351,7 @@ async function classify(whyNot = null) {
       hideAnswer();
       announce("");
       showError(answer);
+      if (headers["X-API-Key"]) await keyRefused(resp, again);
       return;
     }
     render(answer, Boolean(whyNot));
@@ -1039,10 +1062,11 @@ function wireForget(node, n) {
 const SHOWN_COPIES = 5;
 async function askForget(n, node) {
   if (editing.has(n.id)) return;
-  const key = apiKeyFor("forget a memory point", () => {
+  const askAgain = () => {
     const again = cardsOf(n.id).find((c) => c === node) || cardsOf(n.id)[0];
     return again && askForget(n, again);
-  });
+  };
+  const key = apiKeyFor("forget a memory point", askAgain);
   if (!key) return;
   showError("");
   hideEditNote();
@@ -1059,6 +1083,7 @@ async function askForget(n, node) {
     }
     if (resp.status === 401 || resp.status === 403) {
       showError(["could not forget ", ...namedNodes(n.label, n.label_name), `: ${await problemText(resp)}`]);
+      await keyRefused(resp, askAgain);
       return;
     }
     if (resp.ok) copies = (await resp.json()).matched.filter((m) => m.id !== n.id);
@@ -1111,7 +1136,8 @@ async function forgottenElsewhere(n) {
 // again as they go: what the question showed, unless the memory changed since). `erase`: as the question said.
 async function forget(n, withCopies, erase) {
   if (editing.has(n.id)) return false;
-  const key = apiKeyFor("forget a memory point", () => cardsOf(n.id).length && forget(n, withCopies, erase));
+  const again = () => cardsOf(n.id).length && forget(n, withCopies, erase);
+  const key = apiKeyFor("forget a memory point", again);
   if (!key) return false;
   showError("");
   hideEditNote();
@@ -1134,7 +1160,7 @@ async function forget(n, withCopies, erase) {
   }
   if (!resp.ok) {
     await editFailed(["could not forget ", ...namedNodes(n.label, n.label_name), `: ${await problemText(resp)}`],
-      resp);
+      resp, again);
     return false;
   }
   const body = await resp.json();
@@ -1190,7 +1216,8 @@ function wireRelabel(node, p) {
 // Returns whether the point was relabelled.
 async function relabel(p, to) {
   if (editing.has(p.id)) return false;
-  const key = apiKeyFor("relabel a memory point", () => cardsOf(p.id).length && relabel(p, to));
+  const again = () => cardsOf(p.id).length && relabel(p, to);
+  const key = apiKeyFor("relabel a memory point", again);
   if (!key) return false;
   showError("");
   hideEditNote();
@@ -1210,7 +1237,7 @@ async function relabel(p, to) {
   }
   if (!resp.ok) {
     await editFailed(["could not relabel the point labelled ", ...namedNodes(p.label, p.label_name),
-      `: ${await problemText(resp)}`], resp);
+      `: ${await problemText(resp)}`], resp, again);
     return false;
   }
   const point = await resp.json();
@@ -1278,7 +1305,8 @@ async function teach() {
   const file = currentFile;
   if (!label) { refuseBlank($("teach-label")); return; }
   if (!file) return;
-  const key = apiKeyFor("add the image to the memory", () => currentFile === file && teach());
+  const again = () => currentFile === file && teach();
+  const key = apiKeyFor("add the image to the memory", again);
   if (!key) return;
   showError("");
   hideEditNote();
@@ -1297,7 +1325,7 @@ async function teach() {
     add.removeAttribute("aria-disabled");
   }
   if (!resp.ok) {
-    await editFailed(["could not add the image as ", bdi(label), `: ${await problemText(resp)}`], resp);
+    await editFailed(["could not add the image as ", bdi(label), `: ${await problemText(resp)}`], resp, again);
     return;
   }
   const body = await resp.json();
