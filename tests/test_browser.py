@@ -247,6 +247,42 @@ def test_a_labels_list_asked_for_twice_at_once_shows_each_point_once(browser, pa
     assert " name 1 label via http" in browser.find_element(By.CSS_SELECTOR, "#history-list li[data-op='name']").text
 
 
+
+def drop_files(driver, element, *paths: Path) -> None:
+    """Drag files from outside the browser and drop them on the middle of `element`, as a person's mouse does (the
+    browser's own drag events, not ones made in the page)."""
+    rect = driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); "
+                                 "const r = arguments[0].getBoundingClientRect(); "
+                                 "return [r.x + Math.min(r.width / 2, 40), r.y + Math.min(r.height / 2, 40)]", element)
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    for step in ("dragEnter", "dragOver", "drop"):
+        driver.execute_cdp_cmd("Input.dispatchDragEvent", {"type": step, "x": rect[0], "y": rect[1], "data": data})
+
+
+def test_an_image_dropped_beside_the_drop_zone_is_classified(browser, page_url, tmp_path):
+    # Dropped a little beside the zone (on the page's heading, or where the answer shows), the image had been refused
+    # by the page, and a desktop browser then opened the file in the page's place: the answer and options gone.
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(texture(COLORS["red"], seed=4271))
+    second.write_bytes(texture(COLORS["blue"], seed=4272))
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    drop_files(browser, browser.find_element(By.TAG_NAME, "h1"), first)
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    assert browser.current_url == page_url + "/"
+    assert browser.find_element(By.ID, "file-chosen").get_attribute("textContent") == "chosen: first.png"
+    drop_files(browser, browser.find_element(By.ID, "neighbors"), second)  # on the answer's cards
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "blue")
+    drop_files(browser, browser.find_element(By.ID, "drop"), first)  # the zone itself: one request, as before
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    assert browser.execute_script("return classifySeq") == 3
+    assert "over" not in browser.find_element(By.ID, "drop").get_attribute("class")
+
+
 def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

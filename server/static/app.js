@@ -1380,10 +1380,19 @@ function init() {
     if (retry) retry(); // the edit (or re-ranked classify) that asked for the key, now with it
   });
   $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  // A file dropped anywhere on the page is the image to classify, the drop zone lit meanwhile: dropped beside the
+  // zone, it was refused, and a desktop browser opened the file in the page's place (the answer and options gone).
+  // Text dragged into a field is left to the field.
   const drop = $("drop");
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
+  const dragsFiles = (e) => Boolean(e.dataTransfer) && [...e.dataTransfer.types].includes("Files");
+  document.addEventListener("dragover", (e) => {
+    if (!dragsFiles(e)) return;
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); }); // left the window
+  document.addEventListener("drop", (e) => {
+    if (!dragsFiles(e)) return;
     e.preventDefault();
     drop.classList.remove("over");
     chooseFile(e.dataTransfer.files[0]);
