@@ -507,6 +507,31 @@ def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0
         wait.until(lambda d: d.find_element(By.ID, "error").text.strip())
         said = browser.find_element(By.ID, "error").text
         assert "larger than a proxy in front of the service accepts" in said and said.endswith("(HTTP 413)"), said
+        assert said.startswith(f"query.png is {query.stat().st_size:,} bytes: "), said  # by how much, to choose
+    mem.close()
+
+
+
+def test_an_image_over_the_service_s_upload_limit_is_said_with_its_size(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The service's 413 speaks of "the request body" and its limit in bytes: the page says the image's size in the
+    # same unit beside it (it had said only the limit: a person had to find the file's size to know by how much).
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    query = tmp_path / "photo.png"
+    query.write_bytes(texture(COLORS["red"], seed=4273, size=96))
+    size = query.stat().st_size
+    with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY, max_upload_bytes=4096),
+                                memory=mem)) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda d: d.find_element(By.ID, "error").text.strip())
+        assert browser.find_element(By.ID, "error").text == (
+            f"photo.png is {size:,} bytes: the request body is over the limit of 4,096 bytes")
     mem.close()
 
 

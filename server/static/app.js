@@ -332,13 +332,16 @@ async function classify(whyNot = null) {
   announce("Classifying…");
   $("neighbors-section").classList.add("stale");
   try {
+    const file = currentFile;
     const form = new FormData();
-    form.append("image", currentFile, currentFile.name);
+    form.append("image", file, file.name);
     const params = new URLSearchParams(queryString());
     if (whyNot) params.set("why_not", whyNot);
     const resp = await fetch(`v1/classify?${params}`, { method: "POST", body: form, headers });
     const refusedLabel = whyNot && resp.status === 422 && await problemType(resp) === UNKNOWN_LABEL;
-    const answer = resp.ok ? await resp.json() : await problemText(resp);
+    let answer = resp.ok ? await resp.json() : await problemText(resp);
+    // Too large (for the service, or a proxy before it): the image's size beside the limit, in the service's unit
+    if (resp.status === 413) answer = [bdi(file.name), ` is ${file.size.toLocaleString("en")} bytes: ${answer}`];
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (refusedLabel) { // the label asked about, not the image: the answer on show stands, and is still for `before`
       askedFor = before;
