@@ -1117,6 +1117,27 @@ def test_a_long_one_word_label_fits_a_phone_s_screen(browser, tmp_path, lite0):
     mem.close()
 
 
+
+def test_a_phone_shows_the_neighbours_and_a_label_s_points_two_to_a_row(browser, tmp_path, page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # At 375 px the cards, at least 150 px each, had stood one to a row: 50 neighbours were 12,000 px to scroll.
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4274))
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 375, "height": 667, "deviceScaleFactor": 2, "mobile": True})
+    classify_on_the_page(browser, page_url + "/", query, k=4)
+    rows = "return new Set([...document.querySelectorAll(arguments[0])].map((c) => c.getBoundingClientRect().top)).size"
+    assert browser.execute_script(rows, "#neighbors .neighbor-card") == 2  # 4 cards
+    browser.find_element(By.CSS_SELECTOR, "#scores .label-link").click()  # red's 4 points
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#label-points .neighbor-card"))
+                                     == 4)
+    assert browser.execute_script(rows, "#label-points .neighbor-card") == 2
+    page = browser.execute_script("const e = document.documentElement; return [e.scrollWidth, e.clientWidth]")
+    assert page[0] <= page[1], f"the page scrolls sideways: {page[0]} px wide in a {page[1]} px screen"
+
+
 def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(browser, tmp_path, slow_default_page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
