@@ -312,6 +312,9 @@ def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_pa
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == "enter the API key to re-rank with the VLM"
     assert browser.find_element(By.ID, "key-box").get_attribute("open") is not None
+    # ... which the key box said it was for (it had named the edits only)
+    assert browser.find_element(By.CSS_SELECTOR, "#key-box summary").text == (
+        "API key (to re-rank with the VLM, or to add, forget or relabel points)")
     browser.find_element(By.ID, "api-key").send_keys(API_KEY)
     browser.find_element(By.ID, "classify-btn").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "prediction").text)
@@ -406,7 +409,9 @@ def test_a_memory_served_read_only_is_said_so_and_offers_no_edit(browser, tmp_pa
         wait = classify_on_the_page(browser, url + "/", query, k=5)
         note = browser.find_element(By.ID, "read-only-note")
         wait.until(lambda d: note.is_displayed())
-        assert note.text.startswith("The memory is served read-only") and note.get_attribute("role") == "status"
+        assert note.text == ("The memory is served read-only: classify and browse it here; nothing can be added to "
+                             "it, and its points cannot be forgotten or relabelled on this service.")  # nor Add
+        assert note.get_attribute("role") == "status"
         assert browser.find_element(By.ID, "prediction").text == "red"
         assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")) == 5
         browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()  # the key re-ranks: its box stays

@@ -147,13 +147,14 @@ function showFewPoints(few, total) {
 // and Relabel had been offered, asked its question and then failed). Classify, the labels' points, the audit and
 // the history are read as ever, and the key is still the one to re-rank with.
 let servedReadOnly = null; // as the last stats said; null before the first
+const KEY_USE = "to re-rank with the VLM, or to add, forget or relabel points"; // the key box's, as index.html says
 function showReadOnly(readOnly) {
   const turned = readOnly && servedReadOnly === false;
   servedReadOnly = readOnly;
   document.body.classList.toggle("read-only", readOnly);
-  const note = !readOnly ? "" : "The memory is served read-only: classify and browse it here; its points cannot be "
-    + "forgotten or relabelled on this service.";
-  $("key-use").textContent = readOnly ? "to re-rank with the VLM" : "to add, forget or relabel points";
+  const note = !readOnly ? "" : "The memory is served read-only: classify and browse it here; nothing can be added "
+    + "to it, and its points cannot be forgotten or relabelled on this service.";
+  $("key-use").textContent = readOnly ? "to re-rank with the VLM" : KEY_USE;
   // Turned read-only under an open page (a service restarted so): the keyboard was on an edit's control, gone with
   // it, and goes to what says why (read there: not said by the live region as well).
   const focused = document.activeElement;
