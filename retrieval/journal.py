@@ -20,6 +20,8 @@ as others may be editing the memory meanwhile.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import heapq
 import itertools
@@ -37,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -230,6 +232,49 @@ class JournalQuery:
         return self.op is not None or self.point_id is not None or self.label is not None or self.by is not None
 
 
+class JournalPage(NamedTuple):
+    """A page of a history (`Journal.page`): its entries, newest first, how many older ones match too, and the
+    cursor of the next page (None after the last)."""
+
+    entries: list[JournalEntry]
+    earlier: int
+    next_cursor: str | None
+
+
+# An entry's place in its journal's order, oldest first: its `at`, then what orders the entries of one time (a line
+# number; a server's `seq` and point id). A cursor names the oldest entry of a page by it: a page ending inside the
+# entries of one time (a forget's parts) goes on with the next of them, where an `until` of that time stalled.
+Position = tuple[Any, ...]
+
+
+def _cursor_of(position: Position) -> str:
+    """A position as a cursor: URL-safe base64 of its JSON (an `at`'s `+` read as a space in a URL's query)."""
+    return base64.urlsafe_b64encode(json.dumps(list(position), separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _position_of(cursor: str, kinds: tuple[type, ...]) -> Position:
+    """The position a cursor names, with these kinds of items; ValueError for a cursor that is none (of a journal
+    of another kind: an embedded memory's, given to a server's)."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        position = None
+    if not (isinstance(position, list) and len(position) == len(kinds) and all(
+            isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, kinds, strict=True))
+            and _is_time(position[0])):
+        raise ValueError(f"{cursor!r} is no cursor of this memory's history: give the `next_cursor` of its previous "
+                         f"page")
+    return tuple(position)
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _plain(text: str) -> bool:
     """Whether JSON writes the text as it is: no quote, backslash or control character to escape."""
     return not any(c in '"\\' or c < " " for c in text)
@@ -405,15 +450,33 @@ class Journal(ABC):
         forgot, relabelled or named."""
         return set()
 
-    @abstractmethod
+    # The kinds of a position's items (`Position`)
+    _POSITION: tuple[type, ...] = (str, int)
+
     def read(self) -> list[JournalEntry]:
         """Every entry, oldest first."""
+        return [e for _, e in self._positioned()]
+
+    @abstractmethod
+    def _positioned(self) -> list[tuple[Position, JournalEntry]]:
+        """Every entry with its position, oldest first."""
 
     def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
         """The newest `limit` entries that match (all of them for None), newest first, and how many older ones
-        match too."""
-        found = [e for e in reversed(self.read()) if query.matches(e)]
-        return (found, 0) if limit is None else (found[:limit], max(0, len(found) - limit))
+        match too. Read whole here (`Journal.page`); the journals read less."""
+        entries, earlier, _ = Journal.page(self, query, limit)
+        return entries, earlier
+
+    def page(self, query: JournalQuery, limit: int | None = None, cursor: str | None = None) -> JournalPage:
+        """`newest` of the entries older than those a page showed (`cursor`: its `next_cursor`), with the cursor of
+        the next page: the oldest entry's position where older ones match too. ValueError for a cursor that is
+        none."""
+        after = _position_of(cursor, self._POSITION) if cursor is not None else None
+        found = [(position, e) for position, e in reversed(self._positioned())
+                 if (after is None or position < after) and query.matches(e)]
+        shown = found if limit is None else found[:limit]
+        earlier = len(found) - len(shown)
+        return JournalPage([e for _, e in shown], earlier, _cursor_of(shown[-1][0]) if earlier and shown else None)
 
     def not_held(self, other: Journal) -> list[JournalEntry]:
         """The entries of `other` this journal does not hold yet, oldest first."""
@@ -623,18 +686,26 @@ class FileJournal(Journal):
         f.truncate(start)
         f.seek(start)
 
-    def read(self) -> list[JournalEntry]:
+    def _positioned(self) -> list[tuple[Position, JournalEntry]]:
+        """Each entry at (its `at`, its line's number): in time order, as entries carried from a copied memory are
+        appended after this one's own, and in the order written within one time. The file is only appended to, so
+        a line's number stays its own."""
         if not self.path.exists():
             return []
-        # In time order: entries carried from a copied memory are appended after this one's own.
-        return sorted(self._entries(), key=lambda e: e.at)
+        return sorted((((entry.at, number), entry) for number, line in enumerate(self._whole_lines())
+                       if (entry := _parsed(line)) is not None), key=lambda pair: pair[0])
 
     def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
-        """As `Journal.newest`, parsing only the lines that may match and the `limit` newest that do: the page's
+        entries, earlier, _ = self.page(query, limit)
+        return entries, earlier
+
+    def page(self, query: JournalQuery, limit: int | None = None, cursor: str | None = None) -> JournalPage:
+        """As `Journal.page`, parsing only the lines that may match and the `limit` newest that do: the page's
         "recent edits" of a journal of 100,000 one-image adds took 1.1 s of the service's GIL when every line
         was parsed (README, "The journal")."""
+        after = _position_of(cursor, self._POSITION) if cursor is not None else None
         if limit is None or not self.path.exists():
-            return super().newest(query, limit)
+            return super().page(query, limit, cursor)
         newest: list[tuple[str, int, str]] = []  # the `limit` newest matches as (at, line number, line), a heap
         matched = 0
         for number, line in enumerate(self._whole_lines()):
@@ -649,6 +720,8 @@ class FileJournal(Journal):
                 if (entry := _parsed(line)) is None or not query.matches(entry):
                     continue
                 at = entry.at
+            if after is not None and (at, number) >= after:  # shown by the pages before
+                continue
             matched += 1
             if len(newest) < limit:
                 heapq.heappush(newest, (at, number, line))
@@ -659,11 +732,11 @@ class FileJournal(Journal):
         # entry, which no history shows, so it is counted as one earlier edit (`Journal.newest`, parsing every line,
         # counts none: looking for it in each line cost a tenth of the page's list). A read passing as a torn line
         # was cut off made another such line, and one that parsed (`_whole_lines`): no more.
-        entries = [e for *_, line in sorted(newest, reverse=True) if (e := _parsed(line)) is not None]
-        return entries, matched - len(entries)
-
-    def _entries(self) -> Iterator[JournalEntry]:
-        yield from (entry for line in self._whole_lines() if (entry := _parsed(line)) is not None)
+        shown = sorted(newest, reverse=True)
+        entries = [e for *_, line in shown if (e := _parsed(line)) is not None]
+        # The next page goes on after the oldest line shown (parsed or not), where older ones match
+        return JournalPage(entries, matched - len(entries),
+                           _cursor_of(shown[-1][:2]) if shown and matched > len(shown) else None)
 
     def _whole_lines(self) -> Iterator[str]:
         """The journal's whole lines, each with its newline, as it ended when the read began: those up to its last
@@ -1057,19 +1130,28 @@ class CollectionJournal(Journal):
                   if p.get("at", "") >= note.begun and (p.get("host"), p.get("pid")) != (note.host, note.pid)]
         return _changed_of(note, [(p.get("op"), p.get("ids", []), p.get("detail", {})) for p in others])
 
-    def read(self) -> list[JournalEntry]:
+    # A position: (at, seq, the entry's point id): `seq` orders the entries of one edit and edits within a clock
+    # tick; the id, two processes' entries of one `seq` (and those of a vmem before `seq`, all 0)
+    _POSITION = (str, int, str)
+
+    def _positioned(self) -> list[tuple[Position, JournalEntry]]:
         if not self.client.collection_exists(self.collection):
             return []
-        return [_entry(p) for p in sorted(self._payloads(), key=_in_time_order)]
+        return sorted(((_position(pid, p), _entry(p)) for pid, p in self._records()), key=lambda pair: pair[0])
 
     def newest(self, query: JournalQuery, limit: int | None = None) -> tuple[list[JournalEntry], int]:
-        """As `Journal.newest`, with the server filtering and ordering: the page's "recent edits" is one count
+        entries, earlier, _ = self.page(query, limit)
+        return entries, earlier
+
+    def page(self, query: JournalQuery, limit: int | None = None, cursor: str | None = None) -> JournalPage:
+        """As `Journal.page`, with the server filtering and ordering: the page's "recent edits" is one count
         and one page of `limit` entries, not every entry of a shared memory's journal sent here. A label query
         reads them all, as before: an entry names a label in four places, two of them as keys of a map."""
+        after = _position_of(cursor, self._POSITION) if cursor is not None else None
         if limit is None or query.label is not None:
-            return super().newest(query, limit)
+            return super().page(query, limit, cursor)
         if not self.client.collection_exists(self.collection):
-            return [], 0
+            return JournalPage([], 0, None)
         from qdrant_client import models as qm
         from qdrant_client.http.exceptions import UnexpectedResponse
 
@@ -1079,35 +1161,48 @@ class CollectionJournal(Journal):
             must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=query.since, lte=query.until)))
         try:
             self._index_time()
-            matched = self.client.count(self.collection, count_filter=qm.Filter(must=must), exact=True).count
+            # After a cursor: the entries of its time older than it (a forget's other parts; read whole, as the
+            # server orders one time's entries any way), then those of earlier times, as the server orders them
+            tied: list[tuple[Position, dict[str, Any]]] = []
+            if after is not None:
+                tied = [(position, p) for pid, p in self._records(qm.Filter(must=[*must, _at_is(after[0])]))
+                        if (position := _position(pid, p)) < after]
+                must.append(qm.FieldCondition(key="at", range=qm.DatetimeRange(lt=after[0])))
+            matched = len(tied) + self.client.count(self.collection, count_filter=qm.Filter(must=must),
+                                                    exact=True).count
             if not limit or not matched:
-                return [], matched
+                return JournalPage([], matched, None)
             # One more than shown: whether the page ends between two edits, or inside one.
-            recs, _ = self.client.scroll(self.collection, scroll_filter=qm.Filter(must=must), limit=limit + 1,
-                                         with_payload=True, with_vectors=False,
+            recs, _ = self.client.scroll(self.collection, scroll_filter=qm.Filter(must=must),
+                                         limit=max(1, limit + 1 - len(tied)), with_payload=True, with_vectors=False,
                                          order_by=qm.OrderBy(key="at", direction=qm.Direction.DESC))
         except UnexpectedResponse as exc:  # e.g. a key that may read but not index: the whole journal, as before
             log.warning("the journal's server would not order its entries (%s); reading them all", exc)
-            return super().newest(query, limit)
-        payloads = [r.payload or {} for r in recs]
-        if len(payloads) > limit and payloads[limit]["at"] == (last := payloads[limit - 1]["at"]):
+            return super().page(query, limit, cursor)
+        found = sorted(tied, reverse=True) + [(_position(str(r.id), r.payload or {}), r.payload or {}) for r in recs]
+        if len(found) > limit and found[limit][0][0] == (last := found[limit - 1][0][0]) and (
+                after is None or last != after[0]):
             # The entries of one edit share its time, and the server orders them any way: all of them are read,
             # to be put in the order `read` gives (and to drop the same ones it would).
-            tied = list(self._payloads(qm.Filter(must=[*must, qm.FieldCondition(
-                key="at", range=qm.DatetimeRange(gte=last, lte=last))])))
-            payloads = [p for p in payloads if p["at"] != last] + tied
-        payloads.sort(key=_in_time_order, reverse=True)
-        entries = [_entry(p) for p in payloads[:limit]]
-        return entries, matched - len(entries)
+            found = [pair for pair in found if pair[0][0] != last] + [
+                (_position(pid, p), p) for pid, p in self._records(qm.Filter(must=[*must, _at_is(last)]))]
+        shown = sorted(found, reverse=True)[:limit]
+        return JournalPage([_entry(p) for _, p in shown], matched - len(shown),
+                           _cursor_of(shown[-1][0]) if matched > len(shown) else None)
 
     def _payloads(self, flt: Any = None, collection: str | None = None,
                   keys: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        yield from (payload for _, payload in self._records(flt, collection, keys))
+
+    def _records(self, flt: Any = None, collection: str | None = None,
+                 keys: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The (id, payload) of each point of the collection (the journal's) that `flt` chooses."""
         offset = None
         while True:
             recs, offset = self.client.scroll(collection or self.collection, scroll_filter=flt, limit=256,
                                               offset=offset, with_payload=True if keys is None else list(keys),
                                               with_vectors=False)
-            yield from (r.payload or {} for r in recs)
+            yield from ((str(r.id), r.payload or {}) for r in recs)
             if offset is None or not recs:
                 return
 
@@ -1175,9 +1270,16 @@ def _writer_ended(payload: Mapping[str, Any]) -> bool:
     return not process_running(pid, int(payload.get("started") or 0))
 
 
-def _in_time_order(payload: dict[str, Any]) -> tuple[str, int]:
-    # `seq` orders the entries of one edit (its parts), and edits within a clock tick.
-    return payload.get("at", ""), payload.get("seq", 0)
+def _position(point_id: str, payload: Mapping[str, Any]) -> Position:
+    """A server journal's entry's position (`CollectionJournal._POSITION`), from its point's id and payload."""
+    return payload.get("at", ""), int(payload.get("seq") or 0), point_id
+
+
+def _at_is(at: str) -> Any:
+    """The condition of the entries of this time (`at`)."""
+    from qdrant_client import models as qm
+
+    return qm.FieldCondition(key="at", range=qm.DatetimeRange(gte=at, lte=at))
 
 
 def _entry(payload: dict[str, Any]) -> JournalEntry:

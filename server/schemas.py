@@ -380,11 +380,12 @@ class HistoryQuery(BaseModel):
                                        "VMEM_API_KEY's)")
     until: str | None = Field(default=None, min_length=4, max_length=40,
                               description="only edits from this ISO 8601 time back (UTC unless it names a zone; a "
-                                          "date: through that day): the next page of a history longer than "
-                                          "`limit` is `until` the oldest `at` listed, leaving out the entries "
-                                          "listed already (an edit of several entries shares its time)")
+                                          "date: through that day)")
+    cursor: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="`next_cursor` of the previous page (with the same filters): the edits "
+                                           "older than it listed")
     limit: int = Field(default=50, ge=1, le=1000, description="edits listed, newest first (`earlier` counts those "
-                                                              "left out: `until` pages to them)")
+                                                              "left out: `next_cursor` pages to them)")
     ids: bool = Field(default=True, description="each forget's and relabel's point ids (false: left out, `points` "
                                                 "counts them): a forget of 72,000 points lists 2.9 MB of them")
 
@@ -782,6 +783,8 @@ class HistoryOut(Answer):
     entries: list[JournalEntry] = Field(description="each edit: when, what, how many points of which labels, the ids "
                                                     "a forget or relabel changed, and who (via, host, pid)")
     earlier: int = Field(description="edits older than these, left out by `limit`")
+    next_cursor: str | None = Field(default=None, description="give it as `cursor` for the next page (the `earlier` "
+                                                              "edits); null after the last")
 
 
 class SuspectOut(Answer):

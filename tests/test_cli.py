@@ -1612,9 +1612,10 @@ def test_vmem_history_counts_the_edits_its_limit_left_out_in_words(built, tmp_pa
     edits = len(run("history", "--memory", copy, "--json").stdout.splitlines())
     assert edits >= 2
     one_left = run("history", "--memory", copy, "--limit", edits - 1)
-    assert one_left.exit_code == 0 and "... and 1 earlier edit (--limit" in one_left.stderr, one_left.stderr
+    assert one_left.exit_code == 0 and "... and 1 earlier edit (next page: --cursor " in one_left.stderr, (
+        one_left.stderr)
     two_left = run("history", "--memory", copy, "--limit", edits - 2)
-    assert "... and 2 earlier edits (--limit, or --until the oldest shown)" in two_left.stderr, two_left.stderr
+    assert "... and 2 earlier edits (next page: --cursor " in two_left.stderr, two_left.stderr
 
 
 def test_vmem_history_is_read_whole_a_page_at_a_time_with_until(built, tmp_path):
@@ -1642,6 +1643,34 @@ def test_vmem_history_is_read_whole_a_page_at_a_time_with_until(built, tmp_path)
     assert paged == whole
     bad = run("history", "--memory", copy, "--until", "last week")
     assert bad.exit_code == 2 and "--until" in bad.output and "'last week' is not a date or time" in bad.output
+
+
+def test_vmem_history_pages_through_a_forget_journaled_in_parts_with_the_cursor_it_gives(built, tmp_path,
+                                                                                       monkeypatch):
+    # A forget of more than 100,000 points journals several parts at one time: --until the oldest shown, at
+    # --limit 2, came back to the same two parts page after page. Each page says the next one's --cursor
+    import retrieval.journal
+
+    memory, _ = built
+    copy = tmp_path / "memory"
+    assert run("copy", "--memory", memory, "--to-memory", copy).exit_code == 0
+    monkeypatch.setattr(retrieval.journal, "IDS_PER_ENTRY", 1)  # a part per point: 3 parts of one time
+    with VisualMemory(open_store(copy), reranker=None) as mem:
+        assert mem.forget(ids=[p.id for p in mem.points(limit=3).points]) == 3
+    whole = run("history", "--memory", copy, "--json").stdout.splitlines()
+    assert [json.loads(line)["part"] for line in whole[:3]] == [2, 1, 0] and len(whole) >= 4
+    paged, cursor = [], None
+    while True:
+        page = run("history", "--memory", copy, "--json", "--limit", 2, *(["--cursor", cursor] if cursor else []))
+        assert page.exit_code == 0, page.output
+        paged += page.stdout.splitlines()
+        if (found := re.search(r"next page: --cursor (\S+)\)", page.stderr)) is None:
+            break
+        cursor = found[1]
+        assert f"... and {len(whole) - len(paged)} earlier edit" in page.stderr, page.stderr
+    assert paged == whole  # each edit once, newest first
+    bad = run("history", "--memory", copy, "--cursor", "nope")
+    assert bad.exit_code == 2 and "--cursor" in bad.output and "is no cursor of this memory's history" in bad.output
 
 
 def test_a_label_whose_points_were_all_forgotten_lists_and_exports_nothing_and_an_unknown_one_is_refused(built,

@@ -346,14 +346,53 @@ def test_http_pages_through_a_history_longer_than_its_limit_with_until(memory, t
                 break
             until = page["entries"][-1]["at"]
         assert seen == whole and pages == [3, 2, 2]  # each page after the first repeats the entry it starts at
-        assert client.get("/v1/memory/history", params={"until": "2000-01-01"}).json() == {"entries": [],
-                                                                                            "earlier": 0}
+        assert client.get("/v1/memory/history", params={"until": "2000-01-01"}).json() == {
+            "entries": [], "earlier": 0, "next_cursor": None}
         assert client.get("/v1/memory/history", params={"until": "later"}).status_code == 422
         # The oldest `at` pasted into the URL as it is: its `+00:00` reads as ` 00:00` (a `+` in a query is a space)
         pasted = client.get(f"/v1/memory/history?limit=3&until={whole[3]['at']}")
         assert pasted.status_code == 422
         assert pasted.json()["detail"].endswith("a `+` in a URL's query reads as a space: send it as %2B (or have "
                                                 "the HTTP client encode the parameters)"), pasted.json()["detail"]
+
+
+def test_a_forget_journaled_in_parts_is_paged_through_each_part_once_in_python_and_over_http(memory, tmp_path,
+                                                                                             monkeypatch):
+    # A forget of more than 100,000 points journals several parts at one time. Paged 2 at a time by `until` the
+    # oldest time shown, less the entries shown, 3 parts stalled a reader: each page was the same 2 parts again
+    memory.relabel("navy", label="blue")
+    monkeypatch.setattr(retrieval.journal, "IDS_PER_ENTRY", 1)  # a part per point: 3 parts of one time
+    assert memory.forget(ids=memory.store.ids_where(label="red")[:3]) == 3
+    memory.set_label_names({"green": "leaf"})
+    whole = memory.history()
+    assert [e.op for e in whole] == ["name", "forget", "forget", "forget", "relabel"]
+
+    paged, page = [], memory.history_page(limit=2)
+    while True:
+        paged += page.entries
+        assert page.earlier == len(whole) - len(paged)
+        if page.next_cursor is None:
+            break
+        page = memory.history_page(limit=2, cursor=page.next_cursor)
+    assert paged == whole  # each entry once, newest first
+    assert [e.part for e in paged[1:4]] == [2, 1, 0]
+    forgets = memory.history_page(op="forget", limit=2)
+    assert memory.history(op="forget", limit=2, cursor=forgets.next_cursor) == whole[3:4]
+    with pytest.raises(ValueError, match="'nope' is no cursor of this memory's history"):
+        memory.history(limit=2, cursor="nope")
+
+    settings = Settings(memory=memory.store.location, api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(create_app(settings, memory=memory)) as client:
+        listed, cursor = [], None
+        while True:
+            page = client.get("/v1/memory/history", params={"limit": 2, "ids": "false",
+                                                            **({"cursor": cursor} if cursor else {})}).json()
+            listed += page["entries"]
+            if (cursor := page["next_cursor"]) is None:
+                break
+        assert listed == [e.model_copy(update={"ids": []}).model_dump(mode="json") for e in whole]
+        refused = client.get("/v1/memory/history", params={"cursor": "nope"})
+        assert refused.status_code == 422 and "is no cursor of this memory's history" in refused.json()["detail"]
 
 
 def test_an_until_that_is_a_date_takes_in_that_whole_day(memory):
@@ -463,6 +502,61 @@ def test_recent_edits_read_as_a_torn_line_is_cut_off_are_the_journal_as_the_read
     # Not the torn bytes and the new entry's end read as one line (skipped, yet counted as an earlier edit)
     assert ([e.at[17:19] for e in shown], earlier) == (["02", "01"], 0)
     assert [e.op for e in journal.newest(JournalQuery(), 10)[0]] == ["forget", "add", "add"]
+
+
+# qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
+@pytest.mark.parametrize("kind", ["file", "server"])
+def test_a_history_is_read_a_page_at_a_time_each_entry_once_through_edits_of_many_parts(kind, tmp_path):
+    # A forget of more than 100,000 points journals a part per 100,000 at one time: paged by `until` the oldest time
+    # shown, less the entries shown, a page of 2 among 5 parts came back to the same 2 parts forever. A cursor
+    # names the page's oldest entry itself.
+    from retrieval.journal import CollectionJournal, Journal, JournalQuery
+
+    entries, queries = a_long_journal()
+    at = entries[105].at
+    parts = [JournalEntry(at=at, op="forget", points=5, ids=[f"{i:08d}-0000-0000-0000-000000000000"], part=i)
+             for i in range(5)]
+    journal = (FileJournal(tmp_path / JOURNAL_FILE) if kind == "file"
+               else CollectionJournal(QdrantClient(":memory:"), "vmem-journal"))
+    journal.append(entries[150:])
+    journal.append(parts)
+    journal.append(entries[:150])  # older entries written later, as `vmem copy` carries them
+    around = JournalQuery(since=entries[100].at, until=entries[115].at)  # the parts' time among others
+    for query, limits in [(JournalQuery(), [60]), (around, [2]), (JournalQuery(op="forget", until=at), [7]),
+                          (JournalQuery(op="forget", label="cat", by="alice"), [3]), (queries[-4], [5])]:
+        whole = Journal.newest(journal, query)[0]  # every match, newest first, the journal read whole
+        for limit in limits:
+            paged, cursor, pages = [], None, 0
+            while True:
+                page = journal.page(query, limit, cursor)
+                paged += page.entries
+                pages += 1
+                assert page.earlier == len(whole) - len(paged), (query, limit)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert paged == whole and pages == max(1, -(-len(whole) // limit)), (query, limit)
+    forgets = journal.page(JournalQuery(op="forget", since=at, until=at), 2)
+    assert [e.part for e in forgets.entries] == [4, 3] and forgets.earlier == 3
+    rest = journal.page(JournalQuery(op="forget", since=at, until=at), 2, forgets.next_cursor)
+    assert [e.part for e in rest.entries] == [2, 1] and rest.earlier == 1
+    assert [e.part for e in journal.page(JournalQuery(op="forget", since=at, until=at), 2, rest.next_cursor)
+            .entries] == [0]
+    other = (CollectionJournal(QdrantClient(":memory:"), "vmem-journal") if kind == "file"
+             else FileJournal(tmp_path / JOURNAL_FILE))
+    for cursor in ["nope", "", forgets.next_cursor[:-2], _other_kind_of_cursor(other, parts)]:
+        with pytest.raises(ValueError, match="is no cursor of this memory's history"):
+            journal.page(JournalQuery(), 2, cursor)
+
+
+def _other_kind_of_cursor(journal, entries) -> str:
+    """A cursor of another kind of journal (an embedded memory's, given to a server memory's; or the other way)."""
+    from retrieval.journal import JournalQuery
+
+    if not journal.read():
+        journal.append(entries)
+    return journal.page(JournalQuery(), 1).next_cursor
 
 
 # qdrant-client's local mode stands for a server here (a journal asked for a server's payload indexes), so it warns

@@ -144,10 +144,10 @@ def test_history_of_a_memory_at_rest_is_read_from_its_journal_as_opening_would_a
     with VisualMemory(open_store(memory), reranker=None) as mem:
         mem.forget(label="dog")
         mem.relabel("feline", label="cat")
-    entries, earlier, meta = history_at_rest(memory)
+    page, meta = history_at_rest(memory)
     with VisualMemory(open_store(memory), reranker=None) as mem:
-        assert (entries, earlier) == mem.history_page()
-    assert [e.op for e in entries] == ["relabel", "forget"]
+        assert page == mem.history_page()
+    assert [e.op for e in page.entries] == ["relabel", "forget"]
     shown = cli("history", "--memory", memory, "--op", "forget")
     assert shown.count("\n") == 1 and "\tforget\t10 points (dog: 10)\tby label" in shown
 
@@ -270,7 +270,7 @@ def test_a_memory_may_be_opened_while_its_history_at_rest_reads_its_journal(memo
     # The lock is held shared while the files are checked (no holder, no edit left unjournaled), not for the
     # journal's read, 0.8 s at 100,000 entries, which had refused every opening meanwhile. A process that opens
     # the memory and edits it meanwhile appends whole lines: the read sees its entry or not, never half of it
-    read, refused = FileJournal.newest, []
+    read, refused = FileJournal.page, []
 
     def opened_meanwhile(journal, *args, **kwargs):
         try:
@@ -281,11 +281,11 @@ def test_a_memory_may_be_opened_while_its_history_at_rest_reads_its_journal(memo
             raise
         return read(journal, *args, **kwargs)
 
-    monkeypatch.setattr(FileJournal, "newest", opened_meanwhile)
+    monkeypatch.setattr(FileJournal, "page", opened_meanwhile)
     answered = history_at_rest(memory)
     monkeypatch.undo()
     assert not refused and answered is not None, refused
-    entries, earlier, _ = answered
-    assert [e.op for e in entries] == ["forget"] and earlier == 0
+    page, _ = answered
+    assert [e.op for e in page.entries] == ["forget"] and page.earlier == 0
     with VisualMemory(open_store(memory), reranker=None) as mem:
-        assert (entries, earlier) == mem.history_page()
+        assert page == mem.history_page()

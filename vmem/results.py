@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, Field, computed_field, field_validator
 
 from retrieval import DEFAULT_ALPHA, DEFAULT_TAU, VoteRule
+from retrieval.journal import JournalEntry
 from retrieval.schema_types import IsoTime, PointIdText
 from retrieval.text import counted, quoted, short_repr, utf8_text, visible
 
@@ -192,6 +193,21 @@ class PointPage(BaseModel):
 
     def __repr__(self) -> str:
         """The first points and a count of the rest (a page of 100 showed 32,000 characters); all in `.points`."""
+        return short_repr(self, items=3)
+
+    __str__ = __repr__
+
+
+class HistoryPage(BaseModel):
+    """A page of a memory's edits, newest first (`VisualMemory.history_page`), and where the next page starts."""
+
+    entries: list[JournalEntry] = Field(description="the page's edits, newest first")
+    earlier: int = Field(description="edits older than these that match too, left out by `limit`")
+    next_cursor: str | None = Field(default=None,
+                                    description="give it as `cursor` for the next page; null after the last")
+
+    def __repr__(self) -> str:
+        """The first entries and a count of the rest (a forget's entry lists up to 100,000 ids); all in `.entries`."""
         return short_repr(self, items=3)
 
     __str__ = __repr__

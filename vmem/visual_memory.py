@@ -144,6 +144,7 @@ from .results import (
     Classification,
     FailedImage,
     FewPoints,
+    HistoryPage,
     MemoryPoint,
     NearDuplicate,
     NeighborVote,
@@ -1606,7 +1607,7 @@ class VisualMemory:
 
     def history(self, point_id: str | None = None, source: str | Path | None = None, op: JournalOp | None = None,
                 limit: int | None = None, label: str | None = None, since: str | None = None,
-                by: str | None = None, until: str | None = None) -> list[JournalEntry]:
+                by: str | None = None, until: str | None = None, cursor: str | None = None) -> list[JournalEntry]:
         """The memory's edits, newest first: every add, forget, relabel, erase, naming, prune, tune and copy made
         through vmem, when, by which process, and (forget, relabel) the ids of the points changed.
 
@@ -1615,20 +1616,31 @@ class VisualMemory:
         the edits that touched the label's points (added, forgot, relabelled from or to it, named it).
         `since`: only edits at or after this ISO 8601 time or date (UTC when it names no zone). `by`: only the
         edits made over HTTP with the API key of this name (`default`: VMEM_API_KEY's). `until`: only edits at or
-        before this time (a date: through that day): past the newest `limit`, the next page is `until` the oldest
-        `at` shown, less the entries shown (an edit of several entries shares its time).
+        before this time (a date: through that day). Past the newest `limit`, `history_page` gives the cursor of
+        the next page (`cursor`).
 
         Example:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
             >>> mem.history(by="alice", limit=20)   # what the key named alice changed lately
+
+        Raises ValueError for a filter that is none (an op, a time, an id) or a cursor that is none.
         """
-        return self.history_page(point_id, source, op, limit, label, since, by, until)[0]
+        return self.history_page(point_id, source, op, limit, label, since, by, until, cursor).entries
 
     def history_page(self, point_id: str | None = None, source: str | Path | None = None,
                      op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                     since: str | None = None, by: str | None = None,
-                     until: str | None = None) -> tuple[list[JournalEntry], int]:
-        """`history`, and how many older edits match beyond `limit` (to say "... and 1,234 earlier")."""
+                     since: str | None = None, by: str | None = None, until: str | None = None,
+                     cursor: str | None = None) -> HistoryPage:
+        """`history`, with how many older edits match beyond `limit` (to say "... and 1,234 earlier") and the cursor
+        of the next page (`next_cursor`, None after the last): given as `cursor` with the same filters, the edits
+        older than this page's, each once (the entries of one edit share its time: a forget of more than 100,000
+        points is several).
+
+        Example:
+            >>> page = mem.history_page(op="forget", limit=100)
+            >>> while page.next_cursor:  # every forget, 100 at a time
+            ...     page = mem.history_page(op="forget", limit=100, cursor=page.next_cursor)
+        """
         if point_id is not None and source is not None:
             raise ValueError("give a point id or a source, not both")
         if source is not None:
@@ -1637,7 +1649,7 @@ class VisualMemory:
             point_id = parse_point_id(point_id)
         query = _journal_query(op, point_id, self.stored_label(label) if label is not None else None, since, by,
                                until)
-        return self.store.journal.newest(query, limit)
+        return HistoryPage(**self.store.journal.page(query, limit, cursor)._asdict())
 
     def notes_left(self) -> list[LeftNote]:
         """The notes of edits begun and not journaled yet, oldest first: this opening journaled those of processes it
@@ -3322,8 +3334,8 @@ def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None
 
 def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,
                        op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                       since: str | None = None, by: str | None = None,
-                       until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
+                       since: str | None = None, by: str | None = None, until: str | None = None,
+                       cursor: str | None = None) -> tuple[HistoryPage, MemoryMeta]:
     """`VisualMemory.history_page` of an embedded memory read from its files, without opening it, and the memory's
     metadata (its label names, featurizer, settings).
 
@@ -3334,18 +3346,19 @@ def history_from_files(location: str | Path, point_id: str | None = None, source
     names.
 
     Raises:
-        MemoryStoreError: the folder holds no memory. ValueError: a filter that is none (an op, a time, an id).
+        MemoryStoreError: the folder holds no memory. ValueError: a filter that is none (an op, a time, an id), or a
+        cursor that is none.
     """
     if point_id is not None and source is not None:
         raise ValueError("give a point id or a source, not both")
     folder = Path(location).expanduser()
-    return _history_in(folder, read_meta_file(folder), point_id, source, op, limit, label, since, by, until)
+    return _history_in(folder, read_meta_file(folder), point_id, source, op, limit, label, since, by, until, cursor)
 
 
 def _history_in(folder: Path, meta: MemoryMeta, point_id: str | None = None, source: str | Path | None = None,
                 op: JournalOp | None = None, limit: int | None = None, label: str | None = None,
-                since: str | None = None, by: str | None = None,
-                until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta]:
+                since: str | None = None, by: str | None = None, until: str | None = None,
+                cursor: str | None = None) -> tuple[HistoryPage, MemoryMeta]:
     """`history_from_files` of the memory in `folder`, whose metadata `meta` has been read."""
     journal = FileJournal(folder / JOURNAL_FILE)
 
@@ -3362,19 +3375,20 @@ def _history_in(folder: Path, meta: MemoryMeta, point_id: str | None = None, sou
         spellings = list(dict.fromkeys([label, *forms]))
         if len(spellings) > 1:  # as `stored_labels`, by the journal's labels rather than the points'
             label = next((f for f in spellings if in_journal(JournalQuery(label=f))), forms[0])
-    return (*journal.newest(_journal_query(op, point_id, label, since, by, until), limit), meta)
+    query = _journal_query(op, point_id, label, since, by, until)
+    return HistoryPage(**journal.page(query, limit, cursor)._asdict()), meta
 
 
 def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: int | None = None,
-                    since: str | None = None, by: str | None = None,
-                    until: str | None = None) -> tuple[list[JournalEntry], int, MemoryMeta] | None:
+                    since: str | None = None, by: str | None = None, until: str | None = None,
+                    cursor: str | None = None) -> tuple[HistoryPage, MemoryMeta] | None:
     """`history_from_files` of an embedded memory at rest, which is what opening it would answer: no process has it
     open (none opens it meanwhile), and no edit of a process killed before journaling it is left noted (opening
     journals those first). None where either is not so, its metadata cannot be read, or it is no embedded memory:
     open it (which says what is wrong).
 
     Raises:
-        ValueError: a filter that is none (an op, a time).
+        ValueError: a filter that is none (an op, a time), or a cursor that is none.
     """
     if not is_embedded_location(location):
         return None
@@ -3391,7 +3405,7 @@ def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: in
     # and edits it meanwhile adds entries this read sees or not, never half of one (a line without its newline is
     # skipped, as a crash's; one that does not parse too, should its first append cut a crash's torn line as this
     # reads it): what opening it would have answered as the read began, or since
-    return _history_in(folder, meta, op=op, limit=limit, since=since, by=by, until=until)
+    return _history_in(folder, meta, op=op, limit=limit, since=since, by=by, until=until, cursor=cursor)
 
 
 def parse_point_id(text: str) -> str:

@@ -543,19 +543,20 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
         # parses every line, ~1 s) by a few clients without a key had slowed classify from 0.08 s to 5 s on the
         # embedding threads, and /readyz to 8.8 s on the request threads
         # (one whose client gave up while it waited is not read: 30 such had held up the next for 21 s)
-        entries, earlier = await unless_the_client_leaves(request, service.run_read(
+        page = await unless_the_client_leaves(request, service.run_read(
             service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since,
-            by=q.by, until=q.until))
-    except ValueError as exc:  # a `since` or `until` that is no date
+            by=q.by, until=q.until, cursor=q.cursor))
+    except ValueError as exc:  # a `since` or `until` that is no date; a cursor that is none
         detail = str(exc)
         if any(value is not None and _PLUS_AS_SPACE.search(value) for value in (q.since, q.until)):
             # An `at` pasted into a URL (the next page's `until`): its `+00:00` had read as no date, with no reason
             detail += "; a `+` in a URL's query reads as a space: send it as %2B (or have the HTTP client encode the " \
                       "parameters)"
         raise ProblemError(422, detail, "invalid-parameters", "Invalid parameters") from None
+    entries = page.entries
     if not q.ids:
         entries = [e.model_copy(update={"ids": []}) if e.ids else e for e in entries]
-    return HistoryOut(entries=entries, earlier=earlier)
+    return HistoryOut(entries=entries, earlier=page.earlier, next_cursor=page.next_cursor)
 
 
 @router.get("/suspects", summary="Probably mislabelled points", response_model=SuspectsOut,

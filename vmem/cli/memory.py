@@ -43,7 +43,7 @@ from ..answer_log import AnswerLog
 from ..export import check_export_path
 from ..import_points import PointsFileError, read_points_file
 from ..novelty import OOD_PERCENTILE, out_of_distribution
-from ..results import FewPoints, MemoryPoint
+from ..results import FewPoints, HistoryPage, MemoryPoint
 from ..visual_memory import (
     COPY_SIMILARITY,
     NoSuchLabelsError,
@@ -1294,8 +1294,9 @@ def history(
     since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
     until: Annotated[str | None, typer.Option(help="only edits at or before this date or time (a date: through "
-                                                   "that day): past the newest --limit, the next page is --until "
-                                                   "the oldest shown (which it shows again)")] = None,
+                                                   "that day)")] = None,
+    cursor: Annotated[str | None, typer.Option(help="where a page starts: past the newest --limit, the next page's "
+                                                    "cursor is said after the edits (give the same filters)")] = None,
     by: Annotated[str | None, typer.Option(help="only edits made over HTTP with the API key of this name (vmem key "
                                                 "NAME; default: VMEM_API_KEY's)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="edits shown, newest first")] = 20,
@@ -1321,7 +1322,8 @@ def history(
         raise typer.BadParameter("give --id or --source, not both")
     if notes or settle or settle_older_than is not None:
         given = [f"--{name}" for name, value in (("id", point), ("source", source), ("op", op), ("label", label),
-                                                 ("since", since), ("until", until), ("by", by))
+                                                 ("since", since), ("until", until), ("by", by),
+                                                 ("cursor", cursor))
                  if value is not None]
         if given:
             raise typer.BadParameter(f"{' '.join(given)} chooses edits, not notes: give it without --notes or --settle",
@@ -1333,14 +1335,14 @@ def history(
     # An embedded memory at rest, all its edits journaled, asked for no point or label: its journal answers alone,
     # as opening it would (seconds saved on a large memory)
     at_rest = (_edits(lambda: history_at_rest(location, op=cast(JournalOp, op.value) if op else None, limit=limit,
-                                             since=since, by=by, until=until), until)
+                                             since=since, by=by, until=until, cursor=cursor), since, until, cursor)
                if point is None and source is None and label is None
                and (location := at_rest_location(memory, qdrant_url)) else None)
     if at_rest is not None:
-        entries, earlier, meta = at_rest
-        for e in entries:
+        page, meta = at_rest
+        for e in page.entries:
             typer.echo(e.model_dump_json() if json_out else _edit_line(e, dict(meta.label_names)))
-        _say_earlier_or_none(earlier, bool(entries), False, op, label, since, by, until)
+        _say_earlier_or_none(page, False, op, label, since, by, until)
         return
     try:
         mem = _open_to_read(memory, qdrant_url, wait)
@@ -1349,19 +1351,20 @@ def history(
         if qdrant_url is not None or exc.folder is None:
             raise
         # Held by another process (a running vmem serve): its journal is a file of its own, read as it is
-        entries, earlier, meta = _edits(lambda: history_from_files(
+        page, meta = _edits(lambda: history_from_files(
             memory, point_id=point_id, source=source, op=cast(JournalOp, op.value) if op else None, limit=limit,
-            label=label, since=since, by=by, until=until), until)
-        names, state = dict(meta.label_names), None
+            label=label, since=since, by=by, until=until, cursor=cursor), since, until, cursor)
+        entries, names, state = page.entries, dict(meta.label_names), None
         hints = name_hints(names, [label]) if not entries and label is not None else ""
         served = served_note(exc.folder, None) or holder_note(exc.folder).who if exc.folder is not None else ""
         typer.echo(f"read from its files: the memory is open in another process{f' ({served})' if served else ''}",
                    err=True)
     else:
         with mem:
-            entries, earlier = _edits(lambda: mem.history_page(
+            page = _edits(lambda: mem.history_page(
                 point_id=point_id, source=source, op=op.value if op else None, limit=limit, label=label, since=since,
-                by=by, until=until), until)
+                by=by, until=until, cursor=cursor), since, until, cursor)
+            entries = page.entries
             now = mem.point(point_id) if point_id else mem.point(mem.point_id_of_source(source)) if source else None
             names = mem.label_names
             state = (f"in the memory now, labelled {named_label(now.label, names)}, added {now.added_at}"
@@ -1375,8 +1378,7 @@ def history(
         typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
-    _say_earlier_or_none(earlier, bool(entries), point_id is not None or source is not None, op, label, since, by,
-                         until)
+    _say_earlier_or_none(page, point_id is not None or source is not None, op, label, since, by, until)
 
 
 def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: list[str], older_than: float | None,
@@ -1483,12 +1485,14 @@ def _age(seconds: float) -> str:
     return f"{s // 60} min" if s >= 60 else f"{s} s"
 
 
-def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label: str | None, since: str | None,
+def _say_earlier_or_none(page: HistoryPage, of_one: bool, op: Any, label: str | None, since: str | None,
                          by: str | None, until: str | None = None) -> None:
-    """After a history's edits: how many more the limit left out, or that none matched (stderr)."""
-    if earlier:
-        typer.echo(f"... and {counted(earlier, 'earlier edit')} (--limit, or --until the oldest shown)", err=True)
-    if not shown:
+    """After a history's edits: how many more the limit left out and the next page's cursor, or that none matched
+    (stderr)."""
+    if page.earlier:
+        more = f"... and {counted(page.earlier, 'earlier edit')}"
+        typer.echo(f"{more} (next page: --cursor {page.next_cursor})" if page.next_cursor else more, err=True)
+    if not page.entries:
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
                                                             ("since", since), ("until", until), ("by", by))
                    if value is not None]
@@ -1496,13 +1500,16 @@ def _say_earlier_or_none(earlier: int, shown: bool, of_one: bool, op: Any, label
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
 
-def _edits(read: Callable[[], _T], until: str | None = None) -> _T:
-    """A history's edits, a filter it refuses (a --since or --until that is no time) as a usage error."""
+def _edits(read: Callable[[], _T], since: str | None = None, until: str | None = None,
+           cursor: str | None = None) -> _T:
+    """A history's edits, a filter it refuses (a --since or --until that is no time, a --cursor that is none) as a
+    usage error."""
     try:
         return read()
     except ValueError as exc:
-        named = "--until" if until is not None and repr(until) in str(exc) else "--since"
-        raise typer.BadParameter(str(exc), param_hint=named) from None
+        named = [f"--{name}" for name, value in (("since", since), ("until", until), ("cursor", cursor))
+                 if value is not None and repr(value) in str(exc)]
+        raise typer.BadParameter(str(exc), param_hint=" / ".join(named) or "--since") from None
 
 
 def _edit_line(e: JournalEntry, names: dict[str, str]) -> str:
@@ -1682,7 +1689,8 @@ def _info_head(stats: dict[str, Any]) -> None:
 def _info_from_files(memory: Path, exc: MemoryInUseError, json_out: bool) -> None:
     """`vmem info` of an embedded memory another process holds (a running vmem serve): what its files say (its
     encoder, settings, label names, last edit, size), and where to ask for its points."""
-    [*last], _, meta = history_from_files(memory, limit=1)
+    newest, meta = history_from_files(memory, limit=1)
+    last = newest.entries
     served = served_note(exc.folder, "info") if exc.folder is not None else ""
     held_by = holder_note(exc.folder).who if exc.folder is not None else ""
     stats: dict[str, Any] = {"location": str(memory), "points": None, "labels": None, "per_label": None,
