@@ -380,7 +380,7 @@ class HistoryQuery(BaseModel):
                                        "VMEM_API_KEY's)")
     until: str | None = Field(default=None, min_length=4, max_length=40,
                               description="only edits from this ISO 8601 time back (UTC unless it names a zone; a "
-                                          "date: through that day)")
+                                          "date: through that day); not before `since`")
     cursor: str | None = Field(default=None, min_length=1, max_length=200,
                                description="`next_cursor` of the previous page (with the same filters): the edits "
                                            "older than it listed")

@@ -1643,6 +1643,9 @@ def test_vmem_history_is_read_whole_a_page_at_a_time_with_until(built, tmp_path)
     assert paged == whole
     bad = run("history", "--memory", copy, "--until", "last week")
     assert bad.exit_code == 2 and "--until" in bad.output and "'last week' is not a date or time" in bad.output
+    backwards = run("history", "--memory", copy, "--since", "2026-12-06", "--until", "2026-12-05")
+    assert backwards.exit_code == 2, backwards.output
+    assert "Invalid value for --since / --until: since '2026-12-06' is after until '2026-12-05'" in backwards.output
 
 
 def test_vmem_history_pages_through_a_forget_journaled_in_parts_with_the_cursor_it_gives(built, tmp_path,

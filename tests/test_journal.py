@@ -408,6 +408,20 @@ def test_an_until_that_is_a_date_takes_in_that_whole_day(memory):
     assert memory.history(until=before, limit=1000) == [e for e in memory.history(limit=1000) if e.at < day]
 
 
+def test_a_since_after_the_until_is_refused_not_answered_with_nothing(memory, tmp_path):
+    # Two dates given the wrong way round had answered an empty history, read as "no edits then"
+    memory.set_label_names({"red": "crimson"})
+    with pytest.raises(ValueError, match=r"since '2026-12-06' is after until '2026-12-05T23:00'"):
+        memory.history(since="2026-12-06", until="2026-12-05T23:00")
+    day = memory.history(limit=1)[0].at[:10]
+    assert len(memory.history(since=day, until=day)) == 1  # one day: from its first instant through its last
+    settings = Settings(memory=memory.store.location, api_key=API_KEY, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(create_app(settings, memory=memory)) as client:
+        refused = client.get("/v1/memory/history", params={"since": "2026-12-06", "until": "2026-12-05"})
+        assert refused.status_code == 422 and refused.json()["type"] == "urn:vmem:problem:invalid-parameters"
+        assert "since '2026-12-06' is after until '2026-12-05'" in refused.json()["detail"]
+
+
 def test_journal_entries_round_trip_as_json_lines():
     entry = JournalEntry(at="2026-12-05T00:00:00+00:00", op="relabel", points=1, ids=["a"], to="b")
     assert JournalEntry.model_validate(json.loads(entry.model_dump_json())) == entry

@@ -1623,7 +1623,8 @@ class VisualMemory:
             >>> [e.at for e in mem.history(source="/data/cats/tom.jpg", op="forget")]   # when it was forgotten
             >>> mem.history(by="alice", limit=20)   # what the key named alice changed lately
 
-        Raises ValueError for a filter that is none (an op, a time, an id) or a cursor that is none.
+        Raises ValueError for a filter that is none (an op, a time, an id), a `since` after `until`, or a cursor
+        that is none.
         """
         return self.history_page(point_id, source, op, limit, label, since, by, until, cursor).entries
 
@@ -3325,11 +3326,17 @@ def _source_ids(source: str) -> tuple[str, list[str]]:
 
 def _journal_query(op: JournalOp | None, point_id: str | None, label: str | None, since: str | None,
                    by: str | None = None, until: str | None = None) -> JournalQuery:
-    """A history's filters as a JournalQuery; ValueError for an op or a time that is none."""
+    """A history's filters as a JournalQuery; ValueError for an op or a time that is none, or a `since` after the
+    `until`."""
     if op is not None and op not in get_args(JournalOp):  # the CLI and HTTP refuse it too: not an empty list
         raise ValueError(f"unknown op {op!r}: one of {', '.join(get_args(JournalOp))}")
-    return JournalQuery(op=op, point_id=point_id, label=label, since=_utc_iso(since) if since is not None else None,
-                        by=by, until=_utc_iso(until, end_of_day=True) if until is not None else None)
+    query = JournalQuery(op=op, point_id=point_id, label=label, since=_utc_iso(since) if since is not None else None,
+                         by=by, until=_utc_iso(until, end_of_day=True) if until is not None else None)
+    if query.since is not None and query.until is not None and (
+            datetime.fromisoformat(query.since) > datetime.fromisoformat(query.until)):
+        # Nothing is both: an empty history read as "no edits then", for two dates given the wrong way round
+        raise ValueError(f"since {since!r} is after until {until!r}: no edit is both; give the earlier time as since")
+    return query
 
 
 def history_from_files(location: str | Path, point_id: str | None = None, source: str | Path | None = None,
@@ -3346,8 +3353,8 @@ def history_from_files(location: str | Path, point_id: str | None = None, source
     names.
 
     Raises:
-        MemoryStoreError: the folder holds no memory. ValueError: a filter that is none (an op, a time, an id), or a
-        cursor that is none.
+        MemoryStoreError: the folder holds no memory. ValueError: a filter that is none (an op, a time, an id), a
+        `since` after `until`, or a cursor that is none.
     """
     if point_id is not None and source is not None:
         raise ValueError("give a point id or a source, not both")
@@ -3388,7 +3395,7 @@ def history_at_rest(location: str | Path, op: JournalOp | None = None, limit: in
     open it (which says what is wrong).
 
     Raises:
-        ValueError: a filter that is none (an op, a time), or a cursor that is none.
+        ValueError: a filter that is none (an op, a time), a `since` after `until`, or a cursor that is none.
     """
     if not is_embedded_location(location):
         return None

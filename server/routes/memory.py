@@ -546,7 +546,7 @@ async def history(q: Annotated[HistoryQuery, Query()], request: Request, service
         page = await unless_the_client_leaves(request, service.run_read(
             service.memory.history_page, point_id=point_id, op=q.op, limit=q.limit, label=q.label, since=q.since,
             by=q.by, until=q.until, cursor=q.cursor))
-    except ValueError as exc:  # a `since` or `until` that is no date; a cursor that is none
+    except ValueError as exc:  # a `since` or `until` that is no date, or the wrong way round; a cursor that is none
         detail = str(exc)
         if any(value is not None and _PLUS_AS_SPACE.search(value) for value in (q.since, q.until)):
             # An `at` pasted into a URL (the next page's `until`): its `+00:00` had read as no date, with no reason

@@ -1294,7 +1294,7 @@ def history(
     since: Annotated[str | None, typer.Option(help="only edits from this date or time on (2026-12-05, "
                                                    "2026-12-05T14:30; UTC unless it names a zone)")] = None,
     until: Annotated[str | None, typer.Option(help="only edits at or before this date or time (a date: through "
-                                                   "that day)")] = None,
+                                                   "that day); not before --since")] = None,
     cursor: Annotated[str | None, typer.Option(help="where a page starts: past the newest --limit, the next page's "
                                                     "cursor is said after the edits (give the same filters)")] = None,
     by: Annotated[str | None, typer.Option(help="only edits made over HTTP with the API key of this name (vmem key "
@@ -1502,8 +1502,8 @@ def _say_earlier_or_none(page: HistoryPage, of_one: bool, op: Any, label: str | 
 
 def _edits(read: Callable[[], _T], since: str | None = None, until: str | None = None,
            cursor: str | None = None) -> _T:
-    """A history's edits, a filter it refuses (a --since or --until that is no time, a --cursor that is none) as a
-    usage error."""
+    """A history's edits, a filter it refuses (a --since or --until that is no time, or after the other; a --cursor
+    that is none) as a usage error."""
     try:
         return read()
     except ValueError as exc:
