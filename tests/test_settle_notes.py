@@ -241,6 +241,39 @@ def test_a_journal_made_before_the_indexes_is_indexed_at_an_opening(memory):  # 
 
 
 @AS_A_SERVER
+def test_a_normal_opening_makes_the_journals_indexes_and_a_history_its_time_index_without_a_word_logged(
+        memory, caplog):  # noqa: F811
+    # An opening logs and goes on where the server fails the journal's indexes (`QdrantServerStore.index_journal`:
+    # they make lookups faster, never different), and a history reads the whole journal where the server will not
+    # order it by `at` (no datetime index): on a server that makes them, a regression in asking for them would be
+    # only a log line, and slow lookups and histories on a long journal. Here: asked, and nothing logged.
+    with VisualMemory.open(memory) as mem:
+        for name in ("hound", "wolf", "jackal"):
+            mem.set_label_names({"dog": name})  # the journal made, three entries
+        mem.forget(label="fox")  # and the notes' collection
+    client = IndexesAsked(QdrantClient(path=memory.removeprefix("qdrant-local:")))
+    try:
+        with caplog.at_level(logging.INFO):
+            mem = VisualMemory(QdrantServerStore(memory, client=client), reranker=None)
+            assert set(client.asked) == JOURNAL_LOOKUPS | NOTES_LOOKUPS  # each lookup's, at the opening
+            client.asked.clear()
+            paged, page = [], mem.history_page(limit=2)
+            while True:
+                paged += page.entries
+                if page.next_cursor is None:
+                    break
+                page = mem.history_page(limit=2, cursor=page.next_cursor)
+            assert [e.op for e in paged] == ["forget", "name", "name", "name"]
+            assert client.asked == [("vmem-journal", "at", "datetime")]  # by the first page, once
+            mem.close()
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith(("retrieval", "vmem"))
+                  and r.levelno >= logging.INFO and ("index" in r.getMessage() or "order" in r.getMessage())]
+        assert logged == []
+    finally:
+        client.close()
+
+
+@AS_A_SERVER
 def test_a_key_that_may_not_make_indexes_opens_the_memory_and_says_so_once(memory, caplog, monkeypatch):  # noqa: F811
     with VisualMemory.open(memory) as mem:
         mem.set_label_names({"dog": "hound"})  # the journal made
