@@ -543,6 +543,9 @@ class GeminiReranker:
             # ... and the weights as `$weight` prints them, to 3 significant digits (the softmax vote's are all 0.000
             # to 3 decimals), where the template prints them: a key of a template that does not stays as it was.
             **({"weights": [_weight(n.weight) for n in req.neighbors]} if template.uses("weight") else {}),
+            # more_neighbors' rows captioned as neighbours, no longer as exemplars: a new prompt (a key of a
+            # template without the tool stays as it was)
+            **({"more_neighbors": "neighbor"} if "more_neighbors" in template.tools else {}),
             "candidates": [[lab, _fmt(req.scores.get(lab, 0.0), 2)] for lab in candidates],
             "labels": sorted(req.labels) if req.labels else None,
             "template": template.ref,
@@ -844,11 +847,17 @@ class GeminiReranker:
             key = "neighbors"
         parts: list[types.FunctionResponsePart] = []
         listed, missing = [], []
+        voted = {n.id: n.weight for n in req.neighbors}
         for i, it in enumerate(items):
+            if call.name == "exemplars":
+                caption = template.render("exemplar_line", index=i + 1, label=names.show(it.label),
+                                          similarity=f"{it.similarity:.3f}", id=it.id)
+            else:  # the query's next nearest, captioned as the prompt's list of them (not "Exemplar N of X")
+                caption = template.render("neighbor", rank=it.rank + 1, label=names.show(it.label),
+                                          similarity=_fmt(it.similarity), weight=_weight(voted.get(it.id, 0.0)),
+                                          id=it.id)
             row: dict[str, Any] = {"index": i + 1, "label": names.show(it.label),
-                                   "similarity": round(it.similarity, 3), "rank": it.rank + 1,
-                                   "caption": template.render("exemplar_line", index=i + 1, label=names.show(it.label),
-                                       similarity=f"{it.similarity:.3f}", id=it.id)}
+                                   "similarity": round(it.similarity, 3), "rank": it.rank + 1, "caption": caption}
             if len(parts) >= self.settings.max_tool_images:  # bound the tokens one tool call can add
                 row["image"] = None
                 listed.append(row)

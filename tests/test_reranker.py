@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -808,6 +809,27 @@ def test_agentic_mode_runs_the_tools_then_answers(fake, make_rr, images, store):
     # every point a tool showed is cited: forgetting any of them drops the cached answer
     rr = make_rr()
     assert rr.invalidate([more["ids"][-1]]) == 1
+
+
+def test_more_neighbors_rows_are_captioned_as_the_prompt_s_neighbours_not_as_exemplars(fake, make_rr, images, store):
+    # Every row more_neighbors returned was captioned 'Exemplar 1 of "red"', as the exemplars tool's are: the model,
+    # told exemplars are memory images of one candidate label, read the query's next neighbours as chosen examples
+    # of their label. They continue the prompt's list: 'Example 4, labelled "red" ...' after Examples 1-3.
+    s, *_ = store
+    req = agentic_request(images, store)
+    other = next(c for c in req.scores if c != req.vote_label)
+    fake.enqueue(fake.call("more_neighbors", k=8), fake.call("exemplars", label=other, n=1), fake.answer(other))
+    out = make_rr().rerank_one(req, store=s)
+    assert [t["tool"] for t in out.trace] == ["more_neighbors", "exemplars", "answer"]
+    prompt = "\n".join(fake.requests[0].texts)
+    assert 'Example 3, labelled "' in prompt and "Example 4" not in prompt  # the three neighbours shown
+    more = fake.requests[1].body["contents"][-1]["parts"][0]["functionResponse"]["response"]["neighbors"]
+    for row in more:
+        assert re.fullmatch(rf'Example {row["rank"]}, labelled "{row["label"]}" \(similarity -?\d\.\d{{3}}\):',
+                            row["caption"]), row
+    assert [row["rank"] for row in more] == [4, 5, 6, 7, 8]
+    [exemplar] = fake.requests[2].body["contents"][-1]["parts"][0]["functionResponse"]["response"]["exemplars"]
+    assert exemplar["caption"].startswith(f'Exemplar 1 of "{other}" (similarity ')
 
 
 def test_a_cached_agentic_answer_is_not_served_once_a_point_a_tool_showed_is_gone(fake, make_rr, images, store):
