@@ -129,6 +129,14 @@ class TemplateRegistry:
         self._reload_if_changed()
         return sorted(self._entries)
 
+    def problems(self) -> list[str]:
+        """A line for each template that cannot be used and for a templates folder that is none, as `vmem templates
+        list` and `vmem serve` say them: "template mine cannot be used: FILE: why", "$VMEM_TEMPLATES_DIR: FOLDER: not
+        a directory: ...". They had worded them apart ("broken template mine", "template mine is not offered")."""
+        self._reload_if_changed()
+        return [f"{stem}: {err}" if stem.startswith("$") else f"template {visible(stem)} cannot be used: {err}"
+                for stem, err in sorted(self.errors.items())]
+
     def entries(self) -> list[TemplateEntry]:
         return [self._entries[n] for n in self.names()]
 

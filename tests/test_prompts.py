@@ -313,7 +313,7 @@ def test_a_yaml_and_a_yml_of_one_name_are_both_refused_naming_the_two_files(tmp_
         reg.get("neighbors-v1")
     assert "neighbors-v1.yaml and neighbors-v1.yml both define the template 'neighbors-v1'; keep one" in str(err.value)
     res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(tmp_path)})
-    assert "broken template neighbors-v1:" in res.output and "neighbors-v1.yml both define" in res.output
+    assert "template neighbors-v1 cannot be used:" in res.output and "neighbors-v1.yml both define" in res.output
     (tmp_path / "neighbors-v1.yml").unlink()  # one kept: it is used
     assert reg.get("neighbors-v1").version == 2
 
@@ -337,7 +337,7 @@ def test_a_templates_problem_shows_the_names_and_files_it_quotes_escaped(tmp_pat
     assert str(unknown.value).startswith("unknown template 'no\\u202eone'; available:")
     assert "(user templates are read from " + str(tmp_path) + "/my\\u202etemplates)" in str(unknown.value)
     res = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(folder)})
-    assert "\u202e" not in res.output and "broken template mine\\u202ev2: " in res.output
+    assert "\u202e" not in res.output and "template mine\\u202ev2 cannot be used: " in res.output
 
 
 def test_a_template_that_cannot_be_read_says_why_without_its_path(tmp_path, monkeypatch):
@@ -523,9 +523,25 @@ def test_vmem_serve_says_at_start_which_templates_it_cannot_offer(tmp_path, enco
         done = subprocess.run([*VMEM, "serve", "--memory", str(location), "--port", str(taken.getsockname()[1])],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     said = done.stderr
-    assert f"warning: template broken is not offered: {templates}/broken.yaml: invalid template:\n" \
+    assert f"warning: template broken cannot be used: {templates}/broken.yaml: invalid template:\n" \
            "  neighbour (line 4): unknown field (did you mean neighbor?)\n" in said, said
     assert "template mine" not in said, said
+
+
+def test_vmem_templates_list_and_vmem_serve_word_a_templates_problem_alike(tmp_path):
+    # One said "broken template X", the other "template X is not offered", each with its own branch for the folder.
+    from vmem.cli.serve import _template_warnings
+
+    write(tmp_path, "broken", "name: broken\nversion: 1\nsystem: Classify.\nneighbour: 'Example $rank'\n")
+    for folder, said in [
+        (tmp_path, f"template broken cannot be used: {tmp_path}/broken.yaml: invalid template:\n"
+                   "  neighbour (line 4): unknown field (did you mean neighbor?)"),
+        (tmp_path / "missing", f"$VMEM_TEMPLATES_DIR: {tmp_path}/missing: not a directory: none of your templates "
+                               "were loaded"),
+    ]:
+        listed = CliRunner().invoke(app, ["templates", "list"], env={"VMEM_TEMPLATES_DIR": str(folder)}).stderr
+        assert listed == said + "\n"
+        assert _template_warnings(TemplateRegistry(folder)) == [f"warning: {said}"]
 
 
 def test_hidden_files_in_the_templates_folder_are_not_templates(tmp_path):

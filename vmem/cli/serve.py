@@ -26,7 +26,7 @@ from retrieval.store import (
     WaitInterrupted,
     local_folder,
 )
-from retrieval.text import counted, visible, without_secrets
+from retrieval.text import counted, without_secrets
 
 from ._common import (
     EXIT_TEMPORARY,
@@ -298,9 +298,7 @@ def _template_warnings(registry: Any) -> list[str]:
     of a request that named it."""
     if registry is None:
         return []
-    registry.names()  # read again if its files changed since it was made
-    return [f"warning: {name}: {err}" if name.startswith("$") else
-            f"warning: template {visible(name)} is not offered: {err}" for name, err in sorted(registry.errors.items())]
+    return [f"warning: {problem}" for problem in registry.problems()]  # read again if its files changed
 
 
 def _graceful_shutdown_s() -> float:

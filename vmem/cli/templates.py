@@ -26,8 +26,8 @@ def list_templates(json_out: Annotated[bool, typer.Option("--json", help="one JS
                                   ensure_ascii=False))
         else:
             typer.echo(f"{t.name:<16} v{t.version:<3} {e.origin:<8} {t.content_hash}  {visible(t.description)}")
-    for stem, err in sorted(reg.errors.items()):
-        typer.echo(f"{stem}: {err}" if stem.startswith("$") else f"broken template {visible(stem)}: {err}", err=True)
+    for problem in reg.problems():
+        typer.echo(problem, err=True)
 
 
 @app.command()
