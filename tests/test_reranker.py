@@ -381,10 +381,14 @@ def test_every_attempt_timing_out_before_the_deadline_is_told_from_a_failing_gem
     assert (out.label, out.error) == ("cat", "AttemptsTimedOutError")
     assert out.fallback_reason == "Gemini timed out on all 2 attempts"
     # Failing, then slow at the last attempt: failing (decided by the last attempt, it had been "slow"). The 503s must
-    # come back within the attempt's time, as the slow test's answer must
-    fake.enqueue(fake.status(503), fake.status(503), fake.hang(3600))
-    out = make_rr(deadline_s=60.0, attempt_timeout_s=5.0, max_attempts=3).rerank_one(request(images, vote="cat"))
-    assert out.error == "UpstreamError" and "1 timed out, the last among them; 2 failed" in out.fallback_reason
+    # come back within the attempt's time, as the slow test's answer must. Asked of a server of its own: an attempt
+    # above timed out before its request was sent (0.2 s is spent building it under load) leaves its hang in the
+    # first server's script, and one sent late takes the first reply scripted after it, whatever the test meant.
+    with FakeGemini() as failing:
+        failing.enqueue(failing.status(503), failing.status(503), failing.hang(3600))
+        out = make_rr(base_url=failing.url, deadline_s=60.0, attempt_timeout_s=5.0, max_attempts=3).rerank_one(
+            request(images, vote="cat"))
+        assert out.error == "UpstreamError" and "1 timed out, the last among them; 2 failed" in out.fallback_reason
 
 
 def test_malformed_json_is_an_unparseable_answer(fake, make_rr, images):
