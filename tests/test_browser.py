@@ -295,6 +295,41 @@ def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     assert "not a recognised image format" in browser.find_element(By.ID, "error").text
 
 
+
+def test_the_same_image_chosen_again_after_an_error_is_asked_again(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from starlette.responses import JSONResponse
+
+    # The service was restarting at the first try: choosing the same file again, a person's retry, had done nothing
+    # (a file input reports no change for the file it holds), the error left on show.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(":memory:", lite0, images)
+    service = create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)
+    refused = []
+
+    async def restarting_at_first(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/v1/classify" and not refused:
+            refused.append(scope["path"])
+            problem = {"title": "Service Unavailable", "detail": "the memory is still loading; retry shortly"}
+            return await JSONResponse(problem, 503, media_type="application/problem+json")(scope, receive, send)
+        return await service(scope, receive, send)
+
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4275))
+    with live_server(restarting_at_first) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda d: "still loading" in d.find_element(By.ID, "error").text)
+        browser.find_element(By.ID, "file").send_keys(str(query))  # the same file, chosen again
+        wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+        assert browser.find_element(By.ID, "file-chosen").get_attribute("textContent") == "chosen: query.png"
+    mem.close()
+
+
 def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

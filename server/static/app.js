@@ -1383,7 +1383,11 @@ function init() {
     retryWithKey = null;
     if (retry) retry(); // the edit (or re-ranked classify) that asked for the key, now with it
   });
-  $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    chooseFile(e.target.files[0]);
+    // Held, the file chosen again reports no change: a person's retry (the service was restarting) did nothing
+    e.target.value = "";
+  });
   // A file dropped anywhere on the page is the image to classify, the drop zone lit meanwhile: dropped beside the
   // zone, it was refused, and a desktop browser opened the file in the page's place (the answer and options gone).
   // Text dragged into a field is left to the field.
