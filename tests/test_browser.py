@@ -357,6 +357,22 @@ def test_re_ranking_on_the_page_asks_for_the_key_first(browser, page_url, tmp_pa
     assert not browser.find_element(By.ID, "error").text
 
 
+
+def test_the_template_is_chosen_with_re_ranking_only(browser, page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Only a re-rank reads the template: offered without it, a template chosen changed nothing, unsaid.
+    browser.get(page_url + "/")
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#template option")) > 1)
+    template = browser.find_element(By.ID, "template")
+    assert not template.is_enabled()
+    browser.find_element(By.ID, "rerank").click()
+    assert template.is_enabled()
+    browser.find_element(By.ID, "rerank").click()
+    assert not template.is_enabled()
+
+
 def test_the_page_says_which_templates_could_not_be_loaded_and_why(browser, page_url, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -1424,7 +1424,13 @@ function init() {
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
-  $("rerank").addEventListener("change", () => classifyWhenSettled(0));
+  // The template is the re-rank's: offered without it, one chosen changed nothing, unsaid
+  const templateWithRerank = () => { $("template").disabled = !$("rerank").checked; };
+  templateWithRerank(); // the box as the browser restored it
+  $("rerank").addEventListener("change", () => {
+    templateWithRerank();
+    classifyWhenSettled(0);
+  });
   for (const id of ["template", "vote", "k", "min-confidence"]) {
     $(id).addEventListener("change", () => classifyWhenSettled(600));
   }
