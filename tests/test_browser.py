@@ -1816,6 +1816,23 @@ def test_why_not_a_label_past_k_or_of_too_few_points_is_said_and_an_unknown_one_
         "fuller label near it): add images of it")
 
 
+
+def test_why_not_a_label_asked_by_its_name_is_answered_for_that_label(browser, tmp_path, named_page_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    # The page shows a label by its name ("navy (blue)"): asked why not "navy", it had sent the name, and shown the
+    # service's 422 ("the memory has no label 'navy' ('navy' is the name of label blue): it has 3 labels ...").
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4276))
+    wait = classify_on_the_page(browser, named_page_url + "/", query, k=3)
+    browser.find_element(By.ID, "why-not-label").send_keys("Navy", Keys.ENTER)  # as typed, any case
+    wait.until(lambda d: d.find_element(By.ID, "why-not-reason").text)
+    assert browser.find_element(By.ID, "why-not-reason").text.startswith("Why not navy (blue)? ")
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    assert browser.find_element(By.ID, "prediction").text == "crimson (red)"
+
+
 def test_a_label_that_would_read_as_another_is_shown_as_it_is_and_still_opens_its_points(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait

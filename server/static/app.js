@@ -578,8 +578,10 @@ function refuseBlank(field) {
 }
 
 async function askWhyNot() {
-  const label = $("why-not-label").value.trim();
-  if (!label) { refuseBlank($("why-not-label")); return; }
+  const typed = $("why-not-label").value.trim();
+  if (!typed) { refuseBlank($("why-not-label")); return; }
+  // A label's name, as the page shows it ("navy (blue)"), asks of that label: sent as typed, it was refused (422)
+  const label = Object.hasOwn(perLabel, typed.normalize("NFC")) ? typed : labelNamed(typed) ?? typed;
   if (!currentFile) return;
   // The reason is heard as the keyboard lands on it: said by its live region too, a screen reader read it twice
   $("why-not-reason").setAttribute("aria-live", "off");
@@ -1291,6 +1293,12 @@ function teachHint(event = null) {
   }
   // said again only if new
   if ($("teach-hint").textContent !== textOf(hint)) $("teach-hint").replaceChildren(...hint);
+}
+
+// The label whose name `typed` is (any case, either Unicode form); null where none is, or several are.
+function labelNamed(typed) {
+  const owners = labelsByPoints.filter((l) => labelNames[l] && folded(labelNames[l]) === folded(typed));
+  return owners.length === 1 ? owners[0] : null;
 }
 
 // The add (and its Undo) done with: the point went, or another image was chosen.
