@@ -8,6 +8,7 @@ locally without Chromium; FAILS in CI, where it must run.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -294,6 +295,33 @@ def test_a_bad_upload_shows_the_problem_detail(browser, page_url, tmp_path):
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not a recognised image format" in browser.find_element(By.ID, "error").text
 
+
+
+
+def test_an_image_the_browser_cannot_show_is_said_to_have_no_preview_and_is_classified(browser, page_url, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A TIFF (a scanner's, a microscope's) is classified by the service, but Chromium draws none: the drop zone had
+    # shown a broken image's icon beside the answer, as if the upload had failed.
+    query = tmp_path / "scan.tiff"
+    Image.open(io.BytesIO(texture(COLORS["red"], seed=4277))).save(query)
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    hint = browser.find_element(By.ID, "drop-hint")
+    wait.until(lambda d: hint.is_displayed())
+    assert hint.text == "scan.tiff: no preview in this browser"
+    assert not browser.find_element(By.ID, "preview").is_displayed()
+    shown = tmp_path / "shown.png"  # then an image it draws: its preview, the note gone
+    shown.write_bytes(texture(COLORS["blue"], seed=4278))
+    browser.find_element(By.ID, "file").send_keys(str(shown))
+    wait.until(lambda d: d.execute_script("const p = document.getElementById('preview');"
+                                          " return !p.hidden && p.complete && p.naturalWidth > 0"))
+    assert not hint.is_displayed()
 
 
 def test_the_same_image_chosen_again_after_an_error_is_asked_again(browser, tmp_path, lite0):

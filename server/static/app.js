@@ -251,13 +251,22 @@ function chooseFile(file) {
   hideEditNote(); // about an edit made for the image before
   untaught(null); // its add, and its Undo, are the image before's (the label typed stays: a class of several images)
   const preview = $("preview");
-  preview.alt = visible(file.name); // named, and said where the file is no image a browser shows
+  preview.alt = visible(file.name); // named
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
-  $("drop-hint").hidden = true;
+  $("drop-hint").hidden = true; // back, with the file's name, where the browser cannot draw it (noPreview)
   $("file-chosen").textContent = `chosen: ${file.name}`; // the chooser keeps its name; this says what it holds
   $("classify-btn").disabled = false;
   classify();
+}
+
+// An image the service reads and a browser may not draw (a TIFF in Chromium), or no image: said in words in the drop
+// zone, where a broken image's icon had looked like a failed upload beside the answer.
+function noPreview() {
+  if (!currentFile) return;
+  $("preview").hidden = true;
+  $("drop-hint").textContent = `${visible(currentFile.name)}: no preview in this browser`;
+  $("drop-hint").hidden = false;
 }
 
 // Each classify request's number: only the latest one's answer (or error) is shown, whatever order they end in.
@@ -1391,6 +1400,7 @@ function init() {
     retryWithKey = null;
     if (retry) retry(); // the edit (or re-ranked classify) that asked for the key, now with it
   });
+  $("preview").addEventListener("error", noPreview);
   $("file").addEventListener("change", (e) => {
     chooseFile(e.target.files[0]);
     // Held, the file chosen again reports no change: a person's retry (the service was restarting) did nothing
