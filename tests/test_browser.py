@@ -324,6 +324,30 @@ def test_an_image_the_browser_cannot_show_is_said_to_have_no_preview_and_is_clas
     assert not hint.is_displayed()
 
 
+
+def test_the_preview_of_the_image_before_is_let_go(browser, page_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Each preview is a blob URL of its file: kept, a session of many photos held every one of them until the tab
+    # closed.
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(texture(COLORS["red"], seed=4279))
+    second.write_bytes(texture(COLORS["blue"], seed=4280))
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "file").send_keys(str(first))
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    before = browser.find_element(By.ID, "preview").get_attribute("src")
+    browser.find_element(By.ID, "file").send_keys(str(second))
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "blue")
+    read = ("return new Promise((done) => { const i = new Image(); i.onload = () => done('read');"
+            " i.onerror = () => done('gone'); i.src = arguments[0]; })")
+    assert browser.execute_script(read, before) == "gone"
+    assert browser.execute_script(read, browser.find_element(By.ID, "preview").get_attribute("src")) == "read"
+
+
 def test_the_same_image_chosen_again_after_an_error_is_asked_again(browser, tmp_path, lite0):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

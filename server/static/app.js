@@ -252,7 +252,10 @@ function chooseFile(file) {
   untaught(null); // its add, and its Undo, are the image before's (the label typed stays: a class of several images)
   const preview = $("preview");
   preview.alt = visible(file.name); // named
+  const before = preview.src;
   preview.src = URL.createObjectURL(file);
+  // The image before's URL let go (once replaced: its load is not failed): each held its file until the tab closed
+  if (before.startsWith("blob:")) URL.revokeObjectURL(before);
   preview.hidden = false;
   $("drop-hint").hidden = true; // back, with the file's name, where the browser cannot draw it (noPreview)
   $("file-chosen").textContent = `chosen: ${file.name}`; // the chooser keeps its name; this says what it holds
