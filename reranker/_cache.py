@@ -68,6 +68,9 @@ class AnswerCache:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A dropped answer's bytes (the ids it cited) are overwritten with zeros, not left in free space: the
+            # default of some SQLite builds (Debian's), not of others (python.org's, macOS's).
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(SCHEMA)
             self._db.commit()
         self.trim()  # a cache kept by an older vmem, or under a larger limit
@@ -122,7 +125,16 @@ class AnswerCache:
                     km = ",".join("?" * len(kc))
                     dropped += self._db.execute(f"DELETE FROM answers WHERE key IN ({km})", kc).rowcount
                     self._db.execute(f"DELETE FROM cites WHERE key IN ({km})", kc)
+        if dropped:
+            self._forget_old_pages()
         return dropped
+
+    def _forget_old_pages(self) -> None:
+        """Empty the write-ahead log: it holds the pages as they were before the delete, the dropped ids in them,
+        until the last connection closes (a service's: for as long as it runs). Best effort: a reader another
+        process holds open (a CLI's forget) keeps the log, and its next checkpoint overwrites it."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def clear(self) -> None:
         with self._lock, self._db:

@@ -1279,3 +1279,39 @@ def test_the_answer_cache_keeps_the_newest_answers_up_to_its_limit(tmp_path):
     small = AnswerCache(tmp_path / "big.sqlite", max_entries=5)
     assert len(small) == 5 and small.get("k29") is not None
     small.close()
+
+
+@pytest.mark.parametrize("build_default", ["secure_delete on", "secure_delete off"])
+def test_an_answer_dropped_for_a_forgotten_point_leaves_no_byte_of_its_id_in_the_cache_files(
+        tmp_path, monkeypatch, build_default):
+    # A data-removal request: the point is forgotten, so its id goes from the cache's files too, as the service
+    # that keeps the cache open goes on running (the write-ahead log held the pages as they were, the id in them),
+    # and whatever SQLite's build default (Debian's zeroes deleted rows, python.org's and macOS's do not).
+    import sqlite3
+
+    from reranker._cache import AnswerCache
+
+    if build_default.endswith("off"):
+        connect = sqlite3.connect
+
+        def a_build_that_keeps_deleted_bytes(*args, **kwargs):
+            db = connect(*args, **kwargs)
+            db.execute("PRAGMA secure_delete=OFF")
+            return db
+
+        monkeypatch.setattr(sqlite3, "connect", a_build_that_keeps_deleted_bytes)
+    cache = AnswerCache(tmp_path / "rerank.sqlite")
+    outcome = RerankOutcome(label="goldfish", reranked=True)
+    ids = [f"point-{i:03d}-of-a-photo-kept-elsewhere" for i in range(60)]
+    for i in range(40):
+        cache.put(f"k{i}", outcome, ids[i:i + 20])
+    forgotten = ids[25]
+    assert cache.invalidate([forgotten]) == 20
+
+    def copies_on_disk() -> dict[str, int]:
+        return {p.name: p.read_bytes().count(forgotten.encode()) for p in tmp_path.iterdir() if p.is_file()}
+
+    assert set(copies_on_disk().values()) == {0}  # the cache still open, as a running service holds it
+    assert len(cache) == 20 and cache.cited("k0") == ids[:20]  # the other answers stay
+    cache.close()
+    assert set(copies_on_disk().values()) == {0}
