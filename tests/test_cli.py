@@ -424,6 +424,11 @@ def test_forget_and_erase_rewrites_the_memory_without_the_forgotten_vectors(buil
     out = run("forget", "--memory", copy, "--label", "blue", "--erase")
     assert out.exit_code == 0 and "forgot 4 points" in out.output and "erased the forgotten" in out.output
     assert copies_in_files(copy, vectors) == 0
+    # Said as it is to whoever erases on request: the segments hold them no more, the engine's log may still
+    assert "from the memory's segments" in out.output and "write-ahead log keeps" in out.output
+    assert "vmem copy" in out.output
+    wal = b"".join(f.read_bytes() for f in (copy / "shard" / "wal").iterdir())
+    assert all(p.payload["source"].encode() in wal for p in blue)
 
 
 def test_forget_refuses_an_id_that_is_not_a_point_id_and_forgets_nothing(built, tmp_path):

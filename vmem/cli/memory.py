@@ -726,8 +726,11 @@ def _after_forget(mem, n: int, erase: bool, started: float, note: str | None) ->
     if erase:
         # After saying what was forgotten: an erase that fails (no room to rewrite) leaves the forget done.
         _erase_forgotten(mem)
-        typer.echo(f"erased the forgotten points' vectors from the memory's files "
-                   f"({time.perf_counter() - started:.1f} s)")
+        # "From the memory's files" read as all of them to whoever erases on request; the engine's log is not.
+        typer.echo(f"erased the forgotten points' vectors from the memory's segments "
+                   f"({time.perf_counter() - started:.1f} s); the engine's write-ahead log keeps its latest writes "
+                   "until later ones fill it, theirs among them if recent: a `vmem copy` of the memory into a new "
+                   "folder holds none of them (README, \"Forgetting\")")
 
 
 def _forget_like(memory, qdrant_url, image: Path, min_similarity: float, erase: bool, dry_run: bool,
