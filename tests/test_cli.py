@@ -1699,3 +1699,27 @@ def test_a_label_whose_points_were_all_forgotten_lists_and_exports_nothing_and_a
     for command in (["points"], ["export", tmp_path / "none.npz"]):
         refused = run(*command, "--memory", copy, "--label", "no-such-label")
         assert refused.exit_code == 2 and "no label 'no-such-label'" in refused.output, refused.output
+
+
+def test_a_copy_made_after_a_forget_holds_no_trace_of_the_forgotten_points_but_their_ids_in_its_journal(
+        built, tmp_path):
+    # README, "Forgetting": the engine's write-ahead log keeps recent writes; a copy into a new folder leaves them.
+    memory, _ = built
+    import shutil
+
+    from vmem.cli.bench_search import copies_in_files
+
+    old = tmp_path / "memory"
+    shutil.copytree(memory, old)
+    with open_store(old) as store:
+        blue = [p for batch in store.scroll(with_vectors=True) for p in batch if p.payload["label"] == "blue"]
+    assert run("forget", "--memory", old, "--label", "blue", "--erase").exit_code == 0
+    assert run("copy", "--memory", old, "--to-memory", tmp_path / "new").exit_code == 0
+    new = tmp_path / "new"
+    assert copies_in_files(new, np.stack([p.vector for p in blue])) == 0
+    everything = b"".join(f.read_bytes() for f in new.rglob("*") if f.is_file())  # the log included
+    assert not any(p.payload["source"].encode() in everything for p in blue)
+    journal = (new / "journal.jsonl").read_bytes()
+    assert all(p.id.encode() in journal for p in blue)  # the forget, as journaled here
+    engine = b"".join(f.read_bytes() for f in new.rglob("*") if f.is_file() and f.name != "journal.jsonl")
+    assert not any(p.id.encode() in engine or bytes.fromhex(p.id.replace("-", "")) in engine for p in blue)
