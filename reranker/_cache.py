@@ -131,10 +131,16 @@ class AnswerCache:
 
     def _forget_old_pages(self) -> None:
         """Empty the write-ahead log: it holds the pages as they were before the delete, the dropped ids in them,
-        until the last connection closes (a service's: for as long as it runs). Best effort: a reader another
-        process holds open (a CLI's forget) keeps the log, and its next checkpoint overwrites it."""
+        until the last connection closes (a service's: for as long as it runs). Best effort: a read another process
+        holds open keeps the log, until a later forget empties it or the last connection closes."""
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # Without waiting: the connection's 30 s busy timeout held a forget up that long behind such a reader.
+            waits = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={int(waits)}")
 
     def clear(self) -> None:
         with self._lock, self._db:

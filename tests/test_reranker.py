@@ -1315,3 +1315,30 @@ def test_an_answer_dropped_for_a_forgotten_point_leaves_no_byte_of_its_id_in_the
     assert len(cache) == 20 and cache.cited("k0") == ids[:20]  # the other answers stay
     cache.close()
     assert set(copies_on_disk().values()) == {0}
+
+
+def test_a_forget_is_not_held_up_by_another_process_reading_the_cache_and_empties_the_log_after(tmp_path):
+    # Another process reading the cache (a replica sharing VMEM_HOME, a CLI) holds a read open: emptying the
+    # write-ahead log must wait for it, and the connection's busy wait (30 s) held the forget up that long.
+    import sqlite3
+    import threading
+
+    from reranker._cache import AnswerCache
+
+    cache = AnswerCache(tmp_path / "rerank.sqlite")
+    for i in range(10):
+        cache.put(f"k{i}", RerankOutcome(label="goldfish", reranked=True), [f"point-{i}-forgotten-soon", "shared"])
+    reader = sqlite3.connect(str(tmp_path / "rerank.sqlite"))
+    rows = reader.execute("SELECT point_id FROM cites")
+    rows.fetchone()  # its read stays open until the rows are all read
+    dropped: list[int] = []
+    forget = threading.Thread(target=lambda: dropped.append(cache.invalidate(["point-3-forgotten-soon"])))
+    forget.start()
+    forget.join(20)  # a hang guard, not a speed claim: the busy wait it replaces was 30 s
+    assert not forget.is_alive() and dropped == [1]
+    assert b"point-3-forgotten-soon" in (tmp_path / "rerank.sqlite-wal").read_bytes()  # kept while the read lasts
+    rows.fetchall()
+    reader.close()
+    assert cache.invalidate(["point-4-forgotten-soon"]) == 1
+    assert (tmp_path / "rerank.sqlite-wal").stat().st_size == 0
+    cache.close()
