@@ -259,6 +259,12 @@ class DynamicMemory:
         n = self._n[i]
         return self._feats[i, :n].copy(), self._ents[i, :n].copy()
 
+    def features(self) -> np.ndarray:
+        """Every entry's feature [n, dim], whatever its label."""
+        with self.lock:
+            return np.concatenate([np.zeros((0, self.dim), np.float32),
+                                   *(self._feats[i, : self._n[i]] for i in range(len(self.labels)))])
+
     def _row(self, label: str) -> int:
         i = self._index.get(label)
         if i is not None:
@@ -349,11 +355,11 @@ class DynamicMemory:
             return n
 
     def drop_similar(self, feature: np.ndarray, min_similarity: float) -> int:
-        """Remove every entry at least `min_similarity` cosine-similar to `feature` (a photo forgotten from the
-        labelled memory by likeness, once a query here too); the others keep their slot order. Returns entries
-        removed."""
-        f = np.asarray(feature, dtype=np.float64).reshape(self.dim)
-        f /= np.linalg.norm(f) or 1.0
+        """Remove every entry at least `min_similarity` cosine-similar to `feature`, or to any row of a [n, dim]
+        array of features (a photo forgotten from the labelled memory by likeness, or forgotten images, once
+        queries here too); the others keep their slot order. Returns entries removed."""
+        f = np.asarray(feature, dtype=np.float64).reshape(-1, self.dim)
+        f /= np.where((lengths := np.linalg.norm(f, axis=1, keepdims=True)) > 0, lengths, 1.0)
         removed = 0
         with self.lock:
             for i in range(len(self.labels)):
@@ -362,7 +368,7 @@ class DynamicMemory:
                     continue
                 feats = self._feats[i, :n].astype(np.float64)
                 norms = np.linalg.norm(feats, axis=1)
-                sims = (feats @ f) / np.where(norms > 0, norms, 1.0)
+                sims = (feats @ f.T).max(axis=1) / np.where(norms > 0, norms, 1.0)
                 keep = np.flatnonzero(sims < min_similarity)
                 if len(keep) == n:
                     continue

@@ -55,3 +55,35 @@ def test_copies_under_other_names_are_forgotten_and_the_most_similar_other_photo
     assert memory.point(memory.point_id_of_source(other.source)) is not None  # the most similar other photo stays
     assert memory.near_duplicates(copy) == []  # nothing of it is left, asked by the copy too
     memory.close()
+
+
+@pytest.mark.realdata
+def test_a_photo_classified_through_a_dmn_stream_leaves_it_when_forgotten_by_its_path_or_id(tiny_imagenet, lite0,
+                                                                                           tmp_path, monkeypatch):
+    # A removal request names files: those photos had also been classified through a DMN stream (`--dmn-stream`),
+    # which keeps each query's feature. Forgotten by path or id, not by likeness, they stayed there.
+    from retrieval.dmn import DynamicMemory
+
+    monkeypatch.setenv("VMEM_HOME", str(tmp_path / "home"))
+    classes = sorted(p for p in (tiny_imagenet / "train").iterdir() if p.is_dir())[:3]
+    photos = [sorted(c.iterdir())[:5] for c in classes]
+    memory = VisualMemory(open_store(tmp_path / "memory", lite0.spec), lite0, reranker=None)
+    for c, files in zip(classes, photos, strict=True):
+        memory.add(files, c.name)
+    by_path, by_id, kept = photos[0][0], photos[1][0], photos[2][0]
+    memory.classify([by_path, by_id, kept], rule="dmn", dmn_stream="s")
+
+    def like(stream: np.ndarray, photo: Path) -> int:
+        f = lite0.embed([str(photo)])[0]
+        return int(((stream @ f) / np.linalg.norm(stream, axis=1) / np.linalg.norm(f) >= 0.999).sum())
+
+    def queries(stream: DynamicMemory) -> np.ndarray:
+        return np.concatenate([stream.entries(label)[0] for label in stream.counts()])
+
+    assert [like(queries(memory.dmn.stream("s")), p) for p in (by_path, by_id, kept)] == [1, 1, 1]
+    assert memory.forget(source_prefix=str(by_path)) == 1
+    assert memory.forget(ids=[memory.point_id_of_source(str(by_id.resolve()))]) == 1
+    saved = DynamicMemory.load(memory.dmn.stream_path("s"))  # the stream's file, as a restart reads it
+    for stream in (memory.dmn.stream("s"), saved):
+        assert [like(queries(stream), p) for p in (by_path, by_id, kept)] == [0, 0, 1]
+    memory.close()

@@ -291,12 +291,24 @@ class DmnClassifier:
         return self._drop_from_streams(drop, "the labels forgotten")
 
     def drop_similar(self, feature: np.ndarray, min_similarity: float) -> int:
-        """Remove from every stream the query features at least `min_similarity` similar to `feature` (a photo
-        and its copies forgotten by likeness: `VisualMemory.forget_like`), and save the streams that change, so
-        their files no longer hold them. Returns the entries removed."""
+        """Remove from every stream the query features at least `min_similarity` similar to `feature`, or to any
+        row of a [n, dim] array (a photo and its copies forgotten by likeness: `VisualMemory.forget_like`; images
+        forgotten by path or id: `VisualMemory.forget`), and save the streams that change, so their files no
+        longer hold them. Returns the entries removed."""
         return self._drop_from_streams(
-            lambda stream: stream.drop_similar(feature, min_similarity) if stream.dim == len(feature) else 0,
-            "the queries like the image forgotten")
+            lambda stream: stream.drop_similar(feature, min_similarity) if stream.dim == feature.shape[-1] else 0,
+            "the queries like the images forgotten")
+
+    def held_features(self) -> np.ndarray:
+        """Every stream's query features [n, dim] (streams of another encoder's features left out)."""
+        dim = self.store.meta.featurizer.dim
+        held = [np.zeros((0, dim), np.float32)]
+        for name in self.streams():
+            try:
+                held.append(self.stream(name).features())
+            except ValueError:  # another encoder's stream: its classify says so, and it holds none of these
+                continue
+        return np.concatenate(held)
 
     def _drop_from_streams(self, drop: Callable[[DynamicMemory], int], what: str) -> int:
         """`drop` entries from every stream, saving those it changed; the entries removed."""

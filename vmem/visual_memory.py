@@ -1788,7 +1788,48 @@ class VisualMemory:
             self.check_chosen_label(label)
             self.check_label_held(label)
         targets = self._chosen_ids(ids, label, source_prefix, "forget")
-        return self._forget_chosen(targets, _selector(ids, label, source_prefix), erase)[0]
+        in_streams = self._stream_queries_of(targets)  # read before the points go
+        n = self._forget_chosen(targets, _selector(ids, label, source_prefix), erase)[0]
+        if in_streams is not None:
+            # The forgotten images themselves, once queries through a stream: a photo classified with --dmn-stream
+            # and then forgotten by its path or id was still there, its own feature. (The forget is made: logged.)
+            try:
+                if dropped := self.dmn.drop_similar(in_streams, _with_slack(1.0)):
+                    log.info("dropped %d DMN stream entries of the images forgotten", dropped)
+            except Exception:
+                log.error("after a forget (made): the DMN streams kept the queries of the images forgotten",
+                          exc_info=True)
+        return n
+
+    def _stream_queries_of(self, targets: list[str]) -> np.ndarray | None:
+        """The DMN streams' query features that are the stored image of one of these points (similar to 1, give or
+        take float16's rounding), or None where there are none: no stream, no such query. The targets' vectors are
+        read a page at a time, and only where a stream holds queries."""
+        if not targets:
+            return None
+        try:
+            names = self.dmn.streams()
+        except OSError:  # no home folder to keep streams in (NoHomeError): no stream holds these queries
+            return None
+        try:
+            held = self.dmn.held_features() if names else None
+        except Exception:  # a stream file that does not load: the forget goes on, as the streams' drop does
+            log.warning("the DMN streams could not be read: queries of the images forgotten may stay in them",
+                        exc_info=True)
+            return None
+        if held is None or not len(held):
+            return None
+        unit = held / np.maximum(np.linalg.norm(held, axis=1, keepdims=True), 1e-12)
+        same = np.zeros(len(held), bool)
+        for at in range(0, len(targets), 1000):
+            stored = [np.asarray(p.vector, np.float32) for p in self.store.retrieve(targets[at:at + 1000],
+                                                                                     with_vectors=True)
+                      if p.vector is not None]
+            if stored:
+                rows = np.stack(stored)
+                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+                same |= (unit @ rows.T).max(axis=1) >= _with_slack(1.0)
+        return held[same] if same.any() else None
 
     def near_duplicates(self, image: ImageInput | None = None, min_similarity: float = COPY_SIMILARITY,
                         limit: int = MOST_COPIES, *, point_id: str | None = None) -> list[NearDuplicate]:
