@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -250,15 +249,16 @@ class Featurizer(ABC):
         return out
 
     def warm_up(self) -> None:
-        """Run the encoder once, and ready it for a long run of forwards (a service's start, before its first
-        request), where a one-off command would not pay for that: EfficientNet-Lite's CPU trace."""
+        """Run the encoder once (a service's start, before its first request): weights paged in, the backend's
+        kernels chosen, so the first request is not the slow one."""
         self.embed([Image.new("RGB", (32, 32), (127, 127, 127))])
 
-    def embed_as_stored(self) -> None:  # noqa: B027 - one forward for most encoders
-        """Embed from the next forward on as every process embeds the points a memory stores (nothing runs now):
-        EfficientNet-Lite on the CPU traced, not after a process's first 64 images, whose untraced features round
-        to other float16 values; so a build resumed after Ctrl-C, an add, a re-embedding and the feature cache
-        hold an image's vector bit for bit as one build run whole does."""
+    def embed_as_stored(self) -> None:  # noqa: B027 - one forward for every built-in encoder
+        """Embed from the next forward on as every process embeds the points a memory stores (nothing runs now),
+        for an encoder that embeds a process's first images another way: so a build resumed after Ctrl-C, an add,
+        a re-embedding and the feature cache hold an image's vector bit for bit as one build run whole does. The
+        built-in encoders embed every image one way (EfficientNet-Lite's CPU trace, made after a process's first
+        64 images, was such a second way until it gave way to BatchNorm fused from the start)."""
 
     def embed(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """Embed decoded or decodable images in-process; raises on the first bad one.
@@ -420,6 +420,31 @@ def build_efficientnet_lite(variant: str, weights: Path | None = None) -> nn.Mod
     return model.eval()
 
 
+def fuse_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold each BatchNorm of an eval-mode efficientnet_pytorch model into the convolution before it, in place.
+
+    The convolutions keep their class (TensorFlow's static "same" padding) and gain a bias; each BatchNorm becomes
+    an Identity. The same features to float rounding, one op fewer per convolution."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    m: Any = net
+    pairs = [(m, "_conv_stem", "_bn0"), (m, "_conv_head", "_bn1")]
+    for block in m._blocks:
+        pairs += [(block, "_expand_conv", "_bn0"), (block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for owner, conv_name, bn_name in pairs:
+            bn = getattr(owner, bn_name, None)
+            if isinstance(bn, nn.BatchNorm2d):  # a block of expand ratio 1 has no expansion
+                assert not (bn.training or net.training), "BatchNorm is folded only in eval mode"
+                # fuse_conv_bn_eval's own arithmetic, on the convolution in place (it deep-copies each one)
+                conv = getattr(owner, conv_name)
+                conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                              bn.running_var, bn.eps, bn.weight, bn.bias)
+                setattr(owner, bn_name, nn.Identity())
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in net.modules()), "a BatchNorm left unfused"
+    return net
+
+
 class _PooledFeatures(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -435,12 +460,6 @@ def _lite_preprocessing(variant: str) -> Preprocessing:
     return Preprocessing(resize=round(res / 0.875), crop=res, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
-# EfficientNet-Lite's frozen CPU traces, by (variant, device, dtype, input shape): see `forward`.
-TRACE_AFTER = 64  # images embedded without a trace first, where no trace is made yet
-_TRACED: dict[tuple, torch.jit.ScriptModule] = {}
-_TRACED_LOCK = threading.Lock()
-
-
 class EfficientNetLiteFeaturizer(Featurizer):
     """Global-average-pooled 1280-d features of EfficientNet-Lite with real ImageNet weights."""
 
@@ -452,37 +471,18 @@ class EfficientNetLiteFeaturizer(Featurizer):
             raise FeaturizerError(f"unknown EfficientNet-Lite variant {variant!r}; have {sorted(_LITE_PARAMS)}")
         self.name = variant
         self.preprocessing = _lite_preprocessing(variant)
-        self.net = build_efficientnet_lite(variant).to(self.device, self.dtype)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        net = build_efficientnet_lite(variant)
+        if self.device.type == "cpu":
+            # BatchNorm folded into the convolutions once, in float32 (~0.01 s): no slower than the frozen
+            # torch.jit trace it replaces (deprecated in torch 2.13; 1-1.5 s to make, so a process had embedded
+            # its first 64 images unfolded), and a process embeds every image, its first as its hundredth, the
+            # same way (docs/benchmarks/lite_cpu_forward.py). CUDA keeps the model as loaded, in half precision.
+            fuse_batchnorm(net)
+        self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self._features = _PooledFeatures(self.net).eval()
-        self._eager_images_left = TRACE_AFTER
-
-    def warm_up(self) -> None:
-        self._eager_images_left = 0  # a long-lived process: trace now, before the first request
-        super().warm_up()
-
-    def embed_as_stored(self) -> None:
-        self._eager_images_left = 0
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cpu":
-            return self._features(batch)
-        # On CPU a frozen trace folds BatchNorm into the convolutions: ~1.5x faster. Tracing takes 0.3-0.5 s; the
-        # trace is of the shipped weights, which every featurizer of this variant holds, so one process traces once.
-        # It pays for itself only after some dozens of images: a process embeds its first TRACE_AFTER eagerly (a
-        # `vmem classify` of one image in a shell loop had traced every time), a service traces at its warm-up.
-        key = (self.name, str(self.device), self.dtype, tuple(batch.shape[1:]))
-        with _TRACED_LOCK:
-            traced: Callable[[torch.Tensor], torch.Tensor] | None = _TRACED.get(key)
-            if traced is None and self._eager_images_left > 0:
-                self._eager_images_left -= len(batch)
-                traced = self._features
-            elif traced is None:
-                traced = _TRACED[key] = torch.jit.optimize_for_inference(
-                    # check_trace re-traced and re-ran the model to compare (2-3 s of a CLI's start, same features)
-                    torch.jit.freeze(torch.jit.trace(self._features, batch[:1], check_trace=False))
-                )
-        return traced(batch)
+        return self._features(batch)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[ImageInput]) -> np.ndarray:

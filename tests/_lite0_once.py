@@ -1,10 +1,10 @@
-"""EfficientNet-Lite0 built and traced once for a module's in-process CLI runs.
+"""EfficientNet-Lite0 built once for a module's in-process CLI runs.
 
 Each `vmem` command run through CliRunner loads its featurizer by name: EfficientNet-Lite0's weights loaded
-strictly, then on its first CPU forward a trace frozen and optimised, 1 to 3 s of every run (half a minute of
-tests/test_eval_cli.py). With this module's autouse fixture, a load by that name on the CPU is a shallow copy of
-the session's `lite0`: the same weights and traces, its own attributes (settings a command or test changes on
-its featurizer stay with that copy). Loading by name itself, and a trace of a fresh model, are tested in
+strictly and its BatchNorm fused, about a second of every run (it had been 1 to 3 s with the CPU trace: half a
+minute of tests/test_eval_cli.py). With this module's autouse fixture, a load by that name on the CPU is a shallow
+copy of the session's `lite0`: the same weights, its own attributes (settings a command or test changes on its
+featurizer stay with that copy). Loading by name itself, and a fresh model, are tested in
 tests/test_featurizers.py and by the session's `lite0`, which is loaded by name.
 
 Use: `from tests._lite0_once import lite0_loaded_once  # noqa: F401 - autouse`.

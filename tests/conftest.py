@@ -90,9 +90,7 @@ def lite0():
     from retrieval import load_featurizer
 
     feat = load_featurizer("efficientnet-lite0", device="cpu")
-    # Traced from the first forward, as a service runs it: a trace made partway through the session (after its
-    # first 64 images) would leave features of one image ~1e-5 apart depending on which tests ran before
-    feat.warm_up()
+    feat.warm_up()  # as a service readies it
     return feat
 
 

@@ -393,41 +393,52 @@ def test_openmp_spins_briefly_unless_told_otherwise_set_before_torch_loads():
 
 
 @pytest.mark.realdata
-def test_a_few_images_are_embedded_untraced_and_a_long_run_or_a_service_traces_the_encoder(tiny_imagenet, monkeypatch):
-    from retrieval import featurizers
+def test_the_cpu_encoder_embeds_a_first_image_as_its_hundredth_with_no_deprecated_torch_jit(tiny_imagenet):
+    import warnings
 
-    # The CPU trace takes 0.3-0.5 s and pays for itself over dozens of images: `vmem classify one.jpg` in a shell
-    # loop had traced at every run, for one forward.
-    monkeypatch.setattr(featurizers, "_TRACED", {})  # as a fresh process has it
-    monkeypatch.setattr(featurizers, "TRACE_AFTER", 4)  # 64: a few images, for a short test
+    # On the CPU a process had embedded its first 64 images eagerly, then traced and frozen the model with
+    # torch.jit (deprecated in torch 2.13) to fold BatchNorm into the convolutions: an image's features then
+    # depended on how many came before it (~1e-5, another float16 value once stored). BatchNorm is folded
+    # when the model is loaded now, so every forward is the same one, and no torch.jit call warns.
     sources = [it.source for it in val_sample(tiny_imagenet, 5, seed=2)]
-    lite0 = load_featurizer("efficientnet-lite0", device="cpu")
-    one = lite0.embed(sources[:1])
-    assert featurizers._TRACED == {}
-    lite0.embed(sources)  # past TRACE_AFTER images: traced from the next forward on
-    again = lite0.embed(sources[:1])
-    assert len(featurizers._TRACED) == 1
-    np.testing.assert_allclose(one, again, atol=1e-5)  # the same features, traced or not
-
-    monkeypatch.setattr(featurizers, "_TRACED", {})
-    load_featurizer("efficientnet-lite0", device="cpu").warm_up()  # `vmem serve` before its first request
-    assert len(featurizers._TRACED) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        lite0 = load_featurizer("efficientnet-lite0", device="cpu")
+        first = lite0.embed(sources[:1])
+        lite0.warm_up()  # `vmem serve` before its first request: it had traced the model here
+        lite0.embed(sources)
+        assert np.array_equal(lite0.embed(sources[:1]), first)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in lite0.net.modules())
 
 
 @pytest.mark.realdata
-def test_points_are_the_same_bit_for_bit_however_a_build_was_cut_short_or_added_to(tiny_imagenet, tmp_path,
-                                                                                   monkeypatch):
-    from retrieval import featurizers
+@pytest.mark.parametrize("variant", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_batchnorm_fused_into_the_convolutions_gives_the_model_s_own_features(tiny_imagenet, variant):
+    from retrieval.featurizers import _PooledFeatures
+
+    # Real images through the model as its weights were saved (BatchNorm its own op, in float32) and through
+    # the featurizer's fused CPU model: the same features, to float rounding.
+    feat = load_featurizer(variant, device="cpu")
+    pre = feat.preprocessing
+    items = val_sample(tiny_imagenet, 8, seed=4)
+    x = torch.stack([pre(pre.decode(it.source)) for it in items])
+    with torch.inference_mode():
+        own = torch.nn.functional.normalize(_PooledFeatures(build_efficientnet_lite(variant))(x), dim=1).numpy()
+    cosines = (own * feat.embed_tensors(x)).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines.min()
+
+
+@pytest.mark.realdata
+def test_points_are_the_same_bit_for_bit_however_a_build_was_cut_short_or_added_to(tiny_imagenet, tmp_path):
     from vmem import VisualMemory
 
-    # A process embeds its first TRACE_AFTER images untraced; features it stores are traced in every process, or a
-    # build resumed after Ctrl-C held the images its second run began with ~1e-4 apart (once rounded to float16)
-    monkeypatch.setattr(featurizers, "TRACE_AFTER", 4)  # 64: a few images, for a short test
+    # Each run a memory opened anew, as `vmem build` is. A process had embedded its first 64 images untraced (an
+    # image ~1e-4 apart once rounded to float16) and a build resumed after Ctrl-C held the images its second run
+    # began with so; every image is embedded one way now, however many a process embedded before it.
     photos = val_sample(tiny_imagenet, 8, seed=3)
 
     def stored(location, *runs) -> dict[str, np.ndarray]:
         for run in runs:
-            monkeypatch.setattr(featurizers, "_TRACED", {})  # each run a fresh process, as `vmem build` is
             with VisualMemory.open(location, featurizer="efficientnet-lite0", create=True, reranker=None) as mem:
                 run(mem)
         with VisualMemory.open(location, reranker=None) as mem:

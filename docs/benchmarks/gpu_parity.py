@@ -2,7 +2,7 @@
 
     python docs/benchmarks/gpu_parity.py IMAGEFOLDER [--featurizer efficientnet-lite0] [--images 1000]
 
-On CUDA the featurizers run in half precision (CPU: float32, BatchNorm folded by a frozen trace). This
+On CUDA the featurizers run in half precision (CPU: float32, BatchNorm folded into the convolutions). This
 embeds the same real images both ways and reports what would change for a user: the cosine between each
 image's two feature vectors, how many of its 50 nearest neighbours among the other images stay the same,
 whether rank voting over those neighbours gives the same label, and whether the model's own ImageNet
