@@ -50,7 +50,7 @@ def classify(
     with mem:
         result["memory_points"] = mem.store.count()
         result["featurizer"] = mem.store.meta.featurizer.name
-        mem.featurizer.warm_up()  # as `vmem serve` readies it (on CPU, traced), not as a one-off command
+        mem.featurizer.warm_up()  # as `vmem serve` readies it, not as a one-off command
         for p in seq[:warmup]:
             mem.classify([p], k=k, rule="rank")
         lat = []

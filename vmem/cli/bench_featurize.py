@@ -96,8 +96,8 @@ def measure(feat: Featurizer, paths: list[str], batch_size: int, workers: int | 
     import torch  # here, not at the module's top: every vmem command loads this module
 
     x = torch.stack([feat.preprocessing.load(p) for p in paths[:batch_size]]).to(feat.device)
-    # Warm-up: on CPU the traced model keeps optimising over its first calls (one batch took 5.9, 0.92, then
-    # 0.23 s), on CUDA cuDNN chooses its kernels; three calls, untimed, traced from the first (a long run's forward).
+    # Warm-up: on CPU the first calls allocate and pick kernels (a first batch is slower), on CUDA cuDNN chooses
+    # its kernels; three calls, untimed, as a long run's forward has made them.
     feat.warm_up()
     for _ in range(3):
         feat.embed_tensors(x)
