@@ -181,3 +181,18 @@ def test_a_bad_vote_option_is_refused_in_one_line_naming_it(lite0, tmp_path):
             with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
                 mem.classify_many([str(image)], **options)
         assert mem.classify([image], k="2")[0].label == "red"  # a number as text, as a form sends it, is a number
+
+
+def test_a_memory_opened_with_the_wrong_encoder_can_be_opened_again_in_the_same_kernel(tmp_path):
+    # A notebook keeps a cell's exception (sys.last_value, its traceback's frames): the store a refused open had made
+    # lived on in it, engine and open lock held, and the next cell's open with the right encoder found the memory
+    # open, by this very kernel. A refused open now lets go of the memory first.
+    from retrieval import FeaturizerMismatchError
+    from tests.test_copy import make_memory
+
+    make_memory(tmp_path / "memory").close()
+    with pytest.raises(FeaturizerMismatchError) as refused:
+        VisualMemory.open(tmp_path / "memory", featurizer="efficientnet-lite0", reranker=None)
+    kept = refused  # noqa: F841 - as a notebook keeps it
+    with VisualMemory.open(tmp_path / "memory", reranker=None, wait=0) as mem:
+        assert mem.store.count() == 60

@@ -614,12 +614,20 @@ class VisualMemory:
         if store is None or featurizer is not None:
             from retrieval import load_featurizer  # torch: imported only when an encoder is needed
 
-            feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
+            try:
+                feat = load_featurizer(featurizer or DEFAULT_FEATURIZER, device)
+                if store is not None:
+                    store.check_featurizer(feat.spec)
+            except BaseException:
+                # Let go of the memory: a notebook keeps the exception (and so this store, its engine and its
+                # open lock) alive, and opening it again with the right encoder had found it open, by this process
+                if store is not None:
+                    store.close()
+                raise
             if store is None:
                 # what is left of the wait: a build may have begun making it meanwhile
                 left = max(0.0, until - time.monotonic())
                 return cls(open_store(location, feat.spec, index=index, wait=left), feat, reranker)
-            store.check_featurizer(feat.spec)
             return cls(store, feat, reranker)
         mem = cls(store, reranker=reranker)
         mem._device = device
