@@ -1387,6 +1387,8 @@ def test_a_screen_reader_is_told_how_many_labels_the_filter_leaves(browser, name
     wait.until(lambda d: count(d) == "1 of 3 labels match")
     browser.find_element(By.ID, "label-filter").send_keys("x")
     wait.until(lambda d: count(d) == "no label matches")
+    # ... and the eyes are told so too, where the list was (it had been an empty box)
+    assert browser.find_element(By.ID, "label-list").text == "no label matches “emerx”"
     browser.find_element(By.ID, "label-filter").clear()
     browser.find_element(By.ID, "label-filter").send_keys(" ")  # an input event, with nothing to filter by
     wait.until(lambda d: count(d) == "3 labels")

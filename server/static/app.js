@@ -766,6 +766,14 @@ function listLabels(say = false) {
     more.textContent = `… ${hidden} more: type to filter`;
     list.appendChild(more);
   }
+  if (wanted && matched === 0) { // said where the list was: an empty box had looked like a list still loading
+    const none = document.createElement("li");
+    none.className = "muted";
+    const said = document.createElement("span"); // one line: the list's items lay their parts apart
+    said.append("no label matches “", bdi($("label-filter").value.trim()), "”");
+    none.append(said);
+    list.appendChild(none);
+  }
   if (!say) return;
   $("label-count").textContent = !wanted ? plural(labelsByPoints.length, "label")
     : matched === 0 ? "no label matches"
