@@ -882,6 +882,35 @@ def test_the_page_shows_the_label_names(browser, tmp_path, named_page_url):
     browser.save_screenshot(str(ARTIFACTS / "page-label-points.png"))
 
 
+
+def test_the_back_button_returns_from_a_label_s_points_to_the_answer(browser, tmp_path, page_url):
+    from selenium.webdriver.common.by import By
+
+    # A label opened from the answer is drawn below it, the page scrolled there: Back, as after following a link,
+    # had left the page, the answer lost with it.
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4281))
+    browser.get("data:text/html,<p>the page before</p>")
+    wait = classify_on_the_page(browser, page_url + "/", query, k=3)
+    link = browser.find_element(By.CSS_SELECTOR, "#scores .label-link")
+    link.click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]")) == 4)
+    browser.back()
+    wait.until(lambda d: not d.find_element(By.ID, "label-section").is_displayed())
+    assert browser.current_url == page_url + "/"
+    assert browser.find_element(By.ID, "prediction").text == "red"
+    wait.until(lambda d: d.switch_to.active_element == link)  # the keyboard back on the link it followed
+    assert browser.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                  " return r.top >= 0 && r.bottom <= innerHeight", link)
+    browser.forward()  # and on to the label again
+    wait.until(lambda d: d.find_element(By.ID, "label-section").is_displayed())
+    assert browser.find_element(By.ID, "label-title").text == "red"
+    browser.back()
+    wait.until(lambda d: not d.find_element(By.ID, "label-section").is_displayed())
+    browser.back()  # then Back leaves the page, as ever
+    wait.until(lambda d: d.current_url.startswith("data:"))
+
+
 def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, named_page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -688,8 +688,11 @@ function labelLink(label, name, nodes = namedNodes(label, name)) {
 
 // Each label-list request's number: a page that comes back after another label was opened is not shown there.
 let labelSeq = 0;
-async function showLabel(label, name, cursor = null) {
+let labelOpener = null; // the control that opened the label on show (a label's link): Back returns the keyboard to it
+// `fromHistory`: drawn again by Back or Forward, no step of its own added.
+async function showLabel(label, name, cursor = null, fromHistory = false) {
   showError("");
+  if (!cursor && !fromHistory) labelOpener = document.activeElement;
   const seq = ++labelSeq;
   const params = new URLSearchParams({ label, limit: "24" });
   if (cursor) params.set("cursor", cursor);
@@ -724,6 +727,10 @@ async function showLabel(label, name, cursor = null) {
   updateLabelNote();
   $("label-more").hidden = !page.next_cursor;
   $("label-section").hidden = false;
+  // A step of the tab's history, as following a link is: Back returns from it to the answer (it had left the page)
+  if (!cursor && !fromHistory && !(history.state && history.state.vmemLabel === label)) {
+    history.pushState({ vmemLabel: label, vmemName: name ?? null }, "");
+  }
   if (!cursor) {
     $("label-section").scrollIntoView({ behavior: scrollBehavior(), block: "start" });
     $("label-heading").focus({ preventScroll: true }); // the keyboard goes where the eyes were sent
@@ -731,6 +738,29 @@ async function showLabel(label, name, cursor = null) {
     firstNew.tabIndex = -1;
     firstNew.focus();
   }
+}
+
+// Back or Forward between the page's steps: a label's points, or the page without them (the answer, the query).
+function stepTo(state) {
+  if (state && typeof state.vmemLabel === "string") {
+    showLabel(state.vmemLabel, state.vmemName, null, true);
+    return;
+  }
+  labelSeq += 1; // a label's page on its way is not drawn
+  labelShown = null;
+  $("label-section").hidden = true;
+  $("label-points").replaceChildren();
+  // The keyboard back on the link that opened the label (the browser scrolls back to where it was), else where such
+  // links are: the answer, or the labels' list
+  const opener = labelOpener;
+  labelOpener = null;
+  if (opener && opener !== document.body && opener.isConnected && opener.getClientRects().length) {
+    opener.focus();
+    return;
+  }
+  const answered = !$("answer").hidden;
+  ($(answered ? "answer" : "labels-box")).scrollIntoView({ block: "nearest" });
+  (answered ? $("prediction-heading") : $("labels-box").querySelector("summary")).focus({ preventScroll: true });
 }
 
 // A label or name as the filters compare it: "café" pasted from a Mac's file name is decomposed (e + a combining
@@ -1450,6 +1480,7 @@ function init() {
   });
   $("why-not-label").addEventListener("input", () => $("why-not-label").removeAttribute("aria-invalid"));
   $("teach-undo").addEventListener("click", undoTeach);
+  window.addEventListener("popstate", (e) => stepTo(e.state));
   $("history-box").addEventListener("toggle", loadHistory);
   $("suspects-box").addEventListener("toggle", loadSuspects);
   $("label-more").addEventListener("click", () => labelShown && showLabel(labelShown.label, labelShown.name, labelShown.cursor));
