@@ -1307,6 +1307,34 @@ def test_the_classify_button_keeps_the_keyboard_s_focus_while_it_classifies(brow
     assert browser.execute_script(requests) == 2
 
 
+
+def test_a_first_answer_on_its_way_is_said_where_the_answer_will_show(browser, tmp_path, slow_default_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A re-rank takes up to a minute: with no answer yet, only the button's "Classifying…" said that one was coming,
+    # and the answer's place stood empty (on a phone, below the fold, nothing at all).
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4282))
+    url, held = slow_default_page
+    wait = WebDriverWait(browser, 30)
+    browser.get(url + "/")
+    wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "file").send_keys(str(query))  # held
+    pending = browser.find_element(By.ID, "pending")
+    wait.until(lambda d: pending.is_displayed())
+    assert pending.text == "Classifying query.png…"
+    held.release()
+    wait.until(lambda d: d.find_element(By.ID, "prediction").text == "red")
+    assert not pending.is_displayed()
+    bad = tmp_path / "bad.png"  # an error, the answer gone: said where errors are, nothing pending
+    bad.write_bytes(b"this is not a png")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    held.release()
+    wait.until(lambda d: d.find_element(By.ID, "error").text)
+    assert not pending.is_displayed()
+
+
 def test_a_relabel_is_opened_cancelled_and_saved_from_the_keyboard(browser, tmp_path, named_page_url):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

@@ -344,6 +344,10 @@ async function classify(whyNot = null) {
   $("answer").setAttribute("aria-busy", "true");
   announce("Classifying…");
   $("neighbors-section").classList.add("stale");
+  // No answer on show: its place says one is coming (a re-rank takes up to a minute; an answer on show fades instead).
+  // Not a live region: "Classifying…" is said once, above.
+  $("pending").textContent = `Classifying ${visible(currentFile.name)}…`;
+  $("pending").hidden = !$("answer").hidden;
   try {
     const file = currentFile;
     const form = new FormData();
@@ -379,6 +383,7 @@ async function classify(whyNot = null) {
     showError(`the service did not answer: ${err}`);
   } finally {
     if (seq === classifySeq) {
+      $("pending").hidden = true;
       $("classify-btn").removeAttribute("aria-disabled");
       $("classify-btn").textContent = "Classify";
       $("answer").classList.remove("stale");
