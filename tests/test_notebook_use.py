@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from eval.label_audit import audit_labels
 from retrieval import LabelledImage, MemoryReadOnlyError, open_store
 from tests.conftest import REPO, make_image
-from vmem import NoSuchLabelsError, VisualMemory
+from vmem import NoSuchLabelsError, VisualMemory, VoteOptionError
 
 # A notebook kernel, interrupted (Ctrl-C, Jupyter's "interrupt the kernel": SIGINT) while the first classify or add
 # imports the encoder's modules (torch: a second or more), then asked again. The signal is sent from an import hook
@@ -175,9 +175,10 @@ def test_a_bad_vote_option_is_refused_in_one_line_naming_it(lite0, tmp_path):
             ({"rule": "majority"}, "rule='majority': rule takes one of plurality, distance, softmax, rank or dmn"),
             ({"rule": "rank", "alpha": 0}, "alpha=0: alpha takes a number from 0.001 to 1e+06"),
         ]:
-            with pytest.raises(ValueError) as refused:
+            with pytest.raises(VoteOptionError) as refused:  # caught by name, as vmem lists it
                 mem.classify([image], **options)
             assert str(refused.value) == said and not isinstance(refused.value, ValidationError)
+            assert str(refused.value).startswith(f"{refused.value.option}=")
             with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
                 mem.classify_many([str(image)], **options)
         assert mem.classify([image], k="2")[0].label == "red"  # a number as text, as a form sends it, is a number

@@ -10,11 +10,12 @@ The errors a user of `VisualMemory` meets, to catch by name:
       MemoryDamagedError     its engine's files do not load, or fail a search: restore a backup, or build again
     FeaturizerMismatchError  an encoder (or retrained weights) other than the memory's own
     ImageDecodeError         an image that does not decode (`classify`; `classify_many` and `add` skip and report)
-    NoSuchLabelsError        a label filter that no point passes
+    NoSuchLabelsError        a label filter that no point passes; a label to forget or relabel the memory never had
     UnknownPointError        a point id the memory does not hold (`near_duplicates`, `forget_like`)
     NothingToSearchError     a classify of a memory that holds no point a search can return (empty, all pruned)
     UnknownTemplateError, TemplateLoadError   a re-ranker template that is not there or does not load
-Bad options (k < 1, an unknown vote rule) are pydantic `ValidationError`s, which are `ValueError`s.
+    VoteOptionError          a vote option classify does not take (k < 1, an unknown rule), in one line naming it
+Other bad options are `ValueError`s (VoteOptionError and NoSuchLabelsError are `ValueError`s too).
 """
 
 from importlib import metadata as _metadata
@@ -58,6 +59,7 @@ from .visual_memory import (
     NothingToSearchError,
     UnknownPointError,
     VisualMemory,
+    VoteOptionError,
     upload_content,
     upload_source,
 )
@@ -99,6 +101,7 @@ __all__ = [
     "UnknownPointError",
     "UnknownTemplateError",
     "VisualMemory",
+    "VoteOptionError",
     "VoteSettings",
     "WhyNot",
     "WhyNotPoint",
