@@ -398,6 +398,12 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     relabel = run("relabel", "--memory", copy, "--label", "blue", "--to", "teal", "--dry-run")
     assert "dry run: would relabel to 'teal' 4 points (blue: 4); nothing changed" in relabel.stderr
     assert said(run("relabel", "--memory", copy, "--label", "blue", "--to", " ", "--dry-run"), "non-empty")
+    # A misspelt label: the dry run says why nothing would go, as the forget or relabel itself would
+    for command in (["forget"], ["relabel", "--to", "teal"]):
+        typo = run(*command, "--memory", copy, "--label", "bleu", "--dry-run")
+        assert "would" in typo.stderr and "0 points; nothing changed" in typo.stderr, typo.stderr
+        assert ("note: the memory has no label 'bleu': it has 3 labels (blue, green, red; vmem labels lists them)"
+                in typo.stderr), typo.stderr
     out = run("forget", "--memory", copy, "--source", green)
     assert "forgot 4 points; memory now holds 7" in out.output
     out = run("forget", "--memory", copy, "--label", "blue")

@@ -687,7 +687,10 @@ def forget(
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--label") from None
         if dry_run:
-            _say_chosen(mem, "forget", mem.chosen_points(ids=id, label=label, source_prefix=source))
+            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            _say_chosen(mem, "forget", chosen)
+            if not chosen and label is not None:  # as the forget itself says it: a misspelt label is not "none left"
+                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
             return
         started = time.perf_counter()
         try:
@@ -806,6 +809,8 @@ def relabel(
                 raise typer.BadParameter(str(exc), param_hint="--to") from None
             chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
             _say_chosen(mem, f"relabel to {new!r}", {i: lab for i, lab in chosen.items() if lab != new})
+            if not chosen and label is not None:  # as the relabel itself says it: a misspelt label is not "none left"
+                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
             return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
