@@ -1683,6 +1683,14 @@ def test_vmem_history_pages_through_a_forget_journaled_in_parts_with_the_cursor_
         cursor = found[1]
         assert f"... and {len(whole) - len(paged)} earlier edit" in page.stderr, page.stderr
     assert paged == whole  # each edit once, newest first
+    # Past a cursor, none older matches: said as such, not as "no forget recorded" (the 3 newest edits are one)
+    first = run("history", "--memory", copy, "--limit", 3)
+    after = re.search(r"next page: --cursor (\S+)\)", first.stderr)[1]
+    assert [line.split("\t")[1] for line in first.stdout.splitlines()] == [f"forget [part {i}]" for i in (3, 2, 1)]
+    older = run("history", "--memory", copy, "--op", "forget", "--since", "2000-01-01", "--cursor", after)
+    assert older.exit_code == 0 and older.stdout == "", older.output
+    assert older.stderr == "no edits recorded older than --cursor that match --op forget --since 2000-01-01\n", (
+        older.stderr)
     bad = run("history", "--memory", copy, "--cursor", "nope")
     assert bad.exit_code == 2 and "--cursor" in bad.output and "is no cursor of this memory's history" in bad.output
 

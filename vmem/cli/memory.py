@@ -1350,7 +1350,7 @@ def history(
         page, meta = at_rest
         for e in page.entries:
             typer.echo(e.model_dump_json() if json_out else _edit_line(e, dict(meta.label_names)))
-        _say_earlier_or_none(page, False, op, label, since, by, until)
+        _say_earlier_or_none(page, False, op, label, since, by, until, cursor)
         return
     try:
         mem = _open_to_read(memory, qdrant_url, wait)
@@ -1386,7 +1386,7 @@ def history(
         typer.echo(f"{who}: {state or 'whether it is in the memory now, its files do not say'}", err=json_out)
     for e in entries:
         typer.echo(e.model_dump_json() if json_out else _edit_line(e, names))
-    _say_earlier_or_none(page, point_id is not None or source is not None, op, label, since, by, until)
+    _say_earlier_or_none(page, point_id is not None or source is not None, op, label, since, by, until, cursor)
 
 
 def _history_notes(memory: Path, qdrant_url: str | None, wait: float, tokens: list[str], older_than: float | None,
@@ -1494,9 +1494,9 @@ def _age(seconds: float) -> str:
 
 
 def _say_earlier_or_none(page: HistoryPage, of_one: bool, op: Any, label: str | None, since: str | None,
-                         by: str | None, until: str | None = None) -> None:
+                         by: str | None, until: str | None = None, cursor: str | None = None) -> None:
     """After a history's edits: how many more the limit left out and the next page's cursor, or that none matched
-    (stderr)."""
+    (stderr): past a --cursor, none older than it (a newer edit may match)."""
     if page.earlier:
         more = f"... and {counted(page.earlier, 'earlier edit')}"
         typer.echo(f"{more} (next page: --cursor {page.next_cursor})" if page.next_cursor else more, err=True)
@@ -1504,7 +1504,7 @@ def _say_earlier_or_none(page: HistoryPage, of_one: bool, op: Any, label: str | 
         filters = [f"--{name} {value}" for name, value in (("op", op and op.value), ("label", label),
                                                             ("since", since), ("until", until), ("by", by))
                    if value is not None]
-        typer.echo("no edits recorded" + (" for it" if of_one else "")
+        typer.echo("no edits recorded" + (" for it" if of_one else "") + (" older than --cursor" if cursor else "")
                    + (f" that match {' '.join(filters)}" if filters else ""), err=True)
 
 
