@@ -182,6 +182,14 @@ def test_a_bad_vote_option_is_refused_in_one_line_naming_it(lite0, tmp_path):
             with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
                 mem.classify_many([str(image)], **options)
         assert mem.classify([image], k="2")[0].label == "red"  # a number as text, as a form sends it, is a number
+        # Rule dmn's options too: they had been pydantic's lines about DmnOptions, after the images were embedded
+        for dmn, said in [({"static_k": 0}, "dmn static_k=0: Input should be greater than or equal to 1"),
+                          ({"mode": "fast"}, "dmn mode='fast': Input should be 'auto', 'zero-shot', 'few-shot' or "
+                                             "'memory-only'"),
+                          ({"static-k": 8}, "dmn static-k=8: rule dmn takes no option static-k (it takes mode, ")]:
+            with pytest.raises(ValueError) as refused:
+                mem.classify([image], rule="dmn", dmn=dmn)
+            assert str(refused.value).startswith(said) and not isinstance(refused.value, ValidationError), dmn
 
 
 def test_a_memory_opened_with_the_wrong_encoder_can_be_opened_again_in_the_same_kernel(tmp_path):

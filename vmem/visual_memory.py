@@ -1097,8 +1097,12 @@ class VisualMemory:
 
     def _vote_or_dmn(self, rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
                      dmn_stream: str | None, dmn: Any) -> VoteSettings | None:
-        """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use."""
-        return None if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn) else self.vote_settings(rule, k, alpha, tau)
+        """The vote settings a classify call means, or None for rule dmn; ValueError for an option it would not use,
+        or rule dmn's options that are none (before any image is embedded)."""
+        if _uses_dmn(rule, k, alpha, tau, dmn_stream, dmn):
+            _dmn_options(dmn)
+            return None
+        return self.vote_settings(rule, k, alpha, tau)
 
     def check_template(self, rerank: bool, template: str | None) -> None:
         """An unknown or broken template is refused before any image is embedded (minutes for a folder), not
@@ -1167,9 +1171,7 @@ class VisualMemory:
                      exact: bool = False) -> list[Classification]:
         """Rule `dmn` over already-embedded queries, in order (see `vmem.dmn_classifier`). NothingToSearchError
         where only the labelled memory answers (mode memory-only) and it holds no point a search can return."""
-        from .dmn_classifier import DmnOptions
-
-        opts = options if isinstance(options, DmnOptions) else DmnOptions(**(options or {}))
+        opts = _dmn_options(options)
         # The readouts take cos(q, k) as <q, k> of unit vectors: a query 3x as long read out sharper, and its stream
         # kept it so. Unit rows, as the engines compare every vote's query (an encoder's are unit already).
         vectors = unit_rows(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
@@ -3470,6 +3472,27 @@ def parse_point_id(text: str) -> str:
         return str(uuid.UUID(str(text)))
     except ValueError:
         raise ValueError(f"{text!r} is not a point id (a UUID, as a classification's neighbours give it)") from None
+
+
+def _dmn_options(options: Any) -> Any:
+    """Rule dmn's options (`DmnOptions`, a dict of them, or None for the defaults); a one-line ValueError naming the
+    option and the value given ("dmn static_k=0: Input should be greater than or equal to 1"), not pydantic's lines
+    and link about a model, as a vote option is refused (`VoteOptionError`)."""
+    from .dmn_classifier import DmnOptions
+
+    if isinstance(options, DmnOptions):
+        return options
+    try:
+        return DmnOptions(**(options or {}))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = ".".join(map(str, problem["loc"]))
+        if problem["type"] == "extra_forbidden":
+            raise ValueError(f"dmn {name}={problem['input']!r}: rule dmn takes no option {name} (it takes "
+                             f"{', '.join(DmnOptions.model_fields)})") from None
+        raise ValueError(f"dmn {name}={problem.get('input')!r}: {problem['msg']}") from None
+    except TypeError:  # not a mapping of options
+        raise ValueError(f"dmn={options!r}: give rule dmn's options as a dict or a DmnOptions") from None
 
 
 def _uses_dmn(rule: VoteRule | str | None, k: int | None, alpha: float | None, tau: float | None,
