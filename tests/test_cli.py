@@ -402,8 +402,10 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     for command in (["forget"], ["relabel", "--to", "teal"]):
         typo = run(*command, "--memory", copy, "--label", "bleu", "--dry-run")
         assert "would" in typo.stderr and "0 points; nothing changed" in typo.stderr, typo.stderr
-        assert ("note: the memory has no label 'bleu': it has 3 labels (blue, green, red; vmem labels lists them)"
-                in typo.stderr), typo.stderr
+        assert ("note: the memory has no label 'bleu': it has 3 labels (blue, green, red; vmem labels lists them); "
+                "spelled or named like it: 'blue'\n") in typo.stderr, typo.stderr
+        done = run(*command, "--memory", copy, "--label", "bleu")  # and done: the label spelled like it named
+        assert "no label 'bleu'" in done.stderr and "; spelled or named like it: 'blue'\n" in done.stderr, done.output
     out = run("forget", "--memory", copy, "--source", green)
     assert "forgot 4 points; memory now holds 7" in out.output
     out = run("forget", "--memory", copy, "--label", "blue")

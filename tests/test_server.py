@@ -1575,6 +1575,16 @@ def test_the_points_and_their_vectors_download_as_one_npz_file(client, backend, 
     assert list((tmp_path / "tmp").iterdir()) == []  # sent, then deleted
 
 
+def test_forgetting_or_relabelling_a_misspelt_label_names_the_labels_spelled_like_it(client):
+    # 0 points and a note, as before; the note had listed some labels only (10 of Tiny-ImageNet's 200), not the one
+    # meant, which the error Python raises names
+    forgot = client.delete("/v1/memory", params={"label": "bleu"}, headers=AUTH).json()
+    assert forgot["deleted"] == 0 and forgot["note"].startswith("the memory has no label 'bleu': it has 3 labels (")
+    assert forgot["note"].endswith("GET /v1/memory/stats lists them); spelled or named like it: 'blue'"), forgot
+    relabelled = client.post("/v1/memory/relabel", json={"label": "bleu", "to": "navy"}, headers=AUTH).json()
+    assert relabelled["relabelled"] == 0 and relabelled["note"] == forgot["note"]
+
+
 def test_listing_a_label_whose_points_were_all_forgotten_is_an_empty_page_and_an_unknown_label_still_a_422(client):
     # A client that forgot a label, then lists it to check nothing is left (or pages it as another client
     # forgets), had been told "the memory has no label 'red'": a 422 it reads as a misspelt label.

@@ -868,6 +868,12 @@ class VisualMemory:
             raise NoSuchLabelsError(self.unknown_labels_message([stored], listed_by) + self._spelled_like(label))
         return stored
 
+    def no_label_note(self, label: str, listed_by: str) -> str:
+        """What the CLI and HTTP say of a label to forget or relabel that no point has (`unknown_labels_message`),
+        with the labels spelled or named like it: among Tiny-ImageNet's 200 labels, 'n0162981' had named none of
+        them, where the error Python raises (`check_label_held`) names n01629819."""
+        return self.unknown_labels_message([label], listed_by) + self._spelled_like(label)
+
     def _spelled_like(self, label: str) -> str:
         """"; spelled or named like it: ..." with the labels spelled or named like `label`, or "" where there are
         none, or `label` is a label's name (`unknown_labels_message` says whose already)."""
@@ -2194,7 +2200,7 @@ class VisualMemory:
         listed (the CLI's command or the service's route)."""
         to = self.stored_label(to)
         if label is not None and not self.store.count(label=self.stored_label(label)):
-            return False, self.unknown_labels_message([label], listed_by)
+            return False, self.no_label_note(label, listed_by)
         chosen = self.chosen_points(ids=ids, label=label, source_prefix=source_prefix)
         # Counted as parsed, as chosen ones are: an id given twice, in upper and lower case, is one point
         asked = len({parse_point_id(i) for i in ([ids] if isinstance(ids, str) else ids)}) if ids is not None \

@@ -231,7 +231,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     except EraseFailedError as exc:
         return await _forgotten_not_erased(exc, service)
-    note = await service.run(service.memory.unknown_labels_message, [q.label], LISTED_BY) \
+    note = await service.run(service.memory.no_label_note, q.label, LISTED_BY) \
         if n == 0 and q.label is not None else None
     if q.ids is not None and n < (named := len({str(uuid.UUID(i)) for i in q.ids})):
         # A client retrying a forget (its first answer lost) reads that those went before, not an unexplained count

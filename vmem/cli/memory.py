@@ -690,7 +690,7 @@ def forget(
             chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
             _say_chosen(mem, "forget", chosen)
             if not chosen and label is not None:  # as the forget itself says it: a misspelt label is not "none left"
-                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
+                typer.echo(f"note: {mem.no_label_note(label, LISTED_BY)}", err=True)
             return
         started = time.perf_counter()
         try:
@@ -699,7 +699,7 @@ def forget(
             n = 0
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
         _after_forget(mem, n, erase, started,
-                      f"note: {mem.unknown_labels_message([label], LISTED_BY)}" if n == 0 and label is not None
+                      f"note: {mem.no_label_note(label, LISTED_BY)}" if n == 0 and label is not None
                       else None)
 
 
@@ -810,7 +810,7 @@ def relabel(
             chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
             _say_chosen(mem, f"relabel to {new!r}", {i: lab for i, lab in chosen.items() if lab != new})
             if not chosen and label is not None:  # as the relabel itself says it: a misspelt label is not "none left"
-                typer.echo(f"note: {mem.unknown_labels_message([label], LISTED_BY)}", err=True)
+                typer.echo(f"note: {mem.no_label_note(label, LISTED_BY)}", err=True)
             return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
