@@ -863,7 +863,8 @@ class GeminiReranker:
                 listed.append(row)
                 continue
             try:
-                jpeg = await asyncio.to_thread(self.thumbnails.get, it.source, req.source_roots)
+                jpeg = await asyncio.to_thread(self.thumbnails.get, it.source, req.source_roots, point_id=it.id,
+                                               keep_uploads_in=req.keep_uploads_in)
                 row["image"] = len(parts) + 1
                 parts.append(types.FunctionResponsePart.from_bytes(data=jpeg, mime_type="image/jpeg"))
             except ThumbnailError as exc:

@@ -165,7 +165,7 @@ def build_prompt(template: PromptTemplate, request: RerankRequest, candidates: l
             text(template.render("neighbor", **values))
             continue
         try:
-            jpeg = thumbs.get(n.source, request.source_roots)
+            jpeg = thumbs.get(n.source, request.source_roots, point_id=n.id, keep_uploads_in=request.keep_uploads_in)
         except ThumbnailError as exc:
             text(template.render("neighbor_missing", **values))
             notes.append({"event": "neighbor_label_only", "id": n.id, "source": n.source, "reason": str(exc)})

@@ -17,6 +17,7 @@ from PIL import Image
 
 from retrieval import ImageDecodeError, load_image
 from retrieval.files import OutsideFolders, decodable, is_under, open_under
+from retrieval.store import UPLOADS_DIR, kept_upload
 
 DEFAULT_THUMB_SIZE = 224
 DEFAULT_QUERY_SIZE = 512
@@ -25,6 +26,9 @@ JPEG_QUALITY = 85
 
 class ThumbnailError(Exception):
     """The neighbour's image cannot be shown; the message says why (missing file, remote, corrupt)."""
+
+
+NOT_KEPT = "uploaded image: only its features were kept (a service keeps it as sent with VMEM_KEEP_UPLOADS=true)"
 
 
 def encode_jpeg(img: Image.Image, longest_side: int, quality: int = JPEG_QUALITY) -> bytes:
@@ -44,7 +48,7 @@ def local_path(source: str, roots: Sequence[str] | None = None) -> Path:
     if source.startswith("file://"):
         path = Path(source[len("file://"):])
     elif source.startswith(("upload:", "mem:")):
-        raise ThumbnailError("uploaded image: only its features were kept")
+        raise ThumbnailError(NOT_KEPT)
     elif "://" in source:
         raise ThumbnailError("remote source is not fetched")
     else:
@@ -52,6 +56,19 @@ def local_path(source: str, roots: Sequence[str] | None = None) -> Path:
     if roots is not None and not is_under(path, roots):
         raise ThumbnailError("image outside the memory's source roots")
     return path
+
+
+def image_file(source: str, roots: Sequence[str] | None = None, point_id: str | None = None,
+               keep_uploads_in: str | None = None) -> tuple[Path, Sequence[str] | None]:
+    """(the file to show a point's image from, the folders to read it under), or `ThumbnailError`: an upload's
+    image is the one a service kept as sent in the memory's folder `keep_uploads_in` (VMEM_KEEP_UPLOADS, by point
+    id: `kept_upload`, as `vmem copy` embeds it again), read only under that folder's uploads; any other source's
+    is its file under `roots`."""
+    if source.startswith("upload:") and point_id is not None and keep_uploads_in is not None:
+        if (kept := kept_upload(Path(keep_uploads_in), point_id)) is None:
+            raise ThumbnailError(NOT_KEPT)
+        return kept, [str(Path(keep_uploads_in) / UPLOADS_DIR)]
+    return local_path(source, roots), roots
 
 
 @dataclass
@@ -75,13 +92,15 @@ class ThumbnailCache:
         self._decoding: dict[tuple, threading.Lock] = {}  # one decoder per key; concurrent askers wait for it
         self.stats = ThumbStats()
 
-    def get(self, source: str, roots: Sequence[str] | None = None) -> bytes:
-        """JPEG bytes of the thumbnail of `source`, read only from under `roots` when given.
+    def get(self, source: str, roots: Sequence[str] | None = None, *, point_id: str | None = None,
+            keep_uploads_in: str | None = None) -> bytes:
+        """JPEG bytes of the thumbnail of `source`, read only from under `roots` when given; of an upload, the image
+        kept as sent of point `point_id` in the memory's folder `keep_uploads_in` (`image_file`).
 
         Raises:
-            ThumbnailError: no local file, outside the roots, file missing, or not decodable.
+            ThumbnailError: no local file (an upload not kept), outside the roots, file missing, or not decodable.
         """
-        path = local_path(source, roots)
+        path, roots = image_file(source, roots, point_id, keep_uploads_in)
         try:
             st = path.stat()
         except OSError as exc:

@@ -41,6 +41,9 @@ class RerankRequest:
     # Directories neighbour images may be read from (None: anywhere). A source is data: without this,
     # anyone able to write the memory could have any image on the host sent to the VLM.
     source_roots: list[str] | None = None
+    # The memory's folder, where a service keeps each uploaded image as sent, by point id (VMEM_KEEP_UPLOADS): an
+    # `upload:` neighbour's image is read there, else (None, or not kept) it is shown by its label alone.
+    keep_uploads_in: str | None = None
     # label -> the name Gemini reads in its place (WordNet ids say nothing to it); answers come back as labels.
     label_names: dict[str, str] | None = None
 

@@ -51,6 +51,7 @@ from .files import (
     copy_folder_sparse,
     error_line,
     holder_note,
+    is_under,
     lock_openers,
     make_private_folder,
     note_holder,
@@ -111,6 +112,15 @@ def upload_file(memory_folder: Path, point_id: str) -> Path:
     """An uploaded point's original bytes in a memory's folder (the service writes them before the point; any
     forget deletes them)."""
     return memory_folder / UPLOADS_DIR / point_id
+
+
+def kept_upload(memory_folder: Path, point_id: str) -> Path | None:
+    """The image a service kept of an uploaded point as sent (VMEM_KEEP_UPLOADS), or None where none is kept (kept
+    off, the file gone, or a link there leading out of the folder). What re-embeds an upload and what shows it to
+    the re-ranker both ask here; read it under `memory_folder / UPLOADS_DIR` (`open_under`): the name checked here
+    may lead elsewhere by the time it is opened."""
+    path = upload_file(memory_folder, point_id)
+    return path if path.is_file() and is_under(path, [memory_folder / UPLOADS_DIR]) else None
 
 # The collection beside a server memory's that holds its journal (`vmem` -> `vmem-journal`).
 JOURNAL_COLLECTION_SUFFIX = "-journal"

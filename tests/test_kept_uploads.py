@@ -1,17 +1,25 @@
 """Images added over HTTP kept as sent (VMEM_KEEP_UPLOADS), so that a memory curated through the service moves to
-another encoder with its uploads: real Tiny-ImageNet JPEGs through a TestClient, a Lite0 memory re-embedded with
-Lite1, and every forget deleting the kept image with its point."""
+another encoder with its uploads, and Gemini sees them when re-ranking: real Tiny-ImageNet JPEGs through a
+TestClient, a Lite0 memory re-embedded with Lite1, every forget deleting the kept image with its point, and re-ranks
+through the real SDK against the fake Gemini."""
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from collections import namedtuple
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from reranker import GeminiReranker
+from reranker.testing import FakeGemini
 from retrieval import load_featurizer
 from retrieval.store import THUMBNAILS_DIR, UPLOADS_DIR, open_read_only, upload_file
 from server import create_app
@@ -227,3 +235,97 @@ def test_backups_and_copies_take_the_kept_images_and_a_read_only_replica_leaves_
 def test_keeping_uploads_needs_a_memory_with_a_folder(where):
     with pytest.raises(ValueError, match="VMEM_KEEP_UPLOADS keeps uploaded images in the embedded memory's folder"):
         Settings(api_key=API_KEY, keep_uploads=True, **where)
+
+
+@contextmanager
+def reranking(tmp_path: Path, lite0, memory_images,
+              keep_uploads: bool) -> Iterator[tuple[TestClient, Path, FakeGemini]]:
+    """(a client of a service re-ranking with the real SDK against the fake Gemini, keeping its answers in
+    tmp_path, the memory's folder, the fake)."""
+    with FakeGemini() as fake:
+        rr = GeminiReranker(api_key="test-key", base_url=fake.url, cache_path=tmp_path / "rerank.sqlite")
+        folder = tmp_path / "memory"
+        mem = fill_memory(str(folder), lite0, memory_images, reranker=rr)
+        try:
+            with TestClient(create_app(Settings(memory=str(folder), api_key=API_KEY, keep_uploads=keep_uploads),
+                                       memory=mem), headers=AUTH) as client:
+                yield client, folder, fake
+        finally:
+            mem.close()  # closes its re-ranker too
+
+
+def near_copy(jpeg: bytes, quality: int) -> bytes:
+    """The photo saved again at another JPEG quality, as a second camera roll's copy would be."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def sent_images(body: dict) -> list[np.ndarray]:
+    """The images of a request to Gemini, in the prompt's order (neighbours by rank, then the query), as pixels."""
+    data = [part["inlineData"]["data"] for content in body["contents"] for part in content["parts"]
+            if "inlineData" in part]  # the SDK's URL-safe base64, unpadded
+    return [pixels(base64.urlsafe_b64decode(d + "=" * (-len(d) % 4))) for d in data]
+
+
+def pixels(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), float)
+
+
+CLASSIFY = "/v1/classify?k=6&rerank=true&template=neighbors-v1"
+
+
+def test_reranking_shows_gemini_the_uploads_kept_as_sent_and_keeps_its_answer(tmp_path, lite0, memory_images, photos):
+    with reranking(tmp_path, lite0, memory_images, keep_uploads=True) as (client, folder, fake):
+        fish, _ = add(client, GOLDFISH, photos[GOLDFISH]), add(client, STORK, photos[STORK])
+        query = near_copy(photos[GOLDFISH][0], quality=70)
+        first = client.post(CLASSIFY, files={"image": ("a.jpg", query, "image/jpeg")}).json()
+        assert (first["label"], first["reranked"], first["fallback_reason"]) == (GOLDFISH, True, None)
+        assert first["neighbors"][0]["id"] == fish[0]  # the photo it is a copy of
+        images = sent_images(fake.requests[0].body)
+        assert len(images) == 6 + 1  # every neighbour's image, then the query's
+        # The nearest neighbour's is the photo added over HTTP, as sent (re-encoded as the prompt's JPEG)
+        assert images[0].shape == pixels(photos[GOLDFISH][0]).shape
+        assert np.abs(images[0] - pixels(photos[GOLDFISH][0])).mean() < 4
+        assert not any(step.get("event") == "neighbor_label_only" for step in first["trace"] or [])
+
+        # A full prompt's answer is kept: the same photo under another name is answered from the cache
+        again = client.post(CLASSIFY, files={"image": ("b.jpg", query, "image/jpeg")}).json()
+        assert again["label"] == GOLDFISH and again["usage"]["cached"] is True and fake.count == 1
+
+        # Its kept file gone, the upload is shown by its label alone again, and that answer is not kept
+        upload_file(folder, fish[0]).unlink()
+        other = near_copy(photos[GOLDFISH][0], quality=50)
+        for name in ("c.jpg", "d.jpg"):
+            answer = client.post(CLASSIFY, files={"image": (name, other, "image/jpeg")}).json()
+            assert answer["reranked"] is True and answer["usage"]["cached"] is False
+        assert fake.count == 3 and len(sent_images(fake.requests[-1].body)) == 6
+        assert [step["id"] for step in answer["trace"] or [] if step.get("event") == "neighbor_label_only"] == [fish[0]]
+
+
+def test_without_keeping_uploads_gemini_gets_their_labels_alone(tmp_path, lite0, memory_images, photos):
+    with reranking(tmp_path, lite0, memory_images, keep_uploads=False) as (client, _, fake):
+        uploads = set(add(client, GOLDFISH, photos[GOLDFISH]) + add(client, STORK, photos[STORK]))
+        query = near_copy(photos[GOLDFISH][0], quality=70)
+        answer = client.post(CLASSIFY, files={"image": ("a.jpg", query, "image/jpeg")}).json()
+        assert answer["reranked"] is True
+        near_uploads = [n["id"] for n in answer["neighbors"] if n["id"] in uploads]
+        shown_alone = [step for step in answer["trace"] or [] if step.get("event") == "neighbor_label_only"]
+        assert near_uploads and [step["id"] for step in shown_alone] == near_uploads
+        assert "VMEM_KEEP_UPLOADS=true" in shown_alone[0]["reason"]
+        assert len(sent_images(fake.requests[0].body)) == 6 + 1 - len(near_uploads)  # the memory's files' and the query
+        again = client.post(CLASSIFY, files={"image": ("b.jpg", query, "image/jpeg")}).json()
+        assert again["usage"]["cached"] is False and fake.count == 2  # a prompt short of images is not kept
+
+
+def test_an_agentic_re_rank_s_exemplars_of_a_label_show_its_kept_uploads(tmp_path, lite0, memory_images, photos):
+    with reranking(tmp_path, lite0, memory_images, keep_uploads=True) as (client, _, fake):
+        add(client, GOLDFISH, photos[GOLDFISH]), add(client, STORK, photos[STORK])
+        fake.enqueue(fake.call("exemplars", label="black stork", n=3), fake.answer("goldfish"))
+        query = near_copy(photos[GOLDFISH][0], quality=70)
+        answer = client.post("/v1/classify?k=6&rerank=true&template=agentic-v1",
+                             files={"image": ("a.jpg", query, "image/jpeg")}).json()
+        assert (answer["label"], answer["reranked"]) == (GOLDFISH, True), answer
+        exemplars = next(step for step in answer["trace"] if step.get("tool") == "exemplars")
+        assert exemplars["returned"] == exemplars["images"] == 3 and "label_only" not in exemplars
+        assert fake.requests[1].images == fake.requests[0].images + 3  # the storks' photos went with the reply

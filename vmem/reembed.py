@@ -31,10 +31,10 @@ from retrieval.store import (
     MemoryStoreError,
     StoredPoint,
     is_embedded_location,
+    kept_upload,
     local_folder,
     read_meta_file,
     same_location,
-    upload_file,
 )
 from retrieval.text import counted
 
@@ -64,9 +64,8 @@ def _image_of(point: StoredPoint, folder: Path | None,
     cannot be): an upload from the image a service kept as sent (VMEM_KEEP_UPLOADS) in the memory's `folder`, any
     other point from its source under `roots`. The featurizer reads the file under those folders again, as it opens
     it: the name checked here may lead elsewhere by then."""
-    if (point.source.startswith("upload:") and folder is not None and upload_file(folder, point.id).is_file()
-            and is_under(upload_file(folder, point.id), [folder / UPLOADS_DIR])):  # a link there leads elsewhere
-        return str(upload_file(folder, point.id)), [str(folder / UPLOADS_DIR)], None
+    if point.source.startswith("upload:") and folder is not None and (kept := kept_upload(folder, point.id)):
+        return str(kept), [str(folder / UPLOADS_DIR)], None
     return (point.source, roots, None) if (why := _no_image(point.source, roots)) is None else (None, None, why)
 
 

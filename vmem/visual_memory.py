@@ -1300,6 +1300,8 @@ class VisualMemory:
         from reranker import RerankNeighbor, RerankRequest
 
         roots = self.shown_roots  # once: the memory's own are read from its settings
+        # Uploads a service kept as sent (VMEM_KEEP_UPLOADS) are shown to Gemini from the memory's folder
+        folder = local_folder(self.store.location)
 
         requests = [RerankRequest(
             image=load_image(img),
@@ -1308,7 +1310,7 @@ class VisualMemory:
             vector=None if vectors is None else np.asarray(vectors[i], dtype=np.float32),
             labels=list(labels) if labels else None, source=res.source, template=template,
             label_names=self.store.meta.label_names or None,
-            source_roots=roots)
+            source_roots=roots, keep_uploads_in=None if folder is None else str(folder))
             for i, (img, res) in enumerate(zip(images, results, strict=True))]
         batch = reranker.rerank_many(requests, store=self.store)
         out = []
