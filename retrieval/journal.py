@@ -262,8 +262,9 @@ def _position_of(cursor: str, kinds: tuple[type, ...]) -> Position:
     if not (isinstance(position, list) and len(position) == len(kinds) and all(
             isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, kinds, strict=True))
             and _is_time(position[0])):
-        raise ValueError(f"{cursor!r} is no cursor of this memory's history: give the `next_cursor` of its previous "
-                         f"page")
+        # Said for every door: HTTP answers the cursor as `next_cursor`, the CLI as "next page: --cursor ..."
+        raise ValueError(f"{cursor!r} is no cursor of this memory's history: give the next page's cursor that the "
+                         f"page before it gave")
     return tuple(position)
 
 

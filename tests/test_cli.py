@@ -1695,6 +1695,7 @@ def test_vmem_history_pages_through_a_forget_journaled_in_parts_with_the_cursor_
         older.stderr)
     bad = run("history", "--memory", copy, "--cursor", "nope")
     assert bad.exit_code == 2 and "--cursor" in bad.output and "is no cursor of this memory's history" in bad.output
+    assert "next_cursor" not in bad.output  # HTTP's name for it: the CLI says "next page: --cursor ..."
 
 
 def test_a_label_whose_points_were_all_forgotten_lists_and_exports_nothing_and_an_unknown_one_is_refused(built,
