@@ -1,7 +1,7 @@
 """The page in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium).
 
 Uploads an image, reads the prediction and the neighbour cards, forgets a neighbour with the API key
-(then another, erasing it from the memory's files), and saves screenshots to test-artifacts/. Skips
+(then another, erasing it from the memory's segments), and saves screenshots to test-artifacts/. Skips
 locally without Chromium; FAILS in CI, where it must run.
 """
 
@@ -184,9 +184,12 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     second = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
     second_id = second.get_attribute("data-point-id")
     second.find_element(By.CLASS_NAME, "forget").click()
-    assert "erased from the memory's files: this cannot be undone" in confirm_forget(wait, second)
+    # What the CLI says: the segments, not all the memory's files (the engine's write-ahead log keeps its latest writes)
+    question = confirm_forget(wait, second)
+    assert "erased from the memory's segments (the engine's write-ahead log keeps its latest writes" in question
+    assert "this cannot be undone" in question
     wait.until(lambda d: "10 points" in d.find_element(By.ID, "stats").text)
-    wait.until(lambda d: "erased its vector" in d.find_element(By.ID, "edit-note").text)
+    wait.until(lambda d: "erased its vector from the memory's segments" in d.find_element(By.ID, "edit-note").text)
     wait.until(lambda d: len(card_ids(d)) == 5 and second_id not in card_ids(d))
     browser.save_screenshot(str(ARTIFACTS / "page-after-erase.png"))
 

@@ -1156,7 +1156,9 @@ async function askForget(n, node) {
   }
   const erase = $("erase").checked && !$("erase").disabled;
   const question = ["Forget this point (", ...namedNodes(n.label, n.label_name), ")? No answer will cite it again"
-    + (erase ? "; its vector is erased from the memory's files: this cannot be undone." : ".")];
+    // The segments, as the CLI says ("the memory's files" read as all of them): the engine's log keeps it a while
+    + (erase ? "; its vector is erased from the memory's segments (the engine's write-ahead log keeps its latest "
+      + "writes until later ones fill it: README, “Forgetting”): this cannot be undone." : ".")];
   if (copies === null) question.push(` Its copies were not looked for: ${unchecked}`);
   else if (copies.length) {
     question.push(` ${copies.length === 1 ? "1 other point looks" : `${copies.length} other points look`} like a `
@@ -1228,7 +1230,7 @@ async function forget(n, withCopies, erase) {
   const others = body.deleted - 1;
   showEditNote(["forgot a point labelled ", ...namedNodes(n.label, n.label_name),
     (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
-    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's files` : "")],
+    + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's segments` : "")],
   true);
   // The keyboard goes to what happened before the control pressed (a card's, the add's Undo) goes with the point:
   // after, it fell to the page (<body>, where a screen reader starts over) until the answer was asked again.
