@@ -202,27 +202,59 @@ def test_upload_read_the_neighbours_and_forget_one(browser, page_url, tmp_path):
     browser.save_screenshot(str(ARTIFACTS / "page-history.png"))
 
 
-def test_the_history_list_says_how_many_earlier_edits_it_leaves_out(browser, page_url):
+def test_the_history_list_says_how_many_earlier_edits_it_leaves_out_and_shows_them_a_page_at_a_time(browser,
+                                                                                                     page_url):
     import httpx
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # 23 edits over HTTP: one point relabelled back and forth; the list shows the newest 20 of them.
+    # 43 edits over HTTP: one point relabelled back and forth; the list shows the newest 20 of them.
     with httpx.Client(base_url=page_url, headers={"X-API-Key": API_KEY}, timeout=30) as http:
         point = http.get("/v1/memory/points", params={"limit": 1}).json()["points"][0]
         other = next(c for c in COLORS if c != point["label"])  # the first point's label varies with tmp paths
-        for i in range(23):
+        for i in range(43):
             to = other if i % 2 == 0 else point["label"]
             assert http.patch(f"/v1/memory/points/{point['id']}", json={"label": to}).status_code == 200
+        journal = http.get("/v1/memory/history", params={"limit": 1000, "ids": "false"}).json()["entries"]
+    assert len(journal) == 43
 
     browser.get(page_url + "/")
     browser.find_element(By.CSS_SELECTOR, "#history-box summary").click()
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li[data-earlier]"))
-    edits = browser.find_elements(By.CSS_SELECTOR, "#history-list li[data-op]")
-    assert len(edits) == 20 and {e.get_attribute("data-op") for e in edits} == {"relabel"}
+
+    def listed() -> list[str]:
+        return [e.find_element(By.TAG_NAME, "time").get_attribute("datetime")
+                for e in browser.find_elements(By.CSS_SELECTOR, "#history-list li[data-op]")]
+
+    assert listed() == [e["at"] for e in journal[:20]]
+    rest = browser.find_element(By.CSS_SELECTOR, "#history-list li[data-earlier]")
+    assert rest.text.startswith("… and 23 earlier edits")
+
+    # "Show earlier", from the keyboard: the next page comes after the first, and the keyboard is on its first edit,
+    # from which Tab reaches the button again
+    more = rest.find_element(By.CLASS_NAME, "show-earlier")
+    assert more.text == "Show 20 earlier"
+    more.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(listed()) == 40)
+    assert listed() == [e["at"] for e in journal[:40]]
+    focused = browser.switch_to.active_element
+    assert focused.get_attribute("data-op") == "relabel"
+    assert focused.find_element(By.TAG_NAME, "time").get_attribute("datetime") == journal[20]["at"]
     rest = browser.find_element(By.CSS_SELECTOR, "#history-list li[data-earlier]")
     assert rest.text.startswith("… and 3 earlier edits")
+    focused.send_keys(Keys.TAB)
+    more = browser.switch_to.active_element
+    assert more.text == "Show 3 earlier"
+
+    # The last page: every edit listed once, in order, and nothing left to show
+    more.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(listed()) == 43)
+    assert listed() == [e["at"] for e in journal]
+    assert browser.find_elements(By.CSS_SELECTOR, "#history-list li[data-earlier]") == []
+    assert browser.switch_to.active_element.find_element(By.TAG_NAME, "time").get_attribute("datetime") == (
+        journal[40]["at"])
 
 
 def test_a_labels_list_asked_for_twice_at_once_shows_each_point_once(browser, page_url):

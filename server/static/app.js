@@ -841,62 +841,109 @@ document.addEventListener("input", (ev) => {
   }
 });
 
-// The journal's latest edits (GET v1/memory/history), read when the box is opened and after each edit here.
+// The journal's latest edits (GET v1/memory/history), read when the box is opened and after each edit here; "Show
+// earlier" pages back through the rest (`next_cursor`), a page at a time, until none remain.
+const HISTORY_PAGE = 20;
+let historySeq = 0; // a list read again (an edit here) drops the earlier pages asked for meanwhile
 async function loadHistory() {
   if (!$("history-box").open) return;
-  const list = $("history-list");
-  let resp;
-  try {
-    resp = await fetch("v1/memory/history?limit=20&ids=false");  // counts are shown, not ids: a big forget's are MBs
-  } catch (err) {
+  const seq = ++historySeq;
+  const body = await historyPage(null);
+  if (seq !== historySeq) return;
+  if (typeof body === "string") {
     const li = document.createElement("li");
-    li.textContent = `history unavailable: the service did not answer (${err})`;
-    list.replaceChildren(li);
+    li.textContent = `history unavailable: ${body}`;
+    $("history-list").replaceChildren(li);
     return;
   }
-  if (!resp.ok) {
-    const li = document.createElement("li");
-    li.textContent = `history unavailable: ${await problemText(resp)}`;
-    list.replaceChildren(li);
-    return;
-  }
-  const body = await resp.json();
-  const items = body.entries.map((e) => {
-    const li = document.createElement("li");
-    li.dataset.op = e.op;
-    const labels = Object.entries(e.labels).slice(0, 3).flatMap(([l, n], i) =>
-      [...(i ? [", "] : []), ...namedNodes(l, labelNames[l]), `: ${n}`]);
-    // named, or their names dropped (a `replace`)
-    const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length +
-      ((e.detail && e.detail.dropped) || []).length;
-    const what = e.op === "name" ? [` ${plural(labelsNamed, "label")}`] : ["erase", "tune", "settings"].includes(e.op)
-      ? [] : [` ${plural(e.points, "point")}`,
-        ...(labels.length ? [" (", ...labels, `${Object.keys(e.labels).length > 3 ? ", …" : ""})`] : []),
-        ...(e.to ? [" to ", ...namedNodes(e.to, labelNames[e.to])] : [])];
-    const when = document.createElement("time");
-    when.dateTime = e.at;
-    when.textContent = new Date(e.at).toLocaleString();
-    const via = document.createElement("span");
-    via.className = "muted";
-    via.append(" via ", bdi(e.via), ...(e.by ? [" (key ", bdi(e.by), ")"] : []));  // the API key's name: who made it
-    li.append(when, ` ${e.op}`, ...what, via);
-    return li;
-  });
+  const items = body.entries.map(historyItem);
   if (!items.length) {
     const li = document.createElement("li");
     li.className = "muted";
     li.textContent = "no edits recorded yet";
     items.push(li);
   }
-  if (body.earlier > 0) {  // the rest of the journal is there, only not listed here
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.dataset.earlier = body.earlier;
-    li.textContent = `… and ${body.earlier} earlier edit${body.earlier === 1 ? "" : "s"} ` +
-      "(all of them: vmem history, or GET v1/memory/history)";
-    items.push(li);
+  $("history-list").replaceChildren(...items);
+  showEarlier(body);
+}
+
+// A page of the journal, newest first: its JSON, or what went wrong (a string).
+async function historyPage(cursor) {
+  // counts are shown, not ids: a big forget's are MBs
+  const params = new URLSearchParams({ limit: String(HISTORY_PAGE), ids: "false" });
+  if (cursor) params.set("cursor", cursor);
+  let resp;
+  try {
+    resp = await fetch(`v1/memory/history?${params}`);
+  } catch (err) {
+    return `the service did not answer (${err})`;
   }
-  list.replaceChildren(...items);
+  return resp.ok ? resp.json() : problemText(resp);
+}
+
+function historyItem(e) {
+  const li = document.createElement("li");
+  li.dataset.op = e.op;
+  const labels = Object.entries(e.labels).slice(0, 3).flatMap(([l, n], i) =>
+    [...(i ? [", "] : []), ...namedNodes(l, labelNames[l]), `: ${n}`]);
+  // named, or their names dropped (a `replace`)
+  const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length +
+    ((e.detail && e.detail.dropped) || []).length;
+  const what = e.op === "name" ? [` ${plural(labelsNamed, "label")}`] : ["erase", "tune", "settings"].includes(e.op)
+    ? [] : [` ${plural(e.points, "point")}`,
+      ...(labels.length ? [" (", ...labels, `${Object.keys(e.labels).length > 3 ? ", …" : ""})`] : []),
+      ...(e.to ? [" to ", ...namedNodes(e.to, labelNames[e.to])] : [])];
+  const when = document.createElement("time");
+  when.dateTime = e.at;
+  when.textContent = new Date(e.at).toLocaleString();
+  const via = document.createElement("span");
+  via.className = "muted";
+  via.append(" via ", bdi(e.via), ...(e.by ? [" (key ", bdi(e.by), ")"] : []));  // the API key's name: who made it
+  li.append(when, ` ${e.op}`, ...what, via);
+  return li;
+}
+
+// After the list's last page: how many edits are older, and a button that lists the next page of them.
+function showEarlier(body) {
+  const list = $("history-list");
+  const old = list.querySelector("li[data-earlier]");
+  if (!(body.earlier > 0 && body.next_cursor)) {
+    if (old) old.remove();
+    return;
+  }
+  const li = old || document.createElement("li");
+  li.className = "muted";
+  li.dataset.earlier = body.earlier;
+  const more = document.createElement("button");
+  more.type = "button";
+  more.className = "show-earlier";
+  more.textContent = `Show ${Math.min(body.earlier, HISTORY_PAGE)} earlier`;
+  const seq = historySeq;
+  more.addEventListener("click", async () => {
+    if (more.dataset.busy) return;
+    more.dataset.busy = "1";
+    more.setAttribute("aria-disabled", "true"); // not disabled: that would drop the keyboard's focus to the page
+    const page = await historyPage(body.next_cursor);
+    if (seq !== historySeq) return; // the list was read again meanwhile: its own button pages from its start
+    delete more.dataset.busy;
+    more.removeAttribute("aria-disabled");
+    if (typeof page === "string") {
+      li.querySelector(".history-note").textContent = ` (could not list them: ${page})`;
+      return;
+    }
+    const items = page.entries.map(historyItem);
+    li.before(...items);
+    showEarlier(page);
+    // The keyboard goes to the first edit listed, which a screen reader reads; Tab from it reaches the button again
+    if (items.length) {
+      items[0].tabIndex = -1;
+      items[0].focus();
+    }
+  });
+  const note = document.createElement("span");
+  note.className = "history-note";
+  li.replaceChildren(`… and ${plural(body.earlier, "earlier edit")} `, more, note);
+  if (!old) list.append(li);
 }
 
 // The label audit (GET v1/memory/suspects): points the rest of the memory votes another label. The service
