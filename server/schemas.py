@@ -737,6 +737,9 @@ class StatsOut(Answer):
     index_upkeep: IndexUpkeepOut | None = Field(default=None, description="an embedded memory's index against its "
                                                 "points (null on a Qdrant server, which indexes and vacuums its "
                                                 "collection itself)")
+    max_upload_bytes: int = Field(description="the largest request body the service takes (`VMEM_MAX_UPLOAD_BYTES`; "
+                                  "an import's is its own): an image over it is a 413 `upload-too-large`, so a client "
+                                  "can refuse it before sending it")
 
 
 class TemplateOut(Answer):

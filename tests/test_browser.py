@@ -655,26 +655,53 @@ def test_a_proxy_s_own_refusal_is_explained_on_the_page(browser, tmp_path, lite0
 
 
 
-def test_an_image_over_the_service_s_upload_limit_is_said_with_its_size(browser, tmp_path, lite0):
+def classify_requests(http) -> float:
+    """Classify requests the service has answered, by /metrics (any status)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
+               if line.startswith("vmem_http_requests_total{") and "/v1/classify" in line)
+
+
+def test_an_image_over_the_service_s_upload_limit_is_refused_on_the_page_with_its_size(browser, tmp_path, lite0):
+    import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # The service's 413 speaks of "the request body" and its limit in bytes: the page says the image's size in the
-    # same unit beside it (it had said only the limit: a person had to find the file's size to know by how much).
+    # The service's limit is in its stats: an image over it is refused at once, in the words of the service's 413
+    # ("the request body", the limit in bytes), beside the image's size in the same unit. It had been sent whole
+    # first (a 75 MB photo: seconds of upload for that one line).
     images = make_memory_images(tmp_path / "images", lite0)
     mem = fill_memory(":memory:", lite0, images)
-    query = tmp_path / "photo.png"
-    query.write_bytes(texture(COLORS["red"], seed=4273, size=96))
-    size = query.stat().st_size
+    huge = tmp_path / "photo.png"
+    huge.write_bytes(texture(COLORS["red"], seed=4273, size=96))
+    # Under the limit itself, over it with the form's headers: the service's own 413, said the same way
+    near = tmp_path / "near.png"
+    near.write_bytes(np.random.default_rng(7).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    small = tmp_path / "small.png"
+    small.write_bytes(texture(COLORS["red"], seed=4273, size=24))
+    assert huge.stat().st_size > 4096 > near.stat().st_size and small.stat().st_size < 3000
     with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY, max_upload_bytes=4096),
-                                memory=mem)) as url:
+                                memory=mem)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/v1/memory/stats").json()["max_upload_bytes"] == 4096
         browser.get(url + "/")
         wait = WebDriverWait(browser, 30)
         wait.until(lambda d: "12 points" in d.find_element(By.ID, "stats").text)
-        browser.find_element(By.ID, "file").send_keys(str(query))
+        browser.find_element(By.ID, "file").send_keys(str(huge))
         wait.until(lambda d: d.find_element(By.ID, "error").text.strip())
         assert browser.find_element(By.ID, "error").text == (
-            f"photo.png is {size:,} bytes: the request body is over the limit of 4,096 bytes")
+            f"photo.png is {huge.stat().st_size:,} bytes: the request body is over the limit of 4,096 bytes")
+        assert classify_requests(http) == 0  # nothing was sent
+
+        browser.find_element(By.ID, "file").send_keys(str(near))
+        wait.until(lambda d: d.find_element(By.ID, "error").text.startswith("near.png"))
+        assert browser.find_element(By.ID, "error").text == (
+            "near.png is 4,000 bytes: the request body is over the limit of 4,096 bytes")
+        assert classify_requests(http) == 1
+
+        # An image under the limit is sent and classified as ever
+        browser.find_element(By.ID, "file").send_keys(str(small))
+        wait.until(lambda d: d.find_element(By.ID, "answer").is_displayed())
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+        assert classify_requests(http) == 2
     mem.close()
 
 

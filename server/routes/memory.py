@@ -511,6 +511,7 @@ async def stats(service: ServiceDep) -> StatsOut:
             default_vote=default_vote, ood_threshold=service.ood_threshold(default_vote.k), read_only=store.read_only,
             few_points=few[:MOST_FEW_POINTS], few_points_total=len(few),
             index_upkeep=IndexUpkeepOut(**upkeep.as_dict()) if (upkeep := service.index_upkeep()) is not None else None,
+            max_upload_bytes=service.settings.max_upload_bytes,
         )
 
     return await service.run(collect)

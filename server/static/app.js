@@ -16,6 +16,7 @@ let labelNames = byLabel(); // label -> name, from the last stats
 // near it, even as a query's nearest neighbours (README, "A class of a few images")
 let fewPoints = byLabel();
 let labelShown = null; // {label, name, cursor}: the label whose memory points are listed
+let maxUploadBytes = null; // the service's request body limit, from the last stats (null before them)
 
 // What a status means when the answer is not the service's own (a proxy's HTML page, e.g. nginx's defaults).
 const PROXY_STATUS = {
@@ -108,6 +109,7 @@ async function loadStats() {
     return;
   }
   const s = await resp.json();
+  maxUploadBytes = s.max_upload_bytes ?? null;
   perLabel = byLabel(s.per_label);
   labelsByPoints = Object.keys(perLabel).sort((a, b) => perLabel[b] - perLabel[a] || (a < b ? -1 : a > b ? 1 : 0));
   labelNames = byLabel(s.label_names);
@@ -317,6 +319,18 @@ async function classify(whyNot = null) {
     }
     $(id).removeAttribute("aria-invalid");
   }
+  // Over the service's limit: refused here, as its 413 says it, not sent whole first (a 75 MB photo is seconds of
+  // upload, a phone's data, for a one-line refusal)
+  if (maxUploadBytes !== null && currentFile.size > maxUploadBytes) {
+    ++classifySeq; // an answer on its way for the image before is not shown
+    askedFor = { file: currentFile, options: queryString(), failed: true };
+    classifySettled();
+    hideAnswer();
+    announce("");
+    showError(tooLarge(currentFile,
+      `the request body is over the limit of ${maxUploadBytes.toLocaleString("en")} bytes`));
+    return;
+  }
   // Re-ranking asks Gemini, paid per call: the service wants the API key for it (plain classifying needs none).
   const headers = {};
   const again = () => { // with the key entered: on from the Classify button, as if it had been pressed
@@ -357,8 +371,7 @@ async function classify(whyNot = null) {
     const resp = await fetch(`v1/classify?${params}`, { method: "POST", body: form, headers });
     const refusedLabel = whyNot && resp.status === 422 && await problemType(resp) === UNKNOWN_LABEL;
     let answer = resp.ok ? await resp.json() : await problemText(resp);
-    // Too large (for the service, or a proxy before it): the image's size beside the limit, in the service's unit
-    if (resp.status === 413) answer = [bdi(file.name), ` is ${file.size.toLocaleString("en")} bytes: ${answer}`];
+    if (resp.status === 413) answer = tooLarge(file, answer);
     if (seq !== classifySeq) return; // a later request was made meanwhile: its answer is the one to show
     if (refusedLabel) { // the label asked about, not the image: the answer on show stands, and is still for `before`
       askedFor = before;
@@ -382,15 +395,23 @@ async function classify(whyNot = null) {
     announce("");
     showError(`the service did not answer: ${err}`);
   } finally {
-    if (seq === classifySeq) {
-      $("pending").hidden = true;
-      $("classify-btn").removeAttribute("aria-disabled");
-      $("classify-btn").textContent = "Classify";
-      $("answer").classList.remove("stale");
-      $("answer").removeAttribute("aria-busy");
-      $("neighbors-section").classList.remove("stale");
-    }
+    if (seq === classifySeq) classifySettled();
   }
+}
+
+// No classify on its way any more: the button, the answer and the neighbours as they are between requests.
+function classifySettled() {
+  $("pending").hidden = true;
+  $("classify-btn").removeAttribute("aria-disabled");
+  $("classify-btn").textContent = "Classify";
+  $("answer").classList.remove("stale");
+  $("answer").removeAttribute("aria-busy");
+  $("neighbors-section").classList.remove("stale");
+}
+
+// Too large (for the service, or a proxy before it): the image's size beside the limit, in the service's unit.
+function tooLarge(file, why) {
+  return [bdi(file.name), ` is ${file.size.toLocaleString("en")} bytes: ${why}`];
 }
 
 function badge(text, kind, title) {
