@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -1760,6 +1761,50 @@ def tiny_imagenet_page(tmp_path, lite0, tiny_imagenet):
     with live_server(create_app(Settings(memory=":memory:", api_key=API_KEY), memory=mem)) as url:
         yield url, paths
     mem.close()
+
+
+def test_a_file_s_name_on_a_narrow_card_breaks_between_its_words(browser, tiny_imagenet_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A label's points on a phone: each card names its file, "n07749582_12.JPEG", wider than the card. It broke where
+    # the card's edge fell ("n07749582_12.J" / "PEG"); it breaks after a "_" and before a "." now, the whole name in
+    # the card's title.
+    url, paths = tiny_imagenet_page
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 375, "height": 667, "deviceScaleFactor": 2, "mobile": True})
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: "18 points" in d.find_element(By.ID, "stats").text)
+    browser.find_element(By.ID, "labels-box").find_element(By.TAG_NAME, "summary").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-list .label-link"))
+    browser.find_element(By.CSS_SELECTOR, "#label-list .label-link").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#label-points .neighbor-card")) == 6)
+    # Each name's lines, as drawn: the text of each line box
+    lines = browser.execute_script("""
+      return [...document.querySelectorAll("#label-points .card-body .label")].map((label) => {
+        const byTop = new Map();
+        const walk = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+        for (let t = walk.nextNode(); t; t = walk.nextNode()) {
+          for (let i = 0; i < t.length; i++) {
+            const r = document.createRange();
+            r.setStart(t, i);
+            r.setEnd(t, i + 1);
+            const top = Math.round(r.getBoundingClientRect().top);
+            byTop.set(top, (byTop.get(top) || "") + t.data[i]);
+          }
+        }
+        return [...byTop.keys()].sort((a, b) => a - b).map((k) => byTop.get(k));
+      });""")
+    names = {p.name for p in paths}
+    assert len(lines) == 6 and all("".join(shown) in names for shown in lines), lines
+    assert any(len(shown) > 1 for shown in lines), f"no name was wider than its card: {lines}"
+    for shown in lines:  # every line ends at a "_" or before a "."
+        assert all(a.endswith(("_", "-")) or b.startswith(".") for a, b in itertools.pairwise(shown)), lines
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.find_element(By.ID, "label-points").screenshot(str(ARTIFACTS / "page-file-names-phone.png"))
+    titles = [e.get_attribute("title") for e in browser.find_elements(By.CSS_SELECTOR, "#label-points .label")]
+    assert {t.rsplit("/", 1)[1] for t in titles} <= names
 
 
 def test_a_wrong_answer_s_image_is_added_under_its_label_from_the_page_and_undone(browser, tiny_imagenet,

@@ -692,6 +692,15 @@ function isolated(shown) {
   return node;
 }
 
+// A file's name, isolated, to break where its words do ("n01983481_" / "16.JPEG"), not where a card's edge falls
+// ("n01983481_16.J" / "PEG"): a break is offered after each "_" and "-", and before each ".". A part too long for a
+// line on its own still breaks within it (the card's overflow-wrap: anywhere).
+function fileName(shown) {
+  const node = document.createElement("bdi");
+  shown.split(/(?<=[_-])|(?=\.)/).forEach((part, i) => node.append(...(i ? [document.createElement("wbr")] : []), part));
+  return node;
+}
+
 // named() as nodes: the name and the label each isolated.
 function namedNodes(label, name) {
   return name ? [bdi(name), " (", bdi(label), ")"] : [bdi(label)];
@@ -1056,7 +1065,7 @@ function pointCard(p) {
   img.addEventListener("error", () => { img.hidden = true; node.querySelector(".no-thumb").hidden = false; });
   node.querySelector(".no-thumb").textContent = "no thumbnail";
   img.src = p.thumbnail_url;
-  node.querySelector(".label").replaceChildren(isolated(shortSource(p.source)));
+  node.querySelector(".label").replaceChildren(fileName(shortSource(p.source)));
   node.querySelector(".label").title = visible(p.source);
   const misled = [p.prune_count ? ` · misled ${p.prune_count}` : "",
     ...(p.relabelled_from ? [" · was ", ...namedNodes(p.relabelled_from, labelNames[p.relabelled_from])] : [])];
