@@ -417,6 +417,26 @@ def test_forget_by_source_label_and_id(built, image_folder, tmp_path):
     assert red0 not in {n["source"] for n in obj["neighbors"]}
 
 
+def test_a_dry_run_of_a_misspelt_label_says_what_the_forget_or_relabel_would(built):
+    # A dry run had answered "would forget 0 points" and no more, where the real run names the labels there are
+    # (and a relabel exits 1): a user checking first read it as "already gone"
+    memory, _ = built
+    unknown = "the memory has no label 'bleu': it has 3 labels (blue, green, red; vmem labels lists them)"
+    for dry in (["--dry-run"], []):
+        forget = run("forget", "--memory", memory, "--label", "bleu", *dry)
+        assert forget.exit_code == 0 and f"note: {unknown}" in forget.stderr, (dry, forget.output)
+        relabel = run("relabel", "--memory", memory, "--label", "bleu", "--to", "teal", *dry)
+        assert relabel.exit_code == 1 and f"note: {unknown}" in relabel.stderr, (dry, relabel.output)
+    assert "dry run: would forget 0 points; nothing changed" in run("forget", "--memory", memory, "--label", "bleu",
+                                                                    "--dry-run").stderr
+    # Nothing to change by ids either: the relabel's note and exit status, as it would run
+    red = run("points", "--memory", memory, "--label", "red", "--json").stdout.splitlines()[0]
+    done = run("relabel", "--memory", memory, "--id", json.loads(red)["id"], "--to", "red", "--dry-run")
+    assert done.exit_code == 0 and "note: nothing to do: the point chosen has the label 'red' already" in done.stderr
+    assert json.loads(run("info", "--memory", memory, "--json").stdout)["per_label"] == {"blue": 4, "green": 4,
+                                                                                        "red": 4}
+
+
 def test_forget_and_erase_rewrites_the_memory_without_the_forgotten_vectors(built, tmp_path):
     memory, _ = built
     import shutil

@@ -138,10 +138,14 @@ def test_a_label_the_memory_never_had_is_refused_naming_those_spelled_like_it(li
             mem.relabel("cat", label="tabyy")
         with pytest.raises(NoSuchLabelsError, match=r"^the memory has no label 'okapii'.*like it: 'okapi'$"):
             mem.forget(label="okapii")
+        # The preview of either (what `--dry-run` shows) says so too: it had chosen nothing, read as "none left"
+        with pytest.raises(NoSuchLabelsError, match=r"^the memory has no label 'okapii'.*like it: 'okapi'$"):
+            mem.chosen_points(label="okapii")
         assert sorted(mem.store.label_counts().items()) == [("okapi", 1), ("tabby", 1)]  # nothing changed
 
         assert mem.relabel("cat", label="tabby") == 1 and mem.relabel("cat", label="tabby") == 0  # asked again
         assert mem.forget(label="okapi") == 1 and mem.forget(label="okapi") == 0
+        assert mem.chosen_points(label="okapi") == {}  # had, all gone: nothing to choose, no error
         assert mem.store.label_counts() == {"cat": 1}
 
 

@@ -2186,11 +2186,16 @@ class VisualMemory:
         """The points held now that `forget` or `relabel` with these arguments would choose, with their labels:
         a preview, and how a script tells "already relabelled" from "no such points".
 
+        Raises what `forget` and `relabel` raise for these arguments: vmem.NoSuchLabelsError for a label the
+        memory never had (a misspelling; a dry run had chosen nothing quietly, as the real run then refused), and
+        ValueError for a label's name. A label whose points all went chooses nothing.
+
         Example:
             >>> mem.chosen_points(source_prefix="/data/cats/")   # {"0b6f...": "n02123045", ...}
         """
         if label is not None:
             self.check_chosen_label(label)
+            self.check_label_held(label)
         label = self.stored_label(label) if label is not None else None
         return self.store.existing_labels(self._chosen_ids(ids, label, source_prefix, "choose"))
 

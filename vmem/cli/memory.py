@@ -687,9 +687,12 @@ def forget(
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--label") from None
         if dry_run:
-            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            try:
+                chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            except NoSuchLabelsError:  # a label never held: 0, with the note the forget would give
+                chosen = {}
             _say_chosen(mem, "forget", chosen)
-            if not chosen and label is not None:  # as the forget itself says it: a misspelt label is not "none left"
+            if not chosen and label is not None:
                 typer.echo(f"note: {mem.no_label_note(label, LISTED_BY)}", err=True)
             return
         started = time.perf_counter()
@@ -807,10 +810,17 @@ def relabel(
                 new = mem.check_new_label(to)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--to") from None
-            chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
-            _say_chosen(mem, f"relabel to {new!r}", {i: lab for i, lab in chosen.items() if lab != new})
-            if not chosen and label is not None:  # as the relabel itself says it: a misspelt label is not "none left"
-                typer.echo(f"note: {mem.no_label_note(label, LISTED_BY)}", err=True)
+            try:
+                chosen = mem.chosen_points(ids=id, label=label, source_prefix=source)
+            except NoSuchLabelsError:  # a label never held: 0, and the note and exit status the relabel would give
+                chosen = {}
+            changing = {i: lab for i, lab in chosen.items() if lab != new}
+            _say_chosen(mem, f"relabel to {new!r}", changing)
+            if not changing:  # what the relabel would say of changing nothing: done already, or nothing there
+                done, why = mem.why_nothing_relabelled(new, LISTED_BY, ids=id, label=label, source_prefix=source)
+                typer.echo(f"note: {why}", err=True)
+                if not done:
+                    raise typer.Exit(1)
             return
         try:
             n = mem.relabel(to, ids=id, label=label, source_prefix=source)
