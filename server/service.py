@@ -48,8 +48,10 @@ from retrieval.files import (
 from retrieval.store import (
     SERVED_READ_ONLY,
     THUMBNAILS_DIR,
+    UPLOADS_DIR,
     IndexUpkeep,
     MemoryFullError,
+    kept_upload,
     local_folder,
     thumbnail_file,
     upload_file,
@@ -245,6 +247,18 @@ class ThumbnailStore:
             log.warning("%s could not be deleted from %s", counted(failed, "thumbnail"), self.root)
 
 
+def _open_kept(path: Path, memory_folder: Path) -> BinaryIO:
+    """An upload's image kept as sent, opened and checked there to be under the memory's uploads folder
+    (`kept_upload` checked its name only: a link swapped in since had led anywhere)."""
+    try:
+        return open_under(path, [memory_folder / UPLOADS_DIR])
+    except OutsideFolders:
+        raise ThumbnailUnavailable("the point's image kept as sent is outside the memory's uploads folder") from None
+    except OSError as exc:  # forgotten meanwhile, or unreadable
+        raise ThumbnailUnavailable(f"the point's image kept as sent could not be read "
+                                   f"({os_error_reason(exc)})") from None
+
+
 def _read_thumbnail(path: Path) -> bytes | None:
     """A kept thumbnail's bytes: a regular file holding a JPEG, else None. Not through a link: in a thumbnail folder
     several services share, a link planted under a point's id had served (and copied) any file the service could
@@ -357,6 +371,9 @@ class ClassifierService:
                                          also_in=[own / THUMBNAILS_DIR] if own is not None else [])
         if settings.thumbnail_dir is not None:  # a forget in another process deletes its points' thumbnails there too
             memory.note_thumbnail_folder(self.thumbnails.root)
+        # Where an upload's thumbnail, lost or kept elsewhere, is made again from the image kept as sent (any service's
+        # VMEM_KEEP_UPLOADS, as a re-rank shows it to Gemini)
+        self._memory_folder = own
         # The memory folder each upload is kept in as sent (VMEM_KEEP_UPLOADS): a forget in any process deletes it there
         self.keep_uploads_in: Path | None = None
         if settings.keep_uploads:
@@ -1109,9 +1126,14 @@ class ClassifierService:
             return kept
         source = points[0].source
         if source.startswith("upload:"):
-            raise ThumbnailUnavailable("the point's image was uploaded, and no thumbnail of it was kept here "
-                                       "(it was added through another server or another thumbnail directory, or "
-                                       "its thumbnail could not be written: the server log says)")
+            # Its only other copy: a thumbnail lost, or kept under another VMEM_THUMBNAIL_DIR, had been a 404 for good
+            # though the memory's folder held the image as sent
+            if (folder := self._memory_folder) is None or (as_sent := kept_upload(folder, point_id)) is None:
+                raise ThumbnailUnavailable("the point's image was uploaded, and neither a thumbnail of it nor the "
+                                           "image as sent (VMEM_KEEP_UPLOADS) was kept here (it was added through "
+                                           "another server or another thumbnail directory, or its thumbnail could "
+                                           "not be written: the server log says)")
+            return self._made_thumbnail(point_id, source, lambda: _open_kept(as_sent, folder))
         if "://" in source:
             raise ThumbnailUnavailable(f"the point's image is at {visible(source)}, which this service does not fetch")
         if not self._servable(Path(source)):
@@ -1119,10 +1141,15 @@ class ClassifierService:
                                        "from (the memory's build roots, or VMEM_SOURCE_ROOTS)")
         if not Path(source).is_file():
             raise ThumbnailUnavailable(f"the point's image file is no longer at {visible(source)}")
+        return self._made_thumbnail(point_id, source, lambda: self._open_shown(source))
+
+    def _made_thumbnail(self, point_id: str, source: str, open_image: Callable[[], BinaryIO]) -> bytes:
+        """The point's thumbnail made from its image, kept in the thumbnail folder, and checked to be of a point still
+        in the memory."""
         try:
             # Decoded at the scale the thumbnail needs (a JPEG's draft), a few at a time: 15 thumbnails of 24 MP photos
             # asked at once, without a key, had taken 2.6 GB decoded whole
-            with self._thumbnail_builds, self._open_shown(source) as f:
+            with self._thumbnail_builds, open_image() as f:
                 jpeg = self.thumbnails.save(point_id, load_image(decodable(f), min_side=self.thumbnails.size,
                                                                  name=source))
         except ImageDecodeError as exc:

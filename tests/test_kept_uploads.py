@@ -132,6 +132,25 @@ def test_without_the_setting_uploads_are_left_out_of_a_move_and_say_how_to_keep_
     assert skipped.id == fish and "VMEM_KEEP_UPLOADS=true" in skipped.reason
 
 
+def test_an_upload_whose_thumbnail_was_lost_is_shown_from_the_image_kept_as_sent(service, photos):
+    # A thumbnail lost (or kept under another VMEM_THUMBNAIL_DIR) had been a 404 for good, the image as sent kept
+    client, folder = service(keep_uploads=True)
+    fish, stork = add(client, GOLDFISH, photos[GOLDFISH][:1]) + add(client, STORK, photos[STORK][:1])
+    thumbnails = client.app.state.service.thumbnails
+    thumbnails.path(fish).unlink()
+    resp = client.get(f"/v1/memory/points/{fish}/thumbnail")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    shown = np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB"), dtype=np.float32)
+    sent = np.asarray(Image.open(io.BytesIO(photos[GOLDFISH][0])).convert("RGB"), dtype=np.float32)
+    assert shown.shape == sent.shape == (64, 64, 3) and np.abs(shown - sent).mean() < 8  # the photo, re-encoded
+    assert thumbnails.path(fish).read_bytes() == resp.content  # kept again, as an add keeps it
+
+    # Neither kept: a 404 that says so, as before
+    thumbnails.path(stork).unlink()
+    upload_file(folder, stork).unlink()
+    body = client.get(f"/v1/memory/points/{stork}/thumbnail").json()
+    assert body["type"] == "urn:vmem:problem:no-thumbnail" and "nor the image as sent" in body["detail"]
+
 def test_every_forget_deletes_the_kept_image_and_the_history_keeps_none(service, photos):
     client, folder = service(keep_uploads=True)
     fish = add(client, GOLDFISH, photos[GOLDFISH])
