@@ -437,6 +437,31 @@ def test_a_dry_run_of_a_misspelt_label_says_what_the_forget_or_relabel_would(bui
                                                                                         "red": 4}
 
 
+def test_a_relabel_or_forget_of_a_label_whose_points_all_went_says_so_and_a_relabel_asked_again_succeeds(built,
+                                                                                                           tmp_path):
+    # A rename run again (its first run's answer lost) had been told "the memory has no label 'blue'" and exit 1,
+    # as a misspelt label is: the label was the memory's, and what was asked is done
+    import shutil
+
+    memory = tmp_path / "memory"
+    shutil.copytree(built[0], memory)
+    assert run("relabel", "--memory", memory, "--label", "blue", "--to", "teal").exit_code == 0
+    gone = ("note: no point has label 'blue' any more: its points were relabelled or forgotten "
+            "(vmem history --label blue)\n")
+    for dry in (["--dry-run"], []):
+        again = run("relabel", "--memory", memory, "--label", "blue", "--to", "teal", *dry)
+        assert again.exit_code == 0 and gone in again.stderr, (dry, again.output)
+        forget = run("forget", "--memory", memory, "--label", "blue", *dry)
+        assert forget.exit_code == 0 and gone in forget.stderr, (dry, forget.output)
+    # The command the note names lists the relabel that took them
+    [edit] = [line for line in run("history", "--memory", memory, "--label", "blue").stdout.splitlines()
+              if "\trelabel\t" in line]
+    assert "(blue: 4) to teal" in edit
+    # A label the memory never had is still a mistake, named as one
+    typo = run("relabel", "--memory", memory, "--label", "bleu", "--to", "teal")
+    assert typo.exit_code == 1 and "note: the memory has no label 'bleu'" in typo.stderr, typo.output
+
+
 def test_forget_and_erase_rewrites_the_memory_without_the_forgotten_vectors(built, tmp_path):
     memory, _ = built
     import shutil

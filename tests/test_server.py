@@ -1429,7 +1429,8 @@ def test_forget_and_erase_rewrites_the_embedded_memory_and_is_refused_on_a_serve
         assert_problem(client.delete(f"/v1/memory/points/{victim}?erase=true", headers=AUTH), 404, "unknown-point")
         assert client.delete("/v1/memory?label=red&erase=true", headers=AUTH).json() == {
             "deleted": 0, "points": 7, "erased": False,
-            "note": "the memory has no label 'red': it has 2 labels (green, blue; GET /v1/memory/stats lists them)"}
+            "note": "no point has label 'red' any more: its points were relabelled or forgotten "
+                    "(GET /v1/memory/history?label=red)"}
         assert client.get("/v1/memory/history").json()["entries"] == edits
         assert "vmem_erase_duration_seconds_count 2.0" in client.get("/metrics").text
     else:  # refused before anything is deleted
@@ -1583,6 +1584,25 @@ def test_forgetting_or_relabelling_a_misspelt_label_names_the_labels_spelled_lik
     assert forgot["note"].endswith("GET /v1/memory/stats lists them); spelled or named like it: 'blue'"), forgot
     relabelled = client.post("/v1/memory/relabel", json={"label": "bleu", "to": "navy"}, headers=AUTH).json()
     assert relabelled["relabelled"] == 0 and relabelled["note"] == forgot["note"]
+
+
+@BOTH_BACKENDS
+def test_relabelling_or_forgetting_a_label_whose_points_all_went_says_so_not_that_the_memory_never_had_it(client):
+    # A rename sent again (its first answer lost) had been told "the memory has no label 'red'", as a misspelt
+    # label is: the label was the memory's, and its history says where its points went
+    moved = client.post("/v1/memory/relabel", json={"label": "red", "to": "navy"}, headers=AUTH).json()
+    assert moved["relabelled"] == 4 and moved["note"] is None
+    gone = ("no point has label 'red' any more: its points were relabelled or forgotten "
+            "(GET /v1/memory/history?label=red)")
+    again = client.post("/v1/memory/relabel", json={"label": "red", "to": "navy"}, headers=AUTH).json()
+    assert (again["relabelled"], again["note"]) == (0, gone)
+    forgot = client.delete("/v1/memory", params={"label": "red"}, headers=AUTH).json()
+    assert (forgot["deleted"], forgot["note"]) == (0, gone)
+    [edit] = client.get("/v1/memory/history", params={"label": "red"}).json()["entries"]
+    assert (edit["op"], edit["to"]) == ("relabel", "navy")
+    # A label the memory never had is still said to be none of its labels
+    never = client.post("/v1/memory/relabel", json={"label": "purple", "to": "navy"}, headers=AUTH).json()
+    assert never["relabelled"] == 0 and never["note"].startswith("the memory has no label 'purple'")
 
 
 def test_listing_a_label_whose_points_were_all_forgotten_is_an_empty_page_and_an_unknown_label_still_a_422(client):

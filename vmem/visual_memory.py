@@ -868,10 +868,24 @@ class VisualMemory:
             raise NoSuchLabelsError(self.unknown_labels_message([stored], listed_by) + self._spelled_like(label))
         return stored
 
-    def no_label_note(self, label: str, listed_by: str) -> str:
-        """What the CLI and HTTP say of a label to forget or relabel that no point has (`unknown_labels_message`),
-        with the labels spelled or named like it: among Tiny-ImageNet's 200 labels, 'n0162981' had named none of
-        them, where the error Python raises (`check_label_held`) names n01629819."""
+    def no_label_note(self, label: str, listed_by: str, history_by: Callable[[str], str]) -> str:
+        """What the CLI and HTTP say of a label to forget or relabel that no point has. One the memory had
+        (`had_label`: a rename or forget asked again) is said so, with where its edits are listed (`history_by`
+        of the label: the CLI's command or the service's route); it had been told "the memory has no label", as a
+        misspelling is. One it never had: `unknown_labels_message`, with the labels spelled or named like it
+        (among Tiny-ImageNet's 200 labels, 'n0162981' had named none of them, where the error Python raises,
+        `check_label_held`, names n01629819)."""
+        return self._gone_label_note(label, history_by) or self._never_had_note(label, listed_by)
+
+    def _gone_label_note(self, label: str, history_by: Callable[[str], str]) -> str | None:
+        """`no_label_note` of a label whose points all went, or None where it has points or never had any."""
+        if self.store.count(label=self.stored_label(label)) or not self.had_label(label):
+            return None
+        return (f"no point has label {quoted(label)} any more: its points were relabelled or forgotten "
+                f"({history_by(label)})")
+
+    def _never_had_note(self, label: str, listed_by: str) -> str:
+        """`no_label_note` of a label the memory never had."""
         return self.unknown_labels_message([label], listed_by) + self._spelled_like(label)
 
     def _spelled_like(self, label: str) -> str:
@@ -2199,15 +2213,20 @@ class VisualMemory:
         label = self.stored_label(label) if label is not None else None
         return self.store.existing_labels(self._chosen_ids(ids, label, source_prefix, "choose"))
 
-    def why_nothing_relabelled(self, to: str, listed_by: str, ids: Sequence[str] | None = None,
-                               label: str | None = None, source_prefix: str | None = None) -> tuple[bool, str]:
+    def why_nothing_relabelled(self, to: str, listed_by: str, history_by: Callable[[str], str],
+                               ids: Sequence[str] | None = None, label: str | None = None,
+                               source_prefix: str | None = None) -> tuple[bool, str]:
         """After a `relabel` that changed no point: (whether it was done already, why, as a sentence). Done
         already when every point chosen has the label `to`, and with `ids`, every id is a point: a corrections
-        script run again succeeds, and an id that is not there is still said. `listed_by` says where labels are
-        listed (the CLI's command or the service's route)."""
+        script run again succeeds, and an id that is not there is still said. Done too for a `label` whose points
+        all went (relabelled or forgotten: a rename run again), as a forget asked again is; not for one the memory
+        never had (a misspelling). `listed_by` and `history_by` say where labels and a label's edits are listed
+        (`no_label_note`)."""
         to = self.stored_label(to)
         if label is not None and not self.store.count(label=self.stored_label(label)):
-            return False, self.no_label_note(label, listed_by)
+            if (gone := self._gone_label_note(label, history_by)) is not None:
+                return True, gone  # the journal read once: it is read whole
+            return False, self._never_had_note(label, listed_by)
         chosen = self.chosen_points(ids=ids, label=label, source_prefix=source_prefix)
         # Counted as parsed, as chosen ones are: an id given twice, in upper and lower case, is one point
         asked = len({parse_point_id(i) for i in ([ids] if isinstance(ids, str) else ids)}) if ids is not None \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -21,6 +22,11 @@ T = TypeVar("T")
 
 # Where an error about labels sends the user to see them all.
 LISTED_BY = "GET /v1/memory/stats"
+
+
+def label_history(label: str) -> str:
+    """The route that lists a label's edits, as a note names it (`VisualMemory.no_label_note`)."""
+    return f"GET /v1/memory/history?label={quote(label, safe='')}"
 
 
 def image_body(json_model: str, file_field: str, many: bool, text_fields: dict[str, Any] | None = None

@@ -78,7 +78,15 @@ from ..service import (
     Upload,
 )
 from ..uploads import JSON, MULTIPART, OCTET_STREAM, read_files, read_json, require_media_type, too_many_images
-from ._common import LISTED_BY, image_body, json_body, thumbnail_url, unknown_labels, unless_the_client_leaves
+from ._common import (
+    LISTED_BY,
+    image_body,
+    json_body,
+    label_history,
+    thumbnail_url,
+    unknown_labels,
+    unless_the_client_leaves,
+)
 
 NoOptionsDep = Annotated[NoOptions, Query()]
 # A time whose zone's `+` a URL's query decoded as a space: 2026-12-07T21:19:28.013887 00:00
@@ -231,7 +239,7 @@ async def forget_where(q: Annotated[ForgetQuery, Query()], service: ServiceDep, 
         raise ProblemError(422, str(exc), "invalid-parameters", "Invalid parameters") from None
     except EraseFailedError as exc:
         return await _forgotten_not_erased(exc, service)
-    note = await service.run(service.memory.no_label_note, q.label, LISTED_BY) \
+    note = await service.run(service.memory.no_label_note, q.label, LISTED_BY, label_history) \
         if n == 0 and q.label is not None else None
     if q.ids is not None and n < (named := len({str(uuid.UUID(i)) for i in q.ids})):
         # A client retrying a forget (its first answer lost) reads that those went before, not an unexplained count
@@ -453,7 +461,7 @@ async def relabel(request: Request, service: ServiceDep, _: ApiKeyDep, _options:
         n = service.relabel(to, ids=body.ids, label=body.label, source_prefix=body.source_prefix)
         store = service.memory.store
         # as `vmem relabel` tells them apart: done already, or nothing there
-        note = service.memory.why_nothing_relabelled(to, LISTED_BY, ids=body.ids, label=body.label,
+        note = service.memory.why_nothing_relabelled(to, LISTED_BY, label_history, ids=body.ids, label=body.label,
                                                      source_prefix=body.source_prefix)[1] if n == 0 else None
         return RelabelOut(relabelled=n, label=to, label_name=store.meta.label_names.get(to),
                           label_points=store.count(label=to), note=note)

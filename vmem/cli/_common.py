@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import signal
 import threading
 from collections import Counter
@@ -45,6 +46,13 @@ CreatedWaitOpt = Annotated[float, typer.Option(
          "holds is read from its files at once \\[default: $VMEM_WAIT, else 0: at once]")]
 DEFAULT_MEMORY = Path("memory")
 LISTED_BY = "vmem labels"  # where an error about labels sends the user to see them all
+
+
+def label_history(label: str) -> str:
+    """The command that lists a label's edits, as a note names it (`VisualMemory.no_label_note`): typed as shown."""
+    return visible(f"vmem history --label {shlex.quote(label)}")
+
+
 # Derived from IndexSettings so the CLI offers exactly what the store accepts.
 Quantization = StrEnum("Quantization", {q: q for q in get_args(IndexSettings.model_fields["quantization"].annotation)})  # type: ignore[misc]  # from the Literal
 VectorsDtype = StrEnum("VectorsDtype", {t: t for t in get_args(IndexSettings.model_fields["vectors_dtype"].annotation)})  # type: ignore[misc]  # from the Literal

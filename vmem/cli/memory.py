@@ -75,6 +75,7 @@ from ._common import (
     check_reranker_settings,
     expand_images,
     finish_classify,
+    label_history,
     memory_location,
     n_points,
     named_label,
@@ -693,7 +694,7 @@ def forget(
                 chosen = {}
             _say_chosen(mem, "forget", chosen)
             if not chosen and label is not None:
-                typer.echo(f"note: {mem.no_label_note(label, LISTED_BY)}", err=True)
+                typer.echo(f"note: {mem.no_label_note(label, LISTED_BY, label_history)}", err=True)
             return
         started = time.perf_counter()
         try:
@@ -702,7 +703,7 @@ def forget(
             n = 0
         typer.echo(f"forgot {n_points(n)}; memory now holds {mem.store.count():,}")
         _after_forget(mem, n, erase, started,
-                      f"note: {mem.no_label_note(label, LISTED_BY)}" if n == 0 and label is not None
+                      f"note: {mem.no_label_note(label, LISTED_BY, label_history)}" if n == 0 and label is not None
                       else None)
 
 
@@ -817,7 +818,8 @@ def relabel(
             changing = {i: lab for i, lab in chosen.items() if lab != new}
             _say_chosen(mem, f"relabel to {new!r}", changing)
             if not changing:  # what the relabel would say of changing nothing: done already, or nothing there
-                done, why = mem.why_nothing_relabelled(new, LISTED_BY, ids=id, label=label, source_prefix=source)
+                done, why = mem.why_nothing_relabelled(new, LISTED_BY, label_history, ids=id, label=label,
+                                                       source_prefix=source)
                 typer.echo(f"note: {why}", err=True)
                 if not done:
                     raise typer.Exit(1)
@@ -833,9 +835,11 @@ def relabel(
         typer.echo(f"relabelled {n_points(n)} to {quoted(to)}" + (f" ({one_line(name)})" if name else "")
                    + (" (a new label)" if n and new_label else "") + f"; it now has {mem.store.count(label=to)}")
         if n == 0:
-            # Points that have the label already: done, as a forget of what is gone is (a corrections script run
-            # again after a partial failure had stopped at the first one). Points not found: a mistake.
-            done, why = mem.why_nothing_relabelled(to, LISTED_BY, ids=id, label=label, source_prefix=source)
+            # Points that have the label already, or a label whose points all went (a rename run again): done, as
+            # a forget of what is gone is (a corrections script run again after a partial failure had stopped at
+            # the first one). Points not found, a label never had: a mistake.
+            done, why = mem.why_nothing_relabelled(to, LISTED_BY, label_history, ids=id, label=label,
+                                                   source_prefix=source)
             typer.echo(f"note: {why}", err=True)
             if not done:
                 raise typer.Exit(1)
