@@ -901,7 +901,7 @@ def classify_on_the_page(browser, page: str, query: Path, k: int, points: int = 
 
     wait = WebDriverWait(browser, 30)
     browser.get(page)
-    wait.until(lambda d: f"{points} points" in d.find_element(By.ID, "stats").text)
+    wait.until(lambda d: f"{points:,} points" in d.find_element(By.ID, "stats").text)  # "2,512 points"
     browser.find_element(By.ID, "k").send_keys(str(k))
     browser.find_element(By.ID, "file").send_keys(str(query))  # choosing the file classifies it
     wait.until(lambda d: d.find_element(By.ID, "prediction").text.strip())
@@ -991,6 +991,34 @@ def test_the_labels_can_be_browsed_and_opened_without_a_query(browser, named_pag
     assert browser.find_element(By.ID, "label-title").text == "emerald (green)"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "page-browse-labels.png"))
+
+
+def test_counts_of_thousands_are_written_with_separators(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests._server_fixtures import MemoryImages
+
+    # A memory of 3,000 points, 1,000 a label (the 12 test images, each linked under 250 names: a point is its
+    # source): the page had said "3000 points" and "1000", where its byte sizes read "23,208 bytes".
+    images = make_memory_images(tmp_path / "images", lite0)
+    copies = [p.with_name(f"{p.stem}-{i}{p.suffix}") for i in range(250) for p in images.paths]
+    for i, copy in enumerate(copies):
+        copy.hardlink_to(images.paths[i % len(images.paths)])
+    many = MemoryImages(copies, images.labels * 250, np.tile(images.vectors, (250, 1)))
+    mem = fill_memory(str(tmp_path / "memory"), lite0, many)  # on disk: ":memory:" calibrates novelty in ~40 s here
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as url:
+        wait = WebDriverWait(browser, 30)
+        browser.get(url + "/")
+        wait.until(lambda d: d.find_element(By.ID, "stats").text.startswith("3,000 points · 3 labels"))
+        browser.find_element(By.CSS_SELECTOR, "#labels-box summary").click()
+        rows = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#label-list li")]
+        assert sorted(rows) == ["blue\n1,000", "green\n1,000", "red\n1,000"]
+        browser.find_element(By.CSS_SELECTOR, "#label-list button").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]"))
+        shown = len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=point-card]"))
+        assert browser.find_element(By.ID, "label-note").text == f"{shown} of 1,000 points shown"
+    mem.close()
 
 
 def test_labels_named_as_a_javascript_objects_own_properties_are_labels_like_any(browser, tmp_path, lite0):

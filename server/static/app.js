@@ -120,7 +120,7 @@ async function loadStats() {
   teachHint(); // a label typed may have just got its first points, or lost its last
   loadHistory();
   $("stats").textContent = `${plural(s.points, "point")} · ${plural(s.labels, "label")}` +
-    (s.few_points_total ? ` (${s.few_points_total} with too few points to win the vote)` : "") +
+    (s.few_points_total ? ` (${count(s.few_points_total)} with too few points to win the vote)` : "") +
     ` · ${s.featurizer.name} (${s.backend})`;
   // A Qdrant server rewrites its segments on its own schedule, so the service refuses erase there.
   $("erase").disabled = s.backend !== "embedded";
@@ -139,7 +139,7 @@ function showFewPoints(few, total) {
       `${f.rule} vote of k = ${f.k} against a fuller label near it (${f.points} of ${f.needed}): add images of it, ` +
       `or classify with k = ${f.k_that_fits} or less.`);
   } else {
-    note.textContent = `${total} labels have too few points to win the default ${few[0].rule} vote of k = ` +
+    note.textContent = `${count(total)} labels have too few points to win the default ${few[0].rule} vote of k = ` +
       `${few[0].k} against a fuller label near them (marked “too few”): add images of them, or classify with a ` +
       "smaller k.";
   }
@@ -586,7 +586,7 @@ function showWhyNot(result) {
   grid.replaceChildren();
   if (grid.hidden) return;
   $("why-not-points-note").textContent = `Its ${plural(why.nearest.length, "point")} nearest this image, of `
-    + `${why.points}; rank 0 is the nearest of all the memory's points`;
+    + `${count(why.points)}; rank 0 is the nearest of all the memory's points`;
   const voted = new Set(result.neighbors.map((n) => n.id));
   for (const p of why.nearest) {
     const node = card({ ...p, label: why.label, label_name: why.label_name }, result.label);
@@ -706,8 +706,13 @@ function namedNodes(label, name) {
   return name ? [bdi(name), " (", bdi(label), ")"] : [bdi(label)];
 }
 
+// A count as a person reads it: "12,345", as the page's byte sizes are written.
+function count(n) {
+  return n.toLocaleString("en");
+}
+
 function plural(n, word) {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
+  return `${count(n)} ${word}${n === 1 ? "" : "s"}`;
 }
 
 // A label that opens its memory points below: what the memory holds for it, not only what voted.
@@ -812,7 +817,7 @@ function listLabels(say = false) {
   list.replaceChildren();
   let hidden = 0;
   for (const label of labelsByPoints) {
-    const count = perLabel[label];
+    const points = perLabel[label];
     const name = labelNames[label];
     if (wanted && !folded(label).includes(wanted) && !folded(name).includes(wanted)) continue;
     if (list.children.length >= 500) { hidden++; continue; } // a 21k-class memory: filter to reach the rest
@@ -820,7 +825,7 @@ function listLabels(say = false) {
     li.dataset.label = label;
     const n = document.createElement("span");
     n.className = "muted";
-    n.textContent = fewPoints[label] ? `${count} · too few` : String(count); // said in words: the note above says why
+    n.textContent = fewPoints[label] ? `${count(points)} · too few` : count(points); // said in words: the note above says why
     li.append(labelLink(label, name), n);
     list.appendChild(li);
   }
@@ -828,7 +833,7 @@ function listLabels(say = false) {
   if (hidden) {
     const more = document.createElement("li");
     more.className = "muted";
-    more.textContent = `… ${hidden} more: type to filter`;
+    more.textContent = `… ${count(hidden)} more: type to filter`;
     list.appendChild(more);
   }
   if (wanted && matched === 0) { // said where the list was: an empty box had looked like a list still loading
@@ -842,7 +847,7 @@ function listLabels(say = false) {
   if (!say) return;
   $("label-count").textContent = !wanted ? plural(labelsByPoints.length, "label")
     : matched === 0 ? "no label matches"
-    : `${matched} of ${plural(labelsByPoints.length, "label")} match` + (hidden ? "; the first 500 listed" : "");
+    : `${count(matched)} of ${plural(labelsByPoints.length, "label")} match` + (hidden ? "; the first 500 listed" : "");
 }
 
 // Suggestions for a relabel: the memory's labels, most points first, each with its name. A list is kept short
@@ -915,7 +920,7 @@ function historyItem(e) {
   const li = document.createElement("li");
   li.dataset.op = e.op;
   const labels = Object.entries(e.labels).slice(0, 3).flatMap(([l, n], i) =>
-    [...(i ? [", "] : []), ...namedNodes(l, labelNames[l]), `: ${n}`]);
+    [...(i ? [", "] : []), ...namedNodes(l, labelNames[l]), `: ${count(n)}`]);
   // named, or their names dropped (a `replace`)
   const labelsNamed = Object.keys((e.detail && e.detail.names) || {}).length +
     ((e.detail && e.detail.dropped) || []).length;
@@ -994,7 +999,7 @@ async function loadSuspects() {
   }
   if (resp.status === 202) {
     const body = await resp.json();
-    $("suspects-note").textContent = `auditing the memory's labels: ${body.searched} of ${plural(body.points, "point")} searched…`;
+    $("suspects-note").textContent = `auditing the memory's labels: ${count(body.searched)} of ${plural(body.points, "point")} searched…`;
     suspectsTimer = setTimeout(loadSuspects, 2000);
     return;
   }
@@ -1011,7 +1016,7 @@ async function loadSuspects() {
 function showSuspectsNote() {
   const body = suspectsShown;
   const are = body.total_suspects === 1 ? "is" : "are";
-  $("suspects-note").textContent = `${body.total_suspects} of ${plural(body.points, "point")} ${are} voted another ` +
+  $("suspects-note").textContent = `${count(body.total_suspects)} of ${plural(body.points, "point")} ${are} voted another ` +
     `label by their nearest others (audit: ${body.seconds} s)` + (body.total_suspects > body.suspects.length ? `; the ${body.suspects.length} surest:` : "");
 }
 
@@ -1052,7 +1057,7 @@ function dropSuspect(pointId) {
 function updateLabelNote() {
   if (!labelShown) return;
   const total = perLabel[labelShown.label] ?? 0;
-  $("label-note").textContent = `${$("label-points").children.length} of ${plural(total, "point")} shown`;
+  $("label-note").textContent = `${count($("label-points").children.length)} of ${plural(total, "point")} shown`;
 }
 
 function pointCard(p) {
@@ -1238,7 +1243,7 @@ async function askForget(n, node) {
       + "writes until later ones fill it: README, “Forgetting”): this cannot be undone." : ".")];
   if (copies === null) question.push(` Its copies were not looked for: ${unchecked}`);
   else if (copies.length) {
-    question.push(` ${copies.length === 1 ? "1 other point looks" : `${copies.length} other points look`} like a `
+    question.push(` ${copies.length === 1 ? "1 other point looks" : `${count(copies.length)} other points look`} like a `
       + "copy of its image: ");
     copies.slice(0, SHOWN_COPIES).forEach((m, i) => question.push(...(i ? [", "] : []), isolated(shortSource(m.source)),
       " (", ...namedNodes(m.label, m.label_name), `, ${m.similarity.toFixed(3)})`));
@@ -1253,7 +1258,7 @@ async function askForget(n, node) {
   box.setAttribute("aria-describedby", asked.id);
   const withCopies = box.querySelector(".forget-copies");
   withCopies.hidden = !copies || !copies.length;
-  withCopies.textContent = copies && copies.length ? `Forget it and ${copies.length === 1 ? "its copy" : `its ${copies.length} copies`}` : "";
+  withCopies.textContent = copies && copies.length ? `Forget it and ${copies.length === 1 ? "its copy" : `its ${count(copies.length)} copies`}` : "";
   box.setAttribute("aria-label", `Forget ${named(n.label, n.label_name)}?`);
   box.hidden = false;
   node.querySelector(".forget").setAttribute("aria-expanded", "true");
@@ -1306,7 +1311,7 @@ async function forget(n, withCopies, erase) {
   const body = await resp.json();
   const others = body.deleted - 1;
   showEditNote(["forgot a point labelled ", ...namedNodes(n.label, n.label_name),
-    (others > 0 ? ` and ${others === 1 ? "1 copy" : `${others} copies`} of it` : "")
+    (others > 0 ? ` and ${others === 1 ? "1 copy" : `${count(others)} copies`} of it` : "")
     + (body.erased ? `, and erased ${others > 0 ? "their vectors" : "its vector"} from the memory's segments` : "")],
   true);
   // The keyboard goes to what happened before the control pressed (a card's, the add's Undo) goes with the point:
