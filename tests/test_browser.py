@@ -1346,6 +1346,51 @@ def test_a_long_one_word_label_fits_a_phone_s_screen(browser, tmp_path, lite0):
 
 
 
+def drawn_lines(driver, selector: str) -> list[list[str]]:
+    """The text of each line box of each element matching `selector`, as drawn (top to bottom)."""
+    return driver.execute_script("""
+      return [...document.querySelectorAll(arguments[0])].map((element) => {
+        const byTop = new Map();
+        const walk = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+        for (let t = walk.nextNode(); t; t = walk.nextNode()) {
+          for (let i = 0; i < t.length; i++) {
+            const r = document.createRange();
+            r.setStart(t, i);
+            r.setEnd(t, i + 1);
+            const top = Math.round(r.getBoundingClientRect().top);
+            byTop.set(top, (byTop.get(top) || "") + t.data[i]);
+          }
+        }
+        return [...byTop.keys()].sort((a, b) => a - b).map((k) => byTop.get(k));
+      });""", selector)
+
+
+def test_a_long_one_word_label_on_a_narrow_card_breaks_between_its_words(browser, tmp_path, lite0):
+    from selenium.webdriver.common.by import By
+
+    # A folder's name as a label, wider than a neighbour's card on a phone: it broke where the card's edge fell
+    # ("American_Staffordshir" / "e_terrier"); it breaks after a "_" now, as a file's name on a card does.
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    mem.relabel("American_Staffordshire_terrier", label="red")
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4247))
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 375, "height": 667, "deviceScaleFactor": 2, "mobile": True})
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_key=API_KEY), memory=mem)) as url:
+        classify_on_the_page(browser, url + "/", query, k=4)
+        lines = drawn_lines(browser, "#neighbors .card-body .label")
+        terriers = [shown for shown in lines if "".join(shown) == "American_Staffordshire_terrier"]
+        assert terriers and all(len(shown) > 1 for shown in terriers), lines  # wider than its card
+        for shown in terriers:
+            assert all(a.endswith("_") for a in shown[:-1]), lines
+        ARTIFACTS.mkdir(exist_ok=True)
+        card = browser.find_element(By.CSS_SELECTOR, "#neighbors .neighbor-card")
+        browser.execute_script("arguments[0].scrollIntoView()", card)
+        card.screenshot(str(ARTIFACTS / "page-long-label-phone.png"))
+    mem.close()
+
+
 def test_a_phone_shows_the_neighbours_and_a_label_s_points_two_to_a_row(browser, tmp_path, page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -1808,22 +1853,7 @@ def test_a_file_s_name_on_a_narrow_card_breaks_between_its_words(browser, tiny_i
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-list .label-link"))
     browser.find_element(By.CSS_SELECTOR, "#label-list .label-link").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#label-points .neighbor-card")) == 6)
-    # Each name's lines, as drawn: the text of each line box
-    lines = browser.execute_script("""
-      return [...document.querySelectorAll("#label-points .card-body .label")].map((label) => {
-        const byTop = new Map();
-        const walk = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
-        for (let t = walk.nextNode(); t; t = walk.nextNode()) {
-          for (let i = 0; i < t.length; i++) {
-            const r = document.createRange();
-            r.setStart(t, i);
-            r.setEnd(t, i + 1);
-            const top = Math.round(r.getBoundingClientRect().top);
-            byTop.set(top, (byTop.get(top) || "") + t.data[i]);
-          }
-        }
-        return [...byTop.keys()].sort((a, b) => a - b).map((k) => byTop.get(k));
-      });""")
+    lines = drawn_lines(browser, "#label-points .card-body .label")
     names = {p.name for p in paths}
     assert len(lines) == 6 and all("".join(shown) in names for shown in lines), lines
     assert any(len(shown) > 1 for shown in lines), f"no name was wider than its card: {lines}"

@@ -696,8 +696,18 @@ function isolated(shown) {
 // ("n01983481_16.J" / "PEG"): a break is offered after each "_" and "-", and before each ".". A part too long for a
 // line on its own still breaks within it (the card's overflow-wrap: anywhere).
 function fileName(shown) {
+  return breakable(shown, /(?<=[_-])|(?=\.)/);
+}
+
+// A label on a card, as bdi() but breaking after each "_" and "-" ("American_Staffordshire_" / "terrier", not
+// "American_Staf" / "fordshire_terri" / "er"): a folder's name is a label as it is.
+function cardLabel(text) {
+  return breakable(visible(text), /(?<=[_-])/);
+}
+
+function breakable(shown, at) {
   const node = document.createElement("bdi");
-  shown.split(/(?<=[_-])|(?=\.)/).forEach((part, i) => node.append(...(i ? [document.createElement("wbr")] : []), part));
+  shown.split(at).forEach((part, i) => node.append(...(i ? [document.createElement("wbr")] : []), part));
   return node;
 }
 
@@ -1115,7 +1125,7 @@ function card(n, predicted) {
     } catch { /* the service is gone: "no thumbnail" stands */ }
   });
   img.src = n.thumbnail_url;
-  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, [bdi(n.label_name || n.label)]));
+  node.querySelector(".label").replaceChildren(labelLink(n.label, n.label_name, [cardLabel(n.label_name || n.label)]));
   node.querySelector(".similarity").textContent = `sim ${n.similarity.toFixed(3)}`;
   node.querySelector(".weight").textContent = `weight ${n.weight.toFixed(3)}`;
   wireForget(node, n);
