@@ -1647,6 +1647,51 @@ def test_a_key_the_service_refuses_is_asked_for_again_and_enter_carries_on(brows
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
 
 
+def test_a_key_that_may_not_edit_is_asked_over_and_kept_for_what_it_may_do(browser, tmp_path, lite0):
+    # A key of the keys file that may only re-rank (`vmem key kiosk --may rerank`), sent for a forget: the service
+    # says what it may do; the key field is offered again (opened, the keyboard in it, the key selected to be typed
+    # over) and Enter carries on with another key, as for a key not valid. The refused key is valid, so it is kept
+    # for the tab until another is typed.
+    import hashlib
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    kiosk, alice = "kiosk-key-0123456789abcdef", "alice-key-0123456789abcdef"
+    keys = tmp_path / "keys"
+    keys.write_text("".join(f"{name} {hashlib.sha256(key.encode()).hexdigest()} {may}".rstrip() + "\n"
+                            for name, key, may in [("kiosk", kiosk, "rerank"), ("alice", alice, "")]))
+    images = make_memory_images(tmp_path / "images", lite0)
+    mem = fill_memory(str(tmp_path / "memory"), lite0, images)
+    mem.set_label_names({"red": "crimson", "green": "emerald", "blue": "navy"})
+    query = tmp_path / "query.png"
+    query.write_bytes(texture(COLORS["red"], seed=4262))
+    with live_server(create_app(Settings(memory=str(tmp_path / "memory"), api_keys_file=keys), memory=mem)) as url:
+        wait = classify_on_the_page(browser, url + "/", query, k=3)
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(kiosk)
+        card = browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")[0]
+        victim = card.get_attribute("data-point-id")
+        card.find_element(By.CLASS_NAME, "forget").click()
+        wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "api-key")
+        error = browser.find_element(By.ID, "error").text
+        assert error.startswith("could not forget crimson (red): ") and "the API key kiosk may only rerank" in error
+        assert browser.find_element(By.ID, "key-box").get_attribute("open") is not None
+        assert browser.execute_script("const f = document.getElementById('api-key');"
+                                      " return [f.selectionStart, f.selectionEnd]") == [0, len(kiosk)]
+        assert browser.execute_script("return sessionStorage.getItem('vmem-api-key')") == kiosk  # valid: kept
+        ActionChains(browser).send_keys(alice, Keys.ENTER).perform()  # typed over it: the forget carries on
+        wait.until(lambda d: d_active_class(d) == "forget-one")  # the card asks, now with a key that may edit
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        wait.until(lambda d: "11 points" in d.find_element(By.ID, "stats").text)
+        assert victim not in [c.get_attribute("data-point-id")
+                              for c in browser.find_elements(By.CSS_SELECTOR, "[data-testid=neighbor-card]")]
+        assert browser.execute_script("return sessionStorage.getItem('vmem-api-key')") == alice
+    mem.close()
+
+
 def test_the_template_chooser_shows_a_template_s_name_whole(browser, named_page_url):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
