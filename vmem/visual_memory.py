@@ -2006,9 +2006,8 @@ class VisualMemory:
         point has it and no edit touched it (`had_label`). A misspelt label had returned 0 from Python, read as
         "none left"; one whose points all went (a forget asked again) passes, and 0 is then the answer. The CLI and
         HTTP answer it as 0 points with a note (`unknown_labels_message`)."""
-        stored = self.stored_label(label)
-        if not self.store.count(label=stored) and not self.had_label(stored):
-            raise NoSuchLabelsError(self.unknown_labels_message([stored], "mem.store.label_counts()")
+        if not self.knows_label(label):
+            raise NoSuchLabelsError(self.unknown_labels_message([self.stored_label(label)], "mem.store.label_counts()")
                                     + self._spelled_like(label))
 
     def knows_label(self, label: str) -> bool:
